@@ -331,7 +331,10 @@ mod tests {
         let json = serde_json::to_string(&r).unwrap();
         assert!(!json.contains("trace_id"), "{json}");
         assert!(json.contains(r#""stream":"stdout""#), "{json}");
-        assert!(json.contains(r#""ts":"2026-11-23T10:00:00.123Z""#), "{json}");
+        assert!(
+            json.contains(r#""ts":"2026-11-23T10:00:00.123Z""#),
+            "{json}"
+        );
         let back: LogRecord = serde_json::from_str(&json).unwrap();
         assert_eq!(back, r);
     }

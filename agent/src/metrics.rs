@@ -1,0 +1,154 @@
+//! Counters the shipper exposes in the Prometheus text format.
+//!
+//! Plain atomics and one small locked map (lag per file), updated from the shipper's
+//! loop and read by whoever serves `/metrics`. Every series carries a `host` label so
+//! several agents in one process (`sandtrail up`) do not collide; the trade-off is that
+//! the embedding binary must merge `# HELP`/`# TYPE` lines if it concatenates them.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub lines_read: AtomicU64,
+    pub bytes_read: AtomicU64,
+    pub lines_truncated: AtomicU64,
+    pub records_shipped: AtomicU64,
+    pub batches_sent: AtomicU64,
+    pub batches_failed: AtomicU64,
+    pub batches_rejected: AtomicU64,
+    pub records_rejected: AtomicU64,
+    pub retries: AtomicU64,
+    pub files_truncated: AtomicU64,
+    pub checkpoint_errors: AtomicU64,
+    pub read_errors: AtomicU64,
+    /// Bytes of each file not yet acknowledged by the indexer, by source.
+    pub lag: Mutex<BTreeMap<String, u64>>,
+}
+
+pub(crate) fn inc(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Ordering::Relaxed);
+}
+
+impl Metrics {
+    pub fn render(&self, host: &str) -> String {
+        let host = escape(host);
+        let mut out = String::new();
+        let counters: [(&str, &str, &AtomicU64); 12] = [
+            (
+                "lines_read_total",
+                "Lines read from tailed files.",
+                &self.lines_read,
+            ),
+            (
+                "bytes_read_total",
+                "Bytes read from tailed files.",
+                &self.bytes_read,
+            ),
+            (
+                "lines_truncated_total",
+                "Lines cut at max_line_bytes.",
+                &self.lines_truncated,
+            ),
+            (
+                "records_shipped_total",
+                "Records acknowledged by the indexer.",
+                &self.records_shipped,
+            ),
+            (
+                "batches_sent_total",
+                "Batches acknowledged by the indexer.",
+                &self.batches_sent,
+            ),
+            (
+                "batches_failed_total",
+                "Batch attempts that failed and will be retried.",
+                &self.batches_failed,
+            ),
+            (
+                "batches_rejected_total",
+                "Batches (or parts) the indexer refused as bad with a 4xx.",
+                &self.batches_rejected,
+            ),
+            (
+                "records_rejected_total",
+                "Records skipped because the indexer refused them.",
+                &self.records_rejected,
+            ),
+            (
+                "retries_total",
+                "Batch retries after a back-off.",
+                &self.retries,
+            ),
+            (
+                "files_truncated_total",
+                "Files found shorter than the read position and restarted.",
+                &self.files_truncated,
+            ),
+            (
+                "checkpoint_errors_total",
+                "Failed checkpoint saves.",
+                &self.checkpoint_errors,
+            ),
+            ("read_errors_total", "Failed file reads.", &self.read_errors),
+        ];
+        for (name, help, value) in counters {
+            let _ = writeln!(out, "# HELP sandtrail_agent_{name} {help}");
+            let _ = writeln!(out, "# TYPE sandtrail_agent_{name} counter");
+            let _ = writeln!(
+                out,
+                "sandtrail_agent_{name}{{host=\"{host}\"}} {}",
+                value.load(Ordering::Relaxed)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP sandtrail_agent_lag_bytes Bytes of a file (read or not) not yet acknowledged by the indexer."
+        );
+        let _ = writeln!(out, "# TYPE sandtrail_agent_lag_bytes gauge");
+        let lag = self.lag.lock().unwrap_or_else(|p| p.into_inner());
+        for (source, bytes) in lag.iter() {
+            let _ = writeln!(
+                out,
+                "sandtrail_agent_lag_bytes{{host=\"{host}\",source=\"{}\"}} {bytes}",
+                escape(source)
+            );
+        }
+        out
+    }
+}
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_and_lag_with_escaped_labels() {
+        let m = Metrics::default();
+        inc(&m.lines_read, 3);
+        m.lag.lock().unwrap().insert("n/a\"b/t/stdout".into(), 17);
+        let text = m.render("node-1");
+        assert!(
+            text.contains("sandtrail_agent_lines_read_total{host=\"node-1\"} 3\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE sandtrail_agent_retries_total counter"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "sandtrail_agent_lag_bytes{host=\"node-1\",source=\"n/a\\\"b/t/stdout\"} 17\n"
+            ),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,704 @@
+//! Turning one raw line into a [`LogRecord`]: JSON lines, logfmt-ish text and plain
+//! text, plus the router's access records.
+//!
+//! Everything here is a pure function of the bytes (and the read time), so it is
+//! tested directly and fuzzed with proptest. The trade-off is leniency over
+//! precision: detection is heuristic (a level word among the first tokens, a leading
+//! timestamp, `key=value` pairs) and never fails; a line that matches nothing is still
+//! shipped with `msg` = the line and `ts` = the time it was read.
+
+use chrono::{DateTime, NaiveDateTime, TimeZone, Utc};
+use protocol::{Level, LogRecord, Stream, TaskMeta};
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+
+/// How many leading tokens of a text line may carry its level.
+const LEVEL_TOKENS: usize = 6;
+
+/// What was recognised in a line; `None` fields were not found.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Parsed {
+    pub ts: Option<DateTime<Utc>>,
+    pub level: Option<Level>,
+    /// `None` means "the line itself".
+    pub msg: Option<String>,
+    pub fields: BTreeMap<String, Value>,
+    pub trace_id: Option<String>,
+    pub span_id: Option<String>,
+    pub parent_span_id: Option<String>,
+    pub latency_ms: Option<f64>,
+    pub status: Option<u16>,
+}
+
+/// A raw line made safe to index: lossily decoded, without its line ending, cut to
+/// `max_bytes` at a char boundary. `original_bytes` is set when it was cut.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Line {
+    pub text: String,
+    pub original_bytes: Option<u64>,
+}
+
+/// Decodes `raw` (invalid UTF-8 becomes U+FFFD, never dropped) and truncates it.
+/// `dropped` counts bytes of this line the tailer already discarded (the tail of an
+/// overlong line that was never buffered), so `original_bytes` is the line's full
+/// length without its line ending.
+pub fn prepare_line(raw: &[u8], dropped: u64, max_bytes: usize) -> Line {
+    let mut raw = raw;
+    if let Some(r) = raw.strip_suffix(b"\n") {
+        raw = r;
+    }
+    if let Some(r) = raw.strip_suffix(b"\r") {
+        raw = r;
+    }
+    // Decode at most a little more than we keep, so a huge line costs no huge string.
+    let keep_raw = &raw[..raw.len().min(max_bytes.saturating_add(4))];
+    let mut text = String::from_utf8_lossy(keep_raw).into_owned();
+    let mut cut = dropped > 0 || raw.len() > keep_raw.len();
+    if text.len() > max_bytes {
+        let mut end = max_bytes;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        cut = true;
+    }
+    Line {
+        text,
+        original_bytes: cut.then_some(raw.len() as u64 + dropped),
+    }
+}
+
+/// The record for one line of a task's stdout/stderr, tagged with its task.
+pub fn sandbox_record(
+    line: &Line,
+    meta: &TaskMeta,
+    stream: Stream,
+    now: DateTime<Utc>,
+) -> LogRecord {
+    let parsed = parse_line(&line.text);
+    let mut rec = LogRecord::new(parsed.ts.unwrap_or(now), meta, stream, String::new());
+    rec.msg = parsed.msg.unwrap_or_else(|| line.text.clone());
+    rec.level = parsed.level;
+    rec.fields = parsed.fields;
+    rec.trace_id = parsed.trace_id;
+    rec.span_id = parsed.span_id;
+    rec.parent_span_id = parsed.parent_span_id;
+    rec.latency_ms = parsed.latency_ms;
+    rec.status = parsed.status;
+    mark_truncated(&mut rec, line);
+    rec
+}
+
+/// The record for one line of the router's access log. The router writes complete
+/// records; a line that is not one (torn, truncated, foreign) is kept as a plain
+/// warn-level record of app `router` rather than dropped.
+pub fn access_record(line: &Line, host: &str, now: DateTime<Utc>) -> LogRecord {
+    if line.original_bytes.is_none() {
+        if let Ok(mut rec) = serde_json::from_str::<LogRecord>(&line.text) {
+            rec.stream = Stream::Access;
+            return rec;
+        }
+    }
+    let meta = TaskMeta {
+        host: host.to_string(),
+        app: "router".into(),
+        task: "router".into(),
+        instance: 0,
+        ports: Vec::new(),
+    };
+    let mut rec = LogRecord::new(now, &meta, Stream::Access, line.text.clone());
+    rec.level = Some(Level::Warn);
+    mark_truncated(&mut rec, line);
+    rec
+}
+
+fn mark_truncated(rec: &mut LogRecord, line: &Line) {
+    if let Some(n) = line.original_bytes {
+        rec.fields.insert("truncated".into(), Value::Bool(true));
+        rec.fields.insert("original_bytes".into(), Value::from(n));
+    }
+}
+
+/// Recognises what it can in one line (already decoded, without its newline).
+pub fn parse_line(line: &str) -> Parsed {
+    let trimmed = line.trim_start();
+    if trimmed.starts_with('{') {
+        if let Ok(Value::Object(obj)) = serde_json::from_str::<Value>(trimmed) {
+            return parse_json(obj);
+        }
+    }
+    parse_text(line)
+}
+
+fn parse_json(mut obj: Map<String, Value>) -> Parsed {
+    let level = take_first(&mut obj, &["level", "lvl", "severity"], json_level);
+    let msg = take_first(&mut obj, &["msg", "message"], |v| {
+        v.as_str().map(str::to_string)
+    });
+    let ts = take_first(
+        &mut obj,
+        &["ts", "time", "timestamp", "@timestamp"],
+        json_ts,
+    );
+    let trace_id = take_first(&mut obj, &["trace_id", "traceId", "trace.id"], json_id)
+        .or_else(|| take_nested_id(&mut obj, "trace"));
+    let span_id = take_first(&mut obj, &["span_id", "spanId", "span.id"], json_id)
+        .or_else(|| take_nested_id(&mut obj, "span"));
+    let parent_span_id = take_first(&mut obj, &["parent_span_id", "parentSpanId"], json_id);
+    let latency_ms = take_first(&mut obj, &["latency_ms"], |v| {
+        v.as_f64().filter(|f| f.is_finite())
+    });
+    let status = take_first(&mut obj, &["status"], json_status);
+    Parsed {
+        ts,
+        level,
+        msg,
+        fields: obj.into_iter().collect(),
+        trace_id,
+        span_id,
+        parent_span_id,
+        latency_ms,
+        status,
+    }
+}
+
+/// Removes and converts the first key that converts; keys whose value does not
+/// convert stay in the object, so nothing the line said is lost.
+fn take_first<T>(
+    obj: &mut Map<String, Value>,
+    keys: &[&str],
+    convert: impl Fn(&Value) -> Option<T>,
+) -> Option<T> {
+    for key in keys {
+        if let Some(out) = obj.get(*key).and_then(&convert) {
+            obj.remove(*key);
+            return Some(out);
+        }
+    }
+    None
+}
+
+/// `{"trace": {"id": "..."}}` (ECS style): takes `id` and drops the object if empty.
+fn take_nested_id(obj: &mut Map<String, Value>, key: &str) -> Option<String> {
+    let inner = obj.get_mut(key)?.as_object_mut()?;
+    let id = json_id(inner.get("id")?)?;
+    inner.remove("id");
+    if inner.is_empty() {
+        obj.remove(key);
+    }
+    Some(id)
+}
+
+fn json_level(v: &Value) -> Option<Level> {
+    match v {
+        Value::String(s) => Level::parse(s),
+        // Bunyan/pino numeric levels.
+        Value::Number(n) => match n.as_u64()? {
+            10 => Some(Level::Trace),
+            20 => Some(Level::Debug),
+            30 => Some(Level::Info),
+            40 => Some(Level::Warn),
+            50 => Some(Level::Error),
+            60 => Some(Level::Fatal),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+fn json_ts(v: &Value) -> Option<DateTime<Utc>> {
+    match v {
+        Value::String(s) => parse_timestamp(s),
+        Value::Number(n) => epoch_to_ts(n.as_f64()?),
+        _ => None,
+    }
+}
+
+/// Epoch milliseconds; small values are taken as seconds (1e11 ms is 1973, 1e11 s is
+/// the year 5138, so the two ranges do not overlap for real clocks).
+fn epoch_to_ts(n: f64) -> Option<DateTime<Utc>> {
+    if !n.is_finite() || n < 0.0 {
+        return None;
+    }
+    let ms = if n < 1e11 { n * 1000.0 } else { n };
+    if ms > 1e15 {
+        return None;
+    }
+    DateTime::from_timestamp_millis(ms as i64)
+}
+
+fn json_id(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        _ => None,
+    }
+}
+
+fn json_status(v: &Value) -> Option<u16> {
+    let n = match v {
+        Value::Number(n) => n.as_u64()?,
+        Value::String(s) => s.parse::<u64>().ok()?,
+        _ => return None,
+    };
+    (100..=999).contains(&n).then_some(n as u16)
+}
+
+/// RFC 3339, or the common `YYYY-MM-DD HH:MM:SS[.fff]` without a zone (taken as UTC).
+pub fn parse_timestamp(s: &str) -> Option<DateTime<Utc>> {
+    if s.len() < 19 || s.len() > 40 {
+        return None;
+    }
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Some(t.with_timezone(&Utc));
+    }
+    // Log4j-style `,123` milliseconds.
+    let s = s.replacen(',', ".", 1);
+    for fmt in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"] {
+        if let Ok(t) = NaiveDateTime::parse_from_str(&s, fmt) {
+            return Some(Utc.from_utc_datetime(&t));
+        }
+    }
+    None
+}
+
+fn parse_text(line: &str) -> Parsed {
+    let mut p = Parsed::default();
+    let tokens: Vec<&str> = line.split_whitespace().take(LEVEL_TOKENS + 2).collect();
+
+    let mut level_from = 0;
+    if let Some(first) = tokens.first() {
+        let first = first.trim_matches(|c| matches!(c, '[' | ']'));
+        if let Some(ts) = parse_timestamp(first) {
+            p.ts = Some(ts);
+            level_from = 1;
+        } else if let Some(second) = tokens.get(1) {
+            let joined = format!("{first} {}", second.trim_end_matches(']'));
+            if let Some(ts) = parse_timestamp(&joined) {
+                p.ts = Some(ts);
+                level_from = 2;
+            }
+        }
+    }
+    p.level = tokens
+        .iter()
+        .enumerate()
+        .skip(level_from)
+        .take(LEVEL_TOKENS)
+        .find_map(|(i, tok)| token_level(tok, i == level_from));
+
+    let pairs = logfmt_pairs(line);
+    for (k, v) in &pairs {
+        match k.as_str() {
+            "trace_id" | "traceid" | "traceId" if is_id(v) => {
+                p.trace_id.get_or_insert_with(|| v.clone());
+            }
+            "span_id" | "spanId" if is_id(v) => {
+                p.span_id.get_or_insert_with(|| v.clone());
+            }
+            "parent_span_id" | "parentSpanId" if is_id(v) => {
+                p.parent_span_id.get_or_insert_with(|| v.clone());
+            }
+            "latency_ms" => {
+                if let Ok(f) = v.parse::<f64>() {
+                    if f.is_finite() {
+                        p.latency_ms.get_or_insert(f);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    if let Some((trace, span)) = find_traceparent(line) {
+        p.trace_id.get_or_insert(trace);
+        p.span_id.get_or_insert(span);
+    }
+    if p.trace_id.is_none() {
+        p.trace_id = find_request_id(line);
+    }
+    if pairs.len() >= 2 {
+        if let Some(status) = pairs
+            .iter()
+            .find(|(k, _)| k == "status")
+            .and_then(|(_, v)| json_status(&Value::String(v.clone())))
+        {
+            p.status = Some(status);
+        }
+        p.fields = pairs
+            .into_iter()
+            .map(|(k, v)| (k, logfmt_value(v)))
+            .collect();
+    }
+    p
+}
+
+/// A level word: `INFO`, `[WARN]`, `level=error`, `ERROR:`, `<info>`. Bare lowercase
+/// words count only as the first token after the timestamp, so that prose such as
+/// "all is fine" or "more info" does not set a level.
+fn token_level(tok: &str, first: bool) -> Option<Level> {
+    let lower = tok.to_ascii_lowercase();
+    for prefix in ["level=", "lvl=", "severity="] {
+        if let Some(rest) = lower.strip_prefix(prefix) {
+            return Level::parse(rest.trim_matches(|c| matches!(c, '"' | '\'')));
+        }
+    }
+    let decorated = tok.starts_with(['[', '(', '<']) || tok.ends_with([':', ']', ')', '>', '|']);
+    let word = tok.trim_matches(|c: char| !c.is_ascii_alphabetic());
+    if word.is_empty() {
+        return None;
+    }
+    let upper = word.chars().all(|c| c.is_ascii_uppercase());
+    if decorated || upper || first {
+        Level::parse(word)
+    } else {
+        None
+    }
+}
+
+fn is_id(v: &str) -> bool {
+    !v.is_empty()
+        && v.len() <= 128
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// `traceparent=00-<32 hex>-<16 hex>-<2 hex>` (or `traceparent: ...`) anywhere.
+fn find_traceparent(line: &str) -> Option<(String, String)> {
+    let lower = line.to_ascii_lowercase();
+    let mut from = 0;
+    while let Some(pos) = lower[from..].find("traceparent") {
+        let start = from + pos + "traceparent".len();
+        from = start;
+        let rest = lower[start..].trim_start_matches([':', '=', ' ', '"', '\'']);
+        let value: String = rest
+            .chars()
+            .take_while(|c| c.is_ascii_hexdigit() || *c == '-')
+            .collect();
+        let parts: Vec<&str> = value.split('-').collect();
+        if parts.len() >= 4
+            && parts[0].len() == 2
+            && parts[1].len() == 32
+            && parts[2].len() == 16
+            && parts[1].bytes().any(|b| b != b'0')
+        {
+            return Some((parts[1].to_string(), parts[2].to_string()));
+        }
+    }
+    None
+}
+
+/// `X-Request-Id: <id>` or `x-request-id=<id>`, case-insensitive.
+fn find_request_id(line: &str) -> Option<String> {
+    let lower = line.to_ascii_lowercase();
+    let pos = lower.find("x-request-id")?;
+    let rest = line[pos + "x-request-id".len()..].trim_start_matches([':', '=', ' ', '"', '\'']);
+    let id: String = rest
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        .collect();
+    (!id.is_empty() && id.len() <= 128).then_some(id)
+}
+
+/// `key=value` and `key="quoted value"` pairs anywhere in the line; the first
+/// occurrence of a key wins.
+fn logfmt_pairs(line: &str) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    let bytes = line.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        // Start of a token.
+        while i < bytes.len() && bytes[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        let key_start = i;
+        while i < bytes.len() && is_key_byte(bytes[i]) {
+            i += 1;
+        }
+        let key_end = i;
+        if key_end > key_start
+            && i < bytes.len()
+            && bytes[i] == b'='
+            && bytes[key_start].is_ascii_alphabetic()
+        {
+            i += 1;
+            let value = if i < bytes.len() && bytes[i] == b'"' {
+                i += 1;
+                let mut v = String::new();
+                let mut chars = line[i..].char_indices();
+                let mut end = line.len();
+                while let Some((off, c)) = chars.next() {
+                    match c {
+                        '\\' => {
+                            if let Some((_, n)) = chars.next() {
+                                v.push(n);
+                            }
+                        }
+                        '"' => {
+                            end = i + off + 1;
+                            break;
+                        }
+                        c => v.push(c),
+                    }
+                }
+                i = end;
+                v
+            } else {
+                let start = i;
+                while i < bytes.len() && !bytes[i].is_ascii_whitespace() {
+                    i += 1;
+                }
+                line[start..i].to_string()
+            };
+            let key = &line[key_start..key_end];
+            if !out.iter().any(|(k, _)| k == key) {
+                out.push((key.to_string(), value));
+            }
+        } else {
+            // Skip the rest of this token.
+            while i < bytes.len() && !bytes[i].is_ascii_whitespace() {
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+fn is_key_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-')
+}
+
+fn logfmt_value(v: String) -> Value {
+    if let Ok(i) = v.parse::<i64>() {
+        return Value::from(i);
+    }
+    if let Ok(f) = v.parse::<f64>() {
+        if f.is_finite() && v.bytes().any(|b| b.is_ascii_digit()) {
+            return Value::from(f);
+        }
+    }
+    match v.as_str() {
+        "true" => Value::Bool(true),
+        "false" => Value::Bool(false),
+        _ => Value::String(v),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    fn meta() -> TaskMeta {
+        TaskMeta {
+            host: "node-1".into(),
+            app: "fib".into(),
+            task: "fib.1".into(),
+            instance: 3,
+            ports: vec![],
+        }
+    }
+
+    fn now() -> DateTime<Utc> {
+        "2030-01-01T00:00:00Z".parse().unwrap()
+    }
+
+    fn rec(line: &str) -> LogRecord {
+        let l = prepare_line(line.as_bytes(), 0, 1 << 20);
+        sandbox_record(&l, &meta(), Stream::Stdout, now())
+    }
+
+    #[test]
+    fn json_line_promotes_known_keys_and_keeps_the_rest() {
+        let r = rec(
+            r#"{"level":"WARN","msg":"slow call","ts":"2026-11-23T10:00:00.250Z","trace_id":"abc123","span_id":"s1","latency_ms":12.5,"status":503,"user":"alice"}"#,
+        );
+        assert_eq!(r.level, Some(Level::Warn));
+        assert_eq!(r.msg, "slow call");
+        assert_eq!(
+            r.ts,
+            "2026-11-23T10:00:00.250Z".parse::<DateTime<Utc>>().unwrap()
+        );
+        assert_eq!(r.trace_id.as_deref(), Some("abc123"));
+        assert_eq!(r.span_id.as_deref(), Some("s1"));
+        assert_eq!(r.latency_ms, Some(12.5));
+        assert_eq!(r.status, Some(503));
+        assert_eq!(r.fields.len(), 1, "{:?}", r.fields);
+        assert_eq!(r.fields["user"], json!("alice"));
+        assert_eq!(
+            (r.host.as_str(), r.app.as_str(), r.task.as_str(), r.instance),
+            ("node-1", "fib", "fib.1", 3)
+        );
+    }
+
+    #[test]
+    fn json_line_alternative_spellings() {
+        let r = rec(
+            r#"{"severity":"error","message":"boom","@timestamp":1795428000123,"trace":{"id":"t9"}}"#,
+        );
+        assert_eq!(r.level, Some(Level::Error));
+        assert_eq!(r.msg, "boom");
+        assert_eq!(r.ts.timestamp_millis(), 1795428000123);
+        assert_eq!(r.trace_id.as_deref(), Some("t9"));
+        assert!(r.fields.is_empty(), "{:?}", r.fields);
+
+        let r = rec(r#"{"lvl":30,"traceId":"x","trace.id":"y","time":"nonsense"}"#);
+        assert_eq!(r.level, Some(Level::Info));
+        assert_eq!(r.trace_id.as_deref(), Some("x"));
+        assert_eq!(
+            r.ts,
+            now(),
+            "an unparseable time falls back to the read time"
+        );
+        assert_eq!(r.fields["time"], json!("nonsense"));
+        assert_eq!(
+            r.msg,
+            r#"{"lvl":30,"traceId":"x","trace.id":"y","time":"nonsense"}"#
+        );
+    }
+
+    #[test]
+    fn json_non_object_is_text() {
+        let r = rec("[1,2,3]");
+        assert_eq!(r.msg, "[1,2,3]");
+        assert!(r.fields.is_empty());
+        let r = rec("{not json at all");
+        assert_eq!(r.msg, "{not json at all");
+    }
+
+    #[test]
+    fn text_line_timestamp_and_level() {
+        let r = rec("2026-11-23T10:00:00.5Z INFO started server on :8080");
+        assert_eq!(
+            r.ts,
+            "2026-11-23T10:00:00.5Z".parse::<DateTime<Utc>>().unwrap()
+        );
+        assert_eq!(r.level, Some(Level::Info));
+        assert_eq!(r.msg, "2026-11-23T10:00:00.5Z INFO started server on :8080");
+
+        let r = rec("2026-11-23 10:00:01,123 [WARN] disk almost full");
+        assert_eq!(r.ts.timestamp_millis() % 1000, 123);
+        assert_eq!(r.level, Some(Level::Warn));
+
+        assert_eq!(rec("ERROR: cannot open file").level, Some(Level::Error));
+        assert_eq!(rec("ts=1 level=error msg=x").level, Some(Level::Error));
+        assert_eq!(rec("warning something odd").level, Some(Level::Warn));
+        assert_eq!(rec("something <debug> here").level, Some(Level::Debug));
+    }
+
+    #[test]
+    fn prose_words_do_not_set_a_level() {
+        assert_eq!(rec("all is fine and more info later").level, None);
+        assert_eq!(rec("hello world").level, None);
+        assert_eq!(
+            rec("a b c d e f g ERROR").level,
+            None,
+            "only the first tokens count"
+        );
+    }
+
+    #[test]
+    fn text_trace_ids() {
+        let r = rec("handled request trace_id=4bf92f3577b34da6a3ce929d0e0e4736 ok");
+        assert_eq!(
+            r.trace_id.as_deref(),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
+        let r = rec(
+            "got traceparent=00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01 from caller",
+        );
+        assert_eq!(
+            r.trace_id.as_deref(),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
+        assert_eq!(r.span_id.as_deref(), Some("00f067aa0ba902b7"));
+        let r = rec("headers: X-Request-Id: req-42_a.b done");
+        assert_eq!(r.trace_id.as_deref(), Some("req-42_a.b"));
+        let r = rec("traceparent=00-00000000000000000000000000000000-00f067aa0ba902b7-01");
+        assert_eq!(r.trace_id, None, "an all-zero trace id is invalid");
+    }
+
+    #[test]
+    fn logfmt_pairs_become_fields_when_two_or_more() {
+        let r =
+            rec(r#"level=info msg="user logged in" user=alice latency_ms=12.5 status=200 ok=true"#);
+        assert_eq!(r.level, Some(Level::Info));
+        assert_eq!(r.latency_ms, Some(12.5));
+        assert_eq!(r.status, Some(200));
+        assert_eq!(r.fields["msg"], json!("user logged in"));
+        assert_eq!(r.fields["user"], json!("alice"));
+        assert_eq!(r.fields["status"], json!(200));
+        assert_eq!(r.fields["ok"], json!(true));
+        let r = rec("retrying in a bit attempt=3");
+        assert!(
+            r.fields.is_empty(),
+            "one pair is not structure: {:?}",
+            r.fields
+        );
+        let r = rec("took latency_ms=7");
+        assert_eq!(r.latency_ms, Some(7.0));
+    }
+
+    #[test]
+    fn long_lines_are_truncated_at_a_char_boundary_and_flagged() {
+        let line = "é".repeat(10); // 20 bytes
+        let l = prepare_line(line.as_bytes(), 0, 5);
+        assert_eq!(l.text, "éé");
+        assert_eq!(l.original_bytes, Some(20));
+        let r = sandbox_record(&l, &meta(), Stream::Stderr, now());
+        assert_eq!(r.fields["truncated"], json!(true));
+        assert_eq!(r.fields["original_bytes"], json!(20));
+        assert_eq!(r.stream, Stream::Stderr);
+
+        // The tailer may have dropped bytes already: the original length still counts.
+        let l = prepare_line(b"abcde", 8995, 5);
+        assert_eq!(l.text, "abcde");
+        assert_eq!(l.original_bytes, Some(9000));
+
+        let l = prepare_line(b"short\r\n", 0, 5);
+        assert_eq!(l.text, "short");
+        assert_eq!(l.original_bytes, None, "the line ending does not count");
+    }
+
+    #[test]
+    fn invalid_utf8_is_kept_lossily() {
+        let l = prepare_line(b"bad \xff\xfe bytes\n", 0, 100);
+        assert_eq!(l.text, "bad \u{fffd}\u{fffd} bytes");
+    }
+
+    #[test]
+    fn access_lines_keep_router_fields() {
+        let mut src = LogRecord::new(now(), &meta(), Stream::Access, "GET /fib/10 200");
+        src.trace_id = Some("t1".into());
+        src.latency_ms = Some(3.0);
+        src.peer_app = Some("web".into());
+        let text = serde_json::to_string(&src).unwrap();
+        let l = prepare_line(text.as_bytes(), 0, 1 << 20);
+        let r = access_record(&l, "node-9", now());
+        assert_eq!(r, src);
+
+        let l = prepare_line(b"garbage line", 0, 1 << 20);
+        let r = access_record(&l, "node-9", now());
+        assert_eq!((r.host.as_str(), r.app.as_str()), ("node-9", "router"));
+        assert_eq!(r.stream, Stream::Access);
+        assert_eq!(r.level, Some(Level::Warn));
+        assert_eq!(r.msg, "garbage line");
+    }
+
+    proptest! {
+        #[test]
+        fn never_panics_on_arbitrary_bytes(raw in proptest::collection::vec(any::<u8>(), 0..600), max in 1usize..300) {
+            let l = prepare_line(&raw, 0, max);
+            prop_assert!(l.text.len() <= max);
+            let r = sandbox_record(&l, &meta(), Stream::Stdout, now());
+            prop_assert!(serde_json::to_string(&r).is_ok());
+            let _ = access_record(&l, "h", now());
+        }
+
+        #[test]
+        fn never_panics_on_line_like_text(s in r#"[ a-zA-Z0-9=:"\\\[\]{}\-.,_é]{0,200}"#) {
+            let _ = parse_line(&s);
+            let _ = parse_line(&format!("{{\"msg\":{s:?}}}"));
+            let _ = parse_line(&format!("2026-11-23T10:00:00Z {s}"));
+        }
+    }
+}

@@ -1,0 +1,436 @@
+//! Batching records and delivering them to the indexer.
+//!
+//! A batch is NDJSON (one encoded record per line) sent gzip-compressed to
+//! `POST {indexer}/api/v1/ingest`. The indexer answers 200 only after committing, and
+//! skips records at or below the committed offset of their source, so re-sending is
+//! harmless but *skipping ahead* is not: if a later batch of a source were committed
+//! before an earlier one, the earlier one would then be dropped as a duplicate. So
+//! batches go strictly one after the other, and a batch is retried (jittered
+//! exponential back-off, `Retry-After` honoured) until it is delivered or the shipper
+//! is cancelled; while that goes on the reader stops reading ahead (back-pressure,
+//! never loss).
+//!
+//! A 4xx other than 408/429 and the auth/routing ones (401, 403, 404, which a config
+//! fix or a starting indexer cures) means the indexer considers the batch itself bad.
+//! Retrying it forever would stall the host for good, so the batch is split in halves
+//! and each half sent again, down to single records; a single record the indexer still
+//! refuses is logged with the indexer's error, counted in the metrics and skipped. The
+//! trade-off: one poison line is lost (visibly) instead of every line after it.
+
+use crate::metrics::{inc, Metrics};
+use flate2::write::GzEncoder;
+use flate2::Compression;
+use reqwest::header::{HeaderMap, HeaderValue, CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER};
+use reqwest::StatusCode;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, warn};
+
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// A `Retry-After` longer than this is not waited out in full.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
+/// How long an attempt already under way may still take once we are cancelled.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// Most of an error body kept for the log.
+const ERROR_BODY_BYTES: usize = 1024;
+
+/// One record, encoded as an NDJSON line, and where it came from.
+#[derive(Debug, Clone)]
+pub struct Encoded {
+    pub line: Vec<u8>,
+    pub source: Arc<str>,
+    pub path: Arc<PathBuf>,
+    pub offset: u64,
+}
+
+/// Where one record sits in a batch.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// End of its line in the body.
+    end: usize,
+    pub source: Arc<str>,
+    pub path: Arc<PathBuf>,
+    pub offset: u64,
+}
+
+/// Records on their way to the indexer, in the order they were read.
+#[derive(Debug, Default, Clone)]
+pub struct Batch {
+    body: Vec<u8>,
+    entries: Vec<Entry>,
+    started: Option<Instant>,
+}
+
+impl Batch {
+    pub fn push(&mut self, e: Encoded) {
+        self.started.get_or_insert_with(Instant::now);
+        self.body.extend_from_slice(&e.line);
+        self.entries.push(Entry {
+            end: self.body.len(),
+            source: e.source,
+            path: e.path,
+            offset: e.offset,
+        });
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Size of the (uncompressed) NDJSON body.
+    pub fn bytes(&self) -> usize {
+        self.body.len()
+    }
+
+    /// When the first record was added.
+    pub fn started(&self) -> Option<Instant> {
+        self.started
+    }
+
+    pub fn entries(&self) -> &[Entry] {
+        &self.entries
+    }
+
+    /// NDJSON of records `lo..hi`.
+    fn slice(&self, lo: usize, hi: usize) -> &[u8] {
+        let start = if lo == 0 { 0 } else { self.entries[lo - 1].end };
+        &self.body[start..self.entries[hi - 1].end]
+    }
+}
+
+/// A batch back from delivery: its first `done` records were acknowledged (or
+/// skipped as refused); the rest were not delivered because we were cancelled.
+#[derive(Debug)]
+pub struct Shipped {
+    pub batch: Batch,
+    pub done: usize,
+}
+
+impl Shipped {
+    pub fn complete(&self) -> bool {
+        self.done == self.batch.len()
+    }
+}
+
+/// How one part of a batch ended.
+enum Settled {
+    Delivered { accepted: u64, duplicates: u64 },
+    Refused { status: StatusCode, body: String },
+    Cancelled,
+}
+
+/// Talks to the indexer.
+#[derive(Debug, Clone)]
+pub struct Sender {
+    client: reqwest::Client,
+    ingest_url: String,
+    headers: HeaderMap,
+    host: String,
+    metrics: Arc<Metrics>,
+}
+
+impl Sender {
+    pub fn new(
+        client: reqwest::Client,
+        indexer_url: &str,
+        token: Option<&str>,
+        host: String,
+        metrics: Arc<Metrics>,
+    ) -> crate::Result<Sender> {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/x-ndjson"),
+        );
+        headers.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        if let Some(token) = token {
+            let v = HeaderValue::from_str(token).map_err(|_| {
+                crate::Error::Config(
+                    "token contains characters not allowed in an http header".to_string(),
+                )
+            })?;
+            headers.insert(protocol::TOKEN_HEADER, v);
+        }
+        Ok(Sender {
+            client,
+            ingest_url: format!("{}/api/v1/ingest", indexer_url.trim_end_matches('/')),
+            headers,
+            host,
+            metrics,
+        })
+    }
+
+    /// Delivers `batch`, splitting what the indexer refuses as bad. Returns once
+    /// everything is delivered or skipped, or once `cancel` fires; a cancelled call
+    /// still makes (or finishes) one attempt, so calling it with an already
+    /// cancelled token is "one last try".
+    pub async fn ship(&self, batch: Batch, cancel: &CancellationToken) -> Shipped {
+        let batch = Arc::new(batch);
+        let mut done = 0;
+        // Pending ranges, in order.
+        let mut parts = vec![(0, batch.len())];
+        while let Some((lo, hi)) = parts.pop() {
+            if lo == hi {
+                continue;
+            }
+            match self.settle(&batch, lo, hi, cancel).await {
+                Settled::Delivered {
+                    accepted,
+                    duplicates,
+                } => {
+                    inc(&self.metrics.batches_sent, 1);
+                    inc(&self.metrics.records_shipped, (hi - lo) as u64);
+                    debug!(records = hi - lo, accepted, duplicates, "batch delivered");
+                    done = hi;
+                }
+                Settled::Refused { status, body } if hi - lo > 1 => {
+                    inc(&self.metrics.batches_rejected, 1);
+                    warn!(records = hi - lo, status = status.as_u16(), error = %body, "indexer refused the batch, splitting it to isolate the bad record");
+                    let mid = lo + (hi - lo) / 2;
+                    parts.push((mid, hi));
+                    parts.push((lo, mid));
+                }
+                Settled::Refused { status, body } => {
+                    inc(&self.metrics.batches_rejected, 1);
+                    inc(&self.metrics.records_rejected, 1);
+                    let e = &batch.entries[lo];
+                    error!(source = %e.source, offset = e.offset, status = status.as_u16(), error = %body, "indexer refused a record, skipping it");
+                    done = hi;
+                }
+                Settled::Cancelled => break,
+            }
+        }
+        // The blocking compressor dropped its handle when it finished.
+        let batch = Arc::try_unwrap(batch).unwrap_or_else(|shared| (*shared).clone());
+        Shipped { batch, done }
+    }
+
+    /// Sends records `lo..hi` until the indexer accepts or refuses them, or `cancel`.
+    async fn settle(
+        &self,
+        batch: &Arc<Batch>,
+        lo: usize,
+        hi: usize,
+        cancel: &CancellationToken,
+    ) -> Settled {
+        let b = batch.clone();
+        let body = match tokio::task::spawn_blocking(move || gzip(b.slice(lo, hi))).await {
+            Ok(body) => body,
+            Err(e) => {
+                // Only a panic in the encoder gets here; treat it as a refusal so the
+                // shipper neither spins nor dies.
+                return Settled::Refused {
+                    status: StatusCode::INTERNAL_SERVER_ERROR,
+                    body: format!("compressing the batch failed: {e}"),
+                };
+            }
+        };
+        let mut backoff = FIRST_BACKOFF;
+        loop {
+            let attempt = self.attempt(body.clone());
+            tokio::pin!(attempt);
+            let outcome = tokio::select! {
+                r = &mut attempt => r,
+                _ = cancel.cancelled() => match tokio::time::timeout(SHUTDOWN_GRACE, &mut attempt).await {
+                    Ok(r) => r,
+                    Err(_) => Attempt::Retry { reason: "cancelled while waiting for the indexer".into(), retry_after: None },
+                },
+            };
+            let (reason, retry_after) = match outcome {
+                Attempt::Delivered {
+                    accepted,
+                    duplicates,
+                } => {
+                    return Settled::Delivered {
+                        accepted,
+                        duplicates,
+                    }
+                }
+                Attempt::Refused { status, body } => return Settled::Refused { status, body },
+                Attempt::Retry {
+                    reason,
+                    retry_after,
+                } => (reason, retry_after),
+            };
+            inc(&self.metrics.batches_failed, 1);
+            if cancel.is_cancelled() {
+                warn!(host = %self.host, url = %self.ingest_url, error = %reason, "batch not delivered before shutdown, it will be re-read on restart");
+                return Settled::Cancelled;
+            }
+            let jittered = backoff.mul_f64(rand::random_range(0.5..=1.0));
+            let wait = retry_after
+                .map(|r| r.min(MAX_RETRY_AFTER).max(jittered))
+                .unwrap_or(jittered);
+            warn!(host = %self.host, url = %self.ingest_url, error = %reason, retry_in_ms = wait.as_millis() as u64, "batch not delivered, retrying");
+            // Cancellation cuts the wait short for one last attempt.
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = cancel.cancelled() => {}
+            }
+            inc(&self.metrics.retries, 1);
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    async fn attempt(&self, body: Vec<u8>) -> Attempt {
+        let resp = match self
+            .client
+            .post(&self.ingest_url)
+            .headers(self.headers.clone())
+            .body(body)
+            .send()
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                return Attempt::Retry {
+                    reason: e.to_string(),
+                    retry_after: None,
+                }
+            }
+        };
+        let status = resp.status();
+        let retry_after = resp
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        if status.is_success() {
+            return match resp.json::<protocol::IngestResponse>().await {
+                Ok(r) => Attempt::Delivered {
+                    accepted: r.accepted,
+                    duplicates: r.duplicates,
+                },
+                // The status is the commit acknowledgement; an odd body does not undo it.
+                Err(e) => {
+                    warn!(url = %self.ingest_url, error = %e, "indexer acknowledged with an unexpected body");
+                    Attempt::Delivered {
+                        accepted: 0,
+                        duplicates: 0,
+                    }
+                }
+            };
+        }
+        let body = resp.text().await.unwrap_or_default();
+        let body = cut(body, ERROR_BODY_BYTES);
+        if retryable(status) {
+            Attempt::Retry {
+                reason: format!("indexer answered {status}: {body}"),
+                retry_after,
+            }
+        } else {
+            Attempt::Refused { status, body }
+        }
+    }
+}
+
+enum Attempt {
+    Delivered {
+        accepted: u64,
+        duplicates: u64,
+    },
+    Refused {
+        status: StatusCode,
+        body: String,
+    },
+    Retry {
+        reason: String,
+        retry_after: Option<Duration>,
+    },
+}
+
+/// Whether a non-2xx answer means "try again later" rather than "this batch is bad".
+fn retryable(status: StatusCode) -> bool {
+    status.is_server_error()
+        || matches!(
+            status,
+            StatusCode::TOO_MANY_REQUESTS
+                | StatusCode::REQUEST_TIMEOUT
+                | StatusCode::UNAUTHORIZED
+                | StatusCode::FORBIDDEN
+                | StatusCode::NOT_FOUND
+        )
+        || !status.is_client_error()
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut enc = GzEncoder::new(Vec::with_capacity(data.len() / 4 + 64), Compression::fast());
+    enc.write_all(data).expect("writing to a Vec cannot fail");
+    enc.finish().expect("writing to a Vec cannot fail")
+}
+
+fn cut(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+        s.push('…');
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    fn enc(line: &str, offset: u64) -> Encoded {
+        Encoded {
+            line: format!("{line}\n").into_bytes(),
+            source: "s".into(),
+            path: Arc::new("p".into()),
+            offset,
+        }
+    }
+
+    #[test]
+    fn batch_slices_are_whole_lines() {
+        let mut b = Batch::default();
+        assert!(b.is_empty() && b.started().is_none());
+        b.push(enc("a", 2));
+        b.push(enc("bb", 5));
+        b.push(enc("ccc", 9));
+        assert_eq!(b.bytes(), 2 + 3 + 4);
+        assert_eq!(b.slice(0, 3), b"a\nbb\nccc\n");
+        assert_eq!(b.slice(1, 2), b"bb\n");
+        assert_eq!(b.slice(2, 3), b"ccc\n");
+        assert!(b.started().is_some());
+    }
+
+    #[test]
+    fn gzip_round_trips() {
+        let data = b"{\"x\":1}\n".repeat(100);
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(&gzip(&data)[..])
+            .read_to_end(&mut out)
+            .unwrap();
+        assert_eq!(out, data);
+    }
+
+    #[test]
+    fn which_statuses_are_retried() {
+        for s in [500, 502, 503, 429, 408, 401, 403, 404] {
+            assert!(retryable(StatusCode::from_u16(s).unwrap()), "{s}");
+        }
+        for s in [400, 413, 415, 422] {
+            assert!(!retryable(StatusCode::from_u16(s).unwrap()), "{s}");
+        }
+    }
+
+    #[test]
+    fn cut_keeps_char_boundaries() {
+        assert_eq!(cut("ééé".into(), 3), "é…");
+        assert_eq!(cut("abc".into(), 3), "abc");
+    }
+}

@@ -1,0 +1,619 @@
+//! End-to-end tests of the shipper against a fake indexer on 127.0.0.1:0 that decodes
+//! gzip NDJSON and deduplicates by (source, offset) the way the real one does.
+
+use agent::{Shipper, ShipperConfig};
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use protocol::{IngestResponse, Level, LogRecord, Stream, TaskMeta};
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Default)]
+struct Fake {
+    /// Every record of every request that was not failed on purpose, duplicates too.
+    received: Vec<LogRecord>,
+    /// Records newly committed, in order.
+    accepted: Vec<LogRecord>,
+    committed: HashMap<String, u64>,
+    /// Answer 503 to this many requests.
+    fail_next: u32,
+    failed: u32,
+    /// Answer 400 to any batch containing a record with this msg.
+    poison: Option<String>,
+    tokens: Vec<Option<String>>,
+}
+
+type Shared = Arc<Mutex<Fake>>;
+
+async fn ingest(State(fake): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
+    let mut f = fake.lock().unwrap();
+    f.tokens.push(
+        headers
+            .get(protocol::TOKEN_HEADER)
+            .map(|v| v.to_str().unwrap().to_string()),
+    );
+    if f.fail_next > 0 {
+        f.fail_next -= 1;
+        f.failed += 1;
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [("retry-after", "0")],
+            "busy",
+        )
+            .into_response();
+    }
+    assert_eq!(headers.get("content-encoding").unwrap(), "gzip");
+    let mut raw = Vec::new();
+    if let Err(e) = flate2::read::GzDecoder::new(&body[..]).read_to_end(&mut raw) {
+        return (StatusCode::BAD_REQUEST, format!("bad gzip: {e}")).into_response();
+    }
+    let recs = match protocol::decode_ndjson(&raw) {
+        Ok(r) => r,
+        Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+    };
+    if let Some(p) = &f.poison {
+        if recs.iter().any(|r| &r.msg == p) {
+            return (StatusCode::BAD_REQUEST, "poison record").into_response();
+        }
+    }
+    let mut resp = IngestResponse::default();
+    for r in recs {
+        f.received.push(r.clone());
+        let done = f.committed.get(&r.source).copied().unwrap_or(0);
+        if r.offset > done {
+            f.committed.insert(r.source.clone(), r.offset);
+            f.accepted.push(r);
+            resp.accepted += 1;
+        } else {
+            resp.duplicates += 1;
+        }
+    }
+    Json(resp).into_response()
+}
+
+async fn start_fake() -> (String, Shared) {
+    let fake = Shared::default();
+    let app = Router::new()
+        .route("/api/v1/ingest", post(ingest))
+        .with_state(fake.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (format!("http://{addr}"), fake)
+}
+
+fn config(work_dir: &Path, url: &str) -> ShipperConfig {
+    ShipperConfig {
+        host: "node-1".into(),
+        work_dir: work_dir.to_path_buf(),
+        indexer_url: url.into(),
+        token: Some("s3cret".into()),
+        batch_max_wait: Duration::from_millis(20),
+        scan_interval: Duration::from_millis(200),
+        ..ShipperConfig::default()
+    }
+}
+
+struct Running {
+    cancel: CancellationToken,
+    task: JoinHandle<agent::Result<()>>,
+}
+
+fn start(shipper: &Shipper) -> Running {
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn({
+        let s = shipper.clone();
+        let c = cancel.clone();
+        async move { s.run(c).await }
+    });
+    Running { cancel, task }
+}
+
+impl Running {
+    async fn stop(self) {
+        self.cancel.cancel();
+        tokio::time::timeout(Duration::from_secs(30), self.task)
+            .await
+            .expect("shipper stops after cancel")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+/// Polls `cond` until it holds or the deadline passes.
+async fn wait_for(what: &str, fake: &Shared, cond: impl Fn(&Fake) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if cond(&fake.lock().unwrap()) {
+            return;
+        }
+        if Instant::now() > deadline {
+            let f = fake.lock().unwrap();
+            let msgs: Vec<&str> = f.accepted.iter().map(|r| r.msg.as_str()).collect();
+            panic!("timed out waiting for {what}; accepted so far: {msgs:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn sandbox(work: &Path, app: &str, task: &str, instance: u32) -> PathBuf {
+    let dir = work.join("sandboxes").join(app).join(task);
+    std::fs::create_dir_all(&dir).unwrap();
+    let meta = TaskMeta {
+        host: "node-1".into(),
+        app: app.into(),
+        task: task.into(),
+        instance,
+        ports: vec![31000],
+    };
+    std::fs::write(dir.join("task.json"), serde_json::to_vec(&meta).unwrap()).unwrap();
+    dir
+}
+
+fn append(path: &Path, text: &str) {
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap();
+    f.write_all(text.as_bytes()).unwrap();
+}
+
+fn msgs(f: &Fake) -> Vec<String> {
+    f.accepted.iter().map(|r| r.msg.clone()).collect()
+}
+
+fn checkpoints(work: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(work.join("shipper/checkpoints.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+#[tokio::test]
+async fn ships_tagged_lines_follows_appends_and_resumes_without_resending() {
+    let (url, fake) = start_fake().await;
+    let work = tempfile::tempdir().unwrap();
+    let dir = sandbox(work.path(), "fib", "fib.1", 2);
+    append(&dir.join("stdout"), "first line\nsecond line\n");
+    append(
+        &dir.join("stderr"),
+        "{\"level\":\"error\",\"msg\":\"boom\",\"user\":\"alice\"}\n",
+    );
+    let shipper = Shipper::new(config(work.path(), &url)).unwrap();
+    let run = start(&shipper);
+
+    wait_for("the initial lines", &fake, |f| f.accepted.len() == 3).await;
+    {
+        let f = fake.lock().unwrap();
+        for r in &f.accepted {
+            assert_eq!(
+                (r.host.as_str(), r.app.as_str(), r.task.as_str(), r.instance),
+                ("node-1", "fib", "fib.1", 2)
+            );
+        }
+        let out: Vec<_> = f
+            .accepted
+            .iter()
+            .filter(|r| r.stream == Stream::Stdout)
+            .collect();
+        assert_eq!(out.len(), 2);
+        assert_eq!((out[0].msg.as_str(), out[0].offset), ("first line", 11));
+        assert_eq!((out[1].msg.as_str(), out[1].offset), ("second line", 23));
+        assert_eq!(out[0].source, "node-1/fib/fib.1/stdout");
+        let err = f
+            .accepted
+            .iter()
+            .find(|r| r.stream == Stream::Stderr)
+            .unwrap();
+        assert_eq!((err.msg.as_str(), err.level), ("boom", Some(Level::Error)));
+        assert_eq!(err.fields["user"], "alice");
+        assert_eq!(err.source, "node-1/fib/fib.1/stderr");
+        assert!(f.tokens.iter().all(|t| t.as_deref() == Some("s3cret")));
+    }
+
+    // Lines appended while running arrive; an unfinished line waits for its newline.
+    append(&dir.join("stdout"), "third line\nunfini");
+    wait_for("the appended line", &fake, |f| {
+        msgs(f).contains(&"third line".to_string())
+    })
+    .await;
+    append(&dir.join("stdout"), "shed\n");
+    wait_for("the finished line", &fake, |f| {
+        msgs(f).contains(&"unfinished".to_string())
+    })
+    .await;
+    assert!(
+        shipper
+            .metrics()
+            .contains("sandtrail_agent_lines_read_total{host=\"node-1\"} 5"),
+        "{}",
+        shipper.metrics()
+    );
+    run.stop().await;
+
+    let stdout_len = std::fs::metadata(dir.join("stdout")).unwrap().len();
+    let cps = checkpoints(work.path());
+    assert_eq!(cps["version"], 1);
+    assert_eq!(
+        cps["files"]["node-1/fib/fib.1/stdout"]["offset"],
+        stdout_len
+    );
+    let stderr_len = std::fs::metadata(dir.join("stderr")).unwrap().len();
+    assert_eq!(
+        cps["files"]["node-1/fib/fib.1/stderr"]["offset"],
+        stderr_len
+    );
+    let received_before = fake.lock().unwrap().received.len();
+
+    // Restart: only the new line is sent.
+    append(&dir.join("stdout"), "after restart\n");
+    let run = start(&Shipper::new(config(work.path(), &url)).unwrap());
+    wait_for("the line written after the restart", &fake, |f| {
+        msgs(f).contains(&"after restart".to_string())
+    })
+    .await;
+    {
+        let f = fake.lock().unwrap();
+        let resent: Vec<&LogRecord> = f.received[received_before..]
+            .iter()
+            .filter(|r| r.msg != "after restart")
+            .collect();
+        assert!(resent.is_empty(), "re-sent after restart: {resent:?}");
+        assert_eq!(f.accepted.len(), 6);
+    }
+    run.stop().await;
+}
+
+#[tokio::test]
+async fn retries_503s_without_losing_or_reordering_lines() {
+    let (url, fake) = start_fake().await;
+    fake.lock().unwrap().fail_next = 3;
+    let work = tempfile::tempdir().unwrap();
+    let dir = sandbox(work.path(), "api", "api.7", 0);
+    let mut text = String::new();
+    for i in 0..200 {
+        text.push_str(&format!("line {i} level=info n={i}\n"));
+    }
+    append(&dir.join("stdout"), &text);
+    let mut cfg = config(work.path(), &url);
+    cfg.batch_max_bytes = 4096; // many batches
+    let shipper = Shipper::new(cfg).unwrap();
+    let run = start(&shipper);
+
+    wait_for("all 200 lines", &fake, |f| f.accepted.len() == 200).await;
+    {
+        let f = fake.lock().unwrap();
+        assert_eq!(f.failed, 3);
+        let mut offset = 0;
+        for (i, r) in f.accepted.iter().enumerate() {
+            assert_eq!(r.msg, format!("line {i} level=info n={i}"));
+            offset += r.msg.len() as u64 + 1;
+            assert_eq!(r.offset, offset, "offsets follow the file");
+            assert_eq!(r.fields["n"], i);
+        }
+        assert_eq!(f.received.len(), 200, "nothing sent twice");
+    }
+    let m = shipper.metrics();
+    assert!(
+        m.contains("sandtrail_agent_batches_failed_total{host=\"node-1\"} 3"),
+        "{m}"
+    );
+    assert!(
+        m.contains("sandtrail_agent_retries_total{host=\"node-1\"} 3"),
+        "{m}"
+    );
+    assert!(
+        m.contains("sandtrail_agent_records_shipped_total{host=\"node-1\"} 200"),
+        "{m}"
+    );
+    run.stop().await;
+}
+
+#[tokio::test]
+async fn picks_up_new_sandboxes_and_the_router_access_log() {
+    let (url, fake) = start_fake().await;
+    let work = tempfile::tempdir().unwrap();
+    let shipper = Shipper::new(config(work.path(), &url)).unwrap();
+    let run = start(&shipper);
+
+    // A sandbox without task.json yet is not shipped until it has one.
+    let dir = work.path().join("sandboxes/web/web.3");
+    std::fs::create_dir_all(&dir).unwrap();
+    append(
+        &dir.join("stdout"),
+        "2026-11-23T10:00:00.250Z WARN hello from web trace_id=abc123\n",
+    );
+    sandbox(work.path(), "web", "web.3", 1);
+    wait_for("the new sandbox's line", &fake, |f| f.accepted.len() == 1).await;
+    {
+        let f = fake.lock().unwrap();
+        let r = &f.accepted[0];
+        assert_eq!(
+            (r.app.as_str(), r.task.as_str(), r.instance),
+            ("web", "web.3", 1)
+        );
+        assert_eq!(r.level, Some(Level::Warn));
+        assert_eq!(r.trace_id.as_deref(), Some("abc123"));
+        assert_eq!(
+            r.ts,
+            "2026-11-23T10:00:00.250Z"
+                .parse::<chrono::DateTime<chrono::Utc>>()
+                .unwrap()
+        );
+    }
+
+    // The router's access log: records keep their own fields.
+    let meta = TaskMeta {
+        host: "node-2".into(),
+        app: "fib".into(),
+        task: "fib.9".into(),
+        instance: 4,
+        ports: vec![],
+    };
+    let mut access = LogRecord::new(chrono::Utc::now(), &meta, Stream::Access, "GET /fib/10 200");
+    access.trace_id = Some("4bf92f3577b34da6a3ce929d0e0e4736".into());
+    access.latency_ms = Some(12.5);
+    access.status = Some(200);
+    access.peer_app = Some("web".into());
+    let line = serde_json::to_string(&access).unwrap();
+    std::fs::create_dir_all(work.path().join("router")).unwrap();
+    append(
+        &work.path().join("router/access.log"),
+        &format!("{line}\nnot a record\n"),
+    );
+    wait_for("the access records", &fake, |f| f.accepted.len() == 3).await;
+    {
+        let f = fake.lock().unwrap();
+        let rec = f
+            .accepted
+            .iter()
+            .find(|r| r.msg == "GET /fib/10 200")
+            .unwrap();
+        let mut expected = access.clone();
+        expected.source = "node-1/router/access".into();
+        expected.offset = line.len() as u64 + 1;
+        assert_eq!(rec, &expected);
+        let bad = f.accepted.iter().find(|r| r.msg == "not a record").unwrap();
+        assert_eq!(
+            (bad.host.as_str(), bad.app.as_str(), bad.stream, bad.level),
+            ("node-1", "router", Stream::Access, Some(Level::Warn))
+        );
+    }
+    run.stop().await;
+}
+
+#[tokio::test]
+async fn truncated_file_is_shipped_again_under_a_new_source() {
+    let (url, fake) = start_fake().await;
+    let work = tempfile::tempdir().unwrap();
+    let dir = sandbox(work.path(), "fib", "fib.2", 0);
+    append(&dir.join("stdout"), "old one\nold two\n");
+    let shipper = Shipper::new(config(work.path(), &url)).unwrap();
+    let run = start(&shipper);
+    wait_for("the old lines", &fake, |f| f.accepted.len() == 2).await;
+
+    std::fs::write(dir.join("stdout"), "new\n").unwrap(); // copytruncate-style
+    wait_for("the line after truncation", &fake, |f| {
+        f.accepted.len() == 3
+    })
+    .await;
+    {
+        let f = fake.lock().unwrap();
+        let r = &f.accepted[2];
+        assert_eq!(
+            (r.msg.as_str(), r.offset, r.source.as_str()),
+            ("new", 4, "node-1/fib/fib.2/stdout#2")
+        );
+        assert_eq!(f.received.len(), 3, "old content not re-sent");
+    }
+    run.stop().await;
+    let cps = checkpoints(work.path());
+    assert_eq!(cps["files"]["node-1/fib/fib.2/stdout#2"]["offset"], 4);
+    assert!(
+        cps["files"].get("node-1/fib/fib.2/stdout").is_none(),
+        "{cps}"
+    );
+}
+
+#[tokio::test]
+async fn a_refused_record_is_skipped_and_the_rest_delivered() {
+    let (url, fake) = start_fake().await;
+    fake.lock().unwrap().poison = Some("POISON".into());
+    let work = tempfile::tempdir().unwrap();
+    let dir = sandbox(work.path(), "fib", "fib.3", 0);
+    append(&dir.join("stdout"), "a\nb\nPOISON\nc\nd\n");
+    let shipper = Shipper::new(config(work.path(), &url)).unwrap();
+    let run = start(&shipper);
+    wait_for("the good lines", &fake, |f| msgs(f) == ["a", "b", "c", "d"]).await;
+    assert!(shipper
+        .metrics()
+        .contains("sandtrail_agent_records_rejected_total{host=\"node-1\"} 1"));
+    run.stop().await;
+    let len = std::fs::metadata(dir.join("stdout")).unwrap().len();
+    assert_eq!(
+        checkpoints(work.path())["files"]["node-1/fib/fib.3/stdout"]["offset"],
+        len
+    );
+}
+
+#[tokio::test]
+async fn cancel_ships_what_was_read_and_saves_checkpoints() {
+    let (url, fake) = start_fake().await;
+    let work = tempfile::tempdir().unwrap();
+    let dir = sandbox(work.path(), "fib", "fib.4", 0);
+    let mut cfg = config(work.path(), &url);
+    cfg.batch_max_wait = Duration::from_secs(3600); // only cancellation sends it
+    let shipper = Shipper::new(cfg).unwrap();
+    let run = start(&shipper);
+    append(&dir.join("stdout"), "x\ny\n");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !shipper
+        .metrics()
+        .contains("sandtrail_agent_lines_read_total{host=\"node-1\"} 2")
+    {
+        assert!(Instant::now() < deadline, "{}", shipper.metrics());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(fake.lock().unwrap().received.is_empty());
+    run.stop().await;
+    assert_eq!(msgs(&fake.lock().unwrap()), ["x", "y"]);
+    assert_eq!(
+        checkpoints(work.path())["files"]["node-1/fib/fib.4/stdout"]["offset"],
+        4
+    );
+}
+
+#[tokio::test]
+async fn indexer_down_at_shutdown_loses_nothing() {
+    let (url, fake) = start_fake().await;
+    fake.lock().unwrap().fail_next = u32::MAX;
+    let work = tempfile::tempdir().unwrap();
+    let dir = sandbox(work.path(), "fib", "fib.5", 0);
+    append(&dir.join("stdout"), "kept 1\nkept 2\n");
+    let shipper = Shipper::new(config(work.path(), &url)).unwrap();
+    let run = start(&shipper);
+    wait_for("a failed attempt", &fake, |f| f.failed >= 2).await;
+    run.stop().await;
+    assert!(fake.lock().unwrap().accepted.is_empty());
+    let cps = checkpoints_or_empty(work.path());
+    assert!(
+        cps["files"].get("node-1/fib/fib.5/stdout").is_none(),
+        "nothing acknowledged, nothing checkpointed: {cps}"
+    );
+
+    // The indexer is back: a new run delivers everything.
+    fake.lock().unwrap().fail_next = 0;
+    let run = start(&shipper);
+    wait_for("the kept lines", &fake, |f| msgs(f) == ["kept 1", "kept 2"]).await;
+    run.stop().await;
+}
+
+fn checkpoints_or_empty(work: &Path) -> serde_json::Value {
+    match std::fs::read_to_string(work.join("shipper/checkpoints.json")) {
+        Ok(text) => serde_json::from_str(&text).unwrap(),
+        Err(_) => serde_json::json!({"version": 1, "files": {}}),
+    }
+}
+
+/// With the periodic rescan out of the picture, the file watcher alone must notice new
+/// sandboxes and appended lines.
+#[tokio::test]
+async fn the_watcher_wakes_the_shipper_without_rescans() {
+    let (url, fake) = start_fake().await;
+    let work = tempfile::tempdir().unwrap();
+    let mut cfg = config(work.path(), &url);
+    cfg.scan_interval = Duration::from_secs(3600);
+    let shipper = Shipper::new(cfg).unwrap();
+    let first = sandbox(work.path(), "early", "early.1", 0);
+    append(&first.join("stdout"), "early\n");
+    let run = start(&shipper);
+    // Once this arrived, the first scan is done (and the watcher was set up before it).
+    wait_for("the first sandbox's line", &fake, |f| msgs(f) == ["early"]).await;
+    let dir = sandbox(work.path(), "late", "late.1", 0);
+    append(&dir.join("stdout"), "hello\n");
+    wait_for("the new sandbox's line", &fake, |f| {
+        msgs(f) == ["early", "hello"]
+    })
+    .await;
+    append(&dir.join("stdout"), "again\n");
+    wait_for("the appended line", &fake, |f| {
+        msgs(f) == ["early", "hello", "again"]
+    })
+    .await;
+    run.stop().await;
+}
+
+/// Regression: a file renamed away and recreated must not start its source over at
+/// offset 0 (the indexer would drop the new lines as already committed). Pruning the
+/// checkpoint of a missing file did exactly that.
+#[tokio::test]
+async fn a_file_rotated_by_rename_keeps_shipping() {
+    let (url, fake) = start_fake().await;
+    let work = tempfile::tempdir().unwrap();
+    let log = work.path().join("router/access.log");
+    std::fs::create_dir_all(log.parent().unwrap()).unwrap();
+    append(&log, "a long enough first line\nand a second one\n");
+    let other = sandbox(work.path(), "fib", "fib.6", 0);
+    let shipper = Shipper::new(config(work.path(), &url)).unwrap();
+    let run = start(&shipper);
+    wait_for("the first lines", &fake, |f| f.accepted.len() == 2).await;
+
+    std::fs::rename(&log, work.path().join("router/access.log.1")).unwrap();
+    // Wait until the shipper noticed the file is gone and saved its checkpoints.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !shipper.metrics().contains("lag_bytes")
+        || shipper
+            .metrics()
+            .contains("source=\"node-1/router/access\"")
+    {
+        assert!(Instant::now() < deadline, "{}", shipper.metrics());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Another file's batch is acknowledged meanwhile, so checkpoints are saved.
+    append(&other.join("stdout"), "meanwhile\n");
+    wait_for("the other file's line", &fake, |f| {
+        msgs(f).contains(&"meanwhile".to_string())
+    })
+    .await;
+    append(&log, "new file\n");
+    wait_for("the line of the new file", &fake, |f| {
+        msgs(f).contains(&"new file".to_string())
+    })
+    .await;
+    {
+        let f = fake.lock().unwrap();
+        let r = f.accepted.last().unwrap();
+        assert_eq!((r.offset, r.source.as_str()), (9, "node-1/router/access#2"));
+    }
+    run.stop().await;
+}
+
+#[tokio::test]
+async fn many_files_many_lines_arrive_complete_and_in_order() {
+    let (url, fake) = start_fake().await;
+    let work = tempfile::tempdir().unwrap();
+    let files: u32 = 20;
+    let lines: usize = 2000;
+    for t in 0..files {
+        let dir = sandbox(work.path(), "bulk", &format!("bulk.{t}"), t);
+        let text: String = (0..lines)
+            .map(|i| format!("task {t} line {i} {}\n", "x".repeat(i % 300)))
+            .collect();
+        append(&dir.join("stdout"), &text);
+    }
+    let started = Instant::now();
+    let run = start(&Shipper::new(config(work.path(), &url)).unwrap());
+    wait_for("every line", &fake, |f| {
+        f.accepted.len() == files as usize * lines
+    })
+    .await;
+    eprintln!(
+        "shipped {} lines in {:?}",
+        files as usize * lines,
+        started.elapsed()
+    );
+    {
+        let f = fake.lock().unwrap();
+        assert_eq!(f.received.len(), f.accepted.len(), "nothing sent twice");
+        let mut next: HashMap<&str, u32> = HashMap::new();
+        for r in &f.accepted {
+            let i = next.entry(r.task.as_str()).or_default();
+            assert!(
+                r.msg
+                    .starts_with(&format!("{} line {i} ", r.task.replace("bulk.", "task "))),
+                "{} out of order",
+                r.msg
+            );
+            *i += 1;
+        }
+    }
+    run.stop().await;
+}

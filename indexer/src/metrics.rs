@@ -1,0 +1,161 @@
+//! Counters of the indexer, rendered in the Prometheus text format.
+//!
+//! Plain atomics rather than a metrics crate: a dozen counters do not justify a
+//! registry, and the binary only needs text it can serve at `/metrics`. The
+//! trade-off is no histograms (commit time is exposed as a sum and a count, from
+//! which a mean can be derived).
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub ingest_requests: AtomicU64,
+    pub ingest_rejected: AtomicU64,
+    pub records_accepted: AtomicU64,
+    pub records_duplicate: AtomicU64,
+    pub commits: AtomicU64,
+    pub commit_errors: AtomicU64,
+    pub commit_micros: AtomicU64,
+    pub searches: AtomicU64,
+    pub search_errors: AtomicU64,
+    pub histograms: AtomicU64,
+    pub tail_dropped: AtomicU64,
+}
+
+/// Values that are read at render time rather than counted.
+pub struct Gauges {
+    pub docs: u64,
+    pub segments: u64,
+    pub tail_subscribers: u64,
+}
+
+impl Metrics {
+    pub fn inc(counter: &AtomicU64, by: u64) {
+        counter.fetch_add(by, Ordering::Relaxed);
+    }
+
+    pub fn render(&self, gauges: &Gauges) -> String {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let mut out = String::new();
+        let mut line = |name: &str, kind: &str, help: &str, value: String| {
+            // Writing into a String cannot fail.
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
+        };
+        line(
+            "sandtrail_indexer_ingest_requests_total",
+            "counter",
+            "Ingest requests received.",
+            get(&self.ingest_requests).to_string(),
+        );
+        line(
+            "sandtrail_indexer_ingest_rejected_total",
+            "counter",
+            "Ingest requests refused (bad body, bad token, too large, failed commit).",
+            get(&self.ingest_rejected).to_string(),
+        );
+        line(
+            "sandtrail_indexer_records_accepted_total",
+            "counter",
+            "Records newly indexed.",
+            get(&self.records_accepted).to_string(),
+        );
+        line(
+            "sandtrail_indexer_records_duplicate_total",
+            "counter",
+            "Records skipped because their (source, offset) was already committed.",
+            get(&self.records_duplicate).to_string(),
+        );
+        line(
+            "sandtrail_indexer_commits_total",
+            "counter",
+            "Tantivy commits (one per group of ingest requests).",
+            get(&self.commits).to_string(),
+        );
+        line(
+            "sandtrail_indexer_commit_errors_total",
+            "counter",
+            "Tantivy commits that failed and were rolled back.",
+            get(&self.commit_errors).to_string(),
+        );
+        line(
+            "sandtrail_indexer_commit_seconds_sum",
+            "counter",
+            "Time spent in Tantivy commits.",
+            format!("{:.6}", get(&self.commit_micros) as f64 / 1e6),
+        );
+        line(
+            "sandtrail_indexer_searches_total",
+            "counter",
+            "Search requests served.",
+            get(&self.searches).to_string(),
+        );
+        line(
+            "sandtrail_indexer_search_errors_total",
+            "counter",
+            "Search or histogram requests that failed.",
+            get(&self.search_errors).to_string(),
+        );
+        line(
+            "sandtrail_indexer_histograms_total",
+            "counter",
+            "Histogram requests served.",
+            get(&self.histograms).to_string(),
+        );
+        line(
+            "sandtrail_indexer_tail_dropped_total",
+            "counter",
+            "Records a slow tail subscriber missed.",
+            get(&self.tail_dropped).to_string(),
+        );
+        line(
+            "sandtrail_indexer_docs",
+            "gauge",
+            "Documents searchable now.",
+            gauges.docs.to_string(),
+        );
+        line(
+            "sandtrail_indexer_segments",
+            "gauge",
+            "Tantivy segments searchable now.",
+            gauges.segments.to_string(),
+        );
+        line(
+            "sandtrail_indexer_tail_subscribers",
+            "gauge",
+            "Live tail subscribers.",
+            gauges.tail_subscribers.to_string(),
+        );
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_counter_with_type_lines() {
+        let m = Metrics::default();
+        Metrics::inc(&m.records_accepted, 3);
+        let text = m.render(&Gauges {
+            docs: 3,
+            segments: 1,
+            tail_subscribers: 0,
+        });
+        assert!(
+            text.contains("sandtrail_indexer_records_accepted_total 3\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE sandtrail_indexer_docs gauge\n"),
+            "{text}"
+        );
+        let samples = text.lines().filter(|l| !l.starts_with('#')).count();
+        let types = text.lines().filter(|l| l.starts_with("# TYPE")).count();
+        assert_eq!(samples, types);
+    }
+}

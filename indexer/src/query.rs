@@ -1,0 +1,304 @@
+//! Turning what a client sends (a Lucene-like query string, a time range in one of
+//! three spellings, an opaque cursor) into Tantivy queries.
+//!
+//! The query language is Tantivy's own `QueryParser` (default field `msg`, AND by
+//! default) rather than a parser of ours: it already speaks fields, phrases,
+//! `AND/OR/NOT`, ranges and `fields.key:value` on the JSON field. The trade-off is
+//! that its error messages are Tantivy's, which we pass through with the query they
+//! concern.
+//!
+//! Cursors are keyset cursors over the total order (ts, uid), not offsets or "n hits
+//! with this ts already seen": commits and merges between two pages reorder documents
+//! that share a timestamp, and a keyset is the only cursor that neither skips nor
+//! repeats a record across them.
+
+use crate::error::{Error, Result};
+use crate::schema::{to_tantivy_date, Fields};
+use chrono::{DateTime, Duration, Utc};
+use std::ops::Bound;
+use tantivy::query::{AllQuery, BooleanQuery, Occur, Query, QueryParser, RangeQuery};
+use tantivy::query_grammar::{self, UserInputAst, UserInputLeaf};
+use tantivy::{Index, Term};
+
+const TIME_EXPECTED: &str = "RFC 3339 (2026-11-23T10:00:00Z), epoch milliseconds, \
+     or now / now-15m (units ms, s, m, h, d, w)";
+
+/// Parses `start`/`end`: RFC 3339, epoch milliseconds, `now`, or `now-<n><unit>`.
+pub fn parse_time(name: &'static str, value: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>> {
+    let bad = || Error::BadParam {
+        name,
+        value: value.to_string(),
+        expected: TIME_EXPECTED.to_string(),
+    };
+    let v = value.trim();
+    if let Some(rel) = v.strip_prefix("now") {
+        if rel.is_empty() {
+            return Ok(now);
+        }
+        let (sign, amount) = match rel.as_bytes()[0] {
+            b'-' => (-1, &rel[1..]),
+            b'+' => (1, &rel[1..]),
+            _ => return Err(bad()),
+        };
+        let split = amount.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+        let (digits, unit) = amount.split_at(split);
+        let n: i64 = digits.parse().map_err(|_| bad())?;
+        let d = match unit {
+            "ms" => Duration::try_milliseconds(n),
+            "s" => Duration::try_seconds(n),
+            "m" => Duration::try_minutes(n),
+            "h" => Duration::try_hours(n),
+            "d" => Duration::try_days(n),
+            "w" => Duration::try_weeks(n),
+            _ => None,
+        }
+        .ok_or_else(bad)?;
+        let shifted = if sign < 0 {
+            now.checked_sub_signed(d)
+        } else {
+            now.checked_add_signed(d)
+        };
+        return shifted.ok_or_else(bad);
+    }
+    if !v.is_empty()
+        && v.trim_start_matches('-')
+            .bytes()
+            .all(|b| b.is_ascii_digit())
+    {
+        let ms: i64 = v.parse().map_err(|_| bad())?;
+        return DateTime::from_timestamp_millis(ms).ok_or_else(bad);
+    }
+    DateTime::parse_from_rfc3339(v)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|_| bad())
+}
+
+/// Position after the last hit of a page: the (ts, uid) sort key of that hit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cursor {
+    pub ts_micros: i64,
+    pub uid: u64,
+}
+
+impl Cursor {
+    pub fn encode(&self) -> String {
+        format!("c1.{}.{:x}", self.ts_micros, self.uid)
+    }
+
+    pub fn decode(s: &str) -> Result<Cursor> {
+        let bad = || Error::Protocol(protocol::Error::BadCursor(s.to_string()));
+        let mut parts = s.split('.');
+        if parts.next() != Some("c1") {
+            return Err(bad());
+        }
+        let ts_micros = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
+        let uid = parts
+            .next()
+            .filter(|p| !p.is_empty() && p.len() <= 16)
+            .and_then(|p| u64::from_str_radix(p, 16).ok())
+            .ok_or_else(bad)?;
+        if parts.next().is_some() {
+            return Err(bad());
+        }
+        Ok(Cursor { ts_micros, uid })
+    }
+}
+
+/// Parses the user's query; empty means everything.
+pub fn user_query(index: &Index, fields: &Fields, q: &str) -> Result<Box<dyn Query>> {
+    if q.trim().is_empty() {
+        return Ok(Box::new(AllQuery));
+    }
+    let bad = |reason: String| Error::BadQuery {
+        query: q.to_string(),
+        reason,
+    };
+    let ast = query_grammar::parse_query(q).map_err(|_| {
+        // The strict parser says only "no"; the lenient one says where.
+        let (_, errors) = query_grammar::parse_query_lenient(q);
+        bad(match errors.first() {
+            Some(e) => format!("syntax error: {} at position {}", e.message, e.pos),
+            None => "syntax error".to_string(),
+        })
+    })?;
+    let mut parser = QueryParser::for_index(index, vec![fields.msg]);
+    parser.set_conjunction_by_default();
+    parser
+        .build_query_from_user_input_ast(match_all_when_only_negative(ast))
+        .map_err(|e| bad(e.to_string()))
+}
+
+/// Tantivy's boolean query matches nothing when all its clauses are negative, so
+/// `a AND NOT b` (parsed as `+a +(-b)`) or `-level:debug` would find nothing; the
+/// user means "everything except", so such clause lists get a match-all clause.
+fn match_all_when_only_negative(ast: UserInputAst) -> UserInputAst {
+    match ast {
+        UserInputAst::Clause(clauses) => {
+            let only_negative =
+                !clauses.is_empty() && clauses.iter().all(|(o, _)| *o == Some(Occur::MustNot));
+            let mut clauses: Vec<_> = clauses
+                .into_iter()
+                .map(|(o, sub)| (o, match_all_when_only_negative(sub)))
+                .collect();
+            if only_negative {
+                clauses.push((
+                    Some(Occur::Must),
+                    UserInputAst::Leaf(Box::new(UserInputLeaf::All)),
+                ));
+            }
+            UserInputAst::Clause(clauses)
+        }
+        UserInputAst::Boost(sub, boost) => {
+            UserInputAst::Boost(Box::new(match_all_when_only_negative(*sub)), boost)
+        }
+        leaf @ UserInputAst::Leaf(_) => leaf,
+    }
+}
+
+/// `start <= ts <= end`; `None` when both are unbounded.
+pub fn time_range(
+    fields: &Fields,
+    start: Option<DateTime<Utc>>,
+    end: Option<DateTime<Utc>>,
+) -> Option<Box<dyn Query>> {
+    let bound = |t: Option<DateTime<Utc>>| match t {
+        Some(t) => Bound::Included(Term::from_field_date(fields.ts, to_tantivy_date(&t))),
+        None => Bound::Unbounded,
+    };
+    if start.is_none() && end.is_none() {
+        return None;
+    }
+    Some(Box::new(RangeQuery::new(bound(start), bound(end))))
+}
+
+/// Everything strictly older than the cursor in the (ts, uid) order.
+pub fn before_cursor(fields: &Fields, c: Cursor) -> Box<dyn Query> {
+    let ts =
+        |micros| Term::from_field_date(fields.ts, tantivy::DateTime::from_timestamp_micros(micros));
+    let older: Box<dyn Query> = Box::new(RangeQuery::new(
+        Bound::Unbounded,
+        Bound::Excluded(ts(c.ts_micros)),
+    ));
+    let same_ts: Box<dyn Query> = Box::new(RangeQuery::new(
+        Bound::Included(ts(c.ts_micros)),
+        Bound::Included(ts(c.ts_micros)),
+    ));
+    let lower_uid: Box<dyn Query> = Box::new(RangeQuery::new(
+        Bound::Unbounded,
+        Bound::Excluded(Term::from_field_u64(fields.uid, c.uid)),
+    ));
+    let tie: Box<dyn Query> = Box::new(BooleanQuery::intersection(vec![same_ts, lower_uid]));
+    Box::new(BooleanQuery::union(vec![older, tie]))
+}
+
+/// Intersection of the given queries (the single query itself when there is one).
+pub fn all_of(mut queries: Vec<Box<dyn Query>>) -> Box<dyn Query> {
+    if queries.len() == 1 {
+        return queries.remove(0);
+    }
+    Box::new(BooleanQuery::intersection(queries))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn now() -> DateTime<Utc> {
+        "2026-11-23T10:00:00Z".parse().unwrap()
+    }
+
+    #[test]
+    fn parses_relative_times() {
+        let n = now();
+        assert_eq!(parse_time("start", "now", n).unwrap(), n);
+        assert_eq!(
+            parse_time("start", "now-15m", n).unwrap(),
+            n - Duration::minutes(15)
+        );
+        assert_eq!(
+            parse_time("start", "now-1h", n).unwrap(),
+            n - Duration::hours(1)
+        );
+        assert_eq!(
+            parse_time("start", "now-7d", n).unwrap(),
+            n - Duration::days(7)
+        );
+        assert_eq!(
+            parse_time("end", "now+30s", n).unwrap(),
+            n + Duration::seconds(30)
+        );
+    }
+
+    #[test]
+    fn parses_rfc3339_and_epoch_millis() {
+        let n = now();
+        assert_eq!(
+            parse_time("start", "2026-11-23T11:00:00+01:00", n).unwrap(),
+            n
+        );
+        assert_eq!(
+            parse_time("start", &n.timestamp_millis().to_string(), n).unwrap(),
+            n
+        );
+    }
+
+    #[test]
+    fn bad_times_name_the_parameter_and_value() {
+        for v in [
+            "yesterday",
+            "now-",
+            "now-15",
+            "now-15y",
+            "now*2m",
+            "",
+            "12:00",
+        ] {
+            let err = parse_time("start", v, now()).unwrap_err().to_string();
+            assert!(
+                err.contains("start") && err.contains(&format!("{v:?}")),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn cursor_rejects_garbage() {
+        for s in [
+            "",
+            "c1",
+            "c1.5",
+            "c1.x.5",
+            "c2.1.1",
+            "c1.1.1.1",
+            "c1.1.12345678901234567",
+        ] {
+            let err = Cursor::decode(s).unwrap_err().to_string();
+            assert!(err.contains("cursor"), "{err}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn cursor_round_trips(ts in any::<i64>(), uid in any::<u64>()) {
+            let c = Cursor { ts_micros: ts, uid };
+            prop_assert_eq!(Cursor::decode(&c.encode()).unwrap(), c);
+        }
+
+        #[test]
+        fn cursor_decode_never_panics(s in ".*") {
+            let _ = Cursor::decode(&s);
+        }
+
+        #[test]
+        fn time_parse_never_panics(s in ".*") {
+            let _ = parse_time("start", &s, now());
+        }
+
+        #[test]
+        fn epoch_millis_round_trip(ms in -8_000_000_000_000i64..8_000_000_000_000i64) {
+            let t = parse_time("end", &ms.to_string(), now()).unwrap();
+            prop_assert_eq!(t.timestamp_millis(), ms);
+        }
+    }
+}

@@ -1,0 +1,488 @@
+//! Executing searches and histograms against the current reader.
+//!
+//! Hits are ordered newest first by a custom score, the (ts, uid) pair read from fast
+//! fields, rather than by relevance: for logs "most recent" is what people want, and
+//! the unique pair makes keyset cursors exact. Counts come from the same query in the
+//! same searcher, so `total` and the page agree. Histograms use a small fast-field
+//! collector instead of the aggregation framework: one column read per match and no
+//! JSON round-trip. These functions block and are meant for `spawn_blocking`.
+
+use crate::error::{Error, Result};
+use crate::query::{all_of, before_cursor, parse_time, time_range, user_query, Cursor};
+use crate::schema::{Fields, TS, UID};
+use chrono::{DateTime, Duration, Utc};
+use protocol::{HistogramBucket, HistogramResponse, SearchResponse};
+use serde::Deserialize;
+use tantivy::collector::{
+    Collector, Count, CustomScorer, CustomSegmentScorer, SegmentCollector, TopDocs,
+};
+use tantivy::columnar::Column;
+use tantivy::{DocId, Index, IndexReader, Score, SegmentOrdinal, SegmentReader, TantivyDocument};
+
+pub const DEFAULT_LIMIT: usize = 100;
+pub const MAX_LIMIT: usize = 10_000;
+/// Roughly how many buckets a histogram has; intervals are rounded to "nice" values.
+pub const TARGET_BUCKETS: i64 = 60;
+/// Histogram range when neither `start` nor any match says where to begin.
+pub const DEFAULT_HISTOGRAM_SPAN_MINUTES: i64 = 15;
+
+/// A search with its parameters already parsed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SearchRequest {
+    /// Query string; empty matches everything.
+    pub q: String,
+    /// Inclusive; `None` is unbounded.
+    pub start: Option<DateTime<Utc>>,
+    /// Inclusive; `None` means now (at the time of the search).
+    pub end: Option<DateTime<Utc>>,
+    /// Hits per page, at most [`MAX_LIMIT`]; 0 only counts.
+    pub limit: usize,
+    /// The `next` of an earlier page.
+    pub cursor: Option<String>,
+}
+
+impl Default for SearchRequest {
+    fn default() -> Self {
+        SearchRequest {
+            q: String::new(),
+            start: None,
+            end: None,
+            limit: DEFAULT_LIMIT,
+            cursor: None,
+        }
+    }
+}
+
+/// The query string of `GET /api/v1/search` (and `/histogram`), unparsed so that
+/// every bad value gets our error message rather than a deserializer's.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct SearchParams {
+    pub q: Option<String>,
+    pub start: Option<String>,
+    pub end: Option<String>,
+    pub limit: Option<String>,
+    pub cursor: Option<String>,
+}
+
+impl SearchParams {
+    pub fn into_request(self, now: DateTime<Utc>) -> Result<SearchRequest> {
+        let (start, end) = parse_range(self.start.as_deref(), self.end.as_deref(), now)?;
+        let limit = match self.limit.as_deref().map(str::trim) {
+            None | Some("") => DEFAULT_LIMIT,
+            Some(l) => l
+                .parse::<usize>()
+                .ok()
+                .filter(|n| *n <= MAX_LIMIT)
+                .ok_or_else(|| Error::BadParam {
+                    name: "limit",
+                    value: l.to_string(),
+                    expected: format!("an integer from 0 to {MAX_LIMIT}"),
+                })?,
+        };
+        Ok(SearchRequest {
+            q: self.q.unwrap_or_default(),
+            start,
+            end: Some(end),
+            limit,
+            cursor: self.cursor.filter(|c| !c.is_empty()),
+        })
+    }
+
+    pub fn into_histogram_request(self, now: DateTime<Utc>) -> Result<HistogramRequest> {
+        let (start, end) = parse_range(self.start.as_deref(), self.end.as_deref(), now)?;
+        Ok(HistogramRequest {
+            q: self.q.unwrap_or_default(),
+            start,
+            end: Some(end),
+        })
+    }
+}
+
+fn parse_range(
+    start: Option<&str>,
+    end: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<(Option<DateTime<Utc>>, DateTime<Utc>)> {
+    let start = match start.filter(|s| !s.trim().is_empty()) {
+        Some(s) => Some(parse_time("start", s, now)?),
+        None => None,
+    };
+    let end = match end.filter(|s| !s.trim().is_empty()) {
+        Some(s) => parse_time("end", s, now)?,
+        None => now,
+    };
+    check_order(start, end)?;
+    Ok((start, end))
+}
+
+fn check_order(start: Option<DateTime<Utc>>, end: DateTime<Utc>) -> Result<()> {
+    match start {
+        Some(s) if s > end => Err(Error::BadParam {
+            name: "start",
+            value: s.to_rfc3339(),
+            expected: format!("a time at or before end ({})", end.to_rfc3339()),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// A histogram with its parameters already parsed.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HistogramRequest {
+    pub q: String,
+    /// `None`: from the oldest match (or 15 minutes before `end` when nothing matches).
+    pub start: Option<DateTime<Utc>>,
+    /// `None` means now.
+    pub end: Option<DateTime<Utc>>,
+}
+
+/// What searches need: cheap to clone (everything inside is reference-counted).
+#[derive(Clone)]
+pub struct IndexView {
+    pub index: Index,
+    pub reader: IndexReader,
+    pub fields: Fields,
+}
+
+impl IndexView {
+    pub fn search(&self, req: &SearchRequest) -> Result<SearchResponse> {
+        if req.limit > MAX_LIMIT {
+            return Err(Error::BadParam {
+                name: "limit",
+                value: req.limit.to_string(),
+                expected: format!("an integer from 0 to {MAX_LIMIT}"),
+            });
+        }
+        let end = req.end.unwrap_or_else(Utc::now);
+        check_order(req.start, end)?;
+        let cursor = req.cursor.as_deref().map(Cursor::decode).transpose()?;
+        let searcher = self.reader.searcher();
+        let mut parts = vec![user_query(&self.index, &self.fields, &req.q)?];
+        parts.extend(time_range(&self.fields, req.start, Some(end)));
+        let matching = all_of(parts);
+
+        if req.limit == 0 {
+            let total = searcher.search(&*matching, &Count)?;
+            return Ok(SearchResponse {
+                total: total as u64,
+                hits: Vec::new(),
+                next: None,
+            });
+        }
+        // One more than asked tells whether there is an older page.
+        let top = TopDocs::with_limit(req.limit + 1).custom_score(NewestFirst);
+        let (total, mut top_hits) = match cursor {
+            None => searcher.search(&*matching, &(Count, top))?,
+            Some(c) => {
+                let total = searcher.search(&*matching, &Count)?;
+                let page = all_of(vec![matching, before_cursor(&self.fields, c)]);
+                (total, searcher.search(&*page, &top)?)
+            }
+        };
+        let next = if top_hits.len() > req.limit {
+            top_hits.truncate(req.limit);
+            top_hits.last().map(|((ts_micros, uid), _)| {
+                Cursor {
+                    ts_micros: *ts_micros,
+                    uid: *uid,
+                }
+                .encode()
+            })
+        } else {
+            None
+        };
+        let mut hits = Vec::with_capacity(top_hits.len());
+        for (_, addr) in top_hits {
+            let doc: TantivyDocument = searcher.doc(addr)?;
+            hits.push(self.fields.to_record(&doc)?);
+        }
+        Ok(SearchResponse {
+            total: total as u64,
+            hits,
+            next,
+        })
+    }
+
+    pub fn histogram(&self, req: &HistogramRequest) -> Result<HistogramResponse> {
+        let end = req.end.unwrap_or_else(Utc::now);
+        check_order(req.start, end)?;
+        let searcher = self.reader.searcher();
+        let q = user_query(&self.index, &self.fields, &req.q)?;
+        let start = match req.start {
+            Some(s) => s,
+            None => {
+                let up_to_end = all_of(
+                    std::iter::once(q.box_clone())
+                        .chain(time_range(&self.fields, None, Some(end)))
+                        .collect(),
+                );
+                let oldest = searcher.search(&*up_to_end, &MinTs)?;
+                oldest
+                    .and_then(DateTime::from_timestamp_micros)
+                    .unwrap_or(end - Duration::minutes(DEFAULT_HISTOGRAM_SPAN_MINUTES))
+            }
+        };
+        let layout = BucketLayout::new(start.timestamp_micros(), end.timestamp_micros());
+        let mut parts = vec![q];
+        parts.extend(time_range(&self.fields, Some(start), Some(end)));
+        let counts = searcher.search(&*all_of(parts), &HistogramCollector { layout })?;
+        let buckets = counts
+            .into_iter()
+            .enumerate()
+            .map(|(i, count)| HistogramBucket {
+                ts: DateTime::from_timestamp_micros(layout.bucket_start(i))
+                    .unwrap_or(DateTime::UNIX_EPOCH),
+                count,
+            })
+            .collect();
+        Ok(HistogramResponse {
+            interval_ms: (layout.interval / 1000) as u64,
+            buckets,
+        })
+    }
+}
+
+/// Sort key (ts micros, uid), highest first.
+struct NewestFirst;
+
+struct NewestFirstSegment {
+    ts: Column<tantivy::DateTime>,
+    uid: Column<u64>,
+}
+
+impl CustomScorer<(i64, u64)> for NewestFirst {
+    type Child = NewestFirstSegment;
+    fn segment_scorer(&self, segment: &SegmentReader) -> tantivy::Result<NewestFirstSegment> {
+        Ok(NewestFirstSegment {
+            ts: segment.fast_fields().date(TS)?,
+            uid: segment.fast_fields().u64(UID)?,
+        })
+    }
+}
+
+impl CustomSegmentScorer<(i64, u64)> for NewestFirstSegment {
+    fn score(&mut self, doc: DocId) -> (i64, u64) {
+        (
+            self.ts
+                .first(doc)
+                .map_or(i64::MIN, |t| t.into_timestamp_micros()),
+            self.uid.first(doc).unwrap_or(0),
+        )
+    }
+}
+
+/// Bucket boundaries: a "nice" interval, buckets aligned to multiples of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BucketLayout {
+    /// Start of the first bucket, micros.
+    pub first: i64,
+    /// Bucket width, micros.
+    pub interval: i64,
+    pub count: usize,
+}
+
+impl BucketLayout {
+    /// Buckets covering `start..=end` (micros).
+    pub fn new(start: i64, end: i64) -> BucketLayout {
+        const NICE_MS: [i64; 22] = [
+            1, 2, 5, 10, 20, 50, 100, 200, 500, 1_000, 2_000, 5_000, 10_000, 15_000, 30_000,
+            60_000, 120_000, 300_000, 600_000, 900_000, 1_800_000, 3_600_000,
+        ];
+        const DAY_MS: i64 = 86_400_000;
+        let span_ms = (end.saturating_sub(start) / 1000).max(1);
+        let wanted = (span_ms + TARGET_BUCKETS - 1) / TARGET_BUCKETS;
+        let interval_ms = NICE_MS
+            .iter()
+            .copied()
+            .chain([3, 6, 12].map(|h| h * 3_600_000))
+            .find(|n| *n >= wanted)
+            .unwrap_or_else(|| ((wanted + DAY_MS - 1) / DAY_MS) * DAY_MS);
+        let interval = interval_ms * 1000;
+        let first = start.div_euclid(interval) * interval;
+        let count = ((end - first) / interval + 1) as usize;
+        BucketLayout {
+            first,
+            interval,
+            count,
+        }
+    }
+
+    pub fn bucket_of(&self, ts: i64) -> Option<usize> {
+        if ts < self.first {
+            return None;
+        }
+        let i = ((ts - self.first) / self.interval) as usize;
+        (i < self.count).then_some(i)
+    }
+
+    pub fn bucket_start(&self, i: usize) -> i64 {
+        self.first + self.interval * i as i64
+    }
+}
+
+struct HistogramCollector {
+    layout: BucketLayout,
+}
+
+struct HistogramSegment {
+    layout: BucketLayout,
+    ts: Column<tantivy::DateTime>,
+    counts: Vec<u64>,
+}
+
+impl Collector for HistogramCollector {
+    type Fruit = Vec<u64>;
+    type Child = HistogramSegment;
+
+    fn for_segment(
+        &self,
+        _: SegmentOrdinal,
+        segment: &SegmentReader,
+    ) -> tantivy::Result<HistogramSegment> {
+        Ok(HistogramSegment {
+            layout: self.layout,
+            ts: segment.fast_fields().date(TS)?,
+            counts: vec![0; self.layout.count],
+        })
+    }
+
+    fn requires_scoring(&self) -> bool {
+        false
+    }
+
+    fn merge_fruits(&self, fruits: Vec<Vec<u64>>) -> tantivy::Result<Vec<u64>> {
+        let mut total = vec![0; self.layout.count];
+        for f in fruits {
+            for (t, c) in total.iter_mut().zip(f) {
+                *t += c;
+            }
+        }
+        Ok(total)
+    }
+}
+
+impl SegmentCollector for HistogramSegment {
+    type Fruit = Vec<u64>;
+
+    fn collect(&mut self, doc: DocId, _: Score) {
+        if let Some(i) = self
+            .ts
+            .first(doc)
+            .and_then(|t| self.layout.bucket_of(t.into_timestamp_micros()))
+        {
+            self.counts[i] += 1;
+        }
+    }
+
+    fn harvest(self) -> Vec<u64> {
+        self.counts
+    }
+}
+
+/// Oldest `ts` (micros) among the matches.
+struct MinTs;
+
+struct MinTsSegment {
+    ts: Column<tantivy::DateTime>,
+    min: Option<i64>,
+}
+
+impl Collector for MinTs {
+    type Fruit = Option<i64>;
+    type Child = MinTsSegment;
+
+    fn for_segment(
+        &self,
+        _: SegmentOrdinal,
+        segment: &SegmentReader,
+    ) -> tantivy::Result<MinTsSegment> {
+        Ok(MinTsSegment {
+            ts: segment.fast_fields().date(TS)?,
+            min: None,
+        })
+    }
+
+    fn requires_scoring(&self) -> bool {
+        false
+    }
+
+    fn merge_fruits(&self, fruits: Vec<Option<i64>>) -> tantivy::Result<Option<i64>> {
+        Ok(fruits.into_iter().flatten().min())
+    }
+}
+
+impl SegmentCollector for MinTsSegment {
+    type Fruit = Option<i64>;
+
+    fn collect(&mut self, doc: DocId, _: Score) {
+        if let Some(t) = self.ts.first(doc) {
+            let t = t.into_timestamp_micros();
+            self.min = Some(self.min.map_or(t, |m| m.min(t)));
+        }
+    }
+
+    fn harvest(self) -> Option<i64> {
+        self.min
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn fifteen_minutes_gets_about_sixty_buckets() {
+        let end = 1_800_000_000_000_000i64;
+        let l = BucketLayout::new(end - 15 * 60 * 1_000_000, end);
+        assert_eq!(l.interval, 15_000_000);
+        assert!((60..=61).contains(&l.count), "{l:?}");
+    }
+
+    #[test]
+    fn params_default_end_to_now_and_reject_bad_limit() {
+        let now: DateTime<Utc> = "2026-11-23T10:00:00Z".parse().unwrap();
+        let req = SearchParams::default().into_request(now).unwrap();
+        assert_eq!(req.end, Some(now));
+        assert_eq!(req.limit, DEFAULT_LIMIT);
+        for bad in ["-1", "10001", "ten"] {
+            let p = SearchParams {
+                limit: Some(bad.into()),
+                ..Default::default()
+            };
+            let err = p.into_request(now).unwrap_err().to_string();
+            assert!(err.contains("limit") && err.contains(bad), "{err}");
+        }
+        let p = SearchParams {
+            start: Some("now".into()),
+            end: Some("now-1h".into()),
+            ..Default::default()
+        };
+        assert!(p
+            .into_request(now)
+            .unwrap_err()
+            .to_string()
+            .contains("start"));
+    }
+
+    proptest! {
+        /// Every instant of the range falls in exactly one bucket, and there are
+        /// never more than about 60 buckets.
+        #[test]
+        fn layout_covers_the_range(
+            start in -4_000_000_000_000_000i64..4_000_000_000_000_000i64,
+            span in 0i64..400 * 86_400_000_000,
+            frac in 0.0f64..=1.0,
+        ) {
+            let end = start + span;
+            let l = BucketLayout::new(start, end);
+            prop_assert!(l.count >= 1 && l.count <= TARGET_BUCKETS as usize + 2, "{:?}", l);
+            let t = start + (span as f64 * frac) as i64;
+            let i = l.bucket_of(t.min(end));
+            prop_assert!(i.is_some(), "{:?} t={}", l, t);
+            let i = i.unwrap();
+            prop_assert!(l.bucket_start(i) <= t && t < l.bucket_start(i) + l.interval);
+            prop_assert!(l.bucket_of(start).is_some() && l.bucket_of(end).is_some());
+        }
+    }
+}

@@ -1,0 +1,419 @@
+//! The live-tail filter: a small query language evaluated on records in memory, as
+//! they are accepted, before they reach the index.
+//!
+//! It is deliberately a subset of the search language: `field:value` (exact) on
+//! host, app, task, level, stream and trace_id, `-field:value` to exclude, and free
+//! words (or `"quoted phrases"`) matched case-insensitively as substrings of `msg`,
+//! all ANDed. Running Tantivy's query machinery per record would be far costlier than
+//! these string comparisons, and a tail is mostly "this app, errors, containing X".
+//! The trade-off: `OR`, ranges and `fields.*` are refused with a clear error instead
+//! of being half-supported.
+
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+use futures::{Stream, StreamExt};
+use protocol::{Level, LogRecord};
+use std::fmt;
+use std::sync::Arc;
+use tokio::sync::broadcast;
+use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+use tokio_stream::wrappers::BroadcastStream;
+
+/// What a tail subscriber is sent.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TailEvent {
+    Record(Arc<LogRecord>),
+    /// The subscriber fell behind and missed this many records (matching or not).
+    Dropped(u64),
+}
+
+/// The records of `rx` that pass `filter`, with a [`TailEvent::Dropped`] wherever
+/// the subscriber lagged; lags are counted in `metrics`.
+pub fn tail_events(
+    rx: broadcast::Receiver<Arc<LogRecord>>,
+    filter: TailFilter,
+    metrics: Arc<Metrics>,
+) -> impl Stream<Item = TailEvent> {
+    BroadcastStream::new(rx).filter_map(move |item| {
+        let event = match item {
+            Ok(rec) => filter.matches(&rec).then_some(TailEvent::Record(rec)),
+            Err(BroadcastStreamRecvError::Lagged(n)) => {
+                Metrics::inc(&metrics.tail_dropped, n);
+                tracing::debug!(dropped = n, "tail subscriber lagged");
+                Some(TailEvent::Dropped(n))
+            }
+        };
+        futures::future::ready(event)
+    })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TailField {
+    Host,
+    App,
+    Task,
+    Level,
+    Stream,
+    TraceId,
+}
+
+impl TailField {
+    const ALL: [TailField; 6] = [
+        TailField::Host,
+        TailField::App,
+        TailField::Task,
+        TailField::Level,
+        TailField::Stream,
+        TailField::TraceId,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            TailField::Host => "host",
+            TailField::App => "app",
+            TailField::Task => "task",
+            TailField::Level => "level",
+            TailField::Stream => "stream",
+            TailField::TraceId => "trace_id",
+        }
+    }
+
+    fn value(self, r: &LogRecord) -> Option<&str> {
+        match self {
+            TailField::Host => Some(&r.host),
+            TailField::App => Some(&r.app),
+            TailField::Task => Some(&r.task),
+            TailField::Level => r.level.map(Level::as_str),
+            TailField::Stream => Some(r.stream.as_str()),
+            TailField::TraceId => r.trace_id.as_deref(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Condition {
+    /// Exact value of a field.
+    Field(TailField, String),
+    /// Lower-cased substring of `msg`.
+    Text(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Clause {
+    pub negated: bool,
+    pub condition: Condition,
+}
+
+/// Parsed `q` of `GET /api/v1/tail`; the empty filter matches everything.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TailFilter {
+    pub clauses: Vec<Clause>,
+}
+
+impl TailFilter {
+    pub fn parse(q: &str) -> Result<TailFilter> {
+        let bad = |reason: String| Error::BadQuery {
+            query: q.to_string(),
+            reason,
+        };
+        let mut clauses = Vec::new();
+        for token in tokenize(q).map_err(bad)? {
+            if token.text == "AND" && !token.quoted {
+                continue;
+            }
+            if (token.text == "OR" || token.text == "NOT") && !token.quoted {
+                return Err(bad(format!(
+                    "{} is not supported by the tail filter: terms are always ANDed; use -term to exclude",
+                    token.text
+                )));
+            }
+            let negated = token.leading_minus;
+            let body = &token.text[usize::from(negated)..];
+            let condition = match token.field_split {
+                Some(at) if at > usize::from(negated) => {
+                    let name = &token.text[usize::from(negated)..at];
+                    let value = &token.text[at + 1..];
+                    let field = TailField::ALL
+                        .into_iter()
+                        .find(|f| f.name() == name)
+                        .ok_or_else(|| {
+                            bad(format!(
+                                "unknown tail field {name:?}: expected one of host, app, task, level, \
+                                 stream, trace_id (quote the word to match it as text)"
+                            ))
+                        })?;
+                    if value.is_empty() {
+                        return Err(bad(format!("empty value for field {name:?}")));
+                    }
+                    let value = match field {
+                        TailField::Level => Level::parse(value)
+                            .map(|l| l.as_str().to_string())
+                            .ok_or_else(|| {
+                                bad(format!(
+                                    "unknown level {value:?}: expected trace, debug, info, warn, error or fatal"
+                                ))
+                            })?,
+                        TailField::Stream => value.to_ascii_lowercase(),
+                        _ => value.to_string(),
+                    };
+                    Condition::Field(field, value)
+                }
+                _ => {
+                    if body.is_empty() {
+                        return Err(bad("empty term (a lone \"-\" or \"\")".to_string()));
+                    }
+                    Condition::Text(body.to_lowercase())
+                }
+            };
+            clauses.push(Clause { negated, condition });
+        }
+        Ok(TailFilter { clauses })
+    }
+
+    pub fn matches(&self, r: &LogRecord) -> bool {
+        let mut msg_lower: Option<String> = None;
+        self.clauses.iter().all(|c| {
+            let hit = match &c.condition {
+                Condition::Field(f, v) => f.value(r) == Some(v.as_str()),
+                Condition::Text(t) => msg_lower
+                    .get_or_insert_with(|| r.msg.to_lowercase())
+                    .contains(t.as_str()),
+            };
+            hit != c.negated
+        })
+    }
+}
+
+impl fmt::Display for TailFilter {
+    /// The canonical spelling, which parses back to the same filter.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, c) in self.clauses.iter().enumerate() {
+            if i > 0 {
+                f.write_str(" ")?;
+            }
+            if c.negated {
+                f.write_str("-")?;
+            }
+            match &c.condition {
+                Condition::Field(field, v) => write!(f, "{}:{}", field.name(), quote_if_needed(v))?,
+                Condition::Text(t) => write!(f, "{}", quote_if_needed(t))?,
+            }
+        }
+        Ok(())
+    }
+}
+
+fn quote_if_needed(s: &str) -> String {
+    let plain = !s.is_empty()
+        && !s.starts_with('-')
+        && !s.contains(|c: char| c.is_whitespace() || c == ':' || c == '"')
+        && !matches!(s, "AND" | "OR" | "NOT");
+    if plain {
+        s.to_string()
+    } else {
+        format!("\"{s}\"")
+    }
+}
+
+/// One whitespace-separated word with its quotes removed.
+struct Token {
+    text: String,
+    /// Whether any part was quoted (quoted words are never operators or fields).
+    quoted: bool,
+    /// The word began with an unquoted `-`: it is excluded.
+    leading_minus: bool,
+    /// Byte index in `text` of the first unquoted `:`.
+    field_split: Option<usize>,
+}
+
+fn tokenize(q: &str) -> std::result::Result<Vec<Token>, String> {
+    let mut out = Vec::new();
+    let mut cur: Option<Token> = None;
+    let mut in_quote = false;
+    for c in q.chars() {
+        if c.is_whitespace() && !in_quote {
+            out.extend(cur.take());
+            continue;
+        }
+        let t = cur.get_or_insert_with(|| Token {
+            text: String::new(),
+            quoted: false,
+            leading_minus: c == '-' && !in_quote,
+            field_split: None,
+        });
+        match c {
+            '"' => {
+                in_quote = !in_quote;
+                t.quoted = true;
+            }
+            ':' if !in_quote && t.field_split.is_none() && !t.quoted => {
+                t.field_split = Some(t.text.len());
+                t.text.push(c);
+            }
+            _ => t.text.push(c),
+        }
+    }
+    if in_quote {
+        return Err("unterminated quote".to_string());
+    }
+    out.extend(cur);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use protocol::{Stream, TaskMeta};
+
+    fn rec(host: &str, app: &str, level: Option<Level>, msg: &str) -> LogRecord {
+        let meta = TaskMeta {
+            host: host.into(),
+            app: app.into(),
+            task: format!("{app}.1"),
+            instance: 0,
+            ports: vec![],
+        };
+        let mut r = LogRecord::new(chrono::Utc::now(), &meta, Stream::Stdout, msg);
+        r.level = level;
+        r
+    }
+
+    #[tokio::test]
+    async fn a_lagging_subscriber_is_told_how_many_it_missed() {
+        let (tx, rx) = broadcast::channel(4);
+        let metrics = Arc::new(Metrics::default());
+        let filter = TailFilter::parse("app:fib").unwrap();
+        let events = tail_events(rx, filter, metrics.clone());
+        for i in 0..10 {
+            let app = if i % 2 == 0 { "fib" } else { "web" };
+            tx.send(Arc::new(rec("h", app, None, &format!("m{i}"))))
+                .unwrap();
+        }
+        drop(tx);
+        let got: Vec<TailEvent> = events.collect().await;
+        let described: Vec<String> = got
+            .iter()
+            .map(|e| match e {
+                TailEvent::Record(r) => r.msg.clone(),
+                TailEvent::Dropped(n) => format!("dropped {n}"),
+            })
+            .collect();
+        // Only the last 4 were kept: m6..m9, of which the fib ones are m6 and m8.
+        assert_eq!(described, ["dropped 6", "m6", "m8"]);
+        assert_eq!(
+            metrics
+                .tail_dropped
+                .load(std::sync::atomic::Ordering::Relaxed),
+            6
+        );
+    }
+
+    #[test]
+    fn empty_filter_matches_everything() {
+        let f = TailFilter::parse("  ").unwrap();
+        assert!(f.matches(&rec("h", "a", None, "x")));
+    }
+
+    #[test]
+    fn fields_words_and_negation_are_anded() {
+        let f = TailFilter::parse("app:fib -host:node-2 Timeout").unwrap();
+        assert!(f.matches(&rec("node-1", "fib", None, "request TIMEOUT after 3s")));
+        assert!(!f.matches(&rec("node-2", "fib", None, "request timeout")));
+        assert!(!f.matches(&rec("node-1", "web", None, "request timeout")));
+        assert!(!f.matches(&rec("node-1", "fib", None, "all good")));
+    }
+
+    #[test]
+    fn level_accepts_spellings_and_stream_is_case_insensitive() {
+        let f = TailFilter::parse("level:WARNING stream:STDOUT").unwrap();
+        assert!(f.matches(&rec("h", "a", Some(Level::Warn), "x")));
+        assert!(!f.matches(&rec("h", "a", Some(Level::Error), "x")));
+        assert!(
+            !f.matches(&rec("h", "a", None, "x")),
+            "no level never matches level:warn"
+        );
+    }
+
+    #[test]
+    fn quoted_phrases_and_negated_words() {
+        let f = TailFilter::parse(r#""timed out" -"retrying" AND app:fib"#).unwrap();
+        assert!(f.matches(&rec("h", "fib", None, "call Timed Out")));
+        assert!(!f.matches(&rec("h", "fib", None, "call timed out, retrying")));
+        let f = TailFilter::parse(r#""http://x""#).unwrap();
+        assert!(f.matches(&rec("h", "a", None, "GET http://x/y")));
+    }
+
+    #[test]
+    fn errors_name_the_problem() {
+        for (q, needle) in [
+            ("user:alice", "unknown tail field \"user\""),
+            ("app:", "empty value"),
+            ("a OR b", "OR"),
+            ("\"open", "unterminated quote"),
+            ("level:loud", "unknown level \"loud\""),
+            ("-", "empty term"),
+            ("\"\"", "empty term"),
+        ] {
+            let err = TailFilter::parse(q).unwrap_err().to_string();
+            assert!(err.contains(needle), "{q}: {err}");
+        }
+    }
+
+    fn arb_clause() -> impl Strategy<Value = Clause> {
+        let field = prop_oneof![
+            Just(TailField::Host),
+            Just(TailField::App),
+            Just(TailField::Task),
+            Just(TailField::TraceId),
+        ];
+        let cond = prop_oneof![
+            (field, "[a-z0-9][a-z0-9:._ -]{0,8}").prop_map(|(f, v)| Condition::Field(f, v)),
+            Just(Condition::Field(TailField::Level, "error".into())),
+            Just(Condition::Field(TailField::Stream, "stderr".into())),
+            "[a-z0-9:. -]{1,10}"
+                .prop_filter("not blank", |s| !s.trim().is_empty() && s != "-")
+                .prop_map(Condition::Text),
+        ];
+        (any::<bool>(), cond).prop_map(|(negated, condition)| Clause { negated, condition })
+    }
+
+    proptest! {
+        /// The canonical spelling parses back to the same filter.
+        #[test]
+        fn display_round_trips(clauses in proptest::collection::vec(arb_clause(), 0..6)) {
+            let f = TailFilter { clauses };
+            let text = f.to_string();
+            let back = TailFilter::parse(&text);
+            prop_assert!(back.is_ok(), "{} -> {:?}", text, back);
+            prop_assert_eq!(back.unwrap(), f, "{}", text);
+        }
+
+        /// A filter made of a record's own values matches it; negating any one
+        /// clause makes it not match.
+        #[test]
+        fn own_values_match_and_negation_flips(
+            host in "[a-z][a-z0-9-]{0,8}",
+            app in "[a-z]{1,6}",
+            words in proptest::collection::vec("[A-Za-z]{1,6}", 1..5),
+            pick in 0usize..5,
+        ) {
+            let msg = words.join(" ");
+            let r = rec(&host, &app, Some(Level::Info), &msg);
+            let word = words[pick % words.len()].to_uppercase();
+            let q = format!("host:{host} app:{app} level:info {word}");
+            let f = TailFilter::parse(&q).unwrap();
+            prop_assert!(f.matches(&r), "{}", q);
+            for i in 0..f.clauses.len() {
+                let mut g = f.clone();
+                g.clauses[i].negated = true;
+                prop_assert!(!g.matches(&r), "{}", g);
+            }
+        }
+
+        #[test]
+        fn parse_never_panics(q in ".*") {
+            let _ = TailFilter::parse(&q);
+        }
+    }
+}

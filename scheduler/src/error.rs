@@ -1,0 +1,80 @@
+//! The scheduler crate's error type and its one mapping onto HTTP status codes.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An app definition failed validation; every problem is listed.
+    #[error("invalid app definition: {}", .0.join("; "))]
+    InvalidApp(Vec<String>),
+    #[error("app {0:?} does not exist")]
+    UnknownApp(String),
+    #[error("app {0:?} already exists")]
+    AppExists(String),
+    #[error("task {0:?} does not exist")]
+    UnknownTask(String),
+    #[error("agent {0:?} is not registered")]
+    UnknownAgent(String),
+    #[error("missing or wrong cluster token")]
+    Unauthorized,
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    #[error("no instance of app {0:?} is available")]
+    NoInstance(String),
+    #[error("upstream {addr} failed: {reason}")]
+    Upstream { addr: String, reason: String },
+    #[error("io error on {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("http client error: {0}")]
+    Http(#[from] reqwest::Error),
+    #[error("json error: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    /// Wraps an io error with the path it happened on, so the message names it.
+    pub fn io(path: impl AsRef<std::path::Path>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.as_ref().display().to_string(),
+            source,
+        }
+    }
+
+    fn status(&self) -> StatusCode {
+        match self {
+            // Marathon answers 422 for invalid app definitions; clients rely on it.
+            Error::InvalidApp(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Error::UnknownApp(_) | Error::UnknownTask(_) | Error::UnknownAgent(_) => {
+                StatusCode::NOT_FOUND
+            }
+            Error::AppExists(_) => StatusCode::CONFLICT,
+            Error::Unauthorized => StatusCode::UNAUTHORIZED,
+            Error::BadRequest(_) | Error::Json(_) => StatusCode::BAD_REQUEST,
+            Error::NoInstance(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Upstream { .. } | Error::Http(_) => StatusCode::BAD_GATEWAY,
+            Error::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let body = match &self {
+            Error::InvalidApp(details) => serde_json::json!({
+                "message": "Object is not valid",
+                "details": details.iter().map(|d| serde_json::json!({"path": "/", "errors": [d]})).collect::<Vec<_>>(),
+            }),
+            other => serde_json::json!({ "message": other.to_string() }),
+        };
+        (status, Json(body)).into_response()
+    }
+}

@@ -1,0 +1,26 @@
+//! The scheduler: Marathon + the Mesos master and agent in one crate.
+//!
+//! Three parts live here because they share one model of a task:
+//! - the control plane (`api`, `state`, `placement`): app definitions, placement onto
+//!   registered agents, restarts, the Marathon-style HTTP API;
+//! - the node (`node`): runs on every agent, launches tasks in sandboxes and reports
+//!   their state back over HTTP;
+//! - the router (`router`): on every agent, carries app-to-app calls and writes one
+//!   access record per call into the shipper's pipeline.
+//!
+//! The parts talk to each other only over HTTP (`/v1/agents/...`, `/v1/services/...`),
+//! so the node and router run unchanged on another host than the control plane. The
+//! trade-off is a poll-based node protocol (heartbeat carries status, answer carries
+//! the desired tasks): simple and self-healing, at the cost of up to one heartbeat
+//! interval of reaction time.
+
+pub mod api;
+pub mod error;
+pub mod node;
+pub mod placement;
+pub mod router;
+pub mod state;
+pub mod store;
+
+pub use api::{router, HeartbeatRequest, HeartbeatResponse, Scheduler, SchedulerConfig};
+pub use error::{Error, Result};

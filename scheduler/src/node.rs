@@ -1,0 +1,793 @@
+//! The node: runs on every agent, launches the tasks the control plane wants here in
+//! sandboxes, and reports their state back on every heartbeat.
+//!
+//! The node holds no durable state of its own. Each heartbeat carries the status of
+//! every task it runs (plus exits not yet acknowledged) and the answer is the full set
+//! of tasks wanted on this agent; the node converges on that set by launching what is
+//! missing and killing what is no longer wanted. The trade-off is up to one heartbeat
+//! interval of reaction time in exchange for a protocol that heals itself after any
+//! lost message or restart of the control plane.
+//!
+//! A task's output goes straight into files in its sandbox (the child owns the file
+//! descriptors), so output survives a crash of the node and the shipper can tail it
+//! without the node copying bytes. Each task runs in its own process group so a kill
+//! reaches everything it forked.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use protocol::{AgentInfo, TaskMeta, TaskSpec, TaskStatus, TOKEN_HEADER};
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use crate::{Error, Result};
+
+/// Marathon state names the node reports.
+pub const TASK_RUNNING: &str = "TASK_RUNNING";
+pub const TASK_FINISHED: &str = "TASK_FINISHED";
+pub const TASK_FAILED: &str = "TASK_FAILED";
+/// A task the node killed because it was no longer wanted (or on shutdown).
+pub const TASK_KILLED: &str = "TASK_KILLED";
+
+/// Variables of the node's own environment a task inherits. Everything else (notably
+/// the cluster token) is withheld: a task sees its spec's env plus what we add.
+const INHERITED_ENV: &[&str] = &["PATH", "HOME", "USER", "LANG", "LC_ALL", "TZ", "TMPDIR"];
+
+/// Timeout of one call to the control plane; a hung control plane must not stall the
+/// loop for longer than a few heartbeats.
+const CONTROL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `POST /v1/agents/{name}/heartbeat` request body.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HeartbeatRequest {
+    pub tasks: Vec<TaskStatus>,
+}
+
+/// `POST /v1/agents/{name}/heartbeat` answer: every task wanted on this agent.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HeartbeatResponse {
+    pub tasks: Vec<TaskSpec>,
+}
+
+/// How a node is set up; `NodeConfig::new` fills in the defaults.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Host name, e.g. "node-1": the agent's name and `host` on every record.
+    pub name: String,
+    /// Sandboxes live under `work_dir/sandboxes/<app>/<task>/`.
+    pub work_dir: PathBuf,
+    pub scheduler_url: String,
+    /// Address tasks listen on and are reached at, e.g. "127.0.0.1".
+    pub address: String,
+    /// Given to tasks as `SANDTRAIL_ROUTER`.
+    pub router_url: String,
+    pub token: Option<String>,
+    pub heartbeat_interval: Duration,
+    pub resources: BTreeMap<String, f64>,
+    pub attributes: BTreeMap<String, String>,
+    /// SIGTERM → SIGKILL grace.
+    pub kill_grace: Duration,
+}
+
+impl NodeConfig {
+    /// A config with address 127.0.0.1, no router, no token, 1 s heartbeats and a 5 s
+    /// kill grace.
+    pub fn new(
+        name: impl Into<String>,
+        work_dir: impl Into<PathBuf>,
+        scheduler_url: impl Into<String>,
+    ) -> NodeConfig {
+        NodeConfig {
+            name: name.into(),
+            work_dir: work_dir.into(),
+            scheduler_url: scheduler_url.into(),
+            address: "127.0.0.1".into(),
+            router_url: String::new(),
+            token: None,
+            heartbeat_interval: Duration::from_secs(1),
+            resources: BTreeMap::new(),
+            attributes: BTreeMap::new(),
+            kill_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Runs the tasks the control plane places on this agent.
+pub struct Node {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    cfg: NodeConfig,
+    /// Absolute `work_dir/sandboxes`, so `MESOS_SANDBOX` is absolute too.
+    sandboxes: PathBuf,
+    client: reqwest::Client,
+    state: Mutex<State>,
+    /// Every per-task supervisor; shutdown awaits them all.
+    tracker: TaskTracker,
+    metrics: NodeMetrics,
+}
+
+#[derive(Default)]
+struct State {
+    running: HashMap<String, Running>,
+    /// Exits not yet acknowledged by a successful heartbeat, with a sequence number so
+    /// an exit that lands while a heartbeat is in flight is not acknowledged by it.
+    pending: Vec<(u64, TaskStatus)>,
+    next_seq: u64,
+    /// Task ids that have run (or failed to launch) here. Task ids are unique per
+    /// launch, so one is never started twice, even if a heartbeat answer computed
+    /// before the scheduler saw the exit still lists it.
+    done: HashSet<String>,
+}
+
+struct Running {
+    app: String,
+    pid: u32,
+    ports: Vec<u16>,
+    kill: CancellationToken,
+}
+
+#[derive(Default)]
+struct NodeMetrics {
+    launched: AtomicU64,
+    launch_failures: AtomicU64,
+    finished: AtomicU64,
+    failed: AtomicU64,
+    killed: AtomicU64,
+    heartbeats: AtomicU64,
+    heartbeat_failures: AtomicU64,
+    registrations: AtomicU64,
+}
+
+impl Node {
+    /// Creates `work_dir/sandboxes`; launches nothing until `run`.
+    pub fn new(cfg: NodeConfig) -> Result<Node> {
+        let sandboxes = std::path::absolute(cfg.work_dir.join("sandboxes"))
+            .map_err(|e| Error::io(&cfg.work_dir, e))?;
+        std::fs::create_dir_all(&sandboxes).map_err(|e| Error::io(&sandboxes, e))?;
+        let client = reqwest::Client::builder()
+            .timeout(CONTROL_TIMEOUT)
+            .build()?;
+        Ok(Node {
+            inner: Arc::new(Inner {
+                cfg,
+                sandboxes,
+                client,
+                state: Mutex::new(State::default()),
+                tracker: TaskTracker::new(),
+                metrics: NodeMetrics::default(),
+            }),
+        })
+    }
+
+    /// Registers, then heartbeats and reconciles until `cancel` fires; then kills every
+    /// task (SIGTERM, SIGKILL after the grace) and returns once all are reaped. An
+    /// unreachable control plane is retried forever; tasks keep running meanwhile.
+    pub async fn run(&self, cancel: CancellationToken) -> Result<()> {
+        let inner = &self.inner;
+        let mut registered = false;
+        let mut failures: u64 = 0;
+        loop {
+            if !registered {
+                match inner.register().await {
+                    Ok(()) => {
+                        registered = true;
+                        info!(node = %inner.cfg.name, scheduler = %inner.cfg.scheduler_url, "registered with the scheduler");
+                    }
+                    Err(e) => {
+                        failures += 1;
+                        if failures == 1 || failures.is_multiple_of(30) {
+                            warn!(node = %inner.cfg.name, error = %e, failures, "registration failed, will retry");
+                        }
+                    }
+                }
+            }
+            if registered {
+                match inner.heartbeat().await {
+                    Ok(Some(desired)) => {
+                        if failures > 0 {
+                            info!(node = %inner.cfg.name, failures, "scheduler reachable again");
+                        }
+                        failures = 0;
+                        inner.reconcile(desired).await;
+                    }
+                    Ok(None) => {
+                        warn!(node = %inner.cfg.name, "scheduler does not know this agent, registering again");
+                        registered = false;
+                        continue;
+                    }
+                    Err(e) => {
+                        failures += 1;
+                        inner
+                            .metrics
+                            .heartbeat_failures
+                            .fetch_add(1, Ordering::Relaxed);
+                        if failures == 1 || failures.is_multiple_of(30) {
+                            warn!(node = %inner.cfg.name, error = %e, failures, "heartbeat failed, tasks keep running");
+                        }
+                    }
+                }
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = tokio::time::sleep(inner.cfg.heartbeat_interval) => {}
+            }
+        }
+        inner.shutdown().await;
+        Ok(())
+    }
+
+    /// Prometheus text format.
+    pub fn metrics(&self) -> String {
+        let m = &self.inner.metrics;
+        let running = self
+            .inner
+            .state
+            .lock()
+            .expect("node state lock")
+            .running
+            .len();
+        let name = &self.inner.cfg.name;
+        let g = |v: &AtomicU64| v.load(Ordering::Relaxed);
+        format!(
+            "# HELP sandtrail_node_tasks_running Tasks currently running on this node.\n\
+             # TYPE sandtrail_node_tasks_running gauge\n\
+             sandtrail_node_tasks_running{{node=\"{name}\"}} {running}\n\
+             # HELP sandtrail_node_tasks_launched_total Tasks started.\n\
+             # TYPE sandtrail_node_tasks_launched_total counter\n\
+             sandtrail_node_tasks_launched_total{{node=\"{name}\"}} {}\n\
+             # HELP sandtrail_node_launch_failures_total Tasks that could not be started.\n\
+             # TYPE sandtrail_node_launch_failures_total counter\n\
+             sandtrail_node_launch_failures_total{{node=\"{name}\"}} {}\n\
+             # HELP sandtrail_node_task_exits_total Task exits by final state.\n\
+             # TYPE sandtrail_node_task_exits_total counter\n\
+             sandtrail_node_task_exits_total{{node=\"{name}\",state=\"{TASK_FINISHED}\"}} {}\n\
+             sandtrail_node_task_exits_total{{node=\"{name}\",state=\"{TASK_FAILED}\"}} {}\n\
+             sandtrail_node_task_exits_total{{node=\"{name}\",state=\"{TASK_KILLED}\"}} {}\n\
+             # HELP sandtrail_node_heartbeats_total Successful heartbeats.\n\
+             # TYPE sandtrail_node_heartbeats_total counter\n\
+             sandtrail_node_heartbeats_total{{node=\"{name}\"}} {}\n\
+             # HELP sandtrail_node_heartbeat_failures_total Heartbeats that failed.\n\
+             # TYPE sandtrail_node_heartbeat_failures_total counter\n\
+             sandtrail_node_heartbeat_failures_total{{node=\"{name}\"}} {}\n\
+             # HELP sandtrail_node_registrations_total Successful registrations.\n\
+             # TYPE sandtrail_node_registrations_total counter\n\
+             sandtrail_node_registrations_total{{node=\"{name}\"}} {}\n",
+            g(&m.launched),
+            g(&m.launch_failures),
+            g(&m.finished),
+            g(&m.failed),
+            g(&m.killed),
+            g(&m.heartbeats),
+            g(&m.heartbeat_failures),
+            g(&m.registrations),
+        )
+    }
+}
+
+impl Inner {
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.cfg.scheduler_url.trim_end_matches('/'))
+    }
+
+    fn authed(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.cfg.token {
+            Some(t) => req.header(TOKEN_HEADER, t),
+            None => req,
+        }
+    }
+
+    async fn register(&self) -> Result<()> {
+        let info = AgentInfo {
+            name: self.cfg.name.clone(),
+            address: self.cfg.address.clone(),
+            router_url: self.cfg.router_url.clone(),
+            resources: self.cfg.resources.clone(),
+            attributes: self.cfg.attributes.clone(),
+            last_heartbeat: None,
+            state: String::new(),
+        };
+        let url = self.url("/v1/agents/register");
+        let resp = self
+            .authed(self.client.post(&url))
+            .json(&info)
+            .send()
+            .await?;
+        check_status(&url, resp.status())?;
+        self.metrics.registrations.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// One heartbeat: `Ok(None)` when the scheduler does not know this agent (404).
+    async fn heartbeat(&self) -> Result<Option<Vec<TaskSpec>>> {
+        let (tasks, upto) = {
+            let st = self.state.lock().expect("node state lock");
+            let mut tasks: Vec<TaskStatus> = st
+                .running
+                .iter()
+                .map(|(id, r)| TaskStatus {
+                    task: id.clone(),
+                    app: r.app.clone(),
+                    state: TASK_RUNNING.into(),
+                    ports: r.ports.clone(),
+                    exit_code: None,
+                    message: None,
+                })
+                .collect();
+            tasks.extend(st.pending.iter().map(|(_, s)| s.clone()));
+            (tasks, st.next_seq)
+        };
+        let url = self.url(&format!("/v1/agents/{}/heartbeat", self.cfg.name));
+        let resp = self
+            .authed(self.client.post(&url))
+            .json(&HeartbeatRequest { tasks })
+            .send()
+            .await?;
+        if resp.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        check_status(&url, resp.status())?;
+        let answer: HeartbeatResponse = resp.json().await?;
+        self.state
+            .lock()
+            .expect("node state lock")
+            .pending
+            .retain(|(seq, _)| *seq >= upto);
+        self.metrics.heartbeats.fetch_add(1, Ordering::Relaxed);
+        Ok(Some(answer.tasks))
+    }
+
+    /// Converges on `desired`: launches what is missing, kills what is not wanted.
+    async fn reconcile(self: &Arc<Self>, desired: Vec<TaskSpec>) {
+        let wanted: HashSet<&str> = desired.iter().map(|s| s.task.as_str()).collect();
+        let (to_launch, to_kill) = {
+            let mut st = self.state.lock().expect("node state lock");
+            let st = &mut *st;
+            let to_launch: Vec<TaskSpec> = desired
+                .iter()
+                .filter(|s| !st.running.contains_key(&s.task) && !st.done.contains(&s.task))
+                .cloned()
+                .collect();
+            let to_kill: Vec<(String, String, u32, CancellationToken)> = st
+                .running
+                .iter()
+                .filter(|(id, r)| !wanted.contains(id.as_str()) && !r.kill.is_cancelled())
+                .map(|(id, r)| (id.clone(), r.app.clone(), r.pid, r.kill.clone()))
+                .collect();
+            // Forget finished ids once the scheduler has both seen the exit and stopped
+            // asking for them; that keeps `done` as small as the desired set.
+            let pending = &st.pending;
+            st.done.retain(|id| {
+                wanted.contains(id.as_str()) || pending.iter().any(|(_, s)| &s.task == id)
+            });
+            (to_launch, to_kill)
+        };
+        for (task, app, pid, kill) in to_kill {
+            info!(app, task, pid, "killing task no longer desired");
+            kill.cancel();
+        }
+        for spec in to_launch {
+            if let Err(e) = self.launch(&spec).await {
+                self.metrics.launch_failures.fetch_add(1, Ordering::Relaxed);
+                warn!(app = %spec.app, task = %spec.task, error = %e, "task launch failed");
+                let mut st = self.state.lock().expect("node state lock");
+                st.done.insert(spec.task.clone());
+                let seq = st.next_seq;
+                st.next_seq += 1;
+                st.pending.push((
+                    seq,
+                    TaskStatus {
+                        task: spec.task.clone(),
+                        app: spec.app.clone(),
+                        state: TASK_FAILED.into(),
+                        ports: Vec::new(),
+                        exit_code: None,
+                        message: Some(format!("launch failed: {e}")),
+                    },
+                ));
+            }
+        }
+    }
+
+    async fn launch(self: &Arc<Self>, spec: &TaskSpec) -> Result<()> {
+        let dir = sandbox_dir(&self.sandboxes, &spec.app, &spec.task)?;
+        let taken: HashSet<u16> = {
+            let st = self.state.lock().expect("node state lock");
+            st.running
+                .values()
+                .flat_map(|r| r.ports.iter().copied())
+                .collect()
+        };
+        let ports = allocate_ports(&self.cfg.address, spec.port_count, &taken)?;
+        let meta = TaskMeta {
+            host: self.cfg.name.clone(),
+            app: spec.app.clone(),
+            task: spec.task.clone(),
+            instance: spec.instance,
+            ports: ports.clone(),
+        };
+        let (stdout, stderr) = {
+            let dir = dir.clone();
+            tokio::task::spawn_blocking(move || prepare_sandbox(&dir, &meta))
+                .await
+                .map_err(|e| Error::io(&self.sandboxes, std::io::Error::other(e)))??
+        };
+
+        let mut cmd = tokio::process::Command::new("sh");
+        cmd.arg("-c")
+            .arg(&spec.cmd)
+            .current_dir(&dir)
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(stdout))
+            .stderr(Stdio::from(stderr))
+            .env_clear();
+        for key in INHERITED_ENV {
+            if let Some(v) = std::env::var_os(key) {
+                cmd.env(key, v);
+            }
+        }
+        cmd.envs(&spec.env);
+        for (k, v) in task_env(&self.cfg, spec, &ports, &dir) {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().map_err(|e| Error::io(&dir, e))?;
+        let pid = child.id().unwrap_or_default();
+        let kill = CancellationToken::new();
+        self.state.lock().expect("node state lock").running.insert(
+            spec.task.clone(),
+            Running {
+                app: spec.app.clone(),
+                pid,
+                ports: ports.clone(),
+                kill: kill.clone(),
+            },
+        );
+        self.metrics.launched.fetch_add(1, Ordering::Relaxed);
+        info!(app = %spec.app, task = %spec.task, pid, ports = ?ports, "task started");
+        let inner = Arc::clone(self);
+        let (app, task) = (spec.app.clone(), spec.task.clone());
+        self.tracker.spawn(async move {
+            let status = supervise(child, pid, kill.clone(), inner.cfg.kill_grace).await;
+            inner.on_exit(app, task, status, kill.is_cancelled());
+        });
+        Ok(())
+    }
+
+    fn on_exit(
+        &self,
+        app: String,
+        task: String,
+        status: std::io::Result<ExitStatus>,
+        killed: bool,
+    ) {
+        let report = exit_report(&app, &task, status, killed);
+        let counter = match report.state.as_str() {
+            TASK_FINISHED => &self.metrics.finished,
+            TASK_KILLED => &self.metrics.killed,
+            _ => &self.metrics.failed,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        if report.state == TASK_FAILED {
+            warn!(app, task, exit_code = ?report.exit_code, message = ?report.message, "task failed");
+        } else {
+            info!(app, task, exit_code = ?report.exit_code, state = %report.state, "task exited");
+        }
+        let mut st = self.state.lock().expect("node state lock");
+        st.running.remove(&task);
+        st.done.insert(task);
+        let seq = st.next_seq;
+        st.next_seq += 1;
+        st.pending.push((seq, report));
+    }
+
+    async fn shutdown(&self) {
+        let n = {
+            let st = self.state.lock().expect("node state lock");
+            for r in st.running.values() {
+                r.kill.cancel();
+            }
+            st.running.len()
+        };
+        info!(node = %self.cfg.name, tasks = n, "node stopping, killing tasks");
+        self.tracker.close();
+        self.tracker.wait().await;
+        info!(node = %self.cfg.name, "node stopped");
+    }
+}
+
+fn check_status(url: &str, status: reqwest::StatusCode) -> Result<()> {
+    if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
+        return Err(Error::Unauthorized);
+    }
+    if !status.is_success() {
+        return Err(Error::Upstream {
+            addr: url.to_string(),
+            reason: format!("status {status}, expected 2xx"),
+        });
+    }
+    Ok(())
+}
+
+/// Waits for the task's process to exit; on a kill request signals its whole process
+/// group with SIGTERM, then SIGKILL after `grace`. Once the leader is gone, whatever
+/// it left behind in its group is killed too: a task ends as a whole.
+async fn supervise(
+    mut child: tokio::process::Child,
+    pid: u32,
+    kill: CancellationToken,
+    grace: Duration,
+) -> std::io::Result<ExitStatus> {
+    let pgid = Pid::from_raw(pid as i32);
+    let status = tokio::select! {
+        s = child.wait() => s,
+        _ = kill.cancelled() => {
+            signal_group(pgid, Signal::SIGTERM);
+            match tokio::time::timeout(grace, child.wait()).await {
+                Ok(s) => s,
+                Err(_) => {
+                    debug!(pid, "task ignored SIGTERM, sending SIGKILL");
+                    signal_group(pgid, Signal::SIGKILL);
+                    child.wait().await
+                }
+            }
+        }
+    };
+    signal_group(pgid, Signal::SIGKILL);
+    status
+}
+
+fn signal_group(pgid: Pid, sig: Signal) {
+    match killpg(pgid, sig) {
+        Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+        Err(e) => {
+            warn!(pgid = pgid.as_raw(), signal = %sig, error = %e, "signalling task group failed")
+        }
+    }
+}
+
+fn exit_report(
+    app: &str,
+    task: &str,
+    status: std::io::Result<ExitStatus>,
+    killed: bool,
+) -> TaskStatus {
+    let (state, exit_code, message) = match status {
+        Ok(s) => match (s.code(), s.signal()) {
+            _ if killed => (
+                TASK_KILLED,
+                s.code().or(s.signal().map(|sig| 128 + sig)),
+                Some("killed by the node".to_string()),
+            ),
+            (Some(0), _) => (TASK_FINISHED, Some(0), None),
+            (Some(c), _) => (TASK_FAILED, Some(c), Some(format!("exited with code {c}"))),
+            (None, Some(sig)) => (
+                TASK_FAILED,
+                Some(128 + sig),
+                Some(format!("killed by signal {sig}")),
+            ),
+            (None, None) => (TASK_FAILED, None, Some("exited with unknown status".into())),
+        },
+        Err(e) => (
+            TASK_FAILED,
+            None,
+            Some(format!("waiting for the task failed: {e}")),
+        ),
+    };
+    TaskStatus {
+        task: task.to_string(),
+        app: app.to_string(),
+        state: state.to_string(),
+        ports: Vec::new(),
+        exit_code,
+        message,
+    }
+}
+
+/// The variables the node adds to a task's environment (after the spec's own env, so
+/// these win).
+fn task_env(
+    cfg: &NodeConfig,
+    spec: &TaskSpec,
+    ports: &[u16],
+    sandbox: &Path,
+) -> Vec<(String, String)> {
+    let mut env = vec![
+        ("HOST".to_string(), cfg.address.clone()),
+        ("SANDTRAIL_APP_ID".into(), spec.app.clone()),
+        ("SANDTRAIL_TASK_ID".into(), spec.task.clone()),
+        ("SANDTRAIL_HOST".into(), cfg.name.clone()),
+        ("SANDTRAIL_ROUTER".into(), cfg.router_url.clone()),
+        (
+            "MARATHON_APP_ID".into(),
+            format!("/{}", spec.app.trim_start_matches('/')),
+        ),
+        ("MESOS_TASK_ID".into(), spec.task.clone()),
+        ("MESOS_SANDBOX".into(), sandbox.display().to_string()),
+        (
+            "PORTS".into(),
+            ports
+                .iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+                .join(","),
+        ),
+    ];
+    if let Some(p) = ports.first() {
+        env.push(("PORT".into(), p.to_string()));
+    }
+    for (i, p) in ports.iter().enumerate() {
+        env.push((format!("PORT{i}"), p.to_string()));
+    }
+    env
+}
+
+/// `root/<app>/<task>`, with `/` in the app id mapped to `_` (a leading `/` as in
+/// Marathon ids dropped). Ids that could climb out of `root` are refused.
+pub fn sandbox_dir(root: &Path, app: &str, task: &str) -> Result<PathBuf> {
+    let bad = |what: &str, value: &str, why: &str| {
+        Error::BadRequest(format!("{what} {value:?} cannot name a sandbox: {why}"))
+    };
+    let trimmed = app.trim_start_matches('/');
+    if trimmed.is_empty() || trimmed.len() > 200 {
+        return Err(bad("app id", app, "expected 1 to 200 characters"));
+    }
+    if trimmed.contains('\0') || trimmed.contains('\\') {
+        return Err(bad("app id", app, "NUL and backslash are not allowed"));
+    }
+    if trimmed
+        .split('/')
+        .any(|c| c.is_empty() || c == "." || c == "..")
+    {
+        return Err(bad(
+            "app id",
+            app,
+            "expected no empty, '.' or '..' components",
+        ));
+    }
+    if task.is_empty() || task.len() > 200 {
+        return Err(bad("task id", task, "expected 1 to 200 characters"));
+    }
+    if task == "." || task == ".." || task.contains(['/', '\\', '\0']) {
+        return Err(bad("task id", task, "expected a single path component"));
+    }
+    Ok(root.join(trimmed.replace('/', "_")).join(task))
+}
+
+/// Asks the kernel for `count` distinct free ports on `address` (falling back to all
+/// interfaces when the address cannot be bound here) and releases them. Ports already
+/// handed to running tasks are skipped, since those tasks may not have bound yet.
+fn allocate_ports(address: &str, count: u16, taken: &HashSet<u16>) -> Result<Vec<u16>> {
+    let mut holders = Vec::new();
+    let mut ports = Vec::new();
+    let mut attempts = 0;
+    while ports.len() < count as usize {
+        attempts += 1;
+        if attempts > count as usize * 20 + 20 {
+            return Err(Error::BadRequest(format!(
+                "could not allocate {count} free ports on {address:?}"
+            )));
+        }
+        let listener = std::net::TcpListener::bind((address, 0))
+            .or_else(|_| std::net::TcpListener::bind(("0.0.0.0", 0)))
+            .map_err(|e| Error::io(address, e))?;
+        let port = listener
+            .local_addr()
+            .map_err(|e| Error::io(address, e))?
+            .port();
+        // Keep every listener open until all are chosen so the kernel cannot hand out
+        // the same port twice.
+        holders.push(listener);
+        if !taken.contains(&port) && !ports.contains(&port) {
+            ports.push(port);
+        }
+    }
+    Ok(ports)
+}
+
+/// Creates the sandbox, writes `task.json` atomically (temp file + rename) and opens
+/// `stdout`/`stderr` for appending. Blocking: run off the async runtime.
+fn prepare_sandbox(dir: &Path, meta: &TaskMeta) -> Result<(File, File)> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let tmp = dir.join(".task.json.tmp");
+    let dst = dir.join("task.json");
+    {
+        let mut f = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        let body = serde_json::to_vec_pretty(meta)?;
+        f.write_all(&body).map_err(|e| Error::io(&tmp, e))?;
+        f.sync_all().map_err(|e| Error::io(&tmp, e))?;
+    }
+    std::fs::rename(&tmp, &dst).map_err(|e| Error::io(&dst, e))?;
+    let open = |name: &str| {
+        let p = dir.join(name);
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&p)
+            .map_err(|e| Error::io(&p, e))
+    };
+    Ok((open("stdout")?, open("stderr")?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sandbox_dir_maps_group_ids_and_rejects_traversal() {
+        let root = Path::new("/w/sandboxes");
+        assert_eq!(
+            sandbox_dir(root, "fib", "fib.1").unwrap(),
+            root.join("fib").join("fib.1")
+        );
+        assert_eq!(
+            sandbox_dir(root, "/prod/fib", "t").unwrap(),
+            root.join("prod_fib").join("t")
+        );
+        for (app, task) in [
+            ("..", "t"),
+            ("a/../b", "t"),
+            ("a/./b", "t"),
+            ("a//b", "t"),
+            ("", "t"),
+            ("/", "t"),
+            ("fib", ".."),
+            ("fib", "."),
+            ("fib", "../../etc"),
+            ("fib", "a/b"),
+            ("fib", ""),
+            ("fib", "a\0b"),
+            ("a\\..", "t"),
+        ] {
+            let err = sandbox_dir(root, app, task).expect_err(&format!("{app:?} {task:?}"));
+            assert!(err.to_string().contains("cannot name a sandbox"), "{err}");
+        }
+    }
+
+    #[test]
+    fn allocated_ports_are_distinct_and_skip_taken_ones() {
+        let first = allocate_ports("127.0.0.1", 3, &HashSet::new()).unwrap();
+        assert_eq!(first.len(), 3);
+        let set: HashSet<u16> = first.iter().copied().collect();
+        assert_eq!(set.len(), 3);
+        let again = allocate_ports("127.0.0.1", 5, &set).unwrap();
+        assert!(
+            again.iter().all(|p| !set.contains(p)),
+            "{again:?} vs {set:?}"
+        );
+        assert!(allocate_ports("127.0.0.1", 0, &set).unwrap().is_empty());
+    }
+
+    #[test]
+    fn exit_report_maps_codes_and_signals() {
+        let ok = exit_report("a", "t", Ok(ExitStatus::from_raw(0)), false);
+        assert_eq!((ok.state.as_str(), ok.exit_code), (TASK_FINISHED, Some(0)));
+        let three = exit_report("a", "t", Ok(ExitStatus::from_raw(3 << 8)), false);
+        assert_eq!(
+            (three.state.as_str(), three.exit_code),
+            (TASK_FAILED, Some(3))
+        );
+        let sig = exit_report("a", "t", Ok(ExitStatus::from_raw(9)), false);
+        assert_eq!(
+            (sig.state.as_str(), sig.exit_code),
+            (TASK_FAILED, Some(137))
+        );
+        let killed = exit_report("a", "t", Ok(ExitStatus::from_raw(15)), true);
+        assert_eq!(
+            (killed.state.as_str(), killed.exit_code),
+            (TASK_KILLED, Some(143))
+        );
+    }
+}

@@ -1,0 +1,1298 @@
+//! The router: runs on every agent and carries app-to-app HTTP calls
+//! (`$SANDTRAIL_ROUTER/<app>/...`) to an instance anywhere in the cluster, propagating
+//! a W3C `traceparent` and writing one access record per call for the shipper.
+//!
+//! Instances come from the control plane's `/v1/services/{app}`, cached for a short
+//! TTL: a freshly started or stopped instance is seen within about a second, at the
+//! cost of one lookup per app per TTL (and a stale list is served while the control
+//! plane is unreachable). Bodies are streamed both ways; the one exception is that a
+//! small request body with a known length is buffered, which is what lets a call be
+//! retried on another instance when the first one refuses the connection.
+//!
+//! Callers are identified without their cooperation: the router remembers, for a few
+//! minutes, which callee it sent each minted span id to, so a request whose parent
+//! span is one of those came from that callee. That works for calls that pass through
+//! the same router twice; across routers the caller can still be joined from the
+//! access records (the parent span is the `span_id` of the record that reached it), or
+//! named by the `x-sandtrail-caller` header.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures::Stream;
+use protocol::{
+    Level, LogRecord, ServiceEndpoint, Stream as LogStream, TaskMeta, CALLER_TASK_HEADER,
+    TOKEN_HEADER, TRACE_ID_HEADER,
+};
+use tracing::{debug, warn};
+
+use crate::{Error, Result};
+
+/// Request bodies with a known length up to this size are buffered so the call can be
+/// retried on another instance; larger or chunked bodies are streamed, single attempt.
+const RETRY_BODY_LIMIT: u64 = 1 << 20;
+/// How many minted spans are remembered for caller attribution, and for how long.
+const SPAN_MAP_CAPACITY: usize = 100_000;
+const SPAN_MAP_TTL: Duration = Duration::from_secs(300);
+/// Access records queued for the writer thread before new ones are dropped (counted).
+const ACCESS_QUEUE: usize = 65_536;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+const CONTROL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Headers that describe one connection, not the message; never forwarded.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// How a router is set up; `RouterConfig::new` fills in the defaults.
+#[derive(Debug, Clone)]
+pub struct RouterConfig {
+    /// The agent this router runs on (`router_host` on access records).
+    pub host: String,
+    pub scheduler_url: String,
+    /// Access records are appended here (`work_dir/router/access.log`), one JSON line
+    /// per call; the shipper tails it.
+    pub access_log: PathBuf,
+    pub token: Option<String>,
+    /// How long an answer of `/v1/services/{app}` is reused.
+    pub services_ttl: Duration,
+}
+
+impl RouterConfig {
+    /// A config without token and with a 1 s services cache.
+    pub fn new(
+        host: impl Into<String>,
+        scheduler_url: impl Into<String>,
+        access_log: impl Into<PathBuf>,
+    ) -> RouterConfig {
+        RouterConfig {
+            host: host.into(),
+            scheduler_url: scheduler_url.into(),
+            access_log: access_log.into(),
+            token: None,
+            services_ttl: Duration::from_secs(1),
+        }
+    }
+}
+
+/// The router service; cheap to clone (shared state behind an `Arc`).
+#[derive(Clone)]
+pub struct Router {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    cfg: RouterConfig,
+    /// Talks to instances: no redirects followed, no overall timeout (calls may stream).
+    upstream: reqwest::Client,
+    /// Talks to the control plane.
+    control: reqwest::Client,
+    /// `None` in an entry = the control plane answered 404 (unknown app).
+    services: Mutex<HashMap<String, Cached>>,
+    /// Requests in flight per `address:port`, for least-outstanding picking.
+    outstanding: Mutex<HashMap<String, Arc<AtomicUsize>>>,
+    rr: AtomicUsize,
+    spans: Mutex<SpanMap>,
+    log: AccessLog,
+    metrics: RouterMetrics,
+}
+
+struct Cached {
+    at: Instant,
+    answer: Option<Arc<Vec<ServiceEndpoint>>>,
+}
+
+#[derive(Default)]
+struct RouterMetrics {
+    requests: AtomicU64,
+    /// Responses by status class: index 0 = 1xx ... 4 = 5xx.
+    by_class: [AtomicU64; 5],
+    retries: AtomicU64,
+    upstream_errors: AtomicU64,
+    latency_us_sum: AtomicU64,
+    services_lookups: AtomicU64,
+}
+
+impl Router {
+    /// Opens (creating) the access log and starts its writer thread.
+    pub fn new(cfg: RouterConfig) -> Result<Router> {
+        let log = AccessLog::open(&cfg.access_log)?;
+        let upstream = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            // Instances are cluster-internal; an HTTP_PROXY meant for the outside
+            // world must not capture them.
+            .no_proxy()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .build()?;
+        let control = reqwest::Client::builder()
+            .timeout(CONTROL_TIMEOUT)
+            .build()?;
+        Ok(Router {
+            inner: Arc::new(Inner {
+                cfg,
+                upstream,
+                control,
+                services: Mutex::new(HashMap::new()),
+                outstanding: Mutex::new(HashMap::new()),
+                rr: AtomicUsize::new(0),
+                spans: Mutex::new(SpanMap::new(SPAN_MAP_CAPACITY, SPAN_MAP_TTL)),
+                log,
+                metrics: RouterMetrics::default(),
+            }),
+        })
+    }
+
+    /// `ANY /{app}`, `ANY /{app}/` and `ANY /{app}/{*rest}`. Serve it with
+    /// `into_make_service_with_connect_info::<SocketAddr>()` so external callers are
+    /// recorded by IP (without it their `peer_host` is "unknown").
+    pub fn axum_router(&self) -> axum::Router {
+        axum::Router::new()
+            .route("/{app}", axum::routing::any(handle))
+            // `{*rest}` does not match an empty rest, so `/app/` needs its own route.
+            .route("/{app}/", axum::routing::any(handle))
+            .route("/{app}/{*rest}", axum::routing::any(handle))
+            .with_state(self.clone())
+    }
+
+    /// Prometheus text format.
+    pub fn metrics(&self) -> String {
+        let m = &self.inner.metrics;
+        let host = &self.inner.cfg.host;
+        let g = |v: &AtomicU64| v.load(Ordering::Relaxed);
+        let spans = self.inner.spans.lock().expect("span map lock").len();
+        let mut out = format!(
+            "# HELP sandtrail_router_requests_total Calls received.\n\
+             # TYPE sandtrail_router_requests_total counter\n\
+             sandtrail_router_requests_total{{host=\"{host}\"}} {}\n\
+             # HELP sandtrail_router_responses_total Responses by status class.\n\
+             # TYPE sandtrail_router_responses_total counter\n",
+            g(&m.requests)
+        );
+        for (i, c) in m.by_class.iter().enumerate() {
+            out.push_str(&format!(
+                "sandtrail_router_responses_total{{host=\"{host}\",class=\"{}xx\"}} {}\n",
+                i + 1,
+                g(c)
+            ));
+        }
+        out.push_str(&format!(
+            "# HELP sandtrail_router_retries_total Calls retried on another instance after a connect failure.\n\
+             # TYPE sandtrail_router_retries_total counter\n\
+             sandtrail_router_retries_total{{host=\"{host}\"}} {}\n\
+             # HELP sandtrail_router_upstream_errors_total Calls that failed upstream (502).\n\
+             # TYPE sandtrail_router_upstream_errors_total counter\n\
+             sandtrail_router_upstream_errors_total{{host=\"{host}\"}} {}\n\
+             # HELP sandtrail_router_latency_seconds_sum Total latency of completed calls.\n\
+             # TYPE sandtrail_router_latency_seconds_sum counter\n\
+             sandtrail_router_latency_seconds_sum{{host=\"{host}\"}} {}\n\
+             # HELP sandtrail_router_services_lookups_total Lookups of /v1/services sent to the control plane.\n\
+             # TYPE sandtrail_router_services_lookups_total counter\n\
+             sandtrail_router_services_lookups_total{{host=\"{host}\"}} {}\n\
+             # HELP sandtrail_router_span_map_entries Minted spans remembered for caller attribution.\n\
+             # TYPE sandtrail_router_span_map_entries gauge\n\
+             sandtrail_router_span_map_entries{{host=\"{host}\"}} {spans}\n\
+             # HELP sandtrail_router_access_records_written_total Access records appended to the access log.\n\
+             # TYPE sandtrail_router_access_records_written_total counter\n\
+             sandtrail_router_access_records_written_total{{host=\"{host}\"}} {}\n\
+             # HELP sandtrail_router_access_records_dropped_total Access records dropped because the writer fell behind or failed.\n\
+             # TYPE sandtrail_router_access_records_dropped_total counter\n\
+             sandtrail_router_access_records_dropped_total{{host=\"{host}\"}} {}\n",
+            g(&m.retries),
+            g(&m.upstream_errors),
+            g(&m.latency_us_sum) as f64 / 1e6,
+            g(&m.services_lookups),
+            g(&self.inner.log.written),
+            g(&self.inner.log.dropped),
+        ));
+        out
+    }
+
+    /// Waits until every access record queued so far is written and synced. Call it
+    /// after the server has stopped accepting calls.
+    pub async fn shutdown(&self) {
+        let (ack, done) = tokio::sync::oneshot::channel();
+        let tx = self.inner.log.tx.clone();
+        // `send` blocks while the queue is full; keep that off the runtime.
+        let sent = tokio::task::spawn_blocking(move || tx.send(LogMsg::Flush(ack)).is_ok())
+            .await
+            .unwrap_or(false);
+        if !sent || done.await.is_err() {
+            warn!(path = %self.inner.cfg.access_log.display(), "access log writer is gone, could not flush");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Trace context
+
+/// A parsed W3C `traceparent` header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceParent {
+    pub version: u8,
+    /// 32 lowercase hex digits, not all zero.
+    pub trace_id: String,
+    /// The caller's span: 16 lowercase hex digits, not all zero.
+    pub parent_id: String,
+    pub flags: u8,
+}
+
+/// Parses `traceparent` per W3C Trace Context: `vv-<32 hex>-<16 hex>-ff`, lowercase
+/// hex only, all-zero ids and version `ff` invalid. Version 00 must be exactly 55
+/// characters; later versions may append `-...` fields, which are ignored.
+pub fn parse_traceparent(value: &str) -> Option<TraceParent> {
+    let v = value.trim();
+    let b = v.as_bytes();
+    if b.len() < 55 || !b[..55].is_ascii() || b[2] != b'-' || b[35] != b'-' || b[52] != b'-' {
+        return None;
+    }
+    let is_hex = |s: &str| {
+        s.bytes()
+            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
+    };
+    let (version, trace_id, parent_id, flags) = (&v[0..2], &v[3..35], &v[36..52], &v[53..55]);
+    if ![version, trace_id, parent_id, flags]
+        .iter()
+        .all(|p| is_hex(p))
+    {
+        return None;
+    }
+    let version = u8::from_str_radix(version, 16).ok()?;
+    if version == 0xff || (version == 0 && b.len() != 55) || (b.len() > 55 && b[55] != b'-') {
+        return None;
+    }
+    if trace_id.bytes().all(|c| c == b'0') || parent_id.bytes().all(|c| c == b'0') {
+        return None;
+    }
+    Some(TraceParent {
+        version,
+        trace_id: trace_id.to_string(),
+        parent_id: parent_id.to_string(),
+        flags: u8::from_str_radix(flags, 16).ok()?,
+    })
+}
+
+/// A random, non-zero 128-bit trace id as 32 hex digits.
+pub fn new_trace_id() -> String {
+    loop {
+        let id: u128 = rand::random();
+        if id != 0 {
+            return format!("{id:032x}");
+        }
+    }
+}
+
+/// A random, non-zero 64-bit span id as 16 hex digits.
+pub fn new_span_id() -> String {
+    loop {
+        let id: u64 = rand::random();
+        if id != 0 {
+            return format!("{id:016x}");
+        }
+    }
+}
+
+/// Who a minted span was sent to: that task is the caller of any request naming the
+/// span as its parent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Callee {
+    app: String,
+    host: String,
+    task: String,
+}
+
+/// Span id → callee, bounded in size and age; the oldest entries go first.
+struct SpanMap {
+    cap: usize,
+    ttl: Duration,
+    /// span → (callee, inserted at, generation).
+    map: HashMap<u64, (Arc<Callee>, Instant, u64)>,
+    /// Insertion order as (span, inserted at, generation); a span inserted twice is
+    /// owned by its newest generation.
+    order: VecDeque<(u64, Instant, u64)>,
+    generation: u64,
+}
+
+impl SpanMap {
+    fn new(cap: usize, ttl: Duration) -> SpanMap {
+        SpanMap {
+            cap,
+            ttl,
+            map: HashMap::new(),
+            order: VecDeque::new(),
+            generation: 0,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    fn insert(&mut self, span: &str, callee: Arc<Callee>, now: Instant) {
+        let Ok(key) = u64::from_str_radix(span, 16) else {
+            return;
+        };
+        self.generation += 1;
+        self.map.insert(key, (callee, now, self.generation));
+        self.order.push_back((key, now, self.generation));
+        while self.order.len() > self.cap
+            || self
+                .order
+                .front()
+                .is_some_and(|(_, at, _)| now.duration_since(*at) > self.ttl)
+        {
+            let Some((old, _, generation)) = self.order.pop_front() else {
+                break;
+            };
+            if self.map.get(&old).is_some_and(|(_, _, g)| *g == generation) {
+                self.map.remove(&old);
+            }
+        }
+    }
+
+    fn get(&self, span: &str, now: Instant) -> Option<Arc<Callee>> {
+        let key = u64::from_str_radix(span, 16).ok()?;
+        let (callee, at, _) = self.map.get(&key)?;
+        (now.duration_since(*at) <= self.ttl).then(|| Arc::clone(callee))
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Forwarding
+
+/// Who made a call, as recorded on its access record.
+#[derive(Debug, Clone)]
+struct Caller {
+    peer_app: String,
+    peer_host: String,
+    task: Option<String>,
+}
+
+/// Everything known about a call before it is forwarded.
+struct Call {
+    start: Instant,
+    method: String,
+    /// The path as received, `/app/rest`, without the query.
+    path: String,
+    app: String,
+    trace_id: String,
+    span_id: String,
+    parent_span_id: Option<String>,
+    request_id: String,
+    caller: Caller,
+}
+
+async fn handle(State(router): State<Router>, req: Request) -> Response {
+    let inner = &router.inner;
+    inner.metrics.requests.fetch_add(1, Ordering::Relaxed);
+    let client_ip = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip().to_string());
+    let headers = req.headers();
+    let incoming = headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_traceparent);
+    let caller = inner.identify_caller(incoming.as_ref(), headers, client_ip);
+    let request_id = headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty())
+        .map(str::to_string)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let path = req.uri().path().to_string();
+    let app = path[1..].split('/').next().unwrap_or_default().to_string();
+    let call = Call {
+        start: Instant::now(),
+        method: req.method().to_string(),
+        app,
+        trace_id: incoming
+            .as_ref()
+            .map(|t| t.trace_id.clone())
+            .unwrap_or_else(new_trace_id),
+        parent_span_id: incoming.map(|t| t.parent_id),
+        span_id: new_span_id(),
+        request_id,
+        caller,
+        path,
+    };
+    let trace = HeaderValue::from_str(&call.trace_id).expect("hex is a valid header value");
+    let request_id = HeaderValue::from_str(&call.request_id).ok();
+    let mut resp = match inner.forward(&call, req).await {
+        Ok(resp) => resp,
+        Err((err, callee)) => {
+            if matches!(err, Error::Upstream { .. } | Error::Http(_)) {
+                inner
+                    .metrics
+                    .upstream_errors
+                    .fetch_add(1, Ordering::Relaxed);
+                warn!(app = %call.app, trace_id = %call.trace_id, error = %err, "routed call failed");
+            }
+            let resp = err.into_response();
+            let extra = [("error", serde_json::Value::String(err_message(&resp)))];
+            inner.finish(
+                &call,
+                callee.as_deref(),
+                resp.status().as_u16(),
+                0,
+                None,
+                &extra,
+            );
+            resp
+        }
+    };
+    let h = resp.headers_mut();
+    h.insert(HeaderName::from_static(TRACE_ID_HEADER), trace);
+    if let Some(id) = request_id {
+        h.insert(HeaderName::from_static("x-request-id"), id);
+    }
+    resp
+}
+
+fn err_message(resp: &Response) -> String {
+    resp.status()
+        .canonical_reason()
+        .unwrap_or("error")
+        .to_lowercase()
+}
+
+/// A request body ready to send: buffered ones can be sent twice.
+enum Outgoing {
+    Buffered(Bytes),
+    Streaming(Option<Body>),
+}
+
+impl Inner {
+    fn identify_caller(
+        &self,
+        incoming: Option<&TraceParent>,
+        headers: &HeaderMap,
+        client_ip: Option<String>,
+    ) -> Caller {
+        let ip = client_ip.unwrap_or_else(|| "unknown".into());
+        if let Some(tp) = incoming {
+            let spans = self.spans.lock().expect("span map lock");
+            if let Some(c) = spans.get(&tp.parent_id, Instant::now()) {
+                return Caller {
+                    peer_app: c.app.clone(),
+                    peer_host: c.host.clone(),
+                    task: Some(c.task.clone()),
+                };
+            }
+        }
+        if let Some(task) = headers
+            .get(CALLER_TASK_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+        {
+            let app = task.split('.').next().unwrap_or(task);
+            return Caller {
+                peer_app: app.to_string(),
+                peer_host: ip,
+                task: Some(task.to_string()),
+            };
+        }
+        Caller {
+            peer_app: "external".into(),
+            peer_host: ip,
+            task: None,
+        }
+    }
+
+    /// Instances of `app`, from the cache while fresh; a stale answer is served when the
+    /// control plane cannot be reached.
+    async fn endpoints(&self, app: &str) -> Result<Arc<Vec<ServiceEndpoint>>> {
+        let now = Instant::now();
+        let stale = {
+            let cache = self.services.lock().expect("services cache lock");
+            match cache.get(app) {
+                Some(c) if now.duration_since(c.at) < self.cfg.services_ttl => {
+                    return c
+                        .answer
+                        .clone()
+                        .ok_or_else(|| Error::UnknownApp(app.into()));
+                }
+                Some(c) => c.answer.clone(),
+                None => None,
+            }
+        };
+        match self.fetch_services(app).await {
+            Ok(answer) => {
+                self.services.lock().expect("services cache lock").insert(
+                    app.to_string(),
+                    Cached {
+                        at: Instant::now(),
+                        answer: answer.clone(),
+                    },
+                );
+                answer.ok_or_else(|| Error::UnknownApp(app.into()))
+            }
+            Err(e) => match stale {
+                Some(eps) => {
+                    debug!(app, error = %e, "services lookup failed, using the cached answer");
+                    Ok(eps)
+                }
+                None => Err(e),
+            },
+        }
+    }
+
+    async fn fetch_services(&self, app: &str) -> Result<Option<Arc<Vec<ServiceEndpoint>>>> {
+        self.metrics
+            .services_lookups
+            .fetch_add(1, Ordering::Relaxed);
+        let url = format!(
+            "{}/v1/services/{app}",
+            self.cfg.scheduler_url.trim_end_matches('/')
+        );
+        let mut req = self.control.get(&url);
+        if let Some(t) = &self.cfg.token {
+            req = req.header(TOKEN_HEADER, t);
+        }
+        let upstream_err = |reason: String| Error::Upstream {
+            addr: url.clone(),
+            reason,
+        };
+        let resp = req.send().await.map_err(|e| upstream_err(e.to_string()))?;
+        if resp.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if !resp.status().is_success() {
+            return Err(upstream_err(format!(
+                "status {}, expected 200",
+                resp.status()
+            )));
+        }
+        let eps: Vec<ServiceEndpoint> = resp
+            .json()
+            .await
+            .map_err(|e| upstream_err(format!("bad services answer: {e}")))?;
+        Ok(Some(Arc::new(eps)))
+    }
+
+    /// Picks the instance with the fewest calls in flight, rotating the starting point
+    /// so ties go round robin; the pick is counted as in flight until the guard drops.
+    fn pick(&self, eps: &[ServiceEndpoint], exclude: Option<usize>) -> Option<(usize, InFlight)> {
+        let n = eps.len();
+        if n == 0 {
+            return None;
+        }
+        let start = self.rr.fetch_add(1, Ordering::Relaxed) % n;
+        let mut counters = self.outstanding.lock().expect("outstanding lock");
+        if counters.len() > 10_000 {
+            counters.retain(|_, c| c.load(Ordering::Relaxed) > 0);
+        }
+        let mut best: Option<(usize, usize, Arc<AtomicUsize>)> = None;
+        for k in 0..n {
+            let i = (start + k) % n;
+            if Some(i) == exclude {
+                continue;
+            }
+            let c = counters.entry(endpoint_key(&eps[i])).or_default().clone();
+            let load = c.load(Ordering::Relaxed);
+            if best.as_ref().is_none_or(|b| load < b.1) {
+                best = Some((i, load, c));
+            }
+        }
+        best.map(|(i, _, c)| {
+            c.fetch_add(1, Ordering::Relaxed);
+            (i, InFlight(c))
+        })
+    }
+
+    /// Forwards the call. On error returns the callee it was meant for, if one was
+    /// picked, so the access record names it.
+    async fn forward(
+        self: &Arc<Self>,
+        call: &Call,
+        req: Request,
+    ) -> std::result::Result<Response, (Error, Option<Arc<ServiceEndpoint>>)> {
+        let app = call.app.as_str();
+        if !valid_app(app) {
+            return Err((
+                Error::BadRequest(format!(
+                    "app name {app:?} in the path: expected letters, digits, '.', '-' or '_'"
+                )),
+                None,
+            ));
+        }
+        let eps = self.endpoints(app).await.map_err(|e| (e, None))?;
+        let (parts, body) = req.into_parts();
+        let rest = &call.path[1 + app.len()..];
+        let rest_and_query = match parts.uri.query() {
+            Some(q) => format!("{}?{q}", if rest.is_empty() { "/" } else { rest }),
+            None if rest.is_empty() => "/".to_string(),
+            None => rest.to_string(),
+        };
+
+        let mut headers = forwarded_headers(&parts.headers);
+        headers.insert(
+            HeaderName::from_static("traceparent"),
+            HeaderValue::from_str(&format!("00-{}-{}-01", call.trace_id, call.span_id))
+                .expect("hex is a valid header value"),
+        );
+        if let Ok(v) = HeaderValue::from_str(&call.request_id) {
+            headers.insert(HeaderName::from_static("x-request-id"), v);
+        }
+        if call.caller.peer_host != "unknown" {
+            let xff = match parts
+                .headers
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok())
+            {
+                Some(prev) => format!("{prev}, {}", call.caller.peer_host),
+                None => call.caller.peer_host.clone(),
+            };
+            if let Ok(v) = HeaderValue::from_str(&xff) {
+                headers.insert(HeaderName::from_static("x-forwarded-for"), v);
+            }
+        }
+
+        let known_len = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let empty = axum::body::HttpBody::size_hint(&body).exact() == Some(0);
+        let mut outgoing = if empty {
+            Outgoing::Buffered(Bytes::new())
+        } else if known_len.is_some_and(|n| n <= RETRY_BODY_LIMIT) {
+            let bytes = axum::body::to_bytes(body, RETRY_BODY_LIMIT as usize)
+                .await
+                .map_err(|e| {
+                    (
+                        Error::BadRequest(format!("reading the request body failed: {e}")),
+                        None,
+                    )
+                })?;
+            Outgoing::Buffered(bytes)
+        } else {
+            Outgoing::Streaming(Some(body))
+        };
+
+        let (mut idx, mut inflight) = self
+            .pick(&eps, None)
+            .ok_or_else(|| (Error::NoInstance(app.to_string()), None))?;
+        let mut attempt = 1;
+        let resp = loop {
+            let ep = &eps[idx];
+            // Remember the span before sending: the callee may call back through us
+            // before its response is back.
+            self.spans.lock().expect("span map lock").insert(
+                &call.span_id,
+                Arc::new(Callee {
+                    app: ep.app.clone(),
+                    host: ep.host.clone(),
+                    task: ep.task.clone(),
+                }),
+                Instant::now(),
+            );
+            let url = format!(
+                "http://{}:{}{rest_and_query}",
+                host_for_url(&ep.address),
+                ep.port
+            );
+            let body = match &mut outgoing {
+                Outgoing::Buffered(b) => reqwest::Body::from(b.clone()),
+                Outgoing::Streaming(b) => match b.take() {
+                    Some(b) => reqwest::Body::wrap_stream(b.into_data_stream()),
+                    None => reqwest::Body::from(Bytes::new()),
+                },
+            };
+            let sent = self
+                .upstream
+                .request(parts.method.clone(), &url)
+                .headers(headers.clone())
+                .body(body)
+                .send()
+                .await;
+            match sent {
+                Ok(resp) => break resp,
+                Err(e) => {
+                    let retryable =
+                        e.is_connect() && attempt == 1 && matches!(outgoing, Outgoing::Buffered(_));
+                    let next = if retryable {
+                        self.pick(&eps, Some(idx))
+                    } else {
+                        None
+                    };
+                    match next {
+                        Some((i, f)) => {
+                            debug!(app, upstream = %url, error = %e, "connect failed, trying another instance");
+                            self.metrics.retries.fetch_add(1, Ordering::Relaxed);
+                            (idx, inflight) = (i, f);
+                            attempt += 1;
+                        }
+                        None => {
+                            return Err((
+                                Error::Upstream {
+                                    addr: format!("{}:{}", ep.address, ep.port),
+                                    reason: error_chain(&e),
+                                },
+                                Some(Arc::new(ep.clone())),
+                            ));
+                        }
+                    }
+                }
+            }
+        };
+
+        let head_ms = ms(call.start.elapsed());
+        let status = resp.status();
+        let mut out = Response::builder().status(status);
+        if let Some(h) = out.headers_mut() {
+            *h = response_headers(resp.headers());
+        }
+        let expected_len = resp.content_length();
+        let guard = AccessGuard {
+            router: Arc::clone(self),
+            call: Some(CallDone {
+                call: call.clone_for_record(),
+                callee: Arc::new(eps[idx].clone()),
+                status: status.as_u16(),
+                head_ms,
+                attempts: attempt,
+            }),
+            bytes: 0,
+            expected_len,
+            _inflight: inflight,
+        };
+        let body = AccessBody {
+            inner: Box::pin(resp.bytes_stream()),
+            guard,
+        };
+        out.body(Body::from_stream(body)).map_err(|e| {
+            (
+                Error::Upstream {
+                    addr: url_of(&eps[idx]),
+                    reason: format!("bad response head: {e}"),
+                },
+                Some(Arc::new(eps[idx].clone())),
+            )
+        })
+    }
+
+    /// Writes the call's access record and counts it.
+    fn finish(
+        &self,
+        call: &Call,
+        callee: Option<&ServiceEndpoint>,
+        status: u16,
+        bytes: u64,
+        head_ms: Option<f64>,
+        extra: &[(&str, serde_json::Value)],
+    ) {
+        let latency = call.start.elapsed();
+        let m = &self.metrics;
+        let class = (status / 100).clamp(1, 5) as usize - 1;
+        m.by_class[class].fetch_add(1, Ordering::Relaxed);
+        m.latency_us_sum
+            .fetch_add(latency.as_micros() as u64, Ordering::Relaxed);
+        let rec = access_record(
+            &self.cfg.host,
+            call,
+            callee,
+            status,
+            ms(latency),
+            bytes,
+            head_ms,
+            extra,
+        );
+        self.log.push(&rec);
+    }
+}
+
+impl Call {
+    fn clone_for_record(&self) -> Call {
+        Call {
+            start: self.start,
+            method: self.method.clone(),
+            path: self.path.clone(),
+            app: self.app.clone(),
+            trace_id: self.trace_id.clone(),
+            span_id: self.span_id.clone(),
+            parent_span_id: self.parent_span_id.clone(),
+            request_id: self.request_id.clone(),
+            caller: self.caller.clone(),
+        }
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn url_of(ep: &ServiceEndpoint) -> String {
+    format!("{}:{}", ep.address, ep.port)
+}
+
+fn endpoint_key(ep: &ServiceEndpoint) -> String {
+    url_of(ep)
+}
+
+fn host_for_url(address: &str) -> String {
+    if address.contains(':') && !address.starts_with('[') {
+        format!("[{address}]")
+    } else {
+        address.to_string()
+    }
+}
+
+/// Marathon app ids are lowercase letters, digits, '-' and '.'; '_' and capitals are
+/// tolerated. Anything else (notably percent-encoding) cannot name an app.
+fn valid_app(app: &str) -> bool {
+    !app.is_empty()
+        && app != "."
+        && app != ".."
+        && app
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_'))
+}
+
+/// The reqwest error with its causes, so "connection refused" is not hidden behind
+/// "error sending request".
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        src = s.source();
+    }
+    out
+}
+
+fn connection_listed(headers: &HeaderMap) -> Vec<String> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|s| s.trim().to_ascii_lowercase())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+/// Request headers to send upstream: hop-by-hop ones, `host` and `content-length`
+/// (the client sets both) and the ones the router replaces are left out.
+fn forwarded_headers(incoming: &HeaderMap) -> HeaderMap {
+    let listed = connection_listed(incoming);
+    let mut out = HeaderMap::with_capacity(incoming.len() + 3);
+    for (name, value) in incoming {
+        let n = name.as_str();
+        if HOP_BY_HOP.contains(&n)
+            || listed.iter().any(|l| l == n)
+            || matches!(
+                n,
+                "host" | "content-length" | "traceparent" | "x-request-id" | "x-forwarded-for"
+            )
+            || n == CALLER_TASK_HEADER
+        {
+            continue;
+        }
+        out.append(name.clone(), value.clone());
+    }
+    out
+}
+
+fn response_headers(upstream: &HeaderMap) -> HeaderMap {
+    let listed = connection_listed(upstream);
+    let mut out = HeaderMap::with_capacity(upstream.len() + 2);
+    for (name, value) in upstream {
+        let n = name.as_str();
+        if HOP_BY_HOP.contains(&n) || listed.iter().any(|l| l == n) {
+            continue;
+        }
+        out.append(name.clone(), value.clone());
+    }
+    out
+}
+
+#[allow(clippy::too_many_arguments)]
+fn access_record(
+    router_host: &str,
+    call: &Call,
+    callee: Option<&ServiceEndpoint>,
+    status: u16,
+    latency_ms: f64,
+    bytes: u64,
+    head_ms: Option<f64>,
+    extra: &[(&str, serde_json::Value)],
+) -> LogRecord {
+    // Without a callee (unknown app, no instance) the record belongs to this router's
+    // host so it is still found next to the calls that worked.
+    let meta = TaskMeta {
+        host: callee.map_or(router_host, |c| c.host.as_str()).to_string(),
+        app: callee
+            .map_or(call.app.as_str(), |c| c.app.as_str())
+            .to_string(),
+        task: callee.map(|c| c.task.clone()).unwrap_or_default(),
+        instance: 0,
+        ports: Vec::new(),
+    };
+    let msg = format!(
+        "{} {} -> {status} {} {} {latency_ms:.1}ms",
+        call.method,
+        call.path,
+        callee.map_or("-", |c| c.host.as_str()),
+        callee.map_or("-", |c| c.task.as_str()),
+    );
+    let mut rec = LogRecord::new(chrono::Utc::now(), &meta, LogStream::Access, msg);
+    rec.level = Some(match status {
+        500.. => Level::Error,
+        400..=499 => Level::Warn,
+        _ => Level::Info,
+    });
+    rec.method = Some(call.method.clone());
+    rec.path = Some(call.path.clone());
+    rec.status = Some(status);
+    rec.latency_ms = Some(latency_ms);
+    rec.trace_id = Some(call.trace_id.clone());
+    rec.span_id = Some(call.span_id.clone());
+    rec.parent_span_id = call.parent_span_id.clone();
+    rec.peer_app = Some(call.caller.peer_app.clone());
+    rec.peer_host = Some(call.caller.peer_host.clone());
+    let f = &mut rec.fields;
+    f.insert(
+        "caller_task".into(),
+        call.caller
+            .task
+            .clone()
+            .map_or(serde_json::Value::Null, serde_json::Value::String),
+    );
+    f.insert("bytes".into(), bytes.into());
+    // Time until the upstream's response head arrived (connection setup included):
+    // the client does not expose the connect phase on its own.
+    f.insert(
+        "connect_ms".into(),
+        head_ms.map_or(serde_json::Value::Null, serde_json::Value::from),
+    );
+    f.insert("router_host".into(), router_host.into());
+    f.insert("request_id".into(), call.request_id.clone().into());
+    if let Some(c) = callee {
+        f.insert("upstream".into(), url_of(c).into());
+    }
+    for (k, v) in extra {
+        f.insert((*k).to_string(), v.clone());
+    }
+    rec
+}
+
+/// Decrements an instance's in-flight count when the call is over.
+struct InFlight(Arc<AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+struct CallDone {
+    call: Call,
+    callee: Arc<ServiceEndpoint>,
+    status: u16,
+    head_ms: f64,
+    attempts: u32,
+}
+
+/// Writes the access record once the response body has been sent (or abandoned), so
+/// latency and bytes cover the whole response.
+struct AccessGuard {
+    router: Arc<Inner>,
+    call: Option<CallDone>,
+    bytes: u64,
+    expected_len: Option<u64>,
+    _inflight: InFlight,
+}
+
+impl AccessGuard {
+    fn finish(&mut self, error: Option<String>) {
+        let Some(done) = self.call.take() else {
+            return;
+        };
+        let mut extra = Vec::new();
+        if done.attempts > 1 {
+            extra.push(("attempts", serde_json::Value::from(done.attempts)));
+        }
+        if let Some(e) = error {
+            extra.push(("error", serde_json::Value::String(e)));
+        }
+        self.router.finish(
+            &done.call,
+            Some(&done.callee),
+            done.status,
+            self.bytes,
+            Some(done.head_ms),
+            &extra,
+        );
+    }
+}
+
+impl Drop for AccessGuard {
+    fn drop(&mut self) {
+        // The server may drop a body once it has sent `content-length` bytes without
+        // polling for the end; only a short body counts as aborted.
+        let complete = self.expected_len.is_some_and(|n| n == self.bytes);
+        self.finish((!complete).then(|| "response body not fully sent".to_string()));
+    }
+}
+
+struct AccessBody {
+    inner: Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>,
+    guard: AccessGuard,
+}
+
+impl Stream for AccessBody {
+    type Item = reqwest::Result<Bytes>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        match this.inner.as_mut().poll_next(cx) {
+            Poll::Ready(Some(Ok(chunk))) => {
+                this.guard.bytes += chunk.len() as u64;
+                Poll::Ready(Some(Ok(chunk)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.guard
+                    .finish(Some(format!("upstream body failed: {}", error_chain(&e))));
+                Poll::Ready(Some(Err(e)))
+            }
+            Poll::Ready(None) => {
+                this.guard.finish(None);
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Access log writer
+
+enum LogMsg {
+    Line(Vec<u8>),
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
+
+/// Appends access records from a dedicated thread fed by a bounded queue, so the async
+/// side never waits on the disk. Each record is one `write` to an `O_APPEND` file,
+/// unbuffered, so the shipper sees whole lines as soon as they are written.
+struct AccessLog {
+    tx: std::sync::mpsc::SyncSender<LogMsg>,
+    written: Arc<AtomicU64>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl AccessLog {
+    fn open(path: &Path) -> Result<AccessLog> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        }
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| Error::io(path, e))?;
+        let (tx, rx) = std::sync::mpsc::sync_channel::<LogMsg>(ACCESS_QUEUE);
+        let written = Arc::new(AtomicU64::new(0));
+        let dropped = Arc::new(AtomicU64::new(0));
+        let (w, d) = (Arc::clone(&written), Arc::clone(&dropped));
+        let shown = path.display().to_string();
+        std::thread::Builder::new()
+            .name("access-log".into())
+            .spawn(move || {
+                use std::io::Write;
+                for msg in rx {
+                    match msg {
+                        LogMsg::Line(line) => match file.write_all(&line) {
+                            Ok(()) => {
+                                w.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Err(e) => {
+                                if d.fetch_add(1, Ordering::Relaxed) == 0 {
+                                    warn!(path = %shown, error = %e, "writing the access log failed");
+                                }
+                            }
+                        },
+                        LogMsg::Flush(ack) => {
+                            if let Err(e) = file.sync_data() {
+                                warn!(path = %shown, error = %e, "syncing the access log failed");
+                            }
+                            let _ = ack.send(());
+                        }
+                    }
+                }
+            })
+            .map_err(|e| Error::io(path, e))?;
+        Ok(AccessLog {
+            tx,
+            written,
+            dropped,
+        })
+    }
+
+    fn push(&self, rec: &LogRecord) {
+        let mut line = match serde_json::to_vec(rec) {
+            Ok(l) => l,
+            Err(_) => return,
+        };
+        line.push(b'\n');
+        if self.tx.try_send(LogMsg::Line(line)).is_err()
+            && self
+                .dropped
+                .fetch_add(1, Ordering::Relaxed)
+                .is_multiple_of(1000)
+        {
+            warn!(
+                dropped = self.dropped.load(Ordering::Relaxed),
+                "access log writer is behind, dropping access records"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+    const SPAN: &str = "00f067aa0ba902b7";
+
+    #[test]
+    fn parses_a_valid_traceparent() {
+        let tp = parse_traceparent(&format!("00-{TRACE}-{SPAN}-01")).unwrap();
+        assert_eq!(tp.trace_id, TRACE);
+        assert_eq!(tp.parent_id, SPAN);
+        assert_eq!((tp.version, tp.flags), (0, 1));
+    }
+
+    #[test]
+    fn rejects_malformed_traceparents() {
+        let zero_trace = "0".repeat(32);
+        let zero_span = "0".repeat(16);
+        for bad in [
+            String::new(),
+            format!("00-{TRACE}-{SPAN}"),
+            format!("00-{TRACE}-{SPAN}-1"),
+            format!("00-{}-{SPAN}-01", &TRACE[1..]),
+            format!("00-{TRACE}0-{SPAN}-01"),
+            format!("00-{TRACE}-{SPAN}-01-extra"),
+            format!("00-{}-{SPAN}-01", TRACE.to_uppercase()),
+            format!("00-{TRACE}-{}-01", SPAN.to_uppercase()),
+            format!("00-{zero_trace}-{SPAN}-01"),
+            format!("00-{TRACE}-{zero_span}-01"),
+            format!("ff-{TRACE}-{SPAN}-01"),
+            format!("0g-{TRACE}-{SPAN}-01"),
+            format!("00_{TRACE}-{SPAN}-01"),
+            format!("00-{TRACE}-{SPAN}-0x"),
+            format!("01-{TRACE}-{SPAN}-01x"),
+        ] {
+            assert_eq!(parse_traceparent(&bad), None, "{bad:?}");
+        }
+        // A later version may append fields after a dash.
+        assert!(parse_traceparent(&format!("01-{TRACE}-{SPAN}-01-what")).is_some());
+    }
+
+    #[test]
+    fn minted_ids_are_valid_and_distinct() {
+        let (t, s) = (new_trace_id(), new_span_id());
+        let tp = parse_traceparent(&format!("00-{t}-{s}-01")).unwrap();
+        assert_eq!(
+            (tp.trace_id.as_str(), tp.parent_id.as_str()),
+            (t.as_str(), s.as_str())
+        );
+        assert_ne!(new_span_id(), s);
+    }
+
+    fn callee(task: &str) -> Arc<Callee> {
+        Arc::new(Callee {
+            app: "fib".into(),
+            host: "node-1".into(),
+            task: task.into(),
+        })
+    }
+
+    #[test]
+    fn span_map_evicts_oldest_beyond_capacity_and_expires() {
+        let now = Instant::now();
+        let mut m = SpanMap::new(2, Duration::from_secs(60));
+        m.insert("0000000000000001", callee("a"), now);
+        m.insert("0000000000000002", callee("b"), now);
+        m.insert("0000000000000003", callee("c"), now);
+        assert_eq!(m.len(), 2);
+        assert!(m.get("0000000000000001", now).is_none());
+        assert_eq!(m.get("0000000000000003", now).unwrap().task, "c");
+        let later = now + Duration::from_secs(61);
+        assert!(m.get("0000000000000002", later).is_none());
+        m.insert("0000000000000004", callee("d"), later);
+        assert_eq!(m.len(), 1);
+        // Re-inserting a span (a retry) keeps the newest callee.
+        m.insert("0000000000000004", callee("e"), later);
+        m.insert("0000000000000005", callee("f"), later);
+        assert_eq!(m.get("0000000000000004", later).unwrap().task, "e");
+        assert!(m.get("not hex", later).is_none());
+    }
+
+    #[test]
+    fn hop_by_hop_and_replaced_headers_are_not_forwarded() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, x-private"),
+        );
+        h.insert("x-private", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("host", HeaderValue::from_static("router"));
+        h.insert("traceparent", HeaderValue::from_static("x"));
+        h.insert("x-sandtrail-caller", HeaderValue::from_static("fib.1"));
+        h.insert("accept", HeaderValue::from_static("*/*"));
+        let out = forwarded_headers(&h);
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert!(out.contains_key("accept"));
+    }
+
+    #[test]
+    fn app_names_are_validated() {
+        assert!(valid_app("fib"));
+        assert!(valid_app("my-app.v2"));
+        for bad in ["", ".", "..", "%2e%2e", "a b", "a?b"] {
+            assert!(!valid_app(bad), "{bad:?}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn traceparent_parser_never_panics(s in ".{0,80}") {
+            let _ = parse_traceparent(&s);
+        }
+
+        #[test]
+        fn traceparent_parser_accepts_what_it_formats(t in 1u128.., s in 1u64.., f in 0u8..) {
+            let tp = parse_traceparent(&format!("00-{t:032x}-{s:016x}-{f:02x}")).unwrap();
+            prop_assert_eq!(tp.trace_id, format!("{t:032x}"));
+            prop_assert_eq!(tp.parent_id, format!("{s:016x}"));
+            prop_assert_eq!(tp.flags, f);
+        }
+    }
+}

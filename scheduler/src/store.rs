@@ -1,0 +1,205 @@
+//! The scheduler's durable state: app definitions (and the names of the agents seen)
+//! in one JSON file, `<data_dir>/scheduler/state.json`.
+//!
+//! The file is rewritten whole and atomically after each change (temp file, fsync,
+//! rename, fsync of the directory), on a blocking thread. That is simple and can never
+//! leave a half-written file behind; the trade-off is that every write costs a full
+//! rewrite, which is fine for the hundreds of apps this is meant for and not for
+//! millions. Tasks are deliberately not stored: the nodes report what they run, and the
+//! scheduler re-learns (adopts) them from those heartbeats after a restart.
+
+use crate::state::AppDef;
+use crate::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Version of the file layout, written into the file so a later layout can migrate it.
+pub const FORMAT: u32 = 1;
+
+/// What the state file holds.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Saved {
+    #[serde(default)]
+    pub format: u32,
+    #[serde(default)]
+    pub apps: Vec<AppDef>,
+    /// Agents that had registered: after a restart the scheduler waits (a bounded
+    /// time) for them to report their tasks before it places new ones.
+    #[serde(default)]
+    pub agents: Vec<String>,
+}
+
+/// The state file and the generation last written to it.
+#[derive(Debug)]
+pub struct Store {
+    path: PathBuf,
+    /// Highest state generation on disk; writes of older snapshots are skipped, so
+    /// concurrent writers can never put an older state over a newer one.
+    written: tokio::sync::Mutex<u64>,
+}
+
+impl Store {
+    pub fn new(path: impl Into<PathBuf>) -> Store {
+        Store {
+            path: path.into(),
+            written: tokio::sync::Mutex::new(0),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Reads the file; a missing file is an empty state, a corrupt one is an error
+    /// (starting empty would silently forget every app).
+    pub fn load(&self) -> Result<Saved> {
+        let bytes = match std::fs::read(&self.path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Saved::default()),
+            Err(e) => return Err(Error::io(&self.path, e)),
+        };
+        let saved: Saved = serde_json::from_slice(&bytes).map_err(|e| {
+            Error::io(
+                &self.path,
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("corrupt scheduler state, expected the json written by sandtrail: {e}"),
+                ),
+            )
+        })?;
+        if saved.format > FORMAT {
+            return Err(Error::io(
+                &self.path,
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!(
+                        "state format {} is newer than this binary understands (at most {FORMAT})",
+                        saved.format
+                    ),
+                ),
+            ));
+        }
+        Ok(saved)
+    }
+
+    /// Writes `saved` (the state at `generation`) unless a newer generation is already
+    /// on disk. The write runs on a blocking thread.
+    pub async fn save(&self, generation: u64, mut saved: Saved) -> Result<()> {
+        let mut written = self.written.lock().await;
+        if generation <= *written {
+            return Ok(());
+        }
+        saved.format = FORMAT;
+        let bytes = serde_json::to_vec_pretty(&saved)?;
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || write_atomic(&path, &bytes))
+            .await
+            .map_err(|e| Error::io(&self.path, std::io::Error::other(e)))??;
+        *written = generation;
+        Ok(())
+    }
+}
+
+/// Replaces `path` with `bytes` so that a crash at any point leaves either the old or
+/// the new content: write a temp file beside it, fsync it, rename it over, fsync the
+/// directory so the rename itself is durable.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
+    tmp_name.push(".tmp");
+    let tmp = dir.join(tmp_name);
+    let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    f.write_all(bytes).map_err(|e| Error::io(&tmp, e))?;
+    f.sync_all().map_err(|e| Error::io(&tmp, e))?;
+    drop(f);
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
+    // Directory fsync is not supported everywhere (e.g. some network file systems);
+    // the rename already happened, so a failure here only weakens durability.
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::PortDefinition;
+    use std::collections::BTreeMap;
+
+    fn app(id: &str) -> AppDef {
+        AppDef {
+            id: id.to_string(),
+            cmd: Some("python3 -m http.server $PORT0".into()),
+            args: None,
+            instances: 3,
+            env: [("GREETING".to_string(), "hej".to_string())].into(),
+            cpus: 0.25,
+            mem: 64.0,
+            port_definitions: vec![PortDefinition {
+                port: 0,
+                protocol: "tcp".into(),
+                name: Some("http".into()),
+                labels: BTreeMap::new(),
+            }],
+            backoff_seconds: 1.0,
+            backoff_factor: 1.15,
+            max_launch_delay_seconds: 300.0,
+            extra: [("labels".to_string(), serde_json::json!({"team": "search"}))].into(),
+            version: "2026-11-23T10:00:00.123Z".parse().unwrap(),
+        }
+    }
+
+    #[tokio::test]
+    async fn state_file_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path().join("state.json"));
+        assert_eq!(
+            store.load().unwrap(),
+            Saved::default(),
+            "missing file is empty"
+        );
+        let saved = Saved {
+            format: FORMAT,
+            apps: vec![app("/fib"), app("/prod/fib")],
+            agents: vec!["node-1".into()],
+        };
+        store.save(1, saved.clone()).await.unwrap();
+        let back = Store::new(dir.path().join("state.json")).load().unwrap();
+        assert_eq!(back, saved);
+        assert!(
+            !dir.path().join("state.json.tmp").exists(),
+            "temp file renamed away"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_older_generation_never_overwrites_a_newer_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path().join("state.json"));
+        let newer = Saved {
+            apps: vec![app("/new")],
+            ..Saved::default()
+        };
+        store.save(2, newer).await.unwrap();
+        let older = Saved {
+            apps: vec![app("/old")],
+            ..Saved::default()
+        };
+        store.save(1, older).await.unwrap();
+        assert_eq!(store.load().unwrap().apps[0].id, "/new");
+    }
+
+    #[test]
+    fn a_corrupt_file_is_an_error_naming_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        std::fs::write(&path, b"{\"apps\": [").unwrap();
+        let err = Store::new(&path).load().unwrap_err().to_string();
+        assert!(
+            err.contains("state.json") && err.contains("corrupt"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,486 @@
+//! The control plane over real HTTP: fake agents register and heartbeat against
+//! `scheduler::router()` served on 127.0.0.1:0, the way nodes do.
+
+use protocol::{AgentInfo, ServiceEndpoint, TaskSpec, TaskStatus};
+use scheduler::{HeartbeatResponse, Scheduler, SchedulerConfig};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+const TOKEN: &str = "s3cret";
+
+struct Server {
+    base: String,
+    cancel: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    http: reqwest::Client,
+}
+
+impl Server {
+    async fn start(dir: &Path) -> Server {
+        let scheduler = Scheduler::open(SchedulerConfig {
+            data_dir: dir.to_path_buf(),
+            token: Some(TOKEN.into()),
+            ..SchedulerConfig::default()
+        })
+        .unwrap();
+        let cancel = CancellationToken::new();
+        let reconcile = scheduler.spawn(cancel.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let app = scheduler::router(scheduler);
+        let stop = cancel.clone();
+        let serve = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await
+                .unwrap();
+        });
+        Server {
+            base,
+            cancel,
+            tasks: vec![reconcile, serve],
+            http: reqwest::Client::new(),
+        }
+    }
+
+    async fn stop(self) {
+        self.cancel.cancel();
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    async fn get(&self, path: &str) -> (u16, Value) {
+        let r = self.http.get(self.url(path)).send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: &Value,
+        token: Option<&str>,
+    ) -> (u16, Value) {
+        let mut req = self.http.request(method, self.url(path)).json(body);
+        if let Some(t) = token {
+            req = req.header(protocol::TOKEN_HEADER, t);
+        }
+        let r = req.send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        self.send(reqwest::Method::POST, path, body, Some(TOKEN))
+            .await
+    }
+
+    async fn register(&self, name: &str, address: &str) {
+        let info = AgentInfo {
+            name: name.into(),
+            address: address.into(),
+            router_url: format!("http://{address}:4140"),
+            resources: BTreeMap::new(),
+            attributes: BTreeMap::new(),
+            last_heartbeat: None,
+            state: String::new(),
+        };
+        let (status, body) = self
+            .post("/v1/agents/register", &serde_json::to_value(info).unwrap())
+            .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["state"], "active");
+    }
+
+    async fn heartbeat(&self, agent: &str, tasks: &[TaskStatus]) -> Vec<TaskSpec> {
+        let (status, body) = self
+            .post(
+                &format!("/v1/agents/{agent}/heartbeat"),
+                &json!({ "tasks": tasks }),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_value::<HeartbeatResponse>(body)
+            .unwrap()
+            .tasks
+    }
+}
+
+fn report(spec: &TaskSpec, state: &str, ports: &[u16]) -> TaskStatus {
+    TaskStatus {
+        task: spec.task.clone(),
+        app: spec.app.clone(),
+        state: state.into(),
+        ports: ports.to_vec(),
+        exit_code: (state == "TASK_FAILED").then_some(1),
+        message: None,
+    }
+}
+
+fn fib_app() -> Value {
+    json!({
+        "id": "/fib",
+        "cmd": "./fib --port $PORT0",
+        "instances": 3,
+        "env": {"FIB_MAX": "40"},
+        "cpus": 0.2,
+        "mem": 64,
+        "portDefinitions": [{"port": 0, "name": "http"}],
+        "labels": {"team": "demo"},
+        // Small so the replacement after a failure shows up quickly.
+        "backoffSeconds": 0.05,
+    })
+}
+
+#[tokio::test]
+async fn agents_get_tasks_report_them_and_failed_tasks_are_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path()).await;
+    let agents = [
+        ("node-1", "10.0.0.1"),
+        ("node-2", "10.0.0.2"),
+        ("node-3", "10.0.0.3"),
+    ];
+    for (name, addr) in agents {
+        server.register(name, addr).await;
+    }
+
+    let (status, app) = server.post("/v2/apps", &fib_app()).await;
+    assert_eq!(status, 201, "{app}");
+    assert_eq!(app["id"], "/fib");
+    assert_eq!(app["instances"], 3);
+    assert_eq!(
+        app["labels"]["team"], "demo",
+        "known marathon fields are kept"
+    );
+    let (status, _) = server.post("/v2/apps", &fib_app()).await;
+    assert_eq!(status, 409, "same id twice");
+
+    // Each agent gets exactly one of the three instances.
+    let mut specs = BTreeMap::new();
+    for (name, _) in agents {
+        let got = server.heartbeat(name, &[]).await;
+        assert_eq!(got.len(), 1, "{name}: {got:?}");
+        let spec = got.into_iter().next().unwrap();
+        assert_eq!(spec.app, "fib");
+        assert!(spec.task.starts_with("fib."), "{}", spec.task);
+        assert_eq!(spec.cmd, "./fib --port $PORT0");
+        assert_eq!(spec.env.get("FIB_MAX").map(String::as_str), Some("40"));
+        assert_eq!(spec.port_count, 1);
+        specs.insert(name, spec);
+    }
+    let mut instances: Vec<u32> = specs.values().map(|s| s.instance).collect();
+    instances.sort();
+    assert_eq!(instances, vec![0, 1, 2]);
+
+    // node-1 reports its task running: it becomes an endpoint of the service.
+    let running = report(&specs["node-1"], "TASK_RUNNING", &[31001]);
+    let again = server
+        .heartbeat("node-1", std::slice::from_ref(&running))
+        .await;
+    assert_eq!(
+        again,
+        vec![specs["node-1"].clone()],
+        "a running task stays desired"
+    );
+    let (code, body) = server.get("/v1/services/fib").await;
+    assert_eq!(code, 200, "{body}");
+    let eps: Vec<ServiceEndpoint> = serde_json::from_value(body).unwrap();
+    assert_eq!(
+        eps,
+        vec![ServiceEndpoint {
+            app: "fib".into(),
+            task: specs["node-1"].task.clone(),
+            host: "node-1".into(),
+            address: "10.0.0.1".into(),
+            port: 31001,
+        }]
+    );
+    let (code, body) = server.get("/v1/services//fib").await;
+    assert_eq!(
+        (code, body.as_array().map(Vec::len)),
+        (200, Some(1)),
+        "leading slash accepted"
+    );
+    let (code, _) = server.get("/v1/services/nope").await;
+    assert_eq!(code, 404);
+
+    let (_, apps) = server.get("/v2/apps").await;
+    assert_eq!(apps["apps"][0]["tasksRunning"], 1, "{apps}");
+    assert_eq!(apps["apps"][0]["tasksStaged"], 2, "{apps}");
+    let (_, one) = server.get("/v2/apps/fib").await;
+    assert_eq!(one["app"]["tasks"].as_array().unwrap().len(), 3, "{one}");
+    let (_, tasks) = server.get("/v2/apps/fib/tasks").await;
+    let tasks = tasks["tasks"].as_array().unwrap().clone();
+    let t = tasks.iter().find(|t| t["id"] == running.task).unwrap();
+    assert_eq!(t["state"], "TASK_RUNNING");
+    assert_eq!(t["host"], "node-1");
+    assert_eq!(t["slaveId"], "node-1");
+    assert_eq!(t["appId"], "/fib");
+    assert_eq!(t["ports"], json!([31001]));
+    assert!(
+        t["startedAt"].is_string() && t["stagedAt"].is_string(),
+        "{t}"
+    );
+
+    // node-2's task fails: after the back-off a replacement with the same instance
+    // number shows up (the node that had it is the least loaded, so it gets it).
+    let failed = specs["node-2"].clone();
+    server
+        .heartbeat("node-2", &[report(&failed, "TASK_FAILED", &[])])
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let replacement = loop {
+        let mut found = None;
+        for (name, _) in agents {
+            let report: Vec<TaskStatus> = if name == "node-1" {
+                vec![running.clone()]
+            } else {
+                vec![]
+            };
+            for spec in server.heartbeat(name, &report).await {
+                if spec.instance == failed.instance {
+                    found = Some(spec);
+                }
+            }
+        }
+        if let Some(spec) = found.filter(|s| s.task != failed.task) {
+            break spec;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no replacement for instance {}",
+            failed.instance
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_ne!(replacement.task, failed.task);
+    let (_, all) = server.get("/v2/tasks").await;
+    let ids: Vec<&str> = all["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 3, "{ids:?}");
+    assert!(!ids.contains(&failed.task.as_str()));
+
+    // Scale down to one: the highest instance numbers go.
+    let (code, body) = server
+        .send(
+            reqwest::Method::PUT,
+            "/v2/apps/fib",
+            &json!({"instances": 1}),
+            Some(TOKEN),
+        )
+        .await;
+    assert_eq!(code, 200, "{body}");
+    assert!(body["deploymentId"].is_string());
+    let (_, tasks) = server.get("/v2/apps/fib/tasks").await;
+    let left: Vec<u64> = tasks["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["instance"].as_u64().unwrap())
+        .collect();
+    assert_eq!(left, vec![0]);
+    let (_, app) = server.get("/v2/apps/fib").await;
+    assert_eq!(
+        app["app"]["cmd"], "./fib --port $PORT0",
+        "a scale keeps the definition"
+    );
+
+    let (code, _) = server
+        .post("/v1/agents/ghost/heartbeat", &json!({"tasks": []}))
+        .await;
+    assert_eq!(code, 404, "unknown agent must re-register");
+    let (code, agents_list) = server.get("/v1/agents").await;
+    assert_eq!(code, 200);
+    assert_eq!(agents_list.as_array().unwrap().len(), 3);
+    assert_eq!(agents_list[0]["state"], "active");
+    assert!(agents_list[0]["last_heartbeat"].is_string());
+
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn invalid_app_is_422_with_every_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path()).await;
+    let (code, body) = server
+        .post(
+            "/v2/apps",
+            &json!({"id": "Not Valid", "instnces": 2, "instances": -3, "env": {"A": 1}}),
+        )
+        .await;
+    assert_eq!(code, 422, "{body}");
+    let details: Vec<String> = body["details"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["errors"][0].as_str().unwrap().to_string())
+        .collect();
+    let all = details.join("\n");
+    assert_eq!(details.len(), 5, "{all}");
+    for needle in [
+        "\"instnces\"",
+        "id \"Not Valid\"",
+        "cmd is required",
+        "got -3",
+        "env.A",
+    ] {
+        assert!(all.contains(needle), "{needle} missing in:\n{all}");
+    }
+    let (_, apps) = server.get("/v2/apps").await;
+    assert_eq!(apps["apps"], json!([]), "nothing created");
+
+    let (code, body) = server
+        .send(reqwest::Method::POST, "/v2/apps", &json!("x"), Some(TOKEN))
+        .await;
+    assert_eq!(code, 422, "{body}");
+    let r = server
+        .http
+        .post(server.url("/v2/apps"))
+        .header(protocol::TOKEN_HEADER, TOKEN)
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn writes_and_agent_calls_need_the_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path()).await;
+    let (code, _) = server
+        .send(reqwest::Method::POST, "/v2/apps", &fib_app(), None)
+        .await;
+    assert_eq!(code, 401);
+    let (code, _) = server
+        .send(reqwest::Method::POST, "/v2/apps", &fib_app(), Some("wrong"))
+        .await;
+    assert_eq!(code, 401);
+    let agent = json!({"name": "node-1", "address": "127.0.0.1"});
+    let (code, _) = server
+        .send(reqwest::Method::POST, "/v1/agents/register", &agent, None)
+        .await;
+    assert_eq!(code, 401);
+    let (code, _) = server
+        .send(
+            reqwest::Method::POST,
+            "/v1/agents/node-1/heartbeat",
+            &json!({}),
+            None,
+        )
+        .await;
+    assert_eq!(code, 401);
+    let (code, _) = server
+        .send(reqwest::Method::DELETE, "/v2/apps/fib", &json!({}), None)
+        .await;
+    assert_eq!(code, 401);
+    // Bearer works as well as the sandtrail header.
+    let r = server
+        .http
+        .post(server.url("/v2/apps"))
+        .bearer_auth(TOKEN)
+        .json(&fib_app())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    // Reads are open.
+    assert_eq!(server.get("/v2/apps").await.0, 200);
+    let pong = server
+        .http
+        .get(server.url("/ping"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(pong, "pong");
+    let (code, info) = server.get("/v2/info").await;
+    assert_eq!(code, 200);
+    assert_eq!(info["name"], "sandtrail");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn reopened_scheduler_keeps_apps_and_adopts_running_tasks() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path()).await;
+    server.register("node-1", "10.0.0.1").await;
+    let mut app = fib_app();
+    app["instances"] = json!(1);
+    assert_eq!(server.post("/v2/apps", &app).await.0, 201);
+    let (code, _) = server
+        .post(
+            "/v2/apps",
+            &json!({"id": "/prod/web", "cmd": "web", "instances": 0}),
+        )
+        .await;
+    assert_eq!(code, 201);
+    let spec = server.heartbeat("node-1", &[]).await.remove(0);
+    let running = report(&spec, "TASK_RUNNING", &[31001]);
+    server
+        .heartbeat("node-1", std::slice::from_ref(&running))
+        .await;
+    server.stop().await;
+
+    let server = Server::start(dir.path()).await;
+    let (code, body) = server.get("/v2/apps/fib").await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["app"]["env"]["FIB_MAX"], "40");
+    assert_eq!(body["app"]["labels"]["team"], "demo");
+    assert_eq!(server.get("/v2/apps/prod/web").await.0, 200);
+    // The node heartbeats, learns it is unknown, registers again, reports its task:
+    // the scheduler adopts it instead of starting a second one.
+    let (code, _) = server
+        .post("/v1/agents/node-1/heartbeat", &json!({"tasks": [running]}))
+        .await;
+    assert_eq!(code, 404);
+    server.register("node-1", "10.0.0.1").await;
+    let desired = server
+        .heartbeat("node-1", std::slice::from_ref(&running))
+        .await;
+    assert_eq!(desired.len(), 1, "{desired:?}");
+    assert_eq!(desired[0].task, spec.task);
+    let (_, tasks) = server.get("/v2/tasks").await;
+    assert_eq!(tasks["tasks"].as_array().unwrap().len(), 1, "{tasks}");
+    assert_eq!(tasks["tasks"][0]["state"], "TASK_RUNNING");
+
+    let (code, _) = server
+        .send(
+            reqwest::Method::DELETE,
+            "/v2/apps/fib",
+            &json!({}),
+            Some(TOKEN),
+        )
+        .await;
+    assert_eq!(code, 200);
+    assert!(
+        server.heartbeat("node-1", &[running]).await.is_empty(),
+        "deleted app's task leaves the desired set"
+    );
+    server.stop().await;
+
+    let server = Server::start(dir.path()).await;
+    assert_eq!(
+        server.get("/v2/apps/fib").await.0,
+        404,
+        "the delete was persisted"
+    );
+    server.stop().await;
+}

@@ -1,0 +1,633 @@
+//! The node and the router against fake counterparts: a fake control plane (the other
+//! side of the node protocol and of `/v1/services`) and echo servers as app instances.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::{Path as UrlPath, Request, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::Json;
+use protocol::{AgentInfo, LogRecord, ServiceEndpoint, Stream, TaskMeta, TaskSpec, TaskStatus};
+use scheduler::node::{HeartbeatRequest, HeartbeatResponse, Node, NodeConfig};
+use scheduler::router::{Router, RouterConfig};
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+const DEADLINE: Duration = Duration::from_secs(15);
+
+/// Polls `cond` until it holds or the deadline passes.
+async fn eventually<T>(what: &str, mut cond: impl FnMut() -> Option<T>) -> T {
+    let end = Instant::now() + DEADLINE;
+    loop {
+        if let Some(v) = cond() {
+            return v;
+        }
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn serve(app: axum::Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+        .unwrap();
+    });
+    addr
+}
+
+// ---------------------------------------------------------------------------------
+// Fake control plane for the node
+
+#[derive(Default)]
+struct Plane {
+    registrations: Vec<AgentInfo>,
+    known: bool,
+    desired: Vec<TaskSpec>,
+    heartbeats: u64,
+    last: Vec<TaskStatus>,
+    /// Every status ever reported, in order.
+    reports: Vec<TaskStatus>,
+}
+
+type Shared = Arc<Mutex<Plane>>;
+
+async fn register(State(p): State<Shared>, Json(info): Json<AgentInfo>) -> impl IntoResponse {
+    let mut p = p.lock().unwrap();
+    p.registrations.push(info);
+    p.known = true;
+    Json(json!({}))
+}
+
+async fn heartbeat(
+    State(p): State<Shared>,
+    UrlPath(name): UrlPath<String>,
+    Json(hb): Json<HeartbeatRequest>,
+) -> axum::response::Response {
+    let mut p = p.lock().unwrap();
+    if !p.known || name != "node-1" {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    p.heartbeats += 1;
+    p.reports.extend(hb.tasks.iter().cloned());
+    p.last = hb.tasks;
+    Json(HeartbeatResponse {
+        tasks: p.desired.clone(),
+    })
+    .into_response()
+}
+
+async fn fake_plane() -> (Shared, String) {
+    let shared = Shared::default();
+    let app = axum::Router::new()
+        .route("/v1/agents/register", post(register))
+        .route("/v1/agents/{name}/heartbeat", post(heartbeat))
+        .with_state(shared.clone());
+    let addr = serve(app).await;
+    (shared, format!("http://{addr}"))
+}
+
+fn spec(app: &str, task: &str, cmd: &str, port_count: u16) -> TaskSpec {
+    TaskSpec {
+        app: app.into(),
+        task: task.into(),
+        instance: 1,
+        cmd: cmd.into(),
+        env: BTreeMap::from([("GREETING".to_string(), "hi there".to_string())]),
+        port_count,
+    }
+}
+
+/// Alive = exists and is not a zombie (a reparented child may linger unreaped in a
+/// container without an init).
+fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            let state = stat.rsplit(')').next().unwrap_or("").trim_start();
+            !state.starts_with('Z') && !state.starts_with('X')
+        }
+        Err(_) => false,
+    }
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+fn read_pid(path: &Path) -> Option<i32> {
+    read(path).trim().parse().ok()
+}
+
+fn status_of(p: &Plane, task: &str, state: &str) -> Option<TaskStatus> {
+    p.reports
+        .iter()
+        .find(|s| s.task == task && s.state == state)
+        .cloned()
+}
+
+#[tokio::test]
+async fn node_runs_desired_tasks_in_sandboxes_and_reports_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let (plane, url) = fake_plane().await;
+    let mut cfg = NodeConfig::new("node-1", dir.path(), &url);
+    cfg.heartbeat_interval = Duration::from_millis(50);
+    cfg.kill_grace = Duration::from_secs(2);
+    cfg.router_url = "http://127.0.0.1:9".into();
+    cfg.token = Some("secret".into());
+    let node = Arc::new(Node::new(cfg).unwrap());
+
+    let web_cmd = "echo hello; echo oops >&2; \
+        echo \"$PORT0 $PORT1 $PORT $PORTS $SANDTRAIL_TASK_ID $SANDTRAIL_APP_ID $MARATHON_APP_ID $MESOS_TASK_ID $SANDTRAIL_HOST $HOST $SANDTRAIL_ROUTER $GREETING\" > env.txt; \
+        echo \"[$SANDTRAIL_TOKEN]\" >> env.txt; \
+        echo $$ > sh.pid; sleep 300 & echo $! > child.pid; wait";
+    plane.lock().unwrap().desired = vec![
+        spec("web", "web.1", web_cmd, 2),
+        spec("bad", "bad.1", "echo run >> runs; exit 3", 0),
+        spec("ok", "ok.1", "true", 0),
+        spec("evil", "../../escape", "echo pwned > pwned", 0),
+    ];
+
+    let cancel = CancellationToken::new();
+    let runner = {
+        let (node, cancel) = (node.clone(), cancel.clone());
+        tokio::spawn(async move { node.run(cancel).await })
+    };
+
+    let sandbox = dir.path().join("sandboxes/web/web.1");
+    eventually("stdout and stderr", || {
+        (read(&sandbox.join("stdout")) == "hello\n" && read(&sandbox.join("stderr")) == "oops\n")
+            .then_some(())
+    })
+    .await;
+    let meta: TaskMeta =
+        serde_json::from_str(&read(&sandbox.join("task.json"))).expect("task.json parses");
+    assert_eq!(
+        (
+            meta.host.as_str(),
+            meta.app.as_str(),
+            meta.task.as_str(),
+            meta.instance
+        ),
+        ("node-1", "web", "web.1", 1)
+    );
+    assert_eq!(meta.ports.len(), 2);
+    assert_ne!(meta.ports[0], meta.ports[1]);
+    let env = eventually("env.txt", || {
+        let e = read(&sandbox.join("env.txt"));
+        e.lines().count().eq(&2).then_some(e)
+    })
+    .await;
+    let (p0, p1) = (meta.ports[0], meta.ports[1]);
+    let sandbox_abs = std::path::absolute(&sandbox).unwrap();
+    assert_eq!(
+        env,
+        format!(
+            "{p0} {p1} {p0} {p0},{p1} web.1 web /web web.1 node-1 127.0.0.1 http://127.0.0.1:9 hi there\n[]\n"
+        ),
+        "env of the task in {}",
+        sandbox_abs.display()
+    );
+
+    // Reported running with its ports.
+    eventually("web.1 running", || {
+        let p = plane.lock().unwrap();
+        p.last
+            .iter()
+            .find(|s| s.task == "web.1" && s.state == "TASK_RUNNING" && s.ports == meta.ports)
+            .cloned()
+    })
+    .await;
+    let reg = plane.lock().unwrap().registrations[0].clone();
+    assert_eq!(
+        (reg.name.as_str(), reg.address.as_str()),
+        ("node-1", "127.0.0.1")
+    );
+    assert_eq!(reg.router_url, "http://127.0.0.1:9");
+
+    // Exit codes.
+    let failed = eventually("bad.1 failed", || {
+        status_of(&plane.lock().unwrap(), "bad.1", "TASK_FAILED")
+    })
+    .await;
+    assert_eq!(failed.exit_code, Some(3));
+    let finished = eventually("ok.1 finished", || {
+        status_of(&plane.lock().unwrap(), "ok.1", "TASK_FINISHED")
+    })
+    .await;
+    assert_eq!(finished.exit_code, Some(0));
+    // A sandbox that would escape is refused, reported, and nothing is written.
+    let evil = eventually("evil refused", || {
+        status_of(&plane.lock().unwrap(), "../../escape", "TASK_FAILED")
+    })
+    .await;
+    assert!(evil.message.unwrap().contains("cannot name a sandbox"));
+    assert!(!dir.path().join("pwned").exists() && !dir.path().join("../pwned").exists());
+
+    // An exit stays reported until a heartbeat acknowledged it, then it is dropped, and
+    // a task id still listed as desired is not started a second time.
+    let seen = plane.lock().unwrap().heartbeats;
+    eventually("a few more heartbeats", || {
+        let p = plane.lock().unwrap();
+        (p.heartbeats >= seen + 5).then_some(())
+    })
+    .await;
+    {
+        let p = plane.lock().unwrap();
+        assert!(!p.last.iter().any(|s| s.task == "bad.1"), "{:?}", p.last);
+    }
+    assert_eq!(read(&dir.path().join("sandboxes/bad/bad.1/runs")), "run\n");
+
+    // Removing web.1 from the desired set kills its whole process group.
+    let sh = eventually("sh.pid", || read_pid(&sandbox.join("sh.pid"))).await;
+    let child = eventually("child.pid", || read_pid(&sandbox.join("child.pid"))).await;
+    assert!(alive(sh) && alive(child));
+    plane.lock().unwrap().desired.retain(|s| s.task != "web.1");
+    let killed = eventually("web.1 killed", || {
+        status_of(&plane.lock().unwrap(), "web.1", "TASK_KILLED")
+    })
+    .await;
+    assert!(killed.exit_code.is_some());
+    eventually("group gone", || (!alive(sh) && !alive(child)).then_some(())).await;
+
+    // The agent forgotten by the scheduler (404 on heartbeat) registers again.
+    plane.lock().unwrap().known = false;
+    eventually("re-registration", || {
+        (plane.lock().unwrap().registrations.len() >= 2).then_some(())
+    })
+    .await;
+
+    // Shutdown kills what still runs and returns once it is reaped.
+    plane.lock().unwrap().desired.push(spec(
+        "late",
+        "late.1",
+        "echo $$ > sh.pid; trap '' TERM; sleep 300 & echo $! > child.pid; wait",
+        0,
+    ));
+    let late = dir.path().join("sandboxes/late/late.1");
+    let (lsh, lchild) = eventually("late.1 started", || {
+        Some((
+            read_pid(&late.join("sh.pid"))?,
+            read_pid(&late.join("child.pid"))?,
+        ))
+    })
+    .await;
+    let metrics = node.metrics();
+    assert!(
+        metrics.contains("sandtrail_node_tasks_running{node=\"node-1\"} 1"),
+        "{metrics}"
+    );
+    cancel.cancel();
+    tokio::time::timeout(DEADLINE, runner)
+        .await
+        .expect("node stops in time")
+        .unwrap()
+        .unwrap();
+    assert!(
+        !alive(lsh) && !alive(lchild),
+        "shutdown leaves no process behind"
+    );
+}
+
+// ---------------------------------------------------------------------------------
+// Router
+
+async fn echo(State(name): State<&'static str>, req: Request) -> Json<Value> {
+    let (traceparent, request_id, caller) = {
+        let header = |n: &str| {
+            req.headers()
+                .get(n)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        (
+            header("traceparent"),
+            header("x-request-id"),
+            header("x-sandtrail-caller"),
+        )
+    };
+    let path = req.uri().path_and_query().map(|p| p.to_string());
+    let method = req.method().to_string();
+    let body = axum::body::to_bytes(req.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    Json(json!({
+        "name": name,
+        "traceparent": traceparent,
+        "request_id": request_id,
+        "caller_header": caller,
+        "path": path,
+        "method": method,
+        "body": String::from_utf8_lossy(&body),
+    }))
+}
+
+async fn services(
+    State(eps): State<Arc<BTreeMap<String, Vec<ServiceEndpoint>>>>,
+    UrlPath(app): UrlPath<String>,
+) -> axum::response::Response {
+    match eps.get(&app) {
+        Some(list) => Json(list.clone()).into_response(),
+        None => (StatusCode::NOT_FOUND, "unknown app").into_response(),
+    }
+}
+
+fn endpoint(app: &str, task: &str, host: &str, addr: SocketAddr) -> ServiceEndpoint {
+    ServiceEndpoint {
+        app: app.into(),
+        task: task.into(),
+        host: host.into(),
+        address: addr.ip().to_string(),
+        port: addr.port(),
+    }
+}
+
+struct RouterFixture {
+    router: Router,
+    base: String,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+async fn router_fixture() -> RouterFixture {
+    let a = serve(axum::Router::new().fallback(echo).with_state("up-a")).await;
+    let b = serve(axum::Router::new().fallback(echo).with_state("up-b")).await;
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let eps = BTreeMap::from([
+        (
+            "echo".to_string(),
+            vec![
+                endpoint("echo", "echo.a", "node-a", a),
+                endpoint("echo", "echo.b", "node-b", b),
+            ],
+        ),
+        (
+            "half".to_string(),
+            vec![
+                endpoint("half", "half.dead", "node-x", dead),
+                endpoint("half", "half.live", "node-a", a),
+            ],
+        ),
+        ("empty".to_string(), vec![]),
+    ]);
+    let plane = serve(
+        axum::Router::new()
+            .route("/v1/services/{app}", get(services))
+            .with_state(Arc::new(eps)),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("router/access.log");
+    let router = Router::new(RouterConfig::new("r1", format!("http://{plane}"), &log)).unwrap();
+    let addr = serve(router.axum_router()).await;
+    RouterFixture {
+        router,
+        base: format!("http://{addr}"),
+        log,
+        _dir: dir,
+    }
+}
+
+struct Answer {
+    status: u16,
+    trace_header: Option<String>,
+    body: Value,
+}
+
+async fn call(base: &str, path: &str, headers: &[(&str, &str)]) -> Answer {
+    let client = reqwest::Client::new();
+    let mut req = client.get(format!("{base}{path}"));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let trace_header = resp
+        .headers()
+        .get(protocol::TRACE_ID_HEADER)
+        .map(|v| v.to_str().unwrap().to_string());
+    let text = resp.text().await.unwrap_or_default();
+    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    Answer {
+        status,
+        trace_header,
+        body,
+    }
+}
+
+/// (trace, span) of the traceparent the upstream saw.
+fn seen_traceparent(body: &Value) -> (String, String) {
+    let tp = body["traceparent"]
+        .as_str()
+        .unwrap_or_else(|| panic!("upstream saw no traceparent: {body}"));
+    let parts: Vec<&str> = tp.split('-').collect();
+    assert_eq!(parts.len(), 4, "{tp}");
+    assert_eq!((parts[0], parts[3]), ("00", "01"), "{tp}");
+    (parts[1].to_string(), parts[2].to_string())
+}
+
+fn access_records(log: &Path, n: usize) -> Option<Vec<LogRecord>> {
+    let text = read(log);
+    if text.lines().count() < n {
+        return None;
+    }
+    Some(
+        text.lines()
+            .map(|l| serde_json::from_str(l).expect("access line parses"))
+            .collect(),
+    )
+}
+
+#[tokio::test]
+async fn router_spreads_calls_propagates_traces_and_writes_access_records() {
+    let fx = router_fixture().await;
+    let mut calls = 0;
+
+    // Spread across both instances; each call gets its own trace.
+    let mut names = Vec::new();
+    let mut traces = Vec::new();
+    for i in 0..4 {
+        let a = call(&fx.base, &format!("/echo/hi/{i}?x=1"), &[]).await;
+        calls += 1;
+        assert_eq!(a.status, 200);
+        let (trace, _) = seen_traceparent(&a.body);
+        assert_eq!(a.trace_header.as_deref(), Some(trace.as_str()));
+        assert_eq!(a.body["path"], format!("/hi/{i}?x=1"));
+        names.push(a.body["name"].as_str().unwrap().to_string());
+        traces.push(trace);
+    }
+    assert!(
+        names.iter().any(|n| n == "up-a") && names.iter().any(|n| n == "up-b"),
+        "{names:?}"
+    );
+    traces.dedup();
+    assert_eq!(traces.len(), 4);
+
+    // An incoming traceparent is continued; x-request-id is kept.
+    let (t, s) = ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7");
+    let cont = call(
+        &fx.base,
+        "/echo/",
+        &[
+            ("traceparent", &format!("00-{t}-{s}-01")),
+            ("x-request-id", "req-42"),
+        ],
+    )
+    .await;
+    calls += 1;
+    let (seen_trace, minted) = seen_traceparent(&cont.body);
+    assert_eq!(seen_trace, t);
+    assert_ne!(minted, s);
+    assert_eq!(cont.trace_header.as_deref(), Some(t));
+    assert_eq!(cont.body["request_id"], "req-42");
+    assert_eq!(cont.body["path"], "/");
+
+    // The upstream calls back through the router with the traceparent it received: it
+    // is recognised as the caller from the span map alone.
+    let first_host = if cont.body["name"] == "up-a" {
+        "node-a"
+    } else {
+        "node-b"
+    };
+    let first_task = if cont.body["name"] == "up-a" {
+        "echo.a"
+    } else {
+        "echo.b"
+    };
+    let nested_tp = cont.body["traceparent"].as_str().unwrap().to_string();
+    let nested = call(&fx.base, "/echo/nested", &[("traceparent", &nested_tp)]).await;
+    calls += 1;
+    assert_eq!(nested.status, 200);
+    assert_eq!(seen_traceparent(&nested.body).0, t);
+
+    // A caller that names itself.
+    let named = call(
+        &fx.base,
+        "/echo/named",
+        &[("x-sandtrail-caller", "fib.0f3c")],
+    )
+    .await;
+    calls += 1;
+    assert_eq!(
+        named.body["caller_header"],
+        Value::Null,
+        "caller header is not forwarded"
+    );
+
+    // Unknown app, app without instances, one dead instance.
+    let unknown = call(&fx.base, "/nope/x", &[]).await;
+    calls += 1;
+    assert_eq!(unknown.status, 404);
+    assert!(unknown
+        .trace_header
+        .as_deref()
+        .is_some_and(|t| t.len() == 32));
+    assert!(unknown.body["message"].as_str().unwrap().contains("nope"));
+    let empty = call(&fx.base, "/empty/x", &[]).await;
+    calls += 1;
+    assert_eq!(empty.status, 503);
+    assert!(empty.trace_header.is_some());
+    for _ in 0..4 {
+        let half = call(&fx.base, "/half/x", &[]).await;
+        calls += 1;
+        assert_eq!(half.status, 200, "{}", half.body);
+        assert_eq!(half.body["name"], "up-a");
+    }
+    let metrics = fx.router.metrics();
+    assert!(
+        !metrics.contains("sandtrail_router_retries_total{host=\"r1\"} 0"),
+        "{metrics}"
+    );
+
+    // A POST body reaches the instance.
+    let resp = reqwest::Client::new()
+        .post(format!("{}/echo/post", fx.base))
+        .body("ping")
+        .send()
+        .await
+        .unwrap();
+    calls += 1;
+    let posted: Value = resp.json().await.unwrap();
+    assert_eq!(
+        (posted["method"].as_str(), posted["body"].as_str()),
+        (Some("POST"), Some("ping"))
+    );
+
+    // One access record per call.
+    let recs = eventually("access records", || access_records(&fx.log, calls)).await;
+    fx.router.shutdown().await;
+    assert_eq!(recs.len(), calls);
+    for r in &recs {
+        assert_eq!(r.stream, Stream::Access);
+        assert!(r.latency_ms.unwrap() > 0.0);
+        assert_eq!(r.fields["router_host"], "r1");
+        assert!(r.source.is_empty() && r.offset == 0);
+    }
+    let by_path = |p: &str| -> &LogRecord {
+        recs.iter()
+            .find(|r| r.path.as_deref() == Some(p))
+            .unwrap_or_else(|| panic!("no record for {p}"))
+    };
+    let first = by_path("/echo/hi/0");
+    assert_eq!(first.method.as_deref(), Some("GET"));
+    assert_eq!(first.status, Some(200));
+    assert_eq!(first.app, "echo");
+    assert!(
+        first.host == "node-a" || first.host == "node-b",
+        "{first:?}"
+    );
+    assert_eq!(
+        first.task,
+        if first.host == "node-a" {
+            "echo.a"
+        } else {
+            "echo.b"
+        }
+    );
+    assert_eq!(first.peer_app.as_deref(), Some("external"));
+    assert_eq!(first.peer_host.as_deref(), Some("127.0.0.1"));
+    assert!(first.fields["bytes"].as_u64().unwrap() > 0);
+    assert!(
+        first.msg.starts_with("GET /echo/hi/0 -> 200 node-"),
+        "{}",
+        first.msg
+    );
+
+    let c = by_path("/echo/");
+    assert_eq!(c.trace_id.as_deref(), Some(t));
+    assert_eq!(c.parent_span_id.as_deref(), Some(s));
+    assert_eq!(c.span_id.as_deref(), Some(minted.as_str()));
+
+    let n = by_path("/echo/nested");
+    assert_eq!(n.peer_app.as_deref(), Some("echo"));
+    assert_eq!(n.peer_host.as_deref(), Some(first_host));
+    assert_eq!(n.fields["caller_task"], first_task);
+    assert_eq!(n.parent_span_id.as_deref(), Some(minted.as_str()));
+
+    let named = by_path("/echo/named");
+    assert_eq!(named.peer_app.as_deref(), Some("fib"));
+    assert_eq!(named.fields["caller_task"], "fib.0f3c");
+
+    let u = by_path("/nope/x");
+    assert_eq!(u.status, Some(404));
+    assert_eq!(u.level, Some(protocol::Level::Warn));
+    assert_eq!(u.trace_id, unknown.trace_header);
+    assert_eq!(by_path("/empty/x").level, Some(protocol::Level::Error));
+    let half = by_path("/half/x");
+    assert_eq!(
+        (half.host.as_str(), half.task.as_str()),
+        ("node-a", "half.live")
+    );
+}

@@ -1,0 +1,260 @@
+//! `sandtrail.toml`: one file, a section per part, every key optional.
+//!
+//! Precedence is command-line flag, then `SANDTRAIL_*` environment variable (both via
+//! clap), then this file, then the built-in default, so `sandtrail up` needs no file at
+//! all. Unknown keys are errors, and all of them are reported in one go: a config file is
+//! usually edited by hand, and fixing typos one restart at a time is miserable. That is
+//! why the file is first read as a plain table and checked against the known keys before
+//! serde (whose `deny_unknown_fields` stops at the first one) sees it.
+
+use anyhow::{bail, Context};
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+/// The whole file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub data_dir: Option<PathBuf>,
+    pub token: Option<String>,
+    #[serde(default)]
+    pub up: UpSection,
+    #[serde(default)]
+    pub indexer: IndexerSection,
+    #[serde(default)]
+    pub scheduler: SchedulerSection,
+    #[serde(default)]
+    pub agent: AgentSection,
+    #[serde(default)]
+    pub web: WebSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpSection {
+    pub listen: Option<String>,
+    pub router_listen: Option<String>,
+    pub agents: Option<u32>,
+    pub demo: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IndexerSection {
+    pub listen: Option<String>,
+    /// Cap on the decompressed size of one ingest request.
+    pub max_body_mb: Option<usize>,
+    /// Tantivy writer memory budget.
+    pub writer_memory_mb: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchedulerSection {
+    pub listen: Option<String>,
+    /// Heartbeat silence after which an agent's tasks are marked lost.
+    pub agent_timeout_secs: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentSection {
+    pub name: Option<String>,
+    pub scheduler: Option<String>,
+    pub indexer: Option<String>,
+    pub router_listen: Option<String>,
+    pub address: Option<String>,
+    pub resources: Option<String>,
+    pub attributes: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebSection {
+    pub listen: Option<String>,
+    pub indexer: Option<String>,
+    pub scheduler: Option<String>,
+}
+
+const TOP: &[&str] = &[
+    "data_dir",
+    "token",
+    "up",
+    "indexer",
+    "scheduler",
+    "agent",
+    "web",
+];
+const SECTIONS: &[(&str, &[&str])] = &[
+    ("up", &["listen", "router_listen", "agents", "demo"]),
+    ("indexer", &["listen", "max_body_mb", "writer_memory_mb"]),
+    ("scheduler", &["listen", "agent_timeout_secs"]),
+    (
+        "agent",
+        &[
+            "name",
+            "scheduler",
+            "indexer",
+            "router_listen",
+            "address",
+            "resources",
+            "attributes",
+        ],
+    ),
+    ("web", &["listen", "indexer", "scheduler"]),
+];
+
+/// Every key of `table` that the schema above does not know, as `section.key`.
+fn unknown_keys(table: &toml::Table) -> Vec<String> {
+    let mut bad = Vec::new();
+    for (key, value) in table {
+        if !TOP.contains(&key.as_str()) {
+            bad.push(key.clone());
+            continue;
+        }
+        let Some((_, known)) = SECTIONS.iter().find(|(s, _)| s == key) else {
+            continue;
+        };
+        if let toml::Value::Table(section) = value {
+            for k in section.keys() {
+                if !known.contains(&k.as_str()) {
+                    bad.push(format!("{key}.{k}"));
+                }
+            }
+        }
+    }
+    bad
+}
+
+impl Config {
+    pub fn parse(text: &str, origin: &Path) -> anyhow::Result<Config> {
+        let table: toml::Table = toml::from_str(text)
+            .with_context(|| format!("config {} is not valid TOML", origin.display()))?;
+        let bad = unknown_keys(&table);
+        if !bad.is_empty() {
+            bail!(
+                "config {}: unknown keys {} (known sections: up, indexer, scheduler, agent, web)",
+                origin.display(),
+                bad.join(", ")
+            );
+        }
+        toml::from_str(text).with_context(|| format!("config {}", origin.display()))
+    }
+
+    /// Loads `path` if given (it must exist), else `./sandtrail.toml` if present, else
+    /// the defaults.
+    pub fn load(path: Option<&Path>) -> anyhow::Result<Config> {
+        let (path, required) = match path {
+            Some(p) => (p.to_path_buf(), true),
+            None => (PathBuf::from("sandtrail.toml"), false),
+        };
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Config::parse(&text, &path),
+            Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => {
+                Ok(Config::default())
+            }
+            Err(e) => Err(e).with_context(|| format!("cannot read config {}", path.display())),
+        }
+    }
+}
+
+/// Parses `cpus:4;mem:8192` into a map; every bad pair is named.
+pub fn parse_resources(s: &str) -> anyhow::Result<std::collections::BTreeMap<String, f64>> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut bad = Vec::new();
+    for pair in s.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+        match pair
+            .split_once(':')
+            .map(|(k, v)| (k.trim(), v.trim().parse::<f64>()))
+        {
+            Some((k, Ok(v))) if !k.is_empty() && v >= 0.0 => {
+                out.insert(k.to_string(), v);
+            }
+            _ => bad.push(pair.to_string()),
+        }
+    }
+    if !bad.is_empty() {
+        bail!(
+            "invalid resources {}: expected name:number pairs separated by ';', like cpus:4;mem:8192",
+            bad.join(", ")
+        );
+    }
+    Ok(out)
+}
+
+/// Parses `rack:a;zone:1` into a map; every bad pair is named.
+pub fn parse_attributes(s: &str) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut bad = Vec::new();
+    for pair in s.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+        match pair.split_once(':') {
+            Some((k, v)) if !k.trim().is_empty() => {
+                out.insert(k.trim().to_string(), v.trim().to_string());
+            }
+            _ => bad.push(pair.to_string()),
+        }
+    }
+    if !bad.is_empty() {
+        bail!(
+            "invalid attributes {}: expected name:value pairs separated by ';', like rack:a;zone:1",
+            bad.join(", ")
+        );
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = Config::parse("", Path::new("t.toml")).unwrap();
+        assert!(c.data_dir.is_none() && c.up.listen.is_none());
+    }
+
+    #[test]
+    fn known_keys_parse() {
+        let c = Config::parse(
+            "data_dir = \"/x\"\n[up]\nagents = 5\n[indexer]\nmax_body_mb = 8\n",
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.up.agents, Some(5));
+        assert_eq!(c.indexer.max_body_mb, Some(8));
+        assert_eq!(c.data_dir.as_deref(), Some(Path::new("/x")));
+    }
+
+    #[test]
+    fn every_unknown_key_is_reported_at_once() {
+        let err = Config::parse(
+            "dta_dir = 1\n[up]\nagnets = 5\n[indexr]\nx = 1\n[web]\nlisten = \"a\"\nport = 1\n",
+            Path::new("t.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        for key in ["dta_dir", "up.agnets", "indexr", "web.port"] {
+            assert!(err.contains(key), "{key} missing from {err}");
+        }
+    }
+
+    #[test]
+    fn wrong_type_is_an_error() {
+        let err = Config::parse("[up]\nagents = \"three\"\n", Path::new("t.toml")).unwrap_err();
+        assert!(format!("{err:#}").contains("agents"), "{err:#}");
+    }
+
+    #[test]
+    fn resources_and_attributes_parse_and_report_bad_pairs() {
+        let r = parse_resources("cpus:4; mem:8192").unwrap();
+        assert_eq!(r["cpus"], 4.0);
+        assert_eq!(r["mem"], 8192.0);
+        let err = parse_resources("cpus:x;mem;disk:1")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cpus:x") && err.contains("mem"), "{err}");
+        let a = parse_attributes("rack:a;zone:1").unwrap();
+        assert_eq!(a["rack"], "a");
+        assert!(parse_attributes(":a").is_err());
+    }
+}

@@ -1,0 +1,194 @@
+//! The one `sandtrail` binary: every service of the cluster (`up` runs them all in one
+//! process, the others run one part each, so they can live on separate hosts), the
+//! small command-line clients, and the demo app.
+//!
+//! Only wiring lives here: parsing flags and config, opening each part, putting their
+//! HTTP routers on listeners, and shutting them down in the order that loses nothing
+//! (tasks first, then the shippers' last batches, then the indexer's commit).
+
+mod client;
+mod config;
+mod demo;
+mod serve;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "sandtrail",
+    version,
+    about = "Log shipping, search and a small cluster scheduler in one binary"
+)]
+struct Cli {
+    /// Config file (default: ./sandtrail.toml when present).
+    #[arg(long, global = true, env = "SANDTRAIL_CONFIG")]
+    config: Option<PathBuf>,
+    /// Cluster token the parts authenticate to each other with.
+    #[arg(long, global = true, env = "SANDTRAIL_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Scheduler, indexer, web UI, router and local agents in one process, with a demo app.
+    Up(UpArgs),
+    /// The control plane alone (Marathon-style API, agent endpoints, services).
+    Scheduler(SchedulerArgs),
+    /// The indexer alone (ingest, search, tail).
+    Indexer(IndexerArgs),
+    /// The web UI alone, talking to an indexer and a scheduler over HTTP.
+    Web(WebArgs),
+    /// One host: runs tasks, ships their logs, routes their calls.
+    Agent(AgentArgs),
+    /// Deploy an app from a Marathon-style JSON file.
+    Deploy {
+        file: PathBuf,
+        #[command(flatten)]
+        server: client::ServerArgs,
+    },
+    /// List apps and their tasks.
+    Apps {
+        #[command(flatten)]
+        server: client::ServerArgs,
+    },
+    /// Search logs, newest first.
+    Search {
+        query: String,
+        /// How far back to look: 5m, 15m, 1h, 24h, 7d.
+        #[arg(long, default_value = "15m")]
+        since: String,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[command(flatten)]
+        server: client::ServerArgs,
+    },
+    /// Follow the logs of one app's instances live.
+    Tail {
+        app: String,
+        #[command(flatten)]
+        server: client::ServerArgs,
+    },
+    /// Show the hops of one call and the lines logged under its trace id.
+    Trace {
+        id: String,
+        #[command(flatten)]
+        server: client::ServerArgs,
+    },
+    /// The demo app: fib(n) computed by calling itself through the router.
+    DemoFib,
+}
+
+#[derive(Args, Debug)]
+pub struct UpArgs {
+    /// Where every part keeps its state.
+    #[arg(long, env = "SANDTRAIL_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// UI and all HTTP APIs (default 127.0.0.1:7070).
+    #[arg(long, env = "SANDTRAIL_LISTEN")]
+    pub listen: Option<String>,
+    /// The router apps call each other through (default 127.0.0.1:7080).
+    #[arg(long, env = "SANDTRAIL_ROUTER_LISTEN")]
+    pub router_listen: Option<String>,
+    /// How many local agents (hosts) to start (default 3).
+    #[arg(long, env = "SANDTRAIL_AGENTS")]
+    pub agents: Option<u32>,
+    /// Do not deploy the demo app.
+    #[arg(long)]
+    pub no_demo: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct SchedulerArgs {
+    #[arg(long, env = "SANDTRAIL_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Default 127.0.0.1:7071.
+    #[arg(long, env = "SANDTRAIL_LISTEN")]
+    pub listen: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct IndexerArgs {
+    #[arg(long, env = "SANDTRAIL_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Default 127.0.0.1:7072.
+    #[arg(long, env = "SANDTRAIL_LISTEN")]
+    pub listen: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct WebArgs {
+    /// Default 127.0.0.1:7070.
+    #[arg(long, env = "SANDTRAIL_LISTEN")]
+    pub listen: Option<String>,
+    #[arg(long, env = "SANDTRAIL_INDEXER")]
+    pub indexer: Option<String>,
+    #[arg(long, env = "SANDTRAIL_SCHEDULER")]
+    pub scheduler: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct AgentArgs {
+    #[arg(long, env = "SANDTRAIL_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Host name used on every record and by the scheduler (default: the machine's).
+    #[arg(long, env = "SANDTRAIL_NAME")]
+    pub name: Option<String>,
+    #[arg(long, env = "SANDTRAIL_SCHEDULER")]
+    pub scheduler: Option<String>,
+    #[arg(long, env = "SANDTRAIL_INDEXER")]
+    pub indexer: Option<String>,
+    /// Router, /healthz and /metrics of this agent (default 127.0.0.1:7080).
+    #[arg(long, env = "SANDTRAIL_ROUTER_LISTEN")]
+    pub router_listen: Option<String>,
+    /// Address other hosts reach this host's tasks at (default 127.0.0.1).
+    #[arg(long, env = "SANDTRAIL_ADDRESS")]
+    pub address: Option<String>,
+    /// Declared resources, like cpus:4;mem:8192.
+    #[arg(long, env = "SANDTRAIL_RESOURCES")]
+    pub resources: Option<String>,
+    /// Attributes for constraints, like rack:a;zone:1.
+    #[arg(long, env = "SANDTRAIL_ATTRIBUTES")]
+    pub attributes: Option<String>,
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("SANDTRAIL_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info,tantivy=warn,hyper=warn,reqwest=warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    if !matches!(cli.command, Command::DemoFib) {
+        init_tracing();
+    }
+    let cfg = config::Config::load(cli.config.as_deref())?;
+    let token = cli.token.clone().or_else(|| cfg.token.clone());
+    match cli.command {
+        Command::Up(args) => serve::up(args, cfg, token).await,
+        Command::Scheduler(args) => serve::scheduler(args, cfg, token).await,
+        Command::Indexer(args) => serve::indexer(args, cfg, token).await,
+        Command::Web(args) => serve::web(args, cfg).await,
+        Command::Agent(args) => serve::agent(args, cfg, token).await,
+        Command::Deploy { file, server } => client::deploy(&server, token, &file).await,
+        Command::Apps { server } => client::apps(&server).await,
+        Command::Search {
+            query,
+            since,
+            limit,
+            server,
+        } => client::search(&server, &query, &since, limit).await,
+        Command::Tail { app, server } => client::tail(&server, &app).await,
+        Command::Trace { id, server } => client::trace(&server, &id).await,
+        Command::DemoFib => demo::fib().await.context("demo-fib"),
+    }
+}

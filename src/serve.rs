@@ -1,0 +1,554 @@
+//! Running the services: `up` (everything in one process) and each part on its own.
+//!
+//! Every part exposes an axum router without `/healthz` and `/metrics`; this module
+//! adds those and merges the routers that share a listener. Shutdown runs in stages,
+//! because the order is what keeps the "nothing lost" promise: first the nodes stop
+//! their tasks (so no new lines appear) and the routers finish their access records,
+//! then the shippers send what they have read, then the HTTP servers stop and the
+//! indexer commits.
+
+use crate::config::{self, Config};
+use crate::{AgentArgs, IndexerArgs, SchedulerArgs, UpArgs, WebArgs};
+use anyhow::{bail, Context};
+use axum::routing::get;
+use axum::Router;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+const DEFAULT_DATA_DIR: &str = "./.sandtrail";
+
+/// A `/metrics` source: each part renders its own Prometheus text.
+type MetricsFn = Arc<dyn Fn() -> String + Send + Sync>;
+
+/// Adds `/healthz` and `/metrics` to a merged router.
+fn with_ops(router: Router, metrics: Vec<MetricsFn>) -> Router {
+    router.route("/healthz", get(|| async { "ok\n" })).route(
+        "/metrics",
+        get(move || {
+            let metrics = metrics.clone();
+            async move {
+                let text: String = metrics.iter().map(|m| m()).collect();
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4",
+                    )],
+                    text,
+                )
+            }
+        }),
+    )
+}
+
+async fn bind(addr: &str) -> anyhow::Result<(TcpListener, String)> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    let url = format!("http://{}", listener.local_addr()?);
+    Ok((listener, url))
+}
+
+fn serve_http(
+    listener: TcpListener,
+    router: Router,
+    cancel: CancellationToken,
+) -> JoinHandle<anyhow::Result<()>> {
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move { cancel.cancelled().await })
+        .await
+        .context("http server")
+    })
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler installs");
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term.recv() => {},
+    }
+    info!("shutdown requested");
+}
+
+/// Awaits a stage's tasks, logging (not propagating) their failures so the later
+/// stages still run.
+async fn join_all<T>(stage: &str, handles: Vec<JoinHandle<anyhow::Result<T>>>) {
+    for h in handles {
+        match h.await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => warn!(stage, error = %format!("{e:#}"), "part stopped with an error"),
+            Err(e) => warn!(stage, error = %e, "part panicked"),
+        }
+    }
+}
+
+fn spawn_part<F>(fut: F) -> JoinHandle<anyhow::Result<()>>
+where
+    F: Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    tokio::spawn(fut)
+}
+
+fn data_dir(flag: Option<PathBuf>, cfg: &Config) -> PathBuf {
+    flag.or_else(|| cfg.data_dir.clone())
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR))
+}
+
+/// The token `up` uses when none is configured: made once per data dir and kept in
+/// `<data-dir>/token`, so the command-line clients and a restarted `up` agree on it.
+fn local_token(data_dir: &Path) -> anyhow::Result<String> {
+    let path = data_dir.join("token");
+    if let Ok(t) = std::fs::read_to_string(&path) {
+        let t = t.trim().to_string();
+        if !t.is_empty() {
+            return Ok(t);
+        }
+    }
+    let token = format!("{:032x}", rand_u128());
+    std::fs::write(&path, format!("{token}\n"))
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(token)
+}
+
+fn rand_u128() -> u128 {
+    // Good enough for a local, per-data-dir secret; no extra crate for it.
+    use std::hash::{BuildHasher, Hasher};
+    let mut out = 0u128;
+    for i in 0..2 {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos(),
+        );
+        h.write_u32(std::process::id());
+        out |= (h.finish() as u128) << (64 * i);
+    }
+    out
+}
+
+fn indexer_config(dir: PathBuf, cfg: &Config, token: Option<String>) -> indexer::IndexerConfig {
+    let mut c = indexer::IndexerConfig {
+        data_dir: dir,
+        token,
+        ..Default::default()
+    };
+    if let Some(mb) = cfg.indexer.max_body_mb {
+        c.max_body_bytes = mb << 20;
+    }
+    if let Some(mb) = cfg.indexer.writer_memory_mb {
+        c.writer_memory_bytes = mb << 20;
+    }
+    c
+}
+
+fn scheduler_config(
+    dir: PathBuf,
+    cfg: &Config,
+    token: Option<String>,
+) -> scheduler::SchedulerConfig {
+    let mut c = scheduler::SchedulerConfig {
+        data_dir: dir,
+        token,
+        ..Default::default()
+    };
+    if let Some(s) = cfg.scheduler.agent_timeout_secs {
+        c.agent_timeout = Duration::from_secs(s);
+    }
+    c
+}
+
+/// One host's worth of parts: the node running tasks, the shipper, and a router.
+struct HostParts {
+    node: scheduler::node::Node,
+    shipper: agent::Shipper,
+}
+
+struct HostSpec {
+    name: String,
+    work_dir: PathBuf,
+    scheduler_url: String,
+    indexer_url: String,
+    address: String,
+    router_url: String,
+    token: Option<String>,
+    resources: std::collections::BTreeMap<String, f64>,
+    attributes: std::collections::BTreeMap<String, String>,
+}
+
+fn host_parts(spec: &HostSpec) -> anyhow::Result<HostParts> {
+    std::fs::create_dir_all(&spec.work_dir)
+        .with_context(|| format!("cannot create {}", spec.work_dir.display()))?;
+    let mut node_cfg = scheduler::node::NodeConfig::new(
+        spec.name.clone(),
+        spec.work_dir.clone(),
+        spec.scheduler_url.clone(),
+    );
+    node_cfg.address = spec.address.clone();
+    node_cfg.router_url = spec.router_url.clone();
+    node_cfg.token = spec.token.clone();
+    node_cfg.resources = spec.resources.clone();
+    node_cfg.attributes = spec.attributes.clone();
+    let node = scheduler::node::Node::new(node_cfg)?;
+    let shipper = agent::Shipper::new(agent::ShipperConfig {
+        host: spec.name.clone(),
+        work_dir: spec.work_dir.clone(),
+        indexer_url: spec.indexer_url.clone(),
+        token: spec.token.clone(),
+        ..Default::default()
+    })?;
+    Ok(HostParts { node, shipper })
+}
+
+fn router_for(spec: &HostSpec) -> anyhow::Result<scheduler::router::Router> {
+    let mut cfg = scheduler::router::RouterConfig::new(
+        spec.name.clone(),
+        spec.scheduler_url.clone(),
+        spec.work_dir.join("router").join("access.log"),
+    );
+    cfg.token = spec.token.clone();
+    Ok(scheduler::router::Router::new(cfg)?)
+}
+
+pub async fn up(args: UpArgs, cfg: Config, token: Option<String>) -> anyhow::Result<()> {
+    let dir = data_dir(args.data_dir, &cfg);
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let token = match token {
+        Some(t) => t,
+        None => local_token(&dir)?,
+    };
+    let listen = args
+        .listen
+        .or(cfg.up.listen.clone())
+        .unwrap_or_else(|| "127.0.0.1:7070".into());
+    let router_listen = args
+        .router_listen
+        .or(cfg.up.router_listen.clone())
+        .unwrap_or_else(|| "127.0.0.1:7080".into());
+    let agents = args.agents.or(cfg.up.agents).unwrap_or(3);
+    if agents == 0 {
+        bail!("--agents 0: expected at least one agent to run tasks on");
+    }
+    let demo = !args.no_demo && cfg.up.demo.unwrap_or(true);
+
+    let (listener, url) = bind(&listen).await?;
+    let (router_listener, router_url) = bind(&router_listen).await?;
+
+    let indexer = tokio::task::spawn_blocking({
+        let c = indexer_config(dir.join("indexer"), &cfg, Some(token.clone()));
+        move || indexer::Indexer::open(c)
+    })
+    .await??;
+    let sched =
+        scheduler::Scheduler::open(scheduler_config(dir.clone(), &cfg, Some(token.clone())))?;
+
+    let hosts: Vec<HostSpec> = (1..=agents)
+        .map(|i| HostSpec {
+            name: format!("node-{i}"),
+            work_dir: dir.join(format!("node-{i}")),
+            scheduler_url: url.clone(),
+            indexer_url: url.clone(),
+            address: "127.0.0.1".into(),
+            router_url: router_url.clone(),
+            token: Some(token.clone()),
+            resources: Default::default(),
+            attributes: Default::default(),
+        })
+        .collect();
+    // One router stands for all local hosts: tasks on every node get the same
+    // SANDTRAIL_ROUTER, and its access records are shipped by the first node.
+    let router = router_for(&hosts[0])?;
+    let parts: Vec<HostParts> = hosts
+        .iter()
+        .map(host_parts)
+        .collect::<anyhow::Result<_>>()?;
+
+    let http_cancel = CancellationToken::new();
+    let web = web::Web::new(web::WebConfig {
+        indexer_url: url.clone(),
+        scheduler_url: url.clone(),
+    })
+    .with_token(Some(token.clone()))
+    .with_shutdown(http_cancel.clone());
+    let metrics: Vec<MetricsFn> = {
+        let (i, s) = (indexer.clone(), sched.clone());
+        let mut m: Vec<MetricsFn> =
+            vec![Arc::new(move || i.metrics()), Arc::new(move || s.metrics())];
+        for p in &parts {
+            let sh = p.shipper.clone();
+            m.push(Arc::new(move || sh.metrics()));
+        }
+        m
+    };
+    let app = with_ops(
+        indexer::router(indexer.clone())
+            .merge(scheduler::router(sched.clone()))
+            .merge(web.router()),
+        metrics,
+    );
+
+    let tasks_cancel = CancellationToken::new();
+    let ship_cancel = CancellationToken::new();
+    let sched_cancel = CancellationToken::new();
+
+    let http = serve_http(listener, app, http_cancel.clone());
+    let router_metrics: Vec<MetricsFn> = {
+        let r = router.clone();
+        vec![Arc::new(move || r.metrics())]
+    };
+    let router_http = serve_http(
+        router_listener,
+        with_ops(router.axum_router(), router_metrics),
+        tasks_cancel.clone(),
+    );
+    let sched_loop = sched.spawn(sched_cancel.clone());
+
+    let mut node_handles = Vec::new();
+    let mut ship_handles = Vec::new();
+    for p in parts {
+        let (node, c) = (p.node, tasks_cancel.clone());
+        node_handles.push(spawn_part(async move { Ok(node.run(c).await?) }));
+        let (shipper, c) = (p.shipper, ship_cancel.clone());
+        ship_handles.push(spawn_part(async move { Ok(shipper.run(c).await?) }));
+    }
+
+    println!(
+        "sandtrail is up with {agents} agents (data in {})",
+        dir.display()
+    );
+    println!("  web UI:    {url}/");
+    println!("  search:    {url}/?q=app:fib");
+    println!("  tail:      {url}/tail/fib");
+    println!("  apps:      {url}/apps");
+    println!("  router:    {router_url}   (apps call apps at /<app>/...)");
+    println!("  APIs:      {url}/api/v1/search  {url}/v2/apps");
+    println!("  token:     {}", dir.join("token").display());
+
+    if demo {
+        let (url, token) = (url.clone(), token.clone());
+        tokio::spawn(async move {
+            match crate::demo::deploy_demo(&url, &token, agents as usize).await {
+                Ok(()) => println!("  demo app fib deployed: curl {router_url}/fib/15"),
+                Err(e) => warn!(error = %format!("{e:#}"), "demo app could not be deployed"),
+            }
+        });
+    }
+
+    shutdown_signal().await;
+    tasks_cancel.cancel();
+    join_all("nodes", node_handles).await;
+    join_all("router", vec![router_http]).await;
+    router.shutdown().await;
+    ship_cancel.cancel();
+    join_all("shippers", ship_handles).await;
+    sched_cancel.cancel();
+    let _ = sched_loop.await;
+    http_cancel.cancel();
+    // Before awaiting the server: open tail streams only end when the indexer shuts
+    // down, and the server's graceful stop waits for them. The shippers are done, so
+    // no ingest of ours is in flight.
+    indexer.shutdown().await;
+    join_all("http", vec![http]).await;
+    info!("stopped");
+    Ok(())
+}
+
+pub async fn scheduler(
+    args: SchedulerArgs,
+    cfg: Config,
+    token: Option<String>,
+) -> anyhow::Result<()> {
+    let dir = data_dir(args.data_dir, &cfg);
+    let listen = args
+        .listen
+        .or(cfg.scheduler.listen.clone())
+        .unwrap_or_else(|| "127.0.0.1:7071".into());
+    if token.is_none() {
+        warn!("no cluster token configured: the write API and agent endpoints are open");
+    }
+    let sched = scheduler::Scheduler::open(scheduler_config(dir, &cfg, token))?;
+    let (listener, url) = bind(&listen).await?;
+    let s = sched.clone();
+    let app = with_ops(
+        scheduler::router(sched.clone()),
+        vec![Arc::new(move || s.metrics())],
+    );
+    let cancel = CancellationToken::new();
+    let http = serve_http(listener, app, cancel.clone());
+    let sched_loop = sched.spawn(cancel.clone());
+    info!(url = %url, "scheduler listening");
+    println!("scheduler: {url}");
+    shutdown_signal().await;
+    cancel.cancel();
+    join_all("http", vec![http]).await;
+    let _ = sched_loop.await;
+    Ok(())
+}
+
+pub async fn indexer(args: IndexerArgs, cfg: Config, token: Option<String>) -> anyhow::Result<()> {
+    let dir = data_dir(args.data_dir, &cfg);
+    let listen = args
+        .listen
+        .or(cfg.indexer.listen.clone())
+        .unwrap_or_else(|| "127.0.0.1:7072".into());
+    if token.is_none() {
+        warn!("no cluster token configured: ingest is open to anyone who can reach it");
+    }
+    let c = indexer_config(dir.join("indexer"), &cfg, token);
+    let idx = tokio::task::spawn_blocking(move || indexer::Indexer::open(c)).await??;
+    let (listener, url) = bind(&listen).await?;
+    let i = idx.clone();
+    let app = with_ops(
+        indexer::router(idx.clone()),
+        vec![Arc::new(move || i.metrics())],
+    );
+    let cancel = CancellationToken::new();
+    let http = serve_http(listener, app, cancel.clone());
+    info!(url = %url, "indexer listening");
+    println!("indexer: {url}");
+    shutdown_signal().await;
+    cancel.cancel();
+    // Ends tail streams, which the server's graceful stop would otherwise wait for;
+    // an ingest still in flight fails and its shipper retries it later.
+    idx.shutdown().await;
+    join_all("http", vec![http]).await;
+    Ok(())
+}
+
+pub async fn web(args: WebArgs, cfg: Config) -> anyhow::Result<()> {
+    let listen = args
+        .listen
+        .or(cfg.web.listen.clone())
+        .unwrap_or_else(|| "127.0.0.1:7070".into());
+    let indexer_url = args
+        .indexer
+        .or(cfg.web.indexer.clone())
+        .context("--indexer URL is required (or [web] indexer in sandtrail.toml)")?;
+    let scheduler_url = args
+        .scheduler
+        .or(cfg.web.scheduler.clone())
+        .context("--scheduler URL is required (or [web] scheduler in sandtrail.toml)")?;
+    let cancel = CancellationToken::new();
+    let web = web::Web::new(web::WebConfig {
+        indexer_url,
+        scheduler_url,
+    })
+    .with_shutdown(cancel.clone());
+    let w = web.clone();
+    let app = with_ops(web.router(), vec![Arc::new(move || w.metrics())]);
+    let (listener, url) = bind(&listen).await?;
+    let http = serve_http(listener, app, cancel.clone());
+    println!("web UI: {url}/");
+    shutdown_signal().await;
+    cancel.cancel();
+    join_all("http", vec![http]).await;
+    Ok(())
+}
+
+pub async fn agent(args: AgentArgs, cfg: Config, token: Option<String>) -> anyhow::Result<()> {
+    let c = &cfg.agent;
+    let dir = data_dir(args.data_dir, &cfg);
+    let name = match args.name.or(c.name.clone()) {
+        Some(n) => n,
+        None => hostname()?,
+    };
+    let scheduler_url = args
+        .scheduler
+        .or(c.scheduler.clone())
+        .context("--scheduler URL is required (or [agent] scheduler in sandtrail.toml)")?;
+    let indexer_url = args
+        .indexer
+        .or(c.indexer.clone())
+        .context("--indexer URL is required (or [agent] indexer in sandtrail.toml)")?;
+    let router_listen = args
+        .router_listen
+        .or(c.router_listen.clone())
+        .unwrap_or_else(|| "127.0.0.1:7080".into());
+    let address = args
+        .address
+        .or(c.address.clone())
+        .unwrap_or_else(|| "127.0.0.1".into());
+    let resources =
+        config::parse_resources(&args.resources.or(c.resources.clone()).unwrap_or_default())?;
+    let attributes =
+        config::parse_attributes(&args.attributes.or(c.attributes.clone()).unwrap_or_default())?;
+    let (router_listener, bound) = bind(&router_listen).await?;
+    // Tasks reach the router on loopback; a router bound to 0.0.0.0 is still there.
+    let port = router_listener.local_addr()?.port();
+    let router_url = if router_listener.local_addr()?.ip().is_unspecified() {
+        format!("http://127.0.0.1:{port}")
+    } else {
+        bound
+    };
+    let spec = HostSpec {
+        name: name.clone(),
+        work_dir: dir.join(&name),
+        scheduler_url,
+        indexer_url,
+        address,
+        router_url: router_url.clone(),
+        token,
+        resources,
+        attributes,
+    };
+    let parts = host_parts(&spec)?;
+    let router = router_for(&spec)?;
+    let node = Arc::new(parts.node);
+    let shipper = parts.shipper;
+    let metrics: Vec<MetricsFn> = {
+        let (r, s, n) = (router.clone(), shipper.clone(), node.clone());
+        vec![
+            Arc::new(move || r.metrics()),
+            Arc::new(move || s.metrics()),
+            Arc::new(move || n.metrics()),
+        ]
+    };
+    let tasks_cancel = CancellationToken::new();
+    let ship_cancel = CancellationToken::new();
+    let router_http = serve_http(
+        router_listener,
+        with_ops(router.axum_router(), metrics),
+        tasks_cancel.clone(),
+    );
+    let c = tasks_cancel.clone();
+    let node_h = spawn_part(async move { Ok(node.run(c).await?) });
+    let c = ship_cancel.clone();
+    let ship_h = spawn_part(async move { Ok(shipper.run(c).await?) });
+    println!("agent {name}: router {router_url}");
+    shutdown_signal().await;
+    tasks_cancel.cancel();
+    join_all("node", vec![node_h]).await;
+    join_all("router", vec![router_http]).await;
+    router.shutdown().await;
+    ship_cancel.cancel();
+    join_all("shipper", vec![ship_h]).await;
+    Ok(())
+}
+
+fn hostname() -> anyhow::Result<String> {
+    let name = std::fs::read_to_string("/etc/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    if name.is_empty() {
+        bail!("cannot tell this machine's host name: pass --name");
+    }
+    Ok(name)
+}

@@ -1,0 +1,333 @@
+//! End to end: the real binary's `sandtrail up` on free ports, driven only through its
+//! HTTP APIs, the way a user's curl and browser would. Proves the three jobs: search
+//! by service, tail one app live, and trace which host served each hop of a call.
+
+use anyhow::{bail, Context};
+use futures::StreamExt;
+use protocol::{LogRecord, SearchResponse, Stream};
+use std::collections::BTreeSet;
+use std::io::BufRead;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running `sandtrail up`, stopped with SIGTERM (a graceful shutdown) when dropped.
+struct Up {
+    child: Child,
+    web: String,
+    router: String,
+    token: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Up {
+    fn start() -> anyhow::Result<Up> {
+        let dir = tempfile::tempdir()?;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sandtrail"))
+            .args([
+                "up",
+                "--listen",
+                "127.0.0.1:0",
+                "--router-listen",
+                "127.0.0.1:0",
+            ])
+            .arg("--data-dir")
+            .arg(dir.path())
+            .env("SANDTRAIL_LOG", "info")
+            .env_remove("SANDTRAIL_TOKEN")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        let stdout = child.stdout.take().context("stdout")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                println!("[up] {line}");
+                let _ = tx.send(line);
+            }
+        });
+        let (mut web, mut router) = (None, None);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while web.is_none() || router.is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = rx.recv_timeout(left).context("up did not print its URLs")?;
+            if let Some(u) = line.trim().strip_prefix("web UI:") {
+                web = Some(u.trim().trim_end_matches('/').to_string());
+            }
+            if let Some(u) = line.trim().strip_prefix("router:") {
+                router = Some(u.split_whitespace().next().unwrap_or("").to_string());
+            }
+        }
+        let token = std::fs::read_to_string(dir.path().join("token"))?
+            .trim()
+            .to_string();
+        Ok(Up {
+            child,
+            web: web.unwrap(),
+            router: router.unwrap(),
+            token,
+            _dir: dir,
+        })
+    }
+
+    fn stop(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                bail!("up did not stop within 30 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.stop();
+        }
+    }
+}
+
+/// Polls `check` until it returns `Some`, or fails after `within`.
+async fn eventually<T, F, Fut>(what: &str, within: Duration, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
+{
+    let deadline = Instant::now() + within;
+    let mut last_err = None;
+    loop {
+        match check().await {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => {}
+            Err(e) => last_err = Some(e),
+        }
+        if Instant::now() > deadline {
+            bail!("timed out waiting for {what} (last error: {last_err:?})");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn search(
+    http: &reqwest::Client,
+    web: &str,
+    q: &str,
+    limit: usize,
+) -> anyhow::Result<SearchResponse> {
+    let resp = http
+        .get(format!("{web}/api/v1/search"))
+        .query(&[("q", q), ("limit", &limit.to_string()), ("start", "now-1h")])
+        .send()
+        .await?;
+    if !resp.status().is_success() {
+        bail!("search {q:?}: {} {}", resp.status(), resp.text().await?);
+    }
+    Ok(resp.json().await?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_serves_search_tail_and_trace_end_to_end() -> anyhow::Result<()> {
+    let mut up = Up::start()?;
+    let http = reqwest::Client::new();
+    let nodes: BTreeSet<String> = ["node-1", "node-2", "node-3"].map(String::from).into();
+
+    // The demo app is deployed by `up` itself: wait for one running instance per node.
+    let endpoints: Vec<protocol::ServiceEndpoint> =
+        eventually("three fib instances", Duration::from_secs(60), || async {
+            let resp = http
+                .get(format!("{}/v1/services/fib", up.web))
+                .header(protocol::TOKEN_HEADER, &up.token)
+                .send()
+                .await?;
+            if !resp.status().is_success() {
+                return Ok(None);
+            }
+            let eps: Vec<protocol::ServiceEndpoint> = resp.json().await?;
+            Ok((eps.len() == 3).then_some(eps))
+        })
+        .await?;
+    let hosts: BTreeSet<String> = endpoints.iter().map(|e| e.host.clone()).collect();
+    assert_eq!(hosts, nodes, "one fib instance per node: {endpoints:?}");
+
+    // The instances may still be binding their ports: retry until the answer comes.
+    let (answer, trace_id) = eventually(
+        "fib(10) through the router",
+        Duration::from_secs(30),
+        || async {
+            let resp = http.get(format!("{}/fib/10", up.router)).send().await?;
+            let trace = resp
+                .headers()
+                .get(protocol::TRACE_ID_HEADER)
+                .context("X-Trace-Id missing")?
+                .to_str()?
+                .to_string();
+            let status = resp.status();
+            let body = resp.text().await?;
+            if !status.is_success() {
+                bail!("fib(10) answered {status}: {body}");
+            }
+            Ok(Some((body, trace)))
+        },
+    )
+    .await?;
+    assert_eq!(answer.trim(), "55");
+    assert_eq!(trace_id.len(), 32, "trace id {trace_id:?}");
+
+    // Search by service: lines of fib from every node, tagged with the task that ran there.
+    let tasks: serde_json::Value = http
+        .get(format!("{}/v2/tasks", up.web))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let task_host: std::collections::BTreeMap<String, String> = tasks["tasks"]
+        .as_array()
+        .context("tasks")?
+        .iter()
+        .map(|t| {
+            (
+                t["id"].as_str().unwrap().to_string(),
+                t["host"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let lines = eventually(
+        "fib lines from all three nodes",
+        Duration::from_secs(30),
+        || async {
+            let res = search(&http, &up.web, "app:fib AND stream:stdout", 1000).await?;
+            let seen: BTreeSet<String> = res.hits.iter().map(|r| r.host.clone()).collect();
+            Ok((seen == nodes).then_some(res))
+        },
+    )
+    .await?;
+    for r in &lines.hits {
+        assert_eq!(r.app, "fib");
+        assert_eq!(
+            task_host.get(&r.task),
+            Some(&r.host),
+            "line tagged with task {} on {}, scheduler disagrees: {r:?}",
+            r.task,
+            r.host
+        );
+    }
+    let newest_first = lines.hits.windows(2).all(|w| w[0].ts >= w[1].ts);
+    assert!(newest_first, "hits must be newest first");
+    let by_host = search(&http, &up.web, "app:fib AND host:node-2", 1000).await?;
+    assert!(by_host.total > 0 && by_host.hits.iter().all(|r| r.host == "node-2"));
+
+    // Trace: fib(10) is 177 routed calls, one access record each, every one naming the
+    // host and task that served it.
+    let q = format!("trace_id:{trace_id} AND stream:access");
+    let hops = eventually(
+        "177 access records of the trace",
+        Duration::from_secs(30),
+        || async {
+            let res = search(&http, &up.web, &q, 1000).await?;
+            Ok((res.total >= 177).then_some(res))
+        },
+    )
+    .await?;
+    assert_eq!(hops.total, 177, "exactly one access record per hop");
+    let mut hop_hosts = BTreeSet::new();
+    for h in &hops.hits {
+        assert_eq!(h.stream, Stream::Access);
+        assert_eq!(h.app, "fib");
+        assert_eq!(h.status, Some(200), "{h:?}");
+        assert!(h.latency_ms.is_some(), "{h:?}");
+        assert_eq!(
+            task_host.get(&h.task),
+            Some(&h.host),
+            "hop names its host: {h:?}"
+        );
+        hop_hosts.insert(h.host.clone());
+    }
+    assert_eq!(hop_hosts, nodes, "the calls fan out over every node");
+    // The first hop came from outside; every other hop was called by a fib task.
+    let roots: Vec<&LogRecord> = hops
+        .hits
+        .iter()
+        .filter(|h| h.parent_span_id.is_none())
+        .collect();
+    assert_eq!(roots.len(), 1, "one root hop");
+    assert_eq!(roots[0].peer_app.as_deref(), Some("external"));
+    let inner = hops
+        .hits
+        .iter()
+        .filter(|h| h.peer_app.as_deref() == Some("fib"))
+        .count();
+    assert_eq!(inner, 176, "every inner hop names fib as its caller");
+    // And the app's own lines carry the same trace id, so they join the trace.
+    let app_lines = search(
+        &http,
+        &up.web,
+        &format!("trace_id:{trace_id} AND stream:stdout"),
+        1000,
+    )
+    .await?;
+    assert_eq!(
+        app_lines.total, 177,
+        "one fib line per request with the trace id"
+    );
+
+    // The trace and search pages render those hops for a person.
+    let page = http
+        .get(format!("{}/trace/{trace_id}", up.web))
+        .send()
+        .await?
+        .text()
+        .await?;
+    for n in &nodes {
+        assert!(page.contains(n.as_str()), "trace page names {n}");
+    }
+
+    // Tail: a line written after the stream opened arrives on it.
+    let resp = http
+        .get(format!("{}/api/v1/tail", up.web))
+        .query(&[("q", "app:fib")])
+        .send()
+        .await?;
+    assert!(resp.status().is_success());
+    let mut stream = resp.bytes_stream();
+    let answer = http
+        .get(format!("{}/fib/3", up.router))
+        .send()
+        .await?
+        .text()
+        .await?;
+    assert_eq!(answer.trim(), "2");
+    let got = tokio::time::timeout(Duration::from_secs(20), async {
+        let mut buf = String::new();
+        while let Some(chunk) = stream.next().await {
+            buf.push_str(&String::from_utf8_lossy(&chunk?));
+            for line in buf.lines() {
+                if let Some(data) = line.strip_prefix("data:") {
+                    if let Ok(r) = serde_json::from_str::<LogRecord>(data.trim()) {
+                        if r.app == "fib" && r.msg.contains("fib(3) = 2") {
+                            return anyhow::Ok(r);
+                        }
+                    }
+                }
+            }
+        }
+        bail!("tail stream ended")
+    })
+    .await
+    .context("no tailed line within 20 s")??;
+    assert!(nodes.contains(&got.host));
+
+    let status = up.stop()?;
+    assert!(status.success(), "graceful shutdown exits 0, got {status}");
+    Ok(())
+}

@@ -1,0 +1,401 @@
+//! HTTP client for the two services the UI shows: the indexer (search, histogram, live
+//! tail) and the scheduler (apps, tasks, agents).
+//!
+//! Indexer answers are parsed strictly into `protocol` types: that contract is fixed.
+//! Scheduler answers are parsed leniently (missing fields, nulls and wrong types become
+//! defaults) because the Marathon-style shapes carry many fields the UI does not need
+//! and the scheduler grows alongside this crate; the trade-off is that a renamed field
+//! shows up as an empty cell rather than an error.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use protocol::{AgentInfo, HistogramResponse, SearchResponse, TOKEN_HEADER};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::error::{Error, Result};
+
+/// A page waits at most this long for one upstream call; the tail stream has no limit.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How much of an unexpected upstream body an error message quotes.
+const BODY_QUOTE_LIMIT: usize = 300;
+
+/// The service an upstream call went to, for error messages and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Service {
+    Indexer,
+    Scheduler,
+}
+
+impl fmt::Display for Service {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Service::Indexer => "indexer",
+            Service::Scheduler => "scheduler",
+        })
+    }
+}
+
+/// One `GET /api/v1/search` request.
+#[derive(Debug, Clone, Default)]
+pub struct SearchQuery {
+    pub q: String,
+    pub start: String,
+    pub end: String,
+    pub limit: u32,
+    pub cursor: Option<String>,
+}
+
+/// An app as `GET /v2/apps` lists it (Marathon shape, only the fields the UI shows).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct MarathonApp {
+    #[serde(deserialize_with = "lenient")]
+    pub id: String,
+    #[serde(deserialize_with = "lenient")]
+    pub cmd: Option<String>,
+    #[serde(deserialize_with = "lenient")]
+    pub instances: u32,
+    #[serde(deserialize_with = "lenient")]
+    pub cpus: f64,
+    #[serde(deserialize_with = "lenient")]
+    pub mem: f64,
+    #[serde(deserialize_with = "lenient")]
+    pub tasks_running: u32,
+    #[serde(deserialize_with = "lenient")]
+    pub tasks_staged: u32,
+    #[serde(deserialize_with = "lenient")]
+    pub tasks_healthy: u32,
+    #[serde(deserialize_with = "lenient")]
+    pub tasks_unhealthy: u32,
+}
+
+impl MarathonApp {
+    /// The app's name as records carry it: the Marathon id without its leading `/`.
+    pub fn name(&self) -> &str {
+        app_name(&self.id)
+    }
+}
+
+/// A task as `GET /v2/tasks` lists it (Marathon shape).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct MarathonTask {
+    #[serde(deserialize_with = "lenient")]
+    pub id: String,
+    #[serde(deserialize_with = "lenient")]
+    pub app_id: String,
+    #[serde(deserialize_with = "lenient")]
+    pub host: String,
+    #[serde(deserialize_with = "lenient")]
+    pub ports: Vec<u16>,
+    #[serde(deserialize_with = "lenient")]
+    pub state: String,
+    #[serde(deserialize_with = "lenient")]
+    pub staged_at: Option<String>,
+    #[serde(deserialize_with = "lenient")]
+    pub started_at: Option<String>,
+}
+
+impl MarathonTask {
+    pub fn app_name(&self) -> &str {
+        app_name(&self.app_id)
+    }
+}
+
+/// Marathon ids start with `/`; records and queries use the bare name.
+pub fn app_name(id: &str) -> &str {
+    id.trim_start_matches('/')
+}
+
+/// Any value that does not fit `T` (null, wrong type) becomes `T::default()`.
+fn lenient<'de, D, T>(d: D) -> std::result::Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: DeserializeOwned + Default,
+{
+    let v = serde_json::Value::deserialize(d)?;
+    Ok(T::deserialize(v).unwrap_or_default())
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum AppsBody {
+    Wrapped {
+        #[serde(default)]
+        apps: Vec<MarathonApp>,
+    },
+    Bare(Vec<MarathonApp>),
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum TasksBody {
+    Wrapped {
+        #[serde(default)]
+        tasks: Vec<MarathonTask>,
+    },
+    Bare(Vec<MarathonTask>),
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum AgentsBody {
+    Bare(Vec<AgentInfo>),
+    Wrapped { agents: Vec<AgentInfo> },
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    error: String,
+}
+
+/// Cheap to clone: the connection pool and URLs are shared.
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    indexer: Arc<str>,
+    scheduler: Arc<str>,
+    token: Option<Arc<str>>,
+}
+
+impl Client {
+    pub fn new(indexer_url: &str, scheduler_url: &str, token: Option<String>) -> Client {
+        let http = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .build()
+            // Building only fails on TLS back-end setup, which this build has none of.
+            .unwrap_or_else(|_| reqwest::Client::new());
+        Client {
+            http,
+            indexer: indexer_url.trim_end_matches('/').into(),
+            scheduler: scheduler_url.trim_end_matches('/').into(),
+            token: token.map(Into::into),
+        }
+    }
+
+    /// The same client sending `token` as the cluster token.
+    pub fn with_token(&self, token: Option<String>) -> Client {
+        Client {
+            token: token.map(Into::into),
+            ..self.clone()
+        }
+    }
+
+    /// `GET /api/v1/search`: one page of hits, newest first.
+    pub async fn search(&self, req: &SearchQuery) -> Result<SearchResponse> {
+        let limit = req.limit.to_string();
+        let mut query = vec![
+            ("q", req.q.as_str()),
+            ("start", req.start.as_str()),
+            ("end", req.end.as_str()),
+            ("limit", limit.as_str()),
+        ];
+        if let Some(c) = req.cursor.as_deref().filter(|c| !c.is_empty()) {
+            query.push(("cursor", c));
+        }
+        self.get_json(Service::Indexer, "/api/v1/search", &query)
+            .await
+    }
+
+    /// `GET /api/v1/histogram`: match counts over the range.
+    pub async fn histogram(&self, q: &str, start: &str, end: &str) -> Result<HistogramResponse> {
+        self.get_json(
+            Service::Indexer,
+            "/api/v1/histogram",
+            &[("q", q), ("start", start), ("end", end)],
+        )
+        .await
+    }
+
+    /// `GET /api/v1/tail`: the open SSE response, checked for success, body unread.
+    pub async fn tail(&self, q: &str) -> Result<reqwest::Response> {
+        let url = format!("{}/api/v1/tail", self.indexer);
+        let resp = self
+            .request(&url, &[("q", q)])
+            .header(reqwest::header::ACCEPT, "text/event-stream")
+            .send()
+            .await
+            .map_err(|source| Error::Unreachable {
+                service: Service::Indexer,
+                url: url.clone(),
+                source,
+            })?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status();
+        let body = resp.bytes().await.unwrap_or_default();
+        Err(status_error(Service::Indexer, url, status, &body))
+    }
+
+    /// `GET /v2/apps`.
+    pub async fn apps(&self) -> Result<Vec<MarathonApp>> {
+        let body: AppsBody = self.get_json(Service::Scheduler, "/v2/apps", &[]).await?;
+        Ok(match body {
+            AppsBody::Wrapped { apps } | AppsBody::Bare(apps) => apps,
+        })
+    }
+
+    /// `GET /v2/tasks`.
+    pub async fn tasks(&self) -> Result<Vec<MarathonTask>> {
+        let body: TasksBody = self.get_json(Service::Scheduler, "/v2/tasks", &[]).await?;
+        Ok(match body {
+            TasksBody::Wrapped { tasks } | TasksBody::Bare(tasks) => tasks,
+        })
+    }
+
+    /// `GET /v1/agents`.
+    pub async fn agents(&self) -> Result<Vec<AgentInfo>> {
+        let body: AgentsBody = self.get_json(Service::Scheduler, "/v1/agents", &[]).await?;
+        Ok(match body {
+            AgentsBody::Bare(agents) | AgentsBody::Wrapped { agents } => agents,
+        })
+    }
+
+    fn request(&self, url: &str, query: &[(&str, &str)]) -> reqwest::RequestBuilder {
+        let mut req = self.http.get(url).query(query);
+        if let Some(token) = &self.token {
+            req = req.header(TOKEN_HEADER, token.as_ref());
+        }
+        req
+    }
+
+    async fn get_json<T: DeserializeOwned>(
+        &self,
+        service: Service,
+        path: &str,
+        query: &[(&str, &str)],
+    ) -> Result<T> {
+        let base = match service {
+            Service::Indexer => &self.indexer,
+            Service::Scheduler => &self.scheduler,
+        };
+        let url = format!("{base}{path}");
+        let unreachable = |source| Error::Unreachable {
+            service,
+            url: url.clone(),
+            source,
+        };
+        let resp = self
+            .request(&url, query)
+            .timeout(REQUEST_TIMEOUT)
+            .send()
+            .await
+            .map_err(unreachable)?;
+        let status = resp.status();
+        let body = resp.bytes().await.map_err(unreachable)?;
+        if !status.is_success() {
+            return Err(status_error(service, url, status, &body));
+        }
+        serde_json::from_slice(&body).map_err(|source| Error::Decode {
+            service,
+            url,
+            source,
+        })
+    }
+}
+
+/// A 400 from the indexer is the user's query at fault and carries the indexer's own
+/// explanation; anything else non-2xx is an upstream failure.
+fn status_error(service: Service, url: String, status: reqwest::StatusCode, body: &[u8]) -> Error {
+    if service == Service::Indexer && status == reqwest::StatusCode::BAD_REQUEST {
+        let message = match serde_json::from_slice::<ErrorBody>(body) {
+            Ok(b) => b.error,
+            Err(_) => quote_body(body),
+        };
+        return Error::BadQuery { message };
+    }
+    Error::UpstreamStatus {
+        service,
+        url,
+        status: status.as_u16(),
+        body: quote_body(body),
+    }
+}
+
+fn quote_body(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let text = text.trim();
+    match text.char_indices().nth(BODY_QUOTE_LIMIT) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn apps_parse_leniently() {
+        let body = r#"{"apps":[{"id":"/fib","instances":3,"tasksRunning":2,"cpus":null,"mem":"lots","extra":{"x":1}},{"instances":1}]}"#;
+        let AppsBody::Wrapped { apps } = serde_json::from_str(body).unwrap() else {
+            panic!("expected the wrapped shape");
+        };
+        assert_eq!(apps[0].name(), "fib");
+        assert_eq!(apps[0].instances, 3);
+        assert_eq!(apps[0].tasks_running, 2);
+        assert_eq!(apps[0].cpus, 0.0);
+        assert_eq!(apps[0].mem, 0.0);
+        assert_eq!(apps[1].id, "");
+    }
+
+    #[test]
+    fn tasks_parse_leniently() {
+        let body = r#"{"tasks":[{"id":"fib.1","appId":"/fib","host":"node-1","ports":[31000],"state":"TASK_RUNNING","startedAt":"2026-11-23T10:00:00Z","healthCheckResults":[]},{"id":"fib.2","ports":null}]}"#;
+        let TasksBody::Wrapped { tasks } = serde_json::from_str(body).unwrap() else {
+            panic!("expected the wrapped shape");
+        };
+        assert_eq!(tasks[0].app_name(), "fib");
+        assert_eq!(tasks[0].ports, vec![31000]);
+        assert_eq!(tasks[1].ports, Vec::<u16>::new());
+        assert_eq!(tasks[1].state, "");
+    }
+
+    #[test]
+    fn agents_accept_bare_and_wrapped_lists() {
+        let bare = r#"[{"name":"node-1","address":"127.0.0.1"}]"#;
+        let wrapped = r#"{"agents":[{"name":"node-1","address":"127.0.0.1"}]}"#;
+        for body in [bare, wrapped] {
+            let agents = match serde_json::from_str::<AgentsBody>(body).unwrap() {
+                AgentsBody::Bare(a) | AgentsBody::Wrapped { agents: a } => a,
+            };
+            assert_eq!(agents[0].name, "node-1");
+        }
+    }
+
+    #[test]
+    fn indexer_400_becomes_bad_query_with_its_message() {
+        let err = status_error(
+            Service::Indexer,
+            "http://i/api/v1/search".into(),
+            reqwest::StatusCode::BAD_REQUEST,
+            br#"{"error":"unexpected ')' at 7"}"#,
+        );
+        match err {
+            Error::BadQuery { message } => assert_eq!(message, "unexpected ')' at 7"),
+            other => panic!("expected a bad query, got {other:?}"),
+        }
+        let err = status_error(
+            Service::Scheduler,
+            "http://s/v2/apps".into(),
+            reqwest::StatusCode::BAD_REQUEST,
+            b"nope",
+        );
+        assert!(
+            matches!(err, Error::UpstreamStatus { status: 400, .. }),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn quoted_bodies_are_capped() {
+        let long = "x".repeat(1000);
+        let q = quote_body(long.as_bytes());
+        assert_eq!(q.chars().count(), BODY_QUOTE_LIMIT + 1);
+    }
+}

@@ -1,0 +1,623 @@
+//! The web UI against a fake indexer and a fake scheduler: small axum routers on
+//! 127.0.0.1:0 that answer the other side of the HTTP contract with canned protocol
+//! JSON. They record the query parameters they receive, so the tests check what the
+//! UI asks for as well as what it renders.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::sse::{Event, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use protocol::{
+    AgentInfo, HistogramBucket, HistogramResponse, Level, LogRecord, SearchResponse, Stream,
+    TaskMeta,
+};
+use serde_json::json;
+use web::{Web, WebConfig};
+
+const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+
+type Seen = Arc<Mutex<Vec<HashMap<String, String>>>>;
+
+fn ts(s: &str) -> DateTime<Utc> {
+    s.parse().expect("valid test timestamp")
+}
+
+fn record(host: &str, app: &str, instance: u32, msg: &str, at: &str) -> LogRecord {
+    let meta = TaskMeta {
+        host: host.into(),
+        app: app.into(),
+        task: format!("{app}.0f3c1a2b-aaaa-bbbb"),
+        instance,
+        ports: vec![],
+    };
+    LogRecord::new(ts(at), &meta, Stream::Stdout, msg)
+}
+
+fn access(host: &str, app: &str, peer: (&str, &str), at: &str, latency: f64) -> LogRecord {
+    let mut r = record(host, app, 0, "GET /fib/10 200", at);
+    r.stream = Stream::Access;
+    r.peer_app = Some(peer.0.into());
+    r.peer_host = Some(peer.1.into());
+    r.method = Some("GET".into());
+    r.path = Some("/fib/10".into());
+    r.status = Some(200);
+    r.latency_ms = Some(latency);
+    r.trace_id = Some(TRACE_ID.into());
+    r
+}
+
+async fn fake_search(
+    State(seen): State<Seen>,
+    headers: axum::http::HeaderMap,
+    Query(mut p): Query<HashMap<String, String>>,
+) -> Response {
+    if let Some(token) = headers.get(protocol::TOKEN_HEADER) {
+        p.insert("_token".into(), token.to_str().unwrap_or("").into());
+    }
+    seen.lock().unwrap().push(p.clone());
+    let q = p.get("q").cloned().unwrap_or_default();
+    if q.contains("bad(") {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": "syntax error at position 3: expected a term after ( in <bad("})),
+        )
+            .into_response();
+    }
+    if q.starts_with("trace_id:") {
+        // Newest first, as the indexer answers; the page must sort them.
+        let mut line = record(
+            "node-3",
+            "fibcalc",
+            1,
+            "computing fib(10) for trace",
+            "2026-11-23T10:00:00.080Z",
+        );
+        line.trace_id = Some(TRACE_ID.into());
+        line.level = Some(Level::Info);
+        let hits = vec![
+            access(
+                "node-2",
+                "fib",
+                ("gateway", "node-1"),
+                "2026-11-23T10:00:00.100Z",
+                100.0,
+            ),
+            line,
+            access(
+                "node-3",
+                "fibcalc",
+                ("fib", "node-2"),
+                "2026-11-23T10:00:00.090Z",
+                60.0,
+            ),
+        ];
+        return Json(SearchResponse {
+            total: 3,
+            hits,
+            next: None,
+        })
+        .into_response();
+    }
+    if p.get("cursor").map(String::as_str) == Some("c1") {
+        return Json(SearchResponse {
+            total: 3,
+            hits: vec![record(
+                "node-1",
+                "fib",
+                0,
+                "an older page line",
+                "2026-11-23T09:00:00Z",
+            )],
+            next: None,
+        })
+        .into_response();
+    }
+    let mut fib = record(
+        "node-1",
+        "fib",
+        2,
+        "<script>alert(1)</script> computing fib(10) &amp; done",
+        "2026-11-23T10:00:00.123Z",
+    );
+    fib.level = Some(Level::Error);
+    fib.trace_id = Some(TRACE_ID.into());
+    let mut hits = vec![fib];
+    if !q.contains("app:fib") {
+        hits.push(record(
+            "node-2",
+            "frontend",
+            0,
+            "frontend line",
+            "2026-11-23T09:59:59Z",
+        ));
+    }
+    Json(SearchResponse {
+        total: 42,
+        hits,
+        next: Some("c1".into()),
+    })
+    .into_response()
+}
+
+async fn fake_histogram() -> Json<HistogramResponse> {
+    Json(HistogramResponse {
+        interval_ms: 60_000,
+        buckets: vec![
+            HistogramBucket {
+                ts: ts("2026-11-23T09:58:00Z"),
+                count: 0,
+            },
+            HistogramBucket {
+                ts: ts("2026-11-23T09:59:00Z"),
+                count: 5,
+            },
+            HistogramBucket {
+                ts: ts("2026-11-23T10:00:00Z"),
+                count: 37,
+            },
+        ],
+    })
+}
+
+async fn fake_tail(
+    Query(p): Query<HashMap<String, String>>,
+) -> Sse<impl futures::Stream<Item = Result<Event, Infallible>>> {
+    let q = p.get("q").cloned().unwrap_or_default();
+    let rec = record(
+        "node-1",
+        "fib",
+        1,
+        &format!("tail line for [{q}]"),
+        "2026-11-23T10:00:00Z",
+    );
+    let data = serde_json::to_string(&rec).unwrap();
+    let events = futures::stream::iter(vec![
+        Ok(Event::default().data(data)),
+        Ok(Event::default().event("dropped").data(r#"{"dropped":7}"#)),
+    ])
+    // The indexer's stream stays open: the proxy must forward without waiting for an end.
+    .chain(futures::stream::pending());
+    Sse::new(events)
+}
+
+fn fake_indexer(seen: Seen) -> Router {
+    Router::new()
+        .route("/api/v1/search", get(fake_search))
+        .route("/api/v1/histogram", get(fake_histogram))
+        .route("/api/v1/tail", get(fake_tail))
+        .with_state(seen)
+}
+
+fn fake_scheduler() -> Router {
+    let apps = json!({"apps": [
+        {"id": "/fib", "instances": 3, "tasksRunning": 3, "cpus": 0.5, "mem": 64, "cmd": "sandtrail demo-fib", "labels": {}},
+        {"id": "/frontend", "instances": 1, "tasksRunning": 0, "cpus": null}
+    ]});
+    let tasks = json!({"tasks": [
+        {"id": "fib.aaaa1111", "appId": "/fib", "host": "node-1", "ports": [31000], "state": "TASK_RUNNING", "startedAt": "2026-11-23T09:00:00.000Z"},
+        {"id": "fib.bbbb2222", "appId": "/fib", "host": "node-2", "ports": [31001], "state": "TASK_RUNNING", "startedAt": "2026-11-23T09:00:01.000Z"},
+        {"id": "fib.cccc3333", "appId": "/fib", "host": "node-2", "ports": [31002], "state": "TASK_STAGING"}
+    ]});
+    let now = Utc::now();
+    let agents: Vec<AgentInfo> = ["node-1", "node-2"]
+        .iter()
+        .map(|name| AgentInfo {
+            name: name.to_string(),
+            address: format!("10.0.0.{}", &name[5..]),
+            router_url: String::new(),
+            resources: [("cpus".to_string(), 4.0), ("mem".to_string(), 8192.0)].into(),
+            attributes: [("rack".to_string(), "a".to_string())].into(),
+            last_heartbeat: Some(now),
+            state: "active".into(),
+        })
+        .collect();
+    Router::new()
+        .route("/v2/apps", get(move || async move { Json(apps) }))
+        .route("/v2/tasks", get(move || async move { Json(tasks) }))
+        .route("/v1/agents", get(move || async move { Json(agents) }))
+}
+
+async fn serve(router: Router) -> Result<String> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        axum::serve(listener, router).await.ok();
+    });
+    Ok(format!("http://{addr}"))
+}
+
+struct Harness {
+    web: String,
+    seen: Seen,
+    http: reqwest::Client,
+}
+
+impl Harness {
+    async fn start() -> Result<Harness> {
+        let seen: Seen = Arc::default();
+        let indexer = serve(fake_indexer(seen.clone())).await?;
+        let scheduler = serve(fake_scheduler()).await?;
+        let web = serve(web::router(WebConfig {
+            indexer_url: indexer,
+            scheduler_url: format!("{scheduler}/"),
+        }))
+        .await?;
+        Ok(Harness {
+            web,
+            seen,
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()?,
+        })
+    }
+
+    async fn get(&self, path: &str) -> Result<(StatusCode, String)> {
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.web))
+            .send()
+            .await
+            .with_context(|| format!("GET {path}"))?;
+        let status = StatusCode::from_u16(resp.status().as_u16())?;
+        Ok((status, resp.text().await?))
+    }
+
+    fn last_search(&self) -> HashMap<String, String> {
+        self.seen
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .expect("a search reached the indexer")
+    }
+}
+
+#[tokio::test]
+async fn search_page_shows_rows_escaped_with_histogram_and_cursor() -> Result<()> {
+    let h = Harness::start().await?;
+    let (status, html) = h.get("/").await?;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    let p = h.last_search();
+    assert_eq!(p.get("start").map(String::as_str), Some("now-15m"));
+    assert_eq!(p.get("end").map(String::as_str), Some("now"));
+    assert_eq!(p.get("limit").map(String::as_str), Some("100"));
+
+    for want in [
+        "node-1",
+        "node-2",
+        "frontend line",
+        "2026-11-23 10:00:00.123",
+        "&lt;script&gt;alert(1)&lt;/script&gt;",
+        "&amp;amp; done",
+        "<strong>2</strong> of <strong>42</strong>",
+        "cursor=c1",
+        &format!("href=\"/trace/{TRACE_ID}\""),
+        "class=\"lvl lvl-error\"",
+        // Histogram bars zoom into their bucket.
+        "start=2026-11-23T10%3A00%3A00.000Z&#38;end=2026-11-23T10%3A01%3A00.000Z",
+        "height: 100.0%",
+        // App picker options come from the scheduler.
+        "<option value=\"frontend\"",
+        // The navigation.
+        "href=\"/apps\"",
+        "href=\"/hosts\"",
+    ] {
+        assert!(html.contains(want), "missing {want:?} in:\n{html}");
+    }
+    assert!(!html.contains("<script>alert"), "{html}");
+
+    let (_, older) = h.get("/?q=&range=15m&cursor=c1").await?;
+    assert!(older.contains("an older page line"), "{older}");
+    assert_eq!(
+        h.last_search().get("cursor").map(String::as_str),
+        Some("c1")
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn app_query_is_passed_through_and_free_text_highlighted() -> Result<()> {
+    let h = Harness::start().await?;
+    let (status, html) = h.get("/?q=app:fib%20alert&range=1h").await?;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    let p = h.last_search();
+    assert_eq!(p.get("q").map(String::as_str), Some("app:fib alert"));
+    assert_eq!(p.get("start").map(String::as_str), Some("now-1h"));
+    assert!(!html.contains("frontend line"), "{html}");
+    assert!(
+        html.contains("&lt;script&gt;<mark>alert</mark>(1)&lt;/script&gt;"),
+        "{html}"
+    );
+    assert!(html.contains("<option value=\"fib\" selected>"), "{html}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn app_picker_folds_the_app_into_the_query() -> Result<()> {
+    let h = Harness::start().await?;
+    let resp = h
+        .http
+        .get(format!(
+            "{}/?q=app:old%20level:error&app=fib&range=5m",
+            h.web
+        ))
+        .send()
+        .await?;
+    assert_eq!(resp.status().as_u16(), 303);
+    let location = resp.headers()["location"].to_str()?;
+    assert_eq!(location, "/?q=app%3Afib%20level%3Aerror&range=5m");
+    Ok(())
+}
+
+#[tokio::test]
+async fn indexer_400_shows_its_message_on_the_search_page() -> Result<()> {
+    let h = Harness::start().await?;
+    let (status, html) = h.get("/?q=bad(").await?;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        html.contains("syntax error at position 3: expected a term after ( in &#60;bad("),
+        "{html}"
+    );
+    // The form stays, holding the query for fixing.
+    assert!(html.contains("value=\"bad(\""), "{html}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn unknown_range_preset_is_a_400_with_the_value_named() -> Result<()> {
+    let h = Harness::start().await?;
+    let (status, html) = h.get("/?range=3w").await?;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(html.contains("invalid range"), "{html}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn trace_page_shows_hops_in_order_with_app_lines() -> Result<()> {
+    let h = Harness::start().await?;
+    let (status, html) = h.get(&format!("/trace/{TRACE_ID}")).await?;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    let p = h.last_search();
+    assert_eq!(
+        p.get("q").map(String::as_str),
+        Some(&*format!("trace_id:{TRACE_ID}"))
+    );
+    assert_eq!(p.get("limit").map(String::as_str), Some("1000"));
+
+    // The outer hop (gateway -> fib on node-2) comes before the inner one (fib -> fibcalc on node-3).
+    let outer = html.find("gateway @ node-1").context("outer hop caller")?;
+    let inner = html.find("fib @ node-2").context("inner hop caller")?;
+    assert!(outer < inner, "{html}");
+    for want in [
+        ">node-2</a>",
+        ">node-3</a>",
+        "GET /fib/10",
+        "100 ms",
+        "60.0 ms",
+        "computing fib(10) for trace",
+        // Outer hop spans the whole axis, the inner one 30..90 ms of 0..100 ms.
+        "left: 0.00%; width: 100.00%",
+        "left: 30.00%; width: 60.00%",
+        "2 hops",
+    ] {
+        assert!(html.contains(want), "missing {want:?} in:\n{html}");
+    }
+
+    let (status, _) = h.get("/trace/not%20a%20trace").await?;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) = h.get(&format!("/trace/{}", "a".repeat(65))).await?;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    Ok(())
+}
+
+#[tokio::test]
+async fn tail_page_opens_an_event_source_on_the_proxy() -> Result<()> {
+    let h = Harness::start().await?;
+    let (status, html) = h.get("/tail/fib?filter=level:error").await?;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    assert!(html.contains("data-app=\"fib\""), "{html}");
+    assert!(html.contains("value=\"level:error\""), "{html}");
+    assert!(
+        html.contains("/ui/tail-stream?q=app%3Afib%20level%3Aerror"),
+        "{html}"
+    );
+    assert!(html.contains("src=\"/static/app.js\""), "{html}");
+
+    let resp = h
+        .http
+        .get(format!("{}/static/app.js", h.web))
+        .send()
+        .await?;
+    assert!(resp.headers()["content-type"]
+        .to_str()?
+        .contains("javascript"));
+    let js = resp.text().await?;
+    assert!(
+        js.contains("new EventSource('/ui/tail-stream?q=' + encodeURIComponent('app:' + app + ' ' + filter))"),
+        "{js}"
+    );
+    assert!(js.contains("\"dropped\""), "{js}");
+    assert!(
+        !js.contains("innerHTML"),
+        "log text must never go through innerHTML"
+    );
+
+    let (status, _) = h.get("/tail/fib%20OR%20x").await?;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+
+    let resp = h
+        .http
+        .get(format!("{}/static/app.css", h.web))
+        .send()
+        .await?;
+    assert!(resp.headers()["content-type"]
+        .to_str()?
+        .starts_with("text/css"));
+    assert!(resp.text().await?.contains("prefers-color-scheme: dark"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn tail_stream_proxies_the_indexers_events() -> Result<()> {
+    let h = Harness::start().await?;
+    let mut resp = h
+        .http
+        .get(format!("{}/ui/tail-stream?q=app%3Afib", h.web))
+        .send()
+        .await?;
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let mut body = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !(body.contains("tail line for [app:fib]") && body.contains("event: dropped")) {
+        let chunk = tokio::time::timeout_at(deadline, resp.chunk())
+            .await
+            .with_context(|| format!("no full event before the deadline; got {body:?}"))??
+            .with_context(|| format!("stream ended early; got {body:?}"))?;
+        body.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(body.contains("data: {"), "{body}");
+    assert!(body.contains(r#"{"dropped":7}"#), "{body}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn apps_page_lists_apps_with_tasks_and_links() -> Result<()> {
+    let h = Harness::start().await?;
+    let (status, html) = h.get("/apps").await?;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    for want in [
+        "<h2>fib</h2>",
+        "<h2>frontend</h2>",
+        "3/3 running",
+        "0/1 running",
+        "fib.aaaa1111",
+        "fib.cccc3333",
+        "TASK_STAGING",
+        "2026-11-23 09:00:00.000",
+        "href=\"/?q=app%3Afib\"",
+        "href=\"/tail/fib\"",
+        "href=\"/?q=host%3Anode-2\"",
+        "sandtrail demo-fib",
+    ] {
+        assert!(html.contains(want), "missing {want:?} in:\n{html}");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn hosts_page_lists_agents_with_task_counts() -> Result<()> {
+    let h = Harness::start().await?;
+    let (status, html) = h.get("/hosts").await?;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    for want in [
+        "href=\"/?q=host%3Anode-1\"",
+        ">node-2</a>",
+        "10.0.0.1",
+        "cpus 4 · mem 8192",
+        "rack:a",
+        "active",
+        "s ago",
+        "<td class=\"num\">2</td>",
+        "<td class=\"num\">1</td>",
+    ] {
+        assert!(html.contains(want), "missing {want:?} in:\n{html}");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn search_survives_a_dead_scheduler_but_cluster_pages_report_it() -> Result<()> {
+    let seen: Seen = Arc::default();
+    let indexer = serve(fake_indexer(seen)).await?;
+    // A port that was just free: nothing listens there.
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+        format!("http://{}", l.local_addr()?)
+    };
+    let service = Web::new(WebConfig {
+        indexer_url: indexer,
+        scheduler_url: dead.clone(),
+    });
+    let web = serve(service.router()).await?;
+    let http = reqwest::Client::new();
+
+    let resp = http.get(format!("{web}/")).send().await?;
+    assert_eq!(resp.status().as_u16(), 200);
+    assert!(resp.text().await?.contains("frontend line"));
+
+    let resp = http.get(format!("{web}/apps")).send().await?;
+    assert_eq!(resp.status().as_u16(), 502);
+    let html = resp.text().await?;
+    assert!(
+        html.contains("scheduler at") && html.contains(&dead),
+        "{html}"
+    );
+
+    let metrics = service.metrics();
+    assert!(
+        metrics.contains("sandtrail_web_requests_total{page=\"apps\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("sandtrail_web_upstream_errors_total{upstream=\"scheduler\"} 2"),
+        "{metrics}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn shutdown_ends_open_tail_streams() -> Result<()> {
+    let seen: Seen = Arc::default();
+    let indexer = serve(fake_indexer(seen.clone())).await?;
+    let scheduler = serve(fake_scheduler()).await?;
+    let token = tokio_util::sync::CancellationToken::new();
+    let service = Web::new(WebConfig {
+        indexer_url: indexer,
+        scheduler_url: scheduler,
+    })
+    .with_token(Some("secret".into()))
+    .with_shutdown(token.clone());
+    let web = serve(service.router()).await?;
+
+    // The cluster token goes along on upstream calls.
+    let page = reqwest::get(format!("{web}/")).await?;
+    assert_eq!(page.status().as_u16(), 200);
+    let last = seen.lock().unwrap().last().cloned().unwrap_or_default();
+    assert_eq!(last.get("_token").map(String::as_str), Some("secret"));
+
+    let mut resp = reqwest::get(format!("{web}/ui/tail-stream?q=app%3Afib")).await?;
+    assert_eq!(resp.status().as_u16(), 200);
+    let first = tokio::time::timeout(Duration::from_secs(10), resp.chunk())
+        .await
+        .context("first chunk")??;
+    assert!(first.is_some());
+    assert!(service.metrics().contains("sandtrail_web_tail_streams 1\n"));
+
+    token.cancel();
+    // The fake indexer never ends its stream: only the shutdown can end ours.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while tokio::time::timeout_at(deadline, resp.chunk())
+        .await
+        .context("stream still open after shutdown")??
+        .is_some()
+    {}
+    while !service.metrics().contains("sandtrail_web_tail_streams 0\n") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "gauge never returned to 0"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(())
+}
