@@ -33,6 +33,26 @@ struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
+enum BenchCommand {
+    /// Ingest throughput against raw Tantivy, index size, freshness, search latency.
+    Ingest(BenchIngestArgs),
+}
+
+#[derive(Args, Debug)]
+struct BenchIngestArgs {
+    #[arg(long, default_value_t = 200_000)]
+    records: usize,
+    /// Use this NDJSON corpus instead of generating one with gen_corpus.py.
+    #[arg(long)]
+    ndjson: Option<PathBuf>,
+    #[arg(long, default_value = "/tmp/sandtrail-bench")]
+    work_dir: PathBuf,
+    /// Records per second of the freshness run.
+    #[arg(long, default_value_t = 10_000)]
+    fresh_rate: usize,
+}
+
+#[derive(Subcommand, Debug)]
 enum Command {
     /// Scheduler, indexer, web UI, router and local agents in one process, with a demo app.
     Up(UpArgs),
@@ -80,6 +100,9 @@ enum Command {
     },
     /// The demo app: fib(n) computed by calling itself through the router.
     DemoFib,
+    /// Measure the indexer (see BENCHMARKS.md).
+    #[command(subcommand)]
+    Bench(BenchCommand),
 }
 
 #[derive(Args, Debug)]
@@ -190,5 +213,17 @@ async fn main() -> anyhow::Result<()> {
         Command::Tail { app, server } => client::tail(&server, &app).await,
         Command::Trace { id, server } => client::trace(&server, &id).await,
         Command::DemoFib => demo::fib().await.context("demo-fib"),
+        Command::Bench(BenchCommand::Ingest(a)) => {
+            let report = indexer::bench::run(indexer::bench::BenchOptions {
+                records: a.records,
+                ndjson: a.ndjson,
+                work_dir: a.work_dir,
+                fresh_rate: a.fresh_rate,
+                ..Default::default()
+            })
+            .await?;
+            print!("{}", report.to_markdown());
+            Ok(())
+        }
     }
 }

@@ -511,6 +511,8 @@ pub async fn agent(args: AgentArgs, cfg: Config, token: Option<String>) -> anyho
     };
     let parts = host_parts(&spec)?;
     let router = router_for(&spec)?;
+    // An agent restart must not take its tasks down: the next agent finds them again.
+    parts.node.set_keep_tasks_on_shutdown(true);
     let node = Arc::new(parts.node);
     let shipper = parts.shipper;
     let metrics: Vec<MetricsFn> = {

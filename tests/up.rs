@@ -269,11 +269,16 @@ async fn up_serves_search_tail_and_trace_end_to_end() -> anyhow::Result<()> {
         .count();
     assert_eq!(inner, 176, "every inner hop names fib as its caller");
     // And the app's own lines carry the same trace id, so they join the trace.
-    let app_lines = search(
-        &http,
-        &up.web,
-        &format!("trace_id:{trace_id} AND stream:stdout"),
-        1000,
+    // They are shipped from other files than the access records, so they may land a
+    // batch later: wait for them, then check there is exactly one per request.
+    let app_q = format!("trace_id:{trace_id} AND stream:stdout");
+    let app_lines = eventually(
+        "177 fib lines of the trace",
+        Duration::from_secs(30),
+        || async {
+            let res = search(&http, &up.web, &app_q, 1000).await?;
+            Ok((res.total >= 177).then_some(res))
+        },
     )
     .await?;
     assert_eq!(

@@ -9,22 +9,71 @@
 //! acknowledged batch, which bounds batches per second on slow disks; batches are large
 //! so that is cheap in practice.
 //!
-//! Sources carry a generation suffix (`src`, `src#2`, `src#3`...) that grows each time
-//! a file is found truncated, so the restarted content gets fresh offsets.
+//! Version 2 keys every entry by its source id (`base@<16 hex>`, see
+//! [`crate::fingerprint`]) and records with it the file's identity (device, inode,
+//! birth time) and head hash, so a restarted shipper can tell whether the file at a
+//! path, or a rotated sibling of it, is the one the entry is about. Entries are
+//! *registered* (written with offset 0, or where a resumed file starts) before any
+//! record of their source is sent, so a crash never makes the shipper draw a second
+//! id for the same bytes. Version 1 files (keyed by path-derived source, `#N`
+//! generations, no identity) are migrated on load: the newest generation of each
+//! path keeps its source id and offset and takes the identity of the file that is at
+//! its path now; that is exact unless the file was rotated while the old version was
+//! stopped, in which case the truncation check sends the new file under a fresh id.
 
 use crate::error::{Error, Result};
+use crate::fingerprint::{base_of, FileId, Head};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use tracing::info;
 
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 
-/// The committed position of one source.
+/// The committed position of one source, and how to recognise its file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileCheckpoint {
+    /// `host/app/task/stream` (or `host/router/access`): which path it was read from.
+    pub base: String,
     pub path: PathBuf,
     pub offset: u64,
+    pub dev: u64,
+    pub ino: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub btime: Option<u64>,
+    pub head_len: u64,
+    pub head_hash: u64,
+}
+
+impl FileCheckpoint {
+    pub fn new(base: &str, path: &Path, id: FileId, head: Head, offset: u64) -> FileCheckpoint {
+        FileCheckpoint {
+            base: base.to_string(),
+            path: path.to_path_buf(),
+            offset,
+            dev: id.dev,
+            ino: id.ino,
+            btime: id.btime,
+            head_len: head.len,
+            head_hash: head.hash,
+        }
+    }
+
+    pub fn id(&self) -> FileId {
+        FileId {
+            dev: self.dev,
+            ino: self.ino,
+            btime: self.btime,
+        }
+    }
+
+    pub fn head(&self) -> Head {
+        Head {
+            len: self.head_len,
+            hash: self.head_hash,
+        }
+    }
 }
 
 /// All committed positions, as stored on disk.
@@ -43,8 +92,20 @@ impl Default for Checkpoints {
     }
 }
 
-/// Splits `base#N` into (`base`, N); a source without a suffix is generation 1.
-pub fn split_generation(source: &str) -> (&str, u32) {
+/// The version 1 layout, read only to migrate it.
+#[derive(Debug, Deserialize)]
+struct V1 {
+    files: BTreeMap<String, V1Entry>,
+}
+
+#[derive(Debug, Deserialize)]
+struct V1Entry {
+    path: PathBuf,
+    offset: u64,
+}
+
+/// Splits a version 1 `base#N` into (`base`, N); no suffix is generation 1.
+fn v1_generation(source: &str) -> (&str, u32) {
     if let Some((base, n)) = source.rsplit_once('#') {
         if let Ok(n) = n.parse::<u32>() {
             if n >= 2 {
@@ -55,87 +116,73 @@ pub fn split_generation(source: &str) -> (&str, u32) {
     (source, 1)
 }
 
-/// The source name of generation `generation` of `base`.
-pub fn with_generation(base: &str, generation: u32) -> String {
-    if generation <= 1 {
-        base.to_string()
-    } else {
-        format!("{base}#{generation}")
-    }
-}
-
 impl Checkpoints {
     pub fn offset(&self, source: &str) -> u64 {
         self.files.get(source).map_or(0, |f| f.offset)
     }
 
-    /// Moves `source` forward to `offset`; never backwards. Returns whether it moved.
-    pub fn advance(&mut self, source: &str, path: &Path, offset: u64) -> bool {
+    /// Records a source before anything of it is sent (see the module doc).
+    pub fn register(&mut self, source: &str, entry: FileCheckpoint) {
+        self.files.insert(source.to_string(), entry);
+    }
+
+    /// Moves a registered `source` forward to `offset`; never backwards, and never
+    /// re-creates an entry that was released or pruned. Returns whether it moved.
+    pub fn advance(&mut self, source: &str, offset: u64) -> bool {
         match self.files.get_mut(source) {
-            Some(f) if f.offset >= offset => false,
-            Some(f) => {
+            Some(f) if f.offset < offset => {
                 f.offset = offset;
-                if f.path != path {
-                    f.path = path.to_path_buf();
-                }
                 true
             }
-            None => {
-                self.files.insert(
-                    source.to_string(),
-                    FileCheckpoint {
-                        path: path.to_path_buf(),
-                        offset,
-                    },
-                );
-                true
-            }
+            _ => false,
         }
     }
 
-    /// The newest generation of `base` that has a checkpoint, and its offset.
-    pub fn latest_generation(&self, base: &str) -> Option<(u32, u64)> {
-        self.files
-            .iter()
-            .filter_map(|(src, f)| {
-                let (b, g) = split_generation(src);
-                (b == base).then_some((g, f.offset))
-            })
-            .max_by_key(|(g, _)| *g)
+    /// Replaces the head of `source` by a longer one of the same file.
+    pub fn grow_head(&mut self, source: &str, head: Head) -> bool {
+        match self.files.get_mut(source) {
+            Some(f) if head.len > f.head_len => {
+                f.head_len = head.len;
+                f.head_hash = head.hash;
+                true
+            }
+            _ => false,
+        }
     }
 
-    /// Drops generations of `base` older than `generation`: once a newer generation
-    /// is committed, the older content was fully delivered (batches are acknowledged
-    /// in order) and is never read again.
-    pub fn forget_older_generations(&mut self, base: &str, generation: u32) {
-        self.files.retain(|src, _| {
-            let (b, g) = split_generation(src);
-            b != base || g >= generation
-        });
+    pub fn remove(&mut self, source: &str) -> bool {
+        self.files.remove(source).is_some()
     }
 
-    /// Reads the file; a missing file is an empty set of checkpoints.
+    /// Reads the file; a missing file is an empty set of checkpoints, a version 1
+    /// file is migrated (blocking: it stats and reads the files named in it).
     pub fn load(path: &Path) -> Result<Checkpoints> {
         let bytes = match std::fs::read(path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Checkpoints::default()),
             Err(e) => return Err(Error::io(path, e)),
         };
-        let cps: Checkpoints = serde_json::from_slice(&bytes).map_err(|e| {
+        let invalid = |e: serde_json::Error| {
             Error::io(
                 path,
                 std::io::Error::new(std::io::ErrorKind::InvalidData, e),
             )
-        })?;
-        if cps.version != VERSION {
-            return Err(Error::CheckpointVersion {
+        };
+        let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(invalid)?;
+        match v.get("version").and_then(|v| v.as_u64()) {
+            Some(1) => {
+                let old: V1 = serde_json::from_value(v).map_err(invalid)?;
+                let cps = migrate_v1(old);
+                info!(path = %path.display(), sources = cps.files.len(), "migrated checkpoints from version 1");
+                Ok(cps)
+            }
+            Some(2) => serde_json::from_value(v).map_err(invalid),
+            other => Err(Error::CheckpointVersion {
                 path: path.to_path_buf(),
-                version: cps.version,
-            });
+                version: other.unwrap_or(0) as u32,
+            }),
         }
-        Ok(cps)
     }
-
     /// Replaces the file atomically and durably. Blocking: call it from
     /// `spawn_blocking`.
     pub fn save(&self, path: &Path) -> Result<()> {
@@ -163,10 +210,8 @@ impl Checkpoints {
     /// Drops entries whose file's directory is gone (a removed sandbox: task ids are
     /// never reused), so checkpoints do not pile up forever. Blocking: stats paths.
     ///
-    /// An entry whose file alone is missing is kept on purpose: a file renamed away
-    /// and recreated must resume under its old position (and so be seen as truncated
-    /// and get a new generation); starting its source over at offset 0 would make the
-    /// indexer drop the new lines as already committed.
+    /// An entry whose file alone is missing is left to the shipper's scan, which
+    /// looks for the file under a rotated name first.
     pub fn prune_missing(&mut self) {
         self.files.retain(|_, f| {
             f.path
@@ -176,10 +221,51 @@ impl Checkpoints {
     }
 }
 
+/// Keeps the newest generation of each version 1 path whose file still exists, with
+/// the identity of the file there now.
+fn migrate_v1(old: V1) -> Checkpoints {
+    let mut newest: BTreeMap<String, (u32, String, V1Entry)> = BTreeMap::new();
+    for (src, e) in old.files {
+        let (base, g) = v1_generation(&src);
+        let base = base.to_string();
+        if newest.get(&base).is_none_or(|(og, _, _)| g > *og) {
+            newest.insert(base, (g, src, e));
+        }
+    }
+    let mut cps = Checkpoints::default();
+    for (base, (_, src, e)) in newest {
+        let Ok(f) = std::fs::File::open(&e.path) else {
+            continue;
+        };
+        let Ok(meta) = f.metadata() else { continue };
+        let head = Head::read(&f, meta.len().min(e.offset)).unwrap_or_default();
+        cps.register(
+            &src,
+            FileCheckpoint::new(&base, &e.path, FileId::of(&meta), head, e.offset),
+        );
+    }
+    debug_assert!(cps.files.keys().all(|k| !base_of(k).is_empty()));
+    cps
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    fn entry(path: &str, offset: u64) -> FileCheckpoint {
+        FileCheckpoint::new(
+            "h/a/t/stdout",
+            Path::new(path),
+            FileId {
+                dev: 1,
+                ino: 2,
+                btime: None,
+            },
+            Head::of(b"x"),
+            offset,
+        )
+    }
 
     #[test]
     fn missing_file_loads_empty_and_save_load_round_trips() {
@@ -187,13 +273,16 @@ mod tests {
         let path = dir.path().join("shipper/checkpoints.json");
         assert_eq!(Checkpoints::load(&path).unwrap(), Checkpoints::default());
         let mut c = Checkpoints::default();
-        c.advance("h/a/t/stdout", Path::new("/x/stdout"), 42);
+        c.register("h/a/t/stdout@0123456789abcdef", entry("/x/stdout", 0));
+        assert!(c.advance("h/a/t/stdout@0123456789abcdef", 42));
         c.save(&path).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-        assert_eq!(v["version"], 1);
-        assert_eq!(v["files"]["h/a/t/stdout"]["offset"], 42);
-        assert_eq!(v["files"]["h/a/t/stdout"]["path"], "/x/stdout");
+        assert_eq!(v["version"], 2);
+        let e = &v["files"]["h/a/t/stdout@0123456789abcdef"];
+        assert_eq!(e["offset"], 42);
+        assert_eq!(e["path"], "/x/stdout");
+        assert_eq!(e["ino"], 2);
         assert_eq!(Checkpoints::load(&path).unwrap(), c);
         assert!(!path.with_extension("json.tmp").exists());
     }
@@ -210,30 +299,44 @@ mod tests {
     }
 
     #[test]
-    fn advance_never_moves_back() {
+    fn advance_never_moves_back_nor_creates_entries() {
         let mut c = Checkpoints::default();
-        assert!(c.advance("s", Path::new("p"), 10));
-        assert!(!c.advance("s", Path::new("p"), 5));
-        assert!(!c.advance("s", Path::new("p"), 10));
+        assert!(!c.advance("s", 10), "unregistered sources are not created");
+        c.register("s", entry("p", 0));
+        assert!(c.advance("s", 10));
+        assert!(!c.advance("s", 5));
+        assert!(!c.advance("s", 10));
         assert_eq!(c.offset("s"), 10);
         assert_eq!(c.offset("other"), 0);
+        assert!(c.grow_head("s", Head::of(b"xyz")));
+        assert!(!c.grow_head("s", Head::of(b"x")));
+        assert_eq!(c.files["s"].head_len, 3);
+        assert!(c.remove("s"));
+        assert!(!c.advance("s", 20));
     }
 
+    /// Version 1 files keep the newest generation of each path that still exists,
+    /// under its old source id and offset, with the identity of the file there now.
     #[test]
-    fn generations() {
-        assert_eq!(split_generation("h/a/t/stdout"), ("h/a/t/stdout", 1));
-        assert_eq!(split_generation("h/a/t/stdout#3"), ("h/a/t/stdout", 3));
-        assert_eq!(split_generation("weird#x"), ("weird#x", 1));
-        assert_eq!(with_generation("b", 1), "b");
-        assert_eq!(with_generation("b", 2), "b#2");
-        let mut c = Checkpoints::default();
-        c.advance("b", Path::new("p"), 100);
-        c.advance("b#2", Path::new("p"), 7);
-        c.advance("bb", Path::new("q"), 1);
-        assert_eq!(c.latest_generation("b"), Some((2, 7)));
-        assert_eq!(c.latest_generation("nope"), None);
-        c.forget_older_generations("b", 2);
-        assert_eq!(c.files.keys().collect::<Vec<_>>(), ["b#2", "bb"]);
+    fn version_1_is_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let stdout = dir.path().join("stdout");
+        std::fs::write(&stdout, "one\ntwo\n").unwrap();
+        let path = dir.path().join("checkpoints.json");
+        let v1 = serde_json::json!({"version": 1, "files": {
+            "h/a/t/stdout": {"path": stdout, "offset": 100},
+            "h/a/t/stdout#2": {"path": stdout, "offset": 4},
+            "h/a/t/stderr": {"path": dir.path().join("gone"), "offset": 3},
+        }});
+        std::fs::write(&path, v1.to_string()).unwrap();
+        let c = Checkpoints::load(&path).unwrap();
+        assert_eq!(c.version, 2);
+        assert_eq!(c.files.keys().collect::<Vec<_>>(), ["h/a/t/stdout#2"]);
+        let e = &c.files["h/a/t/stdout#2"];
+        assert_eq!((e.base.as_str(), e.offset), ("h/a/t/stdout", 4));
+        assert_eq!(e.head(), Head::of(b"one\n"));
+        let meta = std::fs::metadata(&stdout).unwrap();
+        assert!(e.id().same(&FileId::of(&meta)));
     }
 
     #[test]
@@ -242,21 +345,36 @@ mod tests {
         let kept = dir.path().join("kept");
         std::fs::write(&kept, "x").unwrap();
         let mut c = Checkpoints::default();
-        c.advance("a", &kept, 1);
-        c.advance("rotated-away", &dir.path().join("gone"), 1);
-        c.advance("removed-sandbox", &dir.path().join("sandbox/stdout"), 1);
+        c.register("a", entry(kept.to_str().unwrap(), 1));
+        c.register(
+            "rotated-away",
+            entry(dir.path().join("gone").to_str().unwrap(), 1),
+        );
+        c.register(
+            "removed-sandbox",
+            entry(dir.path().join("sandbox/stdout").to_str().unwrap(), 1),
+        );
         c.prune_missing();
         assert_eq!(c.files.keys().collect::<Vec<_>>(), ["a", "rotated-away"]);
     }
 
     proptest! {
         #[test]
-        fn save_load_round_trip(entries in proptest::collection::btree_map("[a-z0-9/#._-]{1,30}", ("[a-zA-Z0-9/ ._-]{1,40}", any::<u64>()), 0..20)) {
+        fn save_load_round_trip(entries in proptest::collection::btree_map("[a-z0-9/#@._-]{1,30}", ("[a-zA-Z0-9/ ._-]{1,40}", any::<u64>(), any::<u64>(), proptest::option::of(any::<u64>()), 0u64..=1024, any::<u64>()), 0..20)) {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("checkpoints.json");
             let c = Checkpoints {
                 version: VERSION,
-                files: entries.into_iter().map(|(k, (p, o))| (k, FileCheckpoint { path: PathBuf::from(p), offset: o })).collect(),
+                files: entries.into_iter().map(|(k, (p, o, ino, btime, hl, hh))| (k.clone(), FileCheckpoint {
+                    base: base_of(&k).to_string(),
+                    path: PathBuf::from(p),
+                    offset: o,
+                    dev: 7,
+                    ino,
+                    btime,
+                    head_len: hl,
+                    head_hash: hh,
+                })).collect(),
             };
             c.save(&path).unwrap();
             prop_assert_eq!(Checkpoints::load(&path).unwrap(), c);
@@ -264,16 +382,18 @@ mod tests {
 
         #[test]
         fn advance_is_monotonic_and_ends_at_the_max(ops in proptest::collection::vec((0usize..4, any::<u32>()), 0..100)) {
-            let sources = ["a", "b", "c#2", "d"];
+            let sources = ["a", "b", "c@0123456789abcdef", "d"];
             let mut c = Checkpoints::default();
+            for s in sources {
+                c.register(s, entry("p", 0));
+            }
             let mut max = [0u64; 4];
             for (i, off) in ops {
                 let before = c.offset(sources[i]);
-                let existed = c.files.contains_key(sources[i]);
-                let moved = c.advance(sources[i], Path::new("p"), off as u64);
+                let moved = c.advance(sources[i], off as u64);
                 let after = c.offset(sources[i]);
                 prop_assert!(after >= before);
-                prop_assert_eq!(moved, !existed || off as u64 > before);
+                prop_assert_eq!(moved, off as u64 > before);
                 max[i] = max[i].max(off as u64);
             }
             for (i, s) in sources.iter().enumerate() {

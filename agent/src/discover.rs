@@ -9,10 +9,10 @@
 //! filesystems without events). The trade-off is latency of at most one scan interval
 //! when events are lost, in exchange for not trusting the watcher for correctness.
 //!
-//! A file's source id is derived from where it lives (`host/app/task/stream`,
-//! `host/router/access`). Fingerprinting the file's content so a position survives
-//! rename-rotation comes in a later version; until then rotation by rename is seen as
-//! truncation of the old path (see `tail`).
+//! Discovery names the *base* of a file's source (`host/app/task/stream`,
+//! `host/router/access`): where it lives. Which file that is, and under which source
+//! id it is shipped, is decided by `tail::resolve` from its identity (see
+//! `fingerprint`), so rotation, truncation and inode reuse do not depend on paths.
 
 use protocol::{Stream, TaskMeta};
 use std::collections::HashMap;
@@ -33,7 +33,7 @@ pub enum FileKind {
 /// One file to tail.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Discovered {
-    /// Source id of the file's first generation (see `checkpoint::with_generation`).
+    /// Where the file lives, `host/app/task/stream`; the source id is `base@<id>`.
     pub base_source: String,
     pub path: PathBuf,
     pub kind: FileKind,

@@ -20,7 +20,7 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    #[error("checkpoint file {path} has version {version}, expected 1")]
+    #[error("checkpoint file {path} has version {version}, expected 1 or 2")]
     CheckpointVersion { path: PathBuf, version: u32 },
     #[error("could not build the http client: {0}")]
     Client(#[source] reqwest::Error),

@@ -5,23 +5,31 @@
 //!
 //! Delivery is at-least-once with checkpoints that advance only after the indexer
 //! acknowledged a batch as committed; the indexer skips records at or below the
-//! committed offset of their source, which makes the whole path exactly-once. The
-//! trade-off of this first version: while the indexer is unreachable the shipper
-//! stops reading (back-pressure, at most about two batches ahead) instead of spooling
-//! to disk, and files are identified by path rather than by content fingerprint (see
-//! [`discover`] and [`tail`]). Nothing is lost either way, but a file rotated away
-//! while the indexer is down is only read up to where it was when rotated.
+//! committed offset of their source, which makes the whole path exactly-once. Files
+//! are followed by identity, not by path ([`fingerprint`]): a file renamed away or
+//! deleted is read to its end through its open descriptor, a truncated one restarts
+//! under a fresh source id. While the indexer is slow or unreachable, full batches
+//! go to a bounded disk [`spool`] and reading goes on; at the bound the shipper stops
+//! reading (back-pressure, never loss). The trade-offs: every line waits up to the
+//! multiline flush timeout (default 500 ms) in case a continuation follows, and a
+//! file rotated away before the shipper first saw it is not followed (it only watches
+//! the fixed `stdout`/`stderr`/`access.log` names, so that old rotated files and
+//! copytruncate copies are never shipped twice).
 //!
-//! Modules: [`discover`] finds files and watches the work dir, [`tail`] reads them
-//! into lines, [`parse`] turns lines into records, [`ship`] batches and delivers,
-//! [`checkpoint`] remembers what was delivered.
+//! Modules: [`discover`] finds files and watches the work dir, [`fingerprint`] tells
+//! files apart, [`tail`] reads them into lines, [`multiline`] joins stack traces,
+//! [`parse`] turns lines into records,
+//! [`ship`] batches and delivers, [`checkpoint`] remembers what was delivered.
 
 pub mod checkpoint;
 pub mod discover;
 pub mod error;
+pub mod fingerprint;
 pub mod metrics;
+pub mod multiline;
 pub mod parse;
 pub mod ship;
+pub mod spool;
 pub mod tail;
 
 pub use error::{Error, Result};
@@ -30,7 +38,7 @@ use checkpoint::Checkpoints;
 use discover::{Discovery, Wake};
 use metrics::{inc, Metrics};
 use ship::{Batch, Sender, Shipped};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -39,7 +47,7 @@ use tail::{RoundConfig, Tailed};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 /// How the shipper runs. `Default` gives the documented defaults with an empty host
 /// and work dir, which [`Shipper::new`] refuses: set at least those two.
@@ -62,6 +70,14 @@ pub struct ShipperConfig {
     pub scan_interval: Duration,
     /// Longer lines are cut to this and flagged (`fields.truncated`), never dropped.
     pub max_line_bytes: usize,
+    /// A rotated or deleted file is let go this long after it stopped growing.
+    pub release_after: Duration,
+    /// Multiline events (stack traces) are joined into one record, a held event
+    /// shipped after this long without a continuation; `None` turns joining off.
+    pub multiline_flush: Option<Duration>,
+    /// Bound of the disk spool used while the indexer cannot keep up or is down
+    /// (see [`spool`]); at the bound the shipper stops reading. 0 turns it off.
+    pub spool_max_bytes: u64,
 }
 
 impl Default for ShipperConfig {
@@ -75,6 +91,9 @@ impl Default for ShipperConfig {
             batch_max_wait: Duration::from_millis(200),
             scan_interval: Duration::from_secs(1),
             max_line_bytes: 256 * 1024,
+            release_after: tail::RELEASE_AFTER,
+            multiline_flush: Some(multiline::FLUSH_AFTER),
+            spool_max_bytes: 1 << 30,
         }
     }
 }
@@ -211,11 +230,23 @@ struct Run {
     dirty: bool,
     /// `None` only while a scan runs on the blocking pool.
     discovery: Option<Discovery>,
+    /// Followed files by source id.
     files: BTreeMap<String, Tailed>,
+    /// Released files whose entry goes once everything up to the offset is acked.
+    releasing: Vec<(Arc<str>, u64)>,
     next_start: usize,
     round: RoundConfig,
     batch: Batch,
     in_flight: Option<JoinHandle<Shipped>>,
+    /// The spool segment the batch in flight is stored as, if it is.
+    in_flight_seg: Option<u64>,
+    /// A copy of the batch in flight when it went straight from memory, so it can be
+    /// spilled to the spool ahead of the batches that queue up behind it.
+    in_flight_copy: Option<Batch>,
+    /// `None` only while a spool operation runs on the blocking pool.
+    spool: Option<spool::Spool>,
+    /// Since when each file has had unacknowledged bytes (lag in seconds).
+    behind_since: BTreeMap<String, Instant>,
     /// Every batch handed over so far was delivered completely. Once one was not
     /// (only on cancellation), later batches must not be sent: the indexer would
     /// commit their higher offsets and then skip the undelivered ones as duplicates.
@@ -232,6 +263,10 @@ impl Run {
         let checkpoint_path = state_dir.join("checkpoints.json");
         let path = checkpoint_path.clone();
         let checkpoints = tokio::task::spawn_blocking(move || load_checkpoints(&path)).await??;
+        let spool_dir = state_dir.join("spool");
+        let max = cfg.spool_max_bytes;
+        let spool =
+            tokio::task::spawn_blocking(move || spool::Spool::open(spool_dir, max)).await??;
         info!(
             host = %cfg.host,
             work_dir = %cfg.work_dir.display(),
@@ -244,6 +279,8 @@ impl Run {
                 max_line_bytes: cfg.max_line_bytes,
                 // About one batch per round keeps read-ahead bounded when delivery stalls.
                 budget: cfg.batch_max_bytes.max(tail::CHUNK_BYTES),
+                release_after: cfg.release_after,
+                multiline_flush: cfg.multiline_flush,
             },
             discovery: Some(Discovery::new(cfg.host.clone(), cfg.work_dir.clone())),
             inner: inner.clone(),
@@ -252,9 +289,14 @@ impl Run {
             checkpoints,
             dirty: false,
             files: BTreeMap::new(),
+            releasing: Vec::new(),
             next_start: 0,
             batch: Batch::default(),
             in_flight: None,
+            in_flight_seg: None,
+            in_flight_copy: None,
+            spool: Some(spool),
+            behind_since: BTreeMap::new(),
             intact: true,
         })
     }
@@ -268,11 +310,17 @@ impl Run {
             };
         let mut rescan = true;
         let mut next_scan = Instant::now();
+        self.update_spool_metrics();
+        // What an earlier run spooled goes before anything new.
+        self.start_next().await?;
         while !self.cancel.is_cancelled() {
             if rescan || Instant::now() >= next_scan {
                 self.scan().await?;
                 rescan = false;
                 next_scan = Instant::now() + cfg.scan_interval;
+            }
+            if self.files.values().any(|t| !t.registered) {
+                self.register().await;
             }
             let more = self.read().await?;
             if self.cancel.is_cancelled() {
@@ -298,6 +346,7 @@ impl Run {
                 Event::Shipped(shipped) => {
                     self.in_flight = None;
                     self.on_shipped(shipped?).await;
+                    self.start_next().await?;
                 }
             }
         }
@@ -352,6 +401,12 @@ impl Run {
             if let Some(d) = t.partial_deadline() {
                 deadline = deadline.min(d);
             }
+            if let Some(d) = t.release_deadline(self.inner.config.release_after) {
+                deadline = deadline.min(d);
+            }
+            if let Some(d) = t.event_deadline(self.inner.config.multiline_flush) {
+                deadline = deadline.min(d);
+            }
         }
         deadline
     }
@@ -367,22 +422,61 @@ impl Run {
         })
         .await?;
         self.discovery = Some(discovery);
-        let now = Instant::now();
-        for d in found {
-            if self.files.contains_key(&d.base_source) {
-                continue;
-            }
-            let (generation, offset) = self
-                .checkpoints
-                .latest_generation(&d.base_source)
-                .unwrap_or((1, 0));
-            info!(source = %d.base_source, path = %d.path.display(), generation, offset, "tailing file");
-            self.files.insert(
-                d.base_source.clone(),
-                Tailed::new(d, generation, offset, now),
-            );
+        let entries = self.checkpoints.files.clone();
+        let tailed: Vec<fingerprint::FileId> = self.files.values().map(|t| t.id).collect();
+        let busy: HashSet<String> = self
+            .files
+            .keys()
+            .cloned()
+            .chain(self.releasing.iter().map(|(s, _)| s.to_string()))
+            .collect();
+        let resolved = tokio::task::spawn_blocking(move || {
+            tail::resolve(found, &entries, &tailed, &busy, Instant::now())
+        })
+        .await?;
+        for src in resolved.forget {
+            debug!(source = %src, "no file left for this checkpoint, forgetting it");
+            self.dirty |= self.checkpoints.remove(&src);
+        }
+        for t in resolved.tails {
+            info!(source = %t.source, path = %t.path.display(), offset = t.pos, registered = t.registered, detached = t.detached.is_some(), "tailing file");
+            self.files.insert(t.source.to_string(), t);
+        }
+        if self.files.values().any(|t| !t.registered) {
+            self.register().await;
         }
         Ok(())
+    }
+
+    /// Writes the entries of newly found or restarted files to disk before anything
+    /// of them is read (see [`fingerprint`]). On failure they stay unread and are
+    /// tried again on the next loop.
+    async fn register(&mut self) {
+        let mut new = Vec::new();
+        for t in self.files.values() {
+            if !t.registered {
+                let home = t.path.as_ref().clone();
+                self.checkpoints.register(&t.source, t.entry(&home));
+                new.push(t.source.clone());
+            }
+        }
+        if new.is_empty() {
+            return;
+        }
+        self.dirty = true;
+        match self.save_checkpoints().await {
+            Ok(()) => {
+                for src in new {
+                    if let Some(t) = self.files.get_mut(src.as_ref()) {
+                        t.registered = true;
+                    }
+                }
+            }
+            Err(e) => {
+                inc(&self.inner.metrics.checkpoint_errors, 1);
+                error!(path = %self.checkpoint_path.display(), error = %e, "cannot register new files in the checkpoints, will retry");
+            }
+        }
     }
 
     /// One read round on the blocking pool; records go into the batch, full batches
@@ -400,6 +494,13 @@ impl Run {
         .await?;
         self.files = files;
         self.next_start = round.next_start;
+        if !round.released.is_empty() {
+            self.releasing.extend(round.released);
+            self.settle_released();
+        }
+        if round.unregistered {
+            self.register().await;
+        }
         for rec in round.records {
             self.batch.push(rec);
             if self.batch.bytes() >= self.inner.config.batch_max_bytes {
@@ -418,45 +519,173 @@ impl Run {
             let h = self.in_flight.take().expect("checked above");
             let shipped = h.await?;
             self.on_shipped(shipped).await;
+            self.start_next().await?;
         }
         Ok(())
     }
 
-    /// Sends the current batch once the previous one is settled.
-    async fn hand_over(&mut self) -> Result<()> {
-        if let Some(h) = self.in_flight.take() {
-            let shipped = h.await?;
-            self.on_shipped(shipped).await;
-        }
-        if self.batch.is_empty() || !self.intact || self.cancel.is_cancelled() {
-            return Ok(());
-        }
-        let batch = std::mem::take(&mut self.batch);
+    fn spool(&self) -> &spool::Spool {
+        self.spool
+            .as_ref()
+            .expect("spool is back after every operation")
+    }
+
+    /// Runs `f` on the spool on the blocking pool.
+    async fn spool_op<T: Send + 'static>(
+        &mut self,
+        f: impl FnOnce(&mut spool::Spool) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let mut sp = self
+            .spool
+            .take()
+            .expect("spool is back after every operation");
+        let (sp, r) = tokio::task::spawn_blocking(move || {
+            let r = f(&mut sp);
+            (sp, r)
+        })
+        .await?;
+        self.spool = Some(sp);
+        self.update_spool_metrics();
+        r
+    }
+
+    fn update_spool_metrics(&self) {
+        let m = &self.inner.metrics;
+        m.spool_bytes
+            .store(self.spool().bytes(), std::sync::atomic::Ordering::Relaxed);
+        m.spool_batches.store(
+            self.spool().len() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    fn send(&mut self, batch: Batch, seg: Option<u64>) {
+        self.in_flight_copy = (seg.is_none() && self.spool().enabled()).then(|| batch.clone());
+        self.in_flight_seg = seg;
         let sender = self.inner.sender.clone();
         let cancel = self.cancel.clone();
         self.in_flight = Some(tokio::spawn(
             async move { sender.ship(batch, &cancel).await },
         ));
+    }
+
+    /// Starts sending the oldest spooled batch, or a full batch from memory when
+    /// the spool is empty, unless something is in flight.
+    async fn start_next(&mut self) -> Result<()> {
+        if self.in_flight.is_some() || !self.intact || self.cancel.is_cancelled() {
+            return Ok(());
+        }
+        if !self.spool().is_empty() {
+            match self.spool_op(|s| s.oldest()).await {
+                Ok(Some((id, batch))) => self.send(batch, Some(id)),
+                Ok(None) => {}
+                Err(e) => {
+                    error!(error = %e, "cannot read the oldest spooled batch, will retry")
+                }
+            }
+            return Ok(());
+        }
+        if self.batch.bytes() >= self.inner.config.batch_max_bytes {
+            self.save_heads().await;
+            let batch = std::mem::take(&mut self.batch);
+            self.send(batch, None);
+        }
         Ok(())
+    }
+
+    /// Writes the batch in flight (if it came from memory) and the current batch to
+    /// the spool, and moves the checkpoints past them: the spool now owns them.
+    async fn spill(&mut self) -> Result<()> {
+        if let Some(copy) = self.in_flight_copy.take() {
+            let body = copy.body().to_vec();
+            match self.spool_op(move |s| s.write(&body)).await {
+                Ok(id) => {
+                    self.in_flight_seg = Some(id);
+                    self.advance_over(&copy, copy.len());
+                }
+                Err(e) => {
+                    self.in_flight_copy = Some(copy);
+                    return Err(e);
+                }
+            }
+        }
+        let batch = std::mem::take(&mut self.batch);
+        let body = batch.body().to_vec();
+        if let Err(e) = self.spool_op(move |s| s.write(&body)).await {
+            self.batch = batch;
+            return Err(e);
+        }
+        self.advance_over(&batch, batch.len());
+        if let Err(e) = self.save_checkpoints().await {
+            inc(&self.inner.metrics.checkpoint_errors, 1);
+            error!(path = %self.checkpoint_path.display(), error = %e, "cannot save checkpoints after spooling, will retry");
+        }
+        Ok(())
+    }
+
+    /// Moves the checkpoints over the first `done` records of `batch`.
+    fn advance_over(&mut self, batch: &Batch, done: usize) -> bool {
+        let mut moved = false;
+        for e in &batch.entries()[..done] {
+            moved |= self.checkpoints.advance(&e.source, e.offset);
+        }
+        self.dirty |= moved;
+        moved
+    }
+
+    /// Sends the current batch: right away when nothing is in flight and the spool
+    /// is empty; to the spool while there is room; otherwise once the batch in
+    /// flight is settled (back-pressure: reading waits, nothing is dropped).
+    async fn hand_over(&mut self) -> Result<()> {
+        self.reap_finished().await?;
+        if self.batch.is_empty() || !self.intact || self.cancel.is_cancelled() {
+            return Ok(());
+        }
+        self.save_heads().await;
+        if self.in_flight.is_none() && self.spool().is_empty() {
+            let batch = std::mem::take(&mut self.batch);
+            self.send(batch, None);
+            return Ok(());
+        }
+        let need = self.batch.bytes() + self.in_flight_copy.as_ref().map_or(0, |b| b.bytes());
+        if self.spool().has_room(need) {
+            match self.spill().await {
+                Ok(()) => return self.start_next().await,
+                Err(e) => {
+                    error!(error = %e, "cannot write to the spool, waiting for the indexer instead")
+                }
+            }
+        }
+        self.update_lag();
+        if let Some(h) = self.in_flight.take() {
+            let shipped = h.await?;
+            self.on_shipped(shipped).await;
+        }
+        self.start_next().await
     }
 
     /// Advances the checkpoints over what the indexer acknowledged and saves them.
     async fn on_shipped(&mut self, shipped: Shipped) {
-        if !shipped.complete() {
+        let seg = self.in_flight_seg.take();
+        // A spooled batch that was cut short is still in the spool, in order; only a
+        // batch from memory leaves a gap later batches must not jump.
+        if !shipped.complete() && seg.is_none() {
             self.intact = false;
         }
-        let mut moved = false;
-        let mut newer_generations = BTreeSet::new();
-        for e in &shipped.batch.entries()[..shipped.done] {
-            moved |= self.checkpoints.advance(&e.source, &e.path, e.offset);
-            let (base, generation) = checkpoint::split_generation(&e.source);
-            if generation > 1 {
-                newer_generations.insert((base.to_string(), generation));
+        self.in_flight_copy = None;
+        if let Some(id) = seg {
+            if shipped.complete() {
+                if let Err(e) = self.spool_op(move |s| s.remove(id)).await {
+                    // It is sent again after a restart; the indexer drops it then.
+                    error!(error = %e, segment = id, "cannot remove a delivered spool segment");
+                }
             }
         }
-        for (base, generation) in newer_generations {
-            self.checkpoints.forget_older_generations(&base, generation);
+        let mut moved = self.advance_over(&shipped.batch, shipped.done);
+        for t in self.files.values() {
+            moved |= self.checkpoints.grow_head(&t.source, t.head);
         }
+        moved |= self.settle_released();
         if moved || self.dirty {
             self.dirty = true;
             if let Err(e) = self.save_checkpoints().await {
@@ -465,6 +694,48 @@ impl Run {
             }
         }
         self.update_lag();
+    }
+
+    /// Makes the heads of what is about to be sent durable first. Regression: a file
+    /// registered empty, shipped, then truncated and rewritten while the agent was
+    /// killed before its next checkpoint save matched its entry's empty head, was
+    /// resumed under its old source, and the indexer dropped the new lines as already
+    /// committed. Costs a save per batch only while some file is under 1 KiB into its
+    /// head.
+    async fn save_heads(&mut self) {
+        let mut grew = false;
+        for t in self.files.values() {
+            grew |= self.checkpoints.grow_head(&t.source, t.head);
+        }
+        if grew {
+            self.dirty = true;
+            if let Err(e) = self.save_checkpoints().await {
+                inc(&self.inner.metrics.checkpoint_errors, 1);
+                error!(path = %self.checkpoint_path.display(), error = %e, "cannot save file heads before sending, sending anyway");
+            }
+        }
+    }
+
+    /// Forgets the entries of released files once all they held is acknowledged.
+    fn settle_released(&mut self) -> bool {
+        let before = self.releasing.len();
+        let cps = &mut self.checkpoints;
+        let files = &self.files;
+        self.releasing.retain(|(src, end)| {
+            if files.contains_key(src.as_ref()) {
+                // Its source lives on in a copytruncate copy.
+                return false;
+            }
+            match cps.files.get(src.as_ref()) {
+                Some(e) if e.offset < *end => true,
+                Some(_) => {
+                    cps.remove(src);
+                    false
+                }
+                None => false,
+            }
+        });
+        before != self.releasing.len()
     }
 
     async fn save_checkpoints(&mut self) -> Result<()> {
@@ -480,21 +751,26 @@ impl Run {
         Ok(())
     }
 
-    fn update_lag(&self) {
-        let lag: BTreeMap<String, u64> = self
-            .files
-            .values()
-            .map(|t| {
-                let done = self.checkpoints.offset(&t.source);
-                (t.source.to_string(), t.file_len.saturating_sub(done))
-            })
-            .collect();
-        *self
-            .inner
-            .metrics
-            .lag
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = lag;
+    fn update_lag(&mut self) {
+        let now = Instant::now();
+        let mut bytes = BTreeMap::new();
+        let mut secs = BTreeMap::new();
+        for t in self.files.values() {
+            let done = self.checkpoints.offset(&t.source);
+            let behind = t.file_len.saturating_sub(done);
+            bytes.insert(t.source.to_string(), behind);
+            if behind > 0 {
+                let since = *self.behind_since.entry(t.source.to_string()).or_insert(now);
+                secs.insert(t.source.to_string(), (now - since).as_secs_f64());
+            } else {
+                self.behind_since.remove(t.source.as_ref());
+                secs.insert(t.source.to_string(), 0.0);
+            }
+        }
+        self.behind_since.retain(|s, _| bytes.contains_key(s));
+        let m = &self.inner.metrics;
+        *m.lag.lock().unwrap_or_else(|p| p.into_inner()) = bytes;
+        *m.lag_seconds.lock().unwrap_or_else(|p| p.into_inner()) = secs;
     }
 
     async fn shutdown(mut self) -> Result<()> {
@@ -502,7 +778,17 @@ impl Run {
             let shipped = h.await?;
             self.on_shipped(shipped).await;
         }
+        for rec in tail::flush_events(&mut self.files, &self.round, &self.inner.metrics) {
+            self.batch.push(rec);
+        }
+        if self.intact && !self.batch.is_empty() && !self.spool().is_empty() {
+            // Behind spooled batches: spooled too, to keep the order.
+            if let Err(e) = self.spill().await {
+                warn!(error = %e, "cannot spool the last batch, it is read again on the next start");
+            }
+        }
         if self.intact && !self.batch.is_empty() {
+            self.save_heads().await;
             // The token is cancelled, so this is exactly one more attempt.
             let batch = std::mem::take(&mut self.batch);
             let shipped = self.inner.sender.ship(batch, &self.cancel).await;
@@ -615,10 +901,10 @@ mod tests {
         std::fs::write(&path, "{torn").unwrap();
         assert_eq!(load_checkpoints(&path).unwrap(), Checkpoints::default());
         assert!(path.with_extension("json.invalid").exists());
-        std::fs::write(&path, r#"{"version":2,"files":{}}"#).unwrap();
+        std::fs::write(&path, r#"{"version":3,"files":{}}"#).unwrap();
         assert!(matches!(
             load_checkpoints(&path),
-            Err(Error::CheckpointVersion { version: 2, .. })
+            Err(Error::CheckpointVersion { version: 3, .. })
         ));
     }
 

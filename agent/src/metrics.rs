@@ -22,10 +22,16 @@ pub struct Metrics {
     pub records_rejected: AtomicU64,
     pub retries: AtomicU64,
     pub files_truncated: AtomicU64,
+    pub files_rotated: AtomicU64,
     pub checkpoint_errors: AtomicU64,
     pub read_errors: AtomicU64,
     /// Bytes of each file not yet acknowledged by the indexer, by source.
     pub lag: Mutex<BTreeMap<String, u64>>,
+    /// Seconds each file has had bytes not yet acknowledged, by source.
+    pub lag_seconds: Mutex<BTreeMap<String, f64>>,
+    /// Bytes and batches in the disk spool (gauges).
+    pub spool_bytes: AtomicU64,
+    pub spool_batches: AtomicU64,
 }
 
 pub(crate) fn inc(c: &AtomicU64, n: u64) {
@@ -36,7 +42,7 @@ impl Metrics {
     pub fn render(&self, host: &str) -> String {
         let host = escape(host);
         let mut out = String::new();
-        let counters: [(&str, &str, &AtomicU64); 12] = [
+        let counters: [(&str, &str, &AtomicU64); 13] = [
             (
                 "lines_read_total",
                 "Lines read from tailed files.",
@@ -84,8 +90,13 @@ impl Metrics {
             ),
             (
                 "files_truncated_total",
-                "Files found shorter than the read position and restarted.",
+                "Files found truncated or rewritten and restarted under a new source.",
                 &self.files_truncated,
+            ),
+            (
+                "files_rotated_total",
+                "Files renamed away from their path and read to their end.",
+                &self.files_rotated,
             ),
             (
                 "checkpoint_errors_total",
@@ -114,6 +125,41 @@ impl Metrics {
                 out,
                 "sandtrail_agent_lag_bytes{{host=\"{host}\",source=\"{}\"}} {bytes}",
                 escape(source)
+            );
+        }
+        drop(lag);
+        let _ = writeln!(
+            out,
+            "# HELP sandtrail_agent_lag_seconds How long a file has had bytes not yet acknowledged by the indexer."
+        );
+        let _ = writeln!(out, "# TYPE sandtrail_agent_lag_seconds gauge");
+        let lag = self.lag_seconds.lock().unwrap_or_else(|p| p.into_inner());
+        for (source, secs) in lag.iter() {
+            let _ = writeln!(
+                out,
+                "sandtrail_agent_lag_seconds{{host=\"{host}\",source=\"{}\"}} {secs:.3}",
+                escape(source)
+            );
+        }
+        drop(lag);
+        for (name, help, value) in [
+            (
+                "spool_bytes",
+                "Bytes of batches waiting in the disk spool.",
+                &self.spool_bytes,
+            ),
+            (
+                "spool_batches",
+                "Batches waiting in the disk spool.",
+                &self.spool_batches,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP sandtrail_agent_{name} {help}");
+            let _ = writeln!(out, "# TYPE sandtrail_agent_{name} gauge");
+            let _ = writeln!(
+                out,
+                "sandtrail_agent_{name}{{host=\"{host}\"}} {}",
+                value.load(Ordering::Relaxed)
             );
         }
         out
@@ -150,5 +196,16 @@ mod tests {
             ),
             "{text}"
         );
+        m.lag_seconds.lock().unwrap().insert("s@1".into(), 2.5);
+        m.spool_bytes.store(4096, Ordering::Relaxed);
+        let text = m.render("node-1");
+        for want in [
+            "sandtrail_agent_lag_seconds{host=\"node-1\",source=\"s@1\"} 2.500\n",
+            "# TYPE sandtrail_agent_spool_bytes gauge\n",
+            "sandtrail_agent_spool_bytes{host=\"node-1\"} 4096\n",
+            "sandtrail_agent_spool_batches{host=\"node-1\"} 0\n",
+        ] {
+            assert!(text.contains(want), "{want} in {text}");
+        }
     }
 }

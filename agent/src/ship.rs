@@ -85,6 +85,11 @@ impl Batch {
         self.entries.is_empty()
     }
 
+    /// The (uncompressed) NDJSON body.
+    pub fn body(&self) -> &[u8] {
+        &self.body
+    }
+
     /// Size of the (uncompressed) NDJSON body.
     pub fn bytes(&self) -> usize {
         self.body.len()

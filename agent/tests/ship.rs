@@ -1,6 +1,7 @@
 //! End-to-end tests of the shipper against a fake indexer on 127.0.0.1:0 that decodes
 //! gzip NDJSON and deduplicates by (source, offset) the way the real one does.
 
+use agent::fingerprint::base_of;
 use agent::{Shipper, ShipperConfig};
 use axum::body::Bytes;
 use axum::extract::State;
@@ -177,6 +178,25 @@ fn checkpoints(work: &Path) -> serde_json::Value {
     serde_json::from_str(&text).unwrap()
 }
 
+/// The (source, offset) of every checkpoint entry of the file at `base`.
+fn entries_of(work: &Path, base: &str) -> Vec<(String, u64)> {
+    let cps = checkpoints(work);
+    cps["files"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(_, e)| e["base"] == base)
+        .map(|(k, e)| (k.clone(), e["offset"].as_u64().unwrap()))
+        .collect()
+}
+
+/// The offset of the only checkpoint entry of `base`.
+fn offset_of(work: &Path, base: &str) -> u64 {
+    let e = entries_of(work, base);
+    assert_eq!(e.len(), 1, "{e:?}");
+    e[0].1
+}
+
 #[tokio::test]
 async fn ships_tagged_lines_follows_appends_and_resumes_without_resending() {
     let (url, fake) = start_fake().await;
@@ -207,7 +227,8 @@ async fn ships_tagged_lines_follows_appends_and_resumes_without_resending() {
         assert_eq!(out.len(), 2);
         assert_eq!((out[0].msg.as_str(), out[0].offset), ("first line", 11));
         assert_eq!((out[1].msg.as_str(), out[1].offset), ("second line", 23));
-        assert_eq!(out[0].source, "node-1/fib/fib.1/stdout");
+        assert_eq!(base_of(&out[0].source), "node-1/fib/fib.1/stdout");
+        assert_ne!(out[0].source, "node-1/fib/fib.1/stdout", "an id is added");
         let err = f
             .accepted
             .iter()
@@ -215,7 +236,7 @@ async fn ships_tagged_lines_follows_appends_and_resumes_without_resending() {
             .unwrap();
         assert_eq!((err.msg.as_str(), err.level), ("boom", Some(Level::Error)));
         assert_eq!(err.fields["user"], "alice");
-        assert_eq!(err.source, "node-1/fib/fib.1/stderr");
+        assert_eq!(base_of(&err.source), "node-1/fib/fib.1/stderr");
         assert!(f.tokens.iter().all(|t| t.as_deref() == Some("s3cret")));
     }
 
@@ -241,14 +262,14 @@ async fn ships_tagged_lines_follows_appends_and_resumes_without_resending() {
 
     let stdout_len = std::fs::metadata(dir.join("stdout")).unwrap().len();
     let cps = checkpoints(work.path());
-    assert_eq!(cps["version"], 1);
+    assert_eq!(cps["version"], 2);
     assert_eq!(
-        cps["files"]["node-1/fib/fib.1/stdout"]["offset"],
+        offset_of(work.path(), "node-1/fib/fib.1/stdout"),
         stdout_len
     );
     let stderr_len = std::fs::metadata(dir.join("stderr")).unwrap().len();
     assert_eq!(
-        cps["files"]["node-1/fib/fib.1/stderr"]["offset"],
+        offset_of(work.path(), "node-1/fib/fib.1/stderr"),
         stderr_len
     );
     let received_before = fake.lock().unwrap().received.len();
@@ -378,7 +399,8 @@ async fn picks_up_new_sandboxes_and_the_router_access_log() {
             .find(|r| r.msg == "GET /fib/10 200")
             .unwrap();
         let mut expected = access.clone();
-        expected.source = "node-1/router/access".into();
+        assert_eq!(base_of(&rec.source), "node-1/router/access");
+        expected.source = rec.source.clone();
         expected.offset = line.len() as u64 + 1;
         assert_eq!(rec, &expected);
         let bad = f.accepted.iter().find(|r| r.msg == "not a record").unwrap();
@@ -405,21 +427,20 @@ async fn truncated_file_is_shipped_again_under_a_new_source() {
         f.accepted.len() == 3
     })
     .await;
-    {
+    let new_source = {
         let f = fake.lock().unwrap();
         let r = &f.accepted[2];
-        assert_eq!(
-            (r.msg.as_str(), r.offset, r.source.as_str()),
-            ("new", 4, "node-1/fib/fib.2/stdout#2")
-        );
+        assert_eq!((r.msg.as_str(), r.offset), ("new", 4));
+        assert_eq!(base_of(&r.source), "node-1/fib/fib.2/stdout");
+        assert_ne!(r.source, f.accepted[0].source);
         assert_eq!(f.received.len(), 3, "old content not re-sent");
-    }
+        r.source.clone()
+    };
     run.stop().await;
-    let cps = checkpoints(work.path());
-    assert_eq!(cps["files"]["node-1/fib/fib.2/stdout#2"]["offset"], 4);
-    assert!(
-        cps["files"].get("node-1/fib/fib.2/stdout").is_none(),
-        "{cps}"
+    assert_eq!(
+        entries_of(work.path(), "node-1/fib/fib.2/stdout"),
+        [(new_source, 4)],
+        "the old source is forgotten"
     );
 }
 
@@ -438,10 +459,7 @@ async fn a_refused_record_is_skipped_and_the_rest_delivered() {
         .contains("sandtrail_agent_records_rejected_total{host=\"node-1\"} 1"));
     run.stop().await;
     let len = std::fs::metadata(dir.join("stdout")).unwrap().len();
-    assert_eq!(
-        checkpoints(work.path())["files"]["node-1/fib/fib.3/stdout"]["offset"],
-        len
-    );
+    assert_eq!(offset_of(work.path(), "node-1/fib/fib.3/stdout"), len);
 }
 
 #[tokio::test]
@@ -465,10 +483,7 @@ async fn cancel_ships_what_was_read_and_saves_checkpoints() {
     assert!(fake.lock().unwrap().received.is_empty());
     run.stop().await;
     assert_eq!(msgs(&fake.lock().unwrap()), ["x", "y"]);
-    assert_eq!(
-        checkpoints(work.path())["files"]["node-1/fib/fib.4/stdout"]["offset"],
-        4
-    );
+    assert_eq!(offset_of(work.path(), "node-1/fib/fib.4/stdout"), 4);
 }
 
 #[tokio::test]
@@ -532,46 +547,37 @@ async fn the_watcher_wakes_the_shipper_without_rescans() {
 }
 
 /// Regression: a file renamed away and recreated must not start its source over at
-/// offset 0 (the indexer would drop the new lines as already committed). Pruning the
-/// checkpoint of a missing file did exactly that.
+/// offset 0 (the indexer would drop the new lines as already committed), and what
+/// the writer still appends to the renamed file must not be lost.
 #[tokio::test]
-async fn a_file_rotated_by_rename_keeps_shipping() {
+async fn a_file_rotated_by_rename_is_finished_and_the_new_one_shipped() {
     let (url, fake) = start_fake().await;
     let work = tempfile::tempdir().unwrap();
     let log = work.path().join("router/access.log");
     std::fs::create_dir_all(log.parent().unwrap()).unwrap();
     append(&log, "a long enough first line\nand a second one\n");
-    let other = sandbox(work.path(), "fib", "fib.6", 0);
     let shipper = Shipper::new(config(work.path(), &url)).unwrap();
     let run = start(&shipper);
     wait_for("the first lines", &fake, |f| f.accepted.len() == 2).await;
 
-    std::fs::rename(&log, work.path().join("router/access.log.1")).unwrap();
-    // Wait until the shipper noticed the file is gone and saved its checkpoints.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !shipper.metrics().contains("lag_bytes")
-        || shipper
-            .metrics()
-            .contains("source=\"node-1/router/access\"")
-    {
-        assert!(Instant::now() < deadline, "{}", shipper.metrics());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    // Another file's batch is acknowledged meanwhile, so checkpoints are saved.
-    append(&other.join("stdout"), "meanwhile\n");
-    wait_for("the other file's line", &fake, |f| {
-        msgs(f).contains(&"meanwhile".to_string())
-    })
-    .await;
+    let rotated = work.path().join("router/access.log.1");
+    std::fs::rename(&log, &rotated).unwrap();
     append(&log, "new file\n");
-    wait_for("the line of the new file", &fake, |f| {
-        msgs(f).contains(&"new file".to_string())
+    append(&rotated, "late line\n");
+    wait_for("the late line and the new file", &fake, |f| {
+        f.accepted.len() == 4
     })
     .await;
     {
         let f = fake.lock().unwrap();
-        let r = f.accepted.last().unwrap();
-        assert_eq!((r.offset, r.source.as_str()), (9, "node-1/router/access#2"));
+        let first = &f.accepted[0].source;
+        let late = f.accepted.iter().find(|r| r.msg == "late line").unwrap();
+        assert_eq!((late.offset, &late.source), (52, first));
+        let new = f.accepted.iter().find(|r| r.msg == "new file").unwrap();
+        assert_eq!(new.offset, 9);
+        assert_ne!(&new.source, first);
+        assert_eq!(base_of(&new.source), "node-1/router/access");
+        assert_eq!(f.received.len(), 4, "nothing re-sent");
     }
     run.stop().await;
 }
@@ -616,4 +622,131 @@ async fn many_files_many_lines_arrive_complete_and_in_order() {
         }
     }
     run.stop().await;
+}
+
+/// The value of an unlabelled `sandtrail_agent_<name>` series.
+fn metric(shipper: &Shipper, name: &str) -> u64 {
+    let text = shipper.metrics();
+    let prefix = format!("sandtrail_agent_{name}{{host=\"node-1\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+}
+
+async fn wait_metric(shipper: &Shipper, what: &str, cond: impl Fn(&Shipper) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !cond(shipper) {
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {}",
+            shipper.metrics()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn numbered(n: std::ops::RangeInclusive<u32>) -> String {
+    n.map(|i| format!("line number {i:05}\n")).collect()
+}
+
+fn assert_each_once(f: &Fake, n: u32) {
+    let mut got = msgs(f);
+    got.sort();
+    let want: Vec<String> = (1..=n).map(|i| format!("line number {i:05}")).collect();
+    assert_eq!(got, want);
+}
+
+/// While the indexer is down, full batches go to the disk spool and the checkpoints
+/// move past them; a restart sends the spool first, and every line arrives once.
+#[tokio::test]
+async fn the_spool_holds_batches_while_the_indexer_is_down_and_across_a_restart() {
+    let (url, fake) = start_fake().await;
+    fake.lock().unwrap().fail_next = u32::MAX;
+    let work = tempfile::tempdir().unwrap();
+    let dir = sandbox(work.path(), "fib", "fib.8", 0);
+    let mut cfg = config(work.path(), &url);
+    cfg.batch_max_bytes = 2048;
+    cfg.multiline_flush = None;
+    let shipper = Shipper::new(cfg.clone()).unwrap();
+    let run = start(&shipper);
+    append(&dir.join("stdout"), &numbered(1..=400));
+    wait_metric(&shipper, "lines read", |s| {
+        metric(s, "lines_read_total") == 400
+    })
+    .await;
+    // About 200 bytes of NDJSON per line: all but the last partial batch spooled.
+    wait_metric(&shipper, "the spooled batches", |s| {
+        metric(s, "spool_bytes") >= 400 * 150
+    })
+    .await;
+    run.stop().await;
+    assert!(fake.lock().unwrap().accepted.is_empty());
+    let len = std::fs::metadata(dir.join("stdout")).unwrap().len();
+    let spooled = offset_of(work.path(), "node-1/fib/fib.8/stdout");
+    assert!(
+        spooled > 0 && spooled <= len,
+        "the checkpoint moved past the spooled batches without any ack: {spooled}"
+    );
+    assert!(
+        std::fs::read_dir(work.path().join("shipper/spool"))
+            .unwrap()
+            .count()
+            > 0
+    );
+
+    fake.lock().unwrap().fail_next = 0;
+    let shipper = Shipper::new(cfg).unwrap();
+    let run = start(&shipper);
+    wait_for("every line", &fake, |f| f.accepted.len() >= 400).await;
+    wait_metric(&shipper, "an empty spool", |s| {
+        metric(s, "spool_bytes") == 0
+    })
+    .await;
+    run.stop().await;
+    assert_each_once(&fake.lock().unwrap(), 400);
+    let left = std::fs::read_dir(work.path().join("shipper/spool"))
+        .unwrap()
+        .count();
+    assert_eq!(left, 0);
+}
+
+/// At its bound the spool stops growing and the shipper stops reading (the
+/// checkpoint stays behind the file), and nothing is lost once the indexer is back.
+#[tokio::test]
+async fn a_full_spool_stops_reading_without_losing_lines() {
+    let (url, fake) = start_fake().await;
+    fake.lock().unwrap().fail_next = u32::MAX;
+    let work = tempfile::tempdir().unwrap();
+    let dir = sandbox(work.path(), "fib", "fib.9", 0);
+    let mut cfg = config(work.path(), &url);
+    cfg.batch_max_bytes = 1024;
+    cfg.spool_max_bytes = 3000;
+    cfg.multiline_flush = None;
+    let shipper = Shipper::new(cfg).unwrap();
+    let run = start(&shipper);
+    append(&dir.join("stdout"), &numbered(1..=2000));
+    wait_metric(&shipper, "a full spool", |s| {
+        metric(s, "spool_bytes") >= 2000
+    })
+    .await;
+    let len = std::fs::metadata(dir.join("stdout")).unwrap().len();
+    assert!(metric(&shipper, "spool_bytes") <= 3000);
+    assert!(
+        offset_of(work.path(), "node-1/fib/fib.9/stdout") < len,
+        "reading stopped at the bound"
+    );
+    assert!(shipper
+        .metrics()
+        .contains("sandtrail_agent_lag_seconds{host=\"node-1\",source=\"node-1/fib/fib.9/stdout@"));
+
+    fake.lock().unwrap().fail_next = 0;
+    wait_for("every line", &fake, |f| f.accepted.len() >= 2000).await;
+    wait_metric(&shipper, "an empty spool", |s| {
+        metric(s, "spool_bytes") == 0
+    })
+    .await;
+    run.stop().await;
+    assert_each_once(&fake.lock().unwrap(), 2000);
+    assert_eq!(offset_of(work.path(), "node-1/fib/fib.9/stdout"), len);
 }

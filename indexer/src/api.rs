@@ -7,6 +7,10 @@
 //! The trade-off: a batch is held in memory twice (inflated bytes and records) while
 //! it is decoded, which is what the cap bounds.
 
+use crate::analytics::{
+    parse_size, ContextParams, ContextResponse, FieldsResponse, GroupBy, LatencyResponse, Scope,
+    DEFAULT_TOP_SIZE, MAX_TOP_SIZE,
+};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::search::SearchParams;
@@ -21,7 +25,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures::{Stream, StreamExt};
 use protocol::{HistogramResponse, IngestResponse, SearchResponse};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::convert::Infallible;
 use std::io::Read;
 use std::time::Duration;
@@ -40,8 +44,12 @@ pub fn router(indexer: Indexer) -> Router {
         )
         .route("/api/v1/search", get(search))
         .route("/api/v1/histogram", get(histogram))
+        .route("/api/v1/fields", get(fields))
+        .route("/api/v1/latency", get(latency))
+        .route("/api/v1/context", get(context))
         .route("/api/v1/tail", get(tail))
-        .with_state(indexer)
+        .with_state(indexer.clone())
+        .merge(crate::es::router(indexer))
 }
 
 async fn ingest(
@@ -71,6 +79,9 @@ async fn ingest_inner(
             Error::BadBody(rejection.body_text())
         }
     })?;
+    // The compressed body is already in memory; reserve for it and what it
+    // inflates to (about four times as much) before inflating.
+    let _room = ix.reserve(body.len().saturating_mul(5).min(max.saturating_mul(2)))?;
     let records = tokio::task::spawn_blocking(move || {
         let ndjson = gunzip_capped(&body, max)?;
         Ok::<_, Error>(protocol::decode_ndjson(&ndjson)?)
@@ -80,22 +91,58 @@ async fn ingest_inner(
     ix.ingest(records).await
 }
 
-/// Accepts `x-sandtrail-token: T` or `Authorization: Bearer T` when a token is set.
-fn check_token(expected: Option<&str>, headers: &HeaderMap) -> Result<()> {
+/// Accepts `x-sandtrail-token: T`, `Authorization: Bearer T`, or HTTP Basic auth
+/// with T as the password (what Elasticsearch clients and shippers send) when a
+/// token is set.
+pub(crate) fn check_token(expected: Option<&str>, headers: &HeaderMap) -> Result<()> {
     let Some(expected) = expected else {
         return Ok(());
     };
     let header = |name| headers.get(name).and_then(|v| v.to_str().ok());
-    let given = header(protocol::TOKEN_HEADER).or_else(|| {
-        header("authorization").and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
+    let basic_password = header("authorization")
+        .and_then(|v| {
+            v.strip_prefix("Basic ")
+                .or_else(|| v.strip_prefix("basic "))
         })
-    });
+        .and_then(|b64| decode_base64(b64.trim()))
+        .and_then(|raw| String::from_utf8(raw).ok())
+        .and_then(|userpass| userpass.split_once(':').map(|(_, p)| p.to_string()));
+    let given = header(protocol::TOKEN_HEADER)
+        .or_else(|| {
+            header("authorization").and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+        })
+        .map(String::from)
+        .or(basic_password);
     match given {
         Some(g) if constant_time_eq(g.trim().as_bytes(), expected.as_bytes()) => Ok(()),
         _ => Err(Error::Unauthorized),
     }
+}
+
+/// Standard base64 (with or without padding); `None` on any other character.
+fn decode_base64(s: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(s.len() * 3 / 4);
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for c in s.trim_end_matches('=').bytes() {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        };
+        acc = (acc << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+    }
+    Some(out)
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -122,12 +169,79 @@ pub fn gunzip_capped(body: &[u8], max: usize) -> Result<Vec<u8>> {
     Ok(out)
 }
 
+/// `SearchResponse` plus, with `highlight=true`, the matched byte ranges of `msg`
+/// per hit (parallel to `hits`).
+#[derive(Debug, Serialize)]
+struct SearchBody {
+    #[serde(flatten)]
+    response: SearchResponse,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    highlights: Option<Vec<Vec<[usize; 2]>>>,
+}
+
 async fn search(
     State(ix): State<Indexer>,
     Query(params): Query<SearchParams>,
-) -> Result<Json<SearchResponse>> {
+) -> Result<Json<SearchBody>> {
+    let highlight = params.wants_highlight()?;
     let req = params.into_request(chrono::Utc::now())?;
-    Ok(Json(ix.search(req).await?))
+    Ok(Json(if highlight {
+        let (response, ranges) = ix.search_highlighted(req).await?;
+        SearchBody {
+            response,
+            highlights: Some(ranges),
+        }
+    } else {
+        SearchBody {
+            response: ix.search(req).await?,
+            highlights: None,
+        }
+    }))
+}
+
+fn scope_of(params: &SearchParams) -> Result<Scope> {
+    let req = SearchParams {
+        q: params.q.clone(),
+        start: params.start.clone(),
+        end: params.end.clone(),
+        ..SearchParams::default()
+    }
+    .into_request(chrono::Utc::now())?;
+    Ok(Scope {
+        q: req.q,
+        start: req.start,
+        end: req.end,
+    })
+}
+
+async fn fields(
+    State(ix): State<Indexer>,
+    Query(params): Query<SearchParams>,
+) -> Result<Json<FieldsResponse>> {
+    let scope = scope_of(&params)?;
+    let size = parse_size(
+        "size",
+        params.size.as_deref(),
+        DEFAULT_TOP_SIZE,
+        MAX_TOP_SIZE,
+    )?;
+    Ok(Json(ix.top_fields(scope, size).await?))
+}
+
+async fn latency(
+    State(ix): State<Indexer>,
+    Query(params): Query<SearchParams>,
+) -> Result<Json<LatencyResponse>> {
+    let scope = scope_of(&params)?;
+    let by = GroupBy::parse(params.by.as_deref().unwrap_or(""))?;
+    Ok(Json(ix.latency(scope, by).await?))
+}
+
+async fn context(
+    State(ix): State<Indexer>,
+    Query(params): Query<ContextParams>,
+) -> Result<Json<ContextResponse>> {
+    Ok(Json(ix.context(params.into_request()?).await?))
 }
 
 async fn histogram(
@@ -224,5 +338,15 @@ mod tests {
         h.insert("authorization", HeaderValue::from_static("Bearer s3"));
         assert!(check_token(Some("s3"), &h).is_ok());
         assert!(check_token(Some("s4"), &h).is_err());
+        // Basic auth with the token as password: "elastic:s3".
+        let mut h = HeaderMap::new();
+        h.insert(
+            "authorization",
+            HeaderValue::from_static("Basic ZWxhc3RpYzpzMw=="),
+        );
+        assert!(check_token(Some("s3"), &h).is_ok());
+        assert!(check_token(Some("s4"), &h).is_err());
+        h.insert("authorization", HeaderValue::from_static("Basic !!!"));
+        assert!(check_token(Some("s3"), &h).is_err());
     }
 }

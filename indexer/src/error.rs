@@ -31,6 +31,8 @@ pub enum Error {
         value: String,
         expected: String,
     },
+    #[error("the indexer is overloaded: {reason}; retry later")]
+    Overloaded { reason: String },
     #[error("the indexer is shutting down")]
     ShuttingDown,
     #[error("index error: {0}")]
@@ -60,6 +62,7 @@ impl Error {
             | Error::BadQuery { .. }
             | Error::BadParam { .. } => StatusCode::BAD_REQUEST,
             Error::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
             Error::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             Error::Tantivy(_)
             | Error::Index(_)
@@ -79,7 +82,14 @@ impl IntoResponse for Error {
         } else {
             tracing::debug!(status = status.as_u16(), error = %message, "request rejected");
         }
-        (status, Json(serde_json::json!({ "error": message }))).into_response()
+        let mut resp = (status, Json(serde_json::json!({ "error": message }))).into_response();
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            resp.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("1"),
+            );
+        }
+        resp
     }
 }
 
@@ -97,6 +107,11 @@ mod tests {
         assert_eq!(
             Error::Protocol(protocol::Error::BadCursor("x".into())).status(),
             StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            Error::Overloaded { reason: "x".into() }.status(),
+            StatusCode::TOO_MANY_REQUESTS,
+            "bulk clients retry 429s"
         );
         assert_eq!(
             Error::Index("disk full".into()).status(),

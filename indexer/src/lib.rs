@@ -2,18 +2,25 @@
 //!
 //! It takes batches of `protocol::LogRecord` (gzip NDJSON over HTTP), indexes each
 //! record exactly once (a per-source offset checkpoint is committed atomically with
-//! the data), answers searches newest first with exact cursors, counts matches over
-//! time, and streams accepted records live to tail subscribers.
+//! the data), answers searches newest first (or slowest first) with exact cursors and
+//! highlights, counts matches over time, aggregates top field values and latency
+//! percentiles, returns the context of a record, streams accepted records live to
+//! tail subscribers, and speaks a subset of the Elasticsearch API ([`es`]) so that
+//! existing shippers and clients work unchanged.
 //!
 //! Shape: [`Indexer`] is a cheap handle; a dedicated OS thread owns the Tantivy writer
 //! and group-commits ([`writer`]); searches run on the blocking pool against a reader
-//! that the writer reloads after each commit ([`search`]); [`api`] is the HTTP layer.
-//! The trade-off of this first version: one index (not one per day), so retention
-//! by dropping partitions is still to come, and the writer commits every group
-//! (freshness first) rather than batching on a timer.
+//! that the writer reloads after each commit ([`search`], [`analytics`]); [`api`] is
+//! the HTTP layer; [`bench`] measures it all against raw Tantivy.
+//! The trade-off of this version: one index (not one per day), so retention by age
+//! ([`IndexerConfig::retention`]) deletes expired records by a range query instead of
+//! dropping whole partitions, and their space returns as merges rewrite segments.
 
+pub mod analytics;
 pub mod api;
+pub mod bench;
 pub mod error;
+pub mod es;
 pub mod metrics;
 pub mod query;
 pub mod schema;
@@ -21,21 +28,24 @@ pub mod search;
 pub mod tail;
 pub mod writer;
 
+pub use analytics::{
+    ContextRequest, ContextResponse, FieldsResponse, GroupBy, LatencyResponse, Scope,
+};
 pub use api::router;
 pub use error::{Error, Result};
-pub use search::{HistogramRequest, SearchParams, SearchRequest};
+pub use search::{HistogramRequest, SearchParams, SearchRequest, Sort};
 pub use tail::TailFilter;
 
 use crate::metrics::{Gauges, Metrics};
 use crate::schema::Fields;
 use crate::search::IndexView;
+pub use crate::writer::{BulkDoc, BulkOutcome};
 use crate::writer::{WriterMsg, WriterThread, QUEUE_DEPTH};
 use protocol::{HistogramResponse, IngestResponse, LogRecord, SearchResponse};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use tantivy::directory::MmapDirectory;
-use tantivy::store::{Compressor, ZstdCompressor};
-use tantivy::{Index, IndexSettings, ReloadPolicy};
+use tantivy::{Index, ReloadPolicy};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -54,6 +64,12 @@ pub struct IndexerConfig {
     pub max_body_bytes: usize,
     /// Tantivy's indexing memory budget.
     pub writer_memory_bytes: usize,
+    /// Inflated ingest bytes (native and bulk) that may be decoded or queued for the
+    /// writer at once; beyond it ingest answers 429 with `Retry-After`, so memory
+    /// stays bounded whatever the ingest rate.
+    pub max_inflight_bytes: usize,
+    /// Records older than this are deleted (checked at open and every minute).
+    pub retention: Option<std::time::Duration>,
 }
 
 impl Default for IndexerConfig {
@@ -63,6 +79,8 @@ impl Default for IndexerConfig {
             token: None,
             max_body_bytes: 64 << 20,
             writer_memory_bytes: 128 << 20,
+            max_inflight_bytes: 512 << 20,
+            retention: None,
         }
     }
 }
@@ -82,6 +100,8 @@ struct Inner {
     tail: broadcast::Sender<Arc<LogRecord>>,
     metrics: Arc<Metrics>,
     cancel: CancellationToken,
+    /// KiB of [`IndexerConfig::max_inflight_bytes`] not yet reserved.
+    inflight: Arc<tokio::sync::Semaphore>,
 }
 
 impl Indexer {
@@ -94,10 +114,7 @@ impl Indexer {
             source,
         })?;
         let fields = Fields::new();
-        let settings = IndexSettings {
-            docstore_compression: Compressor::Zstd(ZstdCompressor::default()),
-            ..IndexSettings::default()
-        };
+        let settings = schema::index_settings();
         let mmap = MmapDirectory::open(&dir)
             .map_err(|e| Error::Index(format!("cannot open index directory {dir:?}: {e}")))?;
         let index = Index::builder()
@@ -110,7 +127,7 @@ impl Indexer {
             .try_into()?;
         let (tail, _) = broadcast::channel(TAIL_CAPACITY);
         let metrics = Arc::new(Metrics::default());
-        let writer = WriterThread::new(
+        let mut writer = WriterThread::new(
             &index,
             config.writer_memory_bytes,
             reader.clone(),
@@ -118,6 +135,7 @@ impl Indexer {
             tail.clone(),
             metrics.clone(),
         )?;
+        writer.retention = config.retention;
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let thread = std::thread::Builder::new()
             .name("index-writer".into())
@@ -126,7 +144,6 @@ impl Indexer {
         tracing::info!(dir = %dir.display(), docs = reader.searcher().num_docs(), "index opened");
         Ok(Indexer {
             inner: Arc::new(Inner {
-                config,
                 view: IndexView {
                     index,
                     reader,
@@ -137,6 +154,10 @@ impl Indexer {
                 tail,
                 metrics,
                 cancel: CancellationToken::new(),
+                inflight: Arc::new(tokio::sync::Semaphore::new(
+                    (config.max_inflight_bytes >> 10).max(1),
+                )),
+                config,
             }),
         })
     }
@@ -165,6 +186,42 @@ impl Indexer {
         answer.await.map_err(|_| Error::ShuttingDown)?
     }
 
+    /// Indexes bulk-API documents (deduplicated by `_id`), once committed. Unlike
+    /// [`Indexer::ingest`], which waits for room in the writer's queue, this fails
+    /// fast with [`Error::Overloaded`] (429) so Elasticsearch clients back off.
+    pub async fn bulk(&self, docs: Vec<BulkDoc>) -> Result<Vec<BulkOutcome>> {
+        if docs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let tx = self
+            .inner
+            .writer_tx
+            .lock()
+            .map_err(|_| Error::Internal("writer handle poisoned".into()))?
+            .clone()
+            .ok_or(Error::ShuttingDown)?;
+        let (reply, answer) = oneshot::channel();
+        tx.try_send(WriterMsg::Bulk { docs, reply })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => Error::Overloaded {
+                    reason: format!("{QUEUE_DEPTH} requests are waiting for the writer"),
+                },
+                mpsc::error::TrySendError::Closed(_) => Error::ShuttingDown,
+            })?;
+        answer.await.map_err(|_| Error::ShuttingDown)?
+    }
+
+    /// Runs a blocking function against the current reader (for the Elasticsearch
+    /// layer's searches).
+    pub(crate) async fn with_view<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&IndexView) -> Result<T> + Send + 'static,
+    {
+        Metrics::inc(&self.inner.metrics.searches, 1);
+        self.blocking("search", f).await
+    }
+
     pub async fn search(&self, req: SearchRequest) -> Result<SearchResponse> {
         Metrics::inc(&self.inner.metrics.searches, 1);
         let view = self.inner.view.clone();
@@ -187,6 +244,73 @@ impl Indexer {
             Metrics::inc(&self.inner.metrics.search_errors, 1);
         }
         result
+    }
+
+    /// Reserves room for `bytes` of a request being ingested, or refuses with 429
+    /// when the in-flight budget is spent; the room is released when the permit
+    /// is dropped.
+    pub(crate) fn reserve(&self, bytes: usize) -> Result<tokio::sync::OwnedSemaphorePermit> {
+        let budget_kib = (self.inner.config.max_inflight_bytes >> 10).max(1);
+        let kib = ((bytes >> 10) + 1).min(budget_kib);
+        let kib = u32::try_from(kib).unwrap_or(u32::MAX);
+        self.inner
+            .inflight
+            .clone()
+            .try_acquire_many_owned(kib)
+            .map_err(|_| Error::Overloaded {
+                reason: format!(
+                    "more than {} MiB of ingest requests are in flight",
+                    self.inner.config.max_inflight_bytes >> 20
+                ),
+            })
+    }
+
+    /// Runs `f` against the current reader on the blocking pool, counting failures.
+    async fn blocking<T, F>(&self, what: &'static str, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&IndexView) -> Result<T> + Send + 'static,
+    {
+        let view = self.inner.view.clone();
+        let result = tokio::task::spawn_blocking(move || f(&view))
+            .await
+            .map_err(|e| Error::Internal(format!("{what} task failed: {e}")))?;
+        if result.is_err() {
+            Metrics::inc(&self.inner.metrics.search_errors, 1);
+        }
+        result
+    }
+
+    /// A search plus, per hit, the byte ranges of `msg` its query matched.
+    pub async fn search_highlighted(
+        &self,
+        req: SearchRequest,
+    ) -> Result<(SearchResponse, Vec<Vec<[usize; 2]>>)> {
+        Metrics::inc(&self.inner.metrics.searches, 1);
+        self.blocking("search", move |view| {
+            let resp = view.search(&req)?;
+            let highlights = view.highlights(&req.q, &resp.hits)?;
+            Ok((resp, highlights))
+        })
+        .await
+    }
+
+    /// Top values of the sidebar fields within a query and range.
+    pub async fn top_fields(&self, scope: Scope, size: usize) -> Result<FieldsResponse> {
+        self.blocking("fields", move |view| view.top_fields(&scope, size))
+            .await
+    }
+
+    /// Latency statistics per host, app or task within a query and range.
+    pub async fn latency(&self, scope: Scope, by: GroupBy) -> Result<LatencyResponse> {
+        self.blocking("latency", move |view| view.latency(&scope, by))
+            .await
+    }
+
+    /// The records around one record of a task.
+    pub async fn context(&self, req: ContextRequest) -> Result<ContextResponse> {
+        self.blocking("context", move |view| view.context(&req))
+            .await
     }
 
     /// Every record accepted from now on (before its commit); a receiver that falls
@@ -560,7 +684,7 @@ mod tests {
                     start,
                     end,
                     limit: 0,
-                    cursor: None,
+                    ..SearchRequest::default()
                 })
                 .await
                 .unwrap()
@@ -607,6 +731,60 @@ mod tests {
             .unwrap();
         assert!((1..=32).contains(&commits), "{commits}");
         assert_eq!(ix.search(all("")).await.unwrap().total, 32);
+        ix.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn ingest_beyond_the_inflight_budget_is_refused_until_room_frees() {
+        let dir = tempfile::tempdir().unwrap();
+        let ix = Indexer::open(IndexerConfig {
+            max_inflight_bytes: 1 << 20,
+            ..config(dir.path())
+        })
+        .unwrap();
+        let held = ix.reserve(800 << 10).unwrap();
+        let err = ix.reserve(300 << 10).unwrap_err();
+        assert_eq!(err.status(), axum::http::StatusCode::TOO_MANY_REQUESTS);
+        assert!(err.to_string().contains("1 MiB"), "{err}");
+        // A request larger than the whole budget still runs alone.
+        drop(held);
+        let alone = ix.reserve(5 << 20).unwrap();
+        assert!(ix.reserve(1).is_err());
+        drop(alone);
+        assert!(ix.reserve(1).is_ok());
+        ix.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn retention_deletes_records_older_than_it_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let ix = Indexer::open(config(dir.path())).unwrap();
+        let mut fresh = rec(0, "h", "a", "fresh", "s", 2);
+        fresh.ts = chrono::Utc::now() - Duration::hours(1);
+        // base() is in 2025: far beyond a 7-day retention.
+        ix.ingest(vec![rec(0, "h", "a", "old", "s", 1), fresh])
+            .await
+            .unwrap();
+        ix.shutdown().await;
+        drop(ix);
+
+        let ix = Indexer::open(IndexerConfig {
+            retention: Some(std::time::Duration::from_secs(7 * 86_400)),
+            ..config(dir.path())
+        })
+        .unwrap();
+        // The writer applies the retention before its first request, so once this
+        // ingest is answered the old record is gone.
+        let mut newer = rec(0, "h", "a", "newer", "s", 3);
+        newer.ts = chrono::Utc::now();
+        ix.ingest(vec![newer]).await.unwrap();
+        assert_eq!(msgs(&ix, "").await, ["fresh", "newer"]);
+        // The checkpoint survived the retention commit.
+        let again = ix
+            .ingest(vec![rec(0, "h", "a", "old", "s", 1)])
+            .await
+            .unwrap();
+        assert_eq!(again.duplicates, 1);
         ix.shutdown().await;
     }
 

@@ -14,14 +14,56 @@ use protocol::LogRecord;
 use std::collections::BTreeMap;
 use tantivy::schema::{
     BytesOptions, DateOptions, DateTimePrecision, Field, IndexRecordOption, JsonObjectOptions,
-    OwnedValue, Schema, TextFieldIndexing, Value, FAST, INDEXED, STRING, TEXT,
+    NumericOptions, OwnedValue, Schema, TextFieldIndexing, TextOptions, Value, FAST, INDEXED,
 };
-use tantivy::{DateTime, TantivyDocument};
+use tantivy::store::{Compressor, ZstdCompressor};
+use tantivy::{DateTime, IndexSettings, TantivyDocument};
+
+/// Doc store settings: zstd over 64 KiB blocks. Larger blocks than Tantivy's 16 KiB
+/// default compress the repetitive JSON of log records much better; a hit costs one
+/// block decompression (tens of microseconds), and newest-first hits tend to share
+/// blocks.
+pub fn index_settings() -> IndexSettings {
+    IndexSettings {
+        docstore_compression: Compressor::Zstd(ZstdCompressor {
+            compression_level: Some(6),
+        }),
+        docstore_blocksize: 64 * 1024,
+        ..IndexSettings::default()
+    }
+}
+
+/// Raw single-token text without field norms: hits are ordered by time, never by
+/// BM25, so norms (a byte per document and field) would be paid for nothing.
+fn keyword_options() -> TextOptions {
+    TextOptions::default()
+        .set_indexing_options(
+            TextFieldIndexing::default()
+                .set_tokenizer("raw")
+                .set_index_option(IndexRecordOption::Basic)
+                .set_fieldnorms(false),
+        )
+        .set_fast(Some("raw"))
+}
+
+/// Tokenised text with positions (phrases), without field norms.
+fn text_options() -> TextOptions {
+    TextOptions::default().set_indexing_options(
+        TextFieldIndexing::default()
+            .set_tokenizer("default")
+            .set_index_option(IndexRecordOption::WithFreqsAndPositions)
+            .set_fieldnorms(false),
+    )
+}
 
 /// The field names, as queries spell them.
 pub const TS: &str = "ts";
 pub const MSG: &str = "msg";
 pub const UID: &str = "_uid";
+pub const LATENCY: &str = "latency_ms";
+/// The `_id` of a document sent through the Elasticsearch bulk API: a raw keyword
+/// (fast, so search hits can report it without a stored field), used for dedup.
+pub const ES_ID: &str = "_id";
 pub const SOURCE_DOC: &str = "_source";
 
 /// Keyword fields: indexed as one raw token (exact match) and fast.
@@ -52,30 +94,36 @@ pub struct Fields {
     pub status: Field,
     pub offset: Field,
     pub latency_ms: Field,
-    /// Random per-record tie-breaker: (ts, uid) totally orders hits, which is what
+    /// Per-record tie-breaker (increasing in insertion order): (ts, uid) totally orders hits, which is what
     /// makes cursors exact when many records share a timestamp.
     pub uid: Field,
     /// The whole record as JSON; the only stored field.
     pub source_doc: Field,
     /// In the order of [`KEYWORDS`].
     pub keywords: [Field; 12],
+    /// [`ES_ID`].
+    pub es_id: Field,
 }
 
 impl Fields {
     pub fn new() -> Fields {
         let mut b = Schema::builder();
-        let keywords = KEYWORDS.map(|name| b.add_text_field(name, STRING | FAST));
+        let keywords = KEYWORDS.map(|name| b.add_text_field(name, keyword_options()));
+        // Time, offset and latency are nearly unique per record: an inverted index
+        // of them would hold a term per document. Ranges run on the fast columns
+        // instead (Tantivy's RangeQuery uses them whenever a field is fast).
         let ts = b.add_date_field(
             TS,
-            DateOptions::from(INDEXED)
+            DateOptions::default()
                 .set_fast()
                 .set_precision(DateTimePrecision::Microseconds),
         );
-        let msg = b.add_text_field(MSG, TEXT);
-        let path = b.add_text_field("path", TEXT);
+        let msg = b.add_text_field(MSG, text_options());
+        let path = b.add_text_field("path", text_options());
         let json_indexing = TextFieldIndexing::default()
             .set_tokenizer("default")
-            .set_index_option(IndexRecordOption::WithFreqsAndPositions);
+            .set_index_option(IndexRecordOption::WithFreqsAndPositions)
+            .set_fieldnorms(false);
         let fields = b.add_json_field(
             "fields",
             JsonObjectOptions::default()
@@ -84,10 +132,11 @@ impl Fields {
         );
         let instance = b.add_u64_field("instance", INDEXED | FAST);
         let status = b.add_u64_field("status", INDEXED | FAST);
-        let offset = b.add_u64_field("offset", INDEXED | FAST);
-        let latency_ms = b.add_f64_field("latency_ms", INDEXED | FAST);
+        let offset = b.add_u64_field("offset", NumericOptions::default().set_fast());
+        let latency_ms = b.add_f64_field(LATENCY, NumericOptions::default().set_fast());
         let uid = b.add_u64_field(UID, FAST);
         let source_doc = b.add_bytes_field(SOURCE_DOC, BytesOptions::default().set_stored());
+        let es_id = b.add_text_field(ES_ID, keyword_options());
         Fields {
             schema: b.build(),
             ts,
@@ -101,12 +150,26 @@ impl Fields {
             uid,
             source_doc,
             keywords,
+            es_id,
         }
     }
 
     /// Builds the document for `rec`; `uid` is its tie-breaker.
     pub fn to_document(&self, rec: &LogRecord, uid: u64) -> TantivyDocument {
+        self.to_document_with_id(rec, uid, None)
+    }
+
+    /// Like [`Fields::to_document`], with the `_id` of a bulk-API document.
+    pub fn to_document_with_id(
+        &self,
+        rec: &LogRecord,
+        uid: u64,
+        es_id: Option<&str>,
+    ) -> TantivyDocument {
         let mut doc = TantivyDocument::new();
+        if let Some(id) = es_id {
+            doc.add_text(self.es_id, id);
+        }
         let keyword_values: [Option<&str>; 12] = [
             Some(&rec.host),
             Some(&rec.app),

@@ -9,7 +9,7 @@
 
 use crate::error::{Error, Result};
 use crate::query::{all_of, before_cursor, parse_time, time_range, user_query, Cursor};
-use crate::schema::{Fields, TS, UID};
+use crate::schema::{Fields, LATENCY, TS, UID};
 use chrono::{DateTime, Duration, Utc};
 use protocol::{HistogramBucket, HistogramResponse, SearchResponse};
 use serde::Deserialize;
@@ -17,6 +17,7 @@ use tantivy::collector::{
     Collector, Count, CustomScorer, CustomSegmentScorer, SegmentCollector, TopDocs,
 };
 use tantivy::columnar::Column;
+use tantivy::query::ExistsQuery;
 use tantivy::{DocId, Index, IndexReader, Score, SegmentOrdinal, SegmentReader, TantivyDocument};
 
 pub const DEFAULT_LIMIT: usize = 100;
@@ -39,6 +40,33 @@ pub struct SearchRequest {
     pub limit: usize,
     /// The `next` of an earlier page.
     pub cursor: Option<String>,
+    /// Order of the hits.
+    pub sort: Sort,
+}
+
+/// Order of search hits.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Sort {
+    /// By (ts, uid) descending: what a log viewer wants.
+    #[default]
+    NewestFirst,
+    /// By (latency_ms, uid) descending, only records that have a latency: the
+    /// slowest calls first.
+    LatencyDesc,
+}
+
+impl Sort {
+    pub fn parse(value: &str) -> Result<Sort> {
+        match value.trim() {
+            "" | "newest" | "ts_desc" => Ok(Sort::NewestFirst),
+            "latency_desc" => Ok(Sort::LatencyDesc),
+            other => Err(Error::BadParam {
+                name: "sort",
+                value: other.to_string(),
+                expected: "newest or latency_desc".to_string(),
+            }),
+        }
+    }
 }
 
 impl Default for SearchRequest {
@@ -49,6 +77,7 @@ impl Default for SearchRequest {
             end: None,
             limit: DEFAULT_LIMIT,
             cursor: None,
+            sort: Sort::NewestFirst,
         }
     }
 }
@@ -62,9 +91,30 @@ pub struct SearchParams {
     pub end: Option<String>,
     pub limit: Option<String>,
     pub cursor: Option<String>,
+    /// `latency_desc` or the default, newest first.
+    pub sort: Option<String>,
+    /// `true` adds the byte ranges of the matched terms in each hit's `msg`.
+    pub highlight: Option<String>,
+    /// Top values per field (`/api/v1/fields`).
+    pub size: Option<String>,
+    /// Grouping of `/api/v1/latency`: host, app or task.
+    pub by: Option<String>,
 }
 
 impl SearchParams {
+    /// Whether `highlight=true` (or `1`) was asked for.
+    pub fn wants_highlight(&self) -> Result<bool> {
+        match self.highlight.as_deref().map(str::trim) {
+            None | Some("") | Some("false") | Some("0") => Ok(false),
+            Some("true") | Some("1") => Ok(true),
+            Some(other) => Err(Error::BadParam {
+                name: "highlight",
+                value: other.to_string(),
+                expected: "true or false".to_string(),
+            }),
+        }
+    }
+
     pub fn into_request(self, now: DateTime<Utc>) -> Result<SearchRequest> {
         let (start, end) = parse_range(self.start.as_deref(), self.end.as_deref(), now)?;
         let limit = match self.limit.as_deref().map(str::trim) {
@@ -85,6 +135,7 @@ impl SearchParams {
             end: Some(end),
             limit,
             cursor: self.cursor.filter(|c| !c.is_empty()),
+            sort: Sort::parse(self.sort.as_deref().unwrap_or(""))?,
         })
     }
 
@@ -155,7 +206,10 @@ impl IndexView {
         }
         let end = req.end.unwrap_or_else(Utc::now);
         check_order(req.start, end)?;
-        let cursor = req.cursor.as_deref().map(Cursor::decode).transpose()?;
+        let cursor = match req.sort {
+            Sort::NewestFirst => req.cursor.as_deref().map(Cursor::decode).transpose()?,
+            Sort::LatencyDesc => None,
+        };
         let searcher = self.reader.searcher();
         let mut parts = vec![user_query(&self.index, &self.fields, &req.q)?];
         parts.extend(time_range(&self.fields, req.start, Some(end)));
@@ -168,6 +222,9 @@ impl IndexView {
                 hits: Vec::new(),
                 next: None,
             });
+        }
+        if req.sort == Sort::LatencyDesc {
+            return self.search_by_latency(req, matching);
         }
         // One more than asked tells whether there is an older page.
         let top = TopDocs::with_limit(req.limit + 1).custom_score(NewestFirst);
@@ -184,6 +241,55 @@ impl IndexView {
             top_hits.last().map(|((ts_micros, uid), _)| {
                 Cursor {
                     ts_micros: *ts_micros,
+                    uid: *uid,
+                }
+                .encode()
+            })
+        } else {
+            None
+        };
+        let mut hits = Vec::with_capacity(top_hits.len());
+        for (_, addr) in top_hits {
+            let doc: TantivyDocument = searcher.doc(addr)?;
+            hits.push(self.fields.to_record(&doc)?);
+        }
+        Ok(SearchResponse {
+            total: total as u64,
+            hits,
+            next,
+        })
+    }
+
+    /// Slowest first over the matches that have a `latency_ms`; the cursor is the
+    /// (latency, uid) key of the last hit, with the same keyset reasoning as by time.
+    fn search_by_latency(
+        &self,
+        req: &SearchRequest,
+        matching: Box<dyn tantivy::query::Query>,
+    ) -> Result<SearchResponse> {
+        let searcher = self.reader.searcher();
+        let has_latency: Box<dyn tantivy::query::Query> =
+            Box::new(ExistsQuery::new(LATENCY.to_string(), false));
+        let matching = all_of(vec![matching, has_latency]);
+        let cursor = req
+            .cursor
+            .as_deref()
+            .map(LatencyCursor::decode)
+            .transpose()?;
+        let top = TopDocs::with_limit(req.limit + 1).custom_score(SlowestFirst);
+        let total = searcher.search(&*matching, &Count)?;
+        let mut top_hits = match cursor {
+            None => searcher.search(&*matching, &top)?,
+            Some(c) => {
+                let page = all_of(vec![matching, c.before(&self.fields)]);
+                searcher.search(&*page, &top)?
+            }
+        };
+        let next = if top_hits.len() > req.limit {
+            top_hits.truncate(req.limit);
+            top_hits.last().map(|((key, uid), _)| {
+                LatencyCursor {
+                    key: *key,
                     uid: *uid,
                 }
                 .encode()
@@ -243,9 +349,9 @@ impl IndexView {
 }
 
 /// Sort key (ts micros, uid), highest first.
-struct NewestFirst;
+pub(crate) struct NewestFirst;
 
-struct NewestFirstSegment {
+pub(crate) struct NewestFirstSegment {
     ts: Column<tantivy::DateTime>,
     uid: Column<u64>,
 }
@@ -268,6 +374,95 @@ impl CustomSegmentScorer<(i64, u64)> for NewestFirstSegment {
                 .map_or(i64::MIN, |t| t.into_timestamp_micros()),
             self.uid.first(doc).unwrap_or(0),
         )
+    }
+}
+
+/// Sort key (latency as an order-preserving u64, uid), highest first.
+struct SlowestFirst;
+
+struct SlowestFirstSegment {
+    /// `None` in a segment where no record has a latency.
+    latency: Option<Column<f64>>,
+    uid: Column<u64>,
+}
+
+impl CustomScorer<(u64, u64)> for SlowestFirst {
+    type Child = SlowestFirstSegment;
+    fn segment_scorer(&self, segment: &SegmentReader) -> tantivy::Result<SlowestFirstSegment> {
+        Ok(SlowestFirstSegment {
+            latency: segment.fast_fields().column_opt::<f64>(LATENCY)?,
+            uid: segment.fast_fields().u64(UID)?,
+        })
+    }
+}
+
+impl CustomSegmentScorer<(u64, u64)> for SlowestFirstSegment {
+    fn score(&mut self, doc: DocId) -> (u64, u64) {
+        (
+            self.latency
+                .as_ref()
+                .and_then(|c| c.first(doc))
+                .map_or(0, tantivy::f64_to_u64),
+            self.uid.first(doc).unwrap_or(0),
+        )
+    }
+}
+
+/// Position after the last hit of a slowest-first page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LatencyCursor {
+    /// `f64_to_u64(latency_ms)`.
+    pub key: u64,
+    pub uid: u64,
+}
+
+impl LatencyCursor {
+    pub fn encode(&self) -> String {
+        format!("l1.{:x}.{:x}", self.key, self.uid)
+    }
+
+    pub fn decode(s: &str) -> Result<LatencyCursor> {
+        let bad = || Error::Protocol(protocol::Error::BadCursor(s.to_string()));
+        let mut parts = s.split('.');
+        if parts.next() != Some("l1") {
+            return Err(bad());
+        }
+        let mut hex = || {
+            parts
+                .next()
+                .filter(|p| !p.is_empty() && p.len() <= 16)
+                .and_then(|p| u64::from_str_radix(p, 16).ok())
+                .ok_or_else(bad)
+        };
+        let key = hex()?;
+        let uid = hex()?;
+        if parts.next().is_some() {
+            return Err(bad());
+        }
+        Ok(LatencyCursor { key, uid })
+    }
+
+    /// Everything strictly after the cursor in the (latency, uid) descending order.
+    fn before(&self, fields: &Fields) -> Box<dyn tantivy::query::Query> {
+        use std::ops::Bound;
+        use tantivy::query::{BooleanQuery, RangeQuery};
+        use tantivy::Term;
+        let l = Term::from_field_f64(fields.latency_ms, tantivy::u64_to_f64(self.key));
+        let lower: Box<dyn tantivy::query::Query> = Box::new(RangeQuery::new(
+            Bound::Unbounded,
+            Bound::Excluded(l.clone()),
+        ));
+        let same: Box<dyn tantivy::query::Query> = Box::new(RangeQuery::new(
+            Bound::Included(l.clone()),
+            Bound::Included(l),
+        ));
+        let lower_uid: Box<dyn tantivy::query::Query> = Box::new(RangeQuery::new(
+            Bound::Unbounded,
+            Bound::Excluded(Term::from_field_u64(fields.uid, self.uid)),
+        ));
+        let tie: Box<dyn tantivy::query::Query> =
+            Box::new(BooleanQuery::intersection(vec![same, lower_uid]));
+        Box::new(BooleanQuery::union(vec![lower, tie]))
     }
 }
 

@@ -1,10 +1,11 @@
 //! The write path: one OS thread owns the Tantivy `IndexWriter`, takes ingest requests
 //! from a channel, and group-commits them.
 //!
-//! Whatever is queued when the thread wakes up is added and committed together, then
-//! the reader is reloaded and every request of the group is answered. Under load
-//! that gives one commit per "round" instead of one per request, and at rest a
-//! request is committed as soon as it arrives; either way an ingest is answered only
+//! Whatever is queued when the thread wakes up is added and committed together (and,
+//! when the last commit was less than [`COMMIT_INTERVAL`] ago, whatever arrives until
+//! then), then the reader is reloaded and every request of the group is answered.
+//! Under load that gives about five commits a second instead of one per request, and
+//! at rest a request is committed as soon as it arrives; either way an ingest is answered only
 //! once its records are durable and searchable. The trade-off: one failing commit
 //! fails every request of its group (they are all rolled back and all retried by
 //! their shippers, which exactly-once makes harmless).
@@ -19,7 +20,6 @@ use crate::schema::Fields;
 use protocol::{IngestResponse, LogRecord};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 use std::time::Instant;
 use tantivy::{Index, IndexReader, IndexWriter, TantivyDocument};
@@ -27,6 +27,15 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 /// How many requests may wait for the writer before `ingest` applies back-pressure.
 pub const QUEUE_DEPTH: usize = 64;
+
+/// How often the retention is applied (when one is configured).
+pub const RETENTION_CHECK: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Commits are at least this far apart: a group that starts sooner after the last
+/// commit keeps collecting requests until then. At rest a request is committed at
+/// once; under load this bounds the commit rate (each commit flushes segments that
+/// must later be merged) at the price of up to this much added latency.
+pub const COMMIT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// Highest committed offset of every source, as stored in the commit payload.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -78,8 +87,35 @@ pub enum WriterMsg {
         records: Vec<LogRecord>,
         reply: oneshot::Sender<Result<IngestResponse>>,
     },
+    /// Documents of the Elasticsearch bulk API: deduplicated by `_id` (when given)
+    /// instead of by source offset; one outcome per document, in order.
+    Bulk {
+        docs: Vec<BulkDoc>,
+        reply: oneshot::Sender<Result<Vec<BulkOutcome>>>,
+    },
     /// Commit what is pending, wait for merges, stop.
     Shutdown { reply: oneshot::Sender<()> },
+}
+
+/// One document of a bulk request.
+#[derive(Debug, Clone)]
+pub struct BulkDoc {
+    pub record: LogRecord,
+    pub id: Option<String>,
+}
+
+/// What became of one bulk document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BulkOutcome {
+    Created,
+    /// Its `_id` was already indexed (or earlier in the same group).
+    Duplicate,
+}
+
+/// A reply the writer owes once its group is committed (or rolled back).
+enum Waiting {
+    Ingest(oneshot::Sender<Result<IngestResponse>>, IngestResponse),
+    Bulk(oneshot::Sender<Result<Vec<BulkOutcome>>>, Vec<BulkOutcome>),
 }
 
 /// Everything the writer thread owns.
@@ -91,6 +127,8 @@ pub struct WriterThread {
     pub tail: broadcast::Sender<Arc<LogRecord>>,
     pub metrics: Arc<Metrics>,
     uids: UidSource,
+    /// Records older than this are deleted (see [`WriterThread::enforce_retention`]).
+    pub retention: Option<std::time::Duration>,
 }
 
 impl WriterThread {
@@ -116,7 +154,36 @@ impl WriterThread {
             tail,
             metrics,
             uids: UidSource::new(),
+            retention: None,
         })
+    }
+
+    /// Deletes every record older than the retention and commits (with the same
+    /// checkpoint payload). The trade-off of one index rather than daily partitions:
+    /// expired records are deleted by a range query and their space comes back as
+    /// merges rewrite (or drop wholly deleted) segments, not at once by removing a
+    /// directory.
+    fn enforce_retention(&mut self) {
+        let Some(keep) = self.retention else { return };
+        let Ok(keep) = chrono::Duration::from_std(keep) else {
+            return;
+        };
+        let cutoff = chrono::Utc::now() - keep;
+        let bound =
+            tantivy::Term::from_field_date(self.fields.ts, crate::schema::to_tantivy_date(&cutoff));
+        let expired = tantivy::query::RangeQuery::new(
+            std::ops::Bound::Unbounded,
+            std::ops::Bound::Excluded(bound),
+        );
+        let result = self
+            .writer
+            .delete_query(Box::new(expired))
+            .map_err(Error::from)
+            .and_then(|_| self.commit());
+        match result {
+            Ok(()) => tracing::info!(cutoff = %cutoff.to_rfc3339(), "retention applied"),
+            Err(e) => tracing::error!(error = %e, "retention failed, will retry"),
+        }
     }
 
     /// Runs until a shutdown message arrives or every sender is gone.
@@ -125,13 +192,47 @@ impl WriterThread {
             sources = self.checkpoint.offsets.len(),
             "index writer started"
         );
-        let mut stop_replies = Vec::new();
-        while let Some(first) = rx.blocking_recv() {
-            let mut group = vec![first];
-            while let Ok(more) = rx.try_recv() {
-                group.push(more);
+        // Only for the timer that bounds how long a group keeps collecting.
+        let timer = match tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the writer's timer; writer stopped");
+                return;
             }
-            stop_replies.extend(self.commit_group(group));
+        };
+        let mut stop_replies = Vec::new();
+        let mut last_commit = Instant::now() - COMMIT_INTERVAL;
+        self.enforce_retention();
+        let mut last_retention = Instant::now();
+        loop {
+            // With a retention, wake up at least every RETENTION_CHECK to apply it.
+            let first = if self.retention.is_some() {
+                let wait = async { tokio::time::timeout(RETENTION_CHECK, rx.recv()).await };
+                match timer.block_on(wait) {
+                    Ok(Some(m)) => Some(m),
+                    Ok(None) => break,
+                    Err(_) => None,
+                }
+            } else {
+                match rx.blocking_recv() {
+                    Some(m) => Some(m),
+                    None => break,
+                }
+            };
+            if self.retention.is_some() && last_retention.elapsed() >= RETENTION_CHECK {
+                self.enforce_retention();
+                last_retention = Instant::now();
+            }
+            let Some(first) = first else { continue };
+            let deadline = last_commit + COMMIT_INTERVAL;
+            let (stops, committed) = self.commit_group(first, &mut rx, &timer, deadline);
+            if committed {
+                last_commit = Instant::now();
+            }
+            stop_replies.extend(stops);
             if !stop_replies.is_empty() {
                 break;
             }
@@ -148,14 +249,43 @@ impl WriterThread {
         }
     }
 
-    /// Adds and commits one group; returns the replies of any shutdown requests in it.
-    fn commit_group(&mut self, group: Vec<WriterMsg>) -> Vec<oneshot::Sender<()>> {
+    /// Adds `first` and whatever else arrives until `deadline` (at once when it has
+    /// passed), commits them together, and returns the replies of any shutdown
+    /// requests in the group and whether a commit happened.
+    fn commit_group(
+        &mut self,
+        first: WriterMsg,
+        rx: &mut mpsc::Receiver<WriterMsg>,
+        timer: &tokio::runtime::Runtime,
+        deadline: Instant,
+    ) -> (Vec<oneshot::Sender<()>>, bool) {
         let before = self.checkpoint.clone();
         let mut waiting = Vec::new();
         let mut stops = Vec::new();
         let mut failure: Option<String> = None;
         let mut added = 0u64;
-        for msg in group {
+        // `_id`s added in this group, which the searcher cannot see yet.
+        let mut pending_ids: std::collections::HashSet<String> = Default::default();
+        let searcher = self.reader.searcher();
+        let mut next = Some(first);
+        loop {
+            let msg = match next.take() {
+                Some(m) => m,
+                None => match rx.try_recv() {
+                    Ok(m) => m,
+                    Err(mpsc::error::TryRecvError::Empty)
+                        if stops.is_empty() && failure.is_none() && Instant::now() < deadline =>
+                    {
+                        let wait =
+                            async { tokio::time::timeout_at(deadline.into(), rx.recv()).await };
+                        match timer.block_on(wait) {
+                            Ok(Some(m)) => m,
+                            _ => break,
+                        }
+                    }
+                    Err(_) => break,
+                },
+            };
             match msg {
                 WriterMsg::Shutdown { reply } => stops.push(reply),
                 WriterMsg::Ingest { records, reply } => {
@@ -178,11 +308,42 @@ impl WriterThread {
                         }
                     }
                     added += resp.accepted;
-                    waiting.push((reply, resp));
+                    waiting.push(Waiting::Ingest(reply, resp));
+                }
+                WriterMsg::Bulk { docs, reply } => {
+                    let mut outcomes = Vec::with_capacity(docs.len());
+                    if failure.is_none() {
+                        for BulkDoc { record, id } in docs {
+                            if let Some(id) = &id {
+                                let term = tantivy::Term::from_field_text(self.fields.es_id, id);
+                                let seen = pending_ids.contains(id)
+                                    || searcher.doc_freq(&term).is_ok_and(|n| n > 0);
+                                if seen {
+                                    outcomes.push(BulkOutcome::Duplicate);
+                                    continue;
+                                }
+                                pending_ids.insert(id.clone());
+                            }
+                            let doc = self.fields.to_document_with_id(
+                                &record,
+                                self.uids.next(),
+                                id.as_deref(),
+                            );
+                            if let Err(e) = self.writer.add_document(doc) {
+                                failure = Some(e.to_string());
+                                break;
+                            }
+                            outcomes.push(BulkOutcome::Created);
+                            added += 1;
+                            let _ = self.tail.send(Arc::new(record));
+                        }
+                    }
+                    waiting.push(Waiting::Bulk(reply, outcomes));
                 }
             }
         }
-        if failure.is_none() && added > 0 {
+        let committed = failure.is_none() && added > 0;
+        if committed {
             let started = Instant::now();
             match self.commit() {
                 Ok(()) => {
@@ -203,10 +364,26 @@ impl WriterThread {
         }
         match failure {
             None => {
-                for (reply, resp) in waiting {
-                    Metrics::inc(&self.metrics.records_accepted, resp.accepted);
-                    Metrics::inc(&self.metrics.records_duplicate, resp.duplicates);
-                    let _ = reply.send(Ok(resp));
+                for w in waiting {
+                    match w {
+                        Waiting::Ingest(reply, resp) => {
+                            Metrics::inc(&self.metrics.records_accepted, resp.accepted);
+                            Metrics::inc(&self.metrics.records_duplicate, resp.duplicates);
+                            let _ = reply.send(Ok(resp));
+                        }
+                        Waiting::Bulk(reply, outcomes) => {
+                            let created = outcomes
+                                .iter()
+                                .filter(|o| **o == BulkOutcome::Created)
+                                .count() as u64;
+                            Metrics::inc(&self.metrics.records_accepted, created);
+                            Metrics::inc(
+                                &self.metrics.records_duplicate,
+                                outcomes.len() as u64 - created,
+                            );
+                            let _ = reply.send(Ok(outcomes));
+                        }
+                    }
                 }
             }
             Some(reason) => {
@@ -216,14 +393,24 @@ impl WriterThread {
                     tracing::error!(error = %e, "rollback failed");
                 }
                 self.checkpoint = before;
-                for (reply, _) in waiting {
-                    let _ = reply.send(Err(Error::Index(format!(
+                let err = || {
+                    Error::Index(format!(
                         "commit failed, nothing of the batch was indexed: {reason}"
-                    ))));
+                    ))
+                };
+                for w in waiting {
+                    match w {
+                        Waiting::Ingest(reply, _) => {
+                            let _ = reply.send(Err(err()));
+                        }
+                        Waiting::Bulk(reply, _) => {
+                            let _ = reply.send(Err(err()));
+                        }
+                    }
                 }
             }
         }
-        stops
+        (stops, committed)
     }
 
     fn commit(&mut self) -> Result<()> {
@@ -239,28 +426,28 @@ impl WriterThread {
     }
 }
 
-/// Random, unique-enough 64-bit tie-breakers (splitmix64 over a random seed).
+/// Tie-breakers: a counter seeded with the time in microseconds times 1024, so that
+/// ids increase in insertion order (a segment's column of them bit-packs to almost
+/// nothing, where random ids cost 8 bytes a record) and a restarted writer starts
+/// above everything an earlier one could have issued unless it indexed more than
+/// 1024 records per microsecond of its life.
 struct UidSource {
-    state: u64,
+    next: u64,
 }
 
 impl UidSource {
     fn new() -> UidSource {
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u128(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos()),
-        );
-        UidSource { state: h.finish() }
+        let micros = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
+        UidSource {
+            next: micros.saturating_mul(1024),
+        }
     }
 
     fn next(&mut self) -> u64 {
-        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.next = self.next.wrapping_add(1);
+        self.next
     }
 }
 

@@ -25,6 +25,7 @@ impl Server {
             token: token.map(String::from),
             max_body_bytes,
             writer_memory_bytes: 32 << 20,
+            ..IndexerConfig::default()
         })?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let base = format!("http://{}", listener.local_addr()?);

@@ -290,6 +290,9 @@ pub struct TaskSpec {
     /// How many ports to allocate (`PORT0`..).
     #[serde(default)]
     pub port_count: u16,
+    /// The app's health checks; the node runs them and reports [`HealthResult`]s.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub health_checks: Vec<HealthCheck>,
 }
 
 /// What a node reports about one task it runs.
@@ -305,6 +308,79 @@ pub struct TaskStatus {
     pub exit_code: Option<i32>,
     #[serde(default)]
     pub message: Option<String>,
+    /// The instance number the task was launched with (from its `task.json`), so a
+    /// scheduler that adopts the task after a restart keeps its number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<u32>,
+    /// One result per health check of the task's spec, in the spec's order; empty
+    /// while none has run yet or when the task has no health checks.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub health: Vec<HealthResult>,
+    /// When the node started the task's process. Carried so that a scheduler adopting
+    /// a running task after its own restart keeps Marathon's `startedAt` instead of
+    /// stamping the adoption time (which would look like a restart to clients).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<DateTime<Utc>>,
+}
+
+/// One health check of an app, as Marathon defines it (`healthChecks[]`), carried to
+/// the node in [`TaskSpec`]. `protocol` is `HTTP`, `TCP` or `COMMAND` (`MESOS_HTTP`
+/// and `MESOS_TCP` are treated as `HTTP` and `TCP`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HealthCheck {
+    pub protocol: String,
+    /// HTTP path, `/` by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Which of the task's ports to check (`PORT<portIndex>`).
+    #[serde(default)]
+    pub port_index: u16,
+    /// A fixed port to check instead of `portIndex`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// Shell command of a `COMMAND` check; exit code 0 means healthy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    pub grace_period_seconds: f64,
+    pub interval_seconds: f64,
+    pub timeout_seconds: f64,
+    /// Failures in a row after which the task is killed and replaced; 0 never kills.
+    pub max_consecutive_failures: u32,
+}
+
+/// The state of one health check of one task, in Marathon's `healthCheckResults` shape.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HealthResult {
+    /// Whether the last check that counted succeeded.
+    pub alive: bool,
+    /// Failures in a row since the last success, not counting those in the grace
+    /// period before the first success.
+    pub consecutive_failures: u32,
+    #[serde(default)]
+    pub first_success: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub last_success: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub last_failure: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub last_failure_cause: Option<String>,
+}
+
+/// `POST /v1/agents/{name}/heartbeat` request: every task the node runs now, and
+/// those that ended since its last acknowledged heartbeat.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HeartbeatRequest {
+    #[serde(default)]
+    pub tasks: Vec<TaskStatus>,
+}
+
+/// The heartbeat answer: every task the scheduler wants running on that agent.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HeartbeatResponse {
+    #[serde(default)]
+    pub tasks: Vec<TaskSpec>,
 }
 
 #[cfg(test)]

@@ -19,8 +19,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::SecondsFormat;
-use protocol::{AgentInfo, TaskSpec, TaskStatus, TOKEN_HEADER};
-use serde::{Deserialize, Serialize};
+use protocol::{AgentInfo, HealthCheck, HeartbeatRequest, HeartbeatResponse, TOKEN_HEADER};
+use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -51,22 +51,11 @@ impl Default for SchedulerConfig {
     }
 }
 
-/// The node protocol's heartbeat request: every task the node runs now, and those
-/// that ended since its last heartbeat.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct HeartbeatRequest {
-    #[serde(default)]
-    pub tasks: Vec<TaskStatus>,
-}
-
-/// The heartbeat answer: every task the scheduler wants running on that agent.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct HeartbeatResponse {
-    pub tasks: Vec<TaskSpec>,
-}
-
 struct Inner {
     config: SchedulerConfig,
+    /// Fired when the reconcile loop stops, so open event streams end and a graceful
+    /// HTTP shutdown is not held up by them.
+    stopping: CancellationToken,
     state: Mutex<State>,
     store: Store,
 }
@@ -106,6 +95,7 @@ impl Scheduler {
         Ok(Scheduler {
             inner: Arc::new(Inner {
                 config,
+                stopping: CancellationToken::new(),
                 state: Mutex::new(state),
                 store,
             }),
@@ -127,6 +117,7 @@ impl Scheduler {
                     _ = tick.tick() => this.lock().reconcile(Now::current()),
                 }
             }
+            this.inner.stopping.cancel();
             if let Err(e) = this.persist().await {
                 error!(error = %e, "could not write the scheduler state at shutdown");
             }
@@ -206,7 +197,9 @@ const HANDLED_FIELDS: &[&str] = &[
     "maxLaunchDelaySeconds",
 ];
 
-/// Marathon fields accepted and kept verbatim, not acted on yet.
+/// Marathon fields accepted and kept verbatim. `healthChecks`, `constraints`,
+/// `upgradeStrategy` and `killSelection` are validated here and acted on through
+/// `AppDef`'s accessors; the others are not acted on yet.
 const KEPT_FIELDS: &[&str] = &[
     "acceptedResourceRoles",
     "constraints",
@@ -468,6 +461,144 @@ fn port_definitions(obj: &Map<String, Value>, problems: &mut Vec<String>) -> Vec
     out
 }
 
+/// Parses Marathon `healthChecks`, with Marathon's defaults (grace 300 s, interval
+/// 60 s, timeout 20 s, 3 failures), adding one problem per bad value.
+/// With `port_count`, a `portIndex` naming no port of the app is a problem too.
+pub fn parse_health_checks(
+    v: &Value,
+    port_count: Option<usize>,
+    problems: &mut Vec<String>,
+) -> Vec<HealthCheck> {
+    let mut out = Vec::new();
+    let Some(list) = v.as_array() else {
+        problems.push(format!("healthChecks must be a list, got {}", describe(v)));
+        return out;
+    };
+    for (i, c) in list.iter().enumerate() {
+        let what = format!("healthChecks[{i}]");
+        let Some(o) = c.as_object() else {
+            problems.push(format!("{what} must be an object, got {}", describe(c)));
+            continue;
+        };
+        let before = problems.len();
+        for k in o.keys() {
+            const KNOWN: &[&str] = &[
+                "protocol",
+                "path",
+                "portIndex",
+                "port",
+                "command",
+                "gracePeriodSeconds",
+                "intervalSeconds",
+                "timeoutSeconds",
+                "maxConsecutiveFailures",
+                "delaySeconds",
+                "ignoreHttp1xx",
+                "ipProtocol",
+            ];
+            if !KNOWN.contains(&k.as_str()) {
+                problems.push(format!(
+                    "{what}: unknown field {k:?}, expected one of {}",
+                    KNOWN.join(", ")
+                ));
+            }
+        }
+        let protocol = match o.get("protocol") {
+            None | Some(Value::Null) => "HTTP".to_string(),
+            Some(p) => match p.as_str().map(str::to_ascii_uppercase) {
+                Some(p)
+                    if [
+                        "HTTP",
+                        "HTTPS",
+                        "TCP",
+                        "COMMAND",
+                        "MESOS_HTTP",
+                        "MESOS_HTTPS",
+                        "MESOS_TCP",
+                    ]
+                    .contains(&p.as_str()) =>
+                {
+                    p
+                }
+                _ => {
+                    problems.push(format!(
+                        "{what}.protocol must be HTTP, TCP or COMMAND, got {}",
+                        describe(p)
+                    ));
+                    String::new()
+                }
+            },
+        };
+        let command = match o.get("command") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(c) => match c.get("value").and_then(Value::as_str) {
+                Some(s) => Some(s.to_string()),
+                None => {
+                    problems.push(format!(
+                        "{what}.command must be {{\"value\": \"shell command\"}}, got {}",
+                        describe(c)
+                    ));
+                    None
+                }
+            },
+        };
+        if protocol == "COMMAND" && command.is_none() {
+            problems.push(format!(
+                "{what}: a COMMAND health check needs command.value"
+            ));
+        }
+        let path = match o.get("path") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(p)) => Some(p.clone()),
+            Some(p) => {
+                problems.push(format!("{what}.path must be a string, got {}", describe(p)));
+                None
+            }
+        };
+        let port_index = match o.get("portIndex") {
+            None | Some(Value::Null) => 0,
+            Some(p) => p
+                .as_u64()
+                .and_then(|n| u16::try_from(n).ok())
+                .unwrap_or_else(|| {
+                    problems.push(format!(
+                        "{what}.portIndex must be a non-negative integer, got {}",
+                        describe(p)
+                    ));
+                    0
+                }),
+        };
+        let port = o
+            .get("port")
+            .filter(|p| !p.is_null())
+            .map(|p| port_number(p, &format!("{what}.port"), problems));
+        if let Some(n) = port_count.filter(|n| port.is_none() && usize::from(port_index) >= *n) {
+            problems.push(format!(
+                "{what}.portIndex {port_index} names no port: the app has {n} port(s)"
+            ));
+        }
+        let grace = number(o, "gracePeriodSeconds", 300.0, 0.0, 86_400.0, problems);
+        let interval = number(o, "intervalSeconds", 60.0, 0.01, 86_400.0, problems);
+        let timeout = number(o, "timeoutSeconds", 20.0, 0.01, 86_400.0, problems);
+        let max = number(o, "maxConsecutiveFailures", 3.0, 0.0, 1e6, problems);
+        if problems.len() == before {
+            out.push(HealthCheck {
+                protocol,
+                path,
+                port_index,
+                port,
+                command,
+                grace_period_seconds: grace,
+                interval_seconds: interval,
+                timeout_seconds: timeout,
+                max_consecutive_failures: max as u32,
+            });
+        }
+    }
+    out
+}
+
 /// Validates a Marathon app definition, listing every problem at once in
 /// `Error::InvalidApp`. `path_id` is the id from the URL of a `PUT` (the body's `id`
 /// must then match it, or be absent).
@@ -605,6 +736,37 @@ pub fn parse_app(
         &mut problems,
     );
     let port_definitions = port_definitions(obj, &mut problems);
+    if let Some(v) = obj.get("healthChecks").filter(|v| !v.is_null()) {
+        parse_health_checks(v, Some(port_definitions.len()), &mut problems);
+    }
+    if let Some(v) = obj.get("constraints").filter(|v| !v.is_null()) {
+        crate::placement::parse_constraints(v, &mut problems);
+    }
+    if let Some(v) = obj.get("upgradeStrategy").filter(|v| !v.is_null()) {
+        match v.as_object() {
+            Some(us) => {
+                for (k, val) in us {
+                    match k.as_str() {
+                        "minimumHealthCapacity" | "maximumOverCapacity" => {
+                            if !val.as_f64().is_some_and(|n| (0.0..=1.0).contains(&n)) {
+                                problems.push(format!(
+                                    "upgradeStrategy.{k} must be a number from 0 to 1, got {}",
+                                    describe(val)
+                                ));
+                            }
+                        }
+                        other => problems.push(format!(
+                            "upgradeStrategy: unknown field {other:?}, expected minimumHealthCapacity or maximumOverCapacity"
+                        )),
+                    }
+                }
+            }
+            None => problems.push(format!(
+                "upgradeStrategy must be an object, got {}",
+                describe(v)
+            )),
+        }
+    }
     if obj.get("requirePorts") == Some(&Value::Bool(true))
         && port_definitions.iter().any(|p| p.port != 0)
     {
@@ -662,9 +824,17 @@ fn task_json(state: &State, t: &Task) -> Value {
         "stagedAt": ts(t.staged_at),
         "startedAt": t.started_at.map(ts),
         "version": ts(t.version),
-        "healthCheckResults": [],
-        "instance": t.instance,
-        "restarts": t.restarts,
+        "healthCheckResults": t.health.iter().map(|h| json!({
+            "alive": h.alive,
+            "consecutiveFailures": h.consecutive_failures,
+            // Millisecond precision as Marathon shows (clients parse at most micros).
+            "firstSuccess": h.first_success.map(ts),
+            "lastSuccess": h.last_success.map(ts),
+            "lastFailure": h.last_failure.map(ts),
+            "lastFailureCause": h.last_failure_cause,
+            "taskId": t.id,
+            "instanceId": t.id,
+        })).collect::<Vec<_>>(),
     })
 }
 
@@ -679,9 +849,19 @@ fn app_json(state: &State, def: &AppDef, with_tasks: bool) -> Value {
             "tasksStaged".into(),
             json!(count(TaskState::Staging) + count(TaskState::Starting)),
         );
-        obj.insert("tasksHealthy".into(), json!(0));
-        obj.insert("tasksUnhealthy".into(), json!(0));
-        obj.insert("deployments".into(), json!([]));
+        let checks = def.health_checks().len();
+        let healthy = |want: bool| {
+            tasks
+                .iter()
+                .filter(|t| t.healthy(checks) == Some(want))
+                .count()
+        };
+        obj.insert("tasksHealthy".into(), json!(healthy(true)));
+        obj.insert("tasksUnhealthy".into(), json!(healthy(false)));
+        obj.insert("deployments".into(), json!(state.deployments_of(&def.id)));
+        if let Some(f) = state.last_failure(&def.id) {
+            obj.insert("lastTaskFailure".into(), f.clone());
+        }
         if with_tasks {
             obj.insert(
                 "tasks".into(),
@@ -715,9 +895,20 @@ pub fn router(scheduler: Scheduler) -> Router {
         .route("/v2/apps", get(list_apps).post(create_app))
         .route(
             "/v2/apps/{*id}",
-            get(get_app).put(put_app).delete(delete_app),
+            get(get_app)
+                .put(put_app)
+                .patch(put_app)
+                .delete(delete_app)
+                .post(post_app),
         )
         .route("/v2/tasks", get(list_tasks))
+        .route("/v2/deployments", get(list_deployments))
+        .route(
+            "/v2/deployments/{id}",
+            axum::routing::delete(delete_deployment),
+        )
+        .route("/v2/queue", get(queue))
+        .route("/v2/events", get(events))
         .route("/v2/info", get(info))
         .route("/ping", get(ping))
         .route("/v1/agents", get(list_agents))
@@ -732,8 +923,8 @@ fn parse_json(body: &Bytes) -> Result<Value> {
         .map_err(|e| Error::BadRequest(format!("request body is not valid json: {e}")))
 }
 
-fn deployment(version: chrono::DateTime<chrono::Utc>) -> Value {
-    json!({"version": ts(version), "deploymentId": uuid::Uuid::new_v4().to_string()})
+fn deployment(id: &str, version: chrono::DateTime<chrono::Utc>) -> Value {
+    json!({"version": ts(version), "deploymentId": id})
 }
 
 async fn create_app(
@@ -816,25 +1007,156 @@ async fn put_app(
     };
     let def = parse_app(&merged, Some(&id), now.wall_millis())?;
     let version = def.version;
-    let created = s.lock().put_app(def, now)?;
+    let (created, dep) = s.lock().put_app(def, now)?;
     s.persist().await?;
     let status = if created {
         StatusCode::CREATED
     } else {
         StatusCode::OK
     };
-    Ok((status, Json(deployment(version))).into_response())
+    Ok((status, Json(deployment(&dep, version))).into_response())
 }
 
+/// Query flags of the write calls. Kept as strings because clients spell booleans
+/// every way (`true`, `True`, `1`): the Python client sends `True`.
+#[derive(Debug, Deserialize)]
+struct ScaleQuery {
+    scale: Option<String>,
+    force: Option<String>,
+}
+
+fn flag(v: &Option<String>) -> bool {
+    v.as_deref()
+        .is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "true" | "1" | "yes"))
+}
+
+/// `DELETE /v2/apps/{id}` and `DELETE /v2/apps/{id}/tasks/{taskId}` (the wildcard
+/// route carries both).
 async fn delete_app(
+    AxState(s): AxState<Scheduler>,
+    Path(id): Path<String>,
+    Query(q): Query<ScaleQuery>,
+    headers: HeaderMap,
+) -> Result<Json<Value>> {
+    s.authorize(&headers)?;
+    let now = Now::current();
+    let body = {
+        let mut st = s.lock();
+        match id.rsplit_once("/tasks/") {
+            Some((app, task)) if st.app(&id).is_none() && st.app(app).is_some() => {
+                let (t, dep) = st.kill_task(app, task, flag(&q.scale), now)?;
+                match dep {
+                    Some(dep) => deployment(&dep, now.wall_millis()),
+                    None => json!({ "task": task_json(&st, &t) }),
+                }
+            }
+            _ => {
+                let (_, dep) = st.delete_app(&id, now)?;
+                deployment(&dep, now.wall_millis())
+            }
+        }
+    };
+    s.persist().await?;
+    Ok(Json(body))
+}
+
+/// `POST /v2/apps/{id}/restart`: a rolling restart of every task.
+async fn post_app(
     AxState(s): AxState<Scheduler>,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Json<Value>> {
     s.authorize(&headers)?;
-    s.lock().delete_app(&id)?;
+    let Some(app) = id.trim_end_matches('/').strip_suffix("/restart") else {
+        return Err(Error::BadRequest(format!(
+            "POST /v2/apps/{id} is not an action: expected /v2/apps/{{id}}/restart"
+        )));
+    };
+    let (dep, version) = s.lock().restart_app(app, Now::current())?;
     s.persist().await?;
-    Ok(Json(deployment(Now::current().wall_millis())))
+    Ok(Json(deployment(&dep, version)))
+}
+
+async fn list_deployments(AxState(s): AxState<Scheduler>) -> Json<Value> {
+    let st = s.lock();
+    Json(Value::Array(
+        st.deployments().map(|d| d.to_json()).collect(),
+    ))
+}
+
+/// Without `force=true` the app is rolled back to its definition before the
+/// deployment (a new deployment, 200 with its id); with it, the deployment is only
+/// forgotten (202), as in Marathon.
+async fn delete_deployment(
+    AxState(s): AxState<Scheduler>,
+    Path(id): Path<String>,
+    Query(q): Query<ScaleQuery>,
+    headers: HeaderMap,
+) -> Result<Response> {
+    s.authorize(&headers)?;
+    let force = flag(&q.force);
+    let out = s.lock().cancel_deployment(&id, !force, Now::current())?;
+    s.persist().await?;
+    Ok(match out {
+        Some((dep, version)) => (StatusCode::OK, Json(deployment(&dep, version))).into_response(),
+        None => StatusCode::ACCEPTED.into_response(),
+    })
+}
+
+/// `GET /v2/queue`: apps waiting for tasks to be placed, with why.
+async fn queue(AxState(s): AxState<Scheduler>) -> Json<Value> {
+    let st = s.lock();
+    let queue: Vec<Value> = st
+        .apps()
+        .filter_map(|a| {
+            let why = st.unplaced(&a.id)?;
+            let have = st.tasks_of(&a.id).len();
+            Some(json!({
+                "app": {"id": a.id, "instances": a.instances},
+                "count": (a.instances as usize).saturating_sub(have),
+                "delay": {"overdue": true, "timeLeftSeconds": 0},
+                "lastUnusedOfferAt": null,
+                "message": why,
+            }))
+        })
+        .collect();
+    Json(json!({ "queue": queue }))
+}
+
+/// `GET /v2/events`: Marathon's event stream as server-sent events (`event:` is the
+/// `eventType`). A subscriber too slow to keep up misses events (logged) rather than
+/// slowing the scheduler down.
+async fn events(
+    AxState(s): AxState<Scheduler>,
+) -> axum::response::sse::Sse<
+    impl futures::Stream<
+        Item = std::result::Result<axum::response::sse::Event, std::convert::Infallible>,
+    >,
+> {
+    use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+    use tokio::sync::broadcast::error::RecvError;
+    let rx = s.lock().subscribe();
+    let stopping = s.inner.stopping.clone();
+    let stream = futures::stream::unfold((rx, stopping), |(mut rx, stopping)| async move {
+        loop {
+            let next = tokio::select! {
+                _ = stopping.cancelled() => return None,
+                r = rx.recv() => r,
+            };
+            match next {
+                Ok(e) => {
+                    let ev = SseEvent::default().event(e.kind).data(e.data.to_string());
+                    return Some((Ok(ev), (rx, stopping)));
+                }
+                // Marathon has no event for this and clients reject unknown ones.
+                Err(RecvError::Lagged(missed)) => {
+                    warn!(missed, "event stream subscriber too slow; events dropped");
+                }
+                Err(RecvError::Closed) => return None,
+            }
+        }
+    });
+    Sse::new(stream).keep_alive(KeepAlive::default())
 }
 
 #[derive(Debug, Deserialize)]
@@ -1002,6 +1324,56 @@ mod tests {
         assert!(problems(json!({"cmd": "x"}))[0].contains("id is required"));
         assert!(problems(json!({"id": "/a//b", "cmd": "x"}))[0].contains("invalid"));
         assert!(problems(json!({"id": "../etc", "cmd": "x"}))[0].contains("invalid"));
+    }
+
+    #[test]
+    fn health_checks_constraints_and_upgrade_strategy_are_validated() {
+        let def = parse_app(
+            &json!({"id": "a", "cmd": "x",
+                    "healthChecks": [{"protocol": "COMMAND", "command": {"value": "true"}},
+                                     {"protocol": "HTTP", "path": "/health", "intervalSeconds": 2}],
+                    "constraints": [["rack", "GROUP_BY"]],
+                    "upgradeStrategy": {"minimumHealthCapacity": 0.5, "maximumOverCapacity": 0}}),
+            None,
+            v(),
+        )
+        .unwrap();
+        let checks = def.health_checks();
+        assert_eq!(checks.len(), 2);
+        assert_eq!(checks[0].command.as_deref(), Some("true"));
+        assert_eq!(
+            (checks[1].interval_seconds, checks[1].grace_period_seconds),
+            (2.0, 300.0)
+        );
+        assert_eq!(def.upgrade_strategy(), (0.5, 0.0));
+        assert_eq!(def.constraints().len(), 1);
+        let p = problems(json!({"id": "a", "cmd": "x",
+            "healthChecks": [{"protocol": "UDP"}, {"protocol": "COMMAND"}, {"portIndex": 3}, {"intervalSecs": 1}],
+            "constraints": [["hostname", "NEAR"]],
+            "upgradeStrategy": {"minimumHealthCapacity": 2}}));
+        let all = p.join("\n");
+        assert_eq!(p.len(), 6, "{all}");
+        assert!(
+            all.contains("healthChecks[0].protocol must be HTTP, TCP or COMMAND"),
+            "{all}"
+        );
+        assert!(
+            all.contains("healthChecks[1]: a COMMAND health check needs command.value"),
+            "{all}"
+        );
+        assert!(
+            all.contains("healthChecks[2].portIndex 3 names no port"),
+            "{all}"
+        );
+        assert!(
+            all.contains("healthChecks[3]: unknown field \"intervalSecs\""),
+            "{all}"
+        );
+        assert!(all.contains("unknown operator \"NEAR\""), "{all}");
+        assert!(
+            all.contains("upgradeStrategy.minimumHealthCapacity must be a number from 0 to 1"),
+            "{all}"
+        );
     }
 
     #[test]

@@ -15,6 +15,8 @@ pub enum Error {
     AppExists(String),
     #[error("task {0:?} does not exist")]
     UnknownTask(String),
+    #[error("deployment {0:?} does not exist")]
+    UnknownDeployment(String),
     #[error("agent {0:?} is not registered")]
     UnknownAgent(String),
     #[error("missing or wrong cluster token")]
@@ -52,9 +54,10 @@ impl Error {
         match self {
             // Marathon answers 422 for invalid app definitions; clients rely on it.
             Error::InvalidApp(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            Error::UnknownApp(_) | Error::UnknownTask(_) | Error::UnknownAgent(_) => {
-                StatusCode::NOT_FOUND
-            }
+            Error::UnknownApp(_)
+            | Error::UnknownTask(_)
+            | Error::UnknownAgent(_)
+            | Error::UnknownDeployment(_) => StatusCode::NOT_FOUND,
             Error::AppExists(_) => StatusCode::CONFLICT,
             Error::Unauthorized => StatusCode::UNAUTHORIZED,
             Error::BadRequest(_) | Error::Json(_) => StatusCode::BAD_REQUEST,

@@ -16,11 +16,14 @@
 
 pub mod api;
 pub mod error;
+pub mod logger;
 pub mod node;
 pub mod placement;
 pub mod router;
 pub mod state;
 pub mod store;
 
-pub use api::{router, HeartbeatRequest, HeartbeatResponse, Scheduler, SchedulerConfig};
+pub use api::{router, Scheduler, SchedulerConfig};
 pub use error::{Error, Result};
+/// The node protocol's messages, shared with every node through `protocol`.
+pub use protocol::{HeartbeatRequest, HeartbeatResponse};

@@ -1,17 +1,18 @@
 //! The node: runs on every agent, launches the tasks the control plane wants here in
 //! sandboxes, and reports their state back on every heartbeat.
 //!
-//! The node holds no durable state of its own. Each heartbeat carries the status of
+//! The node holds no durable state of its own beyond its sandboxes. Each heartbeat carries the status of
 //! every task it runs (plus exits not yet acknowledged) and the answer is the full set
 //! of tasks wanted on this agent; the node converges on that set by launching what is
 //! missing and killing what is no longer wanted. The trade-off is up to one heartbeat
 //! interval of reaction time in exchange for a protocol that heals itself after any
 //! lost message or restart of the control plane.
 //!
-//! A task's output goes straight into files in its sandbox (the child owns the file
-//! descriptors), so output survives a crash of the node and the shipper can tail it
-//! without the node copying bytes. Each task runs in its own process group so a kill
-//! reaches everything it forked.
+//! A task's output goes through pipes to a per-task logger process (see `logger`)
+//! that writes `stdout`/`stderr` in the sandbox and rotates them by size; neither the
+//! task nor its logger is a child the node must keep alive, so both outlive a node
+//! restart, and the next node finds the task again from its `task.json` and pid file.
+//! Each task runs in its own process group so a kill reaches everything it forked.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{File, OpenOptions};
@@ -25,12 +26,15 @@ use std::time::Duration;
 
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
-use protocol::{AgentInfo, TaskMeta, TaskSpec, TaskStatus, TOKEN_HEADER};
-use serde::{Deserialize, Serialize};
+use protocol::{
+    AgentInfo, HealthCheck, HealthResult, HeartbeatRequest, HeartbeatResponse, TaskMeta, TaskSpec,
+    TaskStatus, TOKEN_HEADER,
+};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use crate::logger::Rotation;
 use crate::{Error, Result};
 
 /// Marathon state names the node reports.
@@ -47,18 +51,6 @@ const INHERITED_ENV: &[&str] = &["PATH", "HOME", "USER", "LANG", "LC_ALL", "TZ",
 /// Timeout of one call to the control plane; a hung control plane must not stall the
 /// loop for longer than a few heartbeats.
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// `POST /v1/agents/{name}/heartbeat` request body.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct HeartbeatRequest {
-    pub tasks: Vec<TaskStatus>,
-}
-
-/// `POST /v1/agents/{name}/heartbeat` answer: every task wanted on this agent.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct HeartbeatResponse {
-    pub tasks: Vec<TaskSpec>,
-}
 
 /// How a node is set up; `NodeConfig::new` fills in the defaults.
 #[derive(Debug, Clone)]
@@ -78,6 +70,12 @@ pub struct NodeConfig {
     pub attributes: BTreeMap<String, String>,
     /// SIGTERM → SIGKILL grace.
     pub kill_grace: Duration,
+    /// Leave tasks running when the node stops (an agent restart), instead of killing
+    /// them; the next node on this work dir finds them again through their pid files.
+    pub keep_tasks_on_shutdown: bool,
+    /// Task output through a per-task logger process that rotates `stdout`/`stderr`
+    /// by size; `None` writes the files directly, unrotated.
+    pub log_rotation: Option<Rotation>,
 }
 
 impl NodeConfig {
@@ -99,6 +97,8 @@ impl NodeConfig {
             resources: BTreeMap::new(),
             attributes: BTreeMap::new(),
             kill_grace: Duration::from_secs(5),
+            keep_tasks_on_shutdown: false,
+            log_rotation: Some(Rotation::default()),
         }
     }
 }
@@ -117,6 +117,11 @@ struct Inner {
     /// Every per-task supervisor; shutdown awaits them all.
     tracker: TaskTracker,
     metrics: NodeMetrics,
+    /// Fired on a shutdown that leaves tasks running: supervisors and health checkers
+    /// stop watching without killing.
+    detach: CancellationToken,
+    /// `NodeConfig::keep_tasks_on_shutdown`, changeable after construction.
+    keep_tasks: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Default)]
@@ -134,9 +139,15 @@ struct State {
 
 struct Running {
     app: String,
+    instance: u32,
     pid: u32,
     ports: Vec<u16>,
     kill: CancellationToken,
+    /// One result per health check of the spec, updated by its checker.
+    health: Vec<HealthResult>,
+    /// Wall-clock launch time, reported so the scheduler's `startedAt` survives its
+    /// own restart and ours (it is kept in the pid file).
+    started_at: chrono::DateTime<chrono::Utc>,
 }
 
 #[derive(Default)]
@@ -160,6 +171,7 @@ impl Node {
         let client = reqwest::Client::builder()
             .timeout(CONTROL_TIMEOUT)
             .build()?;
+        let keep_tasks = std::sync::atomic::AtomicBool::new(cfg.keep_tasks_on_shutdown);
         Ok(Node {
             inner: Arc::new(Inner {
                 cfg,
@@ -167,6 +179,8 @@ impl Node {
                 client,
                 state: Mutex::new(State::default()),
                 tracker: TaskTracker::new(),
+                detach: CancellationToken::new(),
+                keep_tasks,
                 metrics: NodeMetrics::default(),
             }),
         })
@@ -177,6 +191,7 @@ impl Node {
     /// unreachable control plane is retried forever; tasks keep running meanwhile.
     pub async fn run(&self, cancel: CancellationToken) -> Result<()> {
         let inner = &self.inner;
+        inner.rediscover().await;
         let mut registered = false;
         let mut failures: u64 = 0;
         loop {
@@ -227,6 +242,12 @@ impl Node {
         }
         inner.shutdown().await;
         Ok(())
+    }
+
+    /// Whether stopping the node leaves its tasks running (an agent restart) rather
+    /// than killing them; see [`NodeConfig::keep_tasks_on_shutdown`].
+    pub fn set_keep_tasks_on_shutdown(&self, keep: bool) {
+        self.inner.keep_tasks.store(keep, Ordering::Relaxed);
     }
 
     /// Prometheus text format.
@@ -324,6 +345,9 @@ impl Inner {
                     ports: r.ports.clone(),
                     exit_code: None,
                     message: None,
+                    instance: Some(r.instance),
+                    health: r.health.clone(),
+                    started_at: Some(r.started_at),
                 })
                 .collect();
             tasks.extend(st.pending.iter().map(|(_, s)| s.clone()));
@@ -374,6 +398,9 @@ impl Inner {
             });
             (to_launch, to_kill)
         };
+        for spec in &desired {
+            self.start_checks_of_adopted(spec);
+        }
         for (task, app, pid, kill) in to_kill {
             info!(app, task, pid, "killing task no longer desired");
             kill.cancel();
@@ -395,6 +422,9 @@ impl Inner {
                         ports: Vec::new(),
                         exit_code: None,
                         message: Some(format!("launch failed: {e}")),
+                        instance: Some(spec.instance),
+                        health: Vec::new(),
+                        started_at: None,
                     },
                 ));
             }
@@ -420,7 +450,8 @@ impl Inner {
         };
         let (stdout, stderr) = {
             let dir = dir.clone();
-            tokio::task::spawn_blocking(move || prepare_sandbox(&dir, &meta))
+            let rotation = self.cfg.log_rotation;
+            tokio::task::spawn_blocking(move || prepare_sandbox(&dir, &meta, rotation))
                 .await
                 .map_err(|e| Error::io(&self.sandboxes, std::io::Error::other(e)))??
         };
@@ -440,28 +471,68 @@ impl Inner {
             }
         }
         cmd.envs(&spec.env);
-        for (k, v) in task_env(&self.cfg, spec, &ports, &dir) {
+        let env = task_env(&self.cfg, spec, &ports, &dir);
+        for (k, v) in &env {
             cmd.env(k, v);
         }
         let child = cmd.spawn().map_err(|e| Error::io(&dir, e))?;
         let pid = child.id().unwrap_or_default();
+        // The pid file lets a restarted node find the task again; a task without one
+        // is merely not re-adopted, so a failed write is only logged.
+        let pid_file = dir.join(PID_FILE);
+        let started_at = chrono::Utc::now();
+        let body = serde_json::to_vec(&PidFile {
+            pid,
+            start: process_start(pid),
+            started_at: Some(started_at),
+        })?;
+        if let Err(e) = tokio::fs::write(&pid_file, body).await {
+            warn!(task = %spec.task, path = %pid_file.display(), error = %e, "could not write the pid file");
+        }
         let kill = CancellationToken::new();
         self.state.lock().expect("node state lock").running.insert(
             spec.task.clone(),
             Running {
                 app: spec.app.clone(),
+                instance: spec.instance,
                 pid,
                 ports: ports.clone(),
                 kill: kill.clone(),
+                health: vec![HealthResult::default(); spec.health_checks.len()],
+                started_at,
             },
         );
+        for (index, check) in spec.health_checks.iter().enumerate() {
+            let target = HealthTarget {
+                task: spec.task.clone(),
+                started: std::time::Instant::now(),
+                index,
+                check: check.clone(),
+                address: self.cfg.address.clone(),
+                ports: ports.clone(),
+                sandbox: dir.clone(),
+                env: env.clone(),
+            };
+            let inner = Arc::clone(self);
+            let stop = kill.clone();
+            self.tracker
+                .spawn(async move { inner.check_health(target, stop).await });
+        }
         self.metrics.launched.fetch_add(1, Ordering::Relaxed);
         info!(app = %spec.app, task = %spec.task, pid, ports = ?ports, "task started");
         let inner = Arc::clone(self);
         let (app, task) = (spec.app.clone(), spec.task.clone());
         self.tracker.spawn(async move {
-            let status = supervise(child, pid, kill.clone(), inner.cfg.kill_grace).await;
+            let detach = inner.detach.clone();
+            let Some(status) =
+                supervise(child, pid, kill.clone(), detach, inner.cfg.kill_grace).await
+            else {
+                return;
+            };
             inner.on_exit(app, task, status, kill.is_cancelled());
+            // Stops the task's health checkers too.
+            kill.cancel();
+            let _ = tokio::fs::remove_file(pid_file).await;
         });
         Ok(())
     }
@@ -493,7 +564,194 @@ impl Inner {
         st.pending.push((seq, report));
     }
 
+    /// Runs one health check of a task every `intervalSeconds` until the task ends,
+    /// keeping its result in the task's entry for the next heartbeat. Failures before
+    /// the first success and within `gracePeriodSeconds` are shown but not counted, as
+    /// Marathon does; killing a task past `maxConsecutiveFailures` is the scheduler's
+    /// decision, so that it can replace the task at the same time.
+    async fn check_health(self: Arc<Self>, target: HealthTarget, stop: CancellationToken) {
+        let check = &target.check;
+        let interval = secs(check.interval_seconds).max(Duration::from_millis(10));
+        let timeout = secs(check.timeout_seconds).max(Duration::from_millis(10));
+        loop {
+            let outcome = tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = self.detach.cancelled() => return,
+                r = run_check(&self.client, &target, timeout) => r,
+            };
+            if !self.record_health(&target, outcome) {
+                return;
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = self.detach.cancelled() => return,
+                _ = tokio::time::sleep(interval) => {}
+            }
+        }
+    }
+
+    /// Stores one check result; false once the task is gone.
+    fn record_health(
+        &self,
+        target: &HealthTarget,
+        outcome: std::result::Result<(), String>,
+    ) -> bool {
+        let started = target.started;
+        let grace = secs(target.check.grace_period_seconds);
+        let now = chrono::Utc::now();
+        let mut st = self.state.lock().expect("node state lock");
+        let Some(result) = st
+            .running
+            .get_mut(&target.task)
+            .and_then(|r| r.health.get_mut(target.index))
+        else {
+            return false;
+        };
+        match outcome {
+            Ok(()) => {
+                if !result.alive {
+                    debug!(task = %target.task, check = target.index, "health check passing");
+                }
+                result.alive = true;
+                result.consecutive_failures = 0;
+                result.last_success = Some(now);
+                result.first_success.get_or_insert(now);
+            }
+            Err(cause) => {
+                let in_grace = result.first_success.is_none() && started.elapsed() < grace;
+                if !in_grace {
+                    result.consecutive_failures += 1;
+                    warn!(task = %target.task, check = target.index, failures = result.consecutive_failures, cause = %cause, "health check failed");
+                }
+                result.alive = false;
+                result.last_failure = Some(now);
+                result.last_failure_cause = Some(cause);
+            }
+        }
+        true
+    }
+
+    /// Takes over the tasks an earlier node on this work dir left running (and
+    /// reports those that ended meanwhile as failed), so an agent restart neither
+    /// loses nor duplicates them.
+    async fn rediscover(self: &Arc<Self>) {
+        let root = self.sandboxes.clone();
+        let Ok((alive, ended)) = tokio::task::spawn_blocking(move || scan_sandboxes(&root)).await
+        else {
+            return;
+        };
+        let mut st = self.state.lock().expect("node state lock");
+        for meta in ended {
+            info!(app = %meta.app, task = %meta.task, "task ended while the node was down");
+            st.done.insert(meta.task.clone());
+            let seq = st.next_seq;
+            st.next_seq += 1;
+            st.pending.push((
+                seq,
+                TaskStatus {
+                    task: meta.task,
+                    app: meta.app,
+                    state: TASK_FAILED.into(),
+                    ports: Vec::new(),
+                    exit_code: None,
+                    message: Some("ended while the node was down; exit status unknown".into()),
+                    instance: Some(meta.instance),
+                    health: Vec::new(),
+                    started_at: None,
+                },
+            ));
+        }
+        for found in alive {
+            let Found { meta, pid, dir } = found;
+            if st.running.contains_key(&meta.task) {
+                continue;
+            }
+            info!(app = %meta.app, task = %meta.task, pid = pid.pid, sandbox = %dir.display(), "running task found again");
+            let kill = CancellationToken::new();
+            st.running.insert(
+                meta.task.clone(),
+                Running {
+                    app: meta.app.clone(),
+                    instance: meta.instance,
+                    pid: pid.pid,
+                    ports: meta.ports.clone(),
+                    kill: kill.clone(),
+                    health: Vec::new(),
+                    started_at: pid.started_at.unwrap_or_else(chrono::Utc::now),
+                },
+            );
+            let inner = Arc::clone(self);
+            self.tracker.spawn(async move {
+                let detach = inner.detach.clone();
+                let grace = inner.cfg.kill_grace;
+                let Some(killed) =
+                    supervise_adopted(pid.pid, pid.start, kill.clone(), detach, grace).await
+                else {
+                    return;
+                };
+                let status = if killed {
+                    // SIGTERM's status, as a child killed by the node reports it.
+                    Ok(ExitStatus::from_raw(15))
+                } else {
+                    Err(std::io::Error::other(
+                        "exit status unknown: the task was adopted after a node restart",
+                    ))
+                };
+                inner.on_exit(meta.app, meta.task, status, killed);
+                kill.cancel();
+                let _ = tokio::fs::remove_file(dir.join(PID_FILE)).await;
+            });
+        }
+    }
+
+    /// Starts the health checkers of a task found again after a node restart, once
+    /// its spec (and so its checks) is known.
+    fn start_checks_of_adopted(self: &Arc<Self>, spec: &TaskSpec) {
+        if spec.health_checks.is_empty() {
+            return;
+        }
+        let (ports, kill) = {
+            let mut st = self.state.lock().expect("node state lock");
+            let Some(r) = st.running.get_mut(&spec.task) else {
+                return;
+            };
+            if !r.health.is_empty() {
+                return;
+            }
+            r.health = vec![HealthResult::default(); spec.health_checks.len()];
+            (r.ports.clone(), r.kill.clone())
+        };
+        let Ok(dir) = sandbox_dir(&self.sandboxes, &spec.app, &spec.task) else {
+            return;
+        };
+        let env = task_env(&self.cfg, spec, &ports, &dir);
+        for (index, check) in spec.health_checks.iter().enumerate() {
+            let target = HealthTarget {
+                task: spec.task.clone(),
+                started: std::time::Instant::now(),
+                index,
+                check: check.clone(),
+                address: self.cfg.address.clone(),
+                ports: ports.clone(),
+                sandbox: dir.clone(),
+                env: env.clone(),
+            };
+            let inner = Arc::clone(self);
+            let stop = kill.clone();
+            self.tracker
+                .spawn(async move { inner.check_health(target, stop).await });
+        }
+    }
+
     async fn shutdown(&self) {
+        if self.keep_tasks.load(Ordering::Relaxed) {
+            let n = self.state.lock().expect("node state lock").running.len();
+            info!(node = %self.cfg.name, tasks = n, "node stopping, leaving tasks running");
+            self.detach.cancel();
+            self.tracker.close();
+            self.tracker.wait().await;
+            return;
+        }
         let n = {
             let st = self.state.lock().expect("node state lock");
             for r in st.running.values() {
@@ -505,6 +763,102 @@ impl Inner {
         self.tracker.close();
         self.tracker.wait().await;
         info!(node = %self.cfg.name, "node stopped");
+    }
+}
+
+/// What one health checker needs to know about its task.
+struct HealthTarget {
+    task: String,
+    started: std::time::Instant,
+    index: usize,
+    check: HealthCheck,
+    address: String,
+    ports: Vec<u16>,
+    sandbox: PathBuf,
+    env: Vec<(String, String)>,
+}
+
+fn secs(s: f64) -> Duration {
+    Duration::try_from_secs_f64(s.max(0.0)).unwrap_or(Duration::from_secs(86_400))
+}
+
+/// Runs one check once: `Err` carries the cause Marathon shows as `lastFailureCause`.
+async fn run_check(
+    client: &reqwest::Client,
+    t: &HealthTarget,
+    timeout: Duration,
+) -> std::result::Result<(), String> {
+    let port = || {
+        t.check
+            .port
+            .or_else(|| t.ports.get(usize::from(t.check.port_index)).copied())
+            .ok_or_else(|| {
+                format!(
+                    "portIndex {} names no port of the task (it has {})",
+                    t.check.port_index,
+                    t.ports.len()
+                )
+            })
+    };
+    match t.check.protocol.to_ascii_uppercase().as_str() {
+        "HTTP" | "MESOS_HTTP" | "HTTPS" | "MESOS_HTTPS" => {
+            let path = t.check.path.as_deref().unwrap_or("/");
+            let url = format!(
+                "http://{}:{}/{}",
+                t.address,
+                port()?,
+                path.trim_start_matches('/')
+            );
+            let resp = client
+                .get(&url)
+                .timeout(timeout)
+                .send()
+                .await
+                .map_err(|e| format!("GET {url}: {e}"))?;
+            let code = resp.status().as_u16();
+            // Marathon counts 200-399 as healthy.
+            if (200..400).contains(&code) {
+                Ok(())
+            } else {
+                Err(format!("GET {url}: status {code}, expected 200-399"))
+            }
+        }
+        "TCP" | "MESOS_TCP" => {
+            let addr = format!("{}:{}", t.address, port()?);
+            match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(&addr)).await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(e)) => Err(format!("connect {addr}: {e}")),
+                Err(_) => Err(format!("connect {addr}: timed out after {timeout:?}")),
+            }
+        }
+        "COMMAND" => {
+            let cmd = t.check.command.as_deref().unwrap_or("true");
+            let mut c = tokio::process::Command::new("sh");
+            c.arg("-c")
+                .arg(cmd)
+                .current_dir(&t.sandbox)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .kill_on_drop(true)
+                .env_clear();
+            for key in INHERITED_ENV {
+                if let Some(v) = std::env::var_os(key) {
+                    c.env(key, v);
+                }
+            }
+            c.envs(t.env.iter().map(|(k, v)| (k, v)));
+            let child = c.spawn().map_err(|e| format!("{cmd:?}: {e}"))?;
+            match tokio::time::timeout(timeout, child.wait_with_output()).await {
+                Ok(Ok(out)) if out.status.success() => Ok(()),
+                Ok(Ok(out)) => Err(format!("{cmd:?} exited with {}", out.status)),
+                Ok(Err(e)) => Err(format!("{cmd:?}: {e}")),
+                Err(_) => Err(format!("{cmd:?} timed out after {timeout:?}")),
+            }
+        }
+        other => Err(format!(
+            "health check protocol {other:?} is not supported: expected HTTP, TCP or COMMAND"
+        )),
     }
 }
 
@@ -528,11 +882,14 @@ async fn supervise(
     mut child: tokio::process::Child,
     pid: u32,
     kill: CancellationToken,
+    detach: CancellationToken,
     grace: Duration,
-) -> std::io::Result<ExitStatus> {
+) -> Option<std::io::Result<ExitStatus>> {
     let pgid = Pid::from_raw(pid as i32);
     let status = tokio::select! {
         s = child.wait() => s,
+        // The node stops but the task stays: dropping the handle leaves it running.
+        _ = detach.cancelled() => return None,
         _ = kill.cancelled() => {
             signal_group(pgid, Signal::SIGTERM);
             match tokio::time::timeout(grace, child.wait()).await {
@@ -546,7 +903,120 @@ async fn supervise(
         }
     };
     signal_group(pgid, Signal::SIGKILL);
-    status
+    Some(status)
+}
+
+/// Like [`supervise`] for a task adopted from an earlier node: not our child, so its
+/// exit is noticed by polling and its status is unknown. Returns whether it was
+/// killed, `None` on detach.
+async fn supervise_adopted(
+    pid: u32,
+    start: Option<u64>,
+    kill: CancellationToken,
+    detach: CancellationToken,
+    grace: Duration,
+) -> Option<bool> {
+    const POLL: Duration = Duration::from_millis(200);
+    let pgid = Pid::from_raw(pid as i32);
+    loop {
+        tokio::select! {
+            _ = detach.cancelled() => return None,
+            _ = kill.cancelled() => break,
+            _ = tokio::time::sleep(POLL) => {
+                if !same_process_alive(pid, start) {
+                    signal_group(pgid, Signal::SIGKILL);
+                    return Some(false);
+                }
+            }
+        }
+    }
+    signal_group(pgid, Signal::SIGTERM);
+    let end = tokio::time::Instant::now() + grace;
+    while same_process_alive(pid, start) && tokio::time::Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    signal_group(pgid, Signal::SIGKILL);
+    Some(true)
+}
+
+/// Name of the file in a sandbox that records the task's process.
+pub const PID_FILE: &str = ".sandtrail-pid";
+
+/// What the pid file holds: the pid (also the process group) and the process's start
+/// time in clock ticks since boot, so a reused pid is not mistaken for the task.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+struct PidFile {
+    pid: u32,
+    #[serde(default)]
+    start: Option<u64>,
+    /// Wall-clock launch time; absent in pid files of older nodes.
+    #[serde(default)]
+    started_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// Field 22 of `/proc/<pid>/stat` (start time), and whether the process is a zombie.
+fn proc_stat(pid: u32) -> Option<(u64, bool)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces; fields after it follow the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let zombie = fields.first().is_some_and(|s| *s == "Z" || *s == "X");
+    Some((fields.get(19)?.parse().ok()?, zombie))
+}
+
+fn process_start(pid: u32) -> Option<u64> {
+    proc_stat(pid).map(|(start, _)| start)
+}
+
+/// Whether `pid` still runs and is the process that started at `start`.
+fn same_process_alive(pid: u32, start: Option<u64>) -> bool {
+    match proc_stat(pid) {
+        Some((s, zombie)) => !zombie && start.is_none_or(|want| want == s),
+        None => false,
+    }
+}
+
+/// A task an earlier node left running, found in its sandbox.
+struct Found {
+    meta: TaskMeta,
+    pid: PidFile,
+    dir: PathBuf,
+}
+
+/// Scans `sandboxes/*/*` for tasks with a pid file; returns those still running and
+/// those that ended meanwhile (their pid files are removed). Blocking.
+fn scan_sandboxes(root: &Path) -> (Vec<Found>, Vec<TaskMeta>) {
+    let mut alive = Vec::new();
+    let mut ended = Vec::new();
+    let dirs = std::fs::read_dir(root).into_iter().flatten().flatten();
+    for app in dirs {
+        for task in std::fs::read_dir(app.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let dir = task.path();
+            let Ok(pid) = std::fs::read(dir.join(PID_FILE)) else {
+                continue;
+            };
+            let Ok(pid) = serde_json::from_slice::<PidFile>(&pid) else {
+                continue;
+            };
+            let Ok(meta) = std::fs::read(dir.join("task.json")) else {
+                continue;
+            };
+            let Ok(meta) = serde_json::from_slice::<TaskMeta>(&meta) else {
+                continue;
+            };
+            if same_process_alive(pid.pid, pid.start) {
+                alive.push(Found { meta, pid, dir });
+            } else {
+                let _ = std::fs::remove_file(dir.join(PID_FILE));
+                ended.push(meta);
+            }
+        }
+    }
+    (alive, ended)
 }
 
 fn signal_group(pgid: Pid, sig: Signal) {
@@ -593,6 +1063,9 @@ fn exit_report(
         ports: Vec::new(),
         exit_code,
         message,
+        instance: None,
+        health: Vec::new(),
+        started_at: None,
     }
 }
 
@@ -699,7 +1172,11 @@ fn allocate_ports(address: &str, count: u16, taken: &HashSet<u16>) -> Result<Vec
 
 /// Creates the sandbox, writes `task.json` atomically (temp file + rename) and opens
 /// `stdout`/`stderr` for appending. Blocking: run off the async runtime.
-fn prepare_sandbox(dir: &Path, meta: &TaskMeta) -> Result<(File, File)> {
+fn prepare_sandbox(
+    dir: &Path,
+    meta: &TaskMeta,
+    rotation: Option<Rotation>,
+) -> Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let tmp = dir.join(".task.json.tmp");
     let dst = dir.join("task.json");
@@ -710,6 +1187,9 @@ fn prepare_sandbox(dir: &Path, meta: &TaskMeta) -> Result<(File, File)> {
         f.sync_all().map_err(|e| Error::io(&tmp, e))?;
     }
     std::fs::rename(&tmp, &dst).map_err(|e| Error::io(&dst, e))?;
+    if let Some(rotation) = rotation {
+        return crate::logger::spawn(dir, rotation);
+    }
     let open = |name: &str| {
         let p = dir.join(name);
         OpenOptions::new()
@@ -718,7 +1198,7 @@ fn prepare_sandbox(dir: &Path, meta: &TaskMeta) -> Result<(File, File)> {
             .open(&p)
             .map_err(|e| Error::io(&p, e))
     };
-    Ok((open("stdout")?, open("stderr")?))
+    Ok((open("stdout")?.into(), open("stderr")?.into()))
 }
 
 #[cfg(test)]

@@ -3,10 +3,11 @@
 //!
 //! Everything here is a pure function of its inputs so it can be tested without a
 //! clock or a network. The trade-off is a greedy choice, one task at a time (spread over
-//! agents first, then least loaded): it never moves running tasks to even out load and
-//! knows nothing of constraints yet; that comes with the constraint support of a later
-//! issue.
+//! agents first, then least loaded, among the agents that the app's resources and
+//! Marathon constraints allow): it never moves running tasks to even out load, and a
+//! `GROUP_BY` spreads only the tasks placed from now on.
 
+use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
@@ -84,6 +85,203 @@ pub fn next_delay(
     Duration::from_secs_f64(secs)
 }
 
+/// A Marathon constraint operator with its parsed argument.
+#[derive(Debug, Clone)]
+pub enum Operator {
+    /// Each task on a different value of the field.
+    Unique,
+    /// Every task on this value (or, if empty, on the value of the first task).
+    Cluster(String),
+    /// Spread evenly over the values of the field.
+    GroupBy,
+    /// Only on values matching the regex (whole value).
+    Like(regex::Regex),
+    /// Only on values not matching the regex (or without the field).
+    Unlike(regex::Regex),
+    /// At most this many tasks per value of the field.
+    MaxPer(usize),
+}
+
+/// One `constraints` entry: `["hostname", "UNIQUE"]`, `["rack", "MAX_PER", "2"]`...
+#[derive(Debug, Clone)]
+pub struct Constraint {
+    /// `hostname` or an agent attribute name.
+    pub field: String,
+    pub op: Operator,
+    /// The entry as written, for messages.
+    pub text: String,
+}
+
+/// Parses Marathon `constraints` (a list of `[field, OPERATOR, value?]`), adding one
+/// problem per bad entry.
+pub fn parse_constraints(v: &Value, problems: &mut Vec<String>) -> Vec<Constraint> {
+    let mut out = Vec::new();
+    let Some(list) = v.as_array() else {
+        problems.push(format!(
+            "constraints must be a list of [field, operator, value] lists, got {v}"
+        ));
+        return out;
+    };
+    for (i, c) in list.iter().enumerate() {
+        let parts: Option<Vec<&str>> = c
+            .as_array()
+            .and_then(|a| a.iter().map(Value::as_str).collect());
+        let Some(parts) = parts.filter(|p| (2..=3).contains(&p.len())) else {
+            problems.push(format!(
+                "constraints[{i}] must be a list of 2 or 3 strings [field, operator, value], got {c}"
+            ));
+            continue;
+        };
+        let (field, op, value) = (
+            parts[0],
+            parts[1].to_ascii_uppercase(),
+            parts.get(2).copied(),
+        );
+        let text = parts.join(" ");
+        let regex = |value: Option<&str>, problems: &mut Vec<String>| -> Option<regex::Regex> {
+            let Some(v) = value else {
+                problems.push(format!(
+                    "constraints[{i}] ({text}): {op} needs a regular expression as its value"
+                ));
+                return None;
+            };
+            match regex::Regex::new(&format!("^(?:{v})$")) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    problems.push(format!(
+                        "constraints[{i}] ({text}): invalid regular expression {v:?}: {e}"
+                    ));
+                    None
+                }
+            }
+        };
+        let op = match op.as_str() {
+            "UNIQUE" => Some(Operator::Unique),
+            "CLUSTER" => Some(Operator::Cluster(value.unwrap_or("").to_string())),
+            "GROUP_BY" => Some(Operator::GroupBy),
+            "LIKE" => regex(value, problems).map(Operator::Like),
+            "UNLIKE" => regex(value, problems).map(Operator::Unlike),
+            "MAX_PER" => match value
+                .and_then(|v| v.parse::<usize>().ok())
+                .filter(|n| *n > 0)
+            {
+                Some(n) => Some(Operator::MaxPer(n)),
+                None => {
+                    problems.push(format!(
+                        "constraints[{i}] ({text}): MAX_PER needs a positive integer value"
+                    ));
+                    None
+                }
+            },
+            _ => {
+                problems.push(format!(
+                    "constraints[{i}] ({text}): unknown operator {op:?}, expected UNIQUE, CLUSTER, GROUP_BY, LIKE, UNLIKE or MAX_PER"
+                ));
+                None
+            }
+        };
+        if field.is_empty() {
+            problems.push(format!(
+                "constraints[{i}]: the field is empty, expected hostname or an agent attribute"
+            ));
+            continue;
+        }
+        if let Some(op) = op {
+            out.push(Constraint {
+                field: field.to_string(),
+                op,
+                text,
+            });
+        }
+    }
+    out
+}
+
+/// An agent as constraints see it.
+#[derive(Debug, Clone, Copy)]
+pub struct AgentView<'a> {
+    pub name: &'a str,
+    pub attributes: &'a BTreeMap<String, String>,
+}
+
+impl AgentView<'_> {
+    /// The agent's value of a constraint field: its name for `hostname`, else the
+    /// attribute.
+    pub fn value(&self, field: &str) -> Option<&str> {
+        if field == "hostname" {
+            Some(self.name)
+        } else {
+            self.attributes.get(field).map(String::as_str)
+        }
+    }
+}
+
+/// Whether `candidate` may take the next task of an app whose tasks already run on
+/// `placed` (one entry per task) given the agents `all` of the cluster; `Err` says why
+/// not, for the app's "cannot be placed" message.
+pub fn allows(
+    c: &Constraint,
+    candidate: AgentView<'_>,
+    placed: &[AgentView<'_>],
+    all: &[AgentView<'_>],
+) -> std::result::Result<(), String> {
+    let value = candidate.value(&c.field);
+    let count = |v: &str| {
+        placed
+            .iter()
+            .filter(|p| p.value(&c.field) == Some(v))
+            .count()
+    };
+    let missing = || Err(format!("{}: agent has no {:?} attribute", c.text, c.field));
+    match &c.op {
+        Operator::Unique => match value {
+            None => missing(),
+            Some(v) if count(v) > 0 => Err(format!("{}: a task already runs on {v:?}", c.text)),
+            Some(_) => Ok(()),
+        },
+        Operator::Cluster(want) => {
+            let want = if want.is_empty() {
+                placed.iter().find_map(|p| p.value(&c.field))
+            } else {
+                Some(want.as_str())
+            };
+            match (value, want) {
+                (None, _) => missing(),
+                (Some(_), None) => Ok(()),
+                (Some(v), Some(w)) if v == w => Ok(()),
+                (Some(v), Some(w)) => Err(format!("{}: {v:?} is not {w:?}", c.text)),
+            }
+        }
+        Operator::GroupBy => {
+            let Some(v) = value else { return missing() };
+            let values: BTreeSet<&str> = all.iter().filter_map(|a| a.value(&c.field)).collect();
+            let least = values.iter().map(|v| count(v)).min().unwrap_or(0);
+            if count(v) <= least {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{}: {v:?} has more tasks than another group",
+                    c.text
+                ))
+            }
+        }
+        Operator::Like(re) => match value {
+            Some(v) if re.is_match(v) => Ok(()),
+            Some(v) => Err(format!("{}: {v:?} does not match", c.text)),
+            None => missing(),
+        },
+        Operator::Unlike(re) => match value {
+            Some(v) if re.is_match(v) => Err(format!("{}: {v:?} matches", c.text)),
+            _ => Ok(()),
+        },
+        Operator::MaxPer(n) => match value {
+            None => missing(),
+            Some(v) if count(v) >= *n => Err(format!("{}: {v:?} already has {n}", c.text)),
+            Some(_) => Ok(()),
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -95,6 +293,71 @@ mod tests {
             tasks,
             app_tasks,
         }
+    }
+
+    fn view<'a>(name: &'a str, attrs: &'a BTreeMap<String, String>) -> AgentView<'a> {
+        AgentView {
+            name,
+            attributes: attrs,
+        }
+    }
+
+    fn one(c: &str) -> Constraint {
+        let v: Value = serde_json::from_str(c).unwrap();
+        let mut p = Vec::new();
+        let mut out = parse_constraints(&Value::Array(vec![v]), &mut p);
+        assert!(p.is_empty(), "{p:?}");
+        out.remove(0)
+    }
+
+    #[test]
+    fn constraints_on_hostname_and_attributes() {
+        let ra: BTreeMap<String, String> = [("rack".to_string(), "a".to_string())].into();
+        let rb: BTreeMap<String, String> = [("rack".to_string(), "b".to_string())].into();
+        let none = BTreeMap::new();
+        let (n1, n2, n3) = (view("n1", &ra), view("n2", &ra), view("n3", &rb));
+        let all = [n1, n2, n3];
+        let unique = one(r#"["hostname", "UNIQUE"]"#);
+        assert!(allows(&unique, n1, &[], &all).is_ok());
+        assert!(allows(&unique, n1, &[n1], &all)
+            .unwrap_err()
+            .contains("already runs"));
+        let rack_unique = one(r#"["rack", "UNIQUE"]"#);
+        assert!(allows(&rack_unique, n2, &[n1], &all).is_err());
+        assert!(allows(&rack_unique, n3, &[n1], &all).is_ok());
+        assert!(allows(&rack_unique, view("x", &none), &[], &all)
+            .unwrap_err()
+            .contains("no \"rack\""));
+        let cluster = one(r#"["rack", "CLUSTER", "b"]"#);
+        assert!(allows(&cluster, n1, &[], &all).is_err());
+        assert!(allows(&cluster, n3, &[], &all).is_ok());
+        let group = one(r#"["rack", "GROUP_BY"]"#);
+        assert!(
+            allows(&group, n2, &[n1], &all).is_err(),
+            "rack a has one, b none"
+        );
+        assert!(allows(&group, n3, &[n1], &all).is_ok());
+        let like = one(r#"["hostname", "LIKE", "n[12]"]"#);
+        assert!(allows(&like, n1, &[], &all).is_ok());
+        assert!(allows(&like, n3, &[], &all).is_err());
+        let unlike = one(r#"["rack", "UNLIKE", "a"]"#);
+        assert!(allows(&unlike, n1, &[], &all).is_err());
+        assert!(allows(&unlike, view("x", &none), &[], &all).is_ok());
+        let max = one(r#"["rack", "MAX_PER", "2"]"#);
+        assert!(allows(&max, n2, &[n1], &all).is_ok());
+        assert!(allows(&max, n2, &[n1, n1], &all).is_err());
+    }
+
+    #[test]
+    fn bad_constraints_are_all_reported() {
+        let mut p = Vec::new();
+        let v: Value = serde_json::from_str(
+            r#"[["hostname", "UNIQUE"], ["a"], ["rack", "NEAR"], ["rack", "LIKE", "("], ["rack", "MAX_PER", "x"]]"#,
+        )
+        .unwrap();
+        let out = parse_constraints(&v, &mut p);
+        assert_eq!(out.len(), 1);
+        assert_eq!(p.len(), 4, "{p:?}");
     }
 
     #[test]

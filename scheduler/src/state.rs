@@ -8,17 +8,22 @@
 //! it keeps every decision consistent (no task is ever placed twice).
 //!
 //! Terminal tasks are dropped from the state at once (as Marathon does); what survives
-//! of them is the per-app launch delay and the per-instance restart count.
+//! of them is the per-app launch delay, the per-instance restart count and the app's
+//! `lastTaskFailure`. Every change of an app is a deployment, tracked until the app's
+//! tasks match it (rolling replacement within the `upgradeStrategy`), and every state
+//! change is published on a broadcast channel that `/v2/events` streams.
 
-use crate::placement::{self, Candidate};
+use crate::placement::{self, AgentView, Candidate, Constraint};
 use crate::store::Saved;
 use crate::{Error, Result};
 use chrono::{DateTime, Utc};
-use protocol::{AgentInfo, ServiceEndpoint, TaskSpec, TaskStatus};
+use protocol::{AgentInfo, HealthCheck, HealthResult, ServiceEndpoint, TaskSpec, TaskStatus};
 use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
+use tokio::sync::broadcast;
 use tracing::{debug, info, warn};
 
 /// A task that has run at least this long before it ends resets its app's launch
@@ -57,8 +62,13 @@ impl Now {
 
     /// Wall time truncated to milliseconds, the precision Marathon shows.
     pub fn wall_millis(self) -> DateTime<Utc> {
-        DateTime::from_timestamp_millis(self.wall.timestamp_millis()).unwrap_or(self.wall)
+        millis(self.wall)
     }
+}
+
+/// `t` truncated to milliseconds, the precision Marathon's timestamps have.
+fn millis(t: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(t.timestamp_millis()).unwrap_or(t)
 }
 
 /// One entry of an app's `portDefinitions`. The port is Marathon's service port: host
@@ -100,8 +110,9 @@ pub struct AppDef {
     pub backoff_seconds: f64,
     pub backoff_factor: f64,
     pub max_launch_delay_seconds: f64,
-    /// Marathon fields accepted but not acted on yet (`labels`, `healthChecks`,
-    /// `constraints`...), kept verbatim so they are shown back and survive restarts.
+    /// The other Marathon fields, kept verbatim so they are shown back and survive
+    /// restarts; `healthChecks`, `constraints`, `upgradeStrategy` and `killSelection`
+    /// are read from here by the accessors below.
     #[serde(flatten)]
     pub extra: BTreeMap<String, serde_json::Value>,
     pub version: DateTime<Utc>,
@@ -143,6 +154,88 @@ impl AppDef {
 
     fn backoff_base(&self) -> f64 {
         self.backoff_seconds
+    }
+
+    /// The app's `healthChecks` (validated when the app was accepted).
+    pub fn health_checks(&self) -> Vec<HealthCheck> {
+        self.extra
+            .get("healthChecks")
+            .map(|v| crate::api::parse_health_checks(v, None, &mut Vec::new()))
+            .unwrap_or_default()
+    }
+
+    /// The app's `constraints` (validated when the app was accepted).
+    pub fn constraints(&self) -> Vec<Constraint> {
+        self.extra
+            .get("constraints")
+            .map(|v| placement::parse_constraints(v, &mut Vec::new()))
+            .unwrap_or_default()
+    }
+
+    /// `upgradeStrategy` as (minimumHealthCapacity, maximumOverCapacity), Marathon's
+    /// defaults (1, 1) for what is not given.
+    pub fn upgrade_strategy(&self) -> (f64, f64) {
+        let us = self.extra.get("upgradeStrategy");
+        let get = |k: &str| {
+            us.and_then(|u| u.get(k))
+                .and_then(Value::as_f64)
+                .unwrap_or(1.0)
+                .clamp(0.0, 1.0)
+        };
+        (get("minimumHealthCapacity"), get("maximumOverCapacity"))
+    }
+}
+
+/// One event of the `/v2/events` bus: Marathon's `eventType` and its JSON body.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub kind: &'static str,
+    pub data: Value,
+}
+
+/// A deployment in progress: what changed an app, until its tasks match the change.
+#[derive(Debug, Clone)]
+pub struct Deployment {
+    pub id: String,
+    /// App id with its leading slash.
+    pub app: String,
+    pub version: DateTime<Utc>,
+    /// Marathon's action name: `StartApplication`, `ScaleApplication`,
+    /// `RestartApplication`, `StopApplication`.
+    pub action: &'static str,
+    /// The definition before the change, for a rollback by `DELETE /v2/deployments`.
+    pub previous: Option<AppDef>,
+}
+
+impl Deployment {
+    /// The deployment as the `plan` of Marathon's `deployment_*` events.
+    pub fn plan_json(&self) -> Value {
+        let version = self
+            .version
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let group = json!({"id": "/", "apps": [], "groups": [], "version": version});
+        json!({
+            "id": self.id,
+            "version": version,
+            "original": group,
+            "target": group,
+            "steps": [{"actions": [{"action": self.action, "app": self.app}]}],
+        })
+    }
+
+    /// The deployment in Marathon's `GET /v2/deployments` shape.
+    pub fn to_json(&self) -> Value {
+        let action = json!({"action": self.action, "app": self.app, "readinessCheckResults": []});
+        json!({
+            "id": self.id,
+            "version": self.version.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            "affectedApps": [self.app],
+            "affectedPods": [],
+            "steps": [{"actions": [{"action": self.action, "app": self.app}]}],
+            "currentActions": [action],
+            "currentStep": 1,
+            "totalSteps": 1,
+        })
     }
 }
 
@@ -254,11 +347,26 @@ pub struct Task {
     pub version: DateTime<Utc>,
     /// How many tasks of this instance number ended before this one.
     pub restarts: u32,
+    /// The node's last health check results, one per check of the app.
+    pub health: Vec<HealthResult>,
     staged: Instant,
     started: Option<Instant>,
     /// Whether the agent has mentioned it in a heartbeat: from then on a heartbeat
     /// without it means the node no longer runs it.
     reported: bool,
+}
+
+impl Task {
+    /// Running, and passing every one of the app's `checks` health checks.
+    pub fn ready(&self, checks: usize) -> bool {
+        self.state == TaskState::Running
+            && (checks == 0 || (self.health.len() == checks && self.health.iter().all(|h| h.alive)))
+    }
+
+    /// `Some(healthy)` once the node reported results for every check.
+    pub fn healthy(&self, checks: usize) -> Option<bool> {
+        (checks > 0 && self.health.len() == checks).then(|| self.health.iter().all(|h| h.alive))
+    }
 }
 
 #[derive(Debug)]
@@ -275,18 +383,25 @@ struct AppRuntime {
     /// No task of the app is launched before this.
     launch_after: Option<Instant>,
     restarts: BTreeMap<u32, u32>,
-    /// Set while tasks are missing for want of an agent, so the warning is logged once.
-    waiting: bool,
+    /// Why tasks are missing for want of an agent; the warning is logged on change.
+    unplaced: Option<String>,
+    /// Version of the last change that needs new tasks (config change or restart):
+    /// tasks of an older one are replaced by a rolling deployment.
+    config_version: DateTime<Utc>,
+    /// Marathon's `lastTaskFailure`.
+    last_failure: Option<Value>,
 }
 
 impl AppRuntime {
     fn new(def: AppDef) -> AppRuntime {
         AppRuntime {
+            config_version: def.version,
             def,
             delay: None,
             launch_after: None,
             restarts: BTreeMap::new(),
-            waiting: false,
+            unplaced: None,
+            last_failure: None,
         }
     }
 }
@@ -321,6 +436,8 @@ pub struct State {
     /// Bumped on every change of what is persisted.
     generation: u64,
     counters: Counters,
+    deployments: BTreeMap<String, Deployment>,
+    events: broadcast::Sender<Event>,
 }
 
 impl State {
@@ -346,7 +463,196 @@ impl State {
             hold,
             generation: 0,
             counters: Counters::default(),
+            deployments: BTreeMap::new(),
+            events: broadcast::channel(1024).0,
         }
+    }
+
+    /// A receiver of every event from now on (`/v2/events`).
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    fn emit(&self, kind: &'static str, mut data: Value, now: Now) {
+        if let Some(o) = data.as_object_mut() {
+            o.insert("eventType".into(), json!(kind));
+            o.insert(
+                "timestamp".into(),
+                json!(now
+                    .wall_millis()
+                    .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+            );
+        }
+        // No subscriber is not an error: events are for whoever listens now.
+        let _ = self.events.send(Event { kind, data });
+    }
+
+    fn emit_status(&self, t: &Task, state: TaskState, message: &str, now: Now) {
+        let address = self
+            .agents
+            .get(&t.agent)
+            .map(|a| a.info.address.clone())
+            .unwrap_or_default();
+        self.emit(
+            "status_update_event",
+            json!({
+                "slaveId": t.agent, "taskId": t.id, "taskStatus": state.as_str(),
+                "message": message, "appId": t.app, "host": t.agent,
+                "ipAddresses": [{"ipAddress": address, "protocol": "IPv4"}],
+                "ports": t.ports,
+                "version": t.version.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            }),
+            now,
+        );
+    }
+
+    // ---- deployments ----
+
+    pub fn deployments(&self) -> impl Iterator<Item = &Deployment> {
+        self.deployments.values()
+    }
+
+    /// Starts tracking a change of `app`; a deployment of the same app still running
+    /// is superseded. Returns the new deployment's id.
+    fn deploy(
+        &mut self,
+        app: &str,
+        action: &'static str,
+        previous: Option<AppDef>,
+        version: DateTime<Utc>,
+        now: Now,
+    ) -> String {
+        let old: Vec<String> = self
+            .deployments
+            .values()
+            .filter(|d| d.app == app)
+            .map(|d| d.id.clone())
+            .collect();
+        for id in old {
+            if let Some(d) = self.deployments.remove(&id) {
+                info!(app, deployment = %d.id, "deployment superseded");
+                self.emit(
+                    "deployment_failed",
+                    json!({"id": d.id, "plan": d.plan_json(), "reason": "superseded"}),
+                    now,
+                );
+            }
+        }
+        let d = Deployment {
+            id: uuid::Uuid::new_v4().to_string(),
+            app: app.to_string(),
+            version,
+            action,
+            previous,
+        };
+        self.emit(
+            "deployment_info",
+            json!({"plan": d.plan_json(), "currentStep": d.plan_json()["steps"][0]}),
+            now,
+        );
+        let id = d.id.clone();
+        self.deployments.insert(id.clone(), d);
+        id
+    }
+
+    /// Removes a deployment. With `rollback`, the app goes back to the definition it
+    /// had before (a new deployment, whose id is returned); without, the app stays as
+    /// it is now (Marathon's `force=true`).
+    pub fn cancel_deployment(
+        &mut self,
+        id: &str,
+        rollback: bool,
+        now: Now,
+    ) -> Result<Option<(String, DateTime<Utc>)>> {
+        let d = self
+            .deployments
+            .remove(id)
+            .ok_or_else(|| Error::UnknownDeployment(id.to_string()))?;
+        info!(app = %d.app, deployment = id, rollback, "deployment cancelled");
+        self.emit(
+            "deployment_failed",
+            json!({"id": d.id, "plan": d.plan_json(), "reason": "cancelled"}),
+            now,
+        );
+        if !rollback {
+            return Ok(None);
+        }
+        let version = now.wall_millis();
+        match d.previous {
+            Some(mut prev) => {
+                prev.version = version;
+                if self.apps.contains_key(&prev.id) {
+                    self.put_app(prev, now)?;
+                } else {
+                    self.create_app(prev, now)?;
+                }
+            }
+            None => {
+                self.delete_app(&d.app, now)?;
+            }
+        }
+        let new = self
+            .deployments
+            .values()
+            .find(|x| x.app == d.app)
+            .map(|x| x.id.clone())
+            .unwrap_or_default();
+        Ok(Some((new, version)))
+    }
+
+    /// Ends the deployments whose app now runs exactly what it should.
+    fn finish_deployments(&mut self, now: Now) {
+        let done: Vec<String> = self
+            .deployments
+            .values()
+            .filter(|d| match self.apps.get(&d.app) {
+                None => !self.tasks.values().any(|t| t.app == d.app),
+                Some(rt) => {
+                    let checks = rt.def.health_checks().len();
+                    let tasks: Vec<&Task> =
+                        self.tasks.values().filter(|t| t.app == d.app).collect();
+                    tasks.len() == rt.def.instances as usize
+                        && tasks
+                            .iter()
+                            .all(|t| t.version == rt.config_version && t.ready(checks))
+                }
+            })
+            .map(|d| d.id.clone())
+            .collect();
+        for id in done {
+            if let Some(d) = self.deployments.remove(&id) {
+                info!(app = %d.app, deployment = %d.id, action = d.action, "deployment finished");
+                self.emit(
+                    "deployment_success",
+                    json!({"id": d.id, "plan": d.plan_json()}),
+                    now,
+                );
+            }
+        }
+    }
+
+    /// The deployments of one app, as Marathon lists them in an app (`[{"id": ..}]`).
+    pub fn deployments_of(&self, app: &str) -> Vec<Value> {
+        let key = app_key(app);
+        self.deployments
+            .values()
+            .filter(|d| d.app == key)
+            .map(|d| json!({"id": d.id}))
+            .collect()
+    }
+
+    /// Marathon's `lastTaskFailure` of an app, also set when it cannot be placed.
+    pub fn last_failure(&self, app: &str) -> Option<&Value> {
+        self.apps
+            .get(&app_key(app))
+            .and_then(|a| a.last_failure.as_ref())
+    }
+
+    /// Why some tasks of the app cannot be placed right now, if that is so.
+    pub fn unplaced(&self, app: &str) -> Option<&str> {
+        self.apps
+            .get(&app_key(app))
+            .and_then(|a| a.unplaced.as_deref())
     }
 
     /// What to persist and the generation it belongs to.
@@ -369,7 +675,8 @@ impl State {
         self.apps.values().map(|a| &a.def)
     }
 
-    /// Adds a new app and places its tasks.
+    /// Adds a new app and places its tasks. Returns the definition and the id of the
+    /// deployment that starts it.
     pub fn create_app(&mut self, def: AppDef, now: Now) -> Result<AppDef> {
         if self.apps.contains_key(&def.id) {
             return Err(Error::AppExists(def.id));
@@ -378,52 +685,128 @@ impl State {
         self.apps
             .insert(def.id.clone(), AppRuntime::new(def.clone()));
         self.generation += 1;
+        self.deploy(&def.id, "StartApplication", None, def.version, now);
         self.place(now);
         Ok(def)
     }
 
     /// Replaces an app's definition (or creates it). A change of anything but
-    /// `instances` replaces all its tasks (rolling upgrades come with deployments);
-    /// fewer instances kill the highest instance numbers. Returns whether it was new.
-    pub fn put_app(&mut self, def: AppDef, now: Now) -> Result<bool> {
+    /// `instances` replaces its tasks by a rolling deployment that honours the
+    /// `upgradeStrategy`; fewer instances kill the highest instance numbers. Returns
+    /// whether it was new and the deployment id.
+    pub fn put_app(&mut self, def: AppDef, now: Now) -> Result<(bool, String)> {
         let Some(rt) = self.apps.get_mut(&def.id) else {
+            let version = def.version;
+            let id = def.id.clone();
             self.create_app(def, now)?;
-            return Ok(true);
+            let dep = self
+                .deployments
+                .values()
+                .find(|d| d.app == id && d.version == version)
+                .map(|d| d.id.clone())
+                .unwrap_or_default();
+            return Ok((true, dep));
         };
         let id = def.id.clone();
         let config_changed = !rt.def.same_config(&def);
         let (before, after) = (rt.def.instances, def.instances);
-        rt.def = def;
+        let previous = std::mem::replace(&mut rt.def, def);
+        let version = rt.def.version;
         if config_changed {
             rt.delay = None;
             rt.launch_after = None;
             rt.restarts.clear();
+            rt.config_version = version;
             info!(app = %id, instances = after, "app definition changed; replacing its tasks");
-            let old: Vec<String> = self.task_ids_of(&id);
-            for t in old {
-                self.kill(&t, "app definition changed");
-            }
         } else if before != after {
             info!(app = %id, from = before, to = after, "app scaled");
         }
         self.generation += 1;
+        let action = if config_changed {
+            "RestartApplication"
+        } else {
+            "ScaleApplication"
+        };
+        let dep = self.deploy(&id, action, Some(previous), version, now);
         self.place(now);
-        Ok(false)
+        Ok((false, dep))
+    }
+
+    /// A rolling restart: every task of the app is replaced, honouring the
+    /// `upgradeStrategy`. Returns the deployment id and the new version.
+    pub fn restart_app(&mut self, id: &str, now: Now) -> Result<(String, DateTime<Utc>)> {
+        let key = app_key(id);
+        let rt = self
+            .apps
+            .get_mut(&key)
+            .ok_or_else(|| Error::UnknownApp(key.clone()))?;
+        let previous = rt.def.clone();
+        let version = now.wall_millis();
+        rt.def.version = version;
+        rt.config_version = version;
+        self.generation += 1;
+        info!(app = %key, "app restart requested");
+        let dep = self.deploy(&key, "RestartApplication", Some(previous), version, now);
+        self.place(now);
+        Ok((dep, version))
     }
 
     /// Removes an app; its tasks leave the desired sets, so the nodes stop them.
-    pub fn delete_app(&mut self, id: &str) -> Result<AppDef> {
+    /// Returns the definition and the deployment id.
+    pub fn delete_app(&mut self, id: &str, now: Now) -> Result<(AppDef, String)> {
         let key = app_key(id);
         let rt = self
             .apps
             .remove(&key)
             .ok_or_else(|| Error::UnknownApp(key.clone()))?;
         for t in self.task_ids_of(&key) {
-            self.kill(&t, "app deleted");
+            self.kill(&t, "app deleted", now);
         }
         self.generation += 1;
         info!(app = %key, "app deleted");
-        Ok(rt.def)
+        let dep = self.deploy(
+            &key,
+            "StopApplication",
+            Some(rt.def.clone()),
+            now.wall_millis(),
+            now,
+        );
+        self.finish_deployments(now);
+        Ok((rt.def, dep))
+    }
+
+    /// Kills one task of an app (`DELETE /v2/apps/{id}/tasks/{task}`). With `scale`,
+    /// the app's instances go down by one so it is not replaced. Returns the task as it
+    /// was and, with `scale`, the deployment id.
+    pub fn kill_task(
+        &mut self,
+        app: &str,
+        task: &str,
+        scale: bool,
+        now: Now,
+    ) -> Result<(Task, Option<String>)> {
+        let key = app_key(app);
+        if !self.apps.contains_key(&key) {
+            return Err(Error::UnknownApp(key));
+        }
+        let t = match self.tasks.get(task) {
+            Some(t) if t.app == key => t.clone(),
+            _ => return Err(Error::UnknownTask(task.to_string())),
+        };
+        self.kill(task, "killed through the api", now);
+        let mut dep = None;
+        if scale {
+            if let Some(rt) = self.apps.get_mut(&key) {
+                let previous = rt.def.clone();
+                rt.def.instances = rt.def.instances.saturating_sub(1);
+                rt.def.version = now.wall_millis();
+                let version = rt.def.version;
+                self.generation += 1;
+                dep = Some(self.deploy(&key, "ScaleApplication", Some(previous), version, now));
+            }
+        }
+        self.place(now);
+        Ok((t, dep))
     }
 
     // ---- tasks ----
@@ -450,24 +833,27 @@ impl State {
 
     /// Drops a task the scheduler no longer wants; the node stops it when it is missing
     /// from the agent's desired set.
-    fn kill(&mut self, task: &str, reason: &str) {
+    fn kill(&mut self, task: &str, reason: &str, now: Now) {
         if let Some(t) = self.tasks.remove(task) {
             self.counters.killed += 1;
             info!(app = %t.app, task = %t.id, agent = %t.agent, instance = t.instance, reason, "task killed");
+            self.emit_status(&t, TaskState::Killed, reason, now);
         }
     }
 
-    /// Endpoints of the app's running tasks (their first port on their agent).
+    /// Endpoints of the app's running tasks (their first port on their agent) that
+    /// pass all their health checks (every running one when the app has none).
     pub fn services(&self, app: &str) -> Result<Vec<ServiceEndpoint>> {
         let key = app_key(app);
         let def = self
             .apps
             .get(&key)
             .ok_or_else(|| Error::UnknownApp(key.clone()))?;
+        let checks = def.def.health_checks().len();
         Ok(self
             .tasks_of(&key)
             .into_iter()
-            .filter(|t| t.state == TaskState::Running)
+            .filter(|t| t.ready(checks))
             .filter_map(|t| {
                 let agent = self.agents.get(&t.agent)?;
                 Some(ServiceEndpoint {
@@ -573,6 +959,7 @@ impl State {
             if let Some(t) = self.tasks.remove(&id) {
                 self.counters.lost += 1;
                 warn!(app = %t.app, task = %t.id, agent = name, instance = t.instance, "task no longer reported by its agent; replacing it");
+                self.emit_status(&t, TaskState::Lost, "no longer reported by its agent", now);
             }
         }
         if let Some(hold) = &mut self.hold {
@@ -593,6 +980,7 @@ impl State {
             }
             Some(_) if state.is_terminal() => {
                 if let Some(task) = self.tasks.remove(&status.task) {
+                    self.emit_status(&task, state, status.message.as_deref().unwrap_or(""), now);
                     self.task_ended(task, state, &status, now);
                 }
             }
@@ -601,12 +989,61 @@ impl State {
                 if !status.ports.is_empty() {
                     task.ports = status.ports;
                 }
-                if state == TaskState::Running && task.state != TaskState::Running {
-                    task.started_at = Some(now.wall);
+                let became_running =
+                    state == TaskState::Running && task.state != TaskState::Running;
+                if became_running {
+                    task.started_at = Some(status.started_at.map(millis).unwrap_or(now.wall));
                     task.started = Some(now.at);
                     info!(app = %task.app, task = %task.id, agent, instance = task.instance, ports = ?task.ports, "task running");
                 }
                 task.state = state;
+                let checks = self
+                    .apps
+                    .get(&task.app)
+                    .map(|a| a.def.health_checks())
+                    .unwrap_or_default();
+                let before = task.healthy(checks.len());
+                task.health = status.health;
+                let after = task.healthy(checks.len());
+                // Past the limit of any check: kill it, so that placement replaces it.
+                let failing = task.health.iter().zip(&checks).find(|(h, c)| {
+                    c.max_consecutive_failures > 0
+                        && h.consecutive_failures >= c.max_consecutive_failures
+                });
+                let failing =
+                    failing.map(|(h, _)| h.last_failure_cause.clone().unwrap_or_default());
+                let task = task.clone();
+                if became_running {
+                    self.emit_status(&task, state, "", now);
+                }
+                if before != after {
+                    if let Some(alive) = after {
+                        info!(app = %task.app, task = %task.id, agent, alive, "task health changed");
+                        self.emit(
+                            "health_status_changed_event",
+                            json!({"appId": task.app, "taskId": task.id, "instanceId": task.id, "alive": alive,
+                                   "version": task.version.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)}),
+                            now,
+                        );
+                    }
+                }
+                if let Some(cause) = failing {
+                    warn!(app = %task.app, task = %task.id, agent, cause = %cause, "task failed its health check too often; killing and replacing it");
+                    self.emit(
+                        "unhealthy_task_kill_event",
+                        json!({"appId": task.app, "taskId": task.id, "instanceId": task.id, "host": task.agent,
+                               "slaveId": task.agent, "reason": cause,
+                               "version": task.version.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)}),
+                        now,
+                    );
+                    self.set_last_failure(
+                        &task,
+                        "TASK_KILLED",
+                        &format!("health check failed: {cause}"),
+                        now,
+                    );
+                    self.kill(&task.id, "health check failed", now);
+                }
             }
             None if state.is_terminal() => {
                 debug!(agent, task = %status.task, state = %status.state, "end of a task no longer tracked");
@@ -637,7 +1074,12 @@ impl State {
             info!(agent, task = %status.task, app = %key, "app has all its instances; extra task not adopted, the node will stop it");
             return;
         }
-        let instance = placement::lowest_free_instance(used);
+        // The number it was launched with, if still free: logs and metrics of an
+        // adopted task keep their instance.
+        let instance = match status.instance {
+            Some(n) if n < rt.def.instances && !used.contains(&n) => n,
+            _ => placement::lowest_free_instance(used),
+        };
         let running = state == TaskState::Running;
         let task = Task {
             id: status.task.clone(),
@@ -647,9 +1089,11 @@ impl State {
             state,
             ports: status.ports,
             staged_at: now.wall_millis(),
-            started_at: running.then(|| now.wall_millis()),
-            version: rt.def.version,
+            // The node's launch time, so adoption does not look like a restart.
+            started_at: running.then(|| status.started_at.map(millis).unwrap_or(now.wall_millis())),
+            version: rt.config_version,
             restarts: rt.restarts.get(&instance).copied().unwrap_or(0),
+            health: status.health,
             staged: now.at,
             started: running.then_some(now.at),
             reported: true,
@@ -663,6 +1107,13 @@ impl State {
     /// and push the app's next launch out by the back-off.
     fn task_ended(&mut self, task: Task, state: TaskState, status: &TaskStatus, now: Now) {
         *self.counters.ended.entry(state.as_str()).or_default() += 1;
+        if state != TaskState::Finished {
+            let msg = status
+                .message
+                .clone()
+                .unwrap_or_else(|| format!("exit code {:?}", status.exit_code));
+            self.set_last_failure(&task, state.as_str(), &msg, now);
+        }
         let Some(rt) = self.apps.get_mut(&task.app) else {
             return;
         };
@@ -691,6 +1142,17 @@ impl State {
         );
     }
 
+    fn set_last_failure(&mut self, task: &Task, state: &str, message: &str, now: Now) {
+        if let Some(rt) = self.apps.get_mut(&task.app) {
+            rt.last_failure = Some(json!({
+                "appId": task.app, "host": task.agent, "message": message, "state": state,
+                "taskId": task.id, "instanceId": task.id, "slaveId": task.agent,
+                "timestamp": now.wall_millis().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                "version": task.version.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            }));
+        }
+    }
+
     /// The tasks an agent should run, as node-protocol specs.
     pub fn desired(&self, agent: &str) -> Vec<TaskSpec> {
         let mut specs: Vec<(&str, u32, TaskSpec)> = self
@@ -709,6 +1171,7 @@ impl State {
                         cmd: def.command(),
                         env: def.env.clone(),
                         port_count: def.port_count(),
+                        health_checks: def.health_checks(),
                     },
                 ))
             })
@@ -749,6 +1212,7 @@ impl State {
                 .collect();
             for id in ids {
                 if let Some(t) = self.tasks.remove(&id) {
+                    self.emit_status(&t, TaskState::Lost, "agent lost", now);
                     self.counters.lost += 1;
                     *self
                         .counters
@@ -778,6 +1242,9 @@ impl State {
                         "agent did not report the task within {}s",
                         STAGING_TIMEOUT.as_secs()
                     )),
+                    instance: Some(t.instance),
+                    health: Vec::new(),
+                    started_at: None,
                 };
                 self.task_ended(t, TaskState::Failed, &status, now);
             }
@@ -800,90 +1267,225 @@ impl State {
         for id in ids {
             self.place_app(&id, now);
         }
+        self.finish_deployments(now);
     }
 
+    /// Converges one app on its definition. Tasks of an older `config_version` are
+    /// replaced as a rolling deployment: new tasks are started while the total stays
+    /// within `instances * (1 + maximumOverCapacity)`, and an old task is killed only
+    /// while at least `instances * minimumHealthCapacity` tasks stay ready (running and
+    /// healthy).
     fn place_app(&mut self, id: &str, now: Now) {
         let Some(rt) = self.apps.get(id) else { return };
         let want = rt.def.instances as usize;
-        let mut have = self.tasks.values().filter(|t| t.app == id).count();
-        if have > want {
-            let mut tasks: Vec<(u32, String)> = self
-                .tasks
-                .values()
-                .filter(|t| t.app == id)
-                .map(|t| (t.instance, t.id.clone()))
+        let checks = rt.def.health_checks().len();
+        let (min_health, max_over) = rt.def.upgrade_strategy();
+        let version = rt.config_version;
+        let backing_off = rt.launch_after.is_some_and(|t| now.at < t);
+        let oldest_first =
+            rt.def.extra.get("killSelection").and_then(Value::as_str) == Some("OLDEST_FIRST");
+        // (not ready, instance, id) so that sorting puts the cheapest kill last.
+        let mut old: Vec<(bool, u32, String)> = Vec::new();
+        let mut new: Vec<(bool, u32, String)> = Vec::new();
+        for t in self.tasks.values().filter(|t| t.app == id) {
+            let entry = (!t.ready(checks), t.instance, t.id.clone());
+            if t.version == version {
+                new.push(entry)
+            } else {
+                old.push(entry)
+            }
+        }
+        old.sort();
+        new.sort();
+        if new.len() >= want {
+            for (_, _, t) in old.drain(..) {
+                self.kill(&t, "replaced by the new version", now);
+            }
+            // Scale down. Not-ready tasks go first; then, by `killSelection`, the
+            // youngest (Marathon's default: the highest instance numbers, started
+            // last) or the oldest.
+            let staged = |id: &str| self.tasks.get(id).map(|t| t.staged);
+            let mut order: Vec<(bool, Option<Instant>, u32, String)> = new
+                .into_iter()
+                .map(|(not_ready, instance, id)| (not_ready, staged(&id), instance, id))
                 .collect();
-            tasks.sort();
-            for (_, t) in tasks.into_iter().skip(want).rev() {
-                self.kill(&t, "scale down");
+            order.sort_by(|a, b| {
+                let age = if oldest_first {
+                    b.1.cmp(&a.1).then(b.2.cmp(&a.2))
+                } else {
+                    a.1.cmp(&b.1).then(a.2.cmp(&b.2))
+                };
+                // Kept first: ready before not ready, then by age.
+                a.0.cmp(&b.0).then(age)
+            });
+            for (_, _, _, t) in order.into_iter().skip(want) {
+                self.kill(&t, "scale down", now);
+            }
+            if let Some(rt) = self.apps.get_mut(id) {
+                rt.unplaced = None;
             }
             return;
         }
-        if have < want && rt.launch_after.is_some_and(|t| now.at < t) {
-            return;
+        let max_total = want + (want as f64 * max_over).floor() as usize;
+        let min_ready = (want as f64 * min_health).ceil() as usize;
+        let new_ready = new.iter().filter(|t| !t.0).count();
+        let mut ready = new_ready + old.iter().filter(|t| !t.0).count();
+        let mut killed_any = false;
+        // Old tasks beyond what is wanted, not ready ones, then ready ones while the
+        // healthy capacity allows.
+        while let Some((not_ready, _, t)) = old.last().cloned() {
+            let surplus = old.len() + new.len() > max_total.max(want);
+            let allowed = not_ready || ready > min_ready || surplus;
+            if !allowed {
+                break;
+            }
+            old.pop();
+            if !not_ready {
+                ready -= 1;
+            }
+            self.kill(&t, "replaced by the new version", now);
+            killed_any = true;
         }
-        while have < want {
-            let Some(agent) = self.choose_agent(id) else {
-                if let Some(rt) = self.apps.get_mut(id) {
-                    if !rt.waiting {
-                        warn!(
-                            app = id,
-                            missing = want - have,
-                            "no active agent can take a task of this app; waiting"
-                        );
-                        rt.waiting = true;
+        let mut launched = 0;
+        if !backing_off {
+            while new.len() + launched < want
+                && old.len() + new.len() + launched < max_total.max(want)
+            {
+                match self.choose_agent(id) {
+                    Ok(agent) => {
+                        self.launch(id, &agent, now);
+                        launched += 1;
+                    }
+                    Err(reason) => {
+                        let missing = want - new.len() - launched;
+                        self.unplaceable(id, missing, reason, now);
+                        return;
                     }
                 }
+            }
+        }
+        // Neither capacity bound lets the deployment move (minimumHealthCapacity 1 with
+        // maximumOverCapacity 0): once every new task is ready, give up one old one.
+        // Not while a new task waits for room: that would kill every old one in turn.
+        let placeable = self.apps.get(id).is_some_and(|rt| rt.unplaced.is_none());
+        if !killed_any
+            && launched == 0
+            && !backing_off
+            && placeable
+            && new_ready == new.len()
+            && new.len() < want
+        {
+            if let Some((_, _, t)) = old.pop() {
+                self.kill(&t, "replaced by the new version", now);
+                self.place_app(id, now);
                 return;
-            };
-            self.launch(id, &agent, now);
-            have += 1;
+            }
         }
         if let Some(rt) = self.apps.get_mut(id) {
-            rt.waiting = false;
+            if rt.unplaced.take().is_some() {
+                info!(app = id, "app can be placed again");
+            }
         }
     }
 
-    fn choose_agent(&self, app: &str) -> Option<String> {
-        let def = &self.apps.get(app)?.def;
+    fn unplaceable(&mut self, id: &str, missing: usize, reason: String, now: Now) {
+        let Some(rt) = self.apps.get_mut(id) else {
+            return;
+        };
+        let message = format!("cannot place {missing} task(s): {reason}");
+        if rt.unplaced.as_deref() != Some(message.as_str()) {
+            warn!(app = id, missing, reason = %reason, "app cannot be placed; waiting");
+            rt.last_failure = Some(json!({
+                "appId": id, "host": "", "message": message, "state": "TASK_STAGING",
+                "taskId": "", "slaveId": "",
+                "timestamp": now.wall_millis().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                "version": rt.def.version.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            }));
+            rt.unplaced = Some(message);
+        }
+    }
+
+    /// The agent for the next task of `app`, or why there is none (each agent's
+    /// reason, for the app's message).
+    fn choose_agent(&self, app: &str) -> std::result::Result<String, String> {
+        let Some(def) = self.apps.get(app).map(|a| &a.def) else {
+            return Err("app is gone".into());
+        };
+        let constraints = def.constraints();
         // tasks, tasks of this app, cpus used, mem used
         let mut usage: BTreeMap<&str, (usize, usize, f64, f64)> = BTreeMap::new();
+        let mut placed: Vec<AgentView> = Vec::new();
         for t in self.tasks.values() {
             let u = usage.entry(t.agent.as_str()).or_default();
             u.0 += 1;
             if t.app == app {
                 u.1 += 1;
+                if let Some(a) = self.agents.get(&t.agent) {
+                    placed.push(AgentView {
+                        name: &a.info.name,
+                        attributes: &a.info.attributes,
+                    });
+                }
             }
             if let Some(a) = self.apps.get(&t.app) {
                 u.2 += a.def.cpus;
                 u.3 += a.def.mem;
             }
         }
-        let candidates: Vec<Candidate> = self
+        let active: Vec<&Agent> = self
             .agents
             .values()
             .filter(|a| a.info.state == AGENT_ACTIVE)
-            .filter_map(|a| {
-                let (tasks, app_tasks, cpus, mem) =
-                    usage.get(a.info.name.as_str()).copied().unwrap_or_default();
-                placement::fits(&a.info.resources, cpus, mem, def.cpus, def.mem).then_some(
-                    Candidate {
-                        agent: a.info.name.as_str(),
-                        tasks,
-                        app_tasks,
-                    },
-                )
+            .collect();
+        if active.is_empty() {
+            return Err("no active agent".into());
+        }
+        let all: Vec<AgentView> = active
+            .iter()
+            .map(|a| AgentView {
+                name: &a.info.name,
+                attributes: &a.info.attributes,
             })
             .collect();
-        placement::choose(&candidates).map(str::to_string)
+        let mut reasons = Vec::new();
+        let mut candidates = Vec::new();
+        for (a, view) in active.iter().zip(&all) {
+            let (tasks, app_tasks, cpus, mem) =
+                usage.get(a.info.name.as_str()).copied().unwrap_or_default();
+            if !placement::fits(&a.info.resources, cpus, mem, def.cpus, def.mem) {
+                reasons.push(format!(
+                    "{}: not enough resources (needs cpus {} mem {}, uses cpus {cpus} mem {mem} of {:?})",
+                    a.info.name, def.cpus, def.mem, a.info.resources
+                ));
+                continue;
+            }
+            if let Some(why) = constraints
+                .iter()
+                .find_map(|c| placement::allows(c, *view, &placed, &all).err())
+            {
+                reasons.push(format!("{}: {why}", a.info.name));
+                continue;
+            }
+            candidates.push(Candidate {
+                agent: a.info.name.as_str(),
+                tasks,
+                app_tasks,
+            });
+        }
+        placement::choose(&candidates)
+            .map(str::to_string)
+            .ok_or_else(|| reasons.join("; "))
     }
 
     fn launch(&mut self, app: &str, agent: &str, now: Now) {
         let Some(rt) = self.apps.get(app) else { return };
+        let version = rt.config_version;
+        // Instance numbers are unique among the tasks of one version: a new task of a
+        // rolling deployment takes the number of an old one it is replacing.
         let instance = placement::lowest_free_instance(
             self.tasks
                 .values()
-                .filter(|t| t.app == app)
+                .filter(|t| t.app == app && t.version == version)
                 .map(|t| t.instance),
         );
         let id = task_id(app);
@@ -896,14 +1498,16 @@ impl State {
             ports: Vec::new(),
             staged_at: now.wall_millis(),
             started_at: None,
-            version: rt.def.version,
+            version,
             restarts: rt.restarts.get(&instance).copied().unwrap_or(0),
+            health: Vec::new(),
             staged: now.at,
             started: None,
             reported: false,
         };
         self.counters.launched += 1;
         info!(app, task = %id, agent, instance, "task placed");
+        self.emit_status(&task, TaskState::Staging, "", now);
         self.tasks.insert(id, task);
     }
 
@@ -1057,6 +1661,9 @@ pub(crate) mod tests {
             ports: ports.to_vec(),
             exit_code: None,
             message: None,
+            instance: None,
+            health: Vec::new(),
+            started_at: None,
         }
     }
 
@@ -1239,18 +1846,307 @@ pub(crate) mod tests {
         assert_eq!(left, vec![0]);
     }
 
+    fn running(
+        s: &mut State,
+        agent: &str,
+        specs: &[TaskSpec],
+        health: &[bool],
+        now: Now,
+    ) -> Vec<TaskSpec> {
+        let statuses = specs
+            .iter()
+            .map(|sp| {
+                let mut st = status(sp, "TASK_RUNNING", &[31000]);
+                st.health = health
+                    .iter()
+                    .map(|alive| HealthResult {
+                        alive: *alive,
+                        consecutive_failures: u32::from(!alive),
+                        ..HealthResult::default()
+                    })
+                    .collect();
+                st
+            })
+            .collect();
+        s.heartbeat(agent, statuses, now).unwrap()
+    }
+
+    fn with_health_check(mut def: AppDef, max_failures: u32) -> AppDef {
+        def.extra.insert(
+            "healthChecks".into(),
+            json!([{"protocol": "HTTP", "path": "/", "maxConsecutiveFailures": max_failures}]),
+        );
+        def
+    }
+
     #[test]
-    fn changed_definition_replaces_tasks() {
+    fn scale_down_honours_kill_selection_and_kills_unready_tasks_first() {
+        let now = Now::current();
+        let mut s = cluster(&["a"], now);
+        let mut def = app("fib", 3);
+        s.create_app(def.clone(), now).unwrap();
+        let specs = s.desired("a");
+        // Instances 0 and 1 run; 2 is still staging.
+        running(&mut s, "a", &specs[..2], &[], now);
+        def.instances = 2;
+        s.put_app(def.clone(), now).unwrap();
+        let left: Vec<u32> = s.tasks_of("fib").iter().map(|t| t.instance).collect();
+        assert_eq!(left, vec![0, 1], "the staging task went first");
+        def.instances = 1;
+        def.extra
+            .insert("killSelection".into(), json!("OLDEST_FIRST"));
+        s.put_app(def, now).unwrap();
+        let left: Vec<u32> = s.tasks_of("fib").iter().map(|t| t.instance).collect();
+        assert_eq!(
+            left,
+            vec![1],
+            "same age: the lower instance counts as older"
+        );
+    }
+
+    #[test]
+    fn restart_without_any_capacity_slack_still_progresses_one_task_at_a_time() {
+        let now = Now::current();
+        let mut s = cluster(&["a"], now);
+        let mut def = app("fib", 2);
+        def.extra.insert(
+            "upgradeStrategy".into(),
+            json!({"minimumHealthCapacity": 1.0, "maximumOverCapacity": 0.0}),
+        );
+        s.create_app(def, now).unwrap();
+        let old = s.desired("a");
+        running(&mut s, "a", &old, &[], now);
+        s.restart_app("fib", now).unwrap();
+        let step = s.desired("a");
+        assert_eq!(step.len(), 2, "never more than 2: {step:?}");
+        let old_left = step
+            .iter()
+            .filter(|t| old.iter().any(|o| o.task == t.task))
+            .count();
+        assert_eq!(old_left, 1, "one old task made room: {step:?}");
+        let step = running(&mut s, "a", &step, &[], now);
+        let step = running(&mut s, "a", &step, &[], now);
+        assert_eq!(step.len(), 2);
+        assert!(
+            step.iter().all(|t| old.iter().all(|o| o.task != t.task)),
+            "{step:?}"
+        );
+        assert_eq!(s.deployments().count(), 0);
+    }
+
+    #[test]
+    fn changed_definition_replaces_tasks_new_ready_before_old_killed() {
         let now = Now::current();
         let mut s = cluster(&["a"], now);
         s.create_app(app("fib", 1), now).unwrap();
         let old = s.desired("a").remove(0);
+        running(&mut s, "a", std::slice::from_ref(&old), &[], now);
+        assert_eq!(s.deployments().count(), 0, "start deployment finished");
         let mut def = app("fib", 1);
         def.cmd = Some("sleep 2000".into());
+        def.version = now.wall + chrono::Duration::seconds(1);
         s.put_app(def, now).unwrap();
-        let new = s.desired("a").remove(0);
-        assert_ne!(old.task, new.task);
+        // maximumOverCapacity 1: the new task starts next to the old one.
+        let both = s.desired("a");
+        assert_eq!(both.len(), 2, "{both:?}");
+        let new = both.iter().find(|t| t.task != old.task).unwrap().clone();
         assert_eq!(new.cmd, "sleep 2000");
+        assert_eq!(
+            new.instance, old.instance,
+            "the new task takes the old one's number"
+        );
+        assert_eq!(s.deployments().count(), 1);
+        // Once the new task runs, the old one goes and the deployment is done.
+        let left = running(&mut s, "a", &[old.clone(), new.clone()], &[], now);
+        assert_eq!(
+            left.iter().map(|t| &t.task).collect::<Vec<_>>(),
+            vec![&new.task]
+        );
+        assert_eq!(s.deployments().count(), 0);
+    }
+
+    #[test]
+    fn rolling_restart_honours_minimum_health_capacity_without_over_capacity() {
+        let now = Now::current();
+        let mut s = cluster(&["a"], now);
+        let mut def = app("fib", 2);
+        def.extra.insert(
+            "upgradeStrategy".into(),
+            json!({"minimumHealthCapacity": 0.5, "maximumOverCapacity": 0.0}),
+        );
+        s.create_app(def, now).unwrap();
+        let old = s.desired("a");
+        running(&mut s, "a", &old, &[], now);
+        s.restart_app("fib", now.after(Duration::from_millis(5)))
+            .unwrap();
+        // One old task may go (2 * 0.5 = 1 must stay ready), none may be added first.
+        let step1 = s.desired("a");
+        assert_eq!(step1.len(), 2, "{step1:?}");
+        let old_left: Vec<&TaskSpec> = step1
+            .iter()
+            .filter(|t| old.iter().any(|o| o.task == t.task))
+            .collect();
+        assert_eq!(old_left.len(), 1, "{step1:?}");
+        // While the new task is not running, the last old one stays.
+        let new1: Vec<TaskSpec> = step1
+            .iter()
+            .filter(|t| old_left[0].task != t.task)
+            .cloned()
+            .collect();
+        let mut report = vec![old_left[0].clone()];
+        assert_eq!(
+            s.heartbeat(
+                "a",
+                report
+                    .iter()
+                    .map(|t| status(t, "TASK_RUNNING", &[1]))
+                    .collect(),
+                now
+            )
+            .unwrap()
+            .len(),
+            2
+        );
+        report.extend(new1.clone());
+        let step2 = running(&mut s, "a", &report, &[], now);
+        assert!(
+            step2.iter().all(|t| old.iter().all(|o| o.task != t.task)),
+            "{step2:?}"
+        );
+        assert_eq!(step2.len(), 2);
+    }
+
+    #[test]
+    fn health_check_failures_past_the_limit_kill_and_replace_the_task() {
+        let now = Now::current();
+        let mut s = cluster(&["a"], now);
+        s.create_app(with_health_check(app("fib", 1), 3), now)
+            .unwrap();
+        let spec = s.desired("a").remove(0);
+        assert_eq!(spec.health_checks.len(), 1);
+        let mut events = s.subscribe();
+        running(&mut s, "a", std::slice::from_ref(&spec), &[], now);
+        assert!(
+            s.services("fib").unwrap().is_empty(),
+            "no result yet: not healthy"
+        );
+        running(&mut s, "a", std::slice::from_ref(&spec), &[true], now);
+        assert_eq!(s.services("fib").unwrap().len(), 1);
+        running(&mut s, "a", std::slice::from_ref(&spec), &[false], now);
+        assert!(
+            s.services("fib").unwrap().is_empty(),
+            "unhealthy is not listed"
+        );
+        let mut st = status(&spec, "TASK_RUNNING", &[31000]);
+        st.health = vec![HealthResult {
+            alive: false,
+            consecutive_failures: 3,
+            last_failure_cause: Some("status 500".into()),
+            ..HealthResult::default()
+        }];
+        let after = s.heartbeat("a", vec![st], now).unwrap();
+        assert_eq!(after.len(), 1);
+        assert_ne!(after[0].task, spec.task, "replaced");
+        assert_eq!(after[0].instance, spec.instance);
+        let failure = s.last_failure("fib").unwrap();
+        assert!(
+            failure["message"].as_str().unwrap().contains("status 500"),
+            "{failure}"
+        );
+        let mut kinds = Vec::new();
+        while let Ok(e) = events.try_recv() {
+            kinds.push(e.kind);
+        }
+        for k in [
+            "status_update_event",
+            "health_status_changed_event",
+            "unhealthy_task_kill_event",
+        ] {
+            assert!(kinds.contains(&k), "{k} missing from {kinds:?}");
+        }
+    }
+
+    #[test]
+    fn unique_hostname_leaves_the_extra_instance_unplaced_and_says_why() {
+        let now = Now::current();
+        let mut s = cluster(&["a", "b"], now);
+        let mut def = app("fib", 3);
+        def.extra
+            .insert("constraints".into(), json!([["hostname", "UNIQUE"]]));
+        s.create_app(def, now).unwrap();
+        assert_eq!(s.tasks().count(), 2);
+        let why = s.unplaced("fib").unwrap();
+        assert!(
+            why.contains("cannot place 1 task") && why.contains("hostname UNIQUE"),
+            "{why}"
+        );
+        assert!(s.last_failure("fib").unwrap()["message"]
+            .as_str()
+            .unwrap()
+            .contains("UNIQUE"));
+        // A third agent: placed, and the reason clears.
+        s.register_agent(agent("c"), now).unwrap();
+        assert_eq!(s.desired("c").len(), 1);
+        assert!(s.unplaced("fib").is_none());
+    }
+
+    #[test]
+    fn attribute_constraints_pick_matching_agents() {
+        let now = Now::current();
+        let mut s = State::new(Saved::default(), Duration::from_secs(10), now);
+        for (name, rack) in [("a", "r1"), ("b", "r1"), ("c", "r2")] {
+            let mut ag = agent(name);
+            ag.attributes.insert("rack".into(), rack.into());
+            s.register_agent(ag, now).unwrap();
+        }
+        let mut def = app("fib", 2);
+        def.extra
+            .insert("constraints".into(), json!([["rack", "LIKE", "r1"]]));
+        s.create_app(def, now).unwrap();
+        assert!(s.desired("c").is_empty());
+        assert_eq!(s.desired("a").len() + s.desired("b").len(), 2);
+        let mut def = app("web", 4);
+        def.extra
+            .insert("constraints".into(), json!([["rack", "MAX_PER", "2"]]));
+        s.create_app(def, now).unwrap();
+        assert_eq!(s.tasks_of("web").len(), 4);
+        let on_r2 = s.tasks_of("web").iter().filter(|t| t.agent == "c").count();
+        assert_eq!(on_r2, 2);
+    }
+
+    #[test]
+    fn killing_a_task_with_scale_lowers_instances_without_replacement() {
+        let now = Now::current();
+        let mut s = cluster(&["a"], now);
+        s.create_app(app("fib", 2), now).unwrap();
+        let t = s.desired("a").remove(0);
+        let (_, dep) = s.kill_task("fib", &t.task, true, now).unwrap();
+        assert!(dep.is_some());
+        assert_eq!(s.app("fib").unwrap().instances, 1);
+        assert_eq!(s.tasks().count(), 1);
+        let t2 = s.desired("a").remove(0);
+        let (_, dep) = s.kill_task("fib", &t2.task, false, now).unwrap();
+        assert!(dep.is_none());
+        assert_eq!(s.desired("a").len(), 1, "replaced");
+        assert!(matches!(
+            s.kill_task("fib", "nope", false, now),
+            Err(Error::UnknownTask(_))
+        ));
+    }
+
+    #[test]
+    fn cancelling_a_deployment_rolls_the_app_back() {
+        let now = Now::current();
+        let mut s = cluster(&["a"], now);
+        s.create_app(app("fib", 1), now).unwrap();
+        let spec = s.desired("a");
+        running(&mut s, "a", &spec, &[], now);
+        let (_, dep) = s.put_app(app("fib", 5), now).unwrap();
+        let mut small = State::new(Saved::default(), Duration::from_secs(10), now);
+        assert!(small.cancel_deployment(&dep, true, now).is_err());
+        let out = s.cancel_deployment(&dep, true, now).unwrap();
+        assert!(out.is_some());
+        assert_eq!(s.app("fib").unwrap().instances, 1);
     }
 
     #[test]
@@ -1272,10 +2168,22 @@ pub(crate) mod tests {
             ports: vec![31005],
             exit_code: None,
             message: None,
+            instance: None,
+            health: Vec::new(),
+            // Regression (compose suite step 7): adoption used to stamp startedAt
+            // with the adoption time, so a scheduler restart looked like a restart
+            // of every task.
+            started_at: Some("2026-11-20T08:00:00.123456Z".parse().unwrap()),
         };
         let a = s.heartbeat("a", vec![running.clone()], now).unwrap();
         assert_eq!(a.len(), 1);
         assert_eq!(a[0].task, running.task);
+        let adopted = s.tasks().find(|t| t.id == running.task).unwrap();
+        assert_eq!(
+            adopted.started_at,
+            Some("2026-11-20T08:00:00.123Z".parse().unwrap()),
+            "adopted task keeps the node's launch time"
+        );
         assert_eq!(s.tasks().count(), 1, "still held for b");
         let b = s.heartbeat("b", vec![], now).unwrap();
         assert_eq!(b.len(), 1, "b gets the missing instance");

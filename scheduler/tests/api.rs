@@ -123,6 +123,9 @@ fn report(spec: &TaskSpec, state: &str, ports: &[u16]) -> TaskStatus {
         ports: ports.to_vec(),
         exit_code: (state == "TASK_FAILED").then_some(1),
         message: None,
+        instance: None,
+        health: Vec::new(),
+        started_at: None,
     }
 }
 
@@ -285,13 +288,23 @@ async fn agents_get_tasks_report_them_and_failed_tasks_are_replaced() {
         .await;
     assert_eq!(code, 200, "{body}");
     assert!(body["deploymentId"].is_string());
-    let (_, tasks) = server.get("/v2/apps/fib/tasks").await;
-    let left: Vec<u64> = tasks["tasks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["instance"].as_u64().unwrap())
-        .collect();
+    // Task JSON carries no instance number (the marathon client rejects unknown
+    // fields), so ask the node protocol, whose specs do.
+    let mut left = Vec::new();
+    for (name, _) in agents {
+        let report: Vec<TaskStatus> = if name == "node-1" {
+            vec![running.clone()]
+        } else {
+            vec![]
+        };
+        left.extend(
+            server
+                .heartbeat(name, &report)
+                .await
+                .iter()
+                .map(|t| t.instance),
+        );
+    }
     assert_eq!(left, vec![0]);
     let (_, app) = server.get("/v2/apps/fib").await;
     assert_eq!(
@@ -483,4 +496,229 @@ async fn reopened_scheduler_keeps_apps_and_adopts_running_tasks() {
         "the delete was persisted"
     );
     server.stop().await;
+}
+
+/// Reads server-sent events until `want` event types were all seen (or the deadline).
+async fn read_events(resp: reqwest::Response, want: &[&str]) -> Vec<(String, Value)> {
+    use futures::StreamExt;
+    let mut stream = resp.bytes_stream();
+    let mut buf = String::new();
+    let mut seen: Vec<(String, Value)> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !want.iter().all(|w| seen.iter().any(|(k, _)| k == w)) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let chunk = tokio::time::timeout(left, stream.next())
+            .await
+            .unwrap_or_else(|_| panic!("timed out waiting for {want:?}, saw {seen:?}"))
+            .expect("stream open")
+            .unwrap();
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buf.find("\n\n") {
+            let block: String = buf.drain(..end + 2).collect();
+            let kind = block
+                .lines()
+                .find_map(|l| l.strip_prefix("event: "))
+                .unwrap_or("");
+            if let Some(data) = block.lines().find_map(|l| l.strip_prefix("data: ")) {
+                seen.push((kind.to_string(), serde_json::from_str(data).unwrap()));
+            }
+        }
+    }
+    seen
+}
+
+#[tokio::test]
+async fn restart_patch_kill_and_deployments_over_http_with_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path()).await;
+    s.register("node-1", "10.0.0.1").await;
+    let events = s.http.get(s.url("/v2/events")).send().await.unwrap();
+    assert_eq!(events.status().as_u16(), 200);
+
+    let (status, body) = s
+        .post(
+            "/v2/apps",
+            &json!({"id": "/prod/web", "cmd": "./web", "instances": 2,
+                    "healthChecks": [{"protocol": "TCP", "portIndex": 0}],
+                    "upgradeStrategy": {"minimumHealthCapacity": 1, "maximumOverCapacity": 0.5}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let (_, deps) = s.get("/v2/deployments").await;
+    assert_eq!(deps.as_array().unwrap().len(), 1, "{deps}");
+    assert_eq!(deps[0]["affectedApps"][0], "/prod/web");
+    let specs = s.heartbeat("node-1", &[]).await;
+    assert_eq!(specs.len(), 2);
+    let healthy = |sp: &TaskSpec| {
+        let mut st = report(sp, "TASK_RUNNING", &[31000]);
+        st.health = vec![protocol::HealthResult {
+            alive: true,
+            ..Default::default()
+        }];
+        st
+    };
+    let all: Vec<TaskStatus> = specs.iter().map(healthy).collect();
+    s.heartbeat("node-1", &all).await;
+    let (_, app) = s.get("/v2/apps/prod/web").await;
+    assert_eq!(app["app"]["tasksHealthy"], 2, "{app}");
+    assert_eq!(
+        app["app"]["tasks"][0]["healthCheckResults"][0]["alive"], true,
+        "{app}"
+    );
+    let (_, deps) = s.get("/v2/deployments").await;
+    assert_eq!(
+        deps,
+        json!([]),
+        "the start deployment is done once all are healthy"
+    );
+
+    // Rolling restart, min health 1 / over 0.5: one new task at a time, old ones
+    // killed only after a new one is healthy.
+    let (status, body) = s.post("/v2/apps/prod/web/restart", &json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    let dep = body["deploymentId"].as_str().unwrap().to_string();
+    let step = s.heartbeat("node-1", &all).await;
+    assert_eq!(step.len(), 3, "{step:?}");
+    let new1 = step
+        .iter()
+        .find(|t| specs.iter().all(|o| o.task != t.task))
+        .unwrap()
+        .clone();
+    let mut report_now = all.clone();
+    report_now.push(report(&new1, "TASK_RUNNING", &[31001]));
+    assert_eq!(
+        s.heartbeat("node-1", &report_now).await.len(),
+        3,
+        "not healthy yet: nothing killed"
+    );
+    report_now.pop();
+    report_now.push(healthy(&new1));
+    let step = s.heartbeat("node-1", &report_now).await;
+    assert_eq!(
+        step.len(),
+        3,
+        "one old killed, one more new started: {step:?}"
+    );
+    assert_eq!(
+        step.iter()
+            .filter(|t| specs.iter().any(|o| o.task == t.task))
+            .count(),
+        1
+    );
+    let (_, deps) = s.get("/v2/deployments").await;
+    assert_eq!(deps[0]["id"], dep.as_str());
+    let new: Vec<TaskStatus> = step
+        .iter()
+        .filter(|t| specs.iter().all(|o| o.task != t.task))
+        .map(healthy)
+        .collect();
+    let old_left: Vec<TaskStatus> = step
+        .iter()
+        .filter(|t| specs.iter().any(|o| o.task == t.task))
+        .map(healthy)
+        .collect();
+    let mut r = new.clone();
+    r.extend(old_left);
+    let fin = s.heartbeat("node-1", &r).await;
+    assert_eq!(fin.len(), 2);
+    assert!(
+        fin.iter().all(|t| specs.iter().all(|o| o.task != t.task)),
+        "{fin:?}"
+    );
+    let (_, deps) = s.get("/v2/deployments").await;
+    assert_eq!(deps, json!([]));
+
+    // PATCH scales; killing a task with scale=true lowers instances.
+    let (status, body) = s
+        .send(
+            reqwest::Method::PATCH,
+            "/v2/apps/prod/web",
+            &json!({"instances": 3}),
+            Some(TOKEN),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (_, app) = s.get("/v2/apps/prod/web").await;
+    assert_eq!(app["app"]["instances"], 3);
+    let victim = &fin[0].task;
+    let (status, body) = s
+        .send(
+            reqwest::Method::DELETE,
+            &format!("/v2/apps/prod/web/tasks/{victim}?scale=true"),
+            &json!({}),
+            Some(TOKEN),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["deploymentId"].is_string(), "{body}");
+    let (_, app) = s.get("/v2/apps/prod/web").await;
+    assert_eq!(app["app"]["instances"], 2);
+    let (status, _) = s
+        .send(
+            reqwest::Method::DELETE,
+            "/v2/apps/prod/web/tasks/prod_web.nope",
+            &json!({}),
+            Some(TOKEN),
+        )
+        .await;
+    assert_eq!(status, 404);
+
+    // A deployment that cannot finish (no room for 5 with UNIQUE) is shown, can be
+    // rolled back, and the app says why it waits.
+    let (status, _) = s
+        .send(
+            reqwest::Method::PUT,
+            "/v2/apps/prod/web",
+            &json!({"instances": 5, "constraints": [["hostname", "UNIQUE"]]}),
+            Some(TOKEN),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (_, app) = s.get("/v2/apps/prod/web").await;
+    let msg = app["app"]["lastTaskFailure"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(msg.contains("hostname UNIQUE"), "{app}");
+    let (_, q) = s.get("/v2/queue").await;
+    assert!(
+        q["queue"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("UNIQUE"),
+        "{q}"
+    );
+    let (_, deps) = s.get("/v2/deployments").await;
+    let id = deps[0]["id"].as_str().unwrap().to_string();
+    let (status, body) = s
+        .send(
+            reqwest::Method::DELETE,
+            &format!("/v2/deployments/{id}"),
+            &json!({}),
+            Some(TOKEN),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (_, app) = s.get("/v2/apps/prod/web").await;
+    assert_eq!(app["app"]["instances"], 2, "rolled back");
+    assert!(app["app"].get("constraints").is_none(), "{app}");
+
+    let seen = read_events(
+        events,
+        &[
+            "deployment_info",
+            "deployment_success",
+            "status_update_event",
+            "health_status_changed_event",
+            "deployment_failed",
+        ],
+    )
+    .await;
+    let running = seen
+        .iter()
+        .find(|(k, v)| k == "status_update_event" && v["taskStatus"] == "TASK_RUNNING")
+        .unwrap();
+    assert_eq!(running.1["appId"], "/prod/web");
+    assert_eq!(running.1["eventType"], "status_update_event");
+    s.stop().await;
 }

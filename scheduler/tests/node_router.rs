@@ -13,7 +13,8 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::Json;
 use protocol::{AgentInfo, LogRecord, ServiceEndpoint, Stream, TaskMeta, TaskSpec, TaskStatus};
-use scheduler::node::{HeartbeatRequest, HeartbeatResponse, Node, NodeConfig};
+use protocol::{HealthCheck, HealthResult, HeartbeatRequest, HeartbeatResponse};
+use scheduler::node::{Node, NodeConfig};
 use scheduler::router::{Router, RouterConfig};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
@@ -105,6 +106,7 @@ fn spec(app: &str, task: &str, cmd: &str, port_count: u16) -> TaskSpec {
         cmd: cmd.into(),
         env: BTreeMap::from([("GREETING".to_string(), "hi there".to_string())]),
         port_count,
+        health_checks: Vec::new(),
     }
 }
 
@@ -292,10 +294,12 @@ async fn node_runs_desired_tasks_in_sandboxes_and_reports_them() {
         .expect("node stops in time")
         .unwrap()
         .unwrap();
-    assert!(
-        !alive(lsh) && !alive(lchild),
-        "shutdown leaves no process behind"
-    );
+    // SIGKILL is delivered asynchronously: the group may take a moment to vanish
+    // (this assertion raced under load before).
+    eventually("shutdown leaves no process behind", || {
+        (!alive(lsh) && !alive(lchild)).then_some(())
+    })
+    .await;
 }
 
 // ---------------------------------------------------------------------------------
@@ -630,4 +634,202 @@ async fn router_spreads_calls_propagates_traces_and_writes_access_records() {
         (half.host.as_str(), half.task.as_str()),
         ("node-a", "half.live")
     );
+}
+
+fn check(protocol: &str) -> HealthCheck {
+    HealthCheck {
+        protocol: protocol.into(),
+        path: None,
+        port_index: 0,
+        port: None,
+        command: None,
+        grace_period_seconds: 0.0,
+        interval_seconds: 0.05,
+        timeout_seconds: 1.0,
+        max_consecutive_failures: 3,
+    }
+}
+
+fn health_of(p: &Plane, task: &str) -> Option<Vec<HealthResult>> {
+    p.last
+        .iter()
+        .find(|s| s.task == task)
+        .map(|s| s.health.clone())
+}
+
+#[tokio::test]
+async fn node_runs_http_tcp_and_command_health_checks_and_reports_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let (plane, url) = fake_plane().await;
+    let mut cfg = NodeConfig::new("node-1", dir.path(), &url);
+    cfg.heartbeat_interval = Duration::from_millis(50);
+    cfg.kill_grace = Duration::from_secs(1);
+    let node = Arc::new(Node::new(cfg).unwrap());
+
+    // The HTTP check targets a fixed port served here, whose answer the test flips.
+    let ok = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let http = {
+        let ok = ok.clone();
+        axum::Router::new().route(
+            "/health",
+            get(move || {
+                let ok = ok.load(std::sync::atomic::Ordering::SeqCst);
+                async move {
+                    if ok {
+                        StatusCode::OK
+                    } else {
+                        StatusCode::INTERNAL_SERVER_ERROR
+                    }
+                }
+            }),
+        )
+    };
+    let http_addr = serve(http).await;
+    let mut http_check = check("HTTP");
+    http_check.path = Some("/health".into());
+    http_check.port = Some(http_addr.port());
+    let tcp_check = check("TCP");
+    let mut cmd_check = check("COMMAND");
+    cmd_check.command = Some("test -f ok".into());
+    let mut task = spec("hc", "hc.1", "sleep 300", 1);
+    task.health_checks = vec![http_check, tcp_check, cmd_check];
+    plane.lock().unwrap().desired = vec![task];
+
+    let cancel = CancellationToken::new();
+    let runner = {
+        let (node, cancel) = (node.clone(), cancel.clone());
+        tokio::spawn(async move { node.run(cancel).await })
+    };
+    // HTTP passes; nothing listens on PORT0 and there is no `ok` file yet: both fail
+    // and count (no grace period).
+    let (port, health) = eventually("first results", || {
+        let p = plane.lock().unwrap();
+        let h = health_of(&p, "hc.1")?;
+        let st = p.last.iter().find(|s| s.task == "hc.1")?;
+        (h.len() == 3
+            && h[0].alive
+            && h[1].consecutive_failures >= 2
+            && h[2].consecutive_failures >= 2)
+            .then(|| (st.ports[0], h))
+    })
+    .await;
+    assert_eq!(plane.lock().unwrap().last[0].instance, Some(1));
+    assert!(
+        health[1]
+            .last_failure_cause
+            .as_deref()
+            .unwrap()
+            .contains("connect"),
+        "{health:?}"
+    );
+    assert!(!health[2].alive);
+
+    // Make the TCP and COMMAND checks pass, and the HTTP one fail.
+    let _listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    std::fs::write(dir.path().join("sandboxes/hc/hc.1/ok"), "").unwrap();
+    ok.store(false, std::sync::atomic::Ordering::SeqCst);
+    let health = eventually("checks flip", || {
+        let h = health_of(&plane.lock().unwrap(), "hc.1")?;
+        (!h[0].alive && h[0].consecutive_failures >= 1 && h[1].alive && h[2].alive).then_some(h)
+    })
+    .await;
+    assert!(
+        health[0]
+            .last_failure_cause
+            .as_deref()
+            .unwrap()
+            .contains("status 500"),
+        "{health:?}"
+    );
+    assert!(health[1].first_success.is_some() && health[1].consecutive_failures == 0);
+
+    cancel.cancel();
+    runner.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn tasks_outlive_a_node_restart_and_are_found_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let (plane, url) = fake_plane().await;
+    let node_cfg = || {
+        let mut cfg = NodeConfig::new("node-1", dir.path(), &url);
+        cfg.heartbeat_interval = Duration::from_millis(50);
+        cfg.kill_grace = Duration::from_secs(1);
+        cfg.keep_tasks_on_shutdown = true;
+        cfg
+    };
+    let cmd = "echo $$ > sh.pid; echo started >> starts; exec sleep 300";
+    let mut keep = spec("keep", "keep.1", cmd, 1);
+    keep.instance = 4;
+    plane.lock().unwrap().desired = vec![keep.clone(), spec("gone", "gone.1", cmd, 0)];
+
+    let node = Arc::new(Node::new(node_cfg()).unwrap());
+    let cancel = CancellationToken::new();
+    let runner = {
+        let (node, cancel) = (node.clone(), cancel.clone());
+        tokio::spawn(async move { node.run(cancel).await })
+    };
+    let keep_dir = dir.path().join("sandboxes/keep/keep.1");
+    let gone_dir = dir.path().join("sandboxes/gone/gone.1");
+    let (keep_pid, gone_pid) = eventually("both started", || {
+        Some((
+            read_pid(&keep_dir.join("sh.pid"))?,
+            read_pid(&gone_dir.join("sh.pid"))?,
+        ))
+    })
+    .await;
+    let ports = eventually("keep.1 reported", || {
+        status_of(&plane.lock().unwrap(), "keep.1", "TASK_RUNNING").map(|s| s.ports)
+    })
+    .await;
+    cancel.cancel();
+    runner.await.unwrap().unwrap();
+    assert!(
+        alive(keep_pid) && alive(gone_pid),
+        "the node stopped without killing its tasks"
+    );
+
+    // One task ends while no node runs.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(gone_pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    eventually("gone.1 dead", || (!alive(gone_pid)).then_some(())).await;
+    plane.lock().unwrap().reports.clear();
+
+    let node = Arc::new(Node::new(node_cfg()).unwrap());
+    let cancel = CancellationToken::new();
+    let runner = {
+        let (node, cancel) = (node.clone(), cancel.clone());
+        tokio::spawn(async move { node.run(cancel).await })
+    };
+    let found = eventually("keep.1 reported by the new node", || {
+        status_of(&plane.lock().unwrap(), "keep.1", "TASK_RUNNING")
+    })
+    .await;
+    assert_eq!(found.ports, ports);
+    assert_eq!(found.instance, Some(4), "the instance number survives");
+    let failed = eventually("gone.1 reported as failed", || {
+        status_of(&plane.lock().unwrap(), "gone.1", "TASK_FAILED")
+    })
+    .await;
+    assert!(failed.message.unwrap().contains("while the node was down"));
+    assert_eq!(
+        read(&keep_dir.join("starts")),
+        "started\n",
+        "not launched twice"
+    );
+    assert_eq!(read_pid(&keep_dir.join("sh.pid")), Some(keep_pid));
+
+    // The adopted task is still under control: no longer wanted, it is killed.
+    plane.lock().unwrap().desired.clear();
+    eventually("keep.1 killed", || {
+        status_of(&plane.lock().unwrap(), "keep.1", "TASK_KILLED")
+    })
+    .await;
+    eventually("keep.1 process gone", || (!alive(keep_pid)).then_some(())).await;
+    assert!(!keep_dir.join(scheduler::node::PID_FILE).exists());
+    cancel.cancel();
+    runner.await.unwrap().unwrap();
 }

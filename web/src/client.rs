@@ -11,7 +11,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use protocol::{AgentInfo, HistogramResponse, SearchResponse, TOKEN_HEADER};
+use protocol::{AgentInfo, HistogramResponse, LogRecord, SearchResponse, TOKEN_HEADER};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize};
 
@@ -47,6 +47,95 @@ pub struct SearchQuery {
     pub end: String,
     pub limit: u32,
     pub cursor: Option<String>,
+    /// `latency_desc` for slowest first; `None` for the default newest first.
+    pub sort: Option<String>,
+}
+
+/// `GET /api/v1/fields` answer: the top values of the fields worth filtering on.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct FieldsResponse {
+    #[serde(default)]
+    pub fields: Vec<FieldTop>,
+}
+
+/// One field and its most frequent values, most frequent first.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct FieldTop {
+    pub field: String,
+    #[serde(default)]
+    pub values: Vec<FieldValue>,
+}
+
+/// A value of a field and how many matching records carry it. Values arrive as any
+/// JSON scalar (a `fields.*` key can hold numbers and booleans) and are kept as the
+/// text a query would use.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct FieldValue {
+    #[serde(deserialize_with = "scalar_text")]
+    pub value: String,
+    #[serde(default)]
+    pub count: u64,
+}
+
+/// `GET /api/v1/context` answer: the lines of one task around one record, oldest first.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct ContextResponse {
+    #[serde(default)]
+    pub before: Vec<LogRecord>,
+    #[serde(default)]
+    pub record: Option<LogRecord>,
+    #[serde(default)]
+    pub after: Vec<LogRecord>,
+}
+
+/// `GET /api/v1/latency` answer: access-record latency statistics per group.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct LatencyResponse {
+    #[serde(default)]
+    pub groups: Vec<LatencyGroup>,
+}
+
+/// Latency statistics of one host, app or task, in milliseconds.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct LatencyGroup {
+    #[serde(deserialize_with = "scalar_text")]
+    pub key: String,
+    #[serde(default)]
+    pub count: u64,
+    #[serde(default)]
+    pub avg: Option<f64>,
+    #[serde(default)]
+    pub p50: Option<f64>,
+    #[serde(default)]
+    pub p90: Option<f64>,
+    #[serde(default)]
+    pub p99: Option<f64>,
+    #[serde(default)]
+    pub max: Option<f64>,
+}
+
+/// One `GET /api/v1/context` request: the record's identity and how many lines to
+/// show on each side.
+#[derive(Debug, Clone, Default)]
+pub struct ContextQuery {
+    pub task: String,
+    pub ts: String,
+    pub source: String,
+    pub offset: u64,
+    pub n: u32,
+}
+
+/// A JSON scalar as query text: strings as they are, numbers and booleans printed,
+/// null as the empty string.
+fn scalar_text<'de, D>(d: D) -> std::result::Result<String, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    Ok(match serde_json::Value::deserialize(d)? {
+        serde_json::Value::String(s) => s,
+        serde_json::Value::Null => String::new(),
+        other => other.to_string(),
+    })
 }
 
 /// An app as `GET /v2/apps` lists it (Marathon shape, only the fields the UI shows).
@@ -197,8 +286,64 @@ impl Client {
         if let Some(c) = req.cursor.as_deref().filter(|c| !c.is_empty()) {
             query.push(("cursor", c));
         }
+        if let Some(s) = req.sort.as_deref().filter(|s| !s.is_empty()) {
+            query.push(("sort", s));
+        }
         self.get_json(Service::Indexer, "/api/v1/search", &query)
             .await
+    }
+
+    /// `GET /api/v1/fields`: the top `size` values of host, app, level, stream and the
+    /// detected `fields.*` keys among the query's matches.
+    pub async fn fields(
+        &self,
+        q: &str,
+        start: &str,
+        end: &str,
+        size: u32,
+    ) -> Result<FieldsResponse> {
+        let size = size.to_string();
+        self.get_json(
+            Service::Indexer,
+            "/api/v1/fields",
+            &[("q", q), ("start", start), ("end", end), ("size", &size)],
+        )
+        .await
+    }
+
+    /// `GET /api/v1/context`: the lines of one task before and after one record.
+    pub async fn context(&self, req: &ContextQuery) -> Result<ContextResponse> {
+        let offset = req.offset.to_string();
+        let n = req.n.to_string();
+        self.get_json(
+            Service::Indexer,
+            "/api/v1/context",
+            &[
+                ("task", req.task.as_str()),
+                ("ts", req.ts.as_str()),
+                ("source", req.source.as_str()),
+                ("offset", offset.as_str()),
+                ("n", n.as_str()),
+            ],
+        )
+        .await
+    }
+
+    /// `GET /api/v1/latency`: latency percentiles of the query's access records, grouped
+    /// `by` host, app or task.
+    pub async fn latency(
+        &self,
+        q: &str,
+        start: &str,
+        end: &str,
+        by: &str,
+    ) -> Result<LatencyResponse> {
+        self.get_json(
+            Service::Indexer,
+            "/api/v1/latency",
+            &[("q", q), ("start", start), ("end", end), ("by", by)],
+        )
+        .await
     }
 
     /// `GET /api/v1/histogram`: match counts over the range.

@@ -85,8 +85,8 @@ impl Web {
         }
     }
 
-    /// The UI's routes: `/`, `/tail/{app}`, `/trace/{id}`, `/apps`, `/hosts`,
-    /// `/ui/tail-stream` and `/static/...`. No `/healthz` or `/metrics`: the binary adds
+    /// The UI's routes: `/`, `/context`, `/slow`, `/tail/{app}`, `/trace/{id}`, `/apps`,
+    /// `/hosts`, `/ui/tail-stream` and `/static/...`. No `/healthz` or `/metrics`: the binary adds
     /// those.
     pub fn router(&self) -> axum::Router {
         pages::router(self.state.clone())
@@ -123,16 +123,20 @@ pub(crate) enum Page {
     Trace,
     Apps,
     Hosts,
+    Context,
+    Slow,
 }
 
 impl Page {
-    const ALL: [Page; 6] = [
+    const ALL: [Page; 8] = [
         Page::Search,
         Page::Tail,
         Page::TailStream,
         Page::Trace,
         Page::Apps,
         Page::Hosts,
+        Page::Context,
+        Page::Slow,
     ];
 
     fn label(self) -> &'static str {
@@ -143,6 +147,8 @@ impl Page {
             Page::Trace => "trace",
             Page::Apps => "apps",
             Page::Hosts => "hosts",
+            Page::Context => "context",
+            Page::Slow => "slow",
         }
     }
 }

@@ -1,4 +1,4 @@
-// Sandtrail UI: the "/" shortcut, the app picker and the live tail. No framework, no
+// Sandtrail UI: the "/" shortcut, the app picker, histogram drag-to-zoom and the live tail. No framework, no
 // build step. Log text is only ever inserted with textContent, never parsed as HTML.
 (function () {
   "use strict";
@@ -19,6 +19,74 @@
   var picker = document.querySelector("select.app-picker");
   if (picker && picker.form) {
     picker.addEventListener("change", function () { picker.form.submit(); });
+  }
+
+  // The field sidebar starts folded on narrow screens so the rows come first; without
+  // JavaScript it simply stays open.
+  var side = document.getElementById("side-fields");
+  if (side && window.matchMedia) {
+    var narrow = window.matchMedia("(max-width: 900px)");
+    if (narrow.matches) side.open = false;
+    narrow.addEventListener("change", function (e) { side.open = !e.matches; });
+  }
+
+  var bars = document.getElementById("hist-bars");
+  if (bars) dragZoom(bars);
+
+  // Drag across histogram bars to zoom to their span. A press and release on one bar
+  // is left to the bar's own link, so a click zooms to one bucket with or without JS.
+  // Zooming is a navigation, so browser Back undoes it.
+  function dragZoom(bars) {
+    var all = Array.prototype.slice.call(bars.querySelectorAll("a.bar"));
+    var from = -1, to = -1, dragging = false;
+
+    function indexAt(x) {
+      for (var i = 0; i < all.length; i++) {
+        var r = all[i].getBoundingClientRect();
+        if (x >= r.left && x < r.right + 1) return i;
+      }
+      if (!all.length) return -1;
+      return x < all[0].getBoundingClientRect().left ? 0 : all.length - 1;
+    }
+    function paint() {
+      var lo = Math.min(from, to), hi = Math.max(from, to);
+      all.forEach(function (b, i) { b.classList.toggle("sel", dragging && i >= lo && i <= hi); });
+    }
+    bars.addEventListener("pointerdown", function (ev) {
+      if (ev.button !== 0) return;
+      from = to = indexAt(ev.clientX);
+      if (from < 0) return;
+      dragging = true;
+      paint();
+      ev.preventDefault(); // no native link drag
+    });
+    bars.addEventListener("pointermove", function (ev) {
+      if (!dragging) return;
+      var i = indexAt(ev.clientX);
+      if (i !== to) { to = i; paint(); }
+    });
+    function finish(ev) {
+      if (!dragging) return;
+      dragging = false;
+      paint();
+      if (from === to) return; // a click: the bar's link does the zoom
+      ev.preventDefault();
+      var lo = all[Math.min(from, to)], hi = all[Math.max(from, to)];
+      var url = new URL(window.location.href);
+      url.searchParams.delete("range");
+      url.searchParams.delete("cursor");
+      url.searchParams.set("start", lo.dataset.start);
+      url.searchParams.set("end", hi.dataset.end);
+      suppressClick = true;
+      window.location.assign(url.toString());
+    }
+    var suppressClick = false;
+    window.addEventListener("pointerup", finish);
+    bars.addEventListener("pointercancel", function () { dragging = false; paint(); });
+    // After a drag the browser may still fire a click on the last bar; the drag wins.
+    bars.addEventListener("click", function (ev) {
+      if (suppressClick) { ev.preventDefault(); suppressClick = false; }
+    }, true);
   }
 
   var root = document.getElementById("tail");
@@ -74,9 +142,44 @@
       return out.scrollHeight - out.scrollTop - out.clientHeight < 8;
     }
 
+    // One colour per task for the life of the page: the instance number's colour when
+    // no other task has it yet (so a reload usually keeps colours), else the first free
+    // one, so replicas never share a colour while there are colours left.
+    var colours = {}, taken = {};
+    function colourOf(task, inst) {
+      if (colours.hasOwnProperty(task)) return colours[task];
+      var c = inst % PALETTE;
+      if (taken[c]) {
+        for (var i = 0; i < PALETTE; i++) if (!taken[i]) { c = i; break; }
+      }
+      colours[task] = c;
+      taken[c] = true;
+      return c;
+    }
+
+    // Sort key of a record time: RFC 3339 UTC with the fraction padded to nanoseconds,
+    // so plain string comparison orders it.
+    function sortKey(ts) {
+      var m = /^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?Z$/.exec(String(ts || ""));
+      if (!m) return String(ts || "");
+      return m[1] + "." + ((m[2] || "") + "000000000").slice(0, 9);
+    }
+
+    // Shippers deliver each instance's lines in batches, so lines of one instance can
+    // arrive after later lines of another. Each new line is placed by its time among the
+    // last REORDER lines: the view reads interleaved in time order, at a bounded cost.
+    var REORDER = 1000;
+    function place(line) {
+      var node = out.lastElementChild, steps = 0;
+      while (node && node.dataset.key > line.dataset.key && steps < REORDER) {
+        node = node.previousElementSibling;
+        steps++;
+      }
+      out.insertBefore(line, node ? node.nextSibling : out.firstChild);
+    }
+
     function append(recs) {
       var stick = atBottom();
-      var frag = document.createDocumentFragment();
       recs.forEach(function (rec) {
         var line = document.createElement("div");
         var level = rec.level || "";
@@ -85,22 +188,31 @@
           : level === "debug" || level === "trace" ? " lvl-debug" : "");
         var inst = Number(rec.instance) || 0;
         var prefix = document.createElement("span");
-        prefix.className = "prefix c" + (inst % PALETTE);
+        prefix.className = "prefix c" + colourOf(rec.task || rec.host + "/" + inst, inst);
+        line.dataset.task = rec.task || "";
         prefix.textContent = (rec.host || "?") + "/" + inst;
         var ts = document.createElement("span");
         ts.className = "ts";
-        ts.textContent = String(rec.ts || "").replace("T", " ").replace("Z", "");
+        ts.textContent = shortTime(rec.ts);
         var msg = document.createElement("span");
         msg.className = "msg";
         msg.textContent = (level ? level.toUpperCase() + " " : "") + (rec.msg || "");
         line.appendChild(prefix);
         line.appendChild(ts);
         line.appendChild(msg);
-        frag.appendChild(line);
+        line.dataset.key = sortKey(rec.ts);
+        place(line);
       });
-      out.appendChild(frag);
       while (out.childElementCount > MAX_LINES) out.removeChild(out.firstElementChild);
       if (stick) out.scrollTop = out.scrollHeight;
+    }
+
+    // "2026-11-23T10:00:00.123456789Z" -> "10:00:00.123": the tail is live, so the time
+    // of day at millisecond precision is what a reader compares.
+    function shortTime(ts) {
+      var m = /T(\d\d:\d\d:\d\d)(?:\.(\d+))?/.exec(String(ts || ""));
+      if (!m) return String(ts || "");
+      return m[1] + "." + ((m[2] || "") + "000").slice(0, 3);
     }
 
     form.addEventListener("submit", function (ev) {

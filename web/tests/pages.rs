@@ -73,6 +73,29 @@ async fn fake_search(
         )
             .into_response();
     }
+    if p.get("sort").map(String::as_str) == Some("latency_desc") {
+        let mut slow = access(
+            "node-2",
+            "fib",
+            ("gateway", "node-1"),
+            "2026-11-23T10:00:00.100Z",
+            250.0,
+        );
+        slow.status = Some(503);
+        let fast = access(
+            "node-3",
+            "fibcalc",
+            ("fib", "node-2"),
+            "2026-11-23T10:00:00.090Z",
+            12.5,
+        );
+        return Json(SearchResponse {
+            total: 77,
+            hits: vec![slow, fast],
+            next: None,
+        })
+        .into_response();
+    }
     if q.starts_with("trace_id:") {
         // Newest first, as the indexer answers; the page must sort them.
         let mut line = record(
@@ -190,7 +213,67 @@ async fn fake_tail(
     Sse::new(events)
 }
 
+/// Records the parameters of a call to one of the analytics endpoints, tagged with its
+/// path so [`Harness::last_search`] can tell them from searches.
+fn seen_at(seen: &Seen, path: &str, mut p: HashMap<String, String>) {
+    p.insert("_path".into(), path.into());
+    seen.lock().unwrap().push(p);
+}
+
+async fn fake_fields(
+    State(seen): State<Seen>,
+    Query(p): Query<HashMap<String, String>>,
+) -> Json<serde_json::Value> {
+    seen_at(&seen, "fields", p);
+    Json(json!({"fields": [
+        {"field": "host", "values": [{"value": "node-1", "count": 12}, {"value": "node-2", "count": 3}]},
+        {"field": "level", "values": [{"value": "error", "count": 2}]},
+        {"field": "fields.user", "values": [{"value": "<b>bob</b>", "count": 4}, {"value": 7, "count": 1}]},
+        {"field": "fields.empty", "values": []}
+    ]}))
+}
+
+async fn fake_context(
+    State(seen): State<Seen>,
+    Query(p): Query<HashMap<String, String>>,
+) -> Json<serde_json::Value> {
+    seen_at(&seen, "context", p);
+    let line = |msg: &str, at: &str, offset: u64| {
+        let mut r = record("node-1", "fib", 2, msg, at);
+        r.source = "fib.0f3c1a2b-aaaa-bbbb/stdout".into();
+        r.offset = offset;
+        r
+    };
+    Json(json!({
+        "before": [line("before one", "2026-11-23T10:00:00.100Z", 10), line("before two <i>", "2026-11-23T10:00:00.110Z", 20)],
+        "record": line("the record itself", "2026-11-23T10:00:00.123Z", 30),
+        "after": [line("after one", "2026-11-23T10:00:00.200Z", 40)],
+    }))
+}
+
+async fn fake_latency(
+    State(seen): State<Seen>,
+    Query(p): Query<HashMap<String, String>>,
+) -> Json<serde_json::Value> {
+    seen_at(&seen, "latency", p);
+    Json(json!({"groups": [
+        {"key": "node-2", "count": 40, "avg": 20.5, "p50": 12.0, "p90": 80.0, "p99": 200.0, "max": 250.0},
+        {"key": "node-3", "count": 10, "avg": 5.0, "p50": 4.0, "p90": 9.0, "p99": 100.0, "max": null}
+    ]}))
+}
+
 fn fake_indexer(seen: Seen) -> Router {
+    fake_indexer_without_analytics(seen.clone()).merge(
+        Router::new()
+            .route("/api/v1/fields", get(fake_fields))
+            .route("/api/v1/context", get(fake_context))
+            .route("/api/v1/latency", get(fake_latency))
+            .with_state(seen),
+    )
+}
+
+/// The indexer as it was before `/fields`, `/context` and `/latency` existed.
+fn fake_indexer_without_analytics(seen: Seen) -> Router {
     Router::new()
         .route("/api/v1/search", get(fake_search))
         .route("/api/v1/histogram", get(fake_histogram))
@@ -273,12 +356,19 @@ impl Harness {
     }
 
     fn last_search(&self) -> HashMap<String, String> {
+        self.last_at("search")
+    }
+
+    /// The parameters of the last call to `/api/v1/{path}`.
+    fn last_at(&self, path: &str) -> HashMap<String, String> {
         self.seen
             .lock()
             .unwrap()
-            .last()
+            .iter()
+            .rev()
+            .find(|p| p.get("_path").map(String::as_str).unwrap_or("search") == path)
             .cloned()
-            .expect("a search reached the indexer")
+            .unwrap_or_else(|| panic!("no call to /api/v1/{path} reached the indexer"))
     }
 }
 
@@ -593,7 +683,14 @@ async fn shutdown_ends_open_tail_streams() -> Result<()> {
     // The cluster token goes along on upstream calls.
     let page = reqwest::get(format!("{web}/")).await?;
     assert_eq!(page.status().as_u16(), 200);
-    let last = seen.lock().unwrap().last().cloned().unwrap_or_default();
+    let last = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .rev()
+        .find(|p| !p.contains_key("_path"))
+        .cloned()
+        .unwrap_or_default();
     assert_eq!(last.get("_token").map(String::as_str), Some("secret"));
 
     let mut resp = reqwest::get(format!("{web}/ui/tail-stream?q=app%3Afib")).await?;
@@ -619,5 +716,200 @@ async fn shutdown_ends_open_tail_streams() -> Result<()> {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    Ok(())
+}
+
+#[tokio::test]
+async fn rows_expand_to_every_field_with_include_and_exclude_filters() -> Result<()> {
+    let h = Harness::start().await?;
+    let (status, html) = h.get("/?q=level%3Aerror&range=1h").await?;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    for want in [
+        "<details class=\"rec\">",
+        // The record's fields, each with + and − links that keep the query and range.
+        ">trace_id</th>",
+        "href=\"/?q=level%3Aerror%20host%3Anode-1&#38;range=1h\"",
+        "href=\"/?q=level%3Aerror%20-host%3Anode-1&#38;range=1h\"",
+        &format!("href=\"/?q=level%3Aerror%20trace_id%3A{TRACE_ID}&#38;range=1h\""),
+        // The context link names the record's task and time.
+        "href=\"/context?task=fib.0f3c1a2b-aaaa-bbbb&#38;ts=2026-11-23T10%3A00%3A00.123Z",
+    ] {
+        assert!(html.contains(want), "missing {want:?} in:\n{html}");
+    }
+    // The summary still shows the message escaped.
+    assert!(
+        html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
+        "{html}"
+    );
+    assert!(!html.contains("<script>alert"), "{html}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn sidebar_lists_top_values_as_filter_links() -> Result<()> {
+    let h = Harness::start().await?;
+    let (status, html) = h.get("/?q=app%3Afib").await?;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    let p = h.last_at("fields");
+    assert_eq!(p.get("q").map(String::as_str), Some("app:fib"));
+    assert_eq!(p.get("start").map(String::as_str), Some("now-15m"));
+    assert_eq!(p.get("size").map(String::as_str), Some("10"));
+    for want in [
+        "<aside class=\"side\"",
+        "<h3>fields.user</h3>",
+        // Values from logs are escaped, in text and in links.
+        "&#60;b&#62;bob&#60;/b&#62;",
+        "href=\"/?q=app%3Afib%20fields.user%3A%22%3Cb%3Ebob%3C%2Fb%3E%22&#38;range=15m\"",
+        // Numbers become plain terms.
+        "href=\"/?q=app%3Afib%20-fields.user%3A7&#38;range=15m\"",
+        "href=\"/?q=app%3Afib%20host%3Anode-2&#38;range=15m\"",
+        "<span class=\"n\">12</span>",
+    ] {
+        assert!(html.contains(want), "missing {want:?} in:\n{html}");
+    }
+    assert!(!html.contains("<b>bob"), "{html}");
+    // A field without values is left out rather than shown empty.
+    assert!(!html.contains("fields.empty"), "{html}");
+
+    // An indexer without /api/v1/fields still serves the page, just without a sidebar.
+    let indexer = serve(fake_indexer_without_analytics(Arc::default())).await?;
+    let scheduler = serve(fake_scheduler()).await?;
+    let web = serve(web::router(WebConfig {
+        indexer_url: indexer,
+        scheduler_url: scheduler,
+    }))
+    .await?;
+    let resp = reqwest::get(format!("{web}/?q=app%3Afib")).await?;
+    assert_eq!(resp.status().as_u16(), 200);
+    let html = resp.text().await?;
+    assert!(html.contains("computing fib(10)"), "{html}");
+    assert!(!html.contains("<aside class=\"side\""), "{html}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn histogram_bars_carry_their_bounds_for_drag_to_zoom() -> Result<()> {
+    let h = Harness::start().await?;
+    let (_, html) = h.get("/").await?;
+    assert!(
+        html.contains(
+            "data-start=\"2026-11-23T09:59:00.000Z\" data-end=\"2026-11-23T10:00:00.000Z\""
+        ),
+        "{html}"
+    );
+    let js = h
+        .http
+        .get(format!("{}/static/app.js", h.web))
+        .send()
+        .await?
+        .text()
+        .await?;
+    assert!(
+        js.contains("pointerdown") && js.contains("dataset.start"),
+        "{js}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn context_page_shows_the_tasks_lines_around_the_record() -> Result<()> {
+    let h = Harness::start().await?;
+    let url = "/context?task=fib.0f3c1a2b-aaaa-bbbb&ts=2026-11-23T10%3A00%3A00.123Z&source=fib.0f3c1a2b-aaaa-bbbb%2Fstdout&offset=30";
+    let (status, html) = h.get(url).await?;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    let p = h.last_at("context");
+    assert_eq!(
+        p.get("task").map(String::as_str),
+        Some("fib.0f3c1a2b-aaaa-bbbb")
+    );
+    assert_eq!(
+        p.get("ts").map(String::as_str),
+        Some("2026-11-23T10:00:00.123Z")
+    );
+    assert_eq!(
+        p.get("source").map(String::as_str),
+        Some("fib.0f3c1a2b-aaaa-bbbb/stdout")
+    );
+    assert_eq!(p.get("offset").map(String::as_str), Some("30"));
+    assert_eq!(p.get("n").map(String::as_str), Some("20"));
+
+    // Oldest first, with the record itself marked.
+    let order: Vec<usize> = ["before one", "before two", "the record itself", "after one"]
+        .iter()
+        .map(|m| {
+            html.find(m)
+                .unwrap_or_else(|| panic!("missing {m}:\n{html}"))
+        })
+        .collect();
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "{order:?}");
+    let focus = html.find("id=\"focus\"").context("focused row")?;
+    assert!(focus < order[2] && focus > order[1], "{html}");
+    assert!(html.contains("before two &#60;i&#62;"), "{html}");
+    assert!(
+        html.contains("n=80#focus"),
+        "a link to widen the context:\n{html}"
+    );
+
+    let (status, _) = h.get(&format!("{url}&n=100000")).await?;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, html) = h.get("/context?task=x&ts=yesterday").await?;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(html.contains("invalid ts"), "{html}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn slow_page_lists_the_slowest_calls_and_percentiles_by_host() -> Result<()> {
+    let h = Harness::start().await?;
+    let (status, html) = h.get("/slow?range=1h").await?;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    let p = h.last_search();
+    assert_eq!(p.get("sort").map(String::as_str), Some("latency_desc"));
+    assert_eq!(p.get("q").map(String::as_str), Some("stream:access"));
+    assert_eq!(p.get("start").map(String::as_str), Some("now-1h"));
+    let l = h.last_at("latency");
+    assert_eq!(l.get("by").map(String::as_str), Some("host"));
+    assert_eq!(l.get("q").map(String::as_str), Some("stream:access"));
+
+    let slow = html.find("250 ms").context("slowest call")?;
+    let fast = html.find("12.5 ms").context("faster call")?;
+    assert!(slow < fast, "{html}");
+    for want in [
+        &format!("href=\"/trace/{TRACE_ID}\"") as &str,
+        "gateway @ node-1",
+        "2 of 77",
+        ">node-2</a>",
+        "200 ms",
+        // A group narrows the page to itself.
+        "href=\"/slow?q=host%3Anode-3&#38;by=host&#38;range=1h\"",
+        "st-5xx",
+    ] {
+        assert!(html.contains(want), "missing {want:?} in:\n{html}");
+    }
+
+    let (_, _) = h.get("/slow?q=app%3Afib&by=task").await?;
+    assert_eq!(
+        h.last_at("latency").get("q").map(String::as_str),
+        Some("stream:access AND (app:fib)")
+    );
+    assert_eq!(
+        h.last_at("latency").get("by").map(String::as_str),
+        Some("task")
+    );
+    let (status, _) = h.get("/slow?by=planet").await?;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    Ok(())
+}
+
+#[tokio::test]
+async fn trace_page_shows_the_gap_before_each_hop() -> Result<()> {
+    let h = Harness::start().await?;
+    let (_, html) = h.get(&format!("/trace/{TRACE_ID}")).await?;
+    // The inner hop starts 30 ms after the outer one: that is its gap.
+    assert!(html.contains("<td class=\"gap\">30.0 ms</td>"), "{html}");
+    assert!(
+        html.contains("class=\"gap-bar\" style=\"left: 0.00%; width: 30.00%\""),
+        "{html}"
+    );
     Ok(())
 }

@@ -28,6 +28,9 @@ pub(crate) struct TaskView {
     state_class: &'static str,
     started: String,
     ports: String,
+    /// This instance's own lines, searched and live.
+    logs_href: String,
+    tail_href: String,
 }
 
 pub(crate) struct AppView {
@@ -157,6 +160,11 @@ pub(crate) async fn apps(State(state): State<Arc<AppState>>) -> Result<Response>
 fn task_view(t: &MarathonTask) -> TaskView {
     TaskView {
         id: t.id.clone(),
+        logs_href: search_href("task", &t.id),
+        tail_href: href(
+            &format!("/tail/{}", url_encode(t.app_name())),
+            &[("filter", &field_query("task", &t.id))],
+        ),
         host_href: search_href("host", &t.host),
         host: t.host.clone(),
         state_class: task_state_class(&t.state),

@@ -3,12 +3,14 @@
 //!
 //! Every page is a plain GET whose state is entirely in its URL, so it can be linked,
 //! reloaded and used without JavaScript; the live tail is the one part that needs JS.
-//! Routes stay under `/`, `/tail`, `/trace`, `/apps`, `/hosts`, `/ui/` and `/static/` so
-//! they never clash with the indexer, scheduler or ES routes when the binary merges all
-//! routers onto one listener.
+//! Routes stay under `/`, `/context`, `/slow`, `/tail`, `/trace`, `/apps`, `/hosts`,
+//! `/ui/` and `/static/` so they never clash with the indexer, scheduler or ES routes
+//! when the binary merges all routers onto one listener.
 
 mod cluster;
+mod context;
 mod search;
+mod slow;
 mod tail;
 mod trace;
 
@@ -26,6 +28,8 @@ use crate::AppState;
 pub(crate) fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/", get(search::page))
+        .route("/context", get(context::page))
+        .route("/slow", get(slow::page))
         .route("/tail/{app}", get(tail::page))
         .route("/ui/tail-stream", get(tail::stream))
         .route("/trace/{id}", get(trace::page))

@@ -12,21 +12,25 @@ use std::sync::Arc;
 use askama::Template;
 use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Redirect, Response};
-use chrono::Duration;
+use chrono::{Duration, SecondsFormat};
 use protocol::{HistogramResponse, Level, LogRecord, SearchResponse, Stream};
 use serde::Deserialize;
 
 use super::{render, TimeRange, PRESETS};
-use crate::client::{app_name, SearchQuery};
+use crate::client::{app_name, FieldsResponse, SearchQuery};
 use crate::error::Error;
 use crate::render::{
     format_latency, format_ts, highlight, highlight_terms, href, query_app, rfc3339_ms,
-    set_query_app, short_task, valid_app_name, valid_trace_id, SafeHtml,
+    set_query_app, short_task, tokenize, valid_app_name, valid_trace_id, SafeHtml,
 };
 use crate::{AppState, Page};
 
 /// Hits per page.
 const PAGE_SIZE: u32 = 100;
+/// Values listed per field in the sidebar.
+const SIDEBAR_VALUES: u32 = 10;
+/// Lines shown on each side of a record by its "context" link.
+pub(crate) const CONTEXT_LINES: u32 = 20;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
@@ -58,6 +62,40 @@ pub(crate) struct Bar {
     href: String,
     height: String,
     title: String,
+    /// The bucket's bounds (RFC 3339), for drag-to-zoom across bars.
+    start: String,
+    end: String,
+}
+
+/// One field of an expanded row; `filters` is `None` for fields that make no sense as
+/// a filter (the time, the message, a float latency).
+pub(crate) struct Detail {
+    name: String,
+    value: String,
+    filters: Option<Filters>,
+}
+
+/// Links that add `field:value` to the query, or its exclusion.
+pub(crate) struct Filters {
+    include: String,
+    exclude: String,
+}
+
+/// A field of the sidebar with its top values among the matches.
+pub(crate) struct SideField {
+    name: String,
+    values: Vec<SideValue>,
+    /// Every value seen once (ids, timings): listed folded, as filtering on one of them
+    /// is rarely what the reader wants.
+    distinct: bool,
+}
+
+pub(crate) struct SideValue {
+    value: String,
+    count: u64,
+    filters: Filters,
+    /// The query already requires this value.
+    active: bool,
 }
 
 pub(crate) struct TraceLink {
@@ -90,6 +128,8 @@ pub(crate) struct Row {
     msg: SafeHtml,
     trace: Option<TraceLink>,
     access: Option<Access>,
+    details: Vec<Detail>,
+    context_href: String,
 }
 
 #[derive(Template)]
@@ -111,6 +151,8 @@ struct SearchPage {
     total: u64,
     older: Option<String>,
     paged: bool,
+    fields: Vec<SideField>,
+    slow_href: String,
 }
 
 pub(crate) async fn page(
@@ -177,6 +219,12 @@ pub(crate) async fn page(
         total: 0,
         older: None,
         paged: p.cursor.as_deref().is_some_and(|c| !c.is_empty()),
+        fields: Vec::new(),
+        slow_href: {
+            let mut params = vec![("q", q.as_str())];
+            params.extend(range.params());
+            href("/slow", &params)
+        },
     };
 
     let search_req = SearchQuery {
@@ -185,9 +233,10 @@ pub(crate) async fn page(
         end: range.end.clone(),
         limit: PAGE_SIZE,
         cursor: p.cursor.clone().filter(|c| !c.is_empty()),
+        sort: None,
     };
     let client = &state.client;
-    let (search, histogram, apps) = tokio::join!(
+    let (search, histogram, apps, fields) = tokio::join!(
         async {
             match range_err {
                 Some(e) => Err(e),
@@ -196,6 +245,7 @@ pub(crate) async fn page(
         },
         client.histogram(&q, &range.start, &range.end),
         client.apps(),
+        client.fields(&q, &range.start, &range.end, SIDEBAR_VALUES),
     );
 
     let selected = query_app(&q);
@@ -240,6 +290,13 @@ pub(crate) async fn page(
                     tracing::warn!(error = %e, "histogram for the search page unavailable");
                 }
             }
+            match fields {
+                Ok(f) => page.fields = side_fields(&page.q, &range, f),
+                Err(e) => {
+                    state.metrics.upstream_error(&e);
+                    tracing::warn!(error = %e, "field sidebar for the search page unavailable");
+                }
+            }
             axum::http::StatusCode::OK
         }
         Err(e) => {
@@ -261,7 +318,11 @@ pub(crate) async fn page(
 fn fill_results(page: &mut SearchPage, range: &TimeRange, resp: SearchResponse) {
     let terms = highlight_terms(&page.q);
     page.total = resp.total;
-    page.rows = resp.hits.iter().map(|r| row(r, &terms, range)).collect();
+    page.rows = resp
+        .hits
+        .iter()
+        .map(|r| row(r, &terms, &page.q, range))
+        .collect();
     page.older = resp.next.filter(|n| !n.is_empty()).map(|next| {
         let mut params = vec![("q", page.q.as_str())];
         params.extend(range.params());
@@ -297,6 +358,8 @@ fn fill_histogram(page: &mut SearchPage, h: &HistogramResponse) {
                 href: href("/", &[("q", &page.q), ("start", &start), ("end", &end)]),
                 height: format!("{pct:.1}"),
                 title: format!("{}: {} matches", format_ts(b.ts), b.count),
+                start,
+                end,
             }
         })
         .collect();
@@ -337,7 +400,149 @@ pub(crate) fn status_class(status: Option<u16>) -> &'static str {
     }
 }
 
-fn row(r: &LogRecord, terms: &[String], range: &TimeRange) -> Row {
+/// `query` with `field:value` (or `-field:value` when `exclude`) added as one more
+/// AND-ed term: what a + or − link does. An existing inclusion or exclusion of the same
+/// value is replaced, so flipping a filter never leaves both.
+pub(crate) fn add_filter(query: &str, field: &str, value: &str, exclude: bool) -> String {
+    let term = field_query(field, value);
+    let negated = format!("-{term}");
+    let mut parts: Vec<String> = tokenize(query)
+        .into_iter()
+        .filter(|t| *t != term && *t != negated && *t != format!("NOT {term}"))
+        .collect();
+    parts.push(if exclude { negated } else { term });
+    parts.join(" ")
+}
+
+/// The search page's URL for `query` in `range`.
+fn search_href(query: &str, range: &TimeRange) -> String {
+    let mut params = vec![("q", query)];
+    params.extend(range.params());
+    href("/", &params)
+}
+
+fn filters(query: &str, range: &TimeRange, field: &str, value: &str) -> Filters {
+    Filters {
+        include: search_href(&add_filter(query, field, value, false), range),
+        exclude: search_href(&add_filter(query, field, value, true), range),
+    }
+}
+
+fn side_fields(query: &str, range: &TimeRange, resp: FieldsResponse) -> Vec<SideField> {
+    let tokens = tokenize(query);
+    resp.fields
+        .into_iter()
+        .filter(|f| !f.values.is_empty() && !f.field.is_empty())
+        .map(|f| SideField {
+            distinct: f.values.len() > 3 && f.values.iter().all(|v| v.count <= 1),
+            values: f
+                .values
+                .into_iter()
+                .filter(|v| !v.value.is_empty())
+                .map(|v| SideValue {
+                    active: tokens.contains(&field_query(&f.field, &v.value)),
+                    filters: filters(query, range, &f.field, &v.value),
+                    value: v.value,
+                    count: v.count,
+                })
+                .collect(),
+            name: f.field,
+        })
+        .collect()
+}
+
+/// Every field of `r` as the expanded row lists it.
+fn details(r: &LogRecord, query: &str, range: &TimeRange) -> Vec<Detail> {
+    let mut out = Vec::new();
+    let mut push = |name: &str, value: String, filterable: bool| {
+        if value.is_empty() {
+            return;
+        }
+        out.push(Detail {
+            filters: filterable.then(|| filters(query, range, name, &value)),
+            name: name.to_string(),
+            value,
+        });
+    };
+    push("ts", rfc3339_ms(r.ts), false);
+    push("host", r.host.clone(), true);
+    push("app", r.app.clone(), true);
+    push("task", r.task.clone(), true);
+    push("instance", r.instance.to_string(), true);
+    push("stream", r.stream.as_str().to_string(), true);
+    if let Some(l) = r.level {
+        push("level", l.as_str().to_string(), true);
+    }
+    for (name, v) in [
+        ("trace_id", &r.trace_id),
+        ("span_id", &r.span_id),
+        ("parent_span_id", &r.parent_span_id),
+        ("method", &r.method),
+        ("path", &r.path),
+        ("peer_host", &r.peer_host),
+        ("peer_app", &r.peer_app),
+    ] {
+        if let Some(v) = v {
+            push(name, v.clone(), true);
+        }
+    }
+    if let Some(s) = r.status {
+        push("status", s.to_string(), true);
+    }
+    if let Some(l) = r.latency_ms {
+        // Rounded to the microsecond: the float's full expansion is noise to a reader.
+        push(
+            "latency_ms",
+            format!("{}", (l * 1000.0).round() / 1000.0),
+            false,
+        );
+    }
+    for (k, v) in &r.fields {
+        let (text, scalar) = match v {
+            serde_json::Value::String(s) => (s.clone(), true),
+            serde_json::Value::Number(_) | serde_json::Value::Bool(_) => (v.to_string(), true),
+            other => (other.to_string(), false),
+        };
+        push(&format!("fields.{k}"), text, scalar);
+    }
+    push("source", r.source.clone(), false);
+    push("offset", r.offset.to_string(), false);
+    out
+}
+
+/// The context page for `r`: the lines of its task around it.
+pub(crate) fn context_href(r: &LogRecord) -> String {
+    context_href_n(r, CONTEXT_LINES)
+}
+
+/// [`context_href`] with `n` lines either side (left out of the URL when default).
+///
+/// The time keeps every digit the record has: the indexer finds the record by its
+/// exact time, and a link rounded to milliseconds found nothing for records stamped
+/// with microseconds.
+pub(crate) fn context_href_n(r: &LogRecord, n: u32) -> String {
+    let offset = r.offset.to_string();
+    let n = if n == CONTEXT_LINES {
+        String::new()
+    } else {
+        n.to_string()
+    };
+    href(
+        "/context",
+        &[
+            ("task", r.task.as_str()),
+            (
+                "ts",
+                r.ts.to_rfc3339_opts(SecondsFormat::AutoSi, true).as_str(),
+            ),
+            ("source", r.source.as_str()),
+            ("offset", offset.as_str()),
+            ("n", n.as_str()),
+        ],
+    ) + "#focus"
+}
+
+fn row(r: &LogRecord, terms: &[String], query: &str, range: &TimeRange) -> Row {
     let search = |field: &str, value: &str| {
         let q = field_query(field, value);
         let mut params = vec![("q", q.as_str())];
@@ -381,6 +586,8 @@ fn row(r: &LogRecord, terms: &[String], range: &TimeRange) -> Row {
                 href: format!("/trace/{id}"),
             }),
         access,
+        details: details(r, query, range),
+        context_href: context_href(r),
     }
 }
 
@@ -393,6 +600,94 @@ mod tests {
         assert_eq!(field_query("host", "node-1"), "host:node-1");
         assert_eq!(field_query("host", "a b"), "host:\"a b\"");
         assert_eq!(field_query("x", "a\"b"), "x:\"a\\\"b\"");
+    }
+
+    #[test]
+    fn filters_add_terms_and_flip_exclusions() {
+        assert_eq!(add_filter("", "host", "node-1", false), "host:node-1");
+        assert_eq!(
+            add_filter("app:fib \"timed out\"", "host", "node 1", true),
+            "app:fib \"timed out\" -host:\"node 1\""
+        );
+        // Flipping replaces; adding twice does not duplicate.
+        assert_eq!(
+            add_filter("x -level:info", "level", "info", false),
+            "x level:info"
+        );
+        assert_eq!(
+            add_filter("x level:info", "level", "info", false),
+            "x level:info"
+        );
+    }
+
+    #[test]
+    fn expanded_rows_list_every_field_with_filters_where_they_make_sense() {
+        let meta = protocol::TaskMeta {
+            host: "node-1".into(),
+            app: "fib".into(),
+            task: "fib.1".into(),
+            instance: 2,
+            ports: vec![],
+        };
+        let ts = "2026-11-23T10:00:00Z".parse().unwrap();
+        let mut r = LogRecord::new(ts, &meta, Stream::Stdout, "hello");
+        r.fields.insert("user".into(), serde_json::json!("al ice"));
+        r.fields.insert("n".into(), serde_json::json!(7));
+        r.latency_ms = Some(1.5);
+        r.source = "fib.1/stdout".into();
+        r.offset = 42;
+        let range = TimeRange::from_params(None, None, None).unwrap();
+        let d = details(&r, "app:fib", &range);
+        let names: Vec<&str> = d.iter().map(|d| d.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "ts",
+                "host",
+                "app",
+                "task",
+                "instance",
+                "stream",
+                "latency_ms",
+                "fields.n",
+                "fields.user",
+                "source",
+                "offset"
+            ]
+        );
+        let user = d.iter().find(|d| d.name == "fields.user").unwrap();
+        let f = user.filters.as_ref().unwrap();
+        assert_eq!(
+            f.include,
+            "/?q=app%3Afib%20fields.user%3A%22al%20ice%22&range=15m"
+        );
+        assert_eq!(
+            f.exclude,
+            "/?q=app%3Afib%20-fields.user%3A%22al%20ice%22&range=15m"
+        );
+        assert!(d.iter().find(|d| d.name == "ts").unwrap().filters.is_none());
+        assert_eq!(
+            context_href(&r),
+            "/context?task=fib.1&ts=2026-11-23T10%3A00%3A00Z&source=fib.1%2Fstdout&offset=42#focus"
+        );
+    }
+
+    #[test]
+    fn context_links_keep_microseconds_regression_rounded_ts_found_no_record() {
+        let meta = protocol::TaskMeta {
+            host: "node-1".into(),
+            app: "xss".into(),
+            task: "xss.1".into(),
+            instance: 0,
+            ports: vec![],
+        };
+        let ts = "2026-11-23T10:00:00.123456Z".parse().unwrap();
+        let r = LogRecord::new(ts, &meta, Stream::Stdout, "x");
+        assert!(
+            context_href(&r).contains("ts=2026-11-23T10%3A00%3A00.123456Z"),
+            "{}",
+            context_href(&r)
+        );
     }
 
     #[test]

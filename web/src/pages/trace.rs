@@ -57,6 +57,9 @@ pub(crate) struct Hop {
     latency: String,
     offset: String,
     bar_style: String,
+    /// Idle time before this hop started (see [`gaps`]), empty for the first hop.
+    gap: String,
+    gap_style: Option<String>,
 }
 
 pub(crate) struct Line {
@@ -114,6 +117,26 @@ pub(crate) fn waterfall(spans: &[(f64, f64)]) -> Vec<Bar> {
         .collect()
 }
 
+/// For each span (sorted by start), the idle time before it began: from the latest
+/// earlier event (the end of an earlier hop that had finished by then, or else the start
+/// of an earlier hop still running, i.e. its caller) to its own start. That is the time
+/// the caller spent before making this call: queueing, its own work, or a slow network.
+/// `None` for the first span. Returned as (from, length) in ms.
+pub(crate) fn gaps(spans: &[(f64, f64)]) -> Vec<Option<(f64, f64)>> {
+    spans
+        .iter()
+        .enumerate()
+        .map(|(i, &(start, _))| {
+            let prev = spans[..i]
+                .iter()
+                .map(|&(s, e)| if e <= start { e } else { s })
+                .filter(|t| t.is_finite())
+                .fold(f64::NEG_INFINITY, f64::max);
+            prev.is_finite().then(|| (prev, (start - prev).max(0.0)))
+        })
+        .collect()
+}
+
 /// `x` within `lo..=hi`; NaN (from a nonsensical span) becomes `lo`.
 fn clamp_pct(x: f64, lo: f64, hi: f64) -> f64 {
     if x.is_nan() {
@@ -146,6 +169,7 @@ pub(crate) async fn page(
             end: range.end.clone(),
             limit: TRACE_LIMIT,
             cursor: None,
+            sort: None,
         })
         .await
         .inspect_err(|e| state.metrics.upstream_error(e))?;
@@ -166,6 +190,7 @@ pub(crate) async fn page(
     });
     let spans: Vec<(f64, f64)> = access.iter().map(|r| span_ms(r)).collect();
     let bars = waterfall(&spans);
+    let hop_gaps = gaps(&spans);
     let t0 = spans
         .iter()
         .map(|s| s.0)
@@ -177,12 +202,14 @@ pub(crate) async fn page(
         .chain(records.last().map(|r| span_ms(r).1))
         .fold(f64::NEG_INFINITY, f64::max);
     let offset = |ms: f64| format!("+{}", format_latency((ms - t0).max(0.0)));
+    let axis = (t1 - t0).max(1e-3);
 
     let hops = access
         .iter()
         .zip(&spans)
         .zip(&bars)
-        .map(|((r, &(start, _)), bar)| {
+        .zip(&hop_gaps)
+        .map(|(((r, &(start, _)), bar), gap)| {
             let caller = match (&r.peer_app, &r.peer_host) {
                 (Some(app), Some(host)) => format!("{app} @ {host}"),
                 (Some(app), None) => app.clone(),
@@ -208,6 +235,12 @@ pub(crate) async fn page(
                 latency: r.latency_ms.map(format_latency).unwrap_or_default(),
                 offset: offset(start),
                 bar_style: format!("left: {:.2}%; width: {:.2}%", bar.left, bar.width),
+                gap: gap.map(|(_, len)| format_latency(len)).unwrap_or_default(),
+                gap_style: gap.filter(|(_, len)| *len > 0.0).map(|(from, len)| {
+                    let left = clamp_pct((from - t0) / axis * 100.0, 0.0, 100.0);
+                    let width = clamp_pct(len / axis * 100.0, 0.0, 100.0 - left);
+                    format!("left: {left:.2}%; width: {width:.2}%")
+                }),
             }
         })
         .collect();
@@ -315,7 +348,31 @@ mod tests {
         assert_eq!(s, e);
     }
 
+    #[test]
+    fn gaps_measure_idle_time_since_the_previous_event() {
+        // Outer 0..100; first child 10..40; second child starts 55 after the first ended;
+        // a grandchild 12..30 starts 2 ms into the first child.
+        let spans = [(0.0, 100.0), (10.0, 40.0), (12.0, 30.0), (55.0, 90.0)];
+        let g = gaps(&spans);
+        assert_eq!(g[0], None);
+        assert_eq!(g[1], Some((0.0, 10.0)));
+        assert_eq!(g[2], Some((10.0, 2.0)));
+        // Latest earlier event before 55 is the first child's end at 40.
+        assert_eq!(g[3], Some((40.0, 15.0)));
+    }
+
     proptest! {
+        #[test]
+        fn gaps_are_never_negative(
+            spans in proptest::collection::vec((0.0f64..1e6, 0.0f64..1e5), 1..20)
+        ) {
+            let mut spans: Vec<(f64, f64)> = spans.iter().map(|&(s, l)| (s, s + l)).collect();
+            spans.sort_by(|a, b| a.0.total_cmp(&b.0));
+            for (from, len) in gaps(&spans).into_iter().flatten() {
+                prop_assert!(len >= 0.0 && from.is_finite());
+            }
+        }
+
         #[test]
         fn bars_always_lie_within_the_axis(
             spans in proptest::collection::vec((0.0f64..1e7, 0.0f64..1e6), 1..30)

@@ -1,0 +1,299 @@
+//! The Elasticsearch-compatible subset over a real socket: `_bulk` then `_search`
+//! with the query DSL, sorting, `search_after` and aggregations.
+
+use anyhow::Result;
+use indexer::{router, Indexer, IndexerConfig};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+struct Server {
+    base: String,
+    indexer: Indexer,
+    http: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    async fn start(token: Option<&str>) -> Result<Server> {
+        let dir = tempfile::tempdir()?;
+        let indexer = Indexer::open(IndexerConfig {
+            data_dir: dir.path().to_path_buf(),
+            token: token.map(String::from),
+            max_body_bytes: 1 << 20,
+            writer_memory_bytes: 32 << 20,
+            ..IndexerConfig::default()
+        })?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let base = format!("http://{}", listener.local_addr()?);
+        let app = router(indexer.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Ok(Server {
+            base,
+            indexer,
+            http: reqwest::Client::new(),
+            _dir: dir,
+        })
+    }
+
+    async fn bulk(&self, path: &str, lines: &[Value]) -> Result<(StatusCode, Value)> {
+        let mut body = String::new();
+        for l in lines {
+            body.push_str(&l.to_string());
+            body.push('\n');
+        }
+        let resp = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .header("content-type", "application/x-ndjson")
+            .basic_auth("elastic", Some("s3cret"))
+            .body(body)
+            .send()
+            .await?;
+        Ok((resp.status(), resp.json().await?))
+    }
+
+    async fn search(&self, index: &str, body: Value) -> Result<Value> {
+        let resp = self
+            .http
+            .post(format!("{}/{index}/_search", self.base))
+            .json(&body)
+            .send()
+            .await?;
+        let status = resp.status();
+        let v: Value = resp.json().await?;
+        assert_eq!(status, StatusCode::OK, "{body}: {v}");
+        Ok(v)
+    }
+}
+
+fn doc(i: u64) -> Value {
+    json!({
+        "@timestamp": format!("2025-06-01T10:00:{:02}Z", i),
+        "message": if i.is_multiple_of(5) { format!("request {i} timed out") } else { format!("request {i} ok") },
+        "host": { "name": if i.is_multiple_of(2) { "node-1" } else { "node-2" } },
+        "service": { "name": "fib" },
+        "log": { "level": if i.is_multiple_of(5) { "error" } else { "info" } },
+        "trace": { "id": format!("t{i}") },
+        "latency_ms": i as f64 * 10.0,
+        "user": { "name": if i < 10 { "alice" } else { "bob" } },
+    })
+}
+
+fn msgs(resp: &Value) -> Vec<String> {
+    resp["hits"]["hits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["_source"]["message"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn bulk_dedups_by_id_and_reports_items_in_order() -> Result<()> {
+    let s = Server::start(Some("s3cret")).await?;
+    let mut lines = Vec::new();
+    for i in 0..20 {
+        lines.push(json!({ "index": { "_id": format!("id-{i}") } }));
+        lines.push(doc(i));
+    }
+    let (status, resp) = s.bulk("/logs/_bulk", &lines).await?;
+    assert_eq!(status, StatusCode::OK, "{resp}");
+    assert_eq!(resp["errors"], false, "{resp}");
+    let items = resp["items"].as_array().unwrap();
+    assert_eq!(items.len(), 20);
+    assert_eq!(items[3]["index"]["_id"], "id-3");
+    assert_eq!(items[3]["index"]["status"], 201);
+
+    // Replaying: `index` is a no-op, `create` a conflict, bad items fail alone.
+    let (status, resp) = s
+        .bulk(
+            "/_bulk",
+            &[
+                json!({ "index": { "_index": "logs", "_id": "id-1" } }),
+                doc(1),
+                json!({ "create": { "_index": "logs", "_id": "id-2" } }),
+                doc(2),
+                json!({ "index": { "_index": "logs", "_id": "bad" } }),
+                json!({ "latency_ms": "slow" }),
+                json!({ "create": { "_index": "logs", "_id": "id-new" } }),
+                doc(30),
+            ],
+        )
+        .await?;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(resp["errors"], true);
+    let statuses: Vec<(String, u64)> = resp["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|it| {
+            let (action, r) = it.as_object().unwrap().iter().next().unwrap();
+            (action.clone(), r["status"].as_u64().unwrap())
+        })
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            ("index".into(), 200),
+            ("create".into(), 409),
+            ("index".into(), 400),
+            ("create".into(), 201)
+        ]
+    );
+    assert!(resp["items"][2]["index"]["error"]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("latency_ms"));
+    let health = s.http.get(format!("{}/_cat/health", s.base)).send().await?;
+    assert_eq!(health.status(), StatusCode::OK);
+    assert!(health.text().await?.contains("green"));
+    let all = s.search("logs", json!({ "size": 0 })).await?;
+    assert_eq!(all["hits"]["total"]["value"], 21);
+
+    // Without the token: 401.
+    let resp = s
+        .http
+        .post(format!("{}/_bulk", s.base))
+        .body("{\"index\":{\"_index\":\"x\"}}\n{}\n")
+        .send()
+        .await?;
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    s.indexer.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn search_speaks_the_query_dsl() -> Result<()> {
+    let s = Server::start(None).await?;
+    let mut lines = Vec::new();
+    for i in 0..20 {
+        lines.push(json!({ "index": { "_id": format!("id-{i}") } }));
+        lines.push(doc(i));
+    }
+    let (status, _) = s.bulk("/logs/_bulk", &lines).await?;
+    assert_eq!(status, StatusCode::OK);
+
+    let r = s
+        .search(
+            "logs",
+            json!({ "query": { "bool": {
+                "filter": [
+                    { "term": { "host.name": "node-1" } },
+                    { "range": { "@timestamp": { "gte": "2025-06-01T10:00:05Z", "lt": "2025-06-01T10:00:15Z" } } }
+                ],
+                "must_not": [ { "match": { "message": "timed" } } ]
+            }}}),
+        )
+        .await?;
+    assert_eq!(
+        msgs(&r),
+        [
+            "request 14 ok",
+            "request 12 ok",
+            "request 8 ok",
+            "request 6 ok"
+        ],
+        "newest first by default"
+    );
+    assert_eq!(r["hits"]["hits"][0]["_id"], "id-14");
+    assert_eq!(r["hits"]["hits"][0]["_index"], "logs");
+
+    for (query, expected) in [
+        (json!({ "match_phrase": { "message": "timed out" } }), 4),
+        (json!({ "terms": { "log.level": ["error", "warn"] } }), 4),
+        (json!({ "term": { "trace.id": "t7" } }), 1),
+        (json!({ "term": { "user.name": "alice" } }), 10),
+        (json!({ "range": { "latency_ms": { "gt": 150 } } }), 4),
+        (json!({ "exists": { "field": "trace.id" } }), 20),
+        (
+            json!({ "query_string": { "query": "service.name:fib AND log.level:error" } }),
+            4,
+        ),
+        (
+            json!({ "bool": { "should": [ { "term": { "trace.id": "t1" } }, { "term": { "trace.id": "t2" } } ] } }),
+            2,
+        ),
+        (json!({ "match_all": {} }), 20),
+    ] {
+        let r = s
+            .search("logs", json!({ "query": query, "size": 0 }))
+            .await?;
+        assert_eq!(r["hits"]["total"]["value"], expected, "{query}");
+    }
+    // Another index name selects nothing; wildcards select everything.
+    let r = s.search("other", json!({})).await?;
+    assert_eq!(r["hits"]["total"]["value"], 0);
+    let r = s.search("log*", json!({})).await?;
+    assert_eq!(r["hits"]["total"]["value"], 20);
+
+    // Oldest first with search_after, page by page.
+    let mut seen = Vec::new();
+    let mut after: Option<Value> = None;
+    loop {
+        let mut body = json!({ "size": 6, "sort": [ { "@timestamp": { "order": "asc" } } ] });
+        if let Some(a) = &after {
+            body["search_after"] = a.clone();
+        }
+        let r = s.search("logs", body).await?;
+        let hits = r["hits"]["hits"].as_array().unwrap().clone();
+        if hits.is_empty() {
+            break;
+        }
+        seen.extend(msgs(&r));
+        after = Some(hits.last().unwrap()["sort"].clone());
+    }
+    assert_eq!(seen.len(), 20);
+    assert_eq!(seen[0], "request 0 timed out");
+    assert_eq!(seen[19], "request 19 ok");
+
+    // A bad query is a 400 that says why.
+    let resp = s
+        .http
+        .post(format!("{}/logs/_search", s.base))
+        .json(&json!({ "query": { "fuzzy": { "message": "x" } } }))
+        .send()
+        .await?;
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    assert!(resp.text().await?.contains("fuzzy"));
+    s.indexer.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn aggregations_match_the_data() -> Result<()> {
+    let s = Server::start(None).await?;
+    let mut lines = Vec::new();
+    for i in 0..20 {
+        lines.push(json!({ "index": {} }));
+        lines.push(doc(i));
+    }
+    s.bulk("/logs/_bulk", &lines).await?;
+    let r = s
+        .search(
+            "logs",
+            json!({
+                "size": 0,
+                "query": { "query_string": { "query": "*" } },
+                "aggs": {
+                    "per_10s": { "date_histogram": { "field": "@timestamp", "fixed_interval": "10s" } },
+                    "hosts": { "terms": { "field": "host.name", "size": 1 } },
+                    "lat": { "percentiles": { "field": "latency_ms", "percents": [50, 99] } },
+                    "avg_lat": { "avg": { "field": "latency_ms" } }
+                }
+            }),
+        )
+        .await?;
+    let aggs = &r["aggregations"];
+    let buckets = aggs["per_10s"]["buckets"].as_array().unwrap();
+    assert_eq!(buckets.len(), 2, "{aggs}");
+    assert_eq!(buckets[0]["doc_count"], 10);
+    assert_eq!(buckets[0]["key_as_string"], "2025-06-01T10:00:00.000Z");
+    assert_eq!(aggs["hosts"]["buckets"].as_array().unwrap().len(), 1);
+    assert_eq!(aggs["hosts"]["buckets"][0]["doc_count"], 10);
+    assert_eq!(aggs["hosts"]["sum_other_doc_count"], 10);
+    assert_eq!(aggs["lat"]["values"]["50.0"], 90.0);
+    assert_eq!(aggs["lat"]["values"]["99.0"], 190.0);
+    assert_eq!(aggs["avg_lat"]["value"], 95.0);
+    s.indexer.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,377 @@
+//! The read endpoints the web UI builds on (`/api/v1/fields`, `/context`, `/latency`,
+//! `sort=latency_desc`, `highlight=true`), over a real socket on 127.0.0.1:0.
+
+use anyhow::Result;
+use chrono::{DateTime, Duration, Utc};
+use flate2::write::GzEncoder;
+use flate2::Compression;
+use indexer::{router, Indexer, IndexerConfig};
+use protocol::{Level, LogRecord, Stream, TaskMeta};
+use reqwest::StatusCode;
+use serde_json::Value;
+use std::io::Write;
+
+struct Server {
+    base: String,
+    indexer: Indexer,
+    http: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    async fn start() -> Result<Server> {
+        let dir = tempfile::tempdir()?;
+        let indexer = Indexer::open(IndexerConfig {
+            data_dir: dir.path().to_path_buf(),
+            token: None,
+            max_body_bytes: 1 << 20,
+            writer_memory_bytes: 32 << 20,
+            ..IndexerConfig::default()
+        })?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let base = format!("http://{}", listener.local_addr()?);
+        let app = router(indexer.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Ok(Server {
+            base,
+            indexer,
+            http: reqwest::Client::new(),
+            _dir: dir,
+        })
+    }
+
+    async fn ingest(&self, records: &[LogRecord]) -> Result<()> {
+        let mut e = GzEncoder::new(Vec::new(), Compression::fast());
+        e.write_all(&protocol::encode_ndjson(records))?;
+        let resp = self
+            .http
+            .post(format!("{}/api/v1/ingest", self.base))
+            .body(e.finish()?)
+            .send()
+            .await?;
+        assert_eq!(resp.status(), StatusCode::OK, "{:?}", resp.text().await);
+        Ok(())
+    }
+
+    async fn get(&self, path: &str, query: &[(&str, &str)]) -> Result<(StatusCode, Value)> {
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .query(query)
+            .send()
+            .await?;
+        Ok((resp.status(), resp.json().await?))
+    }
+
+    async fn ok(&self, path: &str, query: &[(&str, &str)]) -> Result<Value> {
+        let (status, body) = self.get(path, query).await?;
+        assert_eq!(status, StatusCode::OK, "{path} {query:?}: {body}");
+        Ok(body)
+    }
+}
+
+fn base_ts() -> DateTime<Utc> {
+    "2025-06-01T10:00:00Z".parse().unwrap()
+}
+
+/// 40 records: hosts node-1 (30) and node-2 (10), apps fib/web, latencies on the
+/// fib ones, `fields.user` on every other record, all in two tasks.
+fn corpus() -> Vec<LogRecord> {
+    (0..40u64)
+        .map(|i| {
+            let host = if i % 4 == 0 { "node-2" } else { "node-1" };
+            let app = if i % 2 == 0 { "fib" } else { "web" };
+            let meta = TaskMeta {
+                host: host.into(),
+                app: app.into(),
+                task: format!("{app}.1"),
+                instance: 1,
+                ports: vec![],
+            };
+            let msg = if i % 10 == 0 {
+                format!("GET /fib/{i} timed out after retry")
+            } else {
+                format!("GET /fib/{i} ok")
+            };
+            let mut r = LogRecord::new(
+                base_ts() + Duration::seconds(i as i64),
+                &meta,
+                Stream::Stdout,
+                msg,
+            );
+            r.source = format!("{app}.log");
+            r.offset = i + 1;
+            if app == "fib" {
+                r.latency_ms = Some(i as f64);
+            }
+            if i % 2 == 1 {
+                r.fields.insert(
+                    "user".into(),
+                    serde_json::json!(if i % 3 == 0 { "alice" } else { "bob" }),
+                );
+            }
+            r.level = Some(if i % 10 == 0 {
+                Level::Error
+            } else {
+                Level::Info
+            });
+            r
+        })
+        .collect()
+}
+
+fn values_of<'a>(body: &'a Value, field: &str) -> Vec<(&'a str, u64)> {
+    body["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["field"] == field)
+        .unwrap_or_else(|| panic!("no {field} in {body}"))["values"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| (v["value"].as_str().unwrap(), v["count"].as_u64().unwrap()))
+        .collect()
+}
+
+#[tokio::test]
+async fn fields_gives_top_values_within_the_query() -> Result<()> {
+    let s = Server::start().await?;
+    s.ingest(&corpus()).await?;
+    let all = s
+        .ok("/api/v1/fields", &[("start", "2025-06-01T00:00:00Z")])
+        .await?;
+    let names: Vec<&str> = all["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["host", "app", "level", "stream", "fields.user"]);
+    assert_eq!(values_of(&all, "host"), [("node-1", 30), ("node-2", 10)]);
+    assert_eq!(values_of(&all, "app"), [("fib", 20), ("web", 20)]);
+    assert_eq!(values_of(&all, "level"), [("info", 36), ("error", 4)]);
+    assert_eq!(values_of(&all, "fields.user"), [("bob", 13), ("alice", 7)]);
+
+    // Within the query, and cut to `size`.
+    let fib = s
+        .ok("/api/v1/fields", &[("q", "app:fib"), ("size", "1")])
+        .await?;
+    assert_eq!(values_of(&fib, "host"), [("node-1", 10)]);
+    assert_eq!(values_of(&fib, "app"), [("fib", 20)]);
+    assert_eq!(
+        fib["fields"].as_array().unwrap().len(),
+        4,
+        "fib has no fields.*"
+    );
+
+    let (status, body) = s.get("/api/v1/fields", &[("size", "lots")]).await?;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body["error"].as_str().unwrap().contains("lots"), "{body}");
+    s.indexer.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn context_returns_neighbours_within_the_task_oldest_first() -> Result<()> {
+    let s = Server::start().await?;
+    let records = corpus();
+    s.ingest(&records).await?;
+    // fib.1 holds the even records 0, 2, .., 38; take record 20.
+    let r = &records[20];
+    let ts = r.ts.to_rfc3339();
+    let offset = r.offset.to_string();
+    let body = s
+        .ok(
+            "/api/v1/context",
+            &[
+                ("task", "fib.1"),
+                ("ts", &ts),
+                ("source", "fib.log"),
+                ("offset", &offset),
+                ("n", "3"),
+            ],
+        )
+        .await?;
+    let msgs = |key: &str| -> Vec<String> {
+        body[key]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h["msg"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(
+        msgs("before"),
+        ["GET /fib/14 ok", "GET /fib/16 ok", "GET /fib/18 ok"]
+    );
+    assert_eq!(body["record"]["msg"], "GET /fib/20 timed out after retry");
+    assert_eq!(
+        msgs("after"),
+        ["GET /fib/22 ok", "GET /fib/24 ok", "GET /fib/26 ok"]
+    );
+
+    // At the edge of the task: nothing before the first record.
+    let first = records[0].ts.to_rfc3339();
+    let body = s
+        .ok(
+            "/api/v1/context",
+            &[
+                ("task", "fib.1"),
+                ("ts", &first),
+                ("source", "fib.log"),
+                ("offset", "1"),
+            ],
+        )
+        .await?;
+    assert_eq!(body["before"].as_array().unwrap().len(), 0);
+    assert_eq!(
+        body["after"].as_array().unwrap().len(),
+        10,
+        "n defaults to 10"
+    );
+
+    // A record that does not exist: null, neighbours still found by position.
+    let body = s
+        .ok(
+            "/api/v1/context",
+            &[
+                ("task", "fib.1"),
+                ("ts", &ts),
+                ("offset", "999"),
+                ("n", "1"),
+            ],
+        )
+        .await?;
+    assert!(body["record"].is_null(), "{body}");
+    assert_eq!(
+        body["before"][0]["msg"],
+        "GET /fib/20 timed out after retry"
+    );
+
+    let (status, _) = s.get("/api/v1/context", &[("ts", &ts)]).await?;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "task is required");
+    s.indexer.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn latency_groups_by_host_with_percentiles() -> Result<()> {
+    let s = Server::start().await?;
+    s.ingest(&corpus()).await?;
+    let body = s.ok("/api/v1/latency", &[("by", "host")]).await?;
+    let groups = body["groups"].as_array().unwrap();
+    // fib records (even i): node-2 when i % 4 == 0 (0, 4, .., 36), node-1 otherwise.
+    assert_eq!(groups.len(), 2, "{body}");
+    assert_eq!(groups[0]["key"], "node-1");
+    assert_eq!(groups[0]["count"], 10);
+    assert_eq!(groups[1]["key"], "node-2");
+    assert_eq!(groups[1]["count"], 10);
+    assert_eq!(groups[1]["max"], 36.0);
+    assert_eq!(groups[1]["avg"], 18.0);
+    assert_eq!(groups[1]["p50"], 16.0);
+    assert_eq!(groups[1]["p99"], 36.0);
+
+    let by_app = s
+        .ok("/api/v1/latency", &[("by", "app"), ("q", "level:error")])
+        .await?;
+    assert_eq!(by_app["groups"][0]["key"], "fib");
+    assert_eq!(by_app["groups"][0]["count"], 4, "0, 10, 20, 30");
+    assert_eq!(
+        by_app["groups"].as_array().unwrap().len(),
+        1,
+        "web has no latency"
+    );
+
+    let (status, body) = s.get("/api/v1/latency", &[("by", "zone")]).await?;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body["error"].as_str().unwrap().contains("zone"));
+    s.indexer.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn latency_sort_pages_slowest_first() -> Result<()> {
+    let s = Server::start().await?;
+    s.ingest(&corpus()).await?;
+    let mut seen = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let page = s
+            .ok(
+                "/api/v1/search",
+                &[
+                    ("sort", "latency_desc"),
+                    ("limit", "3"),
+                    ("cursor", &cursor),
+                ],
+            )
+            .await?;
+        assert_eq!(page["total"], 20, "only records with a latency");
+        seen.extend(
+            page["hits"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|h| h["latency_ms"].as_f64().unwrap()),
+        );
+        match page["next"].as_str() {
+            Some(n) => cursor = n.to_string(),
+            None => break,
+        }
+    }
+    let expected: Vec<f64> = (0..20).rev().map(|i| f64::from(i * 2)).collect();
+    assert_eq!(seen, expected);
+    // Default stays newest first.
+    let page = s.ok("/api/v1/search", &[("limit", "1")]).await?;
+    assert_eq!(page["hits"][0]["msg"], "GET /fib/39 ok");
+    let (status, _) = s.get("/api/v1/search", &[("sort", "oldest")]).await?;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    s.indexer.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn highlight_gives_byte_ranges_of_matched_terms() -> Result<()> {
+    let s = Server::start().await?;
+    s.ingest(&corpus()).await?;
+    let body = s
+        .ok(
+            "/api/v1/search",
+            &[
+                ("q", "\"timed out\" OR retry"),
+                ("highlight", "true"),
+                ("limit", "2"),
+            ],
+        )
+        .await?;
+    let hits = body["hits"].as_array().unwrap();
+    let highlights = body["highlights"].as_array().unwrap();
+    assert_eq!(hits.len(), 2);
+    assert_eq!(highlights.len(), hits.len(), "parallel to hits");
+    for (hit, ranges) in hits.iter().zip(highlights) {
+        let msg = hit["msg"].as_str().unwrap();
+        let words: Vec<&str> = ranges
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                let (a, b) = (r[0].as_u64().unwrap(), r[1].as_u64().unwrap());
+                &msg[a as usize..b as usize]
+            })
+            .collect();
+        assert_eq!(words, ["timed", "out", "retry"], "{msg}");
+    }
+    // Case-insensitive like the index, and absent unless asked.
+    let body = s
+        .ok(
+            "/api/v1/search",
+            &[("q", "GET app:fib"), ("highlight", "1"), ("limit", "1")],
+        )
+        .await?;
+    assert_eq!(body["highlights"][0], serde_json::json!([[0, 3]]));
+    let body = s.ok("/api/v1/search", &[("q", "retry")]).await?;
+    assert!(body.get("highlights").is_none());
+    s.indexer.shutdown().await;
+    Ok(())
+}

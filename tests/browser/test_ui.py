@@ -1,0 +1,482 @@
+"""Browser tests of the web UI: the real `sandtrail up` driven by headless Chromium.
+
+They use the UI as a person would (type a query, zoom the histogram, open a row and
+add a filter, watch the live tail, follow a trace) against the whole pipeline: the demo
+app's lines go through the shipper and the indexer before they reach the page. Every
+page is also photographed at 1280 and 390 px wide (and the search page in the dark
+theme) into target/screenshots/.
+
+Run from the repository root after `cargo build`:  python3 -m unittest discover -s tests/browser -v
+Needs Debian's `chromium` and `chromium-driver`, and selenium (pip).
+"""
+
+import gzip
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+import unittest
+import urllib.parse
+import urllib.request
+from datetime import datetime, timezone
+
+from selenium import webdriver
+from selenium.common.exceptions import NoAlertPresentException, StaleElementReferenceException
+from selenium.webdriver.common.action_chains import ActionChains
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.support.ui import WebDriverWait
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BINARY = os.environ.get("SANDTRAIL_BIN", os.path.join(ROOT, "target", "debug", "sandtrail"))
+SHOTS = os.path.join(ROOT, "target", "screenshots")
+WAIT = 60  # seconds any one condition may take on a slow CI machine
+
+# What an attacker might log; it must come out as visible text, never as markup.
+EVIL_MSG = '<script>window.__pwned=1;alert("xss")</script> &amp; &lt;b&gt; <img src=x onerror="window.__pwned=2">'
+EVIL_FIELD = '<b onmouseover="window.__pwned=3">bold</b> &quot;'
+
+
+def wait_for(what, fn, timeout=WAIT, interval=0.25):
+    """Polls fn until it returns something truthy, failing with `what` at the deadline."""
+    deadline = time.monotonic() + timeout
+    last_err = None
+    while time.monotonic() < deadline:
+        try:
+            v = fn()
+            if v:
+                return v
+        except (StaleElementReferenceException, OSError) as e:  # page changed under us, server busy
+            last_err = e
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last error: {last_err})")
+
+
+class Cluster:
+    """`sandtrail up` in a temporary directory, with its URLs read from its output."""
+
+    def __init__(self):
+        self.dir = tempfile.mkdtemp(prefix="sandtrail-browser-")
+        self.stderr = open(os.path.join(self.dir, "stderr.log"), "w")
+        self.proc = subprocess.Popen(
+            [BINARY, "up", "--data-dir", self.dir, "--listen", "127.0.0.1:0",
+             "--router-listen", "127.0.0.1:0"],
+            stdout=subprocess.PIPE, stderr=self.stderr, text=True, cwd=ROOT,
+        )
+        self.web = self.router = None
+        self.deployed = threading.Event()
+        ready = threading.Event()
+
+        def read():
+            for line in self.proc.stdout:
+                line = line.strip()
+                if line.startswith("web UI:"):
+                    self.web = line.split()[-1].rstrip("/")
+                elif line.startswith("router:"):
+                    self.router = line.split()[1].rstrip("/")
+                    ready.set()
+                elif line.startswith("demo app fib deployed"):
+                    self.deployed.set()
+            ready.set()
+
+        threading.Thread(target=read, daemon=True).start()
+        if not ready.wait(WAIT) or not (self.web and self.router):
+            self.stop()
+            raise RuntimeError(f"sandtrail up printed no URLs; see {self.dir}/stderr.log")
+        with open(os.path.join(self.dir, "token")) as f:
+            self.token = f.read().strip()
+
+    def get(self, url, timeout=15):
+        req = urllib.request.Request(url, headers={"x-sandtrail-token": self.token})
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, resp.read().decode()
+
+    def api(self, path, **params):
+        _, body = self.get(f"{self.web}{path}?{urllib.parse.urlencode(params)}")
+        return json.loads(body)
+
+    def call_fib(self, n=8):
+        status, body = self.get(f"{self.router}/fib/{n}", timeout=30)
+        return status == 200 and body.strip()
+
+    def ingest(self, records):
+        body = gzip.compress("".join(json.dumps(r) + "\n" for r in records).encode())
+        req = urllib.request.Request(
+            f"{self.web}/api/v1/ingest", data=body, method="POST",
+            headers={"x-sandtrail-token": self.token, "content-encoding": "gzip",
+                     "content-type": "application/x-ndjson"},
+        )
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return json.loads(resp.read())
+
+    def running_fib_tasks(self):
+        _, body = self.get(f"{self.web}/v2/tasks")
+        tasks = json.loads(body)
+        tasks = tasks.get("tasks", tasks) if isinstance(tasks, dict) else tasks
+        return [t for t in tasks if t.get("appId", "").strip("/") == "fib"
+                and t.get("state") == "TASK_RUNNING"]
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc.stdout.close()
+        self.stderr.close()
+        if os.environ.get("SANDTRAIL_KEEP_BROWSER_DATA"):
+            print(f"sandtrail data and log kept in {self.dir}")
+        else:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def new_driver():
+    opts = webdriver.ChromeOptions()
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                "--window-size=1280,900", "--hide-scrollbars"):
+        opts.add_argument(arg)
+    binary = shutil.which("chromium") or shutil.which("chromium-browser")
+    if binary:
+        opts.binary_location = binary
+    driver_path = shutil.which("chromedriver")
+    service = webdriver.ChromeService(executable_path=driver_path) if driver_path else None
+    return webdriver.Chrome(options=opts, service=service)
+
+
+class BrowserTest(unittest.TestCase):
+    """One cluster and one browser for all tests: starting either costs seconds."""
+
+    @classmethod
+    def setUpClass(cls):
+        os.makedirs(SHOTS, exist_ok=True)
+        cls.cluster = Cluster()
+        try:
+            c = cls.cluster
+            wait_for("the demo app to deploy", c.deployed.is_set, timeout=WAIT * 2)
+            wait_for("fib to answer through the router", lambda: c.call_fib(8), timeout=WAIT * 2)
+            for _ in range(3):
+                c.call_fib(8)
+            wait_for("fib's access and app lines to be searchable",
+                     lambda: c.api("/api/v1/search", q="app:fib stream:access", limit=1)["total"] > 0
+                     and c.api("/api/v1/search", q="app:fib -stream:access", limit=1)["total"] > 0)
+            cls.driver = new_driver()
+        except BaseException:
+            cls.cluster.stop()
+            raise
+
+    @classmethod
+    def tearDownClass(cls):
+        if getattr(cls, "driver", None):
+            cls.driver.quit()
+        cls.cluster.stop()
+
+    # -- helpers --------------------------------------------------------------------
+
+    def open(self, path):
+        self.driver.get(self.cluster.web + path)
+
+    def q(self, css):
+        return self.driver.find_elements(By.CSS_SELECTOR, css)
+
+    def url_params(self):
+        return urllib.parse.parse_qs(urllib.parse.urlparse(self.driver.current_url).query)
+
+    def shoot(self, name, dark=False):
+        """Saves the page at 1280 and 390 px wide, first screen and full height (up to
+        2400 px), then restores the window."""
+        d = self.driver
+        if dark:
+            d.execute_cdp_cmd("Emulation.setEmulatedMedia",
+                              {"features": [{"name": "prefers-color-scheme", "value": "dark"}]})
+        try:
+            suffix = "-dark" if dark else ""
+            for width, fold in ((1280, 860), (390, 844)):
+                d.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                                  {"width": width, "height": fold, "deviceScaleFactor": 1,
+                                   "mobile": width < 600})
+                # What a reader sees first (the README shows these), then the whole page.
+                d.save_screenshot(os.path.join(SHOTS, f"{name}{suffix}-{width}-fold.png"))
+                height = d.execute_script(
+                    "return Math.min(Math.max(document.documentElement.scrollHeight, 600), 2400)")
+                d.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                                  {"width": width, "height": height, "deviceScaleFactor": 1,
+                                   "mobile": width < 600})
+                # Nothing may stick out sideways at phone width but scrollable tables.
+                if width == 390:
+                    overflow = d.execute_script(
+                        "return document.documentElement.scrollWidth - window.innerWidth")
+                    self.assertLessEqual(overflow, 1, f"{name}: the page scrolls sideways at 390 px")
+                d.save_screenshot(os.path.join(SHOTS, f"{name}{suffix}-{width}.png"))
+        finally:
+            d.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+            if dark:
+                d.execute_cdp_cmd("Emulation.setEmulatedMedia", {"features": []})
+
+    def search(self, query):
+        self.open("/")
+        box = self.driver.find_element(By.ID, "q")
+        box.clear()
+        box.send_keys(query, Keys.ENTER)
+        wait_for(f"results for {query!r}",
+                 lambda: self.url_params().get("q") == [query] and self.q("div.summary"))
+
+    def rows(self):
+        return self.q("table.hits > tbody > tr")
+
+    # -- the three jobs ------------------------------------------------------------
+
+    def test_01_search_type_a_query_and_see_rows(self):
+        self.open("/")
+        # "/" focuses the query box from anywhere on the page.
+        self.driver.find_element(By.TAG_NAME, "body").send_keys("/")
+        self.assertEqual(self.driver.switch_to.active_element.get_attribute("id"), "q")
+        self.search("app:fib")
+        rows = wait_for("rows", self.rows)
+        self.assertTrue(all(r.find_element(By.CSS_SELECTOR, "td.app").text == "fib" for r in rows))
+        count = self.driver.find_element(By.CSS_SELECTOR, ".summary .count").text
+        self.assertRegex(count, r"^\d+ of \d+")
+        self.assertTrue(self.q("aside.side h3"), "the field sidebar is shown")
+        sidebar = [h.text for h in self.q("aside.side h3")]
+        for field in ("host", "app", "level", "stream"):
+            self.assertIn(field, sidebar)
+        self.shoot("search")
+        self.shoot("search", dark=True)
+
+    def test_02_zoom_the_histogram_by_drag_and_back_undoes_it(self):
+        self.search("app:fib")
+        bars = wait_for("histogram bars", lambda: self.q("#hist-bars a.bar"))
+        self.assertGreater(len(bars), 2)
+        before = self.driver.current_url
+        # Drag from a few bars before the newest bucket with matches to that bucket.
+        filled = [i for i, b in enumerate(bars)
+                  if b.find_element(By.TAG_NAME, "span").get_attribute("style") != "height: 0.0%;"]
+        self.assertTrue(filled, "some bar has matches")
+        first, last = bars[max(0, filled[-1] - 3)], bars[filled[-1]]
+        self.assertIsNot(first, last)
+        want = (first.get_attribute("data-start"), last.get_attribute("data-end"))
+        ActionChains(self.driver).move_to_element(first).click_and_hold() \
+            .move_by_offset(3, 0).move_to_element(last).release().perform()
+        wait_for("the zoomed URL", lambda: "start" in self.url_params())
+        p = self.url_params()
+        # The zoom spans from the first dragged bar's start to the last one's end.
+        self.assertEqual((p["start"][0], p["end"][0]), want)
+        self.assertEqual(p["q"], ["app:fib"])
+        self.assertNotIn("range", p)
+        start = datetime.fromisoformat(p["start"][0].replace("Z", "+00:00"))
+        end = datetime.fromisoformat(p["end"][0].replace("Z", "+00:00"))
+        self.assertLess(start, end)
+        wait_for("rows in the zoomed range", self.rows)
+        self.shoot("search-zoomed")
+        self.driver.back()
+        wait_for("Back to undo the zoom", lambda: self.driver.current_url == before)
+        # A plain click on one bar zooms to that bucket (works without JS too).
+        bars = wait_for("histogram bars", lambda: self.q("#hist-bars a.bar"))
+        want_start = bars[-1].get_attribute("data-start")
+        bars[-1].click()
+        wait_for("the one-bucket zoom", lambda: self.url_params().get("start") == [want_start])
+
+    def test_03_open_a_row_and_add_a_filter(self):
+        self.search("app:fib")
+        row = wait_for("rows", self.rows)[0]
+        host = row.find_element(By.CSS_SELECTOR, "td.host").text
+        # By keyboard: the row's summary takes focus and Enter opens it.
+        row.find_element(By.CSS_SELECTOR, "details.rec > summary").send_keys(Keys.ENTER)
+        fields = wait_for("the expanded fields",
+                          lambda: [f for f in row.find_elements(By.CSS_SELECTOR, "table.rec-fields tr")
+                                   if f.is_displayed()])
+        names = [f.find_element(By.TAG_NAME, "th").text for f in fields]
+        for name in ("ts", "host", "app", "task", "instance", "stream"):
+            self.assertIn(name, names)
+        self.shoot("search-row")
+        host_row = fields[names.index("host")]
+        host_row.find_element(By.CSS_SELECTOR, "a.inc").send_keys(Keys.ENTER)
+        wait_for("the include filter in the query",
+                 lambda: self.url_params().get("q") == [f"app:fib host:{host}"])
+        rows = wait_for("filtered rows", self.rows)
+        self.assertTrue(all(r.find_element(By.CSS_SELECTOR, "td.host").text == host for r in rows))
+        self.assertEqual(self.driver.find_element(By.ID, "q").get_attribute("value"),
+                         f"app:fib host:{host}")
+        # Exclude from the sidebar: that host disappears.
+        self.search("app:fib")
+        exclude = wait_for("a sidebar exclude link for the host",
+                           lambda: [a for a in self.q("aside.side a.exc")
+                                    if a.get_attribute("aria-label") == f"filter out host {host}"])
+        self.driver.execute_script("arguments[0].scrollIntoView()", exclude[0])
+        exclude[0].click()
+        wait_for("the exclusion in the query",
+                 lambda: self.url_params().get("q") == [f"app:fib -host:{host}"])
+        for r in self.rows():
+            self.assertNotEqual(r.find_element(By.CSS_SELECTOR, "td.host").text, host)
+
+    def test_04_context_shows_the_same_tasks_lines(self):
+        self.search("app:fib -stream:access")
+        row = wait_for("rows", self.rows)[len(self.rows()) // 2]
+        task = row.find_element(By.CSS_SELECTOR, "td.task a").get_attribute("title")
+        msg = row.find_element(By.CSS_SELECTOR, "span.text").text
+        row.find_element(By.CSS_SELECTOR, "details.rec > summary").click()
+        link = wait_for("the context link",
+                        lambda: [a for a in row.find_elements(By.CSS_SELECTOR, "a.context") if a.is_displayed()])
+        link[0].click()
+        focus = wait_for("the focused record", lambda: self.q("tr#focus"))
+        self.assertEqual(focus[0].find_element(By.CSS_SELECTOR, "span.text").text, msg)
+        self.assertIn(task, self.driver.find_element(By.TAG_NAME, "h1").text)
+        self.assertGreater(len(self.q("table.ctx tbody tr")), 1, "lines around the record")
+        self.shoot("context")
+
+    def test_05_tail_receives_a_line_from_each_instance(self):
+        tasks = self.cluster.running_fib_tasks()
+        self.assertGreaterEqual(len(tasks), 2, tasks)
+        self.open("/tail/fib")
+        wait_for("the tail to go live",
+                 lambda: self.driver.find_element(By.ID, "tail-status").text == "live")
+        seen = set()
+
+        def prefixes():
+            for p in self.q("#tail-lines .line .prefix"):
+                seen.add(p.text)
+            return seen
+
+        # Traffic while the page is open: fib(8) fans out over every instance.
+        deadline = time.monotonic() + WAIT
+        while time.monotonic() < deadline:
+            self.cluster.call_fib(8)
+            got = prefixes()
+            want_hosts = {t["host"] for t in tasks}
+            if len(got) >= len(tasks) and want_hosts <= {p.split("/")[0] for p in got}:
+                break
+            time.sleep(0.5)
+        self.assertGreaterEqual(len(seen), len(tasks), f"tail showed only {sorted(seen)} for {len(tasks)} instances")
+        # Interleaved in time order, whichever shipper delivered first.
+        keys = [l.get_attribute("data-key") for l in self.q("#tail-lines .line")]
+        self.assertEqual(keys, sorted(keys), "tail lines are in time order")
+        # Each task (instance) has its own colour, never shared with another.
+        colour = {}
+        for line in self.q("#tail-lines .line"):
+            task = line.get_attribute("data-task")
+            cls = line.find_element(By.CSS_SELECTOR, ".prefix").get_attribute("class")
+            self.assertEqual(colour.setdefault(task, cls), cls, f"task {task} changed colour")
+        self.assertGreaterEqual(len(colour), len(tasks), colour)
+        self.assertEqual(len(set(colour.values())), len(colour), f"replicas share a colour: {colour}")
+        self.shoot("tail")
+
+    def test_06_open_a_trace_from_a_row_and_see_every_hop_host(self):
+        self.search("app:fib stream:access")
+        link = wait_for("a trace link", lambda: self.q("table.hits td.msg summary a.trace"))[0]
+        trace_id = link.get_attribute("href").rsplit("/", 1)[-1]
+        link.click()
+        hops = wait_for("the hops", lambda: self.q("table.waterfall tbody tr"))
+        api = self.cluster.api("/api/v1/search", q=f"trace_id:{trace_id} AND stream:access",
+                               start="now-1h", limit=1000)
+        self.assertEqual(len(hops), len(api["hits"]))
+        shown = sorted(h.find_element(By.CSS_SELECTOR, "td.served a.host").text for h in hops)
+        self.assertEqual(shown, sorted(r["host"] for r in api["hits"]))
+        self.assertTrue(all(shown))
+        self.assertGreater(len(hops), 1, "fib(8) is many routed calls")
+        self.shoot("trace")
+
+    def test_07_slow_calls_and_latency_by_host(self):
+        self.open("/slow")
+        rows = wait_for("slow calls", lambda: self.q("table.slow-calls tbody tr"))
+        lat = [r.find_element(By.CSS_SELECTOR, "td.latency").text for r in rows]
+
+        def ms(t):
+            v, unit = t.split()
+            return float(v) * (1000 if unit == "s" else 1)
+        values = [ms(t) for t in lat]
+        self.assertEqual(values, sorted(values, reverse=True), "slowest first")
+        groups = wait_for("latency by host", lambda: self.q("table.latency-table tbody tr"))
+        self.assertTrue(all(g.find_element(By.CSS_SELECTOR, "td.key").text for g in groups))
+        self.shoot("slow")
+
+    def test_08_apps_and_hosts(self):
+        self.open("/apps")
+        wait_for("the fib app", lambda: "fib" in self.driver.find_element(By.TAG_NAME, "main").text)
+        self.shoot("apps")
+        self.open("/hosts")
+        wait_for("the agents", lambda: self.q("main .card, main table"))
+        self.shoot("hosts")
+
+    # -- quality -------------------------------------------------------------------
+
+    def test_10_search_and_trace_work_without_javascript(self):
+        opts = webdriver.ChromeOptions()
+        for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,900"):
+            opts.add_argument(arg)
+        opts.add_experimental_option("prefs", {"profile.managed_default_content_settings.javascript": 2})
+        binary = shutil.which("chromium")
+        if binary:
+            opts.binary_location = binary
+        path = shutil.which("chromedriver")
+        d = webdriver.Chrome(options=opts, service=webdriver.ChromeService(executable_path=path) if path else None)
+        try:
+            # JavaScript really is off: the tail page shows its <noscript> notice.
+            d.get(self.cluster.web + "/tail/fib")
+            self.assertIn("needs JavaScript", d.find_element(By.TAG_NAME, "main").text)
+            d.get(self.cluster.web + "/?q=app%3Afib")
+            rows = d.find_elements(By.CSS_SELECTOR, "table.hits > tbody > tr")
+            self.assertTrue(rows, "rows are server-rendered")
+            self.assertEqual(d.find_element(By.ID, "side-fields").get_attribute("open"), "true")
+            row = rows[0]
+            row.find_element(By.CSS_SELECTOR, "details.rec > summary").click()
+            inc = [a for a in row.find_elements(By.CSS_SELECTOR, "table.rec-fields a.inc") if a.is_displayed()]
+            self.assertTrue(inc, "the row opens without JavaScript")
+            inc[0].click()
+            wait_for("the filtered search", lambda: "host%3A" in d.current_url or "host:" in d.current_url)
+            self.assertTrue(d.find_elements(By.CSS_SELECTOR, "table.hits > tbody > tr"))
+            # A histogram bar is a plain link: zooming works without JavaScript.
+            bar = d.find_elements(By.CSS_SELECTOR, "#hist-bars a.bar")[-1]
+            start = bar.get_attribute("data-start")
+            bar.click()
+            wait_for("the zoom", lambda: urllib.parse.parse_qs(urllib.parse.urlparse(d.current_url).query).get("start") == [start])
+            d.get(self.cluster.web + "/?q=app%3Afib%20stream%3Aaccess")
+            d.find_element(By.CSS_SELECTOR, "table.hits td.msg summary a.trace").click()
+            hops = wait_for("the hops", lambda: d.find_elements(By.CSS_SELECTOR, "table.waterfall tbody tr"))
+            self.assertTrue(all(h.find_element(By.CSS_SELECTOR, "td.served a.host").text for h in hops))
+        finally:
+            d.quit()
+
+    def test_09_log_text_is_escaped_through_the_whole_pipeline(self):
+        now = datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+        rec = {"ts": now, "host": "node-x", "app": "xss", "task": "xss.1", "instance": 0,
+               "stream": "stdout", "level": "error", "msg": EVIL_MSG,
+               "fields": {"note": EVIL_FIELD}, "source": "browser-test/xss", "offset": 1}
+        self.cluster.ingest([rec])
+        self.search("app:xss")
+        row = wait_for("the hostile record", self.rows)[0]
+        self.assertEqual(row.find_element(By.CSS_SELECTOR, "span.text").text, EVIL_MSG)
+        row.find_element(By.CSS_SELECTOR, "details.rec > summary").click()
+        note = wait_for("its field", lambda: [tr for tr in row.find_elements(By.CSS_SELECTOR, "table.rec-fields tr")
+                                             if tr.find_element(By.TAG_NAME, "th").text == "fields.note"])
+        self.assertEqual(note[0].find_element(By.CSS_SELECTOR, "td.v").text, EVIL_FIELD)
+        # Hover the would-be bold text: no handler exists to fire.
+        ActionChains(self.driver).move_to_element(note[0]).perform()
+        self.assert_nothing_ran()
+        sidebar = " ".join(v.text for v in self.q("aside.side .v"))
+        self.assertIn("node-x", sidebar)
+        # The context page renders the same text as text.
+        row.find_element(By.CSS_SELECTOR, "a.context").click()
+        focus = wait_for("the focused record", lambda: self.q("tr#focus"))[0]
+        self.assertEqual(focus.find_element(By.CSS_SELECTOR, "span.text").text, EVIL_MSG)
+        self.assert_nothing_ran()
+
+    def assert_nothing_ran(self):
+        try:
+            alert = self.driver.switch_to.alert
+            text = alert.text
+            alert.dismiss()
+            self.fail(f"a script from a log line ran: alert {text!r}")
+        except NoAlertPresentException:
+            pass
+        self.assertIsNone(self.driver.execute_script("return window.__pwned"))
+        self.assertFalse(self.q("main img[src='x']"), "an <img> from a log line was rendered")
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
