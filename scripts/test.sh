@@ -15,7 +15,7 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 echo "== cargo test"
-cargo test --workspace --locked 2>&1 | tee target/test-output.txt
+cargo test --workspace --locked --no-fail-fast 2>&1 | tee target/test-output.txt
 
 # Real Elasticsearch clients against the indexer's compatible subset (issue 4):
 # opensearch-py from PyPI, against the debug binary cargo test just built.

@@ -46,6 +46,8 @@ pub struct IndexerSection {
     pub max_body_mb: Option<usize>,
     /// Tantivy writer memory budget.
     pub writer_memory_mb: Option<usize>,
+    /// Day partitions wholly older than this (`7d`, `36h`) are dropped.
+    pub retention: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -66,6 +68,40 @@ pub struct AgentSection {
     pub address: Option<String>,
     pub resources: Option<String>,
     pub attributes: Option<String>,
+    /// Shipper tuning (also used by the local agents of `sandtrail up`): the disk
+    /// spool bound (0 turns the spool off)...
+    pub spool_max_mb: Option<u64>,
+    /// ...how long a multiline event waits for a continuation (0 turns joining off)...
+    pub multiline_flush_ms: Option<u64>,
+    /// ...the line cap (longer lines are cut and flagged)...
+    pub max_line_kb: Option<usize>,
+    /// ...and when a batch is sent: at this size or this age.
+    pub batch_max_kb: Option<usize>,
+    pub batch_max_wait_ms: Option<u64>,
+}
+
+impl AgentSection {
+    /// The shipper defaults with this section's tuning applied; host, work dir,
+    /// indexer and token are left for the caller.
+    pub fn shipper_config(&self) -> agent::ShipperConfig {
+        let mut c = agent::ShipperConfig::default();
+        if let Some(mb) = self.spool_max_mb {
+            c.spool_max_bytes = mb << 20;
+        }
+        if let Some(ms) = self.multiline_flush_ms {
+            c.multiline_flush = (ms > 0).then(|| std::time::Duration::from_millis(ms));
+        }
+        if let Some(kb) = self.max_line_kb {
+            c.max_line_bytes = kb << 10;
+        }
+        if let Some(kb) = self.batch_max_kb {
+            c.batch_max_bytes = kb << 10;
+        }
+        if let Some(ms) = self.batch_max_wait_ms {
+            c.batch_max_wait = std::time::Duration::from_millis(ms);
+        }
+        c
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -87,7 +123,10 @@ const TOP: &[&str] = &[
 ];
 const SECTIONS: &[(&str, &[&str])] = &[
     ("up", &["listen", "router_listen", "agents", "demo"]),
-    ("indexer", &["listen", "max_body_mb", "writer_memory_mb"]),
+    (
+        "indexer",
+        &["listen", "max_body_mb", "writer_memory_mb", "retention"],
+    ),
     ("scheduler", &["listen", "agent_timeout_secs"]),
     (
         "agent",
@@ -99,6 +138,11 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "address",
             "resources",
             "attributes",
+            "spool_max_mb",
+            "multiline_flush_ms",
+            "max_line_kb",
+            "batch_max_kb",
+            "batch_max_wait_ms",
         ],
     ),
     ("web", &["listen", "indexer", "scheduler"]),
@@ -138,7 +182,13 @@ impl Config {
                 bad.join(", ")
             );
         }
-        toml::from_str(text).with_context(|| format!("config {}", origin.display()))
+        let config: Config =
+            toml::from_str(text).with_context(|| format!("config {}", origin.display()))?;
+        if let Some(r) = &config.indexer.retention {
+            indexer::parse_retention(r)
+                .with_context(|| format!("config {}: indexer.retention", origin.display()))?;
+        }
+        Ok(config)
     }
 
     /// Loads `path` if given (it must exist), else `./sandtrail.toml` if present, else
@@ -206,6 +256,44 @@ pub fn parse_attributes(s: &str) -> anyhow::Result<std::collections::BTreeMap<St
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn indexer_retention_is_checked_at_parse() {
+        let c = Config::parse("[indexer]\nretention = \"7d\"\n", Path::new("t.toml")).unwrap();
+        assert_eq!(c.indexer.retention.as_deref(), Some("7d"));
+        let err =
+            Config::parse("[indexer]\nretention = \"week\"\n", Path::new("t.toml")).unwrap_err();
+        assert!(format!("{err:#}").contains("week"), "{err:#}");
+    }
+
+    #[test]
+    fn agent_shipper_tuning_is_applied() {
+        let c = Config::parse(
+            "[agent]\nspool_max_mb = 64\nmultiline_flush_ms = 0\nmax_line_kb = 16\nbatch_max_kb = 512\nbatch_max_wait_ms = 50\n",
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        let s = c.agent.shipper_config();
+        assert_eq!(s.spool_max_bytes, 64 << 20);
+        assert_eq!(s.multiline_flush, None);
+        assert_eq!(s.max_line_bytes, 16 << 10);
+        assert_eq!(s.batch_max_bytes, 512 << 10);
+        assert_eq!(s.batch_max_wait, std::time::Duration::from_millis(50));
+        let c = Config::parse("[agent]\nmultiline_flush_ms = 250\n", Path::new("t.toml")).unwrap();
+        let s = c.agent.shipper_config();
+        assert_eq!(
+            s.multiline_flush,
+            Some(std::time::Duration::from_millis(250))
+        );
+        // Untouched keys keep the shipper's defaults.
+        let d = agent::ShipperConfig::default();
+        assert_eq!(s.spool_max_bytes, d.spool_max_bytes);
+        assert_eq!(s.batch_max_bytes, d.batch_max_bytes);
+        let err = Config::parse("[agent]\nspool_max_bytes = 1\n", Path::new("t.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("agent.spool_max_bytes"), "{err}");
+    }
 
     #[test]
     fn empty_file_gives_defaults() {

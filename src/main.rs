@@ -36,6 +36,28 @@ struct Cli {
 enum BenchCommand {
     /// Ingest throughput against raw Tantivy, index size, freshness, search latency.
     Ingest(BenchIngestArgs),
+    /// Shipper throughput on one core into a discarding sink, CPU per GB, RSS, idle CPU.
+    Ship(BenchShipArgs),
+}
+
+#[derive(Args, Debug)]
+struct BenchShipArgs {
+    /// Log text, one record per line (gen_corpus.py's .txt).
+    #[arg(long, default_value = "/tmp/sandtrail-bench/corpus-1000000.txt")]
+    corpus: PathBuf,
+    #[arg(long, default_value = "/tmp/sandtrail-bench/ship")]
+    work_dir: PathBuf,
+    /// Busy files; each holds the whole corpus.
+    #[arg(long, default_value_t = 4)]
+    files: usize,
+    /// Quiet files of the idle measurement (0 skips it).
+    #[arg(long, default_value_t = 100)]
+    idle_files: usize,
+    #[arg(long, default_value_t = 20)]
+    idle_secs: u64,
+    /// Internal: run as the benchmark's indexer sink.
+    #[arg(long, hide = true)]
+    sink: bool,
 }
 
 #[derive(Args, Debug)]
@@ -100,7 +122,7 @@ enum Command {
     },
     /// The demo app: fib(n) computed by calling itself through the router.
     DemoFib,
-    /// Measure the indexer (see BENCHMARKS.md).
+    /// Measure the indexer or the shipper (see BENCHMARKS.md).
     #[command(subcommand)]
     Bench(BenchCommand),
 }
@@ -200,7 +222,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Up(args) => serve::up(args, cfg, token).await,
         Command::Scheduler(args) => serve::scheduler(args, cfg, token).await,
         Command::Indexer(args) => serve::indexer(args, cfg, token).await,
-        Command::Web(args) => serve::web(args, cfg).await,
+        Command::Web(args) => serve::web(args, cfg, token).await,
         Command::Agent(args) => serve::agent(args, cfg, token).await,
         Command::Deploy { file, server } => client::deploy(&server, token, &file).await,
         Command::Apps { server } => client::apps(&server).await,
@@ -222,6 +244,29 @@ async fn main() -> anyhow::Result<()> {
                 ..Default::default()
             })
             .await?;
+            print!("{}", report.to_markdown());
+            Ok(())
+        }
+        Command::Bench(BenchCommand::Ship(a)) => {
+            if a.sink {
+                return Ok(tokio::task::spawn_blocking(agent::bench::sink_main).await??);
+            }
+            let exe = std::env::current_exe().context("cannot find this executable")?;
+            let opts = agent::bench::BenchOptions {
+                corpus: a.corpus,
+                work_dir: a.work_dir,
+                files: a.files,
+                idle_files: a.idle_files,
+                idle_secs: a.idle_secs,
+                sink_command: vec![
+                    exe.to_string_lossy().into_owned(),
+                    "bench".into(),
+                    "ship".into(),
+                    "--sink".into(),
+                ],
+                ..Default::default()
+            };
+            let report = tokio::task::spawn_blocking(move || agent::bench::run(opts)).await??;
             print!("{}", report.to_markdown());
             Ok(())
         }

@@ -157,6 +157,12 @@ fn indexer_config(dir: PathBuf, cfg: &Config, token: Option<String>) -> indexer:
     if let Some(mb) = cfg.indexer.writer_memory_mb {
         c.writer_memory_bytes = mb << 20;
     }
+    // Checked when the config was parsed.
+    c.retention = cfg
+        .indexer
+        .retention
+        .as_deref()
+        .and_then(|r| indexer::parse_retention(r).ok());
     c
 }
 
@@ -192,6 +198,8 @@ struct HostSpec {
     token: Option<String>,
     resources: std::collections::BTreeMap<String, f64>,
     attributes: std::collections::BTreeMap<String, String>,
+    /// Shipper tuning from `[agent]` (host, work dir, indexer and token are ours).
+    shipper: agent::ShipperConfig,
 }
 
 fn host_parts(spec: &HostSpec) -> anyhow::Result<HostParts> {
@@ -213,7 +221,7 @@ fn host_parts(spec: &HostSpec) -> anyhow::Result<HostParts> {
         work_dir: spec.work_dir.clone(),
         indexer_url: spec.indexer_url.clone(),
         token: spec.token.clone(),
-        ..Default::default()
+        ..spec.shipper.clone()
     })?;
     Ok(HostParts { node, shipper })
 }
@@ -271,6 +279,7 @@ pub async fn up(args: UpArgs, cfg: Config, token: Option<String>) -> anyhow::Res
             token: Some(token.clone()),
             resources: Default::default(),
             attributes: Default::default(),
+            shipper: cfg.agent.shipper_config(),
         })
         .collect();
     // One router stands for all local hosts: tasks on every node get the same
@@ -433,7 +442,7 @@ pub async fn indexer(args: IndexerArgs, cfg: Config, token: Option<String>) -> a
     Ok(())
 }
 
-pub async fn web(args: WebArgs, cfg: Config) -> anyhow::Result<()> {
+pub async fn web(args: WebArgs, cfg: Config, token: Option<String>) -> anyhow::Result<()> {
     let listen = args
         .listen
         .or(cfg.web.listen.clone())
@@ -451,6 +460,8 @@ pub async fn web(args: WebArgs, cfg: Config) -> anyhow::Result<()> {
         indexer_url,
         scheduler_url,
     })
+    // Sent upstream so the UI keeps working if the read APIs ever require it.
+    .with_token(token)
     .with_shutdown(cancel.clone());
     let w = web.clone();
     let app = with_ops(web.router(), vec![Arc::new(move || w.metrics())]);
@@ -508,6 +519,7 @@ pub async fn agent(args: AgentArgs, cfg: Config, token: Option<String>) -> anyho
         token,
         resources,
         attributes,
+        shipper: cfg.agent.shipper_config(),
     };
     let parts = host_parts(&spec)?;
     let router = router_for(&spec)?;

@@ -28,6 +28,8 @@ pub enum Error {
     AlreadyRunning(String),
     #[error("background task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
+    #[error("benchmark: {0}")]
+    Bench(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -51,7 +53,8 @@ impl IntoResponse for Error {
             Error::Io { .. }
             | Error::CheckpointVersion { .. }
             | Error::Client(_)
-            | Error::Join(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            | Error::Join(_)
+            | Error::Bench(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         (status, self.to_string()).into_response()
     }

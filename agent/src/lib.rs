@@ -19,8 +19,10 @@
 //! Modules: [`discover`] finds files and watches the work dir, [`fingerprint`] tells
 //! files apart, [`tail`] reads them into lines, [`multiline`] joins stack traces,
 //! [`parse`] turns lines into records,
-//! [`ship`] batches and delivers, [`checkpoint`] remembers what was delivered.
+//! [`ship`] batches and delivers, [`checkpoint`] remembers what was delivered;
+//! [`bench`] measures it (`sandtrail bench ship`).
 
+pub mod bench;
 pub mod checkpoint;
 pub mod discover;
 pub mod error;
@@ -48,6 +50,9 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
+
+/// How long a full batch waits for the batch in flight before it goes to the spool.
+const SPILL_AFTER: Duration = Duration::from_millis(500);
 
 /// How the shipper runs. `Default` gives the documented defaults with an empty host
 /// and work dir, which [`Shipper::new`] refuses: set at least those two.
@@ -242,7 +247,7 @@ struct Run {
     in_flight_seg: Option<u64>,
     /// A copy of the batch in flight when it went straight from memory, so it can be
     /// spilled to the spool ahead of the batches that queue up behind it.
-    in_flight_copy: Option<Batch>,
+    in_flight_copy: Option<Arc<Batch>>,
     /// `None` only while a spool operation runs on the blocking pool.
     spool: Option<spool::Spool>,
     /// Since when each file has had unacknowledged bytes (lag in seconds).
@@ -560,6 +565,9 @@ impl Run {
     }
 
     fn send(&mut self, batch: Batch, seg: Option<u64>) {
+        // Regression: this was a deep copy of every batch (a memcpy of its body per
+        // batch at full speed); the copy is only read if the batch must be spilled.
+        let batch = Arc::new(batch);
         self.in_flight_copy = (seg.is_none() && self.spool().enabled()).then(|| batch.clone());
         self.in_flight_seg = seg;
         let sender = self.inner.sender.clone();
@@ -600,6 +608,7 @@ impl Run {
             let body = copy.body().to_vec();
             match self.spool_op(move |s| s.write(&body)).await {
                 Ok(id) => {
+                    inc(&self.inner.metrics.batches_spooled, 1);
                     self.in_flight_seg = Some(id);
                     self.advance_over(&copy, copy.len());
                 }
@@ -615,6 +624,7 @@ impl Run {
             self.batch = batch;
             return Err(e);
         }
+        inc(&self.inner.metrics.batches_spooled, 1);
         self.advance_over(&batch, batch.len());
         if let Err(e) = self.save_checkpoints().await {
             inc(&self.inner.metrics.checkpoint_errors, 1);
@@ -642,6 +652,12 @@ impl Run {
             return Ok(());
         }
         self.save_heads().await;
+        if self.spool().is_empty() {
+            self.settle_in_flight_within(SPILL_AFTER).await?;
+            if !self.intact || self.cancel.is_cancelled() {
+                return Ok(());
+            }
+        }
         if self.in_flight.is_none() && self.spool().is_empty() {
             let batch = std::mem::take(&mut self.batch);
             self.send(batch, None);
@@ -662,6 +678,27 @@ impl Run {
             self.on_shipped(shipped).await;
         }
         self.start_next().await
+    }
+
+    /// Waits up to `limit` for the batch in flight (if any) and settles it. A healthy
+    /// indexer answers well within that, and waiting is far cheaper than writing,
+    /// fsyncing and re-reading the next batch through the spool. Regression: spilling
+    /// whenever a batch was in flight sent about every other batch through the spool
+    /// at full speed and cost a fifth of the shipper's CPU (BENCHMARKS.md).
+    async fn settle_in_flight_within(&mut self, limit: Duration) -> Result<()> {
+        let Some(h) = self.in_flight.as_mut() else {
+            return Ok(());
+        };
+        let joined = tokio::select! {
+            r = h => Some(r),
+            _ = tokio::time::sleep(limit) => None,
+            _ = self.cancel.cancelled() => None,
+        };
+        if let Some(r) = joined {
+            self.in_flight = None;
+            self.on_shipped(r?).await;
+        }
+        Ok(())
     }
 
     /// Advances the checkpoints over what the indexer acknowledged and saves them.
@@ -791,7 +828,7 @@ impl Run {
             self.save_heads().await;
             // The token is cancelled, so this is exactly one more attempt.
             let batch = std::mem::take(&mut self.batch);
-            let shipped = self.inner.sender.ship(batch, &self.cancel).await;
+            let shipped = self.inner.sender.ship(Arc::new(batch), &self.cancel).await;
             self.on_shipped(shipped).await;
         }
         if self.dirty {

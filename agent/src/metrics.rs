@@ -25,6 +25,8 @@ pub struct Metrics {
     pub files_rotated: AtomicU64,
     pub checkpoint_errors: AtomicU64,
     pub read_errors: AtomicU64,
+    /// Batches written to the disk spool.
+    pub batches_spooled: AtomicU64,
     /// Bytes of each file not yet acknowledged by the indexer, by source.
     pub lag: Mutex<BTreeMap<String, u64>>,
     /// Seconds each file has had bytes not yet acknowledged, by source.
@@ -42,7 +44,7 @@ impl Metrics {
     pub fn render(&self, host: &str) -> String {
         let host = escape(host);
         let mut out = String::new();
-        let counters: [(&str, &str, &AtomicU64); 13] = [
+        let counters: [(&str, &str, &AtomicU64); 14] = [
             (
                 "lines_read_total",
                 "Lines read from tailed files.",
@@ -104,6 +106,11 @@ impl Metrics {
                 &self.checkpoint_errors,
             ),
             ("read_errors_total", "Failed file reads.", &self.read_errors),
+            (
+                "batches_spooled_total",
+                "Batches written to the disk spool because the indexer was slow or down.",
+                &self.batches_spooled,
+            ),
         ];
         for (name, help, value) in counters {
             let _ = writeln!(out, "# HELP sandtrail_agent_{name} {help}");

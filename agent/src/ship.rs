@@ -115,7 +115,8 @@ impl Batch {
 /// skipped as refused); the rest were not delivered because we were cancelled.
 #[derive(Debug)]
 pub struct Shipped {
-    pub batch: Batch,
+    /// Shared with the shipper's copy kept for spilling, so nothing is cloned.
+    pub batch: Arc<Batch>,
     pub done: usize,
 }
 
@@ -177,8 +178,7 @@ impl Sender {
     /// everything is delivered or skipped, or once `cancel` fires; a cancelled call
     /// still makes (or finishes) one attempt, so calling it with an already
     /// cancelled token is "one last try".
-    pub async fn ship(&self, batch: Batch, cancel: &CancellationToken) -> Shipped {
-        let batch = Arc::new(batch);
+    pub async fn ship(&self, batch: Arc<Batch>, cancel: &CancellationToken) -> Shipped {
         let mut done = 0;
         // Pending ranges, in order.
         let mut parts = vec![(0, batch.len())];
@@ -213,8 +213,6 @@ impl Sender {
                 Settled::Cancelled => break,
             }
         }
-        // The blocking compressor dropped its handle when it finished.
-        let batch = Arc::try_unwrap(batch).unwrap_or_else(|shared| (*shared).clone());
         Shipped { batch, done }
     }
 

@@ -1,9 +1,12 @@
 //! The disk spool: batches that are read but cannot be sent yet, in
 //! `work_dir/shipper/spool/<id>.ndjson`, oldest first.
 //!
-//! While a batch is in flight, the next full batch goes to the spool instead of
-//! making the reader wait, and (with the in-flight batch spilled first) the
-//! checkpoints move past it as soon as it is durable: the spool now owns its delivery.
+//! When a full batch has waited `SPILL_AFTER` (500 ms) for the batch in flight (a
+//! slow or unreachable indexer; a healthy one answers sooner, and going through the
+//! spool costs a write, an fsync and a re-parse per batch), it goes to the spool
+//! instead of making the reader wait longer, and (with the in-flight batch spilled
+//! first) the checkpoints move past it as soon as it is durable: the spool now owns
+//! its delivery.
 //! So an indexer that is down for a long time costs disk, not reading: rotated and
 //! deleted files are finished and let go, and a restarted agent sends the spool
 //! before anything new. Batches still leave strictly in order (the oldest segment

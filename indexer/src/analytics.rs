@@ -207,7 +207,7 @@ impl IndexView {
     /// frequent `fields.*` keys of the newest [`FIELDS_SAMPLE`] matches (counted in
     /// that sample).
     pub fn top_fields(&self, scope: &Scope, size: usize) -> Result<FieldsResponse> {
-        let searcher = self.reader.searcher();
+        let searcher = self.parts.searcher_within(scope.start, scope.end);
         let query = self.scoped(scope)?;
         let counts = searcher.search(
             &*query,
@@ -259,7 +259,7 @@ impl IndexView {
     /// Count, average, p50/p90/p99 and max of `latency_ms` per group, over the
     /// matches that have a latency.
     pub fn latency(&self, scope: &Scope, by: GroupBy) -> Result<LatencyResponse> {
-        let searcher = self.reader.searcher();
+        let searcher = self.parts.searcher_within(scope.start, scope.end);
         let query = self.scoped(scope)?;
         let groups = searcher.search(&*query, &LatencyByGroup { group: by.field() })?;
         let mut out: Vec<LatencyGroup> = groups
@@ -273,7 +273,7 @@ impl IndexView {
     /// The `n` records before and after the given one within its task, ordered by
     /// (ts, offset).
     pub fn context(&self, req: &ContextRequest) -> Result<ContextResponse> {
-        let searcher = self.reader.searcher();
+        let searcher = self.searcher();
         let f = &self.fields;
         let Some(task_field) = f.keyword("task") else {
             return Err(Error::Internal("schema has no task field".into()));

@@ -215,9 +215,25 @@ fn dir_size(path: &Path) -> u64 {
     size_by_kind(path).iter().map(|(_, b)| b).sum()
 }
 
-/// Bytes per file extension of the live files under `path` (an index is flat).
+/// Bytes per file extension of the live files under `path`: one index (flat), or a
+/// directory of day partitions (each one index).
 fn size_by_kind(path: &Path) -> Vec<(String, u64)> {
     let mut by: std::collections::BTreeMap<String, u64> = Default::default();
+    if path.join("meta.json").exists() {
+        add_index_sizes(path, &mut by);
+    } else if let Ok(rd) = std::fs::read_dir(path) {
+        for e in rd.flatten() {
+            if e.path().join("meta.json").exists() {
+                add_index_sizes(&e.path(), &mut by);
+            }
+        }
+    }
+    let mut v: Vec<(String, u64)> = by.into_iter().collect();
+    v.sort_by_key(|(_, bytes)| std::cmp::Reverse(*bytes));
+    v
+}
+
+fn add_index_sizes(path: &Path, by: &mut std::collections::BTreeMap<String, u64>) {
     // meta.json spells segment ids with dashes, file names without.
     let meta = std::fs::read_to_string(path.join("meta.json"))
         .unwrap_or_default()
@@ -234,9 +250,6 @@ fn size_by_kind(path: &Path) -> Vec<(String, u64)> {
             *by.entry(kind).or_default() += e.metadata().map_or(0, |m| m.len());
         }
     }
-    let mut v: Vec<(String, u64)> = by.into_iter().collect();
-    v.sort_by_key(|(_, bytes)| std::cmp::Reverse(*bytes));
-    v
 }
 
 fn peak_rss() -> u64 {
@@ -590,6 +603,46 @@ pub async fn run(opts: BenchOptions) -> Result<BenchReport> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Regression: with day partitions the size of `data_dir/index` read 0 bytes
+    /// (it only looked at files directly under it).
+    #[tokio::test]
+    async fn index_size_counts_every_day_partition() {
+        let dir = tempfile::tempdir().unwrap();
+        let ix = Indexer::open(IndexerConfig {
+            data_dir: dir.path().to_path_buf(),
+            writer_memory_bytes: 32 << 20,
+            ..IndexerConfig::default()
+        })
+        .unwrap();
+        let t0: chrono::DateTime<chrono::Utc> = "2026-11-22T10:00:00Z".parse().unwrap();
+        let meta = protocol::TaskMeta {
+            host: "h".into(),
+            app: "a".into(),
+            task: "a.1".into(),
+            instance: 0,
+            ports: vec![],
+        };
+        let recs = (0..2)
+            .map(|d| {
+                protocol::LogRecord::new(
+                    t0 + chrono::Duration::days(d),
+                    &meta,
+                    protocol::Stream::Stdout,
+                    "hello",
+                )
+            })
+            .collect();
+        ix.ingest(recs).await.unwrap();
+        ix.shutdown().await;
+        let root = dir.path().join("index");
+        let parts: u64 = ["2026-11-22", "2026-11-23"]
+            .iter()
+            .map(|d| dir_size(&root.join(d)))
+            .sum();
+        assert!(parts > 0);
+        assert_eq!(dir_size(&root), parts);
+    }
 
     #[test]
     fn corpus_lines_become_records_with_offsets() {

@@ -1122,7 +1122,7 @@ pub fn run_search(view: &IndexView, index: &str, req: &Value) -> Result<Value> {
     }
     let asc = parse_sort(req.get("sort"))?;
     let cursor = parse_search_after(req.get("search_after"), asc)?;
-    let searcher = view.reader.searcher();
+    let searcher = view.searcher();
     let total = searcher.search(&*matching, &Count)?;
     let mut hits = Vec::new();
     if size > 0 {
@@ -1186,7 +1186,7 @@ fn run_aggs(view: &IndexView, matching: &dyn Query, aggs: &Value) -> Result<Valu
     let aggs = aggs
         .as_object()
         .ok_or_else(|| bad("aggs must be an object"))?;
-    let searcher = view.reader.searcher();
+    let searcher = view.searcher();
     let mut out = Map::new();
     for (name, spec) in aggs {
         let obj = spec

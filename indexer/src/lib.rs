@@ -8,13 +8,14 @@
 //! tail subscribers, and speaks a subset of the Elasticsearch API ([`es`]) so that
 //! existing shippers and clients work unchanged.
 //!
-//! Shape: [`Indexer`] is a cheap handle; a dedicated OS thread owns the Tantivy writer
-//! and group-commits ([`writer`]); searches run on the blocking pool against a reader
-//! that the writer reloads after each commit ([`search`], [`analytics`]); [`api`] is
-//! the HTTP layer; [`bench`] measures it all against raw Tantivy.
-//! The trade-off of this version: one index (not one per day), so retention by age
-//! ([`IndexerConfig::retention`]) deletes expired records by a range query instead of
-//! dropping whole partitions, and their space returns as merges rewrite segments.
+//! Shape: [`Indexer`] is a cheap handle; records live in one Tantivy index per UTC
+//! day ([`partition`]), searched together as one; a dedicated OS thread owns their
+//! writers and group-commits ([`writer`]); searches run on the blocking pool against
+//! readers that the writer reloads after each commit ([`search`], [`analytics`]);
+//! [`api`] is the HTTP layer; [`bench`] measures it all against raw Tantivy.
+//! Retention by age ([`IndexerConfig::retention`]) drops whole day partitions, so
+//! space returns at once; the price is a commit per touched day when a group spans
+//! days, and the cross-partition exactly-once argument of [`partition`].
 
 pub mod analytics;
 pub mod api;
@@ -22,6 +23,7 @@ pub mod bench;
 pub mod error;
 pub mod es;
 pub mod metrics;
+pub mod partition;
 pub mod query;
 pub mod schema;
 pub mod search;
@@ -44,8 +46,7 @@ use crate::writer::{WriterMsg, WriterThread, QUEUE_DEPTH};
 use protocol::{HistogramResponse, IngestResponse, LogRecord, SearchResponse};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use tantivy::directory::MmapDirectory;
-use tantivy::{Index, ReloadPolicy};
+use tantivy::Index;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -56,7 +57,7 @@ pub const TAIL_CAPACITY: usize = 4096;
 /// How the indexer is set up.
 #[derive(Debug, Clone)]
 pub struct IndexerConfig {
-    /// The index lives in `data_dir/index`.
+    /// The partitions live in `data_dir/index/YYYY-MM-DD/`.
     pub data_dir: PathBuf,
     /// Cluster token; when set, ingest requires it.
     pub token: Option<String>,
@@ -68,7 +69,8 @@ pub struct IndexerConfig {
     /// writer at once; beyond it ingest answers 429 with `Retry-After`, so memory
     /// stays bounded whatever the ingest rate.
     pub max_inflight_bytes: usize,
-    /// Records older than this are deleted (checked at open and every minute).
+    /// Day partitions wholly older than this are dropped (checked at open and every
+    /// minute); the newest partition is always kept.
     pub retention: Option<std::time::Duration>,
 }
 
@@ -83,6 +85,32 @@ impl Default for IndexerConfig {
             retention: None,
         }
     }
+}
+
+/// Parses a retention like `7d`, `36h`, `90m` or `3600s` (a positive whole number
+/// and a unit).
+pub fn parse_retention(s: &str) -> Result<std::time::Duration> {
+    let bad = || Error::BadParam {
+        name: "retention",
+        value: s.to_string(),
+        expected: "a positive whole number of d, h, m or s, like 7d".to_string(),
+    };
+    let t = s.trim();
+    let unit = t.chars().last().ok_or_else(bad)?;
+    let secs_per = match unit {
+        'd' => 86_400,
+        'h' => 3_600,
+        'm' => 60,
+        's' => 1,
+        _ => return Err(bad()),
+    };
+    let n: u64 = t[..t.len() - 1].parse().map_err(|_| bad())?;
+    if n == 0 {
+        return Err(bad());
+    }
+    n.checked_mul(secs_per)
+        .map(std::time::Duration::from_secs)
+        .ok_or_else(bad)
 }
 
 /// Handle to an open index; clones share it.
@@ -108,45 +136,53 @@ impl Indexer {
     /// Creates the index (or reopens it, with its committed offsets) and starts the
     /// writer thread.
     pub fn open(config: IndexerConfig) -> Result<Indexer> {
-        let dir = config.data_dir.join("index");
-        std::fs::create_dir_all(&dir).map_err(|source| Error::Io {
-            path: dir.clone(),
-            source,
-        })?;
+        Self::open_with_hooks(config, None, None)
+    }
+
+    /// [`Indexer::open`] with the writer's test hooks: stop dead, or fail once,
+    /// after that many partition commits of a group.
+    fn open_with_hooks(
+        config: IndexerConfig,
+        crash_after: Option<usize>,
+        fail_after: Option<usize>,
+    ) -> Result<Indexer> {
         let fields = Fields::new();
-        let settings = schema::index_settings();
-        let mmap = MmapDirectory::open(&dir)
-            .map_err(|e| Error::Index(format!("cannot open index directory {dir:?}: {e}")))?;
+        let (dir, parts) = partition::open_all(&config.data_dir, &fields)?;
+        // Query parsing and highlighting need an index with the schema and the
+        // tokenizers; an empty one in memory serves every partition.
         let index = Index::builder()
             .schema(fields.schema.clone())
-            .settings(settings)
-            .open_or_create(mmap)?;
-        let reader = index
-            .reader_builder()
-            .reload_policy(ReloadPolicy::Manual)
-            .try_into()?;
+            .settings(schema::index_settings())
+            .create_in_ram()?;
         let (tail, _) = broadcast::channel(TAIL_CAPACITY);
         let metrics = Arc::new(Metrics::default());
         let mut writer = WriterThread::new(
-            &index,
+            dir.clone(),
+            parts.clone(),
             config.writer_memory_bytes,
-            reader.clone(),
             fields.clone(),
             tail.clone(),
             metrics.clone(),
         )?;
         writer.retention = config.retention;
+        writer.crash_after_part_commits = crash_after;
+        writer.fail_after_part_commits = fail_after;
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let thread = std::thread::Builder::new()
             .name("index-writer".into())
             .spawn(move || writer.run(rx))
             .map_err(|e| Error::Internal(format!("cannot start the writer thread: {e}")))?;
-        tracing::info!(dir = %dir.display(), docs = reader.searcher().num_docs(), "index opened");
+        tracing::info!(
+            dir = %dir.display(),
+            partitions = parts.list().len(),
+            docs = parts.searcher().num_docs(),
+            "index opened"
+        );
         Ok(Indexer {
             inner: Arc::new(Inner {
                 view: IndexView {
                     index,
-                    reader,
+                    parts,
                     fields,
                 },
                 writer_tx: Mutex::new(Some(tx)),
@@ -321,10 +357,10 @@ impl Indexer {
 
     /// Prometheus text format.
     pub fn metrics(&self) -> String {
-        let searcher = self.inner.view.reader.searcher();
+        let searcher = self.inner.view.searcher();
         self.inner.metrics.render(&Gauges {
             docs: searcher.num_docs(),
-            segments: searcher.segment_readers().len() as u64,
+            segments: searcher.num_segments() as u64,
             tail_subscribers: self.inner.tail.receiver_count() as u64,
         })
     }
@@ -805,6 +841,372 @@ mod tests {
         assert!(ix
             .metrics()
             .contains("sandtrail_indexer_records_duplicate_total 1\n"));
+        ix.shutdown().await;
+    }
+
+    #[test]
+    fn retention_parses_units_and_names_bad_values() {
+        assert_eq!(parse_retention("7d").unwrap().as_secs(), 7 * 86_400);
+        assert_eq!(parse_retention(" 36h ").unwrap().as_secs(), 36 * 3_600);
+        assert_eq!(parse_retention("90m").unwrap().as_secs(), 5_400);
+        assert_eq!(parse_retention("5s").unwrap().as_secs(), 5);
+        for bad in [
+            "",
+            "7",
+            "d",
+            "0d",
+            "-1d",
+            "7w",
+            "1.5d",
+            "99999999999999999999d",
+        ] {
+            let err = parse_retention(bad).unwrap_err().to_string();
+            assert!(err.contains("retention"), "{bad}: {err}");
+        }
+    }
+
+    fn day_dirs(dir: &std::path::Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir.join("index"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Every record of every page, following cursors.
+    async fn all_pages(ix: &Indexer, limit: usize) -> (u64, Vec<LogRecord>) {
+        let mut seen = Vec::new();
+        let mut cursor = None;
+        for _ in 0..1000 {
+            let page = ix
+                .search(SearchRequest {
+                    limit,
+                    cursor: cursor.clone(),
+                    ..SearchRequest::default()
+                })
+                .await
+                .unwrap();
+            let total = page.total;
+            seen.extend(page.hits);
+            match page.next {
+                Some(n) => cursor = Some(n),
+                None => return (total, seen),
+            }
+        }
+        panic!("paging does not terminate");
+    }
+
+    #[tokio::test]
+    async fn three_days_land_in_three_partitions_searched_as_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let ix = Indexer::open(config(dir.path())).unwrap();
+        // One batch spanning three days (one group, three partitions), then one
+        // more record per day in its own batch; one task crosses the days.
+        let day = 86_400;
+        let batch: Vec<LogRecord> = (0..30)
+            .map(|i| {
+                rec(
+                    (i / 10) * day + (i % 10) * 60,
+                    "h",
+                    "a",
+                    &format!("m{i}"),
+                    "s",
+                    i as u64 + 1,
+                )
+            })
+            .collect();
+        assert_eq!(ix.ingest(batch.clone()).await.unwrap().accepted, 30);
+        for d in 0..3 {
+            let r = rec(
+                d * day + 3_600,
+                "h",
+                "a",
+                &format!("late{d}"),
+                "t",
+                d as u64 + 1,
+            );
+            ix.ingest(vec![r]).await.unwrap();
+        }
+        assert_eq!(
+            day_dirs(dir.path()),
+            ["2025-06-01", "2025-06-02", "2025-06-03"]
+        );
+
+        let (total, seen) = all_pages(&ix, 7).await;
+        assert_eq!(total, 33);
+        assert_eq!(seen.len(), 33);
+        let unique: HashSet<&str> = seen.iter().map(|r| r.msg.as_str()).collect();
+        assert_eq!(
+            unique.len(),
+            33,
+            "no record repeated across partition boundaries"
+        );
+        assert!(seen.windows(2).all(|w| w[0].ts >= w[1].ts), "newest first");
+        assert_eq!(seen[0].msg, "late2");
+        assert_eq!(seen[32].msg, "m0");
+
+        // Counting, ranges and histograms see every partition.
+        let r = ix
+            .search(SearchRequest {
+                start: Some(base() + Duration::seconds(day / 2)),
+                end: Some(base() + Duration::seconds(2 * day + 120)),
+                ..all("")
+            })
+            .await
+            .unwrap();
+        assert_eq!(r.total, 14, "day 2 (10 + late1) and m20..m22");
+        // Partitions outside a range are not even visited.
+        let parts = &ix.inner.view.parts;
+        let day2 = |h: i64| Some(base() + Duration::seconds(day + h * 3_600));
+        assert_eq!(parts.searcher_within(day2(-1), day2(2)).num_partitions(), 1);
+        assert_eq!(parts.searcher_within(None, day2(0)).num_partitions(), 2);
+        assert_eq!(parts.searcher_within(None, None).num_partitions(), 3);
+        let h = ix
+            .histogram(HistogramRequest {
+                q: String::new(),
+                start: None,
+                end: Some(base() + Duration::seconds(3 * day)),
+            })
+            .await
+            .unwrap();
+        assert_eq!(h.buckets.iter().map(|b| b.count).sum::<u64>(), 33);
+        let f = ix
+            .top_fields(
+                Scope {
+                    q: String::new(),
+                    start: None,
+                    end: None,
+                },
+                5,
+            )
+            .await
+            .unwrap();
+        let app = f.fields.iter().find(|t| t.field == "app").unwrap();
+        assert_eq!(app.values[0].count, 33, "{app:?}");
+        // Context crosses the day boundary within the task.
+        let first_of_day2 = &batch[10];
+        let c = ix
+            .context(ContextRequest {
+                task: first_of_day2.task.clone(),
+                source: first_of_day2.source.clone(),
+                ts: first_of_day2.ts,
+                offset: first_of_day2.offset,
+                n: 2,
+            })
+            .await
+            .unwrap();
+        assert_eq!(c.record.unwrap().msg, "m10");
+        let before: Vec<&str> = c.before.iter().map(|r| r.msg.as_str()).collect();
+        assert_eq!(before, ["m9", "late0"]);
+        ix.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn reopen_sees_every_partition_and_dedups() {
+        let dir = tempfile::tempdir().unwrap();
+        let batch: Vec<LogRecord> = (0..9)
+            .map(|i| {
+                rec(
+                    (i % 3) * 86_400 + i,
+                    "h",
+                    "a",
+                    &format!("m{i}"),
+                    "s",
+                    i as u64 + 1,
+                )
+            })
+            .collect();
+        let ix = Indexer::open(config(dir.path())).unwrap();
+        ix.ingest(batch.clone()).await.unwrap();
+        ix.shutdown().await;
+        drop(ix);
+        let ix = Indexer::open(config(dir.path())).unwrap();
+        assert_eq!(ix.search(all("")).await.unwrap().total, 9);
+        assert_eq!(
+            ix.ingest(batch).await.unwrap(),
+            IngestResponse {
+                accepted: 0,
+                duplicates: 9
+            }
+        );
+        assert_eq!(ix.search(all("")).await.unwrap().total, 9);
+        ix.shutdown().await;
+    }
+
+    /// The crash this design exists for: a group spanning days committed to one
+    /// partition and not the others. The committed partition's records have the
+    /// HIGHER offsets, so a checkpoint taken from it alone would skip the lost ones
+    /// when the shipper resends (loss); ignoring it would index them twice.
+    #[tokio::test]
+    async fn crash_between_partition_commits_loses_nothing_and_doubles_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let ix = Indexer::open(config(dir.path())).unwrap();
+        // Committed earlier, must survive the undo.
+        let earlier: Vec<LogRecord> = (0..4)
+            .map(|i| {
+                rec(
+                    86_400 + i,
+                    "h",
+                    "a",
+                    &format!("earlier{i}"),
+                    "other",
+                    i as u64 + 1,
+                )
+            })
+            .collect();
+        ix.ingest(earlier.clone()).await.unwrap();
+        ix.shutdown().await;
+        drop(ix);
+
+        // Offsets 1..=3 on day 3, 4..=6 on day 1: day 1 commits first.
+        let batch: Vec<LogRecord> = (0..6)
+            .map(|i| {
+                let secs = if i < 3 { 2 * 86_400 + i } else { i };
+                rec(secs, "h", "a", &format!("b{i}"), "s", i as u64 + 1)
+            })
+            .collect();
+        let ix = Indexer::open_with_hooks(config(dir.path()), Some(1), None).unwrap();
+        assert!(
+            ix.ingest(batch.clone()).await.is_err(),
+            "the writer crashed"
+        );
+        ix.shutdown().await;
+        drop(ix);
+        // The scenario really happened: day 1 holds the group's records on disk.
+        let day1 = Index::open_in_dir(dir.path().join("index/2025-06-01")).unwrap();
+        assert_eq!(day1.reader().unwrap().searcher().num_docs(), 3);
+
+        let ix = Indexer::open(config(dir.path())).unwrap();
+        assert_eq!(
+            msgs(&ix, "").await,
+            ["earlier0", "earlier1", "earlier2", "earlier3"],
+            "the partial group was undone, earlier data kept"
+        );
+        assert_eq!(
+            ix.ingest(batch.clone()).await.unwrap(),
+            IngestResponse {
+                accepted: 6,
+                duplicates: 0
+            },
+            "nothing of the group is taken as already indexed"
+        );
+        assert_eq!(ix.ingest(batch).await.unwrap().duplicates, 6);
+        assert_eq!(ix.ingest(earlier).await.unwrap().duplicates, 4);
+        assert_eq!(ix.search(all("")).await.unwrap().total, 10);
+        ix.shutdown().await;
+        drop(ix);
+        // And the repaired state survives another restart.
+        let ix = Indexer::open(config(dir.path())).unwrap();
+        assert_eq!(ix.search(all("")).await.unwrap().total, 10);
+        ix.shutdown().await;
+    }
+
+    /// The same split inside a running writer (a commit fails after another
+    /// partition committed): the group is undone at once and answered with an error.
+    #[tokio::test]
+    async fn a_commit_failing_between_partitions_is_undone_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let ix = Indexer::open_with_hooks(config(dir.path()), None, Some(1)).unwrap();
+        let batch: Vec<LogRecord> = (0..6)
+            .map(|i| {
+                let secs = if i < 3 { 2 * 86_400 + i } else { i };
+                rec(secs, "h", "a", &format!("b{i}"), "s", i as u64 + 1)
+            })
+            .collect();
+        let err = ix.ingest(batch.clone()).await.unwrap_err();
+        assert!(
+            err.to_string().contains("simulated commit failure"),
+            "{err}"
+        );
+        assert_eq!(
+            ix.search(all("")).await.unwrap().total,
+            0,
+            "nothing partial"
+        );
+        assert_eq!(ix.ingest(batch.clone()).await.unwrap().accepted, 6);
+        assert_eq!(ix.ingest(batch).await.unwrap().duplicates, 6);
+        assert_eq!(ix.search(all("")).await.unwrap().total, 6);
+        ix.shutdown().await;
+        drop(ix);
+        let ix = Indexer::open(config(dir.path())).unwrap();
+        assert_eq!(ix.search(all("")).await.unwrap().total, 6);
+        ix.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn retention_drops_whole_expired_partitions() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = Utc::now();
+        let at = |days: i64, msg: &str, offset: u64| {
+            let mut r = rec(0, "h", "a", msg, "s", offset);
+            r.ts = now - Duration::days(days);
+            r
+        };
+        let ix = Indexer::open(config(dir.path())).unwrap();
+        let old = vec![at(10, "ten", 1), at(9, "nine", 2)];
+        ix.ingest(old.clone()).await.unwrap();
+        ix.ingest(vec![at(0, "today", 3)]).await.unwrap();
+        assert_eq!(day_dirs(dir.path()).len(), 3);
+        ix.shutdown().await;
+        drop(ix);
+
+        let ix = Indexer::open(IndexerConfig {
+            retention: Some(std::time::Duration::from_secs(7 * 86_400)),
+            ..config(dir.path())
+        })
+        .unwrap();
+        // The writer applies the retention before its first request.
+        assert_eq!(
+            ix.ingest(old).await.unwrap().duplicates,
+            2,
+            "checkpoint kept"
+        );
+        assert_eq!(
+            day_dirs(dir.path()),
+            [partition::day_name(partition::day_of(&now))],
+            "expired directories removed"
+        );
+        assert_eq!(msgs(&ix, "").await, ["today"]);
+        ix.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_single_index_of_the_old_layout_is_migrated_into_a_partition() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = dir.path().join("index");
+        std::fs::create_dir_all(&old).unwrap();
+        let fields = Fields::new();
+        let index = Index::builder()
+            .schema(fields.schema.clone())
+            .settings(schema::index_settings())
+            .create_in_dir(&old)
+            .unwrap();
+        let mut w: tantivy::IndexWriter = index.writer(15 << 20).unwrap();
+        let batch: Vec<LogRecord> = (0..3)
+            .map(|i| rec(i * 86_400, "h", "a", &format!("m{i}"), "s", i as u64 + 1))
+            .collect();
+        for (i, r) in batch.iter().enumerate() {
+            w.add_document(fields.to_document(r, i as u64 + 1)).unwrap();
+        }
+        let mut prepared = w.prepare_commit().unwrap();
+        prepared.set_payload(r#"{"offsets":{"s":3}}"#);
+        prepared.commit().unwrap();
+        drop(w);
+        drop(index);
+
+        let ix = Indexer::open(config(dir.path())).unwrap();
+        assert_eq!(
+            day_dirs(dir.path()),
+            ["2025-06-03"],
+            "named by its newest record"
+        );
+        assert_eq!(msgs(&ix, "").await, ["m0", "m1", "m2"]);
+        assert_eq!(ix.ingest(batch).await.unwrap().duplicates, 3);
+        ix.ingest(vec![rec(3 * 86_400, "h", "a", "m3", "s", 4)])
+            .await
+            .unwrap();
+        assert_eq!(ix.search(all("")).await.unwrap().total, 4);
         ix.shutdown().await;
     }
 }

@@ -8,6 +8,7 @@
 //! JSON round-trip. These functions block and are meant for `spawn_blocking`.
 
 use crate::error::{Error, Result};
+use crate::partition::{MultiSearcher, Partitions};
 use crate::query::{all_of, before_cursor, parse_time, time_range, user_query, Cursor};
 use crate::schema::{Fields, LATENCY, TS, UID};
 use chrono::{DateTime, Duration, Utc};
@@ -18,7 +19,7 @@ use tantivy::collector::{
 };
 use tantivy::columnar::Column;
 use tantivy::query::ExistsQuery;
-use tantivy::{DocId, Index, IndexReader, Score, SegmentOrdinal, SegmentReader, TantivyDocument};
+use tantivy::{DocId, Index, Score, SegmentOrdinal, SegmentReader, TantivyDocument};
 
 pub const DEFAULT_LIMIT: usize = 100;
 pub const MAX_LIMIT: usize = 10_000;
@@ -190,12 +191,20 @@ pub struct HistogramRequest {
 /// What searches need: cheap to clone (everything inside is reference-counted).
 #[derive(Clone)]
 pub struct IndexView {
+    /// An empty in-memory index with the schema and tokenizers of the partitions,
+    /// for query parsing and highlighting.
     pub index: Index,
-    pub reader: IndexReader,
+    /// The day partitions, searched together.
+    pub parts: Partitions,
     pub fields: Fields,
 }
 
 impl IndexView {
+    /// A searcher over every partition as of their last reload.
+    pub fn searcher(&self) -> MultiSearcher {
+        self.parts.searcher()
+    }
+
     pub fn search(&self, req: &SearchRequest) -> Result<SearchResponse> {
         if req.limit > MAX_LIMIT {
             return Err(Error::BadParam {
@@ -210,7 +219,7 @@ impl IndexView {
             Sort::NewestFirst => req.cursor.as_deref().map(Cursor::decode).transpose()?,
             Sort::LatencyDesc => None,
         };
-        let searcher = self.reader.searcher();
+        let searcher = self.parts.searcher_within(req.start, Some(end));
         let mut parts = vec![user_query(&self.index, &self.fields, &req.q)?];
         parts.extend(time_range(&self.fields, req.start, Some(end)));
         let matching = all_of(parts);
@@ -267,7 +276,7 @@ impl IndexView {
         req: &SearchRequest,
         matching: Box<dyn tantivy::query::Query>,
     ) -> Result<SearchResponse> {
-        let searcher = self.reader.searcher();
+        let searcher = self.searcher();
         let has_latency: Box<dyn tantivy::query::Query> =
             Box::new(ExistsQuery::new(LATENCY.to_string(), false));
         let matching = all_of(vec![matching, has_latency]);
@@ -312,7 +321,7 @@ impl IndexView {
     pub fn histogram(&self, req: &HistogramRequest) -> Result<HistogramResponse> {
         let end = req.end.unwrap_or_else(Utc::now);
         check_order(req.start, end)?;
-        let searcher = self.reader.searcher();
+        let searcher = self.parts.searcher_within(req.start, Some(end));
         let q = user_query(&self.index, &self.fields, &req.q)?;
         let start = match req.start {
             Some(s) => s,

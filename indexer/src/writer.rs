@@ -11,18 +11,22 @@
 //! their shippers, which exactly-once makes harmless).
 //!
 //! Exactly-once: the [`Checkpoint`] (highest committed offset per source) is written
-//! as the commit payload, so it is atomic with the documents it describes, and read
-//! back from the last commit at open.
+//! in the commit payload of every day partition a group touched, with what is needed
+//! to undo a group whose partitions did not all commit (see [`crate::partition`] for
+//! the argument), and read back at open.
 
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
+use crate::partition::{day_name, day_of, open_part, remove_dir, Part, Partitions, Payload};
 use crate::schema::Fields;
+use chrono::NaiveDate;
 use protocol::{IngestResponse, LogRecord};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
-use tantivy::{Index, IndexReader, IndexWriter, TantivyDocument};
+use tantivy::{IndexWriter, TantivyDocument};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 /// How many requests may wait for the writer before `ingest` applies back-pressure.
@@ -120,69 +124,258 @@ enum Waiting {
 
 /// Everything the writer thread owns.
 pub struct WriterThread {
-    pub writer: IndexWriter<TantivyDocument>,
-    pub reader: IndexReader,
+    /// `data_dir/index`, holding one directory per day.
+    root: PathBuf,
+    parts: Partitions,
+    /// Open writers, by day: those the last group touched, and the newest day's.
+    writers: BTreeMap<NaiveDate, IndexWriter<TantivyDocument>>,
+    memory_bytes: usize,
+    threads: usize,
     pub fields: Fields,
     pub checkpoint: Checkpoint,
+    /// Number of the last committed group (see [`Payload::epoch`]).
+    epoch: u64,
     pub tail: broadcast::Sender<Arc<LogRecord>>,
     pub metrics: Arc<Metrics>,
     uids: UidSource,
-    /// Records older than this are deleted (see [`WriterThread::enforce_retention`]).
+    /// Partitions whose whole day is older than this are dropped (see
+    /// `WriterThread::enforce_retention`).
     pub retention: Option<std::time::Duration>,
+    /// Set when undoing a failed group failed too: every later group fails with it
+    /// (the next open repairs the state on disk).
+    broken: Option<String>,
+    /// Test hook: after this many partition commits of a group, stop dead, the way
+    /// a killed process would (no undo, nothing more committed).
+    pub(crate) crash_after_part_commits: Option<usize>,
+    crashed: bool,
+    /// Test hook: the next group's commit fails after this many partition commits
+    /// (once), the way a full disk would.
+    pub(crate) fail_after_part_commits: Option<usize>,
 }
 
 impl WriterThread {
+    /// Takes over the partitions, reads the checkpoint and undoes a group that was
+    /// committed to only some of its partitions (see [`crate::partition`]).
     pub fn new(
-        index: &Index,
+        root: PathBuf,
+        parts: Partitions,
         memory_bytes: usize,
-        reader: IndexReader,
         fields: Fields,
         tail: broadcast::Sender<Arc<LogRecord>>,
         metrics: Arc<Metrics>,
     ) -> Result<WriterThread> {
-        let checkpoint = Checkpoint::from_payload(index.load_metas()?.payload.as_deref())?;
+        let mut payloads: BTreeMap<String, Payload> = BTreeMap::new();
+        for part in parts.list() {
+            let payload = Payload::parse(part.index.load_metas()?.payload.as_deref())?;
+            payloads.insert(day_name(part.day), payload);
+        }
+        let last = payloads
+            .values()
+            .max_by_key(|p| p.epoch)
+            .cloned()
+            .unwrap_or_default();
+        let complete = last
+            .parts
+            .iter()
+            .all(|name| payloads.get(name).is_some_and(|p| p.epoch == last.epoch));
+        let mut uids = UidSource::new();
+        uids.at_least(payloads.values().map(|p| p.uid_next).max().unwrap_or(0));
         // Tantivy wants at least 15 MB per indexing thread; more threads than cores
         // only adds memory.
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let threads = (memory_bytes / (32 << 20)).clamp(1, cores.min(4));
-        let writer = index.writer_with_num_threads(threads, memory_bytes)?;
-        Ok(WriterThread {
-            writer,
-            reader,
+        let mut this = WriterThread {
+            root,
+            parts,
+            writers: BTreeMap::new(),
+            memory_bytes,
+            threads,
             fields,
-            checkpoint,
+            checkpoint: Checkpoint {
+                offsets: last.offsets.clone(),
+            },
+            epoch: last.epoch,
             tail,
             metrics,
-            uids: UidSource::new(),
+            uids,
             retention: None,
-        })
+            broken: None,
+            crash_after_part_commits: None,
+            crashed: false,
+            fail_after_part_commits: None,
+        };
+        if !complete {
+            tracing::warn!(
+                epoch = last.epoch,
+                parts = ?last.parts,
+                "the last group was committed to only some partitions; undoing it"
+            );
+            this.undo(&last)?;
+        }
+        Ok(this)
     }
 
-    /// Deletes every record older than the retention and commits (with the same
-    /// checkpoint payload). The trade-off of one index rather than daily partitions:
-    /// expired records are deleted by a range query and their space comes back as
-    /// merges rewrite (or drop wholly deleted) segments, not at once by removing a
-    /// directory.
+    /// The writer of a day's partition, opening (or creating) it. The current day
+    /// (see [`WriterThread::current_day`]) gets the whole memory budget, other days
+    /// (late records, backfills) a small one.
+    fn writer_for(&mut self, day: NaiveDate) -> Result<&mut IndexWriter<TantivyDocument>> {
+        if !self.writers.contains_key(&day) {
+            let part = match self.parts.get(day) {
+                Some(p) => p,
+                None => {
+                    let p = open_part(&self.root, day, &self.fields)?;
+                    self.parts.insert(p.clone());
+                    p
+                }
+            };
+            let writer = if self.current_day() == Some(day) {
+                part.index
+                    .writer_with_num_threads(self.threads, self.memory_bytes)?
+            } else {
+                part.index
+                    .writer_with_num_threads(1, self.memory_bytes.clamp(15 << 20, 32 << 20))?
+            };
+            self.writers.insert(day, writer);
+        }
+        self.writers
+            .get_mut(&day)
+            .ok_or_else(|| Error::Internal("partition writer vanished".into()))
+    }
+
+    /// The newest day that is not in the future: where records normally arrive. (A
+    /// record from a skewed clock may create a later partition; it must not take
+    /// the memory budget from today's.)
+    fn current_day(&self) -> Option<NaiveDate> {
+        let today = day_of(&chrono::Utc::now());
+        self.parts
+            .list()
+            .into_iter()
+            .map(|p| p.day)
+            .find(|d| *d <= today)
+    }
+
+    /// Commits `days` one after the other with `payload`, then reloads their readers.
+    fn commit_payload(&mut self, days: &[NaiveDate], payload: &Payload) -> Result<()> {
+        let json = payload.to_json();
+        for (n, day) in days.iter().enumerate() {
+            if self.crash_after_part_commits == Some(n) {
+                self.crashed = true;
+                return Err(Error::Internal("simulated crash".into()));
+            }
+            if self.fail_after_part_commits == Some(n) {
+                self.fail_after_part_commits = None;
+                return Err(Error::Index("simulated commit failure".into()));
+            }
+            let writer = self.writer_for(*day)?;
+            let mut prepared = writer.prepare_commit()?;
+            prepared.set_payload(&json);
+            prepared.commit()?;
+        }
+        for day in days {
+            if let Some(part) = self.parts.get(*day) {
+                // The data is durable even if the reload fails; the next commit's
+                // reload will make it visible.
+                if let Err(e) = part.reader.reload() {
+                    tracing::warn!(error = %e, "reader reload after commit failed");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Undoes `group` in every partition it names that exists: uncommitted documents
+    /// are dropped, committed ones (uid at or above its `uid_from`) deleted, and the
+    /// result committed as a new epoch whose checkpoint is the group's `before`.
+    fn undo(&mut self, group: &Payload) -> Result<()> {
+        let days: Vec<NaiveDate> = group
+            .parts
+            .iter()
+            .filter_map(|n| NaiveDate::parse_from_str(n, crate::partition::DAY_FORMAT).ok())
+            .filter(|d| self.parts.get(*d).is_some())
+            .collect();
+        self.epoch = self.epoch.max(group.epoch) + 1;
+        let payload = Payload {
+            offsets: group.before.clone(),
+            epoch: self.epoch,
+            parts: days.iter().map(|d| day_name(*d)).collect(),
+            uid_from: group.uid_from,
+            before: group.before.clone(),
+            uid_next: self.uids.peek(),
+        };
+        let uid_field = self.fields.uid;
+        for day in &days {
+            let writer = self.writer_for(*day)?;
+            writer.rollback()?;
+            let from = tantivy::Term::from_field_u64(uid_field, group.uid_from);
+            writer.delete_query(Box::new(tantivy::query::RangeQuery::new(
+                std::ops::Bound::Included(from),
+                std::ops::Bound::Unbounded,
+            )))?;
+        }
+        self.commit_payload(&days, &payload)?;
+        self.checkpoint = Checkpoint {
+            offsets: group.before.clone(),
+        };
+        tracing::info!(epoch = self.epoch, parts = ?payload.parts, "group undone");
+        Ok(())
+    }
+
+    /// Drops every partition whose whole day is older than the retention, except
+    /// the newest (it carries the checkpoint), after committing the checkpoint into
+    /// the newest partition. Space returns at once: the directory is removed (after
+    /// its writer is closed and it left the list searches take their searchers
+    /// from; a search still running keeps its memory maps, which Unix keeps valid).
     fn enforce_retention(&mut self) {
         let Some(keep) = self.retention else { return };
         let Ok(keep) = chrono::Duration::from_std(keep) else {
             return;
         };
         let cutoff = chrono::Utc::now() - keep;
-        let bound =
-            tantivy::Term::from_field_date(self.fields.ts, crate::schema::to_tantivy_date(&cutoff));
-        let expired = tantivy::query::RangeQuery::new(
-            std::ops::Bound::Unbounded,
-            std::ops::Bound::Excluded(bound),
-        );
-        let result = self
-            .writer
-            .delete_query(Box::new(expired))
-            .map_err(Error::from)
-            .and_then(|_| self.commit());
-        match result {
-            Ok(()) => tracing::info!(cutoff = %cutoff.to_rfc3339(), "retention applied"),
-            Err(e) => tracing::error!(error = %e, "retention failed, will retry"),
+        let list = self.parts.list();
+        let Some(newest) = list.first().map(|p| p.day) else {
+            return;
+        };
+        let expired: Vec<Part> = list
+            .into_iter()
+            .skip(1)
+            .filter(|p| {
+                let end = (p.day + chrono::Days::new(1))
+                    .and_time(chrono::NaiveTime::MIN)
+                    .and_utc();
+                end <= cutoff
+            })
+            .collect();
+        if expired.is_empty() {
+            return;
+        }
+        self.epoch += 1;
+        let payload = Payload {
+            offsets: self.checkpoint.offsets.clone(),
+            epoch: self.epoch,
+            parts: vec![day_name(newest)],
+            uid_from: self.uids.peek(),
+            before: self.checkpoint.offsets.clone(),
+            uid_next: self.uids.peek(),
+        };
+        if let Err(e) = self.commit_payload(&[newest], &payload) {
+            tracing::error!(error = %e, "retention: checkpoint commit failed, will retry");
+            return;
+        }
+        for part in expired {
+            let day = part.day;
+            if let Some(writer) = self.writers.remove(&day) {
+                if let Err(e) = writer.wait_merging_threads() {
+                    tracing::warn!(error = %e, "retention: closing a writer failed");
+                }
+            }
+            self.parts.remove(day);
+            let Part { dir, .. } = part;
+            match remove_dir(&self.root, day, &dir) {
+                Ok(()) => {
+                    tracing::info!(day = %day_name(day), cutoff = %cutoff.to_rfc3339(), "retention dropped a partition")
+                }
+                Err(e) => tracing::error!(error = %e, "retention: removing a partition failed"),
+            }
         }
     }
 
@@ -229,6 +422,10 @@ impl WriterThread {
             let Some(first) = first else { continue };
             let deadline = last_commit + COMMIT_INTERVAL;
             let (stops, committed) = self.commit_group(first, &mut rx, &timer, deadline);
+            if self.crashed {
+                // The test hook's crash: leave without committing or answering.
+                return;
+            }
             if committed {
                 last_commit = Instant::now();
             }
@@ -240,8 +437,10 @@ impl WriterThread {
         // Refuse (by dropping) whatever arrives from now on, then let merges finish
         // so the directory is left tidy and the lock released.
         drop(rx);
-        if let Err(e) = self.writer.wait_merging_threads() {
-            tracing::warn!(error = %e, "waiting for merges at shutdown failed");
+        for (_, writer) in std::mem::take(&mut self.writers) {
+            if let Err(e) = writer.wait_merging_threads() {
+                tracing::warn!(error = %e, "waiting for merges at shutdown failed");
+            }
         }
         tracing::info!("index writer stopped");
         for reply in stop_replies {
@@ -266,7 +465,12 @@ impl WriterThread {
         let mut added = 0u64;
         // `_id`s added in this group, which the searcher cannot see yet.
         let mut pending_ids: std::collections::HashSet<String> = Default::default();
-        let searcher = self.reader.searcher();
+        let searcher = self.parts.searcher();
+        let uid_from = self.uids.peek();
+        let mut touched: BTreeSet<NaiveDate> = BTreeSet::new();
+        if let Some(reason) = &self.broken {
+            failure = Some(reason.clone());
+        }
         let mut next = Some(first);
         loop {
             let msg = match next.take() {
@@ -297,7 +501,12 @@ impl WriterThread {
                                 continue;
                             }
                             let doc = self.fields.to_document(&rec, self.uids.next());
-                            if let Err(e) = self.writer.add_document(doc) {
+                            let day = day_of(&rec.ts);
+                            touched.insert(day);
+                            let result = self
+                                .writer_for(day)
+                                .and_then(|w| w.add_document(doc).map_err(Error::from));
+                            if let Err(e) = result {
                                 failure = Some(e.to_string());
                                 break;
                             }
@@ -329,7 +538,12 @@ impl WriterThread {
                                 self.uids.next(),
                                 id.as_deref(),
                             );
-                            if let Err(e) = self.writer.add_document(doc) {
+                            let day = day_of(&record.ts);
+                            touched.insert(day);
+                            let result = self
+                                .writer_for(day)
+                                .and_then(|w| w.add_document(doc).map_err(Error::from));
+                            if let Err(e) = result {
                                 failure = Some(e.to_string());
                                 break;
                             }
@@ -345,7 +559,17 @@ impl WriterThread {
         let committed = failure.is_none() && added > 0;
         if committed {
             let started = Instant::now();
-            match self.commit() {
+            let days: Vec<NaiveDate> = touched.iter().copied().collect();
+            self.epoch += 1;
+            let payload = Payload {
+                offsets: self.checkpoint.offsets.clone(),
+                epoch: self.epoch,
+                parts: days.iter().map(|d| day_name(*d)).collect(),
+                uid_from,
+                before: before.offsets.clone(),
+                uid_next: self.uids.peek(),
+            };
+            match self.commit_payload(&days, &payload) {
                 Ok(()) => {
                     Metrics::inc(&self.metrics.commits, 1);
                     Metrics::inc(
@@ -362,6 +586,14 @@ impl WriterThread {
                 Err(e) => failure = Some(e.to_string()),
             }
         }
+        if self.crashed {
+            return (stops, false);
+        }
+        // Writers of days this group did not touch are closed (their memory freed),
+        // except the current day's.
+        let current = self.current_day();
+        self.writers
+            .retain(|day, _| touched.contains(day) || Some(*day) == current);
         match failure {
             None => {
                 for w in waiting {
@@ -389,8 +621,19 @@ impl WriterThread {
             Some(reason) => {
                 Metrics::inc(&self.metrics.commit_errors, 1);
                 tracing::error!(error = %reason, requests = waiting.len(), "commit failed, rolling back the group");
-                if let Err(e) = self.writer.rollback() {
-                    tracing::error!(error = %e, "rollback failed");
+                let group = Payload {
+                    offsets: self.checkpoint.offsets.clone(),
+                    epoch: self.epoch,
+                    parts: touched.iter().map(|d| day_name(*d)).collect(),
+                    uid_from,
+                    before: before.offsets.clone(),
+                    uid_next: self.uids.peek(),
+                };
+                if let Err(e) = self.undo(&group) {
+                    tracing::error!(error = %e, "undoing the failed group failed; refusing ingest until restart");
+                    self.broken = Some(format!(
+                        "an earlier commit failed and could not be undone ({e}); restart the indexer"
+                    ));
                 }
                 self.checkpoint = before;
                 let err = || {
@@ -412,18 +655,6 @@ impl WriterThread {
         }
         (stops, committed)
     }
-
-    fn commit(&mut self) -> Result<()> {
-        let mut prepared = self.writer.prepare_commit()?;
-        prepared.set_payload(&self.checkpoint.to_payload());
-        prepared.commit()?;
-        // The data is durable even if the reload fails; the next commit's reload
-        // will make it visible.
-        if let Err(e) = self.reader.reload() {
-            tracing::warn!(error = %e, "reader reload after commit failed");
-        }
-        Ok(())
-    }
 }
 
 /// Tie-breakers: a counter seeded with the time in microseconds times 1024, so that
@@ -443,6 +674,16 @@ impl UidSource {
         UidSource {
             next: micros.saturating_mul(1024),
         }
+    }
+
+    /// The next uid to be issued.
+    fn peek(&self) -> u64 {
+        self.next.wrapping_add(1)
+    }
+
+    /// Issues nothing below `floor` from now on.
+    fn at_least(&mut self, floor: u64) {
+        self.next = self.next.max(floor);
     }
 
     fn next(&mut self) -> u64 {

@@ -297,3 +297,52 @@ async fn aggregations_match_the_data() -> Result<()> {
     s.indexer.shutdown().await;
     Ok(())
 }
+
+/// Documents of three days land in three partitions; `_id` dedup, totals,
+/// `search_after` paging and the returned `_id`s work across them.
+#[tokio::test]
+async fn bulk_and_search_span_day_partitions() -> Result<()> {
+    let s = Server::start(None).await?;
+    let mut lines = Vec::new();
+    for i in 0..12u64 {
+        let mut d = doc(i);
+        d["@timestamp"] = json!(format!("2025-06-0{}T10:00:{:02}Z", 1 + i % 3, i));
+        lines.push(json!({ "index": { "_id": format!("day-{i}") } }));
+        lines.push(d);
+    }
+    let (status, resp) = s.bulk("/logs/_bulk", &lines).await?;
+    assert_eq!(status, StatusCode::OK, "{resp}");
+    let (_, again) = s.bulk("/logs/_bulk", &lines).await?;
+    let created = again["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["index"]["status"] == 201)
+        .count();
+    assert_eq!(created, 0, "ids are found in every partition: {again}");
+
+    let mut seen = Vec::new();
+    let mut after: Option<Value> = None;
+    for _ in 0..10 {
+        let mut body = json!({ "size": 5, "sort": [ { "@timestamp": { "order": "asc" } } ] });
+        if let Some(a) = &after {
+            body["search_after"] = a.clone();
+        }
+        let r = s.search("logs", body).await?;
+        assert_eq!(r["hits"]["total"]["value"], 12);
+        let hits = r["hits"]["hits"].as_array().unwrap().clone();
+        if hits.is_empty() {
+            break;
+        }
+        after = Some(hits.last().unwrap()["sort"].clone());
+        seen.extend(hits);
+    }
+    let ids: Vec<&str> = seen.iter().map(|h| h["_id"].as_str().unwrap()).collect();
+    let expected: Vec<String> = [0, 3, 6, 9, 1, 4, 7, 10, 2, 5, 8, 11]
+        .iter()
+        .map(|i| format!("day-{i}"))
+        .collect();
+    assert_eq!(ids, expected);
+    s.indexer.shutdown().await;
+    Ok(())
+}

@@ -216,7 +216,13 @@ impl Node {
                             info!(node = %inner.cfg.name, failures, "scheduler reachable again");
                         }
                         failures = 0;
-                        inner.reconcile(desired).await;
+                        if inner.reconcile(desired).await {
+                            // Report the launches now rather than a heartbeat later:
+                            // it takes an interval off every deployment and
+                            // replacement. The next answer launches nothing new, so
+                            // this does not spin.
+                            continue;
+                        }
                     }
                     Ok(None) => {
                         warn!(node = %inner.cfg.name, "scheduler does not know this agent, registering again");
@@ -374,7 +380,8 @@ impl Inner {
     }
 
     /// Converges on `desired`: launches what is missing, kills what is not wanted.
-    async fn reconcile(self: &Arc<Self>, desired: Vec<TaskSpec>) {
+    /// Starts and kills tasks to match `desired`; returns whether it launched any.
+    async fn reconcile(self: &Arc<Self>, desired: Vec<TaskSpec>) -> bool {
         let wanted: HashSet<&str> = desired.iter().map(|s| s.task.as_str()).collect();
         let (to_launch, to_kill) = {
             let mut st = self.state.lock().expect("node state lock");
@@ -405,6 +412,7 @@ impl Inner {
             info!(app, task, pid, "killing task no longer desired");
             kill.cancel();
         }
+        let launched = !to_launch.is_empty();
         for spec in to_launch {
             if let Err(e) = self.launch(&spec).await {
                 self.metrics.launch_failures.fetch_add(1, Ordering::Relaxed);
@@ -429,6 +437,7 @@ impl Inner {
                 ));
             }
         }
+        launched
     }
 
     async fn launch(self: &Arc<Self>, spec: &TaskSpec) -> Result<()> {

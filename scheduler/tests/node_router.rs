@@ -833,3 +833,42 @@ async fn tasks_outlive_a_node_restart_and_are_found_again() {
     cancel.cancel();
     runner.await.unwrap().unwrap();
 }
+
+/// Regression: launches were reported only on the heartbeat after the next interval,
+/// which put a whole interval into every deployment and every replacement of a lost
+/// agent's tasks (issue 5's agent-loss benchmark missed "timeout + 2 s" by that).
+#[tokio::test]
+async fn node_reports_launches_without_waiting_a_heartbeat_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let (plane, url) = fake_plane().await;
+    let mut cfg = NodeConfig::new("node-1", dir.path(), &url);
+    // Far longer than the deadline below: only the immediate report can pass.
+    cfg.heartbeat_interval = Duration::from_secs(60);
+    cfg.kill_grace = Duration::from_secs(2);
+    let node = Arc::new(Node::new(cfg).unwrap());
+    plane.lock().unwrap().desired = vec![spec("app", "app.1", "sleep 300", 0)];
+
+    let cancel = CancellationToken::new();
+    let runner = {
+        let (node, cancel) = (node.clone(), cancel.clone());
+        tokio::spawn(async move { node.run(cancel).await })
+    };
+    let end = Instant::now() + Duration::from_secs(10);
+    let reported = loop {
+        if status_of(&plane.lock().unwrap(), "app.1", "TASK_RUNNING").is_some() {
+            break true;
+        }
+        if Instant::now() > end {
+            break false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    cancel.cancel();
+    runner.await.unwrap().unwrap();
+    assert!(
+        reported,
+        "TASK_RUNNING not reported before the next heartbeat interval"
+    );
+    // One heartbeat fetched the task, the next one reported it; then it waits.
+    assert_eq!(plane.lock().unwrap().heartbeats, 2);
+}
