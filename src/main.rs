@@ -216,6 +216,21 @@ async fn main() -> anyhow::Result<()> {
     if !matches!(cli.command, Command::DemoFib) {
         init_tracing();
     }
+    if matches!(
+        cli.command,
+        Command::Apps { .. }
+            | Command::Search { .. }
+            | Command::Tail { .. }
+            | Command::Trace { .. }
+    ) {
+        // Clients end quietly when their reader goes away (`sandtrail search ... | head`)
+        // instead of panicking on a broken pipe; servers keep Rust's default of
+        // ignoring SIGPIPE and handle EPIPE as an error.
+        // SAFETY: only restores the default action for SIGPIPE; no handler of ours is replaced.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let cfg = config::Config::load(cli.config.as_deref())?;
     let token = cli.token.clone().or_else(|| cfg.token.clone());
     match cli.command {

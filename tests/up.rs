@@ -224,6 +224,15 @@ async fn up_serves_search_tail_and_trace_end_to_end() -> anyhow::Result<()> {
     }
     let newest_first = lines.hits.windows(2).all(|w| w[0].ts >= w[1].ts);
     assert!(newest_first, "hits must be newest first");
+    let task_instance: std::collections::BTreeMap<String, u32> = lines
+        .hits
+        .iter()
+        .map(|r| (r.task.clone(), r.instance))
+        .collect();
+    assert!(
+        task_instance.values().any(|&i| i != 0),
+        "three instances, not all numbered 0: {task_instance:?}"
+    );
     let by_host = search(&http, &up.web, "app:fib AND host:node-2", 1000).await?;
     assert!(by_host.total > 0 && by_host.hits.iter().all(|r| r.host == "node-2"));
 
@@ -251,6 +260,13 @@ async fn up_serves_search_tail_and_trace_end_to_end() -> anyhow::Result<()> {
             Some(&h.host),
             "hop names its host: {h:?}"
         );
+        // Regression: access records said instance 0 whatever task served the call.
+        if let Some(i) = task_instance.get(&h.task) {
+            assert_eq!(
+                h.instance, *i,
+                "hop names the instance that served it: {h:?}"
+            );
+        }
         hop_hosts.insert(h.host.clone());
     }
     assert_eq!(hop_hosts, nodes, "the calls fan out over every node");

@@ -276,6 +276,10 @@ pub struct ServiceEndpoint {
     pub host: String,
     pub address: String,
     pub port: u16,
+    /// The task's instance number, so the router's access records name the same
+    /// instance as the task's own lines.
+    #[serde(default)]
+    pub instance: u32,
 }
 
 /// What a node is told to run: the scheduler's desired state for one task.

@@ -128,6 +128,7 @@ async fn main() {
         host: "node-1".into(),
         address: "127.0.0.1".into(),
         port: upstream.port(),
+        instance: 0,
     };
     let plane = serve(axum::Router::new().route(
         "/v1/services/{app}",

@@ -960,7 +960,7 @@ fn access_record(
             .map_or(call.app.as_str(), |c| c.app.as_str())
             .to_string(),
         task: callee.map(|c| c.task.clone()).unwrap_or_default(),
-        instance: 0,
+        instance: callee.map_or(0, |c| c.instance),
         ports: Vec::new(),
     };
     let msg = format!(

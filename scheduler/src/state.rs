@@ -862,6 +862,7 @@ impl State {
                     host: t.agent.clone(),
                     address: agent.info.address.clone(),
                     port: *t.ports.first()?,
+                    instance: t.instance,
                 })
             })
             .collect())

@@ -206,6 +206,7 @@ async fn agents_get_tasks_report_them_and_failed_tasks_are_replaced() {
             host: "node-1".into(),
             address: "10.0.0.1".into(),
             port: 31001,
+            instance: specs["node-1"].instance,
         }]
     );
     let (code, body) = server.get("/v1/services//fib").await;

@@ -352,6 +352,7 @@ fn endpoint(app: &str, task: &str, host: &str, addr: SocketAddr) -> ServiceEndpo
         host: host.into(),
         address: addr.ip().to_string(),
         port: addr.port(),
+        instance: 0,
     }
 }
 
