@@ -511,22 +511,7 @@ impl Inner {
                 started_at,
             },
         );
-        for (index, check) in spec.health_checks.iter().enumerate() {
-            let target = HealthTarget {
-                task: spec.task.clone(),
-                started: std::time::Instant::now(),
-                index,
-                check: check.clone(),
-                address: self.cfg.address.clone(),
-                ports: ports.clone(),
-                sandbox: dir.clone(),
-                env: env.clone(),
-            };
-            let inner = Arc::clone(self);
-            let stop = kill.clone();
-            self.tracker
-                .spawn(async move { inner.check_health(target, stop).await });
-        }
+        self.spawn_health_checks(spec, &ports, &dir, &env, &kill);
         self.metrics.launched.fetch_add(1, Ordering::Relaxed);
         info!(app = %spec.app, task = %spec.task, pid, ports = ?ports, "task started");
         let inner = Arc::clone(self);
@@ -713,6 +698,34 @@ impl Inner {
         }
     }
 
+    /// One checker per health check of `spec`, each stopping when `kill` fires (the
+    /// task ended or is being killed). Shared by fresh launches and adopted tasks.
+    fn spawn_health_checks(
+        self: &Arc<Self>,
+        spec: &TaskSpec,
+        ports: &[u16],
+        dir: &Path,
+        env: &[(String, String)],
+        kill: &CancellationToken,
+    ) {
+        for (index, check) in spec.health_checks.iter().enumerate() {
+            let target = HealthTarget {
+                task: spec.task.clone(),
+                started: std::time::Instant::now(),
+                index,
+                check: check.clone(),
+                address: self.cfg.address.clone(),
+                ports: ports.to_vec(),
+                sandbox: dir.to_path_buf(),
+                env: env.to_vec(),
+            };
+            let inner = Arc::clone(self);
+            let stop = kill.clone();
+            self.tracker
+                .spawn(async move { inner.check_health(target, stop).await });
+        }
+    }
+
     /// Starts the health checkers of a task found again after a node restart, once
     /// its spec (and so its checks) is known.
     fn start_checks_of_adopted(self: &Arc<Self>, spec: &TaskSpec) {
@@ -734,22 +747,7 @@ impl Inner {
             return;
         };
         let env = task_env(&self.cfg, spec, &ports, &dir);
-        for (index, check) in spec.health_checks.iter().enumerate() {
-            let target = HealthTarget {
-                task: spec.task.clone(),
-                started: std::time::Instant::now(),
-                index,
-                check: check.clone(),
-                address: self.cfg.address.clone(),
-                ports: ports.clone(),
-                sandbox: dir.clone(),
-                env: env.clone(),
-            };
-            let inner = Arc::clone(self);
-            let stop = kill.clone();
-            self.tracker
-                .spawn(async move { inner.check_health(target, stop).await });
-        }
+        self.spawn_health_checks(spec, &ports, &dir, &env, &kill);
     }
 
     async fn shutdown(&self) {
