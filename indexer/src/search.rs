@@ -237,7 +237,7 @@ impl IndexView {
         }
         // One more than asked tells whether there is an older page.
         let top = TopDocs::with_limit(req.limit + 1).custom_score(NewestFirst);
-        let (total, mut top_hits) = match cursor {
+        let (total, top_hits) = match cursor {
             None => searcher.search(&*matching, &(Count, top))?,
             Some(c) => {
                 let total = searcher.search(&*matching, &Count)?;
@@ -245,28 +245,13 @@ impl IndexView {
                 (total, searcher.search(&*page, &top)?)
             }
         };
-        let next = if top_hits.len() > req.limit {
-            top_hits.truncate(req.limit);
-            top_hits.last().map(|((ts_micros, uid), _)| {
-                Cursor {
-                    ts_micros: *ts_micros,
-                    uid: *uid,
-                }
-                .encode()
-            })
-        } else {
-            None
-        };
-        let mut hits = Vec::with_capacity(top_hits.len());
-        for (_, addr) in top_hits {
-            let doc: TantivyDocument = searcher.doc(addr)?;
-            hits.push(self.fields.to_record(&doc)?);
-        }
-        Ok(SearchResponse {
-            total: total as u64,
-            hits,
-            next,
-        })
+        self.page(
+            &searcher,
+            total,
+            top_hits,
+            req.limit,
+            |&(ts_micros, uid)| Cursor { ts_micros, uid }.encode(),
+        )
     }
 
     /// Slowest first over the matches that have a `latency_ms`; the cursor is the
@@ -287,22 +272,31 @@ impl IndexView {
             .transpose()?;
         let top = TopDocs::with_limit(req.limit + 1).custom_score(SlowestFirst);
         let total = searcher.search(&*matching, &Count)?;
-        let mut top_hits = match cursor {
+        let top_hits = match cursor {
             None => searcher.search(&*matching, &top)?,
             Some(c) => {
                 let page = all_of(vec![matching, c.before(&self.fields)]);
                 searcher.search(&*page, &top)?
             }
         };
-        let next = if top_hits.len() > req.limit {
-            top_hits.truncate(req.limit);
-            top_hits.last().map(|((key, uid), _)| {
-                LatencyCursor {
-                    key: *key,
-                    uid: *uid,
-                }
-                .encode()
-            })
+        self.page(&searcher, total, top_hits, req.limit, |&(key, uid)| {
+            LatencyCursor { key, uid }.encode()
+        })
+    }
+
+    /// Turns `limit + 1` top hits into one page: the extra hit only tells that there
+    /// is a next page, whose cursor is the key of the last hit shown.
+    fn page<K>(
+        &self,
+        searcher: &MultiSearcher,
+        total: usize,
+        mut top_hits: Vec<(K, tantivy::DocAddress)>,
+        limit: usize,
+        cursor_of: impl Fn(&K) -> String,
+    ) -> Result<SearchResponse> {
+        let next = if top_hits.len() > limit {
+            top_hits.truncate(limit);
+            top_hits.last().map(|(key, _)| cursor_of(key))
         } else {
             None
         };
