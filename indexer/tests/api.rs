@@ -1,42 +1,19 @@
 //! The indexer's HTTP contract, exercised over a real socket on 127.0.0.1:0.
 
+mod common;
 use anyhow::Result;
 use chrono::{DateTime, Duration, Utc};
+use common::Server;
 use flate2::write::GzEncoder;
 use flate2::Compression;
 use futures::StreamExt;
-use indexer::{router, Indexer, IndexerConfig};
 use protocol::{HistogramResponse, IngestResponse, LogRecord, SearchResponse, Stream, TaskMeta};
 use reqwest::StatusCode;
 use std::io::Write;
 
-struct Server {
-    base: String,
-    indexer: Indexer,
-    http: reqwest::Client,
-    _dir: tempfile::TempDir,
-}
-
 impl Server {
     async fn start(token: Option<&str>, max_body_bytes: usize) -> Result<Server> {
-        let dir = tempfile::tempdir()?;
-        let indexer = Indexer::open(IndexerConfig {
-            data_dir: dir.path().to_path_buf(),
-            token: token.map(String::from),
-            max_body_bytes,
-            writer_memory_bytes: 32 << 20,
-            ..IndexerConfig::default()
-        })?;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let base = format!("http://{}", listener.local_addr()?);
-        let app = router(indexer.clone());
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        Ok(Server {
-            base,
-            indexer,
-            http: reqwest::Client::new(),
-            _dir: dir,
-        })
+        common::serve(token, max_body_bytes).await
     }
 
     async fn post_ingest(&self, body: Vec<u8>, token: Option<&str>) -> Result<reqwest::Response> {

@@ -1,38 +1,15 @@
 //! The Elasticsearch-compatible subset over a real socket: `_bulk` then `_search`
 //! with the query DSL, sorting, `search_after` and aggregations.
 
+mod common;
 use anyhow::Result;
-use indexer::{router, Indexer, IndexerConfig};
+use common::Server;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-struct Server {
-    base: String,
-    indexer: Indexer,
-    http: reqwest::Client,
-    _dir: tempfile::TempDir,
-}
-
 impl Server {
     async fn start(token: Option<&str>) -> Result<Server> {
-        let dir = tempfile::tempdir()?;
-        let indexer = Indexer::open(IndexerConfig {
-            data_dir: dir.path().to_path_buf(),
-            token: token.map(String::from),
-            max_body_bytes: 1 << 20,
-            writer_memory_bytes: 32 << 20,
-            ..IndexerConfig::default()
-        })?;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let base = format!("http://{}", listener.local_addr()?);
-        let app = router(indexer.clone());
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        Ok(Server {
-            base,
-            indexer,
-            http: reqwest::Client::new(),
-            _dir: dir,
-        })
+        common::serve(token, 1 << 20).await
     }
 
     async fn bulk(&self, path: &str, lines: &[Value]) -> Result<(StatusCode, Value)> {

@@ -1,43 +1,20 @@
 //! The read endpoints the web UI builds on (`/api/v1/fields`, `/context`, `/latency`,
 //! `sort=latency_desc`, `highlight=true`), over a real socket on 127.0.0.1:0.
 
+mod common;
 use anyhow::Result;
 use chrono::{DateTime, Duration, Utc};
+use common::Server;
 use flate2::write::GzEncoder;
 use flate2::Compression;
-use indexer::{router, Indexer, IndexerConfig};
 use protocol::{Level, LogRecord, Stream, TaskMeta};
 use reqwest::StatusCode;
 use serde_json::Value;
 use std::io::Write;
 
-struct Server {
-    base: String,
-    indexer: Indexer,
-    http: reqwest::Client,
-    _dir: tempfile::TempDir,
-}
-
 impl Server {
     async fn start() -> Result<Server> {
-        let dir = tempfile::tempdir()?;
-        let indexer = Indexer::open(IndexerConfig {
-            data_dir: dir.path().to_path_buf(),
-            token: None,
-            max_body_bytes: 1 << 20,
-            writer_memory_bytes: 32 << 20,
-            ..IndexerConfig::default()
-        })?;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let base = format!("http://{}", listener.local_addr()?);
-        let app = router(indexer.clone());
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        Ok(Server {
-            base,
-            indexer,
-            http: reqwest::Client::new(),
-            _dir: dir,
-        })
+        common::serve(None, 1 << 20).await
     }
 
     async fn ingest(&self, records: &[LogRecord]) -> Result<()> {
