@@ -78,9 +78,49 @@ pub struct AgentSection {
     /// ...and when a batch is sent: at this size or this age.
     pub batch_max_kb: Option<usize>,
     pub batch_max_wait_ms: Option<u64>,
+    /// Batch compression on the wire: `zstd` (default) or `gzip`.
+    pub compression: Option<String>,
+    /// How long a finished task's sandbox is kept before it is removed, once shipped
+    /// (Mesos's `--gc_delay`; default an hour).
+    pub gc_delay_secs: Option<u64>,
+    /// Enforce apps' `mem` through cgroup v2 where the host allows it (default true).
+    pub memory_limits: Option<bool>,
+    /// The cgroup task cgroups are made under, e.g. `/sandtrail.slice` (default the
+    /// agent's own).
+    pub cgroup_parent: Option<String>,
+}
+
+/// The node's settings from `[agent]`: sandbox GC and memory limits.
+#[derive(Debug, Clone, Default)]
+pub struct NodeTuning {
+    pub gc_delay: Option<std::time::Duration>,
+    pub memory_limits: Option<bool>,
+    pub cgroup_parent: Option<String>,
+}
+
+impl NodeTuning {
+    pub fn apply(&self, c: &mut scheduler::node::NodeConfig) {
+        if let Some(d) = self.gc_delay {
+            c.gc_delay = d;
+        }
+        if let Some(m) = self.memory_limits {
+            c.memory_limits = m;
+        }
+        if let Some(p) = &self.cgroup_parent {
+            c.cgroup_parent = Some(p.clone());
+        }
+    }
 }
 
 impl AgentSection {
+    pub fn node_tuning(&self) -> NodeTuning {
+        NodeTuning {
+            gc_delay: self.gc_delay_secs.map(std::time::Duration::from_secs),
+            memory_limits: self.memory_limits,
+            cgroup_parent: self.cgroup_parent.clone(),
+        }
+    }
+
     /// The shipper defaults with this section's tuning applied; host, work dir,
     /// indexer and token are left for the caller.
     pub fn shipper_config(&self) -> agent::ShipperConfig {
@@ -99,6 +139,13 @@ impl AgentSection {
         }
         if let Some(ms) = self.batch_max_wait_ms {
             c.batch_max_wait = std::time::Duration::from_millis(ms);
+        }
+        if let Some(codec) = self
+            .compression
+            .as_deref()
+            .and_then(agent::ship::Codec::parse)
+        {
+            c.compression = codec;
         }
         c
     }
@@ -143,6 +190,10 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "max_line_kb",
             "batch_max_kb",
             "batch_max_wait_ms",
+            "compression",
+            "gc_delay_secs",
+            "memory_limits",
+            "cgroup_parent",
         ],
     ),
     ("web", &["listen", "indexer", "scheduler"]),
@@ -184,6 +235,14 @@ impl Config {
         }
         let config: Config =
             toml::from_str(text).with_context(|| format!("config {}", origin.display()))?;
+        if let Some(c) = &config.agent.compression {
+            if agent::ship::Codec::parse(c).is_none() {
+                bail!(
+                    "config {}: agent.compression is {c:?}, expected \"zstd\" or \"gzip\"",
+                    origin.display()
+                );
+            }
+        }
         if let Some(r) = &config.indexer.retention {
             indexer::parse_retention(r)
                 .with_context(|| format!("config {}: indexer.retention", origin.display()))?;
@@ -208,11 +267,15 @@ impl Config {
     }
 }
 
-/// Parses `cpus:4;mem:8192` into a map; every bad pair is named.
+/// Parses `cpus:4;mem:8192` into a map; every bad pair is named. A Mesos port range
+/// (`ports:[31000-32000]`) is not a number: [`parse_port_resources`] reads it.
 pub fn parse_resources(s: &str) -> anyhow::Result<std::collections::BTreeMap<String, f64>> {
     let mut out = std::collections::BTreeMap::new();
     let mut bad = Vec::new();
     for pair in s.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+        if port_pair(pair).is_some() {
+            continue;
+        }
         match pair
             .split_once(':')
             .map(|(k, v)| (k.trim(), v.trim().parse::<f64>()))
@@ -230,6 +293,21 @@ pub fn parse_resources(s: &str) -> anyhow::Result<std::collections::BTreeMap<Str
         );
     }
     Ok(out)
+}
+
+/// The value of a `ports:...` pair of `--resources`.
+fn port_pair(pair: &str) -> Option<&str> {
+    let (k, v) = pair.split_once(':')?;
+    (k.trim() == "ports").then_some(v)
+}
+
+/// The host port ranges of `--resources`, Mesos style (`ports:[31000-32000]`);
+/// none when it names no ports.
+pub fn parse_port_resources(s: &str) -> anyhow::Result<Vec<protocol::PortRange>> {
+    match s.split(';').filter_map(port_pair).next() {
+        Some(v) => Ok(protocol::parse_port_ranges(v)?),
+        None => Ok(Vec::new()),
+    }
 }
 
 /// Parses `rack:a;zone:1` into a map; every bad pair is named.
@@ -256,6 +334,22 @@ pub fn parse_attributes(s: &str) -> anyhow::Result<std::collections::BTreeMap<St
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn agent_node_keys_tune_gc_and_memory_limits() {
+        let c = Config::parse(
+            "[agent]\ngc_delay_secs = 5\nmemory_limits = false\ncgroup_parent = \"/sandtrail.slice\"\n",
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        let mut n = scheduler::node::NodeConfig::new("n", "/w", "http://s");
+        assert_eq!(n.gc_delay, scheduler::node::DEFAULT_GC_DELAY);
+        assert!(n.memory_limits);
+        c.agent.node_tuning().apply(&mut n);
+        assert_eq!(n.gc_delay, std::time::Duration::from_secs(5));
+        assert!(!n.memory_limits);
+        assert_eq!(n.cgroup_parent.as_deref(), Some("/sandtrail.slice"));
+    }
 
     #[test]
     fn indexer_retention_is_checked_at_parse() {
@@ -293,6 +387,19 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("agent.spool_max_bytes"), "{err}");
+        assert_eq!(d.compression, agent::ship::Codec::Zstd);
+        let c = Config::parse("[agent]\ncompression = \"gzip\"\n", Path::new("t.toml")).unwrap();
+        assert_eq!(
+            c.agent.shipper_config().compression,
+            agent::ship::Codec::Gzip
+        );
+        let err = Config::parse("[agent]\ncompression = \"lz4\"\n", Path::new("t.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("agent.compression") && err.contains("lz4"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -341,6 +448,12 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("cpus:x") && err.contains("mem"), "{err}");
+        let r = parse_resources("cpus:4;ports:[31000-32000];disk:1024").unwrap();
+        assert_eq!(r.len(), 2, "{r:?}");
+        let p = parse_port_resources("cpus:4; ports:[31000-32000, 8080-8080]").unwrap();
+        assert_eq!(protocol::format_port_ranges(&p), "[8080-8080,31000-32000]");
+        assert!(parse_port_resources("cpus:4").unwrap().is_empty());
+        assert!(parse_port_resources("ports:[2-1]").is_err());
         let a = parse_attributes("rack:a;zone:1").unwrap();
         assert_eq!(a["rack"], "a");
         assert!(parse_attributes(":a").is_err());

@@ -38,6 +38,24 @@ enum BenchCommand {
     Ingest(BenchIngestArgs),
     /// Shipper throughput on one core into a discarding sink, CPU per GB, RSS, idle CPU.
     Ship(BenchShipArgs),
+    /// The indexer alone as a child process at scale (10M records): its own peak RSS
+    /// while ingesting, then search latency over HTTP.
+    Indexer(BenchIndexerArgs),
+}
+
+#[derive(Args, Debug)]
+struct BenchIndexerArgs {
+    #[arg(long, default_value_t = 10_000_000)]
+    records: usize,
+    /// gen_corpus.py's NDJSON (default /tmp/sandtrail-bench/corpus-RECORDS.ndjson).
+    #[arg(long)]
+    ndjson: Option<PathBuf>,
+    /// The indexer's --data-dir; emptied first, left loaded afterwards.
+    #[arg(long, default_value = "/tmp/sandtrail-bench/indexer-data")]
+    data_dir: PathBuf,
+    /// Timed runs of each search.
+    #[arg(long, default_value_t = 30)]
+    search_runs: usize,
 }
 
 #[derive(Args, Debug)]
@@ -192,7 +210,8 @@ pub struct AgentArgs {
     /// Address other hosts reach this host's tasks at (default 127.0.0.1).
     #[arg(long, env = "SANDTRAIL_ADDRESS")]
     pub address: Option<String>,
-    /// Declared resources, like cpus:4;mem:8192.
+    /// Declared resources, like cpus:4;mem:8192;disk:10240;ports:[31000-32000] (the
+    /// Mesos port range dynamic host ports are picked from).
     #[arg(long, env = "SANDTRAIL_RESOURCES")]
     pub resources: Option<String>,
     /// Attributes for constraints, like rack:a;zone:1.
@@ -256,6 +275,22 @@ async fn main() -> anyhow::Result<()> {
                 ndjson: a.ndjson,
                 work_dir: a.work_dir,
                 fresh_rate: a.fresh_rate,
+                ..Default::default()
+            })
+            .await?;
+            print!("{}", report.to_markdown());
+            Ok(())
+        }
+        Command::Bench(BenchCommand::Indexer(a)) => {
+            let exe = std::env::current_exe().context("cannot find this executable")?;
+            let report = indexer::bench::external::run(indexer::bench::external::ExternalOptions {
+                binary: exe,
+                ndjson: a.ndjson.unwrap_or_else(|| {
+                    PathBuf::from(format!("/tmp/sandtrail-bench/corpus-{}.ndjson", a.records))
+                }),
+                records: a.records,
+                data_dir: a.data_dir,
+                search_runs: a.search_runs,
                 ..Default::default()
             })
             .await?;

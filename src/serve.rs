@@ -197,9 +197,12 @@ struct HostSpec {
     router_url: String,
     token: Option<String>,
     resources: std::collections::BTreeMap<String, f64>,
+    port_ranges: Vec<protocol::PortRange>,
     attributes: std::collections::BTreeMap<String, String>,
     /// Shipper tuning from `[agent]` (host, work dir, indexer and token are ours).
     shipper: agent::ShipperConfig,
+    /// Node tuning from `[agent]`: sandbox GC delay, memory limits.
+    node: config::NodeTuning,
 }
 
 fn host_parts(spec: &HostSpec) -> anyhow::Result<HostParts> {
@@ -213,8 +216,10 @@ fn host_parts(spec: &HostSpec) -> anyhow::Result<HostParts> {
     node_cfg.address = spec.address.clone();
     node_cfg.router_url = spec.router_url.clone();
     node_cfg.token = spec.token.clone();
-    node_cfg.resources = spec.resources.clone();
+    node_cfg.resources = with_host_resources(&spec.work_dir, spec.resources.clone());
     node_cfg.attributes = spec.attributes.clone();
+    spec.node.apply(&mut node_cfg);
+    node_cfg.port_ranges = spec.port_ranges.clone();
     let node = scheduler::node::Node::new(node_cfg)?;
     let shipper = agent::Shipper::new(agent::ShipperConfig {
         host: spec.name.clone(),
@@ -223,7 +228,69 @@ fn host_parts(spec: &HostSpec) -> anyhow::Result<HostParts> {
         token: spec.token.clone(),
         ..spec.shipper.clone()
     })?;
+    // Node and shipper share this process: a finished sandbox is removed only once
+    // this shipper has read it to the end and the indexer acknowledged it all.
+    let work_dir = spec.work_dir.clone();
+    node.set_shipped_check(Arc::new(move |sandbox: &Path| {
+        agent::checkpoint::sandbox_shipped(&work_dir, sandbox).unwrap_or_else(|e| {
+            warn!(sandbox = %sandbox.display(), error = %e, "cannot tell whether the sandbox is shipped; keeping it");
+            false
+        })
+    }));
     Ok(HostParts { node, shipper })
+}
+
+/// Adds the `cpus`, `mem` (MiB) and `disk` (MiB free in `work_dir`) of this host that
+/// `declared` does not name, as a Mesos agent detects what it is not told: without them
+/// the scheduler would place any number of tasks here and `/hosts` would show nothing.
+/// `sandtrail up`'s local agents share one machine and each offers all of it; splitting
+/// it would leave no room for a one-cpu app on a two-core machine.
+fn with_host_resources(
+    work_dir: &Path,
+    mut declared: std::collections::BTreeMap<String, f64>,
+) -> std::collections::BTreeMap<String, f64> {
+    let detected = [
+        (
+            "cpus",
+            std::thread::available_parallelism()
+                .ok()
+                .map(|n| n.get() as f64),
+        ),
+        (
+            "mem",
+            std::fs::read_to_string("/proc/meminfo")
+                .ok()
+                .and_then(|m| mem_total_mib(&m)),
+        ),
+        ("disk", free_disk_mib(work_dir)),
+    ];
+    for (key, value) in detected {
+        if let Some(v) = value {
+            declared.entry(key.to_string()).or_insert(v);
+        }
+    }
+    info!(work_dir = %work_dir.display(), resources = ?declared, "agent resources");
+    declared
+}
+
+/// `MemTotal` of a `/proc/meminfo` text, in whole MiB.
+fn mem_total_mib(meminfo: &str) -> Option<f64> {
+    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some((kib / 1024.0).floor())
+}
+
+/// Space an unprivileged process can still use on the file system of `dir`, in MiB.
+fn free_disk_mib(dir: &Path) -> Option<f64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs only writes into `st`, a plain C struct that zeroed memory
+    // initialises validly, and reads the NUL-terminated `path`.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    Some((st.f_bavail as f64 * st.f_frsize as f64 / (1024.0 * 1024.0)).floor())
 }
 
 fn router_for(spec: &HostSpec) -> anyhow::Result<scheduler::router::Router> {
@@ -278,8 +345,10 @@ pub async fn up(args: UpArgs, cfg: Config, token: Option<String>) -> anyhow::Res
             router_url: router_url.clone(),
             token: Some(token.clone()),
             resources: Default::default(),
+            port_ranges: Vec::new(),
             attributes: Default::default(),
             shipper: cfg.agent.shipper_config(),
+            node: cfg.agent.node_tuning(),
         })
         .collect();
     // One router stands for all local hosts: tasks on every node get the same
@@ -497,8 +566,9 @@ pub async fn agent(args: AgentArgs, cfg: Config, token: Option<String>) -> anyho
         .address
         .or(c.address.clone())
         .unwrap_or_else(|| "127.0.0.1".into());
-    let resources =
-        config::parse_resources(&args.resources.or(c.resources.clone()).unwrap_or_default())?;
+    let resources_arg = args.resources.or(c.resources.clone()).unwrap_or_default();
+    let resources = config::parse_resources(&resources_arg)?;
+    let port_ranges = config::parse_port_resources(&resources_arg)?;
     let attributes =
         config::parse_attributes(&args.attributes.or(c.attributes.clone()).unwrap_or_default())?;
     let (router_listener, bound) = bind(&router_listen).await?;
@@ -518,8 +588,10 @@ pub async fn agent(args: AgentArgs, cfg: Config, token: Option<String>) -> anyho
         router_url: router_url.clone(),
         token,
         resources,
+        port_ranges,
         attributes,
         shipper: cfg.agent.shipper_config(),
+        node: cfg.agent.node_tuning(),
     };
     let parts = host_parts(&spec)?;
     let router = router_for(&spec)?;
@@ -565,4 +637,29 @@ fn hostname() -> anyhow::Result<String> {
         bail!("cannot tell this machine's host name: pass --name");
     }
     Ok(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_resources_fill_only_what_was_not_declared() {
+        let dir = tempfile::tempdir().unwrap();
+        let declared = [("cpus".to_string(), 0.5)].into();
+        let r = with_host_resources(dir.path(), declared);
+        assert_eq!(r["cpus"], 0.5, "a declared value is kept");
+        assert!(r["mem"] > 0.0, "{r:?}");
+        assert!(r["disk"] > 0.0, "{r:?}");
+        let r = with_host_resources(dir.path(), Default::default());
+        assert!(r["cpus"] >= 1.0, "{r:?}");
+        assert_eq!(free_disk_mib(&dir.path().join("missing")), None);
+    }
+
+    #[test]
+    fn mem_total_is_read_in_mib() {
+        let info = "MemTotal:        8029416 kB\nMemFree:          123 kB\n";
+        assert_eq!(mem_total_mib(info), Some(7841.0));
+        assert_eq!(mem_total_mib("MemFree: 1 kB\n"), None);
+    }
 }

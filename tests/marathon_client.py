@@ -3,7 +3,8 @@
 
 Starts `target/debug/sandtrail scheduler` and one `sandtrail agent` on loopback, then
 drives the scheduler only through the client (create, list, scale, restart, kill a task
-with scale, delete, list tasks and deployments, the event stream). Tasks really run:
+with scale, list and read app versions, delete, list tasks and deployments, the event
+stream). Tasks really run:
 each instance is `python3 -m http.server` with an HTTP health check, and the test fetches
 a page from every endpoint `/v1/services/{app}` lists.
 
@@ -214,6 +215,15 @@ def main():
         eventually("instances to drop to 1", lambda: client.get_app(APP).instances == 1)
         left = eventually("one task left", lambda: healthy_tasks(client, 1))
         assert left[0].id != victim
+
+        # Every change recorded a version (create, scale, restart, kill with scale),
+        # newest first, each readable as the app was then.
+        versions = client.list_versions(APP)
+        assert len(versions) == 4 and versions == sorted(versions, reverse=True), versions
+        assert client.get_app(APP).version == versions[0], versions
+        assert client.get_version(APP, versions[-1]).instances == 1
+        assert client.get_version(APP, versions[-2]).instances == 2
+        print(f"versions: {len(versions)} listed and read back")
 
         # An agent restart leaves the task running; the new agent reports it again and
         # the scheduler keeps it (same id, nothing relaunched).

@@ -221,6 +221,61 @@ impl Checkpoints {
     }
 }
 
+/// Whether the shipper whose work dir is `work_dir` has read every log file of the
+/// task sandbox `sandbox` to its end and had it all acknowledged by the indexer, as
+/// its saved checkpoints (`work_dir/shipper/checkpoints.json`) tell: the node's
+/// sandbox GC asks this before removing a finished sandbox. Blocking (reads the
+/// checkpoints and stats the files).
+///
+/// Files are matched to entries by identity, not path, so a log rotated while being
+/// read is judged by its own entry. `stdout` and `stderr` with bytes must have an
+/// entry at their size (an unseen one has not been shipped). A rotated `stdout.N`
+/// without an entry is done: the shipper forgets a rotated file once it acknowledged
+/// all of it, and never picks up one rotated away before it saw it.
+pub fn sandbox_shipped(work_dir: &Path, sandbox: &Path) -> Result<bool> {
+    let cps = Checkpoints::load(&work_dir.join("shipper").join("checkpoints.json"))?;
+    let entries = std::fs::read_dir(sandbox).map_err(|e| Error::io(sandbox, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io(sandbox, e))?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let (stream, rotation) = name.split_once('.').unwrap_or((&name, ""));
+        let live = rotation.is_empty();
+        if !matches!(stream, "stdout" | "stderr")
+            || !(live || rotation.bytes().all(|b| b.is_ascii_digit()))
+        {
+            continue;
+        }
+        let meta = match std::fs::metadata(entry.path()) {
+            Ok(m) if m.is_file() => m,
+            Ok(_) => continue,
+            // Rotated away or removed since the listing: judged where it is now.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(Error::io(entry.path(), e)),
+        };
+        let id = FileId::of(&meta);
+        let Some(acked) = cps
+            .files
+            .values()
+            .filter(|f| f.id().same(&id))
+            .max_by_key(|f| f.offset)
+        else {
+            if live && meta.len() > 0 {
+                return Ok(false);
+            }
+            continue;
+        };
+        // The same inode rewritten from the start is new bytes under an old entry.
+        let same_bytes = std::fs::File::open(entry.path())
+            .and_then(|f| acked.head().matches(&f))
+            .unwrap_or(false);
+        if !same_bytes || acked.offset < meta.len() {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
 /// Keeps the newest generation of each version 1 path whose file still exists, with
 /// the identity of the file there now.
 fn migrate_v1(old: V1) -> Checkpoints {
@@ -356,6 +411,61 @@ mod tests {
         );
         c.prune_missing();
         assert_eq!(c.files.keys().collect::<Vec<_>>(), ["a", "rotated-away"]);
+    }
+
+    #[test]
+    fn a_sandbox_is_shipped_once_every_log_file_is_acked_to_its_end() {
+        let work = tempfile::tempdir().unwrap();
+        let sandbox = work.path().join("sandboxes/fib/fib.1");
+        std::fs::create_dir_all(&sandbox).unwrap();
+        let write = |name: &str, body: &str| std::fs::write(sandbox.join(name), body).unwrap();
+        write("stdout", "hello\n");
+        write("stderr", "");
+        write("stdout.1", "old\n");
+        // Not log files of the task: never waited for.
+        write("task.json", "{}");
+        write("stdout.bak", "x");
+        std::fs::create_dir(sandbox.join("stderr.2")).unwrap();
+        let shipped = || sandbox_shipped(work.path(), &sandbox).unwrap();
+        // Nothing registered yet: the live stdout has bytes nobody read.
+        assert!(!shipped());
+
+        let cp_path = work.path().join("shipper/checkpoints.json");
+        let entry_of = |name: &str, offset: u64| {
+            let p = sandbox.join(name);
+            let f = std::fs::File::open(&p).unwrap();
+            let meta = f.metadata().unwrap();
+            let head = Head::read(&f, meta.len()).unwrap();
+            FileCheckpoint::new(
+                "node-1/fib/fib.1/stdout",
+                &p,
+                FileId::of(&meta),
+                head,
+                offset,
+            )
+        };
+        let mut cps = Checkpoints::default();
+        cps.register("node-1/fib/fib.1/stdout@1", entry_of("stdout", 3));
+        cps.save(&cp_path).unwrap();
+        assert!(!shipped(), "stdout acked only to 3 of 6 bytes");
+        cps.advance("node-1/fib/fib.1/stdout@1", 6);
+        cps.save(&cp_path).unwrap();
+        // The rotated file without an entry was released (or never followed).
+        assert!(shipped());
+
+        // A rotated file still being read is judged by its own entry, by identity.
+        cps.register("node-1/fib/fib.1/stdout@2", entry_of("stdout.1", 1));
+        cps.save(&cp_path).unwrap();
+        assert!(!shipped());
+        cps.advance("node-1/fib/fib.1/stdout@2", 4);
+        cps.save(&cp_path).unwrap();
+        assert!(shipped());
+
+        // More output after the ack; then the same inode rewritten from the start.
+        write("stdout", "hello\nworld\n");
+        assert!(!shipped());
+        write("stdout", "HELLO\n");
+        assert!(!shipped(), "a rewritten file is not the acked one");
     }
 
     proptest! {

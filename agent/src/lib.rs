@@ -1,7 +1,7 @@
 //! The per-host shipper: follows every task sandbox's `stdout`/`stderr` and the
 //! router's access log under a node's work dir, turns each line into a
 //! [`protocol::LogRecord`] tagged with host, app, task and instance, and delivers the
-//! records to the indexer in gzip NDJSON batches.
+//! records to the indexer in compressed NDJSON batches (zstd by default, gzip on request).
 //!
 //! Delivery is at-least-once with checkpoints that advance only after the indexer
 //! acknowledged a batch as committed; the indexer skips records at or below the
@@ -83,6 +83,8 @@ pub struct ShipperConfig {
     /// Bound of the disk spool used while the indexer cannot keep up or is down
     /// (see [`spool`]); at the bound the shipper stops reading. 0 turns it off.
     pub spool_max_bytes: u64,
+    /// How batches are compressed on the wire.
+    pub compression: ship::Codec,
 }
 
 impl Default for ShipperConfig {
@@ -99,6 +101,7 @@ impl Default for ShipperConfig {
             release_after: tail::RELEASE_AFTER,
             multiline_flush: Some(multiline::FLUSH_AFTER),
             spool_max_bytes: 1 << 30,
+            compression: ship::Codec::default(),
         }
     }
 }
@@ -181,6 +184,7 @@ impl Shipper {
             config.token.as_deref(),
             config.host.clone(),
             metrics.clone(),
+            config.compression,
         )?;
         Ok(Shipper {
             inner: Arc::new(Inner {
@@ -282,8 +286,10 @@ impl Run {
             round: RoundConfig {
                 host: cfg.host.clone(),
                 max_line_bytes: cfg.max_line_bytes,
-                // About one batch per round keeps read-ahead bounded when delivery stalls.
-                budget: cfg.batch_max_bytes.max(tail::CHUNK_BYTES),
+                // Half a batch of text encodes to about one batch, so a round's records
+                // usually become the next batch without a copy, and read-ahead stays
+                // bounded when delivery stalls.
+                budget: (cfg.batch_max_bytes / 2).max(tail::CHUNK_BYTES),
                 release_after: cfg.release_after,
                 multiline_flush: cfg.multiline_flush,
             },
@@ -506,9 +512,23 @@ impl Run {
         if round.unregistered {
             self.register().await;
         }
-        for rec in round.records {
-            self.batch.push(rec);
-            if self.batch.bytes() >= self.inner.config.batch_max_bytes {
+        let (recs, max) = (round.records, self.inner.config.batch_max_bytes);
+        if self.batch.is_empty() && recs.bytes() < max + max / 2 {
+            // The round's records become the batch as they are: no copy. A round
+            // reads about half a batch of text, which encodes to about a batch.
+            self.batch = recs;
+            if self.batch.bytes() >= max {
+                self.hand_over().await?;
+            }
+            return Ok(round.more);
+        }
+        self.batch.reserve(max + 64 * 1024);
+        let mut lo = 0;
+        while lo < recs.len() {
+            let hi = recs.fill_to(lo, max.saturating_sub(self.batch.bytes()));
+            self.batch.append(&recs, lo, hi);
+            lo = hi;
+            if self.batch.bytes() >= max {
                 self.hand_over().await?;
                 if self.cancel.is_cancelled() {
                     // Whatever is left is re-read from the checkpoints next time.
@@ -564,6 +584,12 @@ impl Run {
         );
     }
 
+    /// The current batch, replaced by an empty one (which usually becomes the next
+    /// round's records, see `read`).
+    fn take_batch(&mut self) -> Batch {
+        std::mem::take(&mut self.batch)
+    }
+
     fn send(&mut self, batch: Batch, seg: Option<u64>) {
         // Regression: this was a deep copy of every batch (a memcpy of its body per
         // batch at full speed); the copy is only read if the batch must be spilled.
@@ -595,7 +621,7 @@ impl Run {
         }
         if self.batch.bytes() >= self.inner.config.batch_max_bytes {
             self.save_heads().await;
-            let batch = std::mem::take(&mut self.batch);
+            let batch = self.take_batch();
             self.send(batch, None);
         }
         Ok(())
@@ -618,7 +644,7 @@ impl Run {
                 }
             }
         }
-        let batch = std::mem::take(&mut self.batch);
+        let batch = self.take_batch();
         let body = batch.body().to_vec();
         if let Err(e) = self.spool_op(move |s| s.write(&body)).await {
             self.batch = batch;
@@ -659,7 +685,7 @@ impl Run {
             }
         }
         if self.in_flight.is_none() && self.spool().is_empty() {
-            let batch = std::mem::take(&mut self.batch);
+            let batch = self.take_batch();
             self.send(batch, None);
             return Ok(());
         }
@@ -815,9 +841,8 @@ impl Run {
             let shipped = h.await?;
             self.on_shipped(shipped).await;
         }
-        for rec in tail::flush_events(&mut self.files, &self.round, &self.inner.metrics) {
-            self.batch.push(rec);
-        }
+        let held = tail::flush_events(&mut self.files, &self.round, &self.inner.metrics);
+        self.batch.append(&held, 0, held.len());
         if self.intact && !self.batch.is_empty() && !self.spool().is_empty() {
             // Behind spooled batches: spooled too, to keep the order.
             if let Err(e) = self.spill().await {
@@ -827,7 +852,7 @@ impl Run {
         if self.intact && !self.batch.is_empty() {
             self.save_heads().await;
             // The token is cancelled, so this is exactly one more attempt.
-            let batch = std::mem::take(&mut self.batch);
+            let batch = self.take_batch();
             let shipped = self.inner.sender.ship(Arc::new(batch), &self.cancel).await;
             self.on_shipped(shipped).await;
         }

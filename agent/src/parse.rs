@@ -68,6 +68,70 @@ pub fn prepare_line(raw: &[u8], dropped: u64, max_bytes: usize) -> Line {
     }
 }
 
+/// [`prepare_line`] for a line the caller owns: a valid, short line (nearly every
+/// line) becomes the `String` without being copied.
+pub fn prepare_owned(mut raw: Vec<u8>, dropped: u64, max_bytes: usize) -> Line {
+    if raw.last() == Some(&b'\n') {
+        raw.pop();
+    }
+    if raw.last() == Some(&b'\r') {
+        raw.pop();
+    }
+    if dropped == 0 && raw.len() <= max_bytes {
+        match String::from_utf8(raw) {
+            Ok(text) => {
+                return Line {
+                    text,
+                    original_bytes: None,
+                }
+            }
+            Err(e) => raw = e.into_bytes(),
+        }
+    }
+    prepare_line(&raw, dropped, max_bytes)
+}
+
+/// Appends the NDJSON of one line of a task's stdout/stderr to `out`: the same record
+/// [`sandbox_record`] builds, with `source` and `offset` set, but serialised from
+/// borrowed data (no owned record per line; this is the shipper's hot path).
+pub fn encode_sandbox_line(
+    line: &Line,
+    meta: &TaskMeta,
+    stream: Stream,
+    now: DateTime<Utc>,
+    source: &str,
+    offset: u64,
+    out: &mut Vec<u8>,
+) {
+    let mut parsed = parse_line(&line.text);
+    if let Some(n) = line.original_bytes {
+        mark_truncated(&mut parsed.fields, n);
+    }
+    protocol::LogRecordRef {
+        ts: parsed.ts.unwrap_or(now),
+        host: &meta.host,
+        app: &meta.app,
+        task: &meta.task,
+        instance: meta.instance,
+        stream,
+        level: parsed.level,
+        msg: parsed.msg.as_deref().unwrap_or(&line.text),
+        fields: &parsed.fields,
+        trace_id: parsed.trace_id.as_deref(),
+        span_id: parsed.span_id.as_deref(),
+        parent_span_id: parsed.parent_span_id.as_deref(),
+        latency_ms: parsed.latency_ms,
+        status: parsed.status,
+        method: None,
+        path: None,
+        peer_host: None,
+        peer_app: None,
+        source,
+        offset,
+    }
+    .write_ndjson(out);
+}
+
 /// The record for one line of a task's stdout/stderr, tagged with its task.
 pub fn sandbox_record(
     line: &Line,
@@ -85,7 +149,9 @@ pub fn sandbox_record(
     rec.parent_span_id = parsed.parent_span_id;
     rec.latency_ms = parsed.latency_ms;
     rec.status = parsed.status;
-    mark_truncated(&mut rec, line);
+    if let Some(n) = line.original_bytes {
+        mark_truncated(&mut rec.fields, n);
+    }
     rec
 }
 
@@ -108,15 +174,15 @@ pub fn access_record(line: &Line, host: &str, now: DateTime<Utc>) -> LogRecord {
     };
     let mut rec = LogRecord::new(now, &meta, Stream::Access, line.text.clone());
     rec.level = Some(Level::Warn);
-    mark_truncated(&mut rec, line);
+    if let Some(n) = line.original_bytes {
+        mark_truncated(&mut rec.fields, n);
+    }
     rec
 }
 
-fn mark_truncated(rec: &mut LogRecord, line: &Line) {
-    if let Some(n) = line.original_bytes {
-        rec.fields.insert("truncated".into(), Value::Bool(true));
-        rec.fields.insert("original_bytes".into(), Value::from(n));
-    }
+fn mark_truncated(fields: &mut BTreeMap<String, Value>, original_bytes: u64) {
+    fields.insert("truncated".into(), Value::Bool(true));
+    fields.insert("original_bytes".into(), Value::from(original_bytes));
 }
 
 /// Recognises what it can in one line (already decoded, without its newline).
@@ -245,25 +311,49 @@ fn json_status(v: &Value) -> Option<u16> {
 
 /// RFC 3339, or the common `YYYY-MM-DD HH:MM:SS[.fff]` without a zone (taken as UTC).
 pub fn parse_timestamp(s: &str) -> Option<DateTime<Utc>> {
-    if s.len() < 19 || s.len() > 40 {
+    if s.len() < 19 || s.len() > 40 || !looks_like_date(s) {
         return None;
     }
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
         return Some(t.with_timezone(&Utc));
     }
     // Log4j-style `,123` milliseconds.
-    let s = s.replacen(',', ".", 1);
+    let fixed;
+    let s = if s.contains(',') {
+        fixed = s.replacen(',', ".", 1);
+        fixed.as_str()
+    } else {
+        s
+    };
     for fmt in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"] {
-        if let Ok(t) = NaiveDateTime::parse_from_str(&s, fmt) {
+        if let Ok(t) = NaiveDateTime::parse_from_str(s, fmt) {
             return Some(Utc.from_utc_datetime(&t));
         }
     }
     None
 }
 
+/// `YYYY-MM-DD` at the start: the cheap test that spares most tokens the parsers.
+fn looks_like_date(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() >= 10
+        && b[..4].iter().all(u8::is_ascii_digit)
+        && b[4] == b'-'
+        && b[5..7].iter().all(u8::is_ascii_digit)
+        && b[7] == b'-'
+        && b[8..10].iter().all(u8::is_ascii_digit)
+}
+
 fn parse_text(line: &str) -> Parsed {
     let mut p = Parsed::default();
-    let tokens: Vec<&str> = line.split_whitespace().take(LEVEL_TOKENS + 2).collect();
+    // On the stack: this runs for every line shipped.
+    let mut tokens = [""; LEVEL_TOKENS + 2];
+    let mut n = 0;
+    for (slot, tok) in tokens.iter_mut().zip(line.split_ascii_whitespace()) {
+        *slot = tok;
+        n += 1;
+    }
+    let tokens = &tokens[..n];
 
     let mut level_from = 0;
     if let Some(first) = tokens.first() {
@@ -271,11 +361,13 @@ fn parse_text(line: &str) -> Parsed {
         if let Some(ts) = parse_timestamp(first) {
             p.ts = Some(ts);
             level_from = 1;
-        } else if let Some(second) = tokens.get(1) {
-            let joined = format!("{first} {}", second.trim_end_matches(']'));
-            if let Some(ts) = parse_timestamp(&joined) {
-                p.ts = Some(ts);
-                level_from = 2;
+        } else if let (Some(second), true) = (tokens.get(1), first.len() == 10) {
+            if looks_like_date(first) {
+                let joined = format!("{first} {}", second.trim_end_matches(']'));
+                if let Some(ts) = parse_timestamp(&joined) {
+                    p.ts = Some(ts);
+                    level_from = 2;
+                }
             }
         }
     }
@@ -335,10 +427,11 @@ fn parse_text(line: &str) -> Parsed {
 /// words count only as the first token after the timestamp, so that prose such as
 /// "all is fine" or "more info" does not set a level.
 fn token_level(tok: &str, first: bool) -> Option<Level> {
-    let lower = tok.to_ascii_lowercase();
     for prefix in ["level=", "lvl=", "severity="] {
-        if let Some(rest) = lower.strip_prefix(prefix) {
-            return Level::parse(rest.trim_matches(|c| matches!(c, '"' | '\'')));
+        if tok.len() >= prefix.len()
+            && tok.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
+        {
+            return Level::parse(tok[prefix.len()..].trim_matches(|c| matches!(c, '"' | '\'')));
         }
     }
     let decorated = tok.starts_with(['[', '(', '<']) || tok.ends_with([':', ']', ')', '>', '|']);
@@ -363,15 +456,15 @@ fn is_id(v: &str) -> bool {
 
 /// `traceparent=00-<32 hex>-<16 hex>-<2 hex>` (or `traceparent: ...`) anywhere.
 fn find_traceparent(line: &str) -> Option<(String, String)> {
-    let lower = line.to_ascii_lowercase();
     let mut from = 0;
-    while let Some(pos) = lower[from..].find("traceparent") {
+    while let Some(pos) = find_ignore_ascii_case(&line.as_bytes()[from..], b"traceparent", 5) {
         let start = from + pos + "traceparent".len();
         from = start;
-        let rest = lower[start..].trim_start_matches([':', '=', ' ', '"', '\'']);
+        let rest = line[start..].trim_start_matches([':', '=', ' ', '"', '\'']);
         let value: String = rest
             .chars()
             .take_while(|c| c.is_ascii_hexdigit() || *c == '-')
+            .map(|c| c.to_ascii_lowercase())
             .collect();
         let parts: Vec<&str> = value.split('-').collect();
         if parts.len() >= 4
@@ -388,8 +481,7 @@ fn find_traceparent(line: &str) -> Option<(String, String)> {
 
 /// `X-Request-Id: <id>` or `x-request-id=<id>`, case-insensitive.
 fn find_request_id(line: &str) -> Option<String> {
-    let lower = line.to_ascii_lowercase();
-    let pos = lower.find("x-request-id")?;
+    let pos = find_ignore_ascii_case(line.as_bytes(), b"x-request-id", 4)?;
     let rest = line[pos + "x-request-id".len()..].trim_start_matches([':', '=', ' ', '"', '\'']);
     let id: String = rest
         .chars()
@@ -398,68 +490,95 @@ fn find_request_id(line: &str) -> Option<String> {
     (!id.is_empty() && id.len() <= 128).then_some(id)
 }
 
+/// Where `needle` (lower-case ASCII) first occurs in `hay`, ignoring ASCII case.
+/// Candidates are found with `memchr` on `needle[anchor]`, a byte chosen to be rare
+/// in log text, so a line without the needle costs one SIMD scan and no lower-cased
+/// copy (this runs on every line shipped).
+fn find_ignore_ascii_case(hay: &[u8], needle: &[u8], anchor: usize) -> Option<usize> {
+    let a = needle[anchor];
+    let (lo, up) = (a, a.to_ascii_uppercase());
+    let mut from = anchor;
+    while from < hay.len() {
+        let i = from + memchr::memchr2(lo, up, &hay[from..])?;
+        let start = i - anchor;
+        if hay
+            .get(start..start + needle.len())
+            .is_some_and(|w| w.eq_ignore_ascii_case(needle))
+        {
+            return Some(start);
+        }
+        from = i + 1;
+    }
+    None
+}
+
 /// `key=value` and `key="quoted value"` pairs anywhere in the line; the first
-/// occurrence of a key wins.
+/// occurrence of a key wins. A key is a run of key bytes starting with a letter at
+/// the start of a token (after whitespace, the line start, or a pair's value).
+/// Driven by `memchr` over the `=` signs rather than walking every byte: most lines
+/// have none or a few, and this runs for every line shipped.
 fn logfmt_pairs(line: &str) -> Vec<(String, String)> {
     let mut out: Vec<(String, String)> = Vec::new();
     let bytes = line.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
-        // Start of a token.
-        while i < bytes.len() && bytes[i].is_ascii_whitespace() {
-            i += 1;
+    // Where the last value ended: a token may start right after it.
+    let mut boundary = 0;
+    let mut from = 0;
+    while let Some(at) = memchr::memchr(b'=', &bytes[from..]) {
+        let eq = from + at;
+        from = eq + 1;
+        let mut key_start = eq;
+        while key_start > boundary && is_key_byte(bytes[key_start - 1]) {
+            key_start -= 1;
         }
-        let key_start = i;
-        while i < bytes.len() && is_key_byte(bytes[i]) {
-            i += 1;
+        let at_token_start = key_start == boundary || bytes[key_start - 1].is_ascii_whitespace();
+        if key_start == eq || !at_token_start || !bytes[key_start].is_ascii_alphabetic() {
+            continue;
         }
-        let key_end = i;
-        if key_end > key_start
-            && i < bytes.len()
-            && bytes[i] == b'='
-            && bytes[key_start].is_ascii_alphabetic()
-        {
-            i += 1;
-            let value = if i < bytes.len() && bytes[i] == b'"' {
-                i += 1;
-                let mut v = String::new();
-                let mut chars = line[i..].char_indices();
-                let mut end = line.len();
-                while let Some((off, c)) = chars.next() {
-                    match c {
-                        '\\' => {
-                            if let Some((_, n)) = chars.next() {
-                                v.push(n);
-                            }
-                        }
-                        '"' => {
-                            end = i + off + 1;
-                            break;
-                        }
-                        c => v.push(c),
-                    }
-                }
-                i = end;
-                v
-            } else {
-                let start = i;
-                while i < bytes.len() && !bytes[i].is_ascii_whitespace() {
-                    i += 1;
-                }
-                line[start..i].to_string()
-            };
-            let key = &line[key_start..key_end];
-            if !out.iter().any(|(k, _)| k == key) {
-                out.push((key.to_string(), value));
-            }
-        } else {
-            // Skip the rest of this token.
-            while i < bytes.len() && !bytes[i].is_ascii_whitespace() {
-                i += 1;
-            }
+        let (value, end) = logfmt_value_at(line, eq + 1);
+        let key = &line[key_start..eq];
+        if !out.iter().any(|(k, _)| k == key) {
+            out.push((key.to_string(), value));
+        }
+        boundary = end;
+        from = end;
+        if from >= bytes.len() {
+            break;
         }
     }
     out
+}
+
+/// The value starting at `i` (just past a `=`) and where it ends: a quoted value
+/// with `\` escapes up to its closing quote (or the line end), else up to whitespace.
+fn logfmt_value_at(line: &str, mut i: usize) -> (String, usize) {
+    let bytes = line.as_bytes();
+    if i < bytes.len() && bytes[i] == b'"' {
+        i += 1;
+        let mut v = String::new();
+        let mut chars = line[i..].char_indices();
+        let mut end = line.len();
+        while let Some((off, c)) = chars.next() {
+            match c {
+                '\\' => {
+                    if let Some((_, n)) = chars.next() {
+                        v.push(n);
+                    }
+                }
+                '"' => {
+                    end = i + off + 1;
+                    break;
+                }
+                c => v.push(c),
+            }
+        }
+        (v, end)
+    } else {
+        let len = bytes[i..]
+            .iter()
+            .position(u8::is_ascii_whitespace)
+            .unwrap_or(bytes.len() - i);
+        (line[i..i + len].to_string(), i + len)
+    }
 }
 
 fn is_key_byte(b: u8) -> bool {
@@ -684,7 +803,113 @@ mod tests {
         assert_eq!(r.msg, "garbage line");
     }
 
+    /// The token-by-token scanner `logfmt_pairs` replaced (it walked every byte of
+    /// every line); kept to pin that the two agree.
+    fn logfmt_pairs_reference(line: &str) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = Vec::new();
+        let bytes = line.as_bytes();
+        let mut i = 0;
+        while i < bytes.len() {
+            // Start of a token.
+            while i < bytes.len() && bytes[i].is_ascii_whitespace() {
+                i += 1;
+            }
+            let key_start = i;
+            while i < bytes.len() && is_key_byte(bytes[i]) {
+                i += 1;
+            }
+            let key_end = i;
+            if key_end > key_start
+                && i < bytes.len()
+                && bytes[i] == b'='
+                && bytes[key_start].is_ascii_alphabetic()
+            {
+                i += 1;
+                let value = if i < bytes.len() && bytes[i] == b'"' {
+                    i += 1;
+                    let mut v = String::new();
+                    let mut chars = line[i..].char_indices();
+                    let mut end = line.len();
+                    while let Some((off, c)) = chars.next() {
+                        match c {
+                            '\\' => {
+                                if let Some((_, n)) = chars.next() {
+                                    v.push(n);
+                                }
+                            }
+                            '"' => {
+                                end = i + off + 1;
+                                break;
+                            }
+                            c => v.push(c),
+                        }
+                    }
+                    i = end;
+                    v
+                } else {
+                    let start = i;
+                    while i < bytes.len() && !bytes[i].is_ascii_whitespace() {
+                        i += 1;
+                    }
+                    line[start..i].to_string()
+                };
+                let key = &line[key_start..key_end];
+                if !out.iter().any(|(k, _)| k == key) {
+                    out.push((key.to_string(), value));
+                }
+            } else {
+                // Skip the rest of this token.
+                while i < bytes.len() && !bytes[i].is_ascii_whitespace() {
+                    i += 1;
+                }
+            }
+        }
+        out
+    }
+
     proptest! {
+        /// Regression guard for the memchr-driven scanner: same pairs as the old
+        /// byte-by-byte one on lines full of the tricky cases.
+        #[test]
+        fn logfmt_pairs_match_the_reference_scanner(
+            line in "([a-z][a-z0-9_.-]{0,3}|[0-9]|x:|é|=|==|\"|\\\\| |\t|[a-z]=\"[a-z =]{0,4}\"?|[a-z]=[a-z=]{0,3}){0,14}",
+        ) {
+            prop_assert_eq!(logfmt_pairs(&line), logfmt_pairs_reference(&line));
+        }
+
+        /// The shipper's hot path (borrowed, encoded in place) and the owned record
+        /// agree on every line, valid UTF-8 or not, cut or not.
+        #[test]
+        fn encoding_in_place_matches_the_owned_record(
+            raw in prop_oneof![
+                proptest::collection::vec(any::<u8>(), 0..300),
+                "(2026-11-23T10:00:00Z |\\[?ERROR\\]? |level=warn |trace_id=ab12 |latency_ms=1.5 |traceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01 |X-Request-Id: r-1 |\\{\"msg\":\"m\",\"status\":503\\} |[a-z=\" ]{0,12}){0,6}"
+                    .prop_map(String::into_bytes),
+            ],
+            max in 8usize..400,
+            dropped in prop_oneof![Just(0u64), 1u64..100],
+        ) {
+            let line = prepare_owned(raw.clone(), dropped, max);
+            prop_assert_eq!(&line, &prepare_line(&raw, dropped, max));
+            let mut out = Vec::new();
+            encode_sandbox_line(&line, &meta(), Stream::Stderr, now(), "src", 42, &mut out);
+            let mut want = sandbox_record(&line, &meta(), Stream::Stderr, now());
+            want.source = "src".into();
+            want.offset = 42;
+            prop_assert_eq!(String::from_utf8(out).unwrap(), String::from_utf8(protocol::encode_ndjson(&[want])).unwrap());
+        }
+
+        /// The memchr-anchored search finds what a lower-cased copy would.
+        #[test]
+        fn case_insensitive_search_matches_lowercasing(
+            hay in "([xX]-[rR][eE][qQ][uU][eE][sS][tT]-[iI][dD]|[tT][rR][aA][cC][eE][pP][aA][rR][eE][nN][tT]|[a-zA-Z -]{0,5}|é){0,8}",
+        ) {
+            for (needle, anchor) in [(&b"x-request-id"[..], 4), (b"traceparent", 5)] {
+                let want = hay.to_ascii_lowercase().find(std::str::from_utf8(needle).unwrap());
+                prop_assert_eq!(find_ignore_ascii_case(hay.as_bytes(), needle, anchor), want);
+            }
+        }
+
         #[test]
         fn never_panics_on_arbitrary_bytes(raw in proptest::collection::vec(any::<u8>(), 0..600), max in 1usize..300) {
             let l = prepare_line(&raw, 0, max);

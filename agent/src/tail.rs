@@ -41,9 +41,8 @@ use crate::fingerprint::{new_source, FileId, Head, HEAD_BYTES};
 use crate::metrics::{inc, Metrics};
 use crate::multiline::Joiner;
 use crate::parse;
-use crate::ship::Encoded;
-use chrono::Utc;
-use protocol::LogRecord;
+use crate::ship::Batch;
+use chrono::{DateTime, Utc};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -168,7 +167,7 @@ impl Tailed {
         self.pos += chunk.len() as u64;
         let mut out = Vec::new();
         let mut rest = chunk;
-        while let Some(i) = rest.iter().position(|&b| b == b'\n') {
+        while let Some(i) = memchr::memchr(b'\n', rest) {
             self.append_partial(&rest[..i], max_line_bytes);
             let end = base + i as u64 + 1;
             out.push(RawLine {
@@ -293,9 +292,11 @@ impl Tailed {
     }
 
     /// Reads up to `max` bytes at the read position of a file of size `len`.
-    fn read_at_pos(&self, len: u64, max: usize) -> std::io::Result<Vec<u8>> {
+    /// The bytes land in `buf`, which is reused between reads: zeroing a fresh
+    /// buffer for every chunk cost as much as the read itself.
+    fn read_at_pos(&self, len: u64, max: usize, buf: &mut Vec<u8>) -> std::io::Result<()> {
         let want = (len.saturating_sub(self.pos)).min(max as u64) as usize;
-        let mut buf = vec![0u8; want];
+        buf.resize(want, 0);
         let mut got = 0;
         while got < want {
             match self.file.read_at(&mut buf[got..], self.pos + got as u64) {
@@ -306,7 +307,7 @@ impl Tailed {
             }
         }
         buf.truncate(got);
-        Ok(buf)
+        Ok(())
     }
 }
 
@@ -477,7 +478,7 @@ pub struct RoundConfig {
 #[derive(Debug, Default)]
 pub struct Round {
     /// Records in file order, each file's in offset order.
-    pub records: Vec<Encoded>,
+    pub records: Batch,
     /// Some file has more to read right away.
     pub more: bool,
     /// Where the next round starts, so every file gets its turn.
@@ -497,8 +498,29 @@ pub fn read_round(
     cfg: &RoundConfig,
     metrics: &Metrics,
 ) -> Round {
+    // The read buffer outlives the round: blocking threads are reused, and a fresh
+    // buffer would be zeroed again for every round.
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    SCRATCH.with_borrow_mut(|scratch| read_round_with(files, start, cfg, metrics, scratch))
+}
+
+fn read_round_with(
+    files: &mut BTreeMap<String, Tailed>,
+    start: usize,
+    cfg: &RoundConfig,
+    metrics: &Metrics,
+    scratch: &mut Vec<u8>,
+) -> Round {
     let keys: Vec<String> = files.keys().cloned().collect();
-    let mut round = Round::default();
+    // One clock read per round, not per line: the read time of a round's lines.
+    let wall = Utc::now();
+    let mut round = Round {
+        // Encoded records run about twice the size of the text they came from.
+        records: Batch::with_capacity(cfg.budget.saturating_mul(5) / 2),
+        ..Round::default()
+    };
     if keys.is_empty() {
         return round;
     }
@@ -565,7 +587,7 @@ pub fn read_round(
                 Some(c) => copies.push(t.continue_in(c, now)),
                 None => {
                     for raw in t.take_all() {
-                        round.records.push(encode(t, raw, cfg, metrics));
+                        encode(t, raw, cfg, metrics, wall, &mut round.records);
                     }
                     round.released.push((t.source.clone(), t.pos));
                 }
@@ -579,14 +601,14 @@ pub fn read_round(
             continue;
         }
         t.file_len = len;
-        let bytes = match t.read_at_pos(len, CHUNK_BYTES) {
-            Ok(b) => b,
+        let bytes = match t.read_at_pos(len, CHUNK_BYTES, scratch) {
+            Ok(()) => &scratch[..],
             Err(e) => {
                 inc(&metrics.read_errors, 1);
                 warn!(path = %t.path.display(), error = %e, "cannot read file, will retry");
                 // Its flush deadlines must not keep firing while reads fail.
                 for raw in t.take_stale(now, cfg) {
-                    round.records.push(encode(t, raw, cfg, metrics));
+                    encode(t, raw, cfg, metrics, wall, &mut round.records);
                 }
                 continue;
             }
@@ -596,7 +618,7 @@ pub fn read_round(
         if bytes.len() == CHUNK_BYTES {
             round.more = true;
         }
-        let lines = t.feed(&bytes, cfg.max_line_bytes, now);
+        let lines = t.feed(bytes, cfg.max_line_bytes, now);
         if !t.head.complete() && t.pos > t.head.len {
             if let Ok(h) = Head::read(&t.file, t.pos) {
                 t.head = h;
@@ -604,11 +626,11 @@ pub fn read_round(
         }
         for raw in lines {
             if let Some(ready) = t.emit(raw, cfg, now) {
-                round.records.push(encode(t, ready, cfg, metrics));
+                encode(t, ready, cfg, metrics, wall, &mut round.records);
             }
         }
         for raw in t.take_stale(now, cfg) {
-            round.records.push(encode(t, raw, cfg, metrics));
+            encode(t, raw, cfg, metrics, wall, &mut round.records);
         }
         if bytes.is_empty()
             && t.release_deadline(cfg.release_after)
@@ -616,7 +638,7 @@ pub fn read_round(
         {
             debug!(source = %t.source, path = %t.path.display(), offset = t.pos, "finished a detached file, releasing it");
             for raw in t.take_all() {
-                round.records.push(encode(t, raw, cfg, metrics));
+                encode(t, raw, cfg, metrics, wall, &mut round.records);
             }
             released.push(key.clone());
             round.released.push((t.source.clone(), t.pos));
@@ -643,41 +665,48 @@ pub fn flush_events(
     files: &mut BTreeMap<String, Tailed>,
     cfg: &RoundConfig,
     metrics: &Metrics,
-) -> Vec<Encoded> {
-    let mut out = Vec::new();
+) -> Batch {
+    let mut out = Batch::default();
     for t in files.values_mut() {
         if let Some(raw) = t.joiner.take() {
-            out.push(encode(t, raw, cfg, metrics));
+            encode(t, raw, cfg, metrics, Utc::now(), &mut out);
         }
     }
     out
 }
 
-fn encode(t: &Tailed, raw: RawLine, cfg: &RoundConfig, metrics: &Metrics) -> Encoded {
-    let line = parse::prepare_line(&raw.bytes, raw.dropped, cfg.max_line_bytes);
+/// Parses `raw` and appends its record to `out`, encoded in place. `now` is the
+/// read time, the `ts` of a line that carries none.
+fn encode(
+    t: &Tailed,
+    raw: RawLine,
+    cfg: &RoundConfig,
+    metrics: &Metrics,
+    now: DateTime<Utc>,
+    out: &mut Batch,
+) {
+    let line = parse::prepare_owned(raw.bytes, raw.dropped, cfg.max_line_bytes);
     inc(&metrics.lines_read, 1);
     if line.original_bytes.is_some() {
         inc(&metrics.lines_truncated, 1);
     }
-    let now = Utc::now();
-    let mut rec: LogRecord = match &t.kind {
-        FileKind::Sandbox { meta, stream } => parse::sandbox_record(&line, meta, *stream, now),
-        FileKind::Access => parse::access_record(&line, &cfg.host, now),
-    };
-    rec.source = t.source.to_string();
-    rec.offset = raw.end;
-    Encoded {
-        line: protocol::encode_ndjson(std::slice::from_ref(&rec)),
-        source: t.source.clone(),
-        path: t.path.clone(),
-        offset: raw.end,
-    }
+    out.push_with(&t.source, &t.path, raw.end, |body| match &t.kind {
+        FileKind::Sandbox { meta, stream } => {
+            parse::encode_sandbox_line(&line, meta, *stream, now, &t.source, raw.end, body)
+        }
+        FileKind::Access => {
+            let mut rec = parse::access_record(&line, &cfg.host, now);
+            rec.source = t.source.to_string();
+            rec.offset = raw.end;
+            protocol::LogRecordRef::from(&rec).write_ndjson(body);
+        }
+    });
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use protocol::{Stream, TaskMeta};
+    use protocol::{LogRecord, Stream, TaskMeta};
 
     fn kind() -> FileKind {
         FileKind::Sandbox {
@@ -724,11 +753,8 @@ mod tests {
         }
     }
 
-    fn decode(records: &[Encoded]) -> Vec<LogRecord> {
-        records
-            .iter()
-            .flat_map(|e| protocol::decode_ndjson(&e.line).unwrap())
-            .collect()
+    fn decode(records: &Batch) -> Vec<LogRecord> {
+        protocol::decode_ndjson(records.body()).unwrap()
     }
 
     /// Runs rounds (registering what needs it) until one produces nothing; returns
@@ -1356,8 +1382,8 @@ mod model {
         fn round(&mut self) -> bool {
             let r = read_round(&mut self.files, 0, &self.cfg, &self.metrics);
             let busy = !r.records.is_empty() || r.more || r.unregistered || !r.released.is_empty();
-            for e in &r.records {
-                for rec in protocol::decode_ndjson(&e.line).unwrap() {
+            {
+                for rec in protocol::decode_ndjson(r.records.body()).unwrap() {
                     let n = rec.msg.strip_prefix("line ").unwrap().parse().unwrap();
                     let done = self.committed.entry(rec.source.clone()).or_default();
                     if rec.offset > *done {

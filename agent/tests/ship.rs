@@ -2,6 +2,7 @@
 //! gzip NDJSON and deduplicates by (source, offset) the way the real one does.
 
 use agent::fingerprint::base_of;
+use agent::ship::Codec;
 use agent::{Shipper, ShipperConfig};
 use axum::body::Bytes;
 use axum::extract::State;
@@ -52,10 +53,17 @@ async fn ingest(State(fake): State<Shared>, headers: HeaderMap, body: Bytes) -> 
         )
             .into_response();
     }
-    assert_eq!(headers.get("content-encoding").unwrap(), "gzip");
     let mut raw = Vec::new();
-    if let Err(e) = flate2::read::GzDecoder::new(&body[..]).read_to_end(&mut raw) {
-        return (StatusCode::BAD_REQUEST, format!("bad gzip: {e}")).into_response();
+    // The header must say what the body is, whichever codec the test configured.
+    let decoded = match headers.get("content-encoding").unwrap().to_str().unwrap() {
+        "zstd" => {
+            zstd::stream::read::Decoder::new(&body[..]).and_then(|mut d| d.read_to_end(&mut raw))
+        }
+        "gzip" => flate2::read::GzDecoder::new(&body[..]).read_to_end(&mut raw),
+        other => panic!("unexpected content-encoding {other}"),
+    };
+    if let Err(e) = decoded {
+        return (StatusCode::BAD_REQUEST, format!("bad body: {e}")).into_response();
     }
     let recs = match protocol::decode_ndjson(&raw) {
         Ok(r) => r,
@@ -584,6 +592,15 @@ async fn a_file_rotated_by_rename_is_finished_and_the_new_one_shipped() {
 
 #[tokio::test]
 async fn many_files_many_lines_arrive_complete_and_in_order() {
+    ship_many_files(Codec::Zstd).await;
+}
+
+#[tokio::test]
+async fn many_files_many_lines_arrive_complete_and_in_order_with_gzip() {
+    ship_many_files(Codec::Gzip).await;
+}
+
+async fn ship_many_files(codec: Codec) {
     let (url, fake) = start_fake().await;
     let work = tempfile::tempdir().unwrap();
     let files: u32 = 20;
@@ -596,7 +613,13 @@ async fn many_files_many_lines_arrive_complete_and_in_order() {
         append(&dir.join("stdout"), &text);
     }
     let started = Instant::now();
-    let run = start(&Shipper::new(config(work.path(), &url)).unwrap());
+    let run = start(
+        &Shipper::new(ShipperConfig {
+            compression: codec,
+            ..config(work.path(), &url)
+        })
+        .unwrap(),
+    );
     wait_for("every line", &fake, |f| {
         f.accepted.len() == files as usize * lines
     })

@@ -12,16 +12,17 @@
 //! These functions block and are meant for `spawn_blocking`.
 
 use crate::error::{Error, Result};
+use crate::highlight::{self, FragmentOptions};
 use crate::query::{all_of, parse_time, time_range, user_query};
 use crate::schema::{to_tantivy_date, LATENCY, TS};
 use crate::search::{IndexView, NewestFirst};
 use chrono::{DateTime, Utc};
 use protocol::LogRecord;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::ops::Bound;
 use tantivy::collector::{Collector, CustomScorer, CustomSegmentScorer, SegmentCollector, TopDocs};
-use tantivy::columnar::{Column, StrColumn};
+use tantivy::columnar::{Cardinality, Column, StrColumn};
 use tantivy::query::{BooleanQuery, Query, RangeQuery, TermQuery};
 use tantivy::schema::IndexRecordOption;
 use tantivy::{DocId, Score, SegmentOrdinal, SegmentReader, TantivyDocument, Term};
@@ -359,37 +360,33 @@ impl IndexView {
         })
     }
 
-    /// Byte ranges of `msg` matched by the terms of `q`, per record, sorted and
-    /// without overlaps.
-    pub fn highlights(&self, q: &str, records: &[LogRecord]) -> Result<Vec<Vec<[usize; 2]>>> {
+    /// Per record, the byte ranges of `msg` matched by the terms of `q` (sorted,
+    /// disjoint) and HTML fragments of `msg` with those matches in `<em>`.
+    pub fn highlights(&self, q: &str, records: &[LogRecord]) -> Result<Vec<Highlight>> {
         let query = user_query(&self.index, &self.fields, q)?;
-        let mut words: BTreeSet<String> = BTreeSet::new();
-        let msg = self.fields.msg;
-        query.query_terms(&mut |term, _| {
-            if term.field() == msg {
-                if let Some(text) = term.value().as_str() {
-                    words.insert(text.to_string());
-                }
-            }
-        });
-        let mut tokenizer = self.index.tokenizer_for_field(msg)?;
+        let words = highlight::positive_terms(&*query, self.fields.msg);
+        let mut tokenizer = self.index.tokenizer_for_field(self.fields.msg)?;
+        let opts = FragmentOptions::default();
         Ok(records
             .iter()
             .map(|rec| {
-                let mut ranges = Vec::new();
-                if words.is_empty() {
-                    return ranges;
+                let ranges = highlight::match_ranges(&mut tokenizer, &words, &rec.msg);
+                Highlight {
+                    fragments: highlight::fragments(&rec.msg, &ranges, &opts),
+                    ranges,
                 }
-                let mut stream = tokenizer.token_stream(&rec.msg);
-                while let Some(token) = stream.next() {
-                    if words.contains(&token.text) {
-                        ranges.push([token.offset_from, token.offset_to]);
-                    }
-                }
-                ranges
             })
             .collect())
     }
+}
+
+/// The highlighting of one hit's `msg`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Highlight {
+    /// Byte ranges of the matched terms.
+    pub ranges: Vec<[usize; 2]>,
+    /// HTML-escaped fragments with the matches in `<em>`; empty when none matched.
+    pub fragments: Vec<String>,
 }
 
 fn top_n(counts: HashMap<String, u64>, n: usize) -> Vec<FieldValue> {
@@ -412,22 +409,53 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 pub(crate) fn summarize(key: String, mut values: Vec<f64>) -> LatencyGroup {
-    values.sort_by(f64::total_cmp);
     let count = values.len();
-    let avg = if count == 0 {
-        0.0
-    } else {
-        values.iter().sum::<f64>() / count as f64
-    };
+    let (sum, max) = values
+        .iter()
+        .fold((0.0, f64::NEG_INFINITY), |(s, m), v| (s + v, m.max(*v)));
+    let avg = if count == 0 { 0.0 } else { sum / count as f64 };
+    // Exact nearest-rank percentiles by selection instead of a full sort: p99 over
+    // all values, then p90 and p50 within the part below it. A group of a day's
+    // calls holds millions of values, and sorting them was most of the time.
+    let p99 = select_percentile(&mut values, 99.0);
+    let below_p99 = rank(count, 99.0);
+    let p90 = select_percentile_in(&mut values, below_p99, count, 90.0);
+    let below_p90 = rank(count, 90.0);
+    let p50 = select_percentile_in(&mut values, below_p90, count, 50.0);
     LatencyGroup {
         key,
         count: count as u64,
         avg,
-        p50: percentile(&values, 50.0),
-        p90: percentile(&values, 90.0),
-        p99: percentile(&values, 99.0),
-        max: values.last().copied().unwrap_or(0.0),
+        p50,
+        p90,
+        p99,
+        max: if count == 0 { 0.0 } else { max },
     }
+}
+
+/// 1-based nearest rank of percentile `p` among `n` values (0 when `n` is 0).
+fn rank(n: usize, p: f64) -> usize {
+    if n == 0 {
+        return 0;
+    }
+    (((p / 100.0) * n as f64).ceil() as usize).clamp(1, n)
+}
+
+/// The nearest-rank percentile `p` of `values`, reordering them around it.
+fn select_percentile(values: &mut [f64], p: f64) -> f64 {
+    let n = values.len();
+    select_percentile_in(values, n, n, p)
+}
+
+/// Like [`select_percentile`] for the first `prefix` of `values`, which must hold the
+/// `prefix` smallest of all `n` (as a previous selection of a higher rank leaves them).
+fn select_percentile_in(values: &mut [f64], prefix: usize, n: usize, p: f64) -> f64 {
+    let r = rank(n, p);
+    if r == 0 || prefix == 0 {
+        return 0.0;
+    }
+    let (_, v, _) = values[..prefix].select_nth_unstable_by(r - 1, f64::total_cmp);
+    *v
 }
 
 /// Public for the Elasticsearch layer's percentiles.
@@ -442,7 +470,52 @@ pub(crate) struct KeywordCounts {
 
 pub(crate) struct KeywordCountsSegment {
     columns: Vec<Option<StrColumn>>,
-    counts: Vec<HashMap<u64, u64>>,
+    counts: Vec<OrdCounts>,
+    buf: Vec<Option<u64>>,
+}
+
+/// Counts per term ordinal: an array when the column has few distinct values (hosts,
+/// apps, levels; hashing every document's ordinal was most of the sidebar's time),
+/// a map when it has many (ids).
+#[derive(Debug, Clone)]
+enum OrdCounts {
+    Dense(Vec<u64>),
+    Sparse(HashMap<u64, u64>),
+}
+
+/// Distinct values up to which a column is counted in an array.
+const DENSE_ORDS: usize = 1 << 16;
+
+impl OrdCounts {
+    fn for_column(col: Option<&StrColumn>) -> OrdCounts {
+        match col.map(|c| c.num_terms()) {
+            Some(n) if n <= DENSE_ORDS => OrdCounts::Dense(vec![0; n]),
+            _ => OrdCounts::Sparse(HashMap::new()),
+        }
+    }
+
+    fn add(&mut self, ord: u64) {
+        match self {
+            OrdCounts::Dense(v) => {
+                if let Some(c) = v.get_mut(ord as usize) {
+                    *c += 1;
+                }
+            }
+            OrdCounts::Sparse(m) => *m.entry(ord).or_insert(0) += 1,
+        }
+    }
+
+    fn into_nonzero(self) -> Vec<(u64, u64)> {
+        match self {
+            OrdCounts::Dense(v) => v
+                .into_iter()
+                .enumerate()
+                .filter(|(_, c)| *c > 0)
+                .map(|(o, c)| (o as u64, c))
+                .collect(),
+            OrdCounts::Sparse(m) => m.into_iter().collect(),
+        }
+    }
 }
 
 impl Collector for KeywordCounts {
@@ -460,8 +533,12 @@ impl Collector for KeywordCounts {
             .map(|f| segment.fast_fields().str(f))
             .collect::<tantivy::Result<Vec<_>>>()?;
         Ok(KeywordCountsSegment {
-            counts: vec![HashMap::new(); columns.len()],
+            counts: columns
+                .iter()
+                .map(|c| OrdCounts::for_column(c.as_ref()))
+                .collect(),
             columns,
+            buf: Vec::new(),
         })
     }
 
@@ -492,10 +569,33 @@ impl SegmentCollector for KeywordCountsSegment {
         for (col, counts) in self.columns.iter().zip(self.counts.iter_mut()) {
             if let Some(col) = col {
                 for ord in col.term_ords(doc) {
-                    *counts.entry(ord).or_insert(0) += 1;
+                    counts.add(ord);
                 }
             }
         }
+    }
+
+    /// Ordinals a block at a time for single-valued columns (all of the sidebar's).
+    fn collect_block(&mut self, docs: &[DocId]) {
+        let mut buf = std::mem::take(&mut self.buf);
+        for (col, counts) in self.columns.iter().zip(self.counts.iter_mut()) {
+            let Some(col) = col else { continue };
+            if col.ords().get_cardinality() == Cardinality::Multivalued {
+                for doc in docs {
+                    for ord in col.term_ords(*doc) {
+                        counts.add(ord);
+                    }
+                }
+                continue;
+            }
+            buf.clear();
+            buf.resize(docs.len(), None);
+            col.ords().first_vals(docs, &mut buf);
+            for ord in buf.iter().flatten() {
+                counts.add(*ord);
+            }
+        }
+        self.buf = buf;
     }
 
     fn harvest(self) -> Vec<HashMap<String, u64>> {
@@ -503,6 +603,7 @@ impl SegmentCollector for KeywordCountsSegment {
             .iter()
             .zip(self.counts)
             .map(|(col, counts)| {
+                let counts = counts.into_nonzero();
                 let mut out = HashMap::with_capacity(counts.len());
                 if let Some(col) = col {
                     let mut buf = String::new();
@@ -527,7 +628,18 @@ pub(crate) struct LatencyByGroup {
 pub(crate) struct LatencyByGroupSegment {
     group: Option<StrColumn>,
     latency: Option<Column<f64>>,
-    values: HashMap<u64, Vec<f64>>,
+    /// Values per group ordinal.
+    values: Vec<Vec<f64>>,
+    lat_buf: Vec<Option<f64>>,
+    ord_buf: Vec<Option<u64>>,
+}
+
+fn add_value(values: &mut Vec<Vec<f64>>, ord: u64, latency: f64) {
+    let i = ord as usize;
+    if i >= values.len() {
+        values.resize_with(i + 1, Vec::new);
+    }
+    values[i].push(latency);
 }
 
 impl Collector for LatencyByGroup {
@@ -542,7 +654,9 @@ impl Collector for LatencyByGroup {
         Ok(LatencyByGroupSegment {
             group: segment.fast_fields().str(self.group)?,
             latency: segment.fast_fields().column_opt::<f64>(LATENCY)?,
-            values: HashMap::new(),
+            values: Vec::new(),
+            lat_buf: Vec::new(),
+            ord_buf: Vec::new(),
         })
     }
 
@@ -572,17 +686,50 @@ impl SegmentCollector for LatencyByGroupSegment {
             return;
         };
         if let (Some(l), Some(ord)) = (lat.first(doc), group.term_ords(doc).next()) {
-            self.values.entry(ord).or_default().push(l);
+            add_value(&mut self.values, ord, l);
         }
+    }
+
+    /// Both columns a block at a time; the group by its first value, as `collect`.
+    fn collect_block(&mut self, docs: &[DocId]) {
+        let (Some(lat), Some(group)) = (&self.latency, &self.group) else {
+            return;
+        };
+        let mut lat_buf = std::mem::take(&mut self.lat_buf);
+        lat_buf.clear();
+        lat_buf.resize(docs.len(), None);
+        lat.first_vals(docs, &mut lat_buf);
+        if group.ords().get_cardinality() == Cardinality::Multivalued {
+            for (doc, l) in docs.iter().zip(&lat_buf) {
+                if let (Some(l), Some(ord)) = (l, group.term_ords(*doc).next()) {
+                    add_value(&mut self.values, ord, *l);
+                }
+            }
+        } else {
+            let mut ord_buf = std::mem::take(&mut self.ord_buf);
+            ord_buf.clear();
+            ord_buf.resize(docs.len(), None);
+            group.ords().first_vals(docs, &mut ord_buf);
+            for (l, ord) in lat_buf.iter().zip(&ord_buf) {
+                if let (Some(l), Some(ord)) = (l, ord) {
+                    add_value(&mut self.values, *ord, *l);
+                }
+            }
+            self.ord_buf = ord_buf;
+        }
+        self.lat_buf = lat_buf;
     }
 
     fn harvest(self) -> HashMap<String, Vec<f64>> {
         let mut out = HashMap::with_capacity(self.values.len());
         if let Some(col) = &self.group {
             let mut buf = String::new();
-            for (ord, v) in self.values {
+            for (ord, v) in self.values.into_iter().enumerate() {
+                if v.is_empty() {
+                    continue;
+                }
                 buf.clear();
-                if col.ord_to_str(ord, &mut buf).unwrap_or(false) {
+                if col.ord_to_str(ord as u64, &mut buf).unwrap_or(false) {
                     out.insert(buf.clone(), v);
                 }
             }
@@ -632,6 +779,22 @@ impl CustomSegmentScorer<(i64, u64)> for ByTsOffsetSegment {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        /// Percentiles by selection are the nearest-rank percentiles of the sorted
+        /// values, as the full sort gave them.
+        #[test]
+        fn summarize_matches_sorting(values in proptest::collection::vec(-1e6f64..1e6, 0..300)) {
+            let mut sorted = values.clone();
+            sorted.sort_by(f64::total_cmp);
+            let g = summarize("k".into(), values);
+            proptest::prop_assert_eq!(g.count, sorted.len() as u64);
+            proptest::prop_assert_eq!(g.p50, percentile(&sorted, 50.0));
+            proptest::prop_assert_eq!(g.p90, percentile(&sorted, 90.0));
+            proptest::prop_assert_eq!(g.p99, percentile(&sorted, 99.0));
+            proptest::prop_assert_eq!(g.max, sorted.last().copied().unwrap_or(0.0));
+        }
+    }
 
     #[test]
     fn percentiles_use_nearest_rank() {

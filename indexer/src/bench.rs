@@ -20,6 +20,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tantivy::Index;
 
+pub mod external;
+
 /// What to measure.
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
@@ -33,7 +35,9 @@ pub struct BenchOptions {
     pub work_dir: PathBuf,
     /// Records per HTTP batch.
     pub batch: usize,
-    /// Batches in flight at once.
+    /// Batches in flight at once, one per source: the offsets of one source must
+    /// arrive in order, or the later batch's commit makes the earlier one's records
+    /// duplicates (exactly-once admits only offsets above the committed one).
     pub concurrency: usize,
     pub writer_memory_bytes: usize,
     /// Records per second of the freshness run, and its length.
@@ -158,7 +162,7 @@ impl BenchReport {
     }
 }
 
-fn internal(what: &str) -> impl Fn(String) -> Error + '_ {
+pub(crate) fn internal(what: &str) -> impl Fn(String) -> Error + '_ {
     move |e| Error::Internal(format!("bench: {what}: {e}"))
 }
 
@@ -175,23 +179,26 @@ pub fn load_corpus(path: &Path, limit: usize) -> Result<Vec<LogRecord>> {
             break;
         }
         let line = line.map_err(|e| internal("read corpus")(e.to_string()))?;
-        let mut v: serde_json::Value = serde_json::from_str(&line)
-            .map_err(|e| internal("corpus line")(format!("{}: {e}", i + 1)))?;
-        if let Some(l) = v
-            .get("level")
-            .and_then(|l| l.as_str())
-            .map(str::to_lowercase)
-        {
-            v["level"] = serde_json::Value::String(l);
-        }
-        v["source"] = serde_json::json!("bench/corpus");
-        v["offset"] = serde_json::json!(i as u64 + 1);
-        out.push(
-            serde_json::from_value(v)
-                .map_err(|e| internal("corpus record")(format!("{}: {e}", i + 1)))?,
-        );
+        out.push(corpus_record(&line, i)?);
     }
     Ok(out)
+}
+
+/// Line `i` (0-based) of the generator's NDJSON as a shipper would send it: lower-case
+/// level, a source, offset `i + 1`.
+pub fn corpus_record(line: &str, i: usize) -> Result<LogRecord> {
+    let mut v: serde_json::Value = serde_json::from_str(line)
+        .map_err(|e| internal("corpus line")(format!("{}: {e}", i + 1)))?;
+    if let Some(l) = v
+        .get("level")
+        .and_then(|l| l.as_str())
+        .map(str::to_lowercase)
+    {
+        v["level"] = serde_json::Value::String(l);
+    }
+    v["source"] = serde_json::json!("bench/corpus");
+    v["offset"] = serde_json::json!(i as u64 + 1);
+    serde_json::from_value(v).map_err(|e| internal("corpus record")(format!("{}: {e}", i + 1)))
 }
 
 /// Bytes of the raw log text of the records used: the first lines of the
@@ -211,13 +218,13 @@ fn raw_text_bytes(txt: &Path, records: &[LogRecord]) -> u64 {
 /// Bytes of the files of the live segments (those `meta.json` lists) plus
 /// `meta.json`: files of merged-away segments that garbage collection has not
 /// removed yet are not part of the index.
-fn dir_size(path: &Path) -> u64 {
+pub(crate) fn dir_size(path: &Path) -> u64 {
     size_by_kind(path).iter().map(|(_, b)| b).sum()
 }
 
 /// Bytes per file extension of the live files under `path`: one index (flat), or a
 /// directory of day partitions (each one index).
-fn size_by_kind(path: &Path) -> Vec<(String, u64)> {
+pub(crate) fn size_by_kind(path: &Path) -> Vec<(String, u64)> {
     let mut by: std::collections::BTreeMap<String, u64> = Default::default();
     if path.join("meta.json").exists() {
         add_index_sizes(path, &mut by);
@@ -263,12 +270,17 @@ fn peak_rss() -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
-fn percentile_ms(mut v: Vec<f64>, p: f64) -> f64 {
+/// The source of the records of one ingest lane.
+pub(crate) fn lane_source(lane: usize) -> String {
+    format!("bench/corpus-{lane}")
+}
+
+pub(crate) fn percentile_ms(mut v: Vec<f64>, p: f64) -> f64 {
     v.sort_by(f64::total_cmp);
     crate::analytics::percentile_of_sorted(&v, p)
 }
 
-fn gzip_ndjson(records: &[LogRecord]) -> Vec<u8> {
+pub(crate) fn gzip_ndjson(records: &[LogRecord]) -> Vec<u8> {
     let mut e = GzEncoder::new(Vec::new(), Compression::fast());
     // Writing into a Vec cannot fail.
     e.write_all(&protocol::encode_ndjson(records))
@@ -351,13 +363,25 @@ pub async fn run(opts: BenchOptions) -> Result<BenchReport> {
     let raw_dir = work.join(format!("raw-{run_id}"));
     let ours_dir = work.join(format!("ours-{run_id}"));
 
-    // Pre-encode the batches (client work) before any clock starts.
-    let batches: Vec<Vec<u8>> = {
+    // Pre-encode the batches (client work) before any clock starts: batch i goes
+    // to lane i % concurrency, and each lane is its own source sending in order.
+    let lanes = opts.concurrency.max(1);
+    let batches: Vec<Vec<Vec<u8>>> = {
         let records = records.clone();
         let size = opts.batch.max(1);
-        tokio::task::spawn_blocking(move || records.chunks(size).map(gzip_ndjson).collect())
-            .await
-            .map_err(|e| internal("encode")(e.to_string()))?
+        tokio::task::spawn_blocking(move || {
+            let mut by_lane = vec![Vec::new(); lanes];
+            for (i, chunk) in records.chunks(size).enumerate() {
+                let mut chunk = chunk.to_vec();
+                for r in &mut chunk {
+                    r.source = lane_source(i % lanes);
+                }
+                by_lane[i % lanes].push(gzip_ndjson(&chunk));
+            }
+            by_lane
+        })
+        .await
+        .map_err(|e| internal("encode")(e.to_string()))?
     };
 
     eprintln!("bench: raw Tantivy loop");
@@ -393,26 +417,38 @@ pub async fn run(opts: BenchOptions) -> Result<BenchReport> {
     let http = reqwest::Client::new();
     let url = format!("{base}/api/v1/ingest");
     let started = Instant::now();
-    let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(opts.concurrency.max(1)));
-    let mut tasks = Vec::new();
-    for body in batches {
-        let permit = sem
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|e| internal("semaphore")(e.to_string()))?;
-        let (http, url) = (http.clone(), url.clone());
-        tasks.push(tokio::spawn(async move {
-            let _permit = permit;
-            let resp = http.post(url).body(body).send().await?;
-            resp.error_for_status()?;
-            Ok::<_, reqwest::Error>(())
-        }));
-    }
+    let tasks: Vec<_> = batches
+        .into_iter()
+        .map(|lane| {
+            let (http, url) = (http.clone(), url.clone());
+            tokio::spawn(async move {
+                let mut accepted = 0;
+                for body in lane {
+                    let resp: protocol::IngestResponse = http
+                        .post(&url)
+                        .body(body)
+                        .send()
+                        .await?
+                        .error_for_status()?
+                        .json()
+                        .await?;
+                    accepted += resp.accepted;
+                }
+                Ok::<_, reqwest::Error>(accepted)
+            })
+        })
+        .collect();
+    let mut accepted = 0;
     for t in tasks {
-        t.await
+        accepted += t
+            .await
             .map_err(|e| internal("ingest task")(e.to_string()))?
             .map_err(|e| internal("ingest")(e.to_string()))?;
+    }
+    if accepted != n as u64 {
+        return Err(Error::Internal(format!(
+            "bench: the indexer accepted {accepted} of {n} records"
+        )));
     }
     let ingest_secs = started.elapsed().as_secs_f64();
     let commits = ix

@@ -71,25 +71,88 @@ impl Error {
             | Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
-}
 
-impl IntoResponse for Error {
-    fn into_response(self) -> Response {
-        let status = self.status();
-        let message = self.to_string();
-        if status.is_server_error() {
-            tracing::error!(status = status.as_u16(), error = %message, "request failed");
-        } else {
-            tracing::debug!(status = status.as_u16(), error = %message, "request rejected");
+    /// Elasticsearch's name for this kind of failure (its exception type), for the
+    /// error bodies of the Elasticsearch-compatible endpoints.
+    pub fn es_type(&self) -> &'static str {
+        match self {
+            Error::Unauthorized => "security_exception",
+            Error::BadBody(_) | Error::BadQuery { .. } => "parsing_exception",
+            Error::Protocol(protocol::Error::BadCursor(_))
+            | Error::BadParam { .. }
+            | Error::BodyTooLarge { .. } => "illegal_argument_exception",
+            Error::Protocol(_) => "parsing_exception",
+            Error::Overloaded { .. } => "es_rejected_execution_exception",
+            Error::ShuttingDown => "node_closed_exception",
+            Error::Tantivy(_)
+            | Error::Index(_)
+            | Error::Io { .. }
+            | Error::BadPayload { .. }
+            | Error::Internal(_) => "exception",
         }
-        let mut resp = (status, Json(serde_json::json!({ "error": message }))).into_response();
+    }
+
+    /// Logs the failure and answers `body` with its status (and the headers its
+    /// status calls for).
+    fn respond(&self, body: serde_json::Value) -> Response {
+        let status = self.status();
+        if status.is_server_error() {
+            tracing::error!(status = status.as_u16(), error = %self, "request failed");
+        } else {
+            tracing::debug!(status = status.as_u16(), error = %self, "request rejected");
+        }
+        let mut resp = (status, Json(body)).into_response();
         if status == StatusCode::TOO_MANY_REQUESTS {
             resp.headers_mut().insert(
                 axum::http::header::RETRY_AFTER,
                 axum::http::HeaderValue::from_static("1"),
             );
         }
+        if status == StatusCode::UNAUTHORIZED {
+            // What Elasticsearch sends, so clients know to retry with Basic auth.
+            resp.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Basic realm=\"sandtrail\" charset=\"UTF-8\""),
+            );
+        }
         resp
+    }
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({ "error": self.to_string() });
+        self.respond(body)
+    }
+}
+
+/// An [`Error`] answered the way Elasticsearch answers errors, for the
+/// Elasticsearch-compatible endpoints: clients such as opensearch-py read the
+/// exception type from `error.type` (a plain string there breaks them).
+#[derive(Debug)]
+pub struct EsError(pub Error);
+
+impl From<Error> for EsError {
+    fn from(e: Error) -> EsError {
+        EsError(e)
+    }
+}
+
+impl IntoResponse for EsError {
+    fn into_response(self) -> Response {
+        let cause = serde_json::json!({
+            "type": self.0.es_type(),
+            "reason": self.0.to_string(),
+        });
+        let body = serde_json::json!({
+            "error": {
+                "root_cause": [cause.clone()],
+                "type": cause["type"],
+                "reason": cause["reason"],
+            },
+            "status": self.0.status().as_u16(),
+        });
+        self.0.respond(body)
     }
 }
 
@@ -116,6 +179,76 @@ mod tests {
         assert_eq!(
             Error::Index("disk full".into()).status(),
             StatusCode::INTERNAL_SERVER_ERROR
+        );
+    }
+
+    async fn body_of(resp: Response) -> (StatusCode, axum::http::HeaderMap, serde_json::Value) {
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (status, headers, serde_json::from_slice(&bytes).unwrap())
+    }
+
+    #[tokio::test]
+    async fn es_errors_have_elasticsearch_shape_and_type() {
+        let cases = [
+            (
+                Error::BadQuery {
+                    query: "(query DSL)".into(),
+                    reason: "query type \"fuzzy\" is not supported".into(),
+                },
+                400,
+                "parsing_exception",
+            ),
+            (Error::BadBody("not JSON".into()), 400, "parsing_exception"),
+            (
+                Error::BadParam {
+                    name: "size",
+                    value: "x".into(),
+                    expected: "a non-negative integer".into(),
+                },
+                400,
+                "illegal_argument_exception",
+            ),
+            (
+                Error::Overloaded {
+                    reason: "queue full".into(),
+                },
+                429,
+                "es_rejected_execution_exception",
+            ),
+            (Error::Unauthorized, 401, "security_exception"),
+            (Error::Internal("boom".into()), 500, "exception"),
+        ];
+        for (err, status, kind) in cases {
+            let reason = err.to_string();
+            let (got, headers, body) = body_of(EsError(err).into_response()).await;
+            assert_eq!(got.as_u16(), status, "{body}");
+            assert_eq!(
+                body,
+                serde_json::json!({
+                    "error": {
+                        "root_cause": [{ "type": kind, "reason": reason }],
+                        "type": kind,
+                        "reason": reason,
+                    },
+                    "status": status,
+                })
+            );
+            assert_eq!(headers.contains_key("retry-after"), status == 429);
+            assert_eq!(headers.contains_key("www-authenticate"), status == 401);
+        }
+    }
+
+    #[tokio::test]
+    async fn native_errors_keep_their_plain_shape() {
+        let (status, _, body) = body_of(Error::BadBody("x".into()).into_response()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(
+            body,
+            serde_json::json!({ "error": "invalid request body: x" })
         );
     }
 

@@ -21,13 +21,15 @@
 
 use crate::analytics::{percentile_of_sorted, KeywordCounts};
 use crate::api::{check_token, gunzip_capped};
-use crate::error::{Error, Result};
+use crate::error::{Error, EsError, Result};
+use crate::highlight::{self, FragmentOptions};
 use crate::query::{all_of, before_cursor, parse_time, user_query, Cursor};
 use crate::schema::{to_tantivy_date, Fields, ES_ID, KEYWORDS, LATENCY, TS, UID};
 use crate::search::IndexView;
 use crate::writer::{BulkDoc, BulkOutcome};
 use crate::Indexer;
 use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query as UrlQuery, State};
 use axum::http::HeaderMap;
 use axum::routing::post;
@@ -382,32 +384,42 @@ pub fn ecs_source(rec: &LogRecord) -> Value {
     Value::Object(o)
 }
 
+/// What every Elasticsearch handler answers: errors in Elasticsearch's shape.
+type EsResult<T> = std::result::Result<T, EsError>;
+
 async fn bulk_all(
     State(ix): State<Indexer>,
     headers: HeaderMap,
-    body: Bytes,
-) -> Result<Json<Value>> {
-    bulk(ix, None, headers, body).await
+    body: std::result::Result<Bytes, BytesRejection>,
+) -> EsResult<Json<Value>> {
+    Ok(bulk(ix, None, headers, body).await?)
 }
 
 async fn bulk_index(
     State(ix): State<Indexer>,
     Path(index): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
-) -> Result<Json<Value>> {
-    bulk(ix, Some(index), headers, body).await
+    body: std::result::Result<Bytes, BytesRejection>,
+) -> EsResult<Json<Value>> {
+    Ok(bulk(ix, Some(index), headers, body).await?)
 }
 
 async fn bulk(
     ix: Indexer,
     index: Option<String>,
     headers: HeaderMap,
-    body: Bytes,
+    body: std::result::Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>> {
     let started = Instant::now();
     check_token(ix.config().token.as_deref(), &headers)?;
     let max = ix.config().max_body_bytes;
+    let body = body.map_err(|rejection| {
+        if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+            Error::BodyTooLarge { limit: max }
+        } else {
+            Error::BadBody(rejection.body_text())
+        }
+    })?;
     let gzipped = headers
         .get("content-encoding")
         .and_then(|v| v.to_str().ok())
@@ -515,30 +527,34 @@ pub struct UriParams {
     pub from: Option<String>,
 }
 
+type Params = std::result::Result<UrlQuery<UriParams>, QueryRejection>;
+type Body = std::result::Result<Bytes, BytesRejection>;
+
 async fn search_all(
     State(ix): State<Indexer>,
-    UrlQuery(params): UrlQuery<UriParams>,
-    body: Bytes,
-) -> Result<Json<Value>> {
-    es_search(ix, "_all".into(), params, body).await
+    params: Params,
+    body: Body,
+) -> EsResult<Json<Value>> {
+    Ok(es_search(ix, "_all".into(), params, body).await?)
 }
 
 async fn search_index(
     State(ix): State<Indexer>,
     Path(index): Path<String>,
-    UrlQuery(params): UrlQuery<UriParams>,
-    body: Bytes,
-) -> Result<Json<Value>> {
-    es_search(ix, index, params, body).await
+    params: Params,
+    body: Body,
+) -> EsResult<Json<Value>> {
+    Ok(es_search(ix, index, params, body).await?)
 }
 
-async fn es_search(
-    ix: Indexer,
-    index: String,
-    params: UriParams,
-    body: Bytes,
-) -> Result<Json<Value>> {
+async fn es_search(ix: Indexer, index: String, params: Params, body: Body) -> Result<Json<Value>> {
     let started = Instant::now();
+    let UrlQuery(params) = params.map_err(|r| Error::BadParam {
+        name: "query string",
+        value: r.body_text(),
+        expected: "q, size and from".into(),
+    })?;
+    let body = body.map_err(|r| Error::BadBody(r.body_text()))?;
     let mut request: Value = if body.iter().all(u8::is_ascii_whitespace) {
         json!({})
     } else {
@@ -1093,6 +1109,96 @@ fn parse_search_after(v: Option<&Value>, asc: bool) -> Result<Option<Cursor>> {
     }))
 }
 
+/// What a `highlight` request asks of `msg`, the one field we highlight.
+#[derive(Debug, Clone, PartialEq)]
+struct HighlightSpec {
+    /// The field name as the client spelled it (`message`, `msg`), the key of each
+    /// hit's `highlight`.
+    key: String,
+    opts: FragmentOptions,
+}
+
+/// Elasticsearch's defaults: 5 fragments of 100 characters, `<em>` tags.
+const ES_FRAGMENT_SIZE: usize = 100;
+const ES_FRAGMENTS: usize = 5;
+
+/// `{"fields": {"message": {..}}, "pre_tags": [..], "post_tags": [..],
+/// "fragment_size": n, "number_of_fragments": n}`, options per field or for all;
+/// `fields` may also be a list of one-field objects. Fields other than the message
+/// (or `*`) are accepted and not highlighted. Fragments are always HTML-escaped (as
+/// with Elasticsearch's `"encoder": "html"`): log text is untrusted.
+fn parse_highlight(v: Option<&Value>) -> Result<Option<HighlightSpec>> {
+    let Some(v) = v.filter(|v| !v.is_null()) else {
+        return Ok(None);
+    };
+    let obj = v
+        .as_object()
+        .ok_or_else(|| bad(format!("highlight must be an object, got {v}")))?;
+    let fields: Vec<(String, Value)> = match obj.get("fields") {
+        Some(Value::Object(f)) => f.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        Some(Value::Array(list)) => list
+            .iter()
+            .filter_map(Value::as_object)
+            .flat_map(|f| f.iter().map(|(k, v)| (k.clone(), v.clone())))
+            .collect(),
+        other => {
+            return Err(bad(format!(
+                "highlight needs \"fields\", an object of field names, got {}",
+                other.map_or("nothing".to_string(), Value::to_string)
+            )))
+        }
+    };
+    let Some((name, options)) = fields
+        .into_iter()
+        .find(|(name, _)| name == "*" || target(name) == Target::Text("msg"))
+    else {
+        return Ok(None);
+    };
+    let option = |key: &str| options.get(key).or_else(|| obj.get(key));
+    let count = |key: &str, default: usize| -> Result<usize> {
+        match option(key) {
+            None | Some(Value::Null) => Ok(default),
+            Some(n) => n.as_u64().map(|n| n as usize).ok_or_else(|| {
+                bad(format!(
+                    "highlight {key} must be a non-negative integer, got {n}"
+                ))
+            }),
+        }
+    };
+    let tag = |key: &str, default: &str| -> Result<String> {
+        match option(key) {
+            None | Some(Value::Null) => Ok(default.to_string()),
+            Some(Value::Array(tags)) => match tags.first() {
+                None => Ok(default.to_string()),
+                Some(Value::String(t)) => Ok(t.clone()),
+                Some(other) => Err(bad(format!(
+                    "highlight {key} must hold strings, got {other}"
+                ))),
+            },
+            Some(Value::String(t)) => Ok(t.clone()),
+            Some(other) => Err(bad(format!(
+                "highlight {key} must be a list of strings, got {other}"
+            ))),
+        }
+    };
+    let number = count("number_of_fragments", ES_FRAGMENTS)?;
+    let opts = FragmentOptions {
+        // 0 fragments: the whole field, highlighted.
+        size: if number == 0 {
+            0
+        } else {
+            count("fragment_size", ES_FRAGMENT_SIZE)?
+        },
+        max: number,
+        pre_tag: tag("pre_tags", highlight::PRE_TAG)?,
+        post_tag: tag("post_tags", highlight::POST_TAG)?,
+    };
+    Ok(Some(HighlightSpec {
+        key: if name == "*" { "message".into() } else { name },
+        opts,
+    }))
+}
+
 fn usize_param(req: &Value, name: &str, default: usize) -> Result<usize> {
     match req.get(name) {
         None | Some(Value::Null) => Ok(default),
@@ -1122,6 +1228,13 @@ pub fn run_search(view: &IndexView, index: &str, req: &Value) -> Result<Value> {
     }
     let asc = parse_sort(req.get("sort"))?;
     let cursor = parse_search_after(req.get("search_after"), asc)?;
+    let mut highlight = parse_highlight(req.get("highlight"))?
+        .map(|spec| -> Result<_> {
+            let words = highlight::positive_terms(&*matching, view.fields.msg);
+            let tokenizer = view.index.tokenizer_for_field(view.fields.msg)?;
+            Ok((spec, words, tokenizer))
+        })
+        .transpose()?;
     let searcher = view.searcher();
     let total = searcher.search(&*matching, &Count)?;
     let mut hits = Vec::new();
@@ -1157,13 +1270,22 @@ pub fn run_search(view: &IndexView, index: &str, req: &Value) -> Result<Value> {
                 .strip_prefix("es:")
                 .unwrap_or("sandtrail")
                 .to_string();
-            hits.push(json!({
+            let mut hit = json!({
                 "_index": hit_index,
                 "_id": id,
                 "_score": null,
                 "_source": ecs_source(&rec),
                 "sort": [ts_micros.div_euclid(1000), Cursor { ts_micros, uid }.encode()],
-            }));
+            });
+            if let Some((spec, words, tokenizer)) = &mut highlight {
+                let ranges = highlight::match_ranges(tokenizer, words, &rec.msg);
+                let fragments = highlight::fragments(&rec.msg, &ranges, &spec.opts);
+                // Like Elasticsearch: no `highlight` on a hit where nothing matched.
+                if !fragments.is_empty() {
+                    hit["highlight"] = json!({ spec.key.as_str(): fragments });
+                }
+            }
+            hits.push(hit);
         }
     }
     let mut resp = json!({

@@ -22,6 +22,7 @@ pub mod api;
 pub mod bench;
 pub mod error;
 pub mod es;
+pub mod highlight;
 pub mod metrics;
 pub mod partition;
 pub mod query;
@@ -317,11 +318,11 @@ impl Indexer {
         result
     }
 
-    /// A search plus, per hit, the byte ranges of `msg` its query matched.
+    /// A search plus, per hit, the highlighting of `msg` by its query.
     pub async fn search_highlighted(
         &self,
         req: SearchRequest,
-    ) -> Result<(SearchResponse, Vec<Vec<[usize; 2]>>)> {
+    ) -> Result<(SearchResponse, Vec<analytics::Highlight>)> {
         Metrics::inc(&self.inner.metrics.searches, 1);
         self.blocking("search", move |view| {
             let resp = view.search(&req)?;

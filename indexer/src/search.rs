@@ -14,6 +14,8 @@ use crate::schema::{Fields, LATENCY, TS, UID};
 use chrono::{DateTime, Duration, Utc};
 use protocol::{HistogramBucket, HistogramResponse, SearchResponse};
 use serde::Deserialize;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use tantivy::collector::{
     Collector, Count, CustomScorer, CustomSegmentScorer, SegmentCollector, TopDocs,
 };
@@ -236,13 +238,13 @@ impl IndexView {
             return self.search_by_latency(req, matching);
         }
         // One more than asked tells whether there is an older page.
-        let top = TopDocs::with_limit(req.limit + 1).custom_score(NewestFirst);
+        let top = NewestTop { k: req.limit + 1 };
         let (total, top_hits) = match cursor {
-            None => searcher.search(&*matching, &(Count, top))?,
+            None => searcher.search(&*matching, &top)?,
             Some(c) => {
                 let total = searcher.search(&*matching, &Count)?;
                 let page = all_of(vec![matching, before_cursor(&self.fields, c)]);
-                (total, searcher.search(&*page, &top)?)
+                (total, searcher.search(&*page, &top)?.1)
             }
         };
         self.page(
@@ -377,6 +379,127 @@ impl CustomSegmentScorer<(i64, u64)> for NewestFirstSegment {
                 .map_or(i64::MIN, |t| t.into_timestamp_micros()),
             self.uid.first(doc).unwrap_or(0),
         )
+    }
+}
+
+/// The `k` newest matches by (ts, uid) and the count of all matches, in one pass.
+/// What `(Count, TopDocs::custom_score(NewestFirst))` computes, but reading `ts` a
+/// block of documents at a time and `uid` only for a document that can enter the
+/// top `k`: most matches of a large result are older than the `k`-th newest seen so
+/// far and cost one column read.
+pub(crate) struct NewestTop {
+    pub k: usize,
+}
+
+type Keyed = ((i64, u64), tantivy::DocAddress);
+
+pub(crate) struct NewestTopSegment {
+    k: usize,
+    segment: SegmentOrdinal,
+    ts: Column<tantivy::DateTime>,
+    uid: Column<u64>,
+    /// The best `k` so far, the smallest on top.
+    heap: BinaryHeap<Reverse<((i64, u64), DocId)>>,
+    count: usize,
+    buf: Vec<Option<tantivy::DateTime>>,
+}
+
+impl NewestTopSegment {
+    fn offer(&mut self, doc: DocId, ts: Option<tantivy::DateTime>) {
+        if self.k == 0 {
+            return;
+        }
+        let ts = ts.map_or(i64::MIN, |t| t.into_timestamp_micros());
+        if self.heap.len() == self.k {
+            let Some(Reverse(((min_ts, min_uid), _))) = self.heap.peek() else {
+                return;
+            };
+            if ts < *min_ts {
+                return;
+            }
+            let (min_ts, min_uid) = (*min_ts, *min_uid);
+            let key = (ts, self.uid.first(doc).unwrap_or(0));
+            if key <= (min_ts, min_uid) {
+                return;
+            }
+            self.heap.pop();
+            self.heap.push(Reverse((key, doc)));
+        } else {
+            let key = (ts, self.uid.first(doc).unwrap_or(0));
+            self.heap.push(Reverse((key, doc)));
+        }
+    }
+}
+
+impl Collector for NewestTop {
+    type Fruit = (usize, Vec<Keyed>);
+    type Child = NewestTopSegment;
+
+    fn for_segment(
+        &self,
+        segment: SegmentOrdinal,
+        reader: &SegmentReader,
+    ) -> tantivy::Result<NewestTopSegment> {
+        Ok(NewestTopSegment {
+            k: self.k,
+            segment,
+            ts: reader.fast_fields().date(TS)?,
+            uid: reader.fast_fields().u64(UID)?,
+            heap: BinaryHeap::with_capacity(self.k.min(MAX_LIMIT + 1)),
+            count: 0,
+            buf: Vec::new(),
+        })
+    }
+
+    fn requires_scoring(&self) -> bool {
+        false
+    }
+
+    fn merge_fruits(
+        &self,
+        fruits: Vec<(usize, Vec<Keyed>)>,
+    ) -> tantivy::Result<(usize, Vec<Keyed>)> {
+        let mut total = 0;
+        let mut all = Vec::new();
+        for (count, hits) in fruits {
+            total += count;
+            all.extend(hits);
+        }
+        all.sort_unstable_by_key(|h| Reverse(h.0));
+        all.truncate(self.k);
+        Ok((total, all))
+    }
+}
+
+impl SegmentCollector for NewestTopSegment {
+    type Fruit = (usize, Vec<Keyed>);
+
+    fn collect(&mut self, doc: DocId, _: Score) {
+        self.count += 1;
+        let ts = self.ts.first(doc);
+        self.offer(doc, ts);
+    }
+
+    fn collect_block(&mut self, docs: &[DocId]) {
+        self.count += docs.len();
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.clear();
+        buf.resize(docs.len(), None);
+        self.ts.first_vals(docs, &mut buf);
+        for (doc, ts) in docs.iter().zip(&buf) {
+            self.offer(*doc, *ts);
+        }
+        self.buf = buf;
+    }
+
+    fn harvest(self) -> (usize, Vec<Keyed>) {
+        let segment = self.segment;
+        let hits = self
+            .heap
+            .into_iter()
+            .map(|Reverse((key, doc))| (key, tantivy::DocAddress::new(segment, doc)))
+            .collect();
+        (self.count, hits)
     }
 }
 
@@ -526,6 +649,7 @@ struct HistogramSegment {
     layout: BucketLayout,
     ts: Column<tantivy::DateTime>,
     counts: Vec<u64>,
+    buf: Vec<Option<tantivy::DateTime>>,
 }
 
 impl Collector for HistogramCollector {
@@ -541,6 +665,7 @@ impl Collector for HistogramCollector {
             layout: self.layout,
             ts: segment.fast_fields().date(TS)?,
             counts: vec![0; self.layout.count],
+            buf: Vec::new(),
         })
     }
 
@@ -570,6 +695,21 @@ impl SegmentCollector for HistogramSegment {
         {
             self.counts[i] += 1;
         }
+    }
+
+    /// A block of `ts` at once: decoding the bit-packed column per block instead of
+    /// per document is most of a match-all histogram's time.
+    fn collect_block(&mut self, docs: &[DocId]) {
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.clear();
+        buf.resize(docs.len(), None);
+        self.ts.first_vals(docs, &mut buf);
+        for t in buf.iter().flatten() {
+            if let Some(i) = self.layout.bucket_of(t.into_timestamp_micros()) {
+                self.counts[i] += 1;
+            }
+        }
+        self.buf = buf;
     }
 
     fn harvest(self) -> Vec<u64> {
@@ -661,6 +801,115 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("start"));
+    }
+
+    /// An in-RAM index of records one second apart from `base`, committed in
+    /// segments of the given sizes, uids in an order unrelated to time.
+    fn index_of(segments: &[usize]) -> (Index, Fields) {
+        let fields = Fields::new();
+        let index = Index::create_in_ram(fields.schema.clone());
+        let mut w: tantivy::IndexWriter = index.writer_with_num_threads(1, 15_000_000).unwrap();
+        w.set_merge_policy(Box::new(tantivy::indexer::NoMergePolicy));
+        let meta = protocol::TaskMeta {
+            host: "h".into(),
+            app: "a".into(),
+            task: "a.1".into(),
+            instance: 1,
+            ports: vec![],
+        };
+        let base: DateTime<Utc> = "2026-11-22T00:00:00Z".parse().unwrap();
+        let mut i = 0u64;
+        for n in segments {
+            for _ in 0..*n {
+                // Shuffled times within a segment, and a few ties on ts.
+                let secs = (i * 7919) % 1000 / 2;
+                let mut r = protocol::LogRecord::new(
+                    base + Duration::seconds(secs as i64),
+                    &meta,
+                    protocol::Stream::Stdout,
+                    if i.is_multiple_of(3) {
+                        "even error"
+                    } else {
+                        "odd"
+                    },
+                );
+                r.offset = i + 1;
+                w.add_document(fields.to_document(&r, (i * 104_729) % 1_000_003))
+                    .unwrap();
+                i += 1;
+            }
+            w.commit().unwrap();
+        }
+        (index, fields)
+    }
+
+    /// `NewestTop` returns what `(Count, TopDocs::custom_score(NewestFirst))` did.
+    #[test]
+    fn newest_top_matches_top_docs() {
+        let (index, fields) = index_of(&[300, 1, 0, 250, 449]);
+        let searcher = index.reader().unwrap().searcher();
+        for q in ["", "error", "odd"] {
+            let query = user_query(&index, &fields, q).unwrap();
+            for k in [0, 1, 7, 100, 2000] {
+                let (count, mut ours) = searcher.search(&*query, &NewestTop { k }).unwrap();
+                let (want_count, want) = searcher
+                    .search(
+                        &*query,
+                        &(
+                            Count,
+                            TopDocs::with_limit(k.max(1)).custom_score(NewestFirst),
+                        ),
+                    )
+                    .unwrap();
+                assert_eq!(count, want_count, "{q:?}");
+                let want: Vec<_> = want.into_iter().take(k).collect();
+                ours.sort_by_key(|h| Reverse(h.0));
+                assert_eq!(ours, want, "{q:?} k={k}");
+            }
+        }
+    }
+
+    /// The segment shortcut of the time range changes no count: ranges inside,
+    /// around, across and outside the segments, and open-ended ones.
+    #[test]
+    fn time_range_counts_match_a_plain_range() {
+        let (index, fields) = index_of(&[200, 300, 500]);
+        let searcher = index.reader().unwrap().searcher();
+        let base: DateTime<Utc> = "2026-11-22T00:00:00Z".parse().unwrap();
+        let at = |s: i64| Some(base + Duration::seconds(s));
+        let bound = |t: Option<DateTime<Utc>>| match t {
+            Some(t) => std::ops::Bound::Included(tantivy::Term::from_field_date(
+                fields.ts,
+                crate::schema::to_tantivy_date(&t),
+            )),
+            None => std::ops::Bound::Unbounded,
+        };
+        for (start, end) in [
+            (at(-10), at(1000)),
+            (at(0), at(499)),
+            (at(100), at(200)),
+            (at(499), at(499)),
+            (at(600), at(700)),
+            (None, at(250)),
+            (at(250), None),
+        ] {
+            let ours = time_range(&fields, start, end).unwrap();
+            let plain = tantivy::query::RangeQuery::new(bound(start), bound(end));
+            assert_eq!(
+                searcher.search(&*ours, &Count).unwrap(),
+                searcher.search(&plain, &Count).unwrap(),
+                "{start:?}..{end:?}"
+            );
+            let with_term = all_of(vec![user_query(&index, &fields, "error").unwrap(), ours]);
+            let plain_term = all_of(vec![
+                user_query(&index, &fields, "error").unwrap(),
+                Box::new(plain),
+            ]);
+            assert_eq!(
+                searcher.search(&*with_term, &Count).unwrap(),
+                searcher.search(&*plain_term, &Count).unwrap()
+            );
+        }
     }
 
     proptest! {

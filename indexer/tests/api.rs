@@ -182,7 +182,7 @@ async fn bad_bodies_are_refused_and_index_nothing() -> Result<()> {
         )
         .await?;
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
-    assert!(error_of(resp).await?.contains("not gzip"));
+    assert!(error_of(resp).await?.contains("neither gzip nor zstd"));
 
     let full = gzip(&protocol::encode_ndjson(&[rec(
         1,

@@ -236,6 +236,164 @@ async fn search_speaks_the_query_dsl() -> Result<()> {
     Ok(())
 }
 
+/// The `error` object Elasticsearch clients parse: `type` and `reason` at the top
+/// and in `root_cause`, plus `status`.
+fn assert_es_error(status: StatusCode, body: &Value, want_status: u16, kind: &str, says: &str) {
+    assert_eq!(status.as_u16(), want_status, "{body}");
+    assert_eq!(body["status"], want_status, "{body}");
+    assert_eq!(body["error"]["type"], kind, "{body}");
+    assert_eq!(body["error"]["root_cause"][0]["type"], kind, "{body}");
+    let reason = body["error"]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains(says), "{body}");
+    assert_eq!(body["error"]["root_cause"][0]["reason"], reason, "{body}");
+}
+
+#[tokio::test]
+async fn es_endpoints_answer_errors_in_elasticsearch_shape() -> Result<()> {
+    let s = Server::start(Some("s3cret")).await?;
+    let post = |path: &str, body: String| {
+        s.http
+            .post(format!("{}{path}", s.base))
+            .basic_auth("elastic", Some("s3cret"))
+            .header("content-type", "application/json")
+            .body(body)
+    };
+    let read = |resp: reqwest::Response| async move {
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        anyhow::Ok((status, headers, resp.json::<Value>().await?))
+    };
+
+    let (status, _, body) = read(
+        post(
+            "/logs/_search",
+            json!({ "query": { "fuzzy": { "message": "x" } } }).to_string(),
+        )
+        .send()
+        .await?,
+    )
+    .await?;
+    assert_es_error(status, &body, 400, "parsing_exception", "fuzzy");
+
+    let (status, _, body) = read(post("/logs/_search", "{not json".into()).send().await?).await?;
+    assert_es_error(status, &body, 400, "parsing_exception", "not JSON");
+
+    let (status, _, body) =
+        read(post("/logs/_search?size=lots", "{}".into()).send().await?).await?;
+    assert_es_error(status, &body, 400, "illegal_argument_exception", "lots");
+
+    let (status, _, body) =
+        read(post("/_bulk", "not an action\n{}\n".into()).send().await?).await?;
+    assert_es_error(status, &body, 400, "parsing_exception", "bulk line 1");
+
+    let (status, headers, body) = read(
+        s.http
+            .post(format!("{}/logs/_bulk", s.base))
+            .body("{\"index\":{}}\n{}\n")
+            .send()
+            .await?,
+    )
+    .await?;
+    assert_es_error(status, &body, 401, "security_exception", "token");
+    assert!(headers.contains_key("www-authenticate"));
+
+    // The native API keeps its own plain error body.
+    let resp = s
+        .http
+        .get(format!("{}/api/v1/search", s.base))
+        .query(&[("q", "msg:(")])
+        .send()
+        .await?;
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let body: Value = resp.json().await?;
+    assert!(body["error"].is_string(), "{body}");
+    s.indexer.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn search_highlights_the_message_like_elasticsearch() -> Result<()> {
+    let s = Server::start(None).await?;
+    let mut lines = Vec::new();
+    for i in 0..10 {
+        lines.push(json!({ "index": {} }));
+        lines.push(doc(i));
+    }
+    lines.push(json!({ "index": {} }));
+    lines.push(json!({
+        "@timestamp": "2025-06-01T11:00:00Z",
+        "message": "<b>upstream</b> timed out & gave up",
+        "service": { "name": "web" },
+    }));
+    s.bulk("/logs/_bulk", &lines).await?;
+
+    let r = s
+        .search(
+            "logs",
+            json!({
+                "query": { "match": { "message": "timed" } },
+                "highlight": { "fields": { "message": {} } },
+            }),
+        )
+        .await?;
+    let got: Vec<Value> = r["hits"]["hits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["highlight"].clone())
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            json!({ "message": ["&lt;b&gt;upstream&lt;/b&gt; <em>timed</em> out &amp; gave up"] }),
+            json!({ "message": ["request 5 <em>timed</em> out"] }),
+            json!({ "message": ["request 0 <em>timed</em> out"] }),
+        ]
+    );
+
+    // Custom tags, a query_string, and a hit matched by a keyword alone: no
+    // `highlight` on it, as in Elasticsearch.
+    let r = s
+        .search(
+            "logs",
+            json!({
+                "size": 2,
+                "query": { "query_string": { "query": "service.name:fib AND (ok OR message:out)" } },
+                "highlight": {
+                    "pre_tags": ["<mark>"], "post_tags": ["</mark>"],
+                    "fields": [{ "message": { "number_of_fragments": 0 } }],
+                },
+            }),
+        )
+        .await?;
+    assert_eq!(
+        r["hits"]["hits"][0]["highlight"]["message"],
+        json!(["request 9 <mark>ok</mark>"])
+    );
+    let r = s
+        .search(
+            "logs",
+            json!({
+                "size": 1,
+                "query": { "term": { "service.name": "web" } },
+                "highlight": { "fields": { "message": {} } },
+            }),
+        )
+        .await?;
+    assert_eq!(r["hits"]["hits"].as_array().unwrap().len(), 1);
+    assert!(r["hits"]["hits"][0].get("highlight").is_none(), "{r}");
+    // Without `highlight`, nothing changes.
+    let r = s
+        .search(
+            "logs",
+            json!({ "query": { "match": { "message": "timed" } } }),
+        )
+        .await?;
+    assert!(r["hits"]["hits"][0].get("highlight").is_none(), "{r}");
+    s.indexer.shutdown().await;
+    Ok(())
+}
+
 #[tokio::test]
 async fn aggregations_match_the_data() -> Result<()> {
     let s = Server::start(None).await?;

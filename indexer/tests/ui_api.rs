@@ -339,6 +339,14 @@ async fn highlight_gives_byte_ranges_of_matched_terms() -> Result<()> {
             .collect();
         assert_eq!(words, ["timed", "out", "retry"], "{msg}");
     }
+    // The same matches as HTML fragments, parallel to hits: a short message whole.
+    assert_eq!(
+        body["fragments"],
+        serde_json::json!([
+            ["GET /fib/30 <em>timed</em> <em>out</em> after <em>retry</em>"],
+            ["GET /fib/20 <em>timed</em> <em>out</em> after <em>retry</em>"],
+        ])
+    );
     // Case-insensitive like the index, and absent unless asked.
     let body = s
         .ok(
@@ -347,8 +355,53 @@ async fn highlight_gives_byte_ranges_of_matched_terms() -> Result<()> {
         )
         .await?;
     assert_eq!(body["highlights"][0], serde_json::json!([[0, 3]]));
+    assert_eq!(
+        body["fragments"][0],
+        serde_json::json!(["<em>GET</em> /fib/38 ok"])
+    );
     let body = s.ok("/api/v1/search", &[("q", "retry")]).await?;
     assert!(body.get("highlights").is_none());
+    assert!(body.get("fragments").is_none());
+    s.indexer.shutdown().await;
+    Ok(())
+}
+
+/// Log text is untrusted: a fragment escapes it, marks only the query's positive
+/// terms of `msg`, and a hit matched by keyword fields alone has no fragment.
+#[tokio::test]
+async fn highlight_fragments_escape_log_text() -> Result<()> {
+    let s = Server::start().await?;
+    let mut recs = corpus();
+    let mut evil = recs[0].clone();
+    evil.ts = base_ts() + Duration::seconds(100);
+    evil.offset = 1000;
+    evil.msg = "<img src=x onerror=alert(1)> timeout & \"retry\" 'later'".into();
+    recs.push(evil);
+    s.ingest(&recs).await?;
+    let body = s
+        .ok(
+            "/api/v1/search",
+            &[
+                ("q", "(timeout OR img) -\"retry now\""),
+                ("highlight", "true"),
+            ],
+        )
+        .await?;
+    assert_eq!(body["total"], 1, "{body}");
+    assert_eq!(
+        body["fragments"],
+        serde_json::json!([[
+            "&lt;<em>img</em> src=x onerror=alert(1)&gt; <em>timeout</em> &amp; &quot;retry&quot; &#39;later&#39;"
+        ]])
+    );
+    let body = s
+        .ok(
+            "/api/v1/search",
+            &[("q", "app:fib"), ("highlight", "true"), ("limit", "1")],
+        )
+        .await?;
+    assert_eq!(body["fragments"], serde_json::json!([[]]));
+    assert_eq!(body["highlights"], serde_json::json!([[]]));
     s.indexer.shutdown().await;
     Ok(())
 }

@@ -11,6 +11,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+pub mod wire;
+pub use wire::LogRecordRef;
+
 /// Errors of the shared codecs.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -22,6 +25,8 @@ pub enum Error {
     },
     #[error("invalid cursor {0:?}: expected the `next` value of an earlier search")]
     BadCursor(String),
+    #[error("invalid port ranges {0:?}: expected Mesos ranges such as [31000-32000] or [8080-8080,31000-32000] within 1-65535")]
+    BadPortRanges(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -83,14 +88,20 @@ impl Level {
     /// Maps the spellings seen in real logs onto the six levels; `None` when the word
     /// is not a level at all.
     pub fn parse(word: &str) -> Option<Level> {
-        let w = word.trim().to_ascii_lowercase();
-        Some(match w.as_str() {
-            "trace" | "trc" | "finest" | "finer" => Level::Trace,
-            "debug" | "dbg" | "fine" => Level::Debug,
-            "info" | "inf" | "information" | "notice" | "informational" => Level::Info,
-            "warn" | "warning" | "wrn" => Level::Warn,
-            "error" | "err" | "eror" | "severe" => Level::Error,
-            "fatal" | "crit" | "critical" | "emerg" | "emergency" | "alert" | "panic" => {
+        // Lower-cased on the stack: this runs on several tokens of every line shipped.
+        let word = word.trim().as_bytes();
+        let mut buf = [0u8; 16];
+        let w = buf.get_mut(..word.len())?;
+        for (d, s) in w.iter_mut().zip(word) {
+            *d = s.to_ascii_lowercase();
+        }
+        Some(match &*w {
+            b"trace" | b"trc" | b"finest" | b"finer" => Level::Trace,
+            b"debug" | b"dbg" | b"fine" => Level::Debug,
+            b"info" | b"inf" | b"information" | b"notice" | b"informational" => Level::Info,
+            b"warn" | b"warning" | b"wrn" => Level::Warn,
+            b"error" | b"err" | b"eror" | b"severe" => Level::Error,
+            b"fatal" | b"crit" | b"critical" | b"emerg" | b"emergency" | b"alert" | b"panic" => {
                 Level::Fatal
             }
             _ => return None,
@@ -106,6 +117,7 @@ impl Level {
 /// anything at or below the offset it has already committed for that source.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LogRecord {
+    #[serde(serialize_with = "wire::serialize_ts")]
     pub ts: DateTime<Utc>,
     pub host: String,
     pub app: String,
@@ -268,6 +280,84 @@ pub struct AgentInfo {
     pub state: String,
 }
 
+/// An inclusive range of host ports an agent offers to its tasks, as Mesos declares
+/// them (`--resources 'ports:[31000-32000]'`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct PortRange {
+    pub begin: u16,
+    pub end: u16,
+}
+
+impl PortRange {
+    pub fn contains(&self, port: u16) -> bool {
+        (self.begin..=self.end).contains(&port)
+    }
+
+    /// How many ports the range holds.
+    pub fn len(&self) -> usize {
+        usize::from(self.end - self.begin) + 1
+    }
+
+    /// Never true: a range holds at least its `begin`; here for clippy's sake.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+}
+
+impl std::fmt::Display for PortRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.begin, self.end)
+    }
+}
+
+/// Formats ranges the way Mesos shows them: `[31000-32000,33000-33010]`.
+pub fn format_port_ranges(ranges: &[PortRange]) -> String {
+    let parts: Vec<String> = ranges.iter().map(PortRange::to_string).collect();
+    format!("[{}]", parts.join(","))
+}
+
+/// Parses Mesos port ranges: `[31000-32000]`, `[8080-8080, 31000-32000]`, with or
+/// without the brackets; a single port `8080` is the range `8080-8080`. Ranges come
+/// back sorted; overlapping or inverted ranges and port 0 are errors, since an agent
+/// declaring them is misconfigured.
+pub fn parse_port_ranges(s: &str) -> Result<Vec<PortRange>> {
+    let bad = || Error::BadPortRanges(s.to_string());
+    let t = s.trim();
+    let inner = match (t.strip_prefix('['), t.strip_suffix(']')) {
+        (Some(_), Some(_)) => &t[1..t.len() - 1],
+        (None, None) => t,
+        _ => return Err(bad()),
+    };
+    let mut out = Vec::new();
+    for part in inner.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (b, e) = part.split_once('-').unwrap_or((part, part));
+        let (b, e) = (
+            b.trim().parse::<u16>().map_err(|_| bad())?,
+            e.trim().parse::<u16>().map_err(|_| bad())?,
+        );
+        if b == 0 || e < b {
+            return Err(bad());
+        }
+        out.push(PortRange { begin: b, end: e });
+    }
+    out.sort();
+    if out.is_empty() || out.windows(2).any(|w| w[1].begin <= w[0].end) {
+        return Err(bad());
+    }
+    Ok(out)
+}
+
+/// `POST /v1/agents/register` body: the agent plus the host ports it offers. Kept
+/// apart from [`AgentInfo`] so that adding it changed no existing shape; an agent
+/// that declares no ranges lets its node pick free ports from the kernel.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentRegistration {
+    #[serde(flatten)]
+    pub info: AgentInfo,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<PortRange>,
+}
+
 /// One healthy endpoint of an app, as `GET /v1/services/{app}` lists it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceEndpoint {
@@ -283,7 +373,7 @@ pub struct ServiceEndpoint {
 }
 
 /// What a node is told to run: the scheduler's desired state for one task.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct TaskSpec {
     pub app: String,
     pub task: String,
@@ -294,9 +384,34 @@ pub struct TaskSpec {
     /// How many ports to allocate (`PORT0`..).
     #[serde(default)]
     pub port_count: u16,
+    /// The host port of each of the `port_count` ports as the scheduler assigned it:
+    /// a fixed port (`requirePorts`) or one from the agent's declared ranges; 0 lets
+    /// the node pick a free one. Empty means all 0.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<u16>,
+    /// The ports' declared numbers (`portDefinitions[].port`, 0 for dynamic) and
+    /// names ("" for unnamed), so the node can set Marathon's `PORT_<port>` and
+    /// `PORT_<NAME>`; empty when the app has neither.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub port_definitions: Vec<PortLabel>,
     /// The app's health checks; the node runs them and reports [`HealthResult`]s.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub health_checks: Vec<HealthCheck>,
+    /// The app's `mem` in MiB: the node's memory limit for the task where it can
+    /// enforce one (cgroup v2); `None` (an older scheduler) runs it unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mem: Option<f64>,
+}
+
+/// A port of a [`TaskSpec`] as the app declared it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortLabel {
+    /// The declared port (Marathon's service port, or the fixed host port with
+    /// `requirePorts`); 0 for a dynamic one.
+    #[serde(default)]
+    pub port: u16,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
 }
 
 /// What a node reports about one task it runs.
@@ -443,7 +558,61 @@ mod tests {
         assert_eq!(Level::parse("hello"), None);
     }
 
+    #[test]
+    fn port_ranges_parse_in_mesos_syntax() {
+        let r = parse_port_ranges("[31000-32000, 8080-8080]").unwrap();
+        assert_eq!(
+            r,
+            vec![
+                PortRange {
+                    begin: 8080,
+                    end: 8080
+                },
+                PortRange {
+                    begin: 31000,
+                    end: 32000
+                }
+            ]
+        );
+        assert_eq!(format_port_ranges(&r), "[8080-8080,31000-32000]");
+        assert_eq!(parse_port_ranges("9000").unwrap()[0].len(), 1);
+        for bad in [
+            "",
+            "[]",
+            "[0-10]",
+            "[10-5]",
+            "[1-70000]",
+            "[1-10,5-20]",
+            "[1-10",
+            "x-y",
+        ] {
+            let err = parse_port_ranges(bad).unwrap_err().to_string();
+            assert!(err.contains("invalid port ranges"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn agent_registration_flattens_the_agent_and_defaults_ports() {
+        let json = r#"{"name":"n1","address":"10.0.0.1","ports":[{"begin":31000,"end":31010}]}"#;
+        let reg: AgentRegistration = serde_json::from_str(json).unwrap();
+        assert_eq!(reg.info.name, "n1");
+        assert_eq!(reg.ports[0].len(), 11);
+        // A node of an older build sends a bare AgentInfo.
+        let reg: AgentRegistration =
+            serde_json::from_str(r#"{"name":"n1","address":"a"}"#).unwrap();
+        assert!(reg.ports.is_empty());
+    }
+
     proptest! {
+        #[test]
+        fn port_ranges_round_trip(starts in proptest::collection::btree_set(1u16..60000, 1..5), len in 0u16..100) {
+            // Disjoint ranges: each starts 1000 apart at most `len` long.
+            let ranges: Vec<PortRange> = starts.iter().map(|s| s - s % 1000 + 1).collect::<std::collections::BTreeSet<_>>()
+                .into_iter().map(|b| PortRange { begin: b, end: b + len }).collect();
+            let back = parse_port_ranges(&format_port_ranges(&ranges)).unwrap();
+            prop_assert_eq!(back, ranges);
+        }
+
         #[test]
         fn ndjson_round_trips(msgs in proptest::collection::vec(".*", 0..20), lat in proptest::option::of(0.0f64..1e6)) {
             let ts: DateTime<Utc> = "2026-11-23T10:00:00.001Z".parse().unwrap();

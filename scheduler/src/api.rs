@@ -19,7 +19,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::SecondsFormat;
-use protocol::{AgentInfo, HealthCheck, HeartbeatRequest, HeartbeatResponse, TOKEN_HEADER};
+use protocol::{
+    AgentInfo, AgentRegistration, HealthCheck, HeartbeatRequest, HeartbeatResponse, TOKEN_HEADER,
+};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
@@ -190,8 +192,10 @@ const HANDLED_FIELDS: &[&str] = &[
     "env",
     "cpus",
     "mem",
+    "disk",
     "portDefinitions",
     "ports",
+    "requirePorts",
     "backoffSeconds",
     "backoffFactor",
     "maxLaunchDelaySeconds",
@@ -205,7 +209,6 @@ const KEPT_FIELDS: &[&str] = &[
     "constraints",
     "container",
     "dependencies",
-    "disk",
     "executor",
     "executorResources",
     "fetch",
@@ -216,7 +219,6 @@ const KEPT_FIELDS: &[&str] = &[
     "labels",
     "networks",
     "readinessChecks",
-    "requirePorts",
     "residency",
     "resourceLimits",
     "role",
@@ -458,7 +460,56 @@ fn port_definitions(obj: &Map<String, Value>, problems: &mut Vec<String>) -> Vec
             out.len()
         ));
     }
+    let what = if defs.is_some() {
+        "portDefinitions"
+    } else {
+        "ports"
+    };
+    // Marathon refuses the same port twice in one app: as a service port it would be
+    // ambiguous, as a fixed host port (requirePorts) the second could never bind.
+    let mut seen_ports: BTreeMap<u16, usize> = BTreeMap::new();
+    let mut seen_names: BTreeMap<String, usize> = BTreeMap::new();
+    for (i, d) in out.iter().enumerate() {
+        if d.port != 0 {
+            if let Some(first) = seen_ports.insert(d.port, i) {
+                problems.push(format!(
+                    "{what}[{i}].port {} is also {what}[{first}].port: the ports of an app must differ",
+                    d.port
+                ));
+            }
+        }
+        let Some(name) = &d.name else { continue };
+        let valid = !name.is_empty()
+            && name.len() <= 63
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !valid {
+            problems.push(format!(
+                "{what}[{i}].name {name:?} is invalid: expected 1 to 63 letters, digits, '-' or '_' (it names the variable PORT_<NAME>)"
+            ));
+            continue;
+        }
+        if let Some(first) = seen_names.insert(port_env_name(name), i) {
+            problems.push(format!(
+                "{what}[{i}].name {name:?} is also {what}[{first}]'s: port names of an app must differ (ignoring case, '-' and '_')"
+            ));
+        }
+    }
     out
+}
+
+/// The variable a named port is handed over in: `PORT_` and the name upper-cased as
+/// Marathon does, with `-` as `_` so that a shell can read it (`PORT_ADMIN_UI`).
+pub fn port_env_name(name: &str) -> String {
+    let name: String = name
+        .chars()
+        .map(|c| match c {
+            '-' => '_',
+            c => c.to_ascii_uppercase(),
+        })
+        .collect();
+    format!("PORT_{name}")
 }
 
 /// Parses Marathon `healthChecks`, with Marathon's defaults (grace 300 s, interval
@@ -725,6 +776,18 @@ pub fn parse_app(
 
     let cpus = number(obj, "cpus", 0.1, 0.0, 1e6, &mut problems);
     let mem = number(obj, "mem", 128.0, 0.0, 1e12, &mut problems);
+    let disk = number(obj, "disk", 0.0, 0.0, 1e12, &mut problems);
+    let require_ports = match obj.get("requirePorts") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(v) => {
+            problems.push(format!(
+                "requirePorts must be true or false, got {}",
+                describe(v)
+            ));
+            false
+        }
+    };
     let backoff_seconds = number(obj, "backoffSeconds", 1.0, 0.0, 86_400.0, &mut problems);
     let backoff_factor = number(obj, "backoffFactor", 1.15, 1.0, 1e6, &mut problems);
     let max_launch_delay_seconds = number(
@@ -767,12 +830,6 @@ pub fn parse_app(
             )),
         }
     }
-    if obj.get("requirePorts") == Some(&Value::Bool(true))
-        && port_definitions.iter().any(|p| p.port != 0)
-    {
-        problems.push("requirePorts with fixed ports is not supported yet: host ports are always dynamic (PORT0..)".into());
-    }
-
     let extra: BTreeMap<String, Value> = obj
         .iter()
         .filter(|(k, v)| KEPT_FIELDS.contains(&k.as_str()) && !v.is_null())
@@ -788,7 +845,9 @@ pub fn parse_app(
             env,
             cpus,
             mem,
+            disk,
             port_definitions,
+            require_ports,
             backoff_seconds,
             backoff_factor,
             max_launch_delay_seconds,
@@ -812,18 +871,27 @@ fn task_json(state: &State, t: &Task) -> Value {
         .agent(&t.agent)
         .map(|a| a.address.clone())
         .unwrap_or_default();
+    // Marathon's service ports are the app's declared ones, index for index with
+    // `ports` (0 where the app declared none: none is invented here).
+    let service_ports: Vec<u16> = state
+        .app(&t.app)
+        .map(|d| d.port_definitions.iter().map(|p| p.port).collect())
+        .unwrap_or_default();
     json!({
         "id": t.id,
         "appId": t.app,
         "host": t.agent,
         "ipAddresses": [{"ipAddress": address, "protocol": "IPv4"}],
         "ports": t.ports,
-        "servicePorts": [],
+        "servicePorts": service_ports,
         "slaveId": t.agent,
         "state": t.state.as_str(),
         "stagedAt": ts(t.staged_at),
         "startedAt": t.started_at.map(ts),
         "version": ts(t.version),
+        // Not Marathon's: how many earlier tasks of this instance number ended (the
+        // web UI's "restarts" column).
+        "restarts": t.restarts,
         "healthCheckResults": t.health.iter().map(|h| json!({
             "alive": h.alive,
             "consecutiveFailures": h.consecutive_failures,
@@ -870,6 +938,40 @@ fn app_json(state: &State, def: &AppDef, with_tasks: bool) -> Value {
         }
     }
     v
+}
+
+/// An app as it was at one of its versions (`GET /v2/apps/{id}/versions/{version}`):
+/// the definition alone, as Marathon shows it there.
+fn version_json(def: &AppDef) -> Value {
+    let mut v = Value::Object(definition_json(def));
+    v["version"] = json!(ts(def.version));
+    v
+}
+
+/// `GET /v2/apps/{id}/versions[/{version}]`, or `None` when `path` names neither.
+fn versions_view(st: &State, path: &str) -> Option<Result<Value>> {
+    let path = path.trim_end_matches('/');
+    if let Some(app) = path.strip_suffix("/versions") {
+        st.app(app)?;
+        return Some(
+            st.versions(app)
+                .map(|vs| json!({ "versions": vs.into_iter().map(ts).collect::<Vec<_>>() })),
+        );
+    }
+    let (app, version) = path.rsplit_once("/versions/")?;
+    st.app(app)?;
+    let parsed = chrono::DateTime::parse_from_rfc3339(version).map_err(|e| {
+        Error::BadRequest(format!(
+            "version {version:?} is not a timestamp: expected one of GET /v2/apps/{}/versions, such as 2026-11-23T10:00:00.123Z ({e})",
+            app.trim_start_matches('/')
+        ))
+    });
+    Some(parsed.and_then(|t| {
+        // Versions are kept to the millisecond, as they are shown.
+        let t = t.with_timezone(&chrono::Utc);
+        let t = chrono::DateTime::from_timestamp_millis(t.timestamp_millis()).unwrap_or(t);
+        st.app_version(app, t).map(version_json)
+    }))
 }
 
 /// The definition part of an app (what a `PUT` body is merged onto).
@@ -969,6 +1071,9 @@ async fn get_app(AxState(s): AxState<Scheduler>, Path(id): Path<String>) -> Resu
     if let Some(def) = st.app(&id) {
         return Ok(Json(json!({ "app": app_json(&st, def, true) })));
     }
+    if let Some(view) = versions_view(&st, &id) {
+        return view.map(Json);
+    }
     // `/v2/apps/{id}/tasks` cannot be a route next to the wildcard, so it lands here.
     if let Some(app) = id.trim_end_matches('/').strip_suffix("/tasks") {
         if st.app(app).is_some() {
@@ -1006,8 +1111,14 @@ async fn put_app(
         None => body.clone(),
     };
     let def = parse_app(&merged, Some(&id), now.wall_millis())?;
-    let version = def.version;
-    let (created, dep) = s.lock().put_app(def, now)?;
+    let (created, dep, version) = {
+        let mut st = s.lock();
+        let key = def.id.clone();
+        let (created, dep) = st.put_app(def, now)?;
+        // An update that changes nothing keeps the app's version.
+        let version = st.app(&key).map_or(now.wall_millis(), |d| d.version);
+        (created, dep, version)
+    };
     s.persist().await?;
     let status = if created {
         StatusCode::CREATED
@@ -1046,7 +1157,12 @@ async fn delete_app(
             Some((app, task)) if st.app(&id).is_none() && st.app(app).is_some() => {
                 let (t, dep) = st.kill_task(app, task, flag(&q.scale), now)?;
                 match dep {
-                    Some(dep) => deployment(&dep, now.wall_millis()),
+                    // The version the scale recorded, not `now`: two changes within
+                    // one millisecond get distinct versions.
+                    Some(dep) => {
+                        let version = st.app(app).map_or(now.wall_millis(), |d| d.version);
+                        deployment(&dep, version)
+                    }
                     None => json!({ "task": task_json(&st, &t) }),
                 }
             }
@@ -1207,8 +1323,26 @@ async fn ping() -> &'static str {
     "pong"
 }
 
-async fn list_agents(AxState(s): AxState<Scheduler>) -> Json<Vec<AgentInfo>> {
-    Json(s.lock().agents())
+/// The agents with, beside [`AgentInfo`], the port ranges they offer and what their
+/// tasks use (`used`: cpus, mem, disk, host ports), so an operator can see why an app
+/// does not fit.
+async fn list_agents(AxState(s): AxState<Scheduler>) -> Json<Value> {
+    let st = s.lock();
+    let agents: Vec<Value> = st
+        .agents()
+        .into_iter()
+        .map(|a| {
+            let (used, ports) = st.agent_usage(&a.name);
+            let ranges = st.agent_ports(&a.name).to_vec();
+            let mut v = serde_json::to_value(&a).unwrap_or_else(|_| json!({}));
+            v["ports"] = json!(ranges);
+            v["used"] = json!({
+                "cpus": used.cpus, "mem": used.mem, "disk": used.disk, "ports": ports,
+            });
+            v
+        })
+        .collect();
+    Json(Value::Array(agents))
 }
 
 async fn register_agent(
@@ -1217,8 +1351,8 @@ async fn register_agent(
     body: Bytes,
 ) -> Result<Json<AgentInfo>> {
     s.authorize(&headers)?;
-    let info: AgentInfo = serde_json::from_slice(&body)?;
-    let out = s.lock().register_agent(info, Now::current())?;
+    let reg: AgentRegistration = serde_json::from_slice(&body)?;
+    let out = s.lock().register(reg.info, reg.ports, Now::current())?;
     s.persist().await?;
     Ok(Json(out))
 }

@@ -13,6 +13,8 @@ pub enum Error {
     UnknownApp(String),
     #[error("app {0:?} already exists")]
     AppExists(String),
+    #[error("app {app:?} has no version {version:?}: see /v2/apps{app}/versions for those kept")]
+    UnknownVersion { app: String, version: String },
     #[error("task {0:?} does not exist")]
     UnknownTask(String),
     #[error("deployment {0:?} does not exist")]
@@ -55,6 +57,7 @@ impl Error {
             // Marathon answers 422 for invalid app definitions; clients rely on it.
             Error::InvalidApp(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Error::UnknownApp(_)
+            | Error::UnknownVersion { .. }
             | Error::UnknownTask(_)
             | Error::UnknownAgent(_)
             | Error::UnknownDeployment(_) => StatusCode::NOT_FOUND,

@@ -15,10 +15,12 @@
 //! interval of reaction time.
 
 pub mod api;
+pub mod cgroup;
 pub mod error;
 pub mod logger;
 pub mod node;
 pub mod placement;
+pub mod ports;
 pub mod router;
 pub mod state;
 pub mod store;

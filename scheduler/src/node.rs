@@ -12,7 +12,11 @@
 //! that writes `stdout`/`stderr` in the sandbox and rotates them by size; neither the
 //! task nor its logger is a child the node must keep alive, so both outlive a node
 //! restart, and the next node finds the task again from its `task.json` and pid file.
-//! Each task runs in its own process group so a kill reaches everything it forked.
+//! Each task runs in its own process group so a kill reaches everything it forked,
+//! and, where the host allows it, in its own cgroup with the app's `mem` as memory
+//! limit (see `cgroup`). A finished task's sandbox is marked finished and removed
+//! after `gc_delay`, only once the shipper says it has read it to the end: a sandbox
+//! kept too long costs disk, one removed too early loses log lines for good.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{File, OpenOptions};
@@ -34,6 +38,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use crate::cgroup::{self, MemoryLimits};
 use crate::logger::Rotation;
 use crate::{Error, Result};
 
@@ -68,6 +73,9 @@ pub struct NodeConfig {
     pub heartbeat_interval: Duration,
     pub resources: BTreeMap<String, f64>,
     pub attributes: BTreeMap<String, String>,
+    /// Host ports offered to tasks (`--resources 'ports:[31000-32000]'`); the
+    /// scheduler assigns from them. Empty: tasks get any port the kernel has free.
+    pub port_ranges: Vec<protocol::PortRange>,
     /// SIGTERM → SIGKILL grace.
     pub kill_grace: Duration,
     /// Leave tasks running when the node stops (an agent restart), instead of killing
@@ -76,6 +84,16 @@ pub struct NodeConfig {
     /// Task output through a per-task logger process that rotates `stdout`/`stderr`
     /// by size; `None` writes the files directly, unrotated.
     pub log_rotation: Option<Rotation>,
+    /// Enforce each task's `mem` as a cgroup v2 memory limit where the host allows it
+    /// (see [`crate::cgroup`]); false runs every task unlimited.
+    pub memory_limits: bool,
+    /// The cgroup task cgroups are made under, as `/proc/self/cgroup` names it (e.g.
+    /// `/sandtrail.slice`); `None` uses the node's own cgroup.
+    pub cgroup_parent: Option<String>,
+    /// How long a finished task's sandbox is kept (Mesos's `--gc_delay`); it goes
+    /// after that only once the shipper has read it to the end
+    /// ([`Node::set_shipped_check`]).
+    pub gc_delay: Duration,
 }
 
 impl NodeConfig {
@@ -96,9 +114,13 @@ impl NodeConfig {
             heartbeat_interval: Duration::from_secs(1),
             resources: BTreeMap::new(),
             attributes: BTreeMap::new(),
+            port_ranges: Vec::new(),
             kill_grace: Duration::from_secs(5),
             keep_tasks_on_shutdown: false,
             log_rotation: Some(Rotation::default()),
+            memory_limits: true,
+            cgroup_parent: None,
+            gc_delay: DEFAULT_GC_DELAY,
         }
     }
 }
@@ -122,6 +144,11 @@ struct Inner {
     detach: CancellationToken,
     /// `NodeConfig::keep_tasks_on_shutdown`, changeable after construction.
     keep_tasks: std::sync::atomic::AtomicBool,
+    /// Whether tasks get memory limits, decided once at start.
+    memory: MemoryLimits,
+    /// "Has the shipper read this sandbox to the end?"; unset, sandboxes are
+    /// collected on the delay alone.
+    shipped: std::sync::OnceLock<ShippedCheck>,
 }
 
 #[derive(Default)]
@@ -160,6 +187,10 @@ struct NodeMetrics {
     heartbeats: AtomicU64,
     heartbeat_failures: AtomicU64,
     registrations: AtomicU64,
+    oom_kills: AtomicU64,
+    sandboxes_collected: AtomicU64,
+    /// Finished sandboxes past their delay, kept because not fully shipped yet.
+    sandboxes_unshipped: AtomicU64,
 }
 
 impl Node {
@@ -172,6 +203,7 @@ impl Node {
             .timeout(CONTROL_TIMEOUT)
             .build()?;
         let keep_tasks = std::sync::atomic::AtomicBool::new(cfg.keep_tasks_on_shutdown);
+        let memory = detect_memory_limits(&cfg);
         Ok(Node {
             inner: Arc::new(Inner {
                 cfg,
@@ -182,6 +214,8 @@ impl Node {
                 detach: CancellationToken::new(),
                 keep_tasks,
                 metrics: NodeMetrics::default(),
+                memory,
+                shipped: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -192,6 +226,9 @@ impl Node {
     pub async fn run(&self, cancel: CancellationToken) -> Result<()> {
         let inner = &self.inner;
         inner.rediscover().await;
+        inner
+            .tracker
+            .spawn(Arc::clone(inner).collect_sandboxes(cancel.clone()));
         let mut registered = false;
         let mut failures: u64 = 0;
         loop {
@@ -300,7 +337,7 @@ impl Node {
             g(&m.heartbeats),
             g(&m.heartbeat_failures),
             g(&m.registrations),
-        )
+        ) + &self.limits_and_gc_metrics()
     }
 }
 
@@ -329,7 +366,10 @@ impl Inner {
         let url = self.url("/v1/agents/register");
         let resp = self
             .authed(self.client.post(&url))
-            .json(&info)
+            .json(&protocol::AgentRegistration {
+                info,
+                ports: self.cfg.port_ranges.clone(),
+            })
             .send()
             .await?;
         check_status(&url, resp.status())?;
@@ -417,6 +457,9 @@ impl Inner {
             if let Err(e) = self.launch(&spec).await {
                 self.metrics.launch_failures.fetch_add(1, Ordering::Relaxed);
                 warn!(app = %spec.app, task = %spec.task, error = %e, "task launch failed");
+                if let Ok(dir) = sandbox_dir(&self.sandboxes, &spec.app, &spec.task) {
+                    mark_finished(&dir).await;
+                }
                 let mut st = self.state.lock().expect("node state lock");
                 st.done.insert(spec.task.clone());
                 let seq = st.next_seq;
@@ -449,7 +492,9 @@ impl Inner {
                 .flat_map(|r| r.ports.iter().copied())
                 .collect()
         };
-        let ports = allocate_ports(&self.cfg.address, spec.port_count, &taken)?;
+        let ports = crate::ports::resolve_host_ports(&self.cfg.address, spec, &taken, |n, t| {
+            allocate_ports(&self.cfg.address, n, t)
+        })?;
         let meta = TaskMeta {
             host: self.cfg.name.clone(),
             app: spec.app.clone(),
@@ -484,7 +529,23 @@ impl Inner {
         for (k, v) in &env {
             cmd.env(k, v);
         }
-        let child = cmd.spawn().map_err(|e| Error::io(&dir, e))?;
+        let cgroup = self.task_cgroup(spec).await?;
+        if let Some(cg) = &cgroup {
+            let fd = cg.procs_fd();
+            // SAFETY: `join_from_child` is async-signal-safe, and `cgroup` keeps the
+            // descriptor open until the spawn has returned.
+            unsafe { cmd.pre_exec(move || cgroup::join_from_child(fd)) };
+        }
+        let child = match cmd.spawn() {
+            Ok(child) => child,
+            Err(e) => {
+                if let Some(cg) = cgroup {
+                    let _ = cgroup::remove(cg.dir());
+                }
+                return Err(Error::io(&dir, e));
+            }
+        };
+        drop(cgroup);
         let pid = child.id().unwrap_or_default();
         // The pid file lets a restarted node find the task again; a task without one
         // is merely not re-adopted, so a failed write is only logged.
@@ -523,7 +584,8 @@ impl Inner {
             else {
                 return;
             };
-            inner.on_exit(app, task, status, kill.is_cancelled());
+            let oom = inner.task_ended(&dir, &task).await;
+            inner.on_exit(app, task, status, kill.is_cancelled(), oom);
             // Stops the task's health checkers too.
             kill.cancel();
             let _ = tokio::fs::remove_file(pid_file).await;
@@ -537,8 +599,9 @@ impl Inner {
         task: String,
         status: std::io::Result<ExitStatus>,
         killed: bool,
+        oom: Option<String>,
     ) {
-        let report = exit_report(&app, &task, status, killed);
+        let report = with_oom(exit_report(&app, &task, status, killed), oom);
         let counter = match report.state.as_str() {
             TASK_FINISHED => &self.metrics.finished,
             TASK_KILLED => &self.metrics.killed,
@@ -634,8 +697,16 @@ impl Inner {
         else {
             return;
         };
+        let mut ooms = Vec::with_capacity(ended.len());
+        for meta in &ended {
+            let dir = sandbox_dir(&self.sandboxes, &meta.app, &meta.task);
+            ooms.push(match dir {
+                Ok(dir) => self.task_ended(&dir, &meta.task).await,
+                Err(_) => None,
+            });
+        }
         let mut st = self.state.lock().expect("node state lock");
-        for meta in ended {
+        for (meta, oom) in ended.into_iter().zip(ooms) {
             info!(app = %meta.app, task = %meta.task, "task ended while the node was down");
             st.done.insert(meta.task.clone());
             let seq = st.next_seq;
@@ -648,7 +719,9 @@ impl Inner {
                     state: TASK_FAILED.into(),
                     ports: Vec::new(),
                     exit_code: None,
-                    message: Some("ended while the node was down; exit status unknown".into()),
+                    message: Some(oom.unwrap_or_else(|| {
+                        "ended while the node was down; exit status unknown".into()
+                    })),
                     instance: Some(meta.instance),
                     health: Vec::new(),
                     started_at: None,
@@ -691,7 +764,8 @@ impl Inner {
                         "exit status unknown: the task was adopted after a node restart",
                     ))
                 };
-                inner.on_exit(meta.app, meta.task, status, killed);
+                let oom = inner.task_ended(&dir, &meta.task).await;
+                inner.on_exit(meta.app, meta.task, status, killed, oom);
                 kill.cancel();
                 let _ = tokio::fs::remove_file(dir.join(PID_FILE)).await;
             });
@@ -771,6 +845,234 @@ impl Inner {
         self.tracker.wait().await;
         info!(node = %self.cfg.name, "node stopped");
     }
+}
+
+/// Default of [`NodeConfig::gc_delay`]. Mesos keeps sandboxes a week by default; an
+/// hour is enough for the shipper here, which reads them live.
+pub const DEFAULT_GC_DELAY: Duration = Duration::from_secs(3600);
+
+/// Written into a sandbox when its task has ended: its mtime starts the GC delay, and
+/// it survives a node restart, so a restarted node collects what the last one left.
+pub const FINISHED_FILE: &str = ".sandtrail-finished";
+
+/// Answers "has the shipper read every log file of this sandbox to the end, and has
+/// the indexer acknowledged it all?". Called off the async runtime, so it may block.
+pub type ShippedCheck = Arc<dyn Fn(&Path) -> bool + Send + Sync>;
+
+impl Node {
+    /// Gates sandbox GC on the shipper: a finished sandbox past its delay is removed
+    /// only once `check` says it is fully shipped. Without a check (no shipper in
+    /// this process), the delay alone decides. Set it before `run`; later calls are
+    /// ignored.
+    pub fn set_shipped_check(&self, check: ShippedCheck) {
+        let _ = self.inner.shipped.set(check);
+    }
+
+    /// Whether this node enforces memory limits, and where or why not.
+    pub fn memory_limits(&self) -> &MemoryLimits {
+        &self.inner.memory
+    }
+
+    fn limits_and_gc_metrics(&self) -> String {
+        let m = &self.inner.metrics;
+        let name = &self.inner.cfg.name;
+        let g = |v: &AtomicU64| v.load(Ordering::Relaxed);
+        format!(
+            "# HELP sandtrail_node_memory_limits_enforced Whether tasks run under cgroup v2 memory limits (1) or unlimited (0, the agent log says why).\n\
+             # TYPE sandtrail_node_memory_limits_enforced gauge\n\
+             sandtrail_node_memory_limits_enforced{{node=\"{name}\"}} {}\n\
+             # HELP sandtrail_node_oom_kills_total Tasks that failed because they exceeded their memory limit.\n\
+             # TYPE sandtrail_node_oom_kills_total counter\n\
+             sandtrail_node_oom_kills_total{{node=\"{name}\"}} {}\n\
+             # HELP sandtrail_node_sandboxes_collected_total Finished sandboxes removed after the GC delay.\n\
+             # TYPE sandtrail_node_sandboxes_collected_total counter\n\
+             sandtrail_node_sandboxes_collected_total{{node=\"{name}\"}} {}\n\
+             # HELP sandtrail_node_sandboxes_unshipped Finished sandboxes past the GC delay kept because the shipper has not read them to the end.\n\
+             # TYPE sandtrail_node_sandboxes_unshipped gauge\n\
+             sandtrail_node_sandboxes_unshipped{{node=\"{name}\"}} {}\n",
+            u8::from(self.inner.memory.enforced()),
+            g(&m.oom_kills),
+            g(&m.sandboxes_collected),
+            g(&m.sandboxes_unshipped),
+        )
+    }
+}
+
+impl Inner {
+    /// The cgroup a task is to join, when limits are enforced and its app has a
+    /// `mem`. A cgroup that cannot be made fails the launch: running the task
+    /// unlimited on a host that promised limits would hide the problem.
+    async fn task_cgroup(&self, spec: &TaskSpec) -> Result<Option<cgroup::TaskCgroup>> {
+        let (Some(base), Some(limit)) =
+            (self.memory.base(), spec.mem.and_then(cgroup::limit_bytes))
+        else {
+            return Ok(None);
+        };
+        let (base, task) = (base.to_path_buf(), spec.task.clone());
+        let dir = base.join(&task);
+        tokio::task::spawn_blocking(move || cgroup::TaskCgroup::create(&base, &task, limit))
+            .await
+            .map_err(|e| Error::io(&dir, std::io::Error::other(e)))?
+            .map(Some)
+            .map_err(|e| Error::io(&dir, e))
+    }
+
+    /// Cleans up after a task whose process has ended: removes its cgroup (killing
+    /// anything of it still there) and marks its sandbox finished for GC. Returns the
+    /// failure message when the OOM killer ended it.
+    async fn task_ended(&self, sandbox: &Path, task: &str) -> Option<String> {
+        mark_finished(sandbox).await;
+        let dir = self.memory.base()?.join(task);
+        if !tokio::fs::try_exists(&dir).await.unwrap_or(false) {
+            return None;
+        }
+        let d = dir.clone();
+        let (ended, removed) = tokio::task::spawn_blocking(move || cgroup::finish(&d))
+            .await
+            .ok()?;
+        if let Err(e) = removed {
+            warn!(task, cgroup = %dir.display(), error = %e, "could not remove the task's cgroup");
+        }
+        if ended.oom_kills == 0 {
+            return None;
+        }
+        self.metrics.oom_kills.fetch_add(1, Ordering::Relaxed);
+        let limit = ended
+            .limit
+            .map(|b| format!(" of {} MiB", b.div_ceil(1 << 20)))
+            .unwrap_or_default();
+        Some(format!(
+            "exceeded its memory limit{limit}: killed by the OOM killer ({} process(es) killed)",
+            ended.oom_kills
+        ))
+    }
+
+    /// Removes finished sandboxes past the GC delay that the shipper has read to the
+    /// end, until `cancel` fires. Sweeps a few times per delay (at most once a
+    /// minute), so a sandbox goes at most about half a delay late.
+    async fn collect_sandboxes(self: Arc<Self>, cancel: CancellationToken) {
+        let delay = self.cfg.gc_delay;
+        let every = (delay / 2).clamp(Duration::from_millis(20), Duration::from_secs(60));
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = self.detach.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+            let inner = Arc::clone(&self);
+            let swept = tokio::task::spawn_blocking(move || {
+                let shipped = inner.shipped.get().map(|c| c.as_ref());
+                sweep_sandboxes(&inner.sandboxes, delay, shipped)
+            })
+            .await;
+            let Ok(swept) = swept else { continue };
+            for dir in &swept.removed {
+                info!(sandbox = %dir.display(), "finished sandbox removed");
+            }
+            let m = &self.metrics;
+            m.sandboxes_collected
+                .fetch_add(swept.removed.len() as u64, Ordering::Relaxed);
+            m.sandboxes_unshipped
+                .store(swept.unshipped as u64, Ordering::Relaxed);
+        }
+    }
+}
+
+/// What the node decides about memory limits at start, logged once.
+fn detect_memory_limits(cfg: &NodeConfig) -> MemoryLimits {
+    let limits = if cfg.memory_limits {
+        MemoryLimits::detect(cfg.cgroup_parent.as_deref())
+    } else {
+        MemoryLimits::Unavailable {
+            reason: "turned off in the configuration".into(),
+        }
+    };
+    match &limits {
+        MemoryLimits::Enforced { base } => {
+            info!(node = %cfg.name, cgroup = %base.display(), "memory limits enforced through cgroup v2")
+        }
+        MemoryLimits::Unavailable { reason } => {
+            warn!(node = %cfg.name, reason = %reason, "memory limits not enforced: tasks run without a limit")
+        }
+    }
+    limits
+}
+
+/// A task the OOM killer ended failed, whatever its exit status says (its shell may
+/// have exited with a code after the kill); one the node killed stays killed.
+fn with_oom(mut report: TaskStatus, oom: Option<String>) -> TaskStatus {
+    if let Some(msg) = oom {
+        if report.state != TASK_KILLED {
+            report.state = TASK_FAILED.into();
+            report.message = Some(msg);
+        }
+    }
+    report
+}
+
+/// Marks a task's sandbox finished (see [`FINISHED_FILE`]); a sandbox that does not
+/// exist (launch failed early) has nothing to collect.
+async fn mark_finished(sandbox: &Path) {
+    if !tokio::fs::try_exists(sandbox).await.unwrap_or(false) {
+        return;
+    }
+    let path = sandbox.join(FINISHED_FILE);
+    if let Err(e) = tokio::fs::write(&path, b"").await {
+        warn!(path = %path.display(), error = %e, "could not mark the sandbox finished; it will not be collected");
+    }
+}
+
+/// One GC pass over `root/<app>/<task>`.
+#[derive(Debug, Default)]
+struct Swept {
+    removed: Vec<PathBuf>,
+    /// Past the delay but not fully shipped.
+    unshipped: usize,
+}
+
+/// Removes the sandboxes under `root` marked finished at least `delay` ago for which
+/// `shipped` (if any) holds, then app directories left empty. Blocking.
+fn sweep_sandboxes(
+    root: &Path,
+    delay: Duration,
+    shipped: Option<&(dyn Fn(&Path) -> bool + Send + Sync)>,
+) -> Swept {
+    let mut swept = Swept::default();
+    let now = std::time::SystemTime::now();
+    let dirs = |d: &Path| -> Vec<PathBuf> {
+        std::fs::read_dir(d)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .map(|e| e.path())
+            .collect()
+    };
+    for app in dirs(root) {
+        for sandbox in dirs(&app) {
+            let Ok(finished) =
+                std::fs::metadata(sandbox.join(FINISHED_FILE)).and_then(|m| m.modified())
+            else {
+                continue;
+            };
+            if now.duration_since(finished).unwrap_or_default() < delay {
+                continue;
+            }
+            if shipped.is_some_and(|f| !f(&sandbox)) {
+                swept.unshipped += 1;
+                continue;
+            }
+            match std::fs::remove_dir_all(&sandbox) {
+                Ok(()) => swept.removed.push(sandbox),
+                Err(e) => {
+                    warn!(sandbox = %sandbox.display(), error = %e, "could not remove a finished sandbox")
+                }
+            }
+        }
+        // Only an empty one goes; a launch re-creates it if it races with us.
+        let _ = std::fs::remove_dir(&app);
+    }
+    swept
 }
 
 /// What one health checker needs to know about its task.
@@ -1096,21 +1398,8 @@ fn task_env(
         ),
         ("MESOS_TASK_ID".into(), spec.task.clone()),
         ("MESOS_SANDBOX".into(), sandbox.display().to_string()),
-        (
-            "PORTS".into(),
-            ports
-                .iter()
-                .map(|p| p.to_string())
-                .collect::<Vec<_>>()
-                .join(","),
-        ),
     ];
-    if let Some(p) = ports.first() {
-        env.push(("PORT".into(), p.to_string()));
-    }
-    for (i, p) in ports.iter().enumerate() {
-        env.push((format!("PORT{i}"), p.to_string()));
-    }
+    env.extend(crate::ports::port_env(spec, ports));
     env
 }
 
@@ -1255,6 +1544,74 @@ mod tests {
             "{again:?} vs {set:?}"
         );
         assert!(allocate_ports("127.0.0.1", 0, &set).unwrap().is_empty());
+    }
+
+    #[test]
+    fn gc_removes_finished_sandboxes_past_the_delay_once_shipped() {
+        let root = tempfile::tempdir().unwrap();
+        let sandbox = |app: &str, task: &str, finished_secs_ago: Option<u64>| {
+            let dir = root.path().join(app).join(task);
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("stdout"), "line\n").unwrap();
+            if let Some(ago) = finished_secs_ago {
+                let f = File::create(dir.join(FINISHED_FILE)).unwrap();
+                let when = std::time::SystemTime::now() - Duration::from_secs(ago);
+                f.set_modified(when).unwrap();
+            }
+            dir
+        };
+        let old = sandbox("fib", "fib.1", Some(120));
+        let running = sandbox("fib", "fib.2", None);
+        let fresh = sandbox("fib", "fib.3", Some(1));
+        let unshipped = sandbox("web", "web.1", Some(120));
+        let delay = Duration::from_secs(60);
+        let asked = Mutex::new(Vec::new());
+        let check = |dir: &Path| {
+            asked.lock().unwrap().push(dir.to_path_buf());
+            dir != unshipped
+        };
+        let swept = sweep_sandboxes(root.path(), delay, Some(&check));
+        assert_eq!(swept.removed, vec![old.clone()]);
+        assert_eq!(swept.unshipped, 1);
+        assert!(!old.exists() && running.exists() && fresh.exists() && unshipped.exists());
+        // Only sandboxes past their delay are put to the shipper.
+        let mut asked = asked.into_inner().unwrap();
+        asked.sort();
+        assert_eq!(asked, vec![old, unshipped.clone()]);
+
+        // Without a shipper in the process the delay alone decides; an app
+        // directory left empty goes too.
+        let swept = sweep_sandboxes(root.path(), delay, None);
+        assert_eq!(swept.removed, vec![unshipped]);
+        assert!(!root.path().join("web").exists());
+        assert!(root.path().join("fib").exists());
+    }
+
+    #[test]
+    fn an_oom_kill_fails_the_task_unless_the_node_killed_it() {
+        let oom = || Some("exceeded its memory limit of 50 MiB".to_string());
+        // The shell around the task reports the kill as exit code 137.
+        let r = with_oom(
+            exit_report("a", "t", Ok(ExitStatus::from_raw(137 << 8)), false),
+            oom(),
+        );
+        assert_eq!(r.state, TASK_FAILED);
+        assert_eq!(r.message.as_deref(), oom().as_deref());
+        let r = with_oom(
+            exit_report("a", "t", Ok(ExitStatus::from_raw(0)), false),
+            oom(),
+        );
+        assert_eq!(r.state, TASK_FAILED);
+        let r = with_oom(
+            exit_report("a", "t", Ok(ExitStatus::from_raw(15)), true),
+            oom(),
+        );
+        assert_eq!(r.state, TASK_KILLED);
+        let r = with_oom(
+            exit_report("a", "t", Ok(ExitStatus::from_raw(0)), false),
+            None,
+        );
+        assert_eq!(r.state, TASK_FINISHED);
     }
 
     #[test]

@@ -3,8 +3,8 @@
 //!
 //! Everything here is a pure function of its inputs so it can be tested without a
 //! clock or a network. The trade-off is a greedy choice, one task at a time (spread over
-//! agents first, then least loaded, among the agents that the app's resources and
-//! Marathon constraints allow): it never moves running tasks to even out load, and a
+//! agents first, then least loaded, among the agents that the app's resources (`cpus`,
+//! `mem`, `disk`, host ports) and Marathon constraints allow): it never moves running tasks to even out load, and a
 //! `GROUP_BY` spreads only the tasks placed from now on.
 
 use serde_json::Value;
@@ -42,24 +42,129 @@ pub fn lowest_free_instance(used: impl IntoIterator<Item = u32>) -> u32 {
     (0..).find(|n| !used.contains(n)).unwrap_or(u32::MAX)
 }
 
-/// Whether a task needing `need_cpus`/`need_mem` fits on an agent that declared
-/// `declared` resources and already carries `used_cpus`/`used_mem`. An agent that
-/// declares no `cpus` (or `mem`) is not limited in it: resources are optional in the
-/// agent's registration.
+/// Scalar resources of a task or of what an agent carries: Marathon's `cpus`, `mem`
+/// (MiB) and `disk` (MiB).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Resources {
+    pub cpus: f64,
+    pub mem: f64,
+    pub disk: f64,
+}
+
+impl std::ops::AddAssign for Resources {
+    fn add_assign(&mut self, o: Resources) {
+        self.cpus += o.cpus;
+        self.mem += o.mem;
+        self.disk += o.disk;
+    }
+}
+
+/// Whether a task needing `need` fits on an agent that declared `declared` resources
+/// and already carries `used`. An agent that declares no `cpus` (or `mem`, `disk`) is
+/// not limited in it: resources are optional in the agent's registration. `Err` names
+/// the first resource that does not fit, for the app's "cannot be placed" message.
 pub fn fits(
     declared: &BTreeMap<String, f64>,
-    used_cpus: f64,
-    used_mem: f64,
-    need_cpus: f64,
-    need_mem: f64,
-) -> bool {
+    used: Resources,
+    need: Resources,
+) -> std::result::Result<(), String> {
     // A little slack so that ten tasks of 0.1 cpus fit on one cpu despite rounding.
     const EPS: f64 = 1e-9;
-    let ok = |key: &str, used: f64, need: f64| match declared.get(key) {
-        Some(total) => used + need <= total + EPS,
-        None => true,
-    };
-    ok("cpus", used_cpus, need_cpus) && ok("mem", used_mem, need_mem)
+    for (key, used, need) in [
+        ("cpus", used.cpus, need.cpus),
+        ("mem", used.mem, need.mem),
+        ("disk", used.disk, need.disk),
+    ] {
+        if let Some(total) = declared.get(key) {
+            if used + need > total + EPS {
+                return Err(format!(
+                    "not enough {key}: needs {need}, {used} of {total} in use"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether an agent can give a task the host ports it needs: every fixed port free
+/// (not in `used`) and, when the agent declared `ranges`, inside them; and enough
+/// more ports free in the ranges for the dynamic ones (an agent without ranges has
+/// its node ask the kernel, so it never runs out here). `requested` has one entry per
+/// port: `Some(p)` fixed, `None` dynamic. `Err` says why not.
+pub fn check_ports(
+    requested: &[Option<u16>],
+    ranges: &[protocol::PortRange],
+    used: &BTreeSet<u16>,
+) -> std::result::Result<(), String> {
+    let fixed: BTreeSet<u16> = requested.iter().flatten().copied().collect();
+    for p in &fixed {
+        if used.contains(p) {
+            return Err(format!("host port {p} is already in use"));
+        }
+        if !ranges.is_empty() && !ranges.iter().any(|r| r.contains(*p)) {
+            return Err(format!(
+                "host port {p} is outside the agent's port ranges {}",
+                protocol::format_port_ranges(ranges)
+            ));
+        }
+    }
+    let dynamic = requested.iter().filter(|p| p.is_none()).count();
+    if ranges.is_empty() || dynamic == 0 {
+        return Ok(());
+    }
+    let total: usize = ranges.iter().map(protocol::PortRange::len).sum();
+    let taken = used
+        .union(&fixed)
+        .filter(|p| ranges.iter().any(|r| r.contains(**p)))
+        .count();
+    let free = total.saturating_sub(taken);
+    if free < dynamic {
+        return Err(format!(
+            "needs {dynamic} dynamic host port(s), {free} free in its port ranges {}",
+            protocol::format_port_ranges(ranges)
+        ));
+    }
+    Ok(())
+}
+
+/// The host ports for a task that [`check_ports`] allows, in declaration order: fixed
+/// ones as given, dynamic ones picked from the ranges, or 0 where the agent declared
+/// no ranges and the node is to pick.
+pub fn assign_ports(
+    requested: &[Option<u16>],
+    ranges: &[protocol::PortRange],
+    used: &BTreeSet<u16>,
+    rng: &mut impl rand::Rng,
+) -> std::result::Result<Vec<u16>, String> {
+    check_ports(requested, ranges, used)?;
+    let dynamic = requested.iter().filter(|p| p.is_none()).count();
+    let mut picked = Vec::with_capacity(dynamic);
+    if !ranges.is_empty() && dynamic > 0 {
+        let taken: BTreeSet<u16> = used
+            .iter()
+            .chain(requested.iter().flatten())
+            .copied()
+            .collect();
+        // A random free port rather than the lowest: a port held by something outside
+        // Sandtrail fails the task, and its replacement should not pick the same one.
+        let free: Vec<u16> = ranges
+            .iter()
+            .flat_map(|r| r.begin..=r.end)
+            .filter(|p| !taken.contains(p))
+            .collect();
+        picked = rand::seq::index::sample(rng, free.len(), dynamic)
+            .into_iter()
+            .map(|i| free[i])
+            .collect();
+    }
+    let mut picked = picked.into_iter();
+    Ok(requested
+        .iter()
+        .map(|p| match p {
+            Some(p) => *p,
+            None => picked.next().unwrap_or(0),
+        })
+        .collect())
 }
 
 /// Marathon's launch delay after a failure: `base` for the first failure (or the first
@@ -396,12 +501,70 @@ mod tests {
         assert_eq!(lowest_free_instance([1]), 0);
     }
 
+    fn res(cpus: f64, mem: f64, disk: f64) -> Resources {
+        Resources { cpus, mem, disk }
+    }
+
     #[test]
     fn resources_limit_only_what_the_agent_declared() {
         let declared: BTreeMap<String, f64> = [("cpus".to_string(), 1.0)].into();
-        assert!(fits(&declared, 0.9, 10_000.0, 0.1, 128.0));
-        assert!(!fits(&declared, 0.95, 0.0, 0.1, 0.0));
-        assert!(fits(&BTreeMap::new(), 100.0, 1e9, 1.0, 1.0));
+        assert!(fits(&declared, res(0.9, 10_000.0, 1e6), res(0.1, 128.0, 1e6)).is_ok());
+        assert!(fits(&declared, res(0.95, 0.0, 0.0), res(0.1, 0.0, 0.0))
+            .unwrap_err()
+            .contains("not enough cpus"));
+        assert!(fits(&BTreeMap::new(), res(100.0, 1e9, 1e9), res(1.0, 1.0, 1.0)).is_ok());
+    }
+
+    #[test]
+    fn disk_is_limited_like_cpus_and_mem() {
+        let declared: BTreeMap<String, f64> = [("disk".to_string(), 1024.0)].into();
+        assert!(fits(&declared, res(0.0, 0.0, 512.0), res(0.0, 0.0, 512.0)).is_ok());
+        let err = fits(&declared, res(0.0, 0.0, 512.0), res(0.0, 0.0, 513.0)).unwrap_err();
+        assert!(
+            err.contains("not enough disk") && err.contains("1024"),
+            "{err}"
+        );
+    }
+
+    fn range(begin: u16, end: u16) -> protocol::PortRange {
+        protocol::PortRange { begin, end }
+    }
+
+    #[test]
+    fn fixed_ports_must_be_free_and_inside_declared_ranges() {
+        let mut rng = rand::rng();
+        let used: BTreeSet<u16> = [8080].into();
+        let err = assign_ports(&[Some(8080)], &[], &used, &mut rng).unwrap_err();
+        assert!(err.contains("host port 8080 is already in use"), "{err}");
+        assert_eq!(
+            assign_ports(&[Some(8081), None], &[], &used, &mut rng).unwrap(),
+            vec![8081, 0],
+            "no ranges: the node picks the dynamic port"
+        );
+        let ranges = [range(31000, 31001)];
+        let err = assign_ports(&[Some(80)], &ranges, &BTreeSet::new(), &mut rng).unwrap_err();
+        assert!(
+            err.contains("outside the agent's port ranges [31000-31001]"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn dynamic_ports_come_from_the_ranges_and_run_out() {
+        let mut rng = rand::rng();
+        let ranges = [range(31000, 31002)];
+        let used: BTreeSet<u16> = [31001].into();
+        let got = assign_ports(&[None, Some(31000)], &ranges, &used, &mut rng).unwrap();
+        assert_eq!(
+            got,
+            vec![31002, 31000],
+            "the only free port that is not fixed"
+        );
+        let err = assign_ports(&[None, None, None], &ranges, &used, &mut rng).unwrap_err();
+        assert!(
+            err.contains("needs 3 dynamic host port(s), 2 free"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -430,6 +593,27 @@ mod tests {
             let n = lowest_free_instance(used.iter().copied());
             prop_assert!(!used.contains(&n));
             prop_assert!((0..n).all(|i| used.contains(&i)));
+        }
+
+        #[test]
+        fn assigned_ports_are_distinct_free_and_in_range(
+            used in proptest::collection::btree_set(31000u16..31050, 0..40),
+            fixed in proptest::collection::btree_set(31000u16..31050, 0..3),
+            dynamic in 0usize..8,
+        ) {
+            let ranges = [range(31000, 31049)];
+            let mut requested: Vec<Option<u16>> = fixed.iter().copied().map(Some).collect();
+            requested.extend(std::iter::repeat_n(None, dynamic));
+            let free = 50 - used.union(&fixed).count();
+            match assign_ports(&requested, &ranges, &used, &mut rand::rng()) {
+                Ok(ports) => {
+                    prop_assert!(fixed.is_disjoint(&used) && free >= dynamic);
+                    let distinct: BTreeSet<u16> = ports.iter().copied().collect();
+                    prop_assert_eq!(distinct.len(), ports.len());
+                    prop_assert!(ports.iter().all(|p| ranges[0].contains(*p) && !used.contains(p)));
+                }
+                Err(_) => prop_assert!(!fixed.is_disjoint(&used) || free < dynamic),
+            }
         }
     }
 }

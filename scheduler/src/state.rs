@@ -10,14 +10,18 @@
 //! Terminal tasks are dropped from the state at once (as Marathon does); what survives
 //! of them is the per-app launch delay, the per-instance restart count and the app's
 //! `lastTaskFailure`. Every change of an app is a deployment, tracked until the app's
-//! tasks match it (rolling replacement within the `upgradeStrategy`), and every state
-//! change is published on a broadcast channel that `/v2/events` streams.
+//! tasks match it (rolling replacement within the `upgradeStrategy`), and a version in
+//! the app's history (the last [`MAX_VERSIONS`]); every state change is published on a
+//! broadcast channel that `/v2/events` streams.
 
 use crate::placement::{self, AgentView, Candidate, Constraint};
 use crate::store::Saved;
 use crate::{Error, Result};
 use chrono::{DateTime, Utc};
-use protocol::{AgentInfo, HealthCheck, HealthResult, ServiceEndpoint, TaskSpec, TaskStatus};
+use protocol::{
+    AgentInfo, HealthCheck, HealthResult, PortLabel, PortRange, ServiceEndpoint, TaskSpec,
+    TaskStatus,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
@@ -32,6 +36,10 @@ pub const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(60);
 /// A placed task that its agent has not reported within this time counts as failed
 /// (Marathon's `task_launch_timeout`).
 pub const STAGING_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// App versions kept per app (`GET /v2/apps/{id}/versions`); older ones are dropped.
+/// Bounded because every version is stored whole in the state file.
+pub const MAX_VERSIONS: usize = 50;
 
 pub const AGENT_ACTIVE: &str = "active";
 pub const AGENT_LOST: &str = "lost";
@@ -71,8 +79,10 @@ fn millis(t: DateTime<Utc>) -> DateTime<Utc> {
     DateTime::from_timestamp_millis(t.timestamp_millis()).unwrap_or(t)
 }
 
-/// One entry of an app's `portDefinitions`. The port is Marathon's service port: host
-/// ports are always allocated dynamically by the node (`PORT0`..).
+/// One entry of an app's `portDefinitions`. As in Marathon, `port` is the service port
+/// and the host port is dynamic (from the agent's port ranges, or any free one),
+/// unless the app sets `requirePorts`: then a non-zero `port` is the exact host port
+/// and no two tasks needing it share an agent. `port: 0` is always dynamic.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PortDefinition {
@@ -105,8 +115,14 @@ pub struct AppDef {
     pub env: BTreeMap<String, String>,
     pub cpus: f64,
     pub mem: f64,
+    /// Scratch disk in MiB; Marathon's default is 0.
+    #[serde(default)]
+    pub disk: f64,
     #[serde(default)]
     pub port_definitions: Vec<PortDefinition>,
+    /// Marathon's `requirePorts`: the declared non-zero ports are the host ports.
+    #[serde(default)]
+    pub require_ports: bool,
     pub backoff_seconds: f64,
     pub backoff_factor: f64,
     pub max_launch_delay_seconds: f64,
@@ -139,6 +155,23 @@ impl AppDef {
 
     pub fn port_count(&self) -> u16 {
         u16::try_from(self.port_definitions.len()).unwrap_or(u16::MAX)
+    }
+
+    /// One entry per port: `Some(p)` for a fixed host port, `None` for a dynamic one.
+    pub fn requested_ports(&self) -> Vec<Option<u16>> {
+        self.port_definitions
+            .iter()
+            .map(|d| (self.require_ports && d.port != 0).then_some(d.port))
+            .collect()
+    }
+
+    /// What one task of the app takes from its agent.
+    pub fn resources(&self) -> placement::Resources {
+        placement::Resources {
+            cpus: self.cpus,
+            mem: self.mem,
+            disk: self.disk,
+        }
     }
 
     /// Whether `other` runs the same thing (everything but `instances` and `version`
@@ -236,6 +269,24 @@ impl Deployment {
             "currentStep": 1,
             "totalSteps": 1,
         })
+    }
+}
+
+/// The ports of an app as its tasks' specs carry them (for `PORT_<NAME>` and
+/// `PORT_<port>`); empty when no port has a number or a name, the common case.
+fn port_labels(def: &AppDef) -> Vec<PortLabel> {
+    let labels: Vec<PortLabel> = def
+        .port_definitions
+        .iter()
+        .map(|d| PortLabel {
+            port: d.port,
+            name: d.name.clone().unwrap_or_default(),
+        })
+        .collect();
+    if labels.iter().all(|l| l.port == 0 && l.name.is_empty()) {
+        Vec::new()
+    } else {
+        labels
     }
 }
 
@@ -340,7 +391,11 @@ pub struct Task {
     pub agent: String,
     pub instance: u32,
     pub state: TaskState,
+    /// The host ports the node reported (or, before that, those assigned at launch
+    /// when all were known).
     pub ports: Vec<u16>,
+    /// The host ports assigned at launch, 0 where the node picks; sent in its spec.
+    pub host_ports: Vec<u16>,
     pub staged_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     /// The app version it was launched with.
@@ -372,6 +427,13 @@ impl Task {
 #[derive(Debug)]
 struct Agent {
     info: AgentInfo,
+    /// Host ports the agent offers; empty when its node picks any free port.
+    ports: Vec<PortRange>,
+    /// Host ports of every live task the agent's last heartbeat listed, including
+    /// those the scheduler no longer wants but the node is still stopping: as in
+    /// Mesos, a killed task holds its ports until it has ended, so its replacement
+    /// on the same fixed port waits instead of failing to bind.
+    busy_ports: BTreeSet<u16>,
     last_seen: Instant,
 }
 
@@ -390,12 +452,15 @@ struct AppRuntime {
     config_version: DateTime<Utc>,
     /// Marathon's `lastTaskFailure`.
     last_failure: Option<Value>,
+    /// Past definitions, oldest first, the current one last; at most [`MAX_VERSIONS`].
+    versions: Vec<AppDef>,
 }
 
 impl AppRuntime {
     fn new(def: AppDef) -> AppRuntime {
         AppRuntime {
             config_version: def.version,
+            versions: vec![def.clone()],
             def,
             delay: None,
             launch_after: None,
@@ -403,6 +468,23 @@ impl AppRuntime {
             unplaced: None,
             last_failure: None,
         }
+    }
+
+    /// Adds the current definition to the history and drops the oldest past the
+    /// bound. Versions are millisecond timestamps, and two changes within one
+    /// millisecond (or after the clock stepped back) must still be two versions: the
+    /// definition's version is moved to just after the newest kept one if need be.
+    /// Returns the version recorded.
+    fn record_version(&mut self) -> DateTime<Utc> {
+        if let Some(last) = self.versions.last().map(|d| d.version) {
+            if self.def.version <= last {
+                self.def.version = last + chrono::Duration::milliseconds(1);
+            }
+        }
+        self.versions.push(self.def.clone());
+        let excess = self.versions.len().saturating_sub(MAX_VERSIONS);
+        self.versions.drain(..excess);
+        self.def.version
     }
 }
 
@@ -437,6 +519,10 @@ pub struct State {
     generation: u64,
     counters: Counters,
     deployments: BTreeMap<String, Deployment>,
+    /// Tasks the scheduler stopped wanting (id → agent) that the agent may still be
+    /// stopping: until its heartbeat no longer lists them they are not adopted back,
+    /// and their ports stay busy (see `Agent::busy_ports`).
+    stopping: BTreeMap<String, String>,
     events: broadcast::Sender<Event>,
 }
 
@@ -444,10 +530,23 @@ impl State {
     /// A state holding the saved apps and no tasks yet. If apps and agents were saved,
     /// placement waits up to `agent_timeout` for those agents to report their tasks.
     pub fn new(saved: Saved, agent_timeout: Duration, now: Now) -> State {
+        let mut versions = saved.versions;
         let apps: BTreeMap<String, AppRuntime> = saved
             .apps
             .into_iter()
-            .map(|a| (a.id.clone(), AppRuntime::new(a)))
+            .map(|a| {
+                let mut rt = AppRuntime::new(a);
+                if let Some(past) = versions.remove(&rt.def.id) {
+                    rt.versions = past;
+                    // A state file from before versions were kept (or edited by hand)
+                    // may lack the current one: it is always listed.
+                    if rt.versions.last().map(|d| d.version) != Some(rt.def.version) {
+                        rt.versions.retain(|d| d.version < rt.def.version);
+                        rt.versions.push(rt.def.clone());
+                    }
+                }
+                (rt.def.id.clone(), rt)
+            })
             .collect();
         let known_agents: BTreeSet<String> = saved.agents.into_iter().collect();
         let hold = (!apps.is_empty() && !known_agents.is_empty()).then(|| Hold {
@@ -464,6 +563,7 @@ impl State {
             generation: 0,
             counters: Counters::default(),
             deployments: BTreeMap::new(),
+            stopping: BTreeMap::new(),
             events: broadcast::channel(1024).0,
         }
     }
@@ -597,6 +697,8 @@ impl State {
             .find(|x| x.app == d.app)
             .map(|x| x.id.clone())
             .unwrap_or_default();
+        // The version the rollback recorded (it may have been moved past the newest).
+        let version = self.apps.get(&d.app).map_or(version, |a| a.def.version);
         Ok(Some((new, version)))
     }
 
@@ -661,6 +763,11 @@ impl State {
             format: crate::store::FORMAT,
             apps: self.apps.values().map(|a| a.def.clone()).collect(),
             agents: self.known_agents.iter().cloned().collect(),
+            versions: self
+                .apps
+                .values()
+                .map(|a| (a.def.id.clone(), a.versions.clone()))
+                .collect(),
         };
         (self.generation, saved)
     }
@@ -673,6 +780,31 @@ impl State {
 
     pub fn apps(&self) -> impl Iterator<Item = &AppDef> {
         self.apps.values().map(|a| &a.def)
+    }
+
+    /// The versions of an app, newest first (`GET /v2/apps/{id}/versions`).
+    pub fn versions(&self, id: &str) -> Result<Vec<DateTime<Utc>>> {
+        let rt = self
+            .apps
+            .get(&app_key(id))
+            .ok_or_else(|| Error::UnknownApp(app_key(id)))?;
+        Ok(rt.versions.iter().rev().map(|d| d.version).collect())
+    }
+
+    /// The definition an app had at `version`, if that version is still kept.
+    pub fn app_version(&self, id: &str, version: DateTime<Utc>) -> Result<&AppDef> {
+        let key = app_key(id);
+        let rt = self
+            .apps
+            .get(&key)
+            .ok_or_else(|| Error::UnknownApp(key.clone()))?;
+        rt.versions
+            .iter()
+            .find(|d| d.version == version)
+            .ok_or_else(|| Error::UnknownVersion {
+                app: key,
+                version: version.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            })
     }
 
     /// Adds a new app and places its tasks. Returns the definition and the id of the
@@ -708,10 +840,23 @@ impl State {
             return Ok((true, dep));
         };
         let id = def.id.clone();
+        let mut def = def;
+        let unchanged = AppDef {
+            version: rt.def.version,
+            ..def.clone()
+        } == rt.def;
+        if unchanged {
+            // Nothing to record: the app keeps its version, as its history shows.
+            def.version = rt.def.version;
+        }
         let config_changed = !rt.def.same_config(&def);
         let (before, after) = (rt.def.instances, def.instances);
         let previous = std::mem::replace(&mut rt.def, def);
-        let version = rt.def.version;
+        let version = if unchanged {
+            rt.def.version
+        } else {
+            rt.record_version()
+        };
         if config_changed {
             rt.delay = None;
             rt.launch_after = None;
@@ -741,8 +886,8 @@ impl State {
             .get_mut(&key)
             .ok_or_else(|| Error::UnknownApp(key.clone()))?;
         let previous = rt.def.clone();
-        let version = now.wall_millis();
-        rt.def.version = version;
+        rt.def.version = now.wall_millis();
+        let version = rt.record_version();
         rt.config_version = version;
         self.generation += 1;
         info!(app = %key, "app restart requested");
@@ -800,7 +945,7 @@ impl State {
                 let previous = rt.def.clone();
                 rt.def.instances = rt.def.instances.saturating_sub(1);
                 rt.def.version = now.wall_millis();
-                let version = rt.def.version;
+                let version = rt.record_version();
                 self.generation += 1;
                 dep = Some(self.deploy(&key, "ScaleApplication", Some(previous), version, now));
             }
@@ -835,6 +980,7 @@ impl State {
     /// from the agent's desired set.
     fn kill(&mut self, task: &str, reason: &str, now: Now) {
         if let Some(t) = self.tasks.remove(task) {
+            self.stopping.insert(t.id.clone(), t.agent.clone());
             self.counters.killed += 1;
             info!(app = %t.app, task = %t.id, agent = %t.agent, instance = t.instance, reason, "task killed");
             self.emit_status(&t, TaskState::Killed, reason, now);
@@ -878,9 +1024,40 @@ impl State {
         self.agents.values().map(|a| a.info.clone()).collect()
     }
 
-    /// Registers an agent or updates it (address, router, resources, attributes). A
-    /// registration also counts as a sign of life.
-    pub fn register_agent(&mut self, mut info: AgentInfo, now: Now) -> Result<AgentInfo> {
+    /// Registers an agent that offers no port ranges (see [`State::register`]).
+    pub fn register_agent(&mut self, info: AgentInfo, now: Now) -> Result<AgentInfo> {
+        self.register(info, Vec::new(), now)
+    }
+
+    /// The host port ranges an agent offers (empty: its node picks any free port).
+    pub fn agent_ports(&self, name: &str) -> &[PortRange] {
+        self.agents.get(name).map_or(&[], |a| a.ports.as_slice())
+    }
+
+    /// What the tasks placed on an agent take from it: scalar resources and host ports.
+    pub fn agent_usage(&self, name: &str) -> (placement::Resources, BTreeSet<u16>) {
+        let mut used = placement::Resources::default();
+        let mut ports = BTreeSet::new();
+        for t in self.tasks.values().filter(|t| t.agent == name) {
+            if let Some(a) = self.apps.get(&t.app) {
+                used += a.def.resources();
+            }
+            ports.extend(t.ports.iter().chain(&t.host_ports).filter(|p| **p != 0));
+        }
+        if let Some(a) = self.agents.get(name) {
+            ports.extend(&a.busy_ports);
+        }
+        (used, ports)
+    }
+
+    /// Registers an agent or updates it (address, router, resources, attributes, port
+    /// ranges). A registration also counts as a sign of life.
+    pub fn register(
+        &mut self,
+        mut info: AgentInfo,
+        ports: Vec<PortRange>,
+        now: Now,
+    ) -> Result<AgentInfo> {
         let bad_name = info.name.is_empty()
             || info.name.len() > 253
             || !info
@@ -903,16 +1080,19 @@ impl State {
         info.last_heartbeat = Some(now.wall);
         match self.agents.get_mut(&info.name) {
             Some(agent) => {
-                info!(agent = %info.name, address = %info.address, "agent registered again");
+                info!(agent = %info.name, address = %info.address, ports = ?ports, "agent registered again");
                 agent.info = info.clone();
+                agent.ports = ports;
                 agent.last_seen = now.at;
             }
             None => {
-                info!(agent = %info.name, address = %info.address, "agent registered");
+                info!(agent = %info.name, address = %info.address, ports = ?ports, "agent registered");
                 self.agents.insert(
                     info.name.clone(),
                     Agent {
                         info: info.clone(),
+                        ports,
+                        busy_ports: BTreeSet::new(),
                         last_seen: now.at,
                     },
                 );
@@ -938,6 +1118,11 @@ impl State {
             .ok_or_else(|| Error::UnknownAgent(name.to_string()))?;
         agent.last_seen = now.at;
         agent.info.last_heartbeat = Some(now.wall);
+        agent.busy_ports = statuses
+            .iter()
+            .filter(|s| TaskState::parse(&s.state).is_some_and(|st| !st.is_terminal()))
+            .flat_map(|s| s.ports.iter().copied())
+            .collect();
         if agent.info.state != AGENT_ACTIVE {
             info!(agent = name, "lost agent is back");
             agent.info.state = AGENT_ACTIVE.to_string();
@@ -963,6 +1148,8 @@ impl State {
                 self.emit_status(&t, TaskState::Lost, "no longer reported by its agent", now);
             }
         }
+        self.stopping
+            .retain(|id, agent| agent != name || reported.contains(id));
         if let Some(hold) = &mut self.hold {
             hold.waiting_for.remove(name);
         }
@@ -1049,6 +1236,9 @@ impl State {
             None if state.is_terminal() => {
                 debug!(agent, task = %status.task, state = %status.state, "end of a task no longer tracked");
             }
+            None if self.stopping.contains_key(&status.task) => {
+                debug!(agent, task = %status.task, "killed task still stopping; not adopted");
+            }
             None => self.adopt(agent, status, state, now),
         }
     }
@@ -1088,6 +1278,7 @@ impl State {
             agent: agent.to_string(),
             instance,
             state,
+            host_ports: status.ports.clone(),
             ports: status.ports,
             staged_at: now.wall_millis(),
             // The node's launch time, so adoption does not look like a restart.
@@ -1172,7 +1363,14 @@ impl State {
                         cmd: def.command(),
                         env: def.env.clone(),
                         port_count: def.port_count(),
+                        ports: if t.host_ports.iter().all(|p| *p == 0) {
+                            Vec::new()
+                        } else {
+                            t.host_ports.clone()
+                        },
+                        port_definitions: port_labels(def),
                         health_checks: def.health_checks(),
+                        mem: Some(def.mem),
                     },
                 ))
             })
@@ -1413,8 +1611,9 @@ impl State {
             return Err("app is gone".into());
         };
         let constraints = def.constraints();
-        // tasks, tasks of this app, cpus used, mem used
-        let mut usage: BTreeMap<&str, (usize, usize, f64, f64)> = BTreeMap::new();
+        // tasks, tasks of this app, resources used, host ports used
+        type Usage = (usize, usize, placement::Resources, BTreeSet<u16>);
+        let mut usage: BTreeMap<&str, Usage> = BTreeMap::new();
         let mut placed: Vec<AgentView> = Vec::new();
         for t in self.tasks.values() {
             let u = usage.entry(t.agent.as_str()).or_default();
@@ -1429,10 +1628,19 @@ impl State {
                 }
             }
             if let Some(a) = self.apps.get(&t.app) {
-                u.2 += a.def.cpus;
-                u.3 += a.def.mem;
+                u.2 += a.def.resources();
             }
+            u.3.extend(t.ports.iter().chain(&t.host_ports).filter(|p| **p != 0));
         }
+        for a in self.agents.values() {
+            usage
+                .entry(a.info.name.as_str())
+                .or_default()
+                .3
+                .extend(&a.busy_ports);
+        }
+        let requested = def.requested_ports();
+        let no_ports = BTreeSet::new();
         let active: Vec<&Agent> = self
             .agents
             .values()
@@ -1451,13 +1659,16 @@ impl State {
         let mut reasons = Vec::new();
         let mut candidates = Vec::new();
         for (a, view) in active.iter().zip(&all) {
-            let (tasks, app_tasks, cpus, mem) =
-                usage.get(a.info.name.as_str()).copied().unwrap_or_default();
-            if !placement::fits(&a.info.resources, cpus, mem, def.cpus, def.mem) {
-                reasons.push(format!(
-                    "{}: not enough resources (needs cpus {} mem {}, uses cpus {cpus} mem {mem} of {:?})",
-                    a.info.name, def.cpus, def.mem, a.info.resources
-                ));
+            let (tasks, app_tasks, used, ports) = match usage.get(a.info.name.as_str()) {
+                Some((t, at, used, ports)) => (*t, *at, *used, ports),
+                None => (0, 0, placement::Resources::default(), &no_ports),
+            };
+            if let Err(why) = placement::fits(&a.info.resources, used, def.resources()) {
+                reasons.push(format!("{}: {why}", a.info.name));
+                continue;
+            }
+            if let Err(why) = placement::check_ports(&requested, &a.ports, ports) {
+                reasons.push(format!("{}: {why}", a.info.name));
                 continue;
             }
             if let Some(why) = constraints
@@ -1489,6 +1700,25 @@ impl State {
                 .filter(|t| t.app == app && t.version == version)
                 .map(|t| t.instance),
         );
+        let requested = rt.def.requested_ports();
+        let (_, used) = self.agent_usage(agent);
+        // `choose_agent` checked the ports under this same lock, so this cannot fail;
+        // should it anyway, the node picks (and a fixed port would then be missing).
+        let host_ports = placement::assign_ports(
+            &requested,
+            self.agent_ports(agent),
+            &used,
+            &mut rand::rng(),
+        )
+        .unwrap_or_else(|why| {
+            warn!(app, agent, why = %why, "host ports could not be assigned; the node picks");
+            vec![0; requested.len()]
+        });
+        let ports = if host_ports.contains(&0) {
+            Vec::new()
+        } else {
+            host_ports.clone()
+        };
         let id = task_id(app);
         let task = Task {
             id: id.clone(),
@@ -1496,7 +1726,8 @@ impl State {
             agent: agent.to_string(),
             instance,
             state: TaskState::Staging,
-            ports: Vec::new(),
+            ports,
+            host_ports,
             staged_at: now.wall_millis(),
             started_at: None,
             version,
@@ -1628,12 +1859,14 @@ pub(crate) mod tests {
             env: BTreeMap::new(),
             cpus: 0.1,
             mem: 128.0,
+            disk: 0.0,
             port_definitions: vec![PortDefinition {
                 port: 0,
                 protocol: "tcp".into(),
                 name: None,
                 labels: BTreeMap::new(),
             }],
+            require_ports: false,
             backoff_seconds: 1.0,
             backoff_factor: 1.15,
             max_launch_delay_seconds: 300.0,
@@ -1885,6 +2118,10 @@ pub(crate) mod tests {
         let now = Now::current();
         let mut s = cluster(&["a"], now);
         let mut def = app("fib", 3);
+        // Set from the start: changing it later is a config change, which replaces
+        // every task (a new version) instead of scaling down.
+        def.extra
+            .insert("killSelection".into(), json!("OLDEST_FIRST"));
         s.create_app(def.clone(), now).unwrap();
         let specs = s.desired("a");
         // Instances 0 and 1 run; 2 is still staging.
@@ -1894,8 +2131,6 @@ pub(crate) mod tests {
         let left: Vec<u32> = s.tasks_of("fib").iter().map(|t| t.instance).collect();
         assert_eq!(left, vec![0, 1], "the staging task went first");
         def.instances = 1;
-        def.extra
-            .insert("killSelection".into(), json!("OLDEST_FIRST"));
         s.put_app(def, now).unwrap();
         let left: Vec<u32> = s.tasks_of("fib").iter().map(|t| t.instance).collect();
         assert_eq!(
@@ -2157,6 +2392,7 @@ pub(crate) mod tests {
             format: 1,
             apps: vec![app("fib", 2)],
             agents: vec!["a".into(), "b".into()],
+            ..Saved::default()
         };
         let mut s = State::new(saved, Duration::from_secs(10), now);
         s.register_agent(agent("a"), now).unwrap();
@@ -2201,6 +2437,7 @@ pub(crate) mod tests {
             format: 1,
             apps: vec![app("fib", 1)],
             agents: vec!["gone".into()],
+            ..Saved::default()
         };
         let mut s = State::new(saved, Duration::from_secs(10), now);
         s.register_agent(agent("a"), now).unwrap();
@@ -2220,6 +2457,235 @@ pub(crate) mod tests {
             s.heartbeat("x", vec![], now),
             Err(Error::UnknownAgent(_))
         ));
+    }
+
+    fn fixed_port_app(id: &str, instances: u32, port: u16) -> AppDef {
+        let mut def = app(id, instances);
+        def.require_ports = true;
+        def.port_definitions[0].port = port;
+        def.port_definitions[0].name = Some("http".into());
+        def
+    }
+
+    #[test]
+    fn a_fixed_host_port_takes_one_task_per_agent_and_says_why_not_more() {
+        let now = Now::current();
+        let mut s = cluster(&["a", "b"], now);
+        s.create_app(fixed_port_app("web", 3, 8080), now).unwrap();
+        for agent in ["a", "b"] {
+            let specs = s.desired(agent);
+            assert_eq!(specs.len(), 1, "{agent}: {specs:?}");
+            assert_eq!(specs[0].ports, vec![8080]);
+            assert_eq!(specs[0].port_definitions[0].name, "http");
+        }
+        let why = s.unplaced("web").unwrap();
+        assert!(
+            why.contains("cannot place 1 task")
+                && why.contains("a: host port 8080 is already in use")
+                && why.contains("b: host port 8080 is already in use"),
+            "{why}"
+        );
+        // Another app needing the same port is blocked as well; one on another port,
+        // or with the same number as a mere service port, is not.
+        s.create_app(fixed_port_app("other", 1, 8080), now).unwrap();
+        assert!(s.tasks_of("other").is_empty());
+        s.create_app(fixed_port_app("admin", 2, 9090), now).unwrap();
+        assert_eq!(s.tasks_of("admin").len(), 2);
+        let mut svc = fixed_port_app("svc", 2, 8080);
+        svc.require_ports = false;
+        s.create_app(svc, now).unwrap();
+        assert_eq!(s.tasks_of("svc").len(), 2);
+        assert!(s
+            .desired("a")
+            .iter()
+            .all(|t| t.app != "svc" || t.ports.is_empty()));
+        // A task reported on a port counts as holding it, whoever assigned it.
+        s.put_app(fixed_port_app("web", 2, 8080), now).unwrap();
+        assert!(s.unplaced("web").is_none());
+    }
+
+    #[test]
+    fn a_replacement_waits_for_the_killed_task_to_free_its_fixed_port() {
+        let now = Now::current();
+        let mut s = cluster(&["a"], now);
+        s.create_app(with_health_check(fixed_port_app("web", 1, 8080), 3), now)
+            .unwrap();
+        let old = s.desired("a").remove(0);
+        let mut st = status(&old, "TASK_RUNNING", &[8080]);
+        st.health = vec![HealthResult {
+            alive: false,
+            consecutive_failures: 3,
+            ..HealthResult::default()
+        }];
+        // Killed for failing its check; the node still lists it while it stops.
+        let after = s.heartbeat("a", vec![st.clone()], now).unwrap();
+        assert!(after.is_empty(), "{after:?}");
+        assert!(s
+            .unplaced("web")
+            .unwrap()
+            .contains("host port 8080 is already in use"));
+        st.health.clear();
+        assert!(s.heartbeat("a", vec![st], now).unwrap().is_empty());
+        // Gone from the report: its port is free and the replacement is placed.
+        let after = s.heartbeat("a", vec![], now).unwrap();
+        assert_eq!(after.len(), 1, "{after:?}");
+        assert_ne!(after[0].task, old.task);
+        assert_eq!(after[0].ports, vec![8080]);
+    }
+
+    #[test]
+    fn dynamic_ports_come_from_the_agents_ranges() {
+        let now = Now::current();
+        let mut s = State::new(Saved::default(), Duration::from_secs(10), now);
+        let range = PortRange {
+            begin: 31000,
+            end: 31002,
+        };
+        s.register(agent("a"), vec![range], now).unwrap();
+        let mut def = app("web", 2);
+        def.port_definitions.push(def.port_definitions[0].clone());
+        s.create_app(def, now).unwrap();
+        let specs = s.desired("a");
+        assert_eq!(specs.len(), 1, "3 ports offered, 2 per task: {specs:?}");
+        assert!(specs[0].ports.iter().all(|p| range.contains(*p)));
+        assert_ne!(specs[0].ports[0], specs[0].ports[1]);
+        let task = s.tasks_of("web")[0].clone();
+        assert_eq!(
+            task.ports, specs[0].ports,
+            "known at once, shown while staging"
+        );
+        let why = s.unplaced("web").unwrap();
+        assert!(
+            why.contains("needs 2 dynamic host port(s), 1 free in its port ranges [31000-31002]"),
+            "{why}"
+        );
+        // A fixed port outside the ranges is refused on that agent.
+        s.create_app(fixed_port_app("fixed", 1, 8080), now).unwrap();
+        assert!(s
+            .unplaced("fixed")
+            .unwrap()
+            .contains("host port 8080 is outside the agent's port ranges"));
+        // An agent without ranges: the node picks (0 in the spec means "any").
+        s.register_agent(agent("b"), now).unwrap();
+        let on_b: Vec<TaskSpec> = s.desired("b");
+        assert_eq!(on_b.len(), 2, "{on_b:?}");
+        let web_b = on_b.iter().find(|t| t.app == "web").unwrap();
+        assert!(web_b.ports.is_empty(), "{web_b:?}");
+        assert_eq!(
+            on_b.iter().find(|t| t.app == "fixed").unwrap().ports,
+            vec![8080]
+        );
+    }
+
+    #[test]
+    fn disk_limits_placement_like_cpus_and_mem() {
+        let now = Now::current();
+        let mut s = State::new(Saved::default(), Duration::from_secs(10), now);
+        let mut small = agent("small");
+        small.resources.insert("disk".into(), 1000.0);
+        s.register_agent(small, now).unwrap();
+        let mut def = app("db", 2);
+        def.disk = 600.0;
+        s.create_app(def, now).unwrap();
+        assert_eq!(s.tasks().count(), 1);
+        let why = s.unplaced("db").unwrap();
+        assert!(
+            why.contains("small: not enough disk: needs 600, 600 of 1000 in use"),
+            "{why}"
+        );
+        assert_eq!(s.agent_usage("small").0.disk, 600.0);
+    }
+
+    #[test]
+    fn every_change_records_a_version_and_the_history_survives_a_reload() {
+        let now = Now::current();
+        let mut s = cluster(&["a"], now);
+        let at = |ms: i64| now.wall_millis() + chrono::Duration::milliseconds(ms);
+        let mut def = app("fib", 1);
+        def.version = at(0);
+        s.create_app(def.clone(), now).unwrap();
+        // Scale only: a version too, as in Marathon.
+        def.instances = 2;
+        def.version = at(1);
+        s.put_app(def.clone(), now).unwrap();
+        // The same definition again: nothing changes, no version.
+        def.version = at(2);
+        s.put_app(def.clone(), now).unwrap();
+        assert_eq!(s.app("fib").unwrap().version, at(1));
+        def.cmd = Some("sleep 2000".into());
+        def.version = at(3);
+        s.put_app(def.clone(), now).unwrap();
+        let (_, restarted) = s
+            .restart_app("fib", now.after(Duration::from_millis(10)))
+            .unwrap();
+        let versions = s.versions("fib").unwrap();
+        assert_eq!(
+            versions,
+            vec![restarted, at(3), at(1), at(0)],
+            "newest first"
+        );
+        assert_eq!(s.app("fib").unwrap().version, versions[0]);
+        assert_eq!(s.app_version("fib", at(0)).unwrap().instances, 1);
+        assert_eq!(
+            s.app_version("fib", at(1)).unwrap().cmd.as_deref(),
+            Some("sleep 1000")
+        );
+        assert!(matches!(
+            s.app_version("fib", at(2)),
+            Err(Error::UnknownVersion { .. })
+        ));
+
+        let (_, saved) = s.snapshot();
+        let json = serde_json::to_vec(&saved).unwrap();
+        let back = State::new(
+            serde_json::from_slice(&json).unwrap(),
+            Duration::from_secs(10),
+            now,
+        );
+        assert_eq!(back.versions("fib").unwrap(), versions);
+        assert_eq!(
+            back.app_version("fib", at(3)).unwrap(),
+            s.app_version("fib", at(3)).unwrap()
+        );
+    }
+
+    #[test]
+    fn versions_are_bounded_and_an_old_state_file_lists_the_current_one() {
+        let now = Now::current();
+        let mut s = cluster(&[], now);
+        let mut def = app("fib", 0);
+        for i in 1..=(MAX_VERSIONS as i64 + 5) {
+            def.instances = i as u32;
+            def.version = now.wall_millis() + chrono::Duration::milliseconds(i);
+            s.put_app(def.clone(), now).unwrap();
+        }
+        let versions = s.versions("fib").unwrap();
+        assert_eq!(versions.len(), MAX_VERSIONS);
+        assert_eq!(versions[0], def.version, "the newest are kept");
+
+        // Two changes within one millisecond are still two versions, in order.
+        let mut quick = app("quick", 1);
+        s.create_app(quick.clone(), now).unwrap();
+        quick.instances = 2;
+        s.put_app(quick.clone(), now).unwrap();
+        let v = s.versions("quick").unwrap();
+        assert_eq!(
+            v,
+            vec![
+                quick.version + chrono::Duration::milliseconds(1),
+                quick.version
+            ]
+        );
+        assert_eq!(s.app("quick").unwrap().version, v[0]);
+        assert_eq!(s.app_version("quick", v[1]).unwrap().instances, 1);
+
+        // A state file written before versions were kept: the current one is listed.
+        let saved = Saved {
+            apps: vec![app("old", 1)],
+            ..Saved::default()
+        };
+        let s = State::new(saved, Duration::from_secs(10), now);
+        assert_eq!(s.versions("old").unwrap(), vec![app("old", 1).version]);
     }
 
     #[test]

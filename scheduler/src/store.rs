@@ -7,10 +7,17 @@
 //! rewrite, which is fine for the hundreds of apps this is meant for and not for
 //! millions. Tasks are deliberately not stored: the nodes report what they run, and the
 //! scheduler re-learns (adopts) them from those heartbeats after a restart.
+//!
+//! Each app's past definitions (`GET /v2/apps/{id}/versions`) are kept here too, at
+//! most [`crate::state::MAX_VERSIONS`] per app, so the history survives a restart. That
+//! multiplies the file's size by up to that bound: a few MiB for a few hundred apps
+//! with long histories. Should that grow into a problem, the versions move to one file
+//! per app, written only when that app changes.
 
 use crate::state::AppDef;
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -28,6 +35,9 @@ pub struct Saved {
     /// time) for them to report their tasks before it places new ones.
     #[serde(default)]
     pub agents: Vec<String>,
+    /// Per app id, its kept definitions, oldest first (the current one included).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub versions: BTreeMap<String, Vec<AppDef>>,
 }
 
 /// The state file and the generation last written to it.
@@ -126,7 +136,6 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 mod tests {
     use super::*;
     use crate::state::PortDefinition;
-    use std::collections::BTreeMap;
 
     fn app(id: &str) -> AppDef {
         AppDef {
@@ -137,12 +146,14 @@ mod tests {
             env: [("GREETING".to_string(), "hej".to_string())].into(),
             cpus: 0.25,
             mem: 64.0,
+            disk: 100.0,
             port_definitions: vec![PortDefinition {
                 port: 0,
                 protocol: "tcp".into(),
                 name: Some("http".into()),
                 labels: BTreeMap::new(),
             }],
+            require_ports: false,
             backoff_seconds: 1.0,
             backoff_factor: 1.15,
             max_launch_delay_seconds: 300.0,
@@ -164,6 +175,7 @@ mod tests {
             format: FORMAT,
             apps: vec![app("/fib"), app("/prod/fib")],
             agents: vec!["node-1".into()],
+            versions: [("/fib".to_string(), vec![app("/fib")])].into(),
         };
         store.save(1, saved.clone()).await.unwrap();
         let back = Store::new(dir.path().join("state.json")).load().unwrap();

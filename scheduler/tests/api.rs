@@ -723,3 +723,199 @@ async fn restart_patch_kill_and_deployments_over_http_with_events() {
     assert_eq!(running.1["eventType"], "status_update_event");
     s.stop().await;
 }
+
+#[tokio::test]
+async fn fixed_host_ports_conflict_across_two_agents_and_the_queue_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path()).await;
+    // node-1 offers a Mesos port range; node-2 declares none (its node picks ports).
+    let (code, body) = server
+        .post(
+            "/v1/agents/register",
+            &json!({"name": "node-1", "address": "10.0.0.1",
+                    "resources": {"disk": 2048}, "ports": [{"begin": 31000, "end": 31010}]}),
+        )
+        .await;
+    assert_eq!(code, 200, "{body}");
+    server.register("node-2", "10.0.0.2").await;
+    let app = json!({
+        "id": "/lb", "cmd": "./lb --port $PORT_HTTP", "instances": 3, "disk": 512,
+        "requirePorts": true,
+        "portDefinitions": [{"port": 31005, "name": "http"}, {"port": 0, "name": "admin"}],
+    });
+    let (code, body) = server.post("/v2/apps", &app).await;
+    assert_eq!(code, 201, "{body}");
+    assert_eq!(
+        (body["disk"].as_f64(), &body["requirePorts"]),
+        (Some(512.0), &json!(true))
+    );
+
+    let on1 = server.heartbeat("node-1", &[]).await;
+    let on2 = server.heartbeat("node-2", &[]).await;
+    assert_eq!((on1.len(), on2.len()), (1, 1), "{on1:?} {on2:?}");
+    assert_eq!(on1[0].ports[0], 31005);
+    assert!(
+        (31000..=31010).contains(&on1[0].ports[1]),
+        "{:?}",
+        on1[0].ports
+    );
+    assert_eq!(on2[0].ports, vec![31005, 0], "node-2 picks the dynamic one");
+    assert_eq!(on1[0].port_definitions[1].name, "admin");
+
+    let (_, queue) = server.get("/v2/queue").await;
+    let message = queue["queue"][0]["message"].as_str().unwrap_or_default();
+    for needle in [
+        "cannot place 1 task",
+        "node-1: host port 31005 is already in use",
+        "node-2: host port 31005 is already in use",
+    ] {
+        assert!(message.contains(needle), "{needle} missing in {queue}");
+    }
+    let (_, lb) = server.get("/v2/apps/lb").await;
+    assert!(lb["app"]["lastTaskFailure"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("31005"));
+    assert_eq!(lb["app"]["disk"], 512.0);
+
+    let (_, agents) = server.get("/v1/agents").await;
+    let node1 = agents
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"] == "node-1")
+        .unwrap()
+        .clone();
+    assert_eq!(node1["ports"], json!([{"begin": 31000, "end": 31010}]));
+    assert_eq!(node1["used"]["disk"], 512.0);
+    let mut ports = on1[0].ports.clone();
+    ports.sort();
+    assert_eq!(node1["used"]["ports"], json!(ports), "{node1}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn app_versions_are_listed_newest_first_and_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path()).await;
+    let mut app = fib_app();
+    app["instances"] = json!(1);
+    let (code, created) = server.post("/v2/apps", &app).await;
+    assert_eq!(code, 201, "{created}");
+    let put = |body: Value| {
+        let server = &server;
+        async move {
+            let (code, body) = server
+                .send(reqwest::Method::PUT, "/v2/apps/fib", &body, Some(TOKEN))
+                .await;
+            assert_eq!(code, 200, "{body}");
+            body["version"].as_str().unwrap().to_string()
+        }
+    };
+    let scaled = put(json!({"instances": 2})).await;
+    let same = put(json!({"instances": 2})).await;
+    assert_eq!(
+        same, scaled,
+        "an update that changes nothing keeps the version"
+    );
+    let (code, body) = server
+        .send(
+            reqwest::Method::PATCH,
+            "/v2/apps/fib",
+            &json!({"env": {"FIB_MAX": "50"}}),
+            Some(TOKEN),
+        )
+        .await;
+    assert_eq!(code, 200, "{body}");
+    let patched = body["version"].as_str().unwrap().to_string();
+
+    let created = created["version"].as_str().unwrap().to_string();
+    check_versions(&server, &created, &scaled, &patched).await;
+    server.stop().await;
+
+    let server = Server::start(dir.path()).await;
+    check_versions(&server, &created, &scaled, &patched).await;
+    let (code, body) = server
+        .get("/v2/apps/fib/versions/2001-01-01T00:00:00.000Z")
+        .await;
+    assert_eq!(code, 404, "{body}");
+    let (code, body) = server.get("/v2/apps/fib/versions/yesterday").await;
+    assert_eq!(code, 400, "{body}");
+    assert_eq!(server.get("/v2/apps/nope/versions").await.0, 404);
+    server.stop().await;
+}
+
+/// What `app_versions_are_listed_newest_first_and_survive_a_restart` expects of `/fib`
+/// after its create, scale and patch, before and after the restart.
+async fn check_versions(server: &Server, created: &str, scaled: &str, patched: &str) {
+    let (code, body) = server.get("/v2/apps/fib/versions").await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body, json!({"versions": [patched, scaled, created]}));
+    let (_, app) = server.get("/v2/apps/fib").await;
+    assert_eq!(app["app"]["version"], json!(patched));
+    let (code, first) = server
+        .get(&format!("/v2/apps/fib/versions/{created}"))
+        .await;
+    assert_eq!(code, 200, "{first}");
+    assert_eq!(first["instances"], 1);
+    assert_eq!(first["env"]["FIB_MAX"], "40");
+    assert_eq!(first["version"], json!(created));
+    assert!(
+        first.get("tasks").is_none(),
+        "a definition, not the live app"
+    );
+    let (_, second) = server.get(&format!("/v2/apps/fib/versions/{scaled}")).await;
+    assert_eq!(second["instances"], 2);
+    assert_eq!(second["env"]["FIB_MAX"], "40");
+}
+
+#[tokio::test]
+async fn invalid_ports_disk_and_require_ports_are_422_listed_with_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path()).await;
+    let (code, body) = server
+        .post(
+            "/v2/apps",
+            &json!({
+                "id": "/web", "cmd": "x", "disk": -1, "requirePorts": "yes", "instnces": 1,
+                "portDefinitions": [
+                    {"port": 70000}, {"port": 8080, "name": "http"},
+                    {"port": 8080, "name": "HTTP"}, {"port": 0, "name": "no spaces"}
+                ],
+            }),
+        )
+        .await;
+    assert_eq!(code, 422, "{body}");
+    let details: Vec<String> = body["details"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["errors"][0].as_str().unwrap().to_string())
+        .collect();
+    let all = details.join("\n");
+    for needle in [
+        "portDefinitions[0].port must be a port number from 0 to 65535, got 70000",
+        "portDefinitions[2].port 8080 is also portDefinitions[1].port",
+        "portDefinitions[2].name \"HTTP\" is also portDefinitions[1]'s",
+        "portDefinitions[3].name \"no spaces\" is invalid",
+        "disk must be a number from 0",
+        "requirePorts must be true or false, got \"yes\"",
+        "unknown field \"instnces\"",
+    ] {
+        assert!(all.contains(needle), "{needle} missing in:\n{all}");
+    }
+    assert_eq!(details.len(), 7, "{all}");
+    let (code, body) = server
+        .post(
+            "/v2/apps",
+            &json!({"id": "/web", "cmd": "x", "ports": [9000, 9000]}),
+        )
+        .await;
+    assert_eq!(code, 422, "{body}");
+    assert!(
+        body.to_string()
+            .contains("ports[1].port 9000 is also ports[0].port"),
+        "{body}"
+    );
+    server.stop().await;
+}

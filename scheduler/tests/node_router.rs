@@ -106,7 +106,7 @@ fn spec(app: &str, task: &str, cmd: &str, port_count: u16) -> TaskSpec {
         cmd: cmd.into(),
         env: BTreeMap::from([("GREETING".to_string(), "hi there".to_string())]),
         port_count,
-        health_checks: Vec::new(),
+        ..Default::default()
     }
 }
 
@@ -872,4 +872,84 @@ async fn node_reports_launches_without_waiting_a_heartbeat_interval() {
     );
     // One heartbeat fetched the task, the next one reported it; then it waits.
     assert_eq!(plane.lock().unwrap().heartbeats, 2);
+}
+
+#[tokio::test]
+async fn task_gets_its_assigned_host_ports_and_marathon_port_variables() {
+    let dir = tempfile::tempdir().unwrap();
+    let (plane, url) = fake_plane().await;
+    let mut cfg = NodeConfig::new("node-1", dir.path(), &url);
+    cfg.heartbeat_interval = Duration::from_millis(50);
+    cfg.kill_grace = Duration::from_secs(2);
+    let node = Arc::new(Node::new(cfg).unwrap());
+
+    // A port free right now for the fixed one, and one held open by this test for a
+    // second task that asks for it.
+    let free = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let held_port = held.local_addr().unwrap().port();
+    let labels = |fixed: u16| {
+        vec![
+            protocol::PortLabel {
+                port: fixed,
+                name: "http".into(),
+            },
+            protocol::PortLabel {
+                port: 0,
+                name: "admin-ui".into(),
+            },
+        ]
+    };
+    let mut web = spec(
+        "web",
+        "web.1",
+        &format!(
+            "echo \"$PORT_HTTP $PORT_ADMIN_UI $PORT0 $PORT1 $PORT $PORTS $PORT_{free}\" > env.txt; sleep 300"
+        ),
+        2,
+    );
+    web.ports = vec![free, 0];
+    web.port_definitions = labels(free);
+    let mut blocked = spec("blocked", "blocked.1", "sleep 300", 2);
+    blocked.ports = vec![held_port, 0];
+    blocked.port_definitions = labels(held_port);
+    plane.lock().unwrap().desired = vec![web, blocked];
+
+    let cancel = CancellationToken::new();
+    let runner = {
+        let (node, cancel) = (node.clone(), cancel.clone());
+        tokio::spawn(async move { node.run(cancel).await })
+    };
+    let sandbox = dir.path().join("sandboxes/web/web.1");
+    let env = eventually("env.txt", || {
+        let e = read(&sandbox.join("env.txt"));
+        e.ends_with('\n').then_some(e)
+    })
+    .await;
+    let meta: TaskMeta = serde_json::from_str(&read(&sandbox.join("task.json"))).unwrap();
+    assert_eq!(meta.ports[0], free, "the assigned host port is used as is");
+    let dynamic = meta.ports[1];
+    assert!(dynamic != 0 && dynamic != free);
+    assert_eq!(
+        env,
+        format!("{free} {dynamic} {free} {dynamic} {free} {free},{dynamic} {free}\n")
+    );
+    // The held port fails the launch with a message naming it, rather than a task
+    // that dies on its own bind.
+    let failed = eventually("blocked.1 failed", || {
+        status_of(&plane.lock().unwrap(), "blocked.1", "TASK_FAILED")
+    })
+    .await;
+    let message = failed.message.unwrap_or_default();
+    assert!(
+        message.contains(&format!("host port {held_port} cannot be bound")),
+        "{message}"
+    );
+    drop(held);
+    cancel.cancel();
+    runner.await.unwrap().unwrap();
 }

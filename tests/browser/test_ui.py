@@ -12,6 +12,7 @@ Needs Debian's `chromium` and `chromium-driver`, and selenium (pip).
 
 import gzip
 import json
+import math
 import os
 import re
 import shutil
@@ -398,10 +399,86 @@ class BrowserTest(unittest.TestCase):
     def test_08_apps_and_hosts(self):
         self.open("/apps")
         wait_for("the fib app", lambda: "fib" in self.driver.find_element(By.TAG_NAME, "main").text)
+        # Every instance shows its health and restarts as the scheduler reports them.
+        # fib defines no health checks, so its health is honestly unknown.
+        _, body = self.cluster.get(f"{self.cluster.web}/v2/tasks")
+        api = {t["id"]: t for t in json.loads(body)["tasks"] if t["appId"].strip("/") == "fib"}
+        rows = wait_for("fib's task rows", lambda: self.q("section.app-card table.tasks tbody tr"))
+        shown = {}
+        for r in rows:
+            task = r.find_element(By.CSS_SELECTOR, "td.task").text
+            shown[task] = (r.find_element(By.CSS_SELECTOR, "td.health").text,
+                           r.find_element(By.CSS_SELECTOR, "td.restarts").text)
+        for task, t in api.items():
+            if task in shown:  # a task may have started between the two reads
+                self.assertEqual(shown[task], ("unknown", str(t["restarts"])), task)
+        self.assertTrue(set(api) & set(shown), f"no task of {sorted(api)} on the page: {shown}")
         self.shoot("apps")
         self.open("/hosts")
         wait_for("the agents", lambda: self.q("main .card, main table"))
+        # The local agents detected this machine's resources and show what fib uses.
+        cpus = {}
+        for row in self.q("table.hosts tbody tr"):
+            host = row.find_element(By.CSS_SELECTOR, "td.host").text
+            res = {e.get_attribute("data-resource"): e.find_element(By.CSS_SELECTOR, ".res-amount").text
+                   for e in row.find_elements(By.CSS_SELECTOR, ".res")}
+            self.assertEqual({"cpus", "mem", "disk"} - set(res), set(), f"{host}: {res}")
+            used, offered = res["cpus"].split(" / ")
+            # Rust's available_parallelism: the CPUs this process may use, less under
+            # a cgroup quota.
+            self.assertTrue(1 <= float(offered) <= len(os.sched_getaffinity(0)), f"{host}: {res}")
+            cpus[host] = float(used)
+        tasks = self.cluster.running_fib_tasks()
+        self.assertAlmostEqual(sum(cpus.values()), 0.1 * len(tasks), places=5, msg=f"{cpus}")
         self.shoot("hosts")
+
+    def test_11_tail_notices_dropped_and_rate_capped_lines(self):
+        # A burst far above the render cap in one ingest: the page must render at most
+        # `rate` lines per second and say how many it skipped. The burst is also bigger
+        # than the indexer's tail buffer (4096 records), but the indexer usually keeps
+        # up, so its "dropped" notice is checked only when it shows (the proxy passing
+        # `event: dropped` on is pinned by web/tests/pages.rs).
+        rate = 50
+        self.open(f"/tail/noisy?rate={rate}")
+        wait_for("the tail to go live",
+                 lambda: self.driver.find_element(By.ID, "tail-status").text == "live")
+        now = datetime.now(timezone.utc)
+        burst = 20000
+        recs = [{"ts": now.isoformat().replace("+00:00", "Z"), "host": "node-n", "app": "noisy",
+                 "task": "noisy.1", "instance": 0, "stream": "stdout", "level": "info",
+                 "msg": f"burst line {i}", "fields": {}, "source": "browser-test/noisy", "offset": i + 1}
+                for i in range(burst)]
+        t0 = time.monotonic()
+        self.cluster.ingest(recs)
+
+        def counts():
+            notes = {}
+            for nid in ("tail-skipped", "tail-dropped"):
+                el = self.driver.find_element(By.ID, nid)
+                m = re.match(r"^(\d+) lines", el.text) if el.is_displayed() else None
+                notes[nid] = int(m.group(1)) if m else 0
+            return notes
+
+        # Settled: every line of the burst is rendered, skipped or dropped.
+        def settled():
+            n = counts()
+            lines = len(self.q("#tail-lines .line"))
+            return (n, lines) if lines + n["tail-skipped"] + n["tail-dropped"] >= burst else None
+        notes, lines = wait_for("the burst to be accounted for", settled)
+        elapsed = time.monotonic() - t0
+        self.assertGreater(notes["tail-skipped"], 0, notes)
+        self.assertGreater(lines, 0)
+        self.assertLessEqual(lines, rate * (math.ceil(elapsed) + 1), f"{lines} lines in {elapsed:.1f}s")
+        self.assertTrue(self.driver.find_element(By.ID, "tail-notice").is_displayed())
+        self.assertRegex(self.driver.find_element(By.ID, "tail-skipped").text,
+                         r"^\d+ lines skipped \(rate capped\)$")
+        if notes["tail-dropped"]:
+            self.assertRegex(self.driver.find_element(By.ID, "tail-dropped").text,
+                             r"^\d+ lines dropped \(the tail fell behind\)$")
+        self.shoot("tail-notices")
+        # Clear resets the counts and hides the notice.
+        self.driver.find_element(By.ID, "tail-clear").click()
+        self.assertFalse(self.driver.find_element(By.ID, "tail-notice").is_displayed())
 
     # -- quality -------------------------------------------------------------------
 

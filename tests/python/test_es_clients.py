@@ -177,8 +177,21 @@ class OpenSearchPyAgainstSandtrail(unittest.TestCase):
         self.assertAlmostEqual(aggs["avg_lat"]["value"], 99.5)
 
     def test_bad_query_is_a_request_error(self):
-        with self.assertRaises(RequestError):
+        with self.assertRaises(RequestError) as ctx:
             self.es.search(index="app-logs", body={"query": {"fuzzy": {"message": "x"}}})
+        # The client reads the exception type from Elasticsearch's error body.
+        self.assertEqual(ctx.exception.status_code, 400)
+        self.assertEqual(ctx.exception.error, "parsing_exception")
+        self.assertIn("fuzzy", ctx.exception.info["error"]["reason"])
+
+    def test_search_highlights_the_message(self):
+        r = self.es.search(
+            index="app-logs",
+            body={"size": 1, "query": {"match": {"message": "timed"}},
+                  "highlight": {"fields": {"message": {}}}},
+        )
+        hit = r["hits"]["hits"][0]
+        self.assertEqual(hit["highlight"]["message"], [hit["_source"]["message"].replace("timed", "<em>timed</em>")])
 
 
 if __name__ == "__main__":

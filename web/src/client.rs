@@ -153,6 +153,8 @@ pub struct MarathonApp {
     #[serde(deserialize_with = "lenient")]
     pub mem: f64,
     #[serde(deserialize_with = "lenient")]
+    pub disk: f64,
+    #[serde(deserialize_with = "lenient")]
     pub tasks_running: u32,
     #[serde(deserialize_with = "lenient")]
     pub tasks_staged: u32,
@@ -160,6 +162,9 @@ pub struct MarathonApp {
     pub tasks_healthy: u32,
     #[serde(deserialize_with = "lenient")]
     pub tasks_unhealthy: u32,
+    /// Only counted: a task is known healthy once it has a result for every check.
+    #[serde(deserialize_with = "lenient")]
+    pub health_checks: Vec<serde_json::Value>,
 }
 
 impl MarathonApp {
@@ -187,6 +192,23 @@ pub struct MarathonTask {
     pub staged_at: Option<String>,
     #[serde(deserialize_with = "lenient")]
     pub started_at: Option<String>,
+    /// How many earlier tasks of this instance ended (Sandtrail's, not Marathon's).
+    #[serde(deserialize_with = "lenient")]
+    pub restarts: u32,
+    #[serde(deserialize_with = "lenient")]
+    pub health_check_results: Vec<HealthCheckResult>,
+}
+
+/// The node's last result of one health check of a task (`healthCheckResults[]`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct HealthCheckResult {
+    #[serde(deserialize_with = "lenient")]
+    pub alive: bool,
+    #[serde(deserialize_with = "lenient")]
+    pub consecutive_failures: u32,
+    #[serde(deserialize_with = "lenient")]
+    pub last_failure_cause: Option<String>,
 }
 
 impl MarathonTask {
@@ -491,7 +513,7 @@ mod tests {
 
     #[test]
     fn tasks_parse_leniently() {
-        let body = r#"{"tasks":[{"id":"fib.1","appId":"/fib","host":"node-1","ports":[31000],"state":"TASK_RUNNING","startedAt":"2026-11-23T10:00:00Z","healthCheckResults":[]},{"id":"fib.2","ports":null}]}"#;
+        let body = r#"{"tasks":[{"id":"fib.1","appId":"/fib","host":"node-1","ports":[31000],"state":"TASK_RUNNING","startedAt":"2026-11-23T10:00:00Z","restarts":2,"healthCheckResults":[{"alive":false,"consecutiveFailures":3,"lastFailureCause":"503"}]},{"id":"fib.2","ports":null,"restarts":"x","healthCheckResults":null}]}"#;
         let TasksBody::Wrapped { tasks } = serde_json::from_str(body).unwrap() else {
             panic!("expected the wrapped shape");
         };
@@ -499,6 +521,13 @@ mod tests {
         assert_eq!(tasks[0].ports, vec![31000]);
         assert_eq!(tasks[1].ports, Vec::<u16>::new());
         assert_eq!(tasks[1].state, "");
+        assert_eq!(tasks[0].restarts, 2);
+        assert_eq!(tasks[1].restarts, 0);
+        let h = &tasks[0].health_check_results[0];
+        assert!(!h.alive);
+        assert_eq!(h.consecutive_failures, 3);
+        assert_eq!(h.last_failure_cause.as_deref(), Some("503"));
+        assert!(tasks[1].health_check_results.is_empty());
     }
 
     #[test]

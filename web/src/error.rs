@@ -48,6 +48,9 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
+    /// A task of ours failed (panicked or was cancelled): our bug, not the user's.
+    #[error("internal error: {0}")]
+    Internal(String),
     #[error("rendering page {page}: {source}")]
     Render {
         page: &'static str,
@@ -69,7 +72,7 @@ impl Error {
             Error::Unreachable { .. } | Error::UpstreamStatus { .. } | Error::Decode { .. } => {
                 StatusCode::BAD_GATEWAY
             }
-            Error::Render { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            Error::Render { .. } | Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 

@@ -101,9 +101,43 @@
     var clearBtn = document.getElementById("tail-clear");
     var notice = document.getElementById("tail-notice");
     var status = document.getElementById("tail-status");
+    var droppedNote = document.getElementById("tail-dropped");
+    var skippedNote = document.getElementById("tail-skipped");
     var MAX_LINES = 5000; // older lines are removed so a long tail stays responsive
     var PALETTE = 8;      // .c0 .. .c7 in app.css
-    var es = null, paused = false, held = [], dropped = 0, heldDropped = 0;
+    // At most RATE lines are rendered per second, the rest counted as skipped: a noisy
+    // app must not freeze the browser, and a person cannot read faster anyway.
+    var RATE = Math.max(1, Number(root.dataset.rate) || 200);
+    var es = null, paused = false, held = [], dropped = 0, heldDropped = 0, skipped = 0;
+    var windowStart = 0, inWindow = 0, pending = [], flushQueued = false;
+
+    // Whether one more line fits in this second's budget.
+    function admit() {
+      var now = Date.now();
+      if (now - windowStart >= 1000) { windowStart = now; inWindow = 0; }
+      if (inWindow >= RATE) return false;
+      inWindow++;
+      return true;
+    }
+
+    // Lines are rendered once per frame, in one batch, rather than one layout per
+    // event; a hidden tab (no frames) still gets a flush from the timer.
+    function queue(rec) {
+      pending.push(rec);
+      if (pending.length > MAX_LINES) { pending.shift(); heldDropped++; showNotices(); }
+      if (flushQueued) return;
+      flushQueued = true;
+      var done = false;
+      function flush() {
+        if (done) return;
+        done = true;
+        flushQueued = false;
+        var batch = pending; pending = [];
+        if (batch.length) append(batch);
+      }
+      if (window.requestAnimationFrame) window.requestAnimationFrame(flush);
+      setTimeout(flush, 250);
+    }
 
     function connect() {
       if (es) es.close();
@@ -115,27 +149,45 @@
       es.onmessage = function (ev) {
         var rec;
         try { rec = JSON.parse(ev.data); } catch (e) { return; }
+        if (!admit()) {
+          skipped++;
+          noticesSoon();
+          return;
+        }
         if (paused) {
           held.push(rec);
           if (held.length > MAX_LINES) { held.shift(); heldDropped++; }
           status.textContent = "paused (" + held.length + " waiting)";
         } else {
-          append([rec]);
+          queue(rec);
         }
       };
       es.addEventListener("dropped", function (ev) {
         var n = 0;
         try { n = JSON.parse(ev.data).dropped || 0; } catch (e) { return; }
         dropped += n;
-        showDropped();
+        showNotices();
       });
     }
 
-    function showDropped() {
-      var total = dropped + heldDropped;
-      if (total <= 0) { notice.hidden = true; return; }
-      notice.textContent = total + " lines dropped";
-      notice.hidden = false;
+    // Two separate counts: lines the indexer could not send because this tail fell
+    // behind (or that overflowed while paused), and lines this page chose not to render.
+    function showNotices() {
+      var lost = dropped + heldDropped;
+      droppedNote.hidden = lost <= 0;
+      droppedNote.textContent = lost + " lines dropped (the tail fell behind)";
+      skippedNote.hidden = skipped <= 0;
+      skippedNote.textContent = skipped + " lines skipped (rate capped)";
+      notice.hidden = lost <= 0 && skipped <= 0;
+    }
+
+    // A capped stream skips thousands of lines a second; the count is redrawn a few
+    // times a second rather than once per line.
+    var noticesQueued = false;
+    function noticesSoon() {
+      if (noticesQueued) return;
+      noticesQueued = true;
+      setTimeout(function () { noticesQueued = false; showNotices(); }, 200);
     }
 
     function atBottom() {
@@ -231,7 +283,7 @@
       if (!paused) {
         var batch = held; held = [];
         if (batch.length) append(batch);
-        showDropped();
+        showNotices();
         status.textContent = "live";
       } else {
         status.textContent = "paused";
@@ -241,9 +293,11 @@
     clearBtn.addEventListener("click", function () {
       out.textContent = "";
       held = [];
+      pending = [];
       dropped = 0;
       heldDropped = 0;
-      showDropped();
+      skipped = 0;
+      showNotices();
     });
 
     window.addEventListener("pagehide", function () { if (es) es.close(); });

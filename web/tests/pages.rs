@@ -283,13 +283,16 @@ fn fake_indexer_without_analytics(seen: Seen) -> Router {
 
 fn fake_scheduler() -> Router {
     let apps = json!({"apps": [
-        {"id": "/fib", "instances": 3, "tasksRunning": 3, "cpus": 0.5, "mem": 64, "cmd": "sandtrail demo-fib", "labels": {}},
+        {"id": "/fib", "instances": 3, "tasksRunning": 3, "cpus": 0.5, "mem": 64, "cmd": "sandtrail demo-fib", "labels": {},
+         "healthChecks": [{"protocol": "HTTP", "path": "/health"}]},
         {"id": "/frontend", "instances": 1, "tasksRunning": 0, "cpus": null}
     ]});
     let tasks = json!({"tasks": [
-        {"id": "fib.aaaa1111", "appId": "/fib", "host": "node-1", "ports": [31000], "state": "TASK_RUNNING", "startedAt": "2026-11-23T09:00:00.000Z"},
-        {"id": "fib.bbbb2222", "appId": "/fib", "host": "node-2", "ports": [31001], "state": "TASK_RUNNING", "startedAt": "2026-11-23T09:00:01.000Z"},
-        {"id": "fib.cccc3333", "appId": "/fib", "host": "node-2", "ports": [31002], "state": "TASK_STAGING"}
+        {"id": "fib.aaaa1111", "appId": "/fib", "host": "node-1", "ports": [31000], "state": "TASK_RUNNING", "startedAt": "2026-11-23T09:00:00.000Z",
+         "restarts": 0, "healthCheckResults": [{"alive": true, "consecutiveFailures": 0}]},
+        {"id": "fib.bbbb2222", "appId": "/fib", "host": "node-2", "ports": [31001], "state": "TASK_RUNNING", "startedAt": "2026-11-23T09:00:01.000Z",
+         "restarts": 4, "healthCheckResults": [{"alive": false, "consecutiveFailures": 2, "lastFailureCause": "<b>HTTP 503</b>"}]},
+        {"id": "fib.cccc3333", "appId": "/fib", "host": "node-2", "ports": [31002], "state": "TASK_STAGING", "restarts": 1}
     ]});
     let now = Utc::now();
     let agents: Vec<AgentInfo> = ["node-1", "node-2"]
@@ -557,6 +560,36 @@ async fn tail_page_opens_an_event_source_on_the_proxy() -> Result<()> {
     Ok(())
 }
 
+/// Issue 6: the tail caps how many lines per second it renders (200 unless `rate`
+/// says otherwise) and has a place for both notices: dropped by the indexer, skipped
+/// by the cap.
+#[tokio::test]
+async fn tail_page_caps_its_render_rate_and_shows_both_notices() -> Result<()> {
+    let h = Harness::start().await?;
+    let (status, html) = h.get("/tail/fib").await?;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    assert!(html.contains("data-rate=\"200\""), "{html}");
+    assert!(html.contains("id=\"tail-dropped\""), "{html}");
+    assert!(html.contains("id=\"tail-skipped\""), "{html}");
+    let (_, html) = h.get("/tail/fib?rate=5&filter=x").await?;
+    assert!(html.contains("data-rate=\"5\""), "{html}");
+    let (status, html) = h.get("/tail/fib?rate=0").await?;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(html.contains("invalid rate"), "{html}");
+
+    let js = h
+        .http
+        .get(format!("{}/static/app.js", h.web))
+        .send()
+        .await?
+        .text()
+        .await?;
+    assert!(js.contains("lines skipped (rate capped)"), "{js}");
+    assert!(js.contains("lines dropped"), "{js}");
+    assert!(js.contains("root.dataset.rate"), "{js}");
+    Ok(())
+}
+
 #[tokio::test]
 async fn tail_stream_proxies_the_indexers_events() -> Result<()> {
     let h = Harness::start().await?;
@@ -599,9 +632,53 @@ async fn apps_page_lists_apps_with_tasks_and_links() -> Result<()> {
         "href=\"/tail/fib\"",
         "href=\"/?q=host%3Anode-2\"",
         "sandtrail demo-fib",
+        "5 restarts",
     ] {
         assert!(html.contains(want), "missing {want:?} in:\n{html}");
     }
+    Ok(())
+}
+
+/// Issue 6: every instance shows its health and restarts; the failure cause is
+/// escaped like any other upstream text.
+#[tokio::test]
+async fn apps_page_shows_each_instances_health_and_restarts() -> Result<()> {
+    let h = Harness::start().await?;
+    let (_, html) = h.get("/apps").await?;
+    let row = |task: &str| -> String {
+        let at = html
+            .find(task)
+            .unwrap_or_else(|| panic!("no {task} in:\n{html}"));
+        let end = html[at..].find("</tr>").map_or(html.len(), |e| at + e);
+        html[at..end].to_string()
+    };
+    let healthy = row("fib.aaaa1111");
+    assert!(healthy.contains(">healthy</span>"), "{healthy}");
+    assert!(
+        healthy.contains("<td class=\"num restarts\">0</td>"),
+        "{healthy}"
+    );
+    let failing = row("fib.bbbb2222");
+    assert!(failing.contains("class=\"health-unhealthy\""), "{failing}");
+    assert!(
+        failing.contains("&#60;b&#62;HTTP 503&#60;/b&#62; (2 consecutive failures)"),
+        "{failing}"
+    );
+    assert!(
+        failing.contains("<td class=\"num restarts\">4</td>"),
+        "{failing}"
+    );
+    let staging = row("fib.cccc3333");
+    assert!(staging.contains(">unknown</span>"), "{staging}");
+    assert!(
+        staging.contains("0 of 1 health checks reported"),
+        "{staging}"
+    );
+    assert!(
+        staging.contains("<td class=\"num restarts\">1</td>"),
+        "{staging}"
+    );
+    assert!(!html.contains("<b>HTTP"), "a failure cause must be escaped");
     Ok(())
 }
 
@@ -614,7 +691,6 @@ async fn hosts_page_lists_agents_with_task_counts() -> Result<()> {
         "href=\"/?q=host%3Anode-1\"",
         ">node-2</a>",
         "10.0.0.1",
-        "cpus 4 · mem 8192",
         "rack:a",
         "active",
         "s ago",
@@ -622,6 +698,27 @@ async fn hosts_page_lists_agents_with_task_counts() -> Result<()> {
         "<td class=\"num\">1</td>",
     ] {
         assert!(html.contains(want), "missing {want:?} in:\n{html}");
+    }
+    Ok(())
+}
+
+/// Issue 6: a host's resources read "used / offered", used being what the apps of the
+/// tasks placed on it take.
+#[tokio::test]
+async fn hosts_page_shows_resources_used_of_offered() -> Result<()> {
+    let h = Harness::start().await?;
+    let (_, html) = h.get("/hosts").await?;
+    let squash = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
+    let text = squash(&html);
+    // node-1 runs one fib task (0.5 cpus, 64 MiB), node-2 two.
+    for want in [
+        "data-resource=\"cpus\"> <span class=\"res-name\">cpus</span> <span class=\"res-amount\">0.5 / 4</span>",
+        "<span class=\"res-amount\">64 / 8192 MiB</span>",
+        "<span class=\"res-amount\">1 / 4</span>",
+        "<span class=\"res-amount\">128 / 8192 MiB</span>",
+        "title=\"25% in use\"",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in:\n{text}");
     }
     Ok(())
 }
@@ -771,7 +868,7 @@ async fn sidebar_lists_top_values_as_filter_links() -> Result<()> {
     // A field without values is left out rather than shown empty.
     assert!(!html.contains("fields.empty"), "{html}");
 
-    // An indexer without /api/v1/fields still serves the page, just without a sidebar.
+    // An indexer without /api/v1/fields still serves the page, just with an empty sidebar.
     let indexer = serve(fake_indexer_without_analytics(Arc::default())).await?;
     let scheduler = serve(fake_scheduler()).await?;
     let web = serve(web::router(WebConfig {
@@ -783,7 +880,68 @@ async fn sidebar_lists_top_values_as_filter_links() -> Result<()> {
     assert_eq!(resp.status().as_u16(), 200);
     let html = resp.text().await?;
     assert!(html.contains("computing fib(10)"), "{html}");
-    assert!(!html.contains("<aside class=\"side\""), "{html}");
+    assert!(!html.contains("id=\"side-fields\""), "{html}");
+    Ok(())
+}
+
+/// Issue 6 (first paint over 10M records): the rows go out as soon as the search
+/// answers; the histogram and the field counts, slow over many records, follow in the
+/// same response once they are in.
+#[tokio::test]
+async fn search_rows_are_sent_before_the_histogram_and_sidebar() -> Result<()> {
+    // Closed until the rows have arrived; a permit per call, whenever it comes in.
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let gated = |gate: Arc<tokio::sync::Semaphore>, body: serde_json::Value| {
+        get(move || async move {
+            gate.acquire().await.expect("gate open").forget();
+            Json(body)
+        })
+    };
+    let histogram = serde_json::to_value(fake_histogram().await.0)?;
+    let indexer = Router::new()
+        .route("/api/v1/search", get(fake_search))
+        .with_state(Seen::default())
+        .route("/api/v1/histogram", gated(gate.clone(), histogram))
+        .route(
+            "/api/v1/fields",
+            gated(
+                gate.clone(),
+                json!({"fields": [{"field": "host", "values": [{"value": "node-1", "count": 12}]}]}),
+            ),
+        );
+    let web = serve(web::router(WebConfig {
+        indexer_url: serve(indexer).await?,
+        scheduler_url: serve(fake_scheduler()).await?,
+    }))
+    .await?;
+
+    let mut resp = reqwest::get(format!("{web}/?q=app%3Afib")).await?;
+    assert_eq!(resp.status().as_u16(), 200);
+    assert!(resp.headers()["content-type"]
+        .to_str()?
+        .starts_with("text/html"));
+    let mut body = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !body.contains("</section>") {
+        let chunk = tokio::time::timeout_at(deadline, resp.chunk())
+            .await
+            .with_context(|| format!("rows not sent while the histogram waits: {body}"))??
+            .with_context(|| format!("page ended early: {body}"))?;
+        body.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(body.contains("computing fib(10)"), "{body}");
+    assert!(!body.contains("id=\"hist-bars\""), "{body}");
+    assert!(!body.contains("id=\"side-fields\""), "{body}");
+
+    gate.add_permits(2);
+    while let Some(chunk) = tokio::time::timeout_at(deadline, resp.chunk()).await?? {
+        body.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(body.contains("id=\"hist-bars\""), "{body}");
+    assert!(body.contains("id=\"side-fields\""), "{body}");
+    assert!(body.trim_end().ends_with("</html>"), "{body}");
+    assert_eq!(body.matches("<!doctype html>").count(), 1, "{body}");
+    assert_eq!(body.matches("class=\"hits\"").count(), 1, "{body}");
     Ok(())
 }
 

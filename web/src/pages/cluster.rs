@@ -1,9 +1,15 @@
 //! `GET /apps` and `GET /hosts`: the cluster at a glance, from the scheduler's API, each
 //! entry linking to its logs.
 //!
-//! Both pages join two scheduler calls (apps or agents, plus tasks) made concurrently.
-//! The tasks are the extra detail: if only they fail, the page still renders with a
-//! notice rather than failing as a whole.
+//! Both pages join scheduler calls (apps or agents, plus tasks, plus apps for what the
+//! tasks on a host take) made concurrently. The tasks are the extra detail: if only
+//! they fail, the page still renders with a notice rather than failing as a whole.
+//!
+//! A host's "used" resources are computed here, the way the scheduler's placement does
+//! (the app's `cpus`/`mem`/`disk` for every task on the agent), from `/v2/apps` and
+//! `/v2/tasks`: the scheduler does not publish them, and two calls it already answers
+//! are cheaper than a new endpoint. The trade-off is that an app deleted between the
+//! two calls is briefly not counted.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -15,7 +21,7 @@ use chrono::Utc;
 
 use super::render;
 use super::search::field_query;
-use crate::client::MarathonTask;
+use crate::client::{HealthCheckResult, MarathonApp, MarathonTask};
 use crate::error::{Error, Result};
 use crate::render::{format_ago, format_ts, format_ts_str, href, url_encode};
 use crate::{AppState, Page};
@@ -28,6 +34,10 @@ pub(crate) struct TaskView {
     state_class: &'static str,
     started: String,
     ports: String,
+    health: Health,
+    /// Why the health is what it is (the last failure cause, or why it is unknown).
+    health_why: String,
+    restarts: u32,
     /// This instance's own lines, searched and live.
     logs_href: String,
     tail_href: String,
@@ -38,6 +48,8 @@ pub(crate) struct AppView {
     instances: u32,
     running: u32,
     health: String,
+    /// Restarts of all its instances together.
+    restarts: u32,
     resources: String,
     cmd: String,
     search_href: String,
@@ -57,13 +69,14 @@ pub(crate) struct AgentView {
     name: String,
     address: String,
     router_url: String,
-    resources: String,
     attributes: String,
     state: String,
     state_class: &'static str,
     heartbeat: String,
     heartbeat_ago: String,
     tasks: usize,
+    /// `used / offered` per resource, for the bars of the resources column.
+    usage: Vec<UsageView>,
     search_href: String,
 }
 
@@ -73,6 +86,143 @@ struct HostsPage {
     nav: &'static str,
     agents: Vec<AgentView>,
     notice: Option<String>,
+}
+
+/// One resource of a host: what its tasks take and what it offers.
+pub(crate) struct UsageView {
+    name: String,
+    used: String,
+    /// Empty when the agent does not limit this resource.
+    offered: String,
+    unit: &'static str,
+    /// Share in use, 0-100, for the bar; `None` when not limited.
+    percent: Option<u32>,
+    over: bool,
+}
+
+/// A task's health as the scheduler's health checks see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Health {
+    Healthy,
+    Unhealthy,
+    /// No checks defined, or not every check has reported yet.
+    Unknown,
+}
+
+impl Health {
+    fn as_str(self) -> &'static str {
+        match self {
+            Health::Healthy => "healthy",
+            Health::Unhealthy => "unhealthy",
+            Health::Unknown => "unknown",
+        }
+    }
+}
+
+impl std::fmt::Display for Health {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A task's health from the results of an app with `checks` health checks. A failing
+/// result wins even before every check reported, since it is already actionable; a
+/// task counts as healthy only with a passing result for every check, as the
+/// scheduler's `tasksHealthy` does.
+pub(crate) fn task_health(checks: usize, results: &[HealthCheckResult]) -> (Health, String) {
+    if let Some(bad) = results.iter().find(|r| !r.alive) {
+        let why = match bad.last_failure_cause.as_deref().filter(|c| !c.is_empty()) {
+            Some(cause) => format!(
+                "{cause} ({} consecutive failures)",
+                bad.consecutive_failures
+            ),
+            None => format!("{} consecutive failures", bad.consecutive_failures),
+        };
+        return (Health::Unhealthy, why);
+    }
+    if checks == 0 && results.is_empty() {
+        return (Health::Unknown, "the app defines no health checks".into());
+    }
+    if results.len() < checks {
+        return (
+            Health::Unknown,
+            format!("{} of {checks} health checks reported", results.len()),
+        );
+    }
+    (
+        Health::Healthy,
+        format!("{} health checks pass", results.len()),
+    )
+}
+
+/// Numbers as a person reads them: at most two decimals, no trailing zeros, so that
+/// three tasks of 0.1 cpus show as 0.3 and not 0.30000000000000004.
+fn amount(v: f64) -> String {
+    let s = format!("{v:.2}");
+    let s = s.trim_end_matches('0').trim_end_matches('.');
+    if s == "-0" {
+        "0".into()
+    } else {
+        s.to_string()
+    }
+}
+
+/// What the tasks on each host take, keyed by host: every task counts with its app's
+/// resources, whatever its state, as the scheduler's placement counts them.
+fn used_by_host(apps: &[MarathonApp], tasks: &[MarathonTask]) -> BTreeMap<String, [f64; 3]> {
+    let by_app: BTreeMap<&str, &MarathonApp> = apps.iter().map(|a| (a.name(), a)).collect();
+    let mut used: BTreeMap<String, [f64; 3]> = BTreeMap::new();
+    for t in tasks {
+        if let Some(a) = by_app.get(t.app_name()) {
+            let u = used.entry(t.host.clone()).or_default();
+            u[0] += a.cpus;
+            u[1] += a.mem;
+            u[2] += a.disk;
+        }
+    }
+    used
+}
+
+/// The resources column of one host: cpus, mem and disk always (used, and offered
+/// when declared), then any other resource the agent declares. `used` is `None` when
+/// the app list was unavailable, and then only the offers are shown.
+fn usage_views(offered: &BTreeMap<String, f64>, used: Option<[f64; 3]>) -> Vec<UsageView> {
+    const KNOWN: [(&str, &str); 3] = [("cpus", ""), ("mem", "MiB"), ("disk", "MiB")];
+    let mut out = Vec::new();
+    for (i, (name, unit)) in KNOWN.iter().enumerate() {
+        let total = offered.get(*name).copied();
+        let u = used.map(|u| u[i]);
+        if total.is_none() && u.is_none_or(|u| u == 0.0) {
+            continue;
+        }
+        out.push(UsageView {
+            name: name.to_string(),
+            used: u.map(amount).unwrap_or_default(),
+            offered: total.map(amount).unwrap_or_default(),
+            unit,
+            percent: match (u, total) {
+                (Some(u), Some(t)) if t > 0.0 => {
+                    Some(((u / t) * 100.0).clamp(0.0, 100.0).round() as u32)
+                }
+                _ => None,
+            },
+            over: matches!((u, total), (Some(u), Some(t)) if u > t + 1e-9),
+        });
+    }
+    for (name, total) in offered {
+        if KNOWN.iter().any(|(k, _)| k == name) {
+            continue;
+        }
+        out.push(UsageView {
+            name: name.clone(),
+            used: String::new(),
+            offered: amount(*total),
+            unit: "",
+            percent: None,
+            over: false,
+        });
+    }
+    out
 }
 
 fn task_state_class(state: &str) -> &'static str {
@@ -122,9 +272,10 @@ pub(crate) async fn apps(State(state): State<Arc<AppState>>) -> Result<Response>
         .iter()
         .map(|a| {
             let name = a.name().to_string();
+            let checks = a.health_checks.len();
             let mut tasks: Vec<TaskView> = by_app
                 .get(name.as_str())
-                .map(|ts| ts.iter().map(|t| task_view(t)).collect())
+                .map(|ts| ts.iter().map(|t| task_view(t, checks)).collect())
                 .unwrap_or_default();
             tasks.sort_by(|x, y| x.host.cmp(&y.host).then(x.id.cmp(&y.id)));
             let health = if a.tasks_healthy + a.tasks_unhealthy > 0 {
@@ -136,6 +287,7 @@ pub(crate) async fn apps(State(state): State<Arc<AppState>>) -> Result<Response>
                 String::new()
             };
             AppView {
+                restarts: tasks.iter().map(|t| t.restarts).sum(),
                 search_href: search_href("app", &name),
                 tail_href: format!("/tail/{}", url_encode(&name)),
                 instances: a.instances,
@@ -157,8 +309,12 @@ pub(crate) async fn apps(State(state): State<Arc<AppState>>) -> Result<Response>
     Ok(render("apps", &page)?.into_response())
 }
 
-fn task_view(t: &MarathonTask) -> TaskView {
+fn task_view(t: &MarathonTask, checks: usize) -> TaskView {
+    let (health, health_why) = task_health(checks, &t.health_check_results);
     TaskView {
+        health,
+        health_why,
+        restarts: t.restarts,
         id: t.id.clone(),
         logs_href: search_href("task", &t.id),
         tail_href: href(
@@ -186,10 +342,26 @@ fn task_view(t: &MarathonTask) -> TaskView {
 
 pub(crate) async fn hosts(State(state): State<Arc<AppState>>) -> Result<Response> {
     state.metrics.hit(Page::Hosts);
-    let (agents, tasks) = tokio::join!(state.client.agents(), state.client.tasks());
+    let (agents, tasks, apps) = tokio::join!(
+        state.client.agents(),
+        state.client.tasks(),
+        state.client.apps()
+    );
     let mut agents = agents.map_err(|e| fail(&state, e))?;
-    let (tasks, notice) = tasks_or_notice(&state, tasks);
+    let tasks_ok = tasks.is_ok();
+    let (tasks, mut notice) = tasks_or_notice(&state, tasks);
     agents.sort_by(|a, b| a.name.cmp(&b.name));
+    // Without both lists, "used" would read as an idle host: show only the offers.
+    let used = match apps {
+        Ok(apps) if tasks_ok => Some(used_by_host(&apps, &tasks)),
+        Ok(_) => None,
+        Err(e) => {
+            state.metrics.upstream_error(&e);
+            tracing::warn!(error = %e, "app list for the hosts page unavailable");
+            notice.get_or_insert_with(|| format!("resources in use unavailable: {e}"));
+            None
+        }
+    };
 
     let now = Utc::now();
     let views = agents
@@ -198,12 +370,6 @@ pub(crate) async fn hosts(State(state): State<Arc<AppState>>) -> Result<Response
             name: a.name.clone(),
             address: a.address.clone(),
             router_url: a.router_url.clone(),
-            resources: a
-                .resources
-                .iter()
-                .map(|(k, v)| format!("{k} {v}"))
-                .collect::<Vec<_>>()
-                .join(" · "),
             attributes: a
                 .attributes
                 .iter()
@@ -222,6 +388,11 @@ pub(crate) async fn hosts(State(state): State<Arc<AppState>>) -> Result<Response
                 .map(|t| format_ago(now, t))
                 .unwrap_or_default(),
             tasks: tasks.iter().filter(|t| t.host == a.name).count(),
+            usage: usage_views(
+                &a.resources,
+                used.as_ref()
+                    .map(|u| u.get(&a.name).copied().unwrap_or_default()),
+            ),
             search_href: search_href("host", &a.name),
         })
         .collect();
@@ -231,4 +402,97 @@ pub(crate) async fn hosts(State(state): State<Arc<AppState>>) -> Result<Response
         notice,
     };
     Ok(render("hosts", &page)?.into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(alive: bool, cause: Option<&str>) -> HealthCheckResult {
+        HealthCheckResult {
+            alive,
+            consecutive_failures: u32::from(!alive) * 3,
+            last_failure_cause: cause.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn health_needs_every_check_but_a_failure_wins_at_once() {
+        assert_eq!(task_health(0, &[]).0, Health::Unknown);
+        assert_eq!(task_health(2, &[result(true, None)]).0, Health::Unknown);
+        assert_eq!(
+            task_health(2, &[result(true, None), result(true, None)]).0,
+            Health::Healthy
+        );
+        let (h, why) = task_health(2, &[result(false, Some("HTTP 503"))]);
+        assert_eq!(h, Health::Unhealthy);
+        assert_eq!(why, "HTTP 503 (3 consecutive failures)");
+        // Results of an app whose checks did not parse still count.
+        assert_eq!(task_health(0, &[result(true, None)]).0, Health::Healthy);
+    }
+
+    #[test]
+    fn amounts_are_rounded_for_reading() {
+        assert_eq!(amount(0.1 + 0.1 + 0.1), "0.3");
+        assert_eq!(amount(8192.0), "8192");
+        assert_eq!(amount(0.0), "0");
+        assert_eq!(amount(1.005), "1");
+    }
+
+    fn app(id: &str, cpus: f64, mem: f64) -> MarathonApp {
+        MarathonApp {
+            id: id.into(),
+            cpus,
+            mem,
+            ..Default::default()
+        }
+    }
+
+    fn task(app: &str, host: &str) -> MarathonTask {
+        MarathonTask {
+            id: format!("{app}.x"),
+            app_id: format!("/{app}"),
+            host: host.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn usage_sums_the_apps_of_a_hosts_tasks() {
+        let apps = [app("/fib", 0.1, 32.0), app("/web", 1.0, 256.0)];
+        let tasks = [
+            task("fib", "n1"),
+            task("fib", "n1"),
+            task("fib", "n1"),
+            task("web", "n1"),
+            task("fib", "n2"),
+            task("gone", "n2"),
+        ];
+        let used = used_by_host(&apps, &tasks);
+        assert_eq!(amount(used["n1"][0]), "1.3");
+        assert_eq!(used["n1"][1], 352.0);
+        assert_eq!(used["n2"][1], 32.0);
+
+        let offered: BTreeMap<String, f64> = [("cpus".into(), 2.0), ("gpus".into(), 1.0)].into();
+        let v = usage_views(&offered, Some(used["n1"]));
+        let shown: Vec<String> = v
+            .iter()
+            .map(|u| format!("{} {}/{} {:?}", u.name, u.used, u.offered, u.percent))
+            .collect();
+        // mem is used but not limited; disk is neither; gpus is offered only.
+        assert_eq!(
+            shown,
+            ["cpus 1.3/2 Some(65)", "mem 352/ None", "gpus /1 None"]
+        );
+
+        let over = usage_views(&[("cpus".into(), 1.0)].into(), Some(used["n1"]));
+        assert!(over[0].over);
+        assert_eq!(over[0].percent, Some(100));
+        // Usage unknown: the offers alone.
+        let v = usage_views(&offered, None);
+        assert_eq!(
+            v.iter().map(|u| u.used.as_str()).collect::<Vec<_>>(),
+            ["", ""]
+        );
+    }
 }

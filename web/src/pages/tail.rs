@@ -7,6 +7,10 @@
 //! already speaks SSE, and passing bytes through keeps the UI independent of how the
 //! indexer frames its events. The cost is that the proxy cannot filter or annotate the
 //! stream; filtering is done by the indexer through `q`.
+//!
+//! The page renders at most `rate` lines per second (default [`DEFAULT_RATE`]) and
+//! counts the rest as skipped, next to the indexer's count of dropped lines: the cap
+//! is applied in the browser, where the cost is, so the proxy stays a byte pipe.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -25,10 +29,32 @@ use crate::error::{Error, Result};
 use crate::render::{href, valid_app_name};
 use crate::{AppState, Page};
 
+/// Lines per second the tail page renders unless the URL says otherwise.
+pub(crate) const DEFAULT_RATE: u32 = 200;
+/// The highest `rate` accepted: beyond it a browser spends its time on layout.
+pub(crate) const MAX_RATE: u32 = 5000;
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 pub(crate) struct TailParams {
     filter: Option<String>,
+    /// Kept as text so a bad value is named in the error rather than rejected by serde.
+    rate: Option<String>,
+}
+
+/// The `rate` parameter: lines per second, 1 to [`MAX_RATE`].
+pub(crate) fn parse_rate(raw: Option<&str>) -> Result<u32> {
+    match raw.map(str::trim).filter(|r| !r.is_empty()) {
+        None => Ok(DEFAULT_RATE),
+        Some(r) => match r.parse::<u32>() {
+            Ok(n) if (1..=MAX_RATE).contains(&n) => Ok(n),
+            _ => Err(Error::BadParam {
+                name: "rate",
+                value: r.to_string(),
+                expected: "lines per second, 1 to 5000",
+            }),
+        },
+    }
 }
 
 #[derive(Template)]
@@ -37,6 +63,7 @@ struct TailPage {
     nav: &'static str,
     app: String,
     filter: String,
+    rate: u32,
     stream_href: String,
     search_href: String,
 }
@@ -50,6 +77,7 @@ pub(crate) async fn page(
     if !valid_app_name(&app) {
         return Err(Error::BadAppName(app));
     }
+    let rate = parse_rate(p.rate.as_deref())?;
     let filter = p.filter.unwrap_or_default();
     let app_q = field_query("app", &app);
     let stream_q = format!("{app_q} {filter}");
@@ -59,6 +87,7 @@ pub(crate) async fn page(
         search_href: href("/", &[("q", stream_q.trim())]),
         app,
         filter,
+        rate,
     };
     Ok(render("tail", &page)?.into_response())
 }
@@ -120,4 +149,21 @@ pub(crate) async fn stream(
         Body::from_stream(body),
     )
         .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_defaults_and_is_bounded() {
+        assert_eq!(parse_rate(None).unwrap(), DEFAULT_RATE);
+        assert_eq!(parse_rate(Some(" ")).unwrap(), DEFAULT_RATE);
+        assert_eq!(parse_rate(Some("5")).unwrap(), 5);
+        assert_eq!(parse_rate(Some("5000")).unwrap(), MAX_RATE);
+        for bad in ["0", "5001", "-1", "fast"] {
+            let err = parse_rate(Some(bad)).unwrap_err().to_string();
+            assert!(err.contains(bad), "{bad}: {err}");
+        }
+    }
 }
