@@ -1,18 +1,11 @@
 #!/bin/sh
-# Entrypoint of the Sandtrail image. Every argument list is a `sandtrail` command line,
-# with two additions for containers:
+# Entrypoint of the Sandtrail image. Every argument list is a `sandtrail` command line
+# (config keys come from SANDTRAIL_<SECTION>_<KEY> variables), with one addition for
+# containers:
 #   indexer-web [INDEXER FLAGS]   the indexer and the web UI in one container (two
 #                                 processes; SIGTERM goes to both, the container ends
 #                                 when either ends)
-#   SANDTRAIL_AGENT_TIMEOUT_SECS  sets [scheduler] agent_timeout_secs, which has no flag,
-#                                 through a generated config file
 set -eu
-
-if [ -n "${SANDTRAIL_AGENT_TIMEOUT_SECS:-}" ] && [ -z "${SANDTRAIL_CONFIG:-}" ]; then
-  printf '[scheduler]\nagent_timeout_secs = %s\n' "$SANDTRAIL_AGENT_TIMEOUT_SECS" \
-    > /tmp/sandtrail.toml
-  export SANDTRAIL_CONFIG=/tmp/sandtrail.toml
-fi
 
 if [ "${1:-}" = "indexer-web" ]; then
   shift

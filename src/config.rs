@@ -1,8 +1,10 @@
 //! `sandtrail.toml`: one file, a section per part, every key optional.
 //!
-//! Precedence is command-line flag, then `SANDTRAIL_*` environment variable (both via
-//! clap), then this file, then the built-in default, so `sandtrail up` needs no file at
-//! all. Unknown keys are errors, and all of them are reported in one go: a config file is
+//! Precedence is command-line flag, then `SANDTRAIL_*` environment variable, then this
+//! file, then the built-in default, so `sandtrail up` needs no file at all. Flags and
+//! their variables (`SANDTRAIL_LISTEN`...) come from clap; every key of the file can also
+//! be set as `SANDTRAIL_<SECTION>_<KEY>` (`SANDTRAIL_AGENT_COMPRESSION=gzip`), which is
+//! what containers and systemd units want. Unknown keys are errors, and all of them are reported in one go: a config file is
 //! usually edited by hand, and fixing typos one restart at a time is miserable. That is
 //! why the file is first read as a plain table and checked against the known keys before
 //! serde (whose `deny_unknown_fields` stops at the first one) sees it.
@@ -221,9 +223,49 @@ fn unknown_keys(table: &toml::Table) -> Vec<String> {
     bad
 }
 
+/// Sets every `SANDTRAIL_<SECTION>_<KEY>` that `env` knows into `table`. A value is
+/// read as a TOML value when it is one (`64`, `true`, `"x"`), else as a plain string,
+/// so `SANDTRAIL_INDEXER_RETENTION=7d` needs no quotes.
+fn apply_env(table: &mut toml::Table, env: &dyn Fn(&str) -> Option<String>) -> Vec<String> {
+    let mut applied = Vec::new();
+    for (section, keys) in SECTIONS {
+        for key in *keys {
+            let var = format!(
+                "SANDTRAIL_{}_{}",
+                section.to_ascii_uppercase(),
+                key.to_ascii_uppercase()
+            );
+            let Some(raw) = env(&var) else {
+                continue;
+            };
+            let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+                .ok()
+                .and_then(|mut t| t.remove("v"))
+                .unwrap_or(toml::Value::String(raw));
+            if let toml::Value::Table(sec) = table
+                .entry(section.to_string())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            {
+                sec.insert(key.to_string(), value);
+            }
+            applied.push(var);
+        }
+    }
+    applied
+}
+
 impl Config {
     pub fn parse(text: &str, origin: &Path) -> anyhow::Result<Config> {
-        let table: toml::Table = toml::from_str(text)
+        Config::parse_with_env(text, origin, &|_| None)
+    }
+
+    /// [`Config::parse`] with `SANDTRAIL_<SECTION>_<KEY>` overrides looked up in `env`.
+    pub fn parse_with_env(
+        text: &str,
+        origin: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> anyhow::Result<Config> {
+        let mut table: toml::Table = toml::from_str(text)
             .with_context(|| format!("config {} is not valid TOML", origin.display()))?;
         let bad = unknown_keys(&table);
         if !bad.is_empty() {
@@ -233,8 +275,18 @@ impl Config {
                 bad.join(", ")
             );
         }
-        let config: Config =
-            toml::from_str(text).with_context(|| format!("config {}", origin.display()))?;
+        let applied = apply_env(&mut table, env);
+        let config: Config = toml::Value::Table(table).try_into().with_context(|| {
+            if applied.is_empty() {
+                format!("config {}", origin.display())
+            } else {
+                format!(
+                    "config {} with {} from the environment",
+                    origin.display(),
+                    applied.join(", ")
+                )
+            }
+        })?;
         if let Some(c) = &config.agent.compression {
             if agent::ship::Codec::parse(c).is_none() {
                 bail!(
@@ -257,10 +309,11 @@ impl Config {
             Some(p) => (p.to_path_buf(), true),
             None => (PathBuf::from("sandtrail.toml"), false),
         };
+        let env = |k: &str| std::env::var(k).ok();
         match std::fs::read_to_string(&path) {
-            Ok(text) => Config::parse(&text, &path),
+            Ok(text) => Config::parse_with_env(&text, &path, &env),
             Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => {
-                Ok(Config::default())
+                Config::parse_with_env("", &path, &env)
             }
             Err(e) => Err(e).with_context(|| format!("cannot read config {}", path.display())),
         }
@@ -400,6 +453,33 @@ mod tests {
             err.contains("agent.compression") && err.contains("lz4"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn every_key_can_be_set_from_the_environment_over_the_file() {
+        let env = |k: &str| match k {
+            "SANDTRAIL_AGENT_COMPRESSION" => Some("gzip".to_string()),
+            "SANDTRAIL_AGENT_SPOOL_MAX_MB" => Some("64".to_string()),
+            "SANDTRAIL_INDEXER_RETENTION" => Some("7d".to_string()),
+            "SANDTRAIL_SCHEDULER_AGENT_TIMEOUT_SECS" => Some("9".to_string()),
+            _ => None,
+        };
+        let c = Config::parse_with_env("[agent]\nspool_max_mb = 1\n", Path::new("t.toml"), &env)
+            .unwrap();
+        assert_eq!(c.agent.compression.as_deref(), Some("gzip"));
+        assert_eq!(
+            c.agent.spool_max_mb,
+            Some(64),
+            "the environment wins over the file"
+        );
+        assert_eq!(c.indexer.retention.as_deref(), Some("7d"));
+        assert_eq!(c.scheduler.agent_timeout_secs, Some(9));
+        let bad = |k: &str| (k == "SANDTRAIL_UP_AGENTS").then(|| "three".to_string());
+        let err = format!(
+            "{:#}",
+            Config::parse_with_env("", Path::new("t.toml"), &bad).unwrap_err()
+        );
+        assert!(err.contains("SANDTRAIL_UP_AGENTS"), "{err}");
     }
 
     #[test]

@@ -283,11 +283,15 @@ async fn node_runs_desired_tasks_in_sandboxes_and_reports_them() {
         ))
     })
     .await;
-    let metrics = node.metrics();
-    assert!(
-        metrics.contains("sandtrail_node_tasks_running{node=\"node-1\"} 1"),
-        "{metrics}"
-    );
+    // Regression (flaked under load): the task's own files can appear before the
+    // node has added it to its running set, so wait for the gauge instead of
+    // reading it once.
+    eventually("late.1 counted as running", || {
+        node.metrics()
+            .contains("sandtrail_node_tasks_running{node=\"node-1\"} 1")
+            .then_some(())
+    })
+    .await;
     cancel.cancel();
     tokio::time::timeout(DEADLINE, runner)
         .await
