@@ -234,6 +234,14 @@ impl Checkpoints {
 /// all of it, and never picks up one rotated away before it saw it.
 pub fn sandbox_shipped(work_dir: &Path, sandbox: &Path) -> Result<bool> {
     let cps = Checkpoints::load(&work_dir.join("shipper").join("checkpoints.json"))?;
+    // Only entries of files in this sandbox may vouch for its files: an entry of a
+    // removed sandbox whose inode was reused here must not (review finding).
+    let here = std::fs::canonicalize(sandbox).unwrap_or_else(|_| sandbox.to_path_buf());
+    let in_sandbox = |f: &FileCheckpoint| {
+        f.path
+            .parent()
+            .is_some_and(|p| p == sandbox || std::fs::canonicalize(p).is_ok_and(|p| p == here))
+    };
     let entries = std::fs::read_dir(sandbox).map_err(|e| Error::io(sandbox, e))?;
     for entry in entries {
         let entry = entry.map_err(|e| Error::io(sandbox, e))?;
@@ -257,7 +265,7 @@ pub fn sandbox_shipped(work_dir: &Path, sandbox: &Path) -> Result<bool> {
         let Some(acked) = cps
             .files
             .values()
-            .filter(|f| f.id().same(&id))
+            .filter(|f| in_sandbox(f) && f.id().same(&id))
             .max_by_key(|f| f.offset)
         else {
             if live && meta.len() > 0 {

@@ -53,6 +53,11 @@ use tracing::{debug, error, info, warn};
 
 /// How long a full batch waits for the batch in flight before it goes to the spool.
 const SPILL_AFTER: Duration = Duration::from_millis(500);
+/// Full batches kept in memory behind the one in flight. Batches go one at a time
+/// (see [`ship`]); without a few queued, reading stopped for every round trip (the
+/// indexer decompressing and committing the batch in flight), which left the
+/// shipper's core idle a third of the time at full speed (BENCHMARKS.md).
+const MAX_QUEUED: usize = 2;
 
 /// How the shipper runs. `Default` gives the documented defaults with an empty host
 /// and work dir, which [`Shipper::new`] refuses: set at least those two.
@@ -252,6 +257,9 @@ struct Run {
     /// A copy of the batch in flight when it went straight from memory, so it can be
     /// spilled to the spool ahead of the batches that queue up behind it.
     in_flight_copy: Option<Arc<Batch>>,
+    /// Full batches from memory waiting for the one in flight, oldest first. Only
+    /// while the spool is empty: spilling takes them along, in order.
+    queued: std::collections::VecDeque<Batch>,
     /// `None` only while a spool operation runs on the blocking pool.
     spool: Option<spool::Spool>,
     /// Since when each file has had unacknowledged bytes (lag in seconds).
@@ -306,6 +314,7 @@ impl Run {
             in_flight: None,
             in_flight_seg: None,
             in_flight_copy: None,
+            queued: std::collections::VecDeque::new(),
             spool: Some(spool),
             behind_since: BTreeMap::new(),
             intact: true,
@@ -619,6 +628,10 @@ impl Run {
             }
             return Ok(());
         }
+        if let Some(batch) = self.queued.pop_front() {
+            self.send(batch, None);
+            return Ok(());
+        }
         if self.batch.bytes() >= self.inner.config.batch_max_bytes {
             self.save_heads().await;
             let batch = self.take_batch();
@@ -627,10 +640,17 @@ impl Run {
         Ok(())
     }
 
-    /// Writes the batch in flight (if it came from memory) and the current batch to
-    /// the spool, and moves the checkpoints past them: the spool now owns them.
-    async fn spill(&mut self) -> Result<()> {
+    /// Writes to the spool, in order, the batch in flight (if it came from memory),
+    /// the queued batches and the current batch, and moves the checkpoints past each:
+    /// the spool owns them now. Stops at the first that does not fit under the bound
+    /// (unless `force`, at shutdown) and returns whether everything went.
+    async fn spill(&mut self, force: bool) -> Result<bool> {
+        let fits = |me: &Self, n: usize| force || me.spool().has_room(n);
         if let Some(copy) = self.in_flight_copy.take() {
+            if !fits(self, copy.bytes()) {
+                self.in_flight_copy = Some(copy);
+                return Ok(false);
+            }
             let body = copy.body().to_vec();
             match self.spool_op(move |s| s.write(&body)).await {
                 Ok(id) => {
@@ -644,19 +664,49 @@ impl Run {
                 }
             }
         }
+        // The queued batches next, oldest first: the spool is sent before the queue,
+        // so nothing newer may reach it while an older batch is still queued.
+        while let Some(batch) = self.queued.pop_front() {
+            if !fits(self, batch.bytes()) {
+                self.queued.push_front(batch);
+                self.save_spilled().await;
+                return Ok(false);
+            }
+            let body = batch.body().to_vec();
+            if let Err(e) = self.spool_op(move |s| s.write(&body)).await {
+                self.queued.push_front(batch);
+                self.save_spilled().await;
+                return Err(e);
+            }
+            inc(&self.inner.metrics.batches_spooled, 1);
+            self.advance_over(&batch, batch.len());
+        }
+        if self.batch.is_empty() || !fits(self, self.batch.bytes()) {
+            self.save_spilled().await;
+            return Ok(self.batch.is_empty());
+        }
         let batch = self.take_batch();
         let body = batch.body().to_vec();
         if let Err(e) = self.spool_op(move |s| s.write(&body)).await {
             self.batch = batch;
+            self.save_spilled().await;
             return Err(e);
         }
         inc(&self.inner.metrics.batches_spooled, 1);
         self.advance_over(&batch, batch.len());
+        self.save_spilled().await;
+        Ok(true)
+    }
+
+    /// Saves the checkpoints that spilling moved (the spool owns those records now).
+    async fn save_spilled(&mut self) {
+        if !self.dirty {
+            return;
+        }
         if let Err(e) = self.save_checkpoints().await {
             inc(&self.inner.metrics.checkpoint_errors, 1);
             error!(path = %self.checkpoint_path.display(), error = %e, "cannot save checkpoints after spooling, will retry");
         }
-        Ok(())
     }
 
     /// Moves the checkpoints over the first `done` records of `batch`.
@@ -679,23 +729,35 @@ impl Run {
         }
         self.save_heads().await;
         if self.spool().is_empty() {
+            if self.in_flight.is_some() && self.queued.len() < MAX_QUEUED {
+                // Keep reading while the indexer works on the batch in flight.
+                let batch = self.take_batch();
+                self.queued.push_back(batch);
+                return Ok(());
+            }
             self.settle_in_flight_within(SPILL_AFTER).await?;
             if !self.intact || self.cancel.is_cancelled() {
                 return Ok(());
             }
+            self.start_next().await?;
+            if self.in_flight.is_some() && self.queued.len() < MAX_QUEUED {
+                let batch = self.take_batch();
+                self.queued.push_back(batch);
+                return Ok(());
+            }
         }
-        if self.in_flight.is_none() && self.spool().is_empty() {
+        if self.in_flight.is_none() && self.spool().is_empty() && self.queued.is_empty() {
             let batch = self.take_batch();
             self.send(batch, None);
             return Ok(());
         }
-        let need = self.batch.bytes() + self.in_flight_copy.as_ref().map_or(0, |b| b.bytes());
-        if self.spool().has_room(need) {
-            match self.spill().await {
-                Ok(()) => return self.start_next().await,
-                Err(e) => {
-                    error!(error = %e, "cannot write to the spool, waiting for the indexer instead")
-                }
+        // The indexer is slow or down: spool what fits, in order. The current batch
+        // going too means reading goes on; otherwise wait (back-pressure).
+        match self.spill(false).await {
+            Ok(true) => return self.start_next().await,
+            Ok(false) => {}
+            Err(e) => {
+                error!(error = %e, "cannot write to the spool, waiting for the indexer instead")
             }
         }
         self.update_lag();
@@ -843,13 +905,32 @@ impl Run {
         }
         let held = tail::flush_events(&mut self.files, &self.round, &self.inner.metrics);
         self.batch.append(&held, 0, held.len());
-        if self.intact && !self.batch.is_empty() && !self.spool().is_empty() {
+        // Queued batches get their one last attempt each, in order, unless the spool
+        // holds older ones (then they are spooled behind them, below).
+        while self.intact && self.spool().is_empty() {
+            let Some(batch) = self.queued.pop_front() else {
+                break;
+            };
+            let shipped = self.inner.sender.ship(Arc::new(batch), &self.cancel).await;
+            self.on_shipped(shipped).await;
+        }
+        if self.intact
+            && !self.spool().is_empty()
+            && (!self.batch.is_empty() || !self.queued.is_empty())
+        {
             // Behind spooled batches: spooled too, to keep the order.
-            if let Err(e) = self.spill().await {
-                warn!(error = %e, "cannot spool the last batch, it is read again on the next start");
+            if let Err(e) = self.spill(true).await {
+                warn!(error = %e, "cannot spool the last batches, they are read again on the next start");
             }
         }
-        if self.intact && !self.batch.is_empty() {
+        // Regression: when spooling the last batch failed, it was still sent, ahead
+        // of older spooled batches, which the indexer would then have dropped as
+        // duplicates. Only with nothing older left is it sent.
+        if self.intact
+            && !self.batch.is_empty()
+            && self.spool().is_empty()
+            && self.queued.is_empty()
+        {
             self.save_heads().await;
             // The token is cancelled, so this is exactly one more attempt.
             let batch = self.take_batch();

@@ -32,11 +32,15 @@ struct Fake {
     /// Answer 400 to any batch containing a record with this msg.
     poison: Option<String>,
     tokens: Vec<Option<String>>,
+    /// Answer every request only after this long (a slow but healthy indexer).
+    delay: Duration,
 }
 
 type Shared = Arc<Mutex<Fake>>;
 
 async fn ingest(State(fake): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
+    let delay = fake.lock().unwrap().delay;
+    tokio::time::sleep(delay).await;
     let mut f = fake.lock().unwrap();
     f.tokens.push(
         headers
@@ -699,6 +703,34 @@ async fn a_healthy_indexer_gets_batches_straight_from_memory() {
     run.stop().await;
     assert_each_once(&fake.lock().unwrap(), 2000);
     assert!(metric(&shipper, "batches_sent_total") > 50);
+    assert_eq!(metric(&shipper, "batches_spooled_total"), 0);
+}
+
+/// Regression: batches go one at a time, and reading used to stop for each round
+/// trip, leaving the shipper idle while the indexer worked. Now a few full batches
+/// queue in memory behind the one in flight: reading runs ahead of the
+/// acknowledgements by more than two batches, and nothing is spooled for a slow but
+/// healthy indexer.
+#[tokio::test]
+async fn reading_runs_ahead_of_a_slow_indexer_without_spooling() {
+    let (url, fake) = start_fake().await;
+    fake.lock().unwrap().delay = Duration::from_millis(150);
+    let work = tempfile::tempdir().unwrap();
+    let dir = sandbox(work.path(), "fib", "fib.8", 0);
+    let mut cfg = config(work.path(), &url);
+    cfg.batch_max_bytes = 2048;
+    cfg.multiline_flush = None;
+    let shipper = Shipper::new(cfg).unwrap();
+    let run = start(&shipper);
+    append(&dir.join("stdout"), &numbered(1..=300));
+    // About 200 bytes of NDJSON per line: a batch holds about ten lines.
+    wait_metric(&shipper, "reading ahead of the acknowledgements", |s| {
+        metric(s, "lines_read_total") >= metric(s, "records_shipped_total") + 30
+    })
+    .await;
+    wait_for("all 300 lines", &fake, |f| f.accepted.len() >= 300).await;
+    run.stop().await;
+    assert_each_once(&fake.lock().unwrap(), 300);
     assert_eq!(metric(&shipper, "batches_spooled_total"), 0);
 }
 

@@ -295,7 +295,9 @@ impl PortRange {
 
     /// How many ports the range holds.
     pub fn len(&self) -> usize {
-        usize::from(self.end - self.begin) + 1
+        // Saturating: a range that arrived inverted over the wire counts as empty-ish
+        // rather than wrapping (see [`validate_port_ranges`]).
+        usize::from(self.end.saturating_sub(self.begin)) + 1
     }
 
     /// Never true: a range holds at least its `begin`; here for clippy's sake.
@@ -340,11 +342,31 @@ pub fn parse_port_ranges(s: &str) -> Result<Vec<PortRange>> {
         }
         out.push(PortRange { begin: b, end: e });
     }
-    out.sort();
-    if out.is_empty() || out.windows(2).any(|w| w[1].begin <= w[0].end) {
+    if out.is_empty() {
         return Err(bad());
     }
+    validate_port_ranges(&mut out).map_err(|_| bad())?;
     Ok(out)
+}
+
+/// Sorts `ranges` and checks them as [`parse_port_ranges`] does (no port 0, none
+/// inverted, none overlapping), for ranges that arrived as JSON rather than text.
+pub fn validate_port_ranges(ranges: &mut [PortRange]) -> Result<()> {
+    ranges.sort();
+    let bad = |r: &[PortRange]| {
+        Error::BadPortRanges(
+            r.iter()
+                .map(|p| format!("{}-{}", p.begin, p.end))
+                .collect::<Vec<_>>()
+                .join(","),
+        )
+    };
+    if ranges.iter().any(|r| r.begin == 0 || r.end < r.begin)
+        || ranges.windows(2).any(|w| w[1].begin <= w[0].end)
+    {
+        return Err(bad(ranges));
+    }
+    Ok(())
 }
 
 /// `POST /v1/agents/register` body: the agent plus the host ports it offers. Kept

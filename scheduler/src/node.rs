@@ -540,7 +540,10 @@ impl Inner {
             Ok(child) => child,
             Err(e) => {
                 if let Some(cg) = cgroup {
-                    let _ = cgroup::remove(cg.dir());
+                    // It may wait for the kernel to empty the cgroup: off the runtime.
+                    let cg_dir = cg.dir().to_path_buf();
+                    drop(cg);
+                    let _ = tokio::task::spawn_blocking(move || cgroup::remove(&cg_dir)).await;
                 }
                 return Err(Error::io(&dir, e));
             }
@@ -1022,6 +1025,22 @@ async fn mark_finished(sandbox: &Path) {
     }
 }
 
+/// A finished sandbox is collected only once nothing was written into it for this
+/// long, whatever the delay: the task's logger may still drain its pipe after the
+/// task ended, and a child the task left behind may still write (review finding:
+/// with a delay of a second the sweep could remove files the logger still wrote).
+const GC_QUIET: Duration = Duration::from_secs(5);
+
+/// Whether any file in `dir` was modified less than `quiet` before `now`.
+fn written_within(dir: &Path, now: std::time::SystemTime, quiet: Duration) -> bool {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.metadata().ok()?.modified().ok())
+        .any(|m| now.duration_since(m).unwrap_or_default() < quiet)
+}
+
 /// One GC pass over `root/<app>/<task>`.
 #[derive(Debug, Default)]
 struct Swept {
@@ -1055,7 +1074,9 @@ fn sweep_sandboxes(
             else {
                 continue;
             };
-            if now.duration_since(finished).unwrap_or_default() < delay {
+            if now.duration_since(finished).unwrap_or_default() < delay
+                || written_within(&sandbox, now, GC_QUIET)
+            {
                 continue;
             }
             if shipped.is_some_and(|f| !f(&sandbox)) {
@@ -1473,7 +1494,17 @@ fn prepare_sandbox(
     meta: &TaskMeta,
     rotation: Option<Rotation>,
 ) -> Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    // Once more if the GC sweep removed the empty app directory in between.
+    std::fs::create_dir_all(dir)
+        .or_else(|_| std::fs::create_dir_all(dir))
+        .map_err(|e| Error::io(dir, e))?;
+    // A sandbox reused by a relaunch is not finished any more (review finding: the
+    // old marker let the GC remove the sandbox of a running task).
+    match std::fs::remove_file(dir.join(FINISHED_FILE)) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io(dir.join(FINISHED_FILE), e)),
+    }
     let tmp = dir.join(".task.json.tmp");
     let dst = dir.join("task.json");
     {
@@ -1554,9 +1585,15 @@ mod tests {
             std::fs::create_dir_all(&dir).unwrap();
             std::fs::write(dir.join("stdout"), "line\n").unwrap();
             if let Some(ago) = finished_secs_ago {
-                let f = File::create(dir.join(FINISHED_FILE)).unwrap();
                 let when = std::time::SystemTime::now() - Duration::from_secs(ago);
+                let f = File::create(dir.join(FINISHED_FILE)).unwrap();
                 f.set_modified(when).unwrap();
+                File::options()
+                    .append(true)
+                    .open(dir.join("stdout"))
+                    .unwrap()
+                    .set_modified(when)
+                    .unwrap();
             }
             dir
         };
@@ -1585,6 +1622,12 @@ mod tests {
         assert_eq!(swept.removed, vec![unshipped]);
         assert!(!root.path().join("web").exists());
         assert!(root.path().join("fib").exists());
+
+        // A sandbox still being written to is left alone, however old its marker.
+        let busy = sandbox("api", "api.1", Some(120));
+        std::fs::write(busy.join("stderr"), "late line\n").unwrap();
+        let swept = sweep_sandboxes(root.path(), delay, None);
+        assert!(swept.removed.is_empty() && busy.exists(), "{swept:?}");
     }
 
     #[test]

@@ -77,8 +77,11 @@ pub fn port_env(spec: &TaskSpec, ports: &[u16]) -> Vec<(String, String)> {
         env.push((format!("PORT{i}"), p.to_string()));
         let label = spec.port_definitions.get(i);
         let declared = label.map_or(0, |l| l.port);
-        let number = if declared == 0 { *p } else { declared };
-        env.push((format!("PORT_{number}"), p.to_string()));
+        // Marathon sets PORT_<declared port> only for declared ones; a dynamic port's
+        // own number could collide with another definition's declared port.
+        if declared != 0 {
+            env.push((format!("PORT_{declared}"), p.to_string()));
+        }
         if let Some(name) = label.map(|l| l.name.as_str()).filter(|n| !n.is_empty()) {
             env.push((crate::api::port_env_name(name), p.to_string()));
         }
@@ -184,7 +187,6 @@ mod tests {
             ("PORT0", "8080"),
             ("PORT1", "31002"),
             ("PORT_8080", "8080"),
-            ("PORT_31002", "31002"),
             ("PORT_HTTP", "8080"),
             ("PORT_ADMIN_UI", "31002"),
         ]

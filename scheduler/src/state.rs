@@ -1055,9 +1055,13 @@ impl State {
     pub fn register(
         &mut self,
         mut info: AgentInfo,
-        ports: Vec<PortRange>,
+        mut ports: Vec<PortRange>,
         now: Now,
     ) -> Result<AgentInfo> {
+        // Regression (review): ranges from the HTTP body were trusted; an inverted one
+        // wrapped the free-port count and panicked placement under the state lock.
+        protocol::validate_port_ranges(&mut ports)
+            .map_err(|e| Error::BadRequest(format!("agent {:?}: {e}", info.name)))?;
         let bad_name = info.name.is_empty()
             || info.name.len() > 253
             || !info
@@ -2531,6 +2535,31 @@ pub(crate) mod tests {
         assert_eq!(after.len(), 1, "{after:?}");
         assert_ne!(after[0].task, old.task);
         assert_eq!(after[0].ports, vec![8080]);
+    }
+
+    #[test]
+    fn registration_refuses_inverted_overlapping_or_zero_port_ranges() {
+        let now = Now::current();
+        let mut s = State::new(Saved::default(), Duration::from_secs(10), now);
+        let r = |begin, end| PortRange { begin, end };
+        for bad in [
+            vec![r(32000, 31000)],
+            vec![r(31000, 31010), r(31005, 31020)],
+            vec![r(0, 10)],
+        ] {
+            let err = s
+                .register(agent("a"), bad.clone(), now)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("\"a\"") && err.contains("port ranges"),
+                "{bad:?}: {err}"
+            );
+        }
+        assert!(s.agent("a").is_none(), "nothing registered");
+        s.register(agent("a"), vec![r(31010, 31020), r(31000, 31005)], now)
+            .unwrap();
+        assert_eq!(s.agent_ports("a"), &[r(31000, 31005), r(31010, 31020)]);
     }
 
     #[test]
