@@ -519,10 +519,13 @@ pub struct State {
     generation: u64,
     counters: Counters,
     deployments: BTreeMap<String, Deployment>,
-    /// Tasks the scheduler stopped wanting (id → agent) that the agent may still be
-    /// stopping: until its heartbeat no longer lists them they are not adopted back,
-    /// and their ports stay busy (see `Agent::busy_ports`).
-    stopping: BTreeMap<String, String>,
+    /// Tasks the scheduler stopped wanting (id → agent and host ports) that the agent
+    /// may still be stopping: until its heartbeat no longer lists them they are not
+    /// adopted back, and their ports stay busy. Regression (review): only the ports
+    /// of the last heartbeat were held (`Agent::busy_ports`), so a task killed before
+    /// its agent first reported it freed its port at once, and a replacement on the
+    /// same fixed port failed to bind while the old one was still stopping.
+    stopping: BTreeMap<String, (String, Vec<u16>)>,
     events: broadcast::Sender<Event>,
 }
 
@@ -980,7 +983,14 @@ impl State {
     /// from the agent's desired set.
     fn kill(&mut self, task: &str, reason: &str, now: Now) {
         if let Some(t) = self.tasks.remove(task) {
-            self.stopping.insert(t.id.clone(), t.agent.clone());
+            let ports = t
+                .ports
+                .iter()
+                .chain(&t.host_ports)
+                .copied()
+                .filter(|p| *p != 0)
+                .collect();
+            self.stopping.insert(t.id.clone(), (t.agent.clone(), ports));
             self.counters.killed += 1;
             info!(app = %t.app, task = %t.id, agent = %t.agent, instance = t.instance, reason, "task killed");
             self.emit_status(&t, TaskState::Killed, reason, now);
@@ -1046,6 +1056,11 @@ impl State {
         }
         if let Some(a) = self.agents.get(name) {
             ports.extend(&a.busy_ports);
+        }
+        for (agent, held) in self.stopping.values() {
+            if agent == name {
+                ports.extend(held);
+            }
         }
         (used, ports)
     }
@@ -1153,7 +1168,7 @@ impl State {
             }
         }
         self.stopping
-            .retain(|id, agent| agent != name || reported.contains(id));
+            .retain(|id, (agent, _)| agent != name || reported.contains(id));
         if let Some(hold) = &mut self.hold {
             hold.waiting_for.remove(name);
         }
@@ -1642,6 +1657,9 @@ impl State {
                 .or_default()
                 .3
                 .extend(&a.busy_ports);
+        }
+        for (agent, held) in self.stopping.values() {
+            usage.entry(agent.as_str()).or_default().3.extend(held);
         }
         let requested = def.requested_ports();
         let no_ports = BTreeSet::new();
@@ -2531,6 +2549,29 @@ pub(crate) mod tests {
         st.health.clear();
         assert!(s.heartbeat("a", vec![st], now).unwrap().is_empty());
         // Gone from the report: its port is free and the replacement is placed.
+        let after = s.heartbeat("a", vec![], now).unwrap();
+        assert_eq!(after.len(), 1, "{after:?}");
+        assert_ne!(after[0].task, old.task);
+        assert_eq!(after[0].ports, vec![8080]);
+    }
+
+    #[test]
+    fn a_task_killed_before_its_agent_reported_it_still_holds_its_fixed_port() {
+        let now = Now::current();
+        let mut s = cluster(&["a"], now);
+        s.create_app(fixed_port_app("web", 1, 8080), now).unwrap();
+        let old = s.desired("a").remove(0);
+        // Deleted and created again before any heartbeat listed the first task: the
+        // node may be starting it right now, bound to 8080.
+        s.delete_app("web", now).unwrap();
+        s.create_app(fixed_port_app("web", 1, 8080), now).unwrap();
+        assert!(
+            s.desired("a").is_empty(),
+            "the old task still holds 8080: {:?}",
+            s.desired("a")
+        );
+        assert!(s.agent_usage("a").1.contains(&8080));
+        // The node stopped it (no longer listed): the port is free again.
         let after = s.heartbeat("a", vec![], now).unwrap();
         assert_eq!(after.len(), 1, "{after:?}");
         assert_ne!(after[0].task, old.task);
