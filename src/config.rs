@@ -255,6 +255,8 @@ fn apply_env(table: &mut toml::Table, env: &dyn Fn(&str) -> Option<String>) -> V
 }
 
 impl Config {
+    /// [`Config::parse_with_env`] without the environment (tests).
+    #[cfg(test)]
     pub fn parse(text: &str, origin: &Path) -> anyhow::Result<Config> {
         Config::parse_with_env(text, origin, &|_| None)
     }

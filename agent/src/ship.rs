@@ -7,8 +7,9 @@
 //! before an earlier one, the earlier one would then be dropped as a duplicate. So
 //! batches go strictly one after the other, and a batch is retried (jittered
 //! exponential back-off, `Retry-After` honoured) until it is delivered or the shipper
-//! is cancelled; while that goes on the reader stops reading ahead (back-pressure,
-//! never loss).
+//! is cancelled. Meanwhile the reader runs ahead by at most two full batches queued in
+//! memory, then spills to the disk spool, then stops reading (back-pressure, never
+//! loss).
 //!
 //! A 4xx other than 408/429 and the auth/routing ones (401, 403, 404, which a config
 //! fix or a starting indexer cures) means the indexer considers the batch itself bad.

@@ -889,9 +889,6 @@ fn task_json(state: &State, t: &Task) -> Value {
         "stagedAt": ts(t.staged_at),
         "startedAt": t.started_at.map(ts),
         "version": ts(t.version),
-        // Not Marathon's: how many earlier tasks of this instance number ended (the
-        // web UI's "restarts" column).
-        "restarts": t.restarts,
         "healthCheckResults": t.health.iter().map(|h| json!({
             "alive": h.alive,
             "consecutiveFailures": h.consecutive_failures,
@@ -1004,6 +1001,7 @@ pub fn router(scheduler: Scheduler) -> Router {
                 .post(post_app),
         )
         .route("/v2/tasks", get(list_tasks))
+        .route("/v1/tasks", get(list_tasks_with_restarts))
         .route("/v2/deployments", get(list_deployments))
         .route(
             "/v2/deployments/{id}",
@@ -1284,6 +1282,21 @@ async fn list_tasks(
     AxState(s): AxState<Scheduler>,
     Query(q): Query<TasksQuery>,
 ) -> Result<Json<Value>> {
+    tasks_body(&s, q, false)
+}
+
+/// `GET /v1/tasks`: `/v2/tasks` plus what Marathon has no field for: `restarts`,
+/// how many earlier tasks of the same instance number ended (the web UI's column).
+/// Regression: that field was in `/v2/tasks` itself, and the `marathon` client, which
+/// builds its task objects from every key it gets, refused the whole list.
+async fn list_tasks_with_restarts(
+    AxState(s): AxState<Scheduler>,
+    Query(q): Query<TasksQuery>,
+) -> Result<Json<Value>> {
+    tasks_body(&s, q, true)
+}
+
+fn tasks_body(s: &Scheduler, q: TasksQuery, restarts: bool) -> Result<Json<Value>> {
     let want = match q.status.as_deref() {
         None | Some("") => None,
         Some(s) => Some(
@@ -1300,7 +1313,13 @@ async fn list_tasks(
     let tasks: Vec<Value> = st
         .tasks()
         .filter(|t| want.is_none_or(|w| t.state == w))
-        .map(|t| task_json(&st, t))
+        .map(|t| {
+            let mut v = task_json(&st, t);
+            if restarts {
+                v["restarts"] = json!(t.restarts);
+            }
+            v
+        })
         .collect();
     Ok(Json(json!({ "tasks": tasks })))
 }

@@ -277,6 +277,19 @@ async fn agents_get_tasks_report_them_and_failed_tasks_are_replaced() {
         .collect();
     assert_eq!(ids.len(), 3, "{ids:?}");
     assert!(!ids.contains(&failed.task.as_str()));
+    // Marathon's shape has no restarts (the `marathon` client refuses unknown keys);
+    // /v1/tasks adds them: the replaced instance counts one.
+    assert!(all["tasks"][0].get("restarts").is_none(), "{all}");
+    let (_, ours) = server.get("/v1/tasks").await;
+    let restarts_of = |id: &str| {
+        ours["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["id"] == id)
+            .map(|t| t["restarts"].as_u64().unwrap())
+    };
+    assert_eq!(restarts_of(&replacement.task), Some(1), "{ours}");
 
     // Scale down to one: the highest instance numbers go.
     let (code, body) = server

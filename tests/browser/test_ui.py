@@ -401,7 +401,7 @@ class BrowserTest(unittest.TestCase):
         wait_for("the fib app", lambda: "fib" in self.driver.find_element(By.TAG_NAME, "main").text)
         # Every instance shows its health and restarts as the scheduler reports them.
         # fib defines no health checks, so its health is honestly unknown.
-        _, body = self.cluster.get(f"{self.cluster.web}/v2/tasks")
+        _, body = self.cluster.get(f"{self.cluster.web}/v1/tasks")
         api = {t["id"]: t for t in json.loads(body)["tasks"] if t["appId"].strip("/") == "fib"}
         rows = wait_for("fib's task rows", lambda: self.q("section.app-card table.tasks tbody tr"))
         shown = {}

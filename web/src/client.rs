@@ -174,7 +174,7 @@ impl MarathonApp {
     }
 }
 
-/// A task as `GET /v2/tasks` lists it (Marathon shape).
+/// A task as `GET /v1/tasks` lists it (Marathon's shape plus `restarts`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, rename_all = "camelCase")]
 pub struct MarathonTask {
@@ -407,9 +407,9 @@ impl Client {
         })
     }
 
-    /// `GET /v2/tasks`.
+    /// `GET /v1/tasks` (the scheduler's `/v2/tasks` plus restarts).
     pub async fn tasks(&self) -> Result<Vec<MarathonTask>> {
-        let body: TasksBody = self.get_json(Service::Scheduler, "/v2/tasks", &[]).await?;
+        let body: TasksBody = self.get_json(Service::Scheduler, "/v1/tasks", &[]).await?;
         Ok(match body {
             TasksBody::Wrapped { tasks } | TasksBody::Bare(tasks) => tasks,
         })

@@ -309,7 +309,7 @@ fn fake_scheduler() -> Router {
         .collect();
     Router::new()
         .route("/v2/apps", get(move || async move { Json(apps) }))
-        .route("/v2/tasks", get(move || async move { Json(tasks) }))
+        .route("/v1/tasks", get(move || async move { Json(tasks) }))
         .route("/v1/agents", get(move || async move { Json(agents) }))
 }
 
