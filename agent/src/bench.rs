@@ -81,8 +81,10 @@ pub struct Report {
     pub idle_cpu_seconds: f64,
     pub idle_rss_kib: u64,
     pub codec: Codec,
-    /// The same throughput phase with gzip: (seconds, CPU seconds).
-    pub gzip: Option<(f64, f64)>,
+    /// Compressed bytes on the wire per NDJSON byte.
+    pub wire_ratio: f64,
+    /// The same throughput phase with gzip: (seconds, CPU seconds, wire ratio).
+    pub gzip: Option<(f64, f64, f64)>,
 }
 
 impl Report {
@@ -122,12 +124,17 @@ impl Report {
             self.codec,
             gb * 1e3 / self.cpu_seconds
         ));
-        if let Some((secs, cpu)) = self.gzip {
+        s.push_str(&format!(
+            "| on the wire: compressed / NDJSON bytes ({:?}) | {:.3} | |\n",
+            self.codec, self.wire_ratio
+        ));
+        if let Some((secs, cpu, ratio)) = self.gzip {
             s.push_str(&format!(
-                "| same run with gzip level 1: throughput, CPU, per core | {:.1} MB/s, {:.1} CPU s/GB, **{:.1} MB/s** per CPU second | |\n",
+                "| same run with gzip level 1: throughput, CPU, per core, wire ratio | {:.1} MB/s, {:.1} CPU s/GB, **{:.1} MB/s** per CPU second, {:.3} | |\n",
                 gb * 1e3 / secs,
                 cpu / gb,
-                gb * 1e3 / cpu
+                gb * 1e3 / cpu,
+                ratio
             ));
         }
         let runs = if self.gzip.is_some() { 2 } else { 1 };
@@ -181,7 +188,7 @@ pub fn run(opts: BenchOptions) -> Result<Report> {
         let mut gz = opts.clone();
         gz.shipper.compression = Codec::Gzip;
         let g = rt.block_on(throughput(&gz, &sink.url))?;
-        report.gzip = Some((g.seconds, g.cpu_seconds));
+        report.gzip = Some((g.seconds, g.cpu_seconds, g.wire_ratio));
     }
     if opts.idle_files > 0 {
         rt.block_on(idle(&opts, &sink.url, &mut report))?;
@@ -307,6 +314,8 @@ async fn throughput(opts: &BenchOptions, url: &str) -> Result<Report> {
     cancel.cancel();
     task.await??;
     let lines = m.lines_read.load(Ordering::Relaxed);
+    let wire_ratio = m.wire_bytes_sent.load(Ordering::Relaxed) as f64
+        / m.ndjson_bytes_sent.load(Ordering::Relaxed).max(1) as f64;
     if lines != total_lines {
         return Err(Error::Bench(format!(
             "read {lines} lines, expected {total_lines}"
@@ -318,6 +327,7 @@ async fn throughput(opts: &BenchOptions, url: &str) -> Result<Report> {
         files,
         seconds,
         cpu_seconds: cpu,
+        wire_ratio,
         peak_rss_kib: peak,
         ..Report::default()
     })

@@ -27,6 +27,10 @@ pub struct Metrics {
     pub read_errors: AtomicU64,
     /// Batches written to the disk spool.
     pub batches_spooled: AtomicU64,
+    /// NDJSON bytes of acknowledged batches, and what they took on the wire
+    /// (compressed): their ratio is what the compression buys.
+    pub ndjson_bytes_sent: AtomicU64,
+    pub wire_bytes_sent: AtomicU64,
     /// Bytes of each file not yet acknowledged by the indexer, by source.
     pub lag: Mutex<BTreeMap<String, u64>>,
     /// Seconds each file has had bytes not yet acknowledged, by source.
@@ -44,7 +48,17 @@ impl Metrics {
     pub fn render(&self, host: &str) -> String {
         let host = escape(host);
         let mut out = String::new();
-        let counters: [(&str, &str, &AtomicU64); 14] = [
+        let counters: [(&str, &str, &AtomicU64); 16] = [
+            (
+                "ndjson_bytes_sent_total",
+                "Uncompressed NDJSON bytes of batches the indexer acknowledged.",
+                &self.ndjson_bytes_sent,
+            ),
+            (
+                "wire_bytes_sent_total",
+                "Compressed bytes of batches the indexer acknowledged.",
+                &self.wire_bytes_sent,
+            ),
             (
                 "lines_read_total",
                 "Lines read from tailed files.",

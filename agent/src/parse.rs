@@ -50,6 +50,11 @@ pub fn prepare_line(raw: &[u8], dropped: u64, max_bytes: usize) -> Line {
     if let Some(r) = raw.strip_suffix(b"\r") {
         raw = r;
     }
+    prepare_stripped(raw, dropped, max_bytes)
+}
+
+/// [`prepare_line`] for a line already without its line ending.
+fn prepare_stripped(raw: &[u8], dropped: u64, max_bytes: usize) -> Line {
     // Decode at most a little more than we keep, so a huge line costs no huge string.
     let keep_raw = &raw[..raw.len().min(max_bytes.saturating_add(4))];
     let mut text = String::from_utf8_lossy(keep_raw).into_owned();
@@ -88,7 +93,9 @@ pub fn prepare_owned(mut raw: Vec<u8>, dropped: u64, max_bytes: usize) -> Line {
             Err(e) => raw = e.into_bytes(),
         }
     }
-    prepare_line(&raw, dropped, max_bytes)
+    // Regression (found by the proptest): handing the already stripped line to
+    // `prepare_line` stripped a second line ending from a line that had two.
+    prepare_stripped(&raw, dropped, max_bytes)
 }
 
 /// Appends the NDJSON of one line of a task's stdout/stderr to `out`: the same record
