@@ -5,7 +5,8 @@
 //! happens to the files (rename rotation, copytruncate, truncation, deletion, a
 //! removed sandbox, a 1 MiB line, invalid UTF-8, a 100k-line burst) and to the
 //! processes (agent `kill -9` at random moments, indexer `kill -9`, indexer down for a
-//! while, files rotated and truncated while the agent is down).
+//! while until the agent's disk spool is full and it stops reading, the agent killed
+//! with a full spool, files rotated and truncated while the agent is down).
 //!
 //! The scheduler URL points at a closed port: the agent's node part just keeps
 //! retrying, which does not concern the shipper. Every wait is on a condition with a
@@ -23,6 +24,9 @@ use std::time::{Duration, Instant};
 
 const TOKEN: &str = "fault-suite-token";
 const HOST: &str = "node-1";
+
+/// The agents' disk spool bound: a few 1 MiB batches.
+const SPOOL_MAX_MB: u64 = 4;
 
 /// One `sandtrail` process, killed with SIGKILL when dropped.
 struct Proc {
@@ -44,6 +48,9 @@ impl Proc {
             .current_dir(cwd)
             .env("SANDTRAIL_TOKEN", TOKEN)
             .env("SANDTRAIL_LOG", "warn,scheduler=error")
+            // A small spool, so the indexer outage below fills it (issue 3: "spool
+            // full"); set through the environment as an operator would.
+            .env("SANDTRAIL_AGENT_SPOOL_MAX_MB", SPOOL_MAX_MB.to_string())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()?;
@@ -633,8 +640,32 @@ async fn process_faults_lose_and_duplicate_nothing() -> anyhow::Result<()> {
             _ => tokio::time::sleep(Duration::from_millis(50)).await,
         }
     }
+    // The burst is far more than the spool holds: once it is full the agent stops
+    // reading (back-pressure) rather than dropping or growing past the bound.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let spooled = c.agent_metric("spool_bytes").await?;
+        anyhow::ensure!(
+            spooled <= SPOOL_MAX_MB << 20,
+            "spool holds {spooled} bytes, over its {SPOOL_MAX_MB} MiB bound"
+        );
+        if spooled + (1 << 20) > SPOOL_MAX_MB << 20 {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the spool never filled: {spooled} bytes"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let read = c.agent_metric("bytes_read_total").await?;
+    let burst_len = std::fs::metadata(burst.join("stdout"))?.len();
+    anyhow::ensure!(
+        read < burst_len,
+        "reading should stop at a full spool: read {read} bytes, the burst alone is {burst_len}"
+    );
     println!(
-        "spooled {} bytes while the indexer was down",
+        "spool full at {} bytes while the indexer was down; {read} bytes read",
         c.agent_metric("spool_bytes").await?
     );
     // The agent killed with a full-ish spool: the restarted one finds it on disk and
