@@ -59,6 +59,9 @@ impl Cluster {
             // scheduling benchmark needs from it.
             .args(["--indexer", "http://127.0.0.1:9"])
             .args(["--router-listen", "127.0.0.1:0"])
+            // Room for 1 000 small tasks on 3 agents: without it an agent offers what
+            // its host has (2 cpus here), and 1 000 x 0.01 cpus would not fit.
+            .args(["--resources", "cpus:64;mem:65536;disk:65536"])
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -167,7 +170,7 @@ fn kill_leftovers(dir: &Path) -> usize {
 
 fn sleep_app(id: &str, instances: u32, health: bool) -> Value {
     let mut app = json!({
-        "id": id, "cmd": "sleep 3600", "instances": instances, "cpus": 0.01, "mem": 1,
+        "id": id, "cmd": "sleep 3600", "instances": instances, "cpus": 0.01, "mem": 16,
     });
     if health {
         app["healthChecks"] = json!([{
