@@ -14,7 +14,7 @@
 use crate::error::{Error, Result};
 use crate::highlight::{self, FragmentOptions};
 use crate::query::{all_of, parse_time, time_range, user_query};
-use crate::schema::{to_tantivy_date, LATENCY, TS};
+use crate::schema::{to_tantivy_date, RecordReader, LATENCY, TS};
 use crate::search::{IndexView, NewestFirst};
 use chrono::{DateTime, Utc};
 use protocol::LogRecord;
@@ -232,8 +232,7 @@ impl IndexView {
         let mut per_key: HashMap<String, HashMap<String, u64>> = HashMap::new();
         for (_, addr) in sample {
             let doc: TantivyDocument = searcher.doc(addr)?;
-            let rec = self.fields.to_record(&doc)?;
-            for (k, v) in rec.fields {
+            for (k, v) in self.fields.stored_fields(&doc)? {
                 let value = match v {
                     serde_json::Value::String(s) => s,
                     other => other.to_string(),
@@ -322,10 +321,12 @@ impl IndexView {
             )));
         }
         let load = |hits: Vec<((i64, u64), tantivy::DocAddress)>| -> Result<Vec<LogRecord>> {
+            let mut records = RecordReader::new(&self.fields);
             hits.into_iter()
                 .map(|(_, addr)| {
                     let doc: TantivyDocument = searcher.doc(addr)?;
-                    self.fields.to_record(&doc)
+                    let segment = searcher.segment_reader(addr.segment_ord);
+                    records.read(&doc, addr.segment_ord, segment, addr.doc_id)
                 })
                 .collect()
         };

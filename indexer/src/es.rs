@@ -24,7 +24,7 @@ use crate::api::{check_token, gunzip_capped};
 use crate::error::{Error, EsError, Result};
 use crate::highlight::{self, FragmentOptions};
 use crate::query::{all_of, before_cursor, parse_time, user_query, Cursor};
-use crate::schema::{to_tantivy_date, Fields, ES_ID, KEYWORDS, LATENCY, TS, UID};
+use crate::schema::{to_tantivy_date, Fields, RecordReader, ES_ID, KEYWORDS, LATENCY, TS, UID};
 use crate::search::IndexView;
 use crate::writer::{BulkDoc, BulkOutcome};
 use crate::Indexer;
@@ -1247,6 +1247,7 @@ pub fn run_search(view: &IndexView, index: &str, req: &Value) -> Result<Value> {
         let top = TopDocs::with_limit(size)
             .and_offset(from)
             .custom_score(TimeOrder { asc });
+        let mut records = RecordReader::new(&view.fields);
         for ((k_ts, k_uid), addr) in searcher.search(&*page, &top)? {
             let (ts_micros, uid) = if asc {
                 (k_ts.saturating_neg(), u64::MAX - k_uid)
@@ -1254,7 +1255,8 @@ pub fn run_search(view: &IndexView, index: &str, req: &Value) -> Result<Value> {
                 (k_ts, k_uid)
             };
             let doc: TantivyDocument = searcher.doc(addr)?;
-            let rec = view.fields.to_record(&doc)?;
+            let segment = searcher.segment_reader(addr.segment_ord);
+            let rec = records.read(&doc, addr.segment_ord, segment, addr.doc_id)?;
             let id = searcher
                 .segment_reader(addr.segment_ord)
                 .fast_fields()

@@ -1210,4 +1210,27 @@ mod tests {
         assert_eq!(ix.search(all("")).await.unwrap().total, 4);
         ix.shutdown().await;
     }
+
+    /// Regression: a partition written with another schema (as every partition
+    /// written before `instance`/`status` lost their field norms is) failed with
+    /// Tantivy's bare "the schema does not match"; the refusal must name the
+    /// directory and the fields that differ.
+    #[test]
+    fn a_partition_of_another_schema_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let day = dir.path().join("index/2025-06-01");
+        std::fs::create_dir_all(&day).unwrap();
+        let mut b = tantivy::schema::Schema::builder();
+        for (_, e) in Fields::new().schema.fields() {
+            b.add_field(e.clone());
+        }
+        b.add_text_field("retired", tantivy::schema::STRING);
+        Index::create_in_dir(&day, b.build()).unwrap();
+
+        let err = Indexer::open(config(dir.path())).err().expect("refused");
+        let msg = err.to_string();
+        assert!(msg.contains("2025-06-01"), "{msg}");
+        assert!(msg.contains("different schema"), "{msg}");
+        assert!(msg.contains("retired"), "{msg}");
+    }
 }

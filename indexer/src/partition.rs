@@ -198,6 +198,7 @@ pub fn open_part(root: &Path, day: NaiveDate, fields: &Fields) -> Result<Part> {
     let reader = index
         .reader_builder()
         .reload_policy(ReloadPolicy::Manual)
+        .doc_store_cache_num_blocks(schema::DOCSTORE_CACHE_BLOCKS)
         .try_into()?;
     Ok(Part {
         day,
@@ -210,6 +211,11 @@ pub fn open_part(root: &Path, day: NaiveDate, fields: &Fields) -> Result<Part> {
 fn open_index(dir: &Path, fields: &Fields) -> Result<Index> {
     let mmap = MmapDirectory::open(dir)
         .map_err(|e| Error::Index(format!("cannot open index directory {dir:?}: {e}")))?;
+    let exists = Index::exists(&mmap)
+        .map_err(|e| Error::Index(format!("cannot read the meta.json of {dir:?}: {e}")))?;
+    if exists {
+        schema::check_schema(dir, &Index::open(mmap.clone())?.schema(), &fields.schema)?;
+    }
     Ok(Index::builder()
         .schema(fields.schema.clone())
         .settings(schema::index_settings())

@@ -2,33 +2,54 @@
 //! `protocol::LogRecord` and Tantivy documents.
 //!
 //! Every searchable field is indexed (and keyword/numeric fields are also columnar
-//! "fast" fields for sorting, ranges and aggregations), but none is stored on its own:
-//! the whole record is stored once as JSON in `_source`, the way Elasticsearch does,
-//! and hits are rebuilt from it. The trade-off: reading one field of a hit costs
-//! decoding the whole record, in exchange for a doc store that holds each byte once
-//! (and compresses well with zstd) and hits that round-trip exactly, unknown fields,
-//! nanoseconds and all.
+//! "fast" fields for sorting, ranges and aggregations). A hit is rebuilt from two
+//! places: the fast columns, for every keyword and number (they are there anyway,
+//! exact), and one stored JSON field `_stored` for what has no column: `msg`,
+//! `fields`, `path`, the nanoseconds below the microsecond `ts` column, and which
+//! optional keywords were present but empty. The trade-off: a hit costs a store
+//! block decompression plus a dozen column lookups, in exchange for a doc store that
+//! holds no byte a column already holds (on the benchmark corpus the store of whole
+//! records as JSON was 0.31 of the raw text at 256 KiB blocks; see BENCHMARKS.md).
 
 use crate::error::{Error, Result};
 use protocol::LogRecord;
 use std::collections::BTreeMap;
 use tantivy::schema::{
     BytesOptions, DateOptions, DateTimePrecision, Field, IndexRecordOption, JsonObjectOptions,
-    NumericOptions, OwnedValue, Schema, TextFieldIndexing, TextOptions, Value, FAST, INDEXED,
+    NumericOptions, OwnedValue, Schema, TextFieldIndexing, TextOptions, Value, FAST,
 };
 use tantivy::store::{Compressor, ZstdCompressor};
-use tantivy::{DateTime, IndexSettings, TantivyDocument};
+use tantivy::{DateTime, DocId, IndexSettings, SegmentReader, TantivyDocument};
 
-/// Doc store settings: zstd over 64 KiB blocks. Larger blocks than Tantivy's 16 KiB
-/// default compress the repetitive JSON of log records much better; a hit costs one
-/// block decompression (tens of microseconds), and newest-first hits tend to share
-/// blocks.
+/// Doc store block size: 256 KiB of stored parts per zstd block.
+///
+/// Measured on 1M corpus records (`examples/size_lab.rs`, BENCHMARKS.md). With whole
+/// records stored as JSON the store was 0.369 of the raw text at 64 KiB / level 6,
+/// 0.313 at 256 KiB / level 6 and 0.286 at 512 KiB / level 12. With only the stored
+/// part (see the module doc): 0.227 at 256 KiB / level 6 or 9, 0.219 at 512 KiB /
+/// level 6, 0.214 at 512 KiB / level 9. A hit costs one block decompression: 100
+/// newest hits (neighbours, one or two blocks) take 0.2-0.4 ms at any of these sizes,
+/// but 100 hits scattered over the index (one block each, the worst case) took 5.6 ms
+/// at 64 KiB, ~20 ms at 256 KiB and ~58 ms at 512 KiB. 256 KiB at level 6 keeps that
+/// worst case within the 20 ms budget of a hits page for all but 1-2 % of the size,
+/// and compression at ~90 MB/s (level 9 and above: 60 MB/s and less).
+/// Changing it is compatible: a block's size is implicit in the store's skip index
+/// and its compressor is named in each segment's store footer.
+pub const DOCSTORE_BLOCK_BYTES: usize = 256 * 1024;
+
+/// Blocks the doc store of each segment keeps decompressed: bounds the cache at
+/// 6.25 MiB per segment, what Tantivy's default of 100 blocks cost at 64 KiB.
+pub const DOCSTORE_CACHE_BLOCKS: usize = 25;
+
+/// Doc store settings: zstd level 6 over [`DOCSTORE_BLOCK_BYTES`] blocks. Larger
+/// blocks than Tantivy's 16 KiB default compress the repetitive JSON of log records
+/// much better, and newest-first hits tend to share blocks.
 pub fn index_settings() -> IndexSettings {
     IndexSettings {
         docstore_compression: Compressor::Zstd(ZstdCompressor {
             compression_level: Some(6),
         }),
-        docstore_blocksize: 64 * 1024,
+        docstore_blocksize: DOCSTORE_BLOCK_BYTES,
         ..IndexSettings::default()
     }
 }
@@ -64,7 +85,10 @@ pub const LATENCY: &str = "latency_ms";
 /// The `_id` of a document sent through the Elasticsearch bulk API: a raw keyword
 /// (fast, so search hits can report it without a stored field), used for dedup.
 pub const ES_ID: &str = "_id";
-pub const SOURCE_DOC: &str = "_source";
+/// What the fast columns cannot give back (see the module doc). Renamed from the
+/// `_source` of whole records, so that an index of that layout fails the schema
+/// check instead of being misread.
+pub const SOURCE_DOC: &str = "_stored";
 
 /// Keyword fields: indexed as one raw token (exact match) and fast.
 pub const KEYWORDS: [&str; 12] = [
@@ -97,7 +121,7 @@ pub struct Fields {
     /// Per-record tie-breaker (increasing in insertion order): (ts, uid) totally orders hits, which is what
     /// makes cursors exact when many records share a timestamp.
     pub uid: Field,
-    /// The whole record as JSON; the only stored field.
+    /// The stored part of the record as JSON (see the module doc); the only stored field.
     pub source_doc: Field,
     /// In the order of [`KEYWORDS`].
     pub keywords: [Field; 12],
@@ -130,8 +154,12 @@ impl Fields {
                 .set_indexing_options(json_indexing)
                 .set_expand_dots_enabled(),
         );
-        let instance = b.add_u64_field("instance", INDEXED | FAST);
-        let status = b.add_u64_field("status", INDEXED | FAST);
+        // Indexed without field norms (`INDEXED` would add them): norms only feed
+        // BM25, and they cost a byte per document and field (0.9 % of the raw text
+        // for these two).
+        let indexed_fast = || NumericOptions::default().set_indexed().set_fast();
+        let instance = b.add_u64_field("instance", indexed_fast());
+        let status = b.add_u64_field("status", indexed_fast());
         let offset = b.add_u64_field("offset", NumericOptions::default().set_fast());
         let latency_ms = b.add_f64_field(LATENCY, NumericOptions::default().set_fast());
         let uid = b.add_u64_field(UID, FAST);
@@ -212,20 +240,37 @@ impl Fields {
             doc.add_f64(self.latency_ms, l);
         }
         doc.add_u64(self.uid, uid);
+        let empty: Vec<&str> = KEYWORDS
+            .iter()
+            .zip(keyword_values)
+            .filter(|(_, v)| v == &Some(""))
+            .map(|(k, _)| *k)
+            // Required keywords (host, app, task, source) read back as "" anyway.
+            .filter(|k| !matches!(*k, "host" | "app" | "task" | "source"))
+            .collect();
+        let stored = StoredRef {
+            msg: &rec.msg,
+            fields: &rec.fields,
+            path: rec.path.as_deref(),
+            nanos: rec.ts.timestamp_subsec_nanos() % 1000,
+            empty,
+        };
         // Serialising plain data into a Vec cannot fail.
-        let source = serde_json::to_vec(rec).expect("record serialises");
-        doc.add_bytes(self.source_doc, &source);
+        let bytes = serde_json::to_vec(&stored).expect("record serialises");
+        doc.add_bytes(self.source_doc, &bytes);
         doc
     }
 
-    /// Rebuilds the record from its stored `_source`.
-    pub fn to_record(&self, doc: &TantivyDocument) -> Result<LogRecord> {
-        let bytes = doc
-            .get_first(self.source_doc)
-            .and_then(|v| v.as_bytes())
-            .ok_or_else(|| Error::Index("stored document has no _source".into()))?;
-        serde_json::from_slice(bytes)
-            .map_err(|e| Error::Index(format!("stored _source is not a record: {e}")))
+    /// Rebuilds the record of document `doc_id` of `segment` from its stored part
+    /// (`stored`, read from the doc store) and the segment's fast columns. For
+    /// many hits, [`RecordReader`] opens each segment's columns once.
+    pub fn to_record(
+        &self,
+        stored: &TantivyDocument,
+        segment: &SegmentReader,
+        doc_id: DocId,
+    ) -> Result<LogRecord> {
+        Columns::open(segment)?.record(self, stored, doc_id)
     }
 
     /// Looks a keyword field up by name.
@@ -237,10 +282,236 @@ impl Fields {
     }
 }
 
+/// Reads the records of hits, opening the columns of each segment once: opening a
+/// dozen columns per hit made 100 hits cost 3 ms more than the doc store reads.
+pub struct RecordReader<'a> {
+    fields: &'a Fields,
+    columns: std::collections::HashMap<u32, Columns>,
+}
+
+impl<'a> RecordReader<'a> {
+    pub fn new(fields: &'a Fields) -> RecordReader<'a> {
+        RecordReader {
+            fields,
+            columns: Default::default(),
+        }
+    }
+
+    /// The record of `doc_id` in `segment`, whose ordinal in the searcher is
+    /// `segment_ord` (the cache key: one reader serves one searcher).
+    pub fn read(
+        &mut self,
+        stored: &TantivyDocument,
+        segment_ord: u32,
+        segment: &SegmentReader,
+        doc_id: DocId,
+    ) -> Result<LogRecord> {
+        let columns = match self.columns.entry(segment_ord) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => e.insert(Columns::open(segment)?),
+        };
+        columns.record(self.fields, stored, doc_id)
+    }
+}
+
+/// The fast columns of one segment a record is rebuilt from; `None` where no
+/// document of the segment has the field.
+struct Columns {
+    keywords: Vec<Option<tantivy::columnar::StrColumn>>,
+    ts: Option<tantivy::columnar::Column<DateTime>>,
+    instance: Option<tantivy::columnar::Column<u64>>,
+    status: Option<tantivy::columnar::Column<u64>>,
+    offset: Option<tantivy::columnar::Column<u64>>,
+    latency: Option<tantivy::columnar::Column<f64>>,
+}
+
+impl Columns {
+    fn open(segment: &SegmentReader) -> Result<Columns> {
+        let ff = segment.fast_fields();
+        Ok(Columns {
+            keywords: KEYWORDS
+                .iter()
+                .map(|k| ff.str(k))
+                .collect::<tantivy::Result<_>>()?,
+            ts: ff.column_opt(TS)?,
+            instance: ff.column_opt("instance")?,
+            status: ff.column_opt("status")?,
+            offset: ff.column_opt("offset")?,
+            latency: ff.column_opt(LATENCY)?,
+        })
+    }
+
+    fn record(&self, f: &Fields, stored: &TantivyDocument, doc_id: DocId) -> Result<LogRecord> {
+        let stored = Stored::of(f, stored)?;
+        let bad = |what: &str, e: &dyn std::fmt::Display| {
+            Error::Index(format!("fast column {what} of doc {doc_id}: {e}"))
+        };
+        let keyword = |name: &str| -> Result<Option<String>> {
+            let i = KEYWORDS.iter().position(|k| *k == name).expect("a keyword");
+            let Some(col) = &self.keywords[i] else {
+                return Ok(None);
+            };
+            let Some(ord) = col.term_ords(doc_id).next() else {
+                return Ok(None);
+            };
+            let mut out = String::new();
+            col.ord_to_str(ord, &mut out).map_err(|e| bad(name, &e))?;
+            Ok(Some(out))
+        };
+        let optional = |name: &str| -> Result<Option<String>> {
+            Ok(match keyword(name)? {
+                Some(v) => Some(v),
+                None if stored.empty.iter().any(|e| e == name) => Some(String::new()),
+                None => None,
+            })
+        };
+        let first =
+            |c: &Option<tantivy::columnar::Column<u64>>| c.as_ref().and_then(|c| c.first(doc_id));
+        let micros = self
+            .ts
+            .as_ref()
+            .and_then(|c| c.first(doc_id))
+            .ok_or_else(|| bad(TS, &"missing"))?
+            .into_timestamp_micros();
+        let ts = chrono::DateTime::from_timestamp_micros(micros).ok_or_else(|| bad(TS, &micros))?
+            + chrono::Duration::nanoseconds(i64::from(stored.nanos));
+        let stream = match keyword("stream")? {
+            Some(s) => serde_json::from_value(serde_json::Value::String(s))
+                .map_err(|e| bad("stream", &e))?,
+            None => protocol::Stream::default(),
+        };
+        let level = match keyword("level")? {
+            Some(l) => Some(
+                serde_json::from_value(serde_json::Value::String(l))
+                    .map_err(|e| bad("level", &e))?,
+            ),
+            None => None,
+        };
+        Ok(LogRecord {
+            ts,
+            host: keyword("host")?.unwrap_or_default(),
+            app: keyword("app")?.unwrap_or_default(),
+            task: keyword("task")?.unwrap_or_default(),
+            instance: first(&self.instance)
+                .map(|i| u32::try_from(i).map_err(|e| bad("instance", &e)))
+                .transpose()?
+                .unwrap_or_default(),
+            stream,
+            level,
+            msg: stored.msg,
+            fields: stored.fields,
+            trace_id: optional("trace_id")?,
+            span_id: optional("span_id")?,
+            parent_span_id: optional("parent_span_id")?,
+            latency_ms: self.latency.as_ref().and_then(|c| c.first(doc_id)),
+            status: first(&self.status)
+                .map(|s| u16::try_from(s).map_err(|e| bad("status", &e)))
+                .transpose()?,
+            method: optional("method")?,
+            path: stored.path,
+            peer_host: optional("peer_host")?,
+            peer_app: optional("peer_app")?,
+            source: keyword("source")?.unwrap_or_default(),
+            offset: first(&self.offset).unwrap_or_default(),
+        })
+    }
+}
+
+/// The stored part of a record, as written.
+#[derive(serde::Serialize)]
+struct StoredRef<'a> {
+    msg: &'a str,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    fields: &'a BTreeMap<String, serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    path: Option<&'a str>,
+    /// Nanoseconds below the microsecond the `ts` column keeps.
+    #[serde(skip_serializing_if = "is_zero")]
+    nanos: u32,
+    /// Optional keywords present but empty (an empty string is not indexed, so the
+    /// column alone would read them back as absent).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    empty: Vec<&'a str>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// The stored part of a record, as read.
+#[derive(serde::Deserialize)]
+struct Stored {
+    msg: String,
+    #[serde(default)]
+    fields: BTreeMap<String, serde_json::Value>,
+    #[serde(default)]
+    path: Option<String>,
+    #[serde(default)]
+    nanos: u32,
+    #[serde(default)]
+    empty: Vec<String>,
+}
+
+impl Stored {
+    fn of(f: &Fields, doc: &TantivyDocument) -> Result<Stored> {
+        let bytes = doc
+            .get_first(f.source_doc)
+            .and_then(|v| v.as_bytes())
+            .ok_or_else(|| Error::Index(format!("stored document has no {SOURCE_DOC}")))?;
+        serde_json::from_slice(bytes)
+            .map_err(|e| Error::Index(format!("stored {SOURCE_DOC} is not valid: {e}")))
+    }
+}
+
+impl Fields {
+    /// The `fields` of a record from its stored part alone: the field sidebar reads
+    /// 500 records for these only and has no use for the column lookups of a whole
+    /// record.
+    pub fn stored_fields(
+        &self,
+        doc: &TantivyDocument,
+    ) -> Result<BTreeMap<String, serde_json::Value>> {
+        Ok(Stored::of(self, doc)?.fields)
+    }
+}
+
 impl Default for Fields {
     fn default() -> Self {
         Fields::new()
     }
+}
+
+/// Checks that the index in `dir` was written with the `expected` schema.
+///
+/// Tantivy refuses a mismatch only with "An index exists but the schema does not
+/// match"; this names the directory and the fields that differ, so whoever opens an
+/// old data dir with a newer indexer (or the reverse) knows what happened and what
+/// to do, instead of the index being misread.
+pub fn check_schema(dir: &std::path::Path, existing: &Schema, expected: &Schema) -> Result<()> {
+    if existing == expected {
+        return Ok(());
+    }
+    let describe = |s: &Schema| -> BTreeMap<String, String> {
+        s.fields()
+            .map(|(_, e)| {
+                let json = serde_json::to_string(e).unwrap_or_default();
+                (e.name().to_string(), json)
+            })
+            .collect()
+    };
+    let (old, new) = (describe(existing), describe(expected));
+    let differing: std::collections::BTreeSet<&str> = old
+        .keys()
+        .chain(new.keys())
+        .filter(|k| old.get(*k) != new.get(*k))
+        .map(String::as_str)
+        .collect();
+    Err(Error::Index(format!(
+        "index {dir:?} was written with a different schema than this indexer's (fields \
+         that differ: {}); it cannot be read: move it aside (or reindex its records) \
+         and restart",
+        differing.into_iter().collect::<Vec<_>>().join(", ")
+    )))
 }
 
 /// Converts to Tantivy's date at the microsecond precision the index keeps.
@@ -273,12 +544,65 @@ mod tests {
         r
     }
 
-    #[test]
-    fn record_round_trips_through_source_exactly() {
+    /// Indexes `records` in RAM and reads every one back the way hits are read.
+    fn round_trip(records: &[LogRecord]) -> Vec<LogRecord> {
         let f = Fields::new();
+        let index = tantivy::Index::builder()
+            .schema(f.schema.clone())
+            .settings(index_settings())
+            .create_in_ram()
+            .unwrap();
+        let mut w: tantivy::IndexWriter = index.writer(15 << 20).unwrap();
+        for (i, r) in records.iter().enumerate() {
+            w.add_document(f.to_document(r, i as u64)).unwrap();
+        }
+        w.commit().unwrap();
+        let searcher = index.reader().unwrap().searcher();
+        let segment = &searcher.segment_readers()[0];
+        (0..records.len() as u32)
+            .map(|d| {
+                let doc: TantivyDocument = searcher.doc(tantivy::DocAddress::new(0, d)).unwrap();
+                f.to_record(&doc, segment, d).unwrap()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn record_round_trips_through_store_and_columns_exactly() {
         let r = record();
-        let doc = f.to_document(&r, 7);
-        assert_eq!(f.to_record(&doc).unwrap(), r, "nanoseconds and all survive");
+        assert_eq!(
+            round_trip(std::slice::from_ref(&r)),
+            [r],
+            "nanoseconds and all survive"
+        );
+    }
+
+    #[test]
+    fn sparse_and_empty_values_round_trip() {
+        let full = record();
+        // Absent everywhere but required fields, empty strings, a path, and a
+        // document without the columns the neighbour has.
+        let nobody = TaskMeta {
+            host: String::new(),
+            app: String::new(),
+            task: String::new(),
+            instance: 0,
+            ports: vec![],
+        };
+        let mut bare = LogRecord::new(full.ts, &nobody, Stream::Stdout, "");
+        bare.source = String::new();
+        let mut odd = full.clone();
+        odd.trace_id = Some(String::new());
+        odd.method = Some(String::new());
+        odd.path = Some("/fib/10".into());
+        odd.level = None;
+        odd.latency_ms = None;
+        odd.status = Some(0);
+        odd.instance = u32::MAX;
+        odd.offset = u64::MAX;
+        odd.ts = "1969-12-31T23:59:59.999999001Z".parse().unwrap();
+        let records = vec![full, bare, odd];
+        assert_eq!(round_trip(&records), records);
     }
 
     #[test]
@@ -291,6 +615,45 @@ mod tests {
             .map(|(_, e)| e.name())
             .collect();
         assert_eq!(stored, vec![SOURCE_DOC]);
+    }
+
+    #[test]
+    fn numeric_fields_have_no_field_norms() {
+        let f = Fields::new();
+        let with_norms: Vec<&str> = f
+            .schema
+            .fields()
+            .filter(|(_, e)| e.has_fieldnorms())
+            .map(|(_, e)| e.name())
+            .collect();
+        assert!(with_norms.is_empty(), "norms on {with_norms:?}");
+    }
+
+    #[test]
+    fn schema_check_names_the_fields_that_differ() {
+        let f = Fields::new();
+        assert!(check_schema(std::path::Path::new("/x"), &f.schema, &f.schema).is_ok());
+        // The schema before field norms were dropped from the numeric fields.
+        let mut b = Schema::builder();
+        for (_, e) in f.schema.fields() {
+            let mut e = e.clone();
+            if matches!(e.name(), "instance" | "status") {
+                e = tantivy::schema::FieldEntry::new_u64(
+                    e.name().to_string(),
+                    NumericOptions::default()
+                        .set_indexed()
+                        .set_fieldnorm()
+                        .set_fast(),
+                );
+            }
+            b.add_field(e);
+        }
+        let old = b.build();
+        let err = check_schema(std::path::Path::new("/data/index/x"), &old, &f.schema)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/data/index/x"), "{err}");
+        assert!(err.contains("instance, status"), "{err}");
     }
 
     #[test]

@@ -10,7 +10,7 @@
 use crate::error::{Error, Result};
 use crate::partition::{MultiSearcher, Partitions};
 use crate::query::{all_of, before_cursor, parse_time, time_range, user_query, Cursor};
-use crate::schema::{Fields, LATENCY, TS, UID};
+use crate::schema::{Fields, RecordReader, LATENCY, TS, UID};
 use chrono::{DateTime, Duration, Utc};
 use protocol::{HistogramBucket, HistogramResponse, SearchResponse};
 use serde::Deserialize;
@@ -303,9 +303,11 @@ impl IndexView {
             None
         };
         let mut hits = Vec::with_capacity(top_hits.len());
+        let mut records = RecordReader::new(&self.fields);
         for (_, addr) in top_hits {
             let doc: TantivyDocument = searcher.doc(addr)?;
-            hits.push(self.fields.to_record(&doc)?);
+            let segment = searcher.segment_reader(addr.segment_ord);
+            hits.push(records.read(&doc, addr.segment_ord, segment, addr.doc_id)?);
         }
         Ok(SearchResponse {
             total: total as u64,
