@@ -36,6 +36,23 @@ struct Cluster {
     http: reqwest::Client,
 }
 
+/// A run that panics (a timeout) must not leave its scheduler, agents and thousands
+/// of tasks behind: they skewed every later measurement on the machine.
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for child in self
+            .agents
+            .iter_mut()
+            .flatten()
+            .chain(std::iter::once(&mut self.scheduler))
+        {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        kill_leftovers(&self.dir);
+    }
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
