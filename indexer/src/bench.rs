@@ -280,6 +280,38 @@ pub(crate) fn percentile_ms(mut v: Vec<f64>, p: f64) -> f64 {
     crate::analytics::percentile_of_sorted(&v, p)
 }
 
+/// Opens our indexer on `data_dir` and serves its API on 127.0.0.1:0, as the bench
+/// does before ingest and again on the reloaded index: (indexer, base URL, server).
+async fn serve_on_loopback(
+    data_dir: &std::path::Path,
+    writer_memory_bytes: usize,
+) -> Result<(
+    Indexer,
+    String,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+)> {
+    let ix = Indexer::open(IndexerConfig {
+        data_dir: data_dir.to_path_buf(),
+        token: None,
+        max_body_bytes: 256 << 20,
+        writer_memory_bytes,
+        max_inflight_bytes: 1 << 30,
+        retention: None,
+    })?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| internal("bind")(e.to_string()))?;
+    let base = format!(
+        "http://{}",
+        listener
+            .local_addr()
+            .map_err(|e| internal("addr")(e.to_string()))?
+    );
+    let app = router(ix.clone());
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok((ix, base, server))
+}
+
 pub(crate) fn gzip_ndjson(records: &[LogRecord]) -> Vec<u8> {
     let mut e = GzEncoder::new(Vec::new(), Compression::fast());
     // Writing into a Vec cannot fail.
@@ -395,25 +427,7 @@ pub async fn run(opts: BenchOptions) -> Result<BenchReport> {
     let _ = std::fs::remove_dir_all(&raw_dir);
 
     eprintln!("bench: our ingest over HTTP");
-    let ix = Indexer::open(IndexerConfig {
-        data_dir: ours_dir.clone(),
-        token: None,
-        max_body_bytes: 256 << 20,
-        writer_memory_bytes: opts.writer_memory_bytes,
-        max_inflight_bytes: 1 << 30,
-        retention: None,
-    })?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .map_err(|e| internal("bind")(e.to_string()))?;
-    let base = format!(
-        "http://{}",
-        listener
-            .local_addr()
-            .map_err(|e| internal("addr")(e.to_string()))?
-    );
-    let app = router(ix.clone());
-    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let (ix, base, server) = serve_on_loopback(&ours_dir, opts.writer_memory_bytes).await?;
     let http = reqwest::Client::new();
     let url = format!("{base}/api/v1/ingest");
     let started = Instant::now();
@@ -464,25 +478,7 @@ pub async fn run(opts: BenchOptions) -> Result<BenchReport> {
     server.abort();
     let index_bytes = dir_size(&ours_dir.join("index"));
     let index_by_kind = size_by_kind(&ours_dir.join("index"));
-    let ix = Indexer::open(IndexerConfig {
-        data_dir: ours_dir.clone(),
-        token: None,
-        max_body_bytes: 256 << 20,
-        writer_memory_bytes: opts.writer_memory_bytes,
-        max_inflight_bytes: 1 << 30,
-        retention: None,
-    })?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .map_err(|e| internal("bind")(e.to_string()))?;
-    let base = format!(
-        "http://{}",
-        listener
-            .local_addr()
-            .map_err(|e| internal("addr")(e.to_string()))?
-    );
-    let app = router(ix.clone());
-    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let (ix, base, server) = serve_on_loopback(&ours_dir, opts.writer_memory_bytes).await?;
 
     // Searches over the loaded index, through HTTP like the UI.
     eprintln!("bench: searches");
