@@ -255,8 +255,28 @@ enum TasksBody {
 #[derive(Deserialize)]
 #[serde(untagged)]
 enum AgentsBody {
-    Bare(Vec<AgentInfo>),
-    Wrapped { agents: Vec<AgentInfo> },
+    Bare(Vec<Agent>),
+    Wrapped { agents: Vec<Agent> },
+}
+
+/// An agent as `GET /v1/agents` lists it: its registration plus what the tasks placed
+/// on it take, as the scheduler's placement counts it (absent from older schedulers).
+#[derive(Debug, Clone, Deserialize)]
+pub struct Agent {
+    #[serde(flatten)]
+    pub info: AgentInfo,
+    #[serde(default)]
+    pub used: Option<AgentUsed>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+pub struct AgentUsed {
+    #[serde(default)]
+    pub cpus: f64,
+    #[serde(default)]
+    pub mem: f64,
+    #[serde(default)]
+    pub disk: f64,
 }
 
 #[derive(Deserialize)]
@@ -416,7 +436,7 @@ impl Client {
     }
 
     /// `GET /v1/agents`.
-    pub async fn agents(&self) -> Result<Vec<AgentInfo>> {
+    pub async fn agents(&self) -> Result<Vec<Agent>> {
         let body: AgentsBody = self.get_json(Service::Scheduler, "/v1/agents", &[]).await?;
         Ok(match body {
             AgentsBody::Bare(agents) | AgentsBody::Wrapped { agents } => agents,
@@ -538,7 +558,7 @@ mod tests {
             let agents = match serde_json::from_str::<AgentsBody>(body).unwrap() {
                 AgentsBody::Bare(a) | AgentsBody::Wrapped { agents: a } => a,
             };
-            assert_eq!(agents[0].name, "node-1");
+            assert_eq!(agents[0].info.name, "node-1");
         }
     }
 

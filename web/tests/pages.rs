@@ -295,16 +295,24 @@ fn fake_scheduler() -> Router {
         {"id": "fib.cccc3333", "appId": "/fib", "host": "node-2", "ports": [31002], "state": "TASK_STAGING", "restarts": 1}
     ]});
     let now = Utc::now();
-    let agents: Vec<AgentInfo> = ["node-1", "node-2"]
+    // As the scheduler lists them: the registration plus `used`, what the tasks placed
+    // there take (node-1 runs one fib task of 0.5 cpus and 64 MiB, node-2 two).
+    let agents: Vec<serde_json::Value> = [("node-1", 1.0), ("node-2", 2.0)]
         .iter()
-        .map(|name| AgentInfo {
-            name: name.to_string(),
-            address: format!("10.0.0.{}", &name[5..]),
-            router_url: String::new(),
-            resources: [("cpus".to_string(), 4.0), ("mem".to_string(), 8192.0)].into(),
-            attributes: [("rack".to_string(), "a".to_string())].into(),
-            last_heartbeat: Some(now),
-            state: "active".into(),
+        .map(|(name, fib_tasks)| {
+            let mut v = serde_json::to_value(AgentInfo {
+                name: name.to_string(),
+                address: format!("10.0.0.{}", &name[5..]),
+                router_url: String::new(),
+                resources: [("cpus".to_string(), 4.0), ("mem".to_string(), 8192.0)].into(),
+                attributes: [("rack".to_string(), "a".to_string())].into(),
+                last_heartbeat: Some(now),
+                state: "active".into(),
+            })
+            .unwrap();
+            v["used"] =
+                json!({"cpus": 0.5 * fib_tasks, "mem": 64.0 * fib_tasks, "disk": 0.0, "ports": []});
+            v
         })
         .collect();
     Router::new()

@@ -1,15 +1,10 @@
 //! `GET /apps` and `GET /hosts`: the cluster at a glance, from the scheduler's API, each
 //! entry linking to its logs.
 //!
-//! Both pages join scheduler calls (apps or agents, plus tasks, plus apps for what the
-//! tasks on a host take) made concurrently. The tasks are the extra detail: if only
-//! they fail, the page still renders with a notice rather than failing as a whole.
-//!
-//! A host's "used" resources are computed here, the way the scheduler's placement does
-//! (the app's `cpus`/`mem`/`disk` for every task on the agent), from `/v2/apps` and
-//! `/v2/tasks`: the scheduler does not publish them, and two calls it already answers
-//! are cheaper than a new endpoint. The trade-off is that an app deleted between the
-//! two calls is briefly not counted.
+//! Both pages join scheduler calls (apps or agents, plus tasks) made concurrently. The
+//! tasks are the extra detail: if only they fail, the page still renders with a notice
+//! rather than failing as a whole. A host's "used" resources are the scheduler's own
+//! figure (`used` in `GET /v1/agents`, what its placement counts), not recomputed here.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -21,7 +16,7 @@ use chrono::Utc;
 
 use super::render;
 use super::search::field_query;
-use crate::client::{HealthCheckResult, MarathonApp, MarathonTask};
+use crate::client::{HealthCheckResult, MarathonTask};
 use crate::error::{Error, Result};
 use crate::render::{format_ago, format_ts, format_ts_str, href, url_encode};
 use crate::{AppState, Page};
@@ -165,22 +160,6 @@ fn amount(v: f64) -> String {
     } else {
         s.to_string()
     }
-}
-
-/// What the tasks on each host take, keyed by host: every task counts with its app's
-/// resources, whatever its state, as the scheduler's placement counts them.
-fn used_by_host(apps: &[MarathonApp], tasks: &[MarathonTask]) -> BTreeMap<String, [f64; 3]> {
-    let by_app: BTreeMap<&str, &MarathonApp> = apps.iter().map(|a| (a.name(), a)).collect();
-    let mut used: BTreeMap<String, [f64; 3]> = BTreeMap::new();
-    for t in tasks {
-        if let Some(a) = by_app.get(t.app_name()) {
-            let u = used.entry(t.host.clone()).or_default();
-            u[0] += a.cpus;
-            u[1] += a.mem;
-            u[2] += a.disk;
-        }
-    }
-    used
 }
 
 /// The resources column of one host: cpus, mem and disk always (used, and offered
@@ -342,31 +321,16 @@ fn task_view(t: &MarathonTask, checks: usize) -> TaskView {
 
 pub(crate) async fn hosts(State(state): State<Arc<AppState>>) -> Result<Response> {
     state.metrics.hit(Page::Hosts);
-    let (agents, tasks, apps) = tokio::join!(
-        state.client.agents(),
-        state.client.tasks(),
-        state.client.apps()
-    );
+    let (agents, tasks) = tokio::join!(state.client.agents(), state.client.tasks());
     let mut agents = agents.map_err(|e| fail(&state, e))?;
-    let tasks_ok = tasks.is_ok();
-    let (tasks, mut notice) = tasks_or_notice(&state, tasks);
-    agents.sort_by(|a, b| a.name.cmp(&b.name));
-    // Without both lists, "used" would read as an idle host: show only the offers.
-    let used = match apps {
-        Ok(apps) if tasks_ok => Some(used_by_host(&apps, &tasks)),
-        Ok(_) => None,
-        Err(e) => {
-            state.metrics.upstream_error(&e);
-            tracing::warn!(error = %e, "app list for the hosts page unavailable");
-            notice.get_or_insert_with(|| format!("resources in use unavailable: {e}"));
-            None
-        }
-    };
+    let (tasks, notice) = tasks_or_notice(&state, tasks);
+    agents.sort_by(|a, b| a.info.name.cmp(&b.info.name));
 
     let now = Utc::now();
     let views = agents
         .iter()
-        .map(|a| AgentView {
+        .map(|agent| (&agent.info, agent.used))
+        .map(|(a, used)| AgentView {
             name: a.name.clone(),
             address: a.address.clone(),
             router_url: a.router_url.clone(),
@@ -388,11 +352,8 @@ pub(crate) async fn hosts(State(state): State<Arc<AppState>>) -> Result<Response
                 .map(|t| format_ago(now, t))
                 .unwrap_or_default(),
             tasks: tasks.iter().filter(|t| t.host == a.name).count(),
-            usage: usage_views(
-                &a.resources,
-                used.as_ref()
-                    .map(|u| u.get(&a.name).copied().unwrap_or_default()),
-            ),
+            // An older scheduler without `used`: the offers alone, not an idle host.
+            usage: usage_views(&a.resources, used.map(|u| [u.cpus, u.mem, u.disk])),
             search_href: search_href("host", &a.name),
         })
         .collect();
@@ -439,42 +400,14 @@ mod tests {
         assert_eq!(amount(1.005), "1");
     }
 
-    fn app(id: &str, cpus: f64, mem: f64) -> MarathonApp {
-        MarathonApp {
-            id: id.into(),
-            cpus,
-            mem,
-            ..Default::default()
-        }
-    }
-
-    fn task(app: &str, host: &str) -> MarathonTask {
-        MarathonTask {
-            id: format!("{app}.x"),
-            app_id: format!("/{app}"),
-            host: host.into(),
-            ..Default::default()
-        }
-    }
-
     #[test]
-    fn usage_sums_the_apps_of_a_hosts_tasks() {
-        let apps = [app("/fib", 0.1, 32.0), app("/web", 1.0, 256.0)];
-        let tasks = [
-            task("fib", "n1"),
-            task("fib", "n1"),
-            task("fib", "n1"),
-            task("web", "n1"),
-            task("fib", "n2"),
-            task("gone", "n2"),
-        ];
-        let used = used_by_host(&apps, &tasks);
-        assert_eq!(amount(used["n1"][0]), "1.3");
-        assert_eq!(used["n1"][1], 352.0);
-        assert_eq!(used["n2"][1], 32.0);
+    fn usage_shows_used_of_offered() {
+        // What the scheduler reports for a host running 3 x (0.1, 32) and 1 x (1, 256).
+        let n1 = [0.1 + 0.1 + 0.1 + 1.0, 352.0, 0.0];
+        assert_eq!(amount(n1[0]), "1.3");
 
         let offered: BTreeMap<String, f64> = [("cpus".into(), 2.0), ("gpus".into(), 1.0)].into();
-        let v = usage_views(&offered, Some(used["n1"]));
+        let v = usage_views(&offered, Some(n1));
         let shown: Vec<String> = v
             .iter()
             .map(|u| format!("{} {}/{} {:?}", u.name, u.used, u.offered, u.percent))
@@ -485,7 +418,7 @@ mod tests {
             ["cpus 1.3/2 Some(65)", "mem 352/ None", "gpus /1 None"]
         );
 
-        let over = usage_views(&[("cpus".into(), 1.0)].into(), Some(used["n1"]));
+        let over = usage_views(&[("cpus".into(), 1.0)].into(), Some(n1));
         assert!(over[0].over);
         assert_eq!(over[0].percent, Some(100));
         // Usage unknown: the offers alone.
