@@ -212,12 +212,20 @@ impl Checkpoints {
     ///
     /// An entry whose file alone is missing is left to the shipper's scan, which
     /// looks for the file under a rotated name first.
-    pub fn prune_missing(&mut self) {
-        self.files.retain(|_, f| {
-            f.path
+    /// Returns the sources it dropped.
+    pub fn prune_missing(&mut self) -> Vec<String> {
+        let mut gone = Vec::new();
+        self.files.retain(|src, f| {
+            let keep = f
+                .path
                 .parent()
-                .is_none_or(|dir| dir.as_os_str().is_empty() || dir.exists())
+                .is_none_or(|dir| dir.as_os_str().is_empty() || dir.exists());
+            if !keep {
+                gone.push(src.clone());
+            }
+            keep
         });
+        gone
     }
 }
 

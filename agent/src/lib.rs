@@ -230,6 +230,7 @@ enum Event {
     Cancelled,
     Wake(bool),
     Shipped(std::result::Result<Shipped, tokio::task::JoinError>),
+    Saved(std::result::Result<Result<Vec<String>>, tokio::task::JoinError>),
     Timer,
 }
 
@@ -240,8 +241,11 @@ struct Run {
     checkpoint_path: PathBuf,
     /// Acknowledged positions; only `on_shipped` moves them.
     checkpoints: Checkpoints,
-    /// A checkpoint advance that is not on disk yet (the last save failed).
+    /// A checkpoint change that no save has started writing yet (or whose save failed).
     dirty: bool,
+    /// The acknowledgement save running on the blocking pool, if any: it returns the
+    /// sources it pruned. One at a time, so saves land on disk in order.
+    saving: Option<JoinHandle<Result<Vec<String>>>>,
     /// `None` only while a scan runs on the blocking pool.
     discovery: Option<Discovery>,
     /// Followed files by source id.
@@ -259,7 +263,7 @@ struct Run {
     in_flight_copy: Option<Arc<Batch>>,
     /// Full batches from memory waiting for the one in flight, oldest first. Only
     /// while the spool is empty: spilling takes them along, in order.
-    queued: std::collections::VecDeque<Batch>,
+    queued: std::collections::VecDeque<Arc<Batch>>,
     /// `None` only while a spool operation runs on the blocking pool.
     spool: Option<spool::Spool>,
     /// Since when each file has had unacknowledged bytes (lag in seconds).
@@ -307,6 +311,7 @@ impl Run {
             checkpoint_path,
             checkpoints,
             dirty: false,
+            saving: None,
             files: BTreeMap::new(),
             releasing: Vec::new(),
             next_start: 0,
@@ -342,6 +347,7 @@ impl Run {
             if self.files.values().any(|t| !t.registered) {
                 self.register().await;
             }
+            self.save_soon().await;
             let more = self.read().await?;
             if self.cancel.is_cancelled() {
                 break;
@@ -368,6 +374,11 @@ impl Run {
                     self.on_shipped(shipped?).await;
                     self.start_next().await?;
                 }
+                Event::Saved(saved) => {
+                    self.saving = None;
+                    self.saved(saved);
+                    self.save_soon().await;
+                }
             }
         }
         self.shutdown().await
@@ -375,6 +386,7 @@ impl Run {
 
     async fn wait(&mut self, wakes: &mut Option<mpsc::Receiver<Wake>>, deadline: Instant) -> Event {
         let in_flight = &mut self.in_flight;
+        let saving = &mut self.saving;
         tokio::select! {
             _ = self.cancel.cancelled() => Event::Cancelled,
             w = async {
@@ -404,6 +416,12 @@ impl Run {
                     None => std::future::pending().await,
                 }
             } => Event::Shipped(r),
+            r = async {
+                match saving.as_mut() {
+                    Some(h) => h.await,
+                    None => std::future::pending().await,
+                }
+            } => Event::Saved(r),
             _ = tokio::time::sleep_until(deadline.into()) => Event::Timer,
         }
     }
@@ -599,10 +617,19 @@ impl Run {
         std::mem::take(&mut self.batch)
     }
 
-    fn send(&mut self, batch: Batch, seg: Option<u64>) {
+    /// Queues the current batch behind the one in flight and compresses it on the
+    /// blocking pool meanwhile (see [`Batch::wire`]); if it is spilled instead,
+    /// that work is wasted, which only happens while the indexer is slow or down.
+    fn enqueue(&mut self) {
+        let batch = Arc::new(self.take_batch());
+        let (b, codec) = (batch.clone(), self.inner.config.compression);
+        drop(tokio::task::spawn_blocking(move || b.wire(codec)));
+        self.queued.push_back(batch);
+    }
+
+    fn send(&mut self, batch: Arc<Batch>, seg: Option<u64>) {
         // Regression: this was a deep copy of every batch (a memcpy of its body per
         // batch at full speed); the copy is only read if the batch must be spilled.
-        let batch = Arc::new(batch);
         self.in_flight_copy = (seg.is_none() && self.spool().enabled()).then(|| batch.clone());
         self.in_flight_seg = seg;
         let sender = self.inner.sender.clone();
@@ -620,7 +647,7 @@ impl Run {
         }
         if !self.spool().is_empty() {
             match self.spool_op(|s| s.oldest()).await {
-                Ok(Some((id, batch))) => self.send(batch, Some(id)),
+                Ok(Some((id, batch))) => self.send(Arc::new(batch), Some(id)),
                 Ok(None) => {}
                 Err(e) => {
                     error!(error = %e, "cannot read the oldest spooled batch, will retry")
@@ -635,7 +662,7 @@ impl Run {
         if self.batch.bytes() >= self.inner.config.batch_max_bytes {
             self.save_heads().await;
             let batch = self.take_batch();
-            self.send(batch, None);
+            self.send(Arc::new(batch), None);
         }
         Ok(())
     }
@@ -731,8 +758,7 @@ impl Run {
         if self.spool().is_empty() {
             if self.in_flight.is_some() && self.queued.len() < MAX_QUEUED {
                 // Keep reading while the indexer works on the batch in flight.
-                let batch = self.take_batch();
-                self.queued.push_back(batch);
+                self.enqueue();
                 return Ok(());
             }
             self.settle_in_flight_within(SPILL_AFTER).await?;
@@ -741,14 +767,13 @@ impl Run {
             }
             self.start_next().await?;
             if self.in_flight.is_some() && self.queued.len() < MAX_QUEUED {
-                let batch = self.take_batch();
-                self.queued.push_back(batch);
+                self.enqueue();
                 return Ok(());
             }
         }
         if self.in_flight.is_none() && self.spool().is_empty() && self.queued.is_empty() {
             let batch = self.take_batch();
-            self.send(batch, None);
+            self.send(Arc::new(batch), None);
             return Ok(());
         }
         // The indexer is slow or down: spool what fits, in order. The current batch
@@ -825,13 +850,8 @@ impl Run {
             moved |= self.checkpoints.grow_head(&t.source, t.head);
         }
         moved |= self.settle_released();
-        if moved || self.dirty {
-            self.dirty = true;
-            if let Err(e) = self.save_checkpoints().await {
-                inc(&self.inner.metrics.checkpoint_errors, 1);
-                error!(path = %self.checkpoint_path.display(), error = %e, "cannot save checkpoints, will retry after the next batch");
-            }
-        }
+        self.dirty |= moved;
+        self.save_soon().await;
         self.update_lag();
     }
 
@@ -877,7 +897,58 @@ impl Run {
         before != self.releasing.len()
     }
 
+    /// Starts saving the checkpoints in the background if they changed and no save
+    /// is running (a running one is collected first if it finished); otherwise the
+    /// change waits for the running save to end (`wait` wakes for it). Acknowledged
+    /// advances are saved this way: the reader and the next batch's round trip go on
+    /// meanwhile. Regression: awaiting the write, fsync and rename after every
+    /// acknowledgement stopped reading for it at each batch. Safe: a save that lags
+    /// behind only means records re-sent after a crash, which the indexer skips.
+    async fn save_soon(&mut self) {
+        if self.saving.as_ref().is_some_and(|h| h.is_finished()) {
+            let h = self.saving.take().expect("checked above");
+            let r = h.await;
+            self.saved(r);
+        }
+        if !self.dirty || self.saving.is_some() {
+            return;
+        }
+        let mut cps = self.checkpoints.clone();
+        let path = self.checkpoint_path.clone();
+        self.dirty = false;
+        self.saving = Some(tokio::task::spawn_blocking(move || {
+            let gone = cps.prune_missing();
+            cps.save(&path).map(|()| gone)
+        }));
+    }
+
+    /// Takes in the outcome of a background save.
+    fn saved(&mut self, r: std::result::Result<Result<Vec<String>>, tokio::task::JoinError>) {
+        match r.map_err(Error::from).and_then(|r| r) {
+            Ok(gone) => {
+                for src in gone {
+                    self.checkpoints.remove(&src);
+                }
+            }
+            Err(e) => {
+                self.dirty = true;
+                inc(&self.inner.metrics.checkpoint_errors, 1);
+                error!(path = %self.checkpoint_path.display(), error = %e, "cannot save checkpoints, will retry");
+            }
+        }
+    }
+
+    /// Waits for the background save, if one runs.
+    async fn finish_save(&mut self) {
+        if let Some(h) = self.saving.take() {
+            let r = h.await;
+            self.saved(r);
+        }
+    }
+
+    /// Saves the checkpoints now, after any background save (so saves stay in order).
     async fn save_checkpoints(&mut self) -> Result<()> {
+        self.finish_save().await;
         let mut cps = self.checkpoints.clone();
         let path = self.checkpoint_path.clone();
         let cps = tokio::task::spawn_blocking(move || {
@@ -925,7 +996,7 @@ impl Run {
             let Some(batch) = self.queued.pop_front() else {
                 break;
             };
-            let shipped = self.inner.sender.ship(Arc::new(batch), &self.cancel).await;
+            let shipped = self.inner.sender.ship(batch, &self.cancel).await;
             self.on_shipped(shipped).await;
         }
         if self.intact
@@ -951,6 +1022,7 @@ impl Run {
             let shipped = self.inner.sender.ship(Arc::new(batch), &self.cancel).await;
             self.on_shipped(shipped).await;
         }
+        self.finish_save().await;
         if self.dirty {
             self.save_checkpoints().await?;
         }

@@ -19,6 +19,7 @@
 //! trade-off: one poison line is lost (visibly) instead of every line after it.
 
 use crate::metrics::{inc, Metrics};
+use bytes::Bytes;
 use flate2::write::GzEncoder;
 use flate2::Compression;
 use reqwest::header::{HeaderMap, HeaderValue, CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER};
@@ -124,10 +125,13 @@ pub struct Batch {
     body: Vec<u8>,
     entries: Vec<Entry>,
     started: Option<Instant>,
+    /// The whole body compressed, once something asked for it (see [`Batch::wire`]).
+    wire: std::sync::OnceLock<(Codec, Bytes)>,
 }
 
 impl Batch {
     pub fn push(&mut self, e: Encoded) {
+        self.wire.take();
         self.started.get_or_insert_with(Instant::now);
         self.body.extend_from_slice(&e.line);
         self.entries.push(Entry {
@@ -161,6 +165,7 @@ impl Batch {
         offset: u64,
         write: impl FnOnce(&mut Vec<u8>),
     ) {
+        self.wire.take();
         self.started.get_or_insert_with(Instant::now);
         write(&mut self.body);
         debug_assert_eq!(self.body.last(), Some(&b'\n'));
@@ -177,6 +182,7 @@ impl Batch {
         if lo >= hi {
             return;
         }
+        self.wire.take();
         self.started.get_or_insert_with(Instant::now);
         let base = if lo == 0 {
             0
@@ -227,6 +233,23 @@ impl Batch {
 
     pub fn entries(&self) -> &[Entry] {
         &self.entries
+    }
+
+    /// The whole batch compressed with `codec`, computed once. The shipper calls
+    /// this on the blocking pool for batches queued behind the one in flight, so a
+    /// batch's turn starts with its POST: compressing inside the one-at-a-time send
+    /// made every round trip longer by the compression time, the reader caught up,
+    /// waited, and the core sat idle (BENCHMARKS.md). A second caller while the
+    /// first computes waits for it instead of compressing again.
+    pub fn wire(&self, codec: Codec) -> Bytes {
+        let (c, body) = self
+            .wire
+            .get_or_init(|| (codec, Bytes::from(codec.compress(&self.body))));
+        if *c == codec {
+            body.clone()
+        } else {
+            Bytes::from(codec.compress(&self.body))
+        }
     }
 
     /// NDJSON of records `lo..hi`.
@@ -357,7 +380,15 @@ impl Sender {
     ) -> Settled {
         let b = batch.clone();
         let codec = self.codec;
-        let body = match tokio::task::spawn_blocking(move || codec.compress(b.slice(lo, hi))).await
+        let whole = lo == 0 && hi == batch.len();
+        let body = match tokio::task::spawn_blocking(move || {
+            if whole {
+                b.wire(codec)
+            } else {
+                Bytes::from(codec.compress(b.slice(lo, hi)))
+            }
+        })
+        .await
         {
             Ok(body) => body,
             Err(e) => {
@@ -421,7 +452,7 @@ impl Sender {
         }
     }
 
-    async fn attempt(&self, body: Vec<u8>) -> Attempt {
+    async fn attempt(&self, body: Bytes) -> Attempt {
         let resp = match self
             .client
             .post(&self.ingest_url)
@@ -541,6 +572,31 @@ mod tests {
         assert_eq!(b.slice(1, 2), b"bb\n");
         assert_eq!(b.slice(2, 3), b"ccc\n");
         assert!(b.started().is_some());
+    }
+
+    #[test]
+    fn wire_body_is_the_whole_batch_and_follows_later_appends() {
+        let mut b = Batch::default();
+        b.push(enc("a", 2));
+        let first = b.wire(Codec::Zstd);
+        assert_eq!(zstd::decode_all(&first[..]).unwrap(), b"a\n");
+        // Kept: the same bytes, not compressed again.
+        assert_eq!(b.wire(Codec::Zstd).as_ptr(), first.as_ptr());
+        // A codec other than the kept one still gets its own encoding.
+        let mut gz = Vec::new();
+        flate2::read::GzDecoder::new(&b.wire(Codec::Gzip)[..])
+            .read_to_end(&mut gz)
+            .unwrap();
+        assert_eq!(gz, b"a\n");
+        // Appending after the body was compressed must not send the stale body.
+        b.push(enc("bb", 5));
+        let mut other = Batch::default();
+        other.push(enc("ccc", 9));
+        b.append(&other, 0, 1);
+        assert_eq!(
+            zstd::decode_all(&b.wire(Codec::Zstd)[..]).unwrap(),
+            b"a\nbb\nccc\n"
+        );
     }
 
     #[test]
