@@ -617,14 +617,20 @@ impl Run {
         std::mem::take(&mut self.batch)
     }
 
-    /// Queues the current batch behind the one in flight and compresses it on the
-    /// blocking pool meanwhile (see [`Batch::wire`]); if it is spilled instead,
-    /// that work is wasted, which only happens while the indexer is slow or down.
-    fn enqueue(&mut self) {
+    /// Compresses the current batch (see [`Batch::wire`]) and queues it behind the
+    /// one in flight. The reader waits for the compression on purpose: on one core,
+    /// compressing on another thread while reading only split the core between the
+    /// two, the batch was not ready when its turn came, its round trip grew by the
+    /// rest of its compression, the queue filled and the core idled through the
+    /// indexer's part of every round trip (BENCHMARKS.md). Done in turn, the send
+    /// cycle is just the round trip, shorter than reading a batch. If the batch is
+    /// spilled instead, the compression is wasted: only while the indexer is slow.
+    async fn enqueue(&mut self) -> Result<()> {
         let batch = Arc::new(self.take_batch());
         let (b, codec) = (batch.clone(), self.inner.config.compression);
-        drop(tokio::task::spawn_blocking(move || b.wire(codec)));
+        tokio::task::spawn_blocking(move || b.wire(codec)).await?;
         self.queued.push_back(batch);
+        Ok(())
     }
 
     fn send(&mut self, batch: Arc<Batch>, seg: Option<u64>) {
@@ -758,7 +764,7 @@ impl Run {
         if self.spool().is_empty() {
             if self.in_flight.is_some() && self.queued.len() < MAX_QUEUED {
                 // Keep reading while the indexer works on the batch in flight.
-                self.enqueue();
+                self.enqueue().await?;
                 return Ok(());
             }
             self.settle_in_flight_within(SPILL_AFTER).await?;
@@ -767,7 +773,7 @@ impl Run {
             }
             self.start_next().await?;
             if self.in_flight.is_some() && self.queued.len() < MAX_QUEUED {
-                self.enqueue();
+                self.enqueue().await?;
                 return Ok(());
             }
         }
