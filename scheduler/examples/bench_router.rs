@@ -5,7 +5,10 @@
 //! Everything but `wrk` runs in this process on one multi-threaded runtime, so the
 //! instance, the router and `wrk` share the machine's cores as they would on one
 //! agent. Two loads per target: one connection (latency added per hop, nothing
-//! queued) and `--connections` connections (requests/s).
+//! queued) and `--connections` connections (requests/s). Each run also reports the
+//! CPU time (user + system, `getrusage`) this process spent per request: instance and
+//! router share it, wrk does not. On a shared machine that moves far less than
+//! requests/s do, so before/after comparisons should read that column first.
 //!
 //! ```text
 //! cargo run --release -p scheduler --example bench_router -- [--duration 10] [--connections 32] [--threads 2]
@@ -41,6 +44,12 @@ struct Run {
     p99_ms: f64,
     rps: f64,
     errors: u64,
+    /// Requests wrk completed in the run.
+    requests: u64,
+    /// CPU time (user + system) this process (instance, router, control plane) spent
+    /// during the run, per request: unlike requests/s it hardly depends on what else
+    /// the shared machine is running.
+    cpu_us_per_req: f64,
 }
 
 /// `wrk` prints latencies as `123.45us`, `1.23ms` or `1.02s`.
@@ -59,8 +68,12 @@ fn parse_wrk(out: &str) -> Option<Run> {
     let mut p99 = None;
     let mut rps = None;
     let mut errors = 0u64;
+    let mut requests = None;
     for line in out.lines() {
         let mut words = line.split_whitespace();
+        if line.contains(" requests in ") {
+            requests = line.split_whitespace().next().and_then(|v| v.parse().ok());
+        }
         match words.next() {
             Some("50%") => p50 = words.next().and_then(parse_latency_ms),
             Some("99%") => p99 = words.next().and_then(parse_latency_ms),
@@ -87,10 +100,23 @@ fn parse_wrk(out: &str) -> Option<Run> {
         p99_ms: p99?,
         rps: rps?,
         errors,
+        requests: requests?,
+        cpu_us_per_req: 0.0,
     })
 }
 
+/// User + system CPU time of this whole process so far, in microseconds.
+fn process_cpu_us() -> f64 {
+    // SAFETY: getrusage only writes into `ru`, a plain C struct for which zeroed
+    // memory is a valid value.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) }, 0);
+    let us = |t: libc::timeval| t.tv_sec as f64 * 1e6 + t.tv_usec as f64;
+    us(ru.ru_utime) + us(ru.ru_stime)
+}
+
 fn wrk(url: &str, threads: usize, connections: usize, secs: u64) -> Run {
+    let cpu_before = process_cpu_us();
     let out = Command::new("wrk")
         .args([
             "--latency",
@@ -103,7 +129,11 @@ fn wrk(url: &str, threads: usize, connections: usize, secs: u64) -> Run {
         .expect("running wrk (apt-get install wrk)");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "wrk failed: {text}");
-    parse_wrk(&text).unwrap_or_else(|| panic!("could not read wrk's output:\n{text}"))
+    let cpu = process_cpu_us() - cpu_before;
+    let mut run =
+        parse_wrk(&text).unwrap_or_else(|| panic!("could not read wrk's output:\n{text}"));
+    run.cpu_us_per_req = cpu / run.requests.max(1) as f64;
+    run
 }
 
 fn arg(args: &[String], name: &str, default: u64) -> u64 {
@@ -176,20 +206,21 @@ async fn main() {
         .map(|s| s.lines().count())
         .unwrap_or(0);
 
-    println!("| load | target | p50 | p99 | requests/s | errors |");
-    println!("|---|---|---|---|---|---|");
+    println!("| load | target | p50 | p99 | requests/s | errors | CPU µs/request (this process) |");
+    println!("|---|---|---|---|---|---|---|");
     for (label, c, t, d, r) in &rows {
         for (name, run) in [("direct", d), ("router", r)] {
             println!(
-                "| {label} (wrk -t{t} -c{c} -d{secs}s) | {name} | {:.3} ms | {:.3} ms | {:.0} | {} |",
-                run.p50_ms, run.p99_ms, run.rps, run.errors
+                "| {label} (wrk -t{t} -c{c} -d{secs}s) | {name} | {:.3} ms | {:.3} ms | {:.0} | {} | {:.1} |",
+                run.p50_ms, run.p99_ms, run.rps, run.errors, run.cpu_us_per_req
             );
         }
         println!(
-            "| {label} | **added by the router** | **{:+.3} ms** | **{:+.3} ms** | {:.0} % of direct | |",
+            "| {label} | **added by the router** | **{:+.3} ms** | **{:+.3} ms** | {:.0} % of direct | | **{:+.1}** |",
             r.p50_ms - d.p50_ms,
             r.p99_ms - d.p99_ms,
-            100.0 * r.rps / d.rps
+            100.0 * r.rps / d.rps,
+            r.cpu_us_per_req - d.cpu_us_per_req
         );
     }
     println!("\naccess records written: {lines}");

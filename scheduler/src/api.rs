@@ -853,6 +853,7 @@ pub fn parse_app(
             max_launch_delay_seconds,
             extra,
             version,
+            version_info: None,
         }),
         _ => Err(Error::InvalidApp(problems)),
     }
@@ -909,6 +910,7 @@ fn app_json(state: &State, def: &AppDef, with_tasks: bool) -> Value {
     let mut v = serde_json::to_value(def).unwrap_or_else(|_| json!({}));
     if let Some(obj) = v.as_object_mut() {
         obj.insert("version".into(), json!(ts(def.version)));
+        obj.insert("versionInfo".into(), version_info_json(def));
         obj.insert("tasksRunning".into(), json!(count(TaskState::Running)));
         obj.insert(
             "tasksStaged".into(),
@@ -937,11 +939,21 @@ fn app_json(state: &State, def: &AppDef, with_tasks: bool) -> Value {
     v
 }
 
+/// `{"lastScalingAt", "lastConfigChangeAt"}` in the millisecond form `version` uses;
+/// an app saved before the state kept them shows its version for both.
+fn version_info_json(def: &AppDef) -> Value {
+    let (scaled, configured) = def.version_info.map_or((def.version, def.version), |v| {
+        (v.last_scaling_at, v.last_config_change_at)
+    });
+    json!({"lastScalingAt": ts(scaled), "lastConfigChangeAt": ts(configured)})
+}
+
 /// An app as it was at one of its versions (`GET /v2/apps/{id}/versions/{version}`):
 /// the definition alone, as Marathon shows it there.
 fn version_json(def: &AppDef) -> Value {
     let mut v = Value::Object(definition_json(def));
     v["version"] = json!(ts(def.version));
+    v["versionInfo"] = version_info_json(def);
     v
 }
 

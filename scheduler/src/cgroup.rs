@@ -26,7 +26,7 @@
 
 use std::collections::BTreeSet;
 use std::fs::OpenOptions;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -314,10 +314,12 @@ impl TaskCgroup {
                 set(optional.0, optional.1)?;
             }
         }
-        let procs = OpenOptions::new()
-            .write(true)
-            .open(dir.join("cgroup.procs"))?
-            .into();
+        let procs = above_stdio(
+            OpenOptions::new()
+                .write(true)
+                .open(dir.join("cgroup.procs"))?
+                .into(),
+        )?;
         Ok(TaskCgroup { dir, procs })
     }
 
@@ -329,6 +331,23 @@ impl TaskCgroup {
     pub fn procs_fd(&self) -> RawFd {
         self.procs.as_raw_fd()
     }
+}
+
+/// `fd` on a descriptor number above 2 (close-on-exec). The child sets up the task's
+/// stdio with `dup2` onto 0, 1 and 2 before `pre_exec` runs; a node started with one
+/// of those closed would get `cgroup.procs` there, and the join would then write into
+/// /dev/null or the task's log instead, leaving the task outside its limit.
+fn above_stdio(fd: OwnedFd) -> std::io::Result<OwnedFd> {
+    if fd.as_raw_fd() > 2 {
+        return Ok(fd);
+    }
+    // SAFETY: duplicates a descriptor we own; the new one is owned by the result.
+    let high = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 3) };
+    if high < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `high` was just returned by fcntl and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(high) })
 }
 
 /// Moves the calling process into the cgroup whose `cgroup.procs` is open as `fd`.
@@ -584,6 +603,62 @@ mod tests {
         // SAFETY: as above; `ro` outlives the spawn.
         unsafe { cmd.pre_exec(move || join_from_child(ro_fd)) };
         assert!(cmd.status().is_err());
+    }
+
+    /// Regression: with the node's stdin and stdout closed, `cgroup.procs` was opened
+    /// as fd 0 or 1, the child's stdio `dup2` replaced it, and the task ran outside its
+    /// cgroup (its "0" went to /dev/null).
+    #[test]
+    fn procs_fd_never_lands_on_stdio_when_the_node_runs_with_stdio_closed() {
+        use std::os::unix::process::CommandExt;
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("t.1");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("cgroup.procs"), "").unwrap();
+        // Closing stdio is only safe in a process of its own: a forked child that
+        // reports through its exit code (glibc's fork leaves malloc usable).
+        // SAFETY: the child only runs the code below and leaves with `_exit`.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork failed");
+        if pid == 0 {
+            let code = (|| {
+                // SAFETY: closes this child's own stdin and stdout.
+                unsafe {
+                    libc::close(0);
+                    libc::close(1);
+                }
+                let Ok(cg) = TaskCgroup::create(t.path(), "t.1", 1 << 20) else {
+                    return 2;
+                };
+                if cg.procs_fd() <= 2 {
+                    return 3;
+                }
+                let fd = cg.procs_fd();
+                let mut cmd = std::process::Command::new("true");
+                cmd.stdin(std::process::Stdio::null())
+                    .stdout(std::process::Stdio::null());
+                // SAFETY: join_from_child is async-signal-safe; `cg` outlives the spawn.
+                unsafe { cmd.pre_exec(move || join_from_child(fd)) };
+                if !cmd.status().is_ok_and(|s| s.success()) {
+                    return 4;
+                }
+                match std::fs::read_to_string(dir.join("cgroup.procs")) {
+                    Ok(s) if s == "0" => 0,
+                    _ => 5,
+                }
+            })();
+            // SAFETY: ends the forked child without running the parent's destructors.
+            unsafe { libc::_exit(code) };
+        }
+        let mut status = 0;
+        // SAFETY: waits for the child forked above.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        assert!(libc::WIFEXITED(status), "child died: {status}");
+        assert_eq!(
+            libc::WEXITSTATUS(status),
+            0,
+            "2: create failed, 3: fd on stdio, 4: spawn failed, 5: join did not reach cgroup.procs"
+        );
     }
 
     #[test]

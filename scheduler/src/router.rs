@@ -9,6 +9,12 @@
 //! small request body with a known length is buffered, which is what lets a call be
 //! retried on another instance when the first one refuses the connection.
 //!
+//! Instances are called through hyper's pooled HTTP/1.1 client directly, not reqwest:
+//! per call that skips URL parsing and re-wrapping request, response and body, which
+//! with cheaper access records and lock-free instance picking cut the router's
+//! instructions per call by about a third (BENCHMARKS.md). The trade-off: plain
+//! HTTP/1.1 without proxy support, neither of which calls inside a cluster need.
+//!
 //! Callers are identified without their cooperation: the router remembers, for a few
 //! minutes, which callee it sent each minted span id to, so a request whose parent
 //! span is one of those came from that callee. That works for calls that pass through
@@ -16,7 +22,8 @@
 //! access records (the parent span is the `span_id` of the record that reached it), or
 //! named by the `x-sandtrail-caller` header.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -30,9 +37,10 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use futures::Stream;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use protocol::{
-    Level, LogRecord, ServiceEndpoint, Stream as LogStream, TaskMeta, CALLER_TASK_HEADER,
+    wire::LogRecordRef, Level, ServiceEndpoint, Stream as LogStream, CALLER_TASK_HEADER,
     TOKEN_HEADER, TRACE_ID_HEADER,
 };
 use tracing::{debug, warn};
@@ -110,13 +118,15 @@ pub struct Router {
 
 struct Inner {
     cfg: RouterConfig,
-    /// Talks to instances: no redirects followed, no overall timeout (calls may stream).
-    upstream: reqwest::Client,
+    /// Talks to instances: plain HTTP/1.1 with a keep-alive pool, no redirects
+    /// followed, no overall timeout (calls may stream).
+    upstream: hyper_util::client::legacy::Client<HttpConnector, Body>,
     /// Talks to the control plane.
     control: reqwest::Client,
     /// `None` in an entry = the control plane answered 404 (unknown app).
     services: Mutex<HashMap<String, Cached>>,
-    /// Requests in flight per `address:port`, for least-outstanding picking.
+    /// Requests in flight per `address:port`, for least-outstanding picking; each
+    /// cached answer holds its instances' counters, this map only hands them out.
     outstanding: Mutex<HashMap<String, Arc<AtomicUsize>>>,
     rr: AtomicUsize,
     spans: Mutex<SpanMap>,
@@ -126,7 +136,7 @@ struct Inner {
 
 struct Cached {
     at: Instant,
-    answer: Option<Arc<Vec<ServiceEndpoint>>>,
+    answer: Option<Arc<Endpoints>>,
 }
 
 #[derive(Default)]
@@ -144,13 +154,15 @@ impl Router {
     /// Opens (creating) the access log and starts its writer thread.
     pub fn new(cfg: RouterConfig) -> Result<Router> {
         let log = AccessLog::open(&cfg.access_log)?;
-        let upstream = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            // Instances are cluster-internal; an HTTP_PROXY meant for the outside
-            // world must not capture them.
-            .no_proxy()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .build()?;
+        // Instances are cluster-internal: no proxy (an HTTP_PROXY meant for the outside
+        // world must not capture them), and no URL parsing beyond the URI itself.
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        let upstream = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+            // Without a timer idle connections are never reaped in the background.
+            .pool_timer(TokioTimer::new())
+            .build(connector);
         let control = reqwest::Client::builder()
             .timeout(CONTROL_TIMEOUT)
             .build()?;
@@ -318,21 +330,35 @@ pub fn new_span_id() -> String {
     }
 }
 
-/// Who a minted span was sent to: that task is the caller of any request naming the
-/// span as its parent.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Callee {
-    app: String,
-    host: String,
-    task: String,
+/// Only spans this router minted (random 64-bit numbers) are inserted, so a span id
+/// is its own hash; SipHash was a measurable part of the per-call cost.
+#[derive(Default)]
+struct SpanHasher(u64);
+
+impl Hasher for SpanHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
 }
 
-/// Span id → callee, bounded in size and age; the oldest entries go first.
+/// Span id → the instance it was sent to (that task is the caller of any request
+/// naming the span as its parent), bounded in size and age; the oldest entries go
+/// first.
 struct SpanMap {
     cap: usize,
     ttl: Duration,
     /// span → (callee, inserted at, generation).
-    map: HashMap<u64, (Arc<Callee>, Instant, u64)>,
+    map: HashMap<u64, (Picked, Instant, u64), BuildHasherDefault<SpanHasher>>,
     /// Insertion order as (span, inserted at, generation); a span inserted twice is
     /// owned by its newest generation.
     order: VecDeque<(u64, Instant, u64)>,
@@ -344,7 +370,7 @@ impl SpanMap {
         SpanMap {
             cap,
             ttl,
-            map: HashMap::new(),
+            map: HashMap::default(),
             order: VecDeque::new(),
             generation: 0,
         }
@@ -354,7 +380,7 @@ impl SpanMap {
         self.map.len()
     }
 
-    fn insert(&mut self, span: &str, callee: Arc<Callee>, now: Instant) {
+    fn insert(&mut self, span: &str, callee: Picked, now: Instant) {
         let Ok(key) = u64::from_str_radix(span, 16) else {
             return;
         };
@@ -376,10 +402,10 @@ impl SpanMap {
         }
     }
 
-    fn get(&self, span: &str, now: Instant) -> Option<Arc<Callee>> {
+    fn get(&self, span: &str, now: Instant) -> Option<&Picked> {
         let key = u64::from_str_radix(span, 16).ok()?;
         let (callee, at, _) = self.map.get(&key)?;
-        (now.duration_since(*at) <= self.ttl).then(|| Arc::clone(callee))
+        (now.duration_since(*at) <= self.ttl).then_some(callee)
     }
 }
 
@@ -451,7 +477,7 @@ async fn handle(State(router): State<Router>, req: Request) -> Response {
     let trace = HeaderValue::from_str(&call.trace_id).expect("hex is a valid header value");
     let request_id = HeaderValue::from_str(&call.request_id).ok();
     let mut resp = match inner.forward(&call, req).await {
-        Ok(resp) => resp,
+        Ok(sent) => respond(inner, call, sent),
         Err((err, callee)) => {
             if matches!(err, Error::Upstream { .. } | Error::Http(_)) {
                 inner
@@ -464,7 +490,7 @@ async fn handle(State(router): State<Router>, req: Request) -> Response {
             let extra = [("error", serde_json::Value::String(err_message(&resp)))];
             inner.finish(
                 &call,
-                callee.as_deref(),
+                callee.as_ref(),
                 resp.status().as_u16(),
                 0,
                 None,
@@ -481,6 +507,33 @@ async fn handle(State(router): State<Router>, req: Request) -> Response {
     resp
 }
 
+/// Turns the upstream's answer into the router's: its head with the hop-by-hop
+/// headers removed, its body passed through as it arrives, counted by the guard that
+/// writes the access record when the body is done.
+fn respond(inner: &Arc<Inner>, call: Call, sent: Sent) -> Response {
+    let (mut parts, incoming) = sent.resp.into_parts();
+    strip_response_headers(&mut parts.headers);
+    let expected_len = http_body::Body::size_hint(&incoming).exact();
+    let guard = AccessGuard {
+        router: Arc::clone(inner),
+        call: Some(CallDone {
+            call,
+            callee: sent.callee,
+            status: parts.status.as_u16(),
+            head_ms: sent.head_ms,
+            attempts: sent.attempts,
+        }),
+        bytes: 0,
+        expected_len,
+        _inflight: sent.inflight,
+    };
+    let body = AccessBody {
+        inner: incoming,
+        guard,
+    };
+    Response::from_parts(parts, Body::new(body))
+}
+
 fn err_message(resp: &Response) -> String {
     resp.status()
         .canonical_reason()
@@ -494,6 +547,15 @@ enum Outgoing {
     Streaming(Option<Body>),
 }
 
+/// An upstream's response head and what the access record needs to know about it.
+struct Sent {
+    resp: hyper::Response<hyper::body::Incoming>,
+    callee: Picked,
+    inflight: InFlight,
+    head_ms: f64,
+    attempts: u32,
+}
+
 impl Inner {
     fn identify_caller(
         &self,
@@ -505,10 +567,11 @@ impl Inner {
         if let Some(tp) = incoming {
             let spans = self.spans.lock().expect("span map lock");
             if let Some(c) = spans.get(&tp.parent_id, Instant::now()) {
+                let ep = c.endpoint();
                 return Caller {
-                    peer_app: c.app.clone(),
-                    peer_host: c.host.clone(),
-                    task: Some(c.task.clone()),
+                    peer_app: ep.app.clone(),
+                    peer_host: ep.host.clone(),
+                    task: Some(ep.task.clone()),
                 };
             }
         }
@@ -534,7 +597,7 @@ impl Inner {
 
     /// Instances of `app`, from the cache while fresh; a stale answer is served when the
     /// control plane cannot be reached.
-    async fn endpoints(&self, app: &str) -> Result<Arc<Vec<ServiceEndpoint>>> {
+    async fn endpoints(&self, app: &str) -> Result<Arc<Endpoints>> {
         let now = Instant::now();
         let stale = {
             let cache = self.services.lock().expect("services cache lock");
@@ -551,6 +614,7 @@ impl Inner {
         };
         match self.fetch_services(app).await {
             Ok(answer) => {
+                let answer = answer.map(|eps| Arc::new(self.with_counters(eps)));
                 self.services.lock().expect("services cache lock").insert(
                     app.to_string(),
                     Cached {
@@ -570,7 +634,26 @@ impl Inner {
         }
     }
 
-    async fn fetch_services(&self, app: &str) -> Result<Option<Arc<Vec<ServiceEndpoint>>>> {
+    /// Pairs each instance with its in-flight counter, shared by every answer that
+    /// lists the same `address:port`, so picking needs no lock or lookup per call.
+    fn with_counters(&self, list: Vec<ServiceEndpoint>) -> Endpoints {
+        let mut counters = self.outstanding.lock().expect("outstanding lock");
+        if counters.len() > 10_000 {
+            counters.retain(|_, c| Arc::strong_count(c) > 1 || c.load(Ordering::Relaxed) > 0);
+        }
+        let authorities: Vec<String> = list.iter().map(url_of).collect();
+        let load = authorities
+            .iter()
+            .map(|a| Arc::clone(counters.entry(a.clone()).or_default()))
+            .collect();
+        Endpoints {
+            list,
+            load,
+            authorities,
+        }
+    }
+
+    async fn fetch_services(&self, app: &str) -> Result<Option<Vec<ServiceEndpoint>>> {
         self.metrics
             .services_lookups
             .fetch_add(1, Ordering::Relaxed);
@@ -600,46 +683,48 @@ impl Inner {
             .json()
             .await
             .map_err(|e| upstream_err(format!("bad services answer: {e}")))?;
-        Ok(Some(Arc::new(eps)))
+        Ok(Some(eps))
     }
 
     /// Picks the instance with the fewest calls in flight, rotating the starting point
     /// so ties go round robin; the pick is counted as in flight until the guard drops.
-    fn pick(&self, eps: &[ServiceEndpoint], exclude: Option<usize>) -> Option<(usize, InFlight)> {
-        let n = eps.len();
+    fn pick(&self, eps: &Arc<Endpoints>, exclude: Option<usize>) -> Option<(Picked, InFlight)> {
+        let n = eps.list.len();
         if n == 0 {
             return None;
         }
         let start = self.rr.fetch_add(1, Ordering::Relaxed) % n;
-        let mut counters = self.outstanding.lock().expect("outstanding lock");
-        if counters.len() > 10_000 {
-            counters.retain(|_, c| c.load(Ordering::Relaxed) > 0);
-        }
-        let mut best: Option<(usize, usize, Arc<AtomicUsize>)> = None;
+        let mut best: Option<(usize, usize)> = None;
         for k in 0..n {
             let i = (start + k) % n;
             if Some(i) == exclude {
                 continue;
             }
-            let c = counters.entry(endpoint_key(&eps[i])).or_default().clone();
-            let load = c.load(Ordering::Relaxed);
-            if best.as_ref().is_none_or(|b| load < b.1) {
-                best = Some((i, load, c));
+            let load = eps.load[i].load(Ordering::Relaxed);
+            if best.is_none_or(|b| load < b.1) {
+                best = Some((i, load));
             }
         }
-        best.map(|(i, _, c)| {
+        best.map(|(i, _)| {
+            let c = Arc::clone(&eps.load[i]);
             c.fetch_add(1, Ordering::Relaxed);
-            (i, InFlight(c))
+            (
+                Picked {
+                    set: Arc::clone(eps),
+                    idx: i,
+                },
+                InFlight(c),
+            )
         })
     }
 
-    /// Forwards the call. On error returns the callee it was meant for, if one was
-    /// picked, so the access record names it.
+    /// Forwards the call and returns the upstream's response head. On error returns
+    /// the callee it was meant for, if one was picked, so the access record names it.
     async fn forward(
         self: &Arc<Self>,
         call: &Call,
         req: Request,
-    ) -> std::result::Result<Response, (Error, Option<Arc<ServiceEndpoint>>)> {
+    ) -> std::result::Result<Sent, (Error, Option<Picked>)> {
         let app = call.app.as_str();
         if !valid_app(app) {
             return Err((
@@ -652,13 +737,20 @@ impl Inner {
         let eps = self.endpoints(app).await.map_err(|e| (e, None))?;
         let (parts, body) = req.into_parts();
         let rest = &call.path[1 + app.len()..];
-        let rest_and_query = match parts.uri.query() {
-            Some(q) => format!("{}?{q}", if rest.is_empty() { "/" } else { rest }),
-            None if rest.is_empty() => "/".to_string(),
-            None => rest.to_string(),
-        };
-
-        let mut headers = forwarded_headers(&parts.headers);
+        let rest = if rest.is_empty() { "/" } else { rest };
+        let query = parts.uri.query();
+        let mut headers = parts.headers;
+        let known_len = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let xff = (call.caller.peer_host != "unknown").then(|| {
+            match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+                Some(prev) => format!("{prev}, {}", call.caller.peer_host),
+                None => call.caller.peer_host.clone(),
+            }
+        });
+        strip_request_headers(&mut headers);
         headers.insert(
             HeaderName::from_static("traceparent"),
             HeaderValue::from_str(&format!("00-{}-{}-01", call.trace_id, call.span_id))
@@ -667,25 +759,10 @@ impl Inner {
         if let Ok(v) = HeaderValue::from_str(&call.request_id) {
             headers.insert(HeaderName::from_static("x-request-id"), v);
         }
-        if call.caller.peer_host != "unknown" {
-            let xff = match parts
-                .headers
-                .get("x-forwarded-for")
-                .and_then(|v| v.to_str().ok())
-            {
-                Some(prev) => format!("{prev}, {}", call.caller.peer_host),
-                None => call.caller.peer_host.clone(),
-            };
-            if let Ok(v) = HeaderValue::from_str(&xff) {
-                headers.insert(HeaderName::from_static("x-forwarded-for"), v);
-            }
+        if let Some(Ok(v)) = xff.map(|x| HeaderValue::from_str(&x)) {
+            headers.insert(HeaderName::from_static("x-forwarded-for"), v);
         }
 
-        let known_len = parts
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
         let empty = axum::body::HttpBody::size_hint(&body).exact() == Some(0);
         let mut outgoing = if empty {
             Outgoing::Buffered(Bytes::new())
@@ -703,105 +780,82 @@ impl Inner {
             Outgoing::Streaming(Some(body))
         };
 
-        let (mut idx, mut inflight) = self
+        let (mut picked, mut inflight) = self
             .pick(&eps, None)
             .ok_or_else(|| (Error::NoInstance(app.to_string()), None))?;
         let mut attempt = 1;
         let resp = loop {
-            let ep = &eps[idx];
             // Remember the span before sending: the callee may call back through us
             // before its response is back.
             self.spans.lock().expect("span map lock").insert(
                 &call.span_id,
-                Arc::new(Callee {
-                    app: ep.app.clone(),
-                    host: ep.host.clone(),
-                    task: ep.task.clone(),
-                }),
+                picked.clone(),
                 Instant::now(),
             );
-            let url = format!(
-                "http://{}:{}{rest_and_query}",
-                host_for_url(&ep.address),
-                ep.port
-            );
-            let body = match &mut outgoing {
-                Outgoing::Buffered(b) => reqwest::Body::from(b.clone()),
-                Outgoing::Streaming(b) => match b.take() {
-                    Some(b) => reqwest::Body::wrap_stream(b.into_data_stream()),
-                    None => reqwest::Body::from(Bytes::new()),
-                },
+            let authority = &eps.authorities[picked.idx];
+            let uri = match query {
+                Some(q) => format!("http://{authority}{rest}?{q}"),
+                None => format!("http://{authority}{rest}"),
             };
-            let sent = self
-                .upstream
-                .request(parts.method.clone(), &url)
-                .headers(headers.clone())
-                .body(body)
-                .send()
-                .await;
-            match sent {
+            let uri = hyper::Uri::try_from(uri).map_err(|e| {
+                (
+                    Error::Upstream {
+                        addr: authority.clone(),
+                        reason: format!("bad upstream address: {e}"),
+                    },
+                    Some(picked.clone()),
+                )
+            })?;
+            // A buffered call may be sent again (a retry needs the headers a second
+            // time); the last possible attempt takes them.
+            let may_retry =
+                attempt == 1 && eps.list.len() > 1 && matches!(outgoing, Outgoing::Buffered(_));
+            let body = match &mut outgoing {
+                Outgoing::Buffered(b) => Body::from(b.clone()),
+                Outgoing::Streaming(b) => b.take().unwrap_or_else(Body::empty),
+            };
+            let mut req = hyper::Request::new(body);
+            *req.method_mut() = parts.method.clone();
+            *req.uri_mut() = uri;
+            *req.headers_mut() = if may_retry {
+                headers.clone()
+            } else {
+                std::mem::take(&mut headers)
+            };
+            match self.upstream.request(req).await {
                 Ok(resp) => break resp,
                 Err(e) => {
-                    let retryable =
-                        e.is_connect() && attempt == 1 && matches!(outgoing, Outgoing::Buffered(_));
-                    let next = if retryable {
-                        self.pick(&eps, Some(idx))
+                    let next = if may_retry && e.is_connect() {
+                        self.pick(&eps, Some(picked.idx))
                     } else {
                         None
                     };
                     match next {
-                        Some((i, f)) => {
-                            debug!(app, upstream = %url, error = %e, "connect failed, trying another instance");
+                        Some((p, f)) => {
+                            debug!(app, upstream = %authority, error = %error_chain(&e), "connect failed, trying another instance");
                             self.metrics.retries.fetch_add(1, Ordering::Relaxed);
-                            (idx, inflight) = (i, f);
+                            (picked, inflight) = (p, f);
                             attempt += 1;
                         }
                         None => {
                             return Err((
                                 Error::Upstream {
-                                    addr: format!("{}:{}", ep.address, ep.port),
+                                    addr: authority.clone(),
                                     reason: error_chain(&e),
                                 },
-                                Some(Arc::new(ep.clone())),
+                                Some(picked),
                             ));
                         }
                     }
                 }
             }
         };
-
-        let head_ms = ms(call.start.elapsed());
-        let status = resp.status();
-        let mut out = Response::builder().status(status);
-        if let Some(h) = out.headers_mut() {
-            *h = response_headers(resp.headers());
-        }
-        let expected_len = resp.content_length();
-        let guard = AccessGuard {
-            router: Arc::clone(self),
-            call: Some(CallDone {
-                call: call.clone_for_record(),
-                callee: Arc::new(eps[idx].clone()),
-                status: status.as_u16(),
-                head_ms,
-                attempts: attempt,
-            }),
-            bytes: 0,
-            expected_len,
-            _inflight: inflight,
-        };
-        let body = AccessBody {
-            inner: Box::pin(resp.bytes_stream()),
-            guard,
-        };
-        out.body(Body::from_stream(body)).map_err(|e| {
-            (
-                Error::Upstream {
-                    addr: url_of(&eps[idx]),
-                    reason: format!("bad response head: {e}"),
-                },
-                Some(Arc::new(eps[idx].clone())),
-            )
+        Ok(Sent {
+            resp,
+            callee: picked,
+            inflight,
+            head_ms: ms(call.start.elapsed()),
+            attempts: attempt,
         })
     }
 
@@ -809,7 +863,7 @@ impl Inner {
     fn finish(
         &self,
         call: &Call,
-        callee: Option<&ServiceEndpoint>,
+        callee: Option<&Picked>,
         status: u16,
         bytes: u64,
         head_ms: Option<f64>,
@@ -821,7 +875,7 @@ impl Inner {
         m.by_class[class].fetch_add(1, Ordering::Relaxed);
         m.latency_us_sum
             .fetch_add(latency.as_micros() as u64, Ordering::Relaxed);
-        let rec = access_record(
+        let line = access_line(
             &self.cfg.host,
             call,
             callee,
@@ -831,23 +885,33 @@ impl Inner {
             head_ms,
             extra,
         );
-        self.log.push(&rec);
+        self.log.push(line);
     }
 }
 
-impl Call {
-    fn clone_for_record(&self) -> Call {
-        Call {
-            start: self.start,
-            method: self.method.clone(),
-            path: self.path.clone(),
-            app: self.app.clone(),
-            trace_id: self.trace_id.clone(),
-            span_id: self.span_id.clone(),
-            parent_span_id: self.parent_span_id.clone(),
-            request_id: self.request_id.clone(),
-            caller: self.caller.clone(),
-        }
+/// One answer of `/v1/services/{app}`, with each instance's in-flight counter and
+/// `address:port` ready for building upstream URIs.
+struct Endpoints {
+    list: Vec<ServiceEndpoint>,
+    load: Vec<Arc<AtomicUsize>>,
+    authorities: Vec<String>,
+}
+
+/// The instance a call went to: a cheap handle into the answer it was picked from
+/// (no strings copied per call).
+#[derive(Clone)]
+struct Picked {
+    set: Arc<Endpoints>,
+    idx: usize,
+}
+
+impl Picked {
+    fn endpoint(&self) -> &ServiceEndpoint {
+        &self.set.list[self.idx]
+    }
+
+    fn authority(&self) -> &str {
+        &self.set.authorities[self.idx]
     }
 }
 
@@ -855,19 +919,12 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
+/// `address:port`, with an IPv6 address in brackets so it can stand in a URI.
 fn url_of(ep: &ServiceEndpoint) -> String {
-    format!("{}:{}", ep.address, ep.port)
-}
-
-fn endpoint_key(ep: &ServiceEndpoint) -> String {
-    url_of(ep)
-}
-
-fn host_for_url(address: &str) -> String {
-    if address.contains(':') && !address.starts_with('[') {
-        format!("[{address}]")
+    if ep.address.contains(':') && !ep.address.starts_with('[') {
+        format!("[{}]:{}", ep.address, ep.port)
     } else {
-        address.to_string()
+        format!("{}:{}", ep.address, ep.port)
     }
 }
 
@@ -882,7 +939,7 @@ fn valid_app(app: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_'))
 }
 
-/// The reqwest error with its causes, so "connection refused" is not hidden behind
+/// The client error with its causes, so "connection refused" is not hidden behind
 /// "error sending request".
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut out = e.to_string();
@@ -906,109 +963,119 @@ fn connection_listed(headers: &HeaderMap) -> Vec<String> {
         .collect()
 }
 
+/// Removes, in place, the headers for which `drop` holds and the ones the
+/// `connection` header lists. Most messages have nothing to remove but `host`, so the
+/// map is only scanned, not rebuilt.
+fn strip_headers(headers: &mut HeaderMap, drop: impl Fn(&str) -> bool) {
+    let listed = if headers.contains_key(header::CONNECTION) {
+        connection_listed(headers)
+    } else {
+        Vec::new()
+    };
+    let doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| {
+            let n = name.as_str();
+            HOP_BY_HOP.contains(&n) || drop(n) || listed.iter().any(|l| l == n)
+        })
+        .cloned()
+        .collect();
+    for name in doomed {
+        headers.remove(&name);
+    }
+}
+
 /// Request headers to send upstream: hop-by-hop ones, `host` and `content-length`
 /// (the client sets both) and the ones the router replaces are left out.
-fn forwarded_headers(incoming: &HeaderMap) -> HeaderMap {
-    let listed = connection_listed(incoming);
-    let mut out = HeaderMap::with_capacity(incoming.len() + 3);
-    for (name, value) in incoming {
-        let n = name.as_str();
-        if HOP_BY_HOP.contains(&n)
-            || listed.iter().any(|l| l == n)
-            || matches!(
-                n,
-                "host" | "content-length" | "traceparent" | "x-request-id" | "x-forwarded-for"
-            )
-            || n == CALLER_TASK_HEADER
-        {
-            continue;
-        }
-        out.append(name.clone(), value.clone());
-    }
-    out
+fn strip_request_headers(headers: &mut HeaderMap) {
+    strip_headers(headers, |n| {
+        matches!(
+            n,
+            "host" | "content-length" | "traceparent" | "x-request-id" | "x-forwarded-for"
+        ) || n == CALLER_TASK_HEADER
+    });
 }
 
-fn response_headers(upstream: &HeaderMap) -> HeaderMap {
-    let listed = connection_listed(upstream);
-    let mut out = HeaderMap::with_capacity(upstream.len() + 2);
-    for (name, value) in upstream {
-        let n = name.as_str();
-        if HOP_BY_HOP.contains(&n) || listed.iter().any(|l| l == n) {
-            continue;
-        }
-        out.append(name.clone(), value.clone());
-    }
-    out
+fn strip_response_headers(headers: &mut HeaderMap) {
+    strip_headers(headers, |_| false);
 }
 
+/// The call's access record as one NDJSON line. Written from borrowed parts through
+/// [`LogRecordRef`] (the same bytes an owned `LogRecord` serialises to): building an
+/// owned record cost a dozen string copies per call.
 #[allow(clippy::too_many_arguments)]
-fn access_record(
+fn access_line(
     router_host: &str,
     call: &Call,
-    callee: Option<&ServiceEndpoint>,
+    callee: Option<&Picked>,
     status: u16,
     latency_ms: f64,
     bytes: u64,
     head_ms: Option<f64>,
     extra: &[(&str, serde_json::Value)],
-) -> LogRecord {
-    // Without a callee (unknown app, no instance) the record belongs to this router's
-    // host so it is still found next to the calls that worked.
-    let meta = TaskMeta {
-        host: callee.map_or(router_host, |c| c.host.as_str()).to_string(),
-        app: callee
-            .map_or(call.app.as_str(), |c| c.app.as_str())
-            .to_string(),
-        task: callee.map(|c| c.task.clone()).unwrap_or_default(),
-        instance: callee.map_or(0, |c| c.instance),
-        ports: Vec::new(),
-    };
+) -> Vec<u8> {
+    let ep = callee.map(Picked::endpoint);
     let msg = format!(
         "{} {} -> {status} {} {} {latency_ms:.1}ms",
         call.method,
         call.path,
-        callee.map_or("-", |c| c.host.as_str()),
-        callee.map_or("-", |c| c.task.as_str()),
+        ep.map_or("-", |c| c.host.as_str()),
+        ep.map_or("-", |c| c.task.as_str()),
     );
-    let mut rec = LogRecord::new(chrono::Utc::now(), &meta, LogStream::Access, msg);
-    rec.level = Some(match status {
-        500.. => Level::Error,
-        400..=499 => Level::Warn,
-        _ => Level::Info,
-    });
-    rec.method = Some(call.method.clone());
-    rec.path = Some(call.path.clone());
-    rec.status = Some(status);
-    rec.latency_ms = Some(latency_ms);
-    rec.trace_id = Some(call.trace_id.clone());
-    rec.span_id = Some(call.span_id.clone());
-    rec.parent_span_id = call.parent_span_id.clone();
-    rec.peer_app = Some(call.caller.peer_app.clone());
-    rec.peer_host = Some(call.caller.peer_host.clone());
-    let f = &mut rec.fields;
-    f.insert(
+    let mut fields = BTreeMap::new();
+    fields.insert(
         "caller_task".into(),
         call.caller
             .task
             .clone()
             .map_or(serde_json::Value::Null, serde_json::Value::String),
     );
-    f.insert("bytes".into(), bytes.into());
+    fields.insert("bytes".into(), bytes.into());
     // Time until the upstream's response head arrived (connection setup included):
     // the client does not expose the connect phase on its own.
-    f.insert(
+    fields.insert(
         "connect_ms".into(),
         head_ms.map_or(serde_json::Value::Null, serde_json::Value::from),
     );
-    f.insert("router_host".into(), router_host.into());
-    f.insert("request_id".into(), call.request_id.clone().into());
+    fields.insert("router_host".into(), router_host.into());
+    fields.insert("request_id".into(), call.request_id.clone().into());
     if let Some(c) = callee {
-        f.insert("upstream".into(), url_of(c).into());
+        fields.insert("upstream".into(), c.authority().into());
     }
     for (k, v) in extra {
-        f.insert((*k).to_string(), v.clone());
+        fields.insert((*k).to_string(), v.clone());
     }
-    rec
+    let rec = LogRecordRef {
+        ts: chrono::Utc::now(),
+        // Without a callee (unknown app, no instance) the record belongs to this
+        // router's host so it is still found next to the calls that worked.
+        host: ep.map_or(router_host, |c| c.host.as_str()),
+        app: ep.map_or(call.app.as_str(), |c| c.app.as_str()),
+        task: ep.map_or("", |c| c.task.as_str()),
+        instance: ep.map_or(0, |c| c.instance),
+        stream: LogStream::Access,
+        level: Some(match status {
+            500.. => Level::Error,
+            400..=499 => Level::Warn,
+            _ => Level::Info,
+        }),
+        msg: &msg,
+        fields: &fields,
+        trace_id: Some(&call.trace_id),
+        span_id: Some(&call.span_id),
+        parent_span_id: call.parent_span_id.as_deref(),
+        latency_ms: Some(latency_ms),
+        status: Some(status),
+        method: Some(&call.method),
+        path: Some(&call.path),
+        peer_host: Some(&call.caller.peer_host),
+        peer_app: Some(&call.caller.peer_app),
+        source: "",
+        offset: 0,
+    };
+    let mut line = Vec::with_capacity(768);
+    rec.write_ndjson(&mut line);
+    line
 }
 
 /// Decrements an instance's in-flight count when the call is over.
@@ -1022,7 +1089,7 @@ impl Drop for InFlight {
 
 struct CallDone {
     call: Call,
-    callee: Arc<ServiceEndpoint>,
+    callee: Picked,
     status: u16,
     head_ms: f64,
     attempts: u32,
@@ -1070,20 +1137,28 @@ impl Drop for AccessGuard {
     }
 }
 
+/// The upstream's response body as it arrives, frame by frame, counted; its size
+/// hint is passed on so a known length stays a `content-length` response.
 struct AccessBody {
-    inner: Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>,
+    inner: hyper::body::Incoming,
     guard: AccessGuard,
 }
 
-impl Stream for AccessBody {
-    type Item = reqwest::Result<Bytes>;
+impl http_body::Body for AccessBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
 
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<std::result::Result<http_body::Frame<Bytes>, hyper::Error>>> {
         let this = &mut *self;
-        match this.inner.as_mut().poll_next(cx) {
-            Poll::Ready(Some(Ok(chunk))) => {
-                this.guard.bytes += chunk.len() as u64;
-                Poll::Ready(Some(Ok(chunk)))
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.guard.bytes += data.len() as u64;
+                }
+                Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
                 this.guard
@@ -1096,6 +1171,14 @@ impl Stream for AccessBody {
             }
             Poll::Pending => Poll::Pending,
         }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -1193,12 +1276,8 @@ impl AccessLog {
         })
     }
 
-    fn push(&self, rec: &LogRecord) {
-        let mut line = match serde_json::to_vec(rec) {
-            Ok(l) => l,
-            Err(_) => return,
-        };
-        line.push(b'\n');
+    /// Queues one NDJSON line (with its `\n`).
+    fn push(&self, line: Vec<u8>) {
         if self.tx.try_send(LogMsg::Line(line)).is_err()
             && self
                 .dropped
@@ -1267,12 +1346,23 @@ mod tests {
         assert_ne!(new_span_id(), s);
     }
 
-    fn callee(task: &str) -> Arc<Callee> {
-        Arc::new(Callee {
+    fn callee(task: &str) -> Picked {
+        let ep = ServiceEndpoint {
             app: "fib".into(),
-            host: "node-1".into(),
             task: task.into(),
-        })
+            host: "node-1".into(),
+            address: "127.0.0.1".into(),
+            port: 1,
+            instance: 0,
+        };
+        Picked {
+            set: Arc::new(Endpoints {
+                authorities: vec![url_of(&ep)],
+                list: vec![ep],
+                load: vec![Arc::default()],
+            }),
+            idx: 0,
+        }
     }
 
     #[test]
@@ -1284,7 +1374,7 @@ mod tests {
         m.insert("0000000000000003", callee("c"), now);
         assert_eq!(m.len(), 2);
         assert!(m.get("0000000000000001", now).is_none());
-        assert_eq!(m.get("0000000000000003", now).unwrap().task, "c");
+        assert_eq!(m.get("0000000000000003", now).unwrap().endpoint().task, "c");
         let later = now + Duration::from_secs(61);
         assert!(m.get("0000000000000002", later).is_none());
         m.insert("0000000000000004", callee("d"), later);
@@ -1292,7 +1382,10 @@ mod tests {
         // Re-inserting a span (a retry) keeps the newest callee.
         m.insert("0000000000000004", callee("e"), later);
         m.insert("0000000000000005", callee("f"), later);
-        assert_eq!(m.get("0000000000000004", later).unwrap().task, "e");
+        assert_eq!(
+            m.get("0000000000000004", later).unwrap().endpoint().task,
+            "e"
+        );
         assert!(m.get("not hex", later).is_none());
     }
 
@@ -1309,9 +1402,18 @@ mod tests {
         h.insert("traceparent", HeaderValue::from_static("x"));
         h.insert("x-sandtrail-caller", HeaderValue::from_static("fib.1"));
         h.insert("accept", HeaderValue::from_static("*/*"));
-        let out = forwarded_headers(&h);
+        let mut out = h.clone();
+        strip_request_headers(&mut out);
         assert_eq!(out.len(), 1, "{out:?}");
         assert!(out.contains_key("accept"));
+        let mut resp = h;
+        strip_response_headers(&mut resp);
+        let mut left: Vec<_> = resp.keys().map(|k| k.as_str()).collect();
+        left.sort_unstable();
+        assert_eq!(
+            left,
+            ["accept", "host", "traceparent", "x-sandtrail-caller"]
+        );
     }
 
     #[test]

@@ -132,6 +132,20 @@ pub struct AppDef {
     #[serde(flatten)]
     pub extra: BTreeMap<String, serde_json::Value>,
     pub version: DateTime<Utc>,
+    /// Set by the state when the app is created or changed (never by a client), and
+    /// saved with the app so it survives a restart. `None` only in files written
+    /// before it existed: shown as the app's `version` then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version_info: Option<VersionInfo>,
+}
+
+/// Marathon's `versionInfo`: when the app was last scaled or changed at all, and when
+/// anything but `instances` last changed (the version its tasks must run).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VersionInfo {
+    pub last_scaling_at: DateTime<Utc>,
+    pub last_config_change_at: DateTime<Utc>,
 }
 
 impl AppDef {
@@ -180,6 +194,7 @@ impl AppDef {
         let strip = |a: &AppDef| AppDef {
             instances: 0,
             version: DateTime::UNIX_EPOCH,
+            version_info: None,
             ..a.clone()
         };
         strip(self) == strip(other)
@@ -459,7 +474,11 @@ struct AppRuntime {
 impl AppRuntime {
     fn new(def: AppDef) -> AppRuntime {
         AppRuntime {
-            config_version: def.version,
+            // After a restart the tasks still run the last configuration, which a
+            // later scaling did not change.
+            config_version: def
+                .version_info
+                .map_or(def.version, |v| v.last_config_change_at),
             versions: vec![def.clone()],
             def,
             delay: None,
@@ -475,12 +494,25 @@ impl AppRuntime {
     /// millisecond (or after the clock stepped back) must still be two versions: the
     /// definition's version is moved to just after the newest kept one if need be.
     /// Returns the version recorded.
-    fn record_version(&mut self) -> DateTime<Utc> {
+    ///
+    /// `config_changed` says whether anything but `instances` changed: the new version
+    /// is then also the last config change in `versionInfo`, else only the last
+    /// scaling (`def.version_info` holds the previous definition's until then).
+    fn record_version(&mut self, config_changed: bool) -> DateTime<Utc> {
         if let Some(last) = self.versions.last().map(|d| d.version) {
             if self.def.version <= last {
                 self.def.version = last + chrono::Duration::milliseconds(1);
             }
         }
+        let v = self.def.version;
+        let last_config_change_at = match self.def.version_info {
+            Some(prev) if !config_changed => prev.last_config_change_at,
+            _ => v,
+        };
+        self.def.version_info = Some(VersionInfo {
+            last_scaling_at: v,
+            last_config_change_at,
+        });
         self.versions.push(self.def.clone());
         let excess = self.versions.len().saturating_sub(MAX_VERSIONS);
         self.versions.drain(..excess);
@@ -817,6 +849,11 @@ impl State {
             return Err(Error::AppExists(def.id));
         }
         info!(app = %def.id, instances = def.instances, "app created");
+        let mut def = def;
+        def.version_info = Some(VersionInfo {
+            last_scaling_at: def.version,
+            last_config_change_at: def.version,
+        });
         self.apps
             .insert(def.id.clone(), AppRuntime::new(def.clone()));
         self.generation += 1;
@@ -846,6 +883,7 @@ impl State {
         let mut def = def;
         let unchanged = AppDef {
             version: rt.def.version,
+            version_info: rt.def.version_info,
             ..def.clone()
         } == rt.def;
         if unchanged {
@@ -855,10 +893,11 @@ impl State {
         let config_changed = !rt.def.same_config(&def);
         let (before, after) = (rt.def.instances, def.instances);
         let previous = std::mem::replace(&mut rt.def, def);
+        rt.def.version_info = previous.version_info;
         let version = if unchanged {
             rt.def.version
         } else {
-            rt.record_version()
+            rt.record_version(config_changed)
         };
         if config_changed {
             rt.delay = None;
@@ -890,7 +929,8 @@ impl State {
             .ok_or_else(|| Error::UnknownApp(key.clone()))?;
         let previous = rt.def.clone();
         rt.def.version = now.wall_millis();
-        let version = rt.record_version();
+        // Marathon counts a restart as a change of configuration: every task is new.
+        let version = rt.record_version(true);
         rt.config_version = version;
         self.generation += 1;
         info!(app = %key, "app restart requested");
@@ -948,7 +988,7 @@ impl State {
                 let previous = rt.def.clone();
                 rt.def.instances = rt.def.instances.saturating_sub(1);
                 rt.def.version = now.wall_millis();
-                let version = rt.record_version();
+                let version = rt.record_version(false);
                 self.generation += 1;
                 dep = Some(self.deploy(&key, "ScaleApplication", Some(previous), version, now));
             }
@@ -1894,6 +1934,7 @@ pub(crate) mod tests {
             max_launch_delay_seconds: 300.0,
             extra: BTreeMap::new(),
             version: "2026-11-23T10:00:00Z".parse().unwrap(),
+            version_info: None,
         }
     }
 
@@ -2390,6 +2431,45 @@ pub(crate) mod tests {
             s.kill_task("fib", "nope", false, now),
             Err(Error::UnknownTask(_))
         ));
+    }
+
+    #[test]
+    fn version_info_moves_scaling_on_kill_with_scale_and_both_on_restart() {
+        let now = Now::current();
+        let mut s = cluster(&["a"], now);
+        s.create_app(app("fib", 2), now).unwrap();
+        let created = s.app("fib").unwrap().version;
+        let info = |s: &State| s.app("fib").unwrap().version_info.unwrap();
+        assert_eq!(info(&s).last_config_change_at, created);
+        let t = s.desired("a").remove(0);
+        s.kill_task("fib", &t.task, true, now).unwrap();
+        let scaled = s.app("fib").unwrap().version;
+        assert!(scaled > created);
+        assert_eq!(
+            info(&s),
+            VersionInfo {
+                last_scaling_at: scaled,
+                last_config_change_at: created
+            }
+        );
+        let (_, restarted) = s.restart_app("fib", now).unwrap();
+        assert!(restarted > scaled);
+        assert_eq!(
+            info(&s),
+            VersionInfo {
+                last_scaling_at: restarted,
+                last_config_change_at: restarted
+            }
+        );
+        // A restored state runs the tasks of the last config change, not of the
+        // last scaling: they are adopted, not replaced.
+        let mut def = s.app("fib").unwrap().clone();
+        def.version = restarted + chrono::Duration::seconds(5);
+        def.version_info = Some(VersionInfo {
+            last_scaling_at: def.version,
+            last_config_change_at: restarted,
+        });
+        assert_eq!(AppRuntime::new(def).config_version, restarted);
     }
 
     #[test]

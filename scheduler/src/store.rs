@@ -94,18 +94,23 @@ impl Store {
     }
 
     /// Writes `saved` (the state at `generation`) unless a newer generation is already
-    /// on disk. The write runs on a blocking thread.
+    /// on disk. Serialising (MiBs for a large state with its version histories) and
+    /// the write with its fsyncs run on a blocking thread; the lock, held until that
+    /// thread is done, keeps writes in generation order.
     pub async fn save(&self, generation: u64, mut saved: Saved) -> Result<()> {
         let mut written = self.written.lock().await;
         if generation <= *written {
             return Ok(());
         }
-        saved.format = FORMAT;
-        let bytes = serde_json::to_vec_pretty(&saved)?;
         let path = self.path.clone();
-        tokio::task::spawn_blocking(move || write_atomic(&path, &bytes))
-            .await
-            .map_err(|e| Error::io(&self.path, std::io::Error::other(e)))??;
+        tokio::task::spawn_blocking(move || {
+            saved.format = FORMAT;
+            let bytes = serde_json::to_vec_pretty(&saved)?;
+            drop(saved);
+            write_atomic(&path, &bytes)
+        })
+        .await
+        .map_err(|e| Error::io(&self.path, std::io::Error::other(e)))??;
         *written = generation;
         Ok(())
     }
@@ -159,6 +164,7 @@ mod tests {
             max_launch_delay_seconds: 300.0,
             extra: [("labels".to_string(), serde_json::json!({"team": "search"}))].into(),
             version: "2026-11-23T10:00:00.123Z".parse().unwrap(),
+            version_info: None,
         }
     }
 
@@ -201,6 +207,34 @@ mod tests {
         };
         store.save(1, older).await.unwrap();
         assert_eq!(store.load().unwrap().apps[0].id, "/new");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_saves_leave_the_newest_generation_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(Store::new(dir.path().join("state.json")));
+        // Started newest-first and in between, so an older snapshot's write often
+        // reaches the lock after a newer one's: it must then be skipped.
+        let mut order: Vec<u64> = (1..=24).collect();
+        order.reverse();
+        order.rotate_left(7);
+        let saves: Vec<_> = order
+            .into_iter()
+            .map(|g| {
+                let store = std::sync::Arc::clone(&store);
+                tokio::spawn(async move {
+                    let saved = Saved {
+                        apps: vec![app(&format!("/gen-{g}"))],
+                        ..Saved::default()
+                    };
+                    store.save(g, saved).await
+                })
+            })
+            .collect();
+        for s in saves {
+            s.await.unwrap().unwrap();
+        }
+        assert_eq!(store.load().unwrap().apps[0].id, "/gen-24");
     }
 
     #[test]

@@ -858,6 +858,72 @@ async fn app_versions_are_listed_newest_first_and_survive_a_restart() {
     server.stop().await;
 }
 
+#[tokio::test]
+async fn version_info_tells_scaling_from_config_changes_and_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path()).await;
+    let mut app = fib_app();
+    app["instances"] = json!(1);
+    let (code, created) = server.post("/v2/apps", &app).await;
+    assert_eq!(code, 201, "{created}");
+    let created = created["version"].as_str().unwrap().to_string();
+    let change = |method: reqwest::Method, body: Value| {
+        let server = &server;
+        async move {
+            let (code, body) = server
+                .send(method, "/v2/apps/fib", &body, Some(TOKEN))
+                .await;
+            assert_eq!(code, 200, "{body}");
+            body["version"].as_str().unwrap().to_string()
+        }
+    };
+    assert_eq!(info(&server).await, (created.clone(), created.clone()));
+
+    let scaled = change(reqwest::Method::PUT, json!({"instances": 2})).await;
+    assert_ne!(scaled, created);
+    assert_eq!(
+        info(&server).await,
+        (scaled.clone(), created.clone()),
+        "scaling moves only lastScalingAt"
+    );
+    let patched = change(reqwest::Method::PATCH, json!({"env": {"FIB_MAX": "50"}})).await;
+    assert_eq!(
+        info(&server).await,
+        (patched.clone(), patched.clone()),
+        "a config change moves both"
+    );
+    let rescaled = change(reqwest::Method::PATCH, json!({"instances": 3})).await;
+    let want = (rescaled.clone(), patched.clone());
+    assert_eq!(info(&server).await, want);
+    // The list shows it too, and each kept version carries its own.
+    let (_, list) = server.get("/v2/apps").await;
+    assert_eq!(
+        list["apps"][0]["versionInfo"]["lastConfigChangeAt"],
+        json!(patched)
+    );
+    let (_, old) = server.get(&format!("/v2/apps/fib/versions/{scaled}")).await;
+    assert_eq!(
+        old["versionInfo"],
+        json!({"lastScalingAt": scaled, "lastConfigChangeAt": created})
+    );
+    server.stop().await;
+
+    let server = Server::start(dir.path()).await;
+    assert_eq!(info(&server).await, want, "kept across a restart");
+    server.stop().await;
+}
+
+/// `/fib`'s `versionInfo` as (lastScalingAt, lastConfigChangeAt).
+async fn info(server: &Server) -> (String, String) {
+    let (code, app) = server.get("/v2/apps/fib").await;
+    assert_eq!(code, 200, "{app}");
+    let v = &app["app"]["versionInfo"];
+    (
+        v["lastScalingAt"].as_str().unwrap().to_string(),
+        v["lastConfigChangeAt"].as_str().unwrap().to_string(),
+    )
+}
+
 /// What `app_versions_are_listed_newest_first_and_survive_a_restart` expects of `/fib`
 /// after its create, scale and patch, before and after the restart.
 async fn check_versions(server: &Server, created: &str, scaled: &str, patched: &str) {

@@ -957,3 +957,67 @@ async fn task_gets_its_assigned_host_ports_and_marathon_port_variables() {
     cancel.cancel();
     runner.await.unwrap().unwrap();
 }
+
+/// Counts the request body as it streams in, then answers with a chunked body of
+/// four 64 KiB chunks (no content-length).
+async fn count_and_stream(req: Request) -> axum::response::Response {
+    use futures::StreamExt;
+    let mut got = 0usize;
+    let mut body = req.into_body().into_data_stream();
+    while let Some(chunk) = body.next().await {
+        got += chunk.unwrap().len();
+    }
+    let chunks = futures::stream::iter(
+        (0..4).map(|i| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![b'a' + i; 64 << 10]))),
+    );
+    axum::response::Response::builder()
+        .header("x-got", got.to_string())
+        .body(axum::body::Body::from_stream(chunks))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn router_streams_large_request_and_chunked_response_bodies_and_counts_them() {
+    let up = serve(axum::Router::new().fallback(count_and_stream)).await;
+    let eps = BTreeMap::from([(
+        "big".to_string(),
+        vec![endpoint("big", "big.1", "node-a", up)],
+    )]);
+    let plane = serve(
+        axum::Router::new()
+            .route("/v1/services/{app}", get(services))
+            .with_state(Arc::new(eps)),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let router = Router::new(RouterConfig::new("r1", format!("http://{plane}"), &log)).unwrap();
+    let addr = serve(router.axum_router()).await;
+
+    // 3 MiB in 48 chunks without a length: past the retry buffer, so it streams.
+    let sent = 3usize << 20;
+    let chunks = futures::stream::iter(
+        (0..48).map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![b'x'; 64 << 10]))),
+    );
+    let resp = reqwest::Client::new()
+        .post(format!("http://{addr}/big/upload"))
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-got"], sent.to_string().as_str());
+    assert!(resp.headers().contains_key("x-trace-id"));
+    let body = resp.bytes().await.unwrap();
+    assert_eq!(body.len(), 4 * (64 << 10));
+    assert_eq!(&body[(64 << 10) * 3..(64 << 10) * 3 + 2], b"dd");
+
+    let recs = eventually("the access record", || access_records(&log, 1)).await;
+    let r = &recs[0];
+    assert_eq!(r.status, Some(200));
+    assert_eq!(r.path.as_deref(), Some("/big/upload"));
+    assert_eq!(r.fields["bytes"], json!(4 * (64 << 10)));
+    assert_eq!(r.fields["upstream"], json!(up.to_string()));
+    assert!(!r.fields.contains_key("error"), "{:?}", r.fields);
+    router.shutdown().await;
+}
