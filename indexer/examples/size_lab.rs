@@ -7,7 +7,6 @@
 
 use std::collections::BTreeMap;
 use std::time::Instant;
-use tantivy::Index;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
@@ -42,20 +41,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
     let fields = indexer::schema::Fields::new();
-    let index = Index::builder()
-        .schema(fields.schema.clone())
+    let index = fields
+        .index_builder()
         .settings(settings)
         .create_in_dir(&dir)?;
     if std::env::var("SIZE_LAB_TOKENS").as_deref() == Ok("nodigits") {
-        // What-if only (not a supported schema): text tokens that contain a digit are
-        // not indexed at all, to bound what numbers and ids cost in the msg index.
-        use tantivy::tokenizer::{LowerCaser, RemoveLongFilter, SimpleTokenizer, TextAnalyzer};
-        let analyzer = TextAnalyzer::builder(SimpleTokenizer::default())
-            .filter(RemoveLongFilter::limit(40))
-            .filter(LowerCaser)
-            .filter(NoDigits)
+        // What-if only (not a supported schema): text tokens that contain a digit (the
+        // ids of `msg_ids`) are not indexed at all, to bound what they cost.
+        use tantivy::tokenizer::{RemoveLongFilter, SimpleTokenizer, TextAnalyzer};
+        let nothing = TextAnalyzer::builder(SimpleTokenizer::default())
+            .filter(RemoveLongFilter::limit(0))
             .build();
-        index.tokenizers().register("default", analyzer);
+        index
+            .tokenizers()
+            .register(indexer::schema::MSG_IDS_TOKENIZER, nothing);
     }
     let started = Instant::now();
     let mut writer: tantivy::IndexWriter = index.writer_with_num_threads(2, 128 << 20)?;
@@ -136,44 +135,4 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
     }
     Ok(())
-}
-
-/// Drops tokens that contain an ASCII digit (see `SIZE_LAB_TOKENS`).
-#[derive(Clone)]
-struct NoDigits;
-
-impl tantivy::tokenizer::TokenFilter for NoDigits {
-    type Tokenizer<T: tantivy::tokenizer::Tokenizer> = NoDigitsWrapper<T>;
-    fn transform<T: tantivy::tokenizer::Tokenizer>(self, inner: T) -> NoDigitsWrapper<T> {
-        NoDigitsWrapper(inner)
-    }
-}
-
-#[derive(Clone)]
-struct NoDigitsWrapper<T>(T);
-
-impl<T: tantivy::tokenizer::Tokenizer> tantivy::tokenizer::Tokenizer for NoDigitsWrapper<T> {
-    type TokenStream<'a> = NoDigitsStream<T::TokenStream<'a>>;
-    fn token_stream<'a>(&'a mut self, text: &'a str) -> Self::TokenStream<'a> {
-        NoDigitsStream(self.0.token_stream(text))
-    }
-}
-
-struct NoDigitsStream<S>(S);
-
-impl<S: tantivy::tokenizer::TokenStream> tantivy::tokenizer::TokenStream for NoDigitsStream<S> {
-    fn advance(&mut self) -> bool {
-        while self.0.advance() {
-            if !self.0.token().text.bytes().any(|b| b.is_ascii_digit()) {
-                return true;
-            }
-        }
-        false
-    }
-    fn token(&self) -> &tantivy::tokenizer::Token {
-        self.0.token()
-    }
-    fn token_mut(&mut self) -> &mut tantivy::tokenizer::Token {
-        self.0.token_mut()
-    }
 }

@@ -365,8 +365,8 @@ impl IndexView {
     /// disjoint) and HTML fragments of `msg` with those matches in `<em>`.
     pub fn highlights(&self, q: &str, records: &[LogRecord]) -> Result<Vec<Highlight>> {
         let query = user_query(&self.index, &self.fields, q)?;
-        let words = highlight::positive_terms(&*query, self.fields.msg);
-        let mut tokenizer = self.index.tokenizer_for_field(self.fields.msg)?;
+        let words = highlight::positive_terms(&*query, &self.fields.msg_fields());
+        let mut tokenizer = crate::schema::msg_tokenizer();
         let opts = FragmentOptions::default();
         Ok(records
             .iter()

@@ -18,7 +18,6 @@ use protocol::LogRecord;
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-use tantivy::Index;
 
 pub mod external;
 
@@ -327,10 +326,7 @@ fn raw_tantivy(records: &[LogRecord], dir: &Path, memory: usize) -> Result<f64> 
         source,
     })?;
     let fields = Fields::new();
-    let index = Index::builder()
-        .schema(fields.schema.clone())
-        .settings(crate::schema::index_settings())
-        .create_in_dir(dir)?;
+    let index = fields.index_builder().create_in_dir(dir)?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let threads = (memory / (32 << 20)).clamp(1, cores.min(4));
     let started = Instant::now();
@@ -494,6 +490,27 @@ pub async fn run(opts: BenchOptions) -> Result<BenchReport> {
         .find_map(|r| r.trace_id.clone())
         .unwrap_or_default();
     let trace_q = format!("trace_id:{trace}");
+    // Full text on the ids of `msg` (see `crate::msg`): a long number of the newest
+    // record that has one (a term of `msg_ids`), an IPv4 address (a phrase of four
+    // ids, checked against the stored messages), and a phrase whose tokens are all
+    // common (its candidates are many: the worst case of that check).
+    let newest_token = |f: &dyn Fn(&str) -> bool| {
+        records.iter().rev().find_map(|r| {
+            r.msg
+                .split(|c: char| c.is_whitespace() || "[]()/,:=;\"'".contains(c))
+                .find(|t| f(t))
+                .map(str::to_string)
+        })
+    };
+    let id_q = newest_token(&|t| t.len() >= 6 && t.bytes().all(|b| b.is_ascii_digit()))
+        .unwrap_or_default();
+    let ip_q = newest_token(&|t| {
+        t.split('.').count() == 4
+            && t.split('.')
+                .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+    })
+    .unwrap_or_default();
+    let common_q = "\"error state 6\"".to_string();
     type Case<'a> = (&'a str, &'a str, Vec<(&'a str, &'a str)>);
     let cases: Vec<Case> = vec![
         (
@@ -509,6 +526,21 @@ pub async fn run(opts: BenchOptions) -> Result<BenchReport> {
             "search: trace id lookup",
             "/api/v1/search",
             vec![("q", &trace_q), ("limit", "100"), ("start", &day_start)],
+        ),
+        (
+            "full text: a number in msg, newest 100",
+            "/api/v1/search",
+            vec![("q", &id_q), ("limit", "100"), ("start", &day_start)],
+        ),
+        (
+            "full text: an IPv4 address in msg, newest 100",
+            "/api/v1/search",
+            vec![("q", &ip_q), ("limit", "100"), ("start", &day_start)],
+        ),
+        (
+            "full text: phrase \"error state 6\", newest 100",
+            "/api/v1/search",
+            vec![("q", &common_q), ("limit", "100"), ("start", &day_start)],
         ),
         (
             "histogram of a day",
@@ -544,6 +576,12 @@ pub async fn run(opts: BenchOptions) -> Result<BenchReport> {
                 )));
             }
             times.push(t.elapsed().as_secs_f64() * 1000.0);
+            if times.len() == 1 {
+                let total = serde_json::from_slice::<serde_json::Value>(&body)
+                    .ok()
+                    .and_then(|v| v.get("total").cloned());
+                eprintln!("bench: {name} {query:?}: total {total:?}");
+            }
         }
         searches.push((
             name.to_string(),

@@ -872,6 +872,9 @@ impl Builder<'_> {
         match target(field) {
             Target::Keyword(n) => Ok(exact(Term::from_field_text(self.field(n)?, &text))),
             Target::Id => Ok(exact(Term::from_field_text(self.fields().es_id, &text))),
+            Target::Text(n) if n == crate::schema::MSG => {
+                Ok(crate::msg::term_query(self.fields(), &text.to_lowercase()))
+            }
             Target::Text(n) => Ok(exact(Term::from_field_text(
                 self.field(n)?,
                 &text.to_lowercase(),
@@ -900,6 +903,32 @@ impl Builder<'_> {
             other => return Err(bad(format!("match on {field}: unsupported value {other}"))),
         };
         match target(field) {
+            Target::Text(n) if n == crate::schema::MSG => {
+                // Words and ids live in two fields (see `crate::msg`).
+                let toks = crate::msg::tokens(&text);
+                if toks.is_empty() {
+                    return Ok(Box::new(BooleanQuery::new(vec![])));
+                }
+                if phrase && toks.len() > 1 {
+                    if let Some(q) = crate::msg::id_phrase(self.fields(), &toks, 0, false)? {
+                        return Ok(q);
+                    }
+                    let terms = toks
+                        .iter()
+                        .map(|(_, t)| Term::from_field_text(self.fields().msg, t))
+                        .collect();
+                    return Ok(Box::new(PhraseQuery::new(terms)));
+                }
+                let parts: Vec<Box<dyn Query>> = toks
+                    .iter()
+                    .map(|(_, t)| crate::msg::term_query(self.fields(), t))
+                    .collect();
+                Ok(Box::new(if and || phrase {
+                    BooleanQuery::intersection(parts)
+                } else {
+                    BooleanQuery::union(parts)
+                }))
+            }
             Target::Text(n) => {
                 let f = self.field(n)?;
                 let mut tokenizer = self.view.index.tokenizer_for_field(f)?;
@@ -1230,8 +1259,8 @@ pub fn run_search(view: &IndexView, index: &str, req: &Value) -> Result<Value> {
     let cursor = parse_search_after(req.get("search_after"), asc)?;
     let mut highlight = parse_highlight(req.get("highlight"))?
         .map(|spec| -> Result<_> {
-            let words = highlight::positive_terms(&*matching, view.fields.msg);
-            let tokenizer = view.index.tokenizer_for_field(view.fields.msg)?;
+            let words = highlight::positive_terms(&*matching, &view.fields.msg_fields());
+            let tokenizer = crate::schema::msg_tokenizer();
             Ok((spec, words, tokenizer))
         })
         .transpose()?;

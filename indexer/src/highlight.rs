@@ -23,14 +23,14 @@ pub const MAX_FRAGMENTS: usize = 3;
 pub const PRE_TAG: &str = "<em>";
 pub const POST_TAG: &str = "</em>";
 
-/// The tokens of `field` that `query` looks for, outside of negated clauses.
-pub fn positive_terms(query: &dyn Query, field: Field) -> BTreeSet<String> {
+/// The tokens of `fields` that `query` looks for, outside of negated clauses.
+pub fn positive_terms(query: &dyn Query, field: &[Field]) -> BTreeSet<String> {
     let mut words = BTreeSet::new();
     collect_positive(query, field, &mut words);
     words
 }
 
-fn collect_positive(query: &dyn Query, field: Field, words: &mut BTreeSet<String>) {
+fn collect_positive(query: &dyn Query, field: &[Field], words: &mut BTreeSet<String>) {
     if let Some(b) = query.downcast_ref::<BooleanQuery>() {
         for (occur, sub) in b.clauses() {
             if *occur != Occur::MustNot {
@@ -40,7 +40,7 @@ fn collect_positive(query: &dyn Query, field: Field, words: &mut BTreeSet<String
         return;
     }
     query.query_terms(&mut |term, _| {
-        if term.field() == field {
+        if field.contains(&term.field()) {
             if let Some(text) = term.value().as_str() {
                 words.insert(text.to_string());
             }
@@ -198,19 +198,18 @@ mod tests {
 
     fn setup() -> (Index, Fields) {
         let fields = Fields::new();
-        (Index::create_in_ram(fields.schema.clone()), fields)
+        (fields.index_builder().create_in_ram().unwrap(), fields)
     }
 
     fn words_of(q: &str) -> BTreeSet<String> {
         let (index, fields) = setup();
         let query = crate::query::user_query(&index, &fields, q).unwrap();
-        positive_terms(&*query, fields.msg)
+        positive_terms(&*query, &fields.msg_fields())
     }
 
     fn highlight(q: &str, text: &str, opts: &FragmentOptions) -> Vec<String> {
-        let (index, fields) = setup();
         let words = words_of(q);
-        let mut tok = index.tokenizer_for_field(fields.msg).unwrap();
+        let mut tok = crate::schema::msg_tokenizer();
         fragments(text, &match_ranges(&mut tok, &words, text), opts)
     }
 
@@ -317,7 +316,7 @@ mod tests {
         let parser = QueryParser::for_index(&index, vec![fields.msg]);
         let q = parser.parse_query("msg:refused AND NOT msg:ok").unwrap();
         assert_eq!(
-            positive_terms(&*q, fields.msg),
+            positive_terms(&*q, &fields.msg_fields()),
             BTreeSet::from(["refused".to_string()])
         );
     }

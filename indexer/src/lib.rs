@@ -24,6 +24,7 @@ pub mod error;
 pub mod es;
 pub mod highlight;
 pub mod metrics;
+pub mod msg;
 pub mod partition;
 pub mod query;
 pub mod schema;
@@ -47,7 +48,6 @@ use crate::writer::{WriterMsg, WriterThread, QUEUE_DEPTH};
 use protocol::{HistogramResponse, IngestResponse, LogRecord, SearchResponse};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use tantivy::Index;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -151,10 +151,7 @@ impl Indexer {
         let (dir, parts) = partition::open_all(&config.data_dir, &fields)?;
         // Query parsing and highlighting need an index with the schema and the
         // tokenizers; an empty one in memory serves every partition.
-        let index = Index::builder()
-            .schema(fields.schema.clone())
-            .settings(schema::index_settings())
-            .create_in_ram()?;
+        let index = fields.index_builder().create_in_ram()?;
         let (tail, _) = broadcast::channel(TAIL_CAPACITY);
         let metrics = Arc::new(Metrics::default());
         let mut writer = WriterThread::new(
@@ -408,6 +405,7 @@ mod tests {
     use chrono::{DateTime, Duration, Utc};
     use protocol::{Level, Stream, TaskMeta};
     use std::collections::HashSet;
+    use tantivy::Index;
 
     fn config(dir: &std::path::Path) -> IndexerConfig {
         IndexerConfig {
@@ -1178,11 +1176,7 @@ mod tests {
         let old = dir.path().join("index");
         std::fs::create_dir_all(&old).unwrap();
         let fields = Fields::new();
-        let index = Index::builder()
-            .schema(fields.schema.clone())
-            .settings(schema::index_settings())
-            .create_in_dir(&old)
-            .unwrap();
+        let index = fields.index_builder().create_in_dir(&old).unwrap();
         let mut w: tantivy::IndexWriter = index.writer(15 << 20).unwrap();
         let batch: Vec<LogRecord> = (0..3)
             .map(|i| rec(i * 86_400, "h", "a", &format!("m{i}"), "s", i as u64 + 1))

@@ -216,10 +216,7 @@ fn open_index(dir: &Path, fields: &Fields) -> Result<Index> {
     if exists {
         schema::check_schema(dir, &Index::open(mmap.clone())?.schema(), &fields.schema)?;
     }
-    Ok(Index::builder()
-        .schema(fields.schema.clone())
-        .settings(schema::index_settings())
-        .open_or_create(mmap)?)
+    Ok(fields.index_builder().open_or_create(mmap)?)
 }
 
 /// Opens every partition under `root` (`data_dir/index`), first migrating an index of

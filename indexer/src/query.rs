@@ -13,13 +13,13 @@
 //! repeats a record across them.
 
 use crate::error::{Error, Result};
-use crate::schema::{to_tantivy_date, Fields, TS};
+use crate::schema::{to_tantivy_date, Fields, MSG, TS};
 use chrono::{DateTime, Duration, Utc};
 use std::ops::Bound;
 use tantivy::columnar::Cardinality;
 use tantivy::query::{
-    AllQuery, BooleanQuery, EmptyScorer, EnableScoring, Explanation, Occur, Query, QueryParser,
-    RangeQuery, Scorer, Weight,
+    AllQuery, BooleanQuery, BoostQuery, EmptyScorer, EnableScoring, Explanation, Occur, Query,
+    QueryParser, RangeQuery, Scorer, Weight,
 };
 use tantivy::query_grammar::{self, UserInputAst, UserInputLeaf};
 use tantivy::{
@@ -129,9 +129,50 @@ pub fn user_query(index: &Index, fields: &Fields, q: &str) -> Result<Box<dyn Que
     })?;
     let mut parser = QueryParser::for_index(index, vec![fields.msg]);
     parser.set_conjunction_by_default();
-    parser
-        .build_query_from_user_input_ast(match_all_when_only_negative(ast))
-        .map_err(|e| bad(e.to_string()))
+    build(&parser, fields, match_all_when_only_negative(ast)).map_err(|e| bad(e.to_string()))
+}
+
+/// Tantivy's parser, except for text on `msg`: the parser would tokenise it with the
+/// tokenizer of the `msg` field, which holds the words only, and lose the ids (see
+/// `crate::msg`). The clause structure is the parser's own: a bare clause is a must
+/// (conjunction by default).
+fn build(
+    parser: &QueryParser,
+    fields: &Fields,
+    ast: UserInputAst,
+) -> std::result::Result<Box<dyn Query>, String> {
+    match ast {
+        UserInputAst::Clause(clauses) => {
+            let clauses = clauses
+                .into_iter()
+                .map(|(occur, sub)| Ok((occur.unwrap_or(Occur::Must), build(parser, fields, sub)?)))
+                .collect::<std::result::Result<Vec<_>, String>>()?;
+            Ok(Box::new(BooleanQuery::new(clauses)))
+        }
+        UserInputAst::Boost(sub, boost) => Ok(Box::new(BoostQuery::new(
+            build(parser, fields, *sub)?,
+            boost as f32,
+        ))),
+        UserInputAst::Leaf(leaf) => {
+            if let UserInputLeaf::Literal(lit) = leaf.as_ref() {
+                let on_msg = match &lit.field_name {
+                    None => true,
+                    Some(f) => f == MSG,
+                };
+                if on_msg {
+                    let toks = crate::msg::tokens(&lit.phrase);
+                    if let Some(q) = crate::msg::id_phrase(fields, &toks, lit.slop, lit.prefix)
+                        .map_err(|e| e.to_string())?
+                    {
+                        return Ok(q);
+                    }
+                }
+            }
+            parser
+                .build_query_from_user_input_ast(UserInputAst::Leaf(leaf))
+                .map_err(|e| e.to_string())
+        }
+    }
 }
 
 /// Tantivy's boolean query matches nothing when all its clauses are negative, so

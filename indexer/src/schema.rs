@@ -10,6 +10,14 @@
 //! block decompression plus a dozen column lookups, in exchange for a doc store that
 //! holds no byte a column already holds (on the benchmark corpus the store of whole
 //! records as JSON was 0.31 of the raw text at 256 KiB blocks; see BENCHMARKS.md).
+//!
+//! `msg` is indexed in two fields: its words (tokens without a digit) in `msg` with
+//! positions, its ids (numbers, IPs, hex ids: tokens with a digit) in `msg_ids` with
+//! documents only. Ids were most of the distinct terms and half of the token
+//! occurrences of the benchmark corpus, and positions of them serve only phrases,
+//! which `crate::msg` answers from the word positions and the stored message
+//! instead. The trade-off: a phrase with an id reads the stored message of each
+//! candidate document.
 
 use crate::error::{Error, Result};
 use protocol::LogRecord;
@@ -19,6 +27,10 @@ use tantivy::schema::{
     NumericOptions, OwnedValue, Schema, TextFieldIndexing, TextOptions, Value, FAST,
 };
 use tantivy::store::{Compressor, ZstdCompressor};
+use tantivy::tokenizer::{
+    LowerCaser, RemoveLongFilter, SimpleTokenizer, TextAnalyzer, Token, TokenFilter, TokenStream,
+    Tokenizer, TokenizerManager,
+};
 use tantivy::{DateTime, DocId, IndexSettings, SegmentReader, TantivyDocument};
 
 /// Doc store block size: 256 KiB of stored parts per zstd block.
@@ -68,18 +80,108 @@ fn keyword_options() -> TextOptions {
 }
 
 /// Tokenised text with positions (phrases), without field norms.
-fn text_options() -> TextOptions {
+fn text_options(tokenizer: &str) -> TextOptions {
     TextOptions::default().set_indexing_options(
         TextFieldIndexing::default()
-            .set_tokenizer("default")
+            .set_tokenizer(tokenizer)
             .set_index_option(IndexRecordOption::WithFreqsAndPositions)
             .set_fieldnorms(false),
     )
 }
 
+/// Tokenizer of `msg`: the words of the message (tokens without a digit).
+pub const MSG_WORDS_TOKENIZER: &str = "msg_words";
+/// Tokenizer of [`MSG_IDS`]: the tokens of the message that contain a digit.
+pub const MSG_IDS_TOKENIZER: &str = "msg_ids";
+
+/// Whether a token of a message is an "id" (numbers, ports, hex ids, `ssh2`): one
+/// that contains an ASCII digit. Ids go to [`MSG_IDS`], words to `msg`; the query
+/// side routes each token with the same test (see `crate::msg`).
+pub fn is_id_token(token: &str) -> bool {
+    token.bytes().any(|b| b.is_ascii_digit())
+}
+
+/// The tokenizer of a whole message, words and ids: Tantivy's `default` (split on
+/// non-alphanumerics, tokens over 40 bytes dropped, lowercased). Queries, phrase
+/// verification and highlighting use it; each indexed field keeps a part of it,
+/// with the positions of the whole.
+pub fn msg_tokenizer() -> TextAnalyzer {
+    TextAnalyzer::builder(SimpleTokenizer::default())
+        .filter(RemoveLongFilter::limit(40))
+        .filter(LowerCaser)
+        .build()
+}
+
+fn msg_part_tokenizer(ids: bool) -> TextAnalyzer {
+    TextAnalyzer::builder(SimpleTokenizer::default())
+        .filter(RemoveLongFilter::limit(40))
+        .filter(LowerCaser)
+        .filter(KeepIds(ids))
+        .build()
+}
+
+/// Tantivy's tokenizers plus the two halves of `msg`. Every index of this schema
+/// must be built with them ([`Fields::index_builder`]): without, indexing a
+/// document fails on the unknown tokenizer name.
+pub fn tokenizers() -> TokenizerManager {
+    let manager = TokenizerManager::default();
+    manager.register(MSG_WORDS_TOKENIZER, msg_part_tokenizer(false));
+    manager.register(MSG_IDS_TOKENIZER, msg_part_tokenizer(true));
+    manager
+}
+
+/// Keeps the id tokens (`true`) or the word tokens (`false`) of a stream; the
+/// positions of the kept ones are those of the whole stream, so a phrase over the
+/// words of a message still knows how far apart they are.
+#[derive(Clone)]
+struct KeepIds(bool);
+
+impl TokenFilter for KeepIds {
+    type Tokenizer<T: Tokenizer> = KeepIdsTokenizer<T>;
+    fn transform<T: Tokenizer>(self, inner: T) -> KeepIdsTokenizer<T> {
+        KeepIdsTokenizer(inner, self.0)
+    }
+}
+
+#[derive(Clone)]
+struct KeepIdsTokenizer<T>(T, bool);
+
+impl<T: Tokenizer> Tokenizer for KeepIdsTokenizer<T> {
+    type TokenStream<'a> = KeepIdsStream<T::TokenStream<'a>>;
+    fn token_stream<'a>(&'a mut self, text: &'a str) -> Self::TokenStream<'a> {
+        KeepIdsStream(self.0.token_stream(text), self.1)
+    }
+}
+
+struct KeepIdsStream<S>(S, bool);
+
+impl<S: TokenStream> TokenStream for KeepIdsStream<S> {
+    fn advance(&mut self) -> bool {
+        while self.0.advance() {
+            if is_id_token(&self.0.token().text) == self.1 {
+                return true;
+            }
+        }
+        false
+    }
+    fn token(&self) -> &Token {
+        self.0.token()
+    }
+    fn token_mut(&mut self) -> &mut Token {
+        self.0.token_mut()
+    }
+}
+
 /// The field names, as queries spell them.
 pub const TS: &str = "ts";
 pub const MSG: &str = "msg";
+/// The id tokens of `msg` (see [`is_id_token`]), indexed for which documents hold
+/// them only: no frequencies, no positions. On the benchmark corpus (digits
+/// scrambled) ids are 1.35M of the 1.35M distinct terms of 1M messages and half of
+/// the token occurrences; their positions and frequencies were 0.09 of the raw text.
+/// A phrase with an id in it is matched on the word positions and the ids' postings,
+/// then checked against the stored message (`crate::msg`).
+pub const MSG_IDS: &str = "msg_ids";
 pub const UID: &str = "_uid";
 pub const LATENCY: &str = "latency_ms";
 /// The `_id` of a document sent through the Elasticsearch bulk API: a raw keyword
@@ -112,6 +214,8 @@ pub struct Fields {
     pub schema: Schema,
     pub ts: Field,
     pub msg: Field,
+    /// [`MSG_IDS`].
+    pub msg_ids: Field,
     pub path: Field,
     pub fields: Field,
     pub instance: Field,
@@ -142,8 +246,17 @@ impl Fields {
                 .set_fast()
                 .set_precision(DateTimePrecision::Microseconds),
         );
-        let msg = b.add_text_field(MSG, text_options());
-        let path = b.add_text_field("path", text_options());
+        let msg = b.add_text_field(MSG, text_options(MSG_WORDS_TOKENIZER));
+        let msg_ids = b.add_text_field(
+            MSG_IDS,
+            TextOptions::default().set_indexing_options(
+                TextFieldIndexing::default()
+                    .set_tokenizer(MSG_IDS_TOKENIZER)
+                    .set_index_option(IndexRecordOption::Basic)
+                    .set_fieldnorms(false),
+            ),
+        );
+        let path = b.add_text_field("path", text_options("default"));
         let json_indexing = TextFieldIndexing::default()
             .set_tokenizer("default")
             .set_index_option(IndexRecordOption::WithFreqsAndPositions)
@@ -169,6 +282,7 @@ impl Fields {
             schema: b.build(),
             ts,
             msg,
+            msg_ids,
             path,
             fields,
             instance,
@@ -220,6 +334,7 @@ impl Fields {
         }
         doc.add_date(self.ts, to_tantivy_date(&rec.ts));
         doc.add_text(self.msg, &rec.msg);
+        doc.add_text(self.msg_ids, &rec.msg);
         if let Some(p) = &rec.path {
             doc.add_text(self.path, p);
         }
@@ -271,6 +386,20 @@ impl Fields {
         doc_id: DocId,
     ) -> Result<LogRecord> {
         Columns::open(segment)?.record(self, stored, doc_id)
+    }
+
+    /// An index builder with this schema, [`index_settings`] and [`tokenizers`]: the
+    /// one way indexes of this schema are created or opened.
+    pub fn index_builder(&self) -> tantivy::IndexBuilder {
+        tantivy::Index::builder()
+            .schema(self.schema.clone())
+            .settings(index_settings())
+            .tokenizers(tokenizers())
+    }
+
+    /// The fields that index `msg`: its words and its ids.
+    pub fn msg_fields(&self) -> [Field; 2] {
+        [self.msg, self.msg_ids]
     }
 
     /// Looks a keyword field up by name.
@@ -463,6 +592,20 @@ impl Stored {
     }
 }
 
+/// Only the message of a stored part: phrase verification reads nothing else.
+#[derive(serde::Deserialize)]
+struct StoredMsg<'a> {
+    #[serde(borrow)]
+    msg: std::borrow::Cow<'a, str>,
+}
+
+/// The message of a stored part (the bytes of [`SOURCE_DOC`]).
+pub fn stored_msg(bytes: &[u8]) -> Result<std::borrow::Cow<'_, str>> {
+    serde_json::from_slice::<StoredMsg>(bytes)
+        .map(|s| s.msg)
+        .map_err(|e| Error::Index(format!("stored {SOURCE_DOC} is not valid: {e}")))
+}
+
 impl Fields {
     /// The `fields` of a record from its stored part alone: the field sidebar reads
     /// 500 records for these only and has no use for the column lookups of a whole
@@ -547,11 +690,7 @@ mod tests {
     /// Indexes `records` in RAM and reads every one back the way hits are read.
     fn round_trip(records: &[LogRecord]) -> Vec<LogRecord> {
         let f = Fields::new();
-        let index = tantivy::Index::builder()
-            .schema(f.schema.clone())
-            .settings(index_settings())
-            .create_in_ram()
-            .unwrap();
+        let index = f.index_builder().create_in_ram().unwrap();
         let mut w: tantivy::IndexWriter = index.writer(15 << 20).unwrap();
         for (i, r) in records.iter().enumerate() {
             w.add_document(f.to_document(r, i as u64)).unwrap();
@@ -654,6 +793,60 @@ mod tests {
             .to_string();
         assert!(err.contains("/data/index/x"), "{err}");
         assert!(err.contains("instance, status"), "{err}");
+    }
+
+    /// A partition written before `msg` was split into words and ids (`msg` with
+    /// Tantivy's `default` tokenizer, no `msg_ids`) must be refused by name, not read
+    /// with the ids missing from every query.
+    #[test]
+    fn schema_check_refuses_the_layout_before_the_msg_split() {
+        let f = Fields::new();
+        let mut b = Schema::builder();
+        for (_, e) in f.schema.fields() {
+            match e.name() {
+                MSG_IDS => continue,
+                MSG => b.add_text_field(MSG, text_options("default")),
+                _ => b.add_field(e.clone()),
+            };
+        }
+        let err = check_schema(std::path::Path::new("/data/index/y"), &b.build(), &f.schema)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("fields that differ: msg, msg_ids"), "{err}");
+    }
+
+    #[test]
+    fn msg_tokens_split_into_words_and_ids_keep_their_positions() {
+        let text = "Failed password for root from 10.2.3.4 port 22 ssh2";
+        let run = |name: &str| {
+            let mut t = tokenizers().get(name).unwrap();
+            let mut s = t.token_stream(text);
+            let mut out = Vec::new();
+            while let Some(tok) = s.next() {
+                out.push((tok.position, tok.text.clone()));
+            }
+            out
+        };
+        let words = run(MSG_WORDS_TOKENIZER);
+        let ids = run(MSG_IDS_TOKENIZER);
+        assert_eq!(
+            words.iter().map(|(p, _)| *p).collect::<Vec<_>>(),
+            [0, 1, 2, 3, 4, 9]
+        );
+        assert_eq!(
+            ids.iter().map(|(_, t)| t.as_str()).collect::<Vec<_>>(),
+            ["10", "2", "3", "4", "22", "ssh2"]
+        );
+        // Together, the whole message as Tantivy's default tokenizer sees it.
+        let mut all: Vec<_> = words.into_iter().chain(ids).collect();
+        all.sort();
+        let mut t = msg_tokenizer();
+        let mut s = t.token_stream(text);
+        let mut whole = Vec::new();
+        while let Some(tok) = s.next() {
+            whole.push((tok.position, tok.text.clone()));
+        }
+        assert_eq!(all, whole);
     }
 
     #[test]

@@ -809,7 +809,7 @@ mod tests {
     /// segments of the given sizes, uids in an order unrelated to time.
     fn index_of(segments: &[usize]) -> (Index, Fields) {
         let fields = Fields::new();
-        let index = Index::create_in_ram(fields.schema.clone());
+        let index = fields.index_builder().create_in_ram().unwrap();
         let mut w: tantivy::IndexWriter = index.writer_with_num_threads(1, 15_000_000).unwrap();
         w.set_merge_policy(Box::new(tantivy::indexer::NoMergePolicy));
         let meta = protocol::TaskMeta {

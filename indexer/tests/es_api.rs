@@ -177,6 +177,23 @@ async fn search_speaks_the_query_dsl() -> Result<()> {
 
     for (query, expected) in [
         (json!({ "match_phrase": { "message": "timed out" } }), 4),
+        // Numbers in messages are ids, indexed apart from the words (no positions):
+        // term, match and phrases with them stay exact.
+        (
+            json!({ "match_phrase": { "message": "request 15 timed" } }),
+            1,
+        ),
+        (json!({ "match_phrase": { "message": "15 request" } }), 0),
+        (json!({ "match": { "message": "15" } }), 1),
+        (
+            json!({ "match": { "message": { "query": "request 15", "operator": "and" } } }),
+            1,
+        ),
+        (json!({ "term": { "message": "12" } }), 1),
+        (
+            json!({ "query_string": { "query": "\"request 10 timed out\"" } }),
+            1,
+        ),
         (json!({ "terms": { "log.level": ["error", "warn"] } }), 4),
         (json!({ "term": { "trace.id": "t7" } }), 1),
         (json!({ "term": { "user.name": "alice" } }), 10),
