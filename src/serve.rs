@@ -11,6 +11,7 @@ use crate::config::{self, Config};
 use crate::{AgentArgs, IndexerArgs, SchedulerArgs, UpArgs, WebArgs};
 use anyhow::{bail, Context};
 use axum::routing::get;
+use axum::serve::ListenerExt;
 use axum::Router;
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -59,6 +60,13 @@ fn serve_http(
     router: Router,
     cancel: CancellationToken,
 ) -> JoinHandle<anyhow::Result<()>> {
+    // No Nagle delay: streamed responses (live tail, the router's pass-through
+    // bodies) go out in small writes that must not wait for the previous one's ACK.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY on an accepted connection");
+        }
+    });
     tokio::spawn(async move {
         axum::serve(
             listener,
