@@ -87,7 +87,12 @@ impl Codec {
                         None => cx
                             .insert(zstd::bulk::Compressor::new(ZSTD_LEVEL).expect("a zstd level")),
                     };
-                    cx.compress(data).expect("zstd into memory cannot fail")
+                    let mut out = cx.compress(data).expect("zstd into memory cannot fail");
+                    // The output buffer is allocated at zstd's worst-case bound (about
+                    // the input's size, four times what it holds here), and queued
+                    // batches keep their compressed body until their turn.
+                    out.shrink_to_fit();
+                    out
                 })
             }
             Codec::Gzip => {
