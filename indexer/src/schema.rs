@@ -33,33 +33,35 @@ use tantivy::tokenizer::{
 };
 use tantivy::{DateTime, DocId, IndexSettings, SegmentReader, TantivyDocument};
 
-/// Doc store block size: 256 KiB of stored parts per zstd block.
+/// Doc store block size: 512 KiB of stored parts per zstd block.
 ///
 /// Measured on 1M corpus records (`examples/size_lab.rs`, BENCHMARKS.md). With whole
 /// records stored as JSON the store was 0.369 of the raw text at 64 KiB / level 6,
 /// 0.313 at 256 KiB / level 6 and 0.286 at 512 KiB / level 12. With only the stored
 /// part (see the module doc): 0.227 at 256 KiB / level 6 or 9, 0.219 at 512 KiB /
-/// level 6, 0.214 at 512 KiB / level 9. A hit costs one block decompression: 100
-/// newest hits (neighbours, one or two blocks) take 0.2-0.4 ms at any of these sizes,
-/// but 100 hits scattered over the index (one block each, the worst case) took 5.6 ms
-/// at 64 KiB, ~20 ms at 256 KiB and ~58 ms at 512 KiB. 256 KiB at level 6 keeps that
-/// worst case within the 20 ms budget of a hits page for all but 1-2 % of the size,
-/// and compression at ~90 MB/s (level 9 and above: 60 MB/s and less).
+/// level 6, 0.214 at 512 KiB / level 9 (level 15 at 256 KiB: 0.203, but it compresses
+/// about three times slower than level 6 and would hold ingest back). A hit costs one
+/// block decompression: 100 newest hits (neighbours, one or two blocks) take ~1 ms at
+/// any of these sizes, but 100 hits scattered over the index (one block each, the
+/// worst case, with cold readers) take ~22 ms at 256 KiB and ~40 ms at 512 KiB.
+/// 512 KiB at level 9 is what brings the whole index under half the raw text
+/// (BENCHMARKS.md), so the scattered worst case pays for it; compression runs at
+/// ~60 MB/s on Tantivy's store thread, well above what ingest feeds it.
 /// Changing it is compatible: a block's size is implicit in the store's skip index
 /// and its compressor is named in each segment's store footer.
-pub const DOCSTORE_BLOCK_BYTES: usize = 256 * 1024;
+pub const DOCSTORE_BLOCK_BYTES: usize = 512 * 1024;
 
 /// Blocks the doc store of each segment keeps decompressed: bounds the cache at
-/// 6.25 MiB per segment, what Tantivy's default of 100 blocks cost at 64 KiB.
-pub const DOCSTORE_CACHE_BLOCKS: usize = 25;
+/// 6 MiB per segment, about what Tantivy's default of 100 blocks cost at 64 KiB.
+pub const DOCSTORE_CACHE_BLOCKS: usize = 12;
 
-/// Doc store settings: zstd level 6 over [`DOCSTORE_BLOCK_BYTES`] blocks. Larger
+/// Doc store settings: zstd level 9 over [`DOCSTORE_BLOCK_BYTES`] blocks. Larger
 /// blocks than Tantivy's 16 KiB default compress the repetitive JSON of log records
 /// much better, and newest-first hits tend to share blocks.
 pub fn index_settings() -> IndexSettings {
     IndexSettings {
         docstore_compression: Compressor::Zstd(ZstdCompressor {
-            compression_level: Some(6),
+            compression_level: Some(9),
         }),
         docstore_blocksize: DOCSTORE_BLOCK_BYTES,
         ..IndexSettings::default()
