@@ -391,21 +391,28 @@ async fn router_fixture() -> RouterFixture {
         ),
         ("empty".to_string(), vec![]),
     ]);
-    let plane = serve(
-        axum::Router::new()
-            .route("/v1/services/{app}", get(services))
-            .with_state(Arc::new(eps)),
-    )
-    .await;
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("router/access.log");
-    let router = Router::new(RouterConfig::new("r1", format!("http://{plane}"), &log)).unwrap();
-    let addr = serve(router.axum_router()).await;
-    RouterFixture {
-        router,
-        base: format!("http://{addr}"),
-        log,
-        _dir: dir,
+    RouterFixture::start(eps).await
+}
+
+impl RouterFixture {
+    /// A router `r1` whose control plane answers `/v1/services/{app}` from `eps`.
+    async fn start(eps: BTreeMap<String, Vec<ServiceEndpoint>>) -> RouterFixture {
+        let plane = serve(
+            axum::Router::new()
+                .route("/v1/services/{app}", get(services))
+                .with_state(Arc::new(eps)),
+        )
+        .await;
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("router/access.log");
+        let router = Router::new(RouterConfig::new("r1", format!("http://{plane}"), &log)).unwrap();
+        let addr = serve(router.axum_router()).await;
+        RouterFixture {
+            router,
+            base: format!("http://{addr}"),
+            log,
+            _dir: dir,
+        }
     }
 }
 
@@ -979,20 +986,11 @@ async fn count_and_stream(req: Request) -> axum::response::Response {
 #[tokio::test]
 async fn router_streams_large_request_and_chunked_response_bodies_and_counts_them() {
     let up = serve(axum::Router::new().fallback(count_and_stream)).await;
-    let eps = BTreeMap::from([(
+    let f = RouterFixture::start(BTreeMap::from([(
         "big".to_string(),
         vec![endpoint("big", "big.1", "node-a", up)],
-    )]);
-    let plane = serve(
-        axum::Router::new()
-            .route("/v1/services/{app}", get(services))
-            .with_state(Arc::new(eps)),
-    )
+    )]))
     .await;
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("access.log");
-    let router = Router::new(RouterConfig::new("r1", format!("http://{plane}"), &log)).unwrap();
-    let addr = serve(router.axum_router()).await;
 
     // 3 MiB in 48 chunks without a length: past the retry buffer, so it streams.
     let sent = 3usize << 20;
@@ -1000,7 +998,7 @@ async fn router_streams_large_request_and_chunked_response_bodies_and_counts_the
         (0..48).map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![b'x'; 64 << 10]))),
     );
     let resp = reqwest::Client::new()
-        .post(format!("http://{addr}/big/upload"))
+        .post(format!("{}/big/upload", f.base))
         .body(reqwest::Body::wrap_stream(chunks))
         .send()
         .await
@@ -1012,12 +1010,12 @@ async fn router_streams_large_request_and_chunked_response_bodies_and_counts_the
     assert_eq!(body.len(), 4 * (64 << 10));
     assert_eq!(&body[(64 << 10) * 3..(64 << 10) * 3 + 2], b"dd");
 
-    let recs = eventually("the access record", || access_records(&log, 1)).await;
+    let recs = eventually("the access record", || access_records(&f.log, 1)).await;
     let r = &recs[0];
     assert_eq!(r.status, Some(200));
     assert_eq!(r.path.as_deref(), Some("/big/upload"));
     assert_eq!(r.fields["bytes"], json!(4 * (64 << 10)));
     assert_eq!(r.fields["upstream"], json!(up.to_string()));
     assert!(!r.fields.contains_key("error"), "{:?}", r.fields);
-    router.shutdown().await;
+    f.router.shutdown().await;
 }
