@@ -116,6 +116,16 @@ fn config(work_dir: &Path, url: &str) -> ShipperConfig {
     }
 }
 
+/// [`config`] with batches of about ten lines and no multiline joining: many
+/// batches from a few hundred lines, for the tests of how batches queue and spill.
+fn small_batches(work_dir: &Path, url: &str) -> ShipperConfig {
+    ShipperConfig {
+        batch_max_bytes: 2048,
+        multiline_flush: None,
+        ..config(work_dir, url)
+    }
+}
+
 struct Running {
     cancel: CancellationToken,
     task: JoinHandle<agent::Result<()>>,
@@ -693,9 +703,7 @@ async fn a_healthy_indexer_gets_batches_straight_from_memory() {
     let (url, fake) = start_fake().await;
     let work = tempfile::tempdir().unwrap();
     let dir = sandbox(work.path(), "fib", "fib.8", 0);
-    let mut cfg = config(work.path(), &url);
-    cfg.batch_max_bytes = 2048;
-    cfg.multiline_flush = None;
+    let cfg = small_batches(work.path(), &url);
     let shipper = Shipper::new(cfg).unwrap();
     let run = start(&shipper);
     append(&dir.join("stdout"), &numbered(1..=2000));
@@ -717,9 +725,7 @@ async fn reading_runs_ahead_of_a_slow_indexer_without_spooling() {
     fake.lock().unwrap().delay = Duration::from_millis(150);
     let work = tempfile::tempdir().unwrap();
     let dir = sandbox(work.path(), "fib", "fib.8", 0);
-    let mut cfg = config(work.path(), &url);
-    cfg.batch_max_bytes = 2048;
-    cfg.multiline_flush = None;
+    let cfg = small_batches(work.path(), &url);
     let shipper = Shipper::new(cfg).unwrap();
     let run = start(&shipper);
     append(&dir.join("stdout"), &numbered(1..=300));
@@ -742,9 +748,7 @@ async fn the_spool_holds_batches_while_the_indexer_is_down_and_across_a_restart(
     fake.lock().unwrap().fail_next = u32::MAX;
     let work = tempfile::tempdir().unwrap();
     let dir = sandbox(work.path(), "fib", "fib.8", 0);
-    let mut cfg = config(work.path(), &url);
-    cfg.batch_max_bytes = 2048;
-    cfg.multiline_flush = None;
+    let cfg = small_batches(work.path(), &url);
     let shipper = Shipper::new(cfg.clone()).unwrap();
     let run = start(&shipper);
     append(&dir.join("stdout"), &numbered(1..=400));
