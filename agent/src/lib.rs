@@ -684,13 +684,8 @@ impl Run {
                 self.in_flight_copy = Some(copy);
                 return Ok(false);
             }
-            let body = copy.body().to_vec();
-            match self.spool_op(move |s| s.write(&body)).await {
-                Ok(id) => {
-                    inc(&self.inner.metrics.batches_spooled, 1);
-                    self.in_flight_seg = Some(id);
-                    self.advance_over(&copy, copy.len());
-                }
+            match self.spool_one(&copy).await {
+                Ok(id) => self.in_flight_seg = Some(id),
                 Err(e) => {
                     self.in_flight_copy = Some(copy);
                     return Err(e);
@@ -705,30 +700,34 @@ impl Run {
                 self.save_spilled().await;
                 return Ok(false);
             }
-            let body = batch.body().to_vec();
-            if let Err(e) = self.spool_op(move |s| s.write(&body)).await {
+            if let Err(e) = self.spool_one(&batch).await {
                 self.queued.push_front(batch);
                 self.save_spilled().await;
                 return Err(e);
             }
-            inc(&self.inner.metrics.batches_spooled, 1);
-            self.advance_over(&batch, batch.len());
         }
         if self.batch.is_empty() || !fits(self, self.batch.bytes()) {
             self.save_spilled().await;
             return Ok(self.batch.is_empty());
         }
-        let batch = self.take_batch();
-        let body = batch.body().to_vec();
-        if let Err(e) = self.spool_op(move |s| s.write(&body)).await {
-            self.batch = batch;
+        let batch = Arc::new(self.take_batch());
+        if let Err(e) = self.spool_one(&batch).await {
+            self.batch = Arc::try_unwrap(batch).unwrap_or_else(|b| (*b).clone());
             self.save_spilled().await;
             return Err(e);
         }
-        inc(&self.inner.metrics.batches_spooled, 1);
-        self.advance_over(&batch, batch.len());
         self.save_spilled().await;
         Ok(true)
+    }
+
+    /// Writes `batch` to the spool as one segment and moves the checkpoints past it
+    /// (the spool owns those records now). Returns the segment's id.
+    async fn spool_one(&mut self, batch: &Arc<Batch>) -> Result<u64> {
+        let b = batch.clone();
+        let id = self.spool_op(move |s| s.write(b.body())).await?;
+        inc(&self.inner.metrics.batches_spooled, 1);
+        self.advance_over(batch, batch.len());
+        Ok(id)
     }
 
     /// Saves the checkpoints that spilling moved (the spool owns those records now).

@@ -257,6 +257,14 @@ impl Batch {
         }
     }
 
+    /// The compressed body if [`Batch::wire`] already made it for `codec`.
+    fn wire_if_ready(&self, codec: Codec) -> Option<Bytes> {
+        self.wire
+            .get()
+            .filter(|(c, _)| *c == codec)
+            .map(|(_, body)| body.clone())
+    }
+
     /// NDJSON of records `lo..hi`.
     fn slice(&self, lo: usize, hi: usize) -> &[u8] {
         let start = if lo == 0 { 0 } else { self.entries[lo - 1].end };
@@ -386,15 +394,22 @@ impl Sender {
         let b = batch.clone();
         let codec = self.codec;
         let whole = lo == 0 && hi == batch.len();
-        let body = match tokio::task::spawn_blocking(move || {
-            if whole {
-                b.wire(codec)
-            } else {
-                Bytes::from(codec.compress(b.slice(lo, hi)))
+        // Queued batches were compressed by the reader already: no trip to the pool.
+        let ready = whole.then(|| batch.wire_if_ready(codec)).flatten();
+        let body = match ready {
+            Some(body) => Ok(body),
+            None => {
+                tokio::task::spawn_blocking(move || {
+                    if whole {
+                        b.wire(codec)
+                    } else {
+                        Bytes::from(codec.compress(b.slice(lo, hi)))
+                    }
+                })
+                .await
             }
-        })
-        .await
-        {
+        };
+        let body = match body {
             Ok(body) => body,
             Err(e) => {
                 // Only a panic in the encoder gets here; treat it as a refusal so the
