@@ -1277,6 +1277,9 @@ pub fn run_search(view: &IndexView, index: &str, req: &Value) -> Result<Value> {
             .and_offset(from)
             .custom_score(TimeOrder { asc });
         let mut records = RecordReader::new(&view.fields);
+        // The `_id` column, opened once per segment like the record's own columns.
+        let mut ids: std::collections::HashMap<u32, Option<tantivy::columnar::StrColumn>> =
+            std::collections::HashMap::new();
         for ((k_ts, k_uid), addr) in searcher.search(&*page, &top)? {
             let (ts_micros, uid) = if asc {
                 (k_ts.saturating_neg(), u64::MAX - k_uid)
@@ -1286,10 +1289,14 @@ pub fn run_search(view: &IndexView, index: &str, req: &Value) -> Result<Value> {
             let doc: TantivyDocument = searcher.doc(addr)?;
             let segment = searcher.segment_reader(addr.segment_ord);
             let rec = records.read(&doc, addr.segment_ord, segment, addr.doc_id)?;
-            let id = searcher
-                .segment_reader(addr.segment_ord)
-                .fast_fields()
-                .str(ES_ID)?
+            let ids_col = match ids.entry(addr.segment_ord) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(segment.fast_fields().str(ES_ID)?)
+                }
+            };
+            let id = ids_col
+                .as_ref()
                 .and_then(|col| {
                     let ord = col.term_ords(addr.doc_id).next()?;
                     let mut s = String::new();

@@ -21,6 +21,7 @@ use tantivy::query::{
 };
 use tantivy::schema::{Field, IndexRecordOption, Value};
 use tantivy::store::StoreReader;
+use tantivy::tokenizer::TextAnalyzer;
 use tantivy::{DocId, DocSet, Score, SegmentReader, TantivyDocument, Term, TERMINATED};
 
 /// Store blocks a verifying scorer keeps decompressed: candidates come in document
@@ -29,13 +30,28 @@ const VERIFY_CACHE_BLOCKS: usize = 2;
 
 /// The tokens of `text` as `msg` is indexed, with their positions.
 pub fn tokens(text: &str) -> Vec<(usize, String)> {
-    let mut tokenizer = schema::msg_tokenizer();
-    let mut stream = tokenizer.token_stream(text);
     let mut out = Vec::new();
-    while let Some(t) = stream.next() {
-        out.push((t.position, t.text.clone()));
-    }
+    tokens_into(&mut schema::msg_tokenizer(), text, &mut out);
     out
+}
+
+/// [`tokens`] into `out`, reusing its strings: the phrase check runs this on every
+/// candidate's message, where a tokenizer and a string per token each time showed.
+fn tokens_into(analyzer: &mut TextAnalyzer, text: &str, out: &mut Vec<(usize, String)>) {
+    let mut n = 0;
+    let mut stream = analyzer.token_stream(text);
+    while let Some(t) = stream.next() {
+        match out.get_mut(n) {
+            Some((p, s)) => {
+                *p = t.position;
+                s.clear();
+                s.push_str(&t.text);
+            }
+            None => out.push((t.position, t.text.clone())),
+        }
+        n += 1;
+    }
+    out.truncate(n);
 }
 
 /// The term of one token of a message, in the field that indexes it.
@@ -147,13 +163,12 @@ impl PhraseCheck {
     /// Whether `msg` contains the phrase: exactly at the query's relative positions,
     /// or with slop, where the shifts of consecutive tokens from their query
     /// positions add up to at most the slop (Tantivy's sloppy phrase budget).
-    fn matches(&self, msg: &str) -> bool {
-        let toks = tokens(msg);
+    fn matches(&self, toks: &[(usize, String)]) -> bool {
         let Some(last) = toks.last().map(|(p, _)| *p) else {
             return false;
         };
         let mut at: Vec<Option<&str>> = vec![None; last + 1];
-        for (p, t) in &toks {
+        for (p, t) in toks {
             at[*p] = Some(t);
         }
         let first = self.tokens[0].0;
@@ -176,7 +191,7 @@ impl PhraseCheck {
             .collect();
         for (k, (q, _)) in self.tokens.iter().enumerate().skip(1) {
             let mut next = Vec::new();
-            for (p, t) in &toks {
+            for (p, t) in toks {
                 if !self.matches_token(k, t) {
                     continue;
                 }
@@ -248,6 +263,8 @@ impl Weight for VerifiedWeight {
             store,
             check: self.check.clone(),
             source_doc: self.source_doc,
+            analyzer: schema::msg_tokenizer(),
+            toks: Vec::new(),
         };
         let doc = scorer.inner.doc();
         if doc != TERMINATED && !scorer.verified(doc) {
@@ -272,10 +289,13 @@ struct VerifiedScorer {
     store: StoreReader,
     check: Arc<PhraseCheck>,
     source_doc: Field,
+    analyzer: TextAnalyzer,
+    /// The tokens of the message last checked (buffers reused).
+    toks: Vec<(usize, String)>,
 }
 
 impl VerifiedScorer {
-    fn verified(&self, doc: DocId) -> bool {
+    fn verified(&mut self, doc: DocId) -> bool {
         let msg = self
             .store
             .get::<TantivyDocument>(doc)
@@ -285,7 +305,12 @@ impl VerifiedScorer {
                     .get_first(self.source_doc)
                     .and_then(|v| v.as_bytes())
                     .ok_or_else(|| Error::Index(format!("stored document {doc} has no msg")))?;
-                Ok(self.check.matches(&schema::stored_msg(bytes)?))
+                tokens_into(
+                    &mut self.analyzer,
+                    &schema::stored_msg(bytes)?,
+                    &mut self.toks,
+                );
+                Ok(self.check.matches(&self.toks))
             });
         match msg {
             Ok(m) => m,
