@@ -661,8 +661,7 @@ impl Run {
             }
             return Ok(());
         }
-        if let Some(batch) = self.queued.pop_front() {
-            self.send(batch, None);
+        if self.start_queued() {
             return Ok(());
         }
         if self.batch.bytes() >= self.inner.config.batch_max_bytes {
@@ -671,6 +670,25 @@ impl Run {
             self.send(Arc::new(batch), None);
         }
         Ok(())
+    }
+
+    /// Sends the oldest queued batch unless something is in flight or older batches
+    /// wait in the spool; returns whether it did.
+    fn start_queued(&mut self) -> bool {
+        if self.in_flight.is_some()
+            || !self.intact
+            || self.cancel.is_cancelled()
+            || !self.spool().is_empty()
+        {
+            return false;
+        }
+        match self.queued.pop_front() {
+            Some(batch) => {
+                self.send(batch, None);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Writes to the spool, in order, the batch in flight (if it came from memory),
@@ -761,17 +779,15 @@ impl Run {
         }
         self.save_heads().await;
         if self.spool().is_empty() {
+            if self.in_flight.is_none() || self.queued.len() >= MAX_QUEUED {
+                self.settle_in_flight_within(SPILL_AFTER).await?;
+                if !self.intact || self.cancel.is_cancelled() {
+                    return Ok(());
+                }
+                self.start_next().await?;
+            }
             if self.in_flight.is_some() && self.queued.len() < MAX_QUEUED {
                 // Keep reading while the indexer works on the batch in flight.
-                self.enqueue().await?;
-                return Ok(());
-            }
-            self.settle_in_flight_within(SPILL_AFTER).await?;
-            if !self.intact || self.cancel.is_cancelled() {
-                return Ok(());
-            }
-            self.start_next().await?;
-            if self.in_flight.is_some() && self.queued.len() < MAX_QUEUED {
                 self.enqueue().await?;
                 return Ok(());
             }
@@ -836,20 +852,10 @@ impl Run {
                 }
             }
         }
-        // The next queued batch goes out before the checkpoints are saved: the save
-        // (write, fsync, rename) took milliseconds in which the indexer had nothing to
-        // do and, with the queue full, the reader neither (the shipper's core sat idle
-        // 30 % of the time on a quiet machine). Safe in this order: checkpoints only
-        // ever move over acknowledged records.
-        if self.intact
-            && !self.cancel.is_cancelled()
-            && self.in_flight.is_none()
-            && self.spool().is_empty()
-        {
-            if let Some(next) = self.queued.pop_front() {
-                self.send(next, None);
-            }
-        }
+        // The next queued batch goes out before anything else here, so the indexer
+        // is never left waiting on our bookkeeping. Safe in this order: checkpoints
+        // only ever move over acknowledged records.
+        self.start_queued();
         let mut moved = self.advance_over(&shipped.batch, shipped.done);
         for t in self.files.values() {
             moved |= self.checkpoints.grow_head(&t.source, t.head);
