@@ -71,6 +71,14 @@ pub struct BenchReport {
     pub raw_text_bytes: u64,
     pub tantivy_secs: f64,
     pub ingest_secs: f64,
+    /// CPU seconds (user + system, the whole process) of each side: steadier than
+    /// the wall clock on a shared machine, and it shows what the wall clock hides
+    /// when a side leaves a core idle.
+    pub tantivy_cpu_secs: f64,
+    pub ingest_cpu_secs: f64,
+    /// Our CPU seconds until the merges the ingest started are done too: the whole
+    /// cost of the records, which a sustained load must keep up with.
+    pub settled_cpu_secs: f64,
     pub index_bytes: u64,
     /// The raw Tantivy loop's index, same schema.
     pub raw_index_bytes: u64,
@@ -101,23 +109,36 @@ impl BenchReport {
         row(
             "raw Tantivy IndexWriter loop",
             format!(
-                "{:.0} records/s ({:.1} s)",
+                "{:.0} records/s ({:.1} s, {:.1} CPU s)",
                 self.tantivy_rate(),
-                self.tantivy_secs
+                self.tantivy_secs,
+                self.tantivy_cpu_secs
             ),
         );
         row(
             "our ingest (gzip NDJSON over HTTP, committed)",
             format!(
-                "{:.0} records/s ({:.1} s, {} group commits)",
+                "{:.0} records/s ({:.1} s, {:.1} CPU s, {} group commits)",
                 self.ingest_rate(),
                 self.ingest_secs,
+                self.ingest_cpu_secs,
                 self.commits
             ),
         );
         row(
             "ingest / raw Tantivy",
             format!("{:.2}", self.ingest_rate() / self.tantivy_rate()),
+        );
+        row(
+            "CPU per record, raw Tantivy / ours",
+            format!(
+                "{:.2}",
+                self.tantivy_cpu_secs / self.ingest_cpu_secs.max(f64::MIN_POSITIVE)
+            ),
+        );
+        row(
+            "our CPU until the ingest's merges are done",
+            format!("{:.1} CPU s", self.settled_cpu_secs),
         );
         row(
             "index size / raw text",
@@ -258,6 +279,18 @@ fn add_index_sizes(path: &Path, by: &mut std::collections::BTreeMap<String, u64>
     }
 }
 
+/// User + system CPU seconds of this process so far.
+fn cpu_secs() -> f64 {
+    // SAFETY: getrusage only writes the struct it is given.
+    let usage = unsafe {
+        let mut u: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut u);
+        u
+    };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
+}
+
 fn peak_rss() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -320,7 +353,8 @@ pub(crate) fn gzip_ndjson(records: &[LogRecord]) -> Vec<u8> {
 }
 
 /// The same writer set-up as [`crate::writer::WriterThread`], in a plain loop.
-fn raw_tantivy(records: &[LogRecord], dir: &Path, memory: usize) -> Result<f64> {
+/// Returns wall and CPU seconds from the first document to the commit.
+fn raw_tantivy(records: &[LogRecord], dir: &Path, memory: usize) -> Result<(f64, f64)> {
     std::fs::create_dir_all(dir).map_err(|source| Error::Io {
         path: dir.to_path_buf(),
         source,
@@ -329,13 +363,13 @@ fn raw_tantivy(records: &[LogRecord], dir: &Path, memory: usize) -> Result<f64> 
     let index = fields.index_builder().create_in_dir(dir)?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let threads = (memory / (32 << 20)).clamp(1, cores.min(4));
-    let started = Instant::now();
+    let (started, cpu) = (Instant::now(), cpu_secs());
     let mut writer: tantivy::IndexWriter = index.writer_with_num_threads(threads, memory)?;
     for (i, rec) in records.iter().enumerate() {
         writer.add_document(fields.to_document(rec, i as u64))?;
     }
     writer.commit()?;
-    let secs = started.elapsed().as_secs_f64();
+    let secs = (started.elapsed().as_secs_f64(), cpu_secs() - cpu);
     writer.wait_merging_threads()?;
     Ok(secs)
 }
@@ -413,7 +447,7 @@ pub async fn run(opts: BenchOptions) -> Result<BenchReport> {
     };
 
     eprintln!("bench: raw Tantivy loop");
-    let tantivy_secs = {
+    let (tantivy_secs, tantivy_cpu_secs) = {
         let (r, d, m) = (records.clone(), raw_dir.clone(), opts.writer_memory_bytes);
         tokio::task::spawn_blocking(move || raw_tantivy(&r, &d, m))
             .await
@@ -426,7 +460,7 @@ pub async fn run(opts: BenchOptions) -> Result<BenchReport> {
     let (ix, base, server) = serve_on_loopback(&ours_dir, opts.writer_memory_bytes).await?;
     let http = reqwest::Client::new();
     let url = format!("{base}/api/v1/ingest");
-    let started = Instant::now();
+    let (started, cpu) = (Instant::now(), cpu_secs());
     let tasks: Vec<_> = batches
         .into_iter()
         .map(|lane| {
@@ -461,6 +495,7 @@ pub async fn run(opts: BenchOptions) -> Result<BenchReport> {
         )));
     }
     let ingest_secs = started.elapsed().as_secs_f64();
+    let ingest_cpu_secs = cpu_secs() - cpu;
     let commits = ix
         .metrics()
         .lines()
@@ -470,7 +505,11 @@ pub async fn run(opts: BenchOptions) -> Result<BenchReport> {
 
     // Size once merges are done (shutdown waits for them), then reopen: the
     // searches and the freshness run go to the reopened index.
+    // Merges held back during the burst start now rather than after the writer's
+    // idle delay; shutdown waits for them.
+    ix.merge_now().await?;
     ix.shutdown().await;
+    let settled_cpu_secs = cpu_secs() - cpu;
     server.abort();
     let index_bytes = dir_size(&ours_dir.join("index"));
     let index_by_kind = size_by_kind(&ours_dir.join("index"));
@@ -658,6 +697,9 @@ pub async fn run(opts: BenchOptions) -> Result<BenchReport> {
         raw_text_bytes,
         tantivy_secs,
         ingest_secs,
+        tantivy_cpu_secs,
+        ingest_cpu_secs,
+        settled_cpu_secs,
         index_bytes,
         raw_index_bytes,
         index_by_kind,

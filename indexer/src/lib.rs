@@ -23,6 +23,7 @@ pub mod bench;
 pub mod error;
 pub mod es;
 pub mod highlight;
+pub mod merge;
 pub mod metrics;
 pub mod msg;
 pub mod partition;
@@ -243,6 +244,22 @@ impl Indexer {
                 mpsc::error::TrySendError::Closed(_) => Error::ShuttingDown,
             })?;
         answer.await.map_err(|_| Error::ShuttingDown)?
+    }
+
+    /// Starts the merges held back while the writer was busy (see [`merge`]) without
+    /// waiting for the writer to be idle; [`Indexer::shutdown`] then waits for them.
+    /// Returns once the writer has the request.
+    pub async fn merge_now(&self) -> Result<()> {
+        let tx = self
+            .inner
+            .writer_tx
+            .lock()
+            .map_err(|_| Error::Internal("writer handle poisoned".into()))?
+            .clone()
+            .ok_or(Error::ShuttingDown)?;
+        tx.send(WriterMsg::MergeNow)
+            .await
+            .map_err(|_| Error::ShuttingDown)
     }
 
     /// Runs a blocking function against the current reader (for the Elasticsearch
@@ -766,6 +783,40 @@ mod tests {
             .unwrap();
         assert!((1..=32).contains(&commits), "{commits}");
         assert_eq!(ix.search(all("")).await.unwrap().total, 32);
+        ix.shutdown().await;
+    }
+
+    fn gauge(ix: &Indexer, name: &str) -> u64 {
+        ix.metrics()
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in the metrics"))
+    }
+
+    /// Merges held back while requests kept coming must still happen once the
+    /// writer is idle, and become visible to searches without another commit.
+    #[tokio::test]
+    async fn segments_left_by_a_burst_are_merged_once_the_writer_is_idle() {
+        let dir = tempfile::tempdir().unwrap();
+        let ix = Indexer::open(config(dir.path())).unwrap();
+        for i in 0..12 {
+            let r = rec(i, "h", "a", &format!("word{i}"), "s", i as u64 + 1);
+            assert_eq!(ix.ingest(vec![r]).await.unwrap().accepted, 1);
+        }
+        assert!(gauge(&ix, "sandtrail_indexer_segments") > 1);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while gauge(&ix, "sandtrail_indexer_segments") > 1 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "still {} segments",
+                gauge(&ix, "sandtrail_indexer_segments")
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        let found = ix.search(all("")).await.unwrap();
+        assert_eq!(found.total, 12);
+        assert_eq!(msgs(&ix, "word3").await, ["word3"]);
         ix.shutdown().await;
     }
 

@@ -16,6 +16,7 @@
 //! the argument), and read back at open.
 
 use crate::error::{Error, Result};
+use crate::merge::{DeferringMergePolicy, MergeGate, MERGE_WHEN_IDLE};
 use crate::metrics::Metrics;
 use crate::partition::{day_name, day_of, open_part, remove_dir, Part, Partitions, Payload};
 use crate::schema::Fields;
@@ -99,6 +100,9 @@ pub enum WriterMsg {
     },
     /// Commit what is pending, wait for merges, stop.
     Shutdown { reply: oneshot::Sender<()> },
+    /// Start the merges held back while the writer was busy (see [`crate::merge`])
+    /// now, instead of after [`MERGE_WHEN_IDLE`].
+    MergeNow,
 }
 
 /// One document of a bulk request.
@@ -131,6 +135,13 @@ pub struct WriterThread {
     writers: BTreeMap<NaiveDate, IndexWriter<TantivyDocument>>,
     memory_bytes: usize,
     threads: usize,
+    /// Held closed while requests keep coming (see [`crate::merge`]).
+    merge_gate: MergeGate,
+    /// A [`WriterMsg::MergeNow`] arrived during a group.
+    merge_requested: bool,
+    /// Merges started by [`WriterThread::merge_now`] may still be running: readers
+    /// are reloaded when they finish (they are only reloaded by commits otherwise).
+    merges_settling: bool,
     pub fields: Fields,
     pub checkpoint: Checkpoint,
     /// Number of the last committed group (see [`Payload::epoch`]).
@@ -190,6 +201,9 @@ impl WriterThread {
             writers: BTreeMap::new(),
             memory_bytes,
             threads,
+            merge_gate: MergeGate::default(),
+            merge_requested: false,
+            merges_settling: false,
             fields,
             checkpoint: Checkpoint {
                 offsets: last.offsets.clone(),
@@ -235,6 +249,7 @@ impl WriterThread {
                 part.index
                     .writer_with_num_threads(1, self.memory_bytes.clamp(15 << 20, 32 << 20))?
             };
+            writer.set_merge_policy(Box::new(DeferringMergePolicy::new(self.merge_gate.clone())));
             self.writers.insert(day, writer);
         }
         self.writers
@@ -379,6 +394,64 @@ impl WriterThread {
         }
     }
 
+    /// Opens the merge gate and starts what Tantivy's log merge policy would merge
+    /// in every open partition (Tantivy itself asks its policy again only after a
+    /// commit or a merge). Does nothing when merges were not held back.
+    fn merge_now(&mut self) {
+        if !self.merge_gate.open() {
+            return;
+        }
+        for (day, writer) in self.writers.iter_mut() {
+            let Some(part) = self.parts.get(*day) else {
+                continue;
+            };
+            let metas = match part.index.searchable_segment_metas() {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(day = %day_name(*day), error = %e, "cannot list segments to merge");
+                    continue;
+                }
+            };
+            for candidate in crate::merge::candidates(&metas) {
+                tracing::debug!(day = %day_name(*day), segments = candidate.0.len(), "merge started");
+                // The merge runs on Tantivy's merge threads; its result is not needed
+                // here (a failure, e.g. a segment already being merged, is logged by
+                // Tantivy, and that other merge asks the policy again when it ends).
+                drop(writer.merge(&candidate.0));
+                self.merges_settling = true;
+            }
+        }
+    }
+
+    /// Reloads the reader of every open partition whose segments changed (merges
+    /// finished); returns whether merges are still due or running.
+    fn reload_merged(&mut self) -> bool {
+        let mut due = false;
+        for day in self.writers.keys() {
+            let Some(part) = self.parts.get(*day) else {
+                continue;
+            };
+            let Ok(metas) = part.index.searchable_segment_metas() else {
+                continue;
+            };
+            let on_disk: BTreeSet<_> = metas.iter().map(|m| m.id()).collect();
+            let searched: BTreeSet<_> = part
+                .reader
+                .searcher()
+                .segment_readers()
+                .iter()
+                .map(|r| r.segment_id())
+                .collect();
+            if on_disk != searched {
+                if let Err(e) = part.reader.reload() {
+                    tracing::warn!(error = %e, "reader reload after merges failed");
+                }
+            }
+            due |= !crate::merge::candidates(&metas).is_empty();
+        }
+        due
+    }
+
     /// Runs until a shutdown message arrives or every sender is gone.
     pub fn run(mut self, mut rx: mpsc::Receiver<WriterMsg>) {
         tracing::info!(
@@ -401,25 +474,40 @@ impl WriterThread {
         self.enforce_retention();
         let mut last_retention = Instant::now();
         loop {
-            // With a retention, wake up at least every RETENTION_CHECK to apply it.
-            let first = if self.retention.is_some() {
-                let wait = async { tokio::time::timeout(RETENTION_CHECK, rx.recv()).await };
-                match timer.block_on(wait) {
-                    Ok(Some(m)) => Some(m),
-                    Ok(None) => break,
-                    Err(_) => None,
+            // Wake up without a request to start held-back merges once idle, and
+            // (with a retention) at least every RETENTION_CHECK to apply it.
+            let idle_wait =
+                (self.merge_gate.deferring() || self.merges_settling).then_some(MERGE_WHEN_IDLE);
+            let retention_wait = self.retention.is_some().then_some(RETENTION_CHECK);
+            let first = match idle_wait.into_iter().chain(retention_wait).min() {
+                Some(wait) => {
+                    match timer.block_on(async { tokio::time::timeout(wait, rx.recv()).await }) {
+                        Ok(Some(m)) => Some(m),
+                        Ok(None) => break,
+                        Err(_) => None,
+                    }
                 }
-            } else {
-                match rx.blocking_recv() {
+                None => match rx.blocking_recv() {
                     Some(m) => Some(m),
                     None => break,
-                }
+                },
             };
             if self.retention.is_some() && last_retention.elapsed() >= RETENTION_CHECK {
                 self.enforce_retention();
                 last_retention = Instant::now();
             }
-            let Some(first) = first else { continue };
+            let first = match first {
+                None if self.merges_settling && !self.merge_gate.deferring() => {
+                    self.merges_settling = self.reload_merged();
+                    continue;
+                }
+                None | Some(WriterMsg::MergeNow) => {
+                    self.merge_now();
+                    continue;
+                }
+                Some(m) => m,
+            };
+            self.merge_gate.defer();
             let deadline = last_commit + COMMIT_INTERVAL;
             let (stops, committed) = self.commit_group(first, &mut rx, &timer, deadline);
             if self.crashed {
@@ -428,6 +516,9 @@ impl WriterThread {
             }
             if committed {
                 last_commit = Instant::now();
+            }
+            if std::mem::take(&mut self.merge_requested) {
+                self.merge_now();
             }
             stop_replies.extend(stops);
             if !stop_replies.is_empty() {
@@ -492,6 +583,7 @@ impl WriterThread {
             };
             match msg {
                 WriterMsg::Shutdown { reply } => stops.push(reply),
+                WriterMsg::MergeNow => self.merge_requested = true,
                 WriterMsg::Ingest { records, reply } => {
                     let mut resp = IngestResponse::default();
                     if failure.is_none() {
