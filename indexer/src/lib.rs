@@ -820,6 +820,37 @@ mod tests {
         ix.shutdown().await;
     }
 
+    /// Stopped straight after a burst, the writer has not merged what it held back;
+    /// the next start must, without waiting for another ingest.
+    #[tokio::test]
+    async fn merges_held_back_before_a_restart_run_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let ix = Indexer::open(config(dir.path())).unwrap();
+        for i in 0..12 {
+            let r = rec(i, "h", "a", &format!("word{i}"), "s", i as u64 + 1);
+            ix.ingest(vec![r]).await.unwrap();
+        }
+        ix.shutdown().await;
+        let ix = Indexer::open(config(dir.path())).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while gauge(&ix, "sandtrail_indexer_segments") > 1
+            || gauge(&ix, "sandtrail_indexer_merges_pending") != 0
+        {
+            assert!(std::time::Instant::now() < deadline, "{}", ix.metrics());
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        assert_eq!(ix.search(all("")).await.unwrap().total, 12);
+        assert_eq!(
+            ix.ingest(vec![rec(3, "h", "a", "again", "s", 4)])
+                .await
+                .unwrap()
+                .duplicates,
+            1,
+            "the checkpoint survived the merges"
+        );
+        ix.shutdown().await;
+    }
+
     #[tokio::test]
     async fn ingest_beyond_the_inflight_budget_is_refused_until_room_frees() {
         let dir = tempfile::tempdir().unwrap();

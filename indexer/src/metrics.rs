@@ -21,6 +21,8 @@ pub struct Metrics {
     pub search_errors: AtomicU64,
     pub histograms: AtomicU64,
     pub tail_dropped: AtomicU64,
+    /// 1 while merges are held back or running (see [`crate::merge`]), else 0.
+    pub merges_pending: AtomicU64,
 }
 
 /// Values that are read at render time rather than counted.
@@ -116,6 +118,12 @@ impl Metrics {
             "gauge",
             "Documents searchable now.",
             gauges.docs.to_string(),
+        );
+        line(
+            "sandtrail_indexer_merges_pending",
+            "gauge",
+            "1 while merges held back during a burst are due or running.",
+            get(&self.merges_pending).to_string(),
         );
         line(
             "sandtrail_indexer_segments",

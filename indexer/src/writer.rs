@@ -218,6 +218,8 @@ impl WriterThread {
             crashed: false,
             fail_after_part_commits: None,
         };
+        // Merges a burst left due before a restart start once the writer is idle.
+        this.merge_gate.defer();
         if !complete {
             tracing::warn!(
                 epoch = last.epoch,
@@ -395,31 +397,41 @@ impl WriterThread {
     }
 
     /// Opens the merge gate and starts what Tantivy's log merge policy would merge
-    /// in every open partition (Tantivy itself asks its policy again only after a
-    /// commit or a merge). Does nothing when merges were not held back.
+    /// in every partition (Tantivy itself asks its policy again only after a commit
+    /// or a merge), opening the writer of a partition that has something to merge.
+    /// Does nothing when merges were not held back.
     fn merge_now(&mut self) {
         if !self.merge_gate.open() {
             return;
         }
-        for (day, writer) in self.writers.iter_mut() {
-            let Some(part) = self.parts.get(*day) else {
-                continue;
-            };
+        for part in self.parts.list() {
+            let day = part.day;
             let metas = match part.index.searchable_segment_metas() {
                 Ok(m) => m,
                 Err(e) => {
-                    tracing::warn!(day = %day_name(*day), error = %e, "cannot list segments to merge");
+                    tracing::warn!(day = %day_name(day), error = %e, "cannot list segments to merge");
                     continue;
                 }
             };
-            for candidate in crate::merge::candidates(&metas) {
-                tracing::debug!(day = %day_name(*day), segments = candidate.0.len(), "merge started");
+            let candidates = crate::merge::candidates(&metas);
+            if candidates.is_empty() {
+                continue;
+            }
+            let writer = match self.writer_for(day) {
+                Ok(w) => w,
+                Err(e) => {
+                    tracing::warn!(day = %day_name(day), error = %e, "cannot open a writer to merge");
+                    continue;
+                }
+            };
+            for candidate in candidates {
+                tracing::debug!(day = %day_name(day), segments = candidate.0.len(), "merge started");
                 // The merge runs on Tantivy's merge threads; its result is not needed
                 // here (a failure, e.g. a segment already being merged, is logged by
                 // Tantivy, and that other merge asks the policy again when it ends).
                 drop(writer.merge(&candidate.0));
-                self.merges_settling = true;
             }
+            self.merges_settling = true;
         }
     }
 
@@ -474,6 +486,10 @@ impl WriterThread {
         self.enforce_retention();
         let mut last_retention = Instant::now();
         loop {
+            let pending = self.merge_gate.deferring() || self.merges_settling;
+            self.metrics
+                .merges_pending
+                .store(u64::from(pending), std::sync::atomic::Ordering::Relaxed);
             // Wake up without a request to start held-back merges once idle, and
             // (with a retention) at least every RETENTION_CHECK to apply it.
             let idle_wait =
