@@ -207,13 +207,7 @@ impl Indexer {
         if records.is_empty() {
             return Ok(IngestResponse::default());
         }
-        let tx = self
-            .inner
-            .writer_tx
-            .lock()
-            .map_err(|_| Error::Internal("writer handle poisoned".into()))?
-            .clone()
-            .ok_or(Error::ShuttingDown)?;
+        let tx = self.writer()?;
         let (reply, answer) = oneshot::channel();
         tx.send(WriterMsg::Ingest { records, reply })
             .await
@@ -228,13 +222,7 @@ impl Indexer {
         if docs.is_empty() {
             return Ok(Vec::new());
         }
-        let tx = self
-            .inner
-            .writer_tx
-            .lock()
-            .map_err(|_| Error::Internal("writer handle poisoned".into()))?
-            .clone()
-            .ok_or(Error::ShuttingDown)?;
+        let tx = self.writer()?;
         let (reply, answer) = oneshot::channel();
         tx.try_send(WriterMsg::Bulk { docs, reply })
             .map_err(|e| match e {
@@ -246,17 +234,21 @@ impl Indexer {
         answer.await.map_err(|_| Error::ShuttingDown)?
     }
 
-    /// Starts the merges held back while the writer was busy (see [`merge`]) without
-    /// waiting for the writer to be idle; [`Indexer::shutdown`] then waits for them.
-    /// Returns once the writer has the request.
-    pub async fn merge_now(&self) -> Result<()> {
-        let tx = self
-            .inner
+    /// A sender to the writer thread, until shutdown takes it away.
+    fn writer(&self) -> Result<mpsc::Sender<WriterMsg>> {
+        self.inner
             .writer_tx
             .lock()
             .map_err(|_| Error::Internal("writer handle poisoned".into()))?
             .clone()
-            .ok_or(Error::ShuttingDown)?;
+            .ok_or(Error::ShuttingDown)
+    }
+
+    /// Starts the merges held back while the writer was busy (see [`merge`]) without
+    /// waiting for the writer to be idle; [`Indexer::shutdown`] then waits for them.
+    /// Returns once the writer has the request.
+    pub async fn merge_now(&self) -> Result<()> {
+        let tx = self.writer()?;
         tx.send(WriterMsg::MergeNow)
             .await
             .map_err(|_| Error::ShuttingDown)

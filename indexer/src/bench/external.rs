@@ -366,6 +366,17 @@ pub fn encode_batches(
     Ok(m)
 }
 
+/// The indexer's `/metrics` text.
+async fn fetch_metrics(http: &reqwest::Client, base: &str) -> Result<String> {
+    http.get(format!("{base}/metrics"))
+        .send()
+        .await
+        .map_err(|e| internal("metrics")(e.to_string()))?
+        .text()
+        .await
+        .map_err(|e| internal("metrics")(e.to_string()))
+}
+
 /// The indexer child; killed if the bench fails half-way.
 struct IndexerProcess {
     child: Child,
@@ -601,14 +612,7 @@ pub async fn run(opts: ExternalOptions) -> Result<ExternalReport> {
     }
     sampling.store(false, std::sync::atomic::Ordering::Relaxed);
     let ingest_sampled_rss = sampler.join().unwrap_or(0);
-    let metrics = http
-        .get(format!("{}/metrics", ix.url))
-        .send()
-        .await
-        .map_err(|e| internal("metrics")(e.to_string()))?
-        .text()
-        .await
-        .map_err(|e| internal("metrics")(e.to_string()))?;
+    let metrics = fetch_metrics(&http, &ix.url).await?;
     let commits = metrics
         .lines()
         .find_map(|l| l.strip_prefix("sandtrail_indexer_commits_total "))
@@ -622,14 +626,7 @@ pub async fn run(opts: ExternalOptions) -> Result<ExternalReport> {
     // burst held back, as a user would see them an idle second after it.
     let merging = Instant::now();
     loop {
-        let metrics = http
-            .get(format!("{}/metrics", ix.url))
-            .send()
-            .await
-            .map_err(|e| internal("metrics")(e.to_string()))?
-            .text()
-            .await
-            .map_err(|e| internal("metrics")(e.to_string()))?;
+        let metrics = fetch_metrics(&http, &ix.url).await?;
         if metrics
             .lines()
             .any(|l| l.trim() == "sandtrail_indexer_merges_pending 0")
