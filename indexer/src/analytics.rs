@@ -200,7 +200,12 @@ pub fn parse_size(
 impl IndexView {
     fn scoped(&self, scope: &Scope) -> Result<Box<dyn Query>> {
         let mut parts = vec![user_query(&self.index, &self.fields, &scope.q)?];
-        parts.extend(time_range(&self.fields, scope.start, scope.end));
+        parts.extend(time_range(
+            &self.fields,
+            self.parts.columns(),
+            scope.start,
+            scope.end,
+        ));
         Ok(all_of(parts))
     }
 

@@ -20,6 +20,7 @@
 pub mod analytics;
 pub mod api;
 pub mod bench;
+pub mod columns;
 pub mod error;
 pub mod es;
 pub mod highlight;
@@ -116,6 +117,17 @@ pub fn parse_retention(s: &str) -> Result<std::time::Duration> {
 }
 
 /// Handle to an open index; clones share it.
+/// What a test may make the writer do (see the fields of [`WriterThread`] of the
+/// same names); nothing by default.
+#[derive(Default)]
+struct WriterHooks {
+    /// Stop dead after this many partition commits of a group.
+    crash_after: Option<usize>,
+    /// Fail once after this many partition commits of a group.
+    fail_after: Option<usize>,
+    max_deferred_segments: Option<usize>,
+}
+
 #[derive(Clone)]
 pub struct Indexer {
     inner: Arc<Inner>,
@@ -138,16 +150,11 @@ impl Indexer {
     /// Creates the index (or reopens it, with its committed offsets) and starts the
     /// writer thread.
     pub fn open(config: IndexerConfig) -> Result<Indexer> {
-        Self::open_with_hooks(config, None, None)
+        Self::open_with_hooks(config, WriterHooks::default())
     }
 
-    /// [`Indexer::open`] with the writer's test hooks: stop dead, or fail once,
-    /// after that many partition commits of a group.
-    fn open_with_hooks(
-        config: IndexerConfig,
-        crash_after: Option<usize>,
-        fail_after: Option<usize>,
-    ) -> Result<Indexer> {
+    /// [`Indexer::open`] with the writer's test hooks.
+    fn open_with_hooks(config: IndexerConfig, hooks: WriterHooks) -> Result<Indexer> {
         let fields = Fields::new();
         let (dir, parts) = partition::open_all(&config.data_dir, &fields)?;
         // Query parsing and highlighting need an index with the schema and the
@@ -164,8 +171,11 @@ impl Indexer {
             metrics.clone(),
         )?;
         writer.retention = config.retention;
-        writer.crash_after_part_commits = crash_after;
-        writer.fail_after_part_commits = fail_after;
+        writer.crash_after_part_commits = hooks.crash_after;
+        writer.fail_after_part_commits = hooks.fail_after;
+        if let Some(bound) = hooks.max_deferred_segments {
+            writer.max_deferred_segments = bound;
+        }
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let thread = std::thread::Builder::new()
             .name("index-writer".into())
@@ -843,6 +853,77 @@ mod tests {
         ix.shutdown().await;
     }
 
+    /// Counts Tantivy's warning that a merge ended on segments another merge had
+    /// already replaced: the same segments were merged twice, one result thrown away.
+    struct MergedTwice;
+    static MERGED_TWICE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+    impl log::Log for MergedTwice {
+        fn enabled(&self, m: &log::Metadata) -> bool {
+            m.level() <= log::Level::Warn
+        }
+        fn log(&self, r: &log::Record) {
+            if r.args().to_string().contains("couldn't find segment") {
+                MERGED_TWICE.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        fn flush(&self) {}
+    }
+
+    /// Regression: `merge_now` started what the log policy would merge by hand
+    /// (`IndexWriter::merge`), segments that the merge started at the deferral bound
+    /// was still merging included; both merges ran and one result was thrown away
+    /// (Tantivy's "couldn't find segment in SegmentManager", twice in a 10M ingest).
+    #[tokio::test]
+    async fn going_idle_during_a_merge_merges_nothing_twice() {
+        // Other tests of this binary may log too: any double merge there counts.
+        log::set_logger(&MergedTwice).ok();
+        log::set_max_level(log::LevelFilter::Warn);
+        let dir = tempfile::tempdir().unwrap();
+        let bound = 16;
+        let ix = Indexer::open_with_hooks(
+            config(dir.path()),
+            WriterHooks {
+                max_deferred_segments: Some(bound),
+                ..WriterHooks::default()
+            },
+        )
+        .unwrap();
+        let per = 500;
+        // The last commit reaches the bound and starts merging all `bound` segments;
+        // the writer is told to merge what is due while that merge runs.
+        for c in 0..bound {
+            let recs = (0..per)
+                .map(|i| {
+                    let n = c * per + i;
+                    let msg = format!("line {n} of a burst");
+                    rec((n % 3600) as i64, "h", "a", &msg, "s", n as u64 + 1)
+                })
+                .collect();
+            ix.ingest(recs).await.unwrap();
+        }
+        ix.merge_now().await.unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while gauge(&ix, "sandtrail_indexer_merges_pending") != 0
+            || gauge(&ix, "sandtrail_indexer_segments") > 1
+        {
+            assert!(std::time::Instant::now() < deadline, "{}", ix.metrics());
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        ix.shutdown().await;
+        assert_eq!(
+            MERGED_TWICE.load(std::sync::atomic::Ordering::SeqCst),
+            0,
+            "segments were merged twice"
+        );
+        let ix = Indexer::open(config(dir.path())).unwrap();
+        assert_eq!(
+            ix.search(all("")).await.unwrap().total,
+            (bound * per) as u64
+        );
+        ix.shutdown().await;
+    }
+
     #[tokio::test]
     async fn ingest_beyond_the_inflight_budget_is_refused_until_room_frees() {
         let dir = tempfile::tempdir().unwrap();
@@ -1139,7 +1220,14 @@ mod tests {
                 rec(secs, "h", "a", &format!("b{i}"), "s", i as u64 + 1)
             })
             .collect();
-        let ix = Indexer::open_with_hooks(config(dir.path()), Some(1), None).unwrap();
+        let ix = Indexer::open_with_hooks(
+            config(dir.path()),
+            WriterHooks {
+                crash_after: Some(1),
+                ..WriterHooks::default()
+            },
+        )
+        .unwrap();
         assert!(
             ix.ingest(batch.clone()).await.is_err(),
             "the writer crashed"
@@ -1180,7 +1268,14 @@ mod tests {
     #[tokio::test]
     async fn a_commit_failing_between_partitions_is_undone_in_place() {
         let dir = tempfile::tempdir().unwrap();
-        let ix = Indexer::open_with_hooks(config(dir.path()), None, Some(1)).unwrap();
+        let ix = Indexer::open_with_hooks(
+            config(dir.path()),
+            WriterHooks {
+                fail_after: Some(1),
+                ..WriterHooks::default()
+            },
+        )
+        .unwrap();
         let batch: Vec<LogRecord> = (0..6)
             .map(|i| {
                 let secs = if i < 3 { 2 * 86_400 + i } else { i };

@@ -51,13 +51,21 @@ impl MergeGate {
 #[derive(Debug)]
 pub struct DeferringMergePolicy {
     gate: MergeGate,
+    /// [`MAX_DEFERRED_SEGMENTS`] but in tests.
+    max_deferred: usize,
     inner: LogMergePolicy,
 }
 
 impl DeferringMergePolicy {
     pub fn new(gate: MergeGate) -> DeferringMergePolicy {
+        Self::with_bound(gate, MAX_DEFERRED_SEGMENTS)
+    }
+
+    /// Defers until `max_deferred` segments instead of [`MAX_DEFERRED_SEGMENTS`].
+    pub fn with_bound(gate: MergeGate, max_deferred: usize) -> DeferringMergePolicy {
         DeferringMergePolicy {
             gate,
+            max_deferred,
             inner: LogMergePolicy::default(),
         }
     }
@@ -66,7 +74,7 @@ impl DeferringMergePolicy {
 impl MergePolicy for DeferringMergePolicy {
     /// `segments` are those not already being merged.
     fn compute_merge_candidates(&self, segments: &[SegmentMeta]) -> Vec<MergeCandidate> {
-        if self.gate.deferring() && segments.len() < MAX_DEFERRED_SEGMENTS {
+        if self.gate.deferring() && segments.len() < self.max_deferred {
             return Vec::new();
         }
         self.inner.compute_merge_candidates(segments)

@@ -46,15 +46,17 @@
 //! expires (so its older records outlive the retention until then: honest, never
 //! early).
 
+use crate::columns::ColumnCache;
 use crate::error::{Error, Result};
 use crate::schema::{self, Fields};
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use tantivy::collector::Collector;
 use tantivy::directory::MmapDirectory;
+use tantivy::index::SegmentId;
 use tantivy::query::{EnableScoring, Query};
 use tantivy::schema::document::DocumentDeserialize;
 use tantivy::{
@@ -122,6 +124,8 @@ pub struct Part {
 #[derive(Clone, Default)]
 pub struct Partitions {
     inner: Arc<RwLock<Vec<Part>>>,
+    /// The time columns of the segments the partitions search.
+    columns: ColumnCache,
 }
 
 impl Partitions {
@@ -139,12 +143,47 @@ impl Partitions {
             g.push(part);
             g.sort_by_key(|p| std::cmp::Reverse(p.day));
         }
+        self.forget_dropped_segments();
     }
 
     pub fn remove(&self, day: NaiveDate) -> Option<Part> {
-        let mut g = self.inner.write().ok()?;
-        let i = g.iter().position(|p| p.day == day)?;
-        Some(g.remove(i))
+        let removed = {
+            let mut g = self.inner.write().ok()?;
+            let i = g.iter().position(|p| p.day == day)?;
+            g.remove(i)
+        };
+        self.forget_dropped_segments();
+        Some(removed)
+    }
+
+    /// Makes what `part`'s index committed or merged searchable.
+    pub fn reload(&self, part: &Part) -> tantivy::Result<()> {
+        part.reader.reload()?;
+        self.forget_dropped_segments();
+        Ok(())
+    }
+
+    /// The `ts` and `_uid` columns of the segments searched, opened once.
+    pub fn columns(&self) -> &ColumnCache {
+        &self.columns
+    }
+
+    /// Drops from the column cache the segments no partition searches any more, so
+    /// their files are unmapped once the searches still using them end.
+    fn forget_dropped_segments(&self) {
+        let live: HashSet<SegmentId> = self
+            .list()
+            .iter()
+            .flat_map(|p| {
+                p.reader
+                    .searcher()
+                    .segment_readers()
+                    .iter()
+                    .map(|s| s.segment_id())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        self.columns.retain(&live);
     }
 
     /// A searcher over every partition as they are now.
@@ -172,11 +211,9 @@ impl Partitions {
                     if seg.num_docs() == 0 {
                         return false;
                     }
-                    match seg.fast_fields().date(schema::TS) {
-                        Ok(ts) => {
-                            ts.min_value().into_timestamp_micros() <= hi
-                                && ts.max_value().into_timestamp_micros() >= lo
-                        }
+                    match self.columns.get(seg).map(|c| c.ts_bounds()) {
+                        Ok(Some((min, max))) => min <= hi && max >= lo,
+                        Ok(None) => false,
                         // Cannot tell: keep it.
                         Err(_) => true,
                     }

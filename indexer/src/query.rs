@@ -12,8 +12,9 @@
 //! that share a timestamp, and a keyset is the only cursor that neither skips nor
 //! repeats a record across them.
 
+use crate::columns::ColumnCache;
 use crate::error::{Error, Result};
-use crate::schema::{to_tantivy_date, Fields, MSG, TS};
+use crate::schema::{to_tantivy_date, Fields, MSG};
 use chrono::{DateTime, Duration, Utc};
 use std::ops::Bound;
 use tantivy::columnar::Cardinality;
@@ -205,6 +206,7 @@ fn match_all_when_only_negative(ast: UserInputAst) -> UserInputAst {
 /// `start <= ts <= end`; `None` when both are unbounded.
 pub fn time_range(
     fields: &Fields,
+    columns: &ColumnCache,
     start: Option<DateTime<Utc>>,
     end: Option<DateTime<Utc>>,
 ) -> Option<Box<dyn Query>> {
@@ -220,6 +222,7 @@ pub fn time_range(
         inner: RangeQuery::new(bound(start), bound(end)),
         start: micros(start),
         end: micros(end),
+        columns: columns.clone(),
     }))
 }
 
@@ -234,6 +237,7 @@ pub struct TsRange {
     /// Micros, inclusive; `None` is unbounded.
     start: Option<i64>,
     end: Option<i64>,
+    columns: ColumnCache,
 }
 
 impl Query for TsRange {
@@ -242,6 +246,7 @@ impl Query for TsRange {
             inner: self.inner.weight(scoring)?,
             start: self.start,
             end: self.end,
+            columns: self.columns.clone(),
         }))
     }
 }
@@ -250,20 +255,21 @@ struct TsRangeWeight {
     inner: Box<dyn Weight>,
     start: Option<i64>,
     end: Option<i64>,
+    columns: ColumnCache,
 }
 
 impl TsRangeWeight {
     /// Whether the segment is wholly inside (`Some(true)`), wholly outside
     /// (`Some(false)`) or across a bound (`None`).
     fn covers(&self, reader: &SegmentReader) -> tantivy::Result<Option<bool>> {
-        let ts = reader.fast_fields().date(TS)?;
         if reader.max_doc() == 0 {
             return Ok(Some(false));
         }
-        let (min, max) = (
-            ts.min_value().into_timestamp_micros(),
-            ts.max_value().into_timestamp_micros(),
-        );
+        let columns = self.columns.get(reader)?;
+        let ts = &columns.ts;
+        let Some((min, max)) = columns.ts_bounds() else {
+            return Ok(Some(false));
+        };
         let (lo, hi) = (self.start.unwrap_or(i64::MIN), self.end.unwrap_or(i64::MAX));
         if max < lo || min > hi {
             return Ok(Some(false));

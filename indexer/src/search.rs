@@ -7,6 +7,7 @@
 //! collector instead of the aggregation framework: one column read per match and no
 //! JSON round-trip. These functions block and are meant for `spawn_blocking`.
 
+use crate::columns::ColumnCache;
 use crate::error::{Error, Result};
 use crate::partition::{MultiSearcher, Partitions};
 use crate::query::{all_of, before_cursor, parse_time, time_range, user_query, Cursor};
@@ -223,7 +224,12 @@ impl IndexView {
         };
         let searcher = self.parts.searcher_within(req.start, Some(end));
         let mut parts = vec![user_query(&self.index, &self.fields, &req.q)?];
-        parts.extend(time_range(&self.fields, req.start, Some(end)));
+        parts.extend(time_range(
+            &self.fields,
+            self.parts.columns(),
+            req.start,
+            Some(end),
+        ));
         let matching = all_of(parts);
 
         if req.limit == 0 {
@@ -238,7 +244,10 @@ impl IndexView {
             return self.search_by_latency(req, matching);
         }
         // One more than asked tells whether there is an older page.
-        let top = NewestTop { k: req.limit + 1 };
+        let top = NewestTop {
+            k: req.limit + 1,
+            columns: self.parts.columns().clone(),
+        };
         let (total, top_hits) = match cursor {
             None => searcher.search(&*matching, &top)?,
             Some(c) => {
@@ -326,10 +335,20 @@ impl IndexView {
             None => {
                 let up_to_end = all_of(
                     std::iter::once(q.box_clone())
-                        .chain(time_range(&self.fields, None, Some(end)))
+                        .chain(time_range(
+                            &self.fields,
+                            self.parts.columns(),
+                            None,
+                            Some(end),
+                        ))
                         .collect(),
                 );
-                let oldest = searcher.search(&*up_to_end, &MinTs)?;
+                let oldest = searcher.search(
+                    &*up_to_end,
+                    &MinTs {
+                        columns: self.parts.columns().clone(),
+                    },
+                )?;
                 oldest
                     .and_then(DateTime::from_timestamp_micros)
                     .unwrap_or(end - Duration::minutes(DEFAULT_HISTOGRAM_SPAN_MINUTES))
@@ -337,8 +356,19 @@ impl IndexView {
         };
         let layout = BucketLayout::new(start.timestamp_micros(), end.timestamp_micros());
         let mut parts = vec![q];
-        parts.extend(time_range(&self.fields, Some(start), Some(end)));
-        let counts = searcher.search(&*all_of(parts), &HistogramCollector { layout })?;
+        parts.extend(time_range(
+            &self.fields,
+            self.parts.columns(),
+            Some(start),
+            Some(end),
+        ));
+        let counts = searcher.search(
+            &*all_of(parts),
+            &HistogramCollector {
+                layout,
+                columns: self.parts.columns().clone(),
+            },
+        )?;
         let buckets = counts
             .into_iter()
             .enumerate()
@@ -391,6 +421,7 @@ impl CustomSegmentScorer<(i64, u64)> for NewestFirstSegment {
 /// far and cost one column read.
 pub(crate) struct NewestTop {
     pub k: usize,
+    pub columns: ColumnCache,
 }
 
 type Keyed = ((i64, u64), tantivy::DocAddress);
@@ -442,11 +473,12 @@ impl Collector for NewestTop {
         segment: SegmentOrdinal,
         reader: &SegmentReader,
     ) -> tantivy::Result<NewestTopSegment> {
+        let columns = self.columns.get(reader)?;
         Ok(NewestTopSegment {
             k: self.k,
             segment,
-            ts: reader.fast_fields().date(TS)?,
-            uid: reader.fast_fields().u64(UID)?,
+            ts: columns.ts.clone(),
+            uid: columns.uid.clone(),
             heap: BinaryHeap::with_capacity(self.k.min(MAX_LIMIT + 1)),
             count: 0,
             buf: Vec::new(),
@@ -645,6 +677,7 @@ impl BucketLayout {
 
 struct HistogramCollector {
     layout: BucketLayout,
+    columns: ColumnCache,
 }
 
 struct HistogramSegment {
@@ -665,7 +698,7 @@ impl Collector for HistogramCollector {
     ) -> tantivy::Result<HistogramSegment> {
         Ok(HistogramSegment {
             layout: self.layout,
-            ts: segment.fast_fields().date(TS)?,
+            ts: self.columns.get(segment)?.ts.clone(),
             counts: vec![0; self.layout.count],
             buf: Vec::new(),
         })
@@ -720,7 +753,9 @@ impl SegmentCollector for HistogramSegment {
 }
 
 /// Oldest `ts` (micros) among the matches.
-struct MinTs;
+struct MinTs {
+    columns: ColumnCache,
+}
 
 struct MinTsSegment {
     ts: Column<tantivy::DateTime>,
@@ -737,7 +772,7 @@ impl Collector for MinTs {
         segment: &SegmentReader,
     ) -> tantivy::Result<MinTsSegment> {
         Ok(MinTsSegment {
-            ts: segment.fast_fields().date(TS)?,
+            ts: self.columns.get(segment)?.ts.clone(),
             min: None,
         })
     }
@@ -853,7 +888,15 @@ mod tests {
         for q in ["", "error", "odd"] {
             let query = user_query(&index, &fields, q).unwrap();
             for k in [0, 1, 7, 100, 2000] {
-                let (count, mut ours) = searcher.search(&*query, &NewestTop { k }).unwrap();
+                let (count, mut ours) = searcher
+                    .search(
+                        &*query,
+                        &NewestTop {
+                            k,
+                            columns: ColumnCache::default(),
+                        },
+                    )
+                    .unwrap();
                 let (want_count, want) = searcher
                     .search(
                         &*query,
@@ -877,6 +920,9 @@ mod tests {
     fn time_range_counts_match_a_plain_range() {
         let (index, fields) = index_of(&[200, 300, 500]);
         let searcher = index.reader().unwrap().searcher();
+        // One cache for every range, as in the server: later ranges read columns
+        // cached by earlier ones.
+        let columns = ColumnCache::default();
         let base: DateTime<Utc> = "2026-11-22T00:00:00Z".parse().unwrap();
         let at = |s: i64| Some(base + Duration::seconds(s));
         let bound = |t: Option<DateTime<Utc>>| match t {
@@ -895,7 +941,7 @@ mod tests {
             (None, at(250)),
             (at(250), None),
         ] {
-            let ours = time_range(&fields, start, end).unwrap();
+            let ours = time_range(&fields, &columns, start, end).unwrap();
             let plain = tantivy::query::RangeQuery::new(bound(start), bound(end));
             assert_eq!(
                 searcher.search(&*ours, &Count).unwrap(),

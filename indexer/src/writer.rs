@@ -162,6 +162,9 @@ pub struct WriterThread {
     /// Test hook: the next group's commit fails after this many partition commits
     /// (once), the way a full disk would.
     pub(crate) fail_after_part_commits: Option<usize>,
+    /// Test hook: [`crate::merge::MAX_DEFERRED_SEGMENTS`], lowered so that a test
+    /// reaches the bound in a few commits.
+    pub(crate) max_deferred_segments: usize,
 }
 
 impl WriterThread {
@@ -217,6 +220,7 @@ impl WriterThread {
             crash_after_part_commits: None,
             crashed: false,
             fail_after_part_commits: None,
+            max_deferred_segments: crate::merge::MAX_DEFERRED_SEGMENTS,
         };
         // Merges a burst left due before a restart start once the writer is idle.
         this.merge_gate.defer();
@@ -251,7 +255,10 @@ impl WriterThread {
                 part.index
                     .writer_with_num_threads(1, self.memory_bytes.clamp(15 << 20, 32 << 20))?
             };
-            writer.set_merge_policy(Box::new(DeferringMergePolicy::new(self.merge_gate.clone())));
+            writer.set_merge_policy(Box::new(DeferringMergePolicy::with_bound(
+                self.merge_gate.clone(),
+                self.max_deferred_segments,
+            )));
             self.writers.insert(day, writer);
         }
         self.writers
@@ -292,7 +299,7 @@ impl WriterThread {
             if let Some(part) = self.parts.get(*day) {
                 // The data is durable even if the reload fails; the next commit's
                 // reload will make it visible.
-                if let Err(e) = part.reader.reload() {
+                if let Err(e) = self.parts.reload(&part) {
                     tracing::warn!(error = %e, "reader reload after commit failed");
                 }
             }
@@ -396,42 +403,50 @@ impl WriterThread {
         }
     }
 
-    /// Opens the merge gate and starts what Tantivy's log merge policy would merge
-    /// in every partition (Tantivy itself asks its policy again only after a commit
-    /// or a merge), opening the writer of a partition that has something to merge.
+    /// Opens the merge gate and has Tantivy start what its log merge policy would
+    /// merge in every partition that has something due, opening its writer if need be.
     /// Does nothing when merges were not held back.
+    ///
+    /// Tantivy asks its policy only after a commit or a merge, so this commits: an
+    /// empty commit carrying the partition's payload unchanged (the writer is idle:
+    /// nothing is pending). Starting the candidates by hand (`IndexWriter::merge`)
+    /// merged segments that a merge started at the bound was already merging: both
+    /// ran to the end and one result was thrown away ("couldn't find segment in
+    /// SegmentManager"), 90 segments merged twice in a 10M-record ingest. Asked
+    /// after a commit, the policy only sees segments no merge holds.
     fn merge_now(&mut self) {
-        if !self.merge_gate.open() {
+        if !self.merge_gate.open() || self.broken.is_some() || self.crashed {
             return;
         }
         for part in self.parts.list() {
             let day = part.day;
-            let metas = match part.index.searchable_segment_metas() {
+            let metas = match part.index.load_metas() {
                 Ok(m) => m,
                 Err(e) => {
                     tracing::warn!(day = %day_name(day), error = %e, "cannot list segments to merge");
                     continue;
                 }
             };
-            let candidates = crate::merge::candidates(&metas);
-            if candidates.is_empty() {
+            if crate::merge::candidates(&metas.segments).is_empty() {
                 continue;
             }
-            let writer = match self.writer_for(day) {
-                Ok(w) => w,
-                Err(e) => {
-                    tracing::warn!(day = %day_name(day), error = %e, "cannot open a writer to merge");
-                    continue;
+            let asked = self.writer_for(day).and_then(|writer| {
+                let mut prepared = writer.prepare_commit()?;
+                if let Some(payload) = &metas.payload {
+                    prepared.set_payload(payload);
                 }
-            };
-            for candidate in candidates {
-                tracing::debug!(day = %day_name(day), segments = candidate.0.len(), "merge started");
-                // The merge runs on Tantivy's merge threads; its result is not needed
-                // here (a failure, e.g. a segment already being merged, is logged by
-                // Tantivy, and that other merge asks the policy again when it ends).
-                drop(writer.merge(&candidate.0));
+                prepared.commit()?;
+                Ok(())
+            });
+            match asked {
+                Ok(()) => {
+                    tracing::debug!(day = %day_name(day), "merges due started");
+                    self.merges_settling = true;
+                }
+                Err(e) => {
+                    tracing::warn!(day = %day_name(day), error = %e, "cannot start the merges due")
+                }
             }
-            self.merges_settling = true;
         }
     }
 
@@ -455,7 +470,7 @@ impl WriterThread {
                 .map(|r| r.segment_id())
                 .collect();
             if on_disk != searched {
-                if let Err(e) = part.reader.reload() {
+                if let Err(e) = self.parts.reload(&part) {
                     tracing::warn!(error = %e, "reader reload after merges failed");
                 }
             }
