@@ -21,11 +21,12 @@
 
 use crate::analytics::{percentile_of_sorted, KeywordCounts};
 use crate::api::{check_token, gunzip_capped};
+use crate::columns::ColumnCache;
 use crate::error::{Error, EsError, Result};
 use crate::highlight::{self, FragmentOptions};
-use crate::query::{all_of, before_cursor, parse_time, user_query, Cursor};
-use crate::schema::{to_tantivy_date, Fields, RecordReader, ES_ID, KEYWORDS, LATENCY, TS, UID};
-use crate::search::IndexView;
+use crate::query::{all_of, before_cursor, parse_time, time_range, user_query, Cursor};
+use crate::schema::{Fields, RecordReader, ES_ID, KEYWORDS, LATENCY, TS};
+use crate::search::{IndexView, NewestTop};
 use crate::writer::{BulkDoc, BulkOutcome};
 use crate::Indexer;
 use axum::body::Bytes;
@@ -966,26 +967,11 @@ impl Builder<'_> {
             .ok_or_else(|| bad(format!("range on {field} needs an object")))?;
         let now = Utc::now();
         let tgt = target(field);
+        if tgt == Target::Ts {
+            return self.ts_range(field, obj, now);
+        }
         let to_term = |v: &Value| -> Result<Term> {
             match &tgt {
-                Target::Ts => {
-                    let t = match v {
-                        Value::Number(n) => n
-                            .as_i64()
-                            .and_then(DateTime::from_timestamp_millis)
-                            .ok_or_else(|| {
-                                bad(format!("range on {field}: {n} is not epoch milliseconds"))
-                            })?,
-                        Value::String(s) => {
-                            // Date math rounding (`now-1d/d`) is not supported; the
-                            // unrounded time is close enough for a bound.
-                            let s = s.split('/').next().unwrap_or(s);
-                            parse_time("range", s, now)?
-                        }
-                        other => return Err(bad(format!("range on {field}: bad bound {other}"))),
-                    };
-                    Ok(Term::from_field_date(self.fields().ts, to_tantivy_date(&t)))
-                }
                 Target::F64(n) => {
                     let x = v
                         .as_f64()
@@ -1026,6 +1012,49 @@ impl Builder<'_> {
             }
         }
         Ok(Box::new(RangeQuery::new(lower, upper)))
+    }
+
+    /// A range on `@timestamp`, as the native API's time range: whole segments
+    /// inside or outside it are decided from their smallest and largest `ts`
+    /// (what Kibana's time picker sends on every search). `ts` has microseconds, so
+    /// an exclusive bound is the inclusive one a microsecond inside it.
+    fn ts_range(
+        &self,
+        field: &str,
+        obj: &Map<String, Value>,
+        now: DateTime<Utc>,
+    ) -> Result<Box<dyn Query>> {
+        let to_time = |v: &Value| -> Result<DateTime<Utc>> {
+            match v {
+                Value::Number(n) => n
+                    .as_i64()
+                    .and_then(DateTime::from_timestamp_millis)
+                    .ok_or_else(|| bad(format!("range on {field}: {n} is not epoch milliseconds"))),
+                Value::String(s) => {
+                    // Date math rounding (`now-1d/d`) is not supported; the
+                    // unrounded time is close enough for a bound.
+                    let s = s.split('/').next().unwrap_or(s);
+                    parse_time("range", s, now)
+                }
+                other => Err(bad(format!("range on {field}: bad bound {other}"))),
+            }
+        };
+        let micro = chrono::Duration::microseconds(1);
+        let (mut start, mut end) = (None, None);
+        for (k, v) in obj {
+            match k.as_str() {
+                "gte" | "from" => start = Some(to_time(v)?),
+                "gt" => start = Some(to_time(v)? + micro),
+                "lte" | "to" => end = Some(to_time(v)?),
+                "lt" => end = Some(to_time(v)? - micro),
+                "format" | "time_zone" | "boost" | "include_lower" | "include_upper" => {}
+                other => return Err(bad(format!("range on {field}: unknown key {other:?}"))),
+            }
+        }
+        Ok(
+            time_range(self.fields(), self.view.parts.columns(), start, end)
+                .unwrap_or_else(|| Box::new(AllQuery)),
+        )
     }
 
     /// Restricts to the documents bulk-loaded under the given index names, unless
@@ -1265,22 +1294,43 @@ pub fn run_search(view: &IndexView, index: &str, req: &Value) -> Result<Value> {
         })
         .transpose()?;
     let searcher = view.searcher();
-    let total = searcher.search(&*matching, &Count)?;
-    let mut hits = Vec::new();
-    if size > 0 {
+    let columns = view.parts.columns();
+    let (total, top_hits) = if !asc && cursor.is_none() {
+        // Newest first from the top, the common case (Kibana's Discover): the count
+        // and the page in one pass, reading `_uid` only for contenders.
+        let top = NewestTop {
+            k: from + size,
+            columns: columns.clone(),
+        };
+        let (total, hits) = searcher.search(&*matching, &top)?;
+        (total, hits.into_iter().skip(from).collect())
+    } else {
+        let total = searcher.search(&*matching, &Count)?;
         let page = match cursor {
             None => matching.box_clone(),
             Some(c) if asc => all_of(vec![matching.box_clone(), after_cursor(&view.fields, c)]),
             Some(c) => all_of(vec![matching.box_clone(), before_cursor(&view.fields, c)]),
         };
-        let top = TopDocs::with_limit(size)
-            .and_offset(from)
-            .custom_score(TimeOrder { asc });
+        let hits = if size > 0 {
+            let top = TopDocs::with_limit(size)
+                .and_offset(from)
+                .custom_score(TimeOrder {
+                    asc,
+                    columns: columns.clone(),
+                });
+            searcher.search(&*page, &top)?
+        } else {
+            Vec::new()
+        };
+        (total, hits)
+    };
+    let mut hits = Vec::new();
+    if size > 0 {
         let mut records = RecordReader::new(&view.fields);
         // The `_id` column, opened once per segment like the record's own columns.
         let mut ids: std::collections::HashMap<u32, Option<tantivy::columnar::StrColumn>> =
             std::collections::HashMap::new();
-        for ((k_ts, k_uid), addr) in searcher.search(&*page, &top)? {
+        for ((k_ts, k_uid), addr) in top_hits {
             let (ts_micros, uid) = if asc {
                 (k_ts.saturating_neg(), u64::MAX - k_uid)
             } else {
@@ -1378,7 +1428,10 @@ fn run_aggs(view: &IndexView, matching: &dyn Query, aggs: &Value) -> Result<Valu
                     .ok_or_else(|| bad(format!("date_histogram {name:?} needs fixed_interval")))?;
                 let micros = parse_interval(interval)?;
                 let min_doc_count = body.get("min_doc_count").and_then(Value::as_u64).unwrap_or(0);
-                let counts = searcher.search(matching, &DateBuckets { interval: micros })?;
+                let counts = searcher.search(matching, &DateBuckets {
+                        interval: micros,
+                        columns: view.parts.columns().clone(),
+                    })?;
                 let mut buckets = Vec::new();
                 if let (Some(first), Some(last)) = (counts.keys().next(), counts.keys().last()) {
                     if (last - first) / micros > MAX_BUCKETS {
@@ -1513,6 +1566,7 @@ fn parse_interval(s: &str) -> Result<i64> {
 /// Sort key for `_search`: (ts, uid) descending, or mirrored for ascending.
 struct TimeOrder {
     asc: bool,
+    columns: ColumnCache,
 }
 
 struct TimeOrderSegment {
@@ -1524,10 +1578,11 @@ struct TimeOrderSegment {
 impl CustomScorer<(i64, u64)> for TimeOrder {
     type Child = TimeOrderSegment;
     fn segment_scorer(&self, segment: &SegmentReader) -> tantivy::Result<TimeOrderSegment> {
+        let columns = self.columns.get(segment)?;
         Ok(TimeOrderSegment {
             asc: self.asc,
-            ts: segment.fast_fields().date(TS)?,
-            uid: segment.fast_fields().u64(UID)?,
+            ts: columns.ts.clone(),
+            uid: columns.uid.clone(),
         })
     }
 }
@@ -1550,12 +1605,31 @@ impl CustomSegmentScorer<(i64, u64)> for TimeOrderSegment {
 /// Match counts per fixed-width time bucket (keyed by bucket start, micros).
 struct DateBuckets {
     interval: i64,
+    columns: ColumnCache,
 }
 
 struct DateBucketsSegment {
     interval: i64,
     ts: Column<tantivy::DateTime>,
     counts: BTreeMap<i64, u64>,
+    /// The bucket of the last document and its count not yet in `counts`: the
+    /// documents of a segment come mostly in time order, so most skip the map.
+    run: Option<(i64, u64)>,
+    buf: Vec<Option<tantivy::DateTime>>,
+}
+
+impl DateBucketsSegment {
+    fn count(&mut self, t: tantivy::DateTime) {
+        let key = t.into_timestamp_micros().div_euclid(self.interval) * self.interval;
+        match &mut self.run {
+            Some((k, n)) if *k == key => *n += 1,
+            run => {
+                if let Some((k, n)) = run.replace((key, 1)) {
+                    *self.counts.entry(k).or_insert(0) += n;
+                }
+            }
+        }
+    }
 }
 
 impl Collector for DateBuckets {
@@ -1569,8 +1643,10 @@ impl Collector for DateBuckets {
     ) -> tantivy::Result<DateBucketsSegment> {
         Ok(DateBucketsSegment {
             interval: self.interval,
-            ts: segment.fast_fields().date(TS)?,
+            ts: self.columns.get(segment)?.ts.clone(),
             counts: BTreeMap::new(),
+            run: None,
+            buf: Vec::new(),
         })
     }
 
@@ -1594,15 +1670,27 @@ impl SegmentCollector for DateBucketsSegment {
 
     fn collect(&mut self, doc: DocId, _: Score) {
         if let Some(t) = self.ts.first(doc) {
-            let t = t.into_timestamp_micros();
-            *self
-                .counts
-                .entry(t.div_euclid(self.interval) * self.interval)
-                .or_insert(0) += 1;
+            self.count(t);
         }
     }
 
-    fn harvest(self) -> BTreeMap<i64, u64> {
+    /// A block of `ts` at once (as the native histogram): decoding the column per
+    /// block instead of per document.
+    fn collect_block(&mut self, docs: &[DocId]) {
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.clear();
+        buf.resize(docs.len(), None);
+        self.ts.first_vals(docs, &mut buf);
+        for t in buf.iter().flatten() {
+            self.count(*t);
+        }
+        self.buf = buf;
+    }
+
+    fn harvest(mut self) -> BTreeMap<i64, u64> {
+        if let Some((k, n)) = self.run.take() {
+            *self.counts.entry(k).or_insert(0) += n;
+        }
         self.counts
     }
 }

@@ -214,6 +214,55 @@ async fn search_speaks_the_query_dsl() -> Result<()> {
             .await?;
         assert_eq!(r["hits"]["total"]["value"], expected, "{query}");
     }
+    // Bounds on @timestamp are exact at a document's own time, inclusive or not,
+    // as strings or epoch milliseconds (10:00:05Z is 1748772005000).
+    for (range, expected) in [
+        (
+            json!({ "gte": "2025-06-01T10:00:05Z", "lte": "2025-06-01T10:00:15Z" }),
+            11,
+        ),
+        (
+            json!({ "gt": "2025-06-01T10:00:05Z", "lte": "2025-06-01T10:00:15Z" }),
+            10,
+        ),
+        (
+            json!({ "gte": "2025-06-01T10:00:05Z", "lt": "2025-06-01T10:00:15Z" }),
+            10,
+        ),
+        (
+            json!({ "gt": 1748772005000_i64, "lt": 1748772015000_i64 }),
+            9,
+        ),
+        (json!({ "gte": 1748772005000_i64 }), 15),
+        (json!({ "lt": "2025-06-01T10:00:00Z" }), 0),
+        (
+            json!({ "gte": "2025-06-01T09:00:00Z", "lte": "2025-06-01T11:00:00Z" }),
+            20,
+        ),
+        (
+            json!({ "gt": "2025-06-01T10:00:15Z", "lt": "2025-06-01T10:00:05Z" }),
+            0,
+        ),
+    ] {
+        let body = json!({ "query": { "range": { "@timestamp": range } }, "size": 0 });
+        let r = s.search("logs", body).await?;
+        assert_eq!(r["hits"]["total"]["value"], expected, "{range}");
+    }
+    // Newest first with `from`: the pages are the slices of the whole list, and
+    // the total counts every match whatever the page.
+    let whole = s.search("logs", json!({ "size": 20 })).await?;
+    let whole = msgs(&whole);
+    assert_eq!(whole[0], "request 19 ok");
+    for from in [0, 3, 7, 18, 20] {
+        let r = s.search("logs", json!({ "size": 5, "from": from })).await?;
+        assert_eq!(r["hits"]["total"]["value"], 20, "from {from}");
+        assert_eq!(
+            msgs(&r),
+            whole[from.min(20)..(from + 5).min(20)],
+            "from {from}"
+        );
+    }
+
     // Another index name selects nothing; wildcards select everything.
     let r = s.search("other", json!({})).await?;
     assert_eq!(r["hits"]["total"]["value"], 0);

@@ -511,6 +511,18 @@ fn found(body: &serde_json::Value) -> u64 {
     if let Some(t) = body.get("total").and_then(|t| t.as_u64()) {
         return t;
     }
+    // Elasticsearch: the buckets of an aggregation, else the hits' total.
+    if let Some(aggs) = body.get("aggregations").and_then(|a| a.as_object()) {
+        return aggs
+            .values()
+            .filter_map(|a| a.get("buckets").and_then(|b| b.as_array()))
+            .flatten()
+            .filter_map(|b| b.get("doc_count").and_then(|c| c.as_u64()))
+            .sum();
+    }
+    if let Some(t) = body.pointer("/hits/total/value").and_then(|t| t.as_u64()) {
+        return t;
+    }
     if let Some(b) = body.get("buckets").and_then(|b| b.as_array()) {
         return b
             .iter()
@@ -663,7 +675,28 @@ pub async fn run(opts: ExternalOptions) -> Result<ExternalReport> {
     let day_start = first.to_rfc3339();
     let day_end = (first + chrono::Duration::days(1)).to_rfc3339();
     let trace_q = format!("trace_id:{}", manifest.last_trace);
-    type Case<'a> = (&'a str, &'a str, Vec<(&'a str, &'a str)>);
+    // What Kibana's Discover sends for a day: its time picker's range, a filter,
+    // newest first; and its histogram above the hits.
+    let es_day = serde_json::json!({ "range": { "@timestamp": {
+        "gte": day_start, "lte": day_end, "format": "strict_date_optional_time"
+    } } });
+    let es_discover = serde_json::json!({
+        "size": 100,
+        "sort": [{ "@timestamp": { "order": "desc" } }],
+        "query": { "bool": { "filter": [es_day, { "match_phrase": { "log.level": "error" } }] } },
+    });
+    let es_histogram = serde_json::json!({
+        "size": 0,
+        "query": { "bool": { "filter": [es_day] } },
+        "aggs": { "2": { "date_histogram": { "field": "@timestamp", "fixed_interval": "30m" } } },
+    });
+    // (name, path, query string, JSON body: POSTed when there is one)
+    type Case<'a> = (
+        &'a str,
+        &'a str,
+        Vec<(&'a str, &'a str)>,
+        Option<serde_json::Value>,
+    );
     let cases: Vec<Case> = vec![
         (
             "term query level:error, newest 100",
@@ -673,21 +706,25 @@ pub async fn run(opts: ExternalOptions) -> Result<ExternalReport> {
                 ("limit", "100"),
                 ("start", &day_start),
             ],
+            None,
         ),
         (
             "trace id lookup",
             "/api/v1/search",
             vec![("q", &trace_q), ("limit", "100"), ("start", &day_start)],
+            None,
         ),
         (
             "histogram of a day",
             "/api/v1/histogram",
             vec![("start", &day_start), ("end", &day_end)],
+            None,
         ),
         (
             "latency percentiles by host, a day",
             "/api/v1/latency",
             vec![("by", "host"), ("start", &day_start), ("end", &day_end)],
+            None,
         ),
         (
             "full text `connection`, newest 100, highlighted",
@@ -698,24 +735,41 @@ pub async fn run(opts: ExternalOptions) -> Result<ExternalReport> {
                 ("highlight", "true"),
                 ("start", &day_start),
             ],
+            None,
         ),
         (
             "field sidebar (top values), a day",
             "/api/v1/fields",
             vec![("start", &day_start), ("end", &day_end)],
+            None,
+        ),
+        (
+            "Elasticsearch _search: a day, log.level error, newest 100",
+            "/_search",
+            vec![],
+            Some(es_discover),
+        ),
+        (
+            "Elasticsearch _search: date_histogram of a day, 30m",
+            "/_search",
+            vec![],
+            Some(es_histogram),
         ),
     ];
     eprintln!("bench: searches");
     let mut searches = Vec::new();
-    for (name, path, query) in cases {
+    for (name, path, query, body) in cases {
         let mut times = Vec::new();
         let mut first_ms = 0.0;
         let mut hits = 0;
         for run in 0..=opts.search_runs.max(1) {
             let t = Instant::now();
-            let resp = http
-                .get(format!("{}{path}", ix.url))
-                .query(&query)
+            let url = format!("{}{path}", ix.url);
+            let request = match &body {
+                Some(b) => http.post(url).json(b),
+                None => http.get(url).query(&query),
+            };
+            let resp = request
                 .send()
                 .await
                 .map_err(|e| internal(name)(e.to_string()))?;
@@ -854,6 +908,17 @@ mod tests {
     #[test]
     fn found_reads_each_answer_shape() {
         assert_eq!(found(&serde_json::json!({"total": 7, "hits": []})), 7);
+        assert_eq!(
+            found(&serde_json::json!({"hits": {"total": {"value": 9}, "hits": []}})),
+            9
+        );
+        assert_eq!(
+            found(&serde_json::json!({
+                "hits": {"total": {"value": 9}},
+                "aggregations": {"2": {"buckets": [{"doc_count": 4}, {"doc_count": 5}]}}
+            })),
+            9
+        );
         assert_eq!(
             found(&serde_json::json!({"buckets": [{"count": 2}, {"count": 3}]})),
             5
