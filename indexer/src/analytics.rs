@@ -232,7 +232,9 @@ impl IndexView {
 
         let sample = searcher.search(
             &*query,
-            &TopDocs::with_limit(FIELDS_SAMPLE).custom_score(NewestFirst),
+            &TopDocs::with_limit(FIELDS_SAMPLE).custom_score(NewestFirst {
+                columns: self.parts.columns().clone(),
+            }),
         )?;
         let mut per_key: HashMap<String, HashMap<String, u64>> = HashMap::new();
         for (_, addr) in sample {

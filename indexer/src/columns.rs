@@ -17,7 +17,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use tantivy::columnar::Column;
 use tantivy::index::SegmentId;
-use tantivy::SegmentReader;
+use tantivy::{DocId, SegmentReader};
 
 /// The columns of one segment every time-ordered search reads.
 pub struct SegmentColumns {
@@ -28,7 +28,7 @@ pub struct SegmentColumns {
 impl SegmentColumns {
     /// Smallest and largest `ts` (micros) of the segment; `None` when it is empty.
     pub fn ts_bounds(&self) -> Option<(i64, i64)> {
-        (self.ts.num_docs() > 0).then(|| {
+        (self.ts.values.num_vals() > 0).then(|| {
             (
                 self.ts.min_value().into_timestamp_micros(),
                 self.ts.max_value().into_timestamp_micros(),
@@ -40,7 +40,17 @@ impl SegmentColumns {
 /// Cheap to clone: every clone shares one map.
 #[derive(Clone, Default)]
 pub struct ColumnCache {
-    by_segment: Arc<Mutex<HashMap<SegmentId, Arc<SegmentColumns>>>>,
+    inner: Arc<Mutex<Cached>>,
+}
+
+#[derive(Default)]
+struct Cached {
+    by_segment: HashMap<SegmentId, Arc<SegmentColumns>>,
+    /// The segments searched as of the last [`ColumnCache::retain`]; `None` before
+    /// the first. Only these are cached: a search still running on a searcher from
+    /// before a reload must not put a merged-away segment back (its files would stay
+    /// mapped until the next reload, which an idle indexer may never do).
+    live: Option<HashSet<SegmentId>>,
 }
 
 impl std::fmt::Debug for ColumnCache {
@@ -55,7 +65,7 @@ impl ColumnCache {
     /// The columns of `segment`, opened now if no search opened them before.
     pub fn get(&self, segment: &SegmentReader) -> tantivy::Result<Arc<SegmentColumns>> {
         let id = segment.segment_id();
-        if let Some(cols) = self.lock().get(&id) {
+        if let Some(cols) = self.lock().by_segment.get(&id) {
             return Ok(cols.clone());
         }
         // Opened outside the lock: two searches missing together both open it, and
@@ -65,29 +75,48 @@ impl ColumnCache {
             ts: ff.date(TS)?,
             uid: ff.u64(UID)?,
         });
-        self.lock().insert(id, cols.clone());
+        let mut cached = self.lock();
+        if cached.live.as_ref().is_none_or(|live| live.contains(&id)) {
+            cached.by_segment.insert(id, cols.clone());
+        }
         Ok(cols)
     }
 
-    /// Forgets every segment not in `live`.
-    pub fn retain(&self, live: &HashSet<SegmentId>) {
-        self.lock().retain(|id, _| live.contains(id));
+    /// The segments searched from now on: every other one is forgotten, and not
+    /// cached again.
+    pub fn retain(&self, live: HashSet<SegmentId>) {
+        let mut cached = self.lock();
+        cached.by_segment.retain(|id, _| live.contains(id));
+        cached.live = Some(live);
     }
 
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().by_segment.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SegmentId, Arc<SegmentColumns>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Cached> {
         // The map holds no invariant a panicking holder could break.
-        self.by_segment
+        self.inner
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+}
+
+/// `ts` of a block of documents into `buf` (resized to `docs`): decoding the column
+/// a block at a time instead of per document is most of a match-all aggregation's
+/// time. `buf` is reused from block to block.
+pub fn ts_block(
+    ts: &Column<tantivy::DateTime>,
+    docs: &[DocId],
+    buf: &mut Vec<Option<tantivy::DateTime>>,
+) {
+    buf.clear();
+    buf.resize(docs.len(), None);
+    ts.first_vals(docs, buf);
 }
 
 #[cfg(test)]
@@ -125,9 +154,16 @@ mod tests {
         assert_eq!(first.ts_bounds(), Some((50_000_000, 100_000_000)));
         assert_eq!(first.uid.first(0), Some(7));
 
-        cache.retain(&HashSet::from([segment.segment_id()]));
+        cache.retain(HashSet::from([segment.segment_id()]));
         assert_eq!(cache.len(), 1);
-        cache.retain(&HashSet::new());
+        cache.retain(HashSet::new());
         assert!(cache.is_empty());
+        // A search on a searcher from before the reload opens it, uncached.
+        let late = cache.get(segment).unwrap();
+        assert!(!Arc::ptr_eq(&first, &late));
+        assert!(
+            cache.is_empty(),
+            "a segment no longer searched was cached again"
+        );
     }
 }

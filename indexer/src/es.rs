@@ -1016,8 +1016,8 @@ impl Builder<'_> {
 
     /// A range on `@timestamp`, as the native API's time range: whole segments
     /// inside or outside it are decided from their smallest and largest `ts`
-    /// (what Kibana's time picker sends on every search). `ts` has microseconds, so
-    /// an exclusive bound is the inclusive one a microsecond inside it.
+    /// (what Kibana's time picker sends on every search). `ts` has whole
+    /// microseconds, so every bound becomes an inclusive one on a whole microsecond.
     fn ts_range(
         &self,
         field: &str,
@@ -1039,18 +1039,25 @@ impl Builder<'_> {
                 other => Err(bad(format!("range on {field}: bad bound {other}"))),
             }
         };
-        let micro = chrono::Duration::microseconds(1);
         let (mut start, mut end) = (None, None);
         for (k, v) in obj {
+            let t = || to_time(v).map(|t| inclusive_micros(k, t));
             match k.as_str() {
-                "gte" | "from" => start = Some(to_time(v)?),
-                "gt" => start = Some(to_time(v)? + micro),
-                "lte" | "to" => end = Some(to_time(v)?),
-                "lt" => end = Some(to_time(v)? - micro),
+                "gte" | "from" | "gt" => start = Some(t()?),
+                "lte" | "to" | "lt" => end = Some(t()?),
                 "format" | "time_zone" | "boost" | "include_lower" | "include_upper" => {}
                 other => return Err(bad(format!("range on {field}: unknown key {other:?}"))),
             }
         }
+        let at = |micros: Option<i64>| -> Result<Option<DateTime<Utc>>> {
+            micros
+                .map(|m| {
+                    DateTime::from_timestamp_micros(m)
+                        .ok_or_else(|| bad(format!("range on {field}: a bound is out of range")))
+                })
+                .transpose()
+        };
+        let (start, end) = (at(start)?, at(end)?);
         Ok(
             time_range(self.fields(), self.view.parts.columns(), start, end)
                 .unwrap_or_else(|| Box::new(AllQuery)),
@@ -1278,10 +1285,10 @@ pub fn run_search(view: &IndexView, index: &str, req: &Value) -> Result<Value> {
     let matching = all_of(parts);
     let size = usize_param(req, "size", DEFAULT_SIZE)?;
     let from = usize_param(req, "from", 0)?;
-    if from + size > MAX_WINDOW {
+    let window = from.saturating_add(size);
+    if window > MAX_WINDOW {
         return Err(bad(format!(
-            "from + size = {} is more than {MAX_WINDOW}; use search_after to page deeper",
-            from + size
+            "from + size = {window} is more than {MAX_WINDOW}; use search_after to page deeper"
         )));
     }
     let asc = parse_sort(req.get("sort"))?;
@@ -1299,7 +1306,8 @@ pub fn run_search(view: &IndexView, index: &str, req: &Value) -> Result<Value> {
         // Newest first from the top, the common case (Kibana's Discover): the count
         // and the page in one pass, reading `_uid` only for contenders.
         let top = NewestTop {
-            k: from + size,
+            // Nothing to show: count only, without gathering `from` hits to drop.
+            k: if size == 0 { 0 } else { window },
             columns: columns.clone(),
         };
         let (total, hits) = searcher.search(&*matching, &top)?;
@@ -1563,6 +1571,21 @@ fn parse_interval(s: &str) -> Result<i64> {
         .ok_or_else(|| bad(format!("interval {s:?} is too large")))
 }
 
+/// The whole microsecond a range bound `op` on `t` includes last (`lte`, `lt`) or
+/// first (`gte`, `gt`): `ts` is stored in whole microseconds, so `lt t` is `lte`
+/// the microsecond before `t` rounded up, and `gt t` is `gte` the one after `t`
+/// rounded down.
+fn inclusive_micros(op: &str, t: DateTime<Utc>) -> i64 {
+    let floor = t.timestamp_micros();
+    let ceil = floor + i64::from(!t.timestamp_subsec_nanos().is_multiple_of(1000));
+    match op {
+        "gt" => floor + 1,
+        "gte" | "from" => ceil,
+        "lt" => ceil - 1,
+        _ => floor,
+    }
+}
+
 /// Sort key for `_search`: (ts, uid) descending, or mirrored for ascending.
 struct TimeOrder {
     asc: bool,
@@ -1678,9 +1701,7 @@ impl SegmentCollector for DateBucketsSegment {
     /// block instead of per document.
     fn collect_block(&mut self, docs: &[DocId]) {
         let mut buf = std::mem::take(&mut self.buf);
-        buf.clear();
-        buf.resize(docs.len(), None);
-        self.ts.first_vals(docs, &mut buf);
+        crate::columns::ts_block(&self.ts, docs, &mut buf);
         for t in buf.iter().flatten() {
             self.count(*t);
         }
@@ -1858,6 +1879,29 @@ mod tests {
             "app:fib AND -level:debug (host:a OR msg:\"x y\")"
         );
         assert_eq!(rewrite_query_string("myservice.name:x"), "myservice.name:x");
+    }
+
+    proptest::proptest! {
+        /// A document at whole microsecond `d` is in `op t` exactly when its time
+        /// compares so with `t`, nanoseconds and negative times included.
+        #[test]
+        fn range_bounds_round_to_the_stored_microseconds(
+            t_nanos in -2_000_000_000i64..2_000_000_000,
+            d in -2_000_000i64..2_000_000,
+        ) {
+            let t = DateTime::from_timestamp_nanos(t_nanos);
+            let d_nanos = d * 1000;
+            for (op, holds) in [
+                ("gt", d_nanos > t_nanos),
+                ("gte", d_nanos >= t_nanos),
+                ("lt", d_nanos < t_nanos),
+                ("lte", d_nanos <= t_nanos),
+            ] {
+                let bound = inclusive_micros(op, t);
+                let inside = if op.starts_with('g') { d >= bound } else { d <= bound };
+                proptest::prop_assert_eq!(inside, holds, "{} {} (bound {})", op, t_nanos, bound);
+            }
+        }
     }
 
     #[test]

@@ -81,9 +81,9 @@ impl MergePolicy for DeferringMergePolicy {
     }
 }
 
-/// What Tantivy would merge among `segments` with the gate open: started by the
-/// writer when it goes idle, since Tantivy itself only asks its policy after a
-/// commit or a merge.
+/// What Tantivy's policy would merge among `segments` with the gate open: whether
+/// a partition has merges due (the writer then makes Tantivy ask its policy, which
+/// leaves out segments already being merged).
 pub fn candidates(segments: &[SegmentMeta]) -> Vec<MergeCandidate> {
     LogMergePolicy::default().compute_merge_candidates(segments)
 }

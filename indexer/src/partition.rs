@@ -183,7 +183,7 @@ impl Partitions {
                     .collect::<Vec<_>>()
             })
             .collect();
-        self.columns.retain(&live);
+        self.columns.retain(live);
     }
 
     /// A searcher over every partition as they are now.

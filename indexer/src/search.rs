@@ -11,7 +11,7 @@ use crate::columns::ColumnCache;
 use crate::error::{Error, Result};
 use crate::partition::{MultiSearcher, Partitions};
 use crate::query::{all_of, before_cursor, parse_time, time_range, user_query, Cursor};
-use crate::schema::{Fields, RecordReader, LATENCY, TS, UID};
+use crate::schema::{Fields, RecordReader, LATENCY};
 use chrono::{DateTime, Duration, Utc};
 use protocol::{HistogramBucket, HistogramResponse, SearchResponse};
 use serde::Deserialize;
@@ -281,7 +281,9 @@ impl IndexView {
             .as_deref()
             .map(LatencyCursor::decode)
             .transpose()?;
-        let top = TopDocs::with_limit(req.limit + 1).custom_score(SlowestFirst);
+        let top = TopDocs::with_limit(req.limit + 1).custom_score(SlowestFirst {
+            columns: self.parts.columns().clone(),
+        });
         let total = searcher.search(&*matching, &Count)?;
         let top_hits = match cursor {
             None => searcher.search(&*matching, &top)?,
@@ -386,7 +388,9 @@ impl IndexView {
 }
 
 /// Sort key (ts micros, uid), highest first.
-pub(crate) struct NewestFirst;
+pub(crate) struct NewestFirst {
+    pub columns: ColumnCache,
+}
 
 pub(crate) struct NewestFirstSegment {
     ts: Column<tantivy::DateTime>,
@@ -396,9 +400,10 @@ pub(crate) struct NewestFirstSegment {
 impl CustomScorer<(i64, u64)> for NewestFirst {
     type Child = NewestFirstSegment;
     fn segment_scorer(&self, segment: &SegmentReader) -> tantivy::Result<NewestFirstSegment> {
+        let columns = self.columns.get(segment)?;
         Ok(NewestFirstSegment {
-            ts: segment.fast_fields().date(TS)?,
-            uid: segment.fast_fields().u64(UID)?,
+            ts: columns.ts.clone(),
+            uid: columns.uid.clone(),
         })
     }
 }
@@ -517,9 +522,7 @@ impl SegmentCollector for NewestTopSegment {
     fn collect_block(&mut self, docs: &[DocId]) {
         self.count += docs.len();
         let mut buf = std::mem::take(&mut self.buf);
-        buf.clear();
-        buf.resize(docs.len(), None);
-        self.ts.first_vals(docs, &mut buf);
+        crate::columns::ts_block(&self.ts, docs, &mut buf);
         for (doc, ts) in docs.iter().zip(&buf) {
             self.offer(*doc, *ts);
         }
@@ -538,7 +541,9 @@ impl SegmentCollector for NewestTopSegment {
 }
 
 /// Sort key (latency as an order-preserving u64, uid), highest first.
-struct SlowestFirst;
+struct SlowestFirst {
+    columns: ColumnCache,
+}
 
 struct SlowestFirstSegment {
     /// `None` in a segment where no record has a latency.
@@ -551,7 +556,7 @@ impl CustomScorer<(u64, u64)> for SlowestFirst {
     fn segment_scorer(&self, segment: &SegmentReader) -> tantivy::Result<SlowestFirstSegment> {
         Ok(SlowestFirstSegment {
             latency: segment.fast_fields().column_opt::<f64>(LATENCY)?,
-            uid: segment.fast_fields().u64(UID)?,
+            uid: self.columns.get(segment)?.uid.clone(),
         })
     }
 }
@@ -736,9 +741,7 @@ impl SegmentCollector for HistogramSegment {
     /// per document is most of a match-all histogram's time.
     fn collect_block(&mut self, docs: &[DocId]) {
         let mut buf = std::mem::take(&mut self.buf);
-        buf.clear();
-        buf.resize(docs.len(), None);
-        self.ts.first_vals(docs, &mut buf);
+        crate::columns::ts_block(&self.ts, docs, &mut buf);
         for t in buf.iter().flatten() {
             if let Some(i) = self.layout.bucket_of(t.into_timestamp_micros()) {
                 self.counts[i] += 1;
@@ -902,7 +905,9 @@ mod tests {
                         &*query,
                         &(
                             Count,
-                            TopDocs::with_limit(k.max(1)).custom_score(NewestFirst),
+                            TopDocs::with_limit(k.max(1)).custom_score(NewestFirst {
+                                columns: ColumnCache::default(),
+                            }),
                         ),
                     )
                     .unwrap();

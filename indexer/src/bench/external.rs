@@ -512,11 +512,17 @@ fn found(body: &serde_json::Value) -> u64 {
         return t;
     }
     // Elasticsearch: the buckets of an aggregation, else the hits' total.
-    if let Some(aggs) = body.get("aggregations").and_then(|a| a.as_object()) {
-        return aggs
-            .values()
-            .filter_map(|a| a.get("buckets").and_then(|b| b.as_array()))
-            .flatten()
+    let buckets: Vec<&serde_json::Value> = body
+        .get("aggregations")
+        .and_then(|a| a.as_object())
+        .into_iter()
+        .flat_map(|aggs| aggs.values())
+        .filter_map(|a| a.get("buckets").and_then(|b| b.as_array()))
+        .flatten()
+        .collect();
+    if !buckets.is_empty() {
+        return buckets
+            .iter()
             .filter_map(|b| b.get("doc_count").and_then(|c| c.as_u64()))
             .sum();
     }
@@ -915,7 +921,14 @@ mod tests {
         assert_eq!(
             found(&serde_json::json!({
                 "hits": {"total": {"value": 9}},
-                "aggregations": {"2": {"buckets": [{"doc_count": 4}, {"doc_count": 5}]}}
+                "aggregations": {"2": {"buckets": [{"doc_count": 4}, {"doc_count": 3}]}}
+            })),
+            7
+        );
+        assert_eq!(
+            found(&serde_json::json!({
+                "hits": {"total": {"value": 9}},
+                "aggregations": {"avg": {"value": 2.5}}
             })),
             9
         );
