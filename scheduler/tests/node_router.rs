@@ -841,7 +841,11 @@ async fn tasks_outlive_a_node_restart_and_are_found_again() {
     })
     .await;
     eventually("keep.1 process gone", || (!alive(keep_pid)).then_some(())).await;
-    assert!(!keep_dir.join(scheduler::node::PID_FILE).exists());
+    // Removed just after the kill is reported (on a blocking thread).
+    eventually("keep.1 pid file removed", || {
+        (!keep_dir.join(scheduler::node::PID_FILE).exists()).then_some(())
+    })
+    .await;
     cancel.cancel();
     runner.await.unwrap().unwrap();
 }
