@@ -125,6 +125,9 @@ struct WriterHooks {
     /// Fail once after this many partition commits of a group.
     fail_after: Option<usize>,
     max_deferred_segments: Option<usize>,
+    /// The busy share from which merges are held back (see `merge::SATURATED`):
+    /// 0 makes a test's few requests a burst.
+    saturated_at: Option<f64>,
 }
 
 /// Handle to an open index; clones share it.
@@ -175,6 +178,9 @@ impl Indexer {
         writer.fail_after_part_commits = hooks.fail_after;
         if let Some(bound) = hooks.max_deferred_segments {
             writer.max_deferred_segments = bound;
+        }
+        if let Some(share) = hooks.saturated_at {
+            writer.saturated_at = share;
         }
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let thread = std::thread::Builder::new()
@@ -796,12 +802,118 @@ mod tests {
             .unwrap_or_else(|| panic!("no {name} in the metrics"))
     }
 
+    /// A test's few requests, held to be a burst: merges wait for the writer to be
+    /// idle (or for the bound).
+    fn burst() -> WriterHooks {
+        WriterHooks {
+            saturated_at: Some(0.0),
+            ..WriterHooks::default()
+        }
+    }
+
+    /// The segments of `day`'s partition, read from its directory.
+    fn segments_of(dir: &std::path::Path, day: &str) -> usize {
+        let index = tantivy::Index::open_in_dir(dir.join("index").join(day)).unwrap();
+        index.searchable_segment_metas().unwrap().len()
+    }
+
+    /// Under a steady light load (requests one after the other, the writer never
+    /// idle for `MERGE_WHEN_IDLE`), merges run as they come: they used to wait for
+    /// an idle second, which a cluster's steady stream of logs never leaves.
+    #[tokio::test]
+    async fn a_steady_light_load_merges_without_an_idle_second() {
+        let dir = tempfile::tempdir().unwrap();
+        // Only the mechanism is under test: the writer is "lightly loaded" up to
+        // 95 % busy, so that a slow CI disk's fsyncs do not make this a burst.
+        let ix = Indexer::open_with_hooks(
+            config(dir.path()),
+            WriterHooks {
+                saturated_at: Some(0.95),
+                ..WriterHooks::default()
+            },
+        )
+        .unwrap();
+        let mut most = 0;
+        let mut merged_while_busy = false;
+        let mut sent = 0;
+        for i in 0..40 {
+            let r = rec(i, "h", "a", &format!("word{i}"), "s", i as u64 + 1);
+            ix.ingest(vec![r]).await.unwrap();
+            sent += 1;
+            let now = gauge(&ix, "sandtrail_indexer_segments");
+            merged_while_busy |= now < most;
+            most = most.max(now);
+            if merged_while_busy && i >= 12 {
+                break;
+            }
+        }
+        assert!(
+            merged_while_busy,
+            "segments only grew ({most}) under a steady light load"
+        );
+        assert_eq!(ix.search(all("")).await.unwrap().total, sent);
+        ix.shutdown().await;
+    }
+
+    /// Regression: a group closed the writers of the days it did not touch, which
+    /// abandoned the merges running there (Tantivy throws their result away): an
+    /// older day's merges, started when the writer went idle, never finished while
+    /// today's records kept coming.
+    #[tokio::test]
+    async fn an_older_days_merges_finish_while_todays_records_keep_coming() {
+        let dir = tempfile::tempdir().unwrap();
+        let ix = Indexer::open_with_hooks(config(dir.path()), burst()).unwrap();
+        // Day 1: 12 segments, large enough that merging them takes a while.
+        let per = 2000u64;
+        for c in 0..12u64 {
+            let recs = (0..per)
+                .map(|i| {
+                    let n = c * per + i;
+                    rec(
+                        (n % 3600) as i64,
+                        "h",
+                        "a",
+                        &format!("old line {n}"),
+                        "s",
+                        n + 1,
+                    )
+                })
+                .collect();
+            ix.ingest(recs).await.unwrap();
+        }
+        assert_eq!(segments_of(dir.path(), "2025-06-01"), 12);
+        // Day 2 is the current day from its first record on; its records keep
+        // coming, one group after the other, while day 1 merges.
+        let mut offset = 0u64;
+        let mut today = |ix: Indexer| {
+            offset += 1;
+            let r = rec(86_400 + offset as i64, "h", "a", "new line", "t", offset);
+            async move { ix.ingest(vec![r]).await.unwrap() }
+        };
+        today(ix.clone()).await;
+        // Past the commit interval, so that the next group commits (and closed
+        // the writers it did not touch) within moments of the merges starting.
+        tokio::time::sleep(writer::COMMIT_INTERVAL + std::time::Duration::from_millis(50)).await;
+        ix.merge_now().await.unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while segments_of(dir.path(), "2025-06-01") > 1 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "day 1 still has {} segments",
+                segments_of(dir.path(), "2025-06-01")
+            );
+            today(ix.clone()).await;
+        }
+        assert_eq!(ix.search(all("old")).await.unwrap().total, 12 * per);
+        ix.shutdown().await;
+    }
+
     /// Merges held back while requests kept coming must still happen once the
     /// writer is idle, and become visible to searches without another commit.
     #[tokio::test]
     async fn segments_left_by_a_burst_are_merged_once_the_writer_is_idle() {
         let dir = tempfile::tempdir().unwrap();
-        let ix = Indexer::open(config(dir.path())).unwrap();
+        let ix = Indexer::open_with_hooks(config(dir.path()), burst()).unwrap();
         for i in 0..12 {
             let r = rec(i, "h", "a", &format!("word{i}"), "s", i as u64 + 1);
             assert_eq!(ix.ingest(vec![r]).await.unwrap().accepted, 1);
@@ -827,7 +939,7 @@ mod tests {
     #[tokio::test]
     async fn merges_held_back_before_a_restart_run_after_it() {
         let dir = tempfile::tempdir().unwrap();
-        let ix = Indexer::open(config(dir.path())).unwrap();
+        let ix = Indexer::open_with_hooks(config(dir.path()), burst()).unwrap();
         for i in 0..12 {
             let r = rec(i, "h", "a", &format!("word{i}"), "s", i as u64 + 1);
             ix.ingest(vec![r]).await.unwrap();
@@ -891,7 +1003,7 @@ mod tests {
             config(dir.path()),
             WriterHooks {
                 max_deferred_segments: Some(bound),
-                ..WriterHooks::default()
+                ..burst()
             },
         )
         .unwrap();

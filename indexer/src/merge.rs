@@ -4,16 +4,18 @@
 //! about a third of what indexing the records did (measured: ~17 CPU seconds for 2M
 //! records merged once, against ~48 to index them), on the same two cores the
 //! ingest needs. So, like Elasticsearch's merge throttling, merges give way to ingest:
-//! while the writer is busy a partition's segments pile up unmerged, up to
-//! [`MAX_DEFERRED_SEGMENTS`]; past that bound, or once the writer has been idle for
-//! [`MERGE_WHEN_IDLE`], Tantivy's log merge policy decides as usual. The trade-off:
-//! during a burst a search visits up to that many small segments (a few ms more per
-//! query) and the index is a few percent bigger until the merges catch up; the merge
-//! work itself is the same, only moved out of the burst.
+//! while the writer works flat out (busy [`SATURATED`] of the last [`DUTY_WINDOW`] or
+//! more, see [`Duty`]) a partition's segments pile up unmerged, up to
+//! [`MAX_DEFERRED_SEGMENTS`]; past that bound, under a lighter load (a cluster's steady
+//! stream of logs), or once the writer has been idle for [`MERGE_WHEN_IDLE`], Tantivy's
+//! log merge policy decides as usual. The trade-off: during a burst a search visits
+//! up to that many small segments (a few ms more per query) and the index is a few
+//! percent bigger until the merges catch up; the merge work itself is the same, only
+//! moved out of the burst.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tantivy::index::SegmentMeta;
 use tantivy::merge_policy::{LogMergePolicy, MergeCandidate, MergePolicy};
 
@@ -25,6 +27,49 @@ pub const MAX_DEFERRED_SEGMENTS: usize = 128;
 
 /// How long the writer must have had nothing to do before deferred merges start.
 pub const MERGE_WHEN_IDLE: Duration = Duration::from_secs(1);
+
+/// Share of its time the writer must have been working, rather than waiting for
+/// requests, for merges to be held back. A burst keeps it near 1 (there is always a
+/// request queued); a steady 10k records/s keeps it near 0.1.
+pub const SATURATED: f64 = 0.5;
+
+/// The stretch of the writer's time [`Duty`] measures at once.
+pub const DUTY_WINDOW: Duration = Duration::from_secs(2);
+
+/// How busy the writer has been: the share of the last [`DUTY_WINDOW`] it did not
+/// spend waiting for requests.
+#[derive(Debug)]
+pub struct Duty {
+    started: Instant,
+    idle: Duration,
+}
+
+impl Duty {
+    pub fn new(now: Instant) -> Duty {
+        Duty {
+            started: now,
+            idle: Duration::ZERO,
+        }
+    }
+
+    /// The writer waited this long for a request.
+    pub fn idle(&mut self, waited: Duration) {
+        self.idle += waited;
+    }
+
+    /// The busy share of the window once it has lasted [`DUTY_WINDOW`] (the next one
+    /// starts then), `None` before. A wait across the end of a window counts in the
+    /// window it ends in.
+    pub fn close(&mut self, now: Instant) -> Option<f64> {
+        let elapsed = now.saturating_duration_since(self.started);
+        if elapsed < DUTY_WINDOW {
+            return None;
+        }
+        let idle = (self.idle.as_secs_f64() / elapsed.as_secs_f64()).min(1.0);
+        *self = Duty::new(now);
+        Some(1.0 - idle)
+    }
+}
 
 /// Whether merges are being held back; shared by the writer thread (which opens
 /// and closes it) and the merge policy of every partition it writes.
@@ -120,6 +165,29 @@ mod tests {
         assert!(gate.open(), "it was deferring");
         assert!(!gate.open(), "and now it is not");
         assert!(!policy.compute_merge_candidates(&below).is_empty());
+    }
+
+    #[test]
+    fn duty_is_the_busy_share_of_each_whole_window() {
+        let t0 = Instant::now();
+        let mut duty = Duty::new(t0);
+        duty.idle(Duration::from_millis(300));
+        assert_eq!(
+            duty.close(t0 + DUTY_WINDOW / 2),
+            None,
+            "not a whole window yet"
+        );
+        duty.idle(Duration::from_millis(200));
+        let busy = duty.close(t0 + DUTY_WINDOW).unwrap();
+        assert!((busy - 0.75).abs() < 1e-9, "{busy}");
+        // The next window starts empty; a wait longer than it counts as all idle.
+        duty.idle(DUTY_WINDOW * 3);
+        assert_eq!(duty.close(t0 + DUTY_WINDOW * 2), Some(0.0));
+        assert_eq!(
+            duty.close(t0 + DUTY_WINDOW * 4),
+            Some(1.0),
+            "no wait: all busy"
+        );
     }
 
     #[test]

@@ -16,7 +16,7 @@
 //! the argument), and read back at open.
 
 use crate::error::{Error, Result};
-use crate::merge::{DeferringMergePolicy, MergeGate, MERGE_WHEN_IDLE};
+use crate::merge::{DeferringMergePolicy, Duty, MergeGate, MERGE_WHEN_IDLE, SATURATED};
 use crate::metrics::Metrics;
 use crate::partition::{day_name, day_of, open_part, remove_dir, Part, Partitions, Payload};
 use crate::schema::Fields;
@@ -120,6 +120,15 @@ pub enum BulkOutcome {
     Duplicate,
 }
 
+/// Whether `day`'s partition has segments the log policy would merge, running
+/// merges included (their segments stay listed until they end).
+fn merges_due(parts: &Partitions, day: NaiveDate) -> bool {
+    parts
+        .get(day)
+        .and_then(|p| p.index.searchable_segment_metas().ok())
+        .is_some_and(|metas| !crate::merge::candidates(&metas).is_empty())
+}
+
 /// A reply the writer owes once its group is committed (or rolled back).
 enum Waiting {
     Ingest(oneshot::Sender<Result<IngestResponse>>, IngestResponse),
@@ -139,6 +148,11 @@ pub struct WriterThread {
     merge_gate: MergeGate,
     /// A [`WriterMsg::MergeNow`] arrived during a group.
     merge_requested: bool,
+    /// How busy the writer has been lately: merges are held back while it works
+    /// flat out (see [`crate::merge`]).
+    duty: Duty,
+    /// The last whole [`Duty`] window was busy [`crate::merge::SATURATED`] or more.
+    saturated: bool,
     /// Merges started by [`WriterThread::merge_now`] may still be running: readers
     /// are reloaded when they finish (they are only reloaded by commits otherwise).
     merges_settling: bool,
@@ -165,6 +179,9 @@ pub struct WriterThread {
     /// Test hook: [`crate::merge::MAX_DEFERRED_SEGMENTS`], lowered so that a test
     /// reaches the bound in a few commits.
     pub(crate) max_deferred_segments: usize,
+    /// Test hook: [`SATURATED`]; 0 makes any load a burst, so that a test's few
+    /// requests hold merges back.
+    pub(crate) saturated_at: f64,
 }
 
 impl WriterThread {
@@ -206,6 +223,10 @@ impl WriterThread {
             threads,
             merge_gate: MergeGate::default(),
             merge_requested: false,
+            duty: Duty::new(Instant::now()),
+            // As after a burst: what a burst left before a restart merges once the
+            // writer is idle or lightly loaded.
+            saturated: true,
             merges_settling: false,
             fields,
             checkpoint: Checkpoint {
@@ -221,6 +242,7 @@ impl WriterThread {
             crashed: false,
             fail_after_part_commits: None,
             max_deferred_segments: crate::merge::MAX_DEFERRED_SEGMENTS,
+            saturated_at: SATURATED,
         };
         // Merges a burst left due before a restart start once the writer is idle.
         this.merge_gate.defer();
@@ -510,6 +532,7 @@ impl WriterThread {
             let idle_wait =
                 (self.merge_gate.deferring() || self.merges_settling).then_some(MERGE_WHEN_IDLE);
             let retention_wait = self.retention.is_some().then_some(RETENTION_CHECK);
+            let waiting = Instant::now();
             let first = match idle_wait.into_iter().chain(retention_wait).min() {
                 Some(wait) => {
                     match timer.block_on(async { tokio::time::timeout(wait, rx.recv()).await }) {
@@ -523,6 +546,7 @@ impl WriterThread {
                     None => break,
                 },
             };
+            self.duty.idle(waiting.elapsed());
             if self.retention.is_some() && last_retention.elapsed() >= RETENTION_CHECK {
                 self.enforce_retention();
                 last_retention = Instant::now();
@@ -538,7 +562,9 @@ impl WriterThread {
                 }
                 Some(m) => m,
             };
-            self.merge_gate.defer();
+            if self.saturated {
+                self.merge_gate.defer();
+            }
             let deadline = last_commit + COMMIT_INTERVAL;
             let (stops, committed) = self.commit_group(first, &mut rx, &timer, deadline);
             if self.crashed {
@@ -547,6 +573,13 @@ impl WriterThread {
             }
             if committed {
                 last_commit = Instant::now();
+            }
+            if let Some(busy) = self.duty.close(Instant::now()) {
+                let was = std::mem::replace(&mut self.saturated, busy >= self.saturated_at);
+                if was && !self.saturated {
+                    tracing::debug!(busy, "writer no longer saturated; merges resume");
+                    self.merge_requested = true;
+                }
             }
             if std::mem::take(&mut self.merge_requested) {
                 self.merge_now();
@@ -604,7 +637,10 @@ impl WriterThread {
                     {
                         let wait =
                             async { tokio::time::timeout_at(deadline.into(), rx.recv()).await };
-                        match timer.block_on(wait) {
+                        let waiting = Instant::now();
+                        let got = timer.block_on(wait);
+                        self.duty.idle(waiting.elapsed());
+                        match got {
                             Ok(Some(m)) => m,
                             _ => break,
                         }
@@ -713,10 +749,15 @@ impl WriterThread {
             return (stops, false);
         }
         // Writers of days this group did not touch are closed (their memory freed),
-        // except the current day's.
+        // except the current day's and those with merges due or running: closing a
+        // writer abandons its running merges (Tantivy throws their result away), so
+        // an older day's merges started when the writer went idle never finished
+        // under a steady stream of today's records.
         let current = self.current_day();
-        self.writers
-            .retain(|day, _| touched.contains(day) || Some(*day) == current);
+        let parts = &self.parts;
+        self.writers.retain(|day, _| {
+            touched.contains(day) || Some(*day) == current || merges_due(parts, *day)
+        });
         match failure {
             None => {
                 for w in waiting {
