@@ -88,6 +88,9 @@ pub struct BenchReport {
     pub fresh_p50_ms: f64,
     pub fresh_p99_ms: f64,
     pub fresh_sent: usize,
+    /// Segments searched before the freshness run and at its last batch: whether
+    /// merges keep up under a steady load that never leaves the writer idle.
+    pub fresh_segments: (u64, u64),
     /// (name, p50 ms, p99 ms)
     pub searches: Vec<(String, f64, f64)>,
     pub peak_rss_bytes: u64,
@@ -170,6 +173,10 @@ impl BenchReport {
                 "p50 {:.0} ms, p99 {:.0} ms ({} records in 100 ms batches)",
                 self.fresh_p50_ms, self.fresh_p99_ms, self.fresh_sent
             ),
+        );
+        row(
+            "segments searched before the freshness run / at its last batch",
+            format!("{} / {}", self.fresh_segments.0, self.fresh_segments.1),
         );
         for (name, p50, p99) in &self.searches {
             row(name, format!("p50 {p50:.1} ms, p99 {p99:.1} ms"));
@@ -633,6 +640,8 @@ pub async fn run(opts: BenchOptions) -> Result<BenchReport> {
     // until it is searchable (the ack implies it; a search for its unique token
     // checks it).
     eprintln!("bench: freshness at {} records/s", opts.fresh_rate);
+    let segments = |ix: &crate::Indexer| ix.searcher_segments();
+    let segments_before_fresh = segments(&ix);
     let per_tick = (opts.fresh_rate / 10).max(1);
     let ticks = opts.fresh_seconds * 10;
     let mut interval = tokio::time::interval(Duration::from_millis(100));
@@ -688,6 +697,7 @@ pub async fn run(opts: BenchOptions) -> Result<BenchReport> {
         fresh.push(ms);
     }
     let fresh_sent = fresh.len() * per_tick;
+    let segments_after_fresh = segments(&ix);
 
     ix.shutdown().await;
     server.abort();
@@ -707,6 +717,7 @@ pub async fn run(opts: BenchOptions) -> Result<BenchReport> {
         fresh_p50_ms: percentile_ms(fresh.clone(), 50.0),
         fresh_p99_ms: percentile_ms(fresh, 99.0),
         fresh_sent,
+        fresh_segments: (segments_before_fresh, segments_after_fresh),
         searches,
         peak_rss_bytes: peak_rss(),
     })

@@ -379,6 +379,11 @@ impl Indexer {
     }
 
     /// Prometheus text format.
+    /// How many segments a search visits now, over every partition.
+    pub fn searcher_segments(&self) -> u64 {
+        self.inner.view.searcher().num_segments() as u64
+    }
+
     pub fn metrics(&self) -> String {
         let searcher = self.inner.view.searcher();
         self.inner.metrics.render(&Gauges {
