@@ -122,28 +122,11 @@ pub fn ts_block(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::schema::Fields;
-    use chrono::{DateTime, Utc};
 
     #[test]
     fn columns_are_opened_once_per_segment_and_forgotten_with_it() {
-        let fields = Fields::new();
-        let index = fields.index_builder().create_in_ram().unwrap();
-        let mut writer: tantivy::IndexWriter =
-            index.writer_with_num_threads(1, 15_000_000).unwrap();
-        let meta = protocol::TaskMeta {
-            host: "h".into(),
-            app: "a".into(),
-            task: "a.1".into(),
-            instance: 1,
-            ports: vec![],
-        };
-        for (secs, uid) in [(100, 7), (50, 8)] {
-            let ts: DateTime<Utc> = DateTime::from_timestamp(secs, 0).unwrap();
-            let rec = protocol::LogRecord::new(ts, &meta, protocol::Stream::Stdout, "line");
-            writer.add_document(fields.to_document(&rec, uid)).unwrap();
-        }
-        writer.commit().unwrap();
+        // Two records: 00:00:00 with uid 0 and 00:07:39 with uid 104729.
+        let (index, _) = crate::search::tests::index_of(&[2]);
         let searcher = index.reader().unwrap().searcher();
         let segment = &searcher.segment_readers()[0];
 
@@ -151,8 +134,9 @@ mod tests {
         let first = cache.get(segment).unwrap();
         let again = cache.get(segment).unwrap();
         assert!(Arc::ptr_eq(&first, &again), "the second search reopened it");
-        assert_eq!(first.ts_bounds(), Some((50_000_000, 100_000_000)));
-        assert_eq!(first.uid.first(0), Some(7));
+        let base = 1_795_305_600_000_000; // 2026-11-22T00:00:00Z
+        assert_eq!(first.ts_bounds(), Some((base, base + 459_000_000)));
+        assert_eq!(first.uid.first(1), Some(104_729));
 
         cache.retain(HashSet::from([segment.segment_id()]));
         assert_eq!(cache.len(), 1);

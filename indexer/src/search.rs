@@ -805,7 +805,7 @@ impl SegmentCollector for MinTsSegment {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
 
@@ -845,7 +845,7 @@ mod tests {
 
     /// An in-RAM index of records one second apart from `base`, committed in
     /// segments of the given sizes, uids in an order unrelated to time.
-    fn index_of(segments: &[usize]) -> (Index, Fields) {
+    pub(crate) fn index_of(segments: &[usize]) -> (Index, Fields) {
         let fields = Fields::new();
         let index = fields.index_builder().create_in_ram().unwrap();
         let mut w: tantivy::IndexWriter = index.writer_with_num_threads(1, 15_000_000).unwrap();
