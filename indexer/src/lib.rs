@@ -856,6 +856,15 @@ mod tests {
             merged_while_busy,
             "segments only grew ({most}) under a steady light load"
         );
+        // And the gauge says when they are done, still without an idle second (it
+        // stayed at 1 until the writer was idle).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while gauge(&ix, "sandtrail_indexer_merges_pending") != 0 {
+            assert!(std::time::Instant::now() < deadline, "{}", ix.metrics());
+            let r = rec(sent as i64, "h", "a", "more", "s", sent + 1);
+            ix.ingest(vec![r]).await.unwrap();
+            sent += 1;
+        }
         assert_eq!(ix.search(all("")).await.unwrap().total, sent);
         ix.shutdown().await;
     }

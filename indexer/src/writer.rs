@@ -583,6 +583,10 @@ impl WriterThread {
             }
             if std::mem::take(&mut self.merge_requested) {
                 self.merge_now();
+            } else if self.merges_settling && !self.merge_gate.deferring() {
+                // A steady stream never leaves the writer the idle second that
+                // checks whether the merges it asked for are done.
+                self.merges_settling = self.reload_merged();
             }
             stop_replies.extend(stops);
             if !stop_replies.is_empty() {
