@@ -3,7 +3,8 @@
 //! /{index}/_search` with the common query DSL (`query_string`, `bool`, `term`,
 //! `terms`, `range`, `match`, `match_phrase`, `exists`, `match_all`), `sort` on the
 //! timestamp, `size`/`from`, `search_after`, and `date_histogram`, `terms`,
-//! `percentiles` and `avg` (plus `min`/`max`/`sum`/`value_count`) aggregations.
+//! `percentiles` and `avg` (plus `min`/`max`/`sum`/`value_count`) aggregations;
+//! `GET|POST /{index}/_count` with the same queries.
 //!
 //! Documents are not stored as sent: each is mapped onto a `LogRecord` (ECS names
 //! such as `@timestamp`, `message`, `host.name`, `service.name`, `log.level` and
@@ -81,6 +82,8 @@ pub fn router(indexer: Indexer) -> Router {
         .route("/_search", post(search_all).get(search_all))
         .route("/_cat/health", axum::routing::get(cat_health))
         .route("/{index}/_search", post(search_index).get(search_index))
+        .route("/_count", post(count_all).get(count_all))
+        .route("/{index}/_count", post(count_index).get(count_index))
         .with_state(indexer)
 }
 
@@ -520,7 +523,7 @@ async fn cat_health(
 
 // ---------------------------------------------------------------- search
 
-/// URI parameters of `_search`.
+/// URI parameters of `_search` and `_count`.
 #[derive(Debug, Default, Deserialize)]
 pub struct UriParams {
     pub q: Option<String>,
@@ -548,8 +551,48 @@ async fn search_index(
     Ok(es_search(ix, index, params, body).await?)
 }
 
-async fn es_search(ix: Indexer, index: String, params: Params, body: Body) -> Result<Json<Value>> {
-    let started = Instant::now();
+async fn count_all(State(ix): State<Indexer>, params: Params, body: Body) -> EsResult<Json<Value>> {
+    Ok(es_count(ix, "_all".into(), params, body).await?)
+}
+
+async fn count_index(
+    State(ix): State<Indexer>,
+    Path(index): Path<String>,
+    params: Params,
+    body: Body,
+) -> EsResult<Json<Value>> {
+    Ok(es_count(ix, index, params, body).await?)
+}
+
+/// `_count`: the total of a search, for clients that ask for nothing else
+/// (opensearch-py's `count`, scripts checking how much arrived).
+async fn es_count(ix: Indexer, index: String, params: Params, body: Body) -> Result<Json<Value>> {
+    let (params, mut request) = search_request(params, body)?;
+    if let Some(name) = [("size", &params.size), ("from", &params.from)]
+        .iter()
+        .find_map(|(name, v)| v.is_some().then_some(*name))
+    {
+        return Err(bad(format!("_count takes no {name}")));
+    }
+    let obj = request
+        .as_object_mut()
+        .ok_or_else(|| Error::BadBody("count body must be a JSON object".into()))?;
+    if let Some(key) = obj.keys().find(|k| *k != "query") {
+        return Err(bad(format!("_count takes only a query, not {key:?}")));
+    }
+    obj.insert("size".into(), json!(0));
+    let resp = ix
+        .with_view(move |view| run_search(view, &index, &request))
+        .await?;
+    Ok(Json(json!({
+        "count": resp.pointer("/hits/total/value").cloned().unwrap_or(json!(0)),
+        "_shards": { "total": 1, "successful": 1, "skipped": 0, "failed": 0 },
+    })))
+}
+
+/// The URL parameters and the JSON body of a `_search` or `_count`, with `?q=`
+/// already turned into the body's query.
+fn search_request(params: Params, body: Body) -> Result<(UriParams, Value)> {
     let UrlQuery(params) = params.map_err(|r| Error::BadParam {
         name: "query string",
         value: r.body_text(),
@@ -563,9 +606,17 @@ async fn es_search(ix: Indexer, index: String, params: Params, body: Body) -> Re
             .map_err(|e| Error::BadBody(format!("search body is not JSON: {e}")))?
     };
     if let Some(obj) = request.as_object_mut() {
-        if let Some(q) = params.q.filter(|q| !q.is_empty()) {
+        if let Some(q) = params.q.as_ref().filter(|q| !q.is_empty()) {
             obj.insert("query".into(), json!({ "query_string": { "query": q } }));
         }
+    }
+    Ok((params, request))
+}
+
+async fn es_search(ix: Indexer, index: String, params: Params, body: Body) -> Result<Json<Value>> {
+    let started = Instant::now();
+    let (params, mut request) = search_request(params, body)?;
+    if let Some(obj) = request.as_object_mut() {
         for (name, v) in [("size", params.size), ("from", params.from)] {
             if let Some(v) = v {
                 let n: u64 = v.parse().map_err(|_| Error::BadParam {

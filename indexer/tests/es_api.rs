@@ -263,6 +263,39 @@ async fn search_speaks_the_query_dsl() -> Result<()> {
         );
     }
 
+    // `_count`: the same queries, the total only, from a body or `?q=`.
+    let count = |index: &str, body: Option<Value>, q: Option<&str>| {
+        let mut req = s.http.post(format!("{}/{index}/_count", s.base));
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        if let Some(q) = q {
+            req = req.query(&[("q", q)]);
+        }
+        req.send()
+    };
+    let r: Value = count("logs", None, None).await?.json().await?;
+    assert_eq!(r["count"], 20, "{r}");
+    let body = json!({ "query": { "term": { "log.level": "error" } } });
+    let r: Value = count("logs", Some(body), None).await?.json().await?;
+    assert_eq!(r["count"], 4, "{r}");
+    let r: Value = count("logs", None, Some("host.name:node-1"))
+        .await?
+        .json()
+        .await?;
+    assert_eq!(r["count"], 10, "{r}");
+    let r: Value = count("other", None, None).await?.json().await?;
+    assert_eq!(r["count"], 0, "{r}");
+    let resp = count(
+        "logs",
+        Some(json!({ "query": { "match_all": {} }, "size": 3 })),
+        None,
+    )
+    .await?;
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let err: Value = resp.json().await?;
+    assert!(err.to_string().contains("only a query"), "{err}");
+
     // Another index name selects nothing; wildcards select everything.
     let r = s.search("other", json!({})).await?;
     assert_eq!(r["hits"]["total"]["value"], 0);

@@ -1,5 +1,5 @@
 """The indexer's Elasticsearch-compatible subset, driven by a client no one here wrote:
-opensearch-py from PyPI (helpers.bulk and search).
+opensearch-py from PyPI (helpers.bulk, search and count).
 
 Starts `target/debug/sandtrail indexer --listen 127.0.0.1:0` itself, reads the URL it
 prints, and stops it at the end. Run: python3 tests/python/test_es_clients.py
@@ -142,6 +142,13 @@ class OpenSearchPyAgainstSandtrail(unittest.TestCase):
         self.assertEqual([h["_id"] for h in r["hits"]["hits"]], ["doc-42"])
         r = self.es.search(index="app-logs", q="log.level:error AND host.name:node-0", size=0)
         self.assertEqual(r["hits"]["total"]["value"], 7)  # multiples of 30 below 200
+
+    def test_count(self):
+        self.assertEqual(self.es.count(index="app-logs")["count"], 200)
+        r = self.es.count(index="app-logs", body={"query": {"term": {"trace.id": "trace-42"}}})
+        self.assertEqual(r["count"], 1)
+        r = self.es.count(index="app-logs", q="log.level:error AND host.name:node-0")
+        self.assertEqual(r["count"], 7)
 
     def test_search_after_pages_every_document_once(self):
         seen, after = [], None
