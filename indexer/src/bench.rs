@@ -299,14 +299,7 @@ fn cpu_secs() -> f64 {
 }
 
 fn peak_rss() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        })
-        .map_or(0, |kb| kb * 1024)
+    external::proc_status_kb(std::process::id(), "VmHWM:")
 }
 
 /// The source of the records of one ingest lane.
@@ -640,8 +633,7 @@ pub async fn run(opts: BenchOptions) -> Result<BenchReport> {
     // until it is searchable (the ack implies it; a search for its unique token
     // checks it).
     eprintln!("bench: freshness at {} records/s", opts.fresh_rate);
-    let segments = |ix: &crate::Indexer| ix.searcher_segments();
-    let segments_before_fresh = segments(&ix);
+    let segments_before_fresh = ix.searcher_segments();
     let per_tick = (opts.fresh_rate / 10).max(1);
     let ticks = opts.fresh_seconds * 10;
     let mut interval = tokio::time::interval(Duration::from_millis(100));
@@ -697,7 +689,7 @@ pub async fn run(opts: BenchOptions) -> Result<BenchReport> {
         fresh.push(ms);
     }
     let fresh_sent = fresh.len() * per_tick;
-    let segments_after_fresh = segments(&ix);
+    let segments_after_fresh = ix.searcher_segments();
 
     ix.shutdown().await;
     server.abort();

@@ -378,12 +378,12 @@ impl Indexer {
         self.inner.tail.subscribe()
     }
 
-    /// Prometheus text format.
     /// How many segments a search visits now, over every partition.
     pub fn searcher_segments(&self) -> u64 {
         self.inner.view.searcher().num_segments() as u64
     }
 
+    /// Prometheus text format.
     pub fn metrics(&self) -> String {
         let searcher = self.inner.view.searcher();
         self.inner.metrics.render(&Gauges {
@@ -807,6 +807,16 @@ mod tests {
             .unwrap_or_else(|| panic!("no {name} in the metrics"))
     }
 
+    /// Waits until `done` holds of the metrics' gauges (see [`gauge`]), for up to a
+    /// minute: merges run on Tantivy's threads, after the requests were answered.
+    async fn eventually(ix: &Indexer, done: impl Fn(&Indexer) -> bool) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !done(ix) {
+            assert!(std::time::Instant::now() < deadline, "{}", ix.metrics());
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
     /// A test's few requests, held to be a burst: merges wait for the writer to be
     /// idle (or for the bound).
     fn burst() -> WriterHooks {
@@ -933,15 +943,7 @@ mod tests {
             assert_eq!(ix.ingest(vec![r]).await.unwrap().accepted, 1);
         }
         assert!(gauge(&ix, "sandtrail_indexer_segments") > 1);
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while gauge(&ix, "sandtrail_indexer_segments") > 1 {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "still {} segments",
-                gauge(&ix, "sandtrail_indexer_segments")
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
+        eventually(&ix, |ix| gauge(ix, "sandtrail_indexer_segments") <= 1).await;
         let found = ix.search(all("")).await.unwrap();
         assert_eq!(found.total, 12);
         assert_eq!(msgs(&ix, "word3").await, ["word3"]);
@@ -960,13 +962,11 @@ mod tests {
         }
         ix.shutdown().await;
         let ix = Indexer::open(config(dir.path())).unwrap();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while gauge(&ix, "sandtrail_indexer_segments") > 1
-            || gauge(&ix, "sandtrail_indexer_merges_pending") != 0
-        {
-            assert!(std::time::Instant::now() < deadline, "{}", ix.metrics());
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
+        eventually(&ix, |ix| {
+            gauge(ix, "sandtrail_indexer_segments") <= 1
+                && gauge(ix, "sandtrail_indexer_merges_pending") == 0
+        })
+        .await;
         assert_eq!(ix.search(all("")).await.unwrap().total, 12);
         assert_eq!(
             ix.ingest(vec![rec(3, "h", "a", "again", "s", 4)])
@@ -1035,13 +1035,11 @@ mod tests {
             ix.ingest(recs).await.unwrap();
         }
         ix.merge_now().await.unwrap();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        while gauge(&ix, "sandtrail_indexer_merges_pending") != 0
-            || gauge(&ix, "sandtrail_indexer_segments") > 1
-        {
-            assert!(std::time::Instant::now() < deadline, "{}", ix.metrics());
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
+        eventually(&ix, |ix| {
+            gauge(ix, "sandtrail_indexer_merges_pending") == 0
+                && gauge(ix, "sandtrail_indexer_segments") <= 1
+        })
+        .await;
         ix.shutdown().await;
         assert_eq!(
             MERGED_TWICE.load(std::sync::atomic::Ordering::SeqCst),

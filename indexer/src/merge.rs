@@ -126,11 +126,16 @@ impl MergePolicy for DeferringMergePolicy {
     }
 }
 
-/// What Tantivy's policy would merge among `segments` with the gate open: whether
-/// a partition has merges due (the writer then makes Tantivy ask its policy, which
-/// leaves out segments already being merged).
+/// What Tantivy's policy would merge among `segments` with the gate open.
 pub fn candidates(segments: &[SegmentMeta]) -> Vec<MergeCandidate> {
     LogMergePolicy::default().compute_merge_candidates(segments)
+}
+
+/// Whether a partition with these segments has merges due or running (a running
+/// merge's segments stay listed until it ends). The writer then makes Tantivy ask
+/// its policy, which leaves out segments already being merged.
+pub fn merges_due(segments: &[SegmentMeta]) -> bool {
+    !candidates(segments).is_empty()
 }
 
 #[cfg(test)]

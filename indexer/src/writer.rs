@@ -16,7 +16,7 @@
 //! the argument), and read back at open.
 
 use crate::error::{Error, Result};
-use crate::merge::{DeferringMergePolicy, Duty, MergeGate, MERGE_WHEN_IDLE, SATURATED};
+use crate::merge::{merges_due, DeferringMergePolicy, Duty, MergeGate, MERGE_WHEN_IDLE, SATURATED};
 use crate::metrics::Metrics;
 use crate::partition::{day_name, day_of, open_part, remove_dir, Part, Partitions, Payload};
 use crate::schema::Fields;
@@ -120,13 +120,12 @@ pub enum BulkOutcome {
     Duplicate,
 }
 
-/// Whether `day`'s partition has segments the log policy would merge, running
-/// merges included (their segments stay listed until they end).
-fn merges_due(parts: &Partitions, day: NaiveDate) -> bool {
+/// Whether `day`'s partition has merges due or running (see [`merges_due`]).
+fn day_merges_due(parts: &Partitions, day: NaiveDate) -> bool {
     parts
         .get(day)
         .and_then(|p| p.index.searchable_segment_metas().ok())
-        .is_some_and(|metas| !crate::merge::candidates(&metas).is_empty())
+        .is_some_and(|metas| merges_due(&metas))
 }
 
 /// A reply the writer owes once its group is committed (or rolled back).
@@ -449,7 +448,7 @@ impl WriterThread {
                     continue;
                 }
             };
-            if crate::merge::candidates(&metas.segments).is_empty() {
+            if !merges_due(&metas.segments) {
                 continue;
             }
             let asked = self.writer_for(day).and_then(|writer| {
@@ -496,7 +495,7 @@ impl WriterThread {
                     tracing::warn!(error = %e, "reader reload after merges failed");
                 }
             }
-            due |= !crate::merge::candidates(&metas).is_empty();
+            due |= merges_due(&metas);
         }
         due
     }
@@ -529,8 +528,7 @@ impl WriterThread {
                 .store(u64::from(pending), std::sync::atomic::Ordering::Relaxed);
             // Wake up without a request to start held-back merges once idle, and
             // (with a retention) at least every RETENTION_CHECK to apply it.
-            let idle_wait =
-                (self.merge_gate.deferring() || self.merges_settling).then_some(MERGE_WHEN_IDLE);
+            let idle_wait = pending.then_some(MERGE_WHEN_IDLE);
             let retention_wait = self.retention.is_some().then_some(RETENTION_CHECK);
             let waiting = Instant::now();
             let first = match idle_wait.into_iter().chain(retention_wait).min() {
@@ -760,7 +758,7 @@ impl WriterThread {
         let current = self.current_day();
         let parts = &self.parts;
         self.writers.retain(|day, _| {
-            touched.contains(day) || Some(*day) == current || merges_due(parts, *day)
+            touched.contains(day) || Some(*day) == current || day_merges_due(parts, *day)
         });
         match failure {
             None => {

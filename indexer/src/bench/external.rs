@@ -217,7 +217,7 @@ impl ExternalReport {
 }
 
 /// `VmHWM` or `VmRSS` of a process, in bytes (0 when it is gone).
-fn proc_status_kb(pid: u32, key: &str) -> u64 {
+pub(super) fn proc_status_kb(pid: u32, key: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
