@@ -17,7 +17,7 @@ use crate::search::SearchParams;
 use crate::tail::{tail_events, TailEvent, TailFilter};
 use crate::Indexer;
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -52,13 +52,46 @@ pub fn router(indexer: Indexer) -> Router {
         .merge(crate::es::router(indexer))
 }
 
+/// `POST /api/v1/ingest` parameters.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestParams {
+    /// As Elasticsearch's: `wait_for` (the default; `true` is taken the same way)
+    /// answers once the records are committed and searchable, `false` once the
+    /// request is durable in the write-ahead log (searchable within the commit
+    /// interval), which is what the shipper sends.
+    pub refresh: Option<String>,
+}
+
+impl IngestParams {
+    fn logged(&self) -> Result<bool> {
+        match self.refresh.as_deref() {
+            None | Some("wait_for") | Some("true") | Some("") => Ok(false),
+            Some("false") => Ok(true),
+            Some(other) => Err(Error::BadParam {
+                name: "refresh",
+                value: other.to_string(),
+                expected: "`false` (answer once logged) or `wait_for` (once searchable)".into(),
+            }),
+        }
+    }
+}
+
 async fn ingest(
     State(ix): State<Indexer>,
+    params: std::result::Result<Query<IngestParams>, QueryRejection>,
     headers: HeaderMap,
     body: std::result::Result<Bytes, BytesRejection>,
 ) -> Result<Json<IngestResponse>> {
     Metrics::inc(&ix.metrics_handle().ingest_requests, 1);
-    let result = ingest_inner(&ix, &headers, body).await;
+    let result = match params {
+        Ok(Query(params)) => ingest_inner(&ix, &params, &headers, body).await,
+        Err(rejection) => Err(Error::BadParam {
+            name: "query string",
+            value: rejection.body_text(),
+            expected: "only `refresh` (`false` or `wait_for`)".into(),
+        }),
+    };
     if result.is_err() {
         Metrics::inc(&ix.metrics_handle().ingest_rejected, 1);
     }
@@ -67,6 +100,7 @@ async fn ingest(
 
 async fn ingest_inner(
     ix: &Indexer,
+    params: &IngestParams,
     headers: &HeaderMap,
     body: std::result::Result<Bytes, BytesRejection>,
 ) -> Result<IngestResponse> {
@@ -81,14 +115,21 @@ async fn ingest_inner(
     })?;
     // The compressed body is already in memory; reserve for it and what it
     // inflates to (about four times as much) before inflating.
+    let logged = params.logged()?;
     let _room = ix.reserve(body.len().saturating_mul(5).min(max.saturating_mul(2)))?;
+    let wire = body.clone();
     let records = tokio::task::spawn_blocking(move || {
         let ndjson = decompress_capped(&body, max)?;
         Ok::<_, Error>(protocol::decode_ndjson(&ndjson)?)
     })
     .await
     .map_err(|e| Error::Internal(format!("decode task failed: {e}")))??;
-    ix.ingest(records).await
+    let ack = if logged {
+        crate::Ack::Logged(wire)
+    } else {
+        crate::Ack::Committed
+    };
+    ix.ingest_with(records, ack).await
 }
 
 /// Accepts `x-sandtrail-token: T`, `Authorization: Bearer T`, or HTTP Basic auth

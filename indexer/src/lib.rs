@@ -32,6 +32,7 @@ pub mod query;
 pub mod schema;
 pub mod search;
 pub mod tail;
+pub mod wal;
 pub mod writer;
 
 pub use analytics::{
@@ -45,7 +46,7 @@ pub use tail::TailFilter;
 use crate::metrics::{Gauges, Metrics};
 use crate::schema::Fields;
 use crate::search::IndexView;
-pub use crate::writer::{BulkDoc, BulkOutcome};
+pub use crate::writer::{Ack, BulkDoc, BulkOutcome};
 use crate::writer::{WriterMsg, WriterThread, QUEUE_DEPTH};
 use protocol::{HistogramResponse, IngestResponse, LogRecord, SearchResponse};
 use std::path::PathBuf;
@@ -220,14 +221,24 @@ impl Indexer {
     /// Indexes the records that are new (by source and offset) and returns once they
     /// are committed and searchable.
     pub async fn ingest(&self, records: Vec<LogRecord>) -> Result<IngestResponse> {
+        self.ingest_with(records, Ack::Committed).await
+    }
+
+    /// [`Indexer::ingest`], answered as `ack` says: with [`Ack::Logged`] once the
+    /// request's body is in the fsynced write-ahead log, before the commit.
+    pub async fn ingest_with(&self, records: Vec<LogRecord>, ack: Ack) -> Result<IngestResponse> {
         if records.is_empty() {
             return Ok(IngestResponse::default());
         }
         let tx = self.writer()?;
         let (reply, answer) = oneshot::channel();
-        tx.send(WriterMsg::Ingest { records, reply })
-            .await
-            .map_err(|_| Error::ShuttingDown)?;
+        tx.send(WriterMsg::Ingest {
+            records,
+            ack,
+            reply,
+        })
+        .await
+        .map_err(|_| Error::ShuttingDown)?;
         answer.await.map_err(|_| Error::ShuttingDown)?
     }
 
@@ -1431,6 +1442,154 @@ mod tests {
         drop(ix);
         let ix = Indexer::open(config(dir.path())).unwrap();
         assert_eq!(ix.search(all("")).await.unwrap().total, 6);
+        ix.shutdown().await;
+    }
+
+    /// The wire body of `batch` (zstd NDJSON), for [`Ack::Logged`].
+    fn wire(batch: &[LogRecord]) -> axum::body::Bytes {
+        let mut ndjson = Vec::new();
+        for r in batch {
+            ndjson.extend(serde_json::to_vec(r).unwrap());
+            ndjson.push(b'\n');
+        }
+        zstd::encode_all(&ndjson[..], 1).unwrap().into()
+    }
+
+    /// Six records over two days (day 3 commits after day 1).
+    fn two_day_batch() -> Vec<LogRecord> {
+        (0..6)
+            .map(|i| {
+                let secs = if i < 3 { 2 * 86_400 + i } else { i };
+                rec(secs, "h", "a", &format!("b{i}"), "s", i as u64 + 1)
+            })
+            .collect()
+    }
+
+    /// Issue 14: one busy source moved one batch per commit because every answer
+    /// waited for the commit. A logged request is answered before its commit (here
+    /// the commit never happens: the writer dies first) and is indexed, exactly
+    /// once, by the replay at the next open, whether the crash left no partition
+    /// committed or one of two.
+    #[tokio::test]
+    async fn a_logged_batch_is_answered_before_its_commit_and_replayed_after_a_crash() {
+        let _serial = ROLLBACKS.lock().await;
+        for crash_after in [0, 1] {
+            let dir = tempfile::tempdir().unwrap();
+            let ix = Indexer::open(config(dir.path())).unwrap();
+            let earlier = vec![rec(5, "h", "a", "earlier", "other", 1)];
+            ix.ingest(earlier).await.unwrap();
+            ix.shutdown().await;
+            drop(ix);
+
+            let ix = Indexer::open_with_hooks(
+                config(dir.path()),
+                WriterHooks {
+                    crash_after: Some(crash_after),
+                    ..WriterHooks::default()
+                },
+            )
+            .unwrap();
+            let batch = two_day_batch();
+            let answer = ix
+                .ingest_with(batch.clone(), Ack::Logged(wire(&batch)))
+                .await
+                .unwrap();
+            assert_eq!(answer.accepted, 6, "answered from the log");
+            ix.shutdown().await;
+            drop(ix);
+
+            let ix = Indexer::open(config(dir.path())).unwrap();
+            assert_eq!(
+                ix.search(all("")).await.unwrap().total,
+                7,
+                "replayed once (crash after {crash_after} partition commits)"
+            );
+            assert_eq!(
+                ix.ingest_with(batch.clone(), Ack::Logged(wire(&batch)))
+                    .await
+                    .unwrap()
+                    .duplicates,
+                6,
+                "the shipper's retry is a duplicate"
+            );
+            ix.shutdown().await;
+            drop(ix);
+            let ix = Indexer::open(config(dir.path())).unwrap();
+            assert_eq!(
+                ix.search(all("")).await.unwrap().total,
+                7,
+                "not replayed twice"
+            );
+            ix.shutdown().await;
+        }
+    }
+
+    /// A commit failing inside a running writer after its requests were answered
+    /// from the log cannot fail them: the group is undone and the log re-applied.
+    #[tokio::test]
+    async fn a_failed_commit_after_a_logged_answer_reapplies_the_log_in_place() {
+        let _serial = ROLLBACKS.lock().await;
+        let dir = tempfile::tempdir().unwrap();
+        let ix = Indexer::open_with_hooks(
+            config(dir.path()),
+            WriterHooks {
+                fail_after: Some(1),
+                ..WriterHooks::default()
+            },
+        )
+        .unwrap();
+        let batch = two_day_batch();
+        let answer = ix
+            .ingest_with(batch.clone(), Ack::Logged(wire(&batch)))
+            .await
+            .unwrap();
+        assert_eq!(answer.accepted, 6);
+        // The re-applied group is committed before the writer takes the next request.
+        assert_eq!(ix.ingest(batch.clone()).await.unwrap().duplicates, 6);
+        assert_eq!(ix.search(all("")).await.unwrap().total, 6);
+        ix.shutdown().await;
+        drop(ix);
+        let ix = Indexer::open(config(dir.path())).unwrap();
+        assert_eq!(ix.search(all("")).await.unwrap().total, 6);
+        ix.shutdown().await;
+    }
+
+    /// The log does not grow without end: segments below the commits go.
+    #[tokio::test]
+    async fn logged_batches_become_searchable_by_the_next_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let ix = Indexer::open(config(dir.path())).unwrap();
+        for n in 0..20u64 {
+            let batch: Vec<LogRecord> = (0..50)
+                .map(|i| {
+                    rec(
+                        i,
+                        "h",
+                        "a",
+                        &format!("m{n}-{i}"),
+                        "s",
+                        n * 50 + i as u64 + 1,
+                    )
+                })
+                .collect();
+            ix.ingest_with(batch.clone(), Ack::Logged(wire(&batch)))
+                .await
+                .unwrap();
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while ix.search(all("")).await.unwrap().total < 1000 {
+            assert!(std::time::Instant::now() < deadline, "not searchable");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert_eq!(ix.search(all("")).await.unwrap().total, 1000);
+        ix.shutdown().await;
+        drop(ix);
+        let ix = Indexer::open(config(dir.path())).unwrap();
+        assert_eq!(
+            ix.search(all("")).await.unwrap().total,
+            1000,
+            "nothing replayed twice"
+        );
         ix.shutdown().await;
     }
 

@@ -23,6 +23,10 @@ pub struct Metrics {
     pub tail_dropped: AtomicU64,
     /// 1 while merges are held back or running (see [`crate::merge`]), else 0.
     pub merges_pending: AtomicU64,
+    /// Bytes of the write-ahead log on disk (see [`crate::wal`]).
+    pub wal_bytes: AtomicU64,
+    /// Records answered from the write-ahead log before their commit.
+    pub records_logged: AtomicU64,
 }
 
 /// Values that are read at render time rather than counted.
@@ -124,6 +128,18 @@ impl Metrics {
             "gauge",
             "1 while merges held back during a burst are due or running.",
             get(&self.merges_pending).to_string(),
+        );
+        line(
+            "sandtrail_indexer_wal_bytes",
+            "gauge",
+            "Bytes of the ingest write-ahead log on disk (acknowledged batches not yet released by a commit).",
+            get(&self.wal_bytes).to_string(),
+        );
+        line(
+            "sandtrail_indexer_records_logged_total",
+            "counter",
+            "Records acknowledged once in the write-ahead log (refresh=false), before their commit.",
+            get(&self.records_logged).to_string(),
         );
         line(
             "sandtrail_indexer_segments",

@@ -92,6 +92,13 @@ pub struct Payload {
     /// Above every uid issued so far; a restarted writer starts at least here.
     #[serde(default)]
     pub uid_next: u64,
+    /// LSN of the last write-ahead log entry this commit includes (see
+    /// [`crate::wal`]): entries above it are replayed at open.
+    #[serde(default)]
+    pub wal: u64,
+    /// `wal` of the commit before: where replay starts when this group is undone.
+    #[serde(default)]
+    pub wal_before: u64,
 }
 
 impl Payload {

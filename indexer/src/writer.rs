@@ -10,6 +10,12 @@
 //! fails every request of its group (they are all rolled back and all retried by
 //! their shippers, which exactly-once makes harmless).
 //!
+//! A request may instead ask to be answered once its body is in the fsynced
+//! write-ahead log ([`Ack::Logged`], `refresh=false` on the wire, what the shipper
+//! sends): it is answered before the group's commit, and a crash before that commit
+//! is repaired at the next open by replaying the log (see [`crate::wal`]). One busy
+//! source then moves at the index's speed instead of one batch per commit.
+//!
 //! Exactly-once: the [`Checkpoint`] (highest committed offset per source) is written
 //! in the commit payload of every day partition a group touched, with what is needed
 //! to undo a group whose partitions did not all commit (see [`crate::partition`] for
@@ -20,6 +26,8 @@ use crate::merge::{merges_due, DeferringMergePolicy, Duty, MergeGate, MERGE_WHEN
 use crate::metrics::Metrics;
 use crate::partition::{day_name, day_of, open_part, remove_dir, Part, Partitions, Payload};
 use crate::schema::Fields;
+use crate::wal::{Entry, Wal};
+use axum::body::Bytes;
 use chrono::NaiveDate;
 use protocol::{IngestResponse, LogRecord};
 use serde::{Deserialize, Serialize};
@@ -41,6 +49,10 @@ pub const RETENTION_CHECK: std::time::Duration = std::time::Duration::from_secs(
 /// once; under load this bounds the commit rate (each commit flushes segments that
 /// must later be merged) at the price of up to this much added latency.
 pub const COMMIT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Cap on what one write-ahead log entry may inflate to at replay (it was accepted
+/// under the request cap in force then, which may have been raised since).
+const REPLAY_MAX_BYTES: usize = 1 << 30;
 
 /// Highest committed offset of every source, as stored in the commit payload.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -87,9 +99,20 @@ impl Checkpoint {
     }
 }
 
+/// When an ingest request is answered.
+#[derive(Debug, Clone)]
+pub enum Ack {
+    /// Once its records are committed and searchable (`refresh=wait_for`).
+    Committed,
+    /// Once this body (the request as received, records and all) is durable in the
+    /// write-ahead log; searchable by the next commit (`refresh=false`).
+    Logged(Bytes),
+}
+
 pub enum WriterMsg {
     Ingest {
         records: Vec<LogRecord>,
+        ack: Ack,
         reply: oneshot::Sender<Result<IngestResponse>>,
     },
     /// Documents of the Elasticsearch bulk API: deduplicated by `_id` (when given)
@@ -168,6 +191,10 @@ pub struct WriterThread {
     /// Set when undoing a failed group failed too: every later group fails with it
     /// (the next open repairs the state on disk).
     broken: Option<String>,
+    /// The write-ahead log of requests answered before their commit.
+    wal: Wal,
+    /// LSN of the last log entry the index holds (committed).
+    wal_committed: u64,
     /// Test hook: after this many partition commits of a group, stop dead, the way
     /// a killed process would (no undo, nothing more committed).
     pub(crate) crash_after_part_commits: Option<usize>,
@@ -204,10 +231,16 @@ impl WriterThread {
             .max_by_key(|p| p.epoch)
             .cloned()
             .unwrap_or_default();
+        let wal_dir = root
+            .parent()
+            .map_or_else(|| root.join("wal"), |data| data.join("wal"));
         let complete = last
             .parts
             .iter()
             .all(|name| payloads.get(name).is_some_and(|p| p.epoch == last.epoch));
+        // An incomplete last group is undone below: replay starts where it started.
+        let wal_committed = if complete { last.wal } else { last.wal_before };
+        let (wal, replay) = Wal::open(&wal_dir, wal_committed)?;
         let mut uids = UidSource::new();
         uids.at_least(payloads.values().map(|p| p.uid_next).max().unwrap_or(0));
         // Tantivy wants at least 15 MB per indexing thread; more threads than cores
@@ -237,6 +270,8 @@ impl WriterThread {
             uids,
             retention: None,
             broken: None,
+            wal,
+            wal_committed,
             crash_after_part_commits: None,
             crashed: false,
             fail_after_part_commits: None,
@@ -253,6 +288,19 @@ impl WriterThread {
             );
             this.undo(&last)?;
         }
+        // Whatever was answered from the log but not committed before a crash (or
+        // was undone just above) is indexed again before any new request is taken.
+        if !replay.is_empty() {
+            let (first, last) = (replay[0].lsn, replay[replay.len() - 1].lsn);
+            let added = this.apply_entries(replay)?;
+            tracing::info!(
+                from = first,
+                to = last,
+                records = added,
+                "write-ahead log replayed"
+            );
+        }
+        this.publish_wal_size();
         Ok(this)
     }
 
@@ -346,6 +394,8 @@ impl WriterThread {
             uid_from: group.uid_from,
             before: group.before.clone(),
             uid_next: self.uids.peek(),
+            wal: group.wal_before,
+            wal_before: group.wal_before,
         };
         let uid_field = self.fields.uid;
         for day in &days {
@@ -361,6 +411,7 @@ impl WriterThread {
         self.checkpoint = Checkpoint {
             offsets: group.before.clone(),
         };
+        self.wal_committed = group.wal_before;
         tracing::info!(epoch = self.epoch, parts = ?payload.parts, "group undone");
         Ok(())
     }
@@ -401,6 +452,8 @@ impl WriterThread {
             uid_from: self.uids.peek(),
             before: self.checkpoint.offsets.clone(),
             uid_next: self.uids.peek(),
+            wal: self.wal_committed,
+            wal_before: self.wal_committed,
         };
         if let Err(e) = self.commit_payload(&[newest], &payload) {
             tracing::error!(error = %e, "retention: checkpoint commit failed, will retry");
@@ -616,6 +669,9 @@ impl WriterThread {
         deadline: Instant,
     ) -> (Vec<oneshot::Sender<()>>, bool) {
         let before = self.checkpoint.clone();
+        let wal_before = self.wal_committed;
+        // Requests logged but not yet answered: answered after the next fsync.
+        let mut logged: Vec<(oneshot::Sender<Result<IngestResponse>>, IngestResponse)> = Vec::new();
         let mut waiting = Vec::new();
         let mut stops = Vec::new();
         let mut failure: Option<String> = None;
@@ -637,6 +693,8 @@ impl WriterThread {
                     Err(mpsc::error::TryRecvError::Empty)
                         if stops.is_empty() && failure.is_none() && Instant::now() < deadline =>
                     {
+                        // Nothing more queued: answer what is logged before waiting.
+                        self.answer_logged(&mut logged, &mut waiting, &mut failure);
                         let wait =
                             async { tokio::time::timeout_at(deadline.into(), rx.recv()).await };
                         let waiting = Instant::now();
@@ -653,7 +711,11 @@ impl WriterThread {
             match msg {
                 WriterMsg::Shutdown { reply } => stops.push(reply),
                 WriterMsg::MergeNow => self.merge_requested = true,
-                WriterMsg::Ingest { records, reply } => {
+                WriterMsg::Ingest {
+                    records,
+                    ack,
+                    reply,
+                } => {
                     let mut resp = IngestResponse::default();
                     if failure.is_none() {
                         for rec in records {
@@ -678,7 +740,24 @@ impl WriterThread {
                         }
                     }
                     added += resp.accepted;
-                    waiting.push(Waiting::Ingest(reply, resp));
+                    match ack {
+                        Ack::Logged(body) if failure.is_none() => {
+                            // Only what admitted records needs replaying.
+                            let appended = if resp.accepted > 0 {
+                                self.wal.append(&body).map(|_| ())
+                            } else {
+                                Ok(())
+                            };
+                            match appended {
+                                Ok(()) => logged.push((reply, resp)),
+                                Err(e) => {
+                                    failure = Some(e.to_string());
+                                    waiting.push(Waiting::Ingest(reply, resp));
+                                }
+                            }
+                        }
+                        _ => waiting.push(Waiting::Ingest(reply, resp)),
+                    }
                 }
                 WriterMsg::Bulk { docs, reply } => {
                     let mut outcomes = Vec::with_capacity(docs.len());
@@ -717,6 +796,7 @@ impl WriterThread {
                 }
             }
         }
+        self.answer_logged(&mut logged, &mut waiting, &mut failure);
         let committed = failure.is_none() && added > 0;
         if committed {
             let started = Instant::now();
@@ -729,9 +809,18 @@ impl WriterThread {
                 uid_from,
                 before: before.offsets.clone(),
                 uid_next: self.uids.peek(),
+                wal: self.wal.synced(),
+                wal_before,
             };
             match self.commit_payload(&days, &payload) {
                 Ok(()) => {
+                    self.wal_committed = payload.wal;
+                    // An undo of this group on the next open replays from
+                    // `wal_before`: only what is below it can go.
+                    if let Err(e) = self.wal.release_through(wal_before) {
+                        tracing::warn!(error = %e, "cannot release write-ahead log segments");
+                    }
+                    self.publish_wal_size();
                     Metrics::inc(&self.metrics.commits, 1);
                     Metrics::inc(
                         &self.metrics.commit_micros,
@@ -787,6 +876,11 @@ impl WriterThread {
             Some(reason) => {
                 Metrics::inc(&self.metrics.commit_errors, 1);
                 tracing::error!(error = %reason, requests = waiting.len(), "commit failed, rolling back the group");
+                // Logged but unanswered entries are answered with the error below:
+                // they must not come back at a replay.
+                if let Err(e) = self.wal.discard_unsynced() {
+                    tracing::error!(error = %e, "cannot discard the failed group's unanswered log entries");
+                }
                 let group = Payload {
                     offsets: self.checkpoint.offsets.clone(),
                     epoch: self.epoch,
@@ -794,6 +888,8 @@ impl WriterThread {
                     uid_from,
                     before: before.offsets.clone(),
                     uid_next: self.uids.peek(),
+                    wal: self.wal.synced(),
+                    wal_before,
                 };
                 if let Err(e) = self.undo(&group) {
                     tracing::error!(error = %e, "undoing the failed group failed; refusing ingest until restart");
@@ -817,9 +913,115 @@ impl WriterThread {
                         }
                     }
                 }
+                // Requests already answered from the log cannot be failed: their
+                // entries are indexed again now (as at an open after a crash).
+                if self.broken.is_none() && self.wal.synced() > self.wal_committed {
+                    let replayed = self
+                        .wal
+                        .read_after(self.wal_committed)
+                        .and_then(|entries| self.apply_entries(entries));
+                    if let Err(e) = replayed {
+                        tracing::error!(error = %e, "re-applying acknowledged log entries failed; refusing ingest until restart");
+                        self.broken = Some(format!(
+                            "acknowledged records could not be indexed ({e}); restart the indexer, which replays them"
+                        ));
+                    }
+                }
             }
         }
         (stops, committed)
+    }
+
+    /// Makes the logged requests durable (one fsync for all) and answers them; on
+    /// failure they join `waiting` and share the group's error.
+    fn answer_logged(
+        &mut self,
+        logged: &mut Vec<(oneshot::Sender<Result<IngestResponse>>, IngestResponse)>,
+        waiting: &mut Vec<Waiting>,
+        failure: &mut Option<String>,
+    ) {
+        if logged.is_empty() {
+            return;
+        }
+        if failure.is_none() {
+            if let Err(e) = self.wal.sync() {
+                *failure = Some(e.to_string());
+            }
+        }
+        for (reply, resp) in logged.drain(..) {
+            if failure.is_some() {
+                waiting.push(Waiting::Ingest(reply, resp));
+                continue;
+            }
+            Metrics::inc(&self.metrics.records_accepted, resp.accepted);
+            Metrics::inc(&self.metrics.records_duplicate, resp.duplicates);
+            Metrics::inc(&self.metrics.records_logged, resp.accepted);
+            let _ = reply.send(Ok(resp));
+        }
+    }
+
+    /// Indexes log entries again (admitted by source and offset as live ingest
+    /// would, without offering them to the live tail) and commits them; returns the
+    /// records added.
+    fn apply_entries(&mut self, entries: Vec<Entry>) -> Result<u64> {
+        let Some(last) = entries.last().map(|e| e.lsn) else {
+            return Ok(0);
+        };
+        let before = self.checkpoint.clone();
+        let uid_from = self.uids.peek();
+        let wal_before = self.wal_committed;
+        let mut touched: BTreeSet<NaiveDate> = BTreeSet::new();
+        let mut added = 0u64;
+        for entry in entries {
+            let records = match crate::api::decompress_capped(&entry.body, REPLAY_MAX_BYTES)
+                .and_then(|ndjson| Ok(protocol::decode_ndjson(&ndjson)?))
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    // It was decoded once before it was logged; a body that no
+                    // longer decodes is damage the CRC did not catch. Skipping it
+                    // beats refusing to start.
+                    tracing::error!(lsn = entry.lsn, error = %e, "unreadable write-ahead log entry skipped");
+                    continue;
+                }
+            };
+            for rec in records {
+                if !self.checkpoint.admit(&rec.source, rec.offset) {
+                    continue;
+                }
+                let doc = self.fields.to_document(&rec, self.uids.next());
+                let day = day_of(&rec.ts);
+                touched.insert(day);
+                self.writer_for(day)?.add_document(doc)?;
+                added += 1;
+            }
+        }
+        let days: Vec<NaiveDate> = touched.into_iter().collect();
+        if !days.is_empty() {
+            self.epoch += 1;
+            let payload = Payload {
+                offsets: self.checkpoint.offsets.clone(),
+                epoch: self.epoch,
+                parts: days.iter().map(|d| day_name(*d)).collect(),
+                uid_from,
+                before: before.offsets.clone(),
+                uid_next: self.uids.peek(),
+                wal: last,
+                wal_before,
+            };
+            if let Err(e) = self.commit_payload(&days, &payload) {
+                self.checkpoint = before;
+                return Err(e);
+            }
+            self.wal_committed = last;
+        }
+        Ok(added)
+    }
+
+    fn publish_wal_size(&self) {
+        self.metrics
+            .wal_bytes
+            .store(self.wal.bytes(), std::sync::atomic::Ordering::Relaxed);
     }
 }
 

@@ -224,6 +224,21 @@ pub struct TaskMeta {
     pub ports: Vec<u16>,
 }
 
+/// The whole of `task.json`: the task's tags and what the node promised about its
+/// log files, so that the shipper (which collects rotated files once shipped and
+/// enforces the budget) needs nothing but the sandbox. A separate struct rather than
+/// more fields on [`TaskMeta`], which every record-building test spells out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskFile {
+    #[serde(flatten)]
+    pub meta: TaskMeta,
+    /// Most bytes the task's log files (`stdout`, `stderr` and their rotations
+    /// `stdout.1`, `stdout.2`, ... numbered upwards, never reused) may hold on disk;
+    /// `None` (a sandbox of an older node) means no budget is enforced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_budget_bytes: Option<u64>,
+}
+
 /// `POST /api/v1/ingest` answer, sent only once the batch is committed.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IngestResponse {
@@ -423,6 +438,10 @@ pub struct TaskSpec {
     /// enforce one (cgroup v2); `None` (an older scheduler) runs it unlimited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mem: Option<f64>,
+    /// The app's `disk` in MiB: the budget of the task's log files in its sandbox;
+    /// `None` (unset, or an older scheduler) takes the node's default budget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk: Option<f64>,
 }
 
 /// A port of a [`TaskSpec`] as the app declared it.
