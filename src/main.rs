@@ -6,6 +6,7 @@
 //! HTTP routers on listeners, and shutting them down in the order that loses nothing
 //! (tasks first, then the shippers' last batches, then the indexer's commit).
 
+mod bench_pipeline;
 mod client;
 mod config;
 mod demo;
@@ -41,6 +42,35 @@ enum BenchCommand {
     /// The indexer alone as a child process at scale (10M records): its own peak RSS
     /// while ingesting, then search latency over HTTP.
     Indexer(BenchIndexerArgs),
+    /// The whole pipeline end to end: tasks writing the corpus through the real
+    /// logger, agents and indexer of `sandtrail up`, against a raw Tantivy loop.
+    Pipeline(BenchPipelineArgs),
+}
+
+#[derive(Args, Debug)]
+struct BenchPipelineArgs {
+    /// gen_corpus.py's `.txt`; its `.ndjson` twin beside it feeds the raw loop.
+    #[arg(long, default_value = "/tmp/sandtrail-bench/corpus-1000000.txt")]
+    corpus: PathBuf,
+    #[arg(long, default_value = "/tmp/sandtrail-bench/pipeline")]
+    work_dir: PathBuf,
+    /// Lines each busy task writes.
+    #[arg(long, default_value_t = 200_000)]
+    lines: usize,
+    /// Scenarios to run: `1x1` (one busy task, one agent), `3x3` (three busy tasks
+    /// on three agents), `50slow` (50 tasks at --slow-rate lines/s on 3 agents).
+    #[arg(long, value_delimiter = ',', default_value = "1x1,3x3,50slow")]
+    scenarios: Vec<String>,
+    /// Lines each task of `50slow` writes, and how fast.
+    #[arg(long, default_value_t = 2_000)]
+    slow_lines: usize,
+    #[arg(long, default_value_t = 100)]
+    slow_rate: u64,
+    /// Internal: run as a paced writer task (this file's lines at --rate per second).
+    #[arg(long, hide = true)]
+    write: Option<PathBuf>,
+    #[arg(long, hide = true, default_value_t = 100)]
+    rate: u64,
 }
 
 #[derive(Args, Debug)]
@@ -295,6 +325,42 @@ async fn main() -> anyhow::Result<()> {
             })
             .await?;
             print!("{}", report.to_markdown());
+            Ok(())
+        }
+        Command::Bench(BenchCommand::Pipeline(a)) => {
+            if let Some(file) = a.write {
+                return tokio::task::spawn_blocking(move || {
+                    bench_pipeline::write_paced(&file, a.rate)
+                })
+                .await?;
+            }
+            let mut scenarios = Vec::new();
+            for name in &a.scenarios {
+                let (agents, tasks, lines, rate) = match name.as_str() {
+                    "1x1" => (1, 1, a.lines, 0),
+                    "3x3" => (3, 3, a.lines, 0),
+                    "50slow" => (3, 50, a.slow_lines, a.slow_rate),
+                    other => {
+                        anyhow::bail!("unknown scenario {other:?}: expected 1x1, 3x3 or 50slow")
+                    }
+                };
+                scenarios.push(bench_pipeline::Scenario {
+                    name: name.clone(),
+                    agents,
+                    tasks,
+                    lines,
+                    rate,
+                });
+            }
+            let rows = bench_pipeline::run(bench_pipeline::Options {
+                ndjson: a.corpus.with_extension("ndjson"),
+                corpus: a.corpus,
+                work_dir: a.work_dir,
+                scenarios,
+                writer_memory: indexer::IndexerConfig::default().writer_memory_bytes,
+            })
+            .await?;
+            print!("{}", bench_pipeline::to_markdown(&rows));
             Ok(())
         }
         Command::Bench(BenchCommand::Ship(a)) => {

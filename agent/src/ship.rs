@@ -333,7 +333,10 @@ impl Sender {
         }
         Ok(Sender {
             client,
-            ingest_url: format!("{}/api/v1/ingest", indexer_url.trim_end_matches('/')),
+            ingest_url: format!(
+                "{}/api/v1/ingest?refresh=false",
+                indexer_url.trim_end_matches('/')
+            ),
             headers,
             host,
             metrics,

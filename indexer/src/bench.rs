@@ -354,7 +354,7 @@ pub(crate) fn gzip_ndjson(records: &[LogRecord]) -> Vec<u8> {
 
 /// The same writer set-up as [`crate::writer::WriterThread`], in a plain loop.
 /// Returns wall and CPU seconds from the first document to the commit.
-fn raw_tantivy(records: &[LogRecord], dir: &Path, memory: usize) -> Result<(f64, f64)> {
+pub fn raw_tantivy(records: &[LogRecord], dir: &Path, memory: usize) -> Result<(f64, f64)> {
     std::fs::create_dir_all(dir).map_err(|source| Error::Io {
         path: dir.to_path_buf(),
         source,

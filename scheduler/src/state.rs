@@ -1430,6 +1430,7 @@ impl State {
                         port_definitions: port_labels(def),
                         health_checks: def.health_checks(),
                         mem: Some(def.mem),
+                        disk: (def.disk > 0.0).then_some(def.disk),
                     },
                 ))
             })

@@ -1,0 +1,358 @@
+//! `sandtrail bench pipeline`: the whole pipeline under load, end to end (issue 14).
+//!
+//! Each scenario starts this same executable as `sandtrail up --no-demo` (scheduler,
+//! indexer and agents, as a user runs them), deploys an app whose tasks write a
+//! slice of the loghub-derived corpus through the real task logger, and times from
+//! the deploy to the moment search counts every line. In the same run a plain
+//! Tantivy `IndexWriter` loop indexes the same records, so the ratio of the two is
+//! measured side by side (absolute rates drift on shared machines; ratios hold).
+//!
+//! The trade-off: "first line written" is taken as the deploy request, so task
+//! launch (a few milliseconds) counts against the pipeline, and completion is seen
+//! by polling search every 100 ms, which can add up to that much.
+
+use anyhow::{bail, Context};
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// One scenario: how many agents, tasks, lines per task, and a pace (lines/s per
+/// task; 0 = as fast as `cat`).
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    pub name: String,
+    pub agents: usize,
+    pub tasks: usize,
+    pub lines: usize,
+    pub rate: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// gen_corpus.py's `.txt` (the lines tasks write) and its `.ndjson` twin (the
+    /// same records, for the raw Tantivy loop).
+    pub corpus: PathBuf,
+    pub ndjson: PathBuf,
+    pub work_dir: PathBuf,
+    pub scenarios: Vec<Scenario>,
+    /// The indexer's writer memory, used for the raw loop too.
+    pub writer_memory: usize,
+}
+
+/// What one scenario measured.
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub scenario: Scenario,
+    pub records: u64,
+    pub bytes: u64,
+    pub secs: f64,
+    pub found: u64,
+    pub raw_secs: f64,
+    pub peak_rss_kb: u64,
+}
+
+impl Row {
+    pub fn rate(&self) -> f64 {
+        self.records as f64 / self.secs
+    }
+    pub fn raw_rate(&self) -> f64 {
+        self.records as f64 / self.raw_secs
+    }
+}
+
+/// The child `sandtrail up` of one scenario.
+struct Cluster {
+    child: Child,
+    web: String,
+    token: String,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // SAFETY: signals our own child by its pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_cluster(exe: &Path, dir: &Path, agents: usize) -> anyhow::Result<Cluster> {
+    let mut child = Command::new(exe)
+        .args([
+            "up",
+            "--no-demo",
+            "--listen",
+            "127.0.0.1:0",
+            "--router-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--agents")
+        .arg(agents.to_string())
+        .arg("--data-dir")
+        .arg(dir)
+        .env("SANDTRAIL_LOG", "warn")
+        .env_remove("SANDTRAIL_TOKEN")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("cannot start sandtrail up")?;
+    let stdout = child.stdout.take().context("no stdout")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let web = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = rx
+            .recv_timeout(left)
+            .context("sandtrail up did not print its URL")?;
+        if let Some(u) = line.trim().strip_prefix("web UI:") {
+            break u.trim().trim_end_matches('/').to_string();
+        }
+    };
+    let token = std::fs::read_to_string(dir.join("token"))?
+        .trim()
+        .to_string();
+    Ok(Cluster { child, web, token })
+}
+
+fn peak_rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Records of the search range: the corpus dates its lines in 2026-11, and a line
+/// without a date is stamped when read.
+const SINCE: &str = "2000-01-01T00:00:00Z";
+
+async fn count(http: &reqwest::Client, c: &Cluster, app: &str) -> anyhow::Result<u64> {
+    let resp: protocol::SearchResponse = http
+        .get(format!("{}/api/v1/search", c.web))
+        .bearer_auth(&c.token)
+        .query(&[
+            ("q", format!("app:{app}")),
+            ("limit", "0".into()),
+            ("start", SINCE.into()),
+        ])
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    Ok(resp.total)
+}
+
+/// Writes the first `lines` lines of the corpus to `path`; returns their bytes.
+fn slice(corpus: &Path, lines: usize, path: &Path) -> anyhow::Result<u64> {
+    let input = std::io::BufReader::new(
+        std::fs::File::open(corpus).with_context(|| format!("corpus {}", corpus.display()))?,
+    );
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+    let mut bytes = 0u64;
+    let mut n = 0;
+    for line in input.lines() {
+        if n == lines {
+            break;
+        }
+        let line = line?;
+        out.write_all(line.as_bytes())?;
+        out.write_all(b"\n")?;
+        bytes += line.len() as u64 + 1;
+        n += 1;
+    }
+    out.flush()?;
+    if n < lines {
+        bail!("the corpus has {n} lines; {lines} asked for");
+    }
+    Ok(bytes)
+}
+
+/// The writer of the paced scenarios (`sandtrail bench pipeline --write FILE
+/// --rate R`, run as a task): the file's lines at `rate` per second, in bursts every
+/// 10 ms, then nothing (the task stays up so it is not restarted).
+pub fn write_paced(file: &Path, rate: u64) -> anyhow::Result<()> {
+    let lines: Vec<String> = std::io::BufReader::new(std::fs::File::open(file)?)
+        .lines()
+        .collect::<Result<_, _>>()?;
+    let out = std::io::stdout();
+    let mut out = out.lock();
+    let started = Instant::now();
+    for (i, line) in lines.iter().enumerate() {
+        let due = started + Duration::from_secs_f64(i as f64 / rate.max(1) as f64);
+        let now = Instant::now();
+        if due > now {
+            out.flush()?;
+            std::thread::sleep((due - now).max(Duration::from_millis(10)));
+        }
+        writeln!(out, "{line}")?;
+    }
+    out.flush()?;
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+/// Runs every scenario; progress goes to stderr.
+pub async fn run(opts: Options) -> anyhow::Result<Vec<Row>> {
+    let exe = std::env::current_exe().context("cannot find this executable")?;
+    std::fs::create_dir_all(&opts.work_dir)?;
+    let http = reqwest::Client::new();
+    let mut rows = Vec::new();
+    for sc in &opts.scenarios {
+        let work = opts.work_dir.join(&sc.name);
+        let _ = std::fs::remove_dir_all(&work);
+        std::fs::create_dir_all(&work)?;
+        let input = work.join("input.txt");
+        let bytes_per_task = slice(&opts.corpus, sc.lines, &input)?;
+        let records = (sc.lines * sc.tasks) as u64;
+
+        eprintln!("[{}] raw Tantivy loop over {records} records", sc.name);
+        let one = indexer::bench::load_corpus(&opts.ndjson, sc.lines)?;
+        let mut all = Vec::with_capacity(records as usize);
+        for _ in 0..sc.tasks {
+            all.extend(one.iter().cloned());
+        }
+        let raw_dir = work.join("raw");
+        let raw = {
+            let memory = opts.writer_memory;
+            tokio::task::spawn_blocking(move || indexer::bench::raw_tantivy(&all, &raw_dir, memory))
+                .await??
+        };
+        let _ = std::fs::remove_dir_all(work.join("raw"));
+
+        eprintln!(
+            "[{}] pipeline: {} task(s) on {} agent(s), {} lines each",
+            sc.name, sc.tasks, sc.agents, sc.lines
+        );
+        let cluster = start_cluster(&exe, &work.join("data"), sc.agents)?;
+        let app = format!(
+            "bench-{}",
+            sc.name.replace(|c: char| !c.is_ascii_alphanumeric(), "-")
+        );
+        let input_arg = input.display().to_string();
+        let cmd = if sc.rate == 0 {
+            format!("cat '{input_arg}'; exec sleep 100000")
+        } else {
+            format!(
+                "exec '{}' bench pipeline --write '{input_arg}' --rate {}",
+                exe.display(),
+                sc.rate
+            )
+        };
+        let mut def = serde_json::json!({
+            "id": app, "cmd": cmd, "instances": sc.tasks, "cpus": 0.01, "mem": 64,
+        });
+        if sc.tasks == sc.agents && sc.tasks > 1 {
+            def["constraints"] = serde_json::json!([["hostname", "UNIQUE"]]);
+        }
+        let started = Instant::now();
+        http.post(format!("{}/v2/apps", cluster.web))
+            .bearer_auth(&cluster.token)
+            .json(&def)
+            .send()
+            .await?
+            .error_for_status()
+            .context("deploy")?;
+        let budget = Duration::from_secs(900);
+        let mut found = 0;
+        let mut last_report = Instant::now();
+        let secs = loop {
+            if let Ok(n) = count(&http, &cluster, &app).await {
+                found = n;
+            }
+            if found >= records {
+                break started.elapsed().as_secs_f64();
+            }
+            if started.elapsed() > budget {
+                eprintln!(
+                    "[{}] gave up: {found} of {records} after {budget:?}",
+                    sc.name
+                );
+                break started.elapsed().as_secs_f64();
+            }
+            if last_report.elapsed() > Duration::from_secs(5) {
+                eprintln!("[{}] {found} of {records} searchable", sc.name);
+                last_report = Instant::now();
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        // Anything late would be a duplicate: look again after a pause.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        if let Ok(n) = count(&http, &cluster, &app).await {
+            found = n;
+        }
+        let peak_rss_kb = peak_rss_kb(cluster.child.id());
+        drop(cluster);
+        let row = Row {
+            scenario: sc.clone(),
+            records,
+            bytes: bytes_per_task * sc.tasks as u64,
+            secs,
+            found,
+            raw_secs: raw.0,
+            peak_rss_kb,
+        };
+        eprintln!(
+            "[{}] {} records in {:.1} s ({:.0}/s), raw Tantivy {:.0}/s: {:.2}; found {}",
+            sc.name,
+            records,
+            secs,
+            row.rate(),
+            row.raw_rate(),
+            row.rate() / row.raw_rate(),
+            found
+        );
+        rows.push(row);
+    }
+    Ok(rows)
+}
+
+pub fn to_markdown(rows: &[Row]) -> String {
+    let mut out = String::from(
+        "| scenario | records | MB | end to end s | records/s | MB/s | raw Tantivy records/s | pipeline / raw | found | peak RSS of `up` MiB |\n|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for r in rows {
+        let sc = &r.scenario;
+        let pace = if sc.rate == 0 {
+            "as fast as cat".to_string()
+        } else {
+            format!("{} lines/s each", sc.rate)
+        };
+        out.push_str(&format!(
+            "| {} task(s) on {} agent(s), {} | {} | {:.1} | {:.1} | {:.0} | {:.1} | {:.0} | **{:.2}** | {} | {} |\n",
+            sc.tasks,
+            sc.agents,
+            pace,
+            r.records,
+            r.bytes as f64 / 1e6,
+            r.secs,
+            r.rate(),
+            r.bytes as f64 / 1e6 / r.secs,
+            r.raw_rate(),
+            r.rate() / r.raw_rate(),
+            r.found,
+            r.peak_rss_kb / 1024
+        ));
+    }
+    out
+}
