@@ -111,15 +111,113 @@ impl Cursor {
     }
 }
 
+/// Longest query text accepted, in bytes.
+pub const MAX_QUERY_BYTES: usize = 8 * 1024;
+/// Deepest nesting of parentheses accepted. Tantivy 0.25's grammar parses a group
+/// twice, so parse time doubles with each level (tantivy#2498): 20 levels took 0.8 s
+/// of a core, 24 levels 13 s.
+pub const MAX_QUERY_DEPTH: usize = 8;
+/// Most prefix operators (`NOT`, `-`, `+`, `!`) in a row: each is a level of
+/// recursion in the parser, and 3,000 of them overflowed a worker's stack and
+/// aborted the whole process (issue 15).
+pub const MAX_QUERY_PREFIXES: usize = 4;
+/// Most words (clauses, operators) in a query.
+pub const MAX_QUERY_WORDS: usize = 1024;
+
+/// Refuses, before any parsing, a query whose size or shape would make the parser
+/// recurse deeply or take exponential time. Quoted text is not counted.
+pub fn check_query_shape(q: &str) -> std::result::Result<(), String> {
+    if q.len() > MAX_QUERY_BYTES {
+        return Err(format!(
+            "query of {} bytes; at most {MAX_QUERY_BYTES}",
+            q.len()
+        ));
+    }
+    let (mut depth, mut deepest, mut words, mut prefixes) = (0usize, 0usize, 0usize, 0usize);
+    let (mut quoted, mut escaped, mut in_word) = (false, false, false);
+    let mut word = String::new();
+    let end_word = |word: &mut String, prefixes: &mut usize| {
+        let w = std::mem::take(word);
+        if w.is_empty() {
+            return;
+        }
+        if w == "NOT" {
+            *prefixes += 1;
+        } else {
+            *prefixes = 0;
+        }
+    };
+    for c in q.chars() {
+        if escaped {
+            escaped = false;
+            continue;
+        }
+        match c {
+            '\\' => escaped = true,
+            '"' => {
+                quoted = !quoted;
+                prefixes = 0;
+            }
+            _ if quoted => {}
+            '(' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            ')' => depth = depth.saturating_sub(1),
+            '-' | '+' | '!' if !in_word => prefixes += 1,
+            c if c.is_whitespace() => {
+                if in_word {
+                    words += 1;
+                    end_word(&mut word, &mut prefixes);
+                }
+                in_word = false;
+            }
+            c => {
+                in_word = true;
+                if word.len() < 4 {
+                    word.push(c);
+                }
+                if !matches!(word.as_str(), "N" | "NO" | "NOT") {
+                    prefixes = 0;
+                }
+            }
+        }
+        if prefixes > MAX_QUERY_PREFIXES {
+            return Err(format!(
+                "more than {MAX_QUERY_PREFIXES} NOT, -, + or ! in a row"
+            ));
+        }
+        if deepest > MAX_QUERY_DEPTH {
+            return Err(format!(
+                "parentheses nested more than {MAX_QUERY_DEPTH} levels deep"
+            ));
+        }
+    }
+    if in_word {
+        words += 1;
+        end_word(&mut word, &mut prefixes);
+    }
+    if prefixes > MAX_QUERY_PREFIXES {
+        return Err(format!(
+            "more than {MAX_QUERY_PREFIXES} NOT, -, + or ! in a row"
+        ));
+    }
+    if words > MAX_QUERY_WORDS {
+        return Err(format!("{words} words; at most {MAX_QUERY_WORDS}"));
+    }
+    Ok(())
+}
+
 /// Parses the user's query; empty means everything.
 pub fn user_query(index: &Index, fields: &Fields, q: &str) -> Result<Box<dyn Query>> {
     if q.trim().is_empty() {
         return Ok(Box::new(AllQuery));
     }
     let bad = |reason: String| Error::BadQuery {
-        query: q.to_string(),
+        query: q.chars().take(200).collect(),
         reason,
     };
+    check_query_shape(q).map_err(bad)?;
     let ast = query_grammar::parse_query(q).map_err(|_| {
         // The strict parser says only "no"; the lenient one says where.
         let (_, errors) = query_grammar::parse_query_lenient(q);
@@ -399,6 +497,85 @@ pub fn all_of(mut queries: Vec<Box<dyn Query>>) -> Box<dyn Query> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn parse(q: &str) -> Result<Box<dyn Query>> {
+        let fields = Fields::new();
+        let index = fields.index_builder().create_in_ram().unwrap();
+        user_query(&index, &fields, q)
+    }
+
+    /// Issue 15: `q=` followed by 3,000 times `NOT ` and `a` overflowed the stack of
+    /// a runtime worker and aborted the process. Run on a thread with a worker's
+    /// 2 MiB stack: an overflow here would abort the test binary the same way.
+    #[test]
+    fn three_thousand_nots_are_refused_before_parsing() {
+        let q = format!("{}a", "NOT ".repeat(3000));
+        let err = std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(move || parse(&q).err().map(|e| e.to_string()))
+            .unwrap()
+            .join()
+            .unwrap()
+            .expect("refused");
+        assert!(err.contains("at most 8192"), "{err}");
+        // Within the size limit, the run of operators is what is refused.
+        let err = parse(&format!("{}a", "NOT ".repeat(1000)))
+            .expect_err("refused")
+            .to_string();
+        assert!(err.contains("in a row"), "{err}");
+        for q in ["- - - - - -a", "!!!!!!a", "NOT NOT NOT NOT NOT a"] {
+            assert!(parse(q).is_err(), "{q}");
+        }
+    }
+
+    /// Issue 15: 24 nested parentheses held a core for 13 s (the time doubles with
+    /// each level); now anything past the limit is refused at once.
+    #[test]
+    fn deeply_nested_parentheses_are_refused_at_once() {
+        let q = format!("{}a{}", "(".repeat(28), ")".repeat(28));
+        let started = std::time::Instant::now();
+        let err = parse(&q).expect_err("refused").to_string();
+        assert!(started.elapsed() < std::time::Duration::from_millis(100));
+        assert!(err.contains("nested more than"), "{err}");
+    }
+
+    #[test]
+    fn ordinary_queries_pass_the_shape_check() {
+        for q in [
+            "app:fib AND level:error \"timed out\"",
+            "latency_ms:>250 AND NOT host:node-2",
+            "-level:debug",
+            "a AND (b OR (c AND (d OR e)))",
+            "\"(((((((((((quoted parens are text)))))))))))\"",
+            "msg:\"- - - - - - dashes in a phrase\"",
+            "path:/a-b-c-d-e-f",
+            "x NOT y NOT z NOT w NOT v NOT u",
+        ] {
+            check_query_shape(q).unwrap_or_else(|e| panic!("{q}: {e}"));
+            parse(q).unwrap_or_else(|e| panic!("{q}: {e}"));
+        }
+        let eight = format!("{}a{}", "(".repeat(8), ")".repeat(8));
+        parse(&eight).unwrap();
+        let long = "a ".repeat(MAX_QUERY_WORDS + 1);
+        assert!(check_query_shape(&long).is_err());
+        assert!(check_query_shape(&"x".repeat(MAX_QUERY_BYTES + 1)).is_err());
+    }
+
+    proptest::proptest! {
+        /// Any text: the check and the parser answer (no panic, no overflow) and
+        /// quickly; run with a worker's stack.
+        #[test]
+        fn any_query_text_gets_an_answer_quickly(q in "[()\"\\\\a-z:*!+ -NOTAD\\[\\]{}~^0-9]{0,300}") {
+            let started = std::time::Instant::now();
+            let _ = std::thread::Builder::new()
+                .stack_size(2 << 20)
+                .spawn(move || parse(&q).is_ok())
+                .unwrap()
+                .join()
+                .unwrap();
+            proptest::prop_assert!(started.elapsed() < std::time::Duration::from_secs(1));
+        }
+    }
 
     #[test]
     fn every_doc_seeks_in_constant_steps_and_fills_blocks() {
