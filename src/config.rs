@@ -90,14 +90,18 @@ pub struct AgentSection {
     /// The cgroup task cgroups are made under, e.g. `/sandtrail.slice` (default the
     /// agent's own).
     pub cgroup_parent: Option<String>,
+    /// Log disk budget of a task whose app sets no `disk` (default 512): its
+    /// `stdout`/`stderr` and their rotations. At least 1.
+    pub log_budget_mb: Option<u64>,
 }
 
-/// The node's settings from `[agent]`: sandbox GC and memory limits.
+/// The node's settings from `[agent]`: sandbox GC, memory limits, log budget.
 #[derive(Debug, Clone, Default)]
 pub struct NodeTuning {
     pub gc_delay: Option<std::time::Duration>,
     pub memory_limits: Option<bool>,
     pub cgroup_parent: Option<String>,
+    pub log_budget_bytes: Option<u64>,
 }
 
 impl NodeTuning {
@@ -111,6 +115,9 @@ impl NodeTuning {
         if let Some(p) = &self.cgroup_parent {
             c.cgroup_parent = Some(p.clone());
         }
+        if let Some(b) = self.log_budget_bytes {
+            c.log_budget_bytes = b;
+        }
     }
 }
 
@@ -120,6 +127,7 @@ impl AgentSection {
             gc_delay: self.gc_delay_secs.map(std::time::Duration::from_secs),
             memory_limits: self.memory_limits,
             cgroup_parent: self.cgroup_parent.clone(),
+            log_budget_bytes: self.log_budget_mb.map(|mb| mb.saturating_mul(1 << 20)),
         }
     }
 
@@ -196,6 +204,7 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "gc_delay_secs",
             "memory_limits",
             "cgroup_parent",
+            "log_budget_mb",
         ],
     ),
     ("web", &["listen", "indexer", "scheduler"]),
@@ -296,6 +305,12 @@ impl Config {
                     origin.display()
                 );
             }
+        }
+        if config.agent.log_budget_mb == Some(0) {
+            bail!(
+                "config {}: agent.log_budget_mb is 0, expected at least 1 (MiB)",
+                origin.display()
+            );
         }
         if let Some(r) = &config.indexer.retention {
             indexer::parse_retention(r)
@@ -404,6 +419,33 @@ mod tests {
         assert_eq!(n.gc_delay, std::time::Duration::from_secs(5));
         assert!(!n.memory_limits);
         assert_eq!(n.cgroup_parent.as_deref(), Some("/sandtrail.slice"));
+    }
+
+    #[test]
+    fn agent_log_budget_sets_the_nodes_default_from_file_or_environment() {
+        let mut n = scheduler::node::NodeConfig::new("n", "/w", "http://s");
+        assert_eq!(
+            n.log_budget_bytes,
+            scheduler::node::DEFAULT_LOG_BUDGET_BYTES
+        );
+        assert_eq!(n.log_budget_bytes, 512 << 20);
+        let c = Config::parse("[agent]\nlog_budget_mb = 64\n", Path::new("t.toml")).unwrap();
+        c.agent.node_tuning().apply(&mut n);
+        assert_eq!(n.log_budget_bytes, 64 << 20);
+        let env = |k: &str| (k == "SANDTRAIL_AGENT_LOG_BUDGET_MB").then(|| "32".to_string());
+        let c = Config::parse_with_env("[agent]\nlog_budget_mb = 64\n", Path::new("t.toml"), &env)
+            .unwrap();
+        c.agent.node_tuning().apply(&mut n);
+        assert_eq!(
+            n.log_budget_bytes,
+            32 << 20,
+            "the environment wins over the file"
+        );
+        let err = format!(
+            "{:#}",
+            Config::parse("[agent]\nlog_budget_mb = 0\n", Path::new("t.toml")).unwrap_err()
+        );
+        assert!(err.contains("agent.log_budget_mb"), "{err}");
     }
 
     #[test]

@@ -209,7 +209,7 @@ struct HostSpec {
     attributes: std::collections::BTreeMap<String, String>,
     /// Shipper tuning from `[agent]` (host, work dir, indexer and token are ours).
     shipper: agent::ShipperConfig,
-    /// Node tuning from `[agent]`: sandbox GC delay, memory limits.
+    /// Node tuning from `[agent]`: sandbox GC delay, memory limits, log budget.
     node: config::NodeTuning,
 }
 

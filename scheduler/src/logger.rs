@@ -1,68 +1,161 @@
 //! The per-task logger: a small process, apart from the node, that reads a task's
 //! stdout and stderr from pipes and appends them to `stdout`/`stderr` in the sandbox,
-//! rotating each file by size (rename `stdout` → `stdout.1` → ... → `stdout.<keep>`),
-//! as Mesos's logrotate container logger does.
+//! rotating each file by size into `stdout.1`, `stdout.2`, ... (`stderr.<n>` alike).
+//!
+//! It works with the agent's shipper as one (ARCHITECTURE.md, "Delivery"): no line is
+//! lost and none is split in two, so the logger
+//! - rotates only at a line boundary: when a chunk read from the pipe would take the
+//!   live file past `max_bytes`, the chunk up to and including its last `\n` goes to
+//!   the live file, which is then rotated, and the rest starts the new one. A chunk
+//!   without a newline continues its line in the live file, unless that file is
+//!   already past 1.5 × `max_bytes`: then it is rotated anyway, so a single line
+//!   longer than that may be split across two files (a bound beats an unbounded file);
+//! - numbers rotated files upwards in rotation order (the highest is the newest),
+//!   continuing after the highest number found in the sandbox at start (a relaunch),
+//!   and renames without replacing (`renameat2(RENAME_NOREPLACE)`; a name that exists
+//!   is skipped), so a rotated file is never overwritten and is never touched again;
+//! - deletes nothing: the shipper deletes each rotated file once all of it is
+//!   acknowledged, and enforces the task's budget softly (it drops the oldest data it
+//!   could not ship, with a visible record). The logger is the hard backstop: when the
+//!   log files of both streams (live and rotated) reach 2 × `budget_bytes` on disk, it
+//!   stops reading the pipes, so the task blocks on its writes (back-pressure), and
+//!   looks again every [`PAUSE_MS`] until deletions bring the total below that. It
+//!   pauses only while rotated files exist, since the live files are never deleted and
+//!   waiting for them would block the task for good. A full disk (`ENOSPC`) is waited
+//!   out the same way rather than dropping the chunk.
 //!
 //! It is a forked copy of the node (double fork, own session) rather than a separate
 //! executable, so it exists wherever the node library runs (the `sandtrail` binary
 //! and tests alike) and outlives the node: a task and its logs survive an agent
 //! restart. The trade-off is that the forked child of a multi-threaded process may
 //! only use async-signal-safe calls: it allocates nothing and calls only `read`,
-//! `write`, `poll`, `open`, `rename`, `close` and `_exit` on memory prepared before the
-//! fork. It ends when both pipes reach end of file, i.e. when the task and everything
-//! it forked have closed them.
+//! `write`, `poll`, `open`, `renameat2`/`rename`, `access`, `lstat`, `fstat`, `close`
+//! and `_exit` on memory prepared before the fork (file names are written into a
+//! fixed buffer holding `<dir>/stdout.`: digits in place, then a NUL). The highest
+//! existing rotation number is found before the fork, with a directory listing. It
+//! ends when both pipes reach end of file, i.e. when the task and everything it
+//! forked have closed them.
 
 use std::ffi::CString;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use crate::{Error, Result};
 
-/// Default size at which a log file is rotated.
+/// Largest `max_bytes` [`Rotation::for_budget`] picks: the size of a rotated file.
 pub const DEFAULT_MAX_BYTES: u64 = 10 * 1024 * 1024;
-/// Default number of rotated files kept (`stdout.1` .. `stdout.5`).
-pub const DEFAULT_KEEP: u32 = 5;
+/// Smallest `max_bytes` [`Rotation::for_budget`] picks (one pipe read), and a quarter
+/// of the smallest budget it allows.
+pub const MIN_MAX_BYTES: u64 = 64 * 1024;
+/// How long the logger waits before looking again at a full budget or disk.
+pub const PAUSE_MS: i32 = 75;
+/// Most rotated numbers of one stream the budget check looks at (the newest), so that
+/// a stray `stdout.99999999` in the sandbox cannot make every check walk millions of
+/// names.
+const MAX_SCAN: u64 = 65_536;
+/// Room for the digits of a u64 and the NUL.
+const DIGITS: usize = 21;
 
-/// Rotation settings of the task logs.
+/// Rotation settings of one task's logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rotation {
-    /// A file is rotated before a write would take it past this size.
+    /// The live file is rotated, at a line boundary, once a write takes it past this.
     pub max_bytes: u64,
-    /// Rotated files kept; the oldest beyond this is overwritten.
-    pub keep: u32,
+    /// The task's log disk budget (both streams, live and rotated files). The shipper
+    /// keeps to it by deleting; the logger stops reading at twice this.
+    pub budget_bytes: u64,
 }
 
-impl Default for Rotation {
-    fn default() -> Self {
+impl Rotation {
+    /// The rotation for a task whose logs may take `budget_bytes`: files of a quarter
+    /// of the budget, at most [`DEFAULT_MAX_BYTES`] and at least [`MIN_MAX_BYTES`],
+    /// and a budget of at least four such files, so that the live files alone (at
+    /// most 1.5 × `max_bytes` plus a pipe read each) can never fill twice the budget.
+    pub fn for_budget(budget_bytes: u64) -> Rotation {
+        let budget_bytes = budget_bytes.max(4 * MIN_MAX_BYTES);
         Rotation {
-            max_bytes: DEFAULT_MAX_BYTES,
-            keep: DEFAULT_KEEP,
+            max_bytes: (budget_bytes / 4).clamp(MIN_MAX_BYTES, DEFAULT_MAX_BYTES),
+            budget_bytes,
         }
     }
 }
 
-/// One stream's file names, prepared before the fork: `names[0]` is the live file,
-/// `names[i]` its i-th rotation.
+/// One stream's names and numbering, prepared before the fork.
 struct Stream {
-    names: Vec<CString>,
+    /// `<dir>/stdout`.
+    live: CString,
+    /// `<dir>/stdout.` followed by [`DIGITS`] bytes of room: see [`Stream::numbered`].
+    numbered: Vec<u8>,
+    prefix_len: usize,
+    /// The lowest rotated number that may still exist (the budget check starts here).
+    lo: u64,
+    /// The number the next rotation takes.
+    next: u64,
 }
 
-fn stream(dir: &Path, base: &str, keep: u32) -> Result<Stream> {
-    let mut names = Vec::with_capacity(keep as usize + 1);
-    for i in 0..=keep {
-        let name = if i == 0 {
-            base.to_string()
-        } else {
-            format!("{base}.{i}")
-        };
-        let p = dir.join(name);
-        names.push(
-            CString::new(p.as_os_str().as_bytes())
-                .map_err(|e| Error::io(&p, std::io::Error::other(e)))?,
-        );
+impl Stream {
+    /// Reads `dir` for the rotated files of `base` already there (a relaunch in an
+    /// existing sandbox) so that numbering continues after the highest.
+    fn new(dir: &Path, base: &str) -> Result<Stream> {
+        let live = dir.join(base);
+        let live = CString::new(live.as_os_str().as_bytes())
+            .map_err(|e| Error::io(&live, std::io::Error::other(e)))?;
+        let mut numbered = live.as_bytes().to_vec();
+        numbered.push(b'.');
+        let prefix_len = numbered.len();
+        numbered.resize(prefix_len + DIGITS, 0);
+        let (mut lo, mut hi) = (u64::MAX, 0u64);
+        let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+        for entry in entries.flatten() {
+            if let Some(n) = rotation_number(entry.file_name().as_bytes(), base) {
+                lo = lo.min(n);
+                hi = hi.max(n);
+            }
+        }
+        let next = hi.saturating_add(1);
+        Ok(Stream {
+            live,
+            numbered,
+            prefix_len,
+            lo: lo.min(next),
+            next,
+        })
     }
-    Ok(Stream { names })
+
+    /// `<dir>/stdout.<n>` as a C string, written in place: async-signal-safe.
+    fn numbered(&mut self, n: u64) -> *const libc::c_char {
+        let mut digits = [0u8; DIGITS];
+        let mut len = 0;
+        let mut v = n;
+        loop {
+            digits[len] = b'0' + (v % 10) as u8;
+            len += 1;
+            v /= 10;
+            if v == 0 {
+                break;
+            }
+        }
+        let out = &mut self.numbered[self.prefix_len..];
+        for i in 0..len {
+            out[i] = digits[len - 1 - i];
+        }
+        out[len] = 0;
+        self.numbered.as_ptr().cast()
+    }
+}
+
+/// `n` if `name` is `<base>.<n>` with `n` ≥ 1 in plain digits.
+fn rotation_number(name: &[u8], base: &str) -> Option<u64> {
+    let digits = name.strip_prefix(base.as_bytes())?.strip_prefix(b".")?;
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(digits)
+        .ok()?
+        .parse()
+        .ok()
+        .filter(|n| *n > 0)
 }
 
 fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
@@ -76,17 +169,13 @@ fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
 }
 
 /// Starts the logger for a sandbox and returns the write ends of the stdout and
-/// stderr pipes for the task. Blocking (fork and wait for the intermediate child):
-/// run off the async runtime.
+/// stderr pipes for the task. Blocking (directory listing, fork and wait for the
+/// intermediate child): run off the async runtime.
 pub fn spawn(dir: &Path, rotation: Rotation) -> Result<(OwnedFd, OwnedFd)> {
-    let keep = rotation.keep.max(1);
-    let out = stream(dir, "stdout", keep)?;
-    let err = stream(dir, "stderr", keep)?;
+    let mut streams = [Stream::new(dir, "stdout")?, Stream::new(dir, "stderr")?];
     let (out_r, out_w) = pipe().map_err(|e| Error::io(dir, e))?;
     let (err_r, err_w) = pipe().map_err(|e| Error::io(dir, e))?;
-    use std::os::fd::AsRawFd;
     let fds = [out_r.as_raw_fd(), err_r.as_raw_fd()];
-    let keep_open = [out_r.as_raw_fd(), err_r.as_raw_fd()];
     let mut buf = vec![0u8; 64 * 1024];
     // SAFETY: after fork the child only runs `logger_child`, which uses async-signal
     // safe calls on memory allocated before the fork, and never returns.
@@ -97,14 +186,7 @@ pub fn spawn(dir: &Path, rotation: Rotation) -> Result<(OwnedFd, OwnedFd)> {
             // reparented to init once this one exits, so the node never reaps it.
             libc::setsid();
             match libc::fork() {
-                0 => logger_child(
-                    &keep_open,
-                    fds,
-                    [&out, &err],
-                    rotation.max_bytes,
-                    keep,
-                    &mut buf,
-                ),
+                0 => logger_child(fds, &mut streams, rotation, &mut buf),
                 _ => libc::_exit(0),
             }
         },
@@ -124,29 +206,37 @@ pub fn spawn(dir: &Path, rotation: Rotation) -> Result<(OwnedFd, OwnedFd)> {
 /// # Safety
 /// Only call in a freshly forked child; see the module docs.
 unsafe fn logger_child(
-    keep_open: &[i32; 2],
     fds: [i32; 2],
-    streams: [&Stream; 2],
-    max_bytes: u64,
-    keep: u32,
+    streams: &mut [Stream; 2],
+    rotation: Rotation,
     buf: &mut [u8],
 ) -> ! {
     // Close every inherited fd but the two read ends (the node's sockets, the write
     // ends of these pipes...), so nothing of the node outlives it here.
     let max_fd = 4096;
     for fd in 0..max_fd {
-        if !keep_open.contains(&fd) {
+        if !fds.contains(&fd) {
             libc::close(fd);
         }
     }
-    let mut files = [-1i32; 2];
-    let mut sizes = [0u64; 2];
-    for i in 0..2 {
-        files[i] = open_append(&streams[i].names[0]);
-        sizes[i] = file_size(files[i]);
-    }
+    let mut outs = [Output::open(&streams[0]), Output::open(&streams[1])];
+    let cap = rotation.budget_bytes.saturating_mul(2);
+    // What the log files take on disk: exact after each `disk_usage`, then counted up
+    // by what is written. Deletions (the shipper's) only lower the truth, so this is
+    // an upper bound and the files are looked at again only once it reaches the cap.
+    let mut total = disk_usage(streams).0;
     let mut open = [true, true];
     while open[0] || open[1] {
+        if total >= cap {
+            let (now, rotated) = disk_usage(streams);
+            total = now;
+            if total >= cap && rotated > 0 {
+                // Back-pressure: leave the pipes unread; the task blocks once they
+                // are full, until the shipper has deleted enough.
+                libc::poll(std::ptr::null_mut(), 0, PAUSE_MS);
+                continue;
+            }
+        }
         let mut pfds = [
             libc::pollfd {
                 fd: if open[0] { fds[0] } else { -1 },
@@ -160,7 +250,7 @@ unsafe fn logger_child(
             },
         ];
         if libc::poll(pfds.as_mut_ptr(), 2, -1) < 0 {
-            if *libc::__errno_location() == libc::EINTR {
+            if errno() == libc::EINTR {
                 continue;
             }
             break;
@@ -170,71 +260,179 @@ unsafe fn logger_child(
                 continue;
             }
             let n = libc::read(fds[i], buf.as_mut_ptr().cast(), buf.len());
-            if n < 0 && *libc::__errno_location() == libc::EINTR {
+            if n < 0 && errno() == libc::EINTR {
                 continue;
             }
             if n <= 0 {
                 open[i] = false;
                 continue;
             }
-            let n = n as usize;
-            if sizes[i] > 0 && sizes[i] + n as u64 > max_bytes {
-                libc::close(files[i]);
-                rotate(streams[i], keep);
-                files[i] = open_append(&streams[i].names[0]);
-                sizes[i] = 0;
-            }
-            let mut written = 0;
-            while written < n {
-                let w = libc::write(files[i], buf[written..n].as_ptr().cast(), n - written);
-                if w < 0 && *libc::__errno_location() == libc::EINTR {
-                    continue;
-                }
-                if w <= 0 {
-                    // Disk full or the file is gone: drop this chunk rather than block
-                    // the task on a full pipe.
-                    break;
-                }
-                written += w as usize;
-            }
-            sizes[i] += written as u64;
+            total += outs[i].append(&mut streams[i], &buf[..n as usize], rotation.max_bytes);
         }
     }
     libc::_exit(0)
 }
 
-/// `stdout.<keep-1>` → `stdout.<keep>`, ..., `stdout` → `stdout.1`.
-unsafe fn rotate(s: &Stream, keep: u32) {
-    let keep = keep as usize;
-    for i in (0..keep).rev() {
-        libc::rename(s.names[i].as_ptr(), s.names[i + 1].as_ptr());
+/// A stream's live file as the logger holds it.
+struct Output {
+    fd: i32,
+    size: u64,
+}
+
+impl Output {
+    unsafe fn open(s: &Stream) -> Output {
+        let fd = libc::open(
+            s.live.as_ptr(),
+            libc::O_WRONLY | libc::O_CREAT | libc::O_APPEND | libc::O_CLOEXEC,
+            0o644,
+        );
+        let mut st: libc::stat = std::mem::zeroed();
+        let size = if fd >= 0 && libc::fstat(fd, &mut st) == 0 {
+            st.st_size as u64
+        } else {
+            0
+        };
+        Output { fd, size }
+    }
+
+    /// Appends one chunk read from the pipe, rotating at a line boundary (see the
+    /// module docs); returns the bytes written.
+    unsafe fn append(&mut self, s: &mut Stream, chunk: &[u8], max_bytes: u64) -> u64 {
+        if self.fd < 0 {
+            // The last open failed (the sandbox was being recreated...): try again
+            // rather than lose every later line.
+            *self = Output::open(s);
+        }
+        if self.size + chunk.len() as u64 <= max_bytes {
+            return self.write(chunk);
+        }
+        match chunk.iter().rposition(|b| *b == b'\n') {
+            Some(end) => {
+                let head = self.write(&chunk[..=end]);
+                self.rotate(s);
+                head + self.write(&chunk[end + 1..])
+            }
+            None if self.size > max_bytes + max_bytes / 2 => {
+                self.rotate(s);
+                self.write(chunk)
+            }
+            None => self.write(chunk),
+        }
+    }
+
+    /// Writes all of `data`, waiting out a full disk; gives up (and drops the rest)
+    /// only on another error, such as a file that cannot be opened.
+    unsafe fn write(&mut self, data: &[u8]) -> u64 {
+        let mut written = 0;
+        while written < data.len() {
+            let rest = &data[written..];
+            let w = libc::write(self.fd, rest.as_ptr().cast(), rest.len());
+            if w > 0 {
+                written += w as usize;
+                continue;
+            }
+            if w == 0 {
+                break;
+            }
+            match errno() {
+                libc::EINTR => {}
+                libc::ENOSPC | libc::EDQUOT => {
+                    libc::poll(std::ptr::null_mut(), 0, PAUSE_MS);
+                }
+                _ => break,
+            }
+        }
+        self.size += written as u64;
+        written as u64
+    }
+
+    /// Closes the live file, renames it to the next free number and opens a new one.
+    unsafe fn rotate(&mut self, s: &mut Stream) {
+        if self.fd >= 0 {
+            libc::close(self.fd);
+        }
+        // A name taken (a file left by an older logger of this sandbox that is still
+        // running) is skipped, never replaced; the bound only guards against a loop.
+        for _ in 0..1000 {
+            let n = s.next;
+            s.next = s.next.saturating_add(1);
+            match rename_noreplace(s.live.as_ptr(), s.numbered(n)) {
+                0 => break,
+                libc::EEXIST => continue,
+                // ENOENT: the live file is gone, there is nothing to rotate.
+                _ => break,
+            }
+        }
+        *self = Output::open(s);
     }
 }
 
-unsafe fn open_append(name: &CString) -> i32 {
-    libc::open(
-        name.as_ptr(),
-        libc::O_WRONLY | libc::O_CREAT | libc::O_APPEND | libc::O_CLOEXEC,
-        0o644,
-    )
+/// `rename` that fails with `EEXIST` rather than replace `to`; returns 0 or the errno.
+/// Where the filesystem lacks `RENAME_NOREPLACE`, it checks with `access` first (a
+/// race only with another logger of the same sandbox on such a filesystem).
+unsafe fn rename_noreplace(from: *const libc::c_char, to: *const libc::c_char) -> i32 {
+    let r = libc::syscall(
+        libc::SYS_renameat2,
+        libc::AT_FDCWD,
+        from,
+        libc::AT_FDCWD,
+        to,
+        libc::RENAME_NOREPLACE,
+    );
+    if r == 0 {
+        return 0;
+    }
+    match errno() {
+        libc::EINVAL | libc::ENOSYS => {
+            if libc::access(to, libc::F_OK) == 0 {
+                return libc::EEXIST;
+            }
+            if libc::rename(from, to) == 0 {
+                0
+            } else {
+                errno()
+            }
+        }
+        e => e,
+    }
 }
 
-unsafe fn file_size(fd: i32) -> u64 {
+/// The bytes the log files of both streams take, live and rotated, and of those the
+/// rotated ones. Moves each stream's `lo` past rotated files already deleted.
+unsafe fn disk_usage(streams: &mut [Stream; 2]) -> (u64, u64) {
+    let (mut total, mut rotated) = (0u64, 0u64);
+    for s in streams.iter_mut() {
+        total += size_of(s.live.as_ptr()).unwrap_or(0);
+        s.lo = s.lo.max(s.next.saturating_sub(MAX_SCAN));
+        while s.lo < s.next && size_of(s.numbered(s.lo)).is_none() {
+            s.lo += 1;
+        }
+        for n in s.lo..s.next {
+            rotated += size_of(s.numbered(n)).unwrap_or(0);
+        }
+    }
+    (total + rotated, rotated)
+}
+
+/// The size of the file `name` names, without following a symlink; `None` when
+/// there is none.
+unsafe fn size_of(name: *const libc::c_char) -> Option<u64> {
     let mut st: libc::stat = std::mem::zeroed();
-    if fd >= 0 && libc::fstat(fd, &mut st) == 0 {
-        st.st_size as u64
-    } else {
-        0
-    }
+    (libc::lstat(name, &mut st) == 0).then_some(st.st_size as u64)
+}
+
+unsafe fn errno() -> i32 {
+    *libc::__errno_location()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::io::Write;
+    use std::path::PathBuf;
 
     fn wait_for(what: &str, cond: impl Fn() -> bool) {
-        let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(20);
         while !cond() {
             assert!(
                 std::time::Instant::now() < end,
@@ -244,39 +442,317 @@ mod tests {
         }
     }
 
+    /// A budget the tests never reach.
+    const UNLIMITED: u64 = 1 << 40;
+
+    fn read(dir: &Path, name: &str) -> Vec<u8> {
+        std::fs::read(dir.join(name)).unwrap_or_default()
+    }
+
+    /// The rotated files of `base` in `dir`, oldest (lowest number) first.
+    fn rotated(dir: &Path, base: &str) -> Vec<(u64, PathBuf)> {
+        let mut out: Vec<(u64, PathBuf)> = std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .filter_map(|e| Some((rotation_number(e.file_name().as_bytes(), base)?, e.path())))
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Every byte of `base`'s files in order: the rotated ones, then the live one.
+    fn all_of(dir: &Path, base: &str) -> Vec<u8> {
+        let mut all = Vec::new();
+        for (_, p) in rotated(dir, base) {
+            all.extend(std::fs::read(p).unwrap());
+        }
+        all.extend(read(dir, base));
+        all
+    }
+
+    /// Bytes on disk of both streams' files, live and rotated.
+    fn on_disk(dir: &Path) -> u64 {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.metadata().map(|m| m.len()).unwrap_or(0))
+            .sum()
+    }
+
+    /// A small deterministic generator, so a failure can be replayed.
+    fn lcg(seed: &mut u64) -> u64 {
+        *seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        *seed >> 33
+    }
+
     #[test]
-    fn logger_writes_both_streams_and_rotates_by_size_keeping_n() {
+    fn for_budget_picks_a_quarter_within_bounds_and_a_floor_of_four_files() {
+        let mib = 1024 * 1024;
+        let r = Rotation::for_budget(512 * mib);
+        assert_eq!(
+            (r.max_bytes, r.budget_bytes),
+            (DEFAULT_MAX_BYTES, 512 * mib)
+        );
+        let r = Rotation::for_budget(8 * mib);
+        assert_eq!((r.max_bytes, r.budget_bytes), (2 * mib, 8 * mib));
+        let r = Rotation::for_budget(1000);
+        assert_eq!(
+            (r.max_bytes, r.budget_bytes),
+            (MIN_MAX_BYTES, 4 * MIN_MAX_BYTES)
+        );
+    }
+
+    #[test]
+    fn file_names_are_written_in_place() {
         let dir = tempfile::tempdir().unwrap();
-        let (out, err) = spawn(
-            dir.path(),
-            Rotation {
-                max_bytes: 100,
-                keep: 2,
-            },
-        )
-        .unwrap();
+        let mut s = Stream::new(dir.path(), "stdout").unwrap();
+        let name = |s: &mut Stream, n| {
+            // SAFETY: `numbered` returns a NUL-terminated string in `s.numbered`.
+            unsafe { std::ffi::CStr::from_ptr(s.numbered(n)) }
+                .to_str()
+                .unwrap()
+                .to_string()
+        };
+        let base = dir.path().join("stdout").display().to_string();
+        assert_eq!(name(&mut s, 123), format!("{base}.123"));
+        assert_eq!(name(&mut s, 7), format!("{base}.7"), "shorter after longer");
+        assert_eq!(name(&mut s, u64::MAX), format!("{base}.{}", u64::MAX));
+        assert_eq!((s.lo, s.next), (1, 1));
+        assert_eq!(rotation_number(b"stdout.12", "stdout"), Some(12));
+        for bad in [
+            &b"stdout"[..],
+            b"stdout.",
+            b"stdout.0",
+            b"stdout.1a",
+            b"stderr.1",
+        ] {
+            assert_eq!(rotation_number(bad, "stdout"), None);
+        }
+    }
+
+    #[test]
+    fn logger_writes_both_streams_and_numbers_rotations_upwards() {
+        let dir = tempfile::tempdir().unwrap();
+        let rotation = Rotation {
+            max_bytes: 100,
+            budget_bytes: UNLIMITED,
+        };
+        let (out, err) = spawn(dir.path(), rotation).unwrap();
         let mut out = std::fs::File::from(out);
         let mut err = std::fs::File::from(err);
         err.write_all(b"oops\n").unwrap();
-        // 5 chunks of 60 bytes: each write after the first would pass 100 bytes.
+        // 5 lines of 60 bytes: each after the first would pass 100 bytes.
+        let line = |i: u8| {
+            let mut l = vec![b'a' + i; 59];
+            l.push(b'\n');
+            l
+        };
+        let mut sent = Vec::new();
         for i in 0..5u8 {
-            out.write_all(&[b'a' + i; 60]).unwrap();
-            // Each chunk lands alone in a fresh `stdout`: the one before was rotated.
-            let p = dir.path().join("stdout");
-            wait_for("the chunk", || {
-                std::fs::read(&p).is_ok_and(|b| b.len() == 60 && b[0] == b'a' + i)
-            });
+            out.write_all(&line(i)).unwrap();
+            sent.extend(line(i));
+            // One line per pipe read.
+            wait_for("the line", || all_of(dir.path(), "stdout") == sent);
         }
         drop(out);
         drop(err);
-        let read = |n: &str| std::fs::read(dir.path().join(n)).unwrap_or_default();
-        assert_eq!(read("stdout"), vec![b'e'; 60]);
-        assert_eq!(read("stdout.1"), vec![b'd'; 60]);
-        assert_eq!(read("stdout.2"), vec![b'c'; 60]);
-        assert!(
-            !dir.path().join("stdout.3").exists(),
-            "only 2 rotations kept"
+        wait_for("stderr", || read(dir.path(), "stderr") == b"oops\n");
+        let numbers: Vec<u64> = rotated(dir.path(), "stdout").iter().map(|r| r.0).collect();
+        assert_eq!(numbers, [1, 2], "upwards, the highest the newest");
+        // A line that would pass 100 bytes still goes to the live file, which is
+        // rotated right after it, at the line's end.
+        assert_eq!(read(dir.path(), "stdout.1"), [line(0), line(1)].concat());
+        assert_eq!(read(dir.path(), "stdout.2"), [line(2), line(3)].concat());
+        assert_eq!(read(dir.path(), "stdout"), line(4));
+        assert!(rotated(dir.path(), "stderr").is_empty());
+    }
+
+    /// Regression test for issue 14: rotation at pipe-read boundaries split a line in
+    /// two (the shipper then indexed two records for it).
+    #[test]
+    fn rotation_happens_only_at_line_boundaries_and_keeps_every_byte() {
+        let dir = tempfile::tempdir().unwrap();
+        let rotation = Rotation {
+            max_bytes: 256,
+            budget_bytes: UNLIMITED,
+        };
+        let (out, err) = spawn(dir.path(), rotation).unwrap();
+        let mut out = std::fs::File::from(out);
+        let mut seed = 14;
+        let mut sent = Vec::new();
+        for i in 0..600 {
+            let len = lcg(&mut seed) % 100;
+            sent.extend(format!("{i:05} {}\n", "x".repeat(len as usize)).into_bytes());
+        }
+        // Written in pieces that cut lines anywhere; now and then the logger is let
+        // to catch up, so that a pipe read ends mid-line for sure.
+        let mut at = 0;
+        while at < sent.len() {
+            let end = (at + 1 + lcg(&mut seed) as usize % 300).min(sent.len());
+            out.write_all(&sent[at..end]).unwrap();
+            at = end;
+            if lcg(&mut seed).is_multiple_of(8) {
+                wait_for("the piece", || all_of(dir.path(), "stdout") == sent[..at]);
+            }
+        }
+        drop(out);
+        drop(err);
+        wait_for("everything", || all_of(dir.path(), "stdout") == sent);
+        let files = rotated(dir.path(), "stdout");
+        assert!(files.len() >= 20, "{} rotations", files.len());
+        for (i, (n, path)) in files.iter().enumerate() {
+            assert_eq!(*n, i as u64 + 1, "numbered from 1 without gaps");
+            let body = std::fs::read(path).unwrap();
+            assert!(body.ends_with(b"\n"), "{} ends mid-line", path.display());
+        }
+    }
+
+    #[test]
+    fn a_line_longer_than_one_and_a_half_max_bytes_is_split_but_kept_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let rotation = Rotation {
+            max_bytes: 100,
+            budget_bytes: UNLIMITED,
+        };
+        let (out, _err) = spawn(dir.path(), rotation).unwrap();
+        let mut out = std::fs::File::from(out);
+        let mut sent: Vec<u8> = Vec::new();
+        for piece in [&[b'a'; 100][..], &[b'b'; 60], &[b'c'; 10], b"d\n"] {
+            out.write_all(piece).unwrap();
+            sent.extend(piece);
+            wait_for("the piece", || all_of(dir.path(), "stdout") == sent);
+        }
+        // 100 + 60 stay together (the line goes on); past 150 the file is rotated
+        // anyway.
+        assert_eq!(
+            read(dir.path(), "stdout.1"),
+            [[b'a'; 100].as_slice(), &[b'b'; 60]].concat()
         );
-        wait_for("stderr", || read("stderr") == b"oops\n");
+        assert_eq!(read(dir.path(), "stdout"), b"ccccccccccd\n");
+    }
+
+    #[test]
+    fn numbering_continues_after_the_highest_existing_file_and_replaces_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let put = |name: &str, body: &str| std::fs::write(dir.path().join(name), body).unwrap();
+        // A relaunch in a sandbox whose older rotations the shipper has partly
+        // collected.
+        put("stdout", "live\n");
+        put("stdout.2", "old2\n");
+        put("stdout.7", "old7\n");
+        put("stderr.1", "olderr\n");
+        let rotation = Rotation {
+            max_bytes: 100,
+            budget_bytes: UNLIMITED,
+        };
+        let (out, _err) = spawn(dir.path(), rotation).unwrap();
+        let mut out = std::fs::File::from(out);
+        let line = |c: u8| [vec![c; 59], vec![b'\n']].concat();
+        // Each line in its own pipe read: wait for the live file it leaves.
+        let write = |out: &mut std::fs::File, c: u8, live: &[u8], rotations: usize| {
+            out.write_all(&line(c)).unwrap();
+            wait_for("the line", || {
+                read(dir.path(), "stdout") == live
+                    && rotated(dir.path(), "stdout").len() == rotations
+            });
+        };
+        write(
+            &mut out,
+            b'a',
+            &[b"live\n".to_vec(), line(b'a')].concat(),
+            2,
+        );
+        write(&mut out, b'b', b"", 3);
+        assert_eq!(
+            read(dir.path(), "stdout.8"),
+            [b"live\n".to_vec(), line(b'a'), line(b'b')].concat()
+        );
+        // A name already taken (say by the logger of an earlier run of this task,
+        // still draining) is skipped, not replaced.
+        put("stdout.9", "other\n");
+        write(&mut out, b'c', &line(b'c'), 4);
+        write(&mut out, b'd', b"", 5);
+        assert_eq!(
+            read(dir.path(), "stdout.10"),
+            [line(b'c'), line(b'd')].concat()
+        );
+        assert_eq!(read(dir.path(), "stdout.9"), b"other\n");
+        assert_eq!(read(dir.path(), "stdout.2"), b"old2\n");
+        assert_eq!(read(dir.path(), "stdout.7"), b"old7\n");
+        assert_eq!(read(dir.path(), "stderr.1"), b"olderr\n");
+        assert_eq!(read(dir.path(), "stdout"), b"");
+    }
+
+    #[test]
+    fn a_writer_past_twice_the_budget_blocks_until_rotated_files_are_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let rotation = Rotation {
+            max_bytes: 4096,
+            budget_bytes: 16 * 1024,
+        };
+        let cap = 2 * rotation.budget_bytes;
+        let (out, err) = spawn(dir.path(), rotation).unwrap();
+        // A small pipe keeps what is in flight (written, not yet on disk) small.
+        // SAFETY: plain fcntls on a pipe this test owns.
+        let pipe_size = unsafe {
+            libc::fcntl(out.as_raw_fd(), libc::F_SETPIPE_SZ, 4096);
+            libc::fcntl(out.as_raw_fd(), libc::F_GETPIPE_SZ)
+        };
+        assert!(pipe_size > 0);
+        let mut sent = Vec::new();
+        for i in 0..20_000 {
+            sent.extend(format!("{i:08} {}\n", "y".repeat(i % 50)).into_bytes());
+        }
+        let written = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let writer = {
+            let (sent, written) = (sent.clone(), written.clone());
+            let mut out = std::fs::File::from(out);
+            std::thread::spawn(move || {
+                for line in sent.split_inclusive(|b| *b == b'\n') {
+                    out.write_all(line).unwrap();
+                    written.fetch_add(line.len(), std::sync::atomic::Ordering::SeqCst);
+                }
+            })
+        };
+        let longest_line = 60;
+        wait_for("the cap", || on_disk(dir.path()) >= cap);
+        // Proving that nothing more happens takes a wait: time for a logger that
+        // kept reading to take in all of the 600 KiB.
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let disk = on_disk(dir.path());
+        let done = written.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(!writer.is_finished(), "the writer should be blocked");
+        assert!(disk < cap + 64 * 1024, "{disk} bytes on disk, cap {cap}");
+        assert!(
+            done as u64 <= disk + pipe_size as u64 + longest_line,
+            "{done} written but {disk} on disk: the logger read past the cap"
+        );
+
+        // The shipper's part: each rotated file, once complete, collected and deleted.
+        let mut collected = Vec::new();
+        let mut numbers = Vec::new();
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            for (n, path) in rotated(dir.path(), "stdout") {
+                collected.extend(std::fs::read(&path).unwrap());
+                std::fs::remove_file(&path).unwrap();
+                numbers.push(n);
+            }
+            if writer.is_finished()
+                && collected.len() + read(dir.path(), "stdout").len() == sent.len()
+            {
+                break;
+            }
+            assert!(std::time::Instant::now() < end, "timed out collecting");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        writer.join().unwrap();
+        drop(err);
+        collected.extend(read(dir.path(), "stdout"));
+        assert!(collected == sent, "lost or duplicated bytes");
+        let expected: Vec<u64> = (1..=numbers.len() as u64).collect();
+        assert_eq!(numbers, expected, "each number once, upwards");
     }
 }

@@ -9,9 +9,12 @@
 //! lost message or restart of the control plane.
 //!
 //! A task's output goes through pipes to a per-task logger process (see `logger`)
-//! that writes `stdout`/`stderr` in the sandbox and rotates them by size; neither the
-//! task nor its logger is a child the node must keep alive, so both outlive a node
-//! restart, and the next node finds the task again from its `task.json` and pid file.
+//! that writes `stdout`/`stderr` in the sandbox and rotates them by size into
+//! `stdout.1`, `stdout.2`, ... within the task's log budget (the app's `disk`, else
+//! [`NodeConfig::log_budget_bytes`]), which `task.json` records for the shipper;
+//! neither the task nor its logger is a child the node must keep alive, so both
+//! outlive a node restart, and the next node finds the task again from its
+//! `task.json` and pid file.
 //! Each task runs in its own process group so a kill reaches everything it forked,
 //! and, where the host allows it, in its own cgroup with the app's `mem` as memory
 //! limit (see `cgroup`). A finished task's sandbox is marked finished and removed
@@ -31,8 +34,8 @@ use std::time::Duration;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use protocol::{
-    AgentInfo, HealthCheck, HealthResult, HeartbeatRequest, HeartbeatResponse, TaskMeta, TaskSpec,
-    TaskStatus, TOKEN_HEADER,
+    AgentInfo, HealthCheck, HealthResult, HeartbeatRequest, HeartbeatResponse, TaskFile, TaskMeta,
+    TaskSpec, TaskStatus, TOKEN_HEADER,
 };
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -41,6 +44,9 @@ use tracing::{debug, info, warn};
 use crate::cgroup::{self, MemoryLimits};
 use crate::logger::Rotation;
 use crate::{Error, Result};
+
+/// Default of [`NodeConfig::log_budget_bytes`].
+pub const DEFAULT_LOG_BUDGET_BYTES: u64 = 512 * 1024 * 1024;
 
 /// Marathon state names the node reports.
 pub const TASK_RUNNING: &str = "TASK_RUNNING";
@@ -82,8 +88,13 @@ pub struct NodeConfig {
     /// them; the next node on this work dir finds them again through their pid files.
     pub keep_tasks_on_shutdown: bool,
     /// Task output through a per-task logger process that rotates `stdout`/`stderr`
-    /// by size; `None` writes the files directly, unrotated.
-    pub log_rotation: Option<Rotation>,
+    /// by size within the task's log budget; false writes the files directly,
+    /// unrotated and unbounded.
+    pub log_rotation: bool,
+    /// The log budget of a task whose app sets no `disk`: the most its `stdout`,
+    /// `stderr` and their rotations should take in the sandbox (the shipper deletes
+    /// the oldest beyond it; the logger stops reading at twice it).
+    pub log_budget_bytes: u64,
     /// Enforce each task's `mem` as a cgroup v2 memory limit where the host allows it
     /// (see [`crate::cgroup`]); false runs every task unlimited.
     pub memory_limits: bool,
@@ -117,7 +128,8 @@ impl NodeConfig {
             port_ranges: Vec::new(),
             kill_grace: Duration::from_secs(5),
             keep_tasks_on_shutdown: false,
-            log_rotation: Some(Rotation::default()),
+            log_rotation: true,
+            log_budget_bytes: DEFAULT_LOG_BUDGET_BYTES,
             memory_limits: true,
             cgroup_parent: None,
             gc_delay: DEFAULT_GC_DELAY,
@@ -502,10 +514,15 @@ impl Inner {
             instance: spec.instance,
             ports: ports.clone(),
         };
+        let rotation = Rotation::for_budget(log_budget(spec, self.cfg.log_budget_bytes));
+        let file = TaskFile {
+            meta,
+            log_budget_bytes: Some(rotation.budget_bytes),
+        };
         let (stdout, stderr) = {
             let dir = dir.clone();
-            let rotation = self.cfg.log_rotation;
-            tokio::task::spawn_blocking(move || prepare_sandbox(&dir, &meta, rotation))
+            let rotation = self.cfg.log_rotation.then_some(rotation);
+            tokio::task::spawn_blocking(move || prepare_sandbox(&dir, &file, rotation))
                 .await
                 .map_err(|e| Error::io(&self.sandboxes, std::io::Error::other(e)))??
         };
@@ -1487,11 +1504,21 @@ fn allocate_ports(address: &str, count: u16, taken: &HashSet<u16>) -> Result<Vec
     Ok(ports)
 }
 
+/// The log budget of a task in bytes: its app's `disk` (MiB) when set, else the
+/// node's default.
+fn log_budget(spec: &TaskSpec, default: u64) -> u64 {
+    match spec.disk {
+        Some(mib) if mib > 0.0 => (mib * 1024.0 * 1024.0) as u64,
+        _ => default,
+    }
+}
+
 /// Creates the sandbox, writes `task.json` atomically (temp file + rename) and opens
-/// `stdout`/`stderr` for appending. Blocking: run off the async runtime.
+/// `stdout`/`stderr` for appending, through the logger when `rotation` is set.
+/// Blocking: run off the async runtime.
 fn prepare_sandbox(
     dir: &Path,
-    meta: &TaskMeta,
+    file: &TaskFile,
     rotation: Option<Rotation>,
 ) -> Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
     // Once more if the GC sweep removed the empty app directory in between.
@@ -1509,7 +1536,7 @@ fn prepare_sandbox(
     let dst = dir.join("task.json");
     {
         let mut f = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-        let body = serde_json::to_vec_pretty(meta)?;
+        let body = serde_json::to_vec_pretty(file)?;
         f.write_all(&body).map_err(|e| Error::io(&tmp, e))?;
         f.sync_all().map_err(|e| Error::io(&tmp, e))?;
     }
@@ -1531,6 +1558,16 @@ fn prepare_sandbox(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_budget_is_the_apps_disk_else_the_nodes_default() {
+        let mut spec = TaskSpec::default();
+        assert_eq!(log_budget(&spec, 7), 7, "no disk");
+        spec.disk = Some(0.0);
+        assert_eq!(log_budget(&spec, 7), 7, "disk 0 is unset");
+        spec.disk = Some(2.5);
+        assert_eq!(log_budget(&spec, 7), 5 * 512 * 1024);
+    }
 
     #[test]
     fn sandbox_dir_maps_group_ids_and_rejects_traversal() {

@@ -2745,6 +2745,13 @@ pub(crate) mod tests {
             "{why}"
         );
         assert_eq!(s.agent_usage("small").0.disk, 600.0);
+        // The node takes it as the task's log budget; an app without one leaves it
+        // to the node's default.
+        assert_eq!(s.desired("small")[0].disk, Some(600.0));
+        s.create_app(app("web", 1), now).unwrap();
+        let web = s.desired("small");
+        let web = web.iter().find(|t| t.app == "web").unwrap();
+        assert_eq!(web.disk, None, "disk 0 is unset");
     }
 
     #[test]

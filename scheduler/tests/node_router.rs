@@ -12,7 +12,9 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::Json;
-use protocol::{AgentInfo, LogRecord, ServiceEndpoint, Stream, TaskMeta, TaskSpec, TaskStatus};
+use protocol::{
+    AgentInfo, LogRecord, ServiceEndpoint, Stream, TaskFile, TaskMeta, TaskSpec, TaskStatus,
+};
 use protocol::{HealthCheck, HealthResult, HeartbeatRequest, HeartbeatResponse};
 use scheduler::node::{Node, NodeConfig};
 use scheduler::router::{Router, RouterConfig};
@@ -155,7 +157,10 @@ async fn node_runs_desired_tasks_in_sandboxes_and_reports_them() {
     plane.lock().unwrap().desired = vec![
         spec("web", "web.1", web_cmd, 2),
         spec("bad", "bad.1", "echo run >> runs; exit 3", 0),
-        spec("ok", "ok.1", "true", 0),
+        TaskSpec {
+            disk: Some(2.0),
+            ..spec("ok", "ok.1", "true", 0)
+        },
         spec("evil", "../../escape", "echo pwned > pwned", 0),
     ];
 
@@ -227,6 +232,19 @@ async fn node_runs_desired_tasks_in_sandboxes_and_reports_them() {
     })
     .await;
     assert_eq!(finished.exit_code, Some(0));
+    // task.json holds the log budget for the shipper: the app's `disk`, else the
+    // node's default.
+    let budget_of = |task: &str| {
+        let body = read(&dir.path().join("sandboxes").join(task).join("task.json"));
+        serde_json::from_str::<TaskFile>(&body)
+            .expect("task.json parses")
+            .log_budget_bytes
+    };
+    assert_eq!(budget_of("ok/ok.1"), Some(2 << 20));
+    assert_eq!(
+        budget_of("web/web.1"),
+        Some(scheduler::node::DEFAULT_LOG_BUDGET_BYTES)
+    );
     // A sandbox that would escape is refused, reported, and nothing is written.
     let evil = eventually("evil refused", || {
         status_of(&plane.lock().unwrap(), "../../escape", "TASK_FAILED")
