@@ -2,12 +2,12 @@
 //! offset per source.
 //!
 //! An offset here only ever moves forward and only after the indexer acknowledged the
-//! batch that contained it as committed, so a crash re-sends at most the batches that
-//! were in flight (the indexer drops those as duplicates). The file is replaced
-//! atomically (temp file, fsync, rename, fsync of the directory): after a crash it is
-//! either the old or the new version, never a torn one. The trade-off is one fsync per
-//! acknowledged batch, which bounds batches per second on slow disks; batches are large
-//! so that is cheap in practice.
+//! batch that contained it as durable (or the spool took it over), so a crash
+//! re-sends at most the batches that were in flight (the indexer drops those as
+//! duplicates). The file is replaced atomically (temp file, fsync, rename, fsync of
+//! the directory): after a crash it is either the old or the new version, never a
+//! torn one. The trade-off is one fsync per acknowledged batch, which bounds batches
+//! per second on slow disks; batches are large so that is cheap in practice.
 //!
 //! Version 2 keys every entry by its source id (`base@<16 hex>`, see
 //! [`crate::fingerprint`]) and records with it the file's identity (device, inode,
@@ -237,9 +237,12 @@ impl Checkpoints {
 ///
 /// Files are matched to entries by identity, not path, so a log rotated while being
 /// read is judged by its own entry. `stdout` and `stderr` with bytes must have an
-/// entry at their size (an unseen one has not been shipped). A rotated `stdout.N`
-/// without an entry is done: the shipper forgets a rotated file once it acknowledged
-/// all of it, and never picks up one rotated away before it saw it.
+/// entry at their size (an unseen one has not been shipped). A rotated `stdout.<n>`
+/// or `stderr.<n>` is not shipped whatever its size: under the contract with the
+/// task logger (see the crate doc) the shipper deletes a rotated file once all of
+/// it is acknowledged, so one that exists is still to ship, unless its entry shows
+/// it acknowledged to its end (the moment between the last acknowledgement and the
+/// deletion). Symlinks are not log files (the shipper never follows them).
 pub fn sandbox_shipped(work_dir: &Path, sandbox: &Path) -> Result<bool> {
     let cps = Checkpoints::load(&work_dir.join("shipper").join("checkpoints.json"))?;
     // Only entries of files in this sandbox may vouch for its files: an entry of a
@@ -255,15 +258,17 @@ pub fn sandbox_shipped(work_dir: &Path, sandbox: &Path) -> Result<bool> {
         let entry = entry.map_err(|e| Error::io(sandbox, e))?;
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        let (stream, rotation) = name.split_once('.').unwrap_or((&name, ""));
-        let live = rotation.is_empty();
-        if !matches!(stream, "stdout" | "stderr")
-            || !(live || rotation.bytes().all(|b| b.is_ascii_digit()))
-        {
+        // The names the shipper follows, and no others: a file it never reads (say
+        // `stdout.` or a number past u64) must not hold the sandbox forever.
+        let live = matches!(&*name, "stdout" | "stderr");
+        let rotated = ["stdout", "stderr"]
+            .into_iter()
+            .any(|s| crate::discover::rotation_of(&name, s).is_some());
+        if !live && !rotated {
             continue;
         }
-        let meta = match std::fs::metadata(entry.path()) {
-            Ok(m) if m.is_file() => m,
+        let meta = match std::fs::symlink_metadata(entry.path()) {
+            Ok(m) if m.file_type().is_file() => m,
             Ok(_) => continue,
             // Rotated away or removed since the listing: judged where it is now.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
@@ -276,7 +281,7 @@ pub fn sandbox_shipped(work_dir: &Path, sandbox: &Path) -> Result<bool> {
             .filter(|f| in_sandbox(f) && f.id().same(&id))
             .max_by_key(|f| f.offset)
         else {
-            if live && meta.len() > 0 {
+            if !live || meta.len() > 0 {
                 return Ok(false);
             }
             continue;
@@ -441,6 +446,8 @@ mod tests {
         // Not log files of the task: never waited for.
         write("task.json", "{}");
         write("stdout.bak", "x");
+        write("stdout.", "x");
+        write("stderr.99999999999999999999999", "x");
         std::fs::create_dir(sandbox.join("stderr.2")).unwrap();
         let shipped = || sandbox_shipped(work.path(), &sandbox).unwrap();
         // Nothing registered yet: the live stdout has bytes nobody read.
@@ -466,15 +473,30 @@ mod tests {
         assert!(!shipped(), "stdout acked only to 3 of 6 bytes");
         cps.advance("node-1/fib/fib.1/stdout@1", 6);
         cps.save(&cp_path).unwrap();
-        // The rotated file without an entry was released (or never followed).
-        assert!(shipped());
+        // Regression (issue 14): a rotated file without an entry counted as shipped,
+        // but the shipper deletes what it shipped; one that exists is still to ship.
+        assert!(
+            !shipped(),
+            "stdout.1 exists and nothing says it was shipped"
+        );
 
-        // A rotated file still being read is judged by its own entry, by identity.
+        // A rotated file being read is judged by its own entry, by identity.
         cps.register("node-1/fib/fib.1/stdout@2", entry_of("stdout.1", 1));
         cps.save(&cp_path).unwrap();
         assert!(!shipped());
+        // Acknowledged to its end: shipped, in the moment before its deletion.
         cps.advance("node-1/fib/fib.1/stdout@2", 4);
         cps.save(&cp_path).unwrap();
+        assert!(shipped());
+        // An empty rotation is a rotation too (nothing says it was ever seen).
+        write("stderr.3", "");
+        assert!(!shipped());
+        std::fs::remove_file(sandbox.join("stderr.3")).unwrap();
+        // A symlink at a rotation name is not a log file.
+        std::os::unix::fs::symlink("/etc/hostname", sandbox.join("stderr.4")).unwrap();
+        assert!(shipped());
+        // Deleted once shipped: still shipped.
+        std::fs::remove_file(sandbox.join("stdout.1")).unwrap();
         assert!(shipped());
 
         // More output after the ack; then the same inode rewritten from the start.

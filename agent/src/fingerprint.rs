@@ -25,11 +25,15 @@
 //! save finds the registered entry and re-sends under the same id (deduplicated).
 //!
 //! The cost: a file copied to a new inode is a new file. That is right for the files we
-//! follow (fixed names; copies are never followed) with one exception, copytruncate,
-//! where the unread tail of the old content lives on only in the copy: a sibling
-//! `stdout.*` whose head matches the truncated file's is read from where we were under
-//! the old source (see `tail`). A rewrite that keeps the first KiB identical and grows
-//! past our position before we look is not detectable by any of these means.
+//! follow (fixed names, and the task logger's rotations `stdout.<n>`, which are
+//! renames of the live file: its identity carries its source and position over) with
+//! one exception, copytruncate, where the unread tail of the old content lives on only
+//! in the copy: a sibling `stdout.*` (not followed on its own) whose head matches the
+//! truncated file's is read from where we were under the old source (see `tail`). In
+//! a sandbox the logger never copies, so a copy there at a rotation name is taken for
+//! a rotation and shipped whole under a fresh source. A rewrite that keeps the first
+//! KiB identical and grows past our position before we look is not detectable by any
+//! of these means.
 
 use std::fs::{File, Metadata};
 use std::os::unix::fs::{FileExt, MetadataExt};

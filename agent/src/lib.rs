@@ -1,28 +1,44 @@
-//! The per-host shipper: follows every task sandbox's `stdout`/`stderr` and the
-//! router's access log under a node's work dir, turns each line into a
-//! [`protocol::LogRecord`] tagged with host, app, task and instance, and delivers the
-//! records to the indexer in compressed NDJSON batches (zstd by default, gzip on request).
+//! The per-host shipper: follows every task sandbox's `stdout`/`stderr` (and their
+//! rotations `stdout.1`, `stdout.2`, ...) and the router's access log under a node's
+//! work dir, turns each line into a [`protocol::LogRecord`] tagged with host, app,
+//! task and instance, and delivers the records to the indexer in compressed NDJSON
+//! batches (zstd by default, gzip on request).
 //!
 //! Delivery is at-least-once with checkpoints that advance only after the indexer
-//! acknowledged a batch as committed; the indexer skips records at or below the
-//! committed offset of their source, which makes the whole path exactly-once. Files
-//! are followed by identity, not by path ([`fingerprint`]): a file renamed away or
-//! deleted is read to its end through its open descriptor, a truncated one restarts
-//! under a fresh source id. While the indexer is slow or unreachable, full batches
-//! go to a bounded disk [`spool`] and reading goes on; at the bound the shipper stops
-//! reading (back-pressure, never loss). The trade-offs: every line waits up to the
-//! multiline flush timeout (default 500 ms) in case a continuation follows, and a
-//! file rotated away before the shipper first saw it is not followed (it only watches
-//! the fixed `stdout`/`stderr`/`access.log` names, so that old rotated files and
-//! copytruncate copies are never shipped twice).
+//! acknowledged a batch as durable (in its fsynced write-ahead log, see [`ship`]); the
+//! indexer skips records at or below the committed offset of their source, which
+//! makes the whole path exactly-once. Files are followed by identity, not by path
+//! ([`fingerprint`]): a file renamed away or deleted is read to its end through its
+//! open descriptor, a truncated one restarts under a fresh source id. While the
+//! indexer is slow or unreachable, full batches go to a bounded disk [`spool`] and
+//! reading goes on; at the bound the shipper stops reading (back-pressure, never
+//! loss, `sandtrail_agent_reading_paused` says so) but keeps scanning. The trade-off:
+//! every line waits up to the multiline flush timeout (default 500 ms) in case a
+//! continuation follows.
+//!
+//! The task logger and the shipper work as one, so that a task logging as fast as it
+//! can loses nothing silently (issue 14). The logger renames a full live file to the
+//! next number (`stdout.<n>`, upwards, never reused, complete, never touched again)
+//! and deletes nothing; the shipper follows every rotation it finds (the renamed live
+//! file by identity, older ones from their checkpoint or, without one, from 0: they
+//! were never shipped), reads older ones first, and deletes each once all of it is
+//! acknowledged (unlink first, then its checkpoint entry, so a crash in between cannot
+//! ship it twice). A rotated file that exists is therefore not shipped yet, which is
+//! what the node's sandbox GC asks [`checkpoint::sandbox_shipped`]. The task's disk
+//! budget (`log_budget_bytes` in `task.json`) is the shipper's to keep: past it the
+//! oldest rotated files' unread bytes are dropped, each gap one record in the task's
+//! stream and counted ([`budget`]); the logger blocks the task only at twice the
+//! budget. Acknowledged here means acknowledged by the indexer or taken over by the
+//! spool, which is durable and owns what it holds.
 //!
 //! Modules: [`discover`] finds files and watches the work dir, [`fingerprint`] tells
 //! files apart, [`tail`] reads them into lines, [`multiline`] joins stack traces,
-//! [`parse`] turns lines into records,
-//! [`ship`] batches and delivers, [`checkpoint`] remembers what was delivered;
-//! [`bench`] measures it (`sandtrail bench ship`).
+//! [`parse`] turns lines into records, [`budget`] decides what a full disk budget
+//! drops, [`ship`] batches and delivers, [`checkpoint`] remembers what was delivered;
+//! [`bench`](mod@bench) measures it (`sandtrail bench ship`).
 
 pub mod bench;
+pub mod budget;
 pub mod checkpoint;
 pub mod discover;
 pub mod error;
@@ -37,15 +53,16 @@ pub mod tail;
 pub use error::{Error, Result};
 
 use checkpoint::Checkpoints;
-use discover::{Discovery, Wake};
+use discover::{Discovery, SandboxLogs, Wake};
+use fingerprint::FileId;
 use metrics::{inc, Metrics};
 use ship::{Batch, Sender, Shipped};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tail::{RoundConfig, Tailed};
+use tail::{Released, RoundConfig, Tailed};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -219,7 +236,7 @@ impl Shipper {
     }
 
     /// Prometheus text: lines and bytes read, batches sent/failed/rejected, retries,
-    /// lag in bytes per file.
+    /// lag in bytes per file, back-pressure, log bytes on disk and dropped.
     pub fn metrics(&self) -> String {
         self.inner.metrics.render(&self.inner.config.host)
     }
@@ -250,8 +267,13 @@ struct Run {
     discovery: Option<Discovery>,
     /// Followed files by source id.
     files: BTreeMap<String, Tailed>,
-    /// Released files whose entry goes once everything up to the offset is acked.
-    releasing: Vec<(Arc<str>, u64)>,
+    /// Released files whose entry goes once everything up to their end is acked
+    /// (logger rotations: after the file itself).
+    releasing: Vec<Released>,
+    /// Rotated files that could not be deleted, warned about once.
+    undeletable: HashSet<Arc<str>>,
+    /// File events from the watcher, if it could be set up.
+    wakes: Option<mpsc::Receiver<Wake>>,
     next_start: usize,
     round: RoundConfig,
     batch: Batch,
@@ -314,6 +336,8 @@ impl Run {
             saving: None,
             files: BTreeMap::new(),
             releasing: Vec::new(),
+            undeletable: HashSet::new(),
+            wakes: None,
             next_start: 0,
             batch: Batch::default(),
             in_flight: None,
@@ -328,11 +352,13 @@ impl Run {
 
     async fn run(mut self) -> Result<()> {
         let cfg = self.inner.config.clone();
-        let (_watcher, mut wakes) =
-            match discover::watch(&cfg.work_dir, cfg.work_dir.join("shipper")) {
-                Some((w, rx)) => (Some(w), Some(rx)),
-                None => (None, None),
-            };
+        let _watcher = match discover::watch(&cfg.work_dir, cfg.work_dir.join("shipper")) {
+            Some((w, rx)) => {
+                self.wakes = Some(rx);
+                Some(w)
+            }
+            None => None,
+        };
         let mut rescan = true;
         let mut next_scan = Instant::now();
         self.update_spool_metrics();
@@ -366,7 +392,7 @@ impl Run {
                 continue;
             }
             let deadline = self.next_deadline(next_scan);
-            match self.wait(&mut wakes, deadline).await {
+            match self.wait(deadline).await {
                 Event::Cancelled | Event::Timer => {}
                 Event::Wake(r) => rescan |= r,
                 Event::Shipped(shipped) => {
@@ -384,27 +410,18 @@ impl Run {
         self.shutdown().await
     }
 
-    async fn wait(&mut self, wakes: &mut Option<mpsc::Receiver<Wake>>, deadline: Instant) -> Event {
-        let in_flight = &mut self.in_flight;
-        let saving = &mut self.saving;
+    async fn wait(&mut self, deadline: Instant) -> Event {
+        let Run {
+            in_flight,
+            saving,
+            wakes,
+            cancel,
+            ..
+        } = self;
         tokio::select! {
-            _ = self.cancel.cancelled() => Event::Cancelled,
-            w = async {
-                match wakes.as_mut() {
-                    Some(rx) => rx.recv().await,
-                    None => std::future::pending().await,
-                }
-            } => match w {
-                Some(w) => {
-                    // Coalesce the burst that is already queued.
-                    let mut rescan = w.rescan;
-                    if let Some(rx) = wakes.as_mut() {
-                        while let Ok(w) = rx.try_recv() {
-                            rescan |= w.rescan;
-                        }
-                    }
-                    Event::Wake(rescan)
-                }
+            _ = cancel.cancelled() => Event::Cancelled,
+            w = next_wake(wakes) => match w {
+                Some(rescan) => Event::Wake(rescan),
                 None => {
                     *wakes = None;
                     Event::Timer
@@ -449,6 +466,8 @@ impl Run {
         deadline
     }
 
+    /// Finds files (new ones, rotations), resolves them against the checkpoints,
+    /// registers the new ones, and enforces the sandboxes' disk budgets.
     async fn scan(&mut self) -> Result<()> {
         let mut discovery = self
             .discovery
@@ -461,29 +480,102 @@ impl Run {
         .await?;
         self.discovery = Some(discovery);
         let entries = self.checkpoints.files.clone();
-        let tailed: Vec<fingerprint::FileId> = self.files.values().map(|t| t.id).collect();
+        // Released files waiting to be deleted are still on disk: never followed
+        // again.
+        let tailed: Vec<FileId> = self
+            .files
+            .values()
+            .map(|t| t.id)
+            .chain(self.releasing.iter().map(|r| r.id))
+            .collect();
         let busy: HashSet<String> = self
             .files
             .keys()
             .cloned()
-            .chain(self.releasing.iter().map(|(s, _)| s.to_string()))
+            .chain(self.releasing.iter().map(|r| r.source.to_string()))
             .collect();
+        let files = found.files;
         let resolved = tokio::task::spawn_blocking(move || {
-            tail::resolve(found, &entries, &tailed, &busy, Instant::now())
+            tail::resolve(files, &entries, &tailed, &busy, Instant::now())
         })
         .await?;
         for src in resolved.forget {
             debug!(source = %src, "no file left for this checkpoint, forgetting it");
             self.dirty |= self.checkpoints.remove(&src);
         }
+        for (id, path, n) in resolved.rotated {
+            if let Some(t) = self.files.values_mut().find(|t| t.id.same(&id)) {
+                if t.rotation.is_none() {
+                    debug!(source = %t.source, path = %path.display(), "followed file is now a logger rotation");
+                    t.rotation = Some((path, n));
+                }
+            } else if let Some(r) = self.releasing.iter_mut().find(|r| r.id.same(&id)) {
+                r.rotation.get_or_insert(path);
+            }
+        }
         for t in resolved.tails {
-            info!(source = %t.source, path = %t.path.display(), offset = t.pos, registered = t.registered, detached = t.detached.is_some(), "tailing file");
+            info!(source = %t.source, path = %t.path.display(), offset = t.pos, registered = t.registered, detached = t.detached.is_some(), rotation = ?t.rotation.as_ref().map(|r| r.1), "tailing file");
             self.files.insert(t.source.to_string(), t);
         }
         if self.files.values().any(|t| !t.registered) {
             self.register().await;
         }
+        self.enforce_budgets(&found.sandboxes);
         Ok(())
+    }
+
+    /// Marks the rotated files each sandbox's disk budget gives up on (see
+    /// [`budget`]); the next read round drops their unread bytes. Also refreshes the
+    /// on-disk gauge.
+    fn enforce_budgets(&mut self, sandboxes: &[SandboxLogs]) {
+        let by_id: HashMap<FileId, &String> = self.files.iter().map(|(k, t)| (t.id, k)).collect();
+        let mut on_disk = 0u64;
+        let mut marks = Vec::new();
+        for sb in sandboxes {
+            on_disk = sb
+                .files
+                .iter()
+                .fold(on_disk, |n, f| n.saturating_add(f.size));
+            let Some(limit) = sb.budget else {
+                continue;
+            };
+            let states: Vec<budget::FileState> = sb
+                .files
+                .iter()
+                .map(|f| {
+                    let unread = match by_id.get(&f.id).map(|k| &self.files[*k]) {
+                        Some(t) if t.drop.is_some() => 0,
+                        Some(t) => f.size.saturating_sub(t.pos),
+                        None if self.releasing.iter().any(|r| r.id.same(&f.id)) => 0,
+                        None => f.size,
+                    };
+                    budget::FileState {
+                        stream: f.stream,
+                        rotation: f.rotation,
+                        size: f.size,
+                        unread,
+                        modified: f.modified,
+                    }
+                })
+                .collect();
+            for i in budget::to_drop(&states, limit) {
+                if let Some(k) = by_id.get(&sb.files[i].id) {
+                    marks.push(((*k).clone(), limit, sb.files[i].path.clone()));
+                }
+            }
+        }
+        for (key, limit, path) in marks {
+            if let Some(t) = self.files.get_mut(&key) {
+                if t.rotation.is_some() && t.drop.is_none() {
+                    info!(source = %t.source, path = %path.display(), budget = limit, "disk budget of the task reached, dropping what is unread of its oldest rotated file");
+                    t.drop = Some(limit);
+                }
+            }
+        }
+        self.inner
+            .metrics
+            .log_bytes_on_disk
+            .store(on_disk, Ordering::Relaxed);
     }
 
     /// Writes the entries of newly found or restarted files to disk before anything
@@ -534,7 +626,7 @@ impl Run {
         self.next_start = round.next_start;
         if !round.released.is_empty() {
             self.releasing.extend(round.released);
-            self.settle_released();
+            self.dirty |= self.settle_released().await;
         }
         if round.unregistered {
             self.register().await;
@@ -807,11 +899,84 @@ impl Run {
             }
         }
         self.update_lag();
-        if let Some(h) = self.in_flight.take() {
-            let shipped = h.await?;
-            self.on_shipped(shipped).await;
-        }
+        self.wait_paused().await?;
         self.start_next().await
+    }
+
+    /// Waits for the batch in flight while reading cannot go on because the spool is
+    /// full or disabled (back-pressure; `reading_paused` is 1 meanwhile). Scans go on
+    /// (on the timer, and on file events that can mean a rotation): new files are
+    /// registered, the gauges stay current and the disk budget is enforced while the
+    /// indexer is slow or away.
+    async fn wait_paused(&mut self) -> Result<()> {
+        if self.in_flight.is_none() {
+            return Ok(());
+        }
+        enum Paused {
+            Shipped(std::result::Result<Shipped, tokio::task::JoinError>),
+            Scan,
+            Idle,
+        }
+        let metrics = self.inner.metrics.clone();
+        metrics.reading_paused.store(1, Ordering::Relaxed);
+        let interval = self.inner.config.scan_interval;
+        let started = Instant::now();
+        let mut next_scan = started + interval;
+        let mut said = false;
+        let outcome = loop {
+            let Run {
+                in_flight, wakes, ..
+            } = &mut *self;
+            let Some(h) = in_flight.as_mut() else {
+                break Ok(());
+            };
+            let p = tokio::select! {
+                r = h => Paused::Shipped(r),
+                _ = tokio::time::sleep_until(next_scan.into()) => Paused::Scan,
+                w = next_wake(wakes) => match w {
+                    Some(true) => Paused::Scan,
+                    Some(false) => Paused::Idle,
+                    None => {
+                        *wakes = None;
+                        Paused::Idle
+                    }
+                },
+            };
+            match p {
+                Paused::Shipped(r) => {
+                    self.in_flight = None;
+                    match r {
+                        Ok(shipped) => {
+                            self.on_shipped(shipped).await;
+                            break Ok(());
+                        }
+                        Err(e) => break Err(e.into()),
+                    }
+                }
+                Paused::Scan => {
+                    if !said && started.elapsed() >= interval {
+                        warn!(spool_bytes = self.spool().bytes(), "spool full or disabled, reading paused until the indexer takes the batch in flight");
+                        said = true;
+                    }
+                    if !self.cancel.is_cancelled() {
+                        if let Err(e) = self.scan().await {
+                            break Err(e);
+                        }
+                        self.update_lag();
+                    }
+                    next_scan = Instant::now() + interval;
+                }
+                Paused::Idle => {}
+            }
+        };
+        metrics.reading_paused.store(0, Ordering::Relaxed);
+        if said {
+            info!(
+                paused_ms = started.elapsed().as_millis() as u64,
+                "reading resumed"
+            );
+        }
+        outcome
     }
 
     /// Waits up to `limit` for the batch in flight (if any) and settles it. A healthy
@@ -860,7 +1025,7 @@ impl Run {
         for t in self.files.values() {
             moved |= self.checkpoints.grow_head(&t.source, t.head);
         }
-        moved |= self.settle_released();
+        moved |= self.settle_released().await;
         self.dirty |= moved;
         self.save_soon().await;
         self.update_lag();
@@ -886,26 +1051,73 @@ impl Run {
         }
     }
 
-    /// Forgets the entries of released files once all they held is acknowledged.
-    fn settle_released(&mut self) -> bool {
-        let before = self.releasing.len();
+    /// Forgets the entries of released files once all they held is acknowledged; a
+    /// logger rotation is deleted first (the contract with the logger: a rotated file
+    /// that exists is not shipped yet), so a crash in between finds an entry without
+    /// a file, never a file without an entry, which would be shipped again. Returns
+    /// whether the checkpoints changed.
+    async fn settle_released(&mut self) -> bool {
+        let mut moved = false;
+        let mut due = Vec::new();
         let cps = &mut self.checkpoints;
         let files = &self.files;
-        self.releasing.retain(|(src, end)| {
-            if files.contains_key(src.as_ref()) {
+        self.releasing.retain(|r| {
+            if files.contains_key(r.source.as_ref()) {
                 // Its source lives on in a copytruncate copy.
                 return false;
             }
-            match cps.files.get(src.as_ref()) {
-                Some(e) if e.offset < *end => true,
+            match cps.files.get(r.source.as_ref()) {
+                Some(e) if e.offset < r.end => true,
+                Some(_) if r.rotation.is_some() => {
+                    due.push(r.clone());
+                    false
+                }
                 Some(_) => {
-                    cps.remove(src);
+                    moved |= cps.remove(&r.source);
                     false
                 }
                 None => false,
             }
         });
-        before != self.releasing.len()
+        if due.is_empty() {
+            return moved;
+        }
+        let jobs: Vec<(PathBuf, FileId)> = due
+            .iter()
+            .filter_map(|r| Some((r.rotation.clone()?, r.id)))
+            .collect();
+        let outcome = tokio::task::spawn_blocking(move || discover::delete_rotations(&jobs)).await;
+        let outcome = match outcome {
+            Ok(o) => o,
+            Err(e) => {
+                error!(error = %e, "deleting shipped rotated files failed, will retry");
+                self.releasing.extend(due);
+                return moved;
+            }
+        };
+        for (r, result) in due.into_iter().zip(outcome) {
+            match result {
+                Ok(deleted) => {
+                    match deleted {
+                        Some(path) => {
+                            info!(source = %r.source, path = %path.display(), bytes = r.end, "deleted a rotated log file, all of it shipped")
+                        }
+                        None => {
+                            debug!(source = %r.source, "a shipped rotated file was already gone")
+                        }
+                    }
+                    self.undeletable.remove(&r.source);
+                    moved |= self.checkpoints.remove(&r.source);
+                }
+                Err(e) => {
+                    if self.undeletable.insert(r.source.clone()) {
+                        warn!(source = %r.source, path = ?r.rotation, error = %e, "cannot delete a shipped rotated log file, will retry");
+                    }
+                    self.releasing.push(r);
+                }
+            }
+        }
+        moved
     }
 
     /// Starts saving the checkpoints in the background if they changed and no save
@@ -1040,6 +1252,21 @@ impl Run {
         info!(host = %self.inner.config.host, sources = self.checkpoints.files.len(), "shipper stopped");
         Ok(())
     }
+}
+
+/// The next batch of file events: `Some(rescan)` (whether any of them can mean files
+/// appeared or went), `None` once the watcher is gone.
+async fn next_wake(wakes: &mut Option<mpsc::Receiver<Wake>>) -> Option<bool> {
+    let Some(rx) = wakes.as_mut() else {
+        return std::future::pending().await;
+    };
+    let w = rx.recv().await?;
+    // Coalesce the burst that is already queued.
+    let mut rescan = w.rescan;
+    while let Ok(w) = rx.try_recv() {
+        rescan |= w.rescan;
+    }
+    Some(rescan)
 }
 
 /// Loads the checkpoints; a file that is not valid JSON (it cannot be torn, saves are

@@ -1,4 +1,4 @@
-//! Counters the shipper exposes in the Prometheus text format.
+//! Counters and gauges the shipper exposes in the Prometheus text format.
 //!
 //! Plain atomics and one small locked map (lag per file), updated from the shipper's
 //! loop and read by whoever serves `/metrics`. Every series carries a `host` label so
@@ -38,6 +38,14 @@ pub struct Metrics {
     /// Bytes and batches in the disk spool (gauges).
     pub spool_bytes: AtomicU64,
     pub spool_batches: AtomicU64,
+    /// Unread bytes of rotated files given up on for a task's disk budget, and how
+    /// many files that was (each also written into the task's stream as a record).
+    pub log_bytes_dropped: AtomicU64,
+    pub log_files_dropped: AtomicU64,
+    /// 1 while the reader waits because the spool is full or disabled (gauge).
+    pub reading_paused: AtomicU64,
+    /// Live and rotated log files of every sandbox, in bytes, at the last scan (gauge).
+    pub log_bytes_on_disk: AtomicU64,
 }
 
 pub(crate) fn inc(c: &AtomicU64, n: u64) {
@@ -48,7 +56,7 @@ impl Metrics {
     pub fn render(&self, host: &str) -> String {
         let host = escape(host);
         let mut out = String::new();
-        let counters: [(&str, &str, &AtomicU64); 16] = [
+        let counters: [(&str, &str, &AtomicU64); 18] = [
             (
                 "ndjson_bytes_sent_total",
                 "Uncompressed NDJSON bytes of batches the indexer acknowledged.",
@@ -125,6 +133,16 @@ impl Metrics {
                 "Batches written to the disk spool because the indexer was slow or down.",
                 &self.batches_spooled,
             ),
+            (
+                "log_bytes_dropped_total",
+                "Unread bytes of rotated task log files dropped because the task's disk budget was reached.",
+                &self.log_bytes_dropped,
+            ),
+            (
+                "log_files_dropped_total",
+                "Rotated task log files whose unread part was dropped for the task's disk budget (one record each in the task's stream).",
+                &self.log_files_dropped,
+            ),
         ];
         for (name, help, value) in counters {
             let _ = writeln!(out, "# HELP sandtrail_agent_{name} {help}");
@@ -173,6 +191,16 @@ impl Metrics {
                 "spool_batches",
                 "Batches waiting in the disk spool.",
                 &self.spool_batches,
+            ),
+            (
+                "reading_paused",
+                "1 while reading waits for the indexer because the spool is full or disabled (back-pressure).",
+                &self.reading_paused,
+            ),
+            (
+                "log_bytes_on_disk",
+                "Bytes of task log files (live and rotated) in all sandboxes at the last scan.",
+                &self.log_bytes_on_disk,
             ),
         ] {
             let _ = writeln!(out, "# HELP sandtrail_agent_{name} {help}");
@@ -227,6 +255,58 @@ mod tests {
             "sandtrail_agent_spool_batches{host=\"node-1\"} 0\n",
         ] {
             assert!(text.contains(want), "{want} in {text}");
+        }
+    }
+
+    /// Each family is declared once (one HELP, one TYPE, before its samples) and every
+    /// sample belongs to a declared family with the host label, as `promtool check
+    /// metrics` wants; the back-pressure and budget families are among them.
+    #[test]
+    fn every_family_is_declared_once_and_clean() {
+        let m = Metrics::default();
+        m.lag.lock().unwrap().insert("a@1".into(), 1);
+        m.lag_seconds.lock().unwrap().insert("a@1".into(), 1.0);
+        inc(&m.log_bytes_dropped, 700);
+        inc(&m.log_files_dropped, 1);
+        m.reading_paused.store(1, Ordering::Relaxed);
+        m.log_bytes_on_disk.store(5000, Ordering::Relaxed);
+        let text = m.render("node-1");
+        let mut help = std::collections::BTreeMap::<&str, usize>::new();
+        let mut types = std::collections::BTreeMap::<&str, &str>::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# HELP ") {
+                let (name, h) = rest.split_once(' ').unwrap();
+                assert!(!h.trim().is_empty(), "{line}");
+                *help.entry(name).or_default() += 1;
+            } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = rest.split_once(' ').unwrap();
+                assert!(types.insert(name, kind).is_none(), "{name} declared twice");
+                assert!(help.contains_key(name), "TYPE of {name} before its HELP");
+                if kind == "counter" {
+                    assert!(name.ends_with("_total"), "{name}");
+                }
+            } else {
+                let name = line.split(['{', ' ']).next().unwrap();
+                assert!(types.contains_key(name), "{line} has no TYPE");
+                assert!(line.contains("{host=\"node-1\""), "{line}");
+                let value = line.rsplit(' ').next().unwrap();
+                assert!(value.parse::<f64>().is_ok(), "{line}");
+            }
+        }
+        assert!(help.values().all(|n| *n == 1), "{help:?}");
+        assert_eq!(help.len(), types.len());
+        for (name, kind, value) in [
+            ("log_bytes_dropped_total", "counter", "700"),
+            ("log_files_dropped_total", "counter", "1"),
+            ("reading_paused", "gauge", "1"),
+            ("log_bytes_on_disk", "gauge", "5000"),
+        ] {
+            let family = format!("sandtrail_agent_{name}");
+            assert_eq!(types.get(family.as_str()), Some(&kind), "{text}");
+            assert!(
+                text.contains(&format!("{family}{{host=\"node-1\"}} {value}\n")),
+                "{text}"
+            );
         }
     }
 }

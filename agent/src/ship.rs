@@ -1,8 +1,15 @@
 //! Batching records and delivering them to the indexer.
 //!
 //! A batch is NDJSON (one encoded record per line) sent compressed ([`Codec`]: zstd
-//! by default, gzip for whatever only speaks gzip) to `POST {indexer}/api/v1/ingest`. The indexer answers 200 only after committing, and
-//! skips records at or below the committed offset of their source, so re-sending is
+//! by default, gzip for whatever only speaks gzip) to
+//! `POST {indexer}/api/v1/ingest?refresh=false`. The indexer answers 200 once the
+//! batch is durable, which with `refresh=false` means written to its fsynced
+//! write-ahead log (replayed after a crash), not yet committed to Tantivy: the round
+//! trip no longer includes a commit, so one batch at a time keeps up with a fast
+//! task. An indexer that does not know the parameter answers after the commit as it
+//! always did (`refresh=wait_for`, the default), which is durable too, so either
+//! answer may move the checkpoints. The indexer skips records at or below the
+//! committed offset of their source, so re-sending is
 //! harmless but *skipping ahead* is not: if a later batch of a source were committed
 //! before an earlier one, the earlier one would then be dropped as a duplicate. So
 //! batches go strictly one after the other, and a batch is retried (jittered
@@ -505,7 +512,7 @@ impl Sender {
                     accepted: r.accepted,
                     duplicates: r.duplicates,
                 },
-                // The status is the commit acknowledgement; an odd body does not undo it.
+                // The status is the durability acknowledgement; an odd body does not undo it.
                 Err(e) => {
                     warn!(url = %self.ingest_url, error = %e, "indexer acknowledged with an unexpected body");
                     Attempt::Delivered {

@@ -141,3 +141,60 @@ async fn a_sandbox_counts_as_shipped_only_once_the_indexer_acked_all_of_it() {
     cancel.cancel();
     run.await.unwrap().unwrap();
 }
+
+/// Regression (issue 14): a rotated `stdout.1` without a checkpoint entry counted as
+/// shipped, so the sandbox GC could remove a sandbox whose rotated logs nobody had
+/// read. Under the contract with the task logger the shipper deletes a rotated file
+/// once all of it is acknowledged, so while one exists the sandbox is not shipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sandbox_with_a_rotated_file_is_not_shipped_until_the_file_is_shipped_and_gone() {
+    let work = tempfile::tempdir().unwrap();
+    let (url, fake) = start_fake().await;
+    let dir = sandbox(work.path());
+    // The task wrote, the logger rotated, and the task wrote nothing since.
+    append(&dir.join("stdout.1"), "rotated before the shipper saw it\n");
+    append(&dir.join("stdout"), "");
+    let shipped = || sandbox_shipped(work.path(), &dir).unwrap();
+    assert!(!shipped(), "a rotated file nobody read");
+
+    fake.lock().unwrap().refuse = true;
+    let shipper = Shipper::new(ShipperConfig {
+        host: "node-1".into(),
+        work_dir: work.path().to_path_buf(),
+        indexer_url: url,
+        batch_max_wait: Duration::from_millis(20),
+        scan_interval: Duration::from_millis(100),
+        multiline_flush: None,
+        spool_max_bytes: 0,
+        ..ShipperConfig::default()
+    })
+    .unwrap();
+    let cancel = CancellationToken::new();
+    let run = tokio::spawn({
+        let (s, c) = (shipper.clone(), cancel.clone());
+        async move { s.run(c).await }
+    });
+    eventually("a refused batch", || fake.lock().unwrap().refused >= 2).await;
+    assert!(!shipped(), "read but not acknowledged");
+    assert!(dir.join("stdout.1").exists());
+
+    fake.lock().unwrap().refuse = false;
+    eventually("the sandbox to be shipped", shipped).await;
+    eventually("the rotated file to be deleted", || {
+        !dir.join("stdout.1").exists()
+    })
+    .await;
+    assert!(shipped());
+    assert!(dir.join("stdout").exists(), "the live file stays");
+
+    // Another rotation appears: not shipped again until it is gone too.
+    append(&dir.join("stderr.1"), "late\n");
+    assert!(!shipped());
+    eventually("the new rotation to be shipped and deleted", || {
+        !dir.join("stderr.1").exists()
+    })
+    .await;
+    assert!(shipped());
+    cancel.cancel();
+    run.await.unwrap().unwrap();
+}
