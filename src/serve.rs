@@ -245,7 +245,42 @@ fn host_parts(spec: &HostSpec) -> anyhow::Result<HostParts> {
             false
         })
     }));
+    // Issue 14: the shipper's back-pressure rides on the node's heartbeats to the
+    // Hosts page. Read from its Prometheus text, the one view of its gauges `agent`
+    // exposes; rendering it is a few atomic loads, cheap enough for each heartbeat.
+    let (sh, spool_max) = (shipper.clone(), spec.shipper.spool_max_bytes);
+    node.set_shipper_status(Arc::new(move || shipper_status(&sh.metrics(), spool_max)));
     Ok(HostParts { node, shipper })
+}
+
+/// The heartbeat's shipper figures from the shipper's `/metrics` text (all its series
+/// carry only this host's label) and its configured spool bound.
+fn shipper_status(metrics: &str, spool_max_bytes: u64) -> protocol::ShipperStatus {
+    let mut st = protocol::ShipperStatus {
+        spool_max_bytes,
+        ..Default::default()
+    };
+    for line in metrics.lines().filter(|l| !l.starts_with('#')) {
+        let name = line.split(['{', ' ']).next().unwrap_or_default();
+        let Some(v) = line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) else {
+            continue;
+        };
+        let v = v as u64;
+        match name.strip_prefix("sandtrail_agent_").unwrap_or_default() {
+            "log_bytes_on_disk" => st.log_bytes_on_disk = v,
+            // TODO(lead): agent::Metrics has no gauge of the sandboxes' budgets yet;
+            // this stays 0 ("unknown") until it renders `sandtrail_agent_log_budget_bytes`
+            // (the sum of `SandboxLogs::budget` in `enforce_budgets`).
+            "log_budget_bytes" => st.log_budget_bytes_total = v,
+            "log_bytes_dropped_total" => st.log_bytes_dropped = v,
+            "spool_bytes" => st.spool_bytes = v,
+            "reading_paused" => st.reading_paused = v > 0,
+            // One series per file: the host's lag is their sum.
+            "lag_bytes" => st.lag_bytes = st.lag_bytes.saturating_add(v),
+            _ => {}
+        }
+    }
+    st
 }
 
 /// Adds the `cpus`, `mem` (MiB) and `disk` (MiB free in `work_dir`) of this host that
@@ -662,6 +697,63 @@ mod tests {
         let r = with_host_resources(dir.path(), Default::default());
         assert!(r["cpus"] >= 1.0, "{r:?}");
         assert_eq!(free_disk_mib(&dir.path().join("missing")), None);
+    }
+
+    /// Issue 14: the heartbeat's shipper figures are read from the shipper's own
+    /// metrics text, per-file lag summed.
+    #[test]
+    fn shipper_status_reads_the_shippers_gauges() {
+        let text = "# HELP sandtrail_agent_spool_bytes Bytes.\n\
+            # TYPE sandtrail_agent_spool_bytes gauge\n\
+            sandtrail_agent_spool_bytes{host=\"n 1\"} 4096\n\
+            sandtrail_agent_log_bytes_on_disk{host=\"n 1\"} 5000\n\
+            sandtrail_agent_log_budget_bytes{host=\"n 1\"} 8000\n\
+            sandtrail_agent_log_bytes_dropped_total{host=\"n 1\"} 700\n\
+            sandtrail_agent_log_files_dropped_total{host=\"n 1\"} 1\n\
+            sandtrail_agent_reading_paused{host=\"n 1\"} 1\n\
+            sandtrail_agent_lag_bytes{host=\"n 1\",source=\"a b@1\"} 10\n\
+            sandtrail_agent_lag_bytes{host=\"n 1\",source=\"c@2\"} 32\n\
+            sandtrail_agent_lag_seconds{host=\"n 1\",source=\"c@2\"} 2.500\n";
+        let st = shipper_status(text, 1 << 30);
+        assert_eq!(
+            st,
+            protocol::ShipperStatus {
+                log_bytes_on_disk: 5000,
+                log_budget_bytes_total: 8000,
+                log_bytes_dropped: 700,
+                spool_bytes: 4096,
+                spool_max_bytes: 1 << 30,
+                reading_paused: true,
+                lag_bytes: 42,
+            }
+        );
+        let st = shipper_status("sandtrail_agent_reading_paused{host=\"n\"} 0\n", 0);
+        assert_eq!(st, protocol::ShipperStatus::default());
+    }
+
+    /// The real shipper renders every gauge the heartbeat reads, under the names
+    /// `shipper_status` expects.
+    #[test]
+    fn shipper_status_names_match_the_shippers_metrics() {
+        let dir = tempfile::tempdir().unwrap();
+        let sh = agent::Shipper::new(agent::ShipperConfig {
+            host: "n1".into(),
+            work_dir: dir.path().to_path_buf(),
+            ..Default::default()
+        })
+        .unwrap();
+        let text = sh.metrics();
+        for name in [
+            "log_bytes_on_disk",
+            "log_bytes_dropped_total",
+            "spool_bytes",
+            "reading_paused",
+        ] {
+            assert!(
+                text.contains(&format!("# TYPE sandtrail_agent_{name} ")),
+                "{name} in {text}"
+            );
+        }
     }
 
     #[test]

@@ -534,6 +534,41 @@ pub struct HealthResult {
 pub struct HeartbeatRequest {
     #[serde(default)]
     pub tasks: Vec<TaskStatus>,
+    /// The back-pressure figures of the shipper beside the node, when there is one.
+    /// Optional so that nodes of an older build, and nodes without a shipper, keep
+    /// heartbeating.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shipper: Option<ShipperStatus>,
+}
+
+/// How far an agent's log shipper is behind, carried in its heartbeat so the Hosts
+/// page shows back-pressure per agent (the same figures are in the agent's
+/// `/metrics`). A snapshot, not a history: the scheduler keeps only the last one.
+/// Every field defaults to 0 so either side may add figures without breaking the
+/// other.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShipperStatus {
+    /// Live and rotated task log files in all sandboxes, at the shipper's last scan.
+    #[serde(default)]
+    pub log_bytes_on_disk: u64,
+    /// Sum of the log budgets of the sandboxes seen; 0 when unknown.
+    #[serde(default)]
+    pub log_budget_bytes_total: u64,
+    /// Unread log bytes given up on for a task's budget since the agent started.
+    #[serde(default)]
+    pub log_bytes_dropped: u64,
+    /// Batches waiting in the disk spool, in bytes, and the spool's bound.
+    #[serde(default)]
+    pub spool_bytes: u64,
+    #[serde(default)]
+    pub spool_max_bytes: u64,
+    /// The shipper stopped reading because the spool is full (or disabled) and the
+    /// indexer has not taken the batch in flight: the last resort of back-pressure.
+    #[serde(default)]
+    pub reading_paused: bool,
+    /// Bytes of log files not yet acknowledged by the indexer, over all files.
+    #[serde(default)]
+    pub lag_bytes: u64,
 }
 
 /// The heartbeat answer: every task the scheduler wants running on that agent.
@@ -642,6 +677,29 @@ mod tests {
         let reg: AgentRegistration =
             serde_json::from_str(r#"{"name":"n1","address":"a"}"#).unwrap();
         assert!(reg.ports.is_empty());
+    }
+
+    #[test]
+    fn heartbeat_shipper_is_optional_both_ways() {
+        // A node of an older build sends no shipper; a node without one sends none.
+        let hb: HeartbeatRequest = serde_json::from_str(r#"{"tasks":[]}"#).unwrap();
+        assert_eq!(hb.shipper, None);
+        let json = serde_json::to_string(&HeartbeatRequest::default()).unwrap();
+        assert!(!json.contains("shipper"), "{json}");
+        // Figures this build does not know yet, or misses, do not fail the heartbeat.
+        let hb: HeartbeatRequest = serde_json::from_str(
+            r#"{"tasks":[],"shipper":{"spool_bytes":5,"reading_paused":true,"new":1}}"#,
+        )
+        .unwrap();
+        let want = ShipperStatus {
+            spool_bytes: 5,
+            reading_paused: true,
+            ..ShipperStatus::default()
+        };
+        assert_eq!(hb.shipper.as_ref(), Some(&want));
+        let back: HeartbeatRequest =
+            serde_json::from_str(&serde_json::to_string(&hb).unwrap()).unwrap();
+        assert_eq!(back, hb);
     }
 
     proptest! {

@@ -1354,9 +1354,10 @@ async fn ping() -> &'static str {
     "pong"
 }
 
-/// The agents with, beside [`AgentInfo`], the port ranges they offer and what their
+/// The agents with, beside [`AgentInfo`], the port ranges they offer, what their
 /// tasks use (`used`: cpus, mem, disk, host ports), so an operator can see why an app
-/// does not fit.
+/// does not fit, and their shipper's back-pressure (`shipper`, a
+/// [`protocol::ShipperStatus`]; absent until a heartbeat carries one).
 async fn list_agents(AxState(s): AxState<Scheduler>) -> Json<Value> {
     let st = s.lock();
     let agents: Vec<Value> = st
@@ -1370,6 +1371,9 @@ async fn list_agents(AxState(s): AxState<Scheduler>) -> Json<Value> {
             v["used"] = json!({
                 "cpus": used.cpus, "mem": used.mem, "disk": used.disk, "ports": ports,
             });
+            if let Some(shipper) = st.shipper_status(&a.name) {
+                v["shipper"] = json!(shipper);
+            }
             v
         })
         .collect();
@@ -1400,7 +1404,12 @@ async fn heartbeat(
     } else {
         serde_json::from_slice(&body)?
     };
-    let tasks = s.lock().heartbeat(&name, req.tasks, Now::current())?;
+    let tasks = {
+        let mut st = s.lock();
+        let tasks = st.heartbeat(&name, req.tasks, Now::current())?;
+        st.set_shipper_status(&name, req.shipper);
+        tasks
+    };
     Ok(Json(HeartbeatResponse { tasks }))
 }
 

@@ -161,6 +161,9 @@ struct Inner {
     /// "Has the shipper read this sandbox to the end?"; unset, sandboxes are
     /// collected on the delay alone.
     shipped: std::sync::OnceLock<ShippedCheck>,
+    /// The shipper's back-pressure figures, sent with every heartbeat; unset, the
+    /// heartbeat carries none.
+    shipper_status: std::sync::OnceLock<ShipperStatusFn>,
 }
 
 #[derive(Default)]
@@ -228,6 +231,7 @@ impl Node {
                 metrics: NodeMetrics::default(),
                 memory,
                 shipped: std::sync::OnceLock::new(),
+                shipper_status: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -414,7 +418,10 @@ impl Inner {
         let url = self.url(&format!("/v1/agents/{}/heartbeat", self.cfg.name));
         let resp = self
             .authed(self.client.post(&url))
-            .json(&HeartbeatRequest { tasks })
+            .json(&HeartbeatRequest {
+                tasks,
+                shipper: self.shipper_status.get().map(|f| f()),
+            })
             .send()
             .await?;
         if resp.status() == reqwest::StatusCode::NOT_FOUND {
@@ -879,6 +886,11 @@ pub const FINISHED_FILE: &str = ".sandtrail-finished";
 /// the indexer acknowledged it all?". Called off the async runtime, so it may block.
 pub type ShippedCheck = Arc<dyn Fn(&Path) -> bool + Send + Sync>;
 
+/// The current back-pressure figures of the shipper beside this node. Called on the
+/// async runtime at every heartbeat, so it must be cheap and must not block (read
+/// gauges, not files).
+pub type ShipperStatusFn = Arc<dyn Fn() -> protocol::ShipperStatus + Send + Sync>;
+
 impl Node {
     /// Gates sandbox GC on the shipper: a finished sandbox past its delay is removed
     /// only once `check` says it is fully shipped. Without a check (no shipper in
@@ -886,6 +898,14 @@ impl Node {
     /// ignored.
     pub fn set_shipped_check(&self, check: ShippedCheck) {
         let _ = self.inner.shipped.set(check);
+    }
+
+    /// Reports the shipper's back-pressure in every heartbeat, so the scheduler (and
+    /// its Hosts page) sees a full log budget or spool per agent. Without it the
+    /// heartbeat carries no shipper figures. Set it before `run`; later calls are
+    /// ignored.
+    pub fn set_shipper_status(&self, status: ShipperStatusFn) {
+        let _ = self.inner.shipper_status.set(status);
     }
 
     /// Whether this node enforces memory limits, and where or why not.

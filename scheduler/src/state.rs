@@ -19,8 +19,8 @@ use crate::store::Saved;
 use crate::{Error, Result};
 use chrono::{DateTime, Utc};
 use protocol::{
-    AgentInfo, HealthCheck, HealthResult, PortLabel, PortRange, ServiceEndpoint, TaskSpec,
-    TaskStatus,
+    AgentInfo, HealthCheck, HealthResult, PortLabel, PortRange, ServiceEndpoint, ShipperStatus,
+    TaskSpec, TaskStatus,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -450,6 +450,10 @@ struct Agent {
     /// on the same fixed port waits instead of failing to bind.
     busy_ports: BTreeSet<u16>,
     last_seen: Instant,
+    /// The shipper figures of the last heartbeat (`None`: it carried none). In memory
+    /// only, like `last_seen`: a restarted scheduler learns them again within one
+    /// heartbeat interval.
+    shipper: Option<ShipperStatus>,
 }
 
 #[derive(Debug)]
@@ -1105,6 +1109,21 @@ impl State {
         (used, ports)
     }
 
+    /// The back-pressure figures of an agent's shipper, from its last heartbeat.
+    pub fn shipper_status(&self, name: &str) -> Option<&ShipperStatus> {
+        self.agents.get(name).and_then(|a| a.shipper.as_ref())
+    }
+
+    /// Keeps the shipper figures of an agent's heartbeat, replacing the last ones: a
+    /// heartbeat without any (an older node, or one without a shipper) clears them, so
+    /// the Hosts page never shows a stale "reading paused". Unknown agents are
+    /// ignored; their heartbeat is refused anyway.
+    pub fn set_shipper_status(&mut self, name: &str, status: Option<ShipperStatus>) {
+        if let Some(a) = self.agents.get_mut(name) {
+            a.shipper = status;
+        }
+    }
+
     /// Registers an agent or updates it (address, router, resources, attributes, port
     /// ranges). A registration also counts as a sign of life.
     pub fn register(
@@ -1153,6 +1172,7 @@ impl State {
                         ports,
                         busy_ports: BTreeSet::new(),
                         last_seen: now.at,
+                        shipper: None,
                     },
                 );
             }

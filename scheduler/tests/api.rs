@@ -339,6 +339,55 @@ async fn agents_get_tasks_report_them_and_failed_tasks_are_replaced() {
     server.stop().await;
 }
 
+/// Issue 14: the shipper figures a heartbeat carries show under `shipper` in
+/// `/v1/agents`, per agent; an agent whose heartbeats carry none (an older node) has
+/// no `shipper` key, and a later heartbeat without figures clears stale ones.
+#[tokio::test]
+async fn heartbeat_shipper_status_shows_in_the_agent_list() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path()).await;
+    server.register("node-1", "10.0.0.1").await;
+    server.register("node-2", "10.0.0.2").await;
+    let status = protocol::ShipperStatus {
+        log_bytes_on_disk: 3 << 20,
+        log_budget_bytes_total: 8 << 20,
+        log_bytes_dropped: 4096,
+        spool_bytes: 1 << 20,
+        spool_max_bytes: 1 << 30,
+        reading_paused: true,
+        lag_bytes: 777,
+    };
+    let (code, body) = server
+        .post(
+            "/v1/agents/node-1/heartbeat",
+            &json!({"tasks": [], "shipper": status}),
+        )
+        .await;
+    assert_eq!(code, 200, "{body}");
+    server.heartbeat("node-2", &[]).await;
+
+    let by_name = |list: &Value, name: &str| -> Value {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("{name} not in {list}"))
+    };
+    let (code, list) = server.get("/v1/agents").await;
+    assert_eq!(code, 200);
+    let shown: protocol::ShipperStatus =
+        serde_json::from_value(by_name(&list, "node-1")["shipper"].clone()).unwrap();
+    assert_eq!(shown, status);
+    assert_eq!(by_name(&list, "node-1")["shipper"]["reading_paused"], true);
+    assert!(by_name(&list, "node-2").get("shipper").is_none(), "{list}");
+
+    server.heartbeat("node-1", &[]).await;
+    let (_, list) = server.get("/v1/agents").await;
+    assert!(by_name(&list, "node-1").get("shipper").is_none(), "{list}");
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn invalid_app_is_422_with_every_problem() {
     let dir = tempfile::tempdir().unwrap();

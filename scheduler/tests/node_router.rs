@@ -15,7 +15,7 @@ use axum::Json;
 use protocol::{
     AgentInfo, LogRecord, ServiceEndpoint, Stream, TaskFile, TaskMeta, TaskSpec, TaskStatus,
 };
-use protocol::{HealthCheck, HealthResult, HeartbeatRequest, HeartbeatResponse};
+use protocol::{HealthCheck, HealthResult, HeartbeatRequest, HeartbeatResponse, ShipperStatus};
 use scheduler::node::{Node, NodeConfig};
 use scheduler::router::{Router, RouterConfig};
 use serde_json::{json, Value};
@@ -61,6 +61,8 @@ struct Plane {
     last: Vec<TaskStatus>,
     /// Every status ever reported, in order.
     reports: Vec<TaskStatus>,
+    /// The shipper figures of every heartbeat, in order.
+    shippers: Vec<Option<ShipperStatus>>,
 }
 
 type Shared = Arc<Mutex<Plane>>;
@@ -83,6 +85,7 @@ async fn heartbeat(
     }
     p.heartbeats += 1;
     p.reports.extend(hb.tasks.iter().cloned());
+    p.shippers.push(hb.shipper);
     p.last = hb.tasks;
     Json(HeartbeatResponse {
         tasks: p.desired.clone(),
@@ -905,6 +908,61 @@ async fn node_reports_launches_without_waiting_a_heartbeat_interval() {
     );
     // One heartbeat fetched the task, the next one reported it; then it waits.
     assert_eq!(plane.lock().unwrap().heartbeats, 2);
+}
+
+/// Issue 14: the shipper's back-pressure reaches the scheduler in the heartbeat, read
+/// afresh each time from the installed hook; a node without a hook sends none.
+#[tokio::test]
+async fn heartbeat_carries_the_shipper_status_from_the_hook() {
+    let run_node = |hook: Option<scheduler::node::ShipperStatusFn>| async move {
+        let dir = tempfile::tempdir().unwrap();
+        let (plane, url) = fake_plane().await;
+        let mut cfg = NodeConfig::new("node-1", dir.path(), &url);
+        cfg.heartbeat_interval = Duration::from_millis(20);
+        let node = Arc::new(Node::new(cfg).unwrap());
+        if let Some(hook) = hook {
+            node.set_shipper_status(hook);
+        }
+        let cancel = CancellationToken::new();
+        let runner = {
+            let (node, cancel) = (node.clone(), cancel.clone());
+            tokio::spawn(async move { node.run(cancel).await })
+        };
+        eventually("three heartbeats", || {
+            (plane.lock().unwrap().heartbeats >= 3).then_some(())
+        })
+        .await;
+        cancel.cancel();
+        runner.await.unwrap().unwrap();
+        let shippers = std::mem::take(&mut plane.lock().unwrap().shippers);
+        shippers
+    };
+
+    let calls = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let hook: scheduler::node::ShipperStatusFn = {
+        let calls = calls.clone();
+        Arc::new(move || ShipperStatus {
+            spool_bytes: calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1,
+            spool_max_bytes: 1 << 30,
+            reading_paused: true,
+            ..ShipperStatus::default()
+        })
+    };
+    let seen = run_node(Some(hook)).await;
+    assert!(seen.len() >= 3, "{seen:?}");
+    let spooled: Vec<u64> = seen
+        .iter()
+        .map(|s| {
+            let s = s.as_ref().expect("every heartbeat carries the shipper");
+            assert!(s.reading_paused && s.spool_max_bytes == 1 << 30, "{s:?}");
+            s.spool_bytes
+        })
+        .collect();
+    // Read once per heartbeat, so each one carries newer figures.
+    assert!(spooled.windows(2).all(|w| w[0] < w[1]), "{spooled:?}");
+
+    let seen = run_node(None).await;
+    assert!(seen.iter().all(Option::is_none), "{seen:?}");
 }
 
 #[tokio::test]

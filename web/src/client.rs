@@ -11,7 +11,9 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use protocol::{AgentInfo, HistogramResponse, LogRecord, SearchResponse, TOKEN_HEADER};
+use protocol::{
+    AgentInfo, HistogramResponse, LogRecord, SearchResponse, ShipperStatus, TOKEN_HEADER,
+};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize};
 
@@ -260,13 +262,18 @@ enum AgentsBody {
 }
 
 /// An agent as `GET /v1/agents` lists it: its registration plus what the tasks placed
-/// on it take, as the scheduler's placement counts it (absent from older schedulers).
+/// on it take, as the scheduler's placement counts it (absent from older schedulers),
+/// and the back-pressure figures of its log shipper (absent until a heartbeat carried
+/// them, and from older schedulers and agents).
 #[derive(Debug, Clone, Deserialize)]
 pub struct Agent {
     #[serde(flatten)]
     pub info: AgentInfo,
     #[serde(default)]
     pub used: Option<AgentUsed>,
+    /// Unreadable figures count as none: the page still lists the host.
+    #[serde(default, deserialize_with = "lenient")]
+    pub shipper: Option<ShipperStatus>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize)]

@@ -296,25 +296,53 @@ fn fake_scheduler() -> Router {
     ]});
     let now = Utc::now();
     // As the scheduler lists them: the registration plus `used`, what the tasks placed
-    // there take (node-1 runs one fib task of 0.5 cpus and 64 MiB, node-2 two).
-    let agents: Vec<serde_json::Value> = [("node-1", 1.0), ("node-2", 2.0)]
-        .iter()
-        .map(|(name, fib_tasks)| {
-            let mut v = serde_json::to_value(AgentInfo {
-                name: name.to_string(),
-                address: format!("10.0.0.{}", &name[5..]),
-                router_url: String::new(),
-                resources: [("cpus".to_string(), 4.0), ("mem".to_string(), 8192.0)].into(),
-                attributes: [("rack".to_string(), "a".to_string())].into(),
-                last_heartbeat: Some(now),
-                state: "active".into(),
-            })
-            .unwrap();
-            v["used"] =
-                json!({"cpus": 0.5 * fib_tasks, "mem": 64.0 * fib_tasks, "disk": 0.0, "ports": []});
-            v
+    // there take (node-1 runs one fib task of 0.5 cpus and 64 MiB, node-2 two), and
+    // `shipper`, the back-pressure of the agent's last heartbeat: node-1's indexer
+    // cannot keep up (budget overrun, bytes dropped, spool full, reading paused),
+    // node-2's can. node-3 runs an agent whose figures are garbage, and an attribute
+    // with markup.
+    let mib = 1024 * 1024;
+    let agents: Vec<serde_json::Value> = [
+        (
+            "node-1",
+            1.0,
+            "a",
+            json!({"log_bytes_on_disk": 96 * mib, "log_budget_bytes_total": 64 * mib,
+                   "log_bytes_dropped": 123_456, "spool_bytes": 1024 * mib,
+                   "spool_max_bytes": 1024 * mib, "reading_paused": true, "lag_bytes": 300 * mib}),
+        ),
+        (
+            "node-2",
+            2.0,
+            "a",
+            json!({"log_bytes_on_disk": 16 * mib, "log_budget_bytes_total": 64 * mib,
+                   "spool_max_bytes": 1024 * mib}),
+        ),
+        (
+            "node-3",
+            0.0,
+            "<b>c</b>",
+            json!("<script>alert(1)</script>"),
+        ),
+    ]
+    .into_iter()
+    .map(|(name, fib_tasks, rack, shipper)| {
+        let mut v = serde_json::to_value(AgentInfo {
+            name: name.to_string(),
+            address: format!("10.0.0.{}", &name[5..]),
+            router_url: String::new(),
+            resources: [("cpus".to_string(), 4.0), ("mem".to_string(), 8192.0)].into(),
+            attributes: [("rack".to_string(), rack.to_string())].into(),
+            last_heartbeat: Some(now),
+            state: "active".into(),
         })
-        .collect();
+        .unwrap();
+        v["used"] =
+            json!({"cpus": 0.5 * fib_tasks, "mem": 64.0 * fib_tasks, "disk": 0.0, "ports": []});
+        v["shipper"] = shipper;
+        v
+    })
+    .collect();
     Router::new()
         .route("/v2/apps", get(move || async move { Json(apps) }))
         .route("/v1/tasks", get(move || async move { Json(tasks) }))
@@ -728,6 +756,78 @@ async fn hosts_page_shows_resources_used_of_offered() -> Result<()> {
     ] {
         assert!(text.contains(want), "missing {want:?} in:\n{text}");
     }
+    Ok(())
+}
+
+/// Issue 14: back-pressure shows per host. Logs on disk read against the tasks'
+/// budgets, bytes dropped for a budget and a used spool are highlighted, and "reading
+/// paused" is a badge on the paused host only. A host whose figures are unreadable is
+/// still listed, escaped, as not reporting them.
+#[tokio::test]
+async fn hosts_page_shows_each_agents_log_budget_spool_and_pause() -> Result<()> {
+    let h = Harness::start().await?;
+    let (status, html) = h.get("/hosts").await?;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    let squash = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
+    let text = squash(&html);
+    // Each host's row, from its name to the next row.
+    let row = |host: &str| -> String {
+        let start = text
+            .find(&format!(">{host}</a>"))
+            .unwrap_or_else(|| panic!("no row for {host} in:\n{text}"));
+        let end = text[start..]
+            .find("</tr>")
+            .map_or(text.len(), |e| start + e);
+        text[start..end].to_string()
+    };
+
+    let n1 = row("node-1");
+    for want in [
+        "<span class=\"badge badge-bad\"",
+        ">reading paused: spool full</span>",
+        "<div class=\"res res-over\" data-shipper=\"logs\"> <span class=\"res-name\">logs</span> <span class=\"res-amount\">96 / 64 MiB</span>",
+        "title=\"100% of the tasks' log budgets on disk\"",
+        "<div class=\"res res-over\" data-shipper=\"dropped\"",
+        "<span class=\"res-amount\">123456 bytes</span>",
+        "<div class=\"res res-warn\" data-shipper=\"spool\"> <span class=\"res-name\">spool</span> <span class=\"res-amount\">1024 / 1024 MiB</span>",
+        "title=\"100% of the spool in use\"",
+        "<span class=\"res-amount\">300 MiB</span>",
+    ] {
+        assert!(n1.contains(want), "node-1 misses {want:?} in:\n{n1}");
+    }
+
+    let n2 = row("node-2");
+    for want in [
+        "<div class=\"res\" data-shipper=\"logs\"> <span class=\"res-name\">logs</span> <span class=\"res-amount\">16 / 64 MiB</span>",
+        "title=\"25% of the tasks' log budgets on disk\"",
+        "<div class=\"res\" data-shipper=\"dropped\"",
+        "<span class=\"res-amount\">0 bytes</span>",
+        "<div class=\"res\" data-shipper=\"spool\"> <span class=\"res-name\">spool</span> <span class=\"res-amount\">0 / 1024 MiB</span>",
+        "title=\"0% of the spool in use\"",
+    ] {
+        assert!(n2.contains(want), "node-2 misses {want:?} in:\n{n2}");
+    }
+    assert!(!n2.contains("badge"), "node-2 is not paused:\n{n2}");
+
+    let n3 = row("node-3");
+    assert!(
+        n3.contains("<span class=\"dim\">not reported</span>"),
+        "{n3}"
+    );
+    assert!(!n3.contains("data-shipper"), "{n3}");
+    assert!(
+        n3.contains("<td>rack:&#60;b&#62;c&#60;/b&#62;</td>"),
+        "{n3}"
+    );
+    assert!(
+        !html.contains("<b>c</b>") && !html.contains("<script>alert"),
+        "{html}"
+    );
+    assert_eq!(
+        html.matches("reading paused: spool full").count(),
+        1,
+        "{html}"
+    );
     Ok(())
 }
 

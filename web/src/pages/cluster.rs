@@ -5,6 +5,9 @@
 //! tasks are the extra detail: if only they fail, the page still renders with a notice
 //! rather than failing as a whole. A host's "used" resources are the scheduler's own
 //! figure (`used` in `GET /v1/agents`, what its placement counts), not recomputed here.
+//! So are its shipper's back-pressure figures (`shipper`, from the agent's last
+//! heartbeat): a full log budget or spool shows per host, where an operator looks
+//! first, not only in `/metrics`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -20,6 +23,7 @@ use crate::client::{HealthCheckResult, MarathonTask};
 use crate::error::{Error, Result};
 use crate::render::{format_ago, format_ts, format_ts_str, href, url_encode};
 use crate::{AppState, Page};
+use protocol::ShipperStatus;
 
 pub(crate) struct TaskView {
     id: String,
@@ -72,7 +76,33 @@ pub(crate) struct AgentView {
     tasks: usize,
     /// `used / offered` per resource, for the bars of the resources column.
     usage: Vec<UsageView>,
+    /// `None` when the agent reported no shipper figures.
+    shipper: Option<ShipperView>,
     search_href: String,
+}
+
+/// The log shipping column of one host: how close its tasks' logs are to their
+/// budgets and its spool to its bound, and whether either has already cost something.
+pub(crate) struct ShipperView {
+    /// Task log files on disk, MiB.
+    logs: String,
+    /// The tasks' log budgets together, MiB; empty when unknown.
+    budget: String,
+    /// Share of the budget on disk, 0-100, for the bar; `None` without a budget.
+    logs_percent: Option<u32>,
+    /// More on disk than the budgets allow: the shipper is dropping or about to.
+    logs_over: bool,
+    /// Log bytes given up on for a budget since the agent started.
+    dropped: u64,
+    /// Spooled batches, MiB, and the spool's bound (empty: the spool is off).
+    spool: String,
+    spool_max: String,
+    spool_percent: Option<u32>,
+    /// The indexer is not keeping up: batches wait on disk.
+    spooling: bool,
+    /// Bytes not yet acknowledged by the indexer, MiB.
+    lag: String,
+    reading_paused: bool,
 }
 
 #[derive(Template)]
@@ -159,6 +189,42 @@ fn amount(v: f64) -> String {
         "0".into()
     } else {
         s.to_string()
+    }
+}
+
+/// Bytes as MiB for reading; a few bytes show as `<0.01`, not as an empty-looking 0.
+fn mib(bytes: u64) -> String {
+    let s = amount(bytes as f64 / (1024.0 * 1024.0));
+    if bytes > 0 && s == "0" {
+        "<0.01".into()
+    } else {
+        s
+    }
+}
+
+/// `part` of `whole` as a bar width, 0-100; `None` when there is no whole.
+fn percent(part: u64, whole: u64) -> Option<u32> {
+    (whole > 0).then(|| {
+        ((part as f64 / whole as f64) * 100.0)
+            .clamp(0.0, 100.0)
+            .round() as u32
+    })
+}
+
+fn shipper_view(s: &ShipperStatus) -> ShipperView {
+    let known = |v: u64| if v > 0 { mib(v) } else { String::new() };
+    ShipperView {
+        logs: mib(s.log_bytes_on_disk),
+        budget: known(s.log_budget_bytes_total),
+        logs_percent: percent(s.log_bytes_on_disk, s.log_budget_bytes_total),
+        logs_over: s.log_budget_bytes_total > 0 && s.log_bytes_on_disk > s.log_budget_bytes_total,
+        dropped: s.log_bytes_dropped,
+        spool: mib(s.spool_bytes),
+        spool_max: known(s.spool_max_bytes),
+        spool_percent: percent(s.spool_bytes, s.spool_max_bytes),
+        spooling: s.spool_bytes > 0,
+        lag: mib(s.lag_bytes),
+        reading_paused: s.reading_paused,
     }
 }
 
@@ -329,8 +395,8 @@ pub(crate) async fn hosts(State(state): State<Arc<AppState>>) -> Result<Response
     let now = Utc::now();
     let views = agents
         .iter()
-        .map(|agent| (&agent.info, agent.used))
-        .map(|(a, used)| AgentView {
+        .map(|agent| (&agent.info, agent.used, agent.shipper.as_ref()))
+        .map(|(a, used, shipper)| AgentView {
             name: a.name.clone(),
             address: a.address.clone(),
             router_url: a.router_url.clone(),
@@ -354,6 +420,7 @@ pub(crate) async fn hosts(State(state): State<Arc<AppState>>) -> Result<Response
             tasks: tasks.iter().filter(|t| t.host == a.name).count(),
             // An older scheduler without `used`: the offers alone, not an idle host.
             usage: usage_views(&a.resources, used.map(|u| [u.cpus, u.mem, u.disk])),
+            shipper: shipper.map(shipper_view),
             search_href: search_href("host", &a.name),
         })
         .collect();
@@ -398,6 +465,37 @@ mod tests {
         assert_eq!(amount(8192.0), "8192");
         assert_eq!(amount(0.0), "0");
         assert_eq!(amount(1.005), "1");
+    }
+
+    #[test]
+    fn shipper_figures_read_in_mib_with_bars_only_against_a_bound() {
+        const MIB: u64 = 1024 * 1024;
+        let v = shipper_view(&ShipperStatus {
+            log_bytes_on_disk: 96 * MIB,
+            log_budget_bytes_total: 64 * MIB,
+            log_bytes_dropped: 4096,
+            spool_bytes: 512 * MIB,
+            spool_max_bytes: 1024 * MIB,
+            reading_paused: true,
+            lag_bytes: 100,
+        });
+        assert_eq!((v.logs.as_str(), v.budget.as_str()), ("96", "64"));
+        assert_eq!((v.logs_percent, v.logs_over), (Some(100), true));
+        assert_eq!((v.spool.as_str(), v.spool_max.as_str()), ("512", "1024"));
+        assert_eq!((v.spool_percent, v.spooling), (Some(50), true));
+        assert_eq!((v.dropped, v.lag.as_str()), (4096, "<0.01"));
+        assert!(v.reading_paused);
+
+        // An unknown budget and a spool that is off: no bar, nothing over.
+        let v = shipper_view(&ShipperStatus {
+            log_bytes_on_disk: 3 * MIB / 2,
+            ..ShipperStatus::default()
+        });
+        assert_eq!((v.logs.as_str(), v.budget.as_str()), ("1.5", ""));
+        assert_eq!((v.logs_percent, v.logs_over), (None, false));
+        assert_eq!((v.spool.as_str(), v.spool_max.as_str()), ("0", ""));
+        assert_eq!((v.spool_percent, v.spooling), (None, false));
+        assert!(!v.reading_paused);
     }
 
     #[test]
