@@ -30,10 +30,8 @@ pub struct Scenario {
 
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// gen_corpus.py's `.txt` (the lines tasks write) and its `.ndjson` twin (the
-    /// same records, for the raw Tantivy loop).
+    /// gen_corpus.py's `.txt`: the lines tasks write.
     pub corpus: PathBuf,
-    pub ndjson: PathBuf,
     pub work_dir: PathBuf,
     pub scenarios: Vec<Scenario>,
     /// The indexer's writer memory, used for the raw loop too.
@@ -49,6 +47,10 @@ pub struct Row {
     pub secs: f64,
     pub found: u64,
     pub raw_secs: f64,
+    /// CPU seconds (user + system) of the raw loop, and of the whole `up` process
+    /// (scheduler, indexer, agents; not the tasks and their loggers) over its life.
+    pub raw_cpu: f64,
+    pub cpu: f64,
     pub peak_rss_kb: u64,
 }
 
@@ -128,6 +130,22 @@ fn start_cluster(exe: &Path, dir: &Path, agents: usize) -> anyhow::Result<Cluste
         .trim()
         .to_string();
     Ok(Cluster { child, web, token })
+}
+
+/// User + system CPU seconds of a live process, from `/proc/<pid>/stat`.
+fn cpu_secs(pid: u32) -> f64 {
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            // Fields after the command name, which is in parentheses and may hold spaces.
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let utime: f64 = f.get(11)?.parse().ok()?;
+            let stime: f64 = f.get(12)?.parse().ok()?;
+            Some((utime + stime) / ticks)
+        })
+        .unwrap_or(0.0)
 }
 
 fn peak_rss_kb(pid: u32) -> u64 {
@@ -212,6 +230,33 @@ pub fn write_paced(file: &Path, rate: u64) -> anyhow::Result<()> {
     }
 }
 
+/// The records the shipper makes of `input`'s lines (its own parser: timestamp,
+/// level and fields taken from the line, the task's tags), so that the raw loop
+/// indexes what the pipeline indexes.
+fn shipped_records(input: &Path) -> anyhow::Result<Vec<protocol::LogRecord>> {
+    let meta = protocol::TaskMeta {
+        host: "node-1".into(),
+        app: "bench".into(),
+        task: "bench.00000000-0000-0000-0000-000000000000".into(),
+        instance: 0,
+        ports: Vec::new(),
+    };
+    let now = chrono::Utc::now();
+    let source = "sandboxes/bench/bench.00000000-0000-0000-0000-000000000000/stdout@0123456789abcdef";
+    let mut out = Vec::new();
+    let mut offset = 0u64;
+    for line in std::io::BufReader::new(std::fs::File::open(input)?).split(b'\n') {
+        let line = line?;
+        offset += line.len() as u64 + 1;
+        let prepared = agent::parse::prepare_line(&line, 0, 256 * 1024);
+        let mut rec = agent::parse::sandbox_record(&prepared, &meta, protocol::Stream::Stdout, now);
+        rec.source = source.into();
+        rec.offset = offset;
+        out.push(rec);
+    }
+    Ok(out)
+}
+
 /// Runs every scenario; progress goes to stderr.
 pub async fn run(opts: Options) -> anyhow::Result<Vec<Row>> {
     let exe = std::env::current_exe().context("cannot find this executable")?;
@@ -227,7 +272,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Vec<Row>> {
         let records = (sc.lines * sc.tasks) as u64;
 
         eprintln!("[{}] raw Tantivy loop over {records} records", sc.name);
-        let one = indexer::bench::load_corpus(&opts.ndjson, sc.lines)?;
+        let one = shipped_records(&input)?;
         let mut all = Vec::with_capacity(records as usize);
         for _ in 0..sc.tasks {
             all.extend(one.iter().cloned());
@@ -302,6 +347,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Vec<Row>> {
             found = n;
         }
         let peak_rss_kb = peak_rss_kb(cluster.child.id());
+        let cpu = cpu_secs(cluster.child.id());
         drop(cluster);
         let row = Row {
             scenario: sc.clone(),
@@ -310,17 +356,21 @@ pub async fn run(opts: Options) -> anyhow::Result<Vec<Row>> {
             secs,
             found,
             raw_secs: raw.0,
+            raw_cpu: raw.1,
+            cpu,
             peak_rss_kb,
         };
         eprintln!(
-            "[{}] {} records in {:.1} s ({:.0}/s), raw Tantivy {:.0}/s: {:.2}; found {}",
+            "[{}] {} records in {:.1} s ({:.0}/s), raw Tantivy {:.0}/s: {:.2}; found {}; CPU s ours {:.1}, raw {:.1}",
             sc.name,
             records,
             secs,
             row.rate(),
             row.raw_rate(),
             row.rate() / row.raw_rate(),
-            found
+            found,
+            row.cpu,
+            row.raw_cpu
         );
         rows.push(row);
     }
@@ -329,7 +379,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Vec<Row>> {
 
 pub fn to_markdown(rows: &[Row]) -> String {
     let mut out = String::from(
-        "| scenario | records | MB | end to end s | records/s | MB/s | raw Tantivy records/s | pipeline / raw | found | peak RSS of `up` MiB |\n|---|---|---|---|---|---|---|---|---|---|\n",
+        "| scenario | records | MB | end to end s | records/s | MB/s | raw Tantivy records/s | pipeline / raw | found | CPU s of `up` / raw loop | peak RSS of `up` MiB |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in rows {
         let sc = &r.scenario;
@@ -339,7 +389,7 @@ pub fn to_markdown(rows: &[Row]) -> String {
             format!("{} lines/s each", sc.rate)
         };
         out.push_str(&format!(
-            "| {} task(s) on {} agent(s), {} | {} | {:.1} | {:.1} | {:.0} | {:.1} | {:.0} | **{:.2}** | {} | {} |\n",
+            "| {} task(s) on {} agent(s), {} | {} | {:.1} | {:.1} | {:.0} | {:.1} | {:.0} | **{:.2}** | {} | {:.1} / {:.1} | {} |\n",
             sc.tasks,
             sc.agents,
             pace,
@@ -351,6 +401,8 @@ pub fn to_markdown(rows: &[Row]) -> String {
             r.raw_rate(),
             r.rate() / r.raw_rate(),
             r.found,
+            r.cpu,
+            r.raw_cpu,
             r.peak_rss_kb / 1024
         ));
     }

@@ -49,7 +49,8 @@ enum BenchCommand {
 
 #[derive(Args, Debug)]
 struct BenchPipelineArgs {
-    /// gen_corpus.py's `.txt`; its `.ndjson` twin beside it feeds the raw loop.
+    /// gen_corpus.py's `.txt`: the lines the tasks write (the raw loop indexes the
+    /// records the shipper's parser makes of them).
     #[arg(long, default_value = "/tmp/sandtrail-bench/corpus-1000000.txt")]
     corpus: PathBuf,
     #[arg(long, default_value = "/tmp/sandtrail-bench/pipeline")]
@@ -353,7 +354,6 @@ async fn main() -> anyhow::Result<()> {
                 });
             }
             let rows = bench_pipeline::run(bench_pipeline::Options {
-                ndjson: a.corpus.with_extension("ndjson"),
                 corpus: a.corpus,
                 work_dir: a.work_dir,
                 scenarios,
