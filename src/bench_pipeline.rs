@@ -242,7 +242,8 @@ fn shipped_records(input: &Path) -> anyhow::Result<Vec<protocol::LogRecord>> {
         ports: Vec::new(),
     };
     let now = chrono::Utc::now();
-    let source = "sandboxes/bench/bench.00000000-0000-0000-0000-000000000000/stdout@0123456789abcdef";
+    let source =
+        "sandboxes/bench/bench.00000000-0000-0000-0000-000000000000/stdout@0123456789abcdef";
     let mut out = Vec::new();
     let mut offset = 0u64;
     for line in std::io::BufReader::new(std::fs::File::open(input)?).split(b'\n') {
