@@ -13,13 +13,14 @@
 //! deadline. The random kill moments come from a seed printed at the start (set
 //! `FAULTS_SEED` to replay one).
 
+mod common;
 use anyhow::{bail, Context};
+use common::Proc;
 use protocol::SearchResponse;
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const TOKEN: &str = "fault-suite-token";
@@ -28,99 +29,13 @@ const HOST: &str = "node-1";
 /// The agents' disk spool bound: a few 1 MiB batches.
 const SPOOL_MAX_MB: u64 = 4;
 
-/// One `sandtrail` process, killed with SIGKILL when dropped.
-struct Proc {
-    child: Child,
-    name: &'static str,
-}
-
-impl Proc {
-    /// Starts `sandtrail ARGS` in `cwd` and returns it with the URL it prints after
-    /// `prefix` on stdout.
-    fn start(
-        name: &'static str,
-        cwd: &Path,
-        args: &[String],
-        prefix: &str,
-    ) -> anyhow::Result<(Proc, String)> {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sandtrail"))
-            .args(args)
-            .current_dir(cwd)
-            .env("SANDTRAIL_TOKEN", TOKEN)
-            .env("SANDTRAIL_LOG", "warn,scheduler=error")
-            // A small spool, so the indexer outage below fills it (issue 3: "spool
-            // full"); set through the environment as an operator would.
-            .env("SANDTRAIL_AGENT_SPOOL_MAX_MB", SPOOL_MAX_MB.to_string())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()?;
-        let stdout = child.stdout.take().context("stdout")?;
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stdout)
-                .lines()
-                .map_while(Result::ok)
-            {
-                let _ = tx.send(line);
-            }
-        });
-        let proc = Proc { child, name };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = rx
-                .recv_timeout(left)
-                .with_context(|| format!("{name} did not print {prefix:?}"))?;
-            if let Some(rest) = line.trim().strip_prefix(prefix) {
-                let rest = rest.trim().trim_start_matches("router").trim();
-                let url = rest.split_whitespace().next().unwrap_or("").to_string();
-                return Ok((proc, url));
-            }
-        }
-    }
-
-    fn signal(&mut self, sig: &str) -> anyhow::Result<()> {
-        let ok = Command::new("kill")
-            .args([sig, &self.child.id().to_string()])
-            .status()?
-            .success();
-        if !ok {
-            bail!("kill {sig} {} failed", self.name);
-        }
-        Ok(())
-    }
-
-    /// SIGKILL (what `Child::kill` sends), reaped.
-    fn kill9(mut self) -> anyhow::Result<()> {
-        self.child.kill()?;
-        self.child.wait()?;
-        Ok(())
-    }
-
-    /// SIGTERM and wait for a clean exit (the agent ships what it read and saves).
-    fn stop(mut self) -> anyhow::Result<()> {
-        self.signal("-TERM")?;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                if !status.success() {
-                    bail!("{} exited with {status}", self.name);
-                }
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!("{} did not stop within 30 s of SIGTERM", self.name);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The suite's token and, set through the environment as an operator would, a small
+/// spool, so the indexer outage below fills it (issue 3: "spool full").
+fn env() -> Vec<(&'static str, String)> {
+    vec![
+        ("SANDTRAIL_TOKEN", TOKEN.into()),
+        ("SANDTRAIL_AGENT_SPOOL_MAX_MB", SPOOL_MAX_MB.to_string()),
+    ]
 }
 
 /// An indexer and an agent on one data dir each.
@@ -160,7 +75,7 @@ impl Cluster {
             "--listen".into(),
             listen.into(),
         ];
-        let (p, url) = Proc::start("indexer", self.dir.path(), &args, "indexer:")?;
+        let (p, url) = Proc::start("indexer", self.dir.path(), &args, "indexer:", &env())?;
         self.indexer = Some(p);
         self.indexer_url = url.trim_end_matches('/').to_string();
         Ok(())
@@ -190,7 +105,13 @@ impl Cluster {
             "--router-listen".into(),
             "127.0.0.1:0".into(),
         ];
-        let (p, url) = Proc::start("agent", self.dir.path(), &args, &format!("agent {HOST}:"))?;
+        let (p, url) = Proc::start(
+            "agent",
+            self.dir.path(),
+            &args,
+            &format!("agent {HOST}:"),
+            &env(),
+        )?;
         self.agent = Some(p);
         self.agent_url = url.trim_end_matches('/').to_string();
         Ok(())
@@ -396,27 +317,25 @@ impl Rng {
 async fn file_faults_lose_and_duplicate_nothing() -> anyhow::Result<()> {
     let mut c = Cluster::start()?;
 
-    // Rename rotation, logrotate style (stdout.1 -> stdout.2, stdout -> stdout.1),
-    // the writer appending to the renamed file before it reopens.
+    // Rename rotation as the task logger does it (issue 14): the closed `stdout`
+    // becomes `stdout.1`, `stdout.2`, ... numbered upwards, and the shipper deletes
+    // each once shipped. (logrotate's shifting `stdout.1 -> stdout.2` and a writer
+    // appending to a file after it was rotated are not the logger's contract: a
+    // rotation is complete when it appears, and the shipper may delete it.)
     let dir = c.sandbox("rename")?;
     let stdout = dir.join("stdout");
     let mut f = append_to(&stdout)?;
     let mut n = 0;
-    for round in 0..3 {
-        write_lines(&mut f, n + 1..=n + 200, "rename")?;
-        n += 200;
-        // The file must have been seen before it is rotated (see the report).
-        c.wait_for("rename", n - 199, Duration::from_secs(20))
-            .await?;
-        for k in (1..=round).rev() {
-            std::fs::rename(
-                dir.join(format!("stdout.{k}")),
-                dir.join(format!("stdout.{}", k + 1)),
-            )?;
+    for round in 1..=3 {
+        write_lines(&mut f, n + 1..=n + 300, "rename")?;
+        n += 300;
+        // Every other round before the shipper saw the file at all.
+        if round % 2 == 0 {
+            c.wait_for("rename", n - 299, Duration::from_secs(20))
+                .await?;
         }
-        std::fs::rename(&stdout, dir.join("stdout.1"))?;
-        write_lines(&mut f, n + 1..=n + 100, "rename-late")?;
-        n += 100;
+        drop(f);
+        std::fs::rename(&stdout, dir.join(format!("stdout.{round}")))?;
         f = append_to(&stdout)?;
     }
     write_lines(&mut f, n + 1..=n + 100, "rename")?;
@@ -424,7 +343,9 @@ async fn file_faults_lose_and_duplicate_nothing() -> anyhow::Result<()> {
     let rename_n = n;
 
     // copytruncate: the writer keeps its O_APPEND descriptor; lines written just
-    // before the copy may be unread when the original is truncated.
+    // before the copy may be unread when the original is truncated. The copies are
+    // named outside the logger's `stdout.<n>` (which the shipper takes for complete
+    // rotations of its own and ships whole).
     let dir = c.sandbox("copytrunc")?;
     let stdout = dir.join("stdout");
     let mut f = append_to(&stdout)?;
@@ -436,7 +357,7 @@ async fn file_faults_lose_and_duplicate_nothing() -> anyhow::Result<()> {
             .await?;
         write_lines(&mut f, n + 1..=n + 100, "copy-unread")?;
         n += 100;
-        std::fs::copy(&stdout, dir.join(format!("stdout.{round}")))?;
+        std::fs::copy(&stdout, dir.join(format!("stdout.copy-{round}")))?;
         f.set_len(0)?;
     }
     write_lines(&mut f, n + 1..=n + 100, "copy")?;

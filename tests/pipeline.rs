@@ -10,12 +10,13 @@
 //! Every wait is on a condition with a deadline. Lines are all the same length, so
 //! the bytes a drop record names convert exactly into lines.
 
+mod common;
 use anyhow::{bail, Context};
+use common::Proc;
 use protocol::SearchResponse;
 use std::collections::BTreeMap;
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const TOKEN: &str = "pipeline-suite-token";
@@ -43,65 +44,6 @@ fn numbered_file(path: &Path, n: u64) -> anyhow::Result<()> {
     }
     out.flush()?;
     Ok(())
-}
-
-/// One `sandtrail` process, killed with SIGKILL when dropped.
-struct Proc {
-    child: Child,
-}
-
-impl Proc {
-    /// Starts `sandtrail ARGS` and returns it with the first word after `prefix`
-    /// on a line of its stdout (its URL).
-    fn start(
-        args: &[String],
-        prefix: &str,
-        env: &[(&str, String)],
-    ) -> anyhow::Result<(Proc, String)> {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sandtrail"))
-            .args(args)
-            .envs(env.iter().map(|(k, v)| (k, v)))
-            .env("SANDTRAIL_TOKEN", TOKEN)
-            .env("SANDTRAIL_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()?;
-        let stdout = child.stdout.take().context("stdout")?;
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stdout)
-                .lines()
-                .map_while(Result::ok)
-            {
-                let _ = tx.send(line);
-            }
-        });
-        let proc = Proc { child };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = rx
-                .recv_timeout(left)
-                .with_context(|| format!("{args:?} did not print {prefix:?}"))?;
-            if let Some(rest) = line.trim().strip_prefix(prefix) {
-                let rest = rest.trim().trim_start_matches("router").trim();
-                return Ok((proc, rest.split_whitespace().next().unwrap_or("").into()));
-            }
-        }
-    }
-
-    fn kill9(mut self) -> anyhow::Result<()> {
-        self.child.kill()?;
-        self.child.wait()?;
-        Ok(())
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// A scheduler, an indexer and one agent, each its own process.
@@ -139,12 +81,21 @@ impl Cluster {
             "--listen".into(),
             "127.0.0.1:0".into(),
         ];
-        let (p, url) = Proc::start(&args, "scheduler:", &[])?;
+        let (p, url) = Proc::start("scheduler", c.dir.path(), &args, "scheduler:", &c.env())?;
         c.scheduler = Some(p);
         c.scheduler_url = url.trim_end_matches('/').into();
         c.start_indexer("127.0.0.1:0")?;
         c.start_agent()?;
         Ok(c)
+    }
+
+    /// Every part's environment: the token, and the agent's spool bound if set.
+    fn env(&self) -> Vec<(&'static str, String)> {
+        let mut env = vec![("SANDTRAIL_TOKEN", TOKEN.to_string())];
+        if let Some(mb) = self.spool_mb {
+            env.push(("SANDTRAIL_AGENT_SPOOL_MAX_MB", mb.to_string()));
+        }
+        env
     }
 
     fn path(&self, part: &str) -> String {
@@ -159,7 +110,7 @@ impl Cluster {
             "--listen".into(),
             listen.into(),
         ];
-        let (p, url) = Proc::start(&args, "indexer:", &[])?;
+        let (p, url) = Proc::start("indexer", self.dir.path(), &args, "indexer:", &self.env())?;
         self.indexer = Some(p);
         self.indexer_url = url.trim_end_matches('/').into();
         Ok(())
@@ -189,12 +140,13 @@ impl Cluster {
             "--router-listen".into(),
             "127.0.0.1:0".into(),
         ];
-        let env: Vec<(&str, String)> = self
-            .spool_mb
-            .map(|mb| ("SANDTRAIL_AGENT_SPOOL_MAX_MB", mb.to_string()))
-            .into_iter()
-            .collect();
-        let (p, url) = Proc::start(&args, &format!("agent {HOST}:"), &env)?;
+        let (p, url) = Proc::start(
+            "agent",
+            self.dir.path(),
+            &args,
+            &format!("agent {HOST}:"),
+            &self.env(),
+        )?;
         self.agent = Some(p);
         self.agent_url = url.trim_end_matches('/').into();
         Ok(())

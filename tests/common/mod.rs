@@ -1,0 +1,107 @@
+//! What the end-to-end suites share: a `sandtrail` child process started with its
+//! token and environment, whose URL is read from the line it prints, and which is
+//! killed with SIGKILL when dropped (so a failing test leaves nothing behind).
+//!
+//! Each suite keeps its own cluster shape (which parts, which data dirs); only the
+//! process handling lives here.
+
+use anyhow::{bail, Context};
+use std::io::BufRead;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// One `sandtrail` process, killed with SIGKILL when dropped.
+pub struct Proc {
+    child: Child,
+    name: &'static str,
+}
+
+impl Proc {
+    /// Starts `sandtrail ARGS` in `cwd` with `env` (and `SANDTRAIL_LOG=warn`) and
+    /// returns it with the first word after `prefix` on a line of its stdout (its
+    /// URL; an agent's "router" before it is skipped).
+    pub fn start(
+        name: &'static str,
+        cwd: &Path,
+        args: &[String],
+        prefix: &str,
+        env: &[(&str, String)],
+    ) -> anyhow::Result<(Proc, String)> {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sandtrail"))
+            .args(args)
+            .current_dir(cwd)
+            .env("SANDTRAIL_LOG", "warn,scheduler=error")
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        let stdout = child.stdout.take().context("stdout")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let _ = tx.send(line);
+            }
+        });
+        let proc = Proc { child, name };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = rx
+                .recv_timeout(left)
+                .with_context(|| format!("{name} did not print {prefix:?}"))?;
+            if let Some(rest) = line.trim().strip_prefix(prefix) {
+                let rest = rest.trim().trim_start_matches("router").trim();
+                let url = rest.split_whitespace().next().unwrap_or("").to_string();
+                return Ok((proc, url));
+            }
+        }
+    }
+
+    pub fn signal(&mut self, sig: &str) -> anyhow::Result<()> {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()?
+            .success();
+        if !ok {
+            bail!("kill {sig} {} failed", self.name);
+        }
+        Ok(())
+    }
+
+    /// SIGKILL (what `Child::kill` sends), reaped.
+    pub fn kill9(mut self) -> anyhow::Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+
+    /// SIGTERM and wait for a clean exit (the agent ships what it read and saves).
+    #[allow(dead_code)] // not every suite stops a part cleanly
+    pub fn stop(mut self) -> anyhow::Result<()> {
+        self.signal("-TERM")?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                if !status.success() {
+                    bail!("{} exited with {status}", self.name);
+                }
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("{} did not stop within 30 s of SIGTERM", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
