@@ -723,13 +723,7 @@ impl WriterThread {
                                 resp.duplicates += 1;
                                 continue;
                             }
-                            let doc = self.fields.to_document(&rec, self.uids.next());
-                            let day = day_of(&rec.ts);
-                            touched.insert(day);
-                            let result = self
-                                .writer_for(day)
-                                .and_then(|w| w.add_document(doc).map_err(Error::from));
-                            if let Err(e) = result {
+                            if let Err(e) = self.add_record(&rec, &mut touched) {
                                 failure = Some(e.to_string());
                                 break;
                             }
@@ -989,10 +983,7 @@ impl WriterThread {
                 if !self.checkpoint.admit(&rec.source, rec.offset) {
                     continue;
                 }
-                let doc = self.fields.to_document(&rec, self.uids.next());
-                let day = day_of(&rec.ts);
-                touched.insert(day);
-                self.writer_for(day)?.add_document(doc)?;
+                self.add_record(&rec, &mut touched)?;
                 added += 1;
             }
         }
@@ -1016,6 +1007,15 @@ impl WriterThread {
             self.wal_committed = last;
         }
         Ok(added)
+    }
+
+    /// Adds an admitted record to its day's partition, noting the day.
+    fn add_record(&mut self, rec: &LogRecord, touched: &mut BTreeSet<NaiveDate>) -> Result<()> {
+        let doc = self.fields.to_document(rec, self.uids.next());
+        let day = day_of(&rec.ts);
+        touched.insert(day);
+        self.writer_for(day)?.add_document(doc)?;
+        Ok(())
     }
 
     fn publish_wal_size(&self) {
