@@ -202,9 +202,13 @@ impl Wal {
         frame.extend_from_slice(body);
         let crc = crc32fast::hash(&frame[8..]);
         frame[4..8].copy_from_slice(&crc.to_le_bytes());
-        self.current
-            .write_all(&frame)
-            .map_err(|e| io(&self.current_path, e))?;
+        if let Err(e) = self.current.write_all(&frame) {
+            // A write cut short (a full disk) must not leave a torn frame that later,
+            // acknowledged entries would be appended after: the open would cut them
+            // off with it.
+            let _ = self.current.set_len(self.len);
+            return Err(io(&self.current_path, e));
+        }
         self.len += frame.len() as u64;
         self.next_lsn += 1;
         Ok(lsn)
