@@ -1,0 +1,1 @@
+//! Security suite: auth cases (filled in by issue 15's work).

@@ -1,0 +1,1 @@
+//! Security suite: limits cases (filled in by issue 15's work).

@@ -1,0 +1,1 @@
+//! Security suite: tasks cases (filled in by issue 15's work).
