@@ -205,13 +205,42 @@ pub fn decompress_capped(body: &[u8], max: usize) -> Result<Vec<u8>> {
     gunzip_capped(body, max)
 }
 
+/// Largest zstd window a body may ask for (2^24 = 16 MiB; `zstd -19` uses 8 MiB). The
+/// library's own default allows 128 MiB per decompression, which concurrent hostile
+/// bodies could multiply.
+const ZSTD_WINDOW_LOG_MAX: u32 = 24;
+
 fn unzstd_capped(body: &[u8], max: usize) -> Result<Vec<u8>> {
+    // One decompression context per blocking thread, reused: creating one per
+    // request (tables and window allocated and cleared) was 4 % of the ingest path's
+    // CPU in the pipeline benchmark (BENCHMARKS.md, issue 14).
+    thread_local! {
+        static DCTX: std::cell::RefCell<Option<zstd::zstd_safe::DCtx<'static>>> =
+            const { std::cell::RefCell::new(None) };
+    }
     let mut out = Vec::with_capacity(body.len().saturating_mul(4).min(max));
-    zstd::stream::read::Decoder::new(body)
-        .map_err(|e| Error::BadBody(format!("invalid zstd: {e}")))?
-        .take(max as u64 + 1)
-        .read_to_end(&mut out)
-        .map_err(|e| Error::BadBody(format!("invalid zstd: {e}")))?;
+    DCTX.with_borrow_mut(|slot| {
+        let cx = match slot {
+            Some(cx) => cx,
+            None => {
+                let mut cx = zstd::zstd_safe::DCtx::create();
+                cx.set_parameter(zstd::zstd_safe::DParameter::WindowLogMax(
+                    ZSTD_WINDOW_LOG_MAX,
+                ))
+                .map_err(|code| {
+                    Error::Internal(format!(
+                        "zstd refused window log {ZSTD_WINDOW_LOG_MAX}: {}",
+                        zstd::zstd_safe::get_error_name(code)
+                    ))
+                })?;
+                slot.insert(cx)
+            }
+        };
+        zstd::stream::read::Decoder::with_context(body, cx)
+            .take(max as u64 + 1)
+            .read_to_end(&mut out)
+            .map_err(|e| Error::BadBody(format!("invalid zstd: {e}")))
+    })?;
     if out.len() > max {
         return Err(Error::BodyTooLarge { limit: max });
     }
@@ -388,6 +417,31 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("neither gzip nor zstd"), "{err}");
+    }
+
+    #[test]
+    fn the_reused_zstd_context_starts_clean_after_a_bad_body_and_refuses_huge_windows() {
+        // The thread's context is reused: a torn frame must not leave state that
+        // bleeds into the next body, and a body whose window is larger than
+        // ZSTD_WINDOW_LOG_MAX is refused instead of allocating it.
+        let mut torn = zstd::bulk::compress(&[b'y'; 100_000], 1).unwrap();
+        torn.truncate(torn.len() / 2);
+        for _ in 0..3 {
+            assert!(decompress_capped(&torn, 1 << 20).is_err());
+            let body = zstd::bulk::compress(b"{\"b\":2}\n", 1).unwrap();
+            assert_eq!(decompress_capped(&body, 100).unwrap(), b"{\"b\":2}\n");
+        }
+        // Streamed without a size, so the frame declares the whole 128 MiB window.
+        let mut enc = zstd::stream::Encoder::new(Vec::new(), 1).unwrap();
+        enc.window_log(27).unwrap();
+        enc.long_distance_matching(true).unwrap();
+        enc.write_all(&vec![0u8; 20 << 20]).unwrap();
+        let wide = enc.finish().unwrap();
+        match decompress_capped(&wide, 64 << 20) {
+            Err(Error::BadBody(e)) => assert!(e.contains("invalid zstd"), "{e}"),
+            Err(e) => panic!("expected a bad body, got {e}"),
+            Ok(out) => panic!("a 128 MiB window was accepted ({} bytes out)", out.len()),
+        }
     }
 
     #[test]

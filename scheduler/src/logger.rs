@@ -54,6 +54,9 @@ pub const PAUSE_MS: i32 = 75;
 /// a stray `stdout.99999999` in the sandbox cannot make every check walk millions of
 /// names.
 const MAX_SCAN: u64 = 65_536;
+/// How many times (every [`PAUSE_MS`]) the logger tries to open a live file that
+/// cannot be opened before it drops the chunk at hand: about 30 s.
+const REOPEN_TRIES: u32 = 400;
 /// Room for the digits of a u64 and the NUL.
 const DIGITS: usize = 21;
 
@@ -298,31 +301,39 @@ impl Output {
     /// Appends one chunk read from the pipe, rotating at a line boundary (see the
     /// module docs); returns the bytes written.
     unsafe fn append(&mut self, s: &mut Stream, chunk: &[u8], max_bytes: u64) -> u64 {
-        if self.fd < 0 {
-            // The last open failed (the sandbox was being recreated...): try again
-            // rather than lose every later line.
-            *self = Output::open(s);
-        }
         if self.size + chunk.len() as u64 <= max_bytes {
-            return self.write(chunk);
+            return self.write(s, chunk);
         }
         match chunk.iter().rposition(|b| *b == b'\n') {
             Some(end) => {
-                let head = self.write(&chunk[..=end]);
+                let head = self.write(s, &chunk[..=end]);
                 self.rotate(s);
-                head + self.write(&chunk[end + 1..])
+                head + self.write(s, &chunk[end + 1..])
             }
             None if self.size > max_bytes + max_bytes / 2 => {
                 self.rotate(s);
-                self.write(chunk)
+                self.write(s, chunk)
             }
-            None => self.write(chunk),
+            None => self.write(s, chunk),
         }
     }
 
-    /// Writes all of `data`, waiting out a full disk; gives up (and drops the rest)
-    /// only on another error, such as a file that cannot be opened.
-    unsafe fn write(&mut self, data: &[u8]) -> u64 {
+    /// Writes all of `data`, waiting out a full disk and a live file that cannot be
+    /// opened (the task blocks on its pipe meanwhile, as for a full budget); gives up
+    /// (and drops the rest) only on another write error, or when the file stays
+    /// unopenable for [`REOPEN_TRIES`] × [`PAUSE_MS`]: a sandbox removed for good must
+    /// not block its task forever.
+    unsafe fn write(&mut self, s: &Stream, data: &[u8]) -> u64 {
+        // Regression (review of issue 14): a failed open left fd -1, the write failed
+        // with EBADF and the chunk was dropped without a trace.
+        let mut tries = 0;
+        while self.fd < 0 && tries < REOPEN_TRIES {
+            *self = Output::open(s);
+            if self.fd < 0 {
+                tries += 1;
+                libc::poll(std::ptr::null_mut(), 0, PAUSE_MS);
+            }
+        }
         let mut written = 0;
         while written < data.len() {
             let rest = &data[written..];
@@ -607,6 +618,37 @@ mod tests {
             let body = std::fs::read(path).unwrap();
             assert!(body.ends_with(b"\n"), "{} ends mid-line", path.display());
         }
+    }
+
+    #[test]
+    fn a_live_file_that_cannot_be_opened_is_waited_for_not_dropped() {
+        // Regression (review of issue 14): when the live file could not be opened
+        // again after a rotation, the chunk at hand went to fd -1 and was lost.
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("sandbox");
+        std::fs::create_dir(&dir).unwrap();
+        let rotation = Rotation {
+            max_bytes: 64,
+            budget_bytes: UNLIMITED,
+        };
+        let (out, err) = spawn(&dir, rotation).unwrap();
+        let mut out = std::fs::File::from(out);
+        out.write_all(b"first\n").unwrap();
+        wait_for("the first line", || read(&dir, "stdout") == b"first\n");
+        std::fs::remove_dir_all(&dir).unwrap();
+        // Past max_bytes: the head goes to the unlinked file, the rotation finds no
+        // directory, and "partial" must wait for a live file to open.
+        out.write_all(format!("{}\npartial", "x".repeat(80)).as_bytes())
+            .unwrap();
+        // Nothing can be awaited while the logger retries; give it a few tries.
+        std::thread::sleep(std::time::Duration::from_millis(4 * PAUSE_MS as u64));
+        std::fs::create_dir(&dir).unwrap();
+        out.write_all(b" line\n").unwrap();
+        drop(out);
+        drop(err);
+        wait_for("the partial line, whole", || {
+            read(&dir, "stdout") == b"partial line\n"
+        });
     }
 
     #[test]
