@@ -50,6 +50,9 @@ pub struct IndexerSection {
     pub writer_memory_mb: Option<usize>,
     /// Day partitions wholly older than this (`7d`, `36h`) are dropped.
     pub retention: Option<String>,
+    /// Time budget of one search (default 10000): past it the search is stopped and
+    /// answered with 504 saying so.
+    pub search_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -182,7 +185,13 @@ const SECTIONS: &[(&str, &[&str])] = &[
     ("up", &["listen", "router_listen", "agents", "demo"]),
     (
         "indexer",
-        &["listen", "max_body_mb", "writer_memory_mb", "retention"],
+        &[
+            "listen",
+            "max_body_mb",
+            "writer_memory_mb",
+            "retention",
+            "search_timeout_ms",
+        ],
     ),
     ("scheduler", &["listen", "agent_timeout_secs"]),
     (

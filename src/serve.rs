@@ -165,6 +165,9 @@ fn indexer_config(dir: PathBuf, cfg: &Config, token: Option<String>) -> indexer:
     if let Some(mb) = cfg.indexer.writer_memory_mb {
         c.writer_memory_bytes = mb << 20;
     }
+    if let Some(ms) = cfg.indexer.search_timeout_ms {
+        c.search_timeout = std::time::Duration::from_millis(ms.max(1));
+    }
     // Checked when the config was parsed.
     c.retention = cfg
         .indexer

@@ -109,8 +109,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ("norm", seg.fieldnorms()),
         ];
         for (kind, per) in parts {
-            for (field, u) in per.fields() {
-                let name = fields.schema.get_field_name(*field).to_string();
+            for u in per.fields() {
+                let name = u.field_name().to_string();
                 *by.entry((name, kind)).or_default() += u.total().get_bytes();
             }
         }

@@ -16,12 +16,13 @@ use crate::highlight::{self, FragmentOptions};
 use crate::query::{all_of, parse_time, time_range, user_query};
 use crate::schema::{to_tantivy_date, RecordReader, LATENCY, TS};
 use crate::search::{IndexView, NewestFirst};
+use crate::sortkey::{ByKey, CustomScorer, CustomSegmentScorer};
 use chrono::{DateTime, Utc};
 use protocol::LogRecord;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::ops::Bound;
-use tantivy::collector::{Collector, CustomScorer, CustomSegmentScorer, SegmentCollector, TopDocs};
+use tantivy::collector::{Collector, SegmentCollector, TopDocs};
 use tantivy::columnar::{Cardinality, Column, StrColumn};
 use tantivy::query::{BooleanQuery, Query, RangeQuery, TermQuery};
 use tantivy::schema::IndexRecordOption;
@@ -232,9 +233,9 @@ impl IndexView {
 
         let sample = searcher.search(
             &*query,
-            &TopDocs::with_limit(FIELDS_SAMPLE).custom_score(NewestFirst {
+            &TopDocs::with_limit(FIELDS_SAMPLE).order_by(ByKey::new(NewestFirst {
                 columns: self.parts.columns().clone(),
-            }),
+            })),
         )?;
         let mut per_key: HashMap<String, HashMap<String, u64>> = HashMap::new();
         for (_, addr) in sample {
@@ -342,7 +343,7 @@ impl IndexView {
         } else {
             load(searcher.search(
                 &*before_q,
-                &TopDocs::with_limit(req.n).custom_score(ByTsOffset { newest_first: true }),
+                &TopDocs::with_limit(req.n).order_by(ByKey::new(ByTsOffset { newest_first: true })),
             )?)?
         };
         before.reverse();
@@ -351,14 +352,14 @@ impl IndexView {
         } else {
             load(searcher.search(
                 &*after_q,
-                &TopDocs::with_limit(req.n).custom_score(ByTsOffset {
+                &TopDocs::with_limit(req.n).order_by(ByKey::new(ByTsOffset {
                     newest_first: false,
-                }),
+                })),
             )?)?
         };
         let record = load(searcher.search(
             &*all_of(record_parts),
-            &TopDocs::with_limit(1).custom_score(ByTsOffset { newest_first: true }),
+            &TopDocs::with_limit(1).order_by(ByKey::new(ByTsOffset { newest_first: true })),
         )?)?
         .pop();
         Ok(ContextResponse {

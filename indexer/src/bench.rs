@@ -329,6 +329,7 @@ async fn serve_on_loopback(
         writer_memory_bytes,
         max_inflight_bytes: 1 << 30,
         retention: None,
+        search_timeout: crate::DEFAULT_SEARCH_TIMEOUT,
     })?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

@@ -33,6 +33,8 @@ pub enum Error {
     },
     #[error("the indexer is overloaded: {reason}; retry later")]
     Overloaded { reason: String },
+    #[error("the search was stopped at its time budget of {budget_ms} ms (indexer.search_timeout_ms); narrow the time range or the query")]
+    SearchTimeout { budget_ms: u64 },
     #[error("the indexer is shutting down")]
     ShuttingDown,
     #[error("index error: {0}")]
@@ -64,6 +66,8 @@ impl Error {
             Error::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Error::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
             Error::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            // Not 503: a retry of the same search would only time out again.
+            Error::SearchTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Error::Tantivy(_)
             | Error::Index(_)
             | Error::Io { .. }
@@ -84,6 +88,7 @@ impl Error {
             Error::Protocol(_) => "parsing_exception",
             Error::Overloaded { .. } => "es_rejected_execution_exception",
             Error::ShuttingDown => "node_closed_exception",
+            Error::SearchTimeout { .. } => "search_phase_execution_exception",
             Error::Tantivy(_)
             | Error::Index(_)
             | Error::Io { .. }

@@ -28,6 +28,7 @@ use crate::highlight::{self, FragmentOptions};
 use crate::query::{all_of, before_cursor, parse_time, time_range, user_query, Cursor};
 use crate::schema::{Fields, RecordReader, ES_ID, KEYWORDS, LATENCY, TS};
 use crate::search::{IndexView, NewestTop};
+use crate::sortkey::{ByKey, CustomScorer, CustomSegmentScorer};
 use crate::writer::{BulkDoc, BulkOutcome};
 use crate::Indexer;
 use axum::body::Bytes;
@@ -44,9 +45,7 @@ use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
-use tantivy::collector::{
-    Collector, Count, CustomScorer, CustomSegmentScorer, SegmentCollector, TopDocs,
-};
+use tantivy::collector::{Collector, Count, SegmentCollector, TopDocs};
 use tantivy::columnar::Column;
 use tantivy::query::{
     AllQuery, BooleanQuery, ExistsQuery, Occur, PhraseQuery, Query, QueryParser, RangeQuery,
@@ -1373,10 +1372,10 @@ pub fn run_search(view: &IndexView, index: &str, req: &Value) -> Result<Value> {
         let hits = if size > 0 {
             let top = TopDocs::with_limit(size)
                 .and_offset(from)
-                .custom_score(TimeOrder {
+                .order_by(ByKey::new(TimeOrder {
                     asc,
                     columns: columns.clone(),
-                });
+                }));
             searcher.search(&*page, &top)?
         } else {
             Vec::new()

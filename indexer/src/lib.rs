@@ -20,6 +20,7 @@
 pub mod analytics;
 pub mod api;
 pub mod bench;
+pub mod budget;
 pub mod columns;
 pub mod error;
 pub mod es;
@@ -31,6 +32,7 @@ pub mod partition;
 pub mod query;
 pub mod schema;
 pub mod search;
+mod sortkey;
 pub mod tail;
 pub mod wal;
 pub mod writer;
@@ -76,7 +78,14 @@ pub struct IndexerConfig {
     /// Day partitions wholly older than this are dropped (checked at open and every
     /// minute); the newest partition is always kept.
     pub retention: Option<std::time::Duration>,
+    /// Time budget of one search, histogram or aggregation (see [`budget`]): past
+    /// it the request is answered with an error saying so, and its threads are free.
+    pub search_timeout: std::time::Duration,
 }
+
+/// Default of [`IndexerConfig::search_timeout`]: Kibana's own request timeout is 30 s;
+/// a third of it still covers a month of logs on one core (BENCHMARKS.md).
+pub const DEFAULT_SEARCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Default for IndexerConfig {
     fn default() -> Self {
@@ -87,8 +96,21 @@ impl Default for IndexerConfig {
             writer_memory_bytes: 128 << 20,
             max_inflight_bytes: 512 << 20,
             retention: None,
+            search_timeout: DEFAULT_SEARCH_TIMEOUT,
         }
     }
+}
+
+/// What a search made under `budget` answers: its result, unless a scorer was cut
+/// short by the deadline, in which case the (partial) result is not passed off as
+/// whole.
+fn within<T>(budget: &budget::Budget, result: Result<T>) -> Result<T> {
+    if budget.spent() {
+        return Err(Error::SearchTimeout {
+            budget_ms: budget.limit().as_millis() as u64,
+        });
+    }
+    result
 }
 
 /// Parses a retention like `7d`, `36h`, `90m` or `3600s` (a positive whole number
@@ -295,9 +317,12 @@ impl Indexer {
     pub async fn search(&self, req: SearchRequest) -> Result<SearchResponse> {
         Metrics::inc(&self.inner.metrics.searches, 1);
         let view = self.inner.view.clone();
-        let result = tokio::task::spawn_blocking(move || view.search(&req))
-            .await
-            .map_err(|e| Error::Internal(format!("search task failed: {e}")))?;
+        let budget = budget::Budget::new(self.inner.config.search_timeout);
+        let result = tokio::task::spawn_blocking(move || {
+            budget::with_budget(&budget, || within(&budget, view.search(&req)))
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("search task failed: {e}")))?;
         if result.is_err() {
             Metrics::inc(&self.inner.metrics.search_errors, 1);
         }
@@ -307,9 +332,12 @@ impl Indexer {
     pub async fn histogram(&self, req: HistogramRequest) -> Result<HistogramResponse> {
         Metrics::inc(&self.inner.metrics.histograms, 1);
         let view = self.inner.view.clone();
-        let result = tokio::task::spawn_blocking(move || view.histogram(&req))
-            .await
-            .map_err(|e| Error::Internal(format!("histogram task failed: {e}")))?;
+        let budget = budget::Budget::new(self.inner.config.search_timeout);
+        let result = tokio::task::spawn_blocking(move || {
+            budget::with_budget(&budget, || within(&budget, view.histogram(&req)))
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("histogram task failed: {e}")))?;
         if result.is_err() {
             Metrics::inc(&self.inner.metrics.search_errors, 1);
         }
@@ -342,9 +370,12 @@ impl Indexer {
         F: FnOnce(&IndexView) -> Result<T> + Send + 'static,
     {
         let view = self.inner.view.clone();
-        let result = tokio::task::spawn_blocking(move || f(&view))
-            .await
-            .map_err(|e| Error::Internal(format!("{what} task failed: {e}")))?;
+        let budget = budget::Budget::new(self.inner.config.search_timeout);
+        let result = tokio::task::spawn_blocking(move || {
+            budget::with_budget(&budget, || within(&budget, f(&view)))
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("{what} task failed: {e}")))?;
         if result.is_err() {
             Metrics::inc(&self.inner.metrics.search_errors, 1);
         }

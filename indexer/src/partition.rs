@@ -378,13 +378,18 @@ impl MultiSearcher {
     ) -> tantivy::Result<C::Fruit> {
         let mut weights = Vec::with_capacity(self.searchers.len());
         let mut jobs = Vec::new();
+        let budget = crate::budget::current();
         for (w, (s, first)) in self.searchers.iter().zip(&self.first_ord).enumerate() {
             let scoring = if collector.requires_scoring() {
                 EnableScoring::enabled_from_searcher(s)
             } else {
                 EnableScoring::disabled_from_searcher(s)
             };
-            weights.push(query.weight(scoring)?);
+            let weight = query.weight(scoring)?;
+            weights.push(match &budget {
+                Some(b) => crate::budget::BudgetWeight::wrap(weight, b.clone()),
+                None => weight,
+            });
             for (i, segment) in s.segment_readers().iter().enumerate() {
                 jobs.push((w, first + i as u32, segment));
             }

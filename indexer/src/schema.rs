@@ -78,7 +78,7 @@ fn keyword_options() -> TextOptions {
                 .set_index_option(IndexRecordOption::Basic)
                 .set_fieldnorms(false),
         )
-        .set_fast(Some("raw"))
+        .set_fast("raw")
 }
 
 /// Tokenised text with positions (phrases), without field norms.

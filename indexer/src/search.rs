@@ -12,14 +12,13 @@ use crate::error::{Error, Result};
 use crate::partition::{MultiSearcher, Partitions};
 use crate::query::{all_of, before_cursor, parse_time, time_range, user_query, Cursor};
 use crate::schema::{Fields, RecordReader, LATENCY};
+use crate::sortkey::{ByKey, CustomScorer, CustomSegmentScorer};
 use chrono::{DateTime, Duration, Utc};
 use protocol::{HistogramBucket, HistogramResponse, SearchResponse};
 use serde::Deserialize;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use tantivy::collector::{
-    Collector, Count, CustomScorer, CustomSegmentScorer, SegmentCollector, TopDocs,
-};
+use tantivy::collector::{Collector, Count, SegmentCollector, TopDocs};
 use tantivy::columnar::Column;
 use tantivy::query::ExistsQuery;
 use tantivy::{DocId, Index, Score, SegmentOrdinal, SegmentReader, TantivyDocument};
@@ -281,9 +280,9 @@ impl IndexView {
             .as_deref()
             .map(LatencyCursor::decode)
             .transpose()?;
-        let top = TopDocs::with_limit(req.limit + 1).custom_score(SlowestFirst {
+        let top = TopDocs::with_limit(req.limit + 1).order_by(ByKey::new(SlowestFirst {
             columns: self.parts.columns().clone(),
-        });
+        }));
         let total = searcher.search(&*matching, &Count)?;
         let top_hits = match cursor {
             None => searcher.search(&*matching, &top)?,
@@ -905,9 +904,9 @@ pub(crate) mod tests {
                         &*query,
                         &(
                             Count,
-                            TopDocs::with_limit(k.max(1)).custom_score(NewestFirst {
+                            TopDocs::with_limit(k.max(1)).order_by(ByKey::new(NewestFirst {
                                 columns: ColumnCache::default(),
-                            }),
+                            })),
                         ),
                     )
                     .unwrap();
