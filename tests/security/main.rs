@@ -8,4 +8,5 @@ mod common;
 
 mod auth;
 mod limits;
+mod query;
 mod tasks;
