@@ -127,7 +127,7 @@ async fn ingest_inner(
     let ack = if logged {
         crate::Ack::Logged(wire)
     } else {
-        crate::Ack::Committed
+        crate::Ack::Committed(Some(wire))
     };
     ix.ingest_with(records, ack).await
 }

@@ -243,7 +243,7 @@ impl Indexer {
     /// Indexes the records that are new (by source and offset) and returns once they
     /// are committed and searchable.
     pub async fn ingest(&self, records: Vec<LogRecord>) -> Result<IngestResponse> {
-        self.ingest_with(records, Ack::Committed).await
+        self.ingest_with(records, Ack::Committed(None)).await
     }
 
     /// [`Indexer::ingest`], answered as `ack` says: with [`Ack::Logged`] once the
@@ -1411,21 +1411,23 @@ mod tests {
         let day1 = Index::open_in_dir(dir.path().join("index/2025-06-01")).unwrap();
         assert_eq!(day1.reader().unwrap().searcher().num_docs(), 3);
 
+        // The partial group is undone, and since every admitted request is in the
+        // write-ahead log (answered or not), it is then replayed whole: all of it
+        // once, never the half one partition held.
         let ix = Indexer::open(config(dir.path())).unwrap();
         assert_eq!(
             msgs(&ix, "").await,
-            ["earlier0", "earlier1", "earlier2", "earlier3"],
-            "the partial group was undone, earlier data kept"
+            ["b0", "b1", "b2", "b3", "b4", "b5", "earlier0", "earlier1", "earlier2", "earlier3"],
+            "the partial group was undone and replayed whole, earlier data kept"
         );
         assert_eq!(
             ix.ingest(batch.clone()).await.unwrap(),
             IngestResponse {
-                accepted: 6,
-                duplicates: 0
+                accepted: 0,
+                duplicates: 6
             },
-            "nothing of the group is taken as already indexed"
+            "the client's retry of the unanswered request is a duplicate"
         );
-        assert_eq!(ix.ingest(batch).await.unwrap().duplicates, 6);
         assert_eq!(ix.ingest(earlier).await.unwrap().duplicates, 4);
         assert_eq!(ix.search(all("")).await.unwrap().total, 10);
         ix.shutdown().await;
@@ -1553,6 +1555,81 @@ mod tests {
             );
             ix.shutdown().await;
         }
+    }
+
+    /// Review finding (issue 14): one source's `wait_for` request (offsets 1-3) and
+    /// then its `refresh=false` request (4-6) in one group, and a crash before the
+    /// commit. Only the early-answered request was in the log, so the replay
+    /// indexed 4-6 alone and the shipper's resent 1-3 were taken for duplicates:
+    /// lost. Every admitted request is logged now, in admission order.
+    #[tokio::test]
+    async fn a_wait_for_request_before_a_logged_one_of_its_source_survives_a_crash() {
+        let _serial = ROLLBACKS.lock().await;
+        let dir = tempfile::tempdir().unwrap();
+        let ix = Indexer::open_with_hooks(
+            config(dir.path()),
+            WriterHooks {
+                crash_after: Some(0),
+                ..WriterHooks::default()
+            },
+        )
+        .unwrap();
+        // A large first request of another source keeps the writer busy while the
+        // two others queue behind it, so all three are one group.
+        let other: Vec<LogRecord> = (0..20_000)
+            .map(|i| {
+                rec(
+                    i % 50,
+                    "h",
+                    "a",
+                    &format!("other {i}"),
+                    "other",
+                    i as u64 + 1,
+                )
+            })
+            .collect();
+        let early: Vec<LogRecord> = (1..=3)
+            .map(|i| rec(10, "h", "a", &format!("early{i}"), "s", i))
+            .collect();
+        let late: Vec<LogRecord> = (4..=6)
+            .map(|i| rec(11, "h", "a", &format!("late{i}"), "s", i))
+            .collect();
+        let tx = ix.writer().unwrap();
+        let mut replies = Vec::new();
+        for (records, ack) in [
+            (other, Ack::Committed(None)),
+            (early.clone(), Ack::Committed(None)),
+            (late.clone(), Ack::Logged(wire(&late))),
+        ] {
+            let (reply, answer) = oneshot::channel();
+            tx.try_send(WriterMsg::Ingest {
+                records,
+                ack,
+                reply,
+            })
+            .unwrap();
+            replies.push(answer);
+        }
+        drop(tx);
+        let late_answer = replies.pop().unwrap().await.unwrap().unwrap();
+        assert_eq!(late_answer.accepted, 3, "answered from the log");
+        for answer in replies {
+            assert!(answer.await.is_err(), "the writer died before the commit");
+        }
+        ix.shutdown().await;
+        drop(ix);
+
+        let ix = Indexer::open(config(dir.path())).unwrap();
+        // The shipper resends what was never acknowledged; it may be a duplicate
+        // now (replayed), never dropped.
+        ix.ingest(early).await.unwrap();
+        let msgs = msgs(&ix, "early1 OR early2 OR early3 OR late4 OR late5 OR late6").await;
+        assert_eq!(
+            msgs,
+            ["early1", "early2", "early3", "late4", "late5", "late6"],
+            "each line exactly once"
+        );
+        ix.shutdown().await;
     }
 
     /// A commit failing inside a running writer after its requests were answered

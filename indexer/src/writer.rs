@@ -50,6 +50,14 @@ pub const RETENTION_CHECK: std::time::Duration = std::time::Duration::from_secs(
 /// must later be merged) at the price of up to this much added latency.
 pub const COMMIT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
 
+/// A request's records as a log entry (zstd NDJSON, what the shipper sends), for
+/// in-process callers that have no body.
+fn log_body(records: &[LogRecord]) -> Bytes {
+    let ndjson = protocol::encode_ndjson(records);
+    // Compressing into memory cannot fail.
+    Bytes::from(zstd::bulk::compress(&ndjson, 1).expect("zstd into memory"))
+}
+
 /// Cap on what one write-ahead log entry may inflate to at replay (it was accepted
 /// under the request cap in force then, which may have been raised since).
 const REPLAY_MAX_BYTES: usize = 1 << 30;
@@ -99,11 +107,19 @@ impl Checkpoint {
     }
 }
 
-/// When an ingest request is answered.
+/// When an ingest request is answered. Either way its body goes to the write-ahead
+/// log in admission order (only the answer waits for different things), so that a
+/// replay applies the requests of an uncommitted group in the order they were
+/// admitted. Logging only the early-answered ones lost records: a source's
+/// `wait_for` request (offsets 1-3) and then its `refresh=false` request (4-6) in
+/// one group, a crash before the commit, and the replay of 4-6 alone made the
+/// resent 1-3 look like duplicates.
 #[derive(Debug, Clone)]
 pub enum Ack {
-    /// Once its records are committed and searchable (`refresh=wait_for`).
-    Committed,
+    /// Once its records are committed and searchable (`refresh=wait_for`), with
+    /// the body as received when there is one (the records are encoded for the log
+    /// when there is not: an in-process caller).
+    Committed(Option<Bytes>),
     /// Once this body (the request as received, records and all) is durable in the
     /// write-ahead log; searchable by the next commit (`refresh=false`).
     Logged(Bytes),
@@ -717,6 +733,10 @@ impl WriterThread {
                     reply,
                 } => {
                     let mut resp = IngestResponse::default();
+                    let encoded = match &ack {
+                        Ack::Committed(None) if failure.is_none() => Some(log_body(&records)),
+                        _ => None,
+                    };
                     if failure.is_none() {
                         for rec in records {
                             if !self.checkpoint.admit(&rec.source, rec.offset) {
@@ -750,7 +770,20 @@ impl WriterThread {
                                 }
                             }
                         }
-                        _ => waiting.push(Waiting::Ingest(reply, resp)),
+                        Ack::Committed(body) => {
+                            // Unanswered until the commit, so no fsync of its own:
+                            // the next one (or the commit's) covers it, and a failed
+                            // group discards it with the other unsynced entries.
+                            if failure.is_none() && resp.accepted > 0 {
+                                if let Some(body) = body.or(encoded) {
+                                    if let Err(e) = self.wal.append(&body) {
+                                        failure = Some(e.to_string());
+                                    }
+                                }
+                            }
+                            waiting.push(Waiting::Ingest(reply, resp));
+                        }
+                        Ack::Logged(_) => waiting.push(Waiting::Ingest(reply, resp)),
                     }
                 }
                 WriterMsg::Bulk { docs, reply } => {
