@@ -172,6 +172,21 @@ fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
 /// stderr pipes for the task. Blocking (directory listing, fork and wait for the
 /// intermediate child): run off the async runtime.
 pub fn spawn(dir: &Path, rotation: Rotation) -> Result<(OwnedFd, OwnedFd)> {
+    spawn_as(dir, rotation, None)
+}
+
+/// [`spawn`], the logger running as `user` when given.
+///
+/// With a `user` the logger runs as the task's user, not the agent's: the task owns
+/// the sandbox and could put a symlink where the logger opens or renames a file, so
+/// the logger must be able to do no more there than the task itself. It is also made
+/// non-dumpable: it is a copy of the agent's memory (the cluster token included),
+/// which the task's uid must not read through ptrace or `/proc/<pid>/mem`.
+pub fn spawn_as(
+    dir: &Path,
+    rotation: Rotation,
+    user: Option<&crate::task_user::TaskUser>,
+) -> Result<(OwnedFd, OwnedFd)> {
     let mut streams = [Stream::new(dir, "stdout")?, Stream::new(dir, "stderr")?];
     let (out_r, out_w) = pipe().map_err(|e| Error::io(dir, e))?;
     let (err_r, err_w) = pipe().map_err(|e| Error::io(dir, e))?;
@@ -185,6 +200,14 @@ pub fn spawn(dir: &Path, rotation: Rotation) -> Result<(OwnedFd, OwnedFd)> {
             // Intermediate child: a new session, then the logger is its child and is
             // reparented to init once this one exits, so the node never reaps it.
             libc::setsid();
+            if let Some(u) = user {
+                // Dumpable off first: `setuid` clears it too, but only by the
+                // kernel's rule, and the memory is the agent's.
+                libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
+                if crate::task_user::become_user(u).is_err() {
+                    libc::_exit(1);
+                }
+            }
             match libc::fork() {
                 0 => logger_child(fds, &mut streams, rotation, &mut buf),
                 _ => libc::_exit(0),
