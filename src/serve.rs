@@ -114,6 +114,15 @@ fn data_dir(flag: Option<PathBuf>, cfg: &Config) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR))
 }
 
+/// Makes the data dir searchable but not listable by others (0711): tasks, which run
+/// as other users, must pass through it to their sandboxes, and must see nothing
+/// else in it. What lies inside is the binary's alone (its umask is 077; the token is
+/// 0600). A world-writable data dir (`/tmp`) is left as it is.
+fn traversable_data_dir(dir: &Path) -> anyhow::Result<()> {
+    scheduler::task_user::make_traversable(dir)
+        .with_context(|| format!("cannot set the mode of data dir {}", dir.display()))
+}
+
 /// The token `up` uses when none is configured: made once per data dir and kept in
 /// `<data-dir>/token`, so the command-line clients and a restarted `up` agree on it.
 fn local_token(data_dir: &Path) -> anyhow::Result<String> {
@@ -349,6 +358,7 @@ fn router_for(spec: &HostSpec) -> anyhow::Result<scheduler::router::Router> {
 pub async fn up(args: UpArgs, cfg: Config, token: Option<String>) -> anyhow::Result<()> {
     let dir = data_dir(args.data_dir, &cfg);
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    traversable_data_dir(&dir)?;
     let token = match token {
         Some(t) => t,
         None => local_token(&dir)?,
@@ -622,6 +632,8 @@ pub async fn agent(args: AgentArgs, cfg: Config, token: Option<String>) -> anyho
     } else {
         bound
     };
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    traversable_data_dir(&dir)?;
     let spec = HostSpec {
         name: name.clone(),
         work_dir: dir.join(&name),
