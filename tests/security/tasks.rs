@@ -8,12 +8,16 @@
 use crate::common::Proc;
 use anyhow::{bail, Context};
 use protocol::{SearchResponse, TOKEN_HEADER};
+use std::io::BufRead;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// `sandtrail up` with one agent and no demo, in its own data dir.
 struct Cluster {
-    _proc: Proc,
+    /// `None` when the caller runs `up` itself.
+    _proc: Option<Proc>,
     url: String,
     token: String,
     dir: tempfile::TempDir,
@@ -49,7 +53,7 @@ impl Cluster {
                 .to_string(),
         };
         Ok(Cluster {
-            _proc: proc,
+            _proc: Some(proc),
             url: url.trim_end_matches('/').to_string(),
             token,
             dir,
@@ -381,5 +385,105 @@ async fn a_stdout_symlinked_to_the_token_ships_nothing_of_it() -> anyhow::Result
         "{:?}",
         r.hits
     );
+    Ok(())
+}
+
+/// `sandtrail up` run as `nobody` (the suite runs as root), killed when dropped.
+struct Unprivileged {
+    child: Child,
+    url: String,
+}
+
+impl Unprivileged {
+    fn start(dir: &Path) -> anyhow::Result<Unprivileged> {
+        std::os::unix::fs::chown(dir, Some(65534), Some(65534))?;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sandtrail"))
+            .args([
+                "up",
+                "--listen",
+                "127.0.0.1:0",
+                "--router-listen",
+                "127.0.0.1:0",
+            ])
+            .args(["--agents", "1", "--no-demo", "--data-dir"])
+            .arg(dir)
+            .current_dir(dir)
+            .env("SANDTRAIL_LOG", "warn,scheduler=error")
+            .env_remove("SANDTRAIL_TOKEN")
+            .uid(65534)
+            .gid(65534)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        let stdout = child.stdout.take().context("stdout")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let _ = tx.send(line);
+            }
+        });
+        let mut up = Unprivileged {
+            child,
+            url: String::new(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = rx
+                .recv_timeout(left)
+                .context("up as nobody printed no URL")?;
+            if let Some(rest) = line.trim().strip_prefix("web UI:") {
+                up.url = rest.trim().trim_end_matches('/').to_string();
+                return Ok(up);
+            }
+        }
+    }
+}
+
+impl Drop for Unprivileged {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An agent that is not root cannot switch users: its tasks run as itself, and an
+/// app naming another user fails saying why, rather than running as the agent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unprivileged_agent_runs_tasks_as_itself_and_refuses_other_users() -> anyhow::Result<()>
+{
+    let dir = tempfile::tempdir()?;
+    let up = Unprivileged::start(dir.path())?;
+    let c = Cluster {
+        _proc: None,
+        url: up.url.clone(),
+        token: std::fs::read_to_string(dir.path().join("token"))?
+            .trim()
+            .to_string(),
+        dir,
+        http: reqwest::Client::new(),
+    };
+    c.deploy(app("/plain", "id -u; echo plain-done; sleep 600"))
+        .await?;
+    let out = c.output("plain", "stdout", "plain-done").await?;
+    assert_eq!(printed_uid(&out)?, 65534, "{out}");
+    let mut other = app("/other", "echo should-not-run");
+    other["user"] = "daemon".into();
+    c.deploy(other).await?;
+    let failure = eventually("/other's launch failure", || async {
+        let v = c.get_json("/v2/apps/other").await?;
+        Ok(v["app"]["lastTaskFailure"]["message"]
+            .as_str()
+            .map(str::to_string))
+    })
+    .await?;
+    assert!(
+        failure.contains("\"daemon\"") && failure.contains("uid 65534, not root"),
+        "{failure}"
+    );
+    drop(up);
     Ok(())
 }
