@@ -222,7 +222,8 @@ async fn a_task_reads_no_token_no_other_sandbox_and_no_credential_in_its_env() -
     }
     c.deploy(app(
         "/thief",
-        "id -u; cat ../../../../token; id; env; echo > mine-secret; echo thief-done; sleep 600",
+        "id -u; cat ../../../../token; id; env; ls -l /proc/self/fd; echo > mine-secret; \
+         echo thief-done; sleep 600",
     ))
     .await?;
     let out = c.output("thief", "stdout", "thief-done").await?;
@@ -258,6 +259,17 @@ async fn a_task_reads_no_token_no_other_sandbox_and_no_credential_in_its_env() -
             );
         }
         assert!(!line.contains("agent-only-value"), "{line}");
+    }
+    // No descriptor of the agent (its sockets, index, state or token files) is
+    // inherited: `ls` sees its stdio and the directory it reads, nothing else.
+    let fds: Vec<&str> = out.lines().filter(|l| l.contains(" -> ")).collect();
+    assert!(!fds.is_empty(), "no fd listing in {out}");
+    for fd in &fds {
+        let target = fd.rsplit(" -> ").next().unwrap_or_default();
+        assert!(
+            target == "/dev/null" || target.starts_with("pipe:") || target.starts_with("/proc/"),
+            "the task inherited {fd}"
+        );
     }
     for wanted in [
         "MESOS_SANDBOX=",
