@@ -18,7 +18,9 @@
 //! included, draws from the same range) by a claim: a symlink `<claims>/<uid>` to the
 //! sandbox, made under an exclusive `flock` of the claims directory. A claim goes
 //! stale once its sandbox is gone, and only then is the uid handed out again, so a
-//! uid is never reused while a file it owns remains in a sandbox. The trade-off:
+//! uid is never reused while a file it owns remains in a sandbox; whatever process
+//! of the old task still runs under it (one that left its process group, on a host
+//! without cgroup limits) is killed before the uid is reused. The trade-off:
 //! one directory of claims shared by the host's nodes, and programs that insist on a
 //! passwd entry (`id -un`, ssh) not finding one for a dynamic uid; such apps set
 //! `user`.
@@ -257,7 +259,11 @@ impl UidClaims {
             match self.holder(uid) {
                 Some(holder) if holder == sandbox => return Ok(uid),
                 Some(holder) if std::fs::symlink_metadata(&holder).is_ok() => continue,
-                Some(_) => std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?,
+                Some(_) => {
+                    // A straggler of the old task must not live on into the new one.
+                    kill_all_of(uid).map_err(|e| Error::io(&path, e))?;
+                    std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?
+                }
                 None => {}
             }
             match std::os::unix::fs::symlink(sandbox, &path) {
@@ -279,6 +285,41 @@ impl UidClaims {
     /// The sandbox `uid` is claimed for, if any.
     fn holder(&self, uid: u32) -> Option<PathBuf> {
         std::fs::read_link(self.dir.join(uid.to_string())).ok()
+    }
+}
+
+/// Sends SIGKILL to every process running as `uid`, from a child that becomes `uid`
+/// and signals all it may (`kill(-1)`: exactly the processes of that uid, itself
+/// spared). Blocking (waits for the child).
+fn kill_all_of(uid: u32) -> std::io::Result<()> {
+    let user = TaskUser::dynamic(uid);
+    // SAFETY: the child makes raw syscalls only (see `become_user`) and `_exit`s.
+    match unsafe { libc::fork() } {
+        -1 => Err(std::io::Error::last_os_error()),
+        0 => unsafe {
+            let code = match become_user(&user) {
+                Ok(()) => {
+                    libc::kill(-1, libc::SIGKILL);
+                    0
+                }
+                Err(_) => 1,
+            };
+            libc::_exit(code)
+        },
+        pid => {
+            let mut status = 0;
+            // SAFETY: waits for the child forked just above.
+            if unsafe { libc::waitpid(pid, &mut status, 0) } < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::other(format!(
+                    "could not switch to uid {uid} to end its processes"
+                )))
+            }
+        }
     }
 }
 
@@ -424,7 +465,9 @@ mod tests {
     #[test]
     fn claims_are_unique_reused_for_the_same_sandbox_and_freed_with_it() {
         let top = tempfile::tempdir().unwrap();
-        let claims = UidClaims::new(top.path().join("claims"), 5000..5003);
+        // Ends of the dynamic range: reclaiming kills the processes of a uid.
+        let base = DYNAMIC_UIDS.end - 10;
+        let claims = UidClaims::new(top.path().join("claims"), base..base + 3);
         let boxes: Vec<PathBuf> = (0..4).map(|i| top.path().join(format!("s{i}"))).collect();
         for b in &boxes {
             std::fs::create_dir(b).unwrap();
@@ -434,7 +477,7 @@ mod tests {
         let c = claims.claim(&boxes[2]).unwrap();
         let mut all = vec![a, b, c];
         all.sort();
-        assert_eq!(all, vec![5000, 5001, 5002]);
+        assert_eq!(all, vec![base, base + 1, base + 2]);
         assert_eq!(
             claims.claim(&boxes[1]).unwrap(),
             b,
@@ -442,6 +485,10 @@ mod tests {
         );
         let err = claims.claim(&boxes[3]).unwrap_err().to_string();
         assert!(err.contains("all 3 dynamic uids"), "{err}");
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return; // reclaiming switches to the uid to end its processes
+        }
         // Once a sandbox is gone (collected), its uid is free again.
         std::fs::remove_dir(&boxes[0]).unwrap();
         assert_eq!(claims.claim(&boxes[3]).unwrap(), a);
@@ -450,7 +497,8 @@ mod tests {
     #[test]
     fn claims_from_many_threads_never_share_a_uid() {
         let top = tempfile::tempdir().unwrap();
-        let claims = UidClaims::new(top.path().join("claims"), 7000..7064);
+        let base = DYNAMIC_UIDS.end - 100;
+        let claims = UidClaims::new(top.path().join("claims"), base..base + 64);
         let got: Vec<u32> = std::thread::scope(|s| {
             let hs: Vec<_> = (0..32)
                 .map(|i| {
@@ -463,6 +511,36 @@ mod tests {
         });
         let unique: std::collections::HashSet<u32> = got.iter().copied().collect();
         assert_eq!(unique.len(), got.len(), "{got:?}");
+    }
+
+    /// A process the last task of a uid left behind is ended before the uid is
+    /// handed to another task (only where the test can switch users).
+    #[test]
+    fn a_reclaimed_uid_has_no_process_left() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return;
+        }
+        use std::os::unix::process::CommandExt;
+        let uid = 1_600_999_000 + std::process::id() % 900;
+        let mut straggler = std::process::Command::new("sleep")
+            .arg("600")
+            .uid(uid)
+            .gid(uid)
+            .spawn()
+            .unwrap();
+        let top = tempfile::tempdir().unwrap();
+        let claims = UidClaims::new(top.path().join("claims"), uid..uid + 1);
+        let (old, new) = (top.path().join("old"), top.path().join("new"));
+        std::fs::create_dir(&old).unwrap();
+        std::fs::create_dir(&new).unwrap();
+        assert_eq!(claims.claim(&old).unwrap(), uid);
+        assert!(straggler.try_wait().unwrap().is_none(), "held: left alone");
+        std::fs::remove_dir(&old).unwrap();
+        assert_eq!(claims.claim(&new).unwrap(), uid);
+        let status = straggler.wait().unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(libc::SIGKILL));
     }
 
     #[test]
