@@ -935,29 +935,41 @@ impl Inner {
         let Ok(dir) = sandbox_dir(&self.sandboxes, &spec.app, &spec.task) else {
             return;
         };
-        let env = task_env(&self.cfg, spec, &ports, &dir);
-        // The user it was launched as: the sandbox's owner for a dynamic uid.
-        let user = match self.plan(spec) {
-            Ok(Plan::Agent) => None,
-            Ok(Plan::User(u)) => Some(u),
-            Ok(Plan::Dynamic) => {
-                use std::os::unix::fs::MetadataExt;
-                match std::fs::metadata(&dir) {
-                    Ok(m) if self.cfg.dynamic_uids.contains(&m.uid()) => {
-                        Some(TaskUser::dynamic(m.uid()))
-                    }
-                    _ => {
-                        warn!(task = %spec.task, sandbox = %dir.display(), "cannot tell the adopted task's uid: its health checks are not run");
-                        return;
-                    }
+        // Who it runs as is looked up off the runtime (a user lookup may block).
+        let (inner, spec) = (Arc::clone(self), spec.clone());
+        self.tracker.spawn(async move {
+            let (i, s, d) = (Arc::clone(&inner), spec.clone(), dir.clone());
+            let Ok(Some(user)) = tokio::task::spawn_blocking(move || i.adopted_user(&s, &d)).await
+            else {
+                return;
+            };
+            let env = task_env(&inner.cfg, &spec, &ports, &dir);
+            inner.spawn_health_checks(&spec, &ports, &dir, &env, user.as_ref(), &kill);
+        });
+    }
+
+    /// The user an adopted task was launched as (`Some(None)`: the agent's own), the
+    /// sandbox's owner for a dynamic uid; `None` (logged) when that cannot be told.
+    /// Blocking.
+    fn adopted_user(&self, spec: &TaskSpec, dir: &Path) -> Option<Option<TaskUser>> {
+        use std::os::unix::fs::MetadataExt;
+        match self.plan(spec) {
+            Ok(Plan::Agent) => Some(None),
+            Ok(Plan::User(u)) => Some(Some(u)),
+            Ok(Plan::Dynamic) => match std::fs::metadata(dir) {
+                Ok(m) if self.cfg.dynamic_uids.contains(&m.uid()) => {
+                    Some(Some(TaskUser::dynamic(m.uid())))
                 }
-            }
+                _ => {
+                    warn!(task = %spec.task, sandbox = %dir.display(), "cannot tell the adopted task's uid: its health checks are not run");
+                    None
+                }
+            },
             Err(e) => {
                 warn!(task = %spec.task, error = %e, "cannot tell the adopted task's user: its health checks are not run");
-                return;
+                None
             }
-        };
-        self.spawn_health_checks(spec, &ports, &dir, &env, user.as_ref(), &kill);
+        }
     }
 
     async fn shutdown(&self) {
