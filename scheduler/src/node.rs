@@ -15,6 +15,9 @@
 //! neither the task nor its logger is a child the node must keep alive, so both
 //! outlive a node restart, and the next node finds the task again from its
 //! `task.json` and pid file.
+//! On a root agent each task runs as an unprivileged user (its app's `user`, else a
+//! uid of its own; see `task_user`) in a sandbox it owns, which the node enters only
+//! without following the task's symlinks.
 //! Each task runs in its own process group so a kill reaches everything it forked,
 //! and, where the host allows it, in its own cgroup with the app's `mem` as memory
 //! limit (see `cgroup`). A finished task's sandbox is marked finished and removed
