@@ -168,9 +168,9 @@ pub fn searchable(mode: u32, owner: u32, group: u32, user: &TaskUser) -> bool {
     }
 }
 
-/// Fails, naming the first directory in the way, when `user` cannot reach `dir`
-/// (every directory above it must be searchable for it: the task's logger opens its
-/// files there by path, and `MESOS_SANDBOX` names it). Blocking.
+/// Fails, naming the first directory in the way, when `user` cannot reach `dir` by
+/// its path (every directory above it must be searchable for it: `MESOS_SANDBOX`
+/// names it). The task and its logger start inside it and need no such path. Blocking.
 pub fn check_reachable(dir: &Path, user: &TaskUser) -> Result<()> {
     for ancestor in dir.ancestors().skip(1) {
         let Ok(m) = std::fs::metadata(ancestor) else {

@@ -20,7 +20,8 @@ struct Cluster {
     _proc: Option<Proc>,
     url: String,
     token: String,
-    dir: tempfile::TempDir,
+    data: PathBuf,
+    _dir: tempfile::TempDir,
     http: reqwest::Client,
 }
 
@@ -28,8 +29,16 @@ impl Cluster {
     /// Starts `up`; `env` is added to its environment (`SANDTRAIL_TOKEN` among them
     /// sets the token, else `up` makes one in `<data dir>/token`).
     fn start(env: &[(&str, String)]) -> anyhow::Result<Cluster> {
+        Cluster::start_in(None, env)
+    }
+
+    /// [`Cluster::start`] with the data dir at `sub` below the temporary directory.
+    fn start_in(sub: Option<&str>, env: &[(&str, String)]) -> anyhow::Result<Cluster> {
         let dir = tempfile::tempdir()?;
-        let data = dir.path().to_path_buf();
+        let data = match sub {
+            Some(s) => dir.path().join(s),
+            None => dir.path().to_path_buf(),
+        };
         let args: Vec<String> = [
             "up",
             "--listen",
@@ -56,13 +65,14 @@ impl Cluster {
             _proc: Some(proc),
             url: url.trim_end_matches('/').to_string(),
             token,
-            dir,
+            data,
+            _dir: dir,
             http: reqwest::Client::new(),
         })
     }
 
     fn data(&self) -> PathBuf {
-        self.dir.path().to_path_buf()
+        self.data.clone()
     }
 
     fn token_path(&self) -> PathBuf {
@@ -479,7 +489,8 @@ async fn an_unprivileged_agent_runs_tasks_as_itself_and_refuses_other_users() ->
         token: std::fs::read_to_string(dir.path().join("token"))?
             .trim()
             .to_string(),
-        dir,
+        data: dir.path().to_path_buf(),
+        _dir: dir,
         http: reqwest::Client::new(),
     };
     c.deploy(app("/plain", "id -u; echo plain-done; sleep 600"))
@@ -501,5 +512,29 @@ async fn an_unprivileged_agent_runs_tasks_as_itself_and_refuses_other_users() ->
         "{failure}"
     );
     drop(up);
+    Ok(())
+}
+
+/// A data dir below a directory only its owner may search (`mkdtemp`'s 0700, a home
+/// directory): tasks cannot reach their sandbox by path, yet they run in it and
+/// their lines are shipped, because the task and its logger enter it before
+/// dropping privileges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_run_and_ship_under_a_data_dir_below_a_private_directory() -> anyhow::Result<()> {
+    let c = Cluster::start_in(Some("private/data"), &[])?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let private = c.data().parent().context("parent")?.to_path_buf();
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700))?;
+    }
+    c.deploy(app("/hidden", "id -u; echo hidden-line; sleep 600"))
+        .await?;
+    let out = c.output("hidden", "stdout", "hidden-line").await?;
+    assert_ne!(printed_uid(&out)?, 0);
+    eventually("hidden-line in search", || async {
+        let r = c.search("app:hidden").await?;
+        Ok(r.hits.iter().any(|h| h.msg == "hidden-line").then_some(()))
+    })
+    .await?;
     Ok(())
 }
