@@ -590,6 +590,26 @@ mod tests {
         }
     }
 
+    /// Discovery never descends through a symlinked directory: an app or task
+    /// directory that is a link leads outside the sandboxes.
+    #[test]
+    fn symlinked_app_and_task_dirs_are_not_followed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let work = tmp.path().join("work");
+        let elsewhere = tmp.path().join("elsewhere");
+        let outside_task = elsewhere.join("app/app.1");
+        std::fs::create_dir_all(&outside_task).unwrap();
+        write_meta(&outside_task, "app", "app.1");
+        std::fs::write(outside_task.join("stdout"), "outside\n").unwrap();
+        let real_app = work.join("sandboxes/real");
+        std::fs::create_dir_all(&real_app).unwrap();
+        std::os::unix::fs::symlink(elsewhere.join("app"), work.join("sandboxes/linked")).unwrap();
+        std::os::unix::fs::symlink(&outside_task, real_app.join("real.1")).unwrap();
+        let found = Discovery::new("node-1", &work).scan();
+        assert!(found.files.is_empty(), "{:?}", found.files);
+        assert!(found.sandboxes.is_empty());
+    }
+
     #[test]
     fn deletes_only_the_same_file_at_a_rotation_name() {
         let tmp = tempfile::tempdir().unwrap();
