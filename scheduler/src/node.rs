@@ -252,9 +252,14 @@ impl Node {
                 Some(u) => {
                     info!(node = %cfg.name, default_user = %u, "tasks run as their app's user, else as the default user")
                 }
-                None => {
-                    info!(node = %cfg.name, uids = ?cfg.dynamic_uids, "tasks run as their app's user, else as a uid of their own")
-                }
+                None => match task_user::unmapped_reason(&cfg.dynamic_uids) {
+                    None => {
+                        info!(node = %cfg.name, uids = ?cfg.dynamic_uids, "tasks run as their app's user, else as a uid of their own")
+                    }
+                    Some(why) => {
+                        warn!(node = %cfg.name, reason = %why, "tasks without a user cannot start here: set [agent] task_user (e.g. nobody)")
+                    }
+                },
             }
         } else {
             warn!(node = %cfg.name, uid = agent_uid, "the agent is not root: tasks run as its own user and can read what it can; run it as root to isolate them");
@@ -626,13 +631,26 @@ impl Inner {
         let child = match cmd.spawn() {
             Ok(child) => child,
             Err(e) => {
+                let e = match (&user, e.raw_os_error()) {
+                    // Where setgroups/setgid/setuid refused the ids themselves.
+                    (Some(u), Some(libc::EINVAL)) => Error::TaskUser {
+                        user: u.name.clone(),
+                        reason: format!(
+                            "uid {} or gid {} cannot be taken on this agent (not mapped in its \
+                             user namespace?): expected ids the agent can switch to; set \
+                             [agent] task_user or the app's user",
+                            u.uid, u.gid
+                        ),
+                    },
+                    _ => Error::io(&dir, e),
+                };
                 if let Some(cg) = cgroup {
                     // It may wait for the kernel to empty the cgroup: off the runtime.
                     let cg_dir = cg.dir().to_path_buf();
                     drop(cg);
                     let _ = tokio::task::spawn_blocking(move || cgroup::remove(&cg_dir)).await;
                 }
-                return Err(Error::io(&dir, e));
+                return Err(e);
             }
         };
         drop(cgroup);

@@ -156,6 +156,36 @@ pub fn plan(
     Ok(Plan::User(user))
 }
 
+/// Whether every id of `range` is mapped in a `/proc/self/uid_map` (or `gid_map`)
+/// text: inside a user namespace that maps fewer ids (rootless containers, Docker's
+/// `userns-remap` maps 65536), taking an unmapped uid fails with EINVAL.
+pub fn ids_mapped(map: &str, range: &std::ops::Range<u32>) -> bool {
+    map.lines().any(|l| {
+        let f: Vec<u64> = l
+            .split_whitespace()
+            .filter_map(|n| n.parse().ok())
+            .collect();
+        matches!(f[..], [inside, _, count]
+            if inside <= u64::from(range.start) && u64::from(range.end) <= inside + count)
+    })
+}
+
+/// Why this host cannot hand out `range` as uids and gids, if it cannot.
+pub fn unmapped_reason(range: &std::ops::Range<u32>) -> Option<String> {
+    for file in ["/proc/self/uid_map", "/proc/self/gid_map"] {
+        let map = std::fs::read_to_string(file).ok()?;
+        if !ids_mapped(&map, range) {
+            return Some(format!(
+                "ids {}..{} are not all mapped in this user namespace ({file}: {})",
+                range.start,
+                range.end,
+                map.split_whitespace().collect::<Vec<_>>().join(" ")
+            ));
+        }
+    }
+    None
+}
+
 /// Whether `user` may search (`x`) a directory with this `mode`, owner and group, by
 /// the classic permission bits (ACLs are not looked at).
 pub fn searchable(mode: u32, owner: u32, group: u32, user: &TaskUser) -> bool {
@@ -541,6 +571,18 @@ mod tests {
         let status = straggler.wait().unwrap();
         use std::os::unix::process::ExitStatusExt;
         assert_eq!(status.signal(), Some(libc::SIGKILL));
+    }
+
+    #[test]
+    fn dynamic_uids_must_be_mapped_in_the_user_namespace() {
+        let range = DYNAMIC_UIDS;
+        assert!(ids_mapped("         0          0 4294967295\n", &range));
+        assert!(!ids_mapped("0 100000 65536\n", &range), "userns-remap");
+        assert!(ids_mapped(
+            "0 100000 65536\n1600000000 300000 1000000\n",
+            &range
+        ));
+        assert!(!ids_mapped("", &range));
     }
 
     #[test]
