@@ -2,8 +2,9 @@
 //!
 //! A task must not reach the control plane's secrets (issue 15), and on a root agent
 //! everything it could reach as root is a secret: so a task never runs as root.
-//! - An app's Marathon `user` is honoured: it must exist on the agent and not be root
-//!   (Mesos fails such a task the same way, naming the user).
+//! - An app's Marathon `user` is honoured, as a Mesos agent with `--switch_user`
+//!   does: it must exist on the agent, else the task fails naming it (as in Mesos).
+//!   Unlike Mesos, root is refused too: a task as root reads the token.
 //! - An app without one gets a uid of its own from [`DYNAMIC_UIDS`], a range no
 //!   account uses, as systemd's `DynamicUser=` does: tasks then cannot read, write
 //!   or signal each other's sandboxes and processes, which one shared `nobody`
