@@ -538,3 +538,15 @@ async fn tasks_run_and_ship_under_a_data_dir_below_a_private_directory() -> anyh
     .await?;
     Ok(())
 }
+
+/// `[agent] task_user` (here as `SANDTRAIL_AGENT_TASK_USER`) runs apps without a
+/// `user` as that one user instead of a uid of their own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configured_task_user_runs_apps_without_a_user() -> anyhow::Result<()> {
+    let c = Cluster::start(&[("SANDTRAIL_AGENT_TASK_USER", "nobody".into())])?;
+    c.deploy(app("/plain", "id -un; echo plain-done; sleep 600"))
+        .await?;
+    let out = c.output("plain", "stdout", "plain-done").await?;
+    assert_eq!(out.lines().next(), Some("nobody"), "{out}");
+    Ok(())
+}
