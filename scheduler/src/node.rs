@@ -1144,7 +1144,17 @@ impl Inner {
             let inner = Arc::clone(&self);
             let swept = tokio::task::spawn_blocking(move || {
                 let shipped = inner.shipped.get().map(|c| c.as_ref());
-                sweep_sandboxes(&inner.sandboxes, delay, shipped)
+                let swept = sweep_sandboxes(&inner.sandboxes, delay, shipped);
+                // A removed sandbox frees its dynamic uid now, rather than whenever
+                // a later claim happens upon the stale entry.
+                for (dir, uid) in &swept.owners {
+                    if inner.agent_uid == 0 && inner.cfg.dynamic_uids.contains(uid) {
+                        if let Err(e) = inner.claims.release(*uid, dir) {
+                            warn!(uid, sandbox = %dir.display(), error = %e, "could not release a task's uid");
+                        }
+                    }
+                }
+                swept
             })
             .await;
             let Ok(swept) = swept else { continue };
@@ -1237,6 +1247,8 @@ fn written_within(dir: &Path, now: std::time::SystemTime, quiet: Duration) -> bo
 #[derive(Debug, Default)]
 struct Swept {
     removed: Vec<PathBuf>,
+    /// The owner of each removed sandbox: its uid's claim can go with it.
+    owners: Vec<(PathBuf, u32)>,
     /// Past the delay but not fully shipped.
     unshipped: usize,
 }
@@ -1275,8 +1287,17 @@ fn sweep_sandboxes(
                 swept.unshipped += 1;
                 continue;
             }
+            let owner = std::fs::symlink_metadata(&sandbox).map(|m| {
+                use std::os::unix::fs::MetadataExt;
+                m.uid()
+            });
             match std::fs::remove_dir_all(&sandbox) {
-                Ok(()) => swept.removed.push(sandbox),
+                Ok(()) => {
+                    if let Ok(uid) = owner {
+                        swept.owners.push((sandbox.clone(), uid));
+                    }
+                    swept.removed.push(sandbox)
+                }
                 Err(e) => {
                     warn!(sandbox = %sandbox.display(), error = %e, "could not remove a finished sandbox")
                 }

@@ -313,6 +313,28 @@ impl UidClaims {
         })
     }
 
+    /// Gives up `uid`'s claim for `sandbox` (collected), ending whatever process still
+    /// runs under it; a claim now held for another sandbox is left alone. Blocking.
+    pub fn release(&self, uid: u32, sandbox: &Path) -> Result<()> {
+        let path = self.dir.join(uid.to_string());
+        let Ok(lock) = std::fs::File::open(&self.dir) else {
+            return Ok(()); // no claims here at all
+        };
+        // SAFETY: flock on a descriptor we own; released when `lock` is closed.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(Error::io(&self.dir, std::io::Error::last_os_error()));
+        }
+        if self.holder(uid).as_deref() != Some(sandbox) {
+            return Ok(());
+        }
+        kill_all_of(uid).map_err(|e| Error::io(&path, e))?;
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io(&path, e)),
+        }
+    }
+
     /// The sandbox `uid` is claimed for, if any.
     fn holder(&self, uid: u32) -> Option<PathBuf> {
         std::fs::read_link(self.dir.join(uid.to_string())).ok()
@@ -523,6 +545,11 @@ mod tests {
         // Once a sandbox is gone (collected), its uid is free again.
         std::fs::remove_dir(&boxes[0]).unwrap();
         assert_eq!(claims.claim(&boxes[3]).unwrap(), a);
+        // Released with its sandbox: only by the sandbox that holds it.
+        claims.release(b, &boxes[0]).unwrap();
+        assert_eq!(claims.holder(b).as_deref(), Some(boxes[1].as_path()));
+        claims.release(b, &boxes[1]).unwrap();
+        assert_eq!(claims.holder(b), None);
     }
 
     #[test]
