@@ -123,7 +123,8 @@ pub struct NodeConfig {
     pub task_user: Option<String>,
     /// Where the host's claims of dynamic uids live; shared by every node of a host.
     pub uid_claims_dir: PathBuf,
-    /// The uids handed to tasks without a user.
+    /// The uids handed to tasks without a user. They must be used by nothing else on
+    /// the host: every process of such a uid is killed when its sandbox is collected.
     pub dynamic_uids: std::ops::Range<u32>,
 }
 
