@@ -96,6 +96,10 @@ pub struct AgentSection {
     /// Log disk budget of a task whose app sets no `disk` (default 512): its
     /// `stdout`/`stderr` and their rotations. At least 1.
     pub log_budget_mb: Option<u64>,
+    /// Who tasks of apps without a Marathon `user` run as on a root agent: unset, a
+    /// uid of each task's own (isolated from every other task); a user name (e.g.
+    /// `nobody`) runs them all as that user. Never root.
+    pub task_user: Option<String>,
 }
 
 /// The node's settings from `[agent]`: sandbox GC, memory limits, log budget.
@@ -105,6 +109,7 @@ pub struct NodeTuning {
     pub memory_limits: Option<bool>,
     pub cgroup_parent: Option<String>,
     pub log_budget_bytes: Option<u64>,
+    pub task_user: Option<String>,
 }
 
 impl NodeTuning {
@@ -121,6 +126,9 @@ impl NodeTuning {
         if let Some(b) = self.log_budget_bytes {
             c.log_budget_bytes = b;
         }
+        if let Some(u) = &self.task_user {
+            c.task_user = Some(u.clone());
+        }
     }
 }
 
@@ -131,6 +139,7 @@ impl AgentSection {
             memory_limits: self.memory_limits,
             cgroup_parent: self.cgroup_parent.clone(),
             log_budget_bytes: self.log_budget_mb.map(|mb| mb.saturating_mul(1 << 20)),
+            task_user: self.task_user.clone(),
         }
     }
 
@@ -214,6 +223,7 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "memory_limits",
             "cgroup_parent",
             "log_budget_mb",
+            "task_user",
         ],
     ),
     ("web", &["listen", "indexer", "scheduler"]),
@@ -455,6 +465,19 @@ mod tests {
             Config::parse("[agent]\nlog_budget_mb = 0\n", Path::new("t.toml")).unwrap_err()
         );
         assert!(err.contains("agent.log_budget_mb"), "{err}");
+    }
+
+    #[test]
+    fn task_user_reaches_the_node_from_the_file_and_the_environment() {
+        let mut n = scheduler::node::NodeConfig::new("n", "/w", "http://s");
+        assert_eq!(n.task_user, None, "a uid of its own per task by default");
+        let c = Config::parse("[agent]\ntask_user = \"nobody\"\n", Path::new("t.toml")).unwrap();
+        c.agent.node_tuning().apply(&mut n);
+        assert_eq!(n.task_user.as_deref(), Some("nobody"));
+        let env = |k: &str| (k == "SANDTRAIL_AGENT_TASK_USER").then(|| "daemon".to_string());
+        let c = Config::parse_with_env("", Path::new("t.toml"), &env).unwrap();
+        c.agent.node_tuning().apply(&mut n);
+        assert_eq!(n.task_user.as_deref(), Some("daemon"));
     }
 
     #[test]

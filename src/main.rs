@@ -262,6 +262,14 @@ fn init_tracing() {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // Everything the binary writes (state, indexes, checkpoints, spools, the token) is
+    // its own alone unless a mode says otherwise: tasks run as other users on this
+    // host (SECURITY.md, "Tasks"). The few directories tasks must pass through are
+    // made searchable explicitly; tasks get back a umask of 022.
+    // SAFETY: umask only sets this process's file mode mask; it cannot fail.
+    unsafe {
+        libc::umask(0o077);
+    }
     let cli = Cli::parse();
     if !matches!(cli.command, Command::DemoFib) {
         init_tracing();

@@ -114,6 +114,46 @@ fn data_dir(flag: Option<PathBuf>, cfg: &Config) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR))
 }
 
+/// Makes the data dir searchable but not listable by others (0711): tasks, which run
+/// as other users, must pass through it to their sandboxes, and must see nothing
+/// else in it. What lies inside is the binary's alone (its umask is 077; the token is
+/// 0600). A world-writable data dir (`/tmp`) is left as it is.
+fn traversable_data_dir(dir: &Path) -> anyhow::Result<()> {
+    scheduler::task_user::make_traversable(dir)
+        .with_context(|| format!("cannot set the mode of data dir {}", dir.display()))?;
+    // What an older version left readable to others (it ran with umask 022).
+    lock_down(dir, &["token", "indexer", "scheduler"])?;
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.join("sandboxes").is_dir() {
+            lock_down(&path, &["shipper", "router"])?;
+        }
+    }
+    Ok(())
+}
+
+/// Takes the group and other permissions off the entries `names` of `dir` that are
+/// ours (not recursively: a directory made owner-only closes all below it). Only
+/// names the binary writes are touched, whatever else a data dir holds.
+fn lock_down(dir: &Path, names: &[&str]) -> anyhow::Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    for name in names {
+        let path = dir.join(name);
+        let Ok(m) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if m.file_type().is_symlink() || m.uid() != euid || m.mode() & 0o077 == 0 {
+            continue;
+        }
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(m.mode() & 0o700))
+            .with_context(|| format!("cannot make {} owner-only", path.display()))?;
+        info!(path = %path.display(), "made owner-only: tasks run as other users");
+    }
+    Ok(())
+}
+
 /// The token `up` uses when none is configured: made once per data dir and kept in
 /// `<data-dir>/token`, so the command-line clients and a restarted `up` agree on it.
 fn local_token(data_dir: &Path) -> anyhow::Result<String> {
@@ -352,6 +392,7 @@ fn router_for(spec: &HostSpec) -> anyhow::Result<scheduler::router::Router> {
 pub async fn up(args: UpArgs, cfg: Config, token: Option<String>) -> anyhow::Result<()> {
     let dir = data_dir(args.data_dir, &cfg);
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    traversable_data_dir(&dir)?;
     let token = match token {
         Some(t) => t,
         None => local_token(&dir)?,
@@ -625,6 +666,8 @@ pub async fn agent(args: AgentArgs, cfg: Config, token: Option<String>) -> anyho
     } else {
         bound
     };
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    traversable_data_dir(&dir)?;
     let spec = HostSpec {
         name: name.clone(),
         work_dir: dir.join(&name),
@@ -688,6 +731,44 @@ fn hostname() -> anyhow::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A data dir an older version wrote (umask 022) is closed to tasks at start:
+    /// the token, the indexer and scheduler state, each agent's shipper and router
+    /// state; the way to the sandboxes stays searchable, and nothing else is touched.
+    #[test]
+    fn an_old_data_dir_is_closed_to_tasks_but_the_way_to_sandboxes() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let open = |p: &Path, mode| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap()
+        };
+        for sub in [
+            "indexer",
+            "scheduler",
+            "node-1/sandboxes",
+            "node-1/shipper",
+            "node-1/router",
+        ] {
+            std::fs::create_dir_all(d.join(sub)).unwrap();
+            open(&d.join(sub), 0o755);
+        }
+        std::fs::write(d.join("token"), "t\n").unwrap();
+        std::fs::write(d.join("notes.txt"), "mine\n").unwrap();
+        for f in ["token", "notes.txt"] {
+            open(&d.join(f), 0o644);
+        }
+        open(d, 0o755);
+        traversable_data_dir(d).unwrap();
+        let mode = |p: &str| std::fs::metadata(d.join(p)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(""), 0o711);
+        assert_eq!(mode("token"), 0o600);
+        for closed in ["indexer", "scheduler", "node-1/shipper", "node-1/router"] {
+            assert_eq!(mode(closed), 0o700, "{closed}");
+        }
+        assert_eq!(mode("node-1/sandboxes"), 0o755, "set by the node, not here");
+        assert_eq!(mode("notes.txt"), 0o644, "not ours to touch");
+    }
 
     #[test]
     fn host_resources_fill_only_what_was_not_declared() {

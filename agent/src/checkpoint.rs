@@ -287,8 +287,10 @@ pub fn sandbox_shipped(work_dir: &Path, sandbox: &Path) -> Result<bool> {
             continue;
         };
         // The same inode rewritten from the start is new bytes under an old entry.
-        let same_bytes = std::fs::File::open(entry.path())
-            .and_then(|f| acked.head().matches(&f))
+        // Opened as the shipper opens it: a FIFO the task swapped in since the
+        // listing must not hang the GC, nor a symlink be followed.
+        let same_bytes = crate::tail::Opened::open(&entry.path())
+            .and_then(|o| acked.head().matches(&o.file))
             .unwrap_or(false);
         if !same_bytes || acked.offset < meta.len() {
             return Ok(false);

@@ -84,6 +84,9 @@ pub struct Scan {
     /// one, so that older lines are read first where the order is a choice.
     pub files: Vec<Discovered>,
     pub sandboxes: Vec<SandboxLogs>,
+    /// Names of log files (or `task.json`) left out because they were symlinks, not
+    /// regular files, or (`task.json`) not written by the node.
+    pub refused: Vec<PathBuf>,
 }
 
 /// Scans a work dir, remembering the `task.json` of sandboxes already seen.
@@ -148,13 +151,13 @@ impl Discovery {
         let mut seen = Vec::new();
         for app_dir in subdirs(&self.work_dir.join("sandboxes")) {
             for task_dir in subdirs(&app_dir) {
-                let Some((meta, budget)) = self.meta(&task_dir) else {
+                let Some((meta, budget)) = self.meta(&task_dir, &mut out.refused) else {
                     continue;
                 };
                 seen.push(task_dir.clone());
                 let app = file_name(&app_dir);
                 let task = file_name(&task_dir);
-                let logs = log_files(&task_dir);
+                let logs = log_files(&task_dir, &mut out.refused);
                 for stream in [Stream::Stdout, Stream::Stderr] {
                     let base_source = format!("{}/{app}/{task}/{}", self.host, stream.as_str());
                     for f in logs.iter().filter(|f| f.stream == stream) {
@@ -180,12 +183,23 @@ impl Discovery {
         out
     }
 
-    fn meta(&mut self, task_dir: &Path) -> Option<(Arc<TaskMeta>, Option<u64>)> {
+    fn meta(
+        &mut self,
+        task_dir: &Path,
+        refused: &mut Vec<PathBuf>,
+    ) -> Option<(Arc<TaskMeta>, Option<u64>)> {
         if let Some(m) = self.metas.get(task_dir) {
             return Some(m.clone());
         }
         let path = task_dir.join("task.json");
-        let bytes = std::fs::read(&path).ok()?;
+        let bytes = match read_task_file(&path) {
+            Ok(b) => b,
+            Err(e) if crate::tail::is_refused(&e) => {
+                refused.push(path);
+                return None;
+            }
+            Err(_) => return None,
+        };
         match serde_json::from_slice::<TaskFile>(&bytes) {
             Ok(file) => {
                 let m = (Arc::new(file.meta), file.log_budget_bytes);
@@ -200,10 +214,30 @@ impl Discovery {
     }
 }
 
+/// Reads a sandbox's `task.json` only if the node wrote it: a regular file (no
+/// symlink followed) owned by our own uid. The task owns its sandbox and could
+/// otherwise swap in a `task.json` naming another app or host, and have its lines
+/// filed under them. Blocking.
+fn read_task_file(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::MetadataExt;
+    let mut f = crate::tail::Opened::open(path)?.file;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if f.metadata()?.uid() != unsafe { libc::geteuid() } {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            crate::tail::Refused,
+        ));
+    }
+    let mut out = Vec::new();
+    f.read_to_end(&mut out)?;
+    Ok(out)
+}
+
 /// The regular files `stdout`, `stderr`, `stdout.<n>`, `stderr.<n>` of a sandbox;
 /// per stream the rotations in number order (oldest first), then the live file.
-/// Symlinks and anything else are left out.
-fn log_files(dir: &Path) -> Vec<LogFile> {
+/// Symlinks and anything else are left out, their paths added to `refused`.
+fn log_files(dir: &Path, refused: &mut Vec<PathBuf>) -> Vec<LogFile> {
     let Ok(rd) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
@@ -225,6 +259,7 @@ fn log_files(dir: &Path) -> Vec<LogFile> {
             continue;
         };
         if !m.file_type().is_file() {
+            refused.push(path);
             continue;
         }
         out.push(LogFile {
@@ -507,6 +542,13 @@ mod tests {
                 ("stderr.1".into(), Some(1), "node-1/fib/fib.1/stderr"),
             ]
         );
+        let mut refused = found.refused.clone();
+        refused.sort();
+        assert_eq!(
+            refused,
+            [dir.join("stderr.2"), dir.join("stdout.11")],
+            "a directory and a symlink at log names are reported"
+        );
         let sb = &found.sandboxes[0];
         assert_eq!(sb.budget, Some(4096));
         let sizes: u64 = sb.files.iter().map(|f| f.size).sum();
@@ -516,6 +558,56 @@ mod tests {
             rotation_of("stdout.99999999999999999999999", "stdout"),
             None
         );
+    }
+
+    /// A task owns its sandbox: a `task.json` that is a symlink, or (as root, where
+    /// tasks run as other users) one the agent did not write, would let it file its
+    /// lines under another app or host. Such a sandbox is left out and reported.
+    #[test]
+    fn a_task_json_not_written_by_the_node_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let work = tmp.path();
+        let real = work.join("sandboxes/fib/fib.1");
+        std::fs::create_dir_all(&real).unwrap();
+        write_meta(&real, "billing", "billing.1");
+        let linked = work.join("sandboxes/fib/fib.2");
+        std::fs::create_dir_all(&linked).unwrap();
+        std::os::unix::fs::symlink(real.join("task.json"), linked.join("task.json")).unwrap();
+        std::fs::write(linked.join("stdout"), "forged\n").unwrap();
+        let mut d = Discovery::new("node-1", work);
+        let found = d.scan();
+        assert!(found.files.iter().all(|f| !f.path.starts_with(&linked)));
+        assert_eq!(found.refused, vec![linked.join("task.json")]);
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            let forged = work.join("sandboxes/fib/fib.3");
+            std::fs::create_dir_all(&forged).unwrap();
+            write_meta(&forged, "billing", "billing.1");
+            std::os::unix::fs::chown(forged.join("task.json"), Some(65534), None).unwrap();
+            let found = d.scan();
+            assert!(found.files.iter().all(|f| !f.path.starts_with(&forged)));
+            assert!(found.refused.contains(&forged.join("task.json")));
+        }
+    }
+
+    /// Discovery never descends through a symlinked directory: an app or task
+    /// directory that is a link leads outside the sandboxes.
+    #[test]
+    fn symlinked_app_and_task_dirs_are_not_followed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let work = tmp.path().join("work");
+        let elsewhere = tmp.path().join("elsewhere");
+        let outside_task = elsewhere.join("app/app.1");
+        std::fs::create_dir_all(&outside_task).unwrap();
+        write_meta(&outside_task, "app", "app.1");
+        std::fs::write(outside_task.join("stdout"), "outside\n").unwrap();
+        let real_app = work.join("sandboxes/real");
+        std::fs::create_dir_all(&real_app).unwrap();
+        std::os::unix::fs::symlink(elsewhere.join("app"), work.join("sandboxes/linked")).unwrap();
+        std::os::unix::fs::symlink(&outside_task, real_app.join("real.1")).unwrap();
+        let found = Discovery::new("node-1", &work).scan();
+        assert!(found.files.is_empty(), "{:?}", found.files);
+        assert!(found.sandboxes.is_empty());
     }
 
     #[test]

@@ -272,6 +272,9 @@ struct Run {
     releasing: Vec<Released>,
     /// Rotated files that could not be deleted, warned about once.
     undeletable: HashSet<Arc<str>>,
+    /// Sandbox files refused at the last scan (symlinks, not regular files), warned
+    /// about and counted once while they stay so.
+    refused: HashSet<PathBuf>,
     /// File events from the watcher, if it could be set up.
     wakes: Option<mpsc::Receiver<Wake>>,
     next_start: usize,
@@ -337,6 +340,7 @@ impl Run {
             files: BTreeMap::new(),
             releasing: Vec::new(),
             undeletable: HashSet::new(),
+            refused: HashSet::new(),
             wakes: None,
             next_start: 0,
             batch: Batch::default(),
@@ -513,6 +517,7 @@ impl Run {
                 r.rotation.get_or_insert(path);
             }
         }
+        self.note_refused(found.refused.into_iter().chain(resolved.refused));
         for t in resolved.tails {
             info!(source = %t.source, path = %t.path.display(), offset = t.pos, registered = t.registered, detached = t.detached.is_some(), rotation = ?t.rotation.as_ref().map(|r| r.1), "tailing file");
             self.files.insert(t.source.to_string(), t);
@@ -522,6 +527,17 @@ impl Run {
         }
         self.enforce_budgets(&found.sandboxes);
         Ok(())
+    }
+
+    /// Warns about and counts each newly refused file once; one no longer refused
+    /// is forgotten, so a task that plants a symlink again is counted again.
+    fn note_refused(&mut self, now: impl Iterator<Item = PathBuf>) {
+        let now: HashSet<PathBuf> = now.collect();
+        for path in now.difference(&self.refused) {
+            warn!(path = %path.display(), "not reading a sandbox file that is a symlink, not a regular file or not the node's");
+            inc(&self.inner.metrics.files_refused, 1);
+        }
+        self.refused = now;
     }
 
     /// Marks the rotated files each sandbox's disk budget gives up on (see

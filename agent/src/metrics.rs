@@ -46,6 +46,9 @@ pub struct Metrics {
     pub reading_paused: AtomicU64,
     /// Live and rotated log files of every sandbox, in bytes, at the last scan (gauge).
     pub log_bytes_on_disk: AtomicU64,
+    /// Sandbox files not read because they were symlinks, not regular files, or a
+    /// `task.json` the node did not write: each counted once while it stays so.
+    pub files_refused: AtomicU64,
 }
 
 pub(crate) fn inc(c: &AtomicU64, n: u64) {
@@ -56,7 +59,7 @@ impl Metrics {
     pub fn render(&self, host: &str) -> String {
         let host = escape(host);
         let mut out = String::new();
-        let counters: [(&str, &str, &AtomicU64); 18] = [
+        let counters: [(&str, &str, &AtomicU64); 19] = [
             (
                 "ndjson_bytes_sent_total",
                 "Uncompressed NDJSON bytes of batches the indexer acknowledged.",
@@ -128,6 +131,11 @@ impl Metrics {
                 &self.checkpoint_errors,
             ),
             ("read_errors_total", "Failed file reads.", &self.read_errors),
+            (
+                "files_refused_total",
+                "Sandbox files not read because they were symlinks, not regular files or not the node's (a task must not make the shipper read outside its sandbox).",
+                &self.files_refused,
+            ),
             (
                 "batches_spooled_total",
                 "Batches written to the disk spool because the indexer was slow or down.",

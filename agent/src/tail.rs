@@ -80,11 +80,43 @@ pub struct Opened {
     pub modified: Option<SystemTime>,
 }
 
+/// Why [`Opened::open`] would not read a file: it is a symlink or not a regular file.
+/// A task owns its sandbox and may put either at `stdout` (a link to the cluster
+/// token, a FIFO that would block the reader) between a scan and the open.
+#[derive(Debug)]
+pub struct Refused;
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("not a regular file: refusing to read it")
+    }
+}
+
+impl std::error::Error for Refused {}
+
+/// Whether an error of [`Opened::open`] is a refusal (see [`Refused`]) rather than a
+/// file that went away or could not be read.
+pub fn is_refused(e: &std::io::Error) -> bool {
+    e.raw_os_error() == Some(libc::ELOOP) || e.get_ref().is_some_and(|r| r.is::<Refused>())
+}
+
 impl Opened {
-    /// Opens `path` and stats the open file (not the path, which may change). Blocking.
+    /// Opens `path` and stats the open file (not the path, which may change). A
+    /// symlink is never followed and only a regular file is kept (see [`Refused`]);
+    /// `O_NONBLOCK` so that a FIFO at the name cannot hang the open. Blocking.
     pub fn open(path: &Path) -> std::io::Result<Opened> {
-        let file = File::open(path)?;
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(path)?;
         let meta = file.metadata()?;
+        if !meta.is_file() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                Refused,
+            ));
+        }
         Ok(Opened {
             id: FileId::of(&meta),
             len: meta.len(),
@@ -395,6 +427,8 @@ pub struct Resolved {
     /// Files already followed that now sit at a logger rotation (the live file the
     /// logger just renamed): their identity, and where and which rotation they are.
     pub rotated: Vec<(FileId, PathBuf, u64)>,
+    /// Files refused at the open (see [`Refused`]).
+    pub refused: Vec<PathBuf>,
 }
 
 /// Matches discovered files against the checkpoints. `tailed` are the identities
@@ -417,7 +451,7 @@ pub fn resolve(
             homes.insert(d.base_source.clone(), (d.path.clone(), d.kind.clone()));
         }
         // A stat first: files already followed (the usual case) are not opened.
-        let Ok(meta) = std::fs::metadata(&d.path) else {
+        let Ok(meta) = std::fs::symlink_metadata(&d.path) else {
             continue;
         };
         let id = FileId::of(&meta);
@@ -429,8 +463,13 @@ pub fn resolve(
         if seen.iter().any(|i| i.same(&id)) {
             continue;
         }
-        let Ok(o) = Opened::open(&d.path) else {
-            continue;
+        let o = match Opened::open(&d.path) {
+            Ok(o) => o,
+            Err(e) if is_refused(&e) => {
+                out.refused.push(d.path.clone());
+                continue;
+            }
+            Err(_) => continue,
         };
         if seen.iter().any(|i| i.same(&o.id)) {
             continue;
@@ -968,6 +1007,57 @@ mod tests {
 
     fn msgs(v: &[(String, String, u64)]) -> Vec<&str> {
         v.iter().map(|(m, _, _)| m.as_str()).collect()
+    }
+
+    /// Regression (issue 15): the shipper opened `stdout` with a plain open, so a task
+    /// that swapped it for a symlink to the cluster token between a scan and the open
+    /// had the agent read and ship the token. A FIFO at the name must not hang it.
+    #[test]
+    fn open_refuses_symlinks_and_what_is_not_a_regular_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("token");
+        std::fs::write(&secret, "secret\n").unwrap();
+        let link = dir.path().join("stdout");
+        std::os::unix::fs::symlink(&secret, &link).unwrap();
+        let err = Opened::open(&link).unwrap_err();
+        assert!(is_refused(&err), "{err}");
+        let fifo = dir.path().join("stderr");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: mkfifo reads the NUL-terminated path only.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let err = Opened::open(&fifo).unwrap_err();
+        assert!(is_refused(&err), "{err}");
+        let err = Opened::open(dir.path()).unwrap_err();
+        assert!(is_refused(&err), "a directory: {err}");
+        let err = Opened::open(&dir.path().join("missing")).unwrap_err();
+        assert!(!is_refused(&err), "a missing file is not a refusal: {err}");
+        assert_eq!(Opened::open(&secret).unwrap().len, 7);
+    }
+
+    /// The same through `resolve`: a discovered `stdout` that is a symlink by the
+    /// time it is opened is reported, not followed.
+    #[test]
+    fn resolve_reports_a_file_swapped_for_a_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("token");
+        std::fs::write(&secret, "secret\n").unwrap();
+        let path = dir.path().join("stdout");
+        std::os::unix::fs::symlink(&secret, &path).unwrap();
+        let found = vec![Discovered {
+            base_source: "h/a/t/stdout".into(),
+            path: path.clone(),
+            kind: kind(),
+            rotation: None,
+        }];
+        let r = resolve(
+            found,
+            &BTreeMap::new(),
+            &[],
+            &HashSet::new(),
+            Instant::now(),
+        );
+        assert!(r.tails.is_empty());
+        assert_eq!(r.refused, vec![path]);
     }
 
     #[test]

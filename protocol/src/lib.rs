@@ -442,6 +442,10 @@ pub struct TaskSpec {
     /// `None` (unset, or an older scheduler) takes the node's default budget.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk: Option<f64>,
+    /// The app's Marathon `user`: who the task runs as on a root agent. `None` lets
+    /// the node choose (an unprivileged uid of the task's own by default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
 }
 
 /// A port of a [`TaskSpec`] as the app declared it.

@@ -805,6 +805,20 @@ pub fn parse_app(
     if let Some(v) = obj.get("constraints").filter(|v| !v.is_null()) {
         crate::placement::parse_constraints(v, &mut problems);
     }
+    // Marathon's `user`: whether it exists is for the agent to say (accounts differ
+    // between hosts); here only that it can be a user name at all.
+    if let Some(v) = obj.get("user").filter(|v| !v.is_null()) {
+        let ok = v.as_str().is_some_and(|u| {
+            (1..=64).contains(&u.len()) && !u.contains(['\0', '/', ':']) && u.trim() == u
+        });
+        if !ok {
+            problems.push(format!(
+                "user must be a user name (1 to 64 characters, no NUL, '/' or ':', no \
+                 surrounding spaces), got {}",
+                describe(v)
+            ));
+        }
+    }
     if let Some(v) = obj.get("upgradeStrategy").filter(|v| !v.is_null()) {
         match v.as_object() {
             Some(us) => {
@@ -1570,6 +1584,22 @@ mod tests {
             "read-only fields are dropped"
         );
         assert_eq!(def.version, v());
+    }
+
+    /// Marathon's `user` was kept and ignored (issue 15); it now reaches the node, so
+    /// it must at least be a user name.
+    #[test]
+    fn user_is_kept_for_the_node_and_must_be_a_user_name() {
+        let def = parse_app(&json!({"id": "a", "cmd": "x", "user": "nobody"}), None, v()).unwrap();
+        assert_eq!(def.user().as_deref(), Some("nobody"));
+        let def = parse_app(&json!({"id": "a", "cmd": "x"}), None, v()).unwrap();
+        assert_eq!(def.user(), None);
+        for bad in [json!(7), json!(""), json!("a/b"), json!(" x"), json!("a:b")] {
+            let err = parse_app(&json!({"id": "a", "cmd": "x", "user": bad}), None, v())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("user must be a user name"), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -25,6 +25,9 @@ pub enum Error {
     Unauthorized,
     #[error("bad request: {0}")]
     BadRequest(String),
+    /// A task cannot run as the user its app (or the node's default) names.
+    #[error("cannot run the task as user {user:?}: {reason}")]
+    TaskUser { user: String, reason: String },
     #[error("no instance of app {0:?} is available")]
     NoInstance(String),
     #[error("upstream {addr} failed: {reason}")]
@@ -63,7 +66,9 @@ impl Error {
             | Error::UnknownDeployment(_) => StatusCode::NOT_FOUND,
             Error::AppExists(_) => StatusCode::CONFLICT,
             Error::Unauthorized => StatusCode::UNAUTHORIZED,
-            Error::BadRequest(_) | Error::Json(_) => StatusCode::BAD_REQUEST,
+            Error::BadRequest(_) | Error::TaskUser { .. } | Error::Json(_) => {
+                StatusCode::BAD_REQUEST
+            }
             Error::NoInstance(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Upstream { .. } | Error::Http(_) => StatusCode::BAD_GATEWAY,
             Error::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,

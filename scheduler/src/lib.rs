@@ -24,6 +24,7 @@ pub mod ports;
 pub mod router;
 pub mod state;
 pub mod store;
+pub mod task_user;
 
 pub use api::{router, Scheduler, SchedulerConfig};
 pub use error::{Error, Result};

@@ -30,8 +30,9 @@
 //! restart. The trade-off is that the forked child of a multi-threaded process may
 //! only use async-signal-safe calls: it allocates nothing and calls only `read`,
 //! `write`, `poll`, `open`, `renameat2`/`rename`, `access`, `lstat`, `fstat`, `close`
-//! and `_exit` on memory prepared before the fork (file names are written into a
-//! fixed buffer holding `<dir>/stdout.`: digits in place, then a NUL). The highest
+//! and `_exit` on memory prepared before the fork (file names, relative to the
+//! sandbox, its working directory, are written into a fixed buffer holding
+//! `stdout.`: digits in place, then a NUL). The highest
 //! existing rotation number is found before the fork, with a directory listing. It
 //! ends when both pipes reach end of file, i.e. when the task and everything it
 //! forked have closed them.
@@ -86,9 +87,9 @@ impl Rotation {
 
 /// One stream's names and numbering, prepared before the fork.
 struct Stream {
-    /// `<dir>/stdout`.
+    /// `stdout`, relative to the sandbox (the logger's working directory).
     live: CString,
-    /// `<dir>/stdout.` followed by [`DIGITS`] bytes of room: see [`Stream::numbered`].
+    /// `stdout.` followed by [`DIGITS`] bytes of room: see [`Stream::numbered`].
     numbered: Vec<u8>,
     prefix_len: usize,
     /// The lowest rotated number that may still exist (the budget check starts here).
@@ -101,9 +102,9 @@ impl Stream {
     /// Reads `dir` for the rotated files of `base` already there (a relaunch in an
     /// existing sandbox) so that numbering continues after the highest.
     fn new(dir: &Path, base: &str) -> Result<Stream> {
-        let live = dir.join(base);
+        let live = Path::new(base);
         let live = CString::new(live.as_os_str().as_bytes())
-            .map_err(|e| Error::io(&live, std::io::Error::other(e)))?;
+            .map_err(|e| Error::io(live, std::io::Error::other(e)))?;
         let mut numbered = live.as_bytes().to_vec();
         numbered.push(b'.');
         let prefix_len = numbered.len();
@@ -126,7 +127,7 @@ impl Stream {
         })
     }
 
-    /// `<dir>/stdout.<n>` as a C string, written in place: async-signal-safe.
+    /// `stdout.<n>` as a C string, written in place: async-signal-safe.
     fn numbered(&mut self, n: u64) -> *const libc::c_char {
         let mut digits = [0u8; DIGITS];
         let mut len = 0;
@@ -175,7 +176,26 @@ fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
 /// stderr pipes for the task. Blocking (directory listing, fork and wait for the
 /// intermediate child): run off the async runtime.
 pub fn spawn(dir: &Path, rotation: Rotation) -> Result<(OwnedFd, OwnedFd)> {
+    spawn_as(dir, rotation, None)
+}
+
+/// [`spawn`], the logger running as `user` when given.
+///
+/// With a `user` the logger runs as the task's user, not the agent's: the task owns
+/// the sandbox and could put a symlink where the logger opens or renames a file, so
+/// the logger must be able to do no more there than the task itself. It is also made
+/// non-dumpable: it is a copy of the agent's memory (the cluster token included),
+/// which the task's uid must not read through ptrace or `/proc/<pid>/mem`. It enters
+/// the sandbox before the switch and names its files from there, so it needs no
+/// right to search the directories above the sandbox.
+pub fn spawn_as(
+    dir: &Path,
+    rotation: Rotation,
+    user: Option<&crate::task_user::TaskUser>,
+) -> Result<(OwnedFd, OwnedFd)> {
     let mut streams = [Stream::new(dir, "stdout")?, Stream::new(dir, "stderr")?];
+    let cwd = CString::new(dir.as_os_str().as_bytes())
+        .map_err(|e| Error::io(dir, std::io::Error::other(e)))?;
     let (out_r, out_w) = pipe().map_err(|e| Error::io(dir, e))?;
     let (err_r, err_w) = pipe().map_err(|e| Error::io(dir, e))?;
     let fds = [out_r.as_raw_fd(), err_r.as_raw_fd()];
@@ -188,6 +208,17 @@ pub fn spawn(dir: &Path, rotation: Rotation) -> Result<(OwnedFd, OwnedFd)> {
             // Intermediate child: a new session, then the logger is its child and is
             // reparented to init once this one exits, so the node never reaps it.
             libc::setsid();
+            if libc::chdir(cwd.as_ptr()) != 0 {
+                libc::_exit(1);
+            }
+            if let Some(u) = user {
+                // Dumpable off first: `setuid` clears it too, but only by the
+                // kernel's rule, and the memory is the agent's.
+                libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
+                if crate::task_user::become_user(u).is_err() {
+                    libc::_exit(1);
+                }
+            }
             match libc::fork() {
                 0 => logger_child(fds, &mut streams, rotation, &mut buf),
                 _ => libc::_exit(0),
@@ -526,7 +557,7 @@ mod tests {
                 .unwrap()
                 .to_string()
         };
-        let base = dir.path().join("stdout").display().to_string();
+        let base = "stdout";
         assert_eq!(name(&mut s, 123), format!("{base}.123"));
         assert_eq!(name(&mut s, 7), format!("{base}.7"), "shorter after longer");
         assert_eq!(name(&mut s, u64::MAX), format!("{base}.{}", u64::MAX));

@@ -15,6 +15,9 @@
 //! neither the task nor its logger is a child the node must keep alive, so both
 //! outlive a node restart, and the next node finds the task again from its
 //! `task.json` and pid file.
+//! On a root agent each task runs as an unprivileged user (its app's `user`, else a
+//! uid of its own; see `task_user`) in a sandbox it owns, which the node enters only
+//! without following the task's symlinks.
 //! Each task runs in its own process group so a kill reaches everything it forked,
 //! and, where the host allows it, in its own cgroup with the app's `mem` as memory
 //! limit (see `cgroup`). A finished task's sandbox is marked finished and removed
@@ -22,7 +25,7 @@
 //! kept too long costs disk, one removed too early loses log lines for good.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::io::Write;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -43,6 +46,7 @@ use tracing::{debug, info, warn};
 
 use crate::cgroup::{self, MemoryLimits};
 use crate::logger::Rotation;
+use crate::task_user::{self, Plan, TaskUser, UidClaims};
 use crate::{Error, Result};
 
 /// Default of [`NodeConfig::log_budget_bytes`].
@@ -56,8 +60,15 @@ pub const TASK_FAILED: &str = "TASK_FAILED";
 pub const TASK_KILLED: &str = "TASK_KILLED";
 
 /// Variables of the node's own environment a task inherits. Everything else (notably
-/// the cluster token) is withheld: a task sees its spec's env plus what we add.
-const INHERITED_ENV: &[&str] = &["PATH", "HOME", "USER", "LANG", "LC_ALL", "TZ", "TMPDIR"];
+/// the cluster token, `SANDTRAIL_TOKEN`, and every other `SANDTRAIL_*` setting of the
+/// agent) is withheld: a task sees these, its spec's env and what [`task_env`] adds.
+/// `HOME`, `USER`, `LOGNAME` and `TMPDIR` are the agent's only when the task runs as
+/// the agent; a task run as another user gets its own (see [`identity_env`]).
+const INHERITED_ENV: &[&str] = &["PATH", "LANG", "LC_ALL", "TZ"];
+/// Inherited only by tasks that run as the agent's own user.
+const INHERITED_AS_AGENT: &[&str] = &["HOME", "USER", "LOGNAME", "TMPDIR"];
+/// `PATH` for a task when the agent has none.
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Timeout of one call to the control plane; a hung control plane must not stall the
 /// loop for longer than a few heartbeats.
@@ -105,6 +116,16 @@ pub struct NodeConfig {
     /// after that only once the shipper has read it to the end
     /// ([`Node::set_shipped_check`]).
     pub gc_delay: Duration,
+    /// Who tasks of apps without a `user` run as when the agent is root: `None` (the
+    /// default) gives each task a uid of its own from `dynamic_uids`; a user name
+    /// runs them all as that user (e.g. `nobody`: a passwd entry, but tasks can then
+    /// reach each other). Ignored when the agent is not root (see [`crate::task_user`]).
+    pub task_user: Option<String>,
+    /// Where the host's claims of dynamic uids live; shared by every node of a host.
+    pub uid_claims_dir: PathBuf,
+    /// The uids handed to tasks without a user. They must be used by nothing else on
+    /// the host: every process of such a uid is killed when its sandbox is collected.
+    pub dynamic_uids: std::ops::Range<u32>,
 }
 
 impl NodeConfig {
@@ -133,6 +154,9 @@ impl NodeConfig {
             memory_limits: true,
             cgroup_parent: None,
             gc_delay: DEFAULT_GC_DELAY,
+            task_user: None,
+            uid_claims_dir: PathBuf::from(crate::task_user::DEFAULT_CLAIMS_DIR),
+            dynamic_uids: crate::task_user::DYNAMIC_UIDS,
         }
     }
 }
@@ -164,6 +188,9 @@ struct Inner {
     /// The shipper's back-pressure figures, sent with every heartbeat; unset, the
     /// heartbeat carries none.
     shipper_status: std::sync::OnceLock<ShipperStatusFn>,
+    /// The node's effective uid: 0 switches tasks to unprivileged users.
+    agent_uid: u32,
+    claims: UidClaims,
 }
 
 #[derive(Default)]
@@ -209,11 +236,36 @@ struct NodeMetrics {
 }
 
 impl Node {
-    /// Creates `work_dir/sandboxes`; launches nothing until `run`.
+    /// Creates `work_dir/sandboxes`, both searchable but not listable by others so
+    /// that tasks reach their own sandbox and see no other; launches nothing until
+    /// `run`.
     pub fn new(cfg: NodeConfig) -> Result<Node> {
         let sandboxes = std::path::absolute(cfg.work_dir.join("sandboxes"))
             .map_err(|e| Error::io(&cfg.work_dir, e))?;
         std::fs::create_dir_all(&sandboxes).map_err(|e| Error::io(&sandboxes, e))?;
+        for dir in [&cfg.work_dir, &sandboxes] {
+            task_user::make_traversable(dir).map_err(|e| Error::io(dir, e))?;
+        }
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let agent_uid = unsafe { libc::geteuid() };
+        if agent_uid == 0 {
+            match &cfg.task_user {
+                Some(u) => {
+                    info!(node = %cfg.name, default_user = %u, "tasks run as their app's user, else as the default user")
+                }
+                None => match task_user::unmapped_reason(&cfg.dynamic_uids) {
+                    None => {
+                        info!(node = %cfg.name, uids = ?cfg.dynamic_uids, "tasks run as their app's user, else as a uid of their own")
+                    }
+                    Some(why) => {
+                        warn!(node = %cfg.name, reason = %why, "tasks without a user cannot start here: set [agent] task_user (e.g. nobody)")
+                    }
+                },
+            }
+        } else {
+            warn!(node = %cfg.name, uid = agent_uid, "the agent is not root: tasks run as its own user and can read what it can; run it as root to isolate them");
+        }
+        let claims = UidClaims::new(&cfg.uid_claims_dir, cfg.dynamic_uids.clone());
         let client = reqwest::Client::builder()
             .timeout(CONTROL_TIMEOUT)
             .build()?;
@@ -232,6 +284,8 @@ impl Node {
                 memory,
                 shipped: std::sync::OnceLock::new(),
                 shipper_status: std::sync::OnceLock::new(),
+                agent_uid,
+                claims,
             }),
         })
     }
@@ -526,12 +580,19 @@ impl Inner {
             meta,
             log_budget_bytes: Some(rotation.budget_bytes),
         };
-        let (stdout, stderr) = {
-            let dir = dir.clone();
+        let (user, stdout, stderr) = {
+            let (inner, dir, spec) = (Arc::clone(self), dir.clone(), spec.clone());
             let rotation = self.cfg.log_rotation.then_some(rotation);
-            tokio::task::spawn_blocking(move || prepare_sandbox(&dir, &file, rotation))
-                .await
-                .map_err(|e| Error::io(&self.sandboxes, std::io::Error::other(e)))??
+            tokio::task::spawn_blocking(move || {
+                // Before the user: a dynamic uid's claim names the sandbox, and a claim
+                // whose sandbox does not exist is free for the taking.
+                make_sandbox_dir(&dir)?;
+                let user = inner.task_user(&spec, &dir)?;
+                let (out, err) = prepare_sandbox(&dir, &file, rotation, user.as_ref())?;
+                Ok::<_, Error>((user, out, err))
+            })
+            .await
+            .map_err(|e| Error::io(&self.sandboxes, std::io::Error::other(e)))??
         };
 
         let mut cmd = tokio::process::Command::new("sh");
@@ -543,14 +604,8 @@ impl Inner {
             .stdout(Stdio::from(stdout))
             .stderr(Stdio::from(stderr))
             .env_clear();
-        for key in INHERITED_ENV {
-            if let Some(v) = std::env::var_os(key) {
-                cmd.env(key, v);
-            }
-        }
-        cmd.envs(&spec.env);
         let env = task_env(&self.cfg, spec, &ports, &dir);
-        for (k, v) in &env {
+        for (k, v) in full_env(user.as_ref(), &dir, spec, &env) {
             cmd.env(k, v);
         }
         let cgroup = self.task_cgroup(spec).await?;
@@ -560,16 +615,43 @@ impl Inner {
             // descriptor open until the spawn has returned.
             unsafe { cmd.pre_exec(move || cgroup::join_from_child(fd)) };
         }
+        // After the cgroup join (moving into it needs the agent's privilege) and
+        // after std's chdir into the sandbox.
+        if let Some(u) = user.clone() {
+            // SAFETY: `become_user` and `umask` are raw syscalls on memory prepared
+            // before the fork, async-signal-safe.
+            unsafe {
+                cmd.pre_exec(move || {
+                    task_user::become_user(&u)?;
+                    // The binary's owner-only umask is for its own files, not a task's.
+                    libc::umask(0o022);
+                    Ok(())
+                })
+            };
+        }
         let child = match cmd.spawn() {
             Ok(child) => child,
             Err(e) => {
+                let e = match (&user, e.raw_os_error()) {
+                    // Where setgroups/setgid/setuid refused the ids themselves.
+                    (Some(u), Some(libc::EINVAL)) => Error::TaskUser {
+                        user: u.name.clone(),
+                        reason: format!(
+                            "uid {} or gid {} cannot be taken on this agent (not mapped in its \
+                             user namespace?): expected ids the agent can switch to; set \
+                             [agent] task_user or the app's user",
+                            u.uid, u.gid
+                        ),
+                    },
+                    _ => Error::io(&dir, e),
+                };
                 if let Some(cg) = cgroup {
                     // It may wait for the kernel to empty the cgroup: off the runtime.
                     let cg_dir = cg.dir().to_path_buf();
                     drop(cg);
                     let _ = tokio::task::spawn_blocking(move || cgroup::remove(&cg_dir)).await;
                 }
-                return Err(Error::io(&dir, e));
+                return Err(e);
             }
         };
         drop(cgroup);
@@ -583,7 +665,11 @@ impl Inner {
             start: process_start(pid),
             started_at: Some(started_at),
         })?;
-        if let Err(e) = tokio::fs::write(&pid_file, body).await {
+        let write = {
+            let pid_file = pid_file.clone();
+            tokio::task::spawn_blocking(move || write_control_file(&pid_file, &body)).await
+        };
+        if let Err(e) = write.unwrap_or_else(|e| Err(std::io::Error::other(e))) {
             warn!(task = %spec.task, path = %pid_file.display(), error = %e, "could not write the pid file");
         }
         let kill = CancellationToken::new();
@@ -599,9 +685,10 @@ impl Inner {
                 started_at,
             },
         );
-        self.spawn_health_checks(spec, &ports, &dir, &env, &kill);
+        self.spawn_health_checks(spec, &ports, &dir, &env, user.as_ref(), &kill);
         self.metrics.launched.fetch_add(1, Ordering::Relaxed);
-        info!(app = %spec.app, task = %spec.task, pid, ports = ?ports, "task started");
+        let uid = user.as_ref().map_or(self.agent_uid, |u| u.uid);
+        info!(app = %spec.app, task = %spec.task, pid, uid, ports = ?ports, "task started");
         let inner = Arc::clone(self);
         let (app, task) = (spec.app.clone(), spec.task.clone());
         self.tracker.spawn(async move {
@@ -618,6 +705,27 @@ impl Inner {
             let _ = tokio::fs::remove_file(pid_file).await;
         });
         Ok(())
+    }
+
+    /// How `spec`'s task is to be run (see [`task_user::plan`]). Blocking: looking a
+    /// user up may ask a directory server.
+    fn plan(&self, spec: &TaskSpec) -> Result<Plan> {
+        task_user::plan(
+            spec.user.as_deref(),
+            self.cfg.task_user.as_deref(),
+            self.agent_uid,
+            &TaskUser::lookup,
+        )
+    }
+
+    /// The user `spec`'s task runs as in `sandbox` (which must exist: a dynamic uid is
+    /// claimed for it); `None` is the agent's own. Blocking.
+    fn task_user(&self, spec: &TaskSpec, sandbox: &Path) -> Result<Option<TaskUser>> {
+        Ok(match self.plan(spec)? {
+            Plan::Agent => None,
+            Plan::User(u) => Some(u),
+            Plan::Dynamic => Some(TaskUser::dynamic(self.claims.claim(sandbox)?)),
+        })
     }
 
     fn on_exit(
@@ -807,6 +915,7 @@ impl Inner {
         ports: &[u16],
         dir: &Path,
         env: &[(String, String)],
+        user: Option<&TaskUser>,
         kill: &CancellationToken,
     ) {
         for (index, check) in spec.health_checks.iter().enumerate() {
@@ -818,7 +927,8 @@ impl Inner {
                 address: self.cfg.address.clone(),
                 ports: ports.to_vec(),
                 sandbox: dir.to_path_buf(),
-                env: env.to_vec(),
+                env: full_env(user, dir, spec, env),
+                user: user.cloned(),
             };
             let inner = Arc::clone(self);
             let stop = kill.clone();
@@ -847,8 +957,41 @@ impl Inner {
         let Ok(dir) = sandbox_dir(&self.sandboxes, &spec.app, &spec.task) else {
             return;
         };
-        let env = task_env(&self.cfg, spec, &ports, &dir);
-        self.spawn_health_checks(spec, &ports, &dir, &env, &kill);
+        // Who it runs as is looked up off the runtime (a user lookup may block).
+        let (inner, spec) = (Arc::clone(self), spec.clone());
+        self.tracker.spawn(async move {
+            let (i, s, d) = (Arc::clone(&inner), spec.clone(), dir.clone());
+            let Ok(Some(user)) = tokio::task::spawn_blocking(move || i.adopted_user(&s, &d)).await
+            else {
+                return;
+            };
+            let env = task_env(&inner.cfg, &spec, &ports, &dir);
+            inner.spawn_health_checks(&spec, &ports, &dir, &env, user.as_ref(), &kill);
+        });
+    }
+
+    /// The user an adopted task was launched as (`Some(None)`: the agent's own), the
+    /// sandbox's owner for a dynamic uid; `None` (logged) when that cannot be told.
+    /// Blocking.
+    fn adopted_user(&self, spec: &TaskSpec, dir: &Path) -> Option<Option<TaskUser>> {
+        use std::os::unix::fs::MetadataExt;
+        match self.plan(spec) {
+            Ok(Plan::Agent) => Some(None),
+            Ok(Plan::User(u)) => Some(Some(u)),
+            Ok(Plan::Dynamic) => match std::fs::metadata(dir) {
+                Ok(m) if self.cfg.dynamic_uids.contains(&m.uid()) => {
+                    Some(Some(TaskUser::dynamic(m.uid())))
+                }
+                _ => {
+                    warn!(task = %spec.task, sandbox = %dir.display(), "cannot tell the adopted task's uid: its health checks are not run");
+                    None
+                }
+            },
+            Err(e) => {
+                warn!(task = %spec.task, error = %e, "cannot tell the adopted task's user: its health checks are not run");
+                None
+            }
+        }
     }
 
     async fn shutdown(&self) {
@@ -1002,7 +1145,17 @@ impl Inner {
             let inner = Arc::clone(&self);
             let swept = tokio::task::spawn_blocking(move || {
                 let shipped = inner.shipped.get().map(|c| c.as_ref());
-                sweep_sandboxes(&inner.sandboxes, delay, shipped)
+                let swept = sweep_sandboxes(&inner.sandboxes, delay, shipped);
+                // A removed sandbox frees its dynamic uid now, rather than whenever
+                // a later claim happens upon the stale entry.
+                for (dir, uid) in &swept.owners {
+                    if inner.agent_uid == 0 && inner.cfg.dynamic_uids.contains(uid) {
+                        if let Err(e) = inner.claims.release(*uid, dir) {
+                            warn!(uid, sandbox = %dir.display(), error = %e, "could not release a task's uid");
+                        }
+                    }
+                }
+                swept
             })
             .await;
             let Ok(swept) = swept else { continue };
@@ -1057,7 +1210,20 @@ async fn mark_finished(sandbox: &Path) {
         return;
     }
     let path = sandbox.join(FINISHED_FILE);
-    if let Err(e) = tokio::fs::write(&path, b"").await {
+    // Never through a symlink the task left at the name: a plain write would
+    // truncate whatever it points to, with the agent's privilege.
+    let _ = tokio::fs::remove_file(&path).await;
+    let made = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&path)
+        .await;
+    let made = match made {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        other => other.map(drop),
+    };
+    if let Err(e) = made {
         warn!(path = %path.display(), error = %e, "could not mark the sandbox finished; it will not be collected");
     }
 }
@@ -1082,6 +1248,8 @@ fn written_within(dir: &Path, now: std::time::SystemTime, quiet: Duration) -> bo
 #[derive(Debug, Default)]
 struct Swept {
     removed: Vec<PathBuf>,
+    /// The owner of each removed sandbox: its uid's claim can go with it.
+    owners: Vec<(PathBuf, u32)>,
     /// Past the delay but not fully shipped.
     unshipped: usize,
 }
@@ -1120,8 +1288,17 @@ fn sweep_sandboxes(
                 swept.unshipped += 1;
                 continue;
             }
+            let owner = std::fs::symlink_metadata(&sandbox).map(|m| {
+                use std::os::unix::fs::MetadataExt;
+                m.uid()
+            });
             match std::fs::remove_dir_all(&sandbox) {
-                Ok(()) => swept.removed.push(sandbox),
+                Ok(()) => {
+                    if let Ok(uid) = owner {
+                        swept.owners.push((sandbox.clone(), uid));
+                    }
+                    swept.removed.push(sandbox)
+                }
                 Err(e) => {
                     warn!(sandbox = %sandbox.display(), error = %e, "could not remove a finished sandbox")
                 }
@@ -1142,7 +1319,10 @@ struct HealthTarget {
     address: String,
     ports: Vec<u16>,
     sandbox: PathBuf,
+    /// The task's whole environment.
     env: Vec<(String, String)>,
+    /// Who the task runs as: a COMMAND check runs as it too, never as the agent.
+    user: Option<TaskUser>,
 }
 
 fn secs(s: f64) -> Duration {
@@ -1209,12 +1389,11 @@ async fn run_check(
                 .stderr(Stdio::null())
                 .kill_on_drop(true)
                 .env_clear();
-            for key in INHERITED_ENV {
-                if let Some(v) = std::env::var_os(key) {
-                    c.env(key, v);
-                }
-            }
             c.envs(t.env.iter().map(|(k, v)| (k, v)));
+            if let Some(u) = t.user.clone() {
+                // SAFETY: raw syscalls on memory prepared before the fork.
+                unsafe { c.pre_exec(move || task_user::become_user(&u)) };
+            }
             let child = c.spawn().map_err(|e| format!("{cmd:?}: {e}"))?;
             match tokio::time::timeout(timeout, child.wait_with_output()).await {
                 Ok(Ok(out)) if out.status.success() => Ok(()),
@@ -1363,13 +1542,13 @@ fn scan_sandboxes(root: &Path) -> (Vec<Found>, Vec<TaskMeta>) {
             .flatten()
         {
             let dir = task.path();
-            let Ok(pid) = std::fs::read(dir.join(PID_FILE)) else {
+            let Some(pid) = read_control_file(&dir.join(PID_FILE)) else {
                 continue;
             };
             let Ok(pid) = serde_json::from_slice::<PidFile>(&pid) else {
                 continue;
             };
-            let Ok(meta) = std::fs::read(dir.join("task.json")) else {
+            let Some(meta) = read_control_file(&dir.join("task.json")) else {
                 continue;
             };
             let Ok(meta) = serde_json::from_slice::<TaskMeta>(&meta) else {
@@ -1461,6 +1640,47 @@ fn task_env(
     env
 }
 
+/// A task's whole environment, built from nothing (never the agent's own, which may
+/// hold `SANDTRAIL_TOKEN`): [`INHERITED_ENV`], who it runs as, its spec's env, then
+/// the node's variables `env` (later entries win).
+fn full_env(
+    user: Option<&TaskUser>,
+    sandbox: &Path,
+    spec: &TaskSpec,
+    env: &[(String, String)],
+) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    let inherit = |keys: &[&str], out: &mut Vec<(String, String)>| {
+        for key in keys {
+            if let Ok(v) = std::env::var(key) {
+                out.push((key.to_string(), v));
+            }
+        }
+    };
+    inherit(INHERITED_ENV, &mut out);
+    if !out.iter().any(|(k, _)| k == "PATH") {
+        out.push(("PATH".into(), DEFAULT_PATH.into()));
+    }
+    match user {
+        None => inherit(INHERITED_AS_AGENT, &mut out),
+        Some(u) => out.extend(identity_env(u, sandbox)),
+    }
+    out.extend(spec.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    out.extend(env.iter().cloned());
+    out
+}
+
+/// `HOME`, `USER` and `LOGNAME` of a task run as `user`: its passwd home, else the
+/// sandbox (the one directory it surely may write).
+fn identity_env(user: &TaskUser, sandbox: &Path) -> Vec<(String, String)> {
+    let home = user.home.as_deref().unwrap_or(sandbox);
+    vec![
+        ("HOME".into(), home.display().to_string()),
+        ("USER".into(), user.name.clone()),
+        ("LOGNAME".into(), user.name.clone()),
+    ]
+}
+
 /// `root/<app>/<task>`, with `/` in the app id mapped to `_` (a leading `/` as in
 /// Marathon ids dropped). Ids that could climb out of `root` are refused.
 pub fn sandbox_dir(root: &Path, app: &str, task: &str) -> Result<PathBuf> {
@@ -1533,18 +1753,82 @@ fn log_budget(spec: &TaskSpec, default: u64) -> u64 {
     }
 }
 
-/// Creates the sandbox, writes `task.json` atomically (temp file + rename) and opens
-/// `stdout`/`stderr` for appending, through the logger when `rotation` is set.
-/// Blocking: run off the async runtime.
+/// Creates a sandbox directory, owner-only, and its app directory, searchable but
+/// not listable by others (a task must reach its own sandbox, and learn no other
+/// task's name). Blocking.
+fn make_sandbox_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    let app = dir.parent().unwrap_or(dir);
+    // Once more if the GC sweep removed the empty app directory in between.
+    std::fs::create_dir_all(app)
+        .or_else(|_| std::fs::create_dir_all(app))
+        .map_err(|e| Error::io(app, e))?;
+    task_user::make_traversable(app).map_err(|e| Error::io(app, e))?;
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(Error::io(dir, e)),
+    }
+}
+
+/// Writes a file of the node's into a sandbox (which its task may write too): a new
+/// temporary file, never following a symlink the task may have put at its name, then
+/// renamed over `path`, so the file is the agent's and whole. Blocking.
+fn write_control_file(path: &Path, body: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = path.with_file_name(format!(".{}.tmp", name.trim_start_matches('.')));
+    match std::fs::remove_file(&tmp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .mode(0o644)
+        .open(&tmp)?;
+    f.write_all(body)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Reads a file the node wrote into a sandbox, only if it is still the node's: a
+/// regular file (no symlink followed) owned by the agent's uid. A task owns its
+/// sandbox and could put its own `.sandtrail-pid` there, naming any process for a
+/// restarted node to adopt and kill. Blocking.
+fn read_control_file(path: &Path) -> Option<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let mut f = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .ok()?;
+    let m = f.metadata().ok()?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    if !m.is_file() || m.uid() != euid {
+        warn!(path = %path.display(), owner = m.uid(), "ignoring a control file the node did not write");
+        return None;
+    }
+    let mut body = Vec::new();
+    f.read_to_end(&mut body).ok()?;
+    Some(body)
+}
+
+/// Writes `task.json` into the sandbox `dir` (made by [`make_sandbox_dir`]), hands the
+/// sandbox to the task's `user` (if it is not the agent) and opens `stdout`/`stderr`
+/// for appending, through the logger when `rotation` is set. Blocking: run off the
+/// async runtime.
 fn prepare_sandbox(
     dir: &Path,
     file: &TaskFile,
     rotation: Option<Rotation>,
+    user: Option<&TaskUser>,
 ) -> Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
-    // Once more if the GC sweep removed the empty app directory in between.
-    std::fs::create_dir_all(dir)
-        .or_else(|_| std::fs::create_dir_all(dir))
-        .map_err(|e| Error::io(dir, e))?;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     // A sandbox reused by a relaunch is not finished any more (review finding: the
     // old marker let the GC remove the sandbox of a running task).
     match std::fs::remove_file(dir.join(FINISHED_FILE)) {
@@ -1552,25 +1836,34 @@ fn prepare_sandbox(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(Error::io(dir.join(FINISHED_FILE), e)),
     }
-    let tmp = dir.join(".task.json.tmp");
     let dst = dir.join("task.json");
-    {
-        let mut f = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-        let body = serde_json::to_vec_pretty(file)?;
-        f.write_all(&body).map_err(|e| Error::io(&tmp, e))?;
-        f.sync_all().map_err(|e| Error::io(&tmp, e))?;
+    write_control_file(&dst, &serde_json::to_vec_pretty(file)?).map_err(|e| Error::io(&dst, e))?;
+    if let Some(u) = user {
+        // The task starts in its sandbox and its logger names files from there, so
+        // both work regardless; only paths through the directories above fail.
+        if let Err(e) = task_user::check_reachable(dir, u) {
+            warn!(sandbox = %dir.display(), error = %e, "the task cannot reach its sandbox by path: MESOS_SANDBOX and paths above it fail for it");
+        }
+        std::os::unix::fs::chown(dir, Some(u.uid), Some(u.gid)).map_err(|e| Error::io(dir, e))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| Error::io(dir, e))?;
     }
-    std::fs::rename(&tmp, &dst).map_err(|e| Error::io(&dst, e))?;
     if let Some(rotation) = rotation {
-        return crate::logger::spawn(dir, rotation);
+        return crate::logger::spawn_as(dir, rotation, user);
     }
     let open = |name: &str| {
         let p = dir.join(name);
-        OpenOptions::new()
+        let f = OpenOptions::new()
             .create(true)
             .append(true)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&p)
-            .map_err(|e| Error::io(&p, e))
+            .map_err(|e| Error::io(&p, e))?;
+        if let Some(u) = user {
+            std::os::unix::fs::fchown(&f, Some(u.uid), Some(u.gid))
+                .map_err(|e| Error::io(&p, e))?;
+        }
+        Ok::<_, Error>(f)
     };
     Ok((open("stdout")?.into(), open("stderr")?.into()))
 }
@@ -1578,6 +1871,94 @@ fn prepare_sandbox(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::File;
+
+    /// Regression (issue 15): a task's environment is built from nothing, so the
+    /// agent's `SANDTRAIL_TOKEN` (or any `SANDTRAIL_*` setting) never reaches it; a
+    /// task run as another user gets that user's `HOME`, `USER` and `LOGNAME`.
+    #[test]
+    fn a_task_env_holds_only_the_allowed_inherited_variables() {
+        assert!(INHERITED_ENV
+            .iter()
+            .chain(INHERITED_AS_AGENT)
+            .all(|k| !k.starts_with("SANDTRAIL")));
+        let cfg = NodeConfig::new("node-1", "/w", "http://s");
+        let spec = TaskSpec {
+            app: "web".into(),
+            task: "web.1".into(),
+            env: [("GREETING".to_string(), "hi".to_string())].into(),
+            ..TaskSpec::default()
+        };
+        let sandbox = Path::new("/w/sandboxes/web/web.1");
+        let node_vars = task_env(&cfg, &spec, &[31000], sandbox);
+        let user = TaskUser::dynamic(1_600_000_001);
+        let env = full_env(Some(&user), sandbox, &spec, &node_vars);
+        let allowed = |k: &str| {
+            INHERITED_ENV.contains(&k)
+                || ["HOME", "USER", "LOGNAME", "GREETING"].contains(&k)
+                || node_vars.iter().any(|(n, _)| n == k)
+        };
+        for (k, _) in &env {
+            assert!(allowed(k), "{k} must not reach a task");
+        }
+        let get = |k: &str| {
+            env.iter()
+                .rev()
+                .find(|(n, _)| n == k)
+                .map(|(_, v)| v.as_str())
+        };
+        assert_eq!(get("HOME"), Some("/w/sandboxes/web/web.1"));
+        assert_eq!(get("USER"), Some("task-1600000001"));
+        assert_eq!(get("GREETING"), Some("hi"));
+        assert_eq!(get("PORT0"), Some("31000"));
+        assert!(get("PATH").is_some());
+        assert!(
+            env.iter().all(|(k, _)| k != "TMPDIR"),
+            "the agent's TMPDIR is not the task's"
+        );
+    }
+
+    /// Regression (issue 15): the node wrote its files into a sandbox the task owns
+    /// with plain writes, so a symlink the task left at `.sandtrail-finished` (or the
+    /// pid file's name) had the agent truncate or overwrite any file, the token
+    /// included, and a pid file the task wrote could name any process for a
+    /// restarted node to adopt and kill.
+    #[tokio::test]
+    async fn node_files_in_a_sandbox_never_follow_a_symlink_and_must_be_the_nodes() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("token");
+        std::fs::write(&secret, "secret\n").unwrap();
+        let sandbox = dir.path().join("sb");
+        std::fs::create_dir(&sandbox).unwrap();
+        std::os::unix::fs::symlink(&secret, sandbox.join(FINISHED_FILE)).unwrap();
+        std::os::unix::fs::symlink(&secret, sandbox.join(".sandtrail-pid.tmp")).unwrap();
+        mark_finished(&sandbox).await;
+        let pid = sandbox.join(PID_FILE);
+        write_control_file(&pid, b"{\"pid\": 1}").unwrap();
+        assert_eq!(std::fs::read_to_string(&secret).unwrap(), "secret\n");
+        assert!(std::fs::symlink_metadata(sandbox.join(FINISHED_FILE))
+            .unwrap()
+            .is_file());
+        assert_eq!(
+            read_control_file(&pid).as_deref(),
+            Some(&b"{\"pid\": 1}"[..])
+        );
+
+        std::fs::remove_file(&pid).unwrap();
+        std::os::unix::fs::symlink(&secret, &pid).unwrap();
+        assert_eq!(read_control_file(&pid), None, "a symlink is not read");
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            std::fs::remove_file(&pid).unwrap();
+            std::fs::write(&pid, b"{\"pid\": 1}").unwrap();
+            std::os::unix::fs::chown(&pid, Some(65534), None).unwrap();
+            assert_eq!(
+                read_control_file(&pid),
+                None,
+                "a task's own file is not read"
+            );
+        }
+    }
 
     #[test]
     fn log_budget_is_the_apps_disk_else_the_nodes_default() {

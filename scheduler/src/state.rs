@@ -204,6 +204,15 @@ impl AppDef {
         self.backoff_seconds
     }
 
+    /// The app's Marathon `user` (validated when the app was accepted): who its tasks
+    /// run as; unset, the node decides (see `task_user`).
+    pub fn user(&self) -> Option<String> {
+        self.extra
+            .get("user")
+            .and_then(|v| v.as_str())
+            .map(str::to_string)
+    }
+
     /// The app's `healthChecks` (validated when the app was accepted).
     pub fn health_checks(&self) -> Vec<HealthCheck> {
         self.extra
@@ -1451,6 +1460,7 @@ impl State {
                         health_checks: def.health_checks(),
                         mem: Some(def.mem),
                         disk: (def.disk > 0.0).then_some(def.disk),
+                        user: def.user(),
                     },
                 ))
             })

@@ -245,6 +245,23 @@ async fn a_finished_sandbox_is_kept_until_shipped_then_collected() {
     // A running task's sandbox is never a candidate.
     assert!(long.join("stdout").exists());
     assert!(!asked.lock().unwrap().contains(&long));
+    // Its dynamic uid (issue 15) went with it: no claim names the sandbox any more.
+    let claims = std::path::Path::new(scheduler::task_user::DEFAULT_CLAIMS_DIR);
+    let claimed = |dir: &std::path::Path| {
+        std::fs::read_dir(claims)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| std::fs::read_link(e.path()).is_ok_and(|t| t == dir))
+    };
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        assert!(claimed(&long), "a running task holds its uid");
+        eventually("the collected sandbox's uid released", || {
+            (!claimed(&done)).then_some(())
+        })
+        .await;
+    }
     node.stop().await;
 }
 

@@ -179,6 +179,22 @@ async fn node_runs_desired_tasks_in_sandboxes_and_reports_them() {
             .then_some(())
     })
     .await;
+    // Issue 15: the task owns its sandbox, its logger writes as the task's user, and
+    // on a root node that user is not root.
+    {
+        use std::os::unix::fs::MetadataExt;
+        let owner = |p: &Path| std::fs::metadata(p).unwrap().uid();
+        assert_eq!(owner(&sandbox.join("stdout")), owner(&sandbox));
+        assert_eq!(
+            std::fs::metadata(&sandbox).unwrap().mode() & 0o777,
+            0o700,
+            "a sandbox is its task's alone"
+        );
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            assert_ne!(owner(&sandbox), 0, "a task ran as root");
+        }
+    }
     let meta: TaskMeta =
         serde_json::from_str(&read(&sandbox.join("task.json"))).expect("task.json parses");
     assert_eq!(
@@ -723,7 +739,8 @@ async fn node_runs_http_tcp_and_command_health_checks_and_reports_them() {
     http_check.port = Some(http_addr.port());
     let tcp_check = check("TCP");
     let mut cmd_check = check("COMMAND");
-    cmd_check.command = Some("test -f ok".into());
+    // Run as the task's user (the sandbox's owner), never as the node (issue 15).
+    cmd_check.command = Some(r#"test -f ok && test "$(id -u)" = "$(stat -c %u .)""#.into());
     let mut task = spec("hc", "hc.1", "sleep 300", 1);
     task.health_checks = vec![http_check, tcp_check, cmd_check];
     plane.lock().unwrap().desired = vec![task];
@@ -794,6 +811,10 @@ async fn tasks_outlive_a_node_restart_and_are_found_again() {
     let cmd = "echo $$ > sh.pid; echo started >> starts; exec sleep 300";
     let mut keep = spec("keep", "keep.1", cmd, 1);
     keep.instance = 4;
+    // An adopted task's COMMAND check runs as the task's user too (issue 15).
+    let mut as_task = check("COMMAND");
+    as_task.command = Some(r#"test "$(id -u)" = "$(stat -c %u .)""#.into());
+    keep.health_checks = vec![as_task];
     plane.lock().unwrap().desired = vec![keep.clone(), spec("gone", "gone.1", cmd, 0)];
 
     let node = Arc::new(Node::new(node_cfg()).unwrap());
@@ -843,6 +864,11 @@ async fn tasks_outlive_a_node_restart_and_are_found_again() {
     .await;
     assert_eq!(found.ports, ports);
     assert_eq!(found.instance, Some(4), "the instance number survives");
+    eventually("keep.1's check passing under the new node", || {
+        let h = health_of(&plane.lock().unwrap(), "keep.1")?;
+        h.first().is_some_and(|h| h.alive).then_some(())
+    })
+    .await;
     let failed = eventually("gone.1 reported as failed", || {
         status_of(&plane.lock().unwrap(), "gone.1", "TASK_FAILED")
     })
