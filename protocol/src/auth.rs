@@ -79,7 +79,7 @@ pub enum AuthError {
     Missing,
     #[error("unknown token: expected one of the tokens this cluster was configured with")]
     Invalid,
-    #[error("a {role} token may not do this: expected a token with role {}", needs_text(.needs))]
+    #[error("a token with role {role} may not do this: expected role {}", needs_text(.needs))]
     Forbidden { role: Role, needs: Vec<Role> },
 }
 
@@ -360,7 +360,7 @@ mod tests {
             .authorize(Some(b"Bearer rd"), None, &[Role::Deploy])
             .unwrap_err();
         assert_eq!(err.status(), 403);
-        assert!(err.to_string().contains("read token"), "{err}");
+        assert!(err.to_string().contains("role read may not"), "{err}");
         assert!(err.to_string().contains("deploy or admin"), "{err}");
         assert_eq!(
             k.authorize(Some(b"Bearer ag"), None, &[Role::Read])

@@ -21,8 +21,10 @@ pub enum Error {
     UnknownDeployment(String),
     #[error("agent {0:?} is not registered")]
     UnknownAgent(String),
-    #[error("missing or wrong cluster token")]
+    #[error("missing or wrong token: expected `Authorization: Bearer <token>` or header `x-sandtrail-token`")]
     Unauthorized,
+    #[error("{0}")]
+    Forbidden(String),
     #[error("bad request: {0}")]
     BadRequest(String),
     #[error("no instance of app {0:?} is available")]
@@ -42,6 +44,15 @@ pub enum Error {
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
+
+impl From<protocol::auth::AuthError> for Error {
+    fn from(e: protocol::auth::AuthError) -> Error {
+        match e {
+            protocol::auth::AuthError::Forbidden { .. } => Error::Forbidden(e.to_string()),
+            _ => Error::Unauthorized,
+        }
+    }
+}
 
 impl Error {
     /// Wraps an io error with the path it happened on, so the message names it.
@@ -63,6 +74,7 @@ impl Error {
             | Error::UnknownDeployment(_) => StatusCode::NOT_FOUND,
             Error::AppExists(_) => StatusCode::CONFLICT,
             Error::Unauthorized => StatusCode::UNAUTHORIZED,
+            Error::Forbidden(_) => StatusCode::FORBIDDEN,
             Error::BadRequest(_) | Error::Json(_) => StatusCode::BAD_REQUEST,
             Error::NoInstance(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Upstream { .. } | Error::Http(_) => StatusCode::BAD_GATEWAY,
