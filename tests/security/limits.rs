@@ -201,6 +201,50 @@ async fn slow_and_idle_connections_are_cut_off() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The header timeout doubles as the idle timeout, and must not cut a response that
+/// is still streaming: a live tail open longer than it still gets new records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_tail_outlives_the_header_timeout() -> anyhow::Result<()> {
+    use futures::StreamExt;
+    use std::io::Write;
+    let (_proc, url, _dir) = indexer(&[("SANDTRAIL_HTTP_HEADER_TIMEOUT_SECS", "1")])?;
+    let http = reqwest::Client::new();
+    let resp = http
+        .get(format!("{url}/api/v1/tail"))
+        .query(&[("q", "app:late")])
+        .bearer_auth(TOKEN)
+        .send()
+        .await?;
+    assert_eq!(resp.status(), 200);
+    let mut stream = resp.bytes_stream();
+    // Nothing to await here but time itself: the stream must stay open past it.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let record = serde_json::json!({"ts": chrono::Utc::now().to_rfc3339(), "host": "h", "app": "late", "task": "t",
+        "msg": "still here", "source": "limits/late", "offset": 1});
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    writeln!(gz, "{record}")?;
+    let ingest = http
+        .post(format!("{url}/api/v1/ingest"))
+        .bearer_auth(TOKEN)
+        .body(gz.finish()?)
+        .send()
+        .await?;
+    assert_eq!(ingest.status(), 200, "{}", ingest.text().await?);
+    let got = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut buf = String::new();
+        while let Some(chunk) = stream.next().await {
+            buf.push_str(&String::from_utf8_lossy(&chunk?));
+            if buf.contains("still here") {
+                return anyhow::Ok(());
+            }
+        }
+        anyhow::bail!("the tail stream ended: {buf:?}")
+    })
+    .await;
+    assert!(matches!(got, Ok(Ok(()))), "{got:?}");
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_over_the_limit_get_429_with_retry_after() -> anyhow::Result<()> {
     let (_proc, url, _dir) = indexer(&[("SANDTRAIL_INDEXER_MAX_TAIL_STREAMS", "2")])?;
