@@ -492,6 +492,24 @@ class BrowserTest(unittest.TestCase):
 
     # -- quality -------------------------------------------------------------------
 
+    def test_12_sign_in_page_and_sign_out(self):
+        # The form a person without the one-time link uses (issue 15).
+        self.open("/login")
+        self.assertTrue(self.q("form input#token[type=password]"), "a password field for the token")
+        self.shoot("login")
+        # Signing out ends the session: the next page asks to sign in again.
+        d = new_driver()
+        try:
+            d.get(self.cluster.web + "/login")
+            d.find_element(By.ID, "token").send_keys(self.cluster.read_token, Keys.ENTER)
+            wait_for("the sign-in", lambda: urllib.parse.urlparse(d.current_url).path == "/")
+            d.find_element(By.CSS_SELECTOR, "form.signout button").click()
+            wait_for("the sign-out", lambda: urllib.parse.urlparse(d.current_url).path == "/login")
+            d.get(self.cluster.web + "/apps")
+            self.assertEqual(urllib.parse.urlparse(d.current_url).path, "/login")
+        finally:
+            d.quit()
+
     def test_10_search_and_trace_work_without_javascript(self):
         opts = webdriver.ChromeOptions()
         for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,900"):
