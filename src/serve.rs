@@ -355,11 +355,12 @@ pub async fn up(args: UpArgs, cfg: Config, token: Option<String>) -> anyhow::Res
     let dir = data_dir(args.data_dir, &cfg);
     // Every role gets its token file, so each part runs with the least it needs: the
     // agents with an agent token, the UI with a read token to call the APIs.
-    let (token, mut keyring) = server_keyring(&dir, token)?;
+    let (admin_token, _) = server_keyring(&dir, token)?;
     let agent_token = tokens::ensure(&dir, Role::Agent)?;
     let read_token = tokens::ensure(&dir, Role::Read)?;
-    tokens::ensure(&dir, Role::Deploy)?;
-    keyring.extend(&tokens::load(&dir)?);
+    let deploy_token = tokens::ensure(&dir, Role::Deploy)?;
+    let mut keyring = tokens::load(&dir)?;
+    keyring.add(&admin_token, Role::Admin);
     let ops = Ops::new(keyring.clone(), &cfg);
     let limits = http_limits(&cfg);
     let listen = args
@@ -481,7 +482,7 @@ pub async fn up(args: UpArgs, cfg: Config, token: Option<String>) -> anyhow::Res
     );
 
     if demo {
-        let (url, token) = (url.clone(), token.clone());
+        let (url, token) = (url.clone(), deploy_token);
         tokio::spawn(async move {
             match crate::demo::deploy_demo(&url, &token, agents as usize).await {
                 Ok(()) => println!("  demo app fib deployed: curl {router_url}/fib/15"),
