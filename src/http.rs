@@ -26,8 +26,9 @@ use tower::Service;
 use tracing::{debug, warn};
 
 /// Default time a client has to send a request's headers (and the longest an idle
-/// keep-alive connection is kept).
-pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// keep-alive connection is kept). Hyper's own default: shorter would cut slow clients
+/// sooner but close more pooled connections of quiet agents just as they are reused.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default cap on open connections per listener: well above what a cluster's agents
 /// and browsers hold, well below the process's file descriptors.
 pub const MAX_CONNECTIONS: usize = 8192;
