@@ -55,7 +55,9 @@ fn refuse_plain(e: AuthError) -> axum::response::Response {
 
 /// Adds `/healthz` (always open: it tells only that the process answers) and
 /// `/metrics` to a merged router.
-fn with_ops(router: Router, metrics: Vec<MetricsFn>, ops: &Ops) -> Router {
+fn with_ops(router: Router, mut metrics: Vec<MetricsFn>, ops: &Ops) -> Router {
+    // Refusals and shedding, counted by the shared layers of every service.
+    metrics.push(Arc::new(protocol::http::metrics));
     let mut metrics_route = Router::new().route(
         "/metrics",
         get(move || {

@@ -16,8 +16,43 @@ use axum::http::{header, HeaderValue, Method};
 use axum::middleware::Next;
 use axum::response::Response;
 use futures::StreamExt;
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use tokio::sync::Semaphore;
+
+/// Requests refused by a [`gate`] (401 and 403) and shed by a [`limit`] (per class),
+/// counted process-wide: one process runs every service in `sandtrail up`, and these
+/// families must appear once per scrape whichever services share the listener.
+static UNAUTHORIZED: AtomicU64 = AtomicU64::new(0);
+static FORBIDDEN: AtomicU64 = AtomicU64::new(0);
+static SHED: Mutex<BTreeMap<&'static str, u64>> = Mutex::new(BTreeMap::new());
+
+/// The counters above in the Prometheus text format.
+pub fn metrics() -> String {
+    let mut out = String::new();
+    out.push_str("# HELP sandtrail_http_refused_total Requests refused for their credentials.\n");
+    out.push_str("# TYPE sandtrail_http_refused_total counter\n");
+    out.push_str(&format!(
+        "sandtrail_http_refused_total{{status=\"401\"}} {}\n",
+        UNAUTHORIZED.load(Ordering::Relaxed)
+    ));
+    out.push_str(&format!(
+        "sandtrail_http_refused_total{{status=\"403\"}} {}\n",
+        FORBIDDEN.load(Ordering::Relaxed)
+    ));
+    out.push_str(
+        "# HELP sandtrail_http_shed_total Requests answered 429 because their class was at its concurrency limit.\n",
+    );
+    out.push_str("# TYPE sandtrail_http_shed_total counter\n");
+    let shed = SHED.lock().unwrap_or_else(|e| e.into_inner());
+    for (class, n) in shed.iter() {
+        out.push_str(&format!(
+            "sandtrail_http_shed_total{{class=\"{class}\"}} {n}\n"
+        ));
+    }
+    out
+}
 
 /// The authenticated caller's role, put in the request's extensions by [`gate`] for
 /// handlers that answer differently per role (app env values only for deploy).
@@ -83,6 +118,12 @@ pub async fn gate(State(g): State<Gate>, mut req: Request, next: Next) -> Respon
         }
         Err(e) => {
             tracing::debug!(path = %req.uri().path(), error = %e, "request refused");
+            let counter = if e.status() == 401 {
+                &UNAUTHORIZED
+            } else {
+                &FORBIDDEN
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
             let mut resp = (g.reject)(e.clone());
             if e.status() == 401 {
                 with_challenges(&mut resp);
@@ -162,6 +203,11 @@ pub async fn limit(State(l): State<Limit>, req: Request, next: Next) -> Response
             retry_after_secs: l.retry_after_secs,
         };
         tracing::debug!(what = l.what, limit = l.limit, "request shed");
+        *SHED
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(l.what)
+            .or_default() += 1;
         let mut resp = (l.reject)(busy);
         *resp.status_mut() = axum::http::StatusCode::TOO_MANY_REQUESTS;
         resp.headers_mut()
@@ -268,6 +314,11 @@ mod tests {
             .unwrap();
         assert_eq!(shed.status(), 429);
         assert_eq!(shed.headers()[header::RETRY_AFTER], "1");
+        assert!(
+            metrics().contains("sandtrail_http_shed_total{class=\"test\"} "),
+            "{}",
+            metrics()
+        );
         drop(held);
         assert_eq!(l.in_flight(), 0);
         let ok = app

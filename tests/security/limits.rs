@@ -277,5 +277,21 @@ async fn streams_over_the_limit_get_429_with_retry_after() -> anyhow::Result<()>
     // Without a token the gate answers first: shedding never tells a stranger more.
     let stranger = http.get(format!("{url}/api/v1/tail")).send().await?;
     assert_eq!(stranger.status(), 401);
+    // Both are counted where an operator looks.
+    let metrics = http
+        .get(format!("{url}/metrics"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await?
+        .text()
+        .await?;
+    assert!(
+        metrics.contains("sandtrail_http_shed_total{class=\"tail\"} 1\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("sandtrail_http_refused_total{status=\"401\"} 1\n"),
+        "{metrics}"
+    );
     Ok(())
 }
