@@ -19,21 +19,45 @@ pub struct ServerArgs {
         default_value = "http://127.0.0.1:7070"
     )]
     pub server: String,
+    /// Set from `--token` (or the data dir) after parsing; every call sends it.
+    #[arg(skip)]
+    pub token: Option<String>,
 }
 
 impl ServerArgs {
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.server.trim_end_matches('/'))
     }
+
+    /// Sends every call with `Authorization: Bearer` when a token is known: reading
+    /// needs one as much as writing does.
+    pub fn with_token(mut self, token: Option<String>) -> ServerArgs {
+        self.token = token_or_local(token);
+        self
+    }
+
+    fn client(&self) -> anyhow::Result<reqwest::Client> {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(t) = &self.token {
+            let mut v = reqwest::header::HeaderValue::from_str(&format!("Bearer {t}"))
+                .context("the token holds characters not allowed in an http header")?;
+            v.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, v);
+        }
+        Ok(reqwest::Client::builder()
+            .default_headers(headers)
+            .build()?)
+    }
 }
 
-/// The token for write calls: flag or env, else the one `up` keeps in its data dir.
+/// The token: flag or env, else the admin one `up` keeps in its data dir.
 fn token_or_local(token: Option<String>) -> Option<String> {
     token.or_else(|| {
         let dir = std::env::var("SANDTRAIL_DATA_DIR").unwrap_or_else(|_| "./.sandtrail".into());
         std::fs::read_to_string(Path::new(&dir).join("token"))
             .ok()
             .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty())
     })
 }
 
@@ -43,18 +67,18 @@ async fn error_of(resp: reqwest::Response) -> anyhow::Error {
     anyhow::anyhow!("server answered {status}: {}", body.trim())
 }
 
-pub async fn deploy(server: &ServerArgs, token: Option<String>, file: &Path) -> anyhow::Result<()> {
+pub async fn deploy(server: &ServerArgs, file: &Path) -> anyhow::Result<()> {
     let text =
         std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
     let app: serde_json::Value = serde_json::from_str(&text)
         .with_context(|| format!("{} is not valid JSON", file.display()))?;
-    let mut req = reqwest::Client::new()
+    let resp = server
+        .client()?
         .post(server.url("/v2/apps"))
-        .json(&app);
-    if let Some(t) = token_or_local(token) {
-        req = req.header(protocol::TOKEN_HEADER, t);
-    }
-    let resp = req.send().await.context("cannot reach the scheduler")?;
+        .json(&app)
+        .send()
+        .await
+        .context("cannot reach the scheduler")?;
     if !resp.status().is_success() {
         return Err(error_of(resp).await);
     }
@@ -68,7 +92,7 @@ pub async fn deploy(server: &ServerArgs, token: Option<String>, file: &Path) -> 
 }
 
 pub async fn apps(server: &ServerArgs) -> anyhow::Result<()> {
-    let client = reqwest::Client::new();
+    let client = server.client()?;
     let resp = client.get(server.url("/v2/apps")).send().await?;
     if !resp.status().is_success() {
         return Err(error_of(resp).await);
@@ -120,7 +144,8 @@ async fn search_once(
     start: &str,
     limit: usize,
 ) -> anyhow::Result<SearchResponse> {
-    let resp = reqwest::Client::new()
+    let resp = server
+        .client()?
         .get(server.url("/api/v1/search"))
         .query(&[("q", q), ("start", start), ("limit", &limit.to_string())])
         .send()
@@ -147,7 +172,8 @@ pub async fn search(server: &ServerArgs, q: &str, since: &str, limit: usize) -> 
 }
 
 pub async fn tail(server: &ServerArgs, app: &str) -> anyhow::Result<()> {
-    let resp = reqwest::Client::new()
+    let resp = server
+        .client()?
         .get(server.url("/api/v1/tail"))
         .query(&[("q", format!("app:{app}"))])
         .send()

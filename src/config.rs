@@ -29,6 +29,24 @@ pub struct Config {
     pub agent: AgentSection,
     #[serde(default)]
     pub web: WebSection,
+    #[serde(default)]
+    pub http: HttpSection,
+}
+
+/// What every listener of this process shares (see SECURITY.md).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSection {
+    /// Host names (no port) requests may be addressed to, comma-separated, or `*` for
+    /// any. Default: loopback names for a loopback listener, any name otherwise.
+    pub allowed_hosts: Option<String>,
+    /// A client must send a request's headers within this long, and an idle
+    /// keep-alive connection is closed after it.
+    pub header_timeout_secs: Option<u64>,
+    /// Open connections per listener; more wait in the kernel's backlog.
+    pub max_connections: Option<usize>,
+    /// Serve `/metrics` without a token (for a scraper on a trusted network).
+    pub open_metrics: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -53,6 +71,12 @@ pub struct IndexerSection {
     /// Time budget of one search (default 10000): past it the search is stopped and
     /// answered with 504 saying so.
     pub search_timeout_ms: Option<u64>,
+    /// Ingest requests in flight at once; more are answered 429 with Retry-After.
+    pub max_concurrent_ingest: Option<usize>,
+    /// Searches in flight at once; more are answered 429 with Retry-After.
+    pub max_concurrent_searches: Option<usize>,
+    /// Live-tail streams open at once; more are answered 429 with Retry-After.
+    pub max_tail_streams: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -189,6 +213,7 @@ const TOP: &[&str] = &[
     "scheduler",
     "agent",
     "web",
+    "http",
 ];
 const SECTIONS: &[(&str, &[&str])] = &[
     ("up", &["listen", "router_listen", "agents", "demo"]),
@@ -200,6 +225,9 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "writer_memory_mb",
             "retention",
             "search_timeout_ms",
+            "max_concurrent_ingest",
+            "max_concurrent_searches",
+            "max_tail_streams",
         ],
     ),
     ("scheduler", &["listen", "agent_timeout_secs"]),
@@ -227,6 +255,15 @@ const SECTIONS: &[(&str, &[&str])] = &[
         ],
     ),
     ("web", &["listen", "indexer", "scheduler"]),
+    (
+        "http",
+        &[
+            "allowed_hosts",
+            "header_timeout_secs",
+            "max_connections",
+            "open_metrics",
+        ],
+    ),
 ];
 
 /// Every key of `table` that the schema above does not know, as `section.key`.

@@ -10,7 +10,9 @@ mod bench_pipeline;
 mod client;
 mod config;
 mod demo;
+mod http;
 mod serve;
+mod tokens;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
@@ -297,16 +299,16 @@ async fn main() -> anyhow::Result<()> {
         Command::Indexer(args) => serve::indexer(args, cfg, token).await,
         Command::Web(args) => serve::web(args, cfg, token).await,
         Command::Agent(args) => serve::agent(args, cfg, token).await,
-        Command::Deploy { file, server } => client::deploy(&server, token, &file).await,
-        Command::Apps { server } => client::apps(&server).await,
+        Command::Deploy { file, server } => client::deploy(&server.with_token(token), &file).await,
+        Command::Apps { server } => client::apps(&server.with_token(token)).await,
         Command::Search {
             query,
             since,
             limit,
             server,
-        } => client::search(&server, &query, &since, limit).await,
-        Command::Tail { app, server } => client::tail(&server, &app).await,
-        Command::Trace { id, server } => client::trace(&server, &id).await,
+        } => client::search(&server.with_token(token), &query, &since, limit).await,
+        Command::Tail { app, server } => client::tail(&server.with_token(token), &app).await,
+        Command::Trace { id, server } => client::trace(&server.with_token(token), &id).await,
         Command::DemoFib => demo::fib().await.context("demo-fib"),
         Command::Bench(BenchCommand::Ingest(a)) => {
             let report = indexer::bench::run(indexer::bench::BenchOptions {

@@ -8,11 +8,13 @@
 //! indexer commits.
 
 use crate::config::{self, Config};
+use crate::tokens;
 use crate::{AgentArgs, IndexerArgs, SchedulerArgs, UpArgs, WebArgs};
 use anyhow::{bail, Context};
 use axum::routing::get;
-use axum::serve::ListenerExt;
 use axum::Router;
+use protocol::auth::{AuthError, Keyring, Role};
+use protocol::http::{gate, Gate};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -27,9 +29,36 @@ const DEFAULT_DATA_DIR: &str = "./.sandtrail";
 /// A `/metrics` source: each part renders its own Prometheus text.
 type MetricsFn = Arc<dyn Fn() -> String + Send + Sync>;
 
-/// Adds `/healthz` and `/metrics` to a merged router.
-fn with_ops(router: Router, metrics: Vec<MetricsFn>) -> Router {
-    router.route("/healthz", get(|| async { "ok\n" })).route(
+/// Who may read `/metrics`: the `read` role (Prometheus sends a bearer token with
+/// `authorization: {credentials_file: ...}`), or anyone with `[http] open_metrics`.
+/// Metrics name apps and hosts, which is why they are not open by default.
+#[derive(Clone)]
+struct Ops {
+    keyring: Arc<Keyring>,
+    open_metrics: bool,
+}
+
+impl Ops {
+    fn new(keyring: Keyring, cfg: &Config) -> Ops {
+        Ops {
+            keyring: Arc::new(keyring),
+            open_metrics: cfg.http.open_metrics.unwrap_or(false),
+        }
+    }
+}
+
+fn refuse_plain(e: AuthError) -> axum::response::Response {
+    let status =
+        axum::http::StatusCode::from_u16(e.status()).unwrap_or(axum::http::StatusCode::FORBIDDEN);
+    axum::response::IntoResponse::into_response((status, format!("{e}\n")))
+}
+
+/// Adds `/healthz` (always open: it tells only that the process answers) and
+/// `/metrics` to a merged router.
+fn with_ops(router: Router, mut metrics: Vec<MetricsFn>, ops: &Ops) -> Router {
+    // Refusals and shedding, counted by the shared layers of every service.
+    metrics.push(Arc::new(protocol::http::metrics));
+    let mut metrics_route = Router::new().route(
         "/metrics",
         get(move || {
             let metrics = metrics.clone();
@@ -44,7 +73,28 @@ fn with_ops(router: Router, metrics: Vec<MetricsFn>) -> Router {
                 )
             }
         }),
-    )
+    );
+    if !ops.open_metrics {
+        metrics_route = metrics_route.route_layer(axum::middleware::from_fn_with_state(
+            Gate::new(ops.keyring.clone(), &[Role::Read], refuse_plain),
+            gate,
+        ));
+    }
+    router
+        .route("/healthz", get(|| async { "ok\n" }))
+        .merge(metrics_route)
+}
+
+fn http_limits(cfg: &Config) -> crate::http::Limits {
+    let d = crate::http::Limits::default();
+    crate::http::Limits {
+        header_timeout: cfg
+            .http
+            .header_timeout_secs
+            .map_or(d.header_timeout, Duration::from_secs),
+        max_connections: cfg.http.max_connections.unwrap_or(d.max_connections),
+        allowed_hosts: cfg.http.allowed_hosts.clone(),
+    }
 }
 
 async fn bind(addr: &str) -> anyhow::Result<(TcpListener, String)> {
@@ -53,29 +103,6 @@ async fn bind(addr: &str) -> anyhow::Result<(TcpListener, String)> {
         .with_context(|| format!("cannot listen on {addr}"))?;
     let url = format!("http://{}", listener.local_addr()?);
     Ok((listener, url))
-}
-
-fn serve_http(
-    listener: TcpListener,
-    router: Router,
-    cancel: CancellationToken,
-) -> JoinHandle<anyhow::Result<()>> {
-    // No Nagle delay: streamed responses (live tail, the router's pass-through
-    // bodies) go out in small writes that must not wait for the previous one's ACK.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY on an accepted connection");
-        }
-    });
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move { cancel.cancelled().await })
-        .await
-        .context("http server")
-    })
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
@@ -154,51 +181,35 @@ fn lock_down(dir: &Path, names: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The token `up` uses when none is configured: made once per data dir and kept in
-/// `<data-dir>/token`, so the command-line clients and a restarted `up` agree on it.
-fn local_token(data_dir: &Path) -> anyhow::Result<String> {
-    let path = data_dir.join("token");
-    if let Ok(t) = std::fs::read_to_string(&path) {
-        let t = t.trim().to_string();
-        if !t.is_empty() {
-            return Ok(t);
-        }
-    }
-    let token = format!("{:032x}", rand_u128());
-    std::fs::write(&path, format!("{token}\n"))
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
-    }
-    Ok(token)
+/// The admin token and every role token of `dir`: what a server started on a data
+/// dir accepts. Without a configured token the admin one is `<dir>/token`, made on
+/// first start (closed by default: there is no open mode in the binary).
+fn server_keyring(dir: &Path, token: Option<String>) -> anyhow::Result<(String, Keyring)> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let admin = match token.filter(|t| !t.trim().is_empty()) {
+        Some(t) => t,
+        None => tokens::ensure(dir, Role::Admin)?,
+    };
+    let mut keyring = tokens::load(dir)?;
+    keyring.add(&admin, Role::Admin);
+    Ok((admin, keyring))
 }
 
-fn rand_u128() -> u128 {
-    // Good enough for a local, per-data-dir secret; no extra crate for it.
-    use std::hash::{BuildHasher, Hasher};
-    let mut out = 0u128;
-    for i in 0..2 {
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u128(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_nanos(),
-        );
-        h.write_u32(std::process::id());
-        out |= (h.finish() as u128) << (64 * i);
-    }
-    out
-}
-
-fn indexer_config(dir: PathBuf, cfg: &Config, token: Option<String>) -> indexer::IndexerConfig {
+fn indexer_config(dir: PathBuf, cfg: &Config, keyring: &Keyring) -> indexer::IndexerConfig {
     let mut c = indexer::IndexerConfig {
         data_dir: dir,
-        token,
+        tokens: keyring.clone(),
         ..Default::default()
     };
+    if let Some(n) = cfg.indexer.max_concurrent_ingest {
+        c.max_concurrent_ingest = n;
+    }
+    if let Some(n) = cfg.indexer.max_concurrent_searches {
+        c.max_concurrent_searches = n;
+    }
+    if let Some(n) = cfg.indexer.max_tail_streams {
+        c.max_tail_streams = n;
+    }
     if let Some(mb) = cfg.indexer.max_body_mb {
         c.max_body_bytes = mb << 20;
     }
@@ -217,14 +228,10 @@ fn indexer_config(dir: PathBuf, cfg: &Config, token: Option<String>) -> indexer:
     c
 }
 
-fn scheduler_config(
-    dir: PathBuf,
-    cfg: &Config,
-    token: Option<String>,
-) -> scheduler::SchedulerConfig {
+fn scheduler_config(dir: PathBuf, cfg: &Config, keyring: &Keyring) -> scheduler::SchedulerConfig {
     let mut c = scheduler::SchedulerConfig {
         data_dir: dir,
-        token,
+        tokens: keyring.clone(),
         ..Default::default()
     };
     if let Some(s) = cfg.scheduler.agent_timeout_secs {
@@ -393,10 +400,16 @@ pub async fn up(args: UpArgs, cfg: Config, token: Option<String>) -> anyhow::Res
     let dir = data_dir(args.data_dir, &cfg);
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     traversable_data_dir(&dir)?;
-    let token = match token {
-        Some(t) => t,
-        None => local_token(&dir)?,
-    };
+    // Every role gets its token file, so each part runs with the least it needs: the
+    // agents with an agent token, the UI with a read token to call the APIs.
+    let (admin_token, _) = server_keyring(&dir, token)?;
+    let agent_token = tokens::ensure(&dir, Role::Agent)?;
+    let read_token = tokens::ensure(&dir, Role::Read)?;
+    let deploy_token = tokens::ensure(&dir, Role::Deploy)?;
+    let mut keyring = tokens::load(&dir)?;
+    keyring.add(&admin_token, Role::Admin);
+    let ops = Ops::new(keyring.clone(), &cfg);
+    let limits = http_limits(&cfg);
     let listen = args
         .listen
         .or(cfg.up.listen.clone())
@@ -415,12 +428,11 @@ pub async fn up(args: UpArgs, cfg: Config, token: Option<String>) -> anyhow::Res
     let (router_listener, router_url) = bind(&router_listen).await?;
 
     let indexer = tokio::task::spawn_blocking({
-        let c = indexer_config(dir.join("indexer"), &cfg, Some(token.clone()));
+        let c = indexer_config(dir.join("indexer"), &cfg, &keyring);
         move || indexer::Indexer::open(c)
     })
     .await??;
-    let sched =
-        scheduler::Scheduler::open(scheduler_config(dir.clone(), &cfg, Some(token.clone())))?;
+    let sched = scheduler::Scheduler::open(scheduler_config(dir.clone(), &cfg, &keyring))?;
 
     let hosts: Vec<HostSpec> = (1..=agents)
         .map(|i| HostSpec {
@@ -430,7 +442,7 @@ pub async fn up(args: UpArgs, cfg: Config, token: Option<String>) -> anyhow::Res
             indexer_url: url.clone(),
             address: "127.0.0.1".into(),
             router_url: router_url.clone(),
-            token: Some(token.clone()),
+            token: Some(agent_token.clone()),
             resources: Default::default(),
             port_ranges: Vec::new(),
             attributes: Default::default(),
@@ -451,8 +463,10 @@ pub async fn up(args: UpArgs, cfg: Config, token: Option<String>) -> anyhow::Res
         indexer_url: url.clone(),
         scheduler_url: url.clone(),
     })
-    .with_token(Some(token.clone()))
+    .with_token(Some(read_token))
+    .with_keyring(keyring.clone())
     .with_shutdown(http_cancel.clone());
+    let sign_in = format!("{url}{}", web.one_time_link(Role::Admin));
     let metrics: Vec<MetricsFn> = {
         let (i, s) = (indexer.clone(), sched.clone());
         let mut m: Vec<MetricsFn> =
@@ -468,22 +482,24 @@ pub async fn up(args: UpArgs, cfg: Config, token: Option<String>) -> anyhow::Res
             .merge(scheduler::router(sched.clone()))
             .merge(web.router()),
         metrics,
+        &ops,
     );
 
     let tasks_cancel = CancellationToken::new();
     let ship_cancel = CancellationToken::new();
     let sched_cancel = CancellationToken::new();
 
-    let http = serve_http(listener, app, http_cancel.clone());
+    let http = crate::http::serve(listener, app, http_cancel.clone(), &limits)?;
     let router_metrics: Vec<MetricsFn> = {
         let r = router.clone();
         vec![Arc::new(move || r.metrics())]
     };
-    let router_http = serve_http(
+    let router_http = crate::http::serve(
         router_listener,
-        with_ops(router.axum_router(), router_metrics),
+        with_ops(router.axum_router(), router_metrics, &ops),
         tasks_cancel.clone(),
-    );
+        &limits,
+    )?;
     let sched_loop = sched.spawn(sched_cancel.clone());
 
     let mut node_handles = Vec::new();
@@ -500,15 +516,20 @@ pub async fn up(args: UpArgs, cfg: Config, token: Option<String>) -> anyhow::Res
         dir.display()
     );
     println!("  web UI:    {url}/");
+    println!("  sign in:   {sign_in}   (opens once, then use a token from the data dir)");
     println!("  search:    {url}/?q=app:fib");
     println!("  tail:      {url}/tail/fib");
     println!("  apps:      {url}/apps");
     println!("  router:    {router_url}   (apps call apps at /<app>/...)");
     println!("  APIs:      {url}/api/v1/search  {url}/v2/apps");
-    println!("  token:     {}", dir.join("token").display());
+    println!(
+        "  tokens:    {} (admin), {}.read, .deploy, .agent",
+        dir.join("token").display(),
+        dir.join("token").display()
+    );
 
     if demo {
-        let (url, token) = (url.clone(), token.clone());
+        let (url, token) = (url.clone(), deploy_token);
         tokio::spawn(async move {
             match crate::demo::deploy_demo(&url, &token, agents as usize).await {
                 Ok(()) => println!("  demo app fib deployed: curl {router_url}/fib/15"),
@@ -546,18 +567,21 @@ pub async fn scheduler(
         .listen
         .or(cfg.scheduler.listen.clone())
         .unwrap_or_else(|| "127.0.0.1:7071".into());
-    if token.is_none() {
-        warn!("no cluster token configured: the write API and agent endpoints are open");
+    let configured = token.is_some();
+    let (_, keyring) = server_keyring(&dir, token)?;
+    if !configured {
+        info!(path = %tokens::path(&dir, Role::Admin).display(), "no token configured: using the data dir's admin token");
     }
-    let sched = scheduler::Scheduler::open(scheduler_config(dir, &cfg, token))?;
+    let sched = scheduler::Scheduler::open(scheduler_config(dir, &cfg, &keyring))?;
     let (listener, url) = bind(&listen).await?;
     let s = sched.clone();
     let app = with_ops(
         scheduler::router(sched.clone()),
         vec![Arc::new(move || s.metrics())],
+        &Ops::new(keyring, &cfg),
     );
     let cancel = CancellationToken::new();
-    let http = serve_http(listener, app, cancel.clone());
+    let http = crate::http::serve(listener, app, cancel.clone(), &http_limits(&cfg))?;
     let sched_loop = sched.spawn(cancel.clone());
     info!(url = %url, "scheduler listening");
     println!("scheduler: {url}");
@@ -574,19 +598,22 @@ pub async fn indexer(args: IndexerArgs, cfg: Config, token: Option<String>) -> a
         .listen
         .or(cfg.indexer.listen.clone())
         .unwrap_or_else(|| "127.0.0.1:7072".into());
-    if token.is_none() {
-        warn!("no cluster token configured: ingest is open to anyone who can reach it");
+    let configured = token.is_some();
+    let (_, keyring) = server_keyring(&dir, token)?;
+    if !configured {
+        info!(path = %tokens::path(&dir, Role::Admin).display(), "no token configured: using the data dir's admin token");
     }
-    let c = indexer_config(dir.join("indexer"), &cfg, token);
+    let c = indexer_config(dir.join("indexer"), &cfg, &keyring);
     let idx = tokio::task::spawn_blocking(move || indexer::Indexer::open(c)).await??;
     let (listener, url) = bind(&listen).await?;
     let i = idx.clone();
     let app = with_ops(
         indexer::router(idx.clone()),
         vec![Arc::new(move || i.metrics())],
+        &Ops::new(keyring, &cfg),
     );
     let cancel = CancellationToken::new();
-    let http = serve_http(listener, app, cancel.clone());
+    let http = crate::http::serve(listener, app, cancel.clone(), &http_limits(&cfg))?;
     info!(url = %url, "indexer listening");
     println!("indexer: {url}");
     shutdown_signal().await;
@@ -611,18 +638,32 @@ pub async fn web(args: WebArgs, cfg: Config, token: Option<String>) -> anyhow::R
         .scheduler
         .or(cfg.web.scheduler.clone())
         .context("--scheduler URL is required (or [web] scheduler in sandtrail.toml)")?;
+    // The UI's own credential upstream (a read token is enough); it also signs users
+    // in, as do the token files of `data_dir` when one is configured.
+    let token = token
+        .filter(|t| !t.trim().is_empty())
+        .context("--token is required: the UI calls the indexer and scheduler with it (a read token is enough)")?;
+    let mut keyring = match &cfg.data_dir {
+        Some(dir) => tokens::load(dir)?,
+        None => Keyring::new(),
+    };
+    keyring.add(&token, Role::Read);
     let cancel = CancellationToken::new();
     let web = web::Web::new(web::WebConfig {
         indexer_url,
         scheduler_url,
     })
-    // Sent upstream so the UI keeps working if the read APIs ever require it.
-    .with_token(token)
+    .with_token(Some(token))
+    .with_keyring(keyring.clone())
     .with_shutdown(cancel.clone());
     let w = web.clone();
-    let app = with_ops(web.router(), vec![Arc::new(move || w.metrics())]);
+    let app = with_ops(
+        web.router(),
+        vec![Arc::new(move || w.metrics())],
+        &Ops::new(keyring, &cfg),
+    );
     let (listener, url) = bind(&listen).await?;
-    let http = serve_http(listener, app, cancel.clone());
+    let http = crate::http::serve(listener, app, cancel.clone(), &http_limits(&cfg))?;
     println!("web UI: {url}/");
     shutdown_signal().await;
     cancel.cancel();
@@ -658,6 +699,30 @@ pub async fn agent(args: AgentArgs, cfg: Config, token: Option<String>) -> anyho
     let port_ranges = config::parse_port_resources(&resources_arg)?;
     let attributes =
         config::parse_attributes(&args.attributes.or(c.attributes.clone()).unwrap_or_default())?;
+    // An agent token is all an agent needs; the data dir's files are the fallback for
+    // an agent sharing a data dir with a scheduler (a single-host setup).
+    let token = match token.filter(|t| !t.trim().is_empty()) {
+        Some(t) => t,
+        None => [Role::Agent, Role::Admin]
+            .into_iter()
+            .map(|r| tokens::path(&dir, r))
+            .find_map(|p| std::fs::read_to_string(p).ok())
+            .and_then(|text| {
+                text.lines()
+                    .map(str::trim)
+                    .find(|l| !l.is_empty() && !l.starts_with('#'))
+                    .map(String::from)
+            })
+            .with_context(|| {
+                format!(
+                    "--token is required (an agent-role token; or {} in the data dir)",
+                    tokens::path(&dir, Role::Agent).display()
+                )
+            })?,
+    };
+    // Its own token reads its /metrics, as do the data dir's tokens.
+    let mut keyring = tokens::load(&dir)?;
+    keyring.add(&token, Role::Admin);
     let (router_listener, bound) = bind(&router_listen).await?;
     // Tasks reach the router on loopback; a router bound to 0.0.0.0 is still there.
     let port = router_listener.local_addr()?.port();
@@ -675,7 +740,7 @@ pub async fn agent(args: AgentArgs, cfg: Config, token: Option<String>) -> anyho
         indexer_url,
         address,
         router_url: router_url.clone(),
-        token,
+        token: Some(token),
         resources,
         port_ranges,
         attributes,
@@ -698,11 +763,12 @@ pub async fn agent(args: AgentArgs, cfg: Config, token: Option<String>) -> anyho
     };
     let tasks_cancel = CancellationToken::new();
     let ship_cancel = CancellationToken::new();
-    let router_http = serve_http(
+    let router_http = crate::http::serve(
         router_listener,
-        with_ops(router.axum_router(), metrics),
+        with_ops(router.axum_router(), metrics, &Ops::new(keyring, &cfg)),
         tasks_cancel.clone(),
-    );
+        &http_limits(&cfg),
+    )?;
     let c = tasks_cancel.clone();
     let node_h = spawn_part(async move { Ok(node.run(c).await?) });
     let c = ship_cancel.clone();

@@ -60,7 +60,17 @@ impl Cluster {
             indexer_url: String::new(),
             agent: None,
             agent_url: String::new(),
-            http: reqwest::Client::new(),
+            // Reading needs the token as much as writing (issue 15).
+            http: reqwest::Client::builder()
+                .default_headers(
+                    [(
+                        reqwest::header::AUTHORIZATION,
+                        format!("Bearer {}", TOKEN).parse()?,
+                    )]
+                    .into_iter()
+                    .collect(),
+                )
+                .build()?,
         };
         c.start_indexer("127.0.0.1:0")?;
         c.start_agent()?;

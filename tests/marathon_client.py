@@ -36,6 +36,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BINARY = os.environ.get("SANDTRAIL_BIN", os.path.join(ROOT, "target", "debug", "sandtrail"))
 DEADLINE = 60.0
 APP = "/compat/web"
+# Every call needs a token, reads included (issue 15); the client sends it as the
+# Basic password, as Marathon's own clients send credentials.
+TOKEN = "marathon-compat-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 def eventually(what, cond, timeout=DEADLINE):
@@ -75,13 +79,13 @@ def stop(proc):
 
 
 def get_json(url):
-    with urllib.request.urlopen(url, timeout=5) as r:
+    with urllib.request.urlopen(urllib.request.Request(url, headers=AUTH), timeout=5) as r:
         return json.load(r)
 
 
 def heartbeats(url):
     """Agent heartbeats the scheduler has handled, from its /metrics."""
-    with urllib.request.urlopen(url + "/metrics", timeout=5) as r:
+    with urllib.request.urlopen(urllib.request.Request(url + "/metrics", headers=AUTH), timeout=5) as r:
         for line in r.read().decode().splitlines():
             if line.startswith("sandtrail_scheduler_heartbeats_total "):
                 return int(line.split()[1])
@@ -106,7 +110,7 @@ def main():
     tmp = tempfile.mkdtemp(prefix="sandtrail-marathon-")
     # No indexer runs here: the agent's shipper retries quietly in the background.
     env = dict(os.environ, SANDTRAIL_LOG="info,agent=error")
-    env.pop("SANDTRAIL_TOKEN", None)
+    env["SANDTRAIL_TOKEN"] = TOKEN
     log = open(os.path.join(tmp, "cluster.log"), "w")
     procs = []
     try:
@@ -136,7 +140,7 @@ def main():
         procs.append(agent)
         eventually("the agent to register", lambda: get_json(url + "/v1/agents"))
 
-        client = MarathonClient(url)
+        client = MarathonClient(url, username="marathon", password=TOKEN)
         events = []
         stream_done = threading.Event()
 

@@ -72,7 +72,17 @@ impl Cluster {
             agent: None,
             agent_url: String::new(),
             spool_mb,
-            http: reqwest::Client::new(),
+            // Reading needs the token as much as writing (issue 15).
+            http: reqwest::Client::builder()
+                .default_headers(
+                    [(
+                        reqwest::header::AUTHORIZATION,
+                        format!("Bearer {}", TOKEN).parse()?,
+                    )]
+                    .into_iter()
+                    .collect(),
+                )
+                .build()?,
         };
         let args = vec![
             "scheduler".to_string(),

@@ -91,7 +91,17 @@ async fn finished_sandboxes_are_collected_once_shipped() -> anyhow::Result<()> {
     let token = std::fs::read_to_string(dir.path().join("token"))?
         .trim()
         .to_string();
-    let http = reqwest::Client::new();
+    // Reading needs the token as much as writing (issue 15).
+    let http = reqwest::Client::builder()
+        .default_headers(
+            [(
+                reqwest::header::AUTHORIZATION,
+                format!("Bearer {}", token).parse()?,
+            )]
+            .into_iter()
+            .collect(),
+        )
+        .build()?;
 
     // Each task prints its id and ends; the scheduler starts the next one.
     let app = serde_json::json!({

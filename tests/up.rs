@@ -139,7 +139,17 @@ async fn search(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn up_serves_search_tail_and_trace_end_to_end() -> anyhow::Result<()> {
     let mut up = Up::start()?;
-    let http = reqwest::Client::new();
+    // Reading needs the token as much as writing (issue 15).
+    let http = reqwest::Client::builder()
+        .default_headers(
+            [(
+                reqwest::header::AUTHORIZATION,
+                format!("Bearer {}", up.token).parse()?,
+            )]
+            .into_iter()
+            .collect(),
+        )
+        .build()?;
     let nodes: BTreeSet<String> = ["node-1", "node-2", "node-3"].map(String::from).into();
 
     // The demo app is deployed by `up` itself: wait for one running instance per node.

@@ -1,7 +1,9 @@
 //! The indexer's HTTP API: ingest, search, histogram and live tail.
 //!
-//! Handlers are thin: they check the token, move CPU work (inflating, decoding,
-//! searching) off the async runtime, and hand over to [`Indexer`]. The ingest body is
+//! Handlers are thin: they move CPU work (inflating, decoding, searching) off the
+//! async runtime and hand over to [`Indexer`]. Credentials and concurrency are checked
+//! by the layers of [`Guards`] before a handler (or its body extractor) runs, so a
+//! request without a token never costs its body. The ingest body is
 //! inflated with a hard cap, so a gzip bomb costs at most `max_body_bytes` of memory,
 //! and decoded completely before anything is written, so a bad batch changes nothing.
 //! The trade-off: a batch is held in memory twice (inflated bytes and records) while
@@ -19,37 +21,91 @@ use crate::Indexer;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
+use axum::middleware::from_fn_with_state;
 use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures::{Stream, StreamExt};
+use protocol::auth::{AuthError, Keyring, Role};
+use protocol::http::{gate, limit, Busy, Gate, Limit};
 use protocol::{HistogramResponse, IngestResponse, SearchResponse};
 use serde::{Deserialize, Serialize};
 use std::convert::Infallible;
 use std::io::Read;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How often an idle tail stream sends a comment, so proxies keep it open.
 pub const TAIL_KEEP_ALIVE: Duration = Duration::from_secs(15);
 
 /// The indexer's routes (without `/healthz` and `/metrics`, which the binary adds).
+/// Ingest needs the `agent` role, everything else `read`; see [`Guards`].
 pub fn router(indexer: Indexer) -> Router {
+    let guards = Guards::new(indexer.config());
     // The compressed body may not be larger than the inflated cap either.
     let body_limit = indexer.config().max_body_bytes;
-    Router::new()
+    let ingest = Router::new()
         .route(
             "/api/v1/ingest",
             post(ingest).layer(DefaultBodyLimit::max(body_limit)),
         )
+        .route_layer(from_fn_with_state(guards.ingest.clone(), limit))
+        .route_layer(from_fn_with_state(guards.gate(&[Role::Agent]), gate));
+    let search = Router::new()
         .route("/api/v1/search", get(search))
         .route("/api/v1/histogram", get(histogram))
         .route("/api/v1/fields", get(fields))
         .route("/api/v1/latency", get(latency))
         .route("/api/v1/context", get(context))
+        .route_layer(from_fn_with_state(guards.search.clone(), limit))
+        .route_layer(from_fn_with_state(guards.gate(&[Role::Read]), gate));
+    let tail = Router::new()
         .route("/api/v1/tail", get(tail))
+        .route_layer(from_fn_with_state(guards.tail.clone(), limit))
+        .route_layer(from_fn_with_state(guards.gate(&[Role::Read]), gate));
+    ingest
+        .merge(search)
+        .merge(tail)
         .with_state(indexer.clone())
-        .merge(crate::es::router(indexer))
+        .merge(crate::es::router(indexer, &guards))
+}
+
+/// What stands in front of the handlers: who may call (the cluster token as admin
+/// plus the role tokens of the config) and how many may be in flight per class. The
+/// Elasticsearch routes share the same permits, answering in their own error shape.
+#[derive(Clone)]
+pub(crate) struct Guards {
+    pub(crate) keyring: Arc<Keyring>,
+    pub(crate) ingest: Limit,
+    pub(crate) search: Limit,
+    pub(crate) tail: Limit,
+}
+
+impl Guards {
+    fn new(c: &crate::IndexerConfig) -> Guards {
+        let mut keyring = Keyring::with_admin(c.token.as_deref());
+        keyring.extend(&c.tokens);
+        Guards {
+            keyring: Arc::new(keyring),
+            ingest: Limit::new("ingest", c.max_concurrent_ingest, shed),
+            search: Limit::new("search", c.max_concurrent_searches, shed),
+            tail: Limit::new("tail", c.max_tail_streams, shed),
+        }
+    }
+
+    pub(crate) fn gate(&self, needs: &'static [Role]) -> Gate {
+        Gate::new(self.keyring.clone(), needs, refuse)
+    }
+}
+
+fn refuse(e: AuthError) -> axum::response::Response {
+    Error::from(e).into_response()
+}
+
+fn shed(b: Busy) -> axum::response::Response {
+    Error::from(b).into_response()
 }
 
 /// `POST /api/v1/ingest` parameters.
@@ -80,12 +136,11 @@ impl IngestParams {
 async fn ingest(
     State(ix): State<Indexer>,
     params: std::result::Result<Query<IngestParams>, QueryRejection>,
-    headers: HeaderMap,
     body: std::result::Result<Bytes, BytesRejection>,
 ) -> Result<Json<IngestResponse>> {
     Metrics::inc(&ix.metrics_handle().ingest_requests, 1);
     let result = match params {
-        Ok(Query(params)) => ingest_inner(&ix, &params, &headers, body).await,
+        Ok(Query(params)) => ingest_inner(&ix, &params, body).await,
         Err(rejection) => Err(Error::BadParam {
             name: "query string",
             value: rejection.body_text(),
@@ -101,10 +156,8 @@ async fn ingest(
 async fn ingest_inner(
     ix: &Indexer,
     params: &IngestParams,
-    headers: &HeaderMap,
     body: std::result::Result<Bytes, BytesRejection>,
 ) -> Result<IngestResponse> {
-    check_token(ix.config().token.as_deref(), headers)?;
     let max = ix.config().max_body_bytes;
     let body = body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
@@ -130,64 +183,6 @@ async fn ingest_inner(
         crate::Ack::Committed(Some(wire))
     };
     ix.ingest_with(records, ack).await
-}
-
-/// Accepts `x-sandtrail-token: T`, `Authorization: Bearer T`, or HTTP Basic auth
-/// with T as the password (what Elasticsearch clients and shippers send) when a
-/// token is set.
-pub(crate) fn check_token(expected: Option<&str>, headers: &HeaderMap) -> Result<()> {
-    let Some(expected) = expected else {
-        return Ok(());
-    };
-    let header = |name| headers.get(name).and_then(|v| v.to_str().ok());
-    let basic_password = header("authorization")
-        .and_then(|v| {
-            v.strip_prefix("Basic ")
-                .or_else(|| v.strip_prefix("basic "))
-        })
-        .and_then(|b64| decode_base64(b64.trim()))
-        .and_then(|raw| String::from_utf8(raw).ok())
-        .and_then(|userpass| userpass.split_once(':').map(|(_, p)| p.to_string()));
-    let given = header(protocol::TOKEN_HEADER)
-        .or_else(|| {
-            header("authorization").and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-        })
-        .map(String::from)
-        .or(basic_password);
-    match given {
-        Some(g) if constant_time_eq(g.trim().as_bytes(), expected.as_bytes()) => Ok(()),
-        _ => Err(Error::Unauthorized),
-    }
-}
-
-/// Standard base64 (with or without padding); `None` on any other character.
-fn decode_base64(s: &str) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(s.len() * 3 / 4);
-    let (mut acc, mut bits) = (0u32, 0u32);
-    for c in s.trim_end_matches('=').bytes() {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        };
-        acc = (acc << 6) | u32::from(v);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-        }
-    }
-    Some(out)
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// zstd's frame magic (RFC 8878), little-endian `0xFD2FB528`.
@@ -386,7 +381,6 @@ async fn tail(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use axum::http::HeaderValue;
     use flate2::write::GzEncoder;
     use flate2::Compression;
     use std::io::Write;
@@ -473,31 +467,5 @@ mod tests {
         let full = gzip(b"some text that is long enough to matter");
         let err = gunzip_capped(&full[..full.len() - 6], 100).unwrap_err();
         assert!(matches!(err, Error::BadBody(_)), "{err}");
-    }
-
-    #[test]
-    fn token_accepts_both_headers_and_refuses_others() {
-        let mut h = HeaderMap::new();
-        assert!(check_token(None, &h).is_ok());
-        assert!(matches!(
-            check_token(Some("s3"), &h),
-            Err(Error::Unauthorized)
-        ));
-        h.insert(protocol::TOKEN_HEADER, HeaderValue::from_static("s3"));
-        assert!(check_token(Some("s3"), &h).is_ok());
-        let mut h = HeaderMap::new();
-        h.insert("authorization", HeaderValue::from_static("Bearer s3"));
-        assert!(check_token(Some("s3"), &h).is_ok());
-        assert!(check_token(Some("s4"), &h).is_err());
-        // Basic auth with the token as password: "elastic:s3".
-        let mut h = HeaderMap::new();
-        h.insert(
-            "authorization",
-            HeaderValue::from_static("Basic ZWxhc3RpYzpzMw=="),
-        );
-        assert!(check_token(Some("s3"), &h).is_ok());
-        assert!(check_token(Some("s4"), &h).is_err());
-        h.insert("authorization", HeaderValue::from_static("Basic !!!"));
-        assert!(check_token(Some("s3"), &h).is_err());
     }
 }

@@ -330,6 +330,10 @@ async fn serve_on_loopback(
         max_inflight_bytes: 1 << 30,
         retention: None,
         search_timeout: crate::DEFAULT_SEARCH_TIMEOUT,
+        // A benchmark measures the index, not the load shedding in front of it.
+        max_concurrent_ingest: 1 << 16,
+        max_concurrent_searches: 1 << 16,
+        ..IndexerConfig::default()
     })?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

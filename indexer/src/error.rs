@@ -13,10 +13,12 @@ use axum::Json;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(
-        "missing or wrong cluster token: expected header `{}` or `Authorization: Bearer`",
+        "missing or wrong token: expected header `{}`, `Authorization: Bearer` or Basic with the token as password",
         protocol::TOKEN_HEADER
     )]
     Unauthorized,
+    #[error("{0}")]
+    Forbidden(String),
     #[error("invalid request body: {0}")]
     BadBody(String),
     #[error("request body too large: it inflates to more than {limit} bytes")]
@@ -55,10 +57,28 @@ pub enum Error {
 
 pub type Result<T> = std::result::Result<T, Error>;
 
+impl From<protocol::auth::AuthError> for Error {
+    fn from(e: protocol::auth::AuthError) -> Error {
+        match e {
+            protocol::auth::AuthError::Forbidden { .. } => Error::Forbidden(e.to_string()),
+            _ => Error::Unauthorized,
+        }
+    }
+}
+
+impl From<protocol::http::Busy> for Error {
+    fn from(b: protocol::http::Busy) -> Error {
+        Error::Overloaded {
+            reason: b.to_string(),
+        }
+    }
+}
+
 impl Error {
     pub fn status(&self) -> StatusCode {
         match self {
             Error::Unauthorized => StatusCode::UNAUTHORIZED,
+            Error::Forbidden(_) => StatusCode::FORBIDDEN,
             Error::BadBody(_)
             | Error::Protocol(_)
             | Error::BadQuery { .. }
@@ -80,7 +100,7 @@ impl Error {
     /// error bodies of the Elasticsearch-compatible endpoints.
     pub fn es_type(&self) -> &'static str {
         match self {
-            Error::Unauthorized => "security_exception",
+            Error::Unauthorized | Error::Forbidden(_) => "security_exception",
             Error::BadBody(_) | Error::BadQuery { .. } => "parsing_exception",
             Error::Protocol(protocol::Error::BadCursor(_))
             | Error::BadParam { .. }

@@ -21,7 +21,7 @@
 //! `noop`, since logs are immutable here). Documents without `_id` get a generated one.
 
 use crate::analytics::{percentile_of_sorted, KeywordCounts};
-use crate::api::{check_token, gunzip_capped};
+use crate::api::{gunzip_capped, Guards};
 use crate::columns::ColumnCache;
 use crate::error::{Error, EsError, Result};
 use crate::highlight::{self, FragmentOptions};
@@ -62,10 +62,15 @@ pub const DEFAULT_PERCENTS: [f64; 7] = [1.0, 5.0, 25.0, 50.0, 75.0, 95.0, 99.0];
 /// Most buckets a `date_histogram` may produce.
 pub const MAX_BUCKETS: i64 = 65_536;
 
-/// The Elasticsearch routes; merged next to the native ones by [`crate::router`].
-pub fn router(indexer: Indexer) -> Router {
+/// The Elasticsearch routes; merged next to the native ones by [`crate::router`],
+/// behind the same [`Guards`] but refusing in Elasticsearch's error shape.
+pub(crate) fn router(indexer: Indexer, guards: &Guards) -> Router {
+    use axum::middleware::from_fn_with_state;
+    use protocol::auth::Role;
+    use protocol::http::{gate, limit, Gate};
     let body_limit = indexer.config().max_body_bytes;
-    Router::new()
+    let gate_for = |needs| Gate::new(guards.keyring.clone(), needs, es_refuse);
+    let bulk = Router::new()
         .route(
             "/_bulk",
             post(bulk_all)
@@ -78,12 +83,37 @@ pub fn router(indexer: Indexer) -> Router {
                 .put(bulk_index)
                 .layer(DefaultBodyLimit::max(body_limit)),
         )
+        .route_layer(from_fn_with_state(
+            guards.ingest.with_reject(es_shed),
+            limit,
+        ))
+        .route_layer(from_fn_with_state(gate_for(&[Role::Agent]), gate));
+    let search = Router::new()
         .route("/_search", post(search_all).get(search_all))
-        .route("/_cat/health", axum::routing::get(cat_health))
         .route("/{index}/_search", post(search_index).get(search_index))
         .route("/_count", post(count_all).get(count_all))
         .route("/{index}/_count", post(count_index).get(count_index))
-        .with_state(indexer)
+        .route_layer(from_fn_with_state(
+            guards.search.with_reject(es_shed),
+            limit,
+        ))
+        .route_layer(from_fn_with_state(gate_for(&[Role::Read]), gate));
+    // Cluster health tells no log line: any valid token may ask (shippers probe it).
+    let health = Router::new()
+        .route("/_cat/health", axum::routing::get(cat_health))
+        .route_layer(from_fn_with_state(
+            gate_for(&[Role::Read, Role::Agent]),
+            gate,
+        ));
+    bulk.merge(search).merge(health).with_state(indexer)
+}
+
+fn es_refuse(e: protocol::auth::AuthError) -> axum::response::Response {
+    axum::response::IntoResponse::into_response(EsError(Error::from(e)))
+}
+
+fn es_shed(b: protocol::http::Busy) -> axum::response::Response {
+    axum::response::IntoResponse::into_response(EsError(Error::from(b)))
 }
 
 // ---------------------------------------------------------------- bulk
@@ -414,7 +444,6 @@ async fn bulk(
     body: std::result::Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>> {
     let started = Instant::now();
-    check_token(ix.config().token.as_deref(), &headers)?;
     let max = ix.config().max_body_bytes;
     let body = body.map_err(|rejection| {
         if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {

@@ -65,8 +65,17 @@ pub const TAIL_CAPACITY: usize = 4096;
 pub struct IndexerConfig {
     /// The partitions live in `data_dir/index/YYYY-MM-DD/`.
     pub data_dir: PathBuf,
-    /// Cluster token; when set, ingest requires it.
+    /// The cluster token, admin of everything. With neither it nor `tokens` the API is
+    /// open (library tests and embedders); the binary always sets at least this one.
     pub token: Option<String>,
+    /// Tokens with narrower roles: `read` searches and tails, `agent` ingests.
+    pub tokens: protocol::auth::Keyring,
+    /// Ingest requests (native and `_bulk`) in flight at once; more are shed with 429.
+    pub max_concurrent_ingest: usize,
+    /// Searches (native, histogram, fields, `_search`, `_count`) in flight at once.
+    pub max_concurrent_searches: usize,
+    /// Live-tail streams open at once.
+    pub max_tail_streams: usize,
     /// Cap on the inflated size of one ingest body (the gzip-bomb guard).
     pub max_body_bytes: usize,
     /// Tantivy's indexing memory budget.
@@ -92,6 +101,10 @@ impl Default for IndexerConfig {
         IndexerConfig {
             data_dir: PathBuf::from("./.sandtrail/indexer"),
             token: None,
+            tokens: protocol::auth::Keyring::new(),
+            max_concurrent_ingest: 64,
+            max_concurrent_searches: 32,
+            max_tail_streams: 256,
             max_body_bytes: 64 << 20,
             writer_memory_bytes: 128 << 20,
             max_inflight_bytes: 512 << 20,

@@ -33,6 +33,8 @@ impl Server {
         let resp = self
             .http
             .post(format!("{}/{index}/_search", self.base))
+            // Reading needs the token as much as writing (issue 15).
+            .basic_auth("elastic", Some("s3cret"))
             .json(&body)
             .send()
             .await?;
@@ -121,13 +123,25 @@ async fn bulk_dedups_by_id_and_reports_items_in_order() -> Result<()> {
         .as_str()
         .unwrap()
         .contains("latency_ms"));
-    let health = s.http.get(format!("{}/_cat/health", s.base)).send().await?;
+    let health = s
+        .http
+        .get(format!("{}/_cat/health", s.base))
+        .basic_auth("elastic", Some("s3cret"))
+        .send()
+        .await?;
     assert_eq!(health.status(), StatusCode::OK);
     assert!(health.text().await?.contains("green"));
     let all = s.search("logs", json!({ "size": 0 })).await?;
     assert_eq!(all["hits"]["total"]["value"], 21);
 
-    // Without the token: 401.
+    // Without the token: 401, for reading as for writing.
+    let resp = s
+        .http
+        .post(format!("{}/logs/_search", s.base))
+        .json(&json!({}))
+        .send()
+        .await?;
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
     let resp = s
         .http
         .post(format!("{}/_bulk", s.base))
@@ -400,6 +414,7 @@ async fn es_endpoints_answer_errors_in_elasticsearch_shape() -> Result<()> {
     let resp = s
         .http
         .get(format!("{}/api/v1/search", s.base))
+        .basic_auth("elastic", Some("s3cret"))
         .query(&[("q", "msg:(")])
         .send()
         .await?;

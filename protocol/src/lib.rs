@@ -11,6 +11,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+pub mod auth;
+#[cfg(feature = "http")]
+pub mod http;
 pub mod wire;
 pub use wire::LogRecordRef;
 
@@ -31,8 +34,8 @@ pub enum Error {
 
 pub type Result<T> = std::result::Result<T, Error>;
 
-/// Header that carries the cluster token between parts (`Authorization: Bearer` is
-/// accepted too); the value is compared as an opaque string.
+/// Header that carries a token between parts (`Authorization: Bearer` and Basic are
+/// accepted too, see [`auth`]); the value is compared as an opaque string.
 pub const TOKEN_HEADER: &str = "x-sandtrail-token";
 /// Response header the router sets on every call so callers can find the trace.
 pub const TRACE_ID_HEADER: &str = "x-trace-id";

@@ -15,13 +15,15 @@ use crate::{Error, Result};
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State as AxState};
 use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::Extension;
 use axum::{Json, Router};
 use chrono::SecondsFormat;
-use protocol::{
-    AgentInfo, AgentRegistration, HealthCheck, HeartbeatRequest, HeartbeatResponse, TOKEN_HEADER,
-};
+use protocol::auth::{AuthError, Keyring, Role};
+use protocol::http::{gate, Caller, Gate};
+use protocol::{AgentInfo, AgentRegistration, HealthCheck, HeartbeatRequest, HeartbeatResponse};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
@@ -36,9 +38,12 @@ use tracing::{error, info, warn};
 pub struct SchedulerConfig {
     /// The state file lives in `<data_dir>/scheduler/state.json`.
     pub data_dir: PathBuf,
-    /// When set (and not empty), write APIs and the agent endpoints require it in
-    /// `x-sandtrail-token` or `Authorization: Bearer`.
+    /// The cluster token, admin of everything. With neither it nor `tokens` the API is
+    /// open (library tests and embedders); the binary always sets at least this one.
     pub token: Option<String>,
+    /// Tokens with narrower roles: `read` lists apps (without env values), `deploy`
+    /// changes them, `agent` registers and heartbeats.
+    pub tokens: protocol::auth::Keyring,
     /// Heartbeat silence after which an agent is lost and its tasks are replaced.
     pub agent_timeout: Duration,
 }
@@ -48,6 +53,7 @@ impl Default for SchedulerConfig {
         SchedulerConfig {
             data_dir: PathBuf::from("data"),
             token: None,
+            tokens: protocol::auth::Keyring::new(),
             agent_timeout: Duration::from_secs(10),
         }
     }
@@ -81,7 +87,7 @@ impl Scheduler {
     /// small file synchronously: call it at startup, not on a busy runtime.
     pub fn open(mut config: SchedulerConfig) -> Result<Scheduler> {
         if config.token.as_deref() == Some("") {
-            warn!("empty cluster token configured; the scheduler api is not protected");
+            warn!("empty cluster token configured; it is ignored");
             config.token = None;
         }
         let dir = config.data_dir.join("scheduler");
@@ -155,28 +161,12 @@ impl Scheduler {
             })
     }
 
-    fn authorize(&self, headers: &HeaderMap) -> Result<()> {
-        let Some(want) = &self.inner.config.token else {
-            return Ok(());
-        };
-        let got = headers
-            .get(TOKEN_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .or_else(|| {
-                headers
-                    .get(header::AUTHORIZATION)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.strip_prefix("Bearer "))
-            });
-        match got {
-            Some(got) if constant_time_eq(got.trim().as_bytes(), want.as_bytes()) => Ok(()),
-            _ => Err(Error::Unauthorized),
-        }
+    /// The cluster token as admin plus the role tokens of the config.
+    fn keyring(&self) -> Keyring {
+        let mut k = Keyring::with_admin(self.inner.config.token.as_deref());
+        k.extend(&self.inner.config.tokens);
+        k
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 // ---------------------------------------------------------------------------
@@ -1015,8 +1005,17 @@ fn definition_json(def: &AppDef) -> Map<String, Value> {
 // ---------------------------------------------------------------------------
 
 /// The scheduler's HTTP API (without `/healthz` and `/metrics`, which the binary adds).
+///
+/// Who may call what: reading the Marathon API needs `read` (app env values only for
+/// `deploy`), changing it `deploy`; registration and heartbeats need `agent`; service
+/// lookups (the routers' and the readers') either. `/ping` stays open, as Marathon's
+/// is a liveness probe. The gates run before any body is read.
 pub fn router(scheduler: Scheduler) -> Router {
-    Router::new()
+    let keyring = Arc::new(scheduler.keyring());
+    let gate_for = |read: &'static [Role], write: &'static [Role]| {
+        from_fn_with_state(Gate::by_method(keyring.clone(), read, write, refuse), gate)
+    };
+    let marathon = Router::new()
         .route("/v2/apps", get(list_apps).post(create_app))
         .route(
             "/v2/apps/{*id}",
@@ -1036,13 +1035,56 @@ pub fn router(scheduler: Scheduler) -> Router {
         .route("/v2/queue", get(queue))
         .route("/v2/events", get(events))
         .route("/v2/info", get(info))
-        .route("/ping", get(ping))
         .route("/v1/agents", get(list_agents))
+        .route_layer(gate_for(&[Role::Read], &[Role::Deploy]));
+    let agents = Router::new()
         .route("/v1/agents/register", post(register_agent))
         .route("/v1/agents/{name}/heartbeat", post(heartbeat))
+        .route_layer(gate_for(&[Role::Agent], &[Role::Agent]));
+    let lookups = Router::new()
         .route("/v1/services/{*app}", get(services))
+        .route_layer(gate_for(&[Role::Read, Role::Agent], &[Role::Agent]));
+    marathon
+        .merge(agents)
+        .merge(lookups)
+        .route("/ping", get(ping))
         .with_state(scheduler)
 }
+
+fn refuse(e: AuthError) -> Response {
+    Error::from(e).into_response()
+}
+
+/// Whether the caller may see app env values (secrets often live there): `deploy`
+/// and `admin` may, `read` may not. No [`Caller`] means no gate ran (an open API).
+fn sees_env(caller: Option<&Extension<Caller>>) -> bool {
+    caller.is_none_or(|Extension(Caller(role))| role.allows(Role::Deploy))
+}
+
+/// Replaces the value of every `env` entry anywhere in `v` with [`HIDDEN_ENV`],
+/// keeping the names: a reader may know a variable is set, not what it holds.
+fn hide_env(v: &mut Value) {
+    match v {
+        Value::Object(map) => {
+            for (k, child) in map.iter_mut() {
+                if k == "env" {
+                    if let Value::Object(env) = child {
+                        for value in env.values_mut() {
+                            *value = Value::String(HIDDEN_ENV.into());
+                        }
+                        continue;
+                    }
+                }
+                hide_env(child);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(hide_env),
+        _ => {}
+    }
+}
+
+/// What a `read` caller sees instead of an env value.
+pub const HIDDEN_ENV: &str = "<hidden: needs a deploy token>";
 
 fn parse_json(body: &Bytes) -> Result<Value> {
     serde_json::from_slice(body)
@@ -1053,12 +1095,7 @@ fn deployment(id: &str, version: chrono::DateTime<chrono::Utc>) -> Value {
     json!({"version": ts(version), "deploymentId": id})
 }
 
-async fn create_app(
-    AxState(s): AxState<Scheduler>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response> {
-    s.authorize(&headers)?;
+async fn create_app(AxState(s): AxState<Scheduler>, body: Bytes) -> Result<Response> {
     let body = parse_json(&body)?;
     let now = Now::current();
     let def = parse_app(&body, None, now.wall_millis())?;
@@ -1078,7 +1115,11 @@ struct AppsQuery {
     embed: Option<String>,
 }
 
-async fn list_apps(AxState(s): AxState<Scheduler>, Query(q): Query<AppsQuery>) -> Json<Value> {
+async fn list_apps(
+    AxState(s): AxState<Scheduler>,
+    caller: Option<Extension<Caller>>,
+    Query(q): Query<AppsQuery>,
+) -> Json<Value> {
     let with_tasks = q.embed.as_deref().is_some_and(|e| e.contains("tasks"));
     let st = s.lock();
     let apps: Vec<Value> = st
@@ -1087,34 +1128,48 @@ async fn list_apps(AxState(s): AxState<Scheduler>, Query(q): Query<AppsQuery>) -
         .filter(|a| q.cmd.as_deref().is_none_or(|c| a.command().contains(c)))
         .map(|a| app_json(&st, a, with_tasks))
         .collect();
-    Json(json!({ "apps": apps }))
+    let mut out = json!({ "apps": apps });
+    if !sees_env(caller.as_ref()) {
+        hide_env(&mut out);
+    }
+    Json(out)
 }
 
-async fn get_app(AxState(s): AxState<Scheduler>, Path(id): Path<String>) -> Result<Json<Value>> {
-    let st = s.lock();
-    if let Some(def) = st.app(&id) {
-        return Ok(Json(json!({ "app": app_json(&st, def, true) })));
+async fn get_app(
+    AxState(s): AxState<Scheduler>,
+    caller: Option<Extension<Caller>>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>> {
+    let mut out = get_app_json(&s, &id)?;
+    if !sees_env(caller.as_ref()) {
+        hide_env(&mut out);
     }
-    if let Some(view) = versions_view(&st, &id) {
-        return view.map(Json);
+    Ok(Json(out))
+}
+
+fn get_app_json(s: &Scheduler, id: &str) -> Result<Value> {
+    let st = s.lock();
+    if let Some(def) = st.app(id) {
+        return Ok(json!({ "app": app_json(&st, def, true) }));
+    }
+    if let Some(view) = versions_view(&st, id) {
+        return view;
     }
     // `/v2/apps/{id}/tasks` cannot be a route next to the wildcard, so it lands here.
     if let Some(app) = id.trim_end_matches('/').strip_suffix("/tasks") {
         if st.app(app).is_some() {
             let tasks: Vec<Value> = st.tasks_of(app).iter().map(|t| task_json(&st, t)).collect();
-            return Ok(Json(json!({ "tasks": tasks })));
+            return Ok(json!({ "tasks": tasks }));
         }
     }
-    Err(Error::UnknownApp(app_key(&id)))
+    Err(Error::UnknownApp(app_key(id)))
 }
 
 async fn put_app(
     AxState(s): AxState<Scheduler>,
     Path(id): Path<String>,
-    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response> {
-    s.authorize(&headers)?;
     let body = parse_json(&body)?;
     let Some(patch) = body.as_object() else {
         return Err(Error::InvalidApp(vec![format!(
@@ -1171,9 +1226,7 @@ async fn delete_app(
     AxState(s): AxState<Scheduler>,
     Path(id): Path<String>,
     Query(q): Query<ScaleQuery>,
-    headers: HeaderMap,
 ) -> Result<Json<Value>> {
-    s.authorize(&headers)?;
     let now = Now::current();
     let body = {
         let mut st = s.lock();
@@ -1201,12 +1254,7 @@ async fn delete_app(
 }
 
 /// `POST /v2/apps/{id}/restart`: a rolling restart of every task.
-async fn post_app(
-    AxState(s): AxState<Scheduler>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-) -> Result<Json<Value>> {
-    s.authorize(&headers)?;
+async fn post_app(AxState(s): AxState<Scheduler>, Path(id): Path<String>) -> Result<Json<Value>> {
     let Some(app) = id.trim_end_matches('/').strip_suffix("/restart") else {
         return Err(Error::BadRequest(format!(
             "POST /v2/apps/{id} is not an action: expected /v2/apps/{{id}}/restart"
@@ -1231,9 +1279,7 @@ async fn delete_deployment(
     AxState(s): AxState<Scheduler>,
     Path(id): Path<String>,
     Query(q): Query<ScaleQuery>,
-    headers: HeaderMap,
 ) -> Result<Response> {
-    s.authorize(&headers)?;
     let force = flag(&q.force);
     let out = s.lock().cancel_deployment(&id, !force, Now::current())?;
     s.persist().await?;
@@ -1268,6 +1314,7 @@ async fn queue(AxState(s): AxState<Scheduler>) -> Json<Value> {
 /// slowing the scheduler down.
 async fn events(
     AxState(s): AxState<Scheduler>,
+    caller: Option<Extension<Caller>>,
 ) -> axum::response::sse::Sse<
     impl futures::Stream<
         Item = std::result::Result<axum::response::sse::Event, std::convert::Infallible>,
@@ -1277,7 +1324,8 @@ async fn events(
     use tokio::sync::broadcast::error::RecvError;
     let rx = s.lock().subscribe();
     let stopping = s.inner.stopping.clone();
-    let stream = futures::stream::unfold((rx, stopping), |(mut rx, stopping)| async move {
+    let env = sees_env(caller.as_ref());
+    let stream = futures::stream::unfold((rx, stopping), move |(mut rx, stopping)| async move {
         loop {
             let next = tokio::select! {
                 _ = stopping.cancelled() => return None,
@@ -1285,7 +1333,14 @@ async fn events(
             };
             match next {
                 Ok(e) => {
-                    let ev = SseEvent::default().event(e.kind).data(e.data.to_string());
+                    let data = if env {
+                        e.data.to_string()
+                    } else {
+                        let mut d = e.data.clone();
+                        hide_env(&mut d);
+                        d.to_string()
+                    };
+                    let ev = SseEvent::default().event(e.kind).data(data);
                     return Some((Ok(ev), (rx, stopping)));
                 }
                 // Marathon has no event for this and clients reject unknown ones.
@@ -1394,12 +1449,7 @@ async fn list_agents(AxState(s): AxState<Scheduler>) -> Json<Value> {
     Json(Value::Array(agents))
 }
 
-async fn register_agent(
-    AxState(s): AxState<Scheduler>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Json<AgentInfo>> {
-    s.authorize(&headers)?;
+async fn register_agent(AxState(s): AxState<Scheduler>, body: Bytes) -> Result<Json<AgentInfo>> {
     let reg: AgentRegistration = serde_json::from_slice(&body)?;
     let out = s.lock().register(reg.info, reg.ports, Now::current())?;
     s.persist().await?;
@@ -1409,10 +1459,8 @@ async fn register_agent(
 async fn heartbeat(
     AxState(s): AxState<Scheduler>,
     Path(name): Path<String>,
-    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<HeartbeatResponse>> {
-    s.authorize(&headers)?;
     let req: HeartbeatRequest = if body.iter().all(u8::is_ascii_whitespace) {
         HeartbeatRequest::default()
     } else {
@@ -1650,12 +1698,5 @@ mod tests {
     #[test]
     fn non_object_body_is_invalid() {
         assert!(problems(json!([1, 2]))[0].contains("json object"));
-    }
-
-    #[test]
-    fn token_is_compared_whole() {
-        assert!(constant_time_eq(b"abc", b"abc"));
-        assert!(!constant_time_eq(b"abc", b"abd"));
-        assert!(!constant_time_eq(b"abc", b"abcd"));
     }
 }

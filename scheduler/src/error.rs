@@ -21,8 +21,10 @@ pub enum Error {
     UnknownDeployment(String),
     #[error("agent {0:?} is not registered")]
     UnknownAgent(String),
-    #[error("missing or wrong cluster token")]
+    #[error("missing or wrong token: expected `Authorization: Bearer <token>` or header `x-sandtrail-token`")]
     Unauthorized,
+    #[error("{0}")]
+    Forbidden(String),
     #[error("bad request: {0}")]
     BadRequest(String),
     /// A task cannot run as the user its app (or the node's default) names.
@@ -46,6 +48,15 @@ pub enum Error {
 
 pub type Result<T> = std::result::Result<T, Error>;
 
+impl From<protocol::auth::AuthError> for Error {
+    fn from(e: protocol::auth::AuthError) -> Error {
+        match e {
+            protocol::auth::AuthError::Forbidden { .. } => Error::Forbidden(e.to_string()),
+            _ => Error::Unauthorized,
+        }
+    }
+}
+
 impl Error {
     /// Wraps an io error with the path it happened on, so the message names it.
     pub fn io(path: impl AsRef<std::path::Path>, source: std::io::Error) -> Self {
@@ -66,6 +77,7 @@ impl Error {
             | Error::UnknownDeployment(_) => StatusCode::NOT_FOUND,
             Error::AppExists(_) => StatusCode::CONFLICT,
             Error::Unauthorized => StatusCode::UNAUTHORIZED,
+            Error::Forbidden(_) => StatusCode::FORBIDDEN,
             Error::BadRequest(_) | Error::TaskUser { .. } | Error::Json(_) => {
                 StatusCode::BAD_REQUEST
             }

@@ -116,6 +116,31 @@ pub struct Router {
     inner: Arc<Inner>,
 }
 
+/// Most app names the services cache holds. Callers pick the names (any path's first
+/// segment), so without a cap the cache grew by one entry per name ever asked for.
+pub const MAX_CACHED_APPS: usize = 1024;
+
+/// Inserts `app` into a cache of at most `cap` entries. When full, answers for unknown
+/// apps go first (they only spare the control plane a lookup), then the oldest known
+/// ones: a known app's stale answer is what keeps calls flowing while the control
+/// plane is away, so it is the last thing to forget.
+fn insert_bounded(cache: &mut HashMap<String, Cached>, app: &str, entry: Cached, cap: usize) {
+    if cache.len() >= cap && !cache.contains_key(app) {
+        cache.retain(|_, c| c.answer.is_some());
+        while cache.len() >= cap {
+            let Some(oldest) = cache
+                .iter()
+                .min_by_key(|(_, c)| c.at)
+                .map(|(k, _)| k.clone())
+            else {
+                break;
+            };
+            cache.remove(&oldest);
+        }
+    }
+    cache.insert(app.to_string(), entry);
+}
+
 struct Inner {
     cfg: RouterConfig,
     /// Talks to instances: plain HTTP/1.1 with a keep-alive pool, no redirects
@@ -615,12 +640,14 @@ impl Inner {
         match self.fetch_services(app).await {
             Ok(answer) => {
                 let answer = answer.map(|eps| Arc::new(self.with_counters(eps)));
-                self.services.lock().expect("services cache lock").insert(
-                    app.to_string(),
+                insert_bounded(
+                    &mut self.services.lock().expect("services cache lock"),
+                    app,
                     Cached {
                         at: Instant::now(),
                         answer: answer.clone(),
                     },
+                    MAX_CACHED_APPS,
                 );
                 answer.ok_or_else(|| Error::UnknownApp(app.into()))
             }
@@ -1299,6 +1326,61 @@ mod tests {
 
     const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
     const SPAN: &str = "00f067aa0ba902b7";
+
+    /// Issue 15: the services cache grew by one entry per name ever asked for.
+    #[test]
+    fn services_cache_stays_bounded_and_keeps_known_apps_longest() {
+        let known = || {
+            Some(Arc::new(Endpoints {
+                list: Vec::new(),
+                load: Vec::new(),
+                authorities: Vec::new(),
+            }))
+        };
+        let t0 = Instant::now();
+        let mut cache = HashMap::new();
+        insert_bounded(
+            &mut cache,
+            "fib",
+            Cached {
+                at: t0,
+                answer: known(),
+            },
+            4,
+        );
+        for i in 0..10_000u32 {
+            let at = t0 + Duration::from_millis(u64::from(i) + 1);
+            insert_bounded(
+                &mut cache,
+                &format!("nope-{i}"),
+                Cached { at, answer: None },
+                4,
+            );
+        }
+        assert!(cache.len() <= 4, "{}", cache.len());
+        assert!(
+            cache.contains_key("fib"),
+            "a known app outlives unknown names"
+        );
+        for i in 0..4u32 {
+            let at = t0 + Duration::from_secs(100 + u64::from(i));
+            insert_bounded(
+                &mut cache,
+                &format!("app-{i}"),
+                Cached {
+                    at,
+                    answer: known(),
+                },
+                4,
+            );
+        }
+        assert_eq!(cache.len(), 4);
+        assert!(
+            !cache.contains_key("fib"),
+            "then the oldest known answer goes"
+        );
+        assert!(cache.contains_key("app-3"));
+    }
 
     #[test]
     fn parses_a_valid_traceparent() {

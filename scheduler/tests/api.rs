@@ -58,7 +58,14 @@ impl Server {
     }
 
     async fn get(&self, path: &str) -> (u16, Value) {
-        let r = self.http.get(self.url(path)).send().await.unwrap();
+        // Reads need a token as much as writes (issue 15).
+        let r = self
+            .http
+            .get(self.url(path))
+            .header(protocol::TOKEN_HEADER, TOKEN)
+            .send()
+            .await
+            .unwrap();
         let status = r.status().as_u16();
         (status, r.json().await.unwrap_or(Value::Null))
     }
@@ -475,8 +482,12 @@ async fn writes_and_agent_calls_need_the_token() {
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 201);
-    // Reads are open.
+    // Reads need the token too (issue 15); `/ping` stays open for probes.
     assert_eq!(server.get("/v2/apps").await.0, 200);
+    let (code, _) = server
+        .send(reqwest::Method::GET, "/v2/apps", &json!({}), None)
+        .await;
+    assert_eq!(code, 401);
     let pong = server
         .http
         .get(server.url("/ping"))
@@ -595,7 +606,13 @@ async fn restart_patch_kill_and_deployments_over_http_with_events() {
     let dir = tempfile::tempdir().unwrap();
     let s = Server::start(dir.path()).await;
     s.register("node-1", "10.0.0.1").await;
-    let events = s.http.get(s.url("/v2/events")).send().await.unwrap();
+    let events = s
+        .http
+        .get(s.url("/v2/events"))
+        .header(protocol::TOKEN_HEADER, TOKEN)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(events.status().as_u16(), 200);
 
     let (status, body) = s

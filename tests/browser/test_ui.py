@@ -69,7 +69,7 @@ class Cluster:
              "--router-listen", "127.0.0.1:0"],
             stdout=subprocess.PIPE, stderr=self.stderr, text=True, cwd=ROOT,
         )
-        self.web = self.router = None
+        self.web = self.router = self.sign_in = None
         self.deployed = threading.Event()
         ready = threading.Event()
 
@@ -78,6 +78,9 @@ class Cluster:
                 line = line.strip()
                 if line.startswith("web UI:"):
                     self.web = line.split()[-1].rstrip("/")
+                elif line.startswith("sign in:"):
+                    # The one-time link `up` prints for the local browser (issue 15).
+                    self.sign_in = line.split()[2]
                 elif line.startswith("router:"):
                     self.router = line.split()[1].rstrip("/")
                     ready.set()
@@ -91,6 +94,8 @@ class Cluster:
             raise RuntimeError(f"sandtrail up printed no URLs; see {self.dir}/stderr.log")
         with open(os.path.join(self.dir, "token")) as f:
             self.token = f.read().strip()
+        with open(os.path.join(self.dir, "token.read")) as f:
+            self.read_token = f.read().strip()
 
     def get(self, url, timeout=15):
         req = urllib.request.Request(url, headers={"x-sandtrail-token": self.token})
@@ -168,6 +173,11 @@ class BrowserTest(unittest.TestCase):
                      lambda: c.api("/api/v1/search", q="app:fib stream:access", limit=1)["total"] > 0
                      and c.api("/api/v1/search", q="app:fib -stream:access", limit=1)["total"] > 0)
             cls.driver = new_driver()
+            # Closed by default (issue 15): the browser signs in through the one-time
+            # link `up` printed, which sets the session cookie and lands on search.
+            cls.driver.get(c.sign_in)
+            wait_for("the sign-in link to land on search",
+                     lambda: urllib.parse.urlparse(cls.driver.current_url).path == "/")
         except BaseException:
             cls.cluster.stop()
             raise
@@ -482,6 +492,24 @@ class BrowserTest(unittest.TestCase):
 
     # -- quality -------------------------------------------------------------------
 
+    def test_12_sign_in_page_and_sign_out(self):
+        # The form a person without the one-time link uses (issue 15).
+        self.open("/login")
+        self.assertTrue(self.q("form input#token[type=password]"), "a password field for the token")
+        self.shoot("login")
+        # Signing out ends the session: the next page asks to sign in again.
+        d = new_driver()
+        try:
+            d.get(self.cluster.web + "/login")
+            d.find_element(By.ID, "token").send_keys(self.cluster.read_token, Keys.ENTER)
+            wait_for("the sign-in", lambda: urllib.parse.urlparse(d.current_url).path == "/")
+            d.find_element(By.CSS_SELECTOR, "form.signout button").click()
+            wait_for("the sign-out", lambda: urllib.parse.urlparse(d.current_url).path == "/login")
+            d.get(self.cluster.web + "/apps")
+            self.assertEqual(urllib.parse.urlparse(d.current_url).path, "/login")
+        finally:
+            d.quit()
+
     def test_10_search_and_trace_work_without_javascript(self):
         opts = webdriver.ChromeOptions()
         for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,900"):
@@ -493,8 +521,14 @@ class BrowserTest(unittest.TestCase):
         path = shutil.which("chromedriver")
         d = webdriver.Chrome(options=opts, service=webdriver.ChromeService(executable_path=path) if path else None)
         try:
-            # JavaScript really is off: the tail page shows its <noscript> notice.
+            # A browser without a session is sent to the sign-in page, and the form
+            # (no JavaScript needed) brings it back to where it was going.
             d.get(self.cluster.web + "/tail/fib")
+            self.assertEqual(urllib.parse.urlparse(d.current_url).path, "/login")
+            d.find_element(By.ID, "token").send_keys(self.cluster.read_token, Keys.ENTER)
+            wait_for("the sign-in to land on the tail",
+                     lambda: urllib.parse.urlparse(d.current_url).path == "/tail/fib")
+            # JavaScript really is off: the tail page shows its <noscript> notice.
             self.assertIn("needs JavaScript", d.find_element(By.TAG_NAME, "main").text)
             d.get(self.cluster.web + "/?q=app%3Afib")
             rows = d.find_elements(By.CSS_SELECTOR, "table.hits > tbody > tr")

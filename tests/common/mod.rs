@@ -61,6 +61,12 @@ impl Proc {
         }
     }
 
+    /// The process id (for reading its `/proc` entries).
+    #[allow(dead_code)] // not every suite looks at the process
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn signal(&mut self, sig: &str) -> anyhow::Result<()> {
         let ok = Command::new("kill")
             .args([sig, &self.child.id().to_string()])

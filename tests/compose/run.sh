@@ -171,7 +171,7 @@ step_host_loss() {
   printf '%s\n' "$before" | grep " $victim " >/dev/null || { fail "no task on $victim to lose"; return 1; }
   # The Marathon event stream, where the scheduler announces TASK_LOST.
   local events="$ROOT/target/compose-events.txt" events_pid
-  curl -sN --max-time 120 "$SCHED/v2/events" >"$events" 2>/dev/null & events_pid=$!
+  curl -sN --max-time 120 -H "Authorization: Bearer $SANDTRAIL_TOKEN" "$SCHED/v2/events" >"$events" 2>/dev/null & events_pid=$!
   sleep 0.5
   t0=$(now_ms)
   docker kill "$(cid $victim)" >/dev/null || { fail "docker kill $victim"; return 1; }
@@ -211,7 +211,7 @@ step_host_loss() {
   local i
   for i in $(seq 10); do fib_ok || { fail "fib call $i after the loss failed"; return 1; }; done
   log "fib answered 10 calls in a row"
-  curl -fsS "$UI/hosts" -o "$ROOT/target/compose-hosts.html" || { fail "GET /hosts"; return 1; }
+  curl -fsS -H "Authorization: Bearer $SANDTRAIL_TOKEN" "$UI/hosts" -o "$ROOT/target/compose-hosts.html" || { fail "GET /hosts"; return 1; }
   python3 - "$ROOT/target/compose-hosts.html" "$victim" <<'PY' || { fail "UI /hosts does not show $victim as lost"; return 1; }
 import re, sys
 html = open(sys.argv[1]).read()

@@ -5,6 +5,7 @@ Standard library only (the CI machine has python3 and nothing else is installed 
 this). Every subcommand exits 0 when its check holds and prints why when it does not.
 """
 import json
+import os
 import re
 import sys
 import urllib.parse
@@ -12,7 +13,10 @@ import urllib.request
 
 
 def get(url):
-    with urllib.request.urlopen(url, timeout=20) as r:
+    # Reading needs the token as much as writing (issue 15).
+    token = os.environ.get("SANDTRAIL_TOKEN", "")
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(req, timeout=20) as r:
         return json.load(r)
 
 

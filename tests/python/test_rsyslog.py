@@ -85,7 +85,8 @@ input(type="imfile" File="{self.log}" Tag="app" ruleset="toes")
         req = urllib.request.Request(
             f"{self.ix.url}/rsyslog-test/_search",
             data=body,
-            headers={"content-type": "application/json"},
+            # Reading needs the token as much as writing (issue 15).
+            headers={"content-type": "application/json", "authorization": f"Bearer {TOKEN}"},
         )
         with urllib.request.urlopen(req, timeout=10) as r:
             return json.load(r)

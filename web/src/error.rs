@@ -48,6 +48,19 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
+    /// No session and no token: pages redirect to the sign-in page instead; this is
+    /// what the live-tail stream and other non-page routes answer.
+    #[error("sign in first: expected a session cookie or a token (`Authorization: Bearer`)")]
+    Unauthorized,
+    /// A token or session whose role may not read (an agent token).
+    #[error("{0}")]
+    Forbidden(String),
+    /// Too many live-tail streams open.
+    #[error("{0}")]
+    Busy(String),
+    /// A cross-site form post (sign-in or sign-out from another origin).
+    #[error("cross-site request refused: origin {0:?} is not this site")]
+    CrossSite(String),
     /// A task of ours failed (panicked or was cancelled): our bug, not the user's.
     #[error("internal error: {0}")]
     Internal(String),
@@ -61,6 +74,21 @@ pub enum Error {
 
 pub type Result<T> = std::result::Result<T, Error>;
 
+impl From<protocol::auth::AuthError> for Error {
+    fn from(e: protocol::auth::AuthError) -> Error {
+        match e {
+            protocol::auth::AuthError::Forbidden { .. } => Error::Forbidden(e.to_string()),
+            _ => Error::Unauthorized,
+        }
+    }
+}
+
+impl From<protocol::http::Busy> for Error {
+    fn from(b: protocol::http::Busy) -> Error {
+        Error::Busy(b.to_string())
+    }
+}
+
 impl Error {
     /// The status this error is served with; the one place that decides it.
     pub fn status(&self) -> StatusCode {
@@ -73,6 +101,9 @@ impl Error {
                 StatusCode::BAD_GATEWAY
             }
             Error::Render { .. } | Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Error::Unauthorized => StatusCode::UNAUTHORIZED,
+            Error::Forbidden(_) | Error::CrossSite(_) => StatusCode::FORBIDDEN,
+            Error::Busy(_) => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 

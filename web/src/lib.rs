@@ -8,13 +8,17 @@
 //! simply calls its own listener. The trade-off is one extra HTTP hop per page (and a
 //! proxied SSE stream for the tail) in exchange for one code path in every deployment.
 //!
-//! All page state lives in the URL, so every view can be shared as a link; there is no
-//! session and no front-end build step.
+//! All page state lives in the URL, so every view can be shared as a link; the only
+//! session is the sign-in one ([`session`]), and there is no front-end build step.
+//! Every route but the sign-in page and the static assets needs a session or a token
+//! with the read role; the UI calls the indexer and the scheduler with its own
+//! credential (in `sandtrail up`, a read token), never the user's.
 
 pub mod client;
 pub mod error;
 pub mod pages;
 pub mod render;
+pub mod session;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -40,7 +44,14 @@ pub struct Web {
 }
 
 /// Shared by every handler.
+#[derive(Clone)]
 pub(crate) struct AppState {
+    /// Who may sign in, and with which role. Open (no token) lets everyone in: the
+    /// library's own tests; the binary always configures tokens.
+    pub(crate) keyring: Arc<protocol::auth::Keyring>,
+    pub(crate) sessions: Arc<session::Sessions>,
+    /// Live-tail streams open at once through the UI.
+    pub(crate) tail_limit: protocol::http::Limit,
     pub(crate) client: client::Client,
     pub(crate) metrics: Arc<Metrics>,
     /// Cancelled at shutdown; ends the proxied tail streams, which would otherwise keep
@@ -52,6 +63,11 @@ impl Web {
     pub fn new(config: WebConfig) -> Web {
         Web {
             state: Arc::new(AppState {
+                keyring: Arc::default(),
+                sessions: Arc::default(),
+                tail_limit: protocol::http::Limit::new("tail", MAX_TAIL_STREAMS, |b| {
+                    axum::response::IntoResponse::into_response(Error::from(b))
+                }),
                 client: client::Client::new(&config.indexer_url, &config.scheduler_url, None),
                 metrics: Arc::default(),
                 shutdown: CancellationToken::new(),
@@ -59,34 +75,40 @@ impl Web {
         }
     }
 
-    /// Sends `token` as the cluster token (`x-sandtrail-token`) on every call to the
-    /// indexer and the scheduler.
-    pub fn with_token(self, token: Option<String>) -> Web {
-        let old = &self.state;
+    fn with_state(self, f: impl FnOnce(&mut AppState)) -> Web {
+        let mut st = (*self.state).clone();
+        f(&mut st);
         Web {
-            state: Arc::new(AppState {
-                client: old.client.with_token(token),
-                metrics: old.metrics.clone(),
-                shutdown: old.shutdown.clone(),
-            }),
+            state: Arc::new(st),
         }
+    }
+
+    /// Accepts sign-ins (and per-request tokens) from `keyring`'s tokens with the read
+    /// role or wider.
+    pub fn with_keyring(self, keyring: protocol::auth::Keyring) -> Web {
+        self.with_state(|st| st.keyring = Arc::new(keyring))
+    }
+
+    /// A one-time sign-in link (path and query, to append to the UI's base URL) that
+    /// signs its first opener in with `role`; see [`session::ONCE_TTL`].
+    pub fn one_time_link(&self, role: protocol::auth::Role) -> String {
+        format!("/login?once={}", self.state.sessions.issue_once(role))
+    }
+
+    /// Sends `token` (`x-sandtrail-token`) on every call to the indexer and the
+    /// scheduler: the UI's own credential, a read token is enough.
+    pub fn with_token(self, token: Option<String>) -> Web {
+        self.with_state(|st| st.client = st.client.with_token(token))
     }
 
     /// Ends every open live-tail stream when `token` is cancelled, so a graceful
     /// shutdown of the listener is not held up by browsers that keep a tail open.
     pub fn with_shutdown(self, token: CancellationToken) -> Web {
-        let old = &self.state;
-        Web {
-            state: Arc::new(AppState {
-                client: old.client.clone(),
-                metrics: old.metrics.clone(),
-                shutdown: token,
-            }),
-        }
+        self.with_state(|st| st.shutdown = token)
     }
 
     /// The UI's routes: `/`, `/context`, `/slow`, `/tail/{app}`, `/trace/{id}`, `/apps`,
-    /// `/hosts`, `/ui/tail-stream` and `/static/...`. No `/healthz` or `/metrics`: the binary adds
+    /// `/hosts`, `/ui/tail-stream`, `/login`, `/logout` and `/static/...`. No `/healthz` or `/metrics`: the binary adds
     /// those.
     pub fn router(&self) -> axum::Router {
         pages::router(self.state.clone())
@@ -103,6 +125,9 @@ impl Web {
 pub fn router(config: WebConfig) -> axum::Router {
     Web::new(config).router()
 }
+
+/// Live-tail streams the UI proxies at once; more are answered 429.
+pub const MAX_TAIL_STREAMS: usize = 256;
 
 /// Request and upstream counters. Plain atomics: a handful of fixed series does not
 /// justify a metrics registry.

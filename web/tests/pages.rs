@@ -1179,3 +1179,81 @@ async fn trace_page_shows_the_gap_before_each_hop() -> Result<()> {
     );
     Ok(())
 }
+
+/// Issue 15: every page was readable without a credential. With tokens configured, a
+/// page without a session or token goes to the sign-in page, the stream answers 401,
+/// an agent token is refused, and the user's token is never what goes upstream.
+#[tokio::test]
+async fn pages_need_a_session_or_a_token_that_may_read() -> Result<()> {
+    use protocol::auth::{Keyring, Role};
+    let seen: Seen = Arc::default();
+    let indexer = serve(fake_indexer(seen.clone())).await?;
+    let scheduler = serve(fake_scheduler()).await?;
+    let mut keyring = Keyring::new();
+    keyring.add("rd", Role::Read).add("ag", Role::Agent);
+    let service = Web::new(WebConfig {
+        indexer_url: indexer,
+        scheduler_url: scheduler,
+    })
+    .with_token(Some("ui-own".into()))
+    .with_keyring(keyring);
+    let web = serve(service.router()).await?;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
+
+    let page = http.get(format!("{web}/apps?x=1")).send().await?;
+    assert_eq!(page.status().as_u16(), 303);
+    assert_eq!(page.headers()["location"], "/login?next=/apps%3Fx%3D1");
+    let stream = http.get(format!("{web}/ui/tail-stream?q=a")).send().await?;
+    assert_eq!(stream.status().as_u16(), 401);
+    assert!(stream.headers().contains_key("www-authenticate"));
+    for open in ["/login", "/static/app.css", "/static/app.js"] {
+        let r = http.get(format!("{web}{open}")).send().await?;
+        assert_eq!(r.status().as_u16(), 200, "{open}");
+        assert_eq!(r.headers()["x-frame-options"], "DENY", "{open}");
+    }
+    let agent = http.get(format!("{web}/")).bearer_auth("ag").send().await?;
+    assert_eq!(agent.status().as_u16(), 403);
+    let read = http.get(format!("{web}/")).bearer_auth("rd").send().await?;
+    assert_eq!(read.status().as_u16(), 200);
+    let last = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .rev()
+        .find(|p| !p.contains_key("_path"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        last.get("_token").map(String::as_str),
+        Some("ui-own"),
+        "the UI calls upstream with its own credential"
+    );
+
+    // A one-time link signs in once; the cookie then opens pages.
+    let link = service.one_time_link(Role::Read);
+    let first = http.get(format!("{web}{link}")).send().await?;
+    assert_eq!(first.status().as_u16(), 303);
+    let cookie = first.headers()["set-cookie"].to_str()?.to_string();
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    let session = cookie.split(';').next().unwrap_or_default().to_string();
+    let with_cookie = http
+        .get(format!("{web}/hosts"))
+        .header("cookie", &session)
+        .send()
+        .await?;
+    assert_eq!(with_cookie.status().as_u16(), 200);
+    assert_eq!(
+        http.get(format!("{web}{link}"))
+            .send()
+            .await?
+            .status()
+            .as_u16(),
+        401
+    );
+    Ok(())
+}

@@ -377,6 +377,9 @@ async fn fetch_metrics(http: &reqwest::Client, base: &str) -> Result<String> {
         .map_err(|e| internal("metrics")(e.to_string()))
 }
 
+/// The token the benchmarked indexer is started with.
+const BENCH_TOKEN: &str = "bench-token";
+
 /// The indexer child; killed if the bench fails half-way.
 struct IndexerProcess {
     child: Child,
@@ -392,7 +395,7 @@ impl IndexerProcess {
             .arg("--listen")
             .arg("127.0.0.1:0")
             .env("SANDTRAIL_LOG", "warn")
-            .env_remove("SANDTRAIL_TOKEN")
+            .env("SANDTRAIL_TOKEN", BENCH_TOKEN)
             .env_remove("SANDTRAIL_CONFIG")
             .stdout(Stdio::piped())
             .stdin(Stdio::null())
@@ -573,7 +576,17 @@ pub async fn run(opts: ExternalOptions) -> Result<ExternalReport> {
         std::fs::remove_dir_all(&opts.data_dir).map_err(io_err(&opts.data_dir))?;
     }
     std::fs::create_dir_all(&opts.data_dir).map_err(io_err(&opts.data_dir))?;
-    let http = reqwest::Client::new();
+    // Every call, reads and metrics included, needs a token (issue 15).
+    let mut auth = reqwest::header::HeaderMap::new();
+    auth.insert(
+        reqwest::header::AUTHORIZATION,
+        reqwest::header::HeaderValue::from_str(&format!("Bearer {BENCH_TOKEN}"))
+            .map_err(|e| internal("token header")(e.to_string()))?,
+    );
+    let http = reqwest::Client::builder()
+        .default_headers(auth)
+        .build()
+        .map_err(|e| internal("http client")(e.to_string()))?;
     let ix = IndexerProcess::start(&opts.binary, &opts.data_dir)?;
     wait_healthy(&http, &ix.url).await?;
     eprintln!("bench: indexer pid {} at {}; ingesting", ix.pid(), ix.url);

@@ -9,6 +9,7 @@
 
 mod cluster;
 mod context;
+mod login;
 mod search;
 mod slow;
 mod tail;
@@ -25,19 +26,54 @@ use axum::Router;
 use crate::error::{Error, Result};
 use crate::AppState;
 
+/// What the browser may do with our pages: scripts and styles from this origin only
+/// (style attributes are used for bars, hence `'unsafe-inline'` for styles, never for
+/// scripts), no framing, no plugins, forms posting only here.
+pub const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; \
+    img-src 'self' data:; connect-src 'self'; object-src 'none'; base-uri 'none'; \
+    frame-ancestors 'none'; form-action 'self'";
+
 pub(crate) fn router(state: Arc<AppState>) -> Router {
+    use axum::http::HeaderValue;
+    use axum::middleware::from_fn_with_state;
+    use tower_http::set_header::SetResponseHeaderLayer;
+    let stream = Router::new()
+        .route("/ui/tail-stream", get(tail::stream))
+        .route_layer(from_fn_with_state(
+            state.tail_limit.clone(),
+            protocol::http::limit,
+        ));
     Router::new()
         .route("/", get(search::page))
         .route("/context", get(context::page))
         .route("/slow", get(slow::page))
         .route("/tail/{app}", get(tail::page))
-        .route("/ui/tail-stream", get(tail::stream))
         .route("/trace/{id}", get(trace::page))
         .route("/apps", get(cluster::apps))
         .route("/hosts", get(cluster::hosts))
+        .route("/login", get(login::page).post(login::submit))
+        .route("/logout", axum::routing::post(login::logout))
         .route("/static/app.css", get(css))
         .route("/static/app.js", get(js))
+        .merge(stream)
+        .route_layer(from_fn_with_state(state.clone(), login::gate))
         .with_state(state)
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(CSP),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::X_FRAME_OPTIONS,
+            HeaderValue::from_static("DENY"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("same-origin"),
+        ))
 }
 
 const APP_CSS: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/static/app.css"));

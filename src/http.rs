@@ -1,0 +1,269 @@
+//! The HTTP server every listener of this process runs: hyper's HTTP/1 connection
+//! driver with a header-read timeout (which also closes idle keep-alive connections),
+//! a cap on open connections, and a Host-header allow-list against DNS rebinding.
+//!
+//! `axum::serve` has none of these knobs, so connections are accepted and driven here
+//! with hyper-util directly. The trade-off: HTTP/1.1 only (no h2c), which is all our
+//! clients, Elasticsearch shippers and browsers behind a TLS proxy need; a TLS
+//! terminator in front speaks HTTP/2 to browsers if wanted (SECURITY.md).
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{from_fn_with_state, Next};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::Service;
+use tracing::{debug, warn};
+
+/// Default time a client has to send a request's headers (and the longest an idle
+/// keep-alive connection is kept). Hyper's own default: shorter would cut slow clients
+/// sooner but close more pooled connections of quiet agents just as they are reused.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default cap on open connections per listener: well above what a cluster's agents
+/// and browsers hold, well below the process's file descriptors.
+pub const MAX_CONNECTIONS: usize = 8192;
+
+/// What every listener enforces below the routes.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub header_timeout: Duration,
+    pub max_connections: usize,
+    /// The allow-list spec (`[http] allowed_hosts`): `None` for the default, which
+    /// depends on the address the listener is bound to.
+    pub allowed_hosts: Option<String>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            header_timeout: HEADER_TIMEOUT,
+            max_connections: MAX_CONNECTIONS,
+            allowed_hosts: None,
+        }
+    }
+}
+
+/// The host names a listener answers to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllowedHosts {
+    any: bool,
+    names: Arc<Vec<String>>,
+}
+
+/// What a loopback listener answers to by default: a DNS-rebinding page's host name
+/// (`evil.example` resolving to 127.0.0.1) is none of these.
+const LOOPBACK_NAMES: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
+
+impl AllowedHosts {
+    /// From a comma-separated spec (`*` = any), or by default: loopback names for a
+    /// listener bound to loopback, any name otherwise (a service bound to a routable
+    /// address is reached by names we cannot guess; the tokens guard it).
+    pub fn new(spec: Option<&str>, bound: SocketAddr) -> AllowedHosts {
+        match spec.map(str::trim).filter(|s| !s.is_empty()) {
+            Some(spec) => {
+                let names: Vec<String> = spec
+                    .split(',')
+                    .map(|n| normalize(n.trim()))
+                    .filter(|n| !n.is_empty())
+                    .collect();
+                AllowedHosts {
+                    any: names.iter().any(|n| n == "*"),
+                    names: Arc::new(names),
+                }
+            }
+            None if bound.ip().is_loopback() => AllowedHosts {
+                any: false,
+                names: Arc::new(LOOPBACK_NAMES.iter().map(|n| n.to_string()).collect()),
+            },
+            None => AllowedHosts {
+                any: true,
+                names: Arc::default(),
+            },
+        }
+    }
+
+    /// Whether a `Host` header value names this service.
+    pub fn allows(&self, host: &str) -> bool {
+        if self.any {
+            return true;
+        }
+        let name = normalize(strip_port(host));
+        // RFC 6761: *.localhost is loopback too.
+        self.names.contains(&name)
+            || (self.names.iter().any(|n| n == "localhost") && name.ends_with(".localhost"))
+    }
+}
+
+fn strip_port(host: &str) -> &str {
+    let host = host.trim();
+    if let Some(rest) = host.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match host.rsplit_once(':') {
+        // One colon: name:port. More: a bare IPv6 address without brackets.
+        Some((name, port)) if !name.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) => {
+            name
+        }
+        _ => host,
+    }
+}
+
+fn normalize(name: &str) -> String {
+    name.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// 421 for a request addressed to a name this listener does not answer to. `/healthz`
+/// is exempt: probes (Docker, Kubernetes) address it by IP and it tells nothing.
+async fn check_host(State(allowed): State<AllowedHosts>, req: Request, next: Next) -> Response {
+    if allowed.any || req.uri().path() == "/healthz" {
+        return next.run(req).await;
+    }
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| req.uri().host())
+        .unwrap_or("");
+    if allowed.allows(host) {
+        return next.run(req).await;
+    }
+    debug!(host, "request for a host not served here");
+    (
+        StatusCode::MISDIRECTED_REQUEST,
+        format!(
+            "host {host:?} is not served here: expected one of {} (set [http] allowed_hosts)\n",
+            allowed.names.join(", ")
+        ),
+    )
+        .into_response()
+}
+
+/// Serves `router` on `listener` until `cancel` fires, then stops accepting, lets the
+/// requests in flight finish and returns.
+pub fn serve(
+    listener: TcpListener,
+    router: Router,
+    cancel: CancellationToken,
+    limits: &Limits,
+) -> anyhow::Result<JoinHandle<anyhow::Result<()>>> {
+    let bound = listener.local_addr()?;
+    let allowed = AllowedHosts::new(limits.allowed_hosts.as_deref(), bound);
+    let router = router.layer(from_fn_with_state(allowed, check_host));
+    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let header_timeout = limits.header_timeout;
+    Ok(tokio::spawn(async move {
+        let tracker = TaskTracker::new();
+        loop {
+            // A slot first: over the cap, connections wait in the kernel's backlog
+            // rather than in our memory.
+            let slot = tokio::select! {
+                _ = cancel.cancelled() => break,
+                s = slots.clone().acquire_owned() => s.expect("the semaphore is never closed"),
+            };
+            let (tcp, remote) = tokio::select! {
+                _ = cancel.cancelled() => break,
+                r = listener.accept() => match r {
+                    Ok(c) => c,
+                    Err(e) => {
+                        // EMFILE and friends: wait for descriptors to free up
+                        // instead of spinning on the error.
+                        warn!(error = %e, "cannot accept a connection");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            // No Nagle delay: streamed responses (live tail, the router's pass-through
+            // bodies) go out in small writes that must not wait for the previous ACK.
+            if let Err(e) = tcp.set_nodelay(true) {
+                debug!(error = %e, "cannot set TCP_NODELAY on an accepted connection");
+            }
+            let router = router.clone();
+            let cancel = cancel.clone();
+            tracker.spawn(async move {
+                let _slot = slot;
+                let svc =
+                    hyper::service::service_fn(move |mut req: axum::http::Request<Incoming>| {
+                        req.extensions_mut().insert(ConnectInfo(remote));
+                        let mut router = router.clone();
+                        router.call(req)
+                    });
+                let mut builder = hyper::server::conn::http1::Builder::new();
+                builder
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(header_timeout);
+                let conn = builder.serve_connection(TokioIo::new(tcp), svc);
+                tokio::pin!(conn);
+                let result = tokio::select! {
+                    r = conn.as_mut() => r,
+                    _ = cancel.cancelled() => {
+                        conn.as_mut().graceful_shutdown();
+                        conn.await
+                    }
+                };
+                if let Err(e) = result {
+                    debug!(peer = %remote, error = %e, "connection ended with an error");
+                }
+            });
+        }
+        drop(listener);
+        tracker.close();
+        tracker.wait().await;
+        Ok(())
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(addr: &str) -> SocketAddr {
+        addr.parse().unwrap()
+    }
+
+    #[test]
+    fn loopback_listeners_answer_loopback_names_only() {
+        let a = AllowedHosts::new(None, at("127.0.0.1:7070"));
+        for ok in [
+            "127.0.0.1:7070",
+            "localhost",
+            "LOCALHOST.:7070",
+            "[::1]:7070",
+            "ui.localhost:7070",
+        ] {
+            assert!(a.allows(ok), "{ok}");
+        }
+        for bad in [
+            "evil.example",
+            "evil.example:7070",
+            "",
+            "127.0.0.2",
+            "localhost.evil",
+        ] {
+            assert!(!a.allows(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn configured_names_and_wildcards() {
+        let a = AllowedHosts::new(Some("sandtrail.internal, Indexer"), at("127.0.0.1:1"));
+        assert!(a.allows("indexer:7072"));
+        assert!(a.allows("sandtrail.internal"));
+        assert!(
+            !a.allows("localhost"),
+            "a configured list replaces the default"
+        );
+        assert!(AllowedHosts::new(Some("*"), at("127.0.0.1:1")).allows("x"));
+        assert!(AllowedHosts::new(None, at("0.0.0.0:1")).allows("scheduler:7071"));
+    }
+}
