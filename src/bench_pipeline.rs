@@ -270,6 +270,15 @@ pub async fn run(opts: Options) -> anyhow::Result<Vec<Row>> {
         std::fs::create_dir_all(&work)?;
         let input = work.join("input.txt");
         let bytes_per_task = slice(&opts.corpus, sc.lines, &input)?;
+        // The tasks run as users of their own (SECURITY.md, "Tasks") and this
+        // process's umask is 077: the input must be readable to them on purpose.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::Permissions::from_mode;
+            std::fs::set_permissions(&opts.work_dir, mode(0o755))?;
+            std::fs::set_permissions(&work, mode(0o755))?;
+            std::fs::set_permissions(&input, mode(0o644))?;
+        }
         let records = (sc.lines * sc.tasks) as u64;
 
         eprintln!("[{}] raw Tantivy loop over {records} records", sc.name);

@@ -158,7 +158,9 @@ pub fn serve(
 ) -> anyhow::Result<JoinHandle<anyhow::Result<()>>> {
     let bound = listener.local_addr()?;
     let allowed = AllowedHosts::new(limits.allowed_hosts.as_deref(), bound);
-    let router = router.layer(from_fn_with_state(allowed, check_host));
+    let router = router
+        .layer(from_fn_with_state(allowed, check_host))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked));
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let header_timeout = limits.header_timeout;
     Ok(tokio::spawn(async move {
@@ -223,6 +225,18 @@ pub fn serve(
     }))
 }
 
+/// A handler that panicked (a bug) answers 500 for its own request only: without
+/// this the connection was dropped with no answer at all.
+fn panicked(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    warn!("a request handler panicked; answered 500");
+    (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        [(header::CONTENT_TYPE, "application/json")],
+        r#"{"error":"internal error: the request failed unexpectedly; the server is still running"}"#,
+    )
+        .into_response()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -252,6 +266,25 @@ mod tests {
         ] {
             assert!(!a.allows(bad), "{bad}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_answers_500_and_the_server_keeps_serving() {
+        let router = Router::new()
+            .route("/boom", axum::routing::get(|| async { panic!("a bug") }))
+            .route("/ok", axum::routing::get(|| async { "fine" }));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let cancel = CancellationToken::new();
+        let server = serve(listener, router, cancel.clone(), &Limits::default()).unwrap();
+        let http = reqwest::Client::new();
+        let boom = http.get(format!("{base}/boom")).send().await.unwrap();
+        assert_eq!(boom.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(boom.text().await.unwrap().contains("still running"));
+        let ok = http.get(format!("{base}/ok")).send().await.unwrap();
+        assert_eq!(ok.text().await.unwrap(), "fine");
+        cancel.cancel();
+        server.await.unwrap().unwrap();
     }
 
     #[test]
