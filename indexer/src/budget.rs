@@ -121,7 +121,12 @@ impl Weight for BudgetWeight {
         callback: &mut dyn FnMut(DocId, Score) -> Score,
     ) -> tantivy::Result<()> {
         // Keeps the inner weight's pruning (block-max WAND); past the deadline the
-        // threshold goes to infinity, which no document beats, so the walk ends.
+        // threshold goes to infinity, which no document beats, so the walk ends. The
+        // clock is only read when a document beats the threshold, so a full top-k
+        // may run on past the deadline (no search of ours sorts by score today).
+        if self.budget.over() {
+            return Ok(());
+        }
         let budget = self.budget.clone();
         let mut calls = 0u32;
         self.inner

@@ -210,6 +210,10 @@ impl PhraseCheck {
     }
 }
 
+/// How many phrase checks (each reads a stored message) pass between two looks at
+/// the request's time budget.
+const VERIFY_BUDGET_EVERY: u32 = 16;
+
 /// A phrase with ids: the documents of `candidates` whose stored message passes
 /// `check`.
 #[derive(Debug)]
@@ -238,6 +242,8 @@ impl Query for VerifiedPhrase {
             candidates: self.candidates.weight(scoring)?,
             check: self.check.clone(),
             source_doc: self.source_doc,
+            // Taken here, on the request's thread: the scorers run on the pool's.
+            budget: crate::budget::current(),
         }))
     }
 
@@ -252,6 +258,7 @@ struct VerifiedWeight {
     candidates: Box<dyn Weight>,
     check: Arc<PhraseCheck>,
     source_doc: Field,
+    budget: Option<Arc<crate::budget::Budget>>,
 }
 
 impl Weight for VerifiedWeight {
@@ -265,9 +272,12 @@ impl Weight for VerifiedWeight {
             source_doc: self.source_doc,
             analyzer: schema::msg_tokenizer(),
             toks: Vec::new(),
+            budget: self.budget.clone(),
+            checked: 0,
+            ended: false,
         };
         let doc = scorer.inner.doc();
-        if doc != TERMINATED && !scorer.verified(doc) {
+        if doc != TERMINATED && !scorer.out_of_time() && !scorer.verified(doc) {
             scorer.advance();
         }
         Ok(Box::new(scorer))
@@ -292,9 +302,28 @@ struct VerifiedScorer {
     analyzer: TextAnalyzer,
     /// The tokens of the message last checked (buffers reused).
     toks: Vec<(usize, String)>,
+    /// One `advance` may read every stored message of a segment (common words,
+    /// rare phrase), so the request's budget is looked at inside the loop too: the
+    /// wrapper around the whole query only sees the calls that return.
+    budget: Option<Arc<crate::budget::Budget>>,
+    checked: u32,
+    ended: bool,
 }
 
 impl VerifiedScorer {
+    /// Whether the budget is spent, looked at every [`VERIFY_BUDGET_EVERY`] checks.
+    fn out_of_time(&mut self) -> bool {
+        self.checked = self.checked.wrapping_add(1);
+        if self.ended {
+            return true;
+        }
+        if self.checked % VERIFY_BUDGET_EVERY == 1 && self.budget.as_ref().is_some_and(|b| b.over())
+        {
+            self.ended = true;
+        }
+        self.ended
+    }
+
     fn verified(&mut self, doc: DocId) -> bool {
         let msg = self
             .store
@@ -327,6 +356,9 @@ impl VerifiedScorer {
 impl DocSet for VerifiedScorer {
     fn advance(&mut self) -> DocId {
         loop {
+            if self.out_of_time() {
+                return TERMINATED;
+            }
             let doc = self.inner.advance();
             if doc == TERMINATED || self.verified(doc) {
                 return doc;
@@ -335,6 +367,9 @@ impl DocSet for VerifiedScorer {
     }
 
     fn seek(&mut self, target: DocId) -> DocId {
+        if self.out_of_time() {
+            return TERMINATED;
+        }
         let doc = self.inner.seek(target);
         if doc == TERMINATED || self.verified(doc) {
             return doc;
@@ -343,7 +378,11 @@ impl DocSet for VerifiedScorer {
     }
 
     fn doc(&self) -> DocId {
-        self.inner.doc()
+        if self.ended {
+            TERMINATED
+        } else {
+            self.inner.doc()
+        }
     }
 
     fn size_hint(&self) -> u32 {
@@ -448,6 +487,28 @@ mod tests {
             find(&index, &fields, "msg:\"state 6\" AND child"),
             [MSGS[3], MSGS[4]]
         );
+    }
+
+    /// Review finding (issue 15): one `advance` of the phrase check may read every
+    /// stored message of a segment, and the budget's wrapper only sees the calls
+    /// that return; the check loop looks at the budget itself.
+    #[test]
+    fn the_phrase_check_stops_at_a_spent_budget() {
+        let (index, fields) = index();
+        let query = user_query(&index, &fields, "\"state 6\"").unwrap();
+        let searcher = index.reader().unwrap().searcher();
+        let ample = crate::budget::Budget::new(std::time::Duration::from_secs(60));
+        let found = crate::budget::with_budget(&ample, || searcher.search(&*query, &Count));
+        assert_eq!(found.unwrap(), 2);
+        assert!(!ample.spent());
+        let spent = crate::budget::Budget::new(std::time::Duration::ZERO);
+        let found = crate::budget::with_budget(&spent, || searcher.search(&*query, &Count));
+        assert_eq!(
+            found.unwrap(),
+            0,
+            "no stored message read once the budget is spent"
+        );
+        assert!(spent.spent());
     }
 
     #[test]

@@ -771,9 +771,11 @@ impl WriterThread {
                             }
                         }
                         Ack::Committed(body) => {
-                            // Unanswered until the commit, so no fsync of its own:
-                            // the next one (or the commit's) covers it, and a failed
-                            // group discards it with the other unsynced entries.
+                            // Unanswered until the commit, so no fsync of its own: the
+                            // commit makes the records durable, and the entry only
+                            // orders a replay. A later early answer's fsync may cover
+                            // it; a failed group discards it if no fsync did (if one
+                            // did, it is re-applied with them, which the error says).
                             if failure.is_none() && resp.accepted > 0 {
                                 if let Some(body) = body.or(encoded) {
                                     if let Err(e) = self.wal.append(&body) {
@@ -927,7 +929,7 @@ impl WriterThread {
                 self.checkpoint = before;
                 let err = || {
                     Error::Index(format!(
-                        "commit failed, nothing of the batch was indexed: {reason}"
+                        "commit failed ({reason}); the batch was not acknowledged, and the recovery may still index part or all of it: retry it, a retry is deduplicated"
                     ))
                 };
                 for w in waiting {
@@ -1000,7 +1002,7 @@ impl WriterThread {
         let mut touched: BTreeSet<NaiveDate> = BTreeSet::new();
         let mut added = 0u64;
         for entry in entries {
-            let records = match crate::api::decompress_capped(&entry.body, REPLAY_MAX_BYTES)
+            let records = match crate::api::decompress_for_replay(&entry.body, REPLAY_MAX_BYTES)
                 .and_then(|ndjson| Ok(protocol::decode_ndjson(&ndjson)?))
             {
                 Ok(r) => r,

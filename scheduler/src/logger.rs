@@ -654,32 +654,83 @@ mod tests {
     #[test]
     fn a_live_file_that_cannot_be_opened_is_waited_for_not_dropped() {
         // Regression (review of issue 14): when the live file could not be opened
-        // again after a rotation, the chunk at hand went to fd -1 and was lost.
-        let root = tempfile::tempdir().unwrap();
-        let dir = root.path().join("sandbox");
-        std::fs::create_dir(&dir).unwrap();
+        // again after a rotation, the chunk at hand went to fd -1 and was lost. The
+        // logger opens names relative to the sandbox it entered, so what makes an
+        // open fail for a while is running out of descriptors (or inodes): here the
+        // logger's own descriptor limit is lowered, then restored.
+        let dir = tempfile::tempdir().unwrap();
         let rotation = Rotation {
             max_bytes: 64,
             budget_bytes: UNLIMITED,
         };
-        let (out, err) = spawn(&dir, rotation).unwrap();
+        let (out, err) = spawn(dir.path(), rotation).unwrap();
         let mut out = std::fs::File::from(out);
         out.write_all(b"first\n").unwrap();
-        wait_for("the first line", || read(&dir, "stdout") == b"first\n");
-        std::fs::remove_dir_all(&dir).unwrap();
-        // Past max_bytes: the head goes to the unlinked file, the rotation finds no
-        // directory, and "partial" must wait for a live file to open.
+        wait_for("the first line", || {
+            read(dir.path(), "stdout") == b"first\n"
+        });
+        let pid = holder_of(&dir.path().join("stdout")).expect("the logger's pid");
+        let mut was: libc::rlimit = unsafe { std::mem::zeroed() };
+        let none: libc::rlimit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: libc::RLIM_INFINITY,
+        };
+        // SAFETY: plain syscalls on a child process of this test, valid pointers.
+        unsafe {
+            assert_eq!(
+                libc::prlimit(pid, libc::RLIMIT_NOFILE, std::ptr::null(), &mut was),
+                0
+            );
+            let none = libc::rlimit {
+                rlim_max: was.rlim_max,
+                ..none
+            };
+            assert_eq!(
+                libc::prlimit(pid, libc::RLIMIT_NOFILE, &none, std::ptr::null_mut()),
+                0
+            );
+        }
+        // Past max_bytes: the head goes to the live file, which is rotated, and the
+        // new live file cannot be opened while the limit holds: "partial" waits.
         out.write_all(format!("{}\npartial", "x".repeat(80)).as_bytes())
             .unwrap();
+        wait_for("the rotation", || {
+            rotated(dir.path(), "stdout").len() == 1 && !dir.path().join("stdout").exists()
+        });
         // Nothing can be awaited while the logger retries; give it a few tries.
         std::thread::sleep(std::time::Duration::from_millis(4 * PAUSE_MS as u64));
-        std::fs::create_dir(&dir).unwrap();
+        // SAFETY: as above.
+        unsafe {
+            assert_eq!(
+                libc::prlimit(pid, libc::RLIMIT_NOFILE, &was, std::ptr::null_mut()),
+                0
+            );
+        }
         out.write_all(b" line\n").unwrap();
         drop(out);
         drop(err);
         wait_for("the partial line, whole", || {
-            read(&dir, "stdout") == b"partial line\n"
+            read(dir.path(), "stdout") == b"partial line\n"
         });
+    }
+
+    /// The process holding `path` open (found in `/proc/*/fd`).
+    fn holder_of(path: &Path) -> Option<libc::pid_t> {
+        for proc_dir in std::fs::read_dir("/proc").ok()?.flatten() {
+            let Some(pid) = proc_dir.file_name().to_str().and_then(|p| p.parse().ok()) else {
+                continue;
+            };
+            let Ok(fds) = std::fs::read_dir(proc_dir.path().join("fd")) else {
+                continue;
+            };
+            if fds
+                .flatten()
+                .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| l == path))
+            {
+                return Some(pid);
+            }
+        }
+        None
     }
 
     #[test]
