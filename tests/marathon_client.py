@@ -108,6 +108,10 @@ def main():
     if not os.path.exists(BINARY):
         sys.exit(f"{BINARY} is missing: run `cargo build` first")
     tmp = tempfile.mkdtemp(prefix="sandtrail-marathon-")
+    # Tasks run as users of their own (SECURITY.md, "Tasks"): the directory above the
+    # data dirs must let them pass to their sandboxes, as /var/lib does; mkdtemp's
+    # 0700 would hide $MESOS_SANDBOX from them (http.server serves its cwd by path).
+    os.chmod(tmp, 0o711)
     # No indexer runs here: the agent's shipper retries quietly in the background.
     env = dict(os.environ, SANDTRAIL_LOG="info,agent=error")
     env["SANDTRAIL_TOKEN"] = TOKEN

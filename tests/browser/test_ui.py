@@ -63,6 +63,8 @@ class Cluster:
 
     def __init__(self):
         self.dir = tempfile.mkdtemp(prefix="sandtrail-browser-")
+        # Tasks run as users of their own: let them pass to their sandboxes.
+        os.chmod(self.dir, 0o711)
         self.stderr = open(os.path.join(self.dir, "stderr.log"), "w")
         self.proc = subprocess.Popen(
             [BINARY, "up", "--data-dir", self.dir, "--listen", "127.0.0.1:0",
