@@ -104,9 +104,7 @@ impl Weight for BudgetWeight {
         let inner = self.inner.scorer(reader, boost)?;
         Ok(Box::new(BudgetScorer {
             inner,
-            budget: self.budget.clone(),
-            calls: 0,
-            ended: false,
+            ticker: Ticker::new(Some(self.budget.clone()), CHECK_EVERY),
         }))
     }
 
@@ -142,54 +140,84 @@ impl Weight for BudgetWeight {
     }
 }
 
-/// A scorer that reports its end once the budget is spent.
-struct BudgetScorer {
-    inner: Box<dyn Scorer>,
-    budget: Arc<Budget>,
+/// Counts a scorer's calls and looks at the budget's clock on the first and then
+/// every `every`-th one (a clock read per document would cost more than many
+/// scorers' own work); once the budget is spent it stays ended.
+pub(crate) struct Ticker {
+    budget: Option<Arc<Budget>>,
+    every: u32,
     calls: u32,
     ended: bool,
 }
 
-impl BudgetScorer {
-    fn stop(&mut self) -> DocId {
-        self.ended = true;
-        TERMINATED
+impl Ticker {
+    pub(crate) fn new(budget: Option<Arc<Budget>>, every: u32) -> Ticker {
+        Ticker {
+            budget,
+            every: every.max(1),
+            calls: 0,
+            ended: false,
+        }
     }
+
+    /// Counts one call; whether the scorer must end now.
+    pub(crate) fn over(&mut self) -> bool {
+        if !self.ended {
+            self.calls = self.calls.wrapping_add(1);
+            if self.calls % self.every == 1 || self.every == 1 {
+                self.ended = self.budget.as_ref().is_some_and(|b| b.over());
+            }
+        }
+        self.ended
+    }
+
+    /// Whether the scorer must end now, looking at the clock whatever the count (for
+    /// a call that covers a block of documents).
+    pub(crate) fn over_now(&mut self) -> bool {
+        if !self.ended {
+            self.ended = self.budget.as_ref().is_some_and(|b| b.over());
+        }
+        self.ended
+    }
+
+    /// Whether the scorer ended (without counting a call).
+    pub(crate) fn ended(&self) -> bool {
+        self.ended
+    }
+}
+
+/// A scorer that reports its end once the budget is spent.
+struct BudgetScorer {
+    inner: Box<dyn Scorer>,
+    /// For `advance` and `seek`, a document at a time.
+    ticker: Ticker,
 }
 
 impl DocSet for BudgetScorer {
     fn advance(&mut self) -> DocId {
-        if self.ended {
+        if self.ticker.over() {
             return TERMINATED;
-        }
-        self.calls = self.calls.wrapping_add(1);
-        if self.calls.is_multiple_of(CHECK_EVERY) && self.budget.over() {
-            return self.stop();
         }
         self.inner.advance()
     }
 
     fn seek(&mut self, target: DocId) -> DocId {
-        if self.ended {
+        if self.ticker.over() {
             return TERMINATED;
-        }
-        self.calls = self.calls.wrapping_add(1);
-        if self.calls.is_multiple_of(CHECK_EVERY) && self.budget.over() {
-            return self.stop();
         }
         self.inner.seek(target)
     }
 
     fn fill_buffer(&mut self, buffer: &mut [DocId; COLLECT_BLOCK_BUFFER_LEN]) -> usize {
-        if self.ended || self.budget.over() {
-            self.ended = true;
+        // A block of documents is worth a look at the clock each time.
+        if self.ticker.over_now() {
             return 0;
         }
         self.inner.fill_buffer(buffer)
     }
 
     fn doc(&self) -> DocId {
-        if self.ended {
+        if self.ticker.ended() {
             TERMINATED
         } else {
             self.inner.doc()

@@ -272,12 +272,10 @@ impl Weight for VerifiedWeight {
             source_doc: self.source_doc,
             analyzer: schema::msg_tokenizer(),
             toks: Vec::new(),
-            budget: self.budget.clone(),
-            checked: 0,
-            ended: false,
+            ticker: crate::budget::Ticker::new(self.budget.clone(), VERIFY_BUDGET_EVERY),
         };
         let doc = scorer.inner.doc();
-        if doc != TERMINATED && !scorer.out_of_time() && !scorer.verified(doc) {
+        if doc != TERMINATED && !scorer.ticker.over() && !scorer.verified(doc) {
             scorer.advance();
         }
         Ok(Box::new(scorer))
@@ -305,25 +303,10 @@ struct VerifiedScorer {
     /// One `advance` may read every stored message of a segment (common words,
     /// rare phrase), so the request's budget is looked at inside the loop too: the
     /// wrapper around the whole query only sees the calls that return.
-    budget: Option<Arc<crate::budget::Budget>>,
-    checked: u32,
-    ended: bool,
+    ticker: crate::budget::Ticker,
 }
 
 impl VerifiedScorer {
-    /// Whether the budget is spent, looked at every [`VERIFY_BUDGET_EVERY`] checks.
-    fn out_of_time(&mut self) -> bool {
-        self.checked = self.checked.wrapping_add(1);
-        if self.ended {
-            return true;
-        }
-        if self.checked % VERIFY_BUDGET_EVERY == 1 && self.budget.as_ref().is_some_and(|b| b.over())
-        {
-            self.ended = true;
-        }
-        self.ended
-    }
-
     fn verified(&mut self, doc: DocId) -> bool {
         let msg = self
             .store
@@ -356,7 +339,7 @@ impl VerifiedScorer {
 impl DocSet for VerifiedScorer {
     fn advance(&mut self) -> DocId {
         loop {
-            if self.out_of_time() {
+            if self.ticker.over() {
                 return TERMINATED;
             }
             let doc = self.inner.advance();
@@ -367,7 +350,7 @@ impl DocSet for VerifiedScorer {
     }
 
     fn seek(&mut self, target: DocId) -> DocId {
-        if self.out_of_time() {
+        if self.ticker.over() {
             return TERMINATED;
         }
         let doc = self.inner.seek(target);
@@ -378,7 +361,7 @@ impl DocSet for VerifiedScorer {
     }
 
     fn doc(&self) -> DocId {
-        if self.ended {
+        if self.ticker.ended() {
             TERMINATED
         } else {
             self.inner.doc()
