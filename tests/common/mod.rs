@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 pub struct Proc {
     child: Child,
     name: &'static str,
+    /// Its stdout, a line at a time.
+    lines: std::sync::mpsc::Receiver<String>,
 }
 
 impl Proc {
@@ -28,16 +30,33 @@ impl Proc {
         prefix: &str,
         env: &[(&str, String)],
     ) -> anyhow::Result<(Proc, String)> {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sandtrail"))
-            .args(args)
+        let mut proc = Proc::spawn(name, cwd, args, env, |_| {})?;
+        let url = proc.printed(&[prefix])?.remove(0);
+        Ok((proc, url))
+    }
+
+    /// Starts `sandtrail ARGS` as [`Proc::start`] does (without a token inherited
+    /// from the test's environment), after `with` has set what else the command
+    /// needs (a user to run as, say); its stdout is read with [`Proc::printed`].
+    pub fn spawn(
+        name: &'static str,
+        cwd: &Path,
+        args: &[String],
+        env: &[(&str, String)],
+        with: impl FnOnce(&mut Command),
+    ) -> anyhow::Result<Proc> {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sandtrail"));
+        cmd.args(args)
             .current_dir(cwd)
             .env("SANDTRAIL_LOG", "warn,scheduler=error")
+            .env_remove("SANDTRAIL_TOKEN")
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()?;
+            .stderr(Stdio::inherit());
+        with(&mut cmd);
+        let mut child = cmd.spawn()?;
         let stdout = child.stdout.take().context("stdout")?;
-        let (tx, rx) = std::sync::mpsc::channel();
+        let (tx, lines) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for line in std::io::BufReader::new(stdout)
                 .lines()
@@ -46,23 +65,31 @@ impl Proc {
                 let _ = tx.send(line);
             }
         });
-        let proc = Proc { child, name };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = rx
-                .recv_timeout(left)
-                .with_context(|| format!("{name} did not print {prefix:?}"))?;
-            if let Some(rest) = line.trim().strip_prefix(prefix) {
-                let rest = rest.trim().trim_start_matches("router").trim();
-                let url = rest.split_whitespace().next().unwrap_or("").to_string();
-                return Ok((proc, url));
-            }
-        }
+        Ok(Proc { child, name, lines })
     }
 
-    /// The process id (for reading its `/proc` entries).
-    #[allow(dead_code)] // not every suite looks at the process
+    /// The first word after each of `prefixes` on lines of its stdout, in any
+    /// order, waiting up to 60 s for them all ("router" before it is skipped).
+    pub fn printed(&mut self, prefixes: &[&str]) -> anyhow::Result<Vec<String>> {
+        let mut found: Vec<Option<String>> = vec![None; prefixes.len()];
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while found.iter().any(Option::is_none) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self
+                .lines
+                .recv_timeout(left)
+                .with_context(|| format!("{} did not print {prefixes:?}", self.name))?;
+            for (i, prefix) in prefixes.iter().enumerate() {
+                if let Some(rest) = line.trim().strip_prefix(prefix) {
+                    let rest = rest.trim().trim_start_matches("router").trim();
+                    found[i] = Some(rest.split_whitespace().next().unwrap_or("").to_string());
+                }
+            }
+        }
+        Ok(found.into_iter().flatten().collect())
+    }
+
+    #[allow(dead_code)] // not every suite looks at the pid
     pub fn pid(&self) -> u32 {
         self.child.id()
     }

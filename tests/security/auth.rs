@@ -3,16 +3,16 @@
 //! signs in through a one-time link or a token and keeps a strict cookie, and a
 //! request without a token is refused before its body is read.
 
+use crate::common::Proc;
 use anyhow::{bail, Context};
-use std::io::BufRead;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A `sandtrail up --no-demo --agents 1` on free ports, killed when dropped.
 pub(crate) struct Up {
-    child: Child,
+    _proc: Proc,
     /// The UI and API listener, `http://127.0.0.1:PORT`.
     pub(crate) url: String,
     /// The one-time sign-in link `up` printed.
@@ -23,53 +23,30 @@ pub(crate) struct Up {
 impl Up {
     pub(crate) fn start(env: &[(&str, &str)]) -> anyhow::Result<Up> {
         let dir = tempfile::tempdir()?;
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sandtrail"))
-            .args([
-                "up",
-                "--no-demo",
-                "--agents",
-                "1",
-                "--listen",
-                "127.0.0.1:0",
-            ])
-            .args(["--router-listen", "127.0.0.1:0", "--data-dir"])
-            .arg(dir.path())
-            .current_dir(dir.path())
-            .env("SANDTRAIL_LOG", "warn")
-            .env_remove("SANDTRAIL_TOKEN")
-            .envs(env.iter().copied())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()?;
-        let stdout = child.stdout.take().context("stdout")?;
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stdout)
-                .lines()
-                .map_while(Result::ok)
-            {
-                let _ = tx.send(line);
-            }
-        });
-        let (mut url, mut sign_in) = (None, None);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while url.is_none() || sign_in.is_none() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = rx
-                .recv_timeout(left)
-                .context("up did not print its URL and sign-in link")?;
-            let first_word = |s: &str| s.split_whitespace().next().unwrap_or("").to_string();
-            if let Some(u) = line.trim().strip_prefix("web UI:") {
-                url = Some(first_word(u).trim_end_matches('/').to_string());
-            }
-            if let Some(u) = line.trim().strip_prefix("sign in:") {
-                sign_in = Some(first_word(u));
-            }
-        }
+        let args: Vec<String> = [
+            "up",
+            "--no-demo",
+            "--agents",
+            "1",
+            "--listen",
+            "127.0.0.1:0",
+            "--router-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([dir.path().display().to_string()])
+        .collect();
+        let env: Vec<(&str, String)> = env.iter().map(|(k, v)| (*k, v.to_string())).collect();
+        let mut proc = Proc::spawn("up", dir.path(), &args, &env, |_| {})?;
+        let mut printed = proc.printed(&["web UI:", "sign in:"])?;
+        let sign_in = printed.pop().unwrap_or_default();
+        let url = printed.pop().unwrap_or_default();
         Ok(Up {
-            child,
-            url: url.unwrap(),
-            sign_in: sign_in.unwrap(),
+            _proc: proc,
+            url: url.trim_end_matches('/').to_string(),
+            sign_in,
             dir,
         })
     }
@@ -85,13 +62,6 @@ impl Up {
             .unwrap_or_default()
             .trim()
             .to_string()
-    }
-}
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -4,32 +4,8 @@
 //! (Tantivy 0.25's grammar parsed every group twice; 0.27 fixed it, and the shape
 //! guard bounds the depth before parsing).
 
-use crate::common::Proc;
+use crate::auth::Up;
 use std::time::{Duration, Instant};
-
-/// `sandtrail up --no-demo` on free ports, its web (and API) URL and admin token.
-fn up(dir: &std::path::Path) -> anyhow::Result<(Proc, String, String)> {
-    let args: Vec<String> = [
-        "up",
-        "--no-demo",
-        "--agents",
-        "1",
-        "--listen",
-        "127.0.0.1:0",
-        "--router-listen",
-        "127.0.0.1:0",
-        "--data-dir",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .chain([dir.display().to_string()])
-    .collect();
-    let (proc, web) = Proc::start("up", dir, &args, "web UI:", &[])?;
-    let token = std::fs::read_to_string(dir.join("token"))?
-        .trim()
-        .to_string();
-    Ok((proc, web.trim_end_matches('/').to_string(), token))
-}
 
 fn client() -> reqwest::Client {
     reqwest::Client::builder()
@@ -53,8 +29,8 @@ async fn status_of(req: reqwest::RequestBuilder) -> (u16, String, Duration) {
 async fn three_thousand_nots_answer_400_and_the_process_lives() {
     // Regression (issue 15): "thread 'tokio-rt-worker' has overflowed its stack",
     // and scheduler, indexer, UI, router and agents were gone.
-    let dir = tempfile::tempdir().unwrap();
-    let (_up, web, token) = up(dir.path()).unwrap();
+    let up = Up::start(&[]).unwrap();
+    let (web, token) = (up.url.clone(), up.token("admin"));
     let http = client();
     let q = format!("{}a", "NOT ".repeat(3000));
     let (status, body, _) = status_of(
@@ -80,8 +56,8 @@ async fn three_thousand_nots_answer_400_and_the_process_lives() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_eight_nested_parentheses_answer_within_100_ms() {
     // Regression (issue 15): 24 levels held a core for 13.3 s, doubling per level.
-    let dir = tempfile::tempdir().unwrap();
-    let (_up, web, token) = up(dir.path()).unwrap();
+    let up = Up::start(&[]).unwrap();
+    let (web, token) = (up.url.clone(), up.token("admin"));
     let http = client();
     let q = format!("{}a{}", "(".repeat(28), ")".repeat(28));
     // The first request of a fresh process opens readers and warms caches: the

@@ -8,10 +8,9 @@
 use crate::common::Proc;
 use anyhow::{bail, Context};
 use protocol::{SearchResponse, TOKEN_HEADER};
-use std::io::BufRead;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+
 use std::time::{Duration, Instant};
 
 /// `sandtrail up` with one agent and no demo, in its own data dir.
@@ -416,63 +415,36 @@ async fn a_stdout_symlinked_to_the_token_ships_nothing_of_it() -> anyhow::Result
 
 /// `sandtrail up` run as `nobody` (the suite runs as root), killed when dropped.
 struct Unprivileged {
-    child: Child,
+    _proc: Proc,
     url: String,
 }
 
 impl Unprivileged {
     fn start(dir: &Path) -> anyhow::Result<Unprivileged> {
         std::os::unix::fs::chown(dir, Some(65534), Some(65534))?;
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sandtrail"))
-            .args([
-                "up",
-                "--listen",
-                "127.0.0.1:0",
-                "--router-listen",
-                "127.0.0.1:0",
-            ])
-            .args(["--agents", "1", "--no-demo", "--data-dir"])
-            .arg(dir)
-            .current_dir(dir)
-            .env("SANDTRAIL_LOG", "warn,scheduler=error")
-            .env_remove("SANDTRAIL_TOKEN")
-            .uid(65534)
-            .gid(65534)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()?;
-        let stdout = child.stdout.take().context("stdout")?;
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stdout)
-                .lines()
-                .map_while(Result::ok)
-            {
-                let _ = tx.send(line);
-            }
-        });
-        let mut up = Unprivileged {
-            child,
-            url: String::new(),
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = rx
-                .recv_timeout(left)
-                .context("up as nobody printed no URL")?;
-            if let Some(rest) = line.trim().strip_prefix("web UI:") {
-                up.url = rest.trim().trim_end_matches('/').to_string();
-                return Ok(up);
-            }
-        }
-    }
-}
-
-impl Drop for Unprivileged {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let args: Vec<String> = [
+            "up",
+            "--listen",
+            "127.0.0.1:0",
+            "--router-listen",
+            "127.0.0.1:0",
+            "--agents",
+            "1",
+            "--no-demo",
+            "--data-dir",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([dir.display().to_string()])
+        .collect();
+        let mut proc = Proc::spawn("up as nobody", dir, &args, &[], |cmd| {
+            cmd.uid(65534).gid(65534);
+        })?;
+        let url = proc.printed(&["web UI:"])?.remove(0);
+        Ok(Unprivileged {
+            _proc: proc,
+            url: url.trim_end_matches('/').to_string(),
+        })
     }
 }
 
