@@ -61,16 +61,7 @@ impl Cluster {
             agent: None,
             agent_url: String::new(),
             // Reading needs the token as much as writing (issue 15).
-            http: reqwest::Client::builder()
-                .default_headers(
-                    [(
-                        reqwest::header::AUTHORIZATION,
-                        format!("Bearer {}", TOKEN).parse()?,
-                    )]
-                    .into_iter()
-                    .collect(),
-                )
-                .build()?,
+            http: common::client_with_token(TOKEN)?,
         };
         c.start_indexer("127.0.0.1:0")?;
         c.start_agent()?;

@@ -73,16 +73,7 @@ impl Cluster {
             agent_url: String::new(),
             spool_mb,
             // Reading needs the token as much as writing (issue 15).
-            http: reqwest::Client::builder()
-                .default_headers(
-                    [(
-                        reqwest::header::AUTHORIZATION,
-                        format!("Bearer {}", TOKEN).parse()?,
-                    )]
-                    .into_iter()
-                    .collect(),
-                )
-                .build()?,
+            http: common::client_with_token(TOKEN)?,
         };
         let args = vec![
             "scheduler".to_string(),

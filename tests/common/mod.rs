@@ -11,6 +11,19 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// An HTTP client that sends `Authorization: Bearer TOKEN` with every request.
+#[allow(dead_code)] // not every suite talks to the parts itself
+pub fn client_with_token(token: &str) -> anyhow::Result<reqwest::Client> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {token}").parse()?,
+    );
+    Ok(reqwest::Client::builder()
+        .default_headers(headers)
+        .build()?)
+}
+
 /// One `sandtrail` process, killed with SIGKILL when dropped.
 pub struct Proc {
     child: Child,
