@@ -107,7 +107,8 @@ pub struct AgentSection {
     /// ...and when a batch is sent: at this size or this age.
     pub batch_max_kb: Option<usize>,
     pub batch_max_wait_ms: Option<u64>,
-    /// Batch compression on the wire: `zstd` (default) or `gzip`.
+    /// Batch compression on the wire: `auto` (default: none to an indexer on this
+    /// host, zstd to any other), `zstd`, `gzip` or `none`.
     pub compression: Option<String>,
     /// How long a finished task's sandbox is kept before it is removed, once shipped
     /// (Mesos's `--gc_delay`; default an hour).
@@ -357,7 +358,7 @@ impl Config {
         if let Some(c) = &config.agent.compression {
             if agent::ship::Codec::parse(c).is_none() {
                 bail!(
-                    "config {}: agent.compression is {c:?}, expected \"zstd\" or \"gzip\"",
+                    "config {}: agent.compression is {c:?}, expected \"auto\", \"zstd\", \"gzip\" or \"none\"",
                     origin.display()
                 );
             }
@@ -553,7 +554,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("agent.spool_max_bytes"), "{err}");
-        assert_eq!(d.compression, agent::ship::Codec::Zstd);
+        assert_eq!(d.compression, agent::ship::Codec::Auto);
         let c = Config::parse("[agent]\ncompression = \"gzip\"\n", Path::new("t.toml")).unwrap();
         assert_eq!(
             c.agent.shipper_config().compression,

@@ -168,7 +168,12 @@ impl Report {
 /// Runs both phases. Blocking: builds its own runtime, so call it from a plain thread
 /// (`spawn_blocking` in an async program). Pins the calling thread (and so the
 /// shipper) to core 0.
-pub fn run(opts: BenchOptions) -> Result<Report> {
+pub fn run(mut opts: BenchOptions) -> Result<Report> {
+    // The sink is on this host, where `auto` would send plain NDJSON; the figure is
+    // for a shipper whose indexer is elsewhere, as on every host but the indexer's.
+    if opts.shipper.compression == Codec::Auto {
+        opts.shipper.compression = Codec::Zstd;
+    }
     if opts.sink_command.is_empty() {
         return Err(Error::Bench(
             "sink_command is empty, expected the program that runs the sink".into(),
@@ -519,6 +524,8 @@ pub fn sink_main() -> Result<()> {
                 zstd::stream::read::Decoder::new(&body[..])
                     .map_err(|e| (StatusCode::BAD_REQUEST, format!("bad zstd: {e}")))?,
             )
+        } else if body.first() == Some(&b'{') {
+            Box::new(&body[..])
         } else {
             Box::new(flate2::read::GzDecoder::new(&body[..]))
         };

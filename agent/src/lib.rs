@@ -199,6 +199,8 @@ impl Shipper {
             .timeout(Duration::from_secs(30))
             .build()
             .map_err(Error::Client)?;
+        let mut config = config;
+        config.compression = config.compression.resolve(&config.indexer_url);
         let metrics = Arc::new(Metrics::default());
         let sender = Sender::new(
             client,

@@ -50,38 +50,74 @@ const ERROR_BODY_BYTES: usize = 1024;
 /// zstd's level for batches: negative levels trade ratio for speed (see [`Codec`]).
 const ZSTD_LEVEL: i32 = -3;
 
-/// How batches are compressed. The indexer tells them apart by their magic bytes.
+/// How batches are compressed. The indexer tells them apart by their first bytes
+/// (zstd's or gzip's magic, or `{` for plain NDJSON).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Codec {
+    /// zstd unless the indexer is on this host ([`Codec::resolve`]): the default.
+    #[default]
+    Auto,
     /// zstd at its fast level -3: on log NDJSON its batches are about the size of
     /// gzip level 1's (what Filebeat sends by default) for a third of the CPU
     /// (BENCHMARKS.md). The shipper's CPU is what a busy host can least spare, and
     /// compression is the largest part of it.
-    #[default]
     Zstd,
     /// gzip level 1, for proxies or indexers in between that only know gzip.
     Gzip,
+    /// Plain NDJSON. Over loopback (an indexer on the same host, as under `up`)
+    /// compressing saves no network and costs both sides CPU the indexing needs:
+    /// in the pipeline benchmark zstd both ways was about a fifth of the transport's
+    /// CPU (BENCHMARKS.md, issue 14). The price is a larger write-ahead log.
+    None,
 }
 
 impl Codec {
     pub fn parse(s: &str) -> Option<Codec> {
         match s.trim().to_ascii_lowercase().as_str() {
+            "auto" => Some(Codec::Auto),
             "zstd" => Some(Codec::Zstd),
             "gzip" => Some(Codec::Gzip),
+            "none" => Some(Codec::None),
             _ => None,
         }
     }
 
-    fn content_encoding(self) -> &'static str {
+    /// What [`Codec::Auto`] means for an indexer at `url`: [`Codec::None`] when its
+    /// host is a loopback address or `localhost`, [`Codec::Zstd`] otherwise. Other
+    /// codecs are kept as chosen.
+    pub fn resolve(self, url: &str) -> Codec {
+        if self != Codec::Auto {
+            return self;
+        }
+        let local = reqwest::Url::parse(url)
+            .ok()
+            .and_then(|u| u.host_str().map(|h| h.trim_matches(['[', ']']).to_owned()))
+            .is_some_and(|h| {
+                h.eq_ignore_ascii_case("localhost")
+                    || h.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+            });
+        if local {
+            Codec::None
+        } else {
+            Codec::Zstd
+        }
+    }
+
+    /// The `Content-Encoding` header, if any.
+    fn content_encoding(self) -> Option<&'static str> {
         match self {
-            Codec::Zstd => "zstd",
-            Codec::Gzip => "gzip",
+            Codec::Auto | Codec::Zstd => Some("zstd"),
+            Codec::Gzip => Some("gzip"),
+            Codec::None => None,
         }
     }
 
     pub fn compress(self, data: &[u8]) -> Vec<u8> {
         match self {
-            Codec::Zstd => {
+            Codec::None => data.to_vec(),
+            // `Auto` is resolved when the shipper starts; compressing as zstd keeps a
+            // caller that skipped that on the safe side of the wire.
+            Codec::Auto | Codec::Zstd => {
                 // One context per blocking thread, reused: a fresh one per batch
                 // allocates and clears its tables every time.
                 thread_local! {
@@ -326,10 +362,9 @@ impl Sender {
             CONTENT_TYPE,
             HeaderValue::from_static("application/x-ndjson"),
         );
-        headers.insert(
-            CONTENT_ENCODING,
-            HeaderValue::from_static(codec.content_encoding()),
-        );
+        if let Some(encoding) = codec.content_encoding() {
+            headers.insert(CONTENT_ENCODING, HeaderValue::from_static(encoding));
+        }
         if let Some(token) = token {
             let v = HeaderValue::from_str(token).map_err(|_| {
                 crate::Error::Config(
@@ -644,6 +679,30 @@ mod tests {
         assert_eq!(Codec::parse(" ZSTD "), Some(Codec::Zstd));
         assert_eq!(Codec::parse("gzip"), Some(Codec::Gzip));
         assert_eq!(Codec::parse("lz4"), None);
+        assert_eq!(Codec::None.compress(&data), data);
+        assert_eq!(Codec::parse("none"), Some(Codec::None));
+        assert_eq!(Codec::parse("auto"), Some(Codec::Auto));
+    }
+
+    #[test]
+    fn auto_sends_plain_to_an_indexer_on_this_host_and_zstd_elsewhere() {
+        for url in [
+            "http://127.0.0.1:7070",
+            "http://127.9.9.9:7070",
+            "http://localhost:7070",
+            "http://[::1]:7070",
+        ] {
+            assert_eq!(Codec::Auto.resolve(url), Codec::None, "{url}");
+        }
+        for url in ["http://10.0.0.5:7070", "http://indexer:7070", "nonsense"] {
+            assert_eq!(Codec::Auto.resolve(url), Codec::Zstd, "{url}");
+        }
+        // A codec chosen in the config is kept wherever the indexer is.
+        assert_eq!(Codec::Zstd.resolve("http://127.0.0.1:1"), Codec::Zstd);
+        assert_eq!(Codec::Gzip.resolve("http://127.0.0.1:1"), Codec::Gzip);
+        assert_eq!(Codec::None.resolve("http://10.0.0.5:1"), Codec::None);
+        assert_eq!(Codec::Auto.content_encoding(), Some("zstd"));
+        assert_eq!(Codec::None.content_encoding(), None);
     }
 
     #[test]

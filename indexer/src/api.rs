@@ -192,12 +192,29 @@ const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
 /// than by `Content-Encoding` (which proxies rewrite and curl users forget). zstd is
 /// what our shipper sends by default: about 1.4 times as fast as gzip level 1 at a
 /// third less size on log NDJSON (BENCHMARKS.md). Either way decompression stops at
-/// `max` bytes instead of inflating a bomb first.
+/// `max` bytes instead of inflating a bomb first. A body that starts as JSON does
+/// (`{`, after any whitespace) is plain NDJSON, what the shipper sends to an indexer
+/// on its own host, where compressing would only cost both sides CPU.
 pub fn decompress_capped(body: &[u8], max: usize) -> Result<Vec<u8>> {
     if body.starts_with(&ZSTD_MAGIC) {
         return unzstd_capped(body, max);
     }
+    if is_plain_ndjson(body) {
+        return plain_capped(body, max);
+    }
     gunzip_capped(body, max)
+}
+
+/// Whether `body` is uncompressed NDJSON: its first non-blank byte opens an object.
+fn is_plain_ndjson(body: &[u8]) -> bool {
+    body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
+}
+
+fn plain_capped(body: &[u8], max: usize) -> Result<Vec<u8>> {
+    if body.len() > max {
+        return Err(Error::BodyTooLarge { limit: max });
+    }
+    Ok(body.to_vec())
 }
 
 /// Largest zstd window a body may ask for (2^24 = 16 MiB; `zstd -19` uses 8 MiB). The
@@ -209,6 +226,9 @@ const ZSTD_WINDOW_LOG_MAX: u32 = 24;
 /// build without the window cap, so it is not held to [`ZSTD_WINDOW_LOG_MAX`] (an
 /// acknowledged entry skipped as unreadable would be a lost batch).
 pub(crate) fn decompress_for_replay(body: &[u8], max: usize) -> Result<Vec<u8>> {
+    if is_plain_ndjson(body) {
+        return plain_capped(body, max);
+    }
     if !body.starts_with(&ZSTD_MAGIC) {
         return gunzip_capped(body, max);
     }
@@ -270,7 +290,7 @@ fn unzstd_capped(body: &[u8], max: usize) -> Result<Vec<u8>> {
 pub fn gunzip_capped(body: &[u8], max: usize) -> Result<Vec<u8>> {
     if body.len() < 2 || body[..2] != [0x1f, 0x8b] {
         return Err(Error::BadBody(format!(
-            "body of {} bytes is neither gzip nor zstd (expected compressed NDJSON, magic 1f 8b or 28 b5 2f fd)",
+            "body of {} bytes is neither NDJSON, gzip nor zstd (expected `{{` first, or magic 1f 8b or 28 b5 2f fd)",
             body.len()
         )));
     }
@@ -433,7 +453,23 @@ mod tests {
         let err = decompress_capped(b"plain text", 1 << 20)
             .unwrap_err()
             .to_string();
-        assert!(err.contains("neither gzip nor zstd"), "{err}");
+        assert!(err.contains("neither NDJSON, gzip nor zstd"), "{err}");
+    }
+
+    #[test]
+    fn plain_ndjson_bodies_pass_as_they_are_up_to_the_cap() {
+        // What the shipper sends to an indexer on its own host (Codec::None).
+        let body = b"\n {\"a\":1}\n{\"b\":2}\n";
+        assert_eq!(decompress_capped(body, 100).unwrap(), body);
+        assert_eq!(decompress_for_replay(body, 100).unwrap(), body);
+        assert!(matches!(
+            decompress_capped(body, 10),
+            Err(Error::BodyTooLarge { limit: 10 })
+        ));
+        assert!(matches!(
+            decompress_capped(b"[1,2]", 100),
+            Err(Error::BadBody(_))
+        ));
     }
 
     #[test]
@@ -492,7 +528,7 @@ mod tests {
     #[test]
     fn gunzip_rejects_plain_and_truncated_bodies() {
         let err = gunzip_capped(b"{\"plain\":true}", 100).unwrap_err();
-        assert!(err.to_string().contains("neither gzip nor zstd"), "{err}");
+        assert!(err.to_string().contains("gzip nor zstd"), "{err}");
         let full = gzip(b"some text that is long enough to matter");
         let err = gunzip_capped(&full[..full.len() - 6], 100).unwrap_err();
         assert!(matches!(err, Error::BadBody(_)), "{err}");

@@ -172,17 +172,30 @@ async fn ingest_search_and_histogram_over_http() -> Result<()> {
 }
 
 #[tokio::test]
+async fn plain_ndjson_is_indexed_like_a_compressed_body() -> Result<()> {
+    // What the shipper sends to an indexer on its own host (agent Codec::None).
+    let s = Server::start(None, 1 << 20).await?;
+    let records = [rec(1, "h", "a", "plain one", 1), rec(2, "h", "a", "plain two", 2)];
+    let resp = s
+        .post_ingest(protocol::encode_ndjson(&records), None)
+        .await?;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let got: IngestResponse = resp.json().await?;
+    assert_eq!(got.accepted, 2);
+    assert_eq!(s.search(&[("q", "plain")]).await?.total, 2);
+    s.indexer.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
 async fn bad_bodies_are_refused_and_index_nothing() -> Result<()> {
     let s = Server::start(None, 1 << 20).await?;
 
-    let resp = s
-        .post_ingest(
-            protocol::encode_ndjson(&[rec(1, "h", "a", "plain", 1)]),
-            None,
-        )
-        .await?;
+    let resp = s.post_ingest(b"plain text, not json\n".to_vec(), None).await?;
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
-    assert!(error_of(resp).await?.contains("neither gzip nor zstd"));
+    assert!(error_of(resp)
+        .await?
+        .contains("neither NDJSON, gzip nor zstd"));
 
     let full = gzip(&protocol::encode_ndjson(&[rec(
         1,
