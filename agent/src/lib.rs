@@ -75,6 +75,13 @@ const SPILL_AFTER: Duration = Duration::from_millis(500);
 /// indexer decompressing and committing the batch in flight), which left the
 /// shipper's core idle a third of the time at full speed (BENCHMARKS.md).
 const MAX_QUEUED: usize = 2;
+/// Least time between two reading rounds started by file events. Every write of
+/// every task is an event and a round reads every followed file: 50 tasks writing a
+/// line each 10 ms made thousands of rounds a second, most of a core (BENCHMARKS.md,
+/// issue 14's `50slow`). At most one round per this much time reads them all at
+/// once; a line waits this much longer at most, against the batch's 200 ms. A round
+/// that stopped because there was more to read does not wait.
+const WAKE_COALESCE: Duration = Duration::from_millis(25);
 
 /// How the shipper runs. `Default` gives the documented defaults with an empty host
 /// and work dir, which [`Shipper::new`] refuses: set at least those two.
@@ -279,6 +286,8 @@ struct Run {
     refused: HashSet<PathBuf>,
     /// File events from the watcher, if it could be set up.
     wakes: Option<mpsc::Receiver<Wake>>,
+    /// When the last reading round started (see [`WAKE_COALESCE`]).
+    last_round: Instant,
     next_start: usize,
     round: RoundConfig,
     batch: Batch,
@@ -344,6 +353,7 @@ impl Run {
             undeletable: HashSet::new(),
             refused: HashSet::new(),
             wakes: None,
+            last_round: Instant::now(),
             next_start: 0,
             batch: Batch::default(),
             in_flight: None,
@@ -400,7 +410,16 @@ impl Run {
             let deadline = self.next_deadline(next_scan);
             match self.wait(deadline).await {
                 Event::Cancelled | Event::Timer => {}
-                Event::Wake(r) => rescan |= r,
+                Event::Wake(r) => {
+                    rescan |= r;
+                    let due = self.last_round + WAKE_COALESCE;
+                    if Instant::now() < due {
+                        tokio::select! {
+                            _ = self.cancel.cancelled() => {}
+                            _ = tokio::time::sleep_until(due.into()) => {}
+                        }
+                    }
+                }
                 Event::Shipped(shipped) => {
                     self.in_flight = None;
                     self.on_shipped(shipped?).await;
@@ -631,6 +650,8 @@ impl Run {
     /// are handed over (waiting for the one in flight: that is the back-pressure).
     /// Returns whether there is more to read right away.
     async fn read(&mut self) -> Result<bool> {
+        self.last_round = Instant::now();
+        inc(&self.inner.metrics.read_rounds, 1);
         let mut files = std::mem::take(&mut self.files);
         let start = self.next_start;
         let cfg = self.round.clone();

@@ -49,6 +49,8 @@ pub struct Metrics {
     /// Sandbox files not read because they were symlinks, not regular files, or a
     /// `task.json` the node did not write: each counted once while it stays so.
     pub files_refused: AtomicU64,
+    /// Reading rounds over the followed files (each one reads every file).
+    pub read_rounds: AtomicU64,
 }
 
 pub(crate) fn inc(c: &AtomicU64, n: u64) {
@@ -59,7 +61,7 @@ impl Metrics {
     pub fn render(&self, host: &str) -> String {
         let host = escape(host);
         let mut out = String::new();
-        let counters: [(&str, &str, &AtomicU64); 19] = [
+        let counters: [(&str, &str, &AtomicU64); 20] = [
             (
                 "ndjson_bytes_sent_total",
                 "Uncompressed NDJSON bytes of batches the indexer acknowledged.",
@@ -135,6 +137,11 @@ impl Metrics {
                 "files_refused_total",
                 "Sandbox files not read because they were symlinks, not regular files or not the node's (a task must not make the shipper read outside its sandbox).",
                 &self.files_refused,
+            ),
+            (
+                "read_rounds_total",
+                "Reading rounds over every followed file (file events start them, at most one per 25 ms).",
+                &self.read_rounds,
             ),
             (
                 "batches_spooled_total",

@@ -94,7 +94,8 @@ impl Codec {
             .and_then(|u| u.host_str().map(|h| h.trim_matches(['[', ']']).to_owned()))
             .is_some_and(|h| {
                 h.eq_ignore_ascii_case("localhost")
-                    || h.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+                    || h.parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_loopback())
             });
         if local {
             Codec::None

@@ -32,6 +32,8 @@ struct Fake {
     /// Answer 400 to any batch containing a record with this msg.
     poison: Option<String>,
     tokens: Vec<Option<String>>,
+    /// The `Content-Encoding` of every request.
+    encodings: Vec<Option<String>>,
     /// Answer every request only after this long (a slow but healthy indexer).
     delay: Duration,
 }
@@ -58,13 +60,22 @@ async fn ingest(State(fake): State<Shared>, headers: HeaderMap, body: Bytes) -> 
             .into_response();
     }
     let mut raw = Vec::new();
-    // The header must say what the body is, whichever codec the test configured.
-    let decoded = match headers.get("content-encoding").unwrap().to_str().unwrap() {
-        "zstd" => {
+    // The header must say what the body is, whichever codec the test configured; no
+    // header is plain NDJSON (what `auto` sends over loopback, as here).
+    let encoding = headers
+        .get("content-encoding")
+        .map(|v| v.to_str().unwrap().to_string());
+    f.encodings.push(encoding.clone());
+    let decoded = match encoding.as_deref() {
+        Some("zstd") => {
             zstd::stream::read::Decoder::new(&body[..]).and_then(|mut d| d.read_to_end(&mut raw))
         }
-        "gzip" => flate2::read::GzDecoder::new(&body[..]).read_to_end(&mut raw),
-        other => panic!("unexpected content-encoding {other}"),
+        Some("gzip") => flate2::read::GzDecoder::new(&body[..]).read_to_end(&mut raw),
+        None => {
+            raw.extend_from_slice(&body);
+            Ok(body.len())
+        }
+        Some(other) => panic!("unexpected content-encoding {other}"),
     };
     if let Err(e) = decoded {
         return (StatusCode::BAD_REQUEST, format!("bad body: {e}")).into_response();
@@ -588,7 +599,12 @@ async fn a_file_rotated_by_rename_is_finished_and_the_new_one_shipped() {
     let log = work.path().join("router/access.log");
     std::fs::create_dir_all(log.parent().unwrap()).unwrap();
     append(&log, "a long enough first line\nand a second one\n");
-    let shipper = Shipper::new(config(work.path(), &url)).unwrap();
+    // Batches by age as by default, so that their timers start few rounds.
+    let shipper = Shipper::new(ShipperConfig {
+        batch_max_wait: Duration::from_millis(200),
+        ..config(work.path(), &url)
+    })
+    .unwrap();
     let run = start(&shipper);
     wait_for("the first lines", &fake, |f| f.accepted.len() == 2).await;
 
@@ -624,7 +640,65 @@ async fn many_files_many_lines_arrive_complete_and_in_order_with_gzip() {
     ship_many_files(Codec::Gzip).await;
 }
 
-async fn ship_many_files(codec: Codec) {
+/// The default (`auto`) sends plain NDJSON to an indexer on this host: the fake is
+/// on 127.0.0.1, so no request may carry a `Content-Encoding`.
+#[tokio::test]
+async fn many_files_many_lines_arrive_complete_and_in_order_as_plain_ndjson() {
+    let fake = ship_many_files(Codec::Auto).await;
+    let f = fake.lock().unwrap();
+    assert!(!f.encodings.is_empty());
+    assert!(f.encodings.iter().all(Option::is_none), "{:?}", f.encodings);
+}
+
+/// Regression (issue 14's `50slow`, 0.8 of a core for 50 quiet tasks): every write
+/// of every task woke the shipper for a round over every file, thousands of rounds a
+/// second. Rounds started by file events are now at most one per 25 ms.
+#[tokio::test]
+async fn many_slow_writers_are_read_in_coalesced_rounds() {
+    let (url, fake) = start_fake().await;
+    let work = tempfile::tempdir().unwrap();
+    let files = 20;
+    let paths: Vec<PathBuf> = (0..files)
+        .map(|t| sandbox(work.path(), "slow", &format!("slow.{t}"), t).join("stdout"))
+        .collect();
+    for p in &paths {
+        append(p, "first\n");
+    }
+    let shipper = Shipper::new(config(work.path(), &url)).unwrap();
+    let run = start(&shipper);
+    wait_for("the first lines", &fake, |f| {
+        f.accepted.len() == files as usize
+    })
+    .await;
+    let rounds_before = metric(&shipper, "read_rounds_total");
+    // 20 writers, a line each every 2 ms or so, for a second: about 10,000 file
+    // events, each of which started a round over all 20 files before.
+    let started = Instant::now();
+    let mut written = 0;
+    while started.elapsed() < Duration::from_secs(1) {
+        for p in &paths {
+            append(p, &format!("line {written}\n"));
+            written += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let elapsed = started.elapsed();
+    wait_for("every line", &fake, |f| {
+        f.accepted.len() == files as usize + written
+    })
+    .await;
+    let rounds = metric(&shipper, "read_rounds_total") - rounds_before;
+    // One per 25 ms while events come, plus rescans and the tail end: far below
+    // one per event.
+    let bound = (elapsed.as_millis() / 25) as u64 + 30;
+    assert!(
+        rounds <= bound,
+        "{rounds} reading rounds for {written} lines in {elapsed:?} (at most {bound} expected)"
+    );
+    run.stop().await;
+}
+
+async fn ship_many_files(codec: Codec) -> Shared {
     let (url, fake) = start_fake().await;
     let work = tempfile::tempdir().unwrap();
     let files: u32 = 20;
@@ -669,6 +743,7 @@ async fn ship_many_files(codec: Codec) {
         }
     }
     run.stop().await;
+    fake
 }
 
 /// The value of an unlabelled `sandtrail_agent_<name>` series.

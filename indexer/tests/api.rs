@@ -175,7 +175,10 @@ async fn ingest_search_and_histogram_over_http() -> Result<()> {
 async fn plain_ndjson_is_indexed_like_a_compressed_body() -> Result<()> {
     // What the shipper sends to an indexer on its own host (agent Codec::None).
     let s = Server::start(None, 1 << 20).await?;
-    let records = [rec(1, "h", "a", "plain one", 1), rec(2, "h", "a", "plain two", 2)];
+    let records = [
+        rec(1, "h", "a", "plain one", 1),
+        rec(2, "h", "a", "plain two", 2),
+    ];
     let resp = s
         .post_ingest(protocol::encode_ndjson(&records), None)
         .await?;
@@ -191,7 +194,9 @@ async fn plain_ndjson_is_indexed_like_a_compressed_body() -> Result<()> {
 async fn bad_bodies_are_refused_and_index_nothing() -> Result<()> {
     let s = Server::start(None, 1 << 20).await?;
 
-    let resp = s.post_ingest(b"plain text, not json\n".to_vec(), None).await?;
+    let resp = s
+        .post_ingest(b"plain text, not json\n".to_vec(), None)
+        .await?;
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
     assert!(error_of(resp)
         .await?

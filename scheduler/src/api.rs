@@ -13,6 +13,7 @@ use crate::state::{app_key, AppDef, Now, PortDefinition, State, Task, TaskState}
 use crate::store::Store;
 use crate::{Error, Result};
 use axum::body::Bytes;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State as AxState};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::from_fn_with_state;
@@ -1040,6 +1041,7 @@ pub fn router(scheduler: Scheduler) -> Router {
     let agents = Router::new()
         .route("/v1/agents/register", post(register_agent))
         .route("/v1/agents/{name}/heartbeat", post(heartbeat))
+        .route("/v1/agents/{name}/changes", get(desired_changes))
         .route_layer(gate_for(&[Role::Agent], &[Role::Agent]));
     let lookups = Router::new()
         .route("/v1/services/{*app}", get(services))
@@ -1473,6 +1475,52 @@ async fn heartbeat(
         tasks
     };
     Ok(Json(HeartbeatResponse { tasks }))
+}
+
+/// Query of `GET /v1/agents/{name}/changes`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChangesParams {
+    /// The counter the node last saw; absent, the answer is immediate.
+    after: Option<u64>,
+    /// How long to wait for it to move, capped at [`MAX_CHANGES_WAIT`].
+    wait_ms: Option<u64>,
+}
+
+/// Longest a `changes` long-poll is held: below the node's control-call timeout.
+const MAX_CHANGES_WAIT: Duration = Duration::from_secs(4);
+
+/// `GET /v1/agents/{name}/changes?after=N&wait_ms=M`: a long-poll that answers
+/// `{"changes": C}` as soon as the scheduler's count of changes to what it wants on
+/// this agent differs from `N` (a counter that went back, after a scheduler restart,
+/// differs too), or after `M` ms with the count unchanged. The node heartbeats when it
+/// moves instead of on its next tick; it is a hint, the heartbeat stays the truth.
+async fn desired_changes(
+    AxState(s): AxState<Scheduler>,
+    Path(name): Path<String>,
+    params: std::result::Result<Query<ChangesParams>, QueryRejection>,
+) -> Result<Json<Value>> {
+    let Query(params) = params.map_err(|e| {
+        Error::BadRequest(format!(
+            "{}, expected `after` and `wait_ms` as numbers",
+            e.body_text()
+        ))
+    })?;
+    let mut rx = s.lock().desired_changes();
+    let wait = Duration::from_millis(params.wait_ms.unwrap_or(0)).min(MAX_CHANGES_WAIT);
+    let deadline = tokio::time::Instant::now() + wait;
+    let stopping = s.inner.stopping.clone();
+    loop {
+        let now = rx.borrow_and_update().get(&name).copied().unwrap_or(0);
+        if params.after != Some(now) {
+            return Ok(Json(json!({ "changes": now })));
+        }
+        tokio::select! {
+            r = rx.changed() => if r.is_err() { return Ok(Json(json!({ "changes": now }))) },
+            _ = tokio::time::sleep_until(deadline) => return Ok(Json(json!({ "changes": now }))),
+            _ = stopping.cancelled() => return Ok(Json(json!({ "changes": now }))),
+        }
+    }
 }
 
 async fn services(

@@ -73,6 +73,9 @@ const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/s
 /// Timeout of one call to the control plane; a hung control plane must not stall the
 /// loop for longer than a few heartbeats.
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one long-poll of the scheduler's changes feed is held: below
+/// [`CONTROL_TIMEOUT`], which bounds every control call.
+const CHANGES_WAIT: Duration = Duration::from_secs(3);
 
 /// How a node is set up; `NodeConfig::new` fills in the defaults.
 #[derive(Debug, Clone)]
@@ -299,6 +302,10 @@ impl Node {
         inner
             .tracker
             .spawn(Arc::clone(inner).collect_sandboxes(cancel.clone()));
+        let wake = Arc::new(tokio::sync::Notify::new());
+        inner
+            .tracker
+            .spawn(Arc::clone(inner).watch_desired(wake.clone(), cancel.clone()));
         let mut registered = false;
         let mut failures: u64 = 0;
         loop {
@@ -351,6 +358,7 @@ impl Node {
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 _ = tokio::time::sleep(inner.cfg.heartbeat_interval) => {}
+                _ = wake.notified() => {}
             }
         }
         inner.shutdown().await;
@@ -445,6 +453,61 @@ impl Inner {
         check_status(&url, resp.status())?;
         self.metrics.registrations.fetch_add(1, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Long-polls the scheduler's count of changes to what it wants on this agent
+    /// (`/v1/agents/{name}/changes`) and wakes the heartbeat loop when it moves, so a
+    /// placed task starts now rather than at the next heartbeat (up to
+    /// `heartbeat_interval` later). A scheduler without the route (404) leaves the
+    /// heartbeats to their interval; other failures are retried with a back-off.
+    async fn watch_desired(
+        self: Arc<Self>,
+        wake: Arc<tokio::sync::Notify>,
+        cancel: CancellationToken,
+    ) {
+        #[derive(serde::Deserialize)]
+        struct Answer {
+            changes: u64,
+        }
+        let url = self.url(&format!("/v1/agents/{}/changes", self.cfg.name));
+        let wait_ms = CHANGES_WAIT.as_millis() as u64;
+        let mut seen: Option<u64> = None;
+        let mut failures: u32 = 0;
+        loop {
+            let mut req = self.client.get(&url).query(&[("wait_ms", wait_ms)]);
+            if let Some(n) = seen {
+                req = req.query(&[("after", n)]);
+            }
+            let answer = tokio::select! {
+                _ = cancel.cancelled() => return,
+                r = self.authed(req).send() => r,
+            };
+            match answer {
+                Ok(r) if r.status() == reqwest::StatusCode::NOT_FOUND => {
+                    debug!(node = %self.cfg.name, "the scheduler has no changes feed; launches wait for heartbeats");
+                    return;
+                }
+                Ok(r) if r.status().is_success() => {
+                    if let Ok(a) = r.json::<Answer>().await {
+                        if seen != Some(a.changes) {
+                            wake.notify_one();
+                        }
+                        seen = Some(a.changes);
+                        failures = 0;
+                        continue;
+                    }
+                }
+                Ok(_) | Err(_) => {}
+            }
+            // Unreachable, refused or garbled: the heartbeats carry on regardless;
+            // try again after a pause that grows to CHANGES_WAIT.
+            failures = failures.saturating_add(1);
+            let pause = (self.cfg.heartbeat_interval * failures).min(CHANGES_WAIT);
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(pause) => {}
+            }
+        }
     }
 
     /// One heartbeat: `Ok(None)` when the scheduler does not know this agent (404).

@@ -1064,3 +1064,121 @@ async fn invalid_ports_disk_and_require_ports_are_422_listed_with_the_rest() {
     );
     server.stop().await;
 }
+
+/// `/v1/agents/{name}/changes` answers at once without `after`, holds a long-poll
+/// until a task is placed on that agent (not on another), and times out unchanged.
+#[tokio::test]
+async fn changes_feed_wakes_only_the_agent_a_task_was_placed_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path()).await;
+    server.register("node-1", "10.0.0.1").await;
+    server.register("node-2", "10.0.0.2").await;
+    let changes = |agent: &str, query: &str| {
+        let req = server
+            .http
+            .get(server.url(&format!("/v1/agents/{agent}/changes{query}")))
+            .header(protocol::TOKEN_HEADER, TOKEN);
+        async move {
+            let r = req.send().await.unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let (status, now) = changes("node-1", "").await;
+    assert_eq!(status, 200, "{now}");
+    assert_eq!(now["changes"], 0);
+
+    // Unchanged: the long-poll ends at its wait, with the same count.
+    let t = Instant::now();
+    let (_, same) = changes("node-1", "?after=0&wait_ms=300").await;
+    assert_eq!(same["changes"], 0);
+    assert!(
+        t.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        t.elapsed()
+    );
+
+    // A one-instance app with a constraint lands on node-1: its poll returns long
+    // before the wait is over; node-2's does not move.
+    let poll1 = tokio::spawn(changes("node-1", "?after=0&wait_ms=4000"));
+    let poll2 = tokio::spawn(changes("node-2", "?after=0&wait_ms=1000"));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let t = Instant::now();
+    let mut app = fib_app();
+    app["instances"] = json!(1);
+    app["constraints"] = json!([["hostname", "CLUSTER", "node-1"]]);
+    let (status, body) = server.post("/v2/apps", &app).await;
+    assert_eq!(status, 201, "{body}");
+    let (_, moved) = poll1.await.unwrap();
+    assert_eq!(moved["changes"], 1);
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    let (_, other) = poll2.await.unwrap();
+    assert_eq!(other["changes"], 0, "node-2 had nothing placed");
+
+    // Bad parameters are a 400 naming them; no token is a 401.
+    let (status, body) = changes("node-1", "?after=soon").await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.to_string().contains("after"), "{body}");
+    let r = server
+        .http
+        .get(server.url("/v1/agents/node-1/changes"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    server.stop().await;
+}
+
+/// Regression (issue 14's pipeline benchmark): a node learnt of a placed task only at
+/// its next heartbeat, up to `heartbeat_interval` (1 s) after the deploy, the whole
+/// idle start of a run. With the changes feed it starts at once, whatever the interval.
+#[tokio::test]
+async fn a_node_starts_a_placed_task_without_waiting_for_its_heartbeat() {
+    use scheduler::node::{Node, NodeConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("scheduler")).await;
+    let mut cfg = NodeConfig::new("node-1", &dir.path().join("node"), &server.base);
+    cfg.heartbeat_interval = Duration::from_secs(60);
+    cfg.token = Some(TOKEN.into());
+    cfg.kill_grace = Duration::from_secs(2);
+    let node = std::sync::Arc::new(Node::new(cfg).unwrap());
+    let cancel = CancellationToken::new();
+    let runner = {
+        let (node, cancel) = (node.clone(), cancel.clone());
+        tokio::spawn(async move { node.run(cancel).await })
+    };
+    // Registered and past its first heartbeat (the next one is a minute away).
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, agents) = server.get("/v1/agents").await;
+        if agents.to_string().contains("node-1") {
+            break;
+        }
+        assert!(Instant::now() < end, "node never registered: {agents}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let t = Instant::now();
+    let (status, body) = server
+        .post(
+            "/v2/apps",
+            &json!({"id": "sleeper", "cmd": "sleep 300", "instances": 1, "cpus": 0.01, "mem": 16}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let running = loop {
+        let (_, tasks) = server.get("/v2/tasks").await;
+        if tasks.to_string().contains("TASK_RUNNING") {
+            break true;
+        }
+        if t.elapsed() > Duration::from_secs(10) {
+            break false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    cancel.cancel();
+    runner.await.unwrap().unwrap();
+    server.stop().await;
+    assert!(running, "the task was not running 10 s after the deploy");
+}
