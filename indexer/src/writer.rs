@@ -4,9 +4,8 @@
 //! Whatever is queued when the thread wakes up is added and committed together (and,
 //! when the last commit was less than [`COMMIT_INTERVAL`] ago, whatever arrives until
 //! then), then the reader is reloaded and every request of the group is answered.
-//! Under load that gives about five commits a second instead of one per request
-//! (one a second while the writer works flat out, see [`SATURATED_COMMIT_INTERVAL`]),
-//! and at rest a request is committed as soon as it arrives; either way an ingest is answered only
+//! Under load that gives about five commits a second instead of one per request, and
+//! at rest a request is committed as soon as it arrives; either way an ingest is answered only
 //! once its records are durable and searchable. The trade-off: one failing commit
 //! fails every request of its group (they are all rolled back and all retried by
 //! their shippers, which exactly-once makes harmless).
@@ -50,47 +49,6 @@ pub const RETENTION_CHECK: std::time::Duration = std::time::Duration::from_secs(
 /// once; under load this bounds the commit rate (each commit flushes segments that
 /// must later be merged) at the price of up to this much added latency.
 pub const COMMIT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
-
-/// While the writer works flat out (busy [`STRETCH_AT`] or more of the last
-/// [`crate::merge::DUTY_WINDOW`]), a group keeps collecting up to this long after the
-/// last commit, unless requests stop coming for [`QUIET_GAP`]. Every commit stalls
-/// the ingest path (the writer thread waits for Tantivy's threads to flush and for
-/// the fsyncs, the shippers for their answers, and the cores idle): under a burst
-/// that was about 7 % of the pipeline benchmark's time at five commits a second
-/// (BENCHMARKS.md, issue 14). Freshness is what gives: records of a burst become
-/// searchable up to this late, as Elasticsearch's refreshes fall behind under load;
-/// below saturation (the 10k records/s freshness figure) nothing changes.
-pub const SATURATED_COMMIT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// Busy share of the writer at which commits are spaced by
-/// [`SATURATED_COMMIT_INTERVAL`]: far above what a steady 10k records/s costs.
-pub const STRETCH_AT: f64 = 0.85;
-
-/// With commits stretched, a pause this long in the requests ends the group: a
-/// burst's last records are not held for the rest of the interval.
-pub const QUIET_GAP: std::time::Duration = std::time::Duration::from_millis(20);
-
-/// How long a group that starts `now` may keep collecting, and until when it waits
-/// for a next request once none is queued: `(deadline, wait_until)`. Plain groups
-/// run to [`COMMIT_INTERVAL`] after the last commit; stretched ones to
-/// [`SATURATED_COMMIT_INTERVAL`], ending at the first [`QUIET_GAP`] once the plain
-/// interval has passed.
-fn group_times(last_commit: Instant, stretched: bool) -> (Instant, impl Fn(Instant) -> Instant) {
-    let earliest = last_commit + COMMIT_INTERVAL;
-    let deadline = if stretched {
-        last_commit + SATURATED_COMMIT_INTERVAL
-    } else {
-        earliest
-    };
-    let wait_until = move |now: Instant| {
-        if stretched {
-            (now + QUIET_GAP).max(earliest).min(deadline)
-        } else {
-            deadline
-        }
-    };
-    (deadline, wait_until)
-}
 
 /// A request's records as a log entry (zstd NDJSON, what the shipper sends), for
 /// in-process callers that have no body.
@@ -233,8 +191,6 @@ pub struct WriterThread {
     duty: Duty,
     /// The last whole [`Duty`] window was busy [`crate::merge::SATURATED`] or more.
     saturated: bool,
-    /// ...or [`STRETCH_AT`] or more: commits are spaced by [`SATURATED_COMMIT_INTERVAL`].
-    stretched: bool,
     /// Merges started by [`WriterThread::merge_now`] may still be running: readers
     /// are reloaded when they finish (they are only reloaded by commits otherwise).
     merges_settling: bool,
@@ -319,7 +275,6 @@ impl WriterThread {
             // As after a burst: what a burst left before a restart merges once the
             // writer is idle or lightly loaded.
             saturated: true,
-            stretched: false,
             merges_settling: false,
             fields,
             checkpoint: Checkpoint {
@@ -677,9 +632,8 @@ impl WriterThread {
             if self.saturated {
                 self.merge_gate.defer();
             }
-            let (deadline, wait_until) = group_times(last_commit, self.stretched);
-            let (stops, committed) =
-                self.commit_group(first, &mut rx, &timer, deadline, &wait_until);
+            let deadline = last_commit + COMMIT_INTERVAL;
+            let (stops, committed) = self.commit_group(first, &mut rx, &timer, deadline);
             if self.crashed {
                 // The test hook's crash: leave without committing or answering.
                 return;
@@ -689,7 +643,6 @@ impl WriterThread {
             }
             if let Some(busy) = self.duty.close(Instant::now()) {
                 let was = std::mem::replace(&mut self.saturated, busy >= self.saturated_at);
-                self.stretched = busy >= STRETCH_AT;
                 if was && !self.saturated {
                     tracing::debug!(busy, "writer no longer saturated; merges resume");
                     self.merge_requested = true;
@@ -722,16 +675,14 @@ impl WriterThread {
     }
 
     /// Adds `first` and whatever else arrives until `deadline` (at once when it has
-    /// passed; with nothing queued, a wait for more ends at `wait_until(now)`),
-    /// commits them together, and returns the replies of any shutdown requests in
-    /// the group and whether a commit happened.
+    /// passed), commits them together, and returns the replies of any shutdown
+    /// requests in the group and whether a commit happened.
     fn commit_group(
         &mut self,
         first: WriterMsg,
         rx: &mut mpsc::Receiver<WriterMsg>,
         timer: &tokio::runtime::Runtime,
         deadline: Instant,
-        wait_until: &dyn Fn(Instant) -> Instant,
     ) -> (Vec<oneshot::Sender<()>>, bool) {
         let before = self.checkpoint.clone();
         let wal_before = self.wal_committed;
@@ -760,8 +711,8 @@ impl WriterThread {
                     {
                         // Nothing more queued: answer what is logged before waiting.
                         self.answer_logged(&mut logged, &mut waiting, &mut failure);
-                        let until = wait_until(Instant::now());
-                        let wait = async { tokio::time::timeout_at(until.into(), rx.recv()).await };
+                        let wait =
+                            async { tokio::time::timeout_at(deadline.into(), rx.recv()).await };
                         let waiting = Instant::now();
                         let got = timer.block_on(wait);
                         self.duty.idle(waiting.elapsed());
@@ -1148,7 +1099,6 @@ impl UidSource {
 mod tests {
     use super::*;
     use proptest::prelude::*;
-    use std::time::Duration;
 
     #[test]
     fn empty_or_missing_payload_is_an_empty_checkpoint() {
@@ -1178,28 +1128,6 @@ mod tests {
         assert!(c.admit("b", 0));
         assert!(!c.admit("b", 0));
         assert!(c.admit("", 5) && c.admit("", 5), "no source, no dedup");
-    }
-
-    #[test]
-    fn commits_are_stretched_only_while_saturated_and_end_at_a_quiet_gap() {
-        let last = Instant::now();
-        // Plain: the group runs to the interval, and waits for more until then.
-        let (deadline, wait_until) = group_times(last, false);
-        assert_eq!(deadline, last + COMMIT_INTERVAL);
-        assert_eq!(wait_until(last + Duration::from_millis(10)), deadline);
-        // Stretched: up to a second, but a quiet gap after the plain interval ends it.
-        let (deadline, wait_until) = group_times(last, true);
-        assert_eq!(deadline, last + SATURATED_COMMIT_INTERVAL);
-        // Before the plain interval a gap does not commit early...
-        assert_eq!(
-            wait_until(last + Duration::from_millis(10)),
-            last + COMMIT_INTERVAL
-        );
-        // ...after it, one does...
-        let now = last + Duration::from_millis(500);
-        assert_eq!(wait_until(now), now + QUIET_GAP);
-        // ...and never past the stretched deadline.
-        assert_eq!(wait_until(last + Duration::from_millis(995)), deadline);
     }
 
     #[test]
