@@ -201,11 +201,8 @@ pub async fn tail(server: &ServerArgs, app: &str) -> anyhow::Result<()> {
 }
 
 pub async fn trace(server: &ServerArgs, id: &str) -> anyhow::Result<()> {
-    if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-    {
-        bail!("trace id {id:?}: expected up to 64 letters, digits or '-'");
-    }
-    let res = search_once(server, &format!("trace_id:{id}"), "", 1000).await?;
+    let id = protocol::TraceId::parse(id)?;
+    let res = search_once(server, &id.search_term(), "", 1000).await?;
     let mut hits = res.hits;
     hits.sort_by_key(|r| r.ts);
     let hops: Vec<_> = hits.iter().filter(|r| r.stream == Stream::Access).collect();

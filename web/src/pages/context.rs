@@ -12,14 +12,14 @@ use std::sync::Arc;
 use askama::Template;
 use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
-use protocol::{Level, LogRecord};
+use protocol::{Level, LogRecord, TraceId};
 use serde::Deserialize;
 
 use super::render;
 use super::search::{context_href_n, field_query, level_class, CONTEXT_LINES};
 use crate::client::ContextQuery;
 use crate::error::{Error, Result};
-use crate::render::{format_ts, href, short_task, valid_trace_id};
+use crate::render::{format_ts, href, short_task};
 use crate::{AppState, Page};
 
 /// Most lines a reader can ask for on each side.
@@ -139,7 +139,7 @@ pub(crate) async fn page(
         trace: r
             .trace_id
             .as_deref()
-            .filter(|id| valid_trace_id(id))
+            .filter(|id| TraceId::is_valid(id))
             .map(|id| format!("/trace/{id}")),
         focus,
         href: context_href_n(r, n),

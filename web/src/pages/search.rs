@@ -26,7 +26,7 @@ use axum::http::header;
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use chrono::{Duration, SecondsFormat};
 use futures::StreamExt;
-use protocol::{HistogramResponse, Level, LogRecord, SearchResponse, Stream};
+use protocol::{HistogramResponse, Level, LogRecord, SearchResponse, Stream, TraceId};
 use serde::Deserialize;
 
 use super::{render, TimeRange, PRESETS};
@@ -34,7 +34,7 @@ use crate::client::{app_name, FieldsResponse, SearchQuery};
 use crate::error::Error;
 use crate::render::{
     escape_html, format_latency, format_ts, highlight, highlight_terms, href, query_app,
-    rfc3339_ms, set_query_app, short_task, tokenize, valid_app_name, valid_trace_id, SafeHtml,
+    rfc3339_ms, set_query_app, short_task, tokenize, valid_app_name, SafeHtml,
 };
 use crate::{AppState, Page};
 
@@ -671,7 +671,7 @@ fn row(r: &LogRecord, terms: &[String], query: &str, range: &TimeRange) -> Row {
         trace: r
             .trace_id
             .as_deref()
-            .filter(|id| valid_trace_id(id))
+            .filter(|id| TraceId::is_valid(id))
             .map(|id| TraceLink {
                 id: id.to_string(),
                 href: format!("/trace/{id}"),

@@ -11,14 +11,14 @@ use std::sync::Arc;
 use askama::Template;
 use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
-use protocol::LogRecord;
+use protocol::{LogRecord, TraceId};
 use serde::Deserialize;
 
 use super::search::{field_query, status_class};
 use super::{render, TimeRange, PRESETS};
 use crate::client::SearchQuery;
 use crate::error::{Error, Result};
-use crate::render::{format_latency, format_ts, href, short_task, valid_trace_id};
+use crate::render::{format_latency, format_ts, href, short_task};
 use crate::{AppState, Page};
 
 /// Slow calls listed.
@@ -128,7 +128,7 @@ fn call(r: &LogRecord, max: f64) -> Call {
         trace: r
             .trace_id
             .as_deref()
-            .filter(|id| valid_trace_id(id))
+            .filter(|id| TraceId::is_valid(id))
             .map(|id| format!("/trace/{id}")),
     }
 }

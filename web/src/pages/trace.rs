@@ -13,14 +13,14 @@ use std::sync::Arc;
 use askama::Template;
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
-use protocol::{Level, LogRecord, Stream};
+use protocol::{Level, LogRecord, Stream, TraceId};
 use serde::Deserialize;
 
 use super::search::{field_query, level_class, status_class};
 use super::{render, TimeRange};
 use crate::client::SearchQuery;
-use crate::error::{Error, Result};
-use crate::render::{format_latency, format_ts, href, short_task, valid_trace_id};
+use crate::error::Result;
+use crate::render::{format_latency, format_ts, href, short_task};
 use crate::{AppState, Page};
 
 /// Most records one trace page fetches.
@@ -152,15 +152,13 @@ pub(crate) async fn page(
     Query(p): Query<TraceParams>,
 ) -> Result<Response> {
     state.metrics.hit(Page::Trace);
-    if !valid_trace_id(&id) {
-        return Err(Error::BadTraceId(id));
-    }
+    let id = TraceId::parse(&id)?;
     let range = TimeRange::from_params(
         None,
         Some(p.start.as_deref().unwrap_or(DEFAULT_LOOKBACK)),
         p.end.as_deref(),
     )?;
-    let q = field_query("trace_id", &id);
+    let q = id.search_term();
     let resp = state
         .client
         .search(&SearchQuery {
@@ -281,7 +279,7 @@ pub(crate) async fn page(
         truncated,
         hops,
         lines,
-        id,
+        id: id.into_string(),
     };
     Ok(render("trace", &page)?.into_response())
 }
