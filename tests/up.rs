@@ -358,6 +358,42 @@ async fn up_serves_search_tail_and_trace_end_to_end() -> anyhow::Result<()> {
     .context("no tailed line within 20 s")??;
     assert!(nodes.contains(&got.host));
 
+    // Regression (issue 16): the clients find the admin token `up` wrote in the data
+    // dir given by `--data-dir` or by the config file's `data_dir`; they used to look
+    // only in $SANDTRAIL_DATA_DIR or ./.sandtrail and got a 401.
+    let elsewhere = tempfile::tempdir()?;
+    let cli = |args: &[&str]| -> anyhow::Result<String> {
+        let out = Command::new(env!("CARGO_BIN_EXE_sandtrail"))
+            .args(args)
+            .args(["--server", &up.web])
+            .current_dir(elsewhere.path())
+            .env_remove("SANDTRAIL_TOKEN")
+            .env_remove("SANDTRAIL_DATA_DIR")
+            .env_remove("SANDTRAIL_CONFIG")
+            .env_remove("SANDTRAIL_SERVER")
+            .output()?;
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        if !out.status.success() {
+            bail!(
+                "sandtrail {args:?}: {}\n{stdout}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(stdout)
+    };
+    let data_dir = up._dir.path().to_str().context("utf-8 temp dir")?;
+    let apps = cli(&["apps", "--data-dir", data_dir])?;
+    assert!(apps.contains("/fib"), "{apps}");
+    std::fs::write(
+        elsewhere.path().join("sandtrail.toml"),
+        format!("data_dir = {data_dir:?}\n"),
+    )?;
+    let apps = cli(&["apps"])?;
+    assert!(apps.contains("/fib"), "{apps}");
+    let trace = cli(&["trace", &trace_id])?;
+    assert!(trace.starts_with(&format!("trace {trace_id}:")), "{trace}");
+
     let status = up.stop()?;
     assert!(status.success(), "graceful shutdown exits 0, got {status}");
     Ok(())

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 pub mod auth;
+pub mod defaults;
 #[cfg(feature = "http")]
 pub mod http;
 pub mod trace;
