@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 
 pub mod auth;
 pub mod defaults;
+pub mod fs;
 #[cfg(feature = "http")]
 pub mod http;
 pub mod trace;
