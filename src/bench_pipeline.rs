@@ -126,7 +126,7 @@ fn start_cluster(exe: &Path, dir: &Path, agents: usize) -> anyhow::Result<Cluste
             break u.trim().trim_end_matches('/').to_string();
         }
     };
-    let token = std::fs::read_to_string(dir.join("token"))?
+    let token = std::fs::read_to_string(crate::tokens::path(dir, protocol::auth::Role::Admin))?
         .trim()
         .to_string();
     Ok(Cluster { child, web, token })

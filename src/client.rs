@@ -13,13 +13,13 @@ use std::path::Path;
 #[derive(Args, Debug)]
 pub struct ServerArgs {
     /// Base URL of the scheduler / indexer (in `up` they share one address).
-    #[arg(
-        long,
-        env = "SANDTRAIL_SERVER",
-        default_value = "http://127.0.0.1:7070"
-    )]
+    #[arg(long, env = "SANDTRAIL_SERVER", default_value = protocol::defaults::SERVER_URL)]
     pub server: String,
-    /// Set from `--token` (or the data dir) after parsing; every call sends it.
+    /// The data dir whose admin token is sent when no token is given (default: the
+    /// config file's `data_dir`, else ./.sandtrail, as for the servers).
+    #[arg(long, env = "SANDTRAIL_DATA_DIR")]
+    pub data_dir: Option<std::path::PathBuf>,
+    /// Set by `config::client` after parsing; every call sends it.
     #[arg(skip)]
     pub token: Option<String>,
 }
@@ -31,11 +31,6 @@ impl ServerArgs {
 
     /// Sends every call with `Authorization: Bearer` when a token is known: reading
     /// needs one as much as writing does.
-    pub fn with_token(mut self, token: Option<String>) -> ServerArgs {
-        self.token = token_or_local(token);
-        self
-    }
-
     fn client(&self) -> anyhow::Result<reqwest::Client> {
         let mut headers = reqwest::header::HeaderMap::new();
         if let Some(t) = &self.token {
@@ -48,17 +43,6 @@ impl ServerArgs {
             .default_headers(headers)
             .build()?)
     }
-}
-
-/// The token: flag or env, else the admin one `up` keeps in its data dir.
-fn token_or_local(token: Option<String>) -> Option<String> {
-    token.or_else(|| {
-        let dir = std::env::var("SANDTRAIL_DATA_DIR").unwrap_or_else(|_| "./.sandtrail".into());
-        std::fs::read_to_string(Path::new(&dir).join("token"))
-            .ok()
-            .map(|t| t.trim().to_string())
-            .filter(|t| !t.is_empty())
-    })
 }
 
 async fn error_of(resp: reqwest::Response) -> anyhow::Error {
@@ -201,11 +185,8 @@ pub async fn tail(server: &ServerArgs, app: &str) -> anyhow::Result<()> {
 }
 
 pub async fn trace(server: &ServerArgs, id: &str) -> anyhow::Result<()> {
-    if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-    {
-        bail!("trace id {id:?}: expected up to 64 letters, digits or '-'");
-    }
-    let res = search_once(server, &format!("trace_id:{id}"), "", 1000).await?;
+    let id = protocol::TraceId::parse(id)?;
+    let res = search_once(server, &id.search_term(), "", 1000).await?;
     let mut hits = res.hits;
     hits.sort_by_key(|r| r.ts);
     let hops: Vec<_> = hits.iter().filter(|r| r.stream == Stream::Access).collect();

@@ -1,7 +1,9 @@
 //! `sandtrail.toml`: one file, a section per part, every key optional.
 //!
 //! Precedence is command-line flag, then `SANDTRAIL_*` environment variable, then this
-//! file, then the built-in default, so `sandtrail up` needs no file at all. Flags and
+//! file, then the built-in default (`protocol::defaults`), so `sandtrail up` needs no
+//! file at all; the functions at the end (`up`, `agent`, `client`...) apply it, once
+//! per command, for servers and clients alike. Flags and
 //! their variables (`SANDTRAIL_LISTEN`...) come from clap; every key of the file can also
 //! be set as `SANDTRAIL_<SECTION>_<KEY>` (`SANDTRAIL_AGENT_COMPRESSION=gzip`), which is
 //! what containers and systemd units want. Unknown keys are errors, and all of them are reported in one go: a config file is
@@ -9,7 +11,11 @@
 //! why the file is first read as a plain table and checked against the known keys before
 //! serde (whose `deny_unknown_fields` stops at the first one) sees it.
 
+use crate::client::ServerArgs;
+use crate::{AgentArgs, IndexerArgs, SchedulerArgs, UpArgs, WebArgs};
 use anyhow::{bail, Context};
+use protocol::auth::Role;
+use protocol::defaults;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
@@ -394,6 +400,209 @@ impl Config {
     }
 }
 
+// ---------------------------------------------------------------------------------
+// Resolution: what each command runs with, decided here and nowhere else. A value is
+// the flag's (clap also reads the flag's `SANDTRAIL_*` variable), else the file's
+// (with its `SANDTRAIL_<SECTION>_<KEY>` overrides), else the default of
+// `protocol::defaults`. The clients resolve the same way as the servers, so a
+// `data_dir` in the file reaches `sandtrail deploy` as it reaches `sandtrail up`.
+
+/// The data dir: flag > file's `data_dir` > the default.
+pub fn data_dir(flag: Option<PathBuf>, cfg: &Config) -> PathBuf {
+    flag.or_else(|| cfg.data_dir.clone())
+        .unwrap_or_else(|| PathBuf::from(defaults::DATA_DIR))
+}
+
+/// The token given to the process: `--token` or `SANDTRAIL_TOKEN` > file's `token`.
+pub fn given_token(flag: Option<String>, cfg: &Config) -> Option<String> {
+    flag.or_else(|| cfg.token.clone())
+}
+
+/// The first token of the first of `roles` whose file in `dir` holds one.
+fn token_from_dir(dir: &Path, roles: &[Role]) -> Option<String> {
+    roles
+        .iter()
+        .map(|r| defaults::token_path(dir, *r))
+        .find_map(|p| std::fs::read_to_string(p).ok())
+        .and_then(|text| {
+            text.lines()
+                .map(str::trim)
+                .find(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(String::from)
+        })
+}
+
+/// `sandtrail up`.
+#[derive(Debug)]
+pub struct UpSettings {
+    pub data_dir: PathBuf,
+    pub listen: String,
+    pub router_listen: String,
+    pub agents: u32,
+    pub demo: bool,
+    pub token: Option<String>,
+}
+
+pub fn up(args: UpArgs, cfg: &Config, token: Option<String>) -> UpSettings {
+    UpSettings {
+        data_dir: data_dir(args.data_dir, cfg),
+        listen: args
+            .listen
+            .or(cfg.up.listen.clone())
+            .unwrap_or_else(|| defaults::LISTEN.into()),
+        router_listen: args
+            .router_listen
+            .or(cfg.up.router_listen.clone())
+            .unwrap_or_else(|| defaults::ROUTER_LISTEN.into()),
+        agents: args.agents.or(cfg.up.agents).unwrap_or(defaults::UP_AGENTS),
+        demo: !args.no_demo && cfg.up.demo.unwrap_or(true),
+        token: given_token(token, cfg),
+    }
+}
+
+/// `sandtrail scheduler` and `sandtrail indexer`: one part on a data dir.
+#[derive(Debug)]
+pub struct PartSettings {
+    pub data_dir: PathBuf,
+    pub listen: String,
+    pub token: Option<String>,
+}
+
+pub fn scheduler(args: SchedulerArgs, cfg: &Config, token: Option<String>) -> PartSettings {
+    PartSettings {
+        data_dir: data_dir(args.data_dir, cfg),
+        listen: args
+            .listen
+            .or(cfg.scheduler.listen.clone())
+            .unwrap_or_else(|| defaults::SCHEDULER_LISTEN.into()),
+        token: given_token(token, cfg),
+    }
+}
+
+pub fn indexer(args: IndexerArgs, cfg: &Config, token: Option<String>) -> PartSettings {
+    PartSettings {
+        data_dir: data_dir(args.data_dir, cfg),
+        listen: args
+            .listen
+            .or(cfg.indexer.listen.clone())
+            .unwrap_or_else(|| defaults::INDEXER_LISTEN.into()),
+        token: given_token(token, cfg),
+    }
+}
+
+/// `sandtrail web`.
+#[derive(Debug)]
+pub struct WebSettings {
+    pub listen: String,
+    pub indexer_url: String,
+    pub scheduler_url: String,
+    /// The UI's own credential upstream (a read token is enough).
+    pub token: String,
+}
+
+pub fn web(args: WebArgs, cfg: &Config, token: Option<String>) -> anyhow::Result<WebSettings> {
+    Ok(WebSettings {
+        listen: args
+            .listen
+            .or(cfg.web.listen.clone())
+            .unwrap_or_else(|| defaults::LISTEN.into()),
+        indexer_url: args
+            .indexer
+            .or(cfg.web.indexer.clone())
+            .context("--indexer URL is required (or [web] indexer in sandtrail.toml)")?,
+        scheduler_url: args
+            .scheduler
+            .or(cfg.web.scheduler.clone())
+            .context("--scheduler URL is required (or [web] scheduler in sandtrail.toml)")?,
+        token: given_token(token, cfg)
+            .filter(|t| !t.trim().is_empty())
+            .context("--token is required: the UI calls the indexer and scheduler with it (a read token is enough)")?,
+    })
+}
+
+/// `sandtrail agent`.
+#[derive(Debug)]
+pub struct AgentSettings {
+    pub data_dir: PathBuf,
+    pub name: String,
+    pub scheduler_url: String,
+    pub indexer_url: String,
+    pub router_listen: String,
+    pub address: String,
+    pub resources: String,
+    pub attributes: String,
+    /// Given, else the data dir's agent token, else its admin one (an agent sharing
+    /// a data dir with a scheduler, a single-host setup).
+    pub token: String,
+}
+
+pub fn agent(
+    args: AgentArgs,
+    cfg: &Config,
+    token: Option<String>,
+) -> anyhow::Result<AgentSettings> {
+    let c = &cfg.agent;
+    let data_dir = data_dir(args.data_dir, cfg);
+    let name = match args.name.or(c.name.clone()) {
+        Some(n) => n,
+        None => hostname()?,
+    };
+    let scheduler_url = args
+        .scheduler
+        .or(c.scheduler.clone())
+        .context("--scheduler URL is required (or [agent] scheduler in sandtrail.toml)")?;
+    let indexer_url = args
+        .indexer
+        .or(c.indexer.clone())
+        .context("--indexer URL is required (or [agent] indexer in sandtrail.toml)")?;
+    let token = match given_token(token, cfg).filter(|t| !t.trim().is_empty()) {
+        Some(t) => t,
+        None => token_from_dir(&data_dir, &[Role::Agent, Role::Admin]).with_context(|| {
+            format!(
+                "--token is required (an agent-role token; or {} in the data dir)",
+                defaults::token_path(&data_dir, Role::Agent).display()
+            )
+        })?,
+    };
+    Ok(AgentSettings {
+        name,
+        scheduler_url,
+        indexer_url,
+        router_listen: args
+            .router_listen
+            .or(c.router_listen.clone())
+            .unwrap_or_else(|| defaults::ROUTER_LISTEN.into()),
+        address: args
+            .address
+            .or(c.address.clone())
+            .unwrap_or_else(|| defaults::AGENT_ADDRESS.into()),
+        resources: args.resources.or(c.resources.clone()).unwrap_or_default(),
+        attributes: args.attributes.or(c.attributes.clone()).unwrap_or_default(),
+        token,
+        data_dir,
+    })
+}
+
+fn hostname() -> anyhow::Result<String> {
+    let name = std::fs::read_to_string("/etc/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    if name.is_empty() {
+        bail!("cannot tell this machine's host name: pass --name");
+    }
+    Ok(name)
+}
+
+/// The command-line clients: the server from `--server` (or its default), and the
+/// token given, else the admin one `up` wrote into the data dir, the data dir being
+/// resolved as the servers resolve it (`--data-dir`, `SANDTRAIL_DATA_DIR`, the file's
+/// `data_dir`, the default).
+pub fn client(mut server: ServerArgs, cfg: &Config, token: Option<String>) -> ServerArgs {
+    let dir = data_dir(server.data_dir.take(), cfg);
+    server.token = given_token(token, cfg).or_else(|| token_from_dir(&dir, &[Role::Admin]));
+    server
+}
+
 /// Parses `cpus:4;mem:8192` into a map; every bad pair is named. A Mesos port range
 /// (`ports:[31000-32000]`) is not a number: [`parse_port_resources`] reads it.
 pub fn parse_resources(s: &str) -> anyhow::Result<std::collections::BTreeMap<String, f64>> {
@@ -461,6 +670,96 @@ pub fn parse_attributes(s: &str) -> anyhow::Result<std::collections::BTreeMap<St
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn client_args(data_dir: Option<&Path>) -> ServerArgs {
+        ServerArgs {
+            server: defaults::SERVER_URL.into(),
+            data_dir: data_dir.map(Path::to_path_buf),
+            token: None,
+        }
+    }
+
+    /// Regression (issue 16): the clients looked for `up`'s admin token only in
+    /// `$SANDTRAIL_DATA_DIR` or ./.sandtrail, ignoring `--data-dir` and the config
+    /// file's `data_dir`, so `sandtrail deploy` could miss the token `up` wrote.
+    #[test]
+    fn clients_find_the_token_up_wrote_in_the_configured_data_dir() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("state");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(defaults::token_path(&dir, Role::Admin), "tok-1\n").unwrap();
+        let text = format!("data_dir = {:?}\n", dir.display().to_string());
+        let from_file = Config::parse(&text, Path::new("t.toml")).unwrap();
+        let none = Config::default();
+
+        let c = client(client_args(None), &from_file, None);
+        assert_eq!(c.token.as_deref(), Some("tok-1"), "the file's data_dir");
+        let c = client(client_args(Some(&dir)), &none, None);
+        assert_eq!(c.token.as_deref(), Some("tok-1"), "--data-dir");
+        // A flag beats the file; a given token beats the data dir.
+        let other = Config::parse("data_dir = \"/nonexistent\"\n", Path::new("t.toml")).unwrap();
+        let c = client(client_args(Some(&dir)), &other, None);
+        assert_eq!(c.token.as_deref(), Some("tok-1"));
+        let c = client(client_args(Some(&dir)), &none, Some("given".into()));
+        assert_eq!(c.token.as_deref(), Some("given"));
+        let c = client(client_args(None), &from_file, None);
+        assert_eq!(c.server, "http://127.0.0.1:7070");
+    }
+
+    #[test]
+    fn servers_resolve_flag_over_file_over_default() {
+        let cfg = Config::parse(
+            "token = \"f\"\n[scheduler]\nlisten = \"0.0.0.0:1\"\n[indexer]\n",
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        let s = scheduler(
+            SchedulerArgs {
+                data_dir: None,
+                listen: None,
+            },
+            &cfg,
+            None,
+        );
+        assert_eq!(
+            (s.listen.as_str(), s.token.as_deref()),
+            ("0.0.0.0:1", Some("f"))
+        );
+        assert_eq!(s.data_dir, PathBuf::from("./.sandtrail"));
+        let i = indexer(
+            IndexerArgs {
+                data_dir: Some("/d".into()),
+                listen: None,
+            },
+            &cfg,
+            Some("flag".into()),
+        );
+        assert_eq!(
+            (i.listen.as_str(), i.token.as_deref()),
+            ("127.0.0.1:7072", Some("flag"))
+        );
+        assert_eq!(i.data_dir, PathBuf::from("/d"));
+        let u = up(
+            UpArgs {
+                data_dir: None,
+                listen: Some("127.0.0.1:9".into()),
+                router_listen: None,
+                agents: None,
+                no_demo: false,
+            },
+            &cfg,
+            None,
+        );
+        assert_eq!(
+            (
+                u.listen.as_str(),
+                u.router_listen.as_str(),
+                u.agents,
+                u.demo
+            ),
+            ("127.0.0.1:9", "127.0.0.1:7080", 3, true)
+        );
+    }
 
     #[test]
     fn agent_node_keys_tune_gc_and_memory_limits() {

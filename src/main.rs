@@ -292,23 +292,32 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     let cfg = config::Config::load(cli.config.as_deref())?;
-    let token = cli.token.clone().or_else(|| cfg.token.clone());
+    // Every command's settings are resolved in `config`, flag > env > file > default.
+    let token = cli.token;
     match cli.command {
-        Command::Up(args) => serve::up(args, cfg, token).await,
-        Command::Scheduler(args) => serve::scheduler(args, cfg, token).await,
-        Command::Indexer(args) => serve::indexer(args, cfg, token).await,
-        Command::Web(args) => serve::web(args, cfg, token).await,
-        Command::Agent(args) => serve::agent(args, cfg, token).await,
-        Command::Deploy { file, server } => client::deploy(&server.with_token(token), &file).await,
-        Command::Apps { server } => client::apps(&server.with_token(token)).await,
+        Command::Up(args) => serve::up(config::up(args, &cfg, token), cfg).await,
+        Command::Scheduler(args) => {
+            serve::scheduler(config::scheduler(args, &cfg, token), cfg).await
+        }
+        Command::Indexer(args) => serve::indexer(config::indexer(args, &cfg, token), cfg).await,
+        Command::Web(args) => serve::web(config::web(args, &cfg, token)?, cfg).await,
+        Command::Agent(args) => serve::agent(config::agent(args, &cfg, token)?, cfg).await,
+        Command::Deploy { file, server } => {
+            client::deploy(&config::client(server, &cfg, token), &file).await
+        }
+        Command::Apps { server } => client::apps(&config::client(server, &cfg, token)).await,
         Command::Search {
             query,
             since,
             limit,
             server,
-        } => client::search(&server.with_token(token), &query, &since, limit).await,
-        Command::Tail { app, server } => client::tail(&server.with_token(token), &app).await,
-        Command::Trace { id, server } => client::trace(&server.with_token(token), &id).await,
+        } => client::search(&config::client(server, &cfg, token), &query, &since, limit).await,
+        Command::Tail { app, server } => {
+            client::tail(&config::client(server, &cfg, token), &app).await
+        }
+        Command::Trace { id, server } => {
+            client::trace(&config::client(server, &cfg, token), &id).await
+        }
         Command::DemoFib => demo::fib().await.context("demo-fib"),
         Command::Bench(BenchCommand::Ingest(a)) => {
             let report = indexer::bench::run(indexer::bench::BenchOptions {

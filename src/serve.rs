@@ -7,9 +7,8 @@
 //! then the shippers send what they have read, then the HTTP servers stop and the
 //! indexer commits.
 
-use crate::config::{self, Config};
+use crate::config::{self, AgentSettings, Config, PartSettings, UpSettings, WebSettings};
 use crate::tokens;
-use crate::{AgentArgs, IndexerArgs, SchedulerArgs, UpArgs, WebArgs};
 use anyhow::{bail, Context};
 use axum::routing::get;
 use axum::Router;
@@ -23,8 +22,6 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
-
-const DEFAULT_DATA_DIR: &str = "./.sandtrail";
 
 /// A `/metrics` source: each part renders its own Prometheus text.
 type MetricsFn = Arc<dyn Fn() -> String + Send + Sync>;
@@ -134,11 +131,6 @@ where
     F: Future<Output = anyhow::Result<()>> + Send + 'static,
 {
     tokio::spawn(fut)
-}
-
-fn data_dir(flag: Option<PathBuf>, cfg: &Config) -> PathBuf {
-    flag.or_else(|| cfg.data_dir.clone())
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR))
 }
 
 /// Makes the data dir searchable but not listable by others (0711): tasks, which run
@@ -396,8 +388,15 @@ fn router_for(spec: &HostSpec) -> anyhow::Result<scheduler::router::Router> {
     Ok(scheduler::router::Router::new(cfg)?)
 }
 
-pub async fn up(args: UpArgs, cfg: Config, token: Option<String>) -> anyhow::Result<()> {
-    let dir = data_dir(args.data_dir, &cfg);
+pub async fn up(settings: UpSettings, cfg: Config) -> anyhow::Result<()> {
+    let UpSettings {
+        data_dir: dir,
+        listen,
+        router_listen,
+        agents,
+        demo,
+        token,
+    } = settings;
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     traversable_data_dir(&dir)?;
     // Every role gets its token file, so each part runs with the least it needs: the
@@ -410,19 +409,9 @@ pub async fn up(args: UpArgs, cfg: Config, token: Option<String>) -> anyhow::Res
     keyring.add(&admin_token, Role::Admin);
     let ops = Ops::new(keyring.clone(), &cfg);
     let limits = http_limits(&cfg);
-    let listen = args
-        .listen
-        .or(cfg.up.listen.clone())
-        .unwrap_or_else(|| "127.0.0.1:7070".into());
-    let router_listen = args
-        .router_listen
-        .or(cfg.up.router_listen.clone())
-        .unwrap_or_else(|| "127.0.0.1:7080".into());
-    let agents = args.agents.or(cfg.up.agents).unwrap_or(3);
     if agents == 0 {
         bail!("--agents 0: expected at least one agent to run tasks on");
     }
-    let demo = !args.no_demo && cfg.up.demo.unwrap_or(true);
 
     let (listener, url) = bind(&listen).await?;
     let (router_listener, router_url) = bind(&router_listen).await?;
@@ -440,7 +429,7 @@ pub async fn up(args: UpArgs, cfg: Config, token: Option<String>) -> anyhow::Res
             work_dir: dir.join(format!("node-{i}")),
             scheduler_url: url.clone(),
             indexer_url: url.clone(),
-            address: "127.0.0.1".into(),
+            address: protocol::defaults::AGENT_ADDRESS.into(),
             router_url: router_url.clone(),
             token: Some(agent_token.clone()),
             resources: Default::default(),
@@ -524,8 +513,8 @@ pub async fn up(args: UpArgs, cfg: Config, token: Option<String>) -> anyhow::Res
     println!("  APIs:      {url}/api/v1/search  {url}/v2/apps");
     println!(
         "  tokens:    {} (admin), {}.read, .deploy, .agent",
-        dir.join("token").display(),
-        dir.join("token").display()
+        tokens::path(&dir, Role::Admin).display(),
+        tokens::path(&dir, Role::Admin).display()
     );
 
     if demo {
@@ -557,16 +546,12 @@ pub async fn up(args: UpArgs, cfg: Config, token: Option<String>) -> anyhow::Res
     Ok(())
 }
 
-pub async fn scheduler(
-    args: SchedulerArgs,
-    cfg: Config,
-    token: Option<String>,
-) -> anyhow::Result<()> {
-    let dir = data_dir(args.data_dir, &cfg);
-    let listen = args
-        .listen
-        .or(cfg.scheduler.listen.clone())
-        .unwrap_or_else(|| "127.0.0.1:7071".into());
+pub async fn scheduler(settings: PartSettings, cfg: Config) -> anyhow::Result<()> {
+    let PartSettings {
+        data_dir: dir,
+        listen,
+        token,
+    } = settings;
     let configured = token.is_some();
     let (_, keyring) = server_keyring(&dir, token)?;
     if !configured {
@@ -592,12 +577,12 @@ pub async fn scheduler(
     Ok(())
 }
 
-pub async fn indexer(args: IndexerArgs, cfg: Config, token: Option<String>) -> anyhow::Result<()> {
-    let dir = data_dir(args.data_dir, &cfg);
-    let listen = args
-        .listen
-        .or(cfg.indexer.listen.clone())
-        .unwrap_or_else(|| "127.0.0.1:7072".into());
+pub async fn indexer(settings: PartSettings, cfg: Config) -> anyhow::Result<()> {
+    let PartSettings {
+        data_dir: dir,
+        listen,
+        token,
+    } = settings;
     let configured = token.is_some();
     let (_, keyring) = server_keyring(&dir, token)?;
     if !configured {
@@ -625,24 +610,15 @@ pub async fn indexer(args: IndexerArgs, cfg: Config, token: Option<String>) -> a
     Ok(())
 }
 
-pub async fn web(args: WebArgs, cfg: Config, token: Option<String>) -> anyhow::Result<()> {
-    let listen = args
-        .listen
-        .or(cfg.web.listen.clone())
-        .unwrap_or_else(|| "127.0.0.1:7070".into());
-    let indexer_url = args
-        .indexer
-        .or(cfg.web.indexer.clone())
-        .context("--indexer URL is required (or [web] indexer in sandtrail.toml)")?;
-    let scheduler_url = args
-        .scheduler
-        .or(cfg.web.scheduler.clone())
-        .context("--scheduler URL is required (or [web] scheduler in sandtrail.toml)")?;
-    // The UI's own credential upstream (a read token is enough); it also signs users
-    // in, as do the token files of `data_dir` when one is configured.
-    let token = token
-        .filter(|t| !t.trim().is_empty())
-        .context("--token is required: the UI calls the indexer and scheduler with it (a read token is enough)")?;
+pub async fn web(settings: WebSettings, cfg: Config) -> anyhow::Result<()> {
+    let WebSettings {
+        listen,
+        indexer_url,
+        scheduler_url,
+        token,
+    } = settings;
+    // The UI's own token signs users in, as do the token files of `data_dir` when one
+    // is configured.
     let mut keyring = match &cfg.data_dir {
         Some(dir) => tokens::load(dir)?,
         None => Keyring::new(),
@@ -671,55 +647,21 @@ pub async fn web(args: WebArgs, cfg: Config, token: Option<String>) -> anyhow::R
     Ok(())
 }
 
-pub async fn agent(args: AgentArgs, cfg: Config, token: Option<String>) -> anyhow::Result<()> {
-    let c = &cfg.agent;
-    let dir = data_dir(args.data_dir, &cfg);
-    let name = match args.name.or(c.name.clone()) {
-        Some(n) => n,
-        None => hostname()?,
-    };
-    let scheduler_url = args
-        .scheduler
-        .or(c.scheduler.clone())
-        .context("--scheduler URL is required (or [agent] scheduler in sandtrail.toml)")?;
-    let indexer_url = args
-        .indexer
-        .or(c.indexer.clone())
-        .context("--indexer URL is required (or [agent] indexer in sandtrail.toml)")?;
-    let router_listen = args
-        .router_listen
-        .or(c.router_listen.clone())
-        .unwrap_or_else(|| "127.0.0.1:7080".into());
-    let address = args
-        .address
-        .or(c.address.clone())
-        .unwrap_or_else(|| "127.0.0.1".into());
-    let resources_arg = args.resources.or(c.resources.clone()).unwrap_or_default();
+pub async fn agent(settings: AgentSettings, cfg: Config) -> anyhow::Result<()> {
+    let AgentSettings {
+        data_dir: dir,
+        name,
+        scheduler_url,
+        indexer_url,
+        router_listen,
+        address,
+        resources: resources_arg,
+        attributes,
+        token,
+    } = settings;
     let resources = config::parse_resources(&resources_arg)?;
     let port_ranges = config::parse_port_resources(&resources_arg)?;
-    let attributes =
-        config::parse_attributes(&args.attributes.or(c.attributes.clone()).unwrap_or_default())?;
-    // An agent token is all an agent needs; the data dir's files are the fallback for
-    // an agent sharing a data dir with a scheduler (a single-host setup).
-    let token = match token.filter(|t| !t.trim().is_empty()) {
-        Some(t) => t,
-        None => [Role::Agent, Role::Admin]
-            .into_iter()
-            .map(|r| tokens::path(&dir, r))
-            .find_map(|p| std::fs::read_to_string(p).ok())
-            .and_then(|text| {
-                text.lines()
-                    .map(str::trim)
-                    .find(|l| !l.is_empty() && !l.starts_with('#'))
-                    .map(String::from)
-            })
-            .with_context(|| {
-                format!(
-                    "--token is required (an agent-role token; or {} in the data dir)",
-                    tokens::path(&dir, Role::Agent).display()
-                )
-            })?,
-    };
+    let attributes = config::parse_attributes(&attributes)?;
     // Its own token reads its /metrics, as do the data dir's tokens.
     let mut keyring = tokens::load(&dir)?;
     keyring.add(&token, Role::Admin);
@@ -782,16 +724,6 @@ pub async fn agent(args: AgentArgs, cfg: Config, token: Option<String>) -> anyho
     ship_cancel.cancel();
     join_all("shipper", vec![ship_h]).await;
     Ok(())
-}
-
-fn hostname() -> anyhow::Result<String> {
-    let name = std::fs::read_to_string("/etc/hostname")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default();
-    if name.is_empty() {
-        bail!("cannot tell this machine's host name: pass --name");
-    }
-    Ok(name)
 }
 
 #[cfg(test)]

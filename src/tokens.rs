@@ -18,10 +18,7 @@ use tracing::warn;
 
 /// The file holding `role`'s tokens in `dir`.
 pub fn path(dir: &Path, role: Role) -> PathBuf {
-    match role {
-        Role::Admin => dir.join("token"),
-        other => dir.join(format!("token.{}", other.as_str())),
-    }
+    protocol::defaults::token_path(dir, role)
 }
 
 /// 256 bits from the thread-local CSPRNG (ChaCha12, seeded from the OS), as hex.

@@ -5,70 +5,49 @@
 use anyhow::{bail, Context};
 use protocol::SearchResponse;
 use std::collections::BTreeSet;
-use std::io::BufRead;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+
 use std::time::{Duration, Instant};
+
+mod common;
+
+use common::Proc;
 
 /// `sandtrail up` with one agent, stopped with SIGTERM when dropped.
 struct Up {
-    child: Child,
+    _proc: Proc,
     web: String,
 }
 
 impl Up {
     fn start(dir: &Path, config: &Path) -> anyhow::Result<Up> {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sandtrail"))
-            .args([
-                "up",
-                "--listen",
-                "127.0.0.1:0",
-                "--router-listen",
-                "127.0.0.1:0",
-            ])
-            .args(["--agents", "1", "--no-demo"])
-            .arg("--data-dir")
-            .arg(dir)
-            .arg("--config")
-            .arg(config)
-            .env("SANDTRAIL_LOG", "info")
-            .env_remove("SANDTRAIL_TOKEN")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()?;
-        let stdout = child.stdout.take().context("stdout")?;
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stdout)
-                .lines()
-                .map_while(Result::ok)
-            {
-                println!("[up] {line}");
-                let _ = tx.send(line);
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = rx.recv_timeout(left).context("up did not print its URLs")?;
-            if let Some(u) = line.trim().strip_prefix("web UI:") {
-                let web = u.trim().trim_end_matches('/').to_string();
-                return Ok(Up { child, web });
-            }
-        }
-    }
-}
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
+        let path = |p: &Path| p.to_str().map(String::from).context("utf-8 temp dir");
+        let args = [
+            "up",
+            "--listen",
+            "127.0.0.1:0",
+            "--router-listen",
+            "127.0.0.1:0",
+            "--agents",
+            "1",
+            "--no-demo",
+        ]
+        .map(String::from)
+        .into_iter()
+        .chain([
+            "--data-dir".into(),
+            path(dir)?,
+            "--config".into(),
+            path(config)?,
+        ])
+        .collect::<Vec<_>>();
+        let env = [("SANDTRAIL_LOG", "info".to_string())];
+        let mut proc = Proc::spawn("up", dir, &args, &env, |_| {})?.term_on_drop();
+        let web = proc.printed(&["web UI:"])?.remove(0);
+        Ok(Up {
+            _proc: proc,
+            web: web.trim_end_matches('/').to_string(),
+        })
     }
 }
 
@@ -92,16 +71,7 @@ async fn finished_sandboxes_are_collected_once_shipped() -> anyhow::Result<()> {
         .trim()
         .to_string();
     // Reading needs the token as much as writing (issue 15).
-    let http = reqwest::Client::builder()
-        .default_headers(
-            [(
-                reqwest::header::AUTHORIZATION,
-                format!("Bearer {}", token).parse()?,
-            )]
-            .into_iter()
-            .collect(),
-        )
-        .build()?;
+    let http = common::client_with_token(&token)?;
 
     // Each task prints its id and ends; the scheduler starts the next one.
     let app = serde_json::json!({

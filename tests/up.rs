@@ -6,116 +6,50 @@ use anyhow::{bail, Context};
 use futures::StreamExt;
 use protocol::{LogRecord, SearchResponse, Stream};
 use std::collections::BTreeSet;
-use std::io::BufRead;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
+
+mod common;
+
+use common::{client_with_token, eventually, Proc};
 
 /// A running `sandtrail up`, stopped with SIGTERM (a graceful shutdown) when dropped.
 struct Up {
-    child: Child,
+    proc: Proc,
     web: String,
     router: String,
     token: String,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Up {
     fn start() -> anyhow::Result<Up> {
         let dir = tempfile::tempdir()?;
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sandtrail"))
-            .args([
-                "up",
-                "--listen",
-                "127.0.0.1:0",
-                "--router-listen",
-                "127.0.0.1:0",
-            ])
-            .arg("--data-dir")
-            .arg(dir.path())
-            .env("SANDTRAIL_LOG", "info")
-            .env_remove("SANDTRAIL_TOKEN")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()?;
-        let stdout = child.stdout.take().context("stdout")?;
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stdout)
-                .lines()
-                .map_while(Result::ok)
-            {
-                println!("[up] {line}");
-                let _ = tx.send(line);
-            }
-        });
-        let (mut web, mut router) = (None, None);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while web.is_none() || router.is_none() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = rx.recv_timeout(left).context("up did not print its URLs")?;
-            if let Some(u) = line.trim().strip_prefix("web UI:") {
-                web = Some(u.trim().trim_end_matches('/').to_string());
-            }
-            if let Some(u) = line.trim().strip_prefix("router:") {
-                router = Some(u.split_whitespace().next().unwrap_or("").to_string());
-            }
-        }
+        let args = [
+            "up",
+            "--listen",
+            "127.0.0.1:0",
+            "--router-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ]
+        .map(String::from)
+        .into_iter()
+        .chain([dir.path().to_str().context("utf-8 temp dir")?.to_string()])
+        .collect::<Vec<_>>();
+        let env = [("SANDTRAIL_LOG", "info".to_string())];
+        let mut proc = Proc::spawn("up", dir.path(), &args, &env, |_| {})?.term_on_drop();
+        let urls = proc.printed(&["web UI:", "router:"])?;
         let token = std::fs::read_to_string(dir.path().join("token"))?
             .trim()
             .to_string();
         Ok(Up {
-            child,
-            web: web.unwrap(),
-            router: router.unwrap(),
+            proc,
+            web: urls[0].trim_end_matches('/').to_string(),
+            router: urls[1].clone(),
             token,
-            _dir: dir,
+            dir,
         })
-    }
-
-    fn stop(&mut self) -> anyhow::Result<std::process::ExitStatus> {
-        Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()?;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                return Ok(status);
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                bail!("up did not stop within 30 s of SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.stop();
-        }
-    }
-}
-
-/// Polls `check` until it returns `Some`, or fails after `within`.
-async fn eventually<T, F, Fut>(what: &str, within: Duration, mut check: F) -> anyhow::Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
-{
-    let deadline = Instant::now() + within;
-    let mut last_err = None;
-    loop {
-        match check().await {
-            Ok(Some(v)) => return Ok(v),
-            Ok(None) => {}
-            Err(e) => last_err = Some(e),
-        }
-        if Instant::now() > deadline {
-            bail!("timed out waiting for {what} (last error: {last_err:?})");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -138,18 +72,9 @@ async fn search(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn up_serves_search_tail_and_trace_end_to_end() -> anyhow::Result<()> {
-    let mut up = Up::start()?;
+    let up = Up::start()?;
     // Reading needs the token as much as writing (issue 15).
-    let http = reqwest::Client::builder()
-        .default_headers(
-            [(
-                reqwest::header::AUTHORIZATION,
-                format!("Bearer {}", up.token).parse()?,
-            )]
-            .into_iter()
-            .collect(),
-        )
-        .build()?;
+    let http = client_with_token(&up.token)?;
     let nodes: BTreeSet<String> = ["node-1", "node-2", "node-3"].map(String::from).into();
 
     // The demo app is deployed by `up` itself: wait for one running instance per node.
@@ -358,7 +283,43 @@ async fn up_serves_search_tail_and_trace_end_to_end() -> anyhow::Result<()> {
     .context("no tailed line within 20 s")??;
     assert!(nodes.contains(&got.host));
 
-    let status = up.stop()?;
-    assert!(status.success(), "graceful shutdown exits 0, got {status}");
+    // Regression (issue 16): the clients find the admin token `up` wrote in the data
+    // dir given by `--data-dir` or by the config file's `data_dir`; they used to look
+    // only in $SANDTRAIL_DATA_DIR or ./.sandtrail and got a 401.
+    let elsewhere = tempfile::tempdir()?;
+    let cli = |args: &[&str]| -> anyhow::Result<String> {
+        let out = Command::new(env!("CARGO_BIN_EXE_sandtrail"))
+            .args(args)
+            .args(["--server", &up.web])
+            .current_dir(elsewhere.path())
+            .env_remove("SANDTRAIL_TOKEN")
+            .env_remove("SANDTRAIL_DATA_DIR")
+            .env_remove("SANDTRAIL_CONFIG")
+            .env_remove("SANDTRAIL_SERVER")
+            .output()?;
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        if !out.status.success() {
+            bail!(
+                "sandtrail {args:?}: {}\n{stdout}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(stdout)
+    };
+    let data_dir = up.dir.path().to_str().context("utf-8 temp dir")?;
+    let apps = cli(&["apps", "--data-dir", data_dir])?;
+    assert!(apps.contains("/fib"), "{apps}");
+    std::fs::write(
+        elsewhere.path().join("sandtrail.toml"),
+        format!("data_dir = {data_dir:?}\n"),
+    )?;
+    let apps = cli(&["apps"])?;
+    assert!(apps.contains("/fib"), "{apps}");
+    let trace = cli(&["trace", &trace_id])?;
+    assert!(trace.starts_with(&format!("trace {trace_id}:")), "{trace}");
+
+    // A graceful shutdown exits 0.
+    up.proc.stop()?;
     Ok(())
 }

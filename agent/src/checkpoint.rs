@@ -25,7 +25,6 @@ use crate::error::{Error, Result};
 use crate::fingerprint::{base_of, FileId, Head};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use tracing::info;
 
@@ -191,20 +190,8 @@ impl Checkpoints {
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        let tmp = path.with_extension("json.tmp");
         let body = serde_json::to_vec_pretty(self).expect("checkpoints serialise");
-        let write = || -> std::io::Result<()> {
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&body)?;
-            f.sync_all()
-        };
-        write().map_err(|e| Error::io(&tmp, e))?;
-        std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
-        // Make the rename itself durable.
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| Error::io(dir, e))?;
-        Ok(())
+        protocol::fs::write_atomic(path, &body).map_err(|e| Error::io(e.path, e.source))
     }
 
     /// Drops entries whose file's directory is gone (a removed sandbox: task ids are

@@ -8,7 +8,7 @@
 //! shipped with `msg` = the line and `ts` = the time it was read.
 
 use chrono::{DateTime, NaiveDateTime, TimeZone, Utc};
-use protocol::{Level, LogRecord, Stream, TaskMeta};
+use protocol::{Level, LogRecord, Stream, TaskMeta, TraceId};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 
@@ -23,7 +23,7 @@ pub struct Parsed {
     /// `None` means "the line itself".
     pub msg: Option<String>,
     pub fields: BTreeMap<String, Value>,
-    pub trace_id: Option<String>,
+    pub trace_id: Option<TraceId>,
     pub span_id: Option<String>,
     pub parent_span_id: Option<String>,
     pub latency_ms: Option<f64>,
@@ -124,7 +124,7 @@ pub fn encode_sandbox_line(
         level: parsed.level,
         msg: parsed.msg.as_deref().unwrap_or(&line.text),
         fields: &parsed.fields,
-        trace_id: parsed.trace_id.as_deref(),
+        trace_id: parsed.trace_id.as_ref().map(TraceId::as_str),
         span_id: parsed.span_id.as_deref(),
         parent_span_id: parsed.parent_span_id.as_deref(),
         latency_ms: parsed.latency_ms,
@@ -151,7 +151,7 @@ pub fn sandbox_record(
     rec.msg = parsed.msg.unwrap_or_else(|| line.text.clone());
     rec.level = parsed.level;
     rec.fields = parsed.fields;
-    rec.trace_id = parsed.trace_id;
+    rec.trace_id = parsed.trace_id.map(String::from);
     rec.span_id = parsed.span_id;
     rec.parent_span_id = parsed.parent_span_id;
     rec.latency_ms = parsed.latency_ms;
@@ -213,10 +213,14 @@ fn parse_json(mut obj: Map<String, Value>) -> Parsed {
         &["ts", "time", "timestamp", "@timestamp"],
         json_ts,
     );
-    let trace_id = take_first(&mut obj, &["trace_id", "traceId", "trace.id"], json_id)
-        .or_else(|| take_nested_id(&mut obj, "trace"));
+    let trace_id = take_first(
+        &mut obj,
+        &["trace_id", "traceId", "trace.id"],
+        json_trace_id,
+    )
+    .or_else(|| take_nested_id(&mut obj, "trace", json_trace_id));
     let span_id = take_first(&mut obj, &["span_id", "spanId", "span.id"], json_id)
-        .or_else(|| take_nested_id(&mut obj, "span"));
+        .or_else(|| take_nested_id(&mut obj, "span", json_id));
     let parent_span_id = take_first(&mut obj, &["parent_span_id", "parentSpanId"], json_id);
     let latency_ms = take_first(&mut obj, &["latency_ms"], |v| {
         v.as_f64().filter(|f| f.is_finite())
@@ -252,9 +256,13 @@ fn take_first<T>(
 }
 
 /// `{"trace": {"id": "..."}}` (ECS style): takes `id` and drops the object if empty.
-fn take_nested_id(obj: &mut Map<String, Value>, key: &str) -> Option<String> {
+fn take_nested_id<T>(
+    obj: &mut Map<String, Value>,
+    key: &str,
+    convert: impl Fn(&Value) -> Option<T>,
+) -> Option<T> {
     let inner = obj.get_mut(key)?.as_object_mut()?;
-    let id = json_id(inner.get("id")?)?;
+    let id = convert(inner.get("id")?)?;
     inner.remove("id");
     if inner.is_empty() {
         obj.remove(key);
@@ -305,6 +313,12 @@ fn json_id(v: &Value) -> Option<String> {
         Value::String(s) if !s.is_empty() => Some(s.clone()),
         _ => None,
     }
+}
+
+/// A trace id only if it is one by [`TraceId::parse`]: what gets indexed as
+/// `trace_id` must have a trace page. Any other value stays in `fields`.
+fn json_trace_id(v: &Value) -> Option<TraceId> {
+    TraceId::parse(v.as_str()?).ok()
 }
 
 fn json_status(v: &Value) -> Option<u16> {
@@ -432,8 +446,10 @@ fn parse_text(line: &str) -> Parsed {
     let pairs = logfmt_pairs(line);
     for (k, v) in &pairs {
         match k.as_str() {
-            "trace_id" | "traceid" | "traceId" if is_id(v) => {
-                p.trace_id.get_or_insert_with(|| v.clone());
+            "trace_id" | "traceid" | "traceId" => {
+                if let (None, Ok(id)) = (&p.trace_id, TraceId::parse(v)) {
+                    p.trace_id = Some(id);
+                }
             }
             "span_id" | "spanId" if is_id(v) => {
                 p.span_id.get_or_insert_with(|| v.clone());
@@ -506,7 +522,7 @@ fn is_id(v: &str) -> bool {
 }
 
 /// `traceparent=00-<32 hex>-<16 hex>-<2 hex>` (or `traceparent: ...`) anywhere.
-fn find_traceparent(line: &str) -> Option<(String, String)> {
+fn find_traceparent(line: &str) -> Option<(TraceId, String)> {
     let mut from = 0;
     while let Some(pos) = find_ignore_ascii_case(&line.as_bytes()[from..], b"traceparent", 5) {
         let start = from + pos + "traceparent".len();
@@ -524,21 +540,22 @@ fn find_traceparent(line: &str) -> Option<(String, String)> {
             && parts[2].len() == 16
             && parts[1].bytes().any(|b| b != b'0')
         {
-            return Some((parts[1].to_string(), parts[2].to_string()));
+            let trace = TraceId::parse(parts[1]).expect("32 hex digits are a trace id");
+            return Some((trace, parts[2].to_string()));
         }
     }
     None
 }
 
 /// `X-Request-Id: <id>` or `x-request-id=<id>`, case-insensitive.
-fn find_request_id(line: &str) -> Option<String> {
+fn find_request_id(line: &str) -> Option<TraceId> {
     let pos = find_ignore_ascii_case(line.as_bytes(), b"x-request-id", 4)?;
     let rest = line[pos + "x-request-id".len()..].trim_start_matches([':', '=', ' ', '"', '\'']);
     let id: String = rest
         .chars()
         .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
         .collect();
-    (!id.is_empty() && id.len() <= 128).then_some(id)
+    TraceId::parse(&id).ok()
 }
 
 /// Where `needle` (lower-case ASCII) first occurs in `hay`, ignoring ASCII case.
@@ -724,6 +741,21 @@ mod tests {
             r.msg,
             r#"{"lvl":30,"traceId":"x","trace.id":"y","time":"nonsense"}"#
         );
+    }
+
+    /// Issue 16: a trace id is indexed only if the web can show its trace; a JSON
+    /// value that is not a `TraceId` stays in `fields`, and one that is (dots and
+    /// all) is the record's `trace_id`.
+    #[test]
+    fn json_trace_ids_go_through_the_one_parse() {
+        let r = rec(r#"{"msg":"m","trace_id":"not an id","trace":{"id":"a/b"}}"#);
+        assert_eq!(r.trace_id, None);
+        assert_eq!(r.fields["trace_id"], json!("not an id"));
+        assert_eq!(r.fields["trace"], json!({"id": "a/b"}));
+        let r = rec(r#"{"msg":"m","trace_id":"req-42_a.b"}"#);
+        assert_eq!(r.trace_id.as_deref(), Some("req-42_a.b"));
+        let r = rec("done trace_id=req-42_a.b");
+        assert_eq!(r.trace_id.as_deref(), Some("req-42_a.b"));
     }
 
     #[test]

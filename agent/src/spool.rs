@@ -23,7 +23,6 @@ use crate::error::{Error, Result};
 use crate::ship::{Batch, Encoded};
 use serde::Deserialize;
 use std::collections::VecDeque;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -111,17 +110,7 @@ impl Spool {
     pub fn write(&mut self, body: &[u8]) -> Result<u64> {
         let id = self.next_id;
         let path = self.path(id);
-        let tmp = path.with_extension("tmp");
-        let write = || -> std::io::Result<()> {
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(body)?;
-            f.sync_all()
-        };
-        write().map_err(|e| Error::io(&tmp, e))?;
-        std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
-        std::fs::File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| Error::io(&self.dir, e))?;
+        protocol::fs::write_atomic(&path, body).map_err(|e| Error::io(e.path, e.source))?;
         self.next_id += 1;
         self.segments.push_back((id, body.len() as u64));
         self.bytes += body.len() as u64;

@@ -333,7 +333,15 @@ pub fn record_from_es(
             _ => Stream::Stdout,
         };
     }
-    rec.trace_id = opt_string(take(&["trace.id", "trace_id"]), "trace.id")?;
+    if let Some(id) = opt_string(take(&["trace.id", "trace_id"]), "trace.id")? {
+        match protocol::TraceId::parse(&id) {
+            Ok(_) => rec.trace_id = Some(id),
+            // Indexed as `trace_id` only what has a trace page; the rest is kept.
+            Err(_) => {
+                rec.fields.insert("trace.id".into(), Value::String(id));
+            }
+        }
+    }
     rec.span_id = opt_string(take(&["span.id", "span_id"]), "span.id")?;
     rec.parent_span_id = opt_string(take(&["parent.id", "parent_span_id"]), "parent.id")?;
     rec.method = opt_string(
@@ -1899,6 +1907,23 @@ mod tests {
         assert_eq!(back["host"]["name"], "node-1");
         assert_eq!(back["service"]["name"], "fib");
         assert_eq!(back["user.name"], "alice");
+    }
+
+    /// Issue 16: `trace_id` holds only a `protocol::TraceId` (what the web can link
+    /// to); another value is kept in `fields`, as an unmappable `log.level` is.
+    #[test]
+    fn trace_ids_go_through_the_one_parse() {
+        let doc = |id: &str| {
+            let Value::Object(obj) = json!({ "message": "m", "trace": { "id": id } }) else {
+                unreachable!()
+            };
+            record_from_es("logs", obj).unwrap()
+        };
+        let r = doc("req-42_a.b");
+        assert_eq!(r.trace_id.as_deref(), Some("req-42_a.b"));
+        let r = doc("not a trace");
+        assert_eq!(r.trace_id, None);
+        assert_eq!(r.fields.get("trace.id"), Some(&json!("not a trace")));
     }
 
     #[test]

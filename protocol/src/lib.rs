@@ -12,9 +12,13 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 pub mod auth;
+pub mod defaults;
+pub mod fs;
 #[cfg(feature = "http")]
 pub mod http;
+pub mod trace;
 pub mod wire;
+pub use trace::{BadTraceId, TraceId};
 pub use wire::LogRecordRef;
 
 /// Errors of the shared codecs.
@@ -134,6 +138,8 @@ pub struct LogRecord {
     pub msg: String,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub fields: BTreeMap<String, serde_json::Value>,
+    /// A [`TraceId`] when the shipper, the router or ES ingest wrote it; kept a plain
+    /// string on the wire so that records spooled by older shippers still read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -26,7 +26,6 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::OpenOptions;
-use std::io::Write;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
@@ -1838,23 +1837,15 @@ fn make_sandbox_dir(dir: &Path) -> Result<()> {
 /// temporary file, never following a symlink the task may have put at its name, then
 /// renamed over `path`, so the file is the agent's and whole. Blocking.
 fn write_control_file(path: &Path, body: &[u8]) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
     let name = path.file_name().unwrap_or_default().to_string_lossy();
     let tmp = path.with_file_name(format!(".{}.tmp", name.trim_start_matches('.')));
-    match std::fs::remove_file(&tmp) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .custom_flags(libc::O_NOFOLLOW)
+    protocol::fs::AtomicWrite::new(path)
+        .tmp_path(tmp)
         .mode(0o644)
-        .open(&tmp)?;
-    f.write_all(body)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
+        // Rewritten at every launch and adoption; a crash loses nothing it holds.
+        .sync_dir(protocol::fs::SyncDir::Skip)
+        .write(body)
+        .map_err(|e| e.source)
 }
 
 /// Reads a file the node wrote into a sandbox, only if it is still the node's: a

@@ -40,7 +40,7 @@ use bytes::Bytes;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use protocol::{
-    wire::LogRecordRef, Level, ServiceEndpoint, Stream as LogStream, CALLER_TASK_HEADER,
+    wire::LogRecordRef, Level, ServiceEndpoint, Stream as LogStream, TraceId, CALLER_TASK_HEADER,
     TOKEN_HEADER, TRACE_ID_HEADER,
 };
 use tracing::{debug, warn};
@@ -294,7 +294,7 @@ impl Router {
 pub struct TraceParent {
     pub version: u8,
     /// 32 lowercase hex digits, not all zero.
-    pub trace_id: String,
+    pub trace_id: TraceId,
     /// The caller's span: 16 lowercase hex digits, not all zero.
     pub parent_id: String,
     pub flags: u8,
@@ -329,18 +329,18 @@ pub fn parse_traceparent(value: &str) -> Option<TraceParent> {
     }
     Some(TraceParent {
         version,
-        trace_id: trace_id.to_string(),
+        trace_id: TraceId::parse(trace_id).ok()?,
         parent_id: parent_id.to_string(),
         flags: u8::from_str_radix(flags, 16).ok()?,
     })
 }
 
 /// A random, non-zero 128-bit trace id as 32 hex digits.
-pub fn new_trace_id() -> String {
+pub fn new_trace_id() -> TraceId {
     loop {
         let id: u128 = rand::random();
         if id != 0 {
-            return format!("{id:032x}");
+            return TraceId::from_u128(id);
         }
     }
 }
@@ -452,7 +452,7 @@ struct Call {
     /// The path as received, `/app/rest`, without the query.
     path: String,
     app: String,
-    trace_id: String,
+    trace_id: TraceId,
     span_id: String,
     parent_span_id: Option<String>,
     request_id: String,
@@ -499,7 +499,7 @@ async fn handle(State(router): State<Router>, req: Request) -> Response {
         caller,
         path,
     };
-    let trace = HeaderValue::from_str(&call.trace_id).expect("hex is a valid header value");
+    let trace = HeaderValue::from_str(call.trace_id.as_str()).expect("hex is a valid header value");
     let request_id = HeaderValue::from_str(&call.request_id).ok();
     let mut resp = match inner.forward(&call, req).await {
         Ok(sent) => respond(inner, call, sent),
@@ -1088,7 +1088,7 @@ fn access_line(
         }),
         msg: &msg,
         fields: &fields,
-        trace_id: Some(&call.trace_id),
+        trace_id: Some(call.trace_id.as_str()),
         span_id: Some(&call.span_id),
         parent_span_id: call.parent_span_id.as_deref(),
         latency_ms: Some(latency_ms),
@@ -1385,7 +1385,7 @@ mod tests {
     #[test]
     fn parses_a_valid_traceparent() {
         let tp = parse_traceparent(&format!("00-{TRACE}-{SPAN}-01")).unwrap();
-        assert_eq!(tp.trace_id, TRACE);
+        assert_eq!(tp.trace_id.as_str(), TRACE);
         assert_eq!(tp.parent_id, SPAN);
         assert_eq!((tp.version, tp.flags), (0, 1));
     }
@@ -1516,7 +1516,7 @@ mod tests {
         #[test]
         fn traceparent_parser_accepts_what_it_formats(t in 1u128.., s in 1u64.., f in 0u8..) {
             let tp = parse_traceparent(&format!("00-{t:032x}-{s:016x}-{f:02x}")).unwrap();
-            prop_assert_eq!(tp.trace_id, format!("{t:032x}"));
+            prop_assert_eq!(tp.trace_id.as_str(), format!("{t:032x}"));
             prop_assert_eq!(tp.parent_id, format!("{s:016x}"));
             prop_assert_eq!(tp.flags, f);
         }

@@ -18,7 +18,6 @@ use crate::state::AppDef;
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// Version of the file layout, written into the file so a later layout can migrate it.
@@ -120,21 +119,12 @@ impl Store {
 /// the new content: write a temp file beside it, fsync it, rename it over, fsync the
 /// directory so the rename itself is durable.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
-    tmp_name.push(".tmp");
-    let tmp = dir.join(tmp_name);
-    let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    f.write_all(bytes).map_err(|e| Error::io(&tmp, e))?;
-    f.sync_all().map_err(|e| Error::io(&tmp, e))?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
     // Directory fsync is not supported everywhere (e.g. some network file systems);
-    // the rename already happened, so a failure here only weakens durability.
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
+    // the rename already happened, so a failure there only weakens durability.
+    protocol::fs::AtomicWrite::new(path)
+        .sync_dir(protocol::fs::SyncDir::BestEffort)
+        .write(bytes)
+        .map_err(|e| Error::io(e.path, e.source))
 }
 
 #[cfg(test)]

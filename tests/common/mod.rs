@@ -1,6 +1,8 @@
 //! What the end-to-end suites share: a `sandtrail` child process started with its
 //! token and environment, whose URL is read from the line it prints, and which is
-//! killed with SIGKILL when dropped (so a failing test leaves nothing behind).
+//! killed with SIGKILL when dropped (so a failing test leaves nothing behind; a
+//! `sandtrail up` whose tasks must end with it is stopped with SIGTERM first, see
+//! [`Proc::term_on_drop`]); an HTTP client with a token; and [`eventually`].
 //!
 //! Each suite keeps its own cluster shape (which parts, which data dirs); only the
 //! process handling lives here.
@@ -24,18 +26,43 @@ pub fn client_with_token(token: &str) -> anyhow::Result<reqwest::Client> {
         .build()?)
 }
 
+/// Polls `check` every 100 ms until it answers `Some`, failing after `within` with
+/// the last error it gave.
+#[allow(dead_code)] // not every suite waits on a condition of its own
+pub async fn eventually<T, F, Fut>(what: &str, within: Duration, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        let last = match check().await {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => None,
+            Err(e) => Some(e),
+        };
+        if Instant::now() > deadline {
+            bail!("timed out waiting for {what} (last error: {last:?})");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// One `sandtrail` process, killed with SIGKILL when dropped.
 pub struct Proc {
     child: Child,
     name: &'static str,
     /// Its stdout, a line at a time.
     lines: std::sync::mpsc::Receiver<String>,
+    /// Send SIGTERM and wait (up to 30 s) before the SIGKILL of drop.
+    term_on_drop: bool,
 }
 
 impl Proc {
     /// Starts `sandtrail ARGS` in `cwd` with `env` (and `SANDTRAIL_LOG=warn`) and
     /// returns it with the first word after `prefix` on a line of its stdout (its
     /// URL; an agent's "router" before it is skipped).
+    #[allow(dead_code)] // the suites of `up` read several lines with `printed`
     pub fn start(
         name: &'static str,
         cwd: &Path,
@@ -78,7 +105,20 @@ impl Proc {
                 let _ = tx.send(line);
             }
         });
-        Ok(Proc { child, name, lines })
+        Ok(Proc {
+            child,
+            name,
+            lines,
+            term_on_drop: false,
+        })
+    }
+
+    /// Makes drop stop it with SIGTERM first, as a user would: a `sandtrail up` then
+    /// ends its tasks instead of leaving them running after a failed test.
+    #[allow(dead_code)] // not every suite runs tasks
+    pub fn term_on_drop(mut self) -> Proc {
+        self.term_on_drop = true;
+        self
     }
 
     /// The first word after each of `prefixes` on lines of its stdout, in any
@@ -148,6 +188,13 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
+        if self.term_on_drop && matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.signal("-TERM");
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

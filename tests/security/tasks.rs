@@ -11,7 +11,7 @@ use protocol::{SearchResponse, TOKEN_HEADER};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// `sandtrail up` with one agent and no demo, in its own data dir.
 struct Cluster {
@@ -163,24 +163,13 @@ impl Cluster {
     }
 }
 
-/// Polls `check` every 100 ms until it answers `Some`, for at most 60 s.
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> anyhow::Result<T>
+/// [`crate::common::eventually`] within the suite's 60 s.
+async fn eventually<T, F, Fut>(what: &str, check: F) -> anyhow::Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
 {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let last = match check().await {
-            Ok(Some(v)) => return Ok(v),
-            Ok(None) => None,
-            Err(e) => Some(e),
-        };
-        if Instant::now() > deadline {
-            bail!("timed out waiting for {what} (last error: {last:?})");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    crate::common::eventually(what, Duration::from_secs(60), check).await
 }
 
 fn app(id: &str, cmd: &str) -> serde_json::Value {

@@ -17,8 +17,8 @@ pub enum Error {
     /// The indexer rejected the query (HTTP 400); `message` is its own explanation.
     #[error("{message}")]
     BadQuery { message: String },
-    #[error("invalid trace id {0:?}: expected 1 to 64 letters, digits, '-' or '_'")]
-    BadTraceId(String),
+    #[error(transparent)]
+    BadTraceId(#[from] protocol::BadTraceId),
     #[error("invalid app name {0:?}: expected 1 to 128 letters, digits, '.', '_', '-' or '/'")]
     BadAppName(String),
     #[error("invalid {name} {value:?}: expected {expected}")]
@@ -157,7 +157,7 @@ mod tests {
     #[test]
     fn user_errors_are_400_and_upstream_errors_502() {
         assert_eq!(
-            Error::BadTraceId("x y".into()).status(),
+            Error::BadTraceId(protocol::BadTraceId("x y".into())).status(),
             StatusCode::BAD_REQUEST
         );
         assert_eq!(

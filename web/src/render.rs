@@ -318,17 +318,6 @@ pub fn href(path: &str, params: &[(&str, &str)]) -> String {
     out
 }
 
-/// A trace id is 1 to 64 ASCII letters, digits, `-` or `_` (W3C trace ids are 32 hex
-/// digits; request ids are often UUIDs), not starting with `-`, so it can go into a
-/// query and a URL path without quoting surprises.
-pub fn valid_trace_id(id: &str) -> bool {
-    (1..=64).contains(&id.len())
-        && !id.starts_with('-')
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-}
-
 /// An app name is 1 to 128 ASCII letters, digits, `.`, `_`, `-` or `/` (Marathon group
 /// paths), so `app:NAME` is a single query term.
 pub fn valid_app_name(name: &str) -> bool {
@@ -452,19 +441,6 @@ mod tests {
     fn task_ids_shorten() {
         assert_eq!(short_task("fib", "fib.0f3c1a2b-7d"), "0f3c1a2b");
         assert_eq!(short_task("fib", "other.1234"), "other.12");
-    }
-
-    #[test]
-    fn trace_ids_are_validated() {
-        assert!(valid_trace_id("4bf92f3577b34da6a3ce929d0e0e4736"));
-        assert!(valid_trace_id("0b6c2a5e-7d21-4c1e-9f7e-1d2c3b4a5f60"));
-        assert!(!valid_trace_id(""));
-        assert!(!valid_trace_id(&"a".repeat(65)));
-        assert!(valid_trace_id(&"a".repeat(64)));
-        assert!(!valid_trace_id("abc def"));
-        assert!(!valid_trace_id("abc\"<x>"));
-        assert!(!valid_trace_id("-abc"));
-        assert!(!valid_trace_id("a:b"));
     }
 
     #[test]

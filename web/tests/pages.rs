@@ -131,6 +131,16 @@ async fn fake_search(
         })
         .into_response();
     }
+    if q == "dotted" {
+        let mut line = record("node-1", "fib", 0, "a request", "2026-11-23T10:00:00Z");
+        line.trace_id = Some("req-42_a.b".into());
+        return Json(SearchResponse {
+            total: 1,
+            hits: vec![line],
+            next: None,
+        })
+        .into_response();
+    }
     if p.get("cursor").map(String::as_str) == Some("c1") {
         return Json(SearchResponse {
             total: 3,
@@ -544,8 +554,31 @@ async fn trace_page_shows_hops_in_order_with_app_lines() -> Result<()> {
 
     let (status, _) = h.get("/trace/not%20a%20trace").await?;
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    let (status, _) = h.get(&format!("/trace/{}", "a".repeat(65))).await?;
+    let (status, _) = h.get(&format!("/trace/{}", "a".repeat(129))).await?;
     assert_eq!(status, StatusCode::BAD_REQUEST);
+    Ok(())
+}
+
+/// Regression (issue 16): the shipper indexes the `X-Request-Id` value `req-42_a.b` as
+/// a trace id, but the web allowed no dots, so its trace page was a 400.
+#[tokio::test]
+async fn trace_page_accepts_a_request_id_with_dots() -> Result<()> {
+    let h = Harness::start().await?;
+    let (status, html) = h.get("/trace/req-42_a.b").await?;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    let p = h.last_search();
+    assert_eq!(p.get("q").map(String::as_str), Some("trace_id:req-42_a.b"));
+    assert!(html.contains("req-42_a.b"), "{html}");
+    Ok(())
+}
+
+/// Regression (issue 16): a search row whose trace id is `req-42_a.b` had no trace link.
+#[tokio::test]
+async fn search_row_links_a_request_id_with_dots_to_its_trace() -> Result<()> {
+    let h = Harness::start().await?;
+    let (status, html) = h.get("/?q=dotted").await?;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    assert!(html.contains("href=\"/trace/req-42_a.b\""), "{html}");
     Ok(())
 }
 

@@ -15,11 +15,12 @@ use axum::response::{IntoResponse, Response};
 use protocol::{Level, LogRecord};
 use serde::Deserialize;
 
+use super::access::trace_href;
 use super::render;
 use super::search::{context_href_n, field_query, level_class, CONTEXT_LINES};
 use crate::client::ContextQuery;
 use crate::error::{Error, Result};
-use crate::render::{format_ts, href, short_task, valid_trace_id};
+use crate::render::{format_ts, href, short_task};
 use crate::{AppState, Page};
 
 /// Most lines a reader can ask for on each side.
@@ -136,11 +137,7 @@ pub(crate) async fn page(
         level: r.level.map(Level::as_str).unwrap_or(""),
         level_class: level_class(r.level),
         msg: r.msg.clone(),
-        trace: r
-            .trace_id
-            .as_deref()
-            .filter(|id| valid_trace_id(id))
-            .map(|id| format!("/trace/{id}")),
+        trace: trace_href(r),
         focus,
         href: context_href_n(r, n),
     };

@@ -7,6 +7,7 @@
 //! `/ui/` and `/static/` so they never clash with the indexer, scheduler or ES routes
 //! when the binary merges all routers onto one listener.
 
+mod access;
 mod cluster;
 mod context;
 mod login;

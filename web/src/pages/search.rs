@@ -26,15 +26,16 @@ use axum::http::header;
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use chrono::{Duration, SecondsFormat};
 use futures::StreamExt;
-use protocol::{HistogramResponse, Level, LogRecord, SearchResponse, Stream};
+use protocol::{HistogramResponse, Level, LogRecord, SearchResponse, Stream, TraceId};
 use serde::Deserialize;
 
+use super::access::AccessView;
 use super::{render, TimeRange, PRESETS};
 use crate::client::{app_name, FieldsResponse, SearchQuery};
 use crate::error::Error;
 use crate::render::{
-    escape_html, format_latency, format_ts, highlight, highlight_terms, href, query_app,
-    rfc3339_ms, set_query_app, short_task, tokenize, valid_app_name, valid_trace_id, SafeHtml,
+    escape_html, format_ts, highlight, highlight_terms, href, query_app, rfc3339_ms, set_query_app,
+    short_task, tokenize, valid_app_name, SafeHtml,
 };
 use crate::{AppState, Page};
 
@@ -116,15 +117,6 @@ pub(crate) struct TraceLink {
     href: String,
 }
 
-pub(crate) struct Access {
-    peer: String,
-    callee: String,
-    request: String,
-    status: String,
-    status_class: &'static str,
-    latency: String,
-}
-
 pub(crate) struct Row {
     time: String,
     host: String,
@@ -140,7 +132,7 @@ pub(crate) struct Row {
     stream: &'static str,
     msg: SafeHtml,
     trace: Option<TraceLink>,
-    access: Option<Access>,
+    access: Option<AccessView>,
     details: Vec<Detail>,
     context_href: String,
 }
@@ -640,20 +632,7 @@ fn row(r: &LogRecord, terms: &[String], query: &str, range: &TimeRange) -> Row {
         params.extend(range.params());
         href("/", &params)
     };
-    let access = (r.stream == Stream::Access).then(|| Access {
-        peer: r.peer_app.clone().unwrap_or_else(|| "client".to_string()),
-        callee: r.app.clone(),
-        request: format!(
-            "{} {}",
-            r.method.as_deref().unwrap_or(""),
-            r.path.as_deref().unwrap_or("")
-        )
-        .trim()
-        .to_string(),
-        status: r.status.map(|s| s.to_string()).unwrap_or_default(),
-        status_class: status_class(r.status),
-        latency: r.latency_ms.map(format_latency).unwrap_or_default(),
-    });
+    let access = (r.stream == Stream::Access).then(|| AccessView::of(r));
     Row {
         time: format_ts(r.ts),
         host: r.host.clone(),
@@ -671,7 +650,7 @@ fn row(r: &LogRecord, terms: &[String], query: &str, range: &TimeRange) -> Row {
         trace: r
             .trace_id
             .as_deref()
-            .filter(|id| valid_trace_id(id))
+            .filter(|id| TraceId::is_valid(id))
             .map(|id| TraceLink {
                 id: id.to_string(),
                 href: format!("/trace/{id}"),

@@ -14,11 +14,12 @@ use axum::response::{IntoResponse, Response};
 use protocol::LogRecord;
 use serde::Deserialize;
 
-use super::search::{field_query, status_class};
+use super::access::{trace_href, AccessView};
+use super::search::field_query;
 use super::{render, TimeRange, PRESETS};
 use crate::client::SearchQuery;
 use crate::error::{Error, Result};
-use crate::render::{format_latency, format_ts, href, short_task, valid_trace_id};
+use crate::render::{format_latency, format_ts, href};
 use crate::{AppState, Page};
 
 /// Slow calls listed.
@@ -44,15 +45,7 @@ pub(crate) struct Link {
 
 pub(crate) struct Call {
     time: String,
-    caller: String,
-    callee: String,
-    host: String,
-    task: String,
-    task_short: String,
-    request: String,
-    status: String,
-    status_class: &'static str,
-    latency: String,
+    access: AccessView,
     bar: String,
     trace: Option<String>,
 }
@@ -104,32 +97,9 @@ fn call(r: &LogRecord, max: f64) -> Call {
     let latency = r.latency_ms.unwrap_or(0.0);
     Call {
         time: format_ts(r.ts),
-        caller: match (&r.peer_app, &r.peer_host) {
-            (Some(app), Some(host)) => format!("{app} @ {host}"),
-            (Some(app), None) => app.clone(),
-            (None, Some(host)) => format!("? @ {host}"),
-            (None, None) => "client".to_string(),
-        },
-        callee: r.app.clone(),
-        host: r.host.clone(),
-        task: r.task.clone(),
-        task_short: short_task(&r.app, &r.task),
-        request: format!(
-            "{} {}",
-            r.method.as_deref().unwrap_or(""),
-            r.path.as_deref().unwrap_or("")
-        )
-        .trim()
-        .to_string(),
-        status: r.status.map(|s| s.to_string()).unwrap_or_default(),
-        status_class: status_class(r.status),
-        latency: r.latency_ms.map(format_latency).unwrap_or_default(),
+        access: AccessView::of(r),
         bar: format!("{:.1}", bar_pct(latency, max)),
-        trace: r
-            .trace_id
-            .as_deref()
-            .filter(|id| valid_trace_id(id))
-            .map(|id| format!("/trace/{id}")),
+        trace: trace_href(r),
     }
 }
 

@@ -13,14 +13,15 @@ use std::sync::Arc;
 use askama::Template;
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
-use protocol::{Level, LogRecord, Stream};
+use protocol::{Level, LogRecord, Stream, TraceId};
 use serde::Deserialize;
 
-use super::search::{field_query, level_class, status_class};
+use super::access::AccessView;
+use super::search::{field_query, level_class};
 use super::{render, TimeRange};
 use crate::client::SearchQuery;
-use crate::error::{Error, Result};
-use crate::render::{format_latency, format_ts, href, short_task, valid_trace_id};
+use crate::error::Result;
+use crate::render::{format_latency, format_ts, href, short_task};
 use crate::{AppState, Page};
 
 /// Most records one trace page fetches.
@@ -45,16 +46,8 @@ pub(crate) struct Bar {
 }
 
 pub(crate) struct Hop {
-    caller: String,
-    callee: String,
-    host: String,
+    access: AccessView,
     host_href: String,
-    task: String,
-    task_short: String,
-    request: String,
-    status: String,
-    status_class: &'static str,
-    latency: String,
     offset: String,
     bar_style: String,
     /// Idle time before this hop started (see [`gaps`]), empty for the first hop.
@@ -152,15 +145,13 @@ pub(crate) async fn page(
     Query(p): Query<TraceParams>,
 ) -> Result<Response> {
     state.metrics.hit(Page::Trace);
-    if !valid_trace_id(&id) {
-        return Err(Error::BadTraceId(id));
-    }
+    let id = TraceId::parse(&id)?;
     let range = TimeRange::from_params(
         None,
         Some(p.start.as_deref().unwrap_or(DEFAULT_LOOKBACK)),
         p.end.as_deref(),
     )?;
-    let q = field_query("trace_id", &id);
+    let q = id.search_term();
     let resp = state
         .client
         .search(&SearchQuery {
@@ -209,39 +200,17 @@ pub(crate) async fn page(
         .zip(&spans)
         .zip(&bars)
         .zip(&hop_gaps)
-        .map(|(((r, &(start, _)), bar), gap)| {
-            let caller = match (&r.peer_app, &r.peer_host) {
-                (Some(app), Some(host)) => format!("{app} @ {host}"),
-                (Some(app), None) => app.clone(),
-                (None, Some(host)) => format!("? @ {host}"),
-                (None, None) => "client".to_string(),
-            };
-            Hop {
-                caller,
-                callee: r.app.clone(),
-                host: r.host.clone(),
-                host_href: href("/", &[("q", &field_query("host", &r.host))]),
-                task: r.task.clone(),
-                task_short: short_task(&r.app, &r.task),
-                request: format!(
-                    "{} {}",
-                    r.method.as_deref().unwrap_or(""),
-                    r.path.as_deref().unwrap_or("")
-                )
-                .trim()
-                .to_string(),
-                status: r.status.map(|s| s.to_string()).unwrap_or_default(),
-                status_class: status_class(r.status),
-                latency: r.latency_ms.map(format_latency).unwrap_or_default(),
-                offset: offset(start),
-                bar_style: format!("left: {:.2}%; width: {:.2}%", bar.left, bar.width),
-                gap: gap.map(|(_, len)| format_latency(len)).unwrap_or_default(),
-                gap_style: gap.filter(|(_, len)| *len > 0.0).map(|(from, len)| {
-                    let left = clamp_pct((from - t0) / axis * 100.0, 0.0, 100.0);
-                    let width = clamp_pct(len / axis * 100.0, 0.0, 100.0 - left);
-                    format!("left: {left:.2}%; width: {width:.2}%")
-                }),
-            }
+        .map(|(((r, &(start, _)), bar), gap)| Hop {
+            access: AccessView::of(r),
+            host_href: href("/", &[("q", &field_query("host", &r.host))]),
+            offset: offset(start),
+            bar_style: format!("left: {:.2}%; width: {:.2}%", bar.left, bar.width),
+            gap: gap.map(|(_, len)| format_latency(len)).unwrap_or_default(),
+            gap_style: gap.filter(|(_, len)| *len > 0.0).map(|(from, len)| {
+                let left = clamp_pct((from - t0) / axis * 100.0, 0.0, 100.0);
+                let width = clamp_pct(len / axis * 100.0, 0.0, 100.0 - left);
+                format!("left: {left:.2}%; width: {width:.2}%")
+            }),
         })
         .collect();
 
@@ -281,7 +250,7 @@ pub(crate) async fn page(
         truncated,
         hops,
         lines,
-        id,
+        id: id.into_string(),
     };
     Ok(render("trace", &page)?.into_response())
 }
