@@ -386,14 +386,14 @@ fn free_disk_mib(dir: &Path) -> Option<f64> {
     Some((st.f_bavail as f64 * st.f_frsize as f64 / (1024.0 * 1024.0)).floor())
 }
 
-fn router_for(spec: &HostSpec) -> anyhow::Result<scheduler::router::Router> {
-    let mut cfg = scheduler::router::RouterConfig::new(
+fn router_for(spec: &HostSpec) -> anyhow::Result<scheduler::proxy::Proxy> {
+    let mut cfg = scheduler::proxy::ProxyConfig::new(
         spec.name.clone(),
         spec.scheduler_url.clone(),
         spec.work_dir.join("router").join("access.log"),
     );
     cfg.token = spec.token.clone();
-    Ok(scheduler::router::Router::new(cfg)?)
+    Ok(scheduler::proxy::Proxy::new(cfg)?)
 }
 
 pub async fn up(args: UpArgs, cfg: Config, token: Option<String>) -> anyhow::Result<()> {

@@ -5,11 +5,11 @@
 //!   registered agents, restarts, the Marathon-style HTTP API;
 //! - the node (`node`): runs on every agent, launches tasks in sandboxes and reports
 //!   their state back over HTTP;
-//! - the router (`router`): on every agent, carries app-to-app calls and writes one
-//!   access record per call into the shipper's pipeline.
+//! - the proxy (`proxy`, "the router" to users): on every agent, carries app-to-app
+//!   calls and writes one access record per call into the shipper's pipeline.
 //!
 //! The parts talk to each other only over HTTP (`/v1/agents/...`, `/v1/services/...`),
-//! so the node and router run unchanged on another host than the control plane. The
+//! so the node and proxy run unchanged on another host than the control plane. The
 //! trade-off is a poll-based node protocol (heartbeat carries status, answer carries
 //! the desired tasks): simple and self-healing, at the cost of up to one heartbeat
 //! interval of reaction time.
@@ -21,7 +21,7 @@ pub mod logger;
 pub mod node;
 pub mod placement;
 pub mod ports;
-pub mod router;
+pub mod proxy;
 pub mod state;
 pub mod store;
 pub mod task_user;
