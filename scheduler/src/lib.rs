@@ -1,8 +1,9 @@
 //! The scheduler: Marathon + the Mesos master and agent in one crate.
 //!
 //! Three parts live here because they share one model of a task:
-//! - the control plane (`api`, `state`, `placement`): app definitions, placement onto
-//!   registered agents, restarts, the Marathon-style HTTP API;
+//! - the control plane (`control`, `state`, `placement`, with `api` its HTTP face): app
+//!   definitions (typed and validated in `control::appdef`), placement onto registered
+//!   agents, restarts, the Marathon-style HTTP API;
 //! - the node (`node`): runs on every agent, launches tasks in sandboxes and reports
 //!   their state back over HTTP;
 //! - the proxy (`proxy`, "the router" to users): on every agent, carries app-to-app
@@ -16,6 +17,7 @@
 
 pub mod api;
 pub mod cgroup;
+pub mod control;
 pub mod error;
 pub mod logger;
 pub mod node;

@@ -14,15 +14,17 @@
 //! the app's history (the last [`MAX_VERSIONS`]); every state change is published on a
 //! broadcast channel that `/v2/events` streams.
 
-use crate::placement::{self, AgentView, Candidate, Constraint};
+use crate::control::appdef::KillSelection;
+pub use crate::control::appdef::{AppDef, PortDefinition, VersionInfo};
+use crate::placement::{self, AgentView, Candidate};
 use crate::store::Saved;
 use crate::{Error, Result};
 use chrono::{DateTime, Utc};
 use protocol::{
-    AgentInfo, HealthCheck, HealthResult, PortLabel, PortRange, ServiceEndpoint, ShipperStatus,
-    TaskSpec, TaskStatus,
+    AgentInfo, HealthResult, PortLabel, PortRange, ServiceEndpoint, ShipperStatus, TaskSpec,
+    TaskStatus,
 };
-use serde::{Deserialize, Serialize};
+
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -77,170 +79,6 @@ impl Now {
 /// `t` truncated to milliseconds, the precision Marathon's timestamps have.
 fn millis(t: DateTime<Utc>) -> DateTime<Utc> {
     DateTime::from_timestamp_millis(t.timestamp_millis()).unwrap_or(t)
-}
-
-/// One entry of an app's `portDefinitions`. As in Marathon, `port` is the service port
-/// and the host port is dynamic (from the agent's port ranges, or any free one),
-/// unless the app sets `requirePorts`: then a non-zero `port` is the exact host port
-/// and no two tasks needing it share an agent. `port: 0` is always dynamic.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct PortDefinition {
-    #[serde(default)]
-    pub port: u16,
-    #[serde(default = "default_protocol")]
-    pub protocol: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub labels: BTreeMap<String, String>,
-}
-
-fn default_protocol() -> String {
-    "tcp".to_string()
-}
-
-/// A validated app definition, serialised in Marathon's camelCase shape.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct AppDef {
-    /// Normalised with a leading slash: `/fib`, `/prod/fib`.
-    pub id: String,
-    #[serde(default)]
-    pub cmd: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub args: Option<Vec<String>>,
-    pub instances: u32,
-    #[serde(default)]
-    pub env: BTreeMap<String, String>,
-    pub cpus: f64,
-    pub mem: f64,
-    /// Scratch disk in MiB; Marathon's default is 0.
-    #[serde(default)]
-    pub disk: f64,
-    #[serde(default)]
-    pub port_definitions: Vec<PortDefinition>,
-    /// Marathon's `requirePorts`: the declared non-zero ports are the host ports.
-    #[serde(default)]
-    pub require_ports: bool,
-    pub backoff_seconds: f64,
-    pub backoff_factor: f64,
-    pub max_launch_delay_seconds: f64,
-    /// The other Marathon fields, kept verbatim so they are shown back and survive
-    /// restarts; `healthChecks`, `constraints`, `upgradeStrategy` and `killSelection`
-    /// are read from here by the accessors below.
-    #[serde(flatten)]
-    pub extra: BTreeMap<String, serde_json::Value>,
-    pub version: DateTime<Utc>,
-    /// Set by the state when the app is created or changed (never by a client), and
-    /// saved with the app so it survives a restart. `None` only in files written
-    /// before it existed: shown as the app's `version` then.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub version_info: Option<VersionInfo>,
-}
-
-/// Marathon's `versionInfo`: when the app was last scaled or changed at all, and when
-/// anything but `instances` last changed (the version its tasks must run).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct VersionInfo {
-    pub last_scaling_at: DateTime<Utc>,
-    pub last_config_change_at: DateTime<Utc>,
-}
-
-impl AppDef {
-    /// The id without its leading slash: what nodes, task ids and logs call the app.
-    pub fn name(&self) -> &str {
-        self.id.trim_start_matches('/')
-    }
-
-    /// The shell command a node runs: `cmd`, or `args` quoted for the shell.
-    pub fn command(&self) -> String {
-        match (&self.cmd, &self.args) {
-            (Some(cmd), _) => cmd.clone(),
-            (None, Some(args)) => args
-                .iter()
-                .map(|a| shell_quote(a))
-                .collect::<Vec<_>>()
-                .join(" "),
-            (None, None) => String::new(),
-        }
-    }
-
-    pub fn port_count(&self) -> u16 {
-        u16::try_from(self.port_definitions.len()).unwrap_or(u16::MAX)
-    }
-
-    /// One entry per port: `Some(p)` for a fixed host port, `None` for a dynamic one.
-    pub fn requested_ports(&self) -> Vec<Option<u16>> {
-        self.port_definitions
-            .iter()
-            .map(|d| (self.require_ports && d.port != 0).then_some(d.port))
-            .collect()
-    }
-
-    /// What one task of the app takes from its agent.
-    pub fn resources(&self) -> placement::Resources {
-        placement::Resources {
-            cpus: self.cpus,
-            mem: self.mem,
-            disk: self.disk,
-        }
-    }
-
-    /// Whether `other` runs the same thing (everything but `instances` and `version`
-    /// equal): if not, the running tasks have to be replaced.
-    pub fn same_config(&self, other: &AppDef) -> bool {
-        let strip = |a: &AppDef| AppDef {
-            instances: 0,
-            version: DateTime::UNIX_EPOCH,
-            version_info: None,
-            ..a.clone()
-        };
-        strip(self) == strip(other)
-    }
-
-    fn backoff_base(&self) -> f64 {
-        self.backoff_seconds
-    }
-
-    /// The app's Marathon `user` (validated when the app was accepted): who its tasks
-    /// run as; unset, the node decides (see `task_user`).
-    pub fn user(&self) -> Option<String> {
-        self.extra
-            .get("user")
-            .and_then(|v| v.as_str())
-            .map(str::to_string)
-    }
-
-    /// The app's `healthChecks` (validated when the app was accepted).
-    pub fn health_checks(&self) -> Vec<HealthCheck> {
-        self.extra
-            .get("healthChecks")
-            .map(|v| crate::api::parse_health_checks(v, None, &mut Vec::new()))
-            .unwrap_or_default()
-    }
-
-    /// The app's `constraints` (validated when the app was accepted).
-    pub fn constraints(&self) -> Vec<Constraint> {
-        self.extra
-            .get("constraints")
-            .map(|v| placement::parse_constraints(v, &mut Vec::new()))
-            .unwrap_or_default()
-    }
-
-    /// `upgradeStrategy` as (minimumHealthCapacity, maximumOverCapacity), Marathon's
-    /// defaults (1, 1) for what is not given.
-    pub fn upgrade_strategy(&self) -> (f64, f64) {
-        let us = self.extra.get("upgradeStrategy");
-        let get = |k: &str| {
-            us.and_then(|u| u.get(k))
-                .and_then(Value::as_f64)
-                .unwrap_or(1.0)
-                .clamp(0.0, 1.0)
-        };
-        (get("minimumHealthCapacity"), get("maximumOverCapacity"))
-    }
 }
 
 /// One event of the `/v2/events` bus: Marathon's `eventType` and its JSON body.
@@ -311,18 +149,6 @@ fn port_labels(def: &AppDef) -> Vec<PortLabel> {
         Vec::new()
     } else {
         labels
-    }
-}
-
-fn shell_quote(arg: &str) -> String {
-    let safe = !arg.is_empty()
-        && arg
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c));
-    if safe {
-        arg.to_string()
-    } else {
-        format!("'{}'", arg.replace('\'', r"'\''"))
     }
 }
 
@@ -894,11 +720,7 @@ impl State {
         };
         let id = def.id.clone();
         let mut def = def;
-        let unchanged = AppDef {
-            version: rt.def.version,
-            version_info: rt.def.version_info,
-            ..def.clone()
-        } == rt.def;
+        let unchanged = def.same_but_version(&rt.def);
         if unchanged {
             // Nothing to record: the app keeps its version, as its history shows.
             def.version = rt.def.version;
@@ -1282,7 +1104,7 @@ impl State {
                 task.health = status.health;
                 let after = task.healthy(checks.len());
                 // Past the limit of any check: kill it, so that placement replaces it.
-                let failing = task.health.iter().zip(&checks).find(|(h, c)| {
+                let failing = task.health.iter().zip(checks.iter()).find(|(h, c)| {
                     c.max_consecutive_failures > 0
                         && h.consecutive_failures >= c.max_consecutive_failures
                 });
@@ -1457,7 +1279,7 @@ impl State {
                             t.host_ports.clone()
                         },
                         port_definitions: port_labels(def),
-                        health_checks: def.health_checks(),
+                        health_checks: def.health_checks().to_vec(),
                         mem: Some(def.mem),
                         disk: (def.disk > 0.0).then_some(def.disk),
                         user: def.user(),
@@ -1571,8 +1393,7 @@ impl State {
         let (min_health, max_over) = rt.def.upgrade_strategy();
         let version = rt.config_version;
         let backing_off = rt.launch_after.is_some_and(|t| now.at < t);
-        let oldest_first =
-            rt.def.extra.get("killSelection").and_then(Value::as_str) == Some("OLDEST_FIRST");
+        let oldest_first = rt.def.kill_selection() == KillSelection::OldestFirst;
         // (not ready, instance, id) so that sorting puts the cheapest kill last.
         let mut old: Vec<(bool, u32, String)> = Vec::new();
         let mut new: Vec<(bool, u32, String)> = Vec::new();
@@ -1944,29 +1765,13 @@ pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn app(id: &str, instances: u32) -> AppDef {
-        AppDef {
-            id: app_key(id),
-            cmd: Some("sleep 1000".into()),
-            args: None,
-            instances,
-            env: BTreeMap::new(),
-            cpus: 0.1,
-            mem: 128.0,
-            disk: 0.0,
-            port_definitions: vec![PortDefinition {
-                port: 0,
-                protocol: "tcp".into(),
-                name: None,
-                labels: BTreeMap::new(),
-            }],
-            require_ports: false,
-            backoff_seconds: 1.0,
-            backoff_factor: 1.15,
-            max_launch_delay_seconds: 300.0,
-            extra: BTreeMap::new(),
-            version: "2026-11-23T10:00:00Z".parse().unwrap(),
-            version_info: None,
-        }
+        // Marathon's defaults for everything else: 0.1 cpus, 128 MiB, one dynamic port.
+        crate::control::appdef::parse_app(
+            &json!({"id": id, "cmd": "sleep 1000", "instances": instances}),
+            None,
+            "2026-11-23T10:00:00Z".parse().unwrap(),
+        )
+        .unwrap()
     }
 
     fn agent(name: &str) -> AgentInfo {
@@ -2018,14 +1823,6 @@ pub(crate) mod tests {
     fn app_key_normalises_slashes() {
         assert_eq!(app_key("fib"), "/fib");
         assert_eq!(app_key("/prod/fib/"), "/prod/fib");
-    }
-
-    #[test]
-    fn args_are_quoted_for_the_shell() {
-        let mut a = app("x", 1);
-        a.cmd = None;
-        a.args = Some(vec!["echo".into(), "it's here".into(), "$HOME".into()]);
-        assert_eq!(a.command(), r#"echo 'it'\''s here' '$HOME'"#);
     }
 
     #[test]
@@ -2200,8 +1997,8 @@ pub(crate) mod tests {
     }
 
     fn with_health_check(mut def: AppDef, max_failures: u32) -> AppDef {
-        def.extra.insert(
-            "healthChecks".into(),
+        def.set_extra(
+            "healthChecks",
             json!([{"protocol": "HTTP", "path": "/", "maxConsecutiveFailures": max_failures}]),
         );
         def
@@ -2214,8 +2011,7 @@ pub(crate) mod tests {
         let mut def = app("fib", 3);
         // Set from the start: changing it later is a config change, which replaces
         // every task (a new version) instead of scaling down.
-        def.extra
-            .insert("killSelection".into(), json!("OLDEST_FIRST"));
+        def.set_extra("killSelection", json!("OLDEST_FIRST"));
         s.create_app(def.clone(), now).unwrap();
         let specs = s.desired("a");
         // Instances 0 and 1 run; 2 is still staging.
@@ -2239,8 +2035,8 @@ pub(crate) mod tests {
         let now = Now::current();
         let mut s = cluster(&["a"], now);
         let mut def = app("fib", 2);
-        def.extra.insert(
-            "upgradeStrategy".into(),
+        def.set_extra(
+            "upgradeStrategy",
             json!({"minimumHealthCapacity": 1.0, "maximumOverCapacity": 0.0}),
         );
         s.create_app(def, now).unwrap();
@@ -2300,8 +2096,8 @@ pub(crate) mod tests {
         let now = Now::current();
         let mut s = cluster(&["a"], now);
         let mut def = app("fib", 2);
-        def.extra.insert(
-            "upgradeStrategy".into(),
+        def.set_extra(
+            "upgradeStrategy",
             json!({"minimumHealthCapacity": 0.5, "maximumOverCapacity": 0.0}),
         );
         s.create_app(def, now).unwrap();
@@ -2401,8 +2197,7 @@ pub(crate) mod tests {
         let now = Now::current();
         let mut s = cluster(&["a", "b"], now);
         let mut def = app("fib", 3);
-        def.extra
-            .insert("constraints".into(), json!([["hostname", "UNIQUE"]]));
+        def.set_extra("constraints", json!([["hostname", "UNIQUE"]]));
         s.create_app(def, now).unwrap();
         assert_eq!(s.tasks().count(), 2);
         let why = s.unplaced("fib").unwrap();
@@ -2430,14 +2225,12 @@ pub(crate) mod tests {
             s.register_agent(ag, now).unwrap();
         }
         let mut def = app("fib", 2);
-        def.extra
-            .insert("constraints".into(), json!([["rack", "LIKE", "r1"]]));
+        def.set_extra("constraints", json!([["rack", "LIKE", "r1"]]));
         s.create_app(def, now).unwrap();
         assert!(s.desired("c").is_empty());
         assert_eq!(s.desired("a").len() + s.desired("b").len(), 2);
         let mut def = app("web", 4);
-        def.extra
-            .insert("constraints".into(), json!([["rack", "MAX_PER", "2"]]));
+        def.set_extra("constraints", json!([["rack", "MAX_PER", "2"]]));
         s.create_app(def, now).unwrap();
         assert_eq!(s.tasks_of("web").len(), 4);
         let on_r2 = s.tasks_of("web").iter().filter(|t| t.agent == "c").count();

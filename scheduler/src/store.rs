@@ -140,32 +140,24 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::PortDefinition;
 
     fn app(id: &str) -> AppDef {
-        AppDef {
-            id: id.to_string(),
-            cmd: Some("python3 -m http.server $PORT0".into()),
-            args: None,
-            instances: 3,
-            env: [("GREETING".to_string(), "hej".to_string())].into(),
-            cpus: 0.25,
-            mem: 64.0,
-            disk: 100.0,
-            port_definitions: vec![PortDefinition {
-                port: 0,
-                protocol: "tcp".into(),
-                name: Some("http".into()),
-                labels: BTreeMap::new(),
-            }],
-            require_ports: false,
-            backoff_seconds: 1.0,
-            backoff_factor: 1.15,
-            max_launch_delay_seconds: 300.0,
-            extra: [("labels".to_string(), serde_json::json!({"team": "search"}))].into(),
-            version: "2026-11-23T10:00:00.123Z".parse().unwrap(),
-            version_info: None,
-        }
+        crate::control::appdef::parse_app(
+            &serde_json::json!({
+                "id": id,
+                "cmd": "python3 -m http.server $PORT0",
+                "instances": 3,
+                "env": {"GREETING": "hej"},
+                "cpus": 0.25,
+                "mem": 64.0,
+                "disk": 100.0,
+                "portDefinitions": [{"port": 0, "name": "http"}],
+                "labels": {"team": "search"},
+            }),
+            None,
+            "2026-11-23T10:00:00.123Z".parse().unwrap(),
+        )
+        .unwrap()
     }
 
     #[tokio::test]
