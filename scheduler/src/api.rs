@@ -3,13 +3,13 @@
 //! `/v1/agents`, service discovery under `/v1/services`).
 //!
 //! Only translation lives here: app JSON is validated and typed by
-//! [`crate::control::appdef`], and every rule is the model's ([`crate::state`]), so the
+//! [`crate::control::appdef`], and every rule is the model's ([`crate::control`]), so the
 //! model never calls back into HTTP. The trade-off is that the JSON views of tasks and
 //! apps are built here, apart from the types they show.
 
 use crate::control::appdef::{describe, parse_app};
-use crate::state::{app_key, AppDef, Now, State, Task, TaskState};
-use crate::store::Store;
+use crate::control::store::{FileStore, StateStore};
+use crate::control::{app_key, AppDef, Now, State, Task, TaskState};
 use crate::{Error, Result};
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State as AxState};
@@ -63,7 +63,7 @@ struct Inner {
     /// HTTP shutdown is not held up by them.
     stopping: CancellationToken,
     state: Mutex<State>,
-    store: Store,
+    store: Box<dyn StateStore>,
 }
 
 /// A cheap, cloneable handle on the control plane.
@@ -75,7 +75,7 @@ pub struct Scheduler {
 impl std::fmt::Debug for Scheduler {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Scheduler")
-            .field("state_file", &self.inner.store.path())
+            .field("store", &self.inner.store.location())
             .finish_non_exhaustive()
     }
 }
@@ -83,18 +83,26 @@ impl std::fmt::Debug for Scheduler {
 impl Scheduler {
     /// Opens the control plane on `config.data_dir`, loading the saved apps. Reads one
     /// small file synchronously: call it at startup, not on a busy runtime.
-    pub fn open(mut config: SchedulerConfig) -> Result<Scheduler> {
+    pub fn open(config: SchedulerConfig) -> Result<Scheduler> {
+        let dir = config.data_dir.join("scheduler");
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        Scheduler::open_with_store(config, Box::new(FileStore::new(dir.join("state.json"))))
+    }
+
+    /// Opens the control plane on another store than the state file
+    /// (`config.data_dir` is then not used), loading the saved apps from it.
+    pub fn open_with_store(
+        mut config: SchedulerConfig,
+        store: Box<dyn StateStore>,
+    ) -> Result<Scheduler> {
         if config.token.as_deref() == Some("") {
             warn!("empty cluster token configured; it is ignored");
             config.token = None;
         }
-        let dir = config.data_dir.join("scheduler");
-        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-        let store = Store::new(dir.join("state.json"));
         let saved = store.load()?;
         info!(
             apps = saved.apps.len(),
-            path = %store.path().display(),
+            path = %store.location(),
             "scheduler state loaded"
         );
         let state = State::new(saved, config.agent_timeout, Now::current());
@@ -784,4 +792,58 @@ async fn services(
     Path(app): Path<String>,
 ) -> Result<Json<Vec<protocol::ServiceEndpoint>>> {
     Ok(Json(s.lock().services(&app)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::store::Saved;
+    use futures::future::BoxFuture;
+
+    /// A store that is not the state file: the scheduler needs nothing else of one.
+    #[derive(Debug, Clone, Default)]
+    struct MemoryStore(Arc<Mutex<Saved>>);
+
+    impl StateStore for MemoryStore {
+        fn location(&self) -> String {
+            "memory".into()
+        }
+
+        fn load(&self) -> Result<Saved> {
+            Ok(self.0.lock().unwrap().clone())
+        }
+
+        fn save(&self, _generation: u64, saved: Saved) -> BoxFuture<'_, Result<()>> {
+            *self.0.lock().unwrap() = saved;
+            Box::pin(async { Ok(()) })
+        }
+    }
+
+    #[tokio::test]
+    async fn another_store_is_loaded_from_and_saved_to() {
+        let app = |id: &str| {
+            parse_app(
+                &json!({"id": id, "cmd": "sleep 1"}),
+                None,
+                Now::current().wall_millis(),
+            )
+            .unwrap()
+        };
+        let mem = MemoryStore::default();
+        mem.0.lock().unwrap().apps.push(app("fib"));
+        let s =
+            Scheduler::open_with_store(SchedulerConfig::default(), Box::new(mem.clone())).unwrap();
+        assert!(s.with_state(|st| st.app("fib").is_some()));
+        s.lock().create_app(app("web"), Now::current()).unwrap();
+        s.persist().await.unwrap();
+        let ids: Vec<String> = mem
+            .0
+            .lock()
+            .unwrap()
+            .apps
+            .iter()
+            .map(|a| a.id.clone())
+            .collect();
+        assert_eq!(ids, ["/fib", "/web"]);
+    }
 }

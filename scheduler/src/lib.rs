@@ -1,9 +1,11 @@
 //! The scheduler: Marathon + the Mesos master and agent in one crate.
 //!
 //! Three parts live here because they share one model of a task:
-//! - the control plane (`control`, `state`, `placement`, with `api` its HTTP face): app
-//!   definitions (typed and validated in `control::appdef`), placement onto registered
-//!   agents, restarts, the Marathon-style HTTP API;
+//! - the control plane (`control`, with `api` its HTTP face): app definitions (typed
+//!   and validated in `control::appdef`), the state split by section (apps and
+//!   versions, deployments, tasks, agents, reconciliation, metrics), placement onto
+//!   registered agents, restarts, the store behind a trait, and the Marathon-style
+//!   HTTP API;
 //! - the node (`node`): runs on every agent, launches tasks in sandboxes and reports
 //!   their state back over HTTP;
 //! - the proxy (`proxy`, "the router" to users): on every agent, carries app-to-app
@@ -21,11 +23,8 @@ pub mod control;
 pub mod error;
 pub mod logger;
 pub mod node;
-pub mod placement;
 pub mod ports;
 pub mod proxy;
-pub mod state;
-pub mod store;
 pub mod task_user;
 
 pub use api::{router, Scheduler, SchedulerConfig};

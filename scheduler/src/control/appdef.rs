@@ -14,7 +14,7 @@
 //! placement never parses JSON. The typed form is derived from the verbatim one and
 //! private, so the two cannot drift apart: change them through [`AppDef::set_extra`].
 
-use crate::placement::{self, Constraint, Operator};
+use crate::control::placement::{self, Constraint, Operator};
 use crate::{Error, Result};
 use chrono::{DateTime, Utc};
 use protocol::HealthCheck;
