@@ -146,7 +146,7 @@ fn data_dir(flag: Option<PathBuf>, cfg: &Config) -> PathBuf {
 /// else in it. What lies inside is the binary's alone (its umask is 077; the token is
 /// 0600). A world-writable data dir (`/tmp`) is left as it is.
 fn traversable_data_dir(dir: &Path) -> anyhow::Result<()> {
-    scheduler::task_user::make_traversable(dir)
+    scheduler::node::task_user::make_traversable(dir)
         .with_context(|| format!("cannot set the mode of data dir {}", dir.display()))?;
     // What an older version left readable to others (it ran with umask 022).
     lock_down(dir, &["token", "indexer", "scheduler"])?;

@@ -6,8 +6,9 @@
 //!   versions, deployments, tasks, agents, reconciliation, metrics), placement onto
 //!   registered agents, restarts, the store behind a trait, and the Marathon-style
 //!   HTTP API;
-//! - the node (`node`): runs on every agent, launches tasks in sandboxes and reports
-//!   their state back over HTTP;
+//! - the node executor (`node`, with its `logger`, `cgroup`, `task_user`, `ports`,
+//!   health checks and sandbox GC): runs on every agent, launches tasks in sandboxes
+//!   and reports their state back over HTTP;
 //! - the proxy (`proxy`, "the router" to users): on every agent, carries app-to-app
 //!   calls and writes one access record per call into the shipper's pipeline.
 //!
@@ -18,14 +19,10 @@
 //! interval of reaction time.
 
 pub mod api;
-pub mod cgroup;
 pub mod control;
 pub mod error;
-pub mod logger;
 pub mod node;
-pub mod ports;
 pub mod proxy;
-pub mod task_user;
 
 pub use api::{router, Scheduler, SchedulerConfig};
 pub use error::{Error, Result};
