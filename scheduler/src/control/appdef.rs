@@ -17,7 +17,7 @@
 use crate::control::placement::{self, Constraint, Operator};
 use crate::{Error, Result};
 use chrono::{DateTime, Utc};
-use protocol::HealthCheck;
+use protocol::{HealthCheck, PortLabel};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
@@ -714,26 +714,13 @@ fn port_definitions(obj: &Map<String, Value>, problems: &mut Vec<String>) -> Vec
             ));
             continue;
         }
-        if let Some(first) = seen_names.insert(port_env_name(name), i) {
+        if let Some(first) = seen_names.insert(PortLabel::env_name(name), i) {
             problems.push(format!(
                 "{what}[{i}].name {name:?} is also {what}[{first}]'s: port names of an app must differ (ignoring case, '-' and '_')"
             ));
         }
     }
     out
-}
-
-/// The variable a named port is handed over in: `PORT_` and the name upper-cased as
-/// Marathon does, with `-` as `_` so that a shell can read it (`PORT_ADMIN_UI`).
-pub fn port_env_name(name: &str) -> String {
-    let name: String = name
-        .chars()
-        .map(|c| match c {
-            '-' => '_',
-            c => c.to_ascii_uppercase(),
-        })
-        .collect();
-    format!("PORT_{name}")
 }
 
 /// Parses Marathon `healthChecks`, with Marathon's defaults (grace 300 s, interval
