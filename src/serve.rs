@@ -138,7 +138,7 @@ where
 /// else in it. What lies inside is the binary's alone (its umask is 077; the token is
 /// 0600). A world-writable data dir (`/tmp`) is left as it is.
 fn traversable_data_dir(dir: &Path) -> anyhow::Result<()> {
-    scheduler::task_user::make_traversable(dir)
+    scheduler::node::task_user::make_traversable(dir)
         .with_context(|| format!("cannot set the mode of data dir {}", dir.display()))?;
     // What an older version left readable to others (it ran with umask 022).
     lock_down(dir, &["token", "indexer", "scheduler"])?;
@@ -378,14 +378,14 @@ fn free_disk_mib(dir: &Path) -> Option<f64> {
     Some((st.f_bavail as f64 * st.f_frsize as f64 / (1024.0 * 1024.0)).floor())
 }
 
-fn router_for(spec: &HostSpec) -> anyhow::Result<scheduler::router::Router> {
-    let mut cfg = scheduler::router::RouterConfig::new(
+fn router_for(spec: &HostSpec) -> anyhow::Result<scheduler::proxy::Proxy> {
+    let mut cfg = scheduler::proxy::ProxyConfig::new(
         spec.name.clone(),
         spec.scheduler_url.clone(),
         spec.work_dir.join("router").join("access.log"),
     );
     cfg.token = spec.token.clone();
-    Ok(scheduler::router::Router::new(cfg)?)
+    Ok(scheduler::proxy::Proxy::new(cfg)?)
 }
 
 pub async fn up(settings: UpSettings, cfg: Config) -> anyhow::Result<()> {

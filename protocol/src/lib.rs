@@ -494,6 +494,23 @@ pub struct PortLabel {
     pub name: String,
 }
 
+impl PortLabel {
+    /// The variable a port named `name` is handed to its task in: `PORT_` and the name
+    /// upper-cased as Marathon does, with `-` as `_` so that a shell can read it
+    /// (`PORT_ADMIN_UI`). Here because both sides rely on it: the control plane refuses
+    /// two names of one app that give the same variable, the node sets it.
+    pub fn env_name(name: &str) -> String {
+        let name: String = name
+            .chars()
+            .map(|c| match c {
+                '-' => '_',
+                c => c.to_ascii_uppercase(),
+            })
+            .collect();
+        format!("PORT_{name}")
+    }
+}
+
 /// What a node reports about one task it runs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskStatus {

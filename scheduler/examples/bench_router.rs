@@ -1,5 +1,5 @@
 //! Router overhead on loopback (issue 5, BENCHMARKS.md): `wrk` against a trivial axum
-//! "ok" instance directly, then against the same instance through one `Router` that
+//! "ok" instance directly, then against the same instance through one `Proxy` that
 //! finds it through a fake control plane's `/v1/services/ok`.
 //!
 //! Everything but `wrk` runs in this process on one multi-threaded runtime, so the
@@ -21,7 +21,7 @@ use axum::extract::Path;
 use axum::routing::get;
 use axum::Json;
 use protocol::ServiceEndpoint;
-use scheduler::router::{Router, RouterConfig};
+use scheduler::proxy::{Proxy, ProxyConfig};
 
 async fn serve(app: axum::Router) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -170,7 +170,7 @@ async fn main() {
     .await;
     let dir = tempfile::tempdir().unwrap();
     let access_log = dir.path().join("access.log");
-    let router = Router::new(RouterConfig::new(
+    let router = Proxy::new(ProxyConfig::new(
         "node-1",
         format!("http://{plane}"),
         &access_log,

@@ -1,30 +1,28 @@
 //! The scheduler: Marathon + the Mesos master and agent in one crate.
 //!
 //! Three parts live here because they share one model of a task:
-//! - the control plane (`api`, `state`, `placement`): app definitions, placement onto
-//!   registered agents, restarts, the Marathon-style HTTP API;
-//! - the node (`node`): runs on every agent, launches tasks in sandboxes and reports
-//!   their state back over HTTP;
-//! - the router (`router`): on every agent, carries app-to-app calls and writes one
-//!   access record per call into the shipper's pipeline.
+//! - the control plane (`control`, with `api` its HTTP face): app definitions (typed
+//!   and validated in `control::appdef`), the state split by section (apps and
+//!   versions, deployments, tasks, agents, reconciliation, metrics), placement onto
+//!   registered agents, restarts, the store behind a trait, and the Marathon-style
+//!   HTTP API;
+//! - the node executor (`node`, with its `logger`, `cgroup`, `task_user`, `ports`,
+//!   health checks and sandbox GC): runs on every agent, launches tasks in sandboxes
+//!   and reports their state back over HTTP;
+//! - the proxy (`proxy`, "the router" to users): on every agent, carries app-to-app
+//!   calls and writes one access record per call into the shipper's pipeline.
 //!
 //! The parts talk to each other only over HTTP (`/v1/agents/...`, `/v1/services/...`),
-//! so the node and router run unchanged on another host than the control plane. The
+//! so the node and proxy run unchanged on another host than the control plane. The
 //! trade-off is a poll-based node protocol (heartbeat carries status, answer carries
 //! the desired tasks): simple and self-healing, at the cost of up to one heartbeat
 //! interval of reaction time.
 
 pub mod api;
-pub mod cgroup;
+pub mod control;
 pub mod error;
-pub mod logger;
 pub mod node;
-pub mod placement;
-pub mod ports;
-pub mod router;
-pub mod state;
-pub mod store;
-pub mod task_user;
+pub mod proxy;
 
 pub use api::{router, Scheduler, SchedulerConfig};
 pub use error::{Error, Result};

@@ -13,7 +13,7 @@ use axum::extract::{Path as UrlPath, State};
 use axum::routing::post;
 use axum::Json;
 use protocol::{HeartbeatRequest, HeartbeatResponse, TaskSpec, TaskStatus};
-use scheduler::cgroup::MemoryLimits;
+use scheduler::node::cgroup::MemoryLimits;
 use scheduler::node::{Node, NodeConfig, FINISHED_FILE};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
@@ -246,7 +246,7 @@ async fn a_finished_sandbox_is_kept_until_shipped_then_collected() {
     assert!(long.join("stdout").exists());
     assert!(!asked.lock().unwrap().contains(&long));
     // Its dynamic uid (issue 15) went with it: no claim names the sandbox any more.
-    let claims = std::path::Path::new(scheduler::task_user::DEFAULT_CLAIMS_DIR);
+    let claims = std::path::Path::new(scheduler::node::task_user::DEFAULT_CLAIMS_DIR);
     let claimed = |dir: &std::path::Path| {
         std::fs::read_dir(claims)
             .into_iter()

@@ -17,7 +17,7 @@ use protocol::{
 };
 use protocol::{HealthCheck, HealthResult, HeartbeatRequest, HeartbeatResponse, ShipperStatus};
 use scheduler::node::{Node, NodeConfig};
-use scheduler::router::{Router, RouterConfig};
+use scheduler::proxy::{Proxy, ProxyConfig};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
@@ -398,7 +398,7 @@ fn endpoint(app: &str, task: &str, host: &str, addr: SocketAddr) -> ServiceEndpo
 }
 
 struct RouterFixture {
-    router: Router,
+    router: Proxy,
     base: String,
     log: PathBuf,
     _dir: tempfile::TempDir,
@@ -442,7 +442,7 @@ impl RouterFixture {
         .await;
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("router/access.log");
-        let router = Router::new(RouterConfig::new("r1", format!("http://{plane}"), &log)).unwrap();
+        let router = Proxy::new(ProxyConfig::new("r1", format!("http://{plane}"), &log)).unwrap();
         let addr = serve(router.axum_router()).await;
         RouterFixture {
             router,

@@ -1,5 +1,11 @@
-//! The scheduler's durable state: app definitions (and the names of the agents seen)
-//! in one JSON file, `<data_dir>/scheduler/state.json`.
+//! The scheduler's durable state: app definitions (and the names of the agents seen),
+//! behind the [`StateStore`] trait, and its one implementation, [`FileStore`]: one
+//! JSON file, `<data_dir>/scheduler/state.json`.
+//!
+//! The trait is what the rest of the control plane sees (load once at startup, save a
+//! snapshot after each change), so another store (a replicated one, say) is one more
+//! implementation, opened with `Scheduler::open_with_store`. The trade-off of saving
+//! whole snapshots is that a store cannot write only what changed.
 //!
 //! The file is rewritten whole and atomically after each change (temp file, fsync,
 //! rename, fsync of the directory), on a blocking thread. That is simple and can never
@@ -9,13 +15,14 @@
 //! scheduler re-learns (adopts) them from those heartbeats after a restart.
 //!
 //! Each app's past definitions (`GET /v2/apps/{id}/versions`) are kept here too, at
-//! most [`crate::state::MAX_VERSIONS`] per app, so the history survives a restart. That
+//! most [`crate::control::MAX_VERSIONS`] per app, so the history survives a restart. That
 //! multiplies the file's size by up to that bound: a few MiB for a few hundred apps
 //! with long histories. Should that grow into a problem, the versions move to one file
 //! per app, written only when that app changes.
 
-use crate::state::AppDef;
+use crate::control::AppDef;
 use crate::{Error, Result};
+use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -39,18 +46,34 @@ pub struct Saved {
     pub versions: BTreeMap<String, Vec<AppDef>>,
 }
 
+/// Where the control plane's state is kept.
+pub trait StateStore: Send + Sync + std::fmt::Debug {
+    /// Where the state lives, for logs and messages.
+    fn location(&self) -> String;
+
+    /// Reads the saved state; nothing saved yet is an empty state, and anything that
+    /// cannot be read is an error (starting empty would silently forget every app).
+    /// Called once, at startup.
+    fn load(&self) -> Result<Saved>;
+
+    /// Saves `saved`, the state at `generation`, unless a newer generation is saved
+    /// already (snapshots can reach the store out of order); resolves once it is
+    /// durable.
+    fn save(&self, generation: u64, saved: Saved) -> BoxFuture<'_, Result<()>>;
+}
+
 /// The state file and the generation last written to it.
 #[derive(Debug)]
-pub struct Store {
+pub struct FileStore {
     path: PathBuf,
     /// Highest state generation on disk; writes of older snapshots are skipped, so
     /// concurrent writers can never put an older state over a newer one.
     written: tokio::sync::Mutex<u64>,
 }
 
-impl Store {
-    pub fn new(path: impl Into<PathBuf>) -> Store {
-        Store {
+impl FileStore {
+    pub fn new(path: impl Into<PathBuf>) -> FileStore {
+        FileStore {
             path: path.into(),
             written: tokio::sync::Mutex::new(0),
         }
@@ -115,6 +138,20 @@ impl Store {
     }
 }
 
+impl StateStore for FileStore {
+    fn location(&self) -> String {
+        self.path.display().to_string()
+    }
+
+    fn load(&self) -> Result<Saved> {
+        FileStore::load(self)
+    }
+
+    fn save(&self, generation: u64, saved: Saved) -> BoxFuture<'_, Result<()>> {
+        Box::pin(FileStore::save(self, generation, saved))
+    }
+}
+
 /// Replaces `path` with `bytes` so that a crash at any point leaves either the old or
 /// the new content: write a temp file beside it, fsync it, rename it over, fsync the
 /// directory so the rename itself is durable.
@@ -130,38 +167,30 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::PortDefinition;
 
     fn app(id: &str) -> AppDef {
-        AppDef {
-            id: id.to_string(),
-            cmd: Some("python3 -m http.server $PORT0".into()),
-            args: None,
-            instances: 3,
-            env: [("GREETING".to_string(), "hej".to_string())].into(),
-            cpus: 0.25,
-            mem: 64.0,
-            disk: 100.0,
-            port_definitions: vec![PortDefinition {
-                port: 0,
-                protocol: "tcp".into(),
-                name: Some("http".into()),
-                labels: BTreeMap::new(),
-            }],
-            require_ports: false,
-            backoff_seconds: 1.0,
-            backoff_factor: 1.15,
-            max_launch_delay_seconds: 300.0,
-            extra: [("labels".to_string(), serde_json::json!({"team": "search"}))].into(),
-            version: "2026-11-23T10:00:00.123Z".parse().unwrap(),
-            version_info: None,
-        }
+        crate::control::appdef::parse_app(
+            &serde_json::json!({
+                "id": id,
+                "cmd": "python3 -m http.server $PORT0",
+                "instances": 3,
+                "env": {"GREETING": "hej"},
+                "cpus": 0.25,
+                "mem": 64.0,
+                "disk": 100.0,
+                "portDefinitions": [{"port": 0, "name": "http"}],
+                "labels": {"team": "search"},
+            }),
+            None,
+            "2026-11-23T10:00:00.123Z".parse().unwrap(),
+        )
+        .unwrap()
     }
 
     #[tokio::test]
     async fn state_file_round_trips() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::new(dir.path().join("state.json"));
+        let store = FileStore::new(dir.path().join("state.json"));
         assert_eq!(
             store.load().unwrap(),
             Saved::default(),
@@ -174,7 +203,9 @@ mod tests {
             versions: [("/fib".to_string(), vec![app("/fib")])].into(),
         };
         store.save(1, saved.clone()).await.unwrap();
-        let back = Store::new(dir.path().join("state.json")).load().unwrap();
+        let back = FileStore::new(dir.path().join("state.json"))
+            .load()
+            .unwrap();
         assert_eq!(back, saved);
         assert!(
             !dir.path().join("state.json.tmp").exists(),
@@ -185,7 +216,7 @@ mod tests {
     #[tokio::test]
     async fn an_older_generation_never_overwrites_a_newer_one() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::new(dir.path().join("state.json"));
+        let store = FileStore::new(dir.path().join("state.json"));
         let newer = Saved {
             apps: vec![app("/new")],
             ..Saved::default()
@@ -202,7 +233,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_saves_leave_the_newest_generation_on_disk() {
         let dir = tempfile::tempdir().unwrap();
-        let store = std::sync::Arc::new(Store::new(dir.path().join("state.json")));
+        let store = std::sync::Arc::new(FileStore::new(dir.path().join("state.json")));
         // Started newest-first and in between, so an older snapshot's write often
         // reaches the lock after a newer one's: it must then be skipped.
         let mut order: Vec<u64> = (1..=24).collect();
@@ -232,7 +263,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.json");
         std::fs::write(&path, b"{\"apps\": [").unwrap();
-        let err = Store::new(&path).load().unwrap_err().to_string();
+        let err = FileStore::new(&path).load().unwrap_err().to_string();
         assert!(
             err.contains("state.json") && err.contains("corrupt"),
             "{err}"

@@ -9,7 +9,7 @@
 //! and the task's own bind, which the task then reports as any failed start.
 
 use crate::{Error, Result};
-use protocol::TaskSpec;
+use protocol::{PortLabel, TaskSpec};
 use std::collections::HashSet;
 
 /// The host ports of a task about to launch: those of `spec.ports` that are set, each
@@ -59,7 +59,7 @@ pub(crate) fn resolve_host_ports(
 
 /// The port variables of a task, as Marathon sets them: `PORT0`.. by index, `PORT` as
 /// `PORT0`, `PORTS` comma-separated, `PORT_<NAME>` for each named port (see
-/// [`crate::api::port_env_name`]), and `PORT_<port>` for each declared non-zero port
+/// [`PortLabel::env_name`]), and `PORT_<port>` for each declared non-zero port
 /// (the host port it got; a dynamic port is listed under its own number).
 pub fn port_env(spec: &TaskSpec, ports: &[u16]) -> Vec<(String, String)> {
     let mut env = vec![(
@@ -83,7 +83,7 @@ pub fn port_env(spec: &TaskSpec, ports: &[u16]) -> Vec<(String, String)> {
             env.push((format!("PORT_{declared}"), p.to_string()));
         }
         if let Some(name) = label.map(|l| l.name.as_str()).filter(|n| !n.is_empty()) {
-            env.push((crate::api::port_env_name(name), p.to_string()));
+            env.push((PortLabel::env_name(name), p.to_string()));
         }
     }
     env

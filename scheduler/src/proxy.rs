@@ -1,4 +1,4 @@
-//! The router: runs on every agent and carries app-to-app HTTP calls
+//! The proxy (what users and `$SANDTRAIL_ROUTER` call "the router"): runs on every agent and carries app-to-app HTTP calls
 //! (`$SANDTRAIL_ROUTER/<app>/...`) to an instance anywhere in the cluster, propagating
 //! a W3C `traceparent` and writing one access record per call for the shipper.
 //!
@@ -79,9 +79,9 @@ const HOP_BY_HOP: &[&str] = &[
     "upgrade",
 ];
 
-/// How a router is set up; `RouterConfig::new` fills in the defaults.
+/// How a proxy is set up; `ProxyConfig::new` fills in the defaults.
 #[derive(Debug, Clone)]
-pub struct RouterConfig {
+pub struct ProxyConfig {
     /// The agent this router runs on (`router_host` on access records).
     pub host: String,
     pub scheduler_url: String,
@@ -93,14 +93,14 @@ pub struct RouterConfig {
     pub services_ttl: Duration,
 }
 
-impl RouterConfig {
+impl ProxyConfig {
     /// A config without token and with a 1 s services cache.
     pub fn new(
         host: impl Into<String>,
         scheduler_url: impl Into<String>,
         access_log: impl Into<PathBuf>,
-    ) -> RouterConfig {
-        RouterConfig {
+    ) -> ProxyConfig {
+        ProxyConfig {
             host: host.into(),
             scheduler_url: scheduler_url.into(),
             access_log: access_log.into(),
@@ -110,9 +110,9 @@ impl RouterConfig {
     }
 }
 
-/// The router service; cheap to clone (shared state behind an `Arc`).
+/// The proxy service; cheap to clone (shared state behind an `Arc`).
 #[derive(Clone)]
-pub struct Router {
+pub struct Proxy {
     inner: Arc<Inner>,
 }
 
@@ -142,7 +142,7 @@ fn insert_bounded(cache: &mut HashMap<String, Cached>, app: &str, entry: Cached,
 }
 
 struct Inner {
-    cfg: RouterConfig,
+    cfg: ProxyConfig,
     /// Talks to instances: plain HTTP/1.1 with a keep-alive pool, no redirects
     /// followed, no overall timeout (calls may stream).
     upstream: hyper_util::client::legacy::Client<HttpConnector, Body>,
@@ -175,9 +175,9 @@ struct RouterMetrics {
     services_lookups: AtomicU64,
 }
 
-impl Router {
+impl Proxy {
     /// Opens (creating) the access log and starts its writer thread.
-    pub fn new(cfg: RouterConfig) -> Result<Router> {
+    pub fn new(cfg: ProxyConfig) -> Result<Proxy> {
         let log = AccessLog::open(&cfg.access_log)?;
         // Instances are cluster-internal: no proxy (an HTTP_PROXY meant for the outside
         // world must not capture them), and no URL parsing beyond the URI itself.
@@ -191,7 +191,7 @@ impl Router {
         let control = reqwest::Client::builder()
             .timeout(CONTROL_TIMEOUT)
             .build()?;
-        Ok(Router {
+        Ok(Proxy {
             inner: Arc::new(Inner {
                 cfg,
                 upstream,
@@ -459,7 +459,7 @@ struct Call {
     caller: Caller,
 }
 
-async fn handle(State(router): State<Router>, req: Request) -> Response {
+async fn handle(State(router): State<Proxy>, req: Request) -> Response {
     let inner = &router.inner;
     inner.metrics.requests.fetch_add(1, Ordering::Relaxed);
     let client_ip = req

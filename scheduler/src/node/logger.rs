@@ -191,7 +191,7 @@ pub fn spawn(dir: &Path, rotation: Rotation) -> Result<(OwnedFd, OwnedFd)> {
 pub fn spawn_as(
     dir: &Path,
     rotation: Rotation,
-    user: Option<&crate::task_user::TaskUser>,
+    user: Option<&crate::node::task_user::TaskUser>,
 ) -> Result<(OwnedFd, OwnedFd)> {
     let mut streams = [Stream::new(dir, "stdout")?, Stream::new(dir, "stderr")?];
     let cwd = CString::new(dir.as_os_str().as_bytes())
@@ -215,7 +215,7 @@ pub fn spawn_as(
                 // Dumpable off first: `setuid` clears it too, but only by the
                 // kernel's rule, and the memory is the agent's.
                 libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
-                if crate::task_user::become_user(u).is_err() {
+                if crate::node::task_user::become_user(u).is_err() {
                     libc::_exit(1);
                 }
             }

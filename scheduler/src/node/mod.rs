@@ -21,8 +21,19 @@
 //! Each task runs in its own process group so a kill reaches everything it forked,
 //! and, where the host allows it, in its own cgroup with the app's `mem` as memory
 //! limit (see `cgroup`). A finished task's sandbox is marked finished and removed
-//! after `gc_delay`, only once the shipper says it has read it to the end: a sandbox
-//! kept too long costs disk, one removed too early loses log lines for good.
+//! after `gc_delay`, only once the shipper says it has read it to the end (see `gc`):
+//! a sandbox kept too long costs disk, one removed too early loses log lines for good.
+//! Health checks run here, beside the task (see `health`); host ports are resolved in
+//! `ports`.
+
+pub mod cgroup;
+mod gc;
+mod health;
+pub mod logger;
+pub mod ports;
+pub mod task_user;
+
+pub use gc::{DEFAULT_GC_DELAY, FINISHED_FILE};
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::OpenOptions;
@@ -43,10 +54,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use crate::cgroup::{self, MemoryLimits};
-use crate::logger::Rotation;
-use crate::task_user::{self, Plan, TaskUser, UidClaims};
 use crate::{Error, Result};
+use cgroup::MemoryLimits;
+use gc::{mark_finished, sweep_sandboxes};
+use health::{check_status, run_check, secs, HealthTarget};
+use logger::Rotation;
+use task_user::{Plan, TaskUser, UidClaims};
 
 /// Default of [`NodeConfig::log_budget_bytes`].
 pub const DEFAULT_LOG_BUDGET_BYTES: u64 = 512 * 1024 * 1024;
@@ -109,7 +122,7 @@ pub struct NodeConfig {
     /// the oldest beyond it; the logger stops reading at twice it).
     pub log_budget_bytes: u64,
     /// Enforce each task's `mem` as a cgroup v2 memory limit where the host allows it
-    /// (see [`crate::cgroup`]); false runs every task unlimited.
+    /// (see [`crate::node::cgroup`]); false runs every task unlimited.
     pub memory_limits: bool,
     /// The cgroup task cgroups are made under, as `/proc/self/cgroup` names it (e.g.
     /// `/sandtrail.slice`); `None` uses the node's own cgroup.
@@ -121,7 +134,7 @@ pub struct NodeConfig {
     /// Who tasks of apps without a `user` run as when the agent is root: `None` (the
     /// default) gives each task a uid of its own from `dynamic_uids`; a user name
     /// runs them all as that user (e.g. `nobody`: a passwd entry, but tasks can then
-    /// reach each other). Ignored when the agent is not root (see [`crate::task_user`]).
+    /// reach each other). Ignored when the agent is not root (see [`crate::node::task_user`]).
     pub task_user: Option<String>,
     /// Where the host's claims of dynamic uids live; shared by every node of a host.
     pub uid_claims_dir: PathBuf,
@@ -157,8 +170,8 @@ impl NodeConfig {
             cgroup_parent: None,
             gc_delay: DEFAULT_GC_DELAY,
             task_user: None,
-            uid_claims_dir: PathBuf::from(crate::task_user::DEFAULT_CLAIMS_DIR),
-            dynamic_uids: crate::task_user::DYNAMIC_UIDS,
+            uid_claims_dir: PathBuf::from(crate::node::task_user::DEFAULT_CLAIMS_DIR),
+            dynamic_uids: crate::node::task_user::DYNAMIC_UIDS,
         }
     }
 }
@@ -627,7 +640,7 @@ impl Inner {
                 .flat_map(|r| r.ports.iter().copied())
                 .collect()
         };
-        let ports = crate::ports::resolve_host_ports(&self.cfg.address, spec, &taken, |n, t| {
+        let ports = ports::resolve_host_ports(&self.cfg.address, spec, &taken, |n, t| {
             allocate_ports(&self.cfg.address, n, t)
         })?;
         let meta = TaskMeta {
@@ -1079,14 +1092,6 @@ impl Inner {
     }
 }
 
-/// Default of [`NodeConfig::gc_delay`]. Mesos keeps sandboxes a week by default; an
-/// hour is enough for the shipper here, which reads them live.
-pub const DEFAULT_GC_DELAY: Duration = Duration::from_secs(3600);
-
-/// Written into a sandbox when its task has ended: its mtime starts the GC delay, and
-/// it survives a node restart, so a restarted node collects what the last one left.
-pub const FINISHED_FILE: &str = ".sandtrail-finished";
-
 /// Answers "has the shipper read every log file of this sandbox to the end, and has
 /// the indexer acknowledged it all?". Called off the async runtime, so it may block.
 pub type ShippedCheck = Arc<dyn Fn(&Path) -> bool + Send + Sync>;
@@ -1263,224 +1268,6 @@ fn with_oom(mut report: TaskStatus, oom: Option<String>) -> TaskStatus {
         }
     }
     report
-}
-
-/// Marks a task's sandbox finished (see [`FINISHED_FILE`]); a sandbox that does not
-/// exist (launch failed early) has nothing to collect.
-async fn mark_finished(sandbox: &Path) {
-    if !tokio::fs::try_exists(sandbox).await.unwrap_or(false) {
-        return;
-    }
-    let path = sandbox.join(FINISHED_FILE);
-    // Never through a symlink the task left at the name: a plain write would
-    // truncate whatever it points to, with the agent's privilege.
-    let _ = tokio::fs::remove_file(&path).await;
-    let made = tokio::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&path)
-        .await;
-    let made = match made {
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        other => other.map(drop),
-    };
-    if let Err(e) = made {
-        warn!(path = %path.display(), error = %e, "could not mark the sandbox finished; it will not be collected");
-    }
-}
-
-/// A finished sandbox is collected only once nothing was written into it for this
-/// long, whatever the delay: the task's logger may still drain its pipe after the
-/// task ended, and a child the task left behind may still write (review finding:
-/// with a delay of a second the sweep could remove files the logger still wrote).
-const GC_QUIET: Duration = Duration::from_secs(5);
-
-/// Whether any file in `dir` was modified less than `quiet` before `now`.
-fn written_within(dir: &Path, now: std::time::SystemTime, quiet: Duration) -> bool {
-    std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| e.metadata().ok()?.modified().ok())
-        .any(|m| now.duration_since(m).unwrap_or_default() < quiet)
-}
-
-/// One GC pass over `root/<app>/<task>`.
-#[derive(Debug, Default)]
-struct Swept {
-    removed: Vec<PathBuf>,
-    /// The owner of each removed sandbox: its uid's claim can go with it.
-    owners: Vec<(PathBuf, u32)>,
-    /// Past the delay but not fully shipped.
-    unshipped: usize,
-}
-
-/// Removes the sandboxes under `root` marked finished at least `delay` ago for which
-/// `shipped` (if any) holds, then app directories left empty. Blocking.
-fn sweep_sandboxes(
-    root: &Path,
-    delay: Duration,
-    shipped: Option<&(dyn Fn(&Path) -> bool + Send + Sync)>,
-) -> Swept {
-    let mut swept = Swept::default();
-    let now = std::time::SystemTime::now();
-    let dirs = |d: &Path| -> Vec<PathBuf> {
-        std::fs::read_dir(d)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-            .map(|e| e.path())
-            .collect()
-    };
-    for app in dirs(root) {
-        for sandbox in dirs(&app) {
-            let Ok(finished) =
-                std::fs::metadata(sandbox.join(FINISHED_FILE)).and_then(|m| m.modified())
-            else {
-                continue;
-            };
-            if now.duration_since(finished).unwrap_or_default() < delay
-                || written_within(&sandbox, now, GC_QUIET)
-            {
-                continue;
-            }
-            if shipped.is_some_and(|f| !f(&sandbox)) {
-                swept.unshipped += 1;
-                continue;
-            }
-            let owner = std::fs::symlink_metadata(&sandbox).map(|m| {
-                use std::os::unix::fs::MetadataExt;
-                m.uid()
-            });
-            match std::fs::remove_dir_all(&sandbox) {
-                Ok(()) => {
-                    if let Ok(uid) = owner {
-                        swept.owners.push((sandbox.clone(), uid));
-                    }
-                    swept.removed.push(sandbox)
-                }
-                Err(e) => {
-                    warn!(sandbox = %sandbox.display(), error = %e, "could not remove a finished sandbox")
-                }
-            }
-        }
-        // Only an empty one goes; a launch re-creates it if it races with us.
-        let _ = std::fs::remove_dir(&app);
-    }
-    swept
-}
-
-/// What one health checker needs to know about its task.
-struct HealthTarget {
-    task: String,
-    started: std::time::Instant,
-    index: usize,
-    check: HealthCheck,
-    address: String,
-    ports: Vec<u16>,
-    sandbox: PathBuf,
-    /// The task's whole environment.
-    env: Vec<(String, String)>,
-    /// Who the task runs as: a COMMAND check runs as it too, never as the agent.
-    user: Option<TaskUser>,
-}
-
-fn secs(s: f64) -> Duration {
-    Duration::try_from_secs_f64(s.max(0.0)).unwrap_or(Duration::from_secs(86_400))
-}
-
-/// Runs one check once: `Err` carries the cause Marathon shows as `lastFailureCause`.
-async fn run_check(
-    client: &reqwest::Client,
-    t: &HealthTarget,
-    timeout: Duration,
-) -> std::result::Result<(), String> {
-    let port = || {
-        t.check
-            .port
-            .or_else(|| t.ports.get(usize::from(t.check.port_index)).copied())
-            .ok_or_else(|| {
-                format!(
-                    "portIndex {} names no port of the task (it has {})",
-                    t.check.port_index,
-                    t.ports.len()
-                )
-            })
-    };
-    match t.check.protocol.to_ascii_uppercase().as_str() {
-        "HTTP" | "MESOS_HTTP" | "HTTPS" | "MESOS_HTTPS" => {
-            let path = t.check.path.as_deref().unwrap_or("/");
-            let url = format!(
-                "http://{}:{}/{}",
-                t.address,
-                port()?,
-                path.trim_start_matches('/')
-            );
-            let resp = client
-                .get(&url)
-                .timeout(timeout)
-                .send()
-                .await
-                .map_err(|e| format!("GET {url}: {e}"))?;
-            let code = resp.status().as_u16();
-            // Marathon counts 200-399 as healthy.
-            if (200..400).contains(&code) {
-                Ok(())
-            } else {
-                Err(format!("GET {url}: status {code}, expected 200-399"))
-            }
-        }
-        "TCP" | "MESOS_TCP" => {
-            let addr = format!("{}:{}", t.address, port()?);
-            match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(&addr)).await {
-                Ok(Ok(_)) => Ok(()),
-                Ok(Err(e)) => Err(format!("connect {addr}: {e}")),
-                Err(_) => Err(format!("connect {addr}: timed out after {timeout:?}")),
-            }
-        }
-        "COMMAND" => {
-            let cmd = t.check.command.as_deref().unwrap_or("true");
-            let mut c = tokio::process::Command::new("sh");
-            c.arg("-c")
-                .arg(cmd)
-                .current_dir(&t.sandbox)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .kill_on_drop(true)
-                .env_clear();
-            c.envs(t.env.iter().map(|(k, v)| (k, v)));
-            if let Some(u) = t.user.clone() {
-                // SAFETY: raw syscalls on memory prepared before the fork.
-                unsafe { c.pre_exec(move || task_user::become_user(&u)) };
-            }
-            let child = c.spawn().map_err(|e| format!("{cmd:?}: {e}"))?;
-            match tokio::time::timeout(timeout, child.wait_with_output()).await {
-                Ok(Ok(out)) if out.status.success() => Ok(()),
-                Ok(Ok(out)) => Err(format!("{cmd:?} exited with {}", out.status)),
-                Ok(Err(e)) => Err(format!("{cmd:?}: {e}")),
-                Err(_) => Err(format!("{cmd:?} timed out after {timeout:?}")),
-            }
-        }
-        other => Err(format!(
-            "health check protocol {other:?} is not supported: expected HTTP, TCP or COMMAND"
-        )),
-    }
-}
-
-fn check_status(url: &str, status: reqwest::StatusCode) -> Result<()> {
-    if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
-        return Err(Error::Unauthorized);
-    }
-    if !status.is_success() {
-        return Err(Error::Upstream {
-            addr: url.to_string(),
-            reason: format!("status {status}, expected 2xx"),
-        });
-    }
-    Ok(())
 }
 
 /// Waits for the task's process to exit; on a kill request signals its whole process
@@ -1698,7 +1485,7 @@ fn task_env(
         ("MESOS_TASK_ID".into(), spec.task.clone()),
         ("MESOS_SANDBOX".into(), sandbox.display().to_string()),
     ];
-    env.extend(crate::ports::port_env(spec, ports));
+    env.extend(ports::port_env(spec, ports));
     env
 }
 
@@ -1903,7 +1690,7 @@ fn prepare_sandbox(
             .map_err(|e| Error::io(dir, e))?;
     }
     if let Some(rotation) = rotation {
-        return crate::logger::spawn_as(dir, rotation, user);
+        return crate::node::logger::spawn_as(dir, rotation, user);
     }
     let open = |name: &str| {
         let p = dir.join(name);
@@ -1925,7 +1712,6 @@ fn prepare_sandbox(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::fs::File;
 
     /// Regression (issue 15): a task's environment is built from nothing, so the
     /// agent's `SANDTRAIL_TOKEN` (or any `SANDTRAIL_*` setting) never reaches it; a
@@ -2067,59 +1853,6 @@ mod tests {
             "{again:?} vs {set:?}"
         );
         assert!(allocate_ports("127.0.0.1", 0, &set).unwrap().is_empty());
-    }
-
-    #[test]
-    fn gc_removes_finished_sandboxes_past_the_delay_once_shipped() {
-        let root = tempfile::tempdir().unwrap();
-        let sandbox = |app: &str, task: &str, finished_secs_ago: Option<u64>| {
-            let dir = root.path().join(app).join(task);
-            std::fs::create_dir_all(&dir).unwrap();
-            std::fs::write(dir.join("stdout"), "line\n").unwrap();
-            if let Some(ago) = finished_secs_ago {
-                let when = std::time::SystemTime::now() - Duration::from_secs(ago);
-                let f = File::create(dir.join(FINISHED_FILE)).unwrap();
-                f.set_modified(when).unwrap();
-                File::options()
-                    .append(true)
-                    .open(dir.join("stdout"))
-                    .unwrap()
-                    .set_modified(when)
-                    .unwrap();
-            }
-            dir
-        };
-        let old = sandbox("fib", "fib.1", Some(120));
-        let running = sandbox("fib", "fib.2", None);
-        let fresh = sandbox("fib", "fib.3", Some(1));
-        let unshipped = sandbox("web", "web.1", Some(120));
-        let delay = Duration::from_secs(60);
-        let asked = Mutex::new(Vec::new());
-        let check = |dir: &Path| {
-            asked.lock().unwrap().push(dir.to_path_buf());
-            dir != unshipped
-        };
-        let swept = sweep_sandboxes(root.path(), delay, Some(&check));
-        assert_eq!(swept.removed, vec![old.clone()]);
-        assert_eq!(swept.unshipped, 1);
-        assert!(!old.exists() && running.exists() && fresh.exists() && unshipped.exists());
-        // Only sandboxes past their delay are put to the shipper.
-        let mut asked = asked.into_inner().unwrap();
-        asked.sort();
-        assert_eq!(asked, vec![old, unshipped.clone()]);
-
-        // Without a shipper in the process the delay alone decides; an app
-        // directory left empty goes too.
-        let swept = sweep_sandboxes(root.path(), delay, None);
-        assert_eq!(swept.removed, vec![unshipped]);
-        assert!(!root.path().join("web").exists());
-        assert!(root.path().join("fib").exists());
-
-        // A sandbox still being written to is left alone, however old its marker.
-        let busy = sandbox("api", "api.1", Some(120));
-        std::fs::write(busy.join("stderr"), "late line\n").unwrap();
-        let swept = sweep_sandboxes(root.path(), delay, None);
-        assert!(swept.removed.is_empty() && busy.exists(), "{swept:?}");
     }
 
     #[test]

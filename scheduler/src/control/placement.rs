@@ -7,7 +7,6 @@
 //! `mem`, `disk`, host ports) and Marathon constraints allow): it never moves running tasks to even out load, and a
 //! `GROUP_BY` spreads only the tasks placed from now on.
 
-use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
@@ -217,91 +216,6 @@ pub struct Constraint {
     pub text: String,
 }
 
-/// Parses Marathon `constraints` (a list of `[field, OPERATOR, value?]`), adding one
-/// problem per bad entry.
-pub fn parse_constraints(v: &Value, problems: &mut Vec<String>) -> Vec<Constraint> {
-    let mut out = Vec::new();
-    let Some(list) = v.as_array() else {
-        problems.push(format!(
-            "constraints must be a list of [field, operator, value] lists, got {v}"
-        ));
-        return out;
-    };
-    for (i, c) in list.iter().enumerate() {
-        let parts: Option<Vec<&str>> = c
-            .as_array()
-            .and_then(|a| a.iter().map(Value::as_str).collect());
-        let Some(parts) = parts.filter(|p| (2..=3).contains(&p.len())) else {
-            problems.push(format!(
-                "constraints[{i}] must be a list of 2 or 3 strings [field, operator, value], got {c}"
-            ));
-            continue;
-        };
-        let (field, op, value) = (
-            parts[0],
-            parts[1].to_ascii_uppercase(),
-            parts.get(2).copied(),
-        );
-        let text = parts.join(" ");
-        let regex = |value: Option<&str>, problems: &mut Vec<String>| -> Option<regex::Regex> {
-            let Some(v) = value else {
-                problems.push(format!(
-                    "constraints[{i}] ({text}): {op} needs a regular expression as its value"
-                ));
-                return None;
-            };
-            match regex::Regex::new(&format!("^(?:{v})$")) {
-                Ok(r) => Some(r),
-                Err(e) => {
-                    problems.push(format!(
-                        "constraints[{i}] ({text}): invalid regular expression {v:?}: {e}"
-                    ));
-                    None
-                }
-            }
-        };
-        let op = match op.as_str() {
-            "UNIQUE" => Some(Operator::Unique),
-            "CLUSTER" => Some(Operator::Cluster(value.unwrap_or("").to_string())),
-            "GROUP_BY" => Some(Operator::GroupBy),
-            "LIKE" => regex(value, problems).map(Operator::Like),
-            "UNLIKE" => regex(value, problems).map(Operator::Unlike),
-            "MAX_PER" => match value
-                .and_then(|v| v.parse::<usize>().ok())
-                .filter(|n| *n > 0)
-            {
-                Some(n) => Some(Operator::MaxPer(n)),
-                None => {
-                    problems.push(format!(
-                        "constraints[{i}] ({text}): MAX_PER needs a positive integer value"
-                    ));
-                    None
-                }
-            },
-            _ => {
-                problems.push(format!(
-                    "constraints[{i}] ({text}): unknown operator {op:?}, expected UNIQUE, CLUSTER, GROUP_BY, LIKE, UNLIKE or MAX_PER"
-                ));
-                None
-            }
-        };
-        if field.is_empty() {
-            problems.push(format!(
-                "constraints[{i}]: the field is empty, expected hostname or an agent attribute"
-            ));
-            continue;
-        }
-        if let Some(op) = op {
-            out.push(Constraint {
-                field: field.to_string(),
-                op,
-                text,
-            });
-        }
-    }
-    out
-}
-
 /// An agent as constraints see it.
 #[derive(Debug, Clone, Copy)]
 pub struct AgentView<'a> {
@@ -391,6 +305,7 @@ pub fn allows(
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use serde_json::Value;
 
     fn c(agent: &str, tasks: usize, app_tasks: usize) -> Candidate<'_> {
         Candidate {
@@ -410,7 +325,7 @@ mod tests {
     fn one(c: &str) -> Constraint {
         let v: Value = serde_json::from_str(c).unwrap();
         let mut p = Vec::new();
-        let mut out = parse_constraints(&Value::Array(vec![v]), &mut p);
+        let mut out = crate::control::appdef::parse_constraints(&Value::Array(vec![v]), &mut p);
         assert!(p.is_empty(), "{p:?}");
         out.remove(0)
     }
@@ -451,18 +366,6 @@ mod tests {
         let max = one(r#"["rack", "MAX_PER", "2"]"#);
         assert!(allows(&max, n2, &[n1], &all).is_ok());
         assert!(allows(&max, n2, &[n1, n1], &all).is_err());
-    }
-
-    #[test]
-    fn bad_constraints_are_all_reported() {
-        let mut p = Vec::new();
-        let v: Value = serde_json::from_str(
-            r#"[["hostname", "UNIQUE"], ["a"], ["rack", "NEAR"], ["rack", "LIKE", "("], ["rack", "MAX_PER", "x"]]"#,
-        )
-        .unwrap();
-        let out = parse_constraints(&v, &mut p);
-        assert_eq!(out.len(), 1);
-        assert_eq!(p.len(), 4, "{p:?}");
     }
 
     #[test]
