@@ -21,10 +21,11 @@
 //! `noop`, since logs are immutable here). Documents without `_id` get a generated one.
 
 use crate::analytics::{percentile_of_sorted, KeywordCounts};
-use crate::api::{gunzip_capped, Guards};
 use crate::columns::ColumnCache;
 use crate::error::{Error, EsError, Result};
+use crate::guard::Guards;
 use crate::highlight::{self, FragmentOptions};
+use crate::inflate::gunzip_capped;
 use crate::query::{all_of, before_cursor, parse_time, time_range, user_query, Cursor};
 use crate::schema::{Fields, RecordReader, ES_ID, KEYWORDS, LATENCY, TS};
 use crate::search::{IndexView, NewestTop};

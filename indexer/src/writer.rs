@@ -1002,7 +1002,7 @@ impl WriterThread {
         let mut touched: BTreeSet<NaiveDate> = BTreeSet::new();
         let mut added = 0u64;
         for entry in entries {
-            let records = match crate::api::decompress_for_replay(&entry.body, REPLAY_MAX_BYTES)
+            let records = match crate::inflate::decompress_for_replay(&entry.body, REPLAY_MAX_BYTES)
                 .and_then(|ndjson| Ok(protocol::decode_ndjson(&ndjson)?))
             {
                 Ok(r) => r,
