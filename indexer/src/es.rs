@@ -20,16 +20,17 @@
 //! indexed again (`create` answers 409 like Elasticsearch, `index` answers 200
 //! `noop`, since logs are immutable here). Documents without `_id` get a generated one.
 
-use crate::analytics::{percentile_of_sorted, KeywordCounts};
-use crate::columns::ColumnCache;
+use crate::analytics::percentile_of_sorted;
+use crate::collect::{
+    ByKey, DateBuckets, KeywordCounts, NewestTop, NumericColumn, NumericValues, TimeOrder,
+};
 use crate::error::{Error, EsError, Result};
 use crate::guard::Guards;
 use crate::highlight::{self, FragmentOptions};
 use crate::inflate::gunzip_capped;
 use crate::query::{all_of, before_cursor, parse_time, time_range, user_query, Cursor};
 use crate::schema::{Fields, RecordReader, ES_ID, KEYWORDS, LATENCY, TS};
-use crate::search::{IndexView, NewestTop};
-use crate::sortkey::{ByKey, CustomScorer, CustomSegmentScorer};
+use crate::search::IndexView;
 use crate::writer::{BulkDoc, BulkOutcome};
 use crate::Indexer;
 use axum::body::Bytes;
@@ -46,14 +47,13 @@ use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
-use tantivy::collector::{Collector, Count, SegmentCollector, TopDocs};
-use tantivy::columnar::Column;
+use tantivy::collector::{Count, TopDocs};
 use tantivy::query::{
     AllQuery, BooleanQuery, ExistsQuery, Occur, PhraseQuery, Query, QueryParser, RangeQuery,
     TermQuery,
 };
 use tantivy::schema::IndexRecordOption;
-use tantivy::{DocId, Score, SegmentOrdinal, SegmentReader, TantivyDocument, Term};
+use tantivy::{TantivyDocument, Term};
 
 /// Default and largest `size` (and `from + size`) of a search.
 pub const DEFAULT_SIZE: usize = 10;
@@ -1663,205 +1663,6 @@ fn inclusive_micros(op: &str, t: DateTime<Utc>) -> i64 {
         "gte" | "from" => ceil,
         "lt" => ceil - 1,
         _ => floor,
-    }
-}
-
-/// Sort key for `_search`: (ts, uid) descending, or mirrored for ascending.
-struct TimeOrder {
-    asc: bool,
-    columns: ColumnCache,
-}
-
-struct TimeOrderSegment {
-    asc: bool,
-    ts: Column<tantivy::DateTime>,
-    uid: Column<u64>,
-}
-
-impl CustomScorer<(i64, u64)> for TimeOrder {
-    type Child = TimeOrderSegment;
-    fn segment_scorer(&self, segment: &SegmentReader) -> tantivy::Result<TimeOrderSegment> {
-        let columns = self.columns.get(segment)?;
-        Ok(TimeOrderSegment {
-            asc: self.asc,
-            ts: columns.ts.clone(),
-            uid: columns.uid.clone(),
-        })
-    }
-}
-
-impl CustomSegmentScorer<(i64, u64)> for TimeOrderSegment {
-    fn score(&mut self, doc: DocId) -> (i64, u64) {
-        let ts = self
-            .ts
-            .first(doc)
-            .map_or(i64::MIN, |t| t.into_timestamp_micros());
-        let uid = self.uid.first(doc).unwrap_or(0);
-        if self.asc {
-            (ts.saturating_neg(), u64::MAX - uid)
-        } else {
-            (ts, uid)
-        }
-    }
-}
-
-/// Match counts per fixed-width time bucket (keyed by bucket start, micros).
-struct DateBuckets {
-    interval: i64,
-    columns: ColumnCache,
-}
-
-struct DateBucketsSegment {
-    interval: i64,
-    ts: Column<tantivy::DateTime>,
-    counts: BTreeMap<i64, u64>,
-    /// The bucket of the last document and its count not yet in `counts`: the
-    /// documents of a segment come mostly in time order, so most skip the map.
-    run: Option<(i64, u64)>,
-    buf: Vec<Option<tantivy::DateTime>>,
-}
-
-impl DateBucketsSegment {
-    fn count(&mut self, t: tantivy::DateTime) {
-        let key = t.into_timestamp_micros().div_euclid(self.interval) * self.interval;
-        match &mut self.run {
-            Some((k, n)) if *k == key => *n += 1,
-            run => {
-                if let Some((k, n)) = run.replace((key, 1)) {
-                    *self.counts.entry(k).or_insert(0) += n;
-                }
-            }
-        }
-    }
-}
-
-impl Collector for DateBuckets {
-    type Fruit = BTreeMap<i64, u64>;
-    type Child = DateBucketsSegment;
-
-    fn for_segment(
-        &self,
-        _: SegmentOrdinal,
-        segment: &SegmentReader,
-    ) -> tantivy::Result<DateBucketsSegment> {
-        Ok(DateBucketsSegment {
-            interval: self.interval,
-            ts: self.columns.get(segment)?.ts.clone(),
-            counts: BTreeMap::new(),
-            run: None,
-            buf: Vec::new(),
-        })
-    }
-
-    fn requires_scoring(&self) -> bool {
-        false
-    }
-
-    fn merge_fruits(&self, fruits: Vec<BTreeMap<i64, u64>>) -> tantivy::Result<BTreeMap<i64, u64>> {
-        let mut total = BTreeMap::new();
-        for f in fruits {
-            for (k, c) in f {
-                *total.entry(k).or_insert(0) += c;
-            }
-        }
-        Ok(total)
-    }
-}
-
-impl SegmentCollector for DateBucketsSegment {
-    type Fruit = BTreeMap<i64, u64>;
-
-    fn collect(&mut self, doc: DocId, _: Score) {
-        if let Some(t) = self.ts.first(doc) {
-            self.count(t);
-        }
-    }
-
-    /// A block of `ts` at once (as the native histogram): decoding the column per
-    /// block instead of per document.
-    fn collect_block(&mut self, docs: &[DocId]) {
-        let mut buf = std::mem::take(&mut self.buf);
-        crate::columns::ts_block(&self.ts, docs, &mut buf);
-        for t in buf.iter().flatten() {
-            self.count(*t);
-        }
-        self.buf = buf;
-    }
-
-    fn harvest(mut self) -> BTreeMap<i64, u64> {
-        if let Some((k, n)) = self.run.take() {
-            *self.counts.entry(k).or_insert(0) += n;
-        }
-        self.counts
-    }
-}
-
-#[derive(Clone, Copy)]
-enum NumericColumn {
-    F64(&'static str),
-    U64(&'static str),
-}
-
-/// Every value of a numeric fast field over the matches.
-struct NumericValues {
-    column: NumericColumn,
-}
-
-enum NumericSegmentColumn {
-    F64(Option<Column<f64>>),
-    U64(Option<Column<u64>>),
-}
-
-struct NumericValuesSegment {
-    column: NumericSegmentColumn,
-    values: Vec<f64>,
-}
-
-impl Collector for NumericValues {
-    type Fruit = Vec<f64>;
-    type Child = NumericValuesSegment;
-
-    fn for_segment(
-        &self,
-        _: SegmentOrdinal,
-        segment: &SegmentReader,
-    ) -> tantivy::Result<NumericValuesSegment> {
-        let ff = segment.fast_fields();
-        let column = match self.column {
-            NumericColumn::F64(n) => NumericSegmentColumn::F64(ff.column_opt::<f64>(n)?),
-            NumericColumn::U64(n) => NumericSegmentColumn::U64(ff.column_opt::<u64>(n)?),
-        };
-        Ok(NumericValuesSegment {
-            column,
-            values: Vec::new(),
-        })
-    }
-
-    fn requires_scoring(&self) -> bool {
-        false
-    }
-
-    fn merge_fruits(&self, fruits: Vec<Vec<f64>>) -> tantivy::Result<Vec<f64>> {
-        Ok(fruits.into_iter().flatten().collect())
-    }
-}
-
-impl SegmentCollector for NumericValuesSegment {
-    type Fruit = Vec<f64>;
-
-    fn collect(&mut self, doc: DocId, _: Score) {
-        let v = match &self.column {
-            NumericSegmentColumn::F64(Some(c)) => c.first(doc),
-            NumericSegmentColumn::U64(Some(c)) => c.first(doc).map(|v| v as f64),
-            _ => None,
-        };
-        if let Some(v) = v {
-            self.values.push(v);
-        }
-    }
-
-    fn harvest(self) -> Vec<f64> {
-        self.values
     }
 }
 
