@@ -12,13 +12,15 @@
 //! day ([`partition`]), searched together as one; a dedicated OS thread owns their
 //! writers and group-commits ([`writer`]); searches run on the blocking pool against
 //! readers that the writer reloads after each commit ([`search`], [`analytics`]);
-//! [`api`] is the HTTP layer; [`bench`] measures it all against raw Tantivy.
+//! [`api`] is the HTTP layer; with the `bench` feature, `bench` measures it all
+//! against raw Tantivy.
 //! Retention by age ([`IndexerConfig::retention`]) drops whole day partitions, so
 //! space returns at once; the price is a commit per touched day when a group spans
 //! days, and the cross-partition exactly-once argument of [`partition`].
 
 pub mod analytics;
 pub mod api;
+#[cfg(any(test, feature = "bench"))]
 pub mod bench;
 pub mod budget;
 mod collect;
