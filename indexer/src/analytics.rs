@@ -2,9 +2,9 @@
 //! sidebar), latency percentiles per host/app/task, the records around a record
 //! (context), and the byte ranges of `msg` a query matched (highlighting).
 //!
-//! Keyword aggregations read the columnar fast fields by term ordinal and turn
-//! ordinals into strings once per segment, so counting a million matches costs one
-//! column read each, never a document load. Percentiles are exact: every latency of
+//! Keyword aggregations ([`crate::collect`]) read the columnar fast fields by term
+//! ordinal and turn ordinals into strings once per segment, so counting a million
+//! matches costs one column read each, never a document load. Percentiles are exact: every latency of
 //! the matches is held (8 bytes each, 80 MB per 10 million matches) rather than
 //! sketched, which is simple and never wrong at the price of memory proportional to
 //! the matches. The keys of the free-form `fields` object are not fast fields, so

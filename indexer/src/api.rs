@@ -1,4 +1,5 @@
-//! The indexer's HTTP API: ingest, search, histogram and live tail.
+//! The indexer's native HTTP API: ingest, search, histogram, the field sidebar,
+//! latency, context and live tail.
 //!
 //! Handlers are thin: they move CPU work (inflating, decoding, searching) off the
 //! async runtime and hand over to [`Indexer`]. Credentials and concurrency are checked

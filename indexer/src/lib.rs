@@ -1,19 +1,25 @@
 //! Sandtrail's indexer: the Elasticsearch replacement, on Tantivy.
 //!
-//! It takes batches of `protocol::LogRecord` (gzip NDJSON over HTTP), indexes each
-//! record exactly once (a per-source offset checkpoint is committed atomically with
-//! the data), answers searches newest first (or slowest first) with exact cursors and
-//! highlights, counts matches over time, aggregates top field values and latency
-//! percentiles, returns the context of a record, streams accepted records live to
-//! tail subscribers, and speaks a subset of the Elasticsearch API ([`es`]) so that
-//! existing shippers and clients work unchanged.
+//! It takes batches of `protocol::LogRecord` (NDJSON over HTTP, zstd or gzip, told
+//! apart by their magic bytes; or Elasticsearch `_bulk` documents), indexes each
+//! record exactly once (a per-source offset checkpoint is committed with the data, in
+//! each partition's commit payload), acknowledges a batch once it is committed and
+//! searchable or, when the shipper asks (`refresh=false`), once it is in the fsynced
+//! write-ahead log ([`wal`]), answers searches newest first (or slowest first) with
+//! exact cursors and highlights, counts matches over time, aggregates top field
+//! values and latency percentiles, returns the context of a record, streams accepted
+//! records live to tail subscribers, and speaks a subset of the Elasticsearch API
+//! ([`es`]) so that existing shippers and clients work unchanged.
 //!
-//! Shape: [`Indexer`] is a cheap handle; records live in one Tantivy index per UTC
-//! day ([`partition`]), searched together as one; a dedicated OS thread owns their
-//! writers and group-commits ([`writer`]); searches run on the blocking pool against
-//! readers that the writer reloads after each commit ([`search`], [`analytics`]);
-//! [`api`] is the HTTP layer; with the `bench` feature, `bench` measures it all
-//! against raw Tantivy.
+//! Shape: [`Indexer`] is a cheap handle, set up by an [`IndexerConfig`] ([`config`]);
+//! records live in one Tantivy index per UTC day ([`partition`]), searched together
+//! as one; a dedicated OS thread owns their writers and group-commits ([`writer`]);
+//! searches run on the blocking pool, under a time budget ([`budget`]), against
+//! readers that the writer reloads after each commit ([`search`], [`analytics`],
+//! over the collectors of `collect`); [`api`] is the native HTTP layer and [`es`] the
+//! Elasticsearch one, both behind the same guards (`guard`) and inflating bodies
+//! through [`inflate`]. With the `bench` feature (the binary's `sandtrail bench
+//! ingest|indexer`), `bench` measures it all against raw Tantivy.
 //! Retention by age ([`IndexerConfig::retention`]) drops whole day partitions, so
 //! space returns at once; the price is a commit per touched day when a group spans
 //! days, and the cross-partition exactly-once argument of [`partition`].
