@@ -24,6 +24,7 @@ use tantivy::TantivyDocument;
 /// Default and largest `size` (and `from + size`) of a search.
 pub const DEFAULT_SIZE: usize = 10;
 pub const MAX_WINDOW: usize = 10_000;
+
 /// What a `highlight` request asks of `msg`, the one field we highlight.
 #[derive(Debug, Clone, PartialEq)]
 struct HighlightSpec {
