@@ -1,5 +1,6 @@
 //! `sandtrail bench ship` without the rest of the workspace:
-//! `cargo run --release -p agent --example bench_ship -- [CORPUS_TXT [FILES [IDLE_SECS]]]`.
+//! `cargo run --release -p agent --features bench --example bench_ship --
+//! [CORPUS_TXT [FILES [IDLE_SECS]]]`.
 //! Run with `sink` as the only argument, it is the benchmark's indexer sink.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -17,6 +17,10 @@
 //! over `idle_secs` of nobody writing. The trade-off: one run, one machine, and the
 //! shared build machines are noisy, so figures vary between runs.
 
+// Built for the binary's `sandtrail bench ship` (the `bench` feature) and for this
+// crate's tests, not into the library other crates use.
+#![cfg(any(test, feature = "bench"))]
+
 use crate::error::{Error, Result};
 use crate::ship::Codec;
 use crate::{Shipper, ShipperConfig};

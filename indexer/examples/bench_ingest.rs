@@ -1,5 +1,5 @@
 //! `sandtrail bench ingest` without the rest of the workspace:
-//! `cargo run --release -p indexer --example bench_ingest -- RECORDS [NDJSON]`.
+//! `cargo run --release -p indexer --features bench --example bench_ingest -- RECORDS [NDJSON]`.
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -1,6 +1,7 @@
 //! Where the index bytes go, per field and per component (term dictionary, postings,
 //! positions, fast columns, doc store), for the current schema on the first N records
-//! of a corpus: `cargo run --release -p indexer --example size_lab -- N NDJSON DIR`.
+//! of a corpus:
+//! `cargo run --release -p indexer --features bench --example size_lab -- N NDJSON DIR`.
 //! The trade-off: one plain `IndexWriter` loop and one commit (no HTTP, no freshness,
 //! no searches), so it answers "what does this schema cost" in seconds, not how fast
 //! our ingest is; `sandtrail bench ingest` remains the figure of record.

@@ -1,7 +1,7 @@
 //! The indexer's one error type and its mapping onto HTTP status codes.
 //!
-//! Every failure a client can cause (bad gzip, a bad line, a bad query, a missing
-//! token) is its own variant so the HTTP layer can answer 4xx with a message that
+//! Every failure a client can cause (a bad gzip or zstd body, a bad line, a bad
+//! query, a missing token) is its own variant so the HTTP layer can answer 4xx with a message that
 //! names the bad value; everything the client cannot fix collapses into a few 5xx
 //! variants. The trade-off: Tantivy errors are flattened to strings when they must
 //! be handed to several waiters (group commit), losing their structure.

@@ -1,30 +1,42 @@
 //! Sandtrail's indexer: the Elasticsearch replacement, on Tantivy.
 //!
-//! It takes batches of `protocol::LogRecord` (gzip NDJSON over HTTP), indexes each
-//! record exactly once (a per-source offset checkpoint is committed atomically with
-//! the data), answers searches newest first (or slowest first) with exact cursors and
-//! highlights, counts matches over time, aggregates top field values and latency
-//! percentiles, returns the context of a record, streams accepted records live to
-//! tail subscribers, and speaks a subset of the Elasticsearch API ([`es`]) so that
-//! existing shippers and clients work unchanged.
+//! It takes batches of `protocol::LogRecord` (NDJSON over HTTP, zstd or gzip, told
+//! apart by their magic bytes; or Elasticsearch `_bulk` documents), indexes each
+//! record exactly once (a per-source offset checkpoint is committed with the data, in
+//! each partition's commit payload), acknowledges a batch once it is committed and
+//! searchable or, when the shipper asks (`refresh=false`), once it is in the fsynced
+//! write-ahead log ([`wal`]), answers searches newest first (or slowest first) with
+//! exact cursors and highlights, counts matches over time, aggregates top field
+//! values and latency percentiles, returns the context of a record, streams accepted
+//! records live to tail subscribers, and speaks a subset of the Elasticsearch API
+//! ([`es`]) so that existing shippers and clients work unchanged.
 //!
-//! Shape: [`Indexer`] is a cheap handle; records live in one Tantivy index per UTC
-//! day ([`partition`]), searched together as one; a dedicated OS thread owns their
-//! writers and group-commits ([`writer`]); searches run on the blocking pool against
-//! readers that the writer reloads after each commit ([`search`], [`analytics`]);
-//! [`api`] is the HTTP layer; [`bench`] measures it all against raw Tantivy.
+//! Shape: [`Indexer`] is a cheap handle, set up by an [`IndexerConfig`] ([`config`]);
+//! records live in one Tantivy index per UTC day ([`partition`]), searched together
+//! as one; a dedicated OS thread owns their writers and group-commits ([`writer`]);
+//! searches run on the blocking pool, under a time budget ([`budget`]), against
+//! readers that the writer reloads after each commit ([`search`], [`analytics`],
+//! over the collectors of `collect`); [`api`] is the native HTTP layer and [`es`] the
+//! Elasticsearch one, both behind the same guards (`guard`) and inflating bodies
+//! through [`inflate`]. With the `bench` feature (the binary's `sandtrail bench
+//! ingest|indexer`), `bench` measures it all against raw Tantivy.
 //! Retention by age ([`IndexerConfig::retention`]) drops whole day partitions, so
 //! space returns at once; the price is a commit per touched day when a group spans
 //! days, and the cross-partition exactly-once argument of [`partition`].
 
 pub mod analytics;
 pub mod api;
+#[cfg(any(test, feature = "bench"))]
 pub mod bench;
 pub mod budget;
+mod collect;
 pub mod columns;
+pub mod config;
 pub mod error;
 pub mod es;
+mod guard;
 pub mod highlight;
+pub mod inflate;
 pub mod merge;
 pub mod metrics;
 pub mod msg;
@@ -32,7 +44,6 @@ pub mod partition;
 pub mod query;
 pub mod schema;
 pub mod search;
-mod sortkey;
 pub mod tail;
 pub mod wal;
 pub mod writer;
@@ -41,6 +52,7 @@ pub use analytics::{
     ContextRequest, ContextResponse, FieldsResponse, GroupBy, LatencyResponse, Scope,
 };
 pub use api::router;
+pub use config::{parse_retention, IndexerConfig, DEFAULT_SEARCH_TIMEOUT};
 pub use error::{Error, Result};
 pub use search::{HistogramRequest, SearchParams, SearchRequest, Sort};
 pub use tail::TailFilter;
@@ -51,7 +63,6 @@ use crate::search::IndexView;
 pub use crate::writer::{Ack, BulkDoc, BulkOutcome};
 use crate::writer::{WriterMsg, WriterThread, QUEUE_DEPTH};
 use protocol::{HistogramResponse, IngestResponse, LogRecord, SearchResponse};
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -59,60 +70,6 @@ use tokio_util::sync::CancellationToken;
 /// How many accepted records a tail subscriber may fall behind before it is told
 /// it dropped some.
 pub const TAIL_CAPACITY: usize = 4096;
-
-/// How the indexer is set up.
-#[derive(Debug, Clone)]
-pub struct IndexerConfig {
-    /// The partitions live in `data_dir/index/YYYY-MM-DD/`.
-    pub data_dir: PathBuf,
-    /// The cluster token, admin of everything. With neither it nor `tokens` the API is
-    /// open (library tests and embedders); the binary always sets at least this one.
-    pub token: Option<String>,
-    /// Tokens with narrower roles: `read` searches and tails, `agent` ingests.
-    pub tokens: protocol::auth::Keyring,
-    /// Ingest requests (native and `_bulk`) in flight at once; more are shed with 429.
-    pub max_concurrent_ingest: usize,
-    /// Searches (native, histogram, fields, `_search`, `_count`) in flight at once.
-    pub max_concurrent_searches: usize,
-    /// Live-tail streams open at once.
-    pub max_tail_streams: usize,
-    /// Cap on the inflated size of one ingest body (the gzip-bomb guard).
-    pub max_body_bytes: usize,
-    /// Tantivy's indexing memory budget.
-    pub writer_memory_bytes: usize,
-    /// Inflated ingest bytes (native and bulk) that may be decoded or queued for the
-    /// writer at once; beyond it ingest answers 429 with `Retry-After`, so memory
-    /// stays bounded whatever the ingest rate.
-    pub max_inflight_bytes: usize,
-    /// Day partitions wholly older than this are dropped (checked at open and every
-    /// minute); the newest partition is always kept.
-    pub retention: Option<std::time::Duration>,
-    /// Time budget of one search, histogram or aggregation (see [`budget`]): past
-    /// it the request is answered with an error saying so, and its threads are free.
-    pub search_timeout: std::time::Duration,
-}
-
-/// Default of [`IndexerConfig::search_timeout`]: Kibana's own request timeout is 30 s;
-/// a third of it still covers a month of logs on one core (BENCHMARKS.md).
-pub const DEFAULT_SEARCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-
-impl Default for IndexerConfig {
-    fn default() -> Self {
-        IndexerConfig {
-            data_dir: PathBuf::from("./.sandtrail/indexer"),
-            token: None,
-            tokens: protocol::auth::Keyring::new(),
-            max_concurrent_ingest: 64,
-            max_concurrent_searches: 32,
-            max_tail_streams: 256,
-            max_body_bytes: 64 << 20,
-            writer_memory_bytes: 128 << 20,
-            max_inflight_bytes: 512 << 20,
-            retention: None,
-            search_timeout: DEFAULT_SEARCH_TIMEOUT,
-        }
-    }
-}
 
 /// What a search made under `budget` answers: its result, unless a scorer was cut
 /// short by the deadline, in which case the (partial) result is not passed off as
@@ -124,32 +81,6 @@ fn within<T>(budget: &budget::Budget, result: Result<T>) -> Result<T> {
         });
     }
     result
-}
-
-/// Parses a retention like `7d`, `36h`, `90m` or `3600s` (a positive whole number
-/// and a unit).
-pub fn parse_retention(s: &str) -> Result<std::time::Duration> {
-    let bad = || Error::BadParam {
-        name: "retention",
-        value: s.to_string(),
-        expected: "a positive whole number of d, h, m or s, like 7d".to_string(),
-    };
-    let t = s.trim();
-    let unit = t.chars().last().ok_or_else(bad)?;
-    let secs_per = match unit {
-        'd' => 86_400,
-        'h' => 3_600,
-        'm' => 60,
-        's' => 1,
-        _ => return Err(bad()),
-    };
-    let n: u64 = t[..t.len() - 1].parse().map_err(|_| bad())?;
-    if n == 0 {
-        return Err(bad());
-    }
-    n.checked_mul(secs_per)
-        .map(std::time::Duration::from_secs)
-        .ok_or_else(bad)
 }
 
 /// What a test may make the writer do (see the fields of [`WriterThread`] of the
@@ -1181,27 +1112,6 @@ mod tests {
             .metrics()
             .contains("sandtrail_indexer_records_duplicate_total 1\n"));
         ix.shutdown().await;
-    }
-
-    #[test]
-    fn retention_parses_units_and_names_bad_values() {
-        assert_eq!(parse_retention("7d").unwrap().as_secs(), 7 * 86_400);
-        assert_eq!(parse_retention(" 36h ").unwrap().as_secs(), 36 * 3_600);
-        assert_eq!(parse_retention("90m").unwrap().as_secs(), 5_400);
-        assert_eq!(parse_retention("5s").unwrap().as_secs(), 5);
-        for bad in [
-            "",
-            "7",
-            "d",
-            "0d",
-            "-1d",
-            "7w",
-            "1.5d",
-            "99999999999999999999d",
-        ] {
-            let err = parse_retention(bad).unwrap_err().to_string();
-            assert!(err.contains("retention"), "{bad}: {err}");
-        }
     }
 
     fn day_dirs(dir: &std::path::Path) -> Vec<String> {

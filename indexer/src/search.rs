@@ -4,29 +4,26 @@
 //! fields, rather than by relevance: for logs "most recent" is what people want, and
 //! the unique pair makes keyset cursors exact. Counts come from the same query in the
 //! same searcher, so `total` and the page agree. Histograms use a small fast-field
-//! collector instead of the aggregation framework: one column read per match and no
-//! JSON round-trip. These functions block and are meant for `spawn_blocking`.
+//! collector ([`crate::collect`]) instead of the aggregation framework: one column
+//! read per match and no JSON round-trip. These functions block and are meant for
+//! `spawn_blocking`.
 
-use crate::columns::ColumnCache;
+use crate::collect::{ByKey, HistogramCollector, MinTs, NewestTop, SlowestFirst};
 use crate::error::{Error, Result};
 use crate::partition::{MultiSearcher, Partitions};
 use crate::query::{all_of, before_cursor, parse_time, time_range, user_query, Cursor};
 use crate::schema::{Fields, RecordReader, LATENCY};
-use crate::sortkey::{ByKey, CustomScorer, CustomSegmentScorer};
 use chrono::{DateTime, Duration, Utc};
 use protocol::{HistogramBucket, HistogramResponse, SearchResponse};
 use serde::Deserialize;
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
-use tantivy::collector::{Collector, Count, SegmentCollector, TopDocs};
-use tantivy::columnar::Column;
+use tantivy::collector::{Count, TopDocs};
 use tantivy::query::ExistsQuery;
-use tantivy::{DocId, Index, Score, SegmentOrdinal, SegmentReader, TantivyDocument};
+use tantivy::{Index, TantivyDocument};
+
+pub use crate::collect::{BucketLayout, TARGET_BUCKETS};
 
 pub const DEFAULT_LIMIT: usize = 100;
 pub const MAX_LIMIT: usize = 10_000;
-/// Roughly how many buckets a histogram has; intervals are rounded to "nice" values.
-pub const TARGET_BUCKETS: i64 = 60;
 /// Histogram range when neither `start` nor any match says where to begin.
 pub const DEFAULT_HISTOGRAM_SPAN_MINUTES: i64 = 15;
 
@@ -386,192 +383,6 @@ impl IndexView {
     }
 }
 
-/// Sort key (ts micros, uid), highest first.
-pub(crate) struct NewestFirst {
-    pub columns: ColumnCache,
-}
-
-pub(crate) struct NewestFirstSegment {
-    ts: Column<tantivy::DateTime>,
-    uid: Column<u64>,
-}
-
-impl CustomScorer<(i64, u64)> for NewestFirst {
-    type Child = NewestFirstSegment;
-    fn segment_scorer(&self, segment: &SegmentReader) -> tantivy::Result<NewestFirstSegment> {
-        let columns = self.columns.get(segment)?;
-        Ok(NewestFirstSegment {
-            ts: columns.ts.clone(),
-            uid: columns.uid.clone(),
-        })
-    }
-}
-
-impl CustomSegmentScorer<(i64, u64)> for NewestFirstSegment {
-    fn score(&mut self, doc: DocId) -> (i64, u64) {
-        (
-            self.ts
-                .first(doc)
-                .map_or(i64::MIN, |t| t.into_timestamp_micros()),
-            self.uid.first(doc).unwrap_or(0),
-        )
-    }
-}
-
-/// The `k` newest matches by (ts, uid) and the count of all matches, in one pass.
-/// What `(Count, TopDocs::custom_score(NewestFirst))` computes, but reading `ts` a
-/// block of documents at a time and `uid` only for a document that can enter the
-/// top `k`: most matches of a large result are older than the `k`-th newest seen so
-/// far and cost one column read.
-pub(crate) struct NewestTop {
-    pub k: usize,
-    pub columns: ColumnCache,
-}
-
-type Keyed = ((i64, u64), tantivy::DocAddress);
-
-pub(crate) struct NewestTopSegment {
-    k: usize,
-    segment: SegmentOrdinal,
-    ts: Column<tantivy::DateTime>,
-    uid: Column<u64>,
-    /// The best `k` so far, the smallest on top.
-    heap: BinaryHeap<Reverse<((i64, u64), DocId)>>,
-    count: usize,
-    buf: Vec<Option<tantivy::DateTime>>,
-}
-
-impl NewestTopSegment {
-    fn offer(&mut self, doc: DocId, ts: Option<tantivy::DateTime>) {
-        if self.k == 0 {
-            return;
-        }
-        let ts = ts.map_or(i64::MIN, |t| t.into_timestamp_micros());
-        if self.heap.len() == self.k {
-            let Some(Reverse(((min_ts, min_uid), _))) = self.heap.peek() else {
-                return;
-            };
-            if ts < *min_ts {
-                return;
-            }
-            let (min_ts, min_uid) = (*min_ts, *min_uid);
-            let key = (ts, self.uid.first(doc).unwrap_or(0));
-            if key <= (min_ts, min_uid) {
-                return;
-            }
-            self.heap.pop();
-            self.heap.push(Reverse((key, doc)));
-        } else {
-            let key = (ts, self.uid.first(doc).unwrap_or(0));
-            self.heap.push(Reverse((key, doc)));
-        }
-    }
-}
-
-impl Collector for NewestTop {
-    type Fruit = (usize, Vec<Keyed>);
-    type Child = NewestTopSegment;
-
-    fn for_segment(
-        &self,
-        segment: SegmentOrdinal,
-        reader: &SegmentReader,
-    ) -> tantivy::Result<NewestTopSegment> {
-        let columns = self.columns.get(reader)?;
-        Ok(NewestTopSegment {
-            k: self.k,
-            segment,
-            ts: columns.ts.clone(),
-            uid: columns.uid.clone(),
-            heap: BinaryHeap::with_capacity(self.k.min(MAX_LIMIT + 1)),
-            count: 0,
-            buf: Vec::new(),
-        })
-    }
-
-    fn requires_scoring(&self) -> bool {
-        false
-    }
-
-    fn merge_fruits(
-        &self,
-        fruits: Vec<(usize, Vec<Keyed>)>,
-    ) -> tantivy::Result<(usize, Vec<Keyed>)> {
-        let mut total = 0;
-        let mut all = Vec::new();
-        for (count, hits) in fruits {
-            total += count;
-            all.extend(hits);
-        }
-        all.sort_unstable_by_key(|h| Reverse(h.0));
-        all.truncate(self.k);
-        Ok((total, all))
-    }
-}
-
-impl SegmentCollector for NewestTopSegment {
-    type Fruit = (usize, Vec<Keyed>);
-
-    fn collect(&mut self, doc: DocId, _: Score) {
-        self.count += 1;
-        let ts = self.ts.first(doc);
-        self.offer(doc, ts);
-    }
-
-    fn collect_block(&mut self, docs: &[DocId]) {
-        self.count += docs.len();
-        let mut buf = std::mem::take(&mut self.buf);
-        crate::columns::ts_block(&self.ts, docs, &mut buf);
-        for (doc, ts) in docs.iter().zip(&buf) {
-            self.offer(*doc, *ts);
-        }
-        self.buf = buf;
-    }
-
-    fn harvest(self) -> (usize, Vec<Keyed>) {
-        let segment = self.segment;
-        let hits = self
-            .heap
-            .into_iter()
-            .map(|Reverse((key, doc))| (key, tantivy::DocAddress::new(segment, doc)))
-            .collect();
-        (self.count, hits)
-    }
-}
-
-/// Sort key (latency as an order-preserving u64, uid), highest first.
-struct SlowestFirst {
-    columns: ColumnCache,
-}
-
-struct SlowestFirstSegment {
-    /// `None` in a segment where no record has a latency.
-    latency: Option<Column<f64>>,
-    uid: Column<u64>,
-}
-
-impl CustomScorer<(u64, u64)> for SlowestFirst {
-    type Child = SlowestFirstSegment;
-    fn segment_scorer(&self, segment: &SegmentReader) -> tantivy::Result<SlowestFirstSegment> {
-        Ok(SlowestFirstSegment {
-            latency: segment.fast_fields().column_opt::<f64>(LATENCY)?,
-            uid: self.columns.get(segment)?.uid.clone(),
-        })
-    }
-}
-
-impl CustomSegmentScorer<(u64, u64)> for SlowestFirstSegment {
-    fn score(&mut self, doc: DocId) -> (u64, u64) {
-        (
-            self.latency
-                .as_ref()
-                .and_then(|c| c.first(doc))
-                .map_or(0, tantivy::f64_to_u64),
-            self.uid.first(doc).unwrap_or(0),
-        )
-    }
-}
-
 /// Position after the last hit of a slowest-first page.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LatencyCursor {
@@ -630,191 +441,10 @@ impl LatencyCursor {
     }
 }
 
-/// Bucket boundaries: a "nice" interval, buckets aligned to multiples of it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BucketLayout {
-    /// Start of the first bucket, micros.
-    pub first: i64,
-    /// Bucket width, micros.
-    pub interval: i64,
-    pub count: usize,
-}
-
-impl BucketLayout {
-    /// Buckets covering `start..=end` (micros).
-    pub fn new(start: i64, end: i64) -> BucketLayout {
-        const NICE_MS: [i64; 22] = [
-            1, 2, 5, 10, 20, 50, 100, 200, 500, 1_000, 2_000, 5_000, 10_000, 15_000, 30_000,
-            60_000, 120_000, 300_000, 600_000, 900_000, 1_800_000, 3_600_000,
-        ];
-        const DAY_MS: i64 = 86_400_000;
-        let span_ms = (end.saturating_sub(start) / 1000).max(1);
-        let wanted = (span_ms + TARGET_BUCKETS - 1) / TARGET_BUCKETS;
-        let interval_ms = NICE_MS
-            .iter()
-            .copied()
-            .chain([3, 6, 12].map(|h| h * 3_600_000))
-            .find(|n| *n >= wanted)
-            .unwrap_or_else(|| ((wanted + DAY_MS - 1) / DAY_MS) * DAY_MS);
-        let interval = interval_ms * 1000;
-        let first = start.div_euclid(interval) * interval;
-        let count = ((end - first) / interval + 1) as usize;
-        BucketLayout {
-            first,
-            interval,
-            count,
-        }
-    }
-
-    pub fn bucket_of(&self, ts: i64) -> Option<usize> {
-        if ts < self.first {
-            return None;
-        }
-        let i = ((ts - self.first) / self.interval) as usize;
-        (i < self.count).then_some(i)
-    }
-
-    pub fn bucket_start(&self, i: usize) -> i64 {
-        self.first + self.interval * i as i64
-    }
-}
-
-struct HistogramCollector {
-    layout: BucketLayout,
-    columns: ColumnCache,
-}
-
-struct HistogramSegment {
-    layout: BucketLayout,
-    ts: Column<tantivy::DateTime>,
-    counts: Vec<u64>,
-    buf: Vec<Option<tantivy::DateTime>>,
-}
-
-impl Collector for HistogramCollector {
-    type Fruit = Vec<u64>;
-    type Child = HistogramSegment;
-
-    fn for_segment(
-        &self,
-        _: SegmentOrdinal,
-        segment: &SegmentReader,
-    ) -> tantivy::Result<HistogramSegment> {
-        Ok(HistogramSegment {
-            layout: self.layout,
-            ts: self.columns.get(segment)?.ts.clone(),
-            counts: vec![0; self.layout.count],
-            buf: Vec::new(),
-        })
-    }
-
-    fn requires_scoring(&self) -> bool {
-        false
-    }
-
-    fn merge_fruits(&self, fruits: Vec<Vec<u64>>) -> tantivy::Result<Vec<u64>> {
-        let mut total = vec![0; self.layout.count];
-        for f in fruits {
-            for (t, c) in total.iter_mut().zip(f) {
-                *t += c;
-            }
-        }
-        Ok(total)
-    }
-}
-
-impl SegmentCollector for HistogramSegment {
-    type Fruit = Vec<u64>;
-
-    fn collect(&mut self, doc: DocId, _: Score) {
-        if let Some(i) = self
-            .ts
-            .first(doc)
-            .and_then(|t| self.layout.bucket_of(t.into_timestamp_micros()))
-        {
-            self.counts[i] += 1;
-        }
-    }
-
-    /// A block of `ts` at once: decoding the bit-packed column per block instead of
-    /// per document is most of a match-all histogram's time.
-    fn collect_block(&mut self, docs: &[DocId]) {
-        let mut buf = std::mem::take(&mut self.buf);
-        crate::columns::ts_block(&self.ts, docs, &mut buf);
-        for t in buf.iter().flatten() {
-            if let Some(i) = self.layout.bucket_of(t.into_timestamp_micros()) {
-                self.counts[i] += 1;
-            }
-        }
-        self.buf = buf;
-    }
-
-    fn harvest(self) -> Vec<u64> {
-        self.counts
-    }
-}
-
-/// Oldest `ts` (micros) among the matches.
-struct MinTs {
-    columns: ColumnCache,
-}
-
-struct MinTsSegment {
-    ts: Column<tantivy::DateTime>,
-    min: Option<i64>,
-}
-
-impl Collector for MinTs {
-    type Fruit = Option<i64>;
-    type Child = MinTsSegment;
-
-    fn for_segment(
-        &self,
-        _: SegmentOrdinal,
-        segment: &SegmentReader,
-    ) -> tantivy::Result<MinTsSegment> {
-        Ok(MinTsSegment {
-            ts: self.columns.get(segment)?.ts.clone(),
-            min: None,
-        })
-    }
-
-    fn requires_scoring(&self) -> bool {
-        false
-    }
-
-    fn merge_fruits(&self, fruits: Vec<Option<i64>>) -> tantivy::Result<Option<i64>> {
-        Ok(fruits.into_iter().flatten().min())
-    }
-}
-
-impl SegmentCollector for MinTsSegment {
-    type Fruit = Option<i64>;
-
-    fn collect(&mut self, doc: DocId, _: Score) {
-        if let Some(t) = self.ts.first(doc) {
-            let t = t.into_timestamp_micros();
-            self.min = Some(self.min.map_or(t, |m| m.min(t)));
-        }
-    }
-
-    fn harvest(self) -> Option<i64> {
-        self.min
-    }
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use proptest::prelude::*;
-
-    #[test]
-    fn fifteen_minutes_gets_about_sixty_buckets() {
-        let end = 1_800_000_000_000_000i64;
-        let l = BucketLayout::new(end - 15 * 60 * 1_000_000, end);
-        assert_eq!(l.interval, 15_000_000);
-        assert!((60..=61).contains(&l.count), "{l:?}");
-    }
+    use crate::columns::ColumnCache;
 
     #[test]
     fn params_default_end_to_now_and_reject_bad_limit() {
@@ -882,42 +512,6 @@ pub(crate) mod tests {
         (index, fields)
     }
 
-    /// `NewestTop` returns what `(Count, TopDocs::custom_score(NewestFirst))` did.
-    #[test]
-    fn newest_top_matches_top_docs() {
-        let (index, fields) = index_of(&[300, 1, 0, 250, 449]);
-        let searcher = index.reader().unwrap().searcher();
-        for q in ["", "error", "odd"] {
-            let query = user_query(&index, &fields, q).unwrap();
-            for k in [0, 1, 7, 100, 2000] {
-                let (count, mut ours) = searcher
-                    .search(
-                        &*query,
-                        &NewestTop {
-                            k,
-                            columns: ColumnCache::default(),
-                        },
-                    )
-                    .unwrap();
-                let (want_count, want) = searcher
-                    .search(
-                        &*query,
-                        &(
-                            Count,
-                            TopDocs::with_limit(k.max(1)).order_by(ByKey::new(NewestFirst {
-                                columns: ColumnCache::default(),
-                            })),
-                        ),
-                    )
-                    .unwrap();
-                assert_eq!(count, want_count, "{q:?}");
-                let want: Vec<_> = want.into_iter().take(k).collect();
-                ours.sort_by_key(|h| Reverse(h.0));
-                assert_eq!(ours, want, "{q:?} k={k}");
-            }
-        }
-    }
-
     /// The segment shortcut of the time range changes no count: ranges inside,
     /// around, across and outside the segments, and open-ended ones.
     #[test]
@@ -961,27 +555,6 @@ pub(crate) mod tests {
                 searcher.search(&*with_term, &Count).unwrap(),
                 searcher.search(&*plain_term, &Count).unwrap()
             );
-        }
-    }
-
-    proptest! {
-        /// Every instant of the range falls in exactly one bucket, and there are
-        /// never more than about 60 buckets.
-        #[test]
-        fn layout_covers_the_range(
-            start in -4_000_000_000_000_000i64..4_000_000_000_000_000i64,
-            span in 0i64..400 * 86_400_000_000,
-            frac in 0.0f64..=1.0,
-        ) {
-            let end = start + span;
-            let l = BucketLayout::new(start, end);
-            prop_assert!(l.count >= 1 && l.count <= TARGET_BUCKETS as usize + 2, "{:?}", l);
-            let t = start + (span as f64 * frac) as i64;
-            let i = l.bucket_of(t.min(end));
-            prop_assert!(i.is_some(), "{:?} t={}", l, t);
-            let i = i.unwrap();
-            prop_assert!(l.bucket_start(i) <= t && t < l.bucket_start(i) + l.interval);
-            prop_assert!(l.bucket_of(start).is_some() && l.bucket_of(end).is_some());
         }
     }
 }

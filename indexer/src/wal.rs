@@ -4,7 +4,11 @@
 //!
 //! The writer thread appends each such request's body as it arrived (still
 //! compressed: no work is spent re-encoding it, and it is the smallest form), fsyncs
-//! once for all the requests it holds, and only then answers them. Every commit
+//! once for all the requests it holds, and only then answers them. The bodies of
+//! native requests answered at the commit are appended too, without an fsync of their
+//! own, so that a replay keeps the order in which requests were admitted (see
+//! [`crate::writer::Ack`]); `_bulk` documents are not logged, they are answered at
+//! the commit. Every commit
 //! stores in its payload the sequence number (LSN) of the last entry it includes; at
 //! start the writer replays the entries above it through the same admission by
 //! (source, offset) as live ingest, so a crash between the answer and the commit

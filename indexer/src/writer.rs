@@ -1,5 +1,5 @@
-//! The write path: one OS thread owns the Tantivy `IndexWriter`, takes ingest requests
-//! from a channel, and group-commits them.
+//! The write path: one OS thread owns the Tantivy `IndexWriter`s (one per day
+//! partition), takes ingest requests from a channel, and group-commits them.
 //!
 //! Whatever is queued when the thread wakes up is added and committed together (and,
 //! when the last commit was less than [`COMMIT_INTERVAL`] ago, whatever arrives until
@@ -16,10 +16,11 @@
 //! is repaired at the next open by replaying the log (see [`crate::wal`]). One busy
 //! source then moves at the index's speed instead of one batch per commit.
 //!
-//! Exactly-once: the [`Checkpoint`] (highest committed offset per source) is written
-//! in the commit payload of every day partition a group touched, with what is needed
-//! to undo a group whose partitions did not all commit (see [`crate::partition`] for
-//! the argument), and read back at open.
+//! Exactly-once: the commit payload of every day partition a group touched is a
+//! [`Payload`]: the [`Checkpoint`]'s offsets (highest committed offset per source)
+//! after the group, with what is needed to undo a group whose partitions did not all
+//! commit (see [`crate::partition`] for the argument) and the write-ahead log position
+//! the commit covers. At open the checkpoint is read back from the newest payload.
 
 use crate::error::{Error, Result};
 use crate::merge::{merges_due, DeferringMergePolicy, Duty, MergeGate, MERGE_WHEN_IDLE, SATURATED};
@@ -62,15 +63,16 @@ fn log_body(records: &[LogRecord]) -> Bytes {
 /// under the request cap in force then, which may have been raised since).
 const REPLAY_MAX_BYTES: usize = 1 << 30;
 
-/// Highest committed offset of every source, as stored in the commit payload.
+/// Highest committed offset of every source: what admission checks records against,
+/// stored as the `offsets` of each commit's [`Payload`].
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Checkpoint {
     pub offsets: BTreeMap<String, u64>,
 }
 
 impl Checkpoint {
-    /// Reads the payload of the last commit; an index that was never committed (or a
-    /// commit without payload) starts empty.
+    /// Reads the `offsets` of a commit payload (the writer itself reads the whole
+    /// [`Payload`]); no payload, or an empty one, is an empty checkpoint.
     pub fn from_payload(payload: Option<&str>) -> Result<Checkpoint> {
         match payload {
             None => Ok(Checkpoint::default()),
@@ -1002,7 +1004,7 @@ impl WriterThread {
         let mut touched: BTreeSet<NaiveDate> = BTreeSet::new();
         let mut added = 0u64;
         for entry in entries {
-            let records = match crate::api::decompress_for_replay(&entry.body, REPLAY_MAX_BYTES)
+            let records = match crate::inflate::decompress_for_replay(&entry.body, REPLAY_MAX_BYTES)
                 .and_then(|ndjson| Ok(protocol::decode_ndjson(&ndjson)?))
             {
                 Ok(r) => r,

@@ -872,7 +872,7 @@ mod tests {
 
     fn decode(path: &Path) -> Vec<LogRecord> {
         let gz = std::fs::read(path).unwrap();
-        let plain = crate::api::gunzip_capped(&gz, 1 << 20).unwrap();
+        let plain = crate::inflate::gunzip_capped(&gz, 1 << 20).unwrap();
         protocol::decode_ndjson(&plain).unwrap()
     }
 

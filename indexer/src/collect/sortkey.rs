@@ -1,6 +1,6 @@
 //! Sorting hits by a key read from fast fields: the small trait pair the indexer's
-//! orders implement (newest first, slowest first, by time and offset), adapted to
-//! Tantivy's `SortKeyComputer`.
+//! orders implement ([`super::order`]: newest first, slowest first, by time and
+//! offset, the Elasticsearch time order), adapted to Tantivy's `SortKeyComputer`.
 //!
 //! Tantivy 0.27 replaced `CustomScorer`/`CustomSegmentScorer` with the more general
 //! `SortKeyComputer` (comparators, score access, lazy thresholds). The orders here

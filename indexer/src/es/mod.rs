@@ -1,0 +1,358 @@
+//! An Elasticsearch-compatible subset, so existing shippers and clients work unchanged:
+//! `POST|PUT /_bulk` and `/{index}/_bulk` (`index`/`create`; gzip when
+//! `Content-Encoding` says so), `GET|POST /_search` and `/{index}/_search` with the
+//! common query DSL (`query_string`, `simple_query_string`, `bool`, `term`, `terms`,
+//! `range`, `match`, `match_phrase`, `exists`, `match_all`, `match_none`), `sort` on
+//! the timestamp, `size`/`from`, `search_after`, `highlight` of the message, and
+//! `date_histogram`, `terms`, `percentiles` and `avg` (plus `min`/`max`/`sum`/
+//! `value_count`) aggregations; `GET|POST /_count` and `/{index}/_count` with the same
+//! queries; `GET /_cat/health` for shippers that probe it.
+//!
+//! Layers: this module holds the routes and handlers (HTTP in, JSON out, errors in
+//! Elasticsearch's shape); [`bulk`] parses bulk bodies and maps documents to and from
+//! ECS; [`dsl`] turns the query DSL into Tantivy queries; [`search`] runs one
+//! `_search` and renders its hits; [`aggs`] computes the aggregations. The collectors
+//! underneath are shared with the native API ([`crate::collect`]).
+//!
+//! Documents are not stored as sent: each is mapped onto a `LogRecord` (ECS names
+//! such as `@timestamp`, `message`, `host.name`, `service.name`, `log.level` and
+//! `trace.id` onto the record's own fields, everything else into `fields`, flattened
+//! to dotted keys) and hits are rendered back in ECS shape. The trade-off: searches
+//! and aggregations are as fast as the native API (the same schema) and a document
+//! indexed through `_bulk` shows up in the UI like any other log, but a client gets
+//! back an ECS rendering of its document, not its exact bytes, and there is one
+//! index: the index name only selects the documents bulk-loaded under that name
+//! (wildcards, `_all` and `sandtrail` mean everything).
+//!
+//! `_id` is honoured for dedup: a document whose `_id` is already indexed is not
+//! indexed again (`create` answers 409 like Elasticsearch, `index` answers 200
+//! `noop`, since logs are immutable here). Documents without `_id` get a generated one.
+
+mod aggs;
+mod bulk;
+mod dsl;
+mod search;
+
+pub use aggs::{DEFAULT_PERCENTS, MAX_BUCKETS};
+pub use bulk::{ecs_source, parse_bulk, record_from_es, BulkItem, ItemError};
+pub use search::{run_search, DEFAULT_SIZE, MAX_WINDOW};
+
+use crate::error::{Error, EsError, Result};
+use crate::guard::Guards;
+use crate::inflate::gunzip_capped;
+use crate::writer::{BulkDoc, BulkOutcome};
+use crate::Indexer;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query as UrlQuery, State};
+use axum::http::HeaderMap;
+use axum::routing::post;
+use axum::{Json, Router};
+use chrono::Utc;
+use dsl::bad;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+/// The Elasticsearch routes; merged next to the native ones by [`crate::router`],
+/// behind the same [`Guards`] but refusing in Elasticsearch's error shape.
+pub(crate) fn router(indexer: Indexer, guards: &Guards) -> Router {
+    use axum::middleware::from_fn_with_state;
+    use protocol::auth::Role;
+    use protocol::http::{gate, limit, Gate};
+    let body_limit = indexer.config().max_body_bytes;
+    let gate_for = |needs| Gate::new(guards.keyring.clone(), needs, es_refuse);
+    let bulk = Router::new()
+        .route(
+            "/_bulk",
+            post(bulk_all)
+                .put(bulk_all)
+                .layer(DefaultBodyLimit::max(body_limit)),
+        )
+        .route(
+            "/{index}/_bulk",
+            post(bulk_index)
+                .put(bulk_index)
+                .layer(DefaultBodyLimit::max(body_limit)),
+        )
+        .route_layer(from_fn_with_state(
+            guards.ingest.with_reject(es_shed),
+            limit,
+        ))
+        .route_layer(from_fn_with_state(gate_for(&[Role::Agent]), gate));
+    let search = Router::new()
+        .route("/_search", post(search_all).get(search_all))
+        .route("/{index}/_search", post(search_index).get(search_index))
+        .route("/_count", post(count_all).get(count_all))
+        .route("/{index}/_count", post(count_index).get(count_index))
+        .route_layer(from_fn_with_state(
+            guards.search.with_reject(es_shed),
+            limit,
+        ))
+        .route_layer(from_fn_with_state(gate_for(&[Role::Read]), gate));
+    // Cluster health tells no log line: any valid token may ask (shippers probe it).
+    let health = Router::new()
+        .route("/_cat/health", axum::routing::get(cat_health))
+        .route_layer(from_fn_with_state(
+            gate_for(&[Role::Read, Role::Agent]),
+            gate,
+        ));
+    bulk.merge(search).merge(health).with_state(indexer)
+}
+
+fn es_refuse(e: protocol::auth::AuthError) -> axum::response::Response {
+    axum::response::IntoResponse::into_response(EsError(Error::from(e)))
+}
+
+fn es_shed(b: protocol::http::Busy) -> axum::response::Response {
+    axum::response::IntoResponse::into_response(EsError(Error::from(b)))
+}
+
+/// What every Elasticsearch handler answers: errors in Elasticsearch's shape.
+type EsResult<T> = std::result::Result<T, EsError>;
+
+async fn bulk_all(
+    State(ix): State<Indexer>,
+    headers: HeaderMap,
+    body: std::result::Result<Bytes, BytesRejection>,
+) -> EsResult<Json<Value>> {
+    Ok(bulk(ix, None, headers, body).await?)
+}
+
+async fn bulk_index(
+    State(ix): State<Indexer>,
+    Path(index): Path<String>,
+    headers: HeaderMap,
+    body: std::result::Result<Bytes, BytesRejection>,
+) -> EsResult<Json<Value>> {
+    Ok(bulk(ix, Some(index), headers, body).await?)
+}
+
+async fn bulk(
+    ix: Indexer,
+    index: Option<String>,
+    headers: HeaderMap,
+    body: std::result::Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>> {
+    let started = Instant::now();
+    let max = ix.config().max_body_bytes;
+    let body = body.map_err(|rejection| {
+        if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+            Error::BodyTooLarge { limit: max }
+        } else {
+            Error::BadBody(rejection.body_text())
+        }
+    })?;
+    let gzipped = headers
+        .get("content-encoding")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("gzip"));
+    let factor = if gzipped { 5 } else { 2 };
+    let _room = ix.reserve(body.len().saturating_mul(factor).min(max.saturating_mul(2)))?;
+    let items = tokio::task::spawn_blocking(move || {
+        let plain = if gzipped {
+            gunzip_capped(&body, max)?
+        } else {
+            body.to_vec()
+        };
+        parse_bulk(&plain, index.as_deref())
+    })
+    .await
+    .map_err(|e| Error::Internal(format!("bulk decode task failed: {e}")))??;
+
+    let docs: Vec<BulkDoc> = items
+        .iter()
+        .filter_map(|it| {
+            it.doc.as_ref().ok().map(|rec| BulkDoc {
+                record: rec.clone(),
+                id: Some(it.id.clone()),
+            })
+        })
+        .collect();
+    let mut outcomes = ix.bulk(docs).await?.into_iter();
+    let mut errors = false;
+    let rendered: Vec<Value> = items
+        .into_iter()
+        .map(|it| {
+            let mut r = json!({ "_index": it.index, "_id": it.id });
+            let (status, extra) = match it.doc {
+                Err(e) => (
+                    e.status,
+                    json!({ "error": { "type": e.kind, "reason": e.reason } }),
+                ),
+                Ok(_) => match outcomes.next() {
+                    Some(BulkOutcome::Created) => {
+                        (201, json!({ "result": "created", "_version": 1 }))
+                    }
+                    Some(BulkOutcome::Duplicate) if it.action == "create" => (
+                        409,
+                        json!({ "error": {
+                            "type": "version_conflict_engine_exception",
+                            "reason": format!("[{}]: document already exists", it.id),
+                        }}),
+                    ),
+                    Some(BulkOutcome::Duplicate) => {
+                        (200, json!({ "result": "noop", "_version": 1 }))
+                    }
+                    None => (
+                        500,
+                        json!({ "error": { "type": "internal", "reason": "missing outcome" } }),
+                    ),
+                },
+            };
+            errors |= status >= 300;
+            if let (Value::Object(r), Value::Object(extra)) = (&mut r, extra) {
+                r.extend(extra);
+                r.insert("status".into(), json!(status));
+                r.insert(
+                    "_shards".into(),
+                    json!({ "total": 1, "successful": u8::from(status < 300), "failed": 0 }),
+                );
+            }
+            json!({ it.action: r })
+        })
+        .collect();
+    Ok(Json(json!({
+        "took": started.elapsed().as_millis() as u64,
+        "errors": errors,
+        "items": rendered,
+    })))
+}
+
+/// `GET /_cat/health`: what shippers such as rsyslog's omelasticsearch probe before
+/// sending. One node, always green while it answers.
+async fn cat_health(
+    UrlQuery(params): UrlQuery<BTreeMap<String, String>>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let epoch = Utc::now().timestamp();
+    if params.get("format").map(String::as_str) == Some("json") {
+        return Json(json!([{
+            "epoch": epoch.to_string(), "cluster": "sandtrail", "status": "green",
+            "node.total": "1", "node.data": "1", "shards": "1", "pri": "1",
+        }]))
+        .into_response();
+    }
+    format!(
+        "{epoch} {} sandtrail green 1 1 1 1 0 0 0 0 - 100.0%\n",
+        Utc::now().format("%H:%M:%S")
+    )
+    .into_response()
+}
+
+/// URI parameters of `_search` and `_count`.
+#[derive(Debug, Default, Deserialize)]
+pub struct UriParams {
+    pub q: Option<String>,
+    pub size: Option<String>,
+    pub from: Option<String>,
+}
+
+type Params = std::result::Result<UrlQuery<UriParams>, QueryRejection>;
+type Body = std::result::Result<Bytes, BytesRejection>;
+
+async fn search_all(
+    State(ix): State<Indexer>,
+    params: Params,
+    body: Body,
+) -> EsResult<Json<Value>> {
+    Ok(es_search(ix, "_all".into(), params, body).await?)
+}
+
+async fn search_index(
+    State(ix): State<Indexer>,
+    Path(index): Path<String>,
+    params: Params,
+    body: Body,
+) -> EsResult<Json<Value>> {
+    Ok(es_search(ix, index, params, body).await?)
+}
+
+async fn count_all(State(ix): State<Indexer>, params: Params, body: Body) -> EsResult<Json<Value>> {
+    Ok(es_count(ix, "_all".into(), params, body).await?)
+}
+
+async fn count_index(
+    State(ix): State<Indexer>,
+    Path(index): Path<String>,
+    params: Params,
+    body: Body,
+) -> EsResult<Json<Value>> {
+    Ok(es_count(ix, index, params, body).await?)
+}
+
+/// `_count`: the total of a search, for clients that ask for nothing else
+/// (opensearch-py's `count`, scripts checking how much arrived).
+async fn es_count(ix: Indexer, index: String, params: Params, body: Body) -> Result<Json<Value>> {
+    let (params, mut request) = search_request(params, body)?;
+    if let Some(name) = [("size", &params.size), ("from", &params.from)]
+        .iter()
+        .find_map(|(name, v)| v.is_some().then_some(*name))
+    {
+        return Err(bad(format!("_count takes no {name}")));
+    }
+    let obj = request
+        .as_object_mut()
+        .ok_or_else(|| Error::BadBody("count body must be a JSON object".into()))?;
+    if let Some(key) = obj.keys().find(|k| *k != "query") {
+        return Err(bad(format!("_count takes only a query, not {key:?}")));
+    }
+    obj.insert("size".into(), json!(0));
+    let resp = ix
+        .with_view(move |view| run_search(view, &index, &request))
+        .await?;
+    Ok(Json(json!({
+        "count": resp.pointer("/hits/total/value").cloned().unwrap_or(json!(0)),
+        "_shards": { "total": 1, "successful": 1, "skipped": 0, "failed": 0 },
+    })))
+}
+
+/// The URL parameters and the JSON body of a `_search` or `_count`, with `?q=`
+/// already turned into the body's query.
+fn search_request(params: Params, body: Body) -> Result<(UriParams, Value)> {
+    let UrlQuery(params) = params.map_err(|r| Error::BadParam {
+        name: "query string",
+        value: r.body_text(),
+        expected: "q, size and from".into(),
+    })?;
+    let body = body.map_err(|r| Error::BadBody(r.body_text()))?;
+    let mut request: Value = if body.iter().all(u8::is_ascii_whitespace) {
+        json!({})
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| Error::BadBody(format!("search body is not JSON: {e}")))?
+    };
+    if let Some(obj) = request.as_object_mut() {
+        if let Some(q) = params.q.as_ref().filter(|q| !q.is_empty()) {
+            obj.insert("query".into(), json!({ "query_string": { "query": q } }));
+        }
+    }
+    Ok((params, request))
+}
+
+async fn es_search(ix: Indexer, index: String, params: Params, body: Body) -> Result<Json<Value>> {
+    let started = Instant::now();
+    let (params, mut request) = search_request(params, body)?;
+    if let Some(obj) = request.as_object_mut() {
+        for (name, v) in [("size", params.size), ("from", params.from)] {
+            if let Some(v) = v {
+                let n: u64 = v.parse().map_err(|_| Error::BadParam {
+                    name: if name == "size" { "size" } else { "from" },
+                    value: v.clone(),
+                    expected: "a non-negative integer".into(),
+                })?;
+                obj.insert(name.into(), json!(n));
+            }
+        }
+    } else {
+        return Err(Error::BadBody("search body must be a JSON object".into()));
+    }
+    let mut resp = ix
+        .with_view(move |view| run_search(view, &index, &request))
+        .await?;
+    if let Value::Object(o) = &mut resp {
+        o.insert("took".into(), json!(started.elapsed().as_millis() as u64));
+    }
+    Ok(Json(resp))
+}
