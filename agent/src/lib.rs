@@ -35,7 +35,7 @@
 //! files apart, [`tail`] reads them into lines, [`multiline`] joins stack traces,
 //! [`parse`] turns lines into records, [`budget`] decides what a full disk budget
 //! drops, [`ship`] batches and delivers, [`checkpoint`] remembers what was delivered;
-//! [`bench`](mod@bench) measures it (`sandtrail bench ship`).
+//! The `bench` module (feature `bench`) measures it (`sandtrail bench ship`).
 
 pub mod bench;
 pub mod budget;
