@@ -1137,7 +1137,7 @@ async fn a_node_starts_a_placed_task_without_waiting_for_its_heartbeat() {
     use scheduler::node::{Node, NodeConfig};
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("scheduler")).await;
-    let mut cfg = NodeConfig::new("node-1", &dir.path().join("node"), &server.base);
+    let mut cfg = NodeConfig::new("node-1", dir.path().join("node"), &server.base);
     cfg.heartbeat_interval = Duration::from_secs(60);
     cfg.token = Some(TOKEN.into());
     cfg.kill_grace = Duration::from_secs(2);
