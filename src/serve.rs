@@ -467,7 +467,7 @@ pub async fn up(settings: UpSettings, cfg: Config) -> anyhow::Result<()> {
         m
     };
     let app = with_ops(
-        indexer::router(indexer.clone())
+        indexer::router_beside_ui(indexer.clone())
             .merge(scheduler::router(sched.clone()))
             .merge(web.router()),
         metrics,

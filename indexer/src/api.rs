@@ -43,7 +43,21 @@ pub const TAIL_KEEP_ALIVE: Duration = Duration::from_secs(15);
 
 /// The indexer's routes (without `/healthz` and `/metrics`, which the binary adds).
 /// Ingest needs the `agent` role, everything else `read`; see [`Guards`].
+///
+/// The Elasticsearch API answers at the root (with `GET /` for its info) and under
+/// [`crate::es::PREFIX`]; see [`router_beside_ui`] for a port shared with the UI.
 pub fn router(indexer: Indexer) -> Router {
+    routes(indexer, crate::es::Root::Served)
+}
+
+/// [`router`] for a port whose `GET /` is the UI's (`sandtrail up`): the
+/// Elasticsearch info is at [`crate::es::PREFIX`] only, so `http://host:port/es` is
+/// the base URL for Elasticsearch clients there.
+pub fn router_beside_ui(indexer: Indexer) -> Router {
+    routes(indexer, crate::es::Root::Left)
+}
+
+fn routes(indexer: Indexer, es_root: crate::es::Root) -> Router {
     let guards = Guards::new(indexer.config());
     // The compressed body may not be larger than the inflated cap either.
     let body_limit = indexer.config().max_body_bytes;
@@ -70,7 +84,7 @@ pub fn router(indexer: Indexer) -> Router {
         .merge(search)
         .merge(tail)
         .with_state(indexer.clone())
-        .merge(crate::es::router(indexer, &guards))
+        .merge(crate::es::router(indexer, &guards, es_root))
 }
 
 /// `POST /api/v1/ingest` parameters.

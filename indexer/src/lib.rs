@@ -51,7 +51,7 @@ pub mod writer;
 pub use analytics::{
     ContextRequest, ContextResponse, FieldsResponse, GroupBy, LatencyResponse, Scope,
 };
-pub use api::router;
+pub use api::{router, router_beside_ui};
 pub use config::{parse_retention, IndexerConfig, DEFAULT_SEARCH_TIMEOUT};
 pub use error::{Error, Result};
 pub use search::{HistogramRequest, SearchParams, SearchRequest, Sort};

@@ -595,3 +595,151 @@ async fn bulk_and_search_span_day_partitions() -> Result<()> {
     s.indexer.shutdown().await;
     Ok(())
 }
+
+/// Issue 17: elasticsearch-py 8 got a 404 from `GET /` and refused every answer
+/// without `X-Elastic-Product: Elasticsearch`; shippers ask `GET /` and their setup
+/// calls before they send anything.
+#[tokio::test]
+async fn clients_find_an_elasticsearch_at_the_root_and_under_the_prefix() -> Result<()> {
+    let s = Server::start(Some("s3cret")).await?;
+    for base in [
+        s.base.clone(),
+        format!("{}/es", s.base),
+        format!("{}/es/", s.base),
+    ] {
+        let resp = s.http.get(&base).bearer_auth("s3cret").send().await?;
+        assert_eq!(resp.status(), StatusCode::OK, "{base}");
+        assert_eq!(resp.headers()["x-elastic-product"], "Elasticsearch");
+        let v: Value = resp.json().await?;
+        assert!(
+            v["version"]["number"].as_str().unwrap().starts_with("8."),
+            "{v}"
+        );
+        assert_eq!(v["version"]["build_flavor"], "default");
+        assert_eq!(v["tagline"], "You Know, for Search");
+        for key in ["name", "cluster_name", "cluster_uuid"] {
+            assert!(v[key].is_string(), "{key}: {v}");
+        }
+        let head = s.http.head(&base).bearer_auth("s3cret").send().await?;
+        assert_eq!(head.status(), StatusCode::OK, "HEAD {base}");
+    }
+    // Closed by default, like the rest of the API, and the refusal is still
+    // Elasticsearch's (the clients read the header on every answer).
+    let resp = s.http.get(&s.base).send().await?;
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(resp.headers()["x-elastic-product"], "Elasticsearch");
+    Ok(())
+}
+
+#[tokio::test]
+async fn every_elasticsearch_answer_carries_the_product_header() -> Result<()> {
+    let s = Server::start(Some("s3cret")).await?;
+    let (status, _) = s
+        .bulk("/logs/_bulk", &[json!({ "index": {} }), doc(1)])
+        .await?;
+    assert_eq!(status, StatusCode::OK);
+    for prefix in ["", "/es"] {
+        let cases = [
+            (
+                s.http
+                    .post(format!("{}{prefix}/_search", s.base))
+                    .json(&json!({})),
+                200,
+            ),
+            (s.http.get(format!("{}{prefix}/logs/_count", s.base)), 200),
+            // A bad query (the refused token follows).
+            (
+                s.http
+                    .post(format!("{}{prefix}/_search", s.base))
+                    .json(&json!({ "query": { "nope": {} } })),
+                400,
+            ),
+        ];
+        for (req, want) in cases {
+            let resp = req.basic_auth("elastic", Some("s3cret")).send().await?;
+            assert_eq!(resp.status().as_u16(), want, "{prefix}");
+            assert_eq!(resp.headers()["x-elastic-product"], "Elasticsearch");
+        }
+        let resp = s
+            .http
+            .post(format!("{}{prefix}/_bulk", s.base))
+            .bearer_auth("wrong")
+            .body("{}\n")
+            .send()
+            .await?;
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(resp.headers()["x-elastic-product"], "Elasticsearch");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn shipper_startup_calls_are_answered_or_accepted() -> Result<()> {
+    let s = Server::start(Some("s3cret")).await?;
+    let get = |path: &str| {
+        s.http
+            .get(format!("{}{path}", s.base))
+            .bearer_auth("s3cret")
+            .send()
+    };
+    let v: Value = get("/_license?human=false").await?.json().await?;
+    assert_eq!(v["license"]["status"], "active", "{v}");
+    assert_eq!(v["license"]["type"], "basic", "{v}");
+    let v: Value = get("/_xpack?human=false").await?.json().await?;
+    assert_eq!(v["license"]["mode"], "basic", "{v}");
+    assert_eq!(v["features"]["ilm"]["available"], true, "{v}");
+    for path in [
+        "/_nodes",
+        "/_nodes/http",
+        "/_nodes/_all/http",
+        "/es/_nodes/http",
+    ] {
+        let v: Value = get(path).await?.json().await?;
+        let nodes = v["nodes"].as_object().unwrap();
+        assert_eq!(nodes.len(), 1, "{path}: {v}");
+        let node = nodes.values().next().unwrap();
+        let addr = s.base.trim_start_matches("http://");
+        assert_eq!(node["http"]["publish_address"], addr, "{v}");
+        assert!(node["version"].as_str().unwrap().starts_with("8."));
+    }
+    let resp = get("/_cluster/health").await?;
+    assert_eq!(resp.headers()["x-elastic-product"], "Elasticsearch");
+    let v: Value = resp.json().await?;
+    assert_eq!(v["status"], "green", "{v}");
+    assert_eq!(v["number_of_nodes"], 1);
+
+    // Setup calls: a PUT is acknowledged, a read finds nothing (nothing is kept).
+    for api in [
+        "_index_template/filebeat-8.15.0",
+        "_component_template/logs-settings",
+        "_ilm/policy/filebeat",
+        "_data_stream/logs-app-default",
+        "_template/logstash",
+        "_ingest/pipeline/filebeat-nginx",
+    ] {
+        for prefix in ["", "/es"] {
+            let url = format!("{}{prefix}/{api}", s.base);
+            let head = s.http.head(&url).bearer_auth("s3cret").send().await?;
+            assert_eq!(head.status(), StatusCode::NOT_FOUND, "HEAD {url}");
+            assert_eq!(head.headers()["x-elastic-product"], "Elasticsearch");
+            let put = s
+                .http
+                .put(&url)
+                .bearer_auth("s3cret")
+                .json(&json!({ "index_patterns": ["x-*"] }))
+                .send()
+                .await?;
+            assert_eq!(put.status(), StatusCode::OK, "PUT {url}");
+            let v: Value = put.json().await?;
+            assert_eq!(v["acknowledged"], true, "{url}: {v}");
+            let got = s.http.get(&url).bearer_auth("s3cret").send().await?;
+            assert_eq!(got.status(), StatusCode::NOT_FOUND, "GET {url}");
+            let v: Value = got.json().await?;
+            assert_eq!(v["status"], 404, "{v}");
+        }
+    }
+    // Closed by default like the rest of the API.
+    let resp = s.http.get(format!("{}/_license", s.base)).send().await?;
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    Ok(())
+}

@@ -6,7 +6,12 @@
 //! the timestamp, `size`/`from`, `search_after`, `highlight` of the message, and
 //! `date_histogram`, `terms`, `percentiles` and `avg` (plus `min`/`max`/`sum`/
 //! `value_count`) aggregations; `GET|POST /_count` and `/{index}/_count` with the same
-//! queries; `GET /_cat/health` for shippers that probe it.
+//! queries; `GET /_cat/health` for shippers that probe it; and what clients and
+//! shippers ask when they start ([`cluster`]: `GET /`, licence, xpack, nodes,
+//! cluster health, and the template, ILM, pipeline and data stream calls, accepted
+//! and ignored). Every answer carries `X-Elastic-Product: Elasticsearch`, and the
+//! whole API also answers under [`PREFIX`] (`/es`), the base URL for clients when
+//! the port's `/` is the UI's (`sandtrail up`).
 //!
 //! Layers: this module holds the routes and handlers (HTTP in, JSON out, errors in
 //! Elasticsearch's shape); [`bulk`] parses bulk bodies and maps documents to and from
@@ -30,6 +35,7 @@
 
 mod aggs;
 mod bulk;
+pub mod cluster;
 mod dsl;
 mod search;
 
@@ -45,7 +51,7 @@ use crate::Indexer;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query as UrlQuery, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, Method};
 use axum::routing::post;
 use axum::{Json, Router};
 use chrono::Utc;
@@ -55,23 +61,52 @@ use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::time::Instant;
 
+/// Where the Elasticsearch API answers: at the root, with or without `GET /` (which
+/// is the UI's page when the indexer shares its port with the UI), and under
+/// [`PREFIX`], which clients and shippers accept as part of their base URL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Root {
+    /// `GET /` is the Elasticsearch info: the indexer has its port to itself.
+    Served,
+    /// `GET /` belongs to someone else (the UI under `sandtrail up`); the info is
+    /// at [`PREFIX`] only.
+    Left,
+}
+
+/// The base path under which the whole Elasticsearch API answers, `GET /` included,
+/// whatever else shares the port: `http://host:port/es` is a base URL for every
+/// Elasticsearch client and shipper.
+pub const PREFIX: &str = "/es";
+
 /// The Elasticsearch routes; merged next to the native ones by [`crate::router`],
-/// behind the same [`Guards`] but refusing in Elasticsearch's error shape.
-pub(crate) fn router(indexer: Indexer, guards: &Guards) -> Router {
+/// behind the same [`Guards`] but refusing in Elasticsearch's error shape, and
+/// every answer (refusals too) carrying `X-Elastic-Product`.
+pub(crate) fn router(indexer: Indexer, guards: &Guards, root: Root) -> Router {
+    routes(&indexer, guards, "", root == Root::Served)
+        .merge(routes(&indexer, guards, PREFIX, true))
+        .layer(axum::middleware::map_response(cluster::product_header))
+        .with_state(indexer)
+}
+
+/// The routes under `base` (`""` or [`PREFIX`]); `root` adds `GET`/`HEAD` of `base`
+/// itself.
+fn routes(indexer: &Indexer, guards: &Guards, base: &str, root: bool) -> Router<Indexer> {
     use axum::middleware::from_fn_with_state;
+    use axum::routing::{any, get};
     use protocol::auth::Role;
     use protocol::http::{gate, limit, Gate};
     let body_limit = indexer.config().max_body_bytes;
     let gate_for = |needs| Gate::new(guards.keyring.clone(), needs, es_refuse);
+    let p = |path: &str| format!("{base}{path}");
     let bulk = Router::new()
         .route(
-            "/_bulk",
+            &p("/_bulk"),
             post(bulk_all)
                 .put(bulk_all)
                 .layer(DefaultBodyLimit::max(body_limit)),
         )
         .route(
-            "/{index}/_bulk",
+            &p("/{index}/_bulk"),
             post(bulk_index)
                 .put(bulk_index)
                 .layer(DefaultBodyLimit::max(body_limit)),
@@ -82,23 +117,47 @@ pub(crate) fn router(indexer: Indexer, guards: &Guards) -> Router {
         ))
         .route_layer(from_fn_with_state(gate_for(&[Role::Agent]), gate));
     let search = Router::new()
-        .route("/_search", post(search_all).get(search_all))
-        .route("/{index}/_search", post(search_index).get(search_index))
-        .route("/_count", post(count_all).get(count_all))
-        .route("/{index}/_count", post(count_index).get(count_index))
+        .route(&p("/_search"), post(search_all).get(search_all))
+        .route(&p("/{index}/_search"), post(search_index).get(search_index))
+        .route(&p("/_count"), post(count_all).get(count_all))
+        .route(&p("/{index}/_count"), post(count_index).get(count_index))
         .route_layer(from_fn_with_state(
             guards.search.with_reject(es_shed),
             limit,
         ))
         .route_layer(from_fn_with_state(gate_for(&[Role::Read]), gate));
-    // Cluster health tells no log line: any valid token may ask (shippers probe it).
-    let health = Router::new()
-        .route("/_cat/health", axum::routing::get(cat_health))
-        .route_layer(from_fn_with_state(
-            gate_for(&[Role::Read, Role::Agent]),
-            gate,
-        ));
-    bulk.merge(search).merge(health).with_state(indexer)
+    // What a client or shipper asks when it starts tells no log line: any valid
+    // token may ask, the agent's as well as a reader's.
+    let mut startup = Router::new()
+        .route(&p("/_cat/health"), get(cat_health))
+        .route(&p("/_license"), get(cluster::license))
+        .route(&p("/_xpack"), get(cluster::xpack))
+        .route(&p("/_nodes"), get(cluster::nodes))
+        .route(&p("/_nodes/{*rest}"), get(cluster::nodes))
+        .route(&p("/_cluster/health"), get(cluster::cluster_health))
+        .route(&p("/_cluster/health/{index}"), get(cluster::cluster_health));
+    for api in cluster::IGNORED {
+        startup = startup.route(
+            &p(&format!("/{api}/{{name}}")),
+            any(move |method: Method, Path(name): Path<String>| async move {
+                cluster::ignore(api, method, name)
+            }),
+        );
+    }
+    if root {
+        let info = get(cluster::info).head(cluster::ping);
+        startup = if base.is_empty() {
+            startup.route("/", info)
+        } else {
+            // `http://host/es` and `http://host/es/` are both a client's base URL.
+            startup.route(base, info.clone()).route(&p("/"), info)
+        };
+    }
+    let startup = startup.route_layer(from_fn_with_state(
+        gate_for(&[Role::Read, Role::Agent]),
+        gate,
+    ));
+    bulk.merge(search).merge(startup)
 }
 
 fn es_refuse(e: protocol::auth::AuthError) -> axum::response::Response {
