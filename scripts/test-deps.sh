@@ -23,6 +23,7 @@ fi
 
 pips=()
 python3 -c 'import opensearchpy' 2>/dev/null || pips+=("opensearch-py==3.2.0")
+python3 -c 'import sys, elasticsearch; sys.exit(elasticsearch.__version__[0] != 8)' 2>/dev/null || pips+=("elasticsearch==8.19.0")
 python3 -c 'import marathon' 2>/dev/null || pips+=("marathon==0.13.0")
 python3 -c 'import selenium' 2>/dev/null || pips+=("selenium==4.51.0")
 if [ ${#pips[@]} -gt 0 ]; then

@@ -22,6 +22,9 @@ cargo test --workspace --locked --no-fail-fast 2>&1 | tee target/test-output.txt
 echo "== Elasticsearch clients (opensearch-py)"
 cargo build --locked --bin sandtrail
 python3 tests/python/test_es_clients.py
+# The official client, which refuses anything that is not an Elasticsearch 8 (issue 17).
+echo "== Elasticsearch clients (elasticsearch-py)"
+python3 tests/python/test_es_py.py
 echo "== Elasticsearch clients (rsyslog omelasticsearch)"
 python3 tests/python/test_rsyslog.py
 
