@@ -511,6 +511,7 @@ pub async fn up(settings: UpSettings, cfg: Config) -> anyhow::Result<()> {
     println!("  apps:      {url}/apps");
     println!("  router:    {router_url}   (apps call apps at /<app>/...)");
     println!("  APIs:      {url}/api/v1/search  {url}/v2/apps");
+    println!("  elasticsearch: {url}/es   (base URL for Elasticsearch clients and shippers)");
     println!(
         "  tokens:    {} (admin), {}.read, .deploy, .agent",
         tokens::path(&dir, Role::Admin).display(),

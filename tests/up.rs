@@ -323,3 +323,43 @@ async fn up_serves_search_tail_and_trace_end_to_end() -> anyhow::Result<()> {
     up.proc.stop()?;
     Ok(())
 }
+
+/// Issue 17: under `up` the port's `/` is the UI, so Elasticsearch clients could not
+/// find the API; `<url>/es` is their base URL, `GET` of it included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_gives_elasticsearch_clients_a_base_url_beside_the_ui() -> anyhow::Result<()> {
+    let up = Up::start()?;
+    let http = client_with_token(&up.token)?;
+    let ui = http.get(format!("{}/", up.web)).send().await?;
+    assert!(ui.headers()["content-type"]
+        .to_str()?
+        .starts_with("text/html"));
+    let es = format!("{}/es", up.web);
+    let info = http.get(&es).send().await?;
+    assert_eq!(info.headers()["x-elastic-product"], "Elasticsearch");
+    let info: serde_json::Value = info.json().await?;
+    assert!(
+        info["version"]["number"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("8."),
+        "{info}"
+    );
+    let bulk = http
+        .post(format!("{es}/_bulk?refresh=wait_for"))
+        .header("content-type", "application/x-ndjson")
+        .body("{\"index\":{\"_index\":\"esup\"}}\n{\"message\":\"hello via /es\"}\n")
+        .send()
+        .await?;
+    assert_eq!(bulk.headers()["x-elastic-product"], "Elasticsearch");
+    let bulk: serde_json::Value = bulk.json().await?;
+    assert_eq!(bulk["errors"], false, "{bulk}");
+    let count: serde_json::Value = http
+        .get(format!("{es}/esup/_count"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(count["count"], 1, "{count}");
+    Ok(())
+}
