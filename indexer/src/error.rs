@@ -33,6 +33,10 @@ pub enum Error {
         value: String,
         expected: String,
     },
+    /// An Elasticsearch setup object (template, policy, pipeline, data stream) that is
+    /// asked for: none is kept, since their setup calls are accepted and ignored.
+    #[error("{api} [{name}] not found: setup calls are accepted and ignored, so none is kept")]
+    NotKept { api: &'static str, name: String },
     #[error("the indexer is overloaded: {reason}; retry later")]
     Overloaded { reason: String },
     #[error("the search was stopped at its time budget of {budget_ms} ms (indexer.search_timeout_ms); narrow the time range or the query")]
@@ -84,6 +88,7 @@ impl Error {
             | Error::BadQuery { .. }
             | Error::BadParam { .. } => StatusCode::BAD_REQUEST,
             Error::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::NotKept { .. } => StatusCode::NOT_FOUND,
             Error::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
             Error::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             // Not 503: a retry of the same search would only time out again.
@@ -106,6 +111,11 @@ impl Error {
             | Error::BadParam { .. }
             | Error::BodyTooLarge { .. } => "illegal_argument_exception",
             Error::Protocol(_) => "parsing_exception",
+            Error::NotKept {
+                api: "_data_stream",
+                ..
+            } => "index_not_found_exception",
+            Error::NotKept { .. } => "resource_not_found_exception",
             Error::Overloaded { .. } => "es_rejected_execution_exception",
             Error::ShuttingDown => "node_closed_exception",
             Error::SearchTimeout { .. } => "search_phase_execution_exception",
@@ -228,6 +238,22 @@ mod tests {
                 "parsing_exception",
             ),
             (Error::BadBody("not JSON".into()), 400, "parsing_exception"),
+            (
+                Error::NotKept {
+                    api: "_ilm/policy",
+                    name: "logs".into(),
+                },
+                404,
+                "resource_not_found_exception",
+            ),
+            (
+                Error::NotKept {
+                    api: "_data_stream",
+                    name: "logs-app".into(),
+                },
+                404,
+                "index_not_found_exception",
+            ),
             (
                 Error::BadParam {
                     name: "size",

@@ -201,26 +201,7 @@ pub fn ignore(api: &'static str, method: Method, name: String) -> Response {
     if method == Method::HEAD {
         return StatusCode::NOT_FOUND.into_response();
     }
-    let reason = format!(
-        "{api} [{name}] not found: sandtrail keeps none (setup calls are accepted and ignored)"
-    );
-    let kind = if api == "_data_stream" {
-        "index_not_found_exception"
-    } else {
-        "resource_not_found_exception"
-    };
-    (
-        StatusCode::NOT_FOUND,
-        Json(json!({
-            "error": {
-                "root_cause": [{ "type": kind, "reason": reason }],
-                "type": kind,
-                "reason": reason,
-            },
-            "status": 404,
-        })),
-    )
-        .into_response()
+    crate::error::EsError(crate::Error::NotKept { api, name }).into_response()
 }
 
 #[cfg(test)]
