@@ -175,13 +175,17 @@ pub const IGNORED: &[&str] = &[
     "_data_stream",
 ];
 
+/// How many ignored names are remembered for logging once: names come from clients,
+/// so the set is capped; past it nothing more is logged.
+const MAX_REMEMBERED: usize = 1024;
+
 /// Whether `(api, name)` is ignored here for the first time in this process: what
 /// is ignored is logged once, not on every shipper restart.
 fn first_time(api: &str, name: &str) -> bool {
     static SEEN: OnceLock<Mutex<HashSet<String>>> = OnceLock::new();
     let seen = SEEN.get_or_init(Default::default);
     let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
-    seen.insert(format!("{api}/{name}"))
+    seen.len() < MAX_REMEMBERED && seen.insert(format!("{api}/{name}"))
 }
 
 /// A setup call (`PUT`, `POST`, `GET`, `HEAD`, `DELETE` of a template, policy,
