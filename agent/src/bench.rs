@@ -496,7 +496,7 @@ struct SinkCounts {
 }
 
 /// The sink process: pins itself to `SANDTRAIL_BENCH_SINK_CORE`, listens on
-/// 127.0.0.1:0, prints `listening URL`, accepts `POST /api/v1/ingest` (gzip or zstd NDJSON),
+/// 127.0.0.1:0, prints `listening URL`, accepts `POST /api/v1/ingest` (gzip, zstd or plain NDJSON),
 /// counts records, and on EOF of stdin prints `totals RECORDS BATCHES` and returns.
 pub fn sink_main() -> Result<()> {
     use axum::extract::{DefaultBodyLimit, State};

@@ -30,6 +30,7 @@ use crate::fingerprint::FileId;
 use protocol::{Stream, TaskFile, TaskMeta};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 use tokio::sync::mpsc;
@@ -375,20 +376,39 @@ pub struct Wake {
     pub rescan: bool,
 }
 
+/// The receiving end of [`watch`]: wake-ups, and a rescan request that survives a
+/// full channel (a wake-up dropped because one is pending must not take its rescan
+/// with it: the pending one may not carry it).
+#[derive(Debug)]
+pub struct Wakes {
+    rx: mpsc::Receiver<Wake>,
+    rescan: Arc<AtomicBool>,
+}
+
+impl Wakes {
+    /// The next batch of file events: `Some(rescan)` (whether any of them can mean
+    /// files appeared or went), `None` once the watcher is gone.
+    pub async fn next(&mut self) -> Option<bool> {
+        self.rx.recv().await?;
+        // Coalesce the burst that is already queued.
+        while self.rx.try_recv().is_ok() {}
+        Some(self.rescan.swap(false, Ordering::Relaxed))
+    }
+}
+
 /// Watches `work_dir` recursively and forwards wake-ups over a bounded channel.
 /// Events under `ignore` (the shipper's own state dir) and our own reads are
 /// filtered out, so writing a checkpoint does not wake the loop. When the channel
 /// is full a wake-up is already pending, so the event is dropped rather than
 /// blocking the watcher thread. `None` when the watcher cannot be set up (the
 /// periodic rescan still works).
-pub fn watch(
-    work_dir: &Path,
-    ignore: PathBuf,
-) -> Option<(notify::RecommendedWatcher, mpsc::Receiver<Wake>)> {
+pub fn watch(work_dir: &Path, ignore: PathBuf) -> Option<(notify::RecommendedWatcher, Wakes)> {
     use notify::event::{AccessKind, AccessMode, EventKind};
     use notify::{RecursiveMode, Watcher};
 
     let (tx, rx) = mpsc::channel(64);
+    let rescan = Arc::new(AtomicBool::new(false));
+    let flag = rescan.clone();
     let handler = move |res: notify::Result<notify::Event>| {
         let wake = match res {
             Ok(ev) => {
@@ -407,6 +427,9 @@ pub fn watch(
             // Lost events (overflow): rescan to be safe.
             Err(_) => Wake { rescan: true },
         };
+        if wake.rescan {
+            flag.store(true, Ordering::Relaxed);
+        }
         let _ = tx.try_send(wake);
     };
     let mut watcher = match notify::recommended_watcher(handler) {
@@ -420,7 +443,7 @@ pub fn watch(
         warn!(work_dir = %work_dir.display(), error = %e, "cannot watch work dir, relying on the periodic rescan");
         return None;
     }
-    Some((watcher, rx))
+    Some((watcher, Wakes { rx, rescan }))
 }
 
 #[cfg(test)]

@@ -1,8 +1,8 @@
 //! The per-host shipper: follows every task sandbox's `stdout`/`stderr` (and their
 //! rotations `stdout.1`, `stdout.2`, ...) and the router's access log under a node's
 //! work dir, turns each line into a [`protocol::LogRecord`] tagged with host, app,
-//! task and instance, and delivers the records to the indexer in compressed NDJSON
-//! batches (zstd by default, gzip on request).
+//! task and instance, and delivers the records to the indexer in NDJSON batches
+//! (plain to an indexer on the same host, zstd to any other, gzip on request).
 //!
 //! Delivery is at-least-once with checkpoints that advance only after the indexer
 //! acknowledged a batch as durable (in its fsynced write-ahead log, see [`ship`]); the
@@ -53,7 +53,7 @@ pub mod tail;
 pub use error::{Error, Result};
 
 use checkpoint::Checkpoints;
-use discover::{Discovery, SandboxLogs, Wake};
+use discover::{Discovery, SandboxLogs};
 use fingerprint::FileId;
 use metrics::{inc, Metrics};
 use ship::{Batch, Sender, Shipped};
@@ -63,7 +63,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tail::{Released, RoundConfig, Tailed};
-use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
@@ -206,8 +205,6 @@ impl Shipper {
             .timeout(Duration::from_secs(30))
             .build()
             .map_err(Error::Client)?;
-        let mut config = config;
-        config.compression = config.compression.resolve(&config.indexer_url);
         let metrics = Arc::new(Metrics::default());
         let sender = Sender::new(
             client,
@@ -285,7 +282,7 @@ struct Run {
     /// about and counted once while they stay so.
     refused: HashSet<PathBuf>,
     /// File events from the watcher, if it could be set up.
-    wakes: Option<mpsc::Receiver<Wake>>,
+    wakes: Option<discover::Wakes>,
     /// When the last reading round started (see [`WAKE_COALESCE`]).
     last_round: Instant,
     next_start: usize,
@@ -376,6 +373,8 @@ impl Run {
             None => None,
         };
         let mut rescan = true;
+        // The last round stopped with more to read: read again at once.
+        let mut more = true;
         let mut next_scan = Instant::now();
         self.update_spool_metrics();
         // What an earlier run spooled goes before anything new.
@@ -384,13 +383,21 @@ impl Run {
             if rescan || Instant::now() >= next_scan {
                 self.scan().await?;
                 rescan = false;
+                more = true;
                 next_scan = Instant::now() + cfg.scan_interval;
             }
             if self.files.values().any(|t| !t.registered) {
                 self.register().await;
             }
             self.save_soon().await;
-            let more = self.read().await?;
+            // Whatever woke the loop (a file event, a send ending, a timer), rounds
+            // are at least WAKE_COALESCE apart unless the last one left more to read.
+            let due = self.last_round + WAKE_COALESCE;
+            more = if more || Instant::now() >= due {
+                self.read().await?
+            } else {
+                false
+            };
             if self.cancel.is_cancelled() {
                 break;
             }
@@ -407,19 +414,11 @@ impl Run {
             if more {
                 continue;
             }
-            let deadline = self.next_deadline(next_scan);
+            // A deadline already passed while the round was held back must not spin.
+            let deadline = self.next_deadline(next_scan).max(due);
             match self.wait(deadline).await {
                 Event::Cancelled | Event::Timer => {}
-                Event::Wake(r) => {
-                    rescan |= r;
-                    let due = self.last_round + WAKE_COALESCE;
-                    if Instant::now() < due {
-                        tokio::select! {
-                            _ = self.cancel.cancelled() => {}
-                            _ = tokio::time::sleep_until(due.into()) => {}
-                        }
-                    }
-                }
+                Event::Wake(r) => rescan |= r,
                 Event::Shipped(shipped) => {
                     self.in_flight = None;
                     self.on_shipped(shipped?).await;
@@ -436,6 +435,9 @@ impl Run {
     }
 
     async fn wait(&mut self, deadline: Instant) -> Event {
+        // File events are taken no sooner than WAKE_COALESCE after the last round;
+        // everything else (a send ending, a save, the timer) is not held back.
+        let wakes_from = self.last_round + WAKE_COALESCE;
         let Run {
             in_flight,
             saving,
@@ -445,7 +447,10 @@ impl Run {
         } = self;
         tokio::select! {
             _ = cancel.cancelled() => Event::Cancelled,
-            w = next_wake(wakes) => match w {
+            w = async {
+                tokio::time::sleep_until(wakes_from.into()).await;
+                next_wake(wakes).await
+            } => match w {
                 Some(rescan) => Event::Wake(rescan),
                 None => {
                     *wakes = None;
@@ -758,7 +763,7 @@ impl Run {
     /// spilled instead, the compression is wasted: only while the indexer is slow.
     async fn enqueue(&mut self) -> Result<()> {
         let batch = Arc::new(self.take_batch());
-        let (b, codec) = (batch.clone(), self.inner.config.compression);
+        let (b, codec) = (batch.clone(), self.inner.sender.codec());
         tokio::task::spawn_blocking(move || b.wire(codec)).await?;
         self.queued.push_back(batch);
         Ok(())
@@ -1295,17 +1300,11 @@ impl Run {
 
 /// The next batch of file events: `Some(rescan)` (whether any of them can mean files
 /// appeared or went), `None` once the watcher is gone.
-async fn next_wake(wakes: &mut Option<mpsc::Receiver<Wake>>) -> Option<bool> {
-    let Some(rx) = wakes.as_mut() else {
+async fn next_wake(wakes: &mut Option<discover::Wakes>) -> Option<bool> {
+    let Some(w) = wakes.as_mut() else {
         return std::future::pending().await;
     };
-    let w = rx.recv().await?;
-    // Coalesce the burst that is already queued.
-    let mut rescan = w.rescan;
-    while let Ok(w) = rx.try_recv() {
-        rescan |= w.rescan;
-    }
-    Some(rescan)
+    w.next().await
 }
 
 /// Loads the checkpoints; a file that is not valid JSON (it cannot be torn, saves are

@@ -140,7 +140,7 @@ impl Metrics {
             ),
             (
                 "read_rounds_total",
-                "Reading rounds over every followed file (file events start them, at most one per 25 ms).",
+                "Reading rounds over every followed file (those started by file events at most one per 25 ms).",
                 &self.read_rounds,
             ),
             (

@@ -1,7 +1,8 @@
 //! Batching records and delivering them to the indexer.
 //!
-//! A batch is NDJSON (one encoded record per line) sent compressed ([`Codec`]: zstd
-//! by default, gzip for whatever only speaks gzip) to
+//! A batch is NDJSON (one encoded record per line) sent as [`Codec`] says: by default
+//! plain to an indexer on this host and zstd to any other (falling back to zstd if an
+//! older local indexer refuses plain bodies), gzip for whatever only speaks gzip, to
 //! `POST {indexer}/api/v1/ingest?refresh=false`. The indexer answers 200 once the
 //! batch is durable, which with `refresh=false` means written to its fsynced
 //! write-ahead log (replayed after a crash), not yet committed to Tantivy: the round
@@ -346,7 +347,13 @@ pub struct Sender {
     headers: HeaderMap,
     host: String,
     metrics: Arc<Metrics>,
+    /// The codec in use: [`Codec::Auto`] resolved for the indexer's address.
     codec: Codec,
+    /// `codec` is plain NDJSON because of [`Codec::Auto`]: an indexer that refuses
+    /// plain bodies (one from before they were accepted) gets zstd instead.
+    auto_plain: bool,
+    /// Set once an indexer refused a plain body; shared by the clones.
+    plain_refused: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Sender {
@@ -363,9 +370,7 @@ impl Sender {
             CONTENT_TYPE,
             HeaderValue::from_static("application/x-ndjson"),
         );
-        if let Some(encoding) = codec.content_encoding() {
-            headers.insert(CONTENT_ENCODING, HeaderValue::from_static(encoding));
-        }
+        let resolved = codec.resolve(indexer_url);
         if let Some(token) = token {
             let v = HeaderValue::from_str(token).map_err(|_| {
                 crate::Error::Config(
@@ -383,8 +388,32 @@ impl Sender {
             headers,
             host,
             metrics,
-            codec,
+            codec: resolved,
+            auto_plain: codec == Codec::Auto && resolved == Codec::None,
+            plain_refused: Default::default(),
         })
+    }
+
+    /// The codec batches are sent with now.
+    pub fn codec(&self) -> Codec {
+        if self.auto_plain
+            && self
+                .plain_refused
+                .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            Codec::Zstd
+        } else {
+            self.codec
+        }
+    }
+
+    /// Whether a refusal means "this indexer does not take plain NDJSON" (an indexer
+    /// from before it did answers 400 naming gzip and zstd), rather than a bad record.
+    fn refuses_plain(&self, codec: Codec, status: StatusCode, body: &str) -> bool {
+        self.auto_plain
+            && codec == Codec::None
+            && (status == StatusCode::UNSUPPORTED_MEDIA_TYPE
+                || (status == StatusCode::BAD_REQUEST && body.contains("gzip nor zstd")))
     }
 
     /// Delivers `batch`, splitting what the indexer refuses as bad. Returns once
@@ -430,6 +459,8 @@ impl Sender {
     }
 
     /// Sends records `lo..hi` until the indexer accepts or refuses them, or `cancel`.
+    /// A refusal of plain NDJSON chosen by [`Codec::Auto`] switches this sender to
+    /// zstd and sends again: it is the format, not the records, being refused.
     async fn settle(
         &self,
         batch: &Arc<Batch>,
@@ -437,8 +468,30 @@ impl Sender {
         hi: usize,
         cancel: &CancellationToken,
     ) -> Settled {
+        let codec = self.codec();
+        match self.settle_as(batch, lo, hi, cancel, codec).await {
+            Settled::Refused { status, body } if self.refuses_plain(codec, status, &body) => {
+                if !self
+                    .plain_refused
+                    .swap(true, std::sync::atomic::Ordering::Relaxed)
+                {
+                    warn!(host = %self.host, url = %self.ingest_url, status = status.as_u16(), error = %body, "the indexer does not take plain NDJSON, sending zstd from now on");
+                }
+                self.settle_as(batch, lo, hi, cancel, Codec::Zstd).await
+            }
+            other => other,
+        }
+    }
+
+    async fn settle_as(
+        &self,
+        batch: &Arc<Batch>,
+        lo: usize,
+        hi: usize,
+        cancel: &CancellationToken,
+        codec: Codec,
+    ) -> Settled {
         let b = batch.clone();
-        let codec = self.codec;
         let whole = lo == 0 && hi == batch.len();
         // Queued batches were compressed by the reader already: no trip to the pool.
         let ready = whole.then(|| batch.wire_if_ready(codec)).flatten();
@@ -468,7 +521,7 @@ impl Sender {
         };
         let mut backoff = FIRST_BACKOFF;
         loop {
-            let attempt = self.attempt(body.clone());
+            let attempt = self.attempt(body.clone(), codec);
             tokio::pin!(attempt);
             let outcome = tokio::select! {
                 r = &mut attempt => r,
@@ -518,11 +571,15 @@ impl Sender {
         }
     }
 
-    async fn attempt(&self, body: Bytes) -> Attempt {
+    async fn attempt(&self, body: Bytes, codec: Codec) -> Attempt {
+        let mut headers = self.headers.clone();
+        if let Some(encoding) = codec.content_encoding() {
+            headers.insert(CONTENT_ENCODING, HeaderValue::from_static(encoding));
+        }
         let resp = match self
             .client
             .post(&self.ingest_url)
-            .headers(self.headers.clone())
+            .headers(headers)
             .body(body)
             .send()
             .await

@@ -34,6 +34,8 @@ struct Fake {
     tokens: Vec<Option<String>>,
     /// The `Content-Encoding` of every request.
     encodings: Vec<Option<String>>,
+    /// Answer plain bodies as an indexer from before they were accepted did.
+    refuse_plain: bool,
     /// Answer every request only after this long (a slow but healthy indexer).
     delay: Duration,
 }
@@ -66,6 +68,16 @@ async fn ingest(State(fake): State<Shared>, headers: HeaderMap, body: Bytes) -> 
         .get("content-encoding")
         .map(|v| v.to_str().unwrap().to_string());
     f.encodings.push(encoding.clone());
+    if f.refuse_plain && encoding.is_none() {
+        return (
+            StatusCode::BAD_REQUEST,
+            format!(
+                "{{\"error\":\"body of {} bytes is neither gzip nor zstd (expected compressed NDJSON, magic 1f 8b or 28 b5 2f fd)\"}}",
+                body.len()
+            ),
+        )
+            .into_response();
+    }
     let decoded = match encoding.as_deref() {
         Some("zstd") => {
             zstd::stream::read::Decoder::new(&body[..]).and_then(|mut d| d.read_to_end(&mut raw))
@@ -648,6 +660,41 @@ async fn many_files_many_lines_arrive_complete_and_in_order_as_plain_ndjson() {
     let f = fake.lock().unwrap();
     assert!(!f.encodings.is_empty());
     assert!(f.encodings.iter().all(Option::is_none), "{:?}", f.encodings);
+}
+
+/// Review finding: with `auto` over loopback, an indexer from before plain NDJSON
+/// was accepted answered 400 to every batch, which the shipper split down to single
+/// records and skipped: every line lost. It now switches to zstd and loses nothing.
+#[tokio::test]
+async fn an_indexer_that_refuses_plain_ndjson_gets_zstd_and_nothing_is_lost() {
+    let (url, fake) = start_fake().await;
+    fake.lock().unwrap().refuse_plain = true;
+    let work = tempfile::tempdir().unwrap();
+    let dir = sandbox(work.path(), "old", "old.1", 0);
+    let text: String = (0..200).map(|i| format!("line {i}\n")).collect();
+    append(&dir.join("stdout"), &text);
+    let shipper = Shipper::new(config(work.path(), &url)).unwrap();
+    let run = start(&shipper);
+    wait_for("every line", &fake, |f| f.accepted.len() == 200).await;
+    assert_eq!(metric(&shipper, "records_rejected_total"), 0);
+    append(&dir.join("stdout"), "after the switch\n");
+    wait_for("the next line", &fake, |f| f.accepted.len() == 201).await;
+    {
+        let f = fake.lock().unwrap();
+        assert_eq!(f.encodings.first(), Some(&None), "plain was tried first");
+        assert_eq!(
+            f.encodings.last(),
+            Some(&Some("zstd".to_string())),
+            "and zstd kept once refused"
+        );
+        assert_eq!(
+            f.encodings.iter().filter(|e| e.is_none()).count(),
+            1,
+            "{:?}",
+            f.encodings
+        );
+    }
+    run.stop().await;
 }
 
 /// Regression (issue 14's `50slow`, 0.8 of a core for 50 quiet tasks): every write

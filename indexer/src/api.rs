@@ -145,8 +145,8 @@ async fn ingest_inner(
             Error::BadBody(rejection.body_text())
         }
     })?;
-    // The compressed body is already in memory; reserve for it and what it
-    // inflates to (about four times as much) before inflating.
+    // The body is already in memory; reserve for it and what it inflates to (about
+    // four times as much if compressed, a copy if plain) before inflating.
     let logged = params.logged()?;
     let _room = ix.reserve(body.len().saturating_mul(5).min(max.saturating_mul(2)))?;
     let wire = body.clone();

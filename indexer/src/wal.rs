@@ -2,8 +2,8 @@
 //! once a batch is durable, without waiting for the Tantivy commit that makes it
 //! searchable (as Elasticsearch's translog, or Quickwit's mrecordlog).
 //!
-//! The writer thread appends each such request's body as it arrived (still
-//! compressed: no work is spent re-encoding it, and it is the smallest form), fsyncs
+//! The writer thread appends each such request's body as it arrived (compressed or
+//! plain, as the shipper sent it: no work is spent re-encoding it), fsyncs
 //! once for all the requests it holds, and only then answers them. The bodies of
 //! native requests answered at the commit are appended too, without an fsync of their
 //! own, so that a replay keeps the order in which requests were admitted (see

@@ -12,7 +12,6 @@ use crate::control::store::{FileStore, StateStore};
 use crate::control::{app_key, AppDef, Now, State, Task, TaskState};
 use crate::{Error, Result};
 use axum::body::Bytes;
-use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State as AxState};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::from_fn_with_state;
@@ -26,6 +25,7 @@ use protocol::http::{gate, Caller, Gate};
 use protocol::{AgentInfo, AgentRegistration, HeartbeatRequest, HeartbeatResponse};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -789,16 +789,6 @@ async fn heartbeat(
     Ok(Json(HeartbeatResponse { tasks }))
 }
 
-/// Query of `GET /v1/agents/{name}/changes`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ChangesParams {
-    /// The counter the node last saw; absent, the answer is immediate.
-    after: Option<u64>,
-    /// How long to wait for it to move, capped at [`MAX_CHANGES_WAIT`].
-    wait_ms: Option<u64>,
-}
-
 /// Longest a `changes` long-poll is held: below the node's control-call timeout.
 const MAX_CHANGES_WAIT: Duration = Duration::from_secs(4);
 
@@ -810,21 +800,44 @@ const MAX_CHANGES_WAIT: Duration = Duration::from_secs(4);
 async fn desired_changes(
     AxState(s): AxState<Scheduler>,
     Path(name): Path<String>,
-    params: std::result::Result<Query<ChangesParams>, QueryRejection>,
+    Query(query): Query<BTreeMap<String, String>>,
 ) -> Result<Json<Value>> {
-    let Query(params) = params.map_err(|e| {
-        Error::BadRequest(format!(
-            "{}, expected `after` and `wait_ms` as numbers",
-            e.body_text()
-        ))
-    })?;
-    let mut rx = s.lock().desired_changes();
-    let wait = Duration::from_millis(params.wait_ms.unwrap_or(0)).min(MAX_CHANGES_WAIT);
+    let number = |key: &str| -> Result<Option<u64>> {
+        query
+            .get(key)
+            .map(|v| {
+                v.parse::<u64>().map_err(|_| {
+                    Error::BadRequest(format!(
+                        "`{key}` is {v:?}, expected a whole number of {}",
+                        if key == "after" {
+                            "changes"
+                        } else {
+                            "milliseconds"
+                        }
+                    ))
+                })
+            })
+            .transpose()
+    };
+    if let Some(other) = query
+        .keys()
+        .find(|k| !["after", "wait_ms"].contains(&k.as_str()))
+    {
+        return Err(Error::BadRequest(format!(
+            "unknown parameter `{other}`, expected `after` and `wait_ms`"
+        )));
+    }
+    let (after, wait_ms) = (number("after")?, number("wait_ms")?);
+    let (mut rx, seed) = {
+        let st = s.lock();
+        (st.desired_changes(), st.desired_seed())
+    };
+    let wait = Duration::from_millis(wait_ms.unwrap_or(0)).min(MAX_CHANGES_WAIT);
     let deadline = tokio::time::Instant::now() + wait;
     let stopping = s.inner.stopping.clone();
     loop {
-        let now = rx.borrow_and_update().get(&name).copied().unwrap_or(0);
-        if params.after != Some(now) {
+        let now = rx.borrow_and_update().get(&name).copied().unwrap_or(seed);
+        if after != Some(now) {
             return Ok(Json(json!({ "changes": now })));
         }
         tokio::select! {

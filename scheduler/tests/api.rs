@@ -1086,12 +1086,15 @@ async fn changes_feed_wakes_only_the_agent_a_task_was_placed_on() {
     };
     let (status, now) = changes("node-1", "").await;
     assert_eq!(status, 200, "{now}");
-    assert_eq!(now["changes"], 0);
+    // Counts start at the scheduler's start time, not 0: a restarted scheduler's
+    // counts must not meet what a node saw before.
+    let base = now["changes"].as_u64().unwrap();
+    assert!(base > 1_700_000_000_000, "{now}");
 
     // Unchanged: the long-poll ends at its wait, with the same count.
     let t = Instant::now();
-    let (_, same) = changes("node-1", "?after=0&wait_ms=300").await;
-    assert_eq!(same["changes"], 0);
+    let (_, same) = changes("node-1", &format!("?after={base}&wait_ms=300")).await;
+    assert_eq!(same["changes"], base);
     assert!(
         t.elapsed() >= Duration::from_millis(250),
         "{:?}",
@@ -1100,8 +1103,8 @@ async fn changes_feed_wakes_only_the_agent_a_task_was_placed_on() {
 
     // A one-instance app with a constraint lands on node-1: its poll returns long
     // before the wait is over; node-2's does not move.
-    let poll1 = tokio::spawn(changes("node-1", "?after=0&wait_ms=4000"));
-    let poll2 = tokio::spawn(changes("node-2", "?after=0&wait_ms=1000"));
+    let poll1 = tokio::spawn(changes("node-1", &format!("?after={base}&wait_ms=4000")));
+    let poll2 = tokio::spawn(changes("node-2", &format!("?after={base}&wait_ms=1000")));
     tokio::time::sleep(Duration::from_millis(100)).await;
     let t = Instant::now();
     let mut app = fib_app();
@@ -1110,15 +1113,34 @@ async fn changes_feed_wakes_only_the_agent_a_task_was_placed_on() {
     let (status, body) = server.post("/v2/apps", &app).await;
     assert_eq!(status, 201, "{body}");
     let (_, moved) = poll1.await.unwrap();
-    assert_eq!(moved["changes"], 1);
+    assert_eq!(moved["changes"], base + 1);
     assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
     let (_, other) = poll2.await.unwrap();
-    assert_eq!(other["changes"], 0, "node-2 had nothing placed");
+    assert_eq!(other["changes"], base, "node-2 had nothing placed");
+
+    // Deleting the app kills its task: node-1's count moves again.
+    let (status, body) = server
+        .send(
+            reqwest::Method::DELETE,
+            "/v2/apps/fib",
+            &json!({}),
+            Some(TOKEN),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (_, killed) = changes("node-1", &format!("?after={}", base + 1)).await;
+    assert_eq!(killed["changes"], base + 2);
 
     // Bad parameters are a 400 naming them; no token is a 401.
     let (status, body) = changes("node-1", "?after=soon").await;
     assert_eq!(status, 400, "{body}");
-    assert!(body.to_string().contains("after"), "{body}");
+    assert!(
+        body.to_string().contains("`after` is \\\"soon\\\""),
+        "{body}"
+    );
+    let (status, body) = changes("node-1", "?later=1").await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.to_string().contains("`later`"), "{body}");
     let r = server
         .http
         .get(server.url("/v1/agents/node-1/changes"))

@@ -242,6 +242,8 @@ pub struct State {
     /// heartbeat at once when it moves: a launch no longer waits for the next
     /// heartbeat, up to a second (up to a tenth of a whole pipeline benchmark run).
     desired: watch::Sender<BTreeMap<String, u64>>,
+    /// See [`State::desired_seed`].
+    desired_seed: u64,
 }
 
 impl State {
@@ -284,6 +286,7 @@ impl State {
             stopping: BTreeMap::new(),
             events: broadcast::channel(1024).0,
             desired: watch::channel(BTreeMap::new()).0,
+            desired_seed: now.wall_millis().timestamp_millis().max(0) as u64,
         }
     }
 
@@ -312,13 +315,23 @@ impl State {
         let _ = self.events.send(Event { kind, data });
     }
 
+    /// What the scheduler wants on `agent` changed (a task placed there, or one it
+    /// ran killed, timed out or lost): moves that agent's count.
+    fn desired_changed(&self, agent: &str) {
+        let seed = self.desired_seed;
+        self.desired.send_modify(|m| {
+            let n = m.entry(agent.to_string()).or_insert(seed);
+            *n = n.wrapping_add(1);
+        });
+    }
+
+    /// Where every agent's count starts: the scheduler's start in milliseconds, so
+    /// that a restarted scheduler's counts do not meet a node's last seen value again.
+    pub fn desired_seed(&self) -> u64 {
+        self.desired_seed
+    }
+
     fn emit_status(&self, t: &Task, state: TaskState, message: &str, now: Now) {
-        if matches!(state, TaskState::Staging | TaskState::Killed) {
-            self.desired.send_modify(|m| {
-                let n = m.entry(t.agent.clone()).or_default();
-                *n = n.wrapping_add(1);
-            });
-        }
         let address = self
             .agents
             .get(&t.agent)

@@ -178,6 +178,7 @@ impl State {
             for id in ids {
                 if let Some(t) = self.tasks.remove(&id) {
                     self.emit_status(&t, TaskState::Lost, "agent lost", now);
+                    self.desired_changed(&t.agent);
                     self.counters.lost += 1;
                     *self
                         .counters
@@ -211,6 +212,7 @@ impl State {
                     health: Vec::new(),
                     started_at: None,
                 };
+                self.desired_changed(&t.agent);
                 self.task_ended(t, TaskState::Failed, &status, now);
             }
         }
@@ -508,6 +510,7 @@ impl State {
         self.counters.launched += 1;
         info!(app, task = %id, agent, instance, "task placed");
         self.emit_status(&task, TaskState::Staging, "", now);
+        self.desired_changed(&task.agent);
         self.tasks.insert(id, task);
     }
 }

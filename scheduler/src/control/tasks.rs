@@ -177,6 +177,7 @@ impl State {
             self.counters.killed += 1;
             info!(app = %t.app, task = %t.id, agent = %t.agent, instance = t.instance, reason, "task killed");
             self.emit_status(&t, TaskState::Killed, reason, now);
+            self.desired_changed(&t.agent);
         }
     }
 

@@ -42,7 +42,7 @@ use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
@@ -490,36 +490,54 @@ impl Inner {
             if let Some(n) = seen {
                 req = req.query(&[("after", n)]);
             }
+            let asked = Instant::now();
             let answer = tokio::select! {
                 _ = cancel.cancelled() => return,
                 r = self.authed(req).send() => r,
             };
-            match answer {
-                Ok(r) if r.status() == reqwest::StatusCode::NOT_FOUND => {
-                    debug!(node = %self.cfg.name, "the scheduler has no changes feed; launches wait for heartbeats");
-                    return;
-                }
-                Ok(r) if r.status().is_success() => {
-                    if let Ok(a) = r.json::<Answer>().await {
-                        if seen != Some(a.changes) {
+            let pause = match answer {
+                Ok(r) if r.status().is_success() => match r.json::<Answer>().await {
+                    Ok(a) => {
+                        let unchanged = seen == Some(a.changes);
+                        if !unchanged {
                             wake.notify_one();
                         }
                         seen = Some(a.changes);
                         failures = 0;
-                        continue;
+                        // An unchanged answer long before its wait (a scheduler
+                        // stopping, a proxy in between) must not make this spin.
+                        if unchanged && asked.elapsed() < CHANGES_WAIT / 2 {
+                            self.cfg.heartbeat_interval.min(CHANGES_WAIT)
+                        } else {
+                            continue;
+                        }
                     }
+                    Err(e) => self.changes_failed(&mut failures, &e.to_string()),
+                },
+                // A scheduler without the route: launches wait for heartbeats; ask
+                // again now and then (it may be upgraded, or a proxy was restarting).
+                Ok(r) if r.status() == reqwest::StatusCode::NOT_FOUND => {
+                    debug!(node = %self.cfg.name, "the scheduler has no changes feed; launches wait for heartbeats");
+                    CHANGES_WAIT * 10
                 }
-                Ok(_) | Err(_) => {}
-            }
-            // Unreachable, refused or garbled: the heartbeats carry on regardless;
-            // try again after a pause that grows to CHANGES_WAIT.
-            failures = failures.saturating_add(1);
-            let pause = (self.cfg.heartbeat_interval * failures).min(CHANGES_WAIT);
+                Ok(r) => self.changes_failed(&mut failures, &format!("status {}", r.status())),
+                Err(e) => self.changes_failed(&mut failures, &e.to_string()),
+            };
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep(pause) => {}
             }
         }
+    }
+
+    /// Counts a failed changes poll, logs the first and every 30th, and returns the
+    /// pause before the next (growing to [`CHANGES_WAIT`]); heartbeats carry on.
+    fn changes_failed(&self, failures: &mut u32, error: &str) -> Duration {
+        *failures = failures.saturating_add(1);
+        if *failures == 1 || failures.is_multiple_of(30) {
+            warn!(node = %self.cfg.name, error, failures = *failures, "changes feed of the scheduler failed; launches wait for heartbeats meanwhile");
+        }
+        (self.cfg.heartbeat_interval * *failures).min(CHANGES_WAIT)
     }
 
     /// One heartbeat: `Ok(None)` when the scheduler does not know this agent (404).
