@@ -375,6 +375,7 @@ impl Run {
         let mut rescan = true;
         // The last round stopped with more to read: read again at once.
         let mut more = true;
+        let mut refill = false;
         let mut next_scan = Instant::now();
         self.update_spool_metrics();
         // What an earlier run spooled goes before anything new.
@@ -390,10 +391,11 @@ impl Run {
                 self.register().await;
             }
             self.save_soon().await;
-            // Whatever woke the loop (a file event, a send ending, a timer), rounds
-            // are at least WAKE_COALESCE apart unless the last one left more to read.
+            // Rounds are at least WAKE_COALESCE apart unless the last one left more
+            // to read or a send just ended (the reader refills the queue at once: a
+            // busy task's lines must not wait on this).
             let due = self.last_round + WAKE_COALESCE;
-            more = if more || Instant::now() >= due {
+            more = if more || refill || Instant::now() >= due {
                 self.read().await?
             } else {
                 false
@@ -416,10 +418,12 @@ impl Run {
             }
             // A deadline already passed while the round was held back must not spin.
             let deadline = self.next_deadline(next_scan).max(due);
+            refill = false;
             match self.wait(deadline).await {
                 Event::Cancelled | Event::Timer => {}
                 Event::Wake(r) => rescan |= r,
                 Event::Shipped(shipped) => {
+                    refill = true;
                     self.in_flight = None;
                     self.on_shipped(shipped?).await;
                     self.start_next().await?;
