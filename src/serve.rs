@@ -14,6 +14,7 @@ use axum::routing::get;
 use axum::Router;
 use protocol::auth::{AuthError, Keyring, Role};
 use protocol::http::{gate, Gate};
+use std::collections::HashMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -60,7 +61,8 @@ fn with_ops(router: Router, mut metrics: Vec<MetricsFn>, ops: &Ops) -> Router {
         get(move || {
             let metrics = metrics.clone();
             async move {
-                let text: String = metrics.iter().map(|m| m()).collect();
+                let texts: Vec<String> = metrics.iter().map(|m| m()).collect();
+                let text = merge_expositions(&texts);
                 (
                     [(
                         axum::http::header::CONTENT_TYPE,
@@ -80,6 +82,64 @@ fn with_ops(router: Router, mut metrics: Vec<MetricsFn>, ops: &Ops) -> Router {
     router
         .route("/healthz", get(|| async { "ok\n" }))
         .merge(metrics_route)
+}
+
+/// Several parts' Prometheus texts as one exposition: each family's `# HELP` and
+/// `# TYPE` once and all its samples together, in the order families first appear.
+/// Under `up` every agent renders the same families; concatenated, each HELP line
+/// came once per agent, which Prometheus's parser refuses (issue 17). A sample
+/// belongs to the family of the last HELP or TYPE line before it in its own text.
+fn merge_expositions(texts: &[String]) -> String {
+    struct Family<'a> {
+        help: Option<&'a str>,
+        kind: Option<&'a str>,
+        samples: Vec<&'a str>,
+    }
+    let mut order: Vec<&str> = Vec::new();
+    let mut families: HashMap<&str, Family> = HashMap::new();
+    for text in texts {
+        let mut current: Option<&str> = None;
+        for line in text.lines() {
+            let (name, meta) = if let Some(rest) = line.strip_prefix("# HELP ") {
+                (rest.split(' ').next().unwrap_or(""), Some(true))
+            } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+                (rest.split(' ').next().unwrap_or(""), Some(false))
+            } else if line.starts_with('#') || line.trim().is_empty() {
+                continue;
+            } else {
+                let own = line.split(['{', ' ']).next().unwrap_or("");
+                (current.unwrap_or(own), None)
+            };
+            let family = families.entry(name).or_insert_with(|| {
+                order.push(name);
+                Family {
+                    help: None,
+                    kind: None,
+                    samples: Vec::new(),
+                }
+            });
+            match meta {
+                Some(true) => {
+                    family.help.get_or_insert(line);
+                    current = Some(name);
+                }
+                Some(false) => {
+                    family.kind.get_or_insert(line);
+                    current = Some(name);
+                }
+                None => family.samples.push(line),
+            }
+        }
+    }
+    let mut out = String::new();
+    for name in order {
+        let f = &families[name];
+        for line in f.help.iter().chain(&f.kind).chain(&f.samples) {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
 }
 
 fn http_limits(cfg: &Config) -> crate::http::Limits {
@@ -730,6 +790,29 @@ pub async fn agent(settings: AgentSettings, cfg: Config) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 17: `up`'s `/metrics` repeated every agent family's HELP and TYPE once
+    /// per agent, which Prometheus's text parser refuses.
+    #[test]
+    fn expositions_merge_into_one_family_each() {
+        let agent = |host: &str, n: u32| {
+            format!(
+                "# HELP sandtrail_agent_lines_read_total Lines read.\n# TYPE sandtrail_agent_lines_read_total counter\nsandtrail_agent_lines_read_total{{host=\"{host}\"}} {n}\n# HELP sandtrail_agent_lag_bytes Lag.\n# TYPE sandtrail_agent_lag_bytes gauge\nsandtrail_agent_lag_bytes{{host=\"{host}\",source=\"a\"}} 1\n"
+            )
+        };
+        let other = "# HELP sandtrail_indexer_commits_total Commits.\n# TYPE sandtrail_indexer_commits_total counter\nsandtrail_indexer_commits_total 7\n".to_string();
+        let merged = merge_expositions(&[other, agent("node-1", 3), agent("node-2", 5)]);
+        assert_eq!(
+            merged,
+            "# HELP sandtrail_indexer_commits_total Commits.\n# TYPE sandtrail_indexer_commits_total counter\nsandtrail_indexer_commits_total 7\n\
+             # HELP sandtrail_agent_lines_read_total Lines read.\n# TYPE sandtrail_agent_lines_read_total counter\n\
+             sandtrail_agent_lines_read_total{host=\"node-1\"} 3\nsandtrail_agent_lines_read_total{host=\"node-2\"} 5\n\
+             # HELP sandtrail_agent_lag_bytes Lag.\n# TYPE sandtrail_agent_lag_bytes gauge\n\
+             sandtrail_agent_lag_bytes{host=\"node-1\",source=\"a\"} 1\nsandtrail_agent_lag_bytes{host=\"node-2\",source=\"a\"} 1\n"
+        );
+        // A sample with no header of its own keeps its place under its own name.
+        assert_eq!(merge_expositions(&["up 1\n".into()]), "up 1\n");
+    }
 
     /// A data dir an older version wrote (umask 022) is closed to tasks at start:
     /// the token, the indexer and scheduler state, each agent's shipper and router
