@@ -56,6 +56,7 @@ fn refuse_plain(e: AuthError) -> axum::response::Response {
 fn with_ops(router: Router, mut metrics: Vec<MetricsFn>, ops: &Ops) -> Router {
     // Refusals and shedding, counted by the shared layers of every service.
     metrics.push(Arc::new(protocol::http::metrics));
+    metrics.push(Arc::new(process_metrics));
     let mut metrics_route = Router::new().route(
         "/metrics",
         get(move || {
@@ -82,6 +83,75 @@ fn with_ops(router: Router, mut metrics: Vec<MetricsFn>, ops: &Ops) -> Router {
     router
         .route("/healthz", get(|| async { "ok\n" }))
         .merge(metrics_route)
+}
+
+/// The `process_*` families Prometheus's client libraries export (CPU, memory, open
+/// descriptors, start time; Linux, from `/proc/self`) and `sandtrail_build_info`,
+/// so that dashboards made for any exporter work here too (issue 17).
+fn process_metrics() -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let mut family = |name: &str, kind: &str, help: &str, value: Option<f64>| {
+        if let Some(v) = value {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
+            );
+        }
+    };
+    // SAFETY: sysconf only reads a system constant.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as f64;
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let field = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok());
+    let boot = std::fs::read_to_string("/proc/stat").ok().and_then(|s| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("btime "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+    });
+    family(
+        "process_cpu_seconds_total",
+        "counter",
+        "Total user and system CPU time spent in seconds.",
+        field(11).zip(field(12)).map(|(u, s)| (u + s) / ticks),
+    );
+    family(
+        "process_resident_memory_bytes",
+        "gauge",
+        "Resident memory size in bytes.",
+        field(21).map(|pages| pages * page),
+    );
+    family(
+        "process_virtual_memory_bytes",
+        "gauge",
+        "Virtual memory size in bytes.",
+        field(20),
+    );
+    family(
+        "process_start_time_seconds",
+        "gauge",
+        "Start time of the process since unix epoch in seconds.",
+        boot.zip(field(19)).map(|(b, t)| b + t / ticks),
+    );
+    family(
+        "process_open_fds",
+        "gauge",
+        "Number of open file descriptors.",
+        std::fs::read_dir("/proc/self/fd")
+            .ok()
+            .map(|d| d.count() as f64),
+    );
+    let _ = writeln!(
+        out,
+        "# HELP sandtrail_build_info The running build: always 1, its version as a label.\n# TYPE sandtrail_build_info gauge\nsandtrail_build_info{{version=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION")
+    );
+    out
 }
 
 /// Several parts' Prometheus texts as one exposition: each family's `# HELP` and
@@ -790,6 +860,35 @@ pub async fn agent(settings: AgentSettings, cfg: Config) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn process_families_are_there_once_each() {
+        let text = process_metrics();
+        for name in [
+            "process_cpu_seconds_total",
+            "process_resident_memory_bytes",
+            "process_start_time_seconds",
+            "process_open_fds",
+            "sandtrail_build_info",
+        ] {
+            assert_eq!(
+                text.matches(&format!("# TYPE {name} ")).count(),
+                1,
+                "{name} in {text}"
+            );
+        }
+        let rss: f64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("process_resident_memory_bytes "))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(rss > 1e6, "{text}");
+        assert!(text.contains(&format!(
+            "sandtrail_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        )));
+    }
 
     /// Issue 17: `up`'s `/metrics` repeated every agent family's HELP and TYPE once
     /// per agent, which Prometheus's text parser refuses.
