@@ -252,14 +252,30 @@ pub struct AgentArgs {
     pub attributes: Option<String>,
 }
 
+/// The binary's own log: to stderr, filtered by `SANDTRAIL_LOG` (an `EnvFilter`
+/// such as `info,indexer=debug`), as text or, with `SANDTRAIL_LOG_FORMAT=json`, one
+/// JSON object per line for a collector. Colour codes only when stderr is a
+/// terminal: in a file or a pipe they were noise in every line.
 fn init_tracing() {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("SANDTRAIL_LOG")
         .unwrap_or_else(|_| EnvFilter::new("info,tantivy=warn,hyper=warn,reqwest=warn"));
-    tracing_subscriber::fmt()
+    let format = std::env::var("SANDTRAIL_LOG_FORMAT").unwrap_or_default();
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format.trim().to_ascii_lowercase().as_str() {
+        "json" => builder.json().with_ansi(false).init(),
+        "" | "text" => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        other => {
+            builder.with_ansi(false).init();
+            tracing::warn!(
+                value = other,
+                "SANDTRAIL_LOG_FORMAT is not \"text\" or \"json\"; logging as text"
+            );
+        }
+    }
 }
 
 #[tokio::main]

@@ -14,6 +14,7 @@ use axum::routing::get;
 use axum::Router;
 use protocol::auth::{AuthError, Keyring, Role};
 use protocol::http::{gate, Gate};
+use std::collections::HashMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -55,12 +56,14 @@ fn refuse_plain(e: AuthError) -> axum::response::Response {
 fn with_ops(router: Router, mut metrics: Vec<MetricsFn>, ops: &Ops) -> Router {
     // Refusals and shedding, counted by the shared layers of every service.
     metrics.push(Arc::new(protocol::http::metrics));
+    metrics.push(Arc::new(process_metrics));
     let mut metrics_route = Router::new().route(
         "/metrics",
         get(move || {
             let metrics = metrics.clone();
             async move {
-                let text: String = metrics.iter().map(|m| m()).collect();
+                let texts: Vec<String> = metrics.iter().map(|m| m()).collect();
+                let text = merge_expositions(&texts);
                 (
                     [(
                         axum::http::header::CONTENT_TYPE,
@@ -80,6 +83,133 @@ fn with_ops(router: Router, mut metrics: Vec<MetricsFn>, ops: &Ops) -> Router {
     router
         .route("/healthz", get(|| async { "ok\n" }))
         .merge(metrics_route)
+}
+
+/// The `process_*` families Prometheus's client libraries export (CPU, memory, open
+/// descriptors, start time; Linux, from `/proc/self`) and `sandtrail_build_info`,
+/// so that dashboards made for any exporter work here too (issue 17).
+fn process_metrics() -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let mut family = |name: &str, kind: &str, help: &str, value: Option<f64>| {
+        if let Some(v) = value {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
+            );
+        }
+    };
+    // SAFETY: sysconf only reads a system constant.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as f64;
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let field = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok());
+    let boot = std::fs::read_to_string("/proc/stat").ok().and_then(|s| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("btime "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+    });
+    family(
+        "process_cpu_seconds_total",
+        "counter",
+        "Total user and system CPU time spent in seconds.",
+        field(11).zip(field(12)).map(|(u, s)| (u + s) / ticks),
+    );
+    family(
+        "process_resident_memory_bytes",
+        "gauge",
+        "Resident memory size in bytes.",
+        field(21).map(|pages| pages * page),
+    );
+    family(
+        "process_virtual_memory_bytes",
+        "gauge",
+        "Virtual memory size in bytes.",
+        field(20),
+    );
+    family(
+        "process_start_time_seconds",
+        "gauge",
+        "Start time of the process since unix epoch in seconds.",
+        boot.zip(field(19)).map(|(b, t)| b + t / ticks),
+    );
+    family(
+        "process_open_fds",
+        "gauge",
+        "Number of open file descriptors.",
+        std::fs::read_dir("/proc/self/fd")
+            .ok()
+            .map(|d| d.count() as f64),
+    );
+    let _ = writeln!(
+        out,
+        "# HELP sandtrail_build_info The running build: always 1, its version as a label.\n# TYPE sandtrail_build_info gauge\nsandtrail_build_info{{version=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION")
+    );
+    out
+}
+
+/// Several parts' Prometheus texts as one exposition: each family's `# HELP` and
+/// `# TYPE` once and all its samples together, in the order families first appear.
+/// Under `up` every agent renders the same families; concatenated, each HELP line
+/// came once per agent, which Prometheus's parser refuses (issue 17). A sample
+/// belongs to the family of the last HELP or TYPE line before it in its own text.
+fn merge_expositions(texts: &[String]) -> String {
+    struct Family<'a> {
+        help: Option<&'a str>,
+        kind: Option<&'a str>,
+        samples: Vec<&'a str>,
+    }
+    let mut order: Vec<&str> = Vec::new();
+    let mut families: HashMap<&str, Family> = HashMap::new();
+    for text in texts {
+        let mut current: Option<&str> = None;
+        for line in text.lines() {
+            let (name, meta) = if let Some(rest) = line.strip_prefix("# HELP ") {
+                (rest.split(' ').next().unwrap_or(""), Some(true))
+            } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+                (rest.split(' ').next().unwrap_or(""), Some(false))
+            } else if line.starts_with('#') || line.trim().is_empty() {
+                continue;
+            } else {
+                let own = line.split(['{', ' ']).next().unwrap_or("");
+                (current.unwrap_or(own), None)
+            };
+            let family = families.entry(name).or_insert_with(|| {
+                order.push(name);
+                Family {
+                    help: None,
+                    kind: None,
+                    samples: Vec::new(),
+                }
+            });
+            match meta {
+                Some(true) => {
+                    family.help.get_or_insert(line);
+                    current = Some(name);
+                }
+                Some(false) => {
+                    family.kind.get_or_insert(line);
+                    current = Some(name);
+                }
+                None => family.samples.push(line),
+            }
+        }
+    }
+    let mut out = String::new();
+    for name in order {
+        let f = &families[name];
+        for line in f.help.iter().chain(&f.kind).chain(&f.samples) {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
 }
 
 fn http_limits(cfg: &Config) -> crate::http::Limits {
@@ -730,6 +860,58 @@ pub async fn agent(settings: AgentSettings, cfg: Config) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn process_families_are_there_once_each() {
+        let text = process_metrics();
+        for name in [
+            "process_cpu_seconds_total",
+            "process_resident_memory_bytes",
+            "process_start_time_seconds",
+            "process_open_fds",
+            "sandtrail_build_info",
+        ] {
+            assert_eq!(
+                text.matches(&format!("# TYPE {name} ")).count(),
+                1,
+                "{name} in {text}"
+            );
+        }
+        let rss: f64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("process_resident_memory_bytes "))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(rss > 1e6, "{text}");
+        assert!(text.contains(&format!(
+            "sandtrail_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        )));
+    }
+
+    /// Issue 17: `up`'s `/metrics` repeated every agent family's HELP and TYPE once
+    /// per agent, which Prometheus's text parser refuses.
+    #[test]
+    fn expositions_merge_into_one_family_each() {
+        let agent = |host: &str, n: u32| {
+            format!(
+                "# HELP sandtrail_agent_lines_read_total Lines read.\n# TYPE sandtrail_agent_lines_read_total counter\nsandtrail_agent_lines_read_total{{host=\"{host}\"}} {n}\n# HELP sandtrail_agent_lag_bytes Lag.\n# TYPE sandtrail_agent_lag_bytes gauge\nsandtrail_agent_lag_bytes{{host=\"{host}\",source=\"a\"}} 1\n"
+            )
+        };
+        let other = "# HELP sandtrail_indexer_commits_total Commits.\n# TYPE sandtrail_indexer_commits_total counter\nsandtrail_indexer_commits_total 7\n".to_string();
+        let merged = merge_expositions(&[other, agent("node-1", 3), agent("node-2", 5)]);
+        assert_eq!(
+            merged,
+            "# HELP sandtrail_indexer_commits_total Commits.\n# TYPE sandtrail_indexer_commits_total counter\nsandtrail_indexer_commits_total 7\n\
+             # HELP sandtrail_agent_lines_read_total Lines read.\n# TYPE sandtrail_agent_lines_read_total counter\n\
+             sandtrail_agent_lines_read_total{host=\"node-1\"} 3\nsandtrail_agent_lines_read_total{host=\"node-2\"} 5\n\
+             # HELP sandtrail_agent_lag_bytes Lag.\n# TYPE sandtrail_agent_lag_bytes gauge\n\
+             sandtrail_agent_lag_bytes{host=\"node-1\",source=\"a\"} 1\nsandtrail_agent_lag_bytes{host=\"node-2\",source=\"a\"} 1\n"
+        );
+        // A sample with no header of its own keeps its place under its own name.
+        assert_eq!(merge_expositions(&["up 1\n".into()]), "up 1\n");
+    }
 
     /// A data dir an older version wrote (umask 022) is closed to tasks at start:
     /// the token, the indexer and scheduler state, each agent's shipper and router

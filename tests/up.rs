@@ -363,3 +363,62 @@ async fn up_gives_elasticsearch_clients_a_base_url_beside_the_ui() -> anyhow::Re
     assert_eq!(count["count"], 1, "{count}");
     Ok(())
 }
+
+/// Issue 17: every part's `/metrics` under `up` passes Prometheus's own checker
+/// (`promtool check metrics`, Debian's `prometheus`, installed by
+/// scripts/test-deps.sh): each family once (agents' families were repeated per
+/// agent), latencies as histograms (they were `_sum` counters), escaped labels,
+/// `process_*` and `sandtrail_build_info` present.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_metrics_pass_promtool() -> anyhow::Result<()> {
+    use std::io::Write;
+    let up = Up::start()?;
+    let http = client_with_token(&up.token)?;
+    // One routed call, so the router's latency histogram has an observation.
+    eventually("a routed call to fib", Duration::from_secs(60), || async {
+        let r = http.get(format!("{}/fib/10", up.router)).send().await?;
+        Ok(r.status().is_success().then_some(()))
+    })
+    .await?;
+    for (part, url) in [("web port", &up.web), ("router", &up.router)] {
+        let text = http
+            .get(format!("{}/metrics", url.trim_end_matches('/')))
+            .send()
+            .await?
+            .error_for_status()?
+            .text()
+            .await?;
+        let mut check = std::process::Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .context("promtool (Debian's prometheus; scripts/test-deps.sh installs it)")?;
+        check
+            .stdin
+            .take()
+            .context("stdin")?
+            .write_all(text.as_bytes())?;
+        let out = check.wait_with_output()?;
+        assert!(
+            out.status.success(),
+            "promtool refused the {part}'s /metrics: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            text.matches("# TYPE process_cpu_seconds_total ").count(),
+            1,
+            "{part}"
+        );
+        assert!(text.contains("sandtrail_build_info{"), "{part}");
+        if part == "router" {
+            assert!(
+                text.contains("# TYPE sandtrail_router_latency_seconds histogram"),
+                "{text}"
+            );
+        }
+    }
+    Ok(())
+}

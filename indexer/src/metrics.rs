@@ -1,9 +1,8 @@
 //! Counters of the indexer, rendered in the Prometheus text format.
 //!
 //! Plain atomics rather than a metrics crate: a dozen counters do not justify a
-//! registry, and the binary only needs text it can serve at `/metrics`. The
-//! trade-off is no histograms (commit time is exposed as a sum and a count, from
-//! which a mean can be derived).
+//! registry, and the binary only needs text it can serve at `/metrics`. Commit time
+//! is a histogram ([`protocol::histogram`]), so a p99 can be read from it.
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,7 +15,8 @@ pub struct Metrics {
     pub records_duplicate: AtomicU64,
     pub commits: AtomicU64,
     pub commit_errors: AtomicU64,
-    pub commit_micros: AtomicU64,
+    /// How long Tantivy commits took.
+    pub commit_seconds: protocol::histogram::Histogram,
     pub searches: AtomicU64,
     pub search_errors: AtomicU64,
     pub histograms: AtomicU64,
@@ -88,12 +88,6 @@ impl Metrics {
             get(&self.commit_errors).to_string(),
         );
         line(
-            "sandtrail_indexer_commit_seconds_sum",
-            "counter",
-            "Time spent in Tantivy commits.",
-            format!("{:.6}", get(&self.commit_micros) as f64 / 1e6),
-        );
-        line(
             "sandtrail_indexer_searches_total",
             "counter",
             "Search requests served.",
@@ -153,6 +147,12 @@ impl Metrics {
             "Live tail subscribers.",
             gauges.tail_subscribers.to_string(),
         );
+        self.commit_seconds.render(
+            &mut out,
+            "sandtrail_indexer_commit_seconds",
+            "How long Tantivy commits took.",
+            "",
+        );
         out
     }
 }
@@ -178,8 +178,16 @@ mod tests {
             text.contains("# TYPE sandtrail_indexer_docs gauge\n"),
             "{text}"
         );
-        let samples = text.lines().filter(|l| !l.starts_with('#')).count();
+        // One sample per counter or gauge; the commit histogram has its buckets.
+        let samples = text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.starts_with("sandtrail_indexer_commit_seconds"))
+            .count();
         let types = text.lines().filter(|l| l.starts_with("# TYPE")).count();
-        assert_eq!(samples, types);
+        assert_eq!(samples, types - 1);
+        assert!(
+            text.contains("# TYPE sandtrail_indexer_commit_seconds histogram\n"),
+            "{text}"
+        );
     }
 }

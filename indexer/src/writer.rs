@@ -853,10 +853,7 @@ impl WriterThread {
                     }
                     self.publish_wal_size();
                     Metrics::inc(&self.metrics.commits, 1);
-                    Metrics::inc(
-                        &self.metrics.commit_micros,
-                        started.elapsed().as_micros() as u64,
-                    );
+                    self.metrics.commit_seconds.observe(started.elapsed());
                     tracing::debug!(
                         records = added,
                         requests = waiting.len(),

@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 pub mod auth;
 pub mod defaults;
 pub mod fs;
+pub mod histogram;
 #[cfg(feature = "http")]
 pub mod http;
 pub mod trace;

@@ -171,7 +171,8 @@ struct RouterMetrics {
     by_class: [AtomicU64; 5],
     retries: AtomicU64,
     upstream_errors: AtomicU64,
-    latency_us_sum: AtomicU64,
+    /// Latency of completed calls.
+    latency: protocol::histogram::Histogram,
     services_lookups: AtomicU64,
 }
 
@@ -221,7 +222,8 @@ impl Proxy {
     /// Prometheus text format.
     pub fn metrics(&self) -> String {
         let m = &self.inner.metrics;
-        let host = &self.inner.cfg.host;
+        // Escaped: a host name is configuration, and a quote would break the text.
+        let host = &protocol::histogram::escape_label(&self.inner.cfg.host);
         let g = |v: &AtomicU64| v.load(Ordering::Relaxed);
         let spans = self.inner.spans.lock().expect("span map lock").len();
         let mut out = format!(
@@ -246,9 +248,6 @@ impl Proxy {
              # HELP sandtrail_router_upstream_errors_total Calls that failed upstream (502).\n\
              # TYPE sandtrail_router_upstream_errors_total counter\n\
              sandtrail_router_upstream_errors_total{{host=\"{host}\"}} {}\n\
-             # HELP sandtrail_router_latency_seconds_sum Total latency of completed calls.\n\
-             # TYPE sandtrail_router_latency_seconds_sum counter\n\
-             sandtrail_router_latency_seconds_sum{{host=\"{host}\"}} {}\n\
              # HELP sandtrail_router_services_lookups_total Lookups of /v1/services sent to the control plane.\n\
              # TYPE sandtrail_router_services_lookups_total counter\n\
              sandtrail_router_services_lookups_total{{host=\"{host}\"}} {}\n\
@@ -263,11 +262,16 @@ impl Proxy {
              sandtrail_router_access_records_dropped_total{{host=\"{host}\"}} {}\n",
             g(&m.retries),
             g(&m.upstream_errors),
-            g(&m.latency_us_sum) as f64 / 1e6,
             g(&m.services_lookups),
             g(&self.inner.log.written),
             g(&self.inner.log.dropped),
         ));
+        m.latency.render(
+            &mut out,
+            "sandtrail_router_latency_seconds",
+            "Latency of completed calls, from the request to the end of the answer.",
+            &format!("host=\"{host}\""),
+        );
         out
     }
 
@@ -900,8 +904,7 @@ impl Inner {
         let m = &self.metrics;
         let class = (status / 100).clamp(1, 5) as usize - 1;
         m.by_class[class].fetch_add(1, Ordering::Relaxed);
-        m.latency_us_sum
-            .fetch_add(latency.as_micros() as u64, Ordering::Relaxed);
+        m.latency.observe(latency);
         let line = access_line(
             &self.cfg.host,
             call,
