@@ -98,14 +98,10 @@ pub struct Discovery {
     metas: HashMap<PathBuf, (Arc<TaskMeta>, Option<u64>)>,
 }
 
-/// The number `n` if `name` is `<stream>.<n>` with `n` all digits (a logger
-/// rotation of `stream`).
+/// The number `n` if `name` is `<stream>.<n>`, a logger rotation of `stream`: the
+/// logger's own rule ([`protocol::rotation::rotation_number`]), so both sides agree.
 pub fn rotation_of(name: &str, stream: &str) -> Option<u64> {
-    let n = name.strip_prefix(stream)?.strip_prefix('.')?;
-    if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    n.parse().ok()
+    protocol::rotation::rotation_number(name.as_bytes(), stream)
 }
 
 /// Where the file `id` sits now among the rotations `<stream>.<n>` of the sandbox
@@ -576,10 +572,11 @@ mod tests {
         assert_eq!(sb.budget, Some(4096));
         let sizes: u64 = sb.files.iter().map(|f| f.size).sum();
         assert_eq!(sizes, 5 + 4 + 4 + 5 + 2);
-        assert_eq!(rotation_of("stdout.007", "stdout"), Some(7));
+        assert_eq!(rotation_of("stdout.7", "stdout"), Some(7));
         assert_eq!(
-            rotation_of("stdout.99999999999999999999999", "stdout"),
-            None
+            rotation_of("stdout.007", "stdout"),
+            None,
+            "the logger never writes it"
         );
     }
 

@@ -11,7 +11,8 @@
 //!   already past 1.5 × `max_bytes`: then it is rotated anyway, so a single line
 //!   longer than that may be split across two files (a bound beats an unbounded file);
 //! - numbers rotated files upwards in rotation order (the highest is the newest),
-//!   continuing after the highest number found in the sandbox at start (a relaunch),
+//!   continuing after the highest number found in the sandbox at start (a relaunch;
+//!   only names of `protocol::rotation`'s rule count, the shipper's rule too),
 //!   and renames without replacing (`renameat2(RENAME_NOREPLACE)`; a name that exists
 //!   is skipped), so a rotated file is never overwritten and is never touched again;
 //! - deletes nothing: the shipper deletes each rotated file once all of it is
@@ -29,8 +30,8 @@
 //! and tests alike) and outlives the node: a task and its logs survive an agent
 //! restart. The trade-off is that the forked child of a multi-threaded process may
 //! only use async-signal-safe calls: it allocates nothing and calls only `read`,
-//! `write`, `poll`, `open`, `renameat2`/`rename`, `access`, `lstat`, `fstat`, `close`
-//! and `_exit` on memory prepared before the fork (file names, relative to the
+//! `write`, `poll`, `open`, `renameat2`/`rename`, `access`, `lstat`, `fstat`, `close`,
+//! `close_range`, `getrlimit` and `_exit` on memory prepared before the fork (file names, relative to the
 //! sandbox, its working directory, are written into a fixed buffer holding
 //! `stdout.`: digits in place, then a NUL). The highest
 //! existing rotation number is found before the fork, with a directory listing. It
@@ -43,6 +44,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use crate::{Error, Result};
+use protocol::rotation::rotation_number;
 
 /// Largest `max_bytes` [`Rotation::for_budget`] picks: the size of a rotated file.
 pub const DEFAULT_MAX_BYTES: u64 = 10 * 1024 * 1024;
@@ -149,19 +151,6 @@ impl Stream {
     }
 }
 
-/// `n` if `name` is `<base>.<n>` with `n` ≥ 1 in plain digits.
-fn rotation_number(name: &[u8], base: &str) -> Option<u64> {
-    let digits = name.strip_prefix(base.as_bytes())?.strip_prefix(b".")?;
-    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    std::str::from_utf8(digits)
-        .ok()?
-        .parse()
-        .ok()
-        .filter(|n| *n > 0)
-}
-
 fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0i32; 2];
     // SAFETY: `fds` is a valid array of two ints for pipe2 to fill.
@@ -247,12 +236,9 @@ unsafe fn logger_child(
 ) -> ! {
     // Close every inherited fd but the two read ends (the node's sockets, the write
     // ends of these pipes...), so nothing of the node outlives it here.
-    let max_fd = 4096;
-    for fd in 0..max_fd {
-        if !fds.contains(&fd) {
-            libc::close(fd);
-        }
-    }
+    // Regression (issue 14 review): a loop over fds below 4096 left a node with more
+    // open files leaking the rest into every logger. close_range takes them all.
+    close_all_but(fds);
     let mut outs = [Output::open(&streams[0]), Output::open(&streams[1])];
     let cap = rotation.budget_bytes.saturating_mul(2);
     // What the log files take on disk: exact after each `disk_usage`, then counted up
@@ -409,6 +395,42 @@ impl Output {
     }
 }
 
+/// Closes every fd but `keep`, by `close_range(2)` over the gaps between them
+/// (Linux 5.9+); on an older kernel, one by one up to the fd limit. Async-signal-safe.
+unsafe fn close_all_but(keep: [i32; 2]) {
+    let (a, b) = (keep[0].min(keep[1]) as u32, keep[0].max(keep[1]) as u32);
+    let mut ranges = [
+        (0, a.wrapping_sub(1)),
+        (a + 1, b.wrapping_sub(1)),
+        (b + 1, u32::MAX),
+    ];
+    if a == 0 {
+        ranges[0] = (1, 0);
+    }
+    let mut fallback = false;
+    for (lo, hi) in ranges {
+        if lo <= hi && libc::syscall(libc::SYS_close_range, lo, hi, 0) != 0 {
+            fallback = true;
+        }
+    }
+    if fallback {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        let max = if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+            lim.rlim_cur.min(1 << 20) as i32
+        } else {
+            4096
+        };
+        for fd in 0..max {
+            if !keep.contains(&fd) {
+                libc::close(fd);
+            }
+        }
+    }
+}
+
 /// `rename` that fails with `EEXIST` rather than replace `to`; returns 0 or the errno.
 /// Where the filesystem lacks `RENAME_NOREPLACE`, it checks with `access` first (a
 /// race only with another logger of the same sandbox on such a filesystem).
@@ -562,16 +584,6 @@ mod tests {
         assert_eq!(name(&mut s, 7), format!("{base}.7"), "shorter after longer");
         assert_eq!(name(&mut s, u64::MAX), format!("{base}.{}", u64::MAX));
         assert_eq!((s.lo, s.next), (1, 1));
-        assert_eq!(rotation_number(b"stdout.12", "stdout"), Some(12));
-        for bad in [
-            &b"stdout"[..],
-            b"stdout.",
-            b"stdout.0",
-            b"stdout.1a",
-            b"stderr.1",
-        ] {
-            assert_eq!(rotation_number(bad, "stdout"), None);
-        }
     }
 
     #[test]
@@ -609,6 +621,84 @@ mod tests {
         assert_eq!(read(dir.path(), "stdout.2"), [line(2), line(3)].concat());
         assert_eq!(read(dir.path(), "stdout"), line(4));
         assert!(rotated(dir.path(), "stderr").is_empty());
+    }
+
+    /// Regression (issue 14 review): the logger closed inherited fds below 4096 only,
+    /// so a node with more open files kept the rest open for as long as a task ran.
+    /// The write end of a pipe at fd 5000 must be closed in the logger: the read end
+    /// then sees EOF while the logger still runs.
+    #[test]
+    fn the_logger_keeps_no_inherited_fd_even_past_4096() {
+        let dir = tempfile::tempdir().unwrap();
+        let (r, w) = pipe().unwrap();
+        // SAFETY: dup3 onto a free number; the new fd is owned below.
+        let high = unsafe { libc::dup3(w.as_raw_fd(), 5000, libc::O_CLOEXEC) };
+        assert_eq!(high, 5000, "{}", std::io::Error::last_os_error());
+        // SAFETY: fd 5000 was just made by dup3 and is owned by nobody else.
+        let high = unsafe { OwnedFd::from_raw_fd(high) };
+        drop(w);
+        let rotation = Rotation {
+            max_bytes: 1 << 20,
+            budget_bytes: UNLIMITED,
+        };
+        let (out, err) = spawn(dir.path(), rotation).unwrap();
+        drop(high);
+        let mut out = std::fs::File::from(out);
+        out.write_all(b"alive\n").unwrap();
+        wait_for("the logger to run", || {
+            read(dir.path(), "stdout") == b"alive\n"
+        });
+        let mut r = std::fs::File::from(r);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 1];
+            let _ = tx.send(std::io::Read::read(&mut r, &mut buf).ok());
+        });
+        let got = rx.recv_timeout(std::time::Duration::from_secs(10));
+        assert_eq!(
+            got,
+            Ok(Some(0)),
+            "EOF: no process holds the write end at fd 5000"
+        );
+        drop(out);
+        drop(err);
+    }
+
+    /// Regression (issue 14 review): a stray `stdout.<u64::MAX>` in the sandbox made
+    /// the next number saturate at `u64::MAX`, every rename then failed with EEXIST
+    /// and the live file was never rotated again. Names the logger never writes are
+    /// not its rotations, so numbering goes on from the real ones.
+    #[test]
+    fn a_stray_huge_rotation_name_does_not_stop_rotation() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(format!("stdout.{}", u64::MAX)), b"x\n").unwrap();
+        std::fs::write(dir.path().join("stdout.3"), b"old\n").unwrap();
+        let rotation = Rotation {
+            max_bytes: 100,
+            budget_bytes: UNLIMITED,
+        };
+        let (out, err) = spawn(dir.path(), rotation).unwrap();
+        let mut out = std::fs::File::from(out);
+        for i in 0..3u8 {
+            let mut l = vec![b'a' + i; 119];
+            l.push(b'\n');
+            out.write_all(&l).unwrap();
+            // One line per pipe read, so each line is a rotation of its own.
+            let n = 4 + u64::from(i);
+            wait_for("the next rotation", || {
+                dir.path().join(format!("stdout.{n}")).exists()
+            });
+        }
+        drop(out);
+        drop(err);
+        assert_eq!(
+            read(dir.path(), "stdout.4"),
+            [vec![b'a'; 119], vec![b'\n']].concat()
+        );
+        assert!(
+            dir.path().join(format!("stdout.{}", u64::MAX)).exists(),
+            "left alone"
+        );
     }
 
     /// Regression test for issue 14: rotation at pipe-read boundaries split a line in
