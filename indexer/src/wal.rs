@@ -2,13 +2,13 @@
 //! once a batch is durable, without waiting for the Tantivy commit that makes it
 //! searchable (as Elasticsearch's translog, or Quickwit's mrecordlog).
 //!
-//! The writer thread appends each such request's body as it arrived (compressed or
-//! plain, as the shipper sent it: no work is spent re-encoding it), fsyncs
-//! once for all the requests it holds, and only then answers them. The bodies of
-//! native requests answered at the commit are appended too, without an fsync of their
-//! own, so that a replay keeps the order in which requests were admitted (see
-//! [`crate::writer::Ack`]); `_bulk` documents are not logged, they are answered at
-//! the commit. Every commit
+//! The log stage ([`crate::stage`]) appends each request's body as it arrived
+//! (compressed or plain, as the shipper sent it: no work is spent re-encoding it),
+//! fsyncs once for all the requests it holds, and only then answers them and hands
+//! them to the writer. The bodies of native requests answered at the commit are
+//! logged the same way, so that a replay keeps the order in which requests were
+//! admitted (see [`crate::writer::Ack`]); `_bulk` documents are not logged, they are
+//! answered at the commit. Every commit
 //! stores in its payload the sequence number (LSN) of the last entry it includes; at
 //! start the writer replays the entries above it through the same admission by
 //! (source, offset) as live ingest, so a crash between the answer and the commit
@@ -44,7 +44,8 @@ pub struct Entry {
     pub body: Vec<u8>,
 }
 
-/// The open log. Owned by the writer thread; every call blocks on the disk.
+/// The open log, shared by the log stage (appends, syncs) and the writer (releases,
+/// reads back after a failed group) behind a mutex; every call blocks on the disk.
 #[derive(Debug)]
 pub struct Wal {
     dir: PathBuf,

@@ -1,5 +1,6 @@
 //! The write path: one OS thread owns the Tantivy `IndexWriter`s (one per day
-//! partition), takes ingest requests from a channel, and group-commits them.
+//! partition), takes logged requests from the log stage ([`crate::stage`]) in log
+//! order, and group-commits them.
 //!
 //! Whatever is queued when the thread wakes up is added and committed together (and,
 //! when the last commit was less than [`COMMIT_INTERVAL`] ago, whatever arrives until
@@ -12,9 +13,12 @@
 //!
 //! A request may instead ask to be answered once its body is in the fsynced
 //! write-ahead log ([`Ack::Logged`], `refresh=false` on the wire, what the shipper
-//! sends): it is answered before the group's commit, and a crash before that commit
-//! is repaired at the next open by replaying the log (see [`crate::wal`]). One busy
-//! source then moves at the index's speed instead of one batch per commit.
+//! sends): the log stage answers it before the commit, even while this thread is
+//! inside one, and a crash before that commit is repaired at the next open by
+//! replaying the log (see [`crate::wal`]). One busy source then moves at the index's
+//! speed instead of one batch per commit. A group that fails is undone and the log
+//! entries it had applied are applied again at once: they are durable and may have
+//! been answered.
 //!
 //! Exactly-once: the commit payload of every day partition a group touched is a
 //! [`Payload`]: the [`Checkpoint`]'s offsets (highest committed offset per source)
@@ -27,6 +31,7 @@ use crate::merge::{merges_due, DeferringMergePolicy, Duty, MergeGate, MERGE_WHEN
 use crate::metrics::Metrics;
 use crate::partition::{day_name, day_of, open_part, remove_dir, Part, Partitions, Payload};
 use crate::schema::Fields;
+use crate::stage::{Broken, LogStage, Staged};
 use crate::wal::{Entry, Wal};
 use axum::body::Bytes;
 use chrono::NaiveDate;
@@ -34,7 +39,7 @@ use protocol::{IngestResponse, LogRecord};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tantivy::{IndexWriter, TantivyDocument};
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -53,7 +58,7 @@ pub const COMMIT_INTERVAL: std::time::Duration = std::time::Duration::from_milli
 
 /// A request's records as a log entry (zstd NDJSON, what the shipper sends), for
 /// in-process callers that have no body.
-fn log_body(records: &[LogRecord]) -> Bytes {
+pub(crate) fn log_body(records: &[LogRecord]) -> Bytes {
     let ndjson = protocol::encode_ndjson(records);
     // Compressing into memory cannot fail.
     Bytes::from(zstd::bulk::compress(&ndjson, 1).expect("zstd into memory"))
@@ -209,10 +214,16 @@ pub struct WriterThread {
     /// Set when undoing a failed group failed too: every later group fails with it
     /// (the next open repairs the state on disk).
     broken: Option<String>,
-    /// The write-ahead log of requests answered before their commit.
-    wal: Wal,
+    /// The write-ahead log, appended to and synced by the [`LogStage`]; the writer
+    /// releases what commits no longer need and reads it back after a failure.
+    wal: Arc<Mutex<Wal>>,
     /// LSN of the last log entry the index holds (committed).
     wal_committed: u64,
+    /// LSN of the last log entry added to the index (committed or not): what the
+    /// next commit names. Entries arrive in LSN order.
+    applied: u64,
+    /// [`WriterThread::broken`] as the log stage sees it.
+    shared_broken: Broken,
     /// Test hook: after this many partition commits of a group, stop dead, the way
     /// a killed process would (no undo, nothing more committed).
     pub(crate) crash_after_part_commits: Option<usize>,
@@ -226,6 +237,16 @@ pub struct WriterThread {
     /// Test hook: [`SATURATED`]; 0 makes any load a burst, so that a test's few
     /// requests hold merges back.
     pub(crate) saturated_at: f64,
+    /// Test hook: commits wait for this gate to open (a commit that takes as long
+    /// as the test wants); `entered` is set while one waits.
+    pub(crate) commit_gate: Option<Arc<CommitGate>>,
+}
+
+/// See [`WriterThread::commit_gate`].
+#[derive(Default)]
+pub(crate) struct CommitGate {
+    pub open: std::sync::atomic::AtomicBool,
+    pub entered: std::sync::atomic::AtomicBool,
 }
 
 impl WriterThread {
@@ -288,13 +309,16 @@ impl WriterThread {
             uids,
             retention: None,
             broken: None,
-            wal,
+            wal: Arc::new(Mutex::new(wal)),
             wal_committed,
+            applied: wal_committed,
+            shared_broken: Broken::default(),
             crash_after_part_commits: None,
             crashed: false,
             fail_after_part_commits: None,
             max_deferred_segments: crate::merge::MAX_DEFERRED_SEGMENTS,
             saturated_at: SATURATED,
+            commit_gate: None,
         };
         // Merges a burst left due before a restart start once the writer is idle.
         this.merge_gate.defer();
@@ -320,6 +344,31 @@ impl WriterThread {
         }
         this.publish_wal_size();
         Ok(this)
+    }
+
+    /// The log stage to run in front of this writer: it admits against the
+    /// checkpoint as opened (and replayed) and appends to the same log.
+    pub fn stage(&self) -> LogStage {
+        LogStage::new(
+            self.checkpoint.clone(),
+            self.wal.clone(),
+            self.metrics.clone(),
+            self.shared_broken.clone(),
+        )
+    }
+
+    /// Locks the log; a poisoned lock (a panic while holding it) is an error.
+    fn wal(&self) -> Result<std::sync::MutexGuard<'_, Wal>> {
+        self.wal
+            .lock()
+            .map_err(|_| Error::Internal("write-ahead log lock poisoned".into()))
+    }
+
+    /// Refuses every later group (and, through the stage, every request) with
+    /// `reason` until a restart repairs the state on disk.
+    fn break_with(&mut self, reason: String) {
+        let _ = self.shared_broken.set(reason.clone());
+        self.broken = Some(reason);
     }
 
     /// The writer of a day's partition, opening (or creating) it. The current day
@@ -376,6 +425,13 @@ impl WriterThread {
             if self.fail_after_part_commits == Some(n) {
                 self.fail_after_part_commits = None;
                 return Err(Error::Index("simulated commit failure".into()));
+            }
+            if let Some(gate) = &self.commit_gate {
+                use std::sync::atomic::Ordering::SeqCst;
+                gate.entered.store(true, SeqCst);
+                while !gate.open.load(SeqCst) {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
             }
             let writer = self.writer_for(*day)?;
             let mut prepared = writer.prepare_commit()?;
@@ -572,7 +628,7 @@ impl WriterThread {
     }
 
     /// Runs until a shutdown message arrives or every sender is gone.
-    pub fn run(mut self, mut rx: mpsc::Receiver<WriterMsg>) {
+    pub fn run(mut self, mut rx: mpsc::Receiver<Staged>) {
         tracing::info!(
             sources = self.checkpoint.offsets.len(),
             "index writer started"
@@ -625,7 +681,7 @@ impl WriterThread {
                     self.merges_settling = self.reload_merged();
                     continue;
                 }
-                None | Some(WriterMsg::MergeNow) => {
+                None | Some(Staged::MergeNow) => {
                     self.merge_now();
                     continue;
                 }
@@ -681,15 +737,13 @@ impl WriterThread {
     /// requests in the group and whether a commit happened.
     fn commit_group(
         &mut self,
-        first: WriterMsg,
-        rx: &mut mpsc::Receiver<WriterMsg>,
+        first: Staged,
+        rx: &mut mpsc::Receiver<Staged>,
         timer: &tokio::runtime::Runtime,
         deadline: Instant,
     ) -> (Vec<oneshot::Sender<()>>, bool) {
         let before = self.checkpoint.clone();
         let wal_before = self.wal_committed;
-        // Requests logged but not yet answered: answered after the next fsync.
-        let mut logged: Vec<(oneshot::Sender<Result<IngestResponse>>, IngestResponse)> = Vec::new();
         let mut waiting = Vec::new();
         let mut stops = Vec::new();
         let mut failure: Option<String> = None;
@@ -711,8 +765,6 @@ impl WriterThread {
                     Err(mpsc::error::TryRecvError::Empty)
                         if stops.is_empty() && failure.is_none() && Instant::now() < deadline =>
                     {
-                        // Nothing more queued: answer what is logged before waiting.
-                        self.answer_logged(&mut logged, &mut waiting, &mut failure);
                         let wait =
                             async { tokio::time::timeout_at(deadline.into(), rx.recv()).await };
                         let waiting = Instant::now();
@@ -727,70 +779,38 @@ impl WriterThread {
                 },
             };
             match msg {
-                WriterMsg::Shutdown { reply } => stops.push(reply),
-                WriterMsg::MergeNow => self.merge_requested = true,
-                WriterMsg::Ingest {
+                Staged::Shutdown { reply } => stops.push(reply),
+                Staged::MergeNow => self.merge_requested = true,
+                Staged::Nothing { reply, resp } => waiting.push(Waiting::Ingest(reply, resp)),
+                Staged::Logged {
+                    lsn,
                     records,
-                    ack,
                     reply,
                 } => {
-                    let mut resp = IngestResponse::default();
-                    let encoded = match &ack {
-                        Ack::Committed(None) if failure.is_none() => Some(log_body(&records)),
-                        _ => None,
-                    };
                     if failure.is_none() {
                         for rec in records {
+                            // Admitted by the stage already; the check matters when
+                            // entries are applied again after a failed group.
                             if !self.checkpoint.admit(&rec.source, rec.offset) {
-                                resp.duplicates += 1;
                                 continue;
                             }
                             if let Err(e) = self.add_record(&rec, &mut touched) {
                                 failure = Some(e.to_string());
                                 break;
                             }
-                            resp.accepted += 1;
-                            // The tail sees records as soon as they are accepted,
+                            added += 1;
+                            // The tail sees records as soon as they are added,
                             // without waiting for the commit.
                             let _ = self.tail.send(Arc::new(rec));
                         }
                     }
-                    added += resp.accepted;
-                    match ack {
-                        Ack::Logged(body) if failure.is_none() => {
-                            // Only what admitted records needs replaying.
-                            let appended = if resp.accepted > 0 {
-                                self.wal.append(&body).map(|_| ())
-                            } else {
-                                Ok(())
-                            };
-                            match appended {
-                                Ok(()) => logged.push((reply, resp)),
-                                Err(e) => {
-                                    failure = Some(e.to_string());
-                                    waiting.push(Waiting::Ingest(reply, resp));
-                                }
-                            }
-                        }
-                        Ack::Committed(body) => {
-                            // Unanswered until the commit, so no fsync of its own: the
-                            // commit makes the records durable, and the entry only
-                            // orders a replay. A later early answer's fsync may cover
-                            // it; a failed group discards it if no fsync did (if one
-                            // did, it is re-applied with them, which the error says).
-                            if failure.is_none() && resp.accepted > 0 {
-                                if let Some(body) = body.or(encoded) {
-                                    if let Err(e) = self.wal.append(&body) {
-                                        failure = Some(e.to_string());
-                                    }
-                                }
-                            }
-                            waiting.push(Waiting::Ingest(reply, resp));
-                        }
-                        Ack::Logged(_) => waiting.push(Waiting::Ingest(reply, resp)),
+                    // Durable in the log: a failed group applies it again below.
+                    self.applied = self.applied.max(lsn);
+                    if let Some((reply, resp)) = reply {
+                        waiting.push(Waiting::Ingest(reply, resp));
                     }
                 }
-                WriterMsg::Bulk { docs, reply } => {
+                Staged::Bulk { docs, reply } => {
                     let mut outcomes = Vec::with_capacity(docs.len());
                     if failure.is_none() {
                         for BulkDoc { record, id } in docs {
@@ -827,7 +847,6 @@ impl WriterThread {
                 }
             }
         }
-        self.answer_logged(&mut logged, &mut waiting, &mut failure);
         let committed = failure.is_none() && added > 0;
         if committed {
             let started = Instant::now();
@@ -840,7 +859,7 @@ impl WriterThread {
                 uid_from,
                 before: before.offsets.clone(),
                 uid_next: self.uids.peek(),
-                wal: self.wal.synced(),
+                wal: self.applied,
                 wal_before,
             };
             match self.commit_payload(&days, &payload) {
@@ -848,7 +867,7 @@ impl WriterThread {
                     self.wal_committed = payload.wal;
                     // An undo of this group on the next open replays from
                     // `wal_before`: only what is below it can go.
-                    if let Err(e) = self.wal.release_through(wal_before) {
+                    if let Err(e) = self.wal().and_then(|mut w| w.release_through(wal_before)) {
                         tracing::warn!(error = %e, "cannot release write-ahead log segments");
                     }
                     self.publish_wal_size();
@@ -904,11 +923,6 @@ impl WriterThread {
             Some(reason) => {
                 Metrics::inc(&self.metrics.commit_errors, 1);
                 tracing::error!(error = %reason, requests = waiting.len(), "commit failed, rolling back the group");
-                // Logged but unanswered entries are answered with the error below:
-                // they must not come back at a replay.
-                if let Err(e) = self.wal.discard_unsynced() {
-                    tracing::error!(error = %e, "cannot discard the failed group's unanswered log entries");
-                }
                 let group = Payload {
                     offsets: self.checkpoint.offsets.clone(),
                     epoch: self.epoch,
@@ -916,12 +930,12 @@ impl WriterThread {
                     uid_from,
                     before: before.offsets.clone(),
                     uid_next: self.uids.peek(),
-                    wal: self.wal.synced(),
+                    wal: self.applied,
                     wal_before,
                 };
                 if let Err(e) = self.undo(&group) {
                     tracing::error!(error = %e, "undoing the failed group failed; refusing ingest until restart");
-                    self.broken = Some(format!(
+                    self.break_with(format!(
                         "an earlier commit failed and could not be undone ({e}); restart the indexer"
                     ));
                 }
@@ -941,16 +955,23 @@ impl WriterThread {
                         }
                     }
                 }
-                // Requests already answered from the log cannot be failed: their
-                // entries are indexed again now (as at an open after a crash).
-                if self.broken.is_none() && self.wal.synced() > self.wal_committed {
+                // Requests already answered from the log cannot be failed: every
+                // entry the group applied is indexed again now (as at an open after
+                // a crash). Those of `wait_for` requests answered with the error
+                // above are too, which the error says; a retry is a duplicate.
+                let through = self.applied;
+                if self.broken.is_none() && through > self.wal_committed {
                     let replayed = self
-                        .wal
-                        .read_after(self.wal_committed)
+                        .wal()
+                        .and_then(|w| w.read_after(self.wal_committed))
+                        .map(|mut entries| {
+                            entries.retain(|e| e.lsn <= through);
+                            entries
+                        })
                         .and_then(|entries| self.apply_entries(entries));
                     if let Err(e) = replayed {
                         tracing::error!(error = %e, "re-applying acknowledged log entries failed; refusing ingest until restart");
-                        self.broken = Some(format!(
+                        self.break_with(format!(
                             "acknowledged records could not be indexed ({e}); restart the indexer, which replays them"
                         ));
                     }
@@ -958,34 +979,6 @@ impl WriterThread {
             }
         }
         (stops, committed)
-    }
-
-    /// Makes the logged requests durable (one fsync for all) and answers them; on
-    /// failure they join `waiting` and share the group's error.
-    fn answer_logged(
-        &mut self,
-        logged: &mut Vec<(oneshot::Sender<Result<IngestResponse>>, IngestResponse)>,
-        waiting: &mut Vec<Waiting>,
-        failure: &mut Option<String>,
-    ) {
-        if logged.is_empty() {
-            return;
-        }
-        if failure.is_none() {
-            if let Err(e) = self.wal.sync() {
-                *failure = Some(e.to_string());
-            }
-        }
-        for (reply, resp) in logged.drain(..) {
-            if failure.is_some() {
-                waiting.push(Waiting::Ingest(reply, resp));
-                continue;
-            }
-            Metrics::inc(&self.metrics.records_accepted, resp.accepted);
-            Metrics::inc(&self.metrics.records_duplicate, resp.duplicates);
-            Metrics::inc(&self.metrics.records_logged, resp.accepted);
-            let _ = reply.send(Ok(resp));
-        }
     }
 
     /// Indexes log entries again (admitted by source and offset as live ingest
@@ -1040,6 +1033,7 @@ impl WriterThread {
             }
             self.wal_committed = last;
         }
+        self.applied = self.applied.max(last);
         Ok(added)
     }
 
@@ -1053,9 +1047,10 @@ impl WriterThread {
     }
 
     fn publish_wal_size(&self) {
-        self.metrics
-            .wal_bytes
-            .store(self.wal.bytes(), std::sync::atomic::Ordering::Relaxed);
+        self.metrics.wal_bytes.store(
+            self.wal().map_or(0, |w| w.bytes()),
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
 }
 
