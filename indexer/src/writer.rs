@@ -151,6 +151,9 @@ pub enum WriterMsg {
 pub struct BulkDoc {
     pub record: LogRecord,
     pub id: Option<String>,
+    /// The document as the client sent it, when the record's ECS rendering differs
+    /// (stored for `_source`, see `crate::es`).
+    pub source: Option<serde_json::Value>,
 }
 
 /// What became of one bulk document.
@@ -793,7 +796,7 @@ impl WriterThread {
                 WriterMsg::Bulk { docs, reply } => {
                     let mut outcomes = Vec::with_capacity(docs.len());
                     if failure.is_none() {
-                        for BulkDoc { record, id } in docs {
+                        for BulkDoc { record, id, source } in docs {
                             if let Some(id) = &id {
                                 let term = tantivy::Term::from_field_text(self.fields.es_id, id);
                                 let seen = pending_ids.contains(id)
@@ -808,6 +811,7 @@ impl WriterThread {
                                 &record,
                                 self.uids.next(),
                                 id.as_deref(),
+                                source.as_ref(),
                             );
                             let day = day_of(&record.ts);
                             touched.insert(day);

@@ -743,3 +743,63 @@ async fn shipper_startup_calls_are_answered_or_accepted() -> Result<()> {
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
     Ok(())
 }
+
+/// Issue 17: a client that indexes a document and searches it gets back the fields
+/// it sent (nested objects, dotted keys, arrays, odd types), not an ECS rendering
+/// with `task` and `stream` added; the document is still indexed by its mapping.
+#[tokio::test]
+async fn hits_return_the_source_as_sent() -> Result<()> {
+    let s = Server::start(Some("s3cret")).await?;
+    let sent = json!({
+        "@timestamp": "2025-06-01T10:00:00.123Z",
+        "message": "payment failed",
+        "host": { "name": "node-1", "ip": ["10.0.0.1", "10.0.0.2"] },
+        "user.name": "alice",
+        "labels": { "env": "prod", "retry": 3, "ok": false, "none": null },
+        "log": { "level": "ERROR", "file": { "path": "/var/log/app.log" } },
+        "ecs": { "version": "8.11.0" },
+    });
+    // What a hit of a native record looks like: kept as is by the mapping alone.
+    let rendered = json!({
+        "@timestamp": "2025-06-01T10:00:01Z",
+        "message": "ok",
+        "host": { "name": "node-2" },
+        "service": { "name": "fib" },
+        "log": { "level": "info" },
+        "task": "fib.1",
+        "stream": "stdout",
+    });
+    let (status, resp) = s
+        .bulk(
+            "/logs/_bulk",
+            &[
+                json!({ "index": { "_id": "sent" } }),
+                sent.clone(),
+                json!({ "index": { "_id": "rendered" } }),
+                rendered.clone(),
+            ],
+        )
+        .await?;
+    assert_eq!((status, &resp["errors"]), (StatusCode::OK, &json!(false)));
+    let hits = s
+        .search("logs", json!({ "sort": [{ "@timestamp": "asc" }] }))
+        .await?;
+    let sources: Vec<&Value> = hits["hits"]["hits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| &h["_source"])
+        .collect();
+    assert_eq!(sources, [&sent, &rendered]);
+    // Searched through its mapping: ECS names, and the rest under its dotted name.
+    for q in [
+        json!({ "query_string": { "query": "host.name:node-1 AND log.level:error" } }),
+        json!({ "term": { "labels.env": "prod" } }),
+        json!({ "term": { "user.name": "alice" } }),
+    ] {
+        let r = s.search("logs", json!({ "query": q })).await?;
+        assert_eq!(r["hits"]["total"]["value"], 1, "{q}: {r}");
+        assert_eq!(r["hits"]["hits"][0]["_id"], "sent", "{q}");
+    }
+    Ok(())
+}

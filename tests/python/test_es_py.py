@@ -88,10 +88,8 @@ class ElasticsearchPyAgainstSandtrail(unittest.TestCase):
             after = hits[-1]["sort"]
         self.assertEqual(seen, [f"doc-{i}" for i in range(200)])
 
-    # Not yet (issue 17): hits carry an ECS rendering of the record, so dotted keys
-    # come back flattened ("user.name") and `task`/`stream` are added. Remove the
-    # marker once `_source` is kept as sent; an unexpected success fails the suite.
-    @unittest.expectedFailure
+    # Issue 17: hits carried an ECS rendering of the record (dotted keys flattened,
+    # `task` and `stream` added); the document as sent is kept when it differs.
     def test_source_comes_back_as_sent(self):
         sent = next(d for d in docs(200) if d["_id"] == "doc-42")
         sent = {k: v for k, v in sent.items() if not k.startswith("_")}
