@@ -361,6 +361,15 @@ async fn up_gives_elasticsearch_clients_a_base_url_beside_the_ui() -> anyhow::Re
         .json()
         .await?;
     assert_eq!(count["count"], 1, "{count}");
+    // An API we lack is an Elasticsearch 404 under the prefix, the UI's 404 beside it.
+    let missing = http.get(format!("{es}/esup/_mapping")).send().await?;
+    assert_eq!(missing.status(), reqwest::StatusCode::NOT_FOUND);
+    assert_eq!(missing.headers()["x-elastic-product"], "Elasticsearch");
+    let missing: serde_json::Value = missing.json().await?;
+    assert_eq!(missing["status"], 404, "{missing}");
+    let ui_missing = http.get(format!("{}/no-such-page", up.web)).send().await?;
+    assert_eq!(ui_missing.status(), reqwest::StatusCode::NOT_FOUND);
+    assert!(!ui_missing.headers().contains_key("x-elastic-product"));
     Ok(())
 }
 

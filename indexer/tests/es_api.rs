@@ -803,3 +803,67 @@ async fn hits_return_the_source_as_sent() -> Result<()> {
     }
     Ok(())
 }
+
+/// Issue 17: a path the API does not serve, under the prefix or anywhere on the
+/// indexer's own port, answers an Elasticsearch 404 with the product header (it was
+/// an empty 404 without it, which the official clients take for "not
+/// Elasticsearch"); a served path with the wrong method a 405 in the same shape.
+#[tokio::test]
+async fn unknown_paths_are_elasticsearch_404s() -> Result<()> {
+    let s = Server::start(Some("s3cret")).await?;
+    for (method, path, status, says) in [
+        (
+            "GET",
+            "/es/logs/_mapping",
+            404,
+            "no handler found for uri [/es/logs/_mapping] and method [GET]",
+        ),
+        ("PUT", "/es/logs/_doc/1", 404, "[/es/logs/_doc/1]"),
+        ("GET", "/logs/_mapping", 404, "[/logs/_mapping]"),
+        ("POST", "/_refresh", 404, "[/_refresh]"),
+        ("GET", "/es/_bulk", 405, "[/es/_bulk] and method [GET]"),
+        ("DELETE", "/_search", 405, "[/_search] and method [DELETE]"),
+    ] {
+        let resp = s
+            .http
+            .request(method.parse()?, format!("{}{path}", s.base))
+            .basic_auth("elastic", Some("s3cret"))
+            .send()
+            .await?;
+        assert_eq!(
+            resp.headers()["x-elastic-product"],
+            "Elasticsearch",
+            "{path}"
+        );
+        let kind = if status == 404 {
+            "resource_not_found_exception"
+        } else {
+            "illegal_argument_exception"
+        };
+        let got = resp.status();
+        assert_es_error(got, &resp.json().await?, status, kind, says);
+        // Closed like the rest: without a token, nothing is said about the path.
+        // (A 405 says only which methods a documented path takes, token or not.)
+        let resp = s
+            .http
+            .request(method.parse()?, format!("{}{path}", s.base))
+            .send()
+            .await?;
+        let want = if status == 405 { 405 } else { 401 };
+        assert_eq!(resp.status().as_u16(), want, "{path}");
+        assert_eq!(
+            resp.headers()["x-elastic-product"],
+            "Elasticsearch",
+            "{path}"
+        );
+    }
+    // The native API and its own errors are untouched.
+    let resp = s
+        .http
+        .get(format!("{}/api/v1/search", s.base))
+        .basic_auth("elastic", Some("s3cret"))
+        .send()
+        .await?;
+    assert_eq!(resp.status(), StatusCode::OK);
+    Ok(())
+}

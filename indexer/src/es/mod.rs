@@ -11,7 +11,11 @@
 //! cluster health, and the template, ILM, pipeline and data stream calls, accepted
 //! and ignored). Every answer carries `X-Elastic-Product: Elasticsearch`, and the
 //! whole API also answers under [`PREFIX`] (`/es`), the base URL for clients when
-//! the port's `/` is the UI's (`sandtrail up`).
+//! the port's `/` is the UI's (`sandtrail up`). A path not served under [`PREFIX`]
+//! (or anywhere on a port of its own) is a 404 in Elasticsearch's shape, a served
+//! path asked with the wrong method a 405, both to a client with a valid token
+//! (closed like the rest) and both with the product header, so a client asking
+//! for an API we lack reads an Elasticsearch error, not an empty body.
 //!
 //! Layers: this module holds the routes and handlers (HTTP in, JSON out, errors in
 //! Elasticsearch's shape); [`bulk`] parses bulk bodies and maps documents to and from
@@ -91,10 +95,66 @@ pub const PREFIX: &str = "/es";
 /// behind the same [`Guards`] but refusing in Elasticsearch's error shape, and
 /// every answer (refusals too) carrying `X-Elastic-Product`.
 pub(crate) fn router(indexer: Indexer, guards: &Guards, root: Root) -> Router {
-    routes(&indexer, guards, "", root == Root::Served)
+    use axum::middleware::{from_fn_with_state, map_response};
+    let es = routes(&indexer, guards, "", root == Root::Served)
         .merge(routes(&indexer, guards, PREFIX, true))
-        .layer(axum::middleware::map_response(cluster::product_header))
-        .with_state(indexer)
+        .method_not_allowed_fallback(wrong_method)
+        .layer(map_response(cluster::product_header));
+    // What no route serves: ours under the prefix, and everywhere when the port is
+    // the Elasticsearch API's; beside the UI the rest of the port is the UI's, and
+    // its 404 stays plain. (A catch-all route under the prefix would clash with
+    // `/es/{index}/...` in the router.)
+    let unknown = Router::new()
+        .fallback(no_handler)
+        .layer(from_fn_with_state(any_role(guards), protocol::http::gate))
+        .layer(map_response(cluster::product_header))
+        .layer(from_fn_with_state(root, only_ours));
+    es.merge(unknown).with_state(indexer)
+}
+
+/// Lets through to the Elasticsearch 404 the paths that are the API's (see
+/// [`router`]); the others get the plain 404 they had.
+async fn only_ours(
+    State(root): State<Root>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let under_prefix = req
+        .uri()
+        .path()
+        .strip_prefix(PREFIX)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'));
+    if root == Root::Served || under_prefix {
+        next.run(req).await
+    } else {
+        axum::http::StatusCode::NOT_FOUND.into_response()
+    }
+}
+
+/// The gate of calls that show no log line: any valid token, an agent's or a
+/// reader's.
+fn any_role(guards: &Guards) -> protocol::http::Gate {
+    use protocol::auth::Role;
+    protocol::http::Gate::new(
+        guards.keyring.clone(),
+        &[Role::Read, Role::Agent],
+        es_refuse,
+    )
+}
+
+async fn no_handler(method: Method, uri: axum::http::Uri) -> EsError {
+    EsError(Error::NoHandler {
+        method: method.to_string(),
+        uri: uri.path().to_string(),
+    })
+}
+
+async fn wrong_method(method: Method, uri: axum::http::Uri) -> EsError {
+    EsError(Error::WrongMethod {
+        method: method.to_string(),
+        uri: uri.path().to_string(),
+    })
 }
 
 /// The routes under `base` (`""` or [`PREFIX`]); `root` adds `GET`/`HEAD` of `base`
@@ -162,10 +222,7 @@ fn routes(indexer: &Indexer, guards: &Guards, base: &str, root: bool) -> Router<
             startup.route(base, info.clone()).route(&p("/"), info)
         };
     }
-    let startup = startup.route_layer(from_fn_with_state(
-        gate_for(&[Role::Read, Role::Agent]),
-        gate,
-    ));
+    let startup = startup.route_layer(from_fn_with_state(any_role(guards), gate));
     bulk.merge(search).merge(startup)
 }
 
