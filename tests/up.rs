@@ -380,7 +380,6 @@ async fn up_gives_elasticsearch_clients_a_base_url_beside_the_ui() -> anyhow::Re
 /// `process_*` and `sandtrail_build_info` present.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn up_metrics_pass_promtool() -> anyhow::Result<()> {
-    use std::io::Write;
     let up = Up::start()?;
     let http = client_with_token(&up.token)?;
     // One routed call, so the router's latency histogram has an observation.
@@ -397,25 +396,7 @@ async fn up_metrics_pass_promtool() -> anyhow::Result<()> {
             .error_for_status()?
             .text()
             .await?;
-        let mut check = std::process::Command::new("promtool")
-            .args(["check", "metrics"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .context("promtool (Debian's prometheus; scripts/test-deps.sh installs it)")?;
-        check
-            .stdin
-            .take()
-            .context("stdin")?
-            .write_all(text.as_bytes())?;
-        let out = check.wait_with_output()?;
-        assert!(
-            out.status.success(),
-            "promtool refused the {part}'s /metrics: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        common::promtool_check(part, &text)?;
         assert_eq!(
             text.matches("# TYPE process_cpu_seconds_total ").count(),
             1,
@@ -427,6 +408,21 @@ async fn up_metrics_pass_promtool() -> anyhow::Result<()> {
                 text.contains("# TYPE sandtrail_router_latency_seconds histogram"),
                 "{text}"
             );
+        } else {
+            // Every part of the process: the nodes and the UI too (they were left
+            // out), each host under the one label name `host`.
+            for family in [
+                "sandtrail_node_tasks_running{host=\"node-1\"}",
+                "sandtrail_node_tasks_running{host=\"node-2\"}",
+                "sandtrail_agent_lines_read_total{host=\"node-1\"}",
+                "sandtrail_web_requests_total{page=",
+                "sandtrail_scheduler_apps ",
+                "sandtrail_indexer_search_seconds_bucket{",
+                "sandtrail_indexer_tail_delivery_seconds_bucket{",
+            ] {
+                assert!(text.contains(family), "{family} in {text}");
+            }
+            assert!(!text.contains("node=\""), "{text}");
         }
     }
     Ok(())

@@ -203,7 +203,7 @@ pub struct WriterThread {
     pub checkpoint: Checkpoint,
     /// Number of the last committed group (see [`Payload::epoch`]).
     epoch: u64,
-    pub tail: broadcast::Sender<Arc<LogRecord>>,
+    pub tail: broadcast::Sender<Arc<crate::tail::Offered>>,
     pub metrics: Arc<Metrics>,
     uids: UidSource,
     /// Partitions whose whole day is older than this are dropped (see
@@ -239,7 +239,7 @@ impl WriterThread {
         parts: Partitions,
         memory_bytes: usize,
         fields: Fields,
-        tail: broadcast::Sender<Arc<LogRecord>>,
+        tail: broadcast::Sender<Arc<crate::tail::Offered>>,
         metrics: Arc<Metrics>,
     ) -> Result<WriterThread> {
         let mut payloads: BTreeMap<String, Payload> = BTreeMap::new();
@@ -755,7 +755,7 @@ impl WriterThread {
                             resp.accepted += 1;
                             // The tail sees records as soon as they are accepted,
                             // without waiting for the commit.
-                            let _ = self.tail.send(Arc::new(rec));
+                            let _ = self.tail.send(crate::tail::Offered::now(rec));
                         }
                     }
                     added += resp.accepted;
@@ -824,7 +824,7 @@ impl WriterThread {
                             }
                             outcomes.push(BulkOutcome::Created);
                             added += 1;
-                            let _ = self.tail.send(Arc::new(record));
+                            let _ = self.tail.send(crate::tail::Offered::now(record));
                         }
                     }
                     waiting.push(Waiting::Bulk(reply, outcomes));
