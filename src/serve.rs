@@ -519,6 +519,7 @@ fn router_for(spec: &HostSpec) -> anyhow::Result<scheduler::proxy::Proxy> {
 }
 
 pub async fn up(settings: UpSettings, cfg: Config) -> anyhow::Result<()> {
+    let log_path = settings.log_path();
     let UpSettings {
         data_dir: dir,
         listen,
@@ -526,6 +527,7 @@ pub async fn up(settings: UpSettings, cfg: Config) -> anyhow::Result<()> {
         agents,
         demo,
         token,
+        verbose,
     } = settings;
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     traversable_data_dir(&dir)?;
@@ -652,6 +654,15 @@ pub async fn up(settings: UpSettings, cfg: Config) -> anyhow::Result<()> {
         "  tokens:    {} (admin), {}.read, .deploy, .agent",
         tokens::path(&dir, Role::Admin).display(),
         tokens::path(&dir, Role::Admin).display()
+    );
+    println!(
+        "  logs:      {}{}",
+        log_path.display(),
+        if verbose {
+            "   (and here)"
+        } else {
+            "   (warnings also here; --verbose for all)"
+        }
     );
 
     if demo {

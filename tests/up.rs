@@ -31,6 +31,9 @@ impl Up {
             "127.0.0.1:0",
             "--router-listen",
             "127.0.0.1:0",
+            // The parts' log on stderr too (it goes to the data dir's sandtrail.log),
+            // so a failing test shows it.
+            "--verbose",
             "--data-dir",
         ]
         .map(String::from)
@@ -423,6 +426,61 @@ async fn up_metrics_pass_promtool() -> anyhow::Result<()> {
                 assert!(text.contains(family), "{family} in {text}");
             }
             assert!(!text.contains("node=\""), "{text}");
+        }
+    }
+    Ok(())
+}
+
+/// Issue 17: `up` prints its short summary and writes its parts' log to
+/// `<data-dir>/sandtrail.log`, so the URLs a newcomer needs do not scroll away;
+/// stderr gets warnings only, or everything with `--verbose`.
+#[test]
+fn up_writes_its_log_to_the_data_dir() -> anyhow::Result<()> {
+    for verbose in [false, true] {
+        let dir = tempfile::tempdir()?;
+        let err_dir = tempfile::tempdir()?;
+        let err_path = err_dir.path().join("stderr");
+        let mut args = vec![
+            "up".to_string(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--router-listen".into(),
+            "127.0.0.1:0".into(),
+            "--agents".into(),
+            "1".into(),
+            "--no-demo".into(),
+            "--data-dir".into(),
+            dir.path().to_str().context("utf-8 temp dir")?.into(),
+        ];
+        if verbose {
+            args.push("--verbose".into());
+        }
+        let env = [("SANDTRAIL_LOG", "info".to_string())];
+        let err = std::fs::File::create(&err_path)?;
+        let mut proc = Proc::spawn("up", dir.path(), &args, &env, |cmd| {
+            cmd.stderr(err);
+        })?
+        .term_on_drop();
+        let printed = proc.printed(&["web UI:", "logs:"])?;
+        let log = dir.path().join("sandtrail.log");
+        assert_eq!(std::path::PathBuf::from(&printed[1]), log);
+        proc.stop()?;
+        let text = std::fs::read_to_string(&log)?;
+        for line in [
+            "index writer started",
+            "shutdown requested",
+            "index writer stopped",
+        ] {
+            assert!(text.contains(line), "{line:?} in {text}");
+        }
+        let stderr = std::fs::read_to_string(&err_path)?;
+        assert_eq!(
+            stderr.contains("index writer started"),
+            verbose,
+            "verbose {verbose}: {stderr}"
+        );
+        if !verbose {
+            assert!(!stderr.contains(" INFO "), "{stderr}");
         }
     }
     Ok(())
