@@ -13,7 +13,7 @@ use axum::Json;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(
-        "missing or wrong token: expected header `{}`, `Authorization: Bearer` or Basic with the token as password",
+        "missing or wrong token: expected header `{}`, `Authorization: Bearer`, Basic with the token as password or `ApiKey` of base64(id:token)",
         protocol::TOKEN_HEADER
     )]
     Unauthorized,

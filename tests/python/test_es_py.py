@@ -50,6 +50,8 @@ class ElasticsearchPyAgainstSandtrail(unittest.TestCase):
         for auth in (
             {"basic_auth": ("elastic", TOKEN)},
             {"bearer_auth": TOKEN},
+            # An Elasticsearch API key: any id, the token as the key.
+            {"api_key": ("sandtrail", TOKEN)},
             {"headers": {"x-sandtrail-token": TOKEN}},
         ):
             with client(self.ix.url, **auth) as es:
