@@ -796,6 +796,9 @@ async fn hits_return_the_source_as_sent() -> Result<()> {
         json!({ "query_string": { "query": "host.name:node-1 AND log.level:error" } }),
         json!({ "term": { "labels.env": "prod" } }),
         json!({ "term": { "user.name": "alice" } }),
+        // In a query string too, under the names the client sent.
+        json!({ "query_string": { "query": "user.name:alice AND labels.env:prod" } }),
+        json!({ "query_string": { "query": "labels.retry:3 AND message:payment" } }),
     ] {
         let r = s.search("logs", json!({ "query": q })).await?;
         assert_eq!(r["hits"]["total"]["value"], 1, "{q}: {r}");
