@@ -821,7 +821,7 @@ async fn unknown_paths_are_elasticsearch_404s() -> Result<()> {
             404,
             "no handler found for uri [/es/logs/_mapping] and method [GET]",
         ),
-        ("PUT", "/es/logs/_doc/1", 404, "[/es/logs/_doc/1]"),
+        ("POST", "/es/logs/_update/1", 404, "[/es/logs/_update/1]"),
         ("GET", "/logs/_mapping", 404, "[/logs/_mapping]"),
         ("POST", "/_refresh", 404, "[/_refresh]"),
         ("GET", "/es/_bulk", 405, "[/es/_bulk] and method [GET]"),
@@ -868,5 +868,103 @@ async fn unknown_paths_are_elasticsearch_404s() -> Result<()> {
         .send()
         .await?;
     assert_eq!(resp.status(), StatusCode::OK);
+    Ok(())
+}
+
+/// Issue 17: the single-document API a client tries first (`index`, `create`, `get`)
+/// works as a one-item bulk: indexed with its mapping, dedup by `_id`, searchable
+/// once answered, and read back as sent.
+#[tokio::test]
+async fn single_documents_are_indexed_and_read_back() -> Result<()> {
+    let s = Server::start(Some("s3cret")).await?;
+    let send = |method: reqwest::Method, path: &str, body: Option<Value>| {
+        let req = s
+            .http
+            .request(method, format!("{}{path}", s.base))
+            .basic_auth("elastic", Some("s3cret"));
+        match body {
+            // Pretty-printed, as a client may send it.
+            Some(b) => req
+                .header("content-type", "application/json")
+                .body(serde_json::to_string_pretty(&b).unwrap()),
+            None => req,
+        }
+    };
+    let doc = json!({ "message": "one document", "user": { "name": "alice" } });
+    let resp = send(reqwest::Method::PUT, "/logs/_doc/d1", Some(doc.clone()))
+        .send()
+        .await?;
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let v: Value = resp.json().await?;
+    assert_eq!((&v["_id"], &v["result"]), (&json!("d1"), &json!("created")));
+    // Searchable once answered.
+    let r = s
+        .search("logs", json!({ "query": { "term": { "_id": "d1" } } }))
+        .await?;
+    assert_eq!(r["hits"]["hits"][0]["_source"], doc);
+    let resp = send(reqwest::Method::GET, "/es/logs/_doc/d1", None)
+        .send()
+        .await?;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let v: Value = resp.json().await?;
+    assert_eq!((&v["found"], &v["_source"]), (&json!(true), &doc));
+    let resp = send(reqwest::Method::HEAD, "/logs/_doc/d1", None)
+        .send()
+        .await?;
+    assert_eq!(resp.status(), StatusCode::OK);
+    // Again under the same id: kept as it was (append-only), or a conflict.
+    let resp = send(
+        reqwest::Method::PUT,
+        "/logs/_doc/d1",
+        Some(json!({ "message": "x" })),
+    )
+    .send()
+    .await?;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.json::<Value>().await?["result"], "noop");
+    let resp = send(
+        reqwest::Method::PUT,
+        "/logs/_create/d1",
+        Some(json!({ "message": "x" })),
+    )
+    .send()
+    .await?;
+    let status = resp.status();
+    assert_es_error(
+        status,
+        &resp.json().await?,
+        409,
+        "version_conflict_engine_exception",
+        "already exists",
+    );
+    // Without an id one is made; a missing one is Elasticsearch's 404.
+    let resp = send(
+        reqwest::Method::POST,
+        "/logs/_doc",
+        Some(json!({ "message": "two" })),
+    )
+    .send()
+    .await?;
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let id = resp.json::<Value>().await?["_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(!id.is_empty());
+    let resp = send(reqwest::Method::GET, "/logs/_doc/nope", None)
+        .send()
+        .await?;
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    assert_eq!(resp.json::<Value>().await?["found"], false);
+    // Writing needs the agent role (or admin), reading the read role.
+    let resp = s
+        .http
+        .put(format!("{}/logs/_doc/d2", s.base))
+        .json(&json!({ "message": "m" }))
+        .send()
+        .await?;
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let count = s.search("logs", json!({ "size": 0 })).await?;
+    assert_eq!(count["hits"]["total"]["value"], 2);
     Ok(())
 }

@@ -98,6 +98,15 @@ class ElasticsearchPyAgainstSandtrail(unittest.TestCase):
         hit = self.es.search(index="app-logs", query={"term": {"trace.id": "trace-42"}})["hits"]["hits"][0]
         self.assertEqual(hit["_source"], sent)
 
+    def test_single_documents(self):
+        doc = {"message": "indexed alone", "labels": {"k": "v"}}
+        r = self.es.index(index="single", id="s1", document=doc)
+        self.assertEqual(r["result"], "created")
+        self.assertEqual(self.es.get(index="single", id="s1")["_source"], doc)
+        self.assertTrue(self.es.exists(index="single", id="s1"))
+        self.assertFalse(self.es.exists(index="single", id="nope"))
+        self.assertEqual(self.es.count(index="single", q="labels.k:v")["count"], 1)
+
     def test_date_histogram(self):
         r = self.es.search(
             index="app-logs",

@@ -1,6 +1,8 @@
 //! An Elasticsearch-compatible subset, so existing shippers and clients work unchanged:
 //! `POST|PUT /_bulk` and `/{index}/_bulk` (`index`/`create`; gzip when
-//! `Content-Encoding` says so), `GET|POST /_search` and `/{index}/_search` with the
+//! `Content-Encoding` says so), single documents as one-item bulks (`PUT|POST
+//! /{index}/_doc/{id}`, `POST /{index}/_doc`, `PUT|POST /{index}/_create/{id}`, and
+//! `GET|HEAD /{index}/_doc/{id}`), `GET|POST /_search` and `/{index}/_search` with the
 //! common query DSL (`query_string`, `simple_query_string`, `bool`, `term`, `terms`,
 //! `range`, `match`, `match_phrase`, `exists`, `match_all`, `match_none`), `sort` on
 //! the timestamp, `size`/`from`, `search_after`, `highlight` of the message, and
@@ -169,6 +171,22 @@ fn routes(indexer: &Indexer, guards: &Guards, base: &str, root: bool) -> Router<
     let p = |path: &str| format!("{base}{path}");
     let bulk = Router::new()
         .route(
+            &p("/{index}/_doc"),
+            post(doc_auto_id).layer(DefaultBodyLimit::max(body_limit)),
+        )
+        .route(
+            &p("/{index}/_doc/{id}"),
+            post(doc_index)
+                .put(doc_index)
+                .layer(DefaultBodyLimit::max(body_limit)),
+        )
+        .route(
+            &p("/{index}/_create/{id}"),
+            post(doc_create)
+                .put(doc_create)
+                .layer(DefaultBodyLimit::max(body_limit)),
+        )
+        .route(
             &p("/_bulk"),
             post(bulk_all)
                 .put(bulk_all)
@@ -186,6 +204,7 @@ fn routes(indexer: &Indexer, guards: &Guards, base: &str, root: bool) -> Router<
         ))
         .route_layer(from_fn_with_state(gate_for(&[Role::Agent]), gate));
     let search = Router::new()
+        .route(&p("/{index}/_doc/{id}"), get(doc_get).head(doc_get))
         .route(&p("/_search"), post(search_all).get(search_all))
         .route(&p("/{index}/_search"), post(search_index).get(search_index))
         .route(&p("/_count"), post(count_all).get(count_all))
@@ -345,6 +364,126 @@ async fn bulk(
         "errors": errors,
         "items": rendered,
     })))
+}
+
+/// `POST /{index}/_doc`: one document, its id generated (elasticsearch-py's
+/// `index()` without `id`).
+async fn doc_auto_id(
+    State(ix): State<Indexer>,
+    Path(index): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> EsResult<(axum::http::StatusCode, Json<Value>)> {
+    Ok(one_doc(ix, "index", index, None, headers, body).await?)
+}
+
+/// `PUT|POST /{index}/_doc/{id}`: one document under `id`; as in `_bulk`, an id
+/// already indexed is left as it is (`noop`): logs are append-only here.
+async fn doc_index(
+    State(ix): State<Indexer>,
+    Path((index, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> EsResult<(axum::http::StatusCode, Json<Value>)> {
+    Ok(one_doc(ix, "index", index, Some(id), headers, body).await?)
+}
+
+/// `PUT|POST /{index}/_create/{id}`: 409 when `id` is already indexed.
+async fn doc_create(
+    State(ix): State<Indexer>,
+    Path((index, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> EsResult<(axum::http::StatusCode, Json<Value>)> {
+    Ok(one_doc(ix, "create", index, Some(id), headers, body).await?)
+}
+
+/// The single-document APIs are a one-item `_bulk`: the same mapping, dedup by
+/// `_id`, answer at the commit (so the document is searchable once answered, as
+/// with `refresh=wait_for`), and the item's answer in the document API's shape.
+async fn one_doc(
+    ix: Indexer,
+    action: &str,
+    index: String,
+    id: Option<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<(axum::http::StatusCode, Json<Value>)> {
+    let max = ix.config().max_body_bytes;
+    let body = body.map_err(|r| Error::BadBody(r.body_text()))?;
+    let gzipped = headers
+        .get("content-encoding")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("gzip"));
+    let plain = if gzipped {
+        gunzip_capped(&body, max)?
+    } else {
+        body.to_vec()
+    };
+    // Re-serialised on one line: a client may send the document pretty-printed.
+    let doc: Value = serde_json::from_slice(&plain)
+        .map_err(|e| Error::BadBody(format!("the document is not JSON: {e}")))?;
+    if !doc.is_object() {
+        return Err(Error::BadBody("the document must be a JSON object".into()));
+    }
+    let mut meta = json!({ "_index": index });
+    if let Some(id) = id {
+        meta["_id"] = json!(id);
+    }
+    let line = format!("{}\n{doc}\n", json!({ action: meta }));
+    let Json(resp) = bulk(ix, None, HeaderMap::new(), Ok(Bytes::from(line))).await?;
+    let item = resp
+        .pointer(&format!("/items/0/{action}"))
+        .cloned()
+        .ok_or_else(|| Error::Internal("bulk answered no item".into()))?;
+    let status = item["status"].as_u64().unwrap_or(500);
+    let status = axum::http::StatusCode::from_u16(status as u16)
+        .unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR);
+    let mut out = item;
+    if let Value::Object(o) = &mut out {
+        o.remove("status");
+        if status.is_success() {
+            o.insert("_seq_no".into(), json!(0));
+            o.insert("_primary_term".into(), json!(1));
+        } else if let Some(error) = o.remove("error") {
+            // Errors in Elasticsearch's error shape, as for the other APIs.
+            let cause = json!({ "type": error["type"], "reason": error["reason"] });
+            return Ok((
+                status,
+                Json(json!({
+                    "error": { "root_cause": [cause.clone()], "type": cause["type"], "reason": cause["reason"] },
+                    "status": status.as_u16(),
+                })),
+            ));
+        }
+    }
+    Ok((status, Json(out)))
+}
+
+/// `GET|HEAD /{index}/_doc/{id}`: the document with its `_source` as sent, or
+/// `found: false` with 404.
+async fn doc_get(
+    State(ix): State<Indexer>,
+    Path((index, id)): Path<(String, String)>,
+) -> EsResult<(axum::http::StatusCode, Json<Value>)> {
+    let request = json!({ "size": 1, "query": { "term": { "_id": id.clone() } } });
+    let idx = index.clone();
+    let resp = ix
+        .with_view(move |view| run_search(view, &idx, &request))
+        .await?;
+    Ok(match resp.pointer("/hits/hits/0") {
+        Some(hit) => (
+            axum::http::StatusCode::OK,
+            Json(json!({
+                "_index": hit["_index"], "_id": hit["_id"], "_version": 1, "_seq_no": 0,
+                "_primary_term": 1, "found": true, "_source": hit["_source"],
+            })),
+        ),
+        None => (
+            axum::http::StatusCode::NOT_FOUND,
+            Json(json!({ "_index": index, "_id": id, "found": false })),
+        ),
+    })
 }
 
 /// `GET /_cat/health`: what shippers such as rsyslog's omelasticsearch probe before
