@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs beyond cargo, idempotently and quietly: Debian's
 # chromium + chromium-driver (browser tests), rsyslog's omelasticsearch (a real ES
-# shipper against our _bulk), Prometheus's promtool (checks every /metrics), debootstrap (the multi-host suite makes its base image,
+# shipper against our _bulk), syslog-ng's elasticsearch-http destination (another),
+# Prometheus's promtool (checks every /metrics), debootstrap (the multi-host suite makes its base image,
 # since no image can be pulled here), and the Python clients the suites drive.
 # Called by scripts/test.sh, so the README's one test command works on a fresh machine.
 set -euo pipefail
@@ -20,6 +21,26 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "installing Debian packages: ${missing[*]}"
   $SUDO apt-get update -qq >/dev/null
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# syslog-ng (core, its http module and the SCL that defines elasticsearch-http) cannot
+# be installed beside rsyslog: both packages provide and conflict with
+# system-log-daemon. Its .debs are unpacked into SYSLOG_NG_ROOT instead, with the
+# libraries it links installed normally; tests/python/test_syslog_ng.py runs it from
+# there as a plain foreground process with its own config.
+SYSLOG_NG_ROOT="${SANDTRAIL_SYSLOG_NG_ROOT:-/opt/sandtrail-test/syslog-ng}"
+if [ ! -e "$SYSLOG_NG_ROOT/usr/lib/syslog-ng/3.38/libhttp.so" ] \
+   || [ ! -e "$SYSLOG_NG_ROOT/usr/share/syslog-ng/include/scl/elasticsearch/elastic-http.conf" ]; then
+  echo "unpacking syslog-ng into $SYSLOG_NG_ROOT"
+  $SUDO apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
+    libivykis0 libnet1 libwrap0 libpcre3 libjson-c5 libcurl4 libglib2.0-0 >/dev/null
+  debs=$(mktemp -d)
+  chmod 777 "$debs"   # apt-get download runs as _apt where it can
+  (cd "$debs" && apt-get download -qq syslog-ng-core syslog-ng-mod-http syslog-ng-scl 2>/dev/null)
+  $SUDO mkdir -p "$SYSLOG_NG_ROOT"
+  for deb in "$debs"/*.deb; do $SUDO dpkg-deb -x "$deb" "$SYSLOG_NG_ROOT"; done
+  rm -rf "$debs"
 fi
 
 pips=()

@@ -27,6 +27,8 @@ echo "== Elasticsearch clients (elasticsearch-py)"
 python3 tests/python/test_es_py.py
 echo "== Elasticsearch clients (rsyslog omelasticsearch)"
 python3 tests/python/test_rsyslog.py
+echo "== Elasticsearch clients (syslog-ng elasticsearch-http)"
+python3 tests/python/test_syslog_ng.py
 
 # The `marathon` client from PyPI against a real scheduler and agent (issue 5):
 # create, list, scale, rolling restart, kill with scale, delete, tasks, events.

@@ -62,6 +62,8 @@ pub struct UpSection {
     pub router_listen: Option<String>,
     pub agents: Option<u32>,
     pub demo: Option<bool>,
+    /// Every part's log on stderr too, not only in `<data_dir>/sandtrail.log`.
+    pub verbose: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -223,7 +225,10 @@ const TOP: &[&str] = &[
     "http",
 ];
 const SECTIONS: &[(&str, &[&str])] = &[
-    ("up", &["listen", "router_listen", "agents", "demo"]),
+    (
+        "up",
+        &["listen", "router_listen", "agents", "demo", "verbose"],
+    ),
     (
         "indexer",
         &[
@@ -441,11 +446,33 @@ pub struct UpSettings {
     pub agents: u32,
     pub demo: bool,
     pub token: Option<String>,
+    /// Logs on stderr too (they always go to [`UpSettings::log_path`]).
+    pub verbose: bool,
+}
+
+/// The file in the data dir where `up` writes the log of all its parts.
+pub const UP_LOG: &str = "sandtrail.log";
+
+impl UpSettings {
+    /// `<data_dir>/sandtrail.log`.
+    pub fn log_path(&self) -> PathBuf {
+        self.data_dir.join(UP_LOG)
+    }
+}
+
+/// What `up`'s logging needs before anything else runs: its data dir and whether
+/// stderr gets every line (as [`up`] resolves them).
+pub fn up_logging(args: &UpArgs, cfg: &Config) -> (PathBuf, bool) {
+    (
+        data_dir(args.data_dir.clone(), cfg),
+        args.verbose || cfg.up.verbose.unwrap_or(false),
+    )
 }
 
 pub fn up(args: UpArgs, cfg: &Config, token: Option<String>) -> UpSettings {
+    let (data_dir, verbose) = up_logging(&args, cfg);
     UpSettings {
-        data_dir: data_dir(args.data_dir, cfg),
+        data_dir,
         listen: args
             .listen
             .or(cfg.up.listen.clone())
@@ -457,6 +484,7 @@ pub fn up(args: UpArgs, cfg: &Config, token: Option<String>) -> UpSettings {
         agents: args.agents.or(cfg.up.agents).unwrap_or(defaults::UP_AGENTS),
         demo: !args.no_demo && cfg.up.demo.unwrap_or(true),
         token: given_token(token, cfg),
+        verbose,
     }
 }
 
@@ -746,6 +774,7 @@ mod tests {
                 router_listen: None,
                 agents: None,
                 no_demo: false,
+                verbose: false,
             },
             &cfg,
             None,
@@ -759,6 +788,8 @@ mod tests {
             ),
             ("127.0.0.1:9", "127.0.0.1:7080", 3, true)
         );
+        assert!(!u.verbose);
+        assert_eq!(u.log_path(), PathBuf::from("./.sandtrail/sandtrail.log"));
     }
 
     #[test]

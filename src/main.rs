@@ -195,6 +195,10 @@ pub struct UpArgs {
     /// Do not deploy the demo app.
     #[arg(long)]
     pub no_demo: bool,
+    /// Show every part's log on stderr too (it always goes to
+    /// `<data-dir>/sandtrail.log`; without this flag stderr gets warnings only).
+    #[arg(long, short)]
+    pub verbose: bool,
 }
 
 #[derive(Args, Debug)]
@@ -252,30 +256,77 @@ pub struct AgentArgs {
     pub attributes: Option<String>,
 }
 
-/// The binary's own log: to stderr, filtered by `SANDTRAIL_LOG` (an `EnvFilter`
-/// such as `info,indexer=debug`), as text or, with `SANDTRAIL_LOG_FORMAT=json`, one
-/// JSON object per line for a collector. Colour codes only when stderr is a
-/// terminal: in a file or a pipe they were noise in every line.
-fn init_tracing() {
+/// Where the binary's own log goes besides stderr.
+enum LogFile {
+    /// Nowhere: stderr has it all (every command but `up`).
+    None,
+    /// `up`: all of it to this file (appended), and to stderr only warnings, or
+    /// all of it with `verbose`. Its parts log much at start and while they run;
+    /// on a terminal that pushed the URLs `up` prints out of sight.
+    Up { path: PathBuf, verbose: bool },
+}
+
+/// The binary's own log: to stderr (and for `up` to a file, see [`LogFile`]),
+/// filtered by `SANDTRAIL_LOG` (an `EnvFilter` such as `info,indexer=debug`), as
+/// text or, with `SANDTRAIL_LOG_FORMAT=json`, one JSON object per line for a
+/// collector. Colour codes only on a terminal: in a file or a pipe they were noise
+/// in every line. Lines are written as they come (as to stderr): a log line is one
+/// small write, and buffering them in a thread would lose the last ones in a crash.
+fn init_tracing(file: LogFile) -> anyhow::Result<()> {
     use std::io::IsTerminal;
-    use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::filter::LevelFilter;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{EnvFilter, Layer};
+    type Boxed = Box<dyn Layer<tracing_subscriber::Registry> + Send + Sync>;
     let filter = EnvFilter::try_from_env("SANDTRAIL_LOG")
         .unwrap_or_else(|_| EnvFilter::new("info,tantivy=warn,hyper=warn,reqwest=warn"));
     let format = std::env::var("SANDTRAIL_LOG_FORMAT").unwrap_or_default();
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format.trim().to_ascii_lowercase().as_str() {
-        "json" => builder.json().with_ansi(false).init(),
-        "" | "text" => builder.with_ansi(std::io::stderr().is_terminal()).init(),
-        other => {
-            builder.with_ansi(false).init();
-            tracing::warn!(
-                value = other,
-                "SANDTRAIL_LOG_FORMAT is not \"text\" or \"json\"; logging as text"
-            );
+    let format = format.trim().to_ascii_lowercase();
+    let json = format == "json";
+    fn layer<W>(writer: W, json: bool, ansi: bool) -> Boxed
+    where
+        W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+    {
+        let l = tracing_subscriber::fmt::layer().with_writer(writer);
+        if json {
+            l.json().with_ansi(false).boxed()
+        } else {
+            l.with_ansi(ansi).boxed()
         }
     }
+    let stderr = layer(std::io::stderr, json, std::io::stderr().is_terminal());
+    let mut layers: Vec<Boxed> = Vec::new();
+    match file {
+        LogFile::None => layers.push(stderr),
+        LogFile::Up { path, verbose } => {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("cannot create {}", dir.display()))?;
+            }
+            let out = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .with_context(|| format!("cannot open the log file {}", path.display()))?;
+            layers.push(layer(std::sync::Mutex::new(out), json, false));
+            layers.push(if verbose {
+                stderr
+            } else {
+                stderr.with_filter(LevelFilter::WARN).boxed()
+            });
+        }
+    }
+    tracing_subscriber::registry()
+        .with(layers.with_filter(filter))
+        .init();
+    if !matches!(format.as_str(), "" | "text" | "json") {
+        tracing::warn!(
+            value = format,
+            "SANDTRAIL_LOG_FORMAT is not \"text\" or \"json\"; logging as text"
+        );
+    }
+    Ok(())
 }
 
 #[tokio::main]
@@ -289,8 +340,19 @@ async fn main() -> anyhow::Result<()> {
         libc::umask(0o077);
     }
     let cli = Cli::parse();
-    if !matches!(cli.command, Command::DemoFib) {
-        init_tracing();
+    let cfg = config::Config::load(cli.config.as_deref())?;
+    // Every command's settings are resolved in `config`, flag > env > file > default.
+    let token = cli.token;
+    match &cli.command {
+        Command::DemoFib => {}
+        Command::Up(args) => {
+            let (data_dir, verbose) = config::up_logging(args, &cfg);
+            init_tracing(LogFile::Up {
+                path: data_dir.join(config::UP_LOG),
+                verbose,
+            })?;
+        }
+        _ => init_tracing(LogFile::None)?,
     }
     if matches!(
         cli.command,
@@ -307,9 +369,6 @@ async fn main() -> anyhow::Result<()> {
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         }
     }
-    let cfg = config::Config::load(cli.config.as_deref())?;
-    // Every command's settings are resolved in `config`, flag > env > file > default.
-    let token = cli.token;
     match cli.command {
         Command::Up(args) => serve::up(config::up(args, &cfg, token), cfg).await,
         Command::Scheduler(args) => {

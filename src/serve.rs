@@ -519,6 +519,7 @@ fn router_for(spec: &HostSpec) -> anyhow::Result<scheduler::proxy::Proxy> {
 }
 
 pub async fn up(settings: UpSettings, cfg: Config) -> anyhow::Result<()> {
+    let log_path = settings.log_path();
     let UpSettings {
         data_dir: dir,
         listen,
@@ -526,6 +527,7 @@ pub async fn up(settings: UpSettings, cfg: Config) -> anyhow::Result<()> {
         agents,
         demo,
         token,
+        verbose,
     } = settings;
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     traversable_data_dir(&dir)?;
@@ -572,9 +574,9 @@ pub async fn up(settings: UpSettings, cfg: Config) -> anyhow::Result<()> {
     // One router stands for all local hosts: tasks on every node get the same
     // SANDTRAIL_ROUTER, and its access records are shipped by the first node.
     let router = router_for(&hosts[0])?;
-    let parts: Vec<HostParts> = hosts
+    let parts: Vec<(Arc<scheduler::node::Node>, agent::Shipper)> = hosts
         .iter()
-        .map(host_parts)
+        .map(|h| host_parts(h).map(|p| (Arc::new(p.node), p.shipper)))
         .collect::<anyhow::Result<_>>()?;
 
     let http_cancel = CancellationToken::new();
@@ -586,12 +588,18 @@ pub async fn up(settings: UpSettings, cfg: Config) -> anyhow::Result<()> {
     .with_keyring(keyring.clone())
     .with_shutdown(http_cancel.clone());
     let sign_in = format!("{url}{}", web.one_time_link(Role::Admin));
+    // Every part in this process on the one exposition: indexer, scheduler, UI, and
+    // each host's node and shipper (their series told apart by `host`).
     let metrics: Vec<MetricsFn> = {
-        let (i, s) = (indexer.clone(), sched.clone());
-        let mut m: Vec<MetricsFn> =
-            vec![Arc::new(move || i.metrics()), Arc::new(move || s.metrics())];
-        for p in &parts {
-            let sh = p.shipper.clone();
+        let (i, s, w) = (indexer.clone(), sched.clone(), web.clone());
+        let mut m: Vec<MetricsFn> = vec![
+            Arc::new(move || i.metrics()),
+            Arc::new(move || s.metrics()),
+            Arc::new(move || w.metrics()),
+        ];
+        for (node, shipper) in &parts {
+            let (n, sh) = (node.clone(), shipper.clone());
+            m.push(Arc::new(move || n.metrics()));
             m.push(Arc::new(move || sh.metrics()));
         }
         m
@@ -623,10 +631,10 @@ pub async fn up(settings: UpSettings, cfg: Config) -> anyhow::Result<()> {
 
     let mut node_handles = Vec::new();
     let mut ship_handles = Vec::new();
-    for p in parts {
-        let (node, c) = (p.node, tasks_cancel.clone());
+    for (node, shipper) in parts {
+        let c = tasks_cancel.clone();
         node_handles.push(spawn_part(async move { Ok(node.run(c).await?) }));
-        let (shipper, c) = (p.shipper, ship_cancel.clone());
+        let c = ship_cancel.clone();
         ship_handles.push(spawn_part(async move { Ok(shipper.run(c).await?) }));
     }
 
@@ -646,6 +654,15 @@ pub async fn up(settings: UpSettings, cfg: Config) -> anyhow::Result<()> {
         "  tokens:    {} (admin), {}.read, .deploy, .agent",
         tokens::path(&dir, Role::Admin).display(),
         tokens::path(&dir, Role::Admin).display()
+    );
+    println!(
+        "  logs:      {}{}",
+        log_path.display(),
+        if verbose {
+            "   (and here)"
+        } else {
+            "   (warnings also here; --verbose for all)"
+        }
     );
 
     if demo {

@@ -31,6 +31,9 @@ impl Up {
             "127.0.0.1:0",
             "--router-listen",
             "127.0.0.1:0",
+            // The parts' log on stderr too (it goes to the data dir's sandtrail.log),
+            // so a failing test shows it.
+            "--verbose",
             "--data-dir",
         ]
         .map(String::from)
@@ -361,6 +364,15 @@ async fn up_gives_elasticsearch_clients_a_base_url_beside_the_ui() -> anyhow::Re
         .json()
         .await?;
     assert_eq!(count["count"], 1, "{count}");
+    // An API we lack is an Elasticsearch 404 under the prefix, the UI's 404 beside it.
+    let missing = http.get(format!("{es}/esup/_mapping")).send().await?;
+    assert_eq!(missing.status(), reqwest::StatusCode::NOT_FOUND);
+    assert_eq!(missing.headers()["x-elastic-product"], "Elasticsearch");
+    let missing: serde_json::Value = missing.json().await?;
+    assert_eq!(missing["status"], 404, "{missing}");
+    let ui_missing = http.get(format!("{}/no-such-page", up.web)).send().await?;
+    assert_eq!(ui_missing.status(), reqwest::StatusCode::NOT_FOUND);
+    assert!(!ui_missing.headers().contains_key("x-elastic-product"));
     Ok(())
 }
 
@@ -371,7 +383,6 @@ async fn up_gives_elasticsearch_clients_a_base_url_beside_the_ui() -> anyhow::Re
 /// `process_*` and `sandtrail_build_info` present.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn up_metrics_pass_promtool() -> anyhow::Result<()> {
-    use std::io::Write;
     let up = Up::start()?;
     let http = client_with_token(&up.token)?;
     // One routed call, so the router's latency histogram has an observation.
@@ -388,25 +399,7 @@ async fn up_metrics_pass_promtool() -> anyhow::Result<()> {
             .error_for_status()?
             .text()
             .await?;
-        let mut check = std::process::Command::new("promtool")
-            .args(["check", "metrics"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .context("promtool (Debian's prometheus; scripts/test-deps.sh installs it)")?;
-        check
-            .stdin
-            .take()
-            .context("stdin")?
-            .write_all(text.as_bytes())?;
-        let out = check.wait_with_output()?;
-        assert!(
-            out.status.success(),
-            "promtool refused the {part}'s /metrics: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        common::promtool_check(part, &text)?;
         assert_eq!(
             text.matches("# TYPE process_cpu_seconds_total ").count(),
             1,
@@ -418,6 +411,76 @@ async fn up_metrics_pass_promtool() -> anyhow::Result<()> {
                 text.contains("# TYPE sandtrail_router_latency_seconds histogram"),
                 "{text}"
             );
+        } else {
+            // Every part of the process: the nodes and the UI too (they were left
+            // out), each host under the one label name `host`.
+            for family in [
+                "sandtrail_node_tasks_running{host=\"node-1\"}",
+                "sandtrail_node_tasks_running{host=\"node-2\"}",
+                "sandtrail_agent_lines_read_total{host=\"node-1\"}",
+                "sandtrail_web_requests_total{page=",
+                "sandtrail_scheduler_apps ",
+                "sandtrail_indexer_search_seconds_bucket{",
+                "sandtrail_indexer_tail_delivery_seconds_bucket{",
+            ] {
+                assert!(text.contains(family), "{family} in {text}");
+            }
+            assert!(!text.contains("node=\""), "{text}");
+        }
+    }
+    Ok(())
+}
+
+/// Issue 17: `up` prints its short summary and writes its parts' log to
+/// `<data-dir>/sandtrail.log`, so the URLs a newcomer needs do not scroll away;
+/// stderr gets warnings only, or everything with `--verbose`.
+#[test]
+fn up_writes_its_log_to_the_data_dir() -> anyhow::Result<()> {
+    for verbose in [false, true] {
+        let dir = tempfile::tempdir()?;
+        let err_dir = tempfile::tempdir()?;
+        let err_path = err_dir.path().join("stderr");
+        let mut args = vec![
+            "up".to_string(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--router-listen".into(),
+            "127.0.0.1:0".into(),
+            "--agents".into(),
+            "1".into(),
+            "--no-demo".into(),
+            "--data-dir".into(),
+            dir.path().to_str().context("utf-8 temp dir")?.into(),
+        ];
+        if verbose {
+            args.push("--verbose".into());
+        }
+        let env = [("SANDTRAIL_LOG", "info".to_string())];
+        let err = std::fs::File::create(&err_path)?;
+        let mut proc = Proc::spawn("up", dir.path(), &args, &env, |cmd| {
+            cmd.stderr(err);
+        })?
+        .term_on_drop();
+        let printed = proc.printed(&["web UI:", "logs:"])?;
+        let log = dir.path().join("sandtrail.log");
+        assert_eq!(std::path::PathBuf::from(&printed[1]), log);
+        proc.stop()?;
+        let text = std::fs::read_to_string(&log)?;
+        for line in [
+            "index writer started",
+            "shutdown requested",
+            "index writer stopped",
+        ] {
+            assert!(text.contains(line), "{line:?} in {text}");
+        }
+        let stderr = std::fs::read_to_string(&err_path)?;
+        assert_eq!(
+            stderr.contains("index writer started"),
+            verbose,
+            "verbose {verbose}: {stderr}"
+        );
+        if !verbose {
+            assert!(!stderr.contains(" INFO "), "{stderr}");
         }
     }
     Ok(())

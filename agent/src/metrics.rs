@@ -5,6 +5,7 @@
 //! several agents in one process (`sandtrail up`) do not collide; the trade-off is that
 //! the embedding binary must merge `# HELP`/`# TYPE` lines if it concatenates them.
 
+use protocol::histogram::escape_label as escape;
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -228,12 +229,6 @@ impl Metrics {
         }
         out
     }
-}
-
-fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }
 
 #[cfg(test)]

@@ -268,9 +268,11 @@ async fn tail(
     let events = tail_events(ix.subscribe(), filter, ix.metrics_handle())
         .map(|event| {
             Ok(match event {
-                TailEvent::Record(rec) => Event::default().json_data(&*rec).unwrap_or_else(|e| {
-                    Event::default().comment(format!("unencodable record: {e}"))
-                }),
+                TailEvent::Record(rec) => {
+                    Event::default().json_data(&rec.record).unwrap_or_else(|e| {
+                        Event::default().comment(format!("unencodable record: {e}"))
+                    })
+                }
                 TailEvent::Dropped(n) => Event::default()
                     .event("dropped")
                     .data(serde_json::json!({ "dropped": n }).to_string()),

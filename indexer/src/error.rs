@@ -13,7 +13,7 @@ use axum::Json;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(
-        "missing or wrong token: expected header `{}`, `Authorization: Bearer` or Basic with the token as password",
+        "missing or wrong token: expected header `{}`, `Authorization: Bearer`, Basic with the token as password or `ApiKey` of base64(id:token)",
         protocol::TOKEN_HEADER
     )]
     Unauthorized,
@@ -37,6 +37,13 @@ pub enum Error {
     /// asked for: none is kept, since their setup calls are accepted and ignored.
     #[error("{api} [{name}] not found: setup calls are accepted and ignored, so none is kept")]
     NotKept { api: &'static str, name: String },
+    /// A path the Elasticsearch API does not serve (Elasticsearch's own words, then
+    /// what is served).
+    #[error("no handler found for uri [{uri}] and method [{method}]: this Elasticsearch API serves _bulk, _search, _count and the calls clients and shippers make when they start")]
+    NoHandler { method: String, uri: String },
+    /// A served Elasticsearch path asked with a method it does not take.
+    #[error("incorrect HTTP method for uri [{uri}] and method [{method}]")]
+    WrongMethod { method: String, uri: String },
     #[error("the indexer is overloaded: {reason}; retry later")]
     Overloaded { reason: String },
     #[error("the search was stopped at its time budget of {budget_ms} ms (indexer.search_timeout_ms); narrow the time range or the query")]
@@ -88,7 +95,8 @@ impl Error {
             | Error::BadQuery { .. }
             | Error::BadParam { .. } => StatusCode::BAD_REQUEST,
             Error::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Error::NotKept { .. } => StatusCode::NOT_FOUND,
+            Error::NotKept { .. } | Error::NoHandler { .. } => StatusCode::NOT_FOUND,
+            Error::WrongMethod { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Error::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
             Error::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             // Not 503: a retry of the same search would only time out again.
@@ -115,7 +123,8 @@ impl Error {
                 api: "_data_stream",
                 ..
             } => "index_not_found_exception",
-            Error::NotKept { .. } => "resource_not_found_exception",
+            Error::NotKept { .. } | Error::NoHandler { .. } => "resource_not_found_exception",
+            Error::WrongMethod { .. } => "illegal_argument_exception",
             Error::Overloaded { .. } => "es_rejected_execution_exception",
             Error::ShuttingDown => "node_closed_exception",
             Error::SearchTimeout { .. } => "search_phase_execution_exception",

@@ -18,6 +18,10 @@ pub struct Metrics {
     /// How long Tantivy commits took.
     pub commit_seconds: protocol::histogram::Histogram,
     pub searches: AtomicU64,
+    /// How long searches took (every kind, native and Elasticsearch).
+    pub search_seconds: protocol::histogram::Histogram,
+    /// From a record's admission to a live-tail subscriber's connection taking it.
+    pub tail_delivery_seconds: protocol::histogram::Histogram,
     pub search_errors: AtomicU64,
     pub histograms: AtomicU64,
     pub tail_dropped: AtomicU64,
@@ -153,6 +157,18 @@ impl Metrics {
             "How long Tantivy commits took.",
             "",
         );
+        self.search_seconds.render(
+            &mut out,
+            "sandtrail_indexer_search_seconds",
+            "How long searches took, from their start on the blocking pool to their answer (search, histogram, fields, latency, context and Elasticsearch _search and _count).",
+            "",
+        );
+        self.tail_delivery_seconds.render(
+            &mut out,
+            "sandtrail_indexer_tail_delivery_seconds",
+            "From a record's admission by the writer to a live-tail subscriber's connection taking it.",
+            "",
+        );
         out
     }
 }
@@ -181,10 +197,16 @@ mod tests {
         // One sample per counter or gauge; the commit histogram has its buckets.
         let samples = text
             .lines()
-            .filter(|l| !l.starts_with('#') && !l.starts_with("sandtrail_indexer_commit_seconds"))
+            .filter(|l| !l.starts_with('#') && !l.contains("_seconds"))
             .count();
         let types = text.lines().filter(|l| l.starts_with("# TYPE")).count();
-        assert_eq!(samples, types - 1);
+        assert_eq!(samples, types - 3);
+        for h in ["commit", "search", "tail_delivery"] {
+            assert!(
+                text.contains(&format!("# TYPE sandtrail_indexer_{h}_seconds histogram\n")),
+                "{text}"
+            );
+        }
         assert!(
             text.contains("# TYPE sandtrail_indexer_commit_seconds histogram\n"),
             "{text}"

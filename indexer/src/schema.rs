@@ -18,6 +18,11 @@
 //! which `crate::msg` answers from the word positions and the stored message
 //! instead. The trade-off: a phrase with an id reads the stored message of each
 //! candidate document.
+//!
+//! A document sent through the Elasticsearch bulk API whose ECS rendering would not
+//! give back what the client sent also keeps its document as sent, in the same
+//! stored JSON (`es`), so that its hits' `_source` is the client's own (see
+//! `crate::es`). Native records never carry it.
 
 use crate::error::{Error, Result};
 use protocol::LogRecord;
@@ -300,15 +305,17 @@ impl Fields {
 
     /// Builds the document for `rec`; `uid` is its tie-breaker.
     pub fn to_document(&self, rec: &LogRecord, uid: u64) -> TantivyDocument {
-        self.to_document_with_id(rec, uid, None)
+        self.to_document_with_id(rec, uid, None, None)
     }
 
-    /// Like [`Fields::to_document`], with the `_id` of a bulk-API document.
+    /// Like [`Fields::to_document`], with the `_id` of a bulk-API document and,
+    /// when the record's ECS rendering differs from it, the document as sent.
     pub fn to_document_with_id(
         &self,
         rec: &LogRecord,
         uid: u64,
         es_id: Option<&str>,
+        es_source: Option<&serde_json::Value>,
     ) -> TantivyDocument {
         let mut doc = TantivyDocument::new();
         if let Some(id) = es_id {
@@ -371,6 +378,7 @@ impl Fields {
             path: rec.path.as_deref(),
             nanos: rec.ts.timestamp_subsec_nanos() % 1000,
             empty,
+            es: es_source,
         };
         // Serialising plain data into a Vec cannot fail.
         let bytes = serde_json::to_vec(&stored).expect("record serialises");
@@ -443,6 +451,24 @@ impl<'a> RecordReader<'a> {
         };
         columns.record(self.fields, stored, doc_id)
     }
+
+    /// Like [`RecordReader::read`], with the document as a bulk-API client sent it
+    /// when one was kept (see the module doc).
+    pub fn read_with_source(
+        &mut self,
+        stored: &TantivyDocument,
+        segment_ord: u32,
+        segment: &SegmentReader,
+        doc_id: DocId,
+    ) -> Result<(LogRecord, Option<serde_json::Value>)> {
+        let columns = match self.columns.entry(segment_ord) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => e.insert(Columns::open(segment)?),
+        };
+        let mut parsed = Stored::of(self.fields, stored)?;
+        let es = parsed.es.take();
+        Ok((columns.record_of(parsed, doc_id)?, es))
+    }
 }
 
 /// The fast columns of one segment a record is rebuilt from; `None` where no
@@ -473,7 +499,10 @@ impl Columns {
     }
 
     fn record(&self, f: &Fields, stored: &TantivyDocument, doc_id: DocId) -> Result<LogRecord> {
-        let stored = Stored::of(f, stored)?;
+        self.record_of(Stored::of(f, stored)?, doc_id)
+    }
+
+    fn record_of(&self, stored: Stored, doc_id: DocId) -> Result<LogRecord> {
         let bad = |what: &str, e: &dyn std::fmt::Display| {
             Error::Index(format!("fast column {what} of doc {doc_id}: {e}"))
         };
@@ -563,6 +592,9 @@ struct StoredRef<'a> {
     /// column alone would read them back as absent).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     empty: Vec<&'a str>,
+    /// A bulk-API document as sent, when its ECS rendering differs from it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    es: Option<&'a serde_json::Value>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -581,6 +613,8 @@ struct Stored {
     nanos: u32,
     #[serde(default)]
     empty: Vec<String>,
+    #[serde(default)]
+    es: Option<serde_json::Value>,
 }
 
 impl Stored {

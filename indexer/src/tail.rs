@@ -15,28 +15,52 @@ use futures::{Stream, StreamExt};
 use protocol::{Level, LogRecord};
 use std::fmt;
 use std::sync::Arc;
+use std::time::Instant;
 use tokio::sync::broadcast;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use tokio_stream::wrappers::BroadcastStream;
 
+/// A record offered to the live tail, stamped when it was offered (at admission),
+/// so that the time to each subscriber is measured
+/// (`sandtrail_indexer_tail_delivery_seconds`).
+#[derive(Debug, PartialEq)]
+pub struct Offered {
+    pub record: LogRecord,
+    pub at: Instant,
+}
+
+impl Offered {
+    pub fn now(record: LogRecord) -> Arc<Offered> {
+        Arc::new(Offered {
+            record,
+            at: Instant::now(),
+        })
+    }
+}
+
 /// What a tail subscriber is sent.
 #[derive(Debug, Clone, PartialEq)]
 pub enum TailEvent {
-    Record(Arc<LogRecord>),
+    Record(Arc<Offered>),
     /// The subscriber fell behind and missed this many records (matching or not).
     Dropped(u64),
 }
 
 /// The records of `rx` that pass `filter`, with a [`TailEvent::Dropped`] wherever
-/// the subscriber lagged; lags are counted in `metrics`.
+/// the subscriber lagged; lags are counted in `metrics`, and the time from a
+/// record's admission to the moment the subscriber's connection takes it (the
+/// stream is polled as the connection has room) in its delivery histogram.
 pub fn tail_events(
-    rx: broadcast::Receiver<Arc<LogRecord>>,
+    rx: broadcast::Receiver<Arc<Offered>>,
     filter: TailFilter,
     metrics: Arc<Metrics>,
 ) -> impl Stream<Item = TailEvent> {
     BroadcastStream::new(rx).filter_map(move |item| {
         let event = match item {
-            Ok(rec) => filter.matches(&rec).then_some(TailEvent::Record(rec)),
+            Ok(rec) => filter.matches(&rec.record).then(|| {
+                metrics.tail_delivery_seconds.observe(rec.at.elapsed());
+                TailEvent::Record(rec)
+            }),
             Err(BroadcastStreamRecvError::Lagged(n)) => {
                 Metrics::inc(&metrics.tail_dropped, n);
                 tracing::debug!(dropped = n, "tail subscriber lagged");
@@ -287,7 +311,7 @@ mod tests {
         let events = tail_events(rx, filter, metrics.clone());
         for i in 0..10 {
             let app = if i % 2 == 0 { "fib" } else { "web" };
-            tx.send(Arc::new(rec("h", app, None, &format!("m{i}"))))
+            tx.send(Offered::now(rec("h", app, None, &format!("m{i}"))))
                 .unwrap();
         }
         drop(tx);
@@ -295,7 +319,7 @@ mod tests {
         let described: Vec<String> = got
             .iter()
             .map(|e| match e {
-                TailEvent::Record(r) => r.msg.clone(),
+                TailEvent::Record(r) => r.record.msg.clone(),
                 TailEvent::Dropped(n) => format!("dropped {n}"),
             })
             .collect();
@@ -307,6 +331,12 @@ mod tests {
                 .load(std::sync::atomic::Ordering::Relaxed),
             6
         );
+        // The two delivered records were timed; the filtered-out ones were not.
+        let mut text = String::new();
+        metrics
+            .tail_delivery_seconds
+            .render(&mut text, "d", "D.", "");
+        assert!(text.contains("d_count 2\n"), "{text}");
     }
 
     #[test]

@@ -156,6 +156,9 @@ pub enum WriterMsg {
 pub struct BulkDoc {
     pub record: LogRecord,
     pub id: Option<String>,
+    /// The document as the client sent it, when the record's ECS rendering differs
+    /// (stored for `_source`, see `crate::es`).
+    pub source: Option<serde_json::Value>,
 }
 
 /// What became of one bulk document.
@@ -205,7 +208,7 @@ pub struct WriterThread {
     pub checkpoint: Checkpoint,
     /// Number of the last committed group (see [`Payload::epoch`]).
     epoch: u64,
-    pub tail: broadcast::Sender<Arc<LogRecord>>,
+    pub tail: broadcast::Sender<Arc<crate::tail::Offered>>,
     pub metrics: Arc<Metrics>,
     uids: UidSource,
     /// Partitions whose whole day is older than this are dropped (see
@@ -257,7 +260,7 @@ impl WriterThread {
         parts: Partitions,
         memory_bytes: usize,
         fields: Fields,
-        tail: broadcast::Sender<Arc<LogRecord>>,
+        tail: broadcast::Sender<Arc<crate::tail::Offered>>,
         metrics: Arc<Metrics>,
     ) -> Result<WriterThread> {
         let mut payloads: BTreeMap<String, Payload> = BTreeMap::new();
@@ -801,7 +804,7 @@ impl WriterThread {
                             added += 1;
                             // The tail sees records as soon as they are added,
                             // without waiting for the commit.
-                            let _ = self.tail.send(Arc::new(rec));
+                            let _ = self.tail.send(crate::tail::Offered::now(rec));
                         }
                     }
                     // Durable in the log: a failed group applies it again below.
@@ -813,7 +816,7 @@ impl WriterThread {
                 Staged::Bulk { docs, reply } => {
                     let mut outcomes = Vec::with_capacity(docs.len());
                     if failure.is_none() {
-                        for BulkDoc { record, id } in docs {
+                        for BulkDoc { record, id, source } in docs {
                             if let Some(id) = &id {
                                 let term = tantivy::Term::from_field_text(self.fields.es_id, id);
                                 let seen = pending_ids.contains(id)
@@ -828,6 +831,7 @@ impl WriterThread {
                                 &record,
                                 self.uids.next(),
                                 id.as_deref(),
+                                source.as_ref(),
                             );
                             let day = day_of(&record.ts);
                             touched.insert(day);
@@ -840,7 +844,7 @@ impl WriterThread {
                             }
                             outcomes.push(BulkOutcome::Created);
                             added += 1;
-                            let _ = self.tail.send(Arc::new(record));
+                            let _ = self.tail.send(crate::tail::Offered::now(record));
                         }
                     }
                     waiting.push(Waiting::Bulk(reply, outcomes));

@@ -743,3 +743,228 @@ async fn shipper_startup_calls_are_answered_or_accepted() -> Result<()> {
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
     Ok(())
 }
+
+/// Issue 17: a client that indexes a document and searches it gets back the fields
+/// it sent (nested objects, dotted keys, arrays, odd types), not an ECS rendering
+/// with `task` and `stream` added; the document is still indexed by its mapping.
+#[tokio::test]
+async fn hits_return_the_source_as_sent() -> Result<()> {
+    let s = Server::start(Some("s3cret")).await?;
+    let sent = json!({
+        "@timestamp": "2025-06-01T10:00:00.123Z",
+        "message": "payment failed",
+        "host": { "name": "node-1", "ip": ["10.0.0.1", "10.0.0.2"] },
+        "user.name": "alice",
+        "labels": { "env": "prod", "retry": 3, "ok": false, "none": null },
+        "log": { "level": "ERROR", "file": { "path": "/var/log/app.log" } },
+        "ecs": { "version": "8.11.0" },
+    });
+    // What a hit of a native record looks like: kept as is by the mapping alone.
+    let rendered = json!({
+        "@timestamp": "2025-06-01T10:00:01Z",
+        "message": "ok",
+        "host": { "name": "node-2" },
+        "service": { "name": "fib" },
+        "log": { "level": "info" },
+        "task": "fib.1",
+        "stream": "stdout",
+    });
+    let (status, resp) = s
+        .bulk(
+            "/logs/_bulk",
+            &[
+                json!({ "index": { "_id": "sent" } }),
+                sent.clone(),
+                json!({ "index": { "_id": "rendered" } }),
+                rendered.clone(),
+            ],
+        )
+        .await?;
+    assert_eq!((status, &resp["errors"]), (StatusCode::OK, &json!(false)));
+    let hits = s
+        .search("logs", json!({ "sort": [{ "@timestamp": "asc" }] }))
+        .await?;
+    let sources: Vec<&Value> = hits["hits"]["hits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| &h["_source"])
+        .collect();
+    assert_eq!(sources, [&sent, &rendered]);
+    // Searched through its mapping: ECS names, and the rest under its dotted name.
+    for q in [
+        json!({ "query_string": { "query": "host.name:node-1 AND log.level:error" } }),
+        json!({ "term": { "labels.env": "prod" } }),
+        json!({ "term": { "user.name": "alice" } }),
+        // In a query string too, under the names the client sent.
+        json!({ "query_string": { "query": "user.name:alice AND labels.env:prod" } }),
+        json!({ "query_string": { "query": "labels.retry:3 AND message:payment" } }),
+    ] {
+        let r = s.search("logs", json!({ "query": q })).await?;
+        assert_eq!(r["hits"]["total"]["value"], 1, "{q}: {r}");
+        assert_eq!(r["hits"]["hits"][0]["_id"], "sent", "{q}");
+    }
+    Ok(())
+}
+
+/// Issue 17: a path the API does not serve, under the prefix or anywhere on the
+/// indexer's own port, answers an Elasticsearch 404 with the product header (it was
+/// an empty 404 without it, which the official clients take for "not
+/// Elasticsearch"); a served path with the wrong method a 405 in the same shape.
+#[tokio::test]
+async fn unknown_paths_are_elasticsearch_404s() -> Result<()> {
+    let s = Server::start(Some("s3cret")).await?;
+    for (method, path, status, says) in [
+        (
+            "GET",
+            "/es/logs/_mapping",
+            404,
+            "no handler found for uri [/es/logs/_mapping] and method [GET]",
+        ),
+        ("POST", "/es/logs/_update/1", 404, "[/es/logs/_update/1]"),
+        ("GET", "/logs/_mapping", 404, "[/logs/_mapping]"),
+        ("POST", "/_refresh", 404, "[/_refresh]"),
+        ("GET", "/es/_bulk", 405, "[/es/_bulk] and method [GET]"),
+        ("DELETE", "/_search", 405, "[/_search] and method [DELETE]"),
+    ] {
+        let resp = s
+            .http
+            .request(method.parse()?, format!("{}{path}", s.base))
+            .basic_auth("elastic", Some("s3cret"))
+            .send()
+            .await?;
+        assert_eq!(
+            resp.headers()["x-elastic-product"],
+            "Elasticsearch",
+            "{path}"
+        );
+        let kind = if status == 404 {
+            "resource_not_found_exception"
+        } else {
+            "illegal_argument_exception"
+        };
+        let got = resp.status();
+        assert_es_error(got, &resp.json().await?, status, kind, says);
+        // Closed like the rest: without a token, nothing is said about the path.
+        // (A 405 says only which methods a documented path takes, token or not.)
+        let resp = s
+            .http
+            .request(method.parse()?, format!("{}{path}", s.base))
+            .send()
+            .await?;
+        let want = if status == 405 { 405 } else { 401 };
+        assert_eq!(resp.status().as_u16(), want, "{path}");
+        assert_eq!(
+            resp.headers()["x-elastic-product"],
+            "Elasticsearch",
+            "{path}"
+        );
+    }
+    // The native API and its own errors are untouched.
+    let resp = s
+        .http
+        .get(format!("{}/api/v1/search", s.base))
+        .basic_auth("elastic", Some("s3cret"))
+        .send()
+        .await?;
+    assert_eq!(resp.status(), StatusCode::OK);
+    Ok(())
+}
+
+/// Issue 17: the single-document API a client tries first (`index`, `create`, `get`)
+/// works as a one-item bulk: indexed with its mapping, dedup by `_id`, searchable
+/// once answered, and read back as sent.
+#[tokio::test]
+async fn single_documents_are_indexed_and_read_back() -> Result<()> {
+    let s = Server::start(Some("s3cret")).await?;
+    let send = |method: reqwest::Method, path: &str, body: Option<Value>| {
+        let req = s
+            .http
+            .request(method, format!("{}{path}", s.base))
+            .basic_auth("elastic", Some("s3cret"));
+        match body {
+            // Pretty-printed, as a client may send it.
+            Some(b) => req
+                .header("content-type", "application/json")
+                .body(serde_json::to_string_pretty(&b).unwrap()),
+            None => req,
+        }
+    };
+    let doc = json!({ "message": "one document", "user": { "name": "alice" } });
+    let resp = send(reqwest::Method::PUT, "/logs/_doc/d1", Some(doc.clone()))
+        .send()
+        .await?;
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let v: Value = resp.json().await?;
+    assert_eq!((&v["_id"], &v["result"]), (&json!("d1"), &json!("created")));
+    // Searchable once answered.
+    let r = s
+        .search("logs", json!({ "query": { "term": { "_id": "d1" } } }))
+        .await?;
+    assert_eq!(r["hits"]["hits"][0]["_source"], doc);
+    let resp = send(reqwest::Method::GET, "/es/logs/_doc/d1", None)
+        .send()
+        .await?;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let v: Value = resp.json().await?;
+    assert_eq!((&v["found"], &v["_source"]), (&json!(true), &doc));
+    let resp = send(reqwest::Method::HEAD, "/logs/_doc/d1", None)
+        .send()
+        .await?;
+    assert_eq!(resp.status(), StatusCode::OK);
+    // Again under the same id: kept as it was (append-only), or a conflict.
+    let resp = send(
+        reqwest::Method::PUT,
+        "/logs/_doc/d1",
+        Some(json!({ "message": "x" })),
+    )
+    .send()
+    .await?;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.json::<Value>().await?["result"], "noop");
+    let resp = send(
+        reqwest::Method::PUT,
+        "/logs/_create/d1",
+        Some(json!({ "message": "x" })),
+    )
+    .send()
+    .await?;
+    let status = resp.status();
+    assert_es_error(
+        status,
+        &resp.json().await?,
+        409,
+        "version_conflict_engine_exception",
+        "already exists",
+    );
+    // Without an id one is made; a missing one is Elasticsearch's 404.
+    let resp = send(
+        reqwest::Method::POST,
+        "/logs/_doc",
+        Some(json!({ "message": "two" })),
+    )
+    .send()
+    .await?;
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let id = resp.json::<Value>().await?["_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(!id.is_empty());
+    let resp = send(reqwest::Method::GET, "/logs/_doc/nope", None)
+        .send()
+        .await?;
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    assert_eq!(resp.json::<Value>().await?["found"], false);
+    // Writing needs the agent role (or admin), reading the read role.
+    let resp = s
+        .http
+        .put(format!("{}/logs/_doc/d2", s.base))
+        .json(&json!({ "message": "m" }))
+        .send()
+        .await?;
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let count = s.search("logs", json!({ "size": 0 })).await?;
+    assert_eq!(count["hits"]["total"]["value"], 2);
+    Ok(())
+}

@@ -7,7 +7,9 @@
 //! request carries one as `Authorization: Bearer T` (scheme case-insensitive, as RFC
 //! 9110 says), as HTTP Basic with `T` as the password and any user name (what
 //! Elasticsearch clients such as opensearch-py send with `http_auth=("elastic", T)`),
-//! or in `x-sandtrail-token` (what the parts have always sent each other).
+//! as an Elasticsearch API key `Authorization: ApiKey base64(id:T)` with any id (what
+//! elasticsearch-py sends with `api_key=(id, T)`, Filebeat with `api_key: id:T`), or
+//! in `x-sandtrail-token` (what the parts have always sent each other).
 //!
 //! The trade-off: tokens are bearer secrets compared in constant time against a small
 //! list held in memory, not hashed and not scoped to apps. That is enough for a handful
@@ -75,7 +77,7 @@ impl fmt::Display for Role {
 /// Why a request has no role that lets it through.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
-    #[error("missing credential: expected `Authorization: Bearer <token>`, HTTP Basic with the token as password, or header `{}`", crate::TOKEN_HEADER)]
+    #[error("missing credential: expected `Authorization: Bearer <token>`, HTTP Basic with the token as password, `ApiKey` of base64(id:token), or header `{}`", crate::TOKEN_HEADER)]
     Missing,
     #[error("unknown token: expected one of the tokens this cluster was configured with")]
     Invalid,
@@ -226,8 +228,9 @@ pub fn credential(authorization: Option<&[u8]>, token_header: Option<&[u8]>) -> 
     parse_authorization(std::str::from_utf8(authorization?).ok()?)
 }
 
-/// The token of an `Authorization` value: `Bearer T`, or `Basic base64(user:T)` (any
-/// user, T the password). Scheme names are case-insensitive (RFC 9110 section 11.1);
+/// The token of an `Authorization` value: `Bearer T`, `Basic base64(user:T)` (any
+/// user, T the password), or `ApiKey base64(id:T)` (any id, T the key: the tokens
+/// stand for Elasticsearch API keys, whose ids we do not keep). Scheme names are case-insensitive (RFC 9110 section 11.1);
 /// anything else, or an empty token, is `None`.
 pub fn parse_authorization(value: &str) -> Option<String> {
     let value = value.trim();
@@ -235,7 +238,7 @@ pub fn parse_authorization(value: &str) -> Option<String> {
     let rest = rest.trim();
     let token = if scheme.eq_ignore_ascii_case("bearer") {
         rest.to_string()
-    } else if scheme.eq_ignore_ascii_case("basic") {
+    } else if scheme.eq_ignore_ascii_case("basic") || scheme.eq_ignore_ascii_case("apikey") {
         let raw = decode_base64(rest)?;
         let userpass = String::from_utf8(raw).ok()?;
         userpass.split_once(':')?.1.to_string()
@@ -330,6 +333,11 @@ mod tests {
         // A password may hold colons: only the first one ends the user name.
         let v = format!("Basic {}", encode_base64(b"u:a:b"));
         assert_eq!(parse_authorization(&v).as_deref(), Some("a:b"));
+        // An Elasticsearch API key, as its clients send one: base64 of `id:key`.
+        let v = format!("ApiKey {}", encode_base64(b"sandtrail:s3"));
+        assert_eq!(parse_authorization(&v).as_deref(), Some("s3"));
+        let v = format!("apikey {}", encode_base64(b"s3"));
+        assert_eq!(parse_authorization(&v), None, "an API key is id:key");
     }
 
     #[test]

@@ -325,7 +325,7 @@ async fn node_runs_desired_tasks_in_sandboxes_and_reports_them() {
     // reading it once.
     eventually("late.1 counted as running", || {
         node.metrics()
-            .contains("sandtrail_node_tasks_running{node=\"node-1\"} 1")
+            .contains("sandtrail_node_tasks_running{host=\"node-1\"} 1")
             .then_some(())
     })
     .await;

@@ -199,3 +199,31 @@ impl Drop for Proc {
         let _ = self.child.wait();
     }
 }
+
+/// Runs `promtool check metrics` (Debian's `prometheus`, installed by
+/// scripts/test-deps.sh) over a `/metrics` text, failing with what it said.
+#[allow(dead_code)] // only the metrics suites check expositions
+pub fn promtool_check(what: &str, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut check = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("promtool (Debian's prometheus; scripts/test-deps.sh installs it)")?;
+    check
+        .stdin
+        .take()
+        .context("stdin")?
+        .write_all(text.as_bytes())?;
+    let out = check.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "promtool refused the {what}'s /metrics: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}

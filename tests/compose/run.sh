@@ -4,7 +4,8 @@
 # containers that Sandtrail survives losing a host, a partition from the indexer, and
 # restarts of the indexer and the scheduler. Prints a table of steps with pass/fail and
 # timings; tears everything down at the end, also on failure; keeps the containers'
-# logs of a failed run under target/compose-logs/.
+# logs of a failed run under target/compose-logs/. A real Prometheus scrapes the
+# cluster once (step 2b).
 #
 # Run from anywhere: bash tests/compose/run.sh
 # Env: SANDTRAIL_COMPOSE_BIN  use this sandtrail binary instead of `cargo build`'s
@@ -14,10 +15,10 @@ cd "$(dirname "$0")/../.."
 ROOT="$PWD"
 ST="python3 $ROOT/tests/compose/st.py"
 
-export COMPOSE_PROJECT_NAME="sandtrailci"
+export COMPOSE_PROJECT_NAME="${COMPOSE_PROJECT_NAME:-sandtrailci}"
 export SANDTRAIL_TOKEN="compose-test-$(date +%s)-$RANDOM"
 export SANDTRAIL_AGENT_TIMEOUT_SECS=5
-export SANDTRAIL_IMAGE="sandtrail:compose-test"
+export SANDTRAIL_IMAGE="${SANDTRAIL_IMAGE:-sandtrail:compose-test}"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 export SANDTRAIL_UI_PORT="$(free_port)" SANDTRAIL_SCHEDULER_PORT="$(free_port)"
 export SANDTRAIL_INDEXER_PORT="$(free_port)" SANDTRAIL_ROUTER_PORT="$(free_port)"
@@ -149,6 +150,49 @@ step_trace() {
   done
   [ "$(echo $hosts | wc -w)" -ge 3 ] || { fail "trace $trace names hosts '$hosts', expected 3"; return 1; }
   log "trace $trace: hops served on $hosts"
+}
+
+# A real Prometheus (Debian's `prometheus`, which scripts/test-deps.sh installs) on
+# this machine scrapes every published part with the cluster token, as a user's
+# would; one query on its API proves the router latency histogram is usable: a p99
+# from its buckets (the fib calls of the steps before are its observations).
+PROM_PID=""
+step_prometheus() {
+  command -v prometheus >/dev/null || { fail "prometheus is not installed (scripts/test-deps.sh)"; return 1; }
+  local dir="$ROOT/target/compose-prometheus" port api p99
+  rm -rf "$dir"; mkdir -p "$dir"
+  port=$(free_port)
+  (umask 077; printf '%s' "$SANDTRAIL_TOKEN" >"$dir/token")
+  cat >"$dir/prometheus.yml" <<YAML
+global:
+  scrape_interval: 1s
+scrape_configs:
+  - job_name: sandtrail
+    authorization:
+      credentials_file: $dir/token
+    static_configs:
+      - targets:
+          - 127.0.0.1:$SANDTRAIL_SCHEDULER_PORT
+          - 127.0.0.1:$SANDTRAIL_INDEXER_PORT
+          - 127.0.0.1:$SANDTRAIL_UI_PORT
+          - 127.0.0.1:$SANDTRAIL_ROUTER_PORT
+YAML
+  prometheus --config.file="$dir/prometheus.yml" --storage.tsdb.path="$dir/data" \
+    --web.listen-address="127.0.0.1:$port" >"$dir/prometheus.log" 2>&1 &
+  PROM_PID=$!
+  api="http://127.0.0.1:$port/api/v1/query"
+  wait_until 60 "Prometheus scraping all 4 parts (sum(up) == 4)" \
+    $ST prom-value "$api" 'sum(up{job="sandtrail"})' 4 || { tail -n 20 "$dir/prometheus.log" >&2; return 1; }
+  local q='histogram_quantile(0.99, sum by (le) (sandtrail_router_latency_seconds_bucket))'
+  wait_until 30 "a p99 from the router latency histogram" $ST prom-value "$api" "$q" || return 1
+  p99=$($ST prom-value "$api" "$q")
+  log "Prometheus scrapes scheduler, indexer, UI and node-1's router; router p99 ${p99}s"
+  stop_prometheus
+  rm -rf "$dir"
+}
+stop_prometheus() {
+  [ -n "$PROM_PID" ] || return 0
+  kill "$PROM_PID" 2>/dev/null; wait "$PROM_PID" 2>/dev/null; PROM_PID=""
 }
 
 step_hosts() {
@@ -283,6 +327,7 @@ step_scheduler_restart() {
 # ------------------------------------------------------------------------- harness
 
 teardown() {
+  stop_prometheus
   if [ "$FAILED" -ne 0 ]; then
     mkdir -p "$LOGDIR"
     for s in scheduler indexer node-1 node-2 node-3; do
@@ -352,6 +397,7 @@ trap interrupted INT TERM
 run_step "0 image (cargo build, base image, docker build)" step_image
 run_step "1 compose up, all healthy, deploy fib x3" step_up
 run_step "2 fib call fans out, trace names 3 hosts" step_trace
+run_step "2b Prometheus scrapes the cluster, router p99" step_prometheus
 run_step "3 task lines searchable by host" step_hosts
 run_step "4 host loss: kill node-3" step_host_loss
 run_step "5 partition node-2 from the indexer" step_partition

@@ -97,6 +97,24 @@ def cmd_seq(indexer, task, upto):
     return 0
 
 
+def cmd_prom_value(api, query, expect=None):
+    """The value of a Prometheus instant query (`api` is its /api/v1/query): exits
+    0 when it is one finite number (equal to `expect` when given), printing it."""
+    with urllib.request.urlopen(f"{api}?{urllib.parse.urlencode({'query': query})}", timeout=10) as r:
+        d = json.load(r)
+    result = d.get("data", {}).get("result", [])
+    if d.get("status") != "success" or len(result) != 1:
+        print(f"{query}: {d}", file=sys.stderr)
+        return 1
+    value = float(result[0]["value"][1])
+    print(f"{value:g}")
+    if value != value or value in (float("inf"), float("-inf")):
+        return 1
+    if expect is not None and value != float(expect):
+        return 1
+    return 0
+
+
 def main():
     cmd, args = sys.argv[1], sys.argv[2:]
     fn = globals().get("cmd_" + cmd.replace("-", "_"))

@@ -50,6 +50,8 @@ class ElasticsearchPyAgainstSandtrail(unittest.TestCase):
         for auth in (
             {"basic_auth": ("elastic", TOKEN)},
             {"bearer_auth": TOKEN},
+            # An Elasticsearch API key: any id, the token as the key.
+            {"api_key": ("sandtrail", TOKEN)},
             {"headers": {"x-sandtrail-token": TOKEN}},
         ):
             with client(self.ix.url, **auth) as es:
@@ -88,15 +90,22 @@ class ElasticsearchPyAgainstSandtrail(unittest.TestCase):
             after = hits[-1]["sort"]
         self.assertEqual(seen, [f"doc-{i}" for i in range(200)])
 
-    # Not yet (issue 17): hits carry an ECS rendering of the record, so dotted keys
-    # come back flattened ("user.name") and `task`/`stream` are added. Remove the
-    # marker once `_source` is kept as sent; an unexpected success fails the suite.
-    @unittest.expectedFailure
+    # Issue 17: hits carried an ECS rendering of the record (dotted keys flattened,
+    # `task` and `stream` added); the document as sent is kept when it differs.
     def test_source_comes_back_as_sent(self):
         sent = next(d for d in docs(200) if d["_id"] == "doc-42")
         sent = {k: v for k, v in sent.items() if not k.startswith("_")}
         hit = self.es.search(index="app-logs", query={"term": {"trace.id": "trace-42"}})["hits"]["hits"][0]
         self.assertEqual(hit["_source"], sent)
+
+    def test_single_documents(self):
+        doc = {"message": "indexed alone", "labels": {"k": "v"}}
+        r = self.es.index(index="single", id="s1", document=doc)
+        self.assertEqual(r["result"], "created")
+        self.assertEqual(self.es.get(index="single", id="s1")["_source"], doc)
+        self.assertTrue(self.es.exists(index="single", id="s1"))
+        self.assertFalse(self.es.exists(index="single", id="nope"))
+        self.assertEqual(self.es.count(index="single", q="labels.k:v")["count"], 1)
 
     def test_date_histogram(self):
         r = self.es.search(

@@ -2,9 +2,11 @@
 //! each document mapped onto a `LogRecord`, and records rendered back in ECS shape
 //! for search hits.
 //!
-//! A document is mapped, not stored: ECS names land on the record's own fields and
-//! everything else in `fields`, flattened to dotted keys. The trade-off, as for the
-//! whole layer: a client gets back an ECS rendering of its document, not its bytes.
+//! A document is mapped: ECS names land on the record's own fields and everything
+//! else in `fields`, flattened to dotted keys, which is what is indexed. When the
+//! ECS rendering of that record ([`ecs_source`]) is not the document the client
+//! sent, the document is kept too ([`BulkItem::source`]) and is what hits return
+//! as `_source` (see the module doc of `crate::es` for the trade-off).
 
 use crate::error::{Error, Result};
 use crate::query::parse_time;
@@ -30,6 +32,8 @@ pub struct BulkItem {
     pub index: String,
     pub id: String,
     pub doc: std::result::Result<LogRecord, ItemError>,
+    /// The document as sent, when [`ecs_source`] of `doc` would not give it back.
+    pub source: Option<Value>,
 }
 
 static GENERATED_IDS: AtomicU64 = AtomicU64::new(0);
@@ -86,15 +90,21 @@ pub fn parse_bulk(body: &[u8], default_index: Option<&str>) -> Result<Vec<BulkIt
         } else {
             None
         };
+        let mut source = None;
         let doc = match (name.as_str(), doc_line) {
             ("index" | "create", Some((dn, dl))) if !index.is_empty() => {
                 match serde_json::from_str::<Value>(dl) {
                     Ok(Value::Object(obj)) => {
-                        record_from_es(&index, obj).map_err(|reason| ItemError {
+                        let sent = Value::Object(obj.clone());
+                        let rec = record_from_es(&index, obj).map_err(|reason| ItemError {
                             status: 400,
                             kind: "mapper_parsing_exception",
                             reason: format!("line {}: {reason}", dn + 1),
-                        })
+                        });
+                        if rec.as_ref().is_ok_and(|r| ecs_source(r) != sent) {
+                            source = Some(sent);
+                        }
+                        rec
                     }
                     Ok(_) => Err(ItemError {
                         status: 400,
@@ -126,6 +136,7 @@ pub fn parse_bulk(body: &[u8], default_index: Option<&str>) -> Result<Vec<BulkIt
             index,
             id,
             doc,
+            source,
         });
     }
     Ok(items)
@@ -389,6 +400,23 @@ mod tests {
             let err = record_from_es("i", obj).unwrap_err();
             assert!(err.contains(field), "{err}");
         }
+    }
+
+    /// Issue 17: the document as sent is kept only when the mapping's rendering
+    /// would not give it back, so documents shaped like our own hits (a reindex from
+    /// Sandtrail) cost nothing more.
+    #[test]
+    fn the_document_is_kept_only_when_its_rendering_differs() {
+        let rendered = ecs_source(&record_from_es("a", Map::new()).unwrap());
+        let body = format!(
+            "{{\"index\":{{}}}}\n{rendered}\n{{\"index\":{{}}}}\n{{\"message\":\"m\",\"user\":{{\"name\":\"x\"}}}}\n"
+        );
+        let items = parse_bulk(body.as_bytes(), Some("a")).unwrap();
+        assert_eq!(items[0].source, None);
+        assert_eq!(
+            items[1].source,
+            Some(json!({ "message": "m", "user": { "name": "x" } }))
+        );
     }
 
     #[test]

@@ -73,8 +73,10 @@ pub(super) fn target(name: &str) -> Target {
 }
 
 /// Rewrites ECS field names in a Lucene query string to ours (`service.name:fib` →
-/// `app:fib`), at token starts only.
-fn rewrite_query_string(q: &str) -> String {
+/// `app:fib`), and any other field name the schema lacks to its key in `fields`
+/// (`user.name:alice` → `fields.user.name:alice`, where bulk documents keep what has
+/// no ECS place), at token starts outside quotes only. `known` tells our own names.
+fn rewrite_query_string(q: &str, known: impl Fn(&str) -> bool) -> String {
     const NAMES: [(&str, &str); 12] = [
         ("@timestamp:", "ts:"),
         ("message:", "msg:"),
@@ -92,8 +94,9 @@ fn rewrite_query_string(q: &str) -> String {
     let mut out = String::with_capacity(q.len());
     let mut rest = q;
     let mut at_token_start = true;
+    let mut in_quotes = false;
     'outer: while !rest.is_empty() {
-        if at_token_start {
+        if at_token_start && !in_quotes {
             for (from, to) in NAMES {
                 if let Some(after) = rest.strip_prefix(from) {
                     out.push_str(to);
@@ -102,10 +105,41 @@ fn rewrite_query_string(q: &str) -> String {
                     continue 'outer;
                 }
             }
+            let name_len = rest
+                .find(|c: char| !(c.is_alphanumeric() || matches!(c, '_' | '.' | '-' | '@')))
+                .unwrap_or(rest.len());
+            let name = &rest[..name_len];
+            let starts_well = name
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_alphabetic() || matches!(c, '_' | '@'));
+            if starts_well
+                && rest[name_len..].starts_with(':')
+                && !name.starts_with("fields.")
+                && !known(name)
+            {
+                out.push_str("fields.");
+                out.push_str(name);
+                rest = &rest[name_len..];
+                at_token_start = false;
+                continue;
+            }
         }
         let c = rest.chars().next().unwrap_or(' ');
         out.push(c);
         rest = &rest[c.len_utf8()..];
+        if c == '\\' {
+            // An escaped character is never a quote or a token start.
+            if let Some(e) = rest.chars().next() {
+                out.push(e);
+                rest = &rest[e.len_utf8()..];
+            }
+            at_token_start = false;
+            continue;
+        }
+        if c == '"' {
+            in_quotes = !in_quotes;
+        }
         at_token_start = c.is_whitespace() || matches!(c, '(' | '-' | '+' | '!');
     }
     out
@@ -152,10 +186,12 @@ impl Builder<'_> {
                     .get("query")
                     .and_then(Value::as_str)
                     .ok_or_else(|| bad(format!("{kind} needs a \"query\" string")))?;
+                let schema = &self.fields().schema;
+                let known = |name: &str| schema.get_field(name).is_ok();
                 user_query(
                     &self.view.index,
                     self.fields(),
-                    &rewrite_query_string(text),
+                    &rewrite_query_string(text, known),
                 )
             }
             "term" => {
@@ -631,13 +667,30 @@ mod tests {
 
     #[test]
     fn query_strings_get_our_field_names() {
+        let schema = crate::schema::Fields::new().schema;
+        let known = |name: &str| schema.get_field(name).is_ok();
+        let rw = |q: &str| rewrite_query_string(q, known);
         assert_eq!(
-            rewrite_query_string(
-                "service.name:fib AND -log.level:debug (host.name:a OR message:\"x y\")"
-            ),
+            rw("service.name:fib AND -log.level:debug (host.name:a OR message:\"x y\")"),
             "app:fib AND -level:debug (host:a OR msg:\"x y\")"
         );
-        assert_eq!(rewrite_query_string("myservice.name:x"), "myservice.name:x");
+        // What has no ECS place is in `fields`, under the name the client sent.
+        assert_eq!(rw("myservice.name:x"), "fields.myservice.name:x");
+        assert_eq!(
+            rw("user.name:alice AND (labels.env:prod OR -x:1)"),
+            "fields.user.name:alice AND (fields.labels.env:prod OR -fields.x:1)"
+        );
+        // Our own names, `fields.` paths, quoted text, escapes and values are left.
+        for q in [
+            "app:fib AND latency_ms:>250 AND status:[500 TO 599]",
+            "fields.user:alice",
+            "msg:\"a user.name:b\" AND ts:>2025-01-01T10:00:00Z",
+            "\"quoted x:y\" tail",
+            "a\\:b",
+            "timed out",
+        ] {
+            assert_eq!(rw(q), q, "{q}");
+        }
     }
 
     proptest::proptest! {

@@ -1,6 +1,8 @@
 //! An Elasticsearch-compatible subset, so existing shippers and clients work unchanged:
 //! `POST|PUT /_bulk` and `/{index}/_bulk` (`index`/`create`; gzip when
-//! `Content-Encoding` says so), `GET|POST /_search` and `/{index}/_search` with the
+//! `Content-Encoding` says so), single documents as one-item bulks (`PUT|POST
+//! /{index}/_doc/{id}`, `POST /{index}/_doc`, `PUT|POST /{index}/_create/{id}`, and
+//! `GET|HEAD /{index}/_doc/{id}`), `GET|POST /_search` and `/{index}/_search` with the
 //! common query DSL (`query_string`, `simple_query_string`, `bool`, `term`, `terms`,
 //! `range`, `match`, `match_phrase`, `exists`, `match_all`, `match_none`), `sort` on
 //! the timestamp, `size`/`from`, `search_after`, `highlight` of the message, and
@@ -11,7 +13,11 @@
 //! cluster health, and the template, ILM, pipeline and data stream calls, accepted
 //! and ignored). Every answer carries `X-Elastic-Product: Elasticsearch`, and the
 //! whole API also answers under [`PREFIX`] (`/es`), the base URL for clients when
-//! the port's `/` is the UI's (`sandtrail up`).
+//! the port's `/` is the UI's (`sandtrail up`). A path not served under [`PREFIX`]
+//! (or anywhere on a port of its own) is a 404 in Elasticsearch's shape, a served
+//! path asked with the wrong method a 405, both to a client with a valid token
+//! (closed like the rest) and both with the product header, so a client asking
+//! for an API we lack reads an Elasticsearch error, not an empty body.
 //!
 //! Layers: this module holds the routes and handlers (HTTP in, JSON out, errors in
 //! Elasticsearch's shape); [`bulk`] parses bulk bodies and maps documents to and from
@@ -19,15 +25,24 @@
 //! `_search` and renders its hits; [`aggs`] computes the aggregations. The collectors
 //! underneath are shared with the native API ([`crate::collect`]).
 //!
-//! Documents are not stored as sent: each is mapped onto a `LogRecord` (ECS names
-//! such as `@timestamp`, `message`, `host.name`, `service.name`, `log.level` and
-//! `trace.id` onto the record's own fields, everything else into `fields`, flattened
-//! to dotted keys) and hits are rendered back in ECS shape. The trade-off: searches
-//! and aggregations are as fast as the native API (the same schema) and a document
-//! indexed through `_bulk` shows up in the UI like any other log, but a client gets
-//! back an ECS rendering of its document, not its exact bytes, and there is one
-//! index: the index name only selects the documents bulk-loaded under that name
-//! (wildcards, `_all` and `sandtrail` mean everything).
+//! Documents are mapped, and kept as sent only where the mapping loses something.
+//! Each is mapped onto a `LogRecord` (ECS names such as `@timestamp`, `message`,
+//! `host.name`, `service.name`, `log.level` and `trace.id` onto the record's own
+//! fields, everything else into `fields`, flattened to dotted keys), which is what
+//! is indexed, searched and aggregated, and what the UI shows. When the ECS rendering
+//! of that record ([`ecs_source`], what hits of native records carry) is not the
+//! document the client sent, the document is stored as well, inside the record's one
+//! stored JSON field (no field of its own, so no schema change), and hits return it
+//! as their `_source`: a client gets back the fields it sent (as JSON values; key
+//! order and number spelling are not kept). The trade-off is size: such a document's
+//! message and fields are stored twice. zstd over the 512 KiB store blocks takes most
+//! of the repetition back: on 100,000 Filebeat-shaped documents (nginx lines with
+//! `agent.*`, `ecs`, `input`, `log.file.path`) the whole index grew from 0.107 to
+//! 0.127 of the raw JSON, all of it in the doc store (0.031 to 0.051). Records shipped
+//! by our own agents never carry it. Searches and aggregations are as fast as the
+//! native API's (the same schema), and there is one index: the index name only
+//! selects the documents bulk-loaded under that name (wildcards, `_all` and
+//! `sandtrail` mean everything).
 //!
 //! `_id` is honoured for dedup: a document whose `_id` is already indexed is not
 //! indexed again (`create` answers 409 like Elasticsearch, `index` answers 200
@@ -82,10 +97,66 @@ pub const PREFIX: &str = "/es";
 /// behind the same [`Guards`] but refusing in Elasticsearch's error shape, and
 /// every answer (refusals too) carrying `X-Elastic-Product`.
 pub(crate) fn router(indexer: Indexer, guards: &Guards, root: Root) -> Router {
-    routes(&indexer, guards, "", root == Root::Served)
+    use axum::middleware::{from_fn_with_state, map_response};
+    let es = routes(&indexer, guards, "", root == Root::Served)
         .merge(routes(&indexer, guards, PREFIX, true))
-        .layer(axum::middleware::map_response(cluster::product_header))
-        .with_state(indexer)
+        .method_not_allowed_fallback(wrong_method)
+        .layer(map_response(cluster::product_header));
+    // What no route serves: ours under the prefix, and everywhere when the port is
+    // the Elasticsearch API's; beside the UI the rest of the port is the UI's, and
+    // its 404 stays plain. (A catch-all route under the prefix would clash with
+    // `/es/{index}/...` in the router.)
+    let unknown = Router::new()
+        .fallback(no_handler)
+        .layer(from_fn_with_state(any_role(guards), protocol::http::gate))
+        .layer(map_response(cluster::product_header))
+        .layer(from_fn_with_state(root, only_ours));
+    es.merge(unknown).with_state(indexer)
+}
+
+/// Lets through to the Elasticsearch 404 the paths that are the API's (see
+/// [`router`]); the others get the plain 404 they had.
+async fn only_ours(
+    State(root): State<Root>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let under_prefix = req
+        .uri()
+        .path()
+        .strip_prefix(PREFIX)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'));
+    if root == Root::Served || under_prefix {
+        next.run(req).await
+    } else {
+        axum::http::StatusCode::NOT_FOUND.into_response()
+    }
+}
+
+/// The gate of calls that show no log line: any valid token, an agent's or a
+/// reader's.
+fn any_role(guards: &Guards) -> protocol::http::Gate {
+    use protocol::auth::Role;
+    protocol::http::Gate::new(
+        guards.keyring.clone(),
+        &[Role::Read, Role::Agent],
+        es_refuse,
+    )
+}
+
+async fn no_handler(method: Method, uri: axum::http::Uri) -> EsError {
+    EsError(Error::NoHandler {
+        method: method.to_string(),
+        uri: uri.path().to_string(),
+    })
+}
+
+async fn wrong_method(method: Method, uri: axum::http::Uri) -> EsError {
+    EsError(Error::WrongMethod {
+        method: method.to_string(),
+        uri: uri.path().to_string(),
+    })
 }
 
 /// The routes under `base` (`""` or [`PREFIX`]); `root` adds `GET`/`HEAD` of `base`
@@ -99,6 +170,22 @@ fn routes(indexer: &Indexer, guards: &Guards, base: &str, root: bool) -> Router<
     let gate_for = |needs| Gate::new(guards.keyring.clone(), needs, es_refuse);
     let p = |path: &str| format!("{base}{path}");
     let bulk = Router::new()
+        .route(
+            &p("/{index}/_doc"),
+            post(doc_auto_id).layer(DefaultBodyLimit::max(body_limit)),
+        )
+        .route(
+            &p("/{index}/_doc/{id}"),
+            post(doc_index)
+                .put(doc_index)
+                .layer(DefaultBodyLimit::max(body_limit)),
+        )
+        .route(
+            &p("/{index}/_create/{id}"),
+            post(doc_create)
+                .put(doc_create)
+                .layer(DefaultBodyLimit::max(body_limit)),
+        )
         .route(
             &p("/_bulk"),
             post(bulk_all)
@@ -117,6 +204,7 @@ fn routes(indexer: &Indexer, guards: &Guards, base: &str, root: bool) -> Router<
         ))
         .route_layer(from_fn_with_state(gate_for(&[Role::Agent]), gate));
     let search = Router::new()
+        .route(&p("/{index}/_doc/{id}"), get(doc_get).head(doc_get))
         .route(&p("/_search"), post(search_all).get(search_all))
         .route(&p("/{index}/_search"), post(search_index).get(search_index))
         .route(&p("/_count"), post(count_all).get(count_all))
@@ -153,10 +241,7 @@ fn routes(indexer: &Indexer, guards: &Guards, base: &str, root: bool) -> Router<
             startup.route(base, info.clone()).route(&p("/"), info)
         };
     }
-    let startup = startup.route_layer(from_fn_with_state(
-        gate_for(&[Role::Read, Role::Agent]),
-        gate,
-    ));
+    let startup = startup.route_layer(from_fn_with_state(any_role(guards), gate));
     bulk.merge(search).merge(startup)
 }
 
@@ -207,9 +292,10 @@ async fn bulk(
         .get("content-encoding")
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.eq_ignore_ascii_case("gzip"));
-    let factor = if gzipped { 5 } else { 2 };
+    // The body, its records and the documents kept as sent (`BulkItem::source`).
+    let factor = if gzipped { 6 } else { 3 };
     let _room = ix.reserve(body.len().saturating_mul(factor).min(max.saturating_mul(2)))?;
-    let items = tokio::task::spawn_blocking(move || {
+    let mut items = tokio::task::spawn_blocking(move || {
         let plain = if gzipped {
             gunzip_capped(&body, max)?
         } else {
@@ -221,11 +307,12 @@ async fn bulk(
     .map_err(|e| Error::Internal(format!("bulk decode task failed: {e}")))??;
 
     let docs: Vec<BulkDoc> = items
-        .iter()
+        .iter_mut()
         .filter_map(|it| {
             it.doc.as_ref().ok().map(|rec| BulkDoc {
                 record: rec.clone(),
                 id: Some(it.id.clone()),
+                source: it.source.take(),
             })
         })
         .collect();
@@ -277,6 +364,126 @@ async fn bulk(
         "errors": errors,
         "items": rendered,
     })))
+}
+
+/// `POST /{index}/_doc`: one document, its id generated (elasticsearch-py's
+/// `index()` without `id`).
+async fn doc_auto_id(
+    State(ix): State<Indexer>,
+    Path(index): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> EsResult<(axum::http::StatusCode, Json<Value>)> {
+    Ok(one_doc(ix, "index", index, None, headers, body).await?)
+}
+
+/// `PUT|POST /{index}/_doc/{id}`: one document under `id`; as in `_bulk`, an id
+/// already indexed is left as it is (`noop`): logs are append-only here.
+async fn doc_index(
+    State(ix): State<Indexer>,
+    Path((index, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> EsResult<(axum::http::StatusCode, Json<Value>)> {
+    Ok(one_doc(ix, "index", index, Some(id), headers, body).await?)
+}
+
+/// `PUT|POST /{index}/_create/{id}`: 409 when `id` is already indexed.
+async fn doc_create(
+    State(ix): State<Indexer>,
+    Path((index, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> EsResult<(axum::http::StatusCode, Json<Value>)> {
+    Ok(one_doc(ix, "create", index, Some(id), headers, body).await?)
+}
+
+/// The single-document APIs are a one-item `_bulk`: the same mapping, dedup by
+/// `_id`, answer at the commit (so the document is searchable once answered, as
+/// with `refresh=wait_for`), and the item's answer in the document API's shape.
+async fn one_doc(
+    ix: Indexer,
+    action: &str,
+    index: String,
+    id: Option<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<(axum::http::StatusCode, Json<Value>)> {
+    let max = ix.config().max_body_bytes;
+    let body = body.map_err(|r| Error::BadBody(r.body_text()))?;
+    let gzipped = headers
+        .get("content-encoding")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("gzip"));
+    let plain = if gzipped {
+        gunzip_capped(&body, max)?
+    } else {
+        body.to_vec()
+    };
+    // Re-serialised on one line: a client may send the document pretty-printed.
+    let doc: Value = serde_json::from_slice(&plain)
+        .map_err(|e| Error::BadBody(format!("the document is not JSON: {e}")))?;
+    if !doc.is_object() {
+        return Err(Error::BadBody("the document must be a JSON object".into()));
+    }
+    let mut meta = json!({ "_index": index });
+    if let Some(id) = id {
+        meta["_id"] = json!(id);
+    }
+    let line = format!("{}\n{doc}\n", json!({ action: meta }));
+    let Json(resp) = bulk(ix, None, HeaderMap::new(), Ok(Bytes::from(line))).await?;
+    let item = resp
+        .pointer(&format!("/items/0/{action}"))
+        .cloned()
+        .ok_or_else(|| Error::Internal("bulk answered no item".into()))?;
+    let status = item["status"].as_u64().unwrap_or(500);
+    let status = axum::http::StatusCode::from_u16(status as u16)
+        .unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR);
+    let mut out = item;
+    if let Value::Object(o) = &mut out {
+        o.remove("status");
+        if status.is_success() {
+            o.insert("_seq_no".into(), json!(0));
+            o.insert("_primary_term".into(), json!(1));
+        } else if let Some(error) = o.remove("error") {
+            // Errors in Elasticsearch's error shape, as for the other APIs.
+            let cause = json!({ "type": error["type"], "reason": error["reason"] });
+            return Ok((
+                status,
+                Json(json!({
+                    "error": { "root_cause": [cause.clone()], "type": cause["type"], "reason": cause["reason"] },
+                    "status": status.as_u16(),
+                })),
+            ));
+        }
+    }
+    Ok((status, Json(out)))
+}
+
+/// `GET|HEAD /{index}/_doc/{id}`: the document with its `_source` as sent, or
+/// `found: false` with 404.
+async fn doc_get(
+    State(ix): State<Indexer>,
+    Path((index, id)): Path<(String, String)>,
+) -> EsResult<(axum::http::StatusCode, Json<Value>)> {
+    let request = json!({ "size": 1, "query": { "term": { "_id": id.clone() } } });
+    let idx = index.clone();
+    let resp = ix
+        .with_view(move |view| run_search(view, &idx, &request))
+        .await?;
+    Ok(match resp.pointer("/hits/hits/0") {
+        Some(hit) => (
+            axum::http::StatusCode::OK,
+            Json(json!({
+                "_index": hit["_index"], "_id": hit["_id"], "_version": 1, "_seq_no": 0,
+                "_primary_term": 1, "found": true, "_source": hit["_source"],
+            })),
+        ),
+        None => (
+            axum::http::StatusCode::NOT_FOUND,
+            Json(json!({ "_index": index, "_id": id, "found": false })),
+        ),
+    })
 }
 
 /// `GET /_cat/health`: what shippers such as rsyslog's omelasticsearch probe before

@@ -1,6 +1,7 @@
 //! One `_search` run against the current reader: the query built by [`super::dsl`],
 //! a page of hits in time order (newest first unless `sort` asks otherwise), each hit
-//! rendered in ECS shape with its `_id`, `sort` values and `highlight`, and the
+//! with its `_id`, its `_source` (the document as sent when one was kept, else the
+//! record's ECS rendering), `sort` values and `highlight`, and the
 //! aggregations of [`super::aggs`] over the same matches.
 //!
 //! The common case (newest first from the top) counts and pages in one pass of
@@ -197,7 +198,8 @@ pub fn run_search(view: &IndexView, index: &str, req: &Value) -> Result<Value> {
             };
             let doc: TantivyDocument = searcher.doc(addr)?;
             let segment = searcher.segment_reader(addr.segment_ord);
-            let rec = records.read(&doc, addr.segment_ord, segment, addr.doc_id)?;
+            let (rec, sent) =
+                records.read_with_source(&doc, addr.segment_ord, segment, addr.doc_id)?;
             let ids_col = match ids.entry(addr.segment_ord) {
                 std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
                 std::collections::hash_map::Entry::Vacant(e) => {
@@ -221,7 +223,7 @@ pub fn run_search(view: &IndexView, index: &str, req: &Value) -> Result<Value> {
                 "_index": hit_index,
                 "_id": id,
                 "_score": null,
-                "_source": ecs_source(&rec),
+                "_source": sent.unwrap_or_else(|| ecs_source(&rec)),
                 "sort": [ts_micros.div_euclid(1000), Cursor { ts_micros, uid }.encode()],
             });
             if let Some((spec, words, tokenizer)) = &mut highlight {

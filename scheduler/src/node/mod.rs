@@ -393,32 +393,34 @@ impl Node {
             .expect("node state lock")
             .running
             .len();
-        let name = &self.inner.cfg.name;
+        // `host`, the one label name for a host across every family (the shipper's
+        // and the router's too), escaped: a node name is configuration.
+        let name = &protocol::histogram::escape_label(&self.inner.cfg.name);
         let g = |v: &AtomicU64| v.load(Ordering::Relaxed);
         format!(
             "# HELP sandtrail_node_tasks_running Tasks currently running on this node.\n\
              # TYPE sandtrail_node_tasks_running gauge\n\
-             sandtrail_node_tasks_running{{node=\"{name}\"}} {running}\n\
+             sandtrail_node_tasks_running{{host=\"{name}\"}} {running}\n\
              # HELP sandtrail_node_tasks_launched_total Tasks started.\n\
              # TYPE sandtrail_node_tasks_launched_total counter\n\
-             sandtrail_node_tasks_launched_total{{node=\"{name}\"}} {}\n\
+             sandtrail_node_tasks_launched_total{{host=\"{name}\"}} {}\n\
              # HELP sandtrail_node_launch_failures_total Tasks that could not be started.\n\
              # TYPE sandtrail_node_launch_failures_total counter\n\
-             sandtrail_node_launch_failures_total{{node=\"{name}\"}} {}\n\
+             sandtrail_node_launch_failures_total{{host=\"{name}\"}} {}\n\
              # HELP sandtrail_node_task_exits_total Task exits by final state.\n\
              # TYPE sandtrail_node_task_exits_total counter\n\
-             sandtrail_node_task_exits_total{{node=\"{name}\",state=\"{TASK_FINISHED}\"}} {}\n\
-             sandtrail_node_task_exits_total{{node=\"{name}\",state=\"{TASK_FAILED}\"}} {}\n\
-             sandtrail_node_task_exits_total{{node=\"{name}\",state=\"{TASK_KILLED}\"}} {}\n\
+             sandtrail_node_task_exits_total{{host=\"{name}\",state=\"{TASK_FINISHED}\"}} {}\n\
+             sandtrail_node_task_exits_total{{host=\"{name}\",state=\"{TASK_FAILED}\"}} {}\n\
+             sandtrail_node_task_exits_total{{host=\"{name}\",state=\"{TASK_KILLED}\"}} {}\n\
              # HELP sandtrail_node_heartbeats_total Successful heartbeats.\n\
              # TYPE sandtrail_node_heartbeats_total counter\n\
-             sandtrail_node_heartbeats_total{{node=\"{name}\"}} {}\n\
+             sandtrail_node_heartbeats_total{{host=\"{name}\"}} {}\n\
              # HELP sandtrail_node_heartbeat_failures_total Heartbeats that failed.\n\
              # TYPE sandtrail_node_heartbeat_failures_total counter\n\
-             sandtrail_node_heartbeat_failures_total{{node=\"{name}\"}} {}\n\
+             sandtrail_node_heartbeat_failures_total{{host=\"{name}\"}} {}\n\
              # HELP sandtrail_node_registrations_total Successful registrations.\n\
              # TYPE sandtrail_node_registrations_total counter\n\
-             sandtrail_node_registrations_total{{node=\"{name}\"}} {}\n",
+             sandtrail_node_registrations_total{{host=\"{name}\"}} {}\n",
             g(&m.launched),
             g(&m.launch_failures),
             g(&m.finished),
@@ -1143,21 +1145,21 @@ impl Node {
 
     fn limits_and_gc_metrics(&self) -> String {
         let m = &self.inner.metrics;
-        let name = &self.inner.cfg.name;
+        let name = &protocol::histogram::escape_label(&self.inner.cfg.name);
         let g = |v: &AtomicU64| v.load(Ordering::Relaxed);
         format!(
             "# HELP sandtrail_node_memory_limits_enforced Whether tasks run under cgroup v2 memory limits (1) or unlimited (0, the agent log says why).\n\
              # TYPE sandtrail_node_memory_limits_enforced gauge\n\
-             sandtrail_node_memory_limits_enforced{{node=\"{name}\"}} {}\n\
+             sandtrail_node_memory_limits_enforced{{host=\"{name}\"}} {}\n\
              # HELP sandtrail_node_oom_kills_total Tasks that failed because they exceeded their memory limit.\n\
              # TYPE sandtrail_node_oom_kills_total counter\n\
-             sandtrail_node_oom_kills_total{{node=\"{name}\"}} {}\n\
+             sandtrail_node_oom_kills_total{{host=\"{name}\"}} {}\n\
              # HELP sandtrail_node_sandboxes_collected_total Finished sandboxes removed after the GC delay.\n\
              # TYPE sandtrail_node_sandboxes_collected_total counter\n\
-             sandtrail_node_sandboxes_collected_total{{node=\"{name}\"}} {}\n\
+             sandtrail_node_sandboxes_collected_total{{host=\"{name}\"}} {}\n\
              # HELP sandtrail_node_sandboxes_unshipped Finished sandboxes past the GC delay kept because the shipper has not read them to the end.\n\
              # TYPE sandtrail_node_sandboxes_unshipped gauge\n\
-             sandtrail_node_sandboxes_unshipped{{node=\"{name}\"}} {}\n",
+             sandtrail_node_sandboxes_unshipped{{host=\"{name}\"}} {}\n",
             u8::from(self.inner.memory.enforced()),
             g(&m.oom_kills),
             g(&m.sandboxes_collected),
