@@ -416,6 +416,7 @@ pub fn router(scheduler: Scheduler) -> Router {
         .route("/v2/queue", get(queue))
         .route("/v2/events", get(events))
         .route("/v2/info", get(info))
+        .route("/v2/leader", get(leader))
         .route("/v1/agents", get(list_agents))
         .route_layer(gate_for(&[Role::Read], &[Role::Deploy]));
     let agents = Router::new()
@@ -802,6 +803,19 @@ async fn info(headers: HeaderMap) -> Json<Value> {
     }))
 }
 
+/// `GET /v2/leader`: `{"leader": "host:port"}` of the leading scheduler (this one
+/// when it runs alone), or 404 as Marathon answers while none is known.
+async fn leader(AxState(s): AxState<Scheduler>) -> Response {
+    match s.leader() {
+        Some(l) => Json(json!({ "leader": l })).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(json!({"message": "there is no leader: none is known yet"})),
+        )
+            .into_response(),
+    }
+}
+
 async fn ping() -> &'static str {
     "pong"
 }
@@ -996,6 +1010,32 @@ mod tests {
             *self.0.lock().unwrap() = saved;
             Box::pin(async { Ok(()) })
         }
+    }
+
+    #[tokio::test]
+    async fn v2_leader_names_the_leader_or_answers_404() {
+        use tower::ServiceExt;
+        let s = Scheduler::open_with_store(
+            SchedulerConfig::default(),
+            Box::new(MemoryStore::default()),
+        )
+        .unwrap();
+        let get = |s: &Scheduler| {
+            router(s.clone()).oneshot(
+                axum::http::Request::get("/v2/leader")
+                    .body(axum::body::Body::empty())
+                    .unwrap(),
+            )
+        };
+        assert_eq!(get(&s).await.unwrap().status(), StatusCode::NOT_FOUND);
+        s.set_leader(Some("10.0.0.1:7071".into()));
+        let resp = get(&s).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v, json!({"leader": "10.0.0.1:7071"}));
     }
 
     #[tokio::test]
