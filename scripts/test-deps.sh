@@ -2,7 +2,8 @@
 # Installs what the test suite needs beyond cargo, idempotently and quietly: Debian's
 # chromium + chromium-driver (browser tests), rsyslog's omelasticsearch (a real ES
 # shipper against our _bulk), syslog-ng's elasticsearch-http destination (another),
-# Prometheus's promtool (checks every /metrics), debootstrap (the multi-host suite makes its base image,
+# Prometheus's promtool (checks every /metrics), dig (Debian dnsutils: the Mesos-DNS suite),
+# debootstrap (the multi-host suite makes its base image,
 # since no image can be pulled here), and the Python clients the suites drive.
 # Called by scripts/test.sh, so the README's one test command works on a fresh machine.
 set -euo pipefail
@@ -14,6 +15,8 @@ missing=()
 command -v chromedriver >/dev/null || missing+=(chromium chromium-driver)
 [ -e /usr/lib/x86_64-linux-gnu/rsyslog/omelasticsearch.so ] || missing+=(rsyslog rsyslog-elasticsearch)
 command -v promtool >/dev/null || missing+=(prometheus)
+# tests/dns.rs asks the scheduler's Mesos-DNS with dig, over UDP and TCP.
+command -v dig >/dev/null || missing+=(dnsutils)
 if command -v docker >/dev/null; then
   command -v debootstrap >/dev/null || [ -x /usr/sbin/debootstrap ] || missing+=(debootstrap)
 fi

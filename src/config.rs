@@ -64,6 +64,8 @@ pub struct UpSection {
     pub demo: Option<bool>,
     /// Every part's log on stderr too, not only in `<data_dir>/sandtrail.log`.
     pub verbose: Option<bool>,
+    /// Serve Mesos-DNS on this UDP+TCP address (default: no DNS listener).
+    pub dns_listen: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -93,6 +95,13 @@ pub struct SchedulerSection {
     pub listen: Option<String>,
     /// Heartbeat silence after which an agent's tasks are marked lost.
     pub agent_timeout_secs: Option<u64>,
+    /// Serve Mesos-DNS on this UDP+TCP address (default: no DNS listener; the
+    /// Mesos-DNS HTTP API is served either way).
+    pub dns_listen: Option<String>,
+    /// The Mesos-DNS domain (default `mesos`: `_fib._tcp.marathon.mesos`).
+    pub dns_domain: Option<String>,
+    /// TTL of DNS answers, negative ones included (default 5).
+    pub dns_ttl_secs: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -227,7 +236,7 @@ const TOP: &[&str] = &[
 const SECTIONS: &[(&str, &[&str])] = &[
     (
         "up",
-        &["listen", "router_listen", "agents", "demo", "verbose"],
+        &["listen", "router_listen", "agents", "demo", "verbose", "dns_listen"],
     ),
     (
         "indexer",
@@ -242,7 +251,16 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "max_tail_streams",
         ],
     ),
-    ("scheduler", &["listen", "agent_timeout_secs"]),
+    (
+        "scheduler",
+        &[
+            "listen",
+            "agent_timeout_secs",
+            "dns_listen",
+            "dns_domain",
+            "dns_ttl_secs",
+        ],
+    ),
     (
         "agent",
         &[
@@ -443,6 +461,7 @@ pub struct UpSettings {
     pub data_dir: PathBuf,
     pub listen: String,
     pub router_listen: String,
+    pub dns_listen: Option<String>,
     pub agents: u32,
     pub demo: bool,
     pub token: Option<String>,
@@ -481,6 +500,7 @@ pub fn up(args: UpArgs, cfg: &Config, token: Option<String>) -> UpSettings {
             .router_listen
             .or(cfg.up.router_listen.clone())
             .unwrap_or_else(|| defaults::ROUTER_LISTEN.into()),
+        dns_listen: args.dns_listen.or(cfg.up.dns_listen.clone()),
         agents: args.agents.or(cfg.up.agents).unwrap_or(defaults::UP_AGENTS),
         demo: !args.no_demo && cfg.up.demo.unwrap_or(true),
         token: given_token(token, cfg),
@@ -496,14 +516,24 @@ pub struct PartSettings {
     pub token: Option<String>,
 }
 
-pub fn scheduler(args: SchedulerArgs, cfg: &Config, token: Option<String>) -> PartSettings {
-    PartSettings {
-        data_dir: data_dir(args.data_dir, cfg),
-        listen: args
-            .listen
-            .or(cfg.scheduler.listen.clone())
-            .unwrap_or_else(|| defaults::SCHEDULER_LISTEN.into()),
-        token: given_token(token, cfg),
+/// `sandtrail scheduler`: the part's settings and where it serves DNS.
+#[derive(Debug)]
+pub struct SchedulerSettings {
+    pub part: PartSettings,
+    pub dns_listen: Option<String>,
+}
+
+pub fn scheduler(args: SchedulerArgs, cfg: &Config, token: Option<String>) -> SchedulerSettings {
+    SchedulerSettings {
+        part: PartSettings {
+            data_dir: data_dir(args.data_dir, cfg),
+            listen: args
+                .listen
+                .or(cfg.scheduler.listen.clone())
+                .unwrap_or_else(|| defaults::SCHEDULER_LISTEN.into()),
+            token: given_token(token, cfg),
+        },
+        dns_listen: args.dns_listen.or(cfg.scheduler.dns_listen.clone()),
     }
 }
 
@@ -737,7 +767,7 @@ mod tests {
     #[test]
     fn servers_resolve_flag_over_file_over_default() {
         let cfg = Config::parse(
-            "token = \"f\"\n[scheduler]\nlisten = \"0.0.0.0:1\"\n[indexer]\n",
+            "token = \"f\"\n[scheduler]\nlisten = \"0.0.0.0:1\"\ndns_listen = \"127.0.0.1:53\"\n[indexer]\n",
             Path::new("t.toml"),
         )
         .unwrap();
@@ -745,10 +775,13 @@ mod tests {
             SchedulerArgs {
                 data_dir: None,
                 listen: None,
+                dns_listen: None,
             },
             &cfg,
             None,
         );
+        assert_eq!(s.dns_listen.as_deref(), Some("127.0.0.1:53"));
+        let s = s.part;
         assert_eq!(
             (s.listen.as_str(), s.token.as_deref()),
             ("0.0.0.0:1", Some("f"))
@@ -775,6 +808,7 @@ mod tests {
                 agents: None,
                 no_demo: false,
                 verbose: false,
+                dns_listen: Some("127.0.0.1:8053".into()),
             },
             &cfg,
             None,
@@ -790,6 +824,7 @@ mod tests {
         );
         assert!(!u.verbose);
         assert_eq!(u.log_path(), PathBuf::from("./.sandtrail/sandtrail.log"));
+        assert_eq!(u.dns_listen.as_deref(), Some("127.0.0.1:8053"));
     }
 
     #[test]

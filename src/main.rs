@@ -199,6 +199,9 @@ pub struct UpArgs {
     /// `<data-dir>/sandtrail.log`; without this flag stderr gets warnings only).
     #[arg(long, short)]
     pub verbose: bool,
+    /// Serve Mesos-DNS (UDP and TCP) on this address, like 127.0.0.1:8053.
+    #[arg(long, env = "SANDTRAIL_DNS_LISTEN")]
+    pub dns_listen: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -208,6 +211,10 @@ pub struct SchedulerArgs {
     /// Default 127.0.0.1:7071.
     #[arg(long, env = "SANDTRAIL_LISTEN")]
     pub listen: Option<String>,
+    /// Serve Mesos-DNS (UDP and TCP) on this address, like 0.0.0.0:53 (default: none;
+    /// domain and TTL are `[scheduler] dns_domain` and `dns_ttl_secs`).
+    #[arg(long, env = "SANDTRAIL_DNS_LISTEN")]
+    pub dns_listen: Option<String>,
 }
 
 #[derive(Args, Debug)]

@@ -350,7 +350,11 @@ fn indexer_config(dir: PathBuf, cfg: &Config, keyring: &Keyring) -> indexer::Ind
     c
 }
 
-fn scheduler_config(dir: PathBuf, cfg: &Config, keyring: &Keyring) -> scheduler::SchedulerConfig {
+fn scheduler_config(
+    dir: PathBuf,
+    cfg: &Config,
+    keyring: &Keyring,
+) -> anyhow::Result<scheduler::SchedulerConfig> {
     let mut c = scheduler::SchedulerConfig {
         data_dir: dir,
         tokens: keyring.clone(),
@@ -359,7 +363,36 @@ fn scheduler_config(dir: PathBuf, cfg: &Config, keyring: &Keyring) -> scheduler:
     if let Some(s) = cfg.scheduler.agent_timeout_secs {
         c.agent_timeout = Duration::from_secs(s);
     }
-    c
+    if let Some(d) = &cfg.scheduler.dns_domain {
+        c.dns.domain = scheduler::dns::names::domain(d).with_context(|| {
+            format!("[scheduler] dns_domain {d:?} is not a domain: expected labels of letters, digits and '-', like mesos or cluster.example")
+        })?;
+    }
+    if let Some(t) = cfg.scheduler.dns_ttl_secs {
+        c.dns.ttl = t;
+    }
+    Ok(c)
+}
+
+/// Serves the scheduler's Mesos-DNS on `addr` (UDP and TCP) until `cancel`, printing
+/// `dns: ADDR` (what scripts and tests read).
+async fn serve_dns(
+    sched: &scheduler::Scheduler,
+    addr: &str,
+    cancel: CancellationToken,
+) -> anyhow::Result<JoinHandle<anyhow::Result<()>>> {
+    let sock: std::net::SocketAddr = tokio::net::lookup_host(addr)
+        .await
+        .with_context(|| format!("dns listen address {addr:?}: expected host:port"))?
+        .next()
+        .with_context(|| format!("dns listen address {addr:?} resolves to nothing"))?;
+    let (udp, tcp, bound) = scheduler::dns::server::bind(sock)
+        .await
+        .with_context(|| format!("cannot serve dns on {addr}"))?;
+    let h = sched.serve_dns(udp, tcp, cancel);
+    info!(addr = %bound, "dns listening");
+    println!("dns: {bound}");
+    Ok(tokio::spawn(async move { Ok(h.await?) }))
 }
 
 /// One host's worth of parts: the node running tasks, the shipper, and a router.
@@ -524,6 +557,7 @@ pub async fn up(settings: UpSettings, cfg: Config) -> anyhow::Result<()> {
         data_dir: dir,
         listen,
         router_listen,
+        dns_listen,
         agents,
         demo,
         token,
@@ -553,7 +587,8 @@ pub async fn up(settings: UpSettings, cfg: Config) -> anyhow::Result<()> {
         move || indexer::Indexer::open(c)
     })
     .await??;
-    let sched = scheduler::Scheduler::open(scheduler_config(dir.clone(), &cfg, &keyring))?;
+    let sched = scheduler::Scheduler::open(scheduler_config(dir.clone(), &cfg, &keyring)?)?;
+    sched.set_leader(Some(listener.local_addr()?.to_string()));
 
     let hosts: Vec<HostSpec> = (1..=agents)
         .map(|i| HostSpec {
@@ -628,6 +663,10 @@ pub async fn up(settings: UpSettings, cfg: Config) -> anyhow::Result<()> {
         &limits,
     )?;
     let sched_loop = sched.spawn(sched_cancel.clone());
+    let dns = match &dns_listen {
+        Some(addr) => Some(serve_dns(&sched, addr, sched_cancel.clone()).await?),
+        None => None,
+    };
 
     let mut node_handles = Vec::new();
     let mut ship_handles = Vec::new();
@@ -684,6 +723,7 @@ pub async fn up(settings: UpSettings, cfg: Config) -> anyhow::Result<()> {
     join_all("shippers", ship_handles).await;
     sched_cancel.cancel();
     let _ = sched_loop.await;
+    join_all("dns", dns.into_iter().collect()).await;
     http_cancel.cancel();
     // Before awaiting the server: open tail streams only end when the indexer shuts
     // down, and the server's graceful stop waits for them. The shippers are done, so
@@ -694,19 +734,24 @@ pub async fn up(settings: UpSettings, cfg: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn scheduler(settings: PartSettings, cfg: Config) -> anyhow::Result<()> {
-    let PartSettings {
-        data_dir: dir,
-        listen,
-        token,
+pub async fn scheduler(settings: config::SchedulerSettings, cfg: Config) -> anyhow::Result<()> {
+    let config::SchedulerSettings {
+        part:
+            PartSettings {
+                data_dir: dir,
+                listen,
+                token,
+            },
+        dns_listen,
     } = settings;
     let configured = token.is_some();
     let (_, keyring) = server_keyring(&dir, token)?;
     if !configured {
         info!(path = %tokens::path(&dir, Role::Admin).display(), "no token configured: using the data dir's admin token");
     }
-    let sched = scheduler::Scheduler::open(scheduler_config(dir, &cfg, &keyring))?;
+    let sched = scheduler::Scheduler::open(scheduler_config(dir, &cfg, &keyring)?)?;
     let (listener, url) = bind(&listen).await?;
+    sched.set_leader(Some(listener.local_addr()?.to_string()));
     let s = sched.clone();
     let app = with_ops(
         scheduler::router(sched.clone()),
@@ -716,11 +761,16 @@ pub async fn scheduler(settings: PartSettings, cfg: Config) -> anyhow::Result<()
     let cancel = CancellationToken::new();
     let http = crate::http::serve(listener, app, cancel.clone(), &http_limits(&cfg))?;
     let sched_loop = sched.spawn(cancel.clone());
+    let dns = match &dns_listen {
+        Some(addr) => Some(serve_dns(&sched, addr, cancel.clone()).await?),
+        None => None,
+    };
     info!(url = %url, "scheduler listening");
     println!("scheduler: {url}");
     shutdown_signal().await;
     cancel.cancel();
     join_all("http", vec![http]).await;
+    join_all("dns", dns.into_iter().collect()).await;
     let _ = sched_loop.await;
     Ok(())
 }

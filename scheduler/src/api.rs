@@ -10,6 +10,7 @@
 use crate::control::appdef::{describe, parse_app};
 use crate::control::store::{FileStore, StateStore};
 use crate::control::{app_key, AppDef, Now, State, Task, TaskState};
+use crate::dns::{names, DnsCounters, Zone, ZoneConfig};
 use crate::{Error, Result};
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State as AxState};
@@ -26,9 +27,11 @@ use protocol::{AgentInfo, AgentRegistration, HeartbeatRequest, HeartbeatResponse
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -45,6 +48,8 @@ pub struct SchedulerConfig {
     pub tokens: protocol::auth::Keyring,
     /// Heartbeat silence after which an agent is lost and its tasks are replaced.
     pub agent_timeout: Duration,
+    /// The Mesos-DNS zone's domain and TTL (`crate::dns`).
+    pub dns: ZoneConfig,
 }
 
 impl Default for SchedulerConfig {
@@ -54,6 +59,7 @@ impl Default for SchedulerConfig {
             token: None,
             tokens: protocol::auth::Keyring::new(),
             agent_timeout: Duration::from_secs(10),
+            dns: ZoneConfig::default(),
         }
     }
 }
@@ -65,6 +71,14 @@ struct Inner {
     stopping: CancellationToken,
     state: Mutex<State>,
     store: Box<dyn StateStore>,
+    /// The Mesos-DNS zone, rebuilt on every change of the state (`crate::dns`).
+    zone: watch::Sender<Arc<Zone>>,
+    /// `host:port` of the leading scheduler (this one without HA); `leader.<domain>`
+    /// and `GET /v2/leader` answer it.
+    leader: watch::Sender<Option<String>>,
+    /// The DNS listener's address, for `ns1.<domain>`.
+    dns_ns: watch::Sender<Option<IpAddr>>,
+    dns_counters: Arc<DnsCounters>,
 }
 
 /// A cheap, cloneable handle on the control plane.
@@ -107,12 +121,17 @@ impl Scheduler {
             "scheduler state loaded"
         );
         let state = State::new(saved, config.agent_timeout, Now::current());
+        let zone = Zone::empty(config.dns.clone());
         Ok(Scheduler {
             inner: Arc::new(Inner {
                 config,
                 stopping: CancellationToken::new(),
                 state: Mutex::new(state),
                 store,
+                zone: watch::channel(Arc::new(zone)).0,
+                leader: watch::channel(None).0,
+                dns_ns: watch::channel(None).0,
+                dns_counters: Arc::new(DnsCounters::default()),
             }),
         })
     }
@@ -120,6 +139,14 @@ impl Scheduler {
     /// Runs the reconcile loop (lost agents, staging timeouts, placement after
     /// back-offs) until `cancel` fires, then writes the state a last time.
     pub fn spawn(&self, cancel: CancellationToken) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(crate::dns::maintain(
+            self.clone(),
+            self.inner.zone.clone(),
+            self.inner.leader.subscribe(),
+            self.inner.dns_ns.subscribe(),
+            self.inner.config.dns.clone(),
+            cancel.clone(),
+        ));
         let this = self.clone();
         let period = (self.inner.config.agent_timeout / 4)
             .clamp(Duration::from_millis(20), Duration::from_secs(1));
@@ -142,7 +169,48 @@ impl Scheduler {
 
     /// Metrics in the Prometheus text format.
     pub fn metrics(&self) -> String {
-        self.lock().metrics()
+        let mut m = self.lock().metrics();
+        m.push_str(&self.inner.dns_counters.metrics());
+        m
+    }
+
+    /// Sets the leading scheduler's `host:port` (`None`: not known).
+    pub fn set_leader(&self, leader: Option<String>) {
+        self.inner.leader.send_if_modified(|l| {
+            let changed = *l != leader;
+            *l = leader;
+            changed
+        });
+    }
+
+    /// The leading scheduler's `host:port`, when known.
+    pub fn leader(&self) -> Option<String> {
+        self.inner.leader.borrow().clone()
+    }
+
+    /// The current Mesos-DNS zone.
+    pub fn zone(&self) -> Arc<Zone> {
+        self.inner.zone.borrow().clone()
+    }
+
+    /// Serves Mesos-DNS on `udp` and `tcp` (see [`crate::dns::server::bind`]) until
+    /// `cancel`; the zone is kept current by [`Scheduler::spawn`].
+    pub fn serve_dns(
+        &self,
+        udp: tokio::net::UdpSocket,
+        tcp: tokio::net::TcpListener,
+        cancel: CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        if let Ok(addr) = udp.local_addr() {
+            self.inner.dns_ns.send_replace(Some(addr.ip()));
+        }
+        tokio::spawn(crate::dns::server::serve(
+            udp,
+            tcp,
+            self.inner.zone.subscribe(),
+            self.inner.dns_counters.clone(),
+            cancel,
+        ))
     }
 
     /// Runs `f` on the state under its lock (for in-process callers such as `up`).
@@ -348,6 +416,7 @@ pub fn router(scheduler: Scheduler) -> Router {
         .route("/v2/queue", get(queue))
         .route("/v2/events", get(events))
         .route("/v2/info", get(info))
+        .route("/v2/leader", get(leader))
         .route("/v1/agents", get(list_agents))
         .route_layer(gate_for(&[Role::Read], &[Role::Deploy]));
     let agents = Router::new()
@@ -357,6 +426,7 @@ pub fn router(scheduler: Scheduler) -> Router {
         .route_layer(gate_for(&[Role::Agent], &[Role::Agent]));
     let lookups = Router::new()
         .route("/v1/services/{*app}", get(services))
+        .route("/v1/hosts/{*host}", get(mesos_dns_hosts))
         .route_layer(gate_for(&[Role::Read, Role::Agent], &[Role::Agent]));
     marathon
         .merge(agents)
@@ -733,6 +803,19 @@ async fn info(headers: HeaderMap) -> Json<Value> {
     }))
 }
 
+/// `GET /v2/leader`: `{"leader": "host:port"}` of the leading scheduler (this one
+/// when it runs alone), or 404 as Marathon answers while none is known.
+async fn leader(AxState(s): AxState<Scheduler>) -> Response {
+    match s.leader() {
+        Some(l) => Json(json!({ "leader": l })).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(json!({"message": "there is no leader: none is known yet"})),
+        )
+            .into_response(),
+    }
+}
+
 async fn ping() -> &'static str {
     "pong"
 }
@@ -848,11 +931,60 @@ async fn desired_changes(
     }
 }
 
-async fn services(
-    AxState(s): AxState<Scheduler>,
-    Path(app): Path<String>,
-) -> Result<Json<Vec<protocol::ServiceEndpoint>>> {
-    Ok(Json(s.lock().services(&app)?))
+/// `GET /v1/services/{app}`: the router's lookup of an app's ready endpoints; or,
+/// for a name with a leading underscore (which no app id has), Mesos-DNS's
+/// `GET /v1/services/_<app>._tcp.marathon.<domain>.`.
+async fn services(AxState(s): AxState<Scheduler>, Path(app): Path<String>) -> Result<Response> {
+    if app.starts_with('_') {
+        return Ok(Json(mesos_dns_services(&s.zone(), &app)).into_response());
+    }
+    Ok(Json(s.lock().services(&app)?).into_response())
+}
+
+/// Mesos-DNS's answer for a service: `[{"service", "host", "ip", "port"}]`, every
+/// value a string (`port` too), the name echoed as asked; a name without records is
+/// one entry of empty strings, as Mesos-DNS answers it.
+fn mesos_dns_services(zone: &Zone, service: &str) -> Value {
+    let found = names::parse(service, zone.domain())
+        .ok()
+        .flatten()
+        .and_then(|n| zone.services(&n))
+        .unwrap_or_default();
+    if found.is_empty() {
+        return json!([{"service": "", "host": "", "ip": "", "port": ""}]);
+    }
+    Value::Array(
+        found
+            .into_iter()
+            .map(|e| {
+                json!({
+                    "service": service,
+                    "host": e.target,
+                    "ip": e.ip.map(|ip| ip.to_string()).unwrap_or_default(),
+                    "port": e.port.to_string(),
+                })
+            })
+            .collect(),
+    )
+}
+
+/// `GET /v1/hosts/{host}`: Mesos-DNS's `[{"host", "ip"}]` for a name's addresses
+/// (`host` lower case with its final dot), or one entry of empty strings.
+async fn mesos_dns_hosts(AxState(s): AxState<Scheduler>, Path(host): Path<String>) -> Json<Value> {
+    let zone = s.zone();
+    let ips = names::parse(&host, zone.domain())
+        .ok()
+        .flatten()
+        .and_then(|n| zone.addresses(&n))
+        .unwrap_or_default();
+    let Some(dom) = names::normalize(&host).filter(|_| !ips.is_empty()) else {
+        return Json(json!([{"host": "", "ip": ""}]));
+    };
+    Json(Value::Array(
+        ips.into_iter()
+            .map(|ip| json!({"host": dom, "ip": ip.to_string()}))
+            .collect(),
+    ))
 }
 
 #[cfg(test)]
@@ -878,6 +1010,32 @@ mod tests {
             *self.0.lock().unwrap() = saved;
             Box::pin(async { Ok(()) })
         }
+    }
+
+    #[tokio::test]
+    async fn v2_leader_names_the_leader_or_answers_404() {
+        use tower::ServiceExt;
+        let s = Scheduler::open_with_store(
+            SchedulerConfig::default(),
+            Box::new(MemoryStore::default()),
+        )
+        .unwrap();
+        let get = |s: &Scheduler| {
+            router(s.clone()).oneshot(
+                axum::http::Request::get("/v2/leader")
+                    .body(axum::body::Body::empty())
+                    .unwrap(),
+            )
+        };
+        assert_eq!(get(&s).await.unwrap().status(), StatusCode::NOT_FOUND);
+        s.set_leader(Some("10.0.0.1:7071".into()));
+        let resp = get(&s).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v, json!({"leader": "10.0.0.1:7071"}));
     }
 
     #[tokio::test]

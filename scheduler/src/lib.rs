@@ -9,6 +9,8 @@
 //! - the node executor (`node`, with its `logger`, `cgroup`, `task_user`, `ports`,
 //!   health checks and sandbox GC): runs on every agent, launches tasks in sandboxes
 //!   and reports their state back over HTTP;
+//! - Mesos-DNS (`dns`): the control plane's tasks as DNS names, served over UDP and
+//!   TCP and through Mesos-DNS's HTTP API;
 //! - the proxy (`proxy`, "the router" to users): on every agent, carries app-to-app
 //!   calls and writes one access record per call into the shipper's pipeline.
 //!
@@ -20,6 +22,7 @@
 
 pub mod api;
 pub mod control;
+pub mod dns;
 pub mod error;
 pub mod node;
 pub mod proxy;

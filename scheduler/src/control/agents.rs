@@ -117,6 +117,8 @@ impl State {
         if self.known_agents.insert(info.name.clone()) {
             self.generation += 1;
         }
+        // An agent's address is what its tasks' names resolve to.
+        self.view_changed();
         self.place(now);
         Ok(info)
     }

@@ -244,6 +244,10 @@ pub struct State {
     desired: watch::Sender<BTreeMap<String, u64>>,
     /// See [`State::desired_seed`].
     desired_seed: u64,
+    /// Moves on every change of what the outside sees of tasks and agents (every
+    /// event, and agent registrations, which have none): the DNS zone is rebuilt when
+    /// it moves, instead of on a poll (`crate::dns`).
+    view: watch::Sender<u64>,
 }
 
 impl State {
@@ -287,7 +291,19 @@ impl State {
             events: broadcast::channel(1024).0,
             desired: watch::channel(BTreeMap::new()).0,
             desired_seed: now.wall_millis().timestamp_millis().max(0) as u64,
+            view: watch::channel(0).0,
         }
+    }
+
+    /// A receiver that is marked changed whenever tasks, their health or agents
+    /// change (what `crate::dns` rebuilds its zone on).
+    pub fn view_changes(&self) -> watch::Receiver<u64> {
+        self.view.subscribe()
+    }
+
+    /// Marks the outside view changed (see the `view` field).
+    fn view_changed(&self) {
+        self.view.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     /// A receiver of every event from now on (`/v2/events`).
@@ -313,6 +329,7 @@ impl State {
         }
         // No subscriber is not an error: events are for whoever listens now.
         let _ = self.events.send(Event { kind, data });
+        self.view_changed();
     }
 
     /// What the scheduler wants on `agent` changed (a task placed there, or one it

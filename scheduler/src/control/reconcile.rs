@@ -26,7 +26,8 @@ impl State {
             }
             Some(task) => {
                 task.reported = true;
-                if !status.ports.is_empty() {
+                let ports_moved = !status.ports.is_empty() && status.ports != task.ports;
+                if ports_moved {
                     task.ports = status.ports;
                 }
                 let became_running =
@@ -53,6 +54,9 @@ impl State {
                 let failing =
                     failing.map(|(h, _)| h.last_failure_cause.clone().unwrap_or_default());
                 let task = task.clone();
+                if ports_moved {
+                    self.view_changed();
+                }
                 if became_running {
                     self.emit_status(&task, state, "", now);
                 }
@@ -145,6 +149,7 @@ impl State {
         self.counters.adopted += 1;
         info!(app = %key, task = %task.id, agent, instance, "task adopted");
         self.tasks.insert(task.id.clone(), task);
+        self.view_changed();
     }
 
     /// The periodic pass: agents silent for longer than the timeout are lost with their
