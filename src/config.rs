@@ -131,6 +131,22 @@ pub struct AgentSection {
     /// uid of each task's own (isolated from every other task); a user name (e.g.
     /// `nobody`) runs them all as that user. Never root.
     pub task_user: Option<String>,
+    /// The Docker engine apps with a Docker `container` run on
+    /// (`unix:///var/run/docker.sock`); `none` offers no Docker. Default: the
+    /// standard socket when it exists.
+    pub docker: Option<String>,
+}
+
+/// The Docker endpoint a node uses: `given` (`none`, `off` or empty: no Docker),
+/// else the standard socket when it exists on this host.
+pub fn resolve_docker(given: Option<&str>) -> Option<String> {
+    match given.map(str::trim) {
+        Some("" | "none" | "off") => None,
+        Some(url) => Some(url.to_string()),
+        None => Path::new(scheduler::node::docker::DEFAULT_SOCKET)
+            .exists()
+            .then(|| format!("unix://{}", scheduler::node::docker::DEFAULT_SOCKET)),
+    }
 }
 
 /// The node's settings from `[agent]`: sandbox GC, memory limits, log budget.
@@ -141,6 +157,8 @@ pub struct NodeTuning {
     pub cgroup_parent: Option<String>,
     pub log_budget_bytes: Option<u64>,
     pub task_user: Option<String>,
+    /// Resolved already (see [`resolve_docker`]): `None` offers no Docker.
+    pub docker: Option<String>,
 }
 
 impl NodeTuning {
@@ -160,6 +178,7 @@ impl NodeTuning {
         if let Some(u) = &self.task_user {
             c.task_user = Some(u.clone());
         }
+        c.docker = self.docker.clone();
     }
 }
 
@@ -171,6 +190,7 @@ impl AgentSection {
             cgroup_parent: self.cgroup_parent.clone(),
             log_budget_bytes: self.log_budget_mb.map(|mb| mb.saturating_mul(1 << 20)),
             task_user: self.task_user.clone(),
+            docker: resolve_docker(self.docker.as_deref()),
         }
     }
 
@@ -259,6 +279,7 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "cgroup_parent",
             "log_budget_mb",
             "task_user",
+            "docker",
         ],
     ),
     ("web", &["listen", "indexer", "scheduler"]),
@@ -441,6 +462,8 @@ pub struct UpSettings {
     pub agents: u32,
     pub demo: bool,
     pub token: Option<String>,
+    /// `--docker` (over `[agent] docker`): see [`resolve_docker`].
+    pub docker: Option<String>,
 }
 
 pub fn up(args: UpArgs, cfg: &Config, token: Option<String>) -> UpSettings {
@@ -457,6 +480,7 @@ pub fn up(args: UpArgs, cfg: &Config, token: Option<String>) -> UpSettings {
         agents: args.agents.or(cfg.up.agents).unwrap_or(defaults::UP_AGENTS),
         demo: !args.no_demo && cfg.up.demo.unwrap_or(true),
         token: given_token(token, cfg),
+        docker: args.docker,
     }
 }
 
@@ -534,6 +558,8 @@ pub struct AgentSettings {
     /// Given, else the data dir's agent token, else its admin one (an agent sharing
     /// a data dir with a scheduler, a single-host setup).
     pub token: String,
+    /// `--docker` (over `[agent] docker`): see [`resolve_docker`].
+    pub docker: Option<String>,
 }
 
 pub fn agent(
@@ -580,6 +606,7 @@ pub fn agent(
         attributes: args.attributes.or(c.attributes.clone()).unwrap_or_default(),
         token,
         data_dir,
+        docker: args.docker,
     })
 }
 
@@ -746,6 +773,7 @@ mod tests {
                 router_listen: None,
                 agents: None,
                 no_demo: false,
+                docker: None,
             },
             &cfg,
             None,

@@ -195,6 +195,11 @@ pub struct UpArgs {
     /// Do not deploy the demo app.
     #[arg(long)]
     pub no_demo: bool,
+    /// Docker engine for apps with a Docker container, like
+    /// unix:///var/run/docker.sock; `none` for no Docker (default: that socket when
+    /// it exists).
+    #[arg(long, env = "SANDTRAIL_DOCKER")]
+    pub docker: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -250,6 +255,11 @@ pub struct AgentArgs {
     /// Attributes for constraints, like rack:a;zone:1.
     #[arg(long, env = "SANDTRAIL_ATTRIBUTES")]
     pub attributes: Option<String>,
+    /// Docker engine for apps with a Docker container, like
+    /// unix:///var/run/docker.sock; `none` for no Docker (default: that socket when
+    /// it exists).
+    #[arg(long, env = "SANDTRAIL_DOCKER")]
+    pub docker: Option<String>,
 }
 
 /// The binary's own log: to stderr, filtered by `SANDTRAIL_LOG` (an `EnvFilter`
