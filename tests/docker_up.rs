@@ -169,3 +169,139 @@ async fn a_docker_app_under_up_is_spread_routed_searchable_and_scaled_down() -> 
     .await?;
     Ok(())
 }
+
+/// Issue 19: `kill -9` of an agent leaves its containers running (as it leaves
+/// process tasks), and the restarted agent adopts them under the same task ids:
+/// same containers, same tasks in `/v2/tasks`, nothing relaunched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_agent_restarted_keeps_its_containers_under_the_same_task_ids(
+) -> anyhow::Result<()> {
+    if !docker_ready() {
+        return Ok(());
+    }
+    const TOKEN: &str = "docker-agent-token";
+    let env = [("SANDTRAIL_TOKEN", TOKEN.to_string())];
+    let dir = tempfile::tempdir()?;
+    let path = |p: &str| dir.path().join(p).display().to_string();
+    let args: Vec<String> = [
+        "scheduler",
+        "--data-dir",
+        &path("s"),
+        "--listen",
+        "127.0.0.1:0",
+    ]
+    .map(String::from)
+    .into();
+    let (_sched, url) = Proc::start("scheduler", dir.path(), &args, "scheduler:", &env)?;
+    let sched = url.trim_end_matches('/').to_string();
+    let args: Vec<String> = [
+        "indexer",
+        "--data-dir",
+        &path("i"),
+        "--listen",
+        "127.0.0.1:0",
+    ]
+    .map(String::from)
+    .into();
+    let (_indexer, idx) = Proc::start("indexer", dir.path(), &args, "indexer:", &env)?;
+    let agent_args: Vec<String> = [
+        "agent",
+        "--data-dir",
+        &path("a"),
+        "--name",
+        "dock-1",
+        "--scheduler",
+        &sched,
+        "--indexer",
+        idx.trim_end_matches('/'),
+        "--router-listen",
+        "127.0.0.1:0",
+        "--docker",
+        "unix:///var/run/docker.sock",
+    ]
+    .map(String::from)
+    .into();
+    let start_agent = || Proc::start("agent", dir.path(), &agent_args, "agent dock-1:", &env);
+    let (agent, _) = start_agent()?;
+    let http = client_with_token(TOKEN)?;
+    let app = serde_json::json!({
+        "id": "/keep", "cmd": "while true; do echo alive; sleep 1; done", "instances": 2,
+        "mem": 32, "container": {"type": "DOCKER", "docker": {"image": "debian:bookworm-slim"}}
+    });
+    let resp = http
+        .post(format!("{sched}/v2/apps"))
+        .json(&app)
+        .send()
+        .await?;
+    assert!(resp.status().is_success(), "{}", resp.text().await?);
+    let running = || async {
+        let v: serde_json::Value = http
+            .get(format!("{sched}/v2/apps/keep/tasks"))
+            .send()
+            .await?
+            .json()
+            .await?;
+        let ids: BTreeSet<String> = v["tasks"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|t| t["state"] == "TASK_RUNNING")
+            .filter_map(|t| t["id"].as_str().map(str::to_string))
+            .collect();
+        anyhow::Ok(ids)
+    };
+    let labelled = || -> BTreeSet<String> {
+        let out = std::process::Command::new("docker")
+            .args([
+                "ps",
+                "--filter",
+                "label=sandtrail.host=dock-1",
+                "--format",
+                "{{.ID}} {{.Label \"sandtrail.task\"}}",
+            ])
+            .output()
+            .expect("docker ps");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect()
+    };
+    let before = eventually(
+        "two running containers",
+        Duration::from_secs(60),
+        || async {
+            let ids = running().await?;
+            Ok((ids.len() == 2).then_some(ids))
+        },
+    )
+    .await?;
+    let containers = labelled();
+    assert_eq!(containers.len(), 2, "{containers:?}");
+    agent.kill9()?;
+    assert_eq!(labelled(), containers, "the containers outlive the agent");
+    let (agent, _) = start_agent()?;
+    // Let the restarted agent heartbeat a few times: nothing may be relaunched.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = eventually(
+        "the tasks running again",
+        Duration::from_secs(30),
+        || async {
+            let ids = running().await?;
+            Ok((ids.len() == 2).then_some(ids))
+        },
+    )
+    .await?;
+    assert_eq!(after, before, "the same task ids");
+    assert_eq!(labelled(), containers, "the same containers, none new");
+    // Deleting the app stops and removes them.
+    let resp = http.delete(format!("{sched}/v2/apps/keep")).send().await?;
+    assert!(resp.status().is_success());
+    eventually(
+        "the containers removed",
+        Duration::from_secs(30),
+        || async { Ok(labelled().is_empty().then_some(())) },
+    )
+    .await?;
+    agent.stop()?;
+    Ok(())
+}
