@@ -55,3 +55,9 @@ if [ ${#pips[@]} -gt 0 ]; then
   echo "installing Python packages: ${pips[*]}"
   python3 -m pip install -q "${pips[@]}"
 fi
+
+# The Docker containerizer tests (scheduler/tests/node_docker.rs) run containers of
+# the debootstrapped base image; nothing can be pulled. Idempotent: kept by tag.
+if command -v docker >/dev/null && docker info >/dev/null 2>&1; then
+  bash "$(dirname "$0")/base-image.sh"
+fi

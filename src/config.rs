@@ -142,6 +142,22 @@ pub struct AgentSection {
     /// uid of each task's own (isolated from every other task); a user name (e.g.
     /// `nobody`) runs them all as that user. Never root.
     pub task_user: Option<String>,
+    /// The Docker engine apps with a Docker `container` run on
+    /// (`unix:///var/run/docker.sock`); `none` offers no Docker. Default: the
+    /// standard socket when it exists.
+    pub docker: Option<String>,
+}
+
+/// The Docker endpoint a node uses: `given` (`none`, `off` or empty: no Docker),
+/// else the standard socket when it exists on this host.
+pub fn resolve_docker(given: Option<&str>) -> Option<String> {
+    match given.map(str::trim) {
+        Some("" | "none" | "off") => None,
+        Some(url) => Some(url.to_string()),
+        None => Path::new(scheduler::node::docker::DEFAULT_SOCKET)
+            .exists()
+            .then(|| format!("unix://{}", scheduler::node::docker::DEFAULT_SOCKET)),
+    }
 }
 
 /// The node's settings from `[agent]`: sandbox GC, memory limits, log budget.
@@ -152,6 +168,8 @@ pub struct NodeTuning {
     pub cgroup_parent: Option<String>,
     pub log_budget_bytes: Option<u64>,
     pub task_user: Option<String>,
+    /// Resolved already (see [`resolve_docker`]): `None` offers no Docker.
+    pub docker: Option<String>,
 }
 
 impl NodeTuning {
@@ -171,6 +189,7 @@ impl NodeTuning {
         if let Some(u) = &self.task_user {
             c.task_user = Some(u.clone());
         }
+        c.docker = self.docker.clone();
     }
 }
 
@@ -182,6 +201,7 @@ impl AgentSection {
             cgroup_parent: self.cgroup_parent.clone(),
             log_budget_bytes: self.log_budget_mb.map(|mb| mb.saturating_mul(1 << 20)),
             task_user: self.task_user.clone(),
+            docker: resolve_docker(self.docker.as_deref()),
         }
     }
 
@@ -282,6 +302,7 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "cgroup_parent",
             "log_budget_mb",
             "task_user",
+            "docker",
         ],
     ),
     ("web", &["listen", "indexer", "scheduler"]),
@@ -465,6 +486,8 @@ pub struct UpSettings {
     pub agents: u32,
     pub demo: bool,
     pub token: Option<String>,
+    /// `--docker` (over `[agent] docker`): see [`resolve_docker`].
+    pub docker: Option<String>,
     /// Logs on stderr too (they always go to [`UpSettings::log_path`]).
     pub verbose: bool,
 }
@@ -505,6 +528,7 @@ pub fn up(args: UpArgs, cfg: &Config, token: Option<String>) -> UpSettings {
         demo: !args.no_demo && cfg.up.demo.unwrap_or(true),
         token: given_token(token, cfg),
         verbose,
+        docker: args.docker,
     }
 }
 
@@ -592,6 +616,8 @@ pub struct AgentSettings {
     /// Given, else the data dir's agent token, else its admin one (an agent sharing
     /// a data dir with a scheduler, a single-host setup).
     pub token: String,
+    /// `--docker` (over `[agent] docker`): see [`resolve_docker`].
+    pub docker: Option<String>,
 }
 
 pub fn agent(
@@ -638,6 +664,7 @@ pub fn agent(
         attributes: args.attributes.or(c.attributes.clone()).unwrap_or_default(),
         token,
         data_dir,
+        docker: args.docker,
     })
 }
 
@@ -809,6 +836,7 @@ mod tests {
                 no_demo: false,
                 verbose: false,
                 dns_listen: Some("127.0.0.1:8053".into()),
+                docker: None,
             },
             &cfg,
             None,

@@ -202,6 +202,11 @@ pub struct UpArgs {
     /// Serve Mesos-DNS (UDP and TCP) on this address, like 127.0.0.1:8053.
     #[arg(long, env = "SANDTRAIL_DNS_LISTEN")]
     pub dns_listen: Option<String>,
+    /// Docker engine for apps with a Docker container, like
+    /// unix:///var/run/docker.sock; `none` for no Docker (default: that socket when
+    /// it exists).
+    #[arg(long, env = "SANDTRAIL_DOCKER")]
+    pub docker: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -261,6 +266,11 @@ pub struct AgentArgs {
     /// Attributes for constraints, like rack:a;zone:1.
     #[arg(long, env = "SANDTRAIL_ATTRIBUTES")]
     pub attributes: Option<String>,
+    /// Docker engine for apps with a Docker container, like
+    /// unix:///var/run/docker.sock; `none` for no Docker (default: that socket when
+    /// it exists).
+    #[arg(long, env = "SANDTRAIL_DOCKER")]
+    pub docker: Option<String>,
 }
 
 /// Where the binary's own log goes besides stderr.

@@ -418,6 +418,15 @@ struct HostSpec {
     node: config::NodeTuning,
 }
 
+/// `[agent]`'s node tuning, with the `--docker` flag over the file's `docker`.
+fn node_tuning(cfg: &Config, docker_flag: Option<&str>) -> config::NodeTuning {
+    let mut t = cfg.agent.node_tuning();
+    if docker_flag.is_some() {
+        t.docker = config::resolve_docker(docker_flag);
+    }
+    t
+}
+
 fn host_parts(spec: &HostSpec) -> anyhow::Result<HostParts> {
     std::fs::create_dir_all(&spec.work_dir)
         .with_context(|| format!("cannot create {}", spec.work_dir.display()))?;
@@ -562,6 +571,7 @@ pub async fn up(settings: UpSettings, cfg: Config) -> anyhow::Result<()> {
         demo,
         token,
         verbose,
+        docker,
     } = settings;
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     traversable_data_dir(&dir)?;
@@ -603,7 +613,7 @@ pub async fn up(settings: UpSettings, cfg: Config) -> anyhow::Result<()> {
             port_ranges: Vec::new(),
             attributes: Default::default(),
             shipper: cfg.agent.shipper_config(),
-            node: cfg.agent.node_tuning(),
+            node: node_tuning(&cfg, docker.as_deref()),
         })
         .collect();
     // One router stands for all local hosts: tasks on every node get the same
@@ -856,6 +866,7 @@ pub async fn agent(settings: AgentSettings, cfg: Config) -> anyhow::Result<()> {
         resources: resources_arg,
         attributes,
         token,
+        docker,
     } = settings;
     let resources = config::parse_resources(&resources_arg)?;
     let port_ranges = config::parse_port_resources(&resources_arg)?;
@@ -885,7 +896,7 @@ pub async fn agent(settings: AgentSettings, cfg: Config) -> anyhow::Result<()> {
         port_ranges,
         attributes,
         shipper: cfg.agent.shipper_config(),
-        node: cfg.agent.node_tuning(),
+        node: node_tuning(&cfg, docker.as_deref()),
     };
     let parts = host_parts(&spec)?;
     let router = router_for(&spec)?;

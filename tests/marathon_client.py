@@ -255,6 +255,49 @@ def main():
         eventually("the app to go", lambda: client.list_apps() == [])
         eventually("its tasks to go", lambda: client.list_tasks() == [])
 
+        # Issue 19: Marathon's docs Docker example ("bridged-webapp"), unchanged but
+        # for the image, which must be one this machine has (nothing can be pulled).
+        # The image lacks python3, so its tasks fail and are retried: only creation,
+        # the shape read back and the deletion are checked here (tests/docker_up.rs
+        # runs Docker apps for real).
+        docs_example = {
+            "id": "bridged-webapp",
+            "cmd": "python3 -m http.server 8080",
+            "cpus": 0.5,
+            "mem": 64.0,
+            "instances": 2,
+            "container": {
+                "type": "DOCKER",
+                "docker": {
+                    "image": "debian:bookworm-slim",
+                    "network": "BRIDGE",
+                    "portMappings": [
+                        {"containerPort": 8080, "hostPort": 0, "servicePort": 9000, "protocol": "tcp"},
+                        {"containerPort": 161, "hostPort": 0, "protocol": "udp"},
+                    ],
+                },
+            },
+            "healthChecks": [
+                {
+                    "protocol": "HTTP",
+                    "portIndex": 0,
+                    "path": "/",
+                    "gracePeriodSeconds": 5,
+                    "intervalSeconds": 20,
+                    "maxConsecutiveFailures": 3,
+                }
+            ],
+        }
+        docker_app = client.create_app("bridged-webapp", MarathonApp.from_json(docs_example))
+        assert docker_app.id == "/bridged-webapp", docker_app
+        back = get_json(url + "/v2/apps/bridged-webapp")["app"]
+        assert back["container"]["docker"]["image"] == "debian:bookworm-slim", back
+        assert back["container"]["docker"]["portMappings"][0]["containerPort"] == 8080, back
+        client.delete_app("bridged-webapp")
+        eventually("the docker app to go", lambda: client.list_apps() == [])
+        eventually("its tasks to go", lambda: client.list_tasks() == [])
+        print("marathon client: the docs' Docker example created and deleted")
+
         stream_done.set()
         want = {"deployment_info", "deployment_success", "status_update_event", "health_status_changed_event"}
         eventually(f"events {want}", lambda: want <= set(events), timeout=10)
@@ -276,6 +319,14 @@ def main():
                         os.killpg(json.load(f)["pid"], signal.SIGKILL)
                 except (OSError, ValueError, KeyError):
                     pass
+        # And whatever containers it left (issue 19).
+        subprocess.run(
+            "ids=$(docker ps -aq --filter label=sandtrail.host=compat-node 2>/dev/null);"
+            ' [ -z "$ids" ] || docker rm -f $ids',
+            shell=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         log.close()
 
 

@@ -330,6 +330,11 @@ pub struct AgentInfo {
     /// `active` or `lost`.
     #[serde(default)]
     pub state: String,
+    /// The containerizers the agent offers besides plain processes, as Mesos's
+    /// `--containerizers` names them: `docker` when its node can reach a Docker
+    /// engine. Apps with a Docker container are placed only on agents listing it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub containerizers: Vec<String>,
 }
 
 /// An inclusive range of host ports an agent offers to its tasks, as Mesos declares
@@ -483,6 +488,67 @@ pub struct TaskSpec {
     /// the node choose (an unprivileged uid of the task's own by default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    /// The app's `cpus`: a Docker container's CPU limit (process tasks are not
+    /// limited in CPU).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<f64>,
+    /// Marathon's `taskKillGracePeriodSeconds`: SIGTERM to SIGKILL; `None` takes the
+    /// node's default grace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kill_grace_seconds: Option<f64>,
+    /// Run the task as this Docker container instead of `sh -c cmd` on the host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub docker: Option<DockerSpec>,
+}
+
+/// What an agent lists in [`AgentInfo::containerizers`] when its node can run Docker
+/// containers.
+pub const CONTAINERIZER_DOCKER: &str = "docker";
+
+/// A task's Docker container, from its app's Marathon `container`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DockerSpec {
+    pub image: String,
+    /// `host` (the agent's network, the task binds its `PORT0`..), `bridge` (Docker's
+    /// bridge, `port_mappings` published on the host ports), `none`, or the name of
+    /// a user-defined Docker network.
+    pub network: String,
+    /// One per host port of the task, in order: the port inside the container the
+    /// host port is published to (0: the same number as the host port).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub port_mappings: Vec<DockerPortMapping>,
+    /// The app's `cmd`, run by `/bin/sh -c` in the container (replacing the image's
+    /// entrypoint, as Mesos does).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shell: Option<String>,
+    /// The app's `args`: the container's command after the image's entrypoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub args: Option<Vec<String>>,
+    /// `docker.parameters` as (key, value), the `docker run --key=value` options.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parameters: Vec<(String, String)>,
+    #[serde(default)]
+    pub force_pull_image: bool,
+    #[serde(default)]
+    pub privileged: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<DockerVolume>,
+}
+
+/// One port of a [`DockerSpec`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DockerPortMapping {
+    pub container_port: u16,
+    /// `tcp`, `udp` or `udp,tcp`.
+    pub protocol: String,
+}
+
+/// A host directory bind-mounted into a [`DockerSpec`]'s container.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DockerVolume {
+    pub container_path: String,
+    pub host_path: String,
+    pub read_only: bool,
 }
 
 /// A port of a [`TaskSpec`] as the app declared it.

@@ -32,6 +32,9 @@ pub enum Error {
     TaskUser { user: String, reason: String },
     #[error("no instance of app {0:?} is available")]
     NoInstance(String),
+    /// The agent's Docker engine refused or failed a call.
+    #[error("docker: {0}")]
+    Docker(String),
     #[error("upstream {addr} failed: {reason}")]
     Upstream { addr: String, reason: String },
     #[error("io error on {path}: {source}")]
@@ -82,7 +85,7 @@ impl Error {
                 StatusCode::BAD_REQUEST
             }
             Error::NoInstance(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Error::Upstream { .. } | Error::Http(_) => StatusCode::BAD_GATEWAY,
+            Error::Upstream { .. } | Error::Http(_) | Error::Docker(_) => StatusCode::BAD_GATEWAY,
             Error::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

@@ -100,6 +100,7 @@ impl Server {
             attributes: BTreeMap::new(),
             last_heartbeat: None,
             state: String::new(),
+            containerizers: Vec::new(),
         };
         let (status, body) = self
             .post("/v1/agents/register", &serde_json::to_value(info).unwrap())

@@ -345,6 +345,7 @@ fn fake_scheduler() -> Router {
             attributes: [("rack".to_string(), rack.to_string())].into(),
             last_heartbeat: Some(now),
             state: "active".into(),
+            containerizers: Vec::new(),
         })
         .unwrap();
         v["used"] =

@@ -14,6 +14,7 @@
 //! placement never parses JSON. The typed form is derived from the verbatim one and
 //! private, so the two cannot drift apart: change them through [`AppDef::set_extra`].
 
+use crate::control::container::{parse_container, Container, PortMapping};
 use crate::control::placement::{self, Constraint, Operator};
 use crate::{Error, Result};
 use chrono::{DateTime, Utc};
@@ -184,6 +185,8 @@ struct Parsed {
     upgrade_strategy: UpgradeStrategy,
     kill_selection: KillSelection,
     user: Option<String>,
+    container: Option<Container>,
+    kill_grace_seconds: Option<f64>,
 }
 
 /// Always equal: `Parsed` is a function of `extra`, which `AppDef`'s equality compares
@@ -203,6 +206,28 @@ impl Parsed {
         port_count: Option<usize>,
         problems: &mut Vec<String>,
     ) -> Parsed {
+        let container = parse_container(extra.get("container"), extra.get("networks"), problems);
+        // With port mappings, those are the app's ports (its portDefinitions are empty).
+        let port_count = match &container {
+            Some(c) if c.maps_ports() => Some(c.port_mappings.len()),
+            _ => port_count,
+        };
+        let kill_grace_seconds = match extra.get("taskKillGracePeriodSeconds") {
+            None | Some(Value::Null) => None,
+            Some(v) => match v
+                .as_f64()
+                .filter(|n| n.is_finite() && (0.0..=86_400.0).contains(n))
+            {
+                Some(n) => Some(n),
+                None => {
+                    problems.push(format!(
+                        "taskKillGracePeriodSeconds must be a number from 0 to 86400, got {}",
+                        describe(v)
+                    ));
+                    None
+                }
+            },
+        };
         let health_checks = extra
             .get("healthChecks")
             .filter(|v| !v.is_null())
@@ -275,6 +300,8 @@ impl Parsed {
             upgrade_strategy,
             kill_selection,
             user,
+            container,
+            kill_grace_seconds,
         }
     }
 }
@@ -299,11 +326,21 @@ impl AppDef {
     }
 
     pub fn port_count(&self) -> u16 {
-        u16::try_from(self.port_definitions.len()).unwrap_or(u16::MAX)
+        let n = match self.port_mappings() {
+            Some(m) => m.len(),
+            None => self.port_definitions.len(),
+        };
+        u16::try_from(n).unwrap_or(u16::MAX)
     }
 
     /// One entry per port: `Some(p)` for a fixed host port, `None` for a dynamic one.
     pub fn requested_ports(&self) -> Vec<Option<u16>> {
+        if let Some(m) = self.port_mappings() {
+            return m
+                .iter()
+                .map(|m| (m.host_port != 0).then_some(m.host_port))
+                .collect();
+        }
         self.port_definitions
             .iter()
             .map(|d| (self.require_ports && d.port != 0).then_some(d.port))
@@ -366,6 +403,36 @@ impl AppDef {
     /// run as; unset, the node decides (see `task_user`).
     pub fn user(&self) -> Option<String> {
         self.parsed.user.clone()
+    }
+
+    /// The app's `container` (validated when the app was accepted).
+    pub fn container(&self) -> Option<&Container> {
+        self.parsed.container.as_ref()
+    }
+
+    /// Whether the app's tasks run from a Docker image (on agents offering docker).
+    pub fn runs_image(&self) -> bool {
+        self.container().is_some_and(Container::runs_image)
+    }
+
+    /// The container's `portMappings` when they are the app's ports (bridge or
+    /// container networking).
+    pub fn port_mappings(&self) -> Option<&[PortMapping]> {
+        self.container()
+            .filter(|c| c.maps_ports())
+            .map(|c| c.port_mappings.as_slice())
+    }
+
+    /// What the node runs for a task of a Docker app; `None` for a process task.
+    pub fn docker_spec(&self) -> Option<protocol::DockerSpec> {
+        self.container()
+            .filter(|c| c.runs_image())
+            .map(|c| c.spec(self.cmd.as_deref(), self.args.as_deref(), self.port_count()))
+    }
+
+    /// Marathon's `taskKillGracePeriodSeconds`, when set.
+    pub fn kill_grace_seconds(&self) -> Option<f64> {
+        self.parsed.kill_grace_seconds
     }
 
     /// The app's `healthChecks` (validated when the app was accepted).
@@ -946,9 +1013,15 @@ pub fn parse_app(
         }
     };
     let has = |k: &str| obj.get(k).is_some_and(|v| !v.is_null());
+    // A Docker app may run its image's own command.
+    let has_image = obj
+        .get("container")
+        .and_then(|c| c.get("docker"))
+        .and_then(|d| d.get("image"))
+        .is_some_and(|i| !i.is_null());
     if has("cmd") && has("args") {
         problems.push("cmd and args are mutually exclusive: give one of them".into());
-    } else if !has("cmd") && !has("args") {
+    } else if !has("cmd") && !has("args") && !has_image {
         problems.push("cmd is required: the shell command that runs the app (or args)".into());
     }
 
@@ -1009,7 +1082,27 @@ pub fn parse_app(
         86_400.0,
         &mut problems,
     );
-    let port_definitions = port_definitions(obj, &mut problems);
+    let container = obj.get("container");
+    let maps_ports = parse_container(container, obj.get("networks"), &mut Vec::new())
+        .is_some_and(|c| c.maps_ports());
+    let port_definitions = if maps_ports {
+        // Marathon: with bridge or container networking the ports are the
+        // container's portMappings, and portDefinitions must be left out.
+        let non_empty = |k: &str| {
+            obj.get(k)
+                .and_then(Value::as_array)
+                .is_some_and(|a| !a.is_empty())
+        };
+        if non_empty("portDefinitions") || non_empty("ports") {
+            problems.push(
+                "portDefinitions and ports are not allowed with bridge or container networking: declare the ports as the container's portMappings"
+                    .into(),
+            );
+        }
+        Vec::new()
+    } else {
+        port_definitions(obj, &mut problems)
+    };
     let extra: BTreeMap<String, Value> = obj
         .iter()
         .filter(|(k, v)| KEPT_FIELDS.contains(&k.as_str()) && !v.is_null())
@@ -1293,6 +1386,73 @@ mod tests {
                 .to_string();
             assert!(err.contains("user must be a user name"), "{bad}: {err}");
         }
+    }
+
+    /// Marathon's docs' Docker example (issue 19): accepted as it is, its ports are
+    /// the container's portMappings, and the node is told to run the image.
+    #[test]
+    fn a_docker_app_from_the_marathon_docs() {
+        let body = json!({
+            "id": "bridged-webapp", "cmd": "python3 -m http.server 8080",
+            "cpus": 0.5, "mem": 64.0, "instances": 2,
+            "container": {"type": "DOCKER", "docker": {"image": "python:3", "network": "BRIDGE",
+                "portMappings": [{"containerPort": 8080, "hostPort": 0, "servicePort": 9000, "protocol": "tcp"},
+                                 {"containerPort": 161, "hostPort": 0, "protocol": "udp"}]}},
+            "healthChecks": [{"protocol": "HTTP", "portIndex": 1, "path": "/",
+                              "gracePeriodSeconds": 5, "intervalSeconds": 20, "maxConsecutiveFailures": 3}],
+            "taskKillGracePeriodSeconds": 7
+        });
+        let def = parse_app(&body, None, v()).unwrap();
+        assert!(def.runs_image());
+        assert!(def.port_definitions.is_empty());
+        assert_eq!(def.port_count(), 2);
+        assert_eq!(def.requested_ports(), vec![None, None]);
+        assert_eq!(def.kill_grace_seconds(), Some(7.0));
+        let spec = def.docker_spec().unwrap();
+        assert_eq!(spec.image, "python:3");
+        assert_eq!(spec.shell.as_deref(), Some("python3 -m http.server 8080"));
+        assert_eq!(spec.port_mappings[0].container_port, 8080);
+        // The definition survives the state file with its typed part.
+        let back: AppDef = serde_json::from_str(&serde_json::to_string(&def).unwrap()).unwrap();
+        assert_eq!(back.docker_spec(), def.docker_spec());
+        assert_eq!(back.port_count(), 2);
+        // No cmd: the image's own command. A fixed hostPort is a requested port.
+        let def = parse_app(
+            &json!({"id": "a", "container": {"docker": {"image": "demo:1"},
+                     "portMappings": [{"containerPort": 80, "hostPort": 31080}]},
+                    "networks": [{"mode": "container/bridge"}]}),
+            None,
+            v(),
+        )
+        .unwrap();
+        assert_eq!(def.requested_ports(), vec![Some(31080)]);
+        assert_eq!(def.docker_spec().unwrap().shell, None);
+        // Process apps are unchanged: no docker spec, cmd still required.
+        assert!(parse_app(&json!({"id": "a", "cmd": "x"}), None, v())
+            .unwrap()
+            .docker_spec()
+            .is_none());
+        let p = problems(json!({"id": "a", "container": {"type": "MESOS"}}));
+        assert!(p.iter().any(|p| p.contains("cmd is required")), "{p:?}");
+        let p = problems(json!({"id": "a", "portDefinitions": [{"port": 0}],
+            "healthChecks": [{"protocol": "TCP", "portIndex": 2}],
+            "taskKillGracePeriodSeconds": -1,
+            "container": {"docker": {"image": "demo", "network": "BRIDGE",
+                "portMappings": [{"containerPort": 80}]}}}));
+        let all = p.join("\n");
+        assert_eq!(p.len(), 3, "{all}");
+        assert!(
+            all.contains("portDefinitions and ports are not allowed with bridge"),
+            "{all}"
+        );
+        assert!(
+            all.contains("healthChecks[0].portIndex 2 names no port: the app has 1 port(s)"),
+            "{all}"
+        );
+        assert!(
+            all.contains("taskKillGracePeriodSeconds must be a number"),
+            "{all}"
+        );
     }
 
     #[test]

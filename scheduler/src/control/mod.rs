@@ -24,6 +24,7 @@
 //! broadcast channel that `/v2/events` streams.
 
 pub mod appdef;
+pub mod container;
 pub mod placement;
 pub mod store;
 
@@ -407,6 +408,7 @@ pub(crate) mod testkit {
             attributes: BTreeMap::new(),
             last_heartbeat: None,
             state: String::new(),
+            containerizers: Vec::new(),
         }
     }
 

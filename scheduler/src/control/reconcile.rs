@@ -424,6 +424,24 @@ impl State {
         if active.is_empty() {
             return Err("no active agent".into());
         }
+        // A Docker app's task can only run where a node reaches a Docker engine.
+        let active: Vec<&Agent> = if def.runs_image() {
+            let docker: Vec<&Agent> = active
+                .into_iter()
+                .filter(|a| {
+                    a.info
+                        .containerizers
+                        .iter()
+                        .any(|c| c == protocol::CONTAINERIZER_DOCKER)
+                })
+                .collect();
+            if docker.is_empty() {
+                return Err("no agent offers docker".into());
+            }
+            docker
+        } else {
+            active
+        };
         let all: Vec<AgentView> = active
             .iter()
             .map(|a| AgentView {
@@ -880,6 +898,38 @@ mod tests {
         s.register_agent(agent("c"), now).unwrap();
         assert_eq!(s.desired("c").len(), 1);
         assert!(s.unplaced("fib").is_none());
+    }
+
+    #[test]
+    fn a_docker_app_goes_only_to_agents_offering_docker_and_says_so_otherwise() {
+        let now = Now::current();
+        let mut s = cluster(&["a"], now);
+        let docker_app = || {
+            let mut def = app("web", 1);
+            def.set_extra(
+                "container",
+                json!({"type": "DOCKER", "docker": {"image": "demo:1"}}),
+            );
+            def
+        };
+        s.create_app(docker_app(), now).unwrap();
+        assert_eq!(s.tasks().count(), 0);
+        let why = s.unplaced("web").unwrap();
+        assert!(why.contains("no agent offers docker"), "{why}");
+        // Process apps still go to the agent without docker.
+        s.create_app(app("fib", 1), now).unwrap();
+        assert_eq!(s.desired("a").len(), 1);
+        let mut b = agent("b");
+        b.containerizers = vec![protocol::CONTAINERIZER_DOCKER.into()];
+        s.register_agent(b, now).unwrap();
+        let on_b = s.desired("b");
+        assert_eq!(on_b.len(), 1, "{on_b:?}");
+        let docker = on_b[0].docker.as_ref().expect("a docker spec");
+        assert_eq!(
+            (docker.image.as_str(), docker.network.as_str()),
+            ("demo:1", "host")
+        );
+        assert!(s.unplaced("web").is_none());
     }
 
     #[test]

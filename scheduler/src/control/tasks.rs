@@ -10,14 +10,23 @@ use super::*;
 /// The ports of an app as its tasks' specs carry them (for `PORT_<NAME>` and
 /// `PORT_<port>`); empty when no port has a number or a name, the common case.
 fn port_labels(def: &AppDef) -> Vec<PortLabel> {
-    let labels: Vec<PortLabel> = def
-        .port_definitions
-        .iter()
-        .map(|d| PortLabel {
-            port: d.port,
-            name: d.name.clone().unwrap_or_default(),
-        })
-        .collect();
+    let labels: Vec<PortLabel> = match def.port_mappings() {
+        Some(mappings) => mappings
+            .iter()
+            .map(|m| PortLabel {
+                port: m.service_port,
+                name: m.name.clone().unwrap_or_default(),
+            })
+            .collect(),
+        None => def
+            .port_definitions
+            .iter()
+            .map(|d| PortLabel {
+                port: d.port,
+                name: d.name.clone().unwrap_or_default(),
+            })
+            .collect(),
+    };
     if labels.iter().all(|l| l.port == 0 && l.name.is_empty()) {
         Vec::new()
     } else {
@@ -236,6 +245,9 @@ impl State {
                         mem: Some(def.mem),
                         disk: (def.disk > 0.0).then_some(def.disk),
                         user: def.user(),
+                        cpus: Some(def.cpus),
+                        kill_grace_seconds: def.kill_grace_seconds(),
+                        docker: def.docker_spec(),
                     },
                 ))
             })

@@ -20,6 +20,8 @@ pub(super) struct HealthTarget {
     pub(super) env: Vec<(String, String)>,
     /// Who the task runs as: a COMMAND check runs as it too, never as the agent.
     pub(super) user: Option<TaskUser>,
+    /// A Docker task's engine and container: a COMMAND check runs inside it.
+    pub(super) container: Option<(Arc<docker::Docker>, String)>,
 }
 
 pub(super) fn secs(s: f64) -> Duration {
@@ -77,6 +79,9 @@ pub(super) async fn run_check(
         }
         "COMMAND" => {
             let cmd = t.check.command.as_deref().unwrap_or("true");
+            if let Some((docker, id)) = &t.container {
+                return docker.exec(id, cmd, &t.env, timeout).await;
+            }
             let mut c = tokio::process::Command::new("sh");
             c.arg("-c")
                 .arg(cmd)

@@ -27,6 +27,8 @@
 //! `ports`.
 
 pub mod cgroup;
+pub mod docker;
+mod docker_task;
 mod gc;
 mod health;
 pub mod logger;
@@ -141,6 +143,9 @@ pub struct NodeConfig {
     /// The uids handed to tasks without a user. They must be used by nothing else on
     /// the host: every process of such a uid is killed when its sandbox is collected.
     pub dynamic_uids: std::ops::Range<u32>,
+    /// The Docker engine's endpoint (`unix:///var/run/docker.sock`) for apps with a
+    /// Docker container; `None` offers no Docker, and such apps go elsewhere.
+    pub docker: Option<String>,
 }
 
 impl NodeConfig {
@@ -172,6 +177,7 @@ impl NodeConfig {
             task_user: None,
             uid_claims_dir: PathBuf::from(crate::node::task_user::DEFAULT_CLAIMS_DIR),
             dynamic_uids: crate::node::task_user::DYNAMIC_UIDS,
+            docker: None,
         }
     }
 }
@@ -206,6 +212,10 @@ struct Inner {
     /// The node's effective uid: 0 switches tasks to unprivileged users.
     agent_uid: u32,
     claims: UidClaims,
+    /// The Docker engine, when configured; offered to the scheduler only once it
+    /// answered (`docker_ok`).
+    docker: Option<Arc<docker::Docker>>,
+    docker_ok: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Default)]
@@ -232,6 +242,9 @@ struct Running {
     /// Wall-clock launch time, reported so the scheduler's `startedAt` survives its
     /// own restart and ours (it is kept in the pid file).
     started_at: chrono::DateTime<chrono::Utc>,
+    /// The Docker container's id, for a Docker task (`pid` is then its main
+    /// process's, for information only).
+    container: Option<String>,
 }
 
 #[derive(Default)]
@@ -286,6 +299,12 @@ impl Node {
             .build()?;
         let keep_tasks = std::sync::atomic::AtomicBool::new(cfg.keep_tasks_on_shutdown);
         let memory = detect_memory_limits(&cfg);
+        let docker = cfg
+            .docker
+            .as_deref()
+            .map(docker::Docker::new)
+            .transpose()?
+            .map(Arc::new);
         Ok(Node {
             inner: Arc::new(Inner {
                 cfg,
@@ -301,6 +320,8 @@ impl Node {
                 shipper_status: std::sync::OnceLock::new(),
                 agent_uid,
                 claims,
+                docker,
+                docker_ok: std::sync::atomic::AtomicBool::new(false),
             }),
         })
     }
@@ -310,7 +331,19 @@ impl Node {
     /// unreachable control plane is retried forever; tasks keep running meanwhile.
     pub async fn run(&self, cancel: CancellationToken) -> Result<()> {
         let inner = &self.inner;
+        if let Some(d) = &inner.docker {
+            match d.ping().await {
+                Ok(()) => {
+                    inner.docker_ok.store(true, Ordering::Relaxed);
+                    info!(node = %inner.cfg.name, socket = %d.socket().display(), "docker engine reachable: Docker apps run here");
+                }
+                Err(e) => {
+                    warn!(node = %inner.cfg.name, socket = %d.socket().display(), error = %e, "docker engine not reachable: Docker apps are not offered here")
+                }
+            }
+        }
         inner.rediscover().await;
+        inner.adopt_containers().await;
         inner
             .tracker
             .spawn(Arc::clone(inner).collect_sandboxes(cancel.clone()));
@@ -454,6 +487,11 @@ impl Inner {
             attributes: self.cfg.attributes.clone(),
             last_heartbeat: None,
             state: String::new(),
+            containerizers: if self.docker_ok.load(Ordering::Relaxed) {
+                vec![protocol::CONTAINERIZER_DOCKER.to_string()]
+            } else {
+                Vec::new()
+            },
         };
         let url = self.url("/v1/agents/register");
         let resp = self
@@ -622,7 +660,11 @@ impl Inner {
         }
         let launched = !to_launch.is_empty();
         for spec in to_launch {
-            if let Err(e) = self.launch(&spec).await {
+            let launched = match &spec.docker {
+                Some(d) => self.launch_docker(&spec, d).await,
+                None => self.launch(&spec).await,
+            };
+            if let Err(e) = launched {
                 self.metrics.launch_failures.fetch_add(1, Ordering::Relaxed);
                 warn!(app = %spec.app, task = %spec.task, error = %e, "task launch failed");
                 if let Ok(dir) = sandbox_dir(&self.sandboxes, &spec.app, &spec.task) {
@@ -778,6 +820,7 @@ impl Inner {
                 kill: kill.clone(),
                 health: vec![HealthResult::default(); spec.health_checks.len()],
                 started_at,
+                container: None,
             },
         );
         self.spawn_health_checks(spec, &ports, &dir, &env, user.as_ref(), &kill);
@@ -786,11 +829,12 @@ impl Inner {
         info!(app = %spec.app, task = %spec.task, pid, uid, ports = ?ports, "task started");
         let inner = Arc::clone(self);
         let (app, task) = (spec.app.clone(), spec.task.clone());
+        let grace = spec
+            .kill_grace_seconds
+            .map_or(self.cfg.kill_grace, health::secs);
         self.tracker.spawn(async move {
             let detach = inner.detach.clone();
-            let Some(status) =
-                supervise(child, pid, kill.clone(), detach, inner.cfg.kill_grace).await
-            else {
+            let Some(status) = supervise(child, pid, kill.clone(), detach, grace).await else {
                 return;
             };
             let oom = inner.task_ended(&dir, &task).await;
@@ -832,6 +876,12 @@ impl Inner {
         oom: Option<String>,
     ) {
         let report = with_oom(exit_report(&app, &task, status, killed), oom);
+        self.record_exit(report);
+    }
+
+    /// Counts and logs a task's end and queues its report for the next heartbeat.
+    fn record_exit(&self, report: TaskStatus) {
+        let (app, task) = (report.app.clone(), report.task.clone());
         let counter = match report.state.as_str() {
             TASK_FINISHED => &self.metrics.finished,
             TASK_KILLED => &self.metrics.killed,
@@ -975,6 +1025,7 @@ impl Inner {
                     kill: kill.clone(),
                     health: Vec::new(),
                     started_at: pid.started_at.unwrap_or_else(chrono::Utc::now),
+                    container: None,
                 },
             );
             let inner = Arc::clone(self);
@@ -1024,6 +1075,7 @@ impl Inner {
                 sandbox: dir.to_path_buf(),
                 env: full_env(user, dir, spec, env),
                 user: user.cloned(),
+                container: None,
             };
             let inner = Arc::clone(self);
             let stop = kill.clone();
@@ -1038,7 +1090,7 @@ impl Inner {
         if spec.health_checks.is_empty() {
             return;
         }
-        let (ports, kill) = {
+        let (ports, kill, container) = {
             let mut st = self.state.lock().expect("node state lock");
             let Some(r) = st.running.get_mut(&spec.task) else {
                 return;
@@ -1047,11 +1099,15 @@ impl Inner {
                 return;
             }
             r.health = vec![HealthResult::default(); spec.health_checks.len()];
-            (r.ports.clone(), r.kill.clone())
+            (r.ports.clone(), r.kill.clone(), r.container.clone())
         };
         let Ok(dir) = sandbox_dir(&self.sandboxes, &spec.app, &spec.task) else {
             return;
         };
+        if let Some(id) = container {
+            self.spawn_container_checks(spec, &ports, &dir, &id, &kill);
+            return;
+        }
         // Who it runs as is looked up off the runtime (a user lookup may block).
         let (inner, spec) = (Arc::clone(self), spec.clone());
         self.tracker.spawn(async move {

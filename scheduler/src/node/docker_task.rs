@@ -1,0 +1,558 @@
+//! The node's side of Docker tasks: launching a task as a container (see `docker`
+//! for the engine calls and the attach pump), watching it until it ends, reporting
+//! its end as Marathon does (exit code, OOM kill), and adopting the containers an
+//! earlier node on this host left running.
+//!
+//! A Docker task shares everything with a process task but the process: the same
+//! sandbox, `task.json`, task logger, host ports and health checks (a COMMAND check
+//! runs inside the container). Its supervisor waits on the engine rather than on a
+//! child process, so an adopted container's exit code is known too, unlike an
+//! adopted process's.
+
+use super::docker::{
+    container_name, create_body, spawn_pump, ContainerState, Docker, Launch, LABEL_APP, LABEL_HOST,
+    LABEL_INSTANCE, LABEL_TASK, SANDBOX_MOUNT,
+};
+use super::*;
+use protocol::DockerSpec;
+
+/// The file in a sandbox recording the task's container and the attach pump feeding
+/// its logger, so a restarted node can tell whether the pump still runs.
+pub const CONTAINER_FILE: &str = ".sandtrail-container";
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct ContainerFile {
+    id: String,
+    pump: u32,
+    #[serde(default)]
+    pump_start: Option<u64>,
+    started_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// A container's environment: the app's env, then the node's variables (later
+/// wins), with `MESOS_SANDBOX` the mount inside the container. Nothing of the
+/// agent's own environment: the image brings its `PATH`.
+pub(super) fn container_env(
+    cfg: &NodeConfig,
+    spec: &TaskSpec,
+    ports: &[u16],
+) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = spec
+        .env
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    for (k, v) in task_env(cfg, spec, ports, Path::new(SANDBOX_MOUNT)) {
+        env.retain(|(key, _)| *key != k);
+        env.push((k, v));
+    }
+    env
+}
+
+/// Marathon's report of a container's end.
+fn container_report(
+    app: &str,
+    task: &str,
+    state: Option<&ContainerState>,
+    killed: bool,
+) -> TaskStatus {
+    let (status, exit_code, message) = match state {
+        None => (
+            TASK_FAILED,
+            None,
+            Some("the container is gone (removed outside the agent?)".to_string()),
+        ),
+        Some(s) if killed => (
+            TASK_KILLED,
+            Some(s.exit_code as i32),
+            Some("killed by the node".to_string()),
+        ),
+        Some(s) if s.oom_killed => {
+            let limit = if s.memory > 0 {
+                format!(" of {} MiB", s.memory.div_ceil(1 << 20))
+            } else {
+                String::new()
+            };
+            (
+                TASK_FAILED,
+                Some(s.exit_code as i32),
+                Some(format!(
+                    "exceeded its memory limit{limit}: the container was killed by the OOM killer (exit code {})",
+                    s.exit_code
+                )),
+            )
+        }
+        Some(s) if s.exit_code == 0 => (TASK_FINISHED, Some(0), None),
+        Some(s) => {
+            let mut msg = format!("container exited with code {}", s.exit_code);
+            if !s.error.is_empty() {
+                msg.push_str(&format!(": {}", s.error));
+            }
+            (TASK_FAILED, Some(s.exit_code as i32), Some(msg))
+        }
+    };
+    TaskStatus {
+        task: task.to_string(),
+        app: app.to_string(),
+        state: status.to_string(),
+        ports: Vec::new(),
+        exit_code,
+        message,
+        instance: None,
+        health: Vec::new(),
+        started_at: None,
+    }
+}
+
+impl Inner {
+    fn docker(&self) -> Result<Arc<Docker>> {
+        self.docker.clone().ok_or_else(|| {
+            Error::Docker(format!(
+                "agent {} has no docker engine: start it with --docker unix:///var/run/docker.sock",
+                self.cfg.name
+            ))
+        })
+    }
+
+    /// Makes sure `d.image` is on the engine: pulled when `forcePullImage` says so
+    /// or when it is missing, as Mesos does.
+    async fn ensure_image(&self, docker: &Docker, d: &DockerSpec) -> Result<()> {
+        if d.force_pull_image {
+            return docker.pull(&d.image).await.map_err(|e| {
+                Error::Docker(format!(
+                    "forcePullImage: pulling image {:?} on agent {} failed: {}",
+                    d.image,
+                    self.cfg.name,
+                    e.to_string().trim_start_matches("docker: ")
+                ))
+            });
+        }
+        if docker.image_present(&d.image).await? {
+            return Ok(());
+        }
+        docker.pull(&d.image).await.map_err(|e| {
+            Error::Docker(format!(
+                "image {:?} is not on agent {} and pulling it failed: {}",
+                d.image,
+                self.cfg.name,
+                e.to_string().trim_start_matches("docker: ")
+            ))
+        })
+    }
+
+    /// Launches `spec` as a container of image `d.image`.
+    pub(super) async fn launch_docker(
+        self: &Arc<Self>,
+        spec: &TaskSpec,
+        d: &DockerSpec,
+    ) -> Result<()> {
+        let docker = self.docker()?;
+        self.ensure_image(&docker, d).await?;
+        let dir = sandbox_dir(&self.sandboxes, &spec.app, &spec.task)?;
+        let taken: HashSet<u16> = {
+            let st = self.state.lock().expect("node state lock");
+            st.running
+                .values()
+                .flat_map(|r| r.ports.iter().copied())
+                .collect()
+        };
+        let ports = ports::resolve_host_ports(&self.cfg.address, spec, &taken, |n, t| {
+            allocate_ports(&self.cfg.address, n, t)
+        })?;
+        let rotation = Rotation::for_budget(log_budget(spec, self.cfg.log_budget_bytes));
+        let file = TaskFile {
+            meta: TaskMeta {
+                host: self.cfg.name.clone(),
+                app: spec.app.clone(),
+                task: spec.task.clone(),
+                instance: spec.instance,
+                ports: ports.clone(),
+            },
+            log_budget_bytes: Some(rotation.budget_bytes),
+        };
+        let (_user, stdout, stderr) = {
+            let (inner, dir, spec) = (Arc::clone(self), dir.clone(), spec.clone());
+            let rotation = self.cfg.log_rotation.then_some(rotation);
+            tokio::task::spawn_blocking(move || {
+                make_sandbox_dir(&dir)?;
+                // The sandbox and the logger are the task user's as for a process
+                // task; the container itself runs as the image's user, or `user`.
+                let user = inner.task_user(&spec, &dir)?;
+                let (out, err) = prepare_sandbox(&dir, &file, rotation, user.as_ref())?;
+                Ok::<_, Error>((user, out, err))
+            })
+            .await
+            .map_err(|e| Error::io(&self.sandboxes, std::io::Error::other(e)))??
+        };
+        let env = container_env(&self.cfg, spec, &ports);
+        let body = create_body(&Launch {
+            spec,
+            docker: d,
+            host: &self.cfg.name,
+            address: &self.cfg.address,
+            ports: &ports,
+            sandbox: &dir,
+            env: &env,
+        });
+        let name = container_name(&self.cfg.name, &spec.task);
+        // Left by a launch of this task id that failed half way (ids are never reused).
+        let _ = docker.remove(&name).await;
+        let id = docker.create(&name, &body).await?;
+        let started = async {
+            let stream = {
+                let (docker, id) = (Arc::clone(&docker), id.clone());
+                tokio::task::spawn_blocking(move || docker.attach_blocking(&id))
+                    .await
+                    .map_err(|e| Error::Docker(e.to_string()))??
+            };
+            let pump = tokio::task::spawn_blocking(move || spawn_pump(stream, stdout, stderr))
+                .await
+                .map_err(|e| Error::Docker(e.to_string()))??;
+            docker.start(&id).await?;
+            let state = docker
+                .inspect(&id)
+                .await?
+                .ok_or_else(|| Error::Docker(format!("container {id} vanished after start")))?;
+            Ok::<_, Error>((pump, state))
+        }
+        .await;
+        let (pump, state) = match started {
+            Ok(x) => x,
+            Err(e) => {
+                let _ = docker.remove(&id).await;
+                return Err(e);
+            }
+        };
+        let started_at = state.started_at.unwrap_or_else(chrono::Utc::now);
+        let record = ContainerFile {
+            id: id.clone(),
+            pump,
+            pump_start: process_start(pump),
+            started_at,
+        };
+        let path = dir.join(CONTAINER_FILE);
+        let body = serde_json::to_vec(&record)?;
+        let p = path.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || write_control_file(&p, &body))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+        {
+            warn!(task = %spec.task, path = %path.display(), error = %e, "could not write the container file");
+        }
+        let kill = CancellationToken::new();
+        self.state.lock().expect("node state lock").running.insert(
+            spec.task.clone(),
+            Running {
+                app: spec.app.clone(),
+                instance: spec.instance,
+                pid: state.pid,
+                ports: ports.clone(),
+                kill: kill.clone(),
+                health: vec![HealthResult::default(); spec.health_checks.len()],
+                started_at,
+                container: Some(id.clone()),
+            },
+        );
+        self.spawn_container_checks(spec, &ports, &dir, &id, &kill);
+        self.metrics.launched.fetch_add(1, Ordering::Relaxed);
+        info!(app = %spec.app, task = %spec.task, container = %id, image = %d.image, pid = state.pid, ports = ?ports, "container started");
+        let grace = spec
+            .kill_grace_seconds
+            .map_or(self.cfg.kill_grace, health::secs);
+        self.watch_container(
+            spec.app.clone(),
+            spec.task.clone(),
+            spec.instance,
+            id,
+            dir,
+            kill,
+            grace,
+        );
+        Ok(())
+    }
+
+    /// Health checkers of a container task: HTTP and TCP against its host ports,
+    /// COMMAND run inside the container.
+    pub(super) fn spawn_container_checks(
+        self: &Arc<Self>,
+        spec: &TaskSpec,
+        ports: &[u16],
+        dir: &Path,
+        id: &str,
+        kill: &CancellationToken,
+    ) {
+        let Some(docker) = self.docker.clone() else {
+            return;
+        };
+        for (index, check) in spec.health_checks.iter().enumerate() {
+            let target = HealthTarget {
+                task: spec.task.clone(),
+                started: std::time::Instant::now(),
+                index,
+                check: check.clone(),
+                address: self.cfg.address.clone(),
+                ports: ports.to_vec(),
+                sandbox: dir.to_path_buf(),
+                env: container_env(&self.cfg, spec, ports),
+                user: None,
+                container: Some((Arc::clone(&docker), id.to_string())),
+            };
+            let inner = Arc::clone(self);
+            let stop = kill.clone();
+            self.tracker
+                .spawn(async move { inner.check_health(target, stop).await });
+        }
+    }
+
+    /// Watches a container until it stops (or stops it on a kill request, SIGKILL
+    /// after `grace`), then reports its end, removes it and marks its sandbox
+    /// finished. A detaching node leaves it running.
+    #[allow(clippy::too_many_arguments)]
+    fn watch_container(
+        self: &Arc<Self>,
+        app: String,
+        task: String,
+        instance: u32,
+        id: String,
+        dir: PathBuf,
+        kill: CancellationToken,
+        grace: Duration,
+    ) {
+        let inner = Arc::clone(self);
+        self.tracker.spawn(async move {
+            let Some(docker) = inner.docker.clone() else {
+                return;
+            };
+            let detach = inner.detach.clone();
+            let mut failures = 0u32;
+            let killed = loop {
+                tokio::select! {
+                    _ = detach.cancelled() => return,
+                    _ = kill.cancelled() => {
+                        if let Err(e) = docker.stop(&id, grace).await {
+                            warn!(app, task, container = %id, error = %e, "stopping the container failed");
+                        }
+                        break true;
+                    }
+                    r = docker.wait(&id) => match r {
+                        Ok(()) => break false,
+                        Err(e) => {
+                            // The engine restarting or unreachable: the container's
+                            // fate is unknown, so keep asking.
+                            failures += 1;
+                            if failures == 1 || failures.is_multiple_of(30) {
+                                warn!(app, task, container = %id, error = %e, "waiting for the container failed, retrying");
+                            }
+                            tokio::select! {
+                                _ = detach.cancelled() => return,
+                                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                            }
+                        }
+                    },
+                }
+            };
+            let state = docker.inspect(&id).await.ok().flatten();
+            let mut report = container_report(&app, &task, state.as_ref(), killed);
+            report.instance = Some(instance);
+            if state.as_ref().is_some_and(|s| s.oom_killed) && !killed {
+                inner.metrics.oom_kills.fetch_add(1, Ordering::Relaxed);
+            }
+            if let Err(e) = docker.remove(&id).await {
+                warn!(app, task, container = %id, error = %e, "removing the container failed");
+            }
+            mark_finished(&dir).await;
+            let _ = tokio::fs::remove_file(dir.join(CONTAINER_FILE)).await;
+            inner.record_exit(report);
+            kill.cancel();
+        });
+    }
+
+    /// Takes over the containers of this host an earlier node left behind (found by
+    /// their `sandtrail.host` label): the running ones are watched again, under the
+    /// same task ids; those that ended meanwhile are reported and removed.
+    pub(super) async fn adopt_containers(self: &Arc<Self>) {
+        let Some(docker) = self.docker.clone() else {
+            return;
+        };
+        let ids = match docker.list_labelled(LABEL_HOST, &self.cfg.name).await {
+            Ok(ids) => ids,
+            Err(e) => {
+                warn!(node = %self.cfg.name, error = %e, "cannot list this host's containers: none adopted");
+                return;
+            }
+        };
+        for id in ids {
+            let Ok(Some(state)) = docker.inspect(&id).await else {
+                continue;
+            };
+            let (Some(task), Some(app)) = (
+                state.labels.get(LABEL_TASK).cloned(),
+                state.labels.get(LABEL_APP).cloned(),
+            ) else {
+                continue;
+            };
+            let instance = state
+                .labels
+                .get(LABEL_INSTANCE)
+                .and_then(|i| i.parse().ok())
+                .unwrap_or(0);
+            if self
+                .state
+                .lock()
+                .expect("node state lock")
+                .running
+                .contains_key(&task)
+            {
+                continue;
+            }
+            let Ok(dir) = sandbox_dir(&self.sandboxes, &app, &task) else {
+                continue;
+            };
+            if !state.running {
+                info!(app, task, container = %id, exit_code = state.exit_code, "container ended while the node was down");
+                let mut report = container_report(&app, &task, Some(&state), false);
+                report.instance = Some(instance);
+                let _ = docker.remove(&id).await;
+                mark_finished(&dir).await;
+                let mut st = self.state.lock().expect("node state lock");
+                st.done.insert(task);
+                let seq = st.next_seq;
+                st.next_seq += 1;
+                st.pending.push((seq, report));
+                continue;
+            }
+            let d = dir.clone();
+            let (meta, record) = tokio::task::spawn_blocking(move || {
+                let meta = read_control_file(&d.join("task.json"))
+                    .and_then(|b| serde_json::from_slice::<TaskFile>(&b).ok());
+                let record = read_control_file(&d.join(CONTAINER_FILE))
+                    .and_then(|b| serde_json::from_slice::<ContainerFile>(&b).ok());
+                (meta, record)
+            })
+            .await
+            .unwrap_or((None, None));
+            let ports = meta
+                .as_ref()
+                .map(|m| m.meta.ports.clone())
+                .unwrap_or_default();
+            let pump_alive = record
+                .as_ref()
+                .is_some_and(|r| r.id == id && same_process_alive(r.pump, r.pump_start));
+            if !pump_alive {
+                self.reattach(&docker, &id, &dir, meta.as_ref()).await;
+            }
+            info!(app, task, container = %id, pid = state.pid, "running container found again");
+            let kill = CancellationToken::new();
+            self.state.lock().expect("node state lock").running.insert(
+                task.clone(),
+                Running {
+                    app: app.clone(),
+                    instance,
+                    pid: state.pid,
+                    ports,
+                    kill: kill.clone(),
+                    health: Vec::new(),
+                    started_at: state
+                        .started_at
+                        .or(record.map(|r| r.started_at))
+                        .unwrap_or_else(chrono::Utc::now),
+                    container: Some(id.clone()),
+                },
+            );
+            let grace = self.cfg.kill_grace;
+            self.watch_container(app, task, instance, id, dir, kill, grace);
+        }
+    }
+
+    /// Feeds an adopted container's output to a new logger when its attach pump is
+    /// gone (the engine restarted, or the host's processes were killed): what the
+    /// container wrote in between is not in its sandbox.
+    async fn reattach(&self, docker: &Arc<Docker>, id: &str, dir: &Path, meta: Option<&TaskFile>) {
+        use std::os::unix::fs::MetadataExt;
+        let budget = meta
+            .and_then(|m| m.log_budget_bytes)
+            .unwrap_or(self.cfg.log_budget_bytes);
+        let rotation = Rotation::for_budget(budget);
+        let (docker, id, dir) = (Arc::clone(docker), id.to_string(), dir.to_path_buf());
+        let agent_uid = self.agent_uid;
+        let done = tokio::task::spawn_blocking(move || {
+            // The logger runs as the sandbox's owner, as it did at the launch.
+            let owner = std::fs::metadata(&dir)
+                .map_err(|e| Error::io(&dir, e))?
+                .uid();
+            let user = (owner != agent_uid).then(|| TaskUser::dynamic(owner));
+            let (out, err) = logger::spawn_as(&dir, rotation, user.as_ref())?;
+            let stream = docker.attach_blocking(&id)?;
+            let pump = spawn_pump(stream, out, err)?;
+            Ok::<_, Error>((pump, dir))
+        })
+        .await;
+        match done {
+            Ok(Ok((pump, dir))) => {
+                warn!(sandbox = %dir.display(), pump, "the container's log stream was gone: attached again; its output meanwhile is not in the sandbox")
+            }
+            Ok(Err(e)) => warn!(error = %e, "could not attach to an adopted container again"),
+            Err(e) => warn!(error = %e, "could not attach to an adopted container again"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn container_ends_are_reported_as_marathon_does() {
+        let s = |exit_code, oom_killed| ContainerState {
+            exit_code,
+            oom_killed,
+            memory: 32 << 20,
+            ..ContainerState::default()
+        };
+        let r = container_report("a", "a.1", Some(&s(0, false)), false);
+        assert_eq!((r.state.as_str(), r.exit_code), (TASK_FINISHED, Some(0)));
+        let r = container_report("a", "a.1", Some(&s(3, false)), false);
+        assert_eq!(r.state, TASK_FAILED);
+        assert_eq!(r.message.as_deref(), Some("container exited with code 3"));
+        let r = container_report("a", "a.1", Some(&s(137, true)), false);
+        assert_eq!((r.state.as_str(), r.exit_code), (TASK_FAILED, Some(137)));
+        assert!(
+            r.message
+                .as_deref()
+                .unwrap()
+                .starts_with("exceeded its memory limit of 32 MiB"),
+            "{r:?}"
+        );
+        let r = container_report("a", "a.1", Some(&s(143, false)), true);
+        assert_eq!(r.state, TASK_KILLED);
+        assert_eq!(container_report("a", "a.1", None, false).state, TASK_FAILED);
+    }
+
+    #[test]
+    fn the_container_env_has_the_sandbox_mount_and_the_apps_env_loses_to_the_nodes() {
+        let cfg = NodeConfig::new("node-1", "/tmp/x", "http://s");
+        let spec = TaskSpec {
+            app: "web".into(),
+            task: "web.1".into(),
+            port_count: 1,
+            env: [
+                ("A".to_string(), "1".to_string()),
+                ("HOST".to_string(), "bad".to_string()),
+            ]
+            .into(),
+            ..TaskSpec::default()
+        };
+        let env = container_env(&cfg, &spec, &[31000]);
+        let get = |k: &str| {
+            env.iter()
+                .filter(|(key, _)| key == k)
+                .map(|(_, v)| v.as_str())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(get("MESOS_SANDBOX"), vec![SANDBOX_MOUNT]);
+        assert_eq!(get("PORT0"), vec!["31000"]);
+        assert_eq!(get("A"), vec!["1"]);
+        assert_eq!(get("HOST"), vec!["127.0.0.1"]);
+        assert!(get("PATH").is_empty(), "the image brings its PATH");
+    }
+}

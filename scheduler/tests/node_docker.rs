@@ -1,0 +1,307 @@
+//! The node's Docker containerizer against the machine's real Docker engine (issue
+//! 19), with a fake control plane: output lands once in the sandbox through the task
+//! logger, `mem` is the container's memory limit, a COMMAND check runs inside the
+//! container, a kill removes the container, an OOM and a missing image are reported
+//! as failures with a message, and a restarted node adopts the running container
+//! under the same task id. Uses `debian:bookworm-slim` (made by
+//! `scripts/base-image.sh` where it cannot be pulled).
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::{Path as UrlPath, State};
+use axum::routing::post;
+use axum::Json;
+use protocol::{
+    DockerSpec, HealthCheck, HeartbeatRequest, HeartbeatResponse, TaskSpec, TaskStatus,
+};
+use scheduler::node::docker::Docker;
+use scheduler::node::{Node, NodeConfig};
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+const DEADLINE: Duration = Duration::from_secs(60);
+const IMAGE: &str = "debian:bookworm-slim";
+
+#[derive(Default)]
+struct Plane {
+    desired: Vec<TaskSpec>,
+    reports: Vec<TaskStatus>,
+    containerizers: Vec<String>,
+}
+
+type Shared = Arc<Mutex<Plane>>;
+
+async fn register(State(p): State<Shared>, Json(v): Json<Value>) -> Json<Value> {
+    if let Some(c) = v.get("containerizers").and_then(Value::as_array) {
+        p.lock().unwrap().containerizers = c
+            .iter()
+            .filter_map(|s| s.as_str().map(str::to_string))
+            .collect();
+    }
+    Json(json!({}))
+}
+
+async fn heartbeat(
+    State(p): State<Shared>,
+    UrlPath(_name): UrlPath<String>,
+    Json(hb): Json<HeartbeatRequest>,
+) -> Json<HeartbeatResponse> {
+    let mut p = p.lock().unwrap();
+    p.reports.extend(hb.tasks);
+    Json(HeartbeatResponse {
+        tasks: p.desired.clone(),
+    })
+}
+
+async fn fake_plane() -> (Shared, String) {
+    let shared = Shared::default();
+    let app = axum::Router::new()
+        .route("/v1/agents/register", post(register))
+        .route("/v1/agents/{name}/heartbeat", post(heartbeat))
+        .with_state(shared.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr: SocketAddr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (shared, format!("http://{addr}"))
+}
+
+async fn eventually<T>(what: &str, mut cond: impl FnMut() -> Option<T>) -> T {
+    let end = Instant::now() + DEADLINE;
+    loop {
+        if let Some(v) = cond() {
+            return v;
+        }
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn docker_spec(task: &str, shell: &str, mem: f64) -> TaskSpec {
+    TaskSpec {
+        app: "dock".into(),
+        task: task.into(),
+        instance: 1,
+        mem: Some(mem),
+        cpus: Some(0.5),
+        kill_grace_seconds: Some(1.0),
+        docker: Some(DockerSpec {
+            image: IMAGE.into(),
+            network: "host".into(),
+            shell: Some(shell.into()),
+            ..DockerSpec::default()
+        }),
+        ..TaskSpec::default()
+    }
+}
+
+fn report(p: &Shared, task: &str, pred: impl Fn(&TaskStatus) -> bool) -> Option<TaskStatus> {
+    p.lock()
+        .unwrap()
+        .reports
+        .iter()
+        .rev()
+        .find(|s| s.task == task && pred(s))
+        .cloned()
+}
+
+struct Running {
+    node: Arc<Node>,
+    cancel: CancellationToken,
+    handle: tokio::task::JoinHandle<()>,
+}
+
+fn start(work: &Path, url: &str) -> Running {
+    let mut cfg = NodeConfig::new("dock-node", work, url);
+    cfg.heartbeat_interval = Duration::from_millis(100);
+    cfg.docker = Some("unix:///var/run/docker.sock".into());
+    let node = Arc::new(Node::new(cfg).unwrap());
+    let cancel = CancellationToken::new();
+    let handle = tokio::spawn({
+        let (node, cancel) = (node.clone(), cancel.clone());
+        async move { node.run(cancel).await.unwrap() }
+    });
+    Running {
+        node,
+        cancel,
+        handle,
+    }
+}
+
+impl Running {
+    async fn stop(self, keep: bool) {
+        self.node.set_keep_tasks_on_shutdown(keep);
+        self.cancel.cancel();
+        tokio::time::timeout(DEADLINE, self.handle)
+            .await
+            .expect("node stops")
+            .unwrap();
+    }
+}
+
+async fn docker_or_skip() -> Option<Docker> {
+    let d = Docker::new("unix:///var/run/docker.sock").unwrap();
+    let ok = d.ping().await.is_ok() && d.image_present(IMAGE).await.unwrap_or(false);
+    if !ok {
+        eprintln!(
+            "SKIPPED: no Docker engine at /var/run/docker.sock or no {IMAGE} image \
+             (run scripts/base-image.sh); the Docker containerizer is NOT tested"
+        );
+        return None;
+    }
+    Some(d)
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_task_logs_once_is_limited_checked_killed_and_adopted() {
+    let Some(docker) = docker_or_skip().await else {
+        return;
+    };
+    let work = tempfile::tempdir().unwrap();
+    let (plane, url) = fake_plane().await;
+    let mut spec = docker_spec(
+        "dock.main-1",
+        "echo out-$MESOS_TASK_ID; echo err-line >&2; i=0; while true; do i=$((i+1)); echo tick=$i; sleep 0.2; done",
+        64.0,
+    );
+    spec.health_checks = vec![HealthCheck {
+        protocol: "COMMAND".into(),
+        path: None,
+        port_index: 0,
+        port: None,
+        command: Some(
+            "test -d /mnt/mesos/sandbox && test \"$MESOS_SANDBOX\" = /mnt/mesos/sandbox".into(),
+        ),
+        grace_period_seconds: 30.0,
+        interval_seconds: 0.2,
+        timeout_seconds: 5.0,
+        max_consecutive_failures: 3,
+    }];
+    plane.lock().unwrap().desired = vec![spec.clone()];
+    let node = start(work.path(), &url);
+    let sandbox = work.path().join("sandboxes/dock/dock.main-1");
+    eventually("the container's lines in the sandbox", || {
+        let out = read(&sandbox.join("stdout"));
+        (out.contains("out-dock.main-1") && read(&sandbox.join("stderr")).contains("err-line"))
+            .then_some(())
+    })
+    .await;
+    assert_eq!(
+        plane.lock().unwrap().containerizers,
+        vec!["docker".to_string()],
+        "the node offers docker"
+    );
+    let healthy = eventually("the COMMAND check passing in the container", || {
+        report(&plane, "dock.main-1", |s| {
+            s.state == "TASK_RUNNING" && s.health.first().is_some_and(|h| h.alive)
+        })
+    })
+    .await;
+    assert_eq!(healthy.instance, Some(1));
+    let ids = docker
+        .list_labelled("sandtrail.task", "dock.main-1")
+        .await
+        .unwrap();
+    assert_eq!(ids.len(), 1, "one container labelled with the task id");
+    let state = docker.inspect(&ids[0]).await.unwrap().unwrap();
+    assert!(state.running);
+    assert_eq!(
+        state.memory,
+        64 << 20,
+        "mem is the container's memory limit"
+    );
+
+    // An agent restart (tasks kept): the new node adopts the same container, and
+    // the log keeps going without a line twice.
+    node.stop(true).await;
+    let before = read(&sandbox.join("stdout")).lines().count();
+    plane.lock().unwrap().reports.clear();
+    let node = start(work.path(), &url);
+    eventually("the adopted container reported running", || {
+        report(&plane, "dock.main-1", |s| s.state == "TASK_RUNNING")
+    })
+    .await;
+    assert!(docker.inspect(&ids[0]).await.unwrap().unwrap().running);
+    eventually("lines after the restart", || {
+        (read(&sandbox.join("stdout")).lines().count() > before + 3).then_some(())
+    })
+    .await;
+    let out = read(&sandbox.join("stdout"));
+    let ticks: Vec<u64> = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("tick=")?.parse().ok())
+        .collect();
+    let expected: Vec<u64> = (1..=ticks.len() as u64).collect();
+    assert_eq!(
+        ticks, expected,
+        "every line once, in order, across the restart"
+    );
+
+    // Not wanted any more: stopped, reported killed, removed.
+    plane.lock().unwrap().desired.clear();
+    let killed = eventually("the kill report", || {
+        report(&plane, "dock.main-1", |s| s.state != "TASK_RUNNING")
+    })
+    .await;
+    assert_eq!(killed.state, "TASK_KILLED", "{killed:?}");
+    assert!(
+        docker.inspect(&ids[0]).await.unwrap().is_none(),
+        "the container of a killed task is removed"
+    );
+    node.stop(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oom_and_a_missing_image_fail_the_task_with_a_message() {
+    let Some(_docker) = docker_or_skip().await else {
+        return;
+    };
+    let work = tempfile::tempdir().unwrap();
+    let (plane, url) = fake_plane().await;
+    // `tail` holds a newline-free stream whole in memory: far past 16 MiB.
+    let oom = docker_spec(
+        "dock.oom-1",
+        "head -c 200000000 /dev/zero | tail -n 1",
+        16.0,
+    );
+    let mut missing = docker_spec("dock.missing-1", "true", 32.0);
+    missing.docker.as_mut().unwrap().image = "sandtrail-no-such-image:never".into();
+    let exit = docker_spec("dock.exit-1", "exit 3", 32.0);
+    plane.lock().unwrap().desired = vec![oom, missing, exit];
+    let node = start(work.path(), &url);
+    let oom = eventually("the OOM report", || {
+        report(&plane, "dock.oom-1", |s| s.state != "TASK_RUNNING")
+    })
+    .await;
+    assert_eq!(oom.state, "TASK_FAILED", "{oom:?}");
+    let msg = oom.message.unwrap_or_default();
+    assert!(
+        msg.contains("exceeded its memory limit of 16 MiB") && msg.contains("OOM"),
+        "{msg}"
+    );
+    let missing = eventually("the missing image report", || {
+        report(&plane, "dock.missing-1", |s| s.state != "TASK_RUNNING")
+    })
+    .await;
+    assert_eq!(missing.state, "TASK_FAILED");
+    let msg = missing.message.unwrap_or_default();
+    assert!(
+        msg.contains("image \"sandtrail-no-such-image:never\" is not on agent dock-node and pulling it failed"),
+        "{msg}"
+    );
+    let exit = eventually("the exit report", || {
+        report(&plane, "dock.exit-1", |s| s.state != "TASK_RUNNING")
+    })
+    .await;
+    assert_eq!(
+        (exit.state.as_str(), exit.exit_code, exit.message.as_deref()),
+        ("TASK_FAILED", Some(3), Some("container exited with code 3"))
+    );
+    node.stop(false).await;
+}

@@ -1,0 +1,307 @@
+//! End to end (issue 19): a Docker app under the real binary's `sandtrail up`, which
+//! offers the machine's Docker engine by default. The app is the demo `fib` run from
+//! the debootstrapped `debian:bookworm-slim` image, the `sandtrail` binary
+//! bind-mounted in as a Marathon host volume: 3 instances, hostname UNIQUE, one
+//! container per agent; calls through the router reach them; their lines are
+//! searchable by app and host; a scale down removes a container.
+
+use anyhow::{bail, Context};
+use protocol::SearchResponse;
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+mod common;
+
+use common::{client_with_token, eventually, Proc};
+
+fn docker_ready() -> bool {
+    let ok = std::process::Command::new("docker")
+        .args(["image", "inspect", "debian:bookworm-slim"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        eprintln!(
+            "SKIPPED: no Docker engine or no debian:bookworm-slim image (run \
+             scripts/base-image.sh); Docker apps under `up` are NOT tested"
+        );
+    }
+    ok
+}
+
+/// Containers of the app `fib` the engine runs, by the node's labels.
+fn containers() -> Vec<String> {
+    let out = std::process::Command::new("docker")
+        .args([
+            "ps",
+            "-q",
+            "--filter",
+            "label=sandtrail.app=fib",
+            "--filter",
+            "label=sandtrail.host",
+        ])
+        .output()
+        .expect("docker ps");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+async fn search(http: &reqwest::Client, web: &str, q: &str) -> anyhow::Result<SearchResponse> {
+    let resp = http
+        .get(format!("{web}/api/v1/search"))
+        .query(&[("q", q), ("limit", "1000"), ("start", "now-1h")])
+        .send()
+        .await?;
+    if !resp.status().is_success() {
+        bail!("search {q:?}: {}", resp.status());
+    }
+    Ok(resp.json().await?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_docker_app_under_up_is_spread_routed_searchable_and_scaled_down() -> anyhow::Result<()> {
+    if !docker_ready() {
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let args = [
+        "up",
+        "--listen",
+        "127.0.0.1:0",
+        "--router-listen",
+        "127.0.0.1:0",
+        "--no-demo",
+        "--data-dir",
+    ]
+    .map(String::from)
+    .into_iter()
+    .chain([dir.path().to_str().context("utf-8 temp dir")?.to_string()])
+    .collect::<Vec<_>>();
+    let mut proc = Proc::spawn("up", dir.path(), &args, &[], |_| {})?.term_on_drop();
+    let urls = proc.printed(&["web UI:", "router:"])?;
+    let (web, router) = (urls[0].trim_end_matches('/').to_string(), urls[1].clone());
+    let token = std::fs::read_to_string(dir.path().join("token"))?
+        .trim()
+        .to_string();
+    let http = client_with_token(&token)?;
+    let exe = env!("CARGO_BIN_EXE_sandtrail");
+    let app = serde_json::json!({
+        "id": "/fib", "cmd": "/usr/local/bin/sandtrail demo-fib", "instances": 3,
+        "cpus": 0.5, "mem": 64,
+        "portDefinitions": [{"port": 0, "name": "http"}],
+        "constraints": [["hostname", "UNIQUE"]],
+        "healthChecks": [{"protocol": "COMMAND", "command": {"value": "test -x /usr/local/bin/sandtrail && test -d \"$MESOS_SANDBOX\""},
+                          "gracePeriodSeconds": 30, "intervalSeconds": 1, "maxConsecutiveFailures": 3}],
+        "container": {"type": "DOCKER",
+            "docker": {"image": "debian:bookworm-slim", "network": "HOST"},
+            "volumes": [{"hostPath": exe, "containerPath": "/usr/local/bin/sandtrail", "mode": "RO"}]}
+    });
+    let resp = http
+        .post(format!("{web}/v2/apps"))
+        .json(&app)
+        .send()
+        .await?;
+    assert!(resp.status().is_success(), "{}", resp.text().await?);
+
+    let nodes: BTreeSet<String> = ["node-1", "node-2", "node-3"].map(String::from).into();
+    let endpoints: Vec<protocol::ServiceEndpoint> = eventually(
+        "three healthy fib containers",
+        Duration::from_secs(90),
+        || async {
+            let resp = http.get(format!("{web}/v1/services/fib")).send().await?;
+            if !resp.status().is_success() {
+                return Ok(None);
+            }
+            let eps: Vec<protocol::ServiceEndpoint> = resp.json().await?;
+            Ok((eps.len() == 3).then_some(eps))
+        },
+    )
+    .await?;
+    let hosts: BTreeSet<String> = endpoints.iter().map(|e| e.host.clone()).collect();
+    assert_eq!(hosts, nodes, "one container per agent: {endpoints:?}");
+    assert_eq!(containers().len(), 3, "three containers labelled for fib");
+
+    let answer = eventually(
+        "fib(10) through the router",
+        Duration::from_secs(30),
+        || async {
+            let resp = http.get(format!("{router}/fib/10")).send().await?;
+            if !resp.status().is_success() {
+                return Ok(None);
+            }
+            Ok(Some(resp.text().await?))
+        },
+    )
+    .await?;
+    assert_eq!(answer.trim(), "55");
+
+    let lines = eventually(
+        "fib lines from all three hosts",
+        Duration::from_secs(30),
+        || async {
+            let res = search(&http, &web, "app:fib AND stream:stdout").await?;
+            let seen: BTreeSet<String> = res.hits.iter().map(|r| r.host.clone()).collect();
+            Ok((seen == nodes).then_some(res))
+        },
+    )
+    .await?;
+    assert!(lines.hits.iter().all(|r| r.app == "fib"));
+    let by_host = search(&http, &web, "app:fib AND host:node-2").await?;
+    assert!(by_host.total > 0 && by_host.hits.iter().all(|r| r.host == "node-2"));
+
+    // Scale down: one container is stopped and removed.
+    let resp = http
+        .put(format!("{web}/v2/apps/fib"))
+        .json(&serde_json::json!({"instances": 2}))
+        .send()
+        .await?;
+    assert!(resp.status().is_success(), "{}", resp.text().await?);
+    eventually("two containers left", Duration::from_secs(30), || async {
+        Ok((containers().len() == 2).then_some(()))
+    })
+    .await?;
+    proc.stop()?;
+    // `up` kills its tasks when it stops: no container is left behind.
+    eventually("no container left", Duration::from_secs(30), || async {
+        Ok(containers().is_empty().then_some(()))
+    })
+    .await?;
+    Ok(())
+}
+
+/// Issue 19: `kill -9` of an agent leaves its containers running (as it leaves
+/// process tasks), and the restarted agent adopts them under the same task ids:
+/// same containers, same tasks in `/v2/tasks`, nothing relaunched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_agent_restarted_keeps_its_containers_under_the_same_task_ids(
+) -> anyhow::Result<()> {
+    if !docker_ready() {
+        return Ok(());
+    }
+    const TOKEN: &str = "docker-agent-token";
+    let env = [("SANDTRAIL_TOKEN", TOKEN.to_string())];
+    let dir = tempfile::tempdir()?;
+    let path = |p: &str| dir.path().join(p).display().to_string();
+    let args: Vec<String> = [
+        "scheduler",
+        "--data-dir",
+        &path("s"),
+        "--listen",
+        "127.0.0.1:0",
+    ]
+    .map(String::from)
+    .into();
+    let (_sched, url) = Proc::start("scheduler", dir.path(), &args, "scheduler:", &env)?;
+    let sched = url.trim_end_matches('/').to_string();
+    let args: Vec<String> = [
+        "indexer",
+        "--data-dir",
+        &path("i"),
+        "--listen",
+        "127.0.0.1:0",
+    ]
+    .map(String::from)
+    .into();
+    let (_indexer, idx) = Proc::start("indexer", dir.path(), &args, "indexer:", &env)?;
+    let agent_args: Vec<String> = [
+        "agent",
+        "--data-dir",
+        &path("a"),
+        "--name",
+        "dock-1",
+        "--scheduler",
+        &sched,
+        "--indexer",
+        idx.trim_end_matches('/'),
+        "--router-listen",
+        "127.0.0.1:0",
+        "--docker",
+        "unix:///var/run/docker.sock",
+    ]
+    .map(String::from)
+    .into();
+    let start_agent = || Proc::start("agent", dir.path(), &agent_args, "agent dock-1:", &env);
+    let (agent, _) = start_agent()?;
+    let http = client_with_token(TOKEN)?;
+    let app = serde_json::json!({
+        "id": "/keep", "cmd": "while true; do echo alive; sleep 1; done", "instances": 2,
+        "mem": 32, "container": {"type": "DOCKER", "docker": {"image": "debian:bookworm-slim"}}
+    });
+    let resp = http
+        .post(format!("{sched}/v2/apps"))
+        .json(&app)
+        .send()
+        .await?;
+    assert!(resp.status().is_success(), "{}", resp.text().await?);
+    let running = || async {
+        let v: serde_json::Value = http
+            .get(format!("{sched}/v2/apps/keep/tasks"))
+            .send()
+            .await?
+            .json()
+            .await?;
+        let ids: BTreeSet<String> = v["tasks"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|t| t["state"] == "TASK_RUNNING")
+            .filter_map(|t| t["id"].as_str().map(str::to_string))
+            .collect();
+        anyhow::Ok(ids)
+    };
+    let labelled = || -> BTreeSet<String> {
+        let out = std::process::Command::new("docker")
+            .args([
+                "ps",
+                "--filter",
+                "label=sandtrail.host=dock-1",
+                "--format",
+                "{{.ID}} {{.Label \"sandtrail.task\"}}",
+            ])
+            .output()
+            .expect("docker ps");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect()
+    };
+    let before = eventually(
+        "two running containers",
+        Duration::from_secs(60),
+        || async {
+            let ids = running().await?;
+            Ok((ids.len() == 2).then_some(ids))
+        },
+    )
+    .await?;
+    let containers = labelled();
+    assert_eq!(containers.len(), 2, "{containers:?}");
+    agent.kill9()?;
+    assert_eq!(labelled(), containers, "the containers outlive the agent");
+    let (agent, _) = start_agent()?;
+    // Let the restarted agent heartbeat a few times: nothing may be relaunched.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = eventually(
+        "the tasks running again",
+        Duration::from_secs(30),
+        || async {
+            let ids = running().await?;
+            Ok((ids.len() == 2).then_some(ids))
+        },
+    )
+    .await?;
+    assert_eq!(after, before, "the same task ids");
+    assert_eq!(labelled(), containers, "the same containers, none new");
+    // Deleting the app stops and removes them.
+    let resp = http.delete(format!("{sched}/v2/apps/keep")).send().await?;
+    assert!(resp.status().is_success());
+    eventually(
+        "the containers removed",
+        Duration::from_secs(30),
+        || async { Ok(labelled().is_empty().then_some(())) },
+    )
+    .await?;
+    agent.stop()?;
+    Ok(())
+}
