@@ -256,7 +256,14 @@ const TOP: &[&str] = &[
 const SECTIONS: &[(&str, &[&str])] = &[
     (
         "up",
-        &["listen", "router_listen", "agents", "demo", "verbose", "dns_listen"],
+        &[
+            "listen",
+            "router_listen",
+            "agents",
+            "demo",
+            "verbose",
+            "dns_listen",
+        ],
     ),
     (
         "indexer",
