@@ -305,3 +305,107 @@ async fn an_oom_and_a_missing_image_fail_the_task_with_a_message() {
     );
     node.stop(false).await;
 }
+
+/// A Docker engine on a unix socket whose registry never answers: `/images/create`
+/// hangs until `release` is notified, then reports an error in the pull stream, as
+/// the engine does. Needs no real engine.
+async fn engine_with_a_stuck_registry(
+    dir: &Path,
+) -> (
+    String,
+    Arc<tokio::sync::Notify>,
+    Arc<std::sync::atomic::AtomicBool>,
+) {
+    use axum::extract::Request;
+    let release = Arc::new(tokio::sync::Notify::new());
+    let pulling = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (r, p) = (release.clone(), pulling.clone());
+    let app = axum::Router::new().fallback(move |req: Request| {
+        let (release, pulling) = (r.clone(), p.clone());
+        async move {
+            let path = req.uri().path().to_string();
+            if path.ends_with("/_ping") {
+                (axum::http::StatusCode::OK, "OK".to_string())
+            } else if path.ends_with("/images/create") {
+                pulling.store(true, std::sync::atomic::Ordering::SeqCst);
+                release.notified().await;
+                (
+                    axum::http::StatusCode::OK,
+                    "{\"status\":\"Pulling\"}\n{\"error\":\"registry unreachable\"}\n".into(),
+                )
+            } else if path.ends_with("/containers/json") {
+                (axum::http::StatusCode::OK, "[]".into())
+            } else {
+                (
+                    axum::http::StatusCode::NOT_FOUND,
+                    "{\"message\":\"no such image\"}".into(),
+                )
+            }
+        }
+    });
+    let sock = dir.join("docker.sock");
+    let listener = tokio::net::UnixListener::bind(&sock).unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (format!("unix://{}", sock.display()), release, pulling)
+}
+
+/// Regression (issue 19 review): the pull of a missing image was awaited in the
+/// node's heartbeat loop with no timeout, so a slow registry stopped the heartbeats
+/// and the agent was declared lost. The pull now runs beside the loop; the node
+/// keeps heartbeating while it hangs, and its failure fails the task with the
+/// engine's message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_image_pull_does_not_stop_the_heartbeats() {
+    let work = tempfile::tempdir().unwrap();
+    let (engine, release, pulling) = engine_with_a_stuck_registry(work.path()).await;
+    let (plane, url) = fake_plane().await;
+    let mut spec = docker_spec("dock.pull-1", "true", 64.0);
+    spec.docker.as_mut().unwrap().image = "registry.example/slow:1".into();
+    plane.lock().unwrap().desired = vec![spec];
+    let mut cfg = NodeConfig::new("dock-node", work.path(), &url);
+    cfg.heartbeat_interval = Duration::from_millis(100);
+    cfg.docker = Some(engine);
+    let node = Arc::new(Node::new(cfg).unwrap());
+    let cancel = CancellationToken::new();
+    let handle = tokio::spawn({
+        let (node, cancel) = (node.clone(), cancel.clone());
+        async move { node.run(cancel).await.unwrap() }
+    });
+    eventually("the pull to start", || {
+        pulling
+            .load(std::sync::atomic::Ordering::SeqCst)
+            .then_some(())
+    })
+    .await;
+    let heartbeats = || {
+        node.metrics().lines().find_map(|l| {
+            l.strip_prefix("sandtrail_node_heartbeats_total")
+                .and_then(|rest| rest.rsplit(' ').next())
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+    };
+    let before = heartbeats().expect("a heartbeat counter");
+    eventually("heartbeats while the pull hangs", || {
+        (heartbeats().unwrap_or(0) >= before + 5).then_some(())
+    })
+    .await;
+    assert!(
+        report(&plane, "dock.pull-1", |_| true).is_none(),
+        "nothing to report while pulling"
+    );
+    release.notify_waiters();
+    let failed = eventually("the task failed by the pull", || {
+        report(&plane, "dock.pull-1", |s| s.state == "TASK_FAILED")
+    })
+    .await;
+    let message = failed.message.unwrap_or_default();
+    assert!(
+        message.contains("registry unreachable") && message.contains("registry.example/slow:1"),
+        "{message}"
+    );
+    cancel.cancel();
+    tokio::time::timeout(DEADLINE, handle)
+        .await
+        .unwrap()
+        .unwrap();
+}

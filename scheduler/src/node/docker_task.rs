@@ -16,6 +16,11 @@ use super::docker::{
 use super::*;
 use protocol::DockerSpec;
 
+/// Longest an image pull may take before the task fails: a registry that never
+/// answers fails the task well within the scheduler's staging timeout (300 s), with
+/// a message, instead of leaving it to that timeout.
+const PULL_TIMEOUT: Duration = Duration::from_secs(240);
+
 /// The file in a sandbox recording the task's container and the attach pump feeding
 /// its logger, so a restarted node can tell whether the pump still runs.
 pub const CONTAINER_FILE: &str = ".sandtrail-container";
@@ -114,40 +119,75 @@ impl Inner {
         })
     }
 
-    /// Makes sure `d.image` is on the engine: pulled when `forcePullImage` says so
-    /// or when it is missing, as Mesos does.
-    async fn ensure_image(&self, docker: &Docker, d: &DockerSpec) -> Result<()> {
-        if d.force_pull_image {
-            return docker.pull(&d.image).await.map_err(|e| {
-                Error::Docker(format!(
-                    "forcePullImage: pulling image {:?} on agent {} failed: {}",
-                    d.image,
-                    self.cfg.name,
-                    e.to_string().trim_start_matches("docker: ")
-                ))
+    /// Whether `d.image` is on the engine for `task`'s launch. A pull (when
+    /// `forcePullImage` says so, or the image is missing, as Mesos does) runs in the
+    /// background, at most [`PULL_TIMEOUT`]: awaited here it held the heartbeat loop
+    /// for as long as the registry took, long enough to have the agent declared
+    /// lost. Until it ends the launch is tried again each round; a failed pull fails
+    /// the task with the engine's message.
+    async fn image_ready(
+        self: &Arc<Self>,
+        docker: &Arc<Docker>,
+        task: &str,
+        d: &DockerSpec,
+    ) -> Result<bool> {
+        {
+            let mut pulls = self.pulls.lock().expect("pulls lock");
+            match pulls.get(task) {
+                Some(None) => return Ok(false),
+                Some(Some(_)) => {
+                    let done = pulls.remove(task).flatten().expect("checked above");
+                    return done.map(|()| true).map_err(Error::Docker);
+                }
+                None => {}
+            }
+        }
+        if !d.force_pull_image && docker.image_present(&d.image).await? {
+            return Ok(true);
+        }
+        self.pulls
+            .lock()
+            .expect("pulls lock")
+            .insert(task.to_string(), None);
+        let (inner, docker, task, image, forced) = (
+            Arc::clone(self),
+            Arc::clone(docker),
+            task.to_string(),
+            d.image.clone(),
+            d.force_pull_image,
+        );
+        info!(task, image, "pulling image");
+        self.tracker.spawn(async move {
+            let pulled = match tokio::time::timeout(PULL_TIMEOUT, docker.pull(&image)).await {
+                Ok(r) => r.map_err(|e| e.to_string().trim_start_matches("docker: ").to_string()),
+                Err(_) => Err(format!("no answer within {PULL_TIMEOUT:?}")),
+            };
+            let outcome = pulled.map_err(|e| {
+                let agent = &inner.cfg.name;
+                if forced {
+                    format!("forcePullImage: pulling image {image:?} on agent {agent} failed: {e}")
+                } else {
+                    format!("image {image:?} is not on agent {agent} and pulling it failed: {e}")
+                }
             });
-        }
-        if docker.image_present(&d.image).await? {
-            return Ok(());
-        }
-        docker.pull(&d.image).await.map_err(|e| {
-            Error::Docker(format!(
-                "image {:?} is not on agent {} and pulling it failed: {}",
-                d.image,
-                self.cfg.name,
-                e.to_string().trim_start_matches("docker: ")
-            ))
-        })
+            if let Some(slot) = inner.pulls.lock().expect("pulls lock").get_mut(&task) {
+                *slot = Some(outcome);
+            }
+        });
+        Ok(false)
     }
 
-    /// Launches `spec` as a container of image `d.image`.
+    /// Launches `spec` as a container of image `d.image`; `false` while its image
+    /// is still being pulled.
     pub(super) async fn launch_docker(
         self: &Arc<Self>,
         spec: &TaskSpec,
         d: &DockerSpec,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let docker = self.docker()?;
-        self.ensure_image(&docker, d).await?;
+        if !self.image_ready(&docker, &spec.task, d).await? {
+            return Ok(false);
+        }
         let dir = sandbox_dir(&self.sandboxes, &spec.app, &spec.task)?;
         let taken: HashSet<u16> = {
             let st = self.state.lock().expect("node state lock");
@@ -268,7 +308,7 @@ impl Inner {
             kill,
             grace,
         );
-        Ok(())
+        Ok(true)
     }
 
     /// Health checkers of a container task: HTTP and TCP against its host ports,

@@ -216,6 +216,9 @@ struct Inner {
     /// answered (`docker_ok`).
     docker: Option<Arc<docker::Docker>>,
     docker_ok: std::sync::atomic::AtomicBool,
+    /// Image pulls by task id, run in the background (see `Inner::image_ready`):
+    /// `None` while running, then the outcome until the launch takes it.
+    pulls: Mutex<HashMap<String, Option<std::result::Result<(), String>>>>,
 }
 
 #[derive(Default)]
@@ -322,6 +325,7 @@ impl Node {
                 claims,
                 docker,
                 docker_ok: std::sync::atomic::AtomicBool::new(false),
+                pulls: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -626,7 +630,8 @@ impl Inner {
     }
 
     /// Converges on `desired`: launches what is missing, kills what is not wanted.
-    /// Starts and kills tasks to match `desired`; returns whether it launched any.
+    /// Returns whether it launched any (a Docker task waiting for its image's pull
+    /// is not launched yet: it is tried again on the next round).
     async fn reconcile(self: &Arc<Self>, desired: Vec<TaskSpec>) -> bool {
         let wanted: HashSet<&str> = desired.iter().map(|s| s.task.as_str()).collect();
         let (to_launch, to_kill) = {
@@ -651,6 +656,11 @@ impl Inner {
             });
             (to_launch, to_kill)
         };
+        // A pull for a task no longer wanted is not waited for (it runs to its end).
+        self.pulls
+            .lock()
+            .expect("pulls lock")
+            .retain(|task, _| wanted.contains(task.as_str()));
         for spec in &desired {
             self.start_checks_of_adopted(spec);
         }
@@ -658,12 +668,13 @@ impl Inner {
             info!(app, task, pid, "killing task no longer desired");
             kill.cancel();
         }
-        let launched = !to_launch.is_empty();
+        let mut any = false;
         for spec in to_launch {
             let launched = match &spec.docker {
                 Some(d) => self.launch_docker(&spec, d).await,
-                None => self.launch(&spec).await,
+                None => self.launch(&spec).await.map(|()| true),
             };
+            any |= matches!(launched, Ok(true));
             if let Err(e) = launched {
                 self.metrics.launch_failures.fetch_add(1, Ordering::Relaxed);
                 warn!(app = %spec.app, task = %spec.task, error = %e, "task launch failed");
@@ -690,7 +701,7 @@ impl Inner {
                 ));
             }
         }
-        launched
+        any
     }
 
     async fn launch(self: &Arc<Self>, spec: &TaskSpec) -> Result<()> {
