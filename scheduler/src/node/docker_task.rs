@@ -188,42 +188,15 @@ impl Inner {
         if !self.image_ready(&docker, &spec.task, d).await? {
             return Ok(false);
         }
-        let dir = sandbox_dir(&self.sandboxes, &spec.app, &spec.task)?;
-        let taken: HashSet<u16> = {
-            let st = self.state.lock().expect("node state lock");
-            st.running
-                .values()
-                .flat_map(|r| r.ports.iter().copied())
-                .collect()
-        };
-        let ports = ports::resolve_host_ports(&self.cfg.address, spec, &taken, |n, t| {
-            allocate_ports(&self.cfg.address, n, t)
-        })?;
-        let rotation = Rotation::for_budget(log_budget(spec, self.cfg.log_budget_bytes));
-        let file = TaskFile {
-            meta: TaskMeta {
-                host: self.cfg.name.clone(),
-                app: spec.app.clone(),
-                task: spec.task.clone(),
-                instance: spec.instance,
-                ports: ports.clone(),
-            },
-            log_budget_bytes: Some(rotation.budget_bytes),
-        };
-        let (_user, stdout, stderr) = {
-            let (inner, dir, spec) = (Arc::clone(self), dir.clone(), spec.clone());
-            let rotation = self.cfg.log_rotation.then_some(rotation);
-            tokio::task::spawn_blocking(move || {
-                make_sandbox_dir(&dir)?;
-                // The sandbox and the logger are the task user's as for a process
-                // task; the container itself runs as the image's user, or `user`.
-                let user = inner.task_user(&spec, &dir)?;
-                let (out, err) = prepare_sandbox(&dir, &file, rotation, user.as_ref())?;
-                Ok::<_, Error>((user, out, err))
-            })
-            .await
-            .map_err(|e| Error::io(&self.sandboxes, std::io::Error::other(e)))??
-        };
+        // The sandbox and the logger are the task user's as for a process task; the
+        // container itself runs as the image's user, or `user`.
+        let Prepared {
+            dir,
+            ports,
+            user: _,
+            stdout,
+            stderr,
+        } = self.prepare_launch(spec).await?;
         let env = container_env(&self.cfg, spec, &ports);
         let body = create_body(&Launch {
             spec,

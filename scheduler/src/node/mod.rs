@@ -234,6 +234,15 @@ struct State {
     done: HashSet<String>,
 }
 
+/// A launch's sandbox, ready for the task (see `Inner::prepare_launch`).
+struct Prepared {
+    dir: PathBuf,
+    ports: Vec<u16>,
+    user: Option<TaskUser>,
+    stdout: std::os::fd::OwnedFd,
+    stderr: std::os::fd::OwnedFd,
+}
+
 struct Running {
     app: String,
     instance: u32,
@@ -704,7 +713,10 @@ impl Inner {
         any
     }
 
-    async fn launch(self: &Arc<Self>, spec: &TaskSpec) -> Result<()> {
+    /// What every launch, process or container, does first: host ports chosen, the
+    /// sandbox made with its `task.json`, the task's user decided, and `stdout` /
+    /// `stderr` opened through the task logger.
+    async fn prepare_launch(self: &Arc<Self>, spec: &TaskSpec) -> Result<Prepared> {
         let dir = sandbox_dir(&self.sandboxes, &spec.app, &spec.task)?;
         let taken: HashSet<u16> = {
             let st = self.state.lock().expect("node state lock");
@@ -742,6 +754,23 @@ impl Inner {
             .await
             .map_err(|e| Error::io(&self.sandboxes, std::io::Error::other(e)))??
         };
+        Ok(Prepared {
+            dir,
+            ports,
+            user,
+            stdout,
+            stderr,
+        })
+    }
+
+    async fn launch(self: &Arc<Self>, spec: &TaskSpec) -> Result<()> {
+        let Prepared {
+            dir,
+            ports,
+            user,
+            stdout,
+            stderr,
+        } = self.prepare_launch(spec).await?;
 
         let mut cmd = tokio::process::Command::new("sh");
         cmd.arg("-c")
