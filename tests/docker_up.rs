@@ -2,8 +2,9 @@
 //! offers the machine's Docker engine by default. The app is the demo `fib` run from
 //! the debootstrapped `debian:bookworm-slim` image, the `sandtrail` binary
 //! bind-mounted in as a Marathon host volume: 3 instances, hostname UNIQUE, one
-//! container per agent; calls through the router reach them; their lines are
-//! searchable by app and host; a scale down removes a container.
+//! container per agent; calls through the router reach them and the trace names
+//! the host and task of every hop; their lines are searchable by app and host; a
+//! scale down removes a container.
 
 use anyhow::{bail, Context};
 use protocol::SearchResponse;
@@ -122,7 +123,7 @@ async fn a_docker_app_under_up_is_spread_routed_searchable_and_scaled_down() -> 
     assert_eq!(hosts, nodes, "one container per agent: {endpoints:?}");
     assert_eq!(containers().len(), 3, "three containers labelled for fib");
 
-    let answer = eventually(
+    let (answer, trace_id) = eventually(
         "fib(10) through the router",
         Duration::from_secs(30),
         || async {
@@ -130,11 +131,50 @@ async fn a_docker_app_under_up_is_spread_routed_searchable_and_scaled_down() -> 
             if !resp.status().is_success() {
                 return Ok(None);
             }
-            Ok(Some(resp.text().await?))
+            let trace = resp
+                .headers()
+                .get(protocol::TRACE_ID_HEADER)
+                .context("X-Trace-Id missing")?
+                .to_str()?
+                .to_string();
+            Ok(Some((resp.text().await?, trace)))
         },
     )
     .await?;
     assert_eq!(answer.trim(), "55");
+
+    // The trace: fib(10) is 177 routed calls between the containers, one access
+    // record each, naming the host and the task (container) that served it.
+    let task_host: std::collections::BTreeMap<String, String> = endpoints
+        .iter()
+        .map(|e| (e.task.clone(), e.host.clone()))
+        .collect();
+    let q = format!("trace_id:{trace_id} AND stream:access");
+    let hops = eventually(
+        "177 access records of the trace",
+        Duration::from_secs(30),
+        || async {
+            let res = search(&http, &web, &q).await?;
+            Ok((res.total >= 177).then_some(res))
+        },
+    )
+    .await?;
+    assert_eq!(hops.total, 177, "exactly one access record per hop");
+    let mut hop_hosts = BTreeSet::new();
+    for h in &hops.hits {
+        assert_eq!(h.app, "fib");
+        assert_eq!(h.status, Some(200), "{h:?}");
+        assert_eq!(
+            task_host.get(&h.task),
+            Some(&h.host),
+            "the hop names the container's task and its host: {h:?}"
+        );
+        hop_hosts.insert(h.host.clone());
+    }
+    assert_eq!(
+        hop_hosts, nodes,
+        "177 hops spread over the three containers"
+    );
 
     let lines = eventually(
         "fib lines from all three hosts",
