@@ -60,6 +60,21 @@ impl Value for f64 {
     }
 }
 
+/// A float written with a fixed number of decimals (`Fixed(2.5, 3)` is `2.500`), for
+/// series whose precision is part of what they promise (milliseconds of a lag).
+#[derive(Debug, Clone, Copy)]
+pub struct Fixed(pub f64, pub usize);
+
+impl Value for Fixed {
+    fn write_to(&self, out: &mut String) {
+        if self.0.is_finite() {
+            let _ = write!(out, "{:.*}", self.1, self.0);
+        } else {
+            self.0.write_to(out);
+        }
+    }
+}
+
 /// One scrape's text, built family by family.
 #[derive(Debug, Default)]
 pub struct Exposition {
@@ -193,14 +208,15 @@ mod tests {
             .sample(&[], f64::INFINITY)
             .sample(&[], f64::NEG_INFINITY)
             .sample(&[], 3.0)
-            .sample(&[], -0.25);
+            .sample(&[], -0.25)
+            .sample(&[], Fixed(2.5, 3));
         let text = e.finish();
         let values: Vec<&str> = text
             .lines()
             .filter(|l| !l.starts_with('#'))
             .map(|l| l.rsplit(' ').next().unwrap())
             .collect();
-        assert_eq!(values, ["NaN", "+Inf", "-Inf", "3", "-0.25"]);
+        assert_eq!(values, ["NaN", "+Inf", "-Inf", "3", "-0.25", "2.500"]);
     }
 
     #[test]
