@@ -89,14 +89,12 @@ fn with_ops(router: Router, mut metrics: Vec<MetricsFn>, ops: &Ops) -> Router {
 /// descriptors, start time; Linux, from `/proc/self`) and `sandtrail_build_info`,
 /// so that dashboards made for any exporter work here too (issue 17).
 fn process_metrics() -> String {
-    use std::fmt::Write;
-    let mut out = String::new();
-    let mut family = |name: &str, kind: &str, help: &str, value: Option<f64>| {
+    use protocol::metrics::{Exposition, Kind};
+    let mut e = Exposition::new();
+    // A value /proc did not give is left out rather than written as 0.
+    let mut family = |name: &str, kind: Kind, help: &str, value: Option<f64>| {
         if let Some(v) = value {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
-            );
+            e.single(name, help, kind, v);
         }
     };
     // SAFETY: sysconf only reads a system constant.
@@ -116,42 +114,43 @@ fn process_metrics() -> String {
     });
     family(
         "process_cpu_seconds_total",
-        "counter",
+        Kind::Counter,
         "Total user and system CPU time spent in seconds.",
         field(11).zip(field(12)).map(|(u, s)| (u + s) / ticks),
     );
     family(
         "process_resident_memory_bytes",
-        "gauge",
+        Kind::Gauge,
         "Resident memory size in bytes.",
         field(21).map(|pages| pages * page),
     );
     family(
         "process_virtual_memory_bytes",
-        "gauge",
+        Kind::Gauge,
         "Virtual memory size in bytes.",
         field(20),
     );
     family(
         "process_start_time_seconds",
-        "gauge",
+        Kind::Gauge,
         "Start time of the process since unix epoch in seconds.",
         boot.zip(field(19)).map(|(b, t)| b + t / ticks),
     );
     family(
         "process_open_fds",
-        "gauge",
+        Kind::Gauge,
         "Number of open file descriptors.",
         std::fs::read_dir("/proc/self/fd")
             .ok()
             .map(|d| d.count() as f64),
     );
-    let _ = writeln!(
-        out,
-        "# HELP sandtrail_build_info The running build: always 1, its version as a label.\n# TYPE sandtrail_build_info gauge\nsandtrail_build_info{{version=\"{}\"}} 1",
-        env!("CARGO_PKG_VERSION")
-    );
-    out
+    e.family(
+        "sandtrail_build_info",
+        "The running build: always 1, its version as a label.",
+        Kind::Gauge,
+    )
+    .sample(&[("version", env!("CARGO_PKG_VERSION"))], 1u8);
+    e.finish()
 }
 
 /// Several parts' Prometheus texts as one exposition: each family's `# HELP` and

@@ -4,10 +4,10 @@
 //! loop and read by whoever serves `/metrics`. Every series carries a `host` label so
 //! several agents in one process (`sandtrail up`) do not collide; the trade-off is that
 //! the embedding binary must merge `# HELP`/`# TYPE` lines if it concatenates them.
+//! Written with the shared [`protocol::metrics::Exposition`].
 
-use protocol::histogram::escape_label as escape;
+use protocol::metrics::{Exposition, Fixed, Kind};
 use std::collections::BTreeMap;
-use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
@@ -60,8 +60,7 @@ pub(crate) fn inc(c: &AtomicU64, n: u64) {
 
 impl Metrics {
     pub fn render(&self, host: &str) -> String {
-        let host = escape(host);
-        let mut out = String::new();
+        let mut e = Exposition::new();
         let counters: [(&str, &str, &AtomicU64); 20] = [
             (
                 "ndjson_bytes_sent_total",
@@ -161,40 +160,27 @@ impl Metrics {
             ),
         ];
         for (name, help, value) in counters {
-            let _ = writeln!(out, "# HELP sandtrail_agent_{name} {help}");
-            let _ = writeln!(out, "# TYPE sandtrail_agent_{name} counter");
-            let _ = writeln!(
-                out,
-                "sandtrail_agent_{name}{{host=\"{host}\"}} {}",
-                value.load(Ordering::Relaxed)
-            );
+            e.family(&format!("sandtrail_agent_{name}"), help, Kind::Counter)
+                .sample(&[("host", host)], value.load(Ordering::Relaxed));
         }
-        let _ = writeln!(
-            out,
-            "# HELP sandtrail_agent_lag_bytes Bytes of a file (read or not) not yet acknowledged by the indexer."
+        e.family(
+            "sandtrail_agent_lag_bytes",
+            "Bytes of a file (read or not) not yet acknowledged by the indexer.",
+            Kind::Gauge,
         );
-        let _ = writeln!(out, "# TYPE sandtrail_agent_lag_bytes gauge");
         let lag = self.lag.lock().unwrap_or_else(|p| p.into_inner());
         for (source, bytes) in lag.iter() {
-            let _ = writeln!(
-                out,
-                "sandtrail_agent_lag_bytes{{host=\"{host}\",source=\"{}\"}} {bytes}",
-                escape(source)
-            );
+            e.sample(&[("host", host), ("source", source)], *bytes);
         }
         drop(lag);
-        let _ = writeln!(
-            out,
-            "# HELP sandtrail_agent_lag_seconds How long a file has had bytes not yet acknowledged by the indexer."
+        e.family(
+            "sandtrail_agent_lag_seconds",
+            "How long a file has had bytes not yet acknowledged by the indexer.",
+            Kind::Gauge,
         );
-        let _ = writeln!(out, "# TYPE sandtrail_agent_lag_seconds gauge");
         let lag = self.lag_seconds.lock().unwrap_or_else(|p| p.into_inner());
         for (source, secs) in lag.iter() {
-            let _ = writeln!(
-                out,
-                "sandtrail_agent_lag_seconds{{host=\"{host}\",source=\"{}\"}} {secs:.3}",
-                escape(source)
-            );
+            e.sample(&[("host", host), ("source", source)], Fixed(*secs, 3));
         }
         drop(lag);
         for (name, help, value) in [
@@ -219,15 +205,10 @@ impl Metrics {
                 &self.log_bytes_on_disk,
             ),
         ] {
-            let _ = writeln!(out, "# HELP sandtrail_agent_{name} {help}");
-            let _ = writeln!(out, "# TYPE sandtrail_agent_{name} gauge");
-            let _ = writeln!(
-                out,
-                "sandtrail_agent_{name}{{host=\"{host}\"}} {}",
-                value.load(Ordering::Relaxed)
-            );
+            e.family(&format!("sandtrail_agent_{name}"), help, Kind::Gauge)
+                .sample(&[("host", host)], value.load(Ordering::Relaxed));
         }
-        out
+        e.finish()
     }
 }
 

@@ -1,10 +1,11 @@
 //! Counters of the indexer, rendered in the Prometheus text format.
 //!
 //! Plain atomics rather than a metrics crate: a dozen counters do not justify a
-//! registry, and the binary only needs text it can serve at `/metrics`. Commit time
+//! registry, and the binary only needs text it can serve at `/metrics`, written by
+//! the shared [`protocol::metrics::Exposition`]. Commit time
 //! is a histogram ([`protocol::histogram`]), so a p99 can be read from it.
 
-use std::fmt::Write;
+use protocol::metrics::{Exposition, Kind};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 #[derive(Debug, Default)]
@@ -47,129 +48,122 @@ impl Metrics {
 
     pub fn render(&self, gauges: &Gauges) -> String {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let mut out = String::new();
-        let mut line = |name: &str, kind: &str, help: &str, value: String| {
-            // Writing into a String cannot fail.
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-            );
-        };
-        line(
+        let mut e = Exposition::new();
+        e.single(
             "sandtrail_indexer_ingest_requests_total",
-            "counter",
             "Ingest requests received.",
-            get(&self.ingest_requests).to_string(),
+            Kind::Counter,
+            get(&self.ingest_requests),
         );
-        line(
+        e.single(
             "sandtrail_indexer_ingest_rejected_total",
-            "counter",
             "Ingest requests refused (bad body, bad token, too large, failed commit).",
-            get(&self.ingest_rejected).to_string(),
+            Kind::Counter,
+            get(&self.ingest_rejected),
         );
-        line(
+        e.single(
             "sandtrail_indexer_records_accepted_total",
-            "counter",
             "Records newly indexed.",
-            get(&self.records_accepted).to_string(),
+            Kind::Counter,
+            get(&self.records_accepted),
         );
-        line(
+        e.single(
             "sandtrail_indexer_records_duplicate_total",
-            "counter",
             "Records skipped because their (source, offset) was already committed.",
-            get(&self.records_duplicate).to_string(),
+            Kind::Counter,
+            get(&self.records_duplicate),
         );
-        line(
+        e.single(
             "sandtrail_indexer_commits_total",
-            "counter",
             "Tantivy commits (one per group of ingest requests).",
-            get(&self.commits).to_string(),
+            Kind::Counter,
+            get(&self.commits),
         );
-        line(
+        e.single(
             "sandtrail_indexer_commit_errors_total",
-            "counter",
             "Tantivy commits that failed and were rolled back.",
-            get(&self.commit_errors).to_string(),
+            Kind::Counter,
+            get(&self.commit_errors),
         );
-        line(
+        e.single(
             "sandtrail_indexer_searches_total",
-            "counter",
             "Search requests served.",
-            get(&self.searches).to_string(),
+            Kind::Counter,
+            get(&self.searches),
         );
-        line(
+        e.single(
             "sandtrail_indexer_search_errors_total",
-            "counter",
             "Search or histogram requests that failed.",
-            get(&self.search_errors).to_string(),
+            Kind::Counter,
+            get(&self.search_errors),
         );
-        line(
+        e.single(
             "sandtrail_indexer_histograms_total",
-            "counter",
             "Histogram requests served.",
-            get(&self.histograms).to_string(),
+            Kind::Counter,
+            get(&self.histograms),
         );
-        line(
+        e.single(
             "sandtrail_indexer_tail_dropped_total",
-            "counter",
             "Records a slow tail subscriber missed.",
-            get(&self.tail_dropped).to_string(),
+            Kind::Counter,
+            get(&self.tail_dropped),
         );
-        line(
+        e.single(
             "sandtrail_indexer_docs",
-            "gauge",
             "Documents searchable now.",
-            gauges.docs.to_string(),
+            Kind::Gauge,
+            gauges.docs,
         );
-        line(
+        e.single(
             "sandtrail_indexer_merges_pending",
-            "gauge",
             "1 while merges held back during a burst are due or running.",
-            get(&self.merges_pending).to_string(),
+            Kind::Gauge,
+            get(&self.merges_pending),
         );
-        line(
+        e.single(
             "sandtrail_indexer_wal_bytes",
-            "gauge",
             "Bytes of the ingest write-ahead log on disk (acknowledged batches not yet released by a commit).",
-            get(&self.wal_bytes).to_string(),
+            Kind::Gauge,
+            get(&self.wal_bytes),
         );
-        line(
+        e.single(
             "sandtrail_indexer_records_logged_total",
-            "counter",
             "Records acknowledged once in the write-ahead log (refresh=false), before their commit.",
-            get(&self.records_logged).to_string(),
+            Kind::Counter,
+            get(&self.records_logged),
         );
-        line(
+        e.single(
             "sandtrail_indexer_segments",
-            "gauge",
             "Tantivy segments searchable now.",
-            gauges.segments.to_string(),
+            Kind::Gauge,
+            gauges.segments,
         );
-        line(
+        e.single(
             "sandtrail_indexer_tail_subscribers",
-            "gauge",
             "Live tail subscribers.",
-            gauges.tail_subscribers.to_string(),
+            Kind::Gauge,
+            gauges.tail_subscribers,
         );
-        self.commit_seconds.render(
-            &mut out,
+        e.histogram(
             "sandtrail_indexer_commit_seconds",
             "How long Tantivy commits took.",
-            "",
+            &[],
+            &self.commit_seconds,
         );
-        self.search_seconds.render(
-            &mut out,
+        e.histogram(
             "sandtrail_indexer_search_seconds",
             "How long searches took, from their start on the blocking pool to their answer (search, histogram, fields, latency, context and Elasticsearch _search and _count).",
-            "",
+            &[],
+            &self.search_seconds,
         );
-        self.tail_delivery_seconds.render(
-            &mut out,
+        e.histogram(
             "sandtrail_indexer_tail_delivery_seconds",
             "From a record's admission by the writer to a live-tail subscriber's connection taking it.",
-            "",
+            &[],
+            &self.tail_delivery_seconds,
         );
-        out
+        e.finish()
     }
 }
 

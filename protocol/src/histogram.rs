@@ -1,7 +1,8 @@
 //! A Prometheus histogram of durations: fixed buckets, lock-free counts, rendered as
 //! `_bucket{le=...}`, `_sum` and `_count` so that Grafana and PromQL's
 //! `histogram_quantile` give a p99. Hand-written rather than a metrics crate because
-//! the rest of our exposition is hand-written text; the buckets are Prometheus's
+//! the rest of our exposition is written by our own small writer
+//! ([`crate::metrics::Exposition`], which renders these); the buckets are Prometheus's
 //! client defaults, from a millisecond to ten seconds.
 
 use std::fmt::Write;

@@ -30,28 +30,25 @@ static SHED: Mutex<BTreeMap<&'static str, u64>> = Mutex::new(BTreeMap::new());
 
 /// The counters above in the Prometheus text format.
 pub fn metrics() -> String {
-    let mut out = String::new();
-    out.push_str("# HELP sandtrail_http_refused_total Requests refused for their credentials.\n");
-    out.push_str("# TYPE sandtrail_http_refused_total counter\n");
-    out.push_str(&format!(
-        "sandtrail_http_refused_total{{status=\"401\"}} {}\n",
-        UNAUTHORIZED.load(Ordering::Relaxed)
-    ));
-    out.push_str(&format!(
-        "sandtrail_http_refused_total{{status=\"403\"}} {}\n",
-        FORBIDDEN.load(Ordering::Relaxed)
-    ));
-    out.push_str(
-        "# HELP sandtrail_http_shed_total Requests answered 429 because their class was at its concurrency limit.\n",
+    use crate::metrics::{Exposition, Kind};
+    let mut e = Exposition::new();
+    e.family(
+        "sandtrail_http_refused_total",
+        "Requests refused for their credentials.",
+        Kind::Counter,
+    )
+    .sample(&[("status", "401")], UNAUTHORIZED.load(Ordering::Relaxed))
+    .sample(&[("status", "403")], FORBIDDEN.load(Ordering::Relaxed));
+    e.family(
+        "sandtrail_http_shed_total",
+        "Requests answered 429 because their class was at its concurrency limit.",
+        Kind::Counter,
     );
-    out.push_str("# TYPE sandtrail_http_shed_total counter\n");
     let shed = SHED.lock().unwrap_or_else(|e| e.into_inner());
     for (class, n) in shed.iter() {
-        out.push_str(&format!(
-            "sandtrail_http_shed_total{{class=\"{class}\"}} {n}\n"
-        ));
+        e.sample(&[("class", class)], *n);
     }
-    out
+    e.finish()
 }
 
 /// The authenticated caller's role, put in the request's extensions by [`gate`] for

@@ -17,6 +17,7 @@ pub mod fs;
 pub mod histogram;
 #[cfg(feature = "http")]
 pub mod http;
+pub mod metrics;
 pub mod rotation;
 pub mod trace;
 pub mod wire;

@@ -39,6 +39,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use protocol::metrics::{Exposition, Kind};
 use protocol::{
     wire::LogRecordRef, Level, ServiceEndpoint, Stream as LogStream, TraceId, CALLER_TASK_HEADER,
     TOKEN_HEADER, TRACE_ID_HEADER,
@@ -222,57 +223,74 @@ impl Proxy {
     /// Prometheus text format.
     pub fn metrics(&self) -> String {
         let m = &self.inner.metrics;
-        // Escaped: a host name is configuration, and a quote would break the text.
-        let host = &protocol::histogram::escape_label(&self.inner.cfg.host);
+        // Escaped by the writer: a host name is configuration, and a quote would
+        // break the text.
+        let host = [("host", self.inner.cfg.host.as_str())];
         let g = |v: &AtomicU64| v.load(Ordering::Relaxed);
         let spans = self.inner.spans.lock().expect("span map lock").len();
-        let mut out = format!(
-            "# HELP sandtrail_router_requests_total Calls received.\n\
-             # TYPE sandtrail_router_requests_total counter\n\
-             sandtrail_router_requests_total{{host=\"{host}\"}} {}\n\
-             # HELP sandtrail_router_responses_total Responses by status class.\n\
-             # TYPE sandtrail_router_responses_total counter\n",
-            g(&m.requests)
+        let mut e = Exposition::new();
+        e.family(
+            "sandtrail_router_requests_total",
+            "Calls received.",
+            Kind::Counter,
+        )
+        .sample(&host, g(&m.requests));
+        e.family(
+            "sandtrail_router_responses_total",
+            "Responses by status class.",
+            Kind::Counter,
         );
         for (i, c) in m.by_class.iter().enumerate() {
-            out.push_str(&format!(
-                "sandtrail_router_responses_total{{host=\"{host}\",class=\"{}xx\"}} {}\n",
-                i + 1,
-                g(c)
-            ));
+            let class = format!("{}xx", i + 1);
+            e.sample(&[host[0], ("class", &class)], g(c));
         }
-        out.push_str(&format!(
-            "# HELP sandtrail_router_retries_total Calls retried on another instance after a connect failure.\n\
-             # TYPE sandtrail_router_retries_total counter\n\
-             sandtrail_router_retries_total{{host=\"{host}\"}} {}\n\
-             # HELP sandtrail_router_upstream_errors_total Calls that failed upstream (502).\n\
-             # TYPE sandtrail_router_upstream_errors_total counter\n\
-             sandtrail_router_upstream_errors_total{{host=\"{host}\"}} {}\n\
-             # HELP sandtrail_router_services_lookups_total Lookups of /v1/services sent to the control plane.\n\
-             # TYPE sandtrail_router_services_lookups_total counter\n\
-             sandtrail_router_services_lookups_total{{host=\"{host}\"}} {}\n\
-             # HELP sandtrail_router_span_map_entries Minted spans remembered for caller attribution.\n\
-             # TYPE sandtrail_router_span_map_entries gauge\n\
-             sandtrail_router_span_map_entries{{host=\"{host}\"}} {spans}\n\
-             # HELP sandtrail_router_access_records_written_total Access records appended to the access log.\n\
-             # TYPE sandtrail_router_access_records_written_total counter\n\
-             sandtrail_router_access_records_written_total{{host=\"{host}\"}} {}\n\
-             # HELP sandtrail_router_access_records_dropped_total Access records dropped because the writer fell behind or failed.\n\
-             # TYPE sandtrail_router_access_records_dropped_total counter\n\
-             sandtrail_router_access_records_dropped_total{{host=\"{host}\"}} {}\n",
-            g(&m.retries),
-            g(&m.upstream_errors),
-            g(&m.services_lookups),
-            g(&self.inner.log.written),
-            g(&self.inner.log.dropped),
-        ));
-        m.latency.render(
-            &mut out,
+        for (name, help, kind, value) in [
+            (
+                "sandtrail_router_retries_total",
+                "Calls retried on another instance after a connect failure.",
+                Kind::Counter,
+                g(&m.retries),
+            ),
+            (
+                "sandtrail_router_upstream_errors_total",
+                "Calls that failed upstream (502).",
+                Kind::Counter,
+                g(&m.upstream_errors),
+            ),
+            (
+                "sandtrail_router_services_lookups_total",
+                "Lookups of /v1/services sent to the control plane.",
+                Kind::Counter,
+                g(&m.services_lookups),
+            ),
+            (
+                "sandtrail_router_span_map_entries",
+                "Minted spans remembered for caller attribution.",
+                Kind::Gauge,
+                spans as u64,
+            ),
+            (
+                "sandtrail_router_access_records_written_total",
+                "Access records appended to the access log.",
+                Kind::Counter,
+                g(&self.inner.log.written),
+            ),
+            (
+                "sandtrail_router_access_records_dropped_total",
+                "Access records dropped because the writer fell behind or failed.",
+                Kind::Counter,
+                g(&self.inner.log.dropped),
+            ),
+        ] {
+            e.family(name, help, kind).sample(&host, value);
+        }
+        e.histogram(
             "sandtrail_router_latency_seconds",
             "Latency of completed calls, from the request to the end of the answer.",
-            &format!("host=\"{host}\""),
+            &host,
+            &m.latency,
         );
-        out
+        e.finish()
     }
 
     /// Waits until every access record queued so far is written and synced. Call it

@@ -20,6 +20,7 @@ pub mod pages;
 pub mod render;
 pub mod session;
 
+use protocol::metrics::{Exposition, Kind};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -194,35 +195,38 @@ impl Metrics {
     }
 
     fn render(&self) -> String {
-        let mut out = String::new();
-        out.push_str("# HELP sandtrail_web_requests_total Pages served by the web UI.\n");
-        out.push_str("# TYPE sandtrail_web_requests_total counter\n");
-        for page in Page::ALL {
-            out.push_str(&format!(
-                "sandtrail_web_requests_total{{page=\"{}\"}} {}\n",
-                page.label(),
-                self.pages[page as usize].load(Ordering::Relaxed)
-            ));
-        }
-        out.push_str(
-            "# HELP sandtrail_web_upstream_errors_total Failed calls to the indexer or scheduler.\n",
+        let mut e = Exposition::new();
+        e.family(
+            "sandtrail_web_requests_total",
+            "Pages served by the web UI.",
+            Kind::Counter,
         );
-        out.push_str("# TYPE sandtrail_web_upstream_errors_total counter\n");
-        out.push_str(&format!(
-            "sandtrail_web_upstream_errors_total{{upstream=\"indexer\"}} {}\n",
-            self.indexer_errors.load(Ordering::Relaxed)
-        ));
-        out.push_str(&format!(
-            "sandtrail_web_upstream_errors_total{{upstream=\"scheduler\"}} {}\n",
-            self.scheduler_errors.load(Ordering::Relaxed)
-        ));
-        out.push_str("# HELP sandtrail_web_tail_streams Live-tail streams open now.\n");
-        out.push_str("# TYPE sandtrail_web_tail_streams gauge\n");
-        out.push_str(&format!(
-            "sandtrail_web_tail_streams {}\n",
-            self.tail_streams.load(Ordering::Relaxed)
-        ));
-        out
+        for page in Page::ALL {
+            e.sample(
+                &[("page", page.label())],
+                self.pages[page as usize].load(Ordering::Relaxed),
+            );
+        }
+        e.family(
+            "sandtrail_web_upstream_errors_total",
+            "Failed calls to the indexer or scheduler.",
+            Kind::Counter,
+        )
+        .sample(
+            &[("upstream", "indexer")],
+            self.indexer_errors.load(Ordering::Relaxed),
+        )
+        .sample(
+            &[("upstream", "scheduler")],
+            self.scheduler_errors.load(Ordering::Relaxed),
+        );
+        e.single(
+            "sandtrail_web_tail_streams",
+            "Live-tail streams open now.",
+            Kind::Gauge,
+            self.tail_streams.load(Ordering::Relaxed),
+        );
+        e.finish()
     }
 }
 

@@ -1,25 +1,30 @@
 //! The control plane's metrics in the Prometheus text format, read from the state
 //! under its lock: counts are exact at the moment of the scrape, at the cost of a
-//! scrape holding the lock for a few microseconds.
+//! scrape holding the lock for a few microseconds. Written with the shared
+//! [`protocol::metrics::Exposition`].
 
 use super::*;
+use protocol::metrics::{Exposition, Kind};
 
 impl State {
     /// The scheduler's metrics in the Prometheus text format.
     pub fn metrics(&self) -> String {
-        let mut out = String::new();
-        let mut gauge = |name: &str, help: &str, kind: &str, rows: Vec<(String, u64)>| {
-            let _ = writeln!(out, "# HELP {name} {help}");
-            let _ = writeln!(out, "# TYPE {name} {kind}");
-            for (labels, v) in rows {
-                let _ = writeln!(out, "{name}{labels} {v}");
+        let mut e = Exposition::new();
+        // Rows are (state label or none, value).
+        let mut gauge = |name: &str, help: &str, kind: Kind, rows: Vec<(Option<&str>, u64)>| {
+            e.family(name, help, kind);
+            for (state, v) in rows {
+                match state {
+                    Some(state) => e.sample(&[("state", state)], v),
+                    None => e.sample(&[], v),
+                };
             }
         };
         gauge(
             "sandtrail_scheduler_apps",
             "Apps defined.",
-            "gauge",
-            vec![(String::new(), self.apps.len() as u64)],
+            Kind::Gauge,
+            vec![(None, self.apps.len() as u64)],
         );
         let live = [
             TaskState::Staging,
@@ -30,79 +35,79 @@ impl State {
         gauge(
             "sandtrail_scheduler_tasks",
             "Tasks the scheduler wants running, by state.",
-            "gauge",
+            Kind::Gauge,
             live.iter()
                 .map(|s| {
                     let n = self.tasks.values().filter(|t| t.state == *s).count() as u64;
-                    (format!("{{state=\"{}\"}}", s.as_str()), n)
+                    (Some(s.as_str()), n)
                 })
                 .collect(),
         );
         gauge(
             "sandtrail_scheduler_tasks_wanted",
             "Sum of the instances of all apps.",
-            "gauge",
+            Kind::Gauge,
             vec![(
-                String::new(),
+                None,
                 self.apps.values().map(|a| u64::from(a.def.instances)).sum(),
             )],
         );
         gauge(
             "sandtrail_scheduler_agents",
             "Registered agents, by state.",
-            "gauge",
+            Kind::Gauge,
             [AGENT_ACTIVE, AGENT_LOST]
                 .iter()
                 .map(|s| {
                     let n = self.agents.values().filter(|a| a.info.state == *s).count() as u64;
-                    (format!("{{state=\"{s}\"}}"), n)
+                    (Some(*s), n)
                 })
                 .collect(),
         );
         gauge(
             "sandtrail_scheduler_tasks_launched_total",
             "Tasks placed on an agent.",
-            "counter",
-            vec![(String::new(), self.counters.launched)],
+            Kind::Counter,
+            vec![(None, self.counters.launched)],
         );
         gauge(
             "sandtrail_scheduler_tasks_ended_total",
             "Tasks that ended on their own or were lost, by final state.",
-            "counter",
+            Kind::Counter,
             TaskState::ALL
                 .iter()
                 .filter(|s| s.is_terminal())
                 .map(|s| {
                     let n = self.counters.ended.get(s.as_str()).copied().unwrap_or(0);
-                    (format!("{{state=\"{}\"}}", s.as_str()), n)
+                    (Some(s.as_str()), n)
                 })
                 .collect(),
         );
         gauge(
             "sandtrail_scheduler_tasks_lost_total",
             "Tasks replaced because their agent went silent or stopped listing them.",
-            "counter",
-            vec![(String::new(), self.counters.lost)],
+            Kind::Counter,
+            vec![(None, self.counters.lost)],
         );
         gauge(
             "sandtrail_scheduler_tasks_adopted_total",
             "Running tasks taken over from a node's report.",
-            "counter",
-            vec![(String::new(), self.counters.adopted)],
+            Kind::Counter,
+            vec![(None, self.counters.adopted)],
         );
         gauge(
             "sandtrail_scheduler_tasks_killed_total",
             "Tasks the scheduler stopped wanting (scale down, update, delete).",
-            "counter",
-            vec![(String::new(), self.counters.killed)],
+            Kind::Counter,
+            vec![(None, self.counters.killed)],
         );
         gauge(
             "sandtrail_scheduler_heartbeats_total",
             "Agent heartbeats handled.",
-            "counter",
-            vec![(String::new(), self.counters.heartbeats)],
+            Kind::Counter,
+            vec![(None, self.counters.heartbeats)],
         );
-        out
+        e.finish()
     }
 }
 

@@ -50,7 +50,6 @@ use protocol::{
 };
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 use store::Saved;
 use tokio::sync::{broadcast, watch};

@@ -14,6 +14,7 @@
 
 use super::zone::{Zone, MAX_UDP_PAYLOAD};
 use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
+use protocol::metrics::{Exposition, Kind};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -58,9 +59,11 @@ impl DnsCounters {
 
     /// The counters in the Prometheus text format.
     pub fn metrics(&self) -> String {
-        let mut out = String::from(
-            "# HELP sandtrail_dns_queries_total DNS queries answered, by response code.\n\
-             # TYPE sandtrail_dns_queries_total counter\n",
+        let mut e = Exposition::new();
+        e.family(
+            "sandtrail_dns_queries_total",
+            "DNS queries answered, by response code.",
+            Kind::Counter,
         );
         for (rcode, c) in [
             ("noerror", &self.answered),
@@ -68,18 +71,15 @@ impl DnsCounters {
             ("refused", &self.refused),
             ("formerr", &self.malformed),
         ] {
-            out.push_str(&format!(
-                "sandtrail_dns_queries_total{{rcode=\"{rcode}\"}} {}\n",
-                c.load(Ordering::Relaxed)
-            ));
+            e.sample(&[("rcode", rcode)], c.load(Ordering::Relaxed));
         }
-        out.push_str(&format!(
-            "# HELP sandtrail_dns_truncated_total UDP answers truncated (the client retries over TCP).\n\
-             # TYPE sandtrail_dns_truncated_total counter\n\
-             sandtrail_dns_truncated_total {}\n",
-            self.truncated.load(Ordering::Relaxed)
-        ));
-        out
+        e.single(
+            "sandtrail_dns_truncated_total",
+            "UDP answers truncated (the client retries over TCP).",
+            Kind::Counter,
+            self.truncated.load(Ordering::Relaxed),
+        );
+        e.finish()
     }
 }
 
@@ -268,4 +268,30 @@ fn respond(
     }
     counters.truncated.fetch_add(1, Ordering::Relaxed);
     resp.truncate().to_vec().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_count_queries_by_rcode() {
+        let c = DnsCounters::default();
+        c.nxdomain.fetch_add(2, Ordering::Relaxed);
+        c.truncated.fetch_add(1, Ordering::Relaxed);
+        let text = c.metrics();
+        assert_eq!(
+            text.matches("# TYPE sandtrail_dns_queries_total counter\n")
+                .count(),
+            1,
+            "{text}"
+        );
+        for want in [
+            "sandtrail_dns_queries_total{rcode=\"nxdomain\"} 2\n",
+            "sandtrail_dns_queries_total{rcode=\"noerror\"} 0\n",
+            "sandtrail_dns_truncated_total 1\n",
+        ] {
+            assert!(text.contains(want), "{want} in {text}");
+        }
+    }
 }

@@ -61,6 +61,7 @@ use cgroup::MemoryLimits;
 use gc::{mark_finished, sweep_sandboxes};
 use health::{check_status, run_check, secs, HealthTarget};
 use logger::Rotation;
+use protocol::metrics::{Exposition, Kind};
 use task_user::{Plan, TaskUser, UidClaims};
 
 /// Default of [`NodeConfig::log_budget_bytes`].
@@ -440,42 +441,60 @@ impl Node {
             .running
             .len();
         // `host`, the one label name for a host across every family (the shipper's
-        // and the router's too), escaped: a node name is configuration.
-        let name = &protocol::histogram::escape_label(&self.inner.cfg.name);
+        // and the router's too), escaped by the writer: a node name is configuration.
+        let host = [("host", self.inner.cfg.name.as_str())];
         let g = |v: &AtomicU64| v.load(Ordering::Relaxed);
-        format!(
-            "# HELP sandtrail_node_tasks_running Tasks currently running on this node.\n\
-             # TYPE sandtrail_node_tasks_running gauge\n\
-             sandtrail_node_tasks_running{{host=\"{name}\"}} {running}\n\
-             # HELP sandtrail_node_tasks_launched_total Tasks started.\n\
-             # TYPE sandtrail_node_tasks_launched_total counter\n\
-             sandtrail_node_tasks_launched_total{{host=\"{name}\"}} {}\n\
-             # HELP sandtrail_node_launch_failures_total Tasks that could not be started.\n\
-             # TYPE sandtrail_node_launch_failures_total counter\n\
-             sandtrail_node_launch_failures_total{{host=\"{name}\"}} {}\n\
-             # HELP sandtrail_node_task_exits_total Task exits by final state.\n\
-             # TYPE sandtrail_node_task_exits_total counter\n\
-             sandtrail_node_task_exits_total{{host=\"{name}\",state=\"{TASK_FINISHED}\"}} {}\n\
-             sandtrail_node_task_exits_total{{host=\"{name}\",state=\"{TASK_FAILED}\"}} {}\n\
-             sandtrail_node_task_exits_total{{host=\"{name}\",state=\"{TASK_KILLED}\"}} {}\n\
-             # HELP sandtrail_node_heartbeats_total Successful heartbeats.\n\
-             # TYPE sandtrail_node_heartbeats_total counter\n\
-             sandtrail_node_heartbeats_total{{host=\"{name}\"}} {}\n\
-             # HELP sandtrail_node_heartbeat_failures_total Heartbeats that failed.\n\
-             # TYPE sandtrail_node_heartbeat_failures_total counter\n\
-             sandtrail_node_heartbeat_failures_total{{host=\"{name}\"}} {}\n\
-             # HELP sandtrail_node_registrations_total Successful registrations.\n\
-             # TYPE sandtrail_node_registrations_total counter\n\
-             sandtrail_node_registrations_total{{host=\"{name}\"}} {}\n",
-            g(&m.launched),
-            g(&m.launch_failures),
-            g(&m.finished),
-            g(&m.failed),
-            g(&m.killed),
-            g(&m.heartbeats),
-            g(&m.heartbeat_failures),
-            g(&m.registrations),
-        ) + &self.limits_and_gc_metrics()
+        let mut e = Exposition::new();
+        e.family(
+            "sandtrail_node_tasks_running",
+            "Tasks currently running on this node.",
+            Kind::Gauge,
+        )
+        .sample(&host, running);
+        e.family(
+            "sandtrail_node_tasks_launched_total",
+            "Tasks started.",
+            Kind::Counter,
+        )
+        .sample(&host, g(&m.launched));
+        e.family(
+            "sandtrail_node_launch_failures_total",
+            "Tasks that could not be started.",
+            Kind::Counter,
+        )
+        .sample(&host, g(&m.launch_failures));
+        e.family(
+            "sandtrail_node_task_exits_total",
+            "Task exits by final state.",
+            Kind::Counter,
+        );
+        for (state, n) in [
+            (TASK_FINISHED, &m.finished),
+            (TASK_FAILED, &m.failed),
+            (TASK_KILLED, &m.killed),
+        ] {
+            e.sample(&[host[0], ("state", state)], g(n));
+        }
+        e.family(
+            "sandtrail_node_heartbeats_total",
+            "Successful heartbeats.",
+            Kind::Counter,
+        )
+        .sample(&host, g(&m.heartbeats));
+        e.family(
+            "sandtrail_node_heartbeat_failures_total",
+            "Heartbeats that failed.",
+            Kind::Counter,
+        )
+        .sample(&host, g(&m.heartbeat_failures));
+        e.family(
+            "sandtrail_node_registrations_total",
+            "Successful registrations.",
+            Kind::Counter,
+        )
+        .sample(&host, g(&m.registrations));
+        self.limits_and_gc_metrics(&mut e);
+        e.finish()
     }
 }
 
@@ -1239,28 +1258,34 @@ impl Node {
         &self.inner.memory
     }
 
-    fn limits_and_gc_metrics(&self) -> String {
+    fn limits_and_gc_metrics(&self, e: &mut Exposition) {
         let m = &self.inner.metrics;
-        let name = &protocol::histogram::escape_label(&self.inner.cfg.name);
+        let host = [("host", self.inner.cfg.name.as_str())];
         let g = |v: &AtomicU64| v.load(Ordering::Relaxed);
-        format!(
-            "# HELP sandtrail_node_memory_limits_enforced Whether tasks run under cgroup v2 memory limits (1) or unlimited (0, the agent log says why).\n\
-             # TYPE sandtrail_node_memory_limits_enforced gauge\n\
-             sandtrail_node_memory_limits_enforced{{host=\"{name}\"}} {}\n\
-             # HELP sandtrail_node_oom_kills_total Tasks that failed because they exceeded their memory limit.\n\
-             # TYPE sandtrail_node_oom_kills_total counter\n\
-             sandtrail_node_oom_kills_total{{host=\"{name}\"}} {}\n\
-             # HELP sandtrail_node_sandboxes_collected_total Finished sandboxes removed after the GC delay.\n\
-             # TYPE sandtrail_node_sandboxes_collected_total counter\n\
-             sandtrail_node_sandboxes_collected_total{{host=\"{name}\"}} {}\n\
-             # HELP sandtrail_node_sandboxes_unshipped Finished sandboxes past the GC delay kept because the shipper has not read them to the end.\n\
-             # TYPE sandtrail_node_sandboxes_unshipped gauge\n\
-             sandtrail_node_sandboxes_unshipped{{host=\"{name}\"}} {}\n",
-            u8::from(self.inner.memory.enforced()),
-            g(&m.oom_kills),
-            g(&m.sandboxes_collected),
-            g(&m.sandboxes_unshipped),
+        e.family(
+            "sandtrail_node_memory_limits_enforced",
+            "Whether tasks run under cgroup v2 memory limits (1) or unlimited (0, the agent log says why).",
+            Kind::Gauge,
         )
+        .sample(&host, u8::from(self.inner.memory.enforced()));
+        e.family(
+            "sandtrail_node_oom_kills_total",
+            "Tasks that failed because they exceeded their memory limit.",
+            Kind::Counter,
+        )
+        .sample(&host, g(&m.oom_kills));
+        e.family(
+            "sandtrail_node_sandboxes_collected_total",
+            "Finished sandboxes removed after the GC delay.",
+            Kind::Counter,
+        )
+        .sample(&host, g(&m.sandboxes_collected));
+        e.family(
+            "sandtrail_node_sandboxes_unshipped",
+            "Finished sandboxes past the GC delay kept because the shipper has not read them to the end.",
+            Kind::Gauge,
+        )
+        .sample(&host, g(&m.sandboxes_unshipped));
     }
 }
 
