@@ -326,7 +326,7 @@ impl Printed {
 }
 
 fn tail_matches(a: &TailArgs, r: &LogRecord) -> bool {
-    a.apps.is_empty() || a.apps.iter().any(|app| *app == r.app)
+    a.apps.is_empty() || a.apps.contains(&r.app)
 }
 
 fn emit(a: &TailArgs, printed: &mut Printed, r: &LogRecord) -> anyhow::Result<()> {
