@@ -479,3 +479,35 @@ pub async fn trace(server: &ServerArgs, id: &str) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(secs: i64, offset: u64, msg: &str) -> LogRecord {
+        let ts = chrono::DateTime::from_timestamp(1_800_000_000 + secs, 0).unwrap();
+        let meta = protocol::TaskMeta {
+            host: "h".into(),
+            app: "a".into(),
+            task: "a.1".into(),
+            instance: 1,
+            ports: vec![],
+        };
+        let mut r = LogRecord::new(ts, &meta, Stream::Stdout, msg);
+        r.source = "/logs/a".into();
+        r.offset = offset;
+        r
+    }
+
+    #[test]
+    fn a_record_is_printed_once_and_forgotten_outside_the_window() {
+        let mut p = Printed::new();
+        assert!(p.first(&rec(0, 1, "x")));
+        assert!(!p.first(&rec(0, 1, "x")), "the same record twice");
+        assert!(p.first(&rec(0, 2, "x")), "another offset is another record");
+        assert!(p.first(&rec(0, 0, "y")), "no source: told apart by message");
+        // Far later: the old keys are dropped, bounding memory.
+        assert!(p.first(&rec(SEEN_WINDOW.num_seconds() + 10, 3, "z")));
+        assert_eq!(p.keys.len(), 1);
+    }
+}
