@@ -2,7 +2,10 @@
 //!
 //! They speak the same HTTP contracts as the web UI and any other client, so they
 //! double as living documentation of those contracts. Output is plain text meant for
-//! people and `grep`, not a stable machine format (use the JSON APIs for that).
+//! people and `grep` unless `-o json|ndjson` asks for the records as the API gives them.
+//! `tail` reconnects when its stream drops and catches up with a search from shortly
+//! before the last record it printed; the stream carries no event ids, so records seen
+//! twice are told apart by source, offset, task, time and message (a bounded window).
 
 use anyhow::{bail, Context};
 use clap::Args;
@@ -122,16 +125,39 @@ fn print_record(r: &LogRecord) {
     );
 }
 
-async fn search_once(
+/// How `search` and `tail` print records.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Output {
+    /// One line per record for people and `grep`.
+    #[default]
+    Text,
+    /// `search`: the API's answer (all pages merged with `--all`); `tail`: as ndjson.
+    Json,
+    /// One JSON record per line.
+    Ndjson,
+}
+
+async fn search_page(
     server: &ServerArgs,
     q: &str,
     start: &str,
+    end: &str,
     limit: usize,
+    cursor: Option<&str>,
 ) -> anyhow::Result<SearchResponse> {
+    let mut params = vec![
+        ("q", q.to_string()),
+        ("start", start.to_string()),
+        ("end", end.to_string()),
+        ("limit", limit.to_string()),
+    ];
+    if let Some(c) = cursor {
+        params.push(("cursor", c.to_string()));
+    }
     let resp = server
         .client()?
         .get(server.url("/api/v1/search"))
-        .query(&[("q", q), ("start", start), ("limit", &limit.to_string())])
+        .query(&params)
         .send()
         .await
         .context("cannot reach the indexer")?;
@@ -141,47 +167,289 @@ async fn search_once(
     Ok(resp.json().await?)
 }
 
-pub async fn search(server: &ServerArgs, q: &str, since: &str, limit: usize) -> anyhow::Result<()> {
+async fn search_once(
+    server: &ServerArgs,
+    q: &str,
+    start: &str,
+    limit: usize,
+) -> anyhow::Result<SearchResponse> {
+    search_page(server, q, start, "", limit, None).await
+}
+
+/// `--since 15m` as the API's relative start (`now-15m`).
+fn since_start(since: &str) -> anyhow::Result<String> {
     let since = since.trim();
     if since.is_empty() || !since.chars().next().unwrap().is_ascii_digit() {
         bail!("--since {since:?}: expected a duration like 5m, 15m, 1h, 24h or 7d");
     }
-    let res = search_once(server, q, &format!("now-{since}"), limit).await?;
-    // Oldest at the bottom is what a terminal reader expects, like `tail`.
-    for r in res.hits.iter().rev() {
-        print_record(r);
-    }
-    eprintln!("{} of {} matches", res.hits.len(), res.total);
+    Ok(format!("now-{since}"))
+}
+
+/// What `sandtrail search` was asked.
+#[derive(Debug, Clone)]
+pub struct SearchArgs {
+    pub query: String,
+    pub since: String,
+    /// Overrides `since`; RFC 3339 or relative (`now-1h`), as the API's `start`.
+    pub from: Option<String>,
+    /// RFC 3339 or relative, as the API's `end`; default now.
+    pub to: Option<String>,
+    /// Per page.
+    pub limit: usize,
+    pub all: bool,
+    pub output: Output,
+}
+
+fn print_json_line(r: &LogRecord) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string(r)?);
     Ok(())
 }
 
-pub async fn tail(server: &ServerArgs, app: &str) -> anyhow::Result<()> {
-    let resp = server
-        .client()?
-        .get(server.url("/api/v1/tail"))
-        .query(&[("q", format!("app:{app}"))])
-        .send()
-        .await
-        .context("cannot reach the indexer")?;
-    if !resp.status().is_success() {
-        return Err(error_of(resp).await);
-    }
-    let mut body = resp.bytes_stream();
-    let mut buf = Vec::new();
-    while let Some(chunk) = body.next().await {
-        buf.extend_from_slice(&chunk?);
-        while let Some(pos) = buf.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = buf.drain(..=pos).collect();
-            let line = String::from_utf8_lossy(&line);
-            if let Some(data) = line.trim_end().strip_prefix("data:") {
-                match serde_json::from_str::<LogRecord>(data.trim()) {
-                    Ok(r) => print_record(&r),
-                    Err(_) => eprintln!("{}", data.trim()),
+pub async fn search(server: &ServerArgs, a: &SearchArgs) -> anyhow::Result<()> {
+    let start = match &a.from {
+        Some(f) => f.clone(),
+        None => since_start(&a.since)?,
+    };
+    let end = a.to.clone().unwrap_or_default();
+    let mut res = search_page(server, &a.query, &start, &end, a.limit, None).await?;
+    let total = res.total;
+    let mut shown = 0usize;
+    // json prints one document, so it gathers every page; the others print a page at
+    // a time, so `--all` over a large range streams instead of filling memory.
+    let mut gathered: Vec<LogRecord> = Vec::new();
+    loop {
+        let next = res.next.take();
+        shown += res.hits.len();
+        match a.output {
+            // Oldest at the bottom is what a terminal reader expects, like `tail`;
+            // with `--all` each page is still printed oldest last within the page.
+            Output::Text => {
+                for r in res.hits.iter().rev() {
+                    print_record(r);
                 }
+            }
+            Output::Ndjson => {
+                for r in &res.hits {
+                    print_json_line(r)?;
+                }
+            }
+            Output::Json => gathered.append(&mut res.hits),
+        }
+        match next {
+            Some(cursor) if a.all => {
+                res = search_page(server, &a.query, &start, &end, a.limit, Some(&cursor)).await?;
+            }
+            other => {
+                if a.output == Output::Json {
+                    let body = SearchResponse {
+                        total,
+                        hits: gathered,
+                        next: other,
+                    };
+                    println!("{}", serde_json::to_string_pretty(&body)?);
+                }
+                break;
             }
         }
     }
+    if a.output == Output::Text {
+        eprintln!("{shown} of {total} matches");
+    }
     Ok(())
+}
+
+/// What `sandtrail tail` was asked.
+#[derive(Debug, Clone)]
+pub struct TailArgs {
+    /// Apps to follow; empty means every app (narrowed by `query`).
+    pub apps: Vec<String>,
+    /// A tail filter (`level:error timeout`), ANDed with the apps.
+    pub query: String,
+    /// Print the lines of this last stretch (`5m`) before following.
+    pub since: Option<String>,
+    pub output: Output,
+}
+
+/// Identifies a record across a reconnect: the tail stream sends no event ids, so
+/// records are told apart by where they were read (source and offset) plus what the
+/// shipper stamped on them, which also separates records ingested without a source.
+type Seen = (String, u64, String, i64, u64);
+
+fn seen_key(r: &LogRecord) -> Seen {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    r.msg.hash(&mut h);
+    (
+        r.source.clone(),
+        r.offset,
+        r.task.clone(),
+        r.ts.timestamp_nanos_opt().unwrap_or_default(),
+        h.finish(),
+    )
+}
+
+/// Remembers what was printed recently, so the catch-up search after a reconnect
+/// prints only what the broken stream missed. Bounded: keys older than the newest
+/// seen minus [`SEEN_WINDOW`] are forgotten, and the catch-up never looks further back.
+struct Printed {
+    keys: std::collections::HashSet<Seen>,
+    order: std::collections::VecDeque<(chrono::DateTime<chrono::Utc>, Seen)>,
+    newest: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+const SEEN_WINDOW: chrono::TimeDelta = chrono::TimeDelta::seconds(120);
+
+impl Printed {
+    fn new() -> Self {
+        Printed {
+            keys: Default::default(),
+            order: Default::default(),
+            newest: None,
+        }
+    }
+
+    /// True the first time a record is offered.
+    fn first(&mut self, r: &LogRecord) -> bool {
+        let key = seen_key(r);
+        if !self.keys.insert(key.clone()) {
+            return false;
+        }
+        self.order.push_back((r.ts, key));
+        self.newest = Some(self.newest.map_or(r.ts, |n| n.max(r.ts)));
+        let horizon = self.newest.unwrap() - SEEN_WINDOW;
+        while self.order.len() > 1 && self.order.front().is_some_and(|(t, _)| *t < horizon) {
+            let (_, k) = self.order.pop_front().unwrap();
+            self.keys.remove(&k);
+        }
+        true
+    }
+}
+
+fn tail_matches(a: &TailArgs, r: &LogRecord) -> bool {
+    a.apps.is_empty() || a.apps.contains(&r.app)
+}
+
+fn emit(a: &TailArgs, printed: &mut Printed, r: &LogRecord) -> anyhow::Result<()> {
+    if !tail_matches(a, r) || !printed.first(r) {
+        return Ok(());
+    }
+    match a.output {
+        Output::Text => print_record(r),
+        Output::Json | Output::Ndjson => print_json_line(r)?,
+    }
+    Ok(())
+}
+
+/// Prints, oldest first, what matched from `start` on and was not printed yet.
+/// The search language is not the tail filter's, but `app:x` and plain words mean
+/// the same in both; the apps are checked here, as for the stream.
+async fn catch_up(
+    server: &ServerArgs,
+    a: &TailArgs,
+    printed: &mut Printed,
+    start: &str,
+) -> anyhow::Result<()> {
+    let q = search_query_of(a);
+    let mut cursor: Option<String> = None;
+    let mut found = Vec::new();
+    loop {
+        let res = search_page(server, &q, start, "", 1000, cursor.as_deref()).await?;
+        found.extend(res.hits);
+        match res.next {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    for r in found.iter().rev() {
+        emit(a, printed, r)?;
+    }
+    Ok(())
+}
+
+/// The filter sent to the indexer (stream and catch-up alike): one app is filtered
+/// there; several by this client, as the tail filter has no OR.
+fn search_query_of(a: &TailArgs) -> String {
+    match a.apps.as_slice() {
+        [one] => format!("app:{one} {}", a.query).trim().to_string(),
+        _ => a.query.clone(),
+    }
+}
+
+pub async fn tail(server: &ServerArgs, a: &TailArgs) -> anyhow::Result<()> {
+    let mut printed = Printed::new();
+    let first_start = match &a.since {
+        Some(s) => Some(since_start(s)?),
+        None => None,
+    };
+    let mut backoff = std::time::Duration::from_millis(200);
+    let mut connected_once = false;
+    loop {
+        let resp = server
+            .client()?
+            .get(server.url("/api/v1/tail"))
+            .query(&[("q", search_query_of(a))])
+            .send()
+            .await;
+        let resp = match resp {
+            Ok(r) if r.status().is_success() => r,
+            // A refused filter or token will not get better by retrying.
+            Ok(r) if r.status().is_client_error() => return Err(error_of(r).await),
+            Ok(r) => {
+                eprintln!("tail: {}; reconnecting in {backoff:?}", error_of(r).await);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+                continue;
+            }
+            Err(e) if !connected_once => {
+                return Err(anyhow::Error::new(e).context("cannot reach the indexer"));
+            }
+            Err(e) => {
+                eprintln!("tail: cannot reach the indexer ({e}); reconnecting in {backoff:?}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+                continue;
+            }
+        };
+        // Subscribed before catching up, so nothing falls between the search and the
+        // stream; what both deliver is printed once.
+        let start = if connected_once {
+            printed
+                .newest
+                .map(|n| (n - SEEN_WINDOW / 2).to_rfc3339_opts(chrono::SecondsFormat::Nanos, true))
+        } else {
+            first_start.clone()
+        };
+        connected_once = true;
+        if let Some(start) = start {
+            if let Err(e) = catch_up(server, a, &mut printed, &start).await {
+                eprintln!("tail: catching up failed: {e:#}");
+            }
+        }
+        let mut body = resp.bytes_stream();
+        let mut buf = Vec::new();
+        let mut got_any = false;
+        while let Some(chunk) = body.next().await {
+            let Ok(chunk) = chunk else { break };
+            if !got_any {
+                got_any = true;
+                backoff = std::time::Duration::from_millis(200);
+            }
+            buf.extend_from_slice(&chunk);
+            while let Some(pos) = buf.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = buf.drain(..=pos).collect();
+                let line = String::from_utf8_lossy(&line);
+                if let Some(data) = line.trim_end().strip_prefix("data:") {
+                    match serde_json::from_str::<LogRecord>(data.trim()) {
+                        Ok(r) => emit(a, &mut printed, &r)?,
+                        Err(_) => eprintln!("{}", data.trim()),
+                    }
+                }
+            }
+        }
+        eprintln!("tail: the stream ended; reconnecting in {backoff:?}");
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+    }
 }
 
 pub async fn trace(server: &ServerArgs, id: &str) -> anyhow::Result<()> {
@@ -210,4 +478,36 @@ pub async fn trace(server: &ServerArgs, id: &str) -> anyhow::Result<()> {
         print_record(r);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(secs: i64, offset: u64, msg: &str) -> LogRecord {
+        let ts = chrono::DateTime::from_timestamp(1_800_000_000 + secs, 0).unwrap();
+        let meta = protocol::TaskMeta {
+            host: "h".into(),
+            app: "a".into(),
+            task: "a.1".into(),
+            instance: 1,
+            ports: vec![],
+        };
+        let mut r = LogRecord::new(ts, &meta, Stream::Stdout, msg);
+        r.source = "/logs/a".into();
+        r.offset = offset;
+        r
+    }
+
+    #[test]
+    fn a_record_is_printed_once_and_forgotten_outside_the_window() {
+        let mut p = Printed::new();
+        assert!(p.first(&rec(0, 1, "x")));
+        assert!(!p.first(&rec(0, 1, "x")), "the same record twice");
+        assert!(p.first(&rec(0, 2, "x")), "another offset is another record");
+        assert!(p.first(&rec(0, 0, "y")), "no source: told apart by message");
+        // Far later: the old keys are dropped, bounding memory.
+        assert!(p.first(&rec(SEEN_WINDOW.num_seconds() + 10, 3, "z")));
+        assert_eq!(p.keys.len(), 1);
+    }
 }

@@ -151,17 +151,40 @@ enum Command {
     /// Search logs, newest first.
     Search {
         query: String,
-        /// How far back to look: 5m, 15m, 1h, 24h, 7d.
+        /// How far back to look: 5m, 15m, 1h, 24h, 7d (ignored with --from).
         #[arg(long, default_value = "15m")]
         since: String,
+        /// Start of the range: RFC 3339 (2026-12-05T10:00:00Z) or relative (now-1h).
+        #[arg(long)]
+        from: Option<String>,
+        /// End of the range, as --from; default now.
+        #[arg(long)]
+        to: Option<String>,
+        /// Records per page.
         #[arg(long, default_value_t = 50)]
         limit: usize,
+        /// Follow the `next` cursor to the last page.
+        #[arg(long)]
+        all: bool,
+        /// text (oldest at the bottom), json (the API's answer) or ndjson (a record a line).
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = client::Output::Text)]
+        output: client::Output,
         #[command(flatten)]
         server: client::ServerArgs,
     },
-    /// Follow the logs of one app's instances live.
+    /// Follow the logs of apps' instances live, reconnecting when the stream drops.
     Tail {
-        app: String,
+        /// Apps to follow (none: every app, narrowed by --query).
+        apps: Vec<String>,
+        /// Tail filter, ANDed: `level:error timeout -host:node-2`.
+        #[arg(long, short = 'q', default_value = "")]
+        query: String,
+        /// Print the lines of this last stretch first: 5m, 1h.
+        #[arg(long)]
+        since: Option<String>,
+        /// text, or json / ndjson (a record a line).
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = client::Output::Text)]
+        output: client::Output,
         #[command(flatten)]
         server: client::ServerArgs,
     },
@@ -401,11 +424,38 @@ async fn main() -> anyhow::Result<()> {
         Command::Search {
             query,
             since,
+            from,
+            to,
             limit,
+            all,
+            output,
             server,
-        } => client::search(&config::client(server, &cfg, token), &query, &since, limit).await,
-        Command::Tail { app, server } => {
-            client::tail(&config::client(server, &cfg, token), &app).await
+        } => {
+            let args = client::SearchArgs {
+                query,
+                since,
+                from,
+                to,
+                limit,
+                all,
+                output,
+            };
+            client::search(&config::client(server, &cfg, token), &args).await
+        }
+        Command::Tail {
+            apps,
+            query,
+            since,
+            output,
+            server,
+        } => {
+            let args = client::TailArgs {
+                apps,
+                query,
+                since,
+                output,
+            };
+            client::tail(&config::client(server, &cfg, token), &args).await
         }
         Command::Trace { id, server } => {
             client::trace(&config::client(server, &cfg, token), &id).await
