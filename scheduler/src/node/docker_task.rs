@@ -297,24 +297,9 @@ impl Inner {
         let Some(docker) = self.docker.clone() else {
             return;
         };
-        for (index, check) in spec.health_checks.iter().enumerate() {
-            let target = HealthTarget {
-                task: spec.task.clone(),
-                started: std::time::Instant::now(),
-                index,
-                check: check.clone(),
-                address: self.cfg.address.clone(),
-                ports: ports.to_vec(),
-                sandbox: dir.to_path_buf(),
-                env: container_env(&self.cfg, spec, ports),
-                user: None,
-                container: Some((Arc::clone(&docker), id.to_string())),
-            };
-            let inner = Arc::clone(self);
-            let stop = kill.clone();
-            self.tracker
-                .spawn(async move { inner.check_health(target, stop).await });
-        }
+        let env = container_env(&self.cfg, spec, ports);
+        let container = Some((docker, id.to_string()));
+        self.spawn_checkers(spec, ports, dir, env, None, container, kill);
     }
 
     /// Watches a container until it stops (or stops it on a kill request, SIGKILL

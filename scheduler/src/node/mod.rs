@@ -1123,6 +1123,23 @@ impl Inner {
         user: Option<&TaskUser>,
         kill: &CancellationToken,
     ) {
+        let env = full_env(user, dir, spec, env);
+        self.spawn_checkers(spec, ports, dir, env, user.cloned(), None, kill);
+    }
+
+    /// The checkers of a process or container task (`container` set: COMMAND
+    /// checks run inside it), the environment computed once for all of them.
+    #[allow(clippy::too_many_arguments)]
+    fn spawn_checkers(
+        self: &Arc<Self>,
+        spec: &TaskSpec,
+        ports: &[u16],
+        dir: &Path,
+        env: Vec<(String, String)>,
+        user: Option<TaskUser>,
+        container: Option<(Arc<docker::Docker>, String)>,
+        kill: &CancellationToken,
+    ) {
         for (index, check) in spec.health_checks.iter().enumerate() {
             let target = HealthTarget {
                 task: spec.task.clone(),
@@ -1132,9 +1149,9 @@ impl Inner {
                 address: self.cfg.address.clone(),
                 ports: ports.to_vec(),
                 sandbox: dir.to_path_buf(),
-                env: full_env(user, dir, spec, env),
-                user: user.cloned(),
-                container: None,
+                env: env.clone(),
+                user: user.clone(),
+                container: container.clone(),
             };
             let inner = Arc::clone(self);
             let stop = kill.clone();
