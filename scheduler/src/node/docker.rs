@@ -49,6 +49,9 @@ pub const LABEL_TASK: &str = "sandtrail.task";
 pub const LABEL_APP: &str = "sandtrail.app";
 pub const LABEL_HOST: &str = "sandtrail.host";
 pub const LABEL_INSTANCE: &str = "sandtrail.instance";
+/// The app's `taskKillGracePeriodSeconds`, so that a node adopting the container
+/// after a restart stops it with the app's grace rather than its default.
+pub const LABEL_KILL_GRACE: &str = "sandtrail.kill-grace-seconds";
 /// Longest an ordinary API call may take (a pull or a wait has none).
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest answer body read from the engine.
@@ -522,6 +525,9 @@ pub fn create_body(l: &Launch<'_>) -> Value {
     labels.insert(LABEL_APP.into(), spec.app.clone().into());
     labels.insert(LABEL_HOST.into(), l.host.into());
     labels.insert(LABEL_INSTANCE.into(), spec.instance.to_string().into());
+    if let Some(g) = spec.kill_grace_seconds.filter(|g| g.is_finite() && *g >= 0.0) {
+        labels.insert(LABEL_KILL_GRACE.into(), g.to_string().into());
+    }
     let mut env: Vec<String> = l.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
     let mut config = serde_json::Map::new();
     config.insert("Image".into(), d.image.clone().into());
@@ -860,6 +866,7 @@ mod tests {
             task: "web.1".into(),
             instance: 2,
             mem: Some(64.0),
+            kill_grace_seconds: Some(2.5),
             cpus: Some(0.5),
             user: Some("nobody".into()),
             ..TaskSpec::default()
@@ -881,6 +888,7 @@ mod tests {
         assert_eq!(body["Env"], json!(["PORT0=31000"]));
         assert_eq!(body["Labels"][LABEL_TASK], "web.1");
         assert_eq!(body["Labels"][LABEL_INSTANCE], "2");
+        assert_eq!(body["Labels"][LABEL_KILL_GRACE], "2.5");
         assert_eq!(body["Labels"]["team"], "a");
         let h = &body["HostConfig"];
         assert_eq!(h["Memory"], 64u64 << 20);

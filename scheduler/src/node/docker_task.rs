@@ -11,7 +11,7 @@
 
 use super::docker::{
     container_name, create_body, spawn_pump, ContainerState, Docker, Launch, LABEL_APP, LABEL_HOST,
-    LABEL_INSTANCE, LABEL_TASK, SANDBOX_MOUNT,
+    LABEL_INSTANCE, LABEL_KILL_GRACE, LABEL_TASK, SANDBOX_MOUNT,
 };
 use super::*;
 use protocol::DockerSpec;
@@ -52,6 +52,16 @@ pub(super) fn container_env(
         env.push((k, v));
     }
     env
+}
+
+/// The kill grace of an adopted container: the app's `taskKillGracePeriodSeconds`
+/// from its label, else the node's default (a container labelled by an older node).
+fn adopted_grace(state: &ContainerState, default: Duration) -> Duration {
+    state
+        .labels
+        .get(LABEL_KILL_GRACE)
+        .and_then(|g| g.parse::<f64>().ok())
+        .map_or(default, health::secs)
 }
 
 /// Marathon's report of a container's end.
@@ -457,7 +467,7 @@ impl Inner {
                     container: Some(id.clone()),
                 },
             );
-            let grace = self.cfg.kill_grace;
+            let grace = adopted_grace(&state, self.cfg.kill_grace);
             self.watch_container(app, task, instance, id, dir, kill, grace);
         }
     }
@@ -524,6 +534,21 @@ mod tests {
         let r = container_report("a", "a.1", Some(&s(143, false)), true);
         assert_eq!(r.state, TASK_KILLED);
         assert_eq!(container_report("a", "a.1", None, false).state, TASK_FAILED);
+    }
+
+    /// Regression (issue 19 review): an adopted container was stopped with the
+    /// node's default grace, not its app's `taskKillGracePeriodSeconds`.
+    #[test]
+    fn an_adopted_container_keeps_its_apps_kill_grace() {
+        let default = Duration::from_secs(5);
+        let mut s = ContainerState::default();
+        assert_eq!(adopted_grace(&s, default), default, "no label: the default");
+        s.labels.insert(LABEL_KILL_GRACE.into(), "30".into());
+        assert_eq!(adopted_grace(&s, default), Duration::from_secs(30));
+        s.labels.insert(LABEL_KILL_GRACE.into(), "0.5".into());
+        assert_eq!(adopted_grace(&s, default), Duration::from_millis(500));
+        s.labels.insert(LABEL_KILL_GRACE.into(), "soon".into());
+        assert_eq!(adopted_grace(&s, default), default, "unreadable: the default");
     }
 
     #[test]
