@@ -114,9 +114,14 @@ struct Running {
 }
 
 fn start(work: &Path, url: &str) -> Running {
+    start_with(work, url, "unix:///var/run/docker.sock")
+}
+
+/// A node on the engine at `docker`, heartbeating to `url` every 100 ms.
+fn start_with(work: &Path, url: &str, docker: &str) -> Running {
     let mut cfg = NodeConfig::new("dock-node", work, url);
     cfg.heartbeat_interval = Duration::from_millis(100);
-    cfg.docker = Some("unix:///var/run/docker.sock".into());
+    cfg.docker = Some(docker.into());
     let node = Arc::new(Node::new(cfg).unwrap());
     let cancel = CancellationToken::new();
     let handle = tokio::spawn({
@@ -306,39 +311,63 @@ async fn an_oom_and_a_missing_image_fail_the_task_with_a_message() {
     node.stop(false).await;
 }
 
-/// A Docker engine on a unix socket whose registry never answers: `/images/create`
-/// hangs until `release` is notified, then reports an error in the pull stream, as
-/// the engine does. Needs no real engine.
-async fn engine_with_a_stuck_registry(
-    dir: &Path,
-) -> (
-    String,
-    Arc<tokio::sync::Notify>,
-    Arc<std::sync::atomic::AtomicBool>,
-) {
+/// A fake Docker engine on a unix socket, enough of the Engine API for one task:
+/// every call is recorded; `/images/create` answers `pull_answer` (after `release`
+/// is notified when `hold_pull`), as the engine streams a pull's progress; a created
+/// container runs until the node stops it. Needs no real engine.
+struct FakeEngine {
+    url: String,
+    release: Arc<tokio::sync::Notify>,
+    calls: Arc<Mutex<Vec<String>>>,
+}
+
+impl FakeEngine {
+    fn calls(&self) -> Vec<String> {
+        self.calls.lock().unwrap().clone()
+    }
+
+    fn pulling(&self) -> bool {
+        self.calls().iter().any(|c| c.contains("/images/create"))
+    }
+}
+
+async fn fake_engine(dir: &Path, hold_pull: bool, pull_answer: &'static str) -> FakeEngine {
     use axum::extract::Request;
+    use axum::http::StatusCode;
     let release = Arc::new(tokio::sync::Notify::new());
-    let pulling = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let (r, p) = (release.clone(), pulling.clone());
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let (r, c) = (release.clone(), calls.clone());
     let app = axum::Router::new().fallback(move |req: Request| {
-        let (release, pulling) = (r.clone(), p.clone());
+        let (release, calls) = (r.clone(), c.clone());
         async move {
             let path = req.uri().path().to_string();
+            let call = format!("{} {}", req.method(), req.uri());
+            calls.lock().unwrap().push(call);
+            let get = req.method() == axum::http::Method::GET;
             if path.ends_with("/_ping") {
-                (axum::http::StatusCode::OK, "OK".to_string())
+                (StatusCode::OK, "OK".to_string())
             } else if path.ends_with("/images/create") {
-                pulling.store(true, std::sync::atomic::Ordering::SeqCst);
-                release.notified().await;
-                (
-                    axum::http::StatusCode::OK,
-                    "{\"status\":\"Pulling\"}\n{\"error\":\"registry unreachable\"}\n".into(),
-                )
+                if hold_pull {
+                    release.notified().await;
+                }
+                (StatusCode::OK, pull_answer.to_string())
             } else if path.ends_with("/containers/json") {
-                (axum::http::StatusCode::OK, "[]".into())
+                (StatusCode::OK, "[]".into())
+            } else if path.ends_with("/containers/create") {
+                (StatusCode::CREATED, "{\"Id\":\"fake1\"}".into())
+            } else if path.ends_with("/fake1/attach") || path.ends_with("/fake1/start") {
+                (StatusCode::OK, String::new())
+            } else if path.ends_with("/fake1/wait") {
+                std::future::pending::<()>().await;
+                unreachable!()
+            } else if get && path.ends_with("/containers/fake1/json") {
+                let v = json!({"Id": "fake1", "State": {"Running": true, "Pid": 0,
+                    "StartedAt": "2026-01-01T00:00:00Z"}, "Config": {"Labels": {}}});
+                (StatusCode::OK, v.to_string())
             } else {
                 (
-                    axum::http::StatusCode::NOT_FOUND,
-                    "{\"message\":\"no such image\"}".into(),
+                    StatusCode::NOT_FOUND,
+                    "{\"message\":\"no such object\"}".into(),
                 )
             }
         }
@@ -346,7 +375,57 @@ async fn engine_with_a_stuck_registry(
     let sock = dir.join("docker.sock");
     let listener = tokio::net::UnixListener::bind(&sock).unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (format!("unix://{}", sock.display()), release, pulling)
+    FakeEngine {
+        url: format!("unix://{}", sock.display()),
+        release,
+        calls,
+    }
+}
+
+/// `forcePullImage` with a registry that has the image: the node pulls it (name and
+/// tag apart, as the engine takes them) before it creates the container, even though
+/// the image may be on the engine already, and the task then runs. The real engine
+/// here has no registry to pull from, so the engine is a fake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn force_pull_image_pulls_before_the_launch_and_the_task_runs() {
+    let work = tempfile::tempdir().unwrap();
+    let engine = fake_engine(
+        work.path(),
+        false,
+        "{\"status\":\"Pulling from library/demo\"}\n{\"status\":\"Status: Image is up to date for demo:7\"}\n",
+    )
+    .await;
+    let (plane, url) = fake_plane().await;
+    let mut spec = docker_spec("dock.force-1", "true", 64.0);
+    let d = spec.docker.as_mut().unwrap();
+    d.image = "registry.example/demo:7".into();
+    d.force_pull_image = true;
+    plane.lock().unwrap().desired = vec![spec];
+    let node = start_with(work.path(), &url, &engine.url);
+    let running = eventually("the task running after the pull", || {
+        report(&plane, "dock.force-1", |s| s.state == "TASK_RUNNING")
+    })
+    .await;
+    assert_eq!(running.instance, Some(1));
+    let calls = engine.calls();
+    let pull = calls
+        .iter()
+        .position(|c| c.starts_with("POST") && c.contains("/images/create"))
+        .expect("a pull request");
+    assert!(
+        calls[pull].contains("fromImage=registry.example%2Fdemo&tag=7"),
+        "{calls:?}"
+    );
+    let create = calls
+        .iter()
+        .position(|c| c.contains("/containers/create"))
+        .expect("a create request");
+    assert!(pull < create, "pulled before the create: {calls:?}");
+    assert!(
+        !calls.iter().any(|c| c.contains("/images/registry.example")),
+        "forcePullImage pulls without asking whether the image is there: {calls:?}"
+    );
+    node.stop(false).await;
 }
 
 /// Regression (issue 19 review): the pull of a missing image was awaited in the
@@ -357,28 +436,20 @@ async fn engine_with_a_stuck_registry(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hanging_image_pull_does_not_stop_the_heartbeats() {
     let work = tempfile::tempdir().unwrap();
-    let (engine, release, pulling) = engine_with_a_stuck_registry(work.path()).await;
+    let engine = fake_engine(
+        work.path(),
+        true,
+        "{\"status\":\"Pulling\"}\n{\"error\":\"registry unreachable\"}\n",
+    )
+    .await;
     let (plane, url) = fake_plane().await;
     let mut spec = docker_spec("dock.pull-1", "true", 64.0);
     spec.docker.as_mut().unwrap().image = "registry.example/slow:1".into();
     plane.lock().unwrap().desired = vec![spec];
-    let mut cfg = NodeConfig::new("dock-node", work.path(), &url);
-    cfg.heartbeat_interval = Duration::from_millis(100);
-    cfg.docker = Some(engine);
-    let node = Arc::new(Node::new(cfg).unwrap());
-    let cancel = CancellationToken::new();
-    let handle = tokio::spawn({
-        let (node, cancel) = (node.clone(), cancel.clone());
-        async move { node.run(cancel).await.unwrap() }
-    });
-    eventually("the pull to start", || {
-        pulling
-            .load(std::sync::atomic::Ordering::SeqCst)
-            .then_some(())
-    })
-    .await;
+    let node = start_with(work.path(), &url, &engine.url);
+    eventually("the pull to start", || engine.pulling().then_some(())).await;
     let heartbeats = || {
-        node.metrics().lines().find_map(|l| {
+        node.node.metrics().lines().find_map(|l| {
             l.strip_prefix("sandtrail_node_heartbeats_total")
                 .and_then(|rest| rest.rsplit(' ').next())
                 .and_then(|v| v.parse::<u64>().ok())
@@ -393,7 +464,7 @@ async fn a_hanging_image_pull_does_not_stop_the_heartbeats() {
         report(&plane, "dock.pull-1", |_| true).is_none(),
         "nothing to report while pulling"
     );
-    release.notify_waiters();
+    engine.release.notify_waiters();
     let failed = eventually("the task failed by the pull", || {
         report(&plane, "dock.pull-1", |s| s.state == "TASK_FAILED")
     })
@@ -403,9 +474,5 @@ async fn a_hanging_image_pull_does_not_stop_the_heartbeats() {
         message.contains("registry unreachable") && message.contains("registry.example/slow:1"),
         "{message}"
     );
-    cancel.cancel();
-    tokio::time::timeout(DEADLINE, handle)
-        .await
-        .unwrap()
-        .unwrap();
+    node.stop(false).await;
 }

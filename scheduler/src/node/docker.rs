@@ -525,7 +525,10 @@ pub fn create_body(l: &Launch<'_>) -> Value {
     labels.insert(LABEL_APP.into(), spec.app.clone().into());
     labels.insert(LABEL_HOST.into(), l.host.into());
     labels.insert(LABEL_INSTANCE.into(), spec.instance.to_string().into());
-    if let Some(g) = spec.kill_grace_seconds.filter(|g| g.is_finite() && *g >= 0.0) {
+    if let Some(g) = spec
+        .kill_grace_seconds
+        .filter(|g| g.is_finite() && *g >= 0.0)
+    {
         labels.insert(LABEL_KILL_GRACE.into(), g.to_string().into());
     }
     let mut env: Vec<String> = l.env.iter().map(|(k, v)| format!("{k}={v}")).collect();

@@ -548,7 +548,11 @@ mod tests {
         s.labels.insert(LABEL_KILL_GRACE.into(), "0.5".into());
         assert_eq!(adopted_grace(&s, default), Duration::from_millis(500));
         s.labels.insert(LABEL_KILL_GRACE.into(), "soon".into());
-        assert_eq!(adopted_grace(&s, default), default, "unreadable: the default");
+        assert_eq!(
+            adopted_grace(&s, default),
+            default,
+            "unreadable: the default"
+        );
     }
 
     #[test]
