@@ -1,32 +1,31 @@
-//! End to end (issue 19): a Docker app under the real binary's `sandtrail up`, which
-//! offers the machine's Docker engine by default. The app is the demo `fib` run from
-//! the debootstrapped `debian:bookworm-slim` image, the `sandtrail` binary
-//! bind-mounted in as a Marathon host volume: 3 instances, hostname UNIQUE, one
-//! container per agent; calls through the router reach them and the trace names
-//! the host and task of every hop; their lines are searchable by app and host; a
-//! scale down removes a container.
+//! End to end (issue 19): Docker apps under the real binary's `sandtrail up`, which
+//! offers the machine's Docker engine by default. The app is the demo `fib` baked
+//! into a small image built here on the debootstrapped base (`common::demo_image`):
+//! 3 instances, hostname UNIQUE, one container per agent; `mem` is each container's
+//! memory limit; calls through the router reach them and the trace names the host
+//! and task of every hop; their lines are searchable by app and host; an app over
+//! its `mem` is OOM-killed and reported as Marathon reports it; a scale down removes
+//! a container.
 
-use anyhow::{bail, Context};
-use protocol::SearchResponse;
+use anyhow::Context;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
 mod common;
 
-use common::{client_with_token, eventually, Proc};
+use common::{client_with_token, demo_image, eventually, search, Proc, Up};
 
-fn docker_ready() -> bool {
-    let ok = std::process::Command::new("docker")
-        .args(["image", "inspect", "debian:bookworm-slim"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
+/// The demo image, or `None` (the test skips, saying so) without Docker.
+fn docker_ready() -> anyhow::Result<Option<String>> {
+    let image = demo_image()?;
+    if image.is_none() {
         eprintln!(
-            "SKIPPED: no Docker engine or no debian:bookworm-slim image (run \
-             scripts/base-image.sh); Docker apps under `up` are NOT tested"
+            "SKIPPED: no Docker engine or no {} image (run scripts/base-image.sh); \
+             Docker apps under `up` are NOT tested",
+            common::BASE_IMAGE
         );
     }
-    ok
+    Ok(image)
 }
 
 /// Containers of the app `fib` the engine runs, by the node's labels.
@@ -48,55 +47,23 @@ fn containers() -> Vec<String> {
         .collect()
 }
 
-async fn search(http: &reqwest::Client, web: &str, q: &str) -> anyhow::Result<SearchResponse> {
-    let resp = http
-        .get(format!("{web}/api/v1/search"))
-        .query(&[("q", q), ("limit", "1000"), ("start", "now-1h")])
-        .send()
-        .await?;
-    if !resp.status().is_success() {
-        bail!("search {q:?}: {}", resp.status());
-    }
-    Ok(resp.json().await?)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_docker_app_under_up_is_spread_routed_searchable_and_scaled_down() -> anyhow::Result<()> {
-    if !docker_ready() {
+async fn a_docker_app_under_up_is_limited_spread_routed_searchable_oom_reported_and_scaled_down(
+) -> anyhow::Result<()> {
+    let Some(image) = docker_ready()? else {
         return Ok(());
-    }
-    let dir = tempfile::tempdir()?;
-    let args = [
-        "up",
-        "--listen",
-        "127.0.0.1:0",
-        "--router-listen",
-        "127.0.0.1:0",
-        "--no-demo",
-        "--data-dir",
-    ]
-    .map(String::from)
-    .into_iter()
-    .chain([dir.path().to_str().context("utf-8 temp dir")?.to_string()])
-    .collect::<Vec<_>>();
-    let mut proc = Proc::spawn("up", dir.path(), &args, &[], |_| {})?.term_on_drop();
-    let urls = proc.printed(&["web UI:", "router:"])?;
-    let (web, router) = (urls[0].trim_end_matches('/').to_string(), urls[1].clone());
-    let token = std::fs::read_to_string(dir.path().join("token"))?
-        .trim()
-        .to_string();
-    let http = client_with_token(&token)?;
-    let exe = env!("CARGO_BIN_EXE_sandtrail");
+    };
+    let up = Up::start_with(&["--no-demo"])?;
+    let (web, router) = (up.web.clone(), up.router.clone());
+    let http = client_with_token(&up.token)?;
+    // No `cmd`: the image's own entrypoint and command run the demo.
     let app = serde_json::json!({
-        "id": "/fib", "cmd": "/usr/local/bin/sandtrail demo-fib", "instances": 3,
-        "cpus": 0.5, "mem": 64,
+        "id": "/fib", "instances": 3, "cpus": 0.5, "mem": 64,
         "portDefinitions": [{"port": 0, "name": "http"}],
         "constraints": [["hostname", "UNIQUE"]],
         "healthChecks": [{"protocol": "COMMAND", "command": {"value": "test -x /usr/local/bin/sandtrail && test -d \"$MESOS_SANDBOX\""},
                           "gracePeriodSeconds": 30, "intervalSeconds": 1, "maxConsecutiveFailures": 3}],
-        "container": {"type": "DOCKER",
-            "docker": {"image": "debian:bookworm-slim", "network": "HOST"},
-            "volumes": [{"hostPath": exe, "containerPath": "/usr/local/bin/sandtrail", "mode": "RO"}]}
+        "container": {"type": "DOCKER", "docker": {"image": image, "network": "HOST"}}
     });
     let resp = http
         .post(format!("{web}/v2/apps"))
@@ -121,7 +88,18 @@ async fn a_docker_app_under_up_is_spread_routed_searchable_and_scaled_down() -> 
     .await?;
     let hosts: BTreeSet<String> = endpoints.iter().map(|e| e.host.clone()).collect();
     assert_eq!(hosts, nodes, "one container per agent: {endpoints:?}");
-    assert_eq!(containers().len(), 3, "three containers labelled for fib");
+    let ids = containers();
+    assert_eq!(ids.len(), 3, "three containers labelled for fib");
+    for id in &ids {
+        let out = std::process::Command::new("docker")
+            .args(["inspect", "--format", "{{.HostConfig.Memory}}", id])
+            .output()?;
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            (64u64 << 20).to_string(),
+            "mem 64 is the container's memory limit (docker inspect {id})"
+        );
+    }
 
     let (answer, trace_id) = eventually(
         "fib(10) through the router",
@@ -154,7 +132,7 @@ async fn a_docker_app_under_up_is_spread_routed_searchable_and_scaled_down() -> 
         "177 access records of the trace",
         Duration::from_secs(30),
         || async {
-            let res = search(&http, &web, &q).await?;
+            let res = search(&http, &web, &q, 1000).await?;
             Ok((res.total >= 177).then_some(res))
         },
     )
@@ -180,15 +158,57 @@ async fn a_docker_app_under_up_is_spread_routed_searchable_and_scaled_down() -> 
         "fib lines from all three hosts",
         Duration::from_secs(30),
         || async {
-            let res = search(&http, &web, "app:fib AND stream:stdout").await?;
+            let res = search(&http, &web, "app:fib AND stream:stdout", 1000).await?;
             let seen: BTreeSet<String> = res.hits.iter().map(|r| r.host.clone()).collect();
             Ok((seen == nodes).then_some(res))
         },
     )
     .await?;
     assert!(lines.hits.iter().all(|r| r.app == "fib"));
-    let by_host = search(&http, &web, "app:fib AND host:node-2").await?;
+    let by_host = search(&http, &web, "app:fib AND host:node-2", 1000).await?;
     assert!(by_host.total > 0 && by_host.hits.iter().all(|r| r.host == "node-2"));
+
+    // An app over its `mem`: the OOM kill is the app's `lastTaskFailure`, as
+    // Marathon shows a Mesos OOM (`tail` holds a newline-free stream whole).
+    let hog = serde_json::json!({
+        "id": "/hog", "instances": 1, "mem": 16,
+        "cmd": "head -c 200000000 /dev/zero | tail -n 1",
+        "container": {"type": "DOCKER", "docker": {"image": image}}
+    });
+    let resp = http
+        .post(format!("{web}/v2/apps"))
+        .json(&hog)
+        .send()
+        .await?;
+    assert!(resp.status().is_success(), "{}", resp.text().await?);
+    let failure = eventually(
+        "the OOM as the hog's lastTaskFailure",
+        Duration::from_secs(60),
+        || async {
+            let v: serde_json::Value = http
+                .get(format!("{web}/v2/apps/hog"))
+                .send()
+                .await?
+                .json()
+                .await?;
+            let f = &v["app"]["lastTaskFailure"];
+            Ok((f["state"] == "TASK_FAILED").then(|| f.clone()))
+        },
+    )
+    .await?;
+    let message = failure["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("exceeded its memory limit of 16 MiB") && message.contains("OOM"),
+        "{failure}"
+    );
+    assert!(
+        failure["taskId"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("hog.")),
+        "{failure}"
+    );
+    let resp = http.delete(format!("{web}/v2/apps/hog")).send().await?;
+    assert!(resp.status().is_success(), "{}", resp.text().await?);
 
     // Scale down: one container is stopped and removed.
     let resp = http
@@ -201,7 +221,7 @@ async fn a_docker_app_under_up_is_spread_routed_searchable_and_scaled_down() -> 
         Ok((containers().len() == 2).then_some(()))
     })
     .await?;
-    proc.stop()?;
+    up.proc.stop()?;
     // `up` kills its tasks when it stops: no container is left behind.
     eventually("no container left", Duration::from_secs(30), || async {
         Ok(containers().is_empty().then_some(()))
@@ -216,9 +236,9 @@ async fn a_docker_app_under_up_is_spread_routed_searchable_and_scaled_down() -> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_agent_restarted_keeps_its_containers_under_the_same_task_ids(
 ) -> anyhow::Result<()> {
-    if !docker_ready() {
+    let Some(image) = docker_ready()? else {
         return Ok(());
-    }
+    };
     const TOKEN: &str = "docker-agent-token";
     let env = [("SANDTRAIL_TOKEN", TOKEN.to_string())];
     let dir = tempfile::tempdir()?;
@@ -266,7 +286,7 @@ async fn a_killed_agent_restarted_keeps_its_containers_under_the_same_task_ids(
     let http = client_with_token(TOKEN)?;
     let app = serde_json::json!({
         "id": "/keep", "cmd": "while true; do echo alive; sleep 1; done", "instances": 2,
-        "mem": 32, "container": {"type": "DOCKER", "docker": {"image": "debian:bookworm-slim"}}
+        "mem": 32, "container": {"type": "DOCKER", "docker": {"image": image}}
     });
     let resp = http
         .post(format!("{sched}/v2/apps"))

@@ -4,74 +4,14 @@
 
 use anyhow::{bail, Context};
 use futures::StreamExt;
-use protocol::{LogRecord, SearchResponse, Stream};
+use protocol::{LogRecord, Stream};
 use std::collections::BTreeSet;
 use std::process::Command;
 use std::time::Duration;
 
 mod common;
 
-use common::{client_with_token, eventually, Proc};
-
-/// A running `sandtrail up`, stopped with SIGTERM (a graceful shutdown) when dropped.
-struct Up {
-    proc: Proc,
-    web: String,
-    router: String,
-    token: String,
-    dir: tempfile::TempDir,
-}
-
-impl Up {
-    fn start() -> anyhow::Result<Up> {
-        let dir = tempfile::tempdir()?;
-        let args = [
-            "up",
-            "--listen",
-            "127.0.0.1:0",
-            "--router-listen",
-            "127.0.0.1:0",
-            // The parts' log on stderr too (it goes to the data dir's sandtrail.log),
-            // so a failing test shows it.
-            "--verbose",
-            "--data-dir",
-        ]
-        .map(String::from)
-        .into_iter()
-        .chain([dir.path().to_str().context("utf-8 temp dir")?.to_string()])
-        .collect::<Vec<_>>();
-        let env = [("SANDTRAIL_LOG", "info".to_string())];
-        let mut proc = Proc::spawn("up", dir.path(), &args, &env, |_| {})?.term_on_drop();
-        let urls = proc.printed(&["web UI:", "router:"])?;
-        let token = std::fs::read_to_string(dir.path().join("token"))?
-            .trim()
-            .to_string();
-        Ok(Up {
-            proc,
-            web: urls[0].trim_end_matches('/').to_string(),
-            router: urls[1].clone(),
-            token,
-            dir,
-        })
-    }
-}
-
-async fn search(
-    http: &reqwest::Client,
-    web: &str,
-    q: &str,
-    limit: usize,
-) -> anyhow::Result<SearchResponse> {
-    let resp = http
-        .get(format!("{web}/api/v1/search"))
-        .query(&[("q", q), ("limit", &limit.to_string()), ("start", "now-1h")])
-        .send()
-        .await?;
-    if !resp.status().is_success() {
-        bail!("search {q:?}: {} {}", resp.status(), resp.text().await?);
-    }
-    Ok(resp.json().await?)
-}
+use common::{client_with_token, eventually, search, Proc, Up};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn up_serves_search_tail_and_trace_end_to_end() -> anyhow::Result<()> {

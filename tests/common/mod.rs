@@ -2,7 +2,9 @@
 //! token and environment, whose URL is read from the line it prints, and which is
 //! killed with SIGKILL when dropped (so a failing test leaves nothing behind; a
 //! `sandtrail up` whose tasks must end with it is stopped with SIGTERM first, see
-//! [`Proc::term_on_drop`]); an HTTP client with a token; and [`eventually`].
+//! [`Proc::term_on_drop`]); a whole `sandtrail up` ([`Up`]); an HTTP client with a
+//! token; [`search`]; [`eventually`]; and the demo app's Docker image
+//! ([`demo_image`]).
 //!
 //! Each suite keeps its own cluster shape (which parts, which data dirs); only the
 //! process handling lives here.
@@ -226,4 +228,160 @@ pub fn promtool_check(what: &str, text: &str) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// A running `sandtrail up` on free ports, stopped with SIGTERM (a graceful
+/// shutdown, which ends its tasks) when dropped.
+#[allow(dead_code)] // only the `up` suites start one
+pub struct Up {
+    pub proc: Proc,
+    pub web: String,
+    pub router: String,
+    pub token: String,
+    pub dir: tempfile::TempDir,
+}
+
+#[allow(dead_code)] // only the `up` suites start one
+impl Up {
+    /// `sandtrail up` with its demo app.
+    pub fn start() -> anyhow::Result<Up> {
+        Up::start_with(&[])
+    }
+
+    /// `sandtrail up` with `extra` arguments (e.g. `--no-demo`).
+    pub fn start_with(extra: &[&str]) -> anyhow::Result<Up> {
+        let dir = tempfile::tempdir()?;
+        let args = [
+            "up",
+            "--listen",
+            "127.0.0.1:0",
+            "--router-listen",
+            "127.0.0.1:0",
+            // The parts' log on stderr too (it goes to the data dir's sandtrail.log),
+            // so a failing test shows it.
+            "--verbose",
+        ]
+        .iter()
+        .chain(extra)
+        .map(|s| s.to_string())
+        .chain([
+            "--data-dir".to_string(),
+            dir.path().to_str().context("utf-8 temp dir")?.to_string(),
+        ])
+        .collect::<Vec<_>>();
+        let env = [("SANDTRAIL_LOG", "info".to_string())];
+        let mut proc = Proc::spawn("up", dir.path(), &args, &env, |_| {})?.term_on_drop();
+        let urls = proc.printed(&["web UI:", "router:"])?;
+        let token = std::fs::read_to_string(dir.path().join("token"))?
+            .trim()
+            .to_string();
+        Ok(Up {
+            proc,
+            web: urls[0].trim_end_matches('/').to_string(),
+            router: urls[1].clone(),
+            token,
+            dir,
+        })
+    }
+}
+
+/// `GET /api/v1/search` over the last hour, at most `limit` hits.
+#[allow(dead_code)] // only some suites search
+pub async fn search(
+    http: &reqwest::Client,
+    web: &str,
+    q: &str,
+    limit: usize,
+) -> anyhow::Result<protocol::SearchResponse> {
+    let resp = http
+        .get(format!("{web}/api/v1/search"))
+        .query(&[("q", q), ("limit", &limit.to_string()), ("start", "now-1h")])
+        .send()
+        .await?;
+    if !resp.status().is_success() {
+        bail!("search {q:?}: {} {}", resp.status(), resp.text().await?);
+    }
+    Ok(resp.json().await?)
+}
+
+/// The base the demo image is built on: `scripts/base-image.sh` makes it locally,
+/// since nothing can be pulled on these machines.
+#[allow(dead_code)] // only the Docker suites build images
+pub const BASE_IMAGE: &str = "debian:bookworm-slim";
+
+/// The demo app's image, `sandtrail-demo:<hash>`: the `sandtrail` binary under test
+/// (stripped) on [`BASE_IMAGE`], running `sandtrail demo-fib` by default, built with
+/// `docker build` when missing. Its tag is the binary's SHA-256, so a rerun with the
+/// same binary reuses the image and a rebuilt binary gets a new one (older
+/// `sandtrail-demo` tags are removed). `None` (the caller skips, saying so) without
+/// a Docker engine or the base image.
+#[allow(dead_code)] // only the Docker suites build images
+pub fn demo_image() -> anyhow::Result<Option<String>> {
+    // The tests of one suite run on threads side by side: one build, not one each.
+    static BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = BUILD.lock().unwrap_or_else(|e| e.into_inner());
+    let docker = |args: &[&str]| Command::new("docker").args(args).output();
+    if !docker(&["image", "inspect", BASE_IMAGE]).is_ok_and(|o| o.status.success()) {
+        return Ok(None);
+    }
+    let exe = env!("CARGO_BIN_EXE_sandtrail");
+    let sum = Command::new("sha256sum").arg(exe).output()?;
+    anyhow::ensure!(sum.status.success(), "sha256sum {exe} failed");
+    let hash = String::from_utf8(sum.stdout)?;
+    let image = format!(
+        "sandtrail-demo:{}",
+        hash.get(..16).context("sha256sum output")?
+    );
+    if docker(&["image", "inspect", &image])?.status.success() {
+        return Ok(Some(image));
+    }
+    let ctx = tempfile::tempdir()?;
+    let bin = ctx.path().join("sandtrail");
+    // Stripped, the debug binary is a fraction of the build context.
+    let stripped = Command::new("strip")
+        .arg("-o")
+        .arg(&bin)
+        .arg(exe)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !stripped {
+        std::fs::copy(exe, &bin)?;
+    }
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        format!(
+            "FROM {BASE_IMAGE}\n\
+             COPY sandtrail /usr/local/bin/sandtrail\n\
+             LABEL sandtrail.test-image=demo\n\
+             ENTRYPOINT [\"/usr/local/bin/sandtrail\"]\n\
+             CMD [\"demo-fib\"]\n"
+        ),
+    )?;
+    let start = Instant::now();
+    let out = Command::new("docker")
+        .env("DOCKER_BUILDKIT", "0")
+        .args(["build", "-q", "-t", &image])
+        .arg(ctx.path())
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "docker build of {image} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    eprintln!("built {image} in {:?}", start.elapsed());
+    // Older demo images (of earlier binaries) go: only the newest is worth keeping.
+    if let Ok(o) = docker(&[
+        "images",
+        "sandtrail-demo",
+        "--format",
+        "{{.Repository}}:{{.Tag}}",
+    ]) {
+        for old in String::from_utf8_lossy(&o.stdout).lines() {
+            if old != image {
+                let _ = docker(&["rmi", old]);
+            }
+        }
+    }
+    Ok(Some(image))
 }
