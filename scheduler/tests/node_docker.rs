@@ -6,78 +6,20 @@
 //! under the same task id. Uses `debian:bookworm-slim` (made by
 //! `scripts/base-image.sh` where it cannot be pulled).
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use axum::extract::{Path as UrlPath, State};
-use axum::routing::post;
-use axum::Json;
-use protocol::{
-    DockerSpec, HealthCheck, HeartbeatRequest, HeartbeatResponse, TaskSpec, TaskStatus,
-};
+use protocol::{DockerSpec, HealthCheck, TaskSpec};
 use scheduler::node::docker::Docker;
 use scheduler::node::{Node, NodeConfig};
-use serde_json::{json, Value};
-use tokio_util::sync::CancellationToken;
+use serde_json::json;
 
-const DEADLINE: Duration = Duration::from_secs(60);
+mod common;
+
+use common::{eventually, fake_plane, metric, report, Running};
+
 const IMAGE: &str = "debian:bookworm-slim";
-
-#[derive(Default)]
-struct Plane {
-    desired: Vec<TaskSpec>,
-    reports: Vec<TaskStatus>,
-    containerizers: Vec<String>,
-}
-
-type Shared = Arc<Mutex<Plane>>;
-
-async fn register(State(p): State<Shared>, Json(v): Json<Value>) -> Json<Value> {
-    if let Some(c) = v.get("containerizers").and_then(Value::as_array) {
-        p.lock().unwrap().containerizers = c
-            .iter()
-            .filter_map(|s| s.as_str().map(str::to_string))
-            .collect();
-    }
-    Json(json!({}))
-}
-
-async fn heartbeat(
-    State(p): State<Shared>,
-    UrlPath(_name): UrlPath<String>,
-    Json(hb): Json<HeartbeatRequest>,
-) -> Json<HeartbeatResponse> {
-    let mut p = p.lock().unwrap();
-    p.reports.extend(hb.tasks);
-    Json(HeartbeatResponse {
-        tasks: p.desired.clone(),
-    })
-}
-
-async fn fake_plane() -> (Shared, String) {
-    let shared = Shared::default();
-    let app = axum::Router::new()
-        .route("/v1/agents/register", post(register))
-        .route("/v1/agents/{name}/heartbeat", post(heartbeat))
-        .with_state(shared.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr: SocketAddr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (shared, format!("http://{addr}"))
-}
-
-async fn eventually<T>(what: &str, mut cond: impl FnMut() -> Option<T>) -> T {
-    let end = Instant::now() + DEADLINE;
-    loop {
-        if let Some(v) = cond() {
-            return v;
-        }
-        assert!(Instant::now() < end, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 fn docker_spec(task: &str, shell: &str, mem: f64) -> TaskSpec {
     TaskSpec {
@@ -97,22 +39,6 @@ fn docker_spec(task: &str, shell: &str, mem: f64) -> TaskSpec {
     }
 }
 
-fn report(p: &Shared, task: &str, pred: impl Fn(&TaskStatus) -> bool) -> Option<TaskStatus> {
-    p.lock()
-        .unwrap()
-        .reports
-        .iter()
-        .rev()
-        .find(|s| s.task == task && pred(s))
-        .cloned()
-}
-
-struct Running {
-    node: Arc<Node>,
-    cancel: CancellationToken,
-    handle: tokio::task::JoinHandle<()>,
-}
-
 fn start(work: &Path, url: &str) -> Running {
     start_with(work, url, "unix:///var/run/docker.sock")
 }
@@ -122,28 +48,7 @@ fn start_with(work: &Path, url: &str, docker: &str) -> Running {
     let mut cfg = NodeConfig::new("dock-node", work, url);
     cfg.heartbeat_interval = Duration::from_millis(100);
     cfg.docker = Some(docker.into());
-    let node = Arc::new(Node::new(cfg).unwrap());
-    let cancel = CancellationToken::new();
-    let handle = tokio::spawn({
-        let (node, cancel) = (node.clone(), cancel.clone());
-        async move { node.run(cancel).await.unwrap() }
-    });
-    Running {
-        node,
-        cancel,
-        handle,
-    }
-}
-
-impl Running {
-    async fn stop(self, keep: bool) {
-        self.node.set_keep_tasks_on_shutdown(keep);
-        self.cancel.cancel();
-        tokio::time::timeout(DEADLINE, self.handle)
-            .await
-            .expect("node stops")
-            .unwrap();
-    }
+    Running::spawn(Arc::new(Node::new(cfg).unwrap()))
 }
 
 async fn docker_or_skip() -> Option<Docker> {
@@ -224,7 +129,8 @@ async fn a_container_task_logs_once_is_limited_checked_killed_and_adopted() {
 
     // An agent restart (tasks kept): the new node adopts the same container, and
     // the log keeps going without a line twice.
-    node.stop(true).await;
+    node.node.set_keep_tasks_on_shutdown(true);
+    node.stop().await;
     let before = read(&sandbox.join("stdout")).lines().count();
     plane.lock().unwrap().reports.clear();
     let node = start(work.path(), &url);
@@ -259,7 +165,7 @@ async fn a_container_task_logs_once_is_limited_checked_killed_and_adopted() {
         docker.inspect(&ids[0]).await.unwrap().is_none(),
         "the container of a killed task is removed"
     );
-    node.stop(false).await;
+    node.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -308,7 +214,7 @@ async fn an_oom_and_a_missing_image_fail_the_task_with_a_message() {
         (exit.state.as_str(), exit.exit_code, exit.message.as_deref()),
         ("TASK_FAILED", Some(3), Some("container exited with code 3"))
     );
-    node.stop(false).await;
+    node.stop().await;
 }
 
 /// A fake Docker engine on a unix socket, enough of the Engine API for one task:
@@ -425,7 +331,7 @@ async fn force_pull_image_pulls_before_the_launch_and_the_task_runs() {
         !calls.iter().any(|c| c.contains("/images/registry.example")),
         "forcePullImage pulls without asking whether the image is there: {calls:?}"
     );
-    node.stop(false).await;
+    node.stop().await;
 }
 
 /// Regression (issue 19 review): the pull of a missing image was awaited in the
@@ -448,13 +354,7 @@ async fn a_hanging_image_pull_does_not_stop_the_heartbeats() {
     plane.lock().unwrap().desired = vec![spec];
     let node = start_with(work.path(), &url, &engine.url);
     eventually("the pull to start", || engine.pulling().then_some(())).await;
-    let heartbeats = || {
-        node.node.metrics().lines().find_map(|l| {
-            l.strip_prefix("sandtrail_node_heartbeats_total")
-                .and_then(|rest| rest.rsplit(' ').next())
-                .and_then(|v| v.parse::<u64>().ok())
-        })
-    };
+    let heartbeats = || metric(&node.node, "sandtrail_node_heartbeats_total");
     let before = heartbeats().expect("a heartbeat counter");
     eventually("heartbeats while the pull hangs", || {
         (heartbeats().unwrap_or(0) >= before + 5).then_some(())
@@ -474,5 +374,5 @@ async fn a_hanging_image_pull_does_not_stop_the_heartbeats() {
         message.contains("registry unreachable") && message.contains("registry.example/slow:1"),
         "{message}"
     );
-    node.stop(false).await;
+    node.stop().await;
 }

@@ -3,69 +3,18 @@
 //! The OOM test needs a host where the node may create cgroups with the memory
 //! controller; elsewhere it prints why it did not run, from the node's own detection.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use axum::extract::{Path as UrlPath, State};
-use axum::routing::post;
-use axum::Json;
-use protocol::{HeartbeatRequest, HeartbeatResponse, TaskSpec, TaskStatus};
+use protocol::{TaskSpec, TaskStatus};
 use scheduler::node::cgroup::MemoryLimits;
 use scheduler::node::{Node, NodeConfig, FINISHED_FILE};
-use serde_json::{json, Value};
-use tokio_util::sync::CancellationToken;
 
-const DEADLINE: Duration = Duration::from_secs(20);
+mod common;
 
-async fn eventually<T>(what: &str, mut cond: impl FnMut() -> Option<T>) -> T {
-    let end = Instant::now() + DEADLINE;
-    loop {
-        if let Some(v) = cond() {
-            return v;
-        }
-        assert!(Instant::now() < end, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-#[derive(Default)]
-struct Plane {
-    desired: Vec<TaskSpec>,
-    reports: Vec<TaskStatus>,
-}
-
-type Shared = Arc<Mutex<Plane>>;
-
-async fn register(Json(_): Json<Value>) -> Json<Value> {
-    Json(json!({}))
-}
-
-async fn heartbeat(
-    State(p): State<Shared>,
-    UrlPath(_name): UrlPath<String>,
-    Json(hb): Json<HeartbeatRequest>,
-) -> Json<HeartbeatResponse> {
-    let mut p = p.lock().unwrap();
-    p.reports.extend(hb.tasks);
-    Json(HeartbeatResponse {
-        tasks: p.desired.clone(),
-    })
-}
-
-async fn fake_plane() -> (Shared, String) {
-    let shared = Shared::default();
-    let app = axum::Router::new()
-        .route("/v1/agents/register", post(register))
-        .route("/v1/agents/{name}/heartbeat", post(heartbeat))
-        .with_state(shared.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr: SocketAddr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (shared, format!("http://{addr}"))
-}
+use common::{eventually, fake_plane, metric, report, Running, Shared};
 
 fn spec(app: &str, task: &str, cmd: &str, mem: Option<f64>) -> TaskSpec {
     TaskSpec {
@@ -80,25 +29,7 @@ fn spec(app: &str, task: &str, cmd: &str, mem: Option<f64>) -> TaskSpec {
 
 /// The terminal status the node reported for `task`, once it has.
 fn ended(p: &Shared, task: &str) -> Option<TaskStatus> {
-    p.lock()
-        .unwrap()
-        .reports
-        .iter()
-        .find(|s| s.task == task && s.state != "TASK_RUNNING")
-        .cloned()
-}
-
-fn metric(node: &Node, name: &str) -> Option<u64> {
-    node.metrics()
-        .lines()
-        .find(|l| l.starts_with(&format!("{name}{{")))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-}
-
-struct Running {
-    node: Arc<Node>,
-    cancel: CancellationToken,
-    handle: tokio::task::JoinHandle<()>,
+    report(p, task, |s| s.state != "TASK_RUNNING")
 }
 
 fn start(cfg: NodeConfig, shipped: Option<scheduler::node::ShippedCheck>) -> Running {
@@ -106,26 +37,7 @@ fn start(cfg: NodeConfig, shipped: Option<scheduler::node::ShippedCheck>) -> Run
     if let Some(check) = shipped {
         node.set_shipped_check(check);
     }
-    let cancel = CancellationToken::new();
-    let handle = tokio::spawn({
-        let (node, cancel) = (node.clone(), cancel.clone());
-        async move { node.run(cancel).await.unwrap() }
-    });
-    Running {
-        node,
-        cancel,
-        handle,
-    }
-}
-
-impl Running {
-    async fn stop(self) {
-        self.cancel.cancel();
-        tokio::time::timeout(DEADLINE, self.handle)
-            .await
-            .expect("node stops")
-            .unwrap();
-    }
+    Running::spawn(node)
 }
 
 fn config(work: &Path, url: &str) -> NodeConfig {
