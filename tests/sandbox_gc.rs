@@ -11,45 +11,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::Proc;
-
-/// `sandtrail up` with one agent, stopped with SIGTERM when dropped.
-struct Up {
-    _proc: Proc,
-    web: String,
-}
-
-impl Up {
-    fn start(dir: &Path, config: &Path) -> anyhow::Result<Up> {
-        let path = |p: &Path| p.to_str().map(String::from).context("utf-8 temp dir");
-        let args = [
-            "up",
-            "--listen",
-            "127.0.0.1:0",
-            "--router-listen",
-            "127.0.0.1:0",
-            "--agents",
-            "1",
-            "--no-demo",
-        ]
-        .map(String::from)
-        .into_iter()
-        .chain([
-            "--data-dir".into(),
-            path(dir)?,
-            "--config".into(),
-            path(config)?,
-        ])
-        .collect::<Vec<_>>();
-        let env = [("SANDTRAIL_LOG", "info".to_string())];
-        let mut proc = Proc::spawn("up", dir, &args, &env, |_| {})?.term_on_drop();
-        let web = proc.printed(&["web UI:"])?.remove(0);
-        Ok(Up {
-            _proc: proc,
-            web: web.trim_end_matches('/').to_string(),
-        })
-    }
-}
+use common::Up;
 
 /// The task directories under `app_dir` now.
 fn sandboxes(app_dir: &Path) -> BTreeSet<String> {
@@ -63,15 +25,14 @@ fn sandboxes(app_dir: &Path) -> BTreeSet<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn finished_sandboxes_are_collected_once_shipped() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let config = dir.path().join("sandtrail.toml");
+    let conf_dir = tempfile::tempdir()?;
+    let config = conf_dir.path().join("sandtrail.toml");
     std::fs::write(&config, "[agent]\ngc_delay_secs = 1\n")?;
-    let up = Up::start(dir.path(), &config)?;
-    let token = std::fs::read_to_string(dir.path().join("token"))?
-        .trim()
-        .to_string();
+    let config = config.to_str().context("utf-8 temp dir")?;
+    let up = Up::start_with(&["--agents", "1", "--no-demo", "--config", config])?;
+    let dir = &up.dir;
     // Reading needs the token as much as writing (issue 15).
-    let http = common::client_with_token(&token)?;
+    let http = common::client_with_token(&up.token)?;
 
     // Each task prints its id and ends; the scheduler starts the next one.
     let app = serde_json::json!({
@@ -85,7 +46,7 @@ async fn finished_sandboxes_are_collected_once_shipped() -> anyhow::Result<()> {
     });
     let resp = http
         .post(format!("{}/v2/apps", up.web))
-        .header(protocol::TOKEN_HEADER, &token)
+        .header(protocol::TOKEN_HEADER, &up.token)
         .json(&app)
         .send()
         .await?;
