@@ -407,6 +407,8 @@ struct HostSpec {
     indexer_url: String,
     address: String,
     router_url: String,
+    /// The router on the Docker bridge's gateway, for bridged containers.
+    bridge_router_url: Option<String>,
     token: Option<String>,
     resources: std::collections::BTreeMap<String, f64>,
     port_ranges: Vec<protocol::PortRange>,
@@ -436,6 +438,7 @@ fn host_parts(spec: &HostSpec) -> anyhow::Result<HostParts> {
     );
     node_cfg.address = spec.address.clone();
     node_cfg.router_url = spec.router_url.clone();
+    node_cfg.bridge_router_url = spec.bridge_router_url.clone();
     node_cfg.token = spec.token.clone();
     node_cfg.resources = with_host_resources(&spec.work_dir, spec.resources.clone());
     node_cfg.attributes = spec.attributes.clone();
@@ -549,6 +552,35 @@ fn free_disk_mib(dir: &Path) -> Option<f64> {
     Some((st.f_bavail as f64 * st.f_frsize as f64 / (1024.0 * 1024.0)).floor())
 }
 
+/// A second listener for the router, on the Docker bridge's gateway address (at the
+/// loopback router's port when free), with its URL: a container on a bridge network
+/// has a loopback of its own, so `127.0.0.1` is not the host's for it. Only that
+/// address, not `0.0.0.0`: the router stays off the host's other networks. `None`
+/// (with a warning when Docker is there) without an engine or a bridge.
+async fn bridge_listener(docker: Option<&str>, port: u16) -> Option<(TcpListener, String)> {
+    let engine = scheduler::node::docker::Docker::new(docker?).ok()?;
+    let gateway = match engine.bridge_gateway().await {
+        Ok(ip) => ip,
+        Err(e) => {
+            warn!(error = %e, "no router for bridged containers: they cannot call apps");
+            return None;
+        }
+    };
+    let listener = match TcpListener::bind((gateway, port)).await {
+        Ok(l) => l,
+        Err(_) => match TcpListener::bind((gateway, 0)).await {
+            Ok(l) => l,
+            Err(e) => {
+                warn!(%gateway, error = %e, "cannot listen on the docker bridge: bridged containers cannot call apps");
+                return None;
+            }
+        },
+    };
+    let url = format!("http://{}", listener.local_addr().ok()?);
+    info!(url, "router listening for bridged containers");
+    Some((listener, url))
+}
+
 fn router_for(spec: &HostSpec) -> anyhow::Result<scheduler::proxy::Proxy> {
     let mut cfg = scheduler::proxy::ProxyConfig::new(
         spec.name.clone(),
@@ -590,6 +622,13 @@ pub async fn up(settings: UpSettings, cfg: Config) -> anyhow::Result<()> {
 
     let (listener, url) = bind(&listen).await?;
     let (router_listener, router_url) = bind(&router_listen).await?;
+    let tuning = node_tuning(&cfg, docker.as_deref());
+    let (bridge_listener, bridge_url) = bridge_listener(
+        tuning.docker.as_deref(),
+        router_listener.local_addr()?.port(),
+    )
+    .await
+    .unzip();
 
     let indexer = tokio::task::spawn_blocking({
         let c = indexer_config(dir.join("indexer"), &cfg, &keyring);
@@ -607,12 +646,13 @@ pub async fn up(settings: UpSettings, cfg: Config) -> anyhow::Result<()> {
             indexer_url: url.clone(),
             address: protocol::defaults::AGENT_ADDRESS.into(),
             router_url: router_url.clone(),
+            bridge_router_url: bridge_url.clone(),
             token: Some(agent_token.clone()),
             resources: Default::default(),
             port_ranges: Vec::new(),
             attributes: Default::default(),
             shipper: cfg.agent.shipper_config(),
-            node: node_tuning(&cfg, docker.as_deref()),
+            node: tuning.clone(),
         })
         .collect();
     // One router stands for all local hosts: tasks on every node get the same
@@ -665,12 +705,21 @@ pub async fn up(settings: UpSettings, cfg: Config) -> anyhow::Result<()> {
         let r = router.clone();
         vec![Arc::new(move || r.metrics())]
     };
-    let router_http = crate::http::serve(
+    let router_app = with_ops(router.axum_router(), router_metrics, &ops);
+    let mut router_http = vec![crate::http::serve(
         router_listener,
-        with_ops(router.axum_router(), router_metrics, &ops),
+        router_app.clone(),
         tasks_cancel.clone(),
         &limits,
-    )?;
+    )?];
+    if let Some(l) = bridge_listener {
+        router_http.push(crate::http::serve(
+            l,
+            router_app,
+            tasks_cancel.clone(),
+            &limits,
+        )?);
+    }
     let sched_loop = sched.spawn(sched_cancel.clone());
     let dns = match &dns_listen {
         Some(addr) => Some(serve_dns(&sched, addr, sched_cancel.clone()).await?),
@@ -726,7 +775,7 @@ pub async fn up(settings: UpSettings, cfg: Config) -> anyhow::Result<()> {
     shutdown_signal().await;
     tasks_cancel.cancel();
     join_all("nodes", node_handles).await;
-    join_all("router", vec![router_http]).await;
+    join_all("router", router_http).await;
     router.shutdown().await;
     ship_cancel.cancel();
     join_all("shippers", ship_handles).await;
@@ -883,6 +932,10 @@ pub async fn agent(settings: AgentSettings, cfg: Config) -> anyhow::Result<()> {
     };
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     traversable_data_dir(&dir)?;
+    let tuning = node_tuning(&cfg, docker.as_deref());
+    let (bridge_listener, bridge_url) = bridge_listener(tuning.docker.as_deref(), port)
+        .await
+        .unzip();
     let spec = HostSpec {
         name: name.clone(),
         work_dir: dir.join(&name),
@@ -890,12 +943,13 @@ pub async fn agent(settings: AgentSettings, cfg: Config) -> anyhow::Result<()> {
         indexer_url,
         address,
         router_url: router_url.clone(),
+        bridge_router_url: bridge_url,
         token: Some(token),
         resources,
         port_ranges,
         attributes,
         shipper: cfg.agent.shipper_config(),
-        node: node_tuning(&cfg, docker.as_deref()),
+        node: tuning,
     };
     let parts = host_parts(&spec)?;
     let router = router_for(&spec)?;
@@ -913,12 +967,21 @@ pub async fn agent(settings: AgentSettings, cfg: Config) -> anyhow::Result<()> {
     };
     let tasks_cancel = CancellationToken::new();
     let ship_cancel = CancellationToken::new();
-    let router_http = crate::http::serve(
+    let router_app = with_ops(router.axum_router(), metrics, &Ops::new(keyring, &cfg));
+    let mut router_http = vec![crate::http::serve(
         router_listener,
-        with_ops(router.axum_router(), metrics, &Ops::new(keyring, &cfg)),
+        router_app.clone(),
         tasks_cancel.clone(),
         &http_limits(&cfg),
-    )?;
+    )?];
+    if let Some(l) = bridge_listener {
+        router_http.push(crate::http::serve(
+            l,
+            router_app,
+            tasks_cancel.clone(),
+            &http_limits(&cfg),
+        )?);
+    }
     let c = tasks_cancel.clone();
     let node_h = spawn_part(async move { Ok(node.run(c).await?) });
     let c = ship_cancel.clone();
@@ -927,7 +990,7 @@ pub async fn agent(settings: AgentSettings, cfg: Config) -> anyhow::Result<()> {
     shutdown_signal().await;
     tasks_cancel.cancel();
     join_all("node", vec![node_h]).await;
-    join_all("router", vec![router_http]).await;
+    join_all("router", router_http).await;
     router.shutdown().await;
     ship_cancel.cancel();
     join_all("shipper", vec![ship_h]).await;

@@ -168,6 +168,36 @@ async fn a_docker_app_under_up_is_limited_spread_routed_searchable_oom_reported_
     let by_host = search(&http, &web, "app:fib AND host:node-2", 1000).await?;
     assert!(by_host.total > 0 && by_host.hits.iter().all(|r| r.host == "node-2"));
 
+    // A BRIDGE container has a loopback of its own: it calls fib through the
+    // router's listener on the Docker bridge gateway, given as SANDTRAIL_ROUTER.
+    let caller = serde_json::json!({
+        "id": "/caller", "instances": 1, "mem": 32,
+        "cmd": "while true; do curl -fsS \"$SANDTRAIL_ROUTER/fib/7\" && echo \" = fib(7) via $SANDTRAIL_ROUTER\"; sleep 0.5; done",
+        "container": {"type": "DOCKER", "docker": {"image": image, "network": "BRIDGE"}}
+    });
+    let resp = http
+        .post(format!("{web}/v2/apps"))
+        .json(&caller)
+        .send()
+        .await?;
+    assert!(resp.status().is_success(), "{}", resp.text().await?);
+    let called = eventually(
+        "the bridged container's answer from fib",
+        Duration::from_secs(60),
+        || async {
+            let res = search(&http, &web, "app:caller AND stream:stdout", 10).await?;
+            Ok(res.hits.into_iter().find(|h| h.msg.contains("fib(7)")))
+        },
+    )
+    .await?;
+    assert!(
+        called.msg.starts_with("13 = fib(7) via http://") && !called.msg.contains("127.0.0.1"),
+        "the bridged container called the router at the bridge gateway: {}",
+        called.msg
+    );
+    let resp = http.delete(format!("{web}/v2/apps/caller")).send().await?;
+    assert!(resp.status().is_success(), "{}", resp.text().await?);
+
     // An app over its `mem`: the OOM kill is the app's `lastTaskFailure`, as
     // Marathon shows a Mesos OOM (`tail` holds a newline-free stream whole).
     let hog = serde_json::json!({

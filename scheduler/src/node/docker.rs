@@ -306,6 +306,18 @@ impl Docker {
         Ok(Some(container_state(&v)))
     }
 
+    /// The IPv4 gateway of the engine's default `bridge` network (the host's address
+    /// on it, `172.17.0.1` usually): what a bridged container reaches the host at.
+    pub async fn bridge_gateway(&self) -> Result<std::net::IpAddr> {
+        let v = self.json(Method::GET, "/networks/bridge", None).await?;
+        bridge_gateway(&v["IPAM"]).ok_or_else(|| {
+            Error::Docker(format!(
+                "the bridge network has no IPv4 gateway: expected one in {}",
+                v["IPAM"]
+            ))
+        })
+    }
+
     /// The ids of every container (running or not) carrying `label=value`.
     pub async fn list_labelled(&self, label: &str, value: &str) -> Result<Vec<String>> {
         let filters = json!({"label": [format!("{label}={value}")]}).to_string();
@@ -429,6 +441,27 @@ impl Docker {
         s.set_read_timeout(None).map_err(err)?;
         Ok(s)
     }
+}
+
+/// The IPv4 gateway in a network's `IPAM`: its `Gateway`, else the first address
+/// of its `Subnet`, which the engine gives the bridge when none is configured (its
+/// IPAM then lists the subnet alone).
+fn bridge_gateway(ipam: &Value) -> Option<std::net::IpAddr> {
+    let configs = ipam["Config"].as_array()?;
+    let explicit = configs
+        .iter()
+        .filter_map(|c| c["Gateway"].as_str()?.parse::<std::net::Ipv4Addr>().ok())
+        .next();
+    let first_of_subnet = || {
+        configs.iter().find_map(|c| {
+            let (net, len) = c["Subnet"].as_str()?.split_once('/')?;
+            let net: std::net::Ipv4Addr = net.parse().ok()?;
+            let len: u32 = len.parse().ok().filter(|l| *l <= 30)?;
+            let mask = u32::MAX.checked_shl(32 - len).unwrap_or(0);
+            Some(std::net::Ipv4Addr::from((u32::from(net) & mask) + 1))
+        })
+    };
+    explicit.or_else(first_of_subnet).map(std::net::IpAddr::V4)
 }
 
 /// The engine's `{"message": ...}` of a failed call, else its status.
@@ -839,6 +872,27 @@ mod tests {
         );
         assert_eq!(parse_size("64m"), Some(64 << 20));
         assert_eq!(encode("a b/c"), "a%20b%2Fc");
+    }
+
+    #[test]
+    fn the_bridge_gateway_is_the_configured_one_else_the_subnets_first_address() {
+        let gw = |v: Value| bridge_gateway(&v).map(|ip| ip.to_string());
+        assert_eq!(
+            gw(json!({"Config": [{"Subnet": "172.18.0.0/16", "Gateway": "172.18.0.254"}]})),
+            Some("172.18.0.254".into())
+        );
+        // Docker 20.10's default bridge lists its subnet alone.
+        assert_eq!(
+            gw(json!({"Config": [{"Subnet": "172.17.0.0/16"}], "Driver": "default"})),
+            Some("172.17.0.1".into())
+        );
+        assert_eq!(
+            gw(json!({"Config": [{"Subnet": "fd00::/64"}, {"Subnet": "10.9.8.0/24"}]})),
+            Some("10.9.8.1".into())
+        );
+        assert_eq!(gw(json!({"Config": []})), None);
+        assert_eq!(gw(json!({"Config": [{"Subnet": "junk"}]})), None);
+        assert_eq!(gw(json!({})), None);
     }
 
     #[test]

@@ -47,7 +47,18 @@ pub(super) fn container_env(
         .iter()
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    for (k, v) in task_env(cfg, spec, ports, Path::new(SANDBOX_MOUNT)) {
+    // A container on a network of its own has its own loopback: the router is at
+    // the bridge gateway for it.
+    let own_network = spec
+        .docker
+        .as_ref()
+        .is_some_and(|d| !matches!(d.network.as_str(), "host" | "none"));
+    for (k, mut v) in task_env(cfg, spec, ports, Path::new(SANDBOX_MOUNT)) {
+        if k == "SANDTRAIL_ROUTER" && own_network {
+            if let Some(bridge) = &cfg.bridge_router_url {
+                v = bridge.clone();
+            }
+        }
         env.retain(|(key, _)| *key != k);
         env.push((k, v));
     }
@@ -581,5 +592,37 @@ mod tests {
         assert_eq!(get("A"), vec!["1"]);
         assert_eq!(get("HOST"), vec!["127.0.0.1"]);
         assert!(get("PATH").is_empty(), "the image brings its PATH");
+    }
+
+    #[test]
+    fn a_bridged_container_reaches_the_router_at_the_bridge_gateway() {
+        let mut cfg = NodeConfig::new("node-1", "/tmp/x", "http://s");
+        cfg.router_url = "http://127.0.0.1:4000".into();
+        cfg.bridge_router_url = Some("http://172.17.0.1:4000".into());
+        let mut spec = TaskSpec {
+            app: "web".into(),
+            task: "web.1".into(),
+            docker: Some(DockerSpec {
+                image: "demo".into(),
+                network: "bridge".into(),
+                ..DockerSpec::default()
+            }),
+            ..TaskSpec::default()
+        };
+        let router = |env: Vec<(String, String)>| {
+            env.into_iter()
+                .find(|(k, _)| k == "SANDTRAIL_ROUTER")
+                .map(|(_, v)| v)
+        };
+        assert_eq!(
+            router(container_env(&cfg, &spec, &[])).as_deref(),
+            Some("http://172.17.0.1:4000")
+        );
+        spec.docker.as_mut().unwrap().network = "host".into();
+        assert_eq!(
+            router(container_env(&cfg, &spec, &[])).as_deref(),
+            Some("http://127.0.0.1:4000"),
+            "HOST networking shares the host's loopback"
+        );
     }
 }

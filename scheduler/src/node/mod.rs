@@ -104,6 +104,11 @@ pub struct NodeConfig {
     pub address: String,
     /// Given to tasks as `SANDTRAIL_ROUTER`.
     pub router_url: String,
+    /// Given to containers on a network of their own (Docker `BRIDGE` and named
+    /// networks) as `SANDTRAIL_ROUTER` instead: the router's listener on the Docker
+    /// bridge's gateway, since `router_url` on loopback is the container's own
+    /// loopback there. `None`: they get `router_url` (and cannot reach it).
+    pub bridge_router_url: Option<String>,
     pub token: Option<String>,
     pub heartbeat_interval: Duration,
     pub resources: BTreeMap<String, f64>,
@@ -163,6 +168,7 @@ impl NodeConfig {
             scheduler_url: scheduler_url.into(),
             address: "127.0.0.1".into(),
             router_url: String::new(),
+            bridge_router_url: None,
             token: None,
             heartbeat_interval: Duration::from_secs(1),
             resources: BTreeMap::new(),
