@@ -28,6 +28,14 @@ fn docker_ready() -> anyhow::Result<Option<String>> {
     Ok(image)
 }
 
+/// Sends `req`, failing with the answer unless it is a success.
+async fn ok(req: reqwest::RequestBuilder) -> anyhow::Result<()> {
+    let resp = req.send().await?;
+    let status = resp.status();
+    anyhow::ensure!(status.is_success(), "{status}: {}", resp.text().await?);
+    Ok(())
+}
+
 /// Containers of the app `fib` the engine runs, by the node's labels.
 fn containers() -> Vec<String> {
     let out = std::process::Command::new("docker")
@@ -65,12 +73,7 @@ async fn a_docker_app_under_up_is_limited_spread_routed_searchable_oom_reported_
                           "gracePeriodSeconds": 30, "intervalSeconds": 1, "maxConsecutiveFailures": 3}],
         "container": {"type": "DOCKER", "docker": {"image": image, "network": "HOST"}}
     });
-    let resp = http
-        .post(format!("{web}/v2/apps"))
-        .json(&app)
-        .send()
-        .await?;
-    assert!(resp.status().is_success(), "{}", resp.text().await?);
+    ok(http.post(format!("{web}/v2/apps")).json(&app)).await?;
 
     let nodes: BTreeSet<String> = ["node-1", "node-2", "node-3"].map(String::from).into();
     let endpoints: Vec<protocol::ServiceEndpoint> = eventually(
@@ -175,12 +178,7 @@ async fn a_docker_app_under_up_is_limited_spread_routed_searchable_oom_reported_
         "cmd": "while true; do curl -fsS \"$SANDTRAIL_ROUTER/fib/7\" && echo \" = fib(7) via $SANDTRAIL_ROUTER\"; sleep 0.5; done",
         "container": {"type": "DOCKER", "docker": {"image": image, "network": "BRIDGE"}}
     });
-    let resp = http
-        .post(format!("{web}/v2/apps"))
-        .json(&caller)
-        .send()
-        .await?;
-    assert!(resp.status().is_success(), "{}", resp.text().await?);
+    ok(http.post(format!("{web}/v2/apps")).json(&caller)).await?;
     let called = eventually(
         "the bridged container's answer from fib",
         Duration::from_secs(60),
@@ -195,8 +193,7 @@ async fn a_docker_app_under_up_is_limited_spread_routed_searchable_oom_reported_
         "the bridged container called the router at the bridge gateway: {}",
         called.msg
     );
-    let resp = http.delete(format!("{web}/v2/apps/caller")).send().await?;
-    assert!(resp.status().is_success(), "{}", resp.text().await?);
+    ok(http.delete(format!("{web}/v2/apps/caller"))).await?;
 
     // An app over its `mem`: the OOM kill is the app's `lastTaskFailure`, as
     // Marathon shows a Mesos OOM (`tail` holds a newline-free stream whole).
@@ -205,12 +202,7 @@ async fn a_docker_app_under_up_is_limited_spread_routed_searchable_oom_reported_
         "cmd": "head -c 200000000 /dev/zero | tail -n 1",
         "container": {"type": "DOCKER", "docker": {"image": image}}
     });
-    let resp = http
-        .post(format!("{web}/v2/apps"))
-        .json(&hog)
-        .send()
-        .await?;
-    assert!(resp.status().is_success(), "{}", resp.text().await?);
+    ok(http.post(format!("{web}/v2/apps")).json(&hog)).await?;
     let failure = eventually(
         "the OOM as the hog's lastTaskFailure",
         Duration::from_secs(60),
@@ -237,16 +229,13 @@ async fn a_docker_app_under_up_is_limited_spread_routed_searchable_oom_reported_
             .is_some_and(|t| t.starts_with("hog.")),
         "{failure}"
     );
-    let resp = http.delete(format!("{web}/v2/apps/hog")).send().await?;
-    assert!(resp.status().is_success(), "{}", resp.text().await?);
+    ok(http.delete(format!("{web}/v2/apps/hog"))).await?;
 
     // Scale down: one container is stopped and removed.
-    let resp = http
+    ok(http
         .put(format!("{web}/v2/apps/fib"))
-        .json(&serde_json::json!({"instances": 2}))
-        .send()
-        .await?;
-    assert!(resp.status().is_success(), "{}", resp.text().await?);
+        .json(&serde_json::json!({"instances": 2})))
+    .await?;
     eventually("two containers left", Duration::from_secs(30), || async {
         Ok((containers().len() == 2).then_some(()))
     })
@@ -318,12 +307,7 @@ async fn a_killed_agent_restarted_keeps_its_containers_under_the_same_task_ids(
         "id": "/keep", "cmd": "while true; do echo alive; sleep 1; done", "instances": 2,
         "mem": 32, "container": {"type": "DOCKER", "docker": {"image": image}}
     });
-    let resp = http
-        .post(format!("{sched}/v2/apps"))
-        .json(&app)
-        .send()
-        .await?;
-    assert!(resp.status().is_success(), "{}", resp.text().await?);
+    ok(http.post(format!("{sched}/v2/apps")).json(&app)).await?;
     let running = || async {
         let v: serde_json::Value = http
             .get(format!("{sched}/v2/apps/keep/tasks"))
@@ -384,8 +368,7 @@ async fn a_killed_agent_restarted_keeps_its_containers_under_the_same_task_ids(
     assert_eq!(after, before, "the same task ids");
     assert_eq!(labelled(), containers, "the same containers, none new");
     // Deleting the app stops and removes them.
-    let resp = http.delete(format!("{sched}/v2/apps/keep")).send().await?;
-    assert!(resp.status().is_success());
+    ok(http.delete(format!("{sched}/v2/apps/keep"))).await?;
     eventually(
         "the containers removed",
         Duration::from_secs(30),
