@@ -13,7 +13,7 @@ use std::time::Duration;
 use protocol::{DockerSpec, HealthCheck, TaskSpec};
 use scheduler::node::docker::Docker;
 use scheduler::node::{Node, NodeConfig};
-use serde_json::json;
+use serde_json::{json, Value};
 
 mod common;
 
@@ -39,13 +39,16 @@ fn docker_spec(task: &str, shell: &str, mem: f64) -> TaskSpec {
     }
 }
 
-fn start(work: &Path, url: &str) -> Running {
-    start_with(work, url, "unix:///var/run/docker.sock")
+/// A node on the machine's engine. Each test's node has a `name` of its own: a
+/// node adopts every container labelled with its name, and so would take (and at
+/// its stop kill) the containers of another test's node of the same name.
+fn start(name: &str, work: &Path, url: &str) -> Running {
+    start_with(name, work, url, "unix:///var/run/docker.sock")
 }
 
 /// A node on the engine at `docker`, heartbeating to `url` every 100 ms.
-fn start_with(work: &Path, url: &str, docker: &str) -> Running {
-    let mut cfg = NodeConfig::new("dock-node", work, url);
+fn start_with(name: &str, work: &Path, url: &str, docker: &str) -> Running {
+    let mut cfg = NodeConfig::new(name, work, url);
     cfg.heartbeat_interval = Duration::from_millis(100);
     cfg.docker = Some(docker.into());
     Running::spawn(Arc::new(Node::new(cfg).unwrap()))
@@ -94,7 +97,7 @@ async fn a_container_task_logs_once_is_limited_checked_killed_and_adopted() {
         max_consecutive_failures: 3,
     }];
     plane.lock().unwrap().desired = vec![spec.clone()];
-    let node = start(work.path(), &url);
+    let node = start("dock-main", work.path(), &url);
     let sandbox = work.path().join("sandboxes/dock/dock.main-1");
     eventually("the container's lines in the sandbox", || {
         let out = read(&sandbox.join("stdout"));
@@ -133,7 +136,7 @@ async fn a_container_task_logs_once_is_limited_checked_killed_and_adopted() {
     node.stop().await;
     let before = read(&sandbox.join("stdout")).lines().count();
     plane.lock().unwrap().reports.clear();
-    let node = start(work.path(), &url);
+    let node = start("dock-main", work.path(), &url);
     eventually("the adopted container reported running", || {
         report(&plane, "dock.main-1", |s| s.state == "TASK_RUNNING")
     })
@@ -152,6 +155,38 @@ async fn a_container_task_logs_once_is_limited_checked_killed_and_adopted() {
     assert_eq!(
         ticks, expected,
         "every line once, in order, across the restart"
+    );
+
+    // The stream cut while the container runs (as an engine restart cuts it; here
+    // its pump is killed): the node follows the container's logs again from where
+    // the old stream ended, so the lines written meanwhile are there, once.
+    let pump_of = || -> Option<i32> {
+        let v: Value = serde_json::from_str(&read(&sandbox.join(".sandtrail-container"))).ok()?;
+        v["pump"].as_i64().map(|p| p as i32)
+    };
+    let pump = pump_of().expect("the container file names the pump");
+    // SAFETY: kill has no memory preconditions; the pid is the pump this node forked.
+    assert_eq!(unsafe { libc::kill(pump, libc::SIGKILL) }, 0);
+    let cut = read(&sandbox.join("stdout")).lines().count();
+    eventually("a new pump", || pump_of().filter(|p| *p != pump)).await;
+    eventually("lines after the stream was cut", || {
+        (read(&sandbox.join("stdout")).lines().count() > cut + 10).then_some(())
+    })
+    .await;
+    let out = read(&sandbox.join("stdout"));
+    let ticks: Vec<u64> = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("tick=")?.parse().ok())
+        .collect();
+    let expected: Vec<u64> = (1..=ticks.len() as u64).collect();
+    assert_eq!(
+        ticks, expected,
+        "every line once, in order, across the cut stream"
+    );
+    assert_eq!(
+        out.matches("out-dock.main-1").count(),
+        1,
+        "the replayed start is not written again"
     );
 
     // Not wanted any more: stopped, reported killed, removed.
@@ -185,7 +220,7 @@ async fn an_oom_and_a_missing_image_fail_the_task_with_a_message() {
     missing.docker.as_mut().unwrap().image = "sandtrail-no-such-image:never".into();
     let exit = docker_spec("dock.exit-1", "exit 3", 32.0);
     plane.lock().unwrap().desired = vec![oom, missing, exit];
-    let node = start(work.path(), &url);
+    let node = start("dock-oom", work.path(), &url);
     let oom = eventually("the OOM report", || {
         report(&plane, "dock.oom-1", |s| s.state != "TASK_RUNNING")
     })
@@ -203,7 +238,7 @@ async fn an_oom_and_a_missing_image_fail_the_task_with_a_message() {
     assert_eq!(missing.state, "TASK_FAILED");
     let msg = missing.message.unwrap_or_default();
     assert!(
-        msg.contains("image \"sandtrail-no-such-image:never\" is not on agent dock-node and pulling it failed"),
+        msg.contains("image \"sandtrail-no-such-image:never\" is not on agent dock-oom and pulling it failed"),
         "{msg}"
     );
     let exit = eventually("the exit report", || {
@@ -307,7 +342,7 @@ async fn force_pull_image_pulls_before_the_launch_and_the_task_runs() {
     d.image = "registry.example/demo:7".into();
     d.force_pull_image = true;
     plane.lock().unwrap().desired = vec![spec];
-    let node = start_with(work.path(), &url, &engine.url);
+    let node = start_with("dock-fake", work.path(), &url, &engine.url);
     let running = eventually("the task running after the pull", || {
         report(&plane, "dock.force-1", |s| s.state == "TASK_RUNNING")
     })
@@ -352,7 +387,7 @@ async fn a_hanging_image_pull_does_not_stop_the_heartbeats() {
     let mut spec = docker_spec("dock.pull-1", "true", 64.0);
     spec.docker.as_mut().unwrap().image = "registry.example/slow:1".into();
     plane.lock().unwrap().desired = vec![spec];
-    let node = start_with(work.path(), &url, &engine.url);
+    let node = start_with("dock-fake", work.path(), &url, &engine.url);
     eventually("the pull to start", || engine.pulling().then_some(())).await;
     let heartbeats = || metric(&node.node, "sandtrail_node_heartbeats_total");
     let before = heartbeats().expect("a heartbeat counter");

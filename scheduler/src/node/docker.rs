@@ -17,8 +17,9 @@
 //! attach stream (`POST /containers/{id}/attach`, opened before the container
 //! starts, so no line is missed) and copying its multiplexed frames into the two
 //! pipes. Neither it nor the logger is the node's child, so both outlive an agent
-//! restart and no line is read twice or skipped across one; an engine restart cuts
-//! the stream (what the container writes until the node attaches again is lost).
+//! restart and no line is read twice or skipped across one. An engine restart cuts
+//! the stream; the node then follows the container's logs from its start and the
+//! pump skips the bytes it counted already (see [`spawn_pump`]).
 //!
 //! Containers carry labels with their task (`sandtrail.task`, `sandtrail.app`,
 //! `sandtrail.host`, `sandtrail.instance`): a restarted node adopts the running
@@ -396,6 +397,36 @@ impl Docker {
     /// returns the socket once the engine has switched it to the raw stream.
     /// Blocking: run off the async runtime.
     pub fn attach_blocking(&self, id: &str) -> Result<std::os::unix::net::UnixStream> {
+        self.raw_stream_blocking(
+            id,
+            &format!(
+                "POST /{API_VERSION}/containers/{id}/attach?stream=1&stdout=1&stderr=1 HTTP/1.1\r\n\
+                 Host: docker\r\nConnection: Upgrade\r\nUpgrade: tcp\r\nContent-Length: 0\r\n\r\n"
+            ),
+        )
+    }
+
+    /// The container's whole output since it started, then what it writes until it
+    /// stops: `GET /containers/{id}/logs?follow=1`, the same multiplexed frames as
+    /// the attach stream. Asked in HTTP/1.0 so that the engine sends the frames raw
+    /// (no chunked encoding) and ends the stream by closing. Blocking.
+    pub fn follow_logs_blocking(&self, id: &str) -> Result<std::os::unix::net::UnixStream> {
+        self.raw_stream_blocking(
+            id,
+            &format!(
+                "GET /{API_VERSION}/containers/{id}/logs?follow=1&stdout=1&stderr=1 HTTP/1.0\r\n\
+                 Host: docker\r\n\r\n"
+            ),
+        )
+    }
+
+    /// Sends `request` on a new connection and returns the socket after the answer's
+    /// headers, read byte by byte so that no byte of the stream is taken from the pump.
+    fn raw_stream_blocking(
+        &self,
+        id: &str,
+        request: &str,
+    ) -> Result<std::os::unix::net::UnixStream> {
         use std::io::{Read, Write};
         let err = |e: std::io::Error| {
             Error::Docker(format!(
@@ -405,14 +436,7 @@ impl Docker {
         };
         let mut s = std::os::unix::net::UnixStream::connect(&self.socket).map_err(err)?;
         s.set_read_timeout(Some(CALL_TIMEOUT)).map_err(err)?;
-        write!(
-            s,
-            "POST /{API_VERSION}/containers/{id}/attach?stream=1&stdout=1&stderr=1 HTTP/1.1\r\n\
-             Host: docker\r\nConnection: Upgrade\r\nUpgrade: tcp\r\nContent-Length: 0\r\n\r\n"
-        )
-        .map_err(err)?;
-        // Byte by byte up to the blank line, so that no byte of the stream after the
-        // headers is taken from the pump.
+        s.write_all(request.as_bytes()).map_err(err)?;
         let mut head = Vec::new();
         let mut b = [0u8; 1];
         while !head.ends_with(b"\r\n\r\n") {
@@ -721,12 +745,25 @@ fn parse_size(v: &str) -> Option<u64> {
 /// and `err` (stderr frames), the logger's pipes, until the stream ends (the
 /// container stopped). Returns its pid. Blocking (fork and wait for the
 /// intermediate child).
+///
+/// `offsets` is a file where the pump keeps how many bytes of each stream it has
+/// seen (two native-endian u64s, stdout's then stderr's, rewritten after each
+/// frame); it skips the first `skip` bytes of each stream, so that a stream that
+/// replays the container's output from its start ([`Docker::follow_logs_blocking`])
+/// resumes exactly where a cut one ended, with no line twice.
 pub fn spawn_pump(
     stream: std::os::unix::net::UnixStream,
     out: OwnedFd,
     err: OwnedFd,
+    offsets: OwnedFd,
+    skip: [u64; 2],
 ) -> Result<u32> {
-    let fds = [stream.as_raw_fd(), out.as_raw_fd(), err.as_raw_fd()];
+    let fds = [
+        stream.as_raw_fd(),
+        out.as_raw_fd(),
+        err.as_raw_fd(),
+        offsets.as_raw_fd(),
+    ];
     let mut buf = vec![0u8; 64 * 1024];
     let (pid_r, pid_w) = pipe_pair().map_err(|e| Error::io("attach pump", e))?;
     let pid_w_fd = pid_w.as_raw_fd();
@@ -740,7 +777,7 @@ pub fn spawn_pump(
             libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
             let pid = libc::fork();
             if pid == 0 {
-                pump_child(fds, &mut buf);
+                pump_child(fds, skip, &mut buf);
             }
             let bytes = pid.to_ne_bytes();
             libc::write(pid_w_fd, bytes.as_ptr().cast(), bytes.len());
@@ -768,7 +805,7 @@ pub fn spawn_pump(
             std::io::Error::other("the pump could not be forked"),
         ));
     }
-    drop((stream, out, err));
+    drop((stream, out, err, offsets));
     Ok(pid as u32)
 }
 
@@ -816,11 +853,12 @@ unsafe fn write_all(fd: i32, data: &[u8]) -> bool {
 }
 
 /// The pump's whole life: frames of `[stream, 0, 0, 0, size (u32 BE)]` then `size`
-/// bytes, stream 1 to stdout and 2 to stderr. Never returns.
+/// bytes, stream 1 to stdout and 2 to stderr, less the first `skip` bytes of each;
+/// the bytes seen per stream go to the offsets file after each frame. Never returns.
 ///
 /// # Safety
 /// Only call in a freshly forked child.
-unsafe fn pump_child(fds: [i32; 3], buf: &mut [u8]) -> ! {
+unsafe fn pump_child(fds: [i32; 4], skip: [u64; 2], buf: &mut [u8]) -> ! {
     for fd in 0..4096 {
         if !fds.contains(&fd) {
             libc::close(fd);
@@ -829,13 +867,15 @@ unsafe fn pump_child(fds: [i32; 3], buf: &mut [u8]) -> ! {
     // A logger gone (it never is before the stream ends) must not kill the pump by
     // SIGPIPE mid-frame; the write error ends it instead.
     libc::signal(libc::SIGPIPE, libc::SIG_IGN);
-    let [sock, out, err] = fds;
+    let [sock, out, err, offsets] = fds;
+    let mut seen = [0u64; 2];
     let mut header = [0u8; 8];
     while read_full(sock, &mut header) {
         let size = u32::from_be_bytes([header[4], header[5], header[6], header[7]]) as usize;
-        let target = match header[0] {
-            2 => err,
-            _ => out,
+        // stdin frames (0) are never sent: stdin is not attached.
+        let (k, target) = match header[0] {
+            2 => (1, err),
+            _ => (0, out),
         };
         let mut left = size;
         while left > 0 {
@@ -843,12 +883,18 @@ unsafe fn pump_child(fds: [i32; 3], buf: &mut [u8]) -> ! {
             if !read_full(sock, &mut buf[..n]) {
                 libc::_exit(0);
             }
-            // stdin frames (0) are never sent: stdin is not attached.
-            if !write_all(target, &buf[..n]) {
+            // The part of this chunk past what an earlier pump already delivered.
+            let new_from = skip[k].saturating_sub(seen[k]).min(n as u64) as usize;
+            if new_from < n && !write_all(target, &buf[new_from..n]) {
                 libc::_exit(1);
             }
+            seen[k] += n as u64;
             left -= n;
         }
+        let mut record = [0u8; 16];
+        record[..8].copy_from_slice(&seen[0].to_ne_bytes());
+        record[8..].copy_from_slice(&seen[1].to_ne_bytes());
+        libc::pwrite(offsets, record.as_ptr().cast(), record.len(), 0);
     }
     libc::_exit(0)
 }

@@ -21,9 +21,46 @@ use protocol::DockerSpec;
 /// a message, instead of leaving it to that timeout.
 const PULL_TIMEOUT: Duration = Duration::from_secs(240);
 
+/// How often a watcher checks that its container's attach pump still runs.
+const PUMP_CHECK: Duration = Duration::from_secs(1);
+
 /// The file in a sandbox recording the task's container and the attach pump feeding
 /// its logger, so a restarted node can tell whether the pump still runs.
 pub const CONTAINER_FILE: &str = ".sandtrail-container";
+
+/// Where the attach pump of container `id` keeps the bytes of each stream it has
+/// seen: the node's own directory, not the sandbox, which the container writes.
+fn offsets_path(cfg: &NodeConfig, id: &str) -> PathBuf {
+    cfg.work_dir
+        .join("containers")
+        .join(format!("{id}.offsets"))
+}
+
+/// Opens (creating it empty when `fresh`) the offsets file of a container, and the
+/// counts it holds. Blocking.
+fn open_offsets(path: &Path, fresh: bool) -> std::io::Result<(std::os::fd::OwnedFd, [u64; 2])> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(fresh)
+        .truncate(fresh)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
+    let mut b = [0u8; 16];
+    let skip = match f.read_exact(&mut b) {
+        Ok(()) => [
+            u64::from_ne_bytes(b[..8].try_into().expect("8 bytes")),
+            u64::from_ne_bytes(b[8..].try_into().expect("8 bytes")),
+        ],
+        Err(_) => [0, 0],
+    };
+    Ok((f.into(), skip))
+}
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct ContainerFile {
@@ -239,9 +276,14 @@ impl Inner {
                     .await
                     .map_err(|e| Error::Docker(e.to_string()))??
             };
-            let pump = tokio::task::spawn_blocking(move || spawn_pump(stream, stdout, stderr))
-                .await
-                .map_err(|e| Error::Docker(e.to_string()))??;
+            let offsets = offsets_path(&self.cfg, &id);
+            let pump = tokio::task::spawn_blocking(move || {
+                let (offsets, _) =
+                    open_offsets(&offsets, true).map_err(|e| Error::io(&offsets, e))?;
+                spawn_pump(stream, stdout, stderr, offsets, [0, 0])
+            })
+            .await
+            .map_err(|e| Error::Docker(e.to_string()))??;
             docker.start(&id).await?;
             let state = docker
                 .inspect(&id)
@@ -344,6 +386,8 @@ impl Inner {
             };
             let detach = inner.detach.clone();
             let mut failures = 0u32;
+            let mut wait = Box::pin(docker.wait(&id));
+            let mut pump_check = tokio::time::interval(PUMP_CHECK);
             let killed = loop {
                 tokio::select! {
                     _ = detach.cancelled() => return,
@@ -353,7 +397,8 @@ impl Inner {
                         }
                         break true;
                     }
-                    r = docker.wait(&id) => match r {
+                    _ = pump_check.tick() => inner.keep_the_stream(&docker, &id, &dir).await,
+                    r = &mut wait => match r {
                         Ok(()) => break false,
                         Err(e) => {
                             // The engine restarting or unreachable: the container's
@@ -366,10 +411,12 @@ impl Inner {
                                 _ = detach.cancelled() => return,
                                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                             }
+                            wait = Box::pin(docker.wait(&id));
                         }
                     },
                 }
             };
+            drop(wait);
             let state = docker.inspect(&id).await.ok().flatten();
             let mut report = container_report(&app, &task, state.as_ref(), killed);
             report.instance = Some(instance);
@@ -381,6 +428,7 @@ impl Inner {
             }
             mark_finished(&dir).await;
             let _ = tokio::fs::remove_file(dir.join(CONTAINER_FILE)).await;
+            let _ = tokio::fs::remove_file(offsets_path(&inner.cfg, &id)).await;
             inner.record_exit(report);
             kill.cancel();
         });
@@ -433,6 +481,7 @@ impl Inner {
                 report.instance = Some(instance);
                 let _ = docker.remove(&id).await;
                 mark_finished(&dir).await;
+                let _ = tokio::fs::remove_file(offsets_path(&self.cfg, &id)).await;
                 let mut st = self.state.lock().expect("node state lock");
                 st.done.insert(task);
                 let seq = st.next_seq;
@@ -483,9 +532,41 @@ impl Inner {
         }
     }
 
-    /// Feeds an adopted container's output to a new logger when its attach pump is
-    /// gone (the engine restarted, or the host's processes were killed): what the
-    /// container wrote in between is not in its sandbox.
+    /// Attaches again when the container's stream ended while it still runs (an
+    /// engine restart cuts it; a pump killed by hand too): see [`Inner::reattach`].
+    async fn keep_the_stream(&self, docker: &Arc<Docker>, id: &str, dir: &Path) {
+        let d = dir.to_path_buf();
+        let pump_alive = tokio::task::spawn_blocking(move || {
+            read_control_file(&d.join(CONTAINER_FILE))
+                .and_then(|b| serde_json::from_slice::<ContainerFile>(&b).ok())
+                .is_none_or(|r| same_process_alive(r.pump, r.pump_start))
+        })
+        .await
+        .unwrap_or(true);
+        if pump_alive {
+            return;
+        }
+        // A stopped container's stream ends too: the wait reports that one.
+        if !matches!(docker.inspect(id).await, Ok(Some(s)) if s.running) {
+            return;
+        }
+        let d = dir.to_path_buf();
+        let meta = tokio::task::spawn_blocking(move || {
+            read_control_file(&d.join("task.json"))
+                .and_then(|b| serde_json::from_slice::<TaskFile>(&b).ok())
+        })
+        .await
+        .ok()
+        .flatten();
+        self.reattach(docker, id, dir, meta.as_ref()).await;
+    }
+
+    /// Feeds a running container's output to a new logger when its attach pump is
+    /// gone (the engine restarted, or the host's processes were killed). The new
+    /// pump follows the container's logs from its start and skips what the old one
+    /// delivered (its offsets file), so nothing written meanwhile is lost and no
+    /// line is written twice. Without an offsets file (a container of an older
+    /// node) it attaches to the live stream: what was written meanwhile is lost.
     async fn reattach(&self, docker: &Arc<Docker>, id: &str, dir: &Path, meta: Option<&TaskFile>) {
         use std::os::unix::fs::MetadataExt;
         let budget = meta
@@ -494,24 +575,44 @@ impl Inner {
         let rotation = Rotation::for_budget(budget);
         let (docker, id, dir) = (Arc::clone(docker), id.to_string(), dir.to_path_buf());
         let agent_uid = self.agent_uid;
+        let offsets = offsets_path(&self.cfg, &id);
         let done = tokio::task::spawn_blocking(move || {
             // The logger runs as the sandbox's owner, as it did at the launch.
             let owner = std::fs::metadata(&dir)
                 .map_err(|e| Error::io(&dir, e))?
                 .uid();
             let user = (owner != agent_uid).then(|| TaskUser::dynamic(owner));
+            let (stream, offsets, skip, replayed) = match open_offsets(&offsets, false) {
+                Ok((fd, skip)) => (docker.follow_logs_blocking(&id)?, fd, skip, true),
+                Err(_) => {
+                    let (fd, _) =
+                        open_offsets(&offsets, true).map_err(|e| Error::io(&offsets, e))?;
+                    (docker.attach_blocking(&id)?, fd, [0, 0], false)
+                }
+            };
             let (out, err) = logger::spawn_as(&dir, rotation, user.as_ref())?;
-            let stream = docker.attach_blocking(&id)?;
-            let pump = spawn_pump(stream, out, err)?;
-            Ok::<_, Error>((pump, dir))
+            let pump = spawn_pump(stream, out, err, offsets, skip)?;
+            let record = ContainerFile {
+                id: id.clone(),
+                pump,
+                pump_start: process_start(pump),
+                started_at: chrono::Utc::now(),
+            };
+            let path = dir.join(CONTAINER_FILE);
+            write_control_file(&path, &serde_json::to_vec(&record)?)
+                .map_err(|e| Error::io(&path, e))?;
+            Ok::<_, Error>((pump, dir, replayed))
         })
         .await;
         match done {
-            Ok(Ok((pump, dir))) => {
+            Ok(Ok((pump, dir, true))) => {
+                info!(sandbox = %dir.display(), pump, "the container's log stream was gone: following its logs again from where it ended")
+            }
+            Ok(Ok((pump, dir, false))) => {
                 warn!(sandbox = %dir.display(), pump, "the container's log stream was gone: attached again; its output meanwhile is not in the sandbox")
             }
-            Ok(Err(e)) => warn!(error = %e, "could not attach to an adopted container again"),
-            Err(e) => warn!(error = %e, "could not attach to an adopted container again"),
+            Ok(Err(e)) => warn!(error = %e, "could not attach to a running container again"),
+            Err(e) => warn!(error = %e, "could not attach to a running container again"),
         }
     }
 }
