@@ -67,6 +67,24 @@ async fn docker_or_skip() -> Option<Docker> {
     Some(d)
 }
 
+/// Waits for more than `lines` lines in the sandbox's stdout, then checks that
+/// its `tick=N` lines are 1, 2, 3.. each once (no line lost or repeated across
+/// `what`); returns the stdout.
+async fn ticks_once_after(sandbox: &Path, lines: usize, what: &str) -> String {
+    eventually(&format!("lines after {what}"), || {
+        (read(&sandbox.join("stdout")).lines().count() > lines).then_some(())
+    })
+    .await;
+    let out = read(&sandbox.join("stdout"));
+    let ticks: Vec<u64> = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("tick=")?.parse().ok())
+        .collect();
+    let expected: Vec<u64> = (1..=ticks.len() as u64).collect();
+    assert_eq!(ticks, expected, "every line once, in order, across {what}");
+    out
+}
+
 fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
@@ -142,20 +160,7 @@ async fn a_container_task_logs_once_is_limited_checked_killed_and_adopted() {
     })
     .await;
     assert!(docker.inspect(&ids[0]).await.unwrap().unwrap().running);
-    eventually("lines after the restart", || {
-        (read(&sandbox.join("stdout")).lines().count() > before + 3).then_some(())
-    })
-    .await;
-    let out = read(&sandbox.join("stdout"));
-    let ticks: Vec<u64> = out
-        .lines()
-        .filter_map(|l| l.strip_prefix("tick=")?.parse().ok())
-        .collect();
-    let expected: Vec<u64> = (1..=ticks.len() as u64).collect();
-    assert_eq!(
-        ticks, expected,
-        "every line once, in order, across the restart"
-    );
+    ticks_once_after(&sandbox, before + 3, "the restart").await;
 
     // The stream cut while the container runs (as an engine restart cuts it; here
     // its pump is killed): the node follows the container's logs again from where
@@ -169,20 +174,7 @@ async fn a_container_task_logs_once_is_limited_checked_killed_and_adopted() {
     assert_eq!(unsafe { libc::kill(pump, libc::SIGKILL) }, 0);
     let cut = read(&sandbox.join("stdout")).lines().count();
     eventually("a new pump", || pump_of().filter(|p| *p != pump)).await;
-    eventually("lines after the stream was cut", || {
-        (read(&sandbox.join("stdout")).lines().count() > cut + 10).then_some(())
-    })
-    .await;
-    let out = read(&sandbox.join("stdout"));
-    let ticks: Vec<u64> = out
-        .lines()
-        .filter_map(|l| l.strip_prefix("tick=")?.parse().ok())
-        .collect();
-    let expected: Vec<u64> = (1..=ticks.len() as u64).collect();
-    assert_eq!(
-        ticks, expected,
-        "every line once, in order, across the cut stream"
-    );
+    let out = ticks_once_after(&sandbox, cut + 10, "the cut stream").await;
     assert_eq!(
         out.matches("out-dock.main-1").count(),
         1,
