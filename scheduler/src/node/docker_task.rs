@@ -21,6 +21,15 @@ use protocol::DockerSpec;
 /// a message, instead of leaving it to that timeout.
 const PULL_TIMEOUT: Duration = Duration::from_secs(240);
 
+/// How long a SIGKILLed container's OOM flag may lag behind its exit.
+const OOM_EVENT_WAIT: Duration = Duration::from_millis(500);
+
+/// A limited container killed by SIGKILL (137) that the engine has not (yet) flagged
+/// as OOM-killed.
+fn maybe_oom_unflagged(s: &ContainerState) -> bool {
+    s.exit_code == 137 && !s.oom_killed && s.memory > 0
+}
+
 /// How often a watcher checks that its container's attach pump still runs.
 const PUMP_CHECK: Duration = Duration::from_secs(1);
 
@@ -417,7 +426,15 @@ impl Inner {
                 }
             };
             drop(wait);
-            let state = docker.inspect(&id).await.ok().flatten();
+            let mut state = docker.inspect(&id).await.ok().flatten();
+            if !killed && state.as_ref().is_some_and(maybe_oom_unflagged) {
+                // The engine's OOM event can arrive after the exit (cgroup v1): a
+                // SIGKILL of a limited container is asked about once more.
+                tokio::time::sleep(OOM_EVENT_WAIT).await;
+                if let Ok(Some(again)) = docker.inspect(&id).await {
+                    state = Some(again);
+                }
+            }
             let mut report = container_report(&app, &task, state.as_ref(), killed);
             report.instance = Some(instance);
             if state.as_ref().is_some_and(|s| s.oom_killed) && !killed {
@@ -646,6 +663,28 @@ mod tests {
         let r = container_report("a", "a.1", Some(&s(143, false)), true);
         assert_eq!(r.state, TASK_KILLED);
         assert_eq!(container_report("a", "a.1", None, false).state, TASK_FAILED);
+    }
+
+    /// Regression: on cgroup v1 the engine sometimes flags an OOM kill only after
+    /// the exit, and the task was reported "container exited with code 137".
+    #[test]
+    fn a_limited_sigkilled_container_is_asked_again_about_an_oom() {
+        let s = |exit_code, oom_killed, memory| ContainerState {
+            exit_code,
+            oom_killed,
+            memory,
+            ..ContainerState::default()
+        };
+        assert!(maybe_oom_unflagged(&s(137, false, 16 << 20)));
+        assert!(
+            !maybe_oom_unflagged(&s(137, true, 16 << 20)),
+            "flagged already"
+        );
+        assert!(
+            !maybe_oom_unflagged(&s(137, false, 0)),
+            "no limit, no OOM kill"
+        );
+        assert!(!maybe_oom_unflagged(&s(1, false, 16 << 20)));
     }
 
     /// Regression (issue 19 review): an adopted container was stopped with the
