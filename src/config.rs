@@ -102,6 +102,12 @@ pub struct SchedulerSection {
     pub dns_domain: Option<String>,
     /// TTL of DNS answers, negative ones included (default 5).
     pub dns_ttl_secs: Option<u32>,
+    /// `zk://h1:2181,h2:2181/path`: leader election and state in ZooKeeper.
+    pub zk: Option<String>,
+    /// ZooKeeper session timeout (default 10000 ms).
+    pub zk_session_timeout_ms: Option<u64>,
+    /// `host:port` written into the election (default: the bound listen address).
+    pub advertise: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -552,6 +558,10 @@ pub struct PartSettings {
 pub struct SchedulerSettings {
     pub part: PartSettings,
     pub dns_listen: Option<String>,
+    /// HA on ZooKeeper, when set.
+    pub zk: Option<String>,
+    pub zk_session_timeout: std::time::Duration,
+    pub advertise: Option<String>,
 }
 
 pub fn scheduler(args: SchedulerArgs, cfg: &Config, token: Option<String>) -> SchedulerSettings {
@@ -565,6 +575,13 @@ pub fn scheduler(args: SchedulerArgs, cfg: &Config, token: Option<String>) -> Sc
             token: given_token(token, cfg),
         },
         dns_listen: args.dns_listen.or(cfg.scheduler.dns_listen.clone()),
+        zk: args.zk.or(cfg.scheduler.zk.clone()),
+        zk_session_timeout: std::time::Duration::from_millis(
+            args.zk_session_timeout_ms
+                .or(cfg.scheduler.zk_session_timeout_ms)
+                .unwrap_or(10_000),
+        ),
+        advertise: args.advertise.or(cfg.scheduler.advertise.clone()),
     }
 }
 
@@ -810,6 +827,9 @@ mod tests {
                 data_dir: None,
                 listen: None,
                 dns_listen: None,
+                zk: None,
+                zk_session_timeout_ms: None,
+                advertise: None,
             },
             &cfg,
             None,
