@@ -7,6 +7,8 @@
 //! Each suite keeps its own cluster shape (which parts, which data dirs); only the
 //! process handling lives here.
 
+pub mod zk;
+
 use anyhow::{bail, Context};
 use std::io::BufRead;
 use std::path::Path;
@@ -156,6 +158,21 @@ impl Proc {
             bail!("kill {sig} {} failed", self.name);
         }
         Ok(())
+    }
+
+    /// Waits up to `within` for it to exit on its own, with its status.
+    #[allow(dead_code)] // only the HA suite waits for a part to give up
+    pub fn wait_exit(&mut self, within: Duration) -> anyhow::Result<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                bail!("{} still runs after {within:?}", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// SIGKILL (what `Child::kill` sends), reaped.
