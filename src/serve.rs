@@ -830,7 +830,9 @@ async fn scheduler_ha(
     let e = elected.clone();
     let front = with_ops(
         scheduler::ha::front(ha.clone(), keyring.clone(), app.clone()),
-        vec![Arc::new(move || e.get().map(|s| s.metrics()).unwrap_or_default())],
+        vec![Arc::new(move || {
+            e.get().map(|s| s.metrics()).unwrap_or_default()
+        })],
         &Ops::new(keyring.clone(), &cfg),
     );
     let cancel = CancellationToken::new();
@@ -871,11 +873,17 @@ async fn scheduler_ha(
         join_all("dns", dns.into_iter().collect()).await;
         let _ = sched_loop.await;
     };
-    if tokio::time::timeout(Duration::from_secs(5), stop).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(5), stop)
+        .await
+        .is_err()
+    {
         warn!("shutdown took over 5 s: exiting anyway");
     }
     if code != 0 {
-        tracing::error!(code, "leadership lost: exiting for the supervisor to restart this scheduler");
+        tracing::error!(
+            code,
+            "leadership lost: exiting for the supervisor to restart this scheduler"
+        );
         std::process::exit(code);
     }
     Ok(())

@@ -41,7 +41,9 @@ struct KillTasks;
 impl Drop for KillTasks {
     fn drop(&mut self) {
         for pid in task_pids() {
-            let _ = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status();
+            let _ = std::process::Command::new("kill")
+                .args(["-9", &pid.to_string()])
+                .status();
         }
     }
 }
@@ -92,7 +94,10 @@ impl Ha {
         .into();
         let env = [("SANDTRAIL_TOKEN", TOKEN.to_string())];
         let (proc, url) = Proc::start("scheduler", self.dir.path(), &args, "scheduler:", &env)?;
-        let addr = url.trim_start_matches("http://").trim_end_matches('/').to_string();
+        let addr = url
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_string();
         self.members.push(Member {
             proc: Some(proc),
             url,
@@ -120,7 +125,11 @@ impl Ha {
             if named.len() != 1 {
                 bail!("members name different leaders: {named:?}");
             }
-            let Some(i) = self.members.iter().position(|m| m.addr == named[0] && m.proc.is_some()) else {
+            let Some(i) = self
+                .members
+                .iter()
+                .position(|m| m.addr == named[0] && m.proc.is_some())
+            else {
                 bail!("leader {} is not a live member", named[0]);
             };
             // Elected and serving (state loaded): its own API answers.
@@ -194,26 +203,40 @@ impl Ha {
 /// the failover time the bench reports.
 async fn kill_and_time_failover(ha: &mut Ha, app: &str) -> anyhow::Result<(usize, Duration)> {
     let leader = ha.leader(Duration::from_secs(30)).await?;
-    ha.members[leader].proc.take().context("leader proc")?.kill9()?;
+    ha.members[leader]
+        .proc
+        .take()
+        .context("leader proc")?
+        .kill9()?;
     let killed = Instant::now();
     let via = ha.follower(leader);
-    common::eventually("a write accepted after the kill", Duration::from_millis(SESSION_MS) + Duration::from_secs(15), || async {
-        let r = ha.deploy(via, app).await?;
-        Ok(r.status().is_success().then_some(()))
-    })
+    common::eventually(
+        "a write accepted after the kill",
+        Duration::from_millis(SESSION_MS) + Duration::from_secs(15),
+        || async {
+            let r = ha.deploy(via, app).await?;
+            Ok(r.status().is_success().then_some(()))
+        },
+    )
     .await?;
     Ok((via, killed.elapsed()))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill9_of_the_leader_fails_over_with_the_state_and_followers_forward() -> anyhow::Result<()> {
+async fn kill9_of_the_leader_fails_over_with_the_state_and_followers_forward() -> anyhow::Result<()>
+{
     let _kill = KillTasks;
     let mut ha = Ha::start(3)?;
     let leader = ha.leader(Duration::from_secs(30)).await?;
     let follower = ha.follower(leader);
     // An agent that knows every scheduler, starting with the one about to die.
     let mut list: Vec<String> = vec![ha.members[leader].url.clone()];
-    list.extend(ha.members.iter().filter(|m| m.addr != ha.members[leader].addr).map(|m| m.url.clone()));
+    list.extend(
+        ha.members
+            .iter()
+            .filter(|m| m.addr != ha.members[leader].addr)
+            .map(|m| m.url.clone()),
+    );
     let agent_args: Vec<String> = [
         "agent",
         "--data-dir",
@@ -249,17 +272,32 @@ async fn kill9_of_the_leader_fails_over_with_the_state_and_followers_forward() -
     assert!(r.text().await?.contains("refusing to loop"));
 
     let (via, took) = kill_and_time_failover(&mut ha, "/after").await?;
-    println!("failover: kill -9 to first accepted write {} ms", took.as_millis());
+    println!(
+        "failover: kill -9 to first accepted write {} ms",
+        took.as_millis()
+    );
     let new_leader = ha.leader(Duration::from_secs(10)).await?;
     assert_ne!(new_leader, leader);
     let mut apps = ha.apps(via).await?;
     apps.sort();
-    assert_eq!(apps, vec!["/after", "/before"], "the app deployed before the kill survives");
+    assert_eq!(
+        apps,
+        vec!["/after", "/before"],
+        "the app deployed before the kill survives"
+    );
     // The agent moved to a survivor, re-registered and reported its task, which the new
     // leader adopted: same id, same process (not restarted).
     let after = ha.running(via, Duration::from_secs(30)).await?;
-    assert!(after.contains(&running[0]), "task {} kept its id: {after:?}", running[0]);
-    assert_eq!(task_pids()[0], pids[0], "the task's process was not restarted");
+    assert!(
+        after.contains(&running[0]),
+        "task {} kept its id: {after:?}",
+        running[0]
+    );
+    assert_eq!(
+        task_pids()[0],
+        pids[0],
+        "the task's process was not restarted"
+    );
     Ok(())
 }
 
@@ -293,7 +331,8 @@ async fn delete_v2_leader_abdicates_and_the_lead_moves() -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_leader_paused_past_its_session_exits_on_resume_instead_of_acting() -> anyhow::Result<()> {
+async fn a_leader_paused_past_its_session_exits_on_resume_instead_of_acting() -> anyhow::Result<()>
+{
     let mut ha = Ha::start(2)?;
     let leader = ha.leader(Duration::from_secs(30)).await?;
     let other = ha.follower(leader);
@@ -345,10 +384,21 @@ async fn a_store_whose_leadership_is_gone_cannot_write() -> anyhow::Result<()> {
     let b = Ha::connect(url, "b:1".into(), session).await?;
     b.campaign().await?;
     let store_b = ZkStore::open(b.clone()).await?;
-    assert_eq!(store_b.load()?.agents, vec!["from-a"], "b reads what a wrote");
+    assert_eq!(
+        store_b.load()?.agents,
+        vec!["from-a"],
+        "b reads what a wrote"
+    );
     store_b.save(1, agents("from-b")).await?;
-    let err = store_a.save(2, agents("late-a")).await.unwrap_err().to_string();
-    assert!(err.contains("no longer leads") || err.contains("lost"), "{err}");
+    let err = store_a
+        .save(2, agents("late-a"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("no longer leads") || err.contains("lost"),
+        "{err}"
+    );
     assert!(a.lost().is_cancelled(), "a knows it lost");
     let (data, _) = raw.get_data("/fence/state").await?;
     let saved = scheduler::ha::decode(&data).map_err(anyhow::Error::msg)?;

@@ -73,9 +73,10 @@ impl std::str::FromStr for ZkUrl {
             .ok_or_else(|| bad("does not start with zk://"))?;
         let (servers, path) = rest.split_once('/').ok_or_else(|| bad("has no path"))?;
         if servers.is_empty()
-            || servers
-                .split(',')
-                .any(|h| h.rsplit_once(':').is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err()))
+            || servers.split(',').any(|h| {
+                h.rsplit_once(':')
+                    .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
+            })
         {
             return Err(bad("has a server without host:port"));
         }
@@ -143,9 +144,18 @@ impl Ha {
             session_timeout,
         });
         ha.client
-            .mkdir(&ha.election_dir(), &zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all()))
+            .mkdir(
+                &ha.election_dir(),
+                &zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all()),
+            )
             .await
-            .or_else(|e| if e == zk::Error::NodeExists { Ok(()) } else { Err(e) })
+            .or_else(|e| {
+                if e == zk::Error::NodeExists {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            })
             .map_err(|e| zk_err("cannot create the election node", e))?;
         tokio::spawn(Arc::clone(&ha).follow_leader());
         tokio::spawn(Arc::clone(&ha).watch_session());
@@ -182,13 +192,21 @@ impl Ha {
 
     /// Whether we lead and have not lost it (as far as the lease tells).
     pub fn is_leader(&self) -> bool {
-        self.lock.lock().unwrap_or_else(|e| e.into_inner()).is_some() && !self.lost.is_cancelled()
+        self.lock
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+            && !self.lost.is_cancelled()
     }
 
     /// Whether ZooKeeper answered us within the last session timeout: past that, our
     /// session may have expired and a successor may lead.
     pub fn lease_fresh(&self) -> bool {
-        self.last_ok.lock().unwrap_or_else(|e| e.into_inner()).elapsed() < self.session_timeout
+        self.last_ok
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .elapsed()
+            < self.session_timeout
     }
 
     /// Fired when leadership or the session is lost (or given up): stop acting.
@@ -207,7 +225,8 @@ impl Ha {
     /// our leadership from then on.
     pub async fn campaign(self: &Arc<Self>) -> Result<()> {
         let dir = self.election_dir();
-        let prefix = zk::LockPrefix::new_curator(&dir, "latch-").map_err(|e| zk_err("election path", e))?;
+        let prefix =
+            zk::LockPrefix::new_curator(&dir, "latch-").map_err(|e| zk_err("election path", e))?;
         let options = zk::LockOptions::new(zk::Acls::anyone_all());
         let lock = tokio::select! {
             l = self.client.lock(prefix, self.me.as_bytes(), options) => l.map_err(|e| zk_err("election failed", e))?,
@@ -280,7 +299,9 @@ impl Ha {
                 _ = self.lost.cancelled() => return,
             };
             match state {
-                zk::SessionState::Expired | zk::SessionState::Closed | zk::SessionState::AuthFailed => {
+                zk::SessionState::Expired
+                | zk::SessionState::Closed
+                | zk::SessionState::AuthFailed => {
                     self.lose(&format!("zookeeper session {state}"));
                     return;
                 }
@@ -345,7 +366,10 @@ impl ZkStore {
     pub async fn open(ha: Arc<Ha>) -> Result<ZkStore> {
         let path = ha.state_path();
         let (loaded, version) = match ha.client.get_data(&path).await {
-            Ok((data, stat)) => (decode(&data).map_err(|e| zk_err(&format!("state node {path}"), e))?, Some(stat.version)),
+            Ok((data, stat)) => (
+                decode(&data).map_err(|e| zk_err(&format!("state node {path}"), e))?,
+                Some(stat.version),
+            ),
             Err(zk::Error::NoNode) => (Saved::default(), None),
             Err(e) => return Err(zk_err(&format!("cannot read {path}"), e)),
         };
@@ -364,7 +388,9 @@ impl ZkStore {
             return Ok(());
         }
         if self.ha.lost.is_cancelled() {
-            return Err(Error::NoLeader("not writing: this scheduler lost its leadership".into()));
+            return Err(Error::NoLeader(
+                "not writing: this scheduler lost its leadership".into(),
+            ));
         }
         saved.format = FORMAT;
         let bytes = tokio::task::spawn_blocking(move || encode(&saved))
@@ -384,7 +410,9 @@ impl ZkStore {
             .as_ref()
             .map(|l| l.lock_path().to_string());
         let Some(node) = node else {
-            return Err(Error::NoLeader("not writing: this scheduler is not the leader".into()));
+            return Err(Error::NoLeader(
+                "not writing: this scheduler is not the leader".into(),
+            ));
         };
         // The fence: the multi op first checks our election node still exists.
         let mut writer = self
@@ -403,19 +431,28 @@ impl ZkStore {
                 let version = match results.remove(0) {
                     zk::MultiWriteResult::SetData { stat } => stat.version,
                     zk::MultiWriteResult::Create { stat, .. } => stat.version,
-                    other => return Err(Error::Zk(format!("unexpected state write result {other:?}"))),
+                    other => {
+                        return Err(Error::Zk(format!(
+                            "unexpected state write result {other:?}"
+                        )))
+                    }
                 };
                 *written = (generation, Some(version));
                 Ok(())
             }
             Err(zk::CheckWriteError::CheckFailed { source }) => {
-                self.ha.lose(&format!("fenced: our election node is gone ({source})"));
-                Err(Error::NoLeader(format!("state write fenced off: this scheduler no longer leads ({source})")))
+                self.ha
+                    .lose(&format!("fenced: our election node is gone ({source})"));
+                Err(Error::NoLeader(format!(
+                    "state write fenced off: this scheduler no longer leads ({source})"
+                )))
             }
             Err(zk::CheckWriteError::OperationFailed { source, .. })
                 if matches!(source, zk::Error::BadVersion | zk::Error::NodeExists) =>
             {
-                self.ha.lose(&format!("fenced: the state was written by another ({source})"));
+                self.ha.lose(&format!(
+                    "fenced: the state was written by another ({source})"
+                ));
                 Err(Error::NoLeader(format!(
                     "state write fenced off: {} was changed by another scheduler ({source})",
                     self.path
@@ -525,13 +562,21 @@ async fn delete_leader(AxState(f): AxState<Front>, req: Request) -> Response {
 async fn forward(AxState(f): AxState<Front>, mut req: Request) -> Response {
     if f.ha.is_leader() {
         if !f.ha.lease_fresh() {
-            return Error::NoLeader("this scheduler's zookeeper lease lapsed: it no longer acts as leader".into())
-                .into_response();
+            return Error::NoLeader(
+                "this scheduler's zookeeper lease lapsed: it no longer acts as leader".into(),
+            )
+            .into_response();
         }
         return match f.app.get() {
-            Some(app) => app.clone().oneshot(req).await.unwrap_or_else(|e| match e {}),
-            None => Error::NoLeader("this scheduler was just elected and is loading the state: retry".into())
-                .into_response(),
+            Some(app) => app
+                .clone()
+                .oneshot(req)
+                .await
+                .unwrap_or_else(|e| match e {}),
+            None => Error::NoLeader(
+                "this scheduler was just elected and is loading the state: retry".into(),
+            )
+            .into_response(),
         };
     }
     if let Some(via) = req.headers().get(VIA) {
@@ -543,27 +588,40 @@ async fn forward(AxState(f): AxState<Front>, mut req: Request) -> Response {
         .into_response();
     }
     let Some(leader) = f.ha.leader() else {
-        return Error::NoLeader("no scheduler leads yet (zookeeper shows no elected leader): retry".into())
-            .into_response();
+        return Error::NoLeader(
+            "no scheduler leads yet (zookeeper shows no elected leader): retry".into(),
+        )
+        .into_response();
     };
     if leader == f.ha.me {
-        return Error::NoLeader("zookeeper names this scheduler leader but it has not taken over yet: retry".into())
-            .into_response();
+        return Error::NoLeader(
+            "zookeeper names this scheduler leader but it has not taken over yet: retry".into(),
+        )
+        .into_response();
     }
-    let path = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
     let url = format!("http://{leader}{path}");
     let headers = std::mem::take(req.headers_mut());
     let method = req.method().clone();
     let mut out = f
         .http
         .request(method, &url)
-        .body(reqwest::Body::wrap_stream(req.into_body().into_data_stream()));
+        .body(reqwest::Body::wrap_stream(
+            req.into_body().into_data_stream(),
+        ));
     for (k, v) in headers.iter() {
         if k != axum::http::header::HOST {
             out = out.header(k, v);
         }
     }
-    let out = out.header(VIA, HeaderValue::from_str(&f.ha.me).unwrap_or(HeaderValue::from_static("?")));
+    let out = out.header(
+        VIA,
+        HeaderValue::from_str(&f.ha.me).unwrap_or(HeaderValue::from_static("?")),
+    );
     match out.send().await {
         Ok(resp) => {
             let mut b = Response::builder().status(resp.status());
@@ -571,7 +629,13 @@ async fn forward(AxState(f): AxState<Front>, mut req: Request) -> Response {
                 b = b.header(k, v);
             }
             b.body(Body::from_stream(resp.bytes_stream()))
-                .unwrap_or_else(|e| Error::Upstream { addr: leader, reason: e.to_string() }.into_response())
+                .unwrap_or_else(|e| {
+                    Error::Upstream {
+                        addr: leader,
+                        reason: e.to_string(),
+                    }
+                    .into_response()
+                })
         }
         Err(e) => Error::NoLeader(format!("cannot reach the leader {leader}: {e}")).into_response(),
     }
@@ -586,7 +650,14 @@ mod tests {
         let u: ZkUrl = "zk://h1:2181,h2:2182/sandtrail/prod/".parse().unwrap();
         assert_eq!(u.servers, "h1:2181,h2:2182");
         assert_eq!(u.root, "/sandtrail/prod");
-        for bad in ["h1:2181/x", "zk://h1:2181", "zk://h1/x", "zk://h1:2181/", "zk://:1/x", "zk://h:1//x"] {
+        for bad in [
+            "h1:2181/x",
+            "zk://h1:2181",
+            "zk://h1/x",
+            "zk://h1:2181/",
+            "zk://:1/x",
+            "zk://h:1//x",
+        ] {
             let e = bad.parse::<ZkUrl>().unwrap_err().to_string();
             assert!(e.contains(bad) && e.contains("expected zk://"), "{e}");
         }

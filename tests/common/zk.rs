@@ -26,7 +26,9 @@ impl ZooKeeper {
             bail!("{ZK_SERVER} is missing: run scripts/test-deps.sh (Debian zookeeperd)");
         }
         let dir = tempfile::tempdir()?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
         let cfg = dir.path().join("zoo.cfg");
         std::fs::create_dir(dir.path().join("data"))?;
         std::fs::write(

@@ -478,7 +478,12 @@ impl Client {
             };
             let url = format!("{base}{path}");
             tried += 1;
-            match self.request(&url, query).timeout(REQUEST_TIMEOUT).send().await {
+            match self
+                .request(&url, query)
+                .timeout(REQUEST_TIMEOUT)
+                .send()
+                .await
+            {
                 Ok(resp) => break (url, resp),
                 Err(e) if e.is_connect() && tried < tries => self.scheduler.failed(at),
                 Err(source) => {
