@@ -271,7 +271,24 @@ async fn kill9_of_the_leader_fails_over_with_the_state_and_followers_forward() -
     assert_eq!(r.status(), 503);
     assert!(r.text().await?.contains("refusing to loop"));
 
+    let dead = ha.members[leader].url.clone();
     let (via, took) = kill_and_time_failover(&mut ha, "/after").await?;
+    // The CLI given the dead leader first moves on to the next scheduler.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sandtrail"))
+        .args([
+            "apps",
+            "--server",
+            &format!("{dead},{}", ha.members[via].url),
+        ])
+        .env("SANDTRAIL_TOKEN", TOKEN)
+        .current_dir(ha.dir.path())
+        .output()?;
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && listed.contains("/before"),
+        "{listed} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     println!(
         "failover: kill -9 to first accepted write {} ms",
         took.as_millis()
