@@ -111,14 +111,8 @@ impl Ha {
         common::eventually("one agreed leader", within, || async {
             let mut named = Vec::new();
             for m in self.members.iter().filter(|m| m.proc.is_some()) {
-                let v: Value = self
-                    .http
-                    .get(format!("{}/v2/leader", m.url))
-                    .send()
-                    .await?
-                    .error_for_status()?
-                    .json()
-                    .await?;
+                let v: Value =
+                    common::get_json(&self.http, &format!("{}/v2/leader", m.url)).await?;
                 named.push(v["leader"].as_str().unwrap_or("").to_string());
             }
             named.dedup();
@@ -161,14 +155,9 @@ impl Ha {
     /// Ids of the running tasks of `/before` once there is one.
     async fn running(&self, via: usize, within: Duration) -> anyhow::Result<Vec<String>> {
         common::eventually("a running task of /before", within, || async {
-            let v: Value = self
-                .http
-                .get(format!("{}/v2/tasks", self.members[via].url))
-                .send()
-                .await?
-                .error_for_status()?
-                .json()
-                .await?;
+            let v: Value =
+                common::get_json(&self.http, &format!("{}/v2/tasks", self.members[via].url))
+                    .await?;
             let ids: Vec<String> = v["tasks"]
                 .as_array()
                 .context("tasks")?
@@ -182,14 +171,8 @@ impl Ha {
     }
 
     async fn apps(&self, via: usize) -> anyhow::Result<Vec<String>> {
-        let v: Value = self
-            .http
-            .get(format!("{}/v2/apps", self.members[via].url))
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
+        let v: Value =
+            common::get_json(&self.http, &format!("{}/v2/apps", self.members[via].url)).await?;
         Ok(v["apps"]
             .as_array()
             .context("apps")?
@@ -237,23 +220,9 @@ async fn kill9_of_the_leader_fails_over_with_the_state_and_followers_forward() -
             .filter(|m| m.addr != ha.members[leader].addr)
             .map(|m| m.url.clone()),
     );
-    let agent_args: Vec<String> = [
-        "agent",
-        "--data-dir",
-        &ha.dir.path().join("a").display().to_string(),
-        "--name",
-        "node-1",
-        "--scheduler",
-        &list.join(","),
-        "--indexer",
-        "http://127.0.0.1:1",
-        "--router-listen",
-        "127.0.0.1:0",
-    ]
-    .map(String::from)
-    .into();
     let env = [("SANDTRAIL_TOKEN", TOKEN.to_string())];
-    let (_agent, _) = Proc::start("agent", ha.dir.path(), &agent_args, "agent node-1:", &env)?;
+    let agent_dir = ha.dir.path().join("a");
+    let _agent = common::agent_without_indexer(ha.dir.path(), &agent_dir, &list.join(","), &env)?;
     // A follower forwards the write to the leader (and the answer back).
     let r = ha.deploy(follower, "/before").await?;
     assert_eq!(r.status(), 201, "{}", r.text().await?);
@@ -358,13 +327,8 @@ async fn a_leader_paused_past_its_session_exits_on_resume_instead_of_acting() ->
     let paused = Instant::now();
     // The survivor takes over once the paused one's session expires.
     common::eventually("the survivor leads", Duration::from_secs(20), || async {
-        let v: Value = ha
-            .http
-            .get(format!("{}/v2/leader", ha.members[other].url))
-            .send()
-            .await?
-            .json()
-            .await?;
+        let v: Value =
+            common::get_json(&ha.http, &format!("{}/v2/leader", ha.members[other].url)).await?;
         Ok((v["leader"] == ha.members[other].addr.as_str()).then_some(()))
     })
     .await?;

@@ -50,6 +50,46 @@ where
     }
 }
 
+/// Starts `sandtrail agent` node-1 on `data_dir` for `scheduler` (one URL or a
+/// comma-separated list) without an indexer (its shipper retries, which the control
+/// plane suites do not look at) and a router on a free port.
+#[allow(dead_code)] // only the control plane suites run a bare agent
+pub fn agent_without_indexer(
+    cwd: &Path,
+    data_dir: &Path,
+    scheduler: &str,
+    env: &[(&str, String)],
+) -> anyhow::Result<Proc> {
+    let args: Vec<String> = [
+        "agent",
+        "--data-dir",
+        &data_dir.display().to_string(),
+        "--name",
+        "node-1",
+        "--scheduler",
+        scheduler,
+        "--indexer",
+        "http://127.0.0.1:1",
+        "--router-listen",
+        "127.0.0.1:0",
+    ]
+    .map(String::from)
+    .into();
+    Ok(Proc::start("agent", cwd, &args, "agent node-1:", env)?.0)
+}
+
+/// `GET url` answered 2xx, its JSON body.
+#[allow(dead_code)] // not every suite reads JSON
+pub async fn get_json(http: &reqwest::Client, url: &str) -> anyhow::Result<serde_json::Value> {
+    Ok(http
+        .get(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?)
+}
+
 /// One `sandtrail` process, killed with SIGKILL when dropped.
 pub struct Proc {
     child: Child,
