@@ -265,9 +265,18 @@ impl Ha {
         loop {
             let (children, _, watcher) = match self.client.get_and_watch_children(&dir).await {
                 Ok(r) => r,
-                Err(e) => {
+                Err(e @ (zk::Error::SessionExpired | zk::Error::ClientClosed)) => {
                     self.lose(&format!("cannot watch the election: {e}"));
                     return;
+                }
+                // A lost connection (one server of the ensemble gone) is retried; the
+                // session outlives it, and the lease and the session watch judge it.
+                Err(e) => {
+                    warn!(error = %e, "watching the election failed: retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(200)) => continue,
+                        _ = self.lost.cancelled() => return,
+                    }
                 }
             };
             let leader = match lowest(&children) {
@@ -614,7 +623,7 @@ async fn forward(AxState(f): AxState<Front>, mut req: Request) -> Response {
             req.into_body().into_data_stream(),
         ));
     for (k, v) in headers.iter() {
-        if k != axum::http::header::HOST {
+        if k != axum::http::header::HOST && !hop_by_hop(k) {
             out = out.header(k, v);
         }
     }
@@ -625,7 +634,7 @@ async fn forward(AxState(f): AxState<Front>, mut req: Request) -> Response {
     match out.send().await {
         Ok(resp) => {
             let mut b = Response::builder().status(resp.status());
-            for (k, v) in resp.headers() {
+            for (k, v) in resp.headers().iter().filter(|(k, _)| !hop_by_hop(k)) {
                 b = b.header(k, v);
             }
             b.body(Body::from_stream(resp.bytes_stream()))
@@ -639,6 +648,22 @@ async fn forward(AxState(f): AxState<Front>, mut req: Request) -> Response {
         }
         Err(e) => Error::NoLeader(format!("cannot reach the leader {leader}: {e}")).into_response(),
     }
+}
+
+/// Headers of one connection, not of the request: never forwarded (RFC 9110 7.6.1).
+fn hop_by_hop(name: &axum::http::HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+    )
 }
 
 #[cfg(test)]
