@@ -292,6 +292,9 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "dns_listen",
             "dns_domain",
             "dns_ttl_secs",
+            "zk",
+            "zk_session_timeout_ms",
+            "advertise",
         ],
     ),
     (
@@ -835,6 +838,8 @@ mod tests {
             None,
         );
         assert_eq!(s.dns_listen.as_deref(), Some("127.0.0.1:53"));
+        assert_eq!(s.zk, None, "no zookeeper unless asked");
+        assert_eq!(s.zk_session_timeout, std::time::Duration::from_secs(10));
         let s = s.part;
         assert_eq!(
             (s.listen.as_str(), s.token.as_deref()),
@@ -854,6 +859,35 @@ mod tests {
             ("127.0.0.1:7072", Some("flag"))
         );
         assert_eq!(i.data_dir, PathBuf::from("/d"));
+        let ha = Config::parse(
+            "[scheduler]\nzk = \"zk://z1:2181/st\"\nzk_session_timeout_ms = 3000\nadvertise = \"s1:7071\"\n",
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        let s = scheduler(
+            SchedulerArgs {
+                data_dir: None,
+                listen: None,
+                dns_listen: None,
+                zk: None,
+                zk_session_timeout_ms: None,
+                advertise: None,
+            },
+            &ha,
+            None,
+        );
+        assert_eq!(
+            (
+                s.zk.as_deref(),
+                s.zk_session_timeout,
+                s.advertise.as_deref()
+            ),
+            (
+                Some("zk://z1:2181/st"),
+                std::time::Duration::from_secs(3),
+                Some("s1:7071")
+            )
+        );
         let u = up(
             UpArgs {
                 data_dir: None,

@@ -544,6 +544,29 @@ fn quote_body(body: &[u8]) -> String {
 mod tests {
     use super::*;
 
+    /// Schedulers in HA: the first URL refuses connections, the second answers.
+    #[tokio::test]
+    async fn a_scheduler_that_refuses_connections_is_skipped_for_the_next() {
+        let app = axum::Router::new().route(
+            "/v2/apps",
+            axum::routing::get(|| async { r#"{"apps":[{"id":"/fib","instances":1}]}"# }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let live = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let dead_addr = dead.local_addr().unwrap();
+        drop(dead);
+        let c = Client::new(
+            "http://127.0.0.1:1",
+            &format!("http://{dead_addr},http://{live}"),
+            None,
+        );
+        assert_eq!(c.apps().await.unwrap()[0].id, "/fib");
+        // The failed one is not asked again.
+        assert_eq!(c.scheduler.current().1, format!("http://{live}"));
+    }
+
     #[test]
     fn apps_parse_leniently() {
         let body = r#"{"apps":[{"id":"/fib","instances":3,"tasksRunning":2,"cpus":null,"mem":"lots","extra":{"x":1}},{"instances":1}]}"#;
