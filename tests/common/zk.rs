@@ -44,7 +44,6 @@ impl ZooKeeper {
         let child = Command::new(ZK_SERVER)
             .arg("start-foreground")
             .arg(&cfg)
-            .env("ZOO_LOG_DIR", dir.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
