@@ -818,6 +818,17 @@ mod tests {
         assert_eq!(c.server, "http://127.0.0.1:7070");
     }
 
+    fn no_scheduler_flags() -> SchedulerArgs {
+        SchedulerArgs {
+            data_dir: None,
+            listen: None,
+            dns_listen: None,
+            zk: None,
+            zk_session_timeout_ms: None,
+            advertise: None,
+        }
+    }
+
     #[test]
     fn servers_resolve_flag_over_file_over_default() {
         let cfg = Config::parse(
@@ -825,18 +836,7 @@ mod tests {
             Path::new("t.toml"),
         )
         .unwrap();
-        let s = scheduler(
-            SchedulerArgs {
-                data_dir: None,
-                listen: None,
-                dns_listen: None,
-                zk: None,
-                zk_session_timeout_ms: None,
-                advertise: None,
-            },
-            &cfg,
-            None,
-        );
+        let s = scheduler(no_scheduler_flags(), &cfg, None);
         assert_eq!(s.dns_listen.as_deref(), Some("127.0.0.1:53"));
         assert_eq!(s.zk, None, "no zookeeper unless asked");
         assert_eq!(s.zk_session_timeout, std::time::Duration::from_secs(10));
@@ -864,18 +864,7 @@ mod tests {
             Path::new("t.toml"),
         )
         .unwrap();
-        let s = scheduler(
-            SchedulerArgs {
-                data_dir: None,
-                listen: None,
-                dns_listen: None,
-                zk: None,
-                zk_session_timeout_ms: None,
-                advertise: None,
-            },
-            &ha,
-            None,
-        );
+        let s = scheduler(no_scheduler_flags(), &ha, None);
         assert_eq!(
             (
                 s.zk.as_deref(),

@@ -54,7 +54,8 @@ impl Cluster {
         let mut scheduler = Proc::spawn("scheduler", dir.path(), &args, &env, |_| {})?;
         let printed = scheduler.printed(&["scheduler:", "dns:"])?;
         let (url, dns) = (printed[0].clone(), printed[1].parse()?);
-        let agent = common::agent_without_indexer(dir.path(), &dir.path().join("a"), &url, &env)?;
+        let agent =
+            common::agent_without_indexer(dir.path(), "node-1", &dir.path().join("a"), &url, &env)?;
         Ok(Cluster {
             _dir: dir,
             _scheduler: scheduler,

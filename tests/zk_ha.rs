@@ -92,7 +92,11 @@ impl Ha {
         ]
         .map(String::from)
         .into();
-        let env = [("SANDTRAIL_TOKEN", TOKEN.to_string())];
+        let env = [
+            ("SANDTRAIL_TOKEN", TOKEN.to_string()),
+            // Short, so the lost-agent test sees a replacement within seconds.
+            ("SANDTRAIL_SCHEDULER_AGENT_TIMEOUT_SECS", "3".to_string()),
+        ];
         let (proc, url) = Proc::start("scheduler", self.dir.path(), &args, "scheduler:", &env)?;
         let addr = url
             .trim_start_matches("http://")
@@ -222,7 +226,8 @@ async fn kill9_of_the_leader_fails_over_with_the_state_and_followers_forward() -
     );
     let env = [("SANDTRAIL_TOKEN", TOKEN.to_string())];
     let agent_dir = ha.dir.path().join("a");
-    let _agent = common::agent_without_indexer(ha.dir.path(), &agent_dir, &list.join(","), &env)?;
+    let _agent =
+        common::agent_without_indexer(ha.dir.path(), "node-1", &agent_dir, &list.join(","), &env)?;
     // A follower forwards the write to the leader (and the answer back).
     let r = ha.deploy(follower, "/before").await?;
     assert_eq!(r.status(), 201, "{}", r.text().await?);
@@ -284,6 +289,66 @@ async fn kill9_of_the_leader_fails_over_with_the_state_and_followers_forward() -
         pids[0],
         "the task's process was not restarted"
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_leader_still_detects_a_lost_agent_and_replaces_its_task() -> anyhow::Result<()> {
+    let _kill = KillTasks;
+    let mut ha = Ha::start(2)?;
+    let leader = ha.leader(Duration::from_secs(30)).await?;
+    let list = ha
+        .members
+        .iter()
+        .map(|m| m.url.clone())
+        .collect::<Vec<_>>()
+        .join(",");
+    let env = [("SANDTRAIL_TOKEN", TOKEN.to_string())];
+    let mut agents = Vec::new();
+    for name in ["node-1", "node-2"] {
+        let dir = ha.dir.path().join(name);
+        agents.push(Some(common::agent_without_indexer(
+            ha.dir.path(),
+            name,
+            &dir,
+            &list,
+            &env,
+        )?));
+    }
+    let r = ha.deploy(leader, "/before").await?;
+    assert_eq!(r.status(), 201);
+    let first = ha.running(leader, Duration::from_secs(30)).await?.remove(0);
+    let task_host = |id: &str, tasks: &Value| {
+        tasks["tasks"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|t| t["id"] == id)
+            .map(|t| t["host"].as_str().unwrap_or("").to_string())
+    };
+    let tasks = common::get_json(&ha.http, &format!("{}/v2/tasks", ha.members[leader].url)).await?;
+    let host = task_host(&first, &tasks).context("task host")?;
+    ha.members[leader].proc.take().context("leader")?.kill9()?;
+    let next = ha.leader(Duration::from_secs(20)).await?;
+    // The agent running the task dies under the new leader.
+    let i = if host == "node-1" { 0 } else { 1 };
+    agents[i].take().context("agent")?.kill9()?;
+    let replaced = common::eventually(
+        "a replacement on the other agent",
+        Duration::from_secs(30),
+        || async {
+            let tasks =
+                common::get_json(&ha.http, &format!("{}/v2/tasks", ha.members[next].url)).await?;
+            let other = tasks["tasks"].as_array().into_iter().flatten().find(|t| {
+                t["id"] != first.as_str()
+                    && t["state"] == "TASK_RUNNING"
+                    && t["host"] != host.as_str()
+            });
+            Ok(other.map(|t| t["id"].clone()))
+        },
+    )
+    .await?;
+    assert_ne!(replaced, first);
     Ok(())
 }
 

@@ -50,12 +50,13 @@ where
     }
 }
 
-/// Starts `sandtrail agent` node-1 on `data_dir` for `scheduler` (one URL or a
+/// Starts `sandtrail agent` `name` on `data_dir` for `scheduler` (one URL or a
 /// comma-separated list) without an indexer (its shipper retries, which the control
 /// plane suites do not look at) and a router on a free port.
 #[allow(dead_code)] // only the control plane suites run a bare agent
 pub fn agent_without_indexer(
     cwd: &Path,
+    name: &str,
     data_dir: &Path,
     scheduler: &str,
     env: &[(&str, String)],
@@ -65,7 +66,7 @@ pub fn agent_without_indexer(
         "--data-dir",
         &data_dir.display().to_string(),
         "--name",
-        "node-1",
+        name,
         "--scheduler",
         scheduler,
         "--indexer",
@@ -75,7 +76,7 @@ pub fn agent_without_indexer(
     ]
     .map(String::from)
     .into();
-    Ok(Proc::start("agent", cwd, &args, "agent node-1:", env)?.0)
+    Ok(Proc::start("agent", cwd, &args, &format!("agent {name}:"), env)?.0)
 }
 
 /// `GET url` answered 2xx, its JSON body.
