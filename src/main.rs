@@ -274,6 +274,8 @@ pub struct WebArgs {
     pub listen: Option<String>,
     #[arg(long, env = "SANDTRAIL_INDEXER")]
     pub indexer: Option<String>,
+    /// Scheduler base URL, several comma-separated (schedulers in HA, tried in turn),
+    /// or the schedulers' zk://host:port/path.
     #[arg(long, env = "SANDTRAIL_SCHEDULER")]
     pub scheduler: Option<String>,
 }
@@ -285,6 +287,8 @@ pub struct AgentArgs {
     /// Host name used on every record and by the scheduler (default: the machine's).
     #[arg(long, env = "SANDTRAIL_NAME")]
     pub name: Option<String>,
+    /// Scheduler base URL, several comma-separated (schedulers in HA, tried in turn),
+    /// or the schedulers' zk://host:port/path.
     #[arg(long, env = "SANDTRAIL_SCHEDULER")]
     pub scheduler: Option<String>,
     #[arg(long, env = "SANDTRAIL_INDEXER")]

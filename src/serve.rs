@@ -937,6 +937,7 @@ pub async fn web(settings: WebSettings, cfg: Config) -> anyhow::Result<()> {
     };
     keyring.add(&token, Role::Read);
     let cancel = CancellationToken::new();
+    let scheduler_url = scheduler::ha::resolve_schedulers(&scheduler_url).await?;
     let web = web::Web::new(web::WebConfig {
         indexer_url,
         scheduler_url,
@@ -991,7 +992,7 @@ pub async fn agent(settings: AgentSettings, cfg: Config) -> anyhow::Result<()> {
     let spec = HostSpec {
         name: name.clone(),
         work_dir: dir.join(&name),
-        scheduler_url,
+        scheduler_url: scheduler::ha::resolve_schedulers(&scheduler_url).await?,
         indexer_url,
         address,
         router_url: router_url.clone(),

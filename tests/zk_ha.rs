@@ -297,12 +297,8 @@ async fn a_new_leader_still_detects_a_lost_agent_and_replaces_its_task() -> anyh
     let _kill = KillTasks;
     let mut ha = Ha::start(2)?;
     let leader = ha.leader(Duration::from_secs(30)).await?;
-    let list = ha
-        .members
-        .iter()
-        .map(|m| m.url.clone())
-        .collect::<Vec<_>>()
-        .join(",");
+    // These agents find the schedulers through ZooKeeper (`--scheduler zk://...`).
+    let list = ha.zk.url("sandtrail");
     let env = [("SANDTRAIL_TOKEN", TOKEN.to_string())];
     let mut agents = Vec::new();
     for name in ["node-1", "node-2"] {

@@ -351,6 +351,41 @@ impl Ha {
     }
 }
 
+/// A client's scheduler list: `zk://...` becomes the base URLs of the schedulers in
+/// the election now, the leader first (`http://host:port,...`); anything else is
+/// returned as given. A snapshot: schedulers that join later are not seen, which is
+/// enough while any listed one lives, since each forwards to the leader.
+pub async fn resolve_schedulers(list: &str) -> Result<String> {
+    if !list.starts_with("zk://") {
+        return Ok(list.to_string());
+    }
+    let url: ZkUrl = list.parse()?;
+    let client = zk::Client::connect(&url.servers)
+        .await
+        .map_err(|e| zk_err(&format!("cannot connect to {}", url.servers), e))?;
+    let dir = format!("{}/leader-curator", url.root);
+    let mut children = client
+        .list_children(&dir)
+        .await
+        .map_err(|e| zk_err(&format!("cannot list {dir}"), e))?;
+    children.retain(|c| lowest(std::slice::from_ref(c)).is_some());
+    children.sort_by(|a, b| a[a.len() - 10..].cmp(&b[b.len() - 10..]));
+    let mut urls = Vec::new();
+    for c in children {
+        if let Ok((data, _)) = client.get_data(&format!("{dir}/{c}")).await {
+            if let Ok(addr) = String::from_utf8(data) {
+                urls.push(format!("http://{addr}"));
+            }
+        }
+    }
+    if urls.is_empty() {
+        return Err(Error::NoLeader(format!(
+            "no scheduler is in the election at {list}: start one with --zk {list}"
+        )));
+    }
+    Ok(urls.join(","))
+}
+
 /// The child with the lowest sequence (the last 10 digits), Curator's rule.
 fn lowest(children: &[String]) -> Option<&String> {
     children
