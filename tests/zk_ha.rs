@@ -470,3 +470,48 @@ async fn failover_time_over_10_runs() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_whose_leader_is_unreachable_answers_503_saying_so() -> anyhow::Result<()> {
+    let zk = ZooKeeper::start()?;
+    // A leader that is in the election but cannot be reached (its node comes first).
+    let raw = zookeeper_client::Client::connect(&format!("127.0.0.1:{}", zk.port)).await?;
+    let dir = "/sandtrail/leader-curator";
+    let persistent =
+        zookeeper_client::CreateMode::Persistent.with_acls(zookeeper_client::Acls::anyone_all());
+    raw.mkdir(dir, &persistent).await?;
+    let ephemeral = zookeeper_client::CreateMode::EphemeralSequential
+        .with_acls(zookeeper_client::Acls::anyone_all());
+    raw.create(
+        &format!("{dir}/_c_ghost-latch-"),
+        b"127.0.0.1:1",
+        &ephemeral,
+    )
+    .await?;
+    let mut ha = Ha {
+        zk,
+        dir: tempfile::tempdir()?,
+        members: Vec::new(),
+        http: common::client_with_token(TOKEN)?,
+    };
+    ha.add(0)?;
+    let url = &ha.members[0].url;
+    let leader = common::eventually(
+        "the ghost named leader",
+        Duration::from_secs(20),
+        || async {
+            let v = common::get_json(&ha.http, &format!("{url}/v2/leader")).await?;
+            Ok(v["leader"].as_str().map(String::from))
+        },
+    )
+    .await?;
+    assert_eq!(leader, "127.0.0.1:1");
+    let r = ha.http.get(format!("{url}/v2/apps")).send().await?;
+    assert_eq!(r.status(), 503);
+    let body = r.text().await?;
+    assert!(
+        body.contains("cannot reach the leader 127.0.0.1:1"),
+        "{body}"
+    );
+    Ok(())
+}
