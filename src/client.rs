@@ -15,7 +15,9 @@ use std::path::Path;
 
 #[derive(Args, Debug)]
 pub struct ServerArgs {
-    /// Base URL of the scheduler / indexer (in `up` they share one address).
+    /// Base URL of the scheduler / indexer (in `up` they share one address); for
+    /// `deploy` and `apps`, several comma-separated schedulers (in HA) are tried in
+    /// turn until one connects.
     #[arg(long, env = "SANDTRAIL_SERVER", default_value = protocol::defaults::SERVER_URL)]
     pub server: String,
     /// The data dir whose admin token is sent when no token is given (default: the
@@ -28,8 +30,32 @@ pub struct ServerArgs {
 }
 
 impl ServerArgs {
+    /// `path` on the first URL of `--server`.
     fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.server.trim_end_matches('/'))
+        protocol::endpoints::Endpoints::parse(&self.server).url(path)
+    }
+
+    /// Sends what `build` makes of `path` on each URL of `--server` in turn until one
+    /// connects (schedulers in HA all answer or forward to the leader).
+    async fn send_to(
+        &self,
+        path: &str,
+        build: impl Fn(String) -> reqwest::RequestBuilder,
+    ) -> anyhow::Result<reqwest::Response> {
+        let servers = protocol::endpoints::Endpoints::parse(&self.server);
+        let mut last = None;
+        for base in servers.all() {
+            match build(format!("{base}{path}")).send().await {
+                Ok(resp) => return Ok(resp),
+                Err(e) if e.is_connect() => last = Some(e),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(anyhow::anyhow!(
+            "cannot reach the scheduler at {}: {}",
+            self.server,
+            last.map(|e| e.to_string()).unwrap_or_default()
+        ))
     }
 
     /// Sends every call with `Authorization: Bearer` when a token is known: reading
@@ -59,13 +85,10 @@ pub async fn deploy(server: &ServerArgs, file: &Path) -> anyhow::Result<()> {
         std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
     let app: serde_json::Value = serde_json::from_str(&text)
         .with_context(|| format!("{} is not valid JSON", file.display()))?;
+    let client = server.client()?;
     let resp = server
-        .client()?
-        .post(server.url("/v2/apps"))
-        .json(&app)
-        .send()
-        .await
-        .context("cannot reach the scheduler")?;
+        .send_to("/v2/apps", |url| client.post(url).json(&app))
+        .await?;
     if !resp.status().is_success() {
         return Err(error_of(resp).await);
     }
@@ -80,14 +103,13 @@ pub async fn deploy(server: &ServerArgs, file: &Path) -> anyhow::Result<()> {
 
 pub async fn apps(server: &ServerArgs) -> anyhow::Result<()> {
     let client = server.client()?;
-    let resp = client.get(server.url("/v2/apps")).send().await?;
+    let resp = server.send_to("/v2/apps", |url| client.get(url)).await?;
     if !resp.status().is_success() {
         return Err(error_of(resp).await);
     }
     let apps: serde_json::Value = resp.json().await?;
-    let tasks: serde_json::Value = client
-        .get(server.url("/v2/tasks"))
-        .send()
+    let tasks: serde_json::Value = server
+        .send_to("/v2/tasks", |url| client.get(url))
         .await?
         .json()
         .await?;

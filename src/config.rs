@@ -102,6 +102,12 @@ pub struct SchedulerSection {
     pub dns_domain: Option<String>,
     /// TTL of DNS answers, negative ones included (default 5).
     pub dns_ttl_secs: Option<u32>,
+    /// `zk://h1:2181,h2:2181/path`: leader election and state in ZooKeeper.
+    pub zk: Option<String>,
+    /// ZooKeeper session timeout (default 10000 ms).
+    pub zk_session_timeout_ms: Option<u64>,
+    /// `host:port` written into the election (default: the bound listen address).
+    pub advertise: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -286,6 +292,9 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "dns_listen",
             "dns_domain",
             "dns_ttl_secs",
+            "zk",
+            "zk_session_timeout_ms",
+            "advertise",
         ],
     ),
     (
@@ -552,6 +561,10 @@ pub struct PartSettings {
 pub struct SchedulerSettings {
     pub part: PartSettings,
     pub dns_listen: Option<String>,
+    /// HA on ZooKeeper, when set.
+    pub zk: Option<String>,
+    pub zk_session_timeout: std::time::Duration,
+    pub advertise: Option<String>,
 }
 
 pub fn scheduler(args: SchedulerArgs, cfg: &Config, token: Option<String>) -> SchedulerSettings {
@@ -565,6 +578,13 @@ pub fn scheduler(args: SchedulerArgs, cfg: &Config, token: Option<String>) -> Sc
             token: given_token(token, cfg),
         },
         dns_listen: args.dns_listen.or(cfg.scheduler.dns_listen.clone()),
+        zk: args.zk.or(cfg.scheduler.zk.clone()),
+        zk_session_timeout: std::time::Duration::from_millis(
+            args.zk_session_timeout_ms
+                .or(cfg.scheduler.zk_session_timeout_ms)
+                .unwrap_or(10_000),
+        ),
+        advertise: args.advertise.or(cfg.scheduler.advertise.clone()),
     }
 }
 
@@ -798,6 +818,17 @@ mod tests {
         assert_eq!(c.server, "http://127.0.0.1:7070");
     }
 
+    fn no_scheduler_flags() -> SchedulerArgs {
+        SchedulerArgs {
+            data_dir: None,
+            listen: None,
+            dns_listen: None,
+            zk: None,
+            zk_session_timeout_ms: None,
+            advertise: None,
+        }
+    }
+
     #[test]
     fn servers_resolve_flag_over_file_over_default() {
         let cfg = Config::parse(
@@ -805,16 +836,10 @@ mod tests {
             Path::new("t.toml"),
         )
         .unwrap();
-        let s = scheduler(
-            SchedulerArgs {
-                data_dir: None,
-                listen: None,
-                dns_listen: None,
-            },
-            &cfg,
-            None,
-        );
+        let s = scheduler(no_scheduler_flags(), &cfg, None);
         assert_eq!(s.dns_listen.as_deref(), Some("127.0.0.1:53"));
+        assert_eq!(s.zk, None, "no zookeeper unless asked");
+        assert_eq!(s.zk_session_timeout, std::time::Duration::from_secs(10));
         let s = s.part;
         assert_eq!(
             (s.listen.as_str(), s.token.as_deref()),
@@ -834,6 +859,24 @@ mod tests {
             ("127.0.0.1:7072", Some("flag"))
         );
         assert_eq!(i.data_dir, PathBuf::from("/d"));
+        let ha = Config::parse(
+            "[scheduler]\nzk = \"zk://z1:2181/st\"\nzk_session_timeout_ms = 3000\nadvertise = \"s1:7071\"\n",
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        let s = scheduler(no_scheduler_flags(), &ha, None);
+        assert_eq!(
+            (
+                s.zk.as_deref(),
+                s.zk_session_timeout,
+                s.advertise.as_deref()
+            ),
+            (
+                Some("zk://z1:2181/st"),
+                std::time::Duration::from_secs(3),
+                Some("s1:7071")
+            )
+        );
         let u = up(
             UpArgs {
                 data_dir: None,

@@ -243,6 +243,19 @@ pub struct SchedulerArgs {
     /// domain and TTL are `[scheduler] dns_domain` and `dns_ttl_secs`).
     #[arg(long, env = "SANDTRAIL_DNS_LISTEN")]
     pub dns_listen: Option<String>,
+    /// High availability: join the leader election and keep the state in ZooKeeper,
+    /// like zk://h1:2181,h2:2181/sandtrail (default: none, a lone scheduler with its
+    /// state file).
+    #[arg(long, env = "SANDTRAIL_ZK")]
+    pub zk: Option<String>,
+    /// ZooKeeper session timeout in milliseconds (default 10000): how long a leader
+    /// that vanished keeps the lead before another takes over.
+    #[arg(long, env = "SANDTRAIL_ZK_SESSION_TIMEOUT_MS")]
+    pub zk_session_timeout_ms: Option<u64>,
+    /// `host:port` the other schedulers and clients reach this one at, written into
+    /// the election (default: the listener's bound address).
+    #[arg(long, env = "SANDTRAIL_ADVERTISE")]
+    pub advertise: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -261,6 +274,8 @@ pub struct WebArgs {
     pub listen: Option<String>,
     #[arg(long, env = "SANDTRAIL_INDEXER")]
     pub indexer: Option<String>,
+    /// Scheduler base URL, several comma-separated (schedulers in HA, tried in turn),
+    /// or the schedulers' zk://host:port/path.
     #[arg(long, env = "SANDTRAIL_SCHEDULER")]
     pub scheduler: Option<String>,
 }
@@ -272,6 +287,8 @@ pub struct AgentArgs {
     /// Host name used on every record and by the scheduler (default: the machine's).
     #[arg(long, env = "SANDTRAIL_NAME")]
     pub name: Option<String>,
+    /// Scheduler base URL, several comma-separated (schedulers in HA, tried in turn),
+    /// or the schedulers' zk://host:port/path.
     #[arg(long, env = "SANDTRAIL_SCHEDULER")]
     pub scheduler: Option<String>,
     #[arg(long, env = "SANDTRAIL_INDEXER")]

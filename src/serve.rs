@@ -801,11 +801,22 @@ pub async fn scheduler(settings: config::SchedulerSettings, cfg: Config) -> anyh
                 token,
             },
         dns_listen,
+        zk,
+        zk_session_timeout,
+        advertise,
     } = settings;
     let configured = token.is_some();
     let (_, keyring) = server_keyring(&dir, token)?;
     if !configured {
         info!(path = %tokens::path(&dir, Role::Admin).display(), "no token configured: using the data dir's admin token");
+    }
+    if let Some(zk) = zk {
+        let ha = HaSettings {
+            zk,
+            session_timeout: zk_session_timeout,
+            advertise,
+        };
+        return scheduler_ha(dir, listen, dns_listen, ha, keyring, cfg).await;
     }
     let sched = scheduler::Scheduler::open(scheduler_config(dir, &cfg, &keyring)?)?;
     let (listener, url) = bind(&listen).await?;
@@ -830,6 +841,100 @@ pub async fn scheduler(settings: config::SchedulerSettings, cfg: Config) -> anyh
     join_all("http", vec![http]).await;
     join_all("dns", dns.into_iter().collect()).await;
     let _ = sched_loop.await;
+    Ok(())
+}
+
+/// `--zk` and its companions.
+struct HaSettings {
+    zk: String,
+    session_timeout: Duration,
+    advertise: Option<String>,
+}
+
+/// What a scheduler that lost its leadership exits with, for its supervisor to restart
+/// it (Marathon does the same, marathon#1553).
+pub const EXIT_LOST_LEADERSHIP: i32 = 75;
+
+/// `sandtrail scheduler --zk`: serve at once (followers forward to the leader), join
+/// the election, and once elected load the state from ZooKeeper and act. Losing the
+/// leadership (or abdicating) ends the process with [`EXIT_LOST_LEADERSHIP`].
+async fn scheduler_ha(
+    dir: PathBuf,
+    listen: String,
+    dns_listen: Option<String>,
+    settings: HaSettings,
+    keyring: Keyring,
+    cfg: Config,
+) -> anyhow::Result<()> {
+    let zk_url: scheduler::ha::ZkUrl = settings.zk.parse()?;
+    let (listener, url) = bind(&listen).await?;
+    let me = match settings.advertise {
+        Some(a) => a,
+        None => listener.local_addr()?.to_string(),
+    };
+    let ha = scheduler::ha::Ha::connect(zk_url, me.clone(), settings.session_timeout).await?;
+    info!(me = %me, session_timeout_ms = ha.session_timeout().as_millis() as u64, "joined zookeeper");
+    let app = Arc::new(std::sync::OnceLock::new());
+    let elected: Arc<std::sync::OnceLock<scheduler::Scheduler>> = Arc::default();
+    let e = elected.clone();
+    let front = with_ops(
+        scheduler::ha::front(ha.clone(), keyring.clone(), app.clone()),
+        vec![Arc::new(move || {
+            e.get().map(|s| s.metrics()).unwrap_or_default()
+        })],
+        &Ops::new(keyring.clone(), &cfg),
+    );
+    let cancel = CancellationToken::new();
+    let http = crate::http::serve(listener, front, cancel.clone(), &http_limits(&cfg))?;
+    info!(url = %url, "scheduler listening (following the zookeeper election)");
+    println!("scheduler: {url}");
+    let lost = ha.lost();
+    tokio::select! {
+        r = ha.campaign() => r?,
+        _ = shutdown_signal() => {
+            cancel.cancel();
+            join_all("http", vec![http]).await;
+            return Ok(());
+        }
+    }
+    let store = scheduler::ha::ZkStore::open(ha.clone()).await?;
+    let sched = scheduler::Scheduler::open_with_store(
+        scheduler_config(dir, &cfg, &keyring)?,
+        Box::new(store),
+    )?;
+    sched.set_leader(Some(me.clone()));
+    let _ = elected.set(sched.clone());
+    let _ = app.set(scheduler::router(sched.clone()));
+    let sched_loop = sched.spawn(cancel.clone());
+    let dns = match &dns_listen {
+        Some(addr) => Some(serve_dns(&sched, addr, cancel.clone()).await?),
+        None => None,
+    };
+    println!("leader: {me}");
+    let code = tokio::select! {
+        _ = shutdown_signal() => 0,
+        _ = lost.cancelled() => EXIT_LOST_LEADERSHIP,
+    };
+    cancel.cancel();
+    // Bounded: a deposed leader must not linger on open event streams.
+    let stop = async {
+        join_all("http", vec![http]).await;
+        join_all("dns", dns.into_iter().collect()).await;
+        let _ = sched_loop.await;
+    };
+    if tokio::time::timeout(Duration::from_secs(5), stop)
+        .await
+        .is_err()
+    {
+        warn!("shutdown took over 5 s: exiting anyway");
+    }
+    if code != 0 {
+        tracing::error!(
+            code,
+            "leadership lost: exiting for the supervisor to restart this scheduler"
+        );
+        std::process::exit(code);
+    }
     Ok(())
 }
 
@@ -881,6 +986,7 @@ pub async fn web(settings: WebSettings, cfg: Config) -> anyhow::Result<()> {
     };
     keyring.add(&token, Role::Read);
     let cancel = CancellationToken::new();
+    let scheduler_url = scheduler::ha::resolve_schedulers(&scheduler_url).await?;
     let web = web::Web::new(web::WebConfig {
         indexer_url,
         scheduler_url,
@@ -939,7 +1045,7 @@ pub async fn agent(settings: AgentSettings, cfg: Config) -> anyhow::Result<()> {
     let spec = HostSpec {
         name: name.clone(),
         work_dir: dir.join(&name),
-        scheduler_url,
+        scheduler_url: scheduler::ha::resolve_schedulers(&scheduler_url).await?,
         indexer_url,
         address,
         router_url: router_url.clone(),

@@ -54,23 +54,8 @@ impl Cluster {
         let mut scheduler = Proc::spawn("scheduler", dir.path(), &args, &env, |_| {})?;
         let printed = scheduler.printed(&["scheduler:", "dns:"])?;
         let (url, dns) = (printed[0].clone(), printed[1].parse()?);
-        let args: Vec<String> = [
-            "agent",
-            "--data-dir",
-            &d("a"),
-            "--name",
-            "node-1",
-            "--scheduler",
-            &url,
-            // No indexer: the shipper retries, which does not concern DNS.
-            "--indexer",
-            "http://127.0.0.1:1",
-            "--router-listen",
-            "127.0.0.1:0",
-        ]
-        .map(String::from)
-        .into();
-        let (agent, _) = Proc::start("agent", dir.path(), &args, "agent node-1:", &env)?;
+        let agent =
+            common::agent_without_indexer(dir.path(), "node-1", &dir.path().join("a"), &url, &env)?;
         Ok(Cluster {
             _dir: dir,
             _scheduler: scheduler,
@@ -121,14 +106,8 @@ impl Cluster {
     }
 
     async fn mesos_dns_http(&self) -> anyhow::Result<BTreeSet<u16>> {
-        let v: Value = self
-            .http
-            .get(format!("{}/v1/services/{SRV}", self.url))
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
+        let v: Value =
+            common::get_json(&self.http, &format!("{}/v1/services/{SRV}", self.url)).await?;
         let mut ports = BTreeSet::new();
         for e in v.as_array().context("array")? {
             // Mesos-DNS gives every value as a string, the port too.

@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 
 pub mod auth;
 pub mod defaults;
+pub mod endpoints;
 pub mod fs;
 pub mod histogram;
 #[cfg(feature = "http")]

@@ -37,6 +37,13 @@ pub enum Error {
     Docker(String),
     #[error("upstream {addr} failed: {reason}")]
     Upstream { addr: String, reason: String },
+    /// ZooKeeper (`--zk`) failed or refused an operation.
+    #[error("zookeeper: {0}")]
+    Zk(String),
+    /// This scheduler cannot answer now: it is not (or no longer) the leader and cannot
+    /// forward the request to one.
+    #[error("{0}")]
+    NoLeader(String),
     #[error("io error on {path}: {source}")]
     Io {
         path: String,
@@ -84,7 +91,9 @@ impl Error {
             Error::BadRequest(_) | Error::TaskUser { .. } | Error::Json(_) => {
                 StatusCode::BAD_REQUEST
             }
-            Error::NoInstance(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::NoInstance(_) | Error::NoLeader(_) | Error::Zk(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Error::Upstream { .. } | Error::Http(_) | Error::Docker(_) => StatusCode::BAD_GATEWAY,
             Error::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }

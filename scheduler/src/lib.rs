@@ -11,6 +11,8 @@
 //!   and reports their state back over HTTP;
 //! - Mesos-DNS (`dns`): the control plane's tasks as DNS names, served over UDP and
 //!   TCP and through Mesos-DNS's HTTP API;
+//! - high availability (`ha`): with `--zk`, a ZooKeeper leader election, the state
+//!   kept in ZooKeeper behind fenced writes, and followers forwarding to the leader;
 //! - the proxy (`proxy`, "the router" to users): on every agent, carries app-to-app
 //!   calls and writes one access record per call into the shipper's pipeline.
 //!
@@ -24,6 +26,7 @@ pub mod api;
 pub mod control;
 pub mod dns;
 pub mod error;
+pub mod ha;
 pub mod node;
 pub mod proxy;
 

@@ -144,6 +144,8 @@ fn insert_bounded(cache: &mut HashMap<String, Cached>, app: &str, entry: Cached,
 
 struct Inner {
     cfg: ProxyConfig,
+    /// `cfg.scheduler_url` split (schedulers in HA) and the one in use.
+    schedulers: protocol::endpoints::Endpoints,
     /// Talks to instances: plain HTTP/1.1 with a keep-alive pool, no redirects
     /// followed, no overall timeout (calls may stream).
     upstream: hyper_util::client::legacy::Client<HttpConnector, Body>,
@@ -195,6 +197,7 @@ impl Proxy {
             .build()?;
         Ok(Proxy {
             inner: Arc::new(Inner {
+                schedulers: protocol::endpoints::Endpoints::parse(&cfg.scheduler_url),
                 cfg,
                 upstream,
                 control,
@@ -706,10 +709,8 @@ impl Inner {
         self.metrics
             .services_lookups
             .fetch_add(1, Ordering::Relaxed);
-        let url = format!(
-            "{}/v1/services/{app}",
-            self.cfg.scheduler_url.trim_end_matches('/')
-        );
+        let (at, base) = self.schedulers.current();
+        let url = format!("{base}/v1/services/{app}");
         let mut req = self.control.get(&url);
         if let Some(t) = &self.cfg.token {
             req = req.header(TOKEN_HEADER, t);
@@ -718,7 +719,12 @@ impl Inner {
             addr: url.clone(),
             reason,
         };
-        let resp = req.send().await.map_err(|e| upstream_err(e.to_string()))?;
+        let resp = req.send().await.map_err(|e| {
+            if e.is_connect() || e.is_timeout() {
+                self.schedulers.failed(at);
+            }
+            upstream_err(e.to_string())
+        })?;
         if resp.status() == reqwest::StatusCode::NOT_FOUND {
             return Ok(None);
         }

@@ -9,6 +9,8 @@
 //! Each suite keeps its own cluster shape (which parts, which data dirs); only the
 //! process handling lives here.
 
+pub mod zk;
+
 use anyhow::{bail, Context};
 use std::io::BufRead;
 use std::path::Path;
@@ -48,6 +50,47 @@ where
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Starts `sandtrail agent` `name` on `data_dir` for `scheduler` (one URL or a
+/// comma-separated list) without an indexer (its shipper retries, which the control
+/// plane suites do not look at) and a router on a free port.
+#[allow(dead_code)] // only the control plane suites run a bare agent
+pub fn agent_without_indexer(
+    cwd: &Path,
+    name: &str,
+    data_dir: &Path,
+    scheduler: &str,
+    env: &[(&str, String)],
+) -> anyhow::Result<Proc> {
+    let args: Vec<String> = [
+        "agent",
+        "--data-dir",
+        &data_dir.display().to_string(),
+        "--name",
+        name,
+        "--scheduler",
+        scheduler,
+        "--indexer",
+        "http://127.0.0.1:1",
+        "--router-listen",
+        "127.0.0.1:0",
+    ]
+    .map(String::from)
+    .into();
+    Ok(Proc::start("agent", cwd, &args, &format!("agent {name}:"), env)?.0)
+}
+
+/// `GET url` answered 2xx, its JSON body.
+#[allow(dead_code)] // not every suite reads JSON
+pub async fn get_json(http: &reqwest::Client, url: &str) -> anyhow::Result<serde_json::Value> {
+    Ok(http
+        .get(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?)
 }
 
 /// One `sandtrail` process, killed with SIGKILL when dropped.
@@ -158,6 +201,21 @@ impl Proc {
             bail!("kill {sig} {} failed", self.name);
         }
         Ok(())
+    }
+
+    /// Waits up to `within` for it to exit on its own, with its status.
+    #[allow(dead_code)] // only the HA suite waits for a part to give up
+    pub fn wait_exit(&mut self, within: Duration) -> anyhow::Result<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                bail!("{} still runs after {within:?}", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// SIGKILL (what `Child::kill` sends), reaped.

@@ -296,7 +296,9 @@ struct ErrorBody {
 pub struct Client {
     http: reqwest::Client,
     indexer: Arc<str>,
-    scheduler: Arc<str>,
+    /// One URL or several (schedulers in HA, comma-separated): the next is tried when
+    /// a connection fails.
+    scheduler: Arc<protocol::endpoints::Endpoints>,
     token: Option<Arc<str>>,
 }
 
@@ -310,7 +312,7 @@ impl Client {
         Client {
             http,
             indexer: indexer_url.trim_end_matches('/').into(),
-            scheduler: scheduler_url.trim_end_matches('/').into(),
+            scheduler: Arc::new(protocol::endpoints::Endpoints::parse(scheduler_url)),
             token: token.map(Into::into),
         }
     }
@@ -464,22 +466,40 @@ impl Client {
         path: &str,
         query: &[(&str, &str)],
     ) -> Result<T> {
-        let base = match service {
-            Service::Indexer => &self.indexer,
-            Service::Scheduler => &self.scheduler,
+        let tries = match service {
+            Service::Indexer => 1,
+            Service::Scheduler => self.scheduler.all().len(),
         };
-        let url = format!("{base}{path}");
+        let mut tried = 0;
+        let (url, resp) = loop {
+            let (at, base) = match service {
+                Service::Indexer => (0, &*self.indexer),
+                Service::Scheduler => self.scheduler.current(),
+            };
+            let url = format!("{base}{path}");
+            tried += 1;
+            match self
+                .request(&url, query)
+                .timeout(REQUEST_TIMEOUT)
+                .send()
+                .await
+            {
+                Ok(resp) => break (url, resp),
+                Err(e) if e.is_connect() && tried < tries => self.scheduler.failed(at),
+                Err(source) => {
+                    return Err(Error::Unreachable {
+                        service,
+                        url,
+                        source,
+                    })
+                }
+            }
+        };
         let unreachable = |source| Error::Unreachable {
             service,
             url: url.clone(),
             source,
         };
-        let resp = self
-            .request(&url, query)
-            .timeout(REQUEST_TIMEOUT)
-            .send()
-            .await
-            .map_err(unreachable)?;
         let status = resp.status();
         let body = resp.bytes().await.map_err(unreachable)?;
         if !status.is_success() {
@@ -523,6 +543,29 @@ fn quote_body(body: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Schedulers in HA: the first URL refuses connections, the second answers.
+    #[tokio::test]
+    async fn a_scheduler_that_refuses_connections_is_skipped_for_the_next() {
+        let app = axum::Router::new().route(
+            "/v2/apps",
+            axum::routing::get(|| async { r#"{"apps":[{"id":"/fib","instances":1}]}"# }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let live = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let dead_addr = dead.local_addr().unwrap();
+        drop(dead);
+        let c = Client::new(
+            "http://127.0.0.1:1",
+            &format!("http://{dead_addr},http://{live}"),
+            None,
+        );
+        assert_eq!(c.apps().await.unwrap()[0].id, "/fib");
+        // The failed one is not asked again.
+        assert_eq!(c.scheduler.current().1, format!("http://{live}"));
+    }
 
     #[test]
     fn apps_parse_leniently() {

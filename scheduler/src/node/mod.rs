@@ -99,6 +99,8 @@ pub struct NodeConfig {
     pub name: String,
     /// Sandboxes live under `work_dir/sandboxes/<app>/<task>/`.
     pub work_dir: PathBuf,
+    /// The scheduler's base URL, or several comma-separated (schedulers in HA): the
+    /// next is tried when a connection fails.
     pub scheduler_url: String,
     /// Address tasks listen on and are reached at, e.g. "127.0.0.1".
     pub address: String,
@@ -196,6 +198,8 @@ pub struct Node {
 
 struct Inner {
     cfg: NodeConfig,
+    /// `cfg.scheduler_url`, split: the schedulers (in HA, several) and the one in use.
+    schedulers: protocol::endpoints::Endpoints,
     /// Absolute `work_dir/sandboxes`, so `MESOS_SANDBOX` is absolute too.
     sandboxes: PathBuf,
     client: reqwest::Client,
@@ -326,6 +330,7 @@ impl Node {
             .map(Arc::new);
         Ok(Node {
             inner: Arc::new(Inner {
+                schedulers: protocol::endpoints::Endpoints::parse(&cfg.scheduler_url),
                 cfg,
                 sandboxes,
                 client,
@@ -505,8 +510,17 @@ impl Node {
 }
 
 impl Inner {
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.cfg.scheduler_url.trim_end_matches('/'))
+    /// `path` on the scheduler in use (`scheduler_url` may list several, comma-separated).
+    fn url(&self, path: &str) -> (usize, String) {
+        let (i, base) = self.schedulers.current();
+        (i, format!("{base}{path}"))
+    }
+
+    /// A request to scheduler `i` failed: without a connection, try the next one.
+    fn sent(&self, i: usize, e: &reqwest::Error) {
+        if e.is_connect() || e.is_timeout() {
+            self.schedulers.failed(i);
+        }
     }
 
     fn authed(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
@@ -531,7 +545,7 @@ impl Inner {
                 Vec::new()
             },
         };
-        let url = self.url("/v1/agents/register");
+        let (at, url) = self.url("/v1/agents/register");
         let resp = self
             .authed(self.client.post(&url))
             .json(&protocol::AgentRegistration {
@@ -539,7 +553,8 @@ impl Inner {
                 ports: self.cfg.port_ranges.clone(),
             })
             .send()
-            .await?;
+            .await
+            .inspect_err(|e| self.sent(at, e))?;
         check_status(&url, resp.status())?;
         self.metrics.registrations.fetch_add(1, Ordering::Relaxed);
         Ok(())
@@ -559,11 +574,11 @@ impl Inner {
         struct Answer {
             changes: u64,
         }
-        let url = self.url(&format!("/v1/agents/{}/changes", self.cfg.name));
         let wait_ms = CHANGES_WAIT.as_millis() as u64;
         let mut seen: Option<u64> = None;
         let mut failures: u32 = 0;
         loop {
+            let (at, url) = self.url(&format!("/v1/agents/{}/changes", self.cfg.name));
             let mut req = self.client.get(&url).query(&[("wait_ms", wait_ms)]);
             if let Some(n) = seen {
                 req = req.query(&[("after", n)]);
@@ -571,7 +586,7 @@ impl Inner {
             let asked = Instant::now();
             let answer = tokio::select! {
                 _ = cancel.cancelled() => return,
-                r = self.authed(req).send() => r,
+                r = self.authed(req).send() => r.inspect_err(|e| self.sent(at, e)),
             };
             let pause = match answer {
                 Ok(r) if r.status().is_success() => match r.json::<Answer>().await {
@@ -640,7 +655,7 @@ impl Inner {
             tasks.extend(st.pending.iter().map(|(_, s)| s.clone()));
             (tasks, st.next_seq)
         };
-        let url = self.url(&format!("/v1/agents/{}/heartbeat", self.cfg.name));
+        let (at, url) = self.url(&format!("/v1/agents/{}/heartbeat", self.cfg.name));
         let resp = self
             .authed(self.client.post(&url))
             .json(&HeartbeatRequest {
@@ -648,7 +663,8 @@ impl Inner {
                 shipper: self.shipper_status.get().map(|f| f()),
             })
             .send()
-            .await?;
+            .await
+            .inspect_err(|e| self.sent(at, e))?;
         if resp.status() == reqwest::StatusCode::NOT_FOUND {
             return Ok(None);
         }
