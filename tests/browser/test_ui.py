@@ -392,6 +392,21 @@ class BrowserTest(unittest.TestCase):
         self.assertEqual(shown, sorted(r["host"] for r in api["hits"]))
         self.assertTrue(all(shown))
         self.assertGreater(len(hops), 1, "fib(8) is many routed calls")
+        # A tree (issue 20): each callee sits under the hop that called it, which the
+        # router's span ids say; the first row is the call from outside the cluster.
+        rows = [(int(h.get_attribute("data-depth")), h.get_attribute("data-span"),
+                 h.get_attribute("data-parent-span")) for h in hops]
+        self.assertEqual(rows[0][0], 0, rows)
+        self.assertTrue(hops[0].find_elements(By.CSS_SELECTOR, "td.tree .badge.external"),
+                        "the root call came from the test, outside the cluster")
+        self.assertIn("entered from outside the cluster",
+                      self.q("p.trace-summary")[0].text)
+        self.assertTrue(any(d > 1 for d, _, _ in rows), f"fib(8) nests deeper than one: {rows}")
+        for i, (depth, _, parent) in enumerate(rows):
+            if depth == 0:
+                continue
+            above = next(r for r in reversed(rows[:i]) if r[0] == depth - 1)
+            self.assertEqual(above[1], parent, f"row {i} is not under its caller: {rows}")
         self.shoot("trace")
 
     def test_07_slow_calls_and_latency_by_host(self):
