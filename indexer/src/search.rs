@@ -8,10 +8,12 @@
 //! read per match and no JSON round-trip. These functions block and are meant for
 //! `spawn_blocking`.
 
-use crate::collect::{ByKey, HistogramCollector, MinTs, NewestTop, SlowestFirst};
+use crate::collect::{ByKey, HistogramCollector, MinTs, NewestTop, SlowestFirst, TimeOrder};
 use crate::error::{Error, Result};
 use crate::partition::{MultiSearcher, Partitions};
-use crate::query::{all_of, before_cursor, parse_time, time_range, user_query, Cursor};
+use crate::query::{
+    after_cursor, all_of, before_cursor, parse_time, time_range, user_query, Cursor,
+};
 use crate::schema::{Fields, RecordReader, LATENCY};
 use chrono::{DateTime, Duration, Utc};
 use protocol::{HistogramBucket, HistogramResponse, SearchResponse};
@@ -50,6 +52,8 @@ pub enum Sort {
     /// By (ts, uid) descending: what a log viewer wants.
     #[default]
     NewestFirst,
+    /// By (ts, uid) ascending: reading a range from its start, as a file reads.
+    OldestFirst,
     /// By (latency_ms, uid) descending, only records that have a latency: the
     /// slowest calls first.
     LatencyDesc,
@@ -59,11 +63,12 @@ impl Sort {
     pub fn parse(value: &str) -> Result<Sort> {
         match value.trim() {
             "" | "newest" | "ts_desc" => Ok(Sort::NewestFirst),
+            "oldest" | "ts_asc" => Ok(Sort::OldestFirst),
             "latency_desc" => Ok(Sort::LatencyDesc),
             other => Err(Error::BadParam {
                 name: "sort",
                 value: other.to_string(),
-                expected: "newest or latency_desc".to_string(),
+                expected: "newest, oldest or latency_desc".to_string(),
             }),
         }
     }
@@ -216,7 +221,7 @@ impl IndexView {
         check_order(req.start, end)?;
         let cursor = match req.sort {
             Sort::NewestFirst => req.cursor.as_deref().map(Cursor::decode).transpose()?,
-            Sort::LatencyDesc => None,
+            Sort::OldestFirst | Sort::LatencyDesc => None,
         };
         let searcher = self.parts.searcher_within(req.start, Some(end));
         let mut parts = vec![user_query(&self.index, &self.fields, &req.q)?];
@@ -236,8 +241,10 @@ impl IndexView {
                 next: None,
             });
         }
-        if req.sort == Sort::LatencyDesc {
-            return self.search_by_latency(req, matching);
+        match req.sort {
+            Sort::LatencyDesc => return self.search_by_latency(req, matching),
+            Sort::OldestFirst => return self.search_oldest_first(req, &searcher, matching),
+            Sort::NewestFirst => {}
         }
         // One more than asked tells whether there is an older page.
         let top = NewestTop {
@@ -258,6 +265,47 @@ impl IndexView {
             top_hits,
             req.limit,
             |&(ts_micros, uid)| Cursor { ts_micros, uid }.encode(),
+        )
+    }
+
+    /// Oldest first, by the mirrored (ts, uid) key of the Elasticsearch layer's
+    /// ascending sort; the cursor is the key of the last hit, tagged apart from the
+    /// newest-first one.
+    fn search_oldest_first(
+        &self,
+        req: &SearchRequest,
+        searcher: &MultiSearcher,
+        matching: Box<dyn tantivy::query::Query>,
+    ) -> Result<SearchResponse> {
+        let cursor = req
+            .cursor
+            .as_deref()
+            .map(Cursor::decode_oldest)
+            .transpose()?;
+        let top = TopDocs::with_limit(req.limit + 1).order_by(ByKey::new(TimeOrder {
+            asc: true,
+            columns: self.parts.columns().clone(),
+        }));
+        let total = searcher.search(&*matching, &Count)?;
+        let top_hits = match cursor {
+            None => searcher.search(&*matching, &top)?,
+            Some(c) => {
+                let page = all_of(vec![matching, after_cursor(&self.fields, c)]);
+                searcher.search(&*page, &top)?
+            }
+        };
+        self.page(
+            searcher,
+            total,
+            top_hits,
+            req.limit,
+            |&(neg_ts, rev_uid)| {
+                Cursor {
+                    ts_micros: neg_ts.saturating_neg(),
+                    uid: u64::MAX - rev_uid,
+                }
+                .encode_oldest()
+            },
         )
     }
 

@@ -302,7 +302,64 @@ async fn latency_sort_pages_slowest_first() -> Result<()> {
     // Default stays newest first.
     let page = s.ok("/api/v1/search", &[("limit", "1")]).await?;
     assert_eq!(page["hits"][0]["msg"], "GET /fib/39 ok");
-    let (status, _) = s.get("/api/v1/search", &[("sort", "oldest")]).await?;
+    let (status, body) = s.get("/api/v1/search", &[("sort", "sideways")]).await?;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let err = body["error"].as_str().unwrap();
+    assert!(err.contains("sideways") && err.contains("oldest"), "{err}");
+    s.indexer.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn oldest_sort_pages_in_time_order_and_refuses_the_other_orders_cursor() -> Result<()> {
+    let s = Server::start().await?;
+    s.ingest(&corpus()).await?;
+    let mut seen = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let page = s
+            .ok(
+                "/api/v1/search",
+                &[("sort", "oldest"), ("limit", "7"), ("cursor", &cursor)],
+            )
+            .await?;
+        assert_eq!(page["total"], 40);
+        seen.extend(
+            page["hits"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|h| h["msg"].as_str().unwrap().to_string()),
+        );
+        match page["next"].as_str() {
+            Some(n) => cursor = n.to_string(),
+            None => break,
+        }
+    }
+    let ids: Vec<u64> = seen
+        .iter()
+        .map(|m| {
+            m.split('/')
+                .nth(2)
+                .unwrap()
+                .split(' ')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(
+        ids,
+        (0..40).collect::<Vec<_>>(),
+        "every record once, oldest first"
+    );
+    // A newest-first cursor means the opposite position: refused, not misread.
+    let newest = s.ok("/api/v1/search", &[("limit", "3")]).await?;
+    let other = newest["next"].as_str().unwrap();
+    let (status, _) = s
+        .get("/api/v1/search", &[("sort", "oldest"), ("cursor", other)])
+        .await?;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     s.indexer.shutdown().await;
     Ok(())
