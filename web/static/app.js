@@ -33,6 +33,27 @@
   var bars = document.getElementById("hist-bars");
   if (bars) dragZoom(bars);
 
+  localTimes();
+
+  // The server renders times in UTC (it does not know the reader's zone); unless the
+  // page asks for UTC (tz=utc), each <time> is rewritten in the browser's own zone and
+  // the column says which. Without JavaScript the times simply stay in UTC, labelled so.
+  function localTimes() {
+    var head = document.querySelector("th.time-head");
+    if (!head || head.getAttribute("data-utc") === "true") return;
+    var pad = function (n, w) { return String(n).padStart(w || 2, "0"); };
+    var off = -new Date().getTimezoneOffset();
+    var zone = (off >= 0 ? "+" : "-") + pad(Math.floor(Math.abs(off) / 60)) + ":" + pad(Math.abs(off) % 60);
+    document.querySelectorAll("td.time time[datetime]").forEach(function (el) {
+      var d = new Date(el.getAttribute("datetime"));
+      if (isNaN(d)) return;
+      el.textContent = d.getFullYear() + "-" + pad(d.getMonth() + 1) + "-" + pad(d.getDate()) + " " +
+        pad(d.getHours()) + ":" + pad(d.getMinutes()) + ":" + pad(d.getSeconds()) + "." + pad(d.getMilliseconds(), 3);
+      el.title = el.getAttribute("datetime");
+    });
+    head.textContent = "time (local, UTC" + zone + ")";
+  }
+
   // Drag across histogram bars to zoom to their span. A press and release on one bar
   // is left to the bar's own link, so a click zooms to one bucket with or without JS.
   // Zooming is a navigation, so browser Back undoes it.
