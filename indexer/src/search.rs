@@ -8,7 +8,9 @@
 //! read per match and no JSON round-trip. These functions block and are meant for
 //! `spawn_blocking`.
 
-use crate::collect::{ByKey, HistogramCollector, MinTs, NewestTop, SlowestFirst, TimeOrder};
+use crate::collect::{
+    ByKey, HistogramCollector, MinTs, NewestTop, SlowestFirst, SplitHistogram, TimeOrder,
+};
 use crate::error::{Error, Result};
 use crate::partition::{MultiSearcher, Partitions};
 use crate::query::{
@@ -18,6 +20,7 @@ use crate::schema::{Fields, RecordReader, LATENCY};
 use chrono::{DateTime, Duration, Utc};
 use protocol::{HistogramBucket, HistogramResponse, SearchResponse};
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use tantivy::collector::{Count, TopDocs};
 use tantivy::query::ExistsQuery;
 use tantivy::{Index, TantivyDocument};
@@ -146,10 +149,25 @@ impl SearchParams {
 
     pub fn into_histogram_request(self, now: DateTime<Utc>) -> Result<HistogramRequest> {
         let (start, end) = parse_range(self.start.as_deref(), self.end.as_deref(), now)?;
+        let by = match self.by.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(b) => Some(
+                HISTOGRAM_SPLITS
+                    .iter()
+                    .copied()
+                    .find(|s| *s == b)
+                    .ok_or_else(|| Error::BadParam {
+                        name: "by",
+                        value: b.to_string(),
+                        expected: format!("one of {}", HISTOGRAM_SPLITS.join(", ")),
+                    })?,
+            ),
+        };
         Ok(HistogramRequest {
             q: self.q.unwrap_or_default(),
             start,
             end: Some(end),
+            by,
         })
     }
 }
@@ -190,7 +208,12 @@ pub struct HistogramRequest {
     pub start: Option<DateTime<Utc>>,
     /// `None` means now.
     pub end: Option<DateTime<Utc>>,
+    /// `Some("level")`: each bucket also counts its matches per level.
+    pub by: Option<&'static str>,
 }
+
+/// The fields a histogram may be split by: few values each, so the split stays small.
+pub const HISTOGRAM_SPLITS: [&str; 1] = ["level"];
 
 /// What searches need: cheap to clone (everything inside is reference-counted).
 #[derive(Clone)]
@@ -408,13 +431,37 @@ impl IndexView {
             Some(start),
             Some(end),
         ));
-        let counts = searcher.search(
-            &*all_of(parts),
-            &HistogramCollector {
-                layout,
-                columns: self.parts.columns().clone(),
-            },
-        )?;
+        let matching = all_of(parts);
+        let (counts, split) = match req.by {
+            None => {
+                let counts = searcher.search(
+                    &*matching,
+                    &HistogramCollector {
+                        layout,
+                        columns: self.parts.columns().clone(),
+                    },
+                )?;
+                (counts, BTreeMap::new())
+            }
+            Some(field) => {
+                // One pass: the totals are the sums of the split.
+                let split = searcher.search(
+                    &*matching,
+                    &SplitHistogram {
+                        layout,
+                        columns: self.parts.columns().clone(),
+                        field,
+                    },
+                )?;
+                let mut counts = vec![0; layout.count];
+                for per in split.values() {
+                    for (t, c) in counts.iter_mut().zip(per) {
+                        *t += c;
+                    }
+                }
+                (counts, split)
+            }
+        };
         let buckets = counts
             .into_iter()
             .enumerate()
@@ -422,6 +469,11 @@ impl IndexView {
                 ts: DateTime::from_timestamp_micros(layout.bucket_start(i))
                     .unwrap_or(DateTime::UNIX_EPOCH),
                 count,
+                by: split
+                    .iter()
+                    .filter(|(_, per)| per[i] > 0)
+                    .map(|(k, per)| (k.clone(), per[i]))
+                    .collect(),
             })
             .collect();
         Ok(HistogramResponse {

@@ -462,3 +462,70 @@ async fn highlight_fragments_escape_log_text() -> Result<()> {
     s.indexer.shutdown().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn histogram_by_level_splits_every_bucket_and_sums_to_its_count() -> Result<()> {
+    let s = Server::start().await?;
+    let levels = [
+        Some(Level::Info),
+        Some(Level::Warn),
+        Some(Level::Error),
+        None,
+    ];
+    let mut recs = corpus();
+    for (i, r) in recs.iter_mut().enumerate() {
+        r.level = levels[i % 4];
+    }
+    s.ingest(&recs).await?;
+    let start = base_ts().to_rfc3339();
+    let end = (base_ts() + Duration::minutes(1)).to_rfc3339();
+    let h = s
+        .ok(
+            "/api/v1/histogram",
+            &[("start", &start), ("end", &end), ("by", "level")],
+        )
+        .await?;
+    let mut per_level = std::collections::BTreeMap::<String, u64>::new();
+    for b in h["buckets"].as_array().unwrap() {
+        let by = b["by"].as_object().cloned().unwrap_or_default();
+        let sum: u64 = by.values().map(|v| v.as_u64().unwrap()).sum();
+        assert_eq!(sum, b["count"].as_u64().unwrap(), "{b}");
+        for (k, v) in by {
+            *per_level.entry(k).or_default() += v.as_u64().unwrap();
+        }
+    }
+    let want: std::collections::BTreeMap<String, u64> =
+        [("", 10), ("error", 10), ("info", 10), ("warn", 10)]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+    assert_eq!(per_level, want);
+    // With a query the split is of the matches only; without `by` there is none.
+    let h = s
+        .ok(
+            "/api/v1/histogram",
+            &[
+                ("q", "level:warn"),
+                ("start", &start),
+                ("end", &end),
+                ("by", "level"),
+            ],
+        )
+        .await?;
+    for b in h["buckets"].as_array().unwrap() {
+        if b["count"].as_u64().unwrap() > 0 {
+            assert_eq!(b["by"]["warn"], b["count"], "{b}");
+            assert_eq!(b["by"].as_object().unwrap().len(), 1, "{b}");
+        }
+    }
+    let plain = s
+        .ok("/api/v1/histogram", &[("start", &start), ("end", &end)])
+        .await?;
+    assert!(plain["buckets"][0].get("by").is_none(), "{plain}");
+    let (status, body) = s.get("/api/v1/histogram", &[("by", "user")]).await?;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let err = body["error"].as_str().unwrap();
+    assert!(err.contains("user") && err.contains("level"), "{err}");
+    s.indexer.shutdown().await;
+    Ok(())
+}

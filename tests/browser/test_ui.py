@@ -24,7 +24,7 @@ import time
 import unittest
 import urllib.parse
 import urllib.request
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 from selenium import webdriver
 from selenium.common.exceptions import NoAlertPresentException, StaleElementReferenceException
@@ -604,6 +604,61 @@ class BrowserTest(unittest.TestCase):
             pass
         self.assertIsNone(self.driver.execute_script("return window.__pwned"))
         self.assertFalse(self.q("main img[src='x']"), "an <img> from a log line was rendered")
+
+    def test_13_sort_columns_and_time_zone_stay_in_the_url(self):
+        # A reader in Beijing (UTC+8, no daylight saving), whatever this machine's zone.
+        self.driver.execute_cdp_cmd("Emulation.setTimezoneOverride", {"timezoneId": "Asia/Shanghai"})
+        try:
+            self._sort_columns_and_time_zone()
+        finally:
+            self.driver.execute_cdp_cmd("Emulation.setTimezoneOverride", {"timezoneId": ""})
+
+    def _sort_columns_and_time_zone(self):
+        self.search("app:fib stream:access")
+        # Columns come from the field sidebar: +col adds one, and it stays in the URL.
+        toggle = wait_for("a +col link", lambda: [a for a in self.q("aside .side-field a.col-toggle")
+                                                  if a.is_displayed()])[0]
+        name = toggle.find_element(By.XPATH, "..").find_element(By.TAG_NAME, "h3").text
+        toggle.click()
+        wait_for("the column in the URL", lambda: self.url_params().get("cols") == [name])
+        self.assertEqual([th.text for th in self.q("table.hits th.col")], [name])
+        # Slowest first, with latency as a column: the column reads in descending order.
+        self.open("/?" + urllib.parse.urlencode({"q": "app:fib stream:access", "range": "1h",
+                                                   "cols": "latency_ms"}))
+        wait_for("the sort links", lambda: self.q("a.sort"))
+        next(a for a in self.q("a.sort") if a.text == "slowest first").click()
+        wait_for("sort=slowest", lambda: self.url_params().get("sort") == ["slowest"])
+        self.assertEqual(self.url_params().get("cols"), ["latency_ms"], "the sort keeps the columns")
+        lat = [float(td.text) for td in self.q("table.hits > tbody > tr td.col")]
+        self.assertGreater(len(lat), 1)
+        self.assertEqual(lat, sorted(lat, reverse=True))
+        # Oldest first: the rows' times ascend.
+        next(a for a in self.q("a.sort") if a.text == "oldest first").click()
+        wait_for("sort=oldest", lambda: self.url_params().get("sort") == ["oldest"])
+        ts = [t.get_attribute("datetime") for t in self.q("table.hits td.time time")]
+        self.assertGreater(len(ts), 1)
+        self.assertEqual(ts, sorted(ts))
+        # The reader's zone by default, UTC on request.
+        self.assertEqual(self.q("th.time-head")[0].text, "time (local, UTC+08:00)")
+        first = self.q("table.hits td.time time")[0]
+        utc = datetime.fromisoformat(first.get_attribute("datetime").replace("Z", "+00:00"))
+        local = utc.astimezone(timezone(timedelta(hours=8)))
+        self.assertEqual(first.text, local.strftime("%Y-%m-%d %H:%M:%S.") + f"{utc.microsecond // 1000:03d}")
+        next(a for a in self.q("a.tz") if a.text == "UTC").click()
+        wait_for("tz=utc", lambda: self.url_params().get("tz") == ["utc"])
+        self.assertEqual(self.q("th.time-head")[0].text, "time (UTC)")
+        first = self.q("table.hits td.time time")[0]
+        utc = datetime.fromisoformat(first.get_attribute("datetime").replace("Z", "+00:00"))
+        self.assertEqual(first.text, utc.strftime("%Y-%m-%d %H:%M:%S.") + f"{utc.microsecond // 1000:03d}")
+        # A new query from the form keeps the whole view.
+        box = self.driver.find_element(By.ID, "q")
+        box.clear()
+        box.send_keys("app:fib", Keys.ENTER)
+        wait_for("the new query", lambda: self.url_params().get("q") == ["app:fib"])
+        p = self.url_params()
+        self.assertEqual((p.get("sort"), p.get("tz"), p.get("cols")),
+                         (["oldest"], ["utc"], ["latency_ms"]))
+        self.shoot("search-view")
 
 
 if __name__ == "__main__":

@@ -395,12 +395,12 @@ impl Client {
         .await
     }
 
-    /// `GET /api/v1/histogram`: match counts over the range.
+    /// `GET /api/v1/histogram`: match counts over the range, each bucket split by level.
     pub async fn histogram(&self, q: &str, start: &str, end: &str) -> Result<HistogramResponse> {
         self.get_json(
             Service::Indexer,
             "/api/v1/histogram",
-            &[("q", q), ("start", start), ("end", end)],
+            &[("q", q), ("start", start), ("end", end), ("by", "level")],
         )
         .await
     }

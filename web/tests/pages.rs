@@ -189,14 +189,17 @@ async fn fake_histogram() -> Json<HistogramResponse> {
             HistogramBucket {
                 ts: ts("2026-11-23T09:58:00Z"),
                 count: 0,
+                by: Default::default(),
             },
             HistogramBucket {
                 ts: ts("2026-11-23T09:59:00Z"),
                 count: 5,
+                by: Default::default(),
             },
             HistogramBucket {
                 ts: ts("2026-11-23T10:00:00Z"),
                 count: 37,
+                by: Default::default(),
             },
         ],
     })

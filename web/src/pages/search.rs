@@ -229,10 +229,38 @@ pub(crate) struct Bar {
     href: String,
     height: String,
     title: String,
+    /// The bar's matches by level, bottom up; empty when the indexer gave no split.
+    segs: Vec<Seg>,
     /// The bucket's bounds (RFC 3339), for drag-to-zoom across bars.
     start: String,
     end: String,
 }
+
+/// One level's share of a histogram bar.
+pub(crate) struct Seg {
+    class: &'static str,
+    /// Percent of the bar's height.
+    height: String,
+}
+
+/// A level in the histogram's legend, with its matches over the whole range.
+pub(crate) struct LegendItem {
+    class: &'static str,
+    label: &'static str,
+    count: u64,
+}
+
+/// Levels as stacked in a bar, bottom up (errors on top, where the eye goes), with
+/// the class that colours them; "" is a record without a level.
+const STACK: [(&str, &str, &str); 7] = [
+    ("", "none", "lvl-none"),
+    ("trace", "trace", "lvl-debug"),
+    ("debug", "debug", "lvl-debug"),
+    ("info", "info", "lvl-info"),
+    ("warn", "warn", "lvl-warn"),
+    ("error", "error", "lvl-error"),
+    ("fatal", "fatal", "lvl-fatal"),
+];
 
 /// One field of an expanded row; `filters` is `None` for fields that make no sense as
 /// a filter (the time, the message, a float latency).
@@ -312,6 +340,7 @@ struct SearchPage {
     bars: Vec<Bar>,
     hist_from: String,
     hist_to: String,
+    legend: Vec<LegendItem>,
     rows: Vec<Row>,
     total: u64,
     older: Option<String>,
@@ -342,7 +371,15 @@ pub(crate) async fn page(
         let picked = app != p.app_was.as_deref().unwrap_or("").trim();
         let q = if picked { set_query_app(&q, app) } else { q };
         let mut params = vec![("q", q.as_str())];
-        for (k, v) in [("range", &p.range), ("start", &p.start), ("end", &p.end)] {
+        // The view too (sort, zone, columns): the form carries it as hidden inputs.
+        for (k, v) in [
+            ("range", &p.range),
+            ("start", &p.start),
+            ("end", &p.end),
+            ("sort", &p.sort),
+            ("tz", &p.tz),
+            ("cols", &p.cols),
+        ] {
             if let Some(v) = v {
                 params.push((k, v.as_str()));
             }
@@ -442,6 +479,7 @@ pub(crate) async fn page(
         bars: Vec::new(),
         hist_from: String::new(),
         hist_to: String::new(),
+        legend: Vec::new(),
         rows: Vec::new(),
         total: 0,
         older: None,
@@ -665,17 +703,65 @@ fn fill_histogram(page: &mut SearchPage, ctx: Ctx, h: &HistogramResponse) {
             let end = rfc3339_ms(b.ts + interval);
             let mut params = vec![("q", page.q.as_str()), ("start", &start), ("end", &end)];
             params.extend(ctx.view.params());
+            let split: Vec<String> = STACK
+                .iter()
+                .rev()
+                .filter_map(|(key, label, _)| b.by.get(*key).map(|n| format!("{label} {n}")))
+                .collect();
             Bar {
                 href: href("/", &params),
                 height: format!("{pct:.1}"),
-                title: format!("{}: {} matches", format_ts(b.ts), b.count),
+                title: if split.is_empty() {
+                    format!("{}: {} matches", format_ts(b.ts), b.count)
+                } else {
+                    format!(
+                        "{}: {} matches ({})",
+                        format_ts(b.ts),
+                        b.count,
+                        split.join(", ")
+                    )
+                },
+                segs: stack(&b.by),
                 start,
                 end,
             }
         })
         .collect();
+    page.legend = STACK
+        .iter()
+        .rev()
+        .filter_map(|&(key, label, class)| {
+            let count: u64 = h.buckets.iter().filter_map(|b| b.by.get(key)).sum();
+            (count > 0).then_some(LegendItem {
+                class,
+                label,
+                count,
+            })
+        })
+        .collect();
     page.hist_from = format_ts(first.ts);
     page.hist_to = format_ts(last.ts + interval);
+}
+
+/// A bar's segments, bottom up, in percent of the bar; levels the stack does not know
+/// count with the records without one.
+fn stack(by: &std::collections::BTreeMap<String, u64>) -> Vec<Seg> {
+    let total: u64 = by.values().sum();
+    if total == 0 {
+        return Vec::new();
+    }
+    let known = |k: &str| STACK.iter().any(|s| s.0 == k);
+    let other: u64 = by.iter().filter(|(k, _)| !known(k)).map(|(_, n)| n).sum();
+    STACK
+        .iter()
+        .filter_map(|&(key, _, class)| {
+            let n = by.get(key).copied().unwrap_or(0) + if key.is_empty() { other } else { 0 };
+            (n > 0).then(|| Seg {
+                class,
+                height: format!("{:.1}", n as f64 / total as f64 * 100.0),
+            })
+        })
+        .collect()
 }
 
 /// `field:value`, quoting the value when it is not a plain word.
@@ -1109,5 +1195,25 @@ mod tests {
         .map(|c| column_value(&r, c))
         .collect();
         assert_eq!(got, ["503", "1.235", "al", "7", "", "node-1"]);
+    }
+
+    #[test]
+    fn bars_stack_levels_bottom_up_and_fold_unknown_levels_into_none() {
+        let by: std::collections::BTreeMap<String, u64> =
+            [("error", 1), ("info", 2), ("", 0), ("loud", 1)]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect();
+        let segs = stack(&by);
+        let got: Vec<(&str, &str)> = segs.iter().map(|s| (s.class, s.height.as_str())).collect();
+        assert_eq!(
+            got,
+            [
+                ("lvl-none", "25.0"),
+                ("lvl-info", "50.0"),
+                ("lvl-error", "25.0")
+            ]
+        );
+        assert!(stack(&Default::default()).is_empty());
     }
 }
