@@ -660,6 +660,39 @@ class BrowserTest(unittest.TestCase):
                          (["oldest"], ["utc"], ["latency_ms"]))
         self.shoot("search-view")
 
+    def test_14_histogram_stacks_log_volume_by_level(self):
+        now = datetime.now(timezone.utc)
+        levels = ["error"] * 3 + ["warn"] * 2 + ["info"] * 5 + [None]
+        recs = []
+        for i, lvl in enumerate(levels):
+            ts = (now - timedelta(seconds=i)).isoformat().replace("+00:00", "Z")
+            rec = {"ts": ts, "host": "node-x", "app": "levels", "task": "levels.1", "instance": 0,
+                   "stream": "stdout", "msg": f"line {i}", "source": "browser-test/levels",
+                   "offset": i + 1}
+            if lvl:
+                rec["level"] = lvl
+            recs.append(rec)
+        self.cluster.ingest(recs)
+        self.search("app:levels")
+        wait_for("all eleven lines", lambda: self.q("div.summary .count")
+                 and "of 11" in self.q("div.summary .count")[0].text.replace("\n", " "))
+        legend = wait_for("the level legend", lambda: self.q("figure.histogram .legend .key"))
+        self.assertEqual([k.text for k in legend], ["error 3", "warn 2", "info 5", "none 1"])
+        # Each bar's segments are its levels, errors on top (last, in column-reverse).
+        stacked = [b for b in self.q("#hist-bars a.bar") if b.find_elements(By.CSS_SELECTOR, "i.seg")]
+        self.assertTrue(stacked, "a bar is split by level")
+        classes = set()
+        for b in stacked:
+            segs = [s.get_attribute("class").split()[-1] for s in b.find_elements(By.CSS_SELECTOR, "i.seg")]
+            order = ["lvl-none", "lvl-debug", "lvl-info", "lvl-warn", "lvl-error"]
+            self.assertEqual(segs, sorted(segs, key=order.index), segs)
+            total = sum(float(s.get_attribute("style").split(":")[1].strip(" %;"))
+                        for s in b.find_elements(By.CSS_SELECTOR, "i.seg"))
+            self.assertAlmostEqual(total, 100.0, delta=0.5)
+            classes.update(segs)
+        self.assertEqual(classes, {"lvl-error", "lvl-warn", "lvl-info", "lvl-none"})
+        self.shoot("search-levels")
+
 
 if __name__ == "__main__":
     unittest.main(verbosity=2)
