@@ -44,13 +44,14 @@
     var pad = function (n, w) { return String(n).padStart(w || 2, "0"); };
     var off = -new Date().getTimezoneOffset();
     var zone = (off >= 0 ? "+" : "-") + pad(Math.floor(Math.abs(off) / 60)) + ":" + pad(Math.abs(off) % 60);
-    document.querySelectorAll("td.time time[datetime]").forEach(function (el) {
+    document.querySelectorAll("td.time time[datetime], figure.histogram time[datetime]").forEach(function (el) {
       var d = new Date(el.getAttribute("datetime"));
       if (isNaN(d)) return;
       el.textContent = d.getFullYear() + "-" + pad(d.getMonth() + 1) + "-" + pad(d.getDate()) + " " +
         pad(d.getHours()) + ":" + pad(d.getMinutes()) + ":" + pad(d.getSeconds()) + "." + pad(d.getMilliseconds(), 3);
       el.title = el.getAttribute("datetime");
     });
+    document.querySelectorAll("figure.histogram .tz-utc").forEach(function (el) { el.remove(); });
     head.textContent = "time (local, UTC" + zone + ")";
   }
 

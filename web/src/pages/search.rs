@@ -340,6 +340,9 @@ struct SearchPage {
     bars: Vec<Bar>,
     hist_from: String,
     hist_to: String,
+    /// The same bounds in RFC 3339, for the script that shows the reader's zone.
+    hist_from_ts: String,
+    hist_to_ts: String,
     legend: Vec<LegendItem>,
     rows: Vec<Row>,
     total: u64,
@@ -479,6 +482,8 @@ pub(crate) async fn page(
         bars: Vec::new(),
         hist_from: String::new(),
         hist_to: String::new(),
+        hist_from_ts: String::new(),
+        hist_to_ts: String::new(),
         legend: Vec::new(),
         rows: Vec::new(),
         total: 0,
@@ -741,6 +746,8 @@ fn fill_histogram(page: &mut SearchPage, ctx: Ctx, h: &HistogramResponse) {
         .collect();
     page.hist_from = format_ts(first.ts);
     page.hist_to = format_ts(last.ts + interval);
+    page.hist_from_ts = rfc3339_ms(first.ts);
+    page.hist_to_ts = rfc3339_ms(last.ts + interval);
 }
 
 /// A bar's segments, bottom up, in percent of the bar; levels the stack does not know
