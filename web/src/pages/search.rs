@@ -49,10 +49,10 @@ pub(crate) const CONTEXT_LINES: u32 = 20;
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 pub(crate) struct SearchParams {
-    q: Option<String>,
-    range: Option<String>,
-    start: Option<String>,
-    end: Option<String>,
+    pub(crate) q: Option<String>,
+    pub(crate) range: Option<String>,
+    pub(crate) start: Option<String>,
+    pub(crate) end: Option<String>,
     cursor: Option<String>,
     /// Set by the app picker; folded into `q` by a redirect.
     app: Option<String>,
@@ -65,6 +65,8 @@ pub(crate) struct SearchParams {
     tz: Option<String>,
     /// Extra columns, comma-separated field names as the sidebar lists them.
     cols: Option<String>,
+    /// `/download` only: `ndjson` (default) or `csv`.
+    pub(crate) format: Option<String>,
 }
 
 /// Most extra columns a page shows.
@@ -133,7 +135,16 @@ pub(crate) struct View {
 }
 
 impl View {
-    fn from_params(p: &SearchParams) -> Result<View, Error> {
+    pub(crate) fn columns(&self) -> &[String] {
+        &self.cols
+    }
+
+    /// The indexer's `sort` for this view.
+    pub(crate) fn sort_api(&self) -> Option<String> {
+        self.sort.api()
+    }
+
+    pub(crate) fn from_params(p: &SearchParams) -> Result<View, Error> {
         let mut cols: Vec<String> = Vec::new();
         for c in p.cols.as_deref().unwrap_or("").split(',').map(str::trim) {
             if c.is_empty() || cols.iter().any(|x| x == c) {
@@ -350,6 +361,10 @@ struct SearchPage {
     paged: bool,
     fields: Vec<SideField>,
     slow_href: String,
+    /// `/download` of this result as NDJSON and as CSV.
+    download_ndjson: String,
+    download_csv: String,
+    download_cap: usize,
     /// The extra columns' names, in order.
     cols: Vec<String>,
     /// Hidden inputs that keep the view through a form submit.
@@ -435,6 +450,9 @@ pub(crate) async fn page(
                 active: range.preset == Some(*label),
             })
             .collect(),
+        download_ndjson: download_href(&q, &range, &view, "ndjson"),
+        download_csv: download_href(&q, &range, &view, "csv"),
+        download_cap: super::download::MAX_DOWNLOAD,
         cols: view.cols.clone(),
         view_params: view
             .params()
@@ -818,6 +836,15 @@ pub(crate) fn add_filter(query: &str, field: &str, value: &str, exclude: bool) -
     parts.join(" ")
 }
 
+/// The `/download` of `query`'s result in `format`, in the page's range and order.
+fn download_href(query: &str, range: &TimeRange, view: &View, format: &str) -> String {
+    let mut params = vec![("q", query)];
+    params.extend(range.params());
+    params.extend(view.params());
+    params.push(("format", format));
+    href("/download", &params)
+}
+
 /// The search page's URL for `query` in the range and view of `ctx`.
 fn search_href(query: &str, ctx: Ctx) -> String {
     let mut params = vec![("q", query)];
@@ -834,7 +861,7 @@ fn filters(query: &str, ctx: Ctx, field: &str, value: &str) -> Filters {
 
 /// The value a column named `name` shows for `r`: a record field, or one of `fields`
 /// (with or without the `fields.` prefix the sidebar may use).
-fn column_value(r: &LogRecord, name: &str) -> String {
+pub(crate) fn column_value(r: &LogRecord, name: &str) -> String {
     let opt = |v: &Option<String>| v.clone().unwrap_or_default();
     match name {
         "host" => r.host.clone(),
