@@ -693,6 +693,31 @@ class BrowserTest(unittest.TestCase):
         self.assertEqual(classes, {"lvl-error", "lvl-warn", "lvl-info", "lvl-none"})
         self.shoot("search-levels")
 
+    def test_15_download_the_result_as_ndjson_and_csv(self):
+        self.search("app:levels")
+        wait_for("the eleven lines", lambda: len(self.rows()) == 11)
+        fetch = ("var done = arguments[arguments.length - 1];"
+                 "fetch(arguments[0], {credentials: 'same-origin'})"
+                 ".then(function (r) { return r.text().then(function (t) {"
+                 "  done([r.status, r.headers.get('content-type'), t]); }); })"
+                 ".catch(function (e) { done([0, '', String(e)]); });")
+        ndjson = self.q("a.dl-ndjson")[0].get_attribute("href")
+        status, ctype, body = self.driver.execute_async_script(fetch, ndjson)
+        self.assertEqual((status, ctype), (200, "application/x-ndjson"))
+        recs = [json.loads(l) for l in body.splitlines()]
+        self.assertEqual(sorted(r["msg"] for r in recs), sorted(f"line {i}" for i in range(11)))
+        csv_href = self.q("a.dl-csv")[0].get_attribute("href")
+        status, _, body = self.driver.execute_async_script(fetch, csv_href)
+        self.assertEqual(status, 200)
+        lines = body.split("\r\n")
+        self.assertEqual(lines[0], "ts,host,app,instance,task,stream,level,msg")
+        self.assertEqual(len([l for l in lines[1:] if l]), 11)
+        # The session is the credential: without it the fetch lands on the sign-in page.
+        _, _, body = self.driver.execute_async_script(
+            fetch.replace("credentials: 'same-origin'", "credentials: 'omit'"), csv_href)
+        self.assertNotIn("ts,host,app", body)
+        self.assertIn('id="token"', body)
+
 
 if __name__ == "__main__":
     unittest.main(verbosity=2)
