@@ -718,6 +718,30 @@ class BrowserTest(unittest.TestCase):
         self.assertNotIn("ts,host,app", body)
         self.assertIn('id="token"', body)
 
+    def test_16_auto_refresh_reloads_and_pauses_while_reading(self):
+        self.open("/?" + urllib.parse.urlencode({"q": "app:fib", "refresh": "5"}))
+        sel = wait_for("the refresh control", lambda: [s for s in self.q("select#refresh") if s.is_displayed()])[0]
+        self.assertEqual(sel.get_attribute("value"), "5")
+        self.driver.execute_script("window.__mark = 1;")
+        wait_for("a countdown", lambda: self.q("#refresh-status")[0].text.startswith("in "), timeout=5)
+        wait_for("the reload", lambda: self.driver.execute_script("return window.__mark") is None, timeout=15)
+        self.assertEqual(self.url_params().get("refresh"), ["5"], "the interval stays in the URL")
+        # A row open: the count stops, and no reload comes in twice the interval.
+        row = wait_for("rows", self.rows)[0]
+        self.driver.execute_script("window.__mark = 2;")
+        row.find_element(By.CSS_SELECTOR, "details.rec > summary").click()
+        wait_for("the pause", lambda: self.q("#refresh-status")[0].text == "paused while you read", timeout=5)
+        time.sleep(10)  # nothing to await: the test is that nothing happens
+        self.assertEqual(self.driver.execute_script("return window.__mark"), 2)
+        # Closed again: it counts down and reloads.
+        row.find_element(By.CSS_SELECTOR, "details.rec > summary").click()
+        wait_for("the reload after reading", lambda: self.driver.execute_script("return window.__mark") is None,
+                 timeout=15)
+        # Choosing "off" removes it from the URL.
+        from selenium.webdriver.support.ui import Select
+        Select(wait_for("the control", lambda: self.q("select#refresh"))[0]).select_by_value("0")
+        wait_for("refresh off", lambda: "refresh" not in self.url_params())
+
 
 if __name__ == "__main__":
     unittest.main(verbosity=2)

@@ -34,6 +34,45 @@
   if (bars) dragZoom(bars);
 
   localTimes();
+  autoRefresh();
+
+  // Auto-refresh of the search page (JavaScript only, so the control is hidden without
+  // it): the interval is kept in the URL as `refresh=<seconds>`, and the count stops
+  // while the reader reads: scrolled down, a row open, the query box focused or the tab
+  // hidden. It starts over once they are back at the top.
+  function autoRefresh() {
+    var box = document.getElementById("refresh-box");
+    var sel = document.getElementById("refresh");
+    var status = document.getElementById("refresh-status");
+    if (!box || !sel || !status) return;
+    box.hidden = false;
+    var params = new URLSearchParams(location.search);
+    var every = parseInt(params.get("refresh") || "0", 10);
+    if (!Array.prototype.some.call(sel.options, function (o) { return o.value === String(every); })) every = 0;
+    sel.value = String(every);
+    sel.addEventListener("change", function () {
+      var p = new URLSearchParams(location.search);
+      if (sel.value === "0") p.delete("refresh"); else p.set("refresh", sel.value);
+      location.search = p.toString();
+    });
+    if (!every) return;
+    var left = every;
+    var q = document.getElementById("q");
+    setInterval(function () {
+      var reading = window.scrollY > 40 || document.hidden ||
+        document.querySelector("details.rec[open]") || document.activeElement === q;
+      if (reading) {
+        left = every;
+        status.textContent = "paused while you read";
+        status.className = "paused";
+        return;
+      }
+      left -= 1;
+      status.className = "";
+      status.textContent = "in " + Math.max(left, 0) + "s";
+      if (left <= 0) location.reload();
+    }, 1000);
+  }
 
   // The server renders times in UTC (it does not know the reader's zone); unless the
   // page asks for UTC (tz=utc), each <time> is rewritten in the browser's own zone and
