@@ -742,6 +742,33 @@ class BrowserTest(unittest.TestCase):
         Select(wait_for("the control", lambda: self.q("select#refresh"))[0]).select_by_value("0")
         wait_for("refresh off", lambda: "refresh" not in self.url_params())
 
+    def test_17_query_box_completes_field_names_and_values(self):
+        self.open("/?range=1h")
+        box = self.driver.find_element(By.ID, "q")
+        box.clear()
+        box.send_keys("lev")
+        opts = wait_for("field suggestions", lambda: [li.text for li in self.q("#suggest li") if li.is_displayed()])
+        self.assertIn("level:", opts)
+        box.send_keys(Keys.TAB)
+        self.assertEqual(box.get_attribute("value"), "level:")
+        values = wait_for("level values", lambda: [li.find_element(By.TAG_NAME, "span").text
+                                                   for li in self.q("#suggest li") if li.is_displayed()])
+        self.assertIn("info", values)
+        box.send_keys("in")
+        wait_for("the narrowed values", lambda: [li.text.split()[0] for li in self.q("#suggest li")
+                                                 if li.is_displayed()] == ["info"])
+        box.send_keys(Keys.ARROW_DOWN, Keys.ENTER)
+        self.assertEqual(box.get_attribute("value"), "level:info ")
+        self.assertEqual(self.url_params().get("q"), None, "choosing a value does not submit")
+        # The app's values come from the index too; Enter without choosing searches.
+        box.send_keys("app:fi")
+        wait_for("app values", lambda: "fib" in [li.text.split()[0] for li in self.q("#suggest li")
+                                                 if li.is_displayed()])
+        box.send_keys(Keys.ESCAPE)
+        self.assertFalse(self.q("#suggest")[0].is_displayed())
+        box.send_keys("b", Keys.ENTER)
+        wait_for("the search", lambda: self.url_params().get("q") == ["level:info app:fib"])
+
 
 if __name__ == "__main__":
     unittest.main(verbosity=2)

@@ -35,6 +35,103 @@
 
   localTimes();
   autoRefresh();
+  suggest();
+
+  // Autocomplete of the query box: the word being typed is completed to a field name
+  // (`lev` -> `level:`) or, after `field:`, to one of that field's top values in the
+  // range, from /ui/fields (fetched once, on first focus). Tab takes the first, arrows
+  // choose and Enter takes the chosen one (Enter alone still searches), Escape closes. Without JavaScript the box is a plain text field.
+  function suggest() {
+    var q = document.getElementById("q");
+    var list = document.getElementById("suggest");
+    if (!q || !list || !q.getAttribute("data-suggest")) return;
+    // Always there, whatever the range holds.
+    var known = ["host", "app", "task", "instance", "stream", "level", "msg", "trace_id", "span_id",
+      "method", "path", "status", "latency_ms", "peer_app", "peer_host"];
+    var fields = null, items = [], active = -1;
+    function load() {
+      if (fields) return;
+      fields = {};
+      fetch(q.getAttribute("data-suggest"), { credentials: "same-origin" })
+        .then(function (r) { return r.ok ? r.json() : { fields: [] }; })
+        .then(function (body) {
+          (body.fields || []).forEach(function (f) { fields[f.field] = f.values || []; });
+          if (document.activeElement === q) show();
+        })
+        .catch(function () {});
+    }
+    // The word under the cursor: [start, end) in q.value.
+    function word() {
+      var v = q.value, end = q.selectionStart == null ? v.length : q.selectionStart;
+      var start = end;
+      while (start > 0 && !/[\s()]/.test(v[start - 1])) start--;
+      return { start: start, end: end, text: v.slice(start, end) };
+    }
+    function quote(v) { return /^[\w.\/-]+$/.test(v) ? v : '"' + v.replace(/\\/g, "\\\\").replace(/"/g, '\\"') + '"'; }
+    function show() {
+      var w = word(), t = w.text.replace(/^[-+]/, "");
+      var out = [];
+      var colon = t.indexOf(":");
+      if (colon > 0) {
+        var name = t.slice(0, colon), prefix = t.slice(colon + 1).replace(/^"/, "").toLowerCase();
+        (fields && fields[name] || []).forEach(function (v) {
+          var val = String(v.value);
+          if (val.toLowerCase().indexOf(prefix) === 0) out.push({ label: val, n: v.count, text: name + ":" + quote(val) });
+        });
+      } else if (t.length > 0) {
+        var names = known.concat(Object.keys(fields || {}));
+        names.filter(function (n, i) { return names.indexOf(n) === i && n.indexOf(t) === 0 && n !== t; })
+          .forEach(function (n) { out.push({ label: n + ":", n: "", text: n + ":" }); });
+      }
+      items = out.slice(0, 12);
+      // Nothing chosen until the arrows choose: Enter still submits what was typed.
+      active = -1;
+      render();
+    }
+    function render() {
+      list.textContent = "";
+      items.forEach(function (it, i) {
+        var li = document.createElement("li");
+        li.setAttribute("role", "option");
+        if (i === active) li.className = "active";
+        var a = document.createElement("span"); a.textContent = it.label;
+        var n = document.createElement("span"); n.className = "n"; n.textContent = it.n;
+        li.appendChild(a); li.appendChild(n);
+        li.addEventListener("mousedown", function (ev) { ev.preventDefault(); take(i); });
+        list.appendChild(li);
+      });
+      list.hidden = items.length === 0;
+    }
+    function take(i) {
+      var it = items[i]; if (!it) return;
+      var w = word(), v = q.value, sign = /^[-+]/.test(w.text) ? w.text[0] : "";
+      var done = it.text.slice(-1) !== ":";
+      var ins = sign + it.text + (done ? " " : "");
+      q.value = v.slice(0, w.start) + ins + v.slice(w.end);
+      var at = w.start + ins.length;
+      q.setSelectionRange(at, at);
+      items = []; render();
+      if (!done) show();
+    }
+    q.addEventListener("focus", load);
+    q.addEventListener("input", function () { load(); show(); });
+    q.addEventListener("blur", function () { items = []; render(); });
+    q.addEventListener("keydown", function (ev) {
+      if (list.hidden) return;
+      if (ev.key === "ArrowDown" || ev.key === "ArrowUp") {
+        ev.preventDefault();
+        active = (active + (ev.key === "ArrowDown" ? 1 : items.length - 1)) % items.length;
+        render();
+      } else if ((ev.key === "Enter" && active >= 0) || ev.key === "Tab") {
+        ev.preventDefault();
+        take(Math.max(active, 0));
+      } else if (ev.key === "Escape") {
+        // Only the list closes: a search box would otherwise clear what was typed.
+        ev.preventDefault();
+        items = []; render();
+      }
+    });
+  }
 
   // Auto-refresh of the search page (JavaScript only, so the control is hidden without
   // it): the interval is kept in the URL as `refresh=<seconds>`, and the count stops

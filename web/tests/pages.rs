@@ -1402,3 +1402,32 @@ async fn download_csv_escapes_fields_and_has_the_views_columns() -> Result<()> {
     assert_eq!(status, StatusCode::BAD_REQUEST);
     Ok(())
 }
+
+/// Issue 20: the query box's autocomplete reads field names and top values of the
+/// range from `/ui/fields`, as JSON, over the whole range (not the typed query).
+#[tokio::test]
+async fn ui_fields_gives_the_ranges_fields_and_values_as_json() -> Result<()> {
+    let h = Harness::start().await?;
+    let (status, body) = h.get("/ui/fields?range=1h&q=app%3Afib").await?;
+    assert_eq!(status, StatusCode::OK);
+    let v: serde_json::Value = serde_json::from_str(&body)?;
+    assert_eq!(v["fields"][0]["field"], "host");
+    assert_eq!(v["fields"][0]["values"][0]["value"], "node-1");
+    assert_eq!(
+        v["fields"][2]["values"][1]["value"], "7",
+        "values as query text"
+    );
+    let asked = h.last_at("fields");
+    assert_eq!(asked.get("start").map(String::as_str), Some("now-1h"));
+    assert_eq!(asked.get("q").map(String::as_str), Some(""));
+    assert_eq!(asked.get("size").map(String::as_str), Some("20"));
+    let (status, _) = h.get("/ui/fields?range=2y").await?;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    // The search page tells its script where to ask.
+    let (_, page) = h.get("/?q=x&range=1h").await?;
+    assert!(
+        page.contains("data-suggest=\"/ui/fields?range=1h\""),
+        "{page}"
+    );
+    Ok(())
+}

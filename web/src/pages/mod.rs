@@ -49,6 +49,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/", get(search::page))
         .route("/context", get(context::page))
         .route("/download", get(download::download))
+        .route("/ui/fields", get(search::suggest))
         .route("/slow", get(slow::page))
         .route("/tail/{app}", get(tail::page))
         .route("/trace/{id}", get(trace::page))

@@ -365,6 +365,8 @@ struct SearchPage {
     download_ndjson: String,
     download_csv: String,
     download_cap: usize,
+    /// `/ui/fields` for the query box's autocomplete, in this range.
+    suggest_href: String,
     /// The extra columns' names, in order.
     cols: Vec<String>,
     /// Hidden inputs that keep the view through a form submit.
@@ -453,6 +455,7 @@ pub(crate) async fn page(
         download_ndjson: download_href(&q, &range, &view, "ndjson"),
         download_csv: download_href(&q, &range, &view, "csv"),
         download_cap: super::download::MAX_DOWNLOAD,
+        suggest_href: href("/ui/fields", &range.params()),
         cols: view.cols.clone(),
         view_params: view
             .params()
@@ -1045,6 +1048,25 @@ fn row(r: &LogRecord, terms: &[String], query: &str, ctx: Ctx) -> Row {
         details: details(r, query, ctx),
         context_href: context_href(r),
     }
+}
+
+/// Values per field the query box suggests.
+const SUGGEST_VALUES: u32 = 20;
+
+/// `GET /ui/fields`: the field names and top values of the range, as JSON, for the
+/// query box's autocomplete (app.js). Over the whole range rather than the current
+/// query, so that a value the query excludes can still be suggested.
+pub(crate) async fn suggest(
+    State(state): State<Arc<AppState>>,
+    Query(p): Query<SearchParams>,
+) -> crate::Result<axum::Json<FieldsResponse>> {
+    let range = TimeRange::from_params(p.range.as_deref(), p.start.as_deref(), p.end.as_deref())?;
+    let fields = state
+        .client
+        .fields("", &range.start, &range.end, SUGGEST_VALUES)
+        .await
+        .inspect_err(|e| state.metrics.upstream_error(e))?;
+    Ok(axum::Json(fields))
 }
 
 #[cfg(test)]
