@@ -267,36 +267,37 @@ async fn latency_groups_by_host_with_percentiles() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test]
-async fn latency_sort_pages_slowest_first() -> Result<()> {
-    let s = Server::start().await?;
-    s.ingest(&corpus()).await?;
+/// Every hit of `/api/v1/search` in `sort` order, `limit` a page along the cursor;
+/// each page must say `total`.
+async fn all_pages(s: &Server, sort: &str, limit: &str, total: u64) -> Result<Vec<Value>> {
     let mut seen = Vec::new();
     let mut cursor = String::new();
     loop {
         let page = s
             .ok(
                 "/api/v1/search",
-                &[
-                    ("sort", "latency_desc"),
-                    ("limit", "3"),
-                    ("cursor", &cursor),
-                ],
+                &[("sort", sort), ("limit", limit), ("cursor", &cursor)],
             )
             .await?;
-        assert_eq!(page["total"], 20, "only records with a latency");
-        seen.extend(
-            page["hits"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|h| h["latency_ms"].as_f64().unwrap()),
-        );
+        assert_eq!(page["total"], total, "{sort}");
+        seen.extend(page["hits"].as_array().unwrap().iter().cloned());
         match page["next"].as_str() {
             Some(n) => cursor = n.to_string(),
-            None => break,
+            None => return Ok(seen),
         }
     }
+}
+
+#[tokio::test]
+async fn latency_sort_pages_slowest_first() -> Result<()> {
+    let s = Server::start().await?;
+    s.ingest(&corpus()).await?;
+    // Only the records with a latency.
+    let seen: Vec<f64> = all_pages(&s, "latency_desc", "3", 20)
+        .await?
+        .iter()
+        .map(|h| h["latency_ms"].as_f64().unwrap())
+        .collect();
     let expected: Vec<f64> = (0..20).rev().map(|i| f64::from(i * 2)).collect();
     assert_eq!(seen, expected);
     // Default stays newest first.
@@ -314,31 +315,11 @@ async fn latency_sort_pages_slowest_first() -> Result<()> {
 async fn oldest_sort_pages_in_time_order_and_refuses_the_other_orders_cursor() -> Result<()> {
     let s = Server::start().await?;
     s.ingest(&corpus()).await?;
-    let mut seen = Vec::new();
-    let mut cursor = String::new();
-    loop {
-        let page = s
-            .ok(
-                "/api/v1/search",
-                &[("sort", "oldest"), ("limit", "7"), ("cursor", &cursor)],
-            )
-            .await?;
-        assert_eq!(page["total"], 40);
-        seen.extend(
-            page["hits"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|h| h["msg"].as_str().unwrap().to_string()),
-        );
-        match page["next"].as_str() {
-            Some(n) => cursor = n.to_string(),
-            None => break,
-        }
-    }
-    let ids: Vec<u64> = seen
+    let ids: Vec<u64> = all_pages(&s, "oldest", "7", 40)
+        .await?
         .iter()
-        .map(|m| {
+        .map(|h| {
+            let m = h["msg"].as_str().unwrap();
             m.split('/')
                 .nth(2)
                 .unwrap()

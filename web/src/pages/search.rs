@@ -862,10 +862,25 @@ fn filters(query: &str, ctx: Ctx, field: &str, value: &str) -> Filters {
     }
 }
 
+/// The record's optional text fields by name, as rows and columns show them.
+fn optional_fields(r: &LogRecord) -> [(&'static str, &Option<String>); 7] {
+    [
+        ("trace_id", &r.trace_id),
+        ("span_id", &r.span_id),
+        ("parent_span_id", &r.parent_span_id),
+        ("method", &r.method),
+        ("path", &r.path),
+        ("peer_host", &r.peer_host),
+        ("peer_app", &r.peer_app),
+    ]
+}
+
 /// The value a column named `name` shows for `r`: a record field, or one of `fields`
 /// (with or without the `fields.` prefix the sidebar may use).
 pub(crate) fn column_value(r: &LogRecord, name: &str) -> String {
-    let opt = |v: &Option<String>| v.clone().unwrap_or_default();
+    if let Some((_, v)) = optional_fields(r).into_iter().find(|(n, _)| *n == name) {
+        return v.clone().unwrap_or_default();
+    }
     match name {
         "host" => r.host.clone(),
         "app" => r.app.clone(),
@@ -873,13 +888,6 @@ pub(crate) fn column_value(r: &LogRecord, name: &str) -> String {
         "instance" => r.instance.to_string(),
         "stream" => r.stream.as_str().to_string(),
         "level" => r.level.map(|l| l.as_str().to_string()).unwrap_or_default(),
-        "trace_id" => opt(&r.trace_id),
-        "span_id" => opt(&r.span_id),
-        "parent_span_id" => opt(&r.parent_span_id),
-        "method" => opt(&r.method),
-        "path" => opt(&r.path),
-        "peer_host" => opt(&r.peer_host),
-        "peer_app" => opt(&r.peer_app),
         "status" => r.status.map(|s| s.to_string()).unwrap_or_default(),
         "latency_ms" => r
             .latency_ms
@@ -948,15 +956,7 @@ fn details(r: &LogRecord, query: &str, ctx: Ctx) -> Vec<Detail> {
     if let Some(l) = r.level {
         push("level", l.as_str().to_string(), true);
     }
-    for (name, v) in [
-        ("trace_id", &r.trace_id),
-        ("span_id", &r.span_id),
-        ("parent_span_id", &r.parent_span_id),
-        ("method", &r.method),
-        ("path", &r.path),
-        ("peer_host", &r.peer_host),
-        ("peer_app", &r.peer_app),
-    ] {
+    for (name, v) in optional_fields(r) {
         if let Some(v) = v {
             push(name, v.clone(), true);
         }
