@@ -476,7 +476,8 @@ pub async fn tail(server: &ServerArgs, a: &TailArgs) -> anyhow::Result<()> {
 
 pub async fn trace(server: &ServerArgs, id: &str) -> anyhow::Result<()> {
     let id = protocol::TraceId::parse(id)?;
-    let res = search_once(server, &id.search_term(), "", 1000).await?;
+    // As far back as the trace page looks.
+    let res = search_once(server, &id.search_term(), "now-30d", 1000).await?;
     let mut hits = res.hits;
     hits.sort_by_key(|r| r.ts);
     let hops: Vec<_> = hits.iter().filter(|r| r.stream == Stream::Access).collect();
@@ -485,10 +486,25 @@ pub async fn trace(server: &ServerArgs, id: &str) -> anyhow::Result<()> {
         hops.len(),
         hits.len() - hops.len()
     );
-    for h in &hops {
+    // The same tree as the trace page: the first call first, each callee indented
+    // under its caller.
+    for t in web::hops::tree(&hops) {
+        let h = hops[t.index];
+        let caller = match h.peer_app.as_deref() {
+            Some(web::hops::EXTERNAL_PEER) => {
+                format!("external ({})", h.peer_host.as_deref().unwrap_or("unknown"))
+            }
+            Some(app) => app.to_string(),
+            None => "?".to_string(),
+        };
+        let note = if t.orphan {
+            "  (caller not in trace)"
+        } else {
+            ""
+        };
         println!(
-            "  {} -> {:<10} served by {:<8} {:<40} {} {:>8.2} ms",
-            h.peer_app.as_deref().unwrap_or("?"),
+            "  {}{caller} -> {:<10} served by {:<8} {:<40} {} {:>8.2} ms{note}",
+            "  ".repeat(t.depth),
             h.app,
             h.host,
             h.task,

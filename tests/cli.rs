@@ -192,6 +192,88 @@ async fn search_from_to_bounds_the_results() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// An access record of trace `trace`: `task` served a call from `peer`, ending `end_ms`
+/// after `base` and lasting `lat` ms.
+#[allow(clippy::too_many_arguments)]
+fn hop(
+    base: chrono::DateTime<chrono::Utc>,
+    trace: &str,
+    task: &str,
+    peer: &str,
+    span: &str,
+    parent: Option<&str>,
+    end_ms: i64,
+    lat: f64,
+    offset: u64,
+) -> serde_json::Value {
+    let ts = (base + chrono::TimeDelta::milliseconds(end_ms)).to_rfc3339();
+    let mut r = record(&ts, "fib", &format!("GET /fib -> {task}"), offset);
+    r["task"] = task.into();
+    r["stream"] = "access".into();
+    r["trace_id"] = trace.into();
+    r["span_id"] = span.into();
+    if let Some(p) = parent {
+        r["parent_span_id"] = p.into();
+    }
+    r["peer_app"] = peer.into();
+    r["peer_host"] = "10.0.0.9".into();
+    r["latency_ms"] = lat.into();
+    r["source"] = "/logs/router".into();
+    r
+}
+
+#[tokio::test]
+async fn trace_prints_the_call_tree_root_first() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (_ix, url) = start_indexer(dir.path(), "127.0.0.1:0")?;
+    let base = chrono::Utc::now() - chrono::TimeDelta::seconds(5);
+    let t = "4bf92f3577b34da6a3ce929d0e0e4736";
+    // In the order the router writes them: callees end first, the root last.
+    let recs = vec![
+        hop(base, t, "fib.c", "fib", "s3", Some("s2"), 20, 5.0, 1),
+        hop(base, t, "fib.b", "fib", "s2", Some("s1"), 30, 20.0, 2),
+        hop(base, t, "fib.d", "fib", "s4", Some("s1"), 90, 40.0, 3),
+        hop(base, t, "fib.a", "external", "s1", None, 100, 100.0, 4),
+        // A call whose caller's record is missing from the trace.
+        hop(base, t, "fib.e", "fib", "s5", Some("gone"), 95, 1.0, 5),
+    ];
+    ingest(&url, &recs).await?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let out = loop {
+        let out = sandtrail(dir.path(), &["trace", "--server", &url, t])?;
+        if out.contains("5 hops") || Instant::now() > deadline {
+            break out;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let hops: Vec<&str> = out.lines().filter(|l| l.contains(" -> ")).collect();
+    let order: Vec<(usize, &str)> = hops
+        .iter()
+        .map(|l| {
+            let indent = l.len() - l.trim_start().len();
+            let task = l
+                .split_whitespace()
+                .find(|w| w.starts_with("fib."))
+                .unwrap();
+            (indent, task)
+        })
+        .collect();
+    assert_eq!(
+        order,
+        vec![
+            (2, "fib.a"),
+            (4, "fib.b"),
+            (6, "fib.c"),
+            (4, "fib.d"),
+            (2, "fib.e")
+        ],
+        "{out}"
+    );
+    assert!(hops[0].contains("external (10.0.0.9) -> fib"), "{out}");
+    assert!(hops[4].ends_with("(caller not in trace)"), "{out}");
+    Ok(())
+}
+
 /// `sandtrail tail` as a child whose stdout lines arrive on a channel.
 struct Tail {
     child: std::process::Child,

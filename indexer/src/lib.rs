@@ -722,6 +722,7 @@ mod tests {
                     q: q.into(),
                     start,
                     end,
+                    by: None,
                 })
                 .await
                 .unwrap();
@@ -1229,6 +1230,7 @@ mod tests {
                 q: String::new(),
                 start: None,
                 end: Some(base() + Duration::seconds(3 * day)),
+                by: None,
             })
             .await
             .unwrap();

@@ -92,10 +92,24 @@ impl Cursor {
         format!("c1.{}.{:x}", self.ts_micros, self.uid)
     }
 
+    /// The cursor of an oldest-first page: tagged apart, so that a newest-first
+    /// cursor sent with `sort=oldest` (or the reverse) is refused, not misread.
+    pub fn encode_oldest(&self) -> String {
+        format!("a1.{}.{:x}", self.ts_micros, self.uid)
+    }
+
     pub fn decode(s: &str) -> Result<Cursor> {
+        Self::decode_tagged(s, "c1")
+    }
+
+    pub fn decode_oldest(s: &str) -> Result<Cursor> {
+        Self::decode_tagged(s, "a1")
+    }
+
+    fn decode_tagged(s: &str, tag: &str) -> Result<Cursor> {
         let bad = || Error::Protocol(protocol::Error::BadCursor(s.to_string()));
         let mut parts = s.split('.');
-        if parts.next() != Some("c1") {
+        if parts.next() != Some(tag) {
             return Err(bad());
         }
         let ts_micros = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
@@ -478,6 +492,30 @@ pub fn before_cursor(fields: &Fields, c: Cursor) -> Box<dyn Query> {
     ));
     let tie: Box<dyn Query> = Box::new(BooleanQuery::intersection(vec![same_ts, lower_uid]));
     Box::new(BooleanQuery::union(vec![older, tie]))
+}
+
+/// Everything strictly newer than the cursor in the (ts, uid) order.
+pub fn after_cursor(fields: &Fields, c: Cursor) -> Box<dyn Query> {
+    let ts = Term::from_field_date(
+        fields.ts,
+        tantivy::DateTime::from_timestamp_micros(c.ts_micros),
+    );
+    let newer: Box<dyn Query> = Box::new(RangeQuery::new(
+        Bound::Excluded(ts.clone()),
+        Bound::Unbounded,
+    ));
+    let same: Box<dyn Query> = Box::new(RangeQuery::new(
+        Bound::Included(ts.clone()),
+        Bound::Included(ts),
+    ));
+    let higher_uid: Box<dyn Query> = Box::new(RangeQuery::new(
+        Bound::Excluded(Term::from_field_u64(fields.uid, c.uid)),
+        Bound::Unbounded,
+    ));
+    Box::new(BooleanQuery::union(vec![
+        newer,
+        Box::new(BooleanQuery::intersection(vec![same, higher_uid])),
+    ]))
 }
 
 /// Intersection of the given queries (the single query itself when there is one).

@@ -8,14 +8,19 @@
 //! read per match and no JSON round-trip. These functions block and are meant for
 //! `spawn_blocking`.
 
-use crate::collect::{ByKey, HistogramCollector, MinTs, NewestTop, SlowestFirst};
+use crate::collect::{
+    ByKey, HistogramCollector, MinTs, NewestTop, SlowestFirst, SplitHistogram, TimeOrder,
+};
 use crate::error::{Error, Result};
 use crate::partition::{MultiSearcher, Partitions};
-use crate::query::{all_of, before_cursor, parse_time, time_range, user_query, Cursor};
+use crate::query::{
+    after_cursor, all_of, before_cursor, parse_time, time_range, user_query, Cursor,
+};
 use crate::schema::{Fields, RecordReader, LATENCY};
 use chrono::{DateTime, Duration, Utc};
 use protocol::{HistogramBucket, HistogramResponse, SearchResponse};
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use tantivy::collector::{Count, TopDocs};
 use tantivy::query::ExistsQuery;
 use tantivy::{Index, TantivyDocument};
@@ -50,6 +55,8 @@ pub enum Sort {
     /// By (ts, uid) descending: what a log viewer wants.
     #[default]
     NewestFirst,
+    /// By (ts, uid) ascending: reading a range from its start, as a file reads.
+    OldestFirst,
     /// By (latency_ms, uid) descending, only records that have a latency: the
     /// slowest calls first.
     LatencyDesc,
@@ -59,11 +66,12 @@ impl Sort {
     pub fn parse(value: &str) -> Result<Sort> {
         match value.trim() {
             "" | "newest" | "ts_desc" => Ok(Sort::NewestFirst),
+            "oldest" | "ts_asc" => Ok(Sort::OldestFirst),
             "latency_desc" => Ok(Sort::LatencyDesc),
             other => Err(Error::BadParam {
                 name: "sort",
                 value: other.to_string(),
-                expected: "newest or latency_desc".to_string(),
+                expected: "newest, oldest or latency_desc".to_string(),
             }),
         }
     }
@@ -141,10 +149,25 @@ impl SearchParams {
 
     pub fn into_histogram_request(self, now: DateTime<Utc>) -> Result<HistogramRequest> {
         let (start, end) = parse_range(self.start.as_deref(), self.end.as_deref(), now)?;
+        let by = match self.by.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(b) => Some(
+                HISTOGRAM_SPLITS
+                    .iter()
+                    .copied()
+                    .find(|s| *s == b)
+                    .ok_or_else(|| Error::BadParam {
+                        name: "by",
+                        value: b.to_string(),
+                        expected: format!("one of {}", HISTOGRAM_SPLITS.join(", ")),
+                    })?,
+            ),
+        };
         Ok(HistogramRequest {
             q: self.q.unwrap_or_default(),
             start,
             end: Some(end),
+            by,
         })
     }
 }
@@ -185,7 +208,12 @@ pub struct HistogramRequest {
     pub start: Option<DateTime<Utc>>,
     /// `None` means now.
     pub end: Option<DateTime<Utc>>,
+    /// `Some("level")`: each bucket also counts its matches per level.
+    pub by: Option<&'static str>,
 }
+
+/// The fields a histogram may be split by: few values each, so the split stays small.
+pub const HISTOGRAM_SPLITS: [&str; 1] = ["level"];
 
 /// What searches need: cheap to clone (everything inside is reference-counted).
 #[derive(Clone)]
@@ -216,7 +244,7 @@ impl IndexView {
         check_order(req.start, end)?;
         let cursor = match req.sort {
             Sort::NewestFirst => req.cursor.as_deref().map(Cursor::decode).transpose()?,
-            Sort::LatencyDesc => None,
+            Sort::OldestFirst | Sort::LatencyDesc => None,
         };
         let searcher = self.parts.searcher_within(req.start, Some(end));
         let mut parts = vec![user_query(&self.index, &self.fields, &req.q)?];
@@ -236,8 +264,10 @@ impl IndexView {
                 next: None,
             });
         }
-        if req.sort == Sort::LatencyDesc {
-            return self.search_by_latency(req, matching);
+        match req.sort {
+            Sort::LatencyDesc => return self.search_by_latency(req, matching),
+            Sort::OldestFirst => return self.search_oldest_first(req, &searcher, matching),
+            Sort::NewestFirst => {}
         }
         // One more than asked tells whether there is an older page.
         let top = NewestTop {
@@ -258,6 +288,47 @@ impl IndexView {
             top_hits,
             req.limit,
             |&(ts_micros, uid)| Cursor { ts_micros, uid }.encode(),
+        )
+    }
+
+    /// Oldest first, by the mirrored (ts, uid) key of the Elasticsearch layer's
+    /// ascending sort; the cursor is the key of the last hit, tagged apart from the
+    /// newest-first one.
+    fn search_oldest_first(
+        &self,
+        req: &SearchRequest,
+        searcher: &MultiSearcher,
+        matching: Box<dyn tantivy::query::Query>,
+    ) -> Result<SearchResponse> {
+        let cursor = req
+            .cursor
+            .as_deref()
+            .map(Cursor::decode_oldest)
+            .transpose()?;
+        let top = TopDocs::with_limit(req.limit + 1).order_by(ByKey::new(TimeOrder {
+            asc: true,
+            columns: self.parts.columns().clone(),
+        }));
+        let total = searcher.search(&*matching, &Count)?;
+        let top_hits = match cursor {
+            None => searcher.search(&*matching, &top)?,
+            Some(c) => {
+                let page = all_of(vec![matching, after_cursor(&self.fields, c)]);
+                searcher.search(&*page, &top)?
+            }
+        };
+        self.page(
+            searcher,
+            total,
+            top_hits,
+            req.limit,
+            |&(neg_ts, rev_uid)| {
+                Cursor {
+                    ts_micros: neg_ts.saturating_neg(),
+                    uid: u64::MAX - rev_uid,
+                }
+                .encode_oldest()
+            },
         )
     }
 
@@ -360,13 +431,37 @@ impl IndexView {
             Some(start),
             Some(end),
         ));
-        let counts = searcher.search(
-            &*all_of(parts),
-            &HistogramCollector {
-                layout,
-                columns: self.parts.columns().clone(),
-            },
-        )?;
+        let matching = all_of(parts);
+        let (counts, split) = match req.by {
+            None => {
+                let counts = searcher.search(
+                    &*matching,
+                    &HistogramCollector {
+                        layout,
+                        columns: self.parts.columns().clone(),
+                    },
+                )?;
+                (counts, BTreeMap::new())
+            }
+            Some(field) => {
+                // One pass: the totals are the sums of the split.
+                let split = searcher.search(
+                    &*matching,
+                    &SplitHistogram {
+                        layout,
+                        columns: self.parts.columns().clone(),
+                        field,
+                    },
+                )?;
+                let mut counts = vec![0; layout.count];
+                for per in split.values() {
+                    for (t, c) in counts.iter_mut().zip(per) {
+                        *t += c;
+                    }
+                }
+                (counts, split)
+            }
+        };
         let buckets = counts
             .into_iter()
             .enumerate()
@@ -374,6 +469,11 @@ impl IndexView {
                 ts: DateTime::from_timestamp_micros(layout.bucket_start(i))
                     .unwrap_or(DateTime::UNIX_EPOCH),
                 count,
+                by: split
+                    .iter()
+                    .filter(|(_, per)| per[i] > 0)
+                    .map(|(k, per)| (k.clone(), per[i]))
+                    .collect(),
             })
             .collect();
         Ok(HistogramResponse {

@@ -267,42 +267,80 @@ async fn latency_groups_by_host_with_percentiles() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test]
-async fn latency_sort_pages_slowest_first() -> Result<()> {
-    let s = Server::start().await?;
-    s.ingest(&corpus()).await?;
+/// Every hit of `/api/v1/search` in `sort` order, `limit` a page along the cursor;
+/// each page must say `total`.
+async fn all_pages(s: &Server, sort: &str, limit: &str, total: u64) -> Result<Vec<Value>> {
     let mut seen = Vec::new();
     let mut cursor = String::new();
     loop {
         let page = s
             .ok(
                 "/api/v1/search",
-                &[
-                    ("sort", "latency_desc"),
-                    ("limit", "3"),
-                    ("cursor", &cursor),
-                ],
+                &[("sort", sort), ("limit", limit), ("cursor", &cursor)],
             )
             .await?;
-        assert_eq!(page["total"], 20, "only records with a latency");
-        seen.extend(
-            page["hits"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|h| h["latency_ms"].as_f64().unwrap()),
-        );
+        assert_eq!(page["total"], total, "{sort}");
+        seen.extend(page["hits"].as_array().unwrap().iter().cloned());
         match page["next"].as_str() {
             Some(n) => cursor = n.to_string(),
-            None => break,
+            None => return Ok(seen),
         }
     }
+}
+
+#[tokio::test]
+async fn latency_sort_pages_slowest_first() -> Result<()> {
+    let s = Server::start().await?;
+    s.ingest(&corpus()).await?;
+    // Only the records with a latency.
+    let seen: Vec<f64> = all_pages(&s, "latency_desc", "3", 20)
+        .await?
+        .iter()
+        .map(|h| h["latency_ms"].as_f64().unwrap())
+        .collect();
     let expected: Vec<f64> = (0..20).rev().map(|i| f64::from(i * 2)).collect();
     assert_eq!(seen, expected);
     // Default stays newest first.
     let page = s.ok("/api/v1/search", &[("limit", "1")]).await?;
     assert_eq!(page["hits"][0]["msg"], "GET /fib/39 ok");
-    let (status, _) = s.get("/api/v1/search", &[("sort", "oldest")]).await?;
+    let (status, body) = s.get("/api/v1/search", &[("sort", "sideways")]).await?;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let err = body["error"].as_str().unwrap();
+    assert!(err.contains("sideways") && err.contains("oldest"), "{err}");
+    s.indexer.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn oldest_sort_pages_in_time_order_and_refuses_the_other_orders_cursor() -> Result<()> {
+    let s = Server::start().await?;
+    s.ingest(&corpus()).await?;
+    let ids: Vec<u64> = all_pages(&s, "oldest", "7", 40)
+        .await?
+        .iter()
+        .map(|h| {
+            let m = h["msg"].as_str().unwrap();
+            m.split('/')
+                .nth(2)
+                .unwrap()
+                .split(' ')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(
+        ids,
+        (0..40).collect::<Vec<_>>(),
+        "every record once, oldest first"
+    );
+    // A newest-first cursor means the opposite position: refused, not misread.
+    let newest = s.ok("/api/v1/search", &[("limit", "3")]).await?;
+    let other = newest["next"].as_str().unwrap();
+    let (status, _) = s
+        .get("/api/v1/search", &[("sort", "oldest"), ("cursor", other)])
+        .await?;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     s.indexer.shutdown().await;
     Ok(())
@@ -402,6 +440,73 @@ async fn highlight_fragments_escape_log_text() -> Result<()> {
         .await?;
     assert_eq!(body["fragments"], serde_json::json!([[]]));
     assert_eq!(body["highlights"], serde_json::json!([[]]));
+    s.indexer.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn histogram_by_level_splits_every_bucket_and_sums_to_its_count() -> Result<()> {
+    let s = Server::start().await?;
+    let levels = [
+        Some(Level::Info),
+        Some(Level::Warn),
+        Some(Level::Error),
+        None,
+    ];
+    let mut recs = corpus();
+    for (i, r) in recs.iter_mut().enumerate() {
+        r.level = levels[i % 4];
+    }
+    s.ingest(&recs).await?;
+    let start = base_ts().to_rfc3339();
+    let end = (base_ts() + Duration::minutes(1)).to_rfc3339();
+    let h = s
+        .ok(
+            "/api/v1/histogram",
+            &[("start", &start), ("end", &end), ("by", "level")],
+        )
+        .await?;
+    let mut per_level = std::collections::BTreeMap::<String, u64>::new();
+    for b in h["buckets"].as_array().unwrap() {
+        let by = b["by"].as_object().cloned().unwrap_or_default();
+        let sum: u64 = by.values().map(|v| v.as_u64().unwrap()).sum();
+        assert_eq!(sum, b["count"].as_u64().unwrap(), "{b}");
+        for (k, v) in by {
+            *per_level.entry(k).or_default() += v.as_u64().unwrap();
+        }
+    }
+    let want: std::collections::BTreeMap<String, u64> =
+        [("", 10), ("error", 10), ("info", 10), ("warn", 10)]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+    assert_eq!(per_level, want);
+    // With a query the split is of the matches only; without `by` there is none.
+    let h = s
+        .ok(
+            "/api/v1/histogram",
+            &[
+                ("q", "level:warn"),
+                ("start", &start),
+                ("end", &end),
+                ("by", "level"),
+            ],
+        )
+        .await?;
+    for b in h["buckets"].as_array().unwrap() {
+        if b["count"].as_u64().unwrap() > 0 {
+            assert_eq!(b["by"]["warn"], b["count"], "{b}");
+            assert_eq!(b["by"].as_object().unwrap().len(), 1, "{b}");
+        }
+    }
+    let plain = s
+        .ok("/api/v1/histogram", &[("start", &start), ("end", &end)])
+        .await?;
+    assert!(plain["buckets"][0].get("by").is_none(), "{plain}");
+    let (status, body) = s.get("/api/v1/histogram", &[("by", "user")]).await?;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let err = body["error"].as_str().unwrap();
+    assert!(err.contains("user") && err.contains("level"), "{err}");
     s.indexer.shutdown().await;
     Ok(())
 }

@@ -304,6 +304,10 @@ pub struct HistogramBucket {
     /// Start of the bucket.
     pub ts: DateTime<Utc>,
     pub count: u64,
+    /// With `by=level`: the count per level ("" for records without one); absent
+    /// otherwise.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub by: BTreeMap<String, u64>,
 }
 
 /// `GET /api/v1/histogram` answer.

@@ -54,14 +54,14 @@ pub struct SearchQuery {
 }
 
 /// `GET /api/v1/fields` answer: the top values of the fields worth filtering on.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, serde::Serialize)]
 pub struct FieldsResponse {
     #[serde(default)]
     pub fields: Vec<FieldTop>,
 }
 
 /// One field and its most frequent values, most frequent first.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, serde::Serialize)]
 pub struct FieldTop {
     pub field: String,
     #[serde(default)]
@@ -71,7 +71,7 @@ pub struct FieldTop {
 /// A value of a field and how many matching records carry it. Values arrive as any
 /// JSON scalar (a `fields.*` key can hold numbers and booleans) and are kept as the
 /// text a query would use.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, serde::Serialize)]
 pub struct FieldValue {
     #[serde(deserialize_with = "scalar_text")]
     pub value: String,
@@ -397,12 +397,12 @@ impl Client {
         .await
     }
 
-    /// `GET /api/v1/histogram`: match counts over the range.
+    /// `GET /api/v1/histogram`: match counts over the range, each bucket split by level.
     pub async fn histogram(&self, q: &str, start: &str, end: &str) -> Result<HistogramResponse> {
         self.get_json(
             Service::Indexer,
             "/api/v1/histogram",
-            &[("q", q), ("start", start), ("end", end)],
+            &[("q", q), ("start", start), ("end", end), ("by", "level")],
         )
         .await
     }

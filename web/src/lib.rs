@@ -16,6 +16,7 @@
 
 pub mod client;
 pub mod error;
+pub mod hops;
 pub mod pages;
 pub mod render;
 pub mod session;

@@ -33,6 +33,164 @@
   var bars = document.getElementById("hist-bars");
   if (bars) dragZoom(bars);
 
+  localTimes();
+  autoRefresh();
+  suggest();
+
+  // Autocomplete of the query box: the word being typed is completed to a field name
+  // (`lev` -> `level:`) or, after `field:`, to one of that field's top values in the
+  // range, from /ui/fields (fetched once, on first focus). Tab takes the first, arrows
+  // choose and Enter takes the chosen one (Enter alone still searches), Escape closes. Without JavaScript the box is a plain text field.
+  function suggest() {
+    var q = document.getElementById("q");
+    var list = document.getElementById("suggest");
+    if (!q || !list || !q.getAttribute("data-suggest")) return;
+    // Always there, whatever the range holds.
+    var known = ["host", "app", "task", "instance", "stream", "level", "msg", "trace_id", "span_id",
+      "method", "path", "status", "latency_ms", "peer_app", "peer_host"];
+    var fields = null, items = [], active = -1;
+    function load() {
+      if (fields) return;
+      fields = {};
+      fetch(q.getAttribute("data-suggest"), { credentials: "same-origin" })
+        .then(function (r) { return r.ok ? r.json() : { fields: [] }; })
+        .then(function (body) {
+          (body.fields || []).forEach(function (f) { fields[f.field] = f.values || []; });
+          if (document.activeElement === q) show();
+        })
+        .catch(function () {});
+    }
+    // The word under the cursor: [start, end) in q.value.
+    function word() {
+      var v = q.value, end = q.selectionStart == null ? v.length : q.selectionStart;
+      var start = end;
+      while (start > 0 && !/[\s()]/.test(v[start - 1])) start--;
+      return { start: start, end: end, text: v.slice(start, end) };
+    }
+    function quote(v) { return /^[\w.\/-]+$/.test(v) ? v : '"' + v.replace(/\\/g, "\\\\").replace(/"/g, '\\"') + '"'; }
+    function show() {
+      var w = word(), t = w.text.replace(/^[-+]/, "");
+      var out = [];
+      var colon = t.indexOf(":");
+      if (colon > 0) {
+        var name = t.slice(0, colon), prefix = t.slice(colon + 1).replace(/^"/, "").toLowerCase();
+        (fields && fields[name] || []).forEach(function (v) {
+          var val = String(v.value);
+          if (val.toLowerCase().indexOf(prefix) === 0) out.push({ label: val, n: v.count, text: name + ":" + quote(val) });
+        });
+      } else if (t.length > 0) {
+        var names = known.concat(Object.keys(fields || {}));
+        names.filter(function (n, i) { return names.indexOf(n) === i && n.indexOf(t) === 0 && n !== t; })
+          .forEach(function (n) { out.push({ label: n + ":", n: "", text: n + ":" }); });
+      }
+      items = out.slice(0, 12);
+      // Nothing chosen until the arrows choose: Enter still submits what was typed.
+      active = -1;
+      render();
+    }
+    function render() {
+      list.textContent = "";
+      items.forEach(function (it, i) {
+        var li = document.createElement("li");
+        li.setAttribute("role", "option");
+        if (i === active) li.className = "active";
+        var a = document.createElement("span"); a.textContent = it.label;
+        var n = document.createElement("span"); n.className = "n"; n.textContent = it.n;
+        li.appendChild(a); li.appendChild(n);
+        li.addEventListener("mousedown", function (ev) { ev.preventDefault(); take(i); });
+        list.appendChild(li);
+      });
+      list.hidden = items.length === 0;
+    }
+    function take(i) {
+      var it = items[i]; if (!it) return;
+      var w = word(), v = q.value, sign = /^[-+]/.test(w.text) ? w.text[0] : "";
+      var done = it.text.slice(-1) !== ":";
+      var ins = sign + it.text + (done ? " " : "");
+      q.value = v.slice(0, w.start) + ins + v.slice(w.end);
+      var at = w.start + ins.length;
+      q.setSelectionRange(at, at);
+      items = []; render();
+      if (!done) show();
+    }
+    q.addEventListener("focus", load);
+    q.addEventListener("input", function () { load(); show(); });
+    q.addEventListener("blur", function () { items = []; render(); });
+    q.addEventListener("keydown", function (ev) {
+      if (list.hidden) return;
+      if (ev.key === "ArrowDown" || ev.key === "ArrowUp") {
+        ev.preventDefault();
+        active = (active + (ev.key === "ArrowDown" ? 1 : items.length - 1)) % items.length;
+        render();
+      } else if ((ev.key === "Enter" && active >= 0) || ev.key === "Tab") {
+        ev.preventDefault();
+        take(Math.max(active, 0));
+      } else if (ev.key === "Escape") {
+        // Only the list closes: a search box would otherwise clear what was typed.
+        ev.preventDefault();
+        items = []; render();
+      }
+    });
+  }
+
+  // Auto-refresh of the search page (JavaScript only, so the control is hidden without
+  // it): the interval is kept in the URL as `refresh=<seconds>`, and the count stops
+  // while the reader reads: scrolled down, a row open, the query box focused or the tab
+  // hidden. It starts over once they are back at the top.
+  function autoRefresh() {
+    var box = document.getElementById("refresh-box");
+    var sel = document.getElementById("refresh");
+    var status = document.getElementById("refresh-status");
+    if (!box || !sel || !status) return;
+    box.hidden = false;
+    var params = new URLSearchParams(location.search);
+    var every = parseInt(params.get("refresh") || "0", 10);
+    if (!Array.prototype.some.call(sel.options, function (o) { return o.value === String(every); })) every = 0;
+    sel.value = String(every);
+    sel.addEventListener("change", function () {
+      var p = new URLSearchParams(location.search);
+      if (sel.value === "0") p.delete("refresh"); else p.set("refresh", sel.value);
+      location.search = p.toString();
+    });
+    if (!every) return;
+    var left = every;
+    var q = document.getElementById("q");
+    setInterval(function () {
+      var reading = window.scrollY > 40 || document.hidden ||
+        document.querySelector("details.rec[open]") || document.activeElement === q;
+      if (reading) {
+        left = every;
+        status.textContent = "paused while you read";
+        status.className = "paused";
+        return;
+      }
+      left -= 1;
+      status.className = "";
+      status.textContent = "in " + Math.max(left, 0) + "s";
+      if (left <= 0) location.reload();
+    }, 1000);
+  }
+
+  // The server renders times in UTC (it does not know the reader's zone); unless the
+  // page asks for UTC (tz=utc), each <time> is rewritten in the browser's own zone and
+  // the column says which. Without JavaScript the times simply stay in UTC, labelled so.
+  function localTimes() {
+    var head = document.querySelector("th.time-head");
+    if (!head || head.getAttribute("data-utc") === "true") return;
+    var pad = function (n, w) { return String(n).padStart(w || 2, "0"); };
+    var off = -new Date().getTimezoneOffset();
+    var zone = (off >= 0 ? "+" : "-") + pad(Math.floor(Math.abs(off) / 60)) + ":" + pad(Math.abs(off) % 60);
+    document.querySelectorAll("td.time time[datetime], figure.histogram time[datetime]").forEach(function (el) {
+      var d = new Date(el.getAttribute("datetime"));
+      if (isNaN(d)) return;
+      el.textContent = d.getFullYear() + "-" + pad(d.getMonth() + 1) + "-" + pad(d.getDate()) + " " +
+        pad(d.getHours()) + ":" + pad(d.getMinutes()) + ":" + pad(d.getSeconds()) + "." + pad(d.getMilliseconds(), 3);
+      el.title = el.getAttribute("datetime");
+    });
+    document.querySelectorAll("figure.histogram .tz-utc").forEach(function (el) { el.remove(); });
+    head.textContent = "time (local, UTC" + zone + ")";
+  }
+
   // Drag across histogram bars to zoom to their span. A press and release on one bar
   // is left to the bar's own link, so a click zooms to one bucket with or without JS.
   // Zooming is a navigation, so browser Back undoes it.

@@ -73,6 +73,41 @@ async fn fake_search(
         )
             .into_response();
     }
+    if q == "endless" {
+        // Always another page: only the download's cap ends it.
+        let limit: usize = p.get("limit").and_then(|l| l.parse().ok()).unwrap_or(100);
+        let page: u64 = p
+            .get("cursor")
+            .and_then(|c| c.strip_prefix('p'))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        let hits = (0..limit)
+            .map(|_| record("node-1", "endless", 0, "again", "2026-11-23T10:00:00Z"))
+            .collect();
+        return Json(SearchResponse {
+            total: u64::MAX,
+            hits,
+            next: Some(format!("p{}", page + 1)),
+        })
+        .into_response();
+    }
+    if q == "csvtricky" {
+        let mut r = record(
+            "node-1",
+            "fib",
+            2,
+            "said \"hi, there\"\nsecond line",
+            "2026-11-23T10:00:00.5Z",
+        );
+        r.level = Some(Level::Warn);
+        r.fields.insert("user".into(), json!("al,ice"));
+        return Json(SearchResponse {
+            total: 1,
+            hits: vec![r],
+            next: None,
+        })
+        .into_response();
+    }
     if p.get("sort").map(String::as_str) == Some("latency_desc") {
         let mut slow = access(
             "node-2",
@@ -189,14 +224,17 @@ async fn fake_histogram() -> Json<HistogramResponse> {
             HistogramBucket {
                 ts: ts("2026-11-23T09:58:00Z"),
                 count: 0,
+                by: Default::default(),
             },
             HistogramBucket {
                 ts: ts("2026-11-23T09:59:00Z"),
                 count: 5,
+                by: Default::default(),
             },
             HistogramBucket {
                 ts: ts("2026-11-23T10:00:00Z"),
                 count: 37,
+                by: Default::default(),
             },
         ],
     })
@@ -1238,6 +1276,12 @@ async fn pages_need_a_session_or_a_token_that_may_read() -> Result<()> {
 
     let page = http.get(format!("{web}/apps?x=1")).send().await?;
     assert_eq!(page.status().as_u16(), 303);
+    let download = http.get(format!("{web}/download?q=a")).send().await?;
+    assert_eq!(
+        download.status().as_u16(),
+        303,
+        "downloads need a session too"
+    );
     assert_eq!(page.headers()["location"], "/login?next=/apps%3Fx%3D1");
     let stream = http.get(format!("{web}/ui/tail-stream?q=a")).send().await?;
     assert_eq!(stream.status().as_u16(), 401);
@@ -1288,6 +1332,102 @@ async fn pages_need_a_session_or_a_token_that_may_read() -> Result<()> {
             .status()
             .as_u16(),
         401
+    );
+    Ok(())
+}
+
+/// Issue 20: a download follows the indexer's cursor to the end of the result, but
+/// never past the cap, however many pages the indexer offers.
+#[tokio::test]
+async fn download_follows_the_cursor_and_stops_at_the_cap() -> Result<()> {
+    let h = Harness::start().await?;
+    let resp = h
+        .http
+        .get(format!(
+            "{}/download?q=endless&range=1h&format=ndjson",
+            h.web
+        ))
+        .send()
+        .await?;
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(resp.headers()["content-type"], "application/x-ndjson");
+    assert_eq!(resp.headers()["x-sandtrail-download-cap"], "100000");
+    assert!(resp.headers()["content-disposition"]
+        .to_str()?
+        .starts_with("attachment"));
+    let body = resp.text().await?;
+    let lines: Vec<&str> = body.lines().collect();
+    assert_eq!(lines.len(), 100_000, "the cap holds");
+    let first: LogRecord = serde_json::from_str(lines[0])?;
+    assert_eq!(first.app, "endless");
+    let calls: Vec<_> = h
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|p| p.get("q").map(String::as_str) == Some("endless"))
+        .cloned()
+        .collect();
+    assert_eq!(calls.len(), 100, "1000 a page, no page beyond the cap");
+    assert_eq!(calls[1].get("cursor").map(String::as_str), Some("p1"));
+    assert!(calls.iter().all(|c| c["limit"] == "1000"));
+    // "now" is pinned once, so every page asks for the same range.
+    assert!(calls
+        .iter()
+        .all(|c| c["end"] == calls[0]["end"] && c["end"] != "now"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn download_csv_escapes_fields_and_has_the_views_columns() -> Result<()> {
+    let h = Harness::start().await?;
+    let (status, body) = h
+        .get("/download?q=csvtricky&format=csv&cols=user&sort=oldest")
+        .await?;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        body,
+        "ts,host,app,instance,task,stream,level,user,msg\r\n\
+         2026-11-23T10:00:00.500Z,node-1,fib,2,fib.0f3c1a2b-aaaa-bbbb,stdout,warn,\"al,ice\",\
+         \"said \"\"hi, there\"\"\nsecond line\"\r\n"
+    );
+    assert_eq!(
+        h.last_search().get("sort").map(String::as_str),
+        Some("oldest")
+    );
+    let (status, body) = h.get("/download?q=x&format=xlsx").await?;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body.contains("xlsx"), "{body}");
+    let (status, _) = h.get("/download?q=x&cols=a%20b").await?;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    Ok(())
+}
+
+/// Issue 20: the query box's autocomplete reads field names and top values of the
+/// range from `/ui/fields`, as JSON, over the whole range (not the typed query).
+#[tokio::test]
+async fn ui_fields_gives_the_ranges_fields_and_values_as_json() -> Result<()> {
+    let h = Harness::start().await?;
+    let (status, body) = h.get("/ui/fields?range=1h&q=app%3Afib").await?;
+    assert_eq!(status, StatusCode::OK);
+    let v: serde_json::Value = serde_json::from_str(&body)?;
+    assert_eq!(v["fields"][0]["field"], "host");
+    assert_eq!(v["fields"][0]["values"][0]["value"], "node-1");
+    assert_eq!(
+        v["fields"][2]["values"][1]["value"], "7",
+        "values as query text"
+    );
+    let asked = h.last_at("fields");
+    assert_eq!(asked.get("start").map(String::as_str), Some("now-1h"));
+    assert_eq!(asked.get("q").map(String::as_str), Some(""));
+    assert_eq!(asked.get("size").map(String::as_str), Some("20"));
+    let (status, _) = h.get("/ui/fields?range=2y").await?;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    // The search page tells its script where to ask.
+    let (_, page) = h.get("/?q=x&range=1h").await?;
+    assert!(
+        page.contains("data-suggest=\"/ui/fields?range=1h\""),
+        "{page}"
     );
     Ok(())
 }

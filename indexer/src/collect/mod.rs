@@ -18,6 +18,6 @@ mod values;
 pub(crate) use order::{ByTsOffset, NewestFirst, SlowestFirst, TimeOrder};
 pub(crate) use sortkey::ByKey;
 pub use time::{BucketLayout, TARGET_BUCKETS};
-pub(crate) use time::{DateBuckets, HistogramCollector, MinTs};
+pub(crate) use time::{DateBuckets, HistogramCollector, MinTs, SplitHistogram};
 pub(crate) use top::NewestTop;
 pub(crate) use values::{KeywordCounts, LatencyByGroup, NumericColumn, NumericValues};

@@ -136,6 +136,116 @@ impl SegmentCollector for HistogramSegment {
     }
 }
 
+/// The histogram split by the value of a keyword field of few values (`level`): per
+/// value, the matches in each bucket; matches without the field count under "".
+/// Ordinals are counted per segment in a dense table and turned into strings once at
+/// harvest, so the split costs one column read per match beside the time.
+pub(crate) struct SplitHistogram {
+    pub(crate) layout: BucketLayout,
+    pub(crate) columns: ColumnCache,
+    pub(crate) field: &'static str,
+}
+
+pub(crate) struct SplitHistogramSegment {
+    layout: BucketLayout,
+    ts: Column<tantivy::DateTime>,
+    split: Option<tantivy::columnar::StrColumn>,
+    /// Index 0: no value; `ord + 1`: the value of that ordinal.
+    counts: Vec<Vec<u64>>,
+}
+
+/// Most distinct values a split counts per segment; the rest count as "".
+const MAX_SPLIT_VALUES: u64 = 64;
+
+impl Collector for SplitHistogram {
+    type Fruit = BTreeMap<String, Vec<u64>>;
+    type Child = SplitHistogramSegment;
+
+    fn for_segment(
+        &self,
+        _: SegmentOrdinal,
+        segment: &SegmentReader,
+    ) -> tantivy::Result<SplitHistogramSegment> {
+        let split = segment.fast_fields().str(self.field)?;
+        let values = split
+            .as_ref()
+            .map_or(0, |c| c.num_terms() as u64)
+            .min(MAX_SPLIT_VALUES);
+        Ok(SplitHistogramSegment {
+            layout: self.layout,
+            ts: self.columns.get(segment)?.ts.clone(),
+            split,
+            counts: vec![vec![0; self.layout.count]; values as usize + 1],
+        })
+    }
+
+    fn requires_scoring(&self) -> bool {
+        false
+    }
+
+    fn merge_fruits(
+        &self,
+        fruits: Vec<BTreeMap<String, Vec<u64>>>,
+    ) -> tantivy::Result<BTreeMap<String, Vec<u64>>> {
+        let mut total: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+        for f in fruits {
+            for (k, counts) in f {
+                let t = total.entry(k).or_insert_with(|| vec![0; self.layout.count]);
+                for (t, c) in t.iter_mut().zip(counts) {
+                    *t += c;
+                }
+            }
+        }
+        Ok(total)
+    }
+}
+
+impl SegmentCollector for SplitHistogramSegment {
+    type Fruit = BTreeMap<String, Vec<u64>>;
+
+    fn collect(&mut self, doc: DocId, _: Score) {
+        let Some(i) = self
+            .ts
+            .first(doc)
+            .and_then(|t| self.layout.bucket_of(t.into_timestamp_micros()))
+        else {
+            return;
+        };
+        let row = self
+            .split
+            .as_ref()
+            .and_then(|c| c.term_ords(doc).next())
+            .filter(|ord| *ord < MAX_SPLIT_VALUES)
+            .map_or(0, |ord| ord as usize + 1);
+        self.counts[row][i] += 1;
+    }
+
+    fn harvest(self) -> BTreeMap<String, Vec<u64>> {
+        let mut out: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+        let mut name = String::new();
+        for (row, counts) in self.counts.into_iter().enumerate() {
+            if counts.iter().all(|c| *c == 0) {
+                continue;
+            }
+            name.clear();
+            if row > 0 {
+                if let Some(col) = &self.split {
+                    if !col.ord_to_str(row as u64 - 1, &mut name).unwrap_or(false) {
+                        name.clear();
+                    }
+                }
+            }
+            let t = out
+                .entry(name.clone())
+                .or_insert_with(|| vec![0; counts.len()]);
+            for (t, c) in t.iter_mut().zip(counts) {
+                *t += c;
+            }
+        }
+        out
+    }
+}
+
 /// Oldest `ts` (micros) among the matches.
 pub(crate) struct MinTs {
     pub(crate) columns: ColumnCache,

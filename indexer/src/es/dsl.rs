@@ -558,30 +558,6 @@ impl Builder<'_> {
     }
 }
 
-/// Everything strictly newer than the cursor in the (ts, uid) order.
-pub(super) fn after_cursor(fields: &Fields, c: Cursor) -> Box<dyn Query> {
-    let ts = Term::from_field_date(
-        fields.ts,
-        tantivy::DateTime::from_timestamp_micros(c.ts_micros),
-    );
-    let newer: Box<dyn Query> = Box::new(RangeQuery::new(
-        Bound::Excluded(ts.clone()),
-        Bound::Unbounded,
-    ));
-    let same: Box<dyn Query> = Box::new(RangeQuery::new(
-        Bound::Included(ts.clone()),
-        Bound::Included(ts),
-    ));
-    let higher_uid: Box<dyn Query> = Box::new(RangeQuery::new(
-        Bound::Excluded(Term::from_field_u64(fields.uid, c.uid)),
-        Bound::Unbounded,
-    ));
-    Box::new(BooleanQuery::union(vec![
-        newer,
-        Box::new(BooleanQuery::intersection(vec![same, higher_uid])),
-    ]))
-}
-
 /// Whether `sort` asks for oldest first; only the timestamp can be sorted on.
 pub(super) fn parse_sort(sort: Option<&Value>) -> Result<bool> {
     let entries = match sort {

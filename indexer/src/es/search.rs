@@ -10,11 +10,11 @@
 
 use super::aggs::run_aggs;
 use super::bulk::ecs_source;
-use super::dsl::{after_cursor, bad, parse_search_after, parse_sort, target, Builder, Target};
+use super::dsl::{bad, parse_search_after, parse_sort, target, Builder, Target};
 use crate::collect::{ByKey, NewestTop, TimeOrder};
 use crate::error::Result;
 use crate::highlight::{self, FragmentOptions};
-use crate::query::{all_of, before_cursor, Cursor};
+use crate::query::{after_cursor, all_of, before_cursor, Cursor};
 use crate::schema::{RecordReader, ES_ID};
 use crate::search::IndexView;
 use serde_json::{json, Value};

@@ -10,6 +10,7 @@
 mod access;
 mod cluster;
 mod context;
+mod download;
 mod login;
 mod search;
 mod slow;
@@ -47,6 +48,8 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/", get(search::page))
         .route("/context", get(context::page))
+        .route("/download", get(download::download))
+        .route("/ui/fields", get(search::suggest))
         .route("/slow", get(slow::page))
         .route("/tail/{app}", get(tail::page))
         .route("/trace/{id}", get(trace::page))

@@ -49,16 +49,180 @@ pub(crate) const CONTEXT_LINES: u32 = 20;
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 pub(crate) struct SearchParams {
-    q: Option<String>,
-    range: Option<String>,
-    start: Option<String>,
-    end: Option<String>,
+    pub(crate) q: Option<String>,
+    pub(crate) range: Option<String>,
+    pub(crate) start: Option<String>,
+    pub(crate) end: Option<String>,
     cursor: Option<String>,
     /// Set by the app picker; folded into `q` by a redirect.
     app: Option<String>,
     /// The picker's value as the page was rendered: the picker only overrides the
     /// typed query when the reader changed it.
     app_was: Option<String>,
+    /// `newest` (default), `oldest` or `slowest`.
+    sort: Option<String>,
+    /// `utc` shows times in UTC; anything else, the browser's own zone (with JS).
+    tz: Option<String>,
+    /// Extra columns, comma-separated field names as the sidebar lists them.
+    cols: Option<String>,
+    /// `/download` only: `ndjson` (default) or `csv`.
+    pub(crate) format: Option<String>,
+}
+
+/// Most extra columns a page shows.
+const MAX_COLS: usize = 8;
+
+/// The order of the hits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum SortBy {
+    #[default]
+    Newest,
+    Oldest,
+    Slowest,
+}
+
+impl SortBy {
+    const ALL: [SortBy; 3] = [SortBy::Newest, SortBy::Oldest, SortBy::Slowest];
+
+    fn parse(s: Option<&str>) -> Result<SortBy, Error> {
+        match s.map(str::trim).unwrap_or("") {
+            "" | "newest" => Ok(SortBy::Newest),
+            "oldest" => Ok(SortBy::Oldest),
+            "slowest" => Ok(SortBy::Slowest),
+            other => Err(Error::BadParam {
+                name: "sort",
+                value: other.to_string(),
+                expected: "newest, oldest or slowest",
+            }),
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            SortBy::Newest => "newest",
+            SortBy::Oldest => "oldest",
+            SortBy::Slowest => "slowest",
+        }
+    }
+
+    /// The indexer's name for it (`None`: its default, newest first).
+    fn api(self) -> Option<String> {
+        match self {
+            SortBy::Newest => None,
+            SortBy::Oldest => Some("oldest".into()),
+            SortBy::Slowest => Some("latency_desc".into()),
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            SortBy::Newest => "newest first",
+            SortBy::Oldest => "oldest first",
+            SortBy::Slowest => "slowest first",
+        }
+    }
+}
+
+/// How the reader looks at the results: the order, the time zone and the extra
+/// columns. Kept in every link the page makes, so a filter or a zoom keeps the view.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct View {
+    sort: SortBy,
+    utc: bool,
+    cols: Vec<String>,
+    /// `cols` as the URL carries it.
+    cols_param: String,
+}
+
+impl View {
+    pub(crate) fn columns(&self) -> &[String] {
+        &self.cols
+    }
+
+    /// The indexer's `sort` for this view.
+    pub(crate) fn sort_api(&self) -> Option<String> {
+        self.sort.api()
+    }
+
+    pub(crate) fn from_params(p: &SearchParams) -> Result<View, Error> {
+        let mut cols: Vec<String> = Vec::new();
+        for c in p.cols.as_deref().unwrap_or("").split(',').map(str::trim) {
+            if c.is_empty() || cols.iter().any(|x| x == c) {
+                continue;
+            }
+            let ok = c.len() <= 64
+                && c.chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '_' | '.' | '-'));
+            if !ok || cols.len() == MAX_COLS {
+                return Err(Error::BadParam {
+                    name: "cols",
+                    value: c.to_string(),
+                    expected: "at most 8 field names (letters, digits, '_', '.', '-')",
+                });
+            }
+            cols.push(c.to_string());
+        }
+        Ok(View {
+            sort: SortBy::parse(p.sort.as_deref())?,
+            utc: p.tz.as_deref().map(str::trim) == Some("utc"),
+            cols_param: cols.join(","),
+            cols,
+        })
+    }
+
+    /// The URL parameters that differ from the default view.
+    fn params(&self) -> Vec<(&'static str, &str)> {
+        let mut out = Vec::new();
+        if self.sort != SortBy::Newest {
+            out.push(("sort", self.sort.as_str()));
+        }
+        if self.utc {
+            out.push(("tz", "utc"));
+        }
+        if !self.cols.is_empty() {
+            out.push(("cols", self.cols_param.as_str()));
+        }
+        out
+    }
+
+    /// This view with column `name` added, or removed when shown.
+    fn toggle_col(&self, name: &str) -> View {
+        let mut cols = self.cols.clone();
+        match cols.iter().position(|c| c == name) {
+            Some(i) => {
+                cols.remove(i);
+            }
+            None if cols.len() < MAX_COLS => cols.push(name.to_string()),
+            None => {}
+        }
+        View {
+            cols_param: cols.join(","),
+            cols,
+            ..self.clone()
+        }
+    }
+}
+
+/// The range and the view together: what every link of the page carries besides `q`.
+#[derive(Clone, Copy)]
+pub(crate) struct Ctx<'a> {
+    range: &'a TimeRange,
+    view: &'a View,
+}
+
+impl<'a> Ctx<'a> {
+    fn params(&self) -> Vec<(&'static str, &'a str)> {
+        let mut p = self.range.params();
+        p.extend(self.view.params());
+        p
+    }
+}
+
+/// A link of the view switches (sort, time zone).
+pub(crate) struct ViewLink {
+    label: &'static str,
+    href: String,
+    active: bool,
 }
 
 pub(crate) struct PresetLink {
@@ -76,10 +240,38 @@ pub(crate) struct Bar {
     href: String,
     height: String,
     title: String,
+    /// The bar's matches by level, bottom up; empty when the indexer gave no split.
+    segs: Vec<Seg>,
     /// The bucket's bounds (RFC 3339), for drag-to-zoom across bars.
     start: String,
     end: String,
 }
+
+/// One level's share of a histogram bar.
+pub(crate) struct Seg {
+    class: &'static str,
+    /// Percent of the bar's height.
+    height: String,
+}
+
+/// A level in the histogram's legend, with its matches over the whole range.
+pub(crate) struct LegendItem {
+    class: &'static str,
+    label: &'static str,
+    count: u64,
+}
+
+/// Levels as stacked in a bar, bottom up (errors on top, where the eye goes), with
+/// the class that colours them; "" is a record without a level.
+const STACK: [(&str, &str, &str); 7] = [
+    ("", "none", "lvl-none"),
+    ("trace", "trace", "lvl-debug"),
+    ("debug", "debug", "lvl-debug"),
+    ("info", "info", "lvl-info"),
+    ("warn", "warn", "lvl-warn"),
+    ("error", "error", "lvl-error"),
+    ("fatal", "fatal", "lvl-fatal"),
+];
 
 /// One field of an expanded row; `filters` is `None` for fields that make no sense as
 /// a filter (the time, the message, a float latency).
@@ -98,6 +290,9 @@ pub(crate) struct Filters {
 /// A field of the sidebar with its top values among the matches.
 pub(crate) struct SideField {
     name: String,
+    /// Adds this field as a column, or removes it when shown.
+    col_href: String,
+    is_col: bool,
     values: Vec<SideValue>,
     /// Every value seen once (ids, timings): listed folded, as filtering on one of them
     /// is rarely what the reader wants.
@@ -119,6 +314,10 @@ pub(crate) struct TraceLink {
 
 pub(crate) struct Row {
     time: String,
+    /// RFC 3339 UTC, for the script that shows the reader's own zone.
+    ts: String,
+    /// Values of the extra columns, in the view's order (empty when absent).
+    cols: Vec<String>,
     host: String,
     host_href: String,
     app: String,
@@ -152,12 +351,29 @@ struct SearchPage {
     bars: Vec<Bar>,
     hist_from: String,
     hist_to: String,
+    /// The same bounds in RFC 3339, for the script that shows the reader's zone.
+    hist_from_ts: String,
+    hist_to_ts: String,
+    legend: Vec<LegendItem>,
     rows: Vec<Row>,
     total: u64,
     older: Option<String>,
     paged: bool,
     fields: Vec<SideField>,
     slow_href: String,
+    /// `/download` of this result as NDJSON and as CSV.
+    download_ndjson: String,
+    download_csv: String,
+    download_cap: usize,
+    /// `/ui/fields` for the query box's autocomplete, in this range.
+    suggest_href: String,
+    /// The extra columns' names, in order.
+    cols: Vec<String>,
+    /// Hidden inputs that keep the view through a form submit.
+    view_params: Vec<(&'static str, String)>,
+    sorts: Vec<ViewLink>,
+    zones: Vec<ViewLink>,
+    utc: bool,
 }
 
 pub(crate) async fn page(
@@ -175,7 +391,15 @@ pub(crate) async fn page(
         let picked = app != p.app_was.as_deref().unwrap_or("").trim();
         let q = if picked { set_query_app(&q, app) } else { q };
         let mut params = vec![("q", q.as_str())];
-        for (k, v) in [("range", &p.range), ("start", &p.start), ("end", &p.end)] {
+        // The view too (sort, zone, columns): the form carries it as hidden inputs.
+        for (k, v) in [
+            ("range", &p.range),
+            ("start", &p.start),
+            ("end", &p.end),
+            ("sort", &p.sort),
+            ("tz", &p.tz),
+            ("cols", &p.cols),
+        ] {
             if let Some(v) = v {
                 params.push((k, v.as_str()));
             }
@@ -190,6 +414,20 @@ pub(crate) async fn page(
             TimeRange::from_params(None, None, None).expect("the default preset exists"),
             Some(e),
         ),
+    };
+    let (view, range_err) = match View::from_params(&p) {
+        Ok(v) => (v, range_err),
+        Err(e) => (View::default(), range_err.or(Some(e))),
+    };
+    let ctx = Ctx {
+        range: &range,
+        view: &view,
+    };
+    let with_view = |base: Vec<(&'static str, &str)>| {
+        let mut params: Vec<(&str, &str)> = vec![("q", q.as_str())];
+        params.extend(base);
+        params.extend(view.params());
+        href("/", &params)
     };
 
     let mut page = SearchPage {
@@ -210,16 +448,64 @@ pub(crate) async fn page(
             .iter()
             .map(|(label, _)| PresetLink {
                 label,
-                href: href("/", &[("q", &q), ("range", label)]),
+                href: with_view(vec![("range", label)]),
                 active: range.preset == Some(*label),
             })
             .collect(),
+        download_ndjson: download_href(&q, &range, &view, "ndjson"),
+        download_csv: download_href(&q, &range, &view, "csv"),
+        download_cap: super::download::MAX_DOWNLOAD,
+        suggest_href: href("/ui/fields", &range.params()),
+        cols: view.cols.clone(),
+        view_params: view
+            .params()
+            .into_iter()
+            .map(|(k, v)| (k, v.to_string()))
+            .collect(),
+        sorts: SortBy::ALL
+            .iter()
+            .map(|&s| ViewLink {
+                label: s.label(),
+                href: search_href(
+                    &q,
+                    Ctx {
+                        range: &range,
+                        view: &View {
+                            sort: s,
+                            ..view.clone()
+                        },
+                    },
+                ),
+                active: view.sort == s,
+            })
+            .collect(),
+        zones: [("local time", false), ("UTC", true)]
+            .iter()
+            .map(|&(label, utc)| ViewLink {
+                label,
+                href: search_href(
+                    &q,
+                    Ctx {
+                        range: &range,
+                        view: &View {
+                            utc,
+                            ..view.clone()
+                        },
+                    },
+                ),
+                active: view.utc == utc,
+            })
+            .collect(),
+        utc: view.utc,
         apps: Vec::new(),
         selected_app: query_app(&q).unwrap_or_default(),
         error: None,
         bars: Vec::new(),
         hist_from: String::new(),
         hist_to: String::new(),
+        hist_from_ts: String::new(),
+        hist_to_ts: String::new(),
+        legend: Vec::new(),
         rows: Vec::new(),
         total: 0,
         older: None,
@@ -238,7 +524,7 @@ pub(crate) async fn page(
         end: range.end.clone(),
         limit: PAGE_SIZE,
         cursor: p.cursor.clone().filter(|c| !c.is_empty()),
-        sort: None,
+        sort: view.sort.api(),
     };
     let client = &state.client;
     let (search, apps) = tokio::join!(
@@ -284,7 +570,7 @@ pub(crate) async fn page(
     }
 
     match search {
-        Ok(resp) => fill_results(&mut page, &range, resp),
+        Ok(resp) => fill_results(&mut page, ctx, resp),
         Err(e) => {
             // Not streamed: the status says whose fault it was, and nothing else is
             // worth asking for.
@@ -333,15 +619,19 @@ pub(crate) async fn page(
     };
     let first = Bytes::from(head).slice(..cut);
     let rest = async move {
+        let ctx = Ctx {
+            range: &range,
+            view: &view,
+        };
         match histogram.finish().await {
-            Ok(h) => fill_histogram(&mut page, &h),
+            Ok(h) => fill_histogram(&mut page, ctx, &h),
             Err(e) => {
                 state.metrics.upstream_error(&e);
                 tracing::warn!(error = %e, "histogram for the search page unavailable");
             }
         }
         match fields.finish().await {
-            Ok(f) => page.fields = side_fields(&page.q, &range, f),
+            Ok(f) => page.fields = side_fields(&page.q, ctx, f),
             Err(e) => {
                 state.metrics.upstream_error(&e);
                 tracing::warn!(error = %e, "field sidebar for the search page unavailable");
@@ -398,23 +688,23 @@ impl<T> Drop for Pending<T> {
     }
 }
 
-fn fill_results(page: &mut SearchPage, range: &TimeRange, resp: SearchResponse) {
+fn fill_results(page: &mut SearchPage, ctx: Ctx, resp: SearchResponse) {
     let terms = highlight_terms(&page.q);
     page.total = resp.total;
     page.rows = resp
         .hits
         .iter()
-        .map(|r| row(r, &terms, &page.q, range))
+        .map(|r| row(r, &terms, &page.q, ctx))
         .collect();
     page.older = resp.next.filter(|n| !n.is_empty()).map(|next| {
         let mut params = vec![("q", page.q.as_str())];
-        params.extend(range.params());
+        params.extend(ctx.params());
         params.push(("cursor", next.as_str()));
         href("/", &params)
     });
 }
 
-fn fill_histogram(page: &mut SearchPage, h: &HistogramResponse) {
+fn fill_histogram(page: &mut SearchPage, ctx: Ctx, h: &HistogramResponse) {
     let (Some(first), Some(last)) = (h.buckets.first(), h.buckets.last()) else {
         return;
     };
@@ -437,17 +727,69 @@ fn fill_histogram(page: &mut SearchPage, h: &HistogramResponse) {
             let pct = if b.count > 0 { pct.max(2.0) } else { 0.0 };
             let start = rfc3339_ms(b.ts);
             let end = rfc3339_ms(b.ts + interval);
+            let mut params = vec![("q", page.q.as_str()), ("start", &start), ("end", &end)];
+            params.extend(ctx.view.params());
+            let split: Vec<String> = STACK
+                .iter()
+                .rev()
+                .filter_map(|(key, label, _)| b.by.get(*key).map(|n| format!("{label} {n}")))
+                .collect();
             Bar {
-                href: href("/", &[("q", &page.q), ("start", &start), ("end", &end)]),
+                href: href("/", &params),
                 height: format!("{pct:.1}"),
-                title: format!("{}: {} matches", format_ts(b.ts), b.count),
+                title: if split.is_empty() {
+                    format!("{}: {} matches", format_ts(b.ts), b.count)
+                } else {
+                    format!(
+                        "{}: {} matches ({})",
+                        format_ts(b.ts),
+                        b.count,
+                        split.join(", ")
+                    )
+                },
+                segs: stack(&b.by),
                 start,
                 end,
             }
         })
         .collect();
+    page.legend = STACK
+        .iter()
+        .rev()
+        .filter_map(|&(key, label, class)| {
+            let count: u64 = h.buckets.iter().filter_map(|b| b.by.get(key)).sum();
+            (count > 0).then_some(LegendItem {
+                class,
+                label,
+                count,
+            })
+        })
+        .collect();
     page.hist_from = format_ts(first.ts);
     page.hist_to = format_ts(last.ts + interval);
+    page.hist_from_ts = rfc3339_ms(first.ts);
+    page.hist_to_ts = rfc3339_ms(last.ts + interval);
+}
+
+/// A bar's segments, bottom up, in percent of the bar; levels the stack does not know
+/// count with the records without one.
+fn stack(by: &std::collections::BTreeMap<String, u64>) -> Vec<Seg> {
+    let total: u64 = by.values().sum();
+    if total == 0 {
+        return Vec::new();
+    }
+    let known = |k: &str| STACK.iter().any(|s| s.0 == k);
+    let other: u64 = by.iter().filter(|(k, _)| !known(k)).map(|(_, n)| n).sum();
+    STACK
+        .iter()
+        .filter_map(|&(key, _, class)| {
+            let n = by.get(key).copied().unwrap_or(0) + if key.is_empty() { other } else { 0 };
+            (n > 0).then(|| Seg {
+                class,
+                height: format!("{:.1}", n as f64 / total as f64 * 100.0),
+            })
+        })
+        .collect()
 }
 
 /// `field:value`, quoting the value when it is not a plain word.
@@ -497,21 +839,71 @@ pub(crate) fn add_filter(query: &str, field: &str, value: &str, exclude: bool) -
     parts.join(" ")
 }
 
-/// The search page's URL for `query` in `range`.
-fn search_href(query: &str, range: &TimeRange) -> String {
+/// The `/download` of `query`'s result in `format`, in the page's range and order.
+fn download_href(query: &str, range: &TimeRange, view: &View, format: &str) -> String {
     let mut params = vec![("q", query)];
     params.extend(range.params());
+    params.extend(view.params());
+    params.push(("format", format));
+    href("/download", &params)
+}
+
+/// The search page's URL for `query` in the range and view of `ctx`.
+fn search_href(query: &str, ctx: Ctx) -> String {
+    let mut params = vec![("q", query)];
+    params.extend(ctx.params());
     href("/", &params)
 }
 
-fn filters(query: &str, range: &TimeRange, field: &str, value: &str) -> Filters {
+fn filters(query: &str, ctx: Ctx, field: &str, value: &str) -> Filters {
     Filters {
-        include: search_href(&add_filter(query, field, value, false), range),
-        exclude: search_href(&add_filter(query, field, value, true), range),
+        include: search_href(&add_filter(query, field, value, false), ctx),
+        exclude: search_href(&add_filter(query, field, value, true), ctx),
     }
 }
 
-fn side_fields(query: &str, range: &TimeRange, resp: FieldsResponse) -> Vec<SideField> {
+/// The record's optional text fields by name, as rows and columns show them.
+fn optional_fields(r: &LogRecord) -> [(&'static str, &Option<String>); 7] {
+    [
+        ("trace_id", &r.trace_id),
+        ("span_id", &r.span_id),
+        ("parent_span_id", &r.parent_span_id),
+        ("method", &r.method),
+        ("path", &r.path),
+        ("peer_host", &r.peer_host),
+        ("peer_app", &r.peer_app),
+    ]
+}
+
+/// The value a column named `name` shows for `r`: a record field, or one of `fields`
+/// (with or without the `fields.` prefix the sidebar may use).
+pub(crate) fn column_value(r: &LogRecord, name: &str) -> String {
+    if let Some((_, v)) = optional_fields(r).into_iter().find(|(n, _)| *n == name) {
+        return v.clone().unwrap_or_default();
+    }
+    match name {
+        "host" => r.host.clone(),
+        "app" => r.app.clone(),
+        "task" => r.task.clone(),
+        "instance" => r.instance.to_string(),
+        "stream" => r.stream.as_str().to_string(),
+        "level" => r.level.map(|l| l.as_str().to_string()).unwrap_or_default(),
+        "status" => r.status.map(|s| s.to_string()).unwrap_or_default(),
+        "latency_ms" => r
+            .latency_ms
+            .map(|l| format!("{}", (l * 1000.0).round() / 1000.0))
+            .unwrap_or_default(),
+        "source" => r.source.clone(),
+        "offset" => r.offset.to_string(),
+        other => match r.fields.get(other.strip_prefix("fields.").unwrap_or(other)) {
+            None | Some(serde_json::Value::Null) => String::new(),
+            Some(serde_json::Value::String(s)) => s.clone(),
+            Some(v) => v.to_string(),
+        },
+    }
+}
+
+fn side_fields(query: &str, ctx: Ctx, resp: FieldsResponse) -> Vec<SideField> {
     let tokens = tokenize(query);
     resp.fields
         .into_iter()
@@ -524,25 +916,33 @@ fn side_fields(query: &str, range: &TimeRange, resp: FieldsResponse) -> Vec<Side
                 .filter(|v| !v.value.is_empty())
                 .map(|v| SideValue {
                     active: tokens.contains(&field_query(&f.field, &v.value)),
-                    filters: filters(query, range, &f.field, &v.value),
+                    filters: filters(query, ctx, &f.field, &v.value),
                     value: v.value,
                     count: v.count,
                 })
                 .collect(),
+            is_col: ctx.view.cols.contains(&f.field),
+            col_href: search_href(
+                query,
+                Ctx {
+                    range: ctx.range,
+                    view: &ctx.view.toggle_col(&f.field),
+                },
+            ),
             name: f.field,
         })
         .collect()
 }
 
 /// Every field of `r` as the expanded row lists it.
-fn details(r: &LogRecord, query: &str, range: &TimeRange) -> Vec<Detail> {
+fn details(r: &LogRecord, query: &str, ctx: Ctx) -> Vec<Detail> {
     let mut out = Vec::new();
     let mut push = |name: &str, value: String, filterable: bool| {
         if value.is_empty() {
             return;
         }
         out.push(Detail {
-            filters: filterable.then(|| filters(query, range, name, &value)),
+            filters: filterable.then(|| filters(query, ctx, name, &value)),
             name: name.to_string(),
             value,
         });
@@ -556,15 +956,7 @@ fn details(r: &LogRecord, query: &str, range: &TimeRange) -> Vec<Detail> {
     if let Some(l) = r.level {
         push("level", l.as_str().to_string(), true);
     }
-    for (name, v) in [
-        ("trace_id", &r.trace_id),
-        ("span_id", &r.span_id),
-        ("parent_span_id", &r.parent_span_id),
-        ("method", &r.method),
-        ("path", &r.path),
-        ("peer_host", &r.peer_host),
-        ("peer_app", &r.peer_app),
-    ] {
+    for (name, v) in optional_fields(r) {
         if let Some(v) = v {
             push(name, v.clone(), true);
         }
@@ -625,16 +1017,13 @@ pub(crate) fn context_href_n(r: &LogRecord, n: u32) -> String {
     ) + "#focus"
 }
 
-fn row(r: &LogRecord, terms: &[String], query: &str, range: &TimeRange) -> Row {
-    let search = |field: &str, value: &str| {
-        let q = field_query(field, value);
-        let mut params = vec![("q", q.as_str())];
-        params.extend(range.params());
-        href("/", &params)
-    };
+fn row(r: &LogRecord, terms: &[String], query: &str, ctx: Ctx) -> Row {
+    let search = |field: &str, value: &str| search_href(&field_query(field, value), ctx);
     let access = (r.stream == Stream::Access).then(|| AccessView::of(r));
     Row {
         time: format_ts(r.ts),
+        ts: rfc3339_ms(r.ts),
+        cols: ctx.view.cols.iter().map(|c| column_value(r, c)).collect(),
         host: r.host.clone(),
         host_href: search("host", &r.host),
         app: r.app.clone(),
@@ -656,9 +1045,28 @@ fn row(r: &LogRecord, terms: &[String], query: &str, range: &TimeRange) -> Row {
                 href: format!("/trace/{id}"),
             }),
         access,
-        details: details(r, query, range),
+        details: details(r, query, ctx),
         context_href: context_href(r),
     }
+}
+
+/// Values per field the query box suggests.
+const SUGGEST_VALUES: u32 = 20;
+
+/// `GET /ui/fields`: the field names and top values of the range, as JSON, for the
+/// query box's autocomplete (app.js). Over the whole range rather than the current
+/// query, so that a value the query excludes can still be suggested.
+pub(crate) async fn suggest(
+    State(state): State<Arc<AppState>>,
+    Query(p): Query<SearchParams>,
+) -> crate::Result<axum::Json<FieldsResponse>> {
+    let range = TimeRange::from_params(p.range.as_deref(), p.start.as_deref(), p.end.as_deref())?;
+    let fields = state
+        .client
+        .fields("", &range.start, &range.end, SUGGEST_VALUES)
+        .await
+        .inspect_err(|e| state.metrics.upstream_error(e))?;
+    Ok(axum::Json(fields))
 }
 
 #[cfg(test)]
@@ -707,7 +1115,12 @@ mod tests {
         r.source = "fib.1/stdout".into();
         r.offset = 42;
         let range = TimeRange::from_params(None, None, None).unwrap();
-        let d = details(&r, "app:fib", &range);
+        let view = View::default();
+        let ctx = Ctx {
+            range: &range,
+            view: &view,
+        };
+        let d = details(&r, "app:fib", ctx);
         let names: Vec<&str> = d.iter().map(|d| d.name.as_str()).collect();
         assert_eq!(
             names,
@@ -766,5 +1179,97 @@ mod tests {
         assert_eq!(level_class(Some(Level::Warn)), "lvl-warn");
         assert_eq!(level_class(Some(Level::Trace)), "lvl-debug");
         assert_eq!(level_class(None), "lvl-info");
+    }
+
+    fn params(pairs: &[(&str, &str)]) -> SearchParams {
+        let get = |k: &str| pairs.iter().find(|p| p.0 == k).map(|p| p.1.to_string());
+        SearchParams {
+            sort: get("sort"),
+            tz: get("tz"),
+            cols: get("cols"),
+            ..SearchParams::default()
+        }
+    }
+
+    #[test]
+    fn the_view_is_validated_and_kept_in_links() {
+        let v = View::from_params(&params(&[
+            ("sort", "oldest"),
+            ("tz", "utc"),
+            ("cols", "status, latency_ms,status,fields.user"),
+        ]))
+        .unwrap();
+        assert_eq!(v.sort, SortBy::Oldest);
+        assert_eq!(v.cols, ["status", "latency_ms", "fields.user"]);
+        let range = TimeRange::from_params(None, None, None).unwrap();
+        let ctx = Ctx {
+            range: &range,
+            view: &v,
+        };
+        assert_eq!(
+            search_href("app:fib", ctx),
+            "/?q=app%3Afib&range=15m&sort=oldest&tz=utc&cols=status%2Clatency_ms%2Cfields.user"
+        );
+        assert_eq!(v.toggle_col("status").cols, ["latency_ms", "fields.user"]);
+        assert_eq!(v.toggle_col("path").cols.len(), 4);
+        assert_eq!(SortBy::Slowest.api().as_deref(), Some("latency_desc"));
+        assert!(View::default().params().is_empty());
+
+        for bad in [
+            ("sort", "sideways"),
+            ("cols", "a b"),
+            ("cols", "a,b,c,d,e,f,g,h,i"),
+        ] {
+            let err = View::from_params(&params(&[bad])).unwrap_err().to_string();
+            assert!(err.contains(bad.0), "{err}");
+        }
+    }
+
+    #[test]
+    fn columns_read_record_fields_and_extra_fields() {
+        let meta = protocol::TaskMeta {
+            host: "node-1".into(),
+            app: "fib".into(),
+            task: "fib.1".into(),
+            instance: 2,
+            ports: vec![],
+        };
+        let mut r = LogRecord::new(chrono::Utc::now(), &meta, Stream::Access, "m");
+        r.status = Some(503);
+        r.latency_ms = Some(1.23456);
+        r.fields.insert("user".into(), serde_json::json!("al"));
+        r.fields.insert("n".into(), serde_json::json!(7));
+        let got: Vec<String> = [
+            "status",
+            "latency_ms",
+            "user",
+            "fields.n",
+            "missing",
+            "host",
+        ]
+        .iter()
+        .map(|c| column_value(&r, c))
+        .collect();
+        assert_eq!(got, ["503", "1.235", "al", "7", "", "node-1"]);
+    }
+
+    #[test]
+    fn bars_stack_levels_bottom_up_and_fold_unknown_levels_into_none() {
+        let by: std::collections::BTreeMap<String, u64> =
+            [("error", 1), ("info", 2), ("", 0), ("loud", 1)]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect();
+        let segs = stack(&by);
+        let got: Vec<(&str, &str)> = segs.iter().map(|s| (s.class, s.height.as_str())).collect();
+        assert_eq!(
+            got,
+            [
+                ("lvl-none", "25.0"),
+                ("lvl-info", "50.0"),
+                ("lvl-error", "25.0")
+            ]
+        );
+        assert!(stack(&Default::default()).is_empty());
     }
 }

@@ -1,5 +1,10 @@
 //! `GET /trace/{id}`: one trace as a waterfall of hops with its app lines beneath.
 //!
+//! The hops are rows of a tree, each callee nested under its caller
+//! ([`crate::hops`], the same order `sandtrail trace` prints); the bars keep one time
+//! axis, so the waterfall reads as before, and the summary says whether the trace was
+//! entered from outside the cluster.
+//!
 //! A hop is an access record written by the router. The router stamps `ts` when the call
 //! *ends*, so a hop spans `[ts - latency_ms, ts]`; every hop is drawn on one time axis
 //! from the earliest start to the latest end. App lines (any non-access record with the
@@ -21,6 +26,7 @@ use super::search::{field_query, level_class};
 use super::{render, TimeRange};
 use crate::client::SearchQuery;
 use crate::error::Result;
+use crate::hops::{self, span_ms};
 use crate::render::{format_latency, format_ts, href, short_task};
 use crate::{AppState, Page};
 
@@ -47,6 +53,15 @@ pub(crate) struct Bar {
 
 pub(crate) struct Hop {
     access: AccessView,
+    /// Nesting under its caller, 0 for a root (see [`crate::hops`]).
+    depth: usize,
+    indent_style: String,
+    /// The call came from outside the cluster.
+    external: bool,
+    /// A root whose caller is named but not among the records.
+    orphan: bool,
+    span_id: String,
+    parent_span_id: String,
     host_href: String,
     offset: String,
     bar_style: String,
@@ -79,18 +94,10 @@ struct TracePage {
     duration: String,
     apps: String,
     hosts: String,
+    /// Who made the first call: an outside client or a task, empty without hops.
+    entry: String,
     total: u64,
     truncated: bool,
-}
-
-/// The record's `[start, end]` in epoch milliseconds: access records end at `ts`.
-fn span_ms(r: &LogRecord) -> (f64, f64) {
-    let end = r.ts.timestamp_micros() as f64 / 1000.0;
-    let latency = r
-        .latency_ms
-        .filter(|l| l.is_finite() && *l > 0.0)
-        .unwrap_or(0.0);
-    (end - latency, end)
 }
 
 /// Bars for `spans` (start, end in ms) on one axis from the earliest start to the
@@ -173,7 +180,8 @@ pub(crate) async fn page(
         .iter()
         .filter(|r| r.stream == Stream::Access)
         .collect();
-    // Outer calls first: earlier start, then the longer call among equal starts.
+    // Outer calls first (earlier start, then the longer call among equal starts): the
+    // gaps are measured in time order, the rows then follow the call tree.
     access.sort_by(|a, b| {
         let (sa, ea) = span_ms(a);
         let (sb, eb) = span_ms(b);
@@ -182,6 +190,7 @@ pub(crate) async fn page(
     let spans: Vec<(f64, f64)> = access.iter().map(|r| span_ms(r)).collect();
     let bars = waterfall(&spans);
     let hop_gaps = gaps(&spans);
+    let tree = hops::tree(&access);
     let t0 = spans
         .iter()
         .map(|s| s.0)
@@ -195,22 +204,47 @@ pub(crate) async fn page(
     let offset = |ms: f64| format!("+{}", format_latency((ms - t0).max(0.0)));
     let axis = (t1 - t0).max(1e-3);
 
-    let hops = access
+    let entry = tree
+        .first()
+        .map(|root| {
+            let r = access[root.index];
+            let caller = AccessView::of(r).caller;
+            if hops::is_external(r) {
+                format!("from outside the cluster ({caller})")
+            } else if root.orphan {
+                format!("from {caller}, whose own call is not in this trace")
+            } else {
+                format!("from {caller}")
+            }
+        })
+        .unwrap_or_default();
+    let hops = tree
         .iter()
-        .zip(&spans)
-        .zip(&bars)
-        .zip(&hop_gaps)
-        .map(|(((r, &(start, _)), bar), gap)| Hop {
-            access: AccessView::of(r),
-            host_href: href("/", &[("q", &field_query("host", &r.host))]),
-            offset: offset(start),
-            bar_style: format!("left: {:.2}%; width: {:.2}%", bar.left, bar.width),
-            gap: gap.map(|(_, len)| format_latency(len)).unwrap_or_default(),
-            gap_style: gap.filter(|(_, len)| *len > 0.0).map(|(from, len)| {
-                let left = clamp_pct((from - t0) / axis * 100.0, 0.0, 100.0);
-                let width = clamp_pct(len / axis * 100.0, 0.0, 100.0 - left);
-                format!("left: {left:.2}%; width: {width:.2}%")
-            }),
+        .map(|t| {
+            let (r, (start, _), bar, gap) = (
+                access[t.index],
+                spans[t.index],
+                bars[t.index],
+                hop_gaps[t.index],
+            );
+            Hop {
+                access: AccessView::of(r),
+                depth: t.depth,
+                indent_style: format!("padding-left: {:.1}rem", 0.3 + 1.1 * t.depth as f64),
+                external: t.parent.is_none() && hops::is_external(r),
+                orphan: t.orphan,
+                span_id: r.span_id.clone().unwrap_or_default(),
+                parent_span_id: r.parent_span_id.clone().unwrap_or_default(),
+                host_href: href("/", &[("q", &field_query("host", &r.host))]),
+                offset: offset(start),
+                bar_style: format!("left: {:.2}%; width: {:.2}%", bar.left, bar.width),
+                gap: gap.map(|(_, len)| format_latency(len)).unwrap_or_default(),
+                gap_style: gap.filter(|(_, len)| *len > 0.0).map(|(from, len)| {
+                    let left = clamp_pct((from - t0) / axis * 100.0, 0.0, 100.0);
+                    let width = clamp_pct(len / axis * 100.0, 0.0, 100.0 - left);
+                    format!("left: {left:.2}%; width: {width:.2}%")
+                }),
+            }
         })
         .collect();
 
@@ -246,6 +280,7 @@ pub(crate) async fn page(
         },
         apps: apps.into_iter().collect::<Vec<_>>().join(", "),
         hosts: hosts.into_iter().collect::<Vec<_>>().join(", "),
+        entry,
         total: resp.total,
         truncated,
         hops,
