@@ -1,4 +1,5 @@
-//! The command-line clients: `deploy`, `apps`, `search`, `tail`, `trace`.
+//! The command-line clients that read: `apps`, `search`, `tail`, `trace` (those that
+//! change apps are in `ops`).
 //!
 //! They speak the same HTTP contracts as the web UI and any other client, so they
 //! double as living documentation of those contracts. Output is plain text meant for
@@ -11,13 +12,18 @@ use anyhow::{bail, Context};
 use clap::Args;
 use futures::StreamExt;
 use protocol::{LogRecord, SearchResponse, Stream};
-use std::path::Path;
 
 #[derive(Args, Debug)]
 pub struct ServerArgs {
-    /// Base URL of the scheduler / indexer (in `up` they share one address).
-    #[arg(long, env = "SANDTRAIL_SERVER", default_value = protocol::defaults::SERVER_URL)]
-    pub server: String,
+    /// Base URL of the scheduler (and of the indexer unless --indexer names it; in
+    /// `up` they share one address). Default: the config's `[client] server`, else
+    /// `up`'s http://127.0.0.1:7070.
+    #[arg(long, env = "SANDTRAIL_SERVER")]
+    pub server: Option<String>,
+    /// Base URL of the indexer, for a cluster of separate parts (default: the
+    /// config's `[client] indexer`, else --server).
+    #[arg(long, env = "SANDTRAIL_INDEXER")]
+    pub indexer: Option<String>,
     /// The data dir whose admin token is sent when no token is given (default: the
     /// config file's `data_dir`, else ./.sandtrail, as for the servers).
     #[arg(long, env = "SANDTRAIL_DATA_DIR")]
@@ -28,13 +34,26 @@ pub struct ServerArgs {
 }
 
 impl ServerArgs {
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.server.trim_end_matches('/'))
+    /// A scheduler URL (`config::client` has resolved `server` by now).
+    pub(crate) fn url(&self, path: &str) -> String {
+        let base = self
+            .server
+            .as_deref()
+            .unwrap_or(protocol::defaults::SERVER_URL);
+        format!("{}{path}", base.trim_end_matches('/'))
+    }
+
+    /// An indexer URL: `--indexer` when given, else the scheduler's address.
+    fn indexer_url(&self, path: &str) -> String {
+        match &self.indexer {
+            Some(base) => format!("{}{path}", base.trim_end_matches('/')),
+            None => self.url(path),
+        }
     }
 
     /// Sends every call with `Authorization: Bearer` when a token is known: reading
     /// needs one as much as writing does.
-    fn client(&self) -> anyhow::Result<reqwest::Client> {
+    pub(crate) fn client(&self) -> anyhow::Result<reqwest::Client> {
         let mut headers = reqwest::header::HeaderMap::new();
         if let Some(t) = &self.token {
             let mut v = reqwest::header::HeaderValue::from_str(&format!("Bearer {t}"))
@@ -48,34 +67,10 @@ impl ServerArgs {
     }
 }
 
-async fn error_of(resp: reqwest::Response) -> anyhow::Error {
+pub(crate) async fn error_of(resp: reqwest::Response) -> anyhow::Error {
     let status = resp.status();
     let body = resp.text().await.unwrap_or_default();
     anyhow::anyhow!("server answered {status}: {}", body.trim())
-}
-
-pub async fn deploy(server: &ServerArgs, file: &Path) -> anyhow::Result<()> {
-    let text =
-        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
-    let app: serde_json::Value = serde_json::from_str(&text)
-        .with_context(|| format!("{} is not valid JSON", file.display()))?;
-    let resp = server
-        .client()?
-        .post(server.url("/v2/apps"))
-        .json(&app)
-        .send()
-        .await
-        .context("cannot reach the scheduler")?;
-    if !resp.status().is_success() {
-        return Err(error_of(resp).await);
-    }
-    let body: serde_json::Value = resp.json().await?;
-    println!(
-        "deployed {} ({} instances)",
-        body["id"].as_str().unwrap_or("?"),
-        body["instances"]
-    );
-    Ok(())
 }
 
 pub async fn apps(server: &ServerArgs) -> anyhow::Result<()> {
@@ -156,7 +151,7 @@ async fn search_page(
     }
     let resp = server
         .client()?
-        .get(server.url("/api/v1/search"))
+        .get(server.indexer_url("/api/v1/search"))
         .query(&params)
         .send()
         .await
@@ -386,7 +381,7 @@ pub async fn tail(server: &ServerArgs, a: &TailArgs) -> anyhow::Result<()> {
     loop {
         let resp = server
             .client()?
-            .get(server.url("/api/v1/tail"))
+            .get(server.indexer_url("/api/v1/tail"))
             .query(&[("q", search_query_of(a))])
             .send()
             .await;
