@@ -322,3 +322,89 @@ fn completions_name_the_subcommands() -> anyhow::Result<()> {
     assert!(!out.status.success());
     Ok(())
 }
+
+/// The Apps page's buttons (issue 20): shown to and usable by the deploy role only,
+/// refused cross-site, destroy only with the name typed again.
+#[tokio::test]
+async fn apps_page_actions_need_the_deploy_role_and_a_same_site_form() -> anyhow::Result<()> {
+    let up = Up::start()?;
+    let file = up.dir.path().join("web.json");
+    std::fs::write(
+        &file,
+        json!({"id": "/webbed", "cmd": "sleep 600", "instances": 1, "cpus": 0.1, "mem": 32})
+            .to_string(),
+    )?;
+    up.ok(&["deploy", file.to_str().context("utf-8")?])?;
+    let role = |r: &str| -> anyhow::Result<String> {
+        let text = std::fs::read_to_string(up.dir.path().join(format!("token.{r}")))?;
+        Ok(text.lines().next().context("a token")?.trim().to_string())
+    };
+    let no_redirects = |token: &str| -> anyhow::Result<reqwest::Client> {
+        let mut h = reqwest::header::HeaderMap::new();
+        h.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {token}").parse()?,
+        );
+        Ok(reqwest::Client::builder()
+            .default_headers(h)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?)
+    };
+    let reader = no_redirects(&role("read")?)?;
+    let deployer = no_redirects(&role("deploy")?)?;
+    let page = |c: &reqwest::Client| {
+        let c = c.clone();
+        let url = format!("{}/apps", up.url);
+        async move { anyhow::Ok(c.get(url).send().await?.text().await?) }
+    };
+    assert!(
+        !page(&reader).await?.contains("scale-button"),
+        "no buttons for read"
+    );
+    assert!(page(&deployer).await?.contains("scale-button"));
+
+    let action = format!("{}/apps/action", up.url);
+    let post = |c: &reqwest::Client, form: &[(&str, &str)], origin: Option<&str>| {
+        let mut req = c.post(&action).form(form);
+        if let Some(o) = origin {
+            req = req.header(reqwest::header::ORIGIN, o);
+        }
+        async move { anyhow::Ok(req.send().await?.status().as_u16()) }
+    };
+    let scale = [("app", "webbed"), ("action", "scale"), ("instances", "2")];
+    assert_eq!(post(&reader, &scale, None).await?, 403);
+    assert_eq!(
+        post(&deployer, &scale, Some("http://evil.example")).await?,
+        403
+    );
+    assert_eq!(
+        up.app("webbed").await?["instances"],
+        1,
+        "refused means unchanged"
+    );
+    assert_eq!(post(&deployer, &scale, Some(&up.url)).await?, 303);
+    assert_eq!(up.app("webbed").await?["instances"], 2);
+    let bad = [
+        ("app", "webbed"),
+        ("action", "scale"),
+        ("instances", "lots"),
+    ];
+    assert_eq!(post(&deployer, &bad, None).await?, 400);
+    let restart = [("app", "webbed"), ("action", "restart")];
+    assert_eq!(post(&deployer, &restart, None).await?, 303);
+    let suspend = [("app", "webbed"), ("action", "suspend")];
+    assert_eq!(post(&deployer, &suspend, None).await?, 303);
+    assert_eq!(up.app("webbed").await?["instances"], 0);
+
+    let wrong = [("app", "webbed"), ("action", "destroy"), ("confirm", "web")];
+    assert_eq!(post(&deployer, &wrong, None).await?, 400);
+    assert_eq!(up.app("webbed").await?["id"], "/webbed", "not destroyed");
+    let destroy = [
+        ("app", "webbed"),
+        ("action", "destroy"),
+        ("confirm", "webbed"),
+    ];
+    assert_eq!(post(&deployer, &destroy, None).await?, 303);
+    assert!(up.app("webbed").await?.is_null(), "destroyed");
+    Ok(())
+}

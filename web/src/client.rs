@@ -409,7 +409,7 @@ impl Client {
     pub async fn tail(&self, q: &str) -> Result<reqwest::Response> {
         let url = format!("{}/api/v1/tail", self.indexer);
         let resp = self
-            .request(&url, &[("q", q)])
+            .request(reqwest::Method::GET, &url, &[("q", q)])
             .header(reqwest::header::ACCEPT, "text/event-stream")
             .send()
             .await
@@ -450,8 +450,26 @@ impl Client {
         })
     }
 
-    fn request(&self, url: &str, query: &[(&str, &str)]) -> reqwest::RequestBuilder {
-        let mut req = self.http.get(url).query(query);
+    /// A change on the scheduler's Marathon API (`PUT`, `POST`, `DELETE` under
+    /// `/v2/apps`): its answer. A refusal (422 with the scheduler's reasons) comes back
+    /// as [`Error::UpstreamStatus`] with the scheduler's body.
+    pub async fn change(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<serde_json::Value> {
+        self.call_json(method, Service::Scheduler, path, &[], body)
+            .await
+    }
+
+    fn request(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        query: &[(&str, &str)],
+    ) -> reqwest::RequestBuilder {
+        let mut req = self.http.request(method, url).query(query);
         if let Some(token) = &self.token {
             req = req.header(TOKEN_HEADER, token.as_ref());
         }
@@ -464,6 +482,18 @@ impl Client {
         path: &str,
         query: &[(&str, &str)],
     ) -> Result<T> {
+        self.call_json(reqwest::Method::GET, service, path, query, None)
+            .await
+    }
+
+    async fn call_json<T: DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        service: Service,
+        path: &str,
+        query: &[(&str, &str)],
+        body: Option<&serde_json::Value>,
+    ) -> Result<T> {
         let base = match service {
             Service::Indexer => &self.indexer,
             Service::Scheduler => &self.scheduler,
@@ -474,12 +504,11 @@ impl Client {
             url: url.clone(),
             source,
         };
-        let resp = self
-            .request(&url, query)
-            .timeout(REQUEST_TIMEOUT)
-            .send()
-            .await
-            .map_err(unreachable)?;
+        let mut req = self.request(method, &url, query).timeout(REQUEST_TIMEOUT);
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req.send().await.map_err(unreachable)?;
         let status = resp.status();
         let body = resp.bytes().await.map_err(unreachable)?;
         if !status.is_success() {

@@ -61,6 +61,8 @@ pub(crate) struct AppView {
 struct AppsPage {
     nav: &'static str,
     apps: Vec<AppView>,
+    /// The caller has the deploy role: the buttons are shown.
+    can_deploy: bool,
     notice: Option<String>,
 }
 
@@ -303,7 +305,10 @@ fn fail(state: &AppState, e: Error) -> Error {
     e
 }
 
-pub(crate) async fn apps(State(state): State<Arc<AppState>>) -> Result<Response> {
+pub(crate) async fn apps(
+    State(state): State<Arc<AppState>>,
+    caller: Option<axum::Extension<protocol::http::Caller>>,
+) -> Result<Response> {
     state.metrics.hit(Page::Apps);
     let (apps, tasks) = tokio::join!(state.client.apps(), state.client.tasks());
     let apps = apps.map_err(|e| fail(&state, e))?;
@@ -349,6 +354,7 @@ pub(crate) async fn apps(State(state): State<Arc<AppState>>) -> Result<Response>
     let page = AppsPage {
         nav: "apps",
         apps: views,
+        can_deploy: super::actions::may_deploy(caller.as_ref()),
         notice,
     };
     Ok(render("apps", &page)?.into_response())

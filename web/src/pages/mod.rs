@@ -8,6 +8,7 @@
 //! when the binary merges all routers onto one listener.
 
 mod access;
+mod actions;
 mod cluster;
 mod context;
 mod login;
@@ -51,6 +52,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/tail/{app}", get(tail::page))
         .route("/trace/{id}", get(trace::page))
         .route("/apps", get(cluster::apps))
+        .route("/apps/action", axum::routing::post(actions::act))
         .route("/hosts", get(cluster::hosts))
         .route("/login", get(login::page).post(login::submit))
         .route("/logout", axum::routing::post(login::logout))
