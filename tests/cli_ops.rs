@@ -362,6 +362,27 @@ async fn apps_page_actions_need_the_deploy_role_and_a_same_site_form() -> anyhow
         "no buttons for read"
     );
     assert!(page(&deployer).await?.contains("scale-button"));
+    // An app that cannot be placed shows its deployment and the queue's reason.
+    let huge = json!({"id": "/huge", "cmd": "sleep 600", "cpus": 4096});
+    let resp = client_with_token(&up.token)?
+        .post(format!("{}/v2/apps", up.url))
+        .json(&huge)
+        .send()
+        .await?;
+    assert_eq!(resp.status(), 201);
+    let shown = common::eventually(
+        "the queue reason",
+        std::time::Duration::from_secs(20),
+        || {
+            let page = page(&reader);
+            async move { Ok(Some(page.await?).filter(|p| p.contains("Waiting in the queue:"))) }
+        },
+    )
+    .await?;
+    assert!(
+        shown.contains("StartApplication…"),
+        "the deployment in progress"
+    );
 
     let action = format!("{}/apps/action", up.url);
     let post = |c: &reqwest::Client, form: &[(&str, &str)], origin: Option<&str>| {

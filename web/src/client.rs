@@ -442,6 +442,16 @@ impl Client {
         })
     }
 
+    /// `GET /v2/deployments` and `GET /v2/queue`, as the scheduler answers them: the
+    /// Apps page reads a field or two of each.
+    pub async fn deployments_and_queue(&self) -> Result<(serde_json::Value, serde_json::Value)> {
+        let (d, q) = tokio::join!(
+            self.get_json(Service::Scheduler, "/v2/deployments", &[]),
+            self.get_json(Service::Scheduler, "/v2/queue", &[]),
+        );
+        Ok((d?, q?))
+    }
+
     /// `GET /v1/agents`.
     pub async fn agents(&self) -> Result<Vec<Agent>> {
         let body: AgentsBody = self.get_json(Service::Scheduler, "/v1/agents", &[]).await?;

@@ -54,6 +54,10 @@ pub(crate) struct AppView {
     search_href: String,
     tail_href: String,
     tasks: Vec<TaskView>,
+    /// The deployment in progress, as its action (`ScaleApplication`...).
+    deploying: Option<String>,
+    /// Why tasks wait in the queue, as the scheduler says.
+    waiting: Option<String>,
 }
 
 #[derive(Template)]
@@ -310,9 +314,15 @@ pub(crate) async fn apps(
     caller: Option<axum::Extension<protocol::http::Caller>>,
 ) -> Result<Response> {
     state.metrics.hit(Page::Apps);
-    let (apps, tasks) = tokio::join!(state.client.apps(), state.client.tasks());
+    let (apps, tasks, progress) = tokio::join!(
+        state.client.apps(),
+        state.client.tasks(),
+        state.client.deployments_and_queue()
+    );
     let apps = apps.map_err(|e| fail(&state, e))?;
     let (tasks, notice) = tasks_or_notice(&state, tasks);
+    // Extra detail like the tasks: without it the page still shows the apps.
+    let (deployments, queue) = progress.unwrap_or_default();
 
     let mut by_app: BTreeMap<&str, Vec<&MarathonTask>> = BTreeMap::new();
     for t in &tasks {
@@ -346,6 +356,8 @@ pub(crate) async fn apps(
                 resources: format!("cpus {} · mem {} MB", a.cpus, a.mem),
                 cmd: a.cmd.clone().unwrap_or_default(),
                 tasks,
+                deploying: deployment_of(&deployments, &a.id),
+                waiting: queue_reason(&queue, &a.id),
                 name,
             }
         })
@@ -358,6 +370,32 @@ pub(crate) async fn apps(
         notice,
     };
     Ok(render("apps", &page)?.into_response())
+}
+
+/// The action of app `id`'s deployment in progress (Marathon's `GET /v2/deployments`).
+fn deployment_of(deployments: &serde_json::Value, id: &str) -> Option<String> {
+    let key = format!("/{}", id.trim_matches('/'));
+    deployments.as_array()?.iter().find_map(|d| {
+        let actions = d["currentActions"].as_array()?;
+        actions
+            .iter()
+            .find(|a| a["app"].as_str() == Some(key.as_str()))
+            .and_then(|a| a["action"].as_str())
+            .map(String::from)
+    })
+}
+
+/// Why app `id` waits in the queue (Marathon's `GET /v2/queue`, our `message`).
+fn queue_reason(queue: &serde_json::Value, id: &str) -> Option<String> {
+    let key = format!("/{}", id.trim_matches('/'));
+    queue["queue"].as_array()?.iter().find_map(|q| {
+        (q["app"]["id"].as_str() == Some(key.as_str())).then(|| {
+            q["message"]
+                .as_str()
+                .unwrap_or("waiting to be placed")
+                .to_string()
+        })
+    })
 }
 
 fn task_view(t: &MarathonTask, checks: usize) -> TaskView {
