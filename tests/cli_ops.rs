@@ -429,3 +429,78 @@ async fn apps_page_actions_need_the_deploy_role_and_a_same_site_form() -> anyhow
     assert!(up.app("webbed").await?.is_null(), "destroyed");
     Ok(())
 }
+
+/// Editing an app as JSON from the UI: the deploy role only, and what the scheduler
+/// refuses comes back listed above the text as it was typed.
+#[tokio::test]
+async fn edit_as_json_shows_the_schedulers_validation_errors_in_place() -> anyhow::Result<()> {
+    let up = Up::start()?;
+    let file = up.dir.path().join("ed.json");
+    std::fs::write(
+        &file,
+        json!({"id": "/ed", "cmd": "sleep 600", "instances": 1, "cpus": 0.1, "mem": 32})
+            .to_string(),
+    )?;
+    up.ok(&["deploy", file.to_str().context("utf-8")?])?;
+    let token = |r: &str| -> anyhow::Result<String> {
+        let text = std::fs::read_to_string(up.dir.path().join(format!("token.{r}")))?;
+        Ok(text.lines().next().context("a token")?.trim().to_string())
+    };
+    let no_redirects = |token: &str| -> anyhow::Result<reqwest::Client> {
+        let mut h = reqwest::header::HeaderMap::new();
+        h.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {token}").parse()?,
+        );
+        Ok(reqwest::Client::builder()
+            .default_headers(h)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?)
+    };
+    let reader = no_redirects(&token("read")?)?;
+    let deployer = no_redirects(&token("deploy")?)?;
+    let edit = format!("{}/apps/edit", up.url);
+    let r = reader.get(&edit).query(&[("app", "ed")]).send().await?;
+    assert_eq!(r.status(), 403);
+    let r = deployer.get(&edit).query(&[("app", "ed")]).send().await?;
+    assert_eq!(r.status(), 200);
+    let page = r.text().await?;
+    assert!(
+        page.contains("sleep 600") && !page.contains("tasksRunning"),
+        "{page}"
+    );
+
+    let submit = |c: &reqwest::Client, text: &str| {
+        let req = c.post(&edit).form(&[("app", "ed"), ("json", text)]);
+        async move {
+            let r = req.send().await?;
+            anyhow::Ok((r.status().as_u16(), r.text().await?))
+        }
+    };
+    assert_eq!(submit(&reader, "{}").await?.0, 403);
+    let (code, page) = submit(&deployer, "{\"cmd\": ").await?;
+    assert_eq!(code, 400);
+    assert!(
+        page.contains("not valid JSON") && page.contains("{&#34;cmd&#34;: "),
+        "{page}"
+    );
+    let (code, page) = submit(&deployer, r#"{"instances": -1, "mem": "lots"}"#).await?;
+    assert_eq!(code, 422, "{page}");
+    let reasons: Vec<&str> = page.split("<li>").skip(1).collect();
+    assert_eq!(reasons.len(), 2, "every reason: {page}");
+    let names = |f: &str| reasons.iter().any(|r| r.contains(f));
+    assert!(names("instances") && names("mem"), "{reasons:?}");
+    assert!(
+        page.contains("&#34;lots&#34;"),
+        "the text kept as typed: {page}"
+    );
+    assert_eq!(
+        up.app("ed").await?["instances"],
+        1,
+        "refused means unchanged"
+    );
+    let (code, page) = submit(&deployer, r#"{"cmd": "sleep 601"}"#).await?;
+    assert_eq!(code, 303, "{page}");
+    assert_eq!(up.app("ed").await?["cmd"], "sleep 601");
+    Ok(())
+}

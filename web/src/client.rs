@@ -442,6 +442,12 @@ impl Client {
         })
     }
 
+    /// `GET /v2/apps/{app}`: the app as the scheduler shows it (`{"app": ...}`).
+    pub async fn app(&self, app: &str) -> Result<serde_json::Value> {
+        let path = format!("/v2/apps/{}", app.trim_matches('/'));
+        self.get_json(Service::Scheduler, &path, &[]).await
+    }
+
     /// `GET /v2/deployments` and `GET /v2/queue`, as the scheduler answers them: the
     /// Apps page reads a field or two of each.
     pub async fn deployments_and_queue(&self) -> Result<(serde_json::Value, serde_json::Value)> {
@@ -514,7 +520,9 @@ impl Client {
             url: url.clone(),
             source,
         };
-        let mut req = self.request(method, &url, query).timeout(REQUEST_TIMEOUT);
+        let mut req = self
+            .request(method.clone(), &url, query)
+            .timeout(REQUEST_TIMEOUT);
         if let Some(b) = body {
             req = req.json(b);
         }
@@ -522,6 +530,11 @@ impl Client {
         let status = resp.status();
         let body = resp.bytes().await.map_err(unreachable)?;
         if !status.is_success() {
+            let change = method != reqwest::Method::GET;
+            let ours = matches!(status.as_u16(), 401 | 403);
+            if change && status.is_client_error() && !ours {
+                return Err(refused(status, &body));
+            }
             return Err(status_error(service, url, status, &body));
         }
         serde_json::from_slice(&body).map_err(|source| Error::Decode {
@@ -547,6 +560,29 @@ fn status_error(service: Service, url: String, status: reqwest::StatusCode, body
         url,
         status: status.as_u16(),
         body: quote_body(body),
+    }
+}
+
+/// A change the scheduler refused, with its reasons: Marathon's `{"message",
+/// "details": [{"errors": [...]}]}` (every problem of an invalid app), else the body.
+fn refused(status: reqwest::StatusCode, body: &[u8]) -> Error {
+    let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    let mut reasons: Vec<String> = v["details"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|d| d["errors"].as_array().cloned().unwrap_or_default())
+        .filter_map(|e| e.as_str().map(String::from))
+        .collect();
+    if reasons.is_empty() {
+        reasons.push(match v["message"].as_str() {
+            Some(m) => m.to_string(),
+            None => quote_body(body),
+        });
+    }
+    Error::Refused {
+        status: status.as_u16(),
+        reasons,
     }
 }
 

@@ -1,5 +1,7 @@
 //! `POST /apps/action`: the Apps page's buttons (scale, suspend, restart, destroy),
-//! for sessions and tokens with the deploy role.
+//! and `GET|POST /apps/edit`: an app's definition edited as JSON, the scheduler's
+//! validation errors listed above the text kept as typed; for sessions and tokens
+//! with the deploy role.
 //!
 //! Each is a plain form post that the web turns into one Marathon call on the
 //! scheduler with its own token, then redirects back to the Apps page (post, redirect,
@@ -10,7 +12,8 @@
 
 use std::sync::Arc;
 
-use axum::extract::State;
+use askama::Template;
+use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Form};
@@ -20,6 +23,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::login::same_origin;
+use super::render;
 use crate::error::{Error, Result};
 use crate::render::valid_app_name;
 use crate::AppState;
@@ -41,6 +45,136 @@ pub(crate) fn may_deploy(caller: Option<&Extension<Caller>>) -> bool {
     caller.is_some_and(|Extension(Caller(role))| role.allows(Role::Deploy))
 }
 
+/// Refuses a caller without the deploy role (403), naming the role it has.
+fn need_deploy(caller: Option<&Extension<Caller>>) -> Result<()> {
+    if may_deploy(caller) {
+        return Ok(());
+    }
+    let role = caller.map_or("none".to_string(), |Extension(Caller(r))| r.to_string());
+    Err(Error::Forbidden(format!(
+        "changing apps needs the deploy role; this session has {role}"
+    )))
+}
+
+/// An app name from a form or query, checked, without its slashes.
+fn app_name(raw: &str) -> Result<&str> {
+    let app = raw.trim_matches('/');
+    if valid_app_name(app) {
+        Ok(app)
+    } else {
+        Err(Error::BadAppName(raw.to_string()))
+    }
+}
+
+/// Fields of `GET /v2/apps/{id}` that are the app's state, not its definition: left
+/// out of the editor (the scheduler would ignore them anyway).
+const NOT_DEFINITION: &[&str] = &[
+    "version",
+    "versionInfo",
+    "tasksRunning",
+    "tasksStaged",
+    "tasksHealthy",
+    "tasksUnhealthy",
+    "deployments",
+    "tasks",
+    "lastTaskFailure",
+];
+
+#[derive(Template)]
+#[template(path = "edit.html")]
+struct EditPage {
+    nav: &'static str,
+    app: String,
+    json: String,
+    /// The scheduler's reasons (or ours: not JSON) for refusing the last submission.
+    errors: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct EditQuery {
+    app: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct EditForm {
+    app: String,
+    json: String,
+}
+
+/// `GET /apps/edit?app=NAME`: the definition in a text area.
+pub(crate) async fn edit_page(
+    State(state): State<Arc<AppState>>,
+    caller: Option<Extension<Caller>>,
+    Query(q): Query<EditQuery>,
+) -> Result<Response> {
+    need_deploy(caller.as_ref())?;
+    let app = app_name(&q.app)?;
+    let body = state.deployer.app(app).await?;
+    let mut def = body["app"].as_object().cloned().unwrap_or_default();
+    for k in NOT_DEFINITION {
+        def.remove(*k);
+    }
+    let json = serde_json::to_string_pretty(&def).unwrap_or_default();
+    edit_form(StatusCode::OK, app, json, Vec::new())
+}
+
+/// `POST /apps/edit`: `PUT`s the text; refused, the page again with the reasons.
+pub(crate) async fn edit_submit(
+    State(state): State<Arc<AppState>>,
+    caller: Option<Extension<Caller>>,
+    headers: HeaderMap,
+    Form(f): Form<EditForm>,
+) -> Result<Response> {
+    same_origin(&headers)?;
+    need_deploy(caller.as_ref())?;
+    let app = app_name(&f.app)?;
+    let def: serde_json::Value = match serde_json::from_str(&f.json) {
+        Ok(v) => v,
+        Err(e) => {
+            let why = format!("not valid JSON: {e}");
+            return edit_form(StatusCode::BAD_REQUEST, app, f.json, vec![why]);
+        }
+    };
+    let path = format!("/v2/apps/{app}");
+    match state
+        .deployer
+        .change(reqwest::Method::PUT, &path, Some(&def))
+        .await
+    {
+        Ok(_) => {
+            tracing::info!(app, "app definition edited from the web ui");
+            Ok(back_to_apps())
+        }
+        Err(Error::Refused { status, reasons }) => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
+            edit_form(status, app, f.json, reasons)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn edit_form(status: StatusCode, app: &str, json: String, errors: Vec<String>) -> Result<Response> {
+    let page = EditPage {
+        nav: "apps",
+        app: app.to_string(),
+        json,
+        errors,
+    };
+    let html = render("edit", &page)?;
+    Ok((status, [(header::CACHE_CONTROL, "no-store")], html).into_response())
+}
+
+fn back_to_apps() -> Response {
+    (
+        StatusCode::SEE_OTHER,
+        [
+            (header::LOCATION, "/apps".to_string()),
+            (header::CACHE_CONTROL, "no-store".to_string()),
+        ],
+    )
+        .into_response()
+}
+
 pub(crate) async fn act(
     State(state): State<Arc<AppState>>,
     caller: Option<Extension<Caller>>,
@@ -48,16 +182,8 @@ pub(crate) async fn act(
     Form(f): Form<ActionForm>,
 ) -> Result<Response> {
     same_origin(&headers)?;
-    if !may_deploy(caller.as_ref()) {
-        let role = caller.map_or("none".to_string(), |Extension(Caller(r))| r.to_string());
-        return Err(Error::Forbidden(format!(
-            "changing apps needs the deploy role; this session has {role}"
-        )));
-    }
-    let app = f.app.trim_matches('/');
-    if !valid_app_name(app) {
-        return Err(Error::BadAppName(f.app));
-    }
+    need_deploy(caller.as_ref())?;
+    let app = app_name(&f.app)?;
     let path = format!("/v2/apps/{app}");
     let put = reqwest::Method::PUT;
     match f.action.as_str() {
@@ -99,14 +225,7 @@ pub(crate) async fn act(
         }
     }
     tracing::info!(app, action = f.action, "app changed from the web ui");
-    Ok((
-        StatusCode::SEE_OTHER,
-        [
-            (header::LOCATION, "/apps".to_string()),
-            (header::CACHE_CONTROL, "no-store".to_string()),
-        ],
-    )
-        .into_response())
+    Ok(back_to_apps())
 }
 
 fn parse_instances(v: Option<&str>) -> Result<u32> {

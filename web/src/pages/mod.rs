@@ -53,6 +53,10 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/trace/{id}", get(trace::page))
         .route("/apps", get(cluster::apps))
         .route("/apps/action", axum::routing::post(actions::act))
+        .route(
+            "/apps/edit",
+            get(actions::edit_page).post(actions::edit_submit),
+        )
         .route("/hosts", get(cluster::hosts))
         .route("/login", get(login::page).post(login::submit))
         .route("/logout", axum::routing::post(login::logout))
