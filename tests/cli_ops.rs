@@ -502,5 +502,52 @@ async fn edit_as_json_shows_the_schedulers_validation_errors_in_place() -> anyho
     let (code, page) = submit(&deployer, r#"{"cmd": "sleep 601"}"#).await?;
     assert_eq!(code, 303, "{page}");
     assert_eq!(up.app("ed").await?["cmd"], "sleep 601");
+
+    // Versions with what differs from now, each with a roll back.
+    let page = deployer
+        .get(&edit)
+        .query(&[("app", "ed")])
+        .send()
+        .await?
+        .text()
+        .await?;
+    let rows: Vec<&str> = page.split("<tr class=\"version\">").skip(1).collect();
+    assert_eq!(rows.len(), 2, "{page}");
+    assert!(rows[0].contains("current") && !rows[0].contains("rollback-button"));
+    assert!(
+        rows[1].contains("cmd: &#34;sleep 600&#34; → &#34;sleep 601&#34;"),
+        "{}",
+        rows[1]
+    );
+    let old = rows[1]
+        .split("name=\"version\" value=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .context("the version of the roll back")?;
+    let back = [("app", "ed"), ("action", "rollback"), ("version", old)];
+    let r = reader
+        .post(format!("{}/apps/action", up.url))
+        .form(&back)
+        .send()
+        .await?;
+    assert_eq!(r.status(), 403);
+    let r = deployer
+        .post(format!("{}/apps/action", up.url))
+        .form(&back)
+        .send()
+        .await?;
+    assert_eq!(r.status(), 303);
+    assert_eq!(up.app("ed").await?["cmd"], "sleep 600");
+    let bad = [
+        ("app", "ed"),
+        ("action", "rollback"),
+        ("version", "2001-01-01T00:00:00.000Z"),
+    ];
+    let r = deployer
+        .post(format!("{}/apps/action", up.url))
+        .form(&bad)
+        .send()
+        .await?;
+    assert_eq!(r.status(), 404, "the scheduler's refusal passed on");
     Ok(())
 }

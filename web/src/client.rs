@@ -448,6 +448,24 @@ impl Client {
         self.get_json(Service::Scheduler, &path, &[]).await
     }
 
+    /// `GET /v2/apps/{app}/versions`: newest first.
+    pub async fn app_versions(&self, app: &str) -> Result<Vec<String>> {
+        let path = format!("/v2/apps/{}/versions", app.trim_matches('/'));
+        let body: serde_json::Value = self.get_json(Service::Scheduler, &path, &[]).await?;
+        Ok(body["versions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str().map(String::from))
+            .collect())
+    }
+
+    /// `GET /v2/apps/{app}/versions/{version}`: the definition at that version.
+    pub async fn app_version(&self, app: &str, version: &str) -> Result<serde_json::Value> {
+        let path = format!("/v2/apps/{}/versions/{version}", app.trim_matches('/'));
+        self.get_json(Service::Scheduler, &path, &[]).await
+    }
+
     /// `GET /v2/deployments` and `GET /v2/queue`, as the scheduler answers them: the
     /// Apps page reads a field or two of each.
     pub async fn deployments_and_queue(&self) -> Result<(serde_json::Value, serde_json::Value)> {

@@ -38,6 +38,8 @@ pub(crate) struct ActionForm {
     instances: Option<String>,
     /// Destroy: the app's name typed again.
     confirm: Option<String>,
+    /// Rollback: the version to go back to.
+    version: Option<String>,
 }
 
 /// Whether the caller may change apps (the page shows the buttons only then).
@@ -88,6 +90,60 @@ struct EditPage {
     json: String,
     /// The scheduler's reasons (or ours: not JSON) for refusing the last submission.
     errors: Vec<String>,
+    versions: Vec<VersionView>,
+}
+
+/// One kept version of the app, with what differs from the current definition.
+struct VersionView {
+    version: String,
+    current: bool,
+    /// `field: then → now`, one per field that differs.
+    changes: Vec<String>,
+}
+
+/// Versions shown on the edit page, newest first; older ones stay in the API.
+const VERSIONS_SHOWN: usize = 10;
+
+/// Fields whose value differs between definitions `then` and `now`, as `field: then →
+/// now` (a field-level diff: app definitions are flat enough that this is the one a
+/// person reads; nested values are shown whole).
+fn changes(then: &serde_json::Value, now: &serde_json::Value) -> Vec<String> {
+    let empty = serde_json::Map::new();
+    let (a, b) = (
+        then.as_object().unwrap_or(&empty),
+        now.as_object().unwrap_or(&empty),
+    );
+    let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    let show = |v: Option<&serde_json::Value>| v.map_or("(unset)".to_string(), |v| v.to_string());
+    keys.into_iter()
+        .filter(|k| !NOT_DEFINITION.contains(&k.as_str()) && a.get(*k) != b.get(*k))
+        .map(|k| format!("{k}: {} → {}", show(a.get(k)), show(b.get(k))))
+        .collect()
+}
+
+/// The app's kept versions, each diffed against the current definition `now`.
+async fn version_views(
+    state: &AppState,
+    app: &str,
+    now: &serde_json::Value,
+) -> Result<Vec<VersionView>> {
+    let list = state.deployer.app_versions(app).await?;
+    let mut out = Vec::new();
+    for (i, v) in list.iter().take(VERSIONS_SHOWN).enumerate() {
+        let then = if i == 0 {
+            now.clone()
+        } else {
+            state.deployer.app_version(app, v).await?
+        };
+        out.push(VersionView {
+            version: v.clone(),
+            current: i == 0,
+            changes: changes(&then, now),
+        });
+    }
+    Ok(out)
 }
 
 #[derive(Debug, Deserialize)]
@@ -114,8 +170,10 @@ pub(crate) async fn edit_page(
     for k in NOT_DEFINITION {
         def.remove(*k);
     }
-    let json = serde_json::to_string_pretty(&def).unwrap_or_default();
-    edit_form(StatusCode::OK, app, json, Vec::new())
+    let now = serde_json::Value::Object(def);
+    let versions = version_views(&state, app, &now).await?;
+    let json = serde_json::to_string_pretty(&now).unwrap_or_default();
+    edit_form(StatusCode::OK, app, json, Vec::new(), versions)
 }
 
 /// `POST /apps/edit`: `PUT`s the text; refused, the page again with the reasons.
@@ -132,7 +190,7 @@ pub(crate) async fn edit_submit(
         Ok(v) => v,
         Err(e) => {
             let why = format!("not valid JSON: {e}");
-            return edit_form(StatusCode::BAD_REQUEST, app, f.json, vec![why]);
+            return edit_form(StatusCode::BAD_REQUEST, app, f.json, vec![why], Vec::new());
         }
     };
     let path = format!("/v2/apps/{app}");
@@ -147,18 +205,25 @@ pub(crate) async fn edit_submit(
         }
         Err(Error::Refused { status, reasons }) => {
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
-            edit_form(status, app, f.json, reasons)
+            edit_form(status, app, f.json, reasons, Vec::new())
         }
         Err(e) => Err(e),
     }
 }
 
-fn edit_form(status: StatusCode, app: &str, json: String, errors: Vec<String>) -> Result<Response> {
+fn edit_form(
+    status: StatusCode,
+    app: &str,
+    json: String,
+    errors: Vec<String>,
+    versions: Vec<VersionView>,
+) -> Result<Response> {
     let page = EditPage {
         nav: "apps",
         app: app.to_string(),
         json,
         errors,
+        versions,
     };
     let html = render("edit", &page)?;
     Ok((status, [(header::CACHE_CONTROL, "no-store")], html).into_response())
@@ -216,11 +281,16 @@ pub(crate) async fn act(
                 .change(reqwest::Method::DELETE, &path, None)
                 .await?;
         }
+        "rollback" => {
+            let version = f.version.clone().unwrap_or_default();
+            let body = json!({ "version": version });
+            state.deployer.change(put, &path, Some(&body)).await?;
+        }
         _ => {
             return Err(Error::BadParam {
                 name: "action",
                 value: f.action,
-                expected: "scale, suspend, restart or destroy",
+                expected: "scale, suspend, restart, destroy or rollback",
             })
         }
     }
@@ -243,6 +313,21 @@ fn parse_instances(v: Option<&str>) -> Result<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_version_lists_the_fields_that_differ_from_now() {
+        let then = json!({"cmd": "sleep 1", "instances": 2, "env": {"A": "1"}, "version": "x"});
+        let now = json!({"cmd": "sleep 2", "instances": 2, "mem": 32, "version": "y"});
+        assert_eq!(
+            changes(&then, &now),
+            vec![
+                "cmd: \"sleep 1\" → \"sleep 2\"",
+                "env: {\"A\":\"1\"} → (unset)",
+                "mem: (unset) → 32",
+            ]
+        );
+        assert!(changes(&now, &now).is_empty());
+    }
 
     #[test]
     fn instances_are_whole_numbers_within_the_cap() {
