@@ -419,6 +419,10 @@ pub fn router(scheduler: Scheduler) -> Router {
         .route("/v2/info", get(info))
         .route("/v2/leader", get(leader))
         .route("/v1/agents", get(list_agents))
+        .route(
+            "/v1/agents/{name}/drain",
+            post(drain_agent).delete(undrain_agent),
+        )
         .route_layer(gate_for(&[Role::Read], &[Role::Deploy]));
     let agents = Router::new()
         .route("/v1/agents/register", post(register_agent))
@@ -866,10 +870,33 @@ async fn list_agents(AxState(s): AxState<Scheduler>) -> Json<Value> {
             if let Some(shipper) = st.shipper_status(&a.name) {
                 v["shipper"] = json!(shipper);
             }
+            v["drained"] = json!(st.drained(&a.name));
             v
         })
         .collect();
     Json(Value::Array(agents))
+}
+
+/// `POST /v1/agents/{name}/drain`: no new tasks on it, its tasks moved elsewhere.
+async fn drain_agent(
+    AxState(s): AxState<Scheduler>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>> {
+    set_drained(s, name, true).await
+}
+
+/// `DELETE /v1/agents/{name}/drain`: the agent takes tasks again.
+async fn undrain_agent(
+    AxState(s): AxState<Scheduler>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>> {
+    set_drained(s, name, false).await
+}
+
+async fn set_drained(s: Scheduler, name: String, drain: bool) -> Result<Json<Value>> {
+    s.lock().set_drained(&name, drain, Now::current())?;
+    s.persist().await?;
+    Ok(Json(json!({ "agent": name, "drained": drain })))
 }
 
 async fn register_agent(AxState(s): AxState<Scheduler>, body: Bytes) -> Result<Json<AgentInfo>> {
