@@ -551,3 +551,82 @@ async fn edit_as_json_shows_the_schedulers_validation_errors_in_place() -> anyho
     assert_eq!(r.status(), 404, "the scheduler's refusal passed on");
     Ok(())
 }
+
+/// Draining a host from the Hosts page (issue 20): deploy role only; its tasks move
+/// to the other host and it is shown drained until undrained.
+#[tokio::test]
+async fn hosts_page_drains_an_agent_for_the_deploy_role() -> anyhow::Result<()> {
+    let up = Up::start()?;
+    let file = up.dir.path().join("two.json");
+    std::fs::write(
+        &file,
+        json!({"id": "/two", "cmd": "sleep 600", "instances": 2, "cpus": 0.1, "mem": 32})
+            .to_string(),
+    )?;
+    up.ok(&["deploy", file.to_str().context("utf-8")?])?;
+    let bearer = |r: &str| -> anyhow::Result<reqwest::Client> {
+        let text = std::fs::read_to_string(up.dir.path().join(format!("token.{r}")))?;
+        let token = text.lines().next().context("a token")?.trim().to_string();
+        let mut h = reqwest::header::HeaderMap::new();
+        h.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {token}").parse()?,
+        );
+        Ok(reqwest::Client::builder()
+            .default_headers(h)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?)
+    };
+    let (reader, deployer) = (bearer("read")?, bearer("deploy")?);
+    let hosts = format!("{}/hosts", up.url);
+    assert!(!reader
+        .get(&hosts)
+        .send()
+        .await?
+        .text()
+        .await?
+        .contains("drain-button"));
+    assert!(deployer
+        .get(&hosts)
+        .send()
+        .await?
+        .text()
+        .await?
+        .contains("drain-button"));
+    let act = format!("{}/hosts/action", up.url);
+    let drain = [("agent", "node-1"), ("action", "drain")];
+    assert_eq!(reader.post(&act).form(&drain).send().await?.status(), 403);
+    let bad = [("agent", "../v2/apps"), ("action", "drain")];
+    assert_eq!(deployer.post(&act).form(&bad).send().await?.status(), 400);
+    assert_eq!(deployer.post(&act).form(&drain).send().await?.status(), 303);
+    let hosts_of = || async {
+        let app = up.app("two").await?;
+        let mut on: Vec<String> = app["tasks"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|t| t["host"].as_str().map(String::from))
+            .collect();
+        on.sort();
+        anyhow::Ok(on)
+    };
+    common::eventually(
+        "both tasks on node-2",
+        std::time::Duration::from_secs(30),
+        || async { Ok((hosts_of().await? == ["node-2", "node-2"]).then_some(())) },
+    )
+    .await?;
+    let page = deployer.get(&hosts).send().await?.text().await?;
+    assert!(
+        page.contains("badge drained") && page.contains(">Undrain<"),
+        "{page}"
+    );
+    let undrain = [("agent", "node-1"), ("action", "undrain")];
+    assert_eq!(
+        deployer.post(&act).form(&undrain).send().await?.status(),
+        303
+    );
+    let page = deployer.get(&hosts).send().await?.text().await?;
+    assert!(!page.contains("badge drained"), "{page}");
+    Ok(())
+}

@@ -274,6 +274,9 @@ pub struct Agent {
     /// Unreadable figures count as none: the page still lists the host.
     #[serde(default, deserialize_with = "lenient")]
     pub shipper: Option<ShipperStatus>,
+    /// Drained by an operator: no new tasks, its tasks moved elsewhere.
+    #[serde(default, deserialize_with = "lenient")]
+    pub drained: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize)]

@@ -1,7 +1,7 @@
 //! `POST /apps/action`: the Apps page's buttons (scale, suspend, restart, destroy),
 //! and `GET|POST /apps/edit`: an app's definition edited as JSON, the scheduler's
-//! validation errors listed above the text kept as typed; for sessions and tokens
-//! with the deploy role.
+//! validation errors listed above the text kept as typed; and `POST /hosts/action`,
+//! drain or undrain an agent; for sessions and tokens with the deploy role.
 //!
 //! Each is a plain form post that the web turns into one Marathon call on the
 //! scheduler with its own token, then redirects back to the Apps page (post, redirect,
@@ -230,10 +230,15 @@ fn edit_form(
 }
 
 fn back_to_apps() -> Response {
+    back_to("/apps")
+}
+
+/// Post, redirect, get: a reload does not repeat the change.
+fn back_to(page: &str) -> Response {
     (
         StatusCode::SEE_OTHER,
         [
-            (header::LOCATION, "/apps".to_string()),
+            (header::LOCATION, page.to_string()),
             (header::CACHE_CONTROL, "no-store".to_string()),
         ],
     )
@@ -296,6 +301,50 @@ pub(crate) async fn act(
     }
     tracing::info!(app, action = f.action, "app changed from the web ui");
     Ok(back_to_apps())
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct HostForm {
+    agent: String,
+    action: String,
+}
+
+/// `POST /hosts/action`: drain an agent (or undrain it), deploy role only.
+pub(crate) async fn host_act(
+    State(state): State<Arc<AppState>>,
+    caller: Option<Extension<Caller>>,
+    headers: HeaderMap,
+    Form(f): Form<HostForm>,
+) -> Result<Response> {
+    same_origin(&headers)?;
+    need_deploy(caller.as_ref())?;
+    // Agent names are host names: the app name rules (letters, digits, `.-_`) hold.
+    if !valid_app_name(&f.agent) || f.agent.contains('/') {
+        return Err(Error::BadParam {
+            name: "agent",
+            value: f.agent,
+            expected: "a host name as the Hosts page lists it",
+        });
+    }
+    let path = format!("/v1/agents/{}/drain", f.agent);
+    let method = match f.action.as_str() {
+        "drain" => reqwest::Method::POST,
+        "undrain" => reqwest::Method::DELETE,
+        _ => {
+            return Err(Error::BadParam {
+                name: "action",
+                value: f.action,
+                expected: "drain or undrain",
+            })
+        }
+    };
+    state.deployer.change(method, &path, None).await?;
+    tracing::info!(
+        agent = f.agent,
+        action = f.action,
+        "agent changed from the web ui"
+    );
+    Ok(back_to("/hosts"))
 }
 
 fn parse_instances(v: Option<&str>) -> Result<u32> {

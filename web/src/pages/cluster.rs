@@ -85,6 +85,7 @@ pub(crate) struct AgentView {
     /// `None` when the agent reported no shipper figures.
     shipper: Option<ShipperView>,
     search_href: String,
+    drained: bool,
 }
 
 /// The log shipping column of one host: how close its tasks' logs are to their
@@ -116,6 +117,8 @@ pub(crate) struct ShipperView {
 struct HostsPage {
     nav: &'static str,
     agents: Vec<AgentView>,
+    /// The caller has the deploy role: the drain buttons are shown.
+    can_deploy: bool,
     notice: Option<String>,
 }
 
@@ -429,7 +432,10 @@ fn task_view(t: &MarathonTask, checks: usize) -> TaskView {
     }
 }
 
-pub(crate) async fn hosts(State(state): State<Arc<AppState>>) -> Result<Response> {
+pub(crate) async fn hosts(
+    State(state): State<Arc<AppState>>,
+    caller: Option<axum::Extension<protocol::http::Caller>>,
+) -> Result<Response> {
     state.metrics.hit(Page::Hosts);
     let (agents, tasks) = tokio::join!(state.client.agents(), state.client.tasks());
     let mut agents = agents.map_err(|e| fail(&state, e))?;
@@ -439,8 +445,9 @@ pub(crate) async fn hosts(State(state): State<Arc<AppState>>) -> Result<Response
     let now = Utc::now();
     let views = agents
         .iter()
-        .map(|agent| (&agent.info, agent.used, agent.shipper.as_ref()))
-        .map(|(a, used, shipper)| AgentView {
+        .map(|agent| (agent, &agent.info, agent.used, agent.shipper.as_ref()))
+        .map(|(agent, a, used, shipper)| AgentView {
+            drained: agent.drained,
             name: a.name.clone(),
             address: a.address.clone(),
             router_url: a.router_url.clone(),
@@ -471,6 +478,7 @@ pub(crate) async fn hosts(State(state): State<Arc<AppState>>) -> Result<Response
     let page = HostsPage {
         nav: "hosts",
         agents: views,
+        can_deploy: super::actions::may_deploy(caller.as_ref()),
         notice,
     };
     Ok(render("hosts", &page)?.into_response())

@@ -58,6 +58,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
             get(actions::edit_page).post(actions::edit_submit),
         )
         .route("/hosts", get(cluster::hosts))
+        .route("/hosts/action", axum::routing::post(actions::host_act))
         .route("/login", get(login::page).post(login::submit))
         .route("/logout", axum::routing::post(login::logout))
         .route("/static/app.css", get(css))
