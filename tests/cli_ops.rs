@@ -511,7 +511,8 @@ async fn edit_as_json_shows_the_schedulers_validation_errors_in_place() -> anyho
         .await?
         .text()
         .await?;
-    let rows: Vec<&str> = page.split("<tr class=\"version\">").skip(1).collect();
+    let main = page.split("<main>").nth(1).context("a main element")?;
+    let rows: Vec<&str> = main.split("<tr class=\"version\">").skip(1).collect();
     assert_eq!(rows.len(), 2, "{page}");
     assert!(rows[0].contains("current") && !rows[0].contains("rollback-button"));
     assert!(

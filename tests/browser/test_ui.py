@@ -584,6 +584,69 @@ class BrowserTest(unittest.TestCase):
         finally:
             d.quit()
 
+    def test_14_edit_an_app_as_json_see_errors_in_place_and_roll_back(self):
+        c = self.cluster
+        status, _ = c.send("POST", "/v2/apps", {"id": "/edited", "cmd": "sleep 600",
+                                                "instances": 1, "cpus": 0.05, "mem": 16})
+        self.assertEqual(status, 201)
+
+        def app():
+            return c.send("GET", "/v2/apps/edited")[1]["app"]
+
+        self.open("/apps/edit?app=edited")
+        area = wait_for("the editor", lambda: self.q("textarea.app-json"))[0]
+        self.assertEqual(json.loads(area.get_attribute("value"))["cmd"], "sleep 600")
+        # What the scheduler refuses comes back listed, the text kept as typed.
+        bad = '{"cmd": "sleep 600", "instances": -1, "mem": "lots"}'
+        area.clear()
+        area.send_keys(bad)
+        self.q(".save-button")[0].click()
+        errors = wait_for("the scheduler's reasons", lambda: self.q(".edit-errors li"))
+        text = " ".join(e.text for e in errors)
+        self.assertIn("instances", text)
+        self.assertIn("mem", text)
+        self.assertEqual(self.q("textarea.app-json")[0].get_attribute("value"), bad)
+        self.assertEqual(app()["instances"], 1, "refused means unchanged")
+        self.shoot("edit-errors")
+        area = self.q("textarea.app-json")[0]
+        area.clear()
+        area.send_keys('{"cmd": "sleep 601"}')
+        self.q(".save-button")[0].click()
+        wait_for("the edit to land", lambda: app()["cmd"] == "sleep 601")
+        # The older version shows what differs and rolls back.
+        self.open("/apps/edit?app=edited")
+        rows = wait_for("the versions", lambda: self.q("main tr.version"))
+        self.assertEqual(len(rows), 2, [r.text for r in rows])
+        self.assertIn('cmd: "sleep 600" → "sleep 601"', rows[1].text)
+        self.shoot("versions")
+        rows[1].find_element(By.CSS_SELECTOR, ".rollback-button").click()
+        wait_for("the roll back", lambda: app()["cmd"] == "sleep 600")
+        c.send("DELETE", "/v2/apps/edited")
+
+    def test_15_drain_a_host_moves_its_tasks(self):
+        c = self.cluster
+        self.open("/hosts")
+        rows = wait_for("the hosts", lambda: self.q("table.hosts tbody tr"))
+        node = next(r for r in rows if r.find_element(By.CSS_SELECTOR, "td.host").text == "node-3")
+        node.find_element(By.CSS_SELECTOR, ".drain-button").click()
+
+        def on_node3():
+            return [t for t in c.running_fib_tasks() if t.get("host") == "node-3"]
+
+        try:
+            wait_for("fib's tasks to leave node-3", lambda: not on_node3() and len(c.running_fib_tasks()) == 3)
+            self.open("/hosts")
+            row = wait_for("node-3 drained", lambda: next(
+                (r for r in self.q("table.hosts tbody tr")
+                 if r.find_element(By.CSS_SELECTOR, "td.host").text == "node-3"
+                 and "drained" in r.text), None))
+            self.assertEqual(row.find_element(By.CSS_SELECTOR, ".drain-button").text, "Undrain")
+            self.shoot("hosts-drained")
+            row.find_element(By.CSS_SELECTOR, ".drain-button").click()
+            wait_for("node-3 undrained", lambda: not c.send("GET", "/v1/agents")[1][2]["drained"])
+        finally:
+            c.send("DELETE", "/v1/agents/node-3/drain")
+
     def test_10_search_and_trace_work_without_javascript(self):
         opts = webdriver.ChromeOptions()
         for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,900"):
