@@ -111,14 +111,20 @@ pub async fn deploy(server: &ServerArgs, file: &Path, wait: &WaitArgs) -> anyhow
 
 /// `sandtrail scale APP N`.
 pub async fn scale(server: &ServerArgs, app: &str, n: u32, wait: &WaitArgs) -> anyhow::Result<()> {
-    let dep = call(
-        server,
-        reqwest::Method::PUT,
-        &app_path(app),
-        Some(&json!({ "instances": n })),
-    )
-    .await?;
-    println!("scaling {app} to {n}");
+    let change = json!({ "instances": n });
+    put_and_follow(server, app, &change, &format!("scaling {app} to {n}"), wait).await
+}
+
+/// `PUT /v2/apps/{app}` with `change`, says `what`, and follows the deployment.
+async fn put_and_follow(
+    server: &ServerArgs,
+    app: &str,
+    change: &Value,
+    what: &str,
+    wait: &WaitArgs,
+) -> anyhow::Result<()> {
+    let dep = call(server, reqwest::Method::PUT, &app_path(app), Some(change)).await?;
+    println!("{what}");
     follow(server, app, &dep, wait).await
 }
 
@@ -223,15 +229,9 @@ pub async fn rollback(
             }
         }
     };
-    let dep = call(
-        server,
-        reqwest::Method::PUT,
-        &app_path(app),
-        Some(&json!({ "version": version })),
-    )
-    .await?;
-    println!("rolling {app} back to {version}");
-    follow(server, app, &dep, wait).await
+    let change = json!({ "version": version });
+    let what = format!("rolling {app} back to {version}");
+    put_and_follow(server, app, &change, &what, wait).await
 }
 
 /// Waits for deployment `dep` (`{"deploymentId", "version"}` as the API answers a

@@ -76,6 +76,29 @@ impl Up {
         Ok(String::from_utf8(out.stdout)?)
     }
 
+    /// `sandtrail deploy` of `app` written to a file; its stdout.
+    fn deploy(&self, app: Value) -> anyhow::Result<String> {
+        let file = self.dir.path().join("app.json");
+        std::fs::write(&file, app.to_string())?;
+        self.ok(&["deploy", file.to_str().context("utf-8 path")?])
+    }
+
+    /// An HTTP client sending the token `up` made for `role`, following no redirects
+    /// (the UI's forms answer 303).
+    fn as_role(&self, role: &str) -> anyhow::Result<reqwest::Client> {
+        let text = std::fs::read_to_string(self.dir.path().join(format!("token.{role}")))?;
+        let token = text.lines().next().context("a token")?.trim().to_string();
+        let mut h = reqwest::header::HeaderMap::new();
+        h.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {token}").parse()?,
+        );
+        Ok(reqwest::Client::builder()
+            .default_headers(h)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?)
+    }
+
     async fn app(&self, id: &str) -> anyhow::Result<Value> {
         let body: Value = client_with_token(&self.token)?
             .get(format!("{}/v2/apps/{id}", self.url))
@@ -328,30 +351,10 @@ fn completions_name_the_subcommands() -> anyhow::Result<()> {
 #[tokio::test]
 async fn apps_page_actions_need_the_deploy_role_and_a_same_site_form() -> anyhow::Result<()> {
     let up = Up::start()?;
-    let file = up.dir.path().join("web.json");
-    std::fs::write(
-        &file,
-        json!({"id": "/webbed", "cmd": "sleep 600", "instances": 1, "cpus": 0.1, "mem": 32})
-            .to_string(),
+    up.deploy(
+        json!({"id": "/webbed", "cmd": "sleep 600", "instances": 1, "cpus": 0.1, "mem": 32}),
     )?;
-    up.ok(&["deploy", file.to_str().context("utf-8")?])?;
-    let role = |r: &str| -> anyhow::Result<String> {
-        let text = std::fs::read_to_string(up.dir.path().join(format!("token.{r}")))?;
-        Ok(text.lines().next().context("a token")?.trim().to_string())
-    };
-    let no_redirects = |token: &str| -> anyhow::Result<reqwest::Client> {
-        let mut h = reqwest::header::HeaderMap::new();
-        h.insert(
-            reqwest::header::AUTHORIZATION,
-            format!("Bearer {token}").parse()?,
-        );
-        Ok(reqwest::Client::builder()
-            .default_headers(h)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()?)
-    };
-    let reader = no_redirects(&role("read")?)?;
-    let deployer = no_redirects(&role("deploy")?)?;
+    let (reader, deployer) = (up.as_role("read")?, up.as_role("deploy")?);
     let page = |c: &reqwest::Client| {
         let c = c.clone();
         let url = format!("{}/apps", up.url);
@@ -435,30 +438,8 @@ async fn apps_page_actions_need_the_deploy_role_and_a_same_site_form() -> anyhow
 #[tokio::test]
 async fn edit_as_json_shows_the_schedulers_validation_errors_in_place() -> anyhow::Result<()> {
     let up = Up::start()?;
-    let file = up.dir.path().join("ed.json");
-    std::fs::write(
-        &file,
-        json!({"id": "/ed", "cmd": "sleep 600", "instances": 1, "cpus": 0.1, "mem": 32})
-            .to_string(),
-    )?;
-    up.ok(&["deploy", file.to_str().context("utf-8")?])?;
-    let token = |r: &str| -> anyhow::Result<String> {
-        let text = std::fs::read_to_string(up.dir.path().join(format!("token.{r}")))?;
-        Ok(text.lines().next().context("a token")?.trim().to_string())
-    };
-    let no_redirects = |token: &str| -> anyhow::Result<reqwest::Client> {
-        let mut h = reqwest::header::HeaderMap::new();
-        h.insert(
-            reqwest::header::AUTHORIZATION,
-            format!("Bearer {token}").parse()?,
-        );
-        Ok(reqwest::Client::builder()
-            .default_headers(h)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()?)
-    };
-    let reader = no_redirects(&token("read")?)?;
-    let deployer = no_redirects(&token("deploy")?)?;
+    up.deploy(json!({"id": "/ed", "cmd": "sleep 600", "instances": 1, "cpus": 0.1, "mem": 32}))?;
+    let (reader, deployer) = (up.as_role("read")?, up.as_role("deploy")?);
     let edit = format!("{}/apps/edit", up.url);
     let r = reader.get(&edit).query(&[("app", "ed")]).send().await?;
     assert_eq!(r.status(), 403);
@@ -558,27 +539,8 @@ async fn edit_as_json_shows_the_schedulers_validation_errors_in_place() -> anyho
 #[tokio::test]
 async fn hosts_page_drains_an_agent_for_the_deploy_role() -> anyhow::Result<()> {
     let up = Up::start()?;
-    let file = up.dir.path().join("two.json");
-    std::fs::write(
-        &file,
-        json!({"id": "/two", "cmd": "sleep 600", "instances": 2, "cpus": 0.1, "mem": 32})
-            .to_string(),
-    )?;
-    up.ok(&["deploy", file.to_str().context("utf-8")?])?;
-    let bearer = |r: &str| -> anyhow::Result<reqwest::Client> {
-        let text = std::fs::read_to_string(up.dir.path().join(format!("token.{r}")))?;
-        let token = text.lines().next().context("a token")?.trim().to_string();
-        let mut h = reqwest::header::HeaderMap::new();
-        h.insert(
-            reqwest::header::AUTHORIZATION,
-            format!("Bearer {token}").parse()?,
-        );
-        Ok(reqwest::Client::builder()
-            .default_headers(h)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()?)
-    };
-    let (reader, deployer) = (bearer("read")?, bearer("deploy")?);
+    up.deploy(json!({"id": "/two", "cmd": "sleep 600", "instances": 2, "cpus": 0.1, "mem": 32}))?;
+    let (reader, deployer) = (up.as_role("read")?, up.as_role("deploy")?);
     let hosts = format!("{}/hosts", up.url);
     assert!(!reader
         .get(&hosts)

@@ -445,12 +445,6 @@ impl Client {
         })
     }
 
-    /// `GET /v2/apps/{app}`: the app as the scheduler shows it (`{"app": ...}`).
-    pub async fn app(&self, app: &str) -> Result<serde_json::Value> {
-        let path = format!("/v2/apps/{}", app.trim_matches('/'));
-        self.get_json(Service::Scheduler, &path, &[]).await
-    }
-
     /// `GET /v2/apps/{app}/versions`: newest first.
     pub async fn app_versions(&self, app: &str) -> Result<Vec<String>> {
         let path = format!("/v2/apps/{}/versions", app.trim_matches('/'));

@@ -68,19 +68,9 @@ fn app_name(raw: &str) -> Result<&str> {
     }
 }
 
-/// Fields of `GET /v2/apps/{id}` that are the app's state, not its definition: left
-/// out of the editor (the scheduler would ignore them anyway).
-const NOT_DEFINITION: &[&str] = &[
-    "version",
-    "versionInfo",
-    "tasksRunning",
-    "tasksStaged",
-    "tasksHealthy",
-    "tasksUnhealthy",
-    "deployments",
-    "tasks",
-    "lastTaskFailure",
-];
+/// Fields of `GET /v2/apps/{id}/versions/{v}` that name the version rather than
+/// define the app: left out of the editor and the diff.
+const NOT_DEFINITION: &[&str] = &["version", "versionInfo"];
 
 #[derive(Template)]
 #[template(path = "edit.html")]
@@ -118,32 +108,37 @@ fn changes(then: &serde_json::Value, now: &serde_json::Value) -> Vec<String> {
     keys.dedup();
     let show = |v: Option<&serde_json::Value>| v.map_or("(unset)".to_string(), |v| v.to_string());
     keys.into_iter()
-        .filter(|k| !NOT_DEFINITION.contains(&k.as_str()) && a.get(*k) != b.get(*k))
+        .filter(|k| a.get(*k) != b.get(*k))
         .map(|k| format!("{k}: {} → {}", show(a.get(k)), show(b.get(k))))
         .collect()
 }
 
-/// The app's kept versions, each diffed against the current definition `now`.
-async fn version_views(
+/// The app's current definition (its newest version, which is what a `PUT` is merged
+/// onto) and its kept versions, each diffed against it.
+async fn definition_and_versions(
     state: &AppState,
     app: &str,
-    now: &serde_json::Value,
-) -> Result<Vec<VersionView>> {
+) -> Result<(serde_json::Value, Vec<VersionView>)> {
     let list = state.deployer.app_versions(app).await?;
-    let mut out = Vec::new();
-    for (i, v) in list.iter().take(VERSIONS_SHOWN).enumerate() {
-        let then = if i == 0 {
-            now.clone()
-        } else {
-            state.deployer.app_version(app, v).await?
-        };
-        out.push(VersionView {
+    let mut defs = Vec::new();
+    for v in list.iter().take(VERSIONS_SHOWN) {
+        let mut def = state.deployer.app_version(app, v).await?;
+        if let Some(obj) = def.as_object_mut() {
+            obj.retain(|k, _| !NOT_DEFINITION.contains(&k.as_str()));
+        }
+        defs.push((v.clone(), def));
+    }
+    let now = defs.first().map(|(_, d)| d.clone()).unwrap_or_default();
+    let views = defs
+        .iter()
+        .enumerate()
+        .map(|(i, (v, then))| VersionView {
             version: v.clone(),
             current: i == 0,
-            changes: changes(&then, now),
-        });
-    }
-    Ok(out)
+            changes: changes(then, &now),
+        })
+        .collect();
+    Ok((now, views))
 }
 
 #[derive(Debug, Deserialize)]
@@ -165,13 +160,7 @@ pub(crate) async fn edit_page(
 ) -> Result<Response> {
     need_deploy(caller.as_ref())?;
     let app = app_name(&q.app)?;
-    let body = state.deployer.app(app).await?;
-    let mut def = body["app"].as_object().cloned().unwrap_or_default();
-    for k in NOT_DEFINITION {
-        def.remove(*k);
-    }
-    let now = serde_json::Value::Object(def);
-    let versions = version_views(&state, app, &now).await?;
+    let (now, versions) = definition_and_versions(&state, app).await?;
     let json = serde_json::to_string_pretty(&now).unwrap_or_default();
     edit_form(StatusCode::OK, app, json, Vec::new(), versions)
 }
@@ -365,8 +354,8 @@ mod tests {
 
     #[test]
     fn a_version_lists_the_fields_that_differ_from_now() {
-        let then = json!({"cmd": "sleep 1", "instances": 2, "env": {"A": "1"}, "version": "x"});
-        let now = json!({"cmd": "sleep 2", "instances": 2, "mem": 32, "version": "y"});
+        let then = json!({"cmd": "sleep 1", "instances": 2, "env": {"A": "1"}});
+        let now = json!({"cmd": "sleep 2", "instances": 2, "mem": 32});
         assert_eq!(
             changes(&then, &now),
             vec![
