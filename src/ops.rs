@@ -61,6 +61,10 @@ async fn call(
         .with_context(|| format!("the scheduler answered {path} with no json"))
 }
 
+async fn get(server: &ServerArgs, path: &str) -> anyhow::Result<Value> {
+    call(server, reqwest::Method::GET, path, None).await
+}
+
 /// The app, or `None` when the scheduler does not know it.
 async fn get_app(server: &ServerArgs, id: &str) -> anyhow::Result<Option<Value>> {
     let resp = server
@@ -143,7 +147,7 @@ pub async fn kill(
     scale: bool,
     wait: &WaitArgs,
 ) -> anyhow::Result<()> {
-    let tasks = call(server, reqwest::Method::GET, "/v2/tasks", None).await?;
+    let tasks = get(server, "/v2/tasks").await?;
     let Some(app) = tasks["tasks"]
         .as_array()
         .into_iter()
@@ -168,13 +172,7 @@ pub async fn kill(
 /// `sandtrail versions APP`: newest first, the current one marked, each with its
 /// instances and command so the one to roll back to can be picked.
 pub async fn versions(server: &ServerArgs, app: &str) -> anyhow::Result<()> {
-    let list = call(
-        server,
-        reqwest::Method::GET,
-        &format!("{}/versions", app_path(app)),
-        None,
-    )
-    .await?;
+    let list = get(server, &format!("{}/versions", app_path(app))).await?;
     let versions: Vec<&str> = list["versions"]
         .as_array()
         .into_iter()
@@ -183,13 +181,7 @@ pub async fn versions(server: &ServerArgs, app: &str) -> anyhow::Result<()> {
         .collect();
     println!("{:<26} {:>9}  COMMAND", "VERSION", "INSTANCES");
     for (i, v) in versions.iter().enumerate() {
-        let def = call(
-            server,
-            reqwest::Method::GET,
-            &format!("{}/versions/{v}", app_path(app)),
-            None,
-        )
-        .await?;
+        let def = get(server, &format!("{}/versions/{v}", app_path(app))).await?;
         let what = def["cmd"]
             .as_str()
             .map(String::from)
@@ -216,13 +208,7 @@ pub async fn rollback(
     let version = match version {
         Some(v) => v.to_string(),
         None => {
-            let list = call(
-                server,
-                reqwest::Method::GET,
-                &format!("{}/versions", app_path(app)),
-                None,
-            )
-            .await?;
+            let list = get(server, &format!("{}/versions", app_path(app))).await?;
             match list["versions"].get(1).and_then(Value::as_str) {
                 Some(v) => v.to_string(),
                 None => bail!("{app} has one version only: there is nothing to roll back to"),
@@ -255,7 +241,7 @@ async fn follow(
     let deadline = Instant::now() + wait.timeout;
     let mut said: Option<String> = None;
     loop {
-        let deployments = call(server, reqwest::Method::GET, "/v2/deployments", None).await?;
+        let deployments = get(server, "/v2/deployments").await?;
         let running = deployments
             .as_array()
             .into_iter()
@@ -307,7 +293,7 @@ async fn waiting_for(
     version: &str,
     state: Option<&Value>,
 ) -> anyhow::Result<Option<String>> {
-    let queue = call(server, reqwest::Method::GET, "/v2/queue", None).await?;
+    let queue = get(server, "/v2/queue").await?;
     let key = format!("/{}", app.trim_matches('/'));
     let queued = queue["queue"]
         .as_array()
