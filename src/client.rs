@@ -1,4 +1,5 @@
-//! The command-line clients: `deploy`, `apps`, `search`, `tail`, `trace`.
+//! The command-line clients that read: `apps`, `search`, `tail`, `trace` (those that
+//! change apps are in `ops`).
 //!
 //! They speak the same HTTP contracts as the web UI and any other client, so they
 //! double as living documentation of those contracts. Output is plain text meant for
@@ -11,15 +12,19 @@ use anyhow::{bail, Context};
 use clap::Args;
 use futures::StreamExt;
 use protocol::{LogRecord, SearchResponse, Stream};
-use std::path::Path;
 
 #[derive(Args, Debug)]
 pub struct ServerArgs {
-    /// Base URL of the scheduler / indexer (in `up` they share one address); for
-    /// `deploy` and `apps`, several comma-separated schedulers (in HA) are tried in
-    /// turn until one connects.
-    #[arg(long, env = "SANDTRAIL_SERVER", default_value = protocol::defaults::SERVER_URL)]
-    pub server: String,
+    /// Base URL of the scheduler, or several comma-separated schedulers in HA tried
+    /// in turn (and of the indexer unless --indexer names it; in
+    /// `up` they share one address). Default: the config's `[client] server`, else
+    /// `up`'s http://127.0.0.1:7070.
+    #[arg(long, env = "SANDTRAIL_SERVER")]
+    pub server: Option<String>,
+    /// Base URL of the indexer, for a cluster of separate parts (default: the
+    /// config's `[client] indexer`, else --server).
+    #[arg(long, env = "SANDTRAIL_INDEXER")]
+    pub indexer: Option<String>,
     /// The data dir whose admin token is sent when no token is given (default: the
     /// config file's `data_dir`, else ./.sandtrail, as for the servers).
     #[arg(long, env = "SANDTRAIL_DATA_DIR")]
@@ -30,19 +35,29 @@ pub struct ServerArgs {
 }
 
 impl ServerArgs {
-    /// `path` on the first URL of `--server`.
-    fn url(&self, path: &str) -> String {
-        protocol::endpoints::Endpoints::parse(&self.server).url(path)
+    /// The scheduler URLs of `--server` (`config::client` has resolved it by now):
+    /// several, comma-separated, for schedulers in HA.
+    fn servers(&self) -> protocol::endpoints::Endpoints {
+        protocol::endpoints::Endpoints::parse(
+            self.server
+                .as_deref()
+                .unwrap_or(protocol::defaults::SERVER_URL),
+        )
     }
 
-    /// Sends what `build` makes of `path` on each URL of `--server` in turn until one
+    /// `path` on the first scheduler URL.
+    pub(crate) fn url(&self, path: &str) -> String {
+        self.servers().url(path)
+    }
+
+    /// Sends what `build` makes of `path` on each scheduler URL in turn until one
     /// connects (schedulers in HA all answer or forward to the leader).
-    async fn send_to(
+    pub(crate) async fn send_to(
         &self,
         path: &str,
         build: impl Fn(String) -> reqwest::RequestBuilder,
     ) -> anyhow::Result<reqwest::Response> {
-        let servers = protocol::endpoints::Endpoints::parse(&self.server);
+        let servers = self.servers();
         let mut last = None;
         for base in servers.all() {
             match build(format!("{base}{path}")).send().await {
@@ -53,14 +68,24 @@ impl ServerArgs {
         }
         Err(anyhow::anyhow!(
             "cannot reach the scheduler at {}: {}",
-            self.server,
+            self.server
+                .as_deref()
+                .unwrap_or(protocol::defaults::SERVER_URL),
             last.map(|e| e.to_string()).unwrap_or_default()
         ))
     }
 
+    /// An indexer URL: `--indexer` when given, else the (first) scheduler's address.
+    fn indexer_url(&self, path: &str) -> String {
+        match &self.indexer {
+            Some(base) => format!("{}{path}", base.trim_end_matches('/')),
+            None => self.url(path),
+        }
+    }
+
     /// Sends every call with `Authorization: Bearer` when a token is known: reading
     /// needs one as much as writing does.
-    fn client(&self) -> anyhow::Result<reqwest::Client> {
+    pub(crate) fn client(&self) -> anyhow::Result<reqwest::Client> {
         let mut headers = reqwest::header::HeaderMap::new();
         if let Some(t) = &self.token {
             let mut v = reqwest::header::HeaderValue::from_str(&format!("Bearer {t}"))
@@ -74,31 +99,10 @@ impl ServerArgs {
     }
 }
 
-async fn error_of(resp: reqwest::Response) -> anyhow::Error {
+pub(crate) async fn error_of(resp: reqwest::Response) -> anyhow::Error {
     let status = resp.status();
     let body = resp.text().await.unwrap_or_default();
     anyhow::anyhow!("server answered {status}: {}", body.trim())
-}
-
-pub async fn deploy(server: &ServerArgs, file: &Path) -> anyhow::Result<()> {
-    let text =
-        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
-    let app: serde_json::Value = serde_json::from_str(&text)
-        .with_context(|| format!("{} is not valid JSON", file.display()))?;
-    let client = server.client()?;
-    let resp = server
-        .send_to("/v2/apps", |url| client.post(url).json(&app))
-        .await?;
-    if !resp.status().is_success() {
-        return Err(error_of(resp).await);
-    }
-    let body: serde_json::Value = resp.json().await?;
-    println!(
-        "deployed {} ({} instances)",
-        body["id"].as_str().unwrap_or("?"),
-        body["instances"]
-    );
-    Ok(())
 }
 
 pub async fn apps(server: &ServerArgs) -> anyhow::Result<()> {
@@ -178,7 +182,7 @@ async fn search_page(
     }
     let resp = server
         .client()?
-        .get(server.url("/api/v1/search"))
+        .get(server.indexer_url("/api/v1/search"))
         .query(&params)
         .send()
         .await
@@ -408,7 +412,7 @@ pub async fn tail(server: &ServerArgs, a: &TailArgs) -> anyhow::Result<()> {
     loop {
         let resp = server
             .client()?
-            .get(server.url("/api/v1/tail"))
+            .get(server.indexer_url("/api/v1/tail"))
             .query(&[("q", search_query_of(a))])
             .send()
             .await;

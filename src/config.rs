@@ -37,6 +37,23 @@ pub struct Config {
     pub web: WebSection,
     #[serde(default)]
     pub http: HttpSection,
+    #[serde(default)]
+    pub client: ClientSection,
+}
+
+/// Where the command-line clients (`apps`, `deploy`, `search`...) find the cluster,
+/// for `up` and for separate parts alike.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientSection {
+    /// The scheduler's base URL (in `up`, the one address of everything).
+    pub server: Option<String>,
+    /// The indexer's base URL when it is not at `server` (separate parts).
+    pub indexer: Option<String>,
+    /// The token to send; `token_file` names a file holding it instead (its first
+    /// line that is not a comment), so the config can be shared without the secret.
+    pub token: Option<String>,
+    pub token_file: Option<PathBuf>,
 }
 
 /// What every listener of this process shares (see SECURITY.md).
@@ -258,6 +275,7 @@ const TOP: &[&str] = &[
     "agent",
     "web",
     "http",
+    "client",
 ];
 const SECTIONS: &[(&str, &[&str])] = &[
     (
@@ -322,6 +340,7 @@ const SECTIONS: &[(&str, &[&str])] = &[
         ],
     ),
     ("web", &["listen", "indexer", "scheduler"]),
+    ("client", &["server", "indexer", "token", "token_file"]),
     (
         "http",
         &[
@@ -404,7 +423,7 @@ impl Config {
         let bad = unknown_keys(&table);
         if !bad.is_empty() {
             bail!(
-                "config {}: unknown keys {} (known sections: up, indexer, scheduler, agent, web)",
+                "config {}: unknown keys {} (known sections: up, indexer, scheduler, agent, web, http, client)",
                 origin.display(),
                 bad.join(", ")
             );
@@ -442,14 +461,14 @@ impl Config {
         Ok(config)
     }
 
-    /// Loads `path` if given (it must exist), else `./sandtrail.toml` if present, else
-    /// the defaults.
-    pub fn load(path: Option<&Path>) -> anyhow::Result<Config> {
+    /// Loads `path` if given (it must exist), else the default file if present (see
+    /// [`default_path`]), else the defaults.
+    pub fn load(path: Option<&Path>, for_client: bool) -> anyhow::Result<Config> {
+        let env = |k: &str| std::env::var(k).ok();
         let (path, required) = match path {
             Some(p) => (p.to_path_buf(), true),
-            None => (PathBuf::from("sandtrail.toml"), false),
+            None => (default_path(for_client, &env), false),
         };
-        let env = |k: &str| std::env::var(k).ok();
         match std::fs::read_to_string(&path) {
             Ok(text) => Config::parse_with_env(&text, &path, &env),
             Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => {
@@ -457,6 +476,25 @@ impl Config {
             }
             Err(e) => Err(e).with_context(|| format!("cannot read config {}", path.display())),
         }
+    }
+}
+
+/// `./sandtrail.toml`; for a client without one, the user's
+/// `$XDG_CONFIG_HOME/sandtrail/sandtrail.toml` (default `~/.config/...`), so one file
+/// names the cluster wherever the command is run. Servers never read the home dir:
+/// what a service runs with must not depend on who starts it.
+fn default_path(for_client: bool, env: &dyn Fn(&str) -> Option<String>) -> PathBuf {
+    let here = PathBuf::from("sandtrail.toml");
+    if !for_client || here.exists() {
+        return here;
+    }
+    let config_home = env("XDG_CONFIG_HOME")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| env("HOME").map(|h| Path::new(&h).join(".config")));
+    match config_home {
+        Some(dir) => dir.join("sandtrail").join("sandtrail.toml"),
+        None => here,
     }
 }
 
@@ -484,12 +522,7 @@ fn token_from_dir(dir: &Path, roles: &[Role]) -> Option<String> {
         .iter()
         .map(|r| defaults::token_path(dir, *r))
         .find_map(|p| std::fs::read_to_string(p).ok())
-        .and_then(|text| {
-            text.lines()
-                .map(str::trim)
-                .find(|l| !l.is_empty() && !l.starts_with('#'))
-                .map(String::from)
-        })
+        .and_then(|text| first_line(&text))
 }
 
 /// `sandtrail up`.
@@ -705,14 +738,54 @@ fn hostname() -> anyhow::Result<String> {
     Ok(name)
 }
 
-/// The command-line clients: the server from `--server` (or its default), and the
-/// token given, else the admin one `up` wrote into the data dir, the data dir being
-/// resolved as the servers resolve it (`--data-dir`, `SANDTRAIL_DATA_DIR`, the file's
-/// `data_dir`, the default).
-pub fn client(mut server: ServerArgs, cfg: &Config, token: Option<String>) -> ServerArgs {
+/// The command-line clients, each setting flag > env > file > default:
+/// - the scheduler: `--server`, `SANDTRAIL_SERVER`, `[client] server`, `up`'s address;
+/// - the indexer: `--indexer`, `SANDTRAIL_INDEXER`, `[client] indexer`, the scheduler's;
+/// - the token: `--token`, `SANDTRAIL_TOKEN`, `[client] token`, `[client] token_file`,
+///   the file's top-level `token`, else the admin one `up` wrote into the data dir (the
+///   data dir resolved as the servers resolve it).
+pub fn client(
+    mut server: ServerArgs,
+    cfg: &Config,
+    token: Option<String>,
+) -> anyhow::Result<ServerArgs> {
+    let c = &cfg.client;
+    server.server = server
+        .server
+        .or_else(|| c.server.clone())
+        .or_else(|| Some(defaults::SERVER_URL.to_string()));
+    server.indexer = server.indexer.or_else(|| c.indexer.clone());
+    let from_file = match &c.token_file {
+        Some(path) if c.token.is_none() => Some(first_token_line(path)?),
+        _ => None,
+    };
     let dir = data_dir(server.data_dir.take(), cfg);
-    server.token = given_token(token, cfg).or_else(|| token_from_dir(&dir, &[Role::Admin]));
-    server
+    server.token = token
+        .or_else(|| c.token.clone())
+        .or(from_file)
+        .or_else(|| cfg.token.clone())
+        .or_else(|| token_from_dir(&dir, &[Role::Admin]));
+    Ok(server)
+}
+
+/// The token in `[client] token_file`: its first line that is not blank or a comment.
+fn first_token_line(path: &Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read [client] token_file {}", path.display()))?;
+    first_line(&text).with_context(|| {
+        format!(
+            "[client] token_file {} holds no token: expected one on a line of its own",
+            path.display()
+        )
+    })
+}
+
+/// The first line of a token file that is not blank or a `#` comment.
+fn first_line(text: &str) -> Option<String> {
+    text.lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(String::from)
 }
 
 /// Parses `cpus:4;mem:8192` into a map; every bad pair is named. A Mesos port range
@@ -785,7 +858,8 @@ mod tests {
 
     fn client_args(data_dir: Option<&Path>) -> ServerArgs {
         ServerArgs {
-            server: defaults::SERVER_URL.into(),
+            server: None,
+            indexer: None,
             data_dir: data_dir.map(Path::to_path_buf),
             token: None,
         }
@@ -804,18 +878,63 @@ mod tests {
         let from_file = Config::parse(&text, Path::new("t.toml")).unwrap();
         let none = Config::default();
 
-        let c = client(client_args(None), &from_file, None);
+        let c = client(client_args(None), &from_file, None).unwrap();
         assert_eq!(c.token.as_deref(), Some("tok-1"), "the file's data_dir");
-        let c = client(client_args(Some(&dir)), &none, None);
+        let c = client(client_args(Some(&dir)), &none, None).unwrap();
         assert_eq!(c.token.as_deref(), Some("tok-1"), "--data-dir");
         // A flag beats the file; a given token beats the data dir.
         let other = Config::parse("data_dir = \"/nonexistent\"\n", Path::new("t.toml")).unwrap();
-        let c = client(client_args(Some(&dir)), &other, None);
+        let c = client(client_args(Some(&dir)), &other, None).unwrap();
         assert_eq!(c.token.as_deref(), Some("tok-1"));
-        let c = client(client_args(Some(&dir)), &none, Some("given".into()));
+        let c = client(client_args(Some(&dir)), &none, Some("given".into())).unwrap();
         assert_eq!(c.token.as_deref(), Some("given"));
-        let c = client(client_args(None), &from_file, None);
-        assert_eq!(c.server, "http://127.0.0.1:7070");
+        let c = client(client_args(None), &from_file, None).unwrap();
+        assert_eq!(c.server.as_deref(), Some("http://127.0.0.1:7070"));
+    }
+
+    #[test]
+    fn the_client_section_names_the_cluster_below_flags_and_env() {
+        let d = tempfile::tempdir().unwrap();
+        let tok = d.path().join("tok");
+        std::fs::write(&tok, "# comment\n\n from-file \n").unwrap();
+        let text = format!(
+            "token = \"top\"\n[client]\nserver = \"http://s:1\"\nindexer = \"http://i:2\"\ntoken_file = {:?}\n",
+            tok.display().to_string()
+        );
+        let cfg = Config::parse(&text, Path::new("t.toml")).unwrap();
+        let c = client(client_args(None), &cfg, None).unwrap();
+        assert_eq!(c.server.as_deref(), Some("http://s:1"));
+        assert_eq!(c.indexer.as_deref(), Some("http://i:2"));
+        assert_eq!(
+            c.token.as_deref(),
+            Some("from-file"),
+            "token_file beats top-level token"
+        );
+        // Flags (and their env, which clap folds in) beat the file.
+        let mut args = client_args(None);
+        args.server = Some("http://flag:3".into());
+        args.indexer = Some("http://flag:4".into());
+        let c = client(args, &cfg, Some("given".into())).unwrap();
+        assert_eq!(c.server.as_deref(), Some("http://flag:3"));
+        assert_eq!(c.indexer.as_deref(), Some("http://flag:4"));
+        assert_eq!(c.token.as_deref(), Some("given"));
+        // `token` beats `token_file`; SANDTRAIL_CLIENT_* env beats the file too.
+        let env = |k: &str| (k == "SANDTRAIL_CLIENT_TOKEN").then(|| "env".to_string());
+        let cfg = Config::parse_with_env(&text, Path::new("t.toml"), &env).unwrap();
+        assert_eq!(
+            client(client_args(None), &cfg, None)
+                .unwrap()
+                .token
+                .as_deref(),
+            Some("env")
+        );
+        // A token file that is missing or empty is named.
+        std::fs::write(&tok, "# nothing\n").unwrap();
+        let cfg = Config::parse(&text, Path::new("t.toml")).unwrap();
+        let e = client(client_args(None), &cfg, None).unwrap_err();
+        assert!(format!("{e:#}").contains("holds no token"), "{e:#}");
+        let bad = Config::parse("[client]\nsrever = \"x\"\n", Path::new("t.toml")).unwrap_err();
+        assert!(bad.to_string().contains("client.srever"), "{bad}");
     }
 
     fn no_scheduler_flags() -> SchedulerArgs {

@@ -11,11 +11,12 @@ mod client;
 mod config;
 mod demo;
 mod http;
+mod ops;
 mod serve;
 mod tokens;
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
@@ -137,12 +138,61 @@ enum Command {
     Web(WebArgs),
     /// One host: runs tasks, ships their logs, routes their calls.
     Agent(AgentArgs),
-    /// Deploy an app from a Marathon-style JSON file.
+    /// Create or update an app from a Marathon-style JSON file and follow the
+    /// deployment to its end.
     Deploy {
         file: PathBuf,
         #[command(flatten)]
+        wait: ops::WaitArgs,
+        #[command(flatten)]
         server: client::ServerArgs,
     },
+    /// Set an app's instances (0 suspends it) and follow the deployment.
+    Scale {
+        app: String,
+        instances: u32,
+        #[command(flatten)]
+        wait: ops::WaitArgs,
+        #[command(flatten)]
+        server: client::ServerArgs,
+    },
+    /// Replace every task of an app, a few at a time, and follow the deployment.
+    Restart {
+        app: String,
+        #[command(flatten)]
+        wait: ops::WaitArgs,
+        #[command(flatten)]
+        server: client::ServerArgs,
+    },
+    /// Kill one task (its app starts another unless --scale).
+    Kill {
+        task: String,
+        /// Lower the app's instances by one instead of replacing the task.
+        #[arg(long)]
+        scale: bool,
+        #[command(flatten)]
+        wait: ops::WaitArgs,
+        #[command(flatten)]
+        server: client::ServerArgs,
+    },
+    /// List an app's versions, newest (current) first.
+    Versions {
+        app: String,
+        #[command(flatten)]
+        server: client::ServerArgs,
+    },
+    /// Put an app back to an earlier version (default: the one before the current).
+    Rollback {
+        app: String,
+        version: Option<String>,
+        #[command(flatten)]
+        wait: ops::WaitArgs,
+        #[command(flatten)]
+        server: client::ServerArgs,
+    },
+    /// Print a completion script for a shell: `sandtrail completions bash >
+    /// /etc/bash_completion.d/sandtrail`.
+    Completions { shell: clap_complete::Shell },
     /// List apps and their tasks.
     Apps {
         #[command(flatten)]
@@ -397,7 +447,17 @@ async fn main() -> anyhow::Result<()> {
         libc::umask(0o077);
     }
     let cli = Cli::parse();
-    let cfg = config::Config::load(cli.config.as_deref())?;
+    let for_client = !matches!(
+        cli.command,
+        Command::Up(_)
+            | Command::Scheduler(_)
+            | Command::Indexer(_)
+            | Command::Web(_)
+            | Command::Agent(_)
+            | Command::DemoFib
+            | Command::Bench(_)
+    );
+    let cfg = config::Config::load(cli.config.as_deref(), for_client)?;
     // Every command's settings are resolved in `config`, flag > env > file > default.
     let token = cli.token;
     match &cli.command {
@@ -414,6 +474,8 @@ async fn main() -> anyhow::Result<()> {
     if matches!(
         cli.command,
         Command::Apps { .. }
+            | Command::Versions { .. }
+            | Command::Completions { .. }
             | Command::Search { .. }
             | Command::Tail { .. }
             | Command::Trace { .. }
@@ -434,10 +496,54 @@ async fn main() -> anyhow::Result<()> {
         Command::Indexer(args) => serve::indexer(config::indexer(args, &cfg, token), cfg).await,
         Command::Web(args) => serve::web(config::web(args, &cfg, token)?, cfg).await,
         Command::Agent(args) => serve::agent(config::agent(args, &cfg, token)?, cfg).await,
-        Command::Deploy { file, server } => {
-            client::deploy(&config::client(server, &cfg, token), &file).await
+        Command::Deploy { file, wait, server } => {
+            ops::deploy(&config::client(server, &cfg, token)?, &file, &wait).await
         }
-        Command::Apps { server } => client::apps(&config::client(server, &cfg, token)).await,
+        Command::Scale {
+            app,
+            instances,
+            wait,
+            server,
+        } => {
+            ops::scale(
+                &config::client(server, &cfg, token)?,
+                &app,
+                instances,
+                &wait,
+            )
+            .await
+        }
+        Command::Restart { app, wait, server } => {
+            ops::restart(&config::client(server, &cfg, token)?, &app, &wait).await
+        }
+        Command::Kill {
+            task,
+            scale,
+            wait,
+            server,
+        } => ops::kill(&config::client(server, &cfg, token)?, &task, scale, &wait).await,
+        Command::Versions { app, server } => {
+            ops::versions(&config::client(server, &cfg, token)?, &app).await
+        }
+        Command::Rollback {
+            app,
+            version,
+            wait,
+            server,
+        } => {
+            let server = config::client(server, &cfg, token)?;
+            ops::rollback(&server, &app, version.as_deref(), &wait).await
+        }
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "sandtrail",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
+        Command::Apps { server } => client::apps(&config::client(server, &cfg, token)?).await,
         Command::Search {
             query,
             since,
@@ -457,7 +563,7 @@ async fn main() -> anyhow::Result<()> {
                 all,
                 output,
             };
-            client::search(&config::client(server, &cfg, token), &args).await
+            client::search(&config::client(server, &cfg, token)?, &args).await
         }
         Command::Tail {
             apps,
@@ -472,10 +578,10 @@ async fn main() -> anyhow::Result<()> {
                 since,
                 output,
             };
-            client::tail(&config::client(server, &cfg, token), &args).await
+            client::tail(&config::client(server, &cfg, token)?, &args).await
         }
         Command::Trace { id, server } => {
-            client::trace(&config::client(server, &cfg, token), &id).await
+            client::trace(&config::client(server, &cfg, token)?, &id).await
         }
         Command::DemoFib => demo::fib().await.context("demo-fib"),
         Command::Bench(BenchCommand::Ingest(a)) => {

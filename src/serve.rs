@@ -669,6 +669,7 @@ pub async fn up(settings: UpSettings, cfg: Config) -> anyhow::Result<()> {
         scheduler_url: url.clone(),
     })
     .with_token(Some(read_token))
+    .with_deploy_token(Some(deploy_token.clone()))
     .with_keyring(keyring.clone())
     .with_shutdown(http_cancel.clone());
     let sign_in = format!("{url}{}", web.one_time_link(Role::Admin));

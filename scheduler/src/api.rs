@@ -354,18 +354,19 @@ fn versions_view(st: &State, path: &str) -> Option<Result<Value>> {
     }
     let (app, version) = path.rsplit_once("/versions/")?;
     st.app(app)?;
-    let parsed = chrono::DateTime::parse_from_rfc3339(version).map_err(|e| {
+    Some(parse_version(app, version).and_then(|t| st.app_version(app, t).map(version_json)))
+}
+
+/// A version as `GET /v2/apps/{app}/versions` lists it, kept to the millisecond.
+fn parse_version(app: &str, text: &str) -> Result<chrono::DateTime<chrono::Utc>> {
+    let t = chrono::DateTime::parse_from_rfc3339(text).map_err(|e| {
         Error::BadRequest(format!(
-            "version {version:?} is not a timestamp: expected one of GET /v2/apps/{}/versions, such as 2026-11-23T10:00:00.123Z ({e})",
+            "version {text:?} is not a timestamp: expected one of GET /v2/apps/{}/versions, such as 2026-11-23T10:00:00.123Z ({e})",
             app.trim_start_matches('/')
         ))
-    });
-    Some(parsed.and_then(|t| {
-        // Versions are kept to the millisecond, as they are shown.
-        let t = t.with_timezone(&chrono::Utc);
-        let t = chrono::DateTime::from_timestamp_millis(t.timestamp_millis()).unwrap_or(t);
-        st.app_version(app, t).map(version_json)
-    }))
+    })?;
+    let t = t.with_timezone(&chrono::Utc);
+    Ok(chrono::DateTime::from_timestamp_millis(t.timestamp_millis()).unwrap_or(t))
 }
 
 /// The definition part of an app (what a `PUT` body is merged onto).
@@ -418,6 +419,10 @@ pub fn router(scheduler: Scheduler) -> Router {
         .route("/v2/info", get(info))
         .route("/v2/leader", get(leader))
         .route("/v1/agents", get(list_agents))
+        .route(
+            "/v1/agents/{name}/drain",
+            post(drain_agent).delete(undrain_agent),
+        )
         .route_layer(gate_for(&[Role::Read], &[Role::Deploy]));
     let agents = Router::new()
         .route("/v1/agents/register", post(register_agent))
@@ -562,6 +567,13 @@ async fn put_app(
         )]));
     };
     let now = Now::current();
+    // Marathon's rollback: a body of `{"version": V}` alone puts back the definition
+    // the app had at V (as a new version). With other fields beside it `version` is
+    // the read-only field of an app read by `GET` and sent back, and is ignored.
+    if let (1, Some(v)) = (patch.len(), patch.get("version")) {
+        let old = version_of(&s.lock(), &id, v)?;
+        return put_definition(&s, &id, Value::Object(old), now).await;
+    }
     // Marathon's PUT is a partial update: the fields given replace the stored ones.
     let existing = s.lock().app(&id).map(definition_json);
     let merged = match existing {
@@ -573,7 +585,25 @@ async fn put_app(
         }
         None => body.clone(),
     };
-    let def = parse_app(&merged, Some(&id), now.wall_millis())?;
+    put_definition(&s, &id, merged, now).await
+}
+
+/// The definition app `id` had at `version` (a timestamp as `GET .../versions` lists).
+fn version_of(st: &State, id: &str, version: &Value) -> Result<Map<String, Value>> {
+    let Some(text) = version.as_str() else {
+        return Err(Error::BadRequest(format!(
+            "version is {}: expected a timestamp string from GET /v2/apps/{}/versions",
+            describe(version),
+            id.trim_start_matches('/')
+        )));
+    };
+    let t = parse_version(id, text)?;
+    st.app_version(id, t).map(definition_json)
+}
+
+/// Stores `merged` as app `id`'s definition and answers with its deployment.
+async fn put_definition(s: &Scheduler, id: &str, merged: Value, now: Now) -> Result<Response> {
+    let def = parse_app(&merged, Some(id), now.wall_millis())?;
     let (created, dep, version) = {
         let mut st = s.lock();
         let key = def.id.clone();
@@ -840,10 +870,33 @@ async fn list_agents(AxState(s): AxState<Scheduler>) -> Json<Value> {
             if let Some(shipper) = st.shipper_status(&a.name) {
                 v["shipper"] = json!(shipper);
             }
+            v["drained"] = json!(st.drained(&a.name));
             v
         })
         .collect();
     Json(Value::Array(agents))
+}
+
+/// `POST /v1/agents/{name}/drain`: no new tasks on it, its tasks moved elsewhere.
+async fn drain_agent(
+    AxState(s): AxState<Scheduler>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>> {
+    set_drained(s, name, true).await
+}
+
+/// `DELETE /v1/agents/{name}/drain`: the agent takes tasks again.
+async fn undrain_agent(
+    AxState(s): AxState<Scheduler>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>> {
+    set_drained(s, name, false).await
+}
+
+async fn set_drained(s: Scheduler, name: String, drain: bool) -> Result<Json<Value>> {
+    s.lock().set_drained(&name, drain, Now::current())?;
+    s.persist().await?;
+    Ok(Json(json!({ "agent": name, "drained": drain })))
 }
 
 async fn register_agent(AxState(s): AxState<Scheduler>, body: Bytes) -> Result<Json<AgentInfo>> {

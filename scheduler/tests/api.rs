@@ -925,6 +925,128 @@ async fn app_versions_are_listed_newest_first_and_survive_a_restart() {
     server.stop().await;
 }
 
+/// Draining an agent (issue 20): its tasks move to the others, nothing new is placed
+/// on it, it stays drained across a restart, and undraining puts it back in use.
+#[tokio::test]
+async fn a_drained_agent_gets_no_tasks_and_its_tasks_move_elsewhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path()).await;
+    server.register("node-1", "10.0.0.1").await;
+    server.register("node-2", "10.0.0.2").await;
+    let mut app = fib_app();
+    app["instances"] = json!(2);
+    let (code, body) = server.post("/v2/apps", &app).await;
+    assert_eq!(code, 201, "{body}");
+    let on1 = server.heartbeat("node-1", &[]).await;
+    let on2 = server.heartbeat("node-2", &[]).await;
+    assert_eq!((on1.len(), on2.len()), (1, 1), "spread over both");
+
+    let drain = |method: reqwest::Method, agent: &'static str, token: Option<&'static str>| {
+        let server = &server;
+        async move {
+            server
+                .send(
+                    method,
+                    &format!("/v1/agents/{agent}/drain"),
+                    &json!({}),
+                    token,
+                )
+                .await
+        }
+    };
+    assert_eq!(drain(reqwest::Method::POST, "node-1", None).await.0, 401);
+    let (code, body) = drain(reqwest::Method::POST, "node-9", Some(TOKEN)).await;
+    assert_eq!(code, 404, "{body}");
+    let (code, body) = drain(reqwest::Method::POST, "node-1", Some(TOKEN)).await;
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        server.heartbeat("node-1", &[]).await.is_empty(),
+        "moved off node-1"
+    );
+    assert_eq!(
+        server.heartbeat("node-2", &[]).await.len(),
+        2,
+        "onto node-2"
+    );
+    let drained = |agents: &Value, name: &str| {
+        agents
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["name"] == name)
+            .unwrap()["drained"]
+            .clone()
+    };
+    let (_, agents) = server.get("/v1/agents").await;
+    assert_eq!(drained(&agents, "node-1"), json!(true));
+    assert_eq!(drained(&agents, "node-2"), json!(false));
+    server.stop().await;
+
+    let server = Server::start(dir.path()).await;
+    server.register("node-1", "10.0.0.1").await;
+    let (_, agents) = server.get("/v1/agents").await;
+    assert_eq!(
+        drained(&agents, "node-1"),
+        json!(true),
+        "kept across a restart"
+    );
+    let (code, _) = server
+        .send(
+            reqwest::Method::DELETE,
+            "/v1/agents/node-1/drain",
+            &json!({}),
+            Some(TOKEN),
+        )
+        .await;
+    assert_eq!(code, 200);
+    let (_, agents) = server.get("/v1/agents").await;
+    assert_eq!(drained(&agents, "node-1"), json!(false));
+    server.stop().await;
+}
+
+/// Marathon's rollback: `PUT /v2/apps/{id}` with `{"version": V}` alone.
+#[tokio::test]
+async fn a_put_of_a_version_alone_rolls_the_app_back_to_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path()).await;
+    let mut app = fib_app();
+    app["instances"] = json!(1);
+    let (code, created) = server.post("/v2/apps", &app).await;
+    assert_eq!(code, 201, "{created}");
+    let created = created["version"].as_str().unwrap().to_string();
+    let put = |body: Value| {
+        let server = &server;
+        async move {
+            server
+                .send(reqwest::Method::PUT, "/v2/apps/fib", &body, Some(TOKEN))
+                .await
+        }
+    };
+    let (code, body) = put(json!({"instances": 3, "env": {"FIB_MAX": "7"}})).await;
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = put(json!({ "version": created })).await;
+    assert_eq!(code, 200, "{body}");
+    let rolled = body["version"].as_str().unwrap().to_string();
+    assert_ne!(rolled, created, "a rollback is a new version");
+    let (_, now) = server.get("/v2/apps/fib").await;
+    assert_eq!(now["app"]["instances"], 1, "{now}");
+    assert_eq!(now["app"]["env"]["FIB_MAX"], "40", "{now}");
+    let (_, versions) = server.get("/v2/apps/fib/versions").await;
+    assert_eq!(versions["versions"][0], json!(rolled));
+
+    // Bad versions are named; a version beside other fields is the read-only one.
+    let (code, body) = put(json!({"version": "2001-01-01T00:00:00.000Z"})).await;
+    assert_eq!(code, 404, "{body}");
+    let (code, body) = put(json!({"version": "yesterday"})).await;
+    assert_eq!(code, 400, "{body}");
+    assert!(body.to_string().contains("yesterday"), "{body}");
+    let (code, body) = put(json!({"version": 5})).await;
+    assert_eq!(code, 400, "{body}");
+    let (code, body) = put(json!({"version": "yesterday", "instances": 2})).await;
+    assert_eq!(code, 200, "{body}");
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn version_info_tells_scaling_from_config_changes_and_survives_a_restart() {
     let dir = tempfile::tempdir().unwrap();

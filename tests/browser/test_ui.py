@@ -22,6 +22,7 @@ import tempfile
 import threading
 import time
 import unittest
+import urllib.error
 import urllib.parse
 import urllib.request
 from datetime import datetime, timedelta, timezone
@@ -121,6 +122,20 @@ class Cluster:
         )
         with urllib.request.urlopen(req, timeout=30) as resp:
             return json.loads(resp.read())
+
+    def send(self, method, path, body=None):
+        """A call on the APIs with the admin token: (status, parsed answer or None)."""
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(
+            f"{self.web}{path}", data=data, method=method,
+            headers={"x-sandtrail-token": self.token, "content-type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                text = resp.read().decode()
+                return resp.status, json.loads(text) if text.strip() else None
+        except urllib.error.HTTPError as e:
+            return e.code, None
 
     def running_fib_tasks(self):
         _, body = self.get(f"{self.web}/v2/tasks")
@@ -526,6 +541,126 @@ class BrowserTest(unittest.TestCase):
             self.assertEqual(urllib.parse.urlparse(d.current_url).path, "/login")
         finally:
             d.quit()
+
+    def test_13_apps_page_scales_suspends_and_destroys_for_the_deploy_role(self):
+        # An app of its own, so the demo's fib the other tests read is left alone.
+        c = self.cluster
+        status, _ = c.send("POST", "/v2/apps", {"id": "/sleeper", "cmd": "sleep 600",
+                                                "instances": 1, "cpus": 0.05, "mem": 16})
+        self.assertEqual(status, 201)
+
+        def card():
+            for sec in self.q("section.app-card"):
+                if sec.find_element(By.TAG_NAME, "h2").text.strip("/") == "sleeper":
+                    return sec
+            return None
+
+        def instances():
+            return c.send("GET", "/v2/apps/sleeper")[1]["app"]["instances"]
+
+        self.open("/apps")
+        box = wait_for("sleeper's card", card).find_element(By.CSS_SELECTOR, ".instances-input")
+        box.clear()
+        box.send_keys("2")
+        card().find_element(By.CSS_SELECTOR, ".scale-button").click()
+        wait_for("the scale to reach the scheduler", lambda: instances() == 2)
+        wait_for("back on the apps page", lambda: urllib.parse.urlparse(self.driver.current_url).path == "/apps")
+        def reloaded_shows(text):
+            self.open("/apps")
+            sec = card()
+            return sec is not None and text in sec.text
+
+        wait_for("2 of 2 running", lambda: reloaded_shows("2/2 running"))
+        self.shoot("apps-actions")
+        card().find_element(By.CSS_SELECTOR, ".suspend-button").click()
+        wait_for("the suspend", lambda: instances() == 0)
+        # Destroy asks for the name typed again; a wrong one changes nothing.
+        wait_for("sleeper's card", card).find_element(By.CSS_SELECTOR, "details.destroy summary").click()
+        card().find_element(By.CSS_SELECTOR, ".confirm-input").send_keys("sleepy")
+        card().find_element(By.CSS_SELECTOR, ".destroy-button").click()
+        wait_for("the refusal", lambda: "confirm" in self.driver.find_element(By.TAG_NAME, "body").text)
+        self.assertEqual(instances(), 0, "not destroyed")
+        self.open("/apps")
+        wait_for("sleeper's card", card).find_element(By.CSS_SELECTOR, "details.destroy summary").click()
+        card().find_element(By.CSS_SELECTOR, ".confirm-input").send_keys("sleeper")
+        card().find_element(By.CSS_SELECTOR, ".destroy-button").click()
+        wait_for("the destroy", lambda: c.send("GET", "/v2/apps/sleeper")[0] == 404)
+        wait_for("the card to go", lambda: urllib.parse.urlparse(self.driver.current_url).path == "/apps"
+                 and card() is None)
+        # A reader sees the apps without a single button.
+        d = new_driver()
+        try:
+            d.get(c.web + "/login")
+            d.find_element(By.ID, "token").send_keys(c.read_token, Keys.ENTER)
+            wait_for("the sign-in", lambda: urllib.parse.urlparse(d.current_url).path == "/")
+            d.get(c.web + "/apps")
+            wait_for("the fib app", lambda: "fib" in d.find_element(By.TAG_NAME, "main").text)
+            self.assertEqual(d.find_elements(By.CSS_SELECTOR, ".app-actions, form[action='/apps/action']"), [])
+        finally:
+            d.quit()
+
+    def test_14_edit_an_app_as_json_see_errors_in_place_and_roll_back(self):
+        c = self.cluster
+        status, _ = c.send("POST", "/v2/apps", {"id": "/edited", "cmd": "sleep 600",
+                                                "instances": 1, "cpus": 0.05, "mem": 16})
+        self.assertEqual(status, 201)
+
+        def app():
+            return c.send("GET", "/v2/apps/edited")[1]["app"]
+
+        self.open("/apps/edit?app=edited")
+        area = wait_for("the editor", lambda: self.q("textarea.app-json"))[0]
+        self.assertEqual(json.loads(area.get_attribute("value"))["cmd"], "sleep 600")
+        # What the scheduler refuses comes back listed, the text kept as typed.
+        bad = '{"cmd": "sleep 600", "instances": -1, "mem": "lots"}'
+        area.clear()
+        area.send_keys(bad)
+        self.q(".save-button")[0].click()
+        errors = wait_for("the scheduler's reasons", lambda: self.q(".edit-errors li"))
+        text = " ".join(e.text for e in errors)
+        self.assertIn("instances", text)
+        self.assertIn("mem", text)
+        self.assertEqual(self.q("textarea.app-json")[0].get_attribute("value"), bad)
+        self.assertEqual(app()["instances"], 1, "refused means unchanged")
+        self.shoot("edit-errors")
+        area = self.q("textarea.app-json")[0]
+        area.clear()
+        area.send_keys('{"cmd": "sleep 601"}')
+        self.q(".save-button")[0].click()
+        wait_for("the edit to land", lambda: app()["cmd"] == "sleep 601")
+        # The older version shows what differs and rolls back.
+        self.open("/apps/edit?app=edited")
+        rows = wait_for("the versions", lambda: self.q("main tr.version"))
+        self.assertEqual(len(rows), 2, [r.text for r in rows])
+        self.assertIn('cmd: "sleep 600" → "sleep 601"', rows[1].text)
+        self.shoot("versions")
+        rows[1].find_element(By.CSS_SELECTOR, ".rollback-button").click()
+        wait_for("the roll back", lambda: app()["cmd"] == "sleep 600")
+        c.send("DELETE", "/v2/apps/edited")
+
+    def test_15_drain_a_host_moves_its_tasks(self):
+        c = self.cluster
+        self.open("/hosts")
+        rows = wait_for("the hosts", lambda: self.q("table.hosts tbody tr"))
+        node = next(r for r in rows if r.find_element(By.CSS_SELECTOR, "td.host").text == "node-3")
+        node.find_element(By.CSS_SELECTOR, ".drain-button").click()
+
+        def on_node3():
+            return [t for t in c.running_fib_tasks() if t.get("host") == "node-3"]
+
+        try:
+            wait_for("fib's tasks to leave node-3", lambda: not on_node3() and len(c.running_fib_tasks()) == 3)
+            self.open("/hosts")
+            row = wait_for("node-3 drained", lambda: next(
+                (r for r in self.q("table.hosts tbody tr")
+                 if r.find_element(By.CSS_SELECTOR, "td.host").text == "node-3"
+                 and "drained" in r.text), None))
+            self.assertEqual(row.find_element(By.CSS_SELECTOR, ".drain-button").text, "Undrain")
+            self.shoot("hosts-drained")
+            row.find_element(By.CSS_SELECTOR, ".drain-button").click()
+            wait_for("node-3 undrained", lambda: not c.send("GET", "/v1/agents")[1][2]["drained"])
+        finally:
+            c.send("DELETE", "/v1/agents/node-3/drain")
 
     def test_10_search_and_trace_work_without_javascript(self):
         opts = webdriver.ChromeOptions()

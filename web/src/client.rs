@@ -274,6 +274,9 @@ pub struct Agent {
     /// Unreadable figures count as none: the page still lists the host.
     #[serde(default, deserialize_with = "lenient")]
     pub shipper: Option<ShipperStatus>,
+    /// Drained by an operator: no new tasks, its tasks moved elsewhere.
+    #[serde(default, deserialize_with = "lenient")]
+    pub drained: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize)]
@@ -411,7 +414,7 @@ impl Client {
     pub async fn tail(&self, q: &str) -> Result<reqwest::Response> {
         let url = format!("{}/api/v1/tail", self.indexer);
         let resp = self
-            .request(&url, &[("q", q)])
+            .request(reqwest::Method::GET, &url, &[("q", q)])
             .header(reqwest::header::ACCEPT, "text/event-stream")
             .send()
             .await
@@ -444,6 +447,34 @@ impl Client {
         })
     }
 
+    /// `GET /v2/apps/{app}/versions`: newest first.
+    pub async fn app_versions(&self, app: &str) -> Result<Vec<String>> {
+        let path = format!("/v2/apps/{}/versions", app.trim_matches('/'));
+        let body: serde_json::Value = self.get_json(Service::Scheduler, &path, &[]).await?;
+        Ok(body["versions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str().map(String::from))
+            .collect())
+    }
+
+    /// `GET /v2/apps/{app}/versions/{version}`: the definition at that version.
+    pub async fn app_version(&self, app: &str, version: &str) -> Result<serde_json::Value> {
+        let path = format!("/v2/apps/{}/versions/{version}", app.trim_matches('/'));
+        self.get_json(Service::Scheduler, &path, &[]).await
+    }
+
+    /// `GET /v2/deployments` and `GET /v2/queue`, as the scheduler answers them: the
+    /// Apps page reads a field or two of each.
+    pub async fn deployments_and_queue(&self) -> Result<(serde_json::Value, serde_json::Value)> {
+        let (d, q) = tokio::join!(
+            self.get_json(Service::Scheduler, "/v2/deployments", &[]),
+            self.get_json(Service::Scheduler, "/v2/queue", &[]),
+        );
+        Ok((d?, q?))
+    }
+
     /// `GET /v1/agents`.
     pub async fn agents(&self) -> Result<Vec<Agent>> {
         let body: AgentsBody = self.get_json(Service::Scheduler, "/v1/agents", &[]).await?;
@@ -452,8 +483,26 @@ impl Client {
         })
     }
 
-    fn request(&self, url: &str, query: &[(&str, &str)]) -> reqwest::RequestBuilder {
-        let mut req = self.http.get(url).query(query);
+    /// A change on the scheduler's Marathon API (`PUT`, `POST`, `DELETE` under
+    /// `/v2/apps`): its answer. A refusal (422 with the scheduler's reasons) comes back
+    /// as [`Error::UpstreamStatus`] with the scheduler's body.
+    pub async fn change(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<serde_json::Value> {
+        self.call_json(method, Service::Scheduler, path, &[], body)
+            .await
+    }
+
+    fn request(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        query: &[(&str, &str)],
+    ) -> reqwest::RequestBuilder {
+        let mut req = self.http.request(method, url).query(query);
         if let Some(token) = &self.token {
             req = req.header(TOKEN_HEADER, token.as_ref());
         }
@@ -465,6 +514,20 @@ impl Client {
         service: Service,
         path: &str,
         query: &[(&str, &str)],
+    ) -> Result<T> {
+        self.call_json(reqwest::Method::GET, service, path, query, None)
+            .await
+    }
+
+    /// One call, tried on each scheduler URL in turn while they refuse connections
+    /// (schedulers in HA all answer or forward to the leader).
+    async fn call_json<T: DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        service: Service,
+        path: &str,
+        query: &[(&str, &str)],
+        body: Option<&serde_json::Value>,
     ) -> Result<T> {
         let tries = match service {
             Service::Indexer => 1,
@@ -478,12 +541,13 @@ impl Client {
             };
             let url = format!("{base}{path}");
             tried += 1;
-            match self
-                .request(&url, query)
-                .timeout(REQUEST_TIMEOUT)
-                .send()
-                .await
-            {
+            let mut req = self
+                .request(method.clone(), &url, query)
+                .timeout(REQUEST_TIMEOUT);
+            if let Some(b) = body {
+                req = req.json(b);
+            }
+            match req.send().await {
                 Ok(resp) => break (url, resp),
                 Err(e) if e.is_connect() && tried < tries => self.scheduler.failed(at),
                 Err(source) => {
@@ -503,6 +567,11 @@ impl Client {
         let status = resp.status();
         let body = resp.bytes().await.map_err(unreachable)?;
         if !status.is_success() {
+            let change = method != reqwest::Method::GET;
+            let ours = matches!(status.as_u16(), 401 | 403);
+            if change && status.is_client_error() && !ours {
+                return Err(refused(status, &body));
+            }
             return Err(status_error(service, url, status, &body));
         }
         serde_json::from_slice(&body).map_err(|source| Error::Decode {
@@ -528,6 +597,29 @@ fn status_error(service: Service, url: String, status: reqwest::StatusCode, body
         url,
         status: status.as_u16(),
         body: quote_body(body),
+    }
+}
+
+/// A change the scheduler refused, with its reasons: Marathon's `{"message",
+/// "details": [{"errors": [...]}]}` (every problem of an invalid app), else the body.
+fn refused(status: reqwest::StatusCode, body: &[u8]) -> Error {
+    let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    let mut reasons: Vec<String> = v["details"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|d| d["errors"].as_array().cloned().unwrap_or_default())
+        .filter_map(|e| e.as_str().map(String::from))
+        .collect();
+    if reasons.is_empty() {
+        reasons.push(match v["message"].as_str() {
+            Some(m) => m.to_string(),
+            None => quote_body(body),
+        });
+    }
+    Error::Refused {
+        status: status.as_u16(),
+        reasons,
     }
 }
 

@@ -58,6 +58,10 @@ pub enum Error {
     /// Too many live-tail streams open.
     #[error("{0}")]
     Busy(String),
+    /// The scheduler refused a change (an invalid app, an unknown one, a conflict):
+    /// its reasons, every one, shown where the change was asked for.
+    #[error("the scheduler refused the change: {}", reasons.join("; "))]
+    Refused { status: u16, reasons: Vec<String> },
     /// A cross-site form post (sign-in or sign-out from another origin).
     #[error("cross-site request refused: origin {0:?} is not this site")]
     CrossSite(String),
@@ -104,6 +108,9 @@ impl Error {
             Error::Unauthorized => StatusCode::UNAUTHORIZED,
             Error::Forbidden(_) | Error::CrossSite(_) => StatusCode::FORBIDDEN,
             Error::Busy(_) => StatusCode::TOO_MANY_REQUESTS,
+            Error::Refused { status, .. } => {
+                StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_REQUEST)
+            }
         }
     }
 

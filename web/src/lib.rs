@@ -55,6 +55,10 @@ pub(crate) struct AppState {
     /// Live-tail streams open at once through the UI.
     pub(crate) tail_limit: protocol::http::Limit,
     pub(crate) client: client::Client,
+    /// What the Apps page's buttons change apps with (for deploy-role users only):
+    /// the UI's own token unless [`Web::with_deploy_token`] gave a wider one, so the
+    /// reads keep running with the least they need.
+    pub(crate) deployer: client::Client,
     pub(crate) metrics: Arc<Metrics>,
     /// Cancelled at shutdown; ends the proxied tail streams, which would otherwise keep
     /// a graceful shutdown waiting forever.
@@ -71,6 +75,7 @@ impl Web {
                     axum::response::IntoResponse::into_response(Error::from(b))
                 }),
                 client: client::Client::new(&config.indexer_url, &config.scheduler_url, None),
+                deployer: client::Client::new(&config.indexer_url, &config.scheduler_url, None),
                 metrics: Arc::default(),
                 shutdown: CancellationToken::new(),
             }),
@@ -100,7 +105,16 @@ impl Web {
     /// Sends `token` (`x-sandtrail-token`) on every call to the indexer and the
     /// scheduler: the UI's own credential, a read token is enough.
     pub fn with_token(self, token: Option<String>) -> Web {
-        self.with_state(|st| st.client = st.client.with_token(token))
+        self.with_state(|st| {
+            st.deployer = st.client.with_token(token.clone());
+            st.client = st.client.with_token(token);
+        })
+    }
+
+    /// The token the Apps page's buttons use to change apps on the scheduler (a
+    /// deploy token; only users with the deploy role reach those buttons).
+    pub fn with_deploy_token(self, token: Option<String>) -> Web {
+        self.with_state(|st| st.deployer = st.client.with_token(token))
     }
 
     /// Ends every open live-tail stream when `token` is cancelled, so a graceful

@@ -15,6 +15,43 @@ impl State {
         self.agents.values().map(|a| a.info.clone()).collect()
     }
 
+    /// Whether an operator drained this agent.
+    pub fn drained(&self, name: &str) -> bool {
+        self.drained.contains(name)
+    }
+
+    /// Drains an agent (`drain`) or puts it back in use. A drained agent gets no new
+    /// task, and its tasks are killed and placed again elsewhere: killed first, so an
+    /// app briefly runs one instance short, as when an agent is lost; a replacement
+    /// that fits nowhere else waits in the queue saying so.
+    pub fn set_drained(&mut self, name: &str, drain: bool, now: Now) -> Result<()> {
+        if !self.agents.contains_key(name) && !self.known_agents.contains(name) {
+            return Err(Error::UnknownAgent(name.to_string()));
+        }
+        let changed = if drain {
+            self.drained.insert(name.to_string())
+        } else {
+            self.drained.remove(name)
+        };
+        if changed {
+            self.generation += 1;
+            info!(agent = name, drain, "agent drain changed");
+        }
+        if drain {
+            let on_it: Vec<String> = self
+                .tasks
+                .values()
+                .filter(|t| t.agent == name)
+                .map(|t| t.id.clone())
+                .collect();
+            for t in on_it {
+                self.kill(&t, "its agent is drained", now);
+            }
+        }
+        self.place(now);
+        Ok(())
+    }
+
     /// Registers an agent that offers no port ranges (see [`State::register`]).
     pub fn register_agent(&mut self, info: AgentInfo, now: Now) -> Result<AgentInfo> {
         self.register(info, Vec::new(), now)

@@ -223,6 +223,9 @@ pub struct State {
     tasks: BTreeMap<String, Task>,
     agents: BTreeMap<String, Agent>,
     known_agents: BTreeSet<String>,
+    /// Agents an operator drained (`POST /v1/agents/{name}/drain`): nothing is placed
+    /// on them; kept across restarts.
+    drained: BTreeSet<String>,
     agent_timeout: Duration,
     hold: Option<Hold>,
     /// Bumped on every change of what is persisted.
@@ -273,6 +276,7 @@ impl State {
             })
             .collect();
         let known_agents: BTreeSet<String> = saved.agents.into_iter().collect();
+        let drained: BTreeSet<String> = saved.drained.into_iter().collect();
         let hold = (!apps.is_empty() && !known_agents.is_empty()).then(|| Hold {
             until: now.at + agent_timeout,
             waiting_for: known_agents.clone(),
@@ -282,6 +286,7 @@ impl State {
             tasks: BTreeMap::new(),
             agents: BTreeMap::new(),
             known_agents,
+            drained,
             agent_timeout,
             hold,
             generation: 0,
@@ -378,6 +383,7 @@ impl State {
                 .values()
                 .map(|a| (a.def.id.clone(), a.versions.clone()))
                 .collect(),
+            drained: self.drained.iter().cloned().collect(),
         };
         (self.generation, saved)
     }

@@ -419,10 +419,14 @@ impl State {
         let active: Vec<&Agent> = self
             .agents
             .values()
-            .filter(|a| a.info.state == AGENT_ACTIVE)
+            .filter(|a| a.info.state == AGENT_ACTIVE && !self.drained.contains(&a.info.name))
             .collect();
         if active.is_empty() {
-            return Err("no active agent".into());
+            return Err(if self.drained.is_empty() {
+                "no active agent".into()
+            } else {
+                "no active agent that is not drained".into()
+            });
         }
         // A Docker app's task can only run where a node reaches a Docker engine.
         let active: Vec<&Agent> = if def.runs_image() {

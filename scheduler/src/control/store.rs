@@ -44,6 +44,9 @@ pub struct Saved {
     /// Per app id, its kept definitions, oldest first (the current one included).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub versions: BTreeMap<String, Vec<AppDef>>,
+    /// Agents drained by an operator: no task is placed on them until undrained.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drained: Vec<String>,
 }
 
 /// Where the control plane's state is kept.
@@ -201,6 +204,7 @@ mod tests {
             apps: vec![app("/fib"), app("/prod/fib")],
             agents: vec!["node-1".into()],
             versions: [("/fib".to_string(), vec![app("/fib")])].into(),
+            drained: vec!["node-2".into()],
         };
         store.save(1, saved.clone()).await.unwrap();
         let back = FileStore::new(dir.path().join("state.json"))

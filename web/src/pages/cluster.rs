@@ -54,6 +54,10 @@ pub(crate) struct AppView {
     search_href: String,
     tail_href: String,
     tasks: Vec<TaskView>,
+    /// The deployment in progress, as its action (`ScaleApplication`...).
+    deploying: Option<String>,
+    /// Why tasks wait in the queue, as the scheduler says.
+    waiting: Option<String>,
 }
 
 #[derive(Template)]
@@ -61,6 +65,8 @@ pub(crate) struct AppView {
 struct AppsPage {
     nav: &'static str,
     apps: Vec<AppView>,
+    /// The caller has the deploy role: the buttons are shown.
+    can_deploy: bool,
     notice: Option<String>,
 }
 
@@ -79,6 +85,7 @@ pub(crate) struct AgentView {
     /// `None` when the agent reported no shipper figures.
     shipper: Option<ShipperView>,
     search_href: String,
+    drained: bool,
 }
 
 /// The log shipping column of one host: how close its tasks' logs are to their
@@ -110,6 +117,8 @@ pub(crate) struct ShipperView {
 struct HostsPage {
     nav: &'static str,
     agents: Vec<AgentView>,
+    /// The caller has the deploy role: the drain buttons are shown.
+    can_deploy: bool,
     notice: Option<String>,
 }
 
@@ -303,11 +312,20 @@ fn fail(state: &AppState, e: Error) -> Error {
     e
 }
 
-pub(crate) async fn apps(State(state): State<Arc<AppState>>) -> Result<Response> {
+pub(crate) async fn apps(
+    State(state): State<Arc<AppState>>,
+    caller: Option<axum::Extension<protocol::http::Caller>>,
+) -> Result<Response> {
     state.metrics.hit(Page::Apps);
-    let (apps, tasks) = tokio::join!(state.client.apps(), state.client.tasks());
+    let (apps, tasks, progress) = tokio::join!(
+        state.client.apps(),
+        state.client.tasks(),
+        state.client.deployments_and_queue()
+    );
     let apps = apps.map_err(|e| fail(&state, e))?;
     let (tasks, notice) = tasks_or_notice(&state, tasks);
+    // Extra detail like the tasks: without it the page still shows the apps.
+    let (deployments, queue) = progress.unwrap_or_default();
 
     let mut by_app: BTreeMap<&str, Vec<&MarathonTask>> = BTreeMap::new();
     for t in &tasks {
@@ -341,6 +359,8 @@ pub(crate) async fn apps(State(state): State<Arc<AppState>>) -> Result<Response>
                 resources: format!("cpus {} · mem {} MB", a.cpus, a.mem),
                 cmd: a.cmd.clone().unwrap_or_default(),
                 tasks,
+                deploying: deployment_of(&deployments, &a.id),
+                waiting: queue_reason(&queue, &a.id),
                 name,
             }
         })
@@ -349,9 +369,36 @@ pub(crate) async fn apps(State(state): State<Arc<AppState>>) -> Result<Response>
     let page = AppsPage {
         nav: "apps",
         apps: views,
+        can_deploy: super::actions::may_deploy(caller.as_ref()),
         notice,
     };
     Ok(render("apps", &page)?.into_response())
+}
+
+/// The action of app `id`'s deployment in progress (Marathon's `GET /v2/deployments`).
+fn deployment_of(deployments: &serde_json::Value, id: &str) -> Option<String> {
+    let key = format!("/{}", id.trim_matches('/'));
+    deployments.as_array()?.iter().find_map(|d| {
+        let actions = d["currentActions"].as_array()?;
+        actions
+            .iter()
+            .find(|a| a["app"].as_str() == Some(key.as_str()))
+            .and_then(|a| a["action"].as_str())
+            .map(String::from)
+    })
+}
+
+/// Why app `id` waits in the queue (Marathon's `GET /v2/queue`, our `message`).
+fn queue_reason(queue: &serde_json::Value, id: &str) -> Option<String> {
+    let key = format!("/{}", id.trim_matches('/'));
+    queue["queue"].as_array()?.iter().find_map(|q| {
+        (q["app"]["id"].as_str() == Some(key.as_str())).then(|| {
+            q["message"]
+                .as_str()
+                .unwrap_or("waiting to be placed")
+                .to_string()
+        })
+    })
 }
 
 fn task_view(t: &MarathonTask, checks: usize) -> TaskView {
@@ -385,7 +432,10 @@ fn task_view(t: &MarathonTask, checks: usize) -> TaskView {
     }
 }
 
-pub(crate) async fn hosts(State(state): State<Arc<AppState>>) -> Result<Response> {
+pub(crate) async fn hosts(
+    State(state): State<Arc<AppState>>,
+    caller: Option<axum::Extension<protocol::http::Caller>>,
+) -> Result<Response> {
     state.metrics.hit(Page::Hosts);
     let (agents, tasks) = tokio::join!(state.client.agents(), state.client.tasks());
     let mut agents = agents.map_err(|e| fail(&state, e))?;
@@ -395,8 +445,9 @@ pub(crate) async fn hosts(State(state): State<Arc<AppState>>) -> Result<Response
     let now = Utc::now();
     let views = agents
         .iter()
-        .map(|agent| (&agent.info, agent.used, agent.shipper.as_ref()))
-        .map(|(a, used, shipper)| AgentView {
+        .map(|agent| (agent, &agent.info, agent.used, agent.shipper.as_ref()))
+        .map(|(agent, a, used, shipper)| AgentView {
+            drained: agent.drained,
             name: a.name.clone(),
             address: a.address.clone(),
             router_url: a.router_url.clone(),
@@ -427,6 +478,7 @@ pub(crate) async fn hosts(State(state): State<Arc<AppState>>) -> Result<Response
     let page = HostsPage {
         nav: "hosts",
         agents: views,
+        can_deploy: super::actions::may_deploy(caller.as_ref()),
         notice,
     };
     Ok(render("hosts", &page)?.into_response())

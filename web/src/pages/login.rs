@@ -230,7 +230,7 @@ fn safe_next(next: Option<&str>) -> String {
 
 /// A form post from another origin is refused: SameSite keeps the cookie off it, but a
 /// cross-site sign-in would still plant the attacker's session (login CSRF).
-fn same_origin(headers: &HeaderMap) -> Result<(), Error> {
+pub(crate) fn same_origin(headers: &HeaderMap) -> Result<(), Error> {
     let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
         return Ok(());
     };

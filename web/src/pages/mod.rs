@@ -8,6 +8,7 @@
 //! when the binary merges all routers onto one listener.
 
 mod access;
+mod actions;
 mod cluster;
 mod context;
 mod download;
@@ -54,7 +55,13 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/tail/{app}", get(tail::page))
         .route("/trace/{id}", get(trace::page))
         .route("/apps", get(cluster::apps))
+        .route("/apps/action", axum::routing::post(actions::act))
+        .route(
+            "/apps/edit",
+            get(actions::edit_page).post(actions::edit_submit),
+        )
         .route("/hosts", get(cluster::hosts))
+        .route("/hosts/action", axum::routing::post(actions::host_act))
         .route("/login", get(login::page).post(login::submit))
         .route("/logout", axum::routing::post(login::logout))
         .route("/static/app.css", get(css))
