@@ -18,10 +18,17 @@ const SESSION_MS: u64 = 1500;
 /// What the binary exits with after losing the lead (src/serve.rs).
 const EXIT_LOST_LEADERSHIP: i32 = 75;
 /// The tasks' command, `sleep` of an odd length so their pids can be found in /proc.
-const TASK_SLEEP: u32 = 86_417;
+/// Each cluster's tasks sleep a number of seconds of their own, by which its test finds
+/// their processes: the tests of this file run in parallel, and with one shared number
+/// one test counted (and killed) another's task.
+static NEXT_SLEEP: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(86_417);
+
+fn unique_sleep() -> u32 {
+    NEXT_SLEEP.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
 
 /// Pids of the tasks' `sleep` processes.
-fn task_pids() -> Vec<u32> {
+fn task_pids(sleep: u32) -> Vec<u32> {
     let mut pids: Vec<u32> = std::fs::read_dir("/proc")
         .into_iter()
         .flatten()
@@ -29,7 +36,7 @@ fn task_pids() -> Vec<u32> {
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| {
             std::fs::read(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|c| c == format!("sleep\0{TASK_SLEEP}\0").as_bytes())
+                .is_ok_and(|c| c == format!("sleep\0{sleep}\0").as_bytes())
         })
         .collect();
     pids.sort();
@@ -37,10 +44,10 @@ fn task_pids() -> Vec<u32> {
 }
 
 /// Kills the tasks, which outlive their agent by design.
-struct KillTasks;
+struct KillTasks(u32);
 impl Drop for KillTasks {
     fn drop(&mut self) {
-        for pid in task_pids() {
+        for pid in task_pids(self.0) {
             let _ = std::process::Command::new("kill")
                 .args(["-9", &pid.to_string()])
                 .status();
@@ -59,6 +66,8 @@ struct Ha {
     dir: tempfile::TempDir,
     members: Vec<Member>,
     http: reqwest::Client,
+    /// What this cluster's tasks sleep (see [`unique_sleep`]).
+    sleep: u32,
 }
 
 impl Ha {
@@ -70,6 +79,7 @@ impl Ha {
             dir,
             members: Vec::new(),
             http: common::client_with_token(TOKEN)?,
+            sleep: unique_sleep(),
         };
         for i in 0..n {
             ha.add(i)?;
@@ -151,7 +161,7 @@ impl Ha {
         Ok(self
             .http
             .post(format!("{}/v2/apps", self.members[via].url))
-            .json(&json!({"id": id, "cmd": format!("sleep {TASK_SLEEP}"), "instances": 1, "cpus": 0.1, "mem": 16}))
+            .json(&json!({"id": id, "cmd": format!("sleep {}", self.sleep), "instances": 1, "cpus": 0.1, "mem": 16}))
             .send()
             .await?)
     }
@@ -212,8 +222,10 @@ async fn kill_and_time_failover(ha: &mut Ha, app: &str) -> anyhow::Result<(usize
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_of_the_leader_fails_over_with_the_state_and_followers_forward() -> anyhow::Result<()>
 {
-    let _kill = KillTasks;
+    // Declared first so that it drops last, after the agent.
+    let _kill: KillTasks;
     let mut ha = Ha::start(3)?;
+    _kill = KillTasks(ha.sleep);
     let leader = ha.leader(Duration::from_secs(30)).await?;
     let follower = ha.follower(leader);
     // An agent that knows every scheduler, starting with the one about to die.
@@ -233,7 +245,7 @@ async fn kill9_of_the_leader_fails_over_with_the_state_and_followers_forward() -
     assert_eq!(r.status(), 201, "{}", r.text().await?);
     assert_eq!(ha.apps(follower).await?, vec!["/before"]);
     let running = ha.running(follower, Duration::from_secs(30)).await?;
-    let pids = task_pids();
+    let pids = task_pids(ha.sleep);
     assert_eq!(pids.len(), 1, "one task process: {pids:?}");
     // A request that was already forwarded once is refused, not bounced around.
     let r = ha
@@ -285,7 +297,7 @@ async fn kill9_of_the_leader_fails_over_with_the_state_and_followers_forward() -
         running[0]
     );
     assert_eq!(
-        task_pids()[0],
+        task_pids(ha.sleep)[0],
         pids[0],
         "the task's process was not restarted"
     );
@@ -294,8 +306,9 @@ async fn kill9_of_the_leader_fails_over_with_the_state_and_followers_forward() -
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_leader_still_detects_a_lost_agent_and_replaces_its_task() -> anyhow::Result<()> {
-    let _kill = KillTasks;
+    let _kill: KillTasks;
     let mut ha = Ha::start(2)?;
+    _kill = KillTasks(ha.sleep);
     let leader = ha.leader(Duration::from_secs(30)).await?;
     // These agents find the schedulers through ZooKeeper (`--scheduler zk://...`).
     let list = ha.zk.url("sandtrail");
@@ -493,6 +506,7 @@ async fn a_follower_whose_leader_is_unreachable_answers_503_saying_so() -> anyho
         dir: tempfile::tempdir()?,
         members: Vec::new(),
         http: common::client_with_token(TOKEN)?,
+        sleep: unique_sleep(),
     };
     ha.add(0)?;
     let url = &ha.members[0].url;
