@@ -542,7 +542,7 @@ class BrowserTest(unittest.TestCase):
         finally:
             d.quit()
 
-    def test_13_apps_page_scales_suspends_and_destroys_for_the_deploy_role(self):
+    def test_18_apps_page_scales_suspends_and_destroys_for_the_deploy_role(self):
         # An app of its own, so the demo's fib the other tests read is left alone.
         c = self.cluster
         status, _ = c.send("POST", "/v2/apps", {"id": "/sleeper", "cmd": "sleep 600",
@@ -599,7 +599,7 @@ class BrowserTest(unittest.TestCase):
         finally:
             d.quit()
 
-    def test_14_edit_an_app_as_json_see_errors_in_place_and_roll_back(self):
+    def test_19_edit_an_app_as_json_see_errors_in_place_and_roll_back(self):
         c = self.cluster
         status, _ = c.send("POST", "/v2/apps", {"id": "/edited", "cmd": "sleep 600",
                                                 "instances": 1, "cpus": 0.05, "mem": 16})
@@ -638,7 +638,7 @@ class BrowserTest(unittest.TestCase):
         wait_for("the roll back", lambda: app()["cmd"] == "sleep 600")
         c.send("DELETE", "/v2/apps/edited")
 
-    def test_15_drain_a_host_moves_its_tasks(self):
+    def test_20_drain_a_host_moves_its_tasks(self):
         c = self.cluster
         self.open("/hosts")
         rows = wait_for("the hosts", lambda: self.q("table.hosts tbody tr"))
