@@ -685,20 +685,10 @@ async fn forward(AxState(f): AxState<Front>, mut req: Request) -> Response {
     }
 }
 
-/// Headers of one connection, not of the request: never forwarded (RFC 9110 7.6.1).
+/// Headers of one connection, not of the request: never forwarded (RFC 9110 7.6.1);
+/// the router's list.
 fn hop_by_hop(name: &axum::http::HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "proxy-authenticate"
-            | "proxy-authorization"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-    )
+    crate::proxy::HOP_BY_HOP.contains(&name.as_str())
 }
 
 #[cfg(test)]

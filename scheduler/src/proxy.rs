@@ -67,8 +67,9 @@ const ACCESS_BATCH_BYTES: usize = 1 << 20;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Headers that describe one connection, not the message; never forwarded.
-const HOP_BY_HOP: &[&str] = &[
+/// Headers that describe one connection, not the message; never forwarded (by the
+/// router, nor by a follower scheduler forwarding to its leader).
+pub(crate) const HOP_BY_HOP: &[&str] = &[
     "connection",
     "keep-alive",
     "proxy-authenticate",
