@@ -7,48 +7,25 @@
 mod common;
 
 use anyhow::Context;
-use common::{client_with_token, Proc};
+use common::client_with_token;
 use serde_json::{json, Value};
 use std::path::Path;
 use std::process::{Command, Output};
 
-/// A `sandtrail up` without the demo, its URL and admin token.
-struct Up {
-    _proc: Proc,
-    url: String,
-    token: String,
-    dir: tempfile::TempDir,
+/// A `sandtrail up` with two agents and no demo (the shared harness's), and the
+/// client steps these tests take against it.
+struct Up(common::Up);
+
+impl std::ops::Deref for Up {
+    type Target = common::Up;
+    fn deref(&self) -> &common::Up {
+        &self.0
+    }
 }
 
 impl Up {
     fn start() -> anyhow::Result<Up> {
-        let dir = tempfile::tempdir()?;
-        let args: Vec<String> = [
-            "up",
-            "--listen",
-            "127.0.0.1:0",
-            "--router-listen",
-            "127.0.0.1:0",
-            "--agents",
-            "2",
-            "--no-demo",
-            "--data-dir",
-        ]
-        .map(String::from)
-        .into_iter()
-        .chain([dir.path().to_str().context("utf-8 temp dir")?.to_string()])
-        .collect();
-        let mut proc = Proc::spawn("up", dir.path(), &args, &[], |_| {})?.term_on_drop();
-        let url = proc.printed(&["web UI:"])?.remove(0);
-        let token = std::fs::read_to_string(dir.path().join("token"))?
-            .trim()
-            .to_string();
-        Ok(Up {
-            _proc: proc,
-            url: url.trim_end_matches('/').to_string(),
-            token,
-            dir,
-        })
+        Ok(Up(common::Up::start_with(&["--agents", "2", "--no-demo"])?))
     }
 
     /// `sandtrail ARGS` run in a directory of its own (no ./sandtrail.toml, no
@@ -58,7 +35,7 @@ impl Up {
             &self.dir.path().join("client"),
             args,
             &[
-                ("SANDTRAIL_SERVER", &self.url),
+                ("SANDTRAIL_SERVER", &self.web),
                 ("SANDTRAIL_TOKEN", &self.token),
             ],
         )
@@ -101,7 +78,7 @@ impl Up {
 
     async fn app(&self, id: &str) -> anyhow::Result<Value> {
         let body: Value = client_with_token(&self.token)?
-            .get(format!("{}/v2/apps/{id}", self.url))
+            .get(format!("{}/v2/apps/{id}", self.web))
             .send()
             .await?
             .json()
@@ -252,7 +229,7 @@ async fn clients_find_the_cluster_by_flag_env_file_then_default() -> anyhow::Res
         user_dir.join("sandtrail.toml"),
         format!(
             "[client]\nserver = \"{}\"\ntoken_file = {:?}\n",
-            up.url,
+            up.web,
             token_file.display().to_string()
         ),
     )?;
@@ -274,7 +251,7 @@ async fn clients_find_the_cluster_by_flag_env_file_then_default() -> anyhow::Res
         out.as_ref().is_err_and(|e| e.contains("127.0.0.1:9")),
         "{out:?}"
     );
-    let flag = ["apps", "--server", up.url.as_str()];
+    let flag = ["apps", "--server", up.web.as_str()];
     let out = reached(&flag, &[("SANDTRAIL_SERVER", dead)])?;
     assert!(out.is_ok(), "{out:?}");
     // A token from env beats the file's token file.
@@ -319,7 +296,7 @@ async fn search_goes_to_the_indexer_url_when_one_is_given() -> anyhow::Result<()
         ("SANDTRAIL_TOKEN", up.token.as_str()),
     ];
     let cwd = up.dir.path().join("client");
-    let out = run_in(&cwd, &["search", "x", "--indexer", &up.url], &env)?;
+    let out = run_in(&cwd, &["search", "x", "--indexer", &up.web], &env)?;
     assert!(
         out.status.success(),
         "{}",
@@ -357,7 +334,7 @@ async fn apps_page_actions_need_the_deploy_role_and_a_same_site_form() -> anyhow
     let (reader, deployer) = (up.as_role("read")?, up.as_role("deploy")?);
     let page = |c: &reqwest::Client| {
         let c = c.clone();
-        let url = format!("{}/apps", up.url);
+        let url = format!("{}/apps", up.web);
         async move { anyhow::Ok(c.get(url).send().await?.text().await?) }
     };
     assert!(
@@ -368,7 +345,7 @@ async fn apps_page_actions_need_the_deploy_role_and_a_same_site_form() -> anyhow
     // An app that cannot be placed shows its deployment and the queue's reason.
     let huge = json!({"id": "/huge", "cmd": "sleep 600", "cpus": 4096});
     let resp = client_with_token(&up.token)?
-        .post(format!("{}/v2/apps", up.url))
+        .post(format!("{}/v2/apps", up.web))
         .json(&huge)
         .send()
         .await?;
@@ -387,7 +364,7 @@ async fn apps_page_actions_need_the_deploy_role_and_a_same_site_form() -> anyhow
         "the deployment in progress"
     );
 
-    let action = format!("{}/apps/action", up.url);
+    let action = format!("{}/apps/action", up.web);
     let post = |c: &reqwest::Client, form: &[(&str, &str)], origin: Option<&str>| {
         let mut req = c.post(&action).form(form);
         if let Some(o) = origin {
@@ -406,7 +383,7 @@ async fn apps_page_actions_need_the_deploy_role_and_a_same_site_form() -> anyhow
         1,
         "refused means unchanged"
     );
-    assert_eq!(post(&deployer, &scale, Some(&up.url)).await?, 303);
+    assert_eq!(post(&deployer, &scale, Some(&up.web)).await?, 303);
     assert_eq!(up.app("webbed").await?["instances"], 2);
     let bad = [
         ("app", "webbed"),
@@ -440,7 +417,7 @@ async fn edit_as_json_shows_the_schedulers_validation_errors_in_place() -> anyho
     let up = Up::start()?;
     up.deploy(json!({"id": "/ed", "cmd": "sleep 600", "instances": 1, "cpus": 0.1, "mem": 32}))?;
     let (reader, deployer) = (up.as_role("read")?, up.as_role("deploy")?);
-    let edit = format!("{}/apps/edit", up.url);
+    let edit = format!("{}/apps/edit", up.web);
     let r = reader.get(&edit).query(&[("app", "ed")]).send().await?;
     assert_eq!(r.status(), 403);
     let r = deployer.get(&edit).query(&[("app", "ed")]).send().await?;
@@ -508,13 +485,13 @@ async fn edit_as_json_shows_the_schedulers_validation_errors_in_place() -> anyho
         .context("the version of the roll back")?;
     let back = [("app", "ed"), ("action", "rollback"), ("version", old)];
     let r = reader
-        .post(format!("{}/apps/action", up.url))
+        .post(format!("{}/apps/action", up.web))
         .form(&back)
         .send()
         .await?;
     assert_eq!(r.status(), 403);
     let r = deployer
-        .post(format!("{}/apps/action", up.url))
+        .post(format!("{}/apps/action", up.web))
         .form(&back)
         .send()
         .await?;
@@ -526,7 +503,7 @@ async fn edit_as_json_shows_the_schedulers_validation_errors_in_place() -> anyho
         ("version", "2001-01-01T00:00:00.000Z"),
     ];
     let r = deployer
-        .post(format!("{}/apps/action", up.url))
+        .post(format!("{}/apps/action", up.web))
         .form(&bad)
         .send()
         .await?;
@@ -541,7 +518,7 @@ async fn hosts_page_drains_an_agent_for_the_deploy_role() -> anyhow::Result<()> 
     let up = Up::start()?;
     up.deploy(json!({"id": "/two", "cmd": "sleep 600", "instances": 2, "cpus": 0.1, "mem": 32}))?;
     let (reader, deployer) = (up.as_role("read")?, up.as_role("deploy")?);
-    let hosts = format!("{}/hosts", up.url);
+    let hosts = format!("{}/hosts", up.web);
     assert!(!reader
         .get(&hosts)
         .send()
@@ -556,7 +533,7 @@ async fn hosts_page_drains_an_agent_for_the_deploy_role() -> anyhow::Result<()> 
         .text()
         .await?
         .contains("drain-button"));
-    let act = format!("{}/hosts/action", up.url);
+    let act = format!("{}/hosts/action", up.web);
     let drain = [("agent", "node-1"), ("action", "drain")];
     assert_eq!(reader.post(&act).form(&drain).send().await?.status(), 403);
     let bad = [("agent", "../v2/apps"), ("action", "drain")];
