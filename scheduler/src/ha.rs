@@ -364,10 +364,12 @@ pub async fn resolve_schedulers(list: &str) -> Result<String> {
         .await
         .map_err(|e| zk_err(&format!("cannot connect to {}", url.servers), e))?;
     let dir = format!("{}/leader-curator", url.root);
-    let mut children = client
-        .list_children(&dir)
-        .await
-        .map_err(|e| zk_err(&format!("cannot list {dir}"), e))?;
+    // No election node yet: no scheduler ever joined, said as below.
+    let mut children = match client.list_children(&dir).await {
+        Ok(c) => c,
+        Err(zk::Error::NoNode) => Vec::new(),
+        Err(e) => return Err(zk_err(&format!("cannot list {dir}"), e)),
+    };
     children.retain(|c| lowest(std::slice::from_ref(c)).is_some());
     children.sort_by(|a, b| a[a.len() - 10..].cmp(&b[b.len() - 10..]));
     let mut urls = Vec::new();

@@ -15,11 +15,12 @@ use hickory_proto::op::{Edns, Message, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::{A, AAAA, NS, SOA, SRV};
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 use rand::seq::SliceRandom;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 /// How the zone is named and cached.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ZoneConfig {
     /// The domain served, as [`names::domain`] returns it (default `mesos`).
     pub domain: String,
@@ -37,7 +38,7 @@ impl Default for ZoneConfig {
 }
 
 /// Where a task is reached: its agent's address, an IP or a host name.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 enum Addr {
     Ip(IpAddr),
     /// A host name, fully qualified with its dot (an SRV target as is).
@@ -60,7 +61,7 @@ impl Addr {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct TaskEntry {
     /// `<app>-<tag>`, the task's own host name under `marathon.<domain>`.
     host: String,
@@ -79,8 +80,9 @@ pub struct SrvEntry {
     pub ip: Option<IpAddr>,
 }
 
-/// A snapshot of every name this server answers.
-#[derive(Debug, Clone)]
+/// A snapshot of every name this server answers. Serializable: a follower scheduler
+/// serves the leader's (`GET /v1/dns/zone`, `crate::dns::follow`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Zone {
     config: ZoneConfig,
     serial: u32,
@@ -170,6 +172,13 @@ impl Zone {
             leader,
             ns: ns.filter(|ip| !ip.is_unspecified()),
         }
+    }
+
+    /// The same zone with `ns1.<domain>` at `ns` (this server's DNS address, when a
+    /// specific one): a follower serving the leader's zone names itself.
+    pub fn with_ns(mut self, ns: Option<IpAddr>) -> Zone {
+        self.ns = ns.filter(|ip| !ip.is_unspecified());
+        self
     }
 
     pub fn domain(&self) -> &str {
