@@ -9,7 +9,7 @@
 
 mod common;
 use anyhow::{bail, Context};
-use common::Proc;
+use common::{dig, Proc};
 use hickory_resolver::config::{NameServerConfig, ResolverConfig};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::RData;
@@ -149,32 +149,6 @@ async fn srv_ports(r: &TokioResolver) -> anyhow::Result<BTreeSet<u16>> {
         Err(e) if e.to_string().to_lowercase().contains("no record") => Ok(BTreeSet::new()),
         Err(e) => Err(e.into()),
     }
-}
-
-/// `dig +short` of `name` and `qtype` at the server (`+tcp` with `tcp`).
-fn dig(dns: SocketAddr, name: &str, qtype: &str, tcp: bool) -> anyhow::Result<Vec<String>> {
-    let (server, port) = (format!("@{}", dns.ip()), dns.port().to_string());
-    let out = Command::new("dig")
-        .args([
-            server.as_str(),
-            "-p",
-            port.as_str(),
-            "+short",
-            "+time=2",
-            "+tries=1",
-            if tcp { "+tcp" } else { "+notcp" },
-            qtype,
-            name,
-        ])
-        .output()
-        .context("dig not found: run scripts/test-deps.sh (Debian dnsutils)")?;
-    if !out.status.success() {
-        bail!("dig failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(String::from_utf8(out.stdout)?
-        .lines()
-        .map(str::to_string)
-        .collect())
 }
 
 /// The SRV ports `dig` gets (`+short` lines are `priority weight port target`).

@@ -476,7 +476,11 @@ impl ZkStore {
             Ok(mut results) => {
                 let version = match results.remove(0) {
                     zk::MultiWriteResult::SetData { stat } => stat.version,
-                    zk::MultiWriteResult::Create { stat, .. } => stat.version,
+                    // A create in a multi op answers no stat (zookeeper-client gives
+                    // an invalid one, version -1, which as an expected version would
+                    // match anything and unfence the next write); a node just
+                    // created is at version 0.
+                    zk::MultiWriteResult::Create { .. } => 0,
                     other => {
                         return Err(Error::Zk(format!(
                             "unexpected state write result {other:?}"
