@@ -5,6 +5,8 @@
 //! running tasks' host ports within one second of the scheduler's API showing the
 //! change; the Mesos-DNS HTTP API must answer the same set.
 //!
+//! The demo app finds its peers by SRV lookups there (`FIB_DNS`) with no router.
+//!
 //! `dig` comes from Debian's `dnsutils`, which `scripts/test-deps.sh` installs.
 
 mod common;
@@ -346,5 +348,58 @@ async fn srv_records_follow_deploy_scale_and_kill_within_a_second() -> anyhow::R
     })
     .await?;
     follows(&c, &r, &BTreeSet::new()).await?;
+    Ok(())
+}
+
+/// Kills the demo tasks whose environment names `FIB_DNS=<addr>`: tasks outlive their
+/// agent by design, and a failed test would leave them serving.
+struct KillDemoTasks(String);
+impl Drop for KillDemoTasks {
+    fn drop(&mut self) {
+        let needle = format!("FIB_DNS={}", self.0);
+        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|p| p.parse::<u32>().ok()) else {
+                continue;
+            };
+            let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+            if env.split(|b| *b == 0).any(|v| v == needle.as_bytes()) {
+                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_app_finds_its_peers_by_dns() -> anyhow::Result<()> {
+    let _kill: KillDemoTasks;
+    let c = Cluster::start()?;
+    _kill = KillDemoTasks(c.dns.to_string());
+    // Its router made unusable: fib(10) can only be computed through SRV lookups.
+    let exe = env!("CARGO_BIN_EXE_sandtrail");
+    let app = json!({
+        "id": "/fib", "instances": 2, "cpus": 0.01, "mem": 32,
+        "cmd": format!("SANDTRAIL_ROUTER=http://127.0.0.1:1 exec '{exe}' demo-fib"),
+        "portDefinitions": [{"port": 0, "name": "http"}],
+        "env": {"FIB_DNS": c.dns.to_string()},
+    });
+    c.http
+        .post(format!("{}/v2/apps", c.url))
+        .json(&app)
+        .send()
+        .await?
+        .error_for_status()?;
+    let two = c.wait_running(2).await?;
+    let port = two[0].1;
+    let body = common::eventually("fib(10) found by dns", Duration::from_secs(30), || async {
+        let r = reqwest::get(format!("http://127.0.0.1:{port}/10")).await?;
+        let ok = r.status().is_success();
+        let text = r.text().await?;
+        if !ok {
+            bail!("fib(10) answered {text}");
+        }
+        Ok(Some(text))
+    })
+    .await?;
+    assert_eq!(body.trim(), "55");
     Ok(())
 }

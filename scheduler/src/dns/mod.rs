@@ -15,6 +15,7 @@
 //! Under HA every scheduler serves DNS: the leader from its own zone, followers from
 //! the leader's, fetched with a long poll ([`follow`]).
 
+pub mod client;
 pub mod follow;
 pub mod names;
 pub mod server;
