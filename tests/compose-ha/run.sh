@@ -154,6 +154,7 @@ step_kill_leader() {
   survivors=$(others "$OLD_LEADER" | xargs)
   t0=$(now_ms)
   docker kill -s KILL "$(cid "$OLD_LEADER")" >/dev/null || { fail "docker kill $OLD_LEADER"; return 1; }
+  log "docker kill -s KILL $OLD_LEADER returned after $(secs_since "$t0")s"
   EXCLUDE=$OLD_LEADER
   wait_until 20 "survivors $survivors naming a new leader" agree_on_leader $survivors || return 1
   FAILOVER_S=$(secs_since "$t0")
