@@ -84,3 +84,55 @@ pub async fn srv(
         })
         .collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dns::zone::tests::zone;
+    use crate::dns::{server, DnsCounters};
+    use std::sync::Arc;
+    use tokio_util::sync::CancellationToken;
+
+    #[tokio::test]
+    async fn srv_answers_the_healthy_tasks_addresses_and_ports() {
+        let (z, mut want) = zone();
+        let (udp, tcp, addr) = server::bind(([127, 0, 0, 1], 0).into()).await.unwrap();
+        let cancel = CancellationToken::new();
+        let (_tx, rx) = tokio::sync::watch::channel(Arc::new(z));
+        tokio::spawn(server::serve(
+            udp,
+            tcp,
+            rx,
+            Arc::new(DnsCounters::default()),
+            cancel.clone(),
+        ));
+        let t = Duration::from_secs(2);
+        let got = srv(addr, "_fib-prod._tcp.marathon.mesos.", t)
+            .await
+            .unwrap();
+        let mut ports: Vec<u16> = got.iter().map(|(_, p)| *p).collect();
+        ports.sort();
+        want.sort();
+        assert_eq!(ports, want);
+        assert!(got.iter().all(|(a, _)| a.starts_with("10.0.0.")), "{got:?}");
+        assert!(srv(addr, "_nope._tcp.marathon.mesos.", t)
+            .await
+            .unwrap()
+            .is_empty());
+        // Outside the zone the server refuses: an error, not an empty list.
+        let e = srv(addr, "_x._tcp.example.com.", t).await.unwrap_err();
+        assert!(e.to_string().contains("Refused"), "{e}");
+        cancel.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_silent_server_times_out_naming_it() {
+        let silent = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = silent.local_addr().unwrap();
+        let e = srv(addr, "_a._tcp.marathon.mesos.", Duration::from_millis(100))
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::TimedOut);
+        assert!(e.to_string().contains(&addr.to_string()), "{e}");
+    }
+}

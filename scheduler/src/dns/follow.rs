@@ -105,3 +105,105 @@ pub async fn mirror(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dns::zone::tests::zone;
+    use hickory_proto::op::{Message, Query};
+    use hickory_proto::rr::{Name, RecordType};
+
+    fn ns1(z: &Zone) -> Vec<String> {
+        let mut m = Message::query();
+        m.add_query(Query::query(
+            Name::from_ascii("ns1.mesos.").unwrap(),
+            RecordType::A,
+        ));
+        z.answer(&m)
+            .answers
+            .iter()
+            .map(|r| r.data.to_string())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_follower_serves_the_leaders_zone_naming_itself_ns1() {
+        let (leader_zone, _) = zone();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let leader_addr = listener.local_addr().unwrap().to_string();
+        let app = axum::Router::new().route(
+            "/v1/dns/zone",
+            axum::routing::get(move || {
+                let z = leader_zone.clone();
+                async move { axum::Json(z) }
+            }),
+        );
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let (_leader_tx, leader_rx) = watch::channel(Some(leader_addr));
+        let (tx, mut rx) = watch::channel(Arc::new(Zone::empty(Default::default())));
+        let cancel = CancellationToken::new();
+        tokio::spawn(follow(
+            reqwest::Client::new(),
+            leader_rx,
+            "127.0.0.1:1".into(),
+            Some("10.0.0.3".parse().unwrap()),
+            tx,
+            cancel.clone(),
+        ));
+        let got = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                rx.changed().await.unwrap();
+                let z = rx.borrow_and_update().clone();
+                if z.serial() == 7 {
+                    return z;
+                }
+            }
+        })
+        .await
+        .expect("the leader's zone within 5 s");
+        assert_eq!(
+            ns1(&got),
+            ["10.0.0.3"],
+            "ns1 is the follower, not the leader"
+        );
+        cancel.cancel();
+    }
+
+    #[tokio::test]
+    async fn the_leader_never_fetches_from_itself_and_mirrors_its_own_zone() {
+        let (own, _) = zone();
+        let (_leader_tx, leader_rx) = watch::channel(Some("127.0.0.1:1".to_string()));
+        let (tx, mut rx) = watch::channel(Arc::new(Zone::empty(Default::default())));
+        let cancel = CancellationToken::new();
+        // Named leader itself: nothing to fetch (127.0.0.1:1 would refuse anyway).
+        tokio::spawn(follow(
+            reqwest::Client::new(),
+            leader_rx,
+            "127.0.0.1:1".into(),
+            None,
+            tx.clone(),
+            cancel.clone(),
+        ));
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), rx.changed())
+                .await
+                .is_err(),
+            "no zone fetched from itself"
+        );
+        let (_own_tx, own_rx) = watch::channel(Arc::new(own));
+        tokio::spawn(mirror(
+            own_rx,
+            Some("10.0.0.4".parse().unwrap()),
+            tx,
+            cancel.clone(),
+        ));
+        tokio::time::timeout(Duration::from_secs(2), rx.changed())
+            .await
+            .expect("mirrored")
+            .unwrap();
+        let z = rx.borrow().clone();
+        assert_eq!(z.serial(), 7);
+        assert_eq!(ns1(&z), ["10.0.0.4"]);
+        cancel.cancel();
+    }
+}

@@ -426,7 +426,7 @@ fn addr_record(name: Name, ttl: u32, ip: IpAddr) -> Record {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::control::testkit::{agent, cluster, with_health_check};
     use crate::control::{testkit, Now};
@@ -440,8 +440,9 @@ mod tests {
     }
 
     /// Two agents, app `/prod/fib` with 3 tasks (one unhealthy), app `/web` with one;
-    /// answers the zone and the host ports of fib's healthy tasks.
-    fn zone() -> (Zone, Vec<u16>) {
+    /// answers the zone and the host ports of fib's healthy tasks (leader and ns at
+    /// 10.0.0.9, serial 7). The DNS client and follower tests use it too.
+    pub(crate) fn zone() -> (Zone, Vec<u16>) {
         let now = Now::current();
         let mut s = cluster(&[], now);
         for (name, addr) in [("a", "10.0.0.1"), ("b", "10.0.0.2")] {
@@ -488,6 +489,42 @@ mod tests {
             7,
         );
         (z, healthy)
+    }
+
+    #[test]
+    fn a_zone_answers_the_same_after_a_json_round_trip_as_followers_get_it() {
+        let (z, _) = zone();
+        let back: Zone = serde_json::from_str(&serde_json::to_string(&z).unwrap()).unwrap();
+        assert_eq!(back.serial(), 7);
+        for (name, t) in [
+            ("_fib-prod._tcp.marathon.mesos.", RecordType::SRV),
+            ("fib-prod.marathon.mesos.", RecordType::A),
+            ("leader.mesos.", RecordType::A),
+            ("ns1.mesos.", RecordType::A),
+        ] {
+            // Answers come shuffled: compared as sorted sets.
+            let set = |rs: &[Record]| {
+                let mut v: Vec<String> = rs
+                    .iter()
+                    .map(|r| format!("{} {}", r.name, r.data))
+                    .collect();
+                v.sort();
+                v
+            };
+            let (a, b) = (z.answer(&query(name, t)), back.answer(&query(name, t)));
+            assert!(!a.answers.is_empty(), "{name}");
+            assert_eq!(set(&a.answers), set(&b.answers), "{name}");
+            assert_eq!(set(&a.additionals), set(&b.additionals), "{name}");
+        }
+        // A follower names itself as ns1, never an unspecified address.
+        let own = back.clone().with_ns(Some("10.0.0.3".parse().unwrap()));
+        let ns1 = own.answer(&query("ns1.mesos.", RecordType::A));
+        assert_eq!(ns1.answers[0].data.to_string(), "10.0.0.3");
+        let none = back.with_ns(Some("0.0.0.0".parse().unwrap()));
+        assert!(none
+            .answer(&query("ns1.mesos.", RecordType::A))
+            .answers
+            .is_empty());
     }
 
     #[test]
