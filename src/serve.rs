@@ -917,7 +917,7 @@ async fn scheduler_ha(
     )))
     .0;
     let following = cancel.child_token();
-    let (dns, dns_ns) = match &dns_listen {
+    let (dns, dns_ns, follower) = match &dns_listen {
         Some(addr) => {
             let (udp, tcp, bound) = bind_dns(addr).await?;
             let h = tokio::spawn(scheduler::dns::server::serve(
@@ -938,7 +938,7 @@ async fn scheduler_ha(
                 .default_headers(headers)
                 .connect_timeout(Duration::from_secs(2))
                 .build()?;
-            tokio::spawn(scheduler::dns::follow::follow(
+            let follower = tokio::spawn(scheduler::dns::follow::follow(
                 client,
                 ha.leader_changes(),
                 me.clone(),
@@ -949,9 +949,10 @@ async fn scheduler_ha(
             (
                 Some(tokio::spawn(async move { Ok(h.await?) })),
                 Some(bound.ip()),
+                Some(follower),
             )
         }
-        None => (None, None),
+        None => (None, None, None),
     };
     let lost = ha.lost();
     tokio::select! {
@@ -970,8 +971,11 @@ async fn scheduler_ha(
     let _ = elected.set(sched.clone());
     let _ = app.set(scheduler::router(sched.clone()));
     let sched_loop = sched.spawn(cancel.clone());
-    if dns.is_some() {
+    if let Some(follower) = follower {
+        // Stopped for good before the mirror starts: a fetch finishing late must not
+        // put the old leader's zone over ours.
         following.cancel();
+        let _ = follower.await;
         tokio::spawn(scheduler::dns::follow::mirror(
             sched.zone_changes(),
             dns_ns,

@@ -610,7 +610,8 @@ async fn follower_follows(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_followers_dns_follows_deploy_scale_and_kill_within_a_second() -> anyhow::Result<()> {
+async fn a_followers_dns_follows_deploy_scale_and_kill_within_a_second_and_its_own_once_elected(
+) -> anyhow::Result<()> {
     let _kill: KillTasks;
     let mut ha = Ha::start(0)?;
     _kill = KillTasks(ha.sleep);
@@ -663,6 +664,18 @@ async fn a_followers_dns_follows_deploy_scale_and_kill_within_a_second() -> anyh
     let a =
         tokio::task::spawn_blocking(move || common::dig(dns, "leader.mesos", "A", false)).await??;
     assert_eq!(a, ["127.0.0.1"]);
+    // The follower, elected once the leader dies, answers from its own state now.
+    ha.members[leader].proc.take().context("leader")?.kill9()?;
+    let next = ha.leader(Duration::from_secs(20)).await?;
+    assert_eq!(next, follower);
+    ha.http
+        .put(format!("{}/v2/apps/web", ha.members[next].url))
+        .json(&json!({"instances": 3}))
+        .send()
+        .await?
+        .error_for_status()?;
+    let (_, t) = follower_follows(&ha, next, next, 3).await?;
+    eprintln!("scale under the new leader seen by its dns {t:?} after the api");
     Ok(())
 }
 
