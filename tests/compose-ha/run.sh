@@ -118,8 +118,13 @@ step_images() {
   strip -o target/docker/sandtrail "$bin" 2>/dev/null || cp "$bin" target/docker/sandtrail
   bash scripts/base-image.sh debian:bookworm-slim || { fail "base image"; return 1; }
   # Same image as the first compose suite (the tag too): after it, a cache hit.
+  local old_id new_id
+  old_id=$(docker image inspect -f '{{.Id}}' "$SANDTRAIL_IMAGE" 2>/dev/null)
   DOCKER_BUILDKIT=0 docker build -q --target prebuilt -t "$SANDTRAIL_IMAGE" . >/dev/null \
     || { fail "docker build $SANDTRAIL_IMAGE"; return 1; }
+  new_id=$(docker image inspect -f '{{.Id}}' "$SANDTRAIL_IMAGE")
+  # The previous build would otherwise linger, untagged.
+  if [ -n "$old_id" ] && [ "$old_id" != "$new_id" ]; then docker rmi "$old_id" >/dev/null 2>&1; fi
   # apt inside the build fetches the JRE and ZooKeeper once; later runs hit the cache.
   DOCKER_BUILDKIT=0 docker build -q -t "$SANDTRAIL_ZK_IMAGE" tests/compose-ha/zookeeper >/dev/null \
     || { fail "docker build $SANDTRAIL_ZK_IMAGE"; return 1; }
