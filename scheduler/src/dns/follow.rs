@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 /// Pause after a failed fetch: a leader being replaced answers again within the
 /// session timeout, and this keeps a follower from spinning meanwhile.
@@ -36,6 +36,9 @@ pub async fn follow(
     cancel: CancellationToken,
 ) {
     let mut serial: Option<u32> = None;
+    // One warning per leader that refuses our token; other failures (a leader being
+    // replaced, or just elected and still loading: 503) are retried quietly.
+    let mut warned = false;
     loop {
         let current = leader.borrow_and_update().clone();
         let Some(addr) = current.filter(|l| *l != me) else {
@@ -64,6 +67,7 @@ pub async fn follow(
             r = leader.changed() => {
                 if r.is_err() { return }
                 serial = None;
+                warned = false;
                 continue;
             }
             got = fetch => got,
@@ -77,7 +81,13 @@ pub async fn follow(
                 zone.send_replace(Arc::new(z.with_ns(ns)));
             }
             Err(e) => {
-                debug!(leader = %addr, error = %e, "dns: cannot fetch the leader's zone: retrying");
+                let refused = e.status().is_some_and(|s| s == 401 || s == 403);
+                if warned || !refused {
+                    debug!(leader = %addr, error = %e, "dns: cannot fetch the leader's zone: retrying");
+                } else {
+                    warn!(leader = %addr, error = %e, "dns: cannot fetch the leader's zone (the schedulers must share the cluster token): retrying");
+                    warned = true;
+                }
                 serial = None;
                 tokio::select! {
                     _ = cancel.cancelled() => return,
