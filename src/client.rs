@@ -16,7 +16,8 @@ use protocol::{LogRecord, SearchResponse, Stream};
 #[derive(Args, Debug)]
 pub struct ServerArgs {
     /// Base URL of the scheduler, or several comma-separated schedulers in HA tried
-    /// in turn (and of the indexer unless --indexer names it; in
+    /// in turn, or their zk://host:port/path (the schedulers in the election, leader
+    /// first) (and of the indexer unless --indexer names it; in
     /// `up` they share one address). Default: the config's `[client] server`, else
     /// `up`'s http://127.0.0.1:7070.
     #[arg(long, env = "SANDTRAIL_SERVER")]

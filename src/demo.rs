@@ -5,12 +5,19 @@
 //! hosts, not arithmetic: one `/fib/10` is 177 routed calls, each an access record and
 //! an app line carrying the trace id, which is what the trace page shows. `n` is capped
 //! so a curious `curl /fib/40` cannot melt the machine.
+//!
+//! With `FIB_DNS=ip:port` (a scheduler's `--dns-listen`), it finds its peers by DNS
+//! instead, as the seeds' service did through Mesos-DNS: an SRV lookup of
+//! `_<app>._tcp.marathon.<FIB_DNS_DOMAIN, default mesos>` per call, then a direct call
+//! to one of the answers, chosen at random. Those calls bypass the router (no access
+//! records, no retries on another instance); the router stays the default for that reason.
 
 use anyhow::Context;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::get;
 use axum::Router;
+use rand::seq::IndexedRandom;
 use std::time::Instant;
 
 /// Largest n served: fib(20) is already 21,891 routed calls.
@@ -21,18 +28,41 @@ struct Fib {
     router: String,
     task: String,
     client: reqwest::Client,
+    /// The DNS server and SRV name peers are found by (`FIB_DNS`), else the router.
+    dns: Option<(std::net::SocketAddr, String)>,
 }
+
+/// How long one SRV lookup may take.
+const DNS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 pub async fn fib() -> anyhow::Result<()> {
     let port = std::env::var("PORT0").context("PORT0 is not set: run demo-fib as a task")?;
     let host = std::env::var("HOST").unwrap_or_else(|_| "127.0.0.1".into());
     let router = std::env::var("SANDTRAIL_ROUTER").context("SANDTRAIL_ROUTER is not set")?;
     let app_id = std::env::var("SANDTRAIL_APP_ID").unwrap_or_else(|_| "fib".into());
+    let dns = match std::env::var("FIB_DNS") {
+        Ok(addr) if !addr.is_empty() => {
+            let server = addr.parse().with_context(|| {
+                format!("FIB_DNS {addr:?} is not a DNS server's address: expected ip:port")
+            })?;
+            let domain = std::env::var("FIB_DNS_DOMAIN").unwrap_or_else(|_| "mesos".into());
+            let label = scheduler::dns::names::app_label(&app_id);
+            Some((server, format!("_{label}._tcp.marathon.{domain}.")))
+        }
+        _ => None,
+    };
     let state = Fib {
         router: router.trim_end_matches('/').to_string(),
         task: std::env::var("SANDTRAIL_TASK_ID").unwrap_or_default(),
         client: reqwest::Client::new(),
+        dns,
     };
+    if let Some((server, name)) = &state.dns {
+        println!(
+            "{} INFO fib finds its peers by dns: SRV {name} at {server}",
+            now()
+        );
+    }
     let app = Router::new()
         .route("/", get(|| async { "usage: GET /<n> answers fib(n)\n" }))
         .route("/{n}", get(handle))
@@ -112,9 +142,21 @@ async fn handle(
 impl Fib {
     /// Calls fib(n) on some instance through the router, continuing the caller's trace.
     async fn call(&self, n: u64, incoming: &HeaderMap) -> Result<u64, String> {
+        let url = match &self.dns {
+            None => format!("{}/fib/{n}", self.router),
+            Some((server, name)) => {
+                let peers = scheduler::dns::client::srv(*server, name, DNS_TIMEOUT)
+                    .await
+                    .map_err(|e| format!("fib({n}): SRV {name} at {server}: {e}"))?;
+                let (host, port) = peers
+                    .choose(&mut rand::rng())
+                    .ok_or_else(|| format!("fib({n}): SRV {name} at {server} lists no peer"))?;
+                format!("http://{host}:{port}/{n}")
+            }
+        };
         let mut req = self
             .client
-            .get(format!("{}/fib/{n}", self.router))
+            .get(url)
             .header(protocol::CALLER_TASK_HEADER, &self.task);
         if let Some(tp) = incoming.get("traceparent") {
             req = req.header("traceparent", tp.clone());

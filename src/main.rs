@@ -436,6 +436,20 @@ fn init_tracing(file: LogFile) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The client commands' `--server` et al. (`config::client`), with a `zk://` scheduler
+/// list resolved to the schedulers in the election now, as agents and `web` do.
+async fn client_args(
+    server: client::ServerArgs,
+    cfg: &config::Config,
+    token: Option<String>,
+) -> anyhow::Result<client::ServerArgs> {
+    let mut server = config::client(server, cfg, token)?;
+    if let Some(list) = server.server.as_deref().filter(|s| s.starts_with("zk://")) {
+        server.server = Some(scheduler::ha::resolve_schedulers(list).await?);
+    }
+    Ok(server)
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     // Everything the binary writes (state, indexes, checkpoints, spools, the token) is
@@ -497,7 +511,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Web(args) => serve::web(config::web(args, &cfg, token)?, cfg).await,
         Command::Agent(args) => serve::agent(config::agent(args, &cfg, token)?, cfg).await,
         Command::Deploy { file, wait, server } => {
-            ops::deploy(&config::client(server, &cfg, token)?, &file, &wait).await
+            ops::deploy(&client_args(server, &cfg, token).await?, &file, &wait).await
         }
         Command::Scale {
             app,
@@ -506,7 +520,7 @@ async fn main() -> anyhow::Result<()> {
             server,
         } => {
             ops::scale(
-                &config::client(server, &cfg, token)?,
+                &client_args(server, &cfg, token).await?,
                 &app,
                 instances,
                 &wait,
@@ -514,16 +528,24 @@ async fn main() -> anyhow::Result<()> {
             .await
         }
         Command::Restart { app, wait, server } => {
-            ops::restart(&config::client(server, &cfg, token)?, &app, &wait).await
+            ops::restart(&client_args(server, &cfg, token).await?, &app, &wait).await
         }
         Command::Kill {
             task,
             scale,
             wait,
             server,
-        } => ops::kill(&config::client(server, &cfg, token)?, &task, scale, &wait).await,
+        } => {
+            ops::kill(
+                &client_args(server, &cfg, token).await?,
+                &task,
+                scale,
+                &wait,
+            )
+            .await
+        }
         Command::Versions { app, server } => {
-            ops::versions(&config::client(server, &cfg, token)?, &app).await
+            ops::versions(&client_args(server, &cfg, token).await?, &app).await
         }
         Command::Rollback {
             app,
@@ -531,7 +553,7 @@ async fn main() -> anyhow::Result<()> {
             wait,
             server,
         } => {
-            let server = config::client(server, &cfg, token)?;
+            let server = client_args(server, &cfg, token).await?;
             ops::rollback(&server, &app, version.as_deref(), &wait).await
         }
         Command::Completions { shell } => {
@@ -543,7 +565,7 @@ async fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Apps { server } => client::apps(&config::client(server, &cfg, token)?).await,
+        Command::Apps { server } => client::apps(&client_args(server, &cfg, token).await?).await,
         Command::Search {
             query,
             since,
@@ -563,7 +585,7 @@ async fn main() -> anyhow::Result<()> {
                 all,
                 output,
             };
-            client::search(&config::client(server, &cfg, token)?, &args).await
+            client::search(&client_args(server, &cfg, token).await?, &args).await
         }
         Command::Tail {
             apps,
@@ -578,10 +600,10 @@ async fn main() -> anyhow::Result<()> {
                 since,
                 output,
             };
-            client::tail(&config::client(server, &cfg, token)?, &args).await
+            client::tail(&client_args(server, &cfg, token).await?, &args).await
         }
         Command::Trace { id, server } => {
-            client::trace(&config::client(server, &cfg, token)?, &id).await
+            client::trace(&client_args(server, &cfg, token).await?, &id).await
         }
         Command::DemoFib => demo::fib().await.context("demo-fib"),
         Command::Bench(BenchCommand::Ingest(a)) => {

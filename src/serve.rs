@@ -380,18 +380,29 @@ async fn serve_dns(
     addr: &str,
     cancel: CancellationToken,
 ) -> anyhow::Result<JoinHandle<anyhow::Result<()>>> {
+    let (udp, tcp, bound) = bind_dns(addr).await?;
+    let h = sched.serve_dns(udp, tcp, cancel);
+    info!(addr = %bound, "dns listening");
+    println!("dns: {bound}");
+    Ok(tokio::spawn(async move { Ok(h.await?) }))
+}
+
+/// Binds UDP and TCP for DNS on `addr` (`host:port`; port 0 picks one for both).
+async fn bind_dns(
+    addr: &str,
+) -> anyhow::Result<(
+    tokio::net::UdpSocket,
+    tokio::net::TcpListener,
+    std::net::SocketAddr,
+)> {
     let sock: std::net::SocketAddr = tokio::net::lookup_host(addr)
         .await
         .with_context(|| format!("dns listen address {addr:?}: expected host:port"))?
         .next()
         .with_context(|| format!("dns listen address {addr:?} resolves to nothing"))?;
-    let (udp, tcp, bound) = scheduler::dns::server::bind(sock)
+    scheduler::dns::server::bind(sock)
         .await
-        .with_context(|| format!("cannot serve dns on {addr}"))?;
-    let h = sched.serve_dns(udp, tcp, cancel);
-    info!(addr = %bound, "dns listening");
-    println!("dns: {bound}");
-    Ok(tokio::spawn(async move { Ok(h.await?) }))
+        .with_context(|| format!("cannot serve dns on {addr}"))
 }
 
 /// One host's worth of parts: the node running tasks, the shipper, and a router.
@@ -807,7 +818,7 @@ pub async fn scheduler(settings: config::SchedulerSettings, cfg: Config) -> anyh
         advertise,
     } = settings;
     let configured = token.is_some();
-    let (_, keyring) = server_keyring(&dir, token)?;
+    let (admin, keyring) = server_keyring(&dir, token)?;
     if !configured {
         info!(path = %tokens::path(&dir, Role::Admin).display(), "no token configured: using the data dir's admin token");
     }
@@ -816,6 +827,7 @@ pub async fn scheduler(settings: config::SchedulerSettings, cfg: Config) -> anyh
             zk,
             session_timeout: zk_session_timeout,
             advertise,
+            token: admin,
         };
         return scheduler_ha(dir, listen, dns_listen, ha, keyring, cfg).await;
     }
@@ -850,6 +862,8 @@ struct HaSettings {
     zk: String,
     session_timeout: Duration,
     advertise: Option<String>,
+    /// The cluster token, which a follower sends to fetch the leader's DNS zone.
+    token: String,
 }
 
 /// What a scheduler that lost its leadership exits with, for its supervisor to restart
@@ -875,13 +889,20 @@ async fn scheduler_ha(
     };
     let ha = scheduler::ha::Ha::connect(zk_url, me.clone(), settings.session_timeout).await?;
     info!(me = %me, session_timeout_ms = ha.session_timeout().as_millis() as u64, "joined zookeeper");
+    let sched_config = scheduler_config(dir, &cfg, &keyring)?;
     let app = Arc::new(std::sync::OnceLock::new());
     let elected: Arc<std::sync::OnceLock<scheduler::Scheduler>> = Arc::default();
+    let dns_counters = Arc::new(scheduler::dns::DnsCounters::default());
     let e = elected.clone();
+    let counters = dns_counters.clone();
+    let dns_on = dns_listen.is_some();
     let front = with_ops(
         scheduler::ha::front(ha.clone(), keyring.clone(), app.clone()),
-        vec![Arc::new(move || {
-            e.get().map(|s| s.metrics()).unwrap_or_default()
+        vec![Arc::new(move || match e.get() {
+            // The leader's metrics include the DNS counters (the same ones).
+            Some(s) => s.metrics(),
+            None if dns_on => counters.metrics(),
+            None => String::new(),
         })],
         &Ops::new(keyring.clone(), &cfg),
     );
@@ -889,28 +910,79 @@ async fn scheduler_ha(
     let http = crate::http::serve(listener, front, cancel.clone(), &http_limits(&cfg))?;
     info!(url = %url, "scheduler listening (following the zookeeper election)");
     println!("scheduler: {url}");
+    // Every scheduler serves DNS from the start: the leader's zone while following,
+    // its own once elected (scheduler::dns::follow).
+    let zone = tokio::sync::watch::channel(Arc::new(scheduler::dns::Zone::empty(
+        sched_config.dns.clone(),
+    )))
+    .0;
+    let following = cancel.child_token();
+    let (dns, dns_ns, follower) = match &dns_listen {
+        Some(addr) => {
+            let (udp, tcp, bound) = bind_dns(addr).await?;
+            let h = tokio::spawn(scheduler::dns::server::serve(
+                udp,
+                tcp,
+                zone.subscribe(),
+                dns_counters.clone(),
+                cancel.clone(),
+            ));
+            info!(addr = %bound, "dns listening");
+            println!("dns: {bound}");
+            let mut headers = reqwest::header::HeaderMap::new();
+            headers.insert(
+                reqwest::header::AUTHORIZATION,
+                format!("Bearer {}", settings.token).parse()?,
+            );
+            let client = reqwest::Client::builder()
+                .default_headers(headers)
+                .connect_timeout(Duration::from_secs(2))
+                .build()?;
+            let follower = tokio::spawn(scheduler::dns::follow::follow(
+                client,
+                ha.leader_changes(),
+                me.clone(),
+                Some(bound.ip()),
+                zone.clone(),
+                following.clone(),
+            ));
+            (
+                Some(tokio::spawn(async move { Ok(h.await?) })),
+                Some(bound.ip()),
+                Some(follower),
+            )
+        }
+        None => (None, None, None),
+    };
     let lost = ha.lost();
     tokio::select! {
         r = ha.campaign() => r?,
         _ = shutdown_signal() => {
             cancel.cancel();
             join_all("http", vec![http]).await;
+            join_all("dns", dns.into_iter().collect()).await;
             return Ok(());
         }
     }
     let store = scheduler::ha::ZkStore::open(ha.clone()).await?;
-    let sched = scheduler::Scheduler::open_with_store(
-        scheduler_config(dir, &cfg, &keyring)?,
-        Box::new(store),
-    )?;
+    let sched =
+        scheduler::Scheduler::open_counting_dns(sched_config, Box::new(store), dns_counters)?;
     sched.set_leader(Some(me.clone()));
     let _ = elected.set(sched.clone());
     let _ = app.set(scheduler::router(sched.clone()));
     let sched_loop = sched.spawn(cancel.clone());
-    let dns = match &dns_listen {
-        Some(addr) => Some(serve_dns(&sched, addr, cancel.clone()).await?),
-        None => None,
-    };
+    if let Some(follower) = follower {
+        // Stopped for good before the mirror starts: a fetch finishing late must not
+        // put the old leader's zone over ours.
+        following.cancel();
+        let _ = follower.await;
+        tokio::spawn(scheduler::dns::follow::mirror(
+            sched.zone_changes(),
+            dns_ns,
+            zone,
+            cancel.clone(),
+        ));
+    }
     println!("leader: {me}");
     let code = tokio::select! {
         _ = shutdown_signal() => 0,

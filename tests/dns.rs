@@ -5,11 +5,13 @@
 //! running tasks' host ports within one second of the scheduler's API showing the
 //! change; the Mesos-DNS HTTP API must answer the same set.
 //!
+//! The demo app finds its peers by SRV lookups there (`FIB_DNS`) with no router.
+//!
 //! `dig` comes from Debian's `dnsutils`, which `scripts/test-deps.sh` installs.
 
 mod common;
 use anyhow::{bail, Context};
-use common::Proc;
+use common::{dig, Proc};
 use hickory_resolver::config::{NameServerConfig, ResolverConfig};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::RData;
@@ -149,32 +151,6 @@ async fn srv_ports(r: &TokioResolver) -> anyhow::Result<BTreeSet<u16>> {
         Err(e) if e.to_string().to_lowercase().contains("no record") => Ok(BTreeSet::new()),
         Err(e) => Err(e.into()),
     }
-}
-
-/// `dig +short` of `name` and `qtype` at the server (`+tcp` with `tcp`).
-fn dig(dns: SocketAddr, name: &str, qtype: &str, tcp: bool) -> anyhow::Result<Vec<String>> {
-    let (server, port) = (format!("@{}", dns.ip()), dns.port().to_string());
-    let out = Command::new("dig")
-        .args([
-            server.as_str(),
-            "-p",
-            port.as_str(),
-            "+short",
-            "+time=2",
-            "+tries=1",
-            if tcp { "+tcp" } else { "+notcp" },
-            qtype,
-            name,
-        ])
-        .output()
-        .context("dig not found: run scripts/test-deps.sh (Debian dnsutils)")?;
-    if !out.status.success() {
-        bail!("dig failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(String::from_utf8(out.stdout)?
-        .lines()
-        .map(str::to_string)
-        .collect())
 }
 
 /// The SRV ports `dig` gets (`+short` lines are `priority weight port target`).
@@ -372,5 +348,58 @@ async fn srv_records_follow_deploy_scale_and_kill_within_a_second() -> anyhow::R
     })
     .await?;
     follows(&c, &r, &BTreeSet::new()).await?;
+    Ok(())
+}
+
+/// Kills the demo tasks whose environment names `FIB_DNS=<addr>`: tasks outlive their
+/// agent by design, and a failed test would leave them serving.
+struct KillDemoTasks(String);
+impl Drop for KillDemoTasks {
+    fn drop(&mut self) {
+        let needle = format!("FIB_DNS={}", self.0);
+        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|p| p.parse::<u32>().ok()) else {
+                continue;
+            };
+            let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+            if env.split(|b| *b == 0).any(|v| v == needle.as_bytes()) {
+                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_app_finds_its_peers_by_dns() -> anyhow::Result<()> {
+    let _kill: KillDemoTasks;
+    let c = Cluster::start()?;
+    _kill = KillDemoTasks(c.dns.to_string());
+    // Its router made unusable: fib(10) can only be computed through SRV lookups.
+    let exe = env!("CARGO_BIN_EXE_sandtrail");
+    let app = json!({
+        "id": "/fib", "instances": 2, "cpus": 0.01, "mem": 32,
+        "cmd": format!("SANDTRAIL_ROUTER=http://127.0.0.1:1 exec '{exe}' demo-fib"),
+        "portDefinitions": [{"port": 0, "name": "http"}],
+        "env": {"FIB_DNS": c.dns.to_string()},
+    });
+    c.http
+        .post(format!("{}/v2/apps", c.url))
+        .json(&app)
+        .send()
+        .await?
+        .error_for_status()?;
+    let two = c.wait_running(2).await?;
+    let port = two[0].1;
+    let body = common::eventually("fib(10) found by dns", Duration::from_secs(30), || async {
+        let r = reqwest::get(format!("http://127.0.0.1:{port}/10")).await?;
+        let ok = r.status().is_success();
+        let text = r.text().await?;
+        if !ok {
+            bail!("fib(10) answered {text}");
+        }
+        Ok(Some(text))
+    })
+    .await?;
+    assert_eq!(body.trim(), "55");
     Ok(())
 }

@@ -3,7 +3,10 @@
 //! leader hands the lead to a survivor, which loads the state (an app deployed just
 //! before the kill is there) and accepts writes, forwarded by a follower; a paused
 //! leader (SIGSTOP past its session) exits on SIGCONT instead of acting; `DELETE
-//! /v2/leader` moves the lead; and a store whose leadership is gone cannot write.
+//! /v2/leader` moves the lead; a store whose leadership is gone, or whose version is
+//! stale, cannot write, and a state over the node limit is refused by size; ZooKeeper
+//! down at startup or under a leader ends the scheduler; a follower's Mesos-DNS follows
+//! the leader's within a second; and the CLI finds the schedulers by `zk://`.
 
 mod common;
 use anyhow::{bail, Context};
@@ -59,6 +62,8 @@ struct Member {
     proc: Option<Proc>,
     url: String,
     addr: String,
+    /// Its Mesos-DNS (`--dns-listen`), when asked for.
+    dns: Option<std::net::SocketAddr>,
 }
 
 struct Ha {
@@ -88,8 +93,13 @@ impl Ha {
     }
 
     fn add(&mut self, i: usize) -> anyhow::Result<()> {
+        self.add_with(i, false)
+    }
+
+    /// Adds scheduler `i`, serving Mesos-DNS on a free port with `dns`.
+    fn add_with(&mut self, i: usize, dns: bool) -> anyhow::Result<()> {
         let data = self.dir.path().join(format!("s{i}")).display().to_string();
-        let args: Vec<String> = [
+        let mut args: Vec<String> = [
             "scheduler",
             "--data-dir",
             &data,
@@ -102,12 +112,19 @@ impl Ha {
         ]
         .map(String::from)
         .into();
+        if dns {
+            args.extend(["--dns-listen".to_string(), "127.0.0.1:0".to_string()]);
+        }
         let env = [
             ("SANDTRAIL_TOKEN", TOKEN.to_string()),
             // Short, so the lost-agent test sees a replacement within seconds.
             ("SANDTRAIL_SCHEDULER_AGENT_TIMEOUT_SECS", "3".to_string()),
         ];
-        let (proc, url) = Proc::start("scheduler", self.dir.path(), &args, "scheduler:", &env)?;
+        let (mut proc, url) = Proc::start("scheduler", self.dir.path(), &args, "scheduler:", &env)?;
+        let dns = match dns {
+            true => Some(proc.printed(&["dns:"])?.remove(0).parse()?),
+            false => None,
+        };
         let addr = url
             .trim_start_matches("http://")
             .trim_end_matches('/')
@@ -116,6 +133,7 @@ impl Ha {
             proc: Some(proc),
             url,
             addr,
+            dns,
         });
         Ok(())
     }
@@ -527,5 +545,317 @@ async fn a_follower_whose_leader_is_unreachable_answers_503_saying_so() -> anyho
         body.contains("cannot reach the leader 127.0.0.1:1"),
         "{body}"
     );
+    Ok(())
+}
+
+/// Host ports of the running tasks of `/web`, as the scheduler's API lists them.
+async fn web_ports(ha: &Ha, via: usize) -> anyhow::Result<Vec<(String, u16)>> {
+    let v: Value = common::get_json(&ha.http, &format!("{}/v2/tasks", ha.members[via].url)).await?;
+    Ok(v["tasks"]
+        .as_array()
+        .context("tasks")?
+        .iter()
+        .filter(|t| t["appId"] == "/web" && t["state"] == "TASK_RUNNING")
+        .filter_map(|t| {
+            Some((
+                t["id"].as_str()?.to_string(),
+                t["ports"][0].as_u64()? as u16,
+            ))
+        })
+        .collect())
+}
+
+/// The SRV ports of `_web._tcp.marathon.mesos` at `dns` (dig over UDP).
+async fn dig_web(dns: std::net::SocketAddr) -> anyhow::Result<std::collections::BTreeSet<u16>> {
+    let lines = tokio::task::spawn_blocking(move || {
+        common::dig(dns, "_web._tcp.marathon.mesos", "SRV", false)
+    })
+    .await??;
+    lines
+        .iter()
+        .map(|l| Ok(l.split_whitespace().nth(2).context("srv line")?.parse()?))
+        .collect()
+}
+
+/// Waits until `want` tasks of `/web` run (by the API), then until the follower's DNS
+/// answers exactly their ports: answers how long that took after the API showed them.
+async fn follower_follows(
+    ha: &Ha,
+    leader: usize,
+    follower: usize,
+    want: usize,
+) -> anyhow::Result<(Vec<(String, u16)>, Duration)> {
+    let tasks = common::eventually(
+        &format!("{want} running tasks of /web"),
+        Duration::from_secs(30),
+        || async {
+            let t = web_ports(ha, leader).await?;
+            Ok((t.len() == want).then_some(t))
+        },
+    )
+    .await?;
+    let seen = Instant::now();
+    let ports: std::collections::BTreeSet<u16> = tasks.iter().map(|t| t.1).collect();
+    let dns = ha.members[follower].dns.context("follower dns")?;
+    loop {
+        let got = dig_web(dns).await?;
+        if got == ports {
+            return Ok((tasks, seen.elapsed()));
+        }
+        if seen.elapsed() > Duration::from_secs(1) {
+            bail!("the follower's dns answers {got:?}, the api {ports:?}, a second later");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_followers_dns_follows_deploy_scale_and_kill_within_a_second_and_its_own_once_elected(
+) -> anyhow::Result<()> {
+    let _kill: KillTasks;
+    let mut ha = Ha::start(0)?;
+    _kill = KillTasks(ha.sleep);
+    ha.add_with(0, true)?;
+    ha.add_with(1, true)?;
+    let leader = ha.leader(Duration::from_secs(30)).await?;
+    let follower = ha.follower(leader);
+    let list: Vec<String> = ha.members.iter().map(|m| m.url.clone()).collect();
+    let env = [("SANDTRAIL_TOKEN", TOKEN.to_string())];
+    let agent_dir = ha.dir.path().join("a");
+    let _agent =
+        common::agent_without_indexer(ha.dir.path(), "node-1", &agent_dir, &list.join(","), &env)?;
+    let r = ha
+        .http
+        .post(format!("{}/v2/apps", ha.members[follower].url))
+        .json(
+            &json!({"id": "web", "cmd": format!("sleep {}", ha.sleep), "instances": 1,
+                      "cpus": 0.1, "mem": 16, "portDefinitions": [{"port": 0, "name": "http"}]}),
+        )
+        .send()
+        .await?;
+    assert_eq!(r.status(), 201, "{}", r.text().await?);
+    let (_, t) = follower_follows(&ha, leader, follower, 1).await?;
+    eprintln!("deploy seen by the follower's dns {t:?} after the api");
+    ha.http
+        .put(format!("{}/v2/apps/web", ha.members[follower].url))
+        .json(&json!({"instances": 3}))
+        .send()
+        .await?
+        .error_for_status()?;
+    let (three, t) = follower_follows(&ha, leader, follower, 3).await?;
+    eprintln!("scale to 3 seen by the follower's dns {t:?} after the api");
+    // The leader's own DNS answers the same.
+    let leader_dns = ha.members[leader].dns.context("leader dns")?;
+    let want: std::collections::BTreeSet<u16> = three.iter().map(|t| t.1).collect();
+    assert_eq!(dig_web(leader_dns).await?, want);
+    ha.http
+        .delete(format!(
+            "{}/v2/apps/web/tasks/{}?scale=true",
+            ha.members[follower].url, three[0].0
+        ))
+        .send()
+        .await?
+        .error_for_status()?;
+    let (two, t) = follower_follows(&ha, leader, follower, 2).await?;
+    assert!(!two.iter().any(|t| t.0 == three[0].0), "{two:?}");
+    eprintln!("kill seen by the follower's dns {t:?} after the api");
+    // leader.mesos on the follower names the leader (from the leader's zone).
+    let dns = ha.members[follower].dns.context("follower dns")?;
+    let a =
+        tokio::task::spawn_blocking(move || common::dig(dns, "leader.mesos", "A", false)).await??;
+    assert_eq!(a, ["127.0.0.1"]);
+    // The follower, elected once the leader dies, answers from its own state now.
+    ha.members[leader].proc.take().context("leader")?.kill9()?;
+    let next = ha.leader(Duration::from_secs(20)).await?;
+    assert_eq!(next, follower);
+    ha.http
+        .put(format!("{}/v2/apps/web", ha.members[next].url))
+        .json(&json!({"instances": 3}))
+        .send()
+        .await?
+        .error_for_status()?;
+    let (_, t) = follower_follows(&ha, next, next, 3).await?;
+    eprintln!("scale under the new leader seen by its dns {t:?} after the api");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_finds_the_schedulers_through_zookeeper() -> anyhow::Result<()> {
+    let ha = Ha::start(2)?;
+    let leader = ha.leader(Duration::from_secs(30)).await?;
+    let r = ha.deploy(leader, "/listed").await?;
+    assert_eq!(r.status(), 201);
+    let zk = ha.zk.url("sandtrail");
+    let cli = |server: Option<&str>, env: Option<&str>| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_sandtrail"));
+        cmd.arg("apps")
+            .env("SANDTRAIL_TOKEN", TOKEN)
+            .env_remove("SANDTRAIL_SERVER")
+            .current_dir(ha.dir.path());
+        if let Some(s) = server {
+            cmd.args(["--server", s]);
+        }
+        if let Some(e) = env {
+            cmd.env("SANDTRAIL_SERVER", e);
+        }
+        cmd.output()
+    };
+    for (flag, env) in [(Some(zk.as_str()), None), (None, Some(zk.as_str()))] {
+        let out = cli(flag, env)?;
+        let listed = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && listed.contains("/listed"),
+            "--server {flag:?} SANDTRAIL_SERVER {env:?}: {listed} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // A path with no scheduler in its election says so.
+    let out = cli(Some(&ha.zk.url("nobody")), None)?;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no scheduler is in the election"), "{err}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_at_a_stale_version_is_fenced_off() -> anyhow::Result<()> {
+    use scheduler::control::store::{Saved, StateStore};
+    use scheduler::ha::{Ha, ZkStore};
+    let zk = ZooKeeper::start()?;
+    let url: scheduler::ha::ZkUrl = zk.url("stale").parse()?;
+    let a = Ha::connect(url.clone(), "a:1".into(), Duration::from_secs(10)).await?;
+    a.campaign().await?;
+    let store = ZkStore::open(a.clone()).await?;
+    let agents = |n: &str| Saved {
+        agents: vec![n.to_string()],
+        ..Saved::default()
+    };
+    store.save(1, agents("first")).await?;
+    // Someone else writes the state node while a's election node still stands: a's
+    // next write carries the version it last wrote, now stale.
+    let raw = zookeeper_client::Client::connect(&url.servers).await?;
+    let other = scheduler::ha::encode(&agents("other"))?;
+    raw.set_data("/stale/state", &other, None).await?;
+    let err = store.save(2, agents("late")).await.unwrap_err().to_string();
+    assert!(err.contains("changed by another scheduler"), "{err}");
+    assert!(a.lost().is_cancelled(), "a knows it lost");
+    let (data, _) = raw.get_data("/stale/state").await?;
+    let saved = scheduler::ha::decode(&data).map_err(anyhow::Error::msg)?;
+    assert_eq!(saved.agents, vec!["other"], "the stale write did not land");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_over_the_node_limit_is_refused_naming_its_size() -> anyhow::Result<()> {
+    use scheduler::control::store::{Saved, StateStore};
+    use scheduler::ha::{Ha, ZkStore, MAX_NODE};
+    let zk = ZooKeeper::start()?;
+    let url: scheduler::ha::ZkUrl = zk.url("big").parse()?;
+    let a = Ha::connect(url.clone(), "a:1".into(), Duration::from_secs(10)).await?;
+    a.campaign().await?;
+    let store = ZkStore::open(a.clone()).await?;
+    // ~3 MB of names that barely compress (hex of an xorshift stream: ~2x).
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let names = (0..48_000)
+        .map(|_| {
+            (0..4)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    format!("{x:016x}")
+                })
+                .collect::<String>()
+        })
+        .collect();
+    let big = Saved {
+        agents: names,
+        ..Saved::default()
+    };
+    let err = store.save(1, big).await.unwrap_err().to_string();
+    assert!(
+        err.contains("bytes compressed, over zookeeper's node limit")
+            && err.contains(&MAX_NODE.to_string()),
+        "{err}"
+    );
+    assert!(
+        !a.lost().is_cancelled(),
+        "a refused write is no lost leadership"
+    );
+    let raw = zookeeper_client::Client::connect(&url.servers).await?;
+    assert!(
+        raw.check_stat("/big/state").await?.is_none(),
+        "nothing written"
+    );
+    // A state that fits is written after it.
+    store
+        .save(
+            2,
+            Saved {
+                agents: vec!["small".into()],
+                ..Saved::default()
+            },
+        )
+        .await?;
+    assert!(raw.check_stat("/big/state").await?.is_some());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zookeeper_down_at_startup_ends_the_scheduler_saying_so() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    // A port nobody listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sandtrail"))
+        .args([
+            "scheduler",
+            "--data-dir",
+            &dir.path().join("s").display().to_string(),
+            "--listen",
+            "127.0.0.1:0",
+            "--zk",
+            &format!("zk://127.0.0.1:{port}/sandtrail"),
+            "--zk-session-timeout-ms",
+            "1000",
+        ])
+        .env("SANDTRAIL_TOKEN", TOKEN)
+        .env("SANDTRAIL_LOG", "error")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = child.try_wait()? {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            bail!("the scheduler still runs 30 s after failing to reach zookeeper");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().context("stderr")?, &mut err)?;
+    assert!(!status.success());
+    assert!(
+        err.contains(&format!("cannot connect to 127.0.0.1:{port}")),
+        "{err}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zookeeper_lost_under_the_leader_ends_it_with_75() -> anyhow::Result<()> {
+    let mut ha = Ha::start(1)?;
+    let leader = ha.leader(Duration::from_secs(30)).await?;
+    ha.zk.kill();
+    let lost = Instant::now();
+    let proc = ha.members[leader].proc.as_mut().context("leader")?;
+    // Its lease runs out after one session timeout without an answer.
+    let status = proc.wait_exit(Duration::from_millis(SESSION_MS) + Duration::from_secs(10))?;
+    assert_eq!(status.code(), Some(EXIT_LOST_LEADERSHIP));
+    eprintln!("exited {:?} after zookeeper died", lost.elapsed());
     Ok(())
 }

@@ -107,8 +107,19 @@ impl Scheduler {
     /// Opens the control plane on another store than the state file
     /// (`config.data_dir` is then not used), loading the saved apps from it.
     pub fn open_with_store(
+        config: SchedulerConfig,
+        store: Box<dyn StateStore>,
+    ) -> Result<Scheduler> {
+        Scheduler::open_counting_dns(config, store, Arc::new(DnsCounters::default()))
+    }
+
+    /// [`Scheduler::open_with_store`] whose metrics show `dns_counters`: under HA one
+    /// DNS server lives as long as the process, follower then leader, and counts into
+    /// the same counters throughout (see `crate::dns::follow`).
+    pub fn open_counting_dns(
         mut config: SchedulerConfig,
         store: Box<dyn StateStore>,
+        dns_counters: Arc<DnsCounters>,
     ) -> Result<Scheduler> {
         if config.token.as_deref() == Some("") {
             warn!("empty cluster token configured; it is ignored");
@@ -131,7 +142,7 @@ impl Scheduler {
                 zone: watch::channel(Arc::new(zone)).0,
                 leader: watch::channel(None).0,
                 dns_ns: watch::channel(None).0,
-                dns_counters: Arc::new(DnsCounters::default()),
+                dns_counters,
             }),
         })
     }
@@ -191,6 +202,11 @@ impl Scheduler {
     /// The current Mesos-DNS zone.
     pub fn zone(&self) -> Arc<Zone> {
         self.inner.zone.borrow().clone()
+    }
+
+    /// Every new zone, as it is built.
+    pub fn zone_changes(&self) -> watch::Receiver<Arc<Zone>> {
+        self.inner.zone.subscribe()
     }
 
     /// Serves Mesos-DNS on `udp` and `tcp` (see [`crate::dns::server::bind`]) until
@@ -418,6 +434,7 @@ pub fn router(scheduler: Scheduler) -> Router {
         .route("/v2/events", get(events))
         .route("/v2/info", get(info))
         .route("/v2/leader", get(leader))
+        .route("/v1/dns/zone", get(dns_zone))
         .route("/v1/agents", get(list_agents))
         .route(
             "/v1/agents/{name}/drain",
@@ -980,6 +997,36 @@ async fn desired_changes(
             r = rx.changed() => if r.is_err() { return Ok(Json(json!({ "changes": now }))) },
             _ = tokio::time::sleep_until(deadline) => return Ok(Json(json!({ "changes": now }))),
             _ = stopping.cancelled() => return Ok(Json(json!({ "changes": now }))),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct ZoneQuery {
+    /// The serial the caller has: answer once the zone's differs (or after a while).
+    after: Option<u32>,
+}
+
+/// How long `GET /v1/dns/zone?after=` holds a request without a change.
+const ZONE_POLL: Duration = Duration::from_secs(20);
+
+/// `GET /v1/dns/zone[?after=SERIAL]`: the Mesos-DNS zone as JSON, for follower
+/// schedulers to serve DNS from (`crate::dns::follow`). With `after`, a long poll: it
+/// answers as soon as the serial differs from `after`, or with the same zone after
+/// [`ZONE_POLL`], so a follower's answers trail the leader's by one round trip.
+async fn dns_zone(AxState(s): AxState<Scheduler>, Query(q): Query<ZoneQuery>) -> Response {
+    let mut rx = s.zone_changes();
+    let deadline = tokio::time::Instant::now() + ZONE_POLL;
+    let stopping = s.inner.stopping.clone();
+    loop {
+        let zone = rx.borrow_and_update().clone();
+        if q.after != Some(zone.serial()) {
+            return Json(&*zone).into_response();
+        }
+        tokio::select! {
+            r = rx.changed() => if r.is_err() { return Json(&*zone).into_response() },
+            _ = tokio::time::sleep_until(deadline) => return Json(&*zone).into_response(),
+            _ = stopping.cancelled() => return Json(&*zone).into_response(),
         }
     }
 }

@@ -364,10 +364,12 @@ pub async fn resolve_schedulers(list: &str) -> Result<String> {
         .await
         .map_err(|e| zk_err(&format!("cannot connect to {}", url.servers), e))?;
     let dir = format!("{}/leader-curator", url.root);
-    let mut children = client
-        .list_children(&dir)
-        .await
-        .map_err(|e| zk_err(&format!("cannot list {dir}"), e))?;
+    // No election node yet: no scheduler ever joined, said as below.
+    let mut children = match client.list_children(&dir).await {
+        Ok(c) => c,
+        Err(zk::Error::NoNode) => Vec::new(),
+        Err(e) => return Err(zk_err(&format!("cannot list {dir}"), e)),
+    };
     children.retain(|c| lowest(std::slice::from_ref(c)).is_some());
     children.sort_by(|a, b| a[a.len() - 10..].cmp(&b[b.len() - 10..]));
     let mut urls = Vec::new();
@@ -474,7 +476,11 @@ impl ZkStore {
             Ok(mut results) => {
                 let version = match results.remove(0) {
                     zk::MultiWriteResult::SetData { stat } => stat.version,
-                    zk::MultiWriteResult::Create { stat, .. } => stat.version,
+                    // A create in a multi op answers no stat (zookeeper-client gives
+                    // an invalid one, version -1, which as an expected version would
+                    // match anything and unfence the next write); a node just
+                    // created is at version 0.
+                    zk::MultiWriteResult::Create { .. } => 0,
                     other => {
                         return Err(Error::Zk(format!(
                             "unexpected state write result {other:?}"

@@ -1327,3 +1327,51 @@ async fn a_node_starts_a_placed_task_without_waiting_for_its_heartbeat() {
     server.stop().await;
     assert!(running, "the task was not running 10 s after the deploy");
 }
+
+/// `GET /v1/dns/zone?after=SERIAL`, what follower schedulers serve DNS from: held while
+/// the zone is unchanged, answered as soon as a change rebuilds it.
+#[tokio::test]
+async fn the_dns_zone_long_poll_answers_on_the_next_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path()).await;
+    let anon = s.http.get(s.url("/v1/dns/zone")).send().await.unwrap();
+    assert_eq!(anon.status(), 401);
+    // The first build replaces the empty zone (serial 0) right after start.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let serial = loop {
+        let (status, z) = s.get("/v1/dns/zone").await;
+        assert_eq!(status, 200, "{z}");
+        let serial = z["serial"].as_u64().unwrap();
+        if serial != 0 {
+            break serial;
+        }
+        assert!(Instant::now() < deadline, "no zone built within 5 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let path = format!("/v1/dns/zone?after={serial}");
+    let (http, url) = (s.http.clone(), s.url(&path));
+    let poll = tokio::spawn(async move {
+        let r = http
+            .get(url)
+            .header(protocol::TOKEN_HEADER, TOKEN)
+            .send()
+            .await
+            .unwrap();
+        r.json::<Value>().await.unwrap()
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!poll.is_finished(), "held while nothing changes");
+    let asked = Instant::now();
+    s.register("node-1", "10.0.0.1").await;
+    let z = tokio::time::timeout(Duration::from_secs(5), poll)
+        .await
+        .expect("answered after the change")
+        .unwrap();
+    assert_ne!(z["serial"].as_u64().unwrap(), serial);
+    assert!(
+        asked.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        asked.elapsed()
+    );
+    s.stop().await;
+}

@@ -3,8 +3,8 @@
 //! killed with SIGKILL when dropped (so a failing test leaves nothing behind; a
 //! `sandtrail up` whose tasks must end with it is stopped with SIGTERM first, see
 //! [`Proc::term_on_drop`]); a whole `sandtrail up` ([`Up`]); an HTTP client with a
-//! token; [`search`]; [`eventually`]; and the demo app's Docker image
-//! ([`demo_image`]).
+//! token; [`search`]; [`eventually`]; the demo app's Docker image
+//! ([`demo_image`]); and [`dig`] for the DNS suites.
 //!
 //! Each suite keeps its own cluster shape (which parts, which data dirs); only the
 //! process handling lives here.
@@ -442,4 +442,36 @@ pub fn demo_image() -> anyhow::Result<Option<String>> {
         }
     }
     Ok(Some(image))
+}
+
+/// `dig +short` of `name` and `qtype` at the server (`+tcp` with `tcp`).
+#[allow(dead_code)] // only the DNS suites ask with dig
+pub fn dig(
+    dns: std::net::SocketAddr,
+    name: &str,
+    qtype: &str,
+    tcp: bool,
+) -> anyhow::Result<Vec<String>> {
+    let (server, port) = (format!("@{}", dns.ip()), dns.port().to_string());
+    let out = Command::new("dig")
+        .args([
+            server.as_str(),
+            "-p",
+            port.as_str(),
+            "+short",
+            "+time=2",
+            "+tries=1",
+            if tcp { "+tcp" } else { "+notcp" },
+            qtype,
+            name,
+        ])
+        .output()
+        .context("dig not found: run scripts/test-deps.sh (Debian dnsutils)")?;
+    if !out.status.success() {
+        bail!("dig failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8(out.stdout)?
+        .lines()
+        .map(str::to_string)
+        .collect())
 }

@@ -75,6 +75,13 @@ impl ZooKeeper {
         ask().unwrap_or(false)
     }
 
+    /// Kills the server (SIGKILL), as a crash or a partition from it would look to
+    /// its clients.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// `zk://127.0.0.1:PORT/ROOT`.
     pub fn url(&self, root: &str) -> String {
         format!("zk://127.0.0.1:{}/{root}", self.port)

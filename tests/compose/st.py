@@ -53,6 +53,15 @@ def cmd_tasks(scheduler, app, state="TASK_RUNNING"):
             print(t["id"], t["host"], t.get("startedAt") or "-", t["state"])
 
 
+def cmd_ports(scheduler, app):
+    """The first host port of each running task of the app, sorted, one a line."""
+    d = get(f"{scheduler}/v2/apps/{app}")
+    ports = sorted(t["ports"][0] for t in d["app"].get("tasks", [])
+                   if t["state"] == "TASK_RUNNING" and t.get("ports"))
+    for p in ports:
+        print(p)
+
+
 def cmd_all_tasks(scheduler):
     """Every task of every app, sorted: id host startedAt state."""
     d = get(f"{scheduler}/v2/tasks")

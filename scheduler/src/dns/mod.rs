@@ -11,7 +11,12 @@
 //! what remains is the answers' TTL (`dns_ttl_secs`, default 5 s) in resolvers that
 //! cache. The trade-off is a rebuild per burst of changes under the state's lock: a
 //! walk over the tasks, coalesced (changes during a rebuild make one more rebuild).
+//!
+//! Under HA every scheduler serves DNS: the leader from its own zone, followers from
+//! the leader's, fetched with a long poll ([`follow`]).
 
+pub mod client;
+pub mod follow;
 pub mod names;
 pub mod server;
 pub mod zone;

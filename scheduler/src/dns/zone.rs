@@ -15,11 +15,12 @@ use hickory_proto::op::{Edns, Message, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::{A, AAAA, NS, SOA, SRV};
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 use rand::seq::SliceRandom;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 /// How the zone is named and cached.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ZoneConfig {
     /// The domain served, as [`names::domain`] returns it (default `mesos`).
     pub domain: String,
@@ -37,7 +38,7 @@ impl Default for ZoneConfig {
 }
 
 /// Where a task is reached: its agent's address, an IP or a host name.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 enum Addr {
     Ip(IpAddr),
     /// A host name, fully qualified with its dot (an SRV target as is).
@@ -60,7 +61,7 @@ impl Addr {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct TaskEntry {
     /// `<app>-<tag>`, the task's own host name under `marathon.<domain>`.
     host: String,
@@ -79,8 +80,9 @@ pub struct SrvEntry {
     pub ip: Option<IpAddr>,
 }
 
-/// A snapshot of every name this server answers.
-#[derive(Debug, Clone)]
+/// A snapshot of every name this server answers. Serializable: a follower scheduler
+/// serves the leader's (`GET /v1/dns/zone`, `crate::dns::follow`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Zone {
     config: ZoneConfig,
     serial: u32,
@@ -170,6 +172,13 @@ impl Zone {
             leader,
             ns: ns.filter(|ip| !ip.is_unspecified()),
         }
+    }
+
+    /// The same zone with `ns1.<domain>` at `ns` (this server's DNS address, when a
+    /// specific one): a follower serving the leader's zone names itself.
+    pub fn with_ns(mut self, ns: Option<IpAddr>) -> Zone {
+        self.ns = ns.filter(|ip| !ip.is_unspecified());
+        self
     }
 
     pub fn domain(&self) -> &str {
@@ -417,7 +426,7 @@ fn addr_record(name: Name, ttl: u32, ip: IpAddr) -> Record {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::control::testkit::{agent, cluster, with_health_check};
     use crate::control::{testkit, Now};
@@ -431,8 +440,9 @@ mod tests {
     }
 
     /// Two agents, app `/prod/fib` with 3 tasks (one unhealthy), app `/web` with one;
-    /// answers the zone and the host ports of fib's healthy tasks.
-    fn zone() -> (Zone, Vec<u16>) {
+    /// answers the zone and the host ports of fib's healthy tasks (leader and ns at
+    /// 10.0.0.9, serial 7). The DNS client and follower tests use it too.
+    pub(crate) fn zone() -> (Zone, Vec<u16>) {
         let now = Now::current();
         let mut s = cluster(&[], now);
         for (name, addr) in [("a", "10.0.0.1"), ("b", "10.0.0.2")] {
@@ -479,6 +489,42 @@ mod tests {
             7,
         );
         (z, healthy)
+    }
+
+    #[test]
+    fn a_zone_answers_the_same_after_a_json_round_trip_as_followers_get_it() {
+        let (z, _) = zone();
+        let back: Zone = serde_json::from_str(&serde_json::to_string(&z).unwrap()).unwrap();
+        assert_eq!(back.serial(), 7);
+        for (name, t) in [
+            ("_fib-prod._tcp.marathon.mesos.", RecordType::SRV),
+            ("fib-prod.marathon.mesos.", RecordType::A),
+            ("leader.mesos.", RecordType::A),
+            ("ns1.mesos.", RecordType::A),
+        ] {
+            // Answers come shuffled: compared as sorted sets.
+            let set = |rs: &[Record]| {
+                let mut v: Vec<String> = rs
+                    .iter()
+                    .map(|r| format!("{} {}", r.name, r.data))
+                    .collect();
+                v.sort();
+                v
+            };
+            let (a, b) = (z.answer(&query(name, t)), back.answer(&query(name, t)));
+            assert!(!a.answers.is_empty(), "{name}");
+            assert_eq!(set(&a.answers), set(&b.answers), "{name}");
+            assert_eq!(set(&a.additionals), set(&b.additionals), "{name}");
+        }
+        // A follower names itself as ns1, never an unspecified address.
+        let own = back.clone().with_ns(Some("10.0.0.3".parse().unwrap()));
+        let ns1 = own.answer(&query("ns1.mesos.", RecordType::A));
+        assert_eq!(ns1.answers[0].data.to_string(), "10.0.0.3");
+        let none = back.with_ns(Some("0.0.0.0".parse().unwrap()));
+        assert!(none
+            .answer(&query("ns1.mesos.", RecordType::A))
+            .answers
+            .is_empty());
     }
 
     #[test]
