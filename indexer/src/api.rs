@@ -268,9 +268,7 @@ async fn tail(
     Query(params): Query<TailParams>,
 ) -> Result<impl axum::response::IntoResponse> {
     let filter = TailFilter::parse(params.q.as_deref().unwrap_or(""))?;
-    let last = headers
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok());
+    let last = headers.get("last-event-id").and_then(|v| v.to_str().ok());
     // Subscribe before answering, so nothing accepted after the client sees the
     // response headers is missed.
     let sub = ix.resume_tail(last);

@@ -544,7 +544,11 @@ mod tests {
             assert!(now_in(sub, "").await.is_empty(), "{id}");
         }
         let other = Hub::new(4);
-        assert_ne!(other.event_id(1), hub.event_id(1), "each start has its epoch");
+        assert_ne!(
+            other.event_id(1),
+            hub.event_id(1),
+            "each start has its epoch"
+        );
     }
 
     #[tokio::test]

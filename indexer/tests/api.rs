@@ -458,7 +458,11 @@ async fn a_tail_reconnect_with_last_event_id_gets_exactly_what_it_missed() -> Re
     assert_eq!(resumed.headers()["x-sandtrail-tail-resumed"], "true");
     let mut body = resumed.bytes_stream();
     let replayed = read_events(&mut body, |e| e.len() == 2).await?;
-    assert_eq!(msgs(&replayed), ["two", "three"], "the missed ones, once each");
+    assert_eq!(
+        msgs(&replayed),
+        ["two", "three"],
+        "the missed ones, once each"
+    );
     assert_eq!(replayed[0].0, seen[1].0, "an event keeps its id");
     s.ingest(&[rec(6, "node-1", "fib", "four", 4)]).await?;
     let live = read_events(&mut body, |e| !e.is_empty()).await?;

@@ -421,14 +421,11 @@ impl Client {
         if let Some(id) = last_event_id {
             req = req.header("last-event-id", id);
         }
-        let resp = req
-            .send()
-            .await
-            .map_err(|source| Error::Unreachable {
-                service: Service::Indexer,
-                url: url.clone(),
-                source,
-            })?;
+        let resp = req.send().await.map_err(|source| Error::Unreachable {
+            service: Service::Indexer,
+            url: url.clone(),
+            source,
+        })?;
         if resp.status().is_success() {
             return Ok(resp);
         }

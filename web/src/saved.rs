@@ -230,7 +230,10 @@ mod tests {
 
     #[test]
     fn names_are_checked_and_trimmed() {
-        assert_eq!(valid_name("  fib errors (prod) ").unwrap(), "fib errors (prod)");
+        assert_eq!(
+            valid_name("  fib errors (prod) ").unwrap(),
+            "fib errors (prod)"
+        );
         assert_eq!(valid_name("élan #2").unwrap(), "élan #2");
         for bad in ["", "   ", "a<b", "x\"y", "tab\there", &"n".repeat(65)] {
             let e = valid_name(bad).unwrap_err().to_string();
@@ -293,7 +296,10 @@ mod tests {
         let again = SavedSearches::open(path.clone()).unwrap();
         let list = again.list().await;
         assert_eq!(list.len(), 1);
-        assert_eq!((list[0].name.as_str(), list[0].query()), ("kept", "app:fib"));
+        assert_eq!(
+            (list[0].name.as_str(), list[0].query()),
+            ("kept", "app:fib")
+        );
 
         std::fs::write(&path, b"{not json").unwrap();
         let e = SavedSearches::open(path.clone()).err().unwrap().to_string();

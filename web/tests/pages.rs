@@ -770,7 +770,10 @@ async fn tail_stream_proxies_the_indexers_events() -> Result<()> {
             .with_context(|| format!("stream ended early; got {body:?}"))?;
         body.push_str(&String::from_utf8_lossy(&chunk));
     }
-    assert!(body.contains("tail line for [app:fib] after [ep-42]"), "{body}");
+    assert!(
+        body.contains("tail line for [app:fib] after [ep-42]"),
+        "{body}"
+    );
     Ok(())
 }
 
@@ -1562,7 +1565,11 @@ async fn saved_searches_are_saved_listed_opened_and_deleted() -> Result<()> {
     let (status, location, body) = save("dp", fib_errors.clone()).await?;
     assert_eq!(status, 303, "{body}");
     let href = "/?q=app%3Afib%20level%3Aerror&range=1h&sort=oldest&cols=latency_ms";
-    assert_eq!(location.as_deref(), Some(href), "the zone is the reader's own");
+    assert_eq!(
+        location.as_deref(),
+        Some(href),
+        "the zone is the reader's own"
+    );
 
     // Listed for a reader, who gets no save form or delete button.
     let page = |token: &'static str, path: &'static str| {
@@ -1585,17 +1592,30 @@ async fn saved_searches_are_saved_listed_opened_and_deleted() -> Result<()> {
         href.replace('&', "&#38;")
     );
     assert!(read.contains(&link), "{read}");
-    assert!(!read.contains("save-search") && !read.contains("saved-delete"), "{read}");
-    let deployer = page("dp", "/?q=app%3Afib%20level%3Aerror&range=1h&sort=oldest&cols=latency_ms").await?;
+    assert!(
+        !read.contains("save-search") && !read.contains("saved-delete"),
+        "{read}"
+    );
+    let deployer = page(
+        "dp",
+        "/?q=app%3Afib%20level%3Aerror&range=1h&sort=oldest&cols=latency_ms",
+    )
+    .await?;
     assert!(deployer.contains("class=\"save-search\""), "{deployer}");
-    assert!(deployer.contains("<li class=\"current\">"), "this page is that search");
+    assert!(
+        deployer.contains("<li class=\"current\">"),
+        "this page is that search"
+    );
 
     // A taken name needs `replace`; bad names, queries and origins are refused by name.
     let (status, _, body) = save("dp", vec![("name", "fib errors"), ("q", "x")]).await?;
     assert_eq!(status, 409, "{body}");
     assert!(body.contains("replace"), "{body}");
-    let (status, _, _) =
-        save("dp", vec![("name", "fib errors"), ("q", "x"), ("replace", "1")]).await?;
+    let (status, _, _) = save(
+        "dp",
+        vec![("name", "fib errors"), ("q", "x"), ("replace", "1")],
+    )
+    .await?;
     assert_eq!(status, 303);
     for (form, named) in [
         (vec![("name", "<b>x</b>"), ("q", "x")], "invalid name"),
@@ -1677,7 +1697,10 @@ async fn actions_with_a_read_only_ui_token_are_a_403_naming_the_role() -> Result
             "/apps/action",
             vec![("app", "fib"), ("action", "scale"), ("instances", "2")],
         ),
-        ("/hosts/action", vec![("agent", "node-1"), ("action", "drain")]),
+        (
+            "/hosts/action",
+            vec![("agent", "node-1"), ("action", "drain")],
+        ),
     ] {
         let resp = http
             .post(format!("{web}{path}"))

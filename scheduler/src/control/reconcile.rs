@@ -710,7 +710,11 @@ mod tests {
         running(&mut s, "a", &on_a, &[], now);
         running(&mut s, "b", &on_b, &[], now);
         s.set_drained("a", true, now).unwrap();
-        assert_eq!(s.desired("a"), on_a, "still running: its replacement is not");
+        assert_eq!(
+            s.desired("a"),
+            on_a,
+            "still running: its replacement is not"
+        );
         let b_now = s.desired("b");
         assert_eq!(b_now.len(), 2, "{b_now:?}");
         let replacement = b_now.iter().find(|t| t.task != on_b[0].task).unwrap();

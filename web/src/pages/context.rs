@@ -164,15 +164,15 @@ pub(crate) async fn page(
         utc,
         wider: super::with_utc(
             href(
-            "/context",
-            &[
-                ("task", &task),
-                ("ts", &ts),
-                ("source", &source),
-                ("offset", &offset_s),
-                ("n", &wider_n),
-            ],
-        ) + "#focus",
+                "/context",
+                &[
+                    ("task", &task),
+                    ("ts", &ts),
+                    ("source", &source),
+                    ("offset", &offset_s),
+                    ("n", &wider_n),
+                ],
+            ) + "#focus",
             utc,
         ),
         task,

@@ -222,7 +222,11 @@ mod tests {
         assert_eq!(csv_field("two\nlines"), "\"two\nlines\"");
         assert_eq!(csv_field("cr\r"), "\"cr\r\"");
         assert_eq!(csv_field(""), "");
-        assert_eq!(csv_field("a=b"), "a=b", "only a leading sign starts a formula");
+        assert_eq!(
+            csv_field("a=b"),
+            "a=b",
+            "only a leading sign starts a formula"
+        );
     }
 
     #[test]

@@ -124,9 +124,7 @@ pub(crate) async fn stream(
     state.metrics.hit(Page::TailStream);
     let q = p.q.unwrap_or_default();
     // An `EventSource` reconnecting sends the last id it saw; the indexer resumes there.
-    let last = headers
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok());
+    let last = headers.get("last-event-id").and_then(|v| v.to_str().ok());
     let upstream = match state.client.tail(q.trim(), last).await {
         Ok(resp) => resp,
         Err(e) => {
