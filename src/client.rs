@@ -4,9 +4,12 @@
 //! They speak the same HTTP contracts as the web UI and any other client, so they
 //! double as living documentation of those contracts. Output is plain text meant for
 //! people and `grep` unless `-o json|ndjson` asks for the records as the API gives them.
-//! `tail` reconnects when its stream drops and catches up with a search from shortly
-//! before the last record it printed; the stream carries no event ids, so records seen
-//! twice are told apart by source, offset, task, time and message (a bounded window).
+//! `tail` reconnects when its stream drops and resumes after the last SSE event id it
+//! received (`Last-Event-ID`), which the indexer answers with exactly the records it
+//! missed. Only when the indexer cannot resume (it restarted: its ids start again) does
+//! `tail` catch up with a search from shortly before the last record it printed;
+//! records seen twice there are told apart by source, offset, task, time and message
+//! (a bounded window).
 
 use anyhow::{bail, Context};
 use clap::Args;
@@ -288,8 +291,11 @@ pub async fn search(server: &ServerArgs, a: &SearchArgs) -> anyhow::Result<()> {
 /// What `sandtrail tail` was asked.
 #[derive(Debug, Clone)]
 pub struct TailArgs {
-    /// Apps to follow; empty means every app (narrowed by `query`).
+    /// Apps to follow by name; with `patterns` empty too, every app (narrowed by
+    /// `query`).
     pub apps: Vec<String>,
+    /// Apps to follow whose names match one of these.
+    pub patterns: Vec<regex::Regex>,
     /// A tail filter (`level:error timeout`), ANDed with the apps.
     pub query: String,
     /// Print the lines of this last stretch (`5m`) before following.
@@ -353,7 +359,38 @@ impl Printed {
 }
 
 fn tail_matches(a: &TailArgs, r: &LogRecord) -> bool {
-    a.apps.is_empty() || a.apps.contains(&r.app)
+    (a.apps.is_empty() && a.patterns.is_empty())
+        || a.apps.contains(&r.app)
+        || a.patterns.iter().any(|p| p.is_match(&r.app))
+}
+
+/// `tail`'s app arguments split into names and regular expressions: an argument that
+/// is a valid app name is a name (matched exactly), any other a pattern, as is
+/// `--app-regex`. A pattern that does not compile is an error naming it.
+pub fn app_selectors(
+    args: Vec<String>,
+    app_regex: Option<String>,
+) -> anyhow::Result<(Vec<String>, Vec<regex::Regex>)> {
+    let mut names = Vec::new();
+    let mut patterns = Vec::new();
+    for arg in args {
+        let name = arg.trim_matches('/');
+        if web::render::valid_app_name(name) {
+            names.push(name.to_string());
+        } else {
+            patterns.push(arg);
+        }
+    }
+    patterns.extend(app_regex);
+    let patterns = patterns
+        .into_iter()
+        .map(|p| {
+            regex::Regex::new(&p).with_context(|| {
+                format!("invalid app pattern {p:?}: expected an app name or a regular expression")
+            })
+        })
+        .collect::<anyhow::Result<_>>()?;
+    Ok((names, patterns))
 }
 
 fn emit(a: &TailArgs, printed: &mut Printed, r: &LogRecord) -> anyhow::Result<()> {
@@ -396,8 +433,8 @@ async fn catch_up(
 /// The filter sent to the indexer (stream and catch-up alike): one app is filtered
 /// there; several by this client, as the tail filter has no OR.
 fn search_query_of(a: &TailArgs) -> String {
-    match a.apps.as_slice() {
-        [one] => format!("app:{one} {}", a.query).trim().to_string(),
+    match (a.apps.as_slice(), a.patterns.is_empty()) {
+        ([one], true) => format!("app:{one} {}", a.query).trim().to_string(),
         _ => a.query.clone(),
     }
 }
@@ -410,13 +447,18 @@ pub async fn tail(server: &ServerArgs, a: &TailArgs) -> anyhow::Result<()> {
     };
     let mut backoff = std::time::Duration::from_millis(200);
     let mut connected_once = false;
+    // The id of the last event received: a reconnect sends it and the indexer
+    // replays what followed it, each record once.
+    let mut last_id: Option<String> = None;
     loop {
-        let resp = server
+        let mut req = server
             .client()?
             .get(server.indexer_url("/api/v1/tail"))
-            .query(&[("q", search_query_of(a))])
-            .send()
-            .await;
+            .query(&[("q", search_query_of(a))]);
+        if let Some(id) = &last_id {
+            req = req.header("last-event-id", id);
+        }
+        let resp = req.send().await;
         let resp = match resp {
             Ok(r) if r.status().is_success() => r,
             // A refused filter or token will not get better by retrying.
@@ -438,11 +480,19 @@ pub async fn tail(server: &ServerArgs, a: &TailArgs) -> anyhow::Result<()> {
             }
         };
         // Subscribed before catching up, so nothing falls between the search and the
-        // stream; what both deliver is printed once.
-        let start = if connected_once {
+        // stream; what both deliver is printed once. A reconnect with an event id needs
+        // no search: the indexer resumes after it (an indexer that restarted meanwhile
+        // cannot, and its stream then starts now: only that case is searched for).
+        let resumed = resp
+            .headers()
+            .get("x-sandtrail-tail-resumed")
+            .is_some_and(|v| v.as_bytes() == b"true");
+        let start = if connected_once && !resumed {
             printed
                 .newest
                 .map(|n| (n - SEEN_WINDOW / 2).to_rfc3339_opts(chrono::SecondsFormat::Nanos, true))
+        } else if connected_once {
+            None
         } else {
             first_start.clone()
         };
@@ -453,7 +503,7 @@ pub async fn tail(server: &ServerArgs, a: &TailArgs) -> anyhow::Result<()> {
             }
         }
         let mut body = resp.bytes_stream();
-        let mut buf = Vec::new();
+        let mut sse = Sse::default();
         let mut got_any = false;
         while let Some(chunk) = body.next().await {
             let Ok(chunk) = chunk else { break };
@@ -461,21 +511,80 @@ pub async fn tail(server: &ServerArgs, a: &TailArgs) -> anyhow::Result<()> {
                 got_any = true;
                 backoff = std::time::Duration::from_millis(200);
             }
-            buf.extend_from_slice(&chunk);
-            while let Some(pos) = buf.iter().position(|&b| b == b'\n') {
-                let line: Vec<u8> = buf.drain(..=pos).collect();
-                let line = String::from_utf8_lossy(&line);
-                if let Some(data) = line.trim_end().strip_prefix("data:") {
-                    match serde_json::from_str::<LogRecord>(data.trim()) {
+            for event in sse.push(&chunk) {
+                if let Some(id) = event.id {
+                    last_id = Some(id);
+                }
+                match event.kind.as_str() {
+                    "message" => match serde_json::from_str::<LogRecord>(&event.data) {
                         Ok(r) => emit(a, &mut printed, &r)?,
-                        Err(_) => eprintln!("{}", data.trim()),
-                    }
+                        Err(_) => eprintln!("{}", event.data),
+                    },
+                    // Too far behind (or away) for the indexer to replay: say so.
+                    "dropped" => eprintln!("tail: the indexer dropped lines: {}", event.data),
+                    _ => {}
                 }
             }
         }
         eprintln!("tail: the stream ended; reconnecting in {backoff:?}");
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+    }
+}
+
+/// One server-sent event: its `event:` name (`message` when none), its `id:` when it
+/// had one, and its `data:` lines joined.
+#[derive(Debug, PartialEq)]
+struct SseEvent {
+    kind: String,
+    id: Option<String>,
+    data: String,
+}
+
+/// An SSE parser fed chunks as they arrive (the WHATWG rules the client needs:
+/// fields up to a blank line, `:` comments ignored, one optional space after the
+/// colon, `\r\n` or `\n` line ends).
+#[derive(Default)]
+struct Sse {
+    buf: Vec<u8>,
+    kind: Option<String>,
+    id: Option<String>,
+    data: Vec<String>,
+}
+
+impl Sse {
+    fn push(&mut self, chunk: &[u8]) -> Vec<SseEvent> {
+        self.buf.extend_from_slice(chunk);
+        let mut out = Vec::new();
+        while let Some(pos) = self.buf.iter().position(|&b| b == b'\n') {
+            let raw: Vec<u8> = self.buf.drain(..=pos).collect();
+            let line = String::from_utf8_lossy(&raw);
+            let line = line.trim_end_matches(['\n', '\r']);
+            if line.is_empty() {
+                if !self.data.is_empty() {
+                    out.push(SseEvent {
+                        kind: self.kind.take().unwrap_or_else(|| "message".into()),
+                        id: self.id.take(),
+                        data: std::mem::take(&mut self.data).join("\n"),
+                    });
+                }
+                self.kind = None;
+                self.id = None;
+                continue;
+            }
+            if line.starts_with(':') {
+                continue;
+            }
+            let (field, value) = line.split_once(':').unwrap_or((line, ""));
+            let value = value.strip_prefix(' ').unwrap_or(value);
+            match field {
+                "data" => self.data.push(value.to_string()),
+                "event" => self.kind = Some(value.to_string()),
+                "id" => self.id = Some(value.to_string()),
+                _ => {}
+            }
+        }
+        out
     }
 }
 
@@ -540,6 +649,63 @@ mod tests {
         r.source = "/logs/a".into();
         r.offset = offset;
         r
+    }
+
+    #[test]
+    fn tail_follows_names_exactly_and_patterns_as_regexes() {
+        let (apps, patterns) =
+            app_selectors(vec!["fib".into(), "api|web".into()], Some("^db-".into())).unwrap();
+        assert_eq!(apps, ["fib"]);
+        let a = TailArgs {
+            apps,
+            patterns,
+            query: "level:error".into(),
+            since: None,
+            output: Output::Text,
+        };
+        let app = |name: &str| {
+            let mut r = rec(0, 1, "x");
+            r.app = name.into();
+            tail_matches(&a, &r)
+        };
+        assert!(app("fib") && app("web") && app("api-gw") && app("db-1"));
+        assert!(!app("fibonacci"), "a name is exact");
+        assert!(!app("mydb-1") && !app("other"));
+        // Several apps are filtered here: the indexer's filter has no OR.
+        assert_eq!(search_query_of(&a), "level:error");
+        let one = TailArgs {
+            apps: vec!["fib".into()],
+            patterns: vec![],
+            ..a.clone()
+        };
+        assert_eq!(search_query_of(&one), "app:fib level:error");
+        let e = app_selectors(vec!["fib(".into()], None).unwrap_err();
+        assert!(format!("{e:#}").contains("\"fib(\""), "{e:#}");
+    }
+
+    #[test]
+    fn sse_events_are_parsed_across_chunks_with_their_ids() {
+        let mut p = Sse::default();
+        assert!(p.push(b": keep-alive\n\nid: e-1\nda").is_empty());
+        let got = p.push(b"ta: {\"a\":1}\n\nevent: dropped\r\ndata: {\"dropped\": 3}\r\n\r\n");
+        assert_eq!(
+            got,
+            [
+                SseEvent {
+                    kind: "message".into(),
+                    id: Some("e-1".into()),
+                    data: "{\"a\":1}".into()
+                },
+                SseEvent {
+                    kind: "dropped".into(),
+                    id: None,
+                    data: "{\"dropped\": 3}".into()
+                },
+            ]
+        );
+        let got = p.push(b"data:x\ndata:y\nid:e-2\n\n");
+        assert_eq!(got[0].data, "x\ny");
+        assert_eq!(got[0].id.as_deref(), Some("e-2"));
     }
 
     #[test]

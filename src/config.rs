@@ -264,6 +264,9 @@ pub struct WebSection {
     pub listen: Option<String>,
     pub indexer: Option<String>,
     pub scheduler: Option<String>,
+    /// A deploy (or admin) token for the Apps and Hosts buttons; without one they
+    /// answer 403 naming the role.
+    pub deploy_token: Option<String>,
 }
 
 const TOP: &[&str] = &[
@@ -339,7 +342,7 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "docker",
         ],
     ),
-    ("web", &["listen", "indexer", "scheduler"]),
+    ("web", &["listen", "indexer", "scheduler", "deploy_token"]),
     ("client", &["server", "indexer", "token", "token_file"]),
     (
         "http",
@@ -640,6 +643,12 @@ pub struct WebSettings {
     pub scheduler_url: String,
     /// The UI's own credential upstream (a read token is enough).
     pub token: String,
+    /// What the Apps and Hosts buttons change things with: `--deploy-token` >
+    /// `[web] deploy_token`.
+    pub deploy_token: Option<String>,
+    /// Its tokens sign users in and its `web/saved-searches.json` keeps the saved
+    /// searches: `--data-dir` > the file's `data_dir`; none, in memory only.
+    pub data_dir: Option<PathBuf>,
 }
 
 pub fn web(args: WebArgs, cfg: &Config, token: Option<String>) -> anyhow::Result<WebSettings> {
@@ -659,6 +668,11 @@ pub fn web(args: WebArgs, cfg: &Config, token: Option<String>) -> anyhow::Result
         token: given_token(token, cfg)
             .filter(|t| !t.trim().is_empty())
             .context("--token is required: the UI calls the indexer and scheduler with it (a read token is enough)")?,
+        deploy_token: args
+            .deploy_token
+            .or(cfg.web.deploy_token.clone())
+            .filter(|t| !t.trim().is_empty()),
+        data_dir: args.data_dir.or(cfg.data_dir.clone()),
     })
 }
 

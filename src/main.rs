@@ -224,8 +224,14 @@ enum Command {
     },
     /// Follow the logs of apps' instances live, reconnecting when the stream drops.
     Tail {
-        /// Apps to follow (none: every app, narrowed by --query).
+        /// Apps to follow (none: every app, narrowed by --query). An argument that is
+        /// not an app name is a regular expression searched in app names, as stern's
+        /// pod query: `sandtrail tail 'fib|web'`.
         apps: Vec<String>,
+        /// Follow every app whose name matches this regular expression (unanchored;
+        /// `^fib$` for one name).
+        #[arg(long = "app-regex")]
+        app_regex: Option<String>,
         /// Tail filter, ANDed: `level:error timeout -host:node-2`.
         #[arg(long, short = 'q', default_value = "")]
         query: String,
@@ -328,6 +334,14 @@ pub struct WebArgs {
     /// or the schedulers' zk://host:port/path.
     #[arg(long, env = "SANDTRAIL_SCHEDULER")]
     pub scheduler: Option<String>,
+    /// A deploy or admin token for the Apps and Hosts pages' buttons (scale, restart,
+    /// drain...); without it they answer 403 naming the role.
+    #[arg(long, env = "SANDTRAIL_DEPLOY_TOKEN")]
+    pub deploy_token: Option<String>,
+    /// Its token files sign users in; `web/saved-searches.json` in it keeps the saved
+    /// searches (without one they live in memory only).
+    #[arg(long, env = "SANDTRAIL_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -589,13 +603,16 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Tail {
             apps,
+            app_regex,
             query,
             since,
             output,
             server,
         } => {
+            let (apps, patterns) = client::app_selectors(apps, app_regex)?;
             let args = client::TailArgs {
                 apps,
+                patterns,
                 query,
                 since,
                 output,

@@ -682,7 +682,8 @@ pub async fn up(settings: UpSettings, cfg: Config) -> anyhow::Result<()> {
     .with_token(Some(read_token))
     .with_deploy_token(Some(deploy_token.clone()))
     .with_keyring(keyring.clone())
-    .with_shutdown(http_cancel.clone());
+    .with_shutdown(http_cancel.clone())
+    .with_saved_searches(saved_searches_path(&dir))?;
     let sign_in = format!("{url}{}", web.one_time_link(Role::Admin));
     // Every part in this process on the one exposition: indexer, scheduler, UI, and
     // each host's node and shipper (their series told apart by `host`).
@@ -1044,16 +1045,23 @@ pub async fn indexer(settings: PartSettings, cfg: Config) -> anyhow::Result<()> 
     Ok(())
 }
 
+/// Where the web UI keeps its saved searches under a data dir.
+fn saved_searches_path(dir: &Path) -> PathBuf {
+    dir.join("web").join("saved-searches.json")
+}
+
 pub async fn web(settings: WebSettings, cfg: Config) -> anyhow::Result<()> {
     let WebSettings {
         listen,
         indexer_url,
         scheduler_url,
         token,
+        deploy_token,
+        data_dir,
     } = settings;
     // The UI's own token signs users in, as do the token files of `data_dir` when one
     // is configured.
-    let mut keyring = match &cfg.data_dir {
+    let mut keyring = match &data_dir {
         Some(dir) => tokens::load(dir)?,
         None => Keyring::new(),
     };
@@ -1067,6 +1075,22 @@ pub async fn web(settings: WebSettings, cfg: Config) -> anyhow::Result<()> {
     .with_token(Some(token))
     .with_keyring(keyring.clone())
     .with_shutdown(cancel.clone());
+    // Without a deploy token the Apps and Hosts buttons and saving searches answer a
+    // 403 naming the missing role (the scheduler refuses the UI's own token).
+    let web = match deploy_token {
+        Some(t) => web.with_deploy_token(Some(t)),
+        None => web,
+    };
+    let web = match &data_dir {
+        Some(dir) => web.with_saved_searches(saved_searches_path(dir))?,
+        None => {
+            tracing::warn!(
+                "no data dir: saved searches are kept in memory only, lost at restart \
+                 (give --data-dir to keep them)"
+            );
+            web
+        }
+    };
     let w = web.clone();
     let app = with_ops(
         web.router(),

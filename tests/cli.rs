@@ -1,6 +1,7 @@
 //! The command-line clients `search` and `tail` (issue 20) against a real standalone
 //! indexer: paging with `--all`, `--from/--to`, JSON output, and `tail` reconnecting
-//! across an indexer restart without printing a record twice or losing one.
+//! across an indexer restart or a dropped connection (resuming by SSE event id)
+//! without printing a record twice or losing one, and following a regex of apps.
 
 mod common;
 
@@ -389,6 +390,155 @@ async fn tail_json_of_several_apps_survives_an_indexer_restart() -> anyhow::Resu
     );
     assert!(
         !tail.seen.iter().any(|m| m == "not followed"),
+        "{:?}",
+        tail.seen
+    );
+    Ok(())
+}
+
+/// A TCP relay to `upstream` whose open connections can be cut, as a proxy or a
+/// network drop would, while it keeps accepting new ones.
+struct Relay {
+    url: String,
+    cut: std::sync::Arc<tokio::sync::Notify>,
+    /// Connections accepted so far.
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Relay {
+    async fn start(upstream: &str) -> anyhow::Result<Relay> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}", listener.local_addr()?);
+        let upstream = upstream.trim_start_matches("http://").to_string();
+        let cut = std::sync::Arc::new(tokio::sync::Notify::new());
+        let cuts = cut.clone();
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut down, _)) = listener.accept().await {
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let (upstream, cuts) = (upstream.clone(), cuts.clone());
+                tokio::spawn(async move {
+                    let Ok(mut up) = tokio::net::TcpStream::connect(&upstream).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut down, &mut up) => {}
+                        _ = cuts.notified() => {}
+                    }
+                });
+            }
+        });
+        Ok(Relay { url, cut, accepted })
+    }
+
+    /// Drops every connection open now.
+    fn cut(&self) {
+        self.cut.notify_waiters();
+    }
+}
+
+/// How many searches the indexer has answered (its search histogram's count).
+async fn searches(url: &str) -> anyhow::Result<u64> {
+    let text = client_with_token(TOKEN)?
+        .get(format!("{url}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("sandtrail_indexer_search_seconds_count "))
+        .and_then(|n| n.trim().parse().ok())
+        .with_context(|| format!("no search count in {text}"))
+}
+
+/// Issue 20: `tail` of a regex of app names (stern's `'fib|web'`) follows every
+/// matching app and no other; when its connection drops, it reconnects with the last
+/// SSE event id and the indexer replays what it missed, each record once, without the
+/// catch-up search (which only an indexer restart needs).
+#[tokio::test]
+async fn tail_of_an_app_regex_resumes_by_event_id_after_a_dropped_connection() -> anyhow::Result<()>
+{
+    let dir = tempfile::tempdir()?;
+    let (_ix, url) = start_indexer(dir.path(), "127.0.0.1:0")?;
+    let relay = Relay::start(&url).await?;
+    let now = || chrono::Utc::now().to_rfc3339();
+    let mut tail = Tail::start(
+        dir.path(),
+        &[
+            "api|web",
+            "--app-regex",
+            "^db$",
+            "-o",
+            "json",
+            "--server",
+            &relay.url,
+        ],
+    )?;
+    // Subscribed once a live record comes through (no --since: nothing earlier).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut offset = 0;
+    loop {
+        anyhow::ensure!(Instant::now() < deadline, "tail never printed a probe");
+        offset += 1;
+        ingest(&url, &[record(&now(), "web", "probe", offset)]).await?;
+        if let Ok(line) = tail.lines.recv_timeout(Duration::from_millis(300)) {
+            let v: serde_json::Value = serde_json::from_str(&line)?;
+            tail.seen.push(v["msg"].as_str().unwrap_or("").to_string());
+            break;
+        }
+    }
+    ingest(
+        &url,
+        &[
+            record(&now(), "api-gw", "from api-gw", 1),
+            record(&now(), "db", "from db", 1),
+            record(&now(), "dbx", "not followed: dbx", 1),
+            record(&now(), "other", "not followed: other", 1),
+        ],
+    )
+    .await?;
+    tail.wait_for(&["from api-gw", "from db"])?;
+    let before = searches(&url).await?;
+    let connections = relay.accepted.load(std::sync::atomic::Ordering::SeqCst);
+
+    relay.cut();
+    ingest(
+        &url,
+        &[
+            record(&now(), "web", "while cut 1", 1000),
+            record(&now(), "db", "while cut 2", 2),
+            record(&now(), "other", "not followed: cut", 2),
+        ],
+    )
+    .await?;
+    tail.wait_for(&["while cut 1", "while cut 2"])?;
+    ingest(&url, &[record(&now(), "api-gw", "after the cut", 2)]).await?;
+    tail.wait_for(&["after the cut"])?;
+    assert_eq!(
+        searches(&url).await?,
+        before,
+        "resumed by event id, not by a catch-up search"
+    );
+    assert!(
+        relay.accepted.load(std::sync::atomic::Ordering::SeqCst) > connections,
+        "the tail reconnected"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    while let Ok(l) = tail.lines.try_recv() {
+        let v: serde_json::Value = serde_json::from_str(&l)?;
+        tail.seen.push(v["msg"].as_str().unwrap_or("").to_string());
+    }
+    let probes = tail.seen.iter().filter(|m| *m == "probe").count();
+    let distinct: HashSet<_> = tail.seen.iter().filter(|m| *m != "probe").collect();
+    assert_eq!(
+        distinct.len() + probes,
+        tail.seen.len(),
+        "duplicates: {:?}",
+        tail.seen
+    );
+    assert!(
+        !tail.seen.iter().any(|m| m.starts_with("not followed")),
         "{:?}",
         tail.seen
     );

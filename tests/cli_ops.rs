@@ -1,7 +1,7 @@
 //! The command-line clients that change apps (issue 20): `deploy` creating then
 //! updating and following the deployment, `scale`, `restart`, `kill --scale`,
 //! `versions`, `rollback`, a stuck deployment ending non-zero with the queue's
-//! reason; where the clients find the cluster (flag > env > file > default); and
+//! reason or its failing task's; where the clients find the cluster (flag > env > file > default); and
 //! `completions`. Against a real `sandtrail up` with the real binary as the client.
 
 mod common;
@@ -210,6 +210,41 @@ async fn a_stuck_deploy_times_out_with_the_queue_reason() -> anyhow::Result<()> 
     assert!(String::from_utf8_lossy(&out.stderr).contains("\"soon\" is not a duration"));
     let out = up.run(&["deploy", "/nonexistent/app.json"])?;
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read /nonexistent/app.json"));
+    Ok(())
+}
+
+/// Issue 20: a deploy whose task exits 1 prints the task's failure (the app's
+/// `lastTaskFailure`: task, state, host, message) while it follows, and ends non-zero
+/// at `--timeout` with that reason rather than waiting forever or claiming success.
+#[tokio::test]
+async fn a_deploy_whose_task_fails_prints_the_failure_and_exits_non_zero() -> anyhow::Result<()> {
+    let up = Up::start()?;
+    let file = up.dir.path().join("crasher.json");
+    std::fs::write(
+        &file,
+        // With a health check, as a deployment waits for healthy tasks: without one a
+        // task that ran for a moment counts as deployed (Marathon's rule too).
+        json!({"id": "/crasher", "cmd": "echo about to fail; exit 1", "instances": 1,
+               "cpus": 0.05, "mem": 16, "backoffSeconds": 0.1,
+               "healthChecks": [{"protocol": "COMMAND", "command": {"value": "true"}}]})
+        .to_string(),
+    )?;
+    let out = up.run(&["deploy", file.to_str().context("utf-8")?, "--timeout", "8s"])?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("/crasher: task crasher."),
+        "the failure is printed: {err}"
+    );
+    assert!(err.contains("TASK_FAILED on node-"), "{err}");
+    assert!(
+        err.contains("did not finish within 8s: task crasher."),
+        "{err}"
+    );
+    assert!(
+        err.contains("exited with code 1"),
+        "the node's reason: {err}"
+    );
     Ok(())
 }
 

@@ -20,7 +20,7 @@ use crate::guard::Guards;
 use crate::inflate::decompress_capped;
 use crate::metrics::Metrics;
 use crate::search::SearchParams;
-use crate::tail::{tail_events, TailEvent, TailFilter};
+use crate::tail::{resumed_events, TailEvent, TailFilter};
 use crate::Indexer;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
@@ -30,7 +30,7 @@ use axum::middleware::from_fn_with_state;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use futures::{Stream, StreamExt};
+use futures::StreamExt;
 use protocol::auth::Role;
 use protocol::http::{gate, limit};
 use protocol::{HistogramResponse, IngestResponse, SearchResponse};
@@ -258,26 +258,41 @@ struct TailParams {
     q: Option<String>,
 }
 
+/// `GET /api/v1/tail?q=FILTER`: matching records as SSE events as they are accepted,
+/// each with an `id:` ([`crate::tail::Hub`]); a reconnect that sends the last one as
+/// `Last-Event-ID` (browsers' `EventSource` do so by themselves) gets the records it
+/// missed first, each once, then the live ones.
 async fn tail(
     State(ix): State<Indexer>,
+    headers: axum::http::HeaderMap,
     Query(params): Query<TailParams>,
-) -> Result<Sse<impl Stream<Item = std::result::Result<Event, Infallible>>>> {
+) -> Result<impl axum::response::IntoResponse> {
     let filter = TailFilter::parse(params.q.as_deref().unwrap_or(""))?;
+    let last = headers.get("last-event-id").and_then(|v| v.to_str().ok());
     // Subscribe before answering, so nothing accepted after the client sees the
     // response headers is missed.
-    let events = tail_events(ix.subscribe(), filter, ix.metrics_handle())
-        .map(|event| {
-            Ok(match event {
-                TailEvent::Record(rec) => {
-                    Event::default().json_data(&rec.record).unwrap_or_else(|e| {
+    let sub = ix.resume_tail(last);
+    // Tells a client that kept its own place (the CLI) whether it has to catch up:
+    // `false` after an indexer restart, whose ids start again.
+    let resumed = if sub.resumed { "true" } else { "false" };
+    let ids = ix.clone();
+    let events = resumed_events(sub, filter, ix.metrics_handle())
+        .map(move |event| {
+            Ok::<_, Infallible>(match event {
+                TailEvent::Record(rec) => Event::default()
+                    .id(ids.tail_event_id(rec.seq))
+                    .json_data(&rec.record)
+                    .unwrap_or_else(|e| {
                         Event::default().comment(format!("unencodable record: {e}"))
-                    })
-                }
+                    }),
                 TailEvent::Dropped(n) => Event::default()
                     .event("dropped")
                     .data(serde_json::json!({ "dropped": n }).to_string()),
             })
         })
         .take_until(ix.cancelled());
-    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(TAIL_KEEP_ALIVE)))
+    Ok((
+        [("x-sandtrail-tail-resumed", resumed)],
+        Sse::new(events).keep_alive(KeepAlive::new().interval(TAIL_KEEP_ALIVE)),
+    ))
 }

@@ -113,7 +113,7 @@ struct Inner {
     writer_tx: Mutex<Option<mpsc::Sender<WriterMsg>>>,
     /// The log stage's thread and the writer's.
     writer_threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
-    tail: broadcast::Sender<Arc<tail::Offered>>,
+    tail: Arc<tail::Hub>,
     metrics: Arc<Metrics>,
     cancel: CancellationToken,
     /// KiB of [`IndexerConfig::max_inflight_bytes`] not yet reserved.
@@ -134,7 +134,7 @@ impl Indexer {
         // Query parsing and highlighting need an index with the schema and the
         // tokenizers; an empty one in memory serves every partition.
         let index = fields.index_builder().create_in_ram()?;
-        let (tail, _) = broadcast::channel(TAIL_CAPACITY);
+        let tail = Arc::new(tail::Hub::new(TAIL_CAPACITY));
         let metrics = Arc::new(Metrics::default());
         let mut writer = WriterThread::new(
             dir.clone(),
@@ -358,6 +358,17 @@ impl Indexer {
     /// more than [`TAIL_CAPACITY`] records behind gets `Lagged`.
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<tail::Offered>> {
         self.inner.tail.subscribe()
+    }
+
+    /// The tail's records from the one after SSE event id `last_event_id` (the last
+    /// [`TAIL_CAPACITY`] are kept for this), then every one accepted from now on.
+    pub fn resume_tail(&self, last_event_id: Option<&str>) -> tail::Subscription {
+        self.inner.tail.resume(last_event_id)
+    }
+
+    /// The SSE event id of the tail's record number `seq` ([`tail::Offered::seq`]).
+    pub fn tail_event_id(&self, seq: u64) -> String {
+        self.inner.tail.event_id(seq)
     }
 
     /// How many segments a search visits now, over every partition.

@@ -22,20 +22,168 @@ use tokio_stream::wrappers::BroadcastStream;
 
 /// A record offered to the live tail, stamped when it was offered (at admission),
 /// so that the time to each subscriber is measured
-/// (`sandtrail_indexer_tail_delivery_seconds`).
+/// (`sandtrail_indexer_tail_delivery_seconds`), and numbered: `seq` counts every
+/// record offered since the indexer started, 1 first, and makes its SSE event id.
 #[derive(Debug, PartialEq)]
 pub struct Offered {
     pub record: LogRecord,
     pub at: Instant,
+    pub seq: u64,
 }
 
 impl Offered {
+    /// An unnumbered record (seq 0), for feeding a channel by hand.
     pub fn now(record: LogRecord) -> Arc<Offered> {
         Arc::new(Offered {
             record,
             at: Instant::now(),
+            seq: 0,
         })
     }
+}
+
+/// Where accepted records meet tail subscribers: a broadcast channel, plus the newest
+/// records kept for resuming a stream from its SSE `Last-Event-ID`.
+///
+/// Event ids are `<epoch>-<seq>`: `epoch` names this start of the indexer (the
+/// sequence restarts at 1 with it), so an id from before a restart is recognised as
+/// such instead of being resumed from the wrong place. A resume replays the kept
+/// records after the id, then continues live; the ring and the channel are changed
+/// under one lock, so the replay and the live part neither overlap nor leave a hole.
+/// The trade-off: only the last [`Hub::new`]'s `capacity` records can be replayed (a
+/// client away for longer is told how many it missed, as a lagging one is), and the
+/// ring holds that many records in memory on top of the channel's.
+pub struct Hub {
+    epoch: String,
+    tx: broadcast::Sender<Arc<Offered>>,
+    ring: std::sync::Mutex<Ring>,
+}
+
+struct Ring {
+    /// The last seq given out.
+    last: u64,
+    kept: std::collections::VecDeque<Arc<Offered>>,
+    capacity: usize,
+}
+
+/// What a subscriber starts from.
+pub struct Subscription {
+    /// Records after the client's last event id, oldest first.
+    pub replay: Vec<Arc<Offered>>,
+    /// Records after that id no longer kept: reported as dropped before the replay.
+    pub missed: u64,
+    /// Everything offered after the replay.
+    pub rx: broadcast::Receiver<Arc<Offered>>,
+    /// The last event id was this start's: the stream continues from it.
+    pub resumed: bool,
+}
+
+impl Hub {
+    pub fn new(capacity: usize) -> Hub {
+        let (tx, _) = broadcast::channel(capacity);
+        // Microseconds since 1970 in base 36: short, and different at each start (two
+        // hubs of one process, in tests, are kept a microsecond apart).
+        static LAST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_micros() as u64;
+        let prev = LAST
+            .fetch_update(
+                std::sync::atomic::Ordering::Relaxed,
+                std::sync::atomic::Ordering::Relaxed,
+                |last| Some(now.max(last + 1)),
+            )
+            .unwrap_or(0);
+        Hub {
+            epoch: base36(now.max(prev + 1)),
+            tx,
+            ring: std::sync::Mutex::new(Ring {
+                last: 0,
+                kept: std::collections::VecDeque::with_capacity(capacity),
+                capacity,
+            }),
+        }
+    }
+
+    /// Numbers `record`, keeps it for resumes and sends it to every subscriber.
+    pub fn offer(&self, record: LogRecord) {
+        let mut ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
+        ring.last += 1;
+        let offered = Arc::new(Offered {
+            record,
+            at: Instant::now(),
+            seq: ring.last,
+        });
+        if ring.kept.len() == ring.capacity {
+            ring.kept.pop_front();
+        }
+        ring.kept.push_back(offered.clone());
+        // No subscriber is not an error.
+        let _ = self.tx.send(offered);
+    }
+
+    /// The SSE event id of record number `seq`.
+    pub fn event_id(&self, seq: u64) -> String {
+        format!("{}-{seq}", self.epoch)
+    }
+
+    /// Every record offered from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Offered>> {
+        self.tx.subscribe()
+    }
+
+    /// Every record after the one whose event id is `last` (`Last-Event-ID`), then
+    /// every record offered from now on. An id of another start of the indexer, or
+    /// one not ours, resumes nothing: the stream starts now, as without an id.
+    pub fn resume(&self, last: Option<&str>) -> Subscription {
+        let ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
+        let rx = self.tx.subscribe();
+        let after = last
+            .and_then(|id| id.trim().split_once('-'))
+            .filter(|(epoch, _)| *epoch == self.epoch)
+            .and_then(|(_, seq)| seq.parse::<u64>().ok())
+            .filter(|seq| *seq <= ring.last);
+        let Some(after) = after else {
+            return Subscription {
+                replay: Vec::new(),
+                missed: 0,
+                rx,
+                resumed: false,
+            };
+        };
+        let replay: Vec<Arc<Offered>> = ring
+            .kept
+            .iter()
+            .filter(|o| o.seq > after)
+            .cloned()
+            .collect();
+        let first_kept = replay.first().map_or(ring.last + 1, |o| o.seq);
+        Subscription {
+            missed: first_kept - after - 1,
+            replay,
+            rx,
+            resumed: true,
+        }
+    }
+
+    pub fn receiver_count(&self) -> usize {
+        self.tx.receiver_count()
+    }
+}
+
+fn base36(mut n: u64) -> String {
+    const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut out = Vec::new();
+    loop {
+        out.push(DIGITS[(n % 36) as usize]);
+        n /= 36;
+        if n == 0 {
+            break;
+        }
+    }
+    out.reverse();
+    String::from_utf8(out).unwrap_or_default()
 }
 
 /// What a tail subscriber is sent.
@@ -44,6 +192,26 @@ pub enum TailEvent {
     Record(Arc<Offered>),
     /// The subscriber fell behind and missed this many records (matching or not).
     Dropped(u64),
+}
+
+/// [`tail_events`] of a resumed subscription: the missed count, the replayed records
+/// that pass `filter`, then the live ones.
+pub fn resumed_events(
+    sub: Subscription,
+    filter: TailFilter,
+    metrics: Arc<Metrics>,
+) -> impl Stream<Item = TailEvent> {
+    let missed = (sub.missed > 0).then_some(TailEvent::Dropped(sub.missed));
+    let replay: Vec<TailEvent> = missed
+        .into_iter()
+        .chain(
+            sub.replay
+                .into_iter()
+                .filter(|o| filter.matches(&o.record))
+                .map(TailEvent::Record),
+        )
+        .collect();
+    futures::stream::iter(replay).chain(tail_events(sub.rx, filter, metrics))
 }
 
 /// The records of `rx` that pass `filter`, with a [`TailEvent::Dropped`] wherever
@@ -301,6 +469,86 @@ mod tests {
         let mut r = LogRecord::new(chrono::Utc::now(), &meta, Stream::Stdout, msg);
         r.level = level;
         r
+    }
+
+    fn msgs(events: Vec<TailEvent>) -> Vec<String> {
+        events
+            .iter()
+            .map(|e| match e {
+                TailEvent::Record(r) => r.record.msg.clone(),
+                TailEvent::Dropped(n) => format!("dropped {n}"),
+            })
+            .collect()
+    }
+
+    /// Drains what a subscription has now, without waiting for more.
+    async fn now_in(sub: Subscription, filter: &str) -> Vec<TailEvent> {
+        let filter = TailFilter::parse(filter).unwrap();
+        let stream = resumed_events(sub, filter, Arc::new(Metrics::default()));
+        futures::pin_mut!(stream);
+        let mut out = Vec::new();
+        while let Some(Some(e)) = stream.next().now_or_never() {
+            out.push(e);
+        }
+        out
+    }
+
+    use futures::FutureExt;
+
+    #[tokio::test]
+    async fn a_resume_replays_exactly_what_followed_the_last_id_then_goes_live() {
+        let hub = Hub::new(8);
+        let first = hub.resume(None);
+        for i in 1..=5 {
+            let app = if i % 2 == 0 { "web" } else { "fib" };
+            hub.offer(rec("h", app, None, &format!("m{i}")));
+        }
+        let seen = now_in(first, "").await;
+        assert_eq!(msgs(seen.clone()), ["m1", "m2", "m3", "m4", "m5"]);
+        let ids: Vec<String> = seen
+            .iter()
+            .map(|e| match e {
+                TailEvent::Record(r) => hub.event_id(r.seq),
+                TailEvent::Dropped(_) => unreachable!(),
+            })
+            .collect();
+        // The connection dropped after m2: a resume from its id gets m3..m5, then
+        // what is offered next, once each.
+        let again = hub.resume(Some(&ids[1]));
+        hub.offer(rec("h", "fib", None, "m6"));
+        assert_eq!(msgs(now_in(again, "").await), ["m3", "m4", "m5", "m6"]);
+        // The filter applies to the replay as to the live part.
+        let fib = hub.resume(Some(&ids[0]));
+        assert_eq!(msgs(now_in(fib, "app:fib").await), ["m3", "m5", "m6"]);
+        // The newest id resumes nothing old.
+        let last = hub.resume(Some(&hub.event_id(6)));
+        assert!(last.resumed);
+        assert!(now_in(last, "").await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_resume_past_the_ring_reports_the_gap_and_foreign_ids_start_now() {
+        let hub = Hub::new(4);
+        for i in 1..=10 {
+            hub.offer(rec("h", "fib", None, &format!("m{i}")));
+        }
+        // After m2: m3..m6 are gone, m7..m10 kept.
+        let sub = hub.resume(Some(&hub.event_id(2)));
+        assert_eq!(
+            msgs(now_in(sub, "").await),
+            ["dropped 4", "m7", "m8", "m9", "m10"]
+        );
+        for id in ["", "nonsense", "0-3", &hub.event_id(99), "x-y"] {
+            let sub = hub.resume(Some(id));
+            assert!(!sub.resumed, "{id}");
+            assert!(now_in(sub, "").await.is_empty(), "{id}");
+        }
+        let other = Hub::new(4);
+        assert_ne!(
+            other.event_id(1),
+            hub.event_id(1),
+            "each start has its epoch"
+        );
     }
 
     #[tokio::test]

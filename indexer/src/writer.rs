@@ -42,7 +42,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tantivy::{IndexWriter, TantivyDocument};
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 
 /// How many requests may wait for the writer before `ingest` applies back-pressure.
 pub const QUEUE_DEPTH: usize = 64;
@@ -208,7 +208,7 @@ pub struct WriterThread {
     pub checkpoint: Checkpoint,
     /// Number of the last committed group (see [`Payload::epoch`]).
     epoch: u64,
-    pub tail: broadcast::Sender<Arc<crate::tail::Offered>>,
+    pub tail: Arc<crate::tail::Hub>,
     pub metrics: Arc<Metrics>,
     uids: UidSource,
     /// Partitions whose whole day is older than this are dropped (see
@@ -260,7 +260,7 @@ impl WriterThread {
         parts: Partitions,
         memory_bytes: usize,
         fields: Fields,
-        tail: broadcast::Sender<Arc<crate::tail::Offered>>,
+        tail: Arc<crate::tail::Hub>,
         metrics: Arc<Metrics>,
     ) -> Result<WriterThread> {
         let mut payloads: BTreeMap<String, Payload> = BTreeMap::new();
@@ -804,7 +804,7 @@ impl WriterThread {
                             added += 1;
                             // The tail sees records as soon as they are added,
                             // without waiting for the commit.
-                            let _ = self.tail.send(crate::tail::Offered::now(rec));
+                            self.tail.offer(rec);
                         }
                     }
                     // Durable in the log: a failed group applies it again below.
@@ -844,7 +844,7 @@ impl WriterThread {
                             }
                             outcomes.push(BulkOutcome::Created);
                             added += 1;
-                            let _ = self.tail.send(crate::tail::Offered::now(record));
+                            self.tail.offer(record);
                         }
                     }
                     waiting.push(Waiting::Bulk(reply, outcomes));

@@ -388,3 +388,104 @@ async fn tail_streams_matching_records_over_sse() -> Result<()> {
     }
     Ok(())
 }
+
+/// Reads a tail stream until `done` holds for what arrived, as (id, record) pairs.
+async fn read_events<B: AsRef<[u8]>>(
+    body: &mut (impl futures::Stream<Item = reqwest::Result<B>> + Unpin),
+    done: impl Fn(&[(String, LogRecord)]) -> bool,
+) -> Result<Vec<(String, LogRecord)>> {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut text = String::new();
+    loop {
+        let mut events = Vec::new();
+        // Whole events only: a chunk may end mid-event.
+        let complete = text.rfind("\n\n").map_or("", |end| &text[..end]);
+        for block in complete.split("\n\n").filter(|b| b.contains("data: ")) {
+            let id = block.lines().find_map(|l| l.strip_prefix("id: "));
+            let data = block.lines().find_map(|l| l.strip_prefix("data: "));
+            if let (Some(id), Some(data)) = (id, data) {
+                events.push((id.to_string(), serde_json::from_str(data)?));
+            }
+        }
+        if done(&events) {
+            return Ok(events);
+        }
+        let chunk = tokio::time::timeout_at(deadline, body.next())
+            .await
+            .map_err(|_| anyhow::anyhow!("not done within 10 s; got {text:?}"))?
+            .ok_or_else(|| anyhow::anyhow!("stream ended; got {text:?}"))??;
+        text.push_str(std::str::from_utf8(chunk.as_ref())?);
+    }
+}
+
+/// Issue 20: every tail event has an id, and a reconnect that sends the last one it
+/// saw as `Last-Event-ID` gets exactly the records it missed (matching its filter),
+/// each once, then the live ones; an id from another start of the indexer resumes
+/// nothing and says so.
+#[tokio::test]
+async fn a_tail_reconnect_with_last_event_id_gets_exactly_what_it_missed() -> Result<()> {
+    let s = Server::start(None, 1 << 20).await?;
+    let msgs = |events: &[(String, LogRecord)]| -> Vec<String> {
+        events.iter().map(|(_, r)| r.msg.clone()).collect()
+    };
+    let first = s.get("/api/v1/tail", &[("q", "app:fib")]).await?;
+    assert_eq!(first.headers()["x-sandtrail-tail-resumed"], "false");
+    s.ingest(&[
+        rec(1, "node-1", "fib", "one", 1),
+        rec(2, "node-1", "web", "not fib", 1),
+        rec(3, "node-1", "fib", "two", 2),
+    ])
+    .await?;
+    let mut body = first.bytes_stream();
+    let seen = read_events(&mut body, |e| e.len() == 2).await?;
+    assert_eq!(msgs(&seen), ["one", "two"]);
+    // The connection drops after "one" was received ("two" was lost in flight).
+    drop(body);
+    let last = seen[0].0.clone();
+    s.ingest(&[
+        rec(4, "node-1", "fib", "three", 3),
+        rec(5, "node-2", "web", "still not fib", 2),
+    ])
+    .await?;
+    let resumed = s
+        .http
+        .get(format!("{}/api/v1/tail", s.base))
+        .query(&[("q", "app:fib")])
+        .header("last-event-id", &last)
+        .send()
+        .await?;
+    assert_eq!(resumed.status(), StatusCode::OK);
+    assert_eq!(resumed.headers()["x-sandtrail-tail-resumed"], "true");
+    let mut body = resumed.bytes_stream();
+    let replayed = read_events(&mut body, |e| e.len() == 2).await?;
+    assert_eq!(
+        msgs(&replayed),
+        ["two", "three"],
+        "the missed ones, once each"
+    );
+    assert_eq!(replayed[0].0, seen[1].0, "an event keeps its id");
+    s.ingest(&[rec(6, "node-1", "fib", "four", 4)]).await?;
+    let live = read_events(&mut body, |e| !e.is_empty()).await?;
+    assert_eq!(msgs(&live), ["four"], "then live, no duplicate");
+    let ids = [&seen[0].0, &replayed[0].0, &replayed[1].0, &live[0].0];
+    let mut unique = ids.to_vec();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), 4, "{ids:?}");
+
+    // An id of another start resumes nothing: the stream starts now.
+    let foreign = s
+        .http
+        .get(format!("{}/api/v1/tail", s.base))
+        .query(&[("q", "app:fib")])
+        .header("last-event-id", "zzz-1")
+        .send()
+        .await?;
+    assert_eq!(foreign.headers()["x-sandtrail-tail-resumed"], "false");
+    s.ingest(&[rec(7, "node-1", "fib", "five", 5)]).await?;
+    let mut body = foreign.bytes_stream();
+    let fresh = read_events(&mut body, |e| !e.is_empty()).await?;
+    assert_eq!(msgs(&fresh), ["five"]);
+    s.indexer.shutdown().await;
+    Ok(())
+}

@@ -925,8 +925,10 @@ async fn app_versions_are_listed_newest_first_and_survive_a_restart() {
     server.stop().await;
 }
 
-/// Draining an agent (issue 20): its tasks move to the others, nothing new is placed
-/// on it, it stays drained across a restart, and undraining puts it back in use.
+/// Draining an agent (issue 20): its tasks move to the others, each replacement
+/// started and running before the drained task is killed (the app never runs short),
+/// nothing new is placed on it, it stays drained across a restart, and undraining puts
+/// it back in use.
 #[tokio::test]
 async fn a_drained_agent_gets_no_tasks_and_its_tasks_move_elsewhere() {
     let dir = tempfile::tempdir().unwrap();
@@ -957,16 +959,49 @@ async fn a_drained_agent_gets_no_tasks_and_its_tasks_move_elsewhere() {
     assert_eq!(drain(reqwest::Method::POST, "node-1", None).await.0, 401);
     let (code, body) = drain(reqwest::Method::POST, "node-9", Some(TOKEN)).await;
     assert_eq!(code, 404, "{body}");
+    let run1 = report(&on1[0], "TASK_RUNNING", &[31001]);
+    let run2 = report(&on2[0], "TASK_RUNNING", &[31002]);
+    server
+        .heartbeat("node-1", std::slice::from_ref(&run1))
+        .await;
+    server
+        .heartbeat("node-2", std::slice::from_ref(&run2))
+        .await;
     let (code, body) = drain(reqwest::Method::POST, "node-1", Some(TOKEN)).await;
     assert_eq!(code, 200, "{body}");
+    // The replacement first: node-1 keeps its task while node-2 starts another.
+    assert_eq!(
+        server
+            .heartbeat("node-1", std::slice::from_ref(&run1))
+            .await,
+        on1,
+        "not killed before its replacement runs"
+    );
+    let now2 = server
+        .heartbeat("node-2", std::slice::from_ref(&run2))
+        .await;
+    assert_eq!(now2.len(), 2, "the replacement goes to node-2: {now2:?}");
+    let (_, tasks) = server.get("/v2/tasks").await;
+    let tasks = tasks["tasks"].as_array().cloned().unwrap_or_default();
+    assert_eq!(
+        tasks.len(),
+        3,
+        "both old tasks and the replacement: {tasks:?}"
+    );
+    // Once it runs, the drained task goes.
+    let both: Vec<TaskStatus> = now2
+        .iter()
+        .zip([31002, 31003])
+        .map(|(t, port)| report(t, "TASK_RUNNING", &[port]))
+        .collect();
+    assert_eq!(
+        server.heartbeat("node-2", &both).await.len(),
+        2,
+        "onto node-2"
+    );
     assert!(
         server.heartbeat("node-1", &[]).await.is_empty(),
         "moved off node-1"
-    );
-    assert_eq!(
-        server.heartbeat("node-2", &[]).await.len(),
-        2,
-        "onto node-2"
     );
     let drained = |agents: &Value, name: &str| {
         agents

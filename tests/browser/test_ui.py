@@ -904,6 +904,103 @@ class BrowserTest(unittest.TestCase):
         box.send_keys("b", Keys.ENTER)
         wait_for("the search", lambda: self.url_params().get("q") == ["level:info app:fib"])
 
+    def test_21_save_a_search_open_it_from_the_list_and_delete_it(self):
+        view = {"q": "app:fib -stream:access", "range": "1h", "sort": "oldest", "cols": "instance"}
+        self.open("/?" + urllib.parse.urlencode(view))
+        box = wait_for("the saved searches", lambda: self.q("details#saved"))[0]
+        self.assertIn("saved searches (0)", box.text)
+        box.find_element(By.TAG_NAME, "summary").click()
+        name = box.find_element(By.CSS_SELECTOR, "form.save-search input[name=name]")
+        name.send_keys("fib lines", Keys.ENTER)
+        # Saved, then shown: the page is that search, marked current in the list.
+        # (In the list folded again: read its text, not what is displayed.)
+        wait_for("the saved search listed",
+                 lambda: [a.get_attribute("textContent") for a in self.q(".saved-list a.saved-link")]
+                 == ["fib lines"])
+        p = self.url_params()
+        self.assertEqual({k: v[0] for k, v in p.items()}, view)
+        self.assertTrue(self.q(".saved-list li.current"))
+        # From another search, the list opens it with its range, order and columns.
+        self.search("app:nothing-here")
+        self.q("details#saved > summary")[0].click()
+        wait_for("the link", lambda: [a for a in self.q(".saved-list a.saved-link") if a.is_displayed()])[0].click()
+        wait_for("the saved search opened", lambda: self.url_params().get("q") == [view["q"]])
+        self.assertEqual({k: v[0] for k, v in self.url_params().items()}, view)
+        wait_for("its rows", self.rows)
+        self.assertEqual([h.text for h in self.q("table.hits th.col")], ["instance"])
+        self.q("details#saved > summary")[0].click()
+        self.shoot("search-saved")
+        # The same name again is refused with the reason, until "replace" is ticked.
+        self.q("form.save-search input[name=name]")[0].send_keys("fib lines", Keys.ENTER)
+        wait_for("the refusal", lambda: "tick \"replace\"" in self.driver.find_element(By.TAG_NAME, "body").text)
+        self.driver.back()
+        wait_for("the search page", lambda: self.q("details#saved"))
+        # A read token sees the list but may not save.
+        req = urllib.request.Request(self.cluster.web + "/", headers={"x-sandtrail-token": self.cluster.read_token})
+        with urllib.request.urlopen(req, timeout=15) as resp:
+            page = resp.read().decode()
+        self.assertIn(">fib lines</a>", page)
+        self.assertNotIn("save-search", page)
+        form = urllib.parse.urlencode({"name": "mine", "q": "x"}).encode()
+        req = urllib.request.Request(self.cluster.web + "/ui/saved", data=form, method="POST",
+                                     headers={"x-sandtrail-token": self.cluster.read_token})
+        with self.assertRaises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(req, timeout=15)
+        self.assertEqual(refused.exception.code, 403)
+        # Deleted from the list.
+        self.open("/")
+        self.q("details#saved > summary")[0].click()
+        wait_for("the delete button", lambda: [b for b in self.q("button.saved-delete") if b.is_displayed()])[0].click()
+        wait_for("an empty list",
+                 lambda: "saved searches (0)" in self.q("details#saved > summary")[0].get_attribute("textContent"))
+
+    def test_22_tooltips_trace_and_context_follow_the_time_zone_choice(self):
+        self.driver.execute_cdp_cmd("Emulation.setTimezoneOverride", {"timezoneId": "Asia/Shanghai"})
+        try:
+            self._zones_everywhere()
+        finally:
+            self.driver.execute_cdp_cmd("Emulation.setTimezoneOverride", {"timezoneId": ""})
+
+    def _zones_everywhere(self):
+        plus8 = timezone(timedelta(hours=8))
+        shown = lambda t: t.strftime("%Y-%m-%d %H:%M:%S.") + f"{t.microsecond // 1000:03d}"
+        at = datetime.now(timezone.utc).replace(microsecond=123000)
+        trace_id = "5a1e" + "0" * 27 + "7"
+        self.cluster.ingest([{"ts": at.isoformat().replace("+00:00", "Z"), "host": "node-z", "app": "zones",
+                              "task": "zones.1", "instance": 0, "stream": "stdout", "msg": "zoned line",
+                              "trace_id": trace_id, "source": "browser-test/zones", "offset": 1}])
+        self.search("app:zones")
+        # A histogram bar's tooltip names its bucket in the reader's zone.
+        bar = wait_for("the line's bar", lambda: [b for b in self.q("#hist-bars a.bar")
+                                                  if " 1 matches" in (b.get_attribute("title") or "")])[0]
+        start = datetime.fromisoformat(bar.get_attribute("data-start").replace("Z", "+00:00"))
+        self.assertTrue(bar.get_attribute("title").startswith(shown(start.astimezone(plus8)) + ": "),
+                        bar.get_attribute("title"))
+        # The trace page, from the row: local too.
+        wait_for("the trace link", lambda: self.q("table.hits td.msg summary a.trace"))[0].click()
+        head = wait_for("the trace's lines", lambda: self.q("th.time-head"))[0]
+        self.assertEqual(head.text, "time (local, UTC+08:00)")
+        self.assertEqual(self.q("td.time time")[0].text, shown(at.astimezone(plus8)))
+        # UTC chosen on the search page: the context and trace links keep it.
+        self.open("/?" + urllib.parse.urlencode({"q": "app:zones", "tz": "utc"}))
+        row = wait_for("the row", self.rows)[0]
+        bar = wait_for("the bars", lambda: [b for b in self.q("#hist-bars a.bar")
+                                            if " 1 matches" in (b.get_attribute("title") or "")])[0]
+        start = datetime.fromisoformat(bar.get_attribute("data-start").replace("Z", "+00:00"))
+        self.assertTrue(bar.get_attribute("title").startswith(shown(start) + ": "), "UTC tooltips")
+        self.assertIn("tz=utc", row.find_element(By.CSS_SELECTOR, "summary a.trace").get_attribute("href"))
+        row.find_element(By.CSS_SELECTOR, "details.rec > summary").click()
+        wait_for("the context link", lambda: [a for a in row.find_elements(By.CSS_SELECTOR, "a.context")
+                                              if a.is_displayed()])[0].click()
+        wait_for("the context page", lambda: self.q("tr#focus"))
+        self.assertEqual(self.url_params().get("tz"), ["utc"])
+        self.assertEqual(self.q("th.time-head")[0].text, "time (UTC)")
+        self.assertEqual(self.q("tr#focus td.time time")[0].text, shown(at))
+        # And without the switch the context is local.
+        self.driver.get(self.driver.current_url.replace("&tz=utc", ""))
+        wait_for("the local context", lambda: self.q("th.time-head")[0].text == "time (local, UTC+08:00)")
+        self.assertEqual(self.q("tr#focus td.time time")[0].text, shown(at.astimezone(plus8)))
+
 
 if __name__ == "__main__":
     unittest.main(verbosity=2)

@@ -411,18 +411,21 @@ impl Client {
     }
 
     /// `GET /api/v1/tail`: the open SSE response, checked for success, body unread.
-    pub async fn tail(&self, q: &str) -> Result<reqwest::Response> {
+    /// `last_event_id` (the browser's `Last-Event-ID` on a reconnect) is passed on, so
+    /// the indexer resumes after it.
+    pub async fn tail(&self, q: &str, last_event_id: Option<&str>) -> Result<reqwest::Response> {
         let url = format!("{}/api/v1/tail", self.indexer);
-        let resp = self
+        let mut req = self
             .request(reqwest::Method::GET, &url, &[("q", q)])
-            .header(reqwest::header::ACCEPT, "text/event-stream")
-            .send()
-            .await
-            .map_err(|source| Error::Unreachable {
-                service: Service::Indexer,
-                url: url.clone(),
-                source,
-            })?;
+            .header(reqwest::header::ACCEPT, "text/event-stream");
+        if let Some(id) = last_event_id {
+            req = req.header("last-event-id", id);
+        }
+        let resp = req.send().await.map_err(|source| Error::Unreachable {
+            service: Service::Indexer,
+            url: url.clone(),
+            source,
+        })?;
         if resp.status().is_success() {
             return Ok(resp);
         }
@@ -484,16 +487,34 @@ impl Client {
     }
 
     /// A change on the scheduler's Marathon API (`PUT`, `POST`, `DELETE` under
-    /// `/v2/apps`): its answer. A refusal (422 with the scheduler's reasons) comes back
-    /// as [`Error::UpstreamStatus`] with the scheduler's body.
+    /// `/v2/apps`, `/v1/agents`): its answer. A refusal (422 with the scheduler's
+    /// reasons) comes back as [`Error::Refused`]; a 401 or 403 means the UI's own
+    /// credential lacks the deploy role (a standalone `web` started with a read token),
+    /// which is a [`Error::Forbidden`] naming the role and the fix rather than a 502:
+    /// the user did nothing wrong and the scheduler is not broken.
     pub async fn change(
         &self,
         method: reqwest::Method,
         path: &str,
         body: Option<&serde_json::Value>,
     ) -> Result<serde_json::Value> {
-        self.call_json(method, Service::Scheduler, path, &[], body)
+        match self
+            .call_json(method, Service::Scheduler, path, &[], body)
             .await
+        {
+            Err(Error::UpstreamStatus {
+                service: Service::Scheduler,
+                status: status @ (401 | 403),
+                url,
+                ..
+            }) => Err(Error::Forbidden(format!(
+                "the scheduler at {url} answered {status}: this web UI's own token lacks \
+                 the deploy role that changing apps and hosts needs; start `sandtrail web` \
+                 with --deploy-token (or [web] deploy_token, SANDTRAIL_DEPLOY_TOKEN) set to \
+                 a deploy or admin token"
+            ))),
+            other => other,
+        }
     }
 
     fn request(

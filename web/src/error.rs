@@ -65,6 +65,12 @@ pub enum Error {
     /// A cross-site form post (sign-in or sign-out from another origin).
     #[error("cross-site request refused: origin {0:?} is not this site")]
     CrossSite(String),
+    /// A saved search's name taken, or the list full.
+    #[error("{0}")]
+    Conflict(String),
+    /// The saved-search file could not be read or written.
+    #[error("saved searches: {0}")]
+    Store(String),
     /// A task of ours failed (panicked or was cancelled): our bug, not the user's.
     #[error("internal error: {0}")]
     Internal(String),
@@ -104,7 +110,10 @@ impl Error {
             Error::Unreachable { .. } | Error::UpstreamStatus { .. } | Error::Decode { .. } => {
                 StatusCode::BAD_GATEWAY
             }
-            Error::Render { .. } | Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Error::Render { .. } | Error::Internal(_) | Error::Store(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+            Error::Conflict(_) => StatusCode::CONFLICT,
             Error::Unauthorized => StatusCode::UNAUTHORIZED,
             Error::Forbidden(_) | Error::CrossSite(_) => StatusCode::FORBIDDEN,
             Error::Busy(_) => StatusCode::TOO_MANY_REQUESTS,

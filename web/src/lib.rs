@@ -9,7 +9,8 @@
 //! proxied SSE stream for the tail) in exchange for one code path in every deployment.
 //!
 //! All page state lives in the URL, so every view can be shared as a link; the only
-//! session is the sign-in one ([`session`]), and there is no front-end build step.
+//! session is the sign-in one ([`session`]), the only stored state the saved searches
+//! ([`saved`]), and there is no front-end build step.
 //! Every route but the sign-in page and the static assets needs a session or a token
 //! with the read role; the UI calls the indexer and the scheduler with its own
 //! credential (in `sandtrail up`, a read token), never the user's.
@@ -19,6 +20,7 @@ pub mod error;
 pub mod hops;
 pub mod pages;
 pub mod render;
+pub mod saved;
 pub mod session;
 
 use protocol::metrics::{Exposition, Kind};
@@ -60,6 +62,8 @@ pub(crate) struct AppState {
     /// reads keep running with the least they need.
     pub(crate) deployer: client::Client,
     pub(crate) metrics: Arc<Metrics>,
+    /// The search page's saved searches.
+    pub(crate) saved: Arc<saved::SavedSearches>,
     /// Cancelled at shutdown; ends the proxied tail streams, which would otherwise keep
     /// a graceful shutdown waiting forever.
     pub(crate) shutdown: CancellationToken,
@@ -77,6 +81,7 @@ impl Web {
                 client: client::Client::new(&config.indexer_url, &config.scheduler_url, None),
                 deployer: client::Client::new(&config.indexer_url, &config.scheduler_url, None),
                 metrics: Arc::default(),
+                saved: Arc::new(saved::SavedSearches::in_memory()),
                 shutdown: CancellationToken::new(),
             }),
         }
@@ -117,6 +122,13 @@ impl Web {
         self.with_state(|st| st.deployer = st.client.with_token(token))
     }
 
+    /// Keeps the saved searches in `path` (read now if it exists) rather than in
+    /// memory only; see [`saved`]. Blocking: call it at start.
+    pub fn with_saved_searches(self, path: std::path::PathBuf) -> Result<Web> {
+        let saved = Arc::new(saved::SavedSearches::open(path)?);
+        Ok(self.with_state(|st| st.saved = saved))
+    }
+
     /// Ends every open live-tail stream when `token` is cancelled, so a graceful
     /// shutdown of the listener is not held up by browsers that keep a tail open.
     pub fn with_shutdown(self, token: CancellationToken) -> Web {
@@ -124,7 +136,7 @@ impl Web {
     }
 
     /// The UI's routes: `/`, `/context`, `/slow`, `/tail/{app}`, `/trace/{id}`, `/apps`,
-    /// `/hosts`, `/ui/tail-stream`, `/login`, `/logout` and `/static/...`. No `/healthz` or `/metrics`: the binary adds
+    /// `/hosts`, `/ui/tail-stream`, `/ui/saved`, `/login`, `/logout` and `/static/...`. No `/healthz` or `/metrics`: the binary adds
     /// those.
     pub fn router(&self) -> axum::Router {
         pages::router(self.state.clone())

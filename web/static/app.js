@@ -180,12 +180,22 @@
     var pad = function (n, w) { return String(n).padStart(w || 2, "0"); };
     var off = -new Date().getTimezoneOffset();
     var zone = (off >= 0 ? "+" : "-") + pad(Math.floor(Math.abs(off) / 60)) + ":" + pad(Math.abs(off) % 60);
+    var local = function (d) {
+      return d.getFullYear() + "-" + pad(d.getMonth() + 1) + "-" + pad(d.getDate()) + " " +
+        pad(d.getHours()) + ":" + pad(d.getMinutes()) + ":" + pad(d.getSeconds()) + "." + pad(d.getMilliseconds(), 3);
+    };
     document.querySelectorAll("td.time time[datetime], figure.histogram time[datetime]").forEach(function (el) {
       var d = new Date(el.getAttribute("datetime"));
       if (isNaN(d)) return;
-      el.textContent = d.getFullYear() + "-" + pad(d.getMonth() + 1) + "-" + pad(d.getDate()) + " " +
-        pad(d.getHours()) + ":" + pad(d.getMinutes()) + ":" + pad(d.getSeconds()) + "." + pad(d.getMilliseconds(), 3);
+      el.textContent = local(d);
       el.title = el.getAttribute("datetime");
+    });
+    // A bar's tooltip starts with its bucket's time ("<time>: N matches ...").
+    document.querySelectorAll("#hist-bars a.bar[data-start]").forEach(function (el) {
+      var d = new Date(el.getAttribute("data-start"));
+      var at = el.title.indexOf(": ");
+      if (isNaN(d) || at < 0) return;
+      el.title = local(d) + el.title.slice(at);
     });
     document.querySelectorAll("figure.histogram .tz-utc").forEach(function (el) { el.remove(); });
     head.textContent = "time (local, UTC" + zone + ")";

@@ -91,6 +91,23 @@ async fn fake_search(
         })
         .into_response();
     }
+    if q == "csvformula" {
+        let mut r = record(
+            "node-1",
+            "fib",
+            2,
+            "=HYPERLINK(\"http://evil.example\",\"click\")",
+            "2026-11-23T10:00:00.5Z",
+        );
+        r.fields.insert("user".into(), json!("@SUM(1+1)"));
+        r.fields.insert("delta".into(), json!("-3"));
+        return Json(SearchResponse {
+            total: 1,
+            hits: vec![r],
+            next: None,
+        })
+        .into_response();
+    }
     if q == "csvtricky" {
         let mut r = record(
             "node-1",
@@ -241,19 +258,26 @@ async fn fake_histogram() -> Json<HistogramResponse> {
 }
 
 async fn fake_tail(
+    headers: axum::http::HeaderMap,
     Query(p): Query<HashMap<String, String>>,
 ) -> Sse<impl futures::Stream<Item = Result<Event, Infallible>>> {
     let q = p.get("q").cloned().unwrap_or_default();
+    // A resumed stream says after which id, as the indexer replays from it.
+    let after = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(|id| format!(" after [{id}]"))
+        .unwrap_or_default();
     let rec = record(
         "node-1",
         "fib",
         1,
-        &format!("tail line for [{q}]"),
+        &format!("tail line for [{q}]{after}"),
         "2026-11-23T10:00:00Z",
     );
     let data = serde_json::to_string(&rec).unwrap();
     let events = futures::stream::iter(vec![
-        Ok(Event::default().data(data)),
+        Ok(Event::default().id("ep-42").data(data)),
         Ok(Event::default().event("dropped").data(r#"{"dropped":7}"#)),
     ])
     // The indexer's stream stays open: the proxy must forward without waiting for an end.
@@ -392,8 +416,18 @@ fn fake_scheduler() -> Router {
         v
     })
     .collect();
+    // Changes are refused as a scheduler refuses a read token (the UI's own, in a
+    // standalone `web` given no deploy token).
+    let refuse = || async {
+        (
+            StatusCode::FORBIDDEN,
+            Json(json!({"message": "forbidden: this needs the deploy role; the token has read"})),
+        )
+    };
     Router::new()
         .route("/v2/apps", get(move || async move { Json(apps) }))
+        .route("/v2/apps/{id}", axum::routing::put(refuse))
+        .route("/v1/agents/{name}/drain", axum::routing::post(refuse))
         .route("/v1/tasks", get(move || async move { Json(tasks) }))
         .route("/v1/agents", get(move || async move { Json(agents) }))
 }
@@ -719,6 +753,27 @@ async fn tail_stream_proxies_the_indexers_events() -> Result<()> {
     }
     assert!(body.contains("data: {"), "{body}");
     assert!(body.contains(r#"{"dropped":7}"#), "{body}");
+    assert!(body.contains("id: ep-42"), "event ids pass through: {body}");
+
+    // An EventSource reconnecting sends the last id; the indexer gets it.
+    let mut resp = h
+        .http
+        .get(format!("{}/ui/tail-stream?q=app%3Afib", h.web))
+        .header("last-event-id", "ep-42")
+        .send()
+        .await?;
+    let mut body = String::new();
+    while !body.contains("event: dropped") {
+        let chunk = tokio::time::timeout_at(deadline, resp.chunk())
+            .await
+            .with_context(|| format!("no resumed event before the deadline; got {body:?}"))??
+            .with_context(|| format!("stream ended early; got {body:?}"))?;
+        body.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(
+        body.contains("tail line for [app:fib] after [ep-42]"),
+        "{body}"
+    );
     Ok(())
 }
 
@@ -1429,5 +1484,236 @@ async fn ui_fields_gives_the_ranges_fields_and_values_as_json() -> Result<()> {
         page.contains("data-suggest=\"/ui/fields?range=1h\""),
         "{page}"
     );
+    Ok(())
+}
+
+/// Issue 20: cells a spreadsheet would run as a formula get a leading `'`, inside the
+/// field's quotes when it has them, so the file opens as text.
+#[tokio::test]
+async fn download_csv_neutralises_formulas() -> Result<()> {
+    let h = Harness::start().await?;
+    let (status, body) = h
+        .get("/download?q=csvformula&format=csv&cols=user,delta")
+        .await?;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        body,
+        "ts,host,app,instance,task,stream,level,user,delta,msg\r\n\
+         2026-11-23T10:00:00.500Z,node-1,fib,2,fib.0f3c1a2b-aaaa-bbbb,stdout,,'@SUM(1+1),'-3,\
+         \"'=HYPERLINK(\"\"http://evil.example\"\",\"\"click\"\")\"\r\n"
+    );
+    Ok(())
+}
+
+/// A web with readers and a deployer, keeping its saved searches in `path`.
+async fn web_with_saved_searches(path: std::path::PathBuf) -> Result<String> {
+    use protocol::auth::{Keyring, Role};
+    let seen: Seen = Arc::default();
+    let indexer = serve(fake_indexer(seen)).await?;
+    let scheduler = serve(fake_scheduler()).await?;
+    let mut keyring = Keyring::new();
+    keyring.add("rd", Role::Read).add("dp", Role::Deploy);
+    let service = Web::new(WebConfig {
+        indexer_url: indexer,
+        scheduler_url: scheduler,
+    })
+    .with_token(Some("ui-own".into()))
+    .with_keyring(keyring)
+    .with_saved_searches(path)?;
+    serve(service.router()).await
+}
+
+/// Issue 20: a saved search is a name for the search page's query, range, order and
+/// columns; the deploy role saves and deletes, everyone who reads sees and opens them,
+/// and they outlive the web process.
+#[tokio::test]
+async fn saved_searches_are_saved_listed_opened_and_deleted() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("web").join("saved-searches.json");
+    let web = web_with_saved_searches(path.clone()).await?;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
+    let save = |token: &'static str, form: Vec<(&'static str, &'static str)>| {
+        let (http, web) = (http.clone(), web.clone());
+        async move {
+            let r = http
+                .post(format!("{web}/ui/saved"))
+                .bearer_auth(token)
+                .form(&form)
+                .send()
+                .await?;
+            let status = r.status().as_u16();
+            let location = r
+                .headers()
+                .get("location")
+                .map(|l| l.to_str().unwrap_or("").to_string());
+            anyhow::Ok((status, location, r.text().await?))
+        }
+    };
+    let fib_errors = vec![
+        ("name", " fib errors "),
+        ("q", "app:fib level:error"),
+        ("range", "1h"),
+        ("sort", "oldest"),
+        ("cols", "latency_ms"),
+        ("tz", "utc"),
+    ];
+    let (status, _, body) = save("rd", fib_errors.clone()).await?;
+    assert_eq!(status, 403, "read may not save: {body}");
+    assert!(body.contains("deploy role"), "{body}");
+    let (status, location, body) = save("dp", fib_errors.clone()).await?;
+    assert_eq!(status, 303, "{body}");
+    let href = "/?q=app%3Afib%20level%3Aerror&range=1h&sort=oldest&cols=latency_ms";
+    assert_eq!(
+        location.as_deref(),
+        Some(href),
+        "the zone is the reader's own"
+    );
+
+    // Listed for a reader, who gets no save form or delete button.
+    let page = |token: &'static str, path: &'static str| {
+        let (http, web) = (http.clone(), web.clone());
+        async move {
+            anyhow::Ok(
+                http.get(format!("{web}{path}"))
+                    .bearer_auth(token)
+                    .send()
+                    .await?
+                    .text()
+                    .await?,
+            )
+        }
+    };
+    let read = page("rd", "/?q=other").await?;
+    assert!(read.contains("saved searches (1)"), "{read}");
+    let link = format!(
+        "<a class=\"saved-link\" href=\"{}\" title=\"app:fib level:error\">fib errors</a>",
+        href.replace('&', "&#38;")
+    );
+    assert!(read.contains(&link), "{read}");
+    assert!(
+        !read.contains("save-search") && !read.contains("saved-delete"),
+        "{read}"
+    );
+    let deployer = page(
+        "dp",
+        "/?q=app%3Afib%20level%3Aerror&range=1h&sort=oldest&cols=latency_ms",
+    )
+    .await?;
+    assert!(deployer.contains("class=\"save-search\""), "{deployer}");
+    assert!(
+        deployer.contains("<li class=\"current\">"),
+        "this page is that search"
+    );
+
+    // A taken name needs `replace`; bad names, queries and origins are refused by name.
+    let (status, _, body) = save("dp", vec![("name", "fib errors"), ("q", "x")]).await?;
+    assert_eq!(status, 409, "{body}");
+    assert!(body.contains("replace"), "{body}");
+    let (status, _, _) = save(
+        "dp",
+        vec![("name", "fib errors"), ("q", "x"), ("replace", "1")],
+    )
+    .await?;
+    assert_eq!(status, 303);
+    for (form, named) in [
+        (vec![("name", "<b>x</b>"), ("q", "x")], "invalid name"),
+        (vec![("name", ""), ("q", "x")], "invalid name"),
+        (vec![("name", "ok"), ("q", "x"), ("range", "3w")], "3w"),
+        (vec![("name", "ok"), ("q", "x"), ("sort", "up")], "sort"),
+        (vec![("name", "ok"), ("q", "x"), ("cols", "a b")], "cols"),
+    ] {
+        let (status, _, body) = save("dp", form.clone()).await?;
+        assert_eq!(status, 400, "{form:?}: {body}");
+        assert!(body.contains(named), "{form:?}: {body}");
+    }
+    let cross = http
+        .post(format!("{web}/ui/saved"))
+        .bearer_auth("dp")
+        .header("origin", "http://evil.example")
+        .form(&[("name", "evil"), ("q", "x")])
+        .send()
+        .await?;
+    assert_eq!(cross.status().as_u16(), 403);
+
+    // Kept across a restart of the web.
+    let again = web_with_saved_searches(path.clone()).await?;
+    let listed = http
+        .get(format!("{again}/"))
+        .bearer_auth("rd")
+        .send()
+        .await?
+        .text()
+        .await?;
+    assert!(listed.contains(">fib errors</a>"), "{listed}");
+
+    // Deleted by the deploy role only.
+    let delete = |token: &'static str, name: &'static str| {
+        let (http, web) = (http.clone(), web.clone());
+        async move {
+            anyhow::Ok(
+                http.post(format!("{web}/ui/saved/delete"))
+                    .bearer_auth(token)
+                    .form(&[("name", name)])
+                    .send()
+                    .await?
+                    .status()
+                    .as_u16(),
+            )
+        }
+    };
+    assert_eq!(delete("rd", "fib errors").await?, 403);
+    assert_eq!(delete("dp", "fib errors").await?, 303);
+    assert_eq!(delete("dp", "fib errors").await?, 400, "gone");
+    assert!(page("rd", "/").await?.contains("saved searches (0)"));
+    Ok(())
+}
+
+/// Issue 20: a standalone `web` whose own token may only read asks the scheduler to
+/// change an app for a user with the deploy role: the scheduler's 403 becomes a 403
+/// page naming the missing role and the flag that fixes it, not a 502.
+#[tokio::test]
+async fn actions_with_a_read_only_ui_token_are_a_403_naming_the_role() -> Result<()> {
+    use protocol::auth::{Keyring, Role};
+    let seen: Seen = Arc::default();
+    let indexer = serve(fake_indexer(seen)).await?;
+    let scheduler = serve(fake_scheduler()).await?;
+    let mut keyring = Keyring::new();
+    keyring.add("dp", Role::Deploy);
+    let web = serve(
+        Web::new(WebConfig {
+            indexer_url: indexer,
+            scheduler_url: scheduler,
+        })
+        .with_token(Some("ui-read".into()))
+        .with_keyring(keyring)
+        .router(),
+    )
+    .await?;
+    let http = reqwest::Client::new();
+    for (path, form) in [
+        (
+            "/apps/action",
+            vec![("app", "fib"), ("action", "scale"), ("instances", "2")],
+        ),
+        (
+            "/hosts/action",
+            vec![("agent", "node-1"), ("action", "drain")],
+        ),
+    ] {
+        let resp = http
+            .post(format!("{web}{path}"))
+            .bearer_auth("dp")
+            .form(&form)
+            .send()
+            .await?;
+        assert_eq!(resp.status().as_u16(), 403, "{path}");
+        let body = resp.text().await?;
+        assert!(
+            body.contains("lacks the deploy role") && body.contains("--deploy-token"),
+            "{path}: {body}"
+        );
+    }
     Ok(())
 }

@@ -21,9 +21,12 @@ impl State {
     }
 
     /// Drains an agent (`drain`) or puts it back in use. A drained agent gets no new
-    /// task, and its tasks are killed and placed again elsewhere: killed first, so an
-    /// app briefly runs one instance short, as when an agent is lost; a replacement
-    /// that fits nowhere else waits in the queue saying so.
+    /// task, and its tasks are moved elsewhere as a rolling deployment moves old
+    /// tasks ([`State::place_app`]): the replacement starts first and the drained
+    /// task is killed once the app's `upgradeStrategy` allows (with Marathon's
+    /// default, once the replacement is ready), so the app does not run short; a
+    /// replacement that fits nowhere else waits in the queue saying so, and the
+    /// drained task keeps running meanwhile.
     pub fn set_drained(&mut self, name: &str, drain: bool, now: Now) -> Result<()> {
         if !self.agents.contains_key(name) && !self.known_agents.contains(name) {
             return Err(Error::UnknownAgent(name.to_string()));
@@ -36,17 +39,6 @@ impl State {
         if changed {
             self.generation += 1;
             info!(agent = name, drain, "agent drain changed");
-        }
-        if drain {
-            let on_it: Vec<String> = self
-                .tasks
-                .values()
-                .filter(|t| t.agent == name)
-                .map(|t| t.id.clone())
-                .collect();
-            for t in on_it {
-                self.kill(&t, "its agent is drained", now);
-            }
         }
         self.place(now);
         Ok(())

@@ -246,7 +246,9 @@ impl State {
     /// replaced as a rolling deployment: new tasks are started while the total stays
     /// within `instances * (1 + maximumOverCapacity)`, and an old task is killed only
     /// while at least `instances * minimumHealthCapacity` tasks stay ready (running and
-    /// healthy).
+    /// healthy). Tasks on a drained agent count as old: a drain moves them the same
+    /// way, the replacement started first (as Marathon and Nomad drain), so the app
+    /// keeps its healthy count.
     pub(super) fn place_app(&mut self, id: &str, now: Now) {
         let Some(rt) = self.apps.get(id) else { return };
         let want = rt.def.instances as usize;
@@ -260,7 +262,7 @@ impl State {
         let mut new: Vec<(bool, u32, String)> = Vec::new();
         for t in self.tasks.values().filter(|t| t.app == id) {
             let entry = (!t.ready(checks), t.instance, t.id.clone());
-            if t.version == version {
+            if t.version == version && !self.drained.contains(&t.agent) {
                 new.push(entry)
             } else {
                 old.push(entry)
@@ -269,8 +271,29 @@ impl State {
         old.sort();
         new.sort();
         if new.len() >= want {
-            for (_, _, t) in old.drain(..) {
-                self.kill(&t, "replaced by the new version", now);
+            // Every replacement is launched, but an old task goes only while enough
+            // tasks stay ready (`minimumHealthCapacity`): a launched replacement that is
+            // not running yet does not count, or the old tasks (a drained agent's, an
+            // outdated version's) were killed as soon as the next heartbeat came.
+            let min_ready = (want as f64 * min_health).ceil() as usize;
+            let mut ready =
+                new.iter().filter(|t| !t.0).count().min(want) + old.iter().filter(|t| !t.0).count();
+            while let Some((not_ready, _, t)) = old.last().cloned() {
+                if !not_ready && ready <= min_ready {
+                    break;
+                }
+                old.pop();
+                if !not_ready {
+                    ready -= 1;
+                }
+                self.kill(&t, self.replaced_why(&t), now);
+            }
+            if !old.is_empty() {
+                // Waiting for replacements to be ready; scaling down waits too.
+                if let Some(rt) = self.apps.get_mut(id) {
+                    rt.unplaced = None;
+                }
+                return;
             }
             // Scale down. Not-ready tasks go first; then, by `killSelection`, the
             // youngest (Marathon's default: the highest instance numbers, started
@@ -314,7 +337,7 @@ impl State {
             if !not_ready {
                 ready -= 1;
             }
-            self.kill(&t, "replaced by the new version", now);
+            self.kill(&t, self.replaced_why(&t), now);
             killed_any = true;
         }
         let mut launched = 0;
@@ -347,7 +370,7 @@ impl State {
             && new.len() < want
         {
             if let Some((_, _, t)) = old.pop() {
-                self.kill(&t, "replaced by the new version", now);
+                self.kill(&t, self.replaced_why(&t), now);
                 self.place_app(id, now);
                 return;
             }
@@ -356,6 +379,14 @@ impl State {
             if rt.unplaced.take().is_some() {
                 info!(app = id, "app can be placed again");
             }
+        }
+    }
+
+    /// Why an old task of [`State::place_app`] is killed.
+    fn replaced_why(&self, task: &str) -> &'static str {
+        match self.tasks.get(task) {
+            Some(t) if self.drained.contains(&t.agent) => "moved off its drained agent",
+            _ => "replaced by the new version",
         }
     }
 
@@ -667,6 +698,54 @@ mod tests {
             .unwrap();
         assert!(back.is_empty());
         assert_eq!(s.agent("a").unwrap().state, AGENT_ACTIVE);
+    }
+
+    #[test]
+    fn a_drained_agents_task_is_killed_only_once_its_replacement_runs() {
+        let now = Now::current();
+        let mut s = cluster(&["a", "b"], now);
+        s.create_app(app("fib", 2), now).unwrap();
+        let (on_a, on_b) = (s.desired("a"), s.desired("b"));
+        assert_eq!((on_a.len(), on_b.len()), (1, 1));
+        running(&mut s, "a", &on_a, &[], now);
+        running(&mut s, "b", &on_b, &[], now);
+        s.set_drained("a", true, now).unwrap();
+        assert_eq!(
+            s.desired("a"),
+            on_a,
+            "still running: its replacement is not"
+        );
+        let b_now = s.desired("b");
+        assert_eq!(b_now.len(), 2, "{b_now:?}");
+        let replacement = b_now.iter().find(|t| t.task != on_b[0].task).unwrap();
+        // Not yet running: the drained task stays whatever the agent reports.
+        running(&mut s, "a", &on_a, &[], now);
+        assert_eq!(s.desired("a"), on_a);
+        running(&mut s, "b", &b_now, &[], now);
+        assert!(s.desired("a").is_empty(), "moved once the replacement runs");
+        let left: Vec<String> = s.desired("b").into_iter().map(|t| t.task).collect();
+        assert_eq!(left.len(), 2);
+        assert!(left.contains(&replacement.task) && left.contains(&on_b[0].task));
+        // Undrained, nothing moves back on its own and nothing is placed twice.
+        s.set_drained("a", false, now).unwrap();
+        assert_eq!(s.tasks().count(), 2);
+    }
+
+    #[test]
+    fn a_drained_task_with_nowhere_to_go_keeps_running_and_the_queue_says_why() {
+        let now = Now::current();
+        let mut s = cluster(&["a"], now);
+        s.create_app(app("fib", 1), now).unwrap();
+        let on_a = s.desired("a");
+        running(&mut s, "a", &on_a, &[], now);
+        s.set_drained("a", true, now).unwrap();
+        assert_eq!(s.desired("a"), on_a, "not killed for nothing");
+        let why = s.apps[&app_key("fib")]
+            .unplaced
+            .as_ref()
+            .map(|u| format!("{u:?}"))
+            .unwrap_or_default();
+        assert!(why.contains("drained"), "{why}");
     }
 
     #[test]

@@ -34,10 +34,14 @@ pub(crate) struct ContextParams {
     source: Option<String>,
     offset: Option<String>,
     n: Option<String>,
+    /// `utc`: times in UTC; otherwise the reader's zone (with JS).
+    tz: Option<String>,
 }
 
 pub(crate) struct CtxLine {
     time: String,
+    /// RFC 3339 UTC, for the script that shows the reader's zone.
+    ts: String,
     host: String,
     instance: u32,
     stream: &'static str,
@@ -62,6 +66,7 @@ struct ContextPage {
     n: u32,
     wider: String,
     task_href: String,
+    utc: bool,
 }
 
 pub(crate) async fn page(
@@ -107,6 +112,7 @@ pub(crate) async fn page(
         },
     };
     let source = p.source.unwrap_or_default();
+    let utc = super::wants_utc(p.tz.as_deref());
     let req = ContextQuery {
         task: task.clone(),
         ts: ts.clone(),
@@ -131,15 +137,16 @@ pub(crate) async fn page(
         .unwrap_or_default();
     let line = |r: &LogRecord, focus: bool| CtxLine {
         time: format_ts(r.ts),
+        ts: crate::render::rfc3339_ms(r.ts),
         host: r.host.clone(),
         instance: r.instance,
         stream: r.stream.as_str(),
         level: r.level.map(Level::as_str).unwrap_or(""),
         level_class: level_class(r.level),
         msg: r.msg.clone(),
-        trace: trace_href(r),
+        trace: trace_href(r).map(|t| super::with_utc(t, utc)),
         focus,
-        href: context_href_n(r, n),
+        href: super::with_utc(context_href_n(r, n), utc),
     };
     let mut lines: Vec<CtxLine> = resp.before.iter().map(|r| line(r, false)).collect();
     lines.extend(resp.record.iter().map(|r| line(r, true)));
@@ -150,17 +157,24 @@ pub(crate) async fn page(
     let page = ContextPage {
         nav: "",
         task_short: short_task(&app, &task),
-        task_href: href("/", &[("q", &field_query("task", &task)), ("range", "24h")]),
-        wider: href(
-            "/context",
-            &[
-                ("task", &task),
-                ("ts", &ts),
-                ("source", &source),
-                ("offset", &offset_s),
-                ("n", &wider_n),
-            ],
-        ) + "#focus",
+        task_href: super::with_utc(
+            href("/", &[("q", &field_query("task", &task)), ("range", "24h")]),
+            utc,
+        ),
+        utc,
+        wider: super::with_utc(
+            href(
+                "/context",
+                &[
+                    ("task", &task),
+                    ("ts", &ts),
+                    ("source", &source),
+                    ("offset", &offset_s),
+                    ("n", &wider_n),
+                ],
+            ) + "#focus",
+            utc,
+        ),
         task,
         app,
         ts,

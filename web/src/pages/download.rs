@@ -53,13 +53,25 @@ impl Format {
     }
 }
 
-/// One CSV field: quoted when it holds a comma, a quote or a line break (RFC 4180),
-/// quotes doubled.
+/// First characters that make a spreadsheet read a cell as a formula (OWASP's CSV
+/// injection list): a log line is written by whoever reached the app, so a message
+/// such as `=HYPERLINK(...)` must open as text, never run.
+const FORMULA_START: [char; 6] = ['=', '+', '-', '@', '\t', '\r'];
+
+/// One CSV field: a leading `'` when it would start a formula (the trade-off: a
+/// negative number shows as `'-5` too, text rather than a number, which is the price
+/// OWASP's rule pays for never guessing), then quoted when it holds a comma, a quote
+/// or a line break (RFC 4180), quotes doubled.
 pub(crate) fn csv_field(s: &str) -> String {
+    let s = if s.starts_with(FORMULA_START) {
+        format!("'{s}")
+    } else {
+        s.to_string()
+    };
     if s.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {
-        s.to_string()
+        s
     }
 }
 
@@ -210,6 +222,26 @@ mod tests {
         assert_eq!(csv_field("two\nlines"), "\"two\nlines\"");
         assert_eq!(csv_field("cr\r"), "\"cr\r\"");
         assert_eq!(csv_field(""), "");
+        assert_eq!(
+            csv_field("a=b"),
+            "a=b",
+            "only a leading sign starts a formula"
+        );
+    }
+
+    #[test]
+    fn csv_cells_that_would_run_as_formulas_open_as_text() {
+        assert_eq!(csv_field("=1+1"), "'=1+1");
+        assert_eq!(csv_field("+1"), "'+1");
+        assert_eq!(csv_field("-2"), "'-2");
+        assert_eq!(csv_field("@SUM(A1)"), "'@SUM(A1)");
+        assert_eq!(csv_field("\tx"), "'\tx");
+        assert_eq!(csv_field("\r=1"), "\"'\r=1\"");
+        // The quote goes inside the field's own quotes, where a spreadsheet reads it.
+        assert_eq!(
+            csv_field("=HYPERLINK(\"http://x\",\"y\")"),
+            "\"'=HYPERLINK(\"\"http://x\"\",\"\"y\"\")\""
+        );
         assert_eq!(csv_line(["a".into(), "b,c".into()]), "a,\"b,c\"\r\n");
     }
 

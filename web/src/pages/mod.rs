@@ -13,6 +13,7 @@ mod cluster;
 mod context;
 mod download;
 mod login;
+mod saved;
 mod search;
 mod slow;
 mod tail;
@@ -51,6 +52,8 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/context", get(context::page))
         .route("/download", get(download::download))
         .route("/ui/fields", get(search::suggest))
+        .route("/ui/saved", axum::routing::post(saved::save))
+        .route("/ui/saved/delete", axum::routing::post(saved::delete))
         .route("/slow", get(slow::page))
         .route("/tail/{app}", get(tail::page))
         .route("/trace/{id}", get(trace::page))
@@ -115,6 +118,22 @@ fn render<T: Template>(page: &'static str, tpl: &T) -> Result<Html<String>> {
     tpl.render()
         .map(Html)
         .map_err(|source| Error::Render { page, source })
+}
+
+/// `link` with `tz=utc` added when `utc`: the time-zone choice follows the reader from
+/// the search page to a trace or a record's context and back (before any `#fragment`).
+pub(crate) fn with_utc(link: String, utc: bool) -> String {
+    if !utc {
+        return link;
+    }
+    let (base, fragment) = link.split_at(link.find('#').unwrap_or(link.len()));
+    let sep = if base.contains('?') { '&' } else { '?' };
+    format!("{base}{sep}tz=utc{fragment}")
+}
+
+/// Whether a page's `tz` parameter asks for UTC (anything else: the reader's zone).
+pub(crate) fn wants_utc(tz: Option<&str>) -> bool {
+    tz.map(str::trim) == Some("utc")
 }
 
 /// The time presets the search page offers, as (name, indexer `start`).
@@ -203,6 +222,17 @@ mod tests {
             r.params(),
             vec![("start", "2026-11-23T10:00:00Z"), ("end", "now")]
         );
+    }
+
+    #[test]
+    fn the_utc_choice_is_added_before_the_fragment() {
+        assert_eq!(with_utc("/trace/abc".into(), true), "/trace/abc?tz=utc");
+        assert_eq!(
+            with_utc("/context?task=t&n=5#focus".into(), true),
+            "/context?task=t&n=5&tz=utc#focus"
+        );
+        assert_eq!(with_utc("/trace/abc".into(), false), "/trace/abc");
+        assert!(wants_utc(Some(" utc")) && !wants_utc(Some("local")) && !wants_utc(None));
     }
 
     #[test]

@@ -164,7 +164,7 @@ impl View {
         }
         Ok(View {
             sort: SortBy::parse(p.sort.as_deref())?,
-            utc: p.tz.as_deref().map(str::trim) == Some("utc"),
+            utc: super::wants_utc(p.tz.as_deref()),
             cols_param: cols.join(","),
             cols,
         })
@@ -374,10 +374,28 @@ struct SearchPage {
     sorts: Vec<ViewLink>,
     zones: Vec<ViewLink>,
     utc: bool,
+    /// Every saved search, newest first.
+    saved: Vec<SavedLink>,
+    /// The caller may save and delete searches (the deploy role).
+    can_save: bool,
+    /// Saved searches outlive a restart of the web (it has a data dir).
+    saved_kept: bool,
+    /// What the save form sends besides the name: this search's parameters.
+    save_params: Vec<(&'static str, String)>,
+}
+
+/// A saved search as the page lists it.
+pub(crate) struct SavedLink {
+    name: String,
+    href: String,
+    query: String,
+    /// This page is that search.
+    current: bool,
 }
 
 pub(crate) async fn page(
     State(state): State<Arc<AppState>>,
+    caller: Option<axum::Extension<protocol::http::Caller>>,
     Query(p): Query<SearchParams>,
 ) -> Response {
     state.metrics.hit(Page::Search);
@@ -497,6 +515,18 @@ pub(crate) async fn page(
             })
             .collect(),
         utc: view.utc,
+        saved: Vec::new(),
+        can_save: super::saved::may_save(caller.as_ref()),
+        saved_kept: state.saved.persistent(),
+        save_params: {
+            let mut params = vec![("q", q.as_str())];
+            params.extend(range.params());
+            params.extend(view.params().into_iter().filter(|(k, _)| *k != "tz"));
+            params
+                .into_iter()
+                .map(|(k, v)| (k, v.to_string()))
+                .collect()
+        },
         apps: Vec::new(),
         selected_app: query_app(&q).unwrap_or_default(),
         error: None,
@@ -517,6 +547,28 @@ pub(crate) async fn page(
             href("/slow", &params)
         },
     };
+
+    let here = saved_params(
+        &q,
+        p.range.as_deref(),
+        p.start.as_deref(),
+        p.end.as_deref(),
+        p.sort.as_deref(),
+        p.cols.as_deref(),
+    )
+    .ok();
+    page.saved = state
+        .saved
+        .list()
+        .await
+        .into_iter()
+        .map(|s| SavedLink {
+            current: here.as_ref() == Some(&s.params),
+            href: s.href(),
+            query: s.query().to_string(),
+            name: s.name,
+        })
+        .collect();
 
     let search_req = SearchQuery {
         q: q.clone(),
@@ -848,6 +900,41 @@ fn download_href(query: &str, range: &TimeRange, view: &View, format: &str) -> S
     href("/download", &params)
 }
 
+/// The parameters a saved search keeps: the query, the range, the order and the
+/// columns, each checked as the page checks them; not the time zone, which is each
+/// reader's own choice.
+pub(crate) fn saved_params(
+    q: &str,
+    range: Option<&str>,
+    start: Option<&str>,
+    end: Option<&str>,
+    sort: Option<&str>,
+    cols: Option<&str>,
+) -> Result<Vec<(String, String)>, Error> {
+    let q = q.trim();
+    if q.len() > crate::saved::MAX_QUERY {
+        return Err(Error::BadParam {
+            name: "q",
+            value: format!("{}…", q.chars().take(40).collect::<String>()),
+            expected: "a query of at most 4096 bytes to save",
+        });
+    }
+    let range = TimeRange::from_params(range, start, end)?;
+    let view = View::from_params(&SearchParams {
+        sort: sort.map(String::from),
+        cols: cols.map(String::from),
+        ..SearchParams::default()
+    })?;
+    let mut params = vec![("q", q)];
+    params.extend(range.params());
+    params.extend(view.params().into_iter().filter(|(k, _)| *k != "tz"));
+    Ok(params
+        .into_iter()
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect())
+}
+
 /// The search page's URL for `query` in the range and view of `ctx`.
 fn search_href(query: &str, ctx: Ctx) -> String {
     let mut params = vec![("q", query)];
@@ -1042,11 +1129,11 @@ fn row(r: &LogRecord, terms: &[String], query: &str, ctx: Ctx) -> Row {
             .filter(|id| TraceId::is_valid(id))
             .map(|id| TraceLink {
                 id: id.to_string(),
-                href: format!("/trace/{id}"),
+                href: super::with_utc(format!("/trace/{id}"), ctx.view.utc),
             }),
         access,
         details: details(r, query, ctx),
-        context_href: context_href(r),
+        context_href: super::with_utc(context_href(r), ctx.view.utc),
     }
 }
 

@@ -6,7 +6,9 @@
 //! (including `event: dropped` notices) instead of re-encoding events: the indexer
 //! already speaks SSE, and passing bytes through keeps the UI independent of how the
 //! indexer frames its events. The cost is that the proxy cannot filter or annotate the
-//! stream; filtering is done by the indexer through `q`.
+//! stream; filtering is done by the indexer through `q`. The indexer's event ids pass
+//! through too, and the browser's `Last-Event-ID` is passed back on a reconnect, so an
+//! `EventSource` resumes where it left off by itself.
 //!
 //! The page renders at most `rate` lines per second (default [`DEFAULT_RATE`]) and
 //! counts the rest as skipped, next to the indexer's count of dropped lines: the cap
@@ -116,11 +118,14 @@ impl Drop for OpenStream {
 
 pub(crate) async fn stream(
     State(state): State<Arc<AppState>>,
+    headers: axum::http::HeaderMap,
     Query(p): Query<StreamParams>,
 ) -> Result<Response> {
     state.metrics.hit(Page::TailStream);
     let q = p.q.unwrap_or_default();
-    let upstream = match state.client.tail(q.trim()).await {
+    // An `EventSource` reconnecting sends the last id it saw; the indexer resumes there.
+    let last = headers.get("last-event-id").and_then(|v| v.to_str().ok());
+    let upstream = match state.client.tail(q.trim(), last).await {
         Ok(resp) => resp,
         Err(e) => {
             state.metrics.upstream_error(&e);

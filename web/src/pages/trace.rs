@@ -42,6 +42,8 @@ const MIN_BAR_PCT: f64 = 0.5;
 pub(crate) struct TraceParams {
     start: Option<String>,
     end: Option<String>,
+    /// `utc`: times in UTC; otherwise the reader's zone (with JS).
+    tz: Option<String>,
 }
 
 /// Where one hop's bar sits on the shared axis, in percent.
@@ -72,6 +74,8 @@ pub(crate) struct Hop {
 
 pub(crate) struct Line {
     time: String,
+    /// RFC 3339 UTC, for the script that shows the reader's zone.
+    ts: String,
     offset: String,
     host: String,
     app: String,
@@ -98,6 +102,7 @@ struct TracePage {
     entry: String,
     total: u64,
     truncated: bool,
+    utc: bool,
 }
 
 /// Bars for `spans` (start, end in ms) on one axis from the earliest start to the
@@ -253,6 +258,7 @@ pub(crate) async fn page(
         .filter(|r| r.stream != Stream::Access)
         .map(|r| Line {
             time: format_ts(r.ts),
+            ts: crate::render::rfc3339_ms(r.ts),
             offset: offset(span_ms(r).1),
             host: r.host.clone(),
             app: r.app.clone(),
@@ -267,11 +273,16 @@ pub(crate) async fn page(
 
     let apps: BTreeSet<&str> = records.iter().map(|r| r.app.as_str()).collect();
     let hosts: BTreeSet<&str> = records.iter().map(|r| r.host.as_str()).collect();
+    let utc = super::wants_utc(p.tz.as_deref());
     let page = TracePage {
         nav: "",
-        search_href: href(
-            "/",
-            &[("q", &q), ("start", &range.start), ("end", &range.end)],
+        utc,
+        search_href: super::with_utc(
+            href(
+                "/",
+                &[("q", &q), ("start", &range.start), ("end", &range.end)],
+            ),
+            utc,
         ),
         duration: if records.is_empty() {
             String::new()
