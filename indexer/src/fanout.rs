@@ -1,0 +1,313 @@
+//! Searching a sharded cluster (issue 21): an indexer in shard mode answers
+//! `/api/v1/search` by asking one live owner of every shard, read from ZooKeeper
+//! ([`crate::owners`]), for that shard's page (`shards=<n>`), and merging.
+//!
+//! One request per shard, not per owner: each shard's hits then come in that
+//! shard's own exact order and cursor, and the merged page is a k-way merge by the
+//! sort key (time, or latency) of pages each at least as long as the page asked
+//! for, so its first `limit` hits are the true top. The next page's cursor holds,
+//! per shard, that shard's cursor and how many hits of its page were already
+//! handed out (`skip`): asking the shard again with `limit + skip` from the same
+//! cursor and dropping `skip` continues it exactly, whichever owner answers. The
+//! trade-off: a shard that contributes little to many pages is asked for longer
+//! and longer pages until its page is used up, and six requests go out where
+//! grouping by owner would send three.
+//!
+//! An owner that fails (refused connection, error status) is replaced by the
+//! shard's next owner; a shard with none left is named in the answer's
+//! `shards.failed` (Elasticsearch's `_shards`), its hits missing from that page,
+//! its cursor kept as it was. Credentials of the caller are passed on: every
+//! indexer of a cluster shares the tokens.
+
+use crate::owners::Owners;
+use crate::search::{SearchParams, Sort};
+use crate::{Error, Result};
+use axum::http::HeaderMap;
+use protocol::{LogRecord, SearchResponse};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::warn;
+
+/// Tag of a fan-out cursor.
+const CURSOR_TAG: &str = "s1.";
+
+/// What shard mode needs at search time.
+pub struct ShardMode {
+    pub owners: Arc<Owners>,
+    pub shards: u32,
+    client: reqwest::Client,
+}
+
+impl ShardMode {
+    pub fn new(owners: Arc<Owners>, shards: u32, timeout: Duration) -> ShardMode {
+        ShardMode {
+            owners,
+            shards,
+            client: reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(2))
+                .timeout(timeout)
+                .build()
+                .expect("a plain http client builds"),
+        }
+    }
+}
+
+/// Where the fan-out stands for one shard.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardCursor {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub c: Option<String>,
+    #[serde(default)]
+    pub skip: usize,
+    #[serde(default)]
+    pub done: bool,
+}
+
+/// Elasticsearch's `_shards`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardsSummary {
+    pub total: u32,
+    pub successful: u32,
+    pub failed: Vec<u32>,
+}
+
+/// The answer of a fanned-out search.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FanoutResponse {
+    #[serde(flatten)]
+    pub response: SearchResponse,
+    pub shards: ShardsSummary,
+}
+
+pub fn encode_cursor(state: &BTreeMap<u32, ShardCursor>) -> String {
+    let json = serde_json::to_vec(state).expect("a cursor serialises");
+    let mut out = String::with_capacity(CURSOR_TAG.len() + json.len() * 2);
+    out.push_str(CURSOR_TAG);
+    for b in json {
+        out.push_str(&format!("{b:02x}"));
+    }
+    out
+}
+
+pub fn decode_cursor(s: &str) -> Result<BTreeMap<u32, ShardCursor>> {
+    let bad = || Error::Protocol(protocol::Error::BadCursor(s.chars().take(200).collect()));
+    let hex = s.strip_prefix(CURSOR_TAG).ok_or_else(bad)?;
+    if hex.len() % 2 != 0 {
+        return Err(bad());
+    }
+    let bytes = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16))
+        .collect::<std::result::Result<Vec<u8>, _>>()
+        .map_err(|_| bad())?;
+    serde_json::from_slice(&bytes).map_err(|_| bad())
+}
+
+/// The sort key of a hit, comparable so that smaller comes first.
+fn key(sort: Sort, rec: &LogRecord) -> (i128, i128) {
+    match sort {
+        Sort::NewestFirst => (-(rec.ts.timestamp_nanos_opt().unwrap_or(0) as i128), 0),
+        Sort::OldestFirst => (rec.ts.timestamp_nanos_opt().unwrap_or(0) as i128, 0),
+        Sort::LatencyDesc => (
+            -((rec.latency_ms.unwrap_or(0.0) * 1e6) as i128),
+            -(rec.ts.timestamp_nanos_opt().unwrap_or(0) as i128),
+        ),
+    }
+}
+
+/// One shard's page as fetched.
+struct Page {
+    total: u64,
+    hits: Vec<LogRecord>,
+    next: Option<String>,
+}
+
+impl ShardMode {
+    /// The fanned-out `/api/v1/search`. `pairs` is the caller's query string (its
+    /// `cursor` is ours; `limit` and `sort` are passed on).
+    pub async fn search(
+        &self,
+        params: &SearchParams,
+        pairs: Vec<(String, String)>,
+        headers: &HeaderMap,
+    ) -> Result<FanoutResponse> {
+        let sort = Sort::parse(params.sort.as_deref().unwrap_or(""))?;
+        let limit = params.clone().into_request(chrono::Utc::now())?.limit;
+        let mut state = match params.cursor.as_deref().filter(|c| !c.is_empty()) {
+            Some(c) => decode_cursor(c)?,
+            None => (0..self.shards)
+                .map(|n| (n, ShardCursor::default()))
+                .collect(),
+        };
+        let owners = self.owners.live_owners().await?;
+        let passed: Vec<(String, String)> = pairs
+            .into_iter()
+            .filter(|(k, _)| !matches!(k.as_str(), "cursor" | "limit" | "shards" | "highlight"))
+            .collect();
+        let asks = state.iter().filter(|(_, s)| !s.done).map(|(&n, s)| {
+            let urls: Vec<String> = owners
+                .get(&n)
+                .map(|o| o.iter().map(|o| o.url.clone()).collect())
+                .unwrap_or_default();
+            let mut q = passed.clone();
+            q.push(("shards".into(), n.to_string()));
+            q.push((
+                "limit".into(),
+                (limit + s.skip).min(crate::search::MAX_LIMIT).to_string(),
+            ));
+            if let Some(c) = &s.c {
+                q.push(("cursor".into(), c.clone()));
+            }
+            async move { (n, self.ask(&urls, &q, headers).await) }
+        });
+        let answers = futures::future::join_all(asks).await;
+        let mut summary = ShardsSummary {
+            total: self.shards,
+            successful: self.shards,
+            failed: Vec::new(),
+        };
+        let mut total = 0;
+        let mut pages: BTreeMap<u32, Page> = BTreeMap::new();
+        for (n, answer) in answers {
+            match answer {
+                Ok(mut page) => {
+                    let skip = state[&n].skip.min(page.hits.len());
+                    page.hits.drain(..skip);
+                    total += page.total;
+                    pages.insert(n, page);
+                }
+                Err(e) => {
+                    warn!(shard = n, error = %e, "no owner of the shard answered");
+                    summary.successful -= 1;
+                    summary.failed.push(n);
+                }
+            }
+        }
+        // Totals of shards already read to their end still count.
+        let mut taken: BTreeMap<u32, usize> = pages.keys().map(|n| (*n, 0)).collect();
+        let mut hits = Vec::with_capacity(limit);
+        while hits.len() < limit {
+            let best = pages
+                .iter()
+                .filter_map(|(n, p)| p.hits.get(taken[n]).map(|h| (key(sort, h), *n)))
+                .min();
+            let Some((_, n)) = best else { break };
+            let i = taken[&n];
+            hits.push(pages[&n].hits[i].clone());
+            *taken.get_mut(&n).expect("a fetched shard") += 1;
+        }
+        for (n, page) in &pages {
+            let used = taken[n];
+            let s = state.get_mut(n).expect("asked shards are in the state");
+            if used == page.hits.len() {
+                *s = match &page.next {
+                    Some(c) => ShardCursor {
+                        c: Some(c.clone()),
+                        skip: 0,
+                        done: false,
+                    },
+                    None => ShardCursor {
+                        done: true,
+                        ..ShardCursor::default()
+                    },
+                };
+            } else {
+                s.skip += used;
+            }
+        }
+        let next = (!state.values().all(|s| s.done) && limit > 0).then(|| encode_cursor(&state));
+        Ok(FanoutResponse {
+            response: SearchResponse { total, hits, next },
+            shards: summary,
+        })
+    }
+
+    /// Asks the owners at `urls` in turn for one shard's page.
+    async fn ask(
+        &self,
+        urls: &[String],
+        q: &[(String, String)],
+        headers: &HeaderMap,
+    ) -> Result<Page> {
+        let mut last = format!("no live owner in zookeeper");
+        for url in urls {
+            let mut req = self
+                .client
+                .get(format!("{}/api/v1/search", url.trim_end_matches('/')))
+                .query(q);
+            for name in ["authorization", protocol::TOKEN_HEADER] {
+                if let Some(v) = headers.get(name) {
+                    req = req.header(name, v.as_bytes());
+                }
+            }
+            match req.send().await {
+                Ok(resp) if resp.status().is_success() => match resp.json::<Value>().await {
+                    Ok(v) => match serde_json::from_value::<SearchResponse>(v) {
+                        Ok(r) => {
+                            return Ok(Page {
+                                total: r.total,
+                                hits: r.hits,
+                                next: r.next,
+                            })
+                        }
+                        Err(e) => last = format!("{url}: unreadable answer: {e}"),
+                    },
+                    Err(e) => last = format!("{url}: unreadable answer: {e}"),
+                },
+                Ok(resp) => {
+                    let status = resp.status();
+                    let body = resp.text().await.unwrap_or_default();
+                    // The caller's own mistake is the same on every owner.
+                    if status.is_client_error() && status.as_u16() != 429 {
+                        return Err(Error::BadParam {
+                            name: "q",
+                            value: body.chars().take(500).collect(),
+                            expected: format!(
+                                "a search every shard accepts (an owner answered {status})"
+                            ),
+                        });
+                    }
+                    last = format!(
+                        "{url}: {status}: {}",
+                        body.chars().take(300).collect::<String>()
+                    );
+                }
+                Err(e) => last = format!("{url}: {e}"),
+            }
+        }
+        Err(Error::Shards(last))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_bad_ones_are_refused() {
+        let mut s = BTreeMap::new();
+        s.insert(
+            0,
+            ShardCursor {
+                c: Some("c1.x".into()),
+                skip: 3,
+                done: false,
+            },
+        );
+        s.insert(
+            1,
+            ShardCursor {
+                done: true,
+                ..Default::default()
+            },
+        );
+        let c = encode_cursor(&s);
+        assert!(c.starts_with("s1.") && c.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.'));
+        assert_eq!(decode_cursor(&c).unwrap(), s);
+        assert!(decode_cursor("c1.abc").is_err());
+        assert!(decode_cursor("s1.zz").is_err());
+    }
+}
