@@ -1066,6 +1066,12 @@ mod tests {
             IndexerArgs {
                 data_dir: Some("/d".into()),
                 listen: None,
+                zk: None,
+                ingest_log: None,
+                shards: None,
+                owners: None,
+                advertise: None,
+                zk_session_timeout_ms: None,
             },
             &cfg,
             Some("flag".into()),
@@ -1310,5 +1316,35 @@ mod tests {
         let a = parse_attributes("rack:a;zone:1").unwrap();
         assert_eq!(a["rack"], "a");
         assert!(parse_attributes(":a").is_err());
+    }
+
+    #[test]
+    fn indexer_shard_mode_needs_both_zk_and_the_log() {
+        let args = || IndexerArgs {
+            data_dir: None,
+            listen: None,
+            zk: None,
+            ingest_log: None,
+            shards: None,
+            owners: None,
+            advertise: None,
+            zk_session_timeout_ms: None,
+        };
+        let none = Config::parse("", Path::new("t.toml")).unwrap();
+        assert!(indexer_shards(&args(), &none).unwrap().is_none(), "no flags, no shard mode");
+        let c = Config::parse(
+            "[indexer]\nzk = \"zk://z1:2181/st\"\ningest_log = \"nats://n1:4222\"\nshards = 4\nowners = 3\n",
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        let s = indexer_shards(&args(), &c).unwrap().unwrap();
+        assert_eq!((s.zk.root.as_str(), s.log.shards, s.owners), ("/st", 4, 3));
+        assert_eq!(s.session_timeout, std::time::Duration::from_secs(10));
+        let half = IndexerArgs {
+            zk: Some("zk://z1:2181/st".into()),
+            ..args()
+        };
+        let e = indexer_shards(&half, &none).unwrap_err().to_string();
+        assert!(e.contains("--ingest-log"), "{e}");
     }
 }

@@ -156,6 +156,16 @@ async fn ingest_inner(
     })
     .await
     .map_err(|e| Error::Internal(format!("decode task failed: {e}")))??;
+    // Those sources are the shard owners' stream positions (crate::ingest_log).
+    if let Some(r) = records
+        .iter()
+        .find(|r| protocol::shard::is_position_source(&r.source))
+    {
+        return Err(Error::BadBody(format!(
+            "source {:?} is reserved for shard positions, expected a log source id",
+            r.source
+        )));
+    }
     let ack = if logged {
         crate::Ack::Logged(wire)
     } else {
@@ -303,9 +313,18 @@ async fn context(
 
 async fn histogram(
     State(ix): State<Indexer>,
+    headers: axum::http::HeaderMap,
     Query(mut params): Query<SearchParams>,
-) -> Result<Json<HistogramResponse>> {
-    let ix = local_only(ix, &mut params, "histogram").await?;
+) -> Result<axum::response::Response> {
+    use axum::response::IntoResponse;
+    let Some(ix) = scoped(ix.clone(), &mut params).await? else {
+        let mode = ix.shard_mode().expect("fan-out only in shard mode").clone();
+        return Ok(Json(mode.histogram(&params, &headers).await?).into_response());
+    };
+    Ok(histogram_here(ix, params).await?.into_response())
+}
+
+async fn histogram_here(ix: Indexer, params: SearchParams) -> Result<Json<HistogramResponse>> {
     let req = params.into_histogram_request(chrono::Utc::now())?;
     Ok(Json(ix.histogram(req).await?))
 }

@@ -23,7 +23,7 @@ use crate::owners::Owners;
 use crate::search::{SearchParams, Sort};
 use crate::{Error, Result};
 use axum::http::HeaderMap;
-use protocol::{LogRecord, SearchResponse};
+use protocol::{HistogramBucket, HistogramResponse, LogRecord, SearchResponse};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -225,18 +225,19 @@ impl ShardMode {
         })
     }
 
-    /// Asks the owners at `urls` in turn for one shard's page.
-    async fn ask(
+    /// Asks the owners at `urls` in turn for one shard's answer to `path`.
+    async fn ask_json(
         &self,
         urls: &[String],
+        path: &str,
         q: &[(String, String)],
         headers: &HeaderMap,
-    ) -> Result<Page> {
-        let mut last = format!("no live owner in zookeeper");
+    ) -> Result<Value> {
+        let mut last = "no live owner in zookeeper".to_string();
         for url in urls {
             let mut req = self
                 .client
-                .get(format!("{}/api/v1/search", url.trim_end_matches('/')))
+                .get(format!("{}{path}", url.trim_end_matches('/')))
                 .query(q);
             for name in ["authorization", protocol::TOKEN_HEADER] {
                 if let Some(v) = headers.get(name) {
@@ -245,16 +246,7 @@ impl ShardMode {
             }
             match req.send().await {
                 Ok(resp) if resp.status().is_success() => match resp.json::<Value>().await {
-                    Ok(v) => match serde_json::from_value::<SearchResponse>(v) {
-                        Ok(r) => {
-                            return Ok(Page {
-                                total: r.total,
-                                hits: r.hits,
-                                next: r.next,
-                            })
-                        }
-                        Err(e) => last = format!("{url}: unreadable answer: {e}"),
-                    },
+                    Ok(v) => return Ok(v),
                     Err(e) => last = format!("{url}: unreadable answer: {e}"),
                 },
                 Ok(resp) => {
@@ -266,7 +258,7 @@ impl ShardMode {
                             name: "q",
                             value: body.chars().take(500).collect(),
                             expected: format!(
-                                "a search every shard accepts (an owner answered {status})"
+                                "a request every shard accepts (an owner answered {status})"
                             ),
                         });
                     }
@@ -280,6 +272,130 @@ impl ShardMode {
         }
         Err(Error::Shards(last))
     }
+
+    /// Asks the owners at `urls` in turn for one shard's page.
+    async fn ask(
+        &self,
+        urls: &[String],
+        q: &[(String, String)],
+        headers: &HeaderMap,
+    ) -> Result<Page> {
+        let v = self.ask_json(urls, "/api/v1/search", q, headers).await?;
+        let r: SearchResponse = serde_json::from_value(v)
+            .map_err(|e| Error::Shards(format!("unreadable search answer: {e}")))?;
+        Ok(Page {
+            total: r.total,
+            hits: r.hits,
+            next: r.next,
+        })
+    }
+
+    /// The fanned-out `/api/v1/histogram`: the range is fixed here (every shard
+    /// counts the same buckets) and the shards' counts are summed per bucket.
+    pub async fn histogram(
+        &self,
+        params: &SearchParams,
+        headers: &HeaderMap,
+    ) -> Result<HistogramFanout> {
+        let req = params.clone().into_histogram_request(chrono::Utc::now())?;
+        let start = req.start.ok_or_else(|| Error::BadParam {
+            name: "start",
+            value: String::new(),
+            expected: "a start time: a histogram over every shard needs its range fixed".into(),
+        })?;
+        let end = req.end.unwrap_or_else(chrono::Utc::now);
+        let fixed = |t: chrono::DateTime<chrono::Utc>| {
+            t.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+        };
+        let mut q = vec![
+            ("q".to_string(), req.q.clone()),
+            ("start".to_string(), fixed(start)),
+            ("end".to_string(), fixed(end)),
+        ];
+        if let Some(by) = req.by {
+            q.push(("by".to_string(), by.to_string()));
+        }
+        let owners = self.owners.live_owners().await?;
+        let asks = (0..self.shards).map(|n| {
+            let urls: Vec<String> = owners
+                .get(&n)
+                .map(|o| o.iter().map(|o| o.url.clone()).collect())
+                .unwrap_or_default();
+            let mut q = q.clone();
+            q.push(("shards".into(), n.to_string()));
+            async move {
+                (
+                    n,
+                    self.ask_json(&urls, "/api/v1/histogram", &q, headers).await,
+                )
+            }
+        });
+        let mut summary = ShardsSummary {
+            total: self.shards,
+            successful: self.shards,
+            failed: Vec::new(),
+        };
+        let mut merged: Option<HistogramResponse> = None;
+        for (n, answer) in futures::future::join_all(asks).await {
+            let h = answer.and_then(|v| {
+                serde_json::from_value::<HistogramResponse>(v)
+                    .map_err(|e| Error::Shards(format!("unreadable histogram answer: {e}")))
+            });
+            match h {
+                Ok(h) => {
+                    merged = Some(match merged {
+                        None => h,
+                        Some(m) => sum_histograms(m, h)?,
+                    })
+                }
+                Err(e) => {
+                    warn!(shard = n, error = %e, "no owner of the shard answered");
+                    summary.successful -= 1;
+                    summary.failed.push(n);
+                }
+            }
+        }
+        Ok(HistogramFanout {
+            response: merged.unwrap_or_default(),
+            shards: summary,
+        })
+    }
+}
+
+/// The answer of a fanned-out histogram.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HistogramFanout {
+    #[serde(flatten)]
+    pub response: HistogramResponse,
+    pub shards: ShardsSummary,
+}
+
+/// Two shards' histograms over the same range, added bucket by bucket.
+pub fn sum_histograms(a: HistogramResponse, b: HistogramResponse) -> Result<HistogramResponse> {
+    if a.interval_ms != b.interval_ms {
+        return Err(Error::Shards(format!(
+            "shards answered histograms of {} ms and {} ms buckets for the same range",
+            a.interval_ms, b.interval_ms
+        )));
+    }
+    let mut buckets: BTreeMap<chrono::DateTime<chrono::Utc>, HistogramBucket> = BTreeMap::new();
+    for bucket in a.buckets.into_iter().chain(b.buckets) {
+        match buckets.get_mut(&bucket.ts) {
+            Some(m) => {
+                m.count += bucket.count;
+                for (k, v) in bucket.by {
+                    *m.by.entry(k).or_default() += v;
+                }
+            }
+            None => {
+                buckets.insert(bucket.ts, bucket);
+            }
+        }
+    }
+    Ok(HistogramResponse {
+        interval_ms: a.interval_ms,
+        buckets: buckets.into_values().collect(),
+    })
 }
 
 #[cfg(test)]
@@ -309,5 +425,34 @@ mod tests {
         assert_eq!(decode_cursor(&c).unwrap(), s);
         assert!(decode_cursor("c1.abc").is_err());
         assert!(decode_cursor("s1.zz").is_err());
+    }
+
+    #[test]
+    fn histograms_add_up_bucket_by_bucket() {
+        let t = |s: i64| chrono::DateTime::from_timestamp(s, 0).unwrap();
+        let b = |s, count, err| HistogramBucket {
+            ts: t(s),
+            count,
+            by: [("error".to_string(), err)].into(),
+        };
+        let a = HistogramResponse {
+            interval_ms: 1000,
+            buckets: vec![b(0, 2, 1), b(1, 3, 0)],
+        };
+        let c = HistogramResponse {
+            interval_ms: 1000,
+            buckets: vec![b(1, 4, 2), b(2, 1, 1)],
+        };
+        let m = sum_histograms(a.clone(), c).unwrap();
+        assert_eq!(
+            m.buckets.iter().map(|b| b.count).collect::<Vec<_>>(),
+            vec![2, 7, 1]
+        );
+        assert_eq!(m.buckets[1].by["error"], 2);
+        let other = HistogramResponse {
+            interval_ms: 60_000,
+            buckets: vec![],
+        };
+        assert!(sum_histograms(a, other).is_err());
     }
 }
