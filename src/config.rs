@@ -1331,7 +1331,10 @@ mod tests {
             zk_session_timeout_ms: None,
         };
         let none = Config::parse("", Path::new("t.toml")).unwrap();
-        assert!(indexer_shards(&args(), &none).unwrap().is_none(), "no flags, no shard mode");
+        assert!(
+            indexer_shards(&args(), &none).unwrap().is_none(),
+            "no flags, no shard mode"
+        );
         let c = Config::parse(
             "[indexer]\nzk = \"zk://z1:2181/st\"\ningest_log = \"nats://n1:4222\"\nshards = 4\nowners = 3\n",
             Path::new("t.toml"),

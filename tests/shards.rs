@@ -61,6 +61,15 @@ async fn publish(nats: &str, from: u64, to: u64) -> anyhow::Result<()> {
 }
 
 fn indexer(dir: &Path, zk: &str, nats: &str) -> anyhow::Result<(Proc, String)> {
+    indexer_with_owners(dir, zk, nats, 2)
+}
+
+fn indexer_with_owners(
+    dir: &Path,
+    zk: &str,
+    nats: &str,
+    owners: u32,
+) -> anyhow::Result<(Proc, String)> {
     let args: Vec<String> = [
         "indexer",
         "--data-dir",
@@ -74,7 +83,7 @@ fn indexer(dir: &Path, zk: &str, nats: &str) -> anyhow::Result<(Proc, String)> {
         "--shards",
         "6",
         "--owners",
-        "2",
+        &owners.to_string(),
         "--zk-session-timeout-ms",
         &SESSION_MS.to_string(),
     ]
@@ -310,5 +319,50 @@ async fn three_owners_lose_nothing_when_one_is_killed() -> anyhow::Result<()> {
         Some(75),
         "a resumed indexer that lost its session exits 75"
     );
+    Ok(())
+}
+
+/// BENCHMARKS.md: 60,000 records of 30 sources already in the log, then 1, 2 or 3
+/// indexers (one owner per shard, so each indexes only its shards) start; the time
+/// until a fanned-out search counts them all, then the median of 20 fanned-out
+/// searches (newest 100 of everything).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark: cargo test --test shards scale_out -- --ignored --nocapture"]
+async fn scale_out() -> anyhow::Result<()> {
+    let http = client_with_token(TOKEN)?;
+    for n in 1..=3usize {
+        let zk = common::zk::ZooKeeper::start()?;
+        let nats = common::nats::Nats::start()?;
+        publish(&nats.url(), 0, 2000).await?;
+        let dirs: Vec<tempfile::TempDir> = (0..n)
+            .map(|_| tempfile::tempdir())
+            .collect::<Result<_, _>>()?;
+        let started = std::time::Instant::now();
+        let mut procs = Vec::new();
+        for d in &dirs {
+            procs.push(indexer_with_owners(
+                d.path(),
+                &zk.url("bench"),
+                &nats.url(),
+                1,
+            )?);
+        }
+        counts(&http, &procs[0].1, SOURCES * 2000, Duration::from_secs(300)).await?;
+        let ingest = started.elapsed();
+        let mut lat = Vec::new();
+        for _ in 0..20 {
+            let t = std::time::Instant::now();
+            let (total, failed, _, hits) = search_all(&http, &procs[0].1, 100, None).await?;
+            lat.push(t.elapsed());
+            assert!(total == SOURCES * 2000 && failed.is_empty() && hits.len() == 100);
+        }
+        lat.sort();
+        eprintln!(
+            "indexers={n}: 60000 records searchable after {ingest:?} ({:.0} records/s incl. startup), search p50 {:?} max {:?}",
+            60_000.0 / ingest.as_secs_f64(),
+            lat[10],
+            lat[19]
+        );
+    }
     Ok(())
 }

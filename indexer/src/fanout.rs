@@ -118,6 +118,17 @@ fn key(sort: Sort, rec: &LogRecord) -> (i128, i128) {
     }
 }
 
+/// The owners of shard `n` to ask, in turn: ready ones (caught up with the log)
+/// first, in slot order, then the others (a partial answer beats none).
+fn urls_of(owners: &BTreeMap<u32, Vec<crate::owners::Owner>>, n: u32) -> Vec<String> {
+    let mut o: Vec<&crate::owners::Owner> = owners
+        .get(&n)
+        .map(|o| o.iter().collect())
+        .unwrap_or_default();
+    o.sort_by_key(|o| !o.ready);
+    o.into_iter().map(|o| o.url.clone()).collect()
+}
+
 /// One shard's page as fetched.
 struct Page {
     total: u64,
@@ -148,10 +159,7 @@ impl ShardMode {
             .filter(|(k, _)| !matches!(k.as_str(), "cursor" | "limit" | "shards" | "highlight"))
             .collect();
         let asks = state.iter().filter(|(_, s)| !s.done).map(|(&n, s)| {
-            let urls: Vec<String> = owners
-                .get(&n)
-                .map(|o| o.iter().map(|o| o.url.clone()).collect())
-                .unwrap_or_default();
+            let urls = urls_of(&owners, n);
             let mut q = passed.clone();
             q.push(("shards".into(), n.to_string()));
             q.push((
@@ -317,10 +325,7 @@ impl ShardMode {
         }
         let owners = self.owners.live_owners().await?;
         let asks = (0..self.shards).map(|n| {
-            let urls: Vec<String> = owners
-                .get(&n)
-                .map(|o| o.iter().map(|o| o.url.clone()).collect())
-                .unwrap_or_default();
+            let urls = urls_of(&owners, n);
             let mut q = q.clone();
             q.push(("shards".into(), n.to_string()));
             async move {

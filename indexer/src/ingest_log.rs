@@ -33,6 +33,7 @@ use protocol::ingest_log::LogConfig;
 use protocol::{shard, LogRecord};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -57,10 +58,19 @@ pub fn position_record(shard: u32, seq: u64) -> LogRecord {
 
 /// Consumes `shard` into `idx` until `cancel` fires, starting after the committed
 /// position and starting over (from the position fed so far) after any failure.
-pub async fn consume(idx: Indexer, stream: Stream, shard: u32, cancel: CancellationToken) {
+/// `caught_up` fires once everything the shard held when the consumer started is
+/// committed here (searchable).
+pub async fn consume(
+    idx: Indexer,
+    stream: Stream,
+    shard: u32,
+    cancel: CancellationToken,
+    caught_up: oneshot::Sender<()>,
+) {
     let mut fed: Option<u64> = None;
+    let mut caught_up = Some(caught_up);
     while !cancel.is_cancelled() {
-        match consume_once(&idx, &stream, shard, &mut fed, &cancel).await {
+        match consume_once(&idx, &stream, shard, &mut fed, &mut caught_up, &cancel).await {
             Ok(()) => return,
             Err(e) => {
                 warn!(shard, error = %e, "ingest log consumer failed, starting again");
@@ -78,6 +88,7 @@ async fn consume_once(
     stream: &Stream,
     shard: u32,
     fed: &mut Option<u64>,
+    caught_up: &mut Option<oneshot::Sender<()>>,
     cancel: &CancellationToken,
 ) -> Result<()> {
     let committed = idx.committed_offset(&shard::position_source(shard)).await?;
@@ -94,6 +105,12 @@ async fn consume_once(
         })
         .await
         .map_err(|e| Error::Shards(format!("cannot consume shard {shard}: {e}")))?;
+    if consumer.cached_info().num_pending == 0 {
+        // Nothing to replay: what this index holds of the shard is all there is.
+        if let Some(tx) = caught_up.take() {
+            let _ = tx.send(());
+        }
+    }
     let mut msgs = consumer
         .messages()
         .await
@@ -119,16 +136,18 @@ async fn consume_once(
         }
         let mut body: Vec<u8> = Vec::with_capacity(bytes + 128);
         let mut last = None;
+        let mut pending = u64::MAX;
         for m in batch {
             let m = match m {
                 Some(Ok(m)) => m,
                 Some(Err(e)) => return Err(Error::Shards(format!("shard {shard} consumer: {e}"))),
                 None => return Err(Error::Shards(format!("shard {shard} consumer ended"))),
             };
-            let seq = m
+            let info = m
                 .info()
-                .map_err(|e| Error::Shards(format!("shard {shard}: message without info: {e}")))?
-                .stream_sequence;
+                .map_err(|e| Error::Shards(format!("shard {shard}: message without info: {e}")))?;
+            let seq = info.stream_sequence;
+            pending = info.pending;
             // A message that does not decode is skipped (logged) rather than
             // stopping the shard for good; its position still moves past it.
             match protocol::decode_ndjson(&m.payload) {
@@ -148,9 +167,20 @@ async fn consume_once(
         body.extend_from_slice(&protocol::encode_ndjson(&[position_record(shard, seq)]));
         let records = protocol::decode_ndjson(&body)?;
         let n = records.len() - 1;
-        let resp = idx
-            .ingest_with(records, Ack::Logged(Bytes::from(body)))
-            .await?;
+        // The batch that catches up waits for its commit, so that "ready" means
+        // searchable; the others only for the write-ahead log.
+        let catching_up = pending == 0 && caught_up.is_some();
+        let ack = if catching_up {
+            Ack::Committed(Some(Bytes::from(body)))
+        } else {
+            Ack::Logged(Bytes::from(body))
+        };
+        let resp = idx.ingest_with(records, ack).await?;
+        if catching_up {
+            if let Some(tx) = caught_up.take() {
+                let _ = tx.send(());
+            }
+        }
         debug!(
             shard,
             seq,
@@ -175,8 +205,8 @@ pub async fn start_shard_mode(
         .await
         .map_err(Error::Shards)?;
     let ix = idx.clone();
-    let on_take: OnTake = Box::new(move |shard, token| {
-        tokio::spawn(consume(ix.clone(), stream.clone(), shard, token));
+    let on_take: OnTake = Box::new(move |shard, token, caught_up| {
+        tokio::spawn(consume(ix.clone(), stream.clone(), shard, token, caught_up));
     });
     let owners = Owners::start(owners, on_take).await?;
     idx.set_shard_mode(Arc::new(ShardMode::new(

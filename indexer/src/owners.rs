@@ -4,18 +4,24 @@
 //! Layout under the cluster's root (`zk://h:2181/<root>`):
 //! - `<root>/indexers/members/<id>`: one ephemeral node per live indexer.
 //! - `<root>/indexers/shards/<n>/owner-<k>` (`k < owners`): ephemeral, holding
-//!   `{"id": ..., "url": "http://host:port"}` of the indexer owning slot `k` of
-//!   shard `n`. Creating the node is taking the slot; ZooKeeper's "node exists"
-//!   refuses a second taker.
+//!   `{"id": ..., "url": "http://host:port", "ready": bool}` of the indexer owning
+//!   slot `k` of shard `n` (`ready` once its consumer caught up with the log).
+//!   Creating the node is taking the slot; ZooKeeper's "node exists" refuses a
+//!   second taker.
 //!
-//! Every tick (a third of the session timeout, at most 500 ms) an indexer counts the
-//! live members and holds at most `ceil(shards * owners / members)` slots: below
-//! that it takes free slots of shards it does not own yet (never two slots of one
-//! shard), starting from a shard derived from its id so that peers do not all race
-//! for the same ones; above it (a peer joined) it lets one slot go per tick, and
-//! only of a shard whose other slots are held, so no shard is left without an
-//! owner by the move. A dead peer's slots free themselves when its session ends,
-//! and the next ticks of the others take them.
+//! Every tick (a third of the session timeout, at most 500 ms) an indexer reads the
+//! live members and deals the slots of all shards out to them round robin, in the
+//! order of their ids ([`desired_shards`]): each gets `ceil` or `floor(shards *
+//! owners / members)`, the owners of a shard are all different, and every indexer
+//! computes the same plan. It takes free slots of its planned shards, and lets go
+//! (one a tick) of a shard no longer planned for it once another indexer holds it
+//! too, so a move never leaves a shard without an owner. A deterministic plan
+//! rather than "take what is free up to a fair share": with the latter, two
+//! indexers making room for a third gave up the same shards, and the third could
+//! not take two slots of one shard, so those shards stayed one owner short. The
+//! price: a membership change moves more shards than strictly needed (each new
+//! owner replays its shard from the log). A dead peer's slots free themselves when
+//! its session ends, the plan then leaves it out, and the next ticks take its slots.
 //!
 //! Losing the session (expiry, or no answer from ZooKeeper for a whole session
 //! timeout: a partition, or this process paused) gives up every shard at once:
@@ -31,6 +37,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 use zookeeper_client as zk;
@@ -40,6 +47,11 @@ use zookeeper_client as zk;
 pub struct Owner {
     pub id: String,
     pub url: String,
+    /// Set once its consumer caught up with the log (everything there when it took
+    /// the shard is committed): the fan-out asks ready owners first, since a new
+    /// owner replaying the shard would answer with part of it.
+    #[serde(default)]
+    pub ready: bool,
 }
 
 /// How this indexer takes part.
@@ -56,8 +68,9 @@ pub struct OwnersConfig {
     pub session_timeout: Duration,
 }
 
-/// Called when a slot is taken: the shard, and a token cancelled when it is let go.
-pub type OnTake = Box<dyn Fn(u32, CancellationToken) + Send + Sync>;
+/// Called when a slot is taken: the shard, a token cancelled when it is let go, and
+/// the sender to fire once the shard's consumer has caught up (marks it ready).
+pub type OnTake = Box<dyn Fn(u32, CancellationToken, oneshot::Sender<()>) + Send + Sync>;
 
 pub struct Owners {
     client: zk::Client,
@@ -78,10 +91,26 @@ fn options(mode: zk::CreateMode) -> zk::CreateOptions<'static> {
     mode.with_acls(zk::Acls::anyone_all())
 }
 
-/// `ceil(shards * owners / members)`: the most slots one indexer holds.
-pub fn fair_share(shards: u32, owners: u32, members: usize) -> usize {
-    let slots = shards as usize * owners as usize;
-    slots.div_ceil(members.max(1))
+/// The shards `me` should own among the sorted `members`: the slots of all shards,
+/// in order, dealt out round robin (`shard * owners + j` to member
+/// `(shard * owners + j) % members`), so every member gets
+/// `ceil` or `floor(shards * owners / members)` of them and the owners of one shard
+/// are consecutive members, all different (with fewer members than owners, each
+/// member owns every shard once).
+pub fn desired_shards(members: &[String], me: &str, shards: u32, owners: u32) -> BTreeSet<u32> {
+    let m = members.len();
+    let mut out = BTreeSet::new();
+    if m == 0 {
+        return out;
+    }
+    for n in 0..shards {
+        for j in 0..(owners as usize).min(m) {
+            if members[(n as usize * owners as usize + j) % m] == me {
+                out.insert(n);
+            }
+        }
+    }
+    out
 }
 
 impl Owners {
@@ -157,9 +186,14 @@ impl Owners {
     }
 
     fn me_json(&self) -> Vec<u8> {
+        self.owner_json(false)
+    }
+
+    fn owner_json(&self, ready: bool) -> Vec<u8> {
         serde_json::to_vec(&Owner {
             id: self.config.id.clone(),
             url: self.config.url.clone(),
+            ready,
         })
         .expect("an owner serialises")
     }
@@ -311,8 +345,8 @@ impl Owners {
     }
 
     /// One look at the members and slots: our member node must still exist (else
-    /// the session is gone), then take or let go of slots toward the fair share.
-    async fn round(&self) -> Result<()> {
+    /// the session is gone), then take or let go of slots toward the plan.
+    async fn round(self: &Arc<Self>) -> Result<()> {
         if self
             .client
             .check_stat(&self.member_path())
@@ -323,13 +357,18 @@ impl Owners {
             self.lose("our member node is gone");
             return Ok(());
         }
-        let members = self
+        let mut members = self
             .client
             .list_children(&self.members_dir())
             .await
-            .map_err(|e| zk_err("cannot list members", e))?
-            .len();
-        let share = fair_share(self.config.shards, self.config.owners, members);
+            .map_err(|e| zk_err("cannot list members", e))?;
+        members.sort();
+        let desired = desired_shards(
+            &members,
+            &self.config.id,
+            self.config.shards,
+            self.config.owners,
+        );
         let mut taken: BTreeMap<u32, BTreeSet<u32>> = BTreeMap::new();
         for n in 0..self.config.shards {
             let slots = self
@@ -364,30 +403,20 @@ impl Owners {
             }
         }
         let mine = self.owned();
-        if mine.len() > share {
-            // A peer joined: let one slot go, of a shard that keeps another owner.
-            if let Some(n) = mine
-                .iter()
-                .rev()
-                .find(|n| taken.get(n).is_some_and(|t| t.len() >= 2))
-            {
-                info!(
-                    shard = n,
-                    share,
-                    held = mine.len(),
-                    "letting a shard go to a peer"
-                );
-                self.release(*n, true).await;
-            }
-            return Ok(());
+        // One shard a tick that is no longer ours goes, once another indexer holds
+        // it too (or it has no free slot for the indexer it is meant for).
+        let holders = |n: &u32| taken.get(n).map_or(0, BTreeSet::len);
+        if let Some(n) = mine.iter().find(|n| {
+            !desired.contains(n) && (holders(n) >= 2 || holders(n) >= self.config.owners as usize)
+        }) {
+            info!(
+                shard = n,
+                members = members.len(),
+                "letting a shard go to its new owner"
+            );
+            self.release(*n, true).await;
         }
-        let start =
-            (protocol::shard::stable_hash(&self.config.id) % u64::from(self.config.shards)) as u32;
-        for i in 0..self.config.shards {
-            if self.owned().len() >= share {
-                break;
-            }
-            let n = (start + i) % self.config.shards;
+        for &n in &desired {
             if mine.contains(&n) {
                 continue;
             }
@@ -411,7 +440,20 @@ impl Owners {
                         .unwrap_or_else(|e| e.into_inner())
                         .insert(n, (k, token.clone()));
                     info!(shard = n, slot = k, "took a shard");
-                    (self.on_take)(n, token);
+                    let (caught_up, ready) = oneshot::channel();
+                    (self.on_take)(n, token.clone(), caught_up);
+                    let (me, path) = (Arc::clone(self), self.slot_path(n, k));
+                    tokio::spawn(async move {
+                        tokio::select! {
+                            r = ready => if r.is_ok() {
+                                match me.client.set_data(&path, &me.owner_json(true), None).await {
+                                    Ok(_) => info!(shard = n, slot = k, "shard caught up: ready for searches"),
+                                    Err(e) => warn!(shard = n, error = %e, "cannot mark the shard ready"),
+                                }
+                            },
+                            _ = token.cancelled() => {}
+                        }
+                    });
                 }
                 Err(zk::Error::NodeExists) => {}
                 Err(e) => return Err(zk_err("cannot take a slot", e)),
@@ -443,11 +485,41 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_fair_share_rounds_up() {
-        assert_eq!(fair_share(6, 2, 3), 4);
-        assert_eq!(fair_share(6, 2, 2), 6);
-        assert_eq!(fair_share(6, 2, 1), 12);
-        assert_eq!(fair_share(6, 2, 5), 3);
-        assert_eq!(fair_share(6, 2, 0), 12);
+    fn every_shard_gets_its_owners_and_every_member_its_share() {
+        let ids = |n: usize| {
+            (0..n)
+                .map(|i| format!("127.0.0.1:{}", 7000 + i))
+                .collect::<Vec<_>>()
+        };
+        for (m, owners, shards) in [
+            (3, 2, 6),
+            (2, 2, 6),
+            (1, 2, 6),
+            (4, 2, 6),
+            (3, 1, 6),
+            (5, 3, 7),
+        ] {
+            let members = ids(m);
+            let per: Vec<BTreeSet<u32>> = members
+                .iter()
+                .map(|me| desired_shards(&members, me, shards, owners))
+                .collect();
+            let want = (owners as usize).min(m);
+            for n in 0..shards {
+                assert_eq!(
+                    per.iter().filter(|d| d.contains(&n)).count(),
+                    want,
+                    "shard {n} of {m} members"
+                );
+            }
+            let slots = shards as usize * want;
+            for d in &per {
+                assert!(
+                    d.len() <= slots.div_ceil(m) && d.len() >= slots / m,
+                    "{m} members: {}",
+                    d.len()
+                );
+            }
+        }
     }
 }
