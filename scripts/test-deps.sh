@@ -2,7 +2,7 @@
 # Installs what the test suite needs beyond cargo, idempotently and quietly: Debian's
 # chromium + chromium-driver (browser tests), rsyslog's omelasticsearch (a real ES
 # shipper against our _bulk), syslog-ng's elasticsearch-http destination (another),
-# Prometheus's promtool (checks every /metrics), ZooKeeper (the HA suite), dig (Debian dnsutils: the Mesos-DNS suite),
+# Prometheus's promtool (checks every /metrics), ZooKeeper (the HA suite), NATS (the ingest log), dig (Debian dnsutils: the Mesos-DNS suite),
 # debootstrap (the multi-host suite makes its base image,
 # since no image can be pulled here), and the Python clients the suites drive.
 # Called by scripts/test.sh, so the README's one test command works on a fresh machine.
@@ -20,6 +20,9 @@ command -v dig >/dev/null || missing+=(dnsutils)
 # tests/zk_ha.rs runs a real ZooKeeper 3.8 (zkServer.sh start-foreground) for the HA
 # suite; the package's own service is not used (the harness starts its own server).
 [ -x /usr/share/zookeeper/bin/zkServer.sh ] || missing+=(zookeeperd)
+# tests/shards.rs and tests/ingest_log.rs run real NATS servers with JetStream (2.9),
+# the durable ingest log of issue 21; the package's own service is not used.
+command -v nats-server >/dev/null || missing+=(nats-server)
 if command -v docker >/dev/null; then
   command -v debootstrap >/dev/null || [ -x /usr/sbin/debootstrap ] || missing+=(debootstrap)
 fi

@@ -104,6 +104,14 @@ pub struct IndexerSection {
     pub max_concurrent_searches: Option<usize>,
     /// Live-tail streams open at once; more are answered 429 with Retry-After.
     pub max_tail_streams: Option<usize>,
+    /// Shard mode (issue 21): ZooKeeper URL, ingest log, shard count (default 6),
+    /// owners per shard (default 2), advertised host:port, session timeout.
+    pub zk: Option<String>,
+    pub ingest_log: Option<String>,
+    pub shards: Option<u32>,
+    pub owners: Option<u32>,
+    pub advertise: Option<String>,
+    pub zk_session_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -169,6 +177,12 @@ pub struct AgentSection {
     /// (`unix:///var/run/docker.sock`); `none` offers no Docker. Default: the
     /// standard socket when it exists.
     pub docker: Option<String>,
+    /// The durable ingest log to publish to instead of the indexer (NATS
+    /// JetStream, `nats://h:4222,...`; issue 21), its shard count (default 6, fixed
+    /// per cluster) and the stream's replicas when this agent creates it (default 1).
+    pub ingest_log: Option<String>,
+    pub shards: Option<u32>,
+    pub ingest_log_replicas: Option<usize>,
 }
 
 /// The Docker endpoint a node uses: `given` (`none`, `off` or empty: no Docker),
@@ -303,6 +317,12 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "max_concurrent_ingest",
             "max_concurrent_searches",
             "max_tail_streams",
+            "zk",
+            "ingest_log",
+            "shards",
+            "owners",
+            "advertise",
+            "zk_session_timeout_ms",
         ],
     ),
     (
@@ -340,6 +360,9 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "log_budget_mb",
             "task_user",
             "docker",
+            "ingest_log",
+            "shards",
+            "ingest_log_replicas",
         ],
     ),
     ("web", &["listen", "indexer", "scheduler", "deploy_token"]),
@@ -635,6 +658,58 @@ pub fn indexer(args: IndexerArgs, cfg: &Config, token: Option<String>) -> PartSe
     }
 }
 
+/// `sandtrail indexer --zk ... --ingest-log ...`: shard mode (issue 21).
+#[derive(Debug, Clone)]
+pub struct ShardSettings {
+    pub zk: protocol::zk::ZkUrl,
+    pub log: protocol::ingest_log::LogConfig,
+    pub owners: u32,
+    pub advertise: Option<String>,
+    pub session_timeout: std::time::Duration,
+}
+
+/// Shard mode's settings, when `--zk` or `--ingest-log` is given (both are then
+/// needed).
+pub fn indexer_shards(args: &IndexerArgs, cfg: &Config) -> anyhow::Result<Option<ShardSettings>> {
+    let c = &cfg.indexer;
+    let zk = args.zk.clone().or(c.zk.clone());
+    let log = args.ingest_log.clone().or(c.ingest_log.clone());
+    let (zk, log) = match (zk, log) {
+        (None, None) => return Ok(None),
+        (Some(zk), Some(log)) => (zk, log),
+        (Some(_), None) => {
+            anyhow::bail!("--zk needs --ingest-log (shard mode consumes the ingest log)")
+        }
+        (None, Some(_)) => {
+            anyhow::bail!("--ingest-log needs --zk (shard owners are kept in ZooKeeper)")
+        }
+    };
+    let log = protocol::ingest_log::LogConfig {
+        urls: log,
+        shards: args
+            .shards
+            .or(c.shards)
+            .unwrap_or(protocol::shard::DEFAULT_SHARDS),
+        replicas: 1,
+    };
+    log.validate().map_err(anyhow::Error::msg)?;
+    let owners = args.owners.or(c.owners).unwrap_or(2);
+    if owners == 0 {
+        anyhow::bail!("--owners is 0, expected at least 1 owner per shard");
+    }
+    Ok(Some(ShardSettings {
+        zk: zk.parse()?,
+        log,
+        owners,
+        advertise: args.advertise.clone().or(c.advertise.clone()),
+        session_timeout: std::time::Duration::from_millis(
+            args.zk_session_timeout_ms
+                .or(c.zk_session_timeout_ms)
+                .unwrap_or(10_000),
+        ),
+    }))
+}
+
 /// `sandtrail web`.
 #[derive(Debug)]
 pub struct WebSettings {
@@ -692,6 +767,8 @@ pub struct AgentSettings {
     pub token: String,
     /// `--docker` (over `[agent] docker`): see [`resolve_docker`].
     pub docker: Option<String>,
+    /// `--ingest-log` (over `[agent] ingest_log`), with the shard count and replicas.
+    pub ingest_log: Option<protocol::ingest_log::LogConfig>,
 }
 
 pub fn agent(
@@ -709,10 +786,29 @@ pub fn agent(
         .scheduler
         .or(c.scheduler.clone())
         .context("--scheduler URL is required (or [agent] scheduler in sandtrail.toml)")?;
-    let indexer_url = args
-        .indexer
-        .or(c.indexer.clone())
-        .context("--indexer URL is required (or [agent] indexer in sandtrail.toml)")?;
+    let ingest_log = match args.ingest_log.or(c.ingest_log.clone()) {
+        Some(urls) => {
+            let log = protocol::ingest_log::LogConfig {
+                urls,
+                shards: args
+                    .shards
+                    .or(c.shards)
+                    .unwrap_or(protocol::shard::DEFAULT_SHARDS),
+                replicas: c.ingest_log_replicas.unwrap_or(1),
+            };
+            log.validate().map_err(anyhow::Error::msg)?;
+            Some(log)
+        }
+        None => None,
+    };
+    let indexer_url = match (args.indexer.or(c.indexer.clone()), &ingest_log) {
+        (Some(url), _) => url,
+        // Unused: batches go to the ingest log.
+        (None, Some(_)) => defaults::SERVER_URL.to_string(),
+        (None, None) => anyhow::bail!(
+            "--indexer URL is required (or [agent] indexer in sandtrail.toml), or --ingest-log"
+        ),
+    };
     let token = match given_token(token, cfg).filter(|t| !t.trim().is_empty()) {
         Some(t) => t,
         None => token_from_dir(&data_dir, &[Role::Agent, Role::Admin]).with_context(|| {
@@ -739,6 +835,7 @@ pub fn agent(
         token,
         data_dir,
         docker: args.docker,
+        ingest_log,
     })
 }
 
@@ -983,6 +1080,12 @@ mod tests {
             IndexerArgs {
                 data_dir: Some("/d".into()),
                 listen: None,
+                zk: None,
+                ingest_log: None,
+                shards: None,
+                owners: None,
+                advertise: None,
+                zk_session_timeout_ms: None,
             },
             &cfg,
             Some("flag".into()),
@@ -1227,5 +1330,38 @@ mod tests {
         let a = parse_attributes("rack:a;zone:1").unwrap();
         assert_eq!(a["rack"], "a");
         assert!(parse_attributes(":a").is_err());
+    }
+
+    #[test]
+    fn indexer_shard_mode_needs_both_zk_and_the_log() {
+        let args = || IndexerArgs {
+            data_dir: None,
+            listen: None,
+            zk: None,
+            ingest_log: None,
+            shards: None,
+            owners: None,
+            advertise: None,
+            zk_session_timeout_ms: None,
+        };
+        let none = Config::parse("", Path::new("t.toml")).unwrap();
+        assert!(
+            indexer_shards(&args(), &none).unwrap().is_none(),
+            "no flags, no shard mode"
+        );
+        let c = Config::parse(
+            "[indexer]\nzk = \"zk://z1:2181/st\"\ningest_log = \"nats://n1:4222\"\nshards = 4\nowners = 3\n",
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        let s = indexer_shards(&args(), &c).unwrap().unwrap();
+        assert_eq!((s.zk.root.as_str(), s.log.shards, s.owners), ("/st", 4, 3));
+        assert_eq!(s.session_timeout, std::time::Duration::from_secs(10));
+        let half = IndexerArgs {
+            zk: Some("zk://z1:2181/st".into()),
+            ..args()
+        };
+        let e = indexer_shards(&half, &none).unwrap_err().to_string();
+        assert!(e.contains("--ingest-log"), "{e}");
     }
 }

@@ -321,6 +321,28 @@ pub struct IndexerArgs {
     /// Default 127.0.0.1:7072.
     #[arg(long, env = "SANDTRAIL_LISTEN")]
     pub listen: Option<String>,
+    /// Shard mode (issue 21): own shards of the ingest log, listed in ZooKeeper at
+    /// zk://host:port[,...]/path, and fan searches out to their owners. Needs
+    /// --ingest-log.
+    #[arg(long, env = "SANDTRAIL_ZK")]
+    pub zk: Option<String>,
+    /// The durable ingest log the shard owners consume (NATS JetStream,
+    /// nats://host:4222[,...]).
+    #[arg(long, env = "SANDTRAIL_INGEST_LOG")]
+    pub ingest_log: Option<String>,
+    /// Shards of the cluster (default 6, fixed per cluster).
+    #[arg(long, env = "SANDTRAIL_SHARDS")]
+    pub shards: Option<u32>,
+    /// Owners of each shard (default 2).
+    #[arg(long, env = "SANDTRAIL_OWNERS")]
+    pub owners: Option<u32>,
+    /// host:port peers reach this indexer at (default: the bound listen address).
+    #[arg(long, env = "SANDTRAIL_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// ZooKeeper session timeout in ms (default 10000): a paused or cut-off indexer
+    /// gives its shards up after it.
+    #[arg(long, env = "SANDTRAIL_ZK_SESSION_TIMEOUT_MS")]
+    pub zk_session_timeout_ms: Option<u64>,
 }
 
 #[derive(Args, Debug)]
@@ -375,6 +397,15 @@ pub struct AgentArgs {
     /// it exists).
     #[arg(long, env = "SANDTRAIL_DOCKER")]
     pub docker: Option<String>,
+    /// Publish logs to this durable ingest log (NATS JetStream,
+    /// nats://host:4222[,nats://host2:4222...]) instead of an indexer's API; the
+    /// indexers' shard owners consume it (issue 21). --indexer is then not needed.
+    #[arg(long, env = "SANDTRAIL_INGEST_LOG")]
+    pub ingest_log: Option<String>,
+    /// Shards of the ingest log (fixed per cluster; default 6): must match the
+    /// stream's and the indexers'.
+    #[arg(long, env = "SANDTRAIL_SHARDS")]
+    pub shards: Option<u32>,
 }
 
 /// Where the binary's own log goes besides stderr.
@@ -521,7 +552,10 @@ async fn main() -> anyhow::Result<()> {
         Command::Scheduler(args) => {
             serve::scheduler(config::scheduler(args, &cfg, token), cfg).await
         }
-        Command::Indexer(args) => serve::indexer(config::indexer(args, &cfg, token), cfg).await,
+        Command::Indexer(args) => {
+            let shards = config::indexer_shards(&args, &cfg)?;
+            serve::indexer(config::indexer(args, &cfg, token), shards, cfg).await
+        }
         Command::Web(args) => serve::web(config::web(args, &cfg, token)?, cfg).await,
         Command::Agent(args) => serve::agent(config::agent(args, &cfg, token)?, cfg).await,
         Command::Deploy { file, wait, server } => {

@@ -1012,7 +1012,11 @@ async fn scheduler_ha(
     Ok(())
 }
 
-pub async fn indexer(settings: PartSettings, cfg: Config) -> anyhow::Result<()> {
+pub async fn indexer(
+    settings: PartSettings,
+    shards: Option<config::ShardSettings>,
+    cfg: Config,
+) -> anyhow::Result<()> {
     let PartSettings {
         data_dir: dir,
         listen,
@@ -1033,15 +1037,48 @@ pub async fn indexer(settings: PartSettings, cfg: Config) -> anyhow::Result<()> 
         &Ops::new(keyring, &cfg),
     );
     let cancel = CancellationToken::new();
+    let bound = listener.local_addr()?;
     let http = crate::http::serve(listener, app, cancel.clone(), &http_limits(&cfg))?;
     info!(url = %url, "indexer listening");
     println!("indexer: {url}");
-    shutdown_signal().await;
+    // Shard mode: owners in ZooKeeper, consumers of the ingest log, fan-out.
+    let lost = match shards {
+        Some(s) => {
+            let me = s.advertise.clone().unwrap_or_else(|| bound.to_string());
+            let owners = indexer::ingest_log::start_shard_mode(
+                &idx,
+                indexer::owners::OwnersConfig {
+                    zk: s.zk.clone(),
+                    id: me.clone(),
+                    url: format!("http://{me}"),
+                    shards: s.log.shards,
+                    owners: s.owners,
+                    session_timeout: s.session_timeout,
+                },
+                s.log.clone(),
+            )
+            .await?;
+            println!("shard owner: {me}");
+            Some(owners.lost())
+        }
+        None => None,
+    };
+    let code = tokio::select! {
+        _ = shutdown_signal() => 0,
+        _ = async { match &lost { Some(l) => l.cancelled().await, None => std::future::pending().await } } => EXIT_LOST_LEADERSHIP,
+    };
     cancel.cancel();
     // Ends tail streams, which the server's graceful stop would otherwise wait for;
     // an ingest still in flight fails and its shipper retries it later.
     idx.shutdown().await;
     join_all("http", vec![http]).await;
+    if code != 0 {
+        tracing::error!(
+            code,
+            "zookeeper session lost: every shard given up; exiting for the supervisor to restart this indexer"
+        );
+        std::process::exit(code);
+    }
     Ok(())
 }
 
@@ -1118,6 +1155,7 @@ pub async fn agent(settings: AgentSettings, cfg: Config) -> anyhow::Result<()> {
         attributes,
         token,
         docker,
+        ingest_log,
     } = settings;
     let resources = config::parse_resources(&resources_arg)?;
     let port_ranges = config::parse_port_resources(&resources_arg)?;
@@ -1151,7 +1189,10 @@ pub async fn agent(settings: AgentSettings, cfg: Config) -> anyhow::Result<()> {
         resources,
         port_ranges,
         attributes,
-        shipper: cfg.agent.shipper_config(),
+        shipper: agent::ShipperConfig {
+            ingest_log,
+            ..cfg.agent.shipper_config()
+        },
         node: tuning,
     };
     let parts = host_parts(&spec)?;

@@ -34,7 +34,8 @@
 //! Modules: [`discover`] finds files and watches the work dir, [`fingerprint`] tells
 //! files apart, [`tail`] reads them into lines, [`multiline`] joins stack traces,
 //! [`parse`] turns lines into records, [`budget`] decides what a full disk budget
-//! drops, [`ship`] batches and delivers, [`checkpoint`] remembers what was delivered;
+//! drops, [`ship`] batches and delivers (or [`publish`] puts them into the JetStream
+//! ingest log), [`checkpoint`] remembers what was delivered;
 //! The `bench` module (feature `bench`) measures it (`sandtrail bench ship`).
 
 pub mod bench;
@@ -46,6 +47,7 @@ pub mod fingerprint;
 pub mod metrics;
 pub mod multiline;
 pub mod parse;
+pub mod publish;
 mod run;
 pub mod ship;
 pub mod spool;
@@ -99,6 +101,9 @@ pub struct ShipperConfig {
     pub spool_max_bytes: u64,
     /// How batches are compressed on the wire.
     pub compression: ship::Codec,
+    /// Publish to this durable ingest log (NATS JetStream) instead of the indexer's
+    /// API (see [`publish`]); `indexer_url` is then unused.
+    pub ingest_log: Option<protocol::ingest_log::LogConfig>,
 }
 
 impl Default for ShipperConfig {
@@ -116,6 +121,7 @@ impl Default for ShipperConfig {
             multiline_flush: Some(multiline::FLUSH_AFTER),
             spool_max_bytes: 1 << 30,
             compression: ship::Codec::default(),
+            ingest_log: None,
         }
     }
 }
@@ -192,7 +198,7 @@ impl Shipper {
             .build()
             .map_err(Error::Client)?;
         let metrics = Arc::new(Metrics::default());
-        let sender = Sender::new(
+        let mut sender = Sender::new(
             client,
             &config.indexer_url,
             config.token.as_deref(),
@@ -200,6 +206,13 @@ impl Shipper {
             metrics.clone(),
             config.compression,
         )?;
+        if let Some(log) = &config.ingest_log {
+            sender = sender.with_log(publish::Publisher::new(
+                log.clone(),
+                config.host.clone(),
+                metrics.clone(),
+            )?);
+        }
         Ok(Shipper {
             inner: Arc::new(Inner {
                 config,

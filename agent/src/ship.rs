@@ -169,6 +169,13 @@ pub struct Entry {
     pub offset: u64,
 }
 
+impl Entry {
+    /// End of its line in the body.
+    pub fn end(&self) -> usize {
+        self.end
+    }
+}
+
 /// Records on their way to the indexer, in the order they were read.
 #[derive(Debug, Default, Clone)]
 pub struct Batch {
@@ -354,6 +361,8 @@ pub struct Sender {
     auto_plain: bool,
     /// Set once an indexer refused a plain body; shared by the clones.
     plain_refused: Arc<std::sync::atomic::AtomicBool>,
+    /// Batches go to the durable ingest log instead of the indexer's API.
+    log: Option<Arc<crate::publish::Publisher>>,
 }
 
 impl Sender {
@@ -391,7 +400,17 @@ impl Sender {
             codec: resolved,
             auto_plain: codec == Codec::Auto && resolved == Codec::None,
             plain_refused: Default::default(),
+            log: None,
         })
+    }
+
+    /// Sends every batch to the ingest log through `publisher` instead (as plain
+    /// NDJSON: the messages are the body `/api/v1/ingest` would take).
+    pub fn with_log(mut self, publisher: crate::publish::Publisher) -> Sender {
+        self.log = Some(Arc::new(publisher));
+        self.codec = Codec::None;
+        self.auto_plain = false;
+        self
     }
 
     /// The codec batches are sent with now.
@@ -421,6 +440,9 @@ impl Sender {
     /// still makes (or finishes) one attempt, so calling it with an already
     /// cancelled token is "one last try".
     pub async fn ship(&self, batch: Arc<Batch>, cancel: &CancellationToken) -> Shipped {
+        if let Some(log) = &self.log {
+            return log.ship(batch, cancel).await;
+        }
         let mut done = 0;
         // Pending ranges, in order.
         let mut parts = vec![(0, batch.len())];

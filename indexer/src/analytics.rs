@@ -199,7 +199,7 @@ pub fn parse_size(
 
 impl IndexView {
     fn scoped(&self, scope: &Scope) -> Result<Box<dyn Query>> {
-        let mut parts = vec![user_query(&self.index, &self.fields, &scope.q)?];
+        let mut parts = vec![self.restricted(user_query(&self.index, &self.fields, &scope.q)?)];
         parts.extend(time_range(
             &self.fields,
             self.parts.columns(),

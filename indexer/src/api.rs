@@ -156,6 +156,16 @@ async fn ingest_inner(
     })
     .await
     .map_err(|e| Error::Internal(format!("decode task failed: {e}")))??;
+    // Those sources are the shard owners' stream positions (crate::ingest_log).
+    if let Some(r) = records
+        .iter()
+        .find(|r| protocol::shard::is_position_source(&r.source))
+    {
+        return Err(Error::BadBody(format!(
+            "source {:?} is reserved for shard positions, expected a log source id",
+            r.source
+        )));
+    }
     let ack = if logged {
         crate::Ack::Logged(wire)
     } else {
@@ -177,10 +187,54 @@ struct SearchBody {
     fragments: Option<Vec<Vec<String>>>,
 }
 
+/// In shard mode (issue 21): `shards=` restricts this indexer's search to those
+/// shards (what the fan-out asks an owner); without it the request is for the
+/// cluster, `Ok(None)`, and fans out. Outside shard mode `shards=` is refused.
+async fn scoped(ix: Indexer, params: &mut SearchParams) -> Result<Option<Indexer>> {
+    let list = params.shards.take();
+    match (ix.shard_mode(), list) {
+        (None, None) => Ok(Some(ix)),
+        (None, Some(list)) => Err(Error::BadParam {
+            name: "shards",
+            value: list,
+            expected: "no shards parameter: this indexer is not in shard mode".into(),
+        }),
+        (Some(_), None) => Ok(None),
+        (Some(mode), Some(list)) => {
+            let of = mode.shards;
+            let shards = protocol::shard::parse_list(&list, of).map_err(|e| Error::BadParam {
+                name: "shards",
+                value: list.clone(),
+                expected: e,
+            })?;
+            Ok(Some(ix.scoped_to_shards(&shards, of).await?))
+        }
+    }
+}
+
 async fn search(
     State(ix): State<Indexer>,
-    Query(params): Query<SearchParams>,
-) -> Result<Json<SearchBody>> {
+    headers: axum::http::HeaderMap,
+    axum::extract::RawQuery(raw): axum::extract::RawQuery,
+    Query(mut params): Query<SearchParams>,
+) -> Result<axum::response::Response> {
+    use axum::response::IntoResponse;
+    let Some(ix) = scoped(ix.clone(), &mut params).await? else {
+        let mode = ix.shard_mode().expect("fan-out only in shard mode").clone();
+        let pairs = raw
+            .as_deref()
+            .map(|q| {
+                reqwest::Url::parse(&format!("http://x/?{q}"))
+                    .map(|u| u.query_pairs().into_owned().collect())
+                    .unwrap_or_default()
+            })
+            .unwrap_or_default();
+        return Ok(Json(mode.search(&params, pairs, &headers).await?).into_response());
+    };
+    Ok(search_here(ix, params).await?.into_response())
+}
+
+async fn search_here(ix: Indexer, params: SearchParams) -> Result<Json<SearchBody>> {
     let highlight = params.wants_highlight()?;
     let req = params.into_request(chrono::Utc::now())?;
     Ok(Json(if highlight {
@@ -200,6 +254,16 @@ async fn search(
     }))
 }
 
+/// [`scoped`] for the endpoints that do not fan out yet: in shard mode they need
+/// `shards=`.
+async fn local_only(ix: Indexer, params: &mut SearchParams, what: &str) -> Result<Indexer> {
+    scoped(ix, params).await?.ok_or_else(|| {
+        Error::Shards(format!(
+            "/api/v1/{what} does not fan out over the shards yet: ask with shards=0,1,... (each owner its own)"
+        ))
+    })
+}
+
 fn scope_of(params: &SearchParams) -> Result<Scope> {
     let req = SearchParams {
         q: params.q.clone(),
@@ -217,8 +281,9 @@ fn scope_of(params: &SearchParams) -> Result<Scope> {
 
 async fn fields(
     State(ix): State<Indexer>,
-    Query(params): Query<SearchParams>,
+    Query(mut params): Query<SearchParams>,
 ) -> Result<Json<FieldsResponse>> {
+    let ix = local_only(ix, &mut params, "fields").await?;
     let scope = scope_of(&params)?;
     let size = parse_size(
         "size",
@@ -231,8 +296,9 @@ async fn fields(
 
 async fn latency(
     State(ix): State<Indexer>,
-    Query(params): Query<SearchParams>,
+    Query(mut params): Query<SearchParams>,
 ) -> Result<Json<LatencyResponse>> {
+    let ix = local_only(ix, &mut params, "latency").await?;
     let scope = scope_of(&params)?;
     let by = GroupBy::parse(params.by.as_deref().unwrap_or(""))?;
     Ok(Json(ix.latency(scope, by).await?))
@@ -247,8 +313,18 @@ async fn context(
 
 async fn histogram(
     State(ix): State<Indexer>,
-    Query(params): Query<SearchParams>,
-) -> Result<Json<HistogramResponse>> {
+    headers: axum::http::HeaderMap,
+    Query(mut params): Query<SearchParams>,
+) -> Result<axum::response::Response> {
+    use axum::response::IntoResponse;
+    let Some(ix) = scoped(ix.clone(), &mut params).await? else {
+        let mode = ix.shard_mode().expect("fan-out only in shard mode").clone();
+        return Ok(Json(mode.histogram(&params, &headers).await?).into_response());
+    };
+    Ok(histogram_here(ix, params).await?.into_response())
+}
+
+async fn histogram_here(ix: Indexer, params: SearchParams) -> Result<Json<HistogramResponse>> {
     let req = params.into_histogram_request(chrono::Utc::now())?;
     Ok(Json(ix.histogram(req).await?))
 }

@@ -64,6 +64,9 @@ pub enum Error {
     BadPayload { payload: String, reason: String },
     #[error("internal error: {0}")]
     Internal(String),
+    /// The ingest log or ZooKeeper of shard mode (issue 21) could not be used.
+    #[error("shards: {0}")]
+    Shards(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -98,7 +101,7 @@ impl Error {
             Error::NotKept { .. } | Error::NoHandler { .. } => StatusCode::NOT_FOUND,
             Error::WrongMethod { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Error::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Error::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            Error::ShuttingDown | Error::Shards(_) => StatusCode::SERVICE_UNAVAILABLE,
             // Not 503: a retry of the same search would only time out again.
             Error::SearchTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Error::Tantivy(_)
@@ -127,6 +130,7 @@ impl Error {
             Error::WrongMethod { .. } => "illegal_argument_exception",
             Error::Overloaded { .. } => "es_rejected_execution_exception",
             Error::ShuttingDown => "node_closed_exception",
+            Error::Shards(_) => "no_shard_available_action_exception",
             Error::SearchTimeout { .. } => "search_phase_execution_exception",
             Error::Tantivy(_)
             | Error::Index(_)

@@ -34,12 +34,15 @@ pub mod columns;
 pub mod config;
 pub mod error;
 pub mod es;
+pub mod fanout;
 mod guard;
 pub mod highlight;
 pub mod inflate;
+pub mod ingest_log;
 pub mod merge;
 pub mod metrics;
 pub mod msg;
+pub mod owners;
 pub mod partition;
 pub mod query;
 pub mod schema;
@@ -104,6 +107,9 @@ struct WriterHooks {
 #[derive(Clone)]
 pub struct Indexer {
     inner: Arc<Inner>,
+    /// Searches through this handle see only these sources' documents (see
+    /// [`Indexer::scoped_to_shards`]).
+    sources: Option<Arc<Vec<String>>>,
 }
 
 struct Inner {
@@ -118,6 +124,8 @@ struct Inner {
     cancel: CancellationToken,
     /// KiB of [`IndexerConfig::max_inflight_bytes`] not yet reserved.
     inflight: Arc<tokio::sync::Semaphore>,
+    /// Set once in shard mode (issue 21): searches without `shards=` fan out.
+    shard_mode: std::sync::OnceLock<Arc<fanout::ShardMode>>,
 }
 
 impl Indexer {
@@ -177,6 +185,7 @@ impl Indexer {
                     index,
                     parts,
                     fields,
+                    sources: None,
                 },
                 writer_tx: Mutex::new(Some(tx)),
                 writer_threads: Mutex::new(vec![stage_thread, writer_thread]),
@@ -187,7 +196,9 @@ impl Indexer {
                     (config.max_inflight_bytes >> 10).max(1),
                 )),
                 config,
+                shard_mode: std::sync::OnceLock::new(),
             }),
+            sources: None,
         })
     }
 
@@ -308,7 +319,8 @@ impl Indexer {
         F: FnOnce(&IndexView) -> Result<T> + Send + 'static,
     {
         let started = std::time::Instant::now();
-        let view = self.inner.view.clone();
+        let mut view = self.inner.view.clone();
+        view.sources = self.sources.clone();
         let budget = budget::Budget::new(self.inner.config.search_timeout);
         let result = tokio::task::spawn_blocking(move || {
             budget::with_budget(&budget, || within(&budget, f(&view)))
@@ -352,6 +364,67 @@ impl Indexer {
     pub async fn context(&self, req: ContextRequest) -> Result<ContextResponse> {
         self.blocking("context", move |view| view.context(&req))
             .await
+    }
+
+    /// This handle with its searches restricted to the documents of `shards` (of
+    /// `of`): the committed sources that hash into them. Every searchable document's
+    /// source is in the committed checkpoint, so the list is complete.
+    pub async fn scoped_to_shards(&self, shards: &[u32], of: u32) -> Result<Indexer> {
+        let parts = self.inner.view.parts.clone();
+        let shards = shards.to_vec();
+        let sources = tokio::task::spawn_blocking(move || -> Result<Vec<String>> {
+            let mut newest = partition::Payload::default();
+            for part in parts.list() {
+                let p = partition::Payload::parse(part.index.load_metas()?.payload.as_deref())?;
+                if p.epoch >= newest.epoch {
+                    newest = p;
+                }
+            }
+            Ok(newest
+                .offsets
+                .into_keys()
+                .filter(|s| {
+                    !protocol::shard::is_position_source(s)
+                        && shards.contains(&protocol::shard::shard_of(s, of))
+                })
+                .collect())
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("reading the checkpoint failed: {e}")))??;
+        Ok(Indexer {
+            inner: self.inner.clone(),
+            sources: Some(Arc::new(sources)),
+        })
+    }
+
+    /// Turns shard mode on: searches without `shards=` fan out to the shards'
+    /// owners (see [`fanout`]).
+    pub fn set_shard_mode(&self, mode: Arc<fanout::ShardMode>) {
+        let _ = self.inner.shard_mode.set(mode);
+    }
+
+    /// The shard mode, when on.
+    pub fn shard_mode(&self) -> Option<&Arc<fanout::ShardMode>> {
+        self.inner.shard_mode.get()
+    }
+
+    /// The committed offset of `source` (a log source or a shard's stream position,
+    /// `protocol::shard::position_source`): what the newest commit payload holds.
+    pub async fn committed_offset(&self, source: &str) -> Result<Option<u64>> {
+        let parts = self.inner.view.parts.clone();
+        let source = source.to_string();
+        tokio::task::spawn_blocking(move || {
+            let mut newest = partition::Payload::default();
+            for part in parts.list() {
+                let p = partition::Payload::parse(part.index.load_metas()?.payload.as_deref())?;
+                if p.epoch >= newest.epoch {
+                    newest = p;
+                }
+            }
+            Ok(newest.offsets.get(&source).copied())
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("reading the checkpoint failed: {e}")))?
     }
 
     /// Every record accepted from now on (before its commit); a receiver that falls

@@ -21,6 +21,7 @@ use chrono::{DateTime, Duration, Utc};
 use protocol::{HistogramBucket, HistogramResponse, SearchResponse};
 use serde::Deserialize;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use tantivy::collector::{Count, TopDocs};
 use tantivy::query::ExistsQuery;
 use tantivy::{Index, TantivyDocument};
@@ -107,6 +108,9 @@ pub struct SearchParams {
     pub size: Option<String>,
     /// Grouping of `/api/v1/latency`: host, app or task.
     pub by: Option<String>,
+    /// Shard mode only: restrict to these shards' documents (`0,3`), as the fan-out
+    /// asks each owner; without it a shard-mode indexer fans out.
+    pub shards: Option<String>,
 }
 
 impl SearchParams {
@@ -224,9 +228,30 @@ pub struct IndexView {
     /// The day partitions, searched together.
     pub parts: Partitions,
     pub fields: Fields,
+    /// Only documents of these sources count (`shards=` in shard mode, see
+    /// [`crate::Indexer::scoped_to_shards`]); `None` is every document.
+    pub sources: Option<Arc<Vec<String>>>,
 }
 
 impl IndexView {
+    /// `q` within [`IndexView::sources`].
+    pub(crate) fn restricted(
+        &self,
+        q: Box<dyn tantivy::query::Query>,
+    ) -> Box<dyn tantivy::query::Query> {
+        let Some(sources) = &self.sources else {
+            return q;
+        };
+        let field = self
+            .fields
+            .keyword("source")
+            .expect("the schema has source");
+        let terms = sources
+            .iter()
+            .map(|s| tantivy::Term::from_field_text(field, s));
+        all_of(vec![q, Box::new(tantivy::query::TermSetQuery::new(terms))])
+    }
+
     /// A searcher over every partition as of their last reload.
     pub fn searcher(&self) -> MultiSearcher {
         self.parts.searcher()
@@ -247,7 +272,7 @@ impl IndexView {
             Sort::OldestFirst | Sort::LatencyDesc => None,
         };
         let searcher = self.parts.searcher_within(req.start, Some(end));
-        let mut parts = vec![user_query(&self.index, &self.fields, &req.q)?];
+        let mut parts = vec![self.restricted(user_query(&self.index, &self.fields, &req.q)?)];
         parts.extend(time_range(
             &self.fields,
             self.parts.columns(),
@@ -398,7 +423,7 @@ impl IndexView {
         let end = req.end.unwrap_or_else(Utc::now);
         check_order(req.start, end)?;
         let searcher = self.parts.searcher_within(req.start, Some(end));
-        let q = user_query(&self.index, &self.fields, &req.q)?;
+        let q = self.restricted(user_query(&self.index, &self.fields, &req.q)?);
         let start = match req.start {
             Some(s) => s,
             None => {

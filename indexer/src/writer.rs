@@ -25,6 +25,10 @@
 //! after the group, with what is needed to undo a group whose partitions did not all
 //! commit (see [`crate::partition`] for the argument) and the write-ahead log position
 //! the commit covers. At open the checkpoint is read back from the newest payload.
+//! A shard owner's stream position rides in the same offsets, as the pseudo-source
+//! `protocol::shard::position_source` of a record that is admitted but never
+//! indexed, so the position and the documents before it commit (and are undone)
+//! together (see [`crate::ingest_log`]).
 
 use crate::error::{Error, Result};
 use crate::merge::{merges_due, DeferringMergePolicy, Duty, MergeGate, MERGE_WHEN_IDLE, SATURATED};
@@ -797,6 +801,11 @@ impl WriterThread {
                             if !self.checkpoint.admit(&rec.source, rec.offset) {
                                 continue;
                             }
+                            // A shard's stream position: it only moves the
+                            // checkpoint, committed with the records before it.
+                            if protocol::shard::is_position_source(&rec.source) {
+                                continue;
+                            }
                             if let Err(e) = self.add_record(&rec, &mut touched) {
                                 failure = Some(e.to_string());
                                 break;
@@ -1012,6 +1021,9 @@ impl WriterThread {
             };
             for rec in records {
                 if !self.checkpoint.admit(&rec.source, rec.offset) {
+                    continue;
+                }
+                if protocol::shard::is_position_source(&rec.source) {
                     continue;
                 }
                 self.add_record(&rec, &mut touched)?;

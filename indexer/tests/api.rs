@@ -292,12 +292,42 @@ async fn bad_queries_and_params_get_400_naming_the_problem() -> Result<()> {
             "latency_ms",
         ),
         ("/api/v1/tail", vec![("q", "user:alice")], "user"),
+        // Shard mode only (issue 21): a lone indexer says so.
+        (
+            "/api/v1/search",
+            vec![("shards", "0,1")],
+            "not in shard mode",
+        ),
+        (
+            "/api/v1/histogram",
+            vec![("shards", "0")],
+            "not in shard mode",
+        ),
     ] {
         let resp = s.get(path, &query).await?;
         assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{path} {query:?}");
         let err = error_of(resp).await?;
         assert!(err.contains(needle), "{path} {query:?}: {err}");
     }
+    s.indexer.shutdown().await;
+    Ok(())
+}
+
+/// Issue 21: the sources `!shard/<n>` carry shard owners' stream positions in the
+/// checkpoint; an ingest request naming one is refused whole, nothing indexed.
+#[tokio::test]
+async fn position_sources_are_reserved() -> Result<()> {
+    let s = Server::start(None, 1 << 20).await?;
+    let mut forged = rec(1, "h", "a", "sneaky", 5);
+    forged.source = protocol::shard::position_source(3);
+    let ok = rec(2, "h", "a", "fine", 6);
+    let resp = s
+        .post_ingest(gzip(&protocol::encode_ndjson(&[ok, forged])), None)
+        .await?;
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    assert!(error_of(resp).await?.contains("reserved"));
+    let found = s.search(&[("start", "2025-06-01T00:00:00Z")]).await?;
+    assert_eq!(found.total, 0, "the whole batch was refused");
     s.indexer.shutdown().await;
     Ok(())
 }

@@ -18,10 +18,14 @@ pub mod fs;
 pub mod histogram;
 #[cfg(feature = "http")]
 pub mod http;
+#[cfg(feature = "nats")]
+pub mod ingest_log;
 pub mod metrics;
 pub mod rotation;
+pub mod shard;
 pub mod trace;
 pub mod wire;
+pub mod zk;
 pub use trace::{BadTraceId, TraceId};
 pub use wire::LogRecordRef;
 

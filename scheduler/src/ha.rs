@@ -50,46 +50,8 @@ pub const VIA: &str = "x-sandtrail-via";
 /// ZooKeeper refuses nodes above 1 MiB (`jute.maxbuffer`); some room for the request.
 pub const MAX_NODE: usize = 1024 * 1024 - 4096;
 
-/// `zk://h1:2181,h2:2181/path`, parsed.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ZkUrl {
-    /// `h1:2181,h2:2181`, as the client connects.
-    pub servers: String,
-    /// `/path`, the root of this cluster's nodes.
-    pub root: String,
-}
-
-impl std::str::FromStr for ZkUrl {
-    type Err = Error;
-
-    fn from_str(s: &str) -> Result<ZkUrl> {
-        let bad = |why: &str| {
-            Error::BadRequest(format!(
-                "zookeeper url {s:?} {why}: expected zk://host:port[,host:port...]/path"
-            ))
-        };
-        let rest = s
-            .strip_prefix("zk://")
-            .ok_or_else(|| bad("does not start with zk://"))?;
-        let (servers, path) = rest.split_once('/').ok_or_else(|| bad("has no path"))?;
-        if servers.is_empty()
-            || servers.split(',').any(|h| {
-                h.rsplit_once(':')
-                    .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
-            })
-        {
-            return Err(bad("has a server without host:port"));
-        }
-        let path = path.trim_end_matches('/');
-        if path.is_empty() || path.split('/').any(str::is_empty) {
-            return Err(bad("has an empty path or path segment"));
-        }
-        Ok(ZkUrl {
-            servers: servers.to_string(),
-            root: format!("/{path}"),
-        })
-    }
-}
+/// Parsed in `protocol::zk`, shared with the indexer's shard owners.
+pub use protocol::zk::ZkUrl;
 
 fn zk_err(what: &str, e: impl std::fmt::Display) -> Error {
     Error::Zk(format!("{what}: {e}"))
@@ -359,7 +321,9 @@ pub async fn resolve_schedulers(list: &str) -> Result<String> {
     if !list.starts_with("zk://") {
         return Ok(list.to_string());
     }
-    let url: ZkUrl = list.parse()?;
+    let url: ZkUrl = list
+        .parse()
+        .map_err(|e: protocol::zk::BadZkUrl| Error::BadRequest(e.0))?;
     let client = zk::Client::connect(&url.servers)
         .await
         .map_err(|e| zk_err(&format!("cannot connect to {}", url.servers), e))?;
@@ -700,24 +664,6 @@ fn hop_by_hop(name: &axum::http::HeaderName) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn zk_urls_parse_or_say_what_is_wrong() {
-        let u: ZkUrl = "zk://h1:2181,h2:2182/sandtrail/prod/".parse().unwrap();
-        assert_eq!(u.servers, "h1:2181,h2:2182");
-        assert_eq!(u.root, "/sandtrail/prod");
-        for bad in [
-            "h1:2181/x",
-            "zk://h1:2181",
-            "zk://h1/x",
-            "zk://h1:2181/",
-            "zk://:1/x",
-            "zk://h:1//x",
-        ] {
-            let e = bad.parse::<ZkUrl>().unwrap_err().to_string();
-            assert!(e.contains(bad) && e.contains("expected zk://"), "{e}");
-        }
-    }
 
     #[test]
     fn the_lowest_sequence_leads_whatever_the_uuid() {

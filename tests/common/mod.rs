@@ -9,6 +9,7 @@
 //! Each suite keeps its own cluster shape (which parts, which data dirs); only the
 //! process handling lives here.
 
+pub mod nats;
 pub mod zk;
 
 use anyhow::{bail, Context};

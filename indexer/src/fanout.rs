@@ -1,0 +1,463 @@
+//! Searching a sharded cluster (issue 21): an indexer in shard mode answers
+//! `/api/v1/search` by asking one live owner of every shard, read from ZooKeeper
+//! ([`crate::owners`]), for that shard's page (`shards=<n>`), and merging.
+//!
+//! One request per shard, not per owner: each shard's hits then come in that
+//! shard's own exact order and cursor, and the merged page is a k-way merge by the
+//! sort key (time, or latency) of pages each at least as long as the page asked
+//! for, so its first `limit` hits are the true top. The next page's cursor holds,
+//! per shard, that shard's cursor and how many hits of its page were already
+//! handed out (`skip`): asking the shard again with `limit + skip` from the same
+//! cursor and dropping `skip` continues it exactly, whichever owner answers. The
+//! trade-off: a shard that contributes little to many pages is asked for longer
+//! and longer pages until its page is used up, and six requests go out where
+//! grouping by owner would send three.
+//!
+//! An owner that fails (refused connection, error status) is replaced by the
+//! shard's next owner; a shard with none left is named in the answer's
+//! `shards.failed` (Elasticsearch's `_shards`), its hits missing from that page,
+//! its cursor kept as it was. Credentials of the caller are passed on: every
+//! indexer of a cluster shares the tokens.
+
+use crate::owners::Owners;
+use crate::search::{SearchParams, Sort};
+use crate::{Error, Result};
+use axum::http::HeaderMap;
+use protocol::{HistogramBucket, HistogramResponse, LogRecord, SearchResponse};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::warn;
+
+/// Tag of a fan-out cursor.
+const CURSOR_TAG: &str = "s1.";
+
+/// What shard mode needs at search time.
+pub struct ShardMode {
+    pub owners: Arc<Owners>,
+    pub shards: u32,
+    client: reqwest::Client,
+}
+
+impl ShardMode {
+    pub fn new(owners: Arc<Owners>, shards: u32, timeout: Duration) -> ShardMode {
+        ShardMode {
+            owners,
+            shards,
+            client: reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(2))
+                .timeout(timeout)
+                .build()
+                .expect("a plain http client builds"),
+        }
+    }
+}
+
+/// Where the fan-out stands for one shard.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardCursor {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub c: Option<String>,
+    #[serde(default)]
+    pub skip: usize,
+    #[serde(default)]
+    pub done: bool,
+}
+
+/// Elasticsearch's `_shards`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardsSummary {
+    pub total: u32,
+    pub successful: u32,
+    pub failed: Vec<u32>,
+}
+
+/// The answer of a fanned-out search.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FanoutResponse {
+    #[serde(flatten)]
+    pub response: SearchResponse,
+    pub shards: ShardsSummary,
+}
+
+pub fn encode_cursor(state: &BTreeMap<u32, ShardCursor>) -> String {
+    let json = serde_json::to_vec(state).expect("a cursor serialises");
+    let mut out = String::with_capacity(CURSOR_TAG.len() + json.len() * 2);
+    out.push_str(CURSOR_TAG);
+    for b in json {
+        out.push_str(&format!("{b:02x}"));
+    }
+    out
+}
+
+pub fn decode_cursor(s: &str) -> Result<BTreeMap<u32, ShardCursor>> {
+    let bad = || Error::Protocol(protocol::Error::BadCursor(s.chars().take(200).collect()));
+    let hex = s.strip_prefix(CURSOR_TAG).ok_or_else(bad)?;
+    if hex.len() % 2 != 0 {
+        return Err(bad());
+    }
+    let bytes = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16))
+        .collect::<std::result::Result<Vec<u8>, _>>()
+        .map_err(|_| bad())?;
+    serde_json::from_slice(&bytes).map_err(|_| bad())
+}
+
+/// The sort key of a hit, comparable so that smaller comes first.
+fn key(sort: Sort, rec: &LogRecord) -> (i128, i128) {
+    match sort {
+        Sort::NewestFirst => (-(rec.ts.timestamp_nanos_opt().unwrap_or(0) as i128), 0),
+        Sort::OldestFirst => (rec.ts.timestamp_nanos_opt().unwrap_or(0) as i128, 0),
+        Sort::LatencyDesc => (
+            -((rec.latency_ms.unwrap_or(0.0) * 1e6) as i128),
+            -(rec.ts.timestamp_nanos_opt().unwrap_or(0) as i128),
+        ),
+    }
+}
+
+/// The owners of shard `n` to ask, in turn: ready ones (caught up with the log)
+/// first, in slot order, then the others (a partial answer beats none).
+fn urls_of(owners: &BTreeMap<u32, Vec<crate::owners::Owner>>, n: u32) -> Vec<String> {
+    let mut o: Vec<&crate::owners::Owner> = owners
+        .get(&n)
+        .map(|o| o.iter().collect())
+        .unwrap_or_default();
+    o.sort_by_key(|o| !o.ready);
+    o.into_iter().map(|o| o.url.clone()).collect()
+}
+
+/// One shard's page as fetched.
+struct Page {
+    total: u64,
+    hits: Vec<LogRecord>,
+    next: Option<String>,
+}
+
+impl ShardMode {
+    /// The fanned-out `/api/v1/search`. `pairs` is the caller's query string (its
+    /// `cursor` is ours; `limit` and `sort` are passed on).
+    pub async fn search(
+        &self,
+        params: &SearchParams,
+        pairs: Vec<(String, String)>,
+        headers: &HeaderMap,
+    ) -> Result<FanoutResponse> {
+        let sort = Sort::parse(params.sort.as_deref().unwrap_or(""))?;
+        let limit = params.clone().into_request(chrono::Utc::now())?.limit;
+        let mut state = match params.cursor.as_deref().filter(|c| !c.is_empty()) {
+            Some(c) => decode_cursor(c)?,
+            None => (0..self.shards)
+                .map(|n| (n, ShardCursor::default()))
+                .collect(),
+        };
+        let owners = self.owners.live_owners().await?;
+        let passed: Vec<(String, String)> = pairs
+            .into_iter()
+            .filter(|(k, _)| !matches!(k.as_str(), "cursor" | "limit" | "shards" | "highlight"))
+            .collect();
+        let asks = state.iter().filter(|(_, s)| !s.done).map(|(&n, s)| {
+            let urls = urls_of(&owners, n);
+            let mut q = passed.clone();
+            q.push(("shards".into(), n.to_string()));
+            q.push((
+                "limit".into(),
+                (limit + s.skip).min(crate::search::MAX_LIMIT).to_string(),
+            ));
+            if let Some(c) = &s.c {
+                q.push(("cursor".into(), c.clone()));
+            }
+            async move { (n, self.ask(&urls, &q, headers).await) }
+        });
+        let answers = futures::future::join_all(asks).await;
+        let mut summary = ShardsSummary {
+            total: self.shards,
+            successful: self.shards,
+            failed: Vec::new(),
+        };
+        let mut total = 0;
+        let mut pages: BTreeMap<u32, Page> = BTreeMap::new();
+        for (n, answer) in answers {
+            match answer {
+                Ok(mut page) => {
+                    let skip = state[&n].skip.min(page.hits.len());
+                    page.hits.drain(..skip);
+                    total += page.total;
+                    pages.insert(n, page);
+                }
+                Err(e) => {
+                    warn!(shard = n, error = %e, "no owner of the shard answered");
+                    summary.successful -= 1;
+                    summary.failed.push(n);
+                }
+            }
+        }
+        // Totals of shards already read to their end still count.
+        let mut taken: BTreeMap<u32, usize> = pages.keys().map(|n| (*n, 0)).collect();
+        let mut hits = Vec::with_capacity(limit);
+        while hits.len() < limit {
+            let best = pages
+                .iter()
+                .filter_map(|(n, p)| p.hits.get(taken[n]).map(|h| (key(sort, h), *n)))
+                .min();
+            let Some((_, n)) = best else { break };
+            let i = taken[&n];
+            hits.push(pages[&n].hits[i].clone());
+            *taken.get_mut(&n).expect("a fetched shard") += 1;
+        }
+        for (n, page) in &pages {
+            let used = taken[n];
+            let s = state.get_mut(n).expect("asked shards are in the state");
+            if used == page.hits.len() {
+                *s = match &page.next {
+                    Some(c) => ShardCursor {
+                        c: Some(c.clone()),
+                        skip: 0,
+                        done: false,
+                    },
+                    None => ShardCursor {
+                        done: true,
+                        ..ShardCursor::default()
+                    },
+                };
+            } else {
+                s.skip += used;
+            }
+        }
+        let next = (!state.values().all(|s| s.done) && limit > 0).then(|| encode_cursor(&state));
+        Ok(FanoutResponse {
+            response: SearchResponse { total, hits, next },
+            shards: summary,
+        })
+    }
+
+    /// Asks the owners at `urls` in turn for one shard's answer to `path`.
+    async fn ask_json(
+        &self,
+        urls: &[String],
+        path: &str,
+        q: &[(String, String)],
+        headers: &HeaderMap,
+    ) -> Result<Value> {
+        let mut last = "no live owner in zookeeper".to_string();
+        for url in urls {
+            let mut req = self
+                .client
+                .get(format!("{}{path}", url.trim_end_matches('/')))
+                .query(q);
+            for name in ["authorization", protocol::TOKEN_HEADER] {
+                if let Some(v) = headers.get(name) {
+                    req = req.header(name, v.as_bytes());
+                }
+            }
+            match req.send().await {
+                Ok(resp) if resp.status().is_success() => match resp.json::<Value>().await {
+                    Ok(v) => return Ok(v),
+                    Err(e) => last = format!("{url}: unreadable answer: {e}"),
+                },
+                Ok(resp) => {
+                    let status = resp.status();
+                    let body = resp.text().await.unwrap_or_default();
+                    // The caller's own mistake is the same on every owner.
+                    if status.is_client_error() && status.as_u16() != 429 {
+                        return Err(Error::BadParam {
+                            name: "q",
+                            value: body.chars().take(500).collect(),
+                            expected: format!(
+                                "a request every shard accepts (an owner answered {status})"
+                            ),
+                        });
+                    }
+                    last = format!(
+                        "{url}: {status}: {}",
+                        body.chars().take(300).collect::<String>()
+                    );
+                }
+                Err(e) => last = format!("{url}: {e}"),
+            }
+        }
+        Err(Error::Shards(last))
+    }
+
+    /// Asks the owners at `urls` in turn for one shard's page.
+    async fn ask(
+        &self,
+        urls: &[String],
+        q: &[(String, String)],
+        headers: &HeaderMap,
+    ) -> Result<Page> {
+        let v = self.ask_json(urls, "/api/v1/search", q, headers).await?;
+        let r: SearchResponse = serde_json::from_value(v)
+            .map_err(|e| Error::Shards(format!("unreadable search answer: {e}")))?;
+        Ok(Page {
+            total: r.total,
+            hits: r.hits,
+            next: r.next,
+        })
+    }
+
+    /// The fanned-out `/api/v1/histogram`: the range is fixed here (every shard
+    /// counts the same buckets) and the shards' counts are summed per bucket.
+    pub async fn histogram(
+        &self,
+        params: &SearchParams,
+        headers: &HeaderMap,
+    ) -> Result<HistogramFanout> {
+        let req = params.clone().into_histogram_request(chrono::Utc::now())?;
+        let start = req.start.ok_or_else(|| Error::BadParam {
+            name: "start",
+            value: String::new(),
+            expected: "a start time: a histogram over every shard needs its range fixed".into(),
+        })?;
+        let end = req.end.unwrap_or_else(chrono::Utc::now);
+        let fixed = |t: chrono::DateTime<chrono::Utc>| {
+            t.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+        };
+        let mut q = vec![
+            ("q".to_string(), req.q.clone()),
+            ("start".to_string(), fixed(start)),
+            ("end".to_string(), fixed(end)),
+        ];
+        if let Some(by) = req.by {
+            q.push(("by".to_string(), by.to_string()));
+        }
+        let owners = self.owners.live_owners().await?;
+        let asks = (0..self.shards).map(|n| {
+            let urls = urls_of(&owners, n);
+            let mut q = q.clone();
+            q.push(("shards".into(), n.to_string()));
+            async move {
+                (
+                    n,
+                    self.ask_json(&urls, "/api/v1/histogram", &q, headers).await,
+                )
+            }
+        });
+        let mut summary = ShardsSummary {
+            total: self.shards,
+            successful: self.shards,
+            failed: Vec::new(),
+        };
+        let mut merged: Option<HistogramResponse> = None;
+        for (n, answer) in futures::future::join_all(asks).await {
+            let h = answer.and_then(|v| {
+                serde_json::from_value::<HistogramResponse>(v)
+                    .map_err(|e| Error::Shards(format!("unreadable histogram answer: {e}")))
+            });
+            match h {
+                Ok(h) => {
+                    merged = Some(match merged {
+                        None => h,
+                        Some(m) => sum_histograms(m, h)?,
+                    })
+                }
+                Err(e) => {
+                    warn!(shard = n, error = %e, "no owner of the shard answered");
+                    summary.successful -= 1;
+                    summary.failed.push(n);
+                }
+            }
+        }
+        Ok(HistogramFanout {
+            response: merged.unwrap_or_default(),
+            shards: summary,
+        })
+    }
+}
+
+/// The answer of a fanned-out histogram.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HistogramFanout {
+    #[serde(flatten)]
+    pub response: HistogramResponse,
+    pub shards: ShardsSummary,
+}
+
+/// Two shards' histograms over the same range, added bucket by bucket.
+pub fn sum_histograms(a: HistogramResponse, b: HistogramResponse) -> Result<HistogramResponse> {
+    if a.interval_ms != b.interval_ms {
+        return Err(Error::Shards(format!(
+            "shards answered histograms of {} ms and {} ms buckets for the same range",
+            a.interval_ms, b.interval_ms
+        )));
+    }
+    let mut buckets: BTreeMap<chrono::DateTime<chrono::Utc>, HistogramBucket> = BTreeMap::new();
+    for bucket in a.buckets.into_iter().chain(b.buckets) {
+        match buckets.get_mut(&bucket.ts) {
+            Some(m) => {
+                m.count += bucket.count;
+                for (k, v) in bucket.by {
+                    *m.by.entry(k).or_default() += v;
+                }
+            }
+            None => {
+                buckets.insert(bucket.ts, bucket);
+            }
+        }
+    }
+    Ok(HistogramResponse {
+        interval_ms: a.interval_ms,
+        buckets: buckets.into_values().collect(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_bad_ones_are_refused() {
+        let mut s = BTreeMap::new();
+        s.insert(
+            0,
+            ShardCursor {
+                c: Some("c1.x".into()),
+                skip: 3,
+                done: false,
+            },
+        );
+        s.insert(
+            1,
+            ShardCursor {
+                done: true,
+                ..Default::default()
+            },
+        );
+        let c = encode_cursor(&s);
+        assert!(c.starts_with("s1.") && c.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.'));
+        assert_eq!(decode_cursor(&c).unwrap(), s);
+        assert!(decode_cursor("c1.abc").is_err());
+        assert!(decode_cursor("s1.zz").is_err());
+    }
+
+    #[test]
+    fn histograms_add_up_bucket_by_bucket() {
+        let t = |s: i64| chrono::DateTime::from_timestamp(s, 0).unwrap();
+        let b = |s, count, err| HistogramBucket {
+            ts: t(s),
+            count,
+            by: [("error".to_string(), err)].into(),
+        };
+        let a = HistogramResponse {
+            interval_ms: 1000,
+            buckets: vec![b(0, 2, 1), b(1, 3, 0)],
+        };
+        let c = HistogramResponse {
+            interval_ms: 1000,
+            buckets: vec![b(1, 4, 2), b(2, 1, 1)],
+        };
+        let m = sum_histograms(a.clone(), c).unwrap();
+        assert_eq!(
+            m.buckets.iter().map(|b| b.count).collect::<Vec<_>>(),
+            vec![2, 7, 1]
+        );
+        assert_eq!(m.buckets[1].by["error"], 2);
+        let other = HistogramResponse {
+            interval_ms: 60_000,
+            buckets: vec![],
+        };
+        assert!(sum_histograms(a, other).is_err());
+    }
+}

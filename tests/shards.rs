@@ -1,0 +1,368 @@
+//! Shard mode end to end (issue 21) with a real ZooKeeper and a real NATS JetStream:
+//! three indexers own six shards twice over, consume numbered records from the
+//! ingest log, and any of them answers a search for the whole cluster. A shard
+//! owner killed with SIGKILL loses nothing and no shard goes unanswered; restarted,
+//! it changes no count.
+
+mod common;
+
+use common::{client_with_token, eventually, Proc};
+use protocol::ingest_log::LogConfig;
+use protocol::shard;
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::time::Duration;
+
+const TOKEN: &str = "shards-suite-token";
+const SOURCES: u64 = 30;
+const SESSION_MS: u64 = 2000;
+
+/// Publishes lines `from..to` of every source, numbered `source * 1_000_000 + line`,
+/// one message per source and 50 lines, as the shipper would.
+async fn publish(nats: &str, from: u64, to: u64) -> anyhow::Result<()> {
+    let (js, _) = protocol::ingest_log::open(&LogConfig::new(nats))
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let now = chrono::Utc::now();
+    for s in 0..SOURCES {
+        let source = format!("node-{}/app/task-{s}/stdout@{s:016x}", s % 3);
+        let mut line = from;
+        while line < to {
+            let end = (line + 50).min(to);
+            let records: Vec<protocol::LogRecord> = (line..end)
+                .map(|l| {
+                    serde_json::from_value(serde_json::json!({
+                        "ts": now.to_rfc3339(),
+                        "host": format!("node-{}", s % 3),
+                        "app": "app",
+                        "task": format!("task-{s}"),
+                        "msg": format!("number {}", s * 1_000_000 + l),
+                        "source": source,
+                        // Offsets are the end of a line: never 0.
+                        "offset": (l + 1) * 100,
+                    }))
+                    .unwrap()
+                })
+                .collect();
+            let body = protocol::encode_ndjson(&records);
+            js.send_publish(
+                shard::subject(shard::shard_of(&source, shard::DEFAULT_SHARDS)),
+                async_nats::jetstream::message::PublishMessage::build()
+                    .payload(body.into())
+                    .message_id(shard::message_id(&source, (line + 1) * 100, end * 100)),
+            )
+            .await?
+            .await?;
+            line = end;
+        }
+    }
+    Ok(())
+}
+
+fn indexer(dir: &Path, zk: &str, nats: &str) -> anyhow::Result<(Proc, String)> {
+    indexer_with_owners(dir, zk, nats, 2)
+}
+
+fn indexer_with_owners(
+    dir: &Path,
+    zk: &str,
+    nats: &str,
+    owners: u32,
+) -> anyhow::Result<(Proc, String)> {
+    let args: Vec<String> = [
+        "indexer",
+        "--data-dir",
+        &dir.display().to_string(),
+        "--listen",
+        "127.0.0.1:0",
+        "--zk",
+        zk,
+        "--ingest-log",
+        nats,
+        "--shards",
+        "6",
+        "--owners",
+        &owners.to_string(),
+        "--zk-session-timeout-ms",
+        &SESSION_MS.to_string(),
+    ]
+    .map(String::from)
+    .into();
+    let env = [("SANDTRAIL_TOKEN", TOKEN.to_string())];
+    let (mut proc, url) = Proc::start("indexer", dir, &args, "indexer:", &env)?;
+    proc.printed(&["shard owner:"])?;
+    Ok((proc, url))
+}
+
+/// A fanned-out search of everything: (total, failed shards, next, numbers).
+async fn search_all(
+    http: &reqwest::Client,
+    url: &str,
+    limit: usize,
+    cursor: Option<&str>,
+) -> anyhow::Result<(u64, Vec<u64>, Option<String>, Vec<u64>)> {
+    let mut q = vec![
+        ("limit", limit.to_string()),
+        ("start", "now-1h".to_string()),
+    ];
+    if let Some(c) = cursor {
+        q.push(("cursor", c.to_string()));
+    }
+    let resp = http
+        .get(format!("{url}/api/v1/search"))
+        .query(&q)
+        .send()
+        .await?;
+    if !resp.status().is_success() {
+        anyhow::bail!("search: {} {}", resp.status(), resp.text().await?);
+    }
+    let v: Value = resp.json().await?;
+    let failed = v["shards"]["failed"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_u64).collect())
+        .unwrap_or_default();
+    let numbers = v["hits"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|h| h["msg"].as_str()?.strip_prefix("number ")?.parse().ok())
+        .collect();
+    Ok((
+        v["total"].as_u64().unwrap_or(0),
+        failed,
+        v["next"].as_str().map(String::from),
+        numbers,
+    ))
+}
+
+/// Waits until `url` counts `want` records with no failed shard.
+async fn counts(
+    http: &reqwest::Client,
+    url: &str,
+    want: u64,
+    within: Duration,
+) -> anyhow::Result<()> {
+    eventually(
+        &format!("{url} to count {want} with every shard"),
+        within,
+        || async {
+            let (total, failed, _, _) = search_all(http, url, 0, None).await?;
+            Ok((total == want && failed.is_empty()).then_some(()))
+        },
+    )
+    .await
+}
+
+/// Every number of lines `0..lines` of every source, each exactly once, paging
+/// through the fan-out's cursor.
+async fn every_number_once(http: &reqwest::Client, url: &str, lines: u64) -> anyhow::Result<()> {
+    let mut seen = Vec::new();
+    let mut cursor = None;
+    loop {
+        let (_, failed, next, numbers) = search_all(http, url, 1000, cursor.as_deref()).await?;
+        assert!(failed.is_empty(), "failed shards {failed:?}");
+        seen.extend(numbers);
+        match next {
+            Some(n) => cursor = Some(n),
+            None => break,
+        }
+    }
+    let unique: BTreeSet<u64> = seen.iter().copied().collect();
+    assert_eq!(unique.len(), seen.len(), "a number came twice");
+    let want: BTreeSet<u64> = (0..SOURCES)
+        .flat_map(|s| (0..lines).map(move |l| s * 1_000_000 + l))
+        .collect();
+    assert_eq!(unique, want, "every number once");
+    Ok(())
+}
+
+/// Who holds the slots of every shard: shard -> owner ids, read from ZooKeeper.
+async fn slots(zk: &zookeeper_client::Client) -> anyhow::Result<BTreeMap<u32, Vec<String>>> {
+    let mut out = BTreeMap::new();
+    for n in 0..6u32 {
+        let dir = format!("/shards/indexers/shards/{n}");
+        let mut ids = Vec::new();
+        for slot in zk.list_children(&dir).await? {
+            if let Ok((data, _)) = zk.get_data(&format!("{dir}/{slot}")).await {
+                let v: Value = serde_json::from_slice(&data)?;
+                ids.push(v["id"].as_str().unwrap_or_default().to_string());
+            }
+        }
+        out.insert(n, ids);
+    }
+    Ok(out)
+}
+
+/// Waits until every shard has two owners, both among `live` and distinct, and no
+/// indexer holds more than its fair share `ceil(12 / live)`.
+async fn balanced(
+    zk: &zookeeper_client::Client,
+    live: &[String],
+    within: Duration,
+) -> anyhow::Result<()> {
+    let share = 12usize.div_ceil(live.len());
+    eventually(
+        &format!("every shard owned twice by {live:?}"),
+        within,
+        || async {
+            let s = slots(zk).await?;
+            let mut per: BTreeMap<&str, usize> = BTreeMap::new();
+            let mut ok = true;
+            for ids in s.values() {
+                let distinct: BTreeSet<&String> = ids.iter().collect();
+                ok &= ids.len() == 2 && distinct.len() == 2 && ids.iter().all(|i| live.contains(i));
+                for i in ids {
+                    *per.entry(i).or_default() += 1;
+                }
+            }
+            ok &= per.values().all(|&n| n <= share);
+            Ok(ok.then_some(()))
+        },
+    )
+    .await
+}
+
+fn id_of(url: &str) -> String {
+    url.trim_start_matches("http://").to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_owners_lose_nothing_when_one_is_killed() -> anyhow::Result<()> {
+    let zk = common::zk::ZooKeeper::start()?;
+    let nats = common::nats::Nats::start()?;
+    let zk_url = zk.url("shards");
+    let http = client_with_token(TOKEN)?;
+    let dirs: Vec<tempfile::TempDir> = (0..3)
+        .map(|_| tempfile::tempdir())
+        .collect::<Result<_, _>>()?;
+
+    publish(&nats.url(), 0, 100).await?;
+    let mut procs = Vec::new();
+    for d in &dirs {
+        procs.push(indexer(d.path(), &zk_url, &nats.url())?);
+    }
+    let first = SOURCES * 100;
+    for (_, url) in &procs {
+        counts(&http, url, first, Duration::from_secs(60)).await?;
+    }
+    let zkc = zookeeper_client::Client::connect(&format!("127.0.0.1:{}", zk.port)).await?;
+    let ids: Vec<String> = procs.iter().map(|(_, u)| id_of(u)).collect();
+    balanced(&zkc, &ids, Duration::from_secs(30)).await?;
+
+    // Kill one owner while records keep coming: every shard still has a live owner
+    // (its second one), so nothing fails and nothing is lost.
+    let (killed, _) = procs.remove(1);
+    killed.kill9()?;
+    let killed_at = std::time::Instant::now();
+    publish(&nats.url(), 100, 200).await?;
+    let total = SOURCES * 200;
+    let within = Duration::from_millis(SESSION_MS) + Duration::from_secs(20);
+    for (_, url) in &procs {
+        counts(&http, url, total, within).await?;
+    }
+    // Once its session is over, its slots are the survivors'.
+    let live: Vec<String> = procs.iter().map(|(_, u)| id_of(u)).collect();
+    balanced(&zkc, &live, within).await?;
+    // BENCHMARKS.md quotes this: session timeout + the survivors' next tick.
+    eprintln!(
+        "takeover: every shard owned twice by the survivors {:?} after the kill (session timeout {SESSION_MS} ms)",
+        killed_at.elapsed()
+    );
+    every_number_once(&http, &procs[0].1, 200).await?;
+    // The histogram fans out too: its buckets add up to the same count.
+    let h: Value = http
+        .get(format!("{}/api/v1/histogram", procs[1].1))
+        .query(&[("start", "now-1h")])
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    assert_eq!(h["shards"]["failed"], serde_json::json!([]), "{h}");
+    let buckets: u64 = h["buckets"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|b| b["count"].as_u64())
+        .sum();
+    assert_eq!(buckets, total, "{h}");
+
+    // Back again on its own data dir: it takes shards again, and nothing changes.
+    procs.push(indexer(dirs[1].path(), &zk_url, &nats.url())?);
+    for (_, url) in &procs {
+        counts(&http, url, total, Duration::from_secs(60)).await?;
+    }
+    every_number_once(&http, &procs[2].1, 200).await?;
+    let ids: Vec<String> = procs.iter().map(|(_, u)| id_of(u)).collect();
+    balanced(&zkc, &ids, Duration::from_secs(30)).await?;
+
+    // Paused past its session timeout: its slots go to the others, searches do not
+    // ask it, and once resumed it gives up and exits 75 for its supervisor.
+    let (mut paused, paused_url) = procs.remove(0);
+    paused.signal("-STOP")?;
+    let live: Vec<String> = procs.iter().map(|(_, u)| id_of(u)).collect();
+    balanced(&zkc, &live, within).await?;
+    assert!(
+        !slots(&zkc)
+            .await?
+            .values()
+            .flatten()
+            .any(|i| *i == id_of(&paused_url)),
+        "a paused indexer holds no slot"
+    );
+    counts(&http, &procs[0].1, total, Duration::from_secs(10)).await?;
+    paused.signal("-CONT")?;
+    let status = paused.wait_exit(Duration::from_secs(15))?;
+    assert_eq!(
+        status.code(),
+        Some(75),
+        "a resumed indexer that lost its session exits 75"
+    );
+    Ok(())
+}
+
+/// BENCHMARKS.md: 60,000 records of 30 sources already in the log, then 1, 2 or 3
+/// indexers (one owner per shard, so each indexes only its shards) start; the time
+/// until a fanned-out search counts them all, then the median of 20 fanned-out
+/// searches (newest 100 of everything).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark: cargo test --test shards scale_out -- --ignored --nocapture"]
+async fn scale_out() -> anyhow::Result<()> {
+    let http = client_with_token(TOKEN)?;
+    for n in 1..=3usize {
+        let zk = common::zk::ZooKeeper::start()?;
+        let nats = common::nats::Nats::start()?;
+        publish(&nats.url(), 0, 2000).await?;
+        let dirs: Vec<tempfile::TempDir> = (0..n)
+            .map(|_| tempfile::tempdir())
+            .collect::<Result<_, _>>()?;
+        let started = std::time::Instant::now();
+        let mut procs = Vec::new();
+        for d in &dirs {
+            procs.push(indexer_with_owners(
+                d.path(),
+                &zk.url("bench"),
+                &nats.url(),
+                1,
+            )?);
+        }
+        counts(&http, &procs[0].1, SOURCES * 2000, Duration::from_secs(300)).await?;
+        let ingest = started.elapsed();
+        let mut lat = Vec::new();
+        for _ in 0..20 {
+            let t = std::time::Instant::now();
+            let (total, failed, _, hits) = search_all(&http, &procs[0].1, 100, None).await?;
+            lat.push(t.elapsed());
+            assert!(total == SOURCES * 2000 && failed.is_empty() && hits.len() == 100);
+        }
+        lat.sort();
+        eprintln!(
+            "indexers={n}: 60000 records searchable after {ingest:?} ({:.0} records/s incl. startup), search p50 {:?} max {:?}",
+            60_000.0 / ingest.as_secs_f64(),
+            lat[10],
+            lat[19]
+        );
+    }
+    Ok(())
+}
