@@ -6,7 +6,9 @@
 # image needs no network at all (the Dockerfile installs curl only when it is missing).
 #
 # Usage: bash scripts/base-image.sh [IMAGE]   (default debian:bookworm-slim)
-# Env:   SANDTRAIL_DEBIAN_MIRROR  mirror URL (default: the first deb.debian.org-style URI
+# Env:   SANDTRAIL_BASE_INCLUDE  more Debian packages, comma-separated (the HA suite's
+#        ZooKeeper image when apt inside `docker build` cannot reach a mirror)
+#        SANDTRAIL_DEBIAN_MIRROR  mirror URL (default: the first deb.debian.org-style URI
 #        in /etc/apt/sources.list*, else http://deb.debian.org/debian)
 set -euo pipefail
 IMAGE="${1:-debian:bookworm-slim}"
@@ -44,7 +46,8 @@ trap cleanup EXIT
 
 echo "debootstrap bookworm from $mirror (a minute or two)"
 start=$(date +%s)
-if ! $SUDO "$DEBOOTSTRAP" --variant=minbase --include=curl,ca-certificates \
+if ! $SUDO "$DEBOOTSTRAP" --variant=minbase \
+      --include="curl,ca-certificates${SANDTRAIL_BASE_INCLUDE:+,$SANDTRAIL_BASE_INCLUDE}" \
       bookworm "$dir" "$mirror" >"$dir.log" 2>&1; then
   tail -n 30 "$dir.log" >&2
   rm -f "$dir.log"

@@ -18,6 +18,8 @@
 # Run from anywhere: bash tests/compose-ha/run.sh
 # Env: SANDTRAIL_COMPOSE_BIN  use this sandtrail binary instead of `cargo build`'s
 #      SANDTRAIL_COMPOSE_KEEP=1 leave the cluster running after the suite (debugging)
+#      SANDTRAIL_ZK_DEBOOTSTRAP=1 make the ZooKeeper image's base by debootstrap on the
+#        host, the fallback used when apt inside `docker build` cannot reach a mirror
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 ROOT="$PWD"
@@ -126,8 +128,18 @@ step_images() {
   # The previous build would otherwise linger, untagged.
   if [ -n "$old_id" ] && [ "$old_id" != "$new_id" ]; then docker rmi "$old_id" >/dev/null 2>&1; fi
   # apt inside the build fetches the JRE and ZooKeeper once; later runs hit the cache.
-  DOCKER_BUILDKIT=0 docker build -q -t "$SANDTRAIL_ZK_IMAGE" tests/compose-ha/zookeeper >/dev/null \
-    || { fail "docker build $SANDTRAIL_ZK_IMAGE"; return 1; }
+  # A container may have no route to a mirror where the host has one: then the same
+  # packages go into a base made by debootstrap on the host (as scripts/base-image.sh
+  # makes Sandtrail's), and the build only copies the config.
+  if [ "${SANDTRAIL_ZK_DEBOOTSTRAP:-0}" = 1 ] \
+      || ! DOCKER_BUILDKIT=0 docker build -q -t "$SANDTRAIL_ZK_IMAGE" tests/compose-ha/zookeeper >/dev/null; then
+    log "ZooKeeper image: base by debootstrap on the host (apt inside docker build skipped or failed)"
+    SANDTRAIL_BASE_INCLUDE=default-jre-headless,libzookeeper-java \
+      bash scripts/base-image.sh sandtrail-zk-base:local || { fail "debootstrap base for ZooKeeper"; return 1; }
+    DOCKER_BUILDKIT=0 docker build -q --build-arg BASE=sandtrail-zk-base:local \
+      -t "$SANDTRAIL_ZK_IMAGE" tests/compose-ha/zookeeper >/dev/null \
+      || { fail "docker build $SANDTRAIL_ZK_IMAGE"; return 1; }
+  fi
   log "images $SANDTRAIL_IMAGE and $SANDTRAIL_ZK_IMAGE"
 }
 
