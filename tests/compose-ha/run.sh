@@ -24,6 +24,8 @@ set -uo pipefail
 cd "$(dirname "$0")/../.."
 ROOT="$PWD"
 ST="python3 $ROOT/tests/compose/st.py"
+# shellcheck source=tests/compose/harness.sh
+source "$ROOT/tests/compose/harness.sh"
 
 export COMPOSE_PROJECT_NAME="${COMPOSE_PROJECT_NAME:-sandtrailha}"
 export SANDTRAIL_TOKEN="compose-ha-$(date +%s)-$RANDOM"
@@ -32,7 +34,6 @@ export SANDTRAIL_IMAGE="${SANDTRAIL_IMAGE:-sandtrail:compose-test}"
 export SANDTRAIL_ZK_IMAGE="${SANDTRAIL_ZK_IMAGE:-sandtrail-zk:compose-test}"
 # The schedulers' --zk-session-timeout-ms (docker-compose.yml).
 SESSION_S=4
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 export SANDTRAIL_SCHEDULER_1_PORT="$(free_port)" SANDTRAIL_SCHEDULER_2_PORT="$(free_port)"
 export SANDTRAIL_SCHEDULER_3_PORT="$(free_port)" SANDTRAIL_ROUTER_PORT="$(free_port)"
 export SANDTRAIL_DNS_1_PORT="$(free_port)" SANDTRAIL_DNS_2_PORT="$(free_port)" SANDTRAIL_DNS_3_PORT="$(free_port)"
@@ -41,33 +42,6 @@ LOGDIR="$ROOT/target/compose-ha-logs"
 COMPOSE=(docker-compose -f "$ROOT/tests/compose-ha/docker-compose.yml")
 SERVICES="zookeeper scheduler-1 scheduler-2 scheduler-3 node-1 node-2 node-3"
 
-now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
-secs_since() { local d=$(( $(now_ms) - $1 )); printf '%d.%d' $(( d / 1000 )) $(( d % 1000 / 100 )); }
-SUITE_START=$(now_ms)
-STEPS=()      # "name|status|seconds|note"
-FAILED=0
-NOTE=""
-CURRENT_STEP="" CURRENT_T0=0
-
-log() { printf '  [%6ss] %s\n' "$(secs_since "$SUITE_START")" "$*"; }
-fail() { NOTE="$*"; log "FAIL: $*"; return 1; }
-
-# wait_until SECONDS DESCRIPTION CMD...: polls CMD every 0.25 s until it succeeds.
-wait_until() {
-  local limit=$1 what=$2; shift 2
-  local deadline=$(( $(now_ms) + limit * 1000 ))
-  while ! "$@" >/dev/null 2>&1; do
-    if [ "$(now_ms)" -ge "$deadline" ]; then
-      fail "timed out after ${limit}s waiting for: $what"
-      return 1
-    fi
-    sleep 0.25
-  done
-}
-
-cid() { "${COMPOSE[@]}" ps -q "$1"; }
-health() { docker inspect -f '{{.State.Health.Status}}' "$(cid "$1")" 2>/dev/null; }
-healthy() { [ "$(health "$1")" = healthy ]; }
 all_healthy() { for s in $SERVICES; do healthy "$s" || return 1; done; }
 # The host URL of scheduler-N.
 url_of() { local n=${1#scheduler-}; local v="SANDTRAIL_SCHEDULER_${n}_PORT"; echo "http://127.0.0.1:${!v}"; }
@@ -276,56 +250,12 @@ teardown() {
   fi
 }
 
-print_table() {
-  echo
-  printf '%-4s %-56s %-6s %8s  %s\n' '#' 'step' 'result' 'seconds' 'note'
-  local i=0 row name status secs note
-  for row in "${STEPS[@]}"; do
-    i=$((i+1)); IFS='|' read -r name status secs note <<<"$row"
-    printf '%-4s %-56s %-6s %8s  %s\n' "$i" "$name" "$status" "$secs" "$note"
-  done
-  printf '%-4s %-56s %-6s %8s\n' '' 'total' "$([ $FAILED -eq 0 ] && echo pass || echo FAIL)" \
-    "$(secs_since "$SUITE_START")"
+print_table_extra() {
   [ -n "$FAILOVER_S" ] && echo "failover: new leader named ${FAILOVER_S}s after kill -9, first write accepted after ${WRITE_S:-?}s"
+  return 0
 }
 
-on_exit() {
-  local t0; t0=$(now_ms)
-  teardown
-  STEPS+=("teardown (docker-compose down -v)|pass|$(secs_since "$t0")|")
-  print_table
-}
-
-run_step() { # NAME FUNCTION
-  local name=$1 fn=$2 t0 secs
-  if [ "$FAILED" -ne 0 ]; then STEPS+=("$name|skip|-|"); return; fi
-  echo "== $name"
-  NOTE=""
-  t0=$(now_ms)
-  CURRENT_STEP=$name CURRENT_T0=$t0
-  if "$fn"; then
-    secs=$(secs_since "$t0")
-    STEPS+=("$name|pass|$secs|")
-  else
-    secs=$(secs_since "$t0")
-    FAILED=1
-    STEPS+=("$name|FAIL|$secs|$NOTE")
-  fi
-  CURRENT_STEP=""
-}
-
-for tool in docker docker-compose python3 curl; do
-  command -v $tool >/dev/null || { echo "tests/compose-ha/run.sh: $tool is required" >&2; exit 1; }
-done
-mkdir -p "$ROOT/target"
-rm -rf "$LOGDIR"
-trap on_exit EXIT
-interrupted() {
-  FAILED=1
-  [ -n "$CURRENT_STEP" ] && STEPS+=("$CURRENT_STEP|INTR|$(secs_since "$CURRENT_T0")|interrupted by a signal")
-  exit 130
-}
-trap interrupted INT TERM
+harness_start tests/compose-ha/run.sh
 
 run_step "0 images (sandtrail, zookeeper)" step_images
 run_step "1 up: zk, 3 schedulers, 3 agents; fib x3 via a follower" step_up

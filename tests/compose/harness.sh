@@ -1,0 +1,92 @@
+# The step harness both container suites source (tests/compose/run.sh and
+# tests/compose-ha/run.sh): timing, logging, polling with a deadline, container lookups,
+# the table of steps and the traps that tear a cluster down also on failure.
+# A suite sets ROOT, COMPOSE (the docker-compose command as an array) and LOGDIR,
+# defines `teardown` (and optionally `print_table_extra`), calls `harness_start NAME`
+# and then `run_step NAME FUNCTION` per step; the suite's exit status is $FAILED.
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
+secs_since() { local d=$(( $(now_ms) - $1 )); printf '%d.%d' $(( d / 1000 )) $(( d % 1000 / 100 )); }
+SUITE_START=$(now_ms)
+STEPS=()      # "name|status|seconds|note"
+FAILED=0
+NOTE=""
+CURRENT_STEP="" CURRENT_T0=0
+
+log() { printf '  [%6ss] %s\n' "$(secs_since "$SUITE_START")" "$*"; }
+fail() { NOTE="$*"; log "FAIL: $*"; return 1; }
+
+# wait_until SECONDS DESCRIPTION CMD...: polls CMD every 0.25 s until it succeeds.
+wait_until() {
+  local limit=$1 what=$2; shift 2
+  local deadline=$(( $(now_ms) + limit * 1000 ))
+  while ! "$@" >/dev/null 2>&1; do
+    if [ "$(now_ms)" -ge "$deadline" ]; then
+      fail "timed out after ${limit}s waiting for: $what"
+      return 1
+    fi
+    sleep 0.25
+  done
+}
+
+cid() { "${COMPOSE[@]}" ps -q "$1"; }
+dexec() { local c; c=$(cid "$1"); shift; docker exec "$c" "$@"; }
+health() { docker inspect -f '{{.State.Health.Status}}' "$(cid "$1")" 2>/dev/null; }
+healthy() { [ "$(health "$1")" = healthy ]; }
+
+print_table() {
+  echo
+  printf '%-4s %-56s %-6s %8s  %s\n' '#' 'step' 'result' 'seconds' 'note'
+  local i=0 row name status secs note
+  for row in "${STEPS[@]}"; do
+    i=$((i+1)); IFS='|' read -r name status secs note <<<"$row"
+    printf '%-4s %-56s %-6s %8s  %s\n' "$i" "$name" "$status" "$secs" "$note"
+  done
+  printf '%-4s %-56s %-6s %8s\n' '' 'total' "$([ $FAILED -eq 0 ] && echo pass || echo FAIL)" \
+    "$(secs_since "$SUITE_START")"
+  if declare -F print_table_extra >/dev/null; then print_table_extra; fi
+}
+
+on_exit() {
+  local t0; t0=$(now_ms)
+  teardown
+  STEPS+=("teardown (docker-compose down -v)|pass|$(secs_since "$t0")|")
+  print_table
+}
+
+run_step() { # NAME FUNCTION
+  local name=$1 fn=$2 t0 secs
+  if [ "$FAILED" -ne 0 ]; then STEPS+=("$name|skip|-|"); return; fi
+  echo "== $name"
+  NOTE=""
+  t0=$(now_ms)
+  CURRENT_STEP=$name CURRENT_T0=$t0
+  if "$fn"; then
+    secs=$(secs_since "$t0")
+    STEPS+=("$name|pass|$secs|")
+  else
+    secs=$(secs_since "$t0")
+    FAILED=1
+    STEPS+=("$name|FAIL|$secs|$NOTE")
+  fi
+  CURRENT_STEP=""
+}
+
+interrupted() {
+  FAILED=1
+  [ -n "$CURRENT_STEP" ] && STEPS+=("$CURRENT_STEP|INTR|$(secs_since "$CURRENT_T0")|interrupted by a signal")
+  exit 130
+}
+
+# harness_start NAME: checks the tools, clears LOGDIR and sets the traps.
+harness_start() {
+  local tool
+  for tool in docker docker-compose python3 curl; do
+    command -v $tool >/dev/null || { echo "$1: $tool is required" >&2; exit 1; }
+  done
+  mkdir -p "$ROOT/target"
+  rm -rf "$LOGDIR"
+  trap on_exit EXIT
+  trap interrupted INT TERM
+}
