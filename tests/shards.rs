@@ -38,6 +38,7 @@ async fn publish(nats: &str, from: u64, to: u64) -> anyhow::Result<()> {
                         "app": "app",
                         "task": format!("task-{s}"),
                         "msg": format!("number {}", s * 1_000_000 + l),
+                        "latency_ms": (l % 100 + 1) as f64,
                         "source": source,
                         // Offsets are the end of a line: never 0.
                         "offset": (l + 1) * 100,
@@ -177,6 +178,75 @@ async fn every_number_once(http: &reqwest::Client, url: &str, lines: u64) -> any
     Ok(())
 }
 
+/// The fanned-out field sidebar and latency percentiles of everything: every
+/// shard answers, and the merged counts are the sums over the three hosts (ten
+/// sources each, `lines` lines per source), the percentiles those of latencies
+/// 1..=100 equally often, within the sketch's 1 %.
+async fn fields_and_latency_add_up(
+    http: &reqwest::Client,
+    url: &str,
+    total: u64,
+) -> anyhow::Result<()> {
+    let get = |path: &'static str, q: Vec<(&'static str, &'static str)>| async move {
+        let v: Value = http
+            .get(format!("{url}{path}"))
+            .query(&q)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        assert_eq!(v["shards"]["failed"], serde_json::json!([]), "{v}");
+        assert_eq!(v["shards"]["successful"], 6, "{v}");
+        anyhow::Ok(v)
+    };
+    let f = get("/api/v1/fields", vec![("start", "now-1h")]).await?;
+    let count_of = |field: &str| -> BTreeMap<String, u64> {
+        f["fields"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|t| t["field"] == field)
+            .flat_map(|t| t["values"].as_array().cloned().unwrap_or_default())
+            .map(|v| {
+                (
+                    v["value"].as_str().unwrap_or_default().to_string(),
+                    v["count"].as_u64().unwrap_or(0),
+                )
+            })
+            .collect()
+    };
+    let per_host = total / 3;
+    let want: BTreeMap<String, u64> = (0..3).map(|h| (format!("node-{h}"), per_host)).collect();
+    assert_eq!(count_of("host"), want, "{f}");
+    assert_eq!(
+        count_of("app"),
+        BTreeMap::from([("app".to_string(), total)]),
+        "{f}"
+    );
+
+    let l = get("/api/v1/latency", vec![("start", "now-1h"), ("by", "host")]).await?;
+    let groups = l["groups"].as_array().cloned().unwrap_or_default();
+    assert_eq!(groups.len(), 3, "{l}");
+    for g in &groups {
+        assert_eq!(g["count"], per_host, "{g}");
+        assert_eq!(g["max"], 100.0, "{g}");
+        assert!(g.get("sketch").is_none(), "a sketch only when asked: {g}");
+        let near = |k: &str, want: f64| {
+            let got = g[k].as_f64().unwrap_or(f64::NAN);
+            assert!(
+                (got - want).abs() <= want * 0.011,
+                "{k}: {got} vs {want}: {g}"
+            );
+        };
+        near("avg", 50.5);
+        near("p50", 50.0);
+        near("p90", 90.0);
+        near("p99", 99.0);
+    }
+    Ok(())
+}
+
 /// Who holds the slots of every shard: shard -> owner ids, read from ZooKeeper.
 async fn slots(zk: &zookeeper_client::Client) -> anyhow::Result<BTreeMap<u32, Vec<String>>> {
     let mut out = BTreeMap::new();
@@ -287,6 +357,7 @@ async fn three_owners_lose_nothing_when_one_is_killed() -> anyhow::Result<()> {
         .filter_map(|b| b["count"].as_u64())
         .sum();
     assert_eq!(buckets, total, "{h}");
+    fields_and_latency_add_up(&http, &procs[0].1, total).await?;
 
     // Back again on its own data dir: it takes shards again, and nothing changes.
     procs.push(indexer(dirs[1].path(), &zk_url, &nats.url())?);

@@ -67,6 +67,10 @@ pub struct LatencyGroup {
     pub p90: f64,
     pub p99: f64,
     pub max: f64,
+    /// With `sketch=true` only: the group's latencies as a mergeable sketch, which
+    /// the shard fan-out ([`crate::fanout`]) asks every shard for and merges.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sketch: Option<crate::sketch::Sketch>,
 }
 
 /// `GET /api/v1/latency`.
@@ -265,13 +269,20 @@ impl IndexView {
 
     /// Count, average, p50/p90/p99 and max of `latency_ms` per group, over the
     /// matches that have a latency.
-    pub fn latency(&self, scope: &Scope, by: GroupBy) -> Result<LatencyResponse> {
+    /// With `sketch`, each group also carries its [`crate::sketch::Sketch`].
+    pub fn latency(&self, scope: &Scope, by: GroupBy, sketch: bool) -> Result<LatencyResponse> {
         let searcher = self.parts.searcher_within(scope.start, scope.end);
         let query = self.scoped(scope)?;
         let groups = searcher.search(&*query, &LatencyByGroup { group: by.field() })?;
         let mut out: Vec<LatencyGroup> = groups
             .into_iter()
-            .map(|(key, values)| summarize(key, values))
+            .map(|(key, values)| {
+                let s = sketch.then(|| crate::sketch::Sketch::of(&values));
+                LatencyGroup {
+                    sketch: s,
+                    ..summarize(key, values)
+                }
+            })
             .collect();
         out.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.key.cmp(&b.key)));
         Ok(LatencyResponse { groups: out })
@@ -397,7 +408,7 @@ pub struct Highlight {
     pub fragments: Vec<String>,
 }
 
-fn top_n(counts: HashMap<String, u64>, n: usize) -> Vec<FieldValue> {
+pub(crate) fn top_n(counts: HashMap<String, u64>, n: usize) -> Vec<FieldValue> {
     let mut v: Vec<FieldValue> = counts
         .into_iter()
         .map(|(value, count)| FieldValue { value, count })
@@ -438,6 +449,7 @@ pub(crate) fn summarize(key: String, mut values: Vec<f64>) -> LatencyGroup {
         p90,
         p99,
         max: if count == 0 { 0.0 } else { max },
+        sketch: None,
     }
 }
 

@@ -12,8 +12,7 @@
 //! Elasticsearch routes ([`crate::es`]) are merged in here, behind the same guards.
 
 use crate::analytics::{
-    parse_size, ContextParams, ContextResponse, FieldsResponse, GroupBy, LatencyResponse, Scope,
-    DEFAULT_TOP_SIZE, MAX_TOP_SIZE,
+    parse_size, ContextParams, ContextResponse, GroupBy, Scope, DEFAULT_TOP_SIZE, MAX_TOP_SIZE,
 };
 use crate::error::{Error, Result};
 use crate::guard::Guards;
@@ -254,16 +253,6 @@ async fn search_here(ix: Indexer, params: SearchParams) -> Result<Json<SearchBod
     }))
 }
 
-/// [`scoped`] for the endpoints that do not fan out yet: in shard mode they need
-/// `shards=`.
-async fn local_only(ix: Indexer, params: &mut SearchParams, what: &str) -> Result<Indexer> {
-    scoped(ix, params).await?.ok_or_else(|| {
-        Error::Shards(format!(
-            "/api/v1/{what} does not fan out over the shards yet: ask with shards=0,1,... (each owner its own)"
-        ))
-    })
-}
-
 fn scope_of(params: &SearchParams) -> Result<Scope> {
     let req = SearchParams {
         q: params.q.clone(),
@@ -279,29 +268,56 @@ fn scope_of(params: &SearchParams) -> Result<Scope> {
     })
 }
 
+/// In shard mode without `shards=` the top values of every shard, merged
+/// ([`crate::fanout::merge_fields`]).
 async fn fields(
     State(ix): State<Indexer>,
+    headers: axum::http::HeaderMap,
     Query(mut params): Query<SearchParams>,
-) -> Result<Json<FieldsResponse>> {
-    let ix = local_only(ix, &mut params, "fields").await?;
-    let scope = scope_of(&params)?;
+) -> Result<axum::response::Response> {
+    use axum::response::IntoResponse;
     let size = parse_size(
         "size",
         params.size.as_deref(),
         DEFAULT_TOP_SIZE,
         MAX_TOP_SIZE,
     )?;
-    Ok(Json(ix.top_fields(scope, size).await?))
+    let scoped_ix = scoped(ix.clone(), &mut params).await?;
+    let scope = scope_of(&params)?;
+    let Some(ix) = scoped_ix else {
+        let mode = ix.shard_mode().expect("fan-out only in shard mode").clone();
+        return Ok(Json(mode.fields(&scope, size, &headers).await?).into_response());
+    };
+    Ok(Json(ix.top_fields(scope, size).await?).into_response())
 }
 
+/// In shard mode without `shards=` the groups of every shard, merged through
+/// their sketches ([`crate::fanout::merge_latency`]).
 async fn latency(
     State(ix): State<Indexer>,
+    headers: axum::http::HeaderMap,
     Query(mut params): Query<SearchParams>,
-) -> Result<Json<LatencyResponse>> {
-    let ix = local_only(ix, &mut params, "latency").await?;
-    let scope = scope_of(&params)?;
+) -> Result<axum::response::Response> {
+    use axum::response::IntoResponse;
     let by = GroupBy::parse(params.by.as_deref().unwrap_or(""))?;
-    Ok(Json(ix.latency(scope, by).await?))
+    let sketch = match params.sketch.as_deref().map(str::trim) {
+        None | Some("") | Some("false") | Some("0") => false,
+        Some("true") | Some("1") => true,
+        Some(other) => {
+            return Err(Error::BadParam {
+                name: "sketch",
+                value: other.to_string(),
+                expected: "true or false".to_string(),
+            })
+        }
+    };
+    let scoped_ix = scoped(ix.clone(), &mut params).await?;
+    let scope = scope_of(&params)?;
+    let Some(ix) = scoped_ix else {
+        let mode = ix.shard_mode().expect("fan-out only in shard mode").clone();
+        return Ok(Json(mode.latency(&scope, by, sketch, &headers).await?).into_response());
+    };
+    Ok(Json(ix.latency(scope, by, sketch).await?).into_response())
 }
 
 async fn context(
