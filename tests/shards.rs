@@ -390,6 +390,81 @@ async fn three_owners_lose_nothing_when_one_is_killed() -> anyhow::Result<()> {
         Some(75),
         "a resumed indexer that lost its session exits 75"
     );
+
+    // The live tail of either survivor merges every shard's stream: new lines of
+    // all 30 sources (six shards, half of them owned elsewhere), each once.
+    for (i, (_, url)) in procs.iter().enumerate() {
+        let from = 200 + 10 * i as u64;
+        tail_sees_every_line_once(&http, url, &nats.url(), from, from + 10).await?;
+    }
+    Ok(())
+}
+
+/// Opens `url`'s live tail (no `shards=`: the fan-out), publishes lines
+/// `from..to` of every source, and reads the stream until each has come and a
+/// second longer: every one exactly once, without event ids.
+async fn tail_sees_every_line_once(
+    http: &reqwest::Client,
+    url: &str,
+    nats: &str,
+    from: u64,
+    to: u64,
+) -> anyhow::Result<()> {
+    use futures::StreamExt;
+    let resp = http
+        .get(format!("{url}/api/v1/tail"))
+        .send()
+        .await?
+        .error_for_status()?;
+    assert_eq!(
+        resp.headers()["x-sandtrail-tail-resumed"],
+        "false",
+        "a merged tail cannot resume"
+    );
+    publish(nats, from, to).await?;
+    let want: BTreeSet<u64> = (0..SOURCES)
+        .flat_map(|s| (from..to).map(move |l| s * 1_000_000 + l))
+        .collect();
+    let mut seen = Vec::new();
+    let mut body = resp.bytes_stream();
+    let mut sse = protocol::sse::Sse::default();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut quiet_until = None;
+    loop {
+        let chunk =
+            match tokio::time::timeout_at(quiet_until.unwrap_or(deadline), body.next()).await {
+                Ok(Some(chunk)) => chunk?,
+                Ok(None) => anyhow::bail!("the tail of {url} ended"),
+                Err(_) => break,
+            };
+        for event in sse.push(&chunk) {
+            if event.kind != "message" {
+                continue;
+            }
+            assert_eq!(event.id, None, "a merged tail has no event ids");
+            let r: Value = serde_json::from_str(&event.data)?;
+            // Lines of this round only: an owner that takes a shard over replays
+            // older ones into its own tail.
+            if let Some(n) = r["msg"]
+                .as_str()
+                .and_then(|m| m.strip_prefix("number "))
+                .and_then(|n| n.parse::<u64>().ok())
+                .filter(|n| (from..to).contains(&(n % 1_000_000)))
+            {
+                seen.push(n);
+            }
+        }
+        if quiet_until.is_none() && seen.len() >= want.len() {
+            quiet_until = Some(tokio::time::Instant::now() + Duration::from_secs(1));
+        }
+    }
+    let unique: BTreeSet<u64> = seen.iter().copied().collect();
+    assert_eq!(
+        unique.len(),
+        seen.len(),
+        "a line came twice on {url}'s tail"
+    );
+    assert_eq!(unique, want, "every new line on {url}'s tail");
     Ok(())
 }
 

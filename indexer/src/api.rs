@@ -15,6 +15,7 @@ use crate::analytics::{
     parse_size, ContextParams, ContextResponse, GroupBy, Scope, DEFAULT_TOP_SIZE, MAX_TOP_SIZE,
 };
 use crate::error::{Error, Result};
+use crate::fanout::TailItem;
 use crate::guard::Guards;
 use crate::inflate::decompress_capped;
 use crate::metrics::Metrics;
@@ -348,18 +349,71 @@ async fn histogram_here(ix: Indexer, params: SearchParams) -> Result<Json<Histog
 #[derive(Debug, Default, Deserialize)]
 struct TailParams {
     q: Option<String>,
+    /// Shard mode only: just these shards' records, as the fan-out asks each owner.
+    shards: Option<String>,
+}
+
+fn dropped_event(n: u64) -> Event {
+    Event::default()
+        .event("dropped")
+        .data(serde_json::json!({ "dropped": n }).to_string())
 }
 
 /// `GET /api/v1/tail?q=FILTER`: matching records as SSE events as they are accepted,
 /// each with an `id:` ([`crate::tail::Hub`]); a reconnect that sends the last one as
 /// `Last-Event-ID` (browsers' `EventSource` do so by themselves) gets the records it
 /// missed first, each once, then the live ones.
+///
+/// In shard mode without `shards=` the stream merges one owner's stream per shard
+/// ([`crate::fanout::ShardMode::tail`]): every shard's lines once, but without
+/// event ids or resuming (`x-sandtrail-tail-resumed: false` always).
 async fn tail(
     State(ix): State<Indexer>,
     headers: axum::http::HeaderMap,
     Query(params): Query<TailParams>,
-) -> Result<impl axum::response::IntoResponse> {
-    let filter = TailFilter::parse(params.q.as_deref().unwrap_or(""))?;
+) -> Result<axum::response::Response> {
+    use axum::response::IntoResponse;
+    let q = params.q.as_deref().unwrap_or("");
+    let filter = TailFilter::parse(q)?;
+    let only: Option<(Vec<u32>, u32)> = match (ix.shard_mode(), params.shards) {
+        (None, None) => None,
+        (None, Some(list)) => {
+            return Err(Error::BadParam {
+                name: "shards",
+                value: list,
+                expected: "no shards parameter: this indexer is not in shard mode".into(),
+            })
+        }
+        (Some(mode), None) => {
+            let items = mode.tail(q, &headers).await?;
+            let events = items
+                .map(|item| {
+                    Ok::<_, Infallible>(match item {
+                        TailItem::Record(rec) => {
+                            Event::default().json_data(&rec).unwrap_or_else(|e| {
+                                Event::default().comment(format!("unencodable record: {e}"))
+                            })
+                        }
+                        TailItem::Dropped(n) => dropped_event(n),
+                    })
+                })
+                .take_until(ix.cancelled());
+            return Ok((
+                [("x-sandtrail-tail-resumed", "false")],
+                Sse::new(events).keep_alive(KeepAlive::new().interval(TAIL_KEEP_ALIVE)),
+            )
+                .into_response());
+        }
+        (Some(mode), Some(list)) => {
+            let of = mode.shards;
+            let shards = protocol::shard::parse_list(&list, of).map_err(|e| Error::BadParam {
+                name: "shards",
+                value: list.clone(),
+                expected: e,
+            })?;
+            Some((shards, of))
+        }
+    };
     let last = headers.get("last-event-id").and_then(|v| v.to_str().ok());
     // Subscribe before answering, so nothing accepted after the client sees the
     // response headers is missed.
@@ -369,6 +423,15 @@ async fn tail(
     let resumed = if sub.resumed { "true" } else { "false" };
     let ids = ix.clone();
     let events = resumed_events(sub, filter, ix.metrics_handle())
+        .filter(move |event| {
+            let keep = match (&only, event) {
+                (Some((shards, of)), TailEvent::Record(rec)) => {
+                    shards.contains(&protocol::shard::shard_of(&rec.record.source, *of))
+                }
+                _ => true,
+            };
+            std::future::ready(keep)
+        })
         .map(move |event| {
             Ok::<_, Infallible>(match event {
                 TailEvent::Record(rec) => Event::default()
@@ -377,14 +440,13 @@ async fn tail(
                     .unwrap_or_else(|e| {
                         Event::default().comment(format!("unencodable record: {e}"))
                     }),
-                TailEvent::Dropped(n) => Event::default()
-                    .event("dropped")
-                    .data(serde_json::json!({ "dropped": n }).to_string()),
+                TailEvent::Dropped(n) => dropped_event(n),
             })
         })
         .take_until(ix.cancelled());
     Ok((
         [("x-sandtrail-tail-resumed", resumed)],
         Sse::new(events).keep_alive(KeepAlive::new().interval(TAIL_KEEP_ALIVE)),
-    ))
+    )
+        .into_response())
 }

@@ -51,6 +51,8 @@ pub struct ShardMode {
     pub owners: Arc<Owners>,
     pub shards: u32,
     client: reqwest::Client,
+    /// For the tail's streams, which may stay open for hours: no overall timeout.
+    tail_client: reqwest::Client,
 }
 
 impl ShardMode {
@@ -61,6 +63,10 @@ impl ShardMode {
             client: reqwest::Client::builder()
                 .connect_timeout(Duration::from_secs(2))
                 .timeout(timeout)
+                .build()
+                .expect("a plain http client builds"),
+            tail_client: reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(2))
                 .build()
                 .expect("a plain http client builds"),
         }
@@ -433,6 +439,223 @@ impl ShardMode {
             }
         }
         Ok(LatencyFanout { response, shards })
+    }
+}
+
+/// How often a fanned-out tail re-reads the shard owners, to leave an owner that
+/// gave its shard up.
+pub const TAIL_OWNER_CHECK: Duration = Duration::from_secs(1);
+
+/// How long a fanned-out tail waits for every shard's stream before it answers.
+pub const TAIL_CONNECT: Duration = Duration::from_secs(3);
+
+/// One item of a fanned-out tail.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TailItem {
+    Record(Box<LogRecord>),
+    /// An owner dropped this many lines for a slow reader.
+    Dropped(u64),
+}
+
+impl ShardMode {
+    /// The fanned-out live tail: one task per shard follows one owner's
+    /// `/api/v1/tail?shards=<n>` (ready owners first, the next on failure), and
+    /// their records meet in one channel, each line once since each shard is
+    /// followed once. It answers once every shard's stream is open (at most
+    /// [`TAIL_CONNECT`]), so what is accepted after the client sees the answer is
+    /// not missed.
+    ///
+    /// The trade-offs: the merged stream has no event ids and cannot resume (the
+    /// owners' ids are per indexer, and a shard may change owner), so the handler
+    /// answers `x-sandtrail-tail-resumed: false` and a client catches up by search,
+    /// as after an indexer restart. When a shard changes owner (a failure, or the
+    /// owner gave the shard up, seen within [`TAIL_OWNER_CHECK`]) the new owner's
+    /// stream starts at its own pace: lines it offers that the old one already
+    /// delivered are dropped here (per source, by offset), but lines the new owner
+    /// had consumed before the switch are missed.
+    pub async fn tail(self: &Arc<Self>, q: &str, headers: &HeaderMap) -> Result<TailStream> {
+        let owners = self.owners.live_owners().await?;
+        let (owners_tx, owners_rx) = tokio::sync::watch::channel(owners);
+        let (tx, rx) = tokio::sync::mpsc::channel(1024);
+        let auth: Vec<(&'static str, axum::http::HeaderValue)> =
+            ["authorization", protocol::TOKEN_HEADER]
+                .into_iter()
+                .filter_map(|name| headers.get(name).map(|v| (name, v.clone())))
+                .collect();
+        let mut connected = Vec::new();
+        for n in 0..self.shards {
+            let (up_tx, up_rx) = tokio::sync::oneshot::channel();
+            connected.push(up_rx);
+            tokio::spawn(self.clone().follow_shard(
+                n,
+                q.to_string(),
+                auth.clone(),
+                owners_rx.clone(),
+                tx.clone(),
+                up_tx,
+            ));
+        }
+        // One reader of ZooKeeper for every shard's task; it ends with the stream.
+        let mode = self.clone();
+        let closed = tx.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(TAIL_OWNER_CHECK);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = closed.closed() => return,
+                }
+                match mode.owners.live_owners().await {
+                    Ok(o) => {
+                        owners_tx.send_if_modified(|old| {
+                            let changed = *old != o;
+                            *old = o;
+                            changed
+                        });
+                    }
+                    Err(e) => warn!(error = %e, "tail: cannot read the shard owners"),
+                }
+            }
+        });
+        drop(tx);
+        let _ = tokio::time::timeout(TAIL_CONNECT, futures::future::join_all(connected)).await;
+        Ok(tokio_stream::wrappers::ReceiverStream::new(rx))
+    }
+
+    /// Follows shard `n`'s owners' tail until `tx` closes.
+    async fn follow_shard(
+        self: Arc<Self>,
+        n: u32,
+        q: String,
+        auth: Vec<(&'static str, axum::http::HeaderValue)>,
+        mut owners: tokio::sync::watch::Receiver<BTreeMap<u32, Vec<crate::owners::Owner>>>,
+        tx: tokio::sync::mpsc::Sender<TailItem>,
+        up: tokio::sync::oneshot::Sender<()>,
+    ) {
+        let mut up = Some(up);
+        let mut tries = 0usize;
+        let mut backoff = Duration::from_millis(100);
+        // The newest offset delivered per source, across owner switches.
+        let mut delivered: HashMap<String, u64> = HashMap::new();
+        while !tx.is_closed() {
+            let urls = urls_of(&owners.borrow_and_update(), n);
+            if let Some(url) = urls.get(tries % urls.len().max(1)).cloned() {
+                tries += 1;
+                let mut req = self
+                    .tail_client
+                    .get(format!("{}/api/v1/tail", url.trim_end_matches('/')))
+                    .query(&[("q", q.as_str()), ("shards", &n.to_string())]);
+                for (name, v) in &auth {
+                    req = req.header(*name, v.clone());
+                }
+                let resp = tokio::select! {
+                    r = req.send() => r,
+                    _ = tx.closed() => return,
+                };
+                match resp {
+                    Ok(r) if r.status().is_success() => {
+                        if let Some(up) = up.take() {
+                            let _ = up.send(());
+                        }
+                        backoff = Duration::from_millis(100);
+                        relay(n, &url, r, &mut owners, &mut delivered, &tx).await;
+                    }
+                    Ok(r) => {
+                        warn!(shard = n, url, status = %r.status(), "tail: a shard owner refused the stream")
+                    }
+                    Err(e) => {
+                        warn!(shard = n, url, error = %e, "tail: a shard owner is unreachable")
+                    }
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = tx.closed() => return,
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+    }
+}
+
+/// A fanned-out tail's items, as [`ShardMode::tail`] gives them.
+pub type TailStream = tokio_stream::wrappers::ReceiverStream<TailItem>;
+
+/// Passes one owner's tail of shard `n` on until it ends, `url` no longer owns
+/// the shard, or `tx` closes.
+async fn relay(
+    n: u32,
+    url: &str,
+    resp: reqwest::Response,
+    owners: &mut tokio::sync::watch::Receiver<BTreeMap<u32, Vec<crate::owners::Owner>>>,
+    delivered: &mut HashMap<String, u64>,
+    tx: &tokio::sync::mpsc::Sender<TailItem>,
+) {
+    use futures::StreamExt;
+    let mut body = resp.bytes_stream();
+    let mut sse = protocol::sse::Sse::default();
+    loop {
+        enum Next<C> {
+            Chunk(C),
+            Owners(bool),
+            Closed,
+        }
+        let next = tokio::select! {
+            c = body.next() => Next::Chunk(c),
+            c = owners.changed() => Next::Owners(c.is_ok()),
+            _ = tx.closed() => Next::Closed,
+        };
+        let chunk = match next {
+            Next::Closed | Next::Owners(false) => return,
+            Next::Owners(true) => {
+                if !urls_of(&owners.borrow_and_update(), n)
+                    .iter()
+                    .any(|u| u == url)
+                {
+                    tracing::info!(
+                        shard = n,
+                        url,
+                        "tail: the owner gave the shard up; following another"
+                    );
+                    return;
+                }
+                continue;
+            }
+            Next::Chunk(Some(Ok(chunk))) => chunk,
+            Next::Chunk(_) => {
+                warn!(shard = n, url, "tail: a shard owner's stream ended");
+                return;
+            }
+        };
+        for event in sse.push(&chunk) {
+            let item = match event.kind.as_str() {
+                "message" => match serde_json::from_str::<LogRecord>(&event.data) {
+                    Ok(r) => {
+                        if r.offset > 0 {
+                            let newest = delivered.entry(r.source.clone()).or_default();
+                            if r.offset <= *newest {
+                                continue;
+                            }
+                            *newest = r.offset;
+                        }
+                        TailItem::Record(Box::new(r))
+                    }
+                    Err(e) => {
+                        warn!(shard = n, url, error = %e, "tail: an unreadable record");
+                        continue;
+                    }
+                },
+                "dropped" => TailItem::Dropped(
+                    serde_json::from_str::<Value>(&event.data)
+                        .ok()
+                        .and_then(|v| v["dropped"].as_u64())
+                        .unwrap_or(0),
+                ),
+                _ => continue,
+            };
+            if tx.send(item).await.is_err() {
+                return;
+            }
+        }
     }
 }
 
