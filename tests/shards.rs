@@ -247,6 +247,58 @@ async fn fields_and_latency_add_up(
     Ok(())
 }
 
+/// The context of one record (found through `search_url`), asked of `url`
+/// without `shards=`: its neighbours by offset, whichever shard holds them.
+async fn context_fans_out(
+    http: &reqwest::Client,
+    search_url: &str,
+    url: &str,
+) -> anyhow::Result<()> {
+    let found: Value = http
+        .get(format!("{search_url}/api/v1/search"))
+        .query(&[("q", "5000150"), ("start", "now-1h")])
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let hit = &found["hits"][0];
+    assert_eq!(hit["msg"], "number 5000150", "{found}");
+    let c: Value = http
+        .get(format!("{url}/api/v1/context"))
+        .query(&[
+            ("task", hit["task"].as_str().unwrap_or_default()),
+            ("ts", hit["ts"].as_str().unwrap_or_default()),
+            ("source", hit["source"].as_str().unwrap_or_default()),
+            ("offset", &hit["offset"].to_string()),
+            ("n", "3"),
+        ])
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let msgs = |k: &str| -> Vec<String> {
+        c[k].as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r["msg"].as_str().map(String::from))
+            .collect()
+    };
+    assert_eq!(c["record"]["msg"], "number 5000150", "{c}");
+    assert_eq!(
+        msgs("before"),
+        ["number 5000147", "number 5000148", "number 5000149"],
+        "{c}"
+    );
+    assert_eq!(
+        msgs("after"),
+        ["number 5000151", "number 5000152", "number 5000153"],
+        "{c}"
+    );
+    Ok(())
+}
+
 /// Who holds the slots of every shard: shard -> owner ids, read from ZooKeeper.
 async fn slots(zk: &zookeeper_client::Client) -> anyhow::Result<BTreeMap<u32, Vec<String>>> {
     let mut out = BTreeMap::new();
@@ -367,6 +419,11 @@ async fn three_owners_lose_nothing_when_one_is_killed() -> anyhow::Result<()> {
     every_number_once(&http, &procs[2].1, 200).await?;
     let ids: Vec<String> = procs.iter().map(|(_, u)| id_of(u)).collect();
     balanced(&zkc, &ids, Duration::from_secs(30)).await?;
+    // Three indexers of four slots each: none owns every shard, so the context
+    // and the tail of one need the others.
+    context_fans_out(&http, &procs[0].1, &procs[1].1).await?;
+    tail_sees_every_line_once(&http, &procs[0].1, &nats.url(), 200, 210).await?;
+    let total = SOURCES * 210;
 
     // Paused past its session timeout: its slots go to the others, searches do not
     // ask it, and once resumed it gives up and exits 75 for its supervisor.
@@ -391,10 +448,10 @@ async fn three_owners_lose_nothing_when_one_is_killed() -> anyhow::Result<()> {
         "a resumed indexer that lost its session exits 75"
     );
 
-    // The live tail of either survivor merges every shard's stream: new lines of
-    // all 30 sources (six shards, half of them owned elsewhere), each once.
+    // After the takeover, each survivor's tail still has every shard's new lines,
+    // each once.
     for (i, (_, url)) in procs.iter().enumerate() {
-        let from = 200 + 10 * i as u64;
+        let from = 210 + 10 * i as u64;
         tail_sees_every_line_once(&http, url, &nats.url(), from, from + 10).await?;
     }
     Ok(())

@@ -137,6 +137,9 @@ pub struct ContextParams {
     pub source: Option<String>,
     pub offset: Option<String>,
     pub n: Option<String>,
+    /// Shard mode only: within these shards' documents, as the fan-out asks each
+    /// owner; without it a shard-mode indexer fans out.
+    pub shards: Option<String>,
 }
 
 /// Identifies a record: its task, time and (source, offset).
@@ -296,10 +299,11 @@ impl IndexView {
         let Some(task_field) = f.keyword("task") else {
             return Err(Error::Internal("schema has no task field".into()));
         };
-        let task: Box<dyn Query> = Box::new(TermQuery::new(
+        // Within this handle's shards (`shards=`), as every part below includes it.
+        let task: Box<dyn Query> = self.restricted(Box::new(TermQuery::new(
             Term::from_field_text(task_field, &req.task),
             IndexRecordOption::Basic,
-        ));
+        )));
         let ts = Term::from_field_date(f.ts, to_tantivy_date(&req.ts));
         let off = Term::from_field_u64(f.offset, req.offset);
         let range = |lo: Bound<Term>, hi: Bound<Term>| -> Box<dyn Query> {

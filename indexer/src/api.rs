@@ -321,11 +321,25 @@ async fn latency(
     Ok(Json(ix.latency(scope, by, sketch).await?).into_response())
 }
 
+/// In shard mode without `shards=` every shard's records around the given one,
+/// merged ([`crate::fanout::merge_context`]): a task's sources may hash into
+/// different shards.
 async fn context(
     State(ix): State<Indexer>,
-    Query(params): Query<ContextParams>,
+    headers: axum::http::HeaderMap,
+    Query(mut params): Query<ContextParams>,
 ) -> Result<Json<ContextResponse>> {
-    Ok(Json(ix.context(params.into_request()?).await?))
+    let mut search = SearchParams {
+        shards: params.shards.take(),
+        ..SearchParams::default()
+    };
+    let scoped_ix = scoped(ix.clone(), &mut search).await?;
+    let req = params.into_request()?;
+    let Some(ix) = scoped_ix else {
+        let mode = ix.shard_mode().expect("fan-out only in shard mode").clone();
+        return Ok(Json(mode.context(&req, &headers).await?));
+    };
+    Ok(Json(ix.context(req).await?))
 }
 
 async fn histogram(

@@ -27,8 +27,8 @@
 //! the percentiles within 1 % ([`merge_latency`]).
 
 use crate::analytics::{
-    top_n, FieldTop, FieldsResponse, GroupBy, LatencyGroup, LatencyResponse, Scope, MAX_EXTRA_KEYS,
-    MAX_TOP_SIZE, SIDEBAR_FIELDS,
+    top_n, ContextRequest, ContextResponse, FieldTop, FieldsResponse, GroupBy, LatencyGroup,
+    LatencyResponse, Scope, MAX_EXTRA_KEYS, MAX_TOP_SIZE, SIDEBAR_FIELDS,
 };
 use crate::owners::Owners;
 use crate::search::{SearchParams, Sort};
@@ -659,6 +659,64 @@ async fn relay(
     }
 }
 
+impl ShardMode {
+    /// The fanned-out `/api/v1/context`: every shard's records around the one
+    /// given (a task's stdout and stderr are different sources, possibly in
+    /// different shards), merged ([`merge_context`]). Failed shards are left out
+    /// of the answer, which then has no `shards` summary to say so: the context
+    /// page shows what it got.
+    pub async fn context(
+        &self,
+        req: &ContextRequest,
+        headers: &HeaderMap,
+    ) -> Result<ContextResponse> {
+        let q = vec![
+            ("task".to_string(), req.task.clone()),
+            (
+                "ts".to_string(),
+                req.ts.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
+            ),
+            ("source".to_string(), req.source.clone()),
+            ("offset".to_string(), req.offset.to_string()),
+            ("n".to_string(), req.n.to_string()),
+        ];
+        let (answers, shards) = self
+            .each_shard::<ContextResponse>("/api/v1/context", &q, headers)
+            .await?;
+        if shards.successful == 0 {
+            return Err(Error::Shards(format!(
+                "no shard answered the context of task {:?}",
+                req.task
+            )));
+        }
+        Ok(merge_context(answers, req.n))
+    }
+}
+
+/// The shards' contexts of one record merged: the `n` newest of every shard's
+/// records before it and the `n` oldest after it, by (time, offset) as each
+/// shard orders them, and the record from the shard that holds it.
+pub fn merge_context(answers: Vec<ContextResponse>, n: usize) -> ContextResponse {
+    let order = |r: &LogRecord| (r.ts, r.offset);
+    let mut before = Vec::new();
+    let mut after = Vec::new();
+    let mut record = None;
+    for a in answers {
+        before.extend(a.before);
+        after.extend(a.after);
+        record = record.or(a.record);
+    }
+    before.sort_by_key(order);
+    before.drain(..before.len().saturating_sub(n));
+    after.sort_by_key(order);
+    after.truncate(n);
+    ContextResponse {
+        before,
+        record,
+        after,
+    }
+}
+
 /// The query and range of `scope` as a query string with absolute times, so that
 /// every shard counts over the same range.
 fn scope_query(scope: &Scope) -> Vec<(String, String)> {
@@ -954,5 +1012,32 @@ mod tests {
             groups: vec![crate::analytics::summarize("x".into(), vec![1.0])],
         };
         assert!(merge_latency(vec![bare]).is_err());
+    }
+
+    #[test]
+    fn contexts_keep_the_nearest_records_of_every_shard() {
+        let rec = |s: i64, offset: u64| -> LogRecord {
+            serde_json::from_value(serde_json::json!({
+                "ts": chrono::DateTime::from_timestamp(s, 0).unwrap().to_rfc3339(),
+                "host": "h", "app": "a", "task": "t", "msg": format!("{s}/{offset}"),
+                "source": "x", "offset": offset,
+            }))
+            .unwrap()
+        };
+        let a = ContextResponse {
+            before: vec![rec(1, 1), rec(4, 1)],
+            record: Some(rec(5, 7)),
+            after: vec![rec(5, 9), rec(8, 1)],
+        };
+        let b = ContextResponse {
+            before: vec![rec(2, 1), rec(5, 3)],
+            record: None,
+            after: vec![rec(6, 1), rec(9, 1)],
+        };
+        let m = merge_context(vec![b, a], 2);
+        let key = |v: &[LogRecord]| v.iter().map(|r| r.msg.clone()).collect::<Vec<_>>();
+        assert_eq!(key(&m.before), ["4/1", "5/3"]);
+        assert_eq!(key(&m.after), ["5/9", "6/1"]);
+        assert_eq!(m.record.map(|r| r.msg), Some("5/7".to_string()));
     }
 }
