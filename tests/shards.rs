@@ -38,6 +38,7 @@ async fn publish(nats: &str, from: u64, to: u64) -> anyhow::Result<()> {
                         "app": "app",
                         "task": format!("task-{s}"),
                         "msg": format!("number {}", s * 1_000_000 + l),
+                        "latency_ms": (l % 100 + 1) as f64,
                         "source": source,
                         // Offsets are the end of a line: never 0.
                         "offset": (l + 1) * 100,
@@ -177,6 +178,127 @@ async fn every_number_once(http: &reqwest::Client, url: &str, lines: u64) -> any
     Ok(())
 }
 
+/// The fanned-out field sidebar and latency percentiles of everything: every
+/// shard answers, and the merged counts are the sums over the three hosts (ten
+/// sources each, `lines` lines per source), the percentiles those of latencies
+/// 1..=100 equally often, within the sketch's 1 %.
+async fn fields_and_latency_add_up(
+    http: &reqwest::Client,
+    url: &str,
+    total: u64,
+) -> anyhow::Result<()> {
+    let get = |path: &'static str, q: Vec<(&'static str, &'static str)>| async move {
+        let v: Value = http
+            .get(format!("{url}{path}"))
+            .query(&q)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        assert_eq!(v["shards"]["failed"], serde_json::json!([]), "{v}");
+        assert_eq!(v["shards"]["successful"], 6, "{v}");
+        anyhow::Ok(v)
+    };
+    let f = get("/api/v1/fields", vec![("start", "now-1h")]).await?;
+    let count_of = |field: &str| -> BTreeMap<String, u64> {
+        f["fields"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|t| t["field"] == field)
+            .flat_map(|t| t["values"].as_array().cloned().unwrap_or_default())
+            .map(|v| {
+                (
+                    v["value"].as_str().unwrap_or_default().to_string(),
+                    v["count"].as_u64().unwrap_or(0),
+                )
+            })
+            .collect()
+    };
+    let per_host = total / 3;
+    let want: BTreeMap<String, u64> = (0..3).map(|h| (format!("node-{h}"), per_host)).collect();
+    assert_eq!(count_of("host"), want, "{f}");
+    assert_eq!(
+        count_of("app"),
+        BTreeMap::from([("app".to_string(), total)]),
+        "{f}"
+    );
+
+    let l = get("/api/v1/latency", vec![("start", "now-1h"), ("by", "host")]).await?;
+    let groups = l["groups"].as_array().cloned().unwrap_or_default();
+    assert_eq!(groups.len(), 3, "{l}");
+    for g in &groups {
+        assert_eq!(g["count"], per_host, "{g}");
+        assert_eq!(g["max"], 100.0, "{g}");
+        assert!(g.get("sketch").is_none(), "a sketch only when asked: {g}");
+        let near = |k: &str, want: f64| {
+            let got = g[k].as_f64().unwrap_or(f64::NAN);
+            assert!(
+                (got - want).abs() <= want * 0.011,
+                "{k}: {got} vs {want}: {g}"
+            );
+        };
+        near("avg", 50.5);
+        near("p50", 50.0);
+        near("p90", 90.0);
+        near("p99", 99.0);
+    }
+    Ok(())
+}
+
+/// The context of one record (found through `search_url`), asked of `url`
+/// without `shards=`: its neighbours by offset, whichever shard holds them.
+async fn context_fans_out(
+    http: &reqwest::Client,
+    search_url: &str,
+    url: &str,
+) -> anyhow::Result<()> {
+    let found: Value = http
+        .get(format!("{search_url}/api/v1/search"))
+        .query(&[("q", "5000150"), ("start", "now-1h")])
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let hit = &found["hits"][0];
+    assert_eq!(hit["msg"], "number 5000150", "{found}");
+    let c: Value = http
+        .get(format!("{url}/api/v1/context"))
+        .query(&[
+            ("task", hit["task"].as_str().unwrap_or_default()),
+            ("ts", hit["ts"].as_str().unwrap_or_default()),
+            ("source", hit["source"].as_str().unwrap_or_default()),
+            ("offset", &hit["offset"].to_string()),
+            ("n", "3"),
+        ])
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let msgs = |k: &str| -> Vec<String> {
+        c[k].as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r["msg"].as_str().map(String::from))
+            .collect()
+    };
+    assert_eq!(c["record"]["msg"], "number 5000150", "{c}");
+    assert_eq!(
+        msgs("before"),
+        ["number 5000147", "number 5000148", "number 5000149"],
+        "{c}"
+    );
+    assert_eq!(
+        msgs("after"),
+        ["number 5000151", "number 5000152", "number 5000153"],
+        "{c}"
+    );
+    Ok(())
+}
+
 /// Who holds the slots of every shard: shard -> owner ids, read from ZooKeeper.
 async fn slots(zk: &zookeeper_client::Client) -> anyhow::Result<BTreeMap<u32, Vec<String>>> {
     let mut out = BTreeMap::new();
@@ -287,6 +409,7 @@ async fn three_owners_lose_nothing_when_one_is_killed() -> anyhow::Result<()> {
         .filter_map(|b| b["count"].as_u64())
         .sum();
     assert_eq!(buckets, total, "{h}");
+    fields_and_latency_add_up(&http, &procs[0].1, total).await?;
 
     // Back again on its own data dir: it takes shards again, and nothing changes.
     procs.push(indexer(dirs[1].path(), &zk_url, &nats.url())?);
@@ -296,6 +419,11 @@ async fn three_owners_lose_nothing_when_one_is_killed() -> anyhow::Result<()> {
     every_number_once(&http, &procs[2].1, 200).await?;
     let ids: Vec<String> = procs.iter().map(|(_, u)| id_of(u)).collect();
     balanced(&zkc, &ids, Duration::from_secs(30)).await?;
+    // Three indexers of four slots each: none owns every shard, so the context
+    // and the tail of one need the others.
+    context_fans_out(&http, &procs[0].1, &procs[1].1).await?;
+    tail_sees_every_line_once(&http, &procs[0].1, &nats.url(), 200, 210).await?;
+    let total = SOURCES * 210;
 
     // Paused past its session timeout: its slots go to the others, searches do not
     // ask it, and once resumed it gives up and exits 75 for its supervisor.
@@ -319,6 +447,81 @@ async fn three_owners_lose_nothing_when_one_is_killed() -> anyhow::Result<()> {
         Some(75),
         "a resumed indexer that lost its session exits 75"
     );
+
+    // After the takeover, each survivor's tail still has every shard's new lines,
+    // each once.
+    for (i, (_, url)) in procs.iter().enumerate() {
+        let from = 210 + 10 * i as u64;
+        tail_sees_every_line_once(&http, url, &nats.url(), from, from + 10).await?;
+    }
+    Ok(())
+}
+
+/// Opens `url`'s live tail (no `shards=`: the fan-out), publishes lines
+/// `from..to` of every source, and reads the stream until each has come and a
+/// second longer: every one exactly once, without event ids.
+async fn tail_sees_every_line_once(
+    http: &reqwest::Client,
+    url: &str,
+    nats: &str,
+    from: u64,
+    to: u64,
+) -> anyhow::Result<()> {
+    use futures::StreamExt;
+    let resp = http
+        .get(format!("{url}/api/v1/tail"))
+        .send()
+        .await?
+        .error_for_status()?;
+    assert_eq!(
+        resp.headers()["x-sandtrail-tail-resumed"],
+        "false",
+        "a merged tail cannot resume"
+    );
+    publish(nats, from, to).await?;
+    let want: BTreeSet<u64> = (0..SOURCES)
+        .flat_map(|s| (from..to).map(move |l| s * 1_000_000 + l))
+        .collect();
+    let mut seen = Vec::new();
+    let mut body = resp.bytes_stream();
+    let mut sse = protocol::sse::Sse::default();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut quiet_until = None;
+    loop {
+        let chunk =
+            match tokio::time::timeout_at(quiet_until.unwrap_or(deadline), body.next()).await {
+                Ok(Some(chunk)) => chunk?,
+                Ok(None) => anyhow::bail!("the tail of {url} ended"),
+                Err(_) => break,
+            };
+        for event in sse.push(&chunk) {
+            if event.kind != "message" {
+                continue;
+            }
+            assert_eq!(event.id, None, "a merged tail has no event ids");
+            let r: Value = serde_json::from_str(&event.data)?;
+            // Lines of this round only: an owner that takes a shard over replays
+            // older ones into its own tail.
+            if let Some(n) = r["msg"]
+                .as_str()
+                .and_then(|m| m.strip_prefix("number "))
+                .and_then(|n| n.parse::<u64>().ok())
+                .filter(|n| (from..to).contains(&(n % 1_000_000)))
+            {
+                seen.push(n);
+            }
+        }
+        if quiet_until.is_none() && seen.len() >= want.len() {
+            quiet_until = Some(tokio::time::Instant::now() + Duration::from_secs(1));
+        }
+    }
+    let unique: BTreeSet<u64> = seen.iter().copied().collect();
+    assert_eq!(
+        unique.len(),
+        seen.len(),
+        "a line came twice on {url}'s tail"
+    );
+    assert_eq!(unique, want, "every new line on {url}'s tail");
     Ok(())
 }
 

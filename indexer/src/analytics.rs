@@ -67,6 +67,10 @@ pub struct LatencyGroup {
     pub p90: f64,
     pub p99: f64,
     pub max: f64,
+    /// With `sketch=true` only: the group's latencies as a mergeable sketch, which
+    /// the shard fan-out ([`crate::fanout`]) asks every shard for and merges.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sketch: Option<crate::sketch::Sketch>,
 }
 
 /// `GET /api/v1/latency`.
@@ -133,6 +137,9 @@ pub struct ContextParams {
     pub source: Option<String>,
     pub offset: Option<String>,
     pub n: Option<String>,
+    /// Shard mode only: within these shards' documents, as the fan-out asks each
+    /// owner; without it a shard-mode indexer fans out.
+    pub shards: Option<String>,
 }
 
 /// Identifies a record: its task, time and (source, offset).
@@ -265,13 +272,20 @@ impl IndexView {
 
     /// Count, average, p50/p90/p99 and max of `latency_ms` per group, over the
     /// matches that have a latency.
-    pub fn latency(&self, scope: &Scope, by: GroupBy) -> Result<LatencyResponse> {
+    /// With `sketch`, each group also carries its [`crate::sketch::Sketch`].
+    pub fn latency(&self, scope: &Scope, by: GroupBy, sketch: bool) -> Result<LatencyResponse> {
         let searcher = self.parts.searcher_within(scope.start, scope.end);
         let query = self.scoped(scope)?;
         let groups = searcher.search(&*query, &LatencyByGroup { group: by.field() })?;
         let mut out: Vec<LatencyGroup> = groups
             .into_iter()
-            .map(|(key, values)| summarize(key, values))
+            .map(|(key, values)| {
+                let s = sketch.then(|| crate::sketch::Sketch::of(&values));
+                LatencyGroup {
+                    sketch: s,
+                    ..summarize(key, values)
+                }
+            })
             .collect();
         out.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.key.cmp(&b.key)));
         Ok(LatencyResponse { groups: out })
@@ -285,10 +299,11 @@ impl IndexView {
         let Some(task_field) = f.keyword("task") else {
             return Err(Error::Internal("schema has no task field".into()));
         };
-        let task: Box<dyn Query> = Box::new(TermQuery::new(
+        // Within this handle's shards (`shards=`), as every part below includes it.
+        let task: Box<dyn Query> = self.restricted(Box::new(TermQuery::new(
             Term::from_field_text(task_field, &req.task),
             IndexRecordOption::Basic,
-        ));
+        )));
         let ts = Term::from_field_date(f.ts, to_tantivy_date(&req.ts));
         let off = Term::from_field_u64(f.offset, req.offset);
         let range = |lo: Bound<Term>, hi: Bound<Term>| -> Box<dyn Query> {
@@ -397,7 +412,7 @@ pub struct Highlight {
     pub fragments: Vec<String>,
 }
 
-fn top_n(counts: HashMap<String, u64>, n: usize) -> Vec<FieldValue> {
+pub(crate) fn top_n(counts: HashMap<String, u64>, n: usize) -> Vec<FieldValue> {
     let mut v: Vec<FieldValue> = counts
         .into_iter()
         .map(|(value, count)| FieldValue { value, count })
@@ -438,6 +453,7 @@ pub(crate) fn summarize(key: String, mut values: Vec<f64>) -> LatencyGroup {
         p90,
         p99,
         max: if count == 0 { 0.0 } else { max },
+        sketch: None,
     }
 }
 

@@ -12,10 +12,10 @@
 //! Elasticsearch routes ([`crate::es`]) are merged in here, behind the same guards.
 
 use crate::analytics::{
-    parse_size, ContextParams, ContextResponse, FieldsResponse, GroupBy, LatencyResponse, Scope,
-    DEFAULT_TOP_SIZE, MAX_TOP_SIZE,
+    parse_size, ContextParams, ContextResponse, GroupBy, Scope, DEFAULT_TOP_SIZE, MAX_TOP_SIZE,
 };
 use crate::error::{Error, Result};
+use crate::fanout::TailItem;
 use crate::guard::Guards;
 use crate::inflate::decompress_capped;
 use crate::metrics::Metrics;
@@ -254,16 +254,6 @@ async fn search_here(ix: Indexer, params: SearchParams) -> Result<Json<SearchBod
     }))
 }
 
-/// [`scoped`] for the endpoints that do not fan out yet: in shard mode they need
-/// `shards=`.
-async fn local_only(ix: Indexer, params: &mut SearchParams, what: &str) -> Result<Indexer> {
-    scoped(ix, params).await?.ok_or_else(|| {
-        Error::Shards(format!(
-            "/api/v1/{what} does not fan out over the shards yet: ask with shards=0,1,... (each owner its own)"
-        ))
-    })
-}
-
 fn scope_of(params: &SearchParams) -> Result<Scope> {
     let req = SearchParams {
         q: params.q.clone(),
@@ -279,36 +269,77 @@ fn scope_of(params: &SearchParams) -> Result<Scope> {
     })
 }
 
+/// In shard mode without `shards=` the top values of every shard, merged
+/// ([`crate::fanout::merge_fields`]).
 async fn fields(
     State(ix): State<Indexer>,
+    headers: axum::http::HeaderMap,
     Query(mut params): Query<SearchParams>,
-) -> Result<Json<FieldsResponse>> {
-    let ix = local_only(ix, &mut params, "fields").await?;
-    let scope = scope_of(&params)?;
+) -> Result<axum::response::Response> {
+    use axum::response::IntoResponse;
     let size = parse_size(
         "size",
         params.size.as_deref(),
         DEFAULT_TOP_SIZE,
         MAX_TOP_SIZE,
     )?;
-    Ok(Json(ix.top_fields(scope, size).await?))
+    let scoped_ix = scoped(ix.clone(), &mut params).await?;
+    let scope = scope_of(&params)?;
+    let Some(ix) = scoped_ix else {
+        let mode = ix.shard_mode().expect("fan-out only in shard mode").clone();
+        return Ok(Json(mode.fields(&scope, size, &headers).await?).into_response());
+    };
+    Ok(Json(ix.top_fields(scope, size).await?).into_response())
 }
 
+/// In shard mode without `shards=` the groups of every shard, merged through
+/// their sketches ([`crate::fanout::merge_latency`]).
 async fn latency(
     State(ix): State<Indexer>,
+    headers: axum::http::HeaderMap,
     Query(mut params): Query<SearchParams>,
-) -> Result<Json<LatencyResponse>> {
-    let ix = local_only(ix, &mut params, "latency").await?;
-    let scope = scope_of(&params)?;
+) -> Result<axum::response::Response> {
+    use axum::response::IntoResponse;
     let by = GroupBy::parse(params.by.as_deref().unwrap_or(""))?;
-    Ok(Json(ix.latency(scope, by).await?))
+    let sketch = match params.sketch.as_deref().map(str::trim) {
+        None | Some("") | Some("false") | Some("0") => false,
+        Some("true") | Some("1") => true,
+        Some(other) => {
+            return Err(Error::BadParam {
+                name: "sketch",
+                value: other.to_string(),
+                expected: "true or false".to_string(),
+            })
+        }
+    };
+    let scoped_ix = scoped(ix.clone(), &mut params).await?;
+    let scope = scope_of(&params)?;
+    let Some(ix) = scoped_ix else {
+        let mode = ix.shard_mode().expect("fan-out only in shard mode").clone();
+        return Ok(Json(mode.latency(&scope, by, sketch, &headers).await?).into_response());
+    };
+    Ok(Json(ix.latency(scope, by, sketch).await?).into_response())
 }
 
+/// In shard mode without `shards=` every shard's records around the given one,
+/// merged ([`crate::fanout::merge_context`]): a task's sources may hash into
+/// different shards.
 async fn context(
     State(ix): State<Indexer>,
-    Query(params): Query<ContextParams>,
+    headers: axum::http::HeaderMap,
+    Query(mut params): Query<ContextParams>,
 ) -> Result<Json<ContextResponse>> {
-    Ok(Json(ix.context(params.into_request()?).await?))
+    let mut search = SearchParams {
+        shards: params.shards.take(),
+        ..SearchParams::default()
+    };
+    let scoped_ix = scoped(ix.clone(), &mut search).await?;
+    let req = params.into_request()?;
+    let Some(ix) = scoped_ix else {
+        let mode = ix.shard_mode().expect("fan-out only in shard mode").clone();
+        return Ok(Json(mode.context(&req, &headers).await?));
+    };
+    Ok(Json(ix.context(req).await?))
 }
 
 async fn histogram(
@@ -332,18 +363,71 @@ async fn histogram_here(ix: Indexer, params: SearchParams) -> Result<Json<Histog
 #[derive(Debug, Default, Deserialize)]
 struct TailParams {
     q: Option<String>,
+    /// Shard mode only: just these shards' records, as the fan-out asks each owner.
+    shards: Option<String>,
+}
+
+fn dropped_event(n: u64) -> Event {
+    Event::default()
+        .event("dropped")
+        .data(serde_json::json!({ "dropped": n }).to_string())
 }
 
 /// `GET /api/v1/tail?q=FILTER`: matching records as SSE events as they are accepted,
 /// each with an `id:` ([`crate::tail::Hub`]); a reconnect that sends the last one as
 /// `Last-Event-ID` (browsers' `EventSource` do so by themselves) gets the records it
 /// missed first, each once, then the live ones.
+///
+/// In shard mode without `shards=` the stream merges one owner's stream per shard
+/// ([`crate::fanout::ShardMode::tail`]): every shard's lines once, but without
+/// event ids or resuming (`x-sandtrail-tail-resumed: false` always).
 async fn tail(
     State(ix): State<Indexer>,
     headers: axum::http::HeaderMap,
     Query(params): Query<TailParams>,
-) -> Result<impl axum::response::IntoResponse> {
-    let filter = TailFilter::parse(params.q.as_deref().unwrap_or(""))?;
+) -> Result<axum::response::Response> {
+    use axum::response::IntoResponse;
+    let q = params.q.as_deref().unwrap_or("");
+    let filter = TailFilter::parse(q)?;
+    let only: Option<(Vec<u32>, u32)> = match (ix.shard_mode(), params.shards) {
+        (None, None) => None,
+        (None, Some(list)) => {
+            return Err(Error::BadParam {
+                name: "shards",
+                value: list,
+                expected: "no shards parameter: this indexer is not in shard mode".into(),
+            })
+        }
+        (Some(mode), None) => {
+            let items = mode.tail(q, &headers).await?;
+            let events = items
+                .map(|item| {
+                    Ok::<_, Infallible>(match item {
+                        TailItem::Record(rec) => {
+                            Event::default().json_data(&rec).unwrap_or_else(|e| {
+                                Event::default().comment(format!("unencodable record: {e}"))
+                            })
+                        }
+                        TailItem::Dropped(n) => dropped_event(n),
+                    })
+                })
+                .take_until(ix.cancelled());
+            return Ok((
+                [("x-sandtrail-tail-resumed", "false")],
+                Sse::new(events).keep_alive(KeepAlive::new().interval(TAIL_KEEP_ALIVE)),
+            )
+                .into_response());
+        }
+        (Some(mode), Some(list)) => {
+            let of = mode.shards;
+            let shards = protocol::shard::parse_list(&list, of).map_err(|e| Error::BadParam {
+                name: "shards",
+                value: list.clone(),
+                expected: e,
+            })?;
+            Some((shards, of))
+        }
+    };
     let last = headers.get("last-event-id").and_then(|v| v.to_str().ok());
     // Subscribe before answering, so nothing accepted after the client sees the
     // response headers is missed.
@@ -353,6 +437,15 @@ async fn tail(
     let resumed = if sub.resumed { "true" } else { "false" };
     let ids = ix.clone();
     let events = resumed_events(sub, filter, ix.metrics_handle())
+        .filter(move |event| {
+            let keep = match (&only, event) {
+                (Some((shards, of)), TailEvent::Record(rec)) => {
+                    shards.contains(&protocol::shard::shard_of(&rec.record.source, *of))
+                }
+                _ => true,
+            };
+            std::future::ready(keep)
+        })
         .map(move |event| {
             Ok::<_, Infallible>(match event {
                 TailEvent::Record(rec) => Event::default()
@@ -361,14 +454,13 @@ async fn tail(
                     .unwrap_or_else(|e| {
                         Event::default().comment(format!("unencodable record: {e}"))
                     }),
-                TailEvent::Dropped(n) => Event::default()
-                    .event("dropped")
-                    .data(serde_json::json!({ "dropped": n }).to_string()),
+                TailEvent::Dropped(n) => dropped_event(n),
             })
         })
         .take_until(ix.cancelled());
     Ok((
         [("x-sandtrail-tail-resumed", resumed)],
         Sse::new(events).keep_alive(KeepAlive::new().interval(TAIL_KEEP_ALIVE)),
-    ))
+    )
+        .into_response())
 }

@@ -18,15 +18,27 @@
 //! `shards.failed` (Elasticsearch's `_shards`), its hits missing from that page,
 //! its cursor kept as it was. Credentials of the caller are passed on: every
 //! indexer of a cluster shares the tokens.
+//!
+//! The aggregations fan out the same way, one owner per shard, over a range fixed
+//! to absolute times here: histogram buckets add up exactly; top field values add
+//! up per value but each shard sends only its top [`shard_size`], so a count can
+//! be low where a shard truncated ([`merge_fields`]); latency groups come with a
+//! mergeable sketch ([`crate::sketch`]), so count, average and max are exact and
+//! the percentiles within 1 % ([`merge_latency`]).
 
+use crate::analytics::{
+    top_n, ContextRequest, ContextResponse, FieldTop, FieldsResponse, GroupBy, LatencyGroup,
+    LatencyResponse, Scope, MAX_EXTRA_KEYS, MAX_TOP_SIZE, SIDEBAR_FIELDS,
+};
 use crate::owners::Owners;
 use crate::search::{SearchParams, Sort};
+use crate::sketch::Sketch;
 use crate::{Error, Result};
 use axum::http::HeaderMap;
 use protocol::{HistogramBucket, HistogramResponse, LogRecord, SearchResponse};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::warn;
@@ -39,6 +51,8 @@ pub struct ShardMode {
     pub owners: Arc<Owners>,
     pub shards: u32,
     client: reqwest::Client,
+    /// For the tail's streams, which may stay open for hours: no overall timeout.
+    tail_client: reqwest::Client,
 }
 
 impl ShardMode {
@@ -49,6 +63,10 @@ impl ShardMode {
             client: reqwest::Client::builder()
                 .connect_timeout(Duration::from_secs(2))
                 .timeout(timeout)
+                .build()
+                .expect("a plain http client builds"),
+            tail_client: reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(2))
                 .build()
                 .expect("a plain http client builds"),
         }
@@ -323,48 +341,498 @@ impl ShardMode {
         if let Some(by) = req.by {
             q.push(("by".to_string(), by.to_string()));
         }
+        let (answers, shards) = self
+            .each_shard::<HistogramResponse>("/api/v1/histogram", &q, headers)
+            .await?;
+        let mut merged: Option<HistogramResponse> = None;
+        for h in answers {
+            merged = Some(match merged {
+                None => h,
+                Some(m) => sum_histograms(m, h)?,
+            })
+        }
+        Ok(HistogramFanout {
+            response: merged.unwrap_or_default(),
+            shards,
+        })
+    }
+
+    /// Asks one owner of every shard (the next one on failure) for `path` with the
+    /// query `q` plus `shards=<n>`: the answers of the shards that answered, and
+    /// which did not. The caller's own mistake (an owner's 4xx) is an error.
+    async fn each_shard<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        q: &[(String, String)],
+        headers: &HeaderMap,
+    ) -> Result<(Vec<T>, ShardsSummary)> {
         let owners = self.owners.live_owners().await?;
         let asks = (0..self.shards).map(|n| {
             let urls = urls_of(&owners, n);
-            let mut q = q.clone();
+            let mut q = q.to_vec();
             q.push(("shards".into(), n.to_string()));
-            async move {
-                (
-                    n,
-                    self.ask_json(&urls, "/api/v1/histogram", &q, headers).await,
-                )
-            }
+            async move { (n, self.ask_json(&urls, path, &q, headers).await) }
         });
         let mut summary = ShardsSummary {
             total: self.shards,
             successful: self.shards,
             failed: Vec::new(),
         };
-        let mut merged: Option<HistogramResponse> = None;
+        let mut out = Vec::new();
         for (n, answer) in futures::future::join_all(asks).await {
-            let h = answer.and_then(|v| {
-                serde_json::from_value::<HistogramResponse>(v)
-                    .map_err(|e| Error::Shards(format!("unreadable histogram answer: {e}")))
+            let parsed = answer.and_then(|v| {
+                serde_json::from_value::<T>(v)
+                    .map_err(|e| Error::Shards(format!("unreadable answer to {path}: {e}")))
             });
-            match h {
-                Ok(h) => {
-                    merged = Some(match merged {
-                        None => h,
-                        Some(m) => sum_histograms(m, h)?,
-                    })
-                }
+            match parsed {
+                Ok(t) => out.push(t),
+                Err(e @ Error::BadParam { .. }) => return Err(e),
                 Err(e) => {
-                    warn!(shard = n, error = %e, "no owner of the shard answered");
+                    warn!(shard = n, path, error = %e, "no owner of the shard answered");
                     summary.successful -= 1;
                     summary.failed.push(n);
                 }
             }
         }
-        Ok(HistogramFanout {
-            response: merged.unwrap_or_default(),
-            shards: summary,
+        Ok((out, summary))
+    }
+
+    /// The fanned-out `/api/v1/fields`: every shard's top [`shard_size`] values
+    /// per field, counts summed per value, the top `size` kept ([`merge_fields`]).
+    pub async fn fields(
+        &self,
+        scope: &Scope,
+        size: usize,
+        headers: &HeaderMap,
+    ) -> Result<FieldsFanout> {
+        let mut q = scope_query(scope);
+        q.push(("size".into(), shard_size(size).to_string()));
+        let (answers, shards) = self
+            .each_shard::<FieldsResponse>("/api/v1/fields", &q, headers)
+            .await?;
+        Ok(FieldsFanout {
+            response: merge_fields(answers, size),
+            shards,
         })
     }
+
+    /// The fanned-out `/api/v1/latency`: every shard's groups with their sketches
+    /// (`sketch=true`), merged per key ([`merge_latency`]). `keep_sketch` keeps
+    /// the merged sketches in the answer.
+    pub async fn latency(
+        &self,
+        scope: &Scope,
+        by: GroupBy,
+        keep_sketch: bool,
+        headers: &HeaderMap,
+    ) -> Result<LatencyFanout> {
+        let mut q = scope_query(scope);
+        q.push(("by".into(), by.field().to_string()));
+        q.push(("sketch".into(), "true".into()));
+        let (answers, shards) = self
+            .each_shard::<LatencyResponse>("/api/v1/latency", &q, headers)
+            .await?;
+        let mut response = merge_latency(answers)?;
+        if !keep_sketch {
+            for g in &mut response.groups {
+                g.sketch = None;
+            }
+        }
+        Ok(LatencyFanout { response, shards })
+    }
+}
+
+/// How often a fanned-out tail re-reads the shard owners, to leave an owner that
+/// gave its shard up.
+pub const TAIL_OWNER_CHECK: Duration = Duration::from_secs(1);
+
+/// How long a fanned-out tail waits for every shard's stream before it answers.
+pub const TAIL_CONNECT: Duration = Duration::from_secs(3);
+
+/// One item of a fanned-out tail.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TailItem {
+    Record(Box<LogRecord>),
+    /// An owner dropped this many lines for a slow reader.
+    Dropped(u64),
+}
+
+impl ShardMode {
+    /// The fanned-out live tail: one task per shard follows one owner's
+    /// `/api/v1/tail?shards=<n>` (ready owners first, the next on failure), and
+    /// their records meet in one channel, each line once since each shard is
+    /// followed once. It answers once every shard's stream is open (at most
+    /// [`TAIL_CONNECT`]), so what is accepted after the client sees the answer is
+    /// not missed.
+    ///
+    /// The trade-offs: the merged stream has no event ids and cannot resume (the
+    /// owners' ids are per indexer, and a shard may change owner), so the handler
+    /// answers `x-sandtrail-tail-resumed: false` and a client catches up by search,
+    /// as after an indexer restart. When a shard changes owner (a failure, or the
+    /// owner gave the shard up, seen within [`TAIL_OWNER_CHECK`]) the new owner's
+    /// stream starts at its own pace: lines it offers that the old one already
+    /// delivered are dropped here (per source, by offset), but lines the new owner
+    /// had consumed before the switch are missed.
+    pub async fn tail(self: &Arc<Self>, q: &str, headers: &HeaderMap) -> Result<TailStream> {
+        let owners = self.owners.live_owners().await?;
+        let (owners_tx, owners_rx) = tokio::sync::watch::channel(owners);
+        let (tx, rx) = tokio::sync::mpsc::channel(1024);
+        let auth: Vec<(&'static str, axum::http::HeaderValue)> =
+            ["authorization", protocol::TOKEN_HEADER]
+                .into_iter()
+                .filter_map(|name| headers.get(name).map(|v| (name, v.clone())))
+                .collect();
+        let mut connected = Vec::new();
+        for n in 0..self.shards {
+            let (up_tx, up_rx) = tokio::sync::oneshot::channel();
+            connected.push(up_rx);
+            tokio::spawn(self.clone().follow_shard(
+                n,
+                q.to_string(),
+                auth.clone(),
+                owners_rx.clone(),
+                tx.clone(),
+                up_tx,
+            ));
+        }
+        // One reader of ZooKeeper for every shard's task; it ends with the stream.
+        let mode = self.clone();
+        let closed = tx.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(TAIL_OWNER_CHECK);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = closed.closed() => return,
+                }
+                match mode.owners.live_owners().await {
+                    Ok(o) => {
+                        owners_tx.send_if_modified(|old| {
+                            let changed = *old != o;
+                            *old = o;
+                            changed
+                        });
+                    }
+                    Err(e) => warn!(error = %e, "tail: cannot read the shard owners"),
+                }
+            }
+        });
+        drop(tx);
+        let _ = tokio::time::timeout(TAIL_CONNECT, futures::future::join_all(connected)).await;
+        Ok(tokio_stream::wrappers::ReceiverStream::new(rx))
+    }
+
+    /// Follows shard `n`'s owners' tail until `tx` closes.
+    async fn follow_shard(
+        self: Arc<Self>,
+        n: u32,
+        q: String,
+        auth: Vec<(&'static str, axum::http::HeaderValue)>,
+        mut owners: tokio::sync::watch::Receiver<BTreeMap<u32, Vec<crate::owners::Owner>>>,
+        tx: tokio::sync::mpsc::Sender<TailItem>,
+        up: tokio::sync::oneshot::Sender<()>,
+    ) {
+        let mut up = Some(up);
+        let mut tries = 0usize;
+        let mut backoff = Duration::from_millis(100);
+        // The newest offset delivered per source, across owner switches.
+        let mut delivered: HashMap<String, u64> = HashMap::new();
+        while !tx.is_closed() {
+            let urls = urls_of(&owners.borrow_and_update(), n);
+            if let Some(url) = urls.get(tries % urls.len().max(1)).cloned() {
+                tries += 1;
+                let mut req = self
+                    .tail_client
+                    .get(format!("{}/api/v1/tail", url.trim_end_matches('/')))
+                    .query(&[("q", q.as_str()), ("shards", &n.to_string())]);
+                for (name, v) in &auth {
+                    req = req.header(*name, v.clone());
+                }
+                let resp = tokio::select! {
+                    r = req.send() => r,
+                    _ = tx.closed() => return,
+                };
+                match resp {
+                    Ok(r) if r.status().is_success() => {
+                        if let Some(up) = up.take() {
+                            let _ = up.send(());
+                        }
+                        backoff = Duration::from_millis(100);
+                        relay(n, &url, r, &mut owners, &mut delivered, &tx).await;
+                    }
+                    Ok(r) => {
+                        warn!(shard = n, url, status = %r.status(), "tail: a shard owner refused the stream")
+                    }
+                    Err(e) => {
+                        warn!(shard = n, url, error = %e, "tail: a shard owner is unreachable")
+                    }
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = tx.closed() => return,
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+    }
+}
+
+/// A fanned-out tail's items, as [`ShardMode::tail`] gives them.
+pub type TailStream = tokio_stream::wrappers::ReceiverStream<TailItem>;
+
+/// Passes one owner's tail of shard `n` on until it ends, `url` no longer owns
+/// the shard, or `tx` closes.
+async fn relay(
+    n: u32,
+    url: &str,
+    resp: reqwest::Response,
+    owners: &mut tokio::sync::watch::Receiver<BTreeMap<u32, Vec<crate::owners::Owner>>>,
+    delivered: &mut HashMap<String, u64>,
+    tx: &tokio::sync::mpsc::Sender<TailItem>,
+) {
+    use futures::StreamExt;
+    let mut body = resp.bytes_stream();
+    let mut sse = protocol::sse::Sse::default();
+    loop {
+        enum Next<C> {
+            Chunk(C),
+            Owners(bool),
+            Closed,
+        }
+        let next = tokio::select! {
+            c = body.next() => Next::Chunk(c),
+            c = owners.changed() => Next::Owners(c.is_ok()),
+            _ = tx.closed() => Next::Closed,
+        };
+        let chunk = match next {
+            Next::Closed | Next::Owners(false) => return,
+            Next::Owners(true) => {
+                if !urls_of(&owners.borrow_and_update(), n)
+                    .iter()
+                    .any(|u| u == url)
+                {
+                    tracing::info!(
+                        shard = n,
+                        url,
+                        "tail: the owner gave the shard up; following another"
+                    );
+                    return;
+                }
+                continue;
+            }
+            Next::Chunk(Some(Ok(chunk))) => chunk,
+            Next::Chunk(_) => {
+                warn!(shard = n, url, "tail: a shard owner's stream ended");
+                return;
+            }
+        };
+        for event in sse.push(&chunk) {
+            let item = match event.kind.as_str() {
+                "message" => match serde_json::from_str::<LogRecord>(&event.data) {
+                    Ok(r) => {
+                        if r.offset > 0 {
+                            let newest = delivered.entry(r.source.clone()).or_default();
+                            if r.offset <= *newest {
+                                continue;
+                            }
+                            *newest = r.offset;
+                        }
+                        TailItem::Record(Box::new(r))
+                    }
+                    Err(e) => {
+                        warn!(shard = n, url, error = %e, "tail: an unreadable record");
+                        continue;
+                    }
+                },
+                "dropped" => TailItem::Dropped(
+                    serde_json::from_str::<Value>(&event.data)
+                        .ok()
+                        .and_then(|v| v["dropped"].as_u64())
+                        .unwrap_or(0),
+                ),
+                _ => continue,
+            };
+            if tx.send(item).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+impl ShardMode {
+    /// The fanned-out `/api/v1/context`: every shard's records around the one
+    /// given (a task's stdout and stderr are different sources, possibly in
+    /// different shards), merged ([`merge_context`]). Failed shards are left out
+    /// of the answer, which then has no `shards` summary to say so: the context
+    /// page shows what it got.
+    pub async fn context(
+        &self,
+        req: &ContextRequest,
+        headers: &HeaderMap,
+    ) -> Result<ContextResponse> {
+        let q = vec![
+            ("task".to_string(), req.task.clone()),
+            (
+                "ts".to_string(),
+                req.ts.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
+            ),
+            ("source".to_string(), req.source.clone()),
+            ("offset".to_string(), req.offset.to_string()),
+            ("n".to_string(), req.n.to_string()),
+        ];
+        let (answers, shards) = self
+            .each_shard::<ContextResponse>("/api/v1/context", &q, headers)
+            .await?;
+        if shards.successful == 0 {
+            return Err(Error::Shards(format!(
+                "no shard answered the context of task {:?}",
+                req.task
+            )));
+        }
+        Ok(merge_context(answers, req.n))
+    }
+}
+
+/// The shards' contexts of one record merged: the `n` newest of every shard's
+/// records before it and the `n` oldest after it, by (time, offset) as each
+/// shard orders them, and the record from the shard that holds it.
+pub fn merge_context(answers: Vec<ContextResponse>, n: usize) -> ContextResponse {
+    let order = |r: &LogRecord| (r.ts, r.offset);
+    let mut before = Vec::new();
+    let mut after = Vec::new();
+    let mut record = None;
+    for a in answers {
+        before.extend(a.before);
+        after.extend(a.after);
+        record = record.or(a.record);
+    }
+    before.sort_by_key(order);
+    before.drain(..before.len().saturating_sub(n));
+    after.sort_by_key(order);
+    after.truncate(n);
+    ContextResponse {
+        before,
+        record,
+        after,
+    }
+}
+
+/// The query and range of `scope` as a query string with absolute times, so that
+/// every shard counts over the same range.
+fn scope_query(scope: &Scope) -> Vec<(String, String)> {
+    let fixed =
+        |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
+    let mut q = vec![("q".to_string(), scope.q.clone())];
+    if let Some(start) = scope.start {
+        q.push(("start".into(), fixed(start)));
+    }
+    if let Some(end) = scope.end {
+        q.push(("end".into(), fixed(end)));
+    }
+    q
+}
+
+/// How many top values each shard is asked for when `size` are wanted: more than
+/// `size`, as Elasticsearch's `shard_size` (`size * 1.5 + 10`), so that a value
+/// just outside one shard's top still counts there (see [`merge_fields`]).
+pub fn shard_size(size: usize) -> usize {
+    (size + size / 2 + 10).min(MAX_TOP_SIZE)
+}
+
+/// The shards' top values merged: per field, a value's counts summed over the
+/// shards, the `size` largest kept; the sidebar fields first in their fixed order,
+/// then the `fields.*` keys of largest summed count ([`MAX_EXTRA_KEYS`]).
+///
+/// Approximate where a shard truncated: a value below a shard's top
+/// [`shard_size`] is missing from that shard's count, so a merged count can be
+/// low and a value that is frequent overall but never in a shard's top can be
+/// missing (Elasticsearch's terms aggregation has the same error bound). With
+/// fewer distinct values per shard than `shard_size` (hosts, apps, levels,
+/// streams, usually) the counts are exact sums. The `fields.*` keys come from each
+/// shard's sample of its newest matches, so the merged sample is larger than one
+/// indexer's.
+pub fn merge_fields(answers: Vec<FieldsResponse>, size: usize) -> FieldsResponse {
+    let mut per: BTreeMap<String, HashMap<String, u64>> = BTreeMap::new();
+    for answer in answers {
+        for top in answer.fields {
+            let counts = per.entry(top.field).or_default();
+            for v in top.values {
+                *counts.entry(v.value).or_default() += v.count;
+            }
+        }
+    }
+    let mut fields: Vec<FieldTop> = SIDEBAR_FIELDS
+        .iter()
+        .map(|name| FieldTop {
+            field: name.to_string(),
+            values: top_n(per.remove(*name).unwrap_or_default(), size),
+        })
+        .collect();
+    let mut extra: Vec<(String, u64, HashMap<String, u64>)> = per
+        .into_iter()
+        .map(|(k, counts)| (k, counts.values().sum(), counts))
+        .collect();
+    extra.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    fields.extend(
+        extra
+            .into_iter()
+            .take(MAX_EXTRA_KEYS)
+            .map(|(field, _, counts)| FieldTop {
+                field,
+                values: top_n(counts, size),
+            }),
+    );
+    FieldsResponse { fields }
+}
+
+/// The shards' latency groups merged per key through their sketches: count,
+/// average and max exact, p50/p90/p99 within [`crate::sketch::RELATIVE_ACCURACY`]
+/// of the exact ones over every shard's values. A group without a sketch (an owner
+/// that was not asked for one) cannot be merged and is refused.
+pub fn merge_latency(answers: Vec<LatencyResponse>) -> Result<LatencyResponse> {
+    let mut per: BTreeMap<String, Sketch> = BTreeMap::new();
+    for answer in answers {
+        for g in answer.groups {
+            let s = g.sketch.ok_or_else(|| {
+                Error::Shards(format!(
+                    "a shard answered latency group {:?} without its sketch",
+                    g.key
+                ))
+            })?;
+            per.entry(g.key).or_default().merge(&s);
+        }
+    }
+    let mut groups: Vec<LatencyGroup> = per
+        .into_iter()
+        .map(|(key, s)| LatencyGroup {
+            key,
+            count: s.count,
+            avg: s.avg(),
+            p50: s.percentile(50.0),
+            p90: s.percentile(90.0),
+            p99: s.percentile(99.0),
+            max: if s.count == 0 { 0.0 } else { s.max },
+            sketch: Some(s),
+        })
+        .collect();
+    groups.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.key.cmp(&b.key)));
+    Ok(LatencyResponse { groups })
+}
+
+/// The answer of a fanned-out `/api/v1/fields`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FieldsFanout {
+    #[serde(flatten)]
+    pub response: FieldsResponse,
+    pub shards: ShardsSummary,
+}
+
+/// The answer of a fanned-out `/api/v1/latency`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LatencyFanout {
+    #[serde(flatten)]
+    pub response: LatencyResponse,
+    pub shards: ShardsSummary,
 }
 
 /// The answer of a fanned-out histogram.
@@ -459,5 +927,117 @@ mod tests {
             buckets: vec![],
         };
         assert!(sum_histograms(a, other).is_err());
+    }
+
+    fn top(field: &str, values: &[(&str, u64)]) -> FieldTop {
+        FieldTop {
+            field: field.to_string(),
+            values: values
+                .iter()
+                .map(|(v, c)| crate::analytics::FieldValue {
+                    value: v.to_string(),
+                    count: *c,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn fields_sum_per_value_and_keep_the_top() {
+        let a = FieldsResponse {
+            fields: vec![
+                top("host", &[("a", 5), ("b", 3)]),
+                top("fields.user", &[("ann", 2)]),
+            ],
+        };
+        let b = FieldsResponse {
+            fields: vec![
+                top("host", &[("b", 4), ("c", 1)]),
+                top("app", &[("web", 9)]),
+                top("fields.code", &[("200", 7), ("500", 1)]),
+            ],
+        };
+        let m = merge_fields(vec![a, b], 2);
+        let names: Vec<&str> = m.fields.iter().map(|f| f.field.as_str()).collect();
+        // Sidebar fields first in their order (even empty), then keys by count.
+        assert_eq!(
+            names,
+            [
+                "host",
+                "app",
+                "level",
+                "stream",
+                "fields.code",
+                "fields.user"
+            ]
+        );
+        let host: Vec<(&str, u64)> = m.fields[0]
+            .values
+            .iter()
+            .map(|v| (v.value.as_str(), v.count))
+            .collect();
+        assert_eq!(host, [("b", 7), ("a", 5)], "summed, top 2 of 3");
+        assert_eq!(m.fields[1].values[0].count, 9);
+        assert!(m.fields[2].values.is_empty());
+        assert_eq!(shard_size(10), 25);
+        assert_eq!(shard_size(MAX_TOP_SIZE), MAX_TOP_SIZE);
+    }
+
+    #[test]
+    fn latency_groups_merge_through_their_sketches() {
+        let group = |key: &str, values: &[f64]| LatencyGroup {
+            sketch: Some(Sketch::of(values)),
+            ..crate::analytics::summarize(key.to_string(), values.to_vec())
+        };
+        let low: Vec<f64> = (1..=50).map(f64::from).collect();
+        let high: Vec<f64> = (51..=100).map(f64::from).collect();
+        let a = LatencyResponse {
+            groups: vec![group("web", &low), group("db", &[3.0])],
+        };
+        let b = LatencyResponse {
+            groups: vec![group("web", &high)],
+        };
+        let m = merge_latency(vec![a, b]).unwrap();
+        let web = &m.groups[0];
+        assert_eq!((web.key.as_str(), web.count, web.max), ("web", 100, 100.0));
+        assert!((web.avg - 50.5).abs() < 1e-9);
+        for (got, want) in [(web.p50, 50.0), (web.p90, 90.0), (web.p99, 99.0)] {
+            assert!(
+                (got - want).abs() <= want * crate::sketch::RELATIVE_ACCURACY * 1.001,
+                "{got} vs {want}"
+            );
+        }
+        assert_eq!((m.groups[1].key.as_str(), m.groups[1].count), ("db", 1));
+        let bare = LatencyResponse {
+            groups: vec![crate::analytics::summarize("x".into(), vec![1.0])],
+        };
+        assert!(merge_latency(vec![bare]).is_err());
+    }
+
+    #[test]
+    fn contexts_keep_the_nearest_records_of_every_shard() {
+        let rec = |s: i64, offset: u64| -> LogRecord {
+            serde_json::from_value(serde_json::json!({
+                "ts": chrono::DateTime::from_timestamp(s, 0).unwrap().to_rfc3339(),
+                "host": "h", "app": "a", "task": "t", "msg": format!("{s}/{offset}"),
+                "source": "x", "offset": offset,
+            }))
+            .unwrap()
+        };
+        let a = ContextResponse {
+            before: vec![rec(1, 1), rec(4, 1)],
+            record: Some(rec(5, 7)),
+            after: vec![rec(5, 9), rec(8, 1)],
+        };
+        let b = ContextResponse {
+            before: vec![rec(2, 1), rec(5, 3)],
+            record: None,
+            after: vec![rec(6, 1), rec(9, 1)],
+        };
+        let m = merge_context(vec![b, a], 2);
+        let key = |v: &[LogRecord]| v.iter().map(|r| r.msg.clone()).collect::<Vec<_>>();
+        assert_eq!(key(&m.before), ["4/1", "5/3"]);
+        assert_eq!(key(&m.after), ["5/9", "6/1"]);
+        assert_eq!(m.record.map(|r| r.msg), Some("5/7".to_string()));
     }
 }

@@ -47,6 +47,7 @@ pub mod partition;
 pub mod query;
 pub mod schema;
 pub mod search;
+pub mod sketch;
 pub mod stage;
 pub mod tail;
 pub mod wal;
@@ -355,8 +356,14 @@ impl Indexer {
     }
 
     /// Latency statistics per host, app or task within a query and range.
-    pub async fn latency(&self, scope: Scope, by: GroupBy) -> Result<LatencyResponse> {
-        self.blocking("latency", move |view| view.latency(&scope, by))
+    /// With `sketch`, each group carries its mergeable [`sketch::Sketch`] too.
+    pub async fn latency(
+        &self,
+        scope: Scope,
+        by: GroupBy,
+        sketch: bool,
+    ) -> Result<LatencyResponse> {
+        self.blocking("latency", move |view| view.latency(&scope, by, sketch))
             .await
     }
 

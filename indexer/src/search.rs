@@ -111,6 +111,9 @@ pub struct SearchParams {
     /// Shard mode only: restrict to these shards' documents (`0,3`), as the fan-out
     /// asks each owner; without it a shard-mode indexer fans out.
     pub shards: Option<String>,
+    /// `/api/v1/latency` only: `true` adds each group's mergeable sketch
+    /// ([`crate::sketch`]), what the shard fan-out asks owners for.
+    pub sketch: Option<String>,
 }
 
 impl SearchParams {

@@ -23,6 +23,7 @@ pub mod ingest_log;
 pub mod metrics;
 pub mod rotation;
 pub mod shard;
+pub mod sse;
 pub mod trace;
 pub mod wire;
 pub mod zk;
