@@ -187,6 +187,16 @@ struct SearchBody {
     fragments: Option<Vec<Vec<String>>>,
 }
 
+/// The `shards=` list of a shard-mode request, refused with the reason when it names
+/// no shard of the `of` this cluster has.
+fn shards_param(list: &str, of: u32) -> Result<Vec<u32>> {
+    protocol::shard::parse_list(list, of).map_err(|e| Error::BadParam {
+        name: "shards",
+        value: list.to_string(),
+        expected: e,
+    })
+}
+
 /// In shard mode (issue 21): `shards=` restricts this indexer's search to those
 /// shards (what the fan-out asks an owner); without it the request is for the
 /// cluster, `Ok(None)`, and fans out. Outside shard mode `shards=` is refused.
@@ -202,11 +212,7 @@ async fn scoped(ix: Indexer, params: &mut SearchParams) -> Result<Option<Indexer
         (Some(_), None) => Ok(None),
         (Some(mode), Some(list)) => {
             let of = mode.shards;
-            let shards = protocol::shard::parse_list(&list, of).map_err(|e| Error::BadParam {
-                name: "shards",
-                value: list.clone(),
-                expected: e,
-            })?;
+            let shards = shards_param(&list, of)?;
             Ok(Some(ix.scoped_to_shards(&shards, of).await?))
         }
     }
@@ -420,12 +426,7 @@ async fn tail(
         }
         (Some(mode), Some(list)) => {
             let of = mode.shards;
-            let shards = protocol::shard::parse_list(&list, of).map_err(|e| Error::BadParam {
-                name: "shards",
-                value: list.clone(),
-                expected: e,
-            })?;
-            Some((shards, of))
+            Some((shards_param(&list, of)?, of))
         }
     };
     let last = headers.get("last-event-id").and_then(|v| v.to_str().ok());
