@@ -105,13 +105,17 @@ pub struct IndexerSection {
     /// Live-tail streams open at once; more are answered 429 with Retry-After.
     pub max_tail_streams: Option<usize>,
     /// Shard mode (issue 21): ZooKeeper URL, ingest log, shard count (default 6),
-    /// owners per shard (default 2), advertised host:port, session timeout.
+    /// owners per shard (default 2), advertised host:port, session timeout, and the
+    /// stream's replicas when this indexer creates it (default 1; 3 on a cluster of
+    /// three NATS servers). Whoever starts first creates the stream, an indexer or
+    /// an agent, so both ends need the setting.
     pub zk: Option<String>,
     pub ingest_log: Option<String>,
     pub shards: Option<u32>,
     pub owners: Option<u32>,
     pub advertise: Option<String>,
     pub zk_session_timeout_ms: Option<u64>,
+    pub ingest_log_replicas: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -323,6 +327,7 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "owners",
             "advertise",
             "zk_session_timeout_ms",
+            "ingest_log_replicas",
         ],
     ),
     (
@@ -690,7 +695,7 @@ pub fn indexer_shards(args: &IndexerArgs, cfg: &Config) -> anyhow::Result<Option
             .shards
             .or(c.shards)
             .unwrap_or(protocol::shard::DEFAULT_SHARDS),
-        replicas: 1,
+        replicas: c.ingest_log_replicas.unwrap_or(1),
     };
     log.validate().map_err(anyhow::Error::msg)?;
     let owners = args.owners.or(c.owners).unwrap_or(2);

@@ -85,35 +85,9 @@ state_of() { docker inspect -f '{{.State.Status}} {{.State.ExitCode}}' "$(cid "$
 # ---------------------------------------------------------------------------- steps
 
 step_images() {
-  local bin="${SANDTRAIL_COMPOSE_BIN:-}"
-  if [ -z "$bin" ] || [ ! -x "$bin" ]; then
-    cargo build --bin sandtrail --locked -q || { fail "cargo build"; return 1; }
-    bin="${CARGO_TARGET_DIR:-$ROOT/target}/debug/sandtrail"
-  fi
-  mkdir -p target/docker
-  strip -o target/docker/sandtrail "$bin" 2>/dev/null || cp "$bin" target/docker/sandtrail
-  bash scripts/base-image.sh debian:bookworm-slim || { fail "base image"; return 1; }
-  # Same image as the first compose suite (the tag too): after it, a cache hit.
-  local old_id new_id
-  old_id=$(docker image inspect -f '{{.Id}}' "$SANDTRAIL_IMAGE" 2>/dev/null)
-  DOCKER_BUILDKIT=0 docker build -q --target prebuilt -t "$SANDTRAIL_IMAGE" . >/dev/null \
-    || { fail "docker build $SANDTRAIL_IMAGE"; return 1; }
-  new_id=$(docker image inspect -f '{{.Id}}' "$SANDTRAIL_IMAGE")
-  # The previous build would otherwise linger, untagged.
-  if [ -n "$old_id" ] && [ "$old_id" != "$new_id" ]; then docker rmi "$old_id" >/dev/null 2>&1; fi
-  # apt inside the build fetches the JRE and ZooKeeper once; later runs hit the cache.
-  # A container may have no route to a mirror where the host has one: then the same
-  # packages go into a base made by debootstrap on the host (as scripts/base-image.sh
-  # makes Sandtrail's), and the build only copies the config.
-  if [ "${SANDTRAIL_ZK_DEBOOTSTRAP:-0}" = 1 ] \
-      || ! DOCKER_BUILDKIT=0 docker build -q -t "$SANDTRAIL_ZK_IMAGE" tests/compose-ha/zookeeper >/dev/null; then
-    log "ZooKeeper image: base by debootstrap on the host (apt inside docker build skipped or failed)"
-    SANDTRAIL_BASE_INCLUDE=default-jre-headless,libzookeeper-java \
-      bash scripts/base-image.sh sandtrail-zk-base:local || { fail "debootstrap base for ZooKeeper"; return 1; }
-    DOCKER_BUILDKIT=0 docker build -q --build-arg BASE=sandtrail-zk-base:local \
-      -t "$SANDTRAIL_ZK_IMAGE" tests/compose-ha/zookeeper >/dev/null \
-      || { fail "docker build $SANDTRAIL_ZK_IMAGE"; return 1; }
-  fi
+  # Same Sandtrail image as the first compose suite (the tag too): after it, a cache hit.
+  build_sandtrail_image || return 1
+  build_zk_image || return 1
   log "images $SANDTRAIL_IMAGE and $SANDTRAIL_ZK_IMAGE"
 }
 

@@ -1,6 +1,7 @@
-# The step harness both container suites source (tests/compose/run.sh and
-# tests/compose-ha/run.sh): timing, logging, polling with a deadline, container lookups,
-# the table of steps and the traps that tear a cluster down also on failure.
+# The step harness the container suites source (tests/compose/run.sh,
+# tests/compose-ha/run.sh, tests/compose-scale/run.sh): timing, logging, polling with a
+# deadline, container lookups, the image builds they share, the table of steps and the
+# traps that tear a cluster down also on failure.
 # A suite sets ROOT, COMPOSE (the docker-compose command as an array) and LOGDIR,
 # defines `teardown` (and optionally `print_table_extra`), calls `harness_start NAME`
 # and then `run_step NAME FUNCTION` per step; the suite's exit status is $FAILED.
@@ -34,6 +35,46 @@ cid() { "${COMPOSE[@]}" ps -q "$1"; }
 dexec() { local c; c=$(cid "$1"); shift; docker exec "$c" "$@"; }
 health() { docker inspect -f '{{.State.Health.Status}}' "$(cid "$1")" 2>/dev/null; }
 healthy() { [ "$(health "$1")" = healthy ]; }
+
+# build_sandtrail_image: the Sandtrail image $SANDTRAIL_IMAGE from SANDTRAIL_COMPOSE_BIN
+# (else `cargo build`'s debug binary), FROM the local base image.
+build_sandtrail_image() {
+  local bin="${SANDTRAIL_COMPOSE_BIN:-}"
+  if [ -z "$bin" ] || [ ! -x "$bin" ]; then
+    cargo build --bin sandtrail --locked -q || { fail "cargo build"; return 1; }
+    bin="${CARGO_TARGET_DIR:-$ROOT/target}/debug/sandtrail"
+  fi
+  mkdir -p "$ROOT/target/docker"
+  strip -o "$ROOT/target/docker/sandtrail" "$bin" 2>/dev/null || cp "$bin" "$ROOT/target/docker/sandtrail"
+  bash "$ROOT/scripts/base-image.sh" debian:bookworm-slim || { fail "base image"; return 1; }
+  local old_id new_id
+  old_id=$(docker image inspect -f '{{.Id}}' "$SANDTRAIL_IMAGE" 2>/dev/null)
+  DOCKER_BUILDKIT=0 docker build -q --target prebuilt -t "$SANDTRAIL_IMAGE" "$ROOT" >/dev/null \
+    || { fail "docker build $SANDTRAIL_IMAGE"; return 1; }
+  new_id=$(docker image inspect -f '{{.Id}}' "$SANDTRAIL_IMAGE")
+  # The previous build would otherwise linger, untagged.
+  if [ -n "$old_id" ] && [ "$old_id" != "$new_id" ]; then docker rmi "$old_id" >/dev/null 2>&1; fi
+  return 0
+}
+
+# build_zk_image: the ZooKeeper image $SANDTRAIL_ZK_IMAGE (tests/compose-ha/zookeeper).
+# apt inside the build fetches the JRE and ZooKeeper once; later runs hit the cache.
+# A container may have no route to a mirror where the host has one: then the same
+# packages go into a base made by debootstrap on the host (as scripts/base-image.sh
+# makes Sandtrail's), and the build only copies the config. SANDTRAIL_ZK_DEBOOTSTRAP=1
+# takes that path at once.
+build_zk_image() {
+  if [ "${SANDTRAIL_ZK_DEBOOTSTRAP:-0}" = 1 ] \
+      || ! DOCKER_BUILDKIT=0 docker build -q -t "$SANDTRAIL_ZK_IMAGE" "$ROOT/tests/compose-ha/zookeeper" >/dev/null; then
+    log "ZooKeeper image: base by debootstrap on the host (apt inside docker build skipped or failed)"
+    SANDTRAIL_BASE_INCLUDE=default-jre-headless,libzookeeper-java \
+      bash "$ROOT/scripts/base-image.sh" sandtrail-zk-base:local || { fail "debootstrap base for ZooKeeper"; return 1; }
+    DOCKER_BUILDKIT=0 docker build -q --build-arg BASE=sandtrail-zk-base:local \
+      -t "$SANDTRAIL_ZK_IMAGE" "$ROOT/tests/compose-ha/zookeeper" >/dev/null \
+      || { fail "docker build $SANDTRAIL_ZK_IMAGE"; return 1; }
+  fi
+  return 0
+}
 
 print_table() {
   echo

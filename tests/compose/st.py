@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""JSON helpers for tests/compose/run.sh: the suite's checks that need more than curl.
+"""JSON helpers for the container suites (tests/compose*/run.sh): their checks that
+need more than curl.
 
 Standard library only (the CI machine has python3 and nothing else is installed for
 this). Every subcommand exits 0 when its check holds and prints why when it does not.
@@ -122,6 +123,107 @@ def cmd_prom_value(api, query, expect=None):
     if expect is not None and value != float(expect):
         return 1
     return 0
+
+
+def search_page(indexer, q, cursor=None, limit=1000, start="now-24h"):
+    params = {"q": q, "limit": str(limit), "start": start}
+    if cursor:
+        params["cursor"] = cursor
+    return get(f"{indexer}/api/v1/search?{urllib.parse.urlencode(params)}")
+
+
+def cmd_shard_count(indexer, q):
+    """Shard mode (tests/compose-scale): the total of q and the shards that failed,
+    as `TOTAL FAILED,...` (`-` for none). Exit 1 when a shard failed."""
+    d = search_page(indexer, q, limit=0)
+    failed = d.get("shards", {}).get("failed", [])
+    print(d["total"], ",".join(map(str, failed)) or "-")
+    return 1 if failed else 0
+
+
+NUM = re.compile(r"\bn=(\d+)\b")
+
+
+def cmd_numbers_once(indexer, q, tasks, lines):
+    """Shard mode: pages through every hit of q with the fanned-out cursor and checks
+    that each of `tasks` tasks has n=1..lines exactly once, and that no page had a
+    failed shard. Prints the number of hits."""
+    tasks, lines = int(tasks), int(lines)
+    counts, hits, cursor, failed = {}, 0, None, set()
+    while True:
+        d = search_page(indexer, q, cursor)
+        failed.update(d.get("shards", {}).get("failed", []))
+        for h in d["hits"]:
+            hits += 1
+            m = NUM.search(h["msg"])
+            key = (h["task"], int(m.group(1)) if m else -1)
+            counts[key] = counts.get(key, 0) + 1
+        cursor = d.get("next")
+        if not cursor or not d["hits"]:
+            break
+    print(hits)
+    problems = []
+    if failed:
+        problems.append(f"failed shards {sorted(failed)}")
+    by_task = {}
+    for (task, n), c in counts.items():
+        by_task.setdefault(task, {})[n] = c
+    if len(by_task) != tasks:
+        problems.append(f"{len(by_task)} tasks, expected {tasks}")
+    for task, ns in sorted(by_task.items()):
+        missing = [n for n in range(1, lines + 1) if n not in ns]
+        doubled = [n for n, c in ns.items() if c > 1]
+        extra = [n for n in ns if not 1 <= n <= lines]
+        if missing or doubled or extra:
+            problems.append(f"task {task}: {len(missing)} missing {missing[:10]}, "
+                            f"{len(doubled)} doubled {doubled[:10]}, stray {extra[:10]}")
+    for p in problems[:20]:
+        print(p, file=sys.stderr)
+    return 1 if problems else 0
+
+
+def zk_dump(host, port):
+    """ZooKeeper's `dump` (four-letter word; a standalone server or the leader): the
+    ephemeral nodes of each live session, as {session: [path, ...]}."""
+    import socket
+    with socket.create_connection((host, int(port)), timeout=5) as s:
+        s.sendall(b"dump")
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    sessions, current = {}, None
+    text = data.decode()
+    _, _, ephemerals = text.partition("ephemeral nodes dump:")
+    for line in ephemerals.splitlines():
+        if line.startswith("0x"):
+            current = line.rstrip(":").strip()
+            sessions[current] = []
+        elif line.startswith(("\t", " ")) and current and line.strip().startswith("/"):
+            sessions[current].append(line.strip())
+    return sessions
+
+
+def cmd_shard_owners(zk, root, shards):
+    """Shard mode's owner nodes in ZooKeeper (`zk` is host:port): one line per shard,
+    `SHARD MEMBER...`, the member id (advertised address) of the session holding each
+    `<root>/indexers/shards/<n>/owner-<k>`, `?` for a session with no member node."""
+    host, _, port = zk.rpartition(":")
+    sessions = zk_dump(host, port)
+    members_dir = f"{root}/indexers/members/"
+    shards_dir = f"{root}/indexers/shards/"
+    owners = {n: [] for n in range(int(shards))}
+    for paths in sessions.values():
+        member = next((p[len(members_dir):] for p in paths if p.startswith(members_dir)), "?")
+        for p in paths:
+            if p.startswith(shards_dir):
+                n, _, slot = p[len(shards_dir):].partition("/")
+                if slot.startswith("owner-") and n.isdigit() and int(n) in owners:
+                    owners[int(n)].append(member)
+    for n, ms in sorted(owners.items()):
+        print(n, *sorted(ms))
 
 
 def main():
