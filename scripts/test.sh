@@ -70,6 +70,21 @@ else
   SANDTRAIL_COMPOSE_BIN=target/debug/sandtrail bash tests/compose-ha/run.sh
 fi
 
+# The scale suite (tests/compose-scale/run.sh, issue 21): shard mode in containers:
+# ZooKeeper, three clustered nats-server, three indexers owning six shards twice, the
+# scheduler and three agents; 60,000 lines, kill -9 and pause of an indexer. Same skip
+# rules; its NATS image copies the host's nats-server (scripts/test-deps.sh).
+echo "== scale suite (docker-compose, ZooKeeper, NATS JetStream)"
+if [ "${SANDTRAIL_SKIP_COMPOSE:-0}" = 1 ]; then
+  echo "skipped: SANDTRAIL_SKIP_COMPOSE=1"
+elif ! command -v docker >/dev/null || ! command -v docker-compose >/dev/null; then
+  echo "skipped: docker and docker-compose are needed (set SANDTRAIL_SKIP_COMPOSE=1 to silence)"
+elif ! docker info >/dev/null 2>&1; then
+  echo "skipped: the Docker engine is not reachable (docker info failed)"
+else
+  SANDTRAIL_COMPOSE_BIN=target/debug/sandtrail bash tests/compose-scale/run.sh
+fi
+
 # One closing line over all cargo test binaries, in the plain form CI reads.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1) } }
      END { printf "cargo: %d passed, %d failed\n", p, f }' target/test-output.txt

@@ -1368,5 +1368,40 @@ mod tests {
         };
         let e = indexer_shards(&half, &none).unwrap_err().to_string();
         assert!(e.contains("--ingest-log"), "{e}");
+        assert_eq!(s.log.replicas, 1, "replicas default to a single server");
+    }
+
+    /// The stream is created by whoever connects first, an indexer as often as an
+    /// agent: before tests/compose-scale the indexer always created it with one
+    /// replica, whatever the agents were told, so a cluster of three NATS servers
+    /// kept the log on one of them.
+    #[test]
+    fn an_indexer_creates_the_stream_with_its_configured_replicas() {
+        let env = |k: &str| (k == "SANDTRAIL_INDEXER_INGEST_LOG_REPLICAS").then(|| "3".to_string());
+        let c = Config::parse_with_env(
+            "[indexer]\nzk = \"zk://z1:2181/st\"\ningest_log = \"nats://n1:4222\"\n",
+            Path::new("t.toml"),
+            &env,
+        )
+        .unwrap();
+        let args = IndexerArgs {
+            data_dir: None,
+            listen: None,
+            zk: None,
+            ingest_log: None,
+            shards: None,
+            owners: None,
+            advertise: None,
+            zk_session_timeout_ms: None,
+        };
+        let s = indexer_shards(&args, &c).unwrap().unwrap();
+        assert_eq!(s.log.replicas, 3);
+        let bad = Config::parse(
+            "[indexer]\nzk = \"zk://z1:2181/st\"\ningest_log = \"nats://n1:4222\"\ningest_log_replicas = 9\n",
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        let e = indexer_shards(&args, &bad).unwrap_err().to_string();
+        assert!(e.contains("replicas 9"), "{e}");
     }
 }

@@ -144,14 +144,14 @@ def cmd_shard_count(indexer, q):
 NUM = re.compile(r"\bn=(\d+)\b")
 
 
-def cmd_numbers_once(indexer, q, tasks, lines):
-    """Shard mode: pages through every hit of q with the fanned-out cursor and checks
-    that each of `tasks` tasks has n=1..lines exactly once, and that no page had a
-    failed shard. Prints the number of hits."""
+def cmd_numbers_once(indexer, q, tasks, lines, limit="1000"):
+    """Shard mode: pages through every hit of q with the fanned-out cursor (`limit`
+    hits a page) and checks that each of `tasks` tasks has n=1..lines exactly once,
+    and that no page had a failed shard. Prints the number of hits."""
     tasks, lines = int(tasks), int(lines)
     counts, hits, cursor, failed = {}, 0, None, set()
     while True:
-        d = search_page(indexer, q, cursor)
+        d = search_page(indexer, q, cursor, int(limit))
         failed.update(d.get("shards", {}).get("failed", []))
         for h in d["hits"]:
             hits += 1
