@@ -112,6 +112,12 @@ pub struct IndexerSection {
     pub owners: Option<u32>,
     pub advertise: Option<String>,
     pub zk_session_timeout_ms: Option<u64>,
+    /// Shard mode: a byte bound on the ingest log's stream (default none). The
+    /// stream already drops what is older than `retention` plus a day; past this
+    /// bound it drops its oldest records too, which a new shard owner then cannot
+    /// rebuild (it logs so and counts it in
+    /// `sandtrail_indexer_ingest_log_trimmed_total`).
+    pub ingest_log_max_mb: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -323,6 +329,7 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "owners",
             "advertise",
             "zk_session_timeout_ms",
+            "ingest_log_max_mb",
         ],
     ),
     (
@@ -691,6 +698,13 @@ pub fn indexer_shards(args: &IndexerArgs, cfg: &Config) -> anyhow::Result<Option
             .or(c.shards)
             .unwrap_or(protocol::shard::DEFAULT_SHARDS),
         replicas: 1,
+        // The stream keeps what the indexers keep (retention is checked at parse).
+        limits: Some(protocol::ingest_log::Limits::for_retention(
+            c.retention
+                .as_deref()
+                .and_then(|r| indexer::parse_retention(r).ok()),
+            c.ingest_log_max_mb.map(|mb| mb.saturating_mul(1 << 20)),
+        )),
     };
     log.validate().map_err(anyhow::Error::msg)?;
     let owners = args.owners.or(c.owners).unwrap_or(2);
@@ -795,6 +809,8 @@ pub fn agent(
                     .or(c.shards)
                     .unwrap_or(protocol::shard::DEFAULT_SHARDS),
                 replicas: c.ingest_log_replicas.unwrap_or(1),
+                // The indexers set the stream's limits; a shipper knows neither.
+                limits: None,
             };
             log.validate().map_err(anyhow::Error::msg)?;
             Some(log)

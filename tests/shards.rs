@@ -247,6 +247,81 @@ async fn fields_and_latency_add_up(
     Ok(())
 }
 
+/// Regression (issue 21, the Elasticsearch API saw only the asked indexer's own
+/// documents in shard mode): `_count`, `_search` and its aggregations over ES's
+/// API of one indexer answer for the whole cluster, with ES's `_shards` saying
+/// every shard answered, and an aggregation that cannot be merged exactly is
+/// refused by name rather than answered from part of the data.
+async fn es_api_fans_out(http: &reqwest::Client, url: &str, total: u64) -> anyhow::Result<()> {
+    let all_shards = serde_json::json!({ "total": 6, "successful": 6, "skipped": 0, "failed": 0 });
+    let c: Value = http
+        .get(format!("{url}/_count"))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    assert_eq!(c["count"], total, "{c}");
+    assert_eq!(c["_shards"], all_shards, "{c}");
+    let s: Value = http
+        .post(format!("{url}/es/_search"))
+        .json(&serde_json::json!({
+            "size": 5,
+            "from": 3,
+            "query": { "query_string": { "query": "number" } },
+            "aggs": {
+                "hosts": { "terms": { "field": "host.name" } },
+                "per_second": { "date_histogram": { "field": "@timestamp", "fixed_interval": "1s" } },
+                "mean": { "avg": { "field": "latency_ms" } },
+                "most": { "max": { "field": "latency_ms" } },
+            },
+        }))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    assert_eq!(s["hits"]["total"]["value"], total, "{s}");
+    assert_eq!(s["_shards"], all_shards, "{s}");
+    assert_eq!(s["hits"]["hits"].as_array().map(Vec::len), Some(5), "{s}");
+    let aggs = &s["aggregations"];
+    let hosts: BTreeMap<String, u64> = aggs["hosts"]["buckets"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|b| {
+            (
+                b["key"].as_str().unwrap_or_default().to_string(),
+                b["doc_count"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    let want: BTreeMap<String, u64> = (0..3).map(|h| (format!("node-{h}"), total / 3)).collect();
+    assert_eq!(hosts, want, "{aggs}");
+    let per_second: u64 = aggs["per_second"]["buckets"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|b| b["doc_count"].as_u64())
+        .sum();
+    assert_eq!(per_second, total, "{aggs}");
+    assert_eq!(aggs["mean"]["value"], 50.5, "{aggs}");
+    assert_eq!(aggs["most"]["value"], 100.0, "{aggs}");
+    let refused = http
+        .post(format!("{url}/_search"))
+        .json(&serde_json::json!({ "size": 0, "aggs": {
+            "p": { "percentiles": { "field": "latency_ms" } } } }))
+        .send()
+        .await?;
+    assert_eq!(refused.status(), 400);
+    let why = refused.text().await?;
+    assert!(
+        why.contains("percentiles") && why.contains("\\\"p\\\""),
+        "{why}"
+    );
+    Ok(())
+}
+
 /// The context of one record (found through `search_url`), asked of `url`
 /// without `shards=`: its neighbours by offset, whichever shard holds them.
 async fn context_fans_out(
@@ -286,6 +361,12 @@ async fn context_fans_out(
             .collect()
     };
     assert_eq!(c["record"]["msg"], "number 5000150", "{c}");
+    // Regression (issue 21): the fanned-out context said nothing of its shards.
+    assert_eq!(
+        c["shards"],
+        serde_json::json!({ "total": 6, "successful": 6, "failed": [] }),
+        "{c}"
+    );
     assert_eq!(
         msgs("before"),
         ["number 5000147", "number 5000148", "number 5000149"],
@@ -410,6 +491,7 @@ async fn three_owners_lose_nothing_when_one_is_killed() -> anyhow::Result<()> {
         .sum();
     assert_eq!(buckets, total, "{h}");
     fields_and_latency_add_up(&http, &procs[0].1, total).await?;
+    es_api_fans_out(&http, &procs[1].1, total).await?;
 
     // Back again on its own data dir: it takes shards again, and nothing changes.
     procs.push(indexer(dirs[1].path(), &zk_url, &nats.url())?);
@@ -454,6 +536,90 @@ async fn three_owners_lose_nothing_when_one_is_killed() -> anyhow::Result<()> {
         let from = 210 + 10 * i as u64;
         tail_sees_every_line_once(&http, url, &nats.url(), from, from + 10).await?;
     }
+    Ok(())
+}
+
+/// Regression (issue 21, a fan-out cursor continued after a shard's answering
+/// owner changed repeated or skipped hits of one timestamp: each owner has its own
+/// uids): two owners of every shard, the first one (slot 0, asked first) with
+/// uids far ahead of the second's; half the hits paged with it, then it is killed
+/// and the rest paged from the second. Every number comes exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cursor_continues_exactly_on_another_owner() -> anyhow::Result<()> {
+    let zk = common::zk::ZooKeeper::start()?;
+    let nats = common::nats::Nats::start()?;
+    let zk_url = zk.url("cursor");
+    let http = client_with_token(TOKEN)?;
+    let dirs: Vec<tempfile::TempDir> = (0..2)
+        .map(|_| tempfile::tempdir())
+        .collect::<Result<_, _>>()?;
+    // Alone, the first indexer takes slot 0 of every shard.
+    let (first, first_url) = indexer(dirs[0].path(), &zk_url, &nats.url())?;
+    // Records of its own, two hours old (outside the searched range), move its
+    // uids ahead of the other owner's.
+    let old = chrono::Utc::now() - chrono::Duration::hours(2);
+    let own: Vec<protocol::LogRecord> = (1..=500u64)
+        .map(|i| {
+            serde_json::from_value(serde_json::json!({
+                "ts": old.to_rfc3339(), "host": "h", "app": "a", "task": "t",
+                "msg": format!("own {i}"), "source": "own@1", "offset": i,
+            }))
+            .unwrap()
+        })
+        .collect();
+    http.post(format!("{first_url}/api/v1/ingest"))
+        .body(protocol::encode_ndjson(&own))
+        .send()
+        .await?
+        .error_for_status()?;
+    // 20 lines of 30 sources, every line of one timestamp.
+    publish(&nats.url(), 0, 20).await?;
+    let total = SOURCES * 20;
+    counts(&http, &first_url, total, Duration::from_secs(60)).await?;
+    let (_second, second_url) = indexer(dirs[1].path(), &zk_url, &nats.url())?;
+    // The second has every shard indexed itself.
+    eventually(
+        "the second owner to hold every shard",
+        Duration::from_secs(60),
+        || async {
+            let v: Value = http
+                .get(format!("{second_url}/api/v1/search"))
+                .query(&[
+                    ("shards", "0,1,2,3,4,5"),
+                    ("limit", "0"),
+                    ("start", "now-1h"),
+                ])
+                .send()
+                .await?
+                .error_for_status()?
+                .json()
+                .await?;
+            Ok((v["total"] == total).then_some(()))
+        },
+    )
+    .await?;
+    let mut seen = Vec::new();
+    let mut cursor = None;
+    while seen.len() < (total / 2) as usize {
+        let (_, failed, next, numbers) =
+            search_all(&http, &second_url, 50, cursor.as_deref()).await?;
+        assert!(failed.is_empty(), "failed shards {failed:?}");
+        seen.extend(numbers);
+        cursor = next;
+    }
+    first.kill9()?;
+    while let Some(c) = cursor {
+        let (_, failed, next, numbers) = search_all(&http, &second_url, 50, Some(&c)).await?;
+        assert!(failed.is_empty(), "failed shards {failed:?}");
+        seen.extend(numbers);
+        cursor = next;
+    }
+    let unique: BTreeSet<u64> = seen.iter().copied().collect();
+    assert_eq!(unique.len(), seen.len(), "a number came twice");
+    let want: BTreeSet<u64> = (0..SOURCES)
+        .flat_map(|s| (0..20).map(move |l| s * 1_000_000 + l))
+        .collect();
+    assert_eq!(unique, want, "every number once");
     Ok(())
 }
 
