@@ -440,18 +440,21 @@ async fn three_owners_lose_nothing_when_one_is_killed() -> anyhow::Result<()> {
         .map(|_| tempfile::tempdir())
         .collect::<Result<_, _>>()?;
 
-    publish(&nats.url(), 0, 100).await?;
     let mut procs = Vec::new();
     for d in &dirs {
         procs.push(indexer(d.path(), &zk_url, &nats.url())?);
     }
+    let zkc = zookeeper_client::Client::connect(&format!("127.0.0.1:{}", zk.port)).await?;
+    let ids: Vec<String> = procs.iter().map(|(_, u)| id_of(u)).collect();
+    balanced(&zkc, &ids, Duration::from_secs(30)).await?;
+    // Published once the shards are dealt out: each indexer holds four shards'
+    // records, so a search of one indexer's own documents would count too few.
+    publish(&nats.url(), 0, 100).await?;
     let first = SOURCES * 100;
     for (_, url) in &procs {
         counts(&http, url, first, Duration::from_secs(60)).await?;
     }
-    let zkc = zookeeper_client::Client::connect(&format!("127.0.0.1:{}", zk.port)).await?;
-    let ids: Vec<String> = procs.iter().map(|(_, u)| id_of(u)).collect();
-    balanced(&zkc, &ids, Duration::from_secs(30)).await?;
+    es_api_fans_out(&http, &procs[1].1, first).await?;
 
     // Kill one owner while records keep coming: every shard still has a live owner
     // (its second one), so nothing fails and nothing is lost.
@@ -491,7 +494,6 @@ async fn three_owners_lose_nothing_when_one_is_killed() -> anyhow::Result<()> {
         .sum();
     assert_eq!(buckets, total, "{h}");
     fields_and_latency_add_up(&http, &procs[0].1, total).await?;
-    es_api_fans_out(&http, &procs[1].1, total).await?;
 
     // Back again on its own data dir: it takes shards again, and nothing changes.
     procs.push(indexer(dirs[1].path(), &zk_url, &nats.url())?);
@@ -598,14 +600,17 @@ async fn a_cursor_continues_exactly_on_another_owner() -> anyhow::Result<()> {
         },
     )
     .await?;
+    // Paged (through the second, which asks the first) until a shard is half
+    // read with a cursor of the first's uids.
     let mut seen = Vec::new();
-    let mut cursor = None;
-    while seen.len() < (total / 2) as usize {
+    let mut cursor: Option<String> = None;
+    while seen.len() < (total / 3) as usize || !mid_shard(cursor.as_deref())? {
         let (_, failed, next, numbers) =
-            search_all(&http, &second_url, 50, cursor.as_deref()).await?;
+            search_all(&http, &second_url, 35, cursor.as_deref()).await?;
         assert!(failed.is_empty(), "failed shards {failed:?}");
         seen.extend(numbers);
         cursor = next;
+        anyhow::ensure!(cursor.is_some(), "paged to the end without a shard half read");
     }
     first.kill9()?;
     while let Some(c) = cursor {
@@ -619,8 +624,31 @@ async fn a_cursor_continues_exactly_on_another_owner() -> anyhow::Result<()> {
     let want: BTreeSet<u64> = (0..SOURCES)
         .flat_map(|s| (0..20).map(move |l| s * 1_000_000 + l))
         .collect();
+    let missing: Vec<&u64> = want.difference(&unique).collect();
+    assert!(
+        missing.is_empty(),
+        "{} numbers never came, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
     assert_eq!(unique, want, "every number once");
     Ok(())
+}
+
+/// Whether a fan-out cursor (`s1.<hex JSON>`) has a shard half read: with its
+/// owner's cursor, not done.
+fn mid_shard(cursor: Option<&str>) -> anyhow::Result<bool> {
+    let Some(hex) = cursor.and_then(|c| c.strip_prefix("s1.")) else {
+        return Ok(false);
+    };
+    let bytes = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16))
+        .collect::<Result<Vec<u8>, _>>()?;
+    let state: BTreeMap<String, Value> = serde_json::from_slice(&bytes)?;
+    Ok(state
+        .values()
+        .any(|s| s["c"].is_string() && s["done"] != true))
 }
 
 /// Opens `url`'s live tail (no `shards=`: the fan-out), publishes lines
