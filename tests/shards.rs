@@ -635,6 +635,112 @@ async fn a_cursor_continues_exactly_on_another_owner() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Regression (issue 21, the merged live tail missed the lines a new owner had
+/// consumed before the switch): the tail of the second of two owners of every
+/// shard follows the first (slot 0); the first is paused, lines are published,
+/// which only the second consumes; once the first's session is over the tail
+/// switches to the second, and catches up: every line arrives exactly once,
+/// those published after the switch too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_merged_tail_catches_up_after_an_owner_change() -> anyhow::Result<()> {
+    let zk = common::zk::ZooKeeper::start()?;
+    let nats = common::nats::Nats::start()?;
+    let zk_url = zk.url("shards");
+    let http = client_with_token(TOKEN)?;
+    let dirs: Vec<tempfile::TempDir> = (0..2)
+        .map(|_| tempfile::tempdir())
+        .collect::<Result<_, _>>()?;
+    // Alone, the first indexer takes slot 0 of every shard: the tail follows it.
+    let (mut first, first_url) = indexer(dirs[0].path(), &zk_url, &nats.url())?;
+    counts(&http, &first_url, 0, Duration::from_secs(30)).await?;
+    let (_second, second_url) = indexer(dirs[1].path(), &zk_url, &nats.url())?;
+    let zkc = zookeeper_client::Client::connect(&format!("127.0.0.1:{}", zk.port)).await?;
+    balanced(
+        &zkc,
+        &[id_of(&first_url), id_of(&second_url)],
+        Duration::from_secs(30),
+    )
+    .await?;
+    let resp = http
+        .get(format!("{second_url}/api/v1/tail"))
+        .send()
+        .await?
+        .error_for_status()?;
+    let mut body = resp.bytes_stream();
+    let mut sse = protocol::sse::Sse::default();
+    let mut seen = Vec::new();
+    let lines = |from: u64, to: u64| -> BTreeSet<u64> {
+        (0..SOURCES)
+            .flat_map(|s| (from..to).map(move |l| s * 1_000_000 + l))
+            .collect()
+    };
+    publish(&nats.url(), 0, 5).await?;
+    seen.extend(tail_until(&mut body, &mut sse, lines(0, 5)).await?);
+    // Only the second consumes these: the first is paused, its streams stall.
+    first.signal("-STOP")?;
+    publish(&nats.url(), 5, 10).await?;
+    seen.extend(tail_until(&mut body, &mut sse, lines(5, 10)).await?);
+    // After the switch the tail follows the second directly.
+    publish(&nats.url(), 10, 15).await?;
+    seen.extend(tail_until(&mut body, &mut sse, lines(10, 15)).await?);
+    let unique: BTreeSet<u64> = seen.iter().copied().collect();
+    let want = lines(0, 15);
+    let missing: Vec<&u64> = want.difference(&unique).collect();
+    assert!(
+        missing.is_empty(),
+        "{} lines never came on the tail, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+    assert_eq!(unique.len(), seen.len(), "a line came twice on the tail");
+    assert_eq!(unique, want);
+    first.kill9()?;
+    Ok(())
+}
+
+/// The numbers of the lines a tail's `body` brings until every one of `want`
+/// came and a second more passed (or 30 s), in arrival order.
+async fn tail_until<S, B>(
+    body: &mut S,
+    sse: &mut protocol::sse::Sse,
+    want: BTreeSet<u64>,
+) -> anyhow::Result<Vec<u64>>
+where
+    S: futures::Stream<Item = Result<B, reqwest::Error>> + Unpin,
+    B: AsRef<[u8]>,
+{
+    use futures::StreamExt;
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut quiet_until = None;
+    loop {
+        let next = tokio::time::timeout_at(quiet_until.unwrap_or(deadline), body.next());
+        let chunk = match next.await {
+            Ok(Some(chunk)) => chunk?,
+            Ok(None) => anyhow::bail!("the tail ended"),
+            Err(_) => break,
+        };
+        for event in sse.push(chunk.as_ref()) {
+            if event.kind != "message" {
+                continue;
+            }
+            let r: Value = serde_json::from_str(&event.data)?;
+            if let Some(n) = r["msg"]
+                .as_str()
+                .and_then(|m| m.strip_prefix("number "))
+                .and_then(|n| n.parse::<u64>().ok())
+            {
+                got.push(n);
+            }
+        }
+        let have: BTreeSet<u64> = got.iter().copied().collect();
+        if quiet_until.is_none() && want.is_subset(&have) {
+            quiet_until = Some(tokio::time::Instant::now() + Duration::from_secs(1));
+        }
+    }
+    Ok(got)
+}
+
 /// Whether a fan-out cursor (`s1.<hex JSON>`) has a shard half read: with its
 /// owner's cursor, not done.
 fn mid_shard(cursor: Option<&str>) -> anyhow::Result<bool> {

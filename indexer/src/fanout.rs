@@ -641,6 +641,24 @@ pub const TAIL_OWNER_CHECK: Duration = Duration::from_secs(1);
 /// How long a fanned-out tail waits for every shard's stream before it answers.
 pub const TAIL_CONNECT: Duration = Duration::from_secs(3);
 
+/// How long a shard's tail, having switched owner, waits before searching the new
+/// owner for the lines it had consumed before (see [`ShardMode::tail`]): what it
+/// accepted before the stream was opened is committed (searchable) within its
+/// commit interval; this leaves room for a slow commit.
+pub const TAIL_CATCH_UP_DELAY: Duration = Duration::from_secs(1);
+
+/// At most this many lines are searched for to catch up after a switch, and at
+/// most as many of the new owner's live lines held meanwhile (more are reported as
+/// dropped).
+pub const TAIL_CATCH_UP_MAX: usize = 10_000;
+
+/// How far back a catch-up search looks at most.
+const TAIL_CATCH_UP_WINDOW: chrono::TimeDelta = chrono::TimeDelta::hours(1);
+
+/// What a shard's tail has passed on of one source: the newest offset, and that
+/// line's time.
+type Delivered = HashMap<String, (u64, chrono::DateTime<chrono::Utc>)>;
+
 /// One item of a fanned-out tail.
 #[derive(Debug, Clone, PartialEq)]
 pub enum TailItem {
@@ -661,10 +679,14 @@ impl ShardMode {
     /// owners' ids are per indexer, and a shard may change owner), so the handler
     /// answers `x-sandtrail-tail-resumed: false` and a client catches up by search,
     /// as after an indexer restart. When a shard changes owner (a failure, or the
-    /// owner gave the shard up, seen within [`TAIL_OWNER_CHECK`]) the new owner's
-    /// stream starts at its own pace: lines it offers that the old one already
-    /// delivered are dropped here (per source, by offset), but lines the new owner
-    /// had consumed before the switch are missed.
+    /// owner gave the shard up, seen within [`TAIL_OWNER_CHECK`]) or its stream is
+    /// opened again, the new stream's lines are held while the owner is searched
+    /// (`shards=<n>`, oldest first, after [`TAIL_CATCH_UP_DELAY`]) for the lines it
+    /// had consumed before: per source, those past the offset already passed on
+    /// (sources not seen yet: from the tail's opening time on), then the held
+    /// lines, each line once by source and offset. The price: up to a second and
+    /// a search per switch, and a catch-up of at most [`TAIL_CATCH_UP_MAX`] lines
+    /// from the last hour.
     pub async fn tail(self: &Arc<Self>, q: &str, headers: &HeaderMap) -> Result<TailStream> {
         let owners = (*self.owners.current().await?).clone();
         let (owners_tx, owners_rx) = tokio::sync::watch::channel(owners);
@@ -730,7 +752,10 @@ impl ShardMode {
         let mut tries = 0usize;
         let mut backoff = Duration::from_millis(100);
         // The newest offset delivered per source, across owner switches.
-        let mut delivered: HashMap<String, u64> = HashMap::new();
+        let mut delivered = Delivered::new();
+        let opened = chrono::Utc::now();
+        let filter = crate::tail::TailFilter::parse(&q).unwrap_or_default();
+        let mut first = true;
         while !tx.is_closed() {
             let urls = urls_of(&owners.borrow_and_update(), n);
             if let Some(url) = urls.get(tries % urls.len().max(1)).cloned() {
@@ -752,7 +777,25 @@ impl ShardMode {
                             let _ = up.send(());
                         }
                         backoff = Duration::from_millis(100);
-                        relay(n, &url, r, &mut owners, &mut delivered, &tx).await;
+                        // Every stream but the first may have missed lines.
+                        let catch_up = (!first).then(|| {
+                            let since = delivered
+                                .values()
+                                .map(|(_, ts)| *ts)
+                                .chain([opened])
+                                .min()
+                                .unwrap_or(opened)
+                                .max(chrono::Utc::now() - TAIL_CATCH_UP_WINDOW);
+                            let mode = self.clone();
+                            let (url, auth, filter) = (url.clone(), auth.clone(), filter.clone());
+                            Box::pin(async move {
+                                tokio::time::sleep(TAIL_CATCH_UP_DELAY).await;
+                                mode.catch_up(n, &url, since, &auth, &filter).await
+                            }) as CatchUp
+                        });
+                        first = false;
+                        relay(n, &url, r, &mut owners, &mut delivered, opened, catch_up, &tx)
+                            .await;
                     }
                     Ok(r) => {
                         warn!(shard = n, url, status = %r.status(), "tail: a shard owner refused the stream")
@@ -774,31 +817,151 @@ impl ShardMode {
 /// A fanned-out tail's items, as [`ShardMode::tail`] gives them.
 pub type TailStream = tokio_stream::wrappers::ReceiverStream<TailItem>;
 
+/// The lines a shard's new owner had consumed before its stream was opened.
+type CatchUp = std::pin::Pin<Box<dyn std::future::Future<Output = Vec<LogRecord>> + Send>>;
+
+impl ShardMode {
+    /// Shard `n`'s lines at `url` from `since` on, oldest first, that `filter`
+    /// passes (at most [`TAIL_CATCH_UP_MAX`]); what cannot be read is logged and
+    /// left out.
+    async fn catch_up(
+        &self,
+        n: u32,
+        url: &str,
+        since: chrono::DateTime<chrono::Utc>,
+        auth: &[(&'static str, axum::http::HeaderValue)],
+        filter: &crate::tail::TailFilter,
+    ) -> Vec<LogRecord> {
+        let mut out = Vec::new();
+        let mut cursor: Option<String> = None;
+        let mut headers = HeaderMap::new();
+        for (name, v) in auth {
+            headers.insert(*name, v.clone());
+        }
+        let start = since.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
+        while out.len() < TAIL_CATCH_UP_MAX {
+            let mut q = vec![
+                ("shards".to_string(), n.to_string()),
+                ("sort".to_string(), "oldest".to_string()),
+                ("start".to_string(), start.clone()),
+                ("limit".to_string(), "1000".to_string()),
+            ];
+            if let Some(c) = &cursor {
+                q.push(("cursor".into(), c.clone()));
+            }
+            let page = match self
+                .ask_json(&[url.to_string()], "/api/v1/search", &q, &headers)
+                .await
+                .and_then(|v| {
+                    serde_json::from_value::<SearchResponse>(v)
+                        .map_err(|e| Error::Shards(format!("unreadable search answer: {e}")))
+                }) {
+                Ok(page) => page,
+                Err(e) => {
+                    warn!(shard = n, url, error = %e, "tail: cannot catch up with the new owner");
+                    break;
+                }
+            };
+            out.extend(page.hits.into_iter().filter(|r| filter.matches(r)));
+            match page.next {
+                Some(c) => cursor = Some(c),
+                None => break,
+            }
+        }
+        out.truncate(TAIL_CATCH_UP_MAX);
+        out
+    }
+}
+
+/// Passes `item` on unless it is a line of a source at or below the offset
+/// already passed on; false once `tx` is closed.
+async fn pass(
+    item: TailItem,
+    delivered: &mut Delivered,
+    tx: &tokio::sync::mpsc::Sender<TailItem>,
+) -> bool {
+    if let TailItem::Record(r) = &item {
+        if r.offset > 0 {
+            let newest = delivered.entry(r.source.clone()).or_insert((0, r.ts));
+            if r.offset <= newest.0 {
+                return true;
+            }
+            *newest = (r.offset, r.ts);
+        }
+    }
+    tx.send(item).await.is_ok()
+}
+
 /// Passes one owner's tail of shard `n` on until it ends, `url` no longer owns
-/// the shard, or `tx` closes.
+/// the shard, or `tx` closes. With `catch_up`, its lines are held until the lines
+/// it finds are passed on (those of sources not passed on yet only from `opened`
+/// on), then passed on after them.
+#[allow(clippy::too_many_arguments)]
 async fn relay(
     n: u32,
     url: &str,
     resp: reqwest::Response,
     owners: &mut tokio::sync::watch::Receiver<BTreeMap<u32, Vec<crate::owners::Owner>>>,
-    delivered: &mut HashMap<String, u64>,
+    delivered: &mut Delivered,
+    opened: chrono::DateTime<chrono::Utc>,
+    mut catch_up: Option<CatchUp>,
     tx: &tokio::sync::mpsc::Sender<TailItem>,
 ) {
     use futures::StreamExt;
     let mut body = resp.bytes_stream();
     let mut sse = protocol::sse::Sse::default();
+    let mut held: Vec<TailItem> = Vec::new();
+    let mut held_over = 0u64;
     loop {
         enum Next<C> {
             Chunk(C),
             Owners(bool),
             Closed,
+            CaughtUp(Vec<LogRecord>),
         }
         let next = tokio::select! {
             c = body.next() => Next::Chunk(c),
             c = owners.changed() => Next::Owners(c.is_ok()),
             _ = tx.closed() => Next::Closed,
+            found = async { catch_up.as_mut().expect("polled only when set").await }, if catch_up.is_some() => Next::CaughtUp(found),
         };
         let chunk = match next {
+            Next::CaughtUp(found) => {
+                catch_up = None;
+                let mut caught = 0usize;
+                for r in found {
+                    // Past what was passed on; a source not seen yet only from
+                    // the tail's opening on (older lines are not news).
+                    if r.offset == 0 || (!delivered.contains_key(&r.source) && r.ts < opened) {
+                        continue;
+                    }
+                    let known = delivered.get(&r.source).map(|d| d.0);
+                    if known.is_none_or(|o| r.offset > o) {
+                        caught += 1;
+                    }
+                    if !pass(TailItem::Record(Box::new(r)), delivered, tx).await {
+                        return;
+                    }
+                }
+                for item in std::mem::take(&mut held) {
+                    if !pass(item, delivered, tx).await {
+                        return;
+                    }
+                }
+                if held_over > 0 {
+                    if tx.send(TailItem::Dropped(held_over)).await.is_err() {
+                        return;
+                    }
+                    held_over = 0;
+                }
+                tracing::info!(
+                    shard = n,
+                    url,
+                    lines = caught,
+                    "tail: caught up with the lines the shard's owner had before its stream"
+                );
+                continue;
+            }
             Next::Closed | Next::Owners(false) => return,
             Next::Owners(true) => {
                 if !urls_of(&owners.borrow_and_update(), n)
@@ -823,16 +986,7 @@ async fn relay(
         for event in sse.push(&chunk) {
             let item = match event.kind.as_str() {
                 "message" => match serde_json::from_str::<LogRecord>(&event.data) {
-                    Ok(r) => {
-                        if r.offset > 0 {
-                            let newest = delivered.entry(r.source.clone()).or_default();
-                            if r.offset <= *newest {
-                                continue;
-                            }
-                            *newest = r.offset;
-                        }
-                        TailItem::Record(Box::new(r))
-                    }
+                    Ok(r) => TailItem::Record(Box::new(r)),
                     Err(e) => {
                         warn!(shard = n, url, error = %e, "tail: an unreadable record");
                         continue;
@@ -846,7 +1000,16 @@ async fn relay(
                 ),
                 _ => continue,
             };
-            if tx.send(item).await.is_err() {
+            if catch_up.is_some() {
+                // Held until the lines before them are found and passed on.
+                if held.len() < TAIL_CATCH_UP_MAX {
+                    held.push(item);
+                } else {
+                    held_over += 1;
+                }
+                continue;
+            }
+            if !pass(item, delivered, tx).await {
                 return;
             }
         }
