@@ -610,7 +610,10 @@ async fn a_cursor_continues_exactly_on_another_owner() -> anyhow::Result<()> {
         assert!(failed.is_empty(), "failed shards {failed:?}");
         seen.extend(numbers);
         cursor = next;
-        anyhow::ensure!(cursor.is_some(), "paged to the end without a shard half read");
+        anyhow::ensure!(
+            cursor.is_some(),
+            "paged to the end without a shard half read"
+        );
     }
     first.kill9()?;
     while let Some(c) = cursor {

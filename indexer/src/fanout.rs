@@ -34,7 +34,10 @@
 //! up per value but each shard sends only its top [`shard_size`], so a count can
 //! be low where a shard truncated ([`merge_fields`]); latency groups come with a
 //! mergeable sketch ([`crate::sketch`]), so count, average and max are exact and
-//! the percentiles within 1 % ([`merge_latency`]).
+//! the percentiles within 1 % ([`merge_latency`]). The Elasticsearch API asks one
+//! owner per shard the same way ([`ShardMode::es_each_shard`]) and merges in
+//! [`crate::es::shards`]; the live tail follows one owner's stream per shard and
+//! catches up by search after a switch ([`ShardMode::tail`]).
 
 use crate::analytics::{
     top_n, ContextRequest, ContextResponse, FieldTop, FieldsResponse, GroupBy, LatencyGroup,
@@ -794,8 +797,17 @@ impl ShardMode {
                             }) as CatchUp
                         });
                         first = false;
-                        relay(n, &url, r, &mut owners, &mut delivered, opened, catch_up, &tx)
-                            .await;
+                        relay(
+                            n,
+                            &url,
+                            r,
+                            &mut owners,
+                            &mut delivered,
+                            opened,
+                            catch_up,
+                            &tx,
+                        )
+                        .await;
                     }
                     Ok(r) => {
                         warn!(shard = n, url, status = %r.status(), "tail: a shard owner refused the stream")
