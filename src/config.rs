@@ -1379,5 +1379,40 @@ mod tests {
         };
         let e = indexer_shards(&half, &none).unwrap_err().to_string();
         assert!(e.contains("--ingest-log"), "{e}");
+        // The stream keeps what the indexers keep: no retention, no age limit.
+        assert_eq!(
+            s.log.limits,
+            Some(protocol::ingest_log::Limits::default()),
+            "an indexer sets the limits, none here"
+        );
+    }
+
+    #[test]
+    fn the_ingest_log_keeps_a_day_past_the_retention_and_an_optional_byte_bound() {
+        let env = |k: &str| (k == "SANDTRAIL_INDEXER_INGEST_LOG_MAX_MB").then(|| "64".to_string());
+        let c = Config::parse_with_env(
+            "[indexer]\nzk = \"zk://z1:2181/st\"\ningest_log = \"nats://n1:4222\"\nretention = \"7d\"\n",
+            Path::new("t.toml"),
+            &env,
+        )
+        .unwrap();
+        let args = IndexerArgs {
+            data_dir: None,
+            listen: None,
+            zk: None,
+            ingest_log: None,
+            shards: None,
+            owners: None,
+            advertise: None,
+            zk_session_timeout_ms: None,
+        };
+        let s = indexer_shards(&args, &c).unwrap().unwrap();
+        let limits = s.log.limits.expect("an indexer sets the stream's limits");
+        assert_eq!(
+            limits.max_age,
+            Some(std::time::Duration::from_secs(8 * 86_400)),
+            "7d of retention and a day"
+        );
+        assert_eq!(limits.max_bytes, Some(64 << 20));
     }
 }

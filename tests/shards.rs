@@ -319,6 +319,23 @@ async fn es_api_fans_out(http: &reqwest::Client, url: &str, total: u64) -> anyho
         why.contains("percentiles") && why.contains("\\\"p\\\""),
         "{why}"
     );
+    // What every shard refuses is refused with the owners' own reason, as one
+    // indexer words it.
+    let refused = http
+        .post(format!("{url}/_search"))
+        .json(&serde_json::json!({ "size": 0, "aggs": {
+            "t": { "terms": { "field": "message" } } } }))
+        .send()
+        .await?;
+    assert_eq!(refused.status(), 400);
+    let why: Value = refused.json().await?;
+    assert!(
+        why["error"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains(": terms \"t\": only on keyword fields")
+                && r.matches("invalid query").count() == 1),
+        "{why}"
+    );
     Ok(())
 }
 

@@ -600,7 +600,8 @@ async fn search_anywhere(
             let path = format!("{PREFIX}/{}/_search", path_segment(&index));
             let (answers, failed) = mode
                 .es_each_shard(&path, &plan.shard_request, headers)
-                .await?;
+                .await
+                .map_err(owners_reason)?;
             if answers.is_empty() {
                 return Err(Error::Shards(format!(
                     "all shards failed: {}",
@@ -616,6 +617,22 @@ async fn search_anywhere(
     };
     here.with_view(move |view| run_search(view, &index, &request))
         .await
+}
+
+/// An owner's refusal (the caller's mistake, the same on every shard) with the
+/// owner's own reason, as if this indexer had refused it.
+fn owners_reason(e: Error) -> Error {
+    match e {
+        Error::BadParam { ref value, .. } => serde_json::from_str::<Value>(value)
+            .ok()
+            .and_then(|v| v.pointer("/error/reason")?.as_str().map(String::from))
+            .map_or(e, |reason| {
+                // A query DSL refusal says what `bad` adds again.
+                let prefix = bad("").to_string();
+                bad(reason.strip_prefix(&prefix).unwrap_or(&reason))
+            }),
+        other => other,
+    }
 }
 
 /// `s` as one path segment: bytes other than letters, digits and `-._~*,`
