@@ -71,6 +71,16 @@ fn indexer_with_owners(
     nats: &str,
     owners: u32,
 ) -> anyhow::Result<(Proc, String)> {
+    indexer_with_env(dir, zk, nats, owners, &[])
+}
+
+fn indexer_with_env(
+    dir: &Path,
+    zk: &str,
+    nats: &str,
+    owners: u32,
+    extra_env: &[(&str, String)],
+) -> anyhow::Result<(Proc, String)> {
     let args: Vec<String> = [
         "indexer",
         "--data-dir",
@@ -90,7 +100,8 @@ fn indexer_with_owners(
     ]
     .map(String::from)
     .into();
-    let env = [("SANDTRAIL_TOKEN", TOKEN.to_string())];
+    let mut env = vec![("SANDTRAIL_TOKEN", TOKEN.to_string())];
+    env.extend_from_slice(extra_env);
     let (mut proc, url) = Proc::start("indexer", dir, &args, "indexer:", &env)?;
     proc.printed(&["shard owner:"])?;
     Ok((proc, url))
@@ -759,6 +770,65 @@ where
         }
     }
     Ok(got)
+}
+
+/// Issue 21: with a byte bound on the ingest log (`[indexer] ingest_log_max_mb`)
+/// the stream is trimmed to it as soon as an indexer opens it, and a new owner
+/// that cannot rebuild the trimmed records says so in
+/// `sandtrail_indexer_ingest_log_trimmed_total` (it would otherwise look whole).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_byte_bound_on_the_log_is_counted_when_it_trims() -> anyhow::Result<()> {
+    let zk = common::zk::ZooKeeper::start()?;
+    let nats = common::nats::Nats::start()?;
+    let http = client_with_token(TOKEN)?;
+    let dir = tempfile::tempdir()?;
+    // About 2.5 MB of messages, more than the 1 MiB bound.
+    publish(&nats.url(), 0, 300).await?;
+    let (_proc, url) = indexer_with_env(
+        dir.path(),
+        &zk.url("bound"),
+        &nats.url(),
+        1,
+        &[("SANDTRAIL_INDEXER_INGEST_LOG_MAX_MB", "1".to_string())],
+    )?;
+    let (_, mut stream) = protocol::ingest_log::open(&LogConfig::new(nats.url()))
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let info = stream.info().await?;
+    assert_eq!(info.config.max_bytes, 1 << 20, "the indexer set the bound");
+    assert!(
+        info.state.bytes <= 1 << 20,
+        "trimmed to it: {:?}",
+        info.state
+    );
+    let trimmed = eventually(
+        "the trimmed records counted",
+        Duration::from_secs(30),
+        || async {
+            let text = http
+                .get(format!("{url}/metrics"))
+                .send()
+                .await?
+                .error_for_status()?
+                .text()
+                .await?;
+            let n = text
+                .lines()
+                .find_map(|l| l.strip_prefix("sandtrail_indexer_ingest_log_trimmed_total "))
+                .and_then(|n| n.trim().parse::<u64>().ok())
+                .unwrap_or(0);
+            Ok((n > 0).then_some(n))
+        },
+    )
+    .await?;
+    assert!(trimmed <= 6, "at most once per shard: {trimmed}");
+    let (total, failed, _, _) = search_all(&http, &url, 0, None).await?;
+    assert!(
+        failed.is_empty() && total < SOURCES * 300,
+        "{total} of {}",
+        SOURCES * 300
+    );
+    Ok(())
 }
 
 /// Whether a fan-out cursor (`s1.<hex JSON>`) has a shard half read: with its

@@ -216,7 +216,7 @@ async fn trimmed_before(idx: &Indexer, stream: &Stream, shard: u32, start: u64) 
             start,
             first,
             max_bytes = info.config.max_bytes,
-            "the ingest log's byte bound trimmed records this owner had not indexed: they are missing here"
+            "the ingest log's byte bound trimmed records past this shard's position: those of this shard are missing here"
         );
     } else {
         info!(

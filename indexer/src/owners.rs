@@ -377,9 +377,13 @@ impl Owners {
             match tokio::time::timeout(self.session_timeout / 3, self.round()).await {
                 Ok(Ok(())) => {
                     *self.last_ok.lock().unwrap_or_else(|e| e.into_inner()) = asked;
-                    // The searches' owner map, fresh every tick.
-                    if let Err(e) = self.refresh().await {
-                        warn!(error = %e, "cannot re-read the shard owners");
+                    // The searches' owner map, fresh every tick; bounded like
+                    // the round, so that a hung ZooKeeper cannot stop the lease
+                    // check above.
+                    match tokio::time::timeout(self.session_timeout / 3, self.refresh()).await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => warn!(error = %e, "cannot re-read the shard owners"),
+                        Err(_) => warn!("re-reading the shard owners timed out"),
                     }
                 }
                 Ok(Err(e)) => warn!(error = %e, "shard balancing round failed"),
