@@ -116,6 +116,12 @@ pub struct IndexerSection {
     pub advertise: Option<String>,
     pub zk_session_timeout_ms: Option<u64>,
     pub ingest_log_replicas: Option<usize>,
+    /// Shard mode: a byte bound on the ingest log's stream (default none). The
+    /// stream already drops what is older than `retention` plus a day; past this
+    /// bound it drops its oldest records too, which a new shard owner then cannot
+    /// rebuild (it logs so and counts it in
+    /// `sandtrail_indexer_ingest_log_trimmed_total`).
+    pub ingest_log_max_mb: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -328,6 +334,7 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "advertise",
             "zk_session_timeout_ms",
             "ingest_log_replicas",
+            "ingest_log_max_mb",
         ],
     ),
     (
@@ -696,6 +703,13 @@ pub fn indexer_shards(args: &IndexerArgs, cfg: &Config) -> anyhow::Result<Option
             .or(c.shards)
             .unwrap_or(protocol::shard::DEFAULT_SHARDS),
         replicas: c.ingest_log_replicas.unwrap_or(1),
+        // The stream keeps what the indexers keep (retention is checked at parse).
+        limits: Some(protocol::ingest_log::Limits::for_retention(
+            c.retention
+                .as_deref()
+                .and_then(|r| indexer::parse_retention(r).ok()),
+            c.ingest_log_max_mb.map(|mb| mb.saturating_mul(1 << 20)),
+        )),
     };
     log.validate().map_err(anyhow::Error::msg)?;
     let owners = args.owners.or(c.owners).unwrap_or(2);
@@ -800,6 +814,8 @@ pub fn agent(
                     .or(c.shards)
                     .unwrap_or(protocol::shard::DEFAULT_SHARDS),
                 replicas: c.ingest_log_replicas.unwrap_or(1),
+                // The indexers set the stream's limits; a shipper knows neither.
+                limits: None,
             };
             log.validate().map_err(anyhow::Error::msg)?;
             Some(log)
@@ -1368,7 +1384,41 @@ mod tests {
         };
         let e = indexer_shards(&half, &none).unwrap_err().to_string();
         assert!(e.contains("--ingest-log"), "{e}");
-        assert_eq!(s.log.replicas, 1, "replicas default to a single server");
+        // The stream keeps what the indexers keep: no retention, no age limit.
+        assert_eq!(
+            s.log.limits,
+            Some(protocol::ingest_log::Limits::default()),
+            "an indexer sets the limits, none here"
+        );
+    }
+
+    #[test]
+    fn the_ingest_log_keeps_a_day_past_the_retention_and_an_optional_byte_bound() {
+        let env = |k: &str| (k == "SANDTRAIL_INDEXER_INGEST_LOG_MAX_MB").then(|| "64".to_string());
+        let c = Config::parse_with_env(
+            "[indexer]\nzk = \"zk://z1:2181/st\"\ningest_log = \"nats://n1:4222\"\nretention = \"7d\"\n",
+            Path::new("t.toml"),
+            &env,
+        )
+        .unwrap();
+        let args = IndexerArgs {
+            data_dir: None,
+            listen: None,
+            zk: None,
+            ingest_log: None,
+            shards: None,
+            owners: None,
+            advertise: None,
+            zk_session_timeout_ms: None,
+        };
+        let s = indexer_shards(&args, &c).unwrap().unwrap();
+        let limits = s.log.limits.expect("an indexer sets the stream's limits");
+        assert_eq!(
+            limits.max_age,
+            Some(std::time::Duration::from_secs(8 * 86_400)),
+            "7d of retention and a day"
+        );
+        assert_eq!(limits.max_bytes, Some(64 << 20));
     }
 
     /// The stream is created by whoever connects first, an indexer as often as an

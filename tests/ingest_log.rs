@@ -186,3 +186,49 @@ async fn a_stream_of_another_shard_count_is_refused() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// Issue 21: the stream used to keep everything forever. Its limits follow the
+/// indexers' settings: an existing stream's are updated when an indexer opens it
+/// with other ones (a changed retention or byte bound), and a shipper, which
+/// knows neither, leaves them as they are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_streams_limits_follow_the_indexers_settings() -> anyhow::Result<()> {
+    use protocol::ingest_log::{Limits, RETENTION_SLACK};
+    let nats = common::nats::Nats::start()?;
+    let limits_of = |limits: Option<Limits>| {
+        let url = nats.url();
+        async move {
+            let (_, mut stream) = protocol::ingest_log::open(&LogConfig {
+                limits,
+                ..LogConfig::new(url)
+            })
+            .await
+            .map_err(anyhow::Error::msg)?;
+            let c = &stream.info().await?.config;
+            anyhow::Ok((c.max_age, c.max_bytes))
+        }
+    };
+    // A shipper first: no bound.
+    let (age, bytes) = limits_of(None).await?;
+    assert_eq!(age, Duration::ZERO);
+    assert!(bytes <= 0, "no byte bound: {bytes}");
+    let day = Duration::from_secs(86_400);
+    let week = Limits::for_retention(Some(7 * day), None);
+    assert_eq!(
+        limits_of(Some(week)).await?,
+        (7 * day + RETENTION_SLACK, -1),
+        "an indexer with a week's retention sets the stream's age"
+    );
+    let bounded = Limits::for_retention(Some(2 * day), Some(64 << 20));
+    assert_eq!(
+        limits_of(Some(bounded)).await?,
+        (2 * day + RETENTION_SLACK, 64 << 20),
+        "changed settings update the existing stream"
+    );
+    assert_eq!(
+        limits_of(None).await?,
+        (2 * day + RETENTION_SLACK, 64 << 20),
+        "a shipper leaves the limits alone"
+    );
+    Ok(())
+}

@@ -71,6 +71,16 @@ fn indexer_with_owners(
     nats: &str,
     owners: u32,
 ) -> anyhow::Result<(Proc, String)> {
+    indexer_with_env(dir, zk, nats, owners, &[])
+}
+
+fn indexer_with_env(
+    dir: &Path,
+    zk: &str,
+    nats: &str,
+    owners: u32,
+    extra_env: &[(&str, String)],
+) -> anyhow::Result<(Proc, String)> {
     let args: Vec<String> = [
         "indexer",
         "--data-dir",
@@ -90,7 +100,8 @@ fn indexer_with_owners(
     ]
     .map(String::from)
     .into();
-    let env = [("SANDTRAIL_TOKEN", TOKEN.to_string())];
+    let mut env = vec![("SANDTRAIL_TOKEN", TOKEN.to_string())];
+    env.extend_from_slice(extra_env);
     let (mut proc, url) = Proc::start("indexer", dir, &args, "indexer:", &env)?;
     proc.printed(&["shard owner:"])?;
     Ok((proc, url))
@@ -247,6 +258,98 @@ async fn fields_and_latency_add_up(
     Ok(())
 }
 
+/// Regression (issue 21, the Elasticsearch API saw only the asked indexer's own
+/// documents in shard mode): `_count`, `_search` and its aggregations over ES's
+/// API of one indexer answer for the whole cluster, with ES's `_shards` saying
+/// every shard answered, and an aggregation that cannot be merged exactly is
+/// refused by name rather than answered from part of the data.
+async fn es_api_fans_out(http: &reqwest::Client, url: &str, total: u64) -> anyhow::Result<()> {
+    let all_shards = serde_json::json!({ "total": 6, "successful": 6, "skipped": 0, "failed": 0 });
+    let c: Value = http
+        .get(format!("{url}/_count"))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    assert_eq!(c["count"], total, "{c}");
+    assert_eq!(c["_shards"], all_shards, "{c}");
+    let s: Value = http
+        .post(format!("{url}/es/_search"))
+        .json(&serde_json::json!({
+            "size": 5,
+            "from": 3,
+            "query": { "query_string": { "query": "number" } },
+            "aggs": {
+                "hosts": { "terms": { "field": "host.name" } },
+                "per_second": { "date_histogram": { "field": "@timestamp", "fixed_interval": "1s" } },
+                "mean": { "avg": { "field": "latency_ms" } },
+                "most": { "max": { "field": "latency_ms" } },
+            },
+        }))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    assert_eq!(s["hits"]["total"]["value"], total, "{s}");
+    assert_eq!(s["_shards"], all_shards, "{s}");
+    assert_eq!(s["hits"]["hits"].as_array().map(Vec::len), Some(5), "{s}");
+    let aggs = &s["aggregations"];
+    let hosts: BTreeMap<String, u64> = aggs["hosts"]["buckets"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|b| {
+            (
+                b["key"].as_str().unwrap_or_default().to_string(),
+                b["doc_count"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    let want: BTreeMap<String, u64> = (0..3).map(|h| (format!("node-{h}"), total / 3)).collect();
+    assert_eq!(hosts, want, "{aggs}");
+    let per_second: u64 = aggs["per_second"]["buckets"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|b| b["doc_count"].as_u64())
+        .sum();
+    assert_eq!(per_second, total, "{aggs}");
+    assert_eq!(aggs["mean"]["value"], 50.5, "{aggs}");
+    assert_eq!(aggs["most"]["value"], 100.0, "{aggs}");
+    let refused = http
+        .post(format!("{url}/_search"))
+        .json(&serde_json::json!({ "size": 0, "aggs": {
+            "p": { "percentiles": { "field": "latency_ms" } } } }))
+        .send()
+        .await?;
+    assert_eq!(refused.status(), 400);
+    let why = refused.text().await?;
+    assert!(
+        why.contains("percentiles") && why.contains("\\\"p\\\""),
+        "{why}"
+    );
+    // What every shard refuses is refused with the owners' own reason, as one
+    // indexer words it.
+    let refused = http
+        .post(format!("{url}/_search"))
+        .json(&serde_json::json!({ "size": 0, "aggs": {
+            "t": { "terms": { "field": "message" } } } }))
+        .send()
+        .await?;
+    assert_eq!(refused.status(), 400);
+    let why: Value = refused.json().await?;
+    assert!(
+        why["error"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains(": terms \"t\": only on keyword fields")
+                && r.matches("invalid query").count() == 1),
+        "{why}"
+    );
+    Ok(())
+}
+
 /// The context of one record (found through `search_url`), asked of `url`
 /// without `shards=`: its neighbours by offset, whichever shard holds them.
 async fn context_fans_out(
@@ -286,6 +389,12 @@ async fn context_fans_out(
             .collect()
     };
     assert_eq!(c["record"]["msg"], "number 5000150", "{c}");
+    // Regression (issue 21): the fanned-out context said nothing of its shards.
+    assert_eq!(
+        c["shards"],
+        serde_json::json!({ "total": 6, "successful": 6, "failed": [] }),
+        "{c}"
+    );
     assert_eq!(
         msgs("before"),
         ["number 5000147", "number 5000148", "number 5000149"],
@@ -359,18 +468,21 @@ async fn three_owners_lose_nothing_when_one_is_killed() -> anyhow::Result<()> {
         .map(|_| tempfile::tempdir())
         .collect::<Result<_, _>>()?;
 
-    publish(&nats.url(), 0, 100).await?;
     let mut procs = Vec::new();
     for d in &dirs {
         procs.push(indexer(d.path(), &zk_url, &nats.url())?);
     }
+    let zkc = zookeeper_client::Client::connect(&format!("127.0.0.1:{}", zk.port)).await?;
+    let ids: Vec<String> = procs.iter().map(|(_, u)| id_of(u)).collect();
+    balanced(&zkc, &ids, Duration::from_secs(30)).await?;
+    // Published once the shards are dealt out: each indexer holds four shards'
+    // records, so a search of one indexer's own documents would count too few.
+    publish(&nats.url(), 0, 100).await?;
     let first = SOURCES * 100;
     for (_, url) in &procs {
         counts(&http, url, first, Duration::from_secs(60)).await?;
     }
-    let zkc = zookeeper_client::Client::connect(&format!("127.0.0.1:{}", zk.port)).await?;
-    let ids: Vec<String> = procs.iter().map(|(_, u)| id_of(u)).collect();
-    balanced(&zkc, &ids, Duration::from_secs(30)).await?;
+    es_api_fans_out(&http, &procs[1].1, first).await?;
 
     // Kill one owner while records keep coming: every shard still has a live owner
     // (its second one), so nothing fails and nothing is lost.
@@ -455,6 +567,284 @@ async fn three_owners_lose_nothing_when_one_is_killed() -> anyhow::Result<()> {
         tail_sees_every_line_once(&http, url, &nats.url(), from, from + 10).await?;
     }
     Ok(())
+}
+
+/// Regression (issue 21, a fan-out cursor continued after a shard's answering
+/// owner changed repeated or skipped hits of one timestamp: each owner has its own
+/// uids): two owners of every shard, the first one (slot 0, asked first) with
+/// uids far ahead of the second's; half the hits paged with it, then it is killed
+/// and the rest paged from the second. Every number comes exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cursor_continues_exactly_on_another_owner() -> anyhow::Result<()> {
+    let zk = common::zk::ZooKeeper::start()?;
+    let nats = common::nats::Nats::start()?;
+    let zk_url = zk.url("cursor");
+    let http = client_with_token(TOKEN)?;
+    let dirs: Vec<tempfile::TempDir> = (0..2)
+        .map(|_| tempfile::tempdir())
+        .collect::<Result<_, _>>()?;
+    // Alone, the first indexer takes slot 0 of every shard.
+    let (first, first_url) = indexer(dirs[0].path(), &zk_url, &nats.url())?;
+    // Records of its own, two hours old (outside the searched range), move its
+    // uids ahead of the other owner's.
+    let old = chrono::Utc::now() - chrono::Duration::hours(2);
+    let own: Vec<protocol::LogRecord> = (1..=500u64)
+        .map(|i| {
+            serde_json::from_value(serde_json::json!({
+                "ts": old.to_rfc3339(), "host": "h", "app": "a", "task": "t",
+                "msg": format!("own {i}"), "source": "own@1", "offset": i,
+            }))
+            .unwrap()
+        })
+        .collect();
+    http.post(format!("{first_url}/api/v1/ingest"))
+        .body(protocol::encode_ndjson(&own))
+        .send()
+        .await?
+        .error_for_status()?;
+    // 20 lines of 30 sources, every line of one timestamp.
+    publish(&nats.url(), 0, 20).await?;
+    let total = SOURCES * 20;
+    counts(&http, &first_url, total, Duration::from_secs(60)).await?;
+    let (_second, second_url) = indexer(dirs[1].path(), &zk_url, &nats.url())?;
+    // The second has every shard indexed itself.
+    eventually(
+        "the second owner to hold every shard",
+        Duration::from_secs(60),
+        || async {
+            let v: Value = http
+                .get(format!("{second_url}/api/v1/search"))
+                .query(&[
+                    ("shards", "0,1,2,3,4,5"),
+                    ("limit", "0"),
+                    ("start", "now-1h"),
+                ])
+                .send()
+                .await?
+                .error_for_status()?
+                .json()
+                .await?;
+            Ok((v["total"] == total).then_some(()))
+        },
+    )
+    .await?;
+    // Paged (through the second, which asks the first) until a shard is half
+    // read with a cursor of the first's uids.
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    while seen.len() < (total / 3) as usize || !mid_shard(cursor.as_deref())? {
+        let (_, failed, next, numbers) =
+            search_all(&http, &second_url, 35, cursor.as_deref()).await?;
+        assert!(failed.is_empty(), "failed shards {failed:?}");
+        seen.extend(numbers);
+        cursor = next;
+        anyhow::ensure!(
+            cursor.is_some(),
+            "paged to the end without a shard half read"
+        );
+    }
+    first.kill9()?;
+    while let Some(c) = cursor {
+        let (_, failed, next, numbers) = search_all(&http, &second_url, 50, Some(&c)).await?;
+        assert!(failed.is_empty(), "failed shards {failed:?}");
+        seen.extend(numbers);
+        cursor = next;
+    }
+    let unique: BTreeSet<u64> = seen.iter().copied().collect();
+    assert_eq!(unique.len(), seen.len(), "a number came twice");
+    let want: BTreeSet<u64> = (0..SOURCES)
+        .flat_map(|s| (0..20).map(move |l| s * 1_000_000 + l))
+        .collect();
+    let missing: Vec<&u64> = want.difference(&unique).collect();
+    assert!(
+        missing.is_empty(),
+        "{} numbers never came, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+    assert_eq!(unique, want, "every number once");
+    Ok(())
+}
+
+/// Regression (issue 21, the merged live tail missed the lines a new owner had
+/// consumed before the switch): the tail of the second of two owners of every
+/// shard follows the first (slot 0); the first is paused, lines are published,
+/// which only the second consumes; once the first's session is over the tail
+/// switches to the second, and catches up: every line arrives exactly once,
+/// those published after the switch too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_merged_tail_catches_up_after_an_owner_change() -> anyhow::Result<()> {
+    let zk = common::zk::ZooKeeper::start()?;
+    let nats = common::nats::Nats::start()?;
+    let zk_url = zk.url("shards");
+    let http = client_with_token(TOKEN)?;
+    let dirs: Vec<tempfile::TempDir> = (0..2)
+        .map(|_| tempfile::tempdir())
+        .collect::<Result<_, _>>()?;
+    // Alone, the first indexer takes slot 0 of every shard: the tail follows it.
+    let (mut first, first_url) = indexer(dirs[0].path(), &zk_url, &nats.url())?;
+    counts(&http, &first_url, 0, Duration::from_secs(30)).await?;
+    let (_second, second_url) = indexer(dirs[1].path(), &zk_url, &nats.url())?;
+    let zkc = zookeeper_client::Client::connect(&format!("127.0.0.1:{}", zk.port)).await?;
+    balanced(
+        &zkc,
+        &[id_of(&first_url), id_of(&second_url)],
+        Duration::from_secs(30),
+    )
+    .await?;
+    let resp = http
+        .get(format!("{second_url}/api/v1/tail"))
+        .send()
+        .await?
+        .error_for_status()?;
+    let mut body = resp.bytes_stream();
+    let mut sse = protocol::sse::Sse::default();
+    let mut seen = Vec::new();
+    let lines = |from: u64, to: u64| -> BTreeSet<u64> {
+        (0..SOURCES)
+            .flat_map(|s| (from..to).map(move |l| s * 1_000_000 + l))
+            .collect()
+    };
+    publish(&nats.url(), 0, 5).await?;
+    seen.extend(tail_until(&mut body, &mut sse, lines(0, 5)).await?);
+    // Only the second consumes these: the first is paused, its streams stall.
+    first.signal("-STOP")?;
+    publish(&nats.url(), 5, 10).await?;
+    seen.extend(tail_until(&mut body, &mut sse, lines(5, 10)).await?);
+    // After the switch the tail follows the second directly.
+    publish(&nats.url(), 10, 15).await?;
+    seen.extend(tail_until(&mut body, &mut sse, lines(10, 15)).await?);
+    let unique: BTreeSet<u64> = seen.iter().copied().collect();
+    let want = lines(0, 15);
+    let missing: Vec<&u64> = want.difference(&unique).collect();
+    assert!(
+        missing.is_empty(),
+        "{} lines never came on the tail, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+    assert_eq!(unique.len(), seen.len(), "a line came twice on the tail");
+    assert_eq!(unique, want);
+    first.kill9()?;
+    Ok(())
+}
+
+/// The numbers of the lines a tail's `body` brings until every one of `want`
+/// came and a second more passed (or 30 s), in arrival order.
+async fn tail_until<S, B>(
+    body: &mut S,
+    sse: &mut protocol::sse::Sse,
+    want: BTreeSet<u64>,
+) -> anyhow::Result<Vec<u64>>
+where
+    S: futures::Stream<Item = Result<B, reqwest::Error>> + Unpin,
+    B: AsRef<[u8]>,
+{
+    use futures::StreamExt;
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut quiet_until = None;
+    loop {
+        let next = tokio::time::timeout_at(quiet_until.unwrap_or(deadline), body.next());
+        let chunk = match next.await {
+            Ok(Some(chunk)) => chunk?,
+            Ok(None) => anyhow::bail!("the tail ended"),
+            Err(_) => break,
+        };
+        for event in sse.push(chunk.as_ref()) {
+            if event.kind != "message" {
+                continue;
+            }
+            let r: Value = serde_json::from_str(&event.data)?;
+            if let Some(n) = r["msg"]
+                .as_str()
+                .and_then(|m| m.strip_prefix("number "))
+                .and_then(|n| n.parse::<u64>().ok())
+            {
+                got.push(n);
+            }
+        }
+        let have: BTreeSet<u64> = got.iter().copied().collect();
+        if quiet_until.is_none() && want.is_subset(&have) {
+            quiet_until = Some(tokio::time::Instant::now() + Duration::from_secs(1));
+        }
+    }
+    Ok(got)
+}
+
+/// Issue 21: with a byte bound on the ingest log (`[indexer] ingest_log_max_mb`)
+/// the stream is trimmed to it as soon as an indexer opens it, and a new owner
+/// that cannot rebuild the trimmed records says so in
+/// `sandtrail_indexer_ingest_log_trimmed_total` (it would otherwise look whole).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_byte_bound_on_the_log_is_counted_when_it_trims() -> anyhow::Result<()> {
+    let zk = common::zk::ZooKeeper::start()?;
+    let nats = common::nats::Nats::start()?;
+    let http = client_with_token(TOKEN)?;
+    let dir = tempfile::tempdir()?;
+    // About 2.5 MB of messages, more than the 1 MiB bound.
+    publish(&nats.url(), 0, 300).await?;
+    let (_proc, url) = indexer_with_env(
+        dir.path(),
+        &zk.url("bound"),
+        &nats.url(),
+        1,
+        &[("SANDTRAIL_INDEXER_INGEST_LOG_MAX_MB", "1".to_string())],
+    )?;
+    let (_, mut stream) = protocol::ingest_log::open(&LogConfig::new(nats.url()))
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let info = stream.info().await?;
+    assert_eq!(info.config.max_bytes, 1 << 20, "the indexer set the bound");
+    assert!(
+        info.state.bytes <= 1 << 20,
+        "trimmed to it: {:?}",
+        info.state
+    );
+    let trimmed = eventually(
+        "the trimmed records counted",
+        Duration::from_secs(30),
+        || async {
+            let text = http
+                .get(format!("{url}/metrics"))
+                .send()
+                .await?
+                .error_for_status()?
+                .text()
+                .await?;
+            let n = text
+                .lines()
+                .find_map(|l| l.strip_prefix("sandtrail_indexer_ingest_log_trimmed_total "))
+                .and_then(|n| n.trim().parse::<u64>().ok())
+                .unwrap_or(0);
+            Ok((n > 0).then_some(n))
+        },
+    )
+    .await?;
+    assert!(trimmed <= 6, "at most once per shard: {trimmed}");
+    let (total, failed, _, _) = search_all(&http, &url, 0, None).await?;
+    assert!(
+        failed.is_empty() && total < SOURCES * 300,
+        "{total} of {}",
+        SOURCES * 300
+    );
+    Ok(())
+}
+
+/// Whether a fan-out cursor (`s1.<hex JSON>`) has a shard half read: with its
+/// owner's cursor, not done.
+fn mid_shard(cursor: Option<&str>) -> anyhow::Result<bool> {
+    let Some(hex) = cursor.and_then(|c| c.strip_prefix("s1.")) else {
+        return Ok(false);
+    };
+    let bytes = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16))
+        .collect::<Result<Vec<u8>, _>>()?;
+    let state: BTreeMap<String, Value> = serde_json::from_slice(&bytes)?;
+    Ok(state
+        .values()
+        .any(|s| s["c"].is_string() && s["done"] != true))
 }
 
 /// Opens `url`'s live tail (no `shards=`: the fan-out), publishes lines

@@ -11,9 +11,7 @@
 //! bytes and records) while it is decoded, which is what the cap bounds. The
 //! Elasticsearch routes ([`crate::es`]) are merged in here, behind the same guards.
 
-use crate::analytics::{
-    parse_size, ContextParams, ContextResponse, GroupBy, Scope, DEFAULT_TOP_SIZE, MAX_TOP_SIZE,
-};
+use crate::analytics::{parse_size, ContextParams, GroupBy, Scope, DEFAULT_TOP_SIZE, MAX_TOP_SIZE};
 use crate::error::{Error, Result};
 use crate::fanout::TailItem;
 use crate::guard::Guards;
@@ -329,12 +327,13 @@ async fn latency(
 
 /// In shard mode without `shards=` every shard's records around the given one,
 /// merged ([`crate::fanout::merge_context`]): a task's sources may hash into
-/// different shards.
+/// different shards. The answer then says which shards answered (`shards`).
 async fn context(
     State(ix): State<Indexer>,
     headers: axum::http::HeaderMap,
     Query(mut params): Query<ContextParams>,
-) -> Result<Json<ContextResponse>> {
+) -> Result<axum::response::Response> {
+    use axum::response::IntoResponse;
     let mut search = SearchParams {
         shards: params.shards.take(),
         ..SearchParams::default()
@@ -343,9 +342,9 @@ async fn context(
     let req = params.into_request()?;
     let Some(ix) = scoped_ix else {
         let mode = ix.shard_mode().expect("fan-out only in shard mode").clone();
-        return Ok(Json(mode.context(&req, &headers).await?));
+        return Ok(Json(mode.context(&req, &headers).await?).into_response());
     };
-    Ok(Json(ix.context(req).await?))
+    Ok(Json(ix.context(req).await?).into_response())
 }
 
 async fn histogram(

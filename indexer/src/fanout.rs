@@ -13,18 +13,31 @@
 //! and longer pages until its page is used up, and six requests go out where
 //! grouping by owner would send three.
 //!
+//! A shard's cursor is its owner's (`c1.<time>.<uid>`), and uids are each
+//! indexer's own; but every owner of a shard indexes its records in the log's
+//! order, so hits of one time come in the same order from each. The cursor
+//! therefore also keeps which owner made it and how many hits of the last time
+//! handed out were of this shard (`tie`): continued on another owner (a failure,
+//! or ownership moved), the shard is asked from that time on, its first `tie`
+//! hits dropped, and paging stays exact whichever owner answers.
+//!
 //! An owner that fails (refused connection, error status) is replaced by the
-//! shard's next owner; a shard with none left is named in the answer's
-//! `shards.failed` (Elasticsearch's `_shards`), its hits missing from that page,
-//! its cursor kept as it was. Credentials of the caller are passed on: every
-//! indexer of a cluster shares the tokens.
+//! shard's next owner, then by a fresh read of the owners from ZooKeeper (the map
+//! in memory, [`Owners::current`], may be up to [`crate::owners::OWNERS_STALE`]
+//! old); a shard with none left is named in the answer's `shards.failed`
+//! (Elasticsearch's `_shards`), its hits missing from that page, its cursor kept
+//! as it was. Credentials of the caller are passed on: every indexer of a cluster
+//! shares the tokens.
 //!
 //! The aggregations fan out the same way, one owner per shard, over a range fixed
 //! to absolute times here: histogram buckets add up exactly; top field values add
 //! up per value but each shard sends only its top [`shard_size`], so a count can
 //! be low where a shard truncated ([`merge_fields`]); latency groups come with a
 //! mergeable sketch ([`crate::sketch`]), so count, average and max are exact and
-//! the percentiles within 1 % ([`merge_latency`]).
+//! the percentiles within 1 % ([`merge_latency`]). The Elasticsearch API asks one
+//! owner per shard the same way ([`ShardMode::es_each_shard`]) and merges in
+//! [`crate::es::shards`]; the live tail follows one owner's stream per shard and
+//! catches up by search after a switch ([`ShardMode::tail`]).
 
 use crate::analytics::{
     top_n, ContextRequest, ContextResponse, FieldTop, FieldsResponse, GroupBy, LatencyGroup,
@@ -73,7 +86,8 @@ impl ShardMode {
     }
 }
 
-/// Where the fan-out stands for one shard.
+/// Where the fan-out stands for one shard: its owner's cursor `c`, past which
+/// `skip` hits were already handed out.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShardCursor {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -82,6 +96,40 @@ pub struct ShardCursor {
     pub skip: usize,
     #[serde(default)]
     pub done: bool,
+    /// The owner (its URL) whose uids `c` holds; `None`: any owner's (no cursor,
+    /// or one from a time alone, see [`resume_elsewhere`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+    /// The time (microseconds) of the last hit handed out of this shard, and how
+    /// many hits of that time were.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tie_ts: Option<i64>,
+    #[serde(default)]
+    pub tie: usize,
+}
+
+/// How a shard is continued on an owner other than the one whose uids its cursor
+/// holds: from the time of the last hit handed out (that time included), the
+/// `tie` hits of that time already handed out dropped. Exact because every owner
+/// of a shard orders the hits of one time alike (uids in the log's order); `None`
+/// for the latency order, whose cursor is then passed on as it is.
+pub fn resume_elsewhere(sort: Sort, s: &ShardCursor) -> Option<(String, usize)> {
+    use crate::query::Cursor;
+    let t = s.tie_ts?;
+    let c = match sort {
+        Sort::NewestFirst => Cursor {
+            ts_micros: t,
+            uid: u64::MAX,
+        }
+        .encode(),
+        Sort::OldestFirst => Cursor {
+            ts_micros: t - 1,
+            uid: u64::MAX,
+        }
+        .encode_oldest(),
+        Sort::LatencyDesc => return None,
+    };
+    Some((c, s.tie))
 }
 
 /// Elasticsearch's `_shards`.
@@ -154,6 +202,15 @@ struct Page {
     next: Option<String>,
 }
 
+/// What a shard was asked with: the cursor, how many hits past it to drop, whose
+/// uids the cursor holds, and who answered.
+struct Sent {
+    cursor: Option<String>,
+    skip: usize,
+    by: Option<String>,
+    url: String,
+}
+
 impl ShardMode {
     /// The fanned-out `/api/v1/search`. `pairs` is the caller's query string (its
     /// `cursor` is ours; `limit` and `sort` are passed on).
@@ -171,23 +228,28 @@ impl ShardMode {
                 .map(|n| (n, ShardCursor::default()))
                 .collect(),
         };
-        let owners = self.owners.live_owners().await?;
+        let owners = self.owners.current().await?;
         let passed: Vec<(String, String)> = pairs
             .into_iter()
             .filter(|(k, _)| !matches!(k.as_str(), "cursor" | "limit" | "shards" | "highlight"))
             .collect();
+        let passed = &passed;
         let asks = state.iter().filter(|(_, s)| !s.done).map(|(&n, s)| {
             let urls = urls_of(&owners, n);
-            let mut q = passed.clone();
-            q.push(("shards".into(), n.to_string()));
-            q.push((
-                "limit".into(),
-                (limit + s.skip).min(crate::search::MAX_LIMIT).to_string(),
-            ));
-            if let Some(c) = &s.c {
-                q.push(("cursor".into(), c.clone()));
+            let s = s.clone();
+            async move {
+                let mut r = self
+                    .ask_page(n, &urls, sort, limit, &s, passed, headers)
+                    .await;
+                if matches!(r, Err(Error::Shards(_))) {
+                    if let Some(urls) = self.fresh_urls(n, &urls).await {
+                        r = self
+                            .ask_page(n, &urls, sort, limit, &s, passed, headers)
+                            .await;
+                    }
+                }
+                (n, r)
             }
-            async move { (n, self.ask(&urls, &q, headers).await) }
         });
         let answers = futures::future::join_all(asks).await;
         let mut summary = ShardsSummary {
@@ -196,15 +258,16 @@ impl ShardMode {
             failed: Vec::new(),
         };
         let mut total = 0;
-        let mut pages: BTreeMap<u32, Page> = BTreeMap::new();
+        let mut pages: BTreeMap<u32, (Page, Sent)> = BTreeMap::new();
         for (n, answer) in answers {
             match answer {
-                Ok(mut page) => {
-                    let skip = state[&n].skip.min(page.hits.len());
+                Ok((mut page, sent)) => {
+                    let skip = sent.skip.min(page.hits.len());
                     page.hits.drain(..skip);
                     total += page.total;
-                    pages.insert(n, page);
+                    pages.insert(n, (page, sent));
                 }
+                Err(e @ Error::BadParam { .. }) => return Err(e),
                 Err(e) => {
                     warn!(shard = n, error = %e, "no owner of the shard answered");
                     summary.successful -= 1;
@@ -218,30 +281,43 @@ impl ShardMode {
         while hits.len() < limit {
             let best = pages
                 .iter()
-                .filter_map(|(n, p)| p.hits.get(taken[n]).map(|h| (key(sort, h), *n)))
+                .filter_map(|(n, (p, _))| p.hits.get(taken[n]).map(|h| (key(sort, h), *n)))
                 .min();
             let Some((_, n)) = best else { break };
             let i = taken[&n];
-            hits.push(pages[&n].hits[i].clone());
+            let hit = pages[&n].0.hits[i].clone();
+            let s = state.get_mut(&n).expect("asked shards are in the state");
+            let ts = hit.ts.timestamp_micros();
+            if s.tie_ts == Some(ts) {
+                s.tie += 1;
+            } else {
+                s.tie_ts = Some(ts);
+                s.tie = 1;
+            }
+            hits.push(hit);
             *taken.get_mut(&n).expect("a fetched shard") += 1;
         }
-        for (n, page) in &pages {
-            let used = taken[n];
-            let s = state.get_mut(n).expect("asked shards are in the state");
+        for (n, (page, sent)) in pages {
+            let used = taken[&n];
+            let s = state.get_mut(&n).expect("asked shards are in the state");
             if used == page.hits.len() {
-                *s = match &page.next {
-                    Some(c) => ShardCursor {
-                        c: Some(c.clone()),
-                        skip: 0,
-                        done: false,
-                    },
-                    None => ShardCursor {
-                        done: true,
-                        ..ShardCursor::default()
-                    },
-                };
+                match page.next {
+                    Some(c) => {
+                        s.c = Some(c);
+                        s.skip = 0;
+                        s.by = Some(sent.url);
+                    }
+                    None => {
+                        *s = ShardCursor {
+                            done: true,
+                            ..ShardCursor::default()
+                        }
+                    }
+                }
             } else {
-                s.skip += used;
+                s.c = sent.cursor;
+                s.skip = sent.skip + used;
+                s.by = sent.by;
             }
         }
         let next = (!state.values().all(|s| s.done) && limit > 0).then(|| encode_cursor(&state));
@@ -259,12 +335,26 @@ impl ShardMode {
         q: &[(String, String)],
         headers: &HeaderMap,
     ) -> Result<Value> {
+        self.ask_json_with(urls, path, q, None, headers).await
+    }
+
+    /// [`ShardMode::ask_json`] with a JSON body: a `POST` then.
+    async fn ask_json_with(
+        &self,
+        urls: &[String],
+        path: &str,
+        q: &[(String, String)],
+        body: Option<&Value>,
+        headers: &HeaderMap,
+    ) -> Result<Value> {
         let mut last = "no live owner in zookeeper".to_string();
         for url in urls {
-            let mut req = self
-                .client
-                .get(format!("{}{path}", url.trim_end_matches('/')))
-                .query(q);
+            let target = format!("{}{path}", url.trim_end_matches('/'));
+            let mut req = match body {
+                Some(b) => self.client.post(target).json(b),
+                None => self.client.get(target),
+            }
+            .query(q);
             for name in ["authorization", protocol::TOKEN_HEADER] {
                 if let Some(v) = headers.get(name) {
                     req = req.header(name, v.as_bytes());
@@ -299,21 +389,75 @@ impl ShardMode {
         Err(Error::Shards(last))
     }
 
-    /// Asks the owners at `urls` in turn for one shard's page.
-    async fn ask(
+    /// Asks the owners of shard `n` at `urls` in turn for its next page after `s`:
+    /// with its cursor as it is when that owner made it (or any owner may read
+    /// it), else resumed from the time of the last hit ([`resume_elsewhere`]).
+    #[allow(clippy::too_many_arguments)]
+    async fn ask_page(
         &self,
+        n: u32,
         urls: &[String],
-        q: &[(String, String)],
+        sort: Sort,
+        limit: usize,
+        s: &ShardCursor,
+        passed: &[(String, String)],
         headers: &HeaderMap,
-    ) -> Result<Page> {
-        let v = self.ask_json(urls, "/api/v1/search", q, headers).await?;
-        let r: SearchResponse = serde_json::from_value(v)
-            .map_err(|e| Error::Shards(format!("unreadable search answer: {e}")))?;
-        Ok(Page {
-            total: r.total,
-            hits: r.hits,
-            next: r.next,
-        })
+    ) -> Result<(Page, Sent)> {
+        let mut last = Error::Shards("no live owner in zookeeper".into());
+        for url in urls {
+            let moved = s.c.is_some() && s.by.as_ref().is_some_and(|by| by != url);
+            let sent = match resume_elsewhere(sort, s).filter(|_| moved) {
+                Some((cursor, skip)) => Sent {
+                    cursor: Some(cursor),
+                    skip,
+                    by: None,
+                    url: url.clone(),
+                },
+                None => Sent {
+                    cursor: s.c.clone(),
+                    skip: s.skip,
+                    by: s.by.clone(),
+                    url: url.clone(),
+                },
+            };
+            let mut q = passed.to_vec();
+            q.push(("shards".into(), n.to_string()));
+            q.push((
+                "limit".into(),
+                (limit + sent.skip)
+                    .min(crate::search::MAX_LIMIT)
+                    .to_string(),
+            ));
+            if let Some(c) = &sent.cursor {
+                q.push(("cursor".into(), c.clone()));
+            }
+            match self
+                .ask_json(std::slice::from_ref(url), "/api/v1/search", &q, headers)
+                .await
+            {
+                Ok(v) => {
+                    let r: SearchResponse = serde_json::from_value(v)
+                        .map_err(|e| Error::Shards(format!("unreadable search answer: {e}")))?;
+                    let page = Page {
+                        total: r.total,
+                        hits: r.hits,
+                        next: r.next,
+                    };
+                    return Ok((page, sent));
+                }
+                Err(e @ Error::BadParam { .. }) => return Err(e),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    /// The owners of shard `n` re-read from ZooKeeper after all of `tried`
+    /// failed: `None` when they are the same (or cannot be read).
+    async fn fresh_urls(&self, n: u32, tried: &[String]) -> Option<Vec<String>> {
+        let fresh = self.owners.refresh().await.ok()?;
+        let urls = urls_of(&fresh, n);
+        (!urls.is_empty() && urls != tried).then_some(urls)
     }
 
     /// The fanned-out `/api/v1/histogram`: the range is fixed here (every shard
@@ -366,12 +510,20 @@ impl ShardMode {
         q: &[(String, String)],
         headers: &HeaderMap,
     ) -> Result<(Vec<T>, ShardsSummary)> {
-        let owners = self.owners.live_owners().await?;
+        let owners = self.owners.current().await?;
         let asks = (0..self.shards).map(|n| {
             let urls = urls_of(&owners, n);
             let mut q = q.to_vec();
             q.push(("shards".into(), n.to_string()));
-            async move { (n, self.ask_json(&urls, path, &q, headers).await) }
+            async move {
+                let mut r = self.ask_json(&urls, path, &q, headers).await;
+                if matches!(r, Err(Error::Shards(_))) {
+                    if let Some(urls) = self.fresh_urls(n, &urls).await {
+                        r = self.ask_json(&urls, path, &q, headers).await;
+                    }
+                }
+                (n, r)
+            }
         });
         let mut summary = ShardsSummary {
             total: self.shards,
@@ -395,6 +547,49 @@ impl ShardMode {
             }
         }
         Ok((out, summary))
+    }
+
+    /// Asks one owner of every shard (the next one on failure) for the
+    /// Elasticsearch `path` (under [`crate::es::PREFIX`]) with `body` and
+    /// `shards=<n>`: each answering shard's answer, and the failed shards with
+    /// why. The caller's own mistake (an owner's 4xx) is an error.
+    pub async fn es_each_shard(
+        &self,
+        path: &str,
+        body: &Value,
+        headers: &HeaderMap,
+    ) -> Result<(Vec<(u32, Value)>, Vec<(u32, String)>)> {
+        let owners = self.owners.current().await?;
+        let asks = (0..self.shards).map(|n| {
+            let urls = urls_of(&owners, n);
+            let q = [("shards".to_string(), n.to_string())];
+            async move {
+                let mut r = self
+                    .ask_json_with(&urls, path, &q, Some(body), headers)
+                    .await;
+                if matches!(r, Err(Error::Shards(_))) {
+                    if let Some(urls) = self.fresh_urls(n, &urls).await {
+                        r = self
+                            .ask_json_with(&urls, path, &q, Some(body), headers)
+                            .await;
+                    }
+                }
+                (n, r)
+            }
+        });
+        let mut answers = Vec::new();
+        let mut failed = Vec::new();
+        for (n, answer) in futures::future::join_all(asks).await {
+            match answer {
+                Ok(v) => answers.push((n, v)),
+                Err(e @ Error::BadParam { .. }) => return Err(e),
+                Err(e) => {
+                    warn!(shard = n, path, error = %e, "no owner of the shard answered");
+                    failed.push((n, e.to_string()));
+                }
+            }
+        }
+        Ok((answers, failed))
     }
 
     /// The fanned-out `/api/v1/fields`: every shard's top [`shard_size`] values
@@ -449,6 +644,24 @@ pub const TAIL_OWNER_CHECK: Duration = Duration::from_secs(1);
 /// How long a fanned-out tail waits for every shard's stream before it answers.
 pub const TAIL_CONNECT: Duration = Duration::from_secs(3);
 
+/// How long a shard's tail, having switched owner, waits before searching the new
+/// owner for the lines it had consumed before (see [`ShardMode::tail`]): what it
+/// accepted before the stream was opened is committed (searchable) within its
+/// commit interval; this leaves room for a slow commit.
+pub const TAIL_CATCH_UP_DELAY: Duration = Duration::from_secs(1);
+
+/// At most this many lines are searched for to catch up after a switch, and at
+/// most as many of the new owner's live lines held meanwhile (more are reported as
+/// dropped).
+pub const TAIL_CATCH_UP_MAX: usize = 10_000;
+
+/// How far back a catch-up search looks at most.
+const TAIL_CATCH_UP_WINDOW: chrono::TimeDelta = chrono::TimeDelta::hours(1);
+
+/// What a shard's tail has passed on of one source: the newest offset, and that
+/// line's time.
+type Delivered = HashMap<String, (u64, chrono::DateTime<chrono::Utc>)>;
+
 /// One item of a fanned-out tail.
 #[derive(Debug, Clone, PartialEq)]
 pub enum TailItem {
@@ -469,12 +682,16 @@ impl ShardMode {
     /// owners' ids are per indexer, and a shard may change owner), so the handler
     /// answers `x-sandtrail-tail-resumed: false` and a client catches up by search,
     /// as after an indexer restart. When a shard changes owner (a failure, or the
-    /// owner gave the shard up, seen within [`TAIL_OWNER_CHECK`]) the new owner's
-    /// stream starts at its own pace: lines it offers that the old one already
-    /// delivered are dropped here (per source, by offset), but lines the new owner
-    /// had consumed before the switch are missed.
+    /// owner gave the shard up, seen within [`TAIL_OWNER_CHECK`]) or its stream is
+    /// opened again, the new stream's lines are held while the owner is searched
+    /// (`shards=<n>`, oldest first, after [`TAIL_CATCH_UP_DELAY`]) for the lines it
+    /// had consumed before: per source, those past the offset already passed on
+    /// (sources not seen yet: from the tail's opening time on), then the held
+    /// lines, each line once by source and offset. The price: up to a second and
+    /// a search per switch, and a catch-up of at most [`TAIL_CATCH_UP_MAX`] lines
+    /// from the last hour.
     pub async fn tail(self: &Arc<Self>, q: &str, headers: &HeaderMap) -> Result<TailStream> {
-        let owners = self.owners.live_owners().await?;
+        let owners = (*self.owners.current().await?).clone();
         let (owners_tx, owners_rx) = tokio::sync::watch::channel(owners);
         let (tx, rx) = tokio::sync::mpsc::channel(1024);
         let auth: Vec<(&'static str, axum::http::HeaderValue)> =
@@ -505,11 +722,13 @@ impl ShardMode {
                     _ = tick.tick() => {}
                     _ = closed.closed() => return,
                 }
-                match mode.owners.live_owners().await {
+                match mode.owners.current().await {
                     Ok(o) => {
                         owners_tx.send_if_modified(|old| {
-                            let changed = *old != o;
-                            *old = o;
+                            let changed = *old != *o;
+                            if changed {
+                                *old = (*o).clone();
+                            }
                             changed
                         });
                     }
@@ -536,7 +755,10 @@ impl ShardMode {
         let mut tries = 0usize;
         let mut backoff = Duration::from_millis(100);
         // The newest offset delivered per source, across owner switches.
-        let mut delivered: HashMap<String, u64> = HashMap::new();
+        let mut delivered = Delivered::new();
+        let opened = chrono::Utc::now();
+        let filter = crate::tail::TailFilter::parse(&q).unwrap_or_default();
+        let mut first = true;
         while !tx.is_closed() {
             let urls = urls_of(&owners.borrow_and_update(), n);
             if let Some(url) = urls.get(tries % urls.len().max(1)).cloned() {
@@ -558,7 +780,34 @@ impl ShardMode {
                             let _ = up.send(());
                         }
                         backoff = Duration::from_millis(100);
-                        relay(n, &url, r, &mut owners, &mut delivered, &tx).await;
+                        // Every stream but the first may have missed lines.
+                        let catch_up = (!first).then(|| {
+                            let since = delivered
+                                .values()
+                                .map(|(_, ts)| *ts)
+                                .chain([opened])
+                                .min()
+                                .unwrap_or(opened)
+                                .max(chrono::Utc::now() - TAIL_CATCH_UP_WINDOW);
+                            let mode = self.clone();
+                            let (url, auth, filter) = (url.clone(), auth.clone(), filter.clone());
+                            Box::pin(async move {
+                                tokio::time::sleep(TAIL_CATCH_UP_DELAY).await;
+                                mode.catch_up(n, &url, since, &auth, &filter).await
+                            }) as CatchUp
+                        });
+                        first = false;
+                        relay(
+                            n,
+                            &url,
+                            r,
+                            &mut owners,
+                            &mut delivered,
+                            opened,
+                            catch_up,
+                            &tx,
+                        )
+                        .await;
                     }
                     Ok(r) => {
                         warn!(shard = n, url, status = %r.status(), "tail: a shard owner refused the stream")
@@ -580,31 +829,151 @@ impl ShardMode {
 /// A fanned-out tail's items, as [`ShardMode::tail`] gives them.
 pub type TailStream = tokio_stream::wrappers::ReceiverStream<TailItem>;
 
+/// The lines a shard's new owner had consumed before its stream was opened.
+type CatchUp = std::pin::Pin<Box<dyn std::future::Future<Output = Vec<LogRecord>> + Send>>;
+
+impl ShardMode {
+    /// Shard `n`'s lines at `url` from `since` on, oldest first, that `filter`
+    /// passes (at most [`TAIL_CATCH_UP_MAX`]); what cannot be read is logged and
+    /// left out.
+    async fn catch_up(
+        &self,
+        n: u32,
+        url: &str,
+        since: chrono::DateTime<chrono::Utc>,
+        auth: &[(&'static str, axum::http::HeaderValue)],
+        filter: &crate::tail::TailFilter,
+    ) -> Vec<LogRecord> {
+        let mut out = Vec::new();
+        let mut cursor: Option<String> = None;
+        let mut headers = HeaderMap::new();
+        for (name, v) in auth {
+            headers.insert(*name, v.clone());
+        }
+        let start = since.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
+        while out.len() < TAIL_CATCH_UP_MAX {
+            let mut q = vec![
+                ("shards".to_string(), n.to_string()),
+                ("sort".to_string(), "oldest".to_string()),
+                ("start".to_string(), start.clone()),
+                ("limit".to_string(), "1000".to_string()),
+            ];
+            if let Some(c) = &cursor {
+                q.push(("cursor".into(), c.clone()));
+            }
+            let page = match self
+                .ask_json(&[url.to_string()], "/api/v1/search", &q, &headers)
+                .await
+                .and_then(|v| {
+                    serde_json::from_value::<SearchResponse>(v)
+                        .map_err(|e| Error::Shards(format!("unreadable search answer: {e}")))
+                }) {
+                Ok(page) => page,
+                Err(e) => {
+                    warn!(shard = n, url, error = %e, "tail: cannot catch up with the new owner");
+                    break;
+                }
+            };
+            out.extend(page.hits.into_iter().filter(|r| filter.matches(r)));
+            match page.next {
+                Some(c) => cursor = Some(c),
+                None => break,
+            }
+        }
+        out.truncate(TAIL_CATCH_UP_MAX);
+        out
+    }
+}
+
+/// Passes `item` on unless it is a line of a source at or below the offset
+/// already passed on; false once `tx` is closed.
+async fn pass(
+    item: TailItem,
+    delivered: &mut Delivered,
+    tx: &tokio::sync::mpsc::Sender<TailItem>,
+) -> bool {
+    if let TailItem::Record(r) = &item {
+        if r.offset > 0 {
+            let newest = delivered.entry(r.source.clone()).or_insert((0, r.ts));
+            if r.offset <= newest.0 {
+                return true;
+            }
+            *newest = (r.offset, r.ts);
+        }
+    }
+    tx.send(item).await.is_ok()
+}
+
 /// Passes one owner's tail of shard `n` on until it ends, `url` no longer owns
-/// the shard, or `tx` closes.
+/// the shard, or `tx` closes. With `catch_up`, its lines are held until the lines
+/// it finds are passed on (those of sources not passed on yet only from `opened`
+/// on), then passed on after them.
+#[allow(clippy::too_many_arguments)]
 async fn relay(
     n: u32,
     url: &str,
     resp: reqwest::Response,
     owners: &mut tokio::sync::watch::Receiver<BTreeMap<u32, Vec<crate::owners::Owner>>>,
-    delivered: &mut HashMap<String, u64>,
+    delivered: &mut Delivered,
+    opened: chrono::DateTime<chrono::Utc>,
+    mut catch_up: Option<CatchUp>,
     tx: &tokio::sync::mpsc::Sender<TailItem>,
 ) {
     use futures::StreamExt;
     let mut body = resp.bytes_stream();
     let mut sse = protocol::sse::Sse::default();
+    let mut held: Vec<TailItem> = Vec::new();
+    let mut held_over = 0u64;
     loop {
         enum Next<C> {
             Chunk(C),
             Owners(bool),
             Closed,
+            CaughtUp(Vec<LogRecord>),
         }
         let next = tokio::select! {
             c = body.next() => Next::Chunk(c),
             c = owners.changed() => Next::Owners(c.is_ok()),
             _ = tx.closed() => Next::Closed,
+            found = async { catch_up.as_mut().expect("polled only when set").await }, if catch_up.is_some() => Next::CaughtUp(found),
         };
         let chunk = match next {
+            Next::CaughtUp(found) => {
+                catch_up = None;
+                let mut caught = 0usize;
+                for r in found {
+                    // Past what was passed on; a source not seen yet only from
+                    // the tail's opening on (older lines are not news).
+                    if r.offset == 0 || (!delivered.contains_key(&r.source) && r.ts < opened) {
+                        continue;
+                    }
+                    let known = delivered.get(&r.source).map(|d| d.0);
+                    if known.is_none_or(|o| r.offset > o) {
+                        caught += 1;
+                    }
+                    if !pass(TailItem::Record(Box::new(r)), delivered, tx).await {
+                        return;
+                    }
+                }
+                for item in std::mem::take(&mut held) {
+                    if !pass(item, delivered, tx).await {
+                        return;
+                    }
+                }
+                if held_over > 0 {
+                    if tx.send(TailItem::Dropped(held_over)).await.is_err() {
+                        return;
+                    }
+                    held_over = 0;
+                }
+                tracing::info!(
+                    shard = n,
+                    url,
+                    lines = caught,
+                    "tail: caught up with the lines the shard's owner had before its stream"
+                );
+                continue;
+            }
             Next::Closed | Next::Owners(false) => return,
             Next::Owners(true) => {
                 if !urls_of(&owners.borrow_and_update(), n)
@@ -629,16 +998,7 @@ async fn relay(
         for event in sse.push(&chunk) {
             let item = match event.kind.as_str() {
                 "message" => match serde_json::from_str::<LogRecord>(&event.data) {
-                    Ok(r) => {
-                        if r.offset > 0 {
-                            let newest = delivered.entry(r.source.clone()).or_default();
-                            if r.offset <= *newest {
-                                continue;
-                            }
-                            *newest = r.offset;
-                        }
-                        TailItem::Record(Box::new(r))
-                    }
+                    Ok(r) => TailItem::Record(Box::new(r)),
                     Err(e) => {
                         warn!(shard = n, url, error = %e, "tail: an unreadable record");
                         continue;
@@ -652,7 +1012,16 @@ async fn relay(
                 ),
                 _ => continue,
             };
-            if tx.send(item).await.is_err() {
+            if catch_up.is_some() {
+                // Held until the lines before them are found and passed on.
+                if held.len() < TAIL_CATCH_UP_MAX {
+                    held.push(item);
+                } else {
+                    held_over += 1;
+                }
+                continue;
+            }
+            if !pass(item, delivered, tx).await {
                 return;
             }
         }
@@ -663,13 +1032,12 @@ impl ShardMode {
     /// The fanned-out `/api/v1/context`: every shard's records around the one
     /// given (a task's stdout and stderr are different sources, possibly in
     /// different shards), merged ([`merge_context`]). Failed shards are left out
-    /// of the answer, which then has no `shards` summary to say so: the context
-    /// page shows what it got.
+    /// of the records and named in the `shards` summary, as a search's.
     pub async fn context(
         &self,
         req: &ContextRequest,
         headers: &HeaderMap,
-    ) -> Result<ContextResponse> {
+    ) -> Result<ContextFanout> {
         let q = vec![
             ("task".to_string(), req.task.clone()),
             (
@@ -689,8 +1057,19 @@ impl ShardMode {
                 req.task
             )));
         }
-        Ok(merge_context(answers, req.n))
+        Ok(ContextFanout {
+            response: merge_context(answers, req.n),
+            shards,
+        })
     }
+}
+
+/// The answer of a fanned-out `/api/v1/context`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ContextFanout {
+    #[serde(flatten)]
+    pub response: ContextResponse,
+    pub shards: ShardsSummary,
 }
 
 /// The shards' contexts of one record merged: the `n` newest of every shard's
@@ -884,6 +1263,9 @@ mod tests {
                 c: Some("c1.x".into()),
                 skip: 3,
                 done: false,
+                by: Some("http://127.0.0.1:1".into()),
+                tie_ts: Some(-5),
+                tie: 2,
             },
         );
         s.insert(
@@ -898,6 +1280,42 @@ mod tests {
         assert_eq!(decode_cursor(&c).unwrap(), s);
         assert!(decode_cursor("c1.abc").is_err());
         assert!(decode_cursor("s1.zz").is_err());
+    }
+
+    #[test]
+    fn a_shard_resumes_on_another_owner_from_the_time_of_its_last_hit() {
+        use crate::query::Cursor;
+        let s = ShardCursor {
+            c: Some("c1.1000.7".into()),
+            skip: 4,
+            by: Some("http://a".into()),
+            tie_ts: Some(1000),
+            tie: 9,
+            ..Default::default()
+        };
+        // Newest first: everything of that time and older, the 9 of that time
+        // already handed out dropped.
+        let (c, skip) = resume_elsewhere(Sort::NewestFirst, &s).unwrap();
+        assert_eq!(skip, 9);
+        assert_eq!(
+            Cursor::decode(&c).unwrap(),
+            Cursor {
+                ts_micros: 1000,
+                uid: u64::MAX
+            }
+        );
+        // Oldest first: everything of that time and newer.
+        let (c, _) = resume_elsewhere(Sort::OldestFirst, &s).unwrap();
+        assert_eq!(
+            Cursor::decode_oldest(&c).unwrap(),
+            Cursor {
+                ts_micros: 999,
+                uid: u64::MAX
+            }
+        );
+        assert_eq!(resume_elsewhere(Sort::LatencyDesc, &s), None);
+        let fresh = ShardCursor::default();
+        assert_eq!(resume_elsewhere(Sort::NewestFirst, &fresh), None);
     }
 
     #[test]

@@ -95,6 +95,7 @@ async fn consume_once(
     // What this process fed is in the write-ahead log: durable, so past it too.
     let start = committed.max(*fed).map_or(1, |s| s + 1);
     info!(shard, start, "consuming shard from the ingest log");
+    trimmed_before(idx, stream, shard, start).await;
     let consumer = stream
         .create_consumer(OrderedConfig {
             filter_subject: shard::subject(shard),
@@ -192,6 +193,39 @@ async fn consume_once(
     }
 }
 
+/// Says so when the log no longer holds everything from `start` on (a new owner
+/// starts at 1): what its limits trimmed (see `protocol::ingest_log`). Past the
+/// age limit that is older than the retention anyway; past a byte bound it is
+/// records this owner cannot rebuild, logged as a warning and counted.
+async fn trimmed_before(idx: &Indexer, stream: &Stream, shard: u32, start: u64) {
+    let info = match stream.get_info().await {
+        Ok(info) => info,
+        Err(e) => {
+            warn!(shard, error = %e, "cannot read the ingest log's state");
+            return;
+        }
+    };
+    let first = info.state.first_sequence;
+    if start >= first {
+        return;
+    }
+    if info.config.max_bytes > 0 {
+        crate::metrics::Metrics::inc(&idx.metrics_handle().ingest_log_trimmed, 1);
+        warn!(
+            shard,
+            start,
+            first,
+            max_bytes = info.config.max_bytes,
+            "the ingest log's byte bound trimmed records past this shard's position: those of this shard are missing here"
+        );
+    } else {
+        info!(
+            shard,
+            start, first, "records older than the ingest log's age limit were trimmed"
+        );
+    }
+}
+
 /// Turns `idx` into a shard owner: opens the ingest log (checking its shard
 /// count), joins the owners in ZooKeeper, consumes every shard it takes until it
 /// lets the shard go, and fans searches out. Returns the membership, whose
@@ -204,6 +238,12 @@ pub async fn start_shard_mode(
     let (_, stream) = protocol::ingest_log::open(&log)
         .await
         .map_err(Error::Shards)?;
+    if let Some(max_bytes) = log.limits.and_then(|l| l.max_bytes) {
+        warn!(
+            max_bytes,
+            "the ingest log is bounded in bytes: a new shard owner cannot rebuild records the bound trimmed"
+        );
+    }
     let ix = idx.clone();
     let on_take: OnTake = Box::new(move |shard, token, caught_up| {
         tokio::spawn(consume(ix.clone(), stream.clone(), shard, token, caught_up));

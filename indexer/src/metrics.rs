@@ -32,6 +32,9 @@ pub struct Metrics {
     pub wal_bytes: AtomicU64,
     /// Records answered from the write-ahead log before their commit.
     pub records_logged: AtomicU64,
+    /// Times a shard consumer started behind the ingest log's first record while
+    /// the log had a byte bound: records it could not rebuild (issue 21).
+    pub ingest_log_trimmed: AtomicU64,
 }
 
 /// Values that are read at render time rather than counted.
@@ -132,6 +135,12 @@ impl Metrics {
             "Records acknowledged once in the write-ahead log (refresh=false), before their commit.",
             Kind::Counter,
             get(&self.records_logged),
+        );
+        e.single(
+            "sandtrail_indexer_ingest_log_trimmed_total",
+            "Shard consumers (shard mode) that started behind the ingest log's first record, trimmed by its byte bound: records this owner could not rebuild.",
+            Kind::Counter,
+            get(&self.ingest_log_trimmed),
         );
         e.single(
             "sandtrail_indexer_segments",

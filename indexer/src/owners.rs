@@ -31,6 +31,13 @@
 //! the session timeout after a crash the dead owner's slots stay held, so a shard
 //! whose every owner died is unowned until then; a restarted indexer deletes the
 //! nodes its previous session left under its id at once.
+//!
+//! Searches read the owner map from memory ([`Owners::current`]): the same tick
+//! re-reads it from ZooKeeper, and a map older than [`OWNERS_STALE`] (a stalled
+//! tick) is re-read by the search itself, so a search sees a change of owners at
+//! most that late; a fan-out whose owners all failed re-reads it at once
+//! ([`Owners::refresh`]). A watch would see changes sooner, but needs re-arming
+//! per shard and per slot after every event; the tick is already there.
 
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -72,8 +79,18 @@ pub struct OwnersConfig {
 /// the sender to fire once the shard's consumer has caught up (marks it ready).
 pub type OnTake = Box<dyn Fn(u32, CancellationToken, oneshot::Sender<()>) + Send + Sync>;
 
+/// How old the owner map a search uses may be before the search re-reads it
+/// itself (the balancing tick refreshes it more often: every third of the session
+/// timeout, at most 500 ms).
+pub const OWNERS_STALE: Duration = Duration::from_secs(1);
+
+/// The owners of every shard, by slot order.
+pub type OwnerMap = BTreeMap<u32, Vec<Owner>>;
+
 pub struct Owners {
     client: zk::Client,
+    /// The owner map as last read, and when.
+    cached: Mutex<Option<(Instant, Arc<OwnerMap>)>>,
     config: OwnersConfig,
     /// Held slots: shard -> (slot, its consumer's token).
     held: Mutex<BTreeMap<u32, (u32, CancellationToken)>>,
@@ -132,6 +149,7 @@ impl Owners {
         let session_timeout = client.session_timeout();
         let this = Arc::new(Owners {
             client,
+            cached: Mutex::default(),
             config,
             held: Mutex::default(),
             lost: CancellationToken::new(),
@@ -226,8 +244,33 @@ impl Owners {
         &self.config.id
     }
 
-    /// The live owners of every shard, by slot order.
-    pub async fn live_owners(&self) -> Result<BTreeMap<u32, Vec<Owner>>> {
+    /// The owner map from memory, re-read first when older than [`OWNERS_STALE`].
+    pub async fn current(&self) -> Result<Arc<OwnerMap>> {
+        let cached = self
+            .cached
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        match cached {
+            Some((at, map)) if at.elapsed() < OWNERS_STALE => Ok(map),
+            _ => self.refresh().await,
+        }
+    }
+
+    /// Reads the owner map from ZooKeeper now and keeps it for [`Owners::current`].
+    pub async fn refresh(&self) -> Result<Arc<OwnerMap>> {
+        let asked = Instant::now();
+        let map = Arc::new(self.live_owners().await?);
+        let mut cached = self.cached.lock().unwrap_or_else(|e| e.into_inner());
+        // A slower read that started earlier does not replace a newer one.
+        if cached.as_ref().is_none_or(|(at, _)| *at <= asked) {
+            *cached = Some((asked, map.clone()));
+        }
+        Ok(map)
+    }
+
+    /// The live owners of every shard, by slot order, read from ZooKeeper.
+    pub async fn live_owners(&self) -> Result<OwnerMap> {
         let mut out = BTreeMap::new();
         for n in 0..self.config.shards {
             let mut slots = self
@@ -334,6 +377,14 @@ impl Owners {
             match tokio::time::timeout(self.session_timeout / 3, self.round()).await {
                 Ok(Ok(())) => {
                     *self.last_ok.lock().unwrap_or_else(|e| e.into_inner()) = asked;
+                    // The searches' owner map, fresh every tick; bounded like
+                    // the round, so that a hung ZooKeeper cannot stop the lease
+                    // check above.
+                    match tokio::time::timeout(self.session_timeout / 3, self.refresh()).await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => warn!(error = %e, "cannot re-read the shard owners"),
+                        Err(_) => warn!("re-reading the shard owners timed out"),
+                    }
                 }
                 Ok(Err(e)) => warn!(error = %e, "shard balancing round failed"),
                 Err(_) => warn!("shard balancing round timed out"),

@@ -6,10 +6,18 @@
 //! file storage, replicas as configured (1 by default: a single server; 3 for a
 //! cluster of three), a two-minute duplicate window for message ids. Whoever comes
 //! first creates it; everyone checks its description names their shard count
-//! ([`crate::shard::check_description`]). The trade-off: the stream keeps
-//! everything (no age limit), since a new shard owner rebuilds its index by
-//! replaying it; trimming it safely needs every owner's committed position, which
-//! nothing gathers yet.
+//! ([`crate::shard::check_description`]).
+//!
+//! Its limits follow the indexers ([`Limits`], set by every indexer when it opens
+//! the log, created or updated; the shipper leaves them as they are): a new shard
+//! owner rebuilds its index by replaying the stream, so the stream keeps what the
+//! indexers keep, records up to `[indexer] retention` plus one day (retention
+//! drops whole day partitions, so an index holds up to a day more), and
+//! everything when no retention is set. A byte bound may be set on top; the
+//! trade-off is then stated, not hidden: a new owner cannot rebuild what the
+//! bound trimmed, which it logs and counts when it happens. Trimming by every
+//! owner's committed position instead would need those positions gathered,
+//! which nothing does.
 
 use crate::shard;
 use async_nats::jetstream::{self, stream};
@@ -24,6 +32,60 @@ pub struct LogConfig {
     pub shards: u32,
     /// Replicas of the stream when this process creates it.
     pub replicas: usize,
+    /// The stream's limits, applied (on creation, or as an update) when `Some`:
+    /// the indexers'; `None` leaves an existing stream's alone (the shipper).
+    pub limits: Option<Limits>,
+}
+
+/// How much the stream keeps. `None` is no bound.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Limits {
+    /// Messages older than this (since publishing) are removed.
+    pub max_age: Option<Duration>,
+    /// The oldest messages are removed past this many bytes of stream.
+    pub max_bytes: Option<u64>,
+}
+
+/// A day: a partition's span, kept beyond the retention (see the module doc).
+pub const RETENTION_SLACK: Duration = Duration::from_secs(86_400);
+
+impl Limits {
+    /// The stream's limits for an indexer with `retention` and a byte bound of
+    /// `max_bytes`.
+    pub fn for_retention(retention: Option<Duration>, max_bytes: Option<u64>) -> Limits {
+        Limits {
+            max_age: retention.map(|r| r.saturating_add(RETENTION_SLACK)),
+            max_bytes,
+        }
+    }
+
+    /// JetStream's `max_age` (zero: none) and `max_bytes` (-1: none).
+    fn jetstream(&self) -> (Duration, i64) {
+        (
+            self.max_age.unwrap_or(Duration::ZERO),
+            self.max_bytes
+                .map_or(-1, |b| i64::try_from(b).unwrap_or(i64::MAX)),
+        )
+    }
+
+    /// `config` with these limits, or `None` when it already has them.
+    pub fn apply(&self, config: &stream::Config) -> Option<stream::Config> {
+        let (max_age, max_bytes) = self.jetstream();
+        // A stream created without a byte bound reports 0 or -1.
+        let bytes_now = if config.max_bytes <= 0 {
+            -1
+        } else {
+            config.max_bytes
+        };
+        if config.max_age == max_age && bytes_now == max_bytes {
+            return None;
+        }
+        Some(stream::Config {
+            max_age,
+            max_bytes,
+            ..config.clone()
+        })
+    }
 }
 
 impl LogConfig {
@@ -32,6 +94,7 @@ impl LogConfig {
             urls: urls.into(),
             shards: shard::DEFAULT_SHARDS,
             replicas: 1,
+            limits: None,
         }
     }
 
@@ -75,8 +138,28 @@ pub fn addresses(urls: &str) -> Result<Vec<async_nats::ServerAddr>, String> {
     Ok(addrs)
 }
 
+/// The stream as `config` creates it.
+pub fn stream_config(config: &LogConfig) -> stream::Config {
+    let base = stream::Config {
+        name: shard::STREAM.to_string(),
+        subjects: vec![shard::subjects()],
+        description: Some(shard::describe(config.shards)),
+        storage: stream::StorageType::File,
+        num_replicas: config.replicas,
+        duplicate_window: Duration::from_secs(120),
+        // Trimming removes the oldest messages, never refuses new ones.
+        discard: stream::DiscardPolicy::Old,
+        ..Default::default()
+    };
+    match config.limits.as_ref().and_then(|l| l.apply(&base)) {
+        Some(limited) => limited,
+        None => base,
+    }
+}
+
 /// Connects (failing fast when no server answers: callers retry with their own
-/// back-off) and returns the JetStream context with the stream ensured and checked.
+/// back-off) and returns the JetStream context with the stream ensured and checked,
+/// its limits updated to `config.limits` when those are given and differ.
 pub async fn open(config: &LogConfig) -> Result<(jetstream::Context, stream::Stream), String> {
     let client = async_nats::ConnectOptions::new()
         .connection_timeout(Duration::from_secs(5))
@@ -85,22 +168,29 @@ pub async fn open(config: &LogConfig) -> Result<(jetstream::Context, stream::Str
         .map_err(|e| format!("cannot connect to the ingest log {}: {e}", config.urls))?;
     let js = jetstream::new(client);
     let mut stream = js
-        .get_or_create_stream(stream::Config {
-            name: shard::STREAM.to_string(),
-            subjects: vec![shard::subjects()],
-            description: Some(shard::describe(config.shards)),
-            storage: stream::StorageType::File,
-            num_replicas: config.replicas,
-            duplicate_window: Duration::from_secs(120),
-            ..Default::default()
-        })
+        .get_or_create_stream(stream_config(config))
         .await
         .map_err(|e| format!("cannot open stream {}: {e}", shard::STREAM))?;
     let info = stream
         .info()
         .await
-        .map_err(|e| format!("cannot read stream {}: {e}", shard::STREAM))?;
+        .map_err(|e| format!("cannot read stream {}: {e}", shard::STREAM))?
+        .clone();
     shard::check_description(info.config.description.as_deref(), config.shards)?;
+    if let Some(updated) = config.limits.as_ref().and_then(|l| l.apply(&info.config)) {
+        js.update_stream(&updated).await.map_err(|e| {
+            format!(
+                "cannot set stream {}'s limits (max_age {:?}, max_bytes {}): {e}",
+                shard::STREAM,
+                updated.max_age,
+                updated.max_bytes
+            )
+        })?;
+        stream = js
+            .get_stream(shard::STREAM)
+            .await
+            .map_err(|e| format!("cannot open stream {}: {e}", shard::STREAM))?;
+    }
     Ok((js, stream))
 }
 
@@ -123,5 +213,33 @@ mod tests {
         c.shards = 6;
         c.replicas = 0;
         assert!(c.validate().unwrap_err().contains("replicas 0"));
+    }
+
+    #[test]
+    fn the_stream_keeps_what_the_indexers_keep() {
+        // The shipper sets no limits: everything is kept (and an existing
+        // stream's limits are left alone).
+        let plain = stream_config(&LogConfig::new("nats://h:4222"));
+        assert_eq!((plain.max_age, plain.max_bytes), (Duration::ZERO, 0));
+        let week = Duration::from_secs(7 * 86_400);
+        let mut c = LogConfig::new("nats://h:4222");
+        c.limits = Some(Limits::for_retention(Some(week), Some(1 << 30)));
+        let s = stream_config(&c);
+        assert_eq!(
+            s.max_age,
+            week + RETENTION_SLACK,
+            "a day past the retention"
+        );
+        assert_eq!(s.max_bytes, 1 << 30);
+        assert_eq!(s.discard, stream::DiscardPolicy::Old);
+        assert_eq!(s.name, shard::STREAM);
+        // Unchanged limits need no update; changed ones (or removed) do.
+        let l = c.limits.unwrap();
+        assert_eq!(l.apply(&s), None);
+        let none = Limits::for_retention(None, None);
+        let cleared = none.apply(&s).expect("limits removed");
+        assert_eq!((cleared.max_age, cleared.max_bytes), (Duration::ZERO, -1));
+        assert_eq!(none.apply(&plain), None, "0 bytes reads as no bound");
+        assert_eq!(none.apply(&cleared), None);
     }
 }

@@ -154,7 +154,7 @@ pub(super) fn run_aggs(view: &IndexView, matching: &dyn Query, aggs: &Value) -> 
 }
 
 /// `30s`, `5m`, `1h`, `1d`, `1w`, or `minute`/`hour`/`day`/`week`, in micros.
-fn parse_interval(s: &str) -> Result<i64> {
+pub(super) fn parse_interval(s: &str) -> Result<i64> {
     let named = match s {
         "second" | "1s" => Some(1),
         "minute" | "1m" => Some(60),

@@ -44,6 +44,13 @@
 //! selects the documents bulk-loaded under that name (wildcards, `_all` and
 //! `sandtrail` mean everything).
 //!
+//! In shard mode (issue 21) `_search`, `_count` and `GET _doc` answer for the whole
+//! cluster: one owner per shard is asked (`?shards=<n>`, which scopes the request
+//! to that shard here) and the answers merged as Elasticsearch's coordinating node
+//! does ([`shards`]). Bulk loads are still indexed by the indexer asked only, not
+//! through the ingest log, so a fan-out sees them when that indexer happens to
+//! answer for their source's shard.
+//!
 //! `_id` is honoured for dedup: a document whose `_id` is already indexed is not
 //! indexed again (`create` answers 409 like Elasticsearch, `index` answers 200
 //! `noop`, since logs are immutable here). Documents without `_id` get a generated one.
@@ -53,6 +60,7 @@ mod bulk;
 pub mod cluster;
 mod dsl;
 mod search;
+pub mod shards;
 
 pub use aggs::{DEFAULT_PERCENTS, MAX_BUCKETS};
 pub use bulk::{ecs_source, parse_bulk, record_from_es, BulkItem, ItemError};
@@ -465,12 +473,12 @@ async fn one_doc(
 async fn doc_get(
     State(ix): State<Indexer>,
     Path((index, id)): Path<(String, String)>,
+    params: Params,
+    headers: HeaderMap,
 ) -> EsResult<(axum::http::StatusCode, Json<Value>)> {
     let request = json!({ "size": 1, "query": { "term": { "_id": id.clone() } } });
-    let idx = index.clone();
-    let resp = ix
-        .with_view(move |view| run_search(view, &idx, &request))
-        .await?;
+    let shards = params.ok().and_then(|UrlQuery(p)| p.shards);
+    let resp = search_anywhere(&ix, index.clone(), shards, request, &headers).await?;
     Ok(match resp.pointer("/hits/hits/0") {
         Some(hit) => (
             axum::http::StatusCode::OK,
@@ -513,6 +521,9 @@ pub struct UriParams {
     pub q: Option<String>,
     pub size: Option<String>,
     pub from: Option<String>,
+    /// Shard mode only: just these shards' documents, as the fan-out asks each
+    /// owner ([`shards`]).
+    pub shards: Option<String>,
 }
 
 type Params = std::result::Result<UrlQuery<UriParams>, QueryRejection>;
@@ -521,36 +532,132 @@ type Body = std::result::Result<Bytes, BytesRejection>;
 async fn search_all(
     State(ix): State<Indexer>,
     params: Params,
+    headers: HeaderMap,
     body: Body,
 ) -> EsResult<Json<Value>> {
-    Ok(es_search(ix, "_all".into(), params, body).await?)
+    Ok(es_search(ix, "_all".into(), params, &headers, body).await?)
 }
 
 async fn search_index(
     State(ix): State<Indexer>,
     Path(index): Path<String>,
     params: Params,
+    headers: HeaderMap,
     body: Body,
 ) -> EsResult<Json<Value>> {
-    Ok(es_search(ix, index, params, body).await?)
+    Ok(es_search(ix, index, params, &headers, body).await?)
 }
 
-async fn count_all(State(ix): State<Indexer>, params: Params, body: Body) -> EsResult<Json<Value>> {
-    Ok(es_count(ix, "_all".into(), params, body).await?)
+async fn count_all(
+    State(ix): State<Indexer>,
+    params: Params,
+    headers: HeaderMap,
+    body: Body,
+) -> EsResult<Json<Value>> {
+    Ok(es_count(ix, "_all".into(), params, &headers, body).await?)
 }
 
 async fn count_index(
     State(ix): State<Indexer>,
     Path(index): Path<String>,
     params: Params,
+    headers: HeaderMap,
     body: Body,
 ) -> EsResult<Json<Value>> {
-    Ok(es_count(ix, index, params, body).await?)
+    Ok(es_count(ix, index, params, &headers, body).await?)
+}
+
+/// Runs a `_search` request here (outside shard mode, or for the owner's
+/// `shards=` of a fan-out) or over the whole cluster (shard mode without
+/// `shards=`: one owner per shard, merged by [`shards::merge`]).
+async fn search_anywhere(
+    ix: &Indexer,
+    index: String,
+    shard_list: Option<String>,
+    request: Value,
+    headers: &HeaderMap,
+) -> Result<Value> {
+    let here = match (ix.shard_mode(), shard_list) {
+        (None, None) => ix.clone(),
+        (None, Some(list)) => {
+            return Err(Error::BadParam {
+                name: "shards",
+                value: list,
+                expected: "no shards parameter: this indexer is not in shard mode".into(),
+            })
+        }
+        (Some(mode), Some(list)) => {
+            let of = mode.shards;
+            let only = protocol::shard::parse_list(&list, of).map_err(|e| Error::BadParam {
+                name: "shards",
+                value: list.clone(),
+                expected: e,
+            })?;
+            ix.scoped_to_shards(&only, of).await?
+        }
+        (Some(mode), None) => {
+            let plan = shards::plan(&request)?;
+            let path = format!("{PREFIX}/{}/_search", path_segment(&index));
+            let (answers, failed) = mode
+                .es_each_shard(&path, &plan.shard_request, headers)
+                .await
+                .map_err(owners_reason)?;
+            if answers.is_empty() {
+                return Err(Error::Shards(format!(
+                    "all shards failed: {}",
+                    failed
+                        .iter()
+                        .map(|(n, why)| format!("shard {n}: {why}"))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                )));
+            }
+            return shards::merge(&plan, mode.shards, answers, failed);
+        }
+    };
+    here.with_view(move |view| run_search(view, &index, &request))
+        .await
+}
+
+/// An owner's refusal (the caller's mistake, the same on every shard) with the
+/// owner's own reason, as if this indexer had refused it.
+fn owners_reason(e: Error) -> Error {
+    match e {
+        Error::BadParam { ref value, .. } => serde_json::from_str::<Value>(value)
+            .ok()
+            .and_then(|v| v.pointer("/error/reason")?.as_str().map(String::from))
+            .map_or(e, |reason| {
+                // A query DSL refusal says what `bad` adds again.
+                let prefix = bad("").to_string();
+                bad(reason.strip_prefix(&prefix).unwrap_or(&reason))
+            }),
+        other => other,
+    }
+}
+
+/// `s` as one path segment: bytes other than letters, digits and `-._~*,`
+/// percent-encoded (an index name may hold anything but `/`).
+fn path_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~*,".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// `_count`: the total of a search, for clients that ask for nothing else
 /// (opensearch-py's `count`, scripts checking how much arrived).
-async fn es_count(ix: Indexer, index: String, params: Params, body: Body) -> Result<Json<Value>> {
+async fn es_count(
+    ix: Indexer,
+    index: String,
+    params: Params,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Json<Value>> {
     let (params, mut request) = search_request(params, body)?;
     if let Some(name) = [("size", &params.size), ("from", &params.from)]
         .iter()
@@ -565,12 +672,10 @@ async fn es_count(ix: Indexer, index: String, params: Params, body: Body) -> Res
         return Err(bad(format!("_count takes only a query, not {key:?}")));
     }
     obj.insert("size".into(), json!(0));
-    let resp = ix
-        .with_view(move |view| run_search(view, &index, &request))
-        .await?;
+    let resp = search_anywhere(&ix, index, params.shards, request, headers).await?;
     Ok(Json(json!({
         "count": resp.pointer("/hits/total/value").cloned().unwrap_or(json!(0)),
-        "_shards": { "total": 1, "successful": 1, "skipped": 0, "failed": 0 },
+        "_shards": resp["_shards"],
     })))
 }
 
@@ -580,7 +685,7 @@ fn search_request(params: Params, body: Body) -> Result<(UriParams, Value)> {
     let UrlQuery(params) = params.map_err(|r| Error::BadParam {
         name: "query string",
         value: r.body_text(),
-        expected: "q, size and from".into(),
+        expected: "q, size, from and (in shard mode) shards".into(),
     })?;
     let body = body.map_err(|r| Error::BadBody(r.body_text()))?;
     let mut request: Value = if body.iter().all(u8::is_ascii_whitespace) {
@@ -597,7 +702,13 @@ fn search_request(params: Params, body: Body) -> Result<(UriParams, Value)> {
     Ok((params, request))
 }
 
-async fn es_search(ix: Indexer, index: String, params: Params, body: Body) -> Result<Json<Value>> {
+async fn es_search(
+    ix: Indexer,
+    index: String,
+    params: Params,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Json<Value>> {
     let started = Instant::now();
     let (params, mut request) = search_request(params, body)?;
     if let Some(obj) = request.as_object_mut() {
@@ -614,9 +725,7 @@ async fn es_search(ix: Indexer, index: String, params: Params, body: Body) -> Re
     } else {
         return Err(Error::BadBody("search body must be a JSON object".into()));
     }
-    let mut resp = ix
-        .with_view(move |view| run_search(view, &index, &request))
-        .await?;
+    let mut resp = search_anywhere(&ix, index, params.shards, request, headers).await?;
     if let Value::Object(o) = &mut resp {
         o.insert("took".into(), json!(started.elapsed().as_millis() as u64));
     }

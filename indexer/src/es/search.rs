@@ -134,7 +134,8 @@ pub fn run_search(view: &IndexView, index: &str, req: &Value) -> Result<Value> {
         Some(q) => b.query(q)?,
     }];
     parts.extend(b.index_filter(index));
-    let matching = all_of(parts);
+    // In shard mode, `shards=` leaves only those shards' documents.
+    let matching = view.restricted(all_of(parts));
     let size = usize_param(req, "size", DEFAULT_SIZE)?;
     let from = usize_param(req, "from", 0)?;
     let window = from.saturating_add(size);
