@@ -223,10 +223,13 @@ async fn a_deploy_whose_task_fails_prints_the_failure_and_exits_non_zero() -> an
     std::fs::write(
         &file,
         // With a health check, as a deployment waits for healthy tasks: without one a
-        // task that ran for a moment counts as deployed (Marathon's rule too).
+        // task that ran for a moment counts as deployed (Marathon's rule too). The
+        // check never passes: one that did ("true", as this test had) could pass
+        // before the node saw the exit on a loaded machine, and the deployment then
+        // finished (CI of stop 29 failed so).
         json!({"id": "/crasher", "cmd": "echo about to fail; exit 1", "instances": 1,
                "cpus": 0.05, "mem": 16, "backoffSeconds": 0.1,
-               "healthChecks": [{"protocol": "COMMAND", "command": {"value": "true"}}]})
+               "healthChecks": [{"protocol": "COMMAND", "command": {"value": "false"}}]})
         .to_string(),
     )?;
     let out = up.run(&["deploy", file.to_str().context("utf-8")?, "--timeout", "8s"])?;

@@ -172,6 +172,39 @@ pub fn decode_cursor(s: &str) -> Result<BTreeMap<u32, ShardCursor>> {
     serde_json::from_slice(&bytes).map_err(|_| bad())
 }
 
+/// Whether an owner's refusal is the caller's own mistake, the same on every
+/// owner (a bad query, a body too large): then it is the caller's 400 at once.
+/// A 401/403 (that owner's token differs), 404 (an older build) or 429 (busy)
+/// says something of that owner only, so the next owner is asked.
+fn callers_mistake(status: reqwest::StatusCode) -> bool {
+    matches!(status.as_u16(), 400 | 413 | 422)
+}
+
+/// A decoded cursor that this cluster could have made: one entry per shard of
+/// `shards`, skips within a page, a tie time that can be stepped back from. A
+/// cursor is the caller's text, so a forged one must be a 400, never an
+/// arithmetic overflow or a shard that is not there.
+pub fn check_cursor(
+    state: BTreeMap<u32, ShardCursor>,
+    shards: u32,
+    text: &str,
+) -> Result<BTreeMap<u32, ShardCursor>> {
+    let fits = state.len() == shards as usize
+        && state.keys().all(|n| *n < shards)
+        && state.values().all(|s| {
+            s.skip <= crate::search::MAX_LIMIT
+                && s.tie <= u32::MAX as usize
+                && s.tie_ts.is_none_or(|t| t > i64::MIN)
+        });
+    if fits {
+        Ok(state)
+    } else {
+        Err(Error::Protocol(protocol::Error::BadCursor(
+            text.chars().take(200).collect(),
+        )))
+    }
+}
+
 /// The sort key of a hit, comparable so that smaller comes first.
 fn key(sort: Sort, rec: &LogRecord) -> (i128, i128) {
     match sort {
@@ -223,7 +256,7 @@ impl ShardMode {
         let sort = Sort::parse(params.sort.as_deref().unwrap_or(""))?;
         let limit = params.clone().into_request(chrono::Utc::now())?.limit;
         let mut state = match params.cursor.as_deref().filter(|c| !c.is_empty()) {
-            Some(c) => decode_cursor(c)?,
+            Some(c) => check_cursor(decode_cursor(c)?, self.shards, c)?,
             None => (0..self.shards)
                 .map(|n| (n, ShardCursor::default()))
                 .collect(),
@@ -270,7 +303,7 @@ impl ShardMode {
                 Err(e @ Error::BadParam { .. }) => return Err(e),
                 Err(e) => {
                     warn!(shard = n, error = %e, "no owner of the shard answered");
-                    summary.successful -= 1;
+                    summary.successful = summary.successful.saturating_sub(1);
                     summary.failed.push(n);
                 }
             }
@@ -368,8 +401,7 @@ impl ShardMode {
                 Ok(resp) => {
                     let status = resp.status();
                     let body = resp.text().await.unwrap_or_default();
-                    // The caller's own mistake is the same on every owner.
-                    if status.is_client_error() && status.as_u16() != 429 {
+                    if callers_mistake(status) {
                         return Err(Error::BadParam {
                             name: "q",
                             value: body.chars().take(500).collect(),
@@ -541,7 +573,7 @@ impl ShardMode {
                 Err(e @ Error::BadParam { .. }) => return Err(e),
                 Err(e) => {
                     warn!(shard = n, path, error = %e, "no owner of the shard answered");
-                    summary.successful -= 1;
+                    summary.successful = summary.successful.saturating_sub(1);
                     summary.failed.push(n);
                 }
             }
@@ -1280,6 +1312,70 @@ mod tests {
         assert_eq!(decode_cursor(&c).unwrap(), s);
         assert!(decode_cursor("c1.abc").is_err());
         assert!(decode_cursor("s1.zz").is_err());
+    }
+
+    #[test]
+    fn only_a_bad_request_is_the_callers_mistake_the_rest_tries_the_next_owner() {
+        use reqwest::StatusCode as S;
+        for s in [
+            S::BAD_REQUEST,
+            S::PAYLOAD_TOO_LARGE,
+            S::UNPROCESSABLE_ENTITY,
+        ] {
+            assert!(callers_mistake(s), "{s}");
+        }
+        for s in [
+            S::UNAUTHORIZED,
+            S::FORBIDDEN,
+            S::NOT_FOUND,
+            S::TOO_MANY_REQUESTS,
+            S::INTERNAL_SERVER_ERROR,
+            S::SERVICE_UNAVAILABLE,
+        ] {
+            assert!(!callers_mistake(s), "{s}");
+        }
+    }
+
+    /// Bug: a forged `s1.` cursor (a shard past the count, a skip near
+    /// usize::MAX, a tie time of i64::MIN) reached `limit + skip` and `t - 1`,
+    /// which overflow, and `successful -= 1` once per phantom shard.
+    #[test]
+    fn forged_cursors_are_refused_before_any_arithmetic() {
+        let good: BTreeMap<u32, ShardCursor> =
+            (0..3).map(|n| (n, ShardCursor::default())).collect();
+        assert!(check_cursor(good.clone(), 3, "x").is_ok());
+        let forged = [
+            {
+                let mut s = good.clone();
+                s.insert(7, ShardCursor::default());
+                s
+            },
+            {
+                let mut s = good.clone();
+                s.remove(&2);
+                s
+            },
+            {
+                let mut s = good.clone();
+                s.get_mut(&1).unwrap().skip = usize::MAX;
+                s
+            },
+            {
+                let mut s = good.clone();
+                s.get_mut(&1).unwrap().tie = usize::MAX;
+                s
+            },
+            {
+                let mut s = good.clone();
+                s.get_mut(&0).unwrap().tie_ts = Some(i64::MIN);
+                s
+            },
+        ];
+        for s in forged {
+            let text = encode_cursor(&s);
+            let e = check_cursor(decode_cursor(&text).unwrap(), 3, &text).unwrap_err();
+            assert!(e.to_string().contains("s1."), "the cursor is named: {e}");
+        }
     }
 
     #[test]

@@ -205,24 +205,7 @@ step_pause_leader() {
 
 # ------------------------------------------------------------------------- harness
 
-teardown() {
-  if [ "$FAILED" -ne 0 ]; then
-    mkdir -p "$LOGDIR"
-    for s in $SERVICES; do
-      local c; c=$(cid $s 2>/dev/null)
-      [ -n "$c" ] && docker logs "$c" >"$LOGDIR/$s.log" 2>&1
-    done
-    "${COMPOSE[@]}" ps >"$LOGDIR/ps.txt" 2>&1
-    echo "container logs kept in $LOGDIR/"
-  fi
-  if [ "${SANDTRAIL_COMPOSE_KEEP:-0}" = 1 ]; then
-    echo "SANDTRAIL_COMPOSE_KEEP=1: cluster left running (project $COMPOSE_PROJECT_NAME)"
-  else
-    # A paused container would block `down`.
-    local s; for s in $SERVICES; do docker unpause "$(cid $s 2>/dev/null)" >/dev/null 2>&1; done
-    "${COMPOSE[@]}" down -v --remove-orphans -t 5 >/dev/null 2>&1
-  fi
-}
+teardown() { compose_teardown "$SERVICES"; }
 
 print_table_extra() {
   [ -n "$FAILOVER_S" ] && echo "failover: new leader named ${FAILOVER_S}s after kill -9, first write accepted after ${WRITE_S:-?}s"

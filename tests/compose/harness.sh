@@ -120,6 +120,30 @@ interrupted() {
   exit 130
 }
 
+# compose_teardown "SERVICES": on failure keeps each service's log, `ps` and, if the
+# suite defines `extra_logs`, what it prints (into LOGDIR/extra.txt); then, unless
+# SANDTRAIL_COMPOSE_KEEP=1, unpauses (a paused container blocks `down`) and removes
+# the cluster with its volumes.
+compose_teardown() {
+  local s c
+  if [ "$FAILED" -ne 0 ]; then
+    mkdir -p "$LOGDIR"
+    for s in $1; do
+      c=$(cid $s 2>/dev/null)
+      [ -n "$c" ] && docker logs "$c" >"$LOGDIR/$s.log" 2>&1
+    done
+    "${COMPOSE[@]}" ps >"$LOGDIR/ps.txt" 2>&1
+    if declare -F extra_logs >/dev/null; then extra_logs >"$LOGDIR/extra.txt" 2>&1; fi
+    echo "container logs kept in $LOGDIR/"
+  fi
+  if [ "${SANDTRAIL_COMPOSE_KEEP:-0}" = 1 ]; then
+    echo "SANDTRAIL_COMPOSE_KEEP=1: cluster left running (project $COMPOSE_PROJECT_NAME)"
+  else
+    for s in $1; do docker unpause "$(cid $s 2>/dev/null)" >/dev/null 2>&1; done
+    "${COMPOSE[@]}" down -v --remove-orphans -t 5 >/dev/null 2>&1
+  fi
+}
+
 # harness_start NAME: checks the tools, clears LOGDIR and sets the traps.
 harness_start() {
   local tool

@@ -301,20 +301,7 @@ step_scheduler_restart() {
 
 teardown() {
   stop_prometheus
-  if [ "$FAILED" -ne 0 ]; then
-    mkdir -p "$LOGDIR"
-    for s in scheduler indexer node-1 node-2 node-3; do
-      local c; c=$(cid $s 2>/dev/null)
-      [ -n "$c" ] && docker logs "$c" >"$LOGDIR/$s.log" 2>&1
-    done
-    "${COMPOSE[@]}" ps >"$LOGDIR/ps.txt" 2>&1
-    echo "container logs kept in $LOGDIR/"
-  fi
-  if [ "${SANDTRAIL_COMPOSE_KEEP:-0}" = 1 ]; then
-    echo "SANDTRAIL_COMPOSE_KEEP=1: cluster left running (project $COMPOSE_PROJECT_NAME)"
-  else
-    "${COMPOSE[@]}" down -v --remove-orphans -t 5 >/dev/null 2>&1
-  fi
+  compose_teardown "scheduler indexer node-1 node-2 node-3"
 }
 
 harness_start tests/compose/run.sh

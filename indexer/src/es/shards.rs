@@ -131,6 +131,9 @@ pub fn plan(req: &Value) -> Result<Plan> {
                     }
                 }
                 "terms" => {
+                    if !body.is_object() {
+                        return Err(bad(format!("terms {name:?} must be an object, not {body}")));
+                    }
                     let size = body.get("size").and_then(Value::as_u64).unwrap_or(10) as usize;
                     let mut s = spec.clone();
                     s["terms"]["size"] = json!(crate::fanout::shard_size(size).max(size));
@@ -434,6 +437,21 @@ mod tests {
         assert_eq!(m["hits"]["hits"][0]["_id"], "b2");
         assert!(m["_shards"].get("failures").is_none());
         assert!(plan(&json!({ "from": 9990, "size": 20 })).is_err());
+    }
+
+    /// Bug: `"terms": 5` (not an object) reached `s["terms"]["size"] = ...`,
+    /// which panics in serde_json; the shard's handler died instead of a 400.
+    #[test]
+    fn a_terms_aggregation_that_is_not_an_object_is_a_400_not_a_panic() {
+        for body in [json!(5), json!("host.name"), json!([1])] {
+            let Err(e) = plan(&json!({ "aggs": { "t": { "terms": body } } })) else {
+                panic!("terms {body} was accepted");
+            };
+            assert!(
+                e.to_string().contains("terms \"t\" must be an object"),
+                "{e}"
+            );
+        }
     }
 
     #[test]
