@@ -42,48 +42,36 @@ python3 tests/marathon_client.py
 echo "== browser tests (headless Chromium)"
 python3 -m unittest discover -s tests/browser -v
 
-# The multi-host suite (tests/compose/run.sh, issue 7): real containers for the
-# scheduler, the indexer with the web UI and three agents. Needs a running Docker
-# engine and docker-compose; reuses the debug binary cargo test just built.
-echo "== multi-host suite (docker-compose)"
-if [ "${SANDTRAIL_SKIP_COMPOSE:-0}" = 1 ]; then
-  echo "skipped: SANDTRAIL_SKIP_COMPOSE=1"
-elif ! command -v docker >/dev/null || ! command -v docker-compose >/dev/null; then
-  echo "skipped: docker and docker-compose are needed (set SANDTRAIL_SKIP_COMPOSE=1 to silence)"
-elif ! docker info >/dev/null 2>&1; then
-  echo "skipped: the Docker engine is not reachable (docker info failed)"
-else
-  SANDTRAIL_COMPOSE_BIN=target/debug/sandtrail bash tests/compose/run.sh
-fi
+# The container suites run the debug binary cargo test just built. They need a running
+# Docker engine and docker-compose; without them each says why it is skipped, and
+# SANDTRAIL_SKIP_COMPOSE=1 skips them on purpose.
+compose_suite() { # TITLE SCRIPT
+  echo "== $1"
+  if [ "${SANDTRAIL_SKIP_COMPOSE:-0}" = 1 ]; then
+    echo "skipped: SANDTRAIL_SKIP_COMPOSE=1"
+  elif ! command -v docker >/dev/null || ! command -v docker-compose >/dev/null; then
+    echo "skipped: docker and docker-compose are needed (set SANDTRAIL_SKIP_COMPOSE=1 to silence)"
+  elif ! docker info >/dev/null 2>&1; then
+    echo "skipped: the Docker engine is not reachable (docker info failed)"
+  else
+    SANDTRAIL_COMPOSE_BIN=target/debug/sandtrail bash "$2"
+  fi
+}
 
-# The HA suite (tests/compose-ha/run.sh, issue 18): ZooKeeper, three schedulers and three
-# agents in containers; kill -9 and pause of the leader, Mesos-DNS on every scheduler.
-# Same skip rules as the suite above; its ZooKeeper image is built FROM the same base.
-echo "== HA suite (docker-compose, ZooKeeper)"
-if [ "${SANDTRAIL_SKIP_COMPOSE:-0}" = 1 ]; then
-  echo "skipped: SANDTRAIL_SKIP_COMPOSE=1"
-elif ! command -v docker >/dev/null || ! command -v docker-compose >/dev/null; then
-  echo "skipped: docker and docker-compose are needed (set SANDTRAIL_SKIP_COMPOSE=1 to silence)"
-elif ! docker info >/dev/null 2>&1; then
-  echo "skipped: the Docker engine is not reachable (docker info failed)"
-else
-  SANDTRAIL_COMPOSE_BIN=target/debug/sandtrail bash tests/compose-ha/run.sh
-fi
+# The multi-host suite (issue 7): real containers for the scheduler, the indexer with
+# the web UI and three agents.
+compose_suite "multi-host suite (docker-compose)" tests/compose/run.sh
 
-# The scale suite (tests/compose-scale/run.sh, issue 21): shard mode in containers:
-# ZooKeeper, three clustered nats-server, three indexers owning six shards twice, the
-# scheduler and three agents; 60,000 lines, kill -9 and pause of an indexer. Same skip
-# rules; its NATS image copies the host's nats-server (scripts/test-deps.sh).
-echo "== scale suite (docker-compose, ZooKeeper, NATS JetStream)"
-if [ "${SANDTRAIL_SKIP_COMPOSE:-0}" = 1 ]; then
-  echo "skipped: SANDTRAIL_SKIP_COMPOSE=1"
-elif ! command -v docker >/dev/null || ! command -v docker-compose >/dev/null; then
-  echo "skipped: docker and docker-compose are needed (set SANDTRAIL_SKIP_COMPOSE=1 to silence)"
-elif ! docker info >/dev/null 2>&1; then
-  echo "skipped: the Docker engine is not reachable (docker info failed)"
-else
-  SANDTRAIL_COMPOSE_BIN=target/debug/sandtrail bash tests/compose-scale/run.sh
-fi
+# The HA suite (issue 18): ZooKeeper, three schedulers and three agents in containers;
+# kill -9 and pause of the leader, Mesos-DNS on every scheduler. Its ZooKeeper image is
+# built FROM the same base.
+compose_suite "HA suite (docker-compose, ZooKeeper)" tests/compose-ha/run.sh
+
+# The scale suite (issue 21): shard mode in containers: ZooKeeper, three clustered
+# nats-server, three indexers owning six shards twice, the scheduler and three agents;
+# 60,000 lines, kill -9 and pause of an indexer. Its NATS image copies the host's
+# nats-server (scripts/test-deps.sh).
+compose_suite "scale suite (docker-compose, ZooKeeper, NATS JetStream)" tests/compose-scale/run.sh
 
 # One closing line over all cargo test binaries, in the plain form CI reads.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1) } }

@@ -335,7 +335,7 @@ pub fn parse_timestamp(s: &str) -> Option<DateTime<Utc>> {
     if s.len() < 19 || s.len() > 40 || !looks_like_date(s) {
         return None;
     }
-    if let Some(t) = utc_rfc3339(s) {
+    if let Some(t) = protocol::wire::parse_utc_fast(s) {
         return Some(t);
     }
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
@@ -355,43 +355,6 @@ pub fn parse_timestamp(s: &str) -> Option<DateTime<Utc>> {
         }
     }
     None
-}
-
-/// The commonest timestamp, `YYYY-MM-DDTHH:MM:SS[.f{1,9}]Z`, read directly: chrono's
-/// general RFC 3339 parser and offset arithmetic cost more than the rest of the line.
-/// Anything else (offsets, leap seconds, odd forms) is left to chrono.
-fn utc_rfc3339(s: &str) -> Option<DateTime<Utc>> {
-    let b = s.as_bytes();
-    let num = |r: std::ops::Range<usize>| -> Option<u32> {
-        b.get(r)?.iter().try_fold(0u32, |n, &c| {
-            c.is_ascii_digit().then(|| n * 10 + u32::from(c - b'0'))
-        })
-    };
-    if b.len() < 20
-        || b[4] != b'-'
-        || b[7] != b'-'
-        || b[10] != b'T'
-        || b[13] != b':'
-        || b[16] != b':'
-        || b[b.len() - 1] != b'Z'
-    {
-        return None;
-    }
-    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (hour, min, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    let frac = &b[19..b.len() - 1];
-    let nanos = match frac {
-        [] => 0,
-        [b'.', digits @ ..] if (1..=9).contains(&digits.len()) => {
-            num(20..20 + digits.len())? * 10u32.pow(9 - digits.len() as u32)
-        }
-        _ => return None,
-    };
-    if sec > 59 {
-        return None;
-    }
-    let date = chrono::NaiveDate::from_ymd_opt(year as i32, month, day)?;
-    Some(date.and_hms_nano_opt(hour, min, sec, nanos)?.and_utc())
 }
 
 /// `YYYY-MM-DD` at the start: the cheap test that spares most tokens the parsers.
@@ -998,7 +961,7 @@ mod tests {
             s in "[0-9]{4}-[0-1][0-9]-[0-3][0-9]T[0-2][0-9]:[0-6][0-9]:[0-6][0-9](\\.[0-9]{1,10})?[Zz+]",
         ) {
             let chrono = DateTime::parse_from_rfc3339(&s).ok().map(|t| t.with_timezone(&Utc));
-            if let Some(fast) = utc_rfc3339(&s) {
+            if let Some(fast) = protocol::wire::parse_utc_fast(&s) {
                 prop_assert_eq!(Some(fast), chrono, "{}", s);
             }
             prop_assert_eq!(parse_timestamp(&s), chrono.or_else(|| parse_timestamp_slow(&s)));

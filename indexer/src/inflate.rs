@@ -6,6 +6,7 @@
 //! body just over the cap is refused after it was partly inflated, never truncated.
 
 use crate::error::{Error, Result};
+use std::borrow::Cow;
 use std::io::Read;
 
 /// zstd's frame magic (RFC 8878), little-endian `0xFD2FB528`.
@@ -18,14 +19,16 @@ const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
 /// `max` bytes instead of inflating a bomb first. A body that starts as JSON does
 /// (`{`, after any whitespace) is plain NDJSON, what the shipper sends to an indexer
 /// on its own host, where compressing would only cost both sides CPU.
-pub fn decompress_capped(body: &[u8], max: usize) -> Result<Vec<u8>> {
+/// A plain body is borrowed, not copied: it is already in memory, and copying each
+/// request once more cost the pipeline CPU the raw Tantivy loop never pays (issue 14).
+pub fn decompress_capped(body: &[u8], max: usize) -> Result<Cow<'_, [u8]>> {
     if body.starts_with(&ZSTD_MAGIC) {
-        return unzstd_capped(body, max);
+        return unzstd_capped(body, max).map(Cow::Owned);
     }
     if is_plain_ndjson(body) {
-        return plain_capped(body, max);
+        return plain_capped(body, max).map(Cow::Borrowed);
     }
-    gunzip_capped(body, max)
+    gunzip_capped(body, max).map(Cow::Owned)
 }
 
 /// Whether `body` is uncompressed NDJSON: its first non-blank byte opens an object.
@@ -33,11 +36,11 @@ fn is_plain_ndjson(body: &[u8]) -> bool {
     body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
 }
 
-fn plain_capped(body: &[u8], max: usize) -> Result<Vec<u8>> {
+fn plain_capped(body: &[u8], max: usize) -> Result<&[u8]> {
     if body.len() > max {
         return Err(Error::BodyTooLarge { limit: max });
     }
-    Ok(body.to_vec())
+    Ok(body)
 }
 
 /// Largest zstd window a body may ask for (2^24 = 16 MiB; `zstd -19` uses 8 MiB). The
@@ -50,7 +53,7 @@ const ZSTD_WINDOW_LOG_MAX: u32 = 24;
 /// acknowledged entry skipped as unreadable would be a lost batch).
 pub(crate) fn decompress_for_replay(body: &[u8], max: usize) -> Result<Vec<u8>> {
     if is_plain_ndjson(body) {
-        return plain_capped(body, max);
+        return plain_capped(body, max).map(<[u8]>::to_vec);
     }
     if !body.starts_with(&ZSTD_MAGIC) {
         return gunzip_capped(body, max);

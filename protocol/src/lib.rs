@@ -133,7 +133,10 @@ impl Level {
 /// anything at or below the offset it has already committed for that source.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LogRecord {
-    #[serde(serialize_with = "wire::serialize_ts")]
+    #[serde(
+        serialize_with = "wire::serialize_ts",
+        deserialize_with = "wire::deserialize_ts"
+    )]
     pub ts: DateTime<Utc>,
     pub host: String,
     pub app: String,

@@ -1,5 +1,5 @@
 //! The hot path of the wire format: a borrowed twin of [`LogRecord`] and a fast
-//! RFC 3339 timestamp writer.
+//! RFC 3339 timestamp writer and reader.
 //!
 //! A shipper turns hundreds of thousands of lines a second into NDJSON; building an
 //! owned `LogRecord` for each (host, app, task, source and message copied into fresh
@@ -10,8 +10,8 @@
 //! drift.
 
 use crate::{Level, LogRecord, Stream};
-use chrono::{DateTime, Datelike, SecondsFormat, Timelike, Utc};
-use serde::Serializer;
+use chrono::{DateTime, Datelike, FixedOffset, SecondsFormat, Timelike, Utc};
+use serde::{de, Deserializer, Serializer};
 use std::collections::BTreeMap;
 
 /// [`LogRecord`] with every string borrowed; [`LogRecordRef::write_ndjson`] writes
@@ -231,6 +231,69 @@ pub fn serialize_ts<S: Serializer>(ts: &DateTime<Utc>, s: S) -> Result<S::Ok, S:
     }
 }
 
+/// The commonest timestamp, `YYYY-MM-DDTHH:MM:SS[.f{1,9}]Z`, read directly: chrono's
+/// general RFC 3339 parser and offset arithmetic cost more than the rest of the line.
+/// Anything else (offsets, leap seconds, odd forms) is left to chrono. Used by the
+/// shipper on every line and by [`deserialize_ts`] on every record decoded.
+pub fn parse_utc_fast(s: &str) -> Option<DateTime<Utc>> {
+    let b = s.as_bytes();
+    let num = |r: std::ops::Range<usize>| -> Option<u32> {
+        b.get(r)?.iter().try_fold(0u32, |n, &c| {
+            c.is_ascii_digit().then(|| n * 10 + u32::from(c - b'0'))
+        })
+    };
+    if b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || b[10] != b'T'
+        || b[13] != b':'
+        || b[16] != b':'
+        || b[b.len() - 1] != b'Z'
+    {
+        return None;
+    }
+    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hour, min, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    let frac = &b[19..b.len() - 1];
+    let nanos = match frac {
+        [] => 0,
+        [b'.', digits @ ..] if (1..=9).contains(&digits.len()) => {
+            num(20..20 + digits.len())? * 10u32.pow(9 - digits.len() as u32)
+        }
+        _ => return None,
+    };
+    if sec > 59 {
+        return None;
+    }
+    let date = chrono::NaiveDate::from_ymd_opt(year as i32, month, day)?;
+    Some(date.and_hms_nano_opt(hour, min, sec, nanos)?.and_utc())
+}
+
+/// Deserialises `LogRecord::ts` as chrono's own `Deserialize` does (the same values
+/// accepted, the same errors), the shipper's `...Z` form read by [`parse_utc_fast`]:
+/// chrono's general parser was a measurable part of the indexer's decoding of every
+/// record (issue 14).
+pub fn deserialize_ts<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
+    struct Ts;
+    impl de::Visitor<'_> for Ts {
+        type Value = DateTime<Utc>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an RFC 3339 formatted date and time string")
+        }
+
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<DateTime<Utc>, E> {
+            if let Some(t) = parse_utc_fast(v) {
+                return Ok(t);
+            }
+            v.parse::<DateTime<FixedOffset>>()
+                .map(|t| t.with_timezone(&Utc))
+                .map_err(E::custom)
+        }
+    }
+    d.deserialize_str(Ts)
+}
+
 /// Writes `ts` into `buf` and returns the length, or `None` for what the fast path
 /// does not cover (years outside 0..=9999, leap seconds): those go through chrono.
 fn write_rfc3339(ts: &DateTime<Utc>, buf: &mut [u8; 40]) -> Option<usize> {
@@ -337,7 +400,65 @@ mod tests {
         LogRecord::new(ts, &meta, Stream::Stderr, "m")
     }
 
+    /// `ts` as [`deserialize_ts`] reads it.
+    #[derive(serde::Deserialize)]
+    struct FastTs {
+        #[serde(deserialize_with = "deserialize_ts")]
+        #[allow(dead_code)]
+        ts: DateTime<Utc>,
+    }
+
+    /// `ts` as chrono's own `Deserialize` reads it.
+    #[derive(serde::Deserialize)]
+    struct ChronoTs {
+        #[allow(dead_code)]
+        ts: DateTime<Utc>,
+    }
+
+    fn both(json: &str) -> (Result<DateTime<Utc>, String>, Result<DateTime<Utc>, String>) {
+        (
+            serde_json::from_str::<FastTs>(json)
+                .map(|r| r.ts)
+                .map_err(|e| e.to_string()),
+            serde_json::from_str::<ChronoTs>(json)
+                .map(|r| r.ts)
+                .map_err(|e| e.to_string()),
+        )
+    }
+
+    #[test]
+    fn decoded_timestamps_and_their_errors_are_chronos() {
+        for json in [
+            r#"{"ts":"2026-12-06T20:15:00Z"}"#,
+            r#"{"ts":"2026-12-06T20:15:00.123456789Z"}"#,
+            r#"{"ts":"2026-12-06T20:15:00+02:00"}"#,
+            r#"{"ts":"2026-12-06t20:15:00z"}"#,
+            r#"{"ts":"2016-12-31T23:59:60Z"}"#,
+            r#"{"ts":"2026-02-30T00:00:00Z"}"#,
+            r#"{"ts":"2026-12-06T24:00:00Z"}"#,
+            r#"{"ts":"2026-12-06T20:15:00.Z"}"#,
+            r#"{"ts":"2026-12-06T20:15:00\u005a"}"#,
+            r#"{"ts":"yesterday"}"#,
+            r#"{"ts":17}"#,
+            r#"{"ts":null}"#,
+        ] {
+            let (fast, chrono) = both(json);
+            assert_eq!(fast, chrono, "{json}");
+        }
+    }
+
     proptest! {
+        /// Whatever string of about the shipper's shape, [`deserialize_ts`] gives
+        /// chrono's value or chrono's error.
+        #[test]
+        fn decoded_timestamps_agree_with_chrono(
+            s in "[0-9]{4}-[0-1][0-9]-[0-3][0-9][Tt ][0-2][0-9]:[0-6][0-9]:[0-6][0-9](\\.[0-9]{0,10})?([Zz]|[+-][0-2][0-9]:[0-5][0-9])?",
+        ) {
+            let json = format!("{{\"ts\":\"{s}\"}}");
+            let (fast, chrono) = both(&json);
+            prop_assert_eq!(fast, chrono, "{}", s);
+        }
+
         /// Pins that the borrowed twin and the owned record never drift apart: same
         /// bytes for any record, every optional field set or not.
         #[test]
