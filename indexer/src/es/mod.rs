@@ -469,7 +469,7 @@ async fn one_doc(
 }
 
 /// `GET|HEAD /{index}/_doc/{id}`: the document with its `_source` as sent, or
-/// `found: false` with 404.
+/// `found: false` with 404 (a 503 if a shard that may hold it failed).
 async fn doc_get(
     State(ix): State<Indexer>,
     Path((index, id)): Path<(String, String)>,
@@ -479,19 +479,40 @@ async fn doc_get(
     let request = json!({ "size": 1, "query": { "term": { "_id": id.clone() } } });
     let shards = params.ok().and_then(|UrlQuery(p)| p.shards);
     let resp = search_anywhere(&ix, index.clone(), shards, request, &headers).await?;
-    Ok(match resp.pointer("/hits/hits/0") {
-        Some(hit) => (
+    let (status, body) = doc_answer(&resp, &index, &id)?;
+    Ok((status, Json(body)))
+}
+
+/// The answer of `GET _doc` from the search that looked for it. Not found while a
+/// shard failed is not "not found": the document may be on that shard, so it is a
+/// 503 naming the failed shards (Elasticsearch's `no_shard_available_action_exception`)
+/// rather than a 404 a client would take as the document's absence.
+fn doc_answer(resp: &Value, index: &str, id: &str) -> Result<(axum::http::StatusCode, Value)> {
+    if let Some(hit) = resp.pointer("/hits/hits/0") {
+        return Ok((
             axum::http::StatusCode::OK,
-            Json(json!({
+            json!({
                 "_index": hit["_index"], "_id": hit["_id"], "_version": 1, "_seq_no": 0,
                 "_primary_term": 1, "found": true, "_source": hit["_source"],
-            })),
-        ),
-        None => (
-            axum::http::StatusCode::NOT_FOUND,
-            Json(json!({ "_index": index, "_id": id, "found": false })),
-        ),
-    })
+            }),
+        ));
+    }
+    let failed = resp
+        .pointer("/_shards/failed")
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
+    if failed > 0 {
+        let total = resp.pointer("/_shards/total").and_then(Value::as_u64);
+        return Err(Error::Shards(format!(
+            "document {id:?} of {index:?} not found, but {failed} of {} shards did not \
+             answer: it may be on one of them",
+            total.map_or("?".to_string(), |t| t.to_string())
+        )));
+    }
+    Ok((
+        axum::http::StatusCode::NOT_FOUND,
+        json!({ "_index": index, "_id": id, "found": false }),
+    ))
 }
 
 /// `GET /_cat/health`: what shippers such as rsyslog's omelasticsearch probe before
@@ -730,4 +751,33 @@ async fn es_search(
         o.insert("took".into(), json!(started.elapsed().as_millis() as u64));
     }
     Ok(Json(resp))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Bug (issue 21 review): in shard mode a document on a shard whose owners all
+    /// failed was answered 404 `found: false`, which a client takes as its absence.
+    #[test]
+    fn a_document_not_found_while_a_shard_failed_is_a_503_not_a_404() {
+        let miss = |failed: u64| {
+            json!({ "_shards": { "total": 6, "successful": 6 - failed, "failed": failed },
+                    "hits": { "total": { "value": 0 }, "hits": [] } })
+        };
+        let (status, body) = doc_answer(&miss(0), "logs", "a1").unwrap();
+        assert_eq!(status, axum::http::StatusCode::NOT_FOUND);
+        assert_eq!(body["found"], false);
+        let e = doc_answer(&miss(2), "logs", "a1").unwrap_err();
+        assert_eq!(e.status(), axum::http::StatusCode::SERVICE_UNAVAILABLE);
+        assert!(e.to_string().contains("2 of 6 shards"), "{e}");
+        let hit = json!({ "_shards": { "total": 6, "successful": 5, "failed": 1 },
+                          "hits": { "hits": [{ "_index": "logs", "_id": "a1", "_source": { "m": 1 } }] } });
+        let (status, body) = doc_answer(&hit, "logs", "a1").unwrap();
+        assert_eq!(status, axum::http::StatusCode::OK);
+        assert_eq!(
+            body["_source"]["m"], 1,
+            "a hit is a hit, whatever else failed"
+        );
+    }
 }
