@@ -330,6 +330,47 @@ async fn es_api_fans_out(http: &reqwest::Client, url: &str, total: u64) -> anyho
         why.contains("percentiles") && why.contains("\\\"p\\\""),
         "{why}"
     );
+    // Writes through the ES API would land in this indexer alone: refused in shard
+    // mode, naming the ingest log, and nothing of them counted.
+    let bulk = "{\"index\":{}}\n{\"message\":\"direct\"}\n";
+    for (method, path, body) in [
+        (reqwest::Method::POST, "_bulk", bulk.to_string()),
+        (reqwest::Method::POST, "logs/_bulk", bulk.to_string()),
+        (
+            reqwest::Method::PUT,
+            "logs/_doc/direct-1",
+            "{\"message\":\"direct\"}".into(),
+        ),
+        (
+            reqwest::Method::POST,
+            "logs/_doc",
+            "{\"message\":\"direct\"}".into(),
+        ),
+    ] {
+        let refused = http
+            .request(method.clone(), format!("{url}/es/{path}"))
+            .header("content-type", "application/x-ndjson")
+            .body(body)
+            .send()
+            .await?;
+        assert_eq!(refused.status(), 400, "{method} {path}");
+        let why = refused.text().await?;
+        assert!(
+            why.contains("shard mode") && why.contains("--ingest-log"),
+            "{why}"
+        );
+    }
+    let c: Value = http
+        .get(format!("{url}/_count"))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    assert_eq!(
+        c["count"], total,
+        "nothing of the refused writes is kept: {c}"
+    );
     // What every shard refuses is refused with the owners' own reason, as one
     // indexer words it.
     let refused = http

@@ -47,9 +47,9 @@
 //! In shard mode (issue 21) `_search`, `_count` and `GET _doc` answer for the whole
 //! cluster: one owner per shard is asked (`?shards=<n>`, which scopes the request
 //! to that shard here) and the answers merged as Elasticsearch's coordinating node
-//! does ([`shards`]). Bulk loads are still indexed by the indexer asked only, not
-//! through the ingest log, so a fan-out sees them when that indexer happens to
-//! answer for their source's shard.
+//! does ([`shards`]). Writes (`_bulk`, `_doc`, `_create`) are refused there with a
+//! 400 ([`writable`]): indexed by the indexer asked only, not through the ingest log,
+//! a fan-out would see them only when that indexer answered for their shard.
 //!
 //! `_id` is honoured for dedup: a document whose `_id` is already indexed is not
 //! indexed again (`create` answers 409 like Elasticsearch, `index` answers 200
@@ -287,6 +287,7 @@ async fn bulk(
     headers: HeaderMap,
     body: std::result::Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>> {
+    writable(&ix, index.as_deref().unwrap_or("_bulk"))?;
     let started = Instant::now();
     let max = ix.config().max_body_bytes;
     let body = body.map_err(|rejection| {
@@ -417,6 +418,7 @@ async fn one_doc(
     headers: HeaderMap,
     body: Body,
 ) -> Result<(axum::http::StatusCode, Json<Value>)> {
+    writable(&ix, &index)?;
     let max = ix.config().max_body_bytes;
     let body = body.map_err(|r| Error::BadBody(r.body_text()))?;
     let gzipped = headers
@@ -466,6 +468,25 @@ async fn one_doc(
         }
     }
     Ok((status, Json(out)))
+}
+
+/// Writes through this API go into this indexer alone. In shard mode documents
+/// reach the index through the ingest log, which every owner of their shard reads;
+/// one written here would be seen by a search only while this indexer answered for
+/// its shard, and lost with it. Refused, saying where to write, rather than half
+/// kept (publishing them to the log is the fuller answer, not built).
+fn writable(ix: &Indexer, index: &str) -> Result<()> {
+    if ix.shard_mode().is_none() {
+        return Ok(());
+    }
+    Err(Error::BadParam {
+        name: "index",
+        value: index.to_string(),
+        expected: "no writes through the Elasticsearch API of an indexer in shard mode: \
+                   ship through the ingest log (`sandtrail agent --ingest-log nats://...`), \
+                   which every owner of a shard reads"
+            .into(),
+    })
 }
 
 /// `GET|HEAD /{index}/_doc/{id}`: the document with its `_source` as sent, or
