@@ -258,6 +258,17 @@ async fn fields_and_latency_add_up(
     Ok(())
 }
 
+/// The Elasticsearch API's `_count` of everything, asked of `url`.
+async fn es_count(http: &reqwest::Client, url: &str) -> anyhow::Result<Value> {
+    Ok(http
+        .get(format!("{url}/_count"))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?)
+}
+
 /// Regression (issue 21, the Elasticsearch API saw only the asked indexer's own
 /// documents in shard mode): `_count`, `_search` and its aggregations over ES's
 /// API of one indexer answer for the whole cluster, with ES's `_shards` saying
@@ -265,13 +276,7 @@ async fn fields_and_latency_add_up(
 /// refused by name rather than answered from part of the data.
 async fn es_api_fans_out(http: &reqwest::Client, url: &str, total: u64) -> anyhow::Result<()> {
     let all_shards = serde_json::json!({ "total": 6, "successful": 6, "skipped": 0, "failed": 0 });
-    let c: Value = http
-        .get(format!("{url}/_count"))
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
+    let c = es_count(http, url).await?;
     assert_eq!(c["count"], total, "{c}");
     assert_eq!(c["_shards"], all_shards, "{c}");
     let s: Value = http
@@ -360,13 +365,7 @@ async fn es_api_fans_out(http: &reqwest::Client, url: &str, total: u64) -> anyho
             "{why}"
         );
     }
-    let c: Value = http
-        .get(format!("{url}/_count"))
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
+    let c = es_count(http, url).await?;
     assert_eq!(
         c["count"], total,
         "nothing of the refused writes is kept: {c}"

@@ -158,7 +158,11 @@ pub fn encode_cursor(state: &BTreeMap<u32, ShardCursor>) -> String {
     out
 }
 
-pub fn decode_cursor(s: &str) -> Result<BTreeMap<u32, ShardCursor>> {
+/// The cursor `s` of a cluster of `shards` shards, decoded and checked: one entry
+/// per shard, skips within a page, a tie time that can be stepped back from. A
+/// cursor is the caller's text, so a forged one must be a 400, never an arithmetic
+/// overflow or a shard that is not there.
+pub fn decode_cursor(s: &str, shards: u32) -> Result<BTreeMap<u32, ShardCursor>> {
     let bad = || Error::Protocol(protocol::Error::BadCursor(s.chars().take(200).collect()));
     let hex = s.strip_prefix(CURSOR_TAG).ok_or_else(bad)?;
     if hex.len() % 2 != 0 {
@@ -169,7 +173,19 @@ pub fn decode_cursor(s: &str) -> Result<BTreeMap<u32, ShardCursor>> {
         .map(|i| u8::from_str_radix(&hex[i..i + 2], 16))
         .collect::<std::result::Result<Vec<u8>, _>>()
         .map_err(|_| bad())?;
-    serde_json::from_slice(&bytes).map_err(|_| bad())
+    let state: BTreeMap<u32, ShardCursor> = serde_json::from_slice(&bytes).map_err(|_| bad())?;
+    let fits = state.len() == shards as usize
+        && state.keys().all(|n| *n < shards)
+        && state.values().all(|c| {
+            c.skip <= crate::search::MAX_LIMIT
+                && c.tie <= u32::MAX as usize
+                && c.tie_ts.is_none_or(|t| t > i64::MIN)
+        });
+    if fits {
+        Ok(state)
+    } else {
+        Err(bad())
+    }
 }
 
 /// Whether an owner's refusal is the caller's own mistake, the same on every
@@ -178,31 +194,6 @@ pub fn decode_cursor(s: &str) -> Result<BTreeMap<u32, ShardCursor>> {
 /// says something of that owner only, so the next owner is asked.
 fn callers_mistake(status: reqwest::StatusCode) -> bool {
     matches!(status.as_u16(), 400 | 413 | 422)
-}
-
-/// A decoded cursor that this cluster could have made: one entry per shard of
-/// `shards`, skips within a page, a tie time that can be stepped back from. A
-/// cursor is the caller's text, so a forged one must be a 400, never an
-/// arithmetic overflow or a shard that is not there.
-pub fn check_cursor(
-    state: BTreeMap<u32, ShardCursor>,
-    shards: u32,
-    text: &str,
-) -> Result<BTreeMap<u32, ShardCursor>> {
-    let fits = state.len() == shards as usize
-        && state.keys().all(|n| *n < shards)
-        && state.values().all(|s| {
-            s.skip <= crate::search::MAX_LIMIT
-                && s.tie <= u32::MAX as usize
-                && s.tie_ts.is_none_or(|t| t > i64::MIN)
-        });
-    if fits {
-        Ok(state)
-    } else {
-        Err(Error::Protocol(protocol::Error::BadCursor(
-            text.chars().take(200).collect(),
-        )))
-    }
 }
 
 /// The sort key of a hit, comparable so that smaller comes first.
@@ -256,7 +247,7 @@ impl ShardMode {
         let sort = Sort::parse(params.sort.as_deref().unwrap_or(""))?;
         let limit = params.clone().into_request(chrono::Utc::now())?.limit;
         let mut state = match params.cursor.as_deref().filter(|c| !c.is_empty()) {
-            Some(c) => check_cursor(decode_cursor(c)?, self.shards, c)?,
+            Some(c) => decode_cursor(c, self.shards)?,
             None => (0..self.shards)
                 .map(|n| (n, ShardCursor::default()))
                 .collect(),
@@ -1309,9 +1300,9 @@ mod tests {
         );
         let c = encode_cursor(&s);
         assert!(c.starts_with("s1.") && c.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.'));
-        assert_eq!(decode_cursor(&c).unwrap(), s);
-        assert!(decode_cursor("c1.abc").is_err());
-        assert!(decode_cursor("s1.zz").is_err());
+        assert_eq!(decode_cursor(&c, 2).unwrap(), s);
+        assert!(decode_cursor("c1.abc", 2).is_err());
+        assert!(decode_cursor("s1.zz", 2).is_err());
     }
 
     #[test]
@@ -1343,7 +1334,7 @@ mod tests {
     fn forged_cursors_are_refused_before_any_arithmetic() {
         let good: BTreeMap<u32, ShardCursor> =
             (0..3).map(|n| (n, ShardCursor::default())).collect();
-        assert!(check_cursor(good.clone(), 3, "x").is_ok());
+        assert!(decode_cursor(&encode_cursor(&good), 3).is_ok());
         let forged = [
             {
                 let mut s = good.clone();
@@ -1373,7 +1364,7 @@ mod tests {
         ];
         for s in forged {
             let text = encode_cursor(&s);
-            let e = check_cursor(decode_cursor(&text).unwrap(), 3, &text).unwrap_err();
+            let e = decode_cursor(&text, 3).unwrap_err();
             assert!(e.to_string().contains("s1."), "the cursor is named: {e}");
         }
     }

@@ -404,14 +404,12 @@ mod tests {
     #[derive(serde::Deserialize)]
     struct FastTs {
         #[serde(deserialize_with = "deserialize_ts")]
-        #[allow(dead_code)]
         ts: DateTime<Utc>,
     }
 
     /// `ts` as chrono's own `Deserialize` reads it.
     #[derive(serde::Deserialize)]
     struct ChronoTs {
-        #[allow(dead_code)]
         ts: DateTime<Utc>,
     }
 
