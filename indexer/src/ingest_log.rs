@@ -226,6 +226,29 @@ async fn trimmed_before(idx: &Indexer, stream: &Stream, shard: u32, start: u64) 
     }
 }
 
+/// How long an indexer starting in shard mode waits for the ingest log.
+const OPEN_PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Opens the ingest log, retrying for up to [`OPEN_PATIENCE`]: a NATS cluster
+/// answers its health check before its JetStream has elected a meta leader, and an
+/// indexer started beside it met "jetstream request timed out" and exited (seen in
+/// tests/compose-scale). A wrong shard count or URL is not retried.
+async fn open_patiently(log: &LogConfig) -> Result<async_nats::jetstream::stream::Stream> {
+    let deadline = std::time::Instant::now() + OPEN_PATIENCE;
+    let mut wait = std::time::Duration::from_millis(250);
+    loop {
+        match protocol::ingest_log::open(log).await {
+            Ok((_, stream)) => return Ok(stream),
+            Err(e) if e.starts_with("cannot ") && std::time::Instant::now() + wait < deadline => {
+                warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "ingest log not ready; retrying");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(std::time::Duration::from_secs(2));
+            }
+            Err(e) => return Err(Error::Shards(e)),
+        }
+    }
+}
+
 /// Turns `idx` into a shard owner: opens the ingest log (checking its shard
 /// count), joins the owners in ZooKeeper, consumes every shard it takes until it
 /// lets the shard go, and fans searches out. Returns the membership, whose
@@ -235,9 +258,7 @@ pub async fn start_shard_mode(
     owners: OwnersConfig,
     log: LogConfig,
 ) -> Result<Arc<Owners>> {
-    let (_, stream) = protocol::ingest_log::open(&log)
-        .await
-        .map_err(Error::Shards)?;
+    let stream = open_patiently(&log).await?;
     if let Some(max_bytes) = log.limits.and_then(|l| l.max_bytes) {
         warn!(
             max_bytes,
