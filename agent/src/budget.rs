@@ -94,6 +94,17 @@ pub fn to_drop(files: &[FileState], budget: u64) -> Vec<usize> {
     out
 }
 
+/// Whether the task's unread log bytes fill half its `budget` or more: from there on
+/// the shipper reads ahead into its spool rather than wait for a busy indexer, since
+/// the files alone would soon be over the budget and lose their oldest lines (see
+/// `run::Run::wait_before_spilling`). Below that the files hold the lines for free.
+pub fn pressed(files: &[FileState], budget: u64) -> bool {
+    let unread = files
+        .iter()
+        .fold(0u64, |sum, f| sum.saturating_add(f.unread));
+    unread > 0 && unread.saturating_mul(2) >= budget
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -108,6 +119,21 @@ mod tests {
             unread,
             modified: Some(UNIX_EPOCH + Duration::from_secs(t)),
         }
+    }
+
+    #[test]
+    fn unread_bytes_press_the_budget_from_half_of_it() {
+        use Stream::{Stderr, Stdout};
+        let files = [
+            file(Stdout, None, 30, 20, 100),
+            file(Stdout, Some(1), 40, 0, 10),
+            file(Stderr, Some(2), 40, 29, 20),
+        ];
+        // Read bytes (stdout.1 entirely) never count: 20 + 29 unread.
+        assert!(!pressed(&files, 100));
+        assert!(pressed(&files, 98));
+        assert!(pressed(&files, 0));
+        assert!(!pressed(&[], 1));
     }
 
     #[test]

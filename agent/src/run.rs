@@ -11,8 +11,14 @@
 
 use super::*;
 
-/// How long a full batch waits for the batch in flight before it goes to the spool.
+/// How long a full batch waits for the batch in flight before it goes to the spool,
+/// once an attempt of that batch failed or a task's unread logs press its budget.
 const SPILL_AFTER: Duration = Duration::from_millis(500);
+/// How long a full batch waits for an indexer that answers, only slowly (a burst on
+/// a busy machine), before it goes to the spool all the same (see
+/// [`Run::wait_before_spilling`]). Far under the request timeout, so that a hung
+/// indexer is spilled to long before its request fails.
+const SPILL_WHEN_BUSY: Duration = Duration::from_secs(10);
 /// Full batches kept in memory behind the one in flight. Batches go one at a time
 /// (see [`ship`]); without a few queued, reading stopped for every round trip (the
 /// indexer decompressing and committing the batch in flight), which left the
@@ -79,6 +85,12 @@ pub(crate) struct Run {
     spool: Option<spool::Spool>,
     /// Since when each file has had unacknowledged bytes (lag in seconds).
     behind_since: BTreeMap<String, Instant>,
+    /// `batches_failed` when the batch in flight was sent: a higher count now means
+    /// one of its attempts failed (the indexer is down or refusing), not just slow.
+    failed_at_send: u64,
+    /// At the last scan, some task's unread log bytes filled half its disk budget
+    /// (see [`budget::pressed`]).
+    budget_pressed: bool,
     /// Every batch handed over so far was delivered completely. Once one was not
     /// (only on cancellation), later batches must not be sent: the indexer would
     /// commit their higher offsets and then skip the undelivered ones as duplicates.
@@ -137,6 +149,8 @@ impl Run {
             queued: std::collections::VecDeque::new(),
             spool: Some(spool),
             behind_since: BTreeMap::new(),
+            failed_at_send: 0,
+            budget_pressed: false,
             intact: true,
         })
     }
@@ -355,6 +369,7 @@ impl Run {
         let by_id: HashMap<FileId, &String> = self.files.iter().map(|(k, t)| (t.id, k)).collect();
         let mut on_disk = 0u64;
         let mut marks = Vec::new();
+        let mut pressed = false;
         for sb in sandboxes {
             on_disk = sb
                 .files
@@ -382,12 +397,14 @@ impl Run {
                     }
                 })
                 .collect();
+            pressed |= budget::pressed(&states, limit);
             for i in budget::to_drop(&states, limit) {
                 if let Some(k) = by_id.get(&sb.files[i].id) {
                     marks.push(((*k).clone(), limit, sb.files[i].path.clone()));
                 }
             }
         }
+        self.budget_pressed = pressed;
         for (key, limit, path) in marks {
             if let Some(t) = self.files.get_mut(&key) {
                 if t.rotation.is_some() && t.drop.is_none() {
@@ -556,6 +573,7 @@ impl Run {
         // batch at full speed); the copy is only read if the batch must be spilled.
         self.in_flight_copy = (seg.is_none() && self.spool().enabled()).then(|| batch.clone());
         self.in_flight_seg = seg;
+        self.failed_at_send = self.inner.metrics.batches_failed.load(Ordering::Relaxed);
         let sender = self.inner.sender.clone();
         let cancel = self.cancel.clone();
         self.in_flight = Some(tokio::spawn(
@@ -698,7 +716,7 @@ impl Run {
         self.save_heads().await;
         if self.spool().is_empty() {
             if self.in_flight.is_none() || self.queued.len() >= MAX_QUEUED {
-                self.settle_in_flight_within(SPILL_AFTER).await?;
+                self.wait_before_spilling().await?;
                 if !self.intact || self.cancel.is_cancelled() {
                     return Ok(());
                 }
@@ -802,6 +820,52 @@ impl Run {
                 "reading resumed"
             );
         }
+        outcome
+    }
+
+    /// Waits for the batch in flight (if any) before the batches behind it are spilled.
+    /// Spilling costs a write, an fsync, a read back and a re-parse of every batch,
+    /// and once the spool holds one batch all later ones follow it there, to keep
+    /// the order. An indexer that answers, only slowly (a burst on a busy machine),
+    /// is waited for up to [`SPILL_WHEN_BUSY`]: meanwhile the task's files hold the
+    /// lines for nothing (the logger keeps them until they are acknowledged) and
+    /// reading pauses (`reading_paused`). Spilling starts after [`SPILL_AFTER`] once
+    /// an attempt of the batch in flight failed (the indexer is down or refusing) or a
+    /// task's unread logs fill half its disk budget: the spool then keeps what the
+    /// budget would give up on. Regression: every ack slower than 500 ms sent the
+    /// next batches through the spool, and a 3-agent burst spooled a third to half of
+    /// its batches, about a fifth of the pipeline's CPU (BENCHMARKS.md, stop 30).
+    async fn wait_before_spilling(&mut self) -> Result<()> {
+        let started = Instant::now();
+        let interval = self.inner.config.scan_interval;
+        let mut next_scan = started + interval;
+        let metrics = self.inner.metrics.clone();
+        let outcome = loop {
+            if let Err(e) = self.settle_in_flight_within(SPILL_AFTER).await {
+                break Err(e);
+            }
+            let failed = metrics.batches_failed.load(Ordering::Relaxed) > self.failed_at_send;
+            if self.in_flight.is_none()
+                || !self.intact
+                || self.cancel.is_cancelled()
+                || failed
+                || self.budget_pressed
+                || started.elapsed() >= SPILL_WHEN_BUSY
+            {
+                break Ok(());
+            }
+            metrics.reading_paused.store(1, Ordering::Relaxed);
+            // New files and the budgets are looked at while waiting, as in
+            // `wait_paused`: a budget pressed meanwhile ends the wait.
+            if Instant::now() >= next_scan {
+                if let Err(e) = self.scan().await {
+                    break Err(e);
+                }
+                self.update_lag();
+                next_scan = Instant::now() + interval;
+            }
+        };
+        metrics.reading_paused.store(0, Ordering::Relaxed);
         outcome
     }
 

@@ -877,6 +877,35 @@ async fn reading_runs_ahead_of_a_slow_indexer_without_spooling() {
     assert_eq!(metric(&shipper, "batches_spooled_total"), 0);
 }
 
+/// Regression: an acknowledgement slower than 500 ms sent the batches behind it
+/// through the spool (write, fsync, read back, re-parse), and once the spool held one
+/// batch every later one followed it there: a three-agent burst on two cores spooled
+/// a third to half of its batches for an indexer that was only busy. An indexer that
+/// answers, however slowly, is now waited for (reading pauses, the task's files hold
+/// the lines), and the spool is for one that fails.
+#[tokio::test]
+async fn a_busy_indexer_is_waited_for_rather_than_spooled_to() {
+    let (url, fake) = start_fake().await;
+    fake.lock().unwrap().delay = Duration::from_millis(800);
+    let work = tempfile::tempdir().unwrap();
+    let dir = sandbox(work.path(), "fib", "fib.8", 0);
+    let cfg = small_batches(work.path(), &url);
+    let shipper = Shipper::new(cfg).unwrap();
+    let run = start(&shipper);
+    // About ten lines a batch: six batches, more than the two queued behind the one
+    // in flight, each answered after longer than the 500 ms that used to spill them.
+    append(&dir.join("stdout"), &numbered(1..=60));
+    wait_metric(&shipper, "reading paused behind the busy indexer", |s| {
+        metric(s, "reading_paused") == 1
+    })
+    .await;
+    wait_for("all 60 lines", &fake, |f| f.accepted.len() >= 60).await;
+    run.stop().await;
+    assert_each_once(&fake.lock().unwrap(), 60);
+    assert_eq!(metric(&shipper, "batches_spooled_total"), 0);
+    assert_eq!(metric(&shipper, "batches_failed_total"), 0);
+}
+
 /// While the indexer is down, full batches go to the disk spool and the checkpoints
 /// move past them; a restart sends the spool first, and every line arrives once.
 #[tokio::test]
