@@ -1,6 +1,7 @@
 //! The shipper's event loop: one task per host that scans the sandboxes, runs
 //! reading rounds over every followed file, fills and hands over batches, keeps at
-//! most one in flight, spills to the spool when the indexer is slow, and saves the
+//! most one in flight, spills to the spool when the indexer fails (or is slow while a
+//! task's budget is pressed, or slow for long), and saves the
 //! checkpoints once the indexer acknowledged.
 //!
 //! One `select!` over file events, the batch in flight, the checkpoint save and a
