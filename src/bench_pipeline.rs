@@ -52,6 +52,9 @@ pub struct Row {
     pub raw_cpu: f64,
     pub cpu: f64,
     pub peak_rss_kb: u64,
+    /// Batches the agents wrote to their disk spool: none while the indexer keeps
+    /// answering (issue 14, stop 30), each one a write, an fsync and a re-read.
+    pub spooled: u64,
 }
 
 impl Row {
@@ -178,6 +181,23 @@ async fn count(http: &reqwest::Client, c: &Cluster, app: &str) -> anyhow::Result
         .json()
         .await?;
     Ok(resp.total)
+}
+
+/// The agents' spooled batches, summed from `up`'s `/metrics`.
+async fn spooled(http: &reqwest::Client, c: &Cluster) -> anyhow::Result<u64> {
+    let text = http
+        .get(format!("{}/metrics", c.web))
+        .bearer_auth(&c.token)
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?;
+    Ok(text
+        .lines()
+        .filter(|l| l.starts_with("sandtrail_agent_batches_spooled_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum())
 }
 
 /// Writes the first `lines` lines of the corpus to `path`; returns their bytes.
@@ -356,6 +376,10 @@ pub async fn run(opts: Options) -> anyhow::Result<Vec<Row>> {
         if let Ok(n) = count(&http, &cluster, &app).await {
             found = n;
         }
+        let spooled = spooled(&http, &cluster).await.unwrap_or_else(|e| {
+            eprintln!("[{}] cannot read the agents' metrics: {e:#}", sc.name);
+            0
+        });
         let peak_rss_kb = peak_rss_kb(cluster.child.id());
         let cpu = cpu_secs(cluster.child.id());
         drop(cluster);
@@ -369,9 +393,10 @@ pub async fn run(opts: Options) -> anyhow::Result<Vec<Row>> {
             raw_cpu: raw.1,
             cpu,
             peak_rss_kb,
+            spooled,
         };
         eprintln!(
-            "[{}] {} records in {:.1} s ({:.0}/s), raw Tantivy {:.0}/s: {:.2}; found {}; CPU s ours {:.1}, raw {:.1}",
+            "[{}] {} records in {:.1} s ({:.0}/s), raw Tantivy {:.0}/s: {:.2}; found {}; CPU s ours {:.1}, raw {:.1}; {} batches spooled",
             sc.name,
             records,
             secs,
@@ -380,7 +405,8 @@ pub async fn run(opts: Options) -> anyhow::Result<Vec<Row>> {
             row.rate() / row.raw_rate(),
             found,
             row.cpu,
-            row.raw_cpu
+            row.raw_cpu,
+            row.spooled
         );
         rows.push(row);
     }
@@ -389,7 +415,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Vec<Row>> {
 
 pub fn to_markdown(rows: &[Row]) -> String {
     let mut out = String::from(
-        "| scenario | records | MB | end to end s | records/s | MB/s | raw Tantivy records/s | pipeline / raw | found | CPU s of `up` / raw loop | peak RSS of `up` MiB |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| scenario | records | MB | end to end s | records/s | MB/s | raw Tantivy records/s | pipeline / raw | found | CPU s of `up` / raw loop | peak RSS of `up` MiB | batches spooled |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in rows {
         let sc = &r.scenario;
@@ -399,7 +425,7 @@ pub fn to_markdown(rows: &[Row]) -> String {
             format!("{} lines/s each", sc.rate)
         };
         out.push_str(&format!(
-            "| {} task(s) on {} agent(s), {} | {} | {:.1} | {:.1} | {:.0} | {:.1} | {:.0} | **{:.2}** | {} | {:.1} / {:.1} | {} |\n",
+            "| {} task(s) on {} agent(s), {} | {} | {:.1} | {:.1} | {:.0} | {:.1} | {:.0} | **{:.2}** | {} | {:.1} / {:.1} | {} | {} |\n",
             sc.tasks,
             sc.agents,
             pace,
@@ -413,8 +439,103 @@ pub fn to_markdown(rows: &[Row]) -> String {
             r.found,
             r.cpu,
             r.raw_cpu,
-            r.peak_rss_kb / 1024
+            r.peak_rss_kb / 1024,
+            r.spooled
         ));
     }
     out
+}
+
+/// The middle value (the mean of the two middle ones for an even count).
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    match n {
+        0 => f64::NAN,
+        _ if n % 2 == 1 => v[n / 2],
+        _ => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// One line per scenario run more than once (`--runs`): the medians of its runs'
+/// ratios, by wall clock and by CPU seconds. On a shared two-core machine a single
+/// run's ratio spreads by a fifth either way (the raw loop's own CPU seconds for the
+/// same records vary that much), so a target is judged on the median of several.
+pub fn medians(rows: &[Row]) -> String {
+    let mut names: Vec<&str> = Vec::new();
+    for r in rows {
+        if !names.contains(&r.scenario.name.as_str()) {
+            names.push(&r.scenario.name);
+        }
+    }
+    let mut out = String::new();
+    for name in names {
+        let runs: Vec<&Row> = rows.iter().filter(|r| r.scenario.name == name).collect();
+        if runs.len() < 2 {
+            continue;
+        }
+        let ratios: Vec<f64> = runs.iter().map(|r| r.rate() / r.raw_rate()).collect();
+        let (lo, hi) = ratios
+            .iter()
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &x| {
+                (lo.min(x), hi.max(x))
+            });
+        let cpu = median(runs.iter().map(|r| r.raw_cpu / r.cpu).collect());
+        let whole = runs.iter().filter(|r| r.found == r.records).count();
+        out.push_str(&format!(
+            "{name}: {} runs, pipeline / raw median {:.2} (runs {lo:.2} to {hi:.2}), CPU seconds raw / `up` median {cpu:.2}; every line found exactly once in {whole} of {} runs\n",
+            runs.len(),
+            median(ratios),
+            runs.len(),
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(name: &str, secs: f64, raw_secs: f64, cpu: f64, found: u64) -> Row {
+        Row {
+            scenario: Scenario {
+                name: name.into(),
+                agents: 1,
+                tasks: 1,
+                lines: 100,
+                rate: 0,
+            },
+            records: 100,
+            bytes: 1000,
+            secs,
+            found,
+            raw_secs,
+            raw_cpu: 8.0,
+            cpu,
+            peak_rss_kb: 1024,
+            spooled: 0,
+        }
+    }
+
+    #[test]
+    fn the_median_of_odd_and_even_counts() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert!(median(Vec::new()).is_nan());
+    }
+
+    #[test]
+    fn medians_summarise_only_scenarios_run_more_than_once() {
+        let rows = [
+            row("3x3", 10.0, 8.0, 10.0, 100),
+            row("1x1", 10.0, 5.0, 10.0, 100),
+            row("3x3", 10.0, 9.0, 16.0, 100),
+            row("3x3", 10.0, 7.0, 8.0, 99),
+        ];
+        // Ratios 0.8, 0.9, 0.7; CPU ratios 0.8, 0.5, 1.0.
+        assert_eq!(
+            medians(&rows),
+            "3x3: 3 runs, pipeline / raw median 0.80 (runs 0.70 to 0.90), CPU seconds raw / `up` median 0.80; every line found exactly once in 2 of 3 runs\n"
+        );
+    }
 }

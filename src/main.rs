@@ -70,6 +70,10 @@ struct BenchPipelineArgs {
     slow_lines: usize,
     #[arg(long, default_value_t = 100)]
     slow_rate: u64,
+    /// Runs of each scenario, one after another (each with its own raw loop); with
+    /// more than one, the medians of the ratios are printed after the table.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+    runs: u32,
     /// Internal: run as a paced writer task (this file's lines at --rate per second).
     #[arg(long, hide = true)]
     write: Option<PathBuf>,
@@ -702,13 +706,15 @@ async fn main() -> anyhow::Result<()> {
                         anyhow::bail!("unknown scenario {other:?}: expected 1x1, 3x3 or 50slow")
                     }
                 };
-                scenarios.push(bench_pipeline::Scenario {
-                    name: name.clone(),
-                    agents,
-                    tasks,
-                    lines,
-                    rate,
-                });
+                for _ in 0..a.runs {
+                    scenarios.push(bench_pipeline::Scenario {
+                        name: name.clone(),
+                        agents,
+                        tasks,
+                        lines,
+                        rate,
+                    });
+                }
             }
             let rows = bench_pipeline::run(bench_pipeline::Options {
                 corpus: a.corpus,
@@ -718,6 +724,7 @@ async fn main() -> anyhow::Result<()> {
             })
             .await?;
             print!("{}", bench_pipeline::to_markdown(&rows));
+            print!("{}", bench_pipeline::medians(&rows));
             Ok(())
         }
         Command::Bench(BenchCommand::Ship(a)) => {

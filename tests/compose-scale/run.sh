@@ -106,12 +106,16 @@ step_images() {
   log "images $SANDTRAIL_IMAGE, $SANDTRAIL_ZK_IMAGE, $SANDTRAIL_NATS_IMAGE (nats-server from ${host_bin:-apt})"
 }
 
-# The app: 30 tasks, each writing n=1..2000 on stdout in 20 bursts of 100 a second
+# The app: 30 tasks, each writing n=1..2000 on stdout in 100 bursts of 20 lines 0.2 s
 # apart (so lines still flow when step 2 kills an indexer), then sleeping: a task
-# that ended would be restarted and write its lines again.
+# that ended would be restarted and write its lines again. Regression: bursts of 100
+# a second apart let the indexers catch up and commit everything between bursts,
+# and once the agents stopped spooling for a busy ingest log (stop 30) step 4 found
+# the kill had hit no uncommitted record (nothing to replay); a steady flow keeps
+# records logged but not yet committed at almost every moment.
 APP='{"id":"lines","instances":30,"cpus":0.01,"mem":16,"disk":8,
  "constraints":[["hostname","MAX_PER","10"]],
- "cmd":"b=0; while [ $b -lt 20 ]; do seq -f \"scale line n=%g\" $((b*100+1)) $((b*100+100)); b=$((b+1)); sleep 1; done; exec sleep 86400"}'
+ "cmd":"b=0; while [ $b -lt 100 ]; do seq -f \"scale line n=%g\" $((b*20+1)) $((b*20+20)); b=$((b+1)); sleep 0.2; done; exec sleep 86400"}'
 
 step_up() {
   "${COMPOSE[@]}" down -v --remove-orphans -t 2 >/dev/null 2>&1
