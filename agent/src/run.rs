@@ -13,7 +13,7 @@
 use super::*;
 
 /// How long a full batch waits for the batch in flight before it goes to the spool,
-/// once an attempt of that batch failed or a task's unread logs press its budget.
+/// once an attempt of that batch failed or a task's logs press its budget.
 const SPILL_AFTER: Duration = Duration::from_millis(500);
 /// How long a full batch waits for an indexer that answers, only slowly (a burst on
 /// a busy machine), before it goes to the spool all the same (see
@@ -89,8 +89,8 @@ pub(crate) struct Run {
     /// `batches_failed` when the batch in flight was sent: a higher count now means
     /// one of its attempts failed (the indexer is down or refusing), not just slow.
     failed_at_send: u64,
-    /// At the last scan, some task's unread log bytes filled half its disk budget
-    /// (see [`budget::pressed`]).
+    /// At the last scan, what some task's logs would keep on disk (live files and
+    /// rotations not yet read) filled half its disk budget (see [`budget::pressed`]).
     budget_pressed: bool,
     /// Every batch handed over so far was delivered completely. Once one was not
     /// (only on cancellation), later batches must not be sent: the indexer would
@@ -832,7 +832,7 @@ impl Run {
     /// lines for nothing (the logger keeps them until they are acknowledged) and
     /// reading pauses (`reading_paused`). Spilling starts after [`SPILL_AFTER`] once
     /// an attempt of the batch in flight failed (the indexer is down or refusing) or a
-    /// task's unread logs fill half its disk budget: the spool then keeps what the
+    /// task's logs fill half its disk budget (`budget::pressed`): the spool then keeps what the
     /// budget would give up on. Regression: every ack slower than 500 ms sent the
     /// next batches through the spool, and a 3-agent burst spooled a third to half of
     /// its batches, about a fifth of the pipeline's CPU (BENCHMARKS.md, stop 30).
@@ -846,7 +846,11 @@ impl Run {
                 break Err(e);
             }
             let failed = metrics.batches_failed.load(Ordering::Relaxed) > self.failed_at_send;
+            // Settling the batch in flight starts the oldest queued one: the queue
+            // then has room and reading goes on (review: the wait used to last until
+            // the whole queue had drained, stalling reading for every round trip).
             if self.in_flight.is_none()
+                || self.queued.len() < MAX_QUEUED
                 || !self.intact
                 || self.cancel.is_cancelled()
                 || failed
