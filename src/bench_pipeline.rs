@@ -500,12 +500,9 @@ pub fn medians(rows: &[Row]) -> String {
         if runs.len() < 2 {
             continue;
         }
-        let ratios: Vec<f64> = runs.iter().map(|r| r.rate() / r.raw_rate()).collect();
-        let (lo, hi) = ratios
-            .iter()
-            .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &x| {
-                (lo.min(x), hi.max(x))
-            });
+        let mut ratios: Vec<f64> = runs.iter().map(|r| r.rate() / r.raw_rate()).collect();
+        ratios.sort_by(f64::total_cmp);
+        let (lo, hi) = (ratios[0], ratios[ratios.len() - 1]);
         let cpu = median(runs.iter().map(|r| r.raw_cpu / r.cpu).collect());
         let whole = runs.iter().filter(|r| r.found == r.records).count();
         out.push_str(&format!(

@@ -495,9 +495,6 @@ fn shipper_status(metrics: &str, spool_max_bytes: u64) -> protocol::ShipperStatu
         let v = v as u64;
         match name.strip_prefix("sandtrail_agent_").unwrap_or_default() {
             "log_bytes_on_disk" => st.log_bytes_on_disk = v,
-            // TODO(lead): agent::Metrics has no gauge of the sandboxes' budgets yet;
-            // this stays 0 ("unknown") until it renders `sandtrail_agent_log_budget_bytes`
-            // (the sum of `SandboxLogs::budget` in `enforce_budgets`).
             "log_budget_bytes" => st.log_budget_bytes_total = v,
             "log_bytes_dropped_total" => st.log_bytes_dropped = v,
             "spool_bytes" => st.spool_bytes = v,
@@ -1394,6 +1391,7 @@ mod tests {
         let text = sh.metrics();
         for name in [
             "log_bytes_on_disk",
+            "log_budget_bytes",
             "log_bytes_dropped_total",
             "spool_bytes",
             "reading_paused",

@@ -449,5 +449,11 @@ async fn a_task_outrunning_its_disk_budget_shows_the_gap_and_loses_nothing_after
     if counted != dropped {
         bail!("the agent counted {counted} bytes dropped, its records say {dropped}");
     }
+    // Regression: the agent rendered no budget gauge, so the Hosts page showed the
+    // logs on disk against an "unknown" budget.
+    let budget = c.agent_metric("log_budget_bytes").await?;
+    if budget < 20 << 20 {
+        bail!("the agent's log_budget_bytes is {budget}, expected the task's 20 MiB at least");
+    }
     Ok(())
 }

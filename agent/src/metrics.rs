@@ -43,10 +43,14 @@ pub struct Metrics {
     /// many files that was (each also written into the task's stream as a record).
     pub log_bytes_dropped: AtomicU64,
     pub log_files_dropped: AtomicU64,
-    /// 1 while the reader waits because the spool is full or disabled (gauge).
+    /// 1 while the reader waits for the indexer: busy, or the spool full or disabled
+    /// (gauge).
     pub reading_paused: AtomicU64,
     /// Live and rotated log files of every sandbox, in bytes, at the last scan (gauge).
     pub log_bytes_on_disk: AtomicU64,
+    /// The disk budgets of the sandboxes that have one, summed, at the last scan
+    /// (gauge): what the Hosts page shows `log_bytes_on_disk` against.
+    pub log_budget_bytes: AtomicU64,
     /// Sandbox files not read because they were symlinks, not regular files, or a
     /// `task.json` the node did not write: each counted once while it stays so.
     pub files_refused: AtomicU64,
@@ -196,13 +200,18 @@ impl Metrics {
             ),
             (
                 "reading_paused",
-                "1 while reading waits for the indexer because the spool is full or disabled (back-pressure).",
+                "1 while reading waits for the indexer: busy (a batch in flight, the queue full) or the spool full or disabled (back-pressure).",
                 &self.reading_paused,
             ),
             (
                 "log_bytes_on_disk",
                 "Bytes of task log files (live and rotated) in all sandboxes at the last scan.",
                 &self.log_bytes_on_disk,
+            ),
+            (
+                "log_budget_bytes",
+                "Disk budgets of the sandboxes that have one, summed, at the last scan.",
+                &self.log_budget_bytes,
             ),
         ] {
             e.family(&format!("sandtrail_agent_{name}"), help, Kind::Gauge)
@@ -261,6 +270,7 @@ mod tests {
         inc(&m.log_files_dropped, 1);
         m.reading_paused.store(1, Ordering::Relaxed);
         m.log_bytes_on_disk.store(5000, Ordering::Relaxed);
+        m.log_budget_bytes.store(8000, Ordering::Relaxed);
         let text = m.render("node-1");
         let mut help = std::collections::BTreeMap::<&str, usize>::new();
         let mut types = std::collections::BTreeMap::<&str, &str>::new();
@@ -291,6 +301,7 @@ mod tests {
             ("log_files_dropped_total", "counter", "1"),
             ("reading_paused", "gauge", "1"),
             ("log_bytes_on_disk", "gauge", "5000"),
+            ("log_budget_bytes", "gauge", "8000"),
         ] {
             let family = format!("sandtrail_agent_{name}");
             assert_eq!(types.get(family.as_str()), Some(&kind), "{text}");

@@ -368,7 +368,7 @@ impl Run {
     /// on-disk gauge.
     fn enforce_budgets(&mut self, sandboxes: &[SandboxLogs]) {
         let by_id: HashMap<FileId, &String> = self.files.iter().map(|(k, t)| (t.id, k)).collect();
-        let mut on_disk = 0u64;
+        let (mut on_disk, mut budgets) = (0u64, 0u64);
         let mut marks = Vec::new();
         let mut pressed = false;
         for sb in sandboxes {
@@ -379,6 +379,7 @@ impl Run {
             let Some(limit) = sb.budget else {
                 continue;
             };
+            budgets = budgets.saturating_add(limit);
             let states: Vec<budget::FileState> = sb
                 .files
                 .iter()
@@ -414,10 +415,9 @@ impl Run {
                 }
             }
         }
-        self.inner
-            .metrics
-            .log_bytes_on_disk
-            .store(on_disk, Ordering::Relaxed);
+        let m = &self.inner.metrics;
+        m.log_bytes_on_disk.store(on_disk, Ordering::Relaxed);
+        m.log_budget_bytes.store(budgets, Ordering::Relaxed);
     }
 
     /// Writes the entries of newly found or restarted files to disk before anything
