@@ -28,7 +28,11 @@ import urllib.request
 from datetime import datetime, timedelta, timezone
 
 from selenium import webdriver
-from selenium.common.exceptions import NoAlertPresentException, StaleElementReferenceException
+from selenium.common.exceptions import (
+    NoAlertPresentException,
+    NoSuchElementException,
+    StaleElementReferenceException,
+)
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
@@ -53,7 +57,9 @@ def wait_for(what, fn, timeout=WAIT, interval=0.25):
             v = fn()
             if v:
                 return v
-        except (StaleElementReferenceException, OSError) as e:  # page changed under us, server busy
+        # The page changed under us (a form's answer loading has no <body> for a moment:
+        # seen once in test 21), or the server was busy.
+        except (StaleElementReferenceException, NoSuchElementException, OSError) as e:
             last_err = e
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last error: {last_err})")
