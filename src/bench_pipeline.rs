@@ -185,6 +185,41 @@ async fn count(http: &reqwest::Client, c: &Cluster, app: &str) -> anyhow::Result
     Ok(resp.total)
 }
 
+/// Deletes `app` and waits until the scheduler lists none of its tasks.
+async fn remove_app(http: &reqwest::Client, c: &Cluster, app: &str) -> anyhow::Result<()> {
+    http.delete(format!("{}/v2/apps/{app}", c.web))
+        .bearer_auth(&c.token)
+        .send()
+        .await?
+        .error_for_status()
+        .context("delete the app")?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let tasks: serde_json::Value = http
+            .get(format!("{}/v2/tasks", c.web))
+            .bearer_auth(&c.token)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        let ours = |t: &&serde_json::Value| {
+            t["appId"].as_str().map(|a| a.trim_start_matches('/')) == Some(app)
+        };
+        let left = tasks["tasks"]
+            .as_array()
+            .map_or(0, |t| t.iter().filter(ours).count());
+        if left == 0 {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{left} task(s) of {app} still listed 60 s after the delete"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// The agents' spooled batches, summed from `up`'s `/metrics`.
 async fn spooled(http: &reqwest::Client, c: &Cluster) -> anyhow::Result<u64> {
     let text = http
@@ -394,6 +429,11 @@ pub async fn run(opts: Options) -> anyhow::Result<Vec<Row>> {
         });
         let peak_rss_kb = peak_rss_kb(cluster.child.id());
         let cpu = cpu_secs(cluster.child.id());
+        // Tasks and their loggers outlive `up` by design (an agent's restart adopts
+        // them), so the app goes first: otherwise every run left its tasks sleeping.
+        if let Err(e) = remove_app(&http, &cluster, &app).await {
+            eprintln!("[{}] the app's tasks may outlive the run: {e:#}", sc.name);
+        }
         drop(cluster);
         // The raw loop again, on the other side of the pipeline: its CPU seconds for
         // the same records spread by a fifth between runs on a shared machine, so

@@ -33,6 +33,14 @@ pub const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 /// and browsers hold, well below the process's file descriptors.
 pub const MAX_CONNECTIONS: usize = 8192;
 
+/// Connections the kernel completes and holds for us before we accept them.
+/// `tokio::net::TcpListener::bind` listens with std's 128: a burst beyond that (the
+/// agents of a restarted cluster reconnecting at once, or a flood) had its SYNs
+/// dropped, and each dropped client waited the 1 s retransmission timeout. Linux caps
+/// it at `net.core.somaxconn` (4,096 by default): asking for more takes whatever the
+/// machine allows.
+pub const LISTEN_BACKLOG: u32 = 8192;
+
 /// What every listener enforces below the routes.
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -146,6 +154,31 @@ async fn check_host(State(allowed): State<AllowedHosts>, req: Request, next: Nex
         ),
     )
         .into_response()
+}
+
+/// Binds a listener on `addr` (`host:port`, a name resolved first; port 0 for a free
+/// one) with [`LISTEN_BACKLOG`]; the first resolved address that binds wins.
+pub async fn listen(addr: impl tokio::net::ToSocketAddrs) -> std::io::Result<TcpListener> {
+    let mut last = None;
+    for at in tokio::net::lookup_host(addr).await? {
+        let socket = if at.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        // As std and mio do: a restarted server rebinds its port past TIME_WAIT.
+        socket.set_reuseaddr(true)?;
+        match socket.bind(at).and_then(|()| socket.listen(LISTEN_BACKLOG)) {
+            Ok(listener) => return Ok(listener),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "the address resolved to nothing to listen on",
+        )
+    }))
 }
 
 /// Serves `router` on `listener` until `cancel` fires, then stops accepting, lets the
@@ -293,6 +326,49 @@ mod tests {
         assert_eq!(ok.text().await.unwrap(), "fine");
         cancel.cancel();
         server.await.unwrap().unwrap();
+    }
+
+    /// Regression: the security suite's healthz once took 1.04 s in CI. 2,000 idle
+    /// connections opened faster than a loaded server accepted them overflowed the
+    /// backlog of 128 that `TcpListener::bind` gives, and the next client's SYN was
+    /// dropped and retried a second later (with that bind, connection 129 stalls).
+    #[tokio::test]
+    async fn a_burst_of_connections_is_held_by_the_backlog_not_dropped() {
+        let somaxconn: usize = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(4096);
+        // A listener that accepts nothing: everything waits in its backlog.
+        let listener = listen("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let burst = somaxconn.min(LISTEN_BACKLOG as usize).min(2000);
+        assert!(burst > 129, "somaxconn {somaxconn} leaves nothing to test");
+        let mut held = Vec::with_capacity(burst);
+        for i in 0..burst {
+            let started = std::time::Instant::now();
+            let c = tokio::time::timeout(
+                Duration::from_millis(900),
+                tokio::net::TcpStream::connect(addr),
+            )
+            .await;
+            assert!(
+                matches!(c, Ok(Ok(_))),
+                "connection {i} of {burst} not held within 900 ms ({:?}): the backlog overflowed",
+                started.elapsed()
+            );
+            held.push(c.unwrap().unwrap());
+        }
+        drop(listener);
+    }
+
+    #[tokio::test]
+    async fn listen_names_an_address_it_cannot_use() {
+        assert!(listen("127.0.0.1:0").await.is_ok());
+        let taken = listen("127.0.0.1:0").await.unwrap();
+        let port = taken.local_addr().unwrap().port();
+        // Reuse-addr does not allow two live listeners on one port.
+        assert!(listen(("127.0.0.1", port)).await.is_err());
+        assert!(listen("no-such-host.invalid:80").await.is_err());
     }
 
     #[test]

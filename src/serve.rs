@@ -224,7 +224,7 @@ fn http_limits(cfg: &Config) -> crate::http::Limits {
 }
 
 async fn bind(addr: &str) -> anyhow::Result<(TcpListener, String)> {
-    let listener = TcpListener::bind(addr)
+    let listener = crate::http::listen(addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
     let url = format!("http://{}", listener.local_addr()?);
@@ -574,9 +574,9 @@ async fn bridge_listener(docker: Option<&str>, port: u16) -> Option<(TcpListener
             return None;
         }
     };
-    let listener = match TcpListener::bind((gateway, port)).await {
+    let listener = match crate::http::listen((gateway, port)).await {
         Ok(l) => l,
-        Err(_) => match TcpListener::bind((gateway, 0)).await {
+        Err(_) => match crate::http::listen((gateway, 0)).await {
             Ok(l) => l,
             Err(e) => {
                 warn!(%gateway, error = %e, "cannot listen on the docker bridge: bridged containers cannot call apps");

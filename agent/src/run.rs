@@ -722,6 +722,11 @@ impl Run {
                     return Ok(());
                 }
                 self.start_next().await?;
+                // Regression: the full batch just went out and the emptied one was
+                // queued behind it, a no-op send holding one of the queue's slots.
+                if self.batch.is_empty() {
+                    return Ok(());
+                }
             }
             if self.in_flight.is_some() && self.queued.len() < MAX_QUEUED {
                 // Keep reading while the indexer works on the batch in flight.

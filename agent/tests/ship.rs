@@ -906,6 +906,63 @@ async fn a_busy_indexer_is_waited_for_rather_than_spooled_to() {
     assert_eq!(metric(&shipper, "batches_failed_total"), 0);
 }
 
+/// Regression (review): the wait before spilling ended only once nothing was in
+/// flight, so reading stayed paused until the whole queue had drained, a round trip
+/// per queued batch. It ends once the queue has room again: when the indexer answers
+/// the batch in flight and the oldest queued one goes out, reading goes on while that
+/// one is still at the indexer.
+#[tokio::test]
+async fn a_busy_indexer_pauses_reading_only_until_the_queue_has_room() {
+    let (url, fake) = start_fake().await;
+    // Every request is answered after this long: the second batch's answer comes at
+    // least this long after the first's, the window the reader must resume in.
+    fake.lock().unwrap().delay = Duration::from_millis(1500);
+    let work = tempfile::tempdir().unwrap();
+    let dir = sandbox(work.path(), "fib", "fib.8", 0);
+    // About 850 bytes of NDJSON a line: three lines fill a 2048-byte batch, two do
+    // not. Twelve lines, read in the first round, make exactly four full batches:
+    // more than the one in flight and the two queued behind it, and too few for a
+    // second wait once the first has ended.
+    let pad = "x".repeat(640);
+    let lines: Vec<String> = (1..=12)
+        .map(|i| format!("line number {i:05} {pad}"))
+        .collect();
+    let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    append(&dir.join("stdout"), &text);
+    let shipper = Shipper::new(small_batches(work.path(), &url)).unwrap();
+    let run = start(&shipper);
+    wait_metric(&shipper, "the first round's lines", |s| {
+        metric(s, "lines_read_total") == 12
+    })
+    .await;
+    // The reader is handing those batches over and waits for room in the queue: a
+    // line written now is read by the next round, once that wait has ended.
+    append(&dir.join("stdout"), "written during the wait\n");
+    wait_metric(&shipper, "the line written during the wait", |s| {
+        metric(s, "lines_read_total") == 13
+    })
+    .await;
+    {
+        let f = fake.lock().unwrap();
+        // The fake records a token for every request it answers.
+        assert_eq!(
+            f.tokens.len(),
+            1,
+            "reading must go on once the first batch is answered, not once the queue \
+             has drained ({} lines accepted)",
+            f.accepted.len()
+        );
+    }
+    fake.lock().unwrap().delay = Duration::ZERO;
+    wait_for("all 13 lines", &fake, |f| f.accepted.len() >= 13).await;
+    run.stop().await;
+    let mut want = lines;
+    want.push("written during the wait".into());
+    assert_eq!(msgs(&fake.lock().unwrap()), want);
+    assert_eq!(metric(&shipper, "batches_spooled_total"), 0);
+    assert_eq!(metric(&shipper, "batches_failed_total"), 0);
+}
+
 /// While the indexer is down, full batches go to the disk spool and the checkpoints
 /// move past them; a restart sends the spool first, and every line arrives once.
 #[tokio::test]
