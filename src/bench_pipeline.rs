@@ -185,7 +185,9 @@ async fn count(http: &reqwest::Client, c: &Cluster, app: &str) -> anyhow::Result
     Ok(resp.total)
 }
 
-/// Deletes `app` and waits until the scheduler lists none of its tasks.
+/// Deletes `app` and waits until no node runs a task (a bench cluster runs only
+/// the bench's app). The scheduler forgets the tasks at once; a node stops them at
+/// its next look at its desired state, and `up` stopping first would leave them be.
 async fn remove_app(http: &reqwest::Client, c: &Cluster, app: &str) -> anyhow::Result<()> {
     http.delete(format!("{}/v2/apps/{app}", c.web))
         .bearer_auth(&c.token)
@@ -195,26 +197,13 @@ async fn remove_app(http: &reqwest::Client, c: &Cluster, app: &str) -> anyhow::R
         .context("delete the app")?;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let tasks: serde_json::Value = http
-            .get(format!("{}/v2/tasks", c.web))
-            .bearer_auth(&c.token)
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
-        let ours = |t: &&serde_json::Value| {
-            t["appId"].as_str().map(|a| a.trim_start_matches('/')) == Some(app)
-        };
-        let left = tasks["tasks"]
-            .as_array()
-            .map_or(0, |t| t.iter().filter(ours).count());
-        if left == 0 {
+        let running = metric_sum(http, c, "sandtrail_node_tasks_running").await?;
+        if running == 0 {
             return Ok(());
         }
         anyhow::ensure!(
             Instant::now() < deadline,
-            "{left} task(s) of {app} still listed 60 s after the delete"
+            "{running} task(s) still running 60 s after the app's delete"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -222,6 +211,11 @@ async fn remove_app(http: &reqwest::Client, c: &Cluster, app: &str) -> anyhow::R
 
 /// The agents' spooled batches, summed from `up`'s `/metrics`.
 async fn spooled(http: &reqwest::Client, c: &Cluster) -> anyhow::Result<u64> {
+    metric_sum(http, c, "sandtrail_agent_batches_spooled_total").await
+}
+
+/// The samples of one integer family in `up`'s `/metrics`, summed over hosts.
+async fn metric_sum(http: &reqwest::Client, c: &Cluster, family: &str) -> anyhow::Result<u64> {
     let text = http
         .get(format!("{}/metrics", c.web))
         .bearer_auth(&c.token)
@@ -230,11 +224,18 @@ async fn spooled(http: &reqwest::Client, c: &Cluster) -> anyhow::Result<u64> {
         .error_for_status()?
         .text()
         .await?;
-    Ok(text
+    Ok(sum_of(&text, family))
+}
+
+fn sum_of(exposition: &str, family: &str) -> u64 {
+    exposition
         .lines()
-        .filter(|l| l.starts_with("sandtrail_agent_batches_spooled_total"))
+        .filter(|l| {
+            l.strip_prefix(family)
+                .is_some_and(|rest| rest.starts_with(['{', ' ']))
+        })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum())
+        .sum()
 }
 
 /// Writes the first `lines` lines of the corpus to `path`; returns their bytes.
@@ -578,6 +579,17 @@ mod tests {
             peak_rss_kb: 1024,
             spooled: 0,
         }
+    }
+
+    #[test]
+    fn a_family_is_summed_over_hosts_and_not_confused_with_a_longer_name() {
+        let text = "# HELP sandtrail_node_tasks_running Tasks.\n\
+            sandtrail_node_tasks_running{host=\"node-1\"} 2\n\
+            sandtrail_node_tasks_running{host=\"node-2\"} 1\n\
+            sandtrail_node_tasks_running_total{host=\"node-1\"} 40\n\
+            sandtrail_node_tasks_running 4\n";
+        assert_eq!(sum_of(text, "sandtrail_node_tasks_running"), 7);
+        assert_eq!(sum_of(text, "sandtrail_agent_batches_spooled_total"), 0);
     }
 
     #[test]

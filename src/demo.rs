@@ -67,7 +67,7 @@ pub async fn fib() -> anyhow::Result<()> {
         .route("/", get(|| async { "usage: GET /<n> answers fib(n)\n" }))
         .route("/{n}", get(handle))
         .with_state(state);
-    let listener = tokio::net::TcpListener::bind(format!("{host}:{port}"))
+    let listener = crate::http::listen(format!("{host}:{port}"))
         .await
         .with_context(|| format!("cannot listen on {host}:{port}"))?;
     println!("{} INFO fib listening on {host}:{port} app={app_id}", now());

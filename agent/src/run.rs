@@ -562,6 +562,8 @@ impl Run {
     /// cycle is just the round trip, shorter than reading a batch. If the batch is
     /// spilled instead, the compression is wasted: only while the indexer is slow.
     async fn enqueue(&mut self) -> Result<()> {
+        // Regression (see `hand_over`): an emptied batch was queued as a no-op send.
+        debug_assert!(!self.batch.is_empty(), "an empty batch was queued");
         let batch = Arc::new(self.take_batch());
         let (b, codec) = (batch.clone(), self.inner.sender.codec());
         tokio::task::spawn_blocking(move || b.wire(codec)).await?;
