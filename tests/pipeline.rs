@@ -340,11 +340,20 @@ async fn assert_exactly_once(c: &Cluster, task: &str, n: u64) -> anyhow::Result<
     Ok(())
 }
 
+/// A task that writes `input` at full speed and then stays up (an exit would be
+/// restarted and write it all again) until the test's directory is gone. Regression:
+/// `exec sleep 100000` outlived the test (tasks survive their agent by design), four
+/// idle tasks and loggers left behind by every run of this suite.
+fn cat_then_idle(input: &Path) -> String {
+    let f = input.display();
+    format!("cat '{f}'; while [ -e '{f}' ]; do sleep 1; done")
+}
+
 async fn million(fault: Option<&str>) -> anyhow::Result<()> {
     let _heavy = HEAVY.lock().await;
     let mut c = Cluster::start(None)?;
     numbered_file(&c.input(), MILLION)?;
-    let cmd = format!("cat '{}'; exec sleep 100000", c.input().display());
+    let cmd = cat_then_idle(&c.input());
     let task = c.deploy("fast", &cmd, None).await?;
     let q = format!("task:\"{task}\"");
     match fault {
@@ -398,7 +407,7 @@ async fn a_task_outrunning_its_disk_budget_shows_the_gap_and_loses_nothing_after
     // would ever bind; this is the case where both are small.
     let c = Cluster::start(Some(4))?;
     numbered_file(&c.input(), MILLION)?;
-    let cmd = format!("cat '{}'; exec sleep 100000", c.input().display());
+    let cmd = cat_then_idle(&c.input());
     let task = c.deploy("budget", &cmd, Some(20)).await?;
     let q = format!("task:\"{task}\"");
     // The last line always arrives: nothing after the last gap is lost.
