@@ -98,6 +98,10 @@ pub struct IndexerSection {
     /// Time budget of one search (default 10000): past it the search is stopped and
     /// answered with 504 saying so.
     pub search_timeout_ms: Option<u64>,
+    /// Commits at least this far apart (default 200; 1 to 60000), Elasticsearch's
+    /// `refresh_interval`: longer means fewer segments to merge under a steady load
+    /// and that much later searchable.
+    pub commit_interval_ms: Option<u64>,
     /// Ingest requests in flight at once; more are answered 429 with Retry-After.
     pub max_concurrent_ingest: Option<usize>,
     /// Searches in flight at once; more are answered 429 with Retry-After.
@@ -324,6 +328,7 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "writer_memory_mb",
             "retention",
             "search_timeout_ms",
+            "commit_interval_ms",
             "max_concurrent_ingest",
             "max_concurrent_searches",
             "max_tail_streams",
@@ -491,6 +496,14 @@ impl Config {
                 "config {}: agent.log_budget_mb is 0, expected at least 1 (MiB)",
                 origin.display()
             );
+        }
+        if let Some(ms) = config.indexer.commit_interval_ms {
+            if !(1..=60_000).contains(&ms) {
+                bail!(
+                    "config {}: indexer.commit_interval_ms is {ms}, expected 1 to 60000 (ms)",
+                    origin.display()
+                );
+            }
         }
         if let Some(r) = &config.indexer.retention {
             indexer::parse_retention(r)
@@ -1225,6 +1238,35 @@ mod tests {
         let err =
             Config::parse("[indexer]\nretention = \"week\"\n", Path::new("t.toml")).unwrap_err();
         assert!(format!("{err:#}").contains("week"), "{err:#}");
+    }
+
+    #[test]
+    fn indexer_commit_interval_is_range_checked_and_reaches_the_indexer() {
+        let env = |k: &str| (k == "SANDTRAIL_INDEXER_COMMIT_INTERVAL_MS").then(|| "2000".into());
+        let c = Config::parse_with_env("", Path::new("t.toml"), &env).unwrap();
+        assert_eq!(c.indexer.commit_interval_ms, Some(2000));
+        let ix = crate::serve::indexer_config("/d".into(), &c, &protocol::auth::Keyring::new());
+        assert_eq!(ix.commit_interval, std::time::Duration::from_secs(2));
+        let default = Config::parse("", Path::new("t.toml")).unwrap();
+        let ix =
+            crate::serve::indexer_config("/d".into(), &default, &protocol::auth::Keyring::new());
+        assert_eq!(
+            ix.commit_interval,
+            indexer::IndexerConfig::default().commit_interval
+        );
+        for bad in ["0", "60001"] {
+            let text = format!("[indexer]\ncommit_interval_ms = {bad}\n");
+            let err = format!(
+                "{:#}",
+                Config::parse(&text, Path::new("t.toml")).unwrap_err()
+            );
+            assert!(
+                err.contains(&format!(
+                    "indexer.commit_interval_ms is {bad}, expected 1 to 60000"
+                )),
+                "{err}"
+            );
+        }
     }
 
     #[test]

@@ -316,7 +316,11 @@ fn server_keyring(dir: &Path, token: Option<String>) -> anyhow::Result<(String, 
     Ok((admin, keyring))
 }
 
-fn indexer_config(dir: PathBuf, cfg: &Config, keyring: &Keyring) -> indexer::IndexerConfig {
+pub(crate) fn indexer_config(
+    dir: PathBuf,
+    cfg: &Config,
+    keyring: &Keyring,
+) -> indexer::IndexerConfig {
     let mut c = indexer::IndexerConfig {
         data_dir: dir,
         tokens: keyring.clone(),
@@ -339,6 +343,10 @@ fn indexer_config(dir: PathBuf, cfg: &Config, keyring: &Keyring) -> indexer::Ind
     }
     if let Some(ms) = cfg.indexer.search_timeout_ms {
         c.search_timeout = std::time::Duration::from_millis(ms.max(1));
+    }
+    // Range-checked when the config was parsed.
+    if let Some(ms) = cfg.indexer.commit_interval_ms {
+        c.commit_interval = std::time::Duration::from_millis(ms);
     }
     // Checked when the config was parsed.
     c.retention = cfg

@@ -39,6 +39,11 @@ pub struct IndexerConfig {
     /// Time budget of one search, histogram or aggregation (see [`crate::budget`]): past
     /// it the request is answered with an error saying so, and its threads are free.
     pub search_timeout: std::time::Duration,
+    /// Commits are at least this far apart (Elasticsearch's `refresh_interval`):
+    /// longer makes fewer, larger segments and less merging under a steady load, at
+    /// the price of that much more time before a record is searchable. At rest a
+    /// record is still committed as soon as it arrives.
+    pub commit_interval: std::time::Duration,
 }
 
 /// Default of [`IndexerConfig::search_timeout`]: Kibana's own request timeout is 30 s;
@@ -59,6 +64,7 @@ impl Default for IndexerConfig {
             max_inflight_bytes: 512 << 20,
             retention: None,
             search_timeout: DEFAULT_SEARCH_TIMEOUT,
+            commit_interval: crate::writer::COMMIT_INTERVAL,
         }
     }
 }

@@ -154,6 +154,7 @@ impl Indexer {
             metrics.clone(),
         )?;
         writer.retention = config.retention;
+        writer.commit_interval = config.commit_interval;
         writer.crash_after_part_commits = hooks.crash_after;
         writer.fail_after_part_commits = hooks.fail_after;
         if let Some(bound) = hooks.max_deferred_segments {
@@ -1881,5 +1882,48 @@ mod tests {
         assert!(msg.contains("2025-06-01"), "{msg}");
         assert!(msg.contains("different schema"), "{msg}");
         assert!(msg.contains("retired"), "{msg}");
+    }
+
+    /// `commit_interval` spaces commits as Elasticsearch's `refresh_interval` does:
+    /// the first record after a quiet spell is committed at once, the next one waits
+    /// out the interval since that commit. The compose scale suite relies on it to
+    /// kill an indexer while it holds uncommitted records.
+    #[tokio::test]
+    async fn commits_are_spaced_by_the_configured_interval() {
+        let spaced = |ms: u64| async move {
+            let dir = tempfile::tempdir().unwrap();
+            let ix = Indexer::open(IndexerConfig {
+                commit_interval: std::time::Duration::from_millis(ms),
+                ..config(dir.path())
+            })
+            .unwrap();
+            let first = std::time::Instant::now();
+            ix.ingest(vec![rec(1, "h", "a", "first", "s", 1)])
+                .await
+                .unwrap();
+            let at_once = first.elapsed();
+            let second = std::time::Instant::now();
+            ix.ingest(vec![rec(2, "h", "a", "second", "s", 2)])
+                .await
+                .unwrap();
+            let waited = second.elapsed();
+            assert_eq!(msgs(&ix, "app:a").await, ["first", "second"]);
+            ix.shutdown().await;
+            (at_once, waited)
+        };
+        let (at_once, waited) = spaced(1500).await;
+        assert!(
+            at_once < std::time::Duration::from_millis(1000),
+            "{at_once:?}"
+        );
+        assert!(
+            waited >= std::time::Duration::from_millis(1000),
+            "the second commit came {waited:?} after the first, inside a 1500 ms interval"
+        );
+        let (_, default) = spaced(writer::COMMIT_INTERVAL.as_millis() as u64).await;
+        assert!(
+            default < std::time::Duration::from_millis(1000),
+            "{default:?}"
+        );
     }
 }

@@ -54,8 +54,8 @@ pub const QUEUE_DEPTH: usize = 64;
 /// How often the retention is applied (when one is configured).
 pub const RETENTION_CHECK: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// Commits are at least this far apart: a group that starts sooner after the last
-/// commit keeps collecting requests until then. At rest a request is committed at
+/// Commits are at least this far apart by default ([`crate::IndexerConfig::commit_interval`]):
+/// a group that starts sooner after the last commit keeps collecting requests until then. At rest a request is committed at
 /// once; under load this bounds the commit rate (each commit flushes segments that
 /// must later be merged) at the price of up to this much added latency.
 pub const COMMIT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
@@ -247,6 +247,8 @@ pub struct WriterThread {
     /// Test hook: commits wait for this gate to open (a commit that takes as long
     /// as the test wants); `entered` is set while one waits.
     pub(crate) commit_gate: Option<Arc<CommitGate>>,
+    /// [`crate::IndexerConfig::commit_interval`].
+    pub(crate) commit_interval: std::time::Duration,
 }
 
 /// See [`WriterThread::commit_gate`].
@@ -326,6 +328,7 @@ impl WriterThread {
             max_deferred_segments: crate::merge::MAX_DEFERRED_SEGMENTS,
             saturated_at: SATURATED,
             commit_gate: None,
+            commit_interval: COMMIT_INTERVAL,
         };
         // Merges a burst left due before a restart start once the writer is idle.
         this.merge_gate.defer();
@@ -652,7 +655,10 @@ impl WriterThread {
             }
         };
         let mut stop_replies = Vec::new();
-        let mut last_commit = Instant::now() - COMMIT_INTERVAL;
+        // Instant has no "long ago": `checked_sub` fails only right after boot.
+        let mut last_commit = Instant::now()
+            .checked_sub(self.commit_interval)
+            .unwrap_or_else(Instant::now);
         self.enforce_retention();
         let mut last_retention = Instant::now();
         loop {
@@ -697,7 +703,7 @@ impl WriterThread {
             if self.saturated {
                 self.merge_gate.defer();
             }
-            let deadline = last_commit + COMMIT_INTERVAL;
+            let deadline = last_commit + self.commit_interval;
             let (stops, committed) = self.commit_group(first, &mut rx, &timer, deadline);
             if self.crashed {
                 // The test hook's crash: leave without committing or answering.

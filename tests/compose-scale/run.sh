@@ -111,8 +111,10 @@ step_images() {
 # that ended would be restarted and write its lines again. Regression: bursts of 100
 # a second apart let the indexers catch up and commit everything between bursts,
 # and once the agents stopped spooling for a busy ingest log (stop 30) step 4 found
-# the kill had hit no uncommitted record (nothing to replay); a steady flow keeps
-# records logged but not yet committed at almost every moment.
+# the kill had hit no uncommitted record (nothing to replay). A steady flow and
+# indexers committing 2 s apart (`SANDTRAIL_INDEXER_COMMIT_INTERVAL_MS` in
+# docker-compose.yml; with the default 200 ms step 4 still failed once in a few runs)
+# keep records logged but not yet committed at every moment of the flow.
 APP='{"id":"lines","instances":30,"cpus":0.01,"mem":16,"disk":8,
  "constraints":[["hostname","MAX_PER","10"]],
  "cmd":"b=0; while [ $b -lt 100 ]; do seq -f \"scale line n=%g\" $((b*20+1)) $((b*20+20)); b=$((b+1)); sleep 0.2; done; exec sleep 86400"}'
