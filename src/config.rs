@@ -98,9 +98,10 @@ pub struct IndexerSection {
     /// Time budget of one search (default 10000): past it the search is stopped and
     /// answered with 504 saying so.
     pub search_timeout_ms: Option<u64>,
-    /// Commits at least this far apart (default 200; 1 to 60000), Elasticsearch's
-    /// `refresh_interval`: longer means fewer segments to merge under a steady load
-    /// and that much later searchable.
+    /// Commits at least this far apart (default 200; 1 to 10000). Longer means fewer
+    /// commits and records searchable that much later; writes answered at the commit
+    /// (the Elasticsearch API, plain `/api/v1/ingest`) wait up to this long, hence the
+    /// cap below common client timeouts.
     pub commit_interval_ms: Option<u64>,
     /// Ingest requests in flight at once; more are answered 429 with Retry-After.
     pub max_concurrent_ingest: Option<usize>,
@@ -498,9 +499,9 @@ impl Config {
             );
         }
         if let Some(ms) = config.indexer.commit_interval_ms {
-            if !(1..=60_000).contains(&ms) {
+            if !(1..=10_000).contains(&ms) {
                 bail!(
-                    "config {}: indexer.commit_interval_ms is {ms}, expected 1 to 60000 (ms)",
+                    "config {}: indexer.commit_interval_ms is {ms}, expected 1 to 10000 (ms)",
                     origin.display()
                 );
             }
@@ -1254,7 +1255,7 @@ mod tests {
             ix.commit_interval,
             indexer::IndexerConfig::default().commit_interval
         );
-        for bad in ["0", "60001"] {
+        for bad in ["0", "10001"] {
             let text = format!("[indexer]\ncommit_interval_ms = {bad}\n");
             let err = format!(
                 "{:#}",
@@ -1262,7 +1263,7 @@ mod tests {
             );
             assert!(
                 err.contains(&format!(
-                    "indexer.commit_interval_ms is {bad}, expected 1 to 60000"
+                    "indexer.commit_interval_ms is {bad}, expected 1 to 10000"
                 )),
                 "{err}"
             );

@@ -39,10 +39,11 @@ pub struct IndexerConfig {
     /// Time budget of one search, histogram or aggregation (see [`crate::budget`]): past
     /// it the request is answered with an error saying so, and its threads are free.
     pub search_timeout: std::time::Duration,
-    /// Commits are at least this far apart (Elasticsearch's `refresh_interval`):
-    /// longer makes fewer, larger segments and less merging under a steady load, at
-    /// the price of that much more time before a record is searchable. At rest a
-    /// record is still committed as soon as it arrives.
+    /// Commits are at least this far apart: longer means fewer commits, at the price
+    /// of that much more time before a record is searchable, and writes answered at
+    /// the commit wait up to that long. At rest a record is still committed as soon
+    /// as it arrives. (Like Elasticsearch's `refresh_interval`, except that there a
+    /// quiet index is not refreshed at once and a bulk write does not wait for it.)
     pub commit_interval: std::time::Duration,
 }
 

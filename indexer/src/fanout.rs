@@ -66,13 +66,23 @@ pub struct ShardMode {
     client: reqwest::Client,
     /// For the tail's streams, which may stay open for hours: no overall timeout.
     tail_client: reqwest::Client,
+    /// [`catch_up_delay`] of this cluster's commit interval.
+    catch_up_delay: Duration,
 }
 
 impl ShardMode {
-    pub fn new(owners: Arc<Owners>, shards: u32, timeout: Duration) -> ShardMode {
+    /// `commit_interval` is this indexer's, taken for every owner's (one cluster,
+    /// one configuration).
+    pub fn new(
+        owners: Arc<Owners>,
+        shards: u32,
+        timeout: Duration,
+        commit_interval: Duration,
+    ) -> ShardMode {
         ShardMode {
             owners,
             shards,
+            catch_up_delay: catch_up_delay(commit_interval),
             client: reqwest::Client::builder()
                 .connect_timeout(Duration::from_secs(2))
                 .timeout(timeout)
@@ -673,6 +683,14 @@ pub const TAIL_CONNECT: Duration = Duration::from_secs(3);
 /// commit interval; this leaves room for a slow commit.
 pub const TAIL_CATCH_UP_DELAY: Duration = Duration::from_secs(1);
 
+/// [`TAIL_CATCH_UP_DELAY`], or the commit interval and as much room again for a slow
+/// commit when that is longer. Regression (review): with `commit_interval_ms` past
+/// about 800 the catch-up searched before the new owner had committed what it
+/// consumed before the stream opened, and those lines were lost from the tail.
+pub fn catch_up_delay(commit_interval: Duration) -> Duration {
+    TAIL_CATCH_UP_DELAY.max(commit_interval + Duration::from_millis(800))
+}
+
 /// At most this many lines are searched for to catch up after a switch, and at
 /// most as many of the new owner's live lines held meanwhile (more are reported as
 /// dropped).
@@ -707,7 +725,7 @@ impl ShardMode {
     /// as after an indexer restart. When a shard changes owner (a failure, or the
     /// owner gave the shard up, seen within [`TAIL_OWNER_CHECK`]) or its stream is
     /// opened again, the new stream's lines are held while the owner is searched
-    /// (`shards=<n>`, oldest first, after [`TAIL_CATCH_UP_DELAY`]) for the lines it
+    /// (`shards=<n>`, oldest first, after [`catch_up_delay`]) for the lines it
     /// had consumed before: per source, those past the offset already passed on
     /// (sources not seen yet: from the tail's opening time on), then the held
     /// lines, each line once by source and offset. The price: up to a second and
@@ -815,7 +833,7 @@ impl ShardMode {
                             let mode = self.clone();
                             let (url, auth, filter) = (url.clone(), auth.clone(), filter.clone());
                             Box::pin(async move {
-                                tokio::time::sleep(TAIL_CATCH_UP_DELAY).await;
+                                tokio::time::sleep(mode.catch_up_delay).await;
                                 mode.catch_up(n, &url, since, &auth, &filter).await
                             }) as CatchUp
                         });
@@ -1276,6 +1294,18 @@ pub fn sum_histograms(a: HistogramResponse, b: HistogramResponse) -> Result<Hist
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_tail_catch_up_waits_out_a_long_commit_interval() {
+        assert_eq!(
+            catch_up_delay(Duration::from_millis(200)),
+            TAIL_CATCH_UP_DELAY
+        );
+        assert_eq!(
+            catch_up_delay(Duration::from_secs(2)),
+            Duration::from_millis(2800)
+        );
+    }
 
     #[test]
     fn cursors_round_trip_and_bad_ones_are_refused() {

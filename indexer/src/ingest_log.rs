@@ -274,6 +274,7 @@ pub async fn start_shard_mode(
         owners.clone(),
         log.shards,
         idx.config().search_timeout,
+        idx.config().commit_interval,
     )));
     Ok(owners)
 }

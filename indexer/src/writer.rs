@@ -3,9 +3,10 @@
 //! order, and group-commits them.
 //!
 //! Whatever is queued when the thread wakes up is added and committed together (and,
-//! when the last commit was less than [`COMMIT_INTERVAL`] ago, whatever arrives until
-//! then), then the reader is reloaded and every request of the group is answered.
-//! Under load that gives about five commits a second instead of one per request, and
+//! when the last commit was less than the commit interval ago, [`COMMIT_INTERVAL`]
+//! unless configured, whatever arrives until then), then the reader is reloaded and
+//! every request of the group is answered. Under load that gives about five commits
+//! a second by default instead of one per request, and
 //! at rest a request is committed as soon as it arrives; either way an ingest is answered only
 //! once its records are durable and searchable. The trade-off: one failing commit
 //! fails every request of its group (they are all rolled back and all retried by
@@ -655,7 +656,7 @@ impl WriterThread {
             }
         };
         let mut stop_replies = Vec::new();
-        // Instant has no "long ago": `checked_sub` fails only right after boot.
+        // "Long ago", where the platform's clock can say it: the first group commits at once.
         let mut last_commit = Instant::now()
             .checked_sub(self.commit_interval)
             .unwrap_or_else(Instant::now);
