@@ -263,7 +263,14 @@ async fn kill9_of_the_leader_fails_over_with_the_state_and_followers_forward() -
     assert_eq!(r.status(), 201, "{}", r.text().await?);
     assert_eq!(ha.apps(follower).await?, vec!["/before"]);
     let running = ha.running(follower, Duration::from_secs(30)).await?;
-    let pids = task_pids(ha.sleep);
+    // TASK_RUNNING is reported once the task's process is started, which on a busy
+    // machine may be a moment before its shell has exec'd `sleep`. Regression: read
+    // at once, /proc held no `sleep` yet and the test failed ("one task process: []").
+    let pids = common::eventually("the task's sleep process", Duration::from_secs(10), || {
+        let pids = task_pids(ha.sleep);
+        async move { Ok((!pids.is_empty()).then_some(pids)) }
+    })
+    .await?;
     assert_eq!(pids.len(), 1, "one task process: {pids:?}");
     // A request that was already forwarded once is refused, not bounced around.
     let r = ha
