@@ -28,6 +28,34 @@ impl Up {
         Ok(Up(common::Up::start_with(&["--agents", "2", "--no-demo"])?))
     }
 
+    /// Waits until both agents are registered. `up` prints its URLs as its agents
+    /// start, and until they register the queue's reason is "no active agent":
+    /// a test that wants another reason (or a task launched) within a few seconds
+    /// raced the registration on a loaded machine.
+    async fn agents_registered(&self) -> anyhow::Result<()> {
+        let http = client_with_token(&self.token)?;
+        let url = format!("{}/v1/agents", self.web);
+        common::eventually(
+            "both agents registered",
+            std::time::Duration::from_secs(30),
+            || {
+                let (http, url) = (http.clone(), url.clone());
+                async move {
+                    let v: Value = http
+                        .get(&url)
+                        .send()
+                        .await?
+                        .error_for_status()?
+                        .json()
+                        .await?;
+                    let n = v.as_array().map_or(0, |a| a.len());
+                    Ok((n >= 2).then_some(()))
+                }
+            },
+        )
+        .await
+    }
+
     /// `sandtrail ARGS` run in a directory of its own (no ./sandtrail.toml, no
     /// ./.sandtrail), finding the cluster by `SANDTRAIL_SERVER` and `SANDTRAIL_TOKEN`.
     fn run(&self, args: &[&str]) -> anyhow::Result<Output> {
@@ -193,6 +221,7 @@ async fn deploy_scale_versions_rollback_restart_and_kill_follow_their_deployment
 #[tokio::test]
 async fn a_stuck_deploy_times_out_with_the_queue_reason() -> anyhow::Result<()> {
     let up = Up::start()?;
+    up.agents_registered().await?;
     let file = up.dir.path().join("huge.json");
     std::fs::write(
         &file,
@@ -219,6 +248,7 @@ async fn a_stuck_deploy_times_out_with_the_queue_reason() -> anyhow::Result<()> 
 #[tokio::test]
 async fn a_deploy_whose_task_fails_prints_the_failure_and_exits_non_zero() -> anyhow::Result<()> {
     let up = Up::start()?;
+    up.agents_registered().await?;
     let file = up.dir.path().join("crasher.json");
     std::fs::write(
         &file,

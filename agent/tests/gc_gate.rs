@@ -187,9 +187,13 @@ async fn a_sandbox_with_a_rotated_file_is_not_shipped_until_the_file_is_shipped_
     assert!(shipped());
     assert!(dir.join("stdout").exists(), "the live file stays");
 
-    // Another rotation appears: not shipped again until it is gone too.
+    // Another rotation appears: not shipped again until it is gone too. Refused
+    // meanwhile: a shipper quicker than this thread had shipped and deleted it
+    // before the assertion looked.
+    fake.lock().unwrap().refuse = true;
     append(&dir.join("stderr.1"), "late\n");
     assert!(!shipped());
+    fake.lock().unwrap().refuse = false;
     eventually("the new rotation to be shipped and deleted", || {
         !dir.join("stderr.1").exists()
     })

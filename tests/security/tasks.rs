@@ -223,11 +223,13 @@ async fn a_task_reads_no_token_no_other_sandbox_and_no_credential_in_its_env() -
         "id -u; cat ../../../../token; id; env; ls -l /proc/self/fd; echo > mine-secret; \
          for p in /proc/[0-9]*; do tr '\\0' '\\n' < $p/environ; done 2>/dev/null \
          | grep '^SANDTRAIL_TOKEN' | sed 's/^/environ of another process: /'; \
-         echo thief-done; sleep 600",
+         echo thief-done; echo thief-err-done >&2; sleep 600",
     ))
     .await?;
     let out = c.output("thief", "stdout", "thief-done").await?;
-    let err = c.output("thief", "stderr", "token").await?;
+    // Wait for a marker written last: `cat` writes its message in several calls,
+    // and a read between them saw the path without "Permission denied".
+    let err = c.output("thief", "stderr", "thief-err-done").await?;
     assert!(
         err.contains("Permission denied"),
         "reading the token must be refused: {err}"
@@ -291,13 +293,15 @@ async fn a_task_reads_no_token_no_other_sandbox_and_no_credential_in_its_env() -
     c.deploy(app(
         "/neighbour",
         &format!(
-            "id -u; cat {}; ls ..; ls ../..; echo neighbour-done; sleep 600",
+            "id -u; cat {}; ls ..; ls ../..; echo neighbour-done; echo neighbour-err-done >&2; sleep 600",
             victim_file.display()
         ),
     ))
     .await?;
     let out = c.output("neighbour", "stdout", "neighbour-done").await?;
-    let err = c.output("neighbour", "stderr", "../..").await?;
+    let err = c
+        .output("neighbour", "stderr", "neighbour-err-done")
+        .await?;
     let uid = printed_uid(&out)?;
     assert!(uid != 0 && uid != thief_uid, "uids {uid} and {thief_uid}");
     assert!(
