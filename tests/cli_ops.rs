@@ -41,13 +41,7 @@ impl Up {
             || {
                 let (http, url) = (http.clone(), url.clone());
                 async move {
-                    let v: Value = http
-                        .get(&url)
-                        .send()
-                        .await?
-                        .error_for_status()?
-                        .json()
-                        .await?;
+                    let v = common::get_json(&http, &url).await?;
                     let n = v.as_array().map_or(0, |a| a.len());
                     Ok((n >= 2).then_some(()))
                 }
